@@ -1,0 +1,3 @@
+from cnnsuite.cli import main
+
+main()

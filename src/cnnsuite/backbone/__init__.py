@@ -1,0 +1,22 @@
+"""The shared CNN backbone: one code path for 1D, 2D and 3D (``spatial_dims``)."""
+
+from .blocks import ConvBlock, convolve
+from .networks import ConvNet, LeNet5, StagedBackbone
+from .parametrize import free_parameters, hyper_kernel, mask_weights, symmetric_groups, tie_weights
+from .registry import build_backbone, list_backbones, register_backbone
+
+__all__ = [
+    "ConvBlock",
+    "ConvNet",
+    "LeNet5",
+    "StagedBackbone",
+    "build_backbone",
+    "convolve",
+    "free_parameters",
+    "hyper_kernel",
+    "list_backbones",
+    "mask_weights",
+    "register_backbone",
+    "symmetric_groups",
+    "tie_weights",
+]

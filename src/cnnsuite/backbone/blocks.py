@@ -1,0 +1,181 @@
+"""The convolutional block of the lecture notes, for 1, 2 or 3 spatial dimensions.
+
+A block is a sequence of four kinds of layer, in an order the caller chooses:
+
+- ``N`` normalisation (batch, group, instance, or none),
+- ``C`` filter: a convolution (cross-correlation, as in every deep-learning library),
+  with a kernel shape, stride and padding given per axis, so kernels need not be
+  square or cubic,
+- ``A`` non-linearity (ReLU, Tanh, ...),
+- ``P`` pooling (max, average, or Lp-norm with a configurable ``p``).
+
+The order is a string such as ``"CNAP"`` (the default: filter, norm, non-linearity,
+pool) or ``"CAPN"`` (normalisation after pooling). One code path serves every
+dimensionality: layer classes are looked up by ``spatial_dims``, as MONAI's factories do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+IntOrSeq = int | Sequence[int]
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_INSTANCENORM = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_AVGPOOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_LPPOOL = {1: nn.LPPool1d, 2: nn.LPPool2d, 3: nn.LPPool3d}
+_ADAPTIVE_AVGPOOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "leakyrelu": nn.LeakyReLU,
+}
+NORMS = ("batch", "group", "instance", "none")
+POOLS = ("max", "avg", "lp", "none")
+
+
+def as_tuple(value: IntOrSeq, spatial_dims: int, key: str) -> tuple[int, ...]:
+    """Expand an int to one value per axis, or check that a sequence has one per axis."""
+    if isinstance(value, int):
+        return (value,) * spatial_dims
+    value = tuple(int(v) for v in value)
+    if len(value) != spatial_dims:
+        raise ValueError(f"{key}={list(value)}: expected an int or {spatial_dims} values, one per axis")
+    return value
+
+
+def _check_dims(spatial_dims: int) -> None:
+    if spatial_dims not in _CONV:
+        raise ValueError(f"spatial_dims={spatial_dims}: expected 1, 2 or 3")
+
+
+def conv_layer(spatial_dims: int, *args, **kwargs) -> nn.Module:
+    _check_dims(spatial_dims)
+    return _CONV[spatial_dims](*args, **kwargs)
+
+
+def norm_layer(spatial_dims: int, kind: str, channels: int, groups: int = 8) -> nn.Module:
+    """A normalisation layer; ``group`` falls back to fewer groups when channels are few."""
+    _check_dims(spatial_dims)
+    if kind == "batch":
+        return _BATCHNORM[spatial_dims](channels)
+    if kind == "instance":
+        return _INSTANCENORM[spatial_dims](channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(_largest_divisor(channels, groups), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm={kind!r}: expected one of {', '.join(NORMS)}")
+
+
+def _largest_divisor(channels: int, at_most: int) -> int:
+    return max(g for g in range(1, min(channels, at_most) + 1) if channels % g == 0)
+
+
+def activation_layer(kind: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[kind.lower()]()
+    except KeyError:
+        raise ValueError(f"act={kind!r}: expected one of {', '.join(ACTIVATIONS)}") from None
+
+
+def pool_layer(spatial_dims: int, kind: str, size: IntOrSeq, p: float = 2.0) -> nn.Module:
+    """Max, average or Lp-norm pooling (``(sum x^p)^(1/p)`` over each window)."""
+    _check_dims(spatial_dims)
+    size = as_tuple(size, spatial_dims, "pool_size")
+    if kind == "max":
+        return _MAXPOOL[spatial_dims](size)
+    if kind == "avg":
+        return _AVGPOOL[spatial_dims](size)
+    if kind == "lp":
+        return _LPPOOL[spatial_dims](p, size)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"pool={kind!r}: expected one of {', '.join(POOLS)}")
+
+
+def global_avg_pool(spatial_dims: int) -> nn.Module:
+    _check_dims(spatial_dims)
+    return _ADAPTIVE_AVGPOOL[spatial_dims](1)
+
+
+class ConvBlock(nn.Sequential):
+    """Normalisation, filter, non-linearity and pooling in the order ``order`` names.
+
+    ``out_channels`` and ``stride`` (the product of the convolution's and the pool's
+    per-axis strides) let a network built from blocks report its feature-map geometry.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrSeq = 3,
+        stride: IntOrSeq = 1,
+        padding: IntOrSeq | str = "same_if_unit_stride",
+        norm: str = "batch",
+        act: str = "relu",
+        pool: str = "none",
+        pool_size: IntOrSeq = 2,
+        lp_p: float = 2.0,
+        order: str = "CNAP",
+        groups: int = 1,
+    ) -> None:
+        _check_dims(spatial_dims)
+        if sorted(order) != sorted("CNAP"):
+            raise ValueError(f"order={order!r}: expected each of the letters C, N, A, P once")
+        kernel_size = as_tuple(kernel_size, spatial_dims, "kernel_size")
+        stride = as_tuple(stride, spatial_dims, "stride")
+        if padding == "same_if_unit_stride":
+            # Keep the size at stride 1 (odd kernels); otherwise let the stride shrink it.
+            padding = tuple(k // 2 for k in kernel_size)
+        elif not isinstance(padding, str):
+            padding = as_tuple(padding, spatial_dims, "padding")
+        # Normalisation sees the convolution's output channels wherever it sits, except
+        # before the filter, where it sees the input.
+        norm_channels = in_channels if order.index("N") < order.index("C") else out_channels
+        layers = {
+            "C": conv_layer(
+                spatial_dims,
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                groups=groups,
+                bias=norm == "none" or order.index("N") < order.index("C"),
+            ),
+            "N": norm_layer(spatial_dims, norm, norm_channels),
+            "A": activation_layer(act),
+            "P": pool_layer(spatial_dims, pool, pool_size, lp_p),
+        }
+        super().__init__(*(layers[letter] for letter in order))
+        self.spatial_dims = spatial_dims
+        self.out_channels = out_channels
+        pool_stride = (1,) * spatial_dims if pool == "none" else as_tuple(pool_size, spatial_dims, "pool_size")
+        self.stride = tuple(s * q for s, q in zip(stride, pool_stride, strict=True))
+
+
+def convolve(x: torch.Tensor, kernel: torch.Tensor, padding: IntOrSeq | str = 0) -> torch.Tensor:
+    """True (mathematical) convolution ``y_i = sum_j w_j x_{i-j}``.
+
+    Deep-learning "convolutions" compute the cross-correlation ``y_i = sum_j w_j x_{i+j}``;
+    a true convolution is the cross-correlation with the kernel flipped along every
+    spatial axis. ``x`` is ``(N, C_in, *spatial)`` and ``kernel`` ``(C_out, C_in, *k)``.
+    """
+    spatial_dims = kernel.dim() - 2
+    _check_dims(spatial_dims)
+    flipped = torch.flip(kernel, dims=tuple(range(2, kernel.dim())))
+    return getattr(F, f"conv{spatial_dims}d")(x, flipped, padding=padding)

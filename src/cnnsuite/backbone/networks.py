@@ -1,0 +1,146 @@
+"""Backbones made of :class:`ConvBlock` stages, each returning features shallow to deep.
+
+Every backbone here follows one contract: ``forward(x)`` returns a list with one
+feature map per stage, and the module exposes ``out_channels`` and ``strides`` (the
+cumulative stride of each stage's output per axis), so heads — a classifier on the last
+map, an FPN on all of them — need not know which backbone they sit on. Stacking stages is
+what lets the network learn a hierarchy: early stages respond to edges and blobs, later
+ones to combinations of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import ConvBlock, IntOrSeq
+from .parametrize import mask_weights
+from .registry import register_backbone
+
+
+class StagedBackbone(nn.Module):
+    """A sequence of stages; the output of every stage is one feature map."""
+
+    def __init__(self, spatial_dims: int, stages: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.stages = nn.ModuleList(stages)
+        self.out_channels: list[int] = []
+        self.strides: list[tuple[int, ...]] = []
+        total = (1,) * spatial_dims
+        for stage in self.stages:
+            blocks = [m for m in stage.modules() if isinstance(m, ConvBlock)]
+            for block in blocks:
+                total = tuple(t * s for t, s in zip(total, block.stride, strict=True))
+            self.out_channels.append(blocks[-1].out_channels)
+            self.strides.append(total)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+@register_backbone("convnet")
+class ConvNet(StagedBackbone):
+    """A plain VGG-style CNN: ``blocks_per_stage`` blocks per stage, the last one pooling.
+
+    ``channels`` gives the width of each stage; the number of stages is its length.
+    Kernel shape, pooling kind and the N/C/A/P order apply to every block.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        channels: Sequence[int] = (32, 64, 128),
+        blocks_per_stage: int = 2,
+        kernel_size: IntOrSeq = 3,
+        norm: str = "batch",
+        act: str = "relu",
+        pool: str = "max",
+        pool_size: IntOrSeq = 2,
+        lp_p: float = 2.0,
+        order: str = "CNAP",
+        stem_stride: IntOrSeq = 1,
+    ) -> None:
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
+        common = dict(kernel_size=kernel_size, norm=norm, act=act, lp_p=lp_p, order=order)
+        stages, width = [], in_channels
+        for index, out in enumerate(channels):
+            blocks = []
+            for b in range(blocks_per_stage):
+                last = b == blocks_per_stage - 1
+                blocks.append(
+                    ConvBlock(
+                        spatial_dims,
+                        width,
+                        out,
+                        stride=stem_stride if index == 0 and b == 0 else 1,
+                        pool=pool if last else "none",
+                        pool_size=pool_size,
+                        **common,
+                    )
+                )
+                width = out
+            stages.append(nn.Sequential(*blocks))
+        super().__init__(spatial_dims, stages)
+
+
+# LeNet-5's C3 connection table (LeCun et al. 1998, Table I): which of S2's six maps
+# feed each of C3's sixteen. Six maps see 3 contiguous inputs, nine see 4, one sees all.
+LENET5_C3_TABLE = (
+    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
+    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2, 3, 4, 5),
+)  # fmt: skip
+
+
+@register_backbone("lenet5")
+class LeNet5(StagedBackbone):
+    """LeNet-5's feature extractor (1998 layout) for a 32×32 (or 32³) input.
+
+    C1: 6 maps, 5×5 filters → S2: 2×2 subsampling → C3: 16 maps, 5×5 → S4: 2×2
+    subsampling → C5: 120 maps, 5×5, which on a 32×32 input is 1×1, i.e. fully
+    connected. F6 (84 units) and the classifier are the head's ``hidden=(84,)``.
+
+    The defaults are the paper's tanh and average pooling with no normalisation;
+    ``act``, ``pool`` and ``norm`` turn it into a modern LeNet-style net. With
+    ``c3_table=True`` C3 keeps only the paper's partial connections, expressed as the
+    parameter transformation ``w = u * mask`` so the masked weights stay exactly zero.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        widths: Sequence[int] = (6, 16, 120),
+        kernel_size: IntOrSeq = 5,
+        act: str = "tanh",
+        pool: str = "avg",
+        norm: str = "none",
+        order: str = "CNAP",
+        c3_table: bool = False,
+    ) -> None:
+        c1, c3, c5 = widths
+        common = dict(kernel_size=kernel_size, padding=0, act=act, norm=norm, order=order)
+        stages = [
+            ConvBlock(spatial_dims, in_channels, c1, pool=pool, **common),
+            ConvBlock(spatial_dims, c1, c3, pool=pool, **common),
+            ConvBlock(spatial_dims, c3, c5, pool="none", **common),
+        ]
+        super().__init__(spatial_dims, stages)
+        if c3_table:
+            if (c1, c3) != (6, 16):
+                raise ValueError(f"c3_table=True needs widths (6, 16, ...), got {tuple(widths)}")
+            mask = torch.zeros(c3, c1)
+            for out, ins in enumerate(LENET5_C3_TABLE):
+                mask[out, list(ins)] = 1
+            conv = next(m for m in stages[1].modules() if isinstance(m, nn.modules.conv._ConvNd))
+            mask_weights(conv, mask.view(c3, c1, *(1,) * spatial_dims))

@@ -1,0 +1,38 @@
+"""Backbones by name, so configs say ``backbone: lenet5`` rather than a class path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str) -> Callable:
+    """Class or factory decorator: ``build_backbone(name, ...)`` will call it."""
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _BACKBONES[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> nn.Module:
+    """Build a registered backbone; its ``forward`` returns feature maps shallow to deep,
+    and it exposes ``out_channels`` and ``strides`` per stage."""
+    try:
+        factory = _BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"backbone={name!r}: expected one of {', '.join(list_backbones())}") from None
+    try:
+        return factory(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"backbone {name!r}: bad argument in {sorted(kwargs)}: {err}") from None

@@ -1,0 +1,144 @@
+"""Classification for any dimensionality: image → class, volume → class, clip → class.
+
+recognition2d and the three 3D tasks are this one module with different data, backbone
+settings and config: ``spatial_dims`` picks 2D or 3D layers all the way down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+from torchmetrics import ClasswiseWrapper, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+from .backbone import build_backbone
+from .heads import ClassifierHead
+from .task import TaskModule
+
+
+class ClassificationModule(TaskModule):
+    """Backbone → global pooling → fully connected head → class logits, cross-entropy.
+
+    ``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule by
+    the CLI, so a folder with 3 or 37 classes needs no edit of the model section.
+    """
+
+    monitor = "val/acc"
+    mode = "max"
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        class_names: list[str] | None = None,
+        spatial_dims: int = 2,
+        backbone: str = "convnet",
+        backbone_kwargs: dict | None = None,
+        head_hidden: list[int] | None = None,
+        head_act: str = "relu",
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"model.class_names has {len(class_names)} names but model.num_classes={num_classes}")
+        super().__init__()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.backbone = build_backbone(hp.backbone, hp.spatial_dims, hp.in_channels, **(hp.backbone_kwargs or {}))
+        self.head = ClassifierHead(
+            hp.spatial_dims,
+            self.backbone.out_channels[-1],
+            hp.num_classes,
+            hidden=hp.head_hidden or (),
+            act=hp.head_act,
+            dropout=hp.dropout,
+        )
+
+    def configure_losses(self) -> None:
+        self.loss = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
+
+    def configure_metrics(self, stage: str) -> MetricCollection:
+        n = self.hparams.num_classes
+        metrics = {"acc": MulticlassAccuracy(n, average="micro")}
+        if stage != "train":
+            metrics |= {
+                "acc_macro": MulticlassAccuracy(n, average="macro"),
+                "f1_macro": MulticlassF1Score(n, average="macro"),
+                "auroc": MulticlassAUROC(n, average="macro"),
+                "per_class_acc": ClasswiseWrapper(
+                    MulticlassAccuracy(n, average=None), labels=self.class_names, prefix="acc/"
+                ),
+            }
+        if stage == "test":
+            # Not logged (not a scalar): evaluation draws it.
+            self.test_confusion = MulticlassConfusionMatrix(n)
+        # No compute groups: a ClasswiseWrapper in a group computes from shared state its
+        # own inner metric never saw updated (and torchmetrics warns on every epoch).
+        return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = self.loss(logits, y)
+        getattr(self, f"{stage}_metrics").update(logits, y)
+        if stage == "test":
+            self.test_confusion.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0]).softmax(dim=1)
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        for key, value in values.items():
+            # The progress bar shows the headline numbers, not one per class.
+            self.log(key, value, prog_bar=stage != "test" and key.count("/") == 1)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
+        fig, ax = self.test_confusion.plot(labels=self.class_names)
+        ax.set_title("Confusion matrix (test split)")
+        fig.set_size_inches(max(5, 0.5 * len(self.class_names) + 2), max(4.5, 0.5 * len(self.class_names) + 1.5))
+        path = Path(out_dir) / "confusion_matrix.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return [path]

@@ -1,0 +1,121 @@
+"""The ``cnnsuite`` command: LightningCLI's fit/validate/test/predict, plus ``evaluate``.
+
+    cnnsuite fit --config tasks/recognition2d/config.yaml --data.data_dir ~/my_images
+    cnnsuite evaluate --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt
+
+Model and data are chosen in the config by class path (subclass mode); the model's
+``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule. Every
+run writes under ``trainer.default_root_dir``: ``version_N/`` with the config, TensorBoard
+events, ``metrics.csv``, ``splits.json``, ``checkpoints/{best,last}.ckpt`` and, after fit,
+``evaluation/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from .data import TaskDataModule
+from .task import TaskModule
+
+# TensorBoard and CSV loggers share version_N on purpose; the CSV logger warns when it
+# finds TensorBoard's files there.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+
+
+class CnnSuiteCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("model_class", TaskModule)
+        kwargs.setdefault("datamodule_class", TaskDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault(
+            "parser_kwargs", {"description": "cnnsuite: CNN tasks on Lightning. Also: cnnsuite evaluate --help"}
+        )
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Fixed names: resuming or re-running never makes "best-v1.ckpt" or metric subfolders.
+        parser.set_defaults(
+            {
+                "checkpoint.filename": "best",
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.enable_version_counter": False,
+            }
+        )
+        for key in ("num_classes", "in_channels", "class_names"):
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+        parser.add_argument(
+            "--evaluate", type=bool, default=True, help="After fit, evaluate best.ckpt on the test split."
+        )
+
+    def instantiate_trainer(self, **kwargs):
+        """Default loggers: TensorBoard and CSV sharing ``<default_root_dir>/version_N``."""
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(config.get("default_root_dir") or os.getcwd())
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective call: every rank asks
+        if not trainer.is_global_zero:
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            print("no checkpoint was saved (fast_dev_run?): nothing to evaluate")
+            return
+        run_dir = Path(log_dir)
+        print(f"\nrun folder: {run_dir}\ncheckpoints: {best} (best), {Path(best).with_name('last.ckpt')} (last)")
+        if self._get(self.config, "evaluate"):
+            from .evaluate import evaluate
+
+            out_dir = run_dir / "evaluation"
+            print_metrics(evaluate(best, out_dir), out_dir)
+
+
+def default_loggers(root: str | os.PathLike) -> list:
+    tensorboard = TensorBoardLogger(save_dir=root, name="", default_hp_metric=False)
+    return [tensorboard, CSVLogger(save_dir=root, name="", version=tensorboard.version)]
+
+
+def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
+    headline = {k: v for k, v in metrics.items() if k.count("/") == 1}
+    print("\n".join(f"  {k:<16} {v:.4f}" for k, v in headline.items()))
+    print(f"evaluation: {out_dir}/ (metrics.json, report.md, plots)")
+
+
+def evaluate_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cnnsuite evaluate",
+        description="Evaluate a checkpoint on its run's test split: metrics.json, report.md and plots.",
+    )
+    parser.add_argument("--ckpt", required=True, help="path to a checkpoint written by cnnsuite fit")
+    parser.add_argument("--out", default=None, help="output folder (default: <run folder>/evaluation)")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    args = parser.parse_args(argv)
+    from .evaluate import evaluate, evaluation_dir
+
+    try:
+        metrics = evaluate(args.ckpt, args.out, accelerator=args.accelerator)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"cnnsuite evaluate: error: {err}\n")
+    print_metrics(metrics, evaluation_dir(args.ckpt, args.out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:
+        evaluate_main(argv[1:])
+    else:
+        CnnSuiteCLI(args=argv)

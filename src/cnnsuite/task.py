@@ -1,0 +1,65 @@
+"""TaskModule: the LightningModule every task builds on.
+
+A task says three things in three hooks, called once from ``__init__``:
+``configure_models`` (backbone and head), ``configure_losses`` and ``configure_metrics``
+(one torchmetrics ``MetricCollection``, cloned per stage with ``train/``, ``val/`` and
+``test/`` prefixes). ``monitor`` and ``mode`` say which logged value picks the best
+checkpoint. Optimiser and LR scheduler come from the config's ``optimizer:`` and
+``lr_scheduler:`` sections, the LightningCLI way.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import lightning as L
+from torchmetrics import MetricCollection
+
+
+def class_path(obj: object) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class TaskModule(L.LightningModule):
+    monitor: str = "val/loss"
+    mode: str = "min"
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Collects the subclass's init arguments (walking up the frames); they must be
+        # JSON-able so a checkpoint loads with weights_only=True.
+        self.save_hyperparameters()
+        self.configure_models()
+        self.configure_losses()
+        self.train_metrics, self.val_metrics, self.test_metrics = (
+            self.configure_metrics(stage) for stage in ("train", "val", "test")
+        )
+
+    def configure_models(self) -> None:
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        raise NotImplementedError
+
+    def configure_metrics(self, stage: str) -> MetricCollection:
+        """The metrics logged at ``stage`` (``train``, ``val`` or ``test``)."""
+        raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record which classes rebuild this run, so evaluation needs only the file."""
+        classes = {"model": class_path(self)}
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None:
+            classes["datamodule"] = class_path(datamodule)
+        checkpoint["cnnsuite_classes"] = classes
+
+    def write_plots(self, out_dir: Path, datamodule: L.LightningDataModule) -> list[Path]:
+        """Task-specific pictures of the last test run (evaluation calls this)."""
+        return []

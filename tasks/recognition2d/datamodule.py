@@ -1,0 +1,128 @@
+"""Where recognition2d's samples come from: an image folder, ``<class>/<file>``.
+
+The embedded default is scikit-learn's 1,797 real handwritten digit scans (8×8, 16 grey
+levels), written once as PNGs under ``data/recognition2d/`` with the digit tasks' shared
+split as ``train.txt``/``val.txt``/``test.txt``, and read back by the same reader as a
+user's folder. Images of any size and mode are decoded by torchvision, brought to
+``channels`` (gray or RGB) and resized to ``image_size`` — LeNet-5 wants 32×32.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from cnnsuite.data import (
+    IMAGE_EXTENSIONS,
+    BadFileError,
+    TaskDataModule,
+    check_folder,
+    image_channels,
+    list_classes,
+    list_samples,
+    read_image,
+)
+from cnnsuite.data.digits import digit_scans, digit_split
+
+
+class ImageFolderDataset(Dataset):
+    """``(image float tensor (C, H, W), class index)`` for each relative path in ``ids``."""
+
+    def __init__(self, root: Path, ids: list[str], labels: list[int], channels: int, transform) -> None:
+        self.root, self.ids, self.labels = root, ids, labels
+        self.channels, self.transform = channels, transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image = read_image(self.root / self.ids[index], self.channels)
+        return self.transform(image), self.labels[index]
+
+
+class RecognitionDataModule(TaskDataModule):
+    """Image folder → train/val/test loaders of ``(image, label)``.
+
+    ``on_bad_file``: ``error`` (default) stops at the first undecodable file, naming it;
+    ``skip`` decodes every file once at setup and leaves out bad ones with a warning
+    naming each.
+    """
+
+    default_name = "recognition2d"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        data_root: str = "data",
+        image_size: int = 32,
+        channels: int | None = None,
+        augment: bool = True,
+        on_bad_file: str = "error",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
+        if data_dir is None:
+            self.class_names = [str(d) for d in range(10)]
+            self.in_channels = channels or 1
+        else:
+            root = check_folder(data_dir)
+            self.class_names = list_classes(root, IMAGE_EXTENSIONS)
+            first = next(root / name for name, _ in list_samples(root, self.class_names[:1], IMAGE_EXTENSIONS))
+            self.in_channels = channels or image_channels(first)
+
+    def write_default(self, folder: Path) -> None:
+        images, labels = digit_scans()
+        for digit in range(10):
+            (folder / str(digit)).mkdir()
+        ids = [f"{label}/{index:04d}.png" for index, label in enumerate(labels)]
+        for sample_id, image in zip(ids, images, strict=True):
+            Image.fromarray(image, mode="L").save(folder / sample_id)
+        for stage, indices in digit_split().items():
+            (folder / f"{stage}.txt").write_text("".join(f"{ids[i]}\n" for i in indices))
+
+    def list_samples(self) -> list[tuple[str, int]]:
+        return list_samples(self.root, self.class_names, IMAGE_EXTENSIONS)
+
+    def transform(self, stage: str) -> v2.Compose:
+        size = self.hparams.image_size
+        steps = [v2.Resize((size, size), antialias=True)]
+        if stage == "train" and self.hparams.augment:
+            steps.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
+        steps += [
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * self.in_channels, [0.5] * self.in_channels),
+        ]
+        return v2.Compose(steps)
+
+    def make_dataset(self, ids: list[str], stage: str) -> Dataset:
+        if self.hparams.on_bad_file == "skip":
+            ids = [i for i in ids if self._readable(i)]
+        labels = []
+        for sample_id in ids:
+            name = sample_id.split("/")[0]
+            if name not in self.class_names:
+                raise ValueError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
+            labels.append(self.class_names.index(name))
+        return ImageFolderDataset(self.root, ids, labels, self.in_channels, self.transform(stage))
+
+    def _readable(self, sample_id: str) -> bool:
+        try:
+            read_image(self.root / sample_id, self.in_channels)
+        except BadFileError as err:
+            warnings.warn(f"skipping {err}", stacklevel=2)
+            return False
+        return True

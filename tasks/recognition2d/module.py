@@ -1,0 +1,51 @@
+"""What recognition2d predicts and how it is scored: one class per image.
+
+It is the shared :class:`~cnnsuite.classification.ClassificationModule` in 2D; the default
+config makes it LeNet-5 (C1-S2-C3-S4-C5 backbone, F6 = 84-unit hidden layer). Evaluation
+adds a picture of test images with their true and predicted labels, mistakes first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from cnnsuite.classification import ClassificationModule
+
+
+class RecognitionModule(ClassificationModule):
+    def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
+        paths = super().write_plots(out_dir, datamodule)
+        return paths + [self._plot_predictions(Path(out_dir), datamodule.datasets["test"])]
+
+    @torch.no_grad()
+    def _plot_predictions(self, out_dir: Path, dataset, count: int = 24, pool: int = 512) -> Path:
+        """Mistakes among the first ``pool`` test images, then correct ones, ``count`` in all."""
+        self.eval()
+        images, labels = zip(*(dataset[i] for i in range(min(len(dataset), pool))), strict=True)
+        batch = torch.stack(images).to(self.device)
+        predicted = torch.cat([self(chunk).argmax(1).cpu() for chunk in batch.split(256)])
+        labels = torch.as_tensor(labels)
+        order = torch.argsort((predicted == labels).int(), stable=True)[:count]  # mistakes first
+        cols = 8
+        rows = (len(order) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, 1.5 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, i in zip(axes.flat, order.tolist(), strict=False):
+            image = images[i].float()
+            image = (image - image.min()) / (image.max() - image.min() + 1e-8)
+            ax.imshow(image.permute(1, 2, 0).squeeze(-1), cmap="gray")
+            right = predicted[i] == labels[i]
+            ax.set_title(
+                f"{self.class_names[labels[i]]}→{self.class_names[predicted[i]]}",
+                color="green" if right else "red",
+                fontsize=9,
+            )
+        fig.suptitle("test images: true→predicted (mistakes first, in red)")
+        path = out_dir / "predictions.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path

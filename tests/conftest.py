@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class=8, seed=0) -> Path:
+    """A tiny user folder: RGB and gray images of different sizes; class = bright quadrant."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = rng.integers(20, 48, size=2)
+            image = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+            image[: h // 2 if c % 2 == 0 else h, w // 2 * (c // 2) :] += 150
+            pil = Image.fromarray(image)
+            (pil.convert("L") if i % 3 == 1 else pil).save(root / name / f"{i}.{'jpg' if i % 2 else 'png'}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "user_images")

@@ -1,0 +1,150 @@
+"""recognition2d end to end through the real CLI: fit, checkpoints, evaluation, errors."""
+
+import json
+import os
+import subprocess
+import warnings
+
+import pytest
+import torch
+from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+from conftest import ROOT, make_image_folder
+
+from cnnsuite.cli import main
+from cnnsuite.data import BadFileError
+from cnnsuite.data.digits import digit_split
+
+CONFIG = str(ROOT / "tasks" / "recognition2d" / "config.yaml")
+
+
+def fit(tmp_path, *extra):
+    args = [
+        "fit",
+        "--config", CONFIG,
+        "--data.data_root", str(tmp_path / "data"),
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        *extra,
+    ]  # fmt: skip
+    main(args)
+    return tmp_path / "runs" / "version_0"
+
+
+def snapshot(folder):
+    return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_user_folder_fit_evaluate_and_checkpoint_contract(tmp_path, image_folder):
+    before = snapshot(image_folder)
+    run = fit(tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "2", "--data.batch_size", "8")
+    assert snapshot(image_folder) == before, "the user's folder was written to"
+    assert not (tmp_path / "data").exists(), "a user folder needs no materialised default"
+    for name in ("config.yaml", "metrics.csv", "splits.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    # linked from the datamodule: 3 classes, RGB (the first file is RGB)
+    assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (3, 3, ["cat", "dog", "owl"])
+
+    # fit ended with the evaluation of best.ckpt; evaluate again into another folder
+    assert (run / "evaluation" / "metrics.json").is_file()
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("test/acc", "test/acc_macro", "test/f1_macro", "test/auroc", "test/acc/cat", "test/acc/owl"):
+        assert key in metrics and 0.0 <= metrics[key] <= 1.0, key
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert {"confusion_matrix.png", "predictions.png", "training_curves.png", "report.md"} <= {
+        p.name for p in (tmp_path / "eval").iterdir()
+    }
+    # evaluation used the run's own test split
+    splits = json.loads((run / "splits.json").read_text())
+    assert len(splits["test"]) == round(0.2 * 24) and not set(splits["test"]) & set(splits["train"])
+
+
+def test_default_digits_fast_dev_run_and_shared_split(tmp_path):
+    fit(tmp_path, "--trainer.fast_dev_run", "true")
+    default = tmp_path / "data" / "recognition2d"
+    assert len(list(default.glob("*/*.png"))) == 1797
+    test_ids = (default / "test.txt").read_text().split()
+    train_ids = set((default / "train.txt").read_text().split())
+    assert len(test_ids) == len(digit_split()["test"]) and not train_ids & set(test_ids)
+    # prepare_data is idempotent: a second datamodule reuses the folder
+    stamp = default.stat().st_mtime_ns
+    RecognitionDataModule(data_root=str(tmp_path / "data")).prepare_data()
+    assert default.stat().st_mtime_ns == stamp
+
+
+def test_short_training_on_digits_learns(tmp_path):
+    run = fit(tmp_path, "--trainer.max_epochs", "3")
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.9  # chance is 0.1; the full default run reaches ≥ 0.985
+
+
+def test_resume_from_last_checkpoint(tmp_path, image_folder):
+    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--evaluate", "false"]
+    first = fit(tmp_path, *common, "--trainer.max_epochs", "1")
+    fit(tmp_path, *common, "--trainer.max_epochs", "2", "--ckpt_path", str(first / "checkpoints" / "last.ckpt"))
+    resumed = torch.load(tmp_path / "runs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and (first / "config.yaml").is_file()
+
+
+def test_corrupt_image_is_named(tmp_path, image_folder):
+    (image_folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(BadFileError, match="broken.png"):
+        fit(tmp_path, "--data.data_dir", str(image_folder), "--trainer.fast_dev_run", "true", "--data.batch_size", "32")
+
+
+def test_corrupt_image_can_be_skipped_with_a_warning(tmp_path, image_folder):
+    (image_folder / "dog" / "broken.png").write_bytes(b"garbage")
+    dm = RecognitionDataModule(data_dir=str(image_folder), on_bad_file="skip", test_fraction=0.25)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    assert any("broken.png" in str(w.message) for w in caught)
+    assert sum(len(ds) for ds in dm.datasets.values()) == 24
+
+
+def test_missing_and_empty_folders_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.data_dir=.*nowhere"):
+        RecognitionDataModule(data_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class folders"):
+        RecognitionDataModule(data_dir=str(tmp_path / "empty"))
+    (tmp_path / "empty" / "cats").mkdir()
+    (tmp_path / "empty" / "cats" / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match="cats: class folder holds no file"):
+        RecognitionDataModule(data_dir=str(tmp_path / "empty"))
+
+
+def test_bad_config_values_name_the_key(tmp_path, image_folder):
+    with pytest.raises(ValueError, match="data.on_bad_file"):
+        RecognitionDataModule(data_dir=str(image_folder), on_bad_file="ignore")
+    with pytest.raises(ValueError, match="data.channels"):
+        RecognitionDataModule(data_dir=str(image_folder), channels=2)
+
+
+def test_gray_channels_inferred_from_files(tmp_path):
+    folder = make_image_folder(tmp_path / "g", per_class=3)
+    for p in folder.rglob("*.*"):
+        from PIL import Image
+
+        Image.open(p).convert("L").save(p)
+    assert RecognitionDataModule(data_dir=str(folder)).in_channels == 1
+
+
+def test_evaluate_errors_name_the_file(tmp_path, capsys):
+    bogus = tmp_path / "x.ckpt"
+    bogus.write_bytes(b"nope")
+    for path in (bogus, tmp_path / "missing.ckpt"):
+        with pytest.raises(SystemExit):
+            main(["evaluate", "--ckpt", str(path)])
+        assert str(path) in capsys.readouterr().err
+
+
+def test_make_rejects_an_unknown_task():
+    env = {**os.environ, "MAKEFLAGS": ""}
+    result = subprocess.run(["make", "-s", "train", "TASK=nope"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert "nope" in result.stderr and "recognition2d" in result.stderr
