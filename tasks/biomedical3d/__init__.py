@@ -1,0 +1,1 @@
+"""biomedical3d task."""

@@ -1,0 +1,1 @@
+"""video3d task."""
