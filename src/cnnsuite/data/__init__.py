@@ -1,0 +1,23 @@
+"""Shared data plumbing: prepare-once, splits, class folders, readers that name bad files."""
+
+from .datamodule import TaskDataModule
+from .folders import check_folder, list_classes, list_samples
+from .images import IMAGE_EXTENSIONS, BadFileError, image_channels, read_image
+from .prepare import prepare_once
+from .splits import load_splits, read_split_lists, save_splits, stratified_split
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "BadFileError",
+    "TaskDataModule",
+    "check_folder",
+    "image_channels",
+    "list_classes",
+    "list_samples",
+    "load_splits",
+    "prepare_once",
+    "read_image",
+    "read_split_lists",
+    "save_splits",
+    "stratified_split",
+]

@@ -1,0 +1,36 @@
+"""scikit-learn's handwritten digits (1,797 real 8×8 scans) and their one shared split.
+
+recognition2d, localization2d and detection2d all draw from these scans. They share one
+split, fixed here and independent of any run's seed, so that a scan in any task's test
+set is in no task's training set and transfer between the tasks is not leakage.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+from .splits import stratified_split
+
+SPLIT_SEED = 20260101
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.2
+
+
+@cache
+def digit_scans() -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 (1797, 8, 8) in 0..255, labels int (1797,))``; ships with scikit-learn."""
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    return images, digits.target.astype(np.int64)
+
+
+@cache
+def digit_split() -> dict[str, list[int]]:
+    """Indices of the scans in the shared train/val/test split (stratified by digit)."""
+    _, labels = digit_scans()
+    ids = [f"{i:04d}" for i in range(len(labels))]
+    split = stratified_split(ids, labels.tolist(), VAL_FRACTION, TEST_FRACTION, SPLIT_SEED)
+    return {stage: [int(i) for i in names] for stage, names in split.items()}

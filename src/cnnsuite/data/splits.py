@@ -1,0 +1,61 @@
+"""Train/val/test splits: fixed lists when the data brings them, else stratified by seed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from sklearn.model_selection import train_test_split
+
+STAGES = ("train", "val", "test")
+
+
+def stratified_split(
+    ids: Sequence[str], labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """Split ``ids`` so each class keeps its share in train, val and test."""
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < value < 1:
+            raise ValueError(f"data.{key}={value}: expected a fraction between 0 and 1")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
+    ids, labels = list(ids), list(labels)
+    stratify = labels if min(labels.count(c) for c in set(labels)) >= 3 else None
+    rest, test, rest_y, _ = train_test_split(
+        ids, labels, test_size=test_fraction, random_state=seed, stratify=stratify
+    )
+    rest_strat = rest_y if stratify is not None else None
+    train, val = train_test_split(
+        rest, test_size=val_fraction / (1 - test_fraction), random_state=seed, stratify=rest_strat
+    )
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def read_split_lists(root: Path) -> dict[str, list[str]] | None:
+    """``train.txt``, ``val.txt`` and ``test.txt`` in ``root`` (one relative path a line), if
+    the data brings them; all three or none."""
+    files = {stage: Path(root) / f"{stage}.txt" for stage in STAGES}
+    present = [s for s, f in files.items() if f.is_file()]
+    if not present:
+        return None
+    if len(present) != len(STAGES):
+        missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
+        raise ValueError(f"{root}: found {', '.join(present)} split lists but not {missing}")
+    return {s: [line.strip() for line in files[s].read_text().splitlines() if line.strip()] for s in STAGES}
+
+
+def save_splits(path: Path, splits: dict[str, list[str]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(splits, indent=1))
+
+
+def load_splits(path: Path) -> dict[str, list[str]]:
+    try:
+        splits = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the split lists ({err})") from None
+    if not isinstance(splits, dict) or any(not isinstance(splits.get(s), list) for s in STAGES):
+        raise ValueError(f"{path}: expected a JSON object with lists under {', '.join(STAGES)}")
+    return splits
