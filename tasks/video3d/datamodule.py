@@ -1,0 +1,333 @@
+"""Where video3d's clips come from: a class-folder layout of videos, ``<class>/<video>.mp4``.
+
+The layout of UCF101 and Kinetics. Videos are opened with PyTorchVideo's PyAV reader
+(``EncodedVideo``, audio off) and cut into clips by PyTorchVideo's clip samplers: one random
+clip per video per epoch for training (``RandomClipSampler``), every consecutive clip of
+every video for validation and testing (``UniformClipSampler``). Each clip is
+``clip_duration`` seconds, brought to ``frames_per_clip`` frames by uniform temporal
+subsampling and transformed with ``torchvision.transforms.v2`` as a ``tv_tensors.Video``.
+
+Items are ``(clip (C, T, H, W) float, label, video index, clip index)``: channels first,
+time second, the ``(N, C, T, H, W)`` layout of ``Conv3d`` and of PyTorchVideo's models.
+
+Why a map-style dataset and not PyTorchVideo's ``LabeledVideoDataset``: that dataset is an
+``IterableDataset`` that shards videos between DataLoader workers itself and batches within
+each worker, so (1) it has no length, and any length one gives it is wrong with
+``num_workers > 0`` (each worker ends on its own partial batch; Lightning stops an epoch
+after ``len(dataloader)`` batches, losing clips); (2) Lightning cannot put a
+``DistributedSampler`` in it, so under DDP every rank sees every video; (3) with persistent
+workers it repeats the same video order every epoch; (4) it skips files it cannot decode
+with only a debug log, and returns short clips silently. Here every clip of an epoch is an
+index, so DataLoader workers, DDP and ``len`` are all exact, and every file is checked at
+setup and named when bad. Decoding and clip sampling are PyTorchVideo's.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import torch
+from pytorchvideo.data.clip_sampling import RandomClipSampler, UniformClipSampler
+from pytorchvideo.data.encoded_video import EncodedVideo
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from cnnsuite.data import BadFileError, TaskDataModule, check_folder, list_classes, list_samples
+from cnnsuite.data.splits import STAGES
+
+from .motions import FPS, FRAMES, MOTIONS, write_motion_dataset
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+# Kinetics' statistics, as PyTorchVideo's recipes use them.
+MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+DEFAULT_VIDEOS_PER_CLASS = 50
+DEFAULT_SEED = 20260104
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """A video that passed the checks at setup."""
+
+    id: str  # relative path, as split lists hold it
+    label: int
+    duration: Fraction  # seconds, as PyTorchVideo measures it
+    fps: float
+
+
+def open_video(path: Path) -> EncodedVideo:
+    """PyTorchVideo's PyAV reader, audio off; a file it cannot open is named."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadFileError(f"{path}: empty file (0 bytes), expected a video")
+    try:
+        return EncodedVideo.from_path(str(path), decode_audio=False, decoder="pyav")
+    except Exception as err:  # PyTorchVideo wraps PyAV's errors in RuntimeError; stay broad
+        raise BadFileError(f"{path}: cannot open as a video ({err})") from None
+
+
+def probe_video(path: Path, clip_duration: Fraction) -> tuple[Fraction, float]:
+    """``(duration in seconds, frames per second)`` of a readable video at least one clip long;
+    otherwise :class:`BadFileError` naming the file. Decodes only the first frame."""
+    video = open_video(path)
+    try:
+        duration = Fraction(video.duration)
+    except (AttributeError, TypeError, ValueError):
+        raise BadFileError(f"{path}: the video has no duration (no decodable frames?)") from None
+    finally:
+        video.close()
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            next(container.decode(stream))
+    except (av.FFmpegError, IndexError, StopIteration, ValueError) as err:
+        raise BadFileError(f"{path}: cannot decode a video frame ({type(err).__name__}: {err})") from None
+    if duration < clip_duration:
+        raise BadFileError(
+            f"{path}: {float(duration):.3f} s long, shorter than one clip (data.clip_duration={float(clip_duration)} s)"
+        )
+    return duration, fps
+
+
+def uniform_clips(duration: Fraction, clip_duration: Fraction) -> list[Fraction]:
+    """Start times of PyTorchVideo's uniform clips of a video: consecutive, none past the end."""
+    sampler, starts, last_end = UniformClipSampler(clip_duration), [], Fraction(0)
+    while True:
+        info = sampler(last_end, duration, {})
+        starts.append(Fraction(info.clip_start_sec))
+        last_end = info.clip_end_sec
+        if info.is_last_clip:
+            return starts
+
+
+def temporal_subsample(frames: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` frames evenly spaced over the clip's ``(C, T, H, W)`` time axis (first and last
+    kept), as PyTorchVideo's ``UniformTemporalSubsample`` does."""
+    index = torch.linspace(0, frames.shape[1] - 1, count).round().long()
+    return frames.index_select(1, index)
+
+
+class ClipTransform:
+    """``(C, T, H, W)`` float frames in 0..255 → ``tv_tensors.Video`` ``(T, C, H, W)`` for
+    ``transforms.v2`` (one set of random parameters for all frames) → ``(C, T, H, W)``."""
+
+    def __init__(self, frame_size: int, train: bool, hflip: bool) -> None:
+        if train:
+            steps = [v2.RandomResizedCrop(frame_size, scale=(0.6, 1.0), antialias=True)]
+            steps += [v2.RandomHorizontalFlip()] if hflip else []
+        else:
+            steps = [v2.Resize(frame_size, antialias=True), v2.CenterCrop(frame_size)]
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+        self.transform = v2.Compose(steps)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        # PyTorchVideo gives uint8 values as float32: the cast back is exact.
+        video = tv_tensors.Video(frames.to(torch.uint8).permute(1, 0, 2, 3))
+        return self.transform(video).permute(1, 0, 2, 3).contiguous().as_subclass(torch.Tensor)
+
+
+class ClipDataset(Dataset):
+    """One item per clip of an epoch: ``(clip, label, video index, clip index)``.
+
+    ``starts`` holds ``(video index, start time)``; a start of ``None`` means "a random
+    clip of that video, drawn by PyTorchVideo's ``RandomClipSampler`` when read".
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        videos: list[VideoRecord],
+        starts: list[tuple[int, Fraction | None]],
+        clip_duration: Fraction,
+        frames_per_clip: int,
+        transform,
+    ) -> None:
+        self.root, self.videos, self.starts = root, videos, starts
+        self.clip_duration, self.frames_per_clip, self.transform = clip_duration, frames_per_clip, transform
+        self.random_clips = RandomClipSampler(clip_duration)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def read(self, index: int) -> tuple[torch.Tensor, int, int]:
+        """The raw clip ``(C, frames_per_clip, H, W)`` float in 0..255, its label and video index."""
+        video_index, start = self.starts[index]
+        record = self.videos[video_index]
+        path = self.root / record.id
+        if start is None:
+            start = Fraction(self.random_clips(0, record.duration, {}).clip_start_sec)
+        end = start + self.clip_duration
+        video = open_video(path)
+        try:
+            frames = video.get_clip(start, end)["video"]
+        finally:
+            video.close()
+        expected = float(self.clip_duration) * record.fps
+        if frames is None or frames.shape[1] < max(1.0, expected / 2):
+            got = 0 if frames is None else frames.shape[1]
+            raise BadFileError(
+                f"{path}: decoded {got} frames between {float(start):.3f} s and {float(end):.3f} s, "
+                f"expected about {expected:.0f} (damaged or truncated video?)"
+            )
+        return temporal_subsample(frames, self.frames_per_clip), record.label, video_index
+
+    def __getitem__(self, index: int):
+        frames, label, video_index = self.read(index)
+        return self.transform(frames), label, video_index, index
+
+
+class VideoDataModule(TaskDataModule):
+    """Class-folder videos → loaders of clips ``(B, C, T, H, W)``.
+
+    - ``clip_duration`` seconds per clip, ``frames_per_clip`` frames sampled evenly in it,
+      frames resized and cropped to ``frame_size``; ``train_clips_per_video`` random clips of
+      each video per training epoch.
+    - ``augment``: random resized crops (one per clip) in training; ``hflip`` adds horizontal
+      flips — off by default, since flipping turns "left" into "right".
+    - ``on_bad_file``: every video is opened at setup and its first frame decoded; an
+      unreadable, empty or too-short video stops the run naming the file (``error``), or is
+      left out with a warning naming it (``skip``).
+    - Splits: ``train.csv``/``val.csv``/``test.csv`` in ``data_dir`` (PyTorchVideo's
+      ``<path> [<label>]`` lines), else ``train.txt``/``val.txt``/``test.txt``, else stratified
+      by ``seed``.
+    """
+
+    default_name = "video3d"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        data_root: str = "data",
+        clip_duration: float = 1.0,
+        frames_per_clip: int = 8,
+        frame_size: int = 32,
+        train_clips_per_video: int = 1,
+        augment: bool = True,
+        hflip: bool = False,
+        on_bad_file: str = "error",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+        if not clip_duration > 0:
+            raise ValueError(f"data.clip_duration={clip_duration}: expected a positive number of seconds")
+        for key, value in (
+            ("frames_per_clip", frames_per_clip),
+            ("frame_size", frame_size),
+            ("train_clips_per_video", train_clips_per_video),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key}={value}: expected a positive integer")
+        if data_dir is None:
+            self.class_names = list(MOTIONS)
+            if clip_duration > FRAMES / FPS:
+                raise ValueError(
+                    f"data.clip_duration={clip_duration}: the embedded videos are {FRAMES / FPS} s long; "
+                    "choose a shorter clip"
+                )
+        else:
+            self.class_names = list_classes(check_folder(data_dir), VIDEO_EXTENSIONS)
+        self.in_channels = 3  # PyAV decodes to RGB
+        # Exact seconds: 1/3 s as a float would drift against frame timestamps.
+        self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
+
+    def write_default(self, folder: Path) -> None:
+        write_motion_dataset(folder, DEFAULT_VIDEOS_PER_CLASS, DEFAULT_SEED)
+
+    def list_samples(self) -> list[tuple[str, int]]:
+        return list_samples(self.root, self.class_names, VIDEO_EXTENSIONS)
+
+    def _decide_splits(self) -> dict[str, list[str]]:
+        if self.hparams.data_dir is not None and not self.hparams.split_file:
+            splits = read_csv_lists(self.root, self.class_names)
+            if splits is not None:
+                known = {sample_id for sample_id, _ in self.list_samples()}
+                for stage in STAGES:
+                    unknown = [i for i in splits[stage] if i not in known]
+                    if unknown:
+                        raise ValueError(
+                            f"{self.root / f'{stage}.csv'}: {len(unknown)} videos are not in the class folders "
+                            f"of {self.root}, e.g. {unknown[0]}"
+                        )
+                return splits
+        return super()._decide_splits()
+
+    def make_dataset(self, ids: list[str], stage: str) -> Dataset:
+        hp = self.hparams
+        videos = []
+        for sample_id in ids:
+            name = sample_id.split("/")[0]
+            if name not in self.class_names:
+                raise ValueError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
+            try:
+                duration, fps = probe_video(self.root / sample_id, self.clip_duration)
+            except BadFileError as err:
+                if hp.on_bad_file == "error":
+                    raise
+                warnings.warn(f"skipping {err}", stacklevel=2)
+                continue
+            videos.append(VideoRecord(sample_id, self.class_names.index(name), duration, fps))
+        if not videos:
+            raise ValueError(f"{self.root}: no readable video in the {stage} split ({len(ids)} listed)")
+        if stage == "train":
+            starts = [(v, None) for v in range(len(videos)) for _ in range(hp.train_clips_per_video)]
+        else:
+            starts = [(v, s) for v, rec in enumerate(videos) for s in uniform_clips(rec.duration, self.clip_duration)]
+        transform = ClipTransform(hp.frame_size, train=stage == "train" and hp.augment, hflip=hp.hflip)
+        return ClipDataset(self.root, videos, starts, self.clip_duration, hp.frames_per_clip, transform)
+
+
+def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] | None:
+    """``train.csv``, ``val.csv`` and ``test.csv`` in ``root`` (all three or none), in
+    PyTorchVideo's ``LabeledVideoPaths`` format: ``<path> [<integer label>]`` a line, the path
+    relative to ``root``. The class is the path's folder; a label column, if given, must name
+    the folders consistently (0- or 1-based numbering alike, as in UCF101's lists)."""
+    files = {stage: root / f"{stage}.csv" for stage in STAGES}
+    present = [s for s, f in files.items() if f.is_file()]
+    if not present:
+        return None
+    if len(present) != len(STAGES):
+        missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
+        raise ValueError(f"{root}: found {', '.join(present)} .csv split lists but not {missing}")
+    splits, folder_of, label_of = {}, {}, {}
+    for stage, file in files.items():
+        ids = []
+        for number, line in enumerate(file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            # as PyTorchVideo's LabeledVideoPaths.from_csv: the last token is the label, if any
+            # (-1, its "no label", is ignored like a missing one)
+            parts = line.strip().rsplit(None, 1)
+            path, label = (parts[0], parts[1]) if len(parts) == 2 and parts[1].lstrip("-").isdigit() else (line, None)
+            label = None if label == "-1" else label
+            path = Path(path.strip())
+            if path.is_absolute():
+                try:
+                    path = path.relative_to(root)
+                except ValueError:
+                    raise ValueError(f"{file}, line {number}: {path} is not inside {root}") from None
+            sample_id = path.as_posix()
+            folder = sample_id.split("/")[0]
+            if folder not in class_names:
+                raise ValueError(f"{file}, line {number}: {sample_id} is not in a class folder of {root}")
+            if label is not None and (folder_of.setdefault(label, folder), label_of.setdefault(folder, label)) != (
+                folder,
+                label,
+            ):
+                raise ValueError(
+                    f"{file}, line {number}: label {label} for folder {folder!r} contradicts earlier lines "
+                    f"(label {label} was {folder_of[label]!r}, {folder!r} was label {label_of[folder]})"
+                )
+            ids.append(sample_id)
+        splits[stage] = ids
+    return splits
