@@ -1,0 +1,345 @@
+"""Object-detection annotations: the COCO format (and Pascal VOC XML), read and checked.
+
+A COCO file is a JSON object with ``images`` (``id``, ``file_name``, ``width``, ``height``),
+``annotations`` (``id``, ``image_id``, ``category_id``, ``bbox`` as ``[x, y, width, height]``
+in pixels; ``iscrowd``, ``segmentation`` and ``area`` are tolerated) and ``categories``
+(``id``, ``name``). Category ids may be any integers, as in COCO itself (1…90 with gaps):
+:class:`CategoryMap` turns them into the contiguous labels ``0…K-1`` a network predicts and
+back. Image files are found by ``file_name`` relative to the dataset folder or to its
+``images/`` sub-folder.
+
+Everything a user can get wrong — invalid JSON, a box outside its image, a zero-area box,
+an unknown category or image id, a missing image file — raises :class:`AnnotationError`
+naming the file and the annotation (or image) id. With ``on_error="skip"`` the bad
+annotation (or the image whose file is missing) is left out instead, with a warning naming it.
+
+A Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``) is read into the same records
+by :func:`read_voc`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+#: tolerance, in pixels, for a box edge beyond the image border (rounding in exporters)
+BORDER_TOLERANCE = 1.0
+
+
+class AnnotationError(ValueError):
+    """A detection annotation that cannot be used; the message names the file and id."""
+
+
+@dataclass
+class CategoryMap:
+    """Dataset category ids (any integers, sorted) ↔ contiguous labels ``0…K-1``."""
+
+    ids: list[int]
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        self._label = {cid: label for label, cid in enumerate(self.ids)}
+
+    def label(self, category_id: int) -> int:
+        return self._label[category_id]
+
+    def category_id(self, label: int) -> int:
+        return self.ids[label]
+
+    def __contains__(self, category_id: object) -> bool:
+        return category_id in self._label
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class DetectionRecord:
+    """One image and its boxes (``x1, y1, x2, y2`` in pixels) with contiguous labels."""
+
+    file: str  # path relative to the dataset folder; also the sample id in split lists
+    image_id: int
+    width: int
+    height: int
+    boxes: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    iscrowd: list[int] = field(default_factory=list)
+    annotation_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class DetectionData:
+    categories: CategoryMap
+    records: list[DetectionRecord]
+
+
+def _fail(message: str, on_error: str) -> None:
+    if on_error == "skip":
+        warnings.warn(f"skipping: {message}", stacklevel=3)
+    else:
+        raise AnnotationError(message)
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise AnnotationError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
+        raise AnnotationError(f"{path}: expected a COCO object with 'images', 'annotations' and 'categories' lists")
+    if not isinstance(data.get("annotations", []), list):
+        raise AnnotationError(f"{path}: 'annotations' must be a list")
+    return data
+
+
+def read_categories(path: Path, data: dict | None = None) -> CategoryMap:
+    """The categories of a COCO file, sorted by id."""
+    data = _load_json(path) if data is None else data
+    pairs = []
+    for entry in data["categories"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or "name" not in entry:
+            raise AnnotationError(f"{path}: category {entry!r}: expected an object with an integer 'id' and a 'name'")
+        pairs.append((entry["id"], str(entry["name"])))
+    if not pairs:
+        raise AnnotationError(f"{path}: 'categories' is empty")
+    ids = [i for i, _ in pairs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise AnnotationError(f"{path}: category id {duplicates[0]} appears more than once")
+    pairs.sort()
+    return CategoryMap([i for i, _ in pairs], [n for _, n in pairs])
+
+
+def find_image(root: Path, file_name: str) -> str | None:
+    """``file_name`` relative to ``root`` or ``root/images``, as a path relative to ``root``."""
+    for candidate in (Path(file_name), Path("images") / file_name):
+        if (root / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise AnnotationError(f"{path}: cannot decode as an image ({err})") from None
+
+
+def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = "error") -> DetectionData:
+    """Read and check one COCO file; images are looked up under ``root`` (default: the
+    file's folder). Crowd annotations are kept, flagged in ``iscrowd``."""
+    if on_error not in ("error", "skip"):
+        raise ValueError(f"on_error={on_error!r}: expected 'error' or 'skip'")
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    data = _load_json(path)
+    categories = read_categories(path, data)
+
+    records: dict[int, DetectionRecord] = {}
+    seen_files: set[str] = set()
+    for entry in data["images"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not entry.get("file_name"):
+            raise AnnotationError(f"{path}: image {entry!r}: expected an integer 'id' and a 'file_name'")
+        image_id, file_name = entry["id"], str(entry["file_name"])
+        if image_id in records:
+            raise AnnotationError(f"{path}: image id {image_id} appears more than once")
+        found = find_image(root, file_name)
+        if found is None:
+            _fail(
+                f"{path}: image id {image_id}: file_name {file_name!r} is in neither {root} nor {root / 'images'}",
+                on_error,
+            )
+            continue
+        if found in seen_files:
+            raise AnnotationError(f"{path}: image id {image_id}: file {found} is listed more than once")
+        seen_files.add(found)
+        width, height = entry.get("width"), entry.get("height")
+        if not (isinstance(width, int | float) and isinstance(height, int | float) and width > 0 and height > 0):
+            width, height = _image_size(root / found)  # width/height are optional: read the header
+        records[image_id] = DetectionRecord(found, image_id, int(width), int(height))
+
+    image_ids = {int(e["id"]) for e in data["images"]}
+    seen_annotations: set[object] = set()
+    for ann in data.get("annotations", []):
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        where = f"{path}: annotation id {ann_id}"
+        if not isinstance(ann, dict) or ann_id is None:
+            raise AnnotationError(f"{path}: annotation {ann!r}: expected an object with an 'id'")
+        if ann_id in seen_annotations:
+            raise AnnotationError(f"{where} appears more than once")
+        seen_annotations.add(ann_id)
+        image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
+        if image_id not in image_ids:
+            _fail(f"{where}: image_id {image_id!r} is not among the file's images", on_error)
+            continue
+        if image_id not in records:  # its image file was missing and skipped
+            continue
+        record = records[image_id]
+        if category_id not in categories:
+            _fail(f"{where}: category_id {category_id!r} is not one of the categories {categories.ids}", on_error)
+            continue
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
+        ):
+            _fail(f"{where}: bbox {bbox!r}: expected [x, y, width, height], four finite numbers", on_error)
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        if w <= 0 or h <= 0:
+            _fail(f"{where}: bbox {bbox}: zero or negative area (width {w:g}, height {h:g})", on_error)
+            continue
+        t = BORDER_TOLERANCE
+        if x < -t or y < -t or x + w > record.width + t or y + h > record.height + t:
+            _fail(
+                f"{where}: bbox {bbox} (x, y, width, height) lies outside its image "
+                f"{record.file} of {record.width}x{record.height} pixels",
+                on_error,
+            )
+            continue
+        x1, y1 = max(x, 0.0), max(y, 0.0)
+        record.boxes.append([x1, y1, min(x + w, record.width), min(y + h, record.height)])
+        record.labels.append(categories.label(category_id))
+        record.iscrowd.append(int(bool(ann.get("iscrowd", 0))))
+        record.annotation_ids.append(ann_id)
+    return DetectionData(categories, list(records.values()))
+
+
+# --- Pascal VOC ---------------------------------------------------------------------
+
+
+def voc_classes(root: Path) -> list[str]:
+    """Sorted object names over ``root/Annotations/*.xml``."""
+    names = set()
+    for xml_path in _voc_files(root):
+        names |= {obj.findtext("name", "").strip() for obj in _parse_voc(xml_path).iter("object")}
+    names.discard("")
+    if not names:
+        raise AnnotationError(f"{root / 'Annotations'}: no <object> with a <name> in any XML file")
+    return sorted(names)
+
+
+def _voc_files(root: Path) -> list[Path]:
+    files = sorted((root / "Annotations").glob("*.xml"))
+    if not files:
+        raise AnnotationError(f"{root / 'Annotations'}: no .xml files")
+    return files
+
+
+def _parse_voc(xml_path: Path) -> ET.Element:
+    try:
+        return ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise AnnotationError(f"{xml_path}: not valid XML ({err})") from None
+
+
+def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") -> DetectionData:
+    """A Pascal VOC folder: ``Annotations/<name>.xml`` with ``<filename>``, ``<size>`` and
+    ``<object><name/><bndbox>xmin ymin xmax ymax</bndbox></object>``; images in
+    ``JPEGImages/`` (or next to the XML's ``<filename>`` under ``root``). ``difficult``
+    objects are kept as crowd (ignored by training and scoring, as COCO crowds are).
+    Annotation ids are ``<xml name>#<object index>`` in messages."""
+    root = Path(root)
+    categories = CategoryMap(list(range(len(class_names))), list(class_names))
+    records = []
+    for image_id, xml_path in enumerate(_voc_files(root)):
+        tree = _parse_voc(xml_path)
+        file_name = tree.findtext("filename", "").strip() or f"{xml_path.stem}.jpg"
+        found = next(
+            (c.as_posix() for c in (Path("JPEGImages") / file_name, Path(file_name)) if (root / c).is_file()), None
+        )
+        if found is None:
+            _fail(f"{xml_path}: image {file_name!r} is in neither {root / 'JPEGImages'} nor {root}", on_error)
+            continue
+        try:
+            width, height = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
+        except (TypeError, ValueError):
+            width, height = _image_size(root / found)
+        record = DetectionRecord(found, image_id, width, height)
+        for index, obj in enumerate(tree.iter("object")):
+            where = f"{xml_path}: object {index}"
+            name = obj.findtext("name", "").strip()
+            if name not in class_names:
+                _fail(f"{where}: class {name!r} is not one of {class_names}", on_error)
+                continue
+            try:
+                x1, y1, x2, y2 = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (TypeError, ValueError):
+                _fail(f"{where}: expected <bndbox> with numeric xmin, ymin, xmax, ymax", on_error)
+                continue
+            if x2 <= x1 or y2 <= y1:
+                _fail(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has zero or negative area", on_error)
+                continue
+            t = BORDER_TOLERANCE
+            if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
+                _fail(
+                    f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image", on_error
+                )
+                continue
+            record.boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)])
+            record.labels.append(categories.label(class_names.index(name)))
+            record.iscrowd.append(int(obj.findtext("difficult", "0").strip() == "1"))
+            record.annotation_ids.append(index)
+        records.append(record)
+    return DetectionData(categories, records)
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def coco_results(predictions: list[dict], categories: CategoryMap, score_threshold: float = 0.0) -> list[dict]:
+    """Detections in the COCO results format (``image_id``, ``category_id``, ``bbox`` as
+    ``[x, y, width, height]``, ``score``), from ``{"image_id", "boxes" (x1y1x2y2), "labels",
+    "scores"}`` per image — what ``pycocotools.COCO.loadRes`` reads."""
+    results = []
+    for pred in predictions:
+        for box, label, score in zip(pred["boxes"], pred["labels"], pred["scores"], strict=True):
+            if float(score) < score_threshold:
+                continue
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append(
+                {
+                    "image_id": int(pred["image_id"]),
+                    "category_id": categories.category_id(int(label)),
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(score), 4),
+                }
+            )
+    return results
+
+
+def coco_document(records: list[DetectionRecord], categories: CategoryMap) -> dict:
+    """Records → a COCO object (``file_name`` relative to the dataset folder)."""
+    annotations = []
+    for record in records:
+        for box, label, crowd, ann_id in zip(
+            record.boxes, record.labels, record.iscrowd, record.annotation_ids, strict=True
+        ):
+            x1, y1, x2, y2 = box
+            w, h = x2 - x1, y2 - y1
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": record.image_id,
+                    "category_id": categories.category_id(label),
+                    "bbox": [x1, y1, w, h],
+                    "area": w * h,
+                    "iscrowd": crowd,
+                }
+            )
+    return {
+        "images": [{"id": r.image_id, "file_name": r.file, "width": r.width, "height": r.height} for r in records],
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n} for i, n in zip(categories.ids, categories.names, strict=True)],
+    }

@@ -1,0 +1,310 @@
+"""Where detection2d's samples come from: images with many boxes, in COCO JSON (or VOC XML).
+
+- **Your data** (``data_dir``): ``annotations.json`` in COCO format, images found by
+  ``file_name`` relative to the folder or to its ``images/`` sub-folder; or fixed splits
+  ``train.json``, ``val.json`` and ``test.json`` (three COCO files, same categories); or a
+  Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``). Category ids may have gaps
+  (COCO's run 1…90): they map to contiguous labels and back
+  (:class:`~cnnsuite.data.coco.CategoryMap`). Without fixed splits, images are split by
+  ``seed``, stratified by each image's most frequent class.
+- **Embedded default**: canvases of real handwritten digits (scikit-learn's scans, upscaled
+  to varied sizes, a few per canvas, sometimes overlapping a little), written once as PNGs
+  with ``train.json``/``val.json``/``test.json`` under ``data/detection2d/`` and read back by
+  the same COCO reader. Each split's canvases use only that split's scans of the digit
+  tasks' shared split, so no test scan was seen in training by any digit task.
+
+A sample is ``(image float (C, H, W) in [0, 1], target)`` with ``target`` as torchvision's
+detectors want it: ``boxes`` (x1, y1, x2, y2 pixels), ``labels`` (0…K-1), ``iscrowd`` and
+``image_id`` (the dataset's own id, for the COCO results file). Batches are lists: images
+may differ in size; the detector resizes them itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from cnnsuite.data import TaskDataModule, check_folder, image_channels, read_image
+from cnnsuite.data.coco import (
+    AnnotationError,
+    CategoryMap,
+    DetectionData,
+    DetectionRecord,
+    coco_document,
+    read_categories,
+    read_coco,
+    read_voc,
+    voc_classes,
+)
+from cnnsuite.data.digits import digit_scans, digit_split
+from cnnsuite.data.splits import STAGES
+
+# The embedded default: how many canvases per split, their side, digits per canvas and
+# digit heights in pixels. Changing them needs a fresh --data.data_root (written once).
+DEFAULT_CANVASES = {"train": 1600, "val": 150, "test": 300}
+DEFAULT_CANVAS_SIZE = 96
+DEFAULT_DIGITS_PER_CANVAS = (2, 5)
+DEFAULT_DIGIT_HEIGHT = (16, 36)
+DEFAULT_MAX_IOU = 0.15  # "sometimes overlapping a little"
+DEFAULT_SEED = 20260105
+
+
+def collate(batch):
+    """Lists, not stacked tensors: images may differ in size, targets in box count."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+class DetectionDataset(Dataset):
+    def __init__(self, root: Path, records: list[DetectionRecord], channels: int) -> None:
+        self.root, self.records, self.channels = root, records, channels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        image = read_image(self.root / record.file, self.channels)
+        if tuple(image.shape[1:]) != (record.height, record.width):
+            raise AnnotationError(
+                f"{self.root / record.file}: image id {record.image_id} is {image.shape[2]}x{image.shape[1]} "
+                f"pixels but its annotation says {record.width}x{record.height}"
+            )
+        target = {
+            "boxes": torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(record.labels, dtype=torch.int64),
+            "iscrowd": torch.tensor(record.iscrowd, dtype=torch.int64),
+            "image_id": record.image_id,
+        }
+        return image.float() / 255, target
+
+
+class DetectionDataModule(TaskDataModule):
+    """COCO (or VOC) folder → train/val/test loaders of ``(images, targets)`` lists.
+
+    ``format``: ``auto`` (COCO if the folder holds ``annotations.json`` or the three split
+    files, else VOC if it holds ``Annotations/``), ``coco`` or ``voc``.
+    ``on_bad_annotation``: ``error`` (default) stops at the first bad annotation or missing
+    image naming the file and annotation id; ``skip`` leaves it out with a warning naming it.
+    """
+
+    default_name = "detection2d"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        data_root: str = "data",
+        format: str = "auto",
+        channels: int | None = None,
+        on_bad_annotation: str = "error",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        if format not in ("auto", "coco", "voc"):
+            raise ValueError(f"data.format={format!r}: expected 'auto', 'coco' or 'voc'")
+        if on_bad_annotation not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_annotation={on_bad_annotation!r}: expected 'error' or 'skip'")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
+        self._data: DetectionData | None = None
+        self._fixed_splits: dict[str, list[str]] | None = None
+        if data_dir is None:
+            self.categories = CategoryMap(list(range(1, 11)), [str(d) for d in range(10)])
+            self.in_channels = channels or 1
+        else:
+            root = check_folder(data_dir)
+            self.format = self._detect_format(root)
+            if self.format == "voc":
+                names = voc_classes(root)
+                self.categories = CategoryMap(list(range(len(names))), names)
+            else:
+                self.categories = self._coco_categories(root)
+            self._load()  # reads and checks every annotation now: errors surface before training
+            first = next((r for r in self._data.records), None)
+            if first is None:
+                raise ValueError(f"data.data_dir={root}: the annotations list no images")
+            self.in_channels = channels or image_channels(root / first.file)
+        self.class_names = list(self.categories.names)
+
+    # --- reading --------------------------------------------------------------------
+    def _detect_format(self, root: Path) -> str:
+        fmt = self.hparams.format
+        if fmt != "auto":
+            return fmt
+        if (root / "annotations.json").is_file() or any((root / f"{s}.json").is_file() for s in STAGES):
+            return "coco"
+        if (root / "Annotations").is_dir():
+            return "voc"
+        raise ValueError(
+            f"data.data_dir={root}: found neither annotations.json, train/val/test.json (COCO) "
+            f"nor an Annotations/ folder (Pascal VOC)"
+        )
+
+    def _split_files(self, root: Path) -> dict[str, Path] | None:
+        files = {s: root / f"{s}.json" for s in STAGES}
+        present = [s for s, f in files.items() if f.is_file()]
+        if not present:
+            return None
+        if len(present) != len(STAGES):
+            missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
+            raise ValueError(f"{root}: found {', '.join(f'{s}.json' for s in present)} but not {missing}")
+        return files
+
+    def _coco_categories(self, root: Path) -> CategoryMap:
+        files = self._split_files(root)
+        if files is None:
+            if not (root / "annotations.json").is_file():
+                raise ValueError(f"data.data_dir={root}: no annotations.json (COCO)")
+            return read_categories(root / "annotations.json")
+        maps = {s: read_categories(f) for s, f in files.items()}
+        for s in STAGES[1:]:
+            if (maps[s].ids, maps[s].names) != (maps["train"].ids, maps["train"].names):
+                raise AnnotationError(f"{files[s]}: its categories differ from those of {files['train']}")
+        return maps["train"]
+
+    def _load(self) -> DetectionData:
+        """Read (once) every record of the data, and its fixed splits if it brings them."""
+        if self._data is not None:
+            return self._data
+        root, on_error = self.root, self.hparams.on_bad_annotation
+        if self.hparams.data_dir is not None and self.format == "voc":
+            self._data = read_voc(root, self.categories.names, on_error)
+            return self._data
+        files = self._split_files(root)
+        if files is None:
+            self._data = read_coco(root / "annotations.json", root, on_error)
+            return self._data
+        records, self._fixed_splits = [], {}
+        for stage, f in files.items():
+            part = read_coco(f, root, on_error)
+            records += part.records
+            self._fixed_splits[stage] = [r.file for r in part.records]
+        seen: dict[str, str] = {}
+        for stage, ids in self._fixed_splits.items():
+            for sample_id in ids:
+                if sample_id in seen:
+                    raise AnnotationError(f"{files[stage]}: image {sample_id} is also in {files[seen[sample_id]]}")
+                seen[sample_id] = stage
+        # Image ids stay as each file has them: a results file for the test split matches
+        # test.json. Samples are keyed by file, which is unique across the three files.
+        self._data = DetectionData(self.categories, records)
+        return self._data
+
+    # --- TaskDataModule hooks -------------------------------------------------------
+    def list_samples(self) -> list[tuple[str, int]]:
+        """``(image file, its most frequent label)``; the label only stratifies the split, and
+        is the same for all when the smaller of val and test could not hold every class."""
+        samples = []
+        for record in self._load().records:
+            counts = Counter(record.labels)
+            samples.append((record.file, counts.most_common(1)[0][0] if counts else -1))
+        smallest = min(self.hparams.val_fraction, self.hparams.test_fraction) * len(samples)
+        if smallest < len({label for _, label in samples}):
+            return [(sample_id, 0) for sample_id, _ in samples]
+        return samples
+
+    def _decide_splits(self) -> dict[str, list[str]]:
+        self._load()
+        if not self.hparams.split_file and self._fixed_splits is not None:
+            return self._fixed_splits
+        return super()._decide_splits()
+
+    def make_dataset(self, ids: list[str], stage: str) -> Dataset:
+        by_file = {r.file: r for r in self._load().records}
+        return DetectionDataset(self.root, [by_file[i] for i in ids], self.in_channels)
+
+    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[stage],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=collate,
+        )
+
+    def coco_ground_truth(self, stage: str) -> dict:
+        """The ``stage`` split as one COCO object (what a results file is scored against)."""
+        return coco_document(self.datasets[stage].records, self.categories)
+
+    # --- the embedded default -------------------------------------------------------
+    def write_default(self, folder: Path) -> None:
+        scans, digits = digit_scans()
+        split = digit_split()
+        rng = np.random.default_rng(DEFAULT_SEED)
+        (folder / "images").mkdir()
+        image_id = annotation_id = 1
+        for stage, count in DEFAULT_CANVASES.items():
+            records = []
+            for index in range(count):
+                canvas, boxes, labels = compose_canvas(rng, scans, digits, split[stage])
+                name = f"{stage}_{index:05d}.png"
+                Image.fromarray(canvas, mode="L").save(folder / "images" / name)
+                n = len(boxes)
+                records.append(
+                    DetectionRecord(
+                        name, image_id, canvas.shape[1], canvas.shape[0], boxes, labels, [0] * n,
+                        list(range(annotation_id, annotation_id + n)),
+                    )
+                )  # fmt: skip
+                image_id, annotation_id = image_id + 1, annotation_id + n
+            (folder / f"{stage}.json").write_text(json.dumps(coco_document(records, self.categories)))
+
+
+def compose_canvas(
+    rng: np.random.Generator,
+    scans: np.ndarray,
+    digits: np.ndarray,
+    pool: list[int],
+    size: int = DEFAULT_CANVAS_SIZE,
+) -> tuple[np.ndarray, list[list[float]], list[int]]:
+    """A ``size``² canvas with a few real digit scans from ``pool`` (indices into ``scans``)
+    at random places and heights; returns ``(uint8 image, boxes x1y1x2y2, digit labels)``.
+
+    A box is the tight box of the digit's ink (pixels above a quarter of its peak) after
+    upscaling. Digits are combined by maximum, so a small overlap hides no stroke.
+    """
+    canvas = np.zeros((size, size), np.float32)
+    boxes: list[list[float]] = []
+    labels: list[int] = []
+    low, high = DEFAULT_DIGITS_PER_CANVAS
+    for _ in range(rng.integers(low, high + 1)):
+        for _attempt in range(30):
+            scan = int(pool[rng.integers(len(pool))])
+            h = int(rng.integers(DEFAULT_DIGIT_HEIGHT[0], DEFAULT_DIGIT_HEIGHT[1] + 1))
+            w = max(8, int(round(h * rng.uniform(0.7, 1.0))))
+            patch = np.asarray(Image.fromarray(scans[scan]).resize((w, h), Image.Resampling.BILINEAR), np.float32)
+            ink = patch > 0.25 * patch.max()
+            ys, xs = np.nonzero(ink)
+            x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+            box = [float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)]
+            if all(_iou(box, other) <= DEFAULT_MAX_IOU for other in boxes):
+                break
+        else:
+            continue  # no room left for another digit on this canvas
+        region = canvas[y0 : y0 + h, x0 : x0 + w]
+        np.maximum(region, patch, out=region)
+        boxes.append(box)
+        labels.append(int(digits[scan]))
+    noisy = canvas + rng.normal(0, 10, canvas.shape)  # sensor noise on a dark page
+    return np.clip(noisy, 0, 255).astype(np.uint8), boxes, labels
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

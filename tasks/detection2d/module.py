@@ -1,0 +1,339 @@
+"""What detection2d predicts and how it is scored: many boxes, each with a class and a score.
+
+The network is ours up to the features and torchvision's from there on:
+
+    image → our backbone (stages shallow → deep) → FPN (torchvision.ops) → detector
+
+:class:`BackboneFPN` is the small adapter torchvision's detection models need: it runs the
+shared backbone, feeds the chosen stages to ``torchvision.ops.FeaturePyramidNetwork`` and
+returns an ``OrderedDict`` of maps with an ``out_channels`` attribute. The detector — FCOS
+(default, anchor-free), RetinaNet or Faster R-CNN — brings its own anchors or points, box
+coder, losses, resizing/normalisation transform and NMS; none of that is rewritten here.
+Anchor sizes follow the pyramid's strides. torchvision's reference detectors
+``fasterrcnn_mobilenet_v3_large_320_fpn`` and ``ssdlite320_mobilenet_v3_large`` can be
+picked instead (random init, nothing downloaded) to compare against.
+
+Scoring is torchmetrics' ``MeanAveragePrecision`` with the COCO (pycocotools) backend:
+``map`` (IoU .50:.95), ``map_50``, ``map_75``, size-bucketed and recall figures and per-class
+AP as ``test/ap/<class>``. Evaluation adds a grid of test images with predicted boxes and a
+``predictions.json`` in the COCO results format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from functools import partial
+from pathlib import Path
+
+import matplotlib
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.models import detection as tvd
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+from torchvision.utils import draw_bounding_boxes, make_grid, save_image
+
+from cnnsuite.backbone import build_backbone
+from cnnsuite.data.coco import CategoryMap, coco_results
+from cnnsuite.task import TaskModule
+
+REFERENCES = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
+DETECTORS = ("fcos", "retinanet", "fasterrcnn", *REFERENCES)
+# Detectors whose class 0 is "background": dataset labels are shifted by one for them.
+_BACKGROUND_FIRST = ("fasterrcnn", *REFERENCES)
+# One colour per class in the prediction plots.
+_PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fff"]
+# mAP fields that are not one number, or not a score.
+_NOT_LOGGED = ("map_per_class", "mar_100_per_class", "classes", "ious", "precision", "recall", "scores")
+
+
+class BackboneFPN(nn.Module):
+    """Our list-returning backbone + torchvision's FPN, as torchvision's detectors want it.
+
+    ``stages`` picks which backbone stages feed the pyramid (default: all but the first,
+    whose full-resolution maps cost most and see least). ``extra`` adds coarser levels:
+    ``p6p7`` (FCOS/RetinaNet style, two strided convs) or ``pool`` (Faster R-CNN style).
+    ``strides`` lists each output level's stride, for sizing anchors.
+    """
+
+    def __init__(self, backbone: nn.Module, stages: list[int], out_channels: int, extra: str | None = None) -> None:
+        super().__init__()
+        n = len(backbone.out_channels)
+        bad = [s for s in stages if not -n <= s < n]
+        if bad or not stages:
+            raise ValueError(f"model.fpn_stages={stages}: expected indices of the backbone's {n} stages")
+        self.body = backbone
+        self.stages = [s % n for s in stages]
+        blocks = {
+            None: None,
+            "pool": LastLevelMaxPool(),
+            "p6p7": LastLevelP6P7(out_channels, out_channels),
+        }
+        if extra not in blocks:
+            raise ValueError(f"extra={extra!r}: expected None, 'pool' or 'p6p7'")
+        self.fpn = FeaturePyramidNetwork(
+            [backbone.out_channels[s] for s in self.stages], out_channels, extra_blocks=blocks[extra]
+        )
+        self.out_channels = out_channels
+        strides = [int(backbone.strides[s][0]) for s in self.stages]
+        strides += [strides[-1] * 2 ** (i + 1) for i in range({None: 0, "pool": 1, "p6p7": 2}[extra])]
+        self.strides = strides
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        features = self.body(x)
+        return self.fpn(OrderedDict((str(s), features[s]) for s in self.stages))
+
+
+def build_detector(
+    detector: str,
+    num_classes: int,
+    in_channels: int,
+    backbone: str,
+    backbone_kwargs: dict,
+    fpn_stages: list[int] | None,
+    fpn_channels: int,
+    head_convs: int,
+    transform: dict,
+) -> nn.Module:
+    """A torchvision detection model; ``num_classes`` counts the dataset's classes only."""
+    if detector not in DETECTORS:
+        raise ValueError(f"model.detector={detector!r}: expected one of {', '.join(DETECTORS)}")
+    if detector in REFERENCES:
+        if in_channels != 3:
+            # The references' MobileNetV3 stem takes RGB: gray images are repeated to 3 channels.
+            transform = {**transform, "image_mean": transform["image_mean"][:1] * 3,
+                         "image_std": transform["image_std"][:1] * 3}  # fmt: skip
+        factory = getattr(tvd, detector)
+        if detector.startswith("ssdlite"):
+            # SSDlite320 resizes every image to 320x320, as its name says: min/max_size do not apply.
+            kw = {"image_mean": transform["image_mean"], "image_std": transform["image_std"]}
+        else:
+            kw = dict(transform)
+        return factory(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kw)
+
+    body = build_backbone(backbone, 2, in_channels, **backbone_kwargs)
+    stages = list(fpn_stages) if fpn_stages is not None else list(range(1, len(body.out_channels)))
+    extra = {"fcos": "p6p7", "retinanet": "p6p7", "fasterrcnn": "pool"}[detector]
+    features = BackboneFPN(body, stages, fpn_channels, extra)
+    strides = features.strides
+    if detector == "fcos":
+        # One point per location; the "anchor" size (= stride) sets each level's box-size range.
+        anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+        head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
+        return tvd.FCOS(features, num_classes, anchor_generator=anchors, head=head, **transform)
+    if detector == "retinanet":
+        scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+        sizes = tuple(tuple(4 * s * k for k in scales) for s in strides)
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(strides))
+        head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes,
+                             norm_layer=partial(nn.GroupNorm, 16))  # fmt: skip
+        return tvd.RetinaNet(features, num_classes, anchor_generator=anchors, head=head, **transform)
+    anchors = AnchorGenerator(tuple((4 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides))
+    roi_pool = MultiScaleRoIAlign([str(s) for s in features.stages], output_size=7, sampling_ratio=2)
+    return tvd.FasterRCNN(
+        features, num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=150, box_batch_size_per_image=128, **transform,
+    )  # fmt: skip
+
+
+class DetectionModule(TaskModule):
+    """Image → boxes, classes and scores with a torchvision detector on our backbone.
+
+    ``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule.
+    ``min_size``/``max_size`` are the detector's internal resize (torchvision's default of
+    800 px would blow a 96 px canvas up 8×); ``image_mean``/``image_std`` its normalisation,
+    one value per channel (default 0.5 and 0.25 each).
+    """
+
+    monitor = "val/map"
+    mode = "max"
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        class_names: list[str] | None = None,
+        detector: str = "fcos",
+        backbone: str = "convnet",
+        backbone_kwargs: dict | None = None,
+        fpn_stages: list[int] | None = None,
+        fpn_channels: int = 32,
+        head_convs: int = 2,
+        min_size: int = 96,
+        max_size: int = 96,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"model.class_names has {len(class_names)} names but model.num_classes={num_classes}")
+        for key, value in (("image_mean", image_mean), ("image_std", image_std)):
+            if value is not None and len(value) != in_channels:
+                raise ValueError(f"model.{key}={value}: expected {in_channels} values, one per input channel")
+        if fpn_channels % 32:
+            raise ValueError(f"model.fpn_channels={fpn_channels}: expected a multiple of 32 (FCOS's group norm)")
+        super().__init__()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+
+    @property
+    def label_offset(self) -> int:
+        return 1 if self.hparams.detector in _BACKGROUND_FIRST else 0
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        transform = {
+            "min_size": hp.min_size,
+            "max_size": hp.max_size,
+            "image_mean": list(hp.image_mean or [0.5] * hp.in_channels),
+            "image_std": list(hp.image_std or [0.25] * hp.in_channels),
+        }
+        self.detector = build_detector(
+            hp.detector, hp.num_classes, hp.in_channels, hp.backbone, hp.backbone_kwargs or {},
+            hp.fpn_stages, hp.fpn_channels, hp.head_convs, transform,
+        )  # fmt: skip
+        # The same thresholds whatever the detector: Faster R-CNN keeps them in its ROI heads.
+        owner = getattr(self.detector, "roi_heads", self.detector)
+        for name in ("score_thresh", "nms_thresh", "detections_per_img"):
+            setattr(owner, name, hp[name])
+
+    def configure_losses(self) -> None:
+        """The detector computes its own losses (classification, box regression, …)."""
+
+    def configure_metrics(self, stage: str) -> MetricCollection:
+        if stage == "train":
+            return MetricCollection({})  # training is scored by its losses; mAP needs eval mode
+        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=stage == "test",
+                                      backend="pycocotools")  # fmt: skip
+        return MetricCollection({"map": metric}, prefix=f"{stage}/", compute_groups=False)
+
+    # --- the network ----------------------------------------------------------------
+    def _prepare(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.hparams.detector in REFERENCES and self.hparams.in_channels == 1:
+            return [image.expand(3, -1, -1) for image in images]
+        return images
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections per image: ``boxes`` (x1, y1, x2, y2 in the image's pixels), ``labels``
+        (0…K-1, the datamodule's), ``scores``."""
+        outputs = self.detector(self._prepare(images))
+        return [{**out, "labels": out["labels"] - self.label_offset} for out in outputs]
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        # Crowd regions are not objects to learn; they only excuse detections when scoring.
+        targets = [
+            {"boxes": t["boxes"][t["iscrowd"] == 0], "labels": t["labels"][t["iscrowd"] == 0] + self.label_offset}
+            for t in targets
+        ]
+        losses = self.detector(self._prepare(images), targets)
+        loss = sum(losses.values())
+        n = len(images)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def _evaluate(self, batch, stage: str) -> list[dict[str, torch.Tensor]]:
+        images, targets = batch
+        predictions = self(images)
+        truth = [{k: t[k] for k in ("boxes", "labels", "iscrowd")} for t in targets]
+        getattr(self, f"{stage}_metrics").update(predictions, truth)
+        return predictions
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        """Per image ``{"image_id", "boxes", "labels", "scores"}``; see
+        :func:`cnnsuite.data.coco.coco_results` for the COCO results format."""
+        images, targets = batch
+        return [{"image_id": t["image_id"], **p} for p, t in zip(self(images), targets, strict=True)]
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        metrics.reset()
+        prefix = f"{stage}/"
+        for key, value in values.items():
+            name = key.removeprefix(prefix)
+            if name in _NOT_LOGGED or value.numel() != 1 or float(value) == -1:
+                continue  # -1: "no object of this size" in COCO's bookkeeping, not a score
+            self.log(key, value, prog_bar=stage == "val" and name in ("map", "map_50"))
+        if stage == "test":  # per-class AP: only the test metric computes it (class_metrics=True)
+            classes = values[f"{prefix}classes"].reshape(-1).tolist()
+            for label, ap in zip(classes, values[f"{prefix}map_per_class"].reshape(-1).tolist(), strict=True):
+                if ap != -1 and 0 <= label < len(self.class_names):
+                    self.log(f"{prefix}ap/{self.class_names[int(label)]}", ap)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    # --- evaluation outputs ---------------------------------------------------------
+    @torch.no_grad()
+    def predict_dataset(self, dataset, batch_size: int = 32) -> list[dict]:
+        self.eval()
+        out = []
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            images = [image.to(self.device) for image, _ in items]
+            for (_, target), pred in zip(items, self(images), strict=True):
+                out.append({"image_id": target["image_id"], **{k: v.cpu() for k, v in pred.items()}})
+        return out
+
+    def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
+        """``predictions.png`` (test images with predicted boxes, classes, scores) and
+        ``predictions.json`` (every test detection, COCO results format)."""
+        out_dir = Path(out_dir)
+        dataset = datamodule.datasets["test"]
+        predictions = self.predict_dataset(dataset)
+        categories = getattr(datamodule, "categories", None) or CategoryMap(
+            list(range(self.hparams.num_classes)), self.class_names
+        )
+        (out_dir / "predictions.json").write_text(json.dumps(coco_results(predictions, categories)))
+        return [self.draw_predictions(out_dir / "predictions.png", dataset, predictions)]
+
+    def draw_predictions(
+        self, path: Path, dataset, predictions: list[dict], count: int = 16, min_score: float = 0.4
+    ) -> Path:
+        """A grid of the first ``count`` test images: the true boxes in thin white, the
+        predictions with score ≥ ``min_score`` in a colour per class, labelled ``class score``."""
+        font = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
+        tiles = []
+        for index in range(min(count, len(dataset))):
+            image, target = dataset[index]
+            pred = predictions[index]
+            rgb = (image * 255).round().to(torch.uint8).expand(3, -1, -1)
+            scale = max(1, round(256 / max(rgb.shape[1:])))  # small canvases drawn larger, so labels read
+            rgb = rgb.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+            rgb = draw_bounding_boxes(rgb, target["boxes"] * scale, colors="white", width=1)
+            keep = pred["scores"] >= min_score
+            classes, scores = pred["labels"][keep].tolist(), pred["scores"][keep].tolist()
+            colors = [_PALETTE[c % len(_PALETTE)] for c in classes]
+            rgb = draw_bounding_boxes(
+                rgb, pred["boxes"][keep] * scale, labels=[f"{self.class_names[c]} {p:.2f}" for c, p in
+                zip(classes, scores, strict=True)], colors=colors, width=2, font=font, font_size=12,
+                label_colors="black", label_background_colors=colors, fill_labels=True,
+            )  # fmt: skip
+            tiles.append(rgb)
+        side = max(max(t.shape[1] for t in tiles), max(t.shape[2] for t in tiles))
+        tiles = [nn.functional.pad(t, (0, side - t.shape[2], 0, side - t.shape[1])) for t in tiles]
+        save_image(make_grid([t.float() / 255 for t in tiles], nrow=4, padding=4, pad_value=1.0), path)
+        return path

@@ -1,0 +1,261 @@
+"""detection2d: the COCO reader (category mapping, malformed files), the CLI fit and evaluation."""
+
+import copy
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule, compose_canvas
+from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
+from conftest import ROOT
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from cnnsuite.cli import main
+from cnnsuite.data.coco import AnnotationError, read_coco, read_voc
+from cnnsuite.data.digits import digit_scans, digit_split
+
+CONFIG = str(ROOT / "tasks" / "detection2d" / "config.yaml")
+# COCO-style category ids with gaps, listed out of order
+CATEGORIES = [{"id": 17, "name": "dog"}, {"id": 3, "name": "cat"}, {"id": 90, "name": "owl"}]
+
+
+def make_coco_folder(root, images=12, size=64, seed=0, images_subdir=True):
+    """A tiny COCO dataset: bright squares (cat), discs (dog) and crosses (owl) on noise."""
+    rng = np.random.default_rng(seed)
+    folder = root / "images" if images_subdir else root
+    folder.mkdir(parents=True)
+    doc = {"images": [], "annotations": [], "categories": CATEGORIES}
+    ann_id = 100
+    for i in range(images):
+        canvas = rng.integers(0, 40, size=(size, size, 3), dtype=np.uint8)
+        for k in range(2):
+            cat = CATEGORIES[(i + k) % 3]
+            w = int(rng.integers(12, 20))
+            x, y = int(rng.integers(0, size // 2 - w)) + k * size // 2, int(rng.integers(0, size - w))
+            canvas[y : y + w, x : x + w] = 220 if cat["name"] == "cat" else 40
+            doc["annotations"].append(
+                {"id": ann_id, "image_id": i + 1, "category_id": cat["id"], "bbox": [x, y, w, w],
+                 "area": w * w, "iscrowd": 0, "segmentation": [[x, y, x + w, y, x + w, y + w]]}
+            )  # fmt: skip
+            ann_id += 1
+        Image.fromarray(canvas).save(folder / f"img{i}.png")
+        doc["images"].append({"id": i + 1, "file_name": f"img{i}.png", "width": size, "height": size})
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+@pytest.fixture
+def coco_folder(tmp_path):
+    return make_coco_folder(tmp_path / "user_coco")
+
+
+def fit(tmp_path, *extra):
+    args = [
+        "fit",
+        "--config", CONFIG,
+        "--data.data_root", str(tmp_path / "data"),
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        *extra,
+    ]  # fmt: skip
+    main(args)
+    return tmp_path / "runs" / "version_0"
+
+
+def test_category_ids_map_to_contiguous_labels_and_back(coco_folder):
+    data = read_coco(coco_folder / "annotations.json")
+    cats = data.categories
+    assert cats.ids == [3, 17, 90] and cats.names == ["cat", "dog", "owl"]
+    assert [cats.label(i) for i in (3, 17, 90)] == [0, 1, 2]
+    assert [cats.category_id(label) for label in (0, 1, 2)] == [3, 17, 90]
+    raw = json.loads((coco_folder / "annotations.json").read_text())
+    first = data.records[0]
+    assert first.file == "images/img0.png"  # found under DIR/images
+    truth = [a for a in raw["annotations"] if a["image_id"] == first.image_id]
+    assert [cats.category_id(label) for label in first.labels] == [a["category_id"] for a in truth]
+    x, y, w, h = truth[0]["bbox"]
+    assert first.boxes[0] == [x, y, x + w, y + h]
+
+    dm = DetectionDataModule(data_dir=str(coco_folder))
+    assert (dm.class_names, dm.num_classes, dm.in_channels) == (["cat", "dog", "owl"], 3, 3)
+
+
+def write_bad(folder, mutate):
+    doc = json.loads((folder / "annotations.json").read_text())
+    mutate(doc)
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    return folder / "annotations.json"
+
+
+@pytest.mark.parametrize(
+    "case, mutate, message",
+    [
+        ("outside", lambda d: d["annotations"][3].update(bbox=[50, 10, 30, 10]), r"annotation id 103: .*outside"),
+        ("zero area", lambda d: d["annotations"][5].update(bbox=[5, 5, 0, 9]), r"annotation id 105: .*zero"),
+        ("unknown category", lambda d: d["annotations"][2].update(category_id=4), r"annotation id 102: category_id 4"),
+        ("unknown image", lambda d: d["annotations"][1].update(image_id=999), r"annotation id 101: image_id 999"),
+        ("missing file", lambda d: d["images"][4].update(file_name="gone.png"), r"image id 5: .*'gone.png'"),
+    ],
+)
+def test_malformed_annotations_name_file_and_id(tmp_path, case, mutate, message):
+    folder = make_coco_folder(tmp_path / "c")
+    path = write_bad(folder, mutate)
+    with pytest.raises(AnnotationError, match=message) as err:
+        DetectionDataModule(data_dir=str(folder))
+    assert str(path) in str(err.value)
+    # the documented alternative: skip it, with a warning naming it
+    with pytest.warns(UserWarning, match=message):
+        dm = DetectionDataModule(data_dir=str(folder), on_bad_annotation="skip")
+    total = sum(len(r.boxes) for r in dm._load().records)
+    assert total == 23 if case != "missing file" else total == 22
+
+
+def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):
+    (coco_folder / "annotations.json").write_text('{"images": [}')
+    with pytest.raises(AnnotationError, match=r"annotations.json: not valid JSON \(line 1"):
+        DetectionDataModule(data_dir=str(coco_folder))
+    (coco_folder / "train.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"found train.json but not .*val.json"):
+        DetectionDataModule(data_dir=str(coco_folder))
+    with pytest.raises(ValueError, match="data.format"):
+        DetectionDataModule(data_dir=str(coco_folder), format="yolo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither annotations.json"):
+        DetectionDataModule(data_dir=str(tmp_path / "empty"))
+
+
+def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
+    doc = json.loads((coco_folder / "annotations.json").read_text())
+    doc["annotations"][0]["iscrowd"] = 1
+    parts = {"train": range(0, 8), "val": range(8, 10), "test": range(10, 12)}
+    for stage, indices in parts.items():
+        part = copy.deepcopy(doc)
+        part["images"] = [doc["images"][i] for i in indices]
+        keep = {im["id"] for im in part["images"]}
+        part["annotations"] = [a for a in doc["annotations"] if a["image_id"] in keep]
+        (coco_folder / f"{stage}.json").write_text(json.dumps(part))
+    dm = DetectionDataModule(data_dir=str(coco_folder))
+    dm.setup("fit")
+    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [8, 2, 2]
+    image, target = dm.datasets["train"][0]
+    assert image.shape == (3, 64, 64) and image.max() <= 1
+    assert target["iscrowd"].tolist() == [1, 0] and target["labels"].tolist() == [1, 0]  # dog (17), cat (3)
+
+    # the same boxes written as Pascal VOC XML
+    voc = tmp_path / "voc"
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "JPEGImages").mkdir()
+    for record in dm._load().records:
+        Image.open(coco_folder / record.file).save(voc / "JPEGImages" / f"{record.image_id}.png")
+        objects = "".join(
+            f"<object><name>{dm.class_names[lab]}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+            f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+            for b, lab in zip(record.boxes, record.labels, strict=True)
+        )
+        (voc / "Annotations" / f"{record.image_id}.xml").write_text(
+            f"<annotation><filename>{record.image_id}.png</filename>{objects}</annotation>"
+        )
+    vm = DetectionDataModule(data_dir=str(voc))
+    assert vm.class_names == ["cat", "dog", "owl"]
+    by_file = {r.file.split("/")[-1]: r for r in read_voc(voc, vm.class_names).records}
+    assert by_file["1.png"].boxes == dm._load().records[0].boxes
+    (voc / "Annotations" / "3.xml").write_text("<annotation><filename>3.png</filename><object><name>emu")
+    with pytest.raises(AnnotationError, match=r"3.xml: not valid XML"):
+        DetectionDataModule(data_dir=str(voc))
+
+
+def test_default_canvases_respect_the_shared_digit_split():
+    scans, digits = digit_scans()
+    split = digit_split()
+    rng = np.random.default_rng(0)
+    pool = split["test"][:5]
+    canvas, boxes, labels = compose_canvas(rng, scans, digits, pool)
+    assert canvas.shape == (96, 96) and 2 <= len(boxes) <= 5 and set(labels) <= {int(digits[i]) for i in pool}
+    for x1, y1, x2, y2 in boxes:
+        assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+        assert canvas[int(y1) : int(y2), int(x1) : int(x2)].max() > 150  # the box holds ink
+
+
+def test_fast_dev_run_on_the_embedded_default(tmp_path):
+    fit(tmp_path, "--trainer.fast_dev_run", "true")
+    default = tmp_path / "data" / "detection2d"
+    assert {p.name for p in default.iterdir()} == {"images", "train.json", "val.json", "test.json"}
+    test = read_coco(default / "test.json", default)
+    assert test.categories.names == [str(d) for d in range(10)] and len(test.records) == 300
+    assert all(1 <= len(r.boxes) <= 5 for r in test.records)
+
+
+def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder):
+    before = {p: p.stat().st_mtime_ns for p in coco_folder.rglob("*")}
+    run = fit(
+        tmp_path, "--data.data_dir", str(coco_folder), "--data.batch_size", "4", "--trainer.max_epochs", "2",
+        "--model.init_args.min_size", "64", "--model.init_args.max_size", "64", "--evaluate", "false",
+        "--trainer.log_every_n_steps", "1",
+    )  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in coco_folder.rglob("*")} == before, "the user's folder was written to"
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (3, 3, ["cat", "dog", "owl"])
+
+    out = tmp_path / "eval"
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test/map", "test/map_50", "test/map_75"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert all(isinstance(v, float) and v != -1 for v in metrics.values())
+    assert set(metrics) & {"test/ap/cat", "test/ap/dog", "test/ap/owl"}
+    assert not any(k.endswith(("map_per_class", "classes")) for k in metrics)
+    assert {"predictions.png", "predictions.json", "report.md"} <= {p.name for p in out.iterdir()}
+
+    # predictions.json is a COCO results file for the run's own test split: pycocotools scores it
+    splits = json.loads((run / "splits.json").read_text())
+    results = json.loads((out / "predictions.json").read_text())
+    raw = json.loads((coco_folder / "annotations.json").read_text())
+    test_ids = {im["id"] for im in raw["images"] if f"images/{im['file_name']}" in splits["test"]}
+    assert results and {r["image_id"] for r in results} <= test_ids
+    assert {r["category_id"] for r in results} <= {3, 17, 90}
+    gt = COCO()
+    gt.dataset = {**raw, "images": [im for im in raw["images"] if im["id"] in test_ids],
+                  "annotations": [a for a in raw["annotations"] if a["image_id"] in test_ids]}  # fmt: skip
+    gt.createIndex()
+    evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+    evaluator.evaluate(), evaluator.accumulate()
+    with warnings.catch_warnings():
+        evaluator.summarize()
+    assert abs(evaluator.stats[1] - metrics["test/map_50"]) < 0.02
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize("detector", ["retinanet", "fasterrcnn", *REFERENCES])
+def test_other_detectors_train_and_predict(detector):
+    model = DetectionModule(num_classes=3, in_channels=1, detector=detector, min_size=64, max_size=64,
+                            backbone_kwargs={"channels": [8, 16, 32]}, fpn_channels=32)  # fmt: skip
+    images = [torch.rand(1, 64, 64) for _ in range(2)]  # two: SSDlite's batch norm needs a batch
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([2]),
+                "iscrowd": torch.tensor([0]), "image_id": i} for i in range(2)]  # fmt: skip
+    if detector != "ssdlite320_mobilenet_v3_large":  # its training step at 320² takes ~10 s on 2 cores
+        model.train()
+        loss = model.training_step((images, targets), 0)
+        loss.backward()
+        assert torch.isfinite(loss)
+    model.eval()
+    out = model(images)
+    assert len(out) == 2 and set(out[0]) == {"boxes", "labels", "scores"}
+    assert out[0]["labels"].numel() == 0 or 0 <= int(out[0]["labels"].min()) and int(out[0]["labels"].max()) < 3
+
+
+def test_bad_model_values_name_the_key():
+    with pytest.raises(ValueError, match="model.detector"):
+        DetectionModule(detector="yolo")
+    with pytest.raises(ValueError, match="model.image_mean"):
+        DetectionModule(in_channels=1, image_mean=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="model.fpn_stages"):
+        DetectionModule(fpn_stages=[7])
+    with pytest.raises(ValueError, match="model.fpn_channels"):
+        DetectionModule(fpn_channels=48)
