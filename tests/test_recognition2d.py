@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import warnings
 
 import pytest
@@ -148,3 +149,13 @@ def test_make_rejects_an_unknown_task():
     result = subprocess.run(["make", "-s", "train", "TASK=nope"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode != 0
     assert "nope" in result.stderr and "recognition2d" in result.stderr
+
+
+def test_print_config_and_module_entry_point(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", CONFIG, "--trainer.max_epochs", "7", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "max_epochs: 7" in printed and "RecognitionModule" in printed and "filename: best" in printed
+    result = subprocess.run([sys.executable, "-m", "cnnsuite", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "fit" in result.stdout and "evaluate" in result.stdout
