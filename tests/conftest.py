@@ -7,6 +7,29 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def task_config(task: str) -> str:
+    return str(ROOT / "tasks" / task / "config.yaml")
+
+
+def fit(task: str, tmp_path: Path, *extra: str) -> Path:
+    """``cnnsuite fit`` with the task's config, in this process, everything under
+    ``tmp_path``; returns the run folder."""
+    from cnnsuite.cli import main
+
+    main(
+        [
+            "fit",
+            "--config", task_config(task),
+            "--data.data_root", str(tmp_path / "data"),
+            "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false",
+            *extra,
+        ]
+    )  # fmt: skip
+    return tmp_path / "runs" / "version_0"
+
+
 def make_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class=8, seed=0) -> Path:
     """A tiny user folder: RGB and gray images of different sizes; class = bright quadrant."""
     rng = np.random.default_rng(seed)

@@ -10,6 +10,7 @@ import torch
 from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule, compose_canvas
 from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from conftest import ROOT
+from conftest import fit as run_fit
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -54,17 +55,7 @@ def coco_folder(tmp_path):
 
 
 def fit(tmp_path, *extra):
-    args = [
-        "fit",
-        "--config", CONFIG,
-        "--data.data_root", str(tmp_path / "data"),
-        "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        *extra,
-    ]  # fmt: skip
-    main(args)
-    return tmp_path / "runs" / "version_0"
+    return run_fit("detection2d", tmp_path, *extra)
 
 
 def test_category_ids_map_to_contiguous_labels_and_back(coco_folder):

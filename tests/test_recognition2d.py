@@ -10,6 +10,7 @@ import pytest
 import torch
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from conftest import ROOT, make_image_folder
+from conftest import fit as run_fit
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
@@ -19,17 +20,7 @@ CONFIG = str(ROOT / "tasks" / "recognition2d" / "config.yaml")
 
 
 def fit(tmp_path, *extra):
-    args = [
-        "fit",
-        "--config", CONFIG,
-        "--data.data_root", str(tmp_path / "data"),
-        "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        *extra,
-    ]  # fmt: skip
-    main(args)
-    return tmp_path / "runs" / "version_0"
+    return run_fit("recognition2d", tmp_path, *extra)
 
 
 def snapshot(folder):

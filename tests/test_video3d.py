@@ -12,6 +12,7 @@ from cnnsuite.tasks.video3d import datamodule as video_data
 from cnnsuite.tasks.video3d.datamodule import VideoDataModule
 from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoClassificationModule
 from conftest import ROOT
+from conftest import fit as run_fit
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
@@ -54,18 +55,7 @@ def video_folder(tmp_path) -> Path:
 
 
 def fit(tmp_path, *extra):
-    args = [
-        "fit",
-        "--config", CONFIG,
-        "--data.data_root", str(tmp_path / "data"),
-        "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--data.num_workers", "0",
-        *extra,
-    ]  # fmt: skip
-    main(args)
-    return tmp_path / "runs" / "version_0"
+    return run_fit("video3d", tmp_path, "--data.num_workers", "0", *extra)
 
 
 def test_loader_shapes_time_axis_and_worker_sharding(video_folder):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cnnsuite.data import TaskDataModule, check_folder, image_channels, read_image
 from cnnsuite.data.coco import (
@@ -95,6 +95,7 @@ class DetectionDataModule(TaskDataModule):
     """
 
     default_name = "detection2d"
+    collate_fn = staticmethod(collate)
 
     def __init__(
         self,
@@ -223,17 +224,6 @@ class DetectionDataModule(TaskDataModule):
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         by_file = {r.file: r for r in self._load().records}
         return DetectionDataset(self.root, [by_file[i] for i in ids], self.in_channels)
-
-    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self.datasets[stage],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=collate,
-        )
 
     def coco_ground_truth(self, stage: str) -> dict:
         """The ``stage`` split as one COCO object (what a results file is scored against)."""

@@ -23,6 +23,9 @@ from .splits import STAGES, load_splits, read_split_lists, save_splits, stratifi
 class TaskDataModule(L.LightningDataModule):
     #: folder name of the embedded default under ``data_root``
     default_name: str = ""
+    #: the DataLoader class and how it batches items (tasks may pick MONAI's, a list collate...)
+    loader_class: type[DataLoader] = DataLoader
+    collate_fn = None
 
     def __init__(
         self,
@@ -100,12 +103,13 @@ class TaskDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(
+        return self.loader_class(
             self.datasets[stage],
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
             num_workers=workers,
             persistent_workers=workers > 0,
+            collate_fn=type(self).collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

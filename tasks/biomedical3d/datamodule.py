@@ -1,0 +1,296 @@
+"""Where biomedical3d's volumes come from, and how MONAI makes them comparable.
+
+Three sources, one pipeline:
+
+- the embedded default: generated lesion volumes (see ``lesions.py``) written once as
+  NIfTI files plus ``labels.csv`` under ``data_root/biomedical3d``;
+- a user's folder (``data_dir``): ``labels.csv`` with columns ``image,label`` (paths relative
+  to the folder; a label is a name or an integer) and the volumes, in any format MONAI's
+  ``LoadImage`` reads — NIfTI, NRRD, a DICOM series folder;
+- a MedMNIST v2 3D file (``medmnist_npz``), with its own train/val/test split.
+
+Volumes may differ in shape, spacing, orientation and dtype: MONAI transforms bring them to
+one orientation (RAS), one voxel spacing (``spacing``, optional) and one size
+(``spatial_size``), then z-score their intensities. The deterministic part is cached
+(``cache``: in memory, or on disk under ``cache_dir``) so later epochs neither re-read nor
+re-sample; random flips, 90° rotations and intensity shifts come after the cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data.utils import json_hashing
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    LoadImage,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandFlipd,
+    RandRotate90d,
+    RandShiftIntensityd,
+    Resized,
+    Spacingd,
+)
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import default_collate
+
+from cnnsuite.data import BadFileError, TaskDataModule, check_folder
+from cnnsuite.data.splits import STAGES
+
+from .lesions import CLASSES, lesion_volume
+
+LABELS_CSV = "labels.csv"
+MEDMNIST_KEYS = tuple(f"{stage}_{kind}" for stage in STAGES for kind in ("images", "labels"))
+
+
+class LoadVolumed(MapTransform):
+    """MONAI's ``LoadImage`` with channel first, checked to be one 3D volume; any failure
+    names the file (a truncated ``.nii.gz`` otherwise surfaces as a bare ``EOFError``)."""
+
+    def __init__(self, keys: str = "image") -> None:
+        super().__init__(keys)
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True)
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        for key in self.keys:
+            path = data[key]
+            try:
+                volume = self.loader(path)
+            except Exception as err:  # nibabel, pynrrd, pydicom and gzip each raise their own
+                raise BadFileError(f"{path}: cannot read as a volume ({type(err).__name__}: {err})") from None
+            if volume.dim() != 4 or volume.shape[0] != 1:
+                shape = tuple(volume.shape[1:]) if volume.shape[0] == 1 else tuple(volume.shape)
+                raise BadFileError(f"{path}: expected a 3D volume, found shape {shape}")
+            data[key] = volume
+        return data
+
+
+@contextmanager
+def bad_files_surface():
+    """MONAI wraps each transform's exception in ``RuntimeError("applying transform ...")``;
+    re-raise the :class:`BadFileError` inside, whose message names the file."""
+    try:
+        yield
+    except RuntimeError as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, BadFileError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+class NamedErrors(TorchDataset):
+    """A dataset whose bad-file errors arrive unwrapped (see :func:`bad_files_surface`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        with bad_files_surface():
+            return self.dataset[index]
+
+
+def _collate(items: list[dict]) -> tuple:
+    """MONAI items are dictionaries; the classifier takes ``(volumes, labels)``."""
+    batch = default_collate(items)
+    return batch["image"], batch["label"]
+
+
+class Biomedical3DDataModule(TaskDataModule):
+    """Volumes → ``(volume (1, D, H, W), label)`` batches for a 3D classifier.
+
+    ``cache``: ``memory`` (MONAI CacheDataset), ``disk`` (PersistentDataset under
+    ``cache_dir``, default ``<data_root>/cache/biomedical3d``) or ``none``.
+    """
+
+    default_name = "biomedical3d"
+    # MONAI's DataLoader seeds the random transforms right in each worker and epoch.
+    loader_class = DataLoader
+    collate_fn = staticmethod(_collate)
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        medmnist_npz: str | None = None,
+        data_root: str = "data",
+        cache_dir: str | None = None,
+        spatial_size: list[int] | None = None,
+        spacing: list[float] | None = None,
+        cache: str = "memory",
+        augment: bool = True,
+        default_size: int = 900,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        if data_dir is not None and medmnist_npz is not None:
+            raise ValueError("data.data_dir and data.medmnist_npz: give one source, not both")
+        if cache not in ("memory", "disk", "none"):
+            raise ValueError(f"data.cache={cache!r}: expected 'memory', 'disk' or 'none'")
+        if spatial_size is not None and len(spatial_size) != 3:
+            raise ValueError(f"data.spatial_size={spatial_size}: expected 3 sizes (D, H, W)")
+        self.spatial_size = tuple(spatial_size or (32, 32, 32))
+        self.in_channels = 1
+        if medmnist_npz is not None:
+            self._npz = _load_medmnist(Path(medmnist_npz).expanduser())
+            labels = np.concatenate([self._npz[f"{s}_labels"] for s in STAGES])
+            self.class_names = [str(i) for i in range(int(labels.max()) + 1)]
+        elif data_dir is not None:
+            self._rows = read_labels_csv(check_folder(data_dir))
+            self.class_names = class_names_of(label for _, label in self._rows)
+        else:
+            self.class_names = list(CLASSES)
+
+    # --- the embedded default -----------------------------------------------------
+    def write_default(self, folder: Path) -> None:
+        rng = np.random.default_rng(20260301)
+        (folder / "volumes").mkdir()
+        rows = []
+        for index in range(self.hparams.default_size):
+            label = index % len(CLASSES)
+            name = f"volumes/case_{index:04d}.nii.gz"
+            volume = lesion_volume(label, 32, rng)
+            nib.save(nib.Nifti1Image(volume, affine=np.diag([1.0, 1.0, 1.0, 1.0])), folder / name)
+            rows.append((name, CLASSES[label]))
+        with (folder / LABELS_CSV).open("w", newline="") as f:
+            csv.writer(f).writerows([("image", "label"), *rows])
+
+    # --- samples and splits -------------------------------------------------------
+    def list_samples(self) -> list[tuple[str, int]]:
+        rows = self._rows if self.hparams.data_dir is not None else read_labels_csv(self.root)
+        return [(image, self.class_names.index(label)) for image, label in rows]
+
+    def _decide_splits(self) -> dict[str, list[str]]:
+        if self.hparams.medmnist_npz is not None:  # the file's own split
+            return {s: [f"{s}/{i}" for i in range(len(self._npz[f"{s}_labels"]))] for s in STAGES}
+        return super()._decide_splits()
+
+    @property
+    def root(self) -> Path:
+        if self.hparams.medmnist_npz is not None:
+            return Path(self.hparams.medmnist_npz).expanduser()
+        return super().root
+
+    def prepare_data(self) -> None:
+        if self.hparams.medmnist_npz is None:
+            super().prepare_data()
+
+    # --- datasets -----------------------------------------------------------------
+    def make_dataset(self, ids: list[str], stage: str) -> Dataset:
+        if self.hparams.medmnist_npz is not None:
+            items = []
+            for sample_id in ids:
+                split, index = sample_id.split("/")
+                image = self._npz[f"{split}_images"][int(index)].astype(np.float32)[None]
+                items.append({"image": image, "label": int(self._npz[f"{split}_labels"][int(index)].flat[0])})
+            steps = []
+        else:
+            labels = dict(self.list_samples())
+            items = [{"image": str(self.root / i), "label": labels[i]} for i in ids]
+            steps = [LoadVolumed("image"), Orientationd("image", axcodes="RAS", labels=None)]
+            if self.hparams.spacing is not None:
+                steps.append(Spacingd("image", pixdim=self.hparams.spacing, mode="bilinear"))
+        steps += [
+            Resized("image", spatial_size=self.spatial_size, mode="trilinear"),
+            NormalizeIntensityd("image"),
+            EnsureTyped("image", track_meta=False),
+        ]
+        # One flat Compose: the caches keep everything before the first random transform.
+        transform = Compose(steps + (self.augmentations() if stage == "train" else []))
+        if self.hparams.cache == "memory":
+            with bad_files_surface():  # CacheDataset reads every volume now
+                return NamedErrors(CacheDataset(items, transform, progress=False, num_workers=None))
+        if self.hparams.cache == "disk" and self.hparams.medmnist_npz is None:
+            cache_dir = self._cache_dir()
+            return NamedErrors(PersistentDataset(items, transform, cache_dir=cache_dir, hash_transform=json_hashing))
+        return NamedErrors(Dataset(items, transform))
+
+    def augmentations(self) -> list:
+        if not self.hparams.augment:
+            return []
+        return [
+            RandFlipd("image", prob=0.5, spatial_axis=0),
+            RandFlipd("image", prob=0.5, spatial_axis=1),
+            RandFlipd("image", prob=0.5, spatial_axis=2),
+            RandRotate90d("image", prob=0.5, spatial_axes=(0, 1)),
+            RandRotate90d("image", prob=0.5, spatial_axes=(1, 2)),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        ]
+
+    def _cache_dir(self) -> Path:
+        """Under ``cache_dir`` (default ``<data_root>/cache``), one folder per source and
+        preprocessing, so a user's folder is never written to."""
+        hp = self.hparams
+        key = json.dumps([str(self.root.resolve()), self.spatial_size, hp.spacing], sort_keys=True)
+        base = Path(hp.cache_dir) if hp.cache_dir else Path(hp.data_root) / "cache"
+        return base / "biomedical3d" / hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def read_labels_csv(root: Path) -> list[tuple[str, str]]:
+    """``(relative image path, label)`` rows of ``root/labels.csv``, each file checked."""
+    path = root / LABELS_CSV
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; expected a CSV with columns image,label")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected columns image,label, found {reader.fieldnames}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            image, label = (row["image"] or "").strip(), (row["label"] or "").strip()
+            if not image or not label:
+                raise ValueError(f"{path}, line {line}: empty image or label")
+            if not (root / image).exists():
+                raise FileNotFoundError(f"{path}, line {line}: {root / image} does not exist")
+            rows.append((image, label))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def class_names_of(labels) -> list[str]:
+    """Sorted class names; integer labels sort as numbers (``2`` before ``10``)."""
+    names = set(labels)
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _load_medmnist(path: Path) -> dict[str, np.ndarray]:
+    """A MedMNIST v2 3D ``.npz`` (``train_images`` (N, 28, 28, 28), ``train_labels`` (N, 1), ...)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data.medmnist_npz={path}: no such file")
+    try:
+        with np.load(path) as npz:
+            missing = [k for k in MEDMNIST_KEYS if k not in npz.files]
+            if missing:
+                raise ValueError(f"{path}: not a MedMNIST file, missing arrays {', '.join(missing)}")
+            arrays = {k: npz[k] for k in MEDMNIST_KEYS}
+    except (OSError, ValueError) as err:
+        if str(path) in str(err):
+            raise
+        raise BadFileError(f"{path}: cannot read as .npz ({err})") from None
+    for stage in STAGES:
+        images = arrays[f"{stage}_images"]
+        if images.ndim != 4:
+            raise BadFileError(f"{path}: {stage}_images has shape {images.shape}, expected (N, D, H, W)")
+    return arrays
