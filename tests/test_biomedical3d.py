@@ -5,6 +5,7 @@ import gzip
 import json
 
 import nibabel as nib
+import nrrd
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,8 @@ SMALL = ["--data.spatial_size", "[16, 16, 16]", "--model.init_args.backbone_kwar
 
 
 def make_volume_folder(root, per_class=4, labels=("benign", "malignant")):
-    """Volumes of different shapes, spacings, orientations and dtypes; class = bright blob."""
+    """Volumes of different shapes, spacings, orientations, dtypes and formats (NIfTI, NRRD);
+    class = bright blob."""
     rng = np.random.default_rng(0)
     (root / "scans").mkdir(parents=True)
     rows = []
@@ -35,8 +37,17 @@ def make_volume_folder(root, per_class=4, labels=("benign", "malignant")):
         if index % 3 == 0:
             affine[0, 0] *= -1  # another orientation
         dtype = np.int16 if index % 2 else np.float32
-        name = f"scans/s{index}.nii{'.gz' if index % 2 else ''}"
-        nib.save(nib.Nifti1Image((volume * 100).astype(dtype), affine), root / name)
+        if index == 4:  # NRRD, read by the same MONAI LoadImage
+            name = "scans/s4.nrrd"
+            header = {
+                "space": "left-posterior-superior",
+                "space directions": np.diag(spacing),
+                "space origin": [0, 0, 0],
+            }
+            nrrd.write(str(root / name), (volume * 100).astype(dtype), header)
+        else:
+            name = f"scans/s{index}.nii{'.gz' if index % 2 else ''}"
+            nib.save(nib.Nifti1Image((volume * 100).astype(dtype), affine), root / name)
         rows.append((name, labels[label]))
     write_labels(root, rows)
     return root
