@@ -7,13 +7,14 @@ TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)
 TASK ?= recognition2d
 ARGS ?=
 
-.PHONY: help setup train evaluate test lint check-task
+.PHONY: help setup train evaluate test bench lint check-task
 
 help:  ## list the targets
 	@echo "make setup                               create $(VENV) and install cnnsuite (idempotent)"
 	@echo "make train TASK=<task> [ARGS=\"...\"]       train on the task's default data, then evaluate best.ckpt"
 	@echo "make evaluate TASK=<task> CKPT=<file> [OUT=<dir>]   metrics.json, plots and report.md"
 	@echo "make test                                the test suite"
+	@echo "make bench                               Lightning + task module against a plain PyTorch loop (ratios)"
 	@echo "make lint                                ruff"
 	@echo "tasks: $(TASKS)"
 
@@ -39,6 +40,10 @@ evaluate: check-task setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/trainer_overhead.py --task recognition2d
+	$(BIN)/python benchmarks/trainer_overhead.py --task biomedical3d
 
 lint: setup
 	$(BIN)/ruff check .
