@@ -27,7 +27,7 @@ def snapshot(folder):
     return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
 
 
-def test_user_folder_fit_evaluate_and_checkpoint_contract(tmp_path, image_folder):
+def test_user_folder_fit_evaluate_and_checkpoint_contract(tmp_path, image_folder, monkeypatch):
     before = snapshot(image_folder)
     run = fit(tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "2", "--data.batch_size", "8")
     assert snapshot(image_folder) == before, "the user's folder was written to"
@@ -42,6 +42,7 @@ def test_user_folder_fit_evaluate_and_checkpoint_contract(tmp_path, image_folder
 
     # fit ended with the evaluation of best.ckpt; evaluate again into another folder
     assert (run / "evaluation" / "metrics.json").is_file()
+    monkeypatch.chdir(tmp_path / "runs")  # the checkpoint finds its data from any folder
     main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("test/acc", "test/acc_macro", "test/f1_macro", "test/auroc", "test/acc/cat", "test/acc/owl"):
@@ -68,10 +69,22 @@ def test_default_digits_fast_dev_run_and_shared_split(tmp_path):
     assert default.stat().st_mtime_ns == stamp
 
 
-def test_short_training_on_digits_learns(tmp_path):
-    run = fit(tmp_path, "--trainer.max_epochs", "3")
+def test_short_training_on_digits_learns(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    run = fit(tmp_path, "--trainer.max_epochs", "3", "--data.data_root", "relative_data")
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.9  # chance is 0.1; the full default run reaches ≥ 0.985
+    ckpt = run / "checkpoints" / "best.ckpt"
+    stored = torch.load(ckpt, weights_only=True)["datamodule_hyper_parameters"]["data_root"]
+    assert stored == str(tmp_path / "here" / "relative_data")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # evaluation still reads the same default data
+    main(["evaluate", "--ckpt", str(ckpt), "--out", "again"])
+    assert (
+        json.loads((tmp_path / "elsewhere" / "again" / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+    )
+    assert not (tmp_path / "elsewhere" / "relative_data").exists()
 
 
 def test_resume_from_last_checkpoint(tmp_path, image_folder):

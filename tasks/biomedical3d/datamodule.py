@@ -122,6 +122,7 @@ class Biomedical3DDataModule(TaskDataModule):
     # MONAI's DataLoader seeds the random transforms right in each worker and epoch.
     loader_class = DataLoader
     collate_fn = staticmethod(_collate)
+    path_hparams = (*TaskDataModule.path_hparams, "medmnist_npz", "cache_dir")
 
     def __init__(
         self,

@@ -23,6 +23,8 @@ from .splits import STAGES, load_splits, read_split_lists, save_splits, stratifi
 class TaskDataModule(L.LightningDataModule):
     #: folder name of the embedded default under ``data_root``
     default_name: str = ""
+    #: init arguments that are paths: stored absolute, so a checkpoint finds its data from any folder
+    path_hparams: tuple[str, ...] = ("data_dir", "data_root", "split_file")
     #: the DataLoader class and how it batches items (tasks may pick MONAI's, a list collate...)
     loader_class: type[DataLoader] = DataLoader
     collate_fn = None
@@ -41,6 +43,9 @@ class TaskDataModule(L.LightningDataModule):
         super().__init__()
         # Collects the subclass's init arguments too; checkpoints keep them (JSON-able).
         self.save_hyperparameters()
+        for key in self.path_hparams:
+            if self.hparams.get(key) is not None:
+                self.hparams[key] = str(Path(self.hparams[key]).expanduser().resolve())
         self.datasets: dict[str, Dataset] = {}
         self.splits: dict[str, list[str]] | None = None
 
