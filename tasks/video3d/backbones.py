@@ -11,37 +11,13 @@ or ``{model_depth: 50, stem_dim_out: 32}``.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from cnnsuite.backbone import register_backbone
+from cnnsuite.backbone import StagedBackbone, register_backbone
+from cnnsuite.backbone.references import measured_backbone
 
-#: Input used once at construction to read each stage's channels and stride: (T, H, W).
+#: Input size of the dry run that reads each stage's channels and stride: (T, H, W).
 _PROBE = (4, 64, 64)
-
-
-class ForeignStages(nn.Module):
-    """Stages of a foreign network, returning features shallow to deep with ``out_channels``
-    and ``strides`` (per axis ``(T, H, W)``), measured with one dry run at construction."""
-
-    def __init__(self, stages: list[nn.Module], in_channels: int) -> None:
-        super().__init__()
-        self.spatial_dims = 3
-        self.stages = nn.ModuleList(stages)
-        was_training = self.training
-        self.eval()  # a dry run must not move batch-norm statistics
-        with torch.no_grad():
-            features = self.forward(torch.zeros(1, in_channels, *_PROBE))
-        self.train(was_training)
-        self.out_channels = [f.shape[1] for f in features]
-        self.strides = [tuple(p // s for p, s in zip(_PROBE, f.shape[2:], strict=True)) for f in features]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 def _check(spatial_dims: int, name: str) -> None:
@@ -50,17 +26,17 @@ def _check(spatial_dims: int, name: str) -> None:
 
 
 @register_backbone("pytorchvideo_x3d")
-def pytorchvideo_x3d(spatial_dims: int = 3, in_channels: int = 3, **kwargs) -> ForeignStages:
+def pytorchvideo_x3d(spatial_dims: int = 3, in_channels: int = 3, **kwargs) -> StagedBackbone:
     """X3D from ``pytorchvideo.models.x3d.create_x3d`` (default: X3D-S widths and depths)."""
     from pytorchvideo.models.x3d import create_x3d
 
     _check(spatial_dims, "pytorchvideo_x3d")
     net = create_x3d(input_channel=in_channels, model_num_class=1, **kwargs)
-    return ForeignStages(list(net.blocks[:-1]), in_channels)  # stem, 4 stages; the head dropped
+    return measured_backbone(list(net.blocks[:-1]), in_channels, _PROBE)  # stem, 4 stages; the head dropped
 
 
 @register_backbone("pytorchvideo_resnet")
-def pytorchvideo_resnet(spatial_dims: int = 3, in_channels: int = 3, **kwargs) -> ForeignStages:
+def pytorchvideo_resnet(spatial_dims: int = 3, in_channels: int = 3, **kwargs) -> StagedBackbone:
     """3D ResNet from ``pytorchvideo.models.resnet.create_resnet`` (default: ResNet-50)."""
     from pytorchvideo.models.resnet import create_resnet
 
@@ -68,4 +44,4 @@ def pytorchvideo_resnet(spatial_dims: int = 3, in_channels: int = 3, **kwargs) -
     net = create_resnet(input_channel=in_channels, model_num_class=1, **kwargs)
     # stem + res_stage1 as the first stage, as torchvision and MONAI count stages
     stages = [nn.Sequential(net.blocks[0], net.blocks[1]), *net.blocks[2:-1]]
-    return ForeignStages(stages, in_channels)
+    return measured_backbone(stages, in_channels, _PROBE)

@@ -1,24 +1,49 @@
-"""MONAI's reference networks behind our backbone contract, for comparison runs.
+"""Reference networks behind our backbone contract, for comparison runs.
 
 They are built with random weights (nothing is downloaded) and lose their classifier:
 a :class:`~cnnsuite.heads.ClassifierHead` sits on their features like on ours, so a config
-can swap ``backbone: convnet`` for ``monai_resnet18`` and compare like with like.
+can swap ``backbone: convnet`` for ``monai_resnet18`` and compare like with like. MONAI's are
+registered here; tasks register others (video3d: PyTorchVideo's) with the same tools.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import nn
 
 from .networks import StagedBackbone
 from .registry import register_backbone
 
 
-class _Stage(nn.Sequential):
-    """Foreign layers with the geometry our backbone contract reports."""
+class ForeignStage(nn.Sequential):
+    """Foreign layers with the geometry our backbone contract reports (``stride`` per axis,
+    relative to the stage's input)."""
 
-    def __init__(self, *layers: nn.Module, spatial_dims: int, out_channels: int, stride: int) -> None:
+    def __init__(self, *layers: nn.Module, out_channels: int, stride: tuple[int, ...]) -> None:
         super().__init__(*layers)
-        self.out_channels, self.stride = out_channels, (stride,) * spatial_dims
+        self.out_channels, self.stride = out_channels, tuple(stride)
+
+
+def measured_backbone(stages: Sequence[nn.Module], in_channels: int, probe: tuple[int, ...]) -> StagedBackbone:
+    """A :class:`StagedBackbone` of foreign stages whose channels and strides are read off one
+    dry run on a zero input of spatial size ``probe`` (in eval mode: batch-norm statistics
+    stay untouched)."""
+    x, shapes = torch.zeros(1, in_channels, *probe), []
+    modes = [stage.training for stage in stages]
+    with torch.no_grad():
+        for stage in stages:
+            x = stage.eval()(x)
+            shapes.append(x.shape)
+    for stage, mode in zip(stages, modes, strict=True):
+        stage.train(mode)
+    wrapped, previous = [], probe
+    for stage, shape in zip(stages, shapes, strict=True):
+        stride = tuple(p // s for p, s in zip(previous, shape[2:], strict=True))
+        wrapped.append(ForeignStage(stage, out_channels=shape[1], stride=stride))
+        previous = tuple(shape[2:])
+    return StagedBackbone(len(probe), wrapped)
 
 
 @register_backbone("monai_resnet18")
@@ -29,9 +54,9 @@ def monai_resnet18(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> Sta
     net = resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=1, **kwargs)
     stem_stride = net.conv1.stride[0] * (1 if isinstance(net.maxpool, nn.Identity) else 2)
     stem = (net.conv1, net.bn1, net.act, net.maxpool)
-    stages = [_Stage(*stem, net.layer1, spatial_dims=spatial_dims, out_channels=_width(net.layer1), stride=stem_stride)]
+    stages = [ForeignStage(*stem, net.layer1, out_channels=_width(net.layer1), stride=(stem_stride,) * spatial_dims)]
     for layer in (net.layer2, net.layer3, net.layer4):
-        stages.append(_Stage(layer, spatial_dims=spatial_dims, out_channels=_width(layer), stride=2))
+        stages.append(ForeignStage(layer, out_channels=_width(layer), stride=(2,) * spatial_dims))
     return StagedBackbone(spatial_dims, stages)
 
 
@@ -42,7 +67,7 @@ def monai_densenet121(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> 
 
     net = DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, **kwargs)
     width = net.class_layers.out.in_features
-    stage = _Stage(net.features, nn.ReLU(), spatial_dims=spatial_dims, out_channels=width, stride=32)
+    stage = ForeignStage(net.features, nn.ReLU(), out_channels=width, stride=(32,) * spatial_dims)
     return StagedBackbone(spatial_dims, [stage])
 
 
