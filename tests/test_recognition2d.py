@@ -163,3 +163,11 @@ def test_print_config_and_module_entry_point(capsys):
     assert "max_epochs: 7" in printed and "RecognitionModule" in printed and "filename: best" in printed
     result = subprocess.run([sys.executable, "-m", "cnnsuite", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "fit" in result.stdout and "evaluate" in result.stdout
+
+
+def test_class_names_must_match_num_classes():
+    from cnnsuite.classification import ClassificationModule
+
+    with pytest.raises(ValueError, match=r"model.class_names has 2 names but model.num_classes=3"):
+        ClassificationModule(num_classes=3, class_names=["cat", "dog"])
+    assert ClassificationModule(num_classes=3).class_names == ["0", "1", "2"]

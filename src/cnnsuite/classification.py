@@ -52,13 +52,7 @@ class ClassificationModule(TaskModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
     ) -> None:
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"model.class_names has {len(class_names)} names but model.num_classes={num_classes}")
         super().__init__()
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
 
     def configure_models(self) -> None:
         hp = self.hparams

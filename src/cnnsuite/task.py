@@ -36,11 +36,19 @@ class TaskModule(L.LightningModule):
         # Collects the subclass's init arguments (walking up the frames); they must be
         # JSON-able so a checkpoint loads with weights_only=True.
         self.save_hyperparameters()
+        names, count = self.hparams.get("class_names"), self.hparams.get("num_classes")
+        if names is not None and len(names) != count:
+            raise ValueError(f"model.class_names has {len(names)} names but model.num_classes={count}")
         self.configure_models()
         self.configure_losses()
         self.train_metrics, self.val_metrics, self.test_metrics = (
             self.configure_metrics(stage) for stage in ("train", "val", "test")
         )
+
+    @property
+    def class_names(self) -> list[str]:
+        """The datamodule's class names (linked by the CLI), else ``0 … num_classes-1``."""
+        return self.hparams.get("class_names") or [str(i) for i in range(self.hparams.num_classes)]
 
     def configure_models(self) -> None:
         raise NotImplementedError

@@ -174,18 +174,12 @@ class DetectionModule(TaskModule):
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
     ) -> None:
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"model.class_names has {len(class_names)} names but model.num_classes={num_classes}")
         for key, value in (("image_mean", image_mean), ("image_std", image_std)):
             if value is not None and len(value) != in_channels:
                 raise ValueError(f"model.{key}={value}: expected {in_channels} values, one per input channel")
         if fpn_channels % 32:
             raise ValueError(f"model.fpn_channels={fpn_channels}: expected a multiple of 32 (FCOS's group norm)")
         super().__init__()
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
 
     @property
     def label_offset(self) -> int:
