@@ -1,8 +1,9 @@
 """Shared data plumbing: prepare-once, splits, class folders, readers that name bad files."""
 
 from .datamodule import TaskDataModule
+from .errors import BadFileError, report_bad_files
 from .folders import check_folder, list_classes, list_samples
-from .images import IMAGE_EXTENSIONS, BadFileError, image_channels, read_image
+from .images import IMAGE_EXTENSIONS, image_channels, read_image
 from .prepare import prepare_once
 from .splits import load_splits, read_split_lists, save_splits, stratified_split
 
@@ -18,6 +19,7 @@ __all__ = [
     "prepare_once",
     "read_image",
     "read_split_lists",
+    "report_bad_files",
     "save_splits",
     "stratified_split",
 ]

@@ -9,11 +9,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 
+from .errors import BadFileError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-class BadFileError(ValueError):
-    """A user's file that cannot be read as what it should be; the message names it."""
 
 
 def read_image(path: Path, channels: int) -> torch.Tensor:
