@@ -21,16 +21,16 @@ import lightning as L
 import torch
 import yaml
 
-from cnnsuite.task import import_class
+from cnnsuite.checkpoint import task_classes
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
 def build(task: str, data_root: str):
     config = yaml.safe_load((TASKS / task / "config.yaml").read_text())
-    data = import_class(config["data"]["class_path"])(data_root=data_root, **config["data"].get("init_args", {}))
+    data = task_classes()[config["data"]["class_path"]](data_root=data_root, **config["data"].get("init_args", {}))
     links = {"num_classes": data.num_classes, "in_channels": data.in_channels, "class_names": data.class_names}
-    model = import_class(config["model"]["class_path"])(**config["model"].get("init_args", {}), **links)
+    model = task_classes()[config["model"]["class_path"]](**config["model"].get("init_args", {}), **links)
     lr = config.get("optimizer", {}).get("init_args", {}).get("lr", 1e-3)
     return model, data, lr
 

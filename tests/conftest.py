@@ -24,6 +24,7 @@ def fit(task: str, tmp_path: Path, *extra: str) -> Path:
             "--trainer.default_root_dir", str(tmp_path / "runs"),
             "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false",
+            "--debug",  # errors arrive as exceptions, not one line and exit status 2
             *extra,
         ]
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""biomedical3d: MONAI reading of mixed NIfTI volumes, MedMNIST files, the CLI, errors."""
+"""biomedical3d: MONAI reading of mixed NIfTI volumes, MedMNIST files, caches, the CLI, errors."""
 
 import csv
 import gzip
@@ -12,6 +12,7 @@ import torch
 from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule, class_names_of
 from conftest import ROOT
 from conftest import fit as run_fit
+from monai.transforms import RandRotate90d, Resized
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
@@ -62,6 +63,18 @@ def fit(tmp_path, *extra):
     return run_fit("biomedical3d", tmp_path, *SMALL, *extra)
 
 
+def all_volumes(folder, **kwargs):
+    """Every volume of ``folder``'s labels.csv in one dataset, without random augmentation."""
+    dm = Biomedical3DDataModule(data_dir=str(folder), **kwargs)
+    return dm.make_dataset([image for image, _ in dm.list_samples()], "test")
+
+
+def first_volume(folder, datamodule=Biomedical3DDataModule, **kwargs):
+    """``scans/s0.nii`` as a ``datamodule`` gives it, without random augmentation."""
+    dm = datamodule(data_dir=str(folder), spatial_size=[16, 16, 16], **kwargs)
+    return dm.make_dataset(["scans/s0.nii"], "test")[0]["image"]
+
+
 def test_mixed_nifti_folder_trains_and_evaluates(tmp_path):
     folder = make_volume_folder(tmp_path / "user")
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
@@ -80,14 +93,47 @@ def test_mixed_nifti_folder_trains_and_evaluates(tmp_path):
 
 
 def test_volumes_come_out_one_size_and_normalised(tmp_path):
+    """A non-cubic size: quarter turns in the 12x12 plane, never in the 12x8 one (it would come
+    out 8x12 and the batch could not be stacked)."""
     folder = make_volume_folder(tmp_path / "user")
-    dm = Biomedical3DDataModule(data_dir=str(folder), spatial_size=[12, 10, 8], spacing=[1.0, 1.0, 1.0], cache="none")
+    dm = Biomedical3DDataModule(data_dir=str(folder), spatial_size=[12, 12, 8], spacing=[1.0, 1.0, 1.0], cache="none")
     dm.setup("fit")
     volume = dm.datasets["test"][0]["image"]
-    assert volume.shape == (1, 12, 10, 8) and volume.dtype == torch.float32
+    assert volume.shape == (1, 12, 12, 8) and volume.dtype == torch.float32
     assert abs(float(volume.mean())) < 1e-3 and abs(float(volume.std()) - 1) < 0.05
-    images, labels = next(iter(dm.train_dataloader()))
-    assert images.shape[1:] == (1, 12, 10, 8) and labels.dtype == torch.int64
+    assert [t.spatial_axes for t in dm.augmentations() if isinstance(t, RandRotate90d)] == [(0, 1)]
+    torch.manual_seed(0)  # MONAI's DataLoader seeds the random transforms from torch's generator
+    loader = dm.train_dataloader()
+    for _epoch in range(4):
+        for images, labels in loader:
+            assert images.shape[1:] == (1, 12, 12, 8) and labels.dtype == torch.int64
+
+
+def test_disk_cache_reads_a_rewritten_volume_again(tmp_path):
+    folder = make_volume_folder(tmp_path / "user")
+    disk = {"cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    before = first_volume(folder, **disk)
+    path, stat = folder / "scans" / "s0.nii", (folder / "scans" / "s0.nii").stat()
+    old = nib.load(path)
+    content = np.random.default_rng(1).normal(size=old.shape).astype(old.get_data_dtype())
+    nib.save(nib.Nifti1Image(content, old.affine), path)
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns != stat.st_mtime_ns  # only the time tells
+    after = first_volume(folder, **disk)
+    assert torch.equal(after, first_volume(folder, cache="none")) and not torch.equal(after, before)
+
+
+def test_disk_cache_is_keyed_on_the_preprocessing_arguments(tmp_path):
+    class NearestResize(Biomedical3DDataModule):
+        def preprocessing(self):
+            steps = super().preprocessing()
+            return [Resized("image", self.spatial_size, mode="nearest") if isinstance(t, Resized) else t for t in steps]
+
+    folder = make_volume_folder(tmp_path / "user")
+    disk = {"cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    trilinear = first_volume(folder, **disk)
+    nearest = first_volume(folder, NearestResize, **disk)
+    assert torch.equal(nearest, first_volume(folder, NearestResize, cache="none"))
+    assert not torch.equal(nearest, trilinear)
 
 
 def test_medmnist_npz_uses_its_own_split(tmp_path):
@@ -111,35 +157,39 @@ def test_medmnist_npz_uses_its_own_split(tmp_path):
 
 def test_default_fast_dev_run(tmp_path):
     fit(tmp_path, "--trainer.fast_dev_run", "true", "--data.default_size", "24")
-    default = tmp_path / "data" / "biomedical3d"
+    default = tmp_path / "data" / "biomedical3d-default_size=24"  # not the 900-volume default's folder
     assert len(list(default.glob("volumes/*.nii.gz"))) == 24 and (default / "labels.csv").is_file()
+    assert json.loads((default / "generation.json").read_text()) == {"default_size": 24}
 
 
-def test_truncated_volume_is_named(tmp_path):
+def test_truncated_volumes_are_named_together(tmp_path):
     folder = make_volume_folder(tmp_path / "user")
-    bad = folder / "scans" / "s1.nii.gz"
-    bad.write_bytes(gzip.compress(bad.read_bytes())[:200])
-    with pytest.raises(BadFileError, match="s1.nii.gz: cannot read as a volume"):
-        Biomedical3DDataModule(data_dir=str(folder)).setup("fit")
+    for name in ("s1.nii.gz", "s3.nii.gz"):
+        bad = folder / "scans" / name
+        bad.write_bytes(gzip.compress(bad.read_bytes())[:200])
+    with pytest.raises(BadFileError, match="2 of 8 volumes") as caught:
+        all_volumes(folder)  # the memory cache reads every file
+    assert "s1.nii.gz: cannot read as a volume" in str(caught.value)
+    assert "s3.nii.gz: cannot read as a volume" in str(caught.value)
 
 
 def test_4d_volume_is_named(tmp_path):
     folder = make_volume_folder(tmp_path / "user")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), folder / "scans" / "s2.nii")
     with pytest.raises(BadFileError, match=r"s2.nii: expected a 3D volume, found shape \(3, 8, 8, 8\)"):
-        Biomedical3DDataModule(data_dir=str(folder)).setup("fit")  # the memory cache reads every file
-    lazy = Biomedical3DDataModule(data_dir=str(folder), cache="none")
-    lazy.setup("fit")
+        all_volumes(folder)
+    lazy = all_volumes(folder, cache="none")
     with pytest.raises(BadFileError, match="s2.nii: expected a 3D volume"):
-        for dataset in lazy.datasets.values():
-            [dataset[i] for i in range(len(dataset))]
+        [lazy[i] for i in range(len(lazy))]
 
 
 def test_label_rows_are_checked(tmp_path):
     folder = make_volume_folder(tmp_path / "user")
-    write_labels(folder, [("scans/s0.nii", "benign"), ("scans/missing.nii.gz", "malignant")])
-    with pytest.raises(FileNotFoundError, match=r"labels.csv, line 3: .*missing.nii.gz does not exist"):
+    write_labels(folder, [("scans/s0.nii", "benign"), ("scans/gone.nii", "malignant"), ("scans/lost.nrrd", "benign")])
+    with pytest.raises(BadFileError, match="2 of 3 volumes") as caught:
         Biomedical3DDataModule(data_dir=str(folder))
+    assert "labels.csv, line 3: " in str(caught.value) and "gone.nii does not exist" in str(caught.value)
+    assert "labels.csv, line 4: " in str(caught.value) and "lost.nrrd does not exist" in str(caught.value)
     (folder / "labels.csv").write_text("file,class\nscans/s0.nii,benign\n")
     with pytest.raises(ValueError, match="expected columns image,label"):
         Biomedical3DDataModule(data_dir=str(folder))

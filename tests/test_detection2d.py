@@ -15,6 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
 from cnnsuite.data.coco import AnnotationError, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
@@ -160,7 +161,11 @@ def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
         DetectionDataModule(data_dir=str(voc))
 
 
-def test_default_canvases_respect_the_shared_digit_split():
+def test_default_canvases_respect_the_shared_digit_split(tmp_path, monkeypatch):
+    """Each split's canvases are drawn only from that split's scans of the digit tasks'
+    shared split, so no test digit was seen in training by any digit task."""
+    import cnnsuite.tasks.detection2d.datamodule as detection_data
+
     scans, digits = digit_scans()
     split = digit_split()
     rng = np.random.default_rng(0)
@@ -171,17 +176,34 @@ def test_default_canvases_respect_the_shared_digit_split():
         assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
         assert canvas[int(y1) : int(y2), int(x1) : int(x2)].max() > 150  # the box holds ink
 
+    # write_default hands each split's canvases that split's scans, and only those
+    pools = []
+
+    def recording(rng, scans, digits, pool, *args):
+        pools.append(sorted(pool))
+        return compose_canvas(rng, scans, digits, pool, *args)
+
+    counts = {"train": 6, "val": 2, "test": 3}
+    monkeypatch.setattr(detection_data, "compose_canvas", recording)
+    monkeypatch.setattr(detection_data, "DEFAULT_CANVASES", counts)
+    DetectionDataModule(data_root=str(tmp_path)).write_default(tmp_path)
+    expected = [sorted(split[stage]) for stage, count in counts.items() for _ in range(count)]
+    assert pools == expected
+    assert not set(split["test"]) & set(split["train"])
+    written = read_coco(tmp_path / "test.json", tmp_path)
+    assert len(written.records) == 3 and all(r.file.startswith("images/test_") for r in written.records)
+
 
 def test_fast_dev_run_on_the_embedded_default(tmp_path):
     fit(tmp_path, "--trainer.fast_dev_run", "true")
     default = tmp_path / "data" / "detection2d"
-    assert {p.name for p in default.iterdir()} == {"images", "train.json", "val.json", "test.json"}
+    assert {p.name for p in default.iterdir()} == {"images", "train.json", "val.json", "test.json", "generation.json"}
     test = read_coco(default / "test.json", default)
     assert test.categories.names == [str(d) for d in range(10)] and len(test.records) == 300
     assert all(1 <= len(r.boxes) <= 5 for r in test.records)
 
 
-def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder):
+def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in coco_folder.rglob("*")}
     run = fit(
         tmp_path, "--data.data_dir", str(coco_folder), "--data.batch_size", "4", "--trainer.max_epochs", "2",
@@ -215,11 +237,31 @@ def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder)
     gt.dataset = {**raw, "images": [im for im in raw["images"] if im["id"] in test_ids],
                   "annotations": [a for a in raw["annotations"] if a["image_id"] in test_ids]}  # fmt: skip
     gt.createIndex()
-    evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
-    evaluator.evaluate(), evaluator.accumulate()
-    with warnings.catch_warnings():
-        evaluator.summarize()
-    assert abs(evaluator.stats[1] - metrics["test/map_50"]) < 0.02
+
+    def coco_map(results):
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator.evaluate(), evaluator.accumulate()
+        with warnings.catch_warnings():
+            evaluator.summarize()
+        return evaluator.stats[0]
+
+    assert abs(coco_map(results) - metrics["test/map"]) < 0.02
+
+    # An oracle that predicts the truth must score 1.0 both ways: in test/map (labels
+    # 0…K-1 against the dataset's) and in predictions.json scored by pycocotools (labels
+    # mapped back to the file's category ids 3, 17, 90). Any slip in either mapping drops it.
+    _, datamodule = rebuild(ckpt)
+    dataset = datamodule.datasets["test"]
+    truth = {image.numpy().tobytes(): target for image, target in (dataset[i] for i in range(len(dataset)))}
+
+    def oracle(self, images):
+        found = [truth[image.cpu().numpy().tobytes()] for image in images]
+        return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))} for t in found]
+
+    monkeypatch.setattr(DetectionModule, "forward", oracle)
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "oracle")])
+    assert json.loads((tmp_path / "oracle" / "metrics.json").read_text())["test/map"] == pytest.approx(1.0)
+    assert coco_map(json.loads((tmp_path / "oracle" / "predictions.json").read_text())) == pytest.approx(1.0)
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")

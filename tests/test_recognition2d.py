@@ -51,7 +51,7 @@ def test_user_folder_fit_evaluate_and_checkpoint_contract(tmp_path, image_folder
     assert {"confusion_matrix.png", "predictions.png", "training_curves.png", "report.md"} <= {
         p.name for p in (tmp_path / "eval").iterdir()
     }
-    # evaluation used the run's own test split
+    # the run's split, disjoint (that evaluation scores exactly it: test_checkpoints.py)
     splits = json.loads((run / "splits.json").read_text())
     assert len(splits["test"]) == round(0.2 * 24) and not set(splits["test"]) & set(splits["train"])
 
@@ -107,8 +107,9 @@ def test_corrupt_image_can_be_skipped_with_a_warning(tmp_path, image_folder):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dm.setup("fit")
+        sizes = [len(ds) for ds in dm.datasets.values()]
     assert any("broken.png" in str(w.message) for w in caught)
-    assert sum(len(ds) for ds in dm.datasets.values()) == 24
+    assert sum(sizes) == 24
 
 
 def test_missing_and_empty_folders_are_clear_errors(tmp_path):

@@ -6,7 +6,7 @@ from itertools import islice
 
 import lightning as L
 import torch
-from torch.optim.swa_utils import update_bn
+from torch import nn
 
 
 class PreciseBatchNorm(L.Callback):
@@ -17,7 +17,10 @@ class PreciseBatchNorm(L.Callback):
     collapses (measured on biomedical3d: 0.34 validation accuracy from running averages,
     0.95 from statistics recomputed at the same weights). "Precise BN" (Wu & Johnson,
     2021; used by PyTorchVideo's recipes) recomputes them as a plain average over
-    ``num_batches`` training batches, with ``torch.optim.swa_utils.update_bn``.
+    ``num_batches`` training batches — ``torch.optim.swa_utils.update_bn``'s recipe, with
+    each batch run through the task's own ``forward_for_batchnorm`` (a detector takes a list
+    of images, not ``batch[0]``). Every task whose network has BatchNorm gets this callback
+    by default (:attr:`cnnsuite.task.TaskModule.precise_bn_batches`).
     """
 
     def __init__(self, num_batches: int = 50) -> None:
@@ -28,6 +31,18 @@ class PreciseBatchNorm(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.train_dataloader is None:
             return
-        batches = islice(trainer.train_dataloader, self.num_batches)
+        norms = [m for m in pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = {m: m.momentum for m in norms}
+        was_training = pl_module.training
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        pl_module.train()
         with torch.no_grad():
-            update_bn(batches, pl_module, device=pl_module.device)  # leaves the module in eval mode, as found
+            for batch in islice(trainer.train_dataloader, self.num_batches):
+                pl_module.forward_for_batchnorm(pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        pl_module.train(was_training)

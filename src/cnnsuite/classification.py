@@ -110,10 +110,14 @@ class ClassificationModule(TaskModule):
         return loss
 
     def update_metrics(self, stage: str, logits: torch.Tensor, target: torch.Tensor, batch) -> None:
-        """Feed one batch to the stage's metrics; tasks with more to score extend this."""
-        getattr(self, f"{stage}_metrics").update(logits, target)
+        """Feed one batch to the stage's metrics; tasks with more to score extend this.
+
+        They get probabilities, not logits: torchmetrics softmaxes a batch only when some
+        value lies outside [0, 1], so a batch of small logits would be ranked raw by AUROC."""
+        probs = logits.detach().float().softmax(dim=1)
+        getattr(self, f"{stage}_metrics").update(probs, target)
         if stage == "test":
-            self.test_confusion.update(logits, target)
+            self.test_confusion.update(probs, target)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

@@ -8,22 +8,34 @@ Model and data are chosen in the config by class path (subclass mode); the model
 run writes under ``trainer.default_root_dir``: ``version_N/`` with the config, TensorBoard
 events, ``metrics.csv``, ``splits.json``, ``checkpoints/{best,last}.ckpt`` and, after fit,
 ``evaluation/``.
+
+A mistake a user can make (a bad file, a missing folder, an impossible value) ends the
+command with one line, ``cnnsuite <command>: error: ...``, and exit status 2; ``--debug``
+(or ``CNNSUITE_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from .checkpoint import CLASSES_KEY, trusted_class
 from .data import TaskDataModule
 from .task import TaskModule
+
+#: what a user's data or config can raise (BadFileError, AnnotationError and friends are
+#: ValueErrors; a missing file is an OSError): shown as one line, not a traceback
+USER_ERRORS = (ValueError, OSError)
 
 # TensorBoard and CSV loggers share version_N on purpose; the CSV logger warns when it
 # finds TensorBoard's files there.
@@ -44,11 +56,10 @@ class CnnSuiteCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # Fixed names: resuming or re-running never makes "best-v1.ckpt" or metric subfolders.
+        # checkpoint.monitor left null takes the model's own `monitor` and `mode`.
         parser.set_defaults(
             {
                 "checkpoint.filename": "best",
-                "checkpoint.monitor": "val/acc",
-                "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
                 "checkpoint.enable_version_counter": False,
             }
@@ -58,6 +69,29 @@ class CnnSuiteCLI(LightningCLI):
         parser.add_argument(
             "--evaluate", type=bool, default=True, help="After fit, evaluate best.ckpt on the test split."
         )
+
+    def before_instantiate_classes(self) -> None:
+        """The best checkpoint is the best by the task's own measure unless the config says
+        otherwise: ``checkpoint.monitor: null`` takes the model class's ``monitor``/``mode``."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("checkpoint") is not None and config.checkpoint.monitor is None:
+            module, _, name = config.model.class_path.rpartition(".")
+            model_class = getattr(importlib.import_module(module), name)  # the user's own config names it
+            config.checkpoint.monitor, config.checkpoint.mode = model_class.monitor, model_class.mode
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reloads the model's class path and arguments from ``--ckpt_path``: check
+        that the checkpoint names only cnnsuite's own classes before anything is imported."""
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            classes = checkpoint.get(CLASSES_KEY) or {}
+            model_path = checkpoint.get("hyper_parameters", {}).get("_class_path", classes.get("model"))
+            trusted_class(model_path, TaskModule, ckpt_path)
+            if "datamodule" in classes:
+                trusted_class(classes["datamodule"], TaskDataModule, ckpt_path)
+        super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):
         """Default loggers: TensorBoard and CSV sharing ``<default_root_dir>/version_N``."""
@@ -106,16 +140,38 @@ def evaluate_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from .evaluate import evaluate, evaluation_dir
 
-    try:
-        metrics = evaluate(args.ckpt, args.out, accelerator=args.accelerator)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"cnnsuite evaluate: error: {err}\n")
+    metrics = evaluate(args.ckpt, args.out, accelerator=args.accelerator)
     print_metrics(metrics, evaluation_dir(args.ckpt, args.out))
+
+
+def user_message(err: BaseException) -> str:
+    """The message of a user's mistake, as first raised: jsonargparse wraps an error from a
+    class's ``__init__`` in its own (the original is its cause), and an error raised in a
+    DataLoader worker arrives as "Caught X in DataLoader worker process N. Original
+    Traceback ..." with the original message at its end."""
+    while isinstance(err.__cause__ or err.__context__, USER_ERRORS):
+        err = err.__cause__ or err.__context__
+    message = str(err).strip() or type(err).__name__
+    caught = re.match(r"Caught (\w+) in DataLoader worker process \d+\.", message)
+    if caught and "Original Traceback" in message:
+        lines = message.splitlines()
+        start = max(i for i, line in enumerate(lines) if re.match(rf"([\w.]+\.)?{caught[1]}: ", line))
+        message = "\n".join([lines[start].split(": ", 1)[1], *lines[start + 1 :]])
+    return message
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["evaluate"]:
-        evaluate_main(argv[1:])
-    else:
-        CnnSuiteCLI(args=argv)
+    debug = "--debug" in argv or os.environ.get("CNNSUITE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    prog = f"cnnsuite {argv[0]}" if argv and not argv[0].startswith("-") else "cnnsuite"
+    try:
+        if argv[:1] == ["evaluate"]:
+            evaluate_main(argv[1:])
+        else:
+            CnnSuiteCLI(args=argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {user_message(err)}\n")
+        sys.exit(2)

@@ -1,8 +1,8 @@
 """Checkpoint → metrics.json, plots and report.md, on the run's own test split.
 
-A checkpoint rebuilds its model and datamodule by itself (saved hyperparameters and the
-class paths recorded by :class:`~cnnsuite.task.TaskModule`), and the run's saved
-``splits.json`` makes the test split exactly the one the run held out.
+A checkpoint rebuilds its model and datamodule by itself (:func:`cnnsuite.checkpoint.rebuild`:
+saved hyperparameters, cnnsuite's own classes only), and the split it carries makes the test
+split exactly the one the run held out.
 """
 
 from __future__ import annotations
@@ -13,39 +13,12 @@ from pathlib import Path
 
 import lightning as L
 import matplotlib.pyplot as plt
-import torch
 
-from .task import import_class
+from .checkpoint import rebuild
 
 
 def evaluation_dir(ckpt_path: str | Path, out_dir: str | Path | None = None) -> Path:
     return Path(out_dir) if out_dir else Path(ckpt_path).parent.parent / "evaluation"
-
-
-def load_checkpoint(ckpt_path: str | Path) -> dict:
-    """The checkpoint's contents, loaded with ``weights_only=True`` (no code runs)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f"{path}: cannot load as a checkpoint ({type(err).__name__}: {err})") from None
-    if "cnnsuite_classes" not in checkpoint or "datamodule" not in checkpoint["cnnsuite_classes"]:
-        raise ValueError(f"{path}: not a checkpoint written by cnnsuite fit (no 'cnnsuite_classes' entry)")
-    return checkpoint
-
-
-def rebuild(ckpt_path: str | Path, split_file: str | Path | None = None):
-    """``(model, datamodule)`` from a checkpoint; ``split_file`` pins the test split."""
-    checkpoint = load_checkpoint(ckpt_path)
-    classes = checkpoint["cnnsuite_classes"]
-    model_cls, data_cls = import_class(classes["model"]), import_class(classes["datamodule"])
-    model = model_cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    data_args = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
-    if split_file is not None:
-        data_args["split_file"] = str(split_file)
-    return model, data_cls(**data_args)
 
 
 def evaluate(ckpt_path: str | Path, out_dir: str | Path | None = None, accelerator: str = "auto") -> dict[str, float]:
@@ -53,8 +26,7 @@ def evaluate(ckpt_path: str | Path, out_dir: str | Path | None = None, accelerat
     (default ``<run folder>/evaluation``). Returns the metrics."""
     ckpt_path = Path(ckpt_path)
     run_dir = ckpt_path.parent.parent
-    split_file = run_dir / "splits.json"
-    model, datamodule = rebuild(ckpt_path, split_file if split_file.is_file() else None)
+    model, datamodule = rebuild(ckpt_path, run_dir)
     out_dir = evaluation_dir(ckpt_path, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(

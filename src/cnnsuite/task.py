@@ -6,15 +6,21 @@ A task says three things in three hooks, called once from ``__init__``:
 ``test/`` prefixes). ``monitor`` and ``mode`` say which logged value picks the best
 checkpoint. Optimiser and LR scheduler come from the config's ``optimizer:`` and
 ``lr_scheduler:`` sections, the LightningCLI way.
+
+A network with BatchNorm gets :class:`~cnnsuite.callbacks.PreciseBatchNorm` by default
+(``precise_bn_batches``): on short runs the running averages have seen too few updates
+and the eval-mode network can collapse to one class.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import lightning as L
+from torch import nn
 from torchmetrics import MetricCollection
+
+from .callbacks import PreciseBatchNorm
 
 
 def class_path(obj: object) -> str:
@@ -22,14 +28,11 @@ def class_path(obj: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def import_class(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 class TaskModule(L.LightningModule):
     monitor: str = "val/loss"
     mode: str = "min"
+    #: training batches that recompute BatchNorm statistics before each validation (0: off)
+    precise_bn_batches: int = 10
 
     def __init__(self) -> None:
         super().__init__()
@@ -59,6 +62,21 @@ class TaskModule(L.LightningModule):
     def configure_metrics(self, stage: str) -> MetricCollection:
         """The metrics logged at ``stage`` (``train``, ``val`` or ``test``)."""
         raise NotImplementedError
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """PreciseBatchNorm when the network has BatchNorm and the trainer has none configured
+        (a configured one, with its own ``num_batches``, is kept)."""
+        trainer = self._trainer
+        configured = trainer is not None and any(isinstance(cb, PreciseBatchNorm) for cb in trainer.callbacks)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+        if configured or not has_bn or self.precise_bn_batches < 1:
+            return []
+        return [PreciseBatchNorm(self.precise_bn_batches)]
+
+    def forward_for_batchnorm(self, batch) -> None:
+        """Run one training batch through the network in train mode, for
+        :class:`~cnnsuite.callbacks.PreciseBatchNorm` (no loss, no metrics)."""
+        self(batch[0])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record which classes rebuild this run, so evaluation needs only the file."""

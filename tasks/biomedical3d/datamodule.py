@@ -11,23 +11,24 @@ Three sources, one pipeline:
 
 Volumes may differ in shape, spacing, orientation and dtype: MONAI transforms bring them to
 one orientation (RAS), one voxel spacing (``spacing``, optional) and one size
-(``spatial_size``), then z-score their intensities. The deterministic part is cached
-(``cache``: in memory, or on disk under ``cache_dir``) so later epochs neither re-read nor
-re-sample; random flips, 90° rotations and intensity shifts come after the cache.
+(``spatial_size``, which need not be cubic), then z-score their intensities. The
+deterministic part is cached (``cache``: in memory, or on disk under ``cache_dir``) so later
+epochs neither re-read nor re-sample; random flips, 90° rotations and intensity shifts come
+after the cache.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
-from monai.data.utils import json_hashing
+from monai.data.utils import pickle_hashing
 from monai.transforms import (
     Compose,
     EnsureTyped,
@@ -44,7 +45,7 @@ from monai.transforms import (
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
-from cnnsuite.data import BadFileError, TaskDataModule, check_folder
+from cnnsuite.data import BadFileError, TaskDataModule, check_folder, report_bad_files
 from cnnsuite.data.splits import STAGES
 
 from .lesions import CLASSES, lesion_volume
@@ -91,6 +92,36 @@ def bad_files_surface():
         raise cause from None
 
 
+class CheckedCacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` that reads every volume before it complains, then reports all
+    the unreadable ones in one error: a folder with many bad files gets the whole list at once."""
+
+    def _fill_cache(self, indices: Sequence[int] | None = None) -> list:
+        cache = super()._fill_cache(indices)
+        report_bad_files([item for item in cache if isinstance(item, BadFileError)], len(cache), what="volumes")
+        return cache
+
+    def _load_cache_item(self, idx: int):
+        try:
+            with bad_files_surface():
+                return super()._load_cache_item(idx)
+        except BadFileError as err:
+            return err  # in the cache's place, collected by _fill_cache
+
+
+def file_stamps(path: str) -> list[tuple[str, int, int]]:
+    """``(path, size, mtime_ns)`` of a volume's file, or of every file of a DICOM series folder."""
+    root = Path(path)
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    return [(str(f), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
+
+
+def hash_item(item: dict) -> bytes:
+    """The disk cache's key of one item: the item (path and label, as MONAI's default) and its
+    files' sizes and modification times, so a volume rewritten at the same path is read again."""
+    return pickle_hashing({**item, "files": file_stamps(item["image"])})
+
+
 class NamedErrors(TorchDataset):
     """A dataset whose bad-file errors arrive unwrapped (see :func:`bad_files_surface`)."""
 
@@ -123,6 +154,7 @@ class Biomedical3DDataModule(TaskDataModule):
     loader_class = DataLoader
     collate_fn = staticmethod(_collate)
     path_hparams = (*TaskDataModule.path_hparams, "medmnist_npz", "cache_dir")
+    generation_hparams = ("default_size",)
 
     def __init__(
         self,
@@ -203,51 +235,66 @@ class Biomedical3DDataModule(TaskDataModule):
                 split, index = sample_id.split("/")
                 image = self._npz[f"{split}_images"][int(index)].astype(np.float32)[None]
                 items.append({"image": image, "label": int(self._npz[f"{split}_labels"][int(index)].flat[0])})
-            steps = []
         else:
             labels = dict(self.list_samples())
             items = [{"image": str(self.root / i), "label": labels[i]} for i in ids]
+        # One flat Compose: the caches keep everything before the first random transform.
+        transform = Compose(self.preprocessing() + (self.augmentations() if stage == "train" else []))
+        if self.hparams.cache == "memory":
+            return NamedErrors(CheckedCacheDataset(items, transform, progress=False, num_workers=None))
+        if self.hparams.cache == "disk" and self.hparams.medmnist_npz is None:
+            # Each cached file is named by its item's files (hash_item) and by the pickled
+            # preprocessing transforms, every argument included (MONAI's json_hashing cannot
+            # serialise transforms and falls back to their class names).
+            return NamedErrors(
+                PersistentDataset(
+                    items, transform, self._cache_dir(), hash_func=hash_item, hash_transform=pickle_hashing
+                )
+            )
+        return NamedErrors(Dataset(items, transform))
+
+    def preprocessing(self) -> list:
+        """The deterministic transforms, from what the source holds to a z-scored volume of
+        ``spatial_size``. Their output is what the caches keep; the disk cache is keyed on
+        all their arguments, so changing one here never serves volumes made by the old one."""
+        steps = []
+        if self.hparams.medmnist_npz is None:  # files: read, then bring to one orientation and spacing
             steps = [LoadVolumed("image"), Orientationd("image", axcodes="RAS", labels=None)]
             if self.hparams.spacing is not None:
                 steps.append(Spacingd("image", pixdim=self.hparams.spacing, mode="bilinear"))
-        steps += [
+        return [
+            *steps,
             Resized("image", spatial_size=self.spatial_size, mode="trilinear"),
             NormalizeIntensityd("image"),
             EnsureTyped("image", track_meta=False),
         ]
-        # One flat Compose: the caches keep everything before the first random transform.
-        transform = Compose(steps + (self.augmentations() if stage == "train" else []))
-        if self.hparams.cache == "memory":
-            with bad_files_surface():  # CacheDataset reads every volume now
-                return NamedErrors(CacheDataset(items, transform, progress=False, num_workers=None))
-        if self.hparams.cache == "disk" and self.hparams.medmnist_npz is None:
-            cache_dir = self._cache_dir()
-            return NamedErrors(PersistentDataset(items, transform, cache_dir=cache_dir, hash_transform=json_hashing))
-        return NamedErrors(Dataset(items, transform))
 
     def augmentations(self) -> list:
+        """Random flips, 90° rotations and intensity shifts. A quarter turn swaps the two
+        sizes of its plane (a 96×64 plane would come out 64×96 and the batch could not be
+        stacked), so volumes are rotated only in the planes whose two sizes are equal."""
         if not self.hparams.augment:
             return []
+        size = self.spatial_size
+        square_planes = [(a, b) for a, b in ((0, 1), (1, 2)) if size[a] == size[b]]
         return [
-            RandFlipd("image", prob=0.5, spatial_axis=0),
-            RandFlipd("image", prob=0.5, spatial_axis=1),
-            RandFlipd("image", prob=0.5, spatial_axis=2),
-            RandRotate90d("image", prob=0.5, spatial_axes=(0, 1)),
-            RandRotate90d("image", prob=0.5, spatial_axes=(1, 2)),
+            *(RandFlipd("image", prob=0.5, spatial_axis=axis) for axis in range(3)),
+            *(RandRotate90d("image", prob=0.5, spatial_axes=plane) for plane in square_planes),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
         ]
 
     def _cache_dir(self) -> Path:
-        """Under ``cache_dir`` (default ``<data_root>/cache``), one folder per source and
-        preprocessing, so a user's folder is never written to."""
+        """Under ``cache_dir`` (default ``<data_root>/cache``), one folder per source, so a
+        user's folder is never written to; the files' and transforms' keys are in the file
+        names inside (see :meth:`make_dataset`)."""
         hp = self.hparams
-        key = json.dumps([str(self.root.resolve()), self.spatial_size, hp.spacing], sort_keys=True)
         base = Path(hp.cache_dir) if hp.cache_dir else Path(hp.data_root) / "cache"
-        return base / "biomedical3d" / hashlib.sha1(key.encode()).hexdigest()[:12]
+        return base / "biomedical3d" / hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:12]
 
 
 def read_labels_csv(root: Path) -> list[tuple[str, str]]:
-    """``(relative image path, label)`` rows of ``root/labels.csv``, each file checked."""
+    """``(relative image path, label)`` rows of ``root/labels.csv``, each file checked; the
+    missing ones are reported together."""
     path = root / LABELS_CSV
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; expected a CSV with columns image,label")
@@ -255,16 +302,17 @@ def read_labels_csv(root: Path) -> list[tuple[str, str]]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: expected columns image,label, found {reader.fieldnames}")
-        rows = []
+        rows, missing = [], []
         for line, row in enumerate(reader, start=2):
             image, label = (row["image"] or "").strip(), (row["label"] or "").strip()
             if not image or not label:
                 raise ValueError(f"{path}, line {line}: empty image or label")
             if not (root / image).exists():
-                raise FileNotFoundError(f"{path}, line {line}: {root / image} does not exist")
+                missing.append(BadFileError(f"{path}, line {line}: {root / image} does not exist"))
             rows.append((image, label))
     if not rows:
         raise ValueError(f"{path}: no rows")
+    report_bad_files(missing, len(rows), what="volumes")
     return rows
 
 

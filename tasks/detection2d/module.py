@@ -224,6 +224,12 @@ class DetectionModule(TaskModule):
         outputs = self.detector(self._prepare(images))
         return [{**out, "labels": out["labels"] - self.label_offset} for out in outputs]
 
+    def forward_for_batchnorm(self, batch) -> None:
+        """The backbone and FPN hold the BatchNorm layers (the heads use GroupNorm); a
+        detector in train mode would want targets and compute losses."""
+        image_list, _ = self.detector.transform(self._prepare(batch[0]))
+        self.detector.backbone(image_list.tensors)
+
     def training_step(self, batch, batch_idx):
         images, targets = batch
         # Crowd regions are not objects to learn; they only excuse detections when scoring.

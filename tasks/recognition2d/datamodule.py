@@ -9,7 +9,6 @@ user's folder. Images of any size and mode are decoded by torchvision, brought t
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,13 +18,14 @@ from torchvision.transforms import v2
 
 from cnnsuite.data import (
     IMAGE_EXTENSIONS,
-    BadFileError,
     TaskDataModule,
     check_folder,
+    find_bad_images,
     image_channels,
     list_classes,
     list_samples,
     read_image,
+    report_bad_files,
 )
 from cnnsuite.data.digits import digit_scans, digit_split
 
@@ -48,9 +48,10 @@ class ImageFolderDataset(Dataset):
 class RecognitionDataModule(TaskDataModule):
     """Image folder → train/val/test loaders of ``(image, label)``.
 
-    ``on_bad_file``: ``error`` (default) stops at the first undecodable file, naming it;
-    ``skip`` decodes every file once at setup and leaves out bad ones with a warning
-    naming each.
+    ``on_bad_file``: ``error`` (default) reads every file's header before training (and each
+    split's when it is read) and stops naming all that fail (a file damaged past its header
+    is named when decoded); ``skip``
+    decodes every file once and leaves out the bad ones with one warning naming each.
     """
 
     default_name = "recognition2d"
@@ -108,9 +109,15 @@ class RecognitionDataModule(TaskDataModule):
         ]
         return v2.Compose(steps)
 
+    def check_samples(self, ids: list[str]) -> None:
+        if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built
+            report_bad_files(list(find_bad_images(self.root, ids).values()), len(ids), what="images")
+
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        if self.hparams.on_bad_file == "skip":
-            ids = [i for i in ids if self._readable(i)]
+        skip = self.hparams.on_bad_file == "skip"
+        bad = find_bad_images(self.root, ids, decode_channels=self.in_channels if skip else None)
+        report_bad_files(list(bad.values()), len(ids), self.hparams.on_bad_file, what=f"{stage} images")
+        ids = [i for i in ids if i not in bad]
         labels = []
         for sample_id in ids:
             name = sample_id.split("/")[0]
@@ -118,11 +125,3 @@ class RecognitionDataModule(TaskDataModule):
                 raise ValueError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
             labels.append(self.class_names.index(name))
         return ImageFolderDataset(self.root, ids, labels, self.in_channels, self.transform(stage))
-
-    def _readable(self, sample_id: str) -> bool:
-        try:
-            read_image(self.root / sample_id, self.in_channels)
-        except BadFileError as err:
-            warnings.warn(f"skipping {err}", stacklevel=2)
-            return False
-        return True

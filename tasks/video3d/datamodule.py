@@ -6,6 +6,8 @@ clip per video per epoch for training (``RandomClipSampler``), every consecutive
 every video for validation and testing (``UniformClipSampler``). Each clip is
 ``clip_duration`` seconds, brought to ``frames_per_clip`` frames by uniform temporal
 subsampling and transformed with ``torchvision.transforms.v2`` as a ``tv_tensors.Video``.
+A video shorter than one clip is valid data (UCF101 mixes lengths): its one clip is the whole
+video, sampled at its own pace with its last frame held (index clamping, as PySlowFast does).
 
 Items are ``(clip (C, T, H, W) float, label, video index, clip index)``: channels first,
 time second, the ``(N, C, T, H, W)`` layout of ``Conv3d`` and of PyTorchVideo's models.
@@ -19,25 +21,32 @@ after ``len(dataloader)`` batches, losing clips); (2) Lightning cannot put a
 workers it repeats the same video order every epoch; (4) it skips files it cannot decode
 with only a debug log, and returns short clips silently. Here every clip of an epoch is an
 index, so DataLoader workers, DDP and ``len`` are all exact, and every file is checked at
-setup and named when bad. Decoding and clip sampling are PyTorchVideo's.
+setup and every bad one named. Decoding and clip sampling are PyTorchVideo's.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from pytorchvideo.data.clip_sampling import RandomClipSampler, UniformClipSampler
 from pytorchvideo.data.encoded_video import EncodedVideo
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cnnsuite.data import BadFileError, TaskDataModule, check_folder, list_classes, list_samples
+from cnnsuite.data import (
+    BadFileError,
+    TaskDataModule,
+    check_folder,
+    list_classes,
+    list_samples,
+    report_bad_files,
+)
 from cnnsuite.data.splits import STAGES
 
 from .motions import FPS, FRAMES, MOTIONS, write_motion_dataset
@@ -69,8 +78,8 @@ def open_video(path: Path) -> EncodedVideo:
         raise BadFileError(f"{path}: cannot open as a video ({err})") from None
 
 
-def probe_video(path: Path, clip_duration: Fraction) -> tuple[Fraction, float]:
-    """``(duration in seconds, frames per second)`` of a readable video at least one clip long;
+def probe_video(path: Path) -> tuple[Fraction, float]:
+    """``(duration in seconds, frames per second)`` of a video with a decodable frame;
     otherwise :class:`BadFileError` naming the file. Decodes only the first frame."""
     video = open_video(path)
     try:
@@ -84,12 +93,12 @@ def probe_video(path: Path, clip_duration: Fraction) -> tuple[Fraction, float]:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             next(container.decode(stream))
+            if stream.duration is None and container.duration:
+                # PyTorchVideo then measures up to the last frame's start, one frame short (a 2-s
+                # MKV or WebM would lose its second clip); the container's duration is the end.
+                duration = max(duration, Fraction(container.duration, av.time_base))
     except (av.FFmpegError, IndexError, StopIteration, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode a video frame ({type(err).__name__}: {err})") from None
-    if duration < clip_duration:
-        raise BadFileError(
-            f"{path}: {float(duration):.3f} s long, shorter than one clip (data.clip_duration={float(clip_duration)} s)"
-        )
     return duration, fps
 
 
@@ -104,10 +113,14 @@ def uniform_clips(duration: Fraction, clip_duration: Fraction) -> list[Fraction]
             return starts
 
 
-def temporal_subsample(frames: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` frames evenly spaced over the clip's ``(C, T, H, W)`` time axis (first and last
-    kept), as PyTorchVideo's ``UniformTemporalSubsample`` does."""
-    index = torch.linspace(0, frames.shape[1] - 1, count).round().long()
+def temporal_subsample(frames: torch.Tensor, count: int, span: int | None = None) -> torch.Tensor:
+    """``count`` frames evenly spaced over ``span`` frame slots (default: the frames there are)
+    of the clip's ``(C, T, H, W)`` time axis, first and last kept, as PyTorchVideo's
+    ``UniformTemporalSubsample`` does. Slots past the last frame repeat it (index clamping, as
+    PySlowFast's ``temporal_sampling``): a video shorter than its clip keeps its own pace,
+    rather than being stretched to look slower than the videos of its class."""
+    span = frames.shape[1] if span is None else span
+    index = torch.linspace(0, span - 1, count).round().long().clamp(max=frames.shape[1] - 1)
     return frames.index_select(1, index)
 
 
@@ -166,14 +179,18 @@ class ClipDataset(Dataset):
             frames = video.get_clip(start, end)["video"]
         finally:
             video.close()
-        expected = float(self.clip_duration) * record.fps
+        # what the video holds of the clip: a video shorter than one clip ends inside it
+        expected = float(min(end, record.duration) - start) * record.fps
         if frames is None or frames.shape[1] < max(1.0, expected / 2):
             got = 0 if frames is None else frames.shape[1]
             raise BadFileError(
                 f"{path}: decoded {got} frames between {float(start):.3f} s and {float(end):.3f} s, "
                 f"expected about {expected:.0f} (damaged or truncated video?)"
             )
-        return temporal_subsample(frames, self.frames_per_clip), record.label, video_index
+        span = frames.shape[1]
+        if end > record.duration:  # the clip's frame slots at the video's rate, the last frame held
+            span = max(span, round(float(self.clip_duration) * record.fps))
+        return temporal_subsample(frames, self.frames_per_clip, span), record.label, video_index
 
     def __getitem__(self, index: int):
         frames, label, video_index = self.read(index)
@@ -188,9 +205,11 @@ class VideoDataModule(TaskDataModule):
       each video per training epoch.
     - ``augment``: random resized crops (one per clip) in training; ``hflip`` adds horizontal
       flips — off by default, since flipping turns "left" into "right".
-    - ``on_bad_file``: every video is opened at setup and its first frame decoded; an
-      unreadable, empty or too-short video stops the run naming the file (``error``), or is
-      left out with a warning naming it (``skip``).
+    - ``on_bad_file``: every video of the run is opened at setup and its first frame decoded;
+      unreadable or empty videos stop the run with one error listing them all (``error``), or
+      are left out with one warning listing them (``skip``). A video shorter than one clip is
+      not bad: its clip is the whole video, last frame held (see :func:`temporal_subsample`),
+      and setup says once how many there are.
     - Splits: ``train.csv``/``val.csv``/``test.csv`` in ``data_dir`` (PyTorchVideo's
       ``<path> [<label>]`` lines), else ``train.txt``/``val.txt``/``test.txt``, else stratified
       by ``seed``.
@@ -240,6 +259,8 @@ class VideoDataModule(TaskDataModule):
         self.in_channels = 3  # PyAV decodes to RGB
         # Exact seconds: 1/3 s as a float would drift against frame timestamps.
         self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
+        # every video probed so far, by id: its record, or None if it was bad and skipped
+        self.checked: dict[str, VideoRecord | None] = {}
 
     def write_default(self, folder: Path) -> None:
         write_motion_dataset(folder, DEFAULT_VIDEOS_PER_CLASS, DEFAULT_SEED)
@@ -262,21 +283,39 @@ class VideoDataModule(TaskDataModule):
                 return splits
         return super()._decide_splits()
 
-    def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        hp = self.hparams
-        videos = []
+    def check_samples(self, ids: list[str]) -> list[VideoRecord]:
+        """The usable videos of ``ids``. Each video is probed once (before training, all of
+        the run's); the bad ones among those probed now are reported together (one error, or
+        one warning, by ``on_bad_file``), and how many of them are shorter than one clip is
+        said once."""
+        new, errors = {}, []
         for sample_id in ids:
+            if sample_id in self.checked or sample_id in new:
+                continue
             name = sample_id.split("/")[0]
             if name not in self.class_names:
                 raise ValueError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
             try:
-                duration, fps = probe_video(self.root / sample_id, self.clip_duration)
+                duration, fps = probe_video(self.root / sample_id)
+                new[sample_id] = VideoRecord(sample_id, self.class_names.index(name), duration, fps)
             except BadFileError as err:
-                if hp.on_bad_file == "error":
-                    raise
-                warnings.warn(f"skipping {err}", stacklevel=2)
-                continue
-            videos.append(VideoRecord(sample_id, self.class_names.index(name), duration, fps))
+                errors.append(err)
+                new[sample_id] = None
+        report_bad_files(errors, len(new), self.hparams.on_bad_file, what="videos")
+        self.checked |= new
+        usable = [video for video in new.values() if video is not None]
+        short = sum(video.duration < self.clip_duration for video in usable)
+        if short:
+            rank_zero_warn(
+                f"{self.root}: {short} of {len(usable)} videos are shorter than one clip "
+                f"(data.clip_duration={float(self.clip_duration)} s); each gives one clip, "
+                "its frames at their own pace and the last one repeated to fill it"
+            )
+        return [self.checked[i] for i in ids if self.checked[i] is not None]
+
+    def make_dataset(self, ids: list[str], stage: str) -> Dataset:
+        hp = self.hparams
+        videos = self.check_samples(ids)
         if not videos:
             raise ValueError(f"{self.root}: no readable video in the {stage} split ({len(ids)} listed)")
         if stage == "train":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -32,7 +33,10 @@ def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> 
         factory = _BACKBONES[name]
     except KeyError:
         raise ValueError(f"backbone={name!r}: expected one of {', '.join(list_backbones())}") from None
+    # Only the call's signature is checked here: a TypeError from inside the backbone is a
+    # bug and keeps its traceback.
     try:
-        return factory(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+        inspect.signature(factory).bind(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
     except TypeError as err:
-        raise ValueError(f"backbone {name!r}: bad argument in {sorted(kwargs)}: {err}") from None
+        raise ValueError(f"model.backbone_kwargs for {name!r}: {err} (given: {', '.join(sorted(kwargs))})") from None
+    return factory(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)

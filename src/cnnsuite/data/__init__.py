@@ -3,7 +3,7 @@
 from .datamodule import TaskDataModule
 from .errors import BadFileError, report_bad_files
 from .folders import check_folder, list_classes, list_samples
-from .images import IMAGE_EXTENSIONS, image_channels, read_image
+from .images import IMAGE_EXTENSIONS, find_bad_images, image_channels, image_size, read_image
 from .prepare import prepare_once
 from .splits import load_splits, read_split_lists, save_splits, stratified_split
 
@@ -12,7 +12,9 @@ __all__ = [
     "BadFileError",
     "TaskDataModule",
     "check_folder",
+    "find_bad_images",
     "image_channels",
+    "image_size",
     "list_classes",
     "list_samples",
     "load_splits",

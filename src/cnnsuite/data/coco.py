@@ -26,7 +26,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from .errors import BadFileError
+from .images import image_size
 
 #: tolerance, in pixels, for a box edge beyond the image border (rounding in exporters)
 BORDER_TOLERANCE = 1.0
@@ -128,12 +129,11 @@ def find_image(root: Path, file_name: str) -> str | None:
     return None
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _upright_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as img:
-            return img.size
-    except (UnidentifiedImageError, OSError) as err:
-        raise AnnotationError(f"{path}: cannot decode as an image ({err})") from None
+        return image_size(path)
+    except BadFileError as err:
+        raise AnnotationError(str(err)) from None
 
 
 def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = "error") -> DetectionData:
@@ -166,7 +166,7 @@ def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = 
         seen_files.add(found)
         width, height = entry.get("width"), entry.get("height")
         if not (isinstance(width, int | float) and isinstance(height, int | float) and width > 0 and height > 0):
-            width, height = _image_size(root / found)  # width/height are optional: read the header
+            width, height = _upright_size(root / found)  # width/height are optional: read the header
         records[image_id] = DetectionRecord(found, image_id, int(width), int(height))
 
     image_ids = {int(e["id"]) for e in data["images"]}
@@ -265,7 +265,7 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
         try:
             width, height = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
         except (TypeError, ValueError):
-            width, height = _image_size(root / found)
+            width, height = _upright_size(root / found)
         record = DetectionRecord(found, image_id, width, height)
         for index, obj in enumerate(tree.iter("object")):
             where = f"{xml_path}: object {index}"

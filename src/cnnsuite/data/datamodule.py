@@ -2,22 +2,54 @@
 
 - It knows its classes and channels when constructed (the embedded default by
   construction, a user folder by listing it), so the CLI can link them into the model.
-- ``prepare_data`` materialises the embedded default once under ``data_root/<task>``;
-  a folder the user names (``data_dir``) is only ever read.
-- ``setup`` decides the split — a saved ``split_file`` (evaluation reuses the run's),
-  else fixed lists the data brings, else stratified by ``seed`` — and saves it as
-  ``splits.json`` in the run folder.
+- ``prepare_data`` materialises the embedded default once under ``data_root/<task>``,
+  with the arguments that generated it recorded beside it; other generation arguments
+  get a folder of their own. A folder the user names (``data_dir``) is only ever read.
+- ``setup`` decides the split — a saved ``split_file``, else fixed lists the data brings,
+  else stratified by ``seed`` — checks the files of all of it before training
+  (``check_samples``) and saves it as ``splits.json`` in the run folder. The split
+  is also the datamodule's ``state_dict``, so it travels inside every checkpoint: evaluation
+  and resuming use the run's own split, never one re-derived from today's files.
+- Datasets are built on first use, one stage at a time: testing a checkpoint reads (and
+  caches) only the test split.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from .prepare import prepare_once
-from .splits import STAGES, load_splits, read_split_lists, save_splits, stratified_split
+from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
+
+
+class LazyDatasets(Mapping):
+    """``stage → Dataset``, each built by ``make(stage)`` the first time it is asked for."""
+
+    def __init__(self, make: Callable[[str], Dataset]) -> None:
+        self._make, self._built = make, {}
+
+    def __getitem__(self, stage: str) -> Dataset:
+        if stage not in STAGES:
+            raise KeyError(stage)
+        if stage not in self._built:
+            self._built[stage] = self._make(stage)
+        return self._built[stage]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(STAGES)
+
+    def __len__(self) -> int:
+        return len(STAGES)
+
+    @property
+    def built(self) -> list[str]:
+        """The stages whose dataset exists already."""
+        return list(self._built)
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -28,6 +60,8 @@ class TaskDataModule(L.LightningDataModule):
     #: the DataLoader class and how it batches items (tasks may pick MONAI's, a list collate...)
     loader_class: type[DataLoader] = DataLoader
     collate_fn = None
+    #: init arguments that change what ``write_default`` generates (recorded in the data folder)
+    generation_hparams: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -46,8 +80,8 @@ class TaskDataModule(L.LightningDataModule):
         for key in self.path_hparams:
             if self.hparams.get(key) is not None:
                 self.hparams[key] = str(Path(self.hparams[key]).expanduser().resolve())
-        self.datasets: dict[str, Dataset] = {}
         self.splits: dict[str, list[str]] | None = None
+        self.datasets = LazyDatasets(self._make_stage)
 
     # --- what a task provides -------------------------------------------------------
     class_names: list[str]
@@ -74,34 +108,78 @@ class TaskDataModule(L.LightningDataModule):
         """Where samples are read from: the user's folder or the embedded default."""
         if self.hparams.data_dir is not None:
             return Path(self.hparams.data_dir).expanduser()
-        return Path(self.hparams.data_root) / self.default_name
+        changed = {k: v for k, v in self.generation_args.items() if v != self._init_default(k)}
+        suffix = "".join(f"-{k}={v}" for k, v in sorted(changed.items()))
+        return Path(self.hparams.data_root) / f"{self.default_name}{suffix}"
+
+    @property
+    def generation_args(self) -> dict:
+        """The values of :attr:`generation_hparams`: what the embedded default was made with."""
+        return {key: self.hparams[key] for key in self.generation_hparams}
+
+    @classmethod
+    def _init_default(cls, key: str):
+        return inspect.signature(cls.__init__).parameters[key].default
 
     def prepare_data(self) -> None:
         if self.hparams.data_dir is None:
-            prepare_once(self.root, self.write_default)
+            prepare_once(self.root, self.write_default, self.generation_args)
+
+    def check_samples(self, ids: list[str]) -> None:
+        """Check the files of ``ids`` before training, so that every bad one is named at once,
+        before the first step (a bad test file found after the last epoch costs a run).
+        Tasks whose readers can fail override this; the default trusts the files."""
 
     def setup(self, stage: str) -> None:
         if self.splits is None:
             self.splits = self._decide_splits()
-            self.datasets = {s: self.make_dataset(self.splits[s], s) for s in STAGES}
+        if stage == "fit":
+            self.check_samples([i for s in STAGES for i in self.splits[s]])
+        self._save_split_record()
+
+    def state_dict(self) -> dict:
+        """The run's split, saved in every checkpoint."""
+        return {"splits": self.splits} if self.splits is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Take the split of a checkpoint (Lightning calls this on resume, after ``setup``)."""
+        splits = state_dict.get("splits")
+        if splits is None:
+            return
+        check_splits(splits, "the checkpoint's split")
+        self._check_known(splits, "the checkpoint's split")
+        self.splits = splits
+        self.datasets = LazyDatasets(self._make_stage)
+        self._save_split_record()
+
+    def _save_split_record(self) -> None:
+        """``splits.json`` in the run folder: the split, readable without loading a checkpoint."""
         trainer = self.trainer
-        if stage == "fit" and trainer is not None and trainer.log_dir and trainer.is_global_zero:
+        if trainer is not None and trainer.state.fn == "fit" and trainer.log_dir and trainer.is_global_zero:
             save_splits(Path(trainer.log_dir) / "splits.json", self.splits)
+
+    def _make_stage(self, stage: str) -> Dataset:
+        if self.splits is None:
+            raise RuntimeError("setup() decides the split before any dataset is built")
+        return self.make_dataset(self.splits[stage], stage)
+
+    def _check_known(self, splits: dict[str, list[str]], source: object) -> None:
+        """Every id of ``splits`` must be a sample of the data, or the split is for other data."""
+        known = {sample_id for sample_id, _ in self.list_samples()}
+        for s in STAGES:
+            unknown = [i for i in splits[s] if i not in known]
+            if unknown:
+                raise ValueError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
 
     def _decide_splits(self) -> dict[str, list[str]]:
         if self.hparams.split_file:
-            splits = load_splits(Path(self.hparams.split_file))
+            splits, source = load_splits(Path(self.hparams.split_file)), self.hparams.split_file
         else:
-            splits = read_split_lists(self.root)
-        samples = self.list_samples()
+            splits, source = read_split_lists(self.root), f"{self.root}/{{train,val,test}}.txt"
         if splits is not None:
-            known = {sample_id for sample_id, _ in samples}
-            for s in STAGES:
-                unknown = [i for i in splits[s] if i not in known]
-                if unknown:
-                    source = self.hparams.split_file or self.root / f"{s}.txt"
-                    raise ValueError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
+            self._check_known(splits, source)
             return splits
+        samples = self.list_samples()
         ids, labels = zip(*samples, strict=True)
         hp = self.hparams
         return stratified_split(ids, labels, hp.val_fraction, hp.test_fraction, hp.seed)

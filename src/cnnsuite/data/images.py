@@ -1,34 +1,47 @@
-"""Image files → uint8 tensors with torchvision's decoders, naming the file on failure."""
+"""Image files → uint8 tensors with torchvision's decoders, upright, naming the file on failure.
+
+Photos from phones and cameras are stored as the sensor saw them, with an EXIF orientation
+tag saying how to turn them; every viewer honours it, so that is the image a user labelled.
+torchvision's ``decode_image`` ignores the tag unless asked: everything here asks, and
+sizes are the upright sizes too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 
 from .errors import BadFileError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: EXIF orientations that turn the image a quarter turn (width and height swap)
+_TRANSPOSED = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
 def read_image(path: Path, channels: int) -> torch.Tensor:
-    """``(channels, H, W)`` uint8; grayscale files are expanded to RGB and RGB reduced to
+    """``(channels, H, W)``, upright, uint8 (uint16 for a 16-bit PNG: ``ToDtype(...,
+    scale=True)`` scales either); grayscale files are expanded to RGB and RGB reduced to
     gray as ``channels`` asks."""
     mode = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}.get(channels)
     if mode is None:
         raise ValueError(f"channels={channels}: images are read as 1 (gray) or 3 (RGB) channels")
     try:
-        return decode_image(str(path), mode=mode)
+        return decode_image(str(path), mode=mode, apply_exif_orientation=True)
     except (RuntimeError, ValueError, OSError):
         pass
     # torchvision decodes PNG, JPEG, GIF and WebP; Pillow covers BMP and TIFF.
     try:
         with Image.open(path) as img:
-            array = torch.from_numpy(np.array(img.convert("L" if channels == 1 else "RGB")))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            upright = ImageOps.exif_transpose(img)
+            array = torch.from_numpy(np.array(upright.convert("L" if channels == 1 else "RGB")))
+    except _PIL_ERRORS as err:
         raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
     return array.permute(2, 0, 1) if array.dim() == 3 else array.unsqueeze(0)
 
@@ -38,5 +51,36 @@ def image_channels(path: Path) -> int:
     try:
         with Image.open(path) as img:
             return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-    except (UnidentifiedImageError, OSError) as err:
+    except _PIL_ERRORS as err:
         raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of the upright image — read from the header only."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            # Pillow decodes a whole PNG to look for an EXIF chunk after the pixels; one
+            # before them (where writers put it) is in the header.
+            has_exif = img.format != "PNG" or "exif" in img.info
+            transposed = has_exif and img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED
+    except _PIL_ERRORS as err:
+        raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
+    return (height, width) if transposed else (width, height)
+
+
+def find_bad_images(root: Path, ids: Iterable[str], decode_channels: int | None = None) -> dict[str, BadFileError]:
+    """``{id: error}`` for every file among ``root/<id>`` that does not read as an image, so a
+    whole folder's bad files are named at once. By default only headers are read (quick; a
+    file damaged past its header is still named when it is decoded); ``decode_channels``
+    decodes every file in full."""
+    errors = {}
+    for sample_id in ids:
+        try:
+            if decode_channels is None:
+                image_size(root / sample_id)
+            else:
+                read_image(root / sample_id, decode_channels)
+        except BadFileError as err:
+            errors[sample_id] = err
+    return errors

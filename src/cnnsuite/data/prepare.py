@@ -1,28 +1,37 @@
-"""Materialise an embedded default dataset once, atomically.
+"""Materialise an embedded default dataset once, atomically, and remember how it was made.
 
 Every DDP rank may construct a datamodule and call ``prepare_data``; a half-written
 folder must never be read. The data is written into a temporary sibling folder and
 renamed into place in one step; whoever renames second throws its copy away.
+
+The arguments that generated the data are written beside it (``generation.json``), so a
+folder made with other arguments is never taken for this one without a word.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+RECORD = "generation.json"
 
-def prepare_once(target: Path, write: Callable[[Path], None]) -> Path:
+
+def prepare_once(target: Path, write: Callable[[Path], None], args: dict | None = None) -> Path:
     """Call ``write(folder)`` into a fresh folder and move it to ``target``, unless
-    ``target`` already exists. Returns ``target``."""
-    target = Path(target)
+    ``target`` already exists; ``args`` (JSON-able) are recorded there and checked on
+    every later call. Returns ``target``."""
+    target, args = Path(target), dict(args or {})
     if target.is_dir():
+        check_record(target, args)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(tmp)
+        (tmp / RECORD).write_text(json.dumps(args, sort_keys=True) + "\n")
         try:
             tmp.rename(target)
         except OSError:
@@ -31,3 +40,18 @@ def prepare_once(target: Path, write: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def check_record(folder: Path, args: dict) -> None:
+    """``folder`` must have been generated with ``args``."""
+    path = folder / RECORD
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        recorded = None
+    if recorded != json.loads(json.dumps(args)):
+        found = "no readable record of how it was generated" if recorded is None else f"was generated with {recorded}"
+        raise ValueError(
+            f"{folder}: {found}, expected {args}; delete the folder to generate it again "
+            "(or pick another --data.data_root)"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,12 +27,18 @@ def stratified_split(
 
 
 def _split(ids: list[str], labels: list[int], fraction: float, seed: int):
-    """``(kept ids, split-off ids, kept labels)``, stratified when every class can be."""
+    """``(kept ids, split-off ids, kept labels)``, stratified when every class can be (and
+    said out loud when not: a class may then be missing from a split)."""
     try:
         kept, out, kept_labels, _ = train_test_split(
             ids, labels, test_size=fraction, random_state=seed, stratify=labels
         )
-    except ValueError:  # too few samples of some class, or fewer split-off samples than classes
+    except ValueError as err:  # too few samples of some class, or fewer split-off samples than classes
+        warnings.warn(
+            f"the split of {len(ids)} samples cannot be stratified by class ({err}); "
+            "splitting at random, so a class may be missing from a split",
+            stacklevel=3,
+        )
         kept, out, kept_labels, _ = train_test_split(ids, labels, test_size=fraction, random_state=seed)
     return kept, out, kept_labels
 
@@ -60,6 +67,14 @@ def load_splits(path: Path) -> dict[str, list[str]]:
         splits = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read the split lists ({err})") from None
-    if not isinstance(splits, dict) or any(not isinstance(splits.get(s), list) for s in STAGES):
-        raise ValueError(f"{path}: expected a JSON object with lists under {', '.join(STAGES)}")
+    return check_splits(splits, path)
+
+
+def check_splits(splits: object, source: object) -> dict[str, list[str]]:
+    """``splits`` if it is ``{"train": [ids], "val": [ids], "test": [ids]}``; else a
+    ``ValueError`` naming ``source``."""
+    if not isinstance(splits, dict) or any(
+        not isinstance(splits.get(s), list) or not all(isinstance(i, str) for i in splits[s]) for s in STAGES
+    ):
+        raise ValueError(f"{source}: expected lists of sample ids under {', '.join(STAGES)}")
     return splits

@@ -1,0 +1,206 @@
+"""The shared package's promises: data plumbing, images as a viewer shows them, the CLI's
+errors, the metrics' inputs, and the defaults every task inherits."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
+from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+from conftest import ROOT, make_image_folder
+from PIL import Image
+from torch import nn
+from torchmetrics.classification import MulticlassAUROC
+from torchvision.transforms import v2
+
+from cnnsuite.backbone import build_backbone
+from cnnsuite.backbone.registry import _BACKBONES, register_backbone
+from cnnsuite.callbacks import PreciseBatchNorm
+from cnnsuite.classification import ClassificationModule
+from cnnsuite.cli import CnnSuiteCLI, main
+from cnnsuite.data import BadFileError, list_classes, list_samples, read_image
+from cnnsuite.data.images import IMAGE_EXTENSIONS, image_size
+from cnnsuite.data.prepare import prepare_once
+from cnnsuite.data.splits import stratified_split
+
+# --- images ---------------------------------------------------------------------------
+
+
+def exif_rotated_jpeg(path, upright: np.ndarray, orientation: int = 6) -> None:
+    """A JPEG as a phone writes it: pixels stored turned, and the EXIF tag that says how to
+    turn them back (6: rotate 90° clockwise to view)."""
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what the sensor saw
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif, quality=95)
+
+
+def test_an_exif_rotated_photo_is_read_upright(tmp_path):
+    upright = np.zeros((40, 24, 3), np.uint8)  # tall, with its bright part at the top
+    upright[:10] = 255
+    exif_rotated_jpeg(tmp_path / "photo.jpg", upright)
+    assert Image.open(tmp_path / "photo.jpg").size == (40, 24)  # stored wide, viewed tall
+    assert image_size(tmp_path / "photo.jpg") == (24, 40)
+    for channels in (1, 3):
+        image = read_image(tmp_path / "photo.jpg", channels)
+        assert image.shape == (channels, 40, 24)
+        assert image[:, :10].float().mean() > 200 and image[:, 10:].float().mean() < 50
+
+
+def test_an_exif_rotated_photo_is_upright_in_training_and_evaluation(tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=4)
+    upright = np.zeros((40, 24, 3), np.uint8)
+    upright[:10] = 255
+    exif_rotated_jpeg(folder / "cat" / "phone.jpg", upright)
+    dm = RecognitionDataModule(data_dir=str(folder), image_size=8, augment=False, channels=1)
+    dm.setup("fit")
+    for stage in ("train", "val", "test"):  # training and evaluation read through the same dataset
+        dataset = dm.datasets[stage]
+        if "cat/phone.jpg" in dataset.ids:
+            image, _ = dataset[dataset.ids.index("cat/phone.jpg")]
+            assert image[0, :2].mean() > 0.5 and image[0, 3:].mean() < -0.5, stage
+
+
+def test_unusual_image_files_are_read_and_stray_files_ignored(tmp_path):
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("RGBA").save(folder / "rgba.png")
+    Image.fromarray((np.arange(120).reshape(12, 10) * 500).astype(np.uint16)).save(folder / "gray16.png")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rgb).save(folder / "plain.bmp")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    root = tmp_path / "images"
+    samples = list_samples(root, list_classes(root, IMAGE_EXTENSIONS), IMAGE_EXTENSIONS)
+    assert sorted(s for s, _ in samples) == ["a/cmyk.jpg", "a/gray16.png", "a/plain.bmp", "a/rgba.png"]
+    for sample_id, _ in samples:
+        for channels in (1, 3):
+            image = v2.ToDtype(torch.float32, scale=True)(read_image(root / sample_id, channels))
+            assert image.shape == (channels, 12, 10) and 0 <= image.min() < image.max() <= 1, sample_id
+    gray16 = v2.ToDtype(torch.float32, scale=True)(read_image(root / "a/gray16.png", 1))
+    assert gray16.max() == pytest.approx(59500 / 65535)  # 16 bits kept, scaled like 8
+
+
+def test_every_bad_image_is_named_at_once_before_training(tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=8)
+    dm = RecognitionDataModule(data_dir=str(folder))
+    dm.setup("test")
+    bad = [*dm.splits["train"][1::5], dm.splits["test"][0]]  # a bad test file too, found before training
+    for name in bad:
+        (folder / name).write_bytes(b"not an image")
+    with pytest.raises(BadFileError) as err:
+        dm.setup("fit")
+    message = str(err.value)
+    assert message.startswith(f"{len(bad)} of 24 images cannot be used:")
+    assert len(bad) >= 4 and all(name in message for name in bad)
+    with pytest.raises(BadFileError, match=rf"^1 of {len(dm.splits['test'])} test images cannot be used"):
+        dm.datasets["test"]  # evaluation checks the split it reads
+
+
+# --- the CLI --------------------------------------------------------------------------
+
+
+def test_a_user_mistake_is_one_line_and_exit_status_2(tmp_path, capsys):
+    args = ["fit", "--config", str(ROOT / "tasks/recognition2d/config.yaml"),
+            "--data.data_dir", str(tmp_path / "missing"), "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert err == f"cnnsuite fit: error: data.data_dir={tmp_path / 'missing'}: no such folder"
+    with pytest.raises(ValueError, match="no such folder"):  # --debug keeps the traceback
+        main([*args, "--debug"])
+
+
+def test_an_error_raised_in_a_loader_worker_is_shown_as_its_own_message(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "images", per_class=6)
+    whole = (folder / "dog" / "0.png").read_bytes()
+    (folder / "dog" / "0.png").write_bytes(whole[: len(whole) // 2])  # its header reads; its pixels do not
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "tasks/recognition2d/config.yaml"), "--data.data_dir", str(folder),
+              "--data.num_workers", "1", "--trainer.fast_dev_run", "true",
+              "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("cnnsuite fit: error: ") and "dog/0.png: cannot decode as an image" in last
+
+
+def test_the_best_checkpoint_follows_the_models_own_monitor(tmp_path):
+    cli = CnnSuiteCLI(
+        args=["--config", str(ROOT / "tasks/detection2d/config.yaml"), "--data.data_root", str(tmp_path),
+              "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )  # fmt: skip
+    assert (cli.trainer.checkpoint_callback.monitor, cli.trainer.checkpoint_callback.mode) == ("val/map", "max")
+
+
+# --- splits, generated data, lazy datasets ---------------------------------------------
+
+
+def test_a_split_that_cannot_be_stratified_says_so():
+    ids, labels = [f"{i}" for i in range(7)], [0, 0, 0, 0, 0, 1, 1]
+    with pytest.warns(UserWarning, match="cannot be stratified"):
+        stratified_split(ids, labels, 0.15, 0.15, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stratified_split([f"{i}" for i in range(40)], [i % 2 for i in range(40)], 0.25, 0.25, seed=0)
+
+
+def test_generated_data_records_its_arguments_and_other_arguments_get_their_own_folder(tmp_path):
+    def write(folder):
+        (folder / "data.txt").write_text("x")
+
+    prepare_once(tmp_path / "d", write, {"size": 1})
+    assert prepare_once(tmp_path / "d", write, {"size": 1}) == tmp_path / "d"
+    with pytest.raises(ValueError, match=r"d: was generated with \{'size': 1\}, expected \{'size': 2\}; delete"):
+        prepare_once(tmp_path / "d", write, {"size": 2})
+
+    default = Biomedical3DDataModule(data_root=str(tmp_path))
+    smaller = Biomedical3DDataModule(data_root=str(tmp_path), default_size=30)
+    assert default.root == tmp_path / "biomedical3d"
+    assert smaller.root == tmp_path / "biomedical3d-default_size=30"
+
+
+def test_testing_builds_only_the_test_set(tmp_path):
+    folder = make_image_folder(tmp_path / "images", per_class=4)
+    dm = RecognitionDataModule(data_dir=str(folder))
+    dm.setup("test")
+    dm.test_dataloader()
+    assert dm.datasets.built == ["test"]
+
+
+# --- backbones, metrics, BatchNorm -------------------------------------------------------
+
+
+def test_a_type_error_inside_a_backbone_keeps_its_traceback():
+    @register_backbone("_raises_type_error")
+    def broken(spatial_dims, in_channels, width=4):
+        return nn.Conv2d(in_channels, width, 3) + 1  # a bug: Module + int
+
+    try:
+        with pytest.raises(ValueError, match="model.backbone_kwargs for 'convnet': .*'widht'"):
+            build_backbone("convnet", 2, 1, widht=4)
+        with pytest.raises(TypeError, match="unsupported operand"):
+            build_backbone("_raises_type_error", 2, 1)
+    finally:
+        del _BACKBONES["_raises_type_error"]
+
+
+def test_auroc_ranks_probabilities_not_raw_logits():
+    """torchmetrics softmaxes only a batch with values outside [0, 1]; these small logits
+    rank differently raw (0.61) and as probabilities (0.85)."""
+    logits = torch.tensor([[0.0, 0.2, 0.3], [0.5, 0.7, 0.8], [0.2, 0.3, 0.7], [0.9, 0.4, 0.9]])
+    target = torch.tensor([0, 1, 2, 0])
+    model = ClassificationModule(num_classes=3, backbone="convnet", backbone_kwargs={"channels": [4]})
+    model.update_metrics("val", logits, target, None)
+    expected = MulticlassAUROC(3)(logits.softmax(dim=1), target)
+    assert model.val_metrics.compute()["val/auroc"] == pytest.approx(float(expected))
+    assert float(MulticlassAUROC(3)(logits, target)) != pytest.approx(float(expected))
+
+
+def test_networks_with_batchnorm_get_precise_batchnorm_by_default():
+    with_bn = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4]})
+    assert [type(cb) for cb in with_bn.configure_callbacks()] == [PreciseBatchNorm]
+    no_bn = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4], "norm": "none"})
+    assert no_bn.configure_callbacks() == []
