@@ -87,14 +87,6 @@ def test_short_training_on_digits_learns(tmp_path, monkeypatch):
     assert not (tmp_path / "elsewhere" / "relative_data").exists()
 
 
-def test_resume_from_last_checkpoint(tmp_path, image_folder):
-    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--evaluate", "false"]
-    first = fit(tmp_path, *common, "--trainer.max_epochs", "1")
-    fit(tmp_path, *common, "--trainer.max_epochs", "2", "--ckpt_path", str(first / "checkpoints" / "last.ckpt"))
-    resumed = torch.load(tmp_path / "runs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["epoch"] == 1 and (first / "config.yaml").is_file()
-
-
 def test_corrupt_image_is_named(tmp_path, image_folder):
     (image_folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     with pytest.raises(BadFileError, match="broken.png"):

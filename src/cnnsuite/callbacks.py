@@ -7,6 +7,7 @@ from itertools import islice
 import lightning as L
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 
 class PreciseBatchNorm(L.Callback):
@@ -41,8 +42,38 @@ class PreciseBatchNorm(L.Callback):
             m.momentum = None  # a cumulative average over the batches below
         pl_module.train()
         with torch.no_grad():
-            for batch in islice(trainer.train_dataloader, self.num_batches):
+            for batch in islice(batches_aside(trainer.train_dataloader), self.num_batches):
                 pl_module.forward_for_batchnorm(pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
         for m, momentum in momenta.items():
             m.momentum = momentum
+        if trainer.world_size > 1:
+            pool_statistics(norms, trainer.strategy)
         pl_module.train(was_training)
+
+
+def batches_aside(loader: DataLoader) -> DataLoader:
+    """Training batches that leave the epoch in progress alone. A new iterator over a loader
+    with persistent workers restarts those workers, and with them an epoch interrupted by
+    ``val_check_interval`` < 1: such a loader is copied, without persistent workers."""
+    if not getattr(loader, "persistent_workers", False):
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=loader.sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+    )
+
+
+def pool_statistics(norms: list[nn.Module], strategy) -> None:
+    """Every rank recomputed the statistics on its own shard: replace them with those of all
+    the shards together (the mean of the means; the variance from the mean of E[x²]), so all
+    ranks validate and save one model."""
+    for m in norms:
+        mean = strategy.reduce(m.running_mean.clone(), reduce_op="mean")
+        square = strategy.reduce(m.running_var + m.running_mean**2, reduce_op="mean")
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(square - mean**2)

@@ -106,7 +106,7 @@ class ClassificationModule(TaskModule):
         logits = self(x)
         loss = self.loss(logits, y)
         self.update_metrics(stage, logits, y, batch)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def update_metrics(self, stage: str, logits: torch.Tensor, target: torch.Tensor, batch) -> None:

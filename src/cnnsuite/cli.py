@@ -21,25 +21,22 @@ import importlib
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from .checkpoint import CLASSES_KEY, trusted_class
 from .data import TaskDataModule
+from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, run_version
 from .task import TaskModule
 
 #: what a user's data or config can raise (BadFileError, AnnotationError and friends are
-#: ValueErrors; a missing file is an OSError): shown as one line, not a traceback
-USER_ERRORS = (ValueError, OSError)
-
-# TensorBoard and CSV loggers share version_N on purpose; the CSV logger warns when it
-# finds TensorBoard's files there.
-warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+#: ValueErrors; a missing file is an OSError; a diverging run a FloatingPointError): shown as
+#: one line, not a traceback
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 class CnnSuiteCLI(LightningCLI):
@@ -51,16 +48,18 @@ class CnnSuiteCLI(LightningCLI):
         kwargs.setdefault(
             "parser_kwargs", {"description": "cnnsuite: CNN tasks on Lightning. Also: cnnsuite evaluate --help"}
         )
+        kwargs.setdefault("save_config_callback", RunConfig)
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         # Fixed names: resuming or re-running never makes "best-v1.ckpt" or metric subfolders.
         # checkpoint.monitor left null takes the model's own `monitor` and `mode`.
         parser.set_defaults(
             {
                 "checkpoint.filename": "best",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # last.ckpt is LastCheckpoint's
                 "checkpoint.enable_version_counter": False,
             }
         )
@@ -80,9 +79,17 @@ class CnnSuiteCLI(LightningCLI):
             config.checkpoint.monitor, config.checkpoint.mode = model_class.monitor, model_class.mode
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reloads the model's class path and arguments from ``--ckpt_path``: check
-        that the checkpoint names only cnnsuite's own classes before anything is imported."""
+        """``--ckpt_path last`` is the newest run's ``last.ckpt`` under ``default_root_dir``.
+        LightningCLI reloads the model's class path and arguments from the checkpoint: check
+        that it names only cnnsuite's own classes before anything is imported."""
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        if config.get("ckpt_path") == "last":
+            last = newest_last_checkpoint(self._root_dir(config))
+            if last is None:  # a first start (a job that will requeue itself, say) begins afresh
+                rank_zero_info(
+                    f"--ckpt_path last: no version_N/checkpoints/last.ckpt under {self._root_dir(config)} yet"
+                )
+            config.ckpt_path = str(last) if last else None
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -93,24 +100,43 @@ class CnnSuiteCLI(LightningCLI):
                 trusted_class(classes["datamodule"], TaskDataModule, ckpt_path)
         super()._parse_ckpt_path()
 
+    @staticmethod
+    def _root_dir(config) -> Path:
+        return Path(config.trainer.get("default_root_dir") or os.getcwd())
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        check_model_fits_data(self.model, self.datamodule)
+
     def instantiate_trainer(self, **kwargs):
-        """Default loggers: TensorBoard and CSV sharing ``<default_root_dir>/version_N``."""
-        config = self._get(self.config_init, "trainer", default={})
-        if config.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(config.get("default_root_dir") or os.getcwd())
+        """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once
+        for all processes and kept on resume) and atomic checkpoint writes."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = self._root_dir(config)
+        if config.trainer.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(root, run_version(root, config.get("ckpt_path")))
+        if not config.trainer.get("plugins"):
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
+        """Evaluate ``best.ckpt`` in one process. After a distributed fit the other ranks
+        leave and the process group goes first: the evaluation's metrics would otherwise wait
+        to synchronise with ranks that never come."""
         trainer = self.trainer
         log_dir = trainer.log_dir  # a collective call: every rank asks
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        last = next((cb.last_model_path for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)), "")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            trainer.strategy.barrier()
+            torch.distributed.destroy_process_group()
         if not trainer.is_global_zero:
             return
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             print("no checkpoint was saved (fast_dev_run?): nothing to evaluate")
             return
         run_dir = Path(log_dir)
-        print(f"\nrun folder: {run_dir}\ncheckpoints: {best} (best), {Path(best).with_name('last.ckpt')} (last)")
+        print(f"\nrun folder: {run_dir}\ncheckpoints: {best} (best), {last or 'none'} (last)")
         if self._get(self.config, "evaluate"):
             from .evaluate import evaluate
 
@@ -118,9 +144,50 @@ class CnnSuiteCLI(LightningCLI):
             print_metrics(evaluate(best, out_dir), out_dir)
 
 
-def default_loggers(root: str | os.PathLike) -> list:
-    tensorboard = TensorBoardLogger(save_dir=root, name="", default_hp_metric=False)
-    return [tensorboard, CSVLogger(save_dir=root, name="", version=tensorboard.version)]
+def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None:
+    """Run the model on a zero batch of the data's sample shape, before any data is read or
+    written: a network that cannot take the data (a kernel or a stride larger than what
+    is left of the input) fails here with its settings named, not after minutes of data
+    preparation. The batch becomes ``example_input_array``, so the model summary shows
+    each layer's input and output sizes."""
+    shape = datamodule.input_shape
+    if shape is None:
+        return
+    strides = getattr(getattr(model, "backbone", None), "strides", None)
+    if strides:  # the usual misfit, said in the network's terms
+        stride = tuple(strides[-1])
+        size = tuple(shape[1:])[-len(stride) :]
+        if any(s < k for s, k in zip(size, stride, strict=True)):
+            raise ValueError(
+                f"the data's samples of shape {tuple(shape)} are {'x'.join(map(str, size))} where the backbone's "
+                f"total stride is {'x'.join(map(str, stride))}: use larger samples (data.*) or fewer or gentler "
+                "pooling stages (model.backbone_kwargs)"
+            )
+    example = torch.zeros(2, *shape)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    except RuntimeError as err:
+        settings = {k: model.hparams[k] for k in ("backbone", "backbone_kwargs") if k in model.hparams}
+        reason = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"the model {settings} cannot take the data's samples of shape {tuple(shape)}: {reason}"
+        ) from None
+    finally:
+        model.train(training)
+    model.example_input_array = example
+
+
+def newest_last_checkpoint(root: Path) -> Path | None:
+    """``<root>/version_N/checkpoints/last.ckpt`` of the highest N that has one."""
+    found = sorted(
+        (int(m[1]), path)
+        for path in Path(root).glob("version_*/checkpoints/last.ckpt")
+        if (m := re.fullmatch(r"version_(\d+)", path.parent.parent.name))
+    )
+    return found[-1][1] if found else None
 
 
 def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
@@ -161,15 +228,22 @@ def user_message(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The ``cnnsuite`` command; ``argv`` (default: the command line) without the program name."""
+    command_line = argv is None
+    argv = sys.argv[1:] if command_line else list(argv)
     debug = "--debug" in argv or os.environ.get("CNNSUITE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    if command_line and debug:
+        # Lightning's DDP launcher starts the other ranks as copies of sys.argv: they learn
+        # of --debug from the environment.
+        sys.argv[1:] = argv
+        os.environ["CNNSUITE_DEBUG"] = "1"
     prog = f"cnnsuite {argv[0]}" if argv and not argv[0].startswith("-") else "cnnsuite"
     try:
         if argv[:1] == ["evaluate"]:
             evaluate_main(argv[1:])
         else:
-            CnnSuiteCLI(args=argv)
+            CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
     except USER_ERRORS as err:
         if debug:
             raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
@@ -72,6 +73,19 @@ class TaskModule(L.LightningModule):
         if configured or not has_bn or self.precise_bn_batches < 1:
             return []
         return [PreciseBatchNorm(self.precise_bn_batches)]
+
+    def on_before_backward(self, loss) -> None:
+        """A non-finite loss ends training with a message naming the step; no checkpoint is
+        written from the spoiled weights, so ``last.ckpt`` stays the last good one. Every rank
+        takes the decision together (one rank raising alone would leave the others waiting)."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            saved = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if cb.last_model_path]
+            last = saved[0] if saved else "none yet"
+            raise FloatingPointError(
+                f"training loss is {float(loss):g} at step {self.trainer.global_step} (epoch {self.current_epoch}); "
+                f"stopped; last good checkpoint: {last}. A lower learning rate or gradient clipping often helps."
+            )
 
     def forward_for_batchnorm(self, batch) -> None:
         """Run one training batch through the network in train mode, for

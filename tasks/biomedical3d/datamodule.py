@@ -193,6 +193,10 @@ class Biomedical3DDataModule(TaskDataModule):
         else:
             self.class_names = list(CLASSES)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.in_channels, *self.spatial_size)
+
     # --- the embedded default -----------------------------------------------------
     def write_default(self, folder: Path) -> None:
         rng = np.random.default_rng(20260301)

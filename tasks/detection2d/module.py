@@ -240,9 +240,10 @@ class DetectionModule(TaskModule):
         losses = self.detector(self._prepare(images), targets)
         loss = sum(losses.values())
         n = len(images)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        # losses are means: averaging them over the ranks is right (F1 or mAP would not be)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def _evaluate(self, batch, stage: str) -> list[dict[str, torch.Tensor]]:

@@ -85,6 +85,11 @@ class RecognitionDataModule(TaskDataModule):
             first = next(root / name for name, _ in list_samples(root, self.class_names[:1], IMAGE_EXTENSIONS))
             self.in_channels = channels or image_channels(first)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        size = self.hparams.image_size
+        return (self.in_channels, size, size)
+
     def write_default(self, folder: Path) -> None:
         images, labels = digit_scans()
         for digit in range(10):

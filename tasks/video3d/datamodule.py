@@ -262,6 +262,11 @@ class VideoDataModule(TaskDataModule):
         # every video probed so far, by id: its record, or None if it was bad and skipped
         self.checked: dict[str, VideoRecord | None] = {}
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        hp = self.hparams
+        return (self.in_channels, hp.frames_per_clip, hp.frame_size, hp.frame_size)
+
     def write_default(self, folder: Path) -> None:
         write_motion_dataset(folder, DEFAULT_VIDEOS_PER_CLASS, DEFAULT_SEED)
 

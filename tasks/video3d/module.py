@@ -89,21 +89,6 @@ class VideoClassificationModule(ClassificationModule):
             setattr(self, f"{stage}_video_acc", VideoAccuracy())
         return metrics
 
-    def setup(self, stage: str) -> None:
-        """Check that a clip survives the backbone's downsampling (a clear error, not torch's)."""
-        data = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        hp = getattr(data, "hparams", {})
-        if "frames_per_clip" not in hp or "frame_size" not in hp:
-            return
-        size = (hp["frames_per_clip"], hp["frame_size"], hp["frame_size"])[-self.hparams.spatial_dims :]
-        stride = self.backbone.strides[-1]
-        if any(s < k for s, k in zip(size, stride, strict=True)):
-            raise ValueError(
-                f"data.frames_per_clip={hp['frames_per_clip']}, data.frame_size={hp['frame_size']}: a clip of "
-                f"{'x'.join(map(str, size))} is smaller than the backbone's total stride {'x'.join(map(str, stride))} "
-                f"(T, H, W); use more frames or pixels, or fewer pooling stages in model.backbone_kwargs"
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of clips ``(N, C, T, H, W)``."""
         if self.hparams.spatial_dims == 3:

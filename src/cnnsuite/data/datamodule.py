@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .prepare import prepare_once
@@ -86,6 +87,13 @@ class TaskDataModule(L.LightningDataModule):
     # --- what a task provides -------------------------------------------------------
     class_names: list[str]
     in_channels: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One sample's shape as the model receives it (channels first), when every sample
+        has it; the CLI tries the model on it before any data is read, so a network that
+        does not fit the data (a kernel larger than the input) is named at once."""
+        return None
 
     def write_default(self, folder: Path) -> None:
         """Write the embedded default dataset into ``folder`` (called once)."""
@@ -155,8 +163,11 @@ class TaskDataModule(L.LightningDataModule):
     def _save_split_record(self) -> None:
         """``splits.json`` in the run folder: the split, readable without loading a checkpoint."""
         trainer = self.trainer
-        if trainer is not None and trainer.state.fn == "fit" and trainer.log_dir and trainer.is_global_zero:
-            save_splits(Path(trainer.log_dir) / "splits.json", self.splits)
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        log_dir = trainer.log_dir  # a collective call: every rank asks, once
+        if log_dir and trainer.is_global_zero:
+            save_splits(Path(log_dir) / "splits.json", self.splits)
 
     def _make_stage(self, stage: str) -> Dataset:
         if self.splits is None:
@@ -193,7 +204,17 @@ class TaskDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             collate_fn=type(self).collate_fn,
+            generator=self._rank_generator(),
         )
+
+    def _rank_generator(self) -> torch.Generator | None:
+        """Under DDP, a random generator of the rank's own: every rank starts from the same
+        seed, and the loader's generator seeds its workers' (and MONAI's) augmentations, which
+        would otherwise repeat on every rank. One process keeps the default (None)."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return torch.Generator().manual_seed(torch.initial_seed() + 1_000_003 * trainer.global_rank)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,0 +1,177 @@
+"""Run folders that survive long runs: one ``version_N`` per run, reused on resume, logs
+appended, checkpoints written atomically.
+
+- **One folder per run.** A run's ``version_N`` is decided once, in the first process, and
+  handed to every process of the run through the environment (Lightning's DDP launcher
+  starts the other ranks as copies of this command; ``torchrun`` ranks agree through rank 0
+  as well, see :func:`run_version`). Resuming from a checkpoint of ``<root>/version_N`` goes
+  on in ``version_N``.
+- **Nothing is deleted.** Lightning's CSV logger deletes ``metrics.csv`` when its folder is
+  not empty; :class:`AppendingCSVLogger` appends to it. The config of a resumed run is saved
+  beside the first one (``config.resume-1.yaml``, ...), never over it.
+- **A recent checkpoint.** :class:`LastCheckpoint` writes ``last.ckpt`` after every epoch and
+  every N training steps (Lightning's own ``save_last`` now writes it only when a best
+  checkpoint was saved at the same step, or when training ends).
+- **Atomic checkpoints.** :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file
+  in the same folder, fsyncs it and renames it over the old one: a kill during the write
+  leaves the previous ``last.ckpt`` whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+#: the environment variable that carries a run's version to its other processes
+VERSION_ENV = "CNNSUITE_RUN_VERSION"
+_VERSION_DIR = re.compile(r"version_(\d+)$")
+
+
+def resumed_version(root: Path, ckpt_path: str | os.PathLike | None) -> int | None:
+    """N when ``ckpt_path`` is a checkpoint of ``<root>/version_N`` (the run goes on there)."""
+    if not ckpt_path:
+        return None
+    run_dir = Path(ckpt_path).resolve().parent.parent
+    match = _VERSION_DIR.match(run_dir.name)
+    if match and run_dir.parent == Path(root).resolve():
+        return int(match[1])
+    return None
+
+
+def next_version(root: Path) -> int:
+    """One more than the highest ``version_N`` under ``root`` (0 for none)."""
+    root = Path(root)
+    found = [int(m[1]) for d in root.iterdir() if (m := _VERSION_DIR.match(d.name))] if root.is_dir() else []
+    return max(found, default=-1) + 1
+
+
+def run_version(root: Path, ckpt_path: str | os.PathLike | None) -> int:
+    """The version of this run, the same in every process of it: the resumed run's, else the
+    one the first process decided (inherited through :data:`VERSION_ENV`), else the next free
+    one. Under ``torchrun`` every rank starts at once, before any folder exists, and finds
+    the same next free version; the folder is made here by rank 0 only after that."""
+    resumed = resumed_version(root, ckpt_path)
+    if resumed is not None:
+        version = resumed
+    elif os.environ.get(VERSION_ENV, "").isdigit():
+        version = int(os.environ[VERSION_ENV])
+    else:
+        version = next_version(root)
+    os.environ[VERSION_ENV] = str(version)
+    return version
+
+
+def default_loggers(root: str | os.PathLike, version: int) -> list:
+    """TensorBoard and CSV loggers sharing ``<root>/version_<version>``."""
+    return [
+        TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False),
+        AppendingCSVLogger(save_dir=root, name="", version=version),
+    ]
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, minus deleting an existing ``metrics.csv``: its header is read
+    so that new rows go below the old ones (the file is rewritten only if new columns come)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``CSVLogger`` that continues the ``metrics.csv`` of a resumed run."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class RunConfig(SaveConfigCallback):
+    """Saves the config as ``config.yaml``; a resumed run's as ``config.resume-1.yaml`` (then
+    ``-2``, ...) beside it, so the config that started the run is never overwritten."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        log_dir = trainer.log_dir  # a collective call: every rank asks
+        taken = Path(log_dir, self.config_filename).is_file() if trainer.is_global_zero else False
+        if trainer.strategy.broadcast(taken) and not self.already_saved:
+            count = 1
+            while Path(log_dir, f"config.resume-{count}.yaml").is_file():
+                count += 1
+            self.config_filename = trainer.strategy.broadcast(f"config.resume-{count}.yaml")
+        super().setup(trainer, pl_module, stage)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` (beside ``best.ckpt``) at the end of every training epoch, after the best
+    checkpoint has taken that epoch's score, and every ``every_n_train_steps`` steps (0: only
+    per epoch), so a run killed in the middle of a long epoch loses at most that many steps.
+    A ``ModelCheckpoint`` subclass: Lightning runs it after the other callbacks and restores
+    its state on resume."""
+
+    def __init__(self, every_n_train_steps: int = 200) -> None:
+        if every_n_train_steps < 0:
+            raise ValueError(f"last_checkpoint.every_n_train_steps={every_n_train_steps}: expected 0 or more")
+        super().__init__(save_top_k=0, save_last=True)
+        self.every_steps = every_n_train_steps
+
+    def _save_last(self, trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_steps and trainer.global_step % self.every_steps == 0:
+            self._save_last(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save_last(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Validation inside an epoch (``val_check_interval`` < 1) writes nothing of its own."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The last epoch's checkpoint is the final one."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written whole or not at all: a temporary file in the same folder, flushed
+    to disk, then renamed over the target (a rename within a folder is atomic on POSIX)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a writer killed mid-write
+            leftover.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself reaches the disk
+        finally:
+            os.close(directory)
