@@ -105,6 +105,14 @@ def test_a_network_that_does_not_fit_the_data_is_named_before_any_data_is_writte
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("bad", [["--data.init_args.nope", "1"], ["--trainer.max_epochs", "many"]])
+def test_a_bad_config_is_refused_before_any_data_is_written(tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit("recognition2d", tmp_path, *bad)
+    assert exit_info.value.code == 2 and bad[0].split(".")[-1] in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
 def test_a_kill_during_a_checkpoint_write_leaves_the_old_checkpoint_whole(tmp_path):
     target = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
@@ -256,3 +264,16 @@ def test_each_ddp_rank_draws_its_own_augmentations(tmp_path):
     assert torch.equal(first_batch(2, 0), first_batch(2, 0))
     assert not torch.equal(first_batch(2, 0), first_batch(2, 1))
     assert torch.equal(first_batch(1, 0), first_batch(1, 0))
+
+
+def test_a_resumed_run_ends_where_the_whole_run_ends(tmp_path, image_folder):
+    """Epoch, optimizer, scheduler and random generators carry on: two epochs, a stop and a
+    resume to four give the weights and figures of four epochs in one go."""
+    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8"]
+    whole = fit("recognition2d", tmp_path / "whole", *common, "--trainer.max_epochs", "4")
+    fit("recognition2d", tmp_path / "parts", *common, "--trainer.max_epochs", "2", "--evaluate", "false")
+    parts = fit("recognition2d", tmp_path / "parts", *common, "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    weights = [torch.load(run / "checkpoints/last.ckpt", weights_only=True)["state_dict"] for run in (whole, parts)]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=0, atol=0, msg=key)
+    assert (whole / "evaluation/metrics.json").read_text() == (parts / "evaluation/metrics.json").read_text()

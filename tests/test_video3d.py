@@ -279,6 +279,11 @@ def test_video_accuracy_averages_clips_and_counts_repeats_once():
     update([[2.0, 0.0], [0.0, 1.0]], [1, 1], [3, 4])
     update([[0.0, 1.0]], [1], [4])
     assert metric.compute().item() == 1.0
+    # synchronised over DDP ranks, each list state arrives as one tensor
+    for name in ("probs", "labels", "videos", "clips"):
+        setattr(metric, name, torch.cat(getattr(metric, name)))
+    metric._computed = None
+    assert metric.compute().item() == 1.0
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,11 @@ and the eval-mode network can collapse to one class.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -93,13 +95,44 @@ class TaskModule(L.LightningModule):
         self(batch[0])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record which classes rebuild this run, so evaluation needs only the file."""
+        """Record which classes rebuild this run, so evaluation needs only the file, and the
+        random generators' states, so a resumed run draws what the whole run would have."""
+        checkpoint["rng_states"] = rng_states()
         classes = {"model": class_path(self)}
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None:
             classes["datamodule"] = class_path(datamodule)
         checkpoint["cnnsuite_classes"] = classes
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming a fit restores the random generators (rank 0's, under DDP); rebuilding a
+        model for evaluation leaves them alone."""
+        if self._trainer is not None and self.trainer.state.fn == "fit" and "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
+
     def write_plots(self, out_dir: Path, datamodule: L.LightningDataModule) -> list[Path]:
         """Task-specific pictures of the last test run (evaluation calls this)."""
         return []
+
+
+def rng_states() -> dict:
+    """Python's, NumPy's, torch's and CUDA's generator states as tensors and plain values
+    (a checkpoint must load with ``weights_only=True``: no NumPy arrays)."""
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])

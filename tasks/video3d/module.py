@@ -45,7 +45,7 @@ class VideoAccuracy(Metric):
         self.clips.append(clips)
 
     def compute(self) -> torch.Tensor:
-        if not self.probs:
+        if isinstance(self.probs, list) and not self.probs:  # synchronised over DDP ranks, states are tensors
             return torch.tensor(float("nan"))
         probs, labels, videos, clips = (dim_zero_cat(s) for s in (self.probs, self.labels, self.videos, self.clips))
         _, inverse = torch.unique(clips, return_inverse=True)
