@@ -58,13 +58,15 @@ def next_version(root: Path) -> int:
 
 def run_version(root: Path, ckpt_path: str | os.PathLike | None) -> int:
     """The version of this run, the same in every process of it: the resumed run's, else the
-    one the first process decided (inherited through :data:`VERSION_ENV`), else the next free
-    one. Under ``torchrun`` every rank starts at once, before any folder exists, and finds
-    the same next free version; the folder is made here by rank 0 only after that."""
+    next free one, decided by the first process and inherited by the ranks Lightning's DDP
+    launcher starts (through :data:`VERSION_ENV`). Under ``torchrun`` every rank starts at
+    once, before any folder exists, and finds the same next free version; should a late rank
+    find another, Lightning broadcasts rank 0's log folder to all and only rank 0 writes."""
     resumed = resumed_version(root, ckpt_path)
+    launched_rank = os.environ.get("LOCAL_RANK", "0") != "0"  # a rank started by a launcher
     if resumed is not None:
         version = resumed
-    elif os.environ.get(VERSION_ENV, "").isdigit():
+    elif launched_rank and os.environ.get(VERSION_ENV, "").isdigit():
         version = int(os.environ[VERSION_ENV])
     else:
         version = next_version(root)
