@@ -280,8 +280,8 @@ def test_a_resumed_run_ends_where_the_whole_run_ends(tmp_path, image_folder):
 
 
 def test_runs_started_one_after_another_in_one_process_get_their_own_folders(tmp_path, image_folder):
-    common = ["--data.data_dir", str(image_folder), "--trainer.fast_dev_run", "false", "--trainer.max_epochs", "1",
-              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--evaluate", "false"]  # fmt: skip
+    common = ["--data.data_dir", str(image_folder), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+              "--trainer.limit_val_batches", "1", "--evaluate", "false"]  # fmt: skip
     fit("recognition2d", tmp_path, *common)
     fit("recognition2d", tmp_path, *common)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1"]

@@ -21,12 +21,12 @@ def stratified_split(
             raise ValueError(f"data.{key}={value}: expected a fraction between 0 and 1")
     if val_fraction + test_fraction >= 1:
         raise ValueError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
-    rest, test, rest_labels = _split(list(ids), list(labels), test_fraction, seed)
-    train, val, _ = _split(rest, rest_labels, val_fraction / (1 - test_fraction), seed)
+    rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed)
+    train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
-def _split(ids: list[str], labels: list[int], fraction: float, seed: int):
+def split_off(ids: list[str], labels: list[int], fraction: float, seed: int):
     """``(kept ids, split-off ids, kept labels)``, stratified when every class can be (and
     said out loud when not: a class may then be missing from a split)."""
     try:

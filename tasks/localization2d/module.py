@@ -1,0 +1,349 @@
+"""What localization2d predicts and how it is scored: one class and one box per image.
+
+    image → shared backbone → deepest map ─┬→ global average pool → FC → class logits
+                                           └→ average pool to a grid × grid map → FC → box
+
+The two heads pool differently on purpose. *Which* digit it is does not depend on where it
+is, so the class head is the shared :class:`~cnnsuite.heads.ClassifierHead` (global pooling,
+as recognition2d). *Where* it is is exactly what global pooling throws away: an average over
+all positions is the same wherever the object sits, and a regressor on it can only recover
+position from zero-padding artefacts. The box head therefore keeps a coarse ``box_grid``²
+map (4×4 by default) and regresses from it with fully connected layers, the classic
+"localization as regression" head. ``box_grid: 1`` is global pooling, kept as a setting so
+the difference can be measured (README).
+
+The box head is valid by construction: it predicts the centre with a sigmoid (inside the
+image) and the width and height with a sigmoid (between 0 and the image's size), and
+``x1 = cx - w/2 < x2 = cx + w/2``. Boxes are in fractions of the input's width and height.
+
+Losses: cross-entropy for the class, plus ``l1_weight`` × L1 on the corners and
+``iou_weight`` × GIoU (or CIoU) loss from ``torchvision.ops``: L1 pulls every coordinate,
+the IoU loss scores the overlap the metric scores, and still has a gradient when the boxes
+do not overlap (GIoU's enclosing-box term).
+
+Scoring: ``acc`` (class), ``miou`` (mean IoU of predicted and true box), ``loc_acc`` (class
+right and IoU ≥ 0.5: ILSVRC's top-1 localization), ``gt_known_loc`` (IoU ≥ 0.5 whatever the
+class) and per-class ``acc/<class>`` and ``loc_acc/<class>``. Evaluation adds a grid of test
+images with both boxes (mistakes first), an IoU histogram and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+from torchmetrics import ClasswiseWrapper, Metric, MetricCollection
+from torchvision.ops import box_iou, complete_box_iou_loss, generalized_box_iou_loss, roi_align
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from cnnsuite.backbone.blocks import activation_layer
+from cnnsuite.classification import ClassificationModule
+
+BOX_LOSSES = {"giou": generalized_box_iou_loss, "ciou": complete_box_iou_loss}
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of ``a[i]`` with ``b[i]`` (boxes ``x1, y1, x2, y2``), one value per pair."""
+    return box_iou(a, b).diagonal() if len(a) else a.new_zeros(0)
+
+
+class MeanIoU(Metric):
+    """Mean IoU of each predicted box with its true box (one box per image)."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> None:
+        iou = paired_iou(pred_boxes.float(), target_boxes.float())
+        self.total += iou.sum().double()
+        self.count += len(iou)
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class LocalizationAccuracy(Metric):
+    """Share of images whose box has IoU ≥ ``threshold`` with the truth and, with
+    ``need_class``, whose class is right too (ILSVRC's top-1 localization accuracy; without
+    it, "GT-known" localization). ``num_classes`` gives one value per true class instead."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self, threshold: float = 0.5, need_class: bool = True, num_classes: int | None = None, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.threshold, self.need_class, self.num_classes = threshold, need_class, num_classes
+        size = num_classes or 1
+        self.add_state("correct", torch.zeros(size, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(size, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(
+        self, preds: torch.Tensor, target: torch.Tensor, pred_boxes: torch.Tensor, target_boxes: torch.Tensor
+    ) -> None:
+        """``preds``: class probabilities (N, K); ``target``: true classes (N,)."""
+        hit = paired_iou(pred_boxes.float(), target_boxes.float()) >= self.threshold
+        if self.need_class:
+            hit &= preds.argmax(dim=1) == target
+        index = target if self.num_classes else torch.zeros_like(target)
+        self.correct.index_add_(0, index, hit.long())
+        self.count.index_add_(0, index, torch.ones_like(index))
+
+    def compute(self) -> torch.Tensor:
+        value = self.correct.float() / self.count.clamp(min=1)
+        return value if self.num_classes else value[0]
+
+
+class BoxHead(nn.Module):
+    """Deepest feature map → ``grid``² average pooling → fully connected → a valid box
+    ``x1, y1, x2, y2`` in fractions of the input (see the module's docstring)."""
+
+    def __init__(self, in_channels: int, grid: int = 4, hidden: int = 128, act: str = "relu") -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.AdaptiveAvgPool2d(grid),
+            nn.Flatten(),
+            nn.Linear(in_channels * grid * grid, hidden),
+            # Without it Adam's first steps, all of one sign over grid² × channels inputs,
+            # drove the hidden units (and the sigmoids after them) into saturation.
+            nn.LayerNorm(hidden),
+            activation_layer(act),
+            nn.Linear(hidden, 4),
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return decode_boxes(self.net(features[-1]))
+
+
+class RoIClassifierHead(nn.Module):
+    """Class logits from the features *inside* a box: ``roi_align`` (torchvision.ops) cuts
+    the box out of one backbone stage's map as a ``size``² grid, then fully connected
+    layers classify it, as Fast R-CNN's box head does. Clutter outside the box cannot sway it.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, stage: int, size: int = 4, hidden: int = 128, act: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.stage, self.size = stage, size
+        layers = [
+            nn.Flatten(),
+            nn.Linear(in_channels * size * size, hidden),
+            nn.LayerNorm(hidden),
+            activation_layer(act),
+        ]
+        layers += [nn.Dropout(dropout)] if dropout else []
+        self.net = nn.Sequential(*layers, nn.Linear(hidden, num_classes))
+
+    def forward(self, features: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        """``boxes``: one per image, in fractions of the input (the map covers the input)."""
+        fmap = features[self.stage]
+        height, width = fmap.shape[-2:]
+        rois = boxes * boxes.new_tensor([width, height, width, height])
+        index = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None]
+        crops = roi_align(fmap, torch.cat([index, rois], dim=1).to(fmap.dtype), self.size, sampling_ratio=2,
+                          aligned=True)  # fmt: skip
+        return self.net(crops)
+
+
+def decode_boxes(raw: torch.Tensor) -> torch.Tensor:
+    """``(N, 4)`` unconstrained numbers → boxes with the centre and the size in (0, 1)."""
+    centre, size = raw[:, :2].sigmoid(), raw[:, 2:].sigmoid()
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
+class LocalizationModule(ClassificationModule):
+    """Image → (class logits, box). ``num_classes``, ``in_channels`` and ``class_names`` are
+    linked from the datamodule; the class head's settings are the classification module's."""
+
+    monitor = "val/loc_acc"
+    mode = "max"
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        class_names: list[str] | None = None,
+        spatial_dims: int = 2,
+        backbone: str = "convnet",
+        backbone_kwargs: dict | None = None,
+        head_hidden: list[int] | None = None,
+        head_act: str = "relu",
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        class_head: str = "roi",
+        roi_stage: int = -2,
+        roi_size: int = 4,
+        box_grid: int = 4,
+        box_hidden: int = 128,
+        box_loss: str = "giou",
+        l1_weight: float = 5.0,
+        iou_weight: float = 2.0,
+        channels_last: bool = False,
+    ) -> None:
+        if spatial_dims != 2:
+            raise ValueError(f"model.spatial_dims={spatial_dims}: localization2d boxes are 2D")
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"model.box_loss={box_loss!r}: expected one of {', '.join(BOX_LOSSES)}")
+        if class_head not in ("roi", "global"):
+            raise ValueError(f"model.class_head={class_head!r}: expected 'roi' or 'global'")
+        if box_grid < 1:
+            raise ValueError(f"model.box_grid={box_grid}: expected at least 1 (1 is global pooling)")
+        super().__init__(
+            num_classes, in_channels, class_names, spatial_dims, backbone, backbone_kwargs, head_hidden, head_act,
+            dropout, label_smoothing, channels_last,
+        )  # fmt: skip
+
+    def configure_models(self) -> None:
+        super().configure_models()
+        hp = self.hparams
+        self.box_head = BoxHead(self.backbone.out_channels[-1], hp.box_grid, hp.box_hidden, hp.head_act)
+        if hp.class_head == "roi":
+            stages = len(self.backbone.out_channels)
+            if not -stages <= hp.roi_stage < stages:
+                raise ValueError(f"model.roi_stage={hp.roi_stage}: expected an index of the backbone's {stages} stages")
+            hidden = (hp.head_hidden or [hp.box_hidden])[0]
+            self.head = RoIClassifierHead(self.backbone.out_channels[hp.roi_stage], hp.num_classes, hp.roi_stage,
+                                          hp.roi_size, hidden, hp.head_act, hp.dropout)  # fmt: skip
+
+    def configure_losses(self) -> None:
+        super().configure_losses()
+        self.box_iou_loss = BOX_LOSSES[self.hparams.box_loss]
+
+    def configure_metrics(self, stage: str) -> MetricCollection:
+        metrics = super().configure_metrics(stage)
+        metrics.add_metrics(
+            {
+                "miou": MeanIoU(),
+                "loc_acc": LocalizationAccuracy(),
+                "gt_known_loc": LocalizationAccuracy(need_class=False),
+            }
+        )
+        if stage == "test":
+            per_class = LocalizationAccuracy(num_classes=self.hparams.num_classes)
+            metrics.add_metrics({"per_class_loc_acc": ClasswiseWrapper(per_class, self.class_names, "loc_acc/")})
+        return metrics
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(class logits (N, K), boxes (N, 4) x1y1x2y2 in fractions of the input)``."""
+        features = self.backbone(x.contiguous(memory_format=self._memory_format))
+        boxes = self.box_head(features)
+        if self.hparams.class_head == "global":
+            return self.head(features), boxes
+        # The class loss does not move the box: the box head answers to the box losses alone.
+        return self.head(features, boxes.detach()), boxes
+
+    def losses(
+        self, logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, target_boxes: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The three terms and their weighted sum under ``loss``."""
+        hp = self.hparams
+        terms = {
+            "loss_cls": self.loss(logits, labels),
+            "loss_l1": nn.functional.l1_loss(boxes, target_boxes),
+            f"loss_{hp.box_loss}": self.box_iou_loss(boxes, target_boxes, reduction="mean"),
+        }
+        terms["loss"] = (
+            terms["loss_cls"] + hp.l1_weight * terms["loss_l1"] + hp.iou_weight * terms[f"loss_{hp.box_loss}"]
+        )
+        return terms
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, labels, target_boxes = batch
+        logits, boxes = self(x)
+        terms = self.losses(logits, boxes, labels, target_boxes)
+        probs = logits.detach().float().softmax(dim=1)
+        # By keyword: each metric takes the arguments its update() names (torchmetrics filters).
+        getattr(self, f"{stage}_metrics").update(
+            preds=probs, target=labels, pred_boxes=boxes.detach().float(), target_boxes=target_boxes
+        )
+        if stage == "test":
+            self.test_confusion.update(probs, labels)
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss",
+                     batch_size=len(labels), sync_dist=True)  # fmt: skip
+        return terms["loss"]
+
+    def predict_step(self, batch, batch_idx):
+        """``{"probs", "boxes"}``; boxes in fractions of the input's width and height."""
+        logits, boxes = self(batch[0])
+        return {"probs": logits.softmax(dim=1), "boxes": boxes}
+
+    # --- evaluation pictures ------------------------------------------------------------------
+    def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
+        out_dir = Path(out_dir)
+        images, labels, truth, predicted, scores, boxes = self._predict_test(datamodule.datasets["test"])
+        ious = paired_iou(boxes, truth)
+        return [
+            *super().write_plots(out_dir, datamodule),
+            self._plot_predictions(out_dir, images, labels, truth, predicted, scores, boxes, ious),
+            self._plot_iou_histogram(out_dir, ious),
+        ]
+
+    @torch.no_grad()
+    def _predict_test(self, dataset, pool: int = 2048):
+        """The first ``pool`` test samples and the model's predictions for them."""
+        self.eval()
+        images, labels, truth = zip(*(dataset[i] for i in range(min(len(dataset), pool))), strict=True)
+        batch = torch.stack(images)
+        logits, boxes = [], []
+        for chunk in batch.split(256):
+            out = self(chunk.to(self.device))
+            logits.append(out[0].float().cpu())
+            boxes.append(out[1].float().cpu())
+        probs = torch.cat(logits).softmax(dim=1)
+        scores, predicted = probs.max(dim=1)
+        return batch, torch.as_tensor(labels), torch.stack(truth), predicted, scores, torch.cat(boxes)
+
+    def _plot_predictions(self, out_dir, images, labels, truth, predicted, scores, boxes, ious, count=32) -> Path:
+        """Test images with the true box (green) and the predicted one (red where the
+        localization is wrong, else yellow), labelled ``true->predicted score`` (ASCII: the
+        drawing font has no arrow); mistakes (wrong class or IoU < 0.5) first."""
+        right = (predicted == labels) & (ious >= 0.5)
+        order = torch.argsort(right.int(), stable=True)[:count]
+        tiles = []
+        for i in order.tolist():
+            image = images[i].float()
+            image = ((image - image.min()) / (image.max() - image.min() + 1e-8) * 255).to(torch.uint8)
+            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+            scale = torch.tensor([image.shape[2], image.shape[1]] * 2, dtype=torch.float32)
+            image = nn.functional.interpolate(image[None].float(), scale_factor=2, mode="nearest")[0].to(torch.uint8)
+            drawn = draw_bounding_boxes(
+                image,
+                torch.stack([truth[i], boxes[i]]) * scale * 2,
+                labels=["", f"{self.class_names[labels[i]]}->{self.class_names[predicted[i]]} {scores[i]:.2f}"],
+                colors=["lime", "yellow" if right[i] else "red"],
+                width=1,
+            )
+            tiles.append(drawn)
+        grid = make_grid(tiles, nrow=8, padding=2)
+        fig, ax = plt.subplots(figsize=(12, 1.6 * ((len(tiles) + 7) // 8) + 0.6))
+        ax.imshow(grid.permute(1, 2, 0).numpy())
+        ax.axis("off")
+        ax.set_title("test images: true box (green), predicted box: true->predicted score (mistakes first, red)")
+        path = out_dir / "predictions.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+    def _plot_iou_histogram(self, out_dir: Path, ious: torch.Tensor) -> Path:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        ax.hist(ious.numpy(), bins=20, range=(0, 1), color="#4363d8")
+        ax.axvline(0.5, color="red", linestyle="--", label="IoU 0.5 (localized)")
+        ax.set_xlabel("IoU of predicted and true box")
+        ax.set_ylabel("test images")
+        ax.set_title(f"IoU on the test split (mean {float(ious.mean()) if len(ious) else 0:.3f})")
+        ax.legend()
+        path = out_dir / "iou_histogram.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path

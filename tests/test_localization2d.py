@@ -1,0 +1,323 @@
+"""localization2d: the readers (CSV, CUB, COCO/VOC), boxes under transforms, losses and
+metrics against hand-computed values, bad files, a fit and the evaluation of its checkpoint."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from cnnsuite.tasks.localization2d import datamodule as loc_data
+from cnnsuite.tasks.localization2d.datamodule import BoxTransform, LocalizationDataModule
+from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, LocalizationModule, MeanIoU, decode_boxes
+from conftest import fit as run_fit
+from PIL import Image
+from torchvision.transforms import v2
+
+from cnnsuite.data import BadFileError
+from cnnsuite.data.digits import digit_split
+
+CLASSES = ("cat", "dog")
+
+
+def make_csv_folder(root, count=16, seed=0):
+    """A tiny ``labels.csv`` folder: one bright rectangle per image (cat: filled, dog: a
+    frame) on noise; images of different sizes, RGB and gray, PNG and JPEG."""
+    rng = np.random.default_rng(seed)
+    (root / "pics").mkdir(parents=True)
+    rows = ["image,label,x1,y1,x2,y2"]
+    for i in range(count):
+        h, w = (int(v) for v in rng.integers(40, 64, size=2))
+        image = rng.integers(0, 50, size=(h, w, 3), dtype=np.uint8)
+        bw, bh = (int(v) for v in rng.integers(12, 24, size=2))
+        x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+        image[y : y + bh, x : x + bw] = 230
+        if i % 2:
+            image[y + 3 : y + bh - 3, x + 3 : x + bw - 3] = 20
+        name = f"pics/{i}.{'jpg' if i % 4 == 3 else 'png'}"
+        pil = Image.fromarray(image)
+        (pil.convert("L") if i % 3 == 1 else pil).save(root / name)
+        rows.append(f"{name},{CLASSES[i % 2]},{x},{y},{x + bw},{y + bh}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def csv_folder(tmp_path):
+    return make_csv_folder(tmp_path / "user")
+
+
+def rectangle_image(h, w, box):
+    image = torch.zeros(1, h, w, dtype=torch.uint8)
+    x1, y1, x2, y2 = box
+    image[:, y1:y2, x1:x2] = 255
+    return image
+
+
+def bright_box(image):
+    """The box (fractions of the image) of the pixels above mid-grey."""
+    ys, xs = torch.nonzero(image[0] > image.min() + 0.5 * (image.max() - image.min()), as_tuple=True)
+    h, w = image.shape[-2:]
+    return torch.tensor([xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h])
+
+
+# --- readers ------------------------------------------------------------------------------
+
+
+def test_csv_reader(csv_folder):
+    dm = LocalizationDataModule(data_dir=str(csv_folder))
+    assert (dm.class_names, dm.in_channels, dm.input_shape) == (["cat", "dog"], 3, (3, 64, 64))
+    samples = dict(dm.list_samples())
+    assert len(samples) == 16 and samples["pics/1.png"] == 1
+    first = dm._load()["pics/0.png"]
+    row = (csv_folder / "labels.csv").read_text().splitlines()[1].split(",")
+    assert first.box == tuple(float(v) for v in row[2:]) and first.where.endswith("labels.csv row 2")
+
+
+def make_cub_folder(root):
+    """CUB-200-2011's layout, two classes, four images each; ids 1-3 and 5-7 are train."""
+    (root / "images").mkdir(parents=True)
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    lines = {"images.txt": [], "image_class_labels.txt": [], "bounding_boxes.txt": [], "train_test_split.txt": []}
+    for i in range(8):
+        image_id, cls = i + 1, classes[i // 4]
+        (root / "images" / cls).mkdir(exist_ok=True)
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(root / "images" / cls / f"bird_{i}.jpg")
+        lines["images.txt"].append(f"{image_id} {cls}/bird_{i}.jpg")
+        lines["image_class_labels.txt"].append(f"{image_id} {i // 4 + 1}")
+        lines["bounding_boxes.txt"].append(f"{image_id} {i}.0 2.0 20.5 15.0")
+        lines["train_test_split.txt"].append(f"{image_id} {int(i % 4 != 3)}")
+    (root / "classes.txt").write_text("".join(f"{k + 1} {c}\n" for k, c in enumerate(classes)))
+    for name, content in lines.items():
+        (root / name).write_text("\n".join(content) + "\n")
+    return root
+
+
+def test_cub_reader_keeps_its_split(tmp_path):
+    root = make_cub_folder(tmp_path / "CUB_200_2011")
+    dm = LocalizationDataModule(data_dir=str(root), val_fraction=0.25)
+    assert dm.format == "cub" and dm.class_names == ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    sample = dm._load()["images/002.Laysan_Albatross/bird_5.jpg"]
+    assert (sample.label, sample.box) == (1, (5.0, 2.0, 25.5, 17.0))  # x, y, width, height → x1 y1 x2 y2
+    dm.setup("fit")
+    assert sorted(dm.splits["test"]) == sorted(
+        f"images/{c}/bird_{i}.jpg" for c, i in (("001.Black_footed_Albatross", 3), ("002.Laysan_Albatross", 7))
+    )
+    assert len(dm.splits["val"]) == 2 and len(dm.splits["train"]) == 4
+    assert not set(dm.splits["val"]) & set(dm.splits["train"])
+
+
+def write_coco(root, boxes_per_image):
+    (root / "images").mkdir(parents=True)
+    doc = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "owl"}, {"id": 3, "name": "cat"}]}
+    ann = 1
+    for i, count in enumerate(boxes_per_image):
+        Image.fromarray(np.zeros((32, 48), np.uint8)).save(root / "images" / f"{i}.png")
+        doc["images"].append({"id": i + 1, "file_name": f"{i}.png", "width": 48, "height": 32})
+        for k in range(count):
+            doc["annotations"].append(
+                {"id": ann, "image_id": i + 1, "category_id": (3, 7)[i % 2], "bbox": [2 + k, 3, 10, 12], "iscrowd": 0}
+            )
+            ann += 1
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+def write_voc(root, objects_per_image):
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    for i, count in enumerate(objects_per_image):
+        Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
+        objects = "".join(
+            f"<object><name>{('bird', 'cat')[i % 2]}</name><bndbox><xmin>{4 + k}</xmin><ymin>5</ymin>"
+            f"<xmax>20</xmax><ymax>25</ymax></bndbox></object>"
+            for k in range(count)
+        )
+        (root / "Annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.jpg</filename><size><width>48</width><height>32</height></size>"
+            f"{objects}</annotation>"
+        )
+    return root
+
+
+def test_coco_and_voc_folders_with_one_box_per_image(tmp_path):
+    coco = LocalizationDataModule(data_dir=str(write_coco(tmp_path / "coco", [1, 1, 1, 1])))
+    assert coco.format == "coco" and coco.class_names == ["cat", "owl"]  # sorted by category id
+    sample = coco._load()["images/1.png"]
+    assert (sample.label, sample.box) == (1, (2.0, 3.0, 12.0, 15.0))
+    voc = LocalizationDataModule(data_dir=str(write_voc(tmp_path / "voc", [1, 1, 1])))
+    assert voc.format == "voc" and voc.class_names == ["bird", "cat"]
+    assert voc._load()["JPEGImages/1.jpg"].box == (4.0, 5.0, 20.0, 25.0)
+
+    with pytest.raises(BadFileError) as err:
+        LocalizationDataModule(data_dir=str(write_coco(tmp_path / "coco2", [1, 2, 1, 3])))
+    message = str(err.value)
+    assert "2 of 4" in message and "images/1.png" in message and "images/3.png" in message
+    assert "2 boxes (annotations [2, 3]) where one is expected" in message
+    with pytest.raises(BadFileError, match=r"2\.xml.*|JPEGImages/2\.jpg.*2 boxes"):
+        LocalizationDataModule(data_dir=str(write_voc(tmp_path / "voc2", [1, 1, 2])))
+
+
+def test_bad_rows_and_files_are_all_named(csv_folder):
+    lines = (csv_folder / "labels.csv").read_text().splitlines()
+    lines[2] = "pics/1.png,dog,30,5,10,20"  # row 3: x2 <= x1
+    lines[3] = "pics/nothing.png,cat,1,1,5,5"  # row 4: no such image
+    lines.append(lines[5].replace(",1", ",2", 1))  # row 18: a second box for row 6's image
+    (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadFileError) as err:
+        LocalizationDataModule(data_dir=str(csv_folder))
+    message = str(err.value)
+    assert "3 of 16 labelled images" in message  # 16 distinct images in 17 rows
+    assert "row 3: box (30, 5, 10, 20) has x2 <= x1" in message
+    assert "row 4: image 'pics/nothing.png' does not exist" in message
+    assert "pics/4.png: 2 boxes" in message and "row 6" in message and "row 18" in message
+
+    with pytest.warns(UserWarning, match="skipping 3 of 16") as caught:
+        dm = LocalizationDataModule(data_dir=str(csv_folder), on_bad_file="skip")
+    assert "row 3" in str(caught[0].message)
+    assert len(dm.list_samples()) == 13
+
+
+def test_corrupt_image_and_box_outside_are_named_before_training(csv_folder):
+    (csv_folder / "pics" / "2.png").write_bytes(b"not a png")
+    lines = (csv_folder / "labels.csv").read_text().splitlines()
+    lines[6] = "pics/5.png,dog,10,10,500,20"  # row 7: beyond the right border
+    (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    dm = LocalizationDataModule(data_dir=str(csv_folder))
+    with pytest.raises(BadFileError) as err:
+        dm.setup("fit")
+    message = str(err.value)
+    assert "2 of 16 images" in message and "2.png: cannot decode" in message
+    assert "row 7: box (10, 10, 500, 20) lies outside its image pics/5.png" in message
+
+    dm = LocalizationDataModule(data_dir=str(csv_folder), on_bad_file="skip")
+    dm.setup("fit")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = sum(len(dm.datasets[s]) for s in ("train", "val", "test"))
+    assert kept == 14 and any("row 7" in str(w.message) for w in caught)
+    assert any("2.png" in str(w.message) for w in caught)
+
+
+# --- boxes under transforms -------------------------------------------------------------------
+
+
+def test_boxes_follow_resize_crop_and_flip():
+    box = (16, 4, 40, 20)
+    image = rectangle_image(32, 64, box)
+    # Half size on both axes: every edge stays on a whole pixel, so the pixels can be checked.
+    finish = v2.Compose([v2.Resize((16, 32), antialias=False), v2.ToDtype(torch.float32, scale=True)])
+    out, out_box = BoxTransform(finish)(image, box)
+    assert out.shape == (1, 16, 32)
+    torch.testing.assert_close(out_box, torch.tensor([16 / 64, 4 / 32, 40 / 64, 20 / 32]))
+    torch.testing.assert_close(bright_box(out), out_box)
+
+    out, out_box = BoxTransform(finish, v2.RandomHorizontalFlip(p=1.0))(image, box)
+    torch.testing.assert_close(out_box, torch.tensor([24 / 64, 4 / 32, 48 / 64, 20 / 32]))  # x → 64 - x
+    torch.testing.assert_close(bright_box(out), out_box)
+
+    # A crop to x 12..44, y 0..32 (32x32), then the same resize (16x32: x kept, y halved).
+    crop = BoxTransform(finish, v2.Lambda(lambda x: v2.functional.crop(x, 0, 12, 32, 32)))
+    out, out_box = crop(image, box)
+    torch.testing.assert_close(out_box, torch.tensor([4 / 32, 4 / 32, 28 / 32, 20 / 32]))
+    torch.testing.assert_close(bright_box(out), out_box)
+
+    # A random shift and zoom: wherever the pixels go, the box goes.
+    torch.manual_seed(0)
+    affine = BoxTransform(finish, v2.RandomAffine(degrees=0, translate=(0.2, 0.2), scale=(0.8, 1.2)))
+    for _ in range(5):
+        out, out_box = affine(image, box)
+        torch.testing.assert_close(bright_box(out), out_box, atol=1 / 16, rtol=0)
+
+
+def test_an_augmentation_that_loses_the_box_is_not_applied():
+    box = (0, 0, 6, 6)  # in the corner: a 4x zoom on the centre leaves nothing of it
+    image = rectangle_image(32, 32, box)
+    finish = v2.ToDtype(torch.float32, scale=True)
+    zoom = BoxTransform(finish, v2.RandomAffine(degrees=0, scale=(4.0, 4.0)))
+    out, out_box = zoom(image, box)
+    torch.testing.assert_close(out_box, torch.tensor([0, 0, 6 / 32, 6 / 32]))  # the sample, as it was
+    torch.testing.assert_close(bright_box(out), out_box)
+
+
+# --- losses and metrics -------------------------------------------------------------------------
+
+
+def test_losses_and_metrics_against_hand_computed_values():
+    model = LocalizationModule(num_classes=2, backbone_kwargs={"channels": [4, 8]})
+    # IoU of [0,0,2,2] and [1,1,3,3]: overlap 1, union 7; the enclosing box has area 9.
+    pred = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+    true = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 1.0, 1.0]])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    terms = model.losses(logits, pred, labels, true)
+    ce = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    giou = 1 / 7 - (9 - 7) / 9
+    assert terms["loss_cls"].item() == pytest.approx(ce)
+    assert terms["loss_l1"].item() == pytest.approx(4 / 8)  # 1 per coordinate of the first pair
+    assert terms["loss_giou"].item() == pytest.approx(((1 - giou) + 0) / 2, abs=1e-6)
+    assert terms["loss"].item() == pytest.approx(ce + 5 * 0.5 + 2 * (1 - giou) / 2, abs=1e-5)
+
+    probs = logits.softmax(1)
+    miou = MeanIoU()
+    miou.update(pred, true)
+    assert miou.compute().item() == pytest.approx((1 / 7 + 1) / 2)
+    loc, known = LocalizationAccuracy(), LocalizationAccuracy(need_class=False)
+    per_class = LocalizationAccuracy(num_classes=2)
+    for metric in (loc, known, per_class):
+        # second image: perfect box, but [0, 0] logits argmax to class 0, not 1
+        metric.update(probs, labels, pred, true)
+    assert (loc.compute().item(), known.compute().item()) == (0.0, 0.5)
+    assert per_class.compute().tolist() == [0.0, 0.0]
+
+    boxes = decode_boxes(torch.tensor([[-50.0, 50.0, -10.0, 30.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    torch.testing.assert_close(boxes[1], torch.tensor([0.25, 0.25, 0.75, 0.75]))
+
+
+# --- the embedded default, a fit and its evaluation ---------------------------------------------
+
+
+def test_default_canvases_use_the_shared_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(loc_data, "DEFAULT_CANVASES_PER_SCAN", {"train": 1, "val": 1, "test": 1})
+    dm = LocalizationDataModule(data_root=str(tmp_path / "data"))
+    dm.prepare_data()
+    dm.setup("fit")  # the same CSV reader and checks as a user's folder
+    split = digit_split()
+    for stage in ("train", "val", "test"):
+        scans = {int(name.split("_")[1]) for name in dm.splits[stage]}
+        assert scans == set(split[stage]), stage
+    x, label, box = dm.datasets["test"][0]
+    assert x.shape == (1, 64, 64) and 0 <= label < 10
+    assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+
+
+def fit(tmp_path, *extra):
+    return run_fit(
+        "localization2d", tmp_path,
+        "--data.image_size", "32", "--data.batch_size", "8",
+        "--model.backbone_kwargs", '{"channels": [8, 16, 16], "blocks_per_stage": 1}',
+        "--model.box_grid", "2", *extra,
+    )  # fmt: skip
+
+
+def test_fast_dev_run(tmp_path, csv_folder):
+    fit(tmp_path, "--data.data_dir", str(csv_folder), "--trainer.fast_dev_run", "true")
+
+
+def test_fit_and_evaluate_a_checkpoint(tmp_path, csv_folder):
+    from cnnsuite.cli import main
+
+    run = fit(tmp_path, "--data.data_dir", str(csv_folder), "--trainer.max_epochs", "2", "--evaluate", "false")
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (2, 3, ["cat", "dog"])
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("test/acc", "test/miou", "test/loc_acc", "test/gt_known_loc", "test/acc/cat", "test/loc_acc/dog"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["test/loc_acc"] <= min(metrics["test/acc"], metrics["test/gt_known_loc"])
+    produced = {p.name for p in (tmp_path / "eval").iterdir()}
+    assert {"predictions.png", "iou_histogram.png", "confusion_matrix.png", "training_curves.png"} <= produced
