@@ -107,6 +107,20 @@ def test_malformed_annotations_name_file_and_id(tmp_path, case, mutate, message)
     assert total == 23 if case != "missing file" else total == 22
 
 
+def test_every_bad_annotation_of_a_file_is_named_at_once(tmp_path):
+    def mutate(doc):
+        doc["annotations"][3].update(bbox=[50, 10, 30, 10])
+        doc["annotations"][5].update(bbox=[5, 5, 0, 9])
+        doc["images"][4].update(file_name="gone.png")
+
+    path = write_bad(make_coco_folder(tmp_path / "c"), mutate)
+    with pytest.raises(AnnotationError) as err:
+        read_coco(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: 3 annotations cannot be used:")
+    assert all(part in message for part in ("annotation id 103", "annotation id 105", "'gone.png'"))
+
+
 def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):
     (coco_folder / "annotations.json").write_text('{"images": [}')
     with pytest.raises(AnnotationError, match=r"annotations.json: not valid JSON \(line 1"):

@@ -10,7 +10,8 @@ back. Image files are found by ``file_name`` relative to the dataset folder or t
 
 Everything a user can get wrong — invalid JSON, a box outside its image, a zero-area box,
 an unknown category or image id, a missing image file — raises :class:`AnnotationError`
-naming the file and the annotation (or image) id. With ``on_error="skip"`` the bad
+naming the file and the annotation (or image) id; the bad annotations of a file are all
+listed in one error. With ``on_error="skip"`` the bad
 annotation (or the image whose file is missing) is left out instead, with a warning naming it.
 
 A Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``) is read into the same records
@@ -80,11 +81,28 @@ class DetectionData:
     records: list[DetectionRecord]
 
 
-def _fail(message: str, on_error: str) -> None:
-    if on_error == "skip":
-        warnings.warn(f"skipping: {message}", stacklevel=3)
-    else:
-        raise AnnotationError(message)
+class _Problems:
+    """Every problem of one annotation source: with ``on_error="error"`` they are raised
+    together at the end (a user fixing an export wants the whole list, not one per run);
+    with ``"skip"`` each is warned about as it is found and left out."""
+
+    def __init__(self, source: Path, on_error: str) -> None:
+        if on_error not in ("error", "skip"):
+            raise ValueError(f"on_error={on_error!r}: expected 'error' or 'skip'")
+        self.source, self.on_error, self.found = source, on_error, []
+
+    def __call__(self, message: str) -> None:
+        if self.on_error == "skip":
+            warnings.warn(f"skipping: {message}", stacklevel=3)
+        else:
+            self.found.append(message)
+
+    def raise_if_any(self) -> None:
+        if len(self.found) == 1:
+            raise AnnotationError(self.found[0])
+        if self.found:
+            listing = "\n".join(f"  {m}" for m in self.found)
+            raise AnnotationError(f"{self.source}: {len(self.found)} annotations cannot be used:\n{listing}")
 
 
 def _load_json(path: Path) -> dict:
@@ -139,9 +157,8 @@ def _upright_size(path: Path) -> tuple[int, int]:
 def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = "error") -> DetectionData:
     """Read and check one COCO file; images are looked up under ``root`` (default: the
     file's folder). Crowd annotations are kept, flagged in ``iscrowd``."""
-    if on_error not in ("error", "skip"):
-        raise ValueError(f"on_error={on_error!r}: expected 'error' or 'skip'")
     path = Path(path)
+    fail = _Problems(path, on_error)
     root = path.parent if root is None else Path(root)
     data = _load_json(path)
     categories = read_categories(path, data)
@@ -156,10 +173,7 @@ def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = 
             raise AnnotationError(f"{path}: image id {image_id} appears more than once")
         found = find_image(root, file_name)
         if found is None:
-            _fail(
-                f"{path}: image id {image_id}: file_name {file_name!r} is in neither {root} nor {root / 'images'}",
-                on_error,
-            )
+            fail(f"{path}: image id {image_id}: file_name {file_name!r} is in neither {root} nor {root / 'images'}")
             continue
         if found in seen_files:
             raise AnnotationError(f"{path}: image id {image_id}: file {found} is listed more than once")
@@ -181,31 +195,30 @@ def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = 
         seen_annotations.add(ann_id)
         image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
         if image_id not in image_ids:
-            _fail(f"{where}: image_id {image_id!r} is not among the file's images", on_error)
+            fail(f"{where}: image_id {image_id!r} is not among the file's images")
             continue
         if image_id not in records:  # its image file was missing and skipped
             continue
         record = records[image_id]
         if category_id not in categories:
-            _fail(f"{where}: category_id {category_id!r} is not one of the categories {categories.ids}", on_error)
+            fail(f"{where}: category_id {category_id!r} is not one of the categories {categories.ids}")
             continue
         if (
             not isinstance(bbox, list)
             or len(bbox) != 4
             or not all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
         ):
-            _fail(f"{where}: bbox {bbox!r}: expected [x, y, width, height], four finite numbers", on_error)
+            fail(f"{where}: bbox {bbox!r}: expected [x, y, width, height], four finite numbers")
             continue
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
-            _fail(f"{where}: bbox {bbox}: zero or negative area (width {w:g}, height {h:g})", on_error)
+            fail(f"{where}: bbox {bbox}: zero or negative area (width {w:g}, height {h:g})")
             continue
         t = BORDER_TOLERANCE
         if x < -t or y < -t or x + w > record.width + t or y + h > record.height + t:
-            _fail(
+            fail(
                 f"{where}: bbox {bbox} (x, y, width, height) lies outside its image "
-                f"{record.file} of {record.width}x{record.height} pixels",
-                on_error,
+                f"{record.file} of {record.width}x{record.height} pixels"
             )
             continue
         x1, y1 = max(x, 0.0), max(y, 0.0)
@@ -213,6 +226,7 @@ def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = 
         record.labels.append(categories.label(category_id))
         record.iscrowd.append(int(bool(ann.get("iscrowd", 0))))
         record.annotation_ids.append(ann_id)
+    fail.raise_if_any()
     return DetectionData(categories, list(records.values()))
 
 
@@ -251,6 +265,7 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
     objects are kept as crowd (ignored by training and scoring, as COCO crowds are).
     Annotation ids are ``<xml name>#<object index>`` in messages."""
     root = Path(root)
+    fail = _Problems(root / "Annotations", on_error)
     categories = CategoryMap(list(range(len(class_names))), list(class_names))
     records = []
     for image_id, xml_path in enumerate(_voc_files(root)):
@@ -260,7 +275,7 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
             (c.as_posix() for c in (Path("JPEGImages") / file_name, Path(file_name)) if (root / c).is_file()), None
         )
         if found is None:
-            _fail(f"{xml_path}: image {file_name!r} is in neither {root / 'JPEGImages'} nor {root}", on_error)
+            fail(f"{xml_path}: image {file_name!r} is in neither {root / 'JPEGImages'} nor {root}")
             continue
         try:
             width, height = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
@@ -271,27 +286,26 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
             where = f"{xml_path}: object {index}"
             name = obj.findtext("name", "").strip()
             if name not in class_names:
-                _fail(f"{where}: class {name!r} is not one of {class_names}", on_error)
+                fail(f"{where}: class {name!r} is not one of {class_names}")
                 continue
             try:
                 x1, y1, x2, y2 = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
             except (TypeError, ValueError):
-                _fail(f"{where}: expected <bndbox> with numeric xmin, ymin, xmax, ymax", on_error)
+                fail(f"{where}: expected <bndbox> with numeric xmin, ymin, xmax, ymax")
                 continue
             if x2 <= x1 or y2 <= y1:
-                _fail(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has zero or negative area", on_error)
+                fail(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has zero or negative area")
                 continue
             t = BORDER_TOLERANCE
             if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
-                _fail(
-                    f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image", on_error
-                )
+                fail(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image")
                 continue
             record.boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)])
             record.labels.append(categories.label(class_names.index(name)))
             record.iscrowd.append(int(obj.findtext("difficult", "0").strip() == "1"))
             record.annotation_ids.append(index)
         records.append(record)
+    fail.raise_if_any()
     return DetectionData(categories, records)
 
 
