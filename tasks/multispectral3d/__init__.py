@@ -1,0 +1,1 @@
+"""multispectral3d task."""

@@ -1,0 +1,262 @@
+"""Where multispectral3d's samples come from: GeoTIFF patches in the EuroSAT-MS layout,
+``<Class>/<Class>_<n>.tif``, read with rasterio.
+
+A sample is a cube of bands × H × W. The bands are named, never indexed: EuroSAT-MS files
+hold B01 … B12 and then B8A (last, not after B08), and ``bands`` picks a subset by name in
+any order. A file's band names are its band descriptions when it has them, else EuroSAT-MS's
+13 when it has 13 bands, else ``bands`` itself when it names as many bands as the file has.
+
+Reflectances are normalised per band with the mean and standard deviation of the *training*
+split, computed once in ``setup``. They are the datamodule's state (with the split), so they
+travel inside every checkpoint as tensors and evaluation or prediction later uses the run's
+own statistics, not ones recomputed from other files.
+
+``layout`` says how the model sees a cube: ``cube`` (1 × bands × H × W, the spectrum as the
+depth axis of a 3D CNN), ``channels`` (bands × H × W, the 2D CNN with bands as channels, as
+TorchGeo trains EuroSAT) or ``mean`` (1 × H × W, the brightness image: a space-only baseline).
+
+The embedded default (``landcover.py``) is written once as real GeoTIFFs, with a UTM CRS and
+a 10 m transform as Sentinel-2 tiles have, under ``data_root/multispectral3d``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from torch.utils.data import Dataset
+
+from cnnsuite.data import BadFileError, TaskDataModule, check_folder, list_classes, list_samples, report_bad_files
+
+from .landcover import BANDS, CLASSES, patch
+
+EXTENSIONS = (".tif", ".tiff")
+LAYOUTS = ("cube", "channels", "mean")
+DTYPE = "uint16"
+
+
+def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | None) -> list[str]:
+    """The names of a file's bands, in file order (see the module docstring); an error names
+    the file and what its band count would need."""
+    if all(descriptions):
+        return list(descriptions)
+    if count == len(BANDS):
+        return list(BANDS)
+    if bands is not None and len(bands) == count:
+        return list(bands)
+    raise BadFileError(
+        f"{path}: has {count} bands without names; expected {len(BANDS)} (EuroSAT-MS: {', '.join(BANDS)}), "
+        f"or name all {count} in file order with data.bands"
+    )
+
+
+class GeoTiffReader:
+    """Reads the ``bands`` of GeoTIFF patches of one ``size`` as float32 ``(len(bands), H, W)``.
+
+    ``bands=None`` reads every band of a file. Nodata pixels (the file's nodata value) take
+    the mean of the band's valid pixels, so a normalised nodata pixel is near zero rather
+    than a spike. Every failure is a :class:`BadFileError` naming the file."""
+
+    def __init__(self, bands: list[str] | None, size: tuple[int, int] | None = None) -> None:
+        self.bands, self.size = bands, size
+
+    def select(self, path: Path, src) -> tuple[list[int], list[str]]:
+        """rasterio's 1-based indexes and the names of the bands to read from the open ``src``."""
+        if len(set(src.dtypes)) != 1 or src.dtypes[0] != DTYPE:
+            raise BadFileError(f"{path}: bands are {', '.join(sorted(set(src.dtypes)))}, expected {DTYPE} reflectance")
+        if self.size is not None and (src.height, src.width) != tuple(self.size):
+            raise BadFileError(
+                f"{path}: is {src.height}x{src.width} pixels, expected {self.size[0]}x{self.size[1]} like the others"
+            )
+        names = band_names(path, src.count, src.descriptions, self.bands)
+        wanted = list(self.bands or names)
+        missing = [b for b in wanted if b not in names]
+        if missing:
+            raise BadFileError(f"{path}: has no band {', '.join(missing)}; its bands are {', '.join(names)}")
+        return [names.index(b) + 1 for b in wanted], wanted
+
+    def open(self, path: Path):
+        try:
+            return rasterio.open(path)
+        except RasterioError as err:  # not a TIFF, a damaged header
+            raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
+
+    def __call__(self, path: Path) -> np.ndarray:
+        with self.open(path) as src:
+            indexes, _ = self.select(path, src)
+            try:
+                data = src.read(indexes, masked=True)
+            except RasterioError as err:  # truncated or damaged pixel data
+                raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
+        values = data.data.astype(np.float32)
+        if np.ma.is_masked(data):
+            fill = data.astype(np.float32).mean(axis=(1, 2)).filled(0.0)
+            values = np.where(np.ma.getmaskarray(data), fill[:, None, None], values).astype(np.float32)
+        return values
+
+
+class PatchDataset(Dataset):
+    """``(normalised sample, class index)`` for each relative path in ``ids``, shaped by ``layout``."""
+
+    def __init__(
+        self,
+        root: Path,
+        ids: list[str],
+        labels: list[int],
+        reader: GeoTiffReader,
+        stats: tuple[torch.Tensor, torch.Tensor],
+        layout: str,
+        augment: bool,
+    ) -> None:
+        self.root, self.ids, self.labels, self.reader = root, ids, labels, reader
+        self.mean, self.std = (s[:, None, None] for s in stats)
+        self.layout, self.augment = layout, augment
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        cube = (torch.from_numpy(self.reader(self.root / self.ids[index])) - self.mean) / self.std
+        if self.augment:  # a patch seen from above has no up or left: flips and quarter turns
+            if torch.rand(()) < 0.5:
+                cube = cube.flip(-1)
+            cube = torch.rot90(cube, int(torch.randint(4, ())), dims=(-2, -1))
+        if self.layout == "cube":
+            cube = cube[None]
+        elif self.layout == "mean":
+            cube = cube.mean(0, keepdim=True)
+        return cube.contiguous(), self.labels[index]
+
+
+class MultispectralDataModule(TaskDataModule):
+    """GeoTIFF patches → ``(sample, label)`` batches; see the module docstring.
+
+    ``bands``: band names to read, in the order given (default: every band of the files).
+    ``default_size`` patches per class, of ``default_patch`` pixels, make the embedded default.
+    """
+
+    default_name = "multispectral3d"
+    generation_hparams = ("default_size", "default_patch")
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        data_root: str = "data",
+        bands: list[str] | None = None,
+        layout: str = "cube",
+        augment: bool = True,
+        default_size: int = 100,
+        default_patch: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if bands is not None and (not bands or len(set(bands)) != len(bands)):
+            raise ValueError(f"data.bands={bands}: expected distinct band names, e.g. [B02, B03, B04, B08]")
+        if data_dir is None:
+            self.class_names = list(CLASSES)
+            unknown = [b for b in bands or () if b not in BANDS]
+            if unknown:
+                raise ValueError(f"data.bands: no band {', '.join(unknown)}; expected names among {', '.join(BANDS)}")
+            self.band_names, self.size = list(bands or BANDS), (default_patch, default_patch)
+        else:
+            root = check_folder(data_dir)
+            self.class_names = list_classes(root, EXTENSIONS)
+            first = root / list_samples(root, self.class_names[:1], EXTENSIONS)[0][0]
+            reader = GeoTiffReader(bands)
+            with reader.open(first) as src:
+                self.band_names, self.size = reader.select(first, src)[1], (src.height, src.width)
+        self.in_channels = len(self.band_names) if layout == "channels" else 1
+        self.reader = GeoTiffReader(self.band_names, self.size)
+        #: per-band mean and standard deviation of the training split (set by ``setup`` or a checkpoint)
+        self.band_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        bands = {"cube": (1, len(self.band_names)), "channels": (len(self.band_names),), "mean": (1,)}
+        return (*bands[self.hparams.layout], *self.size)
+
+    def write_default(self, folder: Path) -> None:
+        rng = np.random.default_rng(20261125)
+        size = self.hparams.default_patch
+        crs = CRS.from_epsg(32632)  # WGS 84 / UTM zone 32N, as a Sentinel-2 tile over central Europe
+        profile = dict(driver="GTiff", dtype=DTYPE, count=len(BANDS), height=size, width=size, crs=crs)
+        for name in CLASSES:
+            (folder / name).mkdir()
+            for n in range(1, self.hparams.default_size + 1):
+                # Each patch at its own place on a 10 m grid, as EuroSAT's patches cut from tiles.
+                x0, y0 = 300_000 + 640 * rng.integers(0, 1000), 5_000_000 + 640 * rng.integers(0, 1000)
+                transform = Affine(10, 0, x0, 0, -10, y0)  # 10 m pixels, north up
+                with rasterio.open(folder / name / f"{name}_{n}.tif", "w", transform=transform, **profile) as dst:
+                    dst.write(patch(name, size, rng))
+                    dst.descriptions = BANDS
+
+    def list_samples(self) -> list[tuple[str, int]]:
+        return list_samples(self.root, self.class_names, EXTENSIONS)
+
+    def check_samples(self, ids: list[str]) -> None:
+        """Read every file once (header and pixels), then name all the bad ones together."""
+        errors = []
+        for sample_id in ids:
+            try:
+                self.reader(self.root / sample_id)
+            except BadFileError as err:
+                errors.append(err)
+        report_bad_files(errors, len(ids), what="GeoTIFF patches")
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.band_stats is None:
+            self.band_stats = self.compute_band_stats(self.splits["train"])
+
+    def compute_band_stats(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-band mean and standard deviation over every pixel of ``ids`` (float64 sums)."""
+        total = squares = 0.0
+        for sample_id in ids:
+            cube = self.reader(self.root / sample_id).astype(np.float64)
+            total = total + cube.mean(axis=(1, 2))
+            squares = squares + (cube**2).mean(axis=(1, 2))
+        mean = total / len(ids)
+        std = np.sqrt(np.maximum(squares / len(ids) - mean**2, 0.0))
+        return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, 1e-6), dtype=torch.float32)
+
+    def state_dict(self) -> dict:
+        """The split, the band names and the training split's band statistics (tensors)."""
+        state = super().state_dict()
+        if self.band_stats is not None:
+            state |= {"bands": self.band_names, "band_mean": self.band_stats[0], "band_std": self.band_stats[1]}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "band_mean" in state_dict:
+            if state_dict["bands"] != self.band_names:
+                raise ValueError(
+                    f"the checkpoint's statistics are for bands {state_dict['bands']}, the data gives {self.band_names}"
+                )
+            self.band_stats = (state_dict["band_mean"].float(), state_dict["band_std"].float())
+        super().load_state_dict(state_dict)
+
+    def make_dataset(self, ids: list[str], stage: str) -> Dataset:
+        if self.band_stats is None:
+            raise RuntimeError("setup() computes the band statistics before any dataset is built")
+        labels = dict(self.list_samples())
+        return PatchDataset(
+            self.root,
+            ids,
+            [labels[i] for i in ids],
+            self.reader,
+            self.band_stats,
+            self.hparams.layout,
+            augment=stage == "train" and self.hparams.augment,
+        )

@@ -1,0 +1,116 @@
+"""What multispectral3d predicts and how it is scored: one land-cover class per patch.
+
+The shared :class:`~cnnsuite.classification.ClassificationModule`; with ``spatial_dims: 3``
+the spectrum is the depth axis (input 1 × bands × H × W) and every filter is
+spectral-spatial. Cohen's kappa is added to the shared metrics (agreement beyond chance, the
+remote-sensing habit). Evaluation adds test patches in true and false colour with their
+labels, mistakes first, and each class's mean spectrum on the training split with its spread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassCohenKappa
+
+from cnnsuite.classification import ClassificationModule
+
+from .landcover import BANDS as ALL_BANDS
+from .landcover import WAVELENGTHS
+
+TRUE_COLOUR = ("B04", "B03", "B02")
+FALSE_COLOUR = ("B08", "B04", "B03")  # vegetation red: NIR shown as red
+
+
+class MultispectralModule(ClassificationModule):
+    def configure_metrics(self, stage: str) -> MetricCollection:
+        metrics = super().configure_metrics(stage)
+        if stage != "train":
+            metrics.add_metrics({"kappa": MulticlassCohenKappa(self.hparams.num_classes)})
+        return metrics
+
+    def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
+        out_dir = Path(out_dir)
+        paths = super().write_plots(out_dir, datamodule)
+        paths.append(self._plot_predictions(out_dir, datamodule))
+        paths.append(self._plot_spectra(out_dir, datamodule))
+        return paths
+
+    @torch.no_grad()
+    def _plot_predictions(self, out_dir: Path, datamodule, count: int = 12, pool: int = 256) -> Path:
+        """Mistakes first among ``pool`` test patches spread over the split (its files are sorted
+        by class), then correct ones spread over it too; each in true and false colour (composites drawn from the
+        raw reflectances, so they need the bands they name)."""
+        self.eval()
+        dataset = datamodule.datasets["test"]
+        picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), pool)).astype(int)).tolist()
+        samples, labels = zip(*(dataset[i] for i in picked), strict=True)
+        batch = torch.stack(samples).to(self.device)
+        predicted = torch.cat([self(chunk).argmax(1).cpu() for chunk in batch.split(64)])
+        labels = torch.as_tensor(labels)
+        wrong = (predicted != labels).nonzero().flatten().tolist()[:count]
+        right = (predicted == labels).nonzero().flatten().tolist()
+        fill = min(count - len(wrong), len(right))
+        order = wrong + [right[j] for j in np.linspace(0, len(right) - 1, fill).astype(int)] if fill else wrong
+        composites = [c for c in (TRUE_COLOUR, FALSE_COLOUR) if set(c) <= set(datamodule.band_names)]
+        fig, axes = plt.subplots(
+            max(1, len(composites)), len(order), figsize=(1.6 * len(order), 1.9 * max(1, len(composites))),
+            squeeze=False,
+        )  # fmt: skip
+        for col, i in enumerate(order):
+            raw = datamodule.reader(datamodule.root / dataset.ids[picked[i]])
+            for row, bands in enumerate(composites):
+                rgb = np.stack([raw[datamodule.band_names.index(b)] for b in bands], axis=-1)
+                low, high = np.percentile(rgb, (2, 98))
+                axes[row, col].imshow(np.clip((rgb - low) / (high - low + 1e-8), 0, 1))
+            right = bool(predicted[i] == labels[i])
+            axes[0, col].set_title(
+                f"{self.class_names[labels[i]]}\n→ {self.class_names[predicted[i]]}",
+                color="green" if right else "red",
+                fontsize=7,
+            )
+        for row, bands in enumerate(composites):
+            axes[row, 0].set_ylabel(("true colour\n" if row == 0 else "false colour\n") + "/".join(bands), fontsize=7)
+        for ax in axes.flat:
+            ax.set_xticks([]), ax.set_yticks([])
+        fig.suptitle("test patches: true → predicted (mistakes first, in red)", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / "predictions.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def _plot_spectra(self, out_dir: Path, datamodule, per_class: int = 40) -> Path:
+        """Each class's mean spectrum over up to ``per_class`` training patches, ± one standard
+        deviation across patches, in reflectance, bands in wavelength order where known."""
+        labels = dict(datamodule.list_samples())
+        train = datamodule.splits["train"]
+        names = datamodule.band_names
+        known = all(b in ALL_BANDS for b in names)
+        x = [WAVELENGTHS[ALL_BANDS.index(b)] for b in names] if known else list(range(len(names)))
+        order = np.argsort(x)
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for index, name in enumerate(self.class_names):
+            ids = [i for i in train if labels[i] == index][:per_class]
+            if not ids:
+                continue
+            spectra = np.stack([datamodule.reader(datamodule.root / i).mean(axis=(1, 2)) for i in ids]) / 10_000
+            mean, std = spectra.mean(0)[order], spectra.std(0)[order]
+            xs = np.asarray(x)[order]
+            colour = plt.cm.tab20(index % 20)
+            ax.plot(xs, mean, marker=".", label=name, color=colour)
+            ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.15)
+        ax.set_xticks(np.asarray(x)[order], [names[i] for i in order], rotation=90, fontsize=7)
+        ax.set_xlabel("band (by centre wavelength)" if known else "band")
+        ax.set_ylabel("reflectance (DN / 10,000)")
+        ax.set_title("mean spectrum per class (training split), ± 1 s.d. across patches")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out_dir / "class_spectra.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path

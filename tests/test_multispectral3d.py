@@ -1,0 +1,151 @@
+"""multispectral3d: GeoTIFF reading by band name, errors that name the file, statistics that
+travel in the checkpoint, the CLI with evaluation."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from cnnsuite.tasks.multispectral3d.datamodule import GeoTiffReader, MultispectralDataModule
+from cnnsuite.tasks.multispectral3d.landcover import BANDS
+from conftest import fit
+from rasterio.transform import Affine
+
+from cnnsuite.checkpoint import rebuild
+from cnnsuite.cli import main
+from cnnsuite.data import BadFileError
+
+SMALL_MODEL = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], kernel_size: [3, 3, 3], pool_size: [1, 2, 2]}"]
+
+
+def write_tif(path, data, dtype="uint16", descriptions=None, **profile):
+    """A GeoTIFF with a UTM CRS and a 10 m transform, as EuroSAT-MS's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count, height, width = data.shape
+    transform = Affine(10, 0, 500_000, 0, -10, 5_000_000)
+    with rasterio.open(path, "w", driver="GTiff", dtype=dtype, count=count, height=height, width=width,
+                       crs="EPSG:32632", transform=transform, **profile) as dst:  # fmt: skip
+        dst.write(data.astype(dtype))
+        if descriptions:
+            dst.descriptions = descriptions
+    return path
+
+
+def band_cube(count=13, size=8, offset=0):
+    """Band k (file order, 0-based) holds 100 * (k + 1) + offset everywhere: its values name it."""
+    return np.stack([np.full((size, size), 100 * (k + 1) + offset) for k in range(count)])
+
+
+def make_folder(root, classes=("Forest", "River", "SeaLake"), per_class=6, size=16, count=13):
+    """A tiny EuroSAT-MS folder; the class is told by the red-to-NIR ratio and a bright square."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        for n in range(1, per_class + 1):
+            cube = rng.integers(800, 1200, size=(count, size, size))
+            cube[3] += 600 * c  # B04
+            cube[:, : size // 2, : size // 2] += 300 * c
+            write_tif(root / name / f"{name}_{n}.tif", cube)
+    return root
+
+
+def test_reader_names_bands_in_eurosat_order_and_reads_compressed_files(tmp_path):
+    plain = write_tif(tmp_path / "plain.tif", band_cube())
+    values = GeoTiffReader(["B02", "B03", "B04", "B08", "B8A", "B09"])(plain)[:, 0, 0]
+    # B8A is the last band of a EuroSAT-MS file, not the ninth.
+    assert values.tolist() == [200, 300, 400, 800, 1300, 900]
+    assert GeoTiffReader(None)(plain).shape == (13, 8, 8)
+    for compress in ("deflate", "lzw", "zstd"):
+        packed = write_tif(tmp_path / f"{compress}.tif", band_cube(), compress=compress, tiled=True,
+                           blockxsize=16, blockysize=16)  # fmt: skip
+        assert np.array_equal(GeoTiffReader(list(BANDS))(packed), GeoTiffReader(list(BANDS))(plain))
+    # A file with its own band descriptions is read by them, whatever their order.
+    named = write_tif(tmp_path / "named.tif", band_cube(4), descriptions=("B08", "B04", "B03", "B02"))
+    assert GeoTiffReader(["B02", "B08"])(named)[:, 0, 0].tolist() == [400, 100]
+    # Nodata pixels take the mean of the band's valid ones.
+    cube = band_cube()
+    cube[:, 0, 0] = 0
+    holed = GeoTiffReader(["B01"])(write_tif(tmp_path / "holed.tif", cube, nodata=0))
+    assert holed[0, 0, 0] == 100 and holed.dtype == np.float32
+
+
+def test_other_band_counts_are_named_by_bands(tmp_path):
+    four = ["B02", "B03", "B04", "B08"]
+    folder = make_folder(tmp_path / "user", count=4, per_class=2)
+    dm = MultispectralDataModule(data_dir=str(folder), bands=four, layout="channels")
+    assert dm.band_names == four and dm.in_channels == 4 and dm.input_shape == (4, 16, 16)
+    with pytest.raises(BadFileError, match=r"Forest_1.tif: has 4 bands without names; expected 13"):
+        MultispectralDataModule(data_dir=str(folder))
+
+
+def test_bad_files_are_named_together_and_the_folder_is_only_read(tmp_path):
+    folder = make_folder(tmp_path / "user")
+    write_tif(folder / "Forest" / "Forest_2.tif", band_cube(10, 16))
+    write_tif(folder / "River" / "River_3.tif", band_cube(13, 16), dtype="float32")
+    truncated = folder / "SeaLake" / "SeaLake_4.tif"
+    truncated.write_bytes(truncated.read_bytes()[:600])
+    (folder / "SeaLake" / "SeaLake_5.tif").write_text("not a tiff")
+    write_tif(folder / "SeaLake" / "SeaLake_6.tif", band_cube(13, 20))
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    dm = MultispectralDataModule(data_dir=str(folder))
+    with pytest.raises(BadFileError, match="5 of 18 GeoTIFF patches cannot be used") as caught:
+        dm.setup("fit")
+    message = str(caught.value)
+    assert "Forest_2.tif: has 10 bands without names; expected 13" in message
+    assert "River_3.tif: bands are float32, expected uint16" in message
+    assert "SeaLake_4.tif: cannot read as a GeoTIFF" in message
+    assert "SeaLake_5.tif: cannot read as a GeoTIFF" in message
+    assert "SeaLake_6.tif: is 20x20 pixels, expected 16x16" in message
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before, "the user's folder was written to"
+
+
+def test_unknown_band_names_are_refused(tmp_path):
+    folder = make_folder(tmp_path / "user", per_class=1)
+    with pytest.raises(BadFileError, match=r"Forest_1.tif: has no band B13, B8B; its bands are B01, .*, B8A"):
+        MultispectralDataModule(data_dir=str(folder), bands=["B02", "B13", "B8B"])
+    with pytest.raises(ValueError, match="data.bands: no band B13"):
+        MultispectralDataModule(bands=["B13"])
+    with pytest.raises(ValueError, match="data.layout='rgb'"):
+        MultispectralDataModule(layout="rgb")
+
+
+def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path):
+    folder = make_folder(tmp_path / "user")
+    bands = ["B04", "B03", "B02", "B08"]
+    # The task's own model: its layout must take a 4-band subset.
+    run = fit("multispectral3d", tmp_path, "--data.data_dir", str(folder), "--data.bands", json.dumps(bands),
+              "--trainer.max_epochs", "1", "--data.batch_size", "6")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
+    state = torch.load(ckpt, weights_only=True)["MultispectralDataModule"]
+    assert state["bands"] == bands and state["band_mean"].shape == (4,)
+    train = [folder / i for i in state["splits"]["train"]]
+    expected = np.mean([GeoTiffReader(bands)(p).mean(axis=(1, 2)) for p in train], axis=0)
+    assert np.allclose(state["band_mean"].numpy(), expected, rtol=1e-5)
+
+    # Later files change; evaluation still normalises with the run's own statistics.
+    for path in train:
+        with rasterio.open(path) as src:
+            data = src.read()
+        write_tif(path, data * 2)
+    model, datamodule = rebuild(ckpt, run)
+    datamodule.setup("test")
+    assert torch.equal(datamodule.band_stats[0], state["band_mean"])
+    assert model.hparams.in_channels == 1 and datamodule.input_shape == (1, 4, 16, 16)
+
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"test/acc", "test/acc_macro", "test/kappa", "test/f1_macro", "test/acc/River"} <= set(metrics)
+    for plot in ("confusion_matrix.png", "predictions.png", "class_spectra.png"):
+        assert (tmp_path / "eval" / plot).stat().st_size > 0
+
+
+def test_default_fast_dev_run_writes_geotiffs(tmp_path):
+    fit("multispectral3d", tmp_path, "--trainer.fast_dev_run", "true", "--data.default_size", "2",
+        "--data.default_patch", "16", *SMALL_MODEL)  # fmt: skip
+    default = tmp_path / "data" / "multispectral3d-default_patch=16-default_size=2"
+    files = sorted(default.glob("*/*.tif"))
+    assert len(files) == 2 * 14 and files[0].name == f"{files[0].parent.name}_1.tif"
+    with rasterio.open(files[0]) as src:
+        assert src.count == 13 and src.dtypes[0] == "uint16" and src.crs.to_epsg() == 32632
+        assert src.descriptions == BANDS and src.res == (10.0, 10.0)
