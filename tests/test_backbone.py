@@ -164,10 +164,18 @@ def test_hypernetwork_makes_the_kernel_and_learns_it():
     assert losses[-1] < 0.2 * losses[0]
 
 
-@pytest.mark.parametrize("name,channels", [("monai_resnet18", [64, 128, 256, 512]), ("monai_densenet121", [1024])])
-def test_monai_references_follow_the_backbone_contract(name, channels):
-    backbone = build_backbone(name, spatial_dims=3, in_channels=2)
-    features = backbone(torch.randn(2, 2, 32, 32, 32))
+@pytest.mark.parametrize(
+    "name,dims,channels",
+    [
+        ("monai_resnet18", 3, [64, 128, 256, 512]),
+        ("monai_densenet121", 3, [1024]),
+        ("torchvision_resnet18", 2, [64, 128, 256, 512]),  # its first convolution takes 13 bands
+    ],
+)
+def test_reference_networks_follow_the_backbone_contract(name, dims, channels):
+    bands = 13 if name.startswith("torchvision") else 2
+    backbone = build_backbone(name, spatial_dims=dims, in_channels=bands)
+    features = backbone(torch.randn(2, bands, *(32,) * dims))
     assert backbone.out_channels == channels == [f.shape[1] for f in features]
     for f, stride in zip(features, backbone.strides, strict=True):
         assert tuple(f.shape[2:]) == tuple(32 // s for s in stride)

@@ -2,8 +2,9 @@
 
 They are built with random weights (nothing is downloaded) and lose their classifier:
 a :class:`~cnnsuite.heads.ClassifierHead` sits on their features like on ours, so a config
-can swap ``backbone: convnet`` for ``monai_resnet18`` and compare like with like. MONAI's are
-registered here; tasks register others (video3d: PyTorchVideo's) with the same tools.
+can swap ``backbone: convnet`` for ``monai_resnet18`` and compare like with like. MONAI's and
+torchvision's ResNet-18 are registered here; tasks register others (video3d: PyTorchVideo's)
+with the same tools.
 """
 
 from __future__ import annotations
@@ -69,6 +70,23 @@ def monai_densenet121(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> 
     width = net.class_layers.out.in_features
     stage = ForeignStage(net.features, nn.ReLU(), out_channels=width, stride=(32,) * spatial_dims)
     return StagedBackbone(spatial_dims, [stage])
+
+
+@register_backbone("torchvision_resnet18")
+def torchvision_resnet18(spatial_dims: int = 2, in_channels: int = 3, **kwargs) -> StagedBackbone:
+    """torchvision's 2D ResNet-18 with its first convolution taking ``in_channels`` (13 bands,
+    one grey channel, ...), as TorchGeo trains EuroSAT; stages are its layer1..layer4."""
+    if spatial_dims != 2:
+        raise ValueError(f"model.spatial_dims={spatial_dims}: torchvision_resnet18 is a 2D network")
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None, **kwargs)
+    net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
+    stem = (net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = [ForeignStage(*stem, net.layer1, out_channels=_width(net.layer1), stride=(4, 4))]
+    for layer in (net.layer2, net.layer3, net.layer4):
+        stages.append(ForeignStage(layer, out_channels=_width(layer), stride=(2, 2)))
+    return StagedBackbone(2, stages)
 
 
 def _width(layer: nn.Sequential) -> int:
