@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import yaml
 from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule, compose_canvas
 from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from conftest import ROOT
@@ -295,6 +296,17 @@ def test_other_detectors_train_and_predict(detector):
     out = model(images)
     assert len(out) == 2 and set(out[0]) == {"boxes", "labels", "scores"}
     assert out[0]["labels"].numel() == 0 or 0 <= int(out[0]["labels"].min()) and int(out[0]["labels"].max()) < 3
+
+
+def test_fcos_takes_a_batch_of_one_small_image():
+    """The default network on 64-px images: its last FPN level (stride 64) is 1x1, where
+    GroupNorm(32) over 32 channels had one value per group: a batch of one image failed (and
+    with more, that level's features were constant)."""
+    config = yaml.safe_load(open(CONFIG))["model"]["init_args"]
+    model = DetectionModule(**{**config, "num_classes": 10, "min_size": 64, "max_size": 64})
+    model.eval()
+    with torch.no_grad():
+        assert len(model([torch.rand(1, 64, 64)])) == 1
 
 
 def test_bad_model_values_name_the_key():

@@ -33,7 +33,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models import detection as tvd
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
@@ -126,6 +126,13 @@ def build_detector(
         # One point per location; the "anchor" size (= stride) sets each level's box-size range.
         anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
         head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
+        # torchvision's heads normalise with GroupNorm(32): with 32 FPN channels that is one
+        # channel per group, so on a 1x1 level (P7 of a 96-px canvas) every group holds one
+        # value, normalised to a constant, and a batch of one image fails outright. 16 groups,
+        # as for RetinaNet below, keep two channels in each.
+        norm = partial(nn.GroupNorm, 16)
+        head.classification_head = FCOSClassificationHead(fpn_channels, 1, num_classes, head_convs, norm_layer=norm)
+        head.regression_head = FCOSRegressionHead(fpn_channels, 1, head_convs, norm_layer=norm)
         return tvd.FCOS(features, num_classes, anchor_generator=anchors, head=head, **transform)
     if detector == "retinanet":
         scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
