@@ -72,6 +72,16 @@ def test_resuming_from_a_checkpoint_that_names_a_foreign_model_is_refused(traine
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_damaged_checkpoint_is_named_in_one_line(trained, tmp_path, capsys):
+    folder, _ = trained
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "tasks/recognition2d/config.yaml", "--data.data_dir", str(folder),
+              "--trainer.default_root_dir", str(tmp_path / "runs"), "--ckpt_path", str(damaged)])  # fmt: skip
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"cnnsuite fit: error: {damaged}: cannot load")
+
+
 def test_evaluation_scores_the_split_inside_the_checkpoint(trained, tmp_path):
     folder, run = trained
     saved = json.loads((run / "splits.json").read_text())

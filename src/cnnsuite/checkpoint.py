@@ -56,12 +56,13 @@ def trusted_class(name: object, base: type, source: object) -> type:
 
 
 def load_checkpoint(ckpt_path: str | Path) -> dict:
-    """The checkpoint's contents, loaded with ``weights_only=True`` (no code runs)."""
+    """The checkpoint's contents, loaded with ``weights_only=True`` (no code runs); tensors are
+    memory-mapped, so a look at its entries does not read the weights."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for a damaged or foreign file
         raise ValueError(f"{path}: cannot load as a checkpoint ({type(err).__name__}: {err})") from None
     classes = checkpoint.get(CLASSES_KEY) if isinstance(checkpoint, dict) else None

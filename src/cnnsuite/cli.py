@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from .checkpoint import CLASSES_KEY, trusted_class
+from .checkpoint import CLASSES_KEY, load_checkpoint, trusted_class
 from .data import TaskDataModule
 from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, run_version
 from .task import TaskModule
@@ -91,13 +91,12 @@ class CnnSuiteCLI(LightningCLI):
                 )
             config.ckpt_path = str(last) if last else None
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path and Path(ckpt_path).is_file():
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            classes = checkpoint.get(CLASSES_KEY) or {}
-            model_path = checkpoint.get("hyper_parameters", {}).get("_class_path", classes.get("model"))
+        if ckpt_path:
+            checkpoint = load_checkpoint(ckpt_path)  # names the file if it is missing or damaged
+            classes = checkpoint[CLASSES_KEY]
+            model_path = checkpoint.get("hyper_parameters", {}).get("_class_path", classes["model"])
             trusted_class(model_path, TaskModule, ckpt_path)
-            if "datamodule" in classes:
-                trusted_class(classes["datamodule"], TaskDataModule, ckpt_path)
+            trusted_class(classes["datamodule"], TaskDataModule, ckpt_path)
         super()._parse_ckpt_path()
 
     @staticmethod
