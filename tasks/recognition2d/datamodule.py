@@ -74,6 +74,7 @@ class RecognitionDataModule(TaskDataModule):
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+        self._checked: set[str] = set()  # ids whose headers check_samples has read
         if channels not in (None, 1, 3):
             raise ValueError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if data_dir is None:
@@ -117,10 +118,12 @@ class RecognitionDataModule(TaskDataModule):
     def check_samples(self, ids: list[str]) -> None:
         if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built
             report_bad_files(list(find_bad_images(self.root, ids).values()), len(ids), what="images")
+            self._checked |= set(ids)
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         skip = self.hparams.on_bad_file == "skip"
-        bad = find_bad_images(self.root, ids, decode_channels=self.in_channels if skip else None)
+        unchecked = ids if skip else [i for i in ids if i not in self._checked]  # headers read once
+        bad = find_bad_images(self.root, unchecked, decode_channels=self.in_channels if skip else None)
         report_bad_files(list(bad.values()), len(ids), self.hparams.on_bad_file, what=f"{stage} images")
         ids = [i for i in ids if i not in bad]
         labels = []
