@@ -79,29 +79,43 @@ def init_args(hparams: object, source: object) -> dict:
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
-def rebuild(ckpt_path: str | Path, run_dir: str | Path | None = None) -> tuple[TaskModule, TaskDataModule]:
+def _model_and_data_class(checkpoint: dict, source: object) -> tuple[TaskModule, type[TaskDataModule]]:
+    """The model with the checkpoint's weights (eval mode), and the datamodule class."""
+    classes = checkpoint[CLASSES_KEY]
+    model_cls = trusted_class(classes["model"], TaskModule, source)
+    data_cls = trusted_class(classes["datamodule"], TaskDataModule, source)
+    model = model_cls(**init_args(checkpoint.get("hyper_parameters", {}), source))
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return model, data_cls
+
+
+def rebuild(
+    ckpt_path: str | Path, run_dir: str | Path | None = None, data_dir: str | Path | None = None
+) -> tuple[TaskModule, TaskDataModule]:
     """``(model with the checkpoint's weights, datamodule holding the run's split)``.
 
     The split comes from the checkpoint (the datamodule's state), else — for checkpoints
     written before it travelled inside them — from ``splits.json`` in ``run_dir``; with
     neither, evaluation would score on a split re-derived from today's files, so it fails.
+    ``data_dir`` points the run's datamodule at other data of the same classes instead:
+    every sample of it is then the test split.
     """
     checkpoint = load_checkpoint(ckpt_path)
-    classes = checkpoint[CLASSES_KEY]
-    model_cls = trusted_class(classes["model"], TaskModule, ckpt_path)
-    data_cls = trusted_class(classes["datamodule"], TaskDataModule, ckpt_path)
-
-    model = model_cls(**init_args(checkpoint.get("hyper_parameters", {}), ckpt_path))
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-
+    model, data_cls = _model_and_data_class(checkpoint, ckpt_path)
     data_args = init_args(checkpoint.get("datamodule_hyper_parameters", {}), ckpt_path)
     data_args.pop("split_file", None)  # the split comes from the checkpoint itself
+    if data_dir is not None:
+        data_args = {**data_args, **dict.fromkeys(data_cls.source_hparams), "data_dir": str(data_dir)}
     datamodule = data_cls(**data_args)
     check_matches(model, datamodule, ckpt_path)
-    datamodule.prepare_data()  # an embedded default is generated again on a new machine
     state = checkpoint.get(data_cls.__qualname__, {})
+    if data_dir is not None:
+        datamodule.restore_preprocessing(state)
+        datamodule.splits = {"train": [], "val": [], "test": [i for i, _ in datamodule.list_samples()]}
+        return model, datamodule
+    datamodule.prepare_data()  # an embedded default is generated again on a new machine
     split_file = Path(run_dir) / "splits.json" if run_dir is not None else None
     if state.get("splits") is not None:
         datamodule.load_state_dict(state)
@@ -112,6 +126,25 @@ def rebuild(ckpt_path: str | Path, run_dir: str | Path | None = None) -> tuple[T
             f"{ckpt_path}: holds no train/val/test split and {split_file or 'its run folder'} does not exist; "
             "evaluating on a split re-derived from today's files could score training samples"
         )
+    return model, datamodule
+
+
+def rebuild_for_inference(ckpt_path: str | Path) -> tuple[TaskModule, TaskDataModule]:
+    """``(model, datamodule)`` ready to read and predict raw files, from the checkpoint alone.
+
+    The datamodule gets the run's preprocessing settings but none of its data: its source
+    arguments (:attr:`~cnnsuite.data.TaskDataModule.source_hparams`) are dropped, so nothing
+    is listed, generated or read, and a checkpoint predicts on a machine that never saw the
+    training data. Class names and channels are the model's; what preprocessing learnt
+    from the training data comes from the checkpoint (``restore_preprocessing``).
+    """
+    checkpoint = load_checkpoint(ckpt_path)
+    model, data_cls = _model_and_data_class(checkpoint, ckpt_path)
+    data_args = init_args(checkpoint.get("datamodule_hyper_parameters", {}), ckpt_path)
+    datamodule = data_cls(**{**data_args, **dict.fromkeys(data_cls.source_hparams)})
+    datamodule.class_names = list(model.class_names)
+    datamodule.in_channels = model.hparams.get("in_channels", datamodule.in_channels)
+    datamodule.restore_preprocessing(checkpoint.get(data_cls.__qualname__, {}))
     return model, datamodule
 
 

@@ -20,6 +20,7 @@ from torchmetrics.classification import (
 )
 
 from .backbone import build_backbone
+from .data.inputs import Input
 from .heads import ClassifierHead
 from .task import TaskModule
 
@@ -150,6 +151,37 @@ class ClassificationModule(TaskModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+
+    # --- prediction on raw files ----------------------------------------------------------
+    def describe_probabilities(self, probs: torch.Tensor) -> dict:
+        """``{"class", "score", "probabilities": {class name: p}}`` for one softmax vector."""
+        index = int(probs.argmax())
+        return {
+            "class": self.class_names[index],
+            "score": float(probs[index]),
+            "probabilities": dict(zip(self.class_names, probs.tolist(), strict=True)),
+        }
+
+    def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
+        return [self.describe_probabilities(p) for p in outputs[0].softmax(dim=1)]
+
+    def render_prediction(self, item: Input, prediction: dict, path: Path) -> None:
+        """The input (its ``view`` if it has one) titled with the predicted class: an image as
+        it is, a volume as its three middle slices."""
+        view = (item.view if item.view is not None else item.sample).float()
+        view = (view - view.min()) / (view.max() - view.min() + 1e-8)
+        if view.dim() == 4:  # (C, D, H, W): the middle slice across each axis, first channel
+            volume = view[0]
+            planes = [volume.select(axis, volume.shape[axis] // 2) for axis in range(3)]
+        else:
+            planes = [view.permute(1, 2, 0).squeeze(-1)]
+        fig, axes = plt.subplots(1, len(planes), figsize=(3 * len(planes), 3.4), squeeze=False)
+        for ax, plane in zip(axes.flat, planes, strict=True):
+            ax.imshow(plane.numpy(), cmap="gray")
+            ax.axis("off")
+        fig.suptitle(f"{item.path.name}: {prediction['class']} ({prediction['score']:.2f})", fontsize=10)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
 
     def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
         fig, ax = self.test_confusion.plot(labels=self.class_names)

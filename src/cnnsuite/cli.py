@@ -1,7 +1,8 @@
 """The ``cnnsuite`` command: LightningCLI's fit/validate/test/predict, plus ``evaluate``.
 
     cnnsuite fit --config tasks/recognition2d/config.yaml --data.data_dir ~/my_images
-    cnnsuite evaluate --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt
+    cnnsuite evaluate --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt [more.ckpt ...]
+    cnnsuite predict --ckpt .../best.ckpt --input photos/ [--out DIR]
 
 Model and data are chosen in the config by class path (subclass mode); the model's
 ``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule. Every
@@ -198,16 +199,57 @@ def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
 def evaluate_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="cnnsuite evaluate",
-        description="Evaluate a checkpoint on its run's test split: metrics.json, report.md and plots.",
+        description="Evaluate checkpoints on their run's test split (or on other data): metrics.json, report.md "
+        "and plots; several checkpoints also give comparison.md and comparison.json.",
     )
-    parser.add_argument("--ckpt", required=True, help="path to a checkpoint written by cnnsuite fit")
-    parser.add_argument("--out", default=None, help="output folder (default: <run folder>/evaluation)")
+    parser.add_argument("--ckpt", required=True, nargs="+", help="checkpoint(s) written by cnnsuite fit")
+    parser.add_argument(
+        "--data.data_dir", dest="data_dir", default=None,
+        help="test on every sample of this folder (same classes as the checkpoint) instead of the run's test split",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", default=None,
+        help="output folder (default: <run folder>/evaluation; with several checkpoints, ./comparison)",
+    )  # fmt: skip
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
     args = parser.parse_args(argv)
-    from .evaluate import evaluate, evaluation_dir
+    from .evaluate import compare, evaluate, evaluation_dir
 
-    metrics = evaluate(args.ckpt, args.out, accelerator=args.accelerator)
-    print_metrics(metrics, evaluation_dir(args.ckpt, args.out))
+    if len(args.ckpt) == 1:
+        metrics = evaluate(args.ckpt[0], args.out, accelerator=args.accelerator, data_dir=args.data_dir)
+        print_metrics(metrics, evaluation_dir(args.ckpt[0], args.out, args.data_dir))
+        return
+    out_dir = Path(args.out or "comparison")
+    compare(args.ckpt, out_dir, accelerator=args.accelerator, data_dir=args.data_dir)
+    print((out_dir / "comparison.md").read_text())
+    print(f"comparison: {out_dir}/ (comparison.md, comparison.json, one evaluation folder per checkpoint)")
+
+
+def predict_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cnnsuite predict",
+        description="Predict raw files with a checkpoint, preprocessed as its run's test split: predictions.jsonl, "
+        "one picture per input, summary.json. (LightningCLI's own predict, with --config, is still there.)",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by cnnsuite fit")
+    parser.add_argument("--input", required=True, help="a file, a DICOM series folder, or a folder of inputs")
+    parser.add_argument("--out", default=None, help="output folder (default: <run folder>/predictions/<input name>)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--no_pictures", action="store_true", help="write predictions.jsonl only")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    args = parser.parse_args(argv)
+    from .predict import Predictor, predict_to_folder, summary_line
+
+    out_dir = Path(args.out) if args.out else default_output(args.ckpt, "predictions") / Path(args.input).name
+    predictor = Predictor(args.ckpt, args.accelerator)
+    summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures)
+    print(summary_line(summary, out_dir))
+
+
+def default_output(ckpt_path: str | Path, name: str) -> Path:
+    """``<run folder>/<name>`` for a checkpoint in a run's ``checkpoints/`` folder, else ``./<name>``."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.parent.parent / name if ckpt_path.parent.name == "checkpoints" else Path(name)
 
 
 def user_message(err: BaseException) -> str:
@@ -241,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv[:1] == ["evaluate"]:
             evaluate_main(argv[1:])
+        elif argv[:1] == ["predict"] and any(a == "--input" or a.startswith("--input=") for a in argv):
+            predict_main(argv[1:])
         else:
             CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
     except USER_ERRORS as err:

@@ -1,8 +1,10 @@
-"""Checkpoint → metrics.json, plots and report.md, on the run's own test split.
+"""Checkpoint → metrics.json, plots and report.md, on the run's own test split or other data.
 
 A checkpoint rebuilds its model and datamodule by itself (:func:`cnnsuite.checkpoint.rebuild`:
 saved hyperparameters, cnnsuite's own classes only), and the split it carries makes the test
-split exactly the one the run held out.
+split exactly the one the run held out. Pointed at another folder of the same classes
+(``data_dir``), every sample of that folder is tested. Several checkpoints give one
+comparison table of their headline metrics (:func:`compare`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,28 @@ import matplotlib.pyplot as plt
 from .checkpoint import rebuild
 
 
-def evaluation_dir(ckpt_path: str | Path, out_dir: str | Path | None = None) -> Path:
-    return Path(out_dir) if out_dir else Path(ckpt_path).parent.parent / "evaluation"
+def evaluation_dir(ckpt_path: str | Path, out_dir: str | Path | None = None, data_dir: str | Path | None = None) -> Path:
+    """``out_dir``, else ``<run folder>/evaluation`` (``evaluation-<folder name>`` on other
+    data: the run's own evaluation is never overwritten by one on other data)."""
+    if out_dir:
+        return Path(out_dir)
+    name = f"evaluation-{Path(data_dir).expanduser().resolve().name}" if data_dir else "evaluation"
+    return Path(ckpt_path).parent.parent / name
 
 
-def evaluate(ckpt_path: str | Path, out_dir: str | Path | None = None, accelerator: str = "auto") -> dict[str, float]:
+def evaluate(
+    ckpt_path: str | Path,
+    out_dir: str | Path | None = None,
+    accelerator: str = "auto",
+    data_dir: str | Path | None = None,
+) -> dict[str, float]:
     """Test ``ckpt_path`` and write ``metrics.json``, plots and ``report.md`` into ``out_dir``
-    (default ``<run folder>/evaluation``). Returns the metrics."""
+    (see :func:`evaluation_dir`). ``data_dir``: test on every sample of that folder instead
+    of the run's test split. Returns the metrics."""
     ckpt_path = Path(ckpt_path)
     run_dir = ckpt_path.parent.parent
-    model, datamodule = rebuild(ckpt_path, run_dir)
-    out_dir = evaluation_dir(ckpt_path, out_dir)
+    model, datamodule = rebuild(ckpt_path, run_dir, data_dir)
+    out_dir = evaluation_dir(ckpt_path, out_dir, data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -45,6 +58,37 @@ def evaluate(ckpt_path: str | Path, out_dir: str | Path | None = None, accelerat
     plots += [curves] if curves else []
     write_report(out_dir / "report.md", ckpt_path, datamodule, metrics, plots)
     return metrics
+
+
+def compare(
+    ckpt_paths: list[str | Path], out_dir: str | Path, accelerator: str = "auto", data_dir: str | Path | None = None
+) -> list[dict]:
+    """Evaluate each checkpoint into ``out_dir/<n>-<run>-<file>/`` and write
+    ``comparison.md`` and ``comparison.json``: one row per checkpoint, its headline metrics
+    side by side, and the data each was tested on (a table is only fair on the same data)."""
+    out_dir = Path(out_dir)
+    rows = []
+    for number, ckpt in enumerate(ckpt_paths, start=1):
+        ckpt = Path(ckpt)
+        name = f"{number}-{ckpt.parent.parent.name}-{ckpt.stem}"
+        metrics = evaluate(ckpt, out_dir / name, accelerator, data_dir)
+        report = json.loads((out_dir / name / "evaluation.json").read_text())
+        rows.append({"checkpoint": str(ckpt), "folder": name, **report, "metrics": metrics})
+    (out_dir / "comparison.json").write_text(json.dumps(rows, indent=1) + "\n")
+    keys = sorted({k for row in rows for k in row["metrics"] if k.count("/") == 1})
+    lines = [
+        "# Comparison",
+        "",
+        "| checkpoint | data | test samples | " + " | ".join(f"`{k}`" for k in keys) + " |",
+        "|---|---|---|" + "---|" * len(keys),
+    ]
+    for row in rows:
+        values = [f"{row['metrics'][k]:.4f}" if k in row["metrics"] else "–" for k in keys]
+        lines.append(f"| `{row['checkpoint']}` | `{row['data']}` | {row['test_samples']} | " + " | ".join(values) + " |")
+    if len({(row["data"], row["test_samples"]) for row in rows}) > 1:
+        lines += ["", "The checkpoints were tested on different data: their figures are not comparable."]
+    (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
+    return rows
 
 
 def plot_training_curves(metrics_csv: Path, out_path: Path, monitor: str) -> Path | None:
@@ -81,6 +125,9 @@ def plot_training_curves(metrics_csv: Path, out_path: Path, monitor: str) -> Pat
 
 
 def write_report(path: Path, ckpt_path: Path, datamodule, metrics: dict[str, float], plots: list[Path]) -> None:
+    """``report.md`` for people, and ``evaluation.json`` beside it: what was tested on what."""
+    facts = {"data": str(datamodule.root), "test_samples": len(datamodule.datasets["test"])}
+    (path.parent / "evaluation.json").write_text(json.dumps(facts, indent=1) + "\n")
     headline = {k: v for k, v in metrics.items() if k.count("/") == 1}
     per_class = {k: v for k, v in metrics.items() if k.count("/") == 2}
     lines = [

@@ -7,6 +7,12 @@ A task says three things in three hooks, called once from ``__init__``:
 checkpoint. Optimiser and LR scheduler come from the config's ``optimizer:`` and
 ``lr_scheduler:`` sections, the LightningCLI way.
 
+Prediction on raw files (``cnnsuite predict``, ``serve``, ``export``) goes through four
+more hooks: ``inference_network`` (what runs, and what export writes), ``batch_inputs``,
+``describe_outputs`` (the network's tensors → one JSON-able prediction per file) and
+``render_prediction`` (a picture of one). ONNX Runtime replaces only the network, so its
+predictions go through the same description.
+
 A network with BatchNorm gets :class:`~cnnsuite.callbacks.PreciseBatchNorm` by default
 (``precise_bn_batches``): on short runs the running averages have seen too few updates
 and the eval-mode network can collapse to one class.
@@ -24,6 +30,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from .callbacks import PreciseBatchNorm
+from .data.inputs import Input
 
 
 def class_path(obj: object) -> str:
@@ -113,6 +120,37 @@ class TaskModule(L.LightningModule):
     def write_plots(self, out_dir: Path, datamodule: L.LightningDataModule) -> list[Path]:
         """Task-specific pictures of the last test run (evaluation calls this)."""
         return []
+
+    # --- prediction on raw files ----------------------------------------------------------
+    def inference_network(self) -> nn.Module:
+        """The network prediction runs and export writes: a batch tensor in, a tensor or a
+        tuple of tensors out (the default: this module's ``forward``)."""
+        return self
+
+    def batch_inputs(self, samples: list) -> torch.Tensor:
+        """The network's batch for the ``sample`` of each input (default: stacked)."""
+        return torch.stack(samples)
+
+    def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
+        """One JSON-able prediction per input, from the network's outputs for their batch."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe predictions")
+
+    def render_prediction(self, item: Input, prediction: dict, path: Path) -> None:
+        """Draw ``prediction`` on ``item`` into the PNG file ``path``."""
+        raise NotImplementedError(f"{type(self).__name__} does not draw predictions")
+
+    @torch.no_grad()
+    def predict_inputs(self, inputs: list[Input], network=None) -> list[dict]:
+        """Predictions for ``inputs`` (read by the datamodule's ``read_input``); ``network``
+        replaces :meth:`inference_network` (ONNX Runtime, say: a batch in, tensors out)."""
+        self.eval()
+        batch = self.batch_inputs([item.sample for item in inputs])
+        if network is None:
+            outputs = self.inference_network()(batch.to(self.device))
+        else:
+            outputs = network(batch)
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return self.describe_outputs(tuple(o.detach().float().cpu() for o in outputs), inputs)
 
 
 def rng_states() -> dict:

@@ -45,12 +45,14 @@ from monai.transforms import (
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
-from cnnsuite.data import BadFileError, TaskDataModule, check_folder, report_bad_files
+from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
 from cnnsuite.data.splits import STAGES
 
 from .lesions import CLASSES, lesion_volume
 
 LABELS_CSV = "labels.csv"
+#: single-file volumes MONAI's LoadImage reads (a DICOM series is a folder of ``.dcm`` files)
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 MEDMNIST_KEYS = tuple(f"{stage}_{kind}" for stage in STAGES for kind in ("images", "labels"))
 
 
@@ -154,6 +156,8 @@ class Biomedical3DDataModule(TaskDataModule):
     loader_class = DataLoader
     collate_fn = staticmethod(_collate)
     path_hparams = (*TaskDataModule.path_hparams, "medmnist_npz", "cache_dir")
+    source_hparams = (*TaskDataModule.source_hparams, "medmnist_npz")
+    input_extensions = VOLUME_EXTENSIONS
     generation_hparams = ("default_size",)
 
     def __init__(
@@ -272,6 +276,20 @@ class Biomedical3DDataModule(TaskDataModule):
             NormalizeIntensityd("image"),
             EnsureTyped("image", track_meta=False),
         ]
+
+    # --- one file at a time (predict, serve) --------------------------------------------
+    def is_input(self, path: Path) -> bool:
+        """A volume file, or a folder of ``.dcm`` files (one DICOM series)."""
+        if path.is_dir():
+            entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+            return bool(entries) and all(p.is_file() and p.suffix.lower() == ".dcm" for p in entries)
+        return super().is_input(path)
+
+    def read_input(self, path: Path) -> Input:
+        """The volume through the test split's preprocessing (files are read, never the cache)."""
+        with bad_files_surface():
+            volume = Compose(self.preprocessing())({"image": str(path)})["image"]
+        return Input(path, volume)
 
     def augmentations(self) -> list:
         """Random flips, 90° rotations and intensity shifts. A quarter turn swaps the two

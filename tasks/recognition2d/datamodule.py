@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from cnnsuite.data import (
     IMAGE_EXTENSIONS,
+    Input,
     TaskDataModule,
     check_folder,
     find_bad_images,
@@ -55,6 +56,7 @@ class RecognitionDataModule(TaskDataModule):
     """
 
     default_name = "recognition2d"
+    input_extensions = IMAGE_EXTENSIONS
 
     def __init__(
         self,
@@ -114,6 +116,11 @@ class RecognitionDataModule(TaskDataModule):
             v2.Normalize([0.5] * self.in_channels, [0.5] * self.in_channels),
         ]
         return v2.Compose(steps)
+
+    def read_input(self, path: Path) -> Input:
+        image = read_image(path, self.in_channels)
+        height, width = image.shape[-2:]
+        return Input(path, self.transform("test")(image), {"width": width, "height": height}, view=image)
 
     def check_samples(self, ids: list[str]) -> None:
         if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built

@@ -12,6 +12,9 @@
   and resuming use the run's own split, never one re-derived from today's files.
 - Datasets are built on first use, one stage at a time: testing a checkpoint reads (and
   caches) only the test split.
+- ``read_input`` turns one raw file into the model's input exactly as the test split's
+  preprocessing does: ``cnnsuite predict``, ``serve`` and ``export`` go through it, so a
+  prediction on a file is the prediction evaluation made on it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .inputs import Input
 from .prepare import prepare_once
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
 
@@ -63,6 +67,10 @@ class TaskDataModule(L.LightningDataModule):
     collate_fn = None
     #: init arguments that change what ``write_default`` generates (recorded in the data folder)
     generation_hparams: tuple[str, ...] = ()
+    #: init arguments that say which data a run read; prediction drops them and reads only its inputs
+    source_hparams: tuple[str, ...] = ("data_dir", "split_file")
+    #: file endings that ``cnnsuite predict`` takes from a folder of inputs
+    input_extensions: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -105,6 +113,20 @@ class TaskDataModule(L.LightningDataModule):
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         raise NotImplementedError
+
+    def read_input(self, path: Path) -> Input:
+        """One raw file (an image, a volume, a video ...) as the model's input, preprocessed as
+        the test split is; a file that cannot be read raises :class:`BadFileError` naming it."""
+        raise NotImplementedError(f"{type(self).__name__} does not read single files for prediction")
+
+    def is_input(self, path: Path) -> bool:
+        """Whether ``path``, met in a folder given to ``cnnsuite predict``, is one input."""
+        return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(self.input_extensions)
+
+    def restore_preprocessing(self, state: dict) -> None:
+        """Take what the test preprocessing learnt from the training data (statistics, say)
+        from a checkpoint's datamodule state, without its split: prediction reads no data
+        folder. The default has nothing to take."""
 
     # --- shared ---------------------------------------------------------------------
     @property

@@ -1,0 +1,134 @@
+"""``cnnsuite predict``: a checkpoint's predictions for raw files, without a config.
+
+    cnnsuite predict --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt --input photos/ --out preds/
+
+The checkpoint rebuilds its model and the run's test preprocessing by itself
+(:func:`~cnnsuite.checkpoint.rebuild_for_inference`); each task says how to read one file
+(``TaskDataModule.read_input``) and how to describe and draw one prediction
+(``TaskModule.describe_outputs``, ``render_prediction``). Everything else is here, once, for
+every task: finding the inputs in a folder, batching, ``predictions.jsonl`` (one line per
+input: its path and prediction, or the error that kept it from being read), one picture per
+input under ``pictures/``, and a summary line. ``cnnsuite serve`` answers with the same lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from .checkpoint import rebuild_for_inference
+from .data.errors import BadFileError
+from .data.inputs import Input
+
+
+class Predictor:
+    """A checkpoint ready to predict raw files: its model and the run's test preprocessing."""
+
+    def __init__(self, ckpt_path: str | Path, accelerator: str = "auto") -> None:
+        self.ckpt_path = Path(ckpt_path)
+        self.model, self.datamodule = rebuild_for_inference(ckpt_path)
+        use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        self.model.to("cuda" if use_gpu else "cpu")
+
+    def read(self, path: str | Path) -> Input:
+        """One file as the model's input; an unreadable file raises :class:`BadFileError` naming it."""
+        path = Path(path)
+        if not path.exists():
+            raise BadFileError(f"{path}: no such file")
+        try:
+            return self.datamodule.read_input(path)
+        except BadFileError:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:  # a reader's own error, made to name the file
+            raise BadFileError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
+
+    def predict(self, inputs: list[Input], network: Callable | None = None) -> list[dict]:
+        """One prediction per input (``network``: see :meth:`TaskModule.predict_inputs`)."""
+        return self.model.predict_inputs(inputs, network) if inputs else []
+
+    def find_inputs(self, root: str | Path) -> tuple[list[Path], list[Path]]:
+        """``(inputs, ignored files)`` under ``root``: ``root`` itself when it is one input (a
+        file, a DICOM series folder), else every input in it and its sub-folders, sorted."""
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"--input {root}: no such file or folder")
+        if root.is_file() or self.datamodule.is_input(root):
+            return [root], []
+        inputs, ignored = [], []
+        for path in sorted(root.rglob("*")):
+            if any(parent in inputs for parent in path.parents):
+                continue  # a file of a series folder already taken whole
+            if self.datamodule.is_input(path):
+                inputs.append(path)
+            elif path.is_file() and not path.name.startswith("."):
+                ignored.append(path)
+        return inputs, ignored
+
+    def run(self, paths: Iterable[Path], batch_size: int = 16) -> Iterator[tuple[Input | None, dict]]:
+        """``(input, record)`` per path, in order: ``record`` is ``{"path", **prediction}``, or
+        ``{"path", "error"}`` for a file that could not be read (the others go on)."""
+        batch: list[Input] = []
+        for path in paths:
+            try:
+                batch.append(self.read(path))
+            except BadFileError as err:
+                yield from self._flush(batch)
+                batch = []
+                yield None, {"path": str(path), "error": str(err)}
+                continue
+            if len(batch) >= batch_size:
+                yield from self._flush(batch)
+                batch = []
+        yield from self._flush(batch)
+
+    def _flush(self, batch: list[Input]) -> Iterator[tuple[Input, dict]]:
+        for item, prediction in zip(batch, self.predict(batch), strict=True):
+            yield item, {"path": str(item.path), **prediction}
+
+
+def picture_name(path: Path, root: Path) -> str:
+    """A flat, unique PNG name for ``path`` (relative to the input folder ``root``)."""
+    relative = path.relative_to(root) if path != root and root in path.parents else Path(path.name)
+    return "__".join(relative.parts) + ".png"
+
+
+def predict_to_folder(
+    predictor: Predictor, input_path: str | Path, out_dir: str | Path, batch_size: int = 16, pictures: bool = True
+) -> dict:
+    """Predict every input under ``input_path`` into ``out_dir``: ``predictions.jsonl``,
+    ``pictures/`` and ``summary.json``. Returns the summary."""
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    inputs, ignored = predictor.find_inputs(input_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if pictures:
+        (out_dir / "pictures").mkdir(exist_ok=True)
+    root = input_path if input_path.is_dir() else input_path.parent
+    failed = []
+    with (out_dir / "predictions.jsonl").open("w") as lines:
+        for item, record in predictor.run(inputs, batch_size):
+            lines.write(json.dumps(record) + "\n")
+            if item is None:
+                failed.append(record)
+            elif pictures:
+                predictor.model.render_prediction(item, record, out_dir / "pictures" / picture_name(item.path, root))
+    summary = {
+        "checkpoint": str(predictor.ckpt_path),
+        "input": str(input_path),
+        "predicted": len(inputs) - len(failed),
+        "failed": [record["path"] for record in failed],
+        "ignored": [str(p) for p in ignored],
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def summary_line(summary: dict, out_dir: Path) -> str:
+    line = f"predicted {summary['predicted']} of {summary['predicted'] + len(summary['failed'])} inputs"
+    if summary["failed"]:
+        line += f"; {len(summary['failed'])} could not be read: {', '.join(summary['failed'])}"
+    if summary["ignored"]:
+        line += f"; ignored {len(summary['ignored'])} files of other types"
+    return f"{line}\npredictions: {out_dir}/predictions.jsonl"
