@@ -19,7 +19,9 @@ import matplotlib.pyplot as plt
 from .checkpoint import rebuild
 
 
-def evaluation_dir(ckpt_path: str | Path, out_dir: str | Path | None = None, data_dir: str | Path | None = None) -> Path:
+def evaluation_dir(
+    ckpt_path: str | Path, out_dir: str | Path | None = None, data_dir: str | Path | None = None
+) -> Path:
     """``out_dir``, else ``<run folder>/evaluation`` (``evaluation-<folder name>`` on other
     data: the run's own evaluation is never overwritten by one on other data)."""
     if out_dir:
@@ -84,7 +86,9 @@ def compare(
     ]
     for row in rows:
         values = [f"{row['metrics'][k]:.4f}" if k in row["metrics"] else "–" for k in keys]
-        lines.append(f"| `{row['checkpoint']}` | `{row['data']}` | {row['test_samples']} | " + " | ".join(values) + " |")
+        lines.append(
+            f"| `{row['checkpoint']}` | `{row['data']}` | {row['test_samples']} | " + " | ".join(values) + " |"
+        )
     if len({(row["data"], row["test_samples"]) for row in rows}) > 1:
         lines += ["", "The checkpoints were tested on different data: their figures are not comparable."]
     (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")

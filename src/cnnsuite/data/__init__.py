@@ -2,9 +2,9 @@
 
 from .datamodule import TaskDataModule
 from .errors import BadFileError, report_bad_files
-from .inputs import Input
 from .folders import check_folder, list_classes, list_samples
 from .images import IMAGE_EXTENSIONS, find_bad_images, image_channels, image_size, read_image
+from .inputs import Input
 from .prepare import prepare_once
 from .splits import load_splits, read_split_lists, save_splits, stratified_split
 
