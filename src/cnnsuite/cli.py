@@ -285,6 +285,14 @@ def main(argv: list[str] | None = None) -> None:
             evaluate_main(argv[1:])
         elif argv[:1] == ["predict"] and any(a == "--input" or a.startswith("--input=") for a in argv):
             predict_main(argv[1:])
+        elif argv[:1] == ["export"]:
+            from .export import export_main
+
+            export_main(argv[1:])
+        elif argv[:1] == ["serve"]:
+            from .serve import serve_main
+
+            serve_main(argv[1:])
         else:
             CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
     except USER_ERRORS as err:

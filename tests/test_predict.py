@@ -1,0 +1,159 @@
+"""Using a trained checkpoint: predict on raw files and compare checkpoints, on a 2D task
+(recognition2d) and a 3D task (biomedical3d). detection2d's, localization2d's, video3d's and
+multispectral3d's own predictions are tested in their task files."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import fit, make_image_folder
+from test_biomedical3d import SMALL, make_volume_folder
+from test_checkpoints import tampered
+
+from cnnsuite.checkpoint import rebuild
+from cnnsuite.cli import main
+from cnnsuite.predict import Predictor
+
+
+@pytest.fixture(scope="module")
+def recognition(tmp_path_factory):
+    """A short recognition2d run on a user folder: ``(image folder, run folder)``."""
+    tmp = tmp_path_factory.mktemp("recognition")
+    folder = make_image_folder(tmp / "images", per_class=10)
+    run = fit("recognition2d", tmp, "--data.data_dir", str(folder), "--data.batch_size", "8",
+              "--trainer.max_epochs", "2", "--evaluate", "false")  # fmt: skip
+    return folder, run
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_predict_a_single_image(recognition, tmp_path, capsys):
+    folder, run = recognition
+    image = folder / "dog" / "3.jpg"
+    main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(image), "--out", str(tmp_path)])
+    (line,) = read_lines(tmp_path / "predictions.jsonl")
+    assert line["path"] == str(image) and line["class"] in ("cat", "dog", "owl")
+    assert set(line["probabilities"]) == {"cat", "dog", "owl"}
+    assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert line["score"] == max(line["probabilities"].values())
+    assert (tmp_path / "pictures" / "3.jpg.png").stat().st_size > 0
+    assert "predicted 1 of 1 inputs" in capsys.readouterr().out
+
+
+def test_a_folder_with_a_bad_file_predicts_the_others_and_names_it(recognition, tmp_path, capsys):
+    folder, run = recognition
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "owl", inputs / "owl")
+    (inputs / "owl" / "broken.png").write_bytes(b"\x89PNG not really")
+    (inputs / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(inputs), "--out", str(out)])
+    lines = read_lines(out / "predictions.jsonl")
+    assert len(lines) == 11  # ten owls and the broken file; the text file is not an input
+    (bad,) = [line for line in lines if "error" in line]
+    assert bad["path"].endswith("broken.png") and "broken.png" in bad["error"]
+    assert all("class" in line for line in lines if line is not bad)
+    assert len(list((out / "pictures").glob("owl__*.png"))) == 10
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predicted"] == 10 and summary["failed"] == [bad["path"]] and len(summary["ignored"]) == 1
+    printed = capsys.readouterr().out
+    assert "predicted 10 of 11 inputs; 1 could not be read" in printed and "broken.png" in printed
+
+
+def test_predict_agrees_with_evaluate_on_the_test_split(recognition, tmp_path):
+    """The same files, through predict's reader and through the test loader, give the same
+    probabilities, and predict's classes score what evaluate scored."""
+    _, run = recognition
+    ckpt = run / "checkpoints" / "best.ckpt"
+    metrics = {}
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    model, datamodule = rebuild(ckpt)
+    test = datamodule.datasets["test"]
+    predictor = Predictor(ckpt, accelerator="cpu")
+    inputs = [predictor.read(datamodule.root / sample_id) for sample_id in test.ids]
+    predictions = predictor.predict(inputs)
+    with torch.no_grad():
+        expected = model(torch.stack([test[i][0] for i in range(len(test))])).softmax(1)
+    got = torch.tensor([[p["probabilities"][c] for c in model.class_names] for p in predictions])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    hits = [p["class"] == sample_id.split("/")[0] for p, sample_id in zip(predictions, test.ids, strict=True)]
+    assert sum(hits) / len(hits) == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+def test_predict_needs_only_the_checkpoint(recognition, tmp_path):
+    """The training folder gone (another machine), the checkpoint still predicts."""
+    folder, run = recognition
+    ckpt = shutil.copy(run / "checkpoints" / "best.ckpt", tmp_path / "moved.ckpt")
+    image = shutil.copy(folder / "cat" / "0.png", tmp_path / "cat.png")
+    expected = Predictor(ckpt, "cpu").predict([Predictor(ckpt, "cpu").read(image)])
+    hidden = folder.rename(folder.with_name("images_moved_away"))
+    try:
+        predictor = Predictor(ckpt, "cpu")
+        assert predictor.predict([predictor.read(image)]) == expected
+    finally:
+        hidden.rename(folder)
+
+
+def test_predict_refuses_a_checkpoint_naming_a_foreign_class(recognition, tmp_path, capsys):
+    _, run = recognition
+
+    def edit(checkpoint):
+        checkpoint["cnnsuite_classes"]["model"] = "collections.OrderedDict"
+
+    evil = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "evil.ckpt", edit)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--ckpt", str(evil), "--input", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "names 'collections.OrderedDict' as its TaskModule; refused" in capsys.readouterr().err
+
+
+def test_several_checkpoints_give_one_comparison_table(recognition, tmp_path, capsys):
+    _, run = recognition
+    best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
+    main(["evaluate", "--ckpt", str(best), str(last), "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "comparison.json").read_text())
+    assert [row["checkpoint"] for row in rows] == [str(best), str(last)]
+    for row in rows:
+        own = json.loads((tmp_path / row["folder"] / "metrics.json").read_text())
+        assert row["metrics"] == own and row["test_samples"] == 6
+    table = (tmp_path / "comparison.md").read_text()
+    assert "`test/acc`" in table and f"{rows[1]['metrics']['test/acc']:.4f}" in table
+    assert "not comparable" not in table
+    assert "| checkpoint |" in capsys.readouterr().out
+
+
+def test_evaluate_on_other_data_tests_all_of_it_and_checks_the_classes(recognition, tmp_path):
+    _, run = recognition
+    ckpt = run / "checkpoints" / "best.ckpt"
+    other = make_image_folder(tmp_path / "new_images", per_class=3, seed=7)
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(other)])
+    out = run / "evaluation-new_images"  # beside, never over, the run's own evaluation
+    facts = json.loads((out / "evaluation.json").read_text())
+    assert facts == {"data": str(other), "test_samples": 9}
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["test/acc"] <= 1.0
+
+    renamed = make_image_folder(tmp_path / "renamed", classes=("cat", "dog", "emu"), per_class=2)
+    with pytest.raises(ValueError, match=r"renamed: classes \['cat', 'dog', 'emu'\] do not match"):
+        main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(renamed), "--debug"])
+
+
+def test_a_3d_volume_predicts_as_its_test_split_does(tmp_path):
+    folder = make_volume_folder(tmp_path / "user")
+    run = fit("biomedical3d", tmp_path, *SMALL, "--data.data_dir", str(folder), "--trainer.max_epochs", "1",
+              "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    model, datamodule = rebuild(ckpt)
+    test = datamodule.datasets["test"]
+    sample_id = datamodule.splits["test"][0]
+    out = tmp_path / "out"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(folder / sample_id), "--out", str(out)])
+    (line,) = read_lines(out / "predictions.jsonl")
+    with torch.no_grad():
+        expected = model(test[0]["image"][None]).softmax(1)[0]
+    got = torch.tensor([line["probabilities"][c] for c in model.class_names])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert len(list((out / "pictures").glob("*.png"))) == 1
