@@ -3,6 +3,7 @@ metrics against hand-computed values, bad files, a fit and the evaluation of its
 
 import json
 import math
+import shutil
 import warnings
 
 import numpy as np
@@ -15,8 +16,11 @@ from conftest import fit as run_fit
 from PIL import Image
 from torchvision.transforms import v2
 
+from cnnsuite.checkpoint import rebuild
+from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.digits import digit_split
+from cnnsuite.predict import Predictor
 
 CLASSES = ("cat", "dog")
 
@@ -306,11 +310,18 @@ def test_fast_dev_run(tmp_path, csv_folder):
     fit(tmp_path, "--data.data_dir", str(csv_folder), "--trainer.fast_dev_run", "true")
 
 
-def test_fit_and_evaluate_a_checkpoint(tmp_path, csv_folder):
-    from cnnsuite.cli import main
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two epochs on a tiny user folder: ``(folder, checkpoint)``, shared by this file's tests
+    of a checkpoint."""
+    tmp = tmp_path_factory.mktemp("localization")
+    folder = make_csv_folder(tmp / "user")
+    run = fit(tmp, "--data.data_dir", str(folder), "--trainer.max_epochs", "2", "--evaluate", "false")
+    return folder, run / "checkpoints" / "best.ckpt"
 
-    run = fit(tmp_path, "--data.data_dir", str(csv_folder), "--trainer.max_epochs", "2", "--evaluate", "false")
-    ckpt = run / "checkpoints" / "best.ckpt"
+
+def test_fit_and_evaluate_a_checkpoint(tmp_path, trained):
+    _, ckpt = trained
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (2, 3, ["cat", "dog"])
@@ -321,3 +332,48 @@ def test_fit_and_evaluate_a_checkpoint(tmp_path, csv_folder):
     assert metrics["test/loc_acc"] <= min(metrics["test/acc"], metrics["test/gt_known_loc"])
     produced = {p.name for p in (tmp_path / "eval").iterdir()}
     assert {"predictions.png", "iou_histogram.png", "confusion_matrix.png", "training_curves.png"} <= produced
+
+
+# --- prediction on raw files ----------------------------------------------------------------------
+
+
+def test_predict_a_folder_with_an_unreadable_image(tmp_path, trained):
+    folder, ckpt = trained
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "pics", inputs)
+    (inputs / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(out)])
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 17
+    (bad,) = [line for line in lines if "error" in line]
+    assert bad["path"].endswith("broken.png") and "broken.png" in bad["error"]
+    for line in lines:
+        if line is bad:
+            continue
+        assert line["class"] in CLASSES and line["score"] == max(line["probabilities"].values())
+        width, height = Image.open(line["path"]).size  # the box is in the file's own pixels
+        x1, y1, x2, y2 = line["box"]
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, (line["box"], width, height)
+    assert len(list((out / "pictures").glob("*.png"))) == 16
+    assert json.loads((out / "summary.json").read_text())["failed"] == [bad["path"]]
+
+
+def test_predict_agrees_with_the_test_split(trained):
+    """A file read for prediction is the test dataset's item for it, and the prediction is the
+    model's output on that item, its box scaled to the file's pixels."""
+    folder, ckpt = trained
+    model, datamodule = rebuild(ckpt)
+    test = datamodule.datasets["test"]
+    predictor = Predictor(ckpt, accelerator="cpu")
+    inputs = [predictor.read(folder / sample.file) for sample in test.samples]
+    for item, index in zip(inputs, range(len(test)), strict=True):
+        torch.testing.assert_close(item.sample, test[index][0], rtol=0, atol=0)
+    predictions = predictor.predict(inputs)
+    with torch.no_grad():
+        logits, boxes = model(torch.stack([test[i][0] for i in range(len(test))]))
+    got = torch.tensor([[p["probabilities"][c] for c in CLASSES] for p in predictions])
+    torch.testing.assert_close(got, logits.softmax(1), atol=1e-6, rtol=1e-5)
+    sizes = torch.tensor([[i.meta["width"], i.meta["height"]] * 2 for i in inputs], dtype=torch.float32)
+    expected = torch.minimum(boxes.clamp(min=0) * sizes, sizes)
+    torch.testing.assert_close(torch.tensor([p["box"] for p in predictions]), expected, atol=1e-4, rtol=1e-5)

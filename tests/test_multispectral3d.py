@@ -2,6 +2,7 @@
 travel in the checkpoint, the CLI with evaluation."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from rasterio.transform import Affine
 from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
+from cnnsuite.predict import Predictor
 
 SMALL_MODEL = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], kernel_size: [3, 3, 3], pool_size: [1, 2, 2]}"]
 
@@ -103,8 +105,11 @@ def test_unknown_band_names_are_refused(tmp_path):
     folder = make_folder(tmp_path / "user", per_class=1)
     with pytest.raises(BadFileError, match=r"Forest_1.tif: has no band B13, B8B; its bands are B01, .*, B8A"):
         MultispectralDataModule(data_dir=str(folder), bands=["B02", "B13", "B8B"])
+    # The embedded default has no B13; checked when it is prepared, not when the datamodule is
+    # made, which a checkpoint of a run on the user's own bands does to predict.
     with pytest.raises(ValueError, match="data.bands: no band B13"):
-        MultispectralDataModule(bands=["B13"])
+        MultispectralDataModule(bands=["B13"], data_root=str(tmp_path / "data")).prepare_data()
+    assert not (tmp_path / "data").exists()
     with pytest.raises(ValueError, match="data.layout='rgb'"):
         MultispectralDataModule(layout="rgb")
 
@@ -149,3 +154,83 @@ def test_default_fast_dev_run_writes_geotiffs(tmp_path):
     with rasterio.open(files[0]) as src:
         assert src.count == 13 and src.dtypes[0] == "uint16" and src.crs.to_epsg() == 32632
         assert src.descriptions == BANDS and src.res == (10.0, 10.0)
+
+
+# --- prediction on raw files ----------------------------------------------------------------------
+
+BANDS_RGBN = ["B04", "B03", "B02", "B08"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch on a tiny folder of 16-pixel patches (the default's are 64), four bands:
+    ``(folder, checkpoint)``, shared by the prediction tests."""
+    tmp = tmp_path_factory.mktemp("multispectral")
+    folder = make_folder(tmp / "user")
+    run = fit("multispectral3d", tmp, "--data.data_dir", str(folder), "--data.bands", json.dumps(BANDS_RGBN),
+              "--trainer.max_epochs", "1", "--data.batch_size", "6", "--evaluate", "false", *SMALL_MODEL)  # fmt: skip
+    return folder, run / "checkpoints" / "best.ckpt"
+
+
+def test_predict_a_folder_with_an_unreadable_patch(tmp_path, trained):
+    folder, ckpt = trained
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "River", inputs)
+    (inputs / "broken.tif").write_text("not a tiff")
+    out = tmp_path / "out"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(out)])
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 7
+    (bad,) = [line for line in lines if "error" in line]
+    assert bad["path"].endswith("broken.tif") and "broken.tif: cannot read as a GeoTIFF" in bad["error"]
+    assert all(set(line["probabilities"]) == {"Forest", "River", "SeaLake"} for line in lines if line is not bad)
+    assert len(list((out / "pictures").glob("River_*.png"))) == 6
+    assert json.loads((out / "summary.json").read_text())["failed"] == [bad["path"]]
+
+
+def test_predict_agrees_with_the_test_split(trained):
+    folder, ckpt = trained
+    model, datamodule = rebuild(ckpt)
+    datamodule.setup("test")
+    test = datamodule.datasets["test"]
+    predictor = Predictor(ckpt, accelerator="cpu")
+    inputs = [predictor.read(folder / sample_id) for sample_id in test.ids]
+    for index, item in enumerate(inputs):
+        torch.testing.assert_close(item.sample, test[index][0], rtol=0, atol=0)
+        assert item.view.shape == (3, 16, 16)  # true colour: the run has B04, B03, B02
+    predictions = predictor.predict(inputs)
+    with torch.no_grad():
+        expected = model(torch.stack([test[i][0] for i in range(len(test))])).softmax(1)
+    got = torch.tensor([[p["probabilities"][c] for c in model.class_names] for p in predictions])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_predict_needs_only_the_checkpoint(tmp_path, trained):
+    """The training folder gone, the run's bands, patch size and statistics come from the checkpoint."""
+    folder, ckpt = trained
+    patch = shutil.copy(folder / "Forest" / "Forest_2.tif", tmp_path / "patch.tif")
+    expected = Predictor(ckpt, "cpu").predict([Predictor(ckpt, "cpu").read(patch)])
+    hidden = folder.rename(folder.with_name("moved_away"))
+    try:
+        predictor = Predictor(ckpt, "cpu")
+        assert predictor.predict([predictor.read(patch)]) == expected
+        state = torch.load(ckpt, weights_only=True)["MultispectralDataModule"]
+        assert torch.equal(predictor.datamodule.band_stats[0], state["band_mean"])
+        assert predictor.datamodule.band_names == BANDS_RGBN and predictor.datamodule.input_shape == (1, 4, 16, 16)
+    finally:
+        hidden.rename(folder)
+
+
+def test_read_input_normalises_with_the_restored_statistics(tmp_path):
+    """Bands by name, the checkpoint's statistics, the layout; the view is the band mean where
+    there is no red, green and blue."""
+    path = write_tif(tmp_path / "patch.tif", band_cube(size=8))  # B08 holds 800, B8A (last) 1300
+    datamodule = MultispectralDataModule(layout="channels")
+    state = {"bands": ["B08", "B8A"], "band_mean": torch.tensor([700.0, 1300.0]), "band_std": torch.tensor([50.0, 2.0])}
+    datamodule.restore_preprocessing(state | {"patch_size": [8, 8]})
+    item = datamodule.read_input(path)
+    assert item.sample.shape == (2, 8, 8) and item.sample[:, 0, 0].tolist() == [2.0, 0.0]
+    assert item.view.shape == (1, 8, 8) and item.view[0, 0, 0] == 1050
+    datamodule.restore_preprocessing(state | {"patch_size": [16, 16]})
+    with pytest.raises(BadFileError, match="is 8x8 pixels, expected 16x16"):
+        datamodule.read_input(path)

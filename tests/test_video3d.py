@@ -3,6 +3,7 @@ short videos in five containers, bad files, short runs that must not collapse.""
 
 import json
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoClassificationModu
 from conftest import ROOT
 from conftest import fit as run_fit
 
+from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
+from cnnsuite.predict import Predictor
 
 CONFIG = str(ROOT / "tasks" / "video3d" / "config.yaml")
 QUARTERS = ["--data.val_fraction", "0.25", "--data.test_fraction", "0.25"]
@@ -99,17 +102,28 @@ def test_uniform_clips_cover_the_video_in_order(video_folder):
     assert (torch.diff(columns) % 16 == step).all(), columns  # 16 consecutive frames, none lost or repeated
 
 
-def test_fit_evaluate_and_checkpoint_contract(tmp_path, video_folder):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch on a tiny user folder: ``(folder, run folder)``, shared by this file's tests of
+    a checkpoint."""
+    tmp = tmp_path_factory.mktemp("video")
+    folder = make_video_folder(tmp / "videos")
     run = fit(
-        tmp_path,
-        "--data.data_dir", str(video_folder),
+        tmp,
+        "--data.data_dir", str(folder),
         "--data.frames_per_clip", "8",
         "--data.frame_size", "16",
         "--data.batch_size", "4",
         "--data.train_clips_per_video", "2",
         *QUARTERS,
         "--trainer.max_epochs", "1",
+        "--evaluate", "false",
     )  # fmt: skip
+    return folder, run
+
+
+def test_fit_evaluate_and_checkpoint_contract(tmp_path, trained):
+    _, run = trained
     ckpt = run / "checkpoints" / "best.ckpt"
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
@@ -121,6 +135,61 @@ def test_fit_evaluate_and_checkpoint_contract(tmp_path, video_folder):
     assert {"confusion_matrix.png", "contact_sheet.png", "report.md"} <= {p.name for p in (tmp_path / "eval").iterdir()}
     splits = json.loads((run / "splits.json").read_text())
     assert len(splits["test"]) == 2 and not set(splits["test"]) & set(splits["train"])
+
+
+# --- prediction on raw files ----------------------------------------------------------------------
+
+
+def test_predict_a_folder_with_an_unreadable_video(tmp_path, trained):
+    folder, run = trained
+    inputs = tmp_path / "inputs"
+    shutil.copytree(folder / "right", inputs)
+    (inputs / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not a video" * 50)
+    out = tmp_path / "out"
+    main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(inputs), "--out", str(out)])
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 5
+    (bad,) = [line for line in lines if "error" in line]
+    assert bad["path"].endswith("broken.mp4") and "broken.mp4: cannot open as a video" in bad["error"]
+    for line in lines:
+        if line is not bad:  # 2-s videos: two 1-s clips each, and the video's own result
+            assert [clip["start"] for clip in line["clips"]] == [0.0, 1.0]
+            assert line["class"] in ("left", "right") and set(line["probabilities"]) == {"left", "right"}
+    assert len(list((out / "pictures").glob("*.png"))) == 4
+    assert json.loads((out / "summary.json").read_text())["failed"] == [bad["path"]]
+
+
+def test_predict_agrees_with_evaluate_per_clip_and_per_video(tmp_path, trained):
+    """A video read for prediction is the test dataset's clips of it; its probabilities are the
+    mean of the model's on those clips, and its classes score evaluate's ``test/video_acc``."""
+    folder, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    model, datamodule = rebuild(ckpt)
+    test = datamodule.datasets["test"]
+    predictor = Predictor(ckpt, accelerator="cpu")
+    inputs = [predictor.read(folder / video.id) for video in test.videos]
+    predictions = predictor.predict(inputs)
+    hits = []
+    for v, (video, item, prediction) in enumerate(zip(test.videos, inputs, predictions, strict=True)):
+        clips = torch.stack([test[i][0] for i, (u, _) in enumerate(test.starts) if u == v])
+        torch.testing.assert_close(item.sample, clips, rtol=0, atol=0)
+        with torch.no_grad():
+            expected = model(clips).softmax(1).mean(0)
+        got = torch.tensor([prediction["probabilities"][c] for c in model.class_names])
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+        hits.append(prediction["class"] == model.class_names[video.label])
+    assert sum(hits) / len(hits) == pytest.approx(metrics["test/video_acc"], abs=1e-6)
+
+
+def test_a_clip_longer_than_the_embedded_videos_is_refused_only_for_them(tmp_path):
+    """The embedded videos are 3 s: a 4-s clip cannot come from them, but a run on the user's
+    own videos may have it, and its checkpoint rebuilds without data for prediction."""
+    datamodule = VideoDataModule(data_root=str(tmp_path), clip_duration=4.0)
+    with pytest.raises(ValueError, match="data.clip_duration=4.0: the embedded videos are 3.0 s long"):
+        datamodule.prepare_data()
+    assert not any(tmp_path.iterdir())
 
 
 #: per class: (video, frames at 8 fps, split); four of seven are shorter than a 1-s clip, in

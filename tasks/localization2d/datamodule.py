@@ -47,7 +47,9 @@ from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from cnnsuite.data import (
+    IMAGE_EXTENSIONS,
     BadFileError,
+    Input,
     TaskDataModule,
     check_folder,
     find_bad_images,
@@ -240,7 +242,8 @@ class BoxTransform:
     ``augment`` (may be None) runs first; when it leaves the box less than
     ``min_visible`` of its area inside the image (or none at all), it is drawn again, up
     to :data:`AUGMENT_TRIES` times, and then left out for this sample: the box is never
-    dropped nor left pointing at nothing. ``finish`` (resize, dtype, normalisation) always runs.
+    dropped nor left pointing at nothing. ``finish`` (resize, dtype, normalisation) always runs;
+    :meth:`image` runs it on an image without a box (prediction on a raw file).
     """
 
     def __init__(self, finish: v2.Transform, augment: v2.Transform | None = None, min_visible: float = 0.6) -> None:
@@ -265,6 +268,11 @@ class BoxTransform:
         height, width = image.shape[-2:]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         return image.as_subclass(torch.Tensor), boxes.as_subclass(torch.Tensor)[0].float() / scale
+
+    def image(self, image: torch.Tensor) -> torch.Tensor:
+        """``finish`` on an image alone: the pixels :meth:`__call__` gives with a box (resizing
+        and normalising do not depend on it)."""
+        return self.finish(tv_tensors.Image(image)).as_subclass(torch.Tensor)
 
 
 def _area(boxes: torch.Tensor) -> float:
@@ -303,6 +311,7 @@ class LocalizationDataModule(TaskDataModule):
     """
 
     default_name = "localization2d"
+    input_extensions = IMAGE_EXTENSIONS
 
     def __init__(
         self,
@@ -432,6 +441,13 @@ class LocalizationDataModule(TaskDataModule):
         if self.hparams.hflip:
             steps.append(v2.RandomHorizontalFlip())
         return BoxTransform(finish, v2.Compose(steps))
+
+    def read_input(self, path: Path) -> Input:
+        """The image as the test split sees it; ``meta`` holds its size in pixels, in which the
+        predicted box is given, and ``view`` the image as read, on which it is drawn."""
+        image = read_image(path, self.in_channels)
+        height, width = image.shape[-2:]
+        return Input(path, self.transform("test").image(image), {"width": width, "height": height}, view=image)
 
     # --- the embedded default ---------------------------------------------------------------
     def write_default(self, folder: Path) -> None:

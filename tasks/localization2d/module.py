@@ -29,17 +29,19 @@ images with both boxes (mistakes first), an IoU histogram and the confusion matr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 from torchmetrics import ClasswiseWrapper, Metric, MetricCollection
-from torchvision.ops import box_iou, complete_box_iou_loss, generalized_box_iou_loss, roi_align
+from torchvision.ops import box_iou, clip_boxes_to_image, complete_box_iou_loss, generalized_box_iou_loss, roi_align
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from cnnsuite.backbone.blocks import activation_layer
 from cnnsuite.classification import ClassificationModule
+from cnnsuite.data import Input
 
 BOX_LOSSES = {"giou": generalized_box_iou_loss, "ciou": complete_box_iou_loss}
 
@@ -153,6 +155,18 @@ class RoIClassifierHead(nn.Module):
         crops = roi_align(fmap, torch.cat([index, rois], dim=1).to(fmap.dtype), self.size, sampling_ratio=2,
                           aligned=True)  # fmt: skip
         return self.net(crops)
+
+
+def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str], colours: list[str], scale: int = 2):
+    """``image`` (C, H, W, any range: stretched to its own minimum and maximum) as RGB uint8,
+    enlarged ``scale`` times (nearest neighbour), with ``boxes`` (pixels of ``image``, x1y1x2y2)
+    drawn in ``colours`` and labelled with ``labels``; evaluation's grid and prediction's
+    pictures draw through it."""
+    image = image.float()
+    image = ((image - image.min()) / (image.max() - image.min() + 1e-8) * 255).to(torch.uint8)
+    image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    image = nn.functional.interpolate(image[None].float(), scale_factor=scale, mode="nearest")[0].to(torch.uint8)
+    return draw_bounding_boxes(image, boxes.float() * scale, labels=labels, colors=colours, width=1)
 
 
 def decode_boxes(raw: torch.Tensor) -> torch.Tensor:
@@ -278,6 +292,34 @@ class LocalizationModule(ClassificationModule):
         logits, boxes = self(batch[0])
         return {"probs": logits.softmax(dim=1), "boxes": boxes}
 
+    # --- prediction on raw files ----------------------------------------------------------
+    def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
+        """The class as the shared classifier describes it, and ``box``: ``x1, y1, x2, y2`` in
+        pixels of the original file (the network's fractions of its input, times the file's
+        width and height: the input is the whole image resized), clipped to the image, where
+        a box outside it would point at nothing."""
+        logits, boxes = outputs
+        predictions = []
+        for probs, box, item in zip(logits.softmax(dim=1), boxes, inputs, strict=True):
+            width, height = item.meta["width"], item.meta["height"]
+            pixels = clip_boxes_to_image(box[None] * box.new_tensor([width, height, width, height]), (height, width))
+            predictions.append({**self.describe_probabilities(probs), "box": pixels[0].tolist()})
+        return predictions
+
+    def render_prediction(self, item: Input, prediction: dict, path: Path) -> None:
+        """The file's image with the predicted box, labelled ``class score``."""
+        image = item.view
+        # small images (a 64-pixel canvas) are enlarged so that the label can be read
+        scale = max(1, math.ceil(256 / max(image.shape[-2:])))
+        label = f"{prediction['class']} {prediction['score']:.2f}"
+        drawn = draw_boxes(image, torch.tensor([prediction["box"]]), [label], ["yellow"], scale)
+        fig, ax = plt.subplots(figsize=(drawn.shape[2] / 100, drawn.shape[1] / 100 + 0.3))
+        ax.imshow(drawn.permute(1, 2, 0).numpy())
+        ax.axis("off")
+        ax.set_title(item.path.name, fontsize=9)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
     # --- evaluation pictures ------------------------------------------------------------------
     def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
         out_dir = Path(out_dir)
@@ -312,19 +354,10 @@ class LocalizationModule(ClassificationModule):
         order = torch.argsort(right.int(), stable=True)[:count]
         tiles = []
         for i in order.tolist():
-            image = images[i].float()
-            image = ((image - image.min()) / (image.max() - image.min() + 1e-8) * 255).to(torch.uint8)
-            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-            scale = torch.tensor([image.shape[2], image.shape[1]] * 2, dtype=torch.float32)
-            image = nn.functional.interpolate(image[None].float(), scale_factor=2, mode="nearest")[0].to(torch.uint8)
-            drawn = draw_bounding_boxes(
-                image,
-                torch.stack([truth[i], boxes[i]]) * scale * 2,
-                labels=["", f"{self.class_names[labels[i]]}->{self.class_names[predicted[i]]} {scores[i]:.2f}"],
-                colors=["lime", "yellow" if right[i] else "red"],
-                width=1,
-            )
-            tiles.append(drawn)
+            size = torch.tensor([images[i].shape[2], images[i].shape[1]] * 2, dtype=torch.float32)
+            label = f"{self.class_names[labels[i]]}->{self.class_names[predicted[i]]} {scores[i]:.2f}"
+            colour = "yellow" if right[i] else "red"
+            tiles.append(draw_boxes(images[i], torch.stack([truth[i], boxes[i]]) * size, ["", label], ["lime", colour]))
         grid = make_grid(tiles, nrow=8, padding=2)
         fig, ax = plt.subplots(figsize=(12, 1.6 * ((len(tiles) + 7) // 8) + 0.6))
         ax.imshow(grid.permute(1, 2, 0).numpy())

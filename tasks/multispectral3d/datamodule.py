@@ -31,13 +31,23 @@ from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from torch.utils.data import Dataset
 
-from cnnsuite.data import BadFileError, TaskDataModule, check_folder, list_classes, list_samples, report_bad_files
+from cnnsuite.data import (
+    BadFileError,
+    Input,
+    TaskDataModule,
+    check_folder,
+    list_classes,
+    list_samples,
+    report_bad_files,
+)
 
 from .landcover import BANDS, CLASSES, patch
 
 EXTENSIONS = (".tif", ".tiff")
 LAYOUTS = ("cube", "channels", "mean")
 DTYPE = "uint16"
+TRUE_COLOUR = ("B04", "B03", "B02")
+FALSE_COLOUR = ("B08", "B04", "B03")  # vegetation red: NIR shown as red
 
 
 def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | None) -> list[str]:
@@ -71,7 +81,8 @@ class GeoTiffReader:
             raise BadFileError(f"{path}: bands are {', '.join(sorted(set(src.dtypes)))}, expected {DTYPE} reflectance")
         if self.size is not None and (src.height, src.width) != tuple(self.size):
             raise BadFileError(
-                f"{path}: is {src.height}x{src.width} pixels, expected {self.size[0]}x{self.size[1]} like the others"
+                f"{path}: is {src.height}x{src.width} pixels, "
+                f"expected {self.size[0]}x{self.size[1]} as the run's patches are"
             )
         names = band_names(path, src.count, src.descriptions, self.bands)
         wanted = list(self.bands or names)
@@ -100,6 +111,33 @@ class GeoTiffReader:
         return values
 
 
+def model_input(
+    raw: np.ndarray, stats: tuple[torch.Tensor, torch.Tensor], layout: str, augment: bool = False
+) -> torch.Tensor:
+    """Reflectances ``(bands, H, W)`` as the model takes them: normalised per band with the
+    training split's ``stats`` (mean, std), randomly flipped and turned with ``augment``, and
+    shaped by ``layout``. The datasets and prediction's ``read_input`` both go through it."""
+    mean, std = (s[:, None, None] for s in stats)
+    cube = (torch.from_numpy(raw) - mean) / std
+    if augment:  # a patch seen from above has no up or left: flips and quarter turns
+        if torch.rand(()) < 0.5:
+            cube = cube.flip(-1)
+        cube = torch.rot90(cube, int(torch.randint(4, ())), dims=(-2, -1))
+    if layout == "cube":
+        cube = cube[None]
+    elif layout == "mean":
+        cube = cube.mean(0, keepdim=True)
+    return cube.contiguous()
+
+
+def composite(raw: np.ndarray, band_names: list[str], bands: tuple[str, str, str]) -> np.ndarray:
+    """``(H, W, 3)`` picture in 0..1 of the reflectances ``raw`` (bands in ``band_names``'
+    order) shown as red, green and blue, stretched between the 2nd and 98th percentiles."""
+    rgb = np.stack([raw[band_names.index(b)] for b in bands], axis=-1)
+    low, high = np.percentile(rgb, (2, 98))
+    return np.clip((rgb - low) / (high - low + 1e-8), 0, 1)
+
+
 class PatchDataset(Dataset):
     """``(normalised sample, class index)`` for each relative path in ``ids``, shaped by ``layout``."""
 
@@ -114,23 +152,14 @@ class PatchDataset(Dataset):
         augment: bool,
     ) -> None:
         self.root, self.ids, self.labels, self.reader = root, ids, labels, reader
-        self.mean, self.std = (s[:, None, None] for s in stats)
-        self.layout, self.augment = layout, augment
+        self.stats, self.layout, self.augment = stats, layout, augment
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        cube = (torch.from_numpy(self.reader(self.root / self.ids[index])) - self.mean) / self.std
-        if self.augment:  # a patch seen from above has no up or left: flips and quarter turns
-            if torch.rand(()) < 0.5:
-                cube = cube.flip(-1)
-            cube = torch.rot90(cube, int(torch.randint(4, ())), dims=(-2, -1))
-        if self.layout == "cube":
-            cube = cube[None]
-        elif self.layout == "mean":
-            cube = cube.mean(0, keepdim=True)
-        return cube.contiguous(), self.labels[index]
+        raw = self.reader(self.root / self.ids[index])
+        return model_input(raw, self.stats, self.layout, self.augment), self.labels[index]
 
 
 class MultispectralDataModule(TaskDataModule):
@@ -142,6 +171,7 @@ class MultispectralDataModule(TaskDataModule):
 
     default_name = "multispectral3d"
     generation_hparams = ("default_size", "default_patch")
+    input_extensions = EXTENSIONS
 
     def __init__(
         self,
@@ -165,10 +195,9 @@ class MultispectralDataModule(TaskDataModule):
         if bands is not None and (not bands or len(set(bands)) != len(bands)):
             raise ValueError(f"data.bands={bands}: expected distinct band names, e.g. [B02, B03, B04, B08]")
         if data_dir is None:
+            # Band names are checked against the default's in prepare_data: a checkpoint of a run
+            # on the user's own bands rebuilds this branch for prediction (see restore_preprocessing).
             self.class_names = list(CLASSES)
-            unknown = [b for b in bands or () if b not in BANDS]
-            if unknown:
-                raise ValueError(f"data.bands: no band {', '.join(unknown)}; expected names among {', '.join(BANDS)}")
             self.band_names, self.size = list(bands or BANDS), (default_patch, default_patch)
         else:
             root = check_folder(data_dir)
@@ -183,9 +212,17 @@ class MultispectralDataModule(TaskDataModule):
         self.band_stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> tuple[int, ...] | None:
+        if self.size is None:  # restored from a checkpoint that did not record it
+            return None
         bands = {"cube": (1, len(self.band_names)), "channels": (len(self.band_names),), "mean": (1,)}
         return (*bands[self.hparams.layout], *self.size)
+
+    def prepare_data(self) -> None:
+        unknown = [b for b in self.hparams.bands or () if b not in BANDS]
+        if self.hparams.data_dir is None and unknown:
+            raise ValueError(f"data.bands: no band {', '.join(unknown)}; expected names among {', '.join(BANDS)}")
+        super().prepare_data()
 
     def write_default(self, folder: Path) -> None:
         rng = np.random.default_rng(20261125)
@@ -232,11 +269,34 @@ class MultispectralDataModule(TaskDataModule):
         return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, 1e-6), dtype=torch.float32)
 
     def state_dict(self) -> dict:
-        """The split, the band names and the training split's band statistics (tensors)."""
+        """The split, the band names, the patch size and the training split's band statistics (tensors)."""
         state = super().state_dict()
         if self.band_stats is not None:
             state |= {"bands": self.band_names, "band_mean": self.band_stats[0], "band_std": self.band_stats[1]}
+            state |= {"patch_size": list(self.size)}
         return state
+
+    def restore_preprocessing(self, state: dict) -> None:
+        """The run's bands, patch size and band statistics, from the checkpoint alone: a patch
+        is read and normalised as the run's test split was, wherever its training files are."""
+        if "band_mean" not in state:
+            raise ValueError("the checkpoint holds no band statistics; patches cannot be normalised as in its run")
+        self.band_names = list(state["bands"])
+        # a checkpoint from before the size was saved: any size (the network pools globally)
+        self.size = tuple(state["patch_size"]) if "patch_size" in state else None
+        self.reader = GeoTiffReader(self.band_names, self.size)
+        self.band_stats = (state["band_mean"].float(), state["band_std"].float())
+
+    def read_input(self, path: Path) -> Input:
+        """The patch as the test split sees it: the run's bands, normalised with its statistics,
+        in its layout; ``view`` is its true-colour composite, or where the run has no red, green
+        and blue bands the mean of its bands."""
+        raw = self.reader(path)
+        if set(TRUE_COLOUR) <= set(self.band_names):
+            view = torch.from_numpy(composite(raw, self.band_names, TRUE_COLOUR)).permute(2, 0, 1)
+        else:
+            view = torch.from_numpy(raw.mean(0, keepdims=True))
+        return Input(path, model_input(raw, self.band_stats, self.hparams.layout), {"bands": self.band_names}, view)
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "band_mean" in state_dict:

@@ -5,6 +5,8 @@ the spectrum is the depth axis (input 1 × bands × H × W) and every filter is
 spectral-spatial. Cohen's kappa is added to the shared metrics (agreement beyond chance, the
 remote-sensing habit). Evaluation adds test patches in true and false colour with their
 labels, mistakes first, and each class's mean spectrum on the training split with its spread.
+A prediction on a raw GeoTIFF is drawn by the shared classifier on the patch's true-colour
+composite (the ``view`` the datamodule's ``read_input`` gives).
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from torchmetrics.classification import MulticlassCohenKappa
 
 from cnnsuite.classification import ClassificationModule
 
+from .datamodule import FALSE_COLOUR, TRUE_COLOUR, composite
 from .landcover import BANDS as ALL_BANDS
 from .landcover import WAVELENGTHS
-
-TRUE_COLOUR = ("B04", "B03", "B02")
-FALSE_COLOUR = ("B08", "B04", "B03")  # vegetation red: NIR shown as red
 
 
 class MultispectralModule(ClassificationModule):
@@ -64,9 +64,7 @@ class MultispectralModule(ClassificationModule):
         for col, i in enumerate(order):
             raw = datamodule.reader(datamodule.root / dataset.ids[picked[i]])
             for row, bands in enumerate(composites):
-                rgb = np.stack([raw[datamodule.band_names.index(b)] for b in bands], axis=-1)
-                low, high = np.percentile(rgb, (2, 98))
-                axes[row, col].imshow(np.clip((rgb - low) / (high - low + 1e-8), 0, 1))
+                axes[row, col].imshow(composite(raw, datamodule.band_names, bands))
             right = bool(predicted[i] == labels[i])
             axes[0, col].set_title(
                 f"{self.class_names[labels[i]]}\n→ {self.class_names[predicted[i]]}",

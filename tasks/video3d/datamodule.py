@@ -41,6 +41,7 @@ from torchvision.transforms import v2
 
 from cnnsuite.data import (
     BadFileError,
+    Input,
     TaskDataModule,
     check_folder,
     list_classes,
@@ -216,6 +217,7 @@ class VideoDataModule(TaskDataModule):
     """
 
     default_name = "video3d"
+    input_extensions = VIDEO_EXTENSIONS
 
     def __init__(
         self,
@@ -249,11 +251,6 @@ class VideoDataModule(TaskDataModule):
                 raise ValueError(f"data.{key}={value}: expected a positive integer")
         if data_dir is None:
             self.class_names = list(MOTIONS)
-            if clip_duration > FRAMES / FPS:
-                raise ValueError(
-                    f"data.clip_duration={clip_duration}: the embedded videos are {FRAMES / FPS} s long; "
-                    "choose a shorter clip"
-                )
         else:
             self.class_names = list_classes(check_folder(data_dir), VIDEO_EXTENSIONS)
         self.in_channels = 3  # PyAV decodes to RGB
@@ -266,6 +263,18 @@ class VideoDataModule(TaskDataModule):
     def input_shape(self) -> tuple[int, ...]:
         hp = self.hparams
         return (self.in_channels, hp.frames_per_clip, hp.frame_size, hp.frame_size)
+
+    def prepare_data(self) -> None:
+        """The embedded default, whose videos are too short for a longer clip. Checked here, not
+        at construction: a checkpoint of a run on the user's own videos (with longer clips)
+        rebuilds its datamodule without data for prediction, and must not be refused."""
+        clip_duration = self.hparams.clip_duration
+        if self.hparams.data_dir is None and clip_duration > FRAMES / FPS:
+            raise ValueError(
+                f"data.clip_duration={clip_duration}: the embedded videos are {FRAMES / FPS} s long; "
+                "choose a shorter clip"
+            )
+        super().prepare_data()
 
     def write_default(self, folder: Path) -> None:
         write_motion_dataset(folder, DEFAULT_VIDEOS_PER_CLASS, DEFAULT_SEED)
@@ -319,16 +328,33 @@ class VideoDataModule(TaskDataModule):
         return [self.checked[i] for i in ids if self.checked[i] is not None]
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        hp = self.hparams
         videos = self.check_samples(ids)
         if not videos:
             raise ValueError(f"{self.root}: no readable video in the {stage} split ({len(ids)} listed)")
+        return self.clip_dataset(self.root, videos, stage)
+
+    def clip_dataset(self, root: Path, videos: list[VideoRecord], stage: str) -> ClipDataset:
+        """The clips of ``videos`` (ids relative to ``root``) as ``stage`` samples them: random
+        ones for training, every uniform clip otherwise (the test split, and one file read
+        for prediction)."""
+        hp = self.hparams
         if stage == "train":
             starts = [(v, None) for v in range(len(videos)) for _ in range(hp.train_clips_per_video)]
         else:
             starts = [(v, s) for v, rec in enumerate(videos) for s in uniform_clips(rec.duration, self.clip_duration)]
         transform = ClipTransform(hp.frame_size, train=stage == "train" and hp.augment, hflip=hp.hflip)
-        return ClipDataset(self.root, videos, starts, self.clip_duration, hp.frames_per_clip, transform)
+        return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform)
+
+    def read_input(self, path: Path) -> Input:
+        """Every uniform clip of the video, as the test split samples and transforms them:
+        ``(clips, C, T, H, W)``; ``meta`` holds each clip's start in seconds. A file PyAV cannot
+        open or decode raises :class:`BadFileError` naming it (from :func:`probe_video` and
+        :meth:`ClipDataset.read`, as in training)."""
+        duration, fps = probe_video(path)
+        clips = self.clip_dataset(path.parent, [VideoRecord(path.name, -1, duration, fps)], "test")  # -1: no label
+        sample = torch.stack([clips[i][0] for i in range(len(clips))])
+        starts = [float(start) for _, start in clips.starts]
+        return Input(path, sample, {"duration": float(duration), "fps": fps, "clip_starts": starts})
 
 
 def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] | None:

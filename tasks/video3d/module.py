@@ -20,6 +20,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from cnnsuite.classification import ClassificationModule
+from cnnsuite.data import Input
 
 from . import backbones  # noqa: F401  (registers PyTorchVideo's reference backbones)
 
@@ -143,31 +144,67 @@ class VideoClassificationModule(ClassificationModule):
             if i not in wrong and int(labels[i]) not in classes:
                 shown.append(i)
                 classes.add(int(labels[i]))
-        frames = clips.shape[2]
-        cols = min(columns, frames)
-        steps = torch.linspace(0, frames - 1, cols).round().long().tolist()
-        fig, axes = plt.subplots(len(shown), cols, figsize=(1.1 * cols + 2.2, 1.15 * len(shown)), squeeze=False)
-        for row, i in enumerate(shown):
-            clip = clips[i]
-            clip = (clip - clip.min()) / (clip.max() - clip.min() + 1e-8)
-            for col, t in enumerate(steps):
-                ax = axes[row, col]
-                ax.imshow(clip[:, t].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if row == 0:
-                    ax.set_title(f"frame {t}", fontsize=8)
-            right = predicted[i] == labels[i]
-            axes[row, 0].set_ylabel(
-                f"{self.class_names[labels[i]]}\n→ {self.class_names[predicted[i]]} ({probs[i, predicted[i]]:.2f})",
-                rotation=0,
-                ha="right",
-                va="center",
-                fontsize=8,
-                color="green" if right else "red",
-            )
-        fig.suptitle("test clips: true → predicted (probability); mistakes first, in red", fontsize=9)
+        right = [bool(predicted[i] == labels[i]) for i in shown]
+        names = [
+            f"{self.class_names[labels[i]]}\n→ {self.class_names[predicted[i]]} ({probs[i, predicted[i]]:.2f})"
+            for i in shown
+        ]
         path = out_dir / "contact_sheet.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        draw_clips(
+            clips[shown], names, ["green" if r else "red" for r in right],
+            "test clips: true → predicted (probability); mistakes first, in red", path, columns,
+        )  # fmt: skip
         return path
+
+    # --- prediction on raw files ----------------------------------------------------------
+    def batch_inputs(self, samples: list[torch.Tensor]) -> torch.Tensor:
+        """Every clip of every video in one batch ``(clips, C, T, H, W)``: each input is a video's
+        uniform clips (see the datamodule's ``read_input``)."""
+        return torch.cat(samples)
+
+    def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
+        """Per video, its clips' softmax averaged (as ``video_acc`` scores a video) described
+        as the shared classifier does, and ``clips``: each clip's start (seconds), class, score."""
+        predictions = []
+        per_video = outputs[0].softmax(dim=1).split([len(item.sample) for item in inputs])
+        for probs, item in zip(per_video, inputs, strict=True):
+            clips = []
+            for start, clip in zip(item.meta["clip_starts"], probs, strict=True):
+                described = self.describe_probabilities(clip)
+                clips.append({"start": start, "class": described["class"], "score": described["score"]})
+            predictions.append({**self.describe_probabilities(probs.mean(dim=0)), "clips": clips})
+        return predictions
+
+    def render_prediction(self, item: Input, prediction: dict, path: Path, rows: int = 6) -> None:
+        """A contact sheet of the video: its first ``rows`` clips, one a row, each with its start
+        and prediction; the title is the video's."""
+        clips = prediction["clips"][:rows]
+        names = [f"{c['start']:.1f} s\n→ {c['class']} ({c['score']:.2f})" for c in clips]
+        shown = f" (first {rows} of {len(prediction['clips'])} clips)" if len(prediction["clips"]) > rows else ""
+        title = f"{item.path.name}: {prediction['class']} ({prediction['score']:.2f}){shown}"
+        draw_clips(item.sample[: len(clips)], names, ["black"] * len(clips), title, path)
+
+
+def draw_clips(clips: torch.Tensor, names: list[str], colours: list[str], title: str, path: Path, columns: int = 8):
+    """Clips ``(N, C, T, H, W)`` one a row, ``columns`` frames of each evenly spread over its time
+    axis, each stretched to its own range; ``names[i]`` beside row ``i``, in ``colours[i]``.
+    Evaluation's contact sheet and prediction's pictures draw through it."""
+    frames = clips.shape[2]
+    cols = min(columns, frames)
+    steps = torch.linspace(0, frames - 1, cols).round().long().tolist()
+    height = 1.15 * len(clips)
+    fig, axes = plt.subplots(len(clips), cols, figsize=(1.1 * cols + 2.2, height), squeeze=False)
+    for row, clip in enumerate(clips):
+        clip = (clip - clip.min()) / (clip.max() - clip.min() + 1e-8)
+        for col, t in enumerate(steps):
+            ax = axes[row, col]
+            ax.imshow(clip[:, t].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"frame {t}", fontsize=8)
+        axes[row, 0].set_ylabel(names[row], rotation=0, ha="right", va="center", fontsize=8, color=colours[row])
+    # above the frames' titles (matplotlib's default top of the axes is at 0.88 of the figure)
+    fig.suptitle(title, fontsize=9, y=0.88 + 0.3 / height, va="bottom")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
