@@ -7,13 +7,16 @@ TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)
 TASK ?= recognition2d
 ARGS ?=
 
-.PHONY: help setup train evaluate test test-slow bench lint check-task
+.PHONY: help setup train evaluate predict export serve test test-slow bench lint check-task need-ckpt
 
 help:  ## list the targets
 	@echo "make setup                               create $(VENV) and install cnnsuite (idempotent)"
 	@echo "make train TASK=<task> [ARGS=\"...\"]       train on the task's default data, then evaluate best.ckpt"
 	@echo "make train TASK=<task> RESUME=last|<ckpt>  resume the newest run (or a checkpoint) in its own folder"
-	@echo "make evaluate TASK=<task> CKPT=<file> [OUT=<dir>]   metrics.json, plots and report.md"
+	@echo "make evaluate CKPT=<file> [OUT=<dir>]    metrics.json, plots and report.md (CKPT=\"a.ckpt b.ckpt\": comparison.md)"
+	@echo "make predict CKPT=<file> INPUT=<file|dir> [OUT=<dir>]   predictions.jsonl and pictures for raw files"
+	@echo "make export CKPT=<file> [FORMAT=onnx|torch-export] [OUT=<file>]   the network, its preprocessing as JSON"
+	@echo "make serve CKPT=<file> [PORT=8000]      POST /predict (multipart field 'file') over HTTP"
 	@echo "make test                                the test suite"
 	@echo "make test-slow                           the tests that start real processes: kills, DDP"
 	@echo "make bench                               Lightning + task module against a plain PyTorch loop (ratios)"
@@ -36,9 +39,22 @@ $(VENV)/.installed: pyproject.toml
 train: check-task setup
 	$(BIN)/cnnsuite fit --config tasks/$(TASK)/config.yaml $(if $(RESUME),--ckpt_path $(RESUME)) $(ARGS)
 
-evaluate: check-task setup
-	@if [ -z "$(CKPT)" ]; then echo "usage: make evaluate TASK=$(TASK) CKPT=path/to.ckpt [OUT=dir]" >&2; exit 2; fi
-	$(BIN)/cnnsuite evaluate --ckpt $(CKPT) $(if $(OUT),--out $(OUT))
+need-ckpt:
+	@if [ -z "$(CKPT)" ]; then echo "CKPT=path/to.ckpt is needed (a checkpoint written by make train)" >&2; exit 2; fi
+
+# A checkpoint knows its task: TASK is not needed by the four targets below.
+evaluate: need-ckpt setup
+	$(BIN)/cnnsuite evaluate --ckpt $(CKPT) $(if $(DATA),--data.data_dir $(DATA)) $(if $(OUT),--out $(OUT))
+
+predict: need-ckpt setup
+	@if [ -z "$(INPUT)" ]; then echo "usage: make predict CKPT=path/to.ckpt INPUT=file-or-folder [OUT=dir]" >&2; exit 2; fi
+	$(BIN)/cnnsuite predict --ckpt $(CKPT) --input $(INPUT) $(if $(OUT),--out $(OUT))
+
+export: need-ckpt setup
+	$(BIN)/cnnsuite export --ckpt $(CKPT) --format $(or $(FORMAT),onnx) $(if $(OUT),--out $(OUT))
+
+serve: need-ckpt setup
+	$(BIN)/cnnsuite serve --ckpt $(CKPT) --port $(or $(PORT),8000) $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest

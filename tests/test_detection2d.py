@@ -1,8 +1,11 @@
-"""detection2d: the COCO reader (category mapping, malformed files), the CLI fit and evaluation."""
+"""detection2d: the COCO reader (category mapping, malformed files), the CLI fit and evaluation,
+prediction on raw files (agreeing with forward and with evaluate) and ONNX export of the heads."""
 
 import copy
 import json
+import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +18,20 @@ from conftest import fit as run_fit
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torchmetrics.detection import MeanAveragePrecision
 
-from cnnsuite.checkpoint import rebuild
+from cnnsuite.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.cli import main
 from cnnsuite.data.coco import AnnotationError, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
+from cnnsuite.data.inputs import Input
+from cnnsuite.export import OnnxNetwork, export
+from cnnsuite.predict import Predictor
 
 CONFIG = str(ROOT / "tasks" / "detection2d" / "config.yaml")
 # COCO-style category ids with gaps, listed out of order
 CATEGORIES = [{"id": 17, "name": "dog"}, {"id": 3, "name": "cat"}, {"id": 90, "name": "owl"}]
+CATEGORY_NAMES = {c["name"] for c in CATEGORIES}
 
 
 def make_coco_folder(root, images=12, size=64, seed=0, images_subdir=True):
@@ -58,6 +66,35 @@ def coco_folder(tmp_path):
 
 def fit(tmp_path, *extra):
     return run_fit("detection2d", tmp_path, *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(checkpoint, COCO folder)`` of a short FCOS training on 64-px images, shared by the
+    prediction tests of this file."""
+    root = tmp_path_factory.mktemp("trained")
+    folder = make_coco_folder(root / "coco")
+    run = fit(
+        root, "--data.data_dir", str(folder), "--data.batch_size", "4", "--trainer.max_epochs", "2",
+        "--model.init_args.min_size", "64", "--model.init_args.max_size", "64", "--evaluate", "false",
+    )  # fmt: skip
+    return run / "checkpoints" / "best.ckpt", folder
+
+
+def images_of_sizes(folder, out, sizes):
+    """The COCO folder's first images resized to ``sizes`` ((width, height) each), as files."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, size in enumerate(sizes):
+        paths.append(out / f"resized{i}.png")
+        Image.open(folder / "images" / f"img{i}.png").resize(size).save(paths[-1])
+    return paths
+
+
+def as_tensors(prediction):
+    found = prediction["detections"]
+    boxes = torch.tensor([d["box"] for d in found], dtype=torch.float32).reshape(-1, 4)
+    return boxes, torch.tensor([d["score"] for d in found]), [d["class"] for d in found]
 
 
 def test_category_ids_map_to_contiguous_labels_and_back(coco_folder):
@@ -283,7 +320,8 @@ def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder,
 @pytest.mark.parametrize("detector", ["retinanet", "fasterrcnn", *REFERENCES])
 def test_other_detectors_train_and_predict(detector):
     model = DetectionModule(num_classes=3, in_channels=1, detector=detector, min_size=64, max_size=64,
-                            backbone_kwargs={"channels": [8, 16, 32]}, fpn_channels=32)  # fmt: skip
+                            backbone_kwargs={"channels": [8, 16, 32]}, fpn_channels=32,
+                            score_thresh=0.001)  # fmt: skip
     images = [torch.rand(1, 64, 64) for _ in range(2)]  # two: SSDlite's batch norm needs a batch
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([2]),
                 "iscrowd": torch.tensor([0]), "image_id": i} for i in range(2)]  # fmt: skip
@@ -296,6 +334,15 @@ def test_other_detectors_train_and_predict(detector):
     out = model(images)
     assert len(out) == 2 and set(out[0]) == {"boxes", "labels", "scores"}
     assert out[0]["labels"].numel() == 0 or 0 <= int(out[0]["labels"].min()) and int(out[0]["labels"].max()) < 3
+    # prediction on raw files: RetinaNet through its heads' raw outputs, decoded outside the
+    # network; the two-stage detectors through forward, and they refuse export, saying why
+    inputs = [Input(Path(f"{i}.png"), image) for i, image in enumerate(images)]
+    assert model.predict_inputs(inputs) == [model.describe_detections(d) for d in out]
+    if detector == "retinanet":
+        assert len(model.inference_network()(model.batch_inputs(images))) == 2 and out[0]["labels"].numel()
+    else:
+        with pytest.raises(ValueError, match=rf"model.detector='{detector}': only fcos and retinanet can be exported"):
+            model.inference_network()
 
 
 def test_fcos_takes_a_batch_of_one_small_image():
@@ -318,3 +365,94 @@ def test_bad_model_values_name_the_key():
         DetectionModule(fpn_stages=[7])
     with pytest.raises(ValueError, match="model.fpn_channels"):
         DetectionModule(fpn_channels=48)
+
+
+def test_predictions_on_files_of_different_sizes_are_forwards(trained, tmp_path):
+    """Raw files read by read_input, batched by the detector's transform, run through the
+    heads and decoded outside them give what forward (evaluation's path) gives the same
+    images in one batch: boxes in each image's own pixels."""
+    ckpt, folder = trained
+    model, datamodule = rebuild_for_inference(ckpt)
+    paths = images_of_sizes(folder, tmp_path, [(64, 64), (90, 40), (50, 96)])
+    inputs = [datamodule.read_input(p) for p in paths]
+    assert [item.meta for item in inputs] == [{"width": 64, "height": 64}, {"width": 90, "height": 40},
+                                              {"width": 50, "height": 96}]  # fmt: skip
+    predictions = model.predict_inputs(inputs)
+    with torch.no_grad():
+        expected = model([item.sample for item in inputs])
+    for prediction, item, truth in zip(predictions, inputs, expected, strict=True):
+        boxes, scores, classes = as_tensors(prediction)
+        assert len(classes) > 0 and scores.tolist() == sorted(scores.tolist(), reverse=True)
+        assert classes == [model.class_names[label] for label in truth["labels"].tolist()]
+        torch.testing.assert_close(boxes, truth["boxes"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(scores, truth["scores"], atol=1e-4, rtol=0)
+        assert boxes[:, 2].max() <= item.meta["width"] and boxes[:, 3].max() <= item.meta["height"]
+
+
+def test_predict_a_file_and_a_folder_with_a_bad_image(trained, tmp_path, capsys):
+    ckpt, folder = trained
+    image = folder / "images" / "img0.png"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(image), "--out", str(tmp_path / "one")])
+    (line,) = [json.loads(x) for x in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()]
+    assert line["path"] == str(image) and line["detections"]
+    assert set(line["detections"][0]) == {"class", "score", "box"} and line["detections"][0]["class"] in CATEGORY_NAMES
+    assert [p.name for p in (tmp_path / "one" / "pictures").iterdir()] == ["img0.png.png"]
+    assert "predicted 1 of 1 inputs" in capsys.readouterr().out
+
+    inputs = tmp_path / "inputs"
+    images_of_sizes(folder, inputs, [(64, 64), (80, 48)])
+    shutil.copy(image, inputs / "c.png")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "folder"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(out)])
+    lines = {Path(x["path"]).name: x for x in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    assert sorted(lines) == ["broken.png", "c.png", "resized0.png", "resized1.png"]
+    assert set(lines["broken.png"]) == {"path", "error"} and "broken.png" in lines["broken.png"]["error"]
+    alone, batched = as_tensors(line), as_tensors(lines["c.png"])  # the same file, in a batch of others
+    assert batched[2] == alone[2]
+    torch.testing.assert_close(batched[:2], alone[:2], atol=1e-4, rtol=0)
+    assert {p.name for p in (out / "pictures").iterdir()} == {"c.png.png", "resized0.png.png", "resized1.png.png"}
+    printed = capsys.readouterr().out
+    assert "predicted 3 of 4 inputs; 1 could not be read" in printed and "broken.png" in printed
+
+
+def test_predict_agrees_with_evaluate_on_the_test_split(trained, tmp_path):
+    """The test split's files, read and predicted as raw files, score the mAP evaluate gave."""
+    ckpt, _ = trained
+    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path)])
+    reported = json.loads((tmp_path / "metrics.json").read_text())["test/map"]
+    _, datamodule = rebuild(ckpt)
+    test = datamodule.datasets["test"]
+    predictor = Predictor(ckpt, accelerator="cpu")
+    predictions = predictor.predict([predictor.read(datamodule.root / record.file) for record in test.records])
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    index = {name: i for i, name in enumerate(predictor.model.class_names)}
+    for prediction, (_, target) in zip(predictions, (test[i] for i in range(len(test))), strict=True):
+        boxes, scores, classes = as_tensors(prediction)
+        found = {"boxes": boxes, "scores": scores, "labels": torch.tensor([index[c] for c in classes])}
+        metric.update([found], [{k: target[k] for k in ("boxes", "labels", "iscrowd")}])
+    assert abs(float(metric.compute()["map"]) - reported) < 1e-6
+
+
+def test_onnx_export_of_the_heads_predicts_as_torch(trained, tmp_path):
+    """``cnnsuite export``'s network (backbone, FPN, heads; batch, height and width free) gives
+    the same detections under ONNX Runtime as PyTorch, through the same describe_outputs, on
+    batches other than the traced one: another size, and one image alone, wider than tall,
+    that pads to another shape."""
+    ckpt, folder = trained
+    files = images_of_sizes(folder, tmp_path, [(64, 64), (96, 60), (40, 70)])
+    path, info = export(ckpt, "onnx", tmp_path / "heads.onnx", inputs=files)
+    assert [o["name"] for o in info["outputs"]] == ["cls_logits", "bbox_regression", "bbox_ctrness"]
+    assert info["input"]["shape"] == ["batch", 3, "free", "free"]
+    assert "multiple of 32" in info["preprocessing"]["batch"] and max(info["check"]["max_abs_diff"].values()) < 1e-4
+    onnx_network = OnnxNetwork(path)
+    predictor = Predictor(ckpt, "cpu")
+    inputs = [predictor.read(p) for p in files]
+    for some in (inputs, inputs[:1], inputs[1:2]):
+        assert predictor.model.batch_inputs([item.sample for item in some]).shape[0] == len(some)
+        by_torch, by_onnx = predictor.predict(some), predictor.predict(some, network=onnx_network)
+        for t, o in zip(by_torch, by_onnx, strict=True):
+            (t_boxes, t_scores, t_classes), (o_boxes, o_scores, o_classes) = as_tensors(t), as_tensors(o)
+            assert o_classes == t_classes and t_classes
+            torch.testing.assert_close(o_boxes, t_boxes, atol=1e-3, rtol=0)
+            torch.testing.assert_close(o_scores, t_scores, atol=1e-4, rtol=0)

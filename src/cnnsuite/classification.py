@@ -153,6 +153,10 @@ class ClassificationModule(TaskModule):
         self._log_metrics("test")
 
     # --- prediction on raw files ----------------------------------------------------------
+    @property
+    def inference_outputs(self) -> dict[str, str]:
+        return {"logits": "class scores before softmax, one per class in class_names order (softmax: probabilities)"}
+
     def describe_probabilities(self, probs: torch.Tensor) -> dict:
         """``{"class", "score", "probabilities": {class name: p}}`` for one softmax vector."""
         index = int(probs.argmax())

@@ -47,7 +47,11 @@ class CnnSuiteCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault(
-            "parser_kwargs", {"description": "cnnsuite: CNN tasks on Lightning. Also: cnnsuite evaluate --help"}
+            "parser_kwargs",
+            {
+                "description": "cnnsuite: CNN tasks on Lightning. Also, on a checkpoint: cnnsuite evaluate --help, "
+                "cnnsuite predict --input ... --help, cnnsuite export --help, cnnsuite serve --help"
+            },
         )
         kwargs.setdefault("save_config_callback", RunConfig)
         super().__init__(*args, **kwargs)

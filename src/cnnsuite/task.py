@@ -127,9 +127,24 @@ class TaskModule(L.LightningModule):
         tuple of tensors out (the default: this module's ``forward``)."""
         return self
 
+    @property
+    def inference_outputs(self) -> dict[str, str]:
+        """Name → meaning of each output of :meth:`inference_network`, in order (export names
+        the file's outputs so and writes the meanings beside it)."""
+        return {"output": f"the output of {type(self).__name__}.inference_network()"}
+
+    def inference_dynamic_shapes(self, batch: torch.export.Dim) -> dict[int, object]:
+        """The input axes that export leaves free: the batch (the sample's size is the run's
+        preprocessed size, fixed)."""
+        return {0: batch}
+
     def batch_inputs(self, samples: list) -> torch.Tensor:
         """The network's batch for the ``sample`` of each input (default: stacked)."""
         return torch.stack(samples)
+
+    def describe_batch_inputs(self) -> str:
+        """What :meth:`batch_inputs` does, in words, for the JSON beside an export."""
+        return "samples stacked along a new first (batch) axis"
 
     def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
         """One JSON-able prediction per input, from the network's outputs for their batch."""

@@ -285,6 +285,18 @@ class Biomedical3DDataModule(TaskDataModule):
             return bool(entries) and all(p.is_file() and p.suffix.lower() == ".dcm" for p in entries)
         return super().is_input(path)
 
+    def describe_preprocessing(self) -> dict:
+        spacing = self.hparams.spacing
+        return {
+            "read": "one 3D volume (NIfTI, NRRD, MetaImage, or a folder of DICOM files) with MONAI's LoadImage, "
+            "channel first",
+            "orientation": "RAS (MONAI Orientation)",
+            "spacing": f"resampled to {spacing} mm, bilinear" if spacing else "as stored (not resampled)",
+            "resize": f"to {list(self.spatial_size)} voxels (D, H, W), trilinear",
+            "normalisation": "z-score of each volume on its own: (x - its mean) / its std (MONAI NormalizeIntensity)",
+            "layout": "(1, D, H, W)",
+        }
+
     def read_input(self, path: Path) -> Input:
         """The volume through the test split's preprocessing (files are read, never the cache)."""
         with bad_files_surface():

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
-from cnnsuite.data import TaskDataModule, check_folder, image_channels, read_image
+from cnnsuite.data import IMAGE_EXTENSIONS, Input, TaskDataModule, check_folder, image_channels, read_image
 from cnnsuite.data.coco import (
     AnnotationError,
     CategoryMap,
@@ -55,6 +56,13 @@ DEFAULT_MAX_IOU = 0.15  # "sometimes overlapping a little"
 DEFAULT_SEED = 20260105
 
 
+def load_image(path: Path, channels: int) -> torch.Tensor:
+    """``(channels, H, W)`` float in [0, 1], the image's own size: all the preprocessing a
+    sample gets here, for training, evaluation and prediction alike — the detector resizes
+    and normalises inside itself (its ``transform``)."""
+    return TF.to_dtype(read_image(path, channels), torch.float32, scale=True)  # 8- or 16-bit files
+
+
 def collate(batch):
     """Lists, not stacked tensors: images may differ in size, targets in box count."""
     images, targets = zip(*batch, strict=True)
@@ -70,7 +78,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int):
         record = self.records[index]
-        image = read_image(self.root / record.file, self.channels)
+        image = load_image(self.root / record.file, self.channels)
         if tuple(image.shape[1:]) != (record.height, record.width):
             raise AnnotationError(
                 f"{self.root / record.file}: image id {record.image_id} is {image.shape[2]}x{image.shape[1]} "
@@ -82,7 +90,7 @@ class DetectionDataset(Dataset):
             "iscrowd": torch.tensor(record.iscrowd, dtype=torch.int64),
             "image_id": record.image_id,
         }
-        return image.float() / 255, target
+        return image, target
 
 
 class DetectionDataModule(TaskDataModule):
@@ -96,6 +104,7 @@ class DetectionDataModule(TaskDataModule):
 
     default_name = "detection2d"
     collate_fn = staticmethod(collate)
+    input_extensions = IMAGE_EXTENSIONS
 
     def __init__(
         self,
@@ -224,6 +233,19 @@ class DetectionDataModule(TaskDataModule):
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         by_file = {r.file: r for r in self._load().records}
         return DetectionDataset(self.root, [by_file[i] for i in ids], self.in_channels)
+
+    def describe_preprocessing(self) -> dict:
+        return {
+            "read": f"decoded upright (EXIF orientation applied) as {'gray' if self.in_channels == 1 else 'RGB'}, "
+            "at its own size",
+            "scale": "to [0, 1]: 8-bit values / 255, 16-bit / 65535",
+            "layout": "channels first: (C, H, W); resizing and normalisation happen when images are batched",
+        }
+
+    def read_input(self, path: Path) -> Input:
+        """The image as the test split reads it; boxes are predicted in its pixels."""
+        image = load_image(path, self.in_channels)
+        return Input(path, image, {"width": image.shape[2], "height": image.shape[1]})
 
     def coco_ground_truth(self, stage: str) -> dict:
         """The ``stage`` split as one COCO object (what a results file is scored against)."""

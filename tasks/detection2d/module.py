@@ -13,6 +13,16 @@ Anchor sizes follow the pyramid's strides. torchvision's reference detectors
 ``fasterrcnn_mobilenet_v3_large_320_fpn`` and ``ssdlite320_mobilenet_v3_large`` can be
 picked instead (random init, nothing downloaded) to compare against.
 
+Prediction on raw files (``cnnsuite predict``, ``serve``) and export split a one-stage
+detector (FCOS, RetinaNet) where torchvision's own ``forward`` splits it: the network —
+backbone, FPN and heads, what ONNX export writes — takes the batch the detector's
+``transform`` made (resized, normalised, padded) and returns the heads' raw outputs; the
+points or anchors, torchvision's ``postprocess_detections`` (box decoding, NMS) and the
+mapping back to each image's pixels run outside it, in PyTorch, the same for a torch or an
+ONNX Runtime network. Faster R-CNN and the references pick boxes between their stages
+(region proposals, then ROI heads), so they cannot be cut at the heads: they predict
+through ``forward`` and are not exported.
+
 Scoring is torchmetrics' ``MeanAveragePrecision`` with the COCO (pycocotools) backend:
 ``map`` (IoU .50:.95), ``map_50``, ``map_75``, size-bucketed and recall figures and per-class
 AP as ``test/ap/<class>``. Evaluation adds a grid of test images with predicted boxes and a
@@ -27,8 +37,10 @@ from functools import partial
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
 import torch
 from torch import nn
+from torch.func import functional_call
 from torchmetrics import MetricCollection
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models import detection as tvd
@@ -41,12 +53,21 @@ from torchvision.utils import draw_bounding_boxes, make_grid, save_image
 
 from cnnsuite.backbone import build_backbone
 from cnnsuite.data.coco import CategoryMap, coco_results
+from cnnsuite.data.inputs import Input
 from cnnsuite.task import TaskModule
 
 REFERENCES = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
 DETECTORS = ("fcos", "retinanet", "fasterrcnn", *REFERENCES)
 # Detectors whose class 0 is "background": dataset labels are shifted by one for them.
 _BACKGROUND_FIRST = ("fasterrcnn", *REFERENCES)
+# The detectors whose network ends at raw head outputs (what prediction runs and export
+# writes), with the names of those outputs in torchvision's order.
+HEAD_OUTPUTS = {
+    "fcos": ("cls_logits", "bbox_regression", "bbox_ctrness"),
+    "retinanet": ("cls_logits", "bbox_regression"),
+}
+# Detections drawn in pictures: those scoring at least this.
+DRAW_MIN_SCORE = 0.4
 # One colour per class in the prediction plots.
 _PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fff"]
 # mAP fields that are not one number, or not a score.
@@ -88,6 +109,21 @@ class BackboneFPN(nn.Module):
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         features = self.body(x)
         return self.fpn(OrderedDict((str(s), features[s]) for s in self.stages))
+
+
+class RawHeads(nn.Module):
+    """A one-stage detector up to its heads: the padded, normalised batch → the heads' raw
+    outputs (``HEAD_OUTPUTS``), each ``(N, locations × anchors of all levels, …)`` as
+    torchvision's ``forward`` has them before ``postprocess_detections``. No control flow
+    depends on values, so ``torch.onnx.export(dynamo=True)`` takes it whole."""
+
+    def __init__(self, detector: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.backbone, self.head, self.names = detector.backbone, detector.head, names
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.head(list(self.backbone(images).values()))
+        return tuple(outputs[name] for name in self.names)
 
 
 def build_detector(
@@ -228,8 +264,10 @@ class DetectionModule(TaskModule):
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Detections per image: ``boxes`` (x1, y1, x2, y2 in the image's pixels), ``labels``
         (0…K-1, the datamodule's), ``scores``."""
-        outputs = self.detector(self._prepare(images))
-        return [{**out, "labels": out["labels"] - self.label_offset} for out in outputs]
+        return self._relabel(self.detector(self._prepare(images)))
+
+    def _relabel(self, detections: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        return [{**out, "labels": out["labels"] - self.label_offset} for out in detections]
 
     def forward_for_batchnorm(self, batch) -> None:
         """The backbone and FPN hold the BatchNorm layers (the heads use GroupNorm); a
@@ -294,6 +332,130 @@ class DetectionModule(TaskModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
 
+    # --- prediction on raw files ----------------------------------------------------
+    def inference_network(self) -> nn.Module:
+        """Backbone, FPN and heads (:class:`RawHeads`): what prediction runs and export writes.
+        Only a one-stage detector can be cut there."""
+        names = HEAD_OUTPUTS.get(self.hparams.detector)
+        if names is None:
+            raise ValueError(
+                f"model.detector={self.hparams.detector!r}: only {' and '.join(HEAD_OUTPUTS)} can be exported "
+                "(network up to the heads' raw outputs, decoding and NMS outside); this detector picks region "
+                "proposals between its stages, so no network ends at its heads"
+            )
+        return RawHeads(self.detector, names)
+
+    @property
+    def inference_outputs(self) -> dict[str, str]:
+        """Name → meaning of each output of :meth:`inference_network` (export writes them)."""
+        rows = "(batch, locations of all pyramid levels × anchors per location, levels concatenated"
+        meanings = {
+            "cls_logits": f"{rows}, classes): class logits, sigmoid gives each class's score",
+            "bbox_regression": f"{rows}, 4): box offsets from each location's point or anchor "
+            "(torchvision's box coder for this detector)",
+            "bbox_ctrness": f"{rows}, 1): centerness logit; FCOS's score is sqrt(sigmoid(class) × sigmoid(this))",
+        }
+        return {name: meanings[name] for name in HEAD_OUTPUTS.get(self.hparams.detector, ())}
+
+    def inference_dynamic_shapes(self, batch: torch.export.Dim) -> dict[int, object]:
+        """Batch, height and width free: the transform pads each batch to its largest resized
+        image, rounded up to a multiple of ``size_divisible`` (32), so a batch of wide images is
+        wider than tall. Padding every batch to one size instead would change the detections:
+        the heads' GroupNorm statistics take in the padded area."""
+        step = self.detector.transform.size_divisible
+        return {0: batch, 2: step * torch.export.Dim("rows", min=1), 3: step * torch.export.Dim("columns", min=1)}
+
+    def describe_batch_inputs(self) -> str:
+        hp, transform = self.hparams, self.detector.transform
+        return (
+            f"each image resized (bilinear) so that its shorter side is {hp.min_size} px unless its longer side would "
+            f"pass {hp.max_size} px, normalised per channel by mean {transform.image_mean} and std "
+            f"{transform.image_std}, then zero-padded at the bottom and right to the batch's largest size rounded "
+            f"up to a multiple of {transform.size_divisible} (torchvision's GeneralizedRCNNTransform); boxes are "
+            "decoded and scaled back to each image's own size outside the network"
+        )
+
+    def batch_inputs(self, samples: list[torch.Tensor]) -> torch.Tensor:
+        """The images (each its own size) resized, normalised and padded into one batch by the
+        detector's own ``transform``, as ``forward`` does, outside the exported network."""
+        images, _ = self.detector.transform(self._prepare(samples))
+        return images.tensors
+
+    @torch.no_grad()
+    def predict_inputs(self, inputs: list[Input], network=None) -> list[dict]:
+        """One-stage detectors go through the network and :meth:`describe_outputs`; the others
+        through ``forward`` (they have no network to replace, so ``network`` is refused)."""
+        if self.hparams.detector in HEAD_OUTPUTS:
+            return super().predict_inputs(inputs, network)
+        if network is not None:
+            self.inference_network()  # raises, saying why
+        self.eval()
+        return [self.describe_detections(d) for d in self([item.sample.to(self.device) for item in inputs])]
+
+    def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
+        """torchvision's own decoding of the raw head outputs, as the detector's ``forward``
+        does it: points or anchors for the padded batch, ``postprocess_detections`` (score
+        threshold, top-k per level, box decoding, NMS), boxes scaled back to each input's size.
+
+        What that needs from the batch is only its geometry — each image's size after the
+        resize, the padded size, each pyramid level's grid — so the transform and the
+        backbone run on ``meta`` tensors: shapes are worked out, nothing is computed.
+        """
+        samples = self._prepare([item.sample for item in inputs])
+        batch, _ = self.detector.transform([sample.to("meta") for sample in samples])
+        weights = {**dict(self.detector.backbone.named_parameters()), **dict(self.detector.backbone.named_buffers())}
+        levels = functional_call(
+            self.detector.backbone, {k: v.to("meta") for k, v in weights.items()}, (batch.tensors,)
+        ).values()
+        grids = [torch.empty(0, 0, *level.shape[-2:]) for level in levels]  # what the anchor generator reads
+        anchors = self.detector.anchor_generator(batch, grids)
+        locations = [grid.shape[-2] * grid.shape[-1] for grid in grids]
+        per_location = outputs[0].shape[1] // sum(locations)  # anchors per location (1 for FCOS's points)
+        counts = [n * per_location for n in locations]
+        head_outputs = {
+            name: list(output.split(counts, dim=1))
+            for name, output in zip(HEAD_OUTPUTS[self.hparams.detector], outputs, strict=True)
+        }
+        split_anchors = [list(a.split(counts)) for a in anchors]
+        detections = self.detector.postprocess_detections(head_outputs, split_anchors, batch.image_sizes)
+        original_sizes = [tuple(sample.shape[-2:]) for sample in samples]
+        detections = self.detector.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        return [self.describe_detections(d) for d in self._relabel(detections)]
+
+    def describe_detections(self, detections: dict[str, torch.Tensor]) -> dict:
+        """``{"detections": [{"class", "score", "box": [x1, y1, x2, y2]}, ...]}``, best first,
+        boxes in the input image's pixels."""
+        order = detections["scores"].argsort(descending=True, stable=True)
+        boxes, labels, scores = (detections[k][order].tolist() for k in ("boxes", "labels", "scores"))
+        return {
+            "detections": [
+                {"class": self.class_names[label], "score": score, "box": box}
+                for box, label, score in zip(boxes, labels, scores, strict=True)
+            ]
+        }
+
+    def render_prediction(self, item: Input, prediction: dict, path: Path) -> None:
+        """The image with its detections drawn as evaluation's ``predictions.png`` draws
+        them; the title says how many scored too low to be drawn."""
+        found = prediction["detections"]
+        index = {name: i for i, name in enumerate(self.class_names)}
+        picture, below = self.draw_detections(
+            item.view if item.view is not None else item.sample,
+            torch.tensor([d["box"] for d in found], dtype=torch.float32).reshape(-1, 4),
+            torch.tensor([index[d["class"]] for d in found], dtype=torch.int64),
+            torch.tensor([d["score"] for d in found], dtype=torch.float32),
+        )
+        fig, ax = plt.subplots(figsize=(4, 4.4))
+        ax.imshow(picture.permute(1, 2, 0).numpy())
+        ax.axis("off")
+        ax.set_title(
+            f"{item.path.name}: {len(found) - below} detections, score ≥ {DRAW_MIN_SCORE:g}\n"
+            f"({below} below, not drawn)",
+            fontsize=9,
+        )
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
     # --- evaluation outputs ---------------------------------------------------------
     @torch.no_grad()
     def predict_dataset(self, dataset, batch_size: int = 32) -> list[dict]:
@@ -318,29 +480,49 @@ class DetectionModule(TaskModule):
         (out_dir / "predictions.json").write_text(json.dumps(coco_results(predictions, categories)))
         return [self.draw_predictions(out_dir / "predictions.png", dataset, predictions)]
 
+    def draw_detections(
+        self,
+        image: torch.Tensor,
+        boxes: torch.Tensor,
+        labels: torch.Tensor,
+        scores: torch.Tensor,
+        truth: torch.Tensor | None = None,
+        min_score: float = DRAW_MIN_SCORE,
+    ) -> tuple[torch.Tensor, int]:
+        """``(picture, how many detections scored below min_score)``: ``image`` ``(C, H, W)`` in
+        [0, 1] as RGB uint8, small images enlarged so labels read, the true boxes (``truth``)
+        in thin white, the detections scoring ≥ ``min_score`` in a colour per class, labelled
+        ``class score``."""
+        font = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
+        rgb = (image * 255).round().to(torch.uint8).expand(3, -1, -1)
+        scale = max(1, round(256 / max(rgb.shape[1:])))
+        rgb = rgb.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        if truth is not None and len(truth):
+            rgb = draw_bounding_boxes(rgb, truth * scale, colors="white", width=1)
+        keep = scores >= min_score
+        if keep.any():  # torchvision warns about an empty list of boxes
+            classes, kept = labels[keep].tolist(), scores[keep].tolist()
+            colors = [_PALETTE[c % len(_PALETTE)] for c in classes]
+            rgb = draw_bounding_boxes(
+                rgb, boxes[keep] * scale, labels=[f"{self.class_names[c]} {p:.2f}" for c, p in
+                zip(classes, kept, strict=True)], colors=colors, width=2, font=font, font_size=12,
+                label_colors="black", label_background_colors=colors, fill_labels=True,
+            )  # fmt: skip
+        return rgb, int((~keep).sum())
+
     def draw_predictions(
-        self, path: Path, dataset, predictions: list[dict], count: int = 16, min_score: float = 0.4
+        self, path: Path, dataset, predictions: list[dict], count: int = 16, min_score: float = DRAW_MIN_SCORE
     ) -> Path:
         """A grid of the first ``count`` test images: the true boxes in thin white, the
         predictions with score ≥ ``min_score`` in a colour per class, labelled ``class score``."""
-        font = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
         tiles = []
         for index in range(min(count, len(dataset))):
             image, target = dataset[index]
             pred = predictions[index]
-            rgb = (image * 255).round().to(torch.uint8).expand(3, -1, -1)
-            scale = max(1, round(256 / max(rgb.shape[1:])))  # small canvases drawn larger, so labels read
-            rgb = rgb.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-            rgb = draw_bounding_boxes(rgb, target["boxes"] * scale, colors="white", width=1)
-            keep = pred["scores"] >= min_score
-            classes, scores = pred["labels"][keep].tolist(), pred["scores"][keep].tolist()
-            colors = [_PALETTE[c % len(_PALETTE)] for c in classes]
-            rgb = draw_bounding_boxes(
-                rgb, pred["boxes"][keep] * scale, labels=[f"{self.class_names[c]} {p:.2f}" for c, p in
-                zip(classes, scores, strict=True)], colors=colors, width=2, font=font, font_size=12,
-                label_colors="black", label_background_colors=colors, fill_labels=True,
-            )  # fmt: skip
-            tiles.append(rgb)
+            tile, _ = self.draw_detections(
+                image, pred["boxes"], pred["labels"], pred["scores"], target["boxes"], min_score
+            )
+            tiles.append(tile)
         side = max(max(t.shape[1] for t in tiles), max(t.shape[2] for t in tiles))
         tiles = [nn.functional.pad(t, (0, side - t.shape[2], 0, side - t.shape[1])) for t in tiles]
         save_image(make_grid([t.float() / 255 for t in tiles], nrow=4, padding=4, pad_value=1.0), path)

@@ -52,11 +52,13 @@ from cnnsuite.data import (
     Input,
     TaskDataModule,
     check_folder,
+    describe_image_preprocessing,
     find_bad_images,
     image_channels,
     image_size,
     read_image,
     report_bad_files,
+    symmetric_normalisation,
 )
 from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError, read_coco, read_voc, voc_classes
 from cnnsuite.data.digits import digit_scans, digit_split
@@ -427,12 +429,12 @@ class LocalizationDataModule(TaskDataModule):
         )
 
     def transform(self, stage: str) -> BoxTransform:
-        size, channels = self.hparams.image_size, self.in_channels
+        size = self.hparams.image_size
         finish = v2.Compose(
             [
                 v2.Resize((size, size), antialias=True),
                 v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize([0.5] * channels, [0.5] * channels),
+                v2.Normalize(*symmetric_normalisation(self.in_channels)),
             ]
         )
         if stage != "train" or not self.hparams.augment:
@@ -441,6 +443,11 @@ class LocalizationDataModule(TaskDataModule):
         if self.hparams.hflip:
             steps.append(v2.RandomHorizontalFlip())
         return BoxTransform(finish, v2.Compose(steps))
+
+    def describe_preprocessing(self) -> dict:
+        return describe_image_preprocessing(
+            self.in_channels, self.hparams.image_size, *symmetric_normalisation(self.in_channels)
+        )
 
     def read_input(self, path: Path) -> Input:
         """The image as the test split sees it; ``meta`` holds its size in pixels, in which the

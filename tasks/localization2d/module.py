@@ -151,7 +151,8 @@ class RoIClassifierHead(nn.Module):
         fmap = features[self.stage]
         height, width = fmap.shape[-2:]
         rois = boxes * boxes.new_tensor([width, height, width, height])
-        index = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None]
+        # boxes.shape[0], not len(): torch.export would fix the batch size at the traced one
+        index = torch.arange(boxes.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
         crops = roi_align(fmap, torch.cat([index, rois], dim=1).to(fmap.dtype), self.size, sampling_ratio=2,
                           aligned=True)  # fmt: skip
         return self.net(crops)
@@ -293,6 +294,14 @@ class LocalizationModule(ClassificationModule):
         return {"probs": logits.softmax(dim=1), "boxes": boxes}
 
     # --- prediction on raw files ----------------------------------------------------------
+    @property
+    def inference_outputs(self) -> dict[str, str]:
+        return {
+            **super().inference_outputs,
+            "boxes": "(batch, 4): the box x1, y1, x2, y2 in fractions of the input's width and height "
+            "(multiply by the original image's width, height, width, height for pixels)",
+        }
+
     def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
         """The class as the shared classifier describes it, and ``box``: ``x1, y1, x2, y2`` in
         pixels of the original file (the network's fractions of its input, times the file's

@@ -287,6 +287,24 @@ class MultispectralDataModule(TaskDataModule):
         self.reader = GeoTiffReader(self.band_names, self.size)
         self.band_stats = (state["band_mean"].float(), state["band_std"].float())
 
+    def describe_preprocessing(self) -> dict:
+        layouts = {
+            "cube": "(1, bands, H, W): the spectrum as the depth axis",
+            "channels": "(bands, H, W): bands as channels",
+            "mean": "(1, H, W): the mean of the normalised bands",
+        }
+        mean, std = self.band_stats if self.band_stats is not None else (None, None)
+        return {
+            "read": f"a uint16 GeoTIFF of {'x'.join(map(str, self.size)) if self.size else 'any'} px; the bands "
+            f"{', '.join(self.band_names)} by name, in this order; nodata pixels take their band's mean",
+            "normalisation": {
+                "mean": mean.tolist() if mean is not None else None,
+                "std": std.tolist() if std is not None else None,
+                "formula": "(reflectance - mean) / std, per band (the training split's statistics)",
+            },
+            "layout": layouts[self.hparams.layout],
+        }
+
     def read_input(self, path: Path) -> Input:
         """The patch as the test split sees it: the run's bands, normalised with its statistics,
         in its layout; ``view`` is its true-colour composite, or where the run has no red, green

@@ -21,12 +21,14 @@ from cnnsuite.data import (
     Input,
     TaskDataModule,
     check_folder,
+    describe_image_preprocessing,
     find_bad_images,
     image_channels,
     list_classes,
     list_samples,
     read_image,
     report_bad_files,
+    symmetric_normalisation,
 )
 from cnnsuite.data.digits import digit_scans, digit_split
 
@@ -113,9 +115,14 @@ class RecognitionDataModule(TaskDataModule):
             steps.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
         steps += [
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([0.5] * self.in_channels, [0.5] * self.in_channels),
+            v2.Normalize(*symmetric_normalisation(self.in_channels)),
         ]
         return v2.Compose(steps)
+
+    def describe_preprocessing(self) -> dict:
+        return describe_image_preprocessing(
+            self.in_channels, self.hparams.image_size, *symmetric_normalisation(self.in_channels)
+        )
 
     def read_input(self, path: Path) -> Input:
         image = read_image(path, self.in_channels)

@@ -345,6 +345,20 @@ class VideoDataModule(TaskDataModule):
         transform = ClipTransform(hp.frame_size, train=stage == "train" and hp.augment, hflip=hp.hflip)
         return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform)
 
+    def describe_preprocessing(self) -> dict:
+        hp = self.hparams
+        return {
+            "read": "decoded to RGB with PyAV (PyTorchVideo EncodedVideo), audio ignored",
+            "clips": f"consecutive clips of {float(self.clip_duration):g} s from the start (PyTorchVideo's "
+            "UniformClipSampler, none past the end; a shorter video gives one clip, its last frame held)",
+            "frames": f"{hp.frames_per_clip} frames evenly spaced in each clip, first and last kept",
+            "resize": f"shorter side to {hp.frame_size} px (bilinear, antialiased), then a centre crop of "
+            f"{hp.frame_size}x{hp.frame_size}",
+            "scale": "to [0, 1]: values / 255",
+            "normalisation": {"mean": list(MEAN), "std": list(STD), "formula": "(x - mean) / std, per channel"},
+            "layout": "(C, T, H, W) per clip",
+        }
+
     def read_input(self, path: Path) -> Input:
         """Every uniform clip of the video, as the test split samples and transforms them:
         ``(clips, C, T, H, W)``; ``meta`` holds each clip's start in seconds. A file PyAV cannot

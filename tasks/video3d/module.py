@@ -162,6 +162,12 @@ class VideoClassificationModule(ClassificationModule):
         uniform clips (see the datamodule's ``read_input``)."""
         return torch.cat(samples)
 
+    def describe_batch_inputs(self) -> str:
+        return (
+            "each video's uniform clips concatenated along the first axis; a video's prediction is the mean of "
+            "its clips' softmax"
+        )
+
     def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
         """Per video, its clips' softmax averaged (as ``video_acc`` scores a video) described
         as the shared classifier does, and ``clips``: each clip's start (seconds), class, score."""

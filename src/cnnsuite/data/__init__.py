@@ -3,7 +3,15 @@
 from .datamodule import TaskDataModule
 from .errors import BadFileError, report_bad_files
 from .folders import check_folder, list_classes, list_samples
-from .images import IMAGE_EXTENSIONS, find_bad_images, image_channels, image_size, read_image
+from .images import (
+    IMAGE_EXTENSIONS,
+    describe_image_preprocessing,
+    find_bad_images,
+    image_channels,
+    image_size,
+    read_image,
+    symmetric_normalisation,
+)
 from .inputs import Input
 from .prepare import prepare_once
 from .splits import load_splits, read_split_lists, save_splits, stratified_split
@@ -14,6 +22,7 @@ __all__ = [
     "BadFileError",
     "TaskDataModule",
     "check_folder",
+    "describe_image_preprocessing",
     "find_bad_images",
     "image_channels",
     "image_size",
@@ -26,4 +35,5 @@ __all__ = [
     "report_bad_files",
     "save_splits",
     "stratified_split",
+    "symmetric_normalisation",
 ]

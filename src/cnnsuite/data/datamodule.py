@@ -119,6 +119,11 @@ class TaskDataModule(L.LightningDataModule):
         the test split is; a file that cannot be read raises :class:`BadFileError` naming it."""
         raise NotImplementedError(f"{type(self).__name__} does not read single files for prediction")
 
+    def describe_preprocessing(self) -> dict:
+        """How :meth:`read_input` makes a raw file into a sample, in words and numbers, for the
+        JSON beside an export: a user feeding the exported network must do the same."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its preprocessing")
+
     def is_input(self, path: Path) -> bool:
         """Whether ``path``, met in a folder given to ``cnnsuite predict``, is one input."""
         return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(self.input_extensions)

@@ -46,6 +46,23 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
     return array.permute(2, 0, 1) if array.dim() == 3 else array.unsqueeze(0)
 
 
+def symmetric_normalisation(channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std that take [0, 1] pixels to [-1, 1] (the 2D image tasks')."""
+    return [0.5] * channels, [0.5] * channels
+
+
+def describe_image_preprocessing(channels: int, size: int | None, mean: list[float], std: list[float]) -> dict:
+    """The JSON description of :func:`read_image` followed by a square resize, scaling to
+    [0, 1] and per-channel normalisation (recognition2d, localization2d)."""
+    return {
+        "read": f"decoded upright (EXIF orientation applied) as {'gray' if channels == 1 else 'RGB'}",
+        **({"resize": f"to {size}x{size} px, bilinear with antialiasing (aspect ratio not kept)"} if size else {}),
+        "scale": "to [0, 1]: 8-bit values / 255, 16-bit / 65535",
+        "normalisation": {"mean": list(mean), "std": list(std), "formula": "(x - mean) / std, per channel"},
+        "layout": "channels first: (C, H, W)",
+    }
+
+
 def image_channels(path: Path) -> int:
     """1 for a grayscale file, 3 otherwise — read from the header only."""
     try:

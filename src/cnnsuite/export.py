@@ -1,0 +1,328 @@
+"""``cnnsuite export``: a checkpoint's network as an ONNX file or a ``torch.export`` program.
+
+    cnnsuite export --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt --format onnx
+    cnnsuite export --ckpt best.ckpt --format torch-export --out lenet.pt2
+
+What is written is the task's :meth:`~cnnsuite.task.TaskModule.inference_network` — the
+network prediction runs, with a free batch size and the run's preprocessed sample size —
+traced once by ``torch.export`` and, for ONNX, translated by the dynamo exporter. Beside it,
+``<name>.json`` (``model.onnx.json``) says what a user must feed it: the input shape and dtype, what its channels
+are, the preprocessing and normalisation of the run's test split, the class names, and what
+each output means. What the file cannot hold (reading files, decoding boxes, NMS, averaging a
+video's clips) stays in the task's ``describe_outputs``: :class:`OnnxNetwork` runs an ONNX
+file where the torch network ran, so its predictions go through the same description.
+
+Every export is checked before it is kept: the file is loaded back (ONNX Runtime on CPU, or
+``torch.export.load``) and run on a batch of another size than the one traced, with real
+files (``--input``) or random samples of the input shape, against the PyTorch network; an
+output further than ``--tolerance`` from PyTorch's deletes the file and fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import TaskDataModule
+from .predict import Predictor
+from .task import TaskModule, class_path
+
+#: format → file ending
+FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
+#: the largest difference allowed between the exported network's outputs and PyTorch's
+TOLERANCE = 1e-4
+#: the batch sizes of the traced example and of the check (different: the batch axis must stay free)
+EXAMPLE_BATCH, CHECK_BATCH = 2, 3
+
+
+class OnnxNetwork:
+    """An ONNX file as a network: a batch tensor in, a tuple of tensors out (ONNX Runtime),
+    so that ``model.predict_inputs(inputs, network=OnnxNetwork(path))`` predicts through the
+    task's own ``describe_outputs``."""
+
+    def __init__(self, path: str | Path, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        import onnxruntime
+
+        self.path = Path(path)
+        self.session = onnxruntime.InferenceSession(str(self.path), providers=list(providers))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # ONNX Runtime reads the buffer as it lies: a channels-last tensor must be made contiguous
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return tuple(torch.from_numpy(out) for out in self.session.run(None, {self.input_name: array}))
+
+
+class ExportedNetwork:
+    """A ``.pt2`` file written by ``torch.export.save`` as a network, like :class:`OnnxNetwork`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.module = torch.export.load(self.path).module()
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return as_tuple(self.module(batch.detach().to("cpu", torch.float32)))
+
+
+def as_tuple(outputs) -> tuple[torch.Tensor, ...]:
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+def export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cnnsuite export",
+        description="Export a checkpoint's network to ONNX or torch.export, with <name>.json beside it (input "
+        "shape, channels, normalisation, class names, outputs), checked against PyTorch before it is kept.",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by cnnsuite fit")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
+    parser.add_argument(
+        "--out", default=None,
+        help="file to write (default: <run folder>/export/model.onnx or .pt2, else beside the checkpoint)",
+    )  # fmt: skip
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument(
+        "--input", nargs="+", default=None,
+        help="files to check the export on, read as the run's test split (default: random samples)",
+    )  # fmt: skip
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest difference (default {TOLERANCE})")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file named by --out")
+    args = parser.parse_args(argv)
+    if args.opset is not None and args.format != "onnx":
+        parser.error("--opset applies to --format onnx only")
+    path, info = export(args.ckpt, args.format, args.out, args.opset, args.input, args.tolerance, args.force)
+    print(summary_line(path, info))
+
+
+def export(
+    ckpt_path: str | Path,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    opset: int | None = None,
+    inputs: list[str | Path] | None = None,
+    tolerance: float = TOLERANCE,
+    force: bool = False,
+) -> tuple[Path, dict]:
+    """Export ``ckpt_path``'s inference network to ``out`` (see the module's docstring);
+    returns the file written and what the JSON beside it holds."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    path = output_path(ckpt_path, fmt, out, force)
+    predictor = Predictor(ckpt_path, accelerator="cpu")
+    model, datamodule = predictor.model, predictor.datamodule
+    network = model.inference_network().eval()
+    check_batch, check_source = check_inputs(predictor, inputs)
+    with torch.no_grad():
+        expected = as_tuple(network(check_batch))
+    names = output_names(model, len(expected))
+    start = time.perf_counter()
+    program = trace(network, check_batch, ckpt_path, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial{FORMATS[fmt]}")  # torch.export.load wants .pt2
+    try:
+        if fmt == "onnx":
+            onnx_program = torch.onnx.export(
+                program, dynamo=True, opset_version=opset, input_names=["input"], output_names=names, verbose=False
+            )
+            onnx_program.save(partial, external_data=False)
+            name_batch_axis(partial)
+            seconds = time.perf_counter() - start
+            exported, opset = OnnxNetwork(partial), onnx_opset(partial)
+        else:
+            torch.export.save(program, partial)
+            seconds = time.perf_counter() - start
+            exported = ExportedNetwork(partial)
+        diffs = {name: max_difference(e, o) for name, e, o in zip(names, expected, exported(check_batch), strict=True)}
+        worst = max(diffs.values())
+        if not worst <= tolerance:  # NaN fails too
+            raise ValueError(
+                f"{path}: the exported network differs from PyTorch's by up to {worst:.3g} (tolerance {tolerance:g}; "
+                + ", ".join(f"{n} {d:.3g}" for n, d in diffs.items())
+                + f") on {check_source}; nothing was written"
+            )
+        info = describe_export(model, datamodule, ckpt_path, path, fmt, opset, expected, names, check_batch)
+        info["check"] = {
+            "inputs": check_source,
+            "runtime": "onnxruntime (CPUExecutionProvider)" if fmt == "onnx" else "torch.export.load",
+            "max_abs_diff": diffs,
+            "tolerance": tolerance,
+        }
+        info["export_seconds"] = round(seconds, 2)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    sidecar(path).write_text(json.dumps(info, indent=1) + "\n")
+    return path, info
+
+
+def output_path(ckpt_path: str | Path, fmt: str, out: str | Path | None, force: bool) -> Path:
+    """``--out``, else ``<run folder>/export/model<ext>`` for a checkpoint in a run's
+    ``checkpoints/`` folder, else ``<checkpoint name><ext>`` beside it. A file the user
+    named is not overwritten without ``--force``; our own previous export is."""
+    ckpt_path = Path(ckpt_path)
+    if out is None:
+        if ckpt_path.parent.name == "checkpoints":
+            return ckpt_path.parent.parent / "export" / f"model{FORMATS[fmt]}"
+        return ckpt_path.with_suffix(FORMATS[fmt])
+    path = Path(out)
+    taken = [p for p in (path, sidecar(path)) if p.exists()]
+    if taken and not force:
+        raise FileExistsError(f"--out {path}: {' and '.join(map(str, taken))} exist already; --force overwrites")
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path}: is a folder; expected a file name such as {path / 'model'}")
+    return path
+
+
+def sidecar(path: Path) -> Path:
+    """The description beside an export: ``model.onnx.json`` (an ONNX file and a ``.pt2`` of
+    the same name, as the two defaults are, each keep their own)."""
+    return path.with_name(path.name + ".json")
+
+
+def check_inputs(predictor: Predictor, inputs: list | None) -> tuple[torch.Tensor, str]:
+    """The batch the export is traced on and checked with, and what it is: the ``inputs``
+    files read as the run's test split and batched as prediction batches them, else
+    ``CHECK_BATCH`` random samples of the datamodule's input shape."""
+    if inputs:
+        items = [predictor.read(p) for p in inputs]
+        batch = predictor.model.batch_inputs([item.sample for item in items]).float()
+        return batch, f"{len(items)} files ({', '.join(map(str, inputs))})"
+    datamodule = predictor.datamodule
+    shape = datamodule.input_shape
+    if shape is None:
+        raise ValueError(
+            f"{type(datamodule).__name__} has no fixed input shape: give --input with files to export and check on"
+        )
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(CHECK_BATCH, *shape, generator=generator), f"{CHECK_BATCH} random samples of {tuple(shape)}"
+
+
+def trace(network: nn.Module, batch: torch.Tensor, ckpt_path: str | Path, model: TaskModule):
+    """``torch.export`` of ``network`` with the axes the task leaves free
+    (:meth:`~cnnsuite.task.TaskModule.inference_dynamic_shapes`: the batch, and for
+    detection2d the padded height and width), the others fixed at the sample's size.
+
+    The example batch has another size than the check's, so a network that fixes its batch
+    size fails here or in the check, never in a user's hands. Parametrized weights (masked,
+    tied, hypernetwork-made kernels) trace as they are: checked with LeNet-5's C3 table, a
+    hypernetwork kernel and tied weights, they export and agree with PyTorch."""
+    example = batch[:1].expand(EXAMPLE_BATCH, *batch.shape[1:]).clone()
+    batch_dim = torch.export.Dim("batch", min=1)
+    try:
+        dynamic = model.inference_dynamic_shapes(batch_dim)
+        return torch.export.export(network, (example,), dynamic_shapes=(dynamic,), strict=False)
+    except Exception as err:  # torch.export raises several types; the first lines say where
+        reason = " ".join(str(err).strip().split("\n")[:2])
+        raise ValueError(
+            f"{ckpt_path}: torch.export cannot trace {type(model).__name__}.inference_network() for any batch "
+            f"size ({type(err).__name__}: {reason})"
+        ) from err
+
+
+def max_difference(expected: torch.Tensor, found: torch.Tensor) -> float:
+    if expected.shape != found.shape:
+        return float("inf")
+    return float((expected.float() - found.float()).abs().max()) if expected.numel() else 0.0
+
+
+def name_batch_axis(path: Path) -> None:
+    """Call the input's first axis ``batch`` in the file (the exporter names it after its
+    internal symbol, ``s77`` say), in the inputs and outputs that have it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    symbol = model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if symbol and dim.dim_param == symbol:
+                dim.dim_param = "batch"
+    onnx.save(model, str(path))
+
+
+def onnx_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def output_names(model: TaskModule, count: int) -> list[str]:
+    """The task's names for the network's ``count`` outputs (``inference_outputs``)."""
+    names = list(model.inference_outputs)
+    if len(names) != count:
+        raise ValueError(
+            f"{type(model).__name__}.inference_outputs names {len(names)} outputs ({', '.join(names)}), "
+            f"its inference_network() gives {count}"
+        )
+    return names
+
+
+def describe_export(
+    model: TaskModule,
+    datamodule: TaskDataModule,
+    ckpt_path: str | Path,
+    path: Path,
+    fmt: str,
+    opset: int | None,
+    outputs: tuple[torch.Tensor, ...],
+    names: list[str],
+    batch: torch.Tensor,
+) -> dict:
+    """What the JSON beside the export holds: everything a user needs to feed it and read it."""
+    meanings = model.inference_outputs
+    free = model.inference_dynamic_shapes(torch.export.Dim("batch"))
+    task = type(model).__module__.split(".")
+    return {
+        "file": path.name,
+        "format": fmt,
+        **({"opset": opset} if fmt == "onnx" else {}),
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "task": task[2] if task[:2] == ["cnnsuite", "tasks"] else class_path(model),
+        "model": class_path(model),
+        "input": {
+            "name": "input",
+            "shape": ["batch", *("free" if axis in free else size for axis, size in enumerate(batch.shape) if axis)],
+            "dtype": "float32",
+            **channel_meaning(datamodule),
+        },
+        "preprocessing": {**datamodule.describe_preprocessing(), "batch": model.describe_batch_inputs()},
+        "class_names": list(model.class_names),
+        "outputs": [
+            {
+                "name": name,
+                "shape": ["batch", *out.shape[1:]],
+                "dtype": str(out.dtype).removeprefix("torch."),
+                "meaning": meanings[name],
+            }
+            for name, out in zip(names, outputs, strict=True)
+        ],  # fmt: skip
+    }
+
+
+def channel_meaning(datamodule: TaskDataModule) -> dict:
+    """What the input's channels (or bands) are."""
+    bands = getattr(datamodule, "band_names", None)
+    if bands:
+        layout = datamodule.hparams.get("layout")
+        return {"bands": list(bands), **({"layout": layout} if layout else {})}
+    channels = {1: ["gray"], 3: ["red", "green", "blue"]}.get(datamodule.in_channels)
+    return {"channels": channels or [f"channel {i}" for i in range(datamodule.in_channels)]}
+
+
+def summary_line(path: Path, info: dict) -> str:
+    diffs = info["check"]["max_abs_diff"]
+    return (
+        f"exported {path} ({path.stat().st_size / 1e6:.2f} MB, {info['format']}"
+        + (f", opset {info['opset']}" if "opset" in info else "")
+        + f") in {info['export_seconds']:.1f} s; max abs diff vs PyTorch "
+        + ", ".join(f"{n} {d:.2g}" for n, d in diffs.items())
+        + f" on {info['check']['inputs']}"
+    )

@@ -1,0 +1,133 @@
+"""cnnsuite export: ONNX and torch.export files that agree with PyTorch, on a 2D task
+(recognition2d's LeNet-5 with BatchNorm and C3's parametrized connection table) and a 3D
+task (biomedical3d), with the JSON a user needs to feed them."""
+
+import json
+
+import pytest
+import torch
+from conftest import fit, make_image_folder
+from test_biomedical3d import SMALL, make_volume_folder
+
+from cnnsuite.checkpoint import rebuild
+from cnnsuite.cli import main
+from cnnsuite.export import ExportedNetwork, OnnxNetwork, export
+from cnnsuite.predict import Predictor
+
+LENET5_WITH_C3_TABLE = "{act: relu, pool: max, norm: batch, c3_table: true}"
+
+
+@pytest.fixture(scope="module")
+def recognition(tmp_path_factory):
+    """A one-epoch LeNet-5 run on a user folder, exported to ONNX by the CLI with the
+    defaults: ``(image folder, checkpoint, onnx file, printed summary)``."""
+    tmp = tmp_path_factory.mktemp("recognition")
+    folder = make_image_folder(tmp / "images", per_class=6)
+    run = fit("recognition2d", tmp, "--data.data_dir", str(folder), "--data.batch_size", "8",
+              "--model.init_args.backbone_kwargs", LENET5_WITH_C3_TABLE,
+              "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    return folder, ckpt
+
+
+@pytest.fixture(scope="module")
+def recognition_onnx(recognition):
+    folder, ckpt = recognition
+    with pytest.MonkeyPatch.context() as mp:
+        printed = []
+        mp.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+        main(["export", "--ckpt", str(ckpt)])
+    return ckpt.parent.parent / "export" / "model.onnx", printed
+
+
+def test_lenet5_exports_to_onnx_in_its_run_folder_with_what_a_user_needs(recognition, recognition_onnx):
+    _, ckpt = recognition
+    path, printed = recognition_onnx
+    model, _ = rebuild(ckpt)
+    assert any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())  # C3's table
+    (line,) = printed
+    assert line.startswith(f"exported {path} (") and "max abs diff vs PyTorch logits" in line
+    info = json.loads((path.parent / "model.onnx.json").read_text())
+    assert info["task"] == "recognition2d" and info["format"] == "onnx" and info["opset"] >= 18
+    assert info["class_names"] == ["cat", "dog", "owl"]
+    assert info["input"] == {"name": "input", "shape": ["batch", 3, 32, 32], "dtype": "float32",
+                             "channels": ["red", "green", "blue"]}  # fmt: skip
+    assert info["preprocessing"]["normalisation"]["mean"] == [0.5] * 3
+    assert info["preprocessing"]["normalisation"]["std"] == [0.5] * 3
+    assert [o["name"] for o in info["outputs"]] == ["logits"] and info["outputs"][0]["shape"] == ["batch", 3]
+    assert info["check"]["max_abs_diff"]["logits"] < 1e-4
+    session_input = OnnxNetwork(path).session.get_inputs()[0]
+    assert session_input.name == "input" and session_input.shape == ["batch", 3, 32, 32]
+
+
+def test_onnx_predictions_agree_with_pytorch_on_real_files(recognition, recognition_onnx):
+    folder, ckpt = recognition
+    path, _ = recognition_onnx
+    predictor = Predictor(ckpt, accelerator="cpu")
+    inputs = [predictor.read(p) for p in sorted(folder.rglob("*.*"))[:5]]  # RGB and gray, several sizes
+    expected = predictor.predict(inputs)
+    got = predictor.predict(inputs, network=OnnxNetwork(path))
+    assert [g["class"] for g in got] == [e["class"] for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(torch.tensor(list(g["probabilities"].values())),
+                                   torch.tensor(list(e["probabilities"].values())), atol=1e-4, rtol=0)  # fmt: skip
+
+
+def test_an_export_that_disagrees_with_pytorch_is_not_kept(recognition, tmp_path):
+    _, ckpt = recognition
+    out = tmp_path / "strict.onnx"
+    with pytest.raises(ValueError, match=r"strict.onnx: the exported network differs from PyTorch's by up to"):
+        export(ckpt, "onnx", out, tolerance=0.0)  # ONNX Runtime's float sums are not bit-identical
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_export_round_trip_and_a_named_file_is_not_overwritten(recognition, tmp_path, capsys):
+    folder, ckpt = recognition
+    out = tmp_path / "lenet.pt2"
+    path, info = export(ckpt, "torch-export", out)
+    assert path == out and info["check"]["max_abs_diff"]["logits"] == 0.0 and "opset" not in info
+    assert json.loads((tmp_path / "lenet.pt2.json").read_text())["class_names"] == ["cat", "dog", "owl"]
+    predictor = Predictor(ckpt, accelerator="cpu")
+    inputs = [predictor.read(p) for p in sorted(folder.rglob("*.*"))[:3]]
+    assert predictor.predict(inputs, network=ExportedNetwork(out)) == predictor.predict(inputs)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt", str(ckpt), "--format", "torch-export", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cnnsuite export: error: --out {out}: {out} and {out}.json exist already; --force overwrites"
+    )
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
+def test_a_damaged_or_foreign_checkpoint_is_named_in_one_line(tmp_path, capsys, content):
+    bad = tmp_path / "model.ckpt"
+    if content is None:
+        torch.save({"state_dict": {}}, bad)  # a torch file, but not one cnnsuite fit wrote
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(bad)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"cnnsuite export: error: {bad}: ")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_3d_volume_classifier_exports_and_agrees_on_real_volumes(tmp_path, capsys):
+    folder = make_volume_folder(tmp_path / "user")
+    run = fit("biomedical3d", tmp_path, *SMALL, "--data.data_dir", str(folder), "--trainer.max_epochs", "1",
+              "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    volumes = [folder / "scans/s4.nrrd", folder / "scans/s1.nii.gz", folder / "scans/s2.nii"]
+    out = tmp_path / "volumes.onnx"
+    main(["export", "--ckpt", str(ckpt), "--out", str(out), "--input", *map(str, volumes)])
+    assert f"exported {out}" in capsys.readouterr().out
+    info = json.loads((tmp_path / "volumes.onnx.json").read_text())
+    assert info["input"]["shape"] == ["batch", 1, 16, 16, 16] and info["class_names"] == ["benign", "malignant"]
+    assert "z-score of each volume" in info["preprocessing"]["normalisation"]
+    assert info["check"]["inputs"].startswith("3 files") and info["check"]["max_abs_diff"]["logits"] < 1e-4
+    predictor = Predictor(ckpt, accelerator="cpu")
+    inputs = [predictor.read(p) for p in volumes]
+    expected, got = predictor.predict(inputs), predictor.predict(inputs, network=OnnxNetwork(out))
+    assert [g["class"] for g in got] == [e["class"] for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert max(abs(g["probabilities"][c] - e["probabilities"][c]) for c in e["probabilities"]) < 1e-4

@@ -1,0 +1,190 @@
+"""cnnsuite serve: the real server in a subprocess, called over real HTTP with multipart
+uploads; its answers are the lines ``cnnsuite predict`` writes for the same files."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+from conftest import fit, make_image_folder
+from test_biomedical3d import SMALL, make_volume_folder
+
+from cnnsuite.predict import Predictor
+
+BATCH = 4  # the server's --max_batch_size in these tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``cnnsuite serve`` in a subprocess: started on entering, stopped on leaving (SIGTERM,
+    which takes its worker processes down with it); :meth:`url` waits for ``/health``."""
+
+    def __init__(self, ckpt: Path, log: Path, *extra: str) -> None:
+        self.ckpt, self.log, port = ckpt, log, free_port()
+        self.address = f"http://127.0.0.1:{port}"
+        self.command = [sys.executable, "-m", "cnnsuite", "serve", "--ckpt", str(ckpt), "--port", str(port), *extra]
+
+    def __enter__(self) -> "Server":
+        with self.log.open("w") as out:
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def url(self) -> str:
+        deadline = time.monotonic() + 120
+        while not healthy(self.address):
+            assert self.process.poll() is None, (
+                f"the server exited ({self.process.returncode}):\n{self.log.read_text()}"
+            )
+            assert time.monotonic() < deadline, f"no /health after 120 s:\n{self.log.read_text()}"
+            time.sleep(0.2)
+        return self.address
+
+    def __exit__(self, *exc) -> None:
+        workers = child_pids(self.process.pid)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        left = [pid for pid in workers if running(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"SIGTERM left the server's processes {left} running:\n{self.log.read_text()}"
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux; elsewhere none are checked)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # not a zombie
+    except OSError:
+        return False
+
+
+def healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def post(url: str, name: str, data: bytes) -> requests.Response:
+    return requests.post(f"{url}/predict", files={"file": (name, data)}, timeout=60)
+
+
+def assert_same_line(served: dict, line: dict) -> None:
+    """A served answer is the predictions.jsonl line, with the uploaded filename as its path."""
+    assert served.keys() == line.keys()
+    assert served["path"] == Path(line["path"]).name
+    assert served["class"] == line["class"]
+    assert served["score"] == pytest.approx(line["score"], abs=1e-5)
+    assert served["probabilities"] == pytest.approx(line["probabilities"], abs=1e-5)
+
+
+def jsonl_lines(ckpt: Path, files: list[Path]) -> list[dict]:
+    """What ``cnnsuite predict`` writes for ``files``: :meth:`Predictor.run`'s records."""
+    return [record for _, record in Predictor(ckpt, accelerator="cpu").run(files)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Short recognition2d and biomedical3d runs on user folders, each served; the first
+    server starts up (seconds of imports) while the second task trains. recognition2d's
+    batches hold up to ``BATCH`` requests and wait long enough to fill."""
+    tmp = tmp_path_factory.mktemp("serve")
+    with ExitStack() as stack:
+        images = make_image_folder(tmp / "images", per_class=4)
+        run = fit("recognition2d", tmp / "recognition2d", "--data.data_dir", str(images),
+                  "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
+        recognition = Server(run / "checkpoints" / "best.ckpt", tmp / "recognition2d.log", "--accelerator", "cpu",
+                             "--max_batch_size", str(BATCH), "--batch_timeout", "0.5")  # fmt: skip
+        stack.enter_context(recognition)
+        volumes = make_volume_folder(tmp / "volumes")
+        run = fit("biomedical3d", tmp / "biomedical3d", *SMALL, "--data.data_dir", str(volumes),
+                  "--trainer.max_epochs", "1", "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
+        biomedical = stack.enter_context(Server(run / "checkpoints" / "best.ckpt", tmp / "biomedical3d.log"))
+        yield SimpleNamespace(images=images, recognition=recognition, volumes=volumes, biomedical=biomedical)
+
+
+def test_concurrent_requests_are_batched_and_answer_as_predict_does(served):
+    folder, ckpt, url, log = served.images, served.recognition.ckpt, served.recognition.url(), served.recognition.log
+    files = sorted(folder.rglob("*.*"))[: 2 * BATCH]  # PNG and JPEG, RGB and gray, of different sizes
+    with ThreadPoolExecutor(len(files)) as pool:
+        answers = list(pool.map(lambda f: post(url, f.name, f.read_bytes()), files))
+    assert [a.status_code for a in answers] == [200] * len(files), [a.text for a in answers]
+    for answer, line in zip(answers, jsonl_lines(ckpt, files), strict=True):
+        assert_same_line(answer.json(), line)
+    batch_sizes = [int(a.headers["X-Batch-Size"]) for a in answers]
+    assert max(batch_sizes) > 1 and all(1 <= n <= BATCH for n in batch_sizes), batch_sizes
+    started = log.read_text()
+    assert f"cnnsuite serve: {ckpt} at {url}/predict" in started and f"{url}/health" in started
+    assert requests.get(f"{url}/info", timeout=5).json()["model"]["classes"] == ["cat", "dog", "owl"]
+
+
+def test_bad_uploads_get_a_4xx_naming_them_and_the_server_goes_on(served):
+    folder, ckpt, url = served.images, served.recognition.ckpt, served.recognition.url()
+    garbage = post(url, "x.png", b"\x89PNG\r\n\x1a\n not an image at all")
+    assert garbage.status_code == 422 and "x.png" in garbage.json()["error"], garbage.text
+    assert garbage.json()["path"] == "x.png"
+    text = post(url, "notes.txt", b"not an image")
+    assert text.status_code == 415 and "notes.txt" in text.json()["error"] and ".png" in text.json()["error"]
+    empty = post(url, "empty.png", b"")
+    assert empty.status_code == 400 and "empty.png: empty file" in empty.json()["error"]
+    long_name = post(url, "a" * 300 + ".png", b"\x89PNG")
+    assert long_name.status_code == 400 and "cannot be stored under this filename" in long_name.json()["error"]
+    no_field = requests.post(f"{url}/predict", files={"image": ("a.png", b"x")}, timeout=60)
+    assert no_field.status_code == 400 and "'file'" in no_field.json()["error"]
+    raw_body = requests.post(f"{url}/predict", data=b"\x89PNG", headers={"Content-Type": "image/png"}, timeout=60)
+    assert raw_body.status_code == 415 and "multipart/form-data" in raw_body.json()["error"]
+    image = folder / "owl" / "0.png"
+    good = post(url, image.name, image.read_bytes())
+    assert good.status_code == 200
+    assert_same_line(good.json(), *jsonl_lines(ckpt, [image]))
+
+
+def test_a_bad_upload_fails_alone_in_its_batch(served):
+    """LitServe decodes a batch's requests in one try: a bad one must not fail the others."""
+    folder, ckpt, url = served.images, served.recognition.ckpt, served.recognition.url()
+    files = sorted((folder / "dog").glob("*"))[: BATCH - 1]
+    uploads = [(f.name, f.read_bytes()) for f in files] + [("broken.jpg", b"\xff\xd8\xff truncated")]
+    with ThreadPoolExecutor(BATCH) as pool:
+        *answers, broken = pool.map(lambda upload: post(url, *upload), uploads)
+    assert [a.status_code for a in answers] == [200] * len(files), [a.text for a in answers]
+    for answer, line in zip(answers, jsonl_lines(ckpt, files), strict=True):
+        assert_same_line(answer.json(), line)
+    assert broken.status_code == 422 and "broken.jpg" in broken.json()["error"], broken.text
+    assert int(broken.headers["X-Batch-Size"]) > 1  # it shared a batch with good uploads
+
+
+def test_a_nifti_volume_answers_as_predict_does(served):
+    """A 3D task, served with the default batching: the upload keeps both suffixes of
+    ``.nii.gz``, which the reader goes by."""
+    ckpt, url = served.biomedical.ckpt, served.biomedical.url()
+    volumes = sorted((served.volumes / "scans").glob("*.nii.gz"))[:2]
+    answers = [post(url, volume.name, volume.read_bytes()) for volume in volumes]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    for answer, line in zip(answers, jsonl_lines(ckpt, volumes), strict=True):
+        assert_same_line(answer.json(), line)
+    png = post(url, "slice.png", b"\x89PNG")
+    assert png.status_code == 415 and ".nii.gz" in png.json()["error"]
