@@ -61,7 +61,11 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        left = [pid for pid in workers if running(pid)]
+        # Children finish their own shutdown a moment after the parent (the resource tracker
+        # notices its pipe close): give them a few seconds, then anything still running is left.
+        deadline = time.monotonic() + 15
+        while (left := [pid for pid in workers if running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         assert not left, f"SIGTERM left the server's processes {left} running:\n{self.log.read_text()}"
