@@ -19,7 +19,7 @@ help:  ## list the targets
 	@echo "make serve CKPT=<file> [PORT=8000]      POST /predict (multipart field 'file') over HTTP"
 	@echo "make test                                the test suite"
 	@echo "make test-slow                           the tests that start real processes: kills, DDP"
-	@echo "make bench                               Lightning + task module against a plain PyTorch loop (ratios)"
+	@echo "make bench [OUT=<dir>] [ARGS=--quick]    every task's model, data pipeline and training against references: bench.md"
 	@echo "make lint                                ruff"
 	@echo "tasks: $(TASKS)"
 
@@ -62,9 +62,9 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
+# ARGS="--quick" (about 5 minutes), ARGS="--tasks video3d --sections models" ...
 bench: setup
-	$(BIN)/python benchmarks/trainer_overhead.py --task recognition2d
-	$(BIN)/python benchmarks/trainer_overhead.py --task biomedical3d
+	$(BIN)/cnnsuite bench --out $(or $(OUT),runs/bench) $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -114,13 +114,14 @@ def test_a_user_mistake_is_one_line_and_exit_status_2(tmp_path, capsys):
         main([*args, "--debug"])
 
 
-def test_an_error_raised_in_a_loader_worker_is_shown_as_its_own_message(tmp_path, capsys):
+@pytest.mark.parametrize("cache_limit_mb", ["0", "1024"])  # decoded in a loader worker / once, in the main process
+def test_an_error_raised_in_a_loader_worker_is_shown_as_its_own_message(tmp_path, capsys, cache_limit_mb):
     folder = make_image_folder(tmp_path / "images", per_class=6)
     whole = (folder / "dog" / "0.png").read_bytes()
     (folder / "dog" / "0.png").write_bytes(whole[: len(whole) // 2])  # its header reads; its pixels do not
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(ROOT / "tasks/recognition2d/config.yaml"), "--data.data_dir", str(folder),
-              "--data.num_workers", "1", "--trainer.fast_dev_run", "true",
+              "--data.num_workers", "1", "--data.cache_limit_mb", cache_limit_mb, "--trainer.fast_dev_run", "true",
               "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("cnnsuite fit: error: ") and "dog/0.png: cannot decode as an image" in last

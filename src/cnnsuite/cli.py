@@ -261,8 +261,12 @@ def user_message(err: BaseException) -> str:
     class's ``__init__`` in its own (the original is its cause), and an error raised in a
     DataLoader worker arrives as "Caught X in DataLoader worker process N. Original
     Traceback ..." with the original message at its end."""
-    while isinstance(err.__cause__ or err.__context__, USER_ERRORS):
-        err = err.__cause__ or err.__context__
+    while True:
+        # "raise ... from None" hides the context: the error raised there is the message
+        inner = err.__cause__ if err.__cause__ is not None or err.__suppress_context__ else err.__context__
+        if not isinstance(inner, USER_ERRORS):
+            break
+        err = inner
     message = str(err).strip() or type(err).__name__
     caught = re.match(r"Caught (\w+) in DataLoader worker process \d+\.", message)
     if caught and "Original Traceback" in message:
@@ -297,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
             from .serve import serve_main
 
             serve_main(argv[1:])
+        elif argv[:1] == ["bench"]:
+            from .bench import bench_main
+
+            bench_main(argv[1:])
         else:
             CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
     except USER_ERRORS as err:

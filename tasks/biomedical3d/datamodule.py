@@ -27,7 +27,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, get_track_meta, set_track_meta
 from monai.data.utils import pickle_hashing
 from monai.transforms import (
     Compose,
@@ -144,6 +144,24 @@ def _collate(items: list[dict]) -> tuple:
     return batch["image"], batch["label"]
 
 
+class WithoutMetadata(Compose):
+    """MONAI transforms run on plain tensors rather than ``MetaTensor``s. MONAI's random
+    transforms turn their input into a ``MetaTensor`` (as ``get_track_meta()`` asks), which
+    (1) made the flips, turns and shift cost 2.9× as long (5.5 ms against 1.9 ms a volume) and
+    (2) reached the network: every operation on one carries its metadata along, and a training
+    step took 5.8× as long (1.18 s against 0.20 s a batch of 16). Augmentation comes after the
+    spatial preprocessing, which is the only part that needs the metadata. A ``Compose``, so
+    MONAI's caches stop before it and its DataLoader seeds the transforms inside."""
+
+    def __call__(self, input_, *args, **kwargs):
+        previous = get_track_meta()
+        set_track_meta(False)
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        finally:
+            set_track_meta(previous)
+
+
 class Biomedical3DDataModule(TaskDataModule):
     """Volumes → ``(volume (1, D, H, W), label)`` batches for a 3D classifier.
 
@@ -246,8 +264,9 @@ class Biomedical3DDataModule(TaskDataModule):
         else:
             labels = dict(self.list_samples())
             items = [{"image": str(self.root / i), "label": labels[i]} for i in ids]
-        # One flat Compose: the caches keep everything before the first random transform.
-        transform = Compose(self.preprocessing() + (self.augmentations() if stage == "train" else []))
+        # The caches keep everything before the first random transform (the augmentation).
+        augment = [WithoutMetadata(self.augmentations())] if stage == "train" and self.hparams.augment else []
+        transform = Compose(self.preprocessing() + augment)
         if self.hparams.cache == "memory":
             return NamedErrors(CheckedCacheDataset(items, transform, progress=False, num_workers=None))
         if self.hparams.cache == "disk" and self.hparams.medmnist_npz is None:

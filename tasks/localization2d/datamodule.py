@@ -60,6 +60,8 @@ from cnnsuite.data import (
     report_bad_files,
     symmetric_normalisation,
 )
+from cnnsuite.data.augment import BatchRandomAffine
+from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError, read_coco, read_voc, voc_classes
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.splits import STAGES, split_off
@@ -282,29 +284,123 @@ def _area(boxes: torch.Tensor) -> float:
     return float(((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sum())
 
 
+class BatchBoxAffine:
+    """Random shifts and zooms (and with ``hflip`` left-right flips) of a whole batch, one draw
+    per sample, boxes moved with their image (:class:`BatchRandomAffine` for the pixels). As in
+    :class:`BoxTransform`, a draw that leaves less than ``min_visible`` of a box inside the image
+    is drawn again, up to :data:`AUGMENT_TRIES` times, and then that sample is left unmoved."""
+
+    def __init__(self, translate: float, scale: tuple[float, float], hflip: bool, min_visible: float = 0.6) -> None:
+        self.affine = BatchRandomAffine(translate=(translate, translate), scale=scale)
+        self.hflip, self.min_visible = hflip, min_visible
+
+    def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` float ``(N, C, H, W)``, ``boxes`` ``(N, 4)`` ``x1, y1, x2, y2`` in pixels."""
+        count, (height, width) = len(images), images.shape[-2:]
+        size = torch.tensor([width, height, width, height], dtype=torch.float64)
+        params = self.affine.draw(count)
+        moved = self.move(boxes.double(), params, size)
+        kept = self.visible(moved, size)
+        for _ in range(AUGMENT_TRIES - 1):
+            if kept.all():
+                break
+            again = self.affine.draw(count)
+            for key in params:
+                params[key] = torch.where(_rows(kept, params[key]), params[key], again[key])
+            moved = self.move(boxes.double(), params, size)
+            kept = self.visible(moved, size)
+        params["shift"] = torch.where(kept[:, None], params["shift"], 0.0)
+        params["factor"] = torch.where(kept, params["factor"], 1.0)
+        moved = torch.where(kept[:, None], moved, boxes.double())
+        images = self.affine.warp(images, params)
+        moved = torch.minimum(moved.clamp(min=0), size)
+        if self.hflip:
+            flip = torch.rand(count) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            mirrored = torch.stack([width - moved[:, 2], moved[:, 1], width - moved[:, 0], moved[:, 3]], 1)
+            moved = torch.where(flip[:, None], mirrored, moved)
+        return images, moved.float()
+
+    @staticmethod
+    def move(boxes: torch.Tensor, params: dict[str, torch.Tensor], size: torch.Tensor) -> torch.Tensor:
+        """Where the zoom about the centre and the shift take each box (unclamped)."""
+        centre, shift = size / 2, params["shift"].repeat(1, 2) * size
+        return (boxes - centre) * params["factor"][:, None] + centre + shift
+
+    def visible(self, boxes: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """Whether at least ``min_visible`` of each box's area lies inside the image."""
+        inside = torch.minimum(boxes.clamp(min=0), size)
+        return _box_area(inside) >= self.min_visible * _box_area(boxes).clamp(min=1e-12)
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _box_area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
 class LocalizationDataset(Dataset):
     """``(image, label, box)`` per sample; boxes are clipped to the image (within the
-    tolerance the readers allow) before they move with it."""
+    tolerance the readers allow) before they move with it.
 
-    def __init__(self, root: Path, samples: list[Sample], channels: int, transform: BoxTransform) -> None:
-        self.root, self.samples, self.channels, self.transform = root, samples, channels, transform
+    Images are decoded and resized to ``size`` (boxes with them) once, into uint8 images kept
+    in memory, when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`).
+    ``augment`` (training) then moves a whole batch at once (``__getitems__``, PyTorch's batched
+    fetch); otherwise each sample goes through ``transform`` alone.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        samples: list[Sample],
+        channels: int,
+        size: int,
+        transform: BoxTransform,
+        augment: BatchBoxAffine | None = None,
+        cache_limit_mb: float = 0,
+    ) -> None:
+        self.root, self.samples, self.channels, self.size = root, samples, channels, size
+        self.transform, self.augment = transform, augment
+        self.resize = v2.Resize((size, size), antialias=True)
+        nbytes = len(samples) * channels * size * size
+        self.decoded = DecodedCache(self.decode, len(samples), nbytes, cache_limit_mb,
+                                    what=f"{root}: {len(samples)} images")  # fmt: skip
+
+    def decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image resized to ``size`` (uint8) and its box clipped to it, in its pixels."""
+        sample = self.samples[index]
+        image = read_image(self.root / sample.file, self.channels)
+        height, width = image.shape[-2:]
+        x1, y1, x2, y2 = sample.box
+        box = torch.tensor([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)], dtype=torch.float32)
+        box = box * torch.tensor([self.size / width, self.size / height] * 2)
+        return self.resize(image), box
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        sample = self.samples[index]
-        image = read_image(self.root / sample.file, self.channels)
-        height, width = image.shape[-2:]
-        x1, y1, x2, y2 = sample.box
-        box = (max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height))
-        image, box = self.transform(image, box)
-        return image, sample.label, box
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        labels = [self.samples[i].label for i in indices]
+        decoded = [self.decoded[i] for i in indices]
+        if self.augment is None:
+            items = [self.transform(image, tuple(box.tolist())) for image, box in decoded]
+            return [(image, label, box) for (image, box), label in zip(items, labels, strict=True)]
+        images = v2.functional.to_dtype(torch.stack([image for image, _ in decoded]), torch.float32, scale=True)
+        images, boxes = self.augment(images, torch.stack([box for _, box in decoded]))
+        images = self.transform.finish(images)  # normalisation only: the size is the input's, the dtype float
+        return list(zip(images, labels, boxes / self.size, strict=True))
 
 
 class LocalizationDataModule(TaskDataModule):
     """One-object images → train/val/test loaders of ``(image, label, box)``.
 
+    ``cache_limit_mb``: a split whose resized images fit is decoded once and kept in memory
+    (:mod:`cnnsuite.data.cache`); training's random moves run on whole batches.
     ``image_size``: every image is resized to this square (boxes with it).
     ``augment``: random shifts and zooms in training; ``hflip`` adds left-right flips (off
     by default: a mirrored digit is not a digit; birds do not mind).
@@ -324,6 +420,7 @@ class LocalizationDataModule(TaskDataModule):
         channels: int | None = None,
         augment: bool = True,
         hflip: bool = False,
+        cache_limit_mb: float = 1024,
         on_bad_file: str = "error",
         batch_size: int = 64,
         num_workers: int = 0,
@@ -341,6 +438,7 @@ class LocalizationDataModule(TaskDataModule):
             raise ValueError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if image_size < 8:
             raise ValueError(f"data.image_size={image_size}: expected at least 8 pixels")
+        check_cache_limit(cache_limit_mb)
         self._samples: dict[str, Sample] | None = None
         self._fixed: dict[str, str] = {}
         if data_dir is None:
@@ -424,11 +522,14 @@ class LocalizationDataModule(TaskDataModule):
         bad = self._bad_samples(ids, decode=on_bad == "skip")
         report_bad_files(list(bad.values()), len(ids), on_bad, what=f"{stage} images")
         samples = self._load()
-        return LocalizationDataset(
-            self.root, [samples[i] for i in ids if i not in bad], self.in_channels, self.transform(stage)
-        )
+        hp = self.hparams
+        augment = BatchBoxAffine(0.1, (0.85, 1.15), hp.hflip) if stage == "train" and hp.augment else None
+        return LocalizationDataset(self.root, [samples[i] for i in ids if i not in bad], self.in_channels,
+                                   hp.image_size, self.transform(), augment, hp.cache_limit_mb)  # fmt: skip
 
-    def transform(self, stage: str) -> BoxTransform:
+    def transform(self) -> BoxTransform:
+        """Every split's preprocessing: resize, scale to [0, 1], normalise (training's random
+        moves, :class:`BatchBoxAffine`, come before it, on whole batches)."""
         size = self.hparams.image_size
         finish = v2.Compose(
             [
@@ -437,12 +538,7 @@ class LocalizationDataModule(TaskDataModule):
                 v2.Normalize(*symmetric_normalisation(self.in_channels)),
             ]
         )
-        if stage != "train" or not self.hparams.augment:
-            return BoxTransform(finish)
-        steps = [v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.85, 1.15))]
-        if self.hparams.hflip:
-            steps.append(v2.RandomHorizontalFlip())
-        return BoxTransform(finish, v2.Compose(steps))
+        return BoxTransform(finish)
 
     def describe_preprocessing(self) -> dict:
         return describe_image_preprocessing(
@@ -454,7 +550,7 @@ class LocalizationDataModule(TaskDataModule):
         predicted box is given, and ``view`` the image as read, on which it is drawn."""
         image = read_image(path, self.in_channels)
         height, width = image.shape[-2:]
-        return Input(path, self.transform("test").image(image), {"width": width, "height": height}, view=image)
+        return Input(path, self.transform().image(image), {"width": width, "height": height}, view=image)
 
     # --- the embedded default ---------------------------------------------------------------
     def write_default(self, folder: Path) -> None:

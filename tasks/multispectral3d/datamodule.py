@@ -21,6 +21,7 @@ a 10 m transform as Sentinel-2 tiles have, under ``data_root/multispectral3d``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from cnnsuite.data import (
     list_samples,
     report_bad_files,
 )
+from cnnsuite.data.cache import DecodedCache, check_cache_limit
 
 from .landcover import BANDS, CLASSES, patch
 
@@ -139,7 +141,9 @@ def composite(raw: np.ndarray, band_names: list[str], bands: tuple[str, str, str
 
 
 class PatchDataset(Dataset):
-    """``(normalised sample, class index)`` for each relative path in ``ids``, shaped by ``layout``."""
+    """``(normalised sample, class index)`` for each relative path in ``ids``, shaped by ``layout``.
+    The reflectances are read once and kept in memory when the split fits in ``cache_limit_mb``
+    (see :mod:`cnnsuite.data.cache`); normalisation and the random flips and turns come after."""
 
     def __init__(
         self,
@@ -150,21 +154,30 @@ class PatchDataset(Dataset):
         stats: tuple[torch.Tensor, torch.Tensor],
         layout: str,
         augment: bool,
+        cache_limit_mb: float = 0,
     ) -> None:
         self.root, self.ids, self.labels, self.reader = root, ids, labels, reader
         self.stats, self.layout, self.augment = stats, layout, augment
+        bands, (height, width) = len(stats[0]), reader.size or (0, 0)
+        # float32 reflectances; a run of patches of any size is not cached
+        nbytes = len(ids) * bands * height * width * 4 if reader.size else math.inf
+        self.raw = DecodedCache(self.read, len(ids), nbytes, cache_limit_mb, what=f"{root}: {len(ids)} patches")
+
+    def read(self, index: int) -> np.ndarray:
+        return self.reader(self.root / self.ids[index])
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        raw = self.reader(self.root / self.ids[index])
-        return model_input(raw, self.stats, self.layout, self.augment), self.labels[index]
+        return model_input(self.raw[index], self.stats, self.layout, self.augment), self.labels[index]
 
 
 class MultispectralDataModule(TaskDataModule):
     """GeoTIFF patches → ``(sample, label)`` batches; see the module docstring.
 
+    ``cache_limit_mb``: a split whose reflectances fit is read once and kept in memory
+    (:mod:`cnnsuite.data.cache`).
     ``bands``: band names to read, in the order given (default: every band of the files).
     ``default_size`` patches per class, of ``default_patch`` pixels, make the embedded default.
     """
@@ -180,6 +193,7 @@ class MultispectralDataModule(TaskDataModule):
         bands: list[str] | None = None,
         layout: str = "cube",
         augment: bool = True,
+        cache_limit_mb: float = 1024,
         default_size: int = 100,
         default_patch: int = 64,
         batch_size: int = 32,
@@ -192,6 +206,7 @@ class MultispectralDataModule(TaskDataModule):
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+        check_cache_limit(cache_limit_mb)
         if bands is not None and (not bands or len(set(bands)) != len(bands)):
             raise ValueError(f"data.bands={bands}: expected distinct band names, e.g. [B02, B03, B04, B08]")
         if data_dir is None:
@@ -337,4 +352,5 @@ class MultispectralDataModule(TaskDataModule):
             self.band_stats,
             self.hparams.layout,
             augment=stage == "train" and self.hparams.augment,
+            cache_limit_mb=self.hparams.cache_limit_mb,
         )

@@ -30,27 +30,48 @@ from cnnsuite.data import (
     report_bad_files,
     symmetric_normalisation,
 )
+from cnnsuite.data.augment import BatchRandomAffine
+from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.digits import digit_scans, digit_split
 
 
 class ImageFolderDataset(Dataset):
-    """``(image float tensor (C, H, W), class index)`` for each relative path in ``ids``."""
+    """``(image float tensor (C, H, W), class index)`` for each relative path in ``ids``.
 
-    def __init__(self, root: Path, ids: list[str], labels: list[int], channels: int, transform) -> None:
+    Files are decoded and resized to ``size`` once, into uint8 images kept in memory, when the
+    split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`). ``transform`` runs on a
+    whole batch ``(N, C, H, W)`` of them (``__getitems__``, PyTorch's batched fetch): scaling,
+    the training split's random affine maps (one per sample) and normalisation.
+    """
+
+    def __init__(
+        self, root: Path, ids: list[str], labels: list[int], channels: int, resize: v2.Resize, transform,
+        cache_limit_mb: float,
+    ) -> None:  # fmt: skip
         self.root, self.ids, self.labels = root, ids, labels
-        self.channels, self.transform = channels, transform
+        self.channels, self.resize, self.transform = channels, resize, transform
+        nbytes = len(ids) * channels * resize.size[0] * resize.size[1]
+        self.images = DecodedCache(self.decode, len(ids), nbytes, cache_limit_mb, what=f"{root}: {len(ids)} images")
+
+    def decode(self, index: int) -> torch.Tensor:
+        return self.resize(read_image(self.root / self.ids[index], self.channels))
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        image = read_image(self.root / self.ids[index], self.channels)
-        return self.transform(image), self.labels[index]
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        images = self.transform(torch.stack([self.images[i] for i in indices]))
+        return list(zip(images, (self.labels[i] for i in indices), strict=True))
 
 
 class RecognitionDataModule(TaskDataModule):
     """Image folder → train/val/test loaders of ``(image, label)``.
 
+    ``cache_limit_mb``: a split whose resized images fit is decoded once and kept in memory
+    (:mod:`cnnsuite.data.cache`); training's random affine moves run on whole batches.
     ``on_bad_file``: ``error`` (default) reads every file's header before training (and each
     split's when it is read) and stops naming all that fail (a file damaged past its header
     is named when decoded); ``skip``
@@ -67,6 +88,7 @@ class RecognitionDataModule(TaskDataModule):
         image_size: int = 32,
         channels: int | None = None,
         augment: bool = True,
+        cache_limit_mb: float = 1024,
         on_bad_file: str = "error",
         batch_size: int = 64,
         num_workers: int = 0,
@@ -79,6 +101,7 @@ class RecognitionDataModule(TaskDataModule):
         if on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         self._checked: set[str] = set()  # ids whose headers check_samples has read
+        check_cache_limit(cache_limit_mb)
         if channels not in (None, 1, 3):
             raise ValueError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if data_dir is None:
@@ -108,16 +131,18 @@ class RecognitionDataModule(TaskDataModule):
     def list_samples(self) -> list[tuple[str, int]]:
         return list_samples(self.root, self.class_names, IMAGE_EXTENSIONS)
 
-    def transform(self, stage: str) -> v2.Compose:
+    def resize(self) -> v2.Resize:
+        """What every split does to a decoded image first (its output is what the cache keeps)."""
         size = self.hparams.image_size
-        steps = [v2.Resize((size, size), antialias=True)]
+        return v2.Resize((size, size), antialias=True)
+
+    def transform(self, stage: str) -> v2.Compose:
+        """What follows the resize, on one image or a batch of them: scaling to [0, 1], in
+        training random affine maps (one per sample, :class:`BatchRandomAffine`), normalisation."""
+        steps = [v2.ToDtype(torch.float32, scale=True)]
         if stage == "train" and self.hparams.augment:
-            steps.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
-        steps += [
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(*symmetric_normalisation(self.in_channels)),
-        ]
-        return v2.Compose(steps)
+            steps.append(BatchRandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
+        return v2.Compose([*steps, v2.Normalize(*symmetric_normalisation(self.in_channels))])
 
     def describe_preprocessing(self) -> dict:
         return describe_image_preprocessing(
@@ -127,7 +152,8 @@ class RecognitionDataModule(TaskDataModule):
     def read_input(self, path: Path) -> Input:
         image = read_image(path, self.in_channels)
         height, width = image.shape[-2:]
-        return Input(path, self.transform("test")(image), {"width": width, "height": height}, view=image)
+        sample = self.transform("test")(self.resize()(image))
+        return Input(path, sample, {"width": width, "height": height}, view=image)
 
     def check_samples(self, ids: list[str]) -> None:
         if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built
@@ -146,4 +172,5 @@ class RecognitionDataModule(TaskDataModule):
             if name not in self.class_names:
                 raise ValueError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
             labels.append(self.class_names.index(name))
-        return ImageFolderDataset(self.root, ids, labels, self.in_channels, self.transform(stage))
+        return ImageFolderDataset(self.root, ids, labels, self.in_channels, self.resize(), self.transform(stage),
+                                  self.hparams.cache_limit_mb)  # fmt: skip

@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from pytorchvideo.data.clip_sampling import RandomClipSampler, UniformClipSampler
 from pytorchvideo.data.encoded_video import EncodedVideo
+from pytorchvideo.data.utils import secs_to_pts
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -48,6 +49,7 @@ from cnnsuite.data import (
     list_samples,
     report_bad_files,
 )
+from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.splits import STAGES
 
 from .motions import FPS, FRAMES, MOTIONS, write_motion_dataset
@@ -67,6 +69,26 @@ class VideoRecord:
     label: int
     duration: Fraction  # seconds, as PyTorchVideo measures it
     fps: float
+    frame_bytes: int  # one decoded RGB frame: height x width x 3
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """Every frame of a video, decoded once, with its presentation time: what PyTorchVideo's
+    ``EncodedVideo`` decodes for a clip, kept for every later clip of the video."""
+
+    frames: torch.Tensor  # (T, H, W, C) uint8, in presentation order
+    pts: torch.Tensor  # (T,) int64, in the stream's time base
+    time_base: Fraction
+    start_pts: int
+
+    def get_clip(self, start: Fraction, end: Fraction) -> torch.Tensor | None:
+        """The frames in ``[start, end)`` seconds as ``(C, T, H, W)`` float in 0..255, or None
+        when there are none: the same frames, chosen by the same rounding of seconds to
+        timestamps, as ``EncodedVideoPyAV.get_clip``."""
+        first, last = (secs_to_pts(t, self.time_base, self.start_pts, round_mode="ceil") for t in (start, end))
+        frames = self.frames[(self.pts >= first) & (self.pts < last)]
+        return frames.permute(3, 0, 1, 2).float() if len(frames) else None
 
 
 def open_video(path: Path) -> EncodedVideo:
@@ -79,9 +101,10 @@ def open_video(path: Path) -> EncodedVideo:
         raise BadFileError(f"{path}: cannot open as a video ({err})") from None
 
 
-def probe_video(path: Path) -> tuple[Fraction, float]:
-    """``(duration in seconds, frames per second)`` of a video with a decodable frame;
-    otherwise :class:`BadFileError` naming the file. Decodes only the first frame."""
+def probe_video(path: Path) -> tuple[Fraction, float, int]:
+    """``(duration in seconds, frames per second, bytes of one decoded RGB frame)`` of a video
+    with a decodable frame; otherwise :class:`BadFileError` naming the file. Decodes only the
+    first frame."""
     video = open_video(path)
     try:
         duration = Fraction(video.duration)
@@ -93,14 +116,32 @@ def probe_video(path: Path) -> tuple[Fraction, float]:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
-            next(container.decode(stream))
+            frame = next(container.decode(stream))
             if stream.duration is None and container.duration:
                 # PyTorchVideo then measures up to the last frame's start, one frame short (a 2-s
                 # MKV or WebM would lose its second clip); the container's duration is the end.
                 duration = max(duration, Fraction(container.duration, av.time_base))
     except (av.FFmpegError, IndexError, StopIteration, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode a video frame ({type(err).__name__}: {err})") from None
-    return duration, fps
+    return duration, fps, frame.width * frame.height * 3
+
+
+def decode_video(path: Path) -> DecodedVideo:
+    """Every frame of the video at ``path``, decoded with PyAV to RGB as PyTorchVideo does
+    (one frame per timestamp); a file that fails part-way is named."""
+    frames: dict[int, torch.Tensor] = {}
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                frames[frame.pts] = torch.from_numpy(frame.to_rgb().to_ndarray())
+            time_base, start_pts = Fraction(stream.time_base), stream.start_time or 0
+    except (av.FFmpegError, IndexError, ValueError) as err:
+        raise BadFileError(f"{path}: cannot decode the video ({type(err).__name__}: {err})") from None
+    if not frames:
+        raise BadFileError(f"{path}: no decodable video frames")
+    order = sorted(frames)
+    return DecodedVideo(torch.stack([frames[p] for p in order]), torch.tensor(order), time_base, start_pts)
 
 
 def uniform_clips(duration: Fraction, clip_duration: Fraction) -> list[Fraction]:
@@ -148,7 +189,11 @@ class ClipDataset(Dataset):
     """One item per clip of an epoch: ``(clip, label, video index, clip index)``.
 
     ``starts`` holds ``(video index, start time)``; a start of ``None`` means "a random
-    clip of that video, drawn by PyTorchVideo's ``RandomClipSampler`` when read".
+    clip of that video, drawn by PyTorchVideo's ``RandomClipSampler`` when read". Videos are
+    decoded whole once and kept in memory when all of them fit in ``cache_limit_mb`` (see
+    :mod:`cnnsuite.data.cache`); clips are then cut from the kept frames, so the random clip
+    of each epoch and its random crop still differ every epoch. Otherwise each clip is decoded
+    from its file when read.
     """
 
     def __init__(
@@ -159,10 +204,17 @@ class ClipDataset(Dataset):
         clip_duration: Fraction,
         frames_per_clip: int,
         transform,
+        cache_limit_mb: float = 0,
     ) -> None:
         self.root, self.videos, self.starts = root, videos, starts
         self.clip_duration, self.frames_per_clip, self.transform = clip_duration, frames_per_clip, transform
         self.random_clips = RandomClipSampler(clip_duration)
+        nbytes = sum(round(float(v.duration) * v.fps) * v.frame_bytes for v in videos)
+        what = f"{root}: {len(videos)} videos"
+        self.decoded = DecodedCache(self.decode, len(videos), nbytes, cache_limit_mb, what)
+
+    def decode(self, video_index: int) -> DecodedVideo:
+        return decode_video(self.root / self.videos[video_index].id)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -175,11 +227,14 @@ class ClipDataset(Dataset):
         if start is None:
             start = Fraction(self.random_clips(0, record.duration, {}).clip_start_sec)
         end = start + self.clip_duration
-        video = open_video(path)
-        try:
-            frames = video.get_clip(start, end)["video"]
-        finally:
-            video.close()
+        if self.decoded.cached:
+            frames = self.decoded[video_index].get_clip(start, end)
+        else:
+            video = open_video(path)
+            try:
+                frames = video.get_clip(start, end)["video"]
+            finally:
+                video.close()
         # what the video holds of the clip: a video shorter than one clip ends inside it
         expected = float(min(end, record.duration) - start) * record.fps
         if frames is None or frames.shape[1] < max(1.0, expected / 2):
@@ -201,6 +256,8 @@ class ClipDataset(Dataset):
 class VideoDataModule(TaskDataModule):
     """Class-folder videos → loaders of clips ``(B, C, T, H, W)``.
 
+    - ``cache_limit_mb``: a split whose decoded frames fit is decoded once and kept in memory
+      (:mod:`cnnsuite.data.cache`); clips and crops are still drawn afresh every epoch.
     - ``clip_duration`` seconds per clip, ``frames_per_clip`` frames sampled evenly in it,
       frames resized and cropped to ``frame_size``; ``train_clips_per_video`` random clips of
       each video per training epoch.
@@ -229,6 +286,7 @@ class VideoDataModule(TaskDataModule):
         train_clips_per_video: int = 1,
         augment: bool = True,
         hflip: bool = False,
+        cache_limit_mb: float = 1024,
         on_bad_file: str = "error",
         batch_size: int = 16,
         num_workers: int = 0,
@@ -240,6 +298,7 @@ class VideoDataModule(TaskDataModule):
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+        check_cache_limit(cache_limit_mb)
         if not clip_duration > 0:
             raise ValueError(f"data.clip_duration={clip_duration}: expected a positive number of seconds")
         for key, value in (
@@ -310,8 +369,8 @@ class VideoDataModule(TaskDataModule):
             if name not in self.class_names:
                 raise ValueError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
             try:
-                duration, fps = probe_video(self.root / sample_id)
-                new[sample_id] = VideoRecord(sample_id, self.class_names.index(name), duration, fps)
+                duration, fps, frame_bytes = probe_video(self.root / sample_id)
+                new[sample_id] = VideoRecord(sample_id, self.class_names.index(name), duration, fps, frame_bytes)
             except BadFileError as err:
                 errors.append(err)
                 new[sample_id] = None
@@ -343,7 +402,7 @@ class VideoDataModule(TaskDataModule):
         else:
             starts = [(v, s) for v, rec in enumerate(videos) for s in uniform_clips(rec.duration, self.clip_duration)]
         transform = ClipTransform(hp.frame_size, train=stage == "train" and hp.augment, hflip=hp.hflip)
-        return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform)
+        return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform, hp.cache_limit_mb)
 
     def describe_preprocessing(self) -> dict:
         hp = self.hparams
@@ -364,8 +423,9 @@ class VideoDataModule(TaskDataModule):
         ``(clips, C, T, H, W)``; ``meta`` holds each clip's start in seconds. A file PyAV cannot
         open or decode raises :class:`BadFileError` naming it (from :func:`probe_video` and
         :meth:`ClipDataset.read`, as in training)."""
-        duration, fps = probe_video(path)
-        clips = self.clip_dataset(path.parent, [VideoRecord(path.name, -1, duration, fps)], "test")  # -1: no label
+        duration, fps, frame_bytes = probe_video(path)
+        record = VideoRecord(path.name, -1, duration, fps, frame_bytes)  # -1: no label
+        clips = self.clip_dataset(path.parent, [record], "test")
         sample = torch.stack([clips[i][0] for i in range(len(clips))])
         starts = [float(start) for _, start in clips.starts]
         return Input(path, sample, {"duration": float(duration), "fps": fps, "clip_starts": starts})

@@ -1,0 +1,253 @@
+"""What the plain PyTorch scripts share: the task's own network, optimiser and scheduler from its
+config, the data decoded once into tensors, an epoch loop, batch-level augmentation on tensors.
+
+These scripts are the reference ``cnnsuite bench`` holds ``make train`` against: what a skeptical
+engineer would write to train the same network on the same data, with no Lightning, no per-epoch
+decoding and no per-sample transforms. They borrow from cnnsuite only what makes the comparison
+fair: the network (the task module's class, built from ``tasks/<task>/config.yaml``, so the
+layers are identical), its loss, the split (the datamodule decides it, so train and test files
+are the same), and the test split's preprocessing (each file decoded once, before training).
+Validation, checkpoints, logging and metrics during training are left out: they are what the
+suite adds, and what the ratio measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy
+
+from cnnsuite.bench.core import build, make_optimizer, task_config
+from cnnsuite.bench.endtoend import make_scheduler, precise_bn_batches
+
+#: how many samples the decoder batches together (memory only; the tensors are the same)
+DECODE_BATCH = 256
+
+
+# --- data --------------------------------------------------------------------------------
+def load_task(task: str, data_root: str | Path):
+    """The task's default model and datamodule (its config, the CLI's links), the embedded
+    default generated if missing, and the split decided as ``make train`` decides it."""
+    model, datamodule = build(task, data_root)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return model, datamodule
+
+
+def decode_once(datamodule, stage: str) -> list:
+    """Every sample of the ``stage`` split through the *test* split's preprocessing (resize,
+    normalisation; no random augmentation), batched by the datamodule's own collate: a list
+    of fields, each one tensor (or one list, for detection's images and targets)."""
+    dataset = datamodule.make_dataset(datamodule.splits[stage], "test")
+    loader = DataLoader(dataset, batch_size=DECODE_BATCH, collate_fn=type(datamodule).collate_fn)
+    fields: list[list] = []
+    for batch in loader:
+        batch = batch if isinstance(batch, (tuple, list)) else (batch,)
+        fields = fields or [[] for _ in batch]
+        for field, value in zip(fields, batch, strict=True):
+            field.append(value)
+    return [torch.cat(f) if isinstance(f[0], torch.Tensor) else [v for part in f for v in part] for f in fields]
+
+
+def shuffled_batches(count: int, batch_size: int) -> list[torch.Tensor]:
+    """One epoch's sample indices, shuffled, in batches (the last one may be short, as the
+    suite's loader does not drop it)."""
+    return list(torch.randperm(count).split(batch_size))
+
+
+# --- training ----------------------------------------------------------------------------
+def optimiser_and_scheduler(task: str, model: nn.Module):
+    """The optimiser and LR scheduler of the task's config (the scheduler steps once an epoch)."""
+    optimizer = make_optimizer(task, model.parameters())
+    return optimizer, make_scheduler(task, optimizer)
+
+
+def gradient_clip(task: str) -> float | None:
+    """``trainer.gradient_clip_val`` of the task's config (clipping the gradients' norm)."""
+    return task_config(task)["trainer"].get("gradient_clip_val")
+
+
+def train_epochs(
+    task: str,
+    model: nn.Module,
+    epochs: int,
+    epoch_batches: Callable[[], Iterator],
+    loss_of: Callable[[object], torch.Tensor],
+    limit_batches: int | None = None,
+) -> float:
+    """``epochs`` passes of ``epoch_batches()`` (each batch: ``loss_of(batch)``, backward, an
+    optimiser step; the first ``limit_batches`` only, if given), the scheduler stepped after
+    each; returns the seconds it took."""
+    optimizer, scheduler = optimiser_and_scheduler(task, model)
+    clip = gradient_clip(task)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for batch in islice(epoch_batches(), limit_batches):
+            loss = loss_of(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return time.perf_counter() - start
+
+
+def precise_batchnorm_batches(task: str, model) -> int:
+    """How many training batches the suite recomputes BatchNorm statistics on: the config's
+    ``PreciseBatchNorm`` callback, else the module's default."""
+    return precise_bn_batches(task_config(task)) or model.precise_bn_batches
+
+
+@torch.no_grad()
+def recompute_batchnorm(model, batches: Iterator, count: int) -> None:
+    """BatchNorm statistics as a plain average over ``count`` training batches, in train mode:
+    the running averages trail the weights, and the suite does this before it evaluates (see
+    ``cnnsuite.callbacks.PreciseBatchNorm``), so the plain script does it once, at the end."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for batch in islice(batches, count):
+        model.forward_for_batchnorm(batch)
+    for m, momentum in momenta.items():
+        m.momentum = momentum
+
+
+# --- batch-level augmentation ------------------------------------------------------------
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Each sample of ``x`` (N, C, H, W) resampled through its own 2×3 affine map ``theta``
+    (output → input, in [-1, 1] coordinates), bilinear, zeros outside: one ``grid_sample``
+    for the whole batch instead of one transform per sample."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def uniform(n: int, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n)
+
+
+def affine_thetas(n: int, degrees: float, translate: float, scale: tuple[float, float]) -> torch.Tensor:
+    """Random rotations (± ``degrees``), shifts (± ``translate`` of the side) and zooms
+    (``scale``), one per sample, as torchvision's ``RandomAffine`` draws them."""
+    angle = uniform(n, -degrees, degrees) * math.pi / 180
+    zoom = uniform(n, *scale)
+    shift = uniform(2 * n, -translate, translate).reshape(n, 2) * 2  # fractions of the side → [-1, 1] units
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    return torch.stack([torch.stack([cos, -sin, -shift[:, 0]], 1), torch.stack([sin, cos, -shift[:, 1]], 1)], 1)
+
+
+def resized_crop_thetas(n: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+    """Random crops of ``scale`` of the area and ``ratio`` width/height, resized back to the
+    full frame, one per sample (torchvision's ``RandomResizedCrop``)."""
+    area, aspect = uniform(n, *scale), torch.exp(uniform(n, math.log(ratio[0]), math.log(ratio[1])))
+    width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+    cx, cy = (1 - width) * uniform(n, -1, 1), (1 - height) * uniform(n, -1, 1)
+    zero = torch.zeros(n)
+    return torch.stack([torch.stack([width, zero, cx], 1), torch.stack([zero, height, cy], 1)], 1)
+
+
+def random_flips_and_turns(x: torch.Tensor, flip_dims: tuple[int, ...], planes: tuple[tuple[int, int], ...],
+                           turns: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
+    """Each sample flipped along each of ``flip_dims`` with probability ½ and turned in each of
+    ``planes`` by a number of quarter turns drawn from ``turns`` (0 leaves it)."""
+    x = x.clone()
+    n = len(x)
+    for dim in flip_dims:
+        chosen = torch.rand(n) < 0.5
+        x[chosen] = x[chosen].flip(dim)
+    for plane in planes:
+        k = torch.tensor(turns)[torch.randint(len(turns), (n,))]
+        for quarter in set(turns) - {0}:
+            chosen = k == quarter
+            x[chosen] = torch.rot90(x[chosen], quarter, dims=plane)
+    return x
+
+
+# --- classification: recognition2d, biomedical3d, multispectral3d (video3d adds clips) -----
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The network's outputs for ``x`` (a tensor, or a tuple of them), in eval mode,
+    ``batch_size`` samples at a time."""
+    model.eval()
+    outputs = [model(chunk) for chunk in x.split(batch_size)]
+    if isinstance(outputs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
+    return torch.cat(outputs)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """``test/acc`` as the suite scores it: torchmetrics' micro accuracy."""
+    return float(MulticlassAccuracy(logits.shape[1], average="micro")(logits.softmax(1), y))
+
+
+def train_classifier(
+    task: str,
+    epochs: int | None,
+    data_root: str | Path,
+    seed: int,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    limit_batches: int | None = None,
+) -> dict:
+    """The task's classifier trained on the train split held in memory, ``augment`` applied to
+    each batch, then scored on the test split: ``{"test/acc", "train_seconds", ...}``."""
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    model, datamodule = load_task(task, data_root)
+    epochs = epochs or task_config(task)["trainer"]["max_epochs"]
+    x, y = decode_once(datamodule, "train")
+    x_test, y_test = decode_once(datamodule, "test")
+    batch_size = datamodule.hparams.batch_size
+
+    def epoch_batches():
+        return ((augment(x[i]), y[i]) for i in shuffled_batches(len(x), batch_size))
+
+    def loss_of(batch):
+        return model.loss(model(batch[0]), batch[1])
+
+    data_seconds = time.perf_counter() - start
+    train_seconds = train_epochs(task, model, epochs, epoch_batches, loss_of, limit_batches)
+    recompute_batchnorm(model, epoch_batches(), precise_batchnorm_batches(task, model))
+    return {
+        "task": task,
+        "epochs": epochs,
+        "train_samples": len(x),
+        "test_samples": len(x_test),
+        "data_seconds": data_seconds,
+        "train_seconds": train_seconds,
+        "test/acc": accuracy(predict(model, x_test, batch_size), y_test),
+    }
+
+
+# --- the command line --------------------------------------------------------------------
+def main(run: Callable[..., dict], description: str) -> None:
+    """``python -m benchmarks.plain.<task> --epochs K [--data_root data] [--out result.json]``:
+    trains, tests, prints the result as JSON (and writes it to ``--out``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the config's trainer.max_epochs")
+    parser.add_argument("--data_root", default="data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit_batches", type=int, default=None, help="batches per epoch (default: all)")
+    parser.add_argument("--out", default=None, help="also write the result to this JSON file")
+    args = parser.parse_args()
+    result = run(epochs=args.epochs, data_root=args.data_root, seed=args.seed, limit_batches=args.limit_batches)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")

@@ -1,0 +1,86 @@
+"""video3d in plain PyTorch: the 3D CNN on clips decoded once and held in memory.
+
+    python -m benchmarks.plain.video3d [--epochs 20] [--data_root data]
+
+Every training video is decoded once into all its consecutive clips (the test split's
+sampling: ``frames_per_clip`` frames per ``clip_duration``, shorter side resized and centre-
+cropped to ``frame_size``). Each epoch draws ``train_clips_per_video`` of them per video (the
+suite draws a clip at any start time, decoding it again) and a random resized crop per clip
+(60–100 % of the area, resized back) on the batch. Scored per clip (``test/acc``) and per
+video (``test/video_acc``, the clips' softmax averaged) with the module's torchmetrics.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from cnnsuite.tasks.video3d.module import VideoAccuracy
+
+from benchmarks.plain.common import (
+    accuracy,
+    decode_once,
+    load_task,
+    main,
+    precise_batchnorm_batches,
+    predict,
+    recompute_batchnorm,
+    resized_crop_thetas,
+    train_epochs,
+    warp,
+)
+from cnnsuite.bench.core import task_config
+
+TASK = "video3d"
+
+
+def augment(clips: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """One random resized crop per clip, the same for all its frames (N, C, T, H, W)."""
+    n, c, t, h, w = clips.shape
+    cropped = warp(clips.reshape(n, c * t, h, w), resized_crop_thetas(n, scale=(0.6, 1.0))).view(n, c, t, h, w)
+    if hflip:
+        chosen = torch.rand(n) < 0.5
+        cropped[chosen] = cropped[chosen].flip(-1)
+    return cropped
+
+
+def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0, limit_batches: int | None = None):
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    model, datamodule = load_task(TASK, data_root)
+    hp = datamodule.hparams
+    epochs = epochs or task_config(TASK)["trainer"]["max_epochs"]
+    clips, labels, videos, _ = decode_once(datamodule, "train")
+    test_clips, test_labels, test_videos, test_ids = decode_once(datamodule, "test")
+    clips_of = [torch.nonzero(videos == v).flatten() for v in range(int(videos.max()) + 1)]
+
+    def epoch_batches():
+        drawn = torch.cat([c[torch.randint(len(c), (hp.train_clips_per_video,))] for c in clips_of if len(c)])
+        for i in drawn[torch.randperm(len(drawn))].split(hp.batch_size):
+            yield augment(clips[i], hp.hflip), labels[i]
+
+    def loss_of(batch):
+        return model.loss(model(batch[0]), batch[1])
+
+    data_seconds = time.perf_counter() - start
+    train_seconds = train_epochs(TASK, model, epochs, epoch_batches, loss_of, limit_batches)
+    recompute_batchnorm(model, epoch_batches(), precise_batchnorm_batches(TASK, model))
+    logits = predict(model, test_clips, hp.batch_size)
+    video_acc = VideoAccuracy()
+    video_acc.update(logits, test_labels, test_videos, test_ids)
+    return {
+        "task": TASK,
+        "epochs": epochs,
+        "train_samples": len(clips_of),
+        "train_clips_decoded": len(clips),
+        "test_samples": len(test_clips),
+        "data_seconds": data_seconds,
+        "train_seconds": train_seconds,
+        "test/acc": accuracy(logits, test_labels),
+        "test/video_acc": float(video_acc.compute()),
+    }
+
+
+if __name__ == "__main__":
+    main(run, __doc__.splitlines()[0])

@@ -1,0 +1,374 @@
+"""What every section of ``cnnsuite bench`` shares: the machine, its matmul rate, timing, FLOPs,
+building a task's default model and data, and the report.
+
+    cnnsuite bench [--out runs/bench] [--quick] [--tasks recognition2d ...] [--sections models ...]
+
+A section is a module of this package (``models``, ``pipeline``, ``endtoend``) with
+``run(tasks, quick, context) -> {task: {key: value}}`` and ``markdown(results) -> str``. Its
+figures land in ``bench.json`` under the section's name, flattened as ``<task>.<key>``, and its
+table in ``bench.md`` after the machine's. Every comparison is a ratio (ours / reference) under
+a key with ``ratio`` in its name: seconds depend on the machine and on whatever else runs on
+it, a ratio measured in one process mostly does not. ``bench.json`` is rewritten after each
+section, so a long run that fails keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+SECTIONS = ("models", "pipeline", "endtoend")
+#: CPU flags that decide how fast convolutions and matmuls can run
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
+              "amx_tile")  # fmt: skip
+#: side of the square fp32 matrices whose product measures the machine's dense rate
+MATMUL_SIZE = 2048
+
+
+def task_names() -> list[str]:
+    """Every task with a default config (``tasks/<task>/config.yaml``)."""
+    return sorted(p.parent.name for p in _tasks_folder().glob("*/config.yaml"))
+
+
+def _tasks_folder() -> Path:
+    import cnnsuite.tasks
+
+    return Path(cnnsuite.tasks.__file__).parent
+
+
+def task_config(task: str) -> dict:
+    """The task's default config (what ``make train TASK=<task>`` runs)."""
+    return yaml.safe_load((_tasks_folder() / task / "config.yaml").read_text())
+
+
+def build(task: str, data_root: str | Path = "data", model: dict | None = None, data: dict | None = None):
+    """The task's default model and datamodule as its config makes them, with the CLI's links
+    (classes, channels) made by hand; ``model``/``data`` override init arguments (a reference
+    backbone, another layout). Returns ``(model, datamodule)``; no data is read or written."""
+    from cnnsuite.checkpoint import task_classes
+
+    config, classes = task_config(task), task_classes()
+    data_args = {**config["data"].get("init_args", {}), **(data or {})}
+    datamodule = classes[config["data"]["class_path"]](data_root=str(data_root), **data_args)
+    links = {"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels,
+             "class_names": datamodule.class_names}  # fmt: skip
+    model_args = {**config["model"].get("init_args", {}), **(model or {})}
+    return classes[config["model"]["class_path"]](**model_args, **links), datamodule
+
+
+def make_optimizer(task: str, parameters) -> torch.optim.Optimizer:
+    """The optimiser of the task's config (class and init arguments) on ``parameters``."""
+    section = task_config(task).get("optimizer") or {"class_path": "torch.optim.AdamW"}
+    module, _, name = section["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(parameters, **section.get("init_args", {}))
+
+
+# --- the machine ---------------------------------------------------------------------------
+def machine_facts() -> dict:
+    """CPU model and SIMD flags, cores, threads, memory, library versions, GPU if any."""
+    cpu = _proc_fields("/proc/cpuinfo", ("model name", "flags"))
+    flags = set(cpu.get("flags", "").split())
+    memory = _proc_fields("/proc/meminfo", ("MemTotal",)).get("MemTotal", "0 kB").split()[0]
+    facts = {
+        "cpu": cpu.get("model name", platform.processor() or platform.machine()),
+        "cpu_flags": [f for f in SIMD_FLAGS if f in flags],
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "memory_gib": round(int(memory) / 2**20, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    for package in ("torchvision", "lightning", "monai", "onnxruntime"):
+        try:
+            facts[package] = importlib.import_module(package).__version__
+        except ImportError:
+            facts[package] = None
+    return facts
+
+
+def _proc_fields(path: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """The first value of each of ``keys`` in a ``key : value`` file of /proc (empty elsewhere)."""
+    found: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in keys and key.strip() not in found:
+            found[key.strip()] = value.strip()
+    return found
+
+
+def matmul_gflops(device: torch.device | str = "cpu", size: int = MATMUL_SIZE, repeats: int = 5) -> float:
+    """The machine's dense fp32 rate: ``size``² matrices multiplied, GFLOP/s (median of
+    ``repeats``). What a network's FLOPs × throughput is held against."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+    out = torch.empty_like(a)
+    timing = measure(lambda: torch.mm(a, b, out=out), warmup=2, repeats=repeats, min_seconds=0.2,
+                     sync=synchronizer(device))  # fmt: skip
+    return 2 * size**3 / timing["median"] / 1e9
+
+
+def synchronizer(device: torch.device | str) -> Callable[[], None] | None:
+    """What waits for the device's queued work before a clock is read (nothing on CPU)."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+
+
+# --- measuring -----------------------------------------------------------------------------
+def measure(
+    fn: Callable[[], object],
+    warmup: int = 1,
+    repeats: int = 5,
+    min_seconds: float = 0.0,
+    sync: Callable[[], None] | None = None,
+) -> dict:
+    """Seconds per call of ``fn``: ``{"median", "all", "number"}``.
+
+    ``warmup`` calls first (first-touch allocations, oneDNN's kernel choice, caches); then
+    ``repeats`` timings, each of ``number`` calls in a row, ``number`` chosen from the last
+    warm-up call so that one timing lasts at least ``min_seconds`` (a 10 ms step timed alone
+    is mostly clock and scheduler noise). The median, not the mean: another process taking
+    the cores for a moment spoils one timing, not the figure."""
+    return measure_side_by_side({"fn": fn}, warmup, repeats, min_seconds, sync)["fn"]
+
+
+def measure_side_by_side(
+    fns: dict[str, Callable[[], object]],
+    warmup: int = 1,
+    repeats: int = 5,
+    min_seconds: float = 0.0,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, dict]:
+    """:func:`measure` for several functions whose times are compared (ours and a reference):
+    their timings take turns, round after round, so that a change of load on a shared machine
+    falls on all of them alike instead of on whichever was being timed then."""
+    wait = sync or (lambda: None)
+    numbers = {}
+    for name, fn in fns.items():
+        per_call = 0.0
+        for _ in range(max(1, warmup)):
+            start = time.perf_counter()
+            fn()
+            wait()
+            per_call = time.perf_counter() - start
+        numbers[name] = max(1, math.ceil(min_seconds / per_call)) if min_seconds and per_call > 0 else 1
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(numbers[name]):
+                fn()
+            wait()
+            times[name].append((time.perf_counter() - start) / numbers[name])
+    return {name: {"median": statistics.median(t), "all": t, "number": numbers[name]} for name, t in times.items()}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of what ``fn`` runs, as ``torch.utils.flop_counter`` counts them (convolutions,
+    matmuls and their backward; element-wise work is not counted)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@torch.no_grad()
+def flops_per_sample(model: torch.nn.Module, example) -> float:
+    """Forward FLOPs per sample of ``model`` on the batch ``example`` (a tensor, or a list of
+    images for a detector)."""
+    return count_flops(lambda: model(example)) / len(example)
+
+
+# --- the run -------------------------------------------------------------------------------
+@dataclass
+class BenchContext:
+    """What a section gets besides its tasks: where the embedded defaults live (a section
+    generates one once when it is missing, by the datamodule's ``prepare_data``), whether the
+    run is quick, the machine and its measured matmul rate, the device measured on."""
+
+    data_root: Path
+    quick: bool
+    machine: dict
+    matmul_gflops: float
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: tests only: the fewest steps that still produce every figure
+    tiny: bool = False
+
+
+class CpuLoad:
+    """How busy the machine was while a section ran: load averages before and after, and the
+    CPUs that *other* processes kept busy on average (all CPU time in /proc/stat less this
+    process's and its children's). Figures taken under load are noisier; ratios less so."""
+
+    def __init__(self) -> None:
+        self.loadavg = os.getloadavg()
+        self.busy, self.own, self.start = _busy_seconds(), _own_seconds(), time.perf_counter()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.start
+        others = (_busy_seconds() - self.busy) - (_own_seconds() - self.own)
+        return {
+            "seconds": round(wall, 1),
+            "loadavg_before": [round(v, 2) for v in self.loadavg],
+            "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+            "other_processes_cpus": round(max(0.0, others) / wall, 2) if wall > 0 else 0.0,
+        }
+
+
+def _busy_seconds() -> float:
+    """CPU seconds spent busy by all processes since boot (0 where /proc/stat is missing)."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+#: warnings a section's measurements raise by design: the task modules log from training_step
+#: outside a Trainer (a no-op), loaders without workers are the defaults, and so on
+EXPECTED_WARNINGS = (".*self.log.*", ".*does not have many workers.*", ".*no `val_dataloader`.*", ".*LeafSpec.*")
+
+
+def run_tasks(section: str, tasks: list[str], measure_task: Callable, settings, context: BenchContext) -> dict:
+    """``{task: measure_task(task, settings, context)}`` with each task's time under
+    ``section_seconds``, said on stderr as it goes: a section's ``run``."""
+    results = {}
+    with warnings.catch_warnings():
+        for message in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        for task in tasks:
+            start = time.perf_counter()
+            results[task] = measure_task(task, settings, context)
+            results[task]["section_seconds"] = round(time.perf_counter() - start, 1)
+            print(f"cnnsuite bench: {section}, {task}: {results[task]['section_seconds']:.0f} s", file=sys.stderr)
+    return results
+
+
+def flatten(results: dict[str, dict]) -> dict[str, object]:
+    """``{task: {key: value}}`` → ``{"<task>.<key>": value}``."""
+    return {f"{task}.{key}": value for task, figures in results.items() for key, value in figures.items()}
+
+
+def machine_markdown(machine: dict, matmul: float, settings: dict) -> str:
+    rows = [
+        ("CPU", machine["cpu"]),
+        ("SIMD flags", " ".join(machine["cpu_flags"]) or "none of " + ", ".join(SIMD_FLAGS)),
+        ("CPUs (usable / logical)", f"{machine['usable_cpus']} / {machine['logical_cpus']}"),
+        ("torch threads", f"{machine['torch_threads']} (OMP_NUM_THREADS={machine['omp_num_threads']})"),
+        ("memory", f"{machine['memory_gib']} GiB"),
+        ("GPU", machine["gpu"] or "none"),
+        ("device measured", settings["device"]),
+        (
+            "dense fp32 matmul",
+            f"{matmul:.1f} GFLOP/s (square matrices of {settings['matmul_size']}, measured in this run)",
+        ),
+        (
+            "versions",
+            ", ".join(
+                f"{k} {machine[k]}"
+                for k in ("python", "torch", "torchvision", "lightning", "monai", "onnxruntime")
+                if machine.get(k)
+            ),
+        ),  # fmt: skip
+        ("run", f"{'--quick' if settings['quick'] else 'full'}; tasks: {', '.join(settings['tasks'])}"),
+    ]
+    lines = ["## Machine", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    for name, load in settings["load"].items():
+        lines.append(
+            f"- section `{name}`: {load['seconds']:.0f} s; other processes kept {load['other_processes_cpus']:.2f} "
+            f"CPUs busy on average (load average {load['loadavg_before'][0]:.2f} before, "
+            f"{load['loadavg_after'][0]:.2f} after)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, machine: dict, matmul: float, settings: dict, sections: dict, markdowns: dict) -> None:
+    """``bench.json`` (machine, settings, each section flattened) and ``bench.md`` (the
+    machine's table first, then each section's own), each written whole or not at all."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {**machine, "matmul_gflops": round(matmul, 2)}, "settings": settings, **sections}
+    text = "\n".join(["# cnnsuite bench", "", machine_markdown(machine, matmul, settings), *markdowns.values()])
+    for name, content in (("bench.json", json.dumps(report, indent=1) + "\n"), ("bench.md", text)):
+        partial = out / f".{name}.partial"
+        partial.write_text(content)
+        partial.replace(out / name)
+
+
+def load_section(name: str):
+    """The section's module, or None when it is not written yet (so a run covers what exists)."""
+    try:
+        return importlib.import_module(f"cnnsuite.bench.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"cnnsuite.bench.{name}":
+            return None
+        raise
+
+
+def bench_main(argv: list[str]) -> None:
+    tasks = task_names()
+    parser = argparse.ArgumentParser(
+        prog="cnnsuite bench",
+        description="Every task's model against its references, its data pipeline and its end-to-end training, "
+        "side by side and against this machine's matmul rate: DIR/bench.json and DIR/bench.md.",
+    )
+    parser.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.md (default runs/bench)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile (about 5 minutes)")
+    parser.add_argument("--tasks", nargs="+", choices=tasks, default=tasks, metavar="TASK",
+                        help=f"tasks to measure (default all: {', '.join(tasks)})")  # fmt: skip
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="sections to run (default all)")  # fmt: skip
+    parser.add_argument("--data_root", default="data", help="where the embedded default data live (default data)")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: fewest steps
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    machine = machine_facts()
+    size = MATMUL_SIZE // 2 if args.tiny else MATMUL_SIZE
+    matmul = matmul_gflops(device, size, 2 if args.quick or args.tiny else 5)
+    context = BenchContext(Path(args.data_root), args.quick or args.tiny, machine, matmul, device, args.tiny)
+    settings = {"quick": context.quick, "tasks": args.tasks, "sections": args.sections, "device": str(device),
+                "matmul_size": size, "load": {}, "missing_sections": []}  # fmt: skip
+    sections: dict[str, dict] = {}
+    markdowns: dict[str, str] = {}
+    out = Path(args.out)
+    for name in args.sections:
+        module = load_section(name)
+        if module is None:
+            settings["missing_sections"].append(name)
+            markdowns[name] = f"## {name}\n\nNot measured: `cnnsuite.bench.{name}` is not part of this installation.\n"
+            continue
+        load = CpuLoad()
+        results = module.run(args.tasks, context.quick, context)
+        settings["load"][name] = load.stop()
+        sections[name] = flatten(results)
+        markdowns[name] = module.markdown(results)
+        write_report(out, machine, matmul, settings, sections, markdowns)
+        print(f"cnnsuite bench: {name} measured in {settings['load'][name]['seconds']:.0f} s", file=sys.stderr)
+    write_report(out, machine, matmul, settings, sections, markdowns)
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")

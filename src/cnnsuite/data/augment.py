@@ -1,0 +1,75 @@
+"""Augmentation of a whole batch at once, random per sample.
+
+``transforms.v2.RandomAffine`` draws one affine map per call and warps one image; on 32×32
+digits its per-call overhead was most of recognition2d's loader time (issue 13). Here a batch
+of ``N`` images gets ``N`` independent random maps, applied by one ``affine_grid`` +
+``grid_sample``: the same family of transformations, drawn the same way per sample, at a
+fraction of the cost. Datasets call it from ``__getitems__`` (PyTorch's batched fetch), so a
+DataLoader, a plain loop and a worker process all get augmented batches with no special
+collate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class BatchRandomAffine:
+    """Per-sample random rotation (± ``degrees``), translation (up to ``translate`` of the width
+    and height) and scale (in ``scale``) about the image centre, as ``v2.RandomAffine`` draws
+    them, on float images ``(N, C, H, W)``; pixels brought in from outside are ``fill``.
+    ``mode``: ``grid_sample``'s interpolation, nearest by default as v2's (no blur that the
+    unaugmented test images do not have)."""
+
+    def __init__(
+        self,
+        degrees: float = 0.0,
+        translate: tuple[float, float] = (0.0, 0.0),
+        scale: tuple[float, float] = (1.0, 1.0),
+        fill: float = 0.0,
+        mode: str = "nearest",
+    ) -> None:
+        self.degrees, self.translate, self.scale, self.fill, self.mode = degrees, translate, scale, fill, mode
+
+    def draw(self, count: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``count`` independent draws: ``angle`` (radians), ``shift`` ``(count, 2)`` (fractions
+        of the width and height) and ``factor`` (the scale), float64."""
+
+        def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+            return low + (high - low) * torch.rand(count, *shape, generator=generator, dtype=torch.float64)
+
+        shift = uniform(-1, 1, 2) * torch.tensor(self.translate, dtype=torch.float64)
+        return {"angle": torch.deg2rad(uniform(-self.degrees, self.degrees)), "shift": shift,
+                "factor": uniform(*self.scale)}  # fmt: skip
+
+    @staticmethod
+    def matrices(params: dict[str, torch.Tensor], height: int, width: int) -> torch.Tensor:
+        """``(N, 2, 3)`` maps for ``affine_grid``: from each output pixel to where it is read in
+        the input, in normalised coordinates (``align_corners=False``)."""
+        half = torch.tensor([width / 2, height / 2], dtype=torch.float64)
+        # inverse of "scale by s, rotate by a, shift by t", in pixels about the centre
+        cos, sin = torch.cos(params["angle"]) / params["factor"], torch.sin(params["angle"]) / params["factor"]
+        inverse = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # (N, 2, 2)
+        offset = -(inverse @ (params["shift"] * 2 * half)[..., None])[..., 0]
+        # pixels (centred) → normalised: x_n = x / (W / 2), y_n = y / (H / 2)
+        linear = inverse * half[None, None, :] / half[None, :, None]
+        return torch.cat([linear, (offset / half)[..., None]], dim=-1).float()
+
+    def warp(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``images`` moved by ``params`` (from :meth:`draw`), one map per image."""
+        if images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(f"expected float images (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
+        theta = self.matrices(params, *images.shape[-2:]).to(images.device)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        moved = F.grid_sample(images - self.fill, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
+        return moved + self.fill if self.fill else moved
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.warp(images, self.draw(len(images), generator))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(degrees={self.degrees}, translate={self.translate}, scale={self.scale}, "
+            f"fill={self.fill}, mode={self.mode!r})"
+        )

@@ -1,0 +1,57 @@
+"""Decode once, keep in memory: the cache of decoded samples the file-based tasks share.
+
+Decoding a PNG, a GeoTIFF or an H.264 video every epoch costs more than a small network's
+training step on it (issue 13 measured recognition2d's loader at 0.2× its model's rate).
+Where a split's decoded samples fit in ``cache_limit_mb`` (the datamodules' init argument),
+they are decoded once, when the split's dataset is built, and every epoch reads them from
+memory; random augmentation always runs afterwards, so it still differs every epoch. A
+larger split (a user's ImageNet-sized folder) is decoded every epoch as before, so memory
+never grows past the limit; ``cache_limit_mb: 0`` turns caching off.
+
+Items are decoded in the main process, before any DataLoader worker starts: workers then
+share them (copy-on-write under ``fork``) rather than each decoding its own copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from lightning.pytorch.utilities import rank_zero_info
+
+T = TypeVar("T")
+MIB = 2**20
+
+
+def check_cache_limit(value: float) -> float:
+    """``data.cache_limit_mb`` must be a number of MiB, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"data.cache_limit_mb={value!r}: expected a size in MiB, 0 or more (0: no cache)")
+    return float(value)
+
+
+class DecodedCache(Generic[T]):
+    """``read(i)`` for ``i`` in ``range(count)``: all decoded once and kept, when their total
+    size (``nbytes``, estimated before decoding) is within ``limit_mb``; else ``read`` runs on
+    every access. ``what`` names the split in the one line said when it is too large."""
+
+    def __init__(self, read: Callable[[int], T], count: int, nbytes: int, limit_mb: float, what: str) -> None:
+        self.read, self.count = read, count
+        self.items: list[T] | None = None
+        if nbytes <= limit_mb * MIB and limit_mb > 0:
+            self.items = [read(i) for i in range(count)]
+        elif limit_mb > 0:
+            rank_zero_info(
+                f"{what}: {nbytes / MIB:,.0f} MiB decoded, over data.cache_limit_mb={limit_mb:g}; "
+                "decoded again every epoch"
+            )
+
+    @property
+    def cached(self) -> bool:
+        return self.items is not None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> T:
+        return self.items[index] if self.items is not None else self.read(index)

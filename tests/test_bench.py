@@ -1,0 +1,78 @@
+"""cnnsuite bench: the shared core (timing, FLOPs, the report) and the ``models`` section, with
+the fewest steps that still produce every figure. Never a wall-clock assertion: only that each
+figure is there and each ratio is a finite positive number."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from cnnsuite.bench.core import count_flops, flatten, load_section, measure
+
+#: what the models section measures for every task
+FIGURES = ("train_samples_per_s", "train_peak_memory_mb", "train_flops_per_sample", "train_utilisation_pct",
+           "infer_latency_ms_eager", "infer_samples_per_s_eager", "infer_samples_per_s_onnxruntime")  # fmt: skip
+
+
+def test_measure_median_of_repeats_and_calls_per_repeat():
+    calls = []
+    timing = measure(lambda: calls.append(1), warmup=2, repeats=3)
+    assert len(timing["all"]) == 3 and timing["number"] == 1 and len(calls) == 5
+    assert timing["median"] == sorted(timing["all"])[1]
+    # a call far shorter than min_seconds is repeated within each timing
+    assert measure(lambda: None, warmup=1, repeats=2, min_seconds=0.01)["number"] > 1
+
+
+def test_count_flops_counts_a_matmul():
+    a, b = torch.ones(8, 16), torch.ones(16, 4)
+    assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+
+
+def test_flatten_and_missing_section():
+    assert flatten({"t": {"a": 1, "b_ratio": 2.0}}) == {"t.a": 1, "t.b_ratio": 2.0}
+    assert load_section("no_such_section") is None
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One bench run of the models section on a task with a reference and on the one whose
+    Lightning overhead is measured, plus a section that is not installed."""
+    from cnnsuite.cli import main
+
+    out = tmp_path_factory.mktemp("bench")
+    main(["bench", "--out", str(out), "--tiny", "--tasks", "recognition2d", "localization2d",
+          "--sections", "models", "--data_root", str(out / "data")])  # fmt: skip
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+
+
+def test_models_section_figures_and_ratios(report):
+    data, _ = report
+    assert {"cpu", "cpu_flags", "torch_threads", "torch", "matmul_gflops"} <= set(data["machine"])
+    assert data["machine"]["matmul_gflops"] > 0
+    assert data["settings"]["quick"] and data["settings"]["load"]["models"]["seconds"] >= 0
+    models = data["models"]
+    for task in ("recognition2d", "localization2d"):
+        for key in FIGURES:
+            assert models[f"{task}.{key}"] > 0, key
+        assert f"{task}.infer_samples_per_s_compile" not in models  # no torch.compile in --quick
+        assert models[f"{task}.onnx_max_abs_diff"] < 1e-3  # the ONNX file timed computes what PyTorch does
+    expected = {
+        "localization2d.train_throughput_ratio_vs_torchvision_resnet18",
+        "localization2d.peak_memory_ratio_vs_torchvision_resnet18",
+        "recognition2d.lightning_overhead_ratio",
+        "recognition2d.infer_batch_speed_ratio_onnxruntime_vs_eager",
+    }
+    ratios = {key: value for key, value in models.items() if "ratio" in key}
+    assert expected <= set(ratios)
+    assert all(math.isfinite(v) and v > 0 for v in ratios.values()), ratios
+    # a reference's own figures sit beside ours
+    assert models["localization2d.reference.torchvision_resnet18.parameters"] > models["localization2d.parameters"]
+
+
+def test_markdown_has_machine_table_then_sections(report):
+    _, text = report
+    assert text.index("## Machine") < text.index("## Models")
+    assert "| CPU |" in text and "dense fp32 matmul" in text
+    assert "| localization2d | **default** |" in text and "torchvision_resnet18" in text
+    assert "lightning" in text.lower()

@@ -1,0 +1,43 @@
+"""cnnsuite bench, section ``endtoend``: recognition2d for one epoch of two batches on both
+sides (``cnnsuite fit`` + evaluation, and the plain script, each in its own process). Only
+that the figures are there and the ratios finite and positive: never a wall-clock assertion."""
+
+import math
+
+import pytest
+
+from cnnsuite.bench import endtoend
+from cnnsuite.bench.core import BenchContext
+from cnnsuite.bench.models import REFERENCES
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """The section on recognition2d, with a convnet standing in for a reference network
+    (LeNet-5, the default, is the reference design itself)."""
+    context = BenchContext(tmp_path_factory.mktemp("data"), quick=True, machine={}, matmul_gflops=1.0, tiny=True)
+    tiny = endtoend.Settings(epochs={"recognition2d": 1}, seconds=1.0, limit_batches=2,
+                             references={"recognition2d": ("convnet",)})  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(endtoend, "settings_for", lambda context: tiny)
+        patch.setitem(
+            REFERENCES, "recognition2d", {"convnet": {"model": {"backbone": "convnet", "backbone_kwargs": {}}}}
+        )
+        yield endtoend.run(["recognition2d"], True, context)
+
+
+def test_endtoend_figures_and_ratios(results):
+    figures = results["recognition2d"]
+    assert figures["test_metric"] == "test/acc" and figures["endtoend_epochs"] == 1
+    for key in ("time_s_ours", "time_s_plain", "plain_train_s", "budget.default.steps", "budget.convnet.steps"):
+        assert figures[key] > 0, key
+    for key in ("test_metric_ours", "test_metric_plain", "budget.default.test_metric"):
+        assert 0 <= figures[key] <= 1, key
+    ratios = {k: v for k, v in figures.items() if "ratio" in k}
+    assert {"train_time_ratio_vs_plain", "test_metric_ratio_vs_plain", "test_metric_ratio_vs_convnet"} <= set(ratios)
+    assert all(math.isfinite(v) and v > 0 for v in ratios.values()), ratios
+
+
+def test_markdown_names_goals(results):
+    text = endtoend.markdown(results)
+    assert "recognition2d" in text and "1.5" in text
