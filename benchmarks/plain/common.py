@@ -27,8 +27,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnsuite.bench.core import build, make_optimizer, task_config
-from cnnsuite.bench.endtoend import make_scheduler, precise_bn_batches
+from cnnsuite.bench.core import build, make_optimizer, make_scheduler, precise_bn_batches, task_config
 
 #: how many samples the decoder batches together (memory only; the tensors are the same)
 DECODE_BATCH = 256

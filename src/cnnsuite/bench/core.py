@@ -72,11 +72,31 @@ def build(task: str, data_root: str | Path = "data", model: dict | None = None, 
     return classes[config["model"]["class_path"]](**model_args, **links), datamodule
 
 
+def from_section(section: dict, first):
+    """The class a config section names (``class_path``), called on ``first`` and its ``init_args``."""
+    module, _, name = section["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(first, **section.get("init_args", {}))
+
+
 def make_optimizer(task: str, parameters) -> torch.optim.Optimizer:
     """The optimiser of the task's config (class and init arguments) on ``parameters``."""
-    section = task_config(task).get("optimizer") or {"class_path": "torch.optim.AdamW"}
-    module, _, name = section["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(parameters, **section.get("init_args", {}))
+    return from_section(task_config(task).get("optimizer") or {"class_path": "torch.optim.AdamW"}, parameters)
+
+
+def make_scheduler(task: str, optimizer: torch.optim.Optimizer):
+    """The LR scheduler of the task's config on ``optimizer`` (stepped once an epoch, as
+    LightningCLI steps it), or None."""
+    section = task_config(task).get("lr_scheduler")
+    return from_section(section, optimizer) if section else None
+
+
+def precise_bn_batches(config: dict) -> int:
+    """``num_batches`` of a ``PreciseBatchNorm`` the config's trainer names (0 if none; the
+    module then adds its own, :attr:`cnnsuite.task.TaskModule.precise_bn_batches`)."""
+    for callback in config["trainer"].get("callbacks") or []:
+        if callback["class_path"].endswith("PreciseBatchNorm"):
+            return callback.get("init_args", {}).get("num_batches", 50)
+    return 0
 
 
 # --- the machine ---------------------------------------------------------------------------

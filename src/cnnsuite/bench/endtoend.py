@@ -40,7 +40,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .core import BenchContext, build, make_optimizer, task_config
+from .core import BenchContext, build, make_optimizer, make_scheduler, precise_bn_batches, task_config
 
 #: the metric each task is judged by (the first of its README's headline metrics)
 HEADLINE = {"recognition2d": "test/acc", "localization2d": "test/loc_acc", "detection2d": "test/map",
@@ -89,16 +89,6 @@ TINY = Settings(epochs={"recognition2d": 1}, seconds=1.0, limit_batches=2)
 
 def settings_for(context: BenchContext) -> Settings:
     return TINY if getattr(context, "tiny", False) else QUICK if context.quick else FULL
-
-
-def make_scheduler(task: str, optimizer: torch.optim.Optimizer):
-    """The LR scheduler of the task's config on ``optimizer`` (stepped once an epoch, as
-    LightningCLI steps it), or None."""
-    section = task_config(task).get("lr_scheduler")
-    if not section:
-        return None
-    module, _, name = section["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(optimizer, **section.get("init_args", {}))
 
 
 def run(tasks: list[str], quick: bool, context: BenchContext) -> dict[str, dict]:
@@ -223,15 +213,6 @@ def configured_optimizers(task: str, model: torch.nn.Module):
     optimizer = make_optimizer(task, model.parameters())
     scheduler = make_scheduler(task, optimizer)
     return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-
-def precise_bn_batches(config: dict) -> int:
-    """``num_batches`` of a ``PreciseBatchNorm`` the config's trainer names (0 if none; the
-    module then adds its own, :attr:`cnnsuite.task.TaskModule.precise_bn_batches`)."""
-    for callback in config["trainer"].get("callbacks") or []:
-        if callback["class_path"].endswith("PreciseBatchNorm"):
-            return callback.get("init_args", {}).get("num_batches", 50)
-    return 0
 
 
 class quiet:
