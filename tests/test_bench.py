@@ -76,3 +76,26 @@ def test_markdown_has_machine_table_then_sections(report):
     assert "| CPU |" in text and "dense fp32 matmul" in text
     assert "| localization2d | **default** |" in text and "torchvision_resnet18" in text
     assert "lightning" in text.lower()
+
+
+def test_a_failing_task_is_reported_and_the_others_measured(tmp_path, monkeypatch, capsys):
+    """A long run must not lose every figure to one task's error: the others are measured and
+    written, the failure is named in bench.json and bench.md, and the command exits non-zero."""
+    from cnnsuite.bench import models
+    from cnnsuite.cli import main
+
+    measure_task = models.measure_task
+
+    def broken_on_localization(task, settings, context):
+        if task == "localization2d":
+            raise RuntimeError("CUDA error: out of memory\nsecond line")
+        return measure_task(task, settings, context)
+
+    monkeypatch.setattr(models, "measure_task", broken_on_localization)
+    with pytest.raises(SystemExit, match="models.localization2d"):
+        main(["bench", "--out", str(tmp_path), "--tiny", "--tasks", "localization2d", "recognition2d",
+              "--sections", "models", "--data_root", str(tmp_path / "data")])  # fmt: skip
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["settings"]["failures"] == {"models.localization2d": "RuntimeError: CUDA error: out of memory"}
+    assert data["models"]["recognition2d.train_samples_per_s"] > 0
+    assert "`models.localization2d`: RuntimeError" in (tmp_path / "bench.md").read_text()

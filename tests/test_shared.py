@@ -205,3 +205,30 @@ def test_networks_with_batchnorm_get_precise_batchnorm_by_default():
     assert [type(cb) for cb in with_bn.configure_callbacks()] == [PreciseBatchNorm]
     no_bn = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4], "norm": "none"})
     assert no_bn.configure_callbacks() == []
+
+
+def test_epoch_loss_is_the_batch_size_weighted_mean_of_the_steps(tmp_path):
+    """Loss terms are summed on the module and logged once an epoch (``log_losses``), not by
+    ``self.log`` on every step; the figure is what Lightning's ``on_epoch=True`` would give."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Recorded(L.Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.losses.append((float(outputs["loss"]), len(batch[0])))
+
+    torch.manual_seed(0)
+    model = ClassificationModule(num_classes=3, in_channels=1, backbone_kwargs={"channels": [4], "norm": "none"})
+    model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1)
+    data = TensorDataset(torch.randn(50, 1, 8, 8), torch.randint(3, (50,)))  # batches of 16, 16, 16 and 2
+    recorded = Recorded()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[recorded], default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=16))
+    expected = sum(loss * n for loss, n in recorded.losses) / 50
+    assert len(recorded.losses) == 4
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert trainer.progress_bar_metrics["train/loss"] == pytest.approx(expected, rel=1e-5)

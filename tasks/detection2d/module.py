@@ -284,11 +284,8 @@ class DetectionModule(TaskModule):
         ]
         losses = self.detector(self._prepare(images), targets)
         loss = sum(losses.values())
-        n = len(images)
         # losses are means: averaging them over the ranks is right (F1 or mAP would not be)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log_losses("train", {"loss": loss, **losses}, len(images))
         return loss
 
     def _evaluate(self, batch, stage: str) -> list[dict[str, torch.Tensor]]:
@@ -325,6 +322,9 @@ class DetectionModule(TaskModule):
             for label, ap in zip(classes, values[f"{prefix}map_per_class"].reshape(-1).tolist(), strict=True):
                 if ap != -1 and 0 <= label < len(self.class_names):
                     self.log(f"{prefix}ap/{self.class_names[int(label)]}", ap)
+
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch_losses("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

@@ -283,9 +283,7 @@ class LocalizationModule(ClassificationModule):
         )
         if stage == "test":
             self.test_confusion.update(probs, labels)
-        for name, value in terms.items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss",
-                     batch_size=len(labels), sync_dist=True)  # fmt: skip
+        self.log_losses(stage, terms, len(labels))
         return terms["loss"]
 
     def predict_step(self, batch, batch_idx):

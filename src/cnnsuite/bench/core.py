@@ -24,6 +24,7 @@ import resource
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,6 +234,8 @@ class BenchContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     #: tests only: the fewest steps that still produce every figure
     tiny: bool = False
+    #: "<section>.<task>" → the error that stopped its measurement (the other tasks go on)
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 class CpuLoad:
@@ -284,7 +287,13 @@ def run_tasks(section: str, tasks: list[str], measure_task: Callable, settings, 
             warnings.filterwarnings("ignore", message=message)
         for task in tasks:
             start = time.perf_counter()
-            results[task] = measure_task(task, settings, context)
+            try:
+                results[task] = measure_task(task, settings, context)
+            except Exception as err:  # one task's failure must not cost a long run the others' figures
+                traceback.print_exc()
+                context.failures[f"{section}.{task}"] = f"{type(err).__name__}: {err}".splitlines()[0]
+                print(f"cnnsuite bench: {section}, {task}: failed, going on", file=sys.stderr)
+                continue
             results[task]["section_seconds"] = round(time.perf_counter() - start, 1)
             print(f"cnnsuite bench: {section}, {task}: {results[task]['section_seconds']:.0f} s", file=sys.stderr)
     return results
@@ -319,6 +328,9 @@ def machine_markdown(machine: dict, matmul: float, settings: dict) -> str:
         ("run", f"{'--quick' if settings['quick'] else 'full'}; tasks: {', '.join(settings['tasks'])}"),
     ]
     lines = ["## Machine", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    if settings.get("failures"):
+        lines += ["**Not measured** (the run went on without them; the traceback is in its log):", ""]
+        lines += [f"- `{where}`: {error}" for where, error in settings["failures"].items()] + [""]
     for name, load in settings["load"].items():
         lines.append(
             f"- section `{name}`: {load['seconds']:.0f} s; other processes kept {load['other_processes_cpus']:.2f} "
@@ -373,7 +385,7 @@ def bench_main(argv: list[str]) -> None:
     matmul = matmul_gflops(device, size, 2 if args.quick or args.tiny else 5)
     context = BenchContext(Path(args.data_root), args.quick or args.tiny, machine, matmul, device, args.tiny)
     settings = {"quick": context.quick, "tasks": args.tasks, "sections": args.sections, "device": str(device),
-                "matmul_size": size, "load": {}, "missing_sections": []}  # fmt: skip
+                "matmul_size": size, "load": {}, "missing_sections": [], "failures": context.failures}  # fmt: skip
     sections: dict[str, dict] = {}
     markdowns: dict[str, str] = {}
     out = Path(args.out)
@@ -392,3 +404,5 @@ def bench_main(argv: list[str]) -> None:
         print(f"cnnsuite bench: {name} measured in {settings['load'][name]['seconds']:.0f} s", file=sys.stderr)
     write_report(out, machine, matmul, settings, sections, markdowns)
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    if context.failures:
+        raise SystemExit(f"cnnsuite bench: not measured: {', '.join(context.failures)}")
