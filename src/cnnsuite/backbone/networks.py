@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .blocks import ConvBlock, IntOrSeq
-from .parametrize import mask_weights
+from .parametrize import NAMED_TABLES, connection_mask, mask_weights
 from .registry import register_backbone
 
 
@@ -107,6 +107,7 @@ LENET5_C3_TABLE = (
     (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
     (0, 1, 2, 3, 4, 5),
 )  # fmt: skip
+NAMED_TABLES["lenet5_c3"] = LENET5_C3_TABLE
 
 
 @register_backbone("lenet5")
@@ -146,8 +147,5 @@ class LeNet5(StagedBackbone):
         if c3_table:
             if (c1, c3) != (6, 16):
                 raise ValueError(f"c3_table=True needs widths (6, 16, ...), got {tuple(widths)}")
-            mask = torch.zeros(c3, c1)
-            for out, ins in enumerate(LENET5_C3_TABLE):
-                mask[out, list(ins)] = 1
             conv = next(m for m in stages[1].modules() if isinstance(m, nn.modules.conv._ConvNd))
-            mask_weights(conv, mask.view(c3, c1, *(1,) * spatial_dims))
+            mask_weights(conv, connection_mask(LENET5_C3_TABLE, conv.weight.shape))

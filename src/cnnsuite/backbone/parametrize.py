@@ -9,9 +9,14 @@ ordinary ``weight`` attribute (now computed) and its forward is unchanged:
   one free parameter (``w1 = w2 = u1``, ``w3 = w4 = u2``), as in a symmetric kernel;
 - :func:`hyper_kernel`  — ``w = H_theta(z)``: a small hypernetwork makes the kernel from a
   learned code ``z``; gradients reach both ``z`` and the hypernetwork's ``theta``.
+
+:func:`apply_parametrizations` applies them to a staged backbone's convolutions from a
+config (``model.backbone_kwargs.parametrize``), stage by stage.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -87,10 +92,12 @@ def tie_weights(module: nn.Module, groups: torch.Tensor, name: str = "weight") -
 
 
 def symmetric_groups(shape: torch.Size, dims: tuple[int, ...]) -> torch.Tensor:
-    """Group ids that tie each weight with its mirror image along ``dims``."""
-    index = torch.arange(torch.Size(shape).numel()).view(shape)
-    mirrored = torch.flip(index, dims)
-    canonical = torch.minimum(index, mirrored)
+    """Group ids that tie each weight with its mirror images along each of ``dims``: a kernel
+    symmetric under every one of those mirrors (a 3×3 mirrored along both axes keeps 2×2
+    free values: centre, edge centres along each axis, corners)."""
+    canonical = torch.arange(torch.Size(shape).numel()).view(shape)
+    for dim in dims:  # the smallest index of each entry's orbit under the mirrors
+        canonical = torch.minimum(canonical, torch.flip(canonical, (dim,)))
     return torch.unique(canonical, return_inverse=True)[1]
 
 
@@ -108,3 +115,127 @@ def free_parameters(module: nn.Module) -> int:
         if isinstance(sub, Masked):
             total -= int((sub.mask == 0).sum())
     return total
+
+
+def tied_channel_groups(shape: torch.Size, groups: int) -> torch.Tensor:
+    """Group ids that tie kernels across ``groups`` contiguous groups of input channels:
+    ``w[o, g*m + i] = u[o, i]`` with ``m = in_channels / groups``, so every group of input
+    channels is filtered with the same kernels (one free kernel where there were ``groups``)."""
+    out, per_group, *kernel = shape[0], shape[1] // groups, *shape[2:]
+    base = torch.arange(out * per_group * int(torch.Size(kernel).numel())).view(out, per_group, *kernel)
+    return base.repeat(1, groups, *(1,) * len(kernel))
+
+
+#: connection tables by name (``table: lenet5_c3``)
+NAMED_TABLES: dict[str, Sequence[Sequence[int]]] = {}
+
+
+def connection_mask(table: Sequence[Sequence[int]], shape: torch.Size) -> torch.Tensor:
+    """``mask[o, i] = 1`` where input channel ``i`` feeds output channel ``o`` (one list of
+    input channels per output channel), broadcast over the kernel."""
+    mask = torch.zeros(shape[0], shape[1])
+    for out, ins in enumerate(table):
+        mask[out, list(ins)] = 1
+    return mask.view(shape[0], shape[1], *(1,) * (len(shape) - 2))
+
+
+#: ``kind`` → the keys an entry of ``parametrize`` may give besides ``stage`` and ``kind``
+KINDS = {
+    "symmetric": ("axes",),
+    "tie_channels": ("groups",),
+    "connection_table": ("table",),
+    "hyper": ("code_size", "hidden"),
+}
+
+
+def apply_parametrizations(backbone: nn.Module, specs: Sequence[dict], where: str = "parametrize") -> nn.Module:
+    """Apply each entry of ``specs`` to every convolution of the stages it names.
+
+    An entry is ``{stage: int | [int, ...] | "all", kind: ..., ...}`` with ``kind`` one of
+
+    - ``symmetric`` (``axes``: spatial axes, default all): mirror-symmetric kernels, tied by
+      :func:`tie_weights` (a k-wide axis keeps ⌈k/2⌉ free values);
+    - ``tie_channels`` (``groups``): kernels shared across groups of input channels
+      (:func:`tied_channel_groups`);
+    - ``connection_table`` (``table``: one list of input channels per output channel, or a
+      name such as ``lenet5_c3``): a fixed connection pattern, ``w = u * mask``;
+    - ``hyper`` (``code_size``, ``hidden``): kernels made by a hypernetwork (:func:`hyper_kernel`).
+
+    Everything is checked before anything changes: a pattern that does not fit a layer is a
+    ``ValueError`` naming the entry, the stage and the layer, not a shape error later.
+    """
+    stages = getattr(backbone, "stages", None)
+    if stages is None:
+        raise ValueError(
+            f"{where}: {type(backbone).__name__} has no stages to parametrize (use convnet, lenet5, resnet)"
+        )
+    plan = []
+    for number, spec in enumerate(specs):
+        at = f"{where}[{number}]"
+        if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+            raise ValueError(f"{at}={spec!r}: expected a mapping with kind: one of {', '.join(KINDS)}")
+        kind = spec["kind"]
+        unknown = set(spec) - {"stage", "kind", *KINDS[kind]}
+        if unknown:
+            raise ValueError(f"{at}: unknown keys {sorted(unknown)} for kind {kind}; expected {', '.join(KINDS[kind])}")
+        for index in _stage_indices(spec.get("stage", "all"), len(stages), at):
+            convs = [(n, m) for n, m in stages[index].named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+            for name, conv in convs:
+                layer = f"{at}: stage {index}, conv {name or '0'} (weight {tuple(conv.weight.shape)})"
+                plan.append((conv, _transformation(kind, spec, conv, layer), layer))
+    seen: dict[int, str] = {}
+    for conv, _, layer in plan:
+        if parametrize.is_parametrized(conv, "weight") or id(conv) in seen:
+            raise ValueError(f"{layer}: already transformed{' by ' + seen[id(conv)] if id(conv) in seen else ''}; "
+                             "one transformation per layer")  # fmt: skip
+        seen[id(conv)] = layer.split(":")[0]
+    for conv, transform, _ in plan:
+        transform(conv)
+    return backbone
+
+
+def _stage_indices(stage: object, count: int, at: str) -> list[int]:
+    if stage == "all":
+        return list(range(count))
+    indices = [stage] if isinstance(stage, int) else stage
+    if not isinstance(indices, list | tuple) or not all(isinstance(i, int) and -count <= i < count for i in indices):
+        raise ValueError(f"{at}: stage={stage!r}: expected 'all' or stage indices in 0..{count - 1}")
+    return [i % count for i in indices]
+
+
+def _table_fits(table: object, outputs: int, inputs: int) -> bool:
+    """One non-empty list of input channels in ``0..inputs-1`` per output channel."""
+    if not isinstance(table, list | tuple) or len(table) != outputs:
+        return False
+    return all(isinstance(ins, list | tuple) and ins and all(isinstance(i, int) and 0 <= i < inputs for i in ins)
+               for ins in table)  # fmt: skip
+
+
+def _transformation(kind: str, spec: dict, conv: nn.Module, layer: str):
+    """The function that parametrizes ``conv`` as ``spec`` asks, after checking that it fits."""
+    shape = conv.weight.shape
+    dims = len(shape) - 2
+    if kind == "symmetric":
+        axes = spec.get("axes", list(range(dims)))
+        if not isinstance(axes, list | tuple) or not all(isinstance(a, int) and -dims <= a < dims for a in axes):
+            raise ValueError(f"{layer}: axes={axes!r}: expected spatial axes in 0..{dims - 1}")
+        groups = symmetric_groups(shape, dims=tuple(2 + a % dims for a in axes))
+        return lambda m: tie_weights(m, groups)
+    if kind == "tie_channels":
+        count = spec.get("groups")
+        if not isinstance(count, int) or count < 1 or shape[1] % count:
+            raise ValueError(f"{layer}: groups={count!r}: expected a divisor of its {shape[1]} input channels")
+        groups = tied_channel_groups(shape, count)
+        return lambda m: tie_weights(m, groups)
+    if kind == "connection_table":
+        table = spec.get("table")
+        table = NAMED_TABLES.get(table, table) if isinstance(table, str) else table
+        if not _table_fits(table, shape[0], shape[1]):
+            raise ValueError(f"{layer}: table: expected {shape[0]} lists (one per output channel) of input channels "
+                             f"in 0..{shape[1] - 1}, or one of {', '.join(NAMED_TABLES)}")  # fmt: skip
+        mask = connection_mask(table, shape)
+        return lambda m: mask_weights(m, mask)
+    code_size, hidden = spec.get("code_size", 8), spec.get("hidden", 32)
+    if not all(isinstance(v, int) and v > 0 for v in (code_size, hidden)):
+        raise ValueError(f"{layer}: code_size={code_size!r}, hidden={hidden!r}: expected positive integers")
+    return lambda m: hyper_kernel(m, code_size, hidden)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .parametrize import apply_parametrizations
+
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -28,7 +30,12 @@ def list_backbones() -> list[str]:
 
 def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> nn.Module:
     """Build a registered backbone; its ``forward`` returns feature maps shallow to deep,
-    and it exposes ``out_channels`` and ``strides`` per stage."""
+    and it exposes ``out_channels`` and ``strides`` per stage.
+
+    ``parametrize`` (a list of transformations ``w = H(u)`` per stage, see
+    :func:`~cnnsuite.backbone.parametrize.apply_parametrizations`) is applied to any staged
+    backbone after it is built, so the factories need not know about it."""
+    specs = kwargs.pop("parametrize", None) or []
     try:
         factory = _BACKBONES[name]
     except KeyError:
@@ -39,4 +46,7 @@ def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> 
         inspect.signature(factory).bind(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
     except TypeError as err:
         raise ValueError(f"model.backbone_kwargs for {name!r}: {err} (given: {', '.join(sorted(kwargs))})") from None
-    return factory(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+    backbone = factory(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+    if specs:
+        apply_parametrizations(backbone, specs, where="model.backbone_kwargs.parametrize")
+    return backbone
