@@ -24,7 +24,7 @@ def recognition(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recognition")
     folder = make_image_folder(tmp / "images", per_class=6)
     run = fit("recognition2d", tmp, "--data.data_dir", str(folder), "--data.batch_size", "8",
-              "--model.init_args.backbone_kwargs", LENET5_WITH_C3_TABLE,
+              "--model.init_args.backbone", "lenet5", "--model.init_args.backbone_kwargs", LENET5_WITH_C3_TABLE,
               "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
     ckpt = run / "checkpoints" / "best.ckpt"
     return folder, ckpt

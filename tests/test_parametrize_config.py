@@ -120,7 +120,8 @@ def test_a_2d_task_trains_with_tied_and_hypernetwork_kernels(tmp_path):
     transformations = ("{stage: 0, kind: symmetric, axes: [1]}, {stage: 1, kind: connection_table, table: lenet5_c3}, "
                        "{stage: 2, kind: hyper, code_size: 8, hidden: 4}")  # fmt: skip
     kwargs = f"{{act: relu, pool: max, norm: batch, parametrize: [{transformations}]}}"
-    run = fit("recognition2d", tmp_path, "--model.backbone_kwargs", kwargs, "--trainer.max_epochs", "2")
+    run = fit("recognition2d", tmp_path, "--model.backbone", "lenet5", "--model.backbone_kwargs", kwargs,
+              "--trainer.max_epochs", "2")  # fmt: skip
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.5  # chance is 0.1
     from cnnsuite.checkpoint import rebuild_for_inference

@@ -32,7 +32,9 @@ class PreciseBatchNorm(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.train_dataloader is None:
             return
-        norms = [m for m in pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        every = [m for m in pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        # frozen layers (a fine-tuning schedule's) keep their statistics and stay in eval mode
+        norms = [m for m in every if m.track_running_stats]
         if not norms:
             return
         momenta = {m: m.momentum for m in norms}
@@ -41,6 +43,8 @@ class PreciseBatchNorm(L.Callback):
             m.reset_running_stats()
             m.momentum = None  # a cumulative average over the batches below
         pl_module.train()
+        for m in every:
+            m.train(m in norms)
         with torch.no_grad():
             for batch in islice(batches_aside(trainer.train_dataloader), self.num_batches):
                 pl_module.forward_for_batchnorm(pl_module.transfer_batch_to_device(batch, pl_module.device, 0))

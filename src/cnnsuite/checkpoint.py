@@ -84,7 +84,10 @@ def _model_and_data_class(checkpoint: dict, source: object) -> tuple[TaskModule,
     classes = checkpoint[CLASSES_KEY]
     model_cls = trusted_class(classes["model"], TaskModule, source)
     data_cls = trusted_class(classes["datamodule"], TaskDataModule, source)
-    model = model_cls(**init_args(checkpoint.get("hyper_parameters", {}), source))
+    args = init_args(checkpoint.get("hyper_parameters", {}), source)
+    if args.get("backbone_weights"):  # the checkpoint's own weights follow: the file it started from is not read
+        args["backbone_weights"] = None
+    model = model_cls(**args)
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()

@@ -52,6 +52,8 @@ class ClassificationModule(TaskModule):
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        backbone_weights: str | None = None,
+        backbone_weights_channels: str = "mean",
     ) -> None:
         super().__init__()
 

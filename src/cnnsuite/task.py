@@ -26,11 +26,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from .callbacks import PreciseBatchNorm
 from .data.inputs import Input
+from .transfer import backbone_state, transfer_backbone
 
 
 def class_path(obj: object) -> str:
@@ -53,6 +55,7 @@ class TaskModule(L.LightningModule):
         if names is not None and len(names) != count:
             raise ValueError(f"model.class_names has {len(names)} names but model.num_classes={count}")
         self.configure_models()
+        self.load_backbone_weights()
         self.configure_losses()
         self.train_metrics, self.val_metrics, self.test_metrics = (
             self.configure_metrics(stage) for stage in ("train", "val", "test")
@@ -70,6 +73,30 @@ class TaskModule(L.LightningModule):
 
     def configure_losses(self) -> None:
         raise NotImplementedError
+
+    def feature_backbone(self) -> nn.Module:
+        """The shared CNN backbone inside this task's network: what ``backbone_weights``
+        fills, what a fine-tuning schedule freezes, what ``cnnsuite inspect`` looks into."""
+        return self.backbone
+
+    def load_backbone_weights(self) -> None:
+        """Start the backbone from ``model.backbone_weights`` (another run's checkpoint, of any
+        task, or a backbone's state dict), when given: each tensor copied, inflated 2D → 3D or
+        adapted to another input-channel count (``backbone_weights_channels``) where it fits;
+        the rest is named in the log and left at its initialisation
+        (:func:`cnnsuite.transfer.transfer_backbone`). A file of which nothing fits is an error."""
+        path = self.hparams.get("backbone_weights")
+        if not path:
+            return
+        state = backbone_state(path, where="model.backbone_weights")
+        channels = self.hparams.get("backbone_weights_channels", "mean")
+        report = transfer_backbone(self.feature_backbone(), state, channels)
+        if report.loaded == 0:
+            raise ValueError(
+                f"model.backbone_weights={path}: none of its {len(state)} backbone tensors fits this backbone "
+                f"(model.backbone={self.hparams.get('backbone')!r}); a checkpoint of the same backbone family is needed"
+            )
+        rank_zero_info(f"{path}:\n{report.summary()}")
 
     def configure_metrics(self, stage: str) -> MetricCollection:
         """The metrics logged at ``stage`` (``train``, ``val`` or ``test``)."""

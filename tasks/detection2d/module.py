@@ -216,6 +216,8 @@ class DetectionModule(TaskModule):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        backbone_weights: str | None = None,
+        backbone_weights_channels: str = "mean",
     ) -> None:
         for key, value in (("image_mean", image_mean), ("image_std", image_std)):
             if value is not None and len(value) != in_channels:
@@ -223,6 +225,9 @@ class DetectionModule(TaskModule):
         if fpn_channels % 32:
             raise ValueError(f"model.fpn_channels={fpn_channels}: expected a multiple of 32 (FCOS's group norm)")
         super().__init__()
+
+    def feature_backbone(self) -> nn.Module:
+        return self.detector.backbone.body
 
     @property
     def label_offset(self) -> int:

@@ -204,6 +204,8 @@ class LocalizationModule(ClassificationModule):
         l1_weight: float = 5.0,
         iou_weight: float = 2.0,
         channels_last: bool = False,
+        backbone_weights: str | None = None,
+        backbone_weights_channels: str = "mean",
     ) -> None:
         if spatial_dims != 2:
             raise ValueError(f"model.spatial_dims={spatial_dims}: localization2d boxes are 2D")
@@ -215,7 +217,7 @@ class LocalizationModule(ClassificationModule):
             raise ValueError(f"model.box_grid={box_grid}: expected at least 1 (1 is global pooling)")
         super().__init__(
             num_classes, in_channels, class_names, spatial_dims, backbone, backbone_kwargs, head_hidden, head_act,
-            dropout, label_smoothing, channels_last,
+            dropout, label_smoothing, channels_last, backbone_weights, backbone_weights_channels,
         )  # fmt: skip
 
     def configure_models(self) -> None:

@@ -1,0 +1,216 @@
+"""Start a backbone from weights another task trained: any task's checkpoint, 2D into 3D.
+
+Every task sits on the same staged backbone, so what recognition2d learnt can start
+localization2d, detection2d or — inflated into 3D kernels — video3d, biomedical3d and
+multispectral3d. :func:`backbone_state` reads the backbone's tensors out of a file (a
+checkpoint is untrusted input: ``weights_only=True`` only); :func:`transfer_backbone` copies
+them into a freshly built backbone and says, tensor by tensor, what it did:
+
+- same name, same shape → copied (BatchNorm running statistics included);
+- a 2D kernel ``(O, I, kh, kw)`` where the target has ``(O, I, kt, kh, kw)`` → **inflated**
+  (I3D, Carreira & Zisserman 2017): repeated ``kt`` times along the new leading spatial axis
+  and divided by ``kt``, so a static input (one frame repeated along that axis) gives the 2D
+  response wherever the new axis' zero padding does not reach. The target's kernel shape (the
+  config) decides ``kt``; any other difference in kernel size is a mismatch;
+- the first convolution's input channels differing in count (1 grey → 3 RGB, 3 → 13 bands) →
+  **adapted** as ``channels`` says (:func:`adapt_in_channels`);
+- anything else whose shape does not fit, and names on one side only → listed in the report
+  and left at its initialisation; nothing is skipped silently.
+
+A parametrized convolution (``w = H(u)``) stores ``u`` as ``….parametrizations.weight.original``;
+it is matched with a plain ``….weight`` of the other side, so a mask ``w = u * mask`` starts from
+the source's kernel. A ``u`` of another shape (tied or hypernetwork kernels) is a mismatch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: where each kind of file keeps the backbone: classification, localization (``backbone.``),
+#: detection (``detector.backbone.body.``, the body of its FPN), a backbone's own state dict
+BACKBONE_PREFIXES = ("backbone.", "detector.backbone.body.", "")
+CHANNEL_MODES = ("mean", "repeat", "first")
+_PARAMETRIZED = ".parametrizations.weight.original"
+
+
+def backbone_state(path: str | Path, where: str = "--model.backbone_weights") -> dict[str, torch.Tensor]:
+    """The backbone's tensors, keyed as in the backbone's own ``state_dict`` (``stages.0.0.0.weight``).
+
+    ``path`` is a cnnsuite checkpoint of any task (Lightning's ``state_dict`` entry, keys
+    ``backbone.…`` or ``detector.backbone.body.…``) or a plain state dict of a backbone (keys
+    ``stages.…``), read with ``torch.load(weights_only=True)``: a file that would need to run
+    pickled code is refused. Errors are one line naming ``where`` and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{where} {path}: no such file (expected a checkpoint or a backbone's state dict)")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a foreign, damaged or code-carrying file
+        raise ValueError(
+            f"{where} {path}: not a checkpoint or state dict of tensors; torch.load(weights_only=True) "
+            f"refused it ({type(err).__name__}: {_load_error_detail(err)})"
+        ) from None
+    tensors = content.get("state_dict", content) if isinstance(content, dict) else {}
+    if isinstance(tensors, dict):
+        for prefix in BACKBONE_PREFIXES:
+            start = prefix or "stages."  # a bare state dict must look like a staged backbone's
+            found = {
+                key[len(prefix) :]: value
+                for key, value in tensors.items()
+                if isinstance(key, str) and key.startswith(start) and isinstance(value, torch.Tensor)
+            }
+            if found:
+                return found
+    raise ValueError(
+        f"{where} {path}: no backbone tensors (expected keys backbone.*, detector.backbone.body.* or stages.*)"
+    )
+
+
+def _load_error_detail(err: Exception) -> str:
+    """What torch's many-line message says it met (``Unsupported global: GLOBAL print ...``),
+    without its advice to load the file with ``weights_only=False``."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.|\n\n|$)", text, re.S)
+    return " ".join((found.group(1) if found else text).split()) or "no message"
+
+
+@dataclass
+class TransferReport:
+    """What :func:`transfer_backbone` did with each tensor (names are the target backbone's)."""
+
+    copied: list[str] = field(default_factory=list)
+    #: kernels inflated along a new leading spatial axis (2D → 3D)
+    inflated: list[str] = field(default_factory=list)
+    #: first-layer kernels whose input channels were adapted
+    adapted: list[str] = field(default_factory=list)
+    #: ``(name, source shape, target shape)``: left at initialisation
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    #: in the target, not in the source: left at initialisation
+    missing: list[str] = field(default_factory=list)
+    #: in the source, not in the target
+    unused: list[str] = field(default_factory=list)
+
+    @property
+    def loaded(self) -> int:
+        """How many target tensors now hold transferred values."""
+        return len(set(self.copied) | set(self.inflated) | set(self.adapted))
+
+    def summary(self) -> str:
+        """A few lines for the log: counts, then every tensor left at its initialisation."""
+        total = self.loaded + len(self.mismatched) + len(self.missing)
+        lines = [
+            f"backbone weights: {self.loaded} of {total} tensors transferred ({len(self.copied)} copied, "
+            f"{len(self.inflated)} inflated to a new spatial axis, {len(self.adapted)} with adapted input channels); "
+            f"{len(self.mismatched)} mismatched, {len(self.missing)} missing, {len(self.unused)} unused"
+        ]
+        lines += [f"  mismatched, left at init: {n} {list(s)} -> {list(t)}" for n, s, t in self.mismatched]
+        if self.missing:
+            lines.append(f"  missing from the source, left at init: {', '.join(self.missing)}")
+        if self.unused:
+            lines.append(f"  in the source only, unused: {', '.join(self.unused)}")
+        return "\n".join(lines)
+
+
+def transfer_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], channels: str = "mean") -> TransferReport:
+    """Copy ``state`` (from :func:`backbone_state`) into ``backbone`` in place; see the module's
+    docstring for the rules. ``channels`` (``mean``, ``repeat`` or ``first``) says how the first
+    convolution's input channels are adapted when their counts differ."""
+    if channels not in CHANNEL_MODES:
+        raise ValueError(f"channels={channels!r}: expected one of {', '.join(CHANNEL_MODES)}")
+    target = backbone.state_dict()
+    convs = _conv_weight_names(backbone)
+    first_conv = convs[0] if convs else None
+    source = {_plain_name(k): v for k, v in state.items()}
+    report = TransferReport()
+    updates = {}
+    for name, current in target.items():
+        value = source.pop(_plain_name(name), None)
+        if value is None:
+            report.missing.append(name)
+        elif value.shape == current.shape:
+            updates[name] = value
+            report.copied.append(name)
+        else:
+            fitted, kinds = _fit_kernel(value, current.shape, name in convs, name == first_conv, channels, name)
+            if fitted is None:
+                report.mismatched.append((name, tuple(value.shape), tuple(current.shape)))
+            else:
+                updates[name] = fitted
+                for kind in kinds:
+                    getattr(report, kind).append(name)
+    report.unused = sorted(source)
+    backbone.load_state_dict({**target, **updates})
+    return report
+
+
+def _fit_kernel(
+    value: torch.Tensor, shape: torch.Size, is_conv: bool, is_first: bool, channels: str, name: str
+) -> tuple[torch.Tensor | None, list[str]]:
+    """``value`` made to fit ``shape`` by inflation and/or (first layer only) channel adaptation,
+    and which of the two it took; ``None`` where neither makes it fit."""
+    kinds = []
+    if is_conv and value.dim() + 1 == len(shape) and value.shape[2:] == shape[3:]:
+        value = inflate(value, shape[2])
+        kinds.append("inflated")
+    same_but_inputs = value.dim() == len(shape) and value.shape[:1] + value.shape[2:] == shape[:1] + shape[2:]
+    if is_conv and is_first and value.shape[1] != shape[1] and same_but_inputs:
+        value = adapt_in_channels(value, shape[1], channels, name)
+        kinds.append("adapted")
+    return (value, kinds) if value.shape == shape else (None, [])
+
+
+def inflate(kernel: torch.Tensor, length: int) -> torch.Tensor:
+    """``(O, I, *k)`` → ``(O, I, length, *k)``: the kernel repeated along a new leading spatial
+    axis and divided by ``length``. On an input constant along that axis the new kernel sums
+    ``length`` equal copies of ``kernel / length``: the original response (I3D's recipe)."""
+    return kernel.unsqueeze(2).repeat_interleave(length, dim=2) / length
+
+
+def adapt_in_channels(kernel: torch.Tensor, count: int, mode: str, name: str = "weight") -> torch.Tensor:
+    """A first-layer kernel ``(O, C_src, *k)`` for ``count`` input channels.
+
+    - ``mean``: every new channel gets the mean of the source's kernels over its channels,
+      scaled by ``C_src / count``. A grey image given as ``count`` equal channels then gives
+      exactly the response the source gave to that image as ``C_src`` equal channels
+      (``count · mean · C_src/count = sum``): 1 grey → 3 RGB, RGB → 13 bands keep their scale.
+    - ``repeat``: the source's channels tiled cyclically (channel ``i`` gets source channel
+      ``i mod C_src``), scaled by ``C_src / count`` likewise; each new channel keeps a
+      source filter, and the grey-image response is exact when ``count`` is a multiple of ``C_src``.
+    - ``first``: the first ``count`` source channels, unscaled (the bands they see are the same
+      bands); only when ``count ≤ C_src``.
+    """
+    source = kernel.shape[1]
+    if mode == "mean":
+        return kernel.mean(dim=1, keepdim=True).repeat_interleave(count, dim=1) * (source / count)
+    if mode == "repeat":
+        return kernel[:, torch.arange(count) % source] * (source / count)
+    if mode == "first":
+        if count > source:
+            raise ValueError(
+                f"channels='first': {name} needs {count} input channels, the source has only {source}; "
+                "use 'mean' or 'repeat'"
+            )
+        return kernel[:, :count].clone()
+    raise ValueError(f"channels={mode!r}: expected one of {', '.join(CHANNEL_MODES)}")
+
+
+def _conv_weight_names(backbone: nn.Module) -> list[str]:
+    """State-dict names of every convolution's kernel, in module order (the first is the stem)."""
+    names = []
+    for module_name, module in backbone.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            prefix = f"{module_name}." if module_name else ""
+            parametrized = _PARAMETRIZED[1:] in dict(module.named_parameters())
+            names.append(prefix + (_PARAMETRIZED[1:] if parametrized else "weight"))
+    return names
+
+
+def _plain_name(name: str) -> str:
+    """``….parametrizations.weight.original`` and ``….weight`` name the same kernel."""
+    return name[: -len(_PARAMETRIZED)] + ".weight" if name.endswith(_PARAMETRIZED) else name

@@ -1,0 +1,210 @@
+"""The fine-tuning schedule: frozen backbone while the heads train, then a lower-rate backbone."""
+
+import lightning as L
+import pytest
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cnnsuite.backbone import build_backbone
+from cnnsuite.finetune import BackboneSchedule
+
+LR = 0.1
+
+
+class Tiny(L.LightningModule):
+    """A two-stage BatchNorm convnet and a linear head; the optimiser holds every parameter, as
+    the CLI's ``optimizer:`` section builds it."""
+
+    def __init__(self, attribute: str = "backbone") -> None:
+        super().__init__()
+        net = build_backbone("convnet", 2, 1, channels=(4, 8), blocks_per_stage=1, norm="batch")
+        setattr(self, attribute, net)
+        self.net = net
+        self.head = nn.Linear(8, 3)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.head(self.net(x)[-1].mean((2, 3))), y)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+        return [optimizer], [torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)]
+
+
+class Detectorish(Tiny):
+    """Like detection2d: the backbone sits deeper and a method names it."""
+
+    def __init__(self) -> None:
+        super().__init__(attribute="body")
+
+    def feature_backbone(self) -> nn.Module:
+        return self.body
+
+
+class Snapshots(Callback):
+    """The network's tensors, trainability, BatchNorm modes and optimiser groups after each epoch."""
+
+    def __init__(self) -> None:
+        self.epochs = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        norms = [m for m in pl_module.net.modules() if isinstance(m, nn.BatchNorm2d)]
+        groups = trainer.optimizers[0].param_groups
+        self.epochs.append(
+            {
+                "state": {k: v.clone() for k, v in pl_module.state_dict().items()},
+                "requires_grad": {f"net.{n}": p.requires_grad for n, p in pl_module.net.named_parameters()},
+                "bn_training": [m.training for m in norms],
+                "lrs": [g["lr"] for g in groups],
+                "group_sizes": [len(g["params"]) for g in groups],
+            }
+        )
+
+
+def loader():
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8, generator=generator), torch.randint(0, 3, (32,), generator=generator)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def fit(model, callbacks, max_epochs, tmp_path, ckpt_path=None):
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, loader(), ckpt_path=ckpt_path, weights_only=True)
+    return trainer
+
+
+def changed(before, after, prefix):
+    keys = [k for k in before if k.startswith(prefix) and before[k].is_floating_point()]
+    assert keys, prefix
+    return any(not torch.equal(before[k], after[k]) for k in keys)
+
+
+@pytest.mark.parametrize("model_cls", [Tiny, Detectorish])
+def test_frozen_backbone_then_stages_from_one_at_a_lower_rate(tmp_path, model_cls):
+    torch.manual_seed(0)
+    snapshots = Snapshots()
+    fit(model_cls(), [BackboneSchedule(unfreeze_at_epoch=2, from_stage=1, backbone_lr_factor=0.1), snapshots], 4,
+        tmp_path)  # fmt: skip
+    initial, epochs = snapshots.initial, snapshots.epochs
+    for epoch in epochs[:2]:  # frozen: weights and BatchNorm statistics as they were
+        assert not changed(initial, epoch["state"], "net.")
+        assert not any(epoch["requires_grad"].values())
+        assert not any(epoch["bn_training"])
+        assert epoch["group_sizes"] == [2]  # the head's weight and bias only
+    assert changed(initial, epochs[1]["state"], "head.")
+    for epoch in epochs[2:]:  # stage 1 trains in its own group; stage 0 stays frozen
+        assert changed(epochs[1]["state"], epoch["state"], "net.stages.1.")
+        assert not changed(initial, epoch["state"], "net.stages.0.")
+        assert epoch["bn_training"] == [False, True]
+        trainable = {k for k, v in epoch["requires_grad"].items() if v}
+        assert trainable and all(k.startswith("net.stages.1.") for k in trainable)
+        assert epoch["group_sizes"] == [2, 3]  # conv weight, BN weight and bias of stage 1
+        assert epoch["lrs"][1] == pytest.approx(epoch["lrs"][0] * 0.1)
+    assert epochs[2]["lrs"][0] != epochs[3]["lrs"][0]  # the scheduler drives both groups
+
+
+def test_unfreezing_all_from_epoch_zero_trains_every_stage(tmp_path):
+    snapshots = Snapshots()
+    fit(Tiny(), [BackboneSchedule(unfreeze_at_epoch=0, backbone_lr_factor=0.5), snapshots], 1, tmp_path)
+    epoch = snapshots.epochs[0]
+    assert changed(snapshots.initial, epoch["state"], "net.stages.0.")
+    assert changed(snapshots.initial, epoch["state"], "net.stages.1.")
+    assert epoch["lrs"][1] == pytest.approx(epoch["lrs"][0] * 0.5)
+
+
+def test_a_resumed_run_keeps_its_groups_and_trains_the_unfrozen_stages(tmp_path):
+    schedule = dict(unfreeze_at_epoch=1, from_stage=1, backbone_lr_factor=0.1)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    fit(Tiny(), [BackboneSchedule(**schedule), checkpoint], 2, tmp_path)
+    snapshots = Snapshots()
+    trainer = fit(Tiny(), [BackboneSchedule(**schedule), snapshots], 3, tmp_path, ckpt_path=tmp_path / "last.ckpt")
+    epoch = snapshots.epochs[-1]
+    assert epoch["group_sizes"] == [2, 3]
+    assert epoch["lrs"][1] == pytest.approx(epoch["lrs"][0] * 0.1)
+    assert changed(snapshots.initial, epoch["state"], "net.stages.1.")
+    assert not changed(snapshots.initial, epoch["state"], "net.stages.0.")
+    assert epoch["bn_training"] == [False, True]
+    params = [id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]]
+    assert len(params) == len(set(params))
+
+
+def test_callback_from_yaml():
+    parser = ArgumentParser()
+    parser.add_argument("--callbacks", type=list[Callback])
+    config = parser.parse_string(
+        "callbacks:\n"
+        "  - class_path: cnnsuite.finetune.BackboneSchedule\n"
+        "    init_args: {unfreeze_at_epoch: 3, from_stage: 1, backbone_lr_factor: 0.2}\n"
+    )
+    (callback,) = parser.instantiate_classes(config).callbacks
+    assert (callback.unfreeze_at_epoch, callback.from_stage, callback.backbone_lr_factor) == (3, 1, 0.2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"unfreeze_at_epoch": -1}, "unfreeze_at_epoch=-1"),
+        ({"from_stage": 1.5}, "from_stage=1.5"),
+        ({"backbone_lr_factor": 0}, "backbone_lr_factor=0"),
+    ],
+)
+def test_bad_values_are_one_line_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BackboneSchedule(**kwargs)
+
+
+def test_from_stage_beyond_the_backbone_and_a_module_without_one(tmp_path):
+    with pytest.raises(ValueError, match=r"from_stage=2: the backbone has 2 stages \(0..1\)"):
+        fit(Tiny(), [BackboneSchedule(from_stage=2)], 1, tmp_path)
+    with pytest.raises(ValueError, match="has no 'backbone' module and no feature_backbone"):
+        fit(Tiny(attribute="features"), [BackboneSchedule()], 1, tmp_path)
+
+
+class WithValidation(Tiny):
+    """Tiny, validated each epoch, so PreciseBatchNorm recomputes statistics before it; records
+    which BatchNorm layers are in train mode during the recomputation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recompute_modes = []
+
+    def validation_step(self, batch, batch_idx):
+        return self.training_step(batch, batch_idx)
+
+    def forward_for_batchnorm(self, batch):
+        self.recompute_modes.append([m.training for m in self.net.modules() if isinstance(m, nn.BatchNorm2d)])
+        self.net(batch[0])
+
+
+def test_precise_batchnorm_leaves_the_frozen_stages_statistics_and_mode_alone(tmp_path):
+    """PreciseBatchNorm recomputes the statistics of the stages that train; a frozen stage keeps
+    the source task's, in eval mode, so the stages after it see the features they will see."""
+    from cnnsuite.callbacks import PreciseBatchNorm
+
+    torch.manual_seed(0)
+    model = WithValidation()
+    frozen = {k: v.clone() for k, v in model.net.stages[0].state_dict().items()}
+    before = model.net.stages[1][0][1].running_mean.clone()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        num_sanity_val_steps=0, callbacks=[BackboneSchedule(unfreeze_at_epoch=0, from_stage=1),
+                                                           PreciseBatchNorm(num_batches=2)])  # fmt: skip
+    trainer.fit(model, loader(), loader())
+    assert all(torch.equal(v, model.net.stages[0].state_dict()[k]) for k, v in frozen.items())
+    assert not torch.equal(before, model.net.stages[1][0][1].running_mean)
+    assert model.recompute_modes == [[False, True]] * 2

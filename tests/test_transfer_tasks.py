@@ -1,0 +1,92 @@
+"""``--model.backbone_weights``: one task's trained backbone starts another's, through the CLI.
+
+The 2D tasks share one backbone family (recognition2d's default is localization2d's backbone;
+detection2d's has two blocks a stage, the first of each taking the transferred weights), and a
+2D checkpoint starts a 3D task whose backbone has the same widths, its kernels inflated."""
+
+import pytest
+import torch
+import yaml
+from cnnsuite.tasks.biomedical3d.module import Biomedical3DModule
+from cnnsuite.tasks.detection2d.module import DetectionModule
+from cnnsuite.tasks.localization2d.module import LocalizationModule
+from conftest import fit
+
+from cnnsuite.checkpoint import rebuild_for_inference
+from cnnsuite.cli import main
+from cnnsuite.transfer import backbone_state
+
+FAMILY = "{channels: [8, 16], blocks_per_stage: 1, norm: batch, act: relu, pool: max}"
+
+
+@pytest.fixture(scope="module")
+def recognition(tmp_path_factory):
+    """A short recognition2d run on the embedded digits with a two-stage member of the family."""
+    tmp = tmp_path_factory.mktemp("source")
+    run = fit("recognition2d", tmp, "--model.backbone_kwargs", FAMILY, "--trainer.max_epochs", "1",
+              "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+              "--evaluate", "false")  # fmt: skip
+    return run / "checkpoints" / "last.ckpt"
+
+
+def transferred(module_class, source, **kwargs):
+    """The target task's backbone right after its module was built from ``source``."""
+    return module_class(backbone_weights=str(source), **kwargs).feature_backbone()
+
+
+def same(theirs: dict, source: dict) -> list[str]:
+    """The source's tensors that arrived unchanged (the first conv's differs where the target's
+    images have other channels: adapted, as a test of its own checks)."""
+    return [k for k, v in source.items() if k in theirs and theirs[k].shape == v.shape and torch.equal(theirs[k], v)]
+
+
+def test_recognition_backbone_starts_localization_and_detection(recognition, caplog):
+    caplog.set_level("INFO")
+    source = backbone_state(recognition)
+    loc = transferred(LocalizationModule, recognition, backbone_kwargs=yaml.safe_load(FAMILY), roi_stage=-1)
+    assert loc.state_dict().keys() == source.keys()
+    assert all(torch.equal(loc.state_dict()[k], v) for k, v in source.items())
+    two_blocks = {**yaml.safe_load(FAMILY), "blocks_per_stage": 2}
+    det = transferred(DetectionModule, recognition, backbone_kwargs=two_blocks, fpn_stages=[0, 1])
+    # the first block of each stage arrives; the second, absent from the source, is named and left at init
+    assert all(torch.equal(det.state_dict()[k], v) for k, v in source.items())
+    assert "missing from the source, left at init: stages.0.1.0.weight" in caplog.text
+
+
+def test_grey_digits_start_an_rgb_task_through_the_channel_mean(recognition):
+    rgb = transferred(LocalizationModule, recognition, in_channels=3, backbone_kwargs=yaml.safe_load(FAMILY))
+    grey = backbone_state(recognition)["stages.0.0.0.weight"]  # (8, 1, 3, 3)
+    torch.testing.assert_close(rgb.state_dict()["stages.0.0.0.weight"], grey.expand(8, 3, 3, 3) / 3)
+
+
+def test_a_2d_checkpoint_starts_a_3d_task_with_inflated_kernels(recognition):
+    bio = transferred(Biomedical3DModule, recognition, spatial_dims=3, backbone_kwargs=yaml.safe_load(FAMILY))
+    kernel2d = backbone_state(recognition)["stages.1.0.0.weight"]  # (16, 8, 3, 3)
+    kernel3d = bio.state_dict()["stages.1.0.0.weight"]  # (16, 8, 3, 3, 3): repeated along depth, / 3
+    assert kernel3d.shape == (16, 8, 3, 3, 3)
+    torch.testing.assert_close(kernel3d.sum(dim=2), kernel2d)
+    torch.testing.assert_close(kernel3d[:, :, 0], kernel2d / 3)
+
+
+def test_a_checkpoint_of_another_family_or_no_checkpoint_is_a_clear_error(recognition, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "tasks/localization2d/config.yaml",
+              "--model.backbone_weights", str(tmp_path / "no.ckpt"),
+              "--trainer.fast_dev_run", "true", "--data.data_root", str(tmp_path / "data")])  # fmt: skip
+    assert "model.backbone_weights" in capsys.readouterr().err
+    with pytest.raises(
+        ValueError, match=r"none of its \d+ backbone tensors fits this backbone \(model.backbone='lenet5'\)"
+    ):
+        fit("recognition2d", tmp_path, "--model.backbone", "lenet5", "--model.backbone_kwargs", "{}",
+            "--model.backbone_weights", str(recognition), "--trainer.fast_dev_run", "true")  # fmt: skip
+
+
+def test_a_transferred_run_rebuilds_without_its_source_file(tmp_path, recognition):
+    """The checkpoint holds the weights: evaluation must not read the file training started from."""
+    copy = tmp_path / "source.ckpt"
+    copy.write_bytes(recognition.read_bytes())
+    run = fit("recognition2d", tmp_path, "--model.backbone_kwargs", FAMILY, "--model.backbone_weights", str(copy),
+              "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--evaluate", "false")  # fmt: skip
+    copy.unlink()
+    model, _ = rebuild_for_inference(run / "checkpoints" / "last.ckpt")
+    assert model.hparams.backbone_weights is None
