@@ -94,9 +94,11 @@ def test_the_same_seed_gives_the_same_figures(tmp_path, image_folder):
     [
         (["--data.spatial_size", "[8, 8, 8]", "--model.init_args.backbone_kwargs", "{channels: [4, 8, 16, 32, 64]}"],
          r"\(1, 8, 8, 8\) are 8x8x8 where the backbone's total stride is 32x32x32"),
-        # LeNet-5's unpadded 5x5 kernels: 16 → 12 → 6 → 2 → 1, then C5's kernel is larger than what is left
+        # LeNet-5's unpadded 5x5 kernels: 16 → 12 → 6 → 2 → 1, then C5's kernel is larger than what is left,
+        # named by stage before any forward pass (backbone.geometry.check_fits)
         (["--data.spatial_size", "[16, 16, 16]", "--model.init_args.backbone", "lenet5",
-          "--model.init_args.backbone_kwargs", "{}"], r"cannot take the data's samples of shape \(1, 16, 16, 16\)"),
+          "--model.init_args.backbone_kwargs", "{}"],
+         r"model.backbone='lenet5'\): stage 2 \(conv 5×5×5\) meets a 1×1×1 feature map at input size 1×16×16×16"),
     ],
 )  # fmt: skip
 def test_a_network_that_does_not_fit_the_data_is_named_before_any_data_is_written(tmp_path, args, message):

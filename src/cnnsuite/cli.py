@@ -29,6 +29,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from .backbone import StagedBackbone
+from .backbone.geometry import check_fits
 from .checkpoint import CLASSES_KEY, load_checkpoint, trusted_class
 from .data import TaskDataModule
 from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, run_version
@@ -50,7 +52,8 @@ class CnnSuiteCLI(LightningCLI):
             "parser_kwargs",
             {
                 "description": "cnnsuite: CNN tasks on Lightning. Also, on a checkpoint: cnnsuite evaluate --help, "
-                "cnnsuite predict --input ... --help, cnnsuite export --help, cnnsuite serve --help"
+                "cnnsuite predict --input ... --help, cnnsuite export --help, cnnsuite serve --help, "
+                "cnnsuite inspect --help"
             },
         )
         kwargs.setdefault("save_config_callback", RunConfig)
@@ -152,8 +155,9 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
     """Run the model on a zero batch of the data's sample shape, before any data is read or
     written: a network that cannot take the data (a kernel or a stride larger than what
     is left of the input) fails here with its settings named, not after minutes of data
-    preparation. The batch becomes ``example_input_array``, so the model summary shows
-    each layer's input and output sizes."""
+    preparation — a staged backbone first by :func:`~cnnsuite.backbone.geometry.check_fits`,
+    which names the stage, the layer and the map it meets. The batch becomes
+    ``example_input_array``, so the model summary shows each layer's input and output sizes."""
     shape = datamodule.input_shape
     if shape is None:
         return
@@ -167,6 +171,10 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
                 f"total stride is {'x'.join(map(str, stride))}: use larger samples (data.*) or fewer or gentler "
                 "pooling stages (model.backbone_kwargs)"
             )
+    backbone = model.feature_backbone()
+    if isinstance(backbone, StagedBackbone) and len(shape) == backbone.spatial_dims + 1:
+        # a kernel or window larger than the map it meets, named by stage and layer
+        check_fits(backbone, shape, where=f"model.backbone_kwargs (model.backbone={model.hparams.get('backbone')!r})")
     example = torch.zeros(2, *shape)
     training = model.training
     model.eval()
@@ -297,6 +305,10 @@ def main(argv: list[str] | None = None) -> None:
             from .export import export_main
 
             export_main(argv[1:])
+        elif argv[:1] == ["inspect"]:
+            from .inspection import inspect_main
+
+            inspect_main(argv[1:])
         elif argv[:1] == ["serve"]:
             from .serve import serve_main
 

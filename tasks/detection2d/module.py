@@ -227,7 +227,9 @@ class DetectionModule(TaskModule):
         super().__init__()
 
     def feature_backbone(self) -> nn.Module:
-        return self.detector.backbone.body
+        """Ours (or torchvision's, for its reference detectors) under the FPN: ``backbone.body``;
+        SSDlite's feature extractor has no FPN and is the backbone itself."""
+        return getattr(self.detector.backbone, "body", self.detector.backbone)
 
     @property
     def label_offset(self) -> int:

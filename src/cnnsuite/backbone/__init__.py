@@ -3,18 +3,26 @@
 from . import references  # noqa: F401  (registers MONAI reference backbones)
 from .blocks import ConvBlock, convolve
 from .factorised import ConvNet2Plus1D
+from .geometry import StageGeometry, check_fits, describe_stages
 from .networks import ConvNet, LeNet5, StagedBackbone
 from .parametrize import free_parameters, hyper_kernel, mask_weights, symmetric_groups, tie_weights
 from .registry import build_backbone, list_backbones, register_backbone
+from .residual import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
+    "BasicBlock",
+    "Bottleneck",
     "ConvBlock",
     "ConvNet",
     "ConvNet2Plus1D",
     "LeNet5",
+    "ResNet",
+    "StageGeometry",
     "StagedBackbone",
     "build_backbone",
+    "check_fits",
     "convolve",
+    "describe_stages",
     "free_parameters",
     "hyper_kernel",
     "list_backbones",
