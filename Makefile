@@ -7,7 +7,7 @@ TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)
 TASK ?= recognition2d
 ARGS ?=
 
-.PHONY: help setup train evaluate predict export serve test test-slow bench lint check-task need-ckpt
+.PHONY: help setup train evaluate predict export inspect serve test test-slow bench lint check-task need-ckpt
 
 help:  ## list the targets
 	@echo "make setup                               create $(VENV) and install cnnsuite (idempotent)"
@@ -16,6 +16,7 @@ help:  ## list the targets
 	@echo "make evaluate CKPT=<file> [OUT=<dir>]    metrics.json, plots and report.md (CKPT=\"a.ckpt b.ckpt\": comparison.md)"
 	@echo "make predict CKPT=<file> INPUT=<file|dir> [OUT=<dir>]   predictions.jsonl and pictures for raw files"
 	@echo "make export CKPT=<file> [FORMAT=onnx|torch-export] [OUT=<file>]   the network, its preprocessing as JSON"
+	@echo "make inspect CKPT=<file> [INPUT=<file>] [OUT=<dir>]   filters, feature maps, Grad-CAM, stage table"
 	@echo "make serve CKPT=<file> [PORT=8000]      POST /predict (multipart field 'file') over HTTP"
 	@echo "make test                                the test suite"
 	@echo "make test-slow                           the tests that start real processes: kills, DDP"
@@ -42,7 +43,7 @@ train: check-task setup
 need-ckpt:
 	@if [ -z "$(CKPT)" ]; then echo "CKPT=path/to.ckpt is needed (a checkpoint written by make train)" >&2; exit 2; fi
 
-# A checkpoint knows its task: TASK is not needed by the four targets below.
+# A checkpoint knows its task: TASK is not needed by the five targets below.
 evaluate: need-ckpt setup
 	$(BIN)/cnnsuite evaluate --ckpt $(CKPT) $(if $(DATA),--data.data_dir $(DATA)) $(if $(OUT),--out $(OUT))
 
@@ -52,6 +53,9 @@ predict: need-ckpt setup
 
 export: need-ckpt setup
 	$(BIN)/cnnsuite export --ckpt $(CKPT) --format $(or $(FORMAT),onnx) $(if $(OUT),--out $(OUT))
+
+inspect: need-ckpt setup
+	$(BIN)/cnnsuite inspect --ckpt $(CKPT) $(if $(INPUT),--input $(INPUT)) $(if $(OUT),--out $(OUT))
 
 serve: need-ckpt setup
 	$(BIN)/cnnsuite serve --ckpt $(CKPT) --port $(or $(PORT),8000) $(ARGS)

@@ -1,0 +1,118 @@
+"""cnnsuite inspect: pictures and the stage table of a trained checkpoint, on a 2D task
+(recognition2d with LeNet-5) and a 3D task (biomedical3d)."""
+
+import json
+
+import pytest
+import torch
+from conftest import fit, make_image_folder
+from PIL import Image
+from test_biomedical3d import SMALL, make_volume_folder
+
+from cnnsuite.checkpoint import rebuild
+from cnnsuite.cli import main
+from cnnsuite.inspection import cam_stage, grad_cam, held_out_batches, model_batch, network_of, stage_rows
+
+PICTURES = ("filters.png", "top_samples.png", "gradcam.png")
+
+
+@pytest.fixture(scope="module")
+def recognition(tmp_path_factory):
+    """A one-epoch recognition2d run on a user folder: ``(image folder, checkpoint)``."""
+    tmp = tmp_path_factory.mktemp("recognition")
+    folder = make_image_folder(tmp / "images", per_class=10)
+    run = fit("recognition2d", tmp, "--data.data_dir", str(folder), "--data.batch_size", "8",
+              "--model.backbone", "lenet5", "--model.backbone_kwargs", "{act: relu, pool: max, norm: batch}",
+              "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
+    return folder, run / "checkpoints" / "best.ckpt"
+
+
+def check_pictures(out, stages):
+    names = [*PICTURES, *(f"activations_stage{i}.png" for i in range(stages))]
+    for name in names:
+        with Image.open(out / name) as image:
+            image.verify()  # a complete, valid PNG
+    assert sorted(p.name for p in out.glob("activations_stage*.png")) == sorted(names[len(PICTURES) :])
+
+
+def first_sample(ckpt):
+    model, datamodule = rebuild(ckpt, ckpt.parent.parent)
+    sample = model_batch(model, next(held_out_batches(datamodule, 1))[:1])
+    return model, sample
+
+
+def test_inspect_a_2d_checkpoint(recognition, tmp_path, capsys):
+    _, ckpt = recognition
+    main(["inspect", "--ckpt", str(ckpt), "--out", str(tmp_path), "--max_samples", "20"])
+    model, sample = first_sample(ckpt)
+    backbone = model.backbone
+    check_pictures(tmp_path, len(backbone.stages))
+    report = json.loads((tmp_path / "stages.json").read_text())
+    with torch.no_grad():
+        features = backbone(sample)
+    assert report["input_shape"] == list(sample.shape[1:]) == [3, 32, 32]
+    assert [row["index"] for row in report["stages"]] == list(range(len(backbone.stages)))
+    assert [row["stride"] for row in report["stages"]] == [list(s) for s in backbone.strides]
+    assert [row["out_shape"] for row in report["stages"]] == [list(f.shape[1:]) for f in features]
+    assert all(row["flops"] > 0 and row["parameters"] > 0 for row in report["stages"])
+    # LeNet-5's C5 is 1x1 on a 32x32 input: Grad-CAM weighs C3's 5x5 maps instead
+    assert report["gradcam"]["stage"] == 1 and report["gradcam"]["class"] in ("cat", "dog", "owl")
+    assert report["top_samples"]["test_samples"] == 6  # the whole (small) test split
+    printed = capsys.readouterr().out
+    assert "| stage | output shape | stride | receptive field | parameters | FLOPs |" in printed
+    assert (tmp_path / "stages.md").read_text() in printed
+
+
+def test_inspect_an_input_file(recognition, tmp_path):
+    folder, ckpt = recognition
+    image = folder / "owl" / "4.png"
+    main(["inspect", "--ckpt", str(ckpt), "--input", str(image), "--out", str(tmp_path), "--max_samples", "4"])
+    report = json.loads((tmp_path / "stages.json").read_text())
+    assert report["sample"] == str(image) and report["top_samples"]["test_samples"] == 4
+    check_pictures(tmp_path, 3)
+
+
+def test_grad_cam_has_the_input_size(recognition):
+    _, ckpt = recognition
+    model, sample = first_sample(ckpt)
+    network = network_of(model, sample.dim())
+    stage = cam_stage(network, stage_rows(network.backbone, sample))
+    cam, index, score = grad_cam(network, sample, stage)
+    assert cam.shape == (1, 1, 32, 32)
+    assert 0 <= float(cam.min()) and float(cam.max()) <= 1
+    assert index == int(model(sample).argmax()) and score == pytest.approx(float(model(sample).max()), abs=1e-5)
+
+
+def test_errors_are_one_line(recognition, tmp_path, capsys):
+    _, ckpt = recognition
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"cnnsuite inspect: error: {tmp_path / 'missing.ckpt'}: no such checkpoint file"
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "--ckpt", str(ckpt), "--input", str(broken), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"cnnsuite inspect: error: {broken}")
+
+
+def test_inspect_a_3d_checkpoint(tmp_path):
+    folder = make_volume_folder(tmp_path / "user")
+    run = fit("biomedical3d", tmp_path, *SMALL, "--data.data_dir", str(folder), "--trainer.max_epochs", "1",
+              "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    main(["inspect", "--ckpt", str(ckpt)])
+    out = run / "inspection"  # the default: beside the run's checkpoints
+    model, sample = first_sample(ckpt)
+    check_pictures(out, 2)
+    report = json.loads((out / "stages.json").read_text())
+    assert report["input_shape"] == [1, 16, 16, 16]
+    assert [row["stride"] for row in report["stages"]] == [list(s) for s in model.backbone.strides]
+    assert [row["out_shape"] for row in report["stages"]] == [[4, 8, 8, 8], [8, 4, 4, 4]]
+    network = network_of(model, sample.dim())
+    cam, _, _ = grad_cam(network, sample, network.cam_stage)
+    assert cam.shape == (1, 1, 16, 16, 16)
