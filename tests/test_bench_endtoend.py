@@ -14,7 +14,7 @@ from cnnsuite.bench.models import REFERENCES
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """The section on recognition2d, with a convnet standing in for a reference network
-    (LeNet-5, the default, is the reference design itself)."""
+    (recognition2d has none of its own)."""
     context = BenchContext(tmp_path_factory.mktemp("data"), quick=True, machine={}, matmul_gflops=1.0, tiny=True)
     tiny = endtoend.Settings(epochs={"recognition2d": 1}, seconds=1.0, limit_batches=2,
                              references={"recognition2d": ("convnet",)})  # fmt: skip

@@ -1,4 +1,4 @@
-"""recognition2d in plain PyTorch: LeNet-5 on the digit scans held in memory.
+"""recognition2d in plain PyTorch: the default network on the digit scans held in memory.
 
     python -m benchmarks.plain.recognition2d [--epochs 30] [--data_root data]
 

@@ -239,8 +239,8 @@ WHY = (
     "one most likely to beat ours within an equal budget, so the hardest test; the slower references "
     "(Faster R-CNN, MONAI ResNet-18, X3D) get a few dozen steps in the budget and would be scored on "
     "what little they learnt, and the whole section has to fit about 12 minutes. recognition2d has no "
-    "reference network: its default, LeNet-5, is the reference design itself (the plain script is its "
-    "comparison)."
+    "reference network (issue 13 asks for none): the plain script is its comparison, and the models section "
+    "measures Lightning's overhead on it."
 )
 
 
