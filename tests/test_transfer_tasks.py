@@ -10,6 +10,8 @@ import yaml
 from cnnsuite.tasks.biomedical3d.module import Biomedical3DModule
 from cnnsuite.tasks.detection2d.module import DetectionModule
 from cnnsuite.tasks.localization2d.module import LocalizationModule
+from cnnsuite.tasks.multispectral3d.module import MultispectralModule
+from cnnsuite.tasks.video3d.module import VideoClassificationModule
 from conftest import fit
 
 from cnnsuite.checkpoint import rebuild_for_inference
@@ -59,13 +61,24 @@ def test_grey_digits_start_an_rgb_task_through_the_channel_mean(recognition):
     torch.testing.assert_close(rgb.state_dict()["stages.0.0.0.weight"], grey.expand(8, 3, 3, 3) / 3)
 
 
-def test_a_2d_checkpoint_starts_a_3d_task_with_inflated_kernels(recognition):
-    bio = transferred(Biomedical3DModule, recognition, spatial_dims=3, backbone_kwargs=yaml.safe_load(FAMILY))
-    kernel2d = backbone_state(recognition)["stages.1.0.0.weight"]  # (16, 8, 3, 3)
-    kernel3d = bio.state_dict()["stages.1.0.0.weight"]  # (16, 8, 3, 3, 3): repeated along depth, / 3
-    assert kernel3d.shape == (16, 8, 3, 3, 3)
-    torch.testing.assert_close(kernel3d.sum(dim=2), kernel2d)
-    torch.testing.assert_close(kernel3d[:, :, 0], kernel2d / 3)
+@pytest.mark.parametrize(
+    "module_class, kwargs, depth",
+    [
+        (Biomedical3DModule, {"spatial_dims": 3}, 3),
+        (VideoClassificationModule, {}, 3),  # RGB clips: the grey kernels' channel mean, × 1/3
+        (MultispectralModule, {"spatial_dims": 3, "backbone_kwargs": {"kernel_size": [5, 3, 3]}}, 5),  # 5 bands deep
+    ],
+)
+def test_a_2d_checkpoint_starts_each_3d_task_with_inflated_kernels(recognition, module_class, kwargs, depth, caplog):
+    caplog.set_level("INFO")
+    backbone_kwargs = {**yaml.safe_load(FAMILY), **kwargs.pop("backbone_kwargs", {})}
+    target = transferred(module_class, recognition, backbone_kwargs=backbone_kwargs, **kwargs).state_dict()
+    source = backbone_state(recognition)
+    assert f"{len(source)} of {len(source)} tensors transferred" in caplog.text
+    kernel2d, kernel3d = source["stages.1.0.0.weight"], target["stages.1.0.0.weight"]  # (16, 8, 3, 3) → 3D
+    assert kernel3d.shape == (16, 8, depth, 3, 3)
+    torch.testing.assert_close(kernel3d.sum(dim=2), kernel2d)  # a static input gives the 2D response
+    torch.testing.assert_close(kernel3d[:, :, 0], kernel2d / depth)
 
 
 def test_a_checkpoint_of_another_family_or_no_checkpoint_is_a_clear_error(recognition, tmp_path, capsys):
