@@ -118,8 +118,8 @@ def network_of(model: TaskModule, input_dims: int) -> Network:
     the best location's class logit for the one-stage detectors (FCOS, RetinaNet), none for
     Faster R-CNN, whose class scores come after proposals are picked."""
     detector = getattr(model, "detector", None)
+    backbone = model.feature_backbone()
     if detector is not None:
-        backbone = getattr(detector.backbone, "body", None)
         if not isinstance(backbone, StagedBackbone):
             raise ValueError(
                 f"model.detector={model.hparams.detector!r} carries torchvision's own backbone; "
@@ -137,7 +137,6 @@ def network_of(model: TaskModule, input_dims: int) -> Network:
         about = "log score of the highest-scoring detection"
         return Network(backbone, _same, ClassScores(heads, over_locations=True),
                        "model.backbone.body.stages", stage, about)  # fmt: skip
-    backbone = model.backbone
     if not isinstance(backbone, StagedBackbone):
         raise ValueError(f"{type(model).__name__}.backbone is not a cnnsuite StagedBackbone: nothing to inspect")
     last = len(backbone.stages) - 1
