@@ -32,7 +32,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from .callbacks import PreciseBatchNorm
 from .data.inputs import Input
-from .transfer import backbone_state, transfer_backbone
+from .transfer import CHANNEL_MODES, backbone_state, transfer_backbone
 
 
 def class_path(obj: object) -> str:
@@ -88,8 +88,12 @@ class TaskModule(L.LightningModule):
         path = self.hparams.get("backbone_weights")
         if not path:
             return
-        state = backbone_state(path, where="model.backbone_weights")
         channels = self.hparams.get("backbone_weights_channels", "mean")
+        if channels not in CHANNEL_MODES:
+            raise ValueError(
+                f"model.backbone_weights_channels={channels!r}: expected one of {', '.join(CHANNEL_MODES)}"
+            )
+        state = backbone_state(path, where="model.backbone_weights")
         report = transfer_backbone(self.feature_backbone(), state, channels)
         if report.loaded == 0:
             raise ValueError(
