@@ -18,6 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -34,13 +35,56 @@ DECODE_BATCH = 256
 
 
 # --- data --------------------------------------------------------------------------------
-def load_task(task: str, data_root: str | Path):
-    """The task's default model and datamodule (its config, the CLI's links), the embedded
-    default generated if missing, and the split decided as ``make train`` decides it."""
+@dataclass
+class Loaded:
+    """A plain run's starting point: the task's default model and datamodule (its config, the
+    CLI's links; the embedded default generated if missing, the split decided as ``make train``
+    decides it), the epochs to train, the train and test splits decoded once (lists of fields,
+    see :func:`decode_once`) and the seconds all that took."""
+
+    task: str
+    model: nn.Module
+    datamodule: object
+    epochs: int
+    train: list
+    test: list
+    data_seconds: float
+
+    @property
+    def batch_size(self) -> int:
+        return self.datamodule.hparams.batch_size
+
+
+def load(task: str, epochs: int | None, data_root: str | Path, seed: int) -> Loaded:
+    """Seed, build, decode both splits once; ``epochs`` None: the config's ``max_epochs``."""
+    torch.manual_seed(seed)
+    start = time.perf_counter()
     model, datamodule = build(task, data_root)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    return model, datamodule
+    train, test = decode_once(datamodule, "train"), decode_once(datamodule, "test")
+    epochs = epochs or task_config(task)["trainer"]["max_epochs"]
+    return Loaded(task, model, datamodule, epochs, train, test, time.perf_counter() - start)
+
+
+def fit(
+    loaded: Loaded,
+    epoch_batches: Callable[[], Iterator],
+    loss_of: Callable[[object], torch.Tensor],
+    limit_batches: int | None = None,
+) -> dict:
+    """Train (:func:`train_epochs`), recompute BatchNorm statistics as the suite does before it
+    evaluates, and start the run's result: what every plain script reports besides its metrics."""
+    train_seconds = train_epochs(loaded.task, loaded.model, loaded.epochs, epoch_batches, loss_of, limit_batches)
+    recompute_batchnorm(loaded.model, epoch_batches(), precise_batchnorm_batches(loaded.task, loaded.model))
+    return {
+        "task": loaded.task,
+        "epochs": loaded.epochs,
+        "train_samples": len(loaded.train[0]),
+        "test_samples": len(loaded.test[0]),
+        "data_seconds": loaded.data_seconds,
+        "train_seconds": train_seconds,
+    }
 
 
 def decode_once(datamodule, stage: str) -> list:
@@ -206,35 +250,19 @@ def train_classifier(
 ) -> dict:
     """The task's classifier trained on the train split held in memory, ``augment`` applied to
     each batch, then scored on the test split: ``{"test/acc", "train_seconds", ...}``."""
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    model, datamodule = load_task(task, data_root)
-    epochs = epochs or task_config(task)["trainer"]["max_epochs"]
-    x, y = decode_once(datamodule, "train")
-    x_test, y_test = decode_once(datamodule, "test")
-    batch_size = datamodule.hparams.batch_size
+    loaded = load(task, epochs, data_root, seed)
+    (x, y), (x_test, y_test), model = loaded.train, loaded.test, loaded.model
 
     def epoch_batches():
-        return ((augment(x[i]), y[i]) for i in shuffled_batches(len(x), batch_size))
+        return ((augment(x[i]), y[i]) for i in shuffled_batches(len(x), loaded.batch_size))
 
     def loss_of(batch):
         return model.loss(model(batch[0]), batch[1])
 
-    data_seconds = time.perf_counter() - start
-    train_seconds = train_epochs(task, model, epochs, epoch_batches, loss_of, limit_batches)
-    recompute_batchnorm(model, epoch_batches(), precise_batchnorm_batches(task, model))
-    return {
-        "task": task,
-        "epochs": epochs,
-        "train_samples": len(x),
-        "test_samples": len(x_test),
-        "data_seconds": data_seconds,
-        "train_seconds": train_seconds,
-        "test/acc": accuracy(predict(model, x_test, batch_size), y_test),
-    }
+    result = fit(loaded, epoch_batches, loss_of, limit_batches)
+    return result | {"test/acc": accuracy(predict(model, x_test, loaded.batch_size), y_test)}
 
 
-# --- the command line --------------------------------------------------------------------
 def main(run: Callable[..., dict], description: str) -> None:
     """``python -m benchmarks.plain.<task> --epochs K [--data_root data] [--out result.json]``:
     trains, tests, prints the result as JSON (and writes it to ``--out``)."""

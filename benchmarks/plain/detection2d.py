@@ -10,35 +10,25 @@ torchmetrics' ``MeanAveragePrecision`` (COCO backend), as ``test/map`` is.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from benchmarks.plain.common import (
-    decode_once,
-    load_task,
+    fit,
+    load,
     main,
-    precise_batchnorm_batches,
-    recompute_batchnorm,
     shuffled_batches,
-    train_epochs,
 )
-from cnnsuite.bench.core import task_config
 
 TASK = "detection2d"
 
 
 def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0, limit_batches: int | None = None):
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    model, datamodule = load_task(TASK, data_root)
-    epochs = epochs or task_config(TASK)["trainer"]["max_epochs"]
-    images, targets = decode_once(datamodule, "train")
-    test_images, test_targets = decode_once(datamodule, "test")
-    batch_size = datamodule.hparams.batch_size
-    offset = model.label_offset
+    loaded = load(TASK, epochs, data_root, seed)
+    (images, targets), (test_images, test_targets), model = loaded.train, loaded.test, loaded.model
+    batch_size, offset = loaded.batch_size, model.label_offset
     train_targets = [
         {"boxes": t["boxes"][t["iscrowd"] == 0], "labels": t["labels"][t["iscrowd"] == 0] + offset} for t in targets
     ]
@@ -50,9 +40,7 @@ def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0
     def loss_of(batch):
         return sum(model.detector(*batch).values())
 
-    data_seconds = time.perf_counter() - start
-    train_seconds = train_epochs(TASK, model, epochs, epoch_batches, loss_of, limit_batches)
-    recompute_batchnorm(model, epoch_batches(), precise_batchnorm_batches(TASK, model))
+    result = fit(loaded, epoch_batches, loss_of, limit_batches)
     model.eval()
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
     with torch.no_grad():
@@ -62,16 +50,7 @@ def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0
             ]
             metric.update(model(test_images[first : first + batch_size]), truth)
     scores = metric.compute()
-    return {
-        "task": TASK,
-        "epochs": epochs,
-        "train_samples": len(images),
-        "test_samples": len(test_images),
-        "data_seconds": data_seconds,
-        "train_seconds": train_seconds,
-        "test/map": float(scores["map"]),
-        "test/map_50": float(scores["map_50"]),
-    }
+    return result | {"test/map": float(scores["map"]), "test/map_50": float(scores["map_50"])}
 
 
 if __name__ == "__main__":

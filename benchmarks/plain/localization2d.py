@@ -11,7 +11,6 @@ box would leave the image).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -19,17 +18,13 @@ from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, MeanIoU
 
 from benchmarks.plain.common import (
     affine_thetas,
-    decode_once,
-    load_task,
+    fit,
+    load,
     main,
-    precise_batchnorm_batches,
     predict,
-    recompute_batchnorm,
     shuffled_batches,
-    train_epochs,
     warp,
 )
-from cnnsuite.bench.core import task_config
 
 TASK = "localization2d"
 
@@ -44,37 +39,21 @@ def augment(x: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0, limit_batches: int | None = None):
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    model, datamodule = load_task(TASK, data_root)
-    epochs = epochs or task_config(TASK)["trainer"]["max_epochs"]
-    x, labels, boxes = decode_once(datamodule, "train")
-    x_test, labels_test, boxes_test = decode_once(datamodule, "test")
-    batch_size = datamodule.hparams.batch_size
+    loaded = load(TASK, epochs, data_root, seed)
+    (x, labels, boxes), (x_test, labels_test, boxes_test), model = loaded.train, loaded.test, loaded.model
 
     def epoch_batches():
-        for i in shuffled_batches(len(x), batch_size):
+        for i in shuffled_batches(len(x), loaded.batch_size):
             yield *augment(x[i], boxes[i]), labels[i]
 
     def loss_of(batch):
         images, target_boxes, target = batch
         return model.losses(*model(images), target, target_boxes)["loss"]
 
-    data_seconds = time.perf_counter() - start
-    train_seconds = train_epochs(TASK, model, epochs, epoch_batches, loss_of, limit_batches)
-    recompute_batchnorm(model, epoch_batches(), precise_batchnorm_batches(TASK, model))
-    logits, predicted = predict(model, x_test, batch_size)
+    result = fit(loaded, epoch_batches, loss_of, limit_batches)
+    logits, predicted = predict(model, x_test, loaded.batch_size)
     loc_acc = LocalizationAccuracy()(logits.softmax(1), labels_test, predicted, boxes_test)
-    return {
-        "task": TASK,
-        "epochs": epochs,
-        "train_samples": len(x),
-        "test_samples": len(x_test),
-        "data_seconds": data_seconds,
-        "train_seconds": train_seconds,
-        "test/loc_acc": float(loc_acc),
-        "test/miou": float(MeanIoU()(predicted, boxes_test)),
-    }
+    return result | {"test/loc_acc": float(loc_acc), "test/miou": float(MeanIoU()(predicted, boxes_test))}
 
 
 if __name__ == "__main__":

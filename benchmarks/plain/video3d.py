@@ -12,7 +12,6 @@ video (``test/video_acc``, the clips' softmax averaged) with the module's torchm
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -20,17 +19,13 @@ from cnnsuite.tasks.video3d.module import VideoAccuracy
 
 from benchmarks.plain.common import (
     accuracy,
-    decode_once,
-    load_task,
+    fit,
+    load,
     main,
-    precise_batchnorm_batches,
     predict,
-    recompute_batchnorm,
     resized_crop_thetas,
-    train_epochs,
     warp,
 )
-from cnnsuite.bench.core import task_config
 
 TASK = "video3d"
 
@@ -46,13 +41,9 @@ def augment(clips: torch.Tensor, hflip: bool) -> torch.Tensor:
 
 
 def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0, limit_batches: int | None = None):
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    model, datamodule = load_task(TASK, data_root)
-    hp = datamodule.hparams
-    epochs = epochs or task_config(TASK)["trainer"]["max_epochs"]
-    clips, labels, videos, _ = decode_once(datamodule, "train")
-    test_clips, test_labels, test_videos, test_ids = decode_once(datamodule, "test")
+    loaded = load(TASK, epochs, data_root, seed)
+    (clips, labels, videos, _), (test_clips, test_labels, test_videos, test_ids) = loaded.train, loaded.test
+    model, hp = loaded.model, loaded.datamodule.hparams
     clips_of = [torch.nonzero(videos == v).flatten() for v in range(int(videos.max()) + 1)]
 
     def epoch_batches():
@@ -63,20 +54,13 @@ def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0
     def loss_of(batch):
         return model.loss(model(batch[0]), batch[1])
 
-    data_seconds = time.perf_counter() - start
-    train_seconds = train_epochs(TASK, model, epochs, epoch_batches, loss_of, limit_batches)
-    recompute_batchnorm(model, epoch_batches(), precise_batchnorm_batches(TASK, model))
+    result = fit(loaded, epoch_batches, loss_of, limit_batches)
     logits = predict(model, test_clips, hp.batch_size)
     video_acc = VideoAccuracy()
     video_acc.update(logits, test_labels, test_videos, test_ids)
-    return {
-        "task": TASK,
-        "epochs": epochs,
+    return result | {
         "train_samples": len(clips_of),
         "train_clips_decoded": len(clips),
-        "test_samples": len(test_clips),
-        "data_seconds": data_seconds,
-        "train_seconds": train_seconds,
         "test/acc": accuracy(logits, test_labels),
         "test/video_acc": float(video_acc.compute()),
     }
