@@ -19,11 +19,11 @@ def results(tmp_path_factory):
     tiny = endtoend.Settings(epochs={"recognition2d": 1}, seconds=1.0, limit_batches=2,
                              references={"recognition2d": ("convnet",)})  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(endtoend, "settings_for", lambda context: tiny)
+        patch.setattr(endtoend, "TINY", tiny)
         patch.setitem(
             REFERENCES, "recognition2d", {"convnet": {"model": {"backbone": "convnet", "backbone_kwargs": {}}}}
         )
-        yield endtoend.run(["recognition2d"], True, context)
+        yield endtoend.run(["recognition2d"], context)
 
 
 def test_endtoend_figures_and_ratios(results):

@@ -25,7 +25,7 @@ from cnnsuite.data.augment import BatchRandomAffine
 def test_pipeline_section_on_one_task(tmp_path):
     torch.set_num_threads(1)
     context = BenchContext(tmp_path / "data", quick=True, machine={}, matmul_gflops=100.0, tiny=True)
-    results = pipeline.run(["recognition2d"], True, context)
+    results = pipeline.run(["recognition2d"], context)
     figures = results["recognition2d"]
     for key in ("loader_samples_per_s", "loader_cold_samples_per_s", "consumption_samples_per_s",
                 "loader_ratio_vs_consumption", "loader_cold_ratio_vs_consumption"):  # fmt: skip

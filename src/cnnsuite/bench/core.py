@@ -4,7 +4,7 @@ building a task's default model and data, and the report.
     cnnsuite bench [--out runs/bench] [--quick] [--tasks recognition2d ...] [--sections models ...]
 
 A section is a module of this package (``models``, ``pipeline``, ``endtoend``) with
-``run(tasks, quick, context) -> {task: {key: value}}`` and ``markdown(results) -> str``. Its
+``run(tasks, context) -> {task: {key: value}}`` (settings by ``context.pick``) and ``markdown(results) -> str``. Its
 figures land in ``bench.json`` under the section's name, flattened as ``<task>.<key>``, and its
 table in ``bench.md`` after the machine's. Every comparison is a ratio (ours / reference) under
 a key with ``ratio`` in its name: seconds depend on the machine and on whatever else runs on
@@ -237,6 +237,10 @@ class BenchContext:
     #: "<section>.<task>" → the error that stopped its measurement (the other tasks go on)
     failures: dict[str, str] = field(default_factory=dict)
 
+    def pick(self, full, quick, tiny):
+        """A section's settings for this run: ``tiny`` (tests), ``quick`` or ``full``."""
+        return tiny if self.tiny else quick if self.quick else full
+
 
 class CpuLoad:
     """How busy the machine was while a section ran: load averages before and after, and the
@@ -396,7 +400,7 @@ def bench_main(argv: list[str]) -> None:
             markdowns[name] = f"## {name}\n\nNot measured: `cnnsuite.bench.{name}` is not part of this installation.\n"
             continue
         load = CpuLoad()
-        results = module.run(args.tasks, context.quick, context)
+        results = module.run(args.tasks, context)
         settings["load"][name] = load.stop()
         sections[name] = flatten(results)
         markdowns[name] = module.markdown(results)

@@ -87,12 +87,8 @@ QUICK = Settings(epochs={"recognition2d": 5}, seconds=10.0, references={"localiz
 TINY = Settings(epochs={"recognition2d": 1}, seconds=1.0, limit_batches=2)
 
 
-def settings_for(context: BenchContext) -> Settings:
-    return TINY if getattr(context, "tiny", False) else QUICK if context.quick else FULL
-
-
-def run(tasks: list[str], quick: bool, context: BenchContext) -> dict[str, dict]:
-    settings = settings_for(context)
+def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
+    settings = context.pick(FULL, QUICK, TINY)
     data_root = Path(context.data_root).resolve()
     results: dict[str, dict] = {}
     for task in tasks:

@@ -117,12 +117,8 @@ TRAIN_FLOPS_PER_FORWARD = 3
 DETECTION_CANVAS = 96
 
 
-def settings_for(context: BenchContext) -> Settings:
-    return TINY if context.tiny else QUICK if context.quick else FULL
-
-
-def run(tasks: list[str], quick: bool, context: BenchContext) -> dict[str, dict]:
-    return run_tasks("models", tasks, measure_task, settings_for(context), context)
+def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
+    return run_tasks("models", tasks, measure_task, context.pick(FULL, QUICK, TINY), context)
 
 
 def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:

@@ -56,12 +56,8 @@ TINY = Settings(batches=2, repeats=1, step_warmup=1, step_repeats=1, step_min_se
 GOAL = 2.0
 
 
-def settings_for(context: BenchContext) -> Settings:
-    return TINY if context.tiny else QUICK if context.quick else FULL
-
-
-def run(tasks: list[str], quick: bool, context: BenchContext) -> dict[str, dict]:
-    return run_tasks("pipeline", tasks, measure_task, settings_for(context), context)
+def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
+    return run_tasks("pipeline", tasks, measure_task, context.pick(FULL, QUICK, TINY), context)
 
 
 def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
