@@ -186,16 +186,6 @@ def uniform(n: int, low: float, high: float) -> torch.Tensor:
     return low + (high - low) * torch.rand(n)
 
 
-def affine_thetas(n: int, degrees: float, translate: float, scale: tuple[float, float]) -> torch.Tensor:
-    """Random rotations (± ``degrees``), shifts (± ``translate`` of the side) and zooms
-    (``scale``), one per sample, as torchvision's ``RandomAffine`` draws them."""
-    angle = uniform(n, -degrees, degrees) * math.pi / 180
-    zoom = uniform(n, *scale)
-    shift = uniform(2 * n, -translate, translate).reshape(n, 2) * 2  # fractions of the side → [-1, 1] units
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    return torch.stack([torch.stack([cos, -sin, -shift[:, 0]], 1), torch.stack([sin, cos, -shift[:, 1]], 1)], 1)
-
-
 def resized_crop_thetas(n: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)):
     """Random crops of ``scale`` of the area and ``ratio`` width/height, resized back to the
     full frame, one per sample (torchvision's ``RandomResizedCrop``)."""

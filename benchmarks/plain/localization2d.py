@@ -2,11 +2,10 @@
 
     python -m benchmarks.plain.localization2d [--epochs 16] [--data_root data]
 
-The loss is the module's own (cross-entropy + L1 + GIoU, weighted as configured). The suite's
-augmentation — a random shift (±10 %) and zoom (0.85–1.15) per image, the box moved with it —
-is drawn per sample and applied to the batch by one ``grid_sample``; the boxes, fractions of
-the image, move by the same map and are clipped to it (the suite instead draws again when the
-box would leave the image).
+The loss is the module's own (cross-entropy + L1 + GIoU, weighted as configured). The
+augmentation is the suite's own ``BatchBoxAffine`` on the batch tensor: a random shift (±10 %)
+and zoom (0.85–1.15) per image by one ``grid_sample``, the box moved with it, drawn again when
+it would leave the image.
 """
 
 from __future__ import annotations
@@ -14,37 +13,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from cnnsuite.tasks.localization2d.datamodule import BatchBoxAffine
 from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, MeanIoU
 
 from benchmarks.plain.common import (
-    affine_thetas,
     fit,
     load,
     main,
     predict,
     shuffled_batches,
-    warp,
 )
 
 TASK = "localization2d"
 
 
-def augment(x: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shifted and zoomed images and their boxes. ``theta`` maps output to input coordinates
-    (in [-1, 1]): ``in = A·out + t``, so a box corner moves to ``A⁻¹·(in - t)``."""
-    theta = affine_thetas(len(x), degrees=0, translate=0.1, scale=(0.85, 1.15))
-    zoom, shift = theta[:, 0, 0, None], theta[:, :, 2].repeat(1, 2)
-    moved = ((boxes * 2 - 1) - shift) / zoom
-    return warp(x, theta), ((moved + 1) / 2).clamp(0, 1)
-
-
 def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0, limit_batches: int | None = None):
     loaded = load(TASK, epochs, data_root, seed)
     (x, labels, boxes), (x_test, labels_test, boxes_test), model = loaded.train, loaded.test, loaded.model
+    # the suite's own batch augmentation (shifts and zooms, boxes moved along; boxes in pixels)
+    augment = BatchBoxAffine(0.1, (0.85, 1.15), loaded.datamodule.hparams.hflip)
+    size = torch.tensor([x.shape[-1], x.shape[-2]] * 2, dtype=torch.float32)
 
     def epoch_batches():
         for i in shuffled_batches(len(x), loaded.batch_size):
-            yield *augment(x[i], boxes[i]), labels[i]
+            images, moved = augment(x[i], boxes[i] * size)
+            yield images, moved / size, labels[i]
 
     def loss_of(batch):
         images, target_boxes, target = batch

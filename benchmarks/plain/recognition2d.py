@@ -2,21 +2,22 @@
 
     python -m benchmarks.plain.recognition2d [--epochs 30] [--data_root data]
 
-The suite's augmentation — a random affine per image (±10°, ±10 % shift, 0.9–1.1 zoom) — is
-drawn per sample and applied to the whole batch by one ``grid_sample``.
+The augmentation is the suite's own ``BatchRandomAffine``: a random affine per image (±10°,
+±10 % shift, 0.9–1.1 zoom) drawn per sample and applied to the whole batch by one ``grid_sample``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.plain.common import affine_thetas, main, train_classifier, warp
+from benchmarks.plain.common import main, train_classifier
+from cnnsuite.data.augment import BatchRandomAffine
 
 TASK = "recognition2d"
 
 
-def augment(x):
-    return warp(x, affine_thetas(len(x), degrees=10, translate=0.1, scale=(0.9, 1.1)))
+#: the suite's own batch augmentation, with recognition2d's settings
+augment = BatchRandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
 
 
 def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0, limit_batches: int | None = None):
