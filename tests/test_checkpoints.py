@@ -147,3 +147,18 @@ def test_data_that_no_longer_matches_the_model_is_refused(trained, tmp_path):
     ckpt = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "gray.ckpt", point_at(gray))
     with pytest.raises(ValueError, match="images have 1 channels, .*gray.ckpt expects 3"):
         evaluate(ckpt, tmp_path / "out")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_in_one_line_and_never_run(tmp_path, capsys):
+    torch.save({"state_dict": {}, "x": Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt", str(tmp_path / "evil.ckpt")])
+    err = capsys.readouterr()
+    assert "pickled code ran" not in err.out
+    message = err.err.strip()
+    assert "\n" not in message and "evil.ckpt: cannot load as a checkpoint" in message and "GLOBAL" in message

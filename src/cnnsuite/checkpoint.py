@@ -16,11 +16,10 @@ import pkgutil
 from functools import cache
 from pathlib import Path
 
-import torch
-
 from .data import TaskDataModule
 from .data.splits import load_splits
 from .task import TaskModule, class_path
+from .untrusted import load_weights_only
 
 #: the key under which :class:`~cnnsuite.task.TaskModule` records its run's classes
 CLASSES_KEY = "cnnsuite_classes"
@@ -61,10 +60,7 @@ def load_checkpoint(ckpt_path: str | Path) -> dict:
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f"{path}: cannot load as a checkpoint ({type(err).__name__}: {err})") from None
+    checkpoint = load_weights_only(path, f"{path}: cannot load as a checkpoint", mmap=True)
     classes = checkpoint.get(CLASSES_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(classes, dict) or "datamodule" not in classes or "model" not in classes:
         raise ValueError(f"{path}: not a checkpoint written by cnnsuite fit (no '{CLASSES_KEY}' entry)")

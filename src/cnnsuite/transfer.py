@@ -24,12 +24,13 @@ the source's kernel. A ``u`` of another shape (tied or hypernetwork kernels) is 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .untrusted import load_weights_only
 
 #: where each kind of file keeps the backbone: classification, localization (``backbone.``),
 #: detection (``detector.backbone.body.``, the body of its FPN), a backbone's own state dict
@@ -49,13 +50,9 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{where} {path}: no such file (expected a checkpoint or a backbone's state dict)")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a foreign, damaged or code-carrying file
-        raise ValueError(
-            f"{where} {path}: not a checkpoint or state dict of tensors; torch.load(weights_only=True) "
-            f"refused it ({type(err).__name__}: {_load_error_detail(err)})"
-        ) from None
+    content = load_weights_only(
+        path, f"{where} {path}: not a checkpoint or state dict of tensors; torch.load(weights_only=True) refused it"
+    )
     tensors = content.get("state_dict", content) if isinstance(content, dict) else {}
     if isinstance(tensors, dict):
         for prefix in BACKBONE_PREFIXES:
@@ -70,14 +67,6 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
     raise ValueError(
         f"{where} {path}: no backbone tensors (expected keys backbone.*, detector.backbone.body.* or stages.*)"
     )
-
-
-def _load_error_detail(err: Exception) -> str:
-    """What torch's many-line message says it met (``Unsupported global: GLOBAL print ...``),
-    without its advice to load the file with ``weights_only=False``."""
-    text = str(err)
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.|\n\n|$)", text, re.S)
-    return " ".join((found.group(1) if found else text).split()) or "no message"
 
 
 @dataclass

@@ -1,0 +1,24 @@
+"""Loading a file nobody vouches for (a checkpoint, a state dict): tensors only, one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+
+def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU: a file that would run pickled code, or
+    is damaged or foreign, is a one-line ``ValueError``, ``failure`` followed by what torch met
+    (``Unsupported global: GLOBAL print``), without its many-line advice to load it unsafely."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises several types for a damaged, foreign or code-carrying file
+        raise ValueError(f"{failure} ({type(err).__name__}: {_load_error_detail(err)})") from None
+
+
+def _load_error_detail(err: Exception) -> str:
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.|\n\n|$)", text, re.S)
+    return " ".join((found.group(1) if found else text).split()) or "no message"
