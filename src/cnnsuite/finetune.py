@@ -43,14 +43,14 @@ from torch.optim import Optimizer
 
 
 def find_backbone(pl_module: L.LightningModule) -> nn.Module:
-    """The module's feature backbone: its ``backbone`` attribute, else what its
-    ``feature_backbone()`` method returns (detection2d's sits inside the detector)."""
-    backbone = getattr(pl_module, "backbone", None)
-    if isinstance(backbone, nn.Module):
-        return backbone
+    """The module's feature backbone: a task module's ``feature_backbone()`` (detection2d's sits
+    inside the detector), else, for any other LightningModule, its ``backbone`` attribute."""
     method = getattr(pl_module, "feature_backbone", None)
     if callable(method):
         return method()
+    backbone = getattr(pl_module, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        return backbone
     raise ValueError(
         f"BackboneSchedule: {type(pl_module).__name__} has no 'backbone' module and no feature_backbone() method"
     )
