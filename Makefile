@@ -13,10 +13,11 @@ help:  ## list the targets
 	@echo "make setup                               create $(VENV) and install cnnsuite (idempotent)"
 	@echo "make train TASK=<task> [ARGS=\"...\"]       train on the task's default data, then evaluate best.ckpt"
 	@echo "make train TASK=<task> RESUME=last|<ckpt>  resume the newest run (or a checkpoint) in its own folder"
-	@echo "make evaluate CKPT=<file> [OUT=<dir>]    metrics.json, plots and report.md (CKPT=\"a.ckpt b.ckpt\": comparison.md)"
+	@echo "make evaluate CKPT=<file> [DATA=<dir>] [OUT=<dir>]   metrics.json, plots and report.md (DATA: the run's own folder,"
+	@echo "                                         needed for a run on your own data; CKPT=\"a.ckpt b.ckpt\": comparison.md)"
 	@echo "make predict CKPT=<file> INPUT=<file|dir> [OUT=<dir>]   predictions.jsonl and pictures for raw files"
 	@echo "make export CKPT=<file> [FORMAT=onnx|torch-export] [OUT=<file>]   the network, its preprocessing as JSON"
-	@echo "make inspect CKPT=<file> [INPUT=<file>] [OUT=<dir>]   filters, feature maps, Grad-CAM, stage table"
+	@echo "make inspect CKPT=<file> [INPUT=<file>] [DATA=<dir>] [OUT=<dir>]   filters, feature maps, Grad-CAM, stage table"
 	@echo "make serve CKPT=<file> [PORT=8000]      POST /predict (multipart field 'file') over HTTP"
 	@echo "make test                                the test suite"
 	@echo "make test-slow                           the tests that start real processes: kills, DDP"
@@ -55,7 +56,7 @@ export: need-ckpt setup
 	$(BIN)/cnnsuite export --ckpt $(CKPT) --format $(or $(FORMAT),onnx) $(if $(OUT),--out $(OUT))
 
 inspect: need-ckpt setup
-	$(BIN)/cnnsuite inspect --ckpt $(CKPT) $(if $(INPUT),--input $(INPUT)) $(if $(OUT),--out $(OUT))
+	$(BIN)/cnnsuite inspect --ckpt $(CKPT) $(if $(INPUT),--input $(INPUT)) $(if $(DATA),--data.data_dir $(DATA)) $(if $(OUT),--out $(OUT))
 
 serve: need-ckpt setup
 	$(BIN)/cnnsuite serve --ckpt $(CKPT) --port $(or $(PORT),8000) $(ARGS)

@@ -85,7 +85,7 @@ def test_mixed_nifti_folder_trains_and_evaluates(tmp_path):
     ckpt = run / "checkpoints" / "best.ckpt"
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["class_names"] == ["benign", "malignant"]
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"test/acc", "test/auroc", "test/f1_macro", "test/acc/benign"} <= set(metrics)
     assert (tmp_path / "eval" / "slices.png").stat().st_size > 0

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import fit, make_image_folder
+from conftest import fit, make_image_folder, task_config
 from PIL import Image
 
 from cnnsuite.checkpoint import rebuild
@@ -93,29 +93,34 @@ def test_evaluation_scores_the_split_inside_the_checkpoint(trained, tmp_path):
     for image in (tmp_path / "extra").rglob("*.*"):
         shutil.copy(image, grown / image.parent.name / f"new_{image.name}")
 
-    def point_at_grown(checkpoint):
-        checkpoint["datamodule_hyper_parameters"]["data_dir"] = str(grown)
-
-    tampered(ckpt, tmp_path / "copied.ckpt", point_at_grown)
-    model, datamodule = rebuild(tmp_path / "copied.ckpt")
-    assert datamodule.splits == saved
-    metrics = evaluate(tmp_path / "copied.ckpt", tmp_path / "out")
+    model, datamodule = rebuild(ckpt, data={"data_dir": grown})
+    assert datamodule.splits == saved and not datamodule.tests_other_data
+    metrics = evaluate(ckpt, tmp_path / "out", data={"data_dir": grown})
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"{len(saved['test'])} test samples" in report and "test/acc" in metrics
 
 
-def test_a_checkpoint_without_a_split_and_no_run_folder_is_refused(trained, tmp_path):
-    _, run = trained
+def test_a_checkpoint_without_a_split_tests_its_folder_whole_unless_the_run_folder_has_it(trained, tmp_path):
+    folder, run = trained
 
     def drop_split(checkpoint):
         del checkpoint["RecognitionDataModule"]
 
     stripped = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "a" / "b" / "stripped.ckpt", drop_split)
-    with pytest.raises(ValueError, match="stripped.ckpt: holds no train/val/test split"):
-        evaluate(stripped, tmp_path / "out")
+    _, datamodule = rebuild(stripped, tmp_path / "a", data={"data_dir": folder})
+    assert datamodule.tests_other_data and datamodule.splits["train"] == []
     # a checkpoint written before the split travelled inside it: its run folder's splits.json
     shutil.copy(run / "splits.json", tmp_path / "a" / "splits.json")
-    assert rebuild(stripped, tmp_path / "a")[1].splits == json.loads((run / "splits.json").read_text())
+    _, datamodule = rebuild(stripped, tmp_path / "a", data={"data_dir": folder})
+    assert datamodule.splits == json.loads((run / "splits.json").read_text()) and not datamodule.tests_other_data
+
+
+def test_a_checkpoint_does_not_choose_the_folder_evaluation_reads(trained, tmp_path):
+    """Where a run's data was is recorded, but never opened: the user says where it is."""
+    folder, run = trained
+    with pytest.raises(ValueError, match=rf"best.ckpt: its run read your own data; .* give --data.data_dir {folder}"):
+        evaluate(run / "checkpoints" / "best.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_resume_keeps_the_checkpoint_split(trained, tmp_path):
@@ -134,19 +139,15 @@ def test_data_that_no_longer_matches_the_model_is_refused(trained, tmp_path):
     renamed = shutil.copytree(folder, tmp_path / "renamed")
     (renamed / "owl").rename(renamed / "bat")  # as many classes, another meaning for label 2
 
-    def point_at(path):
-        return lambda checkpoint: checkpoint["datamodule_hyper_parameters"].update(data_dir=str(path))
-
-    ckpt = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "renamed.ckpt", point_at(renamed))
+    ckpt = run / "checkpoints" / "best.ckpt"
     with pytest.raises(ValueError, match=r"classes \['bat', 'cat', 'dog'\] do not match the 3 classes"):
-        evaluate(ckpt, tmp_path / "out")
+        evaluate(ckpt, tmp_path / "out", data={"data_dir": renamed})
 
     gray = shutil.copytree(folder, tmp_path / "gray")
     for image in gray.rglob("*.*"):
         Image.open(image).convert("L").save(image)
-    ckpt = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "gray.ckpt", point_at(gray))
-    with pytest.raises(ValueError, match="images have 1 channels, .*gray.ckpt expects 3"):
-        evaluate(ckpt, tmp_path / "out")
+    with pytest.raises(ValueError, match="images have 1 channels, .*best.ckpt expects 3"):
+        evaluate(ckpt, tmp_path / "out", data={"data_dir": gray})
 
 
 class Payload:
@@ -162,3 +163,198 @@ def test_a_checkpoint_carrying_code_is_refused_in_one_line_and_never_run(tmp_pat
     assert "pickled code ran" not in err.out
     message = err.err.strip()
     assert "\n" not in message and "evil.ckpt: cannot load as a checkpoint" in message and "GLOBAL" in message
+
+
+# --- what a hand-made checkpoint can make each command do -------------------------------------
+
+
+CONFIG = task_config("recognition2d")
+
+
+def resume(folder, tmp_path, ckpt, *extra):
+    return main(["fit", "--config", CONFIG, "--data.data_dir", str(folder),
+                 "--trainer.default_root_dir", str(tmp_path / "runs"), "--data.batch_size", "8",
+                 "--trainer.enable_progress_bar", "false", "--evaluate", "false",
+                 "--ckpt_path", str(ckpt), *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("module", ["this", "bundled"])
+def test_resuming_never_imports_a_class_path_the_checkpoint_names(trained, tmp_path, monkeypatch, capsys, module):
+    """Lightning's own resume hands the hyper-parameters to jsonargparse, which imports a plain
+    ``class_path``: ``this`` printed the Zen of Python, a ``bundled.py`` beside the file ran."""
+    folder, run = trained
+    (tmp_path / "bundled.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\nclass Model: pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def edit(checkpoint):
+        hparams = checkpoint["hyper_parameters"]
+        hparams.pop("_class_path", None)
+        hparams["class_path"] = f"{module}.Model"
+
+    evil = tampered(run / "checkpoints" / "last.ckpt", tmp_path / "model.ckpt", edit)
+    with pytest.raises(SystemExit) as exit_info:
+        resume(folder, tmp_path, evil)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "model.ckpt: its hyper_parameters do not fit RecognitionModule: unknown argument 'class_path'" in err
+    assert "Beautiful is better than ugly" not in out and not (tmp_path / "ran").exists()
+
+
+def test_resuming_never_reads_the_backbone_weights_file_the_checkpoint_names(trained, tmp_path):
+    folder, run = trained
+    planted = tmp_path / "planted.ckpt"
+    planted.write_bytes(b"not a checkpoint: reading it would fail the run")
+
+    def edit(checkpoint):
+        checkpoint["hyper_parameters"]["backbone_weights"] = str(planted)
+
+    ckpt = tampered(run / "checkpoints" / "last.ckpt", tmp_path / "resumed" / "last.ckpt", edit)
+    resume(folder, tmp_path, ckpt, "--trainer.max_epochs", "2")
+    assert torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def set_path(path, value):
+    """An edit that puts ``value`` at the key path ``path`` of a checkpoint."""
+
+    def edit(checkpoint):
+        *parents, last = path
+        target = checkpoint
+        for key in parents:
+            target = target[key]
+        target[last] = value
+
+    return edit
+
+
+def nan_weights(checkpoint):
+    key = next(k for k in checkpoint["state_dict"] if k.endswith("weight"))
+    checkpoint["state_dict"][key] = torch.full_like(checkpoint["state_dict"][key], float("nan"))
+
+
+def wrong_shape(checkpoint):
+    key = next(k for k in checkpoint["state_dict"] if k.endswith("weight"))
+    checkpoint["state_dict"][key] = torch.zeros(3, 1)
+
+
+MALFORMED = {
+    "activation as a class": (
+        set_path(["hyper_parameters", "backbone_kwargs"], {"act": {"class_path": "torch.nn.ReLU", "init_args": {}}}),
+        "its hyper_parameters do not build RecognitionModule",
+    ),
+    "unknown argument": (set_path(["hyper_parameters", "colour"], "red"), "unknown argument 'colour'"),
+    "wrong type": (set_path(["hyper_parameters", "num_classes"], "three"), 'key "num_classes"'),
+    "hyper-parameters a list": (set_path(["hyper_parameters"], [1, 2]), "'hyper_parameters' must be a mapping"),
+    "wrong shape": (wrong_shape, "its weights do not fit RecognitionModule: RuntimeError"),
+    "no state_dict": (lambda c: c.pop("state_dict"), "its 'state_dict' is missing"),
+    "state_dict a string": (set_path(["state_dict"], "weights"), "its 'state_dict' is a str"),
+    "NaN weights": (nan_weights, "non-finite weights (NaN or infinity)"),
+    # (resuming takes the data's settings from the command line, not from the file)
+    "datamodule arguments a list": (
+        set_path(["datamodule_hyper_parameters"], ["x"]), "'datamodule_hyper_parameters' must be a mapping",
+        ("evaluate", "predict"),
+    ),
+}  # fmt: skip
+
+
+def commands(ckpt, folder, tmp_path):
+    """Every command that loads a checkpoint, each writing under ``tmp_path``."""
+    out = tmp_path / "out"
+    return {
+        "evaluate": ["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(out)],
+        "predict": ["predict", "--ckpt", str(ckpt), "--input", str(folder / "cat"), "--out", str(out)],
+        "export": ["export", "--ckpt", str(ckpt), "--out", str(out / "model.onnx")],
+        "inspect": ["inspect", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(out)],
+        "serve": ["serve", "--ckpt", str(ckpt), "--port", "8765"],
+        "fit --ckpt_path": ["fit", "--config", CONFIG, "--data.data_dir", str(folder),
+                            "--trainer.default_root_dir", str(out), "--ckpt_path", str(ckpt)],
+        "validate --ckpt_path": ["validate", "--config", CONFIG, "--data.data_dir",
+                                 str(folder), "--trainer.default_root_dir", str(out), "--ckpt_path", str(ckpt)],
+        "--model.backbone_weights": ["fit", "--config", CONFIG, "--data.data_dir",
+                                     str(folder), "--trainer.default_root_dir", str(out), "--trainer.max_epochs", "1",
+                                     "--model.init_args.backbone_weights", str(ckpt)],
+    }  # fmt: skip
+
+
+def one_line_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("cnnsuite ")]  # warnings may precede it
+    assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", MALFORMED)
+def test_a_malformed_checkpoint_is_one_line_naming_it(trained, tmp_path, capsys, kind):
+    folder, run = trained
+    edit, expected, *names = MALFORMED[kind]
+    ckpt = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "bad.ckpt", edit)
+    for name in names[0] if names else ("evaluate", "predict", "fit --ckpt_path"):
+        err = one_line_error(commands(ckpt, folder, tmp_path)[name], capsys)
+        assert f"{ckpt}: " in err and expected in err, (name, err)
+    assert not (tmp_path / "out").exists()
+
+
+def corrupted(source, dst, start, end, flips=64, seed=0):
+    """A copy of ``source`` with ``flips`` bytes between ``start`` and ``end`` inverted."""
+    content = bytearray(source.read_bytes())
+    rng = torch.Generator().manual_seed(seed)
+    for at in torch.randint(start, min(end, len(content)), (flips,), generator=rng).tolist():
+        content[at] ^= 0xFF
+    dst.write_bytes(bytes(content))
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["NaN weights", "damaged pickle", "truncated"])
+def test_every_command_refuses_a_bad_checkpoint_in_one_line_and_writes_nothing(trained, tmp_path, capsys, kind):
+    folder, run = trained
+    source, ckpt = run / "checkpoints" / "best.ckpt", tmp_path / "bad.ckpt"
+    if kind == "NaN weights":
+        tampered(source, ckpt, nan_weights)
+    elif kind == "damaged pickle":  # the zip's first entry is the pickled outline of the checkpoint
+        corrupted(source, ckpt, 64, 2048)
+    else:
+        ckpt.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    for name, argv in commands(ckpt, folder, tmp_path).items():
+        err = one_line_error(argv, capsys)
+        assert str(ckpt) in err, (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_corruption_gives_a_one_line_error_or_a_result(trained, tmp_path, capsys, seed):
+    """Bytes flipped anywhere (mostly in the weights, where nothing checks them): each command
+    either refuses the file in one line or runs through and writes strict JSON."""
+    folder, run = trained
+    source = run / "checkpoints" / "best.ckpt"
+    ckpt = corrupted(source, tmp_path / "bad.ckpt", 0, source.stat().st_size, seed=seed)
+    for name in ("evaluate", "predict", "inspect"):
+        try:
+            main(commands(ckpt, folder, tmp_path)[name])
+        except SystemExit as exit_info:
+            err = capsys.readouterr().err
+            assert exit_info.code == 2 and "Traceback" not in err and str(ckpt) in err, (name, err)
+    for written in (tmp_path / "out").rglob("*.json*"):
+        for line in written.read_text().splitlines() if written.suffix == ".jsonl" else [written.read_text()]:
+            json.loads(line, parse_constant=pytest.fail)
+
+
+def test_the_checkpoint_does_not_decide_where_evaluation_writes_or_how_it_loads(tmp_path, monkeypatch):
+    """A checkpoint of an embedded-default run names a ``data_root`` and a worker count: the
+    default data is generated under the user's ``data_root`` (here the working folder's
+    ``data/``), and the workers are the user's."""
+    run = fit("recognition2d", tmp_path / "first", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+              "--trainer.limit_val_batches", "1", "--evaluate", "false")  # fmt: skip
+    planted = tmp_path / "planted"
+
+    def edit(checkpoint):
+        checkpoint["datamodule_hyper_parameters"].update(data_root=str(planted), num_workers=3)
+
+    ckpt = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "run" / "checkpoints" / "best.ckpt", edit)
+    monkeypatch.chdir(tmp_path)
+    _, datamodule = rebuild(ckpt)
+    assert datamodule.root == (tmp_path / "data" / "recognition2d").resolve() and datamodule.hparams.num_workers == 0
+    metrics = evaluate(ckpt, data={"num_workers": 0})
+    assert not planted.exists() and (tmp_path / "data" / "recognition2d").is_dir() and "test/acc" in metrics
+    assert (tmp_path / "run" / "evaluation" / "metrics.json").is_file()

@@ -269,7 +269,7 @@ def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder,
     assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (3, 3, ["cat", "dog", "owl"])
 
     out = tmp_path / "eval"
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(out)])
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(coco_folder), "--out", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("test/map", "test/map_50", "test/map_75"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -302,7 +302,7 @@ def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder,
     # An oracle that predicts the truth must score 1.0 both ways: in test/map (labels
     # 0…K-1 against the dataset's) and in predictions.json scored by pycocotools (labels
     # mapped back to the file's category ids 3, 17, 90). Any slip in either mapping drops it.
-    _, datamodule = rebuild(ckpt)
+    _, datamodule = rebuild(ckpt, data={"data_dir": coco_folder})
     dataset = datamodule.datasets["test"]
     truth = {image.numpy().tobytes(): target for image, target in (dataset[i] for i in range(len(dataset)))}
 
@@ -311,7 +311,7 @@ def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder,
         return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))} for t in found]
 
     monkeypatch.setattr(DetectionModule, "forward", oracle)
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "oracle")])
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(coco_folder), "--out", str(tmp_path / "oracle")])
     assert json.loads((tmp_path / "oracle" / "metrics.json").read_text())["test/map"] == pytest.approx(1.0)
     assert coco_map(json.loads((tmp_path / "oracle" / "predictions.json").read_text())) == pytest.approx(1.0)
 
@@ -418,10 +418,10 @@ def test_predict_a_file_and_a_folder_with_a_bad_image(trained, tmp_path, capsys)
 
 def test_predict_agrees_with_evaluate_on_the_test_split(trained, tmp_path):
     """The test split's files, read and predicted as raw files, score the mAP evaluate gave."""
-    ckpt, _ = trained
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path)])
+    ckpt, folder = trained
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path)])
     reported = json.loads((tmp_path / "metrics.json").read_text())["test/map"]
-    _, datamodule = rebuild(ckpt)
+    _, datamodule = rebuild(ckpt, data={"data_dir": folder})
     test = datamodule.datasets["test"]
     predictor = Predictor(ckpt, accelerator="cpu")
     predictions = predictor.predict([predictor.read(datamodule.root / record.file) for record in test.records])

@@ -9,7 +9,7 @@ import torch
 from conftest import fit, make_image_folder
 from test_biomedical3d import SMALL, make_volume_folder
 
-from cnnsuite.checkpoint import rebuild
+from cnnsuite.checkpoint import rebuild_for_inference
 from cnnsuite.cli import main
 from cnnsuite.export import ExportedNetwork, OnnxNetwork, export
 from cnnsuite.predict import Predictor
@@ -43,7 +43,7 @@ def recognition_onnx(recognition):
 def test_lenet5_exports_to_onnx_in_its_run_folder_with_what_a_user_needs(recognition, recognition_onnx):
     _, ckpt = recognition
     path, printed = recognition_onnx
-    model, _ = rebuild(ckpt)
+    model, _ = rebuild_for_inference(ckpt)
     assert any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())  # C3's table
     (line,) = printed
     assert line.startswith(f"exported {path} (") and "max abs diff vs PyTorch logits" in line

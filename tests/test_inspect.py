@@ -35,16 +35,17 @@ def check_pictures(out, stages):
     assert sorted(p.name for p in out.glob("activations_stage*.png")) == sorted(names[len(PICTURES) :])
 
 
-def first_sample(ckpt):
-    model, datamodule = rebuild(ckpt, ckpt.parent.parent)
+def first_sample(ckpt, folder):
+    model, datamodule = rebuild(ckpt, ckpt.parent.parent, {"data_dir": folder})
     sample = model_batch(model, next(held_out_batches(datamodule, 1))[:1])
     return model, sample
 
 
 def test_inspect_a_2d_checkpoint(recognition, tmp_path, capsys):
-    _, ckpt = recognition
-    main(["inspect", "--ckpt", str(ckpt), "--out", str(tmp_path), "--max_samples", "20"])
-    model, sample = first_sample(ckpt)
+    folder, ckpt = recognition
+    main(["inspect", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path),
+          "--max_samples", "20"])  # fmt: skip
+    model, sample = first_sample(ckpt, folder)
     backbone = model.backbone
     check_pictures(tmp_path, len(backbone.stages))
     report = json.loads((tmp_path / "stages.json").read_text())
@@ -66,15 +67,16 @@ def test_inspect_a_2d_checkpoint(recognition, tmp_path, capsys):
 def test_inspect_an_input_file(recognition, tmp_path):
     folder, ckpt = recognition
     image = folder / "owl" / "4.png"
-    main(["inspect", "--ckpt", str(ckpt), "--input", str(image), "--out", str(tmp_path), "--max_samples", "4"])
+    main(["inspect", "--ckpt", str(ckpt), "--input", str(image), "--data.data_dir", str(folder), "--out", str(tmp_path),
+          "--max_samples", "4"])  # fmt: skip
     report = json.loads((tmp_path / "stages.json").read_text())
     assert report["sample"] == str(image) and report["top_samples"]["test_samples"] == 4
     check_pictures(tmp_path, 3)
 
 
 def test_grad_cam_has_the_input_size(recognition):
-    _, ckpt = recognition
-    model, sample = first_sample(ckpt)
+    folder, ckpt = recognition
+    model, sample = first_sample(ckpt, folder)
     network = network_of(model, sample.dim())
     stage = cam_stage(network, stage_rows(network.backbone, sample))
     cam, index, score = grad_cam(network, sample, stage)
@@ -84,7 +86,7 @@ def test_grad_cam_has_the_input_size(recognition):
 
 
 def test_errors_are_one_line(recognition, tmp_path, capsys):
-    _, ckpt = recognition
+    folder, ckpt = recognition
     with pytest.raises(SystemExit) as exit_info:
         main(["inspect", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path)])
     assert exit_info.value.code == 2
@@ -94,7 +96,8 @@ def test_errors_are_one_line(recognition, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     with pytest.raises(SystemExit) as exit_info:
-        main(["inspect", "--ckpt", str(ckpt), "--input", str(broken), "--out", str(tmp_path)])
+        main(["inspect", "--ckpt", str(ckpt), "--input", str(broken), "--data.data_dir", str(folder),
+              "--out", str(tmp_path)])  # fmt: skip
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"cnnsuite inspect: error: {broken}")
@@ -105,9 +108,9 @@ def test_inspect_a_3d_checkpoint(tmp_path):
     run = fit("biomedical3d", tmp_path, *SMALL, "--data.data_dir", str(folder), "--trainer.max_epochs", "1",
               "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
     ckpt = run / "checkpoints" / "best.ckpt"
-    main(["inspect", "--ckpt", str(ckpt)])
+    main(["inspect", "--ckpt", str(ckpt), "--data.data_dir", str(folder)])
     out = run / "inspection"  # the default: beside the run's checkpoints
-    model, sample = first_sample(ckpt)
+    model, sample = first_sample(ckpt, folder)
     check_pictures(out, 2)
     report = json.loads((out / "stages.json").read_text())
     assert report["input_shape"] == [1, 16, 16, 16]

@@ -321,11 +321,11 @@ def trained(tmp_path_factory):
 
 
 def test_fit_and_evaluate_a_checkpoint(tmp_path, trained):
-    _, ckpt = trained
+    folder, ckpt = trained
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (2, 3, ["cat", "dog"])
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("test/acc", "test/miou", "test/loc_acc", "test/gt_known_loc", "test/acc/cat", "test/loc_acc/dog"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -363,7 +363,7 @@ def test_predict_agrees_with_the_test_split(trained):
     """A file read for prediction is the test dataset's item for it, and the prediction is the
     model's output on that item, its box scaled to the file's pixels."""
     folder, ckpt = trained
-    model, datamodule = rebuild(ckpt)
+    model, datamodule = rebuild(ckpt, data={"data_dir": folder})
     test = datamodule.datasets["test"]
     predictor = Predictor(ckpt, accelerator="cpu")
     inputs = [predictor.read(folder / sample.file) for sample in test.samples]

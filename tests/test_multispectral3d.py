@@ -133,12 +133,12 @@ def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path):
         with rasterio.open(path) as src:
             data = src.read()
         write_tif(path, data * 2)
-    model, datamodule = rebuild(ckpt, run)
+    model, datamodule = rebuild(ckpt, run, {"data_dir": folder})
     datamodule.setup("test")
     assert torch.equal(datamodule.band_stats[0], state["band_mean"])
     assert model.hparams.in_channels == 1 and datamodule.input_shape == (1, 4, 16, 16)
 
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"test/acc", "test/acc_macro", "test/kappa", "test/f1_macro", "test/acc/River"} <= set(metrics)
     for plot in ("confusion_matrix.png", "predictions.png", "class_spectra.png"):
@@ -190,7 +190,7 @@ def test_predict_a_folder_with_an_unreadable_patch(tmp_path, trained):
 
 def test_predict_agrees_with_the_test_split(trained):
     folder, ckpt = trained
-    model, datamodule = rebuild(ckpt)
+    model, datamodule = rebuild(ckpt, data={"data_dir": folder})
     datamodule.setup("test")
     test = datamodule.datasets["test"]
     predictor = Predictor(ckpt, accelerator="cpu")

@@ -12,6 +12,7 @@ from test_biomedical3d import SMALL, make_volume_folder
 from test_checkpoints import tampered
 
 from cnnsuite.checkpoint import rebuild
+from cnnsuite.classification import ClassificationModule
 from cnnsuite.cli import main
 from cnnsuite.predict import Predictor
 
@@ -66,12 +67,11 @@ def test_a_folder_with_a_bad_file_predicts_the_others_and_names_it(recognition, 
 def test_predict_agrees_with_evaluate_on_the_test_split(recognition, tmp_path):
     """The same files, through predict's reader and through the test loader, give the same
     probabilities, and predict's classes score what evaluate scored."""
-    _, run = recognition
+    folder, run = recognition
     ckpt = run / "checkpoints" / "best.ckpt"
-    metrics = {}
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    model, datamodule = rebuild(ckpt)
+    model, datamodule = rebuild(ckpt, data={"data_dir": folder})
     test = datamodule.datasets["test"]
     predictor = Predictor(ckpt, accelerator="cpu")
     inputs = [predictor.read(datamodule.root / sample_id) for sample_id in test.ids]
@@ -112,9 +112,9 @@ def test_predict_refuses_a_checkpoint_naming_a_foreign_class(recognition, tmp_pa
 
 
 def test_several_checkpoints_give_one_comparison_table(recognition, tmp_path, capsys):
-    _, run = recognition
+    folder, run = recognition
     best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
-    main(["evaluate", "--ckpt", str(best), str(last), "--out", str(tmp_path)])
+    main(["evaluate", "--ckpt", str(best), str(last), "--data.data_dir", str(folder), "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "comparison.json").read_text())
     assert [row["checkpoint"] for row in rows] == [str(best), str(last)]
     for row in rows:
@@ -146,7 +146,7 @@ def test_a_3d_volume_predicts_as_its_test_split_does(tmp_path):
     run = fit("biomedical3d", tmp_path, *SMALL, "--data.data_dir", str(folder), "--trainer.max_epochs", "1",
               "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
     ckpt = run / "checkpoints" / "best.ckpt"
-    model, datamodule = rebuild(ckpt)
+    model, datamodule = rebuild(ckpt, data={"data_dir": folder})
     test = datamodule.datasets["test"]
     sample_id = datamodule.splits["test"][0]
     out = tmp_path / "out"
@@ -157,3 +157,23 @@ def test_a_3d_volume_predicts_as_its_test_split_does(tmp_path):
     got = torch.tensor([line["probabilities"][c] for c in model.class_names])
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert len(list((out / "pictures").glob("*.png"))) == 1
+
+
+def test_a_non_finite_prediction_is_that_files_error_and_every_line_is_strict_json(recognition, tmp_path, monkeypatch):
+    folder, run = recognition
+    describe = ClassificationModule.describe_outputs
+
+    def first_of_each_batch_nan(self, outputs, inputs):
+        predictions = describe(self, outputs, inputs)
+        predictions[0]["score"] = float("nan")
+        return predictions
+
+    monkeypatch.setattr(ClassificationModule, "describe_outputs", first_of_each_batch_nan)
+    main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(folder / "cat"),
+          "--out", str(tmp_path), "--batch_size", "4"])  # fmt: skip
+    lines = [json.loads(line, parse_constant=pytest.fail) for line in (tmp_path / "predictions.jsonl").open()]
+    errors = [line for line in lines if "error" in line]
+    assert len(lines) == 10 and len(errors) == 3  # one a batch: 4 + 4 + 2
+    assert all(line["error"].endswith("the model's output is not finite (score)") for line in errors)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["predicted"] == 7 and sorted(summary["failed"]) == sorted(line["path"] for line in errors)

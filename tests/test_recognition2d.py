@@ -42,8 +42,8 @@ def test_user_folder_fit_evaluate_and_checkpoint_contract(tmp_path, image_folder
 
     # fit ended with the evaluation of best.ckpt; evaluate again into another folder
     assert (run / "evaluation" / "metrics.json").is_file()
-    monkeypatch.chdir(tmp_path / "runs")  # the checkpoint finds its data from any folder
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    monkeypatch.chdir(tmp_path / "runs")  # from any folder, given where the data is
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(image_folder), "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("test/acc", "test/acc_macro", "test/f1_macro", "test/auroc", "test/acc/cat", "test/acc/owl"):
         assert key in metrics and 0.0 <= metrics[key] <= 1.0, key
@@ -79,8 +79,8 @@ def test_short_training_on_digits_learns(tmp_path, monkeypatch):
     ckpt = run / "checkpoints" / "best.ckpt"
     stored = torch.load(ckpt, weights_only=True)["datamodule_hyper_parameters"]["data_root"]
     assert stored == str(tmp_path / "here" / "relative_data")
-    monkeypatch.chdir(tmp_path / "elsewhere")  # evaluation still reads the same default data
-    main(["evaluate", "--ckpt", str(ckpt), "--out", "again"])
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the data root is the user's to say, never the checkpoint's
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_root", "../here/relative_data", "--out", "again"])
     assert (
         json.loads((tmp_path / "elsewhere" / "again" / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
     )

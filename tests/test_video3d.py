@@ -123,12 +123,12 @@ def trained(tmp_path_factory):
 
 
 def test_fit_evaluate_and_checkpoint_contract(tmp_path, trained):
-    _, run = trained
+    folder, run = trained
     ckpt = run / "checkpoints" / "best.ckpt"
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (2, 3, ["left", "right"])
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("test/acc", "test/video_acc", "test/acc_macro", "test/auroc", "test/acc/left"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -164,9 +164,9 @@ def test_predict_agrees_with_evaluate_per_clip_and_per_video(tmp_path, trained):
     mean of the model's on those clips, and its classes score evaluate's ``test/video_acc``."""
     folder, run = trained
     ckpt = run / "checkpoints" / "best.ckpt"
-    main(["evaluate", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval")])
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    model, datamodule = rebuild(ckpt)
+    model, datamodule = rebuild(ckpt, data={"data_dir": folder})
     test = datamodule.datasets["test"]
     predictor = Predictor(ckpt, accelerator="cpu")
     inputs = [predictor.read(folder / video.id) for video in test.videos]

@@ -7,6 +7,18 @@ arguments of its choice (importing ``cnnsuite.__main__`` alone runs the CLI). So
 is only ever looked up among cnnsuite's own :class:`~cnnsuite.task.TaskModule` and
 :class:`~cnnsuite.data.TaskDataModule` subclasses, found by walking the task packages we
 ship; nothing the file names is imported, and the check comes before any call.
+
+Its arguments are checked against the class's signature by jsonargparse before the class is
+called (types and names; nothing is imported or instantiated by the check), and every failure
+to build the model or load its weights is one :class:`CheckpointError` naming the file.
+
+What a checkpoint holds defines a run (classes, sizes, preprocessing, its split); it never
+says where anything is read or written on this machine: a datamodule rebuilt from it takes
+its locations and loading settings (:meth:`~cnnsuite.data.TaskDataModule.local_hparams`)
+from the user (``data``), else from the class's defaults. The one path every command takes
+is :func:`build_model` (the model, its weights checked) and :func:`rebuild` /
+:func:`rebuild_for_inference` (with its datamodule); resuming a fit checks the file through
+:func:`resume_arguments`, the same checks.
 """
 
 from __future__ import annotations
@@ -16,13 +28,20 @@ import pkgutil
 from functools import cache
 from pathlib import Path
 
+import torch
+from jsonargparse import ArgumentParser
+
 from .data import TaskDataModule
-from .data.splits import load_splits
+from .data.splits import check_splits, load_splits
 from .task import TaskModule, class_path
-from .untrusted import load_weights_only
+from .untrusted import check_finite, load_weights_only
 
 #: the key under which :class:`~cnnsuite.task.TaskModule` records its run's classes
 CLASSES_KEY = "cnnsuite_classes"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as it is; the message names the file and what is wrong."""
 
 
 @cache
@@ -47,7 +66,7 @@ def trusted_class(name: object, base: type, source: object) -> type:
     cls = task_classes().get(name) if isinstance(name, str) else None
     if cls is None or not issubclass(cls, base):
         allowed = sorted(p for p, c in task_classes().items() if issubclass(c, base))
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: names {name!r} as its {base.__name__}; refused, only cnnsuite's own are rebuilt "
             f"({', '.join(allowed)})"
         )
@@ -56,94 +75,260 @@ def trusted_class(name: object, base: type, source: object) -> type:
 
 def load_checkpoint(ckpt_path: str | Path) -> dict:
     """The checkpoint's contents, loaded with ``weights_only=True`` (no code runs); tensors are
-    memory-mapped, so a look at its entries does not read the weights."""
+    memory-mapped, so a look at its entries does not read the weights. Its outline is checked:
+    the classes it records, hyper-parameters as mappings, a ``state_dict`` of tensors."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     checkpoint = load_weights_only(path, f"{path}: cannot load as a checkpoint", mmap=True)
     classes = checkpoint.get(CLASSES_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(classes, dict) or "datamodule" not in classes or "model" not in classes:
-        raise ValueError(f"{path}: not a checkpoint written by cnnsuite fit (no '{CLASSES_KEY}' entry)")
+        raise CheckpointError(f"{path}: not a checkpoint written by cnnsuite fit (no '{CLASSES_KEY}' entry)")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: its 'state_dict' is {describe(state)}, expected the model's tensors by name")
+    wrong = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: its 'state_dict' holds {describe(state[wrong[0]])} at {wrong[0]!r}, not a tensor"
+        )
     return checkpoint
 
 
-def init_args(hparams: object, source: object) -> dict:
+def describe(value: object) -> str:
+    """A short name for what a checkpoint holds where something else was expected."""
+    return "missing" if value is None else f"a {type(value).__name__}" if not isinstance(value, dict) else "empty"
+
+
+def init_args(hparams: object, source: object, what: str = "hyper_parameters") -> dict:
     """Saved hyperparameters as keyword arguments; Lightning's private ``_class_path`` and
     ``_instantiator`` entries are dropped (we never call what they name)."""
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
-        raise ValueError(f"{source}: hyperparameters must be a mapping of argument names")
+        raise CheckpointError(f"{source}: its '{what}' must be a mapping of argument names, found {describe(hparams)}")
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
-def _model_and_data_class(checkpoint: dict, source: object) -> tuple[TaskModule, type[TaskDataModule]]:
-    """The model with the checkpoint's weights (eval mode), and the datamodule class."""
+def check_signature(cls: type, args: dict, source: object, what: str) -> None:
+    """``args`` must be arguments of ``cls.__init__``, each of its declared type. jsonargparse
+    checks them as it checks a config (no class is imported or instantiated: a ``class_path``
+    inside a ``dict`` argument stays a dict, one in a typed argument is a type error)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "args", fail_untyped=False, sub_configs=False)
+    try:
+        parser.parse_object({"args": args}, defaults=False)
+    except Exception as err:  # jsonargparse's ArgumentError, or a type's own error on a strange value
+        lines = [line.strip() for line in str(err).strip().splitlines()]
+        given = next((line for line in lines if line.startswith("Given value type")), "")
+        reason = " ".join(filter(None, [*lines[:2], given])).replace('Parser key "args.', 'key "')
+        reason = reason.replace("Group 'args' does not accept option", "unknown argument")
+        raise CheckpointError(f"{source}: its {what} do not fit {cls.__name__}: {reason}") from None
+
+
+def model_arguments(checkpoint: dict, source: object) -> tuple[type[TaskModule], dict]:
+    """``(model class, its arguments)`` from the checkpoint, both checked. ``backbone_weights``
+    is dropped: the file the run started from is never read again (the checkpoint's own
+    weights follow)."""
     classes = checkpoint[CLASSES_KEY]
     model_cls = trusted_class(classes["model"], TaskModule, source)
-    data_cls = trusted_class(classes["datamodule"], TaskDataModule, source)
+    hparams = checkpoint.get("hyper_parameters")
+    named = hparams.get("_class_path") if isinstance(hparams, dict) else None  # Lightning's own record
+    if named is not None and trusted_class(named, TaskModule, source) is not model_cls:
+        raise CheckpointError(f"{source}: its hyper-parameters name {named!r}, its classes {classes['model']!r}")
     args = init_args(checkpoint.get("hyper_parameters", {}), source)
-    if args.get("backbone_weights"):  # the checkpoint's own weights follow: the file it started from is not read
+    check_signature(model_cls, args, source, "hyper_parameters")
+    if args.get("backbone_weights"):
         args["backbone_weights"] = None
-    model = model_cls(**args)
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
+    return model_cls, args
+
+
+def build_model(checkpoint: dict, source: object) -> TaskModule:
+    """The checkpoint's model with its weights, in eval mode. Anything in the file that keeps
+    the model from being built (a value the network cannot use, a tensor of the wrong shape,
+    a missing one) or non-finite weights is one :class:`CheckpointError`."""
+    model_cls, args = model_arguments(checkpoint, source)
+    try:
+        model = model_cls(**args)
+    except Exception as err:  # the arguments are the file's: whatever they break, the file is at fault
+        raise CheckpointError(
+            f"{source}: its hyper_parameters do not build {model_cls.__name__}: {one_line(err)}"
+        ) from err
+    try:
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+    except Exception as err:
+        raise CheckpointError(f"{source}: its weights do not fit {model_cls.__name__}: {one_line(err)}") from err
+    try:
+        check_finite(model.state_dict(), source)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     model.eval()
-    return model, data_cls
+    return model
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+def resume_arguments(ckpt_path: str | Path) -> tuple[str, dict]:
+    """``(model class path, model arguments)`` for resuming a fit from ``ckpt_path``: the file is
+    checked as :func:`build_model` checks it (classes, arguments, weights), and only then are
+    the class path (one of ours) and the checked arguments given to LightningCLI."""
+    checkpoint = load_checkpoint(ckpt_path)
+    trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
+    model = build_model(checkpoint, ckpt_path)
+    _, args = model_arguments(checkpoint, ckpt_path)
+    return class_path(model), args
+
+
+def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, source: object) -> dict:
+    """The datamodule's arguments: what defines the run from the checkpoint, where data lives
+    and how it is loaded (``local_hparams``) from the user's ``data`` only, else the defaults."""
+    recorded = init_args(checkpoint.get("datamodule_hyper_parameters", {}), source, "datamodule_hyper_parameters")
+    local = set(data_cls.local_hparams())
+    refused = sorted(set(data) - local)
+    if refused:
+        raise ValueError(
+            f"--data.{refused[0]}: comes from the checkpoint, which defines the run; "
+            f"only {', '.join(sorted(local))} may be given"
+        )
+    args = {k: v for k, v in recorded.items() if k not in local}
+    check_signature(data_cls, args, source, "datamodule_hyper_parameters")
+    return {**args, **{k: v for k, v in data.items() if v is not None}}
+
+
+def add_data_options(parser) -> None:
+    """``--data.data_dir``, ``--data.data_root``, ``--data.num_workers`` and ``--data.batch_size``
+    on an argparse ``parser`` of a command that rebuilds a checkpoint's datamodule; a task's own
+    local settings (``--data.cache_dir`` ...) are taken too (:func:`data_options`)."""
+    parser.add_argument(
+        "--data.data_dir", dest="data_dir", default=None,
+        help="the data: the run's own folder scores its test split; another folder of the same classes is "
+        "tested whole (needed for a run on your own folder: a checkpoint does not choose what is read)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data.data_root", dest="data_root", default=None,
+        help="where an embedded default dataset is (generated again when missing; default: data)",
+    )  # fmt: skip
+    parser.add_argument("--data.num_workers", dest="num_workers", type=int, default=None)
+    parser.add_argument("--data.batch_size", dest="batch_size", type=int, default=None)
+
+
+def data_options(args, extra: list[str], parser) -> dict:
+    """The ``--data.*`` settings of :func:`add_data_options`, plus any ``--data.KEY VALUE`` left
+    in ``extra`` (values read as YAML: ``4`` is a number); anything else in ``extra`` is an error."""
+    import yaml
+
+    data = {k: getattr(args, k) for k in ("data_dir", "data_root", "num_workers", "batch_size")}
+    rest = list(extra)
+    while rest:
+        option = rest.pop(0)
+        key, _, value = option.partition("=")
+        if not key.startswith("--data.") or len(key) == len("--data."):
+            parser.error(f"unrecognized arguments: {' '.join([option, *rest])}")
+        if not _:
+            if not rest:
+                parser.error(f"{key}: expected a value")
+            value = rest.pop(0)
+        data[key.removeprefix("--data.")] = yaml.safe_load(value)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def recorded_source(checkpoint: dict, data_cls: type[TaskDataModule]) -> dict:
+    """The data the run read, as the checkpoint records it (named to the user, never opened)."""
+    recorded = checkpoint.get("datamodule_hyper_parameters")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return {k: recorded.get(k) for k in data_cls.source_hparams if k != "split_file" and recorded.get(k) is not None}
 
 
 def rebuild(
-    ckpt_path: str | Path, run_dir: str | Path | None = None, data_dir: str | Path | None = None
+    ckpt_path: str | Path, run_dir: str | Path | None = None, data: dict | None = None
 ) -> tuple[TaskModule, TaskDataModule]:
     """``(model with the checkpoint's weights, datamodule holding the run's split)``.
+
+    ``data`` is the user's say on where the data is and how it is loaded (``data_dir``,
+    ``data_root``, ``num_workers`` ...: the datamodule's ``local_hparams``); the checkpoint has
+    none. Without a ``data_dir``, the data is the embedded default (generated again under the
+    user's ``data_root`` when missing); a checkpoint of a run on the user's own folder is then
+    refused, naming the folder it records and the option to give. A folder that holds every
+    sample of the run's split is the run's data (moved, or grown since): its test split is
+    scored. Any other folder of the same classes is other data, tested whole
+    (``datamodule.tests_other_data``).
 
     The split comes from the checkpoint (the datamodule's state), else — for checkpoints
     written before it travelled inside them — from ``splits.json`` in ``run_dir``; with
     neither, evaluation would score on a split re-derived from today's files, so it fails.
-    ``data_dir`` points the run's datamodule at other data of the same classes instead:
-    every sample of it is then the test split.
     """
+    data = {k: v for k, v in (data or {}).items() if v is not None}
     checkpoint = load_checkpoint(ckpt_path)
-    model, data_cls = _model_and_data_class(checkpoint, ckpt_path)
-    data_args = init_args(checkpoint.get("datamodule_hyper_parameters", {}), ckpt_path)
-    data_args.pop("split_file", None)  # the split comes from the checkpoint itself
-    if data_dir is not None:
-        data_args = {**data_args, **dict.fromkeys(data_cls.source_hparams), "data_dir": str(data_dir)}
+    model = build_model(checkpoint, ckpt_path)
+    data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
+    data_args = data_arguments(checkpoint, data_cls, data, ckpt_path)
+    recorded = recorded_source(checkpoint, data_cls)
+    given = any(k in data for k in data_cls.source_hparams if k != "split_file")
+    if recorded and not given:
+        options = " ".join(f"--data.{k} {v}" for k, v in recorded.items())
+        raise CheckpointError(
+            f"{ckpt_path}: its run read your own data; a checkpoint does not choose what is read: give {options} "
+            "(or where that data is now; another folder of the same classes is tested whole)"
+        )
     datamodule = data_cls(**data_args)
     check_matches(model, datamodule, ckpt_path)
     state = checkpoint.get(data_cls.__qualname__, {})
-    if data_dir is not None:
-        datamodule.restore_preprocessing(state)
-        datamodule.splits = {"train": [], "val": [], "test": [i for i, _ in datamodule.list_samples()]}
-        return model, datamodule
-    datamodule.prepare_data()  # an embedded default is generated again on a new machine
+    state = state if isinstance(state, dict) else {}
     split_file = Path(run_dir) / "splits.json" if run_dir is not None else None
     if state.get("splits") is not None:
-        datamodule.load_state_dict(state)
+        splits = state["splits"]
     elif split_file is not None and split_file.is_file():
-        datamodule.load_state_dict({"splits": load_splits(split_file)})
+        splits = load_splits(split_file)
+    elif given:
+        splits = None
     else:
-        raise ValueError(
+        raise CheckpointError(
             f"{ckpt_path}: holds no train/val/test split and {split_file or 'its run folder'} does not exist; "
             "evaluating on a split re-derived from today's files could score training samples"
         )
+    if splits is not None:
+        check_splits(splits, f"{ckpt_path}: its split")
+    if given and (splits is None or datamodule.unknown_ids(splits)):
+        datamodule.tests_other_data = True
+        from_file(ckpt_path, "datamodule state", datamodule.restore_preprocessing, state)
+        datamodule.splits = {"train": [], "val": [], "test": [i for i, _ in datamodule.list_samples()]}
+        return model, datamodule
+    datamodule.prepare_data()  # an embedded default is generated again on a new machine
+    from_file(ckpt_path, "datamodule state", datamodule.load_state_dict, {**state, "splits": splits})
     return model, datamodule
+
+
+def from_file(source: object, what: str, call, *args):
+    """``call(*args)`` on what a checkpoint holds: an error it makes, past the checks that name
+    a user's mistake (``ValueError``), is the file's, in one line."""
+    try:
+        return call(*args)
+    except ValueError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{source}: its {what} cannot be used: {one_line(err)}") from err
 
 
 def rebuild_for_inference(ckpt_path: str | Path) -> tuple[TaskModule, TaskDataModule]:
     """``(model, datamodule)`` ready to read and predict raw files, from the checkpoint alone.
 
     The datamodule gets the run's preprocessing settings but none of its data: its source
-    arguments (:attr:`~cnnsuite.data.TaskDataModule.source_hparams`) are dropped, so nothing
-    is listed, generated or read, and a checkpoint predicts on a machine that never saw the
-    training data. Class names and channels are the model's; what preprocessing learnt
-    from the training data comes from the checkpoint (``restore_preprocessing``).
+    and other local arguments (:meth:`~cnnsuite.data.TaskDataModule.local_hparams`) take their
+    defaults, so nothing is listed, generated or read, and a checkpoint predicts on a machine
+    that never saw the training data. Class names and channels are the model's; what
+    preprocessing learnt from the training data comes from the checkpoint (``restore_preprocessing``).
     """
     checkpoint = load_checkpoint(ckpt_path)
-    model, data_cls = _model_and_data_class(checkpoint, ckpt_path)
-    data_args = init_args(checkpoint.get("datamodule_hyper_parameters", {}), ckpt_path)
-    datamodule = data_cls(**{**data_args, **dict.fromkeys(data_cls.source_hparams)})
+    model = build_model(checkpoint, ckpt_path)
+    data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
+    data_args = data_arguments(checkpoint, data_cls, {}, ckpt_path)
+    datamodule = from_file(ckpt_path, "datamodule_hyper_parameters", lambda: data_cls(**data_args))
     datamodule.class_names = list(model.class_names)
     datamodule.in_channels = model.hparams.get("in_channels", datamodule.in_channels)
-    datamodule.restore_preprocessing(checkpoint.get(data_cls.__qualname__, {}))
+    state = checkpoint.get(data_cls.__qualname__, {})
+    from_file(ckpt_path, "datamodule state", datamodule.restore_preprocessing, state if isinstance(state, dict) else {})
     return model, datamodule
 
 

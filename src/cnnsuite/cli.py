@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from .backbone import StagedBackbone
 from .backbone.geometry import check_fits
-from .checkpoint import CLASSES_KEY, load_checkpoint, trusted_class
+from .checkpoint import add_data_options, data_options, resume_arguments
 from .data import TaskDataModule
 from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, run_version
 from .task import TaskModule
@@ -88,8 +88,14 @@ class CnnSuiteCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path last`` is the newest run's ``last.ckpt`` under ``default_root_dir``.
-        LightningCLI reloads the model's class path and arguments from the checkpoint: check
-        that it names only cnnsuite's own classes before anything is imported."""
+
+        The model of a run resumed (or validated, tested) from a checkpoint is the checkpoint's,
+        as LightningCLI's own method makes it — but not by handing the file's hyper-parameters
+        to the parser, which imports any ``class_path`` it meets: the file is checked as every
+        command checks it (:func:`~cnnsuite.checkpoint.resume_arguments`: our own classes,
+        arguments that fit their signatures, weights that load and are finite, no
+        ``backbone_weights`` file read), and only our class path and the checked arguments
+        reach the parser."""
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if config.get("ckpt_path") == "last":
             last = newest_last_checkpoint(self._root_dir(config))
@@ -99,13 +105,11 @@ class CnnSuiteCLI(LightningCLI):
                 )
             config.ckpt_path = str(last) if last else None
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path:
-            checkpoint = load_checkpoint(ckpt_path)  # names the file if it is missing or damaged
-            classes = checkpoint[CLASSES_KEY]
-            model_path = checkpoint.get("hyper_parameters", {}).get("_class_path", classes["model"])
-            trusted_class(model_path, TaskModule, ckpt_path)
-            trusted_class(classes["datamodule"], TaskDataModule, ckpt_path)
-        super()._parse_ckpt_path()
+        if not ckpt_path:
+            return
+        model_path, args = resume_arguments(ckpt_path)
+        model = {"class_path": model_path, "init_args": args}
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
 
     @staticmethod
     def _root_dir(config) -> Path:
@@ -148,7 +152,9 @@ class CnnSuiteCLI(LightningCLI):
             from .evaluate import evaluate
 
             out_dir = run_dir / "evaluation"
-            print_metrics(evaluate(best, out_dir), out_dir)
+            datamodule = self.datamodule  # where this command read its data is the user's say
+            local = {k: datamodule.hparams.get(k) for k in datamodule.local_hparams() if k != "split_file"}
+            print_metrics(evaluate(best, out_dir, data=local), out_dir)
 
 
 def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None:
@@ -215,24 +221,21 @@ def evaluate_main(argv: list[str]) -> None:
         "and plots; several checkpoints also give comparison.md and comparison.json.",
     )
     parser.add_argument("--ckpt", required=True, nargs="+", help="checkpoint(s) written by cnnsuite fit")
-    parser.add_argument(
-        "--data.data_dir", dest="data_dir", default=None,
-        help="test on every sample of this folder (same classes as the checkpoint) instead of the run's test split",
-    )  # fmt: skip
+    add_data_options(parser)
     parser.add_argument(
         "--out", default=None,
         help="output folder (default: <run folder>/evaluation; with several checkpoints, ./comparison)",
     )  # fmt: skip
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
-    args = parser.parse_args(argv)
-    from .evaluate import compare, evaluate, evaluation_dir
+    args, extra = parser.parse_known_args(argv)
+    data = data_options(args, extra, parser)
+    from .evaluate import compare, evaluate_into
 
     if len(args.ckpt) == 1:
-        metrics = evaluate(args.ckpt[0], args.out, accelerator=args.accelerator, data_dir=args.data_dir)
-        print_metrics(metrics, evaluation_dir(args.ckpt[0], args.out, args.data_dir))
+        print_metrics(*evaluate_into(args.ckpt[0], args.out, accelerator=args.accelerator, data=data))
         return
     out_dir = Path(args.out or "comparison")
-    compare(args.ckpt, out_dir, accelerator=args.accelerator, data_dir=args.data_dir)
+    compare(args.ckpt, out_dir, accelerator=args.accelerator, data=data)
     print((out_dir / "comparison.md").read_text())
     print(f"comparison: {out_dir}/ (comparison.md, comparison.json, one evaluation folder per checkpoint)")
 

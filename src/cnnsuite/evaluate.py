@@ -17,16 +17,17 @@ import lightning as L
 import matplotlib.pyplot as plt
 
 from .checkpoint import rebuild
+from .jsonout import strict_json
 
 
 def evaluation_dir(
-    ckpt_path: str | Path, out_dir: str | Path | None = None, data_dir: str | Path | None = None
+    ckpt_path: str | Path, out_dir: str | Path | None = None, other_data: str | Path | None = None
 ) -> Path:
-    """``out_dir``, else ``<run folder>/evaluation`` (``evaluation-<folder name>`` on other
-    data: the run's own evaluation is never overwritten by one on other data)."""
+    """``out_dir``, else ``<run folder>/evaluation`` (``evaluation-<folder name>`` on
+    ``other_data``: the run's own evaluation is never overwritten by one on other data)."""
     if out_dir:
         return Path(out_dir)
-    name = f"evaluation-{Path(data_dir).expanduser().resolve().name}" if data_dir else "evaluation"
+    name = f"evaluation-{Path(other_data).expanduser().resolve().name}" if other_data else "evaluation"
     return Path(ckpt_path).parent.parent / name
 
 
@@ -34,15 +35,26 @@ def evaluate(
     ckpt_path: str | Path,
     out_dir: str | Path | None = None,
     accelerator: str = "auto",
-    data_dir: str | Path | None = None,
+    data: dict | None = None,
 ) -> dict[str, float]:
     """Test ``ckpt_path`` and write ``metrics.json``, plots and ``report.md`` into ``out_dir``
-    (see :func:`evaluation_dir`). ``data_dir``: test on every sample of that folder instead
-    of the run's test split. Returns the metrics."""
+    (see :func:`evaluation_dir`). ``data``: where the data is and how it is loaded
+    (``data_dir``, ``data_root``, ``num_workers`` ...; see :func:`~cnnsuite.checkpoint.rebuild`):
+    the run's own data scores its test split, other data is tested whole. Returns the metrics."""
+    return evaluate_into(ckpt_path, out_dir, accelerator, data)[0]
+
+
+def evaluate_into(
+    ckpt_path: str | Path,
+    out_dir: str | Path | None = None,
+    accelerator: str = "auto",
+    data: dict | None = None,
+) -> tuple[dict[str, float], Path]:
+    """:func:`evaluate`, and the folder it wrote."""
     ckpt_path = Path(ckpt_path)
     run_dir = ckpt_path.parent.parent
-    model, datamodule = rebuild(ckpt_path, run_dir, data_dir)
-    out_dir = evaluation_dir(ckpt_path, out_dir, data_dir)
+    model, datamodule = rebuild(ckpt_path, run_dir, data)
+    out_dir = evaluation_dir(ckpt_path, out_dir, datamodule.root if datamodule.tests_other_data else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -54,16 +66,16 @@ def evaluate(
     )
     results = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     metrics = {key: float(value) for key, value in sorted(results.items())}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (out_dir / "metrics.json").write_text(strict_json(metrics, indent=1) + "\n")
     plots = model.write_plots(out_dir, datamodule)
     curves = plot_training_curves(run_dir / "metrics.csv", out_dir / "training_curves.png", model.monitor)
     plots += [curves] if curves else []
     write_report(out_dir / "report.md", ckpt_path, datamodule, metrics, plots)
-    return metrics
+    return metrics, out_dir
 
 
 def compare(
-    ckpt_paths: list[str | Path], out_dir: str | Path, accelerator: str = "auto", data_dir: str | Path | None = None
+    ckpt_paths: list[str | Path], out_dir: str | Path, accelerator: str = "auto", data: dict | None = None
 ) -> list[dict]:
     """Evaluate each checkpoint into ``out_dir/<n>-<run>-<file>/`` and write
     ``comparison.md`` and ``comparison.json``: one row per checkpoint, its headline metrics
@@ -73,10 +85,10 @@ def compare(
     for number, ckpt in enumerate(ckpt_paths, start=1):
         ckpt = Path(ckpt)
         name = f"{number}-{ckpt.parent.parent.name}-{ckpt.stem}"
-        metrics = evaluate(ckpt, out_dir / name, accelerator, data_dir)
+        metrics = evaluate(ckpt, out_dir / name, accelerator, data)
         report = json.loads((out_dir / name / "evaluation.json").read_text())
         rows.append({"checkpoint": str(ckpt), "folder": name, **report, "metrics": metrics})
-    (out_dir / "comparison.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out_dir / "comparison.json").write_text(strict_json(rows, indent=1) + "\n")
     keys = sorted({k for row in rows for k in row["metrics"] if k.count("/") == 1})
     lines = [
         "# Comparison",

@@ -28,7 +28,6 @@ what it takes, which class score Grad-CAM differentiates — is decided once, in
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -46,8 +45,9 @@ from torchvision.utils import make_grid
 
 from .backbone import StagedBackbone
 from .backbone.geometry import describe_stages
-from .checkpoint import rebuild
+from .checkpoint import add_data_options, data_options, rebuild
 from .data import TaskDataModule
+from .jsonout import strict_json
 from .predict import Predictor
 from .task import TaskModule
 
@@ -471,13 +471,15 @@ def inspect(
     input_path: str | Path | None = None,
     max_samples: int = MAX_SAMPLES,
     accelerator: str = "auto",
+    data: dict | None = None,
 ) -> dict:
     """Write the pictures and the table of ``ckpt_path`` into ``out_dir`` (see the module's
-    docstring); returns what ``stages.json`` holds."""
+    docstring); returns what ``stages.json`` holds. ``data``: where the run's data is (see
+    :func:`~cnnsuite.checkpoint.rebuild`)."""
     if max_samples < 1:
         raise ValueError(f"--max_samples {max_samples}: expected at least 1")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
-    model, datamodule = rebuild(ckpt_path, ckpt_path.parent.parent)
+    model, datamodule = rebuild(ckpt_path, ckpt_path.parent.parent, data)
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_gpu else "cpu")
     model.to(device).eval()
@@ -523,7 +525,7 @@ def inspect(
             "mean_activation": top["mean_activation"],
         },
     }
-    (out_dir / "stages.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out_dir / "stages.json").write_text(strict_json(report, indent=1) + "\n")
     (out_dir / "stages.md").write_text(stages_markdown(rows, tuple(x.shape[1:])))
     return report
 
@@ -546,11 +548,13 @@ def inspect_main(argv: list[str]) -> None:
         help=f"test samples searched for top_samples.png (default {MAX_SAMPLES})",
     )  # fmt: skip
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
-    args = parser.parse_args(argv)
+    add_data_options(parser)
+    args, extra = parser.parse_known_args(argv)
+    data = data_options(args, extra, parser)
     from .cli import default_output
 
     out_dir = Path(args.out) if args.out else default_output(args.ckpt, "inspection")
-    inspect(args.ckpt, out_dir, args.input, args.max_samples, args.accelerator)
+    inspect(args.ckpt, out_dir, args.input, args.max_samples, args.accelerator, data)
     print((out_dir / "stages.md").read_text())
     print(f"inspection: {out_dir}/ (filters.png, activations_stage*.png, top_samples.png, gradcam.png, stages.md, "
           "stages.json)")  # fmt: skip

@@ -22,6 +22,7 @@ import torch
 from .checkpoint import rebuild_for_inference
 from .data.errors import BadFileError
 from .data.inputs import Input
+from .jsonout import first_non_finite
 
 
 class Predictor:
@@ -84,9 +85,19 @@ class Predictor:
                 batch = []
         yield from self._flush(batch)
 
-    def _flush(self, batch: list[Input]) -> Iterator[tuple[Input, dict]]:
+    def _flush(self, batch: list[Input]) -> Iterator[tuple[Input | None, dict]]:
         for item, prediction in zip(batch, self.predict(batch), strict=True):
-            yield item, {"path": str(item.path), **prediction}
+            record = self.record(item, prediction)
+            yield (None if "error" in record else item), record
+
+    @staticmethod
+    def record(item: Input, prediction: dict) -> dict:
+        """``{"path", **prediction}``; a prediction holding NaN or infinity is that input's
+        error instead (strict JSON has no such numbers, and no use could be made of them)."""
+        bad = first_non_finite(prediction)
+        if bad is not None:
+            return {"path": str(item.path), "error": f"{item.path}: the model's output is not finite ({bad})"}
+        return {"path": str(item.path), **prediction}
 
 
 def picture_name(path: Path, root: Path) -> str:
@@ -109,7 +120,7 @@ def predict_to_folder(
     failed = []
     with (out_dir / "predictions.jsonl").open("w") as lines:
         for item, record in predictor.run(inputs, batch_size):
-            lines.write(json.dumps(record) + "\n")
+            lines.write(json.dumps(record, allow_nan=False) + "\n")
             if item is None:
                 failed.append(record)
             elif pictures:
@@ -121,7 +132,7 @@ def predict_to_folder(
         "failed": [record["path"] for record in failed],
         "ignored": [str(p) for p in ignored],
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary
 
 

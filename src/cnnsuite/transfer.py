@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .untrusted import load_weights_only
+from .untrusted import check_finite, load_weights_only
 
 #: where each kind of file keeps the backbone: classification, localization (``backbone.``),
 #: detection (``detector.backbone.body.``, the body of its FPN), a backbone's own state dict
@@ -63,6 +63,7 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
                 if isinstance(key, str) and key.startswith(start) and isinstance(value, torch.Tensor)
             }
             if found:
+                check_finite(found, f"{where} {path}")
                 return found
     raise ValueError(
         f"{where} {path}: no backbone tensors (expected keys backbone.*, detector.backbone.body.* or stages.*)"

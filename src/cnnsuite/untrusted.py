@@ -18,6 +18,15 @@ def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
         raise ValueError(f"{failure} ({type(err).__name__}: {_load_error_detail(err)})") from None
 
 
+def check_finite(tensors: dict[str, torch.Tensor], source: object) -> None:
+    """Weights with NaN or infinity give NaN outputs without a word: a one-line ``ValueError``
+    naming ``source`` and the first such tensor."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ValueError(f"{source}: non-finite weights (NaN or infinity) in {bad[0]}{more}")
+
+
 def _load_error_detail(err: Exception) -> str:
     text = str(err)
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.|\n\n|$)", text, re.S)

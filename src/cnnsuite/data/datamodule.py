@@ -69,6 +69,10 @@ class TaskDataModule(L.LightningDataModule):
     generation_hparams: tuple[str, ...] = ()
     #: init arguments that say which data a run read; prediction drops them and reads only its inputs
     source_hparams: tuple[str, ...] = ("data_dir", "split_file")
+    #: init arguments that say how data is loaded on this machine (processes, batch, memory)
+    loading_hparams: tuple[str, ...] = ("num_workers", "batch_size", "cache_limit_mb", "cache")
+    #: set by :func:`cnnsuite.checkpoint.rebuild` when a checkpoint is tested on data other than its run's
+    tests_other_data: bool = False
     #: file endings that ``cnnsuite predict`` takes from a folder of inputs
     input_extensions: tuple[str, ...] = ()
 
@@ -134,6 +138,14 @@ class TaskDataModule(L.LightningDataModule):
         folder. The default has nothing to take."""
 
     # --- shared ---------------------------------------------------------------------
+    @classmethod
+    def local_hparams(cls) -> tuple[str, ...]:
+        """Init arguments that say where data is read and written on this machine and how it is
+        loaded (:attr:`path_hparams`, :attr:`loading_hparams`), not what the run is: a
+        datamodule rebuilt from a checkpoint takes them from the user, never from the file."""
+        params = inspect.signature(cls.__init__).parameters
+        return tuple(k for k in dict.fromkeys((*cls.path_hparams, *cls.loading_hparams)) if k in params)
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -201,13 +213,16 @@ class TaskDataModule(L.LightningDataModule):
             raise RuntimeError("setup() decides the split before any dataset is built")
         return self.make_dataset(self.splits[stage], stage)
 
+    def unknown_ids(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+        """``stage → ids`` of ``splits`` that are no sample of this data (none: the split is for it)."""
+        known = {sample_id for sample_id, _ in self.list_samples()}
+        unknown = {s: [i for i in splits[s] if i not in known] for s in STAGES}
+        return {s: ids for s, ids in unknown.items() if ids}
+
     def _check_known(self, splits: dict[str, list[str]], source: object) -> None:
         """Every id of ``splits`` must be a sample of the data, or the split is for other data."""
-        known = {sample_id for sample_id, _ in self.list_samples()}
-        for s in STAGES:
-            unknown = [i for i in splits[s] if i not in known]
-            if unknown:
-                raise ValueError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
+        for s, unknown in self.unknown_ids(splits).items():
+            raise ValueError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
 
     def _decide_splits(self) -> dict[str, list[str]]:
         if self.hparams.split_file:
