@@ -1,6 +1,9 @@
 """cnnsuite serve: the real server in a subprocess, called over real HTTP with multipart
 uploads; its answers are the lines ``cnnsuite predict`` writes for the same files."""
 
+import gzip
+import http.client
+import json
 import os
 import signal
 import socket
@@ -12,14 +15,19 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
+import nibabel as nib
+import numpy as np
 import pytest
 import requests
 from conftest import fit, make_image_folder
 from test_biomedical3d import SMALL, make_volume_folder
+from test_limits import bomb_png
 
 from cnnsuite.predict import Predictor
 
 BATCH = 4  # the server's --max_batch_size in these tests
+MAX_UPLOAD_MB = 1  # the recognition2d server's --max_upload_mb
+MAX_VOXELS = 20_000  # the biomedical3d server's --max_pixels (its volumes have up to 24^3 = 13,824)
 
 
 def free_port() -> int:
@@ -115,19 +123,23 @@ def jsonl_lines(ckpt: Path, files: list[Path]) -> list[dict]:
 def served(tmp_path_factory):
     """Short recognition2d and biomedical3d runs on user folders, each served; the first
     server starts up (seconds of imports) while the second task trains. recognition2d's
-    batches hold up to ``BATCH`` requests and wait long enough to fill."""
+    batches hold up to ``BATCH`` requests and wait long enough to fill, and its bodies are
+    limited to ``MAX_UPLOAD_MB``; biomedical3d's volumes to ``MAX_VOXELS``."""
     tmp = tmp_path_factory.mktemp("serve")
     with ExitStack() as stack:
         images = make_image_folder(tmp / "images", per_class=4)
         run = fit("recognition2d", tmp / "recognition2d", "--data.data_dir", str(images),
                   "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
         recognition = Server(run / "checkpoints" / "best.ckpt", tmp / "recognition2d.log", "--accelerator", "cpu",
-                             "--max_batch_size", str(BATCH), "--batch_timeout", "0.5")  # fmt: skip
+                             "--max_batch_size", str(BATCH), "--batch_timeout", "0.5",
+                             "--max_upload_mb", str(MAX_UPLOAD_MB))  # fmt: skip
         stack.enter_context(recognition)
         volumes = make_volume_folder(tmp / "volumes")
         run = fit("biomedical3d", tmp / "biomedical3d", *SMALL, "--data.data_dir", str(volumes),
                   "--trainer.max_epochs", "1", "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
-        biomedical = stack.enter_context(Server(run / "checkpoints" / "best.ckpt", tmp / "biomedical3d.log"))
+        biomedical = stack.enter_context(
+            Server(run / "checkpoints" / "best.ckpt", tmp / "biomedical3d.log", "--max_pixels", str(MAX_VOXELS))
+        )
         yield SimpleNamespace(images=images, recognition=recognition, volumes=volumes, biomedical=biomedical)
 
 
@@ -192,3 +204,86 @@ def test_a_nifti_volume_answers_as_predict_does(served):
         assert_same_line(answer.json(), line)
     png = post(url, "slice.png", b"\x89PNG")
     assert png.status_code == 415 and ".nii.gz" in png.json()["error"]
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_and_costs_its_sender_only(served):
+    """A 110 KB PNG declaring 30,000 x 30,000 pixels (torchvision would take 40 s and 4 GB to
+    decode it, and the requests batched with it would time out) is answered 422 from its
+    header, under the default limit, while good requests sent with it are answered as usual."""
+    folder, url = served.images, served.recognition.url()
+    goods = sorted((folder / "owl").glob("*"))[: BATCH - 1]
+    uploads = [("bomb.png", bomb_png())] + [(f.name, f.read_bytes()) for f in goods]
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        bomb, *answers = pool.map(lambda upload: post(url, *upload), uploads)
+    assert time.monotonic() - started < 5  # milliseconds, but for the batch timeout and a busy machine
+    assert bomb.status_code == 422 and bomb.json()["path"] == "bomb.png", bomb.text
+    assert bomb.json()["error"].startswith("bomb.png: declares 30000x30000 = 900,000,000 pixels, over the limit")
+    assert [a.status_code for a in answers] == [200] * len(goods), [a.text for a in answers]
+
+
+def test_a_body_over_max_upload_mb_is_refused_before_it_is_read(served):
+    """413 from the headers alone for a Content-Length over ``--max_upload_mb`` (the body is
+    never sent here: the answer cannot wait for it), and for a chunked body without one, the
+    moment it passes the limit; the server goes on."""
+    folder, url = served.images, served.recognition.url()
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=20)
+    connection.putrequest("POST", "/predict")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=b")
+    connection.putheader("Content-Length", str(400 * 2**20))
+    connection.endheaders()
+    answer = connection.getresponse()
+    assert answer.status == 413
+    error = json.loads(answer.read())
+    assert error["path"] is None and error["error"].startswith("the body is 400.0 MB, over this server's limit")
+    connection.close()
+
+    def chunks():  # requests sends a generator chunked, without a Content-Length
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+        for _ in range(2 * MAX_UPLOAD_MB * 16):
+            yield bytes(2**16)
+        yield b"\r\n--b--\r\n"
+
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    chunked = requests.post(f"{url}/predict", data=chunks(), headers=multipart, timeout=20)
+    assert chunked.status_code == 413 and "--max_upload_mb" in chunked.json()["error"], chunked.text
+    image = folder / "cat" / "0.png"
+    assert post(url, image.name, image.read_bytes()).status_code == 200
+
+
+def test_malformed_multipart_bodies_get_a_400_with_one_line(served):
+    """Starlette refuses these with a 400 that LitServe turned into a 500 with a traceback."""
+    url, log = served.recognition.url(), served.recognition.log
+    logged = len(log.read_text())
+    image = (served.images / "cat" / "0.png").read_bytes()
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="0.png"\r\n\r\n' + image + b"\r\n--b--\r\n"
+    nameless = b'--b\r\nContent-Disposition: form-data; filename="0.png"\r\n\r\nxx\r\n--b--\r\n'
+    bad = {
+        "no boundary": dict(data=part, headers={"Content-Type": "multipart/form-data"}),
+        "another boundary": dict(data=part, headers={"Content-Type": "multipart/form-data; boundary=c"}),
+        "a 300-byte boundary": dict(data=part, headers={"Content-Type": "multipart/form-data; boundary=" + "b" * 300}),
+        "a nameless part": dict(data=nameless, headers={"Content-Type": "multipart/form-data; boundary=b"}),
+        "5,000 fields": dict(data={f"f{i}": "x" for i in range(5000)}, files={"file": ("0.png", image)}),
+        "2,000 files": dict(files=[(f"f{i}", (f"{i}.png", b"x")) for i in range(2000)]),
+    }
+    for what, request in bad.items():
+        answer = requests.post(f"{url}/predict", timeout=20, **request)
+        assert answer.status_code == 400, (what, answer.text)
+        error = answer.json()
+        assert error.keys() == {"path", "error"} and error["path"] is None and "\n" not in error["error"], what
+    assert post(url, "0.png", image).status_code == 200
+    since = log.read_text()[logged:]
+    assert "Traceback" not in since and "Internal server error" not in since, since
+
+
+def test_max_pixels_reaches_the_inference_workers(served):
+    """``--max_pixels`` (set below 30^3 voxels on this server) refuses a volume from its header."""
+    url = served.biomedical.url()
+    header = nib.Nifti1Header()
+    header.set_data_shape((30, 30, 30))
+    header.set_data_dtype(np.uint8)
+    volume = gzip.compress(header.binaryblock + bytes(4) + bytes(30**3))
+    answer = post(url, "big.nii.gz", volume)
+    assert answer.status_code == 422, answer.text
+    expected = f"big.nii.gz: declares 30x30x30 = 27,000 voxels, over the limit of {MAX_VOXELS:,}"
+    assert answer.json()["error"].startswith(expected)

@@ -20,11 +20,19 @@ requests were handled together with it.
 
 A bad upload is answered alone, with the error line of ``predictions.jsonl``
 (``{"path", "error"}``, the message naming the file and what was expected): 400 for no
-file or an empty one, 415 for a type the task does not take or a body that is not a
-multipart form, 422 for a file that cannot be read. LitServe's batched loop decodes all
-the requests of a batch in one ``try``, so an exception raised in ``decode_request`` would
-fail every request in the batch: here ``decode_request`` never raises, and a rejected
-upload travels through the batch as a :class:`Reply` that ``predict`` passes by.
+file or an empty one, or a body that is not a well-formed multipart form (no boundary,
+broken parts, more than a few files or fields); 413 for a body over ``--max_upload_mb``;
+415 for a type the task does not take or a body that is not a multipart form; 422 for a
+file that cannot be read, or that declares more pixels (voxels, frames × pixels, bands ×
+pixels) than ``--max_pixels`` allows (:mod:`cnnsuite.data.limits`, read from its header
+before anything decodes it). A bad request costs its sender only: :class:`UploadGuard`
+refuses a body from its headers, or the moment it goes wrong or over the limit, before
+LitServe stores it, and a decompression bomb is refused from its header in milliseconds,
+so the requests batched with it or queued behind it keep their latency. LitServe's
+batched loop decodes all the requests of a batch in one ``try``, so an exception raised in
+``decode_request`` would fail every request in the batch: here ``decode_request`` never
+raises, and a rejected upload travels through the batch as a :class:`Reply` that
+``predict`` passes by.
 """
 
 from __future__ import annotations
@@ -39,11 +47,14 @@ from pathlib import Path
 
 import litserve as ls
 import torch
-from fastapi import Request, Response
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from litserve.loops import BatchedLoop
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.datastructures import Headers
+from starlette.formparsers import FormParserError, multipart, parse_options_header
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .data import limits
 from .data.errors import BadFileError
 from .data.inputs import Input
 from .predict import Predictor
@@ -52,6 +63,10 @@ logger = logging.getLogger(__name__)
 
 #: the multipart form field that carries the upload
 FIELD = "file"
+#: the most a form may hold: the upload and a few fields beside it (Starlette allows 1,000 of
+#: each, and refuses more with a 400 that LitServe answers as a 500)
+MAX_FILES, MAX_FIELDS, MAX_FIELD_BYTES = 8, 32, 64 * 1024
+MIB = 2**20
 
 
 @dataclass
@@ -79,7 +94,7 @@ class PredictorAPI(ls.LitAPI):
 
     def decode_request(self, request) -> Input | Reply:
         """The upload read as the model's input, or the :class:`Reply` that rejects it.
-        ``request`` is the parsed multipart form (:class:`OnlyMultipart` turns other bodies
+        ``request`` is the parsed multipart form (:class:`UploadGuard` turns other bodies
         away); it has no type annotation, which LitServe would give FastAPI to validate it with."""
         upload = request.get(FIELD)
         expected = "expected " + ", ".join(self.predictor.datamodule.input_extensions)
@@ -113,10 +128,9 @@ class PredictorAPI(ls.LitAPI):
         """One :meth:`Predictor.predict` call for the readable uploads of the batch."""
         with torch.inference_mode():
             predictions = iter(self.predictor.predict([item for item in items if isinstance(item, Input)]))
+        count = len(items)
         return [
-            replace(item, batch_size=len(items))
-            if isinstance(item, Reply)
-            else Reply(200, {"path": str(item.path), **next(predictions)}, len(items))
+            replace(item, batch_size=count) if isinstance(item, Reply) else answer(item, next(predictions), count)
             for item in items
         ]
 
@@ -124,27 +138,169 @@ class PredictorAPI(ls.LitAPI):
         return JSONResponse(reply.record, status_code=reply.status, headers={"X-Batch-Size": str(reply.batch_size)})
 
 
+def answer(item: Input, prediction: dict, batch_size: int) -> Reply:
+    """The line ``cnnsuite predict`` writes for the upload: 200, or 422 with its error when the
+    model's output is not finite (:meth:`Predictor.record`)."""
+    record = Predictor.record(item, prediction)
+    return Reply(422 if "error" in record else 200, record, batch_size)
+
+
 def reject(status: int, name: str | None, message: str) -> Reply:
     """The error line of ``predictions.jsonl`` for an upload (``name``: its filename)."""
     return Reply(status, {"path": name, "error": message})
 
 
-class OnlyMultipart(BaseHTTPMiddleware):
-    """Answers a ``POST`` whose body is not a multipart form with 415: LitServe would parse
-    it as JSON and answer a raw image body, say, with a bare 500."""
+class BadForm(ValueError):
+    """A multipart body that Starlette's parser would refuse, or more form than an upload needs."""
 
-    def __init__(self, app, api_path: str) -> None:
-        super().__init__(app)
-        self.api_path = api_path
 
-    async def dispatch(self, request: Request, call_next) -> Response:
-        if request.method == "POST" and request.url.path == self.api_path:
-            content_type = request.headers.get("content-type", "")
-            if not content_type.startswith("multipart/form-data"):
-                got = content_type or "no content type"
-                message = f"send the file as multipart/form-data in the field '{FIELD}' (got {got})"
-                return JSONResponse({"path": None, "error": message}, status_code=415)
-        return await call_next(request)
+class FormCheck:
+    """Follows a multipart body chunk by chunk with the parser Starlette uses (python-multipart)
+    and stricter limits, each chunk before Starlette's parser sees it, so that whatever
+    Starlette would refuse (with a 400 that LitServe turns into a 500 and a traceback) raises
+    :class:`BadForm` here first: no boundary, a malformed body, a part without a name, too
+    many files or fields, a field too long. It keeps nothing of the body."""
+
+    def __init__(self, content_type: str) -> None:
+        _, params = parse_options_header(content_type)
+        if not params.get(b"boundary"):
+            raise BadForm("the Content-Type multipart/form-data names no boundary")
+        self.files = self.fields = self.field_bytes = 0
+        self.in_file = False
+        self.header_name = self.header_value = self.disposition = b""
+        callbacks = {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+        }
+        try:  # the module Starlette's own MultiPartParser uses
+            self.parser = multipart.MultipartParser(params[b"boundary"], callbacks)
+        except FormParserError as err:  # a boundary over 256 bytes, say
+            raise BadForm(f"the Content-Type's boundary cannot be used ({' '.join(str(err).split())})") from None
+
+    def feed(self, chunk: bytes, last: bool) -> None:
+        try:
+            self.parser.write(chunk)
+            if last:
+                self.parser.finalize()
+        except FormParserError as err:
+            raise BadForm(f"not a well-formed multipart/form-data body ({' '.join(str(err).split())})") from None
+
+    def on_part_begin(self) -> None:
+        self.in_file, self.field_bytes, self.disposition = False, 0, b""
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self.header_name.lower() == b"content-disposition":
+            self.disposition = self.header_value
+        self.header_name = self.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.disposition)
+        if b"name" not in options:
+            raise BadForm("a part of the form has no name (its Content-Disposition needs name=...)")
+        self.in_file = b"filename" in options
+        if self.in_file:
+            self.files += 1
+        else:
+            self.fields += 1
+        if self.files > MAX_FILES or self.fields > MAX_FIELDS:
+            raise BadForm(
+                f"too many parts: send one file in the form field '{FIELD}' "
+                f"(at most {MAX_FILES} files and {MAX_FIELDS} other fields are taken)"
+            )
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self.in_file:
+            self.field_bytes += end - start
+            if self.field_bytes > MAX_FIELD_BYTES:
+                raise BadForm(f"a form field (not a file) is over {MAX_FIELD_BYTES // 1024} KB")
+
+
+class UploadGuard:
+    """ASGI middleware in front of ``POST`` to the API path: it lets through only a
+    multipart form within ``max_bytes``, refusing with the one-line JSON error
+    ``{"path": null, "error": ...}`` of the other rejections, before LitServe stores anything:
+
+    - 415 for a body that is not a multipart form (LitServe would parse it as JSON, and answer
+      a raw image body, say, with a bare 500);
+    - 413 for a ``Content-Length`` over ``max_bytes``, answered before the body is read, and
+      for a body without one (chunked) the moment it passes ``max_bytes``;
+    - 400 for a malformed form (:class:`FormCheck`), the moment it goes wrong.
+
+    A refusal closes the connection, so its sender stops sending the rest of the body."""
+
+    def __init__(self, app: ASGIApp, api_path: str, max_bytes: int) -> None:
+        self.app, self.api_path, self.max_bytes = app, api_path, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.api_path:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        content_type = headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            got = content_type or "no content type"
+            message = f"send the file as multipart/form-data in the field '{FIELD}' (got {got})"
+            await refusal(415, message)(scope, receive, send)
+            return
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await refusal(413, f"the body is {int(length) / MIB:.1f} MB, {self.over_limit()}")(scope, receive, send)
+            return
+        try:
+            form = FormCheck(content_type)
+        except BadForm as err:
+            await refusal(400, str(err))(scope, receive, send)
+            return
+        refused: JSONResponse | None = None
+        received = 0
+
+        async def checked_receive() -> Message:
+            nonlocal refused, received
+            message = await receive()
+            if message["type"] == "http.request" and refused is None:
+                body = message.get("body", b"")
+                received += len(body)
+                if received > self.max_bytes:
+                    refused = refusal(413, f"the body goes {self.over_limit()}")
+                else:
+                    try:
+                        form.feed(body, last=not message.get("more_body", False))
+                    except BadForm as err:
+                        refused = refusal(400, str(err))
+                if refused is not None:
+                    # Ends the form parsing upstream; FastAPI's answer to it is dropped for ours.
+                    raise HTTPException(refused.status_code)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if refused is None:
+                await send(message)
+
+        try:
+            await self.app(scope, checked_receive, guarded_send)
+        except Exception:
+            if refused is None:
+                raise
+        if refused is not None:
+            await refused(scope, receive, send)
+
+    def over_limit(self) -> str:
+        return f"over this server's limit of {self.max_bytes / MIB:g} MB (cnnsuite serve --max_upload_mb)"
+
+
+def refusal(status: int, message: str) -> JSONResponse:
+    """The answer to a request refused before its upload was read; it closes the connection."""
+    return JSONResponse({"path": None, "error": message}, status_code=status, headers={"Connection": "close"})
 
 
 def serve_main(argv: list[str]) -> None:
@@ -161,11 +317,31 @@ def serve_main(argv: list[str]) -> None:
         "--batch_timeout", type=float, default=0.05, help="seconds a batch waits to fill before it is predicted"
     )
     parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    parser.add_argument(
+        "--max_upload_mb",
+        type=float,
+        default=100,
+        help="largest request body taken, in MB (2^20 bytes); a larger one is answered 413 before it is read",
+    )
+    parser.add_argument(
+        "--max_pixels",
+        default=None,
+        help="most pixels an upload may declare, counting a volume's voxels, a video's frames x width x height, "
+        "a GeoTIFF's bands x width x height; a larger one is answered 422 before it is decoded (default: "
+        f"${limits.ENV} if set, else {limits.DEFAULTS['image']:,} for an image, {limits.DEFAULTS['volume']:,} "
+        "for the others)",
+    )
     args = parser.parse_args(argv)
     if not 1024 <= args.port <= 65535:
         parser.error(f"--port must be from 1024 to 65535 (LitServe's range), got {args.port}")
     if args.max_batch_size < 1 or args.batch_timeout < 0:
         parser.error("--max_batch_size must be at least 1 and --batch_timeout at least 0")
+    if not args.max_upload_mb > 0:
+        parser.error(f"--max_upload_mb must be more than 0, got {args.max_upload_mb:g}")
+    if args.max_pixels is not None:
+        # The inference workers LitServe starts inherit the environment, as the readers do in training.
+        os.environ[limits.ENV] = str(limits.parse_count(args.max_pixels, "--max_pixels"))
+    limits.max_pixels("image")  # a bad CNNSUITE_MAX_PIXELS ends the command here, with one line
     # The checkpoint is read here once, so that a bad one ends the command with one line
     # instead of failing in the inference worker.
     predictor = Predictor(args.ckpt, accelerator="cpu")
@@ -182,7 +358,7 @@ def serve_main(argv: list[str]) -> None:
         accelerator=args.accelerator,
         devices=1,
         model_metadata=metadata,
-        middlewares=[(OnlyMultipart, {"api_path": api.api_path})],
+        middlewares=[(UploadGuard, {"api_path": api.api_path, "max_bytes": int(args.max_upload_mb * MIB)})],
     )
     local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(args.host, args.host)  # an address to open
     url = f"http://{local}:{args.port}"

@@ -46,6 +46,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
+from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
 
 from .lesions import CLASSES, lesion_volume
@@ -56,9 +57,42 @@ VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 MEDMNIST_KEYS = tuple(f"{stage}_{kind}" for stage in STAGES for kind in ("images", "labels"))
 
 
+def declared_size(path: str | Path) -> tuple[list[int], str] | None:
+    """``(sizes, what)``: the shape a volume's header declares, every axis (time and channels
+    too), read without its voxels, and in words; None where the header does not read (the
+    loader then names the file and the problem)."""
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if path.is_dir():  # a DICOM series: each file a slice of Rows x Columns (x frames)
+            import pydicom
+
+            files = [f for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith(".")]
+            slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+            voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
+            return [voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}"
+        if name.endswith((".nrrd", ".nhdr")):
+            import nrrd
+
+            sizes = [int(n) for n in nrrd.read_header(str(path))["sizes"]]
+        elif name.endswith((".mha", ".mhd")):  # MetaImage: a text header, "DimSize = 512 512 300"
+            with path.open("rb") as file:
+                lines = file.read(65536).decode("latin-1").splitlines()
+            fields = {k.strip(): v.split() for k, _, v in (line.partition("=") for line in lines)}
+            channels = int(fields.get("ElementNumberOfChannels", ["1"])[0])
+            sizes = [int(n) for n in fields["DimSize"]] + ([channels] if channels > 1 else [])
+        else:  # NIfTI, and whatever else nibabel reads: nib.load reads the header only
+            sizes = [int(n) for n in nib.load(path).header.get_data_shape()]
+    except Exception:  # no header to check: the loader's own error names the file
+        return None
+    return sizes, "declares " + "x".join(map(str, sizes))
+
+
 class LoadVolumed(MapTransform):
     """MONAI's ``LoadImage`` with channel first, checked to be one 3D volume; any failure
-    names the file (a truncated ``.nii.gz`` otherwise surfaces as a bare ``EOFError``)."""
+    names the file (a truncated ``.nii.gz`` otherwise surfaces as a bare ``EOFError``). A file
+    whose header declares more voxels than :mod:`cnnsuite.data.limits` allows is refused
+    before its voxels are read."""
 
     def __init__(self, keys: str = "image") -> None:
         super().__init__(keys)
@@ -68,6 +102,9 @@ class LoadVolumed(MapTransform):
         data = dict(data)
         for key in self.keys:
             path = data[key]
+            declared = declared_size(path)
+            if declared is not None:
+                check_size(path, "volume", *declared)
             try:
                 volume = self.loader(path)
             except Exception as err:  # nibabel, pynrrd, pydicom and gzip each raise their own

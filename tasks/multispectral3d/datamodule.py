@@ -42,6 +42,7 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
+from cnnsuite.data.limits import check_size
 
 from .landcover import BANDS, CLASSES, patch
 
@@ -94,10 +95,19 @@ class GeoTiffReader:
         return [names.index(b) + 1 for b in wanted], wanted
 
     def open(self, path: Path):
+        """The file opened by rasterio, which reads its header only; one that declares more
+        bands × width × height than :mod:`cnnsuite.data.limits` allows is refused here."""
         try:
-            return rasterio.open(path)
+            src = rasterio.open(path)
         except RasterioError as err:  # not a TIFF, a damaged header
             raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
+        try:
+            what = f"declares {src.count} bands of {src.width}x{src.height}"
+            check_size(path, "geotiff", (src.count, src.width, src.height), what)
+        except BadFileError:
+            src.close()
+            raise
+        return src
 
     def __call__(self, path: Path) -> np.ndarray:
         with self.open(path) as src:

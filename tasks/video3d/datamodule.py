@@ -26,6 +26,7 @@ setup and every bad one named. Decoding and clip sampling are PyTorchVideo's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -50,6 +51,7 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
+from cnnsuite.data.limits import check_size, max_pixels
 from cnnsuite.data.splits import STAGES
 
 from .motions import FPS, FRAMES, MOTIONS, write_motion_dataset
@@ -101,10 +103,35 @@ def open_video(path: Path) -> EncodedVideo:
         raise BadFileError(f"{path}: cannot open as a video ({err})") from None
 
 
+def check_declared_size(path: Path) -> None:
+    """Refuse a video whose header declares more frames × width × height than
+    :mod:`cnnsuite.data.limits` allows, before anything decodes it (PyTorchVideo decodes a
+    whole video whose header has no duration, to measure it). The frame count is the
+    stream's, else its duration × frame rate, else its packets counted (read, not decoded).
+    A file PyAV cannot open passes: :func:`open_video` names it."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            width, height, frames = stream.codec_context.width, stream.codec_context.height, stream.frames
+            if not frames:
+                seconds = Fraction(container.duration or 0, av.time_base)
+                if stream.duration:
+                    seconds = stream.duration * stream.time_base
+                rate = stream.average_rate or stream.guessed_rate
+                if seconds and rate:
+                    frames = math.ceil(seconds * rate)
+                else:
+                    frames = sum(1 for packet in container.demux(stream) if packet.size)
+    except (av.FFmpegError, IndexError, ValueError, OSError):
+        return
+    check_size(path, "video", (frames, width, height), f"declares {frames} frames of {width}x{height}")
+
+
 def probe_video(path: Path) -> tuple[Fraction, float, int]:
     """``(duration in seconds, frames per second, bytes of one decoded RGB frame)`` of a video
     with a decodable frame; otherwise :class:`BadFileError` naming the file. Decodes only the
-    first frame."""
+    first frame, after :func:`check_declared_size`."""
+    check_declared_size(path)
     video = open_video(path)
     try:
         duration = Fraction(video.duration)
@@ -128,16 +155,24 @@ def probe_video(path: Path) -> tuple[Fraction, float, int]:
 
 def decode_video(path: Path) -> DecodedVideo:
     """Every frame of the video at ``path``, decoded with PyAV to RGB as PyTorchVideo does
-    (one frame per timestamp); a file that fails part-way is named."""
+    (one frame per timestamp); a file that fails part-way is named, and one that holds more
+    frames than its header declared stops at the pixel limit."""
     frames: dict[int, torch.Tensor] = {}
+    limit, pixels = max_pixels("video"), 0
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             for frame in container.decode(stream):
+                pixels += frame.width * frame.height
+                if pixels > limit:
+                    break
                 frames[frame.pts] = torch.from_numpy(frame.to_rgb().to_ndarray())
             time_base, start_pts = Fraction(stream.time_base), stream.start_time or 0
     except (av.FFmpegError, IndexError, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode the video ({type(err).__name__}: {err})") from None
+    if pixels > limit:
+        what = f"decodes to {len(frames) + 1} frames of {frame.width}x{frame.height} before its end"
+        check_size(path, "video", [pixels], what)
     if not frames:
         raise BadFileError(f"{path}: no decodable video frames")
     order = sorted(frames)

@@ -4,11 +4,16 @@ Photos from phones and cameras are stored as the sensor saw them, with an EXIF o
 tag saying how to turn them; every viewer honours it, so that is the image a user labelled.
 torchvision's ``decode_image`` ignores the tag unless asked: everything here asks, and
 sizes are the upright sizes too.
+
+``decode_image`` has no pixel limit either (a 1 MB PNG declaring 30,000 × 30,000 pixels took
+40 s and 4.4 GB), so every file's header is read first and a file declaring more pixels than
+:mod:`cnnsuite.data.limits` allows is refused before anything decodes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,32 +22,69 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 
 from .errors import BadFileError
+from .limits import check_size, max_pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: EXIF orientations that turn the image a quarter turn (width and height swap)
 _TRANSPOSED = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
-_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+# DecompressionBombError is not an OSError
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """The image at ``path`` opened by Pillow, which reads its header only; a file whose
+    header does not read, or which declares more pixels than the limit (every frame of a GIF,
+    which torchvision decodes all of), raises :class:`BadFileError` naming it."""
+    limit = max_pixels("image")
+    if Image.MAX_IMAGE_PIXELS is not None and limit > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # a raised limit raises Pillow's, which refuses past twice its own
+    try:
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError:  # Pillow's refusal, which names no width or height: ours does
+            img = _open_without_pillow_limit(path)
+    except _PIL_ERRORS as err:
+        raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
+    with img:
+        try:
+            frames = img.n_frames if img.format == "GIF" else 1
+        except _PIL_ERRORS as err:
+            raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
+        declared = f"{img.width}x{img.height}" + (f" x {frames} frames" if frames > 1 else "")
+        check_size(path, "image", (img.width, img.height, frames), f"declares {declared}")
+        yield img
+
+
+def _open_without_pillow_limit(path: Path) -> Image.Image:
+    """``Image.open`` with Pillow's own check off, for a file it refused: the check that
+    follows refuses it too (Pillow's limit is never below ours), with its size in words."""
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def read_image(path: Path, channels: int) -> torch.Tensor:
     """``(channels, H, W)``, upright, uint8 (uint16 for a 16-bit PNG: ``ToDtype(...,
     scale=True)`` scales either); grayscale files are expanded to RGB and RGB reduced to
-    gray as ``channels`` asks."""
+    gray as ``channels`` asks. The header is checked (:func:`open_image`) before decoding."""
     mode = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}.get(channels)
     if mode is None:
         raise ValueError(f"channels={channels}: images are read as 1 (gray) or 3 (RGB) channels")
-    try:
-        return decode_image(str(path), mode=mode, apply_exif_orientation=True)
-    except (RuntimeError, ValueError, OSError):
-        pass
-    # torchvision decodes PNG, JPEG, GIF and WebP; Pillow covers BMP and TIFF.
-    try:
-        with Image.open(path) as img:
+    with open_image(path) as img:
+        try:
+            return decode_image(str(path), mode=mode, apply_exif_orientation=True)
+        except (RuntimeError, ValueError, OSError):
+            pass
+        # torchvision decodes PNG, JPEG, GIF and WebP; Pillow covers BMP and TIFF.
+        try:
             upright = ImageOps.exif_transpose(img)
             array = torch.from_numpy(np.array(upright.convert("L" if channels == 1 else "RGB")))
-    except _PIL_ERRORS as err:
-        raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
+        except _PIL_ERRORS as err:
+            raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
     return array.permute(2, 0, 1) if array.dim() == 3 else array.unsqueeze(0)
 
 
@@ -65,24 +107,22 @@ def describe_image_preprocessing(channels: int, size: int | None, mean: list[flo
 
 def image_channels(path: Path) -> int:
     """1 for a grayscale file, 3 otherwise — read from the header only."""
-    try:
-        with Image.open(path) as img:
-            return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-    except _PIL_ERRORS as err:
-        raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
+    with open_image(path) as img:
+        return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of the upright image — read from the header only."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            # Pillow decodes a whole PNG to look for an EXIF chunk after the pixels; one
-            # before them (where writers put it) is in the header.
-            has_exif = img.format != "PNG" or "exif" in img.info
+    """``(width, height)`` of the upright image — read from the header only (and refused,
+    as :func:`read_image` would, when it declares more pixels than the limit)."""
+    with open_image(path) as img:
+        width, height = img.size
+        # Pillow decodes a whole PNG to look for an EXIF chunk after the pixels; one
+        # before them (where writers put it) is in the header.
+        has_exif = img.format != "PNG" or "exif" in img.info
+        try:
             transposed = has_exif and img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED
-    except _PIL_ERRORS as err:
-        raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
+        except _PIL_ERRORS as err:
+            raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
     return (height, width) if transposed else (width, height)
 
 

@@ -1,0 +1,120 @@
+"""Every reader refuses, from the header and before decoding, a file that declares more pixels
+(voxels, frames × pixels, bands × pixels) than the limit, with one line naming the file, what
+it declares, the limit and how to raise it; ``CNNSUITE_MAX_PIXELS`` moves the limit for all."""
+
+import gzip
+import struct
+import zlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+from cnnsuite.tasks.biomedical3d.datamodule import LoadVolumed
+from cnnsuite.tasks.multispectral3d.datamodule import GeoTiffReader
+from cnnsuite.tasks.video3d import datamodule as video_data
+from PIL import Image, ImageFile
+from test_multispectral3d import band_cube, write_tif
+from test_video3d import write_bar_video
+
+from cnnsuite.data import BadFileError, find_bad_images, image_size, read_image
+from cnnsuite.data import images as image_module
+from cnnsuite.data.limits import ENV
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A valid 1-bit black PNG of ``width`` × ``height``: 30,000² pixels fit in 110 KB and
+    decode to 0.9 G pixels (2.7 GB as RGB)."""
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row * min(1000, height - y)) for y in range(0, height, 1000)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def refuses_nothing_decoded(*args, **kwargs):
+    raise AssertionError("the file was decoded")
+
+
+def test_a_png_bomb_is_refused_from_its_header_without_decoding(tmp_path, monkeypatch):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png())
+    monkeypatch.setattr(image_module, "decode_image", refuses_nothing_decoded)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuses_nothing_decoded)
+    with pytest.raises(BadFileError) as raised:
+        read_image(bomb, 3)
+    message = str(raised.value)
+    assert message.startswith(f"{bomb}: declares 30000x30000 = 900,000,000 pixels, over the limit of 178,956,970")
+    assert f"{ENV}=900000000" in message and "--max_pixels" in message and "\n" not in message
+    with pytest.raises(BadFileError, match="declares 30000x30000"):
+        image_size(bomb)  # what a folder's setup check reads
+    assert "declares 30000x30000" in str(find_bad_images(tmp_path, ["bomb.png"])["bomb.png"])
+
+
+def test_the_pixel_limit_is_one_setting(tmp_path, monkeypatch):
+    """``CNNSUITE_MAX_PIXELS`` lowers and raises the limit (past Pillow's own, too); a value
+    that is not a number of pixels is named."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after: a raised limit raises it
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(small)
+    frames = [Image.fromarray(np.full((20, 30), 60 * i, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
+    assert read_image(small, 1).shape == (1, 20, 30)
+    monkeypatch.setenv(ENV, "599")
+    with pytest.raises(BadFileError, match=r"small.png: declares 30x20 = 600 pixels, over the limit of 599;"):
+        read_image(small, 1)
+    monkeypatch.setenv(ENV, "1000")  # torchvision decodes every frame of a GIF: they count
+    with pytest.raises(BadFileError, match=r"declares 30x20 x 3 frames = 1,800 pixels, over the limit of 1,000"):
+        read_image(tmp_path / "animated.gif", 1)
+    monkeypatch.setenv(ENV, "lots")
+    with pytest.raises(ValueError, match=f"{ENV}='lots': expected a whole number of pixels"):
+        read_image(small, 1)
+    wide = tmp_path / "wide.png"  # over Pillow's own refusal (2 x 89,478,485 pixels): allowed when raised
+    wide.write_bytes(bomb_png(200_000, 1_000))
+    monkeypatch.setenv(ENV, "2e8")
+    assert image_size(wide) == (200_000, 1_000)
+
+
+def test_a_volume_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A ``.nii.gz`` whose header declares 2048³ voxels (its data a few zeros) is refused
+    before any voxel is read; a normal volume is read, and refused when the limit is lower."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_data_dtype(np.uint8)
+    with gzip.open(tmp_path / "bomb.nii.gz", "wb") as file:
+        file.write(header.binaryblock + b"\0" * 4 + b"\0" * 2**16)
+    load = LoadVolumed("image")
+    with pytest.raises(BadFileError) as raised:
+        load({"image": str(tmp_path / "bomb.nii.gz")})
+    assert str(raised.value).startswith(
+        f"{tmp_path / 'bomb.nii.gz'}: declares 2048x2048x2048 = 8,589,934,592 voxels, over the limit of 1,073,741,824"
+    )
+    nib.save(nib.Nifti1Image(np.zeros((10, 12, 14), np.float32), np.eye(4)), tmp_path / "scan.nii.gz")
+    assert load({"image": str(tmp_path / "scan.nii.gz")})["image"].shape == (1, 10, 12, 14)
+    monkeypatch.setenv(ENV, "1000")
+    with pytest.raises(BadFileError, match=r"scan.nii.gz: declares 10x12x14 = 1,680 voxels, over the limit of 1,000"):
+        load({"image": str(tmp_path / "scan.nii.gz")})
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])  # MP4 counts frames in its header; WebM gives a duration
+def test_a_video_is_refused_from_its_header_before_pytorchvideo_opens_it(tmp_path, monkeypatch, suffix):
+    video = tmp_path / f"clip{suffix}"
+    write_bar_video(video, frames=16, step=1)  # 16 frames of 16 x 16
+    assert video_data.probe_video(video)[0] == 2
+    monkeypatch.setenv(ENV, "4000")
+    monkeypatch.setattr(video_data.EncodedVideo, "from_path", refuses_nothing_decoded)
+    with pytest.raises(BadFileError, match=rf"clip{suffix}: declares 16 frames of 16x16 = 4,096 pixels, over"):
+        video_data.probe_video(video)
+    with pytest.raises(BadFileError, match=rf"clip{suffix}: decodes to 16 frames of 16x16 before its end"):
+        video_data.decode_video(video)  # a header that says fewer frames than the file holds stops here
+
+
+def test_a_geotiff_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = write_tif(tmp_path / "patch.tif", band_cube(count=13, size=8))
+    assert GeoTiffReader(None)(path).shape == (13, 8, 8)
+    monkeypatch.setenv(ENV, "800")
+    with pytest.raises(BadFileError, match=r"patch.tif: declares 13 bands of 8x8 = 832 pixels, over the limit of 800"):
+        GeoTiffReader(None)(path)
