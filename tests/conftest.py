@@ -48,3 +48,19 @@ def make_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class=8, se
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "user_images")
+
+
+def script_val_acc(monkeypatch, scripted: dict[int, float]) -> None:
+    """Make classification tasks log ``scripted[epoch]`` as ``val/acc`` (and no other
+    validation metric), so which checkpoint is "best" is known in advance."""
+    from cnnsuite.classification import ClassificationModule
+
+    log_metrics = ClassificationModule._log_metrics
+
+    def scripted_log(self, stage):
+        if stage != "val":
+            return log_metrics(self, stage)
+        self.val_metrics.reset()
+        self.log("val/acc", scripted[self.current_epoch])
+
+    monkeypatch.setattr(ClassificationModule, "_log_metrics", scripted_log)

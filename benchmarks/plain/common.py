@@ -109,10 +109,11 @@ def shuffled_batches(count: int, batch_size: int) -> list[torch.Tensor]:
 
 
 # --- training ----------------------------------------------------------------------------
-def optimiser_and_scheduler(task: str, model: nn.Module):
-    """The optimiser and LR scheduler of the task's config (the scheduler steps once an epoch)."""
+def optimiser_and_scheduler(task: str, model: nn.Module, epochs: int):
+    """The optimiser and LR scheduler of the task's config (the scheduler steps once an epoch,
+    over ``epochs`` where its length follows the run)."""
     optimizer = make_optimizer(task, model.parameters())
-    return optimizer, make_scheduler(task, optimizer)
+    return optimizer, make_scheduler(task, optimizer, epochs)
 
 
 def gradient_clip(task: str) -> float | None:
@@ -131,7 +132,7 @@ def train_epochs(
     """``epochs`` passes of ``epoch_batches()`` (each batch: ``loss_of(batch)``, backward, an
     optimiser step; the first ``limit_batches`` only, if given), the scheduler stepped after
     each; returns the seconds it took."""
-    optimizer, scheduler = optimiser_and_scheduler(task, model)
+    optimizer, scheduler = optimiser_and_scheduler(task, model, epochs)
     clip = gradient_clip(task)
     start = time.perf_counter()
     for _ in range(epochs):

@@ -38,6 +38,7 @@ class ClassificationModule(TaskModule):
 
     monitor = "val/acc"
     mode = "max"
+    metric_modes = {"loss": "min", "acc": "max", "f1_macro": "max", "auroc": "max"}
 
     def __init__(
         self,

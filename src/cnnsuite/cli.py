@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from .backbone import StagedBackbone
@@ -42,8 +42,36 @@ from .task import TaskModule
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
+class CnnSuiteParser(LightningArgumentParser):
+    """LightningCLI's parser; a config it prints (``--print_config``) or saves (``config.yaml``)
+    shows the checkpoint's monitor and mode as the run will use them (:func:`resolve_monitor`)."""
+
+    def dump(self, cfg, *args, **kwargs):
+        if cfg.get("checkpoint") is not None and cfg.get("model.class_path"):
+            cfg = cfg.clone()
+            resolve_monitor(cfg)
+        return super().dump(cfg, *args, **kwargs)
+
+
+def resolve_monitor(config) -> None:
+    """The best checkpoint is the best by the task's own measure unless the config says
+    otherwise: ``checkpoint.monitor`` null takes the model class's ``monitor`` and ``mode``;
+    a monitor without ``checkpoint.mode`` takes the direction the task knows for that key
+    (:meth:`~cnnsuite.task.TaskModule.mode_of`, an unknown key is an error naming those logged)."""
+    checkpoint = config.checkpoint
+    module, _, name = config.model.class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)  # the user's own config names it
+    if checkpoint.monitor is None:
+        checkpoint.monitor, checkpoint.mode = model_class.monitor, model_class.mode
+        return
+    mode = model_class.mode_of(checkpoint.monitor)
+    if checkpoint.mode is None:
+        checkpoint.mode = mode
+
+
 class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("parser_class", CnnSuiteParser)
         kwargs.setdefault("model_class", TaskModule)
         kwargs.setdefault("datamodule_class", TaskDataModule)
         kwargs.setdefault("subclass_mode_model", True)
@@ -63,10 +91,11 @@ class CnnSuiteCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         # Fixed names: resuming or re-running never makes "best-v1.ckpt" or metric subfolders.
-        # checkpoint.monitor left null takes the model's own `monitor` and `mode`.
+        # checkpoint.monitor and checkpoint.mode left null follow the task (resolve_monitor).
         parser.set_defaults(
             {
                 "checkpoint.filename": "best",
+                "checkpoint.mode": None,
                 "checkpoint.save_last": False,  # last.ckpt is LastCheckpoint's
                 "checkpoint.enable_version_counter": False,
             }
@@ -78,13 +107,9 @@ class CnnSuiteCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """The best checkpoint is the best by the task's own measure unless the config says
-        otherwise: ``checkpoint.monitor: null`` takes the model class's ``monitor``/``mode``."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("checkpoint") is not None and config.checkpoint.monitor is None:
-            module, _, name = config.model.class_path.rpartition(".")
-            model_class = getattr(importlib.import_module(module), name)  # the user's own config names it
-            config.checkpoint.monitor, config.checkpoint.mode = model_class.monitor, model_class.mode
+        if config.get("checkpoint") is not None:
+            resolve_monitor(config)
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path last`` is the newest run's ``last.ckpt`` under ``default_root_dir``.

@@ -26,12 +26,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from .callbacks import PreciseBatchNorm
 from .data.inputs import Input
+from .schedules import CosineAnnealingLR
 from .transfer import CHANNEL_MODES, backbone_state, transfer_backbone
 
 
@@ -43,6 +45,10 @@ def class_path(obj: object) -> str:
 class TaskModule(L.LightningModule):
     monitor: str = "val/loss"
     mode: str = "min"
+    #: the direction ("max": higher is better) of every value logged as ``<stage>/<name>``, by
+    #: name or name prefix (``map`` also covers ``map_50`` and ``map/<class>``): what picks the
+    #: best checkpoint when ``checkpoint.monitor`` names a key without ``checkpoint.mode``
+    metric_modes: dict[str, str] = {"loss": "min"}
     #: training batches that recompute BatchNorm statistics before each validation (0: off)
     precise_bn_batches: int = 10
 
@@ -62,6 +68,21 @@ class TaskModule(L.LightningModule):
         )
         #: stage → loss term → its running mean over the epoch (see :meth:`log_losses`)
         self._loss_means: dict[str, dict[str, MeanMetric]] = {}
+
+    @classmethod
+    def mode_of(cls, key: str) -> str:
+        """``"min"`` or ``"max"`` for a key this task logs during fit (``train/…``, ``val/…``);
+        any other key is an error naming those it logs."""
+        stage, _, name = key.partition("/")
+        if stage in ("train", "val"):
+            for known in sorted(cls.metric_modes, key=len, reverse=True):
+                if name == known or name.startswith((f"{known}_", f"{known}/")):
+                    return cls.metric_modes[known]
+        logged = ", ".join(f"val/{name}" for name in cls.metric_modes)
+        raise ValueError(
+            f"checkpoint.monitor={key!r}: {cls.__name__} logs no such value; it logs {logged} "
+            "(and train/… of its losses), names with _ or / after them included"
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -131,14 +152,32 @@ class TaskModule(L.LightningModule):
             mean.reset()
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """PreciseBatchNorm when the network has BatchNorm and the trainer has none configured
-        (a configured one, with its own ``num_batches``, is kept)."""
+        """PreciseBatchNorm when the network has BatchNorm, and Lightning's LearningRateMonitor
+        (the learning rate once an epoch in ``metrics.csv`` and TensorBoard, as ``lr-<optimizer>``)
+        when the run logs; either one the trainer already has, with its own settings, is kept."""
         trainer = self._trainer
-        configured = trainer is not None and any(isinstance(cb, PreciseBatchNorm) for cb in trainer.callbacks)
+        has = {type(cb) for cb in trainer.callbacks} if trainer is not None else set()
+        callbacks: list[L.Callback] = []
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
-        if configured or not has_bn or self.precise_bn_batches < 1:
-            return []
-        return [PreciseBatchNorm(self.precise_bn_batches)]
+        if has_bn and self.precise_bn_batches >= 1 and not any(issubclass(t, PreciseBatchNorm) for t in has):
+            callbacks.append(PreciseBatchNorm(self.precise_bn_batches))
+        if trainer is not None and trainer.loggers and not any(issubclass(t, LearningRateMonitor) for t in has):
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        return callbacks
+
+    def on_train_start(self) -> None:
+        """A schedule that follows the run (:class:`cnnsuite.schedules.CosineAnnealingLR` without
+        ``T_max``) learns its length: ``max_epochs``, or ``max_steps`` (stepped each step) when
+        the run is counted in steps only."""
+        trainer = self.trainer
+        for config in trainer.lr_scheduler_configs:
+            if not isinstance(config.scheduler, CosineAnnealingLR):
+                continue
+            if trainer.max_epochs is not None and trainer.max_epochs > 0:
+                config.scheduler.follow(trainer.max_epochs)
+            elif config.scheduler.follows_run:
+                config.scheduler.follow(trainer.max_steps)
+                config.interval = "step"
 
     def on_before_backward(self, loss) -> None:
         """A non-finite loss ends training with a message naming the step; no checkpoint is

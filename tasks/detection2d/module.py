@@ -197,6 +197,11 @@ class DetectionModule(TaskModule):
 
     monitor = "val/map"
     mode = "max"
+    #: torchvision's loss terms (FCOS's and Faster R-CNN's) and torchmetrics' mAP and mAR family
+    metric_modes = {
+        **{name: "min" for name in ("loss", "classification", "bbox_regression", "bbox_ctrness")},
+        "map": "max", "mar": "max",
+    }  # fmt: skip
 
     def __init__(
         self,

@@ -182,6 +182,7 @@ class LocalizationModule(ClassificationModule):
 
     monitor = "val/loc_acc"
     mode = "max"
+    metric_modes = {**ClassificationModule.metric_modes, "miou": "max", "loc_acc": "max", "gt_known_loc": "max"}
 
     def __init__(
         self,

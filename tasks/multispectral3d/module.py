@@ -27,6 +27,8 @@ from .landcover import WAVELENGTHS
 
 
 class MultispectralModule(ClassificationModule):
+    metric_modes = {**ClassificationModule.metric_modes, "kappa": "max"}
+
     def configure_metrics(self, stage: str) -> MetricCollection:
         metrics = super().configure_metrics(stage)
         if stage != "train":

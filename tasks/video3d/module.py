@@ -61,6 +61,8 @@ class VideoAccuracy(Metric):
 
 
 class VideoClassificationModule(ClassificationModule):
+    metric_modes = {**ClassificationModule.metric_modes, "video_acc": "max"}
+
     def __init__(
         self,
         num_classes: int = 8,

@@ -34,6 +34,8 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..schedules import CosineAnnealingLR
+
 SECTIONS = ("models", "pipeline", "endtoend")
 #: CPU flags that decide how fast convolutions and matmuls can run
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
@@ -84,11 +86,15 @@ def make_optimizer(task: str, parameters) -> torch.optim.Optimizer:
     return from_section(task_config(task).get("optimizer") or {"class_path": "torch.optim.AdamW"}, parameters)
 
 
-def make_scheduler(task: str, optimizer: torch.optim.Optimizer):
+def make_scheduler(task: str, optimizer: torch.optim.Optimizer, epochs: int | None = None):
     """The LR scheduler of the task's config on ``optimizer`` (stepped once an epoch, as
-    LightningCLI steps it), or None."""
+    LightningCLI steps it), or None; a schedule that follows the run's length learns ``epochs``
+    (under a Trainer it learns ``max_epochs`` when training starts)."""
     section = task_config(task).get("lr_scheduler")
-    return from_section(section, optimizer) if section else None
+    scheduler = from_section(section, optimizer) if section else None
+    if isinstance(scheduler, CosineAnnealingLR) and epochs is not None:
+        scheduler.follow(epochs)
+    return scheduler
 
 
 def precise_bn_batches(config: dict) -> int:

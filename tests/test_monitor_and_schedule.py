@@ -1,0 +1,107 @@
+"""Which checkpoint is "best", and how long a schedule lasts: both follow the task and the
+run unless the config says otherwise."""
+
+import csv
+import math
+
+import pytest
+import torch
+import yaml
+from cnnsuite.tasks.detection2d.module import DetectionModule
+from cnnsuite.tasks.localization2d.module import LocalizationModule
+from cnnsuite.tasks.multispectral3d.module import MultispectralModule
+from cnnsuite.tasks.recognition2d.module import RecognitionModule
+from cnnsuite.tasks.video3d.module import VideoClassificationModule
+from conftest import fit, script_val_acc
+from test_long_runs import best_state, val_scores
+from torchmetrics import ClasswiseWrapper
+
+from cnnsuite.cli import main
+
+
+@pytest.fixture
+def scripted_val_acc(monkeypatch):
+    """val/acc per epoch as scripted: the best epoch (1) is neither the first nor the last."""
+    scripted = {0: 0.594, 1: 0.9, 2: 0.813}
+    script_val_acc(monkeypatch, scripted)
+    return scripted
+
+
+def test_a_monitor_without_a_mode_keeps_the_best_by_its_direction(tmp_path, image_folder, scripted_val_acc):
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
+              "--trainer.max_epochs", "3", "--evaluate", "false", "--checkpoint.monitor", "val/acc")  # fmt: skip
+    assert val_scores(run) == pytest.approx(scripted_val_acc)
+    best = run / "checkpoints" / "best.ckpt"
+    assert torch.load(best, weights_only=True)["epoch"] == 1
+    assert best_state(best)["best_model_score"] == pytest.approx(0.9)
+    saved = yaml.safe_load((run / "config.yaml").read_text())["checkpoint"]
+    assert (saved["monitor"], saved["mode"]) == ("val/acc", "max")
+
+
+def test_print_config_shows_the_resolved_monitor_and_mode(capsys):
+    cases = [([], ("val/acc", "max")), (["--checkpoint.monitor", "val/loss"], ("val/loss", "min")),
+             (["--checkpoint.monitor", "val/acc", "--checkpoint.mode", "min"], ("val/acc", "min"))]  # fmt: skip
+    for args, expected in cases:
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", "tasks/recognition2d/config.yaml", *args, "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)["checkpoint"]
+        assert (printed["monitor"], printed["mode"]) == expected
+
+
+def test_an_unknown_monitor_is_named_with_the_keys_that_are_logged(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "tasks/recognition2d/config.yaml", "--data.data_root", str(tmp_path / "data"),
+              "--checkpoint.monitor", "val/accuracy"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2
+    assert "checkpoint.monitor='val/accuracy'" in err and "val/acc" in err and "val/f1_macro" in err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "module",
+    [RecognitionModule, MultispectralModule, VideoClassificationModule, LocalizationModule, DetectionModule],
+)
+def test_every_logged_metric_has_the_direction_its_torchmetric_declares(module):
+    """``metric_modes`` is the task's word on each key; torchmetrics' ``higher_is_better`` is
+    the metric's own: they must agree for every metric the task logs in validation."""
+    model = module(num_classes=3, in_channels=3)
+    for name, metric in model.val_metrics.items(keep_base=True):
+        expected = "max" if metric.higher_is_better else "min"
+        if isinstance(metric, ClasswiseWrapper):  # logged as <prefix><class>
+            name = f"{metric._prefix}{model.class_names[0]}"
+        assert module.mode_of(f"val/{name}") == expected, name
+    assert module.mode_of("val/loss") == module.mode_of("train/loss") == "min"
+    assert module.mode_of(module.monitor) == module.mode
+
+
+def lr_by_epoch(run):
+    """The learning rate LearningRateMonitor logged at the start of each epoch (its rows carry
+    the step, not the epoch)."""
+    with (run / "metrics.csv").open() as f:
+        return {epoch: float(r["lr-AdamW"]) for epoch, r in enumerate(r for r in csv.DictReader(f) if r["lr-AdamW"])}
+
+
+def test_the_cosine_schedule_follows_max_epochs_and_the_lr_is_logged(tmp_path, image_folder):
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
+              "--trainer.max_epochs", "4", "--evaluate", "false",
+              "--lr_scheduler", "cnnsuite.schedules.CosineAnnealingLR")  # fmt: skip
+    lr = lr_by_epoch(run)
+    base = 0.003  # the config's AdamW lr
+    expected = {e: base * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)}
+    assert lr == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_given_t_max_is_kept(tmp_path, image_folder):
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
+              "--trainer.max_epochs", "2", "--evaluate", "false",
+              "--lr_scheduler", "cnnsuite.schedules.CosineAnnealingLR", "--lr_scheduler.T_max", "8")  # fmt: skip
+    assert lr_by_epoch(run)[1] == pytest.approx(0.003 * (1 + math.cos(math.pi / 8)) / 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("task", ["localization2d", "detection2d"])
+def test_the_cosine_configs_leave_the_length_to_the_run(task):
+    """A ``T_max`` in a task's config would have to be kept equal to ``max_epochs`` by hand."""
+    config = yaml.safe_load(open(f"tasks/{task}/config.yaml"))
+    assert config["lr_scheduler"]["class_path"] == "cnnsuite.schedules.CosineAnnealingLR"
+    assert "T_max" not in (config["lr_scheduler"].get("init_args") or {})
