@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, fit, make_image_folder, task_config
+from conftest import ROOT, fit, make_image_folder, script_val_acc, task_config
 from test_biomedical3d import SMALL, make_volume_folder
 
 from cnnsuite.classification import ClassificationModule
@@ -34,15 +34,7 @@ def best_state(ckpt):
 def test_resume_goes_on_in_the_run_folder_and_keeps_the_best(tmp_path, image_folder, monkeypatch):
     # val/acc scripted per epoch: the best (0.9) comes before the resume, the epochs after are worse
     scripted = {0: 0.5, 1: 0.9, 2: 0.3, 3: 0.4}
-    log_metrics = ClassificationModule._log_metrics
-
-    def scripted_log(self, stage):
-        if stage != "val":
-            return log_metrics(self, stage)
-        self.val_metrics.reset()
-        self.log("val/acc", scripted[self.current_epoch])
-
-    monkeypatch.setattr(ClassificationModule, "_log_metrics", scripted_log)
+    script_val_acc(monkeypatch, scripted)
     common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--evaluate", "false"]
     run = fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "2")
     config = (run / "config.yaml").read_text()
@@ -134,8 +126,8 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_old_checkpoint_whole(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def cnnsuite(*args, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def cnnsuite(*args, env=None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "cnnsuite", *args], cwd=ROOT, env=env, **kwargs)
 
 
@@ -170,9 +162,195 @@ def test_a_run_killed_mid_epoch_resumes_to_the_planned_epochs_with_the_best_inta
     assert best_state(run / "checkpoints" / "best.ckpt")["best_model_score"] == pytest.approx(max(scores.values()))
 
 
-def evaluate_alone(ckpt, out):
-    """``cnnsuite evaluate`` of ``ckpt`` in a process of its own."""
-    assert cnnsuite("evaluate", "--ckpt", str(ckpt), "--out", str(out)).wait() == 0
+#: A callback that kills its own process (SIGKILL, nothing runs after it) at the moment
+#: ``CNNSUITE_KILL_AT=<hook>,<epoch>[,<batch>]`` names: a kill at an exact moment of a run.
+KILLER = """
+import os, signal
+import lightning as L
+
+
+class KillAt(L.Callback):
+    def __init__(self):
+        hook, epoch, *batch = os.environ.get("CNNSUITE_KILL_AT", "none,-1").split(",")
+        self.moment = (hook, int(epoch), int(batch[0]) if batch else None)
+
+    def kill(self, trainer, hook, batch=None):
+        if not trainer.sanity_checking and (hook, trainer.current_epoch, batch) == self.moment:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.kill(trainer, "train_epoch_start")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.kill(trainer, "train_batch_start", batch_idx)
+
+    def on_validation_start(self, trainer, pl_module):
+        self.kill(trainer, "validation_start")
+
+    def on_validation_end(self, trainer, pl_module):  # before ModelCheckpoint's: best.ckpt not yet written
+        self.kill(trainer, "validation_end")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):  # the epoch's own last.ckpt, being saved
+        if not trainer.validating and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.kill(trainer, "epoch_checkpoint")
+"""
+
+
+def csv_rows(run):
+    """The rows of a run's metrics.csv, their empty cells left out."""
+    with (run / "metrics.csv").open() as f:
+        return [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def assert_same_weights(ckpt, reference):
+    mine, theirs = (torch.load(c, weights_only=True) for c in (ckpt, reference))
+    assert (mine["epoch"], mine["global_step"]) == (theirs["epoch"], theirs["global_step"])
+    assert mine["state_dict"].keys() == theirs["state_dict"].keys()
+    for key, value in theirs["state_dict"].items():
+        assert torch.equal(mine["state_dict"][key], value), key
+
+
+@pytest.mark.slow
+def test_kills_at_any_moment_resume_into_the_run_that_was_not_killed(tmp_path):
+    """One run killed five times, each at another moment, and resumed with ``--ckpt_path last``
+    after each kill, ends as the run that was never killed: the same metrics.csv (each epoch's
+    validation once, no row lost or doubled), steps, best and last weights, bit for bit."""
+    (tmp_path / "killer").mkdir()
+    (tmp_path / "killer" / "killer.py").write_text(KILLER)
+    folder = make_image_folder(tmp_path / "images", per_class=8)  # 4 training steps an epoch
+    common = ["fit", "--config", task_config("recognition2d"), "--data.data_dir", str(folder),
+              "--trainer.max_epochs", "3", "--data.batch_size", "4", "--last_checkpoint.every_n_train_steps", "1",
+              "--evaluate", "false", "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false"]  # fmt: skip
+    whole = cnnsuite(*common, "--trainer.default_root_dir", str(tmp_path / "whole"))  # alongside
+    killed = [*common, "--trainer.default_root_dir", str(tmp_path / "killed"), "--trainer.callbacks+=killer.KillAt"]
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "killer"), os.environ.get("PYTHONPATH", "")])}
+    moments = [
+        "validation_start,0",  # the last step of epoch 0 trained (and its step checkpoint due), not validated
+        "train_batch_start,1,2",  # mid-epoch, right after a step checkpoint
+        "validation_end,1",  # epoch 1 validated and its row written, best.ckpt not yet
+        "epoch_checkpoint,1",  # while epoch 1's own last.ckpt is being saved (its validation row written)
+        "train_epoch_start,2",  # right after epoch 1's last.ckpt and rows
+    ]
+    for i, moment in enumerate(moments):
+        resume = ["--ckpt_path", "last"] if i else []
+        code = cnnsuite(*killed, *resume, env={**env, "CNNSUITE_KILL_AT": moment}).wait(timeout=300)
+        assert code == -signal.SIGKILL, f"the run was to be killed at {moment} (exit status {code})"
+    assert cnnsuite(*killed, "--ckpt_path", "last", env=env).wait(timeout=300) == 0
+    assert whole.wait(timeout=300) == 0
+
+    run, reference = tmp_path / "killed" / "version_0", tmp_path / "whole" / "version_0"
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no .tmp left
+    assert not list(run.glob("*.tmp"))
+    assert [r["epoch"] for r in csv_rows(run) if r.get("val/acc")] == ["0", "1", "2"]
+    assert csv_rows(run) == csv_rows(reference)
+    for name in ("last.ckpt", "best.ckpt"):
+        assert_same_weights(run / "checkpoints" / name, reference / "checkpoints" / name)
+
+
+def test_a_run_resumed_from_any_step_checkpoint_ends_as_the_whole_run(tmp_path, image_folder, monkeypatch):
+    """Every last.ckpt a run writes (one each step here) resumes it exactly: the loader goes
+    on with the epoch's own batches, the augmentations and the epoch's metrics go on where
+    they were, and a checkpoint taken just before a validation resumes into that validation."""
+    saved = []  # every last.ckpt the whole run wrote, copied aside
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def save_and_copy(self, checkpoint, path, storage_options=None):
+        save(self, checkpoint, path, storage_options)
+        if path.endswith("last.ckpt"):
+            saved.append(tmp_path / f"saved-{len(saved)}.ckpt")
+            saved[-1].write_bytes(open(path, "rb").read())
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save_and_copy)
+    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "4", "--trainer.max_epochs", "2",
+              "--last_checkpoint.every_n_train_steps", "1", "--evaluate", "false"]  # fmt: skip
+    whole = fit("recognition2d", tmp_path / "whole", *common)
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save)
+    states = [torch.load(p, weights_only=True) for p in saved]
+    steps = [s["global_step"] for s in states]
+    assert steps == list(range(1, len(steps) + 1))  # each step once, the epochs' own included
+    progress = [s["loops"]["fit_loop"]["epoch_progress"]["current"] for s in states]
+    epoch_ends = [s["global_step"] for s, p in zip(states, progress, strict=True) if p["processed"] > p["completed"]]
+    assert epoch_ends, "no last.ckpt after a validation: the step checkpoint of an epoch's last batch took its place"
+    per_epoch = epoch_ends[0]
+    assert epoch_ends == [per_epoch, 2 * per_epoch] and per_epoch >= 3
+    # mid-epoch 0, and the last step checkpoint before epoch 0's validation (none is taken after its last step)
+    for step in (1, per_epoch - 1):
+        part = tmp_path / f"from-{step}"
+        (part / "runs/version_0/checkpoints").mkdir(parents=True)
+        (part / "runs/version_0/checkpoints/last.ckpt").write_bytes(saved[step - 1].read_bytes())
+        resumed = fit("recognition2d", part, *common, "--ckpt_path", "last")
+        assert_same_weights(resumed / "checkpoints/last.ckpt", whole / "checkpoints/last.ckpt")
+        assert csv_rows(resumed) == [r for r in csv_rows(whole) if int(r["step"]) >= step]  # what came after it
+
+
+def test_the_training_loader_resumes_where_its_epoch_stopped():
+    from cnnsuite.data.resumable import EpochSampler, ResumableDataLoader
+
+    def loader(rank=0, ranks=1, epoch=0):
+        data = list(range(10))
+        sampler = EpochSampler(data, num_replicas=ranks, rank=rank, seed=7, epoch=epoch)
+        return ResumableDataLoader(data, batch_size=3, sampler=sampler, generator=torch.Generator())
+
+    def epoch_of(dl, epoch):
+        dl.sampler.set_epoch(epoch)
+        return [b.tolist() for b in dl]
+
+    whole = loader()
+    epochs = [epoch_of(whole, e) for e in range(3)]
+    assert epochs[0] != epochs[1] and sorted(sum(epochs[1], [])) == list(range(10))
+    assert epochs == [epoch_of(loader(), e) for e in range(3)]  # the order is the seed's and the epoch's
+
+    first = loader(epoch=1)
+    batches = iter(first)
+    seen = [next(batches).tolist(), next(batches).tolist()]
+    assert [b.tolist() for b in first][:1] == epochs[1][:1]  # another pass (PreciseBatchNorm's) counts nowhere
+    state = first.state_dict()
+    assert state == {"seed": 7, "epoch": 1, "batches": 2}
+    resumed = loader()  # a new process: the sampler made for epoch 0
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(1)  # Lightning's call; it changes nothing
+    rest = [b.tolist() for b in resumed]
+    assert seen + rest == epochs[1]
+    assert resumed.state_dict()["batches"] == 4 and epoch_of(resumed, 2) == epochs[2]
+
+    shards = [epoch_of(loader(rank, 2), 1) for rank in (0, 1)]  # DDP: each rank its half of the epoch
+    assert sorted(sum(shards[0] + shards[1], [])) == list(range(10))
+
+
+def test_the_csv_log_keeps_every_row_through_kills_and_resumes(tmp_path):
+    from cnnsuite.runs import AppendingCSVLogger
+
+    def rows():
+        with (tmp_path / "version_0" / "metrics.csv").open() as f:
+            return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+
+    first = AppendingCSVLogger(tmp_path, name="", version=0)
+    first.log_metrics({"lr": 0.1}, step=0)
+    first.log_metrics({"epoch": 0, "val/acc": 0.5}, step=3)
+    assert rows() == [{"lr": "0.1", "step": "0"}, {"epoch": "0", "step": "3", "val/acc": "0.5"}]  # on disk at once
+    first.log_metrics({"epoch": 0, "train/loss": 2.0}, step=3)  # a new column: the file is rewritten
+    with (tmp_path / "version_0" / "metrics.csv").open("a") as f:
+        f.write("1,,7,,0.")  # a row cut short by a kill
+    (tmp_path / "version_0" / "metrics.csv.tmp").write_text("epoch,")  # a rewrite killed before its rename
+    # The resumed run goes on from a checkpoint taken before epoch 0's validation: it logs it again.
+    second = AppendingCSVLogger(tmp_path, name="", version=0)
+    second.log_metrics({"epoch": 0, "val/acc": 0.5}, step=3)
+    second.log_metrics({"epoch": 0, "train/loss": 2.0}, step=3)
+    second.log_metrics({"epoch": 1, "val/acc": 0.75}, step=7)
+    assert rows() == [
+        {"lr": "0.1", "step": "0"},
+        {"epoch": "0", "step": "3", "val/acc": "0.5"},
+        {"epoch": "0", "step": "3", "train/loss": "2.0"},
+        {"epoch": "1", "step": "7", "val/acc": "0.75"},
+    ]
+    assert sorted(p.name for p in (tmp_path / "version_0").iterdir()) == ["metrics.csv"]
+
+
+def evaluate_alone(ckpt, out, data_dir):
+    """``cnnsuite evaluate`` of ``ckpt`` on its run's data, in a process of its own."""
+    assert cnnsuite("evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(data_dir), "--out", str(out)).wait() == 0
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -200,7 +378,7 @@ def test_a_two_process_ddp_fit_evaluates_like_one_process(tmp_path, launcher):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     after_fit = json.loads((run / "evaluation" / "metrics.json").read_text())
-    assert after_fit == evaluate_alone(run / "checkpoints" / "best.ckpt", tmp_path / "alone")
+    assert after_fit == evaluate_alone(run / "checkpoints" / "best.ckpt", tmp_path / "alone", data[1])
 
 
 class TwoRanks:

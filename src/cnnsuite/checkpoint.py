@@ -198,9 +198,9 @@ def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict,
 
 
 def add_data_options(parser) -> None:
-    """``--data.data_dir``, ``--data.data_root``, ``--data.num_workers`` and ``--data.batch_size``
-    on an argparse ``parser`` of a command that rebuilds a checkpoint's datamodule; a task's own
-    local settings (``--data.cache_dir`` ...) are taken too (:func:`data_options`)."""
+    """``--data.data_dir``, ``--data.data_root`` and ``--data.num_workers`` on an argparse
+    ``parser`` of a command that rebuilds a checkpoint's datamodule; a task's own local
+    settings (``--data.cache_dir`` ...) are taken too (:func:`data_options`)."""
     parser.add_argument(
         "--data.data_dir", dest="data_dir", default=None,
         help="the data: the run's own folder scores its test split; another folder of the same classes is "
@@ -211,7 +211,6 @@ def add_data_options(parser) -> None:
         help="where an embedded default dataset is (generated again when missing; default: data)",
     )  # fmt: skip
     parser.add_argument("--data.num_workers", dest="num_workers", type=int, default=None)
-    parser.add_argument("--data.batch_size", dest="batch_size", type=int, default=None)
 
 
 def data_options(args, extra: list[str], parser) -> dict:
@@ -219,7 +218,7 @@ def data_options(args, extra: list[str], parser) -> dict:
     in ``extra`` (values read as YAML: ``4`` is a number); anything else in ``extra`` is an error."""
     import yaml
 
-    data = {k: getattr(args, k) for k in ("data_dir", "data_root", "num_workers", "batch_size")}
+    data = {k: getattr(args, k) for k in ("data_dir", "data_root", "num_workers")}
     rest = list(extra)
     while rest:
         option = rest.pop(0)

@@ -7,11 +7,15 @@ appended, checkpoints written atomically.
   as well, see :func:`run_version`). Resuming from a checkpoint of ``<root>/version_N`` goes
   on in ``version_N``.
 - **Nothing is deleted.** Lightning's CSV logger deletes ``metrics.csv`` when its folder is
-  not empty; :class:`AppendingCSVLogger` appends to it. The config of a resumed run is saved
-  beside the first one (``config.resume-1.yaml``, ...), never over it.
+  not empty; :class:`AppendingCSVLogger` appends to it, each row on disk as soon as it is
+  logged, and a row that a resumed run logs again (what the killed run did after its last
+  checkpoint is done again) takes the place of the first instead of doubling it. The config
+  of a resumed run is saved beside the first one (``config.resume-1.yaml``, ...), never over it.
 - **A recent checkpoint.** :class:`LastCheckpoint` writes ``last.ckpt`` after every epoch and
   every N training steps (Lightning's own ``save_last`` now writes it only when a best
-  checkpoint was saved at the same step, or when training ends).
+  checkpoint was saved at the same step, or when training ends), never between a step and
+  the validation or epoch end that follows it: a kill at any moment resumes into the run that
+  was not killed (the training loader resumes too, :mod:`cnnsuite.data.resumable`).
 - **Atomic checkpoints.** :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file
   in the same folder, fsyncs it and renames it over the old one: a kill during the write
   leaves the previous ``last.ckpt`` whole.
@@ -20,6 +24,7 @@ appended, checkpoints written atomically.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import tempfile
@@ -82,14 +87,97 @@ def default_loggers(root: str | os.PathLike, version: int) -> list:
     ]
 
 
+def row_identity(row: dict) -> tuple:
+    """What makes a ``metrics.csv`` row the same row when a resumed run logs it again: its
+    epoch, its step and the columns it fills (values from the file are strings, logged ones
+    numbers)."""
+
+    def number(value):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return value
+        return int(value) if value.is_integer() else value
+
+    cells = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+    return number(cells.pop("epoch", None)), number(cells.pop("step", None)), frozenset(cells)
+
+
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, minus deleting an existing ``metrics.csv``: its header is read
-    so that new rows go below the old ones (the file is rewritten only if new columns come)."""
+    """Lightning's CSV writer, made for runs that are killed and resumed.
+
+    - An existing ``metrics.csv`` is continued, not deleted: its header is read so that new
+      rows go below the old ones.
+    - Every row is on disk when it has been logged (Lightning's writer keeps rows in memory
+      until a flush, which some callers never ask for: a kill lost them).
+    - A row that a resumed run logs again replaces the one written before the kill instead of
+      doubling it: a resumed run goes on from its last checkpoint, and what the killed run did
+      after that checkpoint (a validation, an epoch's end) is done and logged again.
+    - A rewrite (a new column, a replaced row) goes to a temporary file renamed over the
+      old one, and a line cut short by a kill is dropped when the file is next opened: a kill
+      at any moment leaves every complete row.
+    """
 
     def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
+        #: identity → index of each row found in the file: rows a resumed run may log again
+        self._earlier: dict[tuple, int] = {}
+        if self._fs.isfile(self._tmp_path):  # of a rewrite killed before its rename: the file is whole
+            self._fs.rm_file(self._tmp_path)
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        text = self._read()
+        if text and not text.endswith("\n"):  # the last line of a killed write
+            self._replace_file(text[: text.rfind("\n") + 1])
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            self.metrics_keys = list(reader.fieldnames or [])
+            for index, row in enumerate(reader):
+                self._earlier.setdefault(row_identity(row), index)
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics_dict, step)
+        self.save()
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        new_keys = self._record_new_keys()
+        rows, self.metrics = self.metrics, []
+        replacing = {}
+        for row in rows:
+            index = self._earlier.pop(row_identity(row), None)
+            if index is not None:
+                replacing[index] = row
+        exists = self._fs.isfile(self.metrics_file_path)
+        if exists and not new_keys and not replacing:
+            with self._fs.open(self.metrics_file_path, "a", newline="") as file:
+                csv.DictWriter(file, fieldnames=self.metrics_keys).writerows(rows)
+            return
+        old = []
+        if exists:
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+                old = list(csv.DictReader(file))
+        placed = {id(row) for row in replacing.values()}
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(replacing.get(index, row) for index, row in enumerate(old))
+        writer.writerows(row for row in rows if id(row) not in placed)
+        self._replace_file(out.getvalue())
+
+    def _read(self) -> str:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            return file.read()
+
+    @property
+    def _tmp_path(self) -> str:
+        return f"{self.metrics_file_path}.tmp"
+
+    def _replace_file(self, text: str) -> None:
+        """``metrics.csv`` becomes ``text`` at once: written beside it, then renamed over it."""
+        with self._fs.open(self._tmp_path, "w", newline="") as file:
+            file.write(text)
+        self._fs.mv(self._tmp_path, self.metrics_file_path)
 
 
 class AppendingCSVLogger(CSVLogger):
@@ -123,13 +211,15 @@ class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` (beside ``best.ckpt``) at the end of every training epoch, after the best
     checkpoint has taken that epoch's score, and every ``every_n_train_steps`` steps (0: only
     per epoch), so a run killed in the middle of a long epoch loses at most that many steps.
-    A ``ModelCheckpoint`` subclass: Lightning runs it after the other callbacks and restores
-    its state on resume."""
+    No step checkpoint is taken after a batch that validation or the epoch's end follows
+    (Lightning would resume from it past them); a kill there resumes from the checkpoint
+    before, and the batch is trained again. A ``ModelCheckpoint`` subclass: Lightning runs
+    it after the other callbacks and restores its state on resume."""
 
     def __init__(self, every_n_train_steps: int = 200) -> None:
         if every_n_train_steps < 0:
             raise ValueError(f"last_checkpoint.every_n_train_steps={every_n_train_steps}: expected 0 or more")
-        super().__init__(save_top_k=0, save_last=True)
+        super().__init__(save_top_k=0, save_last=True, enable_version_counter=False)
         self.every_steps = every_n_train_steps
 
     def _save_last(self, trainer) -> None:
@@ -138,8 +228,22 @@ class LastCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_steps and trainer.global_step % self.every_steps == 0:
+        if self.every_steps and trainer.global_step % self.every_steps == 0 and not self._epoch_part_ends(trainer):
             self._save_last(trainer)
+
+    @staticmethod
+    def _epoch_part_ends(trainer) -> bool:
+        """Whether validation or the epoch's end follows this batch. A checkpoint taken here
+        would resume past them: Lightning restarts after the batch and counts that
+        validation (and, after an epoch's last batch, the epoch) as done. The checkpoint
+        before it resumes into them exactly, and the epoch's own comes after them."""
+        loop = trainer.fit_loop.epoch_loop
+        if trainer.should_stop:
+            return True
+        try:
+            return loop._is_training_done or loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+        except AttributeError:  # another Lightning: its public flag at least
+            return loop.batch_progress.is_last_batch
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._save_last(trainer)

@@ -136,9 +136,10 @@ class TaskModule(L.LightningModule):
         means = self._loss_means.setdefault(stage, {})
         for name, value in terms.items():
             mean = means.get(name)
-            if mean is None or mean.device != value.device:
-                # no NaN check per step: a non-finite loss stops training (on_before_backward)
-                mean = means[name] = MeanMetric(nan_strategy="disable", sync_on_compute=True).to(value.device)
+            if mean is None:
+                mean = means[name] = loss_mean()
+            if mean.device != value.device:  # a mean restored from a checkpoint keeps its state
+                mean = means[name] = mean.to(value.device)
             # The batch as batch_size equal entries: torchmetrics 1.9 drops update()'s weight
             # when nan_strategy="disable", and the NaN check would cost a GPU sync per step.
             mean.update(value.detach().expand(batch_size))
@@ -199,8 +200,13 @@ class TaskModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record which classes rebuild this run, so evaluation needs only the file, and the
-        random generators' states, so a resumed run draws what the whole run would have."""
+        random generators' states and the training epoch's metric states, so a run resumed
+        in the middle of an epoch draws and logs what the whole run would have."""
         checkpoint["rng_states"] = rng_states()
+        checkpoint["train_metric_states"] = {
+            "metrics": {name: metric_state(m) for name, m in self.train_metrics.items(keep_base=True)},
+            "losses": {name: metric_state(m) for name, m in self._loss_means.get("train", {}).items()},
+        }
         classes = {"model": class_path(self)}
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None:
@@ -210,8 +216,18 @@ class TaskModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resuming a fit restores the random generators (rank 0's, under DDP); rebuilding a
         model for evaluation leaves them alone."""
-        if self._trainer is not None and self.trainer.state.fn == "fit" and "rng_states" in checkpoint:
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        # Under DDP the file holds rank 0's share of the epoch's metrics: the other ranks start theirs anew.
+        saved = checkpoint.get("train_metric_states", {})
+        if self.trainer.global_rank == 0:
+            for name, state in saved.get("metrics", {}).items():
+                if name in self.train_metrics:
+                    set_metric_state(self.train_metrics[name], state)
+            for name, state in saved.get("losses", {}).items():
+                set_metric_state(self._loss_means.setdefault("train", {}).setdefault(name, loss_mean()), state)
 
     def write_plots(self, out_dir: Path, datamodule: L.LightningDataModule) -> list[Path]:
         """Task-specific pictures of the last test run (evaluation calls this)."""
@@ -262,6 +278,28 @@ class TaskModule(L.LightningModule):
             outputs = network(batch)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         return self.describe_outputs(tuple(o.detach().float().cpu() for o in outputs), inputs)
+
+
+def loss_mean() -> MeanMetric:
+    """The running mean of one loss term over an epoch (see :meth:`TaskModule.log_losses`)."""
+    # no NaN check per step: a non-finite loss stops training (on_before_backward)
+    return MeanMetric(nan_strategy="disable", sync_on_compute=True)
+
+
+def metric_state(metric) -> dict:
+    """A torchmetrics metric's accumulated state and update count, as tensors and ints
+    (torchmetrics keeps them out of ``state_dict``)."""
+    return {"state": dict(metric.metric_state), "updates": metric.update_count}
+
+
+def set_metric_state(metric, saved: dict) -> None:
+    """Put back what :func:`metric_state` took, on the metric's device."""
+    for key, value in saved["state"].items():
+        if key in metric.metric_state:
+            moved = [v.to(metric.device) for v in value] if isinstance(value, list) else value.to(metric.device)
+            setattr(metric, key, moved)
+    metric._update_count = saved["updates"]  # what torchmetrics' own state loading leaves out
+    metric._computed = None
 
 
 def rng_states() -> dict:

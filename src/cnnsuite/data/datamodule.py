@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .inputs import Input
 from .prepare import prepare_once
+from .resumable import EpochSampler, pass_seed, resumable, run_seed
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
 
 
@@ -69,8 +70,9 @@ class TaskDataModule(L.LightningDataModule):
     generation_hparams: tuple[str, ...] = ()
     #: init arguments that say which data a run read; prediction drops them and reads only its inputs
     source_hparams: tuple[str, ...] = ("data_dir", "split_file")
-    #: init arguments that say how data is loaded on this machine (processes, batch, memory)
-    loading_hparams: tuple[str, ...] = ("num_workers", "batch_size", "cache_limit_mb", "cache")
+    #: init arguments that say how data is loaded on this machine (processes, memory); the batch
+    #: size stays the run's, so an evaluation averages its loss over the batches the run's did
+    loading_hparams: tuple[str, ...] = ("num_workers", "cache_limit_mb", "cache")
     #: set by :func:`cnnsuite.checkpoint.rebuild` when a checkpoint is tested on data other than its run's
     tests_other_data: bool = False
     #: file endings that ``cnnsuite predict`` takes from a folder of inputs
@@ -238,16 +240,32 @@ class TaskDataModule(L.LightningDataModule):
         return stratified_split(ids, labels, hp.val_fraction, hp.test_fraction, hp.seed)
 
     def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
+        """The stage's loader. The training one (``shuffle``) resumes exactly in the middle of
+        an epoch (:mod:`cnnsuite.data.resumable`): its order is drawn from the run's seed and
+        the epoch, sharded per DDP rank, and its position travels in every checkpoint."""
         workers = self.hparams.num_workers
-        return self.loader_class(
-            self.datasets[stage],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=type(self).collate_fn,
-            generator=self._rank_generator(),
-        )
+        common = {
+            "batch_size": self.hparams.batch_size,
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+            "collate_fn": type(self).collate_fn,
+        }
+        if not shuffle:
+            return self.loader_class(self.datasets[stage], generator=self._rank_generator(), **common)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed, epoch = run_seed(world), self._fit_epoch()
+        sampler = EpochSampler(self.datasets[stage], num_replicas=world, rank=rank, seed=seed, epoch=epoch)
+        # the rank's own generator (see _rank_generator), re-seeded by the loader each epoch
+        generator = torch.Generator().manual_seed(pass_seed(seed, epoch, rank))
+        return resumable(self.loader_class)(self.datasets[stage], sampler=sampler, generator=generator, **common)
+
+    def _fit_epoch(self) -> int:
+        """The epoch the training loader is made for: the fit loop's count of finished
+        epochs (a run resumed after its epoch ``e`` ended asks for the loader of ``e + 1``
+        before Lightning's ``set_epoch``); 0 outside a fit."""
+        fit_loop = getattr(self.trainer, "fit_loop", None)
+        return fit_loop.epoch_progress.current.processed if fit_loop is not None else 0
 
     def _rank_generator(self) -> torch.Generator | None:
         """Under DDP, a random generator of the rank's own: every rank starts from the same
