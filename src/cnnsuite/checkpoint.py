@@ -4,9 +4,9 @@
 classes that rebuild its run (``cnnsuite_classes``) and gives them arguments. Were those
 names imported and called as they stand, a hand-made file could call any function with
 arguments of its choice (importing ``cnnsuite.__main__`` alone runs the CLI). So a name
-is only ever looked up among cnnsuite's own :class:`~cnnsuite.task.TaskModule` and
-:class:`~cnnsuite.data.TaskDataModule` subclasses, found by walking the task packages we
-ship; nothing the file names is imported, and the check comes before any call.
+is only ever looked up among the model and datamodule classes of registered tasks
+(:mod:`cnnsuite.contract`: ours, and a user's own task packages installed with pip); nothing
+the file names is imported, and the check comes before any call.
 
 Its arguments are checked against the class's signature by jsonargparse before the class is
 called (types and names; nothing is imported or instantiated by the check), and every failure
@@ -23,14 +23,12 @@ is :func:`build_model` (the model, its weights checked) and :func:`rebuild` /
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from functools import cache
 from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
 
+from .contract import trusted_classes
 from .data import TaskDataModule
 from .data.splits import check_splits, load_splits
 from .task import TaskModule, class_path
@@ -44,30 +42,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as it is; the message names the file and what is wrong."""
 
 
-@cache
-def task_classes() -> dict[str, type]:
-    """Class path → class, for every cnnsuite subclass of ``TaskModule`` and ``TaskDataModule``."""
-    import cnnsuite.tasks
-
-    for info in pkgutil.walk_packages(cnnsuite.tasks.__path__, "cnnsuite.tasks."):
-        importlib.import_module(info.name)
-    found, stack = {}, [TaskModule, TaskDataModule]
-    while stack:
-        for sub in stack.pop().__subclasses__():
-            stack.append(sub)
-            if sub.__module__.split(".")[0] == "cnnsuite":
-                found[class_path(sub)] = sub
-    return found
-
-
 def trusted_class(name: object, base: type, source: object) -> type:
-    """The cnnsuite subclass of ``base`` called ``name``; anything else is refused, naming
-    ``source`` (the checkpoint) and what was expected."""
-    cls = task_classes().get(name) if isinstance(name, str) else None
+    """The class of a registered task called ``name`` (:func:`~cnnsuite.contract.trusted_classes`)
+    that is a ``base``; anything else is refused, naming ``source`` (the checkpoint) and what
+    was expected."""
+    trusted = trusted_classes()
+    cls = trusted.get(name) if isinstance(name, str) else None
     if cls is None or not issubclass(cls, base):
-        allowed = sorted(p for p, c in task_classes().items() if issubclass(c, base))
+        allowed = sorted(p for p, c in trusted.items() if issubclass(c, base))
         raise CheckpointError(
-            f"{source}: names {name!r} as its {base.__name__}; refused, only cnnsuite's own are rebuilt "
+            f"{source}: names {name!r} as its {base.__name__}; refused, only registered tasks' classes are rebuilt "
             f"({', '.join(allowed)})"
         )
     return cls

@@ -1,7 +1,7 @@
 """Classification for any dimensionality: image → class, volume → class, clip → class.
 
-recognition2d and the three 3D tasks are this one module with different data, backbone
-settings and config: ``spatial_dims`` picks 2D or 3D layers all the way down.
+The image, volume, video and multispectral classifiers are this one module with different
+data, backbone settings and config: ``spatial_dims`` picks 2D or 3D layers all the way down.
 """
 
 from __future__ import annotations

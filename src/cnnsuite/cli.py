@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from .backbone import StagedBackbone
 from .backbone.geometry import check_fits
 from .checkpoint import add_data_options, data_options, resume_arguments
+from .contract import LINKED
 from .data import TaskDataModule
 from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, run_version
 from .task import TaskModule
@@ -100,7 +101,7 @@ class CnnSuiteCLI(LightningCLI):
                 "checkpoint.enable_version_counter": False,
             }
         )
-        for key in ("num_classes", "in_channels", "class_names"):
+        for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
         parser.add_argument(
             "--evaluate", type=bool, default=True, help="After fit, evaluate best.ckpt on the test split."
@@ -192,9 +193,9 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
     shape = datamodule.input_shape
     if shape is None:
         return
-    strides = getattr(getattr(model, "backbone", None), "strides", None)
-    if strides:  # the usual misfit, said in the network's terms
-        stride = tuple(strides[-1])
+    backbone = model.feature_backbone()
+    if backbone.strides:  # the usual misfit, said in the network's terms (every backbone has strides)
+        stride = tuple(backbone.strides[-1])
         size = tuple(shape[1:])[-len(stride) :]
         if any(s < k for s, k in zip(size, stride, strict=True)):
             raise ValueError(
@@ -202,7 +203,6 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
                 f"total stride is {'x'.join(map(str, stride))}: use larger samples (data.*) or fewer or gentler "
                 "pooling stages (model.backbone_kwargs)"
             )
-    backbone = model.feature_backbone()
     if isinstance(backbone, StagedBackbone) and len(shape) == backbone.spatial_dims + 1:
         # a kernel or window larger than the map it meets, named by stage and layer
         check_fits(backbone, shape, where=f"model.backbone_kwargs (model.backbone={model.hparams.get('backbone')!r})")

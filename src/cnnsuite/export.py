@@ -1,6 +1,6 @@
 """``cnnsuite export``: a checkpoint's network as an ONNX file or a ``torch.export`` program.
 
-    cnnsuite export --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt --format onnx
+    cnnsuite export --ckpt runs/<task>/version_0/checkpoints/best.ckpt --format onnx
     cnnsuite export --ckpt best.ckpt --format torch-export --out lenet.pt2
 
 What is written is the task's :meth:`~cnnsuite.task.TaskModule.inference_network` — the
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .contract import task_of
 from .data import TaskDataModule
 from .predict import Predictor
 from .task import TaskModule, class_path
@@ -208,7 +209,7 @@ def check_inputs(predictor: Predictor, inputs: list | None) -> tuple[torch.Tenso
 def trace(network: nn.Module, batch: torch.Tensor, ckpt_path: str | Path, model: TaskModule):
     """``torch.export`` of ``network`` with the axes the task leaves free
     (:meth:`~cnnsuite.task.TaskModule.inference_dynamic_shapes`: the batch, and for
-    detection2d the padded height and width), the others fixed at the sample's size.
+    a detector the padded height and width), the others fixed at the sample's size.
 
     The example batch has another size than the check's, so a network that fixes its batch
     size fails here or in the check, never in a user's hands. Parametrized weights (masked,
@@ -279,19 +280,19 @@ def describe_export(
     """What the JSON beside the export holds: everything a user needs to feed it and read it."""
     meanings = model.inference_outputs
     free = model.inference_dynamic_shapes(torch.export.Dim("batch"))
-    task = type(model).__module__.split(".")
+    task = task_of(type(model))
     return {
         "file": path.name,
         "format": fmt,
         **({"opset": opset} if fmt == "onnx" else {}),
         "checkpoint": str(Path(ckpt_path).resolve()),
-        "task": task[2] if task[:2] == ["cnnsuite", "tasks"] else class_path(model),
+        "task": task.name if task is not None else class_path(model),
         "model": class_path(model),
         "input": {
             "name": "input",
             "shape": ["batch", *("free" if axis in free else size for axis, size in enumerate(batch.shape) if axis)],
             "dtype": "float32",
-            **channel_meaning(datamodule),
+            **datamodule.describe_channels(),
         },
         "preprocessing": {**datamodule.describe_preprocessing(), "batch": model.describe_batch_inputs()},
         "class_names": list(model.class_names),
@@ -305,16 +306,6 @@ def describe_export(
             for name, out in zip(names, outputs, strict=True)
         ],  # fmt: skip
     }
-
-
-def channel_meaning(datamodule: TaskDataModule) -> dict:
-    """What the input's channels (or bands) are."""
-    bands = getattr(datamodule, "band_names", None)
-    if bands:
-        layout = datamodule.hparams.get("layout")
-        return {"bands": list(bands), **({"layout": layout} if layout else {})}
-    channels = {1: ["gray"], 3: ["red", "green", "blue"]}.get(datamodule.in_channels)
-    return {"channels": channels or [f"channel {i}" for i in range(datamodule.in_channels)]}
 
 
 def summary_line(path: Path, info: dict) -> str:

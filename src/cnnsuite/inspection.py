@@ -1,6 +1,6 @@
 """``cnnsuite inspect``: look inside a trained network, for every task.
 
-    cnnsuite inspect --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt [--input FILE] [--out DIR]
+    cnnsuite inspect --ckpt runs/<task>/version_0/checkpoints/best.ckpt [--input FILE] [--out DIR]
 
 The lecture notes say a CNN learns a hierarchy: the first layer's filters are edge and blob
 detectors, early stages respond to small local patterns, later stages to larger composite
@@ -21,16 +21,16 @@ a checkpoint (default folder ``<run folder>/inspection/``):
 
 3D inputs and maps (volumes, clips, spectral cubes) are shown by their slices along the first
 spatial axis (depth, time or band). What differs between tasks — which module is the backbone,
-what it takes, which class score Grad-CAM differentiates — is decided once, in
-:func:`network_of`.
+what it takes, which class score Grad-CAM differentiates — each task says
+(:meth:`~cnnsuite.task.TaskModule.inspection_network`, :mod:`cnnsuite.inspectable`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -47,6 +47,7 @@ from .backbone import StagedBackbone
 from .backbone.geometry import describe_stages
 from .checkpoint import add_data_options, data_options, rebuild
 from .data import TaskDataModule
+from .inspectable import Network
 from .jsonout import strict_json
 from .predict import Predictor
 from .task import TaskModule
@@ -59,104 +60,16 @@ MAPS_PER_STAGE, TOP_CHANNELS, TOP_PER_CHANNEL = 16, 4, 6
 MAX_FILTERS = 64
 
 
-# --- what is inspected, per task -----------------------------------------------------------
-class ClassScores(nn.Module):
-    """The backbone's input batch → class scores ``(N, K)``, the one tensor Grad-CAM wants.
-
-    ``model``'s forward (its first output, where it returns more); ``frames``: the backbone is
-    2D on video clips, so a frame enters as a one-frame clip; ``over_locations``: ``model`` is a
-    one-stage detector's :class:`RawHeads`, whose per-location class scores (the log of
-    sigmoid(class logit), times sigmoid(centerness) for FCOS: the detector's own score) are
-    reduced to the best location per class, so the predicted class is that of the
-    highest-scoring detection."""
-
-    def __init__(self, model: nn.Module, frames: bool = False, over_locations: bool = False) -> None:
-        super().__init__()
-        self.model, self.frames, self.over_locations = model, frames, over_locations
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x.unsqueeze(2) if self.frames else x)
-        if not self.over_locations:
-            return out[0] if isinstance(out, (tuple, list)) else out
-        heads = dict(zip(self.model.names, out, strict=True))
-        scores = nn.functional.logsigmoid(heads["cls_logits"])  # (N, locations, K)
-        if "bbox_ctrness" in heads:
-            scores = scores + nn.functional.logsigmoid(heads["bbox_ctrness"])
-        return scores.amax(dim=1)
-
-
-@dataclass
-class Network:
-    """What inspect looks at in a task's model.
-
-    ``to_backbone``: the model's input batch → the backbone's; ``scores``: the backbone's input
-    batch → class scores, for Grad-CAM (None: no CAM, ``about_cam`` says why); ``stages_name``:
-    the name of ``backbone.stages`` in ``scores``; ``cam_stage``: the deepest stage the class
-    score reads; ``about_cam``: what the differentiated score is."""
-
-    backbone: StagedBackbone
-    to_backbone: Callable[[torch.Tensor], torch.Tensor]
-    scores: nn.Module | None
-    stages_name: str
-    cam_stage: int
-    about_cam: str
-
-    def cam_layer(self, stage: int) -> str:
-        return f"{self.stages_name}.{stage}"
-
-
+# --- what is inspected: the task says (TaskModule.inspection_network) ---------------------
 def network_of(model: TaskModule, input_dims: int) -> Network:
     """The backbone, its input and the class score of ``model``, whose input batches have
-    ``input_dims`` axes, for every task.
-
-    Classification (recognition2d, the 3D tasks, localization2d): ``model.backbone``, the
-    model's own input, its class logits; a 2D backbone on clips (video3d's single-frame
-    baseline) is shown the middle frame. localization2d's RoI class head reads the stage
-    ``roi_stage`` (the deepest stage only places the box, whose gradient the class score does
-    not see). detection2d: the backbone inside torchvision's detector
-    (``detector.backbone.body``) on the detector's resized and normalised batch; Grad-CAM of
-    the best location's class logit for the one-stage detectors (FCOS, RetinaNet), none for
-    Faster R-CNN, whose class scores come after proposals are picked."""
-    detector = getattr(model, "detector", None)
-    backbone = model.feature_backbone()
-    if detector is not None:
-        if not isinstance(backbone, StagedBackbone):
-            raise ValueError(
-                f"model.detector={model.hparams.detector!r} carries torchvision's own backbone; "
-                "inspect looks inside cnnsuite's backbones (model.backbone)"
-            )
-        stage = max(detector.backbone.stages)  # the deepest stage feeding the pyramid
-        try:
-            heads = model.inference_network()
-        except ValueError:
-            about = (
-                f"no Grad-CAM: model.detector={model.hparams.detector!r} scores classes only after picking region "
-                "proposals, so no one class score comes from the backbone's maps (fcos and retinanet have one)"
-            )
-            return Network(backbone, _same, None, "", stage, about)
-        about = "log score of the highest-scoring detection"
-        return Network(backbone, _same, ClassScores(heads, over_locations=True),
-                       "model.backbone.body.stages", stage, about)  # fmt: skip
-    if not isinstance(backbone, StagedBackbone):
-        raise ValueError(f"{type(model).__name__}.backbone is not a cnnsuite StagedBackbone: nothing to inspect")
-    last = len(backbone.stages) - 1
-    stage = model.hparams.roi_stage % (last + 1) if model.hparams.get("class_head") == "roi" else last
-    frames = input_dims == backbone.spatial_dims + 3
-    return Network(backbone, _middle_frame if frames else _same, ClassScores(model, frames=frames),
-                   "model.backbone.stages", stage, "the class logit")  # fmt: skip
-
-
-def _same(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _middle_frame(clips: torch.Tensor) -> torch.Tensor:
-    return clips[:, :, clips.shape[2] // 2]
+    ``input_dims`` axes: the task's own answer (:meth:`~cnnsuite.task.TaskModule.inspection_network`)."""
+    return model.inspection_network(input_dims)
 
 
 def model_batch(model: TaskModule, inputs) -> torch.Tensor:
     """A loader's first batch element as the model's input tensor: tasks that batch inside the
-    model (detection2d's list of images of any size) go through ``batch_inputs``."""
+    model (a detector's list of images of any size) go through ``batch_inputs``."""
     return inputs if torch.is_tensor(inputs) else model.batch_inputs(list(inputs))
 
 

@@ -1,6 +1,6 @@
 """``cnnsuite predict``: a checkpoint's predictions for raw files, without a config.
 
-    cnnsuite predict --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt --input photos/ --out preds/
+    cnnsuite predict --ckpt runs/<task>/version_0/checkpoints/best.ckpt --input photos/ --out preds/
 
 The checkpoint rebuilds its model and the run's test preprocessing by itself
 (:func:`~cnnsuite.checkpoint.rebuild_for_inference`); each task says how to read one file

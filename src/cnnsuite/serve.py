@@ -1,6 +1,6 @@
 """``cnnsuite serve``: a checkpoint behind HTTP, with LitServe.
 
-    cnnsuite serve --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt --port 8000
+    cnnsuite serve --ckpt runs/<task>/version_0/checkpoints/best.ckpt --port 8000
     curl -F file=@photo.png http://127.0.0.1:8000/predict
 
 ``POST /predict`` takes the file (an image, a NIfTI volume, a video, a GeoTIFF: what the

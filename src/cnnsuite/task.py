@@ -31,8 +31,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
+from .backbone import StagedBackbone
 from .callbacks import PreciseBatchNorm
 from .data.inputs import Input
+from .inspectable import ClassScores, Network, middle_frame, same
 from .schedules import CosineAnnealingLR
 from .transfer import CHANNEL_MODES, backbone_state, transfer_backbone
 
@@ -45,12 +47,15 @@ def class_path(obj: object) -> str:
 class TaskModule(L.LightningModule):
     monitor: str = "val/loss"
     mode: str = "min"
+    #: where :meth:`feature_backbone`'s weights sit in this task's ``state_dict`` (what another
+    #: task's ``backbone_weights`` reads from this task's checkpoints)
+    backbone_prefix: str = "backbone."
     #: the direction ("max": higher is better) of every value logged as ``<stage>/<name>``, by
     #: name or name prefix (``map`` also covers ``map_50`` and ``map/<class>``): what picks the
     #: best checkpoint when ``checkpoint.monitor`` names a key without ``checkpoint.mode``
     metric_modes: dict[str, str] = {"loss": "min"}
     #: training batches that recompute BatchNorm statistics before each validation (0: off)
-    precise_bn_batches: int = 10
+    precise_bn_batches: int = PreciseBatchNorm.DEFAULT_BATCHES
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,8 +102,23 @@ class TaskModule(L.LightningModule):
 
     def feature_backbone(self) -> nn.Module:
         """The shared CNN backbone inside this task's network: what ``backbone_weights``
-        fills, what a fine-tuning schedule freezes, what ``cnnsuite inspect`` looks into."""
+        fills, what a fine-tuning schedule freezes, what ``cnnsuite inspect`` looks into. Its
+        weights sit under :attr:`backbone_prefix` in this task's checkpoints."""
         return self.backbone
+
+    def inspection_network(self, input_dims: int) -> Network:
+        """What ``cnnsuite inspect`` looks at, for model inputs of ``input_dims`` axes: the
+        backbone on the model's own input, and Grad-CAM of the class logit of ``forward``
+        (its first output) on the deepest stage; a 2D backbone on clips (a single-frame
+        baseline) is shown the middle frame. A task whose class score comes from elsewhere
+        says so here."""
+        backbone = self.feature_backbone()
+        if not isinstance(backbone, StagedBackbone):
+            raise ValueError(f"{type(self).__name__}: its backbone is no cnnsuite StagedBackbone: nothing to inspect")
+        frames = input_dims == backbone.spatial_dims + 3
+        stages = f"model.{self.backbone_prefix}stages"
+        return Network(backbone, middle_frame if frames else same, ClassScores(self, frames=frames), stages,
+                       len(backbone.stages) - 1, "the class logit")  # fmt: skip
 
     def load_backbone_weights(self) -> None:
         """Start the backbone from ``model.backbone_weights`` (another run's checkpoint, of any

@@ -1,8 +1,8 @@
 """Start a backbone from weights another task trained: any task's checkpoint, 2D into 3D.
 
-Every task sits on the same staged backbone, so what recognition2d learnt can start
-localization2d, detection2d or — inflated into 3D kernels — video3d, biomedical3d and
-multispectral3d. :func:`backbone_state` reads the backbone's tensors out of a file (a
+Every task sits on the same staged backbone, so what a 2D classifier learnt can start a
+localizer, a detector or — inflated into 3D kernels — a volume, video or multispectral
+classifier. :func:`backbone_state` reads the backbone's tensors out of a file (a
 checkpoint is untrusted input: ``weights_only=True`` only); :func:`transfer_backbone` copies
 them into a freshly built backbone and says, tensor by tensor, what it did:
 
@@ -32,19 +32,25 @@ from torch import nn
 
 from .untrusted import check_finite, load_weights_only
 
-#: where each kind of file keeps the backbone: classification, localization (``backbone.``),
-#: detection (``detector.backbone.body.``, the body of its FPN), a backbone's own state dict
-BACKBONE_PREFIXES = ("backbone.", "detector.backbone.body.", "")
 CHANNEL_MODES = ("mean", "repeat", "first")
 _PARAMETRIZED = ".parametrizations.weight.original"
+
+
+def backbone_prefixes() -> list[str]:
+    """Where a file keeps the backbone: under each registered task's ``backbone_prefix``
+    (``backbone.`` for most), or at the top of a backbone's own state dict (``""``)."""
+    from .contract import registered_tasks
+
+    prefixes = {task.module.backbone_prefix for task in registered_tasks().values()}
+    return [*sorted(prefixes, key=len), ""]
 
 
 def backbone_state(path: str | Path, where: str = "--model.backbone_weights") -> dict[str, torch.Tensor]:
     """The backbone's tensors, keyed as in the backbone's own ``state_dict`` (``stages.0.0.0.weight``).
 
-    ``path`` is a cnnsuite checkpoint of any task (Lightning's ``state_dict`` entry, keys
-    ``backbone.…`` or ``detector.backbone.body.…``) or a plain state dict of a backbone (keys
-    ``stages.…``), read with ``torch.load(weights_only=True)``: a file that would need to run
+    ``path`` is a cnnsuite checkpoint of any task (Lightning's ``state_dict`` entry, keys under
+    a task's ``backbone_prefix``: :func:`backbone_prefixes`) or a plain state dict of a backbone
+    (keys ``stages.…``), read with ``torch.load(weights_only=True)``: a file that would need to run
     pickled code is refused. Errors are one line naming ``where`` and the file.
     """
     path = Path(path)
@@ -55,7 +61,7 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
     )
     tensors = content.get("state_dict", content) if isinstance(content, dict) else {}
     if isinstance(tensors, dict):
-        for prefix in BACKBONE_PREFIXES:
+        for prefix in backbone_prefixes():
             start = prefix or "stages."  # a bare state dict must look like a staged backbone's
             found = {
                 key[len(prefix) :]: value
@@ -65,9 +71,8 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
             if found:
                 check_finite(found, f"{where} {path}")
                 return found
-    raise ValueError(
-        f"{where} {path}: no backbone tensors (expected keys backbone.*, detector.backbone.body.* or stages.*)"
-    )
+    expected = ", ".join(f"{prefix or 'stages.'}*" for prefix in backbone_prefixes())
+    raise ValueError(f"{where} {path}: no backbone tensors (expected keys {expected})")
 
 
 @dataclass

@@ -1,1 +1,15 @@
-"""biomedical3d task."""
+"""biomedical3d: one class per volume (CT, MRI). The task as registered (:mod:`cnnsuite.contract`)."""
+
+from cnnsuite.contract import Task
+
+from .datamodule import Biomedical3DDataModule
+from .module import Biomedical3DModule
+
+TASK = Task(
+    name="biomedical3d",
+    module=Biomedical3DModule,
+    datamodule=Biomedical3DDataModule,
+    references={
+        name: {"model": {"backbone": name, "backbone_kwargs": {}}} for name in ("monai_densenet121", "monai_resnet18")
+    },
+)

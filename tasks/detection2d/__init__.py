@@ -1,1 +1,16 @@
-"""detection2d task."""
+"""detection2d: many boxes and classes per image. The task as registered (:mod:`cnnsuite.contract`)."""
+
+from cnnsuite.contract import Task
+
+from .datamodule import DetectionDataModule
+from .module import DetectionModule
+
+TASK = Task(
+    name="detection2d",
+    module=DetectionModule,
+    datamodule=DetectionDataModule,
+    references={
+        name: {"model": {"detector": name}}
+        for name in ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
+    },
+)

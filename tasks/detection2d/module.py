@@ -51,9 +51,10 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.utils import draw_bounding_boxes, make_grid, save_image
 
-from cnnsuite.backbone import build_backbone
+from cnnsuite.backbone import StagedBackbone, build_backbone
 from cnnsuite.data.coco import CategoryMap, coco_results
 from cnnsuite.data.inputs import Input
+from cnnsuite.inspectable import Network, same
 from cnnsuite.task import TaskModule
 
 REFERENCES = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
@@ -124,6 +125,24 @@ class RawHeads(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.head(list(self.backbone(images).values()))
         return tuple(outputs[name] for name in self.names)
+
+
+class DetectionScores(nn.Module):
+    """The padded batch → class scores ``(N, K)`` for Grad-CAM: a one-stage detector's
+    per-location class scores (the log of sigmoid(class logit), plus log sigmoid(centerness)
+    for FCOS: the detector's own score), best location per class, so the predicted class is
+    that of the highest-scoring detection."""
+
+    def __init__(self, heads: RawHeads) -> None:
+        super().__init__()
+        self.model = heads
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        heads = dict(zip(self.model.names, self.model(images), strict=True))
+        scores = nn.functional.logsigmoid(heads["cls_logits"])  # (N, locations, K)
+        if "bbox_ctrness" in heads:
+            scores = scores + nn.functional.logsigmoid(heads["bbox_ctrness"])
+        return scores.amax(dim=1)
 
 
 def build_detector(
@@ -197,6 +216,7 @@ class DetectionModule(TaskModule):
 
     monitor = "val/map"
     mode = "max"
+    backbone_prefix = "detector.backbone.body."
     #: torchvision's loss terms (FCOS's and Faster R-CNN's) and torchmetrics' mAP and mAR family
     metric_modes = {
         **{name: "min" for name in ("loss", "classification", "bbox_regression", "bbox_ctrness")},
@@ -345,6 +365,29 @@ class DetectionModule(TaskModule):
         self._log_metrics("test")
 
     # --- prediction on raw files ----------------------------------------------------
+    def inspection_network(self, input_dims: int) -> Network:
+        """Our backbone inside torchvision's detector (``detector.backbone.body``), on the
+        detector's resized and normalised batch; Grad-CAM of the best location's class score
+        for the one-stage detectors (:class:`DetectionScores`), on the deepest stage feeding
+        the pyramid; none for Faster R-CNN, whose class scores come after proposals are picked."""
+        backbone = self.feature_backbone()
+        if not isinstance(backbone, StagedBackbone):
+            raise ValueError(
+                f"model.detector={self.hparams.detector!r} carries torchvision's own backbone; "
+                "inspect looks inside cnnsuite's backbones (model.backbone)"
+            )
+        stage = max(self.detector.backbone.stages)
+        if self.hparams.detector not in HEAD_OUTPUTS:
+            about = (
+                f"no Grad-CAM: model.detector={self.hparams.detector!r} scores classes only after picking "
+                "region proposals, so no one class score comes from the backbone's maps "
+                f"({' and '.join(HEAD_OUTPUTS)} have one)"
+            )
+            return Network(backbone, same, None, "", stage, about)
+        scores = DetectionScores(self.inference_network())
+        return Network(backbone, same, scores, "model.backbone.body.stages", stage,
+                       "log score of the highest-scoring detection")  # fmt: skip
+
     def inference_network(self) -> nn.Module:
         """Backbone, FPN and heads (:class:`RawHeads`): what prediction runs and export writes.
         Only a one-stage detector can be cut there."""

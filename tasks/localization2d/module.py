@@ -42,6 +42,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 from cnnsuite.backbone.blocks import activation_layer
 from cnnsuite.classification import ClassificationModule
 from cnnsuite.data import Input
+from cnnsuite.inspectable import Network
 
 BOX_LOSSES = {"giou": generalized_box_iou_loss, "ciou": complete_box_iou_loss}
 
@@ -250,6 +251,14 @@ class LocalizationModule(ClassificationModule):
             per_class = LocalizationAccuracy(num_classes=self.hparams.num_classes)
             metrics.add_metrics({"per_class_loc_acc": ClasswiseWrapper(per_class, self.class_names, "loc_acc/")})
         return metrics
+
+    def inspection_network(self, input_dims: int) -> Network:
+        """The RoI class head reads stage ``roi_stage``: Grad-CAM looks there (the deepest
+        stage only places the box, whose gradient the class score does not see)."""
+        network = super().inspection_network(input_dims)
+        if self.hparams.class_head == "roi":
+            network.cam_stage = self.hparams.roi_stage % len(network.backbone.stages)
+        return network
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(class logits (N, K), boxes (N, 4) x1y1x2y2 in fractions of the input)``."""

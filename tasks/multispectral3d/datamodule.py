@@ -312,6 +312,10 @@ class MultispectralDataModule(TaskDataModule):
         self.reader = GeoTiffReader(self.band_names, self.size)
         self.band_stats = (state["band_mean"].float(), state["band_std"].float())
 
+    def describe_channels(self) -> dict:
+        """The bands by name, in the order the input holds them, and how they are laid out."""
+        return {"bands": list(self.band_names), "layout": self.hparams.layout}
+
     def describe_preprocessing(self) -> dict:
         layouts = {
             "cube": "(1, bands, H, W): the spectrum as the depth axis",

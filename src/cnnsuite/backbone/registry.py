@@ -36,6 +36,10 @@ def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> 
     :func:`~cnnsuite.backbone.parametrize.apply_parametrizations`) is applied to any staged
     backbone after it is built, so the factories need not know about it."""
     specs = kwargs.pop("parametrize", None) or []
+    if name not in _BACKBONES:  # a task registers its own backbones when its package is imported
+        from ..contract import registered_tasks
+
+        registered_tasks()
     try:
         factory = _BACKBONES[name]
     except KeyError:

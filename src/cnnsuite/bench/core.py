@@ -34,6 +34,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..callbacks import PreciseBatchNorm
 from ..schedules import CosineAnnealingLR
 
 SECTIONS = ("models", "pipeline", "endtoend")
@@ -64,13 +65,12 @@ def build(task: str, data_root: str | Path = "data", model: dict | None = None, 
     """The task's default model and datamodule as its config makes them, with the CLI's links
     (classes, channels) made by hand; ``model``/``data`` override init arguments (a reference
     backbone, another layout). Returns ``(model, datamodule)``; no data is read or written."""
-    from cnnsuite.checkpoint import task_classes
+    from cnnsuite.contract import LINKED, trusted_classes
 
-    config, classes = task_config(task), task_classes()
+    config, classes = task_config(task), trusted_classes()
     data_args = {**config["data"].get("init_args", {}), **(data or {})}
     datamodule = classes[config["data"]["class_path"]](data_root=str(data_root), **data_args)
-    links = {"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels,
-             "class_names": datamodule.class_names}  # fmt: skip
+    links = {key: getattr(datamodule, key) for key in LINKED}
     model_args = {**config["model"].get("init_args", {}), **(model or {})}
     return classes[config["model"]["class_path"]](**model_args, **links), datamodule
 
@@ -102,7 +102,7 @@ def precise_bn_batches(config: dict) -> int:
     module then adds its own, :attr:`cnnsuite.task.TaskModule.precise_bn_batches`)."""
     for callback in config["trainer"].get("callbacks") or []:
         if callback["class_path"].endswith("PreciseBatchNorm"):
-            return callback.get("init_args", {}).get("num_batches", 50)
+            return callback.get("init_args", {}).get("num_batches", PreciseBatchNorm.DEFAULT_BATCHES)
     return 0
 
 

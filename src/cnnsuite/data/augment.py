@@ -1,7 +1,7 @@
 """Augmentation of a whole batch at once, random per sample.
 
-``transforms.v2.RandomAffine`` draws one affine map per call and warps one image; on 32×32
-digits its per-call overhead was most of recognition2d's loader time (issue 13). Here a batch
+``transforms.v2.RandomAffine`` draws one affine map per call and warps one image; on small
+images its per-call overhead is most of a loader's time. Here a batch
 of ``N`` images gets ``N`` independent random maps, applied by one ``affine_grid`` +
 ``grid_sample``: the same family of transformations, drawn the same way per sample, at a
 fraction of the cost. Datasets call it from ``__getitems__`` (PyTorch's batched fetch), so a

@@ -1,7 +1,7 @@
 """Decode once, keep in memory: the cache of decoded samples the file-based tasks share.
 
 Decoding a PNG, a GeoTIFF or an H.264 video every epoch costs more than a small network's
-training step on it (issue 13 measured recognition2d's loader at 0.2× its model's rate).
+training step on it: a loader decoding every epoch cannot feed the model.
 Where a split's decoded samples fit in ``cache_limit_mb`` (the datamodules' init argument),
 they are decoded once, when the split's dataset is built, and every epoch reads them from
 memory; random augmentation always runs afterwards, so it still differs every epoch. A

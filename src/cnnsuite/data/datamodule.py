@@ -130,6 +130,12 @@ class TaskDataModule(L.LightningDataModule):
         JSON beside an export: a user feeding the exported network must do the same."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its preprocessing")
 
+    def describe_channels(self) -> dict:
+        """What the input's channels are, for the JSON beside an export (the default: gray or
+        red, green, blue; a task whose channels are bands or other measures says so)."""
+        channels = {1: ["gray"], 3: ["red", "green", "blue"]}.get(self.in_channels)
+        return {"channels": channels or [f"channel {i}" for i in range(self.in_channels)]}
+
     def is_input(self, path: Path) -> bool:
         """Whether ``path``, met in a folder given to ``cnnsuite predict``, is one input."""
         return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(self.input_extensions)

@@ -1,6 +1,6 @@
 """scikit-learn's handwritten digits (1,797 real 8×8 scans) and their one shared split.
 
-recognition2d, localization2d and detection2d all draw from these scans. They share one
+The 2D digit tasks (recognition, localization, detection) all draw from these scans. They share one
 split, fixed here and independent of any run's seed, so that a scan in any task's test
 set is in no task's training set and transfer between the tasks is not leakage.
 """

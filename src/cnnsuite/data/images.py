@@ -95,7 +95,7 @@ def symmetric_normalisation(channels: int) -> tuple[list[float], list[float]]:
 
 def describe_image_preprocessing(channels: int, size: int | None, mean: list[float], std: list[float]) -> dict:
     """The JSON description of :func:`read_image` followed by a square resize, scaling to
-    [0, 1] and per-channel normalisation (recognition2d, localization2d)."""
+    [0, 1] and per-channel normalisation (the 2D image tasks)."""
     return {
         "read": f"decoded upright (EXIF orientation applied) as {'gray' if channels == 1 else 'RGB'}",
         **({"resize": f"to {size}x{size} px, bilinear with antialiasing (aspect ratio not kept)"} if size else {}),

@@ -1,0 +1,97 @@
+"""The task contract: a task is the one unit of extension, and the commands loop over tasks.
+
+A task package declares one :class:`Task` — its model and datamodule classes, its default
+config, what the bench measures it against — and registers it under the entry-point group
+``cnnsuite.tasks`` of its distribution::
+
+    [project.entry-points."cnnsuite.tasks"]
+    mytask = "my_package.mytask:TASK"
+
+The six built-in tasks are registered so in cnnsuite's own ``pyproject.toml``; a user's task
+package installed with pip is found the same way and is a task like ours. The rest of what a
+command needs from a task is a method of its classes, with a default in the base classes:
+how to find the backbone (:meth:`~cnnsuite.task.TaskModule.feature_backbone`) and where its
+weights sit in a checkpoint (``backbone_prefix``), what Grad-CAM scores
+(:meth:`~cnnsuite.task.TaskModule.inspection_target`), how a raw file is read and a
+prediction described (``read_input``, ``describe_outputs``), what an export carries
+(``describe_preprocessing``, ``describe_channels``), the direction of each logged metric
+(``metric_modes``).
+
+Trust follows registration: a checkpoint may rebuild only the classes of registered tasks
+(:func:`trusted_classes`); nothing else it names is ever imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .data import TaskDataModule
+from .task import TaskModule, class_path
+
+#: the entry-point group tasks are registered under
+GROUP = "cnnsuite.tasks"
+#: what a datamodule knows when it is constructed and its model is given (the CLI links them)
+LINKED = ("num_classes", "in_channels", "class_names")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task declares (see the module's docstring)."""
+
+    #: the task's name: its entry point's name, and its run folders' (``runs/<name>``)
+    name: str
+    module: type[TaskModule]
+    datamodule: type[TaskDataModule]
+    #: the default config (``make train TASK=<name>``); by default ``config.yaml`` beside the
+    #: model class's module
+    config: Path | None = None
+    #: reference networks the bench measures the default against: name → init arguments that
+    #: make it from the default config (``{"model": {...}, "data": {...}}``)
+    references: Mapping[str, Mapping] = field(default_factory=dict)
+    #: whether the bench measures Lightning's overhead over a plain loop on this task
+    overhead: bool = False
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            folder = Path(sys.modules[self.module.__module__].__file__).parent
+            object.__setattr__(self, "config", folder / "config.yaml")
+
+    @property
+    def headline(self) -> str:
+        """The test metric that sums the task up: its monitored key, on the test split."""
+        return "test/" + self.module.monitor.split("/", 1)[1]
+
+
+@cache
+def registered_tasks() -> dict[str, Task]:
+    """name → :class:`Task`, for every task registered under :data:`GROUP`, sorted by name.
+    A registration that does not load, or loads something other than a :class:`Task` of its
+    own name, is an error naming it."""
+    found = {}
+    for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
+        try:
+            task = point.load()
+        except Exception as err:  # a user's package may be broken in any way
+            raise ValueError(f"task {point.name!r} ({point.value}) does not load: {type(err).__name__}: {err}") from err
+        if not isinstance(task, Task) or task.name != point.name:
+            raise ValueError(f"task {point.name!r} ({point.value}): expected a cnnsuite.contract.Task of that name")
+        if not (issubclass(task.module, TaskModule) and issubclass(task.datamodule, TaskDataModule)):
+            raise ValueError(f"task {point.name!r}: its module must be a TaskModule, its datamodule a TaskDataModule")
+        found[point.name] = task
+    return found
+
+
+def trusted_classes() -> dict[str, type]:
+    """Class path → class, for the model and datamodule class of every registered task: the
+    only classes a checkpoint may rebuild."""
+    return {class_path(cls): cls for task in registered_tasks().values() for cls in (task.module, task.datamodule)}
+
+
+def task_of(cls: type) -> Task | None:
+    """The registered task whose model or datamodule class ``cls`` is, if any."""
+    return next((t for t in registered_tasks().values() if cls in (t.module, t.datamodule)), None)

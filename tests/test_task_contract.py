@@ -1,0 +1,95 @@
+"""The task is the one unit of extension: a task made outside the repository, registered by
+its own installed package, goes through every command with no change to the suite; an
+unregistered one is not trusted."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_image_folder
+
+from cnnsuite.checkpoint import CheckpointError
+from cnnsuite.cli import main
+from cnnsuite.contract import registered_tasks, trusted_classes
+
+
+def copy_task(source: str, package: str, site: Path) -> Path:
+    """tasks/<source> copied as the package ``package`` under ``site``, its config naming its
+    own classes (``<package>.module.…``)."""
+    folder = site / package
+    shutil.copytree(ROOT / "tasks" / source, folder, ignore=shutil.ignore_patterns("__pycache__", "README.md"))
+    for path in [*folder.glob("*.py"), folder / "config.yaml"]:
+        text = path.read_text().replace(f"cnnsuite.tasks.{source}", package)
+        path.write_text(text.replace(f'name="{source}"', f'name="{package}"'))
+    return folder
+
+
+def register(site, package: str) -> None:
+    """What ``pip install`` of a package declaring the entry point leaves on the path: its
+    ``.dist-info`` with ``entry_points.txt``."""
+    info = site / f"{package}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[cnnsuite.tasks]\n{package} = {package}:TASK\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A folder on ``sys.path`` standing for the user's site-packages; the registry forgets
+    what it found before and after."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    registered_tasks.cache_clear()
+    yield folder
+    registered_tasks.cache_clear()
+
+
+def test_the_built_in_tasks_are_registered_and_trusted():
+    tasks = registered_tasks()
+    assert sorted(tasks) == ["biomedical3d", "detection2d", "localization2d", "multispectral3d", "recognition2d",
+                             "video3d"]  # fmt: skip
+    for task in tasks.values():
+        assert task.config.is_file() and task.headline == "test/" + task.module.monitor.split("/")[1]
+        assert {task.module, task.datamodule} <= set(trusted_classes().values())
+
+
+def test_a_seventh_task_from_its_own_package_goes_through_every_command(site, tmp_path, capsys):
+    copy_task("recognition2d", "mytask", site)
+    register(site, "mytask")
+    assert "mytask" in registered_tasks()
+    images = make_image_folder(tmp_path / "images", per_class=8)
+    runs = tmp_path / "runs"
+    main(["fit", "--config", str(site / "mytask" / "config.yaml"), "--data.data_dir", str(images),
+          "--data.batch_size", "8", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(runs),
+          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])  # fmt: skip
+    run = runs / "version_0"
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert json.loads((run / "evaluation" / "metrics.json").read_text())["test/acc"] >= 0
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(images), "--out", str(tmp_path / "eval")])
+    assert "test/acc" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    main(["predict", "--ckpt", str(ckpt), "--input", str(images / "dog"), "--out", str(tmp_path / "pred")])
+    lines = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and all(line["class"] in ("cat", "dog", "owl") for line in lines)
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "model.onnx")])
+    assert json.loads((tmp_path / "model.onnx.json").read_text())["task"] == "mytask"
+    main(["inspect", "--ckpt", str(ckpt), "--data.data_dir", str(images), "--out", str(tmp_path / "inspect"),
+          "--max_samples", "4"])  # fmt: skip
+    assert (tmp_path / "inspect" / "gradcam.png").is_file()
+
+
+def test_an_unregistered_copy_trains_but_its_checkpoint_is_refused(site, tmp_path, capsys):
+    copy_task("recognition2d", "unregistered", site)  # importable, but no package declares it
+    images = make_image_folder(tmp_path / "images", per_class=4)
+    main(["fit", "--config", str(site / "unregistered" / "config.yaml"), "--data.data_dir", str(images),
+          "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs"), "--evaluate", "false",
+          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])  # fmt: skip
+    ckpt = tmp_path / "runs" / "version_0" / "checkpoints" / "best.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(images)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "names 'unregistered.module.RecognitionModule' as its TaskModule; refused" in err
+    with pytest.raises(CheckpointError, match="refused, only registered tasks' classes are rebuilt"):
+        main(["predict", "--ckpt", str(ckpt), "--input", str(images), "--debug"])
