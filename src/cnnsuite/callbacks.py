@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .errors import ConfigError
+
 
 class PreciseBatchNorm(L.Callback):
     """Recompute BatchNorm statistics on training batches before each validation.
@@ -28,7 +30,7 @@ class PreciseBatchNorm(L.Callback):
 
     def __init__(self, num_batches: int = DEFAULT_BATCHES) -> None:
         if num_batches < 1:
-            raise ValueError(f"PreciseBatchNorm.num_batches={num_batches}: expected at least 1")
+            raise ConfigError(f"PreciseBatchNorm.num_batches={num_batches}: expected at least 1")
         self.num_batches = num_batches
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

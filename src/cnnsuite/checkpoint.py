@@ -31,15 +31,12 @@ from jsonargparse import ArgumentParser
 from .contract import trusted_classes
 from .data import TaskDataModule
 from .data.splits import check_splits, load_splits
+from .errors import CheckpointError, ConfigError, MissingFileError
 from .task import TaskModule, class_path
 from .untrusted import check_finite, load_weights_only
 
 #: the key under which :class:`~cnnsuite.task.TaskModule` records its run's classes
 CLASSES_KEY = "cnnsuite_classes"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as it is; the message names the file and what is wrong."""
 
 
 def trusted_class(name: object, base: type, source: object) -> type:
@@ -63,7 +60,7 @@ def load_checkpoint(ckpt_path: str | Path) -> dict:
     the classes it records, hyper-parameters as mappings, a ``state_dict`` of tensors."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise MissingFileError(f"{path}: no such checkpoint file")
     checkpoint = load_weights_only(path, f"{path}: cannot load as a checkpoint", mmap=True)
     classes = checkpoint.get(CLASSES_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(classes, dict) or "datamodule" not in classes or "model" not in classes:
@@ -172,7 +169,7 @@ def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict,
     local = set(data_cls.local_hparams())
     refused = sorted(set(data) - local)
     if refused:
-        raise ValueError(
+        raise ConfigError(
             f"--data.{refused[0]}: comes from the checkpoint, which defines the run; "
             f"only {', '.join(sorted(local))} may be given"
         )
@@ -321,12 +318,12 @@ def check_matches(model: TaskModule, datamodule: TaskDataModule, source: object)
     the same number of input channels."""
     expected, found = model.class_names, list(datamodule.class_names)
     if found != expected:
-        raise ValueError(
+        raise ConfigError(
             f"{datamodule.root}: classes {found} do not match the {len(expected)} classes {expected} "
             f"that {source} was trained on"
         )
     channels = model.hparams.get("in_channels")
     if channels is not None and channels != datamodule.in_channels:
-        raise ValueError(
+        raise ConfigError(
             f"{datamodule.root}: images have {datamodule.in_channels} channels, {source} expects {channels}"
         )

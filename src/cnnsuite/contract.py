@@ -31,6 +31,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from .data import TaskDataModule
+from .errors import ConfigError
 from .task import TaskModule, class_path
 
 #: the entry-point group tasks are registered under
@@ -77,11 +78,12 @@ def registered_tasks() -> dict[str, Task]:
         try:
             task = point.load()
         except Exception as err:  # a user's package may be broken in any way
-            raise ValueError(f"task {point.name!r} ({point.value}) does not load: {type(err).__name__}: {err}") from err
+            reason = f"{type(err).__name__}: {err}"
+            raise ConfigError(f"task {point.name!r} ({point.value}) does not load: {reason}") from err
         if not isinstance(task, Task) or task.name != point.name:
-            raise ValueError(f"task {point.name!r} ({point.value}): expected a cnnsuite.contract.Task of that name")
+            raise ConfigError(f"task {point.name!r} ({point.value}): expected a cnnsuite.contract.Task of that name")
         if not (issubclass(task.module, TaskModule) and issubclass(task.datamodule, TaskDataModule)):
-            raise ValueError(f"task {point.name!r}: its module must be a TaskModule, its datamodule a TaskDataModule")
+            raise ConfigError(f"task {point.name!r}: its module must be a TaskModule, its datamodule a TaskDataModule")
         found[point.name] = task
     return found
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from .contract import task_of
 from .data import TaskDataModule
+from .errors import ConfigError
 from .predict import Predictor
 from .task import TaskModule, class_path
 
@@ -115,7 +116,7 @@ def export(
     """Export ``ckpt_path``'s inference network to ``out`` (see the module's docstring);
     returns the file written and what the JSON beside it holds."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     path = output_path(ckpt_path, fmt, out, force)
     predictor = Predictor(ckpt_path, accelerator="cpu")
     model, datamodule = predictor.model, predictor.datamodule
@@ -144,7 +145,7 @@ def export(
         diffs = {name: max_difference(e, o) for name, e, o in zip(names, expected, exported(check_batch), strict=True)}
         worst = max(diffs.values())
         if not worst <= tolerance:  # NaN fails too
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: the exported network differs from PyTorch's by up to {worst:.3g} (tolerance {tolerance:g}; "
                 + ", ".join(f"{n} {d:.3g}" for n, d in diffs.items())
                 + f") on {check_source}; nothing was written"
@@ -199,7 +200,7 @@ def check_inputs(predictor: Predictor, inputs: list | None) -> tuple[torch.Tenso
     datamodule = predictor.datamodule
     shape = datamodule.input_shape
     if shape is None:
-        raise ValueError(
+        raise ConfigError(
             f"{type(datamodule).__name__} has no fixed input shape: give --input with files to export and check on"
         )
     generator = torch.Generator().manual_seed(0)
@@ -222,7 +223,7 @@ def trace(network: nn.Module, batch: torch.Tensor, ckpt_path: str | Path, model:
         return torch.export.export(network, (example,), dynamic_shapes=(dynamic,), strict=False)
     except Exception as err:  # torch.export raises several types; the first lines say where
         reason = " ".join(str(err).strip().split("\n")[:2])
-        raise ValueError(
+        raise ConfigError(
             f"{ckpt_path}: torch.export cannot trace {type(model).__name__}.inference_network() for any batch "
             f"size ({type(err).__name__}: {reason})"
         ) from err

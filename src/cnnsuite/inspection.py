@@ -47,6 +47,7 @@ from .backbone import StagedBackbone
 from .backbone.geometry import describe_stages
 from .checkpoint import add_data_options, data_options, rebuild
 from .data import TaskDataModule
+from .errors import ConfigError
 from .inspectable import Network
 from .jsonout import strict_json
 from .predict import Predictor
@@ -79,7 +80,7 @@ def held_out_batches(datamodule: TaskDataModule, max_samples: int) -> Iterator:
     spread evenly over the test split (split files are often sorted by class)."""
     dataset = datamodule.datasets["test"]
     if len(dataset) == 0:
-        raise ValueError(f"{datamodule.root}: the run's test split is empty; give a sample with --input")
+        raise ConfigError(f"{datamodule.root}: the run's test split is empty; give a sample with --input")
     picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), max_samples)).astype(int)).tolist()
     loader = datamodule.loader_class(
         Subset(dataset, picked), batch_size=datamodule.hparams.batch_size, collate_fn=type(datamodule).collate_fn
@@ -139,7 +140,7 @@ def _save(fig, path: Path) -> Path:
 def first_conv(backbone: nn.Module) -> _ConvNd:
     conv = next((m for m in backbone.modules() if isinstance(m, _ConvNd)), None)
     if conv is None:
-        raise ValueError("the backbone has no convolution: no filters to show")
+        raise ConfigError("the backbone has no convolution: no filters to show")
     return conv
 
 
@@ -390,7 +391,7 @@ def inspect(
     docstring); returns what ``stages.json`` holds. ``data``: where the run's data is (see
     :func:`~cnnsuite.checkpoint.rebuild`)."""
     if max_samples < 1:
-        raise ValueError(f"--max_samples {max_samples}: expected at least 1")
+        raise ConfigError(f"--max_samples {max_samples}: expected at least 1")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     model, datamodule = rebuild(ckpt_path, ckpt_path.parent.parent, data)
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())

@@ -22,6 +22,7 @@ import torch
 from .checkpoint import rebuild_for_inference
 from .data.errors import BadFileError
 from .data.inputs import Input
+from .errors import MissingFileError
 from .jsonout import first_non_finite
 
 
@@ -55,7 +56,7 @@ class Predictor:
         file, a DICOM series folder), else every input in it and its sub-folders, sorted."""
         root = Path(root)
         if not root.exists():
-            raise FileNotFoundError(f"--input {root}: no such file or folder")
+            raise MissingFileError(f"--input {root}: no such file or folder")
         if root.is_file() or self.datamodule.is_input(root):
             return [root], []
         inputs, ignored = [], []

@@ -38,6 +38,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from .errors import ConfigError
+
 #: the environment variable that carries a run's version to its other processes
 VERSION_ENV = "CNNSUITE_RUN_VERSION"
 _VERSION_DIR = re.compile(r"version_(\d+)$")
@@ -218,7 +220,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, every_n_train_steps: int = 200) -> None:
         if every_n_train_steps < 0:
-            raise ValueError(f"last_checkpoint.every_n_train_steps={every_n_train_steps}: expected 0 or more")
+            raise ConfigError(f"last_checkpoint.every_n_train_steps={every_n_train_steps}: expected 0 or more")
         super().__init__(save_top_k=0, save_last=True, enable_version_counter=False)
         self.every_steps = every_n_train_steps
 

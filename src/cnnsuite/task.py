@@ -34,6 +34,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from .backbone import StagedBackbone
 from .callbacks import PreciseBatchNorm
 from .data.inputs import Input
+from .errors import ConfigError, DivergedError
 from .inspectable import ClassScores, Network, middle_frame, same
 from .schedules import CosineAnnealingLR
 from .transfer import CHANNEL_MODES, backbone_state, transfer_backbone
@@ -64,7 +65,7 @@ class TaskModule(L.LightningModule):
         self.save_hyperparameters()
         names, count = self.hparams.get("class_names"), self.hparams.get("num_classes")
         if names is not None and len(names) != count:
-            raise ValueError(f"model.class_names has {len(names)} names but model.num_classes={count}")
+            raise ConfigError(f"model.class_names has {len(names)} names but model.num_classes={count}")
         self.configure_models()
         self.load_backbone_weights()
         self.configure_losses()
@@ -84,7 +85,7 @@ class TaskModule(L.LightningModule):
                 if name == known or name.startswith((f"{known}_", f"{known}/")):
                     return cls.metric_modes[known]
         logged = ", ".join(f"val/{name}" for name in cls.metric_modes)
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint.monitor={key!r}: {cls.__name__} logs no such value; it logs {logged} "
             "(and train/… of its losses), names with _ or / after them included"
         )
@@ -114,7 +115,7 @@ class TaskModule(L.LightningModule):
         says so here."""
         backbone = self.feature_backbone()
         if not isinstance(backbone, StagedBackbone):
-            raise ValueError(f"{type(self).__name__}: its backbone is no cnnsuite StagedBackbone: nothing to inspect")
+            raise ConfigError(f"{type(self).__name__}: its backbone is no cnnsuite StagedBackbone: nothing to inspect")
         frames = input_dims == backbone.spatial_dims + 3
         stages = f"model.{self.backbone_prefix}stages"
         return Network(backbone, middle_frame if frames else same, ClassScores(self, frames=frames), stages,
@@ -131,13 +132,13 @@ class TaskModule(L.LightningModule):
             return
         channels = self.hparams.get("backbone_weights_channels", "mean")
         if channels not in CHANNEL_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone_weights_channels={channels!r}: expected one of {', '.join(CHANNEL_MODES)}"
             )
         state = backbone_state(path, where="model.backbone_weights")
         report = transfer_backbone(self.feature_backbone(), state, channels)
         if report.loaded == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone_weights={path}: none of its {len(state)} backbone tensors fits this backbone "
                 f"(model.backbone={self.hparams.get('backbone')!r}); a checkpoint of the same backbone family is needed"
             )
@@ -208,7 +209,7 @@ class TaskModule(L.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             saved = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if cb.last_model_path]
             last = saved[0] if saved else "none yet"
-            raise FloatingPointError(
+            raise DivergedError(
                 f"training loss is {float(loss):g} at step {self.trainer.global_step} (epoch {self.current_epoch}); "
                 f"stopped; last good checkpoint: {last}. A lower learning rate or gradient clipping often helps."
             )

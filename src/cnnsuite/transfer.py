@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .untrusted import check_finite, load_weights_only
 
 CHANNEL_MODES = ("mean", "repeat", "first")
@@ -55,7 +56,7 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{where} {path}: no such file (expected a checkpoint or a backbone's state dict)")
+        raise ConfigError(f"{where} {path}: no such file (expected a checkpoint or a backbone's state dict)")
     content = load_weights_only(
         path, f"{where} {path}: not a checkpoint or state dict of tensors; torch.load(weights_only=True) refused it"
     )
@@ -72,7 +73,7 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
                 check_finite(found, f"{where} {path}")
                 return found
     expected = ", ".join(f"{prefix or 'stages.'}*" for prefix in backbone_prefixes())
-    raise ValueError(f"{where} {path}: no backbone tensors (expected keys {expected})")
+    raise ConfigError(f"{where} {path}: no backbone tensors (expected keys {expected})")
 
 
 @dataclass
@@ -117,7 +118,7 @@ def transfer_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], chann
     docstring for the rules. ``channels`` (``mean``, ``repeat`` or ``first``) says how the first
     convolution's input channels are adapted when their counts differ."""
     if channels not in CHANNEL_MODES:
-        raise ValueError(f"channels={channels!r}: expected one of {', '.join(CHANNEL_MODES)}")
+        raise ConfigError(f"channels={channels!r}: expected one of {', '.join(CHANNEL_MODES)}")
     target = backbone.state_dict()
     convs = _conv_weight_names(backbone)
     first_conv = convs[0] if convs else None
@@ -187,12 +188,12 @@ def adapt_in_channels(kernel: torch.Tensor, count: int, mode: str, name: str = "
         return kernel[:, torch.arange(count) % source] * (source / count)
     if mode == "first":
         if count > source:
-            raise ValueError(
+            raise ConfigError(
                 f"channels='first': {name} needs {count} input channels, the source has only {source}; "
                 "use 'mean' or 'repeat'"
             )
         return kernel[:, :count].clone()
-    raise ValueError(f"channels={mode!r}: expected one of {', '.join(CHANNEL_MODES)}")
+    raise ConfigError(f"channels={mode!r}: expected one of {', '.join(CHANNEL_MODES)}")
 
 
 def _conv_weight_names(backbone: nn.Module) -> list[str]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import BadFileError
+
 
 def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU: a file that would run pickled code, or
@@ -15,7 +17,7 @@ def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for a damaged, foreign or code-carrying file
-        raise ValueError(f"{failure} ({type(err).__name__}: {_load_error_detail(err)})") from None
+        raise BadFileError(f"{failure} ({type(err).__name__}: {_load_error_detail(err)})") from None
 
 
 def check_finite(tensors: dict[str, torch.Tensor], source: object) -> None:
@@ -24,7 +26,7 @@ def check_finite(tensors: dict[str, torch.Tensor], source: object) -> None:
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise ValueError(f"{source}: non-finite weights (NaN or infinity) in {bad[0]}{more}")
+        raise BadFileError(f"{source}: non-finite weights (NaN or infinity) in {bad[0]}{more}")
 
 
 def _load_error_detail(err: Exception) -> str:

@@ -48,6 +48,7 @@ from torch.utils.data import default_collate
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
 from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
+from cnnsuite.errors import ConfigError, MissingFileError
 
 from .lesions import CLASSES, lesion_volume
 
@@ -235,11 +236,11 @@ class Biomedical3DDataModule(TaskDataModule):
     ) -> None:
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if data_dir is not None and medmnist_npz is not None:
-            raise ValueError("data.data_dir and data.medmnist_npz: give one source, not both")
+            raise ConfigError("data.data_dir and data.medmnist_npz: give one source, not both")
         if cache not in ("memory", "disk", "none"):
-            raise ValueError(f"data.cache={cache!r}: expected 'memory', 'disk' or 'none'")
+            raise ConfigError(f"data.cache={cache!r}: expected 'memory', 'disk' or 'none'")
         if spatial_size is not None and len(spatial_size) != 3:
-            raise ValueError(f"data.spatial_size={spatial_size}: expected 3 sizes (D, H, W)")
+            raise ConfigError(f"data.spatial_size={spatial_size}: expected 3 sizes (D, H, W)")
         self.spatial_size = tuple(spatial_size or (32, 32, 32))
         self.in_channels = 1
         if medmnist_npz is not None:
@@ -387,21 +388,21 @@ def read_labels_csv(root: Path) -> list[tuple[str, str]]:
     missing ones are reported together."""
     path = root / LABELS_CSV
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; expected a CSV with columns image,label")
+        raise MissingFileError(f"{path}: missing; expected a CSV with columns image,label")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected columns image,label, found {reader.fieldnames}")
+            raise ConfigError(f"{path}: expected columns image,label, found {reader.fieldnames}")
         rows, missing = [], []
         for line, row in enumerate(reader, start=2):
             image, label = (row["image"] or "").strip(), (row["label"] or "").strip()
             if not image or not label:
-                raise ValueError(f"{path}, line {line}: empty image or label")
+                raise ConfigError(f"{path}, line {line}: empty image or label")
             if not (root / image).exists():
                 missing.append(BadFileError(f"{path}, line {line}: {root / image} does not exist"))
             rows.append((image, label))
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise ConfigError(f"{path}: no rows")
     report_bad_files(missing, len(rows), what="volumes")
     return rows
 
@@ -417,12 +418,12 @@ def class_names_of(labels) -> list[str]:
 def _load_medmnist(path: Path) -> dict[str, np.ndarray]:
     """A MedMNIST v2 3D ``.npz`` (``train_images`` (N, 28, 28, 28), ``train_labels`` (N, 1), ...)."""
     if not path.is_file():
-        raise FileNotFoundError(f"data.medmnist_npz={path}: no such file")
+        raise MissingFileError(f"data.medmnist_npz={path}: no such file")
     try:
         with np.load(path) as npz:
             missing = [k for k in MEDMNIST_KEYS if k not in npz.files]
             if missing:
-                raise ValueError(f"{path}: not a MedMNIST file, missing arrays {', '.join(missing)}")
+                raise ConfigError(f"{path}: not a MedMNIST file, missing arrays {', '.join(missing)}")
             arrays = {k: npz[k] for k in MEDMNIST_KEYS}
     except (OSError, ValueError) as err:
         if str(path) in str(err):

@@ -45,6 +45,7 @@ from cnnsuite.data.coco import (
 )
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.splits import STAGES
+from cnnsuite.errors import ConfigError
 
 # The embedded default: how many canvases per split, their side, digits per canvas and
 # digit heights in pixels. Changing them needs a fresh --data.data_root (written once).
@@ -122,11 +123,11 @@ class DetectionDataModule(TaskDataModule):
     ) -> None:
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if format not in ("auto", "coco", "voc"):
-            raise ValueError(f"data.format={format!r}: expected 'auto', 'coco' or 'voc'")
+            raise ConfigError(f"data.format={format!r}: expected 'auto', 'coco' or 'voc'")
         if on_bad_annotation not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_annotation={on_bad_annotation!r}: expected 'error' or 'skip'")
+            raise ConfigError(f"data.on_bad_annotation={on_bad_annotation!r}: expected 'error' or 'skip'")
         if channels not in (None, 1, 3):
-            raise ValueError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
+            raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         self._data: DetectionData | None = None
         self._fixed_splits: dict[str, list[str]] | None = None
         if data_dir is None:
@@ -143,7 +144,7 @@ class DetectionDataModule(TaskDataModule):
             self._load()  # reads and checks every annotation now: errors surface before training
             first = next((r for r in self._data.records), None)
             if first is None:
-                raise ValueError(f"data.data_dir={root}: the annotations list no images")
+                raise ConfigError(f"data.data_dir={root}: the annotations list no images")
             self.in_channels = channels or image_channels(root / first.file)
         self.class_names = list(self.categories.names)
 
@@ -156,7 +157,7 @@ class DetectionDataModule(TaskDataModule):
             return "coco"
         if (root / "Annotations").is_dir():
             return "voc"
-        raise ValueError(
+        raise ConfigError(
             f"data.data_dir={root}: found neither annotations.json, train/val/test.json (COCO) "
             f"nor an Annotations/ folder (Pascal VOC)"
         )
@@ -168,14 +169,14 @@ class DetectionDataModule(TaskDataModule):
             return None
         if len(present) != len(STAGES):
             missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
-            raise ValueError(f"{root}: found {', '.join(f'{s}.json' for s in present)} but not {missing}")
+            raise ConfigError(f"{root}: found {', '.join(f'{s}.json' for s in present)} but not {missing}")
         return files
 
     def _coco_categories(self, root: Path) -> CategoryMap:
         files = self._split_files(root)
         if files is None:
             if not (root / "annotations.json").is_file():
-                raise ValueError(f"data.data_dir={root}: no annotations.json (COCO)")
+                raise ConfigError(f"data.data_dir={root}: no annotations.json (COCO)")
             return read_categories(root / "annotations.json")
         maps = {s: read_categories(f) for s, f in files.items()}
         for s in STAGES[1:]:

@@ -54,6 +54,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid, save_image
 from cnnsuite.backbone import StagedBackbone, build_backbone
 from cnnsuite.data.coco import CategoryMap, coco_results
 from cnnsuite.data.inputs import Input
+from cnnsuite.errors import ConfigError
 from cnnsuite.inspectable import Network, same
 from cnnsuite.task import TaskModule
 
@@ -89,7 +90,7 @@ class BackboneFPN(nn.Module):
         n = len(backbone.out_channels)
         bad = [s for s in stages if not -n <= s < n]
         if bad or not stages:
-            raise ValueError(f"model.fpn_stages={stages}: expected indices of the backbone's {n} stages")
+            raise ConfigError(f"model.fpn_stages={stages}: expected indices of the backbone's {n} stages")
         self.body = backbone
         self.stages = [s % n for s in stages]
         blocks = {
@@ -98,7 +99,7 @@ class BackboneFPN(nn.Module):
             "p6p7": LastLevelP6P7(out_channels, out_channels),
         }
         if extra not in blocks:
-            raise ValueError(f"extra={extra!r}: expected None, 'pool' or 'p6p7'")
+            raise ConfigError(f"extra={extra!r}: expected None, 'pool' or 'p6p7'")
         self.fpn = FeaturePyramidNetwork(
             [backbone.out_channels[s] for s in self.stages], out_channels, extra_blocks=blocks[extra]
         )
@@ -158,7 +159,7 @@ def build_detector(
 ) -> nn.Module:
     """A torchvision detection model; ``num_classes`` counts the dataset's classes only."""
     if detector not in DETECTORS:
-        raise ValueError(f"model.detector={detector!r}: expected one of {', '.join(DETECTORS)}")
+        raise ConfigError(f"model.detector={detector!r}: expected one of {', '.join(DETECTORS)}")
     if detector in REFERENCES:
         if in_channels != 3:
             # The references' MobileNetV3 stem takes RGB: gray images are repeated to 3 channels.
@@ -246,9 +247,9 @@ class DetectionModule(TaskModule):
     ) -> None:
         for key, value in (("image_mean", image_mean), ("image_std", image_std)):
             if value is not None and len(value) != in_channels:
-                raise ValueError(f"model.{key}={value}: expected {in_channels} values, one per input channel")
+                raise ConfigError(f"model.{key}={value}: expected {in_channels} values, one per input channel")
         if fpn_channels % 32:
-            raise ValueError(f"model.fpn_channels={fpn_channels}: expected a multiple of 32 (FCOS's group norm)")
+            raise ConfigError(f"model.fpn_channels={fpn_channels}: expected a multiple of 32 (FCOS's group norm)")
         super().__init__()
 
     def feature_backbone(self) -> nn.Module:
@@ -372,7 +373,7 @@ class DetectionModule(TaskModule):
         the pyramid; none for Faster R-CNN, whose class scores come after proposals are picked."""
         backbone = self.feature_backbone()
         if not isinstance(backbone, StagedBackbone):
-            raise ValueError(
+            raise ConfigError(
                 f"model.detector={self.hparams.detector!r} carries torchvision's own backbone; "
                 "inspect looks inside cnnsuite's backbones (model.backbone)"
             )
@@ -393,7 +394,7 @@ class DetectionModule(TaskModule):
         Only a one-stage detector can be cut there."""
         names = HEAD_OUTPUTS.get(self.hparams.detector)
         if names is None:
-            raise ValueError(
+            raise ConfigError(
                 f"model.detector={self.hparams.detector!r}: only {' and '.join(HEAD_OUTPUTS)} can be exported "
                 "(network up to the heads' raw outputs, decoding and NMS outside); this detector picks region "
                 "proposals between its stages, so no network ends at its heads"

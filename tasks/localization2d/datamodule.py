@@ -65,6 +65,7 @@ from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError, read_coco, read_voc, voc_classes
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.splits import STAGES, split_off
+from cnnsuite.errors import ConfigError
 
 CSV_COLUMNS = ("image", "label", "x1", "y1", "x2", "y2")
 CUB_FILES = ("images.txt", "image_class_labels.txt", "bounding_boxes.txt", "classes.txt")
@@ -103,7 +104,7 @@ def detect_format(root: Path) -> str:
         return "coco"
     if (root / "Annotations").is_dir():
         return "voc"
-    raise ValueError(
+    raise ConfigError(
         f"data.data_dir={root}: found neither labels.csv, the CUB-200-2011 files ({', '.join(CUB_FILES)}), "
         "annotations.json (COCO) nor an Annotations/ folder (Pascal VOC)"
     )
@@ -140,10 +141,10 @@ def read_csv_labels(root: Path) -> tuple[list[str], list[Sample], list[BadFileEr
         reader = csv.DictReader(f)
         missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing columns {missing}; expected {','.join(CSV_COLUMNS)}")
+            raise ConfigError(f"{path}: missing columns {missing}; expected {','.join(CSV_COLUMNS)}")
         rows = list(reader)
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise ConfigError(f"{path}: no rows")
     class_names = sorted({row["label"].strip() for row in rows if row["label"] and row["label"].strip()})
     samples, errors = [], []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
@@ -174,7 +175,7 @@ def _cub_table(path: Path, columns: int) -> dict[str, list[str]]:
         if not parts:
             continue
         if len(parts) != columns:
-            raise ValueError(f"{path} line {number}: expected {columns} fields, got {line!r}")
+            raise ConfigError(f"{path} line {number}: expected {columns} fields, got {line!r}")
         table[parts[0]] = parts[1:]
     return table
 
@@ -431,13 +432,13 @@ class LocalizationDataModule(TaskDataModule):
     ) -> None:
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if format not in FORMATS:
-            raise ValueError(f"data.format={format!r}: expected one of {', '.join(FORMATS)}")
+            raise ConfigError(f"data.format={format!r}: expected one of {', '.join(FORMATS)}")
         if on_bad_file not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+            raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         if channels not in (None, 1, 3):
-            raise ValueError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
+            raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if image_size < 8:
-            raise ValueError(f"data.image_size={image_size}: expected at least 8 pixels")
+            raise ConfigError(f"data.image_size={image_size}: expected at least 8 pixels")
         check_cache_limit(cache_limit_mb)
         self._samples: dict[str, Sample] | None = None
         self._fixed: dict[str, str] = {}
@@ -450,7 +451,7 @@ class LocalizationDataModule(TaskDataModule):
             self.format = detect_format(root) if format == "auto" else format
             self._load()  # reads and checks every row now: errors surface before anything else
             if not self._samples:
-                raise ValueError(f"data.data_dir={root}: no usable samples")
+                raise ConfigError(f"data.data_dir={root}: no usable samples")
             self.in_channels = channels or image_channels(root / next(iter(self._samples)))
 
     @property
@@ -472,9 +473,9 @@ class LocalizationDataModule(TaskDataModule):
             else:
                 names, samples, errors = read_detection_folder(root, self.format, on_bad)
         except (OSError, AnnotationError) as err:
-            raise ValueError(f"data.data_dir={root}: {err}") from None
+            raise ConfigError(f"data.data_dir={root}: {err}") from None
         if self.hparams.data_dir is None and names != self.class_names:
-            raise ValueError(f"{root}: the default's labels are {names}, expected {self.class_names}")
+            raise ConfigError(f"{root}: the default's labels are {names}, expected {self.class_names}")
         self.class_names = names
         report_bad_files(errors, len(samples) + len(errors), on_bad, what="labelled images")
         self._samples = {s.file: s for s in samples}

@@ -42,6 +42,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 from cnnsuite.backbone.blocks import activation_layer
 from cnnsuite.classification import ClassificationModule
 from cnnsuite.data import Input
+from cnnsuite.errors import ConfigError
 from cnnsuite.inspectable import Network
 
 BOX_LOSSES = {"giou": generalized_box_iou_loss, "ciou": complete_box_iou_loss}
@@ -210,13 +211,13 @@ class LocalizationModule(ClassificationModule):
         backbone_weights_channels: str = "mean",
     ) -> None:
         if spatial_dims != 2:
-            raise ValueError(f"model.spatial_dims={spatial_dims}: localization2d boxes are 2D")
+            raise ConfigError(f"model.spatial_dims={spatial_dims}: localization2d boxes are 2D")
         if box_loss not in BOX_LOSSES:
-            raise ValueError(f"model.box_loss={box_loss!r}: expected one of {', '.join(BOX_LOSSES)}")
+            raise ConfigError(f"model.box_loss={box_loss!r}: expected one of {', '.join(BOX_LOSSES)}")
         if class_head not in ("roi", "global"):
-            raise ValueError(f"model.class_head={class_head!r}: expected 'roi' or 'global'")
+            raise ConfigError(f"model.class_head={class_head!r}: expected 'roi' or 'global'")
         if box_grid < 1:
-            raise ValueError(f"model.box_grid={box_grid}: expected at least 1 (1 is global pooling)")
+            raise ConfigError(f"model.box_grid={box_grid}: expected at least 1 (1 is global pooling)")
         super().__init__(
             num_classes, in_channels, class_names, spatial_dims, backbone, backbone_kwargs, head_hidden, head_act,
             dropout, label_smoothing, channels_last, backbone_weights, backbone_weights_channels,
@@ -229,7 +230,7 @@ class LocalizationModule(ClassificationModule):
         if hp.class_head == "roi":
             stages = len(self.backbone.out_channels)
             if not -stages <= hp.roi_stage < stages:
-                raise ValueError(f"model.roi_stage={hp.roi_stage}: expected an index of the backbone's {stages} stages")
+                raise ConfigError(f"model.roi_stage={hp.roi_stage}: expected an index of the {stages} backbone stages")
             hidden = (hp.head_hidden or [hp.box_hidden])[0]
             self.head = RoIClassifierHead(self.backbone.out_channels[hp.roi_stage], hp.num_classes, hp.roi_stage,
                                           hp.roi_size, hidden, hp.head_act, hp.dropout)  # fmt: skip

@@ -43,6 +43,7 @@ from cnnsuite.data import (
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.limits import check_size
+from cnnsuite.errors import ConfigError
 
 from .landcover import BANDS, CLASSES, patch
 
@@ -215,10 +216,10 @@ class MultispectralDataModule(TaskDataModule):
     ) -> None:
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if layout not in LAYOUTS:
-            raise ValueError(f"data.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+            raise ConfigError(f"data.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
         check_cache_limit(cache_limit_mb)
         if bands is not None and (not bands or len(set(bands)) != len(bands)):
-            raise ValueError(f"data.bands={bands}: expected distinct band names, e.g. [B02, B03, B04, B08]")
+            raise ConfigError(f"data.bands={bands}: expected distinct band names, e.g. [B02, B03, B04, B08]")
         if data_dir is None:
             # Band names are checked against the default's in prepare_data: a checkpoint of a run
             # on the user's own bands rebuilds this branch for prediction (see restore_preprocessing).
@@ -246,7 +247,7 @@ class MultispectralDataModule(TaskDataModule):
     def prepare_data(self) -> None:
         unknown = [b for b in self.hparams.bands or () if b not in BANDS]
         if self.hparams.data_dir is None and unknown:
-            raise ValueError(f"data.bands: no band {', '.join(unknown)}; expected names among {', '.join(BANDS)}")
+            raise ConfigError(f"data.bands: no band {', '.join(unknown)}; expected names among {', '.join(BANDS)}")
         super().prepare_data()
 
     def write_default(self, folder: Path) -> None:
@@ -305,7 +306,7 @@ class MultispectralDataModule(TaskDataModule):
         """The run's bands, patch size and band statistics, from the checkpoint alone: a patch
         is read and normalised as the run's test split was, wherever its training files are."""
         if "band_mean" not in state:
-            raise ValueError("the checkpoint holds no band statistics; patches cannot be normalised as in its run")
+            raise ConfigError("the checkpoint holds no band statistics; patches cannot be normalised as in its run")
         self.band_names = list(state["bands"])
         # a checkpoint from before the size was saved: any size (the network pools globally)
         self.size = tuple(state["patch_size"]) if "patch_size" in state else None
@@ -348,7 +349,7 @@ class MultispectralDataModule(TaskDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         if "band_mean" in state_dict:
             if state_dict["bands"] != self.band_names:
-                raise ValueError(
+                raise ConfigError(
                     f"the checkpoint's statistics are for bands {state_dict['bands']}, the data gives {self.band_names}"
                 )
             self.band_stats = (state_dict["band_mean"].float(), state_dict["band_std"].float())

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from cnnsuite.errors import ConfigError
+
 #: EuroSAT-MS's band order: B01 … B12, then B8A
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
 #: centre wavelengths (nm) of the bands above, for plots
@@ -82,7 +84,7 @@ def pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         phase = 2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi)
         wobble = 0.3 * _unit(gaussian_filter(rng.normal(size=(size, size)), sigma=4.0, mode="wrap"))
         return _unit(np.sin(phase) + wobble)
-    raise ValueError(f"pattern {kind!r}: expected smooth, rows or clumps")
+    raise ConfigError(f"pattern {kind!r}: expected smooth, rows or clumps")
 
 
 def patch(name: str, size: int, rng: np.random.Generator) -> np.ndarray:

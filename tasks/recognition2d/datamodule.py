@@ -33,6 +33,7 @@ from cnnsuite.data import (
 from cnnsuite.data.augment import BatchRandomAffine
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.digits import digit_scans, digit_split
+from cnnsuite.errors import ConfigError
 
 
 class ImageFolderDataset(Dataset):
@@ -99,11 +100,11 @@ class RecognitionDataModule(TaskDataModule):
     ) -> None:
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if on_bad_file not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+            raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         self._checked: set[str] = set()  # ids whose headers check_samples has read
         check_cache_limit(cache_limit_mb)
         if channels not in (None, 1, 3):
-            raise ValueError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
+            raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if data_dir is None:
             self.class_names = [str(d) for d in range(10)]
             self.in_channels = channels or 1
@@ -170,7 +171,7 @@ class RecognitionDataModule(TaskDataModule):
         for sample_id in ids:
             name = sample_id.split("/")[0]
             if name not in self.class_names:
-                raise ValueError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
+                raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
             labels.append(self.class_names.index(name))
         return ImageFolderDataset(self.root, ids, labels, self.in_channels, self.resize(), self.transform(stage),
                                   self.hparams.cache_limit_mb)  # fmt: skip

@@ -15,6 +15,7 @@ from torch import nn
 
 from cnnsuite.backbone import StagedBackbone, register_backbone
 from cnnsuite.backbone.references import measured_backbone
+from cnnsuite.errors import ConfigError
 
 #: Input size of the dry run that reads each stage's channels and stride: (T, H, W).
 _PROBE = (4, 64, 64)
@@ -22,7 +23,7 @@ _PROBE = (4, 64, 64)
 
 def _check(spatial_dims: int, name: str) -> None:
     if spatial_dims != 3:
-        raise ValueError(f"backbone {name!r}: spatial_dims={spatial_dims}, but PyTorchVideo's networks are 3D")
+        raise ConfigError(f"backbone {name!r}: spatial_dims={spatial_dims}, but PyTorchVideo's networks are 3D")
 
 
 @register_backbone("pytorchvideo_x3d")

@@ -53,6 +53,7 @@ from cnnsuite.data import (
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.limits import check_size, max_pixels
 from cnnsuite.data.splits import STAGES
+from cnnsuite.errors import ConfigError
 
 from .motions import FPS, FRAMES, MOTIONS, write_motion_dataset
 
@@ -332,17 +333,17 @@ class VideoDataModule(TaskDataModule):
     ) -> None:
         super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
         if on_bad_file not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+            raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         check_cache_limit(cache_limit_mb)
         if not clip_duration > 0:
-            raise ValueError(f"data.clip_duration={clip_duration}: expected a positive number of seconds")
+            raise ConfigError(f"data.clip_duration={clip_duration}: expected a positive number of seconds")
         for key, value in (
             ("frames_per_clip", frames_per_clip),
             ("frame_size", frame_size),
             ("train_clips_per_video", train_clips_per_video),
         ):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{key}={value}: expected a positive integer")
+                raise ConfigError(f"data.{key}={value}: expected a positive integer")
         if data_dir is None:
             self.class_names = list(MOTIONS)
         else:
@@ -364,7 +365,7 @@ class VideoDataModule(TaskDataModule):
         rebuilds its datamodule without data for prediction, and must not be refused."""
         clip_duration = self.hparams.clip_duration
         if self.hparams.data_dir is None and clip_duration > FRAMES / FPS:
-            raise ValueError(
+            raise ConfigError(
                 f"data.clip_duration={clip_duration}: the embedded videos are {FRAMES / FPS} s long; "
                 "choose a shorter clip"
             )
@@ -384,7 +385,7 @@ class VideoDataModule(TaskDataModule):
                 for stage in STAGES:
                     unknown = [i for i in splits[stage] if i not in known]
                     if unknown:
-                        raise ValueError(
+                        raise ConfigError(
                             f"{self.root / f'{stage}.csv'}: {len(unknown)} videos are not in the class folders "
                             f"of {self.root}, e.g. {unknown[0]}"
                         )
@@ -402,7 +403,7 @@ class VideoDataModule(TaskDataModule):
                 continue
             name = sample_id.split("/")[0]
             if name not in self.class_names:
-                raise ValueError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
+                raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
             try:
                 duration, fps, frame_bytes = probe_video(self.root / sample_id)
                 new[sample_id] = VideoRecord(sample_id, self.class_names.index(name), duration, fps, frame_bytes)
@@ -424,7 +425,7 @@ class VideoDataModule(TaskDataModule):
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         videos = self.check_samples(ids)
         if not videos:
-            raise ValueError(f"{self.root}: no readable video in the {stage} split ({len(ids)} listed)")
+            raise ConfigError(f"{self.root}: no readable video in the {stage} split ({len(ids)} listed)")
         return self.clip_dataset(self.root, videos, stage)
 
     def clip_dataset(self, root: Path, videos: list[VideoRecord], stage: str) -> ClipDataset:
@@ -477,7 +478,7 @@ def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] |
         return None
     if len(present) != len(STAGES):
         missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
-        raise ValueError(f"{root}: found {', '.join(present)} .csv split lists but not {missing}")
+        raise ConfigError(f"{root}: found {', '.join(present)} .csv split lists but not {missing}")
     splits, folder_of, label_of = {}, {}, {}
     for stage, file in files.items():
         ids = []
@@ -494,16 +495,16 @@ def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] |
                 try:
                     path = path.relative_to(root)
                 except ValueError:
-                    raise ValueError(f"{file}, line {number}: {path} is not inside {root}") from None
+                    raise ConfigError(f"{file}, line {number}: {path} is not inside {root}") from None
             sample_id = path.as_posix()
             folder = sample_id.split("/")[0]
             if folder not in class_names:
-                raise ValueError(f"{file}, line {number}: {sample_id} is not in a class folder of {root}")
+                raise ConfigError(f"{file}, line {number}: {sample_id} is not in a class folder of {root}")
             if label is not None and (folder_of.setdefault(label, folder), label_of.setdefault(folder, label)) != (
                 folder,
                 label,
             ):
-                raise ValueError(
+                raise ConfigError(
                     f"{file}, line {number}: label {label} for folder {folder!r} contradicts earlier lines "
                     f"(label {label} was {folder_of[label]!r}, {folder!r} was label {label_of[folder]})"
                 )

@@ -21,6 +21,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from cnnsuite.classification import ClassificationModule
 from cnnsuite.data import Input
+from cnnsuite.errors import ConfigError
 
 from . import backbones  # noqa: F401  (registers PyTorchVideo's reference backbones)
 
@@ -74,7 +75,7 @@ class VideoClassificationModule(ClassificationModule):
         """The shared classifier's arguments (``backbone``, ``backbone_kwargs``, ``head_hidden``,
         ``dropout``, ...), with a video's defaults: RGB clips, 3D filters, the eight motions."""
         if spatial_dims not in (2, 3):
-            raise ValueError(
+            raise ConfigError(
                 f"model.spatial_dims={spatial_dims}: expected 3 (filters over time and space) "
                 "or 2 (single-frame baseline)"
             )

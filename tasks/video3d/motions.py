@@ -21,6 +21,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from cnnsuite.errors import ConfigError
+
 MOTIONS = ("right", "left", "up", "down", "clockwise", "counterclockwise", "approaching", "receding")
 
 FRAMES = 24  # per video: 3 s at 8 fps, i.e. three 1-second clips
@@ -36,7 +38,7 @@ SUPERSAMPLE = 2  # anti-aliasing: render at 2x and average
 def render_motion(rng: np.random.Generator, motion: str, frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
     """``(frames, size, size, 3)`` uint8 RGB frames of one video of class ``motion``."""
     if motion not in MOTIONS:
-        raise ValueError(f"motion={motion!r}: expected one of {', '.join(MOTIONS)}")
+        raise ConfigError(f"motion={motion!r}: expected one of {', '.join(MOTIONS)}")
     tau = np.arange(frames) - (frames - 1) / 2  # time from the video's midpoint, in frames
     still = np.zeros(frames)
     speed, spin = rng.uniform(*SPEED), math.radians(rng.uniform(*SPIN))

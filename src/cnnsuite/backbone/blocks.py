@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
+
 IntOrSeq = int | Sequence[int]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -51,13 +53,13 @@ def as_tuple(value: IntOrSeq, spatial_dims: int, key: str) -> tuple[int, ...]:
         return (value,) * spatial_dims
     value = tuple(int(v) for v in value)
     if len(value) != spatial_dims:
-        raise ValueError(f"{key}={list(value)}: expected an int or {spatial_dims} values, one per axis")
+        raise ConfigError(f"{key}={list(value)}: expected an int or {spatial_dims} values, one per axis")
     return value
 
 
 def _check_dims(spatial_dims: int) -> None:
     if spatial_dims not in _CONV:
-        raise ValueError(f"spatial_dims={spatial_dims}: expected 1, 2 or 3")
+        raise ConfigError(f"spatial_dims={spatial_dims}: expected 1, 2 or 3")
 
 
 def conv_layer(spatial_dims: int, *args, **kwargs) -> nn.Module:
@@ -76,7 +78,7 @@ def norm_layer(spatial_dims: int, kind: str, channels: int, groups: int = 8) -> 
         return nn.GroupNorm(_largest_divisor(channels, groups), channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm={kind!r}: expected one of {', '.join(NORMS)}")
+    raise ConfigError(f"norm={kind!r}: expected one of {', '.join(NORMS)}")
 
 
 def _largest_divisor(channels: int, at_most: int) -> int:
@@ -87,7 +89,7 @@ def activation_layer(kind: str) -> nn.Module:
     try:
         return ACTIVATIONS[kind.lower()]()
     except KeyError:
-        raise ValueError(f"act={kind!r}: expected one of {', '.join(ACTIVATIONS)}") from None
+        raise ConfigError(f"act={kind!r}: expected one of {', '.join(ACTIVATIONS)}") from None
 
 
 def pool_layer(spatial_dims: int, kind: str, size: IntOrSeq, p: float = 2.0) -> nn.Module:
@@ -102,7 +104,7 @@ def pool_layer(spatial_dims: int, kind: str, size: IntOrSeq, p: float = 2.0) -> 
         return _LPPOOL[spatial_dims](p, size)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"pool={kind!r}: expected one of {', '.join(POOLS)}")
+    raise ConfigError(f"pool={kind!r}: expected one of {', '.join(POOLS)}")
 
 
 def global_avg_pool(spatial_dims: int) -> nn.Module:
@@ -135,7 +137,7 @@ class ConvBlock(nn.Sequential):
     ) -> None:
         _check_dims(spatial_dims)
         if sorted(order) != sorted("CNAP"):
-            raise ValueError(f"order={order!r}: expected each of the letters C, N, A, P once")
+            raise ConfigError(f"order={order!r}: expected each of the letters C, N, A, P once")
         kernel_size = as_tuple(kernel_size, spatial_dims, "kernel_size")
         stride = as_tuple(stride, spatial_dims, "stride")
         if padding == "same_if_unit_stride":

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..errors import ConfigError
 from .blocks import ConvBlock, IntOrSeq, as_tuple
 from .networks import StagedBackbone
 from .registry import register_backbone
@@ -50,9 +51,9 @@ class ConvNet2Plus1D(StagedBackbone):
         stem_stride: IntOrSeq = 1,
     ) -> None:
         if spatial_dims != 3:
-            raise ValueError(f"spatial_dims={spatial_dims}: a (2+1)D network needs 3 axes (T, H, W)")
+            raise ConfigError(f"spatial_dims={spatial_dims}: a (2+1)D network needs 3 axes (T, H, W)")
         if blocks_per_stage < 1:
-            raise ValueError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
+            raise ConfigError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
         t, kh, kw = as_tuple(kernel_size, 3, "kernel_size")
         stem_t, *stem_hw = as_tuple(stem_stride, 3, "stem_stride")
         common = dict(norm=norm, act=act, lp_p=lp_p, order=order)

@@ -28,6 +28,7 @@ from torch.func import functional_call
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.pooling import _AvgPoolNd, _LPPoolNd, _MaxPoolNd
 
+from ..errors import ConfigError
 from .parametrize import free_parameters
 
 SHORTCUT_NAMES = ("shortcut", "downsample")
@@ -127,7 +128,7 @@ def check_fits(backbone: nn.Module, input_shape: Sequence[int], where: str = "mo
     padded map, or a stride that leaves an axis with no output."""
     spatial_dims = backbone.spatial_dims
     if len(input_shape) != spatial_dims + 1:
-        raise ValueError(
+        raise ConfigError(
             f"input shape {_by(input_shape)}: expected channels and {spatial_dims} spatial sizes for this backbone"
         )
     size = tuple(int(n) for n in input_shape[1:])
@@ -136,7 +137,7 @@ def check_fits(backbone: nn.Module, input_shape: Sequence[int], where: str = "mo
             out = w.apply(size)
             if min(out) < 1:
                 place = f"stage {index}, {w.where}" if w.where else f"stage {index}"
-                raise ValueError(
+                raise ConfigError(
                     f"{where}: {place} ({w.label()}) meets a {_by(size)} feature map at input size "
                     f"{_by(input_shape)}; use fewer stages, smaller kernels or strides, or a larger input"
                 )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .blocks import ConvBlock, IntOrSeq
 from .parametrize import NAMED_TABLES, connection_mask, mask_weights
 from .registry import register_backbone
@@ -76,7 +77,7 @@ class ConvNet(StagedBackbone):
         stem_stride: IntOrSeq = 1,
     ) -> None:
         if blocks_per_stage < 1:
-            raise ValueError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
+            raise ConfigError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
         common = dict(kernel_size=kernel_size, norm=norm, act=act, lp_p=lp_p, order=order)
         stages, width = [], in_channels
         for index, out in enumerate(channels):
@@ -146,6 +147,6 @@ class LeNet5(StagedBackbone):
         super().__init__(spatial_dims, stages)
         if c3_table:
             if (c1, c3) != (6, 16):
-                raise ValueError(f"c3_table=True needs widths (6, 16, ...), got {tuple(widths)}")
+                raise ConfigError(f"c3_table=True needs widths (6, 16, ...), got {tuple(widths)}")
             conv = next(m for m in stages[1].modules() if isinstance(m, nn.modules.conv._ConvNd))
             mask_weights(conv, connection_mask(LENET5_C3_TABLE, conv.weight.shape))

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import ConfigError
+
 
 class Masked(nn.Module):
     def __init__(self, mask: torch.Tensor) -> None:
@@ -166,18 +168,19 @@ def apply_parametrizations(backbone: nn.Module, specs: Sequence[dict], where: st
     """
     stages = getattr(backbone, "stages", None)
     if stages is None:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: {type(backbone).__name__} has no stages to parametrize (use convnet, lenet5, resnet)"
         )
     plan = []
     for number, spec in enumerate(specs):
         at = f"{where}[{number}]"
         if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
-            raise ValueError(f"{at}={spec!r}: expected a mapping with kind: one of {', '.join(KINDS)}")
+            raise ConfigError(f"{at}={spec!r}: expected a mapping with kind: one of {', '.join(KINDS)}")
         kind = spec["kind"]
         unknown = set(spec) - {"stage", "kind", *KINDS[kind]}
         if unknown:
-            raise ValueError(f"{at}: unknown keys {sorted(unknown)} for kind {kind}; expected {', '.join(KINDS[kind])}")
+            expected = ", ".join(KINDS[kind])
+            raise ConfigError(f"{at}: unknown keys {sorted(unknown)} for kind {kind}; expected {expected}")
         for index in _stage_indices(spec.get("stage", "all"), len(stages), at):
             convs = [(n, m) for n, m in stages[index].named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
             for name, conv in convs:
@@ -186,7 +189,7 @@ def apply_parametrizations(backbone: nn.Module, specs: Sequence[dict], where: st
     seen: dict[int, str] = {}
     for conv, _, layer in plan:
         if parametrize.is_parametrized(conv, "weight") or id(conv) in seen:
-            raise ValueError(f"{layer}: already transformed{' by ' + seen[id(conv)] if id(conv) in seen else ''}; "
+            raise ConfigError(f"{layer}: already transformed{' by ' + seen[id(conv)] if id(conv) in seen else ''}; "
                              "one transformation per layer")  # fmt: skip
         seen[id(conv)] = layer.split(":")[0]
     for conv, transform, _ in plan:
@@ -199,7 +202,7 @@ def _stage_indices(stage: object, count: int, at: str) -> list[int]:
         return list(range(count))
     indices = [stage] if isinstance(stage, int) else stage
     if not isinstance(indices, list | tuple) or not all(isinstance(i, int) and -count <= i < count for i in indices):
-        raise ValueError(f"{at}: stage={stage!r}: expected 'all' or stage indices in 0..{count - 1}")
+        raise ConfigError(f"{at}: stage={stage!r}: expected 'all' or stage indices in 0..{count - 1}")
     return [i % count for i in indices]
 
 
@@ -218,24 +221,24 @@ def _transformation(kind: str, spec: dict, conv: nn.Module, layer: str):
     if kind == "symmetric":
         axes = spec.get("axes", list(range(dims)))
         if not isinstance(axes, list | tuple) or not all(isinstance(a, int) and -dims <= a < dims for a in axes):
-            raise ValueError(f"{layer}: axes={axes!r}: expected spatial axes in 0..{dims - 1}")
+            raise ConfigError(f"{layer}: axes={axes!r}: expected spatial axes in 0..{dims - 1}")
         groups = symmetric_groups(shape, dims=tuple(2 + a % dims for a in axes))
         return lambda m: tie_weights(m, groups)
     if kind == "tie_channels":
         count = spec.get("groups")
         if not isinstance(count, int) or count < 1 or shape[1] % count:
-            raise ValueError(f"{layer}: groups={count!r}: expected a divisor of its {shape[1]} input channels")
+            raise ConfigError(f"{layer}: groups={count!r}: expected a divisor of its {shape[1]} input channels")
         groups = tied_channel_groups(shape, count)
         return lambda m: tie_weights(m, groups)
     if kind == "connection_table":
         table = spec.get("table")
         table = NAMED_TABLES.get(table, table) if isinstance(table, str) else table
         if not _table_fits(table, shape[0], shape[1]):
-            raise ValueError(f"{layer}: table: expected {shape[0]} lists (one per output channel) of input channels "
+            raise ConfigError(f"{layer}: table: expected {shape[0]} lists (one per output channel) of input channels "
                              f"in 0..{shape[1] - 1}, or one of {', '.join(NAMED_TABLES)}")  # fmt: skip
         mask = connection_mask(table, shape)
         return lambda m: mask_weights(m, mask)
     code_size, hidden = spec.get("code_size", 8), spec.get("hidden", 32)
     if not all(isinstance(v, int) and v > 0 for v in (code_size, hidden)):
-        raise ValueError(f"{layer}: code_size={code_size!r}, hidden={hidden!r}: expected positive integers")
+        raise ConfigError(f"{layer}: code_size={code_size!r}, hidden={hidden!r}: expected positive integers")
     return lambda m: hyper_kernel(m, code_size, hidden)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .networks import StagedBackbone
 from .registry import register_backbone
 
@@ -77,7 +78,7 @@ def torchvision_resnet18(spatial_dims: int = 2, in_channels: int = 3, **kwargs) 
     """torchvision's 2D ResNet-18 with its first convolution taking ``in_channels`` (13 bands,
     one grey channel, ...), as TorchGeo trains EuroSAT; stages are its layer1..layer4."""
     if spatial_dims != 2:
-        raise ValueError(f"model.spatial_dims={spatial_dims}: torchvision_resnet18 is a 2D network")
+        raise ConfigError(f"model.spatial_dims={spatial_dims}: torchvision_resnet18 is a 2D network")
     from torchvision.models import resnet18
 
     net = resnet18(weights=None, **kwargs)

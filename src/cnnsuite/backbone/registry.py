@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import ConfigError
 from .parametrize import apply_parametrizations
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
@@ -43,13 +44,13 @@ def build_backbone(name: str, spatial_dims: int, in_channels: int, **kwargs) -> 
     try:
         factory = _BACKBONES[name]
     except KeyError:
-        raise ValueError(f"backbone={name!r}: expected one of {', '.join(list_backbones())}") from None
+        raise ConfigError(f"backbone={name!r}: expected one of {', '.join(list_backbones())}") from None
     # Only the call's signature is checked here: a TypeError from inside the backbone is a
     # bug and keeps its traceback.
     try:
         inspect.signature(factory).bind(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
     except TypeError as err:
-        raise ValueError(f"model.backbone_kwargs for {name!r}: {err} (given: {', '.join(sorted(kwargs))})") from None
+        raise ConfigError(f"model.backbone_kwargs for {name!r}: {err} (given: {', '.join(sorted(kwargs))})") from None
     backbone = factory(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
     if specs:
         apply_parametrizations(backbone, specs, where="model.backbone_kwargs.parametrize")

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .blocks import ConvBlock, IntOrSeq, activation_layer, as_tuple, conv_layer, norm_layer
 from .networks import StagedBackbone
 from .registry import register_backbone
@@ -56,7 +57,7 @@ class ResidualBlock(nn.Module):
         self.spatial_dims = spatial_dims
         self.kernel_size = as_tuple(kernel_size, spatial_dims, f"{KEY}.kernel_size")
         if any(k % 2 == 0 for k in self.kernel_size):
-            raise ValueError(
+            raise ConfigError(
                 f"{KEY}.kernel_size={list(self.kernel_size)}: expected odd sizes "
                 "(a residual block must keep the map's size for the addition)"
             )
@@ -179,21 +180,21 @@ class ResNet(StagedBackbone):
         widths = _positive_ints(widths, "widths")
         blocks = (2,) * len(widths) if blocks is None else _positive_ints(blocks, "blocks")
         if len(blocks) != len(widths):
-            raise ValueError(f"{KEY}.blocks={list(blocks)}: expected one count per stage ({len(widths)} widths)")
+            raise ConfigError(f"{KEY}.blocks={list(blocks)}: expected one count per stage ({len(widths)} widths)")
         if block not in BLOCKS:
-            raise ValueError(f"{KEY}.block={block!r}: expected one of {', '.join(BLOCKS)}")
+            raise ConfigError(f"{KEY}.block={block!r}: expected one of {', '.join(BLOCKS)}")
         if strides is None:
             strides = [1] + [2] * (len(widths) - 1)
         if isinstance(strides, int | str) or len(strides) != len(widths):
-            raise ValueError(
+            raise ConfigError(
                 f"{KEY}.strides={strides!r}: expected one stride per stage ({len(widths)}), int or per axis"
             )
         if stem_pool not in ("max", "avg", "none"):
-            raise ValueError(f"{KEY}.stem_pool={stem_pool!r}: expected max, avg or none")
+            raise ConfigError(f"{KEY}.stem_pool={stem_pool!r}: expected max, avg or none")
         block_class = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
         stem_channels = widths[0] if stem_channels is None else stem_channels
         if not isinstance(stem_channels, int) or stem_channels < 1:
-            raise ValueError(f"{KEY}.stem_channels={stem_channels!r}: expected a positive int")
+            raise ConfigError(f"{KEY}.stem_channels={stem_channels!r}: expected a positive int")
         first = OrderedDict(
             stem=ConvBlock(
                 spatial_dims,
@@ -234,5 +235,5 @@ def _stem_pool(spatial_dims: int, kind: str) -> nn.Module:
 
 def _positive_ints(values: Sequence[int], key: str) -> tuple[int, ...]:
     if isinstance(values, int | str) or not values or not all(isinstance(v, int) and v >= 1 for v in values):
-        raise ValueError(f"{KEY}.{key}={values!r}: expected a non-empty list of positive ints, one per stage")
+        raise ConfigError(f"{KEY}.{key}={values!r}: expected a non-empty list of positive ints, one per stage")
     return tuple(values)

@@ -19,6 +19,8 @@ from typing import Generic, TypeVar
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..errors import ConfigError
+
 T = TypeVar("T")
 MIB = 2**20
 
@@ -26,7 +28,7 @@ MIB = 2**20
 def check_cache_limit(value: float) -> float:
     """``data.cache_limit_mb`` must be a number of MiB, 0 or more."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"data.cache_limit_mb={value!r}: expected a size in MiB, 0 or more (0: no cache)")
+        raise ConfigError(f"data.cache_limit_mb={value!r}: expected a size in MiB, 0 or more (0: no cache)")
     return float(value)
 
 

@@ -27,6 +27,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError
 from .errors import BadFileError
 from .images import image_size
 
@@ -88,7 +89,7 @@ class _Problems:
 
     def __init__(self, source: Path, on_error: str) -> None:
         if on_error not in ("error", "skip"):
-            raise ValueError(f"on_error={on_error!r}: expected 'error' or 'skip'")
+            raise ConfigError(f"on_error={on_error!r}: expected 'error' or 'skip'")
         self.source, self.on_error, self.found = source, on_error, []
 
     def __call__(self, message: str) -> None:

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ConfigError
 from .inputs import Input
 from .prepare import prepare_once
 from .resumable import EpochSampler, pass_seed, resumable, run_seed
@@ -230,7 +231,7 @@ class TaskDataModule(L.LightningDataModule):
     def _check_known(self, splits: dict[str, list[str]], source: object) -> None:
         """Every id of ``splits`` must be a sample of the data, or the split is for other data."""
         for s, unknown in self.unknown_ids(splits).items():
-            raise ValueError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
+            raise ConfigError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
 
     def _decide_splits(self) -> dict[str, list[str]]:
         if self.hparams.split_file:

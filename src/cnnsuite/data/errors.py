@@ -5,9 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-
-class BadFileError(ValueError):
-    """A user's file that cannot be read as what it should be; the message names it."""
+from ..errors import BadFileError
 
 
 def report_bad_files(

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import ConfigError, MissingFileError
+
 
 def check_folder(root: str | Path, key: str = "data.data_dir") -> Path:
     root = Path(root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"{key}={root}: no such folder")
+        raise MissingFileError(f"{key}={root}: no such folder")
     if not root.is_dir():
         raise NotADirectoryError(f"{key}={root}: expected a folder, found a file")
     return root
@@ -21,12 +23,12 @@ def list_classes(root: Path, extensions: Iterable[str]) -> list[str]:
     extensions = tuple(e.lower() for e in extensions)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ValueError(
+        raise ConfigError(
             f"{root}: no class folders; expected <class>/<file> with files ending in {', '.join(extensions)}"
         )
     for name in classes:
         if not any(_matches(f, extensions) for f in (root / name).iterdir()):
-            raise ValueError(f"{root / name}: class folder holds no file ending in {', '.join(extensions)}")
+            raise ConfigError(f"{root / name}: class folder holds no file ending in {', '.join(extensions)}")
     return classes
 
 

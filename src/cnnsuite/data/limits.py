@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import ConfigError
 from .errors import BadFileError
 
 #: the environment variable that sets the limit (a whole number of pixels; ``4e8`` reads too)
@@ -44,7 +45,7 @@ def parse_count(text: str, name: str) -> int:
     except ValueError:
         number = math.nan
     if not (math.isfinite(number) and number >= 1 and number == int(number)):
-        raise ValueError(f"{name}={text!r}: expected a whole number of pixels, 1 or more (such as 4e8)")
+        raise ConfigError(f"{name}={text!r}: expected a whole number of pixels, 1 or more (such as 4e8)")
     return int(number)
 
 

@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import ConfigError
+
 RECORD = "generation.json"
 
 
@@ -51,7 +53,7 @@ def check_record(folder: Path, args: dict) -> None:
         recorded = None
     if recorded != json.loads(json.dumps(args)):
         found = "no readable record of how it was generated" if recorded is None else f"was generated with {recorded}"
-        raise ValueError(
+        raise ConfigError(
             f"{folder}: {found}, expected {args}; delete the folder to generate it again "
             "(or pick another --data.data_root)"
         )

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
+from ..errors import ConfigError
+
 STAGES = ("train", "val", "test")
 
 
@@ -18,9 +20,9 @@ def stratified_split(
     """Split ``ids`` so each class keeps its share in train, val and test."""
     for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 < value < 1:
-            raise ValueError(f"data.{key}={value}: expected a fraction between 0 and 1")
+            raise ConfigError(f"data.{key}={value}: expected a fraction between 0 and 1")
     if val_fraction + test_fraction >= 1:
-        raise ValueError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
+        raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
     rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed)
     train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
@@ -52,7 +54,7 @@ def read_split_lists(root: Path) -> dict[str, list[str]] | None:
         return None
     if len(present) != len(STAGES):
         missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
-        raise ValueError(f"{root}: found {', '.join(present)} split lists but not {missing}")
+        raise ConfigError(f"{root}: found {', '.join(present)} split lists but not {missing}")
     return {s: [line.strip() for line in files[s].read_text().splitlines() if line.strip()] for s in STAGES}
 
 
@@ -66,7 +68,7 @@ def load_splits(path: Path) -> dict[str, list[str]]:
     try:
         splits = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the split lists ({err})") from None
+        raise ConfigError(f"{path}: cannot read the split lists ({err})") from None
     return check_splits(splits, path)
 
 
@@ -76,5 +78,5 @@ def check_splits(splits: object, source: object) -> dict[str, list[str]]:
     if not isinstance(splits, dict) or any(
         not isinstance(splits.get(s), list) or not all(isinstance(i, str) for i in splits[s]) for s in STAGES
     ):
-        raise ValueError(f"{source}: expected lists of sample ids under {', '.join(STAGES)}")
+        raise ConfigError(f"{source}: expected lists of sample ids under {', '.join(STAGES)}")
     return splits
