@@ -218,9 +218,7 @@ class Biomedical3DDataModule(TaskDataModule):
 
     def __init__(
         self,
-        data_dir: str | None = None,
         medmnist_npz: str | None = None,
-        data_root: str = "data",
         cache_dir: str | None = None,
         spatial_size: list[int] | None = None,
         spacing: list[float] | None = None,
@@ -228,13 +226,10 @@ class Biomedical3DDataModule(TaskDataModule):
         augment: bool = True,
         default_size: int = 900,
         batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        split_file: str | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        super().__init__(batch_size=batch_size, **kwargs)
+        data_dir = self.hparams.data_dir
         if data_dir is not None and medmnist_npz is not None:
             raise ConfigError("data.data_dir and data.medmnist_npz: give one source, not both")
         if cache not in ("memory", "disk", "none"):

@@ -109,19 +109,14 @@ class DetectionDataModule(TaskDataModule):
 
     def __init__(
         self,
-        data_dir: str | None = None,
-        data_root: str = "data",
         format: str = "auto",
         channels: int | None = None,
         on_bad_annotation: str = "error",
         batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        split_file: str | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        super().__init__(batch_size=batch_size, **kwargs)
+        data_dir = self.hparams.data_dir
         if format not in ("auto", "coco", "voc"):
             raise ConfigError(f"data.format={format!r}: expected 'auto', 'coco' or 'voc'")
         if on_bad_annotation not in ("error", "skip"):

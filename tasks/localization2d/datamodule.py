@@ -47,10 +47,9 @@ from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from cnnsuite.data import (
-    IMAGE_EXTENSIONS,
     BadFileError,
+    ImageDataModule,
     Input,
-    TaskDataModule,
     check_folder,
     describe_image_preprocessing,
     find_bad_images,
@@ -61,7 +60,7 @@ from cnnsuite.data import (
     symmetric_normalisation,
 )
 from cnnsuite.data.augment import BatchRandomAffine
-from cnnsuite.data.cache import DecodedCache, check_cache_limit
+from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError, read_coco, read_voc, voc_classes
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.splits import STAGES, split_off
@@ -397,7 +396,7 @@ class LocalizationDataset(Dataset):
         return list(zip(images, labels, boxes / self.size, strict=True))
 
 
-class LocalizationDataModule(TaskDataModule):
+class LocalizationDataModule(ImageDataModule):
     """One-object images → train/val/test loaders of ``(image, label, box)``.
 
     ``cache_limit_mb``: a split whose resized images fit is decoded once and kept in memory
@@ -410,36 +409,12 @@ class LocalizationDataModule(TaskDataModule):
     """
 
     default_name = "localization2d"
-    input_extensions = IMAGE_EXTENSIONS
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        data_root: str = "data",
-        format: str = "auto",
-        image_size: int = 64,
-        channels: int | None = None,
-        augment: bool = True,
-        hflip: bool = False,
-        cache_limit_mb: float = 1024,
-        on_bad_file: str = "error",
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        split_file: str | None = None,
-    ) -> None:
-        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+    def __init__(self, format: str = "auto", hflip: bool = False, image_size: int = 64, **kwargs) -> None:
+        super().__init__(image_size=image_size, **kwargs)
+        data_dir, channels = self.hparams.data_dir, self.hparams.channels
         if format not in FORMATS:
             raise ConfigError(f"data.format={format!r}: expected one of {', '.join(FORMATS)}")
-        if on_bad_file not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
-        if channels not in (None, 1, 3):
-            raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
-        if image_size < 8:
-            raise ConfigError(f"data.image_size={image_size}: expected at least 8 pixels")
-        check_cache_limit(cache_limit_mb)
         self._samples: dict[str, Sample] | None = None
         self._fixed: dict[str, str] = {}
         if data_dir is None:

@@ -199,8 +199,6 @@ class MultispectralDataModule(TaskDataModule):
 
     def __init__(
         self,
-        data_dir: str | None = None,
-        data_root: str = "data",
         bands: list[str] | None = None,
         layout: str = "cube",
         augment: bool = True,
@@ -208,13 +206,10 @@ class MultispectralDataModule(TaskDataModule):
         default_size: int = 100,
         default_patch: int = 64,
         batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        split_file: str | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        super().__init__(batch_size=batch_size, **kwargs)
+        data_dir = self.hparams.data_dir
         if layout not in LAYOUTS:
             raise ConfigError(f"data.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
         check_cache_limit(cache_limit_mb)

@@ -18,8 +18,8 @@ from torchvision.transforms import v2
 
 from cnnsuite.data import (
     IMAGE_EXTENSIONS,
+    ImageDataModule,
     Input,
-    TaskDataModule,
     check_folder,
     describe_image_preprocessing,
     find_bad_images,
@@ -31,7 +31,7 @@ from cnnsuite.data import (
     symmetric_normalisation,
 )
 from cnnsuite.data.augment import BatchRandomAffine
-from cnnsuite.data.cache import DecodedCache, check_cache_limit
+from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.errors import ConfigError
 
@@ -68,7 +68,7 @@ class ImageFolderDataset(Dataset):
         return list(zip(images, (self.labels[i] for i in indices), strict=True))
 
 
-class RecognitionDataModule(TaskDataModule):
+class RecognitionDataModule(ImageDataModule):
     """Image folder → train/val/test loaders of ``(image, label)``.
 
     ``cache_limit_mb``: a split whose resized images fit is decoded once and kept in memory
@@ -80,31 +80,11 @@ class RecognitionDataModule(TaskDataModule):
     """
 
     default_name = "recognition2d"
-    input_extensions = IMAGE_EXTENSIONS
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        data_root: str = "data",
-        image_size: int = 32,
-        channels: int | None = None,
-        augment: bool = True,
-        cache_limit_mb: float = 1024,
-        on_bad_file: str = "error",
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        split_file: str | None = None,
-    ) -> None:
-        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
-        if on_bad_file not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        data_dir, channels = self.hparams.data_dir, self.hparams.channels
         self._checked: set[str] = set()  # ids whose headers check_samples has read
-        check_cache_limit(cache_limit_mb)
-        if channels not in (None, 1, 3):
-            raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if data_dir is None:
             self.class_names = [str(d) for d in range(10)]
             self.in_channels = channels or 1

@@ -314,8 +314,6 @@ class VideoDataModule(TaskDataModule):
 
     def __init__(
         self,
-        data_dir: str | None = None,
-        data_root: str = "data",
         clip_duration: float = 1.0,
         frames_per_clip: int = 8,
         frame_size: int = 32,
@@ -325,13 +323,10 @@ class VideoDataModule(TaskDataModule):
         cache_limit_mb: float = 1024,
         on_bad_file: str = "error",
         batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        split_file: str | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(data_dir, data_root, batch_size, num_workers, seed, val_fraction, test_fraction, split_file)
+        super().__init__(batch_size=batch_size, **kwargs)
+        data_dir = self.hparams.data_dir
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         check_cache_limit(cache_limit_mb)

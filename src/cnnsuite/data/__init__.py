@@ -3,6 +3,7 @@
 from .datamodule import TaskDataModule
 from .errors import BadFileError, report_bad_files
 from .folders import check_folder, list_classes, list_samples
+from .image_datamodule import ImageDataModule
 from .images import (
     IMAGE_EXTENSIONS,
     describe_image_preprocessing,
@@ -18,6 +19,7 @@ from .splits import load_splits, read_split_lists, save_splits, stratified_split
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ImageDataModule",
     "Input",
     "BadFileError",
     "TaskDataModule",

@@ -1,5 +1,9 @@
 """TaskDataModule: what every task's datamodule shares.
 
+- Its init arguments (where the data is, batch size, workers, seed, split fractions, a split
+  file) are declared once, here: a task's datamodule declares its own and passes the rest on
+  as ``**kwargs``, which jsonargparse follows to this signature (``--help`` and
+  ``--print_config`` show them all).
 - It knows its classes and channels when constructed (the embedded default by
   construction, a user folder by listing it), so the CLI can link them into the model.
 - ``prepare_data`` materialises the embedded default once under ``data_root/<task>``,
@@ -152,8 +156,22 @@ class TaskDataModule(L.LightningDataModule):
         """Init arguments that say where data is read and written on this machine and how it is
         loaded (:attr:`path_hparams`, :attr:`loading_hparams`), not what the run is: a
         datamodule rebuilt from a checkpoint takes them from the user, never from the file."""
-        params = inspect.signature(cls.__init__).parameters
+        params = cls.init_parameters()
         return tuple(k for k in dict.fromkeys((*cls.path_hparams, *cls.loading_hparams)) if k in params)
+
+    @classmethod
+    def init_parameters(cls) -> dict[str, inspect.Parameter]:
+        """Every init argument, the subclass's own and those its ``**kwargs`` pass on to this
+        class's ``__init__`` (what jsonargparse shows in ``--help``)."""
+        params: dict[str, inspect.Parameter] = {}
+        for klass in reversed(cls.__mro__):
+            if "__init__" in vars(klass) and issubclass(klass, TaskDataModule):
+                params |= {
+                    name: p
+                    for name, p in inspect.signature(klass.__init__).parameters.items()
+                    if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
+                }
+        return params
 
     @property
     def num_classes(self) -> int:
@@ -175,7 +193,7 @@ class TaskDataModule(L.LightningDataModule):
 
     @classmethod
     def _init_default(cls, key: str):
-        return inspect.signature(cls.__init__).parameters[key].default
+        return cls.init_parameters()[key].default
 
     def prepare_data(self) -> None:
         if self.hparams.data_dir is None:

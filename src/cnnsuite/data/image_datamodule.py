@@ -1,0 +1,40 @@
+"""What the datamodules of image tasks share: their image settings, declared and checked once."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .cache import check_cache_limit
+from .datamodule import TaskDataModule
+from .images import IMAGE_EXTENSIONS
+
+
+class ImageDataModule(TaskDataModule):
+    """A :class:`TaskDataModule` whose samples are image files.
+
+    ``image_size``: the side of the square each image is resized to; ``channels``: 1 (gray), 3
+    (RGB) or null (from the first file); ``augment``: random affine maps on training batches;
+    ``cache_limit_mb``: a split whose resized images fit is decoded once and kept in memory
+    (:mod:`cnnsuite.data.cache`); ``on_bad_file``: ``error`` stops naming every file that does
+    not read, ``skip`` leaves them out with one warning. The rest (where the data is, batch,
+    workers, split) are :class:`TaskDataModule`'s.
+    """
+
+    input_extensions = IMAGE_EXTENSIONS
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: int | None = None,
+        augment: bool = True,
+        cache_limit_mb: float = 1024,
+        on_bad_file: str = "error",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if on_bad_file not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+        if channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
+        if image_size < 8:
+            raise ConfigError(f"data.image_size={image_size}: expected at least 8 pixels")
+        check_cache_limit(cache_limit_mb)
