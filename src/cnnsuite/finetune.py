@@ -41,18 +41,22 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import Optimizer
 
+from .errors import ConfigError
+from .task import TaskModule
+
 
 def find_backbone(pl_module: L.LightningModule) -> nn.Module:
-    """The module's feature backbone: a task module's ``feature_backbone()`` (detection2d's sits
-    inside the detector), else, for any other LightningModule, its ``backbone`` attribute."""
-    method = getattr(pl_module, "feature_backbone", None)
-    if callable(method):
-        return method()
-    backbone = getattr(pl_module, "backbone", None)
+    """The module's feature backbone: a task's ``feature_backbone()`` (which may sit deep inside
+    its network), else, for any other LightningModule, its ``backbone`` module (Lightning's
+    ``BackboneFinetuning`` convention)."""
+    if isinstance(pl_module, TaskModule):
+        return pl_module.feature_backbone()
+    backbone = getattr(pl_module, "backbone", None)  # Lightning's convention for any LightningModule
     if isinstance(backbone, nn.Module):
         return backbone
-    raise ValueError(
-        f"BackboneSchedule: {type(pl_module).__name__} has no 'backbone' module and no feature_backbone() method"
+    raise ConfigError(
+        f"BackboneSchedule: {type(pl_module).__name__} has no 'backbone' module and is no cnnsuite TaskModule "
+        "(whose feature_backbone() names it)"
     )
 
 
@@ -66,9 +70,9 @@ class BackboneSchedule(BaseFinetuning):
         super().__init__()
         for key, value in (("unfreeze_at_epoch", unfreeze_at_epoch), ("from_stage", from_stage)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"BackboneSchedule.{key}={value!r}: expected an integer >= 0")
+                raise ConfigError(f"BackboneSchedule.{key}={value!r}: expected an integer >= 0")
         if not isinstance(backbone_lr_factor, int | float) or not 0 < backbone_lr_factor < math.inf:
-            raise ValueError(f"BackboneSchedule.backbone_lr_factor={backbone_lr_factor!r}: expected a number > 0")
+            raise ConfigError(f"BackboneSchedule.backbone_lr_factor={backbone_lr_factor!r}: expected a number > 0")
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.from_stage = from_stage
         self.backbone_lr_factor = float(backbone_lr_factor)
@@ -81,7 +85,7 @@ class BackboneSchedule(BaseFinetuning):
         stages = getattr(backbone, "stages", None)
         if stages is None or self.from_stage >= len(stages):
             count = "no stages" if stages is None else f"{len(stages)} stages (0..{len(stages) - 1})"
-            raise ValueError(f"BackboneSchedule.from_stage={self.from_stage}: the backbone has {count}")
+            raise ConfigError(f"BackboneSchedule.from_stage={self.from_stage}: the backbone has {count}")
         return list(stages[: self.from_stage]), list(stages[self.from_stage :])
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
