@@ -34,7 +34,7 @@ from .backbone.geometry import check_fits
 from .checkpoint import add_data_options, data_options, resume_arguments
 from .contract import LINKED
 from .data import TaskDataModule
-from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, run_version
+from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, default_output, run_version
 from .task import TaskModule
 
 #: what a user's data or config can raise (BadFileError, AnnotationError and friends are
@@ -284,12 +284,6 @@ def predict_main(argv: list[str]) -> None:
     predictor = Predictor(args.ckpt, args.accelerator)
     summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures)
     print(summary_line(summary, out_dir))
-
-
-def default_output(ckpt_path: str | Path, name: str) -> Path:
-    """``<run folder>/<name>`` for a checkpoint in a run's ``checkpoints/`` folder, else ``./<name>``."""
-    ckpt_path = Path(ckpt_path)
-    return ckpt_path.parent.parent / name if ckpt_path.parent.name == "checkpoints" else Path(name)
 
 
 def user_message(err: BaseException) -> str:

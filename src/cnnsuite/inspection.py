@@ -51,6 +51,7 @@ from .errors import ConfigError
 from .inspectable import Network
 from .jsonout import strict_json
 from .predict import Predictor
+from .runs import default_output
 from .task import TaskModule
 
 #: test samples looked at for ``top_samples.png`` (spread evenly over the test split)
@@ -465,8 +466,6 @@ def inspect_main(argv: list[str]) -> None:
     add_data_options(parser)
     args, extra = parser.parse_known_args(argv)
     data = data_options(args, extra, parser)
-    from .cli import default_output
-
     out_dir = Path(args.out) if args.out else default_output(args.ckpt, "inspection")
     inspect(args.ckpt, out_dir, args.input, args.max_samples, args.accelerator, data)
     print((out_dir / "stages.md").read_text())

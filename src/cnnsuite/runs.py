@@ -81,6 +81,12 @@ def run_version(root: Path, ckpt_path: str | os.PathLike | None) -> int:
     return version
 
 
+def default_output(ckpt_path: str | Path, name: str) -> Path:
+    """``<run folder>/<name>`` for a checkpoint in a run's ``checkpoints/`` folder, else ``./<name>``."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.parent.parent / name if ckpt_path.parent.name == "checkpoints" else Path(name)
+
+
 def default_loggers(root: str | os.PathLike, version: int) -> list:
     """TensorBoard and CSV loggers sharing ``<root>/version_<version>``."""
     return [

@@ -243,10 +243,6 @@ class DetectionDataModule(TaskDataModule):
         image = load_image(path, self.in_channels)
         return Input(path, image, {"width": image.shape[2], "height": image.shape[1]})
 
-    def coco_ground_truth(self, stage: str) -> dict:
-        """The ``stage`` split as one COCO object (what a results file is scored against)."""
-        return coco_document(self.datasets[stage].records, self.categories)
-
     # --- the embedded default -------------------------------------------------------
     def write_default(self, folder: Path) -> None:
         scans, digits = digit_scans()
