@@ -29,9 +29,21 @@ def test_count_flops_counts_a_matmul():
     assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
 
 
-def test_flatten_and_missing_section():
+def test_flatten_and_every_section_loads(tmp_path, monkeypatch):
+    """The command offers exactly ``SECTIONS``, and each ships: each loads to a module with
+    ``run`` and ``markdown``. A section whose own import lacks a dependency raises that error
+    rather than passing for a section "not part of this installation"."""
+    import cnnsuite.bench as bench_package
+    from cnnsuite.bench.core import SECTIONS
+
     assert flatten({"t": {"a": 1, "b_ratio": 2.0}}) == {"t.a": 1, "t.b_ratio": 2.0}
-    assert load_section("no_such_section") is None
+    for name in SECTIONS:
+        module = load_section(name)
+        assert callable(module.run) and callable(module.markdown), name
+    (tmp_path / "needs_more.py").write_text("import cnnsuite_no_such_dependency\n")
+    monkeypatch.setattr(bench_package, "__path__", [*bench_package.__path__, str(tmp_path)])
+    with pytest.raises(ModuleNotFoundError, match="cnnsuite_no_such_dependency"):
+        load_section("needs_more")
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +83,16 @@ def test_models_section_figures_and_ratios(report):
 
 
 def test_markdown_has_machine_table_then_sections(report):
-    _, text = report
+    data, text = report
     assert text.index("## Machine") < text.index("## Models")
     assert "| CPU |" in text and "dense fp32 matmul" in text
     assert "| localization2d | **default** |" in text and "torchvision_resnet18" in text
-    assert "lightning" in text.lower()
+    # Lightning's overhead: its own table, one row for the task that measures it, the ratio of bench.json
+    ratio = data["models"]["recognition2d.lightning_overhead_ratio"]
+    overhead = text[text.index("Lightning's overhead:") :].split("\n\n")[1].splitlines()
+    assert overhead[0].startswith("| task | batches/epoch |") and "**ratio**" in overhead[0]
+    assert [row.split(" | ")[0] for row in overhead[2:]] == ["| recognition2d"]
+    assert f" | {ratio:.3f} | " in overhead[2]
 
 
 def test_a_failing_task_is_reported_and_the_others_measured(tmp_path, monkeypatch, capsys):

@@ -2,27 +2,26 @@
 sides (``cnnsuite fit`` + evaluation, and the plain script, each in its own process). Only
 that the figures are there and the ratios finite and positive: never a wall-clock assertion."""
 
+import dataclasses
 import math
 
 import pytest
 
 from cnnsuite.bench import endtoend
 from cnnsuite.bench.core import BenchContext
-from cnnsuite.bench.models import REFERENCES
+from cnnsuite.contract import registered_tasks
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """The section on recognition2d, with a convnet standing in for a reference network
-    (recognition2d has none of its own)."""
+    (recognition2d has none of its own) that the quick run trains within its budget."""
     context = BenchContext(tmp_path_factory.mktemp("data"), quick=True, machine={}, matmul_gflops=1.0, tiny=True)
-    tiny = endtoend.Settings(epochs={"recognition2d": 1}, seconds=1.0, limit_batches=2,
-                             references={"recognition2d": ("convnet",)})  # fmt: skip
+    task = registered_tasks()["recognition2d"]
+    convnet = {"convnet": {"model": {"backbone": "convnet", "backbone_kwargs": {}}}}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(endtoend, "TINY", tiny)
-        patch.setitem(
-            REFERENCES, "recognition2d", {"convnet": {"model": {"backbone": "convnet", "backbone_kwargs": {}}}}
-        )
+        patch.setitem(registered_tasks(), "recognition2d", dataclasses.replace(task, references=convnet,
+                                                                               quick_budget=True))  # fmt: skip
         yield endtoend.run(["recognition2d"], context)
 
 

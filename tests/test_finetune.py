@@ -108,15 +108,54 @@ def test_frozen_backbone_then_stages_from_one_at_a_lower_rate(tmp_path):
     assert epochs[2]["lrs"][0] != epochs[3]["lrs"][0]  # the scheduler drives both groups
 
 
-def test_the_schedule_freezes_the_backbone_inside_a_detector():
+class DetectorEpochs(Callback):
+    """The detector's tensors and the optimiser's groups (parameter ids, rates) after each epoch."""
+
+    def __init__(self) -> None:
+        self.epochs = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        groups = trainer.optimizers[0].param_groups
+        self.epochs.append({"state": {k: v.clone() for k, v in pl_module.state_dict().items()},
+                            "groups": [{id(p) for p in g["params"]} for g in groups],
+                            "lrs": [g["lr"] for g in groups]})  # fmt: skip
+
+
+def test_the_schedule_freezes_the_backbone_inside_a_detector(tmp_path):
     """detection2d's backbone sits under torchvision's FPN, inside its detector: the task names
-    it (feature_backbone), and the schedule freezes exactly it — not the FPN, not the heads."""
+    it (feature_backbone), and the schedule freezes exactly it — not the FPN, not the heads —
+    then trains its later stages in a group of their own at the lower rate."""
+    torch.manual_seed(0)
     model = DetectionModule(num_classes=3, in_channels=1, min_size=64, max_size=64)
+    model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)  # the CLI's
     body = model.detector.backbone.body
     assert find_backbone(model) is body
     BackboneSchedule(unfreeze_at_epoch=1).freeze_before_training(model)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {f"detector.backbone.body.{name}" for name, _ in body.named_parameters()}
+
+    images = [torch.rand(1, 64, 64) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 44.0 + i]]), "labels": torch.tensor([i]),
+                "iscrowd": torch.tensor([0])} for i in range(2)]  # fmt: skip
+    batches = DataLoader([(images, targets)], batch_size=None)
+    snapshots = DetectorEpochs()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        callbacks=[BackboneSchedule(unfreeze_at_epoch=1, from_stage=1), snapshots])  # fmt: skip
+    trainer.fit(model, batches)
+    (first, second), body_ids = snapshots.epochs, {id(p) for p in body.parameters()}
+    assert not changed(snapshots.initial, first["state"], "detector.backbone.body.")  # BatchNorm statistics too
+    assert changed(snapshots.initial, first["state"], "detector.backbone.fpn.")
+    assert changed(snapshots.initial, first["state"], "detector.head.")
+    assert len(first["groups"]) == 1 and not first["groups"][0] & body_ids
+    assert second["groups"][1] == {id(p) for stage in body.stages[1:] for p in stage.parameters()}
+    assert second["lrs"] == pytest.approx([0.01, 0.001])
+    assert not changed(snapshots.initial, second["state"], "detector.backbone.body.stages.0.")
+    for stage in range(1, len(body.stages)):
+        assert changed(first["state"], second["state"], f"detector.backbone.body.stages.{stage}."), stage
 
 
 def test_unfreezing_all_from_epoch_zero_trains_every_stage(tmp_path):

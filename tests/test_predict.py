@@ -32,15 +32,23 @@ def read_lines(path):
 
 
 def test_predict_a_single_image(recognition, tmp_path, capsys):
+    """One image of the test split: its line holds the model's probabilities under their
+    own class names (as the test loader's sample gives them) and names their argmax."""
     folder, run = recognition
-    image = folder / "dog" / "3.jpg"
-    main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(image), "--out", str(tmp_path)])
+    ckpt = run / "checkpoints" / "best.ckpt"
+    model, datamodule = rebuild(ckpt, data={"data_dir": folder})
+    test = datamodule.datasets["test"]
+    image = folder / test.ids[0]
+    main(["predict", "--ckpt", str(ckpt), "--input", str(image), "--out", str(tmp_path)])
     (line,) = read_lines(tmp_path / "predictions.jsonl")
-    assert line["path"] == str(image) and line["class"] in ("cat", "dog", "owl")
-    assert set(line["probabilities"]) == {"cat", "dog", "owl"}
-    assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert line["score"] == max(line["probabilities"].values())
-    assert (tmp_path / "pictures" / "3.jpg.png").stat().st_size > 0
+    with torch.no_grad():
+        expected = model(test[0][0][None]).softmax(1)[0]
+    assert line["path"] == str(image) and list(line["probabilities"]) == ["cat", "dog", "owl"]
+    got = torch.tensor([line["probabilities"][c] for c in ("cat", "dog", "owl")])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert line["class"] == ("cat", "dog", "owl")[int(expected.argmax())]
+    assert line["score"] == pytest.approx(float(expected.max()), abs=1e-6)
+    assert (tmp_path / "pictures" / f"{image.name}.png").stat().st_size > 0
     assert "predicted 1 of 1 inputs" in capsys.readouterr().out
 
 

@@ -56,17 +56,23 @@ def test_user_folder_fit_evaluate_and_checkpoint_contract(tmp_path, image_folder
     assert len(splits["test"]) == round(0.2 * 24) and not set(splits["test"]) & set(splits["train"])
 
 
-def test_default_digits_fast_dev_run_and_shared_split(tmp_path):
+def test_default_digits_fast_dev_run_and_shared_split(tmp_path, monkeypatch):
     fit(tmp_path, "--trainer.fast_dev_run", "true")
     default = tmp_path / "data" / "recognition2d"
     assert len(list(default.glob("*/*.png"))) == 1797
     test_ids = (default / "test.txt").read_text().split()
     train_ids = set((default / "train.txt").read_text().split())
     assert len(test_ids) == len(digit_split()["test"]) and not train_ids & set(test_ids)
-    # prepare_data is idempotent: a second datamodule reuses the folder
-    stamp = default.stat().st_mtime_ns
+    # prepare_data is idempotent: a second datamodule reuses the folder and generates nothing
+    # (a regeneration would lose its rename to the folder in place and leave no mark on it)
+    before = snapshot(tmp_path / "data")
+
+    def write_default(self, folder):
+        raise AssertionError(f"the default was generated again into {folder}")
+
+    monkeypatch.setattr(RecognitionDataModule, "write_default", write_default)
     RecognitionDataModule(data_root=str(tmp_path / "data")).prepare_data()
-    assert default.stat().st_mtime_ns == stamp
+    assert snapshot(tmp_path / "data") == before
 
 
 def test_short_training_on_digits_learns(tmp_path, monkeypatch):

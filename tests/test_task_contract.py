@@ -93,3 +93,15 @@ def test_an_unregistered_copy_trains_but_its_checkpoint_is_refused(site, tmp_pat
     assert "names 'unregistered.module.RecognitionModule' as its TaskModule; refused" in err
     with pytest.raises(CheckpointError, match="refused, only registered tasks' classes are rebuilt"):
         main(["predict", "--ckpt", str(ckpt), "--input", str(images), "--debug"])
+
+
+def test_the_shared_code_names_no_task():
+    """src/cnnsuite loops over the task contract: no file of it names a task."""
+    names = sorted(registered_tasks())
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "src" / "cnnsuite").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if any(name in line for name in names)
+    ]
+    assert not offenders, "\n".join(offenders)

@@ -1,6 +1,6 @@
 """biomedical3d in plain PyTorch: the 3D CNN on the volumes held in memory.
 
-    python -m benchmarks.plain.biomedical3d [--epochs 20] [--data_root data]
+    python benchmarks/plain/biomedical3d.py [--epochs 20] [--data_root data]
 
 Volumes go through MONAI's preprocessing (the datamodule's test transforms) once; the suite's
 augmentation — a flip along each axis with probability ½, 1–3 quarter turns with probability
@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from benchmarks.plain.common import main, random_flips_and_turns, train_classifier, uniform
+from common import main, random_flips_and_turns, train_classifier, uniform
 
 TASK = "biomedical3d"
 

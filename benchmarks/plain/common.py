@@ -255,7 +255,7 @@ def train_classifier(
 
 
 def main(run: Callable[..., dict], description: str) -> None:
-    """``python -m benchmarks.plain.<task> --epochs K [--data_root data] [--out result.json]``:
+    """``python benchmarks/plain/<task>.py --epochs K [--data_root data] [--out result.json]``:
     trains, tests, prints the result as JSON (and writes it to ``--out``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--epochs", type=int, default=None, help="default: the config's trainer.max_epochs")

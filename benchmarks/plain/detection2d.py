@@ -1,6 +1,6 @@
 """detection2d in plain PyTorch: FCOS on our backbone + FPN, the canvases held in memory.
 
-    python -m benchmarks.plain.detection2d [--epochs 8] [--data_root data]
+    python benchmarks/plain/detection2d.py [--epochs 8] [--data_root data]
 
 The detector computes its own losses (torchvision's FCOS); as the suite, labels are shifted by
 the detector's label offset, crowd boxes are left out of training, and gradients are clipped
@@ -13,14 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchmetrics.detection import MeanAveragePrecision
-
-from benchmarks.plain.common import (
+from common import (
     fit,
     load,
     main,
     shuffled_batches,
 )
+from torchmetrics.detection import MeanAveragePrecision
 
 TASK = "detection2d"
 

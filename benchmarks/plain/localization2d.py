@@ -1,6 +1,6 @@
 """localization2d in plain PyTorch: the class-and-box network on the canvases held in memory.
 
-    python -m benchmarks.plain.localization2d [--epochs 16] [--data_root data]
+    python benchmarks/plain/localization2d.py [--epochs 16] [--data_root data]
 
 The loss is the module's own (cross-entropy + L1 + GIoU, weighted as configured). The
 augmentation is the suite's own ``BatchBoxAffine`` on the batch tensor: a random shift (±10 %)
@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from cnnsuite.tasks.localization2d.datamodule import BatchBoxAffine
 from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, MeanIoU
-
-from benchmarks.plain.common import (
+from common import (
     fit,
     load,
     main,

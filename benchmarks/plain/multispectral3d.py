@@ -1,6 +1,6 @@
 """multispectral3d in plain PyTorch: the spectral-spatial 3D CNN on the 13-band patches held in memory.
 
-    python -m benchmarks.plain.multispectral3d [--epochs 10] [--data_root data]
+    python benchmarks/plain/multispectral3d.py [--epochs 10] [--data_root data]
 
 Patches are normalised per band with the training split's statistics (the datamodule's test
 preprocessing) once; the suite's augmentation — a left-right flip with probability ½ and 0–3
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.plain.common import main, random_flips_and_turns, train_classifier
+from common import main, random_flips_and_turns, train_classifier
 
 TASK = "multispectral3d"
 

@@ -1,6 +1,6 @@
 """recognition2d in plain PyTorch: the default network on the digit scans held in memory.
 
-    python -m benchmarks.plain.recognition2d [--epochs 30] [--data_root data]
+    python benchmarks/plain/recognition2d.py [--epochs 30] [--data_root data]
 
 The augmentation is the suite's own ``BatchRandomAffine``: a random affine per image (±10°,
 ±10 % shift, 0.9–1.1 zoom) drawn per sample and applied to the whole batch by one ``grid_sample``.
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.plain.common import main, train_classifier
+from common import main, train_classifier
+
 from cnnsuite.data.augment import BatchRandomAffine
 
 TASK = "recognition2d"

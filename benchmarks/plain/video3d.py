@@ -1,6 +1,6 @@
 """video3d in plain PyTorch: the 3D CNN on clips decoded once and held in memory.
 
-    python -m benchmarks.plain.video3d [--epochs 20] [--data_root data]
+    python benchmarks/plain/video3d.py [--epochs 20] [--data_root data]
 
 Every training video is decoded once into all its consecutive clips (the test split's
 sampling: ``frames_per_clip`` frames per ``clip_duration``, shorter side resized and centre-
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 from cnnsuite.tasks.video3d.module import VideoAccuracy
-
-from benchmarks.plain.common import (
+from common import (
     accuracy,
     fit,
     load,

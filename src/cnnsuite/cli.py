@@ -1,23 +1,28 @@
-"""The ``cnnsuite`` command: LightningCLI's fit/validate/test/predict, plus ``evaluate``.
+"""The ``cnnsuite`` command: one command table (:mod:`cnnsuite.commands`) — LightningCLI's
+``fit``/``validate``/``test``, and ``evaluate``, ``predict``, ``export``, ``inspect``, ``serve``,
+``bench`` on a checkpoint (``cnnsuite --help`` lists them, ``cnnsuite <command> --help`` is each
+one's own help).
 
-    cnnsuite fit --config tasks/recognition2d/config.yaml --data.data_dir ~/my_images
-    cnnsuite evaluate --ckpt runs/recognition2d/version_0/checkpoints/best.ckpt [more.ckpt ...]
+    cnnsuite fit --config tasks/<task>/config.yaml --data.data_dir ~/my_images
+    cnnsuite evaluate --ckpt runs/<task>/version_0/checkpoints/best.ckpt [more.ckpt ...]
     cnnsuite predict --ckpt .../best.ckpt --input photos/ [--out DIR]
 
 Model and data are chosen in the config by class path (subclass mode); the model's
 ``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule. Every
 run writes under ``trainer.default_root_dir``: ``version_N/`` with the config, TensorBoard
 events, ``metrics.csv``, ``splits.json``, ``checkpoints/{best,last}.ckpt`` and, after fit,
-``evaluation/``.
+``evaluation/``. LightningCLI's own ``predict`` is not a command (``cnnsuite predict`` is the
+file predictor).
 
-A mistake a user can make (a bad file, a missing folder, an impossible value) ends the
-command with one line, ``cnnsuite <command>: error: ...``, and exit status 2; ``--debug``
-(or ``CNNSUITE_DEBUG=1``) shows the traceback instead.
+A mistake a user can make (a bad file, a missing folder, an impossible value, a mistyped or
+abbreviated key) ends the command with one line, ``cnnsuite <command>: error: ...``, and exit
+status 2; ``--debug`` (or ``CNNSUITE_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import re
@@ -31,16 +36,30 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from .backbone import StagedBackbone
 from .backbone.geometry import check_fits
-from .checkpoint import add_data_options, data_options, resume_arguments
+from .checkpoint import data_options, resume_arguments
+from .commands import (
+    COMMANDS,
+    LIGHTNING_COMMANDS,
+    LIGHTNING_PREDICT,
+    add_accelerator,
+    add_data,
+    add_out,
+    command_parser,
+    task_configs,
+    top_parser,
+    unknown_command,
+)
 from .contract import LINKED
 from .data import TaskDataModule
+from .errors import ConfigError, UserError
 from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, default_output, run_version
 from .task import TaskModule
 
-#: what a user's data or config can raise (BadFileError, AnnotationError and friends are
-#: ValueErrors; a missing file is an OSError; a diverging run a FloatingPointError): shown as
-#: one line, not a traceback
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+#: what a user can cause: a :class:`~cnnsuite.errors.UserError` (a bad config value or file, a
+#: missing folder, a diverging run), an argument argparse refuses, and the file system saying no
+#: (a folder that cannot be written, a full disk). Shown as one line; any other exception is a
+#: bug and keeps its traceback.
+USER_ERRORS = (UserError, OSError, argparse.ArgumentError)
 
 
 class CnnSuiteParser(LightningArgumentParser):
@@ -77,16 +96,35 @@ class CnnSuiteCLI(LightningCLI):
         kwargs.setdefault("datamodule_class", TaskDataModule)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault(
-            "parser_kwargs",
-            {
-                "description": "cnnsuite: CNN tasks on Lightning. Also, on a checkpoint: cnnsuite evaluate --help, "
-                "cnnsuite predict --input ... --help, cnnsuite export --help, cnnsuite serve --help, "
-                "cnnsuite inspect --help"
-            },
-        )
+        # Abbreviations are refused (``--trainer.max_epoch`` is not ``max_epochs``), and a parsing
+        # error is raised, not printed with the usage: parse_arguments makes it one line. The
+        # subcommands' parsers take both from this one.
+        kwargs["parser_kwargs"] = {
+            "description": "cnnsuite: CNN tasks on Lightning (cnnsuite --help lists every command)",
+            "allow_abbrev": False,
+            "exit_on_error": False,
+            **(kwargs.get("parser_kwargs") or {}),
+        }
         kwargs.setdefault("save_config_callback", RunConfig)
         super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """LightningCLI's commands that are cnnsuite's: fit, validate, test (``predict`` is the
+        file predictor's name, :mod:`cnnsuite.commands`)."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in LIGHTNING_COMMANDS}
+
+    def parse_arguments(self, parser, args) -> None:
+        """LightningCLI's parsing; a mistake in the command line or a config (a mistyped or
+        abbreviated key, a missing model, a bad value) is a :class:`~cnnsuite.errors.ConfigError`
+        of one line (:func:`config_mistake`)."""
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
+            subparsers = getattr(self, "_subcommand_parsers", {})
+            command = next((a for a in argv if a in subparsers), None)
+            raise ConfigError(config_mistake(str(err), subparsers.get(command, parser), command)) from None
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -240,18 +278,14 @@ def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
 
 
 def evaluate_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cnnsuite evaluate",
+    parser = command_parser(
+        "evaluate", ckpt="many",
         description="Evaluate checkpoints on their run's test split (or on other data): metrics.json, report.md "
         "and plots; several checkpoints also give comparison.md and comparison.json.",
-    )
-    parser.add_argument("--ckpt", required=True, nargs="+", help="checkpoint(s) written by cnnsuite fit")
-    add_data_options(parser)
-    parser.add_argument(
-        "--out", default=None,
-        help="output folder (default: <run folder>/evaluation; with several checkpoints, ./comparison)",
     )  # fmt: skip
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    add_out(parser, "output folder (default: <run folder>/evaluation; with several checkpoints, ./comparison)")
+    add_accelerator(parser)
+    add_data(parser)
     args, extra = parser.parse_known_args(argv)
     data = data_options(args, extra, parser)
     from .evaluate import compare, evaluate_into
@@ -266,17 +300,19 @@ def evaluate_main(argv: list[str]) -> None:
 
 
 def predict_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cnnsuite predict",
+    parser = command_parser(
+        "predict",
         description="Predict raw files with a checkpoint, preprocessed as its run's test split: predictions.jsonl, "
-        "one picture per input, summary.json. (LightningCLI's own predict, with --config, is still there.)",
+        "one picture per input, summary.json.",
+        epilog=LIGHTNING_PREDICT,
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by cnnsuite fit")
     parser.add_argument("--input", required=True, help="a file, a DICOM series folder, or a folder of inputs")
-    parser.add_argument("--out", default=None, help="output folder (default: <run folder>/predictions/<input name>)")
+    add_out(parser, "output folder (default: <run folder>/predictions/<input name>)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--no_pictures", action="store_true", help="write predictions.jsonl only")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    add_accelerator(parser)
+    if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
+        parser.error(f"--config: cnnsuite predict takes a checkpoint and files (--ckpt, --input). {LIGHTNING_PREDICT}")
     args = parser.parse_args(argv)
     from .predict import Predictor, predict_to_folder, summary_line
 
@@ -284,6 +320,106 @@ def predict_main(argv: list[str]) -> None:
     predictor = Predictor(args.ckpt, args.accelerator)
     summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures)
     print(summary_line(summary, out_dir))
+
+
+def config_mistake(message: str, parser, command: str | None) -> str:
+    """One line for a LightningCLI parsing error (jsonargparse's ``message``; ``parser`` is the
+    command's): an unknown key (mistyped, abbreviated, or not an argument of the class the
+    config names) with the closest valid keys; no model or data chosen with the tasks'
+    configs; any other mistake as jsonargparse says it, on one line."""
+    prefix = f"{command}." if command else ""
+    where = f"cnnsuite {command}" if command else "cnnsuite"
+    if required := re.match(r"the following arguments are required: (.*)", message):
+        missing = [key.strip().removeprefix(prefix) for key in required[1].split(",")]
+        if {"model", "data"} & set(missing):
+            return (
+                f"no task chosen: give a task's config, --config one of {', '.join(task_configs())} "
+                "(or --model and --data class paths)"
+            )
+        return f"missing {', '.join(missing)}"
+    unknown = unknown_keys(message, parser, prefix)
+    if unknown is not None:
+        return f"{unknown} ({where} --help lists the keys)"
+    lines = [line.strip().lstrip("-").strip() for line in message.splitlines()]
+    noise = ("Does not validate against any", "Subtypes:", "Errors:", "Given value type:",
+             "Expected a <class 'NoneType'>")  # fmt: skip
+    lines = [line for line in lines if line and not line.startswith(noise)]
+    return re.sub(r'^Parser key "([^"]+)":;?\s*', lambda key: f"{key[1].removeprefix(prefix)}: ", "; ".join(lines))
+
+
+def unknown_keys(message: str, parser, prefix: str = "") -> str | None:
+    """What :func:`config_mistake` says of unknown keys, or None when ``message`` is about
+    something else."""
+    nested = re.search(
+        r"Problem with given class_path '([\w.]+)':\s*(?:Option|Key) '([\w.]+)' is not (?:accepted|expected)", message
+    )
+    if nested:
+        owner = re.match(r'Parser key "([\w.]+)"', message)
+        owner = owner[1].removeprefix(prefix) if owner else "init_args"
+        base = f"{owner}.init_args"
+        return describe_unknown(f"{base}.{nested[2]}", [f"{base}.{k}" for k in class_keys(nested[1])])
+    if found := re.match(r"unrecognized arguments: (.*)", message, re.DOTALL):
+        tokens = found[1].split()
+        keys = [t[2:].split("=", 1)[0] for t in tokens if t.startswith("--")]
+        if not keys:
+            return f"unexpected argument{'s' if len(tokens) > 1 else ''} {' '.join(tokens)}"
+        candidates = parser_keys(parser)
+        return "; ".join(describe_unknown(k.removeprefix(prefix), candidates) for k in keys)
+    if found := re.match(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message):
+        return describe_unknown(f"{found[1]}.{found[2]}".removeprefix(prefix), parser_keys(parser))
+    if found := re.match(r"(?:Option|Key) '([\w.]+)' is not (?:accepted|expected)", message):
+        return describe_unknown(found[1].removeprefix(prefix), parser_keys(parser))
+    return None
+
+
+def describe_unknown(key: str, candidates: list[str]) -> str:
+    """``unknown key KEY: did you mean A, B or C?``, the closest keys of its own group where
+    the group is a real one (``trainer.max_epocs``: among ``trainer.*``); an abbreviation says
+    it is one."""
+    abbreviated = [c for c in candidates if c.startswith(key)]
+    group, dot, leaf = key.rpartition(".")
+    leaves = {c[len(group) + 1 :]: c for c in candidates if dot and c.startswith(group + dot)}
+    if leaves:
+        close = [leaves[k] for k in difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.6)]
+    else:
+        close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    close = list(dict.fromkeys(abbreviated[:1] + close))[:3]
+    text = f"unknown key {key}" + (" (options are not abbreviated)" if abbreviated else "")
+    if not close:
+        return text
+    return f"{text}: did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"
+
+
+def parser_keys(parser) -> list[str]:
+    """The keys a (jsonargparse) parser takes: ``trainer.max_epochs``, ``checkpoint.monitor`` ..."""
+    options = (o[2:] for action in parser._actions for o in action.option_strings if o.startswith("--"))
+    return sorted({o for o in options if o not in ("help", "print_config") and not o.endswith((".help", "+"))})
+
+
+def class_keys(path: str) -> list[str]:
+    """The init arguments of the class a config names (jsonargparse already imported it)."""
+    from jsonargparse import ArgumentParser
+
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        probe = ArgumentParser(exit_on_error=False)
+        probe.add_class_arguments(cls, "x", fail_untyped=False)
+    except Exception:  # the suggestions are a help: without them the key is still named
+        return []
+    return [key.removeprefix("x.") for key in parser_keys(probe) if key.startswith("x.")]
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The first user error in the chain of ``err`` (jsonargparse, Lightning and PyTorch wrap
+    an error raised inside a class or a loader in their own), or None: a bug."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ if err.__cause__ is not None or err.__suppress_context__ else err.__context__
+    return None
 
 
 def user_message(err: BaseException) -> str:
@@ -307,7 +443,8 @@ def user_message(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``cnnsuite`` command; ``argv`` (default: the command line) without the program name."""
+    """The ``cnnsuite`` command; ``argv`` (default: the command line) without the program name.
+    The first argument names a command of :data:`~cnnsuite.commands.COMMANDS`."""
     command_line = argv is None
     argv = sys.argv[1:] if command_line else list(argv)
     debug = "--debug" in argv or os.environ.get("CNNSUITE_DEBUG", "") not in ("", "0")
@@ -317,32 +454,21 @@ def main(argv: list[str] | None = None) -> None:
         # of --debug from the environment.
         sys.argv[1:] = argv
         os.environ["CNNSUITE_DEBUG"] = "1"
-    prog = f"cnnsuite {argv[0]}" if argv and not argv[0].startswith("-") else "cnnsuite"
+    name = argv[0] if argv else None
+    prog = f"cnnsuite {name}" if name in COMMANDS else "cnnsuite"
     try:
-        if argv[:1] == ["evaluate"]:
-            evaluate_main(argv[1:])
-        elif argv[:1] == ["predict"] and any(a == "--input" or a.startswith("--input=") for a in argv):
-            predict_main(argv[1:])
-        elif argv[:1] == ["export"]:
-            from .export import export_main
-
-            export_main(argv[1:])
-        elif argv[:1] == ["inspect"]:
-            from .inspection import inspect_main
-
-            inspect_main(argv[1:])
-        elif argv[:1] == ["serve"]:
-            from .serve import serve_main
-
-            serve_main(argv[1:])
-        elif argv[:1] == ["bench"]:
-            from .bench import bench_main
-
-            bench_main(argv[1:])
-        else:
+        if name is None or name in ("-h", "--help"):
+            top_parser().print_help(sys.stdout if name else sys.stderr)
+            sys.exit(0 if name else 2)
+        elif name in LIGHTNING_COMMANDS or name.startswith("-"):  # top-level LightningCLI options too
             CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
-    except USER_ERRORS as err:
-        if debug:
+        elif name in COMMANDS:
+            COMMANDS[name].run(argv[1:])
+        else:
+            raise ConfigError(unknown_command(name))
+    except Exception as err:
+        mistake = user_error(err)
+        if debug or mistake is None:
             raise
-        sys.stderr.write(f"{prog}: error: {user_message(err)}\n")
+        sys.stderr.write(f"{prog}: error: {user_message(mistake)}\n")
         sys.exit(2)

@@ -54,8 +54,20 @@ class Task:
     #: reference networks the bench measures the default against: name → init arguments that
     #: make it from the default config (``{"model": {...}, "data": {...}}``)
     references: Mapping[str, Mapping] = field(default_factory=dict)
-    #: whether the bench measures Lightning's overhead over a plain loop on this task
+    #: whether the bench measures Lightning's overhead over a plain loop on this task (its
+    #: batches must be ``(x, labels)`` and its model's output logits)
     overhead: bool = False
+    #: epochs ``cnnsuite fit`` and the task's plain script each train in the bench's end-to-end
+    #: comparison (0: not compared end to end)
+    endtoend_epochs: int = 1
+    #: the references (names in ``references``) the bench trains within an equal training-time
+    #: budget beside the default network; None: the first of ``references``
+    budget_references: tuple[str, ...] | None = None
+    #: what ``cnnsuite bench --quick`` keeps of the end-to-end section for this task: the epochs
+    #: of its end-to-end comparison (0: none) ...
+    quick_endtoend_epochs: int = 0
+    #: ... and whether its budget references are trained within the quick run's shorter budget
+    quick_budget: bool = False
 
     def __post_init__(self) -> None:
         if self.config is None:

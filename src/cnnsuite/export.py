@@ -20,7 +20,6 @@ output further than ``--tolerance`` from PyTorch's deletes the file and fails.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -79,17 +78,15 @@ def as_tuple(outputs) -> tuple[torch.Tensor, ...]:
 
 
 def export_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cnnsuite export",
+    from .commands import add_out, command_parser
+
+    parser = command_parser(
+        "export",
         description="Export a checkpoint's network to ONNX or torch.export, with <name>.json beside it (input "
         "shape, channels, normalisation, class names, outputs), checked against PyTorch before it is kept.",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by cnnsuite fit")
     parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
-    parser.add_argument(
-        "--out", default=None,
-        help="file to write (default: <run folder>/export/model.onnx or .pt2, else beside the checkpoint)",
-    )  # fmt: skip
+    add_out(parser, "file to write (default: <run folder>/export/model.onnx or .pt2, else beside the checkpoint)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument(
         "--input", nargs="+", default=None,

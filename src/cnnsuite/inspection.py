@@ -27,7 +27,6 @@ what it takes, which class score Grad-CAM differentiates — each task says
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -45,7 +44,7 @@ from torchvision.utils import make_grid
 
 from .backbone import StagedBackbone
 from .backbone.geometry import describe_stages
-from .checkpoint import add_data_options, data_options, rebuild
+from .checkpoint import data_options, rebuild
 from .data import TaskDataModule
 from .errors import ConfigError
 from .inspectable import Network
@@ -446,24 +445,25 @@ def inspect(
 
 
 def inspect_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cnnsuite inspect",
+    from .commands import add_accelerator, add_data, add_out, command_parser
+
+    parser = command_parser(
+        "inspect",
         description="Look inside a checkpoint's network: first-layer filters, each stage's feature maps for one "
         "sample, the test samples that excite the deepest channels, Grad-CAM of the predicted class, and a table "
         "of stage shapes, strides, receptive fields, parameters and FLOPs (stages.md, stages.json).",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by cnnsuite fit")
     parser.add_argument(
         "--input", default=None,
         help="a file to look at, read as cnnsuite predict reads it (default: the run's first test sample)",
     )  # fmt: skip
-    parser.add_argument("--out", default=None, help="output folder (default: <run folder>/inspection)")
+    add_out(parser, "output folder (default: <run folder>/inspection)")
     parser.add_argument(
         "--max_samples", type=int, default=MAX_SAMPLES,
         help=f"test samples searched for top_samples.png (default {MAX_SAMPLES})",
     )  # fmt: skip
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
-    add_data_options(parser)
+    add_accelerator(parser)
+    add_data(parser)
     args, extra = parser.parse_known_args(argv)
     data = data_options(args, extra, parser)
     out_dir = Path(args.out) if args.out else default_output(args.ckpt, "inspection")

@@ -37,7 +37,6 @@ raises, and a rejected upload travels through the batch as a :class:`Reply` that
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -304,19 +303,20 @@ def refusal(status: int, message: str) -> JSONResponse:
 
 
 def serve_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cnnsuite serve",
+    from .commands import add_accelerator, command_parser
+
+    parser = command_parser(
+        "serve",
         description="Serve a checkpoint over HTTP (LitServe): POST /predict with a file as the multipart form field "
         f"'{FIELD}' answers with its line of predictions.jsonl; GET /health.",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by cnnsuite fit")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
     parser.add_argument("--max_batch_size", type=int, default=8, help="most requests predicted together")
     parser.add_argument(
         "--batch_timeout", type=float, default=0.05, help="seconds a batch waits to fill before it is predicted"
     )
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    add_accelerator(parser)
     parser.add_argument(
         "--max_upload_mb",
         type=float,

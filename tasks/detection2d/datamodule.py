@@ -243,6 +243,23 @@ class DetectionDataModule(TaskDataModule):
         image = load_image(path, self.in_channels)
         return Input(path, image, {"width": image.shape[2], "height": image.shape[1]})
 
+    def synthetic_batch(self, size: int, generator: torch.Generator | None = None):
+        """``(images, targets)`` lists as the loader gives them: canvases of random values the
+        size of the embedded default's, each with as many boxes as it puts on a canvas, of its
+        digits' sizes, at random places with random classes (see
+        :meth:`TaskDataModule.synthetic_batch`)."""
+        side, (fewest, most), (low, high) = DEFAULT_CANVAS_SIZE, DEFAULT_DIGITS_PER_CANVAS, DEFAULT_DIGIT_HEIGHT
+        images = list(torch.rand(size, self.in_channels, side, side, generator=generator))
+        targets = []
+        for _ in range(size):
+            count = int(torch.randint(fewest, most + 1, (), generator=generator))
+            corner = torch.rand(count, 2, generator=generator) * (side - high)
+            extent = low + torch.rand(count, 2, generator=generator) * (high - low)
+            targets.append({"boxes": torch.cat([corner, corner + extent], dim=1),
+                            "labels": torch.randint(self.num_classes, (count,), generator=generator),
+                            "iscrowd": torch.zeros(count, dtype=torch.int64)})  # fmt: skip
+        return images, targets
+
     # --- the embedded default -------------------------------------------------------
     def write_default(self, folder: Path) -> None:
         scans, digits = digit_scans()

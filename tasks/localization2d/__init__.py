@@ -10,4 +10,6 @@ TASK = Task(
     module=LocalizationModule,
     datamodule=LocalizationDataModule,
     references={"torchvision_resnet18": {"model": {"backbone": "torchvision_resnet18", "backbone_kwargs": {}}}},
+    endtoend_epochs=3,
+    quick_budget=True,
 )

@@ -434,6 +434,13 @@ class LocalizationDataModule(ImageDataModule):
         size = self.hparams.image_size
         return (self.in_channels, size, size)
 
+    def synthetic_batch(self, size: int, generator: torch.Generator | None = None):
+        """``(x, labels, boxes)`` of random values, the boxes ``x1, y1, x2, y2`` as fractions of
+        the image as the loader gives them (see :meth:`TaskDataModule.synthetic_batch`)."""
+        x, labels = super().synthetic_batch(size, generator)
+        corner = torch.rand(size, 2, generator=generator) * 0.5
+        return x, labels, torch.cat([corner, corner + 0.2 + torch.rand(size, 2, generator=generator) * 0.3], dim=1)
+
     # --- reading ------------------------------------------------------------------------
     def _load(self) -> dict[str, Sample]:
         """Read (once) every row of the data; bad rows are reported all at once."""

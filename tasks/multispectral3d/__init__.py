@@ -18,4 +18,5 @@ TASK = Task(
             "data": {"layout": "channels"},
         }
     },
+    endtoend_epochs=4,
 )

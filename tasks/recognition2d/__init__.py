@@ -9,5 +9,9 @@ TASK = Task(
     name="recognition2d",
     module=RecognitionModule,
     datamodule=RecognitionDataModule,
+    # no reference network: the plain script is its comparison, and on it the bench measures
+    # Lightning's overhead over a plain loop
     overhead=True,
+    endtoend_epochs=30,  # its full default
+    quick_endtoend_epochs=5,
 )

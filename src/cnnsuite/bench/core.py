@@ -1,7 +1,11 @@
 """What every section of ``cnnsuite bench`` shares: the machine, its matmul rate, timing, FLOPs,
 building a task's default model and data, and the report.
 
-    cnnsuite bench [--out runs/bench] [--quick] [--tasks recognition2d ...] [--sections models ...]
+    cnnsuite bench [--out runs/bench] [--quick] [--tasks TASK ...] [--sections models ...] [--plain DIR]
+
+The bench knows no task by name: it measures the registered tasks (:mod:`cnnsuite.contract`),
+each built from its own config as ``cnnsuite fit`` builds it, against the references it
+declares, with what its :class:`~cnnsuite.contract.Task` says each section runs for it.
 
 A section is a module of this package (``models``, ``pipeline``, ``endtoend``) with
 ``run(tasks, context) -> {task: {key: value}}`` (settings by ``context.pick``) and ``markdown(results) -> str``. Its
@@ -35,7 +39,11 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..callbacks import PreciseBatchNorm
+from ..contract import LINKED, Task, registered_tasks
+from ..data import TaskDataModule
+from ..errors import ConfigError
 from ..schedules import CosineAnnealingLR
+from ..task import TaskModule, class_path
 
 SECTIONS = ("models", "pipeline", "endtoend")
 #: CPU flags that decide how fast convolutions and matmuls can run
@@ -46,33 +54,63 @@ MATMUL_SIZE = 2048
 
 
 def task_names() -> list[str]:
-    """Every task with a default config (``tasks/<task>/config.yaml``)."""
-    return sorted(p.parent.name for p in _tasks_folder().glob("*/config.yaml"))
+    """Every registered task (:func:`cnnsuite.contract.registered_tasks`), by name."""
+    return sorted(registered_tasks())
 
 
-def _tasks_folder() -> Path:
-    import cnnsuite.tasks
-
-    return Path(cnnsuite.tasks.__file__).parent
+def task_spec(task: str) -> Task:
+    """The registered :class:`~cnnsuite.contract.Task` called ``task``: what the bench knows of
+    it (config, classes, references, what each section runs); another name is a
+    :class:`~cnnsuite.errors.ConfigError` naming the registered ones."""
+    tasks = registered_tasks()
+    if task not in tasks:
+        raise ConfigError(f"no registered task {task!r} (registered: {', '.join(sorted(tasks))})")
+    return tasks[task]
 
 
 def task_config(task: str) -> dict:
-    """The task's default config (what ``make train TASK=<task>`` runs)."""
-    return yaml.safe_load((_tasks_folder() / task / "config.yaml").read_text())
+    """The task's default config (what ``make train TASK=<task>`` runs): its ``Task.config``."""
+    return yaml.safe_load(Path(task_spec(task).config).read_text())
+
+
+def section_of(value) -> dict:
+    """A config's ``model``/``data`` entry as ``{"class_path", "init_args"}`` (a bare class
+    path is one without arguments; an absent entry, none)."""
+    return {"class_path": value} if isinstance(value, str) else dict(value or {})
+
+
+def config_class(section: dict, base: type, default: type, where: str) -> type:
+    """The class a config section names by ``class_path`` (``default`` when it names none), as
+    LightningCLI takes it: imported, and a subclass of ``base``."""
+    path = section.get("class_path")
+    if path is None or path == class_path(default):
+        return default
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError as err:
+        raise ConfigError(f"{where}: class_path {path!r} does not import: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{where}: class_path {path!r} is not a {base.__name__}")
+    return cls
 
 
 def build(task: str, data_root: str | Path = "data", model: dict | None = None, data: dict | None = None):
-    """The task's default model and datamodule as its config makes them, with the CLI's links
-    (classes, channels) made by hand; ``model``/``data`` override init arguments (a reference
-    backbone, another layout). Returns ``(model, datamodule)``; no data is read or written."""
-    from cnnsuite.contract import LINKED, trusted_classes
-
-    config, classes = task_config(task), trusted_classes()
-    data_args = {**config["data"].get("init_args", {}), **(data or {})}
-    datamodule = classes[config["data"]["class_path"]](data_root=str(data_root), **data_args)
+    """The task's default model and datamodule as ``cnnsuite fit --config <its config>`` makes
+    them: the datamodule class and init arguments of the config's ``data``, then the model of
+    its ``model`` with the linked arguments (:data:`cnnsuite.contract.LINKED`: classes, channels)
+    taken from the datamodule; ``model``/``data`` override init arguments (a reference backbone,
+    another layout). Returns ``(model, datamodule)``; no data is read or written."""
+    spec = task_spec(task)
+    config = task_config(task)
+    data_section, model_section = (section_of(config.get(key)) for key in ("data", "model"))
+    data_cls = config_class(data_section, TaskDataModule, spec.datamodule, f"{spec.config}: data")
+    model_cls = config_class(model_section, TaskModule, spec.module, f"{spec.config}: model")
+    data_args = {**(data_section.get("init_args") or {}), "data_root": str(data_root), **(data or {})}
+    datamodule = data_cls(**data_args)
     links = {key: getattr(datamodule, key) for key in LINKED}
-    model_args = {**config["model"].get("init_args", {}), **(model or {})}
-    return classes[config["model"]["class_path"]](**model_args, **links), datamodule
+    model_args = {**(model_section.get("init_args") or {}), **(model or {})}
+    return model_cls(**model_args, **links), datamodule
 
 
 def from_section(section: dict, first):
@@ -242,10 +280,21 @@ class BenchContext:
     tiny: bool = False
     #: "<section>.<task>" → the error that stopped its measurement (the other tasks go on)
     failures: dict[str, str] = field(default_factory=dict)
+    #: the folder of the plain PyTorch scripts (``<task>.py``) the ``endtoend`` section runs beside
+    #: ``cnnsuite fit``; None: the plain side is not measured (see :func:`default_plain`)
+    plain: Path | None = field(default_factory=lambda: default_plain())
 
     def pick(self, full, quick, tiny):
         """A section's settings for this run: ``tiny`` (tests), ``quick`` or ``full``."""
         return tiny if self.tiny else quick if self.quick else full
+
+
+def default_plain() -> Path | None:
+    """``./benchmarks/plain`` where it exists — a source checkout, the bench run from its root
+    (``make bench``) — else None: the plain scripts are reference code beside the package, not
+    part of it."""
+    folder = Path("benchmarks") / "plain"
+    return folder.resolve() if folder.is_dir() else None
 
 
 class CpuLoad:
@@ -373,29 +422,39 @@ def load_section(name: str):
 
 
 def bench_main(argv: list[str]) -> None:
+    from ..commands import add_out, command_parser
+
     tasks = task_names()
-    parser = argparse.ArgumentParser(
-        prog="cnnsuite bench",
+    parser = command_parser(
+        "bench", ckpt=None,
         description="Every task's model against its references, its data pipeline and its end-to-end training, "
         "side by side and against this machine's matmul rate: DIR/bench.json and DIR/bench.md.",
-    )
-    parser.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.md (default runs/bench)")
+    )  # fmt: skip
+    add_out(parser, "folder for bench.json and bench.md (default runs/bench)", default="runs/bench")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile (about 5 minutes)")
     parser.add_argument("--tasks", nargs="+", choices=tasks, default=tasks, metavar="TASK",
                         help=f"tasks to measure (default all: {', '.join(tasks)})")  # fmt: skip
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="sections to run (default all)")  # fmt: skip
     parser.add_argument("--data_root", default="data", help="where the embedded default data live (default data)")
+    parser.add_argument("--plain", type=Path, default=None, metavar="DIR",
+                        help="folder of the plain PyTorch scripts (<task>.py) run beside cnnsuite fit in section "
+                        "endtoend (default ./benchmarks/plain where it exists, as in a source checkout; without "
+                        "one the plain side is not measured)")  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: fewest steps
     args = parser.parse_args(argv)
+    if args.plain is not None and not args.plain.is_dir():
+        parser.error(f"--plain {args.plain}: no such folder")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     machine = machine_facts()
     size = MATMUL_SIZE // 2 if args.tiny else MATMUL_SIZE
     matmul = matmul_gflops(device, size, 2 if args.quick or args.tiny else 5)
-    context = BenchContext(Path(args.data_root), args.quick or args.tiny, machine, matmul, device, args.tiny)
+    context = BenchContext(Path(args.data_root), args.quick or args.tiny, machine, matmul, device, args.tiny,
+                           plain=args.plain.resolve() if args.plain else default_plain())  # fmt: skip
     settings = {"quick": context.quick, "tasks": args.tasks, "sections": args.sections, "device": str(device),
-                "matmul_size": size, "load": {}, "missing_sections": [], "failures": context.failures}  # fmt: skip
+                "matmul_size": size, "load": {}, "missing_sections": [], "failures": context.failures,
+                "plain": str(context.plain) if context.plain else None}  # fmt: skip
     sections: dict[str, dict] = {}
     markdowns: dict[str, str] = {}
     out = Path(args.out)

@@ -1,29 +1,38 @@
 """Section ``endtoend``: what a user waits for, and what they get for it.
 
-**End to end.** ``make train`` — ``cnnsuite fit --config tasks/<task>/config.yaml`` in a fresh
+**End to end.** ``make train`` — ``cnnsuite fit --config <the task's config>`` in a fresh
 process, progress bar off, the evaluation of ``best.ckpt`` it runs after fit included, the
-embedded default already generated — against the plain PyTorch script of the task
-(``benchmarks/plain/<task>.py``, also a fresh process): the same network built from the same
-config, the same optimiser, scheduler, batch size and augmentation intent, the same train
-split decoded once and held in memory as tensors, tested on the same test split with the
-same torchmetrics metric. Both run the same pinned number of epochs (:data:`FULL`: the full
-default where it fits the bench's time, fewer elsewhere; a cosine schedule's length
-follows the epochs on both sides). ``train_time_ratio_vs_plain`` is the wall time of ours over
-the plain script's (goal ≤ 1.5); ``test_metric_ours`` and ``test_metric_plain`` sit side by
-side (goal: ours at least as good).
+embedded default already generated — against the plain PyTorch script of the task, also a
+fresh process: the same network built from the same config, the same optimiser, scheduler,
+batch size and augmentation intent, the same train split decoded once and held in memory as
+tensors, tested on the same test split with the same torchmetrics metric. Both run the epochs
+the task declares (:attr:`cnnsuite.contract.Task.endtoend_epochs`; ``quick_endtoend_epochs``
+with ``--quick``; a cosine schedule's length follows the epochs on both sides).
+``train_time_ratio_vs_plain`` is the wall time of ours over the plain script's (goal ≤ 1.5);
+``test_metric_ours`` and ``test_metric_plain`` sit side by side (goal: ours at least as good).
+The metric is the task's headline (:attr:`cnnsuite.contract.Task.headline`).
 
-**Equal training-time budget.** The default network and a reference network of the task
-(see :data:`FULL` ``references`` for which, and :func:`markdown` for why), each trained for
-the same wall-clock seconds (Lightning's ``max_time``) through the same task module, Trainer,
-datamodule and config — validation off so the whole budget trains — its BatchNorm statistics
-recomputed as the suite does before it evaluates, then tested on the test split:
-``test_metric_ratio_vs_<reference>`` = ours / the reference's, beside the raw metrics and the
-epochs and steps each got.
+The plain scripts are reference code beside the package, not part of it: the script of a task
+is ``<task>.py`` in the folder given by ``cnnsuite bench --plain DIR`` (by default
+``./benchmarks/plain`` where it exists, as in a source checkout), run as a file::
+
+    python DIR/<task>.py --epochs K --data_root ROOT --out result.json [--limit_batches B]
+
+writing a JSON object with ``train_seconds``, ``data_seconds`` and the headline metric. With
+no folder, or no script of the task in it, the plain side is said to be not measured and ours
+is measured alone.
+
+**Equal training-time budget.** The default network and reference networks of the task (the
+ones it declares for it: :attr:`cnnsuite.contract.Task.budget_references`; with ``--quick``
+only where it declares ``quick_budget``), each trained for the same wall-clock seconds
+(Lightning's ``max_time``) through the same task module, Trainer, datamodule and config —
+validation off so the whole budget trains — its BatchNorm statistics recomputed as the suite
+does before it evaluates, then tested on the test split: ``test_metric_ratio_vs_<reference>``
+= ours / the reference's, beside the raw metrics and the epochs and steps each got.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -33,58 +42,53 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from .core import BenchContext, build, make_optimizer, make_scheduler, precise_bn_batches, task_config
-
-#: the metric each task is judged by (the first of its README's headline metrics)
-HEADLINE = {"recognition2d": "test/acc", "localization2d": "test/loc_acc", "detection2d": "test/map",
-            "biomedical3d": "test/acc", "video3d": "test/acc", "multispectral3d": "test/acc"}  # fmt: skip
-#: where the plain scripts live (a source checkout; an installed wheel has no benchmarks/)
-PLAIN = Path(__file__).resolve().parents[3] / "benchmarks" / "plain"
+from ..contract import Task
+from ..errors import ConfigError
+from .core import BenchContext, build, make_optimizer, make_scheduler, precise_bn_batches, task_config, task_spec
 
 
 @dataclass(frozen=True)
 class Settings:
-    """``epochs``: task → epochs both sides of the end-to-end comparison run (a task not
-    named is not compared end to end); ``limit_batches``: batches per epoch (tests);
-    ``seconds``: the equal training-time budget per network; ``references``: task → the
-    reference networks (names of :data:`cnnsuite.bench.models.REFERENCES`) trained within it."""
+    """``seconds``: the equal training-time budget per network; ``quick``: each task's
+    ``quick_*`` declarations decide what runs (:class:`cnnsuite.contract.Task`), not its full
+    ones; ``max_epochs``: at most this many end-to-end epochs, ``limit_batches``: batches per
+    epoch (tests)."""
 
-    epochs: dict[str, int]
     seconds: float
-    references: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    quick: bool = False
+    max_epochs: int | None = None
     limit_batches: int | None = None
 
 
-#: ~12 minutes on the 2-core reference machine. Epochs: recognition2d's full default (30);
-#: elsewhere as many as fit. References: the closest to ours in training speed (the one most
-#: likely to beat it within an equal budget), one per task.
-FULL = Settings(
-    epochs={
-        "recognition2d": 30,
-        "localization2d": 3,
-        "detection2d": 1,
-        "biomedical3d": 4,
-        "video3d": 2,
-        "multispectral3d": 4,
-    },  # fmt: skip
-    seconds=30.0,
-    references={
-        "localization2d": ("torchvision_resnet18",),
-        "detection2d": ("ssdlite320_mobilenet_v3_large",),
-        "biomedical3d": ("monai_densenet121",),
-        "video3d": ("pytorchvideo_resnet50_stem16",),
-        "multispectral3d": ("torchvision_resnet18_bands_as_channels",),
-    },
-)
-QUICK = Settings(epochs={"recognition2d": 5}, seconds=10.0, references={"localization2d": ("torchvision_resnet18",)})
-TINY = Settings(epochs={"recognition2d": 1}, seconds=1.0, limit_batches=2)
+FULL = Settings(seconds=30.0)
+QUICK = Settings(seconds=10.0, quick=True)
+TINY = Settings(seconds=1.0, quick=True, max_epochs=1, limit_batches=2)
+
+
+def endtoend_epochs(task: Task, settings: Settings) -> int:
+    """The epochs of the task's end-to-end comparison in this run (0: not compared)."""
+    epochs = task.quick_endtoend_epochs if settings.quick else task.endtoend_epochs
+    return min(epochs, settings.max_epochs) if settings.max_epochs is not None else epochs
+
+
+def budget_references(task: Task, settings: Settings) -> tuple[str, ...]:
+    """The references trained within the equal budget in this run: those the task declares
+    for it (by default the first of its references); none in a quick run unless it asks."""
+    if settings.quick and not task.quick_budget:
+        return ()
+    names = tuple(task.references)[:1] if task.budget_references is None else tuple(task.budget_references)
+    unknown = [name for name in names if name not in task.references]
+    if unknown:
+        raise ConfigError(f"task {task.name!r}: budget_references {unknown} are not among its references "
+                          f"({', '.join(task.references) or 'none'})")  # fmt: skip
+    return names
 
 
 def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
@@ -92,48 +96,62 @@ def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
     data_root = Path(context.data_root).resolve()
     results: dict[str, dict] = {}
     for task in tasks:
-        figures: dict = {"test_metric": HEADLINE[task]}
-        if task in settings.epochs or settings.references.get(task):
+        spec = task_spec(task)
+        epochs, references = endtoend_epochs(spec, settings), budget_references(spec, settings)
+        figures: dict = {"test_metric": spec.headline}
+        if epochs or references:
             build(task, data_root)[1].prepare_data()  # the embedded default, generated once, outside the timings
-        if task in settings.epochs:
-            figures |= end_to_end(task, settings.epochs[task], data_root, settings.limit_batches)
-        if settings.references.get(task):
-            figures |= equal_budget(task, settings, data_root, context.device)
+        if epochs:
+            figures |= end_to_end(task, epochs, data_root, settings.limit_batches, context.plain)
+        if references:
+            figures |= equal_budget(task, references, settings, data_root, context.device)
         if len(figures) > 1:
             results[task] = figures
     return results
 
 
 # --- end to end ----------------------------------------------------------------------------
-def end_to_end(task: str, epochs: int, data_root: Path, limit_batches: int | None) -> dict:
-    """Wall time and test metric of ``cnnsuite fit`` (+ its evaluation) and of the plain script,
-    each in its own process, for ``epochs`` epochs."""
-    metric = HEADLINE[task]
+def plain_script(task: str, plain: Path | None) -> Path | str:
+    """The task's plain script in ``plain``, or why there is none to run."""
+    if plain is None:
+        return (
+            "not measured: no folder of plain scripts (cnnsuite bench --plain DIR; a source checkout has "
+            "benchmarks/plain)"
+        )
+    script = Path(plain) / f"{task}.py"
+    return script if script.is_file() else f"not measured: {script} is missing"
+
+
+def end_to_end(task: str, epochs: int, data_root: Path, limit_batches: int | None, plain: Path | None) -> dict:
+    """Wall time and test metric of ``cnnsuite fit`` (+ its evaluation) and of the plain script
+    (``<task>.py`` in the folder ``plain``), each in its own process, for ``epochs`` epochs."""
+    spec = task_spec(task)
+    metric = spec.headline
     figures: dict = {"endtoend_epochs": epochs}
     with tempfile.TemporaryDirectory(prefix=f"bench-{task}-") as tmp:
         args = ["--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", f"{tmp}/run",
                 "--trainer.enable_progress_bar", "false", "--data.data_root", str(data_root)]  # fmt: skip
         if limit_batches:
             args += ["--trainer.limit_train_batches", str(limit_batches)]
-        config = Path(importlib.import_module(f"cnnsuite.tasks.{task}").__file__).parent / "config.yaml"
-        seconds = timed([sys.executable, "-m", "cnnsuite", "fit", "--config", str(config), *args], f"{tmp}/ours.log")
+        command = [sys.executable, "-m", "cnnsuite", "fit", "--config", str(spec.config), *args]
+        seconds = timed(command, f"{tmp}/ours.log")
         ours = json.loads(Path(f"{tmp}/run/version_0/evaluation/metrics.json").read_text())
         figures |= {"time_s_ours": seconds, "test_metric_ours": ours[metric]}
-        if not (PLAIN / f"{task}.py").is_file():
-            return figures | {"plain": f"not measured: {PLAIN / task}.py is missing (not a source checkout)"}
+        script = plain_script(task, plain)
+        if not isinstance(script, Path):
+            return figures | {"plain": script}
         plain_args = ["--epochs", str(epochs), "--data_root", str(data_root), "--out", f"{tmp}/plain.json"]
         if limit_batches:
             plain_args += ["--limit_batches", str(limit_batches)]
-        seconds = timed([sys.executable, "-m", f"benchmarks.plain.{task}", *plain_args], f"{tmp}/plain.log",
-                        cwd=PLAIN.parents[1])  # fmt: skip
-        plain = json.loads(Path(f"{tmp}/plain.json").read_text())
+        seconds = timed([sys.executable, str(script), *plain_args], f"{tmp}/plain.log")
+        plain_result = json.loads(Path(f"{tmp}/plain.json").read_text())
     return figures | {
         "time_s_plain": seconds,
-        "plain_train_s": plain["train_seconds"],
-        "plain_data_s": plain["data_seconds"],
+        "plain_train_s": plain_result["train_seconds"],
+        "plain_data_s": plain_result["data_seconds"],
         "train_time_ratio_vs_plain": figures["time_s_ours"] / seconds,
-        "test_metric_plain": plain[metric],
-        "test_metric_ratio_vs_plain": ratio(figures["test_metric_ours"], plain[metric]),
+        "test_metric_plain": plain_result[metric],
+        "test_metric_ratio_vs_plain": ratio(figures["test_metric_ours"], plain_result[metric]),
     }
 
 
@@ -157,13 +175,16 @@ def ratio(ours: float, reference: float) -> float:
 
 
 # --- equal training-time budget --------------------------------------------------------------
-def equal_budget(task: str, settings: Settings, data_root: Path, device: torch.device) -> dict:
-    from .models import REFERENCES
-
+def equal_budget(
+    task: str, references: tuple[str, ...], settings: Settings, data_root: Path, device: torch.device
+) -> dict:
+    """The default network and each of ``references`` (names of the task's references), each
+    trained within ``settings.seconds`` and tested (:func:`train_within`)."""
+    declared = task_spec(task).references
     ours = train_within(task, {}, settings.seconds, data_root, device)
     figures = {"budget_s": settings.seconds, **{f"budget.default.{k}": v for k, v in ours.items()}}
-    for name in settings.references[task]:
-        reference = train_within(task, REFERENCES[task][name], settings.seconds, data_root, device)
+    for name in references:
+        reference = train_within(task, declared[name], settings.seconds, data_root, device)
         figures |= {f"budget.{name}.{k}": v for k, v in reference.items()}
         figures[f"test_metric_ratio_vs_{name}"] = ratio(ours["test_metric"], reference["test_metric"])
     return figures
@@ -195,7 +216,7 @@ def train_within(task: str, overrides: dict, seconds: float, data_root: Path, de
             PreciseBatchNorm(batches).on_validation_epoch_start(trainer, model)
         metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     return {
-        "test_metric": metrics[HEADLINE[task]],
+        "test_metric": metrics[task_spec(task).headline],
         "steps": trainer.global_step,
         "epochs": round(trainer.global_step / max(1, trainer.num_training_batches), 2),
         "fit_s": fit_seconds,
@@ -227,14 +248,12 @@ class quiet:
 
 
 # --- the report --------------------------------------------------------------------------------
-#: why each reference was picked for the equal budget (markdown)
+#: why these references are the ones trained within the budget (markdown)
 WHY = (
-    "One reference per task, the one closest to ours in training speed (the models section's figures): the "
-    "one most likely to beat ours within an equal budget, so the hardest test; the slower references "
-    "(Faster R-CNN, MONAI ResNet-18, X3D) get a few dozen steps in the budget and would be scored on "
-    "what little they learnt, and the whole section has to fit about 12 minutes. recognition2d has no "
-    "reference network (issue 13 asks for none): the plain script is its comparison, and the models section "
-    "measures Lightning's overhead on it."
+    "Each task names the references trained here (`Task.budget_references`): the one closest to ours in "
+    "training speed (the models section's figures), the one most likely to beat ours within an equal budget, "
+    "so the hardest test; a slower reference gets few steps in the budget and would be scored on what little "
+    "it learnt. A task with no reference network has no row here: the plain script is its comparison."
 )
 
 
@@ -244,7 +263,8 @@ def markdown(results: dict[str, dict]) -> str:
     if rows:
         lines += [
             "`make train` (`cnnsuite fit` + its evaluation, in a fresh process, progress bar off) against a plain "
-            "PyTorch script (`benchmarks/plain/<task>.py`, a fresh process: the same network, optimiser, scheduler, "
+            "PyTorch script (`<task>.py` of `--plain DIR`, `benchmarks/plain/` in a source checkout; a fresh "
+            "process: the same network, optimiser, scheduler, "
             "batch size and augmentation, the train split decoded once and held in memory as tensors), both for the "
             "same epochs; the test metric of both on the same test split. Goals: time ratio ≤ 1.5, ours' metric at "
             "least the plain script's.",
@@ -306,6 +326,8 @@ def markdown(results: dict[str, dict]) -> str:
                 )
         lines.append("")
     if not rows and not budget:
-        lines.append("Nothing measured for these tasks in this run (`--quick` compares recognition2d end to end and "
-                     "localization2d within a budget).\n")  # fmt: skip
+        lines.append(
+            "Nothing measured for these tasks in this run (`--quick` compares only the tasks that declare "
+            "`quick_endtoend_epochs` end to end, and those that declare `quick_budget` within a budget).\n"
+        )
     return "\n".join(lines) + "\n"

@@ -15,9 +15,13 @@ values do not change the work a network does; the shape does):
   export writes): latency of one sample and samples/s of a batch, eager, ``torch.compile``
   (not in ``--quick``; compile time counted apart) and ONNX Runtime (exported as ``cnnsuite
   export`` does it).
-- **recognition2d**: Lightning's overhead, the Trainer running the task module over a plain
-  PyTorch loop (forward, cross-entropy, backward, same optimiser), from the same weights on
-  the same batches held in memory as tensors, so the loader costs next to nothing in both.
+- **Lightning's overhead**, on the tasks that declare ``overhead``: the Trainer running the
+  task module over a plain PyTorch loop (forward, cross-entropy, backward, same optimiser),
+  from the same weights on the same batches held in memory as tensors, so the loader costs
+  next to nothing in both.
+
+The batch is the datamodule's :meth:`~cnnsuite.data.TaskDataModule.synthetic_batch`; the
+references are the task's own (:attr:`cnnsuite.contract.Task.references`).
 
 Ratios are ours / reference: ``train_throughput_ratio_vs_<ref>`` above 1 means ours trains
 more samples per second; ``peak_memory_ratio_vs_<ref>`` below 1 means ours needs less memory;
@@ -53,6 +57,7 @@ from .core import (
     measure_side_by_side,
     run_tasks,
     synchronizer,
+    task_spec,
 )
 
 
@@ -78,43 +83,11 @@ TINY = Settings(
     warmup=1, repeats=1, min_seconds=0.0, compile=False, overhead_epochs=1, overhead_batches=2, batch_size=4
 )
 
-#: task → reference name → the init arguments that make it (``model``: the module's, ``data``:
-#: the datamodule's); everything else is the task's default config
-REFERENCES: dict[str, dict[str, dict]] = {
-    "recognition2d": {},  # issue 13 asks for Lightning's overhead over a plain loop here, not a reference network
-    "localization2d": {"torchvision_resnet18": {"model": {"backbone": "torchvision_resnet18", "backbone_kwargs": {}}}},
-    "detection2d": {
-        name: {"model": {"detector": name}}
-        for name in ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
-    },
-    "biomedical3d": {
-        name: {"model": {"backbone": name, "backbone_kwargs": {}}} for name in ("monai_densenet121", "monai_resnet18")
-    },
-    "video3d": {
-        # X3D-XS and X3D-S share their widths and depths (they differ in clip length and size,
-        # which here are the task's): one network
-        "pytorchvideo_x3d_s": {"model": {"backbone": "pytorchvideo_x3d", "backbone_kwargs": {}}},
-        "pytorchvideo_resnet50_stem16": {
-            "model": {"backbone": "pytorchvideo_resnet", "backbone_kwargs": {"model_depth": 50, "stem_dim_out": 16}}
-        },
-    },
-    "multispectral3d": {
-        # the 13 bands as the channels of a 2D image, as TorchGeo trains EuroSAT
-        "torchvision_resnet18_bands_as_channels": {
-            "model": {"spatial_dims": 2, "backbone": "torchvision_resnet18", "backbone_kwargs": {}},
-            "data": {"layout": "channels"},
-        }
-    },
-}
-#: tasks whose Lightning overhead over a plain loop is measured
-OVERHEAD_TASKS = ("recognition2d",)
 #: a training step's FLOPs over its forward's: the backward computes a gradient for the input and
 #: one for the weights, each about a forward's work. Counted rather than assumed, the backward
 #: of a grouped convolution is overcounted by its group count (torch's counter takes the weight
 #: gradient as dense), which would flatter depthwise networks (X3D, SSDlite) several times over.
 TRAIN_FLOPS_PER_FORWARD = 3
-#: the side of detection2d's default canvases
-DETECTION_CANVAS = 96
 
 
 def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
@@ -122,11 +95,12 @@ def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
 
 
 def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
+    spec = task_spec(task)
     _, datamodule = build(task, context.data_root)
     size = settings.batch_size or datamodule.hparams.batch_size
-    batch = synthetic_batch(task, datamodule, size, torch.Generator().manual_seed(0))
+    batch = datamodule.synthetic_batch(size, torch.Generator().manual_seed(0))
     steps = {name: TrainingStep(task, overrides, batch, context)
-             for name, overrides in {"default": {}, **REFERENCES.get(task, {})}.items()}  # fmt: skip
+             for name, overrides in {"default": {}, **spec.references}.items()}  # fmt: skip
     sync = synchronizer(context.device)
     timings = measure_side_by_side(steps, settings.warmup, settings.repeats, settings.min_seconds, sync)
     trained = {name: step.figures(timings[name], context) for name, step in steps.items()}
@@ -137,37 +111,15 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
         figures[f"train_throughput_ratio_vs_{name}"] = figures["train_samples_per_s"] / reference["train_samples_per_s"]
         figures[f"peak_memory_ratio_vs_{name}"] = figures["train_peak_memory_mb"] / reference["train_peak_memory_mb"]
     figures |= inference_figures(task, batch, settings, context)
-    if task in OVERHEAD_TASKS:
+    if spec.overhead:
         figures |= lightning_overhead(task, size, settings, context)
     return figures
 
 
-def synthetic_batch(task: str, datamodule, size: int, generator: torch.Generator):
-    """A training batch as the task's loader gives it, of random values: ``(x, labels)``;
-    localization2d adds boxes (fractions of the image), detection2d gives lists of canvases
-    and targets of 2 to 5 boxes each."""
-    labels = torch.randint(datamodule.num_classes, (size,), generator=generator)
-    if task == "detection2d":
-        images = list(torch.rand(size, datamodule.in_channels, DETECTION_CANVAS, DETECTION_CANVAS, generator=generator))
-        targets = []
-        for _ in range(size):
-            count = int(torch.randint(2, 6, (), generator=generator))
-            corner = torch.rand(count, 2, generator=generator) * (DETECTION_CANVAS - 40)
-            side = 16 + torch.rand(count, 2, generator=generator) * 20
-            targets.append({"boxes": torch.cat([corner, corner + side], dim=1),
-                            "labels": torch.randint(datamodule.num_classes, (count,), generator=generator),
-                            "iscrowd": torch.zeros(count, dtype=torch.int64)})  # fmt: skip
-        return images, targets
-    x = torch.randn(size, *datamodule.input_shape, generator=generator)
-    if task == "localization2d":
-        corner = torch.rand(size, 2, generator=generator) * 0.5
-        return x, labels, torch.cat([corner, corner + 0.2 + torch.rand(size, 2, generator=generator) * 0.3], dim=1)
-    return x, labels
-
-
 def as_input_of(batch, datamodule):
-    """The batch laid out as this datamodule gives it (multispectral3d's reference reads the
-    same bands as channels: ``(N, 1, 13, H, W)`` becomes ``(N, 13, H, W)``)."""
+    """The batch laid out as this datamodule gives it: a reference that reads the same
+    samples in another layout (3D bands as the channels of a 2D image, say: ``(N, 1, B, H, W)``
+    becomes ``(N, B, H, W)``) is timed on the same values."""
     if not isinstance(batch[0], torch.Tensor) or datamodule.input_shape is None:
         return batch
     return (batch[0].reshape(len(batch[0]), *datamodule.input_shape), *batch[1:])
@@ -247,7 +199,7 @@ def inference_figures(task: str, batch, settings: Settings, context: BenchContex
     inputs = move_data_to_device(batch[0], context.device)
     if isinstance(inputs, torch.Tensor):  # the network's batch as the loader gives it
         full, single = inputs, inputs[:1]
-    else:  # detection2d: images of any size, resized, normalised and padded by the detector's transform
+    else:  # a detector's list of images of any size, resized, normalised and padded by its transform
         with torch.no_grad():
             full, single = model.batch_inputs(inputs), model.batch_inputs(inputs[:1])
     size, sync = len(inputs), synchronizer(context.device)
@@ -331,9 +283,7 @@ def lightning_overhead(task: str, size: int, settings: Settings, context: BenchC
     torch.manual_seed(0)
     model, datamodule = build(task, context.data_root)
     count = settings.overhead_batches * size
-    generator = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(count, *datamodule.input_shape, generator=generator),
-                         torch.randint(datamodule.num_classes, (count,), generator=generator))  # fmt: skip
+    data = TensorDataset(*datamodule.synthetic_batch(count, torch.Generator().manual_seed(0)))
     epochs = settings.overhead_epochs + 1
 
     def loader() -> DataLoader:
@@ -407,6 +357,12 @@ def plain_loop(
 
 
 # --- the report ------------------------------------------------------------------------------
+def reference_names(figures: dict) -> list[str]:
+    """The references a task was measured against, in the order it declares them."""
+    prefix = "train_throughput_ratio_vs_"
+    return [key.removeprefix(prefix) for key in figures if key.startswith(prefix)]
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "—"
@@ -436,7 +392,7 @@ def markdown(results: dict[str, dict]) -> str:
             f"{_fmt(f['train_peak_memory_mb'])} | | {_fmt(f['train_flops_per_sample'] / 1e6)} | "
             f"{_fmt(f['train_utilisation_pct'], 2)} |"
         )
-        for name in REFERENCES.get(task, {}):
+        for name in reference_names(f):
             r = {k.split(".", 2)[2]: v for k, v in f.items() if k.startswith(f"reference.{name}.")}
             ratio = f[f"train_throughput_ratio_vs_{name}"]
             if ratio < 1:

@@ -10,7 +10,7 @@ augmentation), in one process:
 - **consumption**: samples/s of the default model's training step (forward, loss, backward,
   the config's optimiser, through the task module's ``training_step``) on a real batch from
   that loader;
-- ``loader_ratio_vs_consumption`` = loader / consumption. The goal of issue 13 is at least 2:
+- ``loader_ratio_vs_consumption`` = loader / consumption. The goal is at least :data:`GOAL`:
   with no workers the loader and the step share the process, and a loader twice as fast as
   the step costs a third of an epoch; below 1 the model waits on its data whatever the
   workers. ``loader_cold_ratio_vs_consumption`` says the same of the first epoch.
@@ -52,7 +52,7 @@ FULL = Settings(batches=40, repeats=5, step_warmup=2, step_repeats=5, step_min_s
 QUICK = Settings(batches=15, repeats=2, step_warmup=1, step_repeats=2, step_min_seconds=0.15)
 TINY = Settings(batches=2, repeats=1, step_warmup=1, step_repeats=1, step_min_seconds=0.0, batch_size=4,
                 cold_batches=2)  # fmt: skip
-#: the issue's bar: the loader at least this many times the model's consumption
+#: the goal: the loader at least this many times the model's consumption
 GOAL = 2.0
 
 

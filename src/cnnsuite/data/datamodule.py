@@ -150,6 +150,19 @@ class TaskDataModule(L.LightningDataModule):
         from a checkpoint's datamodule state, without its split: prediction reads no data
         folder. The default has nothing to take."""
 
+    def synthetic_batch(self, size: int, generator: torch.Generator | None = None):
+        """A training batch of ``size`` samples of random values, laid out as the training
+        loader gives it: what ``cnnsuite bench`` times a training step on (the values do not
+        change the work a network does; the shape does). Nothing is read. The default is
+        ``(x, labels)``: samples of :attr:`input_shape` and class indices below
+        :attr:`num_classes`; a task whose batches hold more (boxes, lists of images) overrides it."""
+        if self.input_shape is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no fixed input_shape: it must override synthetic_batch for the bench"
+            )
+        labels = torch.randint(self.num_classes, (size,), generator=generator)
+        return torch.randn(size, *self.input_shape, generator=generator), labels
+
     # --- shared ---------------------------------------------------------------------
     @classmethod
     def local_hparams(cls) -> tuple[str, ...]:

@@ -1,0 +1,148 @@
+"""The ``cnnsuite`` command table: every command with its one line of help, and the options
+that several commands share, each declared once.
+
+``fit``, ``validate`` and ``test`` are LightningCLI's (:class:`cnnsuite.cli.CnnSuiteCLI`): a
+config, a model and its data. The others work from a checkpoint alone (or, ``bench``, from the
+tasks' default configs) and are plain ``argparse`` commands whose ``main(argv)`` the table
+names. ``cnnsuite --help`` prints the table; ``cnnsuite <command> --help`` is that command's
+own help.
+
+LightningCLI's own ``predict`` (``Trainer.predict`` over a config's datamodule) is not a
+command: ``cnnsuite predict`` is the file predictor (``--ckpt ... --input ...``), and a test
+split is scored by ``cnnsuite evaluate``.
+
+This module imports nothing heavy: the table and the help are read before any command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Command:
+    #: the command's line in ``cnnsuite --help``
+    summary: str
+    #: ``"module:function"`` taking the command's arguments; None for LightningCLI's own
+    main: str | None = None
+
+    def run(self, argv: list[str]) -> None:
+        module, _, function = self.main.partition(":")
+        getattr(importlib.import_module(module), function)(argv)
+
+
+#: every ``cnnsuite`` command, in the order ``cnnsuite --help`` lists them
+COMMANDS: dict[str, Command] = {
+    "fit": Command("train a task's model from its config (--config tasks/<task>/config.yaml), then evaluate "
+                   "best.ckpt [LightningCLI]"),
+    "validate": Command("score a config's model (--ckpt_path for a checkpoint's) on the validation split "
+                        "[LightningCLI]"),
+    "test": Command("score a config's model (--ckpt_path for a checkpoint's) on the test split [LightningCLI]"),
+    "evaluate": Command("a checkpoint on its run's test split or other data: metrics.json, report.md, plots; "
+                        "several checkpoints: comparison", "cnnsuite.cli:evaluate_main"),
+    "predict": Command("predict raw files with a checkpoint (--ckpt, --input): predictions.jsonl, pictures, "
+                       "summary.json", "cnnsuite.cli:predict_main"),
+    "export": Command("export a checkpoint's network to ONNX or torch.export, checked against PyTorch",
+                      "cnnsuite.export:export_main"),
+    "inspect": Command("look inside a checkpoint's network: filters, feature maps, top samples, Grad-CAM, "
+                       "stage table", "cnnsuite.inspection:inspect_main"),
+    "serve": Command("serve a checkpoint over HTTP (LitServe): POST a file to /predict",
+                     "cnnsuite.serve:serve_main"),
+    "bench": Command("measure every task's model, data pipeline and training against references",
+                     "cnnsuite.bench:bench_main"),
+}  # fmt: skip
+#: the commands LightningCLI parses and runs
+LIGHTNING_COMMANDS = tuple(name for name, command in COMMANDS.items() if command.main is None)
+#: what ``--accelerator`` takes where a command has it
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+#: where LightningCLI's own predict went, said in ``cnnsuite predict --help`` and the table's help
+LIGHTNING_PREDICT = (
+    "LightningCLI's own predict (Trainer.predict over a config's datamodule) is not a cnnsuite command: "
+    "cnnsuite predict is the file predictor, and cnnsuite evaluate scores a run's test split."
+)
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """The parser whose help is the command table (it parses nothing: :func:`cnnsuite.cli.main`
+    routes on the first argument)."""
+    parser = argparse.ArgumentParser(
+        prog="cnnsuite",
+        description="cnnsuite: six CNN tasks on PyTorch Lightning. Train with a task's config, then evaluate, "
+        "predict, export, inspect or serve the checkpoint it wrote.",
+        epilog="cnnsuite COMMAND --help prints that command's options. Example: cnnsuite fit --config "
+        "tasks/<task>/config.yaml --data.data_dir ~/my_images. " + LIGHTNING_PREDICT,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="with any command: show the traceback of a mistake instead of one line (also CNNSUITE_DEBUG=1)",
+    )  # fmt: skip
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    for name, command in COMMANDS.items():
+        commands.add_parser(name, help=command.summary, add_help=False)
+    return parser
+
+
+def unknown_command(name: str) -> str:
+    """The message for ``cnnsuite <name>`` where ``name`` is no command."""
+    close = difflib.get_close_matches(name, COMMANDS, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"unknown command {name!r}: {hint}(cnnsuite --help lists the commands: {', '.join(COMMANDS)})"
+
+
+# --- the options several commands share -------------------------------------------------
+
+
+def command_parser(name: str, description: str, ckpt: str | None = "one", epilog: str | None = None):
+    """The parser of ``cnnsuite <name>``: abbreviated options are refused (``--inp`` is not
+    ``--input``), and ``ckpt`` is ``"one"`` (``--ckpt C``), ``"many"`` (``--ckpt A [B ...]``)
+    or None (no checkpoint)."""
+    parser = argparse.ArgumentParser(
+        prog=f"cnnsuite {name}", description=description, epilog=epilog, allow_abbrev=False
+    )
+    if ckpt == "one":
+        parser.add_argument("--ckpt", required=True, help="checkpoint written by cnnsuite fit")
+    elif ckpt == "many":
+        parser.add_argument("--ckpt", required=True, nargs="+", help="checkpoint(s) written by cnnsuite fit")
+    elif ckpt is not None:
+        raise ValueError(f"ckpt={ckpt!r}: expected 'one', 'many' or None")
+    return parser
+
+
+def add_out(parser: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
+    """``--out``: where the command writes (``help`` says what, and its default)."""
+    parser.add_argument("--out", default=default, help=help)
+
+
+def add_accelerator(parser: argparse.ArgumentParser) -> None:
+    """``--accelerator``: where the network runs."""
+    parser.add_argument(
+        "--accelerator", default="auto", choices=ACCELERATORS,
+        help="where the network runs: auto (a GPU when there is one; default), cpu, gpu or cuda",
+    )  # fmt: skip
+
+
+def add_data(parser: argparse.ArgumentParser) -> None:
+    """``--data.*``: where a rebuilt checkpoint's data is and how it is loaded (the options of
+    :func:`cnnsuite.checkpoint.add_data_options`; parse with ``parse_known_args`` and read them
+    with :func:`cnnsuite.checkpoint.data_options`)."""
+    from .checkpoint import add_data_options
+
+    add_data_options(parser)
+
+
+# --- configs ------------------------------------------------------------------------------
+
+
+def task_configs() -> list[str]:
+    """Every registered task's default config (:mod:`cnnsuite.contract`: ours and a user's own
+    task packages), as a path relative to the current folder where it lies under it."""
+    from .contract import registered_tasks
+
+    found = sorted(task.config.resolve() for task in registered_tasks().values())
+    here = Path.cwd().resolve()
+    return [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in found]

@@ -1,0 +1,94 @@
+"""The command table and config mistakes: every check here ends before any data or training
+(help, ``--print_config``, or an error raised while parsing)."""
+
+import re
+
+import pytest
+from conftest import ROOT
+
+from cnnsuite.cli import main
+
+CONFIG = str(ROOT / "tasks" / "recognition2d" / "config.yaml")
+COMMANDS = ("fit", "validate", "test", "evaluate", "predict", "export", "inspect", "serve", "bench")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``cnnsuite ARGV``'s exit status, stdout and stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def one_line_error(capsys, *argv: str) -> str:
+    """The error of ``cnnsuite ARGV``: exit status 2 and one line on stderr."""
+    code, _, err = run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    return lines[0]
+
+
+def test_help_lists_every_command_with_one_line(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for name in COMMANDS:
+        assert re.search(rf"^\s+{name}\s+\S", out, re.MULTILINE), f"{name} is not listed:\n{out}"
+
+
+def test_predict_help_is_the_file_predictors_and_says_where_lightnings_predict_went(capsys):
+    code, out, _ = run(capsys, "predict", "--help")
+    assert code == 0
+    assert "--input" in out and "--ckpt" in out and "--trainer" not in out
+    assert "LightningCLI's own predict" in out
+    code, _, err = run(capsys, "predict", "--config", CONFIG)
+    assert code == 2 and "LightningCLI's own predict" in err.strip().splitlines()[-1]
+
+
+def test_a_mistyped_key_is_one_line_naming_the_closest_keys(capsys, tmp_path):
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--trainer.max_epocs", "1", "--print_config")
+    assert error.startswith("cnnsuite fit: error: unknown key trainer.max_epocs") and "trainer.max_epochs" in error
+    # in a config file, and among a class's own arguments
+    (tmp_path / "typo.yaml").write_text("trainer:\n  max_epocs: 1\n")
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--config", str(tmp_path / "typo.yaml"), "--print_config")
+    assert "trainer.max_epocs" in error and "trainer.max_epochs" in error
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.batch_sze", "3", "--print_config")
+    assert "data.init_args.batch_sze" in error and "data.init_args.batch_size" in error
+
+
+def test_abbreviated_options_are_refused(capsys):
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--trainer.max_epoch", "1", "--print_config")
+    assert "unknown key trainer.max_epoch " in error and "trainer.max_epochs" in error
+    _, _, err = run(capsys, "evaluate", "--ckp", "missing.ckpt")
+    assert "the following arguments are required: --ckpt" in err
+
+
+def test_fit_without_a_config_lists_the_configs(capsys):
+    error = one_line_error(capsys, "fit")
+    assert "--config" in error
+    for task in ("recognition2d", "localization2d", "detection2d", "biomedical3d", "video3d", "multispectral3d"):
+        assert f"{task}/config.yaml" in error
+
+
+def test_an_unknown_command_is_one_line_naming_the_commands(capsys):
+    error = one_line_error(capsys, "evalute", "--ckpt", "x.ckpt")
+    assert error.startswith("cnnsuite: error: unknown command 'evalute'") and "did you mean evaluate" in error
+    assert all(name in error for name in COMMANDS)
+
+
+def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(tmp_path, monkeypatch, capsys):
+    """Told apart by type: a ValueError from inside the code is a bug and propagates; the same
+    place raising a UserError prints one line and exits 2."""
+    import cnnsuite.checkpoint
+    from cnnsuite.errors import BadFileError
+
+    def fail(error):
+        def load(path):
+            raise error
+
+        return load
+
+    monkeypatch.setattr(cnnsuite.checkpoint, "load_checkpoint", fail(ValueError("an internal mistake")))
+    with pytest.raises(ValueError, match="an internal mistake"):
+        main(["evaluate", "--ckpt", str(tmp_path / "x.ckpt")])
+    monkeypatch.setattr(cnnsuite.checkpoint, "load_checkpoint", fail(BadFileError("x.ckpt: not a checkpoint")))
+    assert one_line_error(capsys, "evaluate", "--ckpt", str(tmp_path / "x.ckpt")).endswith("x.ckpt: not a checkpoint")
