@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
-from cnnsuite.tasks.localization2d.datamodule import BatchBoxAffine
 from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from cnnsuite.tasks.video3d.datamodule import VideoDataModule
@@ -127,19 +126,3 @@ def test_biomedical_batches_are_plain_tensors_and_still_augmented(tmp_path):
     assert type(volumes) is torch.Tensor  # not MONAI's MetaTensor, which slowed every training step
     draws = [dm.datasets["train"][0]["image"] for _ in range(4)]
     assert not all(torch.equal(draws[0], other) for other in draws[1:])
-
-
-def test_localization_boxes_move_with_their_pixels_and_stay_visible():
-    """A white box on black: after the batch's random shifts and zooms (and flips) the bright
-    pixels are where the moved box says, for every sample of the batch."""
-    images = torch.zeros(16, 1, 32, 32)
-    images[:, :, 10:20, 6:18] = 1.0  # rows y 10..20, columns x 6..18
-    boxes = torch.tensor([[6.0, 10.0, 18.0, 20.0]]).repeat(16, 1)
-    torch.manual_seed(0)
-    moved_images, moved = BatchBoxAffine(0.2, (0.8, 1.2), hflip=True)(images, boxes)
-    assert len({tuple(box.tolist()) for box in moved}) == 16  # one draw per sample
-    for image, box in zip(moved_images, moved, strict=True):
-        ys, xs = torch.nonzero(image[0] > 0.5, as_tuple=True)
-        found = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
-        torch.testing.assert_close(found, box, atol=1.5, rtol=0)
-        assert (box[2:] > box[:2]).all() and box.min() >= 0 and box.max() <= 32

@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
+from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.digits import digit_split
 from cnnsuite.predict import Predictor
 
@@ -207,7 +208,7 @@ def test_corrupt_image_and_box_outside_are_named_before_training(csv_folder):
 # --- boxes under transforms -------------------------------------------------------------------
 
 
-def test_boxes_follow_resize_crop_and_flip():
+def test_boxes_follow_the_resize():
     box = (16, 4, 40, 20)
     image = rectangle_image(32, 64, box)
     # Half size on both axes: every edge stays on a whole pixel, so the pixels can be checked.
@@ -217,32 +218,25 @@ def test_boxes_follow_resize_crop_and_flip():
     torch.testing.assert_close(out_box, torch.tensor([16 / 64, 4 / 32, 40 / 64, 20 / 32]))
     torch.testing.assert_close(bright_box(out), out_box)
 
-    out, out_box = BoxTransform(finish, v2.RandomHorizontalFlip(p=1.0))(image, box)
-    torch.testing.assert_close(out_box, torch.tensor([24 / 64, 4 / 32, 48 / 64, 20 / 32]))  # x → 64 - x
-    torch.testing.assert_close(bright_box(out), out_box)
 
-    # A crop to x 12..44, y 0..32 (32x32), then the same resize (16x32: x kept, y halved).
-    crop = BoxTransform(finish, v2.Lambda(lambda x: v2.functional.crop(x, 0, 12, 32, 32)))
-    out, out_box = crop(image, box)
-    torch.testing.assert_close(out_box, torch.tensor([4 / 32, 4 / 32, 28 / 32, 20 / 32]))
-    torch.testing.assert_close(bright_box(out), out_box)
-
-    # A random shift and zoom: wherever the pixels go, the box goes.
+def test_boxes_follow_the_batch_moves_and_flips():
+    images = torch.zeros(16, 1, 32, 32)
+    images[:, :, 10:20, 6:18] = 1.0  # rows y 10..20, columns x 6..18
+    boxes = torch.tensor([[6.0, 10.0, 18.0, 20.0]]).repeat(16, 1)
     torch.manual_seed(0)
-    affine = BoxTransform(finish, v2.RandomAffine(degrees=0, translate=(0.2, 0.2), scale=(0.8, 1.2)))
-    for _ in range(5):
-        out, out_box = affine(image, box)
-        torch.testing.assert_close(bright_box(out), out_box, atol=1 / 16, rtol=0)
+    moved_images, moved = BatchBoxAffine(0.2, (0.8, 1.2), hflip=True)(images, boxes)
+    assert len({tuple(box.tolist()) for box in moved}) == 16  # one draw per sample
+    for image, box in zip(moved_images, moved, strict=True):
+        torch.testing.assert_close(bright_box(image) * 32, box, atol=1.5, rtol=0)
 
 
-def test_an_augmentation_that_loses_the_box_is_not_applied():
-    box = (0, 0, 6, 6)  # in the corner: a 4x zoom on the centre leaves nothing of it
-    image = rectangle_image(32, 32, box)
-    finish = v2.ToDtype(torch.float32, scale=True)
-    zoom = BoxTransform(finish, v2.RandomAffine(degrees=0, scale=(4.0, 4.0)))
-    out, out_box = zoom(image, box)
-    torch.testing.assert_close(out_box, torch.tensor([0, 0, 6 / 32, 6 / 32]))  # the sample, as it was
-    torch.testing.assert_close(bright_box(out), out_box)
+def test_a_move_that_loses_the_box_is_not_applied():
+    images = torch.zeros(4, 1, 32, 32)
+    images[:, :, 0:6, 0:6] = 1.0  # in the corner: a 4x zoom on the centre leaves nothing of it
+    boxes = torch.tensor([[0.0, 0.0, 6.0, 6.0]]).repeat(4, 1)
+    moved_images, moved = BatchBoxAffine(0.0, (4.0, 4.0), hflip=False)(images, boxes)
+    torch.testing.assert_close(moved, boxes)  # the samples, as they were
+    torch.testing.assert_close(moved_images, images, atol=1e-5, rtol=0)
 
 
 # --- losses and metrics -------------------------------------------------------------------------

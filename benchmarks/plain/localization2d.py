@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from cnnsuite.tasks.localization2d.datamodule import BatchBoxAffine
 from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, MeanIoU
 from common import (
     fit,
@@ -22,6 +21,8 @@ from common import (
     predict,
     shuffled_batches,
 )
+
+from cnnsuite.data.augment import BatchBoxAffine
 
 TASK = "localization2d"
 

@@ -59,7 +59,7 @@ from cnnsuite.data import (
     report_bad_files,
     symmetric_normalisation,
 )
-from cnnsuite.data.augment import BatchRandomAffine
+from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError, read_coco, read_voc, voc_classes
 from cnnsuite.data.digits import digit_scans, digit_split
@@ -75,10 +75,6 @@ DEFAULT_CANVAS_SIZE = 64
 DEFAULT_DIGIT_HEIGHT = (16, 44)
 DEFAULT_CANVASES_PER_SCAN = {"train": 3, "val": 1, "test": 1}
 DEFAULT_SEED = 20260110
-
-#: how many times an augmentation is drawn before a sample that it keeps pushing its box
-#: out of the image is only resized
-AUGMENT_TRIES = 10
 
 
 @dataclass(frozen=True)
@@ -241,33 +237,17 @@ def read_detection_folder(root: Path, fmt: str, on_bad_file: str) -> tuple[list[
 
 
 class BoxTransform:
-    """``transforms.v2`` pipeline applied to an image and its box together.
+    """``finish`` (resize, dtype, normalisation: a ``transforms.v2`` pipeline) applied to an image
+    and its box together; the box comes out in fractions of the result. Random moves come
+    before it, on whole batches (:class:`cnnsuite.data.augment.BatchBoxAffine`). :meth:`image`
+    runs ``finish`` on an image without a box (prediction on a raw file)."""
 
-    ``augment`` (may be None) runs first; when it leaves the box less than
-    ``min_visible`` of its area inside the image (or none at all), it is drawn again, up
-    to :data:`AUGMENT_TRIES` times, and then left out for this sample: the box is never
-    dropped nor left pointing at nothing. ``finish`` (resize, dtype, normalisation) always runs;
-    :meth:`image` runs it on an image without a box (prediction on a raw file).
-    """
-
-    def __init__(self, finish: v2.Transform, augment: v2.Transform | None = None, min_visible: float = 0.6) -> None:
-        self.finish, self.augment, self.min_visible = finish, augment, min_visible
-        self.clamp = v2.ClampBoundingBoxes(clamping_mode="hard")
+    def __init__(self, finish: v2.Transform) -> None:
+        self.finish = finish
 
     def __call__(self, image: torch.Tensor, box: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         image = tv_tensors.Image(image)
-        # Unclamped while augmenting, so that where the whole box went can be compared with
-        # what is left of it inside the image.
-        boxes = tv_tensors.BoundingBoxes(
-            [box], format="XYXY", canvas_size=tuple(image.shape[-2:]), clamping_mode=None, dtype=torch.float32
-        )
-        if self.augment is not None:
-            for _ in range(AUGMENT_TRIES):
-                moved_image, moved = self.augment(image, boxes)
-                inside = self.clamp(moved)
-                if _area(inside) >= self.min_visible * _area(moved) > 0:
-                    image, boxes = moved_image, inside
-                    break
+        boxes = tv_tensors.BoundingBoxes([box], format="XYXY", canvas_size=tuple(image.shape[-2:]), dtype=torch.float32)
         image, boxes = self.finish(image, boxes)
         height, width = image.shape[-2:]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
@@ -277,68 +257,6 @@ class BoxTransform:
         """``finish`` on an image alone: the pixels :meth:`__call__` gives with a box (resizing
         and normalising do not depend on it)."""
         return self.finish(tv_tensors.Image(image)).as_subclass(torch.Tensor)
-
-
-def _area(boxes: torch.Tensor) -> float:
-    boxes = boxes.as_subclass(torch.Tensor)
-    return float(((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sum())
-
-
-class BatchBoxAffine:
-    """Random shifts and zooms (and with ``hflip`` left-right flips) of a whole batch, one draw
-    per sample, boxes moved with their image (:class:`BatchRandomAffine` for the pixels). As in
-    :class:`BoxTransform`, a draw that leaves less than ``min_visible`` of a box inside the image
-    is drawn again, up to :data:`AUGMENT_TRIES` times, and then that sample is left unmoved."""
-
-    def __init__(self, translate: float, scale: tuple[float, float], hflip: bool, min_visible: float = 0.6) -> None:
-        self.affine = BatchRandomAffine(translate=(translate, translate), scale=scale)
-        self.hflip, self.min_visible = hflip, min_visible
-
-    def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` float ``(N, C, H, W)``, ``boxes`` ``(N, 4)`` ``x1, y1, x2, y2`` in pixels."""
-        count, (height, width) = len(images), images.shape[-2:]
-        size = torch.tensor([width, height, width, height], dtype=torch.float64)
-        params = self.affine.draw(count)
-        moved = self.move(boxes.double(), params, size)
-        kept = self.visible(moved, size)
-        for _ in range(AUGMENT_TRIES - 1):
-            if kept.all():
-                break
-            again = self.affine.draw(count)
-            for key in params:
-                params[key] = torch.where(_rows(kept, params[key]), params[key], again[key])
-            moved = self.move(boxes.double(), params, size)
-            kept = self.visible(moved, size)
-        params["shift"] = torch.where(kept[:, None], params["shift"], 0.0)
-        params["factor"] = torch.where(kept, params["factor"], 1.0)
-        moved = torch.where(kept[:, None], moved, boxes.double())
-        images = self.affine.warp(images, params)
-        moved = torch.minimum(moved.clamp(min=0), size)
-        if self.hflip:
-            flip = torch.rand(count) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            mirrored = torch.stack([width - moved[:, 2], moved[:, 1], width - moved[:, 0], moved[:, 3]], 1)
-            moved = torch.where(flip[:, None], mirrored, moved)
-        return images, moved.float()
-
-    @staticmethod
-    def move(boxes: torch.Tensor, params: dict[str, torch.Tensor], size: torch.Tensor) -> torch.Tensor:
-        """Where the zoom about the centre and the shift take each box (unclamped)."""
-        centre, shift = size / 2, params["shift"].repeat(1, 2) * size
-        return (boxes - centre) * params["factor"][:, None] + centre + shift
-
-    def visible(self, boxes: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-        """Whether at least ``min_visible`` of each box's area lies inside the image."""
-        inside = torch.minimum(boxes.clamp(min=0), size)
-        return _box_area(inside) >= self.min_visible * _box_area(boxes).clamp(min=1e-12)
-
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _box_area(boxes: torch.Tensor) -> torch.Tensor:
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
 class LocalizationDataset(Dataset):

@@ -73,3 +73,66 @@ class BatchRandomAffine:
             f"{type(self).__name__}(degrees={self.degrees}, translate={self.translate}, scale={self.scale}, "
             f"fill={self.fill}, mode={self.mode!r})"
         )
+
+
+#: how many times a random move is drawn before a sample it keeps pushing its box out of the
+#: image is left unmoved
+AUGMENT_TRIES = 10
+
+
+class BatchBoxAffine:
+    """Random shifts and zooms (and with ``hflip`` left-right flips) of a whole batch, one draw
+    per sample, boxes moved with their image (:class:`BatchRandomAffine` for the pixels). A draw
+    that leaves less than ``min_visible`` of a box inside the image is drawn again, up to
+    :data:`AUGMENT_TRIES` times, and then that sample is left unmoved: a box is never dropped nor
+    left pointing at nothing."""
+
+    def __init__(self, translate: float, scale: tuple[float, float], hflip: bool, min_visible: float = 0.6) -> None:
+        self.affine = BatchRandomAffine(translate=(translate, translate), scale=scale)
+        self.hflip, self.min_visible = hflip, min_visible
+
+    def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` float ``(N, C, H, W)``, ``boxes`` ``(N, 4)`` ``x1, y1, x2, y2`` in pixels."""
+        count, (height, width) = len(images), images.shape[-2:]
+        size = torch.tensor([width, height, width, height], dtype=torch.float64)
+        params = self.affine.draw(count)
+        moved = self.move(boxes.double(), params, size)
+        kept = self.visible(moved, size)
+        for _ in range(AUGMENT_TRIES - 1):
+            if kept.all():
+                break
+            again = self.affine.draw(count)
+            for key in params:
+                params[key] = torch.where(_rows(kept, params[key]), params[key], again[key])
+            moved = self.move(boxes.double(), params, size)
+            kept = self.visible(moved, size)
+        params["shift"] = torch.where(kept[:, None], params["shift"], 0.0)
+        params["factor"] = torch.where(kept, params["factor"], 1.0)
+        moved = torch.where(kept[:, None], moved, boxes.double())
+        images = self.affine.warp(images, params)
+        moved = torch.minimum(moved.clamp(min=0), size)
+        if self.hflip:
+            flip = torch.rand(count) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            mirrored = torch.stack([width - moved[:, 2], moved[:, 1], width - moved[:, 0], moved[:, 3]], 1)
+            moved = torch.where(flip[:, None], mirrored, moved)
+        return images, moved.float()
+
+    @staticmethod
+    def move(boxes: torch.Tensor, params: dict[str, torch.Tensor], size: torch.Tensor) -> torch.Tensor:
+        """Where the zoom about the centre and the shift take each box (unclamped)."""
+        centre, shift = size / 2, params["shift"].repeat(1, 2) * size
+        return (boxes - centre) * params["factor"][:, None] + centre + shift
+
+    def visible(self, boxes: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """Whether at least ``min_visible`` of each box's area lies inside the image."""
+        inside = torch.minimum(boxes.clamp(min=0), size)
+        return _box_area(inside) >= self.min_visible * _box_area(boxes).clamp(min=1e-12)
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _box_area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
