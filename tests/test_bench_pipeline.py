@@ -32,7 +32,7 @@ def test_pipeline_section_on_one_task(tmp_path):
     assert figures["batch_size"] == pipeline.TINY.batch_size and figures["num_workers"] == 0
     assert figures["train_samples"] == 1257  # the digit tasks' shared split
     text = pipeline.markdown(results)
-    assert "| recognition2d |" in text and "Goal (issue 13)" in text
+    assert "| recognition2d |" in text and "Goal: every loader at least" in text
 
 
 @pytest.fixture

@@ -404,7 +404,7 @@ def markdown(results: dict[str, dict]) -> str:
             )
     lines.append("")
     lines.append(
-        "Goal (issue 13): each default model at least as fast per sample as every reference — "
+        "Goal: each default model at least as fast per sample as every reference — "
         + (f"**not reached** for {', '.join(slower)}." if slower else "reached on every task measured.")
     )
     lines += [

@@ -154,7 +154,7 @@ def markdown(results: dict[str, dict]) -> str:
         )
     lines += [
         "",
-        f"Goal (issue 13): every loader at least {GOAL:g}× its model's consumption — "
+        f"Goal: every loader at least {GOAL:g}× its model's consumption — "
         + (
             f"**not reached** for {', '.join(short)}: the model waits on its data there."
             if short
