@@ -53,7 +53,7 @@ def image_folder(tmp_path) -> Path:
 def script_val_acc(monkeypatch, scripted: dict[int, float]) -> None:
     """Make classification tasks log ``scripted[epoch]`` as ``val/acc`` (and no other
     validation metric), so which checkpoint is "best" is known in advance."""
-    from cnnsuite.classification import ClassificationModule
+    from cnnsuite.training.classification import ClassificationModule
 
     log_metrics = ClassificationModule._log_metrics
 

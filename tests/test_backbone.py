@@ -16,7 +16,7 @@ from cnnsuite.backbone import (
     symmetric_groups,
     tie_weights,
 )
-from cnnsuite.heads import ClassifierHead
+from cnnsuite.training.heads import ClassifierHead
 
 
 def test_conv_layer_is_cross_correlation():
@@ -184,8 +184,8 @@ def test_reference_networks_follow_the_backbone_contract(name, dims, channels):
 def test_precise_batchnorm_recomputes_the_statistics_of_the_training_batches():
     from types import SimpleNamespace
 
-    from cnnsuite.callbacks import PreciseBatchNorm
-    from cnnsuite.classification import ClassificationModule
+    from cnnsuite.training.callbacks import PreciseBatchNorm
+    from cnnsuite.training.classification import ClassificationModule
 
     model = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4]})
     model.eval()

@@ -9,9 +9,9 @@ import torch
 from conftest import fit, make_image_folder, task_config
 from PIL import Image
 
-from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
-from cnnsuite.evaluate import evaluate
+from cnnsuite.trust.checkpoint import rebuild
+from cnnsuite.use.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")

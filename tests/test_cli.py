@@ -78,7 +78,7 @@ def test_an_unknown_command_is_one_line_naming_the_commands(capsys):
 def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(tmp_path, monkeypatch, capsys):
     """Told apart by type: a ValueError from inside the code is a bug and propagates; the same
     place raising a UserError prints one line and exits 2."""
-    import cnnsuite.checkpoint
+    import cnnsuite.trust.checkpoint
     from cnnsuite.errors import BadFileError
 
     def fail(error):
@@ -87,8 +87,8 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(tmp_path, monkey
 
         return load
 
-    monkeypatch.setattr(cnnsuite.checkpoint, "load_checkpoint", fail(ValueError("an internal mistake")))
+    monkeypatch.setattr(cnnsuite.trust.checkpoint, "load_checkpoint", fail(ValueError("an internal mistake")))
     with pytest.raises(ValueError, match="an internal mistake"):
         main(["evaluate", "--ckpt", str(tmp_path / "x.ckpt")])
-    monkeypatch.setattr(cnnsuite.checkpoint, "load_checkpoint", fail(BadFileError("x.ckpt: not a checkpoint")))
+    monkeypatch.setattr(cnnsuite.trust.checkpoint, "load_checkpoint", fail(BadFileError("x.ckpt: not a checkpoint")))
     assert one_line_error(capsys, "evaluate", "--ckpt", str(tmp_path / "x.ckpt")).endswith("x.ckpt: not a checkpoint")

@@ -20,13 +20,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchmetrics.detection import MeanAveragePrecision
 
-from cnnsuite.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.cli import main
 from cnnsuite.data.coco import AnnotationError, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.inputs import Input
-from cnnsuite.export import OnnxNetwork, export
-from cnnsuite.predict import Predictor
+from cnnsuite.trust.checkpoint import rebuild, rebuild_for_inference
+from cnnsuite.use.export import OnnxNetwork, export
+from cnnsuite.use.predict import Predictor
 
 CONFIG = str(ROOT / "tasks" / "detection2d" / "config.yaml")
 # COCO-style category ids with gaps, listed out of order

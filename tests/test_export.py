@@ -9,10 +9,10 @@ import torch
 from conftest import fit, make_image_folder
 from test_biomedical3d import SMALL, make_volume_folder
 
-from cnnsuite.checkpoint import rebuild_for_inference
 from cnnsuite.cli import main
-from cnnsuite.export import ExportedNetwork, OnnxNetwork, export
-from cnnsuite.predict import Predictor
+from cnnsuite.trust.checkpoint import rebuild_for_inference
+from cnnsuite.use.export import ExportedNetwork, OnnxNetwork, export
+from cnnsuite.use.predict import Predictor
 
 LENET5_WITH_C3_TABLE = "{act: relu, pool: max, norm: batch, c3_table: true}"
 

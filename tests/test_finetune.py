@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cnnsuite.backbone import build_backbone
-from cnnsuite.finetune import BackboneSchedule, find_backbone
+from cnnsuite.training.finetune import BackboneSchedule, find_backbone
 
 LR = 0.1
 
@@ -188,7 +188,7 @@ def test_callback_from_yaml():
     parser.add_argument("--callbacks", type=list[Callback])
     config = parser.parse_string(
         "callbacks:\n"
-        "  - class_path: cnnsuite.finetune.BackboneSchedule\n"
+        "  - class_path: cnnsuite.training.finetune.BackboneSchedule\n"
         "    init_args: {unfreeze_at_epoch: 3, from_stage: 1, backbone_lr_factor: 0.2}\n"
     )
     (callback,) = parser.instantiate_classes(config).callbacks
@@ -234,7 +234,7 @@ class WithValidation(Tiny):
 def test_precise_batchnorm_leaves_the_frozen_stages_statistics_and_mode_alone(tmp_path):
     """PreciseBatchNorm recomputes the statistics of the stages that train; a frozen stage keeps
     the source task's, in eval mode, so the stages after it see the features they will see."""
-    from cnnsuite.callbacks import PreciseBatchNorm
+    from cnnsuite.training.callbacks import PreciseBatchNorm
 
     torch.manual_seed(0)
     model = WithValidation()

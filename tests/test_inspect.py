@@ -9,9 +9,9 @@ from conftest import fit, make_image_folder
 from PIL import Image
 from test_biomedical3d import SMALL, make_volume_folder
 
-from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
-from cnnsuite.inspection import cam_stage, grad_cam, held_out_batches, model_batch, network_of, stage_rows
+from cnnsuite.trust.checkpoint import rebuild
+from cnnsuite.use.inspection import cam_stage, grad_cam, held_out_batches, model_batch, network_of, stage_rows
 
 PICTURES = ("filters.png", "top_samples.png", "gradcam.png")
 

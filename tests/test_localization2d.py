@@ -16,12 +16,12 @@ from conftest import fit as run_fit
 from PIL import Image
 from torchvision.transforms import v2
 
-from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.digits import digit_split
-from cnnsuite.predict import Predictor
+from cnnsuite.trust.checkpoint import rebuild
+from cnnsuite.use.predict import Predictor
 
 CLASSES = ("cat", "dog")
 

@@ -16,9 +16,9 @@ import torch
 from conftest import ROOT, fit, make_image_folder, script_val_acc, task_config
 from test_biomedical3d import SMALL, make_volume_folder, write_labels
 
-from cnnsuite.classification import ClassificationModule
 from cnnsuite.errors import ConfigError
-from cnnsuite.runs import AtomicCheckpointIO
+from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.training.runs import AtomicCheckpointIO
 
 
 def val_scores(run, key="val/acc"):
@@ -112,7 +112,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_old_checkpoint_whole(tmp_pa
     AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
     # A second process writes a large checkpoint over it and is killed in the middle.
     writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys, torch; from cnnsuite.runs import AtomicCheckpointIO; "
+        [sys.executable, "-c", "import sys, torch; from cnnsuite.training.runs import AtomicCheckpointIO; "
          "AtomicCheckpointIO().save_checkpoint({'step': 2, 'w': torch.ones(400_000_000)}, sys.argv[1])", str(target)]
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -320,7 +320,7 @@ def test_the_training_loader_resumes_where_its_epoch_stopped():
 
 
 def test_the_csv_log_keeps_every_row_through_kills_and_resumes(tmp_path):
-    from cnnsuite.runs import AppendingCSVLogger
+    from cnnsuite.training.runs import AppendingCSVLogger
 
     def rows():
         with (tmp_path / "version_0" / "metrics.csv").open() as f:
@@ -394,7 +394,7 @@ class TwoRanks:
 
 
 def test_precise_batchnorm_pools_the_statistics_of_every_rank():
-    from cnnsuite.callbacks import pool_statistics
+    from cnnsuite.training.callbacks import pool_statistics
 
     shards = [torch.randn(64, 3) * 2 + 1, torch.randn(64, 3) * 0.5 - 3]  # what each rank saw
 
@@ -416,7 +416,7 @@ def test_precise_batchnorm_pools_the_statistics_of_every_rank():
 def test_precise_batchnorm_leaves_an_epoch_in_progress_alone():
     from torch.utils.data import DataLoader
 
-    from cnnsuite.callbacks import batches_aside
+    from cnnsuite.training.callbacks import batches_aside
 
     loader = DataLoader(list(range(12)), batch_size=2, num_workers=1, persistent_workers=True)
     epoch = iter(loader)

@@ -85,7 +85,7 @@ def lr_by_epoch(run):
 def test_the_cosine_schedule_follows_max_epochs_and_the_lr_is_logged(tmp_path, image_folder):
     run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
               "--trainer.max_epochs", "4", "--evaluate", "false",
-              "--lr_scheduler", "cnnsuite.schedules.CosineAnnealingLR")  # fmt: skip
+              "--lr_scheduler", "cnnsuite.training.schedules.CosineAnnealingLR")  # fmt: skip
     lr = lr_by_epoch(run)
     base = 0.003  # the config's AdamW lr
     expected = {e: base * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)}
@@ -95,7 +95,8 @@ def test_the_cosine_schedule_follows_max_epochs_and_the_lr_is_logged(tmp_path, i
 def test_a_given_t_max_is_kept(tmp_path, image_folder):
     run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
               "--trainer.max_epochs", "2", "--evaluate", "false",
-              "--lr_scheduler", "cnnsuite.schedules.CosineAnnealingLR", "--lr_scheduler.T_max", "8")  # fmt: skip
+              "--lr_scheduler", "cnnsuite.training.schedules.CosineAnnealingLR",
+              "--lr_scheduler.T_max", "8")  # fmt: skip
     assert lr_by_epoch(run)[1] == pytest.approx(0.003 * (1 + math.cos(math.pi / 8)) / 2, rel=1e-4)
 
 
@@ -103,5 +104,5 @@ def test_a_given_t_max_is_kept(tmp_path, image_folder):
 def test_the_cosine_configs_leave_the_length_to_the_run(task):
     """A ``T_max`` in a task's config would have to be kept equal to ``max_epochs`` by hand."""
     config = yaml.safe_load(open(f"tasks/{task}/config.yaml"))
-    assert config["lr_scheduler"]["class_path"] == "cnnsuite.schedules.CosineAnnealingLR"
+    assert config["lr_scheduler"]["class_path"] == "cnnsuite.training.schedules.CosineAnnealingLR"
     assert "T_max" not in (config["lr_scheduler"].get("init_args") or {})

@@ -13,10 +13,10 @@ from cnnsuite.tasks.multispectral3d.landcover import BANDS
 from conftest import fit
 from rasterio.transform import Affine
 
-from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
-from cnnsuite.predict import Predictor
+from cnnsuite.trust.checkpoint import rebuild
+from cnnsuite.use.predict import Predictor
 
 SMALL_MODEL = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], kernel_size: [3, 3, 3], pool_size: [1, 2, 2]}"]
 

@@ -124,7 +124,7 @@ def test_a_2d_task_trains_with_tied_and_hypernetwork_kernels(tmp_path):
               "--trainer.max_epochs", "2")  # fmt: skip
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.5  # chance is 0.1
-    from cnnsuite.checkpoint import rebuild_for_inference
+    from cnnsuite.trust.checkpoint import rebuild_for_inference
 
     model, _ = rebuild_for_inference(run / "checkpoints" / "best.ckpt")
     c1 = convs(model.backbone, 0)[0].weight

@@ -11,10 +11,10 @@ from conftest import fit, make_image_folder
 from test_biomedical3d import SMALL, make_volume_folder
 from test_checkpoints import tampered
 
-from cnnsuite.checkpoint import rebuild
-from cnnsuite.classification import ClassificationModule
 from cnnsuite.cli import main
-from cnnsuite.predict import Predictor
+from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.trust.checkpoint import rebuild
+from cnnsuite.use.predict import Predictor
 
 
 @pytest.fixture(scope="module")

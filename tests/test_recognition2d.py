@@ -165,7 +165,7 @@ def test_print_config_and_module_entry_point(capsys):
 
 
 def test_class_names_must_match_num_classes():
-    from cnnsuite.classification import ClassificationModule
+    from cnnsuite.training.classification import ClassificationModule
 
     with pytest.raises(ValueError, match=r"model.class_names has 2 names but model.num_classes=3"):
         ClassificationModule(num_classes=3, class_names=["cat", "dog"])

@@ -23,7 +23,7 @@ from conftest import fit, make_image_folder
 from test_biomedical3d import SMALL, make_volume_folder
 from test_limits import bomb_png
 
-from cnnsuite.predict import Predictor
+from cnnsuite.use.predict import Predictor
 
 BATCH = 4  # the server's --max_batch_size in these tests
 MAX_UPLOAD_MB = 1  # the recognition2d server's --max_upload_mb

@@ -16,13 +16,13 @@ from torchvision.transforms import v2
 
 from cnnsuite.backbone import build_backbone
 from cnnsuite.backbone.registry import _BACKBONES, register_backbone
-from cnnsuite.callbacks import PreciseBatchNorm
-from cnnsuite.classification import ClassificationModule
 from cnnsuite.cli import CnnSuiteCLI, main
 from cnnsuite.data import BadFileError, list_classes, list_samples, read_image
 from cnnsuite.data.images import IMAGE_EXTENSIONS, image_size
 from cnnsuite.data.prepare import prepare_once
 from cnnsuite.data.splits import stratified_split
+from cnnsuite.training.callbacks import PreciseBatchNorm
+from cnnsuite.training.classification import ClassificationModule
 
 # --- images ---------------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_image_folder
 
-from cnnsuite.checkpoint import CheckpointError
 from cnnsuite.cli import main
 from cnnsuite.contract import registered_tasks, trusted_classes
+from cnnsuite.trust.checkpoint import CheckpointError
 
 
 def copy_task(source: str, package: str, site: Path) -> Path:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cnnsuite.backbone import build_backbone, mask_weights
-from cnnsuite.transfer import adapt_in_channels, backbone_state, inflate, transfer_backbone
+from cnnsuite.training.transfer import adapt_in_channels, backbone_state, inflate, transfer_backbone
 
 
 def convnet(spatial_dims=2, in_channels=1, **kw):

@@ -14,9 +14,9 @@ from cnnsuite.tasks.multispectral3d.module import MultispectralModule
 from cnnsuite.tasks.video3d.module import VideoClassificationModule
 from conftest import fit
 
-from cnnsuite.checkpoint import rebuild_for_inference
 from cnnsuite.cli import main
-from cnnsuite.transfer import backbone_state
+from cnnsuite.training.transfer import backbone_state
+from cnnsuite.trust.checkpoint import rebuild_for_inference
 
 FAMILY = "{channels: [8, 16], blocks_per_stage: 1, norm: batch, act: relu, pool: max}"
 

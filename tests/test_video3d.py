@@ -17,10 +17,10 @@ from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoClassificationModu
 from conftest import ROOT
 from conftest import fit as run_fit
 
-from cnnsuite.checkpoint import rebuild
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
-from cnnsuite.predict import Predictor
+from cnnsuite.trust.checkpoint import rebuild
+from cnnsuite.use.predict import Predictor
 
 CONFIG = str(ROOT / "tasks" / "video3d" / "config.yaml")
 QUARTERS = ["--data.val_fraction", "0.25", "--data.test_fraction", "0.25"]

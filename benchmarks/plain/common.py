@@ -159,7 +159,7 @@ def precise_batchnorm_batches(task: str, model) -> int:
 def recompute_batchnorm(model, batches: Iterator, count: int) -> None:
     """BatchNorm statistics as a plain average over ``count`` training batches, in train mode:
     the running averages trail the weights, and the suite does this before it evaluates (see
-    ``cnnsuite.callbacks.PreciseBatchNorm``), so the plain script does it once, at the end."""
+    ``cnnsuite.training.callbacks.PreciseBatchNorm``), so the plain script does it once, at the end."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return

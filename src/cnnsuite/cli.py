@@ -36,7 +36,6 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from .backbone import StagedBackbone
 from .backbone.geometry import check_fits
-from .checkpoint import data_options, resume_arguments
 from .commands import (
     COMMANDS,
     LIGHTNING_COMMANDS,
@@ -52,8 +51,9 @@ from .commands import (
 from .contract import LINKED
 from .data import TaskDataModule
 from .errors import ConfigError, UserError
-from .runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, default_output, run_version
-from .task import TaskModule
+from .training.runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, default_output, run_version
+from .training.task import TaskModule
+from .trust.checkpoint import data_options, resume_arguments
 
 #: what a user can cause: a :class:`~cnnsuite.errors.UserError` (a bad config value or file, a
 #: missing folder, a diverging run), an argument argparse refuses, and the file system saying no
@@ -77,7 +77,7 @@ def resolve_monitor(config) -> None:
     """The best checkpoint is the best by the task's own measure unless the config says
     otherwise: ``checkpoint.monitor`` null takes the model class's ``monitor`` and ``mode``;
     a monitor without ``checkpoint.mode`` takes the direction the task knows for that key
-    (:meth:`~cnnsuite.task.TaskModule.mode_of`, an unknown key is an error naming those logged)."""
+    (:meth:`~cnnsuite.training.task.TaskModule.mode_of`, an unknown key is an error naming those logged)."""
     checkpoint = config.checkpoint
     module, _, name = config.model.class_path.rpartition(".")
     model_class = getattr(importlib.import_module(module), name)  # the user's own config names it
@@ -156,7 +156,7 @@ class CnnSuiteCLI(LightningCLI):
         The model of a run resumed (or validated, tested) from a checkpoint is the checkpoint's,
         as LightningCLI's own method makes it — but not by handing the file's hyper-parameters
         to the parser, which imports any ``class_path`` it meets: the file is checked as every
-        command checks it (:func:`~cnnsuite.checkpoint.resume_arguments`: our own classes,
+        command checks it (:func:`~cnnsuite.trust.checkpoint.resume_arguments`: our own classes,
         arguments that fit their signatures, weights that load and are finite, no
         ``backbone_weights`` file read), and only our class path and the checked arguments
         reach the parser."""
@@ -213,7 +213,7 @@ class CnnSuiteCLI(LightningCLI):
         run_dir = Path(log_dir)
         print(f"\nrun folder: {run_dir}\ncheckpoints: {best} (best), {last or 'none'} (last)")
         if self._get(self.config, "evaluate"):
-            from .evaluate import evaluate
+            from .use.evaluate import evaluate
 
             out_dir = run_dir / "evaluation"
             datamodule = self.datamodule  # where this command read its data is the user's say
@@ -288,7 +288,7 @@ def evaluate_main(argv: list[str]) -> None:
     add_data(parser)
     args, extra = parser.parse_known_args(argv)
     data = data_options(args, extra, parser)
-    from .evaluate import compare, evaluate_into
+    from .use.evaluate import compare, evaluate_into
 
     if len(args.ckpt) == 1:
         print_metrics(*evaluate_into(args.ckpt[0], args.out, accelerator=args.accelerator, data=data))
@@ -314,7 +314,7 @@ def predict_main(argv: list[str]) -> None:
     if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
         parser.error(f"--config: cnnsuite predict takes a checkpoint and files (--ckpt, --input). {LIGHTNING_PREDICT}")
     args = parser.parse_args(argv)
-    from .predict import Predictor, predict_to_folder, summary_line
+    from .use.predict import Predictor, predict_to_folder, summary_line
 
     out_dir = Path(args.out) if args.out else default_output(args.ckpt, "predictions") / Path(args.input).name
     predictor = Predictor(args.ckpt, args.accelerator)

@@ -47,11 +47,11 @@ COMMANDS: dict[str, Command] = {
     "predict": Command("predict raw files with a checkpoint (--ckpt, --input): predictions.jsonl, pictures, "
                        "summary.json", "cnnsuite.cli:predict_main"),
     "export": Command("export a checkpoint's network to ONNX or torch.export, checked against PyTorch",
-                      "cnnsuite.export:export_main"),
+                      "cnnsuite.use.export:export_main"),
     "inspect": Command("look inside a checkpoint's network: filters, feature maps, top samples, Grad-CAM, "
-                       "stage table", "cnnsuite.inspection:inspect_main"),
+                       "stage table", "cnnsuite.use.inspection:inspect_main"),
     "serve": Command("serve a checkpoint over HTTP (LitServe): POST a file to /predict",
-                     "cnnsuite.serve:serve_main"),
+                     "cnnsuite.use.serve:serve_main"),
     "bench": Command("measure every task's model, data pipeline and training against references",
                      "cnnsuite.bench:bench_main"),
 }  # fmt: skip
@@ -128,9 +128,9 @@ def add_accelerator(parser: argparse.ArgumentParser) -> None:
 
 def add_data(parser: argparse.ArgumentParser) -> None:
     """``--data.*``: where a rebuilt checkpoint's data is and how it is loaded (the options of
-    :func:`cnnsuite.checkpoint.add_data_options`; parse with ``parse_known_args`` and read them
-    with :func:`cnnsuite.checkpoint.data_options`)."""
-    from .checkpoint import add_data_options
+    :func:`cnnsuite.trust.checkpoint.add_data_options`; parse with ``parse_known_args`` and read them
+    with :func:`cnnsuite.trust.checkpoint.data_options`)."""
+    from .trust.checkpoint import add_data_options
 
     add_data_options(parser)
 

@@ -10,9 +10,9 @@ config, what the bench measures it against — and registers it under the entry-
 The six built-in tasks are registered so in cnnsuite's own ``pyproject.toml``; a user's task
 package installed with pip is found the same way and is a task like ours. The rest of what a
 command needs from a task is a method of its classes, with a default in the base classes:
-how to find the backbone (:meth:`~cnnsuite.task.TaskModule.feature_backbone`) and where its
+how to find the backbone (:meth:`~cnnsuite.training.task.TaskModule.feature_backbone`) and where its
 weights sit in a checkpoint (``backbone_prefix``), what Grad-CAM scores
-(:meth:`~cnnsuite.task.TaskModule.inspection_target`), how a raw file is read and a
+(:meth:`~cnnsuite.training.task.TaskModule.inspection_target`), how a raw file is read and a
 prediction described (``read_input``, ``describe_outputs``), what an export carries
 (``describe_preprocessing``, ``describe_channels``), the direction of each logged metric
 (``metric_modes``).
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .data import TaskDataModule
 from .errors import ConfigError
-from .task import TaskModule, class_path
+from .training.task import TaskModule, class_path
 
 #: the entry-point group tasks are registered under
 GROUP = "cnnsuite.tasks"

@@ -1,6 +1,6 @@
 """What biomedical3d predicts and how it is scored: one class per volume.
 
-The shared :class:`~cnnsuite.classification.ClassificationModule` with ``spatial_dims=3``;
+The shared :class:`~cnnsuite.training.classification.ClassificationModule` with ``spatial_dims=3``;
 accuracy, macro F1 and one-vs-rest AUROC come from it. Evaluation adds orthogonal slices of
 test volumes (axial, coronal, sagittal through each volume's brightest region) with their
 true and predicted labels.
@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch.nn import functional as F
 
-from cnnsuite.classification import ClassificationModule
+from cnnsuite.training.classification import ClassificationModule
 
 
 class Biomedical3DModule(ClassificationModule):

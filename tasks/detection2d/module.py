@@ -55,8 +55,8 @@ from cnnsuite.backbone import StagedBackbone, build_backbone
 from cnnsuite.data.coco import CategoryMap, coco_results
 from cnnsuite.data.inputs import Input
 from cnnsuite.errors import ConfigError
-from cnnsuite.inspectable import Network, same
-from cnnsuite.task import TaskModule
+from cnnsuite.training.task import TaskModule
+from cnnsuite.use.inspectable import Network, same
 
 REFERENCES = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
 DETECTORS = ("fcos", "retinanet", "fasterrcnn", *REFERENCES)

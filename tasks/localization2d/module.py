@@ -4,7 +4,7 @@
                                            └→ average pool to a grid × grid map → FC → box
 
 The two heads pool differently on purpose. *Which* digit it is does not depend on where it
-is, so the class head is the shared :class:`~cnnsuite.heads.ClassifierHead` (global pooling,
+is, so the class head is the shared :class:`~cnnsuite.training.heads.ClassifierHead` (global pooling,
 as recognition2d). *Where* it is is exactly what global pooling throws away: an average over
 all positions is the same wherever the object sits, and a regressor on it can only recover
 position from zero-padding artefacts. The box head therefore keeps a coarse ``box_grid``²
@@ -40,10 +40,10 @@ from torchvision.ops import box_iou, clip_boxes_to_image, complete_box_iou_loss,
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from cnnsuite.backbone.blocks import activation_layer
-from cnnsuite.classification import ClassificationModule
 from cnnsuite.data import Input
 from cnnsuite.errors import ConfigError
-from cnnsuite.inspectable import Network
+from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.use.inspectable import Network
 
 BOX_LOSSES = {"giou": generalized_box_iou_loss, "ciou": complete_box_iou_loss}
 

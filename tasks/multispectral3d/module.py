@@ -1,6 +1,6 @@
 """What multispectral3d predicts and how it is scored: one land-cover class per patch.
 
-The shared :class:`~cnnsuite.classification.ClassificationModule`; with ``spatial_dims: 3``
+The shared :class:`~cnnsuite.training.classification.ClassificationModule`; with ``spatial_dims: 3``
 the spectrum is the depth axis (input 1 × bands × H × W) and every filter is
 spectral-spatial. Cohen's kappa is added to the shared metrics (agreement beyond chance, the
 remote-sensing habit). Evaluation adds test patches in true and false colour with their
@@ -19,7 +19,7 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassCohenKappa
 
-from cnnsuite.classification import ClassificationModule
+from cnnsuite.training.classification import ClassificationModule
 
 from .datamodule import FALSE_COLOUR, TRUE_COLOUR, composite
 from .landcover import BANDS as ALL_BANDS

@@ -1,6 +1,6 @@
 """What recognition2d predicts and how it is scored: one class per image.
 
-It is the shared :class:`~cnnsuite.classification.ClassificationModule` in 2D; the default
+It is the shared :class:`~cnnsuite.training.classification.ClassificationModule` in 2D; the default
 config makes it LeNet-5 (C1-S2-C3-S4-C5 backbone, F6 = 84-unit hidden layer). Evaluation
 adds a picture of test images with their true and predicted labels, mistakes first.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from cnnsuite.classification import ClassificationModule
+from cnnsuite.training.classification import ClassificationModule
 
 
 class RecognitionModule(ClassificationModule):

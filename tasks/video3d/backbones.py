@@ -3,7 +3,7 @@
 ``pytorchvideo_x3d`` (Feichtenhofer 2020) and ``pytorchvideo_resnet`` (the 3D ResNet of
 PyTorchVideo's "slow" recipes) come from PyTorchVideo's builders with random weights —
 nothing is downloaded — and lose their classification head: the task's
-:class:`~cnnsuite.heads.ClassifierHead` sits on their last feature map as on ours, so a
+:class:`~cnnsuite.training.heads.ClassifierHead` sits on their last feature map as on ours, so a
 config compares like with like by changing ``backbone:`` alone. ``backbone_kwargs`` go to the
 builder (``create_x3d`` / ``create_resnet``), e.g. ``{width_factor: 1.0, depth_factor: 1.0}``
 or ``{model_depth: 50, stem_dim_out: 32}``.

@@ -1,6 +1,6 @@
 """What video3d predicts and how it is scored: one class per clip, and per video.
 
-It is the shared :class:`~cnnsuite.classification.ClassificationModule` on ``(N, C, T, H, W)``
+It is the shared :class:`~cnnsuite.training.classification.ClassificationModule` on ``(N, C, T, H, W)``
 clips: with ``spatial_dims: 3`` (the default) the backbone's 3D filters span time as well as
 space, so they can respond to motion. ``spatial_dims: 2`` turns it into the single-frame
 baseline: a 2D CNN applied to every frame on its own, its logits averaged over the frames.
@@ -19,9 +19,9 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from cnnsuite.classification import ClassificationModule
 from cnnsuite.data import Input
 from cnnsuite.errors import ConfigError
+from cnnsuite.training.classification import ClassificationModule
 
 from . import backbones  # noqa: F401  (registers PyTorchVideo's reference backbones)
 

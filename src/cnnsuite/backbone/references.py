@@ -1,7 +1,7 @@
 """Reference networks behind our backbone contract, for comparison runs.
 
 They are built with random weights (nothing is downloaded) and lose their classifier:
-a :class:`~cnnsuite.heads.ClassifierHead` sits on their features like on ours, so a config
+a :class:`~cnnsuite.training.heads.ClassifierHead` sits on their features like on ours, so a config
 can swap ``backbone: convnet`` for ``monai_resnet18`` and compare like with like. MONAI's and
 torchvision's ResNet-18 are registered here; tasks register others (a video task: PyTorchVideo's)
 with the same tools.

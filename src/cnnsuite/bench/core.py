@@ -38,12 +38,12 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..callbacks import PreciseBatchNorm
 from ..contract import LINKED, Task, registered_tasks
 from ..data import TaskDataModule
 from ..errors import ConfigError
-from ..schedules import CosineAnnealingLR
-from ..task import TaskModule, class_path
+from ..training.callbacks import PreciseBatchNorm
+from ..training.schedules import CosineAnnealingLR
+from ..training.task import TaskModule, class_path
 
 SECTIONS = ("models", "pipeline", "endtoend")
 #: CPU flags that decide how fast convolutions and matmuls can run
@@ -137,7 +137,7 @@ def make_scheduler(task: str, optimizer: torch.optim.Optimizer, epochs: int | No
 
 def precise_bn_batches(config: dict) -> int:
     """``num_batches`` of a ``PreciseBatchNorm`` the config's trainer names (0 if none; the
-    module then adds its own, :attr:`cnnsuite.task.TaskModule.precise_bn_batches`)."""
+    module then adds its own, :attr:`cnnsuite.training.task.TaskModule.precise_bn_batches`)."""
     for callback in config["trainer"].get("callbacks") or []:
         if callback["class_path"].endswith("PreciseBatchNorm"):
             return callback.get("init_args", {}).get("num_batches", PreciseBatchNorm.DEFAULT_BATCHES)

@@ -194,7 +194,7 @@ def train_within(task: str, overrides: dict, seconds: float, data_root: Path, de
     """The task's model (with ``overrides``: a reference) trained for ``seconds`` of wall clock
     by the Trainer as the config sets it up (optimiser, scheduler, gradient clipping), with no
     validation; BatchNorm statistics recomputed as before an evaluation; then tested."""
-    from cnnsuite.callbacks import PreciseBatchNorm
+    from cnnsuite.training.callbacks import PreciseBatchNorm
 
     torch.manual_seed(0)
     model, datamodule = build(task, data_root, **overrides)

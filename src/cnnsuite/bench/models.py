@@ -46,7 +46,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, TensorDataset
 
-from cnnsuite.export import OnnxNetwork, as_tuple, max_difference, output_names, trace
+from cnnsuite.use.export import OnnxNetwork, as_tuple, max_difference, output_names, trace
 
 from .core import (
     BenchContext,

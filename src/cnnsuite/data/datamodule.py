@@ -78,7 +78,7 @@ class TaskDataModule(L.LightningDataModule):
     #: init arguments that say how data is loaded on this machine (processes, memory); the batch
     #: size stays the run's, so an evaluation averages its loss over the batches the run's did
     loading_hparams: tuple[str, ...] = ("num_workers", "cache_limit_mb", "cache")
-    #: set by :func:`cnnsuite.checkpoint.rebuild` when a checkpoint is tested on data other than its run's
+    #: set by :func:`cnnsuite.trust.checkpoint.rebuild` when a checkpoint is tested on data other than its run's
     tests_other_data: bool = False
     #: file endings that ``cnnsuite predict`` takes from a folder of inputs
     input_extensions: tuple[str, ...] = ()

@@ -17,7 +17,7 @@ re-draws its batches (Lightning warns "not resumable"). Here:
   process (``num_workers: 0``). Worker processes draw from their own generators, which a
   resumed run starts afresh: with workers the order resumes exactly, their random draws not.
 
-Another pass over the loader inside an epoch (:class:`~cnnsuite.callbacks.PreciseBatchNorm`
+Another pass over the loader inside an epoch (:class:`~cnnsuite.training.callbacks.PreciseBatchNorm`
 takes a few training batches before each validation) sees the epoch's order from its start
 and counts nowhere: only the first pass after ``set_epoch`` (or after a restore) is the
 epoch's own.

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .backbone.blocks import activation_layer, global_avg_pool
+from ..backbone.blocks import activation_layer, global_avg_pool
 
 
 class ClassifierHead(nn.Module):

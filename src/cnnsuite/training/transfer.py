@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .untrusted import check_finite, load_weights_only
+from ..errors import ConfigError
+from ..trust.untrusted import check_finite, load_weights_only
 
 CHANNEL_MODES = ("mean", "repeat", "first")
 _PARAMETRIZED = ".parametrizations.weight.original"
@@ -40,7 +40,7 @@ _PARAMETRIZED = ".parametrizations.weight.original"
 def backbone_prefixes() -> list[str]:
     """Where a file keeps the backbone: under each registered task's ``backbone_prefix``
     (``backbone.`` for most), or at the top of a backbone's own state dict (``""``)."""
-    from .contract import registered_tasks
+    from ..contract import registered_tasks
 
     prefixes = {task.module.backbone_prefix for task in registered_tasks().values()}
     return [*sorted(prefixes, key=len), ""]

@@ -3,7 +3,7 @@
     cnnsuite predict --ckpt runs/<task>/version_0/checkpoints/best.ckpt --input photos/ --out preds/
 
 The checkpoint rebuilds its model and the run's test preprocessing by itself
-(:func:`~cnnsuite.checkpoint.rebuild_for_inference`); each task says how to read one file
+(:func:`~cnnsuite.trust.checkpoint.rebuild_for_inference`); each task says how to read one file
 (``TaskDataModule.read_input``) and how to describe and draw one prediction
 (``TaskModule.describe_outputs``, ``render_prediction``). Everything else is here, once, for
 every task: finding the inputs in a folder, batching, ``predictions.jsonl`` (one line per
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import rebuild_for_inference
-from .data.errors import BadFileError
-from .data.inputs import Input
-from .errors import MissingFileError
-from .jsonout import first_non_finite
+from ..data.errors import BadFileError
+from ..data.inputs import Input
+from ..errors import MissingFileError
+from ..jsonout import first_non_finite
+from ..trust.checkpoint import rebuild_for_inference
 
 
 class Predictor:

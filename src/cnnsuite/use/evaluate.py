@@ -1,6 +1,6 @@
 """Checkpoint → metrics.json, plots and report.md, on the run's own test split or other data.
 
-A checkpoint rebuilds its model and datamodule by itself (:func:`cnnsuite.checkpoint.rebuild`:
+A checkpoint rebuilds its model and datamodule by itself (:func:`cnnsuite.trust.checkpoint.rebuild`:
 saved hyperparameters, cnnsuite's own classes only), and the split it carries makes the test
 split exactly the one the run held out. Pointed at another folder of the same classes
 (``data_dir``), every sample of that folder is tested. Several checkpoints give one
@@ -16,8 +16,8 @@ from pathlib import Path
 import lightning as L
 import matplotlib.pyplot as plt
 
-from .checkpoint import rebuild
-from .jsonout import strict_json
+from ..jsonout import strict_json
+from ..trust.checkpoint import rebuild
 
 
 def evaluation_dir(
@@ -39,7 +39,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Test ``ckpt_path`` and write ``metrics.json``, plots and ``report.md`` into ``out_dir``
     (see :func:`evaluation_dir`). ``data``: where the data is and how it is loaded
-    (``data_dir``, ``data_root``, ``num_workers`` ...; see :func:`~cnnsuite.checkpoint.rebuild`):
+    (``data_dir``, ``data_root``, ``num_workers`` ...; see :func:`~cnnsuite.trust.checkpoint.rebuild`):
     the run's own data scores its test split, other data is tested whole. Returns the metrics."""
     return evaluate_into(ckpt_path, out_dir, accelerator, data)[0]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class PreciseBatchNorm(L.Callback):
@@ -22,7 +22,7 @@ class PreciseBatchNorm(L.Callback):
     ``num_batches`` training batches — ``torch.optim.swa_utils.update_bn``'s recipe, with
     each batch run through the task's own ``forward_for_batchnorm`` (a detector takes a list
     of images, not ``batch[0]``). Every task whose network has BatchNorm gets this callback
-    by default (:attr:`cnnsuite.task.TaskModule.precise_bn_batches`).
+    by default (:attr:`cnnsuite.training.task.TaskModule.precise_bn_batches`).
     """
 
     #: training batches recomputed on when neither the config nor the task says otherwise

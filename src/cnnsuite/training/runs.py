@@ -38,7 +38,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: the environment variable that carries a run's version to its other processes
 VERSION_ENV = "CNNSUITE_RUN_VERSION"

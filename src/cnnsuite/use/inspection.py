@@ -22,7 +22,7 @@ a checkpoint (default folder ``<run folder>/inspection/``):
 3D inputs and maps (volumes, clips, spectral cubes) are shown by their slices along the first
 spatial axis (depth, time or band). What differs between tasks — which module is the backbone,
 what it takes, which class score Grad-CAM differentiates — each task says
-(:meth:`~cnnsuite.task.TaskModule.inspection_network`, :mod:`cnnsuite.inspectable`).
+(:meth:`~cnnsuite.training.task.TaskModule.inspection_network`, :mod:`cnnsuite.use.inspectable`).
 """
 
 from __future__ import annotations
@@ -42,16 +42,16 @@ from torch.utils.data import Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.utils import make_grid
 
-from .backbone import StagedBackbone
-from .backbone.geometry import describe_stages
-from .checkpoint import data_options, rebuild
-from .data import TaskDataModule
-from .errors import ConfigError
+from ..backbone import StagedBackbone
+from ..backbone.geometry import describe_stages
+from ..data import TaskDataModule
+from ..errors import ConfigError
+from ..jsonout import strict_json
+from ..training.runs import default_output
+from ..training.task import TaskModule
+from ..trust.checkpoint import data_options, rebuild
 from .inspectable import Network
-from .jsonout import strict_json
 from .predict import Predictor
-from .runs import default_output
-from .task import TaskModule
 
 #: test samples looked at for ``top_samples.png`` (spread evenly over the test split)
 MAX_SAMPLES = 512
@@ -64,7 +64,7 @@ MAX_FILTERS = 64
 # --- what is inspected: the task says (TaskModule.inspection_network) ---------------------
 def network_of(model: TaskModule, input_dims: int) -> Network:
     """The backbone, its input and the class score of ``model``, whose input batches have
-    ``input_dims`` axes: the task's own answer (:meth:`~cnnsuite.task.TaskModule.inspection_network`)."""
+    ``input_dims`` axes: the task's own answer (:meth:`~cnnsuite.training.task.TaskModule.inspection_network`)."""
     return model.inspection_network(input_dims)
 
 
@@ -389,7 +389,7 @@ def inspect(
 ) -> dict:
     """Write the pictures and the table of ``ckpt_path`` into ``out_dir`` (see the module's
     docstring); returns what ``stages.json`` holds. ``data``: where the run's data is (see
-    :func:`~cnnsuite.checkpoint.rebuild`)."""
+    :func:`~cnnsuite.trust.checkpoint.rebuild`)."""
     if max_samples < 1:
         raise ConfigError(f"--max_samples {max_samples}: expected at least 1")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
@@ -445,7 +445,7 @@ def inspect(
 
 
 def inspect_main(argv: list[str]) -> None:
-    from .commands import add_accelerator, add_data, add_out, command_parser
+    from ..commands import add_accelerator, add_data, add_out, command_parser
 
     parser = command_parser(
         "inspect",

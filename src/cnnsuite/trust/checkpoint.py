@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser
 
-from .contract import trusted_classes
-from .data import TaskDataModule
-from .data.splits import check_splits, load_splits
-from .errors import CheckpointError, ConfigError, MissingFileError
-from .task import TaskModule, class_path
+from ..contract import trusted_classes
+from ..data import TaskDataModule
+from ..data.splits import check_splits, load_splits
+from ..errors import CheckpointError, ConfigError, MissingFileError
+from ..training.task import TaskModule, class_path
 from .untrusted import check_finite, load_weights_only
 
-#: the key under which :class:`~cnnsuite.task.TaskModule` records its run's classes
+#: the key under which :class:`~cnnsuite.training.task.TaskModule` records its run's classes
 CLASSES_KEY = "cnnsuite_classes"
 
 

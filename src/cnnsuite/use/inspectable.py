@@ -1,8 +1,8 @@
 """What ``cnnsuite inspect`` looks at in a task's model: its backbone, how a model input
 reaches it, and which class score Grad-CAM differentiates.
 
-Each task answers through :meth:`~cnnsuite.task.TaskModule.inspection_network` (the default
-fits a classifier whose ``forward`` gives class logits); :mod:`cnnsuite.inspection` draws
+Each task answers through :meth:`~cnnsuite.training.task.TaskModule.inspection_network` (the default
+fits a classifier whose ``forward`` gives class logits); :mod:`cnnsuite.use.inspection` draws
 whatever it is given and knows no task.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .backbone import StagedBackbone
+from ..backbone import StagedBackbone
 
 
 class ClassScores(nn.Module):

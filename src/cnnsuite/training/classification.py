@@ -19,8 +19,8 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from .backbone import build_backbone
-from .data.inputs import Input
+from ..backbone import build_backbone
+from ..data.inputs import Input
 from .heads import ClassifierHead
 from .task import TaskModule
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import BadFileError
+from ..errors import BadFileError
 
 
 def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:

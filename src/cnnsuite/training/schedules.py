@@ -10,7 +10,7 @@ class CosineAnnealingLR(torch.optim.lr_scheduler.CosineAnnealingLR):
     run — ``trainer.max_epochs`` stepped once an epoch, or ``trainer.max_steps`` stepped once a
     step when the run is counted in steps — so ``--trainer.max_epochs 50`` anneals over 50 epochs
     instead of bottoming out early and climbing back. A ``T_max`` given is kept as it is.
-    :meth:`cnnsuite.task.TaskModule.on_train_start` calls :meth:`follow` (so does a resumed run,
+    :meth:`cnnsuite.training.task.TaskModule.on_train_start` calls :meth:`follow` (so does a resumed run,
     which then anneals over its new length)."""
 
     def __init__(

@@ -7,7 +7,7 @@
 checkpoint's task reads) as the multipart form field ``file`` and answers with the JSON of
 one line of the ``predictions.jsonl`` that ``cnnsuite predict`` writes for that file,
 ``{"path": ..., **prediction}``; ``path`` is the uploaded filename, as the client's own
-path never reaches the server. The file goes through :class:`~cnnsuite.predict.Predictor`,
+path never reaches the server. The file goes through :class:`~cnnsuite.use.predict.Predictor`,
 so it is preprocessed exactly as ``cnnsuite predict`` preprocesses it. ``GET /health``
 answers ``ok`` once the model is loaded; ``GET /info`` names the checkpoint, its classes and
 the file types it takes.
@@ -53,9 +53,9 @@ from starlette.datastructures import Headers
 from starlette.formparsers import FormParserError, multipart, parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .data import limits
-from .data.errors import BadFileError
-from .data.inputs import Input
+from ..data import limits
+from ..data.errors import BadFileError
+from ..data.inputs import Input
 from .predict import Predictor
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Reply:
 
 
 class PredictorAPI(ls.LitAPI):
-    """A :class:`~cnnsuite.predict.Predictor` as a LitServe API (one per inference worker)."""
+    """A :class:`~cnnsuite.use.predict.Predictor` as a LitServe API (one per inference worker)."""
 
     def __init__(self, ckpt_path: str | Path, max_batch_size: int = 8, batch_timeout: float = 0.05) -> None:
         # Always the batched loop, so that predict takes a list even with max_batch_size=1.
@@ -303,7 +303,7 @@ def refusal(status: int, message: str) -> JSONResponse:
 
 
 def serve_main(argv: list[str]) -> None:
-    from .commands import add_accelerator, command_parser
+    from ..commands import add_accelerator, command_parser
 
     parser = command_parser(
         "serve",

@@ -1,6 +1,6 @@
 """Fine-tuning schedule: freeze the backbone, train the heads, then unfreeze it at a lower rate.
 
-A backbone transferred from another task (:mod:`cnnsuite.transfer`) already computes useful
+A backbone transferred from another task (:mod:`cnnsuite.training.transfer`) already computes useful
 features; fresh heads on top of it send large, noisy gradients at first, which would wreck
 them. So the heads train alone for ``unfreeze_at_epoch`` epochs, then the backbone joins — all
 of it, or only from stage ``from_stage`` on (early stages hold the most generic features) —
@@ -8,7 +8,7 @@ with a learning rate ``backbone_lr_factor`` times the heads'. From a config::
 
     trainer:
       callbacks:
-        - class_path: cnnsuite.finetune.BackboneSchedule
+        - class_path: cnnsuite.training.finetune.BackboneSchedule
           init_args: {unfreeze_at_epoch: 3, from_stage: 1, backbone_lr_factor: 0.1}
 
 Why not Lightning's ``BackboneFinetuning``: it has no ``from_stage``; it grows the backbone's
@@ -41,7 +41,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import Optimizer
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .task import TaskModule
 
 

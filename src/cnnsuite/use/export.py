@@ -3,7 +3,7 @@
     cnnsuite export --ckpt runs/<task>/version_0/checkpoints/best.ckpt --format onnx
     cnnsuite export --ckpt best.ckpt --format torch-export --out lenet.pt2
 
-What is written is the task's :meth:`~cnnsuite.task.TaskModule.inference_network` — the
+What is written is the task's :meth:`~cnnsuite.training.task.TaskModule.inference_network` — the
 network prediction runs, with a free batch size and the run's preprocessed sample size —
 traced once by ``torch.export`` and, for ONNX, translated by the dynamo exporter. Beside it,
 ``<name>.json`` (``model.onnx.json``) says what a user must feed it: the input shape and dtype, what its channels
@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .contract import task_of
-from .data import TaskDataModule
-from .errors import ConfigError
+from ..contract import task_of
+from ..data import TaskDataModule
+from ..errors import ConfigError
+from ..training.task import TaskModule, class_path
 from .predict import Predictor
-from .task import TaskModule, class_path
 
 #: format → file ending
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
@@ -78,7 +78,7 @@ def as_tuple(outputs) -> tuple[torch.Tensor, ...]:
 
 
 def export_main(argv: list[str]) -> None:
-    from .commands import add_out, command_parser
+    from ..commands import add_out, command_parser
 
     parser = command_parser(
         "export",
@@ -206,7 +206,7 @@ def check_inputs(predictor: Predictor, inputs: list | None) -> tuple[torch.Tenso
 
 def trace(network: nn.Module, batch: torch.Tensor, ckpt_path: str | Path, model: TaskModule):
     """``torch.export`` of ``network`` with the axes the task leaves free
-    (:meth:`~cnnsuite.task.TaskModule.inference_dynamic_shapes`: the batch, and for
+    (:meth:`~cnnsuite.training.task.TaskModule.inference_dynamic_shapes`: the batch, and for
     a detector the padded height and width), the others fixed at the sample's size.
 
     The example batch has another size than the check's, so a network that fixes its batch

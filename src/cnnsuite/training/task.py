@@ -13,7 +13,7 @@ more hooks: ``inference_network`` (what runs, and what export writes), ``batch_i
 ``render_prediction`` (a picture of one). ONNX Runtime replaces only the network, so its
 predictions go through the same description.
 
-A network with BatchNorm gets :class:`~cnnsuite.callbacks.PreciseBatchNorm` by default
+A network with BatchNorm gets :class:`~cnnsuite.training.callbacks.PreciseBatchNorm` by default
 (``precise_bn_batches``): on short runs the running averages have seen too few updates
 and the eval-mode network can collapse to one class.
 """
@@ -31,11 +31,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from .backbone import StagedBackbone
+from ..backbone import StagedBackbone
+from ..data.inputs import Input
+from ..errors import ConfigError, DivergedError
+from ..use.inspectable import ClassScores, Network, middle_frame, same
 from .callbacks import PreciseBatchNorm
-from .data.inputs import Input
-from .errors import ConfigError, DivergedError
-from .inspectable import ClassScores, Network, middle_frame, same
 from .schedules import CosineAnnealingLR
 from .transfer import CHANNEL_MODES, backbone_state, transfer_backbone
 
@@ -126,7 +126,7 @@ class TaskModule(L.LightningModule):
         task, or a backbone's state dict), when given: each tensor copied, inflated 2D → 3D or
         adapted to another input-channel count (``backbone_weights_channels``) where it fits;
         the rest is named in the log and left at its initialisation
-        (:func:`cnnsuite.transfer.transfer_backbone`). A file of which nothing fits is an error."""
+        (:func:`cnnsuite.training.transfer.transfer_backbone`). A file of which nothing fits is an error."""
         path = self.hparams.get("backbone_weights")
         if not path:
             return
@@ -188,7 +188,7 @@ class TaskModule(L.LightningModule):
         return callbacks
 
     def on_train_start(self) -> None:
-        """A schedule that follows the run (:class:`cnnsuite.schedules.CosineAnnealingLR` without
+        """A schedule that follows the run (:class:`cnnsuite.training.schedules.CosineAnnealingLR` without
         ``T_max``) learns its length: ``max_epochs``, or ``max_steps`` (stepped each step) when
         the run is counted in steps only."""
         trainer = self.trainer
@@ -216,7 +216,7 @@ class TaskModule(L.LightningModule):
 
     def forward_for_batchnorm(self, batch) -> None:
         """Run one training batch through the network in train mode, for
-        :class:`~cnnsuite.callbacks.PreciseBatchNorm` (no loss, no metrics)."""
+        :class:`~cnnsuite.training.callbacks.PreciseBatchNorm` (no loss, no metrics)."""
         self(batch[0])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
