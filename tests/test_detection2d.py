@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule, compose_canvas
+from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
+from cnnsuite.tasks.detection2d.default_data import compose_canvas
 from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from conftest import ROOT
 from conftest import fit as run_fit

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import torch
 from cnnsuite.tasks.multispectral3d.datamodule import GeoTiffReader, MultispectralDataModule
-from cnnsuite.tasks.multispectral3d.landcover import BANDS
+from cnnsuite.tasks.multispectral3d.default_data import BANDS
 from conftest import fit
 from rasterio.transform import Affine
 

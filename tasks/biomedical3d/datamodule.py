@@ -2,7 +2,7 @@
 
 Three sources, one pipeline:
 
-- the embedded default: generated lesion volumes (see ``lesions.py``) written once as
+- the embedded default: generated lesion volumes (see ``default_data.py``) written once as
   NIfTI files plus ``labels.csv`` under ``data_root/biomedical3d``;
 - a user's folder (``data_dir``): ``labels.csv`` with columns ``image,label`` (paths relative
   to the folder; a label is a name or an integer) and the volumes, in any format MONAI's
@@ -50,7 +50,7 @@ from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError, MissingFileError
 
-from .lesions import CLASSES, lesion_volume
+from .default_data import CLASSES, lesion_volume
 
 LABELS_CSV = "labels.csv"
 #: single-file volumes MONAI's LoadImage reads (a DICOM series is a folder of ``.dcm`` files)

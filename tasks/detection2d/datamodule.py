@@ -47,14 +47,14 @@ from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
-# The embedded default: how many canvases per split, their side, digits per canvas and
-# digit heights in pixels. Changing them needs a fresh --data.data_root (written once).
-DEFAULT_CANVASES = {"train": 1600, "val": 150, "test": 300}
-DEFAULT_CANVAS_SIZE = 96
-DEFAULT_DIGITS_PER_CANVAS = (2, 5)
-DEFAULT_DIGIT_HEIGHT = (16, 36)
-DEFAULT_MAX_IOU = 0.15  # "sometimes overlapping a little"
-DEFAULT_SEED = 20260105
+from .default_data import (
+    DEFAULT_CANVAS_SIZE,
+    DEFAULT_CANVASES,
+    DEFAULT_DIGIT_HEIGHT,
+    DEFAULT_DIGITS_PER_CANVAS,
+    DEFAULT_SEED,
+    compose_canvas,
+)
 
 
 def load_image(path: Path, channels: int) -> torch.Tensor:
@@ -282,50 +282,3 @@ class DetectionDataModule(TaskDataModule):
                 )  # fmt: skip
                 image_id, annotation_id = image_id + 1, annotation_id + n
             (folder / f"{stage}.json").write_text(json.dumps(coco_document(records, self.categories)))
-
-
-def compose_canvas(
-    rng: np.random.Generator,
-    scans: np.ndarray,
-    digits: np.ndarray,
-    pool: list[int],
-    size: int = DEFAULT_CANVAS_SIZE,
-) -> tuple[np.ndarray, list[list[float]], list[int]]:
-    """A ``size``² canvas with a few real digit scans from ``pool`` (indices into ``scans``)
-    at random places and heights; returns ``(uint8 image, boxes x1y1x2y2, digit labels)``.
-
-    A box is the tight box of the digit's ink (pixels above a quarter of its peak) after
-    upscaling. Digits are combined by maximum, so a small overlap hides no stroke.
-    """
-    canvas = np.zeros((size, size), np.float32)
-    boxes: list[list[float]] = []
-    labels: list[int] = []
-    low, high = DEFAULT_DIGITS_PER_CANVAS
-    for _ in range(rng.integers(low, high + 1)):
-        for _attempt in range(30):
-            scan = int(pool[rng.integers(len(pool))])
-            h = int(rng.integers(DEFAULT_DIGIT_HEIGHT[0], DEFAULT_DIGIT_HEIGHT[1] + 1))
-            w = max(8, int(round(h * rng.uniform(0.7, 1.0))))
-            patch = np.asarray(Image.fromarray(scans[scan]).resize((w, h), Image.Resampling.BILINEAR), np.float32)
-            ink = patch > 0.25 * patch.max()
-            ys, xs = np.nonzero(ink)
-            x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
-            box = [float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)]
-            if all(_iou(box, other) <= DEFAULT_MAX_IOU for other in boxes):
-                break
-        else:
-            continue  # no room left for another digit on this canvas
-        region = canvas[y0 : y0 + h, x0 : x0 + w]
-        np.maximum(region, patch, out=region)
-        boxes.append(box)
-        labels.append(int(digits[scan]))
-    noisy = canvas + rng.normal(0, 10, canvas.shape)  # sensor noise on a dark page
-    return np.clip(noisy, 0, 255).astype(np.uint8), boxes, labels
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

@@ -1,30 +1,15 @@
-"""Where localization2d's samples come from: images with exactly one labelled box each.
+"""localization2d's data module: images with exactly one labelled box each, from a user's
+folder (the formats of :mod:`.readers`) or the embedded default (:mod:`.default_data`).
 
-Formats of ``data_dir`` (``format: auto`` tells them apart by their files):
-
-- ``csv``: ``labels.csv`` with columns ``image,label,x1,y1,x2,y2`` (pixels of the upright
-  image, image paths relative to the folder); optional ``train.txt``/``val.txt``/``test.txt``.
-- ``cub``: CUB-200-2011 as downloaded: ``images.txt``, ``image_class_labels.txt``,
-  ``bounding_boxes.txt`` (``<id> <x> <y> <width> <height>``), ``train_test_split.txt``,
-  ``classes.txt`` and ``images/``. Its own train/test split is kept; val is drawn from train.
-- ``coco`` (``annotations.json``) or ``voc`` (``Annotations/*.xml``), read by detection2d's
-  readers in :mod:`cnnsuite.data.coco`; every image must hold exactly one box.
-
-Every error a user's files can cause — a box with ``x2 <= x1``, a box outside its image, a
-row naming a missing image, a corrupt image, an image with two boxes — names the file and
-the row (or annotation) and is listed with all the others at once; ``on_bad_file: skip``
-leaves those samples out with one warning naming each.
+Every error a user's files can cause — a bad row (see :mod:`.readers`), a box outside its
+image, a corrupt image — names the file and the row (or annotation) and is listed with all
+the others at once; ``on_bad_file: skip`` leaves those samples out with one warning naming
+each.
 
 Boxes travel with their image through ``torchvision.transforms.v2`` as
 ``tv_tensors.BoundingBoxes``, so resizing, crops and flips move them with the pixels. An
 augmentation that would push the box out of the image is drawn again (and after a few
 tries the sample is only resized): a sample is never dropped or left with a wrong box.
-
-The embedded default: one real handwritten digit (scikit-learn's scans, from the digit
-tasks' shared split) at a random place and scale on a 64×64 canvas cluttered with fragments
-of other digits (too small or cut to be one), bright strokes and noise, so the brightest
-blob is not the answer. Written once as PNGs plus ``labels.csv`` and the split lists under
-``data/localization2d/`` and read back by the CSV reader a user's folder goes through.
 
 A sample is ``(image float (C, S, S), label, box (4,))`` with the box as ``x1, y1, x2, y2``
 in fractions of the model input's width and height (IoU is the same in any such scale).
@@ -33,17 +18,13 @@ in fractions of the model input's width and height (IoU is the same in any such 
 from __future__ import annotations
 
 import csv
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
-from scipy import ndimage
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from cnnsuite.data import (
@@ -61,179 +42,13 @@ from cnnsuite.data import (
 )
 from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.cache import DecodedCache
-from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError, read_coco, read_voc, voc_classes
+from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.splits import STAGES, split_off
 from cnnsuite.errors import ConfigError
 
-CSV_COLUMNS = ("image", "label", "x1", "y1", "x2", "y2")
-CUB_FILES = ("images.txt", "image_class_labels.txt", "bounding_boxes.txt", "classes.txt")
-FORMATS = ("auto", "csv", "cub", "coco", "voc")
-
-# The embedded default (changing them needs a fresh --data.data_root: it is written once).
-DEFAULT_CANVAS_SIZE = 64
-DEFAULT_DIGIT_HEIGHT = (16, 44)
-DEFAULT_CANVASES_PER_SCAN = {"train": 3, "val": 1, "test": 1}
-DEFAULT_SEED = 20260110
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image's label and box (``x1, y1, x2, y2`` pixels); ``where`` names its row."""
-
-    file: str
-    label: int
-    box: tuple[float, float, float, float]
-    where: str
-
-
-# --- readers --------------------------------------------------------------------------
-
-
-def detect_format(root: Path) -> str:
-    if (root / "labels.csv").is_file():
-        return "csv"
-    if all((root / name).is_file() for name in CUB_FILES):
-        return "cub"
-    if (root / "annotations.json").is_file():
-        return "coco"
-    if (root / "Annotations").is_dir():
-        return "voc"
-    raise ConfigError(
-        f"data.data_dir={root}: found neither labels.csv, the CUB-200-2011 files ({', '.join(CUB_FILES)}), "
-        "annotations.json (COCO) nor an Annotations/ folder (Pascal VOC)"
-    )
-
-
-def box_error(box: tuple[float, ...]) -> str | None:
-    """Why ``box`` (x1, y1, x2, y2) is not a box, or None."""
-    if not all(math.isfinite(v) for v in box):
-        return f"box {box} has a coordinate that is not a finite number"
-    x1, y1, x2, y2 = box
-    if x2 <= x1 or y2 <= y1:
-        return f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has x2 <= x1 or y2 <= y1"
-    return None
-
-
-def one_per_image(samples: list[Sample], errors: list[BadFileError]) -> list[Sample]:
-    """``samples`` less every image named more than once (each such image becomes one error
-    naming all its rows): this task predicts one box per image."""
-    rows: dict[str, list[Sample]] = {}
-    for sample in samples:
-        rows.setdefault(sample.file, []).append(sample)
-    for file, group in rows.items():
-        if len(group) > 1:
-            errors.append(
-                BadFileError(f"{file}: {len(group)} boxes ({', '.join(s.where for s in group)}) where one is expected")
-            )
-    return [group[0] for group in rows.values() if len(group) == 1]
-
-
-def read_csv_labels(root: Path) -> tuple[list[str], list[Sample], list[BadFileError]]:
-    """``labels.csv`` → class names (sorted labels), samples, and the bad rows' errors."""
-    path = root / "labels.csv"
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: missing columns {missing}; expected {','.join(CSV_COLUMNS)}")
-        rows = list(reader)
-    if not rows:
-        raise ConfigError(f"{path}: no rows")
-    class_names = sorted({row["label"].strip() for row in rows if row["label"] and row["label"].strip()})
-    samples, errors = [], []
-    for number, row in enumerate(rows, start=2):  # row 1 is the header
-        where = f"{path} row {number}"
-        try:
-            box = tuple(float(row[c]) for c in ("x1", "y1", "x2", "y2"))
-        except (TypeError, ValueError):
-            errors.append(BadFileError(f"{where}: x1, y1, x2, y2 must be numbers, got {row}"))
-            continue
-        label, image = (row["label"] or "").strip(), (row["image"] or "").strip()
-        problem = box_error(box)
-        if not label:
-            problem = "empty label"
-        elif not (root / image).is_file():
-            problem = f"image {image!r} does not exist"
-        if problem:
-            errors.append(BadFileError(f"{where}: {problem}"))
-            continue
-        samples.append(Sample(image, class_names.index(label), box, where))
-    return class_names, one_per_image(samples, errors), errors
-
-
-def _cub_table(path: Path, columns: int) -> dict[str, list[str]]:
-    """``<id> <value>...`` lines of a CUB file, by id; a malformed line is an error naming it."""
-    table = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != columns:
-            raise ConfigError(f"{path} line {number}: expected {columns} fields, got {line!r}")
-        table[parts[0]] = parts[1:]
-    return table
-
-
-def read_cub(root: Path) -> tuple[list[str], list[Sample], list[BadFileError], dict[str, str]]:
-    """CUB-200-2011 → class names, samples, bad rows' errors and ``{image file: "train"|"test"}``."""
-    classes = _cub_table(root / "classes.txt", 2)
-    class_ids = sorted(classes, key=int)
-    class_names = [classes[c][0] for c in class_ids]
-    images = _cub_table(root / "images.txt", 2)
-    labels = _cub_table(root / "image_class_labels.txt", 2)
-    split_path = root / "train_test_split.txt"
-    is_train = _cub_table(split_path, 2) if split_path.is_file() else {}
-    boxes_path = root / "bounding_boxes.txt"
-    samples, errors, fixed = [], [], {}
-    for number, line in enumerate(boxes_path.read_text().splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        where = f"{boxes_path} line {number} (image id {parts[0]})"
-        try:
-            x, y, w, h = (float(v) for v in parts[1:])
-        except ValueError:
-            errors.append(BadFileError(f"{where}: expected <id> <x> <y> <width> <height>, got {line!r}"))
-            continue
-        image_id = parts[0]
-        problem = box_error((x, y, x + w, y + h))
-        if image_id not in images:
-            problem = "no such id in images.txt"
-        elif labels.get(image_id, [None])[0] not in classes:
-            problem = "its class in image_class_labels.txt is missing or not in classes.txt"
-        elif not (root / "images" / images[image_id][0]).is_file():
-            problem = f"image images/{images[image_id][0]} does not exist"
-        if problem:
-            errors.append(BadFileError(f"{where}: {problem}"))
-            continue
-        file = f"images/{images[image_id][0]}"
-        samples.append(Sample(file, class_ids.index(labels[image_id][0]), (x, y, x + w, y + h), where))
-        if image_id in is_train:
-            fixed[file] = "train" if is_train[image_id][0] == "1" else "test"
-    return class_names, one_per_image(samples, errors), errors, fixed
-
-
-def read_detection_folder(root: Path, fmt: str, on_bad_file: str) -> tuple[list[str], list[Sample], list[BadFileError]]:
-    """A COCO (``annotations.json``) or Pascal VOC folder whose images hold one box each."""
-    if fmt == "coco":
-        path = root / "annotations.json"
-        data = read_coco(path, root, on_bad_file)
-    else:
-        path = root / "Annotations"
-        data = read_voc(root, voc_classes(root), on_bad_file)
-    samples, errors = [], []
-    for record in data.records:
-        where = f"{path}: image {record.file} (id {record.image_id})"
-        if len(record.boxes) != 1:
-            ids = f" (annotations {record.annotation_ids})" if record.boxes else ""
-            errors.append(BadFileError(f"{where}: {len(record.boxes)} boxes{ids} where one is expected"))
-            continue
-        samples.append(Sample(record.file, record.labels[0], tuple(record.boxes[0]), where))
-    return list(data.categories.names), samples, errors
-
-
-# --- samples with their box -----------------------------------------------------------
+from .default_data import DEFAULT_CANVASES_PER_SCAN, DEFAULT_SEED, compose_canvas
+from .readers import CSV_COLUMNS, FORMATS, Sample, detect_format, read_csv_labels, read_cub, read_detection_folder
 
 
 class BoxTransform:
@@ -474,98 +289,3 @@ class LocalizationDataModule(ImageDataModule):
             writer.writerows(rows)
         for stage in STAGES:
             (folder / f"{stage}.txt").write_text("".join(f"{name}\n" for name in lists[stage]))
-
-
-def compose_canvas(
-    rng: np.random.Generator, scans: np.ndarray, scan: int, pool: list[int], size: int = DEFAULT_CANVAS_SIZE
-) -> tuple[np.ndarray, list[float]]:
-    """A ``size``² canvas holding scan ``scan`` as its one digit; returns ``(uint8 image,
-    box x1y1x2y2)``. The box is the tight box of the digit's ink (pixels above a quarter of
-    its peak) after upscaling.
-
-    Clutter, drawn from the same split's scans (``pool``) so no test scan reaches a
-    training canvas: 2–4 fragments (a corner of another scan, at most 5×5 of its 8×8 cells),
-    1–2 strokes and noise. The digit's brightness varies (55–100 %) while the strokes are at
-    full brightness: the brightest blob is not the answer. Layers are combined by maximum.
-    """
-    canvas = np.clip(rng.normal(18, 8, (size, size)), 0, 255).astype(np.float32)
-    h = int(rng.integers(DEFAULT_DIGIT_HEIGHT[0], DEFAULT_DIGIT_HEIGHT[1] + 1))
-    w = max(8, int(round(h * rng.uniform(0.7, 1.0))))
-    cell = h / 8
-    for _ in range(rng.integers(2, 5)):
-        other = scans[int(pool[rng.integers(len(pool))])]
-        rows, cols = rng.integers(2, 6, size=2)
-        top, left = rng.integers(0, 9 - rows), rng.integers(0, 9 - cols)
-        piece = other[top : top + rows, left : left + cols]
-        ph, pw = max(2, int(rows * cell)), max(2, int(cols * cell * w / h))
-        patch = np.asarray(Image.fromarray(piece).resize((pw, ph), Image.Resampling.BILINEAR), np.float32)
-        y0, x0 = rng.integers(0, size - ph + 1), rng.integers(0, size - pw + 1)
-        np.maximum(canvas[y0 : y0 + ph, x0 : x0 + pw], patch, out=canvas[y0 : y0 + ph, x0 : x0 + pw])
-    strokes = Image.new("L", (size, size))
-    draw = ImageDraw.Draw(strokes)
-    for _ in range(rng.integers(1, 3)):
-        x, y = rng.uniform(0, size, 2)
-        angle, length = rng.uniform(0, np.pi), rng.uniform(6, 18)
-        end = (x + length * np.cos(angle), y + length * np.sin(angle))
-        draw.line([(x, y), end], fill=int(rng.integers(200, 256)), width=int(rng.integers(1, 4)))
-    np.maximum(canvas, np.asarray(strokes, np.float32), out=canvas)
-
-    patch = np.asarray(Image.fromarray(scans[scan]).resize((w, h), Image.Resampling.BILINEAR), np.float32)
-    patch *= rng.uniform(0.55, 1.0)
-    ys, xs = np.nonzero(patch > 0.25 * patch.max())
-    x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
-    np.maximum(canvas[y0 : y0 + h, x0 : x0 + w], patch, out=canvas[y0 : y0 + h, x0 : x0 + w])
-    box = [float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)]
-    return np.clip(canvas, 0, 255).astype(np.uint8), box
-
-
-# --- the README's baselines ---------------------------------------------------------------
-
-
-def baseline_scores(datamodule: LocalizationDataModule) -> dict[str, dict[str, float]]:
-    """What two trivial predictors score on the test split: ``centre`` (the training boxes'
-    mean size in the centre of the image, majority class) and ``brightest`` (the box of the
-    brightest smoothed region, majority class). The CNN's figures mean something only well
-    above these."""
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    samples = datamodule._load()
-    train = [samples[i] for i in datamodule.splits["train"]]
-    test = [samples[i] for i in datamodule.splits["test"]]
-    majority = int(np.bincount([s.label for s in train]).argmax())
-    sizes = []
-    for s in train:
-        width, height = image_size(datamodule.root / s.file)
-        sizes.append(((s.box[2] - s.box[0]) / width, (s.box[3] - s.box[1]) / height))
-    mean_w, mean_h = np.mean(sizes, axis=0)
-    scores = {}
-    for name in ("centre", "brightest"):
-        ious, right = [], []
-        for s in test:
-            image = read_image(datamodule.root / s.file, 1)[0].numpy().astype(np.float32)
-            height, width = image.shape
-            if name == "centre":
-                box = [width * (0.5 - mean_w / 2), height * (0.5 - mean_h / 2),
-                       width * (0.5 + mean_w / 2), height * (0.5 + mean_h / 2)]  # fmt: skip
-            else:
-                box = brightest_region_box(image)
-            ious.append(float(box_iou(torch.tensor([box]), torch.tensor([s.box]))[0, 0]))
-            right.append(s.label == majority)
-        ious, right = np.array(ious), np.array(right)
-        scores[name] = {
-            "acc": float(right.mean()),
-            "miou": float(ious.mean()),
-            "loc_acc": float(((ious >= 0.5) & right).mean()),
-            "gt_known_loc": float((ious >= 0.5).mean()),
-        }
-    return scores
-
-
-def brightest_region_box(image: np.ndarray, sigma: float = 2.0) -> list[float]:
-    """The bounding box of the connected region, above half the peak of the smoothed image,
-    that holds the brightest smoothed pixel."""
-    smooth = ndimage.gaussian_filter(image, sigma)
-    regions, _ = ndimage.label(smooth > 0.5 * smooth.max())
-    peak = np.unravel_index(int(smooth.argmax()), smooth.shape)
-    ys, xs = np.nonzero(regions == regions[peak])
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]

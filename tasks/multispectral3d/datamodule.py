@@ -15,7 +15,7 @@ own statistics, not ones recomputed from other files.
 depth axis of a 3D CNN), ``channels`` (bands × H × W, the 2D CNN with bands as channels, as
 TorchGeo trains EuroSAT) or ``mean`` (1 × H × W, the brightness image: a space-only baseline).
 
-The embedded default (``landcover.py``) is written once as real GeoTIFFs, with a UTM CRS and
+The embedded default (``default_data.py``) is written once as real GeoTIFFs, with a UTM CRS and
 a 10 m transform as Sentinel-2 tiles have, under ``data_root/multispectral3d``.
 """
 
@@ -45,7 +45,7 @@ from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.limits import check_size
 from cnnsuite.errors import ConfigError
 
-from .landcover import BANDS, CLASSES, patch
+from .default_data import BANDS, CLASSES, patch
 
 EXTENSIONS = (".tif", ".tiff")
 LAYOUTS = ("cube", "channels", "mean")

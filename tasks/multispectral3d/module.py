@@ -22,8 +22,8 @@ from torchmetrics.classification import MulticlassCohenKappa
 from cnnsuite.training.classification import ClassificationModule
 
 from .datamodule import FALSE_COLOUR, TRUE_COLOUR, composite
-from .landcover import BANDS as ALL_BANDS
-from .landcover import WAVELENGTHS
+from .default_data import BANDS as ALL_BANDS
+from .default_data import WAVELENGTHS
 
 
 class MultispectralModule(ClassificationModule):

@@ -55,7 +55,7 @@ from cnnsuite.data.limits import check_size, max_pixels
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
-from .motions import FPS, FRAMES, MOTIONS, write_motion_dataset
+from .default_data import FPS, FRAMES, MOTIONS, write_motion_dataset
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 # Kinetics' statistics, as PyTorchVideo's recipes use them.
