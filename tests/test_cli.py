@@ -2,6 +2,9 @@
 (help, ``--print_config``, or an error raised while parsing)."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -33,6 +36,24 @@ def test_help_lists_every_command_with_one_line(capsys):
     assert code == 0
     for name in COMMANDS:
         assert re.search(rf"^\s+{name}\s+\S", out, re.MULTILINE), f"{name} is not listed:\n{out}"
+
+
+def test_the_console_script_prints_the_table_without_importing_torch():
+    """``cnnsuite --help`` is read before any command runs: it must not wait for torch and
+    Lightning to import."""
+    code = (
+        "import sys; from cnnsuite.commands import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = sorted(m for m in ('torch', 'lightning', 'jsonargparse') if m in sys.modules)\n"
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "evaluate" in result.stdout and "serve" in result.stdout
+    script = Path(sys.executable).with_name("cnnsuite")
+    if script.exists():  # the installed console script goes the same way
+        entry = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+        assert entry.returncode == 0 and "bench" in entry.stdout
 
 
 def test_predict_help_is_the_file_predictors_and_says_where_lightnings_predict_went(capsys):

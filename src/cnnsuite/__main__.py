@@ -1,3 +1,3 @@
-from cnnsuite.cli import main
+from cnnsuite.commands import main
 
 main()

@@ -44,8 +44,9 @@ from .commands import (
     add_data,
     add_out,
     command_parser,
+    help_requested,
+    print_table,
     task_configs,
-    top_parser,
     unknown_command,
 )
 from .contract import LINKED
@@ -457,9 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     name = argv[0] if argv else None
     prog = f"cnnsuite {name}" if name in COMMANDS else "cnnsuite"
     try:
-        if name is None or name in ("-h", "--help"):
-            top_parser().print_help(sys.stdout if name else sys.stderr)
-            sys.exit(0 if name else 2)
+        asked = help_requested(argv)
+        if asked is not None:
+            print_table(asked)
         elif name in LIGHTNING_COMMANDS or name.startswith("-"):  # top-level LightningCLI options too
             CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
         elif name in COMMANDS:

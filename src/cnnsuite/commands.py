@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,33 @@ def top_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         commands.add_parser(name, help=command.summary, add_help=False)
     return parser
+
+
+def help_requested(argv: list[str]) -> bool | None:
+    """True for ``cnnsuite --help`` (or ``-h``), False for ``cnnsuite`` alone (the table goes
+    to stderr, exit 2), None when ``argv`` names a command."""
+    argv = [a for a in argv if a != "--debug"]
+    if not argv:
+        return False
+    return True if argv[0] in ("-h", "--help") else None
+
+
+def print_table(asked: bool) -> None:
+    """The command table, as ``cnnsuite --help`` prints it (on stdout, exit 0) or ``cnnsuite``
+    alone (on stderr, exit 2)."""
+    top_parser().print_help(sys.stdout if asked else sys.stderr)
+    sys.exit(0 if asked else 2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``cnnsuite`` console script. The table is printed from here, before torch or
+    Lightning is imported (they take seconds); a command runs through :func:`cnnsuite.cli.main`."""
+    asked = help_requested(sys.argv[1:] if argv is None else list(argv))
+    if asked is not None:
+        print_table(asked)
+    from .cli import main as run
+
+    run(argv)
 
 
 def unknown_command(name: str) -> str:
