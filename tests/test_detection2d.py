@@ -16,13 +16,14 @@ from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from conftest import ROOT
 from conftest import fit as run_fit
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchmetrics.detection import MeanAveragePrecision
 
 from cnnsuite.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.cli import main
-from cnnsuite.data.coco import AnnotationError, read_coco, read_voc
+from cnnsuite.data.coco import AnnotationError, coco_results, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.inputs import Input
 from cnnsuite.export import OnnxNetwork, export
@@ -130,6 +131,7 @@ def write_bad(folder, mutate):
         ("unknown category", lambda d: d["annotations"][2].update(category_id=4), r"annotation id 102: category_id 4"),
         ("unknown image", lambda d: d["annotations"][1].update(image_id=999), r"annotation id 101: image_id 999"),
         ("missing file", lambda d: d["images"][4].update(file_name="gone.png"), r"image id 5: .*'gone.png'"),
+        ("bad area", lambda d: d["annotations"][4].update(area="big"), r"annotation id 104: area 'big'"),
     ],
 )
 def test_malformed_annotations_name_file_and_id(tmp_path, case, mutate, message):
@@ -157,6 +159,64 @@ def test_every_bad_annotation_of_a_file_is_named_at_once(tmp_path):
     message = str(err.value)
     assert message.startswith(f"{path}: 3 annotations cannot be used:")
     assert all(part in message for part in ("annotation id 103", "annotation id 105", "'gone.png'"))
+
+
+def write_polygon_export(root, images=6, size=160):
+    """A COCO export as annotation tools write one: each object a polygon (``segmentation``),
+    its ``bbox`` the polygon's bounds and its ``area`` the polygon's (pycocotools' mask area).
+    The objects are triangles, so a triangle's area is half its box's: a 40-px one is
+    "medium" by its box (1,600 px²) but "small" by its area, a 110-px one "large" by its box
+    but "medium" by its area. Returns the folder."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    doc = {"images": [], "annotations": [], "categories": CATEGORIES}
+    for i in range(images):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"p{i}.png")
+        doc["images"].append({"id": 500 + i, "file_name": f"p{i}.png", "width": size, "height": size})
+        for k, (x, side) in enumerate(((4, 40), (46, 110))):
+            y = int(rng.integers(0, size - side))
+            polygon = [x, y, x + side, y + side, x, y + side]
+            rle = mask_utils.merge(mask_utils.frPyObjects([polygon], size, size))
+            doc["annotations"].append(
+                {"id": 9000 + 2 * i + k, "image_id": 500 + i, "category_id": CATEGORIES[(i + k) % 3]["id"],
+                 "segmentation": [polygon], "area": float(mask_utils.area(rle)),
+                 "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0}
+            )  # fmt: skip
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_size_buckets_follow_the_annotations_area_as_cocoeval_does(tmp_path, monkeypatch):
+    """map_small/medium/large as pycocotools' COCOeval gives them on the same predictions:
+    COCO buckets an object by its annotation's ``area`` (the polygon's), not by its box."""
+    folder = write_polygon_export(tmp_path / "export")
+    dm = DetectionDataModule(data_dir=str(folder))
+    dataset = dm.make_dataset([sample_id for sample_id, _ in dm.list_samples()], "test")
+    images, targets = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    # Predictions near the truth, some shifted off, some of the wrong class, plus a stray box;
+    # whole pixels and two-decimal scores, so that the COCO results file holds them exactly.
+    predictions = {}
+    for n, target in enumerate(targets):
+        boxes = target["boxes"] + torch.tensor([[0.0, 0, 0, 0], [float(6 * (n % 4)), 0, 0, 0]])
+        boxes = torch.cat([boxes, torch.tensor([[100.0, 2, 150, 40]])])
+        labels = torch.cat([target["labels"], torch.tensor([n % 3])])
+        labels[0] = (labels[0] + (n % 3 == 2)) % 3
+        scores = torch.tensor([0.9 - 0.1 * (n % 5), 0.5 + 0.05 * n, 0.6])
+        predictions[target["image_id"]] = {"boxes": boxes, "labels": labels, "scores": scores}
+    module = DetectionModule(num_classes=3, in_channels=3, class_names=dm.class_names, min_size=64, max_size=64)
+    monkeypatch.setattr(DetectionModule, "forward", lambda self, ims: [predictions[t["image_id"]] for t in targets])
+    module.test_step((list(images), list(targets)), 0)
+    ours = module.test_metrics.compute()
+
+    gt = COCO(str(folder / "annotations.json"))
+    results = coco_results([{"image_id": k, **v} for k, v in predictions.items()], dm.categories)
+    evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+    evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
+    keys = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+    cocoeval = dict(zip(keys, evaluator.stats[: len(keys)], strict=True))
+    assert cocoeval["map_small"] > 0 and cocoeval["map_medium"] > 0  # both buckets hold objects
+    for key, value in cocoeval.items():
+        assert float(ours[f"test/{key}"]) == pytest.approx(value, abs=1e-6), key
 
 
 def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):

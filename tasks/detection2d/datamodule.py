@@ -14,9 +14,10 @@
   tasks' shared split, so no test scan was seen in training by any digit task.
 
 A sample is ``(image float (C, H, W) in [0, 1], target)`` with ``target`` as torchvision's
-detectors want it: ``boxes`` (x1, y1, x2, y2 pixels), ``labels`` (0…K-1), ``iscrowd`` and
-``image_id`` (the dataset's own id, for the COCO results file). Batches are lists: images
-may differ in size; the detector resizes them itself.
+detectors want it: ``boxes`` (x1, y1, x2, y2 pixels), ``labels`` (0…K-1), ``iscrowd``,
+``area`` (what COCO's size buckets go by) and ``image_id`` (the dataset's own id, for the
+COCO results file). Batches are lists: images may differ in size; the detector resizes them
+itself.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class DetectionDataset(Dataset):
             "boxes": torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(record.labels, dtype=torch.int64),
             "iscrowd": torch.tensor(record.iscrowd, dtype=torch.int64),
+            "area": torch.tensor(record.areas, dtype=torch.float32),  # COCO's size buckets go by it
             "image_id": record.image_id,
         }
         return image, target
@@ -278,6 +280,7 @@ class DetectionDataModule(TaskDataModule):
                     DetectionRecord(
                         name, image_id, canvas.shape[1], canvas.shape[0], boxes, labels, [0] * n,
                         list(range(annotation_id, annotation_id + n)),
+                        [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in boxes],
                     )
                 )  # fmt: skip
                 image_id, annotation_id = image_id + 1, annotation_id + n

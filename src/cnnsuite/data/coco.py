@@ -74,6 +74,9 @@ class DetectionRecord:
     labels: list[int] = field(default_factory=list)
     iscrowd: list[int] = field(default_factory=list)
     annotation_ids: list[int] = field(default_factory=list)
+    #: each object's area in pixels², which puts it in COCO's small/medium/large bucket: the
+    #: annotation's ``area`` (a polygon's, in real exports) where the file gives one, else the box's
+    areas: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -222,11 +225,16 @@ def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = 
                 f"{record.file} of {record.width}x{record.height} pixels"
             )
             continue
-        x1, y1 = max(x, 0.0), max(y, 0.0)
-        record.boxes.append([x1, y1, min(x + w, record.width), min(y + h, record.height)])
+        area = ann.get("area", 0)
+        if not (isinstance(area, int | float) and math.isfinite(area) and area >= 0):
+            fail(f"{where}: area {area!r}: expected a number of pixels² (0 or left out: the box's)")
+            continue
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, record.width), min(y + h, record.height)
+        record.boxes.append([x1, y1, x2, y2])
         record.labels.append(categories.label(category_id))
         record.iscrowd.append(int(bool(ann.get("iscrowd", 0))))
         record.annotation_ids.append(ann_id)
+        record.areas.append(float(area) or (x2 - x1) * (y2 - y1))
     fail.raise_if_any()
     return DetectionData(categories, list(records.values()))
 
@@ -301,10 +309,12 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
             if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
                 fail(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image")
                 continue
-            record.boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)])
+            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)
+            record.boxes.append([x1, y1, x2, y2])
             record.labels.append(categories.label(class_names.index(name)))
             record.iscrowd.append(int(obj.findtext("difficult", "0").strip() == "1"))
             record.annotation_ids.append(index)
+            record.areas.append((x2 - x1) * (y2 - y1))
         records.append(record)
     fail.raise_if_any()
     return DetectionData(categories, records)
@@ -338,8 +348,8 @@ def coco_document(records: list[DetectionRecord], categories: CategoryMap) -> di
     """Records → a COCO object (``file_name`` relative to the dataset folder)."""
     annotations = []
     for record in records:
-        for box, label, crowd, ann_id in zip(
-            record.boxes, record.labels, record.iscrowd, record.annotation_ids, strict=True
+        for box, label, crowd, ann_id, area in zip(
+            record.boxes, record.labels, record.iscrowd, record.annotation_ids, record.areas, strict=True
         ):
             x1, y1, x2, y2 = box
             w, h = x2 - x1, y2 - y1
@@ -349,7 +359,7 @@ def coco_document(records: list[DetectionRecord], categories: CategoryMap) -> di
                     "image_id": record.image_id,
                     "category_id": categories.category_id(label),
                     "bbox": [x1, y1, w, h],
-                    "area": w * h,
+                    "area": area,
                     "iscrowd": crowd,
                 }
             )
