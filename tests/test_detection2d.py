@@ -224,13 +224,22 @@ def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):
     with pytest.raises(AnnotationError, match=r"annotations.json: not valid JSON \(line 1"):
         DetectionDataModule(data_dir=str(coco_folder))
     (coco_folder / "train.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"found train.json but not .*val.json"):
+    with pytest.raises(ValueError, match=r"found train.json but neither val nor test annotations"):
         DetectionDataModule(data_dir=str(coco_folder))
     with pytest.raises(ValueError, match="data.format"):
         DetectionDataModule(data_dir=str(coco_folder), format="yolo")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither annotations.json"):
         DetectionDataModule(data_dir=str(tmp_path / "empty"))
+    official = tmp_path / "official" / "annotations"
+    official.mkdir(parents=True)
+    (official / "instances_val2017.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"found instances_val2017.json but no train annotations"):
+        DetectionDataModule(data_dir=str(official.parent))
+    for year in (2014, 2017):
+        (official / f"instances_train{year}.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"instances_train2014.json and instances_train2017.json: expected one"):
+        DetectionDataModule(data_dir=str(official.parent))
 
 
 def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
@@ -271,6 +280,75 @@ def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
     (voc / "Annotations" / "3.xml").write_text("<annotation><filename>3.png</filename><object><name>emu")
     with pytest.raises(AnnotationError, match=r"3.xml: not valid XML"):
         DetectionDataModule(data_dir=str(voc))
+
+
+def make_official_coco(root, year=2017):
+    """COCO as downloaded: ``annotations/instances_train2017.json`` and
+    ``instances_val2017.json`` (beside them the captions file the download also holds), images
+    in ``train2017/`` and ``val2017/``, each ``file_name`` relative to its split's folder."""
+    flat = make_coco_folder(root.parent / f"{root.name}_flat")
+    doc = json.loads((flat / "annotations.json").read_text())
+    (root / "annotations").mkdir(parents=True)
+    for split, indices in (("train", range(0, 9)), ("val", range(9, 12))):
+        (root / f"{split}{year}").mkdir()
+        part = {**doc, "images": [doc["images"][i] for i in indices]}
+        ids = {im["id"] for im in part["images"]}
+        part["annotations"] = [a for a in doc["annotations"] if a["image_id"] in ids]
+        for im in part["images"]:
+            shutil.move(flat / "images" / im["file_name"], root / f"{split}{year}" / im["file_name"])
+        (root / "annotations" / f"instances_{split}{year}.json").write_text(json.dumps(part))
+        (root / "annotations" / f"captions_{split}{year}.json").write_text(json.dumps({"annotations": []}))
+    return root
+
+
+def test_the_official_coco_layout_trains_evaluates_and_predicts(tmp_path, caplog):
+    """COCO 2017 as downloaded, with the default config and --data.data_dir: the official val
+    is the test split (COCO's test has no public labels), validation is drawn from train, and
+    the checkpoint evaluates and predicts as for any other layout."""
+    folder = make_official_coco(tmp_path / "coco")
+    with caplog.at_level("INFO"):
+        run = fit(tmp_path, "--data.data_dir", str(folder), "--trainer.max_epochs", "1")
+    said = [r.getMessage() for r in caplog.records if "instances_val2017.json" in r.getMessage()]
+    assert len(said) == 1 and "test split" in said[0] and "drawn from" in said[0]
+    splits = json.loads((run / "splits.json").read_text())
+    assert sorted(splits["test"]) == [f"val2017/img{i}.png" for i in (10, 11, 9)]
+    assert splits["val"] and all(f.startswith("train2017/") for f in splits["train"] + splits["val"])
+    assert len(splits["train"]) + len(splits["val"]) == 9
+    results = json.loads((run / "evaluation" / "predictions.json").read_text())
+    assert {r["image_id"] for r in results} <= {10, 11, 12}  # the val file's own image ids
+    assert "test/map" in json.loads((run / "evaluation" / "metrics.json").read_text())
+    image = folder / "val2017" / "img9.png"
+    main(
+        [
+            "predict",
+            "--ckpt",
+            str(run / "checkpoints" / "best.ckpt"),
+            "--input",
+            str(image),
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
+    (line,) = [json.loads(x) for x in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    assert line["path"] == str(image) and "detections" in line
+
+
+def test_train_and_val_files_without_a_test_file(coco_folder, caplog):
+    """``train.json`` + ``val.json``: val.json is the test split, validation comes from train."""
+    doc = json.loads((coco_folder / "annotations.json").read_text())
+    for stage, indices in (("train", range(0, 10)), ("val", range(10, 12))):
+        part = {**doc, "images": [doc["images"][i] for i in indices]}
+        ids = {im["id"] for im in part["images"]}
+        part["annotations"] = [a for a in doc["annotations"] if a["image_id"] in ids]
+        (coco_folder / f"{stage}.json").write_text(json.dumps(part))
+    dm = DetectionDataModule(data_dir=str(coco_folder))
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert sum("val.json" in r.getMessage() for r in caplog.records) == 1
+    assert sorted(dm.splits["test"]) == ["images/img10.png", "images/img11.png"]
+    assert dm.splits["val"] and sorted(dm.splits["train"] + dm.splits["val"]) == sorted(
+        f"images/img{i}.png" for i in range(10)
+    )
 
 
 def test_default_canvases_respect_the_shared_digit_split(tmp_path, monkeypatch):

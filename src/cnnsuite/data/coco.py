@@ -6,7 +6,8 @@ in pixels; ``iscrowd``, ``segmentation`` and ``area`` are tolerated) and ``categ
 (``id``, ``name``). Category ids may be any integers, as in COCO itself (1…90 with gaps):
 :class:`CategoryMap` turns them into the contiguous labels ``0…K-1`` a network predicts and
 back. Image files are found by ``file_name`` relative to the dataset folder or to its
-``images/`` sub-folder.
+``images/`` sub-folder; in COCO's own download layout, relative to the split's folder
+(``train2017/``), which :func:`coco_split_files` names.
 
 Everything a user can get wrong — invalid JSON, a box outside its image, a zero-area box,
 an unknown category or image id, a missing image file — raises :class:`AnnotationError`
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .errors import BadFileError
 from .images import image_size
+from .splits import STAGES
 
 #: tolerance, in pixels, for a box edge beyond the image border (rounding in exporters)
 BORDER_TOLERANCE = 1.0
@@ -143,9 +146,53 @@ def read_categories(path: Path, data: dict | None = None) -> CategoryMap:
     return CategoryMap([i for i, _ in pairs], [n for _, n in pairs])
 
 
-def find_image(root: Path, file_name: str) -> str | None:
-    """``file_name`` relative to ``root`` or ``root/images``, as a path relative to ``root``."""
-    for candidate in (Path(file_name), Path("images") / file_name):
+#: where a COCO file's ``file_name`` is looked up, relative to the dataset folder
+IMAGE_FOLDERS = ("", "images")
+#: the instance annotations of COCO's download: ``annotations/instances_val2017.json``
+OFFICIAL_FILE = re.compile(r"instances_(train|val|test)(\d{4})\.json")
+
+
+@dataclass
+class CocoFile:
+    """One split's annotation file, and the folders (relative to the dataset folder) that
+    the ``file_name`` of its images is relative to."""
+
+    path: Path
+    image_folders: tuple[str, ...] = IMAGE_FOLDERS
+
+
+def coco_split_files(root: Path) -> dict[str, CocoFile] | None:
+    """The split files a COCO folder brings, by stage, or None if it brings none:
+    ``train.json``, ``val.json``, ``test.json`` (images under ``root`` or ``root/images``), else
+    COCO's download layout, ``annotations/instances_<split><year>.json`` with each split's
+    images in ``root/<split><year>/``. A train file and at least one of val and test: COCO's
+    own test annotations are not public, so a download has train and val only."""
+    found = {s: CocoFile(root / f"{s}.json") for s in STAGES if (root / f"{s}.json").is_file()}
+    if not found:
+        official: dict[str, list[Path]] = {}
+        for path in sorted((root / "annotations").glob("instances_*.json")):
+            match = OFFICIAL_FILE.fullmatch(path.name)
+            if match and path.is_file():
+                official.setdefault(match[1], []).append(path)
+        for stage, paths in official.items():
+            if len(paths) > 1:
+                names = " and ".join(p.name for p in paths)
+                raise ConfigError(f"{root / 'annotations'}: {names}: expected one {stage} file (move the others away)")
+            found[stage] = CocoFile(paths[0], (paths[0].stem.removeprefix("instances_"),))
+    if not found:
+        return None
+    names = ", ".join(f.path.name for f in found.values())
+    if "train" not in found:
+        raise ConfigError(f"{root}: found {names} but no train annotations (train.json or instances_train<year>.json)")
+    if len(found) == 1:
+        raise ConfigError(f"{root}: found {names} but neither val nor test annotations beside it")
+    return found
+
+
+def find_image(root: Path, file_name: str, folders: tuple[str, ...] = IMAGE_FOLDERS) -> str | None:
+    """``file_name`` relative to one of ``folders`` under ``root``, as a path relative to ``root``."""
+    for folder in folders:
+        candidate = Path(folder) / file_name
         if (root / candidate).is_file():
             return candidate.as_posix()
     return None
@@ -158,9 +205,15 @@ def _upright_size(path: Path) -> tuple[int, int]:
         raise AnnotationError(str(err)) from None
 
 
-def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = "error") -> DetectionData:
-    """Read and check one COCO file; images are looked up under ``root`` (default: the
-    file's folder). Crowd annotations are kept, flagged in ``iscrowd``."""
+def read_coco(
+    path: str | Path,
+    root: str | Path | None = None,
+    on_error: str = "error",
+    image_folders: tuple[str, ...] = IMAGE_FOLDERS,
+) -> DetectionData:
+    """Read and check one COCO file; images are looked up in ``image_folders`` under ``root``
+    (default: the file's folder), and recorded relative to ``root``. Crowd annotations are
+    kept, flagged in ``iscrowd``."""
     path = Path(path)
     fail = _Problems(path, on_error)
     root = path.parent if root is None else Path(root)
@@ -175,9 +228,10 @@ def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = 
         image_id, file_name = entry["id"], str(entry["file_name"])
         if image_id in records:
             raise AnnotationError(f"{path}: image id {image_id} appears more than once")
-        found = find_image(root, file_name)
+        found = find_image(root, file_name, image_folders)
         if found is None:
-            fail(f"{path}: image id {image_id}: file_name {file_name!r} is in neither {root} nor {root / 'images'}")
+            places = " or ".join(str(root / folder) for folder in image_folders)
+            fail(f"{path}: image id {image_id}: file_name {file_name!r} is not in {places}")
             continue
         if found in seen_files:
             raise AnnotationError(f"{path}: image id {image_id}: file {found} is listed more than once")
