@@ -17,12 +17,13 @@ from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from conftest import ROOT
 from conftest import fit as run_fit
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchmetrics.detection import MeanAveragePrecision
 
 from cnnsuite.cli import main
-from cnnsuite.data.coco import AnnotationError, read_coco, read_voc
+from cnnsuite.data.coco import AnnotationError, coco_results, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.inputs import Input
 from cnnsuite.trust.checkpoint import rebuild, rebuild_for_inference
@@ -131,6 +132,7 @@ def write_bad(folder, mutate):
         ("unknown category", lambda d: d["annotations"][2].update(category_id=4), r"annotation id 102: category_id 4"),
         ("unknown image", lambda d: d["annotations"][1].update(image_id=999), r"annotation id 101: image_id 999"),
         ("missing file", lambda d: d["images"][4].update(file_name="gone.png"), r"image id 5: .*'gone.png'"),
+        ("bad area", lambda d: d["annotations"][4].update(area="big"), r"annotation id 104: area 'big'"),
     ],
 )
 def test_malformed_annotations_name_file_and_id(tmp_path, case, mutate, message):
@@ -160,18 +162,85 @@ def test_every_bad_annotation_of_a_file_is_named_at_once(tmp_path):
     assert all(part in message for part in ("annotation id 103", "annotation id 105", "'gone.png'"))
 
 
+def write_polygon_export(root, images=6, size=160):
+    """A COCO export as annotation tools write one: each object a polygon (``segmentation``),
+    its ``bbox`` the polygon's bounds and its ``area`` the polygon's (pycocotools' mask area).
+    The objects are triangles, so a triangle's area is half its box's: a 40-px one is
+    "medium" by its box (1,600 px²) but "small" by its area, a 110-px one "large" by its box
+    but "medium" by its area. Returns the folder."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    doc = {"images": [], "annotations": [], "categories": CATEGORIES}
+    for i in range(images):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"p{i}.png")
+        doc["images"].append({"id": 500 + i, "file_name": f"p{i}.png", "width": size, "height": size})
+        for k, (x, side) in enumerate(((4, 40), (46, 110))):
+            y = int(rng.integers(0, size - side))
+            polygon = [x, y, x + side, y + side, x, y + side]
+            rle = mask_utils.merge(mask_utils.frPyObjects([polygon], size, size))
+            doc["annotations"].append(
+                {"id": 9000 + 2 * i + k, "image_id": 500 + i, "category_id": CATEGORIES[(i + k) % 3]["id"],
+                 "segmentation": [polygon], "area": float(mask_utils.area(rle)),
+                 "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0}
+            )  # fmt: skip
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_size_buckets_follow_the_annotations_area_as_cocoeval_does(tmp_path, monkeypatch):
+    """map_small/medium/large as pycocotools' COCOeval gives them on the same predictions:
+    COCO buckets an object by its annotation's ``area`` (the polygon's), not by its box."""
+    folder = write_polygon_export(tmp_path / "export")
+    dm = DetectionDataModule(data_dir=str(folder))
+    dataset = dm.make_dataset([sample_id for sample_id, _ in dm.list_samples()], "test")
+    images, targets = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    # Predictions near the truth, some shifted off, some of the wrong class, plus a stray box;
+    # whole pixels and two-decimal scores, so that the COCO results file holds them exactly.
+    predictions = {}
+    for n, target in enumerate(targets):
+        boxes = target["boxes"] + torch.tensor([[0.0, 0, 0, 0], [float(6 * (n % 4)), 0, 0, 0]])
+        boxes = torch.cat([boxes, torch.tensor([[100.0, 2, 150, 40]])])
+        labels = torch.cat([target["labels"], torch.tensor([n % 3])])
+        labels[0] = (labels[0] + (n % 3 == 2)) % 3
+        scores = torch.tensor([0.9 - 0.1 * (n % 5), 0.5 + 0.05 * n, 0.6])
+        predictions[target["image_id"]] = {"boxes": boxes, "labels": labels, "scores": scores}
+    module = DetectionModule(num_classes=3, in_channels=3, class_names=dm.class_names, min_size=64, max_size=64)
+    monkeypatch.setattr(DetectionModule, "forward", lambda self, ims: [predictions[t["image_id"]] for t in targets])
+    module.test_step((list(images), list(targets)), 0)
+    ours = module.test_metrics.compute()
+
+    gt = COCO(str(folder / "annotations.json"))
+    results = coco_results([{"image_id": k, **v} for k, v in predictions.items()], dm.categories)
+    evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+    evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
+    keys = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+    cocoeval = dict(zip(keys, evaluator.stats[: len(keys)], strict=True))
+    assert cocoeval["map_small"] > 0 and cocoeval["map_medium"] > 0  # both buckets hold objects
+    for key, value in cocoeval.items():
+        assert float(ours[f"test/{key}"]) == pytest.approx(value, abs=1e-6), key
+
+
 def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):
     (coco_folder / "annotations.json").write_text('{"images": [}')
     with pytest.raises(AnnotationError, match=r"annotations.json: not valid JSON \(line 1"):
         DetectionDataModule(data_dir=str(coco_folder))
     (coco_folder / "train.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"found train.json but not .*val.json"):
+    with pytest.raises(ValueError, match=r"found train.json but neither val nor test annotations"):
         DetectionDataModule(data_dir=str(coco_folder))
     with pytest.raises(ValueError, match="data.format"):
         DetectionDataModule(data_dir=str(coco_folder), format="yolo")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither annotations.json"):
         DetectionDataModule(data_dir=str(tmp_path / "empty"))
+    official = tmp_path / "official" / "annotations"
+    official.mkdir(parents=True)
+    (official / "instances_val2017.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"found instances_val2017.json but no train annotations"):
+        DetectionDataModule(data_dir=str(official.parent))
+    for year in (2014, 2017):
+        (official / f"instances_train{year}.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"instances_train2014.json and instances_train2017.json: expected one"):
+        DetectionDataModule(data_dir=str(official.parent))
 
 
 def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
@@ -212,6 +281,75 @@ def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
     (voc / "Annotations" / "3.xml").write_text("<annotation><filename>3.png</filename><object><name>emu")
     with pytest.raises(AnnotationError, match=r"3.xml: not valid XML"):
         DetectionDataModule(data_dir=str(voc))
+
+
+def make_official_coco(root, year=2017):
+    """COCO as downloaded: ``annotations/instances_train2017.json`` and
+    ``instances_val2017.json`` (beside them the captions file the download also holds), images
+    in ``train2017/`` and ``val2017/``, each ``file_name`` relative to its split's folder."""
+    flat = make_coco_folder(root.parent / f"{root.name}_flat")
+    doc = json.loads((flat / "annotations.json").read_text())
+    (root / "annotations").mkdir(parents=True)
+    for split, indices in (("train", range(0, 9)), ("val", range(9, 12))):
+        (root / f"{split}{year}").mkdir()
+        part = {**doc, "images": [doc["images"][i] for i in indices]}
+        ids = {im["id"] for im in part["images"]}
+        part["annotations"] = [a for a in doc["annotations"] if a["image_id"] in ids]
+        for im in part["images"]:
+            shutil.move(flat / "images" / im["file_name"], root / f"{split}{year}" / im["file_name"])
+        (root / "annotations" / f"instances_{split}{year}.json").write_text(json.dumps(part))
+        (root / "annotations" / f"captions_{split}{year}.json").write_text(json.dumps({"annotations": []}))
+    return root
+
+
+def test_the_official_coco_layout_trains_evaluates_and_predicts(tmp_path, caplog):
+    """COCO 2017 as downloaded, with the default config and --data.data_dir: the official val
+    is the test split (COCO's test has no public labels), validation is drawn from train, and
+    the checkpoint evaluates and predicts as for any other layout."""
+    folder = make_official_coco(tmp_path / "coco")
+    with caplog.at_level("INFO"):
+        run = fit(tmp_path, "--data.data_dir", str(folder), "--trainer.max_epochs", "1")
+    said = [r.getMessage() for r in caplog.records if "instances_val2017.json" in r.getMessage()]
+    assert len(said) == 1 and "test split" in said[0] and "drawn from" in said[0]
+    splits = json.loads((run / "splits.json").read_text())
+    assert sorted(splits["test"]) == [f"val2017/img{i}.png" for i in (10, 11, 9)]
+    assert splits["val"] and all(f.startswith("train2017/") for f in splits["train"] + splits["val"])
+    assert len(splits["train"]) + len(splits["val"]) == 9
+    results = json.loads((run / "evaluation" / "predictions.json").read_text())
+    assert {r["image_id"] for r in results} <= {10, 11, 12}  # the val file's own image ids
+    assert "test/map" in json.loads((run / "evaluation" / "metrics.json").read_text())
+    image = folder / "val2017" / "img9.png"
+    main(
+        [
+            "predict",
+            "--ckpt",
+            str(run / "checkpoints" / "best.ckpt"),
+            "--input",
+            str(image),
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
+    (line,) = [json.loads(x) for x in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    assert line["path"] == str(image) and "detections" in line
+
+
+def test_train_and_val_files_without_a_test_file(coco_folder, caplog):
+    """``train.json`` + ``val.json``: val.json is the test split, validation comes from train."""
+    doc = json.loads((coco_folder / "annotations.json").read_text())
+    for stage, indices in (("train", range(0, 10)), ("val", range(10, 12))):
+        part = {**doc, "images": [doc["images"][i] for i in indices]}
+        ids = {im["id"] for im in part["images"]}
+        part["annotations"] = [a for a in doc["annotations"] if a["image_id"] in ids]
+        (coco_folder / f"{stage}.json").write_text(json.dumps(part))
+    dm = DetectionDataModule(data_dir=str(coco_folder))
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert sum("val.json" in r.getMessage() for r in caplog.records) == 1
+    assert sorted(dm.splits["test"]) == ["images/img10.png", "images/img11.png"]
+    assert dm.splits["val"] and sorted(dm.splits["train"] + dm.splits["val"]) == sorted(
+        f"images/img{i}.png" for i in range(10)
+    )
 
 
 def test_default_canvases_respect_the_shared_digit_split(tmp_path, monkeypatch):

@@ -2,11 +2,14 @@
 
 - **Your data** (``data_dir``): ``annotations.json`` in COCO format, images found by
   ``file_name`` relative to the folder or to its ``images/`` sub-folder; or fixed splits
-  ``train.json``, ``val.json`` and ``test.json`` (three COCO files, same categories); or a
-  Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``). Category ids may have gaps
-  (COCO's run 1…90): they map to contiguous labels and back
-  (:class:`~cnnsuite.data.coco.CategoryMap`). Without fixed splits, images are split by
-  ``seed``, stratified by each image's most frequent class.
+  ``train.json`` with ``val.json`` and/or ``test.json`` (COCO files, same categories); or
+  COCO as downloaded, ``annotations/instances_train2017.json`` and ``instances_val2017.json``
+  with images in ``train2017/`` and ``val2017/``; or a Pascal VOC folder
+  (``Annotations/*.xml`` + ``JPEGImages/``). Category ids may have gaps (COCO's run 1…90):
+  they map to contiguous labels and back (:class:`~cnnsuite.data.coco.CategoryMap`). Without
+  fixed splits, images are split by ``seed``, stratified by each image's most frequent class;
+  with train and val files but no test file (COCO's test labels are not public), val is the
+  test split and validation is drawn from train by ``seed``.
 - **Embedded default**: canvases of real handwritten digits (scikit-learn's scans, upscaled
   to varied sizes, a few per canvas, sometimes overlapping a little), written once as PNGs
   with ``train.json``/``val.json``/``test.json`` under ``data/detection2d/`` and read back by
@@ -14,9 +17,10 @@
   tasks' shared split, so no test scan was seen in training by any digit task.
 
 A sample is ``(image float (C, H, W) in [0, 1], target)`` with ``target`` as torchvision's
-detectors want it: ``boxes`` (x1, y1, x2, y2 pixels), ``labels`` (0…K-1), ``iscrowd`` and
-``image_id`` (the dataset's own id, for the COCO results file). Batches are lists: images
-may differ in size; the detector resizes them itself.
+detectors want it: ``boxes`` (x1, y1, x2, y2 pixels), ``labels`` (0…K-1), ``iscrowd``,
+``area`` (what COCO's size buckets go by) and ``image_id`` (the dataset's own id, for the
+COCO results file). Batches are lists: images may differ in size; the detector resizes them
+itself.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
@@ -35,16 +40,18 @@ from cnnsuite.data import IMAGE_EXTENSIONS, Input, TaskDataModule, check_folder,
 from cnnsuite.data.coco import (
     AnnotationError,
     CategoryMap,
+    CocoFile,
     DetectionData,
     DetectionRecord,
     coco_document,
+    coco_split_files,
     read_categories,
     read_coco,
     read_voc,
     voc_classes,
 )
 from cnnsuite.data.digits import digit_scans, digit_split
-from cnnsuite.data.splits import STAGES
+from cnnsuite.data.splits import STAGES, split_validation
 from cnnsuite.errors import ConfigError
 
 from .default_data import (
@@ -89,6 +96,7 @@ class DetectionDataset(Dataset):
             "boxes": torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(record.labels, dtype=torch.int64),
             "iscrowd": torch.tensor(record.iscrowd, dtype=torch.int64),
+            "area": torch.tensor(record.areas, dtype=torch.float32),  # COCO's size buckets go by it
             "image_id": record.image_id,
         }
         return image, target
@@ -97,8 +105,8 @@ class DetectionDataset(Dataset):
 class DetectionDataModule(TaskDataModule):
     """COCO (or VOC) folder → train/val/test loaders of ``(images, targets)`` lists.
 
-    ``format``: ``auto`` (COCO if the folder holds ``annotations.json`` or the three split
-    files, else VOC if it holds ``Annotations/``), ``coco`` or ``voc``.
+    ``format``: ``auto`` (COCO if the folder holds ``annotations.json`` or split files, else
+    VOC if it holds ``Annotations/``), ``coco`` or ``voc``.
     ``on_bad_annotation``: ``error`` (default) stops at the first bad annotation or missing
     image naming the file and annotation id; ``skip`` leaves it out with a warning naming it.
     """
@@ -125,6 +133,7 @@ class DetectionDataModule(TaskDataModule):
             raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         self._data: DetectionData | None = None
         self._fixed_splits: dict[str, list[str]] | None = None
+        self._split_files: dict[str, CocoFile] | None = None
         if data_dir is None:
             self.categories = CategoryMap(list(range(1, 11)), [str(d) for d in range(10)])
             self.in_channels = channels or 1
@@ -148,35 +157,25 @@ class DetectionDataModule(TaskDataModule):
         fmt = self.hparams.format
         if fmt != "auto":
             return fmt
-        if (root / "annotations.json").is_file() or any((root / f"{s}.json").is_file() for s in STAGES):
+        if (root / "annotations.json").is_file() or coco_split_files(root) is not None:
             return "coco"
         if (root / "Annotations").is_dir():
             return "voc"
         raise ConfigError(
-            f"data.data_dir={root}: found neither annotations.json, train/val/test.json (COCO) "
-            f"nor an Annotations/ folder (Pascal VOC)"
+            f"data.data_dir={root}: found neither annotations.json, train/val/test.json, "
+            "annotations/instances_<split><year>.json (COCO) nor an Annotations/ folder (Pascal VOC)"
         )
 
-    def _split_files(self, root: Path) -> dict[str, Path] | None:
-        files = {s: root / f"{s}.json" for s in STAGES}
-        present = [s for s, f in files.items() if f.is_file()]
-        if not present:
-            return None
-        if len(present) != len(STAGES):
-            missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
-            raise ConfigError(f"{root}: found {', '.join(f'{s}.json' for s in present)} but not {missing}")
-        return files
-
     def _coco_categories(self, root: Path) -> CategoryMap:
-        files = self._split_files(root)
+        files = coco_split_files(root)
         if files is None:
             if not (root / "annotations.json").is_file():
                 raise ConfigError(f"data.data_dir={root}: no annotations.json (COCO)")
             return read_categories(root / "annotations.json")
-        maps = {s: read_categories(f) for s, f in files.items()}
-        for s in STAGES[1:]:
+        maps = {s: read_categories(f.path) for s, f in files.items()}
+        for s in maps:
             if (maps[s].ids, maps[s].names) != (maps["train"].ids, maps["train"].names):
-                raise AnnotationError(f"{files[s]}: its categories differ from those of {files['train']}")
+                raise AnnotationError(f"{files[s].path}: its categories differ from those of {files['train'].path}")
         return maps["train"]
 
     def _load(self) -> DetectionData:
@@ -187,23 +186,25 @@ class DetectionDataModule(TaskDataModule):
         if self.hparams.data_dir is not None and self.format == "voc":
             self._data = read_voc(root, self.categories.names, on_error)
             return self._data
-        files = self._split_files(root)
+        self._split_files = files = coco_split_files(root)
         if files is None:
             self._data = read_coco(root / "annotations.json", root, on_error)
             return self._data
         records, self._fixed_splits = [], {}
         for stage, f in files.items():
-            part = read_coco(f, root, on_error)
+            part = read_coco(f.path, root, on_error, f.image_folders)
             records += part.records
             self._fixed_splits[stage] = [r.file for r in part.records]
         seen: dict[str, str] = {}
         for stage, ids in self._fixed_splits.items():
             for sample_id in ids:
                 if sample_id in seen:
-                    raise AnnotationError(f"{files[stage]}: image {sample_id} is also in {files[seen[sample_id]]}")
+                    raise AnnotationError(
+                        f"{files[stage].path}: image {sample_id} is also in {files[seen[sample_id]].path}"
+                    )
                 seen[sample_id] = stage
         # Image ids stay as each file has them: a results file for the test split matches
-        # test.json. Samples are keyed by file, which is unique across the three files.
+        # its file. Samples are keyed by file, which is unique across the split files.
         self._data = DetectionData(self.categories, records)
         return self._data
 
@@ -221,10 +222,27 @@ class DetectionDataModule(TaskDataModule):
         return samples
 
     def _decide_splits(self) -> dict[str, list[str]]:
+        """The data's own split files when it brings them: with train and val files but no
+        test file (COCO as downloaded), val is the test split; validation is then drawn from
+        train by ``seed``, as when a test file comes without a val file."""
         self._load()
-        if not self.hparams.split_file and self._fixed_splits is not None:
-            return self._fixed_splits
-        return super()._decide_splits()
+        fixed = self._fixed_splits
+        if self.hparams.split_file or fixed is None:
+            return super()._decide_splits()
+        if len(fixed) == len(STAGES):
+            return fixed
+        files, held_out = self._split_files, "test" if "test" in fixed else "val"
+        labels = dict(self.list_samples())
+        hp = self.hparams
+        train, val = split_validation(
+            fixed["train"], [labels[i] for i in fixed["train"]], hp.val_fraction, len(labels), hp.seed
+        )
+        rank_zero_info(
+            f"{files[held_out].path}: the test split ({self.root} has no "
+            f"{'validation' if held_out == 'test' else 'test'} annotations); validation is {len(val)} images "
+            f"drawn from {files['train'].path} (data.val_fraction {hp.val_fraction} of all images, data.seed {hp.seed})"
+        )
+        return {"train": train, "val": val, "test": fixed[held_out]}
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         by_file = {r.file: r for r in self._load().records}
@@ -278,6 +296,7 @@ class DetectionDataModule(TaskDataModule):
                     DetectionRecord(
                         name, image_id, canvas.shape[1], canvas.shape[0], boxes, labels, [0] * n,
                         list(range(annotation_id, annotation_id + n)),
+                        [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in boxes],
                     )
                 )  # fmt: skip
                 image_id, annotation_id = image_id + 1, annotation_id + n

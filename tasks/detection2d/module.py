@@ -25,8 +25,10 @@ through ``forward`` and are not exported.
 
 Scoring is torchmetrics' ``MeanAveragePrecision`` with the COCO (pycocotools) backend:
 ``map`` (IoU .50:.95), ``map_50``, ``map_75``, size-bucketed and recall figures and per-class
-AP as ``test/ap/<class>``. Evaluation adds a grid of test images with predicted boxes and a
-``predictions.json`` in the COCO results format.
+AP as ``test/ap/<class>``. Objects fall in COCO's size buckets by their annotation's ``area``
+(a polygon's, in real exports) as in pycocotools' own evaluation, not by their box.
+Evaluation adds a grid of test images with predicted boxes and a ``predictions.json`` in the
+COCO results format.
 """
 
 from __future__ import annotations
@@ -324,7 +326,7 @@ class DetectionModule(TaskModule):
     def _evaluate(self, batch, stage: str) -> list[dict[str, torch.Tensor]]:
         images, targets = batch
         predictions = self(images)
-        truth = [{k: t[k] for k in ("boxes", "labels", "iscrowd")} for t in targets]
+        truth = [{k: t[k] for k in ("boxes", "labels", "iscrowd", "area")} for t in targets]
         getattr(self, f"{stage}_metrics").update(predictions, truth)
         return predictions
 

@@ -6,7 +6,8 @@ in pixels; ``iscrowd``, ``segmentation`` and ``area`` are tolerated) and ``categ
 (``id``, ``name``). Category ids may be any integers, as in COCO itself (1…90 with gaps):
 :class:`CategoryMap` turns them into the contiguous labels ``0…K-1`` a network predicts and
 back. Image files are found by ``file_name`` relative to the dataset folder or to its
-``images/`` sub-folder.
+``images/`` sub-folder; in COCO's own download layout, relative to the split's folder
+(``train2017/``), which :func:`coco_split_files` names.
 
 Everything a user can get wrong — invalid JSON, a box outside its image, a zero-area box,
 an unknown category or image id, a missing image file — raises :class:`AnnotationError`
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .errors import BadFileError
 from .images import image_size
+from .splits import STAGES
 
 #: tolerance, in pixels, for a box edge beyond the image border (rounding in exporters)
 BORDER_TOLERANCE = 1.0
@@ -74,6 +77,9 @@ class DetectionRecord:
     labels: list[int] = field(default_factory=list)
     iscrowd: list[int] = field(default_factory=list)
     annotation_ids: list[int] = field(default_factory=list)
+    #: each object's area in pixels², which puts it in COCO's small/medium/large bucket: the
+    #: annotation's ``area`` (a polygon's, in real exports) where the file gives one, else the box's
+    areas: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -140,9 +146,53 @@ def read_categories(path: Path, data: dict | None = None) -> CategoryMap:
     return CategoryMap([i for i, _ in pairs], [n for _, n in pairs])
 
 
-def find_image(root: Path, file_name: str) -> str | None:
-    """``file_name`` relative to ``root`` or ``root/images``, as a path relative to ``root``."""
-    for candidate in (Path(file_name), Path("images") / file_name):
+#: where a COCO file's ``file_name`` is looked up, relative to the dataset folder
+IMAGE_FOLDERS = ("", "images")
+#: the instance annotations of COCO's download: ``annotations/instances_val2017.json``
+OFFICIAL_FILE = re.compile(r"instances_(train|val|test)(\d{4})\.json")
+
+
+@dataclass
+class CocoFile:
+    """One split's annotation file, and the folders (relative to the dataset folder) that
+    the ``file_name`` of its images is relative to."""
+
+    path: Path
+    image_folders: tuple[str, ...] = IMAGE_FOLDERS
+
+
+def coco_split_files(root: Path) -> dict[str, CocoFile] | None:
+    """The split files a COCO folder brings, by stage, or None if it brings none:
+    ``train.json``, ``val.json``, ``test.json`` (images under ``root`` or ``root/images``), else
+    COCO's download layout, ``annotations/instances_<split><year>.json`` with each split's
+    images in ``root/<split><year>/``. A train file and at least one of val and test: COCO's
+    own test annotations are not public, so a download has train and val only."""
+    found = {s: CocoFile(root / f"{s}.json") for s in STAGES if (root / f"{s}.json").is_file()}
+    if not found:
+        official: dict[str, list[Path]] = {}
+        for path in sorted((root / "annotations").glob("instances_*.json")):
+            match = OFFICIAL_FILE.fullmatch(path.name)
+            if match and path.is_file():
+                official.setdefault(match[1], []).append(path)
+        for stage, paths in official.items():
+            if len(paths) > 1:
+                names = " and ".join(p.name for p in paths)
+                raise ConfigError(f"{root / 'annotations'}: {names}: expected one {stage} file (move the others away)")
+            found[stage] = CocoFile(paths[0], (paths[0].stem.removeprefix("instances_"),))
+    if not found:
+        return None
+    names = ", ".join(f.path.name for f in found.values())
+    if "train" not in found:
+        raise ConfigError(f"{root}: found {names} but no train annotations (train.json or instances_train<year>.json)")
+    if len(found) == 1:
+        raise ConfigError(f"{root}: found {names} but neither val nor test annotations beside it")
+    return found
+
+
+def find_image(root: Path, file_name: str, folders: tuple[str, ...] = IMAGE_FOLDERS) -> str | None:
+    """``file_name`` relative to one of ``folders`` under ``root``, as a path relative to ``root``."""
+    for folder in folders:
+        candidate = Path(folder) / file_name
         if (root / candidate).is_file():
             return candidate.as_posix()
     return None
@@ -155,9 +205,15 @@ def _upright_size(path: Path) -> tuple[int, int]:
         raise AnnotationError(str(err)) from None
 
 
-def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = "error") -> DetectionData:
-    """Read and check one COCO file; images are looked up under ``root`` (default: the
-    file's folder). Crowd annotations are kept, flagged in ``iscrowd``."""
+def read_coco(
+    path: str | Path,
+    root: str | Path | None = None,
+    on_error: str = "error",
+    image_folders: tuple[str, ...] = IMAGE_FOLDERS,
+) -> DetectionData:
+    """Read and check one COCO file; images are looked up in ``image_folders`` under ``root``
+    (default: the file's folder), and recorded relative to ``root``. Crowd annotations are
+    kept, flagged in ``iscrowd``."""
     path = Path(path)
     fail = _Problems(path, on_error)
     root = path.parent if root is None else Path(root)
@@ -172,9 +228,10 @@ def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = 
         image_id, file_name = entry["id"], str(entry["file_name"])
         if image_id in records:
             raise AnnotationError(f"{path}: image id {image_id} appears more than once")
-        found = find_image(root, file_name)
+        found = find_image(root, file_name, image_folders)
         if found is None:
-            fail(f"{path}: image id {image_id}: file_name {file_name!r} is in neither {root} nor {root / 'images'}")
+            places = " or ".join(str(root / folder) for folder in image_folders)
+            fail(f"{path}: image id {image_id}: file_name {file_name!r} is not in {places}")
             continue
         if found in seen_files:
             raise AnnotationError(f"{path}: image id {image_id}: file {found} is listed more than once")
@@ -222,11 +279,16 @@ def read_coco(path: str | Path, root: str | Path | None = None, on_error: str = 
                 f"{record.file} of {record.width}x{record.height} pixels"
             )
             continue
-        x1, y1 = max(x, 0.0), max(y, 0.0)
-        record.boxes.append([x1, y1, min(x + w, record.width), min(y + h, record.height)])
+        area = ann.get("area", 0)
+        if not (isinstance(area, int | float) and math.isfinite(area) and area >= 0):
+            fail(f"{where}: area {area!r}: expected a number of pixels² (0 or left out: the box's)")
+            continue
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, record.width), min(y + h, record.height)
+        record.boxes.append([x1, y1, x2, y2])
         record.labels.append(categories.label(category_id))
         record.iscrowd.append(int(bool(ann.get("iscrowd", 0))))
         record.annotation_ids.append(ann_id)
+        record.areas.append(float(area) or (x2 - x1) * (y2 - y1))
     fail.raise_if_any()
     return DetectionData(categories, list(records.values()))
 
@@ -301,10 +363,12 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
             if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
                 fail(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image")
                 continue
-            record.boxes.append([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)])
+            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)
+            record.boxes.append([x1, y1, x2, y2])
             record.labels.append(categories.label(class_names.index(name)))
             record.iscrowd.append(int(obj.findtext("difficult", "0").strip() == "1"))
             record.annotation_ids.append(index)
+            record.areas.append((x2 - x1) * (y2 - y1))
         records.append(record)
     fail.raise_if_any()
     return DetectionData(categories, records)
@@ -338,8 +402,8 @@ def coco_document(records: list[DetectionRecord], categories: CategoryMap) -> di
     """Records → a COCO object (``file_name`` relative to the dataset folder)."""
     annotations = []
     for record in records:
-        for box, label, crowd, ann_id in zip(
-            record.boxes, record.labels, record.iscrowd, record.annotation_ids, strict=True
+        for box, label, crowd, ann_id, area in zip(
+            record.boxes, record.labels, record.iscrowd, record.annotation_ids, record.areas, strict=True
         ):
             x1, y1, x2, y2 = box
             w, h = x2 - x1, y2 - y1
@@ -349,7 +413,7 @@ def coco_document(records: list[DetectionRecord], categories: CategoryMap) -> di
                     "image_id": record.image_id,
                     "category_id": categories.category_id(label),
                     "bbox": [x1, y1, w, h],
-                    "area": w * h,
+                    "area": area,
                     "iscrowd": crowd,
                 }
             )

@@ -18,14 +18,30 @@ def stratified_split(
     ids: Sequence[str], labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[str]]:
     """Split ``ids`` so each class keeps its share in train, val and test."""
-    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 < value < 1:
-            raise ConfigError(f"data.{key}={value}: expected a fraction between 0 and 1")
+    check_fraction("val_fraction", val_fraction)
+    check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
     rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed)
     train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def split_validation(
+    train: list[str], labels: list[int], val_fraction: float, total: int, seed: int
+) -> tuple[list[str], list[str]]:
+    """``(train, val)`` for data that brings its train and test splits but no validation:
+    ``val_fraction`` of all ``total`` samples, drawn from train (at most half of it) and
+    stratified by ``labels`` where :func:`split_off` can."""
+    check_fraction("val_fraction", val_fraction)
+    fraction = min(0.5, val_fraction * total / max(len(train), 1))
+    kept, val, _ = split_off(list(train), list(labels), fraction, seed)
+    return sorted(kept), sorted(val)
+
+
+def check_fraction(key: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ConfigError(f"data.{key}={value}: expected a fraction between 0 and 1")
 
 
 def split_off(ids: list[str], labels: list[int], fraction: float, seed: int):
