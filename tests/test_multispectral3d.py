@@ -3,6 +3,7 @@ travel in the checkpoint, the CLI with evaluation."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,15 +40,17 @@ def band_cube(count=13, size=8, offset=0):
     return np.stack([np.full((size, size), 100 * (k + 1) + offset) for k in range(count)])
 
 
-def make_folder(root, classes=("Forest", "River", "SeaLake"), per_class=6, size=16, count=13):
-    """A tiny EuroSAT-MS folder; the class is told by the red-to-NIR ratio and a bright square."""
+def make_folder(root, classes=("Forest", "River", "SeaLake"), per_class=6, size=16, count=13, dtype="uint16"):
+    """A tiny EuroSAT-MS folder; the class is told by the red-to-NIR ratio and a bright square.
+    ``float32`` files hold surface reflectance in 0..1, as Sentinel-2 L2A chains write it
+    (the digital numbers divided by 10,000)."""
     rng = np.random.default_rng(0)
     for c, name in enumerate(classes):
         for n in range(1, per_class + 1):
             cube = rng.integers(800, 1200, size=(count, size, size))
             cube[3] += 600 * c  # B04
             cube[:, : size // 2, : size // 2] += 300 * c
-            write_tif(root / name / f"{name}_{n}.tif", cube)
+            write_tif(root / name / f"{name}_{n}.tif", cube / 10_000 if dtype == "float32" else cube, dtype)
     return root
 
 
@@ -94,11 +97,48 @@ def test_bad_files_are_named_together_and_the_folder_is_only_read(tmp_path):
         dm.setup("fit")
     message = str(caught.value)
     assert "Forest_2.tif: has 10 bands without names; expected 13" in message
-    assert "River_3.tif: bands are float32, expected uint16" in message
+    assert "River_3.tif: bands are float32, expected uint16 as the run's patches are" in message
     assert "SeaLake_4.tif: cannot read as a GeoTIFF" in message
     assert "SeaLake_5.tif: cannot read as a GeoTIFF" in message
     assert "SeaLake_6.tif: is 20x20 pixels, expected 16x16" in message
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before, "the user's folder was written to"
+
+
+def test_float_reflectance_trains_and_predicts_and_nan_is_a_bad_file(tmp_path):
+    folder = make_folder(tmp_path / "user", dtype="float32")
+    nan = band_cube(13, 16).astype("float32") / 10_000
+    nan[2, 3, 4] = np.nan
+    write_tif(folder / "River" / "River_7.tif", nan, "float32")  # no nodata tag: NaN is damage
+    with pytest.raises(BadFileError, match="1 of 19 GeoTIFF patches cannot be used") as caught:
+        fit("multispectral3d", tmp_path, "--data.data_dir", str(folder), "--trainer.fast_dev_run", "true")
+    assert "River_7.tif: 1 of 3328 pixels are NaN or infinite; expected finite values" in str(caught.value)
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (folder / "River" / "River_7.tif").rename(inputs / "nan.tif")
+    shutil.copy(folder / "Forest" / "Forest_1.tif", inputs)
+    write_tif(inputs / "uint16.tif", band_cube(13, 16))
+    run = fit("multispectral3d", tmp_path, "--data.data_dir", str(folder), "--trainer.max_epochs", "1",
+              "--data.batch_size", "6", "--evaluate", "false", *SMALL_MODEL)  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, weights_only=True)["MultispectralDataModule"]
+    assert state["dtype"] == "float32" and 0.05 < float(state["band_mean"][0]) < 0.15  # learnt from 0..1 values
+    main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(tmp_path / "out")])
+    lines = {Path(line["path"]).name: line for line in map(json.loads, (tmp_path / "out" / "predictions.jsonl").open())}
+    assert set(lines["Forest_1.tif"]["probabilities"]) == {"Forest", "River", "SeaLake"}
+    assert "nan.tif: 1 of 3328 pixels are NaN or infinite" in lines["nan.tif"]["error"]
+    assert "uint16.tif: bands are uint16, expected float32 as the run's patches are" in lines["uint16.tif"]["error"]
+
+
+def test_nan_nodata_pixels_are_filled(tmp_path):
+    """A file whose nodata tag is NaN marks its NaN pixels as nodata: they take the band's mean."""
+    cube = band_cube(13, 4).astype("float32")
+    cube[0, 0, 0] = np.nan
+    values = GeoTiffReader(["B01"])(write_tif(tmp_path / "holed.tif", cube, "float32", nodata=np.nan))
+    assert values[0, 0, 0] == 100 and np.isfinite(values).all()
+    cube[0, 1, 1] = np.inf  # not nodata: damage
+    with pytest.raises(BadFileError, match="inf.tif: 1 of 16 pixels are NaN or infinite"):
+        GeoTiffReader(["B01"])(write_tif(tmp_path / "inf.tif", cube, "float32", nodata=np.nan))
 
 
 def test_unknown_band_names_are_refused(tmp_path):

@@ -36,6 +36,7 @@ from cnnsuite.data import (
     BadFileError,
     Input,
     TaskDataModule,
+    check_finite,
     check_folder,
     list_classes,
     list_samples,
@@ -49,7 +50,10 @@ from .landcover import BANDS, CLASSES, patch
 
 EXTENSIONS = (".tif", ".tiff")
 LAYOUTS = ("cube", "channels", "mean")
-DTYPE = "uint16"
+#: reflectance as Sentinel-2 L1C/L2A products store it (digital numbers, 10,000 = 1) or as
+#: processing chains write surface reflectance (floats, 1 = 1); the statistics learnt from the
+#: training split put either on one scale, so a run takes one and refuses the other
+DTYPES = ("uint16", "float32", "float64")
 TRUE_COLOUR = ("B04", "B03", "B02")
 FALSE_COLOUR = ("B08", "B04", "B03")  # vegetation red: NIR shown as red
 
@@ -70,19 +74,24 @@ def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | N
 
 
 class GeoTiffReader:
-    """Reads the ``bands`` of GeoTIFF patches of one ``size`` as float32 ``(len(bands), H, W)``.
+    """Reads the ``bands`` of GeoTIFF patches of one ``size`` and one ``dtype`` as float32
+    ``(len(bands), H, W)``.
 
-    ``bands=None`` reads every band of a file. Nodata pixels (the file's nodata value) take
-    the mean of the band's valid pixels, so a normalised nodata pixel is near zero rather
-    than a spike. Every failure is a :class:`BadFileError` naming the file."""
+    ``bands=None`` reads every band of a file, ``dtype=None`` any of :data:`DTYPES`. Nodata
+    pixels (the file's nodata value, NaN included) take the mean of the band's valid pixels,
+    so a normalised nodata pixel is near zero rather than a spike; any other NaN or infinity
+    is damage. Every failure is a :class:`BadFileError` naming the file."""
 
-    def __init__(self, bands: list[str] | None, size: tuple[int, int] | None = None) -> None:
-        self.bands, self.size = bands, size
+    def __init__(self, bands: list[str] | None, size: tuple[int, int] | None = None, dtype: str | None = None) -> None:
+        self.bands, self.size, self.dtype = bands, size, dtype
 
     def select(self, path: Path, src) -> tuple[list[int], list[str]]:
         """rasterio's 1-based indexes and the names of the bands to read from the open ``src``."""
-        if len(set(src.dtypes)) != 1 or src.dtypes[0] != DTYPE:
-            raise BadFileError(f"{path}: bands are {', '.join(sorted(set(src.dtypes)))}, expected {DTYPE} reflectance")
+        dtypes = ", ".join(sorted(set(src.dtypes)))
+        if len(set(src.dtypes)) != 1 or src.dtypes[0] not in DTYPES:
+            raise BadFileError(f"{path}: bands are {dtypes}, expected {' or '.join(DTYPES)} reflectance")
+        if self.dtype is not None and src.dtypes[0] != self.dtype:
+            raise BadFileError(f"{path}: bands are {dtypes}, expected {self.dtype} as the run's patches are")
         if self.size is not None and (src.height, src.width) != tuple(self.size):
             raise BadFileError(
                 f"{path}: is {src.height}x{src.width} pixels, "
@@ -121,6 +130,7 @@ class GeoTiffReader:
         if np.ma.is_masked(data):
             fill = data.astype(np.float32).mean(axis=(1, 2)).filled(0.0)
             values = np.where(np.ma.getmaskarray(data), fill[:, None, None], values).astype(np.float32)
+        check_finite(path, values, "pixels")
         return values
 
 
@@ -220,6 +230,7 @@ class MultispectralDataModule(TaskDataModule):
             # on the user's own bands rebuilds this branch for prediction (see restore_preprocessing).
             self.class_names = list(CLASSES)
             self.band_names, self.size = list(bands or BANDS), (default_patch, default_patch)
+            self.dtype = DTYPES[0]
         else:
             root = check_folder(data_dir)
             self.class_names = list_classes(root, EXTENSIONS)
@@ -227,8 +238,9 @@ class MultispectralDataModule(TaskDataModule):
             reader = GeoTiffReader(bands)
             with reader.open(first) as src:
                 self.band_names, self.size = reader.select(first, src)[1], (src.height, src.width)
+                self.dtype = src.dtypes[0]
         self.in_channels = len(self.band_names) if layout == "channels" else 1
-        self.reader = GeoTiffReader(self.band_names, self.size)
+        self.reader = GeoTiffReader(self.band_names, self.size, self.dtype)
         #: per-band mean and standard deviation of the training split (set by ``setup`` or a checkpoint)
         self.band_stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -249,7 +261,7 @@ class MultispectralDataModule(TaskDataModule):
         rng = np.random.default_rng(20261125)
         size = self.hparams.default_patch
         crs = CRS.from_epsg(32632)  # WGS 84 / UTM zone 32N, as a Sentinel-2 tile over central Europe
-        profile = dict(driver="GTiff", dtype=DTYPE, count=len(BANDS), height=size, width=size, crs=crs)
+        profile = dict(driver="GTiff", dtype=self.dtype, count=len(BANDS), height=size, width=size, crs=crs)
         for name in CLASSES:
             (folder / name).mkdir()
             for n in range(1, self.hparams.default_size + 1):
@@ -290,22 +302,24 @@ class MultispectralDataModule(TaskDataModule):
         return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, 1e-6), dtype=torch.float32)
 
     def state_dict(self) -> dict:
-        """The split, the band names, the patch size and the training split's band statistics (tensors)."""
+        """The split, the band names, the patch size and data type, and the training split's
+        band statistics (tensors)."""
         state = super().state_dict()
         if self.band_stats is not None:
             state |= {"bands": self.band_names, "band_mean": self.band_stats[0], "band_std": self.band_stats[1]}
-            state |= {"patch_size": list(self.size)}
+            state |= {"patch_size": list(self.size), "dtype": self.dtype}
         return state
 
     def restore_preprocessing(self, state: dict) -> None:
-        """The run's bands, patch size and band statistics, from the checkpoint alone: a patch
-        is read and normalised as the run's test split was, wherever its training files are."""
+        """The run's bands, patch size, data type and band statistics, from the checkpoint alone:
+        a patch is read and normalised as the run's test split was, wherever its training files are."""
         if "band_mean" not in state:
             raise ConfigError("the checkpoint holds no band statistics; patches cannot be normalised as in its run")
         self.band_names = list(state["bands"])
         # a checkpoint from before the size was saved: any size (the network pools globally)
         self.size = tuple(state["patch_size"]) if "patch_size" in state else None
-        self.reader = GeoTiffReader(self.band_names, self.size)
+        self.dtype = state.get("dtype", DTYPES[0])  # a checkpoint from before floats were read: uint16
+        self.reader = GeoTiffReader(self.band_names, self.size, self.dtype)
         self.band_stats = (state["band_mean"].float(), state["band_std"].float())
 
     def describe_channels(self) -> dict:
@@ -320,8 +334,9 @@ class MultispectralDataModule(TaskDataModule):
         }
         mean, std = self.band_stats if self.band_stats is not None else (None, None)
         return {
-            "read": f"a uint16 GeoTIFF of {'x'.join(map(str, self.size)) if self.size else 'any'} px; the bands "
-            f"{', '.join(self.band_names)} by name, in this order; nodata pixels take their band's mean",
+            "read": f"a {self.dtype} GeoTIFF of {'x'.join(map(str, self.size)) if self.size else 'any'} px; the bands "
+            f"{', '.join(self.band_names)} by name, in this order; nodata pixels take their band's mean; "
+            "any other NaN or infinity refuses the file",
             "normalisation": {
                 "mean": mean.tolist() if mean is not None else None,
                 "std": std.tolist() if std is not None else None,
