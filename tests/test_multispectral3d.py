@@ -22,11 +22,11 @@ from cnnsuite.predict import Predictor
 SMALL_MODEL = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], kernel_size: [3, 3, 3], pool_size: [1, 2, 2]}"]
 
 
-def write_tif(path, data, dtype="uint16", descriptions=None, **profile):
-    """A GeoTIFF with a UTM CRS and a 10 m transform, as EuroSAT-MS's."""
+def write_tif(path, data, dtype="uint16", descriptions=None, transform=Affine(10, 0, 500_000, 0, -10, 5_000_000),
+              **profile):  # fmt: skip
+    """A GeoTIFF with a UTM CRS and (by default) a 10 m transform, as EuroSAT-MS's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     count, height, width = data.shape
-    transform = Affine(10, 0, 500_000, 0, -10, 5_000_000)
     with rasterio.open(path, "w", driver="GTiff", dtype=dtype, count=count, height=height, width=width,
                        crs="EPSG:32632", transform=transform, **profile) as dst:  # fmt: skip
         dst.write(data.astype(dtype))
@@ -274,3 +274,97 @@ def test_read_input_normalises_with_the_restored_statistics(tmp_path):
     datamodule.restore_preprocessing(state | {"patch_size": [16, 16]})
     with pytest.raises(BadFileError, match="is 8x8 pixels, expected 16x16"):
         datamodule.read_input(path)
+
+
+# --- BigEarthNet-S2: one folder per patch, one GeoTIFF per band at its own resolution ------------
+
+#: BigEarthNet-S2's 12 bands (no B10) and their ground resolution in metres
+BIGEARTHNET = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10,
+               "B8A": 20, "B09": 60, "B11": 20, "B12": 20}  # fmt: skip
+
+
+def write_bigearthnet(root, patches, size=24, seed=0):
+    """``root/<patch>/<patch>_<band>.tif`` for each band at its native resolution (10 m bands
+    ``size`` pixels a side, 20 m half, 60 m a sixth) with the patch's UTM transform, and
+    ``<patch>_labels_metadata.json``, as BigEarthNet-S2 v1.0 ships them. ``patches`` maps a
+    patch name to its labels; a patch's class shows in its red band (B04) and a bright square."""
+    rng = np.random.default_rng(seed)
+    classes = sorted({label for labels in patches.values() for label in labels})
+    for n, (name, labels) in enumerate(patches.items()):
+        folder = root / name
+        x0, y0 = 500_000 + 1200 * n, 5_000_000
+        for band, metres in BIGEARTHNET.items():
+            side = size * 10 // metres
+            cube = rng.integers(800, 1200, size=(1, side, side))
+            c = classes.index(labels[0])
+            cube[0, : side // 2, : side // 2] += 300 * c
+            if band == "B04":
+                cube += 600 * c
+            write_tif(folder / f"{name}_{band}.tif", cube, transform=Affine(metres, 0, x0, 0, -metres, y0))
+        metadata = {
+            "labels": labels,
+            "coordinates": {"ulx": x0, "uly": y0, "lrx": x0 + 10 * size, "lry": y0 - 10 * size},
+            "projection": 'PROJCS["WGS 84 / UTM zone 32N"]',
+            "tile_source": "S2A_MSIL1C_20170613T101031_N0205_R022_T32TQR_20170613T101608",
+            "acquisition_date": "2017-06-13 10:10:31",
+        }
+        (folder / f"{name}_labels_metadata.json").write_text(json.dumps(metadata))
+    return root
+
+
+def bigearthnet_patches(per_class=4, classes=("Coniferous forest", "Pastures")):
+    return {f"S2A_MSIL1C_20170613T101031_{c}_{n}": [label] for c, label in enumerate(classes) for n in range(per_class)}
+
+
+def test_bigearthnet_bands_are_read_together_on_the_10m_grid(tmp_path):
+    root = write_bigearthnet(tmp_path / "ben", {"S2A_patch_0_0": ["Pastures"]}, size=12)
+    dm = MultispectralDataModule(data_dir=str(root))
+    assert dm.class_names == ["Pastures"] and dm.size == (12, 12)
+    assert dm.band_names == ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    cube = dm.reader(root / "S2A_patch_0_0")
+    assert cube.shape == (12, 12, 12) and cube.dtype == np.float32
+    with rasterio.open(root / "S2A_patch_0_0" / "S2A_patch_0_0_B01.tif") as src:  # 60 m: 2 x 2 pixels
+        b01 = src.read(1).astype(np.float32)
+    # bilinear: the corners keep their 60 m pixel's value, the pixels between blend its neighbours
+    assert cube[0, 0, 0] == b01[0, 0] and cube[0, -1, -1] == b01[-1, -1]
+    assert b01.min() <= cube[0].min() and cube[0].max() <= b01.max() and len(np.unique(cube[0])) > 4
+    nearest = MultispectralDataModule(data_dir=str(root), resampling="nearest").reader(root / "S2A_patch_0_0")
+    assert set(np.unique(nearest[0])) == set(np.unique(b01))
+    assert "bilinear" in dm.describe_preprocessing()["read"]
+    with pytest.raises(ValueError, match="data.resampling='linear': expected one of nearest, bilinear"):
+        MultispectralDataModule(data_dir=str(root), resampling="linear")
+
+
+def test_bigearthnet_folder_trains_with_the_default_config_and_predicts_a_patch(tmp_path):
+    root = write_bigearthnet(tmp_path / "BigEarthNet-v1.0", bigearthnet_patches())
+    run = fit("multispectral3d", tmp_path, "--data.data_dir", str(root), "--trainer.max_epochs", "1",
+              "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert checkpoint["datamodule_hyper_parameters"]["resampling"] == "bilinear"
+    assert checkpoint["hyper_parameters"]["class_names"] == ["Coniferous forest", "Pastures"]
+    patch = root / "S2A_MSIL1C_20170613T101031_1_3"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(patch), "--out", str(tmp_path / "out")])
+    (line,) = map(json.loads, (tmp_path / "out" / "predictions.jsonl").open())
+    assert line["path"] == str(patch) and set(line["probabilities"]) == {"Coniferous forest", "Pastures"}
+
+
+def test_bigearthnet_labels_come_from_labels_csv_or_one_label_metadata(tmp_path):
+    patches = bigearthnet_patches(per_class=2)
+    patches["S2A_MSIL1C_20170613T101031_0_0"] = ["Coniferous forest", "Transitional woodland/shrub"]
+    patches["S2A_MSIL1C_20170613T101031_1_1"] = ["Pastures", "Coniferous forest"]
+    root = write_bigearthnet(tmp_path / "ben", patches)
+    with pytest.raises(ValueError, match="2 of 4 patches have several labels") as caught:
+        MultispectralDataModule(data_dir=str(root))
+    message = str(caught.value)
+    assert "\n" not in message and "multi-label classification is not supported yet" in message
+    assert "S2A_MSIL1C_20170613T101031_0_0_labels_metadata.json" in message and "labels.csv" in message
+    # A labels.csv (patch,label; as Excel saves it, with a byte-order mark) gives one label per patch.
+    rows = [("patch", "label"), *((name, labels[0]) for name, labels in patches.items())]
+    (root / "labels.csv").write_text("\ufeff" + "\n".join(",".join(row) for row in rows) + "\n")
+    dm = MultispectralDataModule(data_dir=str(root))
+    assert dm.class_names == ["Coniferous forest", "Pastures"]
+    assert sorted(dm.list_samples())[:2] == [
+        ("S2A_MSIL1C_20170613T101031_0_0", 0),
+        ("S2A_MSIL1C_20170613T101031_0_1", 0),
+    ]
