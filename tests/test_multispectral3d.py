@@ -123,6 +123,10 @@ def test_float_reflectance_trains_and_predicts_and_nan_is_a_bad_file(tmp_path):
     ckpt = run / "checkpoints" / "best.ckpt"
     state = torch.load(ckpt, weights_only=True)["MultispectralDataModule"]
     assert state["dtype"] == "float32" and 0.05 < float(state["band_mean"][0]) < 0.15  # learnt from 0..1 values
+    _, datamodule = rebuild(ckpt, run, {"data_dir": folder})
+    one = np.full((2, 1, 1), 0.25, np.float32)
+    assert datamodule.reflectance(one).tolist() == one.tolist()  # the class spectra plot is in reflectance
+    assert MultispectralDataModule().reflectance(one * 10_000).tolist() == one.tolist()
     main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(tmp_path / "out")])
     lines = {Path(line["path"]).name: line for line in map(json.loads, (tmp_path / "out" / "predictions.jsonl").open())}
     assert set(lines["Forest_1.tif"]["probabilities"]) == {"Forest", "River", "SeaLake"}

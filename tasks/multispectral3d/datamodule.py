@@ -424,6 +424,11 @@ class MultispectralDataModule(TaskDataModule):
         self.reader = GeoTiffReader(self.band_names, self.size, self.dtype, self.hparams.resampling)
         self.band_stats = (state["band_mean"].float(), state["band_std"].float())
 
+    def reflectance(self, raw: np.ndarray) -> np.ndarray:
+        """Reflectance in 0..1 of values read from the run's patches: ``uint16`` digital numbers
+        are reflectance × 10,000 (as Sentinel-2 products store it), floats are reflectance."""
+        return raw / 10_000 if self.dtype == "uint16" else raw
+
     def describe_channels(self) -> dict:
         """The bands by name, in the order the input holds them, and how they are laid out."""
         return {"bands": list(self.band_names), "layout": self.hparams.layout}
