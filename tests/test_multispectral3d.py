@@ -372,3 +372,21 @@ def test_bigearthnet_labels_come_from_labels_csv_or_one_label_metadata(tmp_path)
         ("S2A_MSIL1C_20170613T101031_0_0", 0),
         ("S2A_MSIL1C_20170613T101031_0_1", 0),
     ]
+
+
+def test_on_bad_file_skip_leaves_bad_patches_out_with_one_warning(tmp_path):
+    folder = make_folder(tmp_path / "user", dtype="float32")
+    nan = band_cube(13, 16).astype("float32") / 10_000
+    nan[0, 0, 0] = np.inf
+    write_tif(folder / "River" / "River_2.tif", nan, "float32")
+    (folder / "SeaLake" / "SeaLake_3.tif").write_text("not a tiff")
+    dm = MultispectralDataModule(data_dir=str(folder), on_bad_file="skip")
+    with pytest.warns(UserWarning, match="skipping 2 of 18 GeoTIFF patches") as caught:
+        dm.setup("fit")
+    (message,) = [str(w.message) for w in caught if "skipping" in str(w.message)]
+    assert "River_2.tif: 1 of 3328 pixels are NaN or infinite" in message and "SeaLake_3.tif: cannot read" in message
+    used = [i for s in ("train", "val", "test") for i in dm.datasets[s].ids]
+    assert len(used) == 16 and "River/River_2.tif" not in used and "SeaLake/SeaLake_3.tif" not in used
+    assert torch.isfinite(dm.band_stats[0]).all()
+    with pytest.raises(ValueError, match="data.on_bad_file='ignore': expected 'error' or 'skip'"):
+        MultispectralDataModule(data_dir=str(folder), on_bad_file="ignore")

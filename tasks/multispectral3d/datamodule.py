@@ -50,6 +50,7 @@ from cnnsuite.data import (
     TaskDataModule,
     check_finite,
     check_folder,
+    check_on_bad_file,
     list_classes,
     list_samples,
     report_bad_files,
@@ -289,6 +290,9 @@ class MultispectralDataModule(TaskDataModule):
     ``bands``: band names to read, in the order given (default: every band of the files).
     ``resampling``: how a band folder's bands of coarser resolution are brought onto its finest
     band's grid (a rasterio method, :data:`RESAMPLINGS`).
+    ``on_bad_file``: ``error`` (default) stops naming every patch that cannot be used (wrong
+    bands, size or data type, unreadable, NaN or infinity); ``skip`` leaves them out of the run
+    with one warning listing them.
     ``default_size`` patches per class, of ``default_patch`` pixels, make the embedded default.
     """
 
@@ -303,6 +307,7 @@ class MultispectralDataModule(TaskDataModule):
         augment: bool = True,
         cache_limit_mb: float = 1024,
         resampling: str = "bilinear",
+        on_bad_file: str = "error",
         default_size: int = 100,
         default_patch: int = 64,
         batch_size: int = 32,
@@ -317,6 +322,10 @@ class MultispectralDataModule(TaskDataModule):
             raise ConfigError(f"data.bands={bands}: expected distinct band names, e.g. [B02, B03, B04, B08]")
         if resampling not in RESAMPLINGS:
             raise ConfigError(f"data.resampling={resampling!r}: expected one of {', '.join(RESAMPLINGS)}")
+        check_on_bad_file(on_bad_file)
+        #: the patches read by a check so far, and the bad ones among them (by id)
+        self.checked: set[str] = set()
+        self.bad: set[str] = set()
         #: ``patch folder → label`` in the band-folder layout (BigEarthNet-S2), else None
         self.patch_labels: dict[str, str] | None = None
         if data_dir is None:
@@ -378,19 +387,32 @@ class MultispectralDataModule(TaskDataModule):
         return bool(band_files(path)) if path.is_dir() else super().is_input(path)
 
     def check_samples(self, ids: list[str]) -> None:
-        """Read every file once (header and pixels), then name all the bad ones together."""
+        """Read every patch once (headers and pixels), then name all the bad ones together: one
+        error, or with ``on_bad_file: skip`` one warning, and they are left out (:meth:`usable`)."""
         errors = []
         for sample_id in ids:
             try:
                 self.reader(self.root / sample_id)
             except BadFileError as err:
                 errors.append(err)
-        report_bad_files(errors, len(ids), what="GeoTIFF patches")
+                self.bad.add(sample_id)
+        self.checked |= set(ids)
+        report_bad_files(errors, len(ids), self.hparams.on_bad_file, what="GeoTIFF patches")
+
+    def usable(self, ids: list[str]) -> list[str]:
+        """``ids`` less the bad patches ``on_bad_file: skip`` leaves out, reading those not checked
+        yet (a split evaluated without training); with ``error`` a bad patch is named when read."""
+        if self.hparams.on_bad_file == "error":
+            return ids
+        unchecked = [i for i in ids if i not in self.checked]
+        if unchecked:
+            self.check_samples(unchecked)
+        return [i for i in ids if i not in self.bad]
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.band_stats is None:
-            self.band_stats = self.compute_band_stats(self.splits["train"])
+            self.band_stats = self.compute_band_stats(self.usable(self.splits["train"]))
 
     def compute_band_stats(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-band mean and standard deviation over every pixel of ``ids`` (float64 sums)."""
@@ -476,6 +498,7 @@ class MultispectralDataModule(TaskDataModule):
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         if self.band_stats is None:
             raise RuntimeError("setup() computes the band statistics before any dataset is built")
+        ids = self.usable(ids)
         labels = dict(self.list_samples())
         return PatchDataset(
             self.root,

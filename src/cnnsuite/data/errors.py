@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BadFileError
+from ..errors import BadFileError, ConfigError
+
+#: what a datamodule does with the bad files a check finds: stop naming them all, or leave them out
+ON_BAD_FILE = ("error", "skip")
+
+
+def check_on_bad_file(value: str) -> None:
+    if value not in ON_BAD_FILE:
+        raise ConfigError(f"data.on_bad_file={value!r}: expected 'error' or 'skip'")
 
 
 def check_finite(path: str | Path, values: np.ndarray | torch.Tensor, what: str = "values") -> None:
