@@ -91,6 +91,14 @@ def test_mixed_nifti_folder_trains_and_evaluates(tmp_path):
     assert (tmp_path / "eval" / "slices.png").stat().st_size > 0
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
 
+    # A volume holding NaN is that file's error, not a prediction scored NaN.
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(np.full((12, 12, 12), np.nan, np.float32), np.eye(4)), inputs / "nan.nii.gz")
+    main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(tmp_path / "pred")])
+    (line,) = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert "nan.nii.gz: 1728 of 1728 voxels are NaN or infinite" in line["error"] and "probabilities" not in line
+
 
 def test_volumes_come_out_one_size_and_normalised(tmp_path):
     """A non-cubic size: quarter turns in the 12x12 plane, never in the 12x8 one (it would come
@@ -171,6 +179,16 @@ def test_truncated_volumes_are_named_together(tmp_path):
         all_volumes(folder)  # the memory cache reads every file
     assert "s1.nii.gz: cannot read as a volume" in str(caught.value)
     assert "s3.nii.gz: cannot read as a volume" in str(caught.value)
+
+
+def test_volume_with_nan_or_inf_is_named_before_training(tmp_path):
+    folder = make_volume_folder(tmp_path / "user")
+    volume = np.ones((12, 12, 12), np.float32)
+    volume[3, 4, 5], volume[6, 7, 8] = np.nan, np.inf
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / "scans" / "s2.nii")
+    with pytest.raises(BadFileError, match=r"1 of \d+ volumes cannot be used") as caught:
+        fit(tmp_path, "--data.data_dir", str(folder), "--trainer.fast_dev_run", "true", "--data.batch_size", "4")
+    assert "s2.nii: 2 of 1728 voxels are NaN or infinite; expected finite values" in str(caught.value)
 
 
 def test_4d_volume_is_named(tmp_path):

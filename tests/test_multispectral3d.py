@@ -3,6 +3,7 @@ travel in the checkpoint, the CLI with evaluation."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +22,11 @@ from cnnsuite.use.predict import Predictor
 SMALL_MODEL = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], kernel_size: [3, 3, 3], pool_size: [1, 2, 2]}"]
 
 
-def write_tif(path, data, dtype="uint16", descriptions=None, **profile):
-    """A GeoTIFF with a UTM CRS and a 10 m transform, as EuroSAT-MS's."""
+def write_tif(path, data, dtype="uint16", descriptions=None, transform=Affine(10, 0, 500_000, 0, -10, 5_000_000),
+              **profile):  # fmt: skip
+    """A GeoTIFF with a UTM CRS and (by default) a 10 m transform, as EuroSAT-MS's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     count, height, width = data.shape
-    transform = Affine(10, 0, 500_000, 0, -10, 5_000_000)
     with rasterio.open(path, "w", driver="GTiff", dtype=dtype, count=count, height=height, width=width,
                        crs="EPSG:32632", transform=transform, **profile) as dst:  # fmt: skip
         dst.write(data.astype(dtype))
@@ -39,15 +40,17 @@ def band_cube(count=13, size=8, offset=0):
     return np.stack([np.full((size, size), 100 * (k + 1) + offset) for k in range(count)])
 
 
-def make_folder(root, classes=("Forest", "River", "SeaLake"), per_class=6, size=16, count=13):
-    """A tiny EuroSAT-MS folder; the class is told by the red-to-NIR ratio and a bright square."""
+def make_folder(root, classes=("Forest", "River", "SeaLake"), per_class=6, size=16, count=13, dtype="uint16"):
+    """A tiny EuroSAT-MS folder; the class is told by the red-to-NIR ratio and a bright square.
+    ``float32`` files hold surface reflectance in 0..1, as Sentinel-2 L2A chains write it
+    (the digital numbers divided by 10,000)."""
     rng = np.random.default_rng(0)
     for c, name in enumerate(classes):
         for n in range(1, per_class + 1):
             cube = rng.integers(800, 1200, size=(count, size, size))
             cube[3] += 600 * c  # B04
             cube[:, : size // 2, : size // 2] += 300 * c
-            write_tif(root / name / f"{name}_{n}.tif", cube)
+            write_tif(root / name / f"{name}_{n}.tif", cube / 10_000 if dtype == "float32" else cube, dtype)
     return root
 
 
@@ -94,11 +97,52 @@ def test_bad_files_are_named_together_and_the_folder_is_only_read(tmp_path):
         dm.setup("fit")
     message = str(caught.value)
     assert "Forest_2.tif: has 10 bands without names; expected 13" in message
-    assert "River_3.tif: bands are float32, expected uint16" in message
+    assert "River_3.tif: bands are float32, expected uint16 as the run's patches are" in message
     assert "SeaLake_4.tif: cannot read as a GeoTIFF" in message
     assert "SeaLake_5.tif: cannot read as a GeoTIFF" in message
     assert "SeaLake_6.tif: is 20x20 pixels, expected 16x16" in message
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before, "the user's folder was written to"
+
+
+def test_float_reflectance_trains_and_predicts_and_nan_is_a_bad_file(tmp_path):
+    folder = make_folder(tmp_path / "user", dtype="float32")
+    nan = band_cube(13, 16).astype("float32") / 10_000
+    nan[2, 3, 4] = np.nan
+    write_tif(folder / "River" / "River_7.tif", nan, "float32")  # no nodata tag: NaN is damage
+    with pytest.raises(BadFileError, match="1 of 19 GeoTIFF patches cannot be used") as caught:
+        fit("multispectral3d", tmp_path, "--data.data_dir", str(folder), "--trainer.fast_dev_run", "true")
+    assert "River_7.tif: 1 of 3328 pixels are NaN or infinite; expected finite values" in str(caught.value)
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (folder / "River" / "River_7.tif").rename(inputs / "nan.tif")
+    shutil.copy(folder / "Forest" / "Forest_1.tif", inputs)
+    write_tif(inputs / "uint16.tif", band_cube(13, 16))
+    run = fit("multispectral3d", tmp_path, "--data.data_dir", str(folder), "--trainer.max_epochs", "1",
+              "--data.batch_size", "6", "--evaluate", "false", *SMALL_MODEL)  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, weights_only=True)["MultispectralDataModule"]
+    assert state["dtype"] == "float32" and 0.05 < float(state["band_mean"][0]) < 0.15  # learnt from 0..1 values
+    _, datamodule = rebuild(ckpt, run, {"data_dir": folder})
+    one = np.full((2, 1, 1), 0.25, np.float32)
+    assert datamodule.reflectance(one).tolist() == one.tolist()  # the class spectra plot is in reflectance
+    assert MultispectralDataModule().reflectance(one * 10_000).tolist() == one.tolist()
+    main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(tmp_path / "out")])
+    lines = {Path(line["path"]).name: line for line in map(json.loads, (tmp_path / "out" / "predictions.jsonl").open())}
+    assert set(lines["Forest_1.tif"]["probabilities"]) == {"Forest", "River", "SeaLake"}
+    assert "nan.tif: 1 of 3328 pixels are NaN or infinite" in lines["nan.tif"]["error"]
+    assert "uint16.tif: bands are uint16, expected float32 as the run's patches are" in lines["uint16.tif"]["error"]
+
+
+def test_nan_nodata_pixels_are_filled(tmp_path):
+    """A file whose nodata tag is NaN marks its NaN pixels as nodata: they take the band's mean."""
+    cube = band_cube(13, 4).astype("float32")
+    cube[0, 0, 0] = np.nan
+    values = GeoTiffReader(["B01"])(write_tif(tmp_path / "holed.tif", cube, "float32", nodata=np.nan))
+    assert values[0, 0, 0] == 100 and np.isfinite(values).all()
+    cube[0, 1, 1] = np.inf  # not nodata: damage
+    with pytest.raises(BadFileError, match="inf.tif: 1 of 16 pixels are NaN or infinite"):
+        GeoTiffReader(["B01"])(write_tif(tmp_path / "inf.tif", cube, "float32", nodata=np.nan))
 
 
 def test_unknown_band_names_are_refused(tmp_path):
@@ -234,3 +278,115 @@ def test_read_input_normalises_with_the_restored_statistics(tmp_path):
     datamodule.restore_preprocessing(state | {"patch_size": [16, 16]})
     with pytest.raises(BadFileError, match="is 8x8 pixels, expected 16x16"):
         datamodule.read_input(path)
+
+
+# --- BigEarthNet-S2: one folder per patch, one GeoTIFF per band at its own resolution ------------
+
+#: BigEarthNet-S2's 12 bands (no B10) and their ground resolution in metres
+BIGEARTHNET = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10,
+               "B8A": 20, "B09": 60, "B11": 20, "B12": 20}  # fmt: skip
+
+
+def write_bigearthnet(root, patches, size=24, seed=0):
+    """``root/<patch>/<patch>_<band>.tif`` for each band at its native resolution (10 m bands
+    ``size`` pixels a side, 20 m half, 60 m a sixth) with the patch's UTM transform, and
+    ``<patch>_labels_metadata.json``, as BigEarthNet-S2 v1.0 ships them. ``patches`` maps a
+    patch name to its labels; a patch's class shows in its red band (B04) and a bright square."""
+    rng = np.random.default_rng(seed)
+    classes = sorted({label for labels in patches.values() for label in labels})
+    for n, (name, labels) in enumerate(patches.items()):
+        folder = root / name
+        x0, y0 = 500_000 + 1200 * n, 5_000_000
+        for band, metres in BIGEARTHNET.items():
+            side = size * 10 // metres
+            cube = rng.integers(800, 1200, size=(1, side, side))
+            c = classes.index(labels[0])
+            cube[0, : side // 2, : side // 2] += 300 * c
+            if band == "B04":
+                cube += 600 * c
+            write_tif(folder / f"{name}_{band}.tif", cube, transform=Affine(metres, 0, x0, 0, -metres, y0))
+        metadata = {
+            "labels": labels,
+            "coordinates": {"ulx": x0, "uly": y0, "lrx": x0 + 10 * size, "lry": y0 - 10 * size},
+            "projection": 'PROJCS["WGS 84 / UTM zone 32N"]',
+            "tile_source": "S2A_MSIL1C_20170613T101031_N0205_R022_T32TQR_20170613T101608",
+            "acquisition_date": "2017-06-13 10:10:31",
+        }
+        (folder / f"{name}_labels_metadata.json").write_text(json.dumps(metadata))
+    return root
+
+
+def bigearthnet_patches(per_class=4, classes=("Coniferous forest", "Pastures")):
+    return {f"S2A_MSIL1C_20170613T101031_{c}_{n}": [label] for c, label in enumerate(classes) for n in range(per_class)}
+
+
+def test_bigearthnet_bands_are_read_together_on_the_10m_grid(tmp_path):
+    root = write_bigearthnet(tmp_path / "ben", {"S2A_patch_0_0": ["Pastures"]}, size=12)
+    dm = MultispectralDataModule(data_dir=str(root))
+    assert dm.class_names == ["Pastures"] and dm.size == (12, 12)
+    assert dm.band_names == ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    cube = dm.reader(root / "S2A_patch_0_0")
+    assert cube.shape == (12, 12, 12) and cube.dtype == np.float32
+    with rasterio.open(root / "S2A_patch_0_0" / "S2A_patch_0_0_B01.tif") as src:  # 60 m: 2 x 2 pixels
+        b01 = src.read(1).astype(np.float32)
+    # bilinear: the corners keep their 60 m pixel's value, the pixels between blend its neighbours
+    assert cube[0, 0, 0] == b01[0, 0] and cube[0, -1, -1] == b01[-1, -1]
+    assert b01.min() <= cube[0].min() and cube[0].max() <= b01.max() and len(np.unique(cube[0])) > 4
+    nearest = MultispectralDataModule(data_dir=str(root), resampling="nearest").reader(root / "S2A_patch_0_0")
+    assert set(np.unique(nearest[0])) == set(np.unique(b01))
+    assert "bilinear" in dm.describe_preprocessing()["read"]
+    with pytest.raises(ValueError, match="data.resampling='linear': expected one of nearest, bilinear"):
+        MultispectralDataModule(data_dir=str(root), resampling="linear")
+
+
+def test_bigearthnet_folder_trains_with_the_default_config_and_predicts_a_patch(tmp_path):
+    root = write_bigearthnet(tmp_path / "BigEarthNet-v1.0", bigearthnet_patches())
+    run = fit("multispectral3d", tmp_path, "--data.data_dir", str(root), "--trainer.max_epochs", "1",
+              "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert checkpoint["datamodule_hyper_parameters"]["resampling"] == "bilinear"
+    assert checkpoint["hyper_parameters"]["class_names"] == ["Coniferous forest", "Pastures"]
+    patch = root / "S2A_MSIL1C_20170613T101031_1_3"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(patch), "--out", str(tmp_path / "out")])
+    (line,) = map(json.loads, (tmp_path / "out" / "predictions.jsonl").open())
+    assert line["path"] == str(patch) and set(line["probabilities"]) == {"Coniferous forest", "Pastures"}
+
+
+def test_bigearthnet_labels_come_from_labels_csv_or_one_label_metadata(tmp_path):
+    patches = bigearthnet_patches(per_class=2)
+    patches["S2A_MSIL1C_20170613T101031_0_0"] = ["Coniferous forest", "Transitional woodland/shrub"]
+    patches["S2A_MSIL1C_20170613T101031_1_1"] = ["Pastures", "Coniferous forest"]
+    root = write_bigearthnet(tmp_path / "ben", patches)
+    with pytest.raises(ValueError, match="2 of 4 patches have several labels") as caught:
+        MultispectralDataModule(data_dir=str(root))
+    message = str(caught.value)
+    assert "\n" not in message and "multi-label classification is not supported yet" in message
+    assert "S2A_MSIL1C_20170613T101031_0_0_labels_metadata.json" in message and "labels.csv" in message
+    # A labels.csv (patch,label; as Excel saves it, with a byte-order mark) gives one label per patch.
+    rows = [("patch", "label"), *((name, labels[0]) for name, labels in patches.items())]
+    (root / "labels.csv").write_text("\ufeff" + "\n".join(",".join(row) for row in rows) + "\n")
+    dm = MultispectralDataModule(data_dir=str(root))
+    assert dm.class_names == ["Coniferous forest", "Pastures"]
+    assert sorted(dm.list_samples())[:2] == [
+        ("S2A_MSIL1C_20170613T101031_0_0", 0),
+        ("S2A_MSIL1C_20170613T101031_0_1", 0),
+    ]
+
+
+def test_on_bad_file_skip_leaves_bad_patches_out_with_one_warning(tmp_path):
+    folder = make_folder(tmp_path / "user", dtype="float32")
+    nan = band_cube(13, 16).astype("float32") / 10_000
+    nan[0, 0, 0] = np.inf
+    write_tif(folder / "River" / "River_2.tif", nan, "float32")
+    (folder / "SeaLake" / "SeaLake_3.tif").write_text("not a tiff")
+    dm = MultispectralDataModule(data_dir=str(folder), on_bad_file="skip")
+    with pytest.warns(UserWarning, match="skipping 2 of 18 GeoTIFF patches") as caught:
+        dm.setup("fit")
+    (message,) = [str(w.message) for w in caught if "skipping" in str(w.message)]
+    assert "River_2.tif: 1 of 3328 pixels are NaN or infinite" in message and "SeaLake_3.tif: cannot read" in message
+    used = [i for s in ("train", "val", "test") for i in dm.datasets[s].ids]
+    assert len(used) == 16 and "River/River_2.tif" not in used and "SeaLake/SeaLake_3.tif" not in used
+    assert torch.isfinite(dm.band_stats[0]).all()
+    with pytest.raises(ValueError, match="data.on_bad_file='ignore': expected 'error' or 'skip'"):
+        MultispectralDataModule(data_dir=str(folder), on_bad_file="ignore")

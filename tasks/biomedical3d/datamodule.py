@@ -45,7 +45,7 @@ from monai.transforms import (
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
-from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
+from cnnsuite.data import BadFileError, Input, TaskDataModule, check_finite, check_folder, report_bad_files
 from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError, MissingFileError
@@ -90,7 +90,8 @@ def declared_size(path: str | Path) -> tuple[list[int], str] | None:
 
 
 class LoadVolumed(MapTransform):
-    """MONAI's ``LoadImage`` with channel first, checked to be one 3D volume; any failure
+    """MONAI's ``LoadImage`` with channel first, checked to be one 3D volume of finite values
+    (none of its formats has a nodata convention to fill NaN from); any failure
     names the file (a truncated ``.nii.gz`` otherwise surfaces as a bare ``EOFError``). A file
     whose header declares more voxels than :mod:`cnnsuite.data.limits` allows is refused
     before its voxels are read."""
@@ -113,6 +114,7 @@ class LoadVolumed(MapTransform):
             if volume.dim() != 4 or volume.shape[0] != 1:
                 shape = tuple(volume.shape[1:]) if volume.shape[0] == 1 else tuple(volume.shape)
                 raise BadFileError(f"{path}: expected a 3D volume, found shape {shape}")
+            check_finite(path, volume, "voxels")
             data[key] = volume
         return data
 

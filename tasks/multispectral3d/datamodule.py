@@ -1,5 +1,13 @@
-"""Where multispectral3d's samples come from: GeoTIFF patches in the EuroSAT-MS layout,
-``<Class>/<Class>_<n>.tif``, read with rasterio.
+"""Where multispectral3d's samples come from: GeoTIFF patches read with rasterio, in one of
+two layouts:
+
+- EuroSAT-MS: ``<Class>/<Class>_<n>.tif``, one file of every band per patch, the class its folder;
+- BigEarthNet-S2: ``<patch>/<patch>_<band>.tif``, one folder per patch and one single-band file
+  per band at the band's own resolution (10, 20 or 60 m), with
+  ``<patch>/<patch>_labels_metadata.json`` holding ``"labels"``. A patch's bands are read
+  together, each resampled (``resampling``, bilinear by default) onto the grid of its finest
+  band. Its class is its row of ``labels.csv`` (columns ``patch,label``) where the folder has
+  one, else the one label of its metadata; multi-label classification is not supported yet.
 
 A sample is a cube of bands × H × W. The bands are named, never indexed: EuroSAT-MS files
 hold B01 … B12 and then B8A (last, not after B08), and ``bands`` picks a subset by name in
@@ -21,13 +29,17 @@ a 10 m transform as Sentinel-2 tiles have, under ``data_root/multispectral3d``.
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from torch.utils.data import Dataset
@@ -36,7 +48,9 @@ from cnnsuite.data import (
     BadFileError,
     Input,
     TaskDataModule,
+    check_finite,
     check_folder,
+    check_on_bad_file,
     list_classes,
     list_samples,
     report_bad_files,
@@ -45,11 +59,18 @@ from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.limits import check_size
 from cnnsuite.errors import ConfigError
 
-from .default_data import BANDS, CLASSES, patch
+from .default_data import BANDS, CLASSES, WAVELENGTHS, patch
 
 EXTENSIONS = (".tif", ".tiff")
 LAYOUTS = ("cube", "channels", "mean")
-DTYPE = "uint16"
+#: rasterio's resampling methods offered to bring a band of coarser resolution onto a patch's grid
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
+LABELS_CSV = "labels.csv"
+METADATA = "_labels_metadata.json"  # BigEarthNet-S2: <patch>/<patch>_labels_metadata.json
+#: reflectance as Sentinel-2 L1C/L2A products store it (digital numbers, 10,000 = 1) or as
+#: processing chains write surface reflectance (floats, 1 = 1); the statistics learnt from the
+#: training split put either on one scale, so a run takes one and refuses the other
+DTYPES = ("uint16", "float32", "float64")
 TRUE_COLOUR = ("B04", "B03", "B02")
 FALSE_COLOUR = ("B08", "B04", "B03")  # vegetation red: NIR shown as red
 
@@ -69,31 +90,108 @@ def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | N
     )
 
 
+def band_files(folder: Path) -> dict[str, Path]:
+    """``band → file`` of a patch folder in the BigEarthNet-S2 layout (``<patch>/<patch>_<band>.tif``),
+    bands in wavelength order; empty for any other folder."""
+    found = {}
+    for path in folder.iterdir():
+        stem, dot, extension = path.name.rpartition(".")
+        prefix, _, band = stem.rpartition("_")
+        if dot and f".{extension.lower()}" in EXTENSIONS and prefix == folder.name and band in BANDS:
+            found[band] = path
+    return {band: found[band] for band in sorted(found, key=lambda b: WAVELENGTHS[BANDS.index(b)])}
+
+
+def fill_nodata(data: np.ma.MaskedArray) -> np.ndarray:
+    """float32 ``(bands, H, W)`` of a masked read, each nodata pixel the mean of its band's valid ones."""
+    values = data.data.astype(np.float32)
+    if np.ma.is_masked(data):
+        fill = data.astype(np.float32).mean(axis=(1, 2)).filled(0.0)
+        values = np.where(np.ma.getmaskarray(data), fill[:, None, None], values).astype(np.float32)
+    return values
+
+
 class GeoTiffReader:
-    """Reads the ``bands`` of GeoTIFF patches of one ``size`` as float32 ``(len(bands), H, W)``.
+    """Reads the ``bands`` of GeoTIFF patches of one ``size`` and one ``dtype`` as float32
+    ``(len(bands), H, W)``: a patch is one file of all its bands, or a folder of one file per
+    band (the BigEarthNet-S2 layout), whose bands are resampled with ``resampling`` onto the
+    grid of its finest band.
 
-    ``bands=None`` reads every band of a file. Nodata pixels (the file's nodata value) take
-    the mean of the band's valid pixels, so a normalised nodata pixel is near zero rather
-    than a spike. Every failure is a :class:`BadFileError` naming the file."""
+    ``bands=None`` reads every band of a patch, ``dtype=None`` any of :data:`DTYPES`. Nodata
+    pixels (the file's nodata value, NaN included) take the mean of the band's valid pixels,
+    so a normalised nodata pixel is near zero rather than a spike; any other NaN or infinity
+    is damage. Every failure is a :class:`BadFileError` naming the file."""
 
-    def __init__(self, bands: list[str] | None, size: tuple[int, int] | None = None) -> None:
-        self.bands, self.size = bands, size
+    def __init__(
+        self,
+        bands: list[str] | None,
+        size: tuple[int, int] | None = None,
+        dtype: str | None = None,
+        resampling: str = "bilinear",
+    ) -> None:
+        self.bands, self.size, self.dtype, self.resampling = bands, size, dtype, resampling
+
+    def check_pixels(self, path: Path, src, size: tuple[int, int]) -> None:
+        """The run's data type and patch ``size`` (a file's, or a band folder's finest band's)."""
+        dtypes = ", ".join(sorted(set(src.dtypes)))
+        if len(set(src.dtypes)) != 1 or src.dtypes[0] not in DTYPES:
+            raise BadFileError(f"{path}: bands are {dtypes}, expected {' or '.join(DTYPES)} reflectance")
+        if self.dtype is not None and src.dtypes[0] != self.dtype:
+            raise BadFileError(f"{path}: bands are {dtypes}, expected {self.dtype} as the run's patches are")
+        if self.size is not None and tuple(size) != tuple(self.size):
+            raise BadFileError(
+                f"{path}: is {size[0]}x{size[1]} pixels, "
+                f"expected {self.size[0]}x{self.size[1]} as the run's patches are"
+            )
 
     def select(self, path: Path, src) -> tuple[list[int], list[str]]:
         """rasterio's 1-based indexes and the names of the bands to read from the open ``src``."""
-        if len(set(src.dtypes)) != 1 or src.dtypes[0] != DTYPE:
-            raise BadFileError(f"{path}: bands are {', '.join(sorted(set(src.dtypes)))}, expected {DTYPE} reflectance")
-        if self.size is not None and (src.height, src.width) != tuple(self.size):
-            raise BadFileError(
-                f"{path}: is {src.height}x{src.width} pixels, "
-                f"expected {self.size[0]}x{self.size[1]} as the run's patches are"
-            )
+        self.check_pixels(path, src, (src.height, src.width))
         names = band_names(path, src.count, src.descriptions, self.bands)
+        wanted = self.wanted(path, names)
+        return [names.index(b) + 1 for b in wanted], wanted
+
+    def wanted(self, path: Path, names: list[str]) -> list[str]:
+        """The bands to read of a patch that has ``names``; an error names the missing ones."""
         wanted = list(self.bands or names)
         missing = [b for b in wanted if b not in names]
         if missing:
             raise BadFileError(f"{path}: has no band {', '.join(missing)}; its bands are {', '.join(names)}")
-        return [names.index(b) + 1 for b in wanted], wanted
+        return wanted
+
+    def header(self, path: Path) -> tuple[list[str], tuple[int, int], str]:
+        """``(band names read, (height, width), dtype)`` of a patch, from its headers only."""
+        if path.is_dir():
+            with ExitStack() as stack:
+                bands, size = self.open_bands(path, stack)
+                return list(bands), size, next(iter(bands.values())).dtypes[0]
+        with self.open(path) as src:
+            return self.select(path, src)[1], (src.height, src.width), src.dtypes[0]
+
+    def open_bands(self, folder: Path, stack: ExitStack) -> tuple[dict, tuple[int, int]]:
+        """``(band → open file, grid)`` of a band folder's wanted bands, checked; the grid is
+        its finest band's size."""
+        files = band_files(folder)
+        bands = {band: stack.enter_context(self.open(files[band])) for band in self.wanted(folder, list(files))}
+        for band, src in bands.items():
+            if src.count != 1:
+                raise BadFileError(f"{files[band]}: has {src.count} bands, expected one ({band})")
+        size = max((src.height, src.width) for src in bands.values())
+        for band, src in bands.items():
+            self.check_pixels(files[band], src, size)
+        return bands, size
+
+    def read_bands(self, folder: Path) -> np.ndarray:
+        """A band folder's bands, each resampled onto the patch's grid."""
+        with ExitStack() as stack:
+            bands, size = self.open_bands(folder, stack)
+            layers = []
+            for src in bands.values():
+                try:
+                    layers.append(src.read(1, out_shape=size, resampling=Resampling[self.resampling], masked=True))
+                except RasterioError as err:  # truncated or damaged pixel data
+                    raise BadFileError(f"{src.name}: cannot read as a GeoTIFF ({err})") from None
+        return fill_nodata(np.ma.stack(layers))
 
     def open(self, path: Path):
         """The file opened by rasterio, which reads its header only; one that declares more
@@ -111,16 +209,16 @@ class GeoTiffReader:
         return src
 
     def __call__(self, path: Path) -> np.ndarray:
-        with self.open(path) as src:
-            indexes, _ = self.select(path, src)
-            try:
-                data = src.read(indexes, masked=True)
-            except RasterioError as err:  # truncated or damaged pixel data
-                raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
-        values = data.data.astype(np.float32)
-        if np.ma.is_masked(data):
-            fill = data.astype(np.float32).mean(axis=(1, 2)).filled(0.0)
-            values = np.where(np.ma.getmaskarray(data), fill[:, None, None], values).astype(np.float32)
+        if path.is_dir():
+            values = self.read_bands(path)
+        else:
+            with self.open(path) as src:
+                indexes, _ = self.select(path, src)
+                try:
+                    values = fill_nodata(src.read(indexes, masked=True))
+                except RasterioError as err:  # truncated or damaged pixel data
+                    raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
+        check_finite(path, values, "pixels")
         return values
 
 
@@ -190,6 +288,11 @@ class MultispectralDataModule(TaskDataModule):
     ``cache_limit_mb``: a split whose reflectances fit is read once and kept in memory
     (:mod:`cnnsuite.data.cache`).
     ``bands``: band names to read, in the order given (default: every band of the files).
+    ``resampling``: how a band folder's bands of coarser resolution are brought onto its finest
+    band's grid (a rasterio method, :data:`RESAMPLINGS`).
+    ``on_bad_file``: ``error`` (default) stops naming every patch that cannot be used (wrong
+    bands, size or data type, unreadable, NaN or infinity); ``skip`` leaves them out of the run
+    with one warning listing them.
     ``default_size`` patches per class, of ``default_patch`` pixels, make the embedded default.
     """
 
@@ -203,6 +306,8 @@ class MultispectralDataModule(TaskDataModule):
         layout: str = "cube",
         augment: bool = True,
         cache_limit_mb: float = 1024,
+        resampling: str = "bilinear",
+        on_bad_file: str = "error",
         default_size: int = 100,
         default_patch: int = 64,
         batch_size: int = 32,
@@ -215,20 +320,32 @@ class MultispectralDataModule(TaskDataModule):
         check_cache_limit(cache_limit_mb)
         if bands is not None and (not bands or len(set(bands)) != len(bands)):
             raise ConfigError(f"data.bands={bands}: expected distinct band names, e.g. [B02, B03, B04, B08]")
+        if resampling not in RESAMPLINGS:
+            raise ConfigError(f"data.resampling={resampling!r}: expected one of {', '.join(RESAMPLINGS)}")
+        check_on_bad_file(on_bad_file)
+        #: the patches read by a check so far, and the bad ones among them (by id)
+        self.checked: set[str] = set()
+        self.bad: set[str] = set()
+        #: ``patch folder → label`` in the band-folder layout (BigEarthNet-S2), else None
+        self.patch_labels: dict[str, str] | None = None
         if data_dir is None:
             # Band names are checked against the default's in prepare_data: a checkpoint of a run
             # on the user's own bands rebuilds this branch for prediction (see restore_preprocessing).
             self.class_names = list(CLASSES)
             self.band_names, self.size = list(bands or BANDS), (default_patch, default_patch)
+            self.dtype = DTYPES[0]
         else:
             root = check_folder(data_dir)
-            self.class_names = list_classes(root, EXTENSIONS)
-            first = root / list_samples(root, self.class_names[:1], EXTENSIONS)[0][0]
-            reader = GeoTiffReader(bands)
-            with reader.open(first) as src:
-                self.band_names, self.size = reader.select(first, src)[1], (src.height, src.width)
+            self.patch_labels = read_patch_labels(root)
+            if self.patch_labels is None:
+                self.class_names = list_classes(root, EXTENSIONS)
+                first = root / list_samples(root, self.class_names[:1], EXTENSIONS)[0][0]
+            else:
+                self.class_names = sorted(set(self.patch_labels.values()))
+                first = root / next(iter(self.patch_labels))
+            self.band_names, self.size, self.dtype = GeoTiffReader(bands, resampling=resampling).header(first)
         self.in_channels = len(self.band_names) if layout == "channels" else 1
-        self.reader = GeoTiffReader(self.band_names, self.size)
+        self.reader = GeoTiffReader(self.band_names, self.size, self.dtype, resampling)
         #: per-band mean and standard deviation of the training split (set by ``setup`` or a checkpoint)
         self.band_stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -249,7 +366,7 @@ class MultispectralDataModule(TaskDataModule):
         rng = np.random.default_rng(20261125)
         size = self.hparams.default_patch
         crs = CRS.from_epsg(32632)  # WGS 84 / UTM zone 32N, as a Sentinel-2 tile over central Europe
-        profile = dict(driver="GTiff", dtype=DTYPE, count=len(BANDS), height=size, width=size, crs=crs)
+        profile = dict(driver="GTiff", dtype=self.dtype, count=len(BANDS), height=size, width=size, crs=crs)
         for name in CLASSES:
             (folder / name).mkdir()
             for n in range(1, self.hparams.default_size + 1):
@@ -261,22 +378,41 @@ class MultispectralDataModule(TaskDataModule):
                     dst.descriptions = BANDS
 
     def list_samples(self) -> list[tuple[str, int]]:
+        if self.patch_labels is not None:
+            return [(name, self.class_names.index(label)) for name, label in self.patch_labels.items()]
         return list_samples(self.root, self.class_names, EXTENSIONS)
 
+    def is_input(self, path: Path) -> bool:
+        """A GeoTIFF, or a patch folder of one GeoTIFF per band (BigEarthNet-S2)."""
+        return bool(band_files(path)) if path.is_dir() else super().is_input(path)
+
     def check_samples(self, ids: list[str]) -> None:
-        """Read every file once (header and pixels), then name all the bad ones together."""
+        """Read every patch once (headers and pixels), then name all the bad ones together: one
+        error, or with ``on_bad_file: skip`` one warning, and they are left out (:meth:`usable`)."""
         errors = []
         for sample_id in ids:
             try:
                 self.reader(self.root / sample_id)
             except BadFileError as err:
                 errors.append(err)
-        report_bad_files(errors, len(ids), what="GeoTIFF patches")
+                self.bad.add(sample_id)
+        self.checked |= set(ids)
+        report_bad_files(errors, len(ids), self.hparams.on_bad_file, what="GeoTIFF patches")
+
+    def usable(self, ids: list[str]) -> list[str]:
+        """``ids`` less the bad patches ``on_bad_file: skip`` leaves out, reading those not checked
+        yet (a split evaluated without training); with ``error`` a bad patch is named when read."""
+        if self.hparams.on_bad_file == "error":
+            return ids
+        unchecked = [i for i in ids if i not in self.checked]
+        if unchecked:
+            self.check_samples(unchecked)
+        return [i for i in ids if i not in self.bad]
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.band_stats is None:
-            self.band_stats = self.compute_band_stats(self.splits["train"])
+            self.band_stats = self.compute_band_stats(self.usable(self.splits["train"]))
 
     def compute_band_stats(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-band mean and standard deviation over every pixel of ``ids`` (float64 sums)."""
@@ -290,23 +426,30 @@ class MultispectralDataModule(TaskDataModule):
         return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, 1e-6), dtype=torch.float32)
 
     def state_dict(self) -> dict:
-        """The split, the band names, the patch size and the training split's band statistics (tensors)."""
+        """The split, the band names, the patch size and data type, and the training split's
+        band statistics (tensors)."""
         state = super().state_dict()
         if self.band_stats is not None:
             state |= {"bands": self.band_names, "band_mean": self.band_stats[0], "band_std": self.band_stats[1]}
-            state |= {"patch_size": list(self.size)}
+            state |= {"patch_size": list(self.size), "dtype": self.dtype}
         return state
 
     def restore_preprocessing(self, state: dict) -> None:
-        """The run's bands, patch size and band statistics, from the checkpoint alone: a patch
-        is read and normalised as the run's test split was, wherever its training files are."""
+        """The run's bands, patch size, data type and band statistics, from the checkpoint alone:
+        a patch is read and normalised as the run's test split was, wherever its training files are."""
         if "band_mean" not in state:
             raise ConfigError("the checkpoint holds no band statistics; patches cannot be normalised as in its run")
         self.band_names = list(state["bands"])
         # a checkpoint from before the size was saved: any size (the network pools globally)
         self.size = tuple(state["patch_size"]) if "patch_size" in state else None
-        self.reader = GeoTiffReader(self.band_names, self.size)
+        self.dtype = state.get("dtype", DTYPES[0])  # a checkpoint from before floats were read: uint16
+        self.reader = GeoTiffReader(self.band_names, self.size, self.dtype, self.hparams.resampling)
         self.band_stats = (state["band_mean"].float(), state["band_std"].float())
+
+    def reflectance(self, raw: np.ndarray) -> np.ndarray:
+        """Reflectance in 0..1 of values read from the run's patches: ``uint16`` digital numbers
+        are reflectance × 10,000 (as Sentinel-2 products store it), floats are reflectance."""
+        return raw / 10_000 if self.dtype == "uint16" else raw
 
     def describe_channels(self) -> dict:
         """The bands by name, in the order the input holds them, and how they are laid out."""
@@ -320,8 +463,10 @@ class MultispectralDataModule(TaskDataModule):
         }
         mean, std = self.band_stats if self.band_stats is not None else (None, None)
         return {
-            "read": f"a uint16 GeoTIFF of {'x'.join(map(str, self.size)) if self.size else 'any'} px; the bands "
-            f"{', '.join(self.band_names)} by name, in this order; nodata pixels take their band's mean",
+            "read": f"a {self.dtype} GeoTIFF of {'x'.join(map(str, self.size)) if self.size else 'any'} px; the bands "
+            f"{', '.join(self.band_names)} by name, in this order; nodata pixels take their band's mean; "
+            "any other NaN or infinity refuses the file; a patch stored as one file per band (BigEarthNet-S2) has "
+            f"each band resampled onto its finest band's grid, {self.hparams.resampling} (rasterio)",
             "normalisation": {
                 "mean": mean.tolist() if mean is not None else None,
                 "std": std.tolist() if std is not None else None,
@@ -353,6 +498,7 @@ class MultispectralDataModule(TaskDataModule):
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         if self.band_stats is None:
             raise RuntimeError("setup() computes the band statistics before any dataset is built")
+        ids = self.usable(ids)
         labels = dict(self.list_samples())
         return PatchDataset(
             self.root,
@@ -364,3 +510,66 @@ class MultispectralDataModule(TaskDataModule):
             augment=stage == "train" and self.hparams.augment,
             cache_limit_mb=self.hparams.cache_limit_mb,
         )
+
+
+def read_patch_labels(root: Path) -> dict[str, str] | None:
+    """``patch folder → label`` of a folder in the BigEarthNet-S2 layout, sorted by patch; None
+    for any other layout. The labels are ``root/labels.csv``'s (columns ``patch,label``) where
+    there is one, else each patch's one label in its ``<patch>_labels_metadata.json``; patches
+    with several labels are refused together in one line (multi-label classification is not
+    supported yet), missing or unreadable metadata listed all at once."""
+    patches = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and band_files(d))
+    if not patches:
+        return None
+    table = root / LABELS_CSV
+    if table.is_file():
+        return read_labels_csv(table, patches)
+    labels, errors, several = {}, [], []
+    for name in patches:
+        path = root / name / f"{name}{METADATA}"
+        try:
+            found = json.loads(path.read_text(encoding="utf-8-sig"))["labels"]
+        except FileNotFoundError:
+            errors.append(
+                BadFileError(f"{path}: missing; expected the patch's labels, or {table} (columns patch,label)")
+            )
+            continue
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            errors.append(BadFileError(f'{path}: cannot read {{"labels": [...]}} ({type(err).__name__}: {err})'))
+            continue
+        if not isinstance(found, list) or not found or not all(isinstance(x, str) for x in found):
+            errors.append(BadFileError(f'{path}: "labels" is {json.dumps(found)}, expected a list of label names'))
+        elif len(found) > 1:
+            several.append(f"{path}: {json.dumps(found)}")
+        else:
+            labels[name] = found[0]
+    report_bad_files(errors, len(patches), what="patch folders")
+    if several:
+        raise ConfigError(
+            f"{len(several)} of {len(patches)} patches have several labels (e.g. {several[0]}); multi-label "
+            f"classification is not supported yet: give each patch one label in {table} (columns patch,label)"
+        )
+    return labels
+
+
+def read_labels_csv(table: Path, patches: list[str]) -> dict[str, str]:
+    """``patch → label`` rows of a band-folder layout's ``labels.csv``, sorted by patch; each
+    patch must be one of the folder's ``patches``."""
+    with table.open(newline="", encoding="utf-8-sig") as f:  # Excel starts its CSV with a byte-order mark
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"patch", "label"} <= set(reader.fieldnames):
+            raise ConfigError(f"{table}: expected columns patch,label, found {reader.fieldnames}")
+        rows = [
+            ((row["patch"] or "").strip(), (row["label"] or "").strip(), line) for line, row in enumerate(reader, 2)
+        ]
+    known, labels, errors = set(patches), {}, []
+    for name, label, line in rows:
+        if not name or not label:
+            raise ConfigError(f"{table}, line {line}: empty patch or label")
+        if name not in known:
+            errors.append(BadFileError(f"{table}, line {line}: {table.parent / name} is no patch folder of band files"))
+        labels[name] = label
+    if not labels:
+        raise ConfigError(f"{table}: no rows")
+    report_bad_files(errors, len(rows), what="patches")
+    return dict(sorted(labels.items()))

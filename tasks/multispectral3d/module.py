@@ -98,7 +98,9 @@ class MultispectralModule(ClassificationModule):
             ids = [i for i in train if labels[i] == index][:per_class]
             if not ids:
                 continue
-            spectra = np.stack([datamodule.reader(datamodule.root / i).mean(axis=(1, 2)) for i in ids]) / 10_000
+            spectra = datamodule.reflectance(
+                np.stack([datamodule.reader(datamodule.root / i).mean(axis=(1, 2)) for i in ids])
+            )
             mean, std = spectra.mean(0)[order], spectra.std(0)[order]
             xs = np.asarray(x)[order]
             colour = plt.cm.tab20(index % 20)
@@ -106,7 +108,7 @@ class MultispectralModule(ClassificationModule):
             ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.15)
         ax.set_xticks(np.asarray(x)[order], [names[i] for i in order], rotation=90, fontsize=7)
         ax.set_xlabel("band (by centre wavelength)" if known else "band")
-        ax.set_ylabel("reflectance (DN / 10,000)")
+        ax.set_ylabel("reflectance")
         ax.set_title("mean spectrum per class (training split), ± 1 s.d. across patches")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()

@@ -1,7 +1,7 @@
 """Shared data plumbing: prepare-once, splits, class folders, readers that name bad files."""
 
 from .datamodule import TaskDataModule
-from .errors import BadFileError, report_bad_files
+from .errors import BadFileError, check_finite, check_on_bad_file, report_bad_files
 from .folders import check_folder, list_classes, list_samples
 from .image_datamodule import ImageDataModule
 from .images import (
@@ -23,7 +23,9 @@ __all__ = [
     "Input",
     "BadFileError",
     "TaskDataModule",
+    "check_finite",
     "check_folder",
+    "check_on_bad_file",
     "describe_image_preprocessing",
     "find_bad_images",
     "image_channels",

@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-from ..errors import BadFileError
+import numpy as np
+import torch
+
+from ..errors import BadFileError, ConfigError
+
+#: what a datamodule does with the bad files a check finds: stop naming them all, or leave them out
+ON_BAD_FILE = ("error", "skip")
+
+
+def check_on_bad_file(value: str) -> None:
+    if value not in ON_BAD_FILE:
+        raise ConfigError(f"data.on_bad_file={value!r}: expected 'error' or 'skip'")
+
+
+def check_finite(path: str | Path, values: np.ndarray | torch.Tensor, what: str = "values") -> None:
+    """Refuse a file whose decoded ``values`` hold NaN or infinity, naming it: one such value
+    makes every loss and prediction it reaches NaN, with nothing to tell which file it came from."""
+    values = torch.as_tensor(values)
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise BadFileError(f"{path}: {bad} of {values.numel()} {what} are NaN or infinite; expected finite values")
 
 
 def report_bad_files(

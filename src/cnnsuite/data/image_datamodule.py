@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .cache import check_cache_limit
 from .datamodule import TaskDataModule
+from .errors import check_on_bad_file
 from .images import IMAGE_EXTENSIONS
 
 
@@ -31,8 +32,7 @@ class ImageDataModule(TaskDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if on_bad_file not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
+        check_on_bad_file(on_bad_file)
         if channels not in (None, 1, 3):
             raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if image_size < 8:
