@@ -188,16 +188,7 @@ class LocalizationModule(ClassificationModule):
 
     def __init__(
         self,
-        num_classes: int = 10,
-        in_channels: int = 1,
-        class_names: list[str] | None = None,
         spatial_dims: int = 2,
-        backbone: str = "convnet",
-        backbone_kwargs: dict | None = None,
-        head_hidden: list[int] | None = None,
-        head_act: str = "relu",
-        dropout: float = 0.0,
-        label_smoothing: float = 0.0,
         class_head: str = "roi",
         roi_stage: int = -2,
         roi_size: int = 4,
@@ -206,10 +197,10 @@ class LocalizationModule(ClassificationModule):
         box_loss: str = "giou",
         l1_weight: float = 5.0,
         iou_weight: float = 2.0,
-        channels_last: bool = False,
-        backbone_weights: str | None = None,
-        backbone_weights_channels: str = "mean",
+        **kwargs,
     ) -> None:
+        """The box head's settings; the rest are the shared classifier's (``backbone``,
+        ``backbone_kwargs``, ``head_hidden``, ``dropout``, ...)."""
         if spatial_dims != 2:
             raise ConfigError(f"model.spatial_dims={spatial_dims}: localization2d boxes are 2D")
         if box_loss not in BOX_LOSSES:
@@ -218,10 +209,7 @@ class LocalizationModule(ClassificationModule):
             raise ConfigError(f"model.class_head={class_head!r}: expected 'roi' or 'global'")
         if box_grid < 1:
             raise ConfigError(f"model.box_grid={box_grid}: expected at least 1 (1 is global pooling)")
-        super().__init__(
-            num_classes, in_channels, class_names, spatial_dims, backbone, backbone_kwargs, head_hidden, head_act,
-            dropout, label_smoothing, channels_last, backbone_weights, backbone_weights_channels,
-        )  # fmt: skip
+        super().__init__(spatial_dims=spatial_dims, **kwargs)
 
     def configure_models(self) -> None:
         super().configure_models()
