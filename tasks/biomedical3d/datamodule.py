@@ -48,6 +48,7 @@ from torch.utils.data import default_collate
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_finite, check_folder, report_bad_files
 from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
+from cnnsuite.data.textfiles import read_csv
 from cnnsuite.errors import ConfigError, MissingFileError
 
 from .default_data import CLASSES, lesion_volume
@@ -386,18 +387,14 @@ def read_labels_csv(root: Path) -> list[tuple[str, str]]:
     path = root / LABELS_CSV
     if not path.is_file():
         raise MissingFileError(f"{path}: missing; expected a CSV with columns image,label")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"image", "label"} <= set(reader.fieldnames):
-            raise ConfigError(f"{path}: expected columns image,label, found {reader.fieldnames}")
-        rows, missing = [], []
-        for line, row in enumerate(reader, start=2):
-            image, label = (row["image"] or "").strip(), (row["label"] or "").strip()
-            if not image or not label:
-                raise ConfigError(f"{path}, line {line}: empty image or label")
-            if not (root / image).exists():
-                missing.append(BadFileError(f"{path}, line {line}: {root / image} does not exist"))
-            rows.append((image, label))
+    rows, missing = [], []
+    for line, row in enumerate(read_csv(path, ("image", "label")), start=2):
+        image, label = row["image"], row["label"]
+        if not image or not label:
+            raise ConfigError(f"{path}, line {line}: empty image or label")
+        if not (root / image).exists():
+            missing.append(BadFileError(f"{path}, line {line}: {root / image} does not exist"))
+        rows.append((image, label))
     if not rows:
         raise ConfigError(f"{path}: no rows")
     report_bad_files(missing, len(rows), what="volumes")

@@ -1,10 +1,13 @@
-"""Where recognition2d's samples come from: an image folder, ``<class>/<file>``.
+"""Where recognition2d's samples come from: an image folder, ``<class>/<file>`` (files in a
+class folder's sub-folders too), or one split into ``train/<class>/...``, ``val/<class>/...``
+(and ``test/<class>/...``) folders as torchvision's ``ImageFolder`` datasets are shipped.
 
 The embedded default is scikit-learn's 1,797 real handwritten digit scans (8×8, 16 grey
 levels), written once as PNGs under ``data/recognition2d/`` with the digit tasks' shared
 split as ``train.txt``/``val.txt``/``test.txt``, and read back by the same reader as a
-user's folder. Images of any size and mode are decoded by torchvision, brought to
-``channels`` (gray or RGB) and resized to ``image_size`` — LeNet-5 wants 32×32.
+user's folder. Images of any size, mode and bit depth are decoded by torchvision, brought to
+``channels`` (gray or RGB), resized to ``image_size`` — LeNet-5 wants 32×32 — and scaled to
+[0, 1] (:func:`~cnnsuite.data.read_image`).
 """
 
 from __future__ import annotations
@@ -33,29 +36,31 @@ from cnnsuite.data import (
 from cnnsuite.data.augment import BatchRandomAffine
 from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.digits import digit_scans, digit_split
+from cnnsuite.data.images import read_image_with_picture
+from cnnsuite.data.splitfolders import find_split_folders
 from cnnsuite.errors import ConfigError
 
 
 class ImageFolderDataset(Dataset):
     """``(image float tensor (C, H, W), class index)`` for each relative path in ``ids``.
 
-    Files are decoded and resized to ``size`` once, into uint8 images kept in memory, when the
-    split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`). ``transform`` runs on a
-    whole batch ``(N, C, H, W)`` of them (``__getitems__``, PyTorch's batched fetch): scaling,
-    the training split's random affine maps (one per sample) and normalisation.
+    Files are decoded, resized to ``size`` and scaled to [0, 1] once, into float images kept
+    in memory, when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`).
+    ``transform`` runs on a whole batch ``(N, C, H, W)`` of them (``__getitems__``, PyTorch's
+    batched fetch): the training split's random affine maps (one per sample) and normalisation.
     """
 
     def __init__(
-        self, root: Path, ids: list[str], labels: list[int], channels: int, resize: v2.Resize, transform,
+        self, root: Path, ids: list[str], labels: list[int], channels: int, size: tuple[int, int], transform,
         cache_limit_mb: float,
     ) -> None:  # fmt: skip
         self.root, self.ids, self.labels = root, ids, labels
-        self.channels, self.resize, self.transform = channels, resize, transform
-        nbytes = len(ids) * channels * resize.size[0] * resize.size[1]
+        self.channels, self.size, self.transform = channels, size, transform
+        nbytes = len(ids) * channels * size[0] * size[1] * 4  # float32
         self.images = DecodedCache(self.decode, len(ids), nbytes, cache_limit_mb, what=f"{root}: {len(ids)} images")
 
     def decode(self, index: int) -> torch.Tensor:
-        return self.resize(read_image(self.root / self.ids[index], self.channels))
+        return read_image(self.root / self.ids[index], self.channels, self.size)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,8 +95,14 @@ class RecognitionDataModule(ImageDataModule):
             self.in_channels = channels or 1
         else:
             root = check_folder(data_dir)
-            self.class_names = list_classes(root, IMAGE_EXTENSIONS)
-            first = next(root / name for name, _ in list_samples(root, self.class_names[:1], IMAGE_EXTENSIONS))
+            self.split_folders = find_split_folders(root)
+            folders = tuple(self.split_folders.values()) if self.split_folders else ()
+
+            def find_bad(ids: list[str]) -> dict:
+                return find_bad_images(root, ids)
+
+            self.class_names = list_classes(root, IMAGE_EXTENSIONS, find_bad, folders)
+            first = root / list_samples(root, self.class_names, IMAGE_EXTENSIONS, folders)[0][0]
             self.in_channels = channels or image_channels(first)
 
     @property
@@ -110,17 +121,18 @@ class RecognitionDataModule(ImageDataModule):
             (folder / f"{stage}.txt").write_text("".join(f"{ids[i]}\n" for i in indices))
 
     def list_samples(self) -> list[tuple[str, int]]:
-        return list_samples(self.root, self.class_names, IMAGE_EXTENSIONS)
+        folders = tuple(self.split_folders.values()) if self.split_folders else ()
+        return list_samples(self.root, self.class_names, IMAGE_EXTENSIONS, folders)
 
-    def resize(self) -> v2.Resize:
-        """What every split does to a decoded image first (its output is what the cache keeps)."""
-        size = self.hparams.image_size
-        return v2.Resize((size, size), antialias=True)
+    @property
+    def size(self) -> tuple[int, int]:
+        """What every split resizes a decoded image to (the cache keeps it at this size)."""
+        return (self.hparams.image_size, self.hparams.image_size)
 
     def transform(self, stage: str) -> v2.Compose:
-        """What follows the resize, on one image or a batch of them: scaling to [0, 1], in
+        """What follows reading (resized, in [0, 1]), on one image or a batch of them: in
         training random affine maps (one per sample, :class:`BatchRandomAffine`), normalisation."""
-        steps = [v2.ToDtype(torch.float32, scale=True)]
+        steps = []
         if stage == "train" and self.hparams.augment:
             steps.append(BatchRandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
         return v2.Compose([*steps, v2.Normalize(*symmetric_normalisation(self.in_channels))])
@@ -131,10 +143,10 @@ class RecognitionDataModule(ImageDataModule):
         )
 
     def read_input(self, path: Path) -> Input:
-        image = read_image(path, self.in_channels)
-        height, width = image.shape[-2:]
-        sample = self.transform("test")(self.resize()(image))
-        return Input(path, sample, {"width": width, "height": height}, view=image)
+        """The image as the test split reads it; ``view``, which its picture is drawn from, a
+        copy no larger than a picture (:func:`read_image_with_picture`)."""
+        image, picture, (width, height) = read_image_with_picture(path, self.in_channels, self.size)
+        return Input(path, self.transform("test")(image), {"width": width, "height": height}, view=picture)
 
     def check_samples(self, ids: list[str]) -> None:
         if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built
@@ -147,11 +159,9 @@ class RecognitionDataModule(ImageDataModule):
         bad = find_bad_images(self.root, unchecked, decode_channels=self.in_channels if skip else None)
         report_bad_files(list(bad.values()), len(ids), self.hparams.on_bad_file, what=f"{stage} images")
         ids = [i for i in ids if i not in bad]
-        labels = []
-        for sample_id in ids:
-            name = sample_id.split("/")[0]
-            if name not in self.class_names:
-                raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
-            labels.append(self.class_names.index(name))
-        return ImageFolderDataset(self.root, ids, labels, self.in_channels, self.resize(), self.transform(stage),
-                                  self.hparams.cache_limit_mb)  # fmt: skip
+        label_of = dict(self.list_samples())
+        unknown = [i for i in ids if i not in label_of]
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: not an image of a class folder of {self.root} ({self.class_names})")
+        return ImageFolderDataset(self.root, ids, [label_of[i] for i in ids], self.in_channels, self.size,
+                                  self.transform(stage), self.hparams.cache_limit_mb)  # fmt: skip

@@ -53,6 +53,7 @@ from cnnsuite.data import (
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.limits import check_size, max_pixels
 from cnnsuite.data.splits import STAGES
+from cnnsuite.data.textfiles import read_lines
 from cnnsuite.errors import ConfigError
 
 from .default_data import FPS, FRAMES, MOTIONS, write_motion_dataset
@@ -477,12 +478,12 @@ def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] |
     splits, folder_of, label_of = {}, {}, {}
     for stage, file in files.items():
         ids = []
-        for number, line in enumerate(file.read_text().splitlines(), 1):
-            if not line.strip():
+        for number, line in enumerate(read_lines(file), 1):
+            if not line:
                 continue
             # as PyTorchVideo's LabeledVideoPaths.from_csv: the last token is the label, if any
             # (-1, its "no label", is ignored like a missing one)
-            parts = line.strip().rsplit(None, 1)
+            parts = line.rsplit(None, 1)
             path, label = (parts[0], parts[1]) if len(parts) == 2 and parts[1].lstrip("-").isdigit() else (line, None)
             label = None if label == "-1" else label
             path = Path(path.strip())

@@ -9,8 +9,9 @@
 - ``prepare_data`` materialises the embedded default once under ``data_root/<task>``,
   with the arguments that generated it recorded beside it; other generation arguments
   get a folder of their own. A folder the user names (``data_dir``) is only ever read.
-- ``setup`` decides the split — a saved ``split_file``, else fixed lists the data brings,
-  else stratified by ``seed`` — checks the files of all of it before training
+- ``setup`` decides the split — a saved ``split_file``, else fixed lists the data brings
+  (``train.txt``..., or split folders ``train/<class>/...`` where the task reads them), else
+  stratified by ``seed`` — checks the files of all of it before training
   (``check_samples``) and saves it as ``splits.json`` in the run folder. The split
   is also the datamodule's ``state_dict``, so it travels inside every checkpoint: evaluation
   and resuming use the run's own split, never one re-derived from today's files.
@@ -29,12 +30,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
+from .folders import is_listed
 from .inputs import Input
 from .prepare import prepare_once
 from .resumable import EpochSampler, pass_seed, resumable, run_seed
+from .splitfolders import splits_from_folders
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
 
 
@@ -82,6 +86,10 @@ class TaskDataModule(L.LightningDataModule):
     tests_other_data: bool = False
     #: file endings that ``cnnsuite predict`` takes from a folder of inputs
     input_extensions: tuple[str, ...] = ()
+    #: ``{stage: folder name}`` when the data comes in split folders (``train/<class>/...``,
+    #: :mod:`cnnsuite.data.splitfolders`), set by a task that reads them; its sample ids then
+    #: start with the folder's name
+    split_folders: dict[str, str] | None = None
 
     def __init__(
         self,
@@ -143,7 +151,7 @@ class TaskDataModule(L.LightningDataModule):
 
     def is_input(self, path: Path) -> bool:
         """Whether ``path``, met in a folder given to ``cnnsuite predict``, is one input."""
-        return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(self.input_extensions)
+        return is_listed(path, self.input_extensions)
 
     def restore_preprocessing(self, state: dict) -> None:
         """Take what the test preprocessing learnt from the training data (statistics, say)
@@ -273,8 +281,13 @@ class TaskDataModule(L.LightningDataModule):
             self._check_known(splits, source)
             return splits
         samples = self.list_samples()
-        ids, labels = zip(*samples, strict=True)
         hp = self.hparams
+        if self.split_folders:
+            splits, note = splits_from_folders(samples, self.split_folders, hp.val_fraction, hp.seed)
+            if note:
+                rank_zero_warn(f"{self.root}: {note}")
+            return splits
+        ids, labels = zip(*samples, strict=True)
         return stratified_split(ids, labels, hp.val_fraction, hp.test_fraction, hp.seed)
 
     def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:

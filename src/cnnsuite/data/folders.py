@@ -1,11 +1,19 @@
-"""The class-folder layout (``root/<class>/<file>``) shared by images, videos and GeoTIFFs."""
+"""The class-folder layout (``root/<class>/<file>``) shared by images, videos and GeoTIFFs.
+
+A class folder is read the way torchvision's ``ImageFolder`` reads it: every file under it,
+in its sub-folders too (``one/more_scans/x.png`` is a sample of class ``one``); hidden files
+and folders (``.DS_Store``, ``.ipynb_checkpoints/``) are not. :func:`list_files` is that one
+listing, for training, evaluation and ``cnnsuite predict`` alike. Where the classes sit under
+split folders (``train/<class>/...``, see :mod:`cnnsuite.data.splitfolders`), ``splits``
+names those folders.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ..errors import ConfigError, MissingFileError
+from ..errors import BadFileError, ConfigError, MissingFileError
 
 
 def check_folder(root: str | Path, key: str = "data.data_dir") -> Path:
@@ -17,31 +25,60 @@ def check_folder(root: str | Path, key: str = "data.data_dir") -> Path:
     return root
 
 
-def list_classes(root: Path, extensions: Iterable[str]) -> list[str]:
-    """Sorted names of the sub-folders of ``root``; each must hold at least one file
-    with one of ``extensions``."""
+def is_listed(path: Path, extensions: Iterable[str], under: Path | None = None) -> bool:
+    """Whether ``path`` is a file that a listing takes: one of ``extensions``, and neither it
+    nor a folder between ``under`` and it hidden."""
+    hidden = any(part.startswith(".") for part in (path.relative_to(under) if under else Path(path.name)).parts)
+    return not hidden and path.name.lower().endswith(tuple(e.lower() for e in extensions)) and path.is_file()
+
+
+def list_files(folder: Path, extensions: Iterable[str]) -> list[Path]:
+    """Every file under ``folder``, sub-folders included, that :func:`is_listed`, sorted."""
+    extensions = tuple(extensions)
+    return sorted(p for p in folder.rglob("*") if is_listed(p, extensions, under=folder))
+
+
+def list_classes(
+    root: Path,
+    extensions: Iterable[str],
+    find_bad: Callable[[list[str]], dict[str, BadFileError]] | None = None,
+    splits: Sequence[str] = (),
+) -> list[str]:
+    """Sorted names of the class folders of ``root`` (with ``splits``, of each of those
+    folders under it: their union); each must hold at least one file with one of
+    ``extensions``. Where one holds none, the error lists every such folder and, given
+    ``find_bad`` (sample ids → their errors), every bad file of the others too: one error
+    names everything to fix."""
     extensions = tuple(e.lower() for e in extensions)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    parents = [root / s for s in splits] or [root]
+    folders = [d for parent in parents for d in sorted(parent.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if not folders:
         raise ConfigError(
             f"{root}: no class folders; expected <class>/<file> with files ending in {', '.join(extensions)}"
         )
-    for name in classes:
-        if not any(_matches(f, extensions) for f in (root / name).iterdir()):
-            raise ConfigError(f"{root / name}: class folder holds no file ending in {', '.join(extensions)}")
+    empty = [d for d in folders if not list_files(d, extensions)]
+    classes = sorted({d.name for d in folders})
+    if empty:
+        problems = [f"{d}: class folder holds no file ending in {', '.join(extensions)}" for d in empty]
+        if find_bad is not None:
+            ids = [i for i, _ in list_samples(root, classes, extensions, splits)]
+            problems += [str(err) for err in find_bad(ids).values()]
+        if len(problems) == 1:
+            raise BadFileError(problems[0])
+        raise BadFileError(f"{root}: {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems))
     return classes
 
 
-def list_samples(root: Path, classes: list[str], extensions: Iterable[str]) -> list[tuple[str, int]]:
-    """``(relative path, class index)`` of every matching file, in a stable order."""
-    extensions = tuple(e.lower() for e in extensions)
+def list_samples(
+    root: Path, classes: list[str], extensions: Iterable[str], splits: Sequence[str] = ()
+) -> list[tuple[str, int]]:
+    """``(path relative to root, class index)`` of every matching file (:func:`list_files`)
+    of each class folder, in a stable order; with ``splits``, of each split folder's."""
+    extensions = tuple(extensions)
     return [
-        (f"{name}/{f.name}", index)
+        (path.relative_to(root).as_posix(), index)
+        for parent in ([root / s for s in splits] or [root])
         for index, name in enumerate(classes)
-        for f in sorted((root / name).iterdir())
-        if _matches(f, extensions)
+        if (parent / name).is_dir()
+        for path in list_files(parent / name, extensions)
     ]
-
-
-def _matches(path: Path, extensions: tuple[str, ...]) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(extensions)

@@ -1,4 +1,9 @@
-"""Image files → uint8 tensors with torchvision's decoders, upright, naming the file on failure.
+"""Image files → float tensors in [0, 1] with torchvision's decoders, upright, naming the file on failure.
+
+One folder may hold 8-bit JPEGs beside 16-bit PNGs or TIFFs (scanners, microscopes): every
+image is scaled by its own type's full range (8-bit values / 255, 16-bit / 65535) as it is
+read, so every file of a folder reads to the same range and type, in training, evaluation and
+prediction alike.
 
 Photos from phones and cameras are stored as the sensor saw them, with an EXIF orientation
 tag saying how to turn them; every viewer honours it, so that is the image a user labelled.
@@ -12,6 +17,7 @@ sizes are the upright sizes too.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,11 +26,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
 
 from .errors import BadFileError
 from .limits import check_size, max_pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: the longer side, in pixels, of the copy of an image that a picture of a prediction is drawn from
+PICTURE_SIDE = 512
+#: Pillow modes of 16-bit single-channel images (kept at 16 bits, never clipped to 8)
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 #: EXIF orientations that turn the image a quarter turn (width and height swap)
 _TRANSPOSED = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
@@ -38,11 +49,14 @@ def open_image(path: Path) -> Iterator[Image.Image]:
     header does not read, or which declares more pixels than the limit (every frame of a GIF,
     which torchvision decodes all of), raises :class:`BadFileError` naming it."""
     limit = max_pixels("image")
-    if Image.MAX_IMAGE_PIXELS is not None and limit > 2 * Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = limit  # a raised limit raises Pillow's, which refuses past twice its own
+    # Pillow's own limit is ours: it refuses past twice it, and warns of a "decompression
+    # bomb" past it, before the check below can name the file (or accept it, within ours)
+    Image.MAX_IMAGE_PIXELS = limit
     try:
         try:
-            img = Image.open(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
         except Image.DecompressionBombError:  # Pillow's refusal, which names no width or height: ours does
             img = _open_without_pillow_limit(path)
     except _PIL_ERRORS as err:
@@ -59,7 +73,7 @@ def open_image(path: Path) -> Iterator[Image.Image]:
 
 def _open_without_pillow_limit(path: Path) -> Image.Image:
     """``Image.open`` with Pillow's own check off, for a file it refused: the check that
-    follows refuses it too (Pillow's limit is never below ours), with its size in words."""
+    follows refuses it too (Pillow's limit is ours), with its size in words."""
     saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         return Image.open(path)
@@ -67,10 +81,40 @@ def _open_without_pillow_limit(path: Path) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def read_image(path: Path, channels: int) -> torch.Tensor:
-    """``(channels, H, W)``, upright, uint8 (uint16 for a 16-bit PNG: ``ToDtype(...,
-    scale=True)`` scales either); grayscale files are expanded to RGB and RGB reduced to
-    gray as ``channels`` asks. The header is checked (:func:`open_image`) before decoding."""
+def read_image(path: Path, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(channels, H, W)`` float32 in [0, 1], upright, 8- and 16-bit files alike; grayscale
+    files are expanded to RGB and RGB reduced to gray as ``channels`` asks. ``size``: resized
+    to ``(height, width)`` (bilinear, antialiased) before it is made float, so that a large
+    photo costs its decoded bytes, not four times them. The header is checked
+    (:func:`open_image`) before decoding."""
+    return _to_float(_decode(path, channels), size)
+
+
+def read_image_with_picture(
+    path: Path, channels: int, size: tuple[int, int] | None = None, picture_side: int = PICTURE_SIDE
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """``(image, picture, (width, height))`` from one decoding of ``path``: the image as
+    :func:`read_image` gives it, a copy whose longer side is at most ``picture_side`` (aspect
+    kept) for a picture of a prediction to be drawn from, and the file's upright size. The
+    picture of a 144-Mpx photo is then drawn from a quarter of a megapixel, never from the
+    photo made float."""
+    decoded = _decode(path, channels)
+    height, width = decoded.shape[-2:]
+    scale = min(1.0, picture_side / max(height, width))
+    picture = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return _to_float(decoded, size), _to_float(decoded, picture), (width, height)
+
+
+def _to_float(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """``image`` (uint8 or uint16) resized to ``size`` when given and not already it, then
+    scaled by its type's full range to float32 in [0, 1]."""
+    if size is not None and tuple(image.shape[-2:]) != tuple(size):
+        image = F.resize(image, list(size), antialias=True)
+    return F.to_dtype(image, torch.float32, scale=True)
+
+
+def _decode(path: Path, channels: int) -> torch.Tensor:
+    """``(channels, H, W)`` uint8, or uint16 for a 16-bit file, upright."""
     mode = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}.get(channels)
     if mode is None:
         raise ValueError(f"channels={channels}: images are read as 1 (gray) or 3 (RGB) channels")
@@ -82,6 +126,9 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
         # torchvision decodes PNG, JPEG, GIF and WebP; Pillow covers BMP and TIFF.
         try:
             upright = ImageOps.exif_transpose(img)
+            if upright.mode in _SIXTEEN_BIT:  # Pillow's convert() would clip it to 8 bits
+                gray = torch.from_numpy(np.array(upright).astype(np.uint16))
+                return gray.expand(channels, -1, -1).clone()
             array = torch.from_numpy(np.array(upright.convert("L" if channels == 1 else "RGB")))
         except _PIL_ERRORS as err:
             raise BadFileError(f"{path}: cannot decode as an image ({err})") from None

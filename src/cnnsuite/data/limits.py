@@ -13,7 +13,8 @@ machine down. ``CNNSUITE_MAX_PIXELS`` sets one limit for every kind of file, the
 training, ``cnnsuite predict`` and ``cnnsuite serve`` (whose ``--max_pixels`` sets it): an
 environment variable, because every process of a run inherits it (DataLoader workers, DDP
 ranks, LitServe's inference workers), and because a checkpoint, which is untrusted input,
-must not be able to raise it.
+must not be able to raise it. Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) is set to
+the image limit whenever an image is opened, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .errors import BadFileError
 ENV = "CNNSUITE_MAX_PIXELS"
 #: the limit of each kind of file while ``CNNSUITE_MAX_PIXELS`` is unset
 DEFAULTS = {
-    "image": 178_956_970,  # where Pillow itself refuses an image: 2 × PIL.Image.MAX_IMAGE_PIXELS
+    "image": 178_956_970,  # where Pillow's default refuses an image: 2 × its MAX_IMAGE_PIXELS
     "volume": 2**30,  # 1024³ voxels
     "video": 2**30,  # frames × width × height: 38 s of 720p at 30 frames a second (3 GB decoded)
     "geotiff": 2**30,  # 13 bands of 9,000 × 9,000

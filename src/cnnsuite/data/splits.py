@@ -10,6 +10,7 @@ from pathlib import Path
 from sklearn.model_selection import train_test_split
 
 from ..errors import ConfigError
+from .textfiles import read_lines
 
 STAGES = ("train", "val", "test")
 
@@ -71,7 +72,7 @@ def read_split_lists(root: Path) -> dict[str, list[str]] | None:
     if len(present) != len(STAGES):
         missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
         raise ConfigError(f"{root}: found {', '.join(present)} split lists but not {missing}")
-    return {s: [line.strip() for line in files[s].read_text().splitlines() if line.strip()] for s in STAGES}
+    return {s: [line for line in read_lines(files[s]) if line] for s in STAGES}
 
 
 def save_splits(path: Path, splits: dict[str, list[str]]) -> None:

@@ -1,0 +1,47 @@
+"""The one reader of the CSV files and text lists a user brings (labels, split lists).
+
+They come from spreadsheets and editors on every system: Excel starts a "CSV UTF-8" file with
+a byte-order mark (which otherwise sticks to the first column's name, ``'\\ufeffimage'``),
+Windows ends lines with ``\\r\\n``, old Macs with ``\\r``, and spreadsheets quote fields that
+hold commas. Everything here reads ``utf-8-sig`` with universal newlines and the :mod:`csv`
+module's quoting, so each of these reads as the plain file it stands for.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..errors import ConfigError
+
+ENCODING = "utf-8-sig"
+
+
+def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """The rows of the CSV file at ``path`` as ``{column name: value}``, values stripped of
+    surrounding spaces; a header lacking one of ``columns`` (or that does not decode) raises
+    :class:`ConfigError` naming the file and what was expected. A row's line number in the
+    file is its index + 2."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding=ENCODING) as file:
+            reader = csv.DictReader(file)
+            found = [name.strip() for name in reader.fieldnames or []]
+            missing = [c for c in columns if c not in found]
+            if missing:
+                raise ConfigError(f"{path}: expected columns {','.join(columns)}, found {found}")
+            reader.fieldnames = found
+            return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{path}: cannot read as a UTF-8 CSV file ({err})") from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of the text file at ``path``, stripped of surrounding spaces; blank ones are
+    kept (as ``""``), so a line's number in the file is its index + 1."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding=ENCODING)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: cannot read as a UTF-8 text file ({err})") from None
+    return [line.strip() for line in text.splitlines()]

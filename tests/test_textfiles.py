@@ -1,0 +1,31 @@
+"""CSV files and text lists as spreadsheets and editors save them: a byte-order mark, Windows
+or old-Mac line ends, quoted fields."""
+
+from cnnsuite.data import read_split_lists
+from cnnsuite.data.textfiles import read_csv, read_lines
+from cnnsuite.tasks.biomedical3d.datamodule import LABELS_CSV, read_labels_csv
+
+EXCEL_CSV = '\ufeff"image","label"\r\n"a.nii.gz","sick"\r\n"b.nii.gz","well, really"\r\n'
+
+
+def test_text_files_read_as_excel_and_other_editors_write_them(tmp_path):
+    (tmp_path / "labels.csv").write_bytes(EXCEL_CSV.encode("utf-8"))
+    assert read_csv(tmp_path / "labels.csv") == [
+        {"image": "a.nii.gz", "label": "sick"},
+        {"image": "b.nii.gz", "label": "well, really"},
+    ]
+    (tmp_path / "list.txt").write_bytes("\ufeffa/1.png\r\n\r\nb/2.png\rc/3.png  \n".encode())
+    assert read_lines(tmp_path / "list.txt") == ["a/1.png", "", "b/2.png", "c/3.png"]
+
+
+def test_a_labels_csv_saved_by_excel_is_read(tmp_path):
+    (tmp_path / LABELS_CSV).write_bytes(EXCEL_CSV.encode("utf-8"))
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    assert read_labels_csv(tmp_path) == [("a.nii.gz", "sick"), ("b.nii.gz", "well, really")]
+
+
+def test_split_lists_saved_with_a_byte_order_mark_and_windows_line_ends_are_read(tmp_path):
+    for stage in ("train", "val", "test"):
+        (tmp_path / f"{stage}.txt").write_bytes(f"\ufeff{stage}/1.png\r\n{stage}/2.png\r\n".encode())
+    assert read_split_lists(tmp_path)["val"] == ["val/1.png", "val/2.png"]
