@@ -402,6 +402,66 @@ def test_csv_split_lists(video_folder):
         VideoDataModule(data_dir=str(video_folder), **SMALL).setup("fit")
 
 
+def make_split_folders(root: Path, splits: dict[str, int]) -> Path:
+    """Kinetics' layout: ``<split>/<class>/<video>.mp4``, ``splits[split]`` videos a class."""
+    for split, per_class in splits.items():
+        for name, step in (("left", -1), ("right", 1)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                write_bar_video(root / split / name / f"{name}{i}.mp4", 16, step)
+    return root
+
+
+def test_kinetics_split_folders_are_the_split(tmp_path):
+    """``train/<class>/…`` and ``val/<class>/…``: the official val is the test split, validation
+    is carved from train (said once); with a ``test/`` folder the three folders are the split."""
+    root = make_split_folders(tmp_path / "kinetics", {"train": 4, "val": 1})
+    dm = VideoDataModule(data_dir=str(root), **SMALL)
+    assert dm.class_names == ["left", "right"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    said = [str(w.message) for w in caught if "no test folder" in str(w.message)]
+    assert len(said) == 1 and "val/ (2 files) is the test split" in said[0], said
+    assert dm.splits["test"] == ["val/left/left0.mp4", "val/right/right0.mp4"]
+    assert len(dm.splits["val"]) == 2 and all(i.startswith("train/") for i in dm.splits["val"] + dm.splits["train"])
+    assert sorted(dm.splits["val"] + dm.splits["train"]) == [
+        f"train/{c}/{c}{i}.mp4" for c in ("left", "right") for i in range(4)
+    ]
+    assert {dm.class_names[v.label] for v in dm.datasets["test"].videos} == {"left", "right"}
+    assert all(v.id.split("/")[1] == dm.class_names[v.label] for v in dm.datasets["train"].videos)
+
+    make_split_folders(root, {"test": 1})
+    dm = VideoDataModule(data_dir=str(root), **SMALL)
+    dm.setup("fit")
+    assert dm.splits == {
+        stage: [f"{folder}/{c}/{c}{i}.mp4" for c in ("left", "right") for i in range(n)]
+        for stage, folder, n in (("train", "train", 4), ("val", "val", 1), ("test", "test", 1))
+    }
+
+    (root / "test" / "up").mkdir()
+    write_bar_video(root / "test" / "up" / "up0.mp4", 16, 1)
+    with pytest.raises(ValueError, match=r"test/up: class 'up' has no folder in .*train"):
+        VideoDataModule(data_dir=str(root), **SMALL)
+
+
+def test_a_run_on_split_folders_evaluates_and_predicts_from_its_checkpoint(tmp_path):
+    root = make_split_folders(tmp_path / "ucf", {"train": 3, "test": 1})
+    run = fit(tmp_path, "--data.data_dir", str(root), "--data.frame_size", "16", "--trainer.max_epochs", "1")
+    ckpt = run / "checkpoints" / "best.ckpt"
+    splits = torch.load(ckpt, weights_only=True)["VideoDataModule"]["splits"]
+    assert splits["test"] == ["test/left/left0.mp4", "test/right/right0.mp4"]
+    assert sorted(splits["train"] + splits["val"]) == [
+        f"train/{c}/{c}{i}.mp4" for c in ("left", "right") for i in range(3)
+    ]
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(root), "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test/video_acc"] in (0.0, 0.5, 1.0)  # two test videos, from test/
+    main(["predict", "--ckpt", str(ckpt), "--input", str(root / "test" / "left"), "--out", str(tmp_path / "out")])
+    (line,) = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert line["class"] in ("left", "right")
+
+
 def test_video_accuracy_averages_clips_and_counts_repeats_once():
     metric = VideoAccuracy()
 

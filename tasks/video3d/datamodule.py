@@ -1,6 +1,7 @@
-"""Where video3d's clips come from: a class-folder layout of videos, ``<class>/<video>.mp4``.
+"""Where video3d's clips come from: a class-folder layout of videos, ``<class>/<video>.mp4``,
+or Kinetics' split folders of them, ``train/<class>/<video>.mp4``, ``val/<class>/…``.
 
-The layout of UCF101 and Kinetics. Videos are measured with PyTorchVideo's PyAV reader
+The layouts of UCF101 and Kinetics. Videos are measured with PyTorchVideo's PyAV reader
 (``EncodedVideo``, audio off), their frames decoded with PyAV the way that reader decodes a
 clip, but upright: turned by the display-matrix rotation phones write (:func:`upright`), in
 every path that reads a video. They are cut into clips by PyTorchVideo's clip samplers: one random
@@ -31,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import av
 import torch
@@ -54,6 +55,7 @@ from cnnsuite.data import (
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.limits import check_size, max_pixels
+from cnnsuite.data.splitfolders import find_split_folders
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
@@ -325,9 +327,10 @@ class VideoDataModule(TaskDataModule):
       are left out with one warning listing them (``skip``). A video shorter than one clip is
       not bad: its clip is the whole video, last frame held (see :func:`temporal_subsample`),
       and setup says once how many there are.
-    - Splits: ``train.csv``/``val.csv``/``test.csv`` in ``data_dir`` (PyTorchVideo's
-      ``<path> [<label>]`` lines), else ``train.txt``/``val.txt``/``test.txt``, else stratified
-      by ``seed``.
+    - Splits: Kinetics' ``train/<class>/``, ``val/<class>/`` (and ``test/<class>/``) folders
+      (:mod:`cnnsuite.data.splitfolders`), else ``train.csv``/``val.csv``/``test.csv`` in
+      ``data_dir`` (PyTorchVideo's ``<path> [<label>]`` lines), else
+      ``train.txt``/``val.txt``/``test.txt``, else stratified by ``seed``.
     """
 
     default_name = "video3d"
@@ -361,9 +364,13 @@ class VideoDataModule(TaskDataModule):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value}: expected a positive integer")
         if data_dir is None:
-            self.class_names = list(MOTIONS)
+            self.split_folders, self.class_names = None, list(MOTIONS)
         else:
-            self.class_names = list_classes(check_folder(data_dir), VIDEO_EXTENSIONS)
+            root = check_folder(data_dir)
+            self.split_folders = find_split_folders(root, VIDEO_EXTENSIONS)
+            self.class_names = (
+                self.split_folders.classes if self.split_folders else list_classes(root, VIDEO_EXTENSIONS)
+            )
         self.in_channels = 3  # PyAV decodes to RGB
         # Exact seconds: 1/3 s as a float would drift against frame timestamps.
         self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
@@ -391,9 +398,13 @@ class VideoDataModule(TaskDataModule):
         write_motion_dataset(folder, DEFAULT_VIDEOS_PER_CLASS, DEFAULT_SEED)
 
     def list_samples(self) -> list[tuple[str, int]]:
+        if self.split_folders is not None:
+            return [sample for samples in self.split_folders.samples().values() for sample in samples]
         return list_samples(self.root, self.class_names, VIDEO_EXTENSIONS)
 
     def _decide_splits(self) -> dict[str, list[str]]:
+        if self.split_folders is not None and not self.hparams.split_file:
+            return self.split_folders.splits(self.hparams.val_fraction, self.hparams.seed)
         if self.hparams.data_dir is not None and not self.hparams.split_file:
             splits = read_csv_lists(self.root, self.class_names)
             if splits is not None:
@@ -417,7 +428,7 @@ class VideoDataModule(TaskDataModule):
         for sample_id in ids:
             if sample_id in self.checked or sample_id in new:
                 continue
-            name = sample_id.split("/")[0]
+            name = PurePosixPath(sample_id).parent.name  # the class folder, in either layout
             if name not in self.class_names:
                 raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
             try:
