@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from conftest import fit, make_image_folder
 from PIL import Image
 from test_limits import bomb_png
@@ -15,7 +16,6 @@ from cnnsuite.cli import main
 from cnnsuite.data import BadFileError, image_size, read_image
 from cnnsuite.data.images import PICTURE_SIDE
 from cnnsuite.data.limits import ENV
-from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 
 
 def gradient(height, width, top, dtype):

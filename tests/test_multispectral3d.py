@@ -22,7 +22,10 @@ from cnnsuite.use.predict import Predictor
 SMALL_MODEL = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], kernel_size: [3, 3, 3], pool_size: [1, 2, 2]}"]
 
 
-def write_tif(path, data, dtype="uint16", descriptions=None, transform=Affine(10, 0, 500_000, 0, -10, 5_000_000),
+UTM_10M = Affine(10, 0, 500_000, 0, -10, 5_000_000)  # a 10 m grid in a UTM zone, as Sentinel-2 tiles have
+
+
+def write_tif(path, data, dtype="uint16", descriptions=None, transform=UTM_10M,
               **profile):  # fmt: skip
     """A GeoTIFF with a UTM CRS and (by default) a 10 m transform, as EuroSAT-MS's."""
     path.parent.mkdir(parents=True, exist_ok=True)

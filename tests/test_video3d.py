@@ -31,17 +31,35 @@ SMALL = {"frames_per_clip": 4, "frame_size": 16, "clip_duration": 1.0, "val_frac
 CODECS = {".mp4": "libx264", ".mov": "libx264", ".avi": "mpeg4", ".mkv": "libx264", ".webm": "libvpx-vp9"}
 
 
-def write_bar_video(path: Path, frames: int, step: int, fps: int = 8, size: int = 16) -> None:
-    """A bright vertical bar on black, starting at column 3 and moving ``step`` pixels a frame
-    (wrapping around)."""
+def write_bar_video(
+    path: Path,
+    frames: int,
+    step: int,
+    fps: int = 8,
+    size: int = 16,
+    width: int | None = None,
+    rotation: int = 0,
+    lossless: bool = False,
+) -> None:
+    """A bright vertical bar on black, ``size`` high and ``width`` (default: ``size``) wide,
+    starting at column 3 and moving ``step`` pixels a frame (wrapping around at ``size``).
+    ``rotation``: stored as a phone
+    stores it, the pixels turned by ``-rotation`` degrees and the stream's display matrix
+    saying to turn them back by ``rotation`` (counter-clockwise) when shown. ``lossless``:
+    H.264 at ``qp=0``, so that the same picture stored two ways decodes to the same pixels."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(CODECS[path.suffix], rate=fps)
-        stream.width = stream.height = size
+        options = {"qp": "0"} if lossless else {}
+        stream = container.add_stream(CODECS[path.suffix], rate=fps, options=options)
+        width = width or size
+        stream.width, stream.height = (size, width) if rotation % 180 else (width, size)
         stream.pix_fmt = "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
         for t in range(frames):
-            image = np.zeros((size, size, 3), np.uint8)
+            image = np.zeros((size, width, 3), np.uint8)
             image[:, (3 + step * t) % size] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            stored = np.ascontiguousarray(np.rot90(image, k=-rotation // 90))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -100,6 +118,28 @@ def test_uniform_clips_cover_the_video_in_order(video_folder):
     columns = torch.cat([c.mean(dim=(0, 2)).argmax(dim=-1) for c in (first, second)])
     step = 1 if test.videos[video].label == 1 else 15
     assert (torch.diff(columns) % 16 == step).all(), columns  # 16 consecutive frames, none lost or repeated
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])  # a phone held upright writes -90
+@pytest.mark.parametrize("cache_limit_mb", [1024, 0])  # videos decoded once and kept / a clip at a time
+def test_a_phone_video_is_read_upright(tmp_path, rotation, cache_limit_mb):
+    """A video stored sideways with a display-matrix rotation (as phones write it) decodes to
+    the frames of the same video stored upright, 16 high and 24 wide, in both decoding paths."""
+    upright, phone = tmp_path / "upright.mp4", tmp_path / "phone.mp4"
+    write_bar_video(upright, frames=16, step=1, width=24, lossless=True)
+    write_bar_video(phone, frames=16, step=1, width=24, rotation=rotation, lossless=True)
+    with av.open(str(phone)) as container:  # stored sideways, as the phone wrote it
+        frame = next(container.decode(video=0))
+        assert (frame.rotation, frame.height, frame.width) == (
+            (rotation + 180) % 360 - 180,
+            *((24, 16) if rotation % 180 else (16, 24)),
+        )
+    dm = VideoDataModule(cache_limit_mb=cache_limit_mb, frames_per_clip=8, frame_size=16)
+    read = [dm.read_input(path).sample for path in (upright, phone)]
+    torch.testing.assert_close(read[1], read[0], rtol=0, atol=0)
+    frames = video_data.decode_video(phone).frames
+    assert frames.shape == (16, 16, 24, 3)
+    assert frames[..., 0].float().mean(dim=1).argmax(dim=-1).tolist() == [(3 + t) % 16 for t in range(16)]
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +221,34 @@ def test_predict_agrees_with_evaluate_per_clip_and_per_video(tmp_path, trained):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
         hits.append(prediction["class"] == model.class_names[video.label])
     assert sum(hits) / len(hits) == pytest.approx(metrics["test/video_acc"], abs=1e-6)
+
+
+def test_phone_videos_score_and_predict_as_the_same_videos_stored_upright(tmp_path, trained):
+    """The same left and right videos stored upright and as a phone stores them (sideways,
+    with a display-matrix rotation): evaluation scores them alike and prediction gives each
+    the same class and probabilities."""
+    _, run = trained
+    ckpt = str(run / "checkpoints" / "best.ckpt")
+    results = []
+    for rotation in (0, -90):
+        folder = tmp_path / f"rotation{rotation}"
+        for name, step in (("left", -1), ("right", 1)):
+            (folder / name).mkdir(parents=True)
+            for i in range(2):
+                write_bar_video(folder / name / f"{name}{i}.mp4", 16, step, rotation=rotation, lossless=True)
+        out = tmp_path / f"out{rotation}"
+        main(["evaluate", "--ckpt", ckpt, "--data.data_dir", str(folder), "--out", str(out / "eval")])
+        main(["predict", "--ckpt", ckpt, "--input", str(folder / "right"), "--out", str(out / "predict")])
+        metrics = json.loads((out / "eval" / "metrics.json").read_text())
+        lines = [json.loads(line) for line in (out / "predict" / "predictions.jsonl").read_text().splitlines()]
+        results.append((metrics, {Path(line["path"]).name: line for line in lines}))
+    (upright, upright_lines), (phone, phone_lines) = results
+    for key in ("test/acc", "test/video_acc", "test/auroc"):
+        assert phone[key] == pytest.approx(upright[key], abs=1e-6), key
+    assert sorted(phone_lines) == ["right0.mp4", "right1.mp4"]
+    for name, line in phone_lines.items():
+        assert line["class"] == upright_lines[name]["class"]
+        assert line["probabilities"] == pytest.approx(upright_lines[name]["probabilities"], abs=1e-6)
 
 
 def test_a_clip_longer_than_the_embedded_videos_is_refused_only_for_them(tmp_path):
@@ -332,6 +400,66 @@ def test_csv_split_lists(video_folder):
     (video_folder / "val.csv").write_text("left/left3.mp4 1\nright/right3.mp4 1\n")
     with pytest.raises(ValueError, match="val.csv, line 2: label 1 for folder 'right'"):
         VideoDataModule(data_dir=str(video_folder), **SMALL).setup("fit")
+
+
+def make_split_folders(root: Path, splits: dict[str, int]) -> Path:
+    """Kinetics' layout: ``<split>/<class>/<video>.mp4``, ``splits[split]`` videos a class."""
+    for split, per_class in splits.items():
+        for name, step in (("left", -1), ("right", 1)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                write_bar_video(root / split / name / f"{name}{i}.mp4", 16, step)
+    return root
+
+
+def test_kinetics_split_folders_are_the_split(tmp_path):
+    """``train/<class>/…`` and ``val/<class>/…``: the official val is the test split, validation
+    is carved from train (said once); with a ``test/`` folder the three folders are the split."""
+    root = make_split_folders(tmp_path / "kinetics", {"train": 4, "val": 1})
+    dm = VideoDataModule(data_dir=str(root), **SMALL)
+    assert dm.class_names == ["left", "right"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    said = [str(w.message) for w in caught if "no test folder" in str(w.message)]
+    assert len(said) == 1 and "val/ (2 files) is the test split" in said[0], said
+    assert dm.splits["test"] == ["val/left/left0.mp4", "val/right/right0.mp4"]
+    assert len(dm.splits["val"]) == 2 and all(i.startswith("train/") for i in dm.splits["val"] + dm.splits["train"])
+    assert sorted(dm.splits["val"] + dm.splits["train"]) == [
+        f"train/{c}/{c}{i}.mp4" for c in ("left", "right") for i in range(4)
+    ]
+    assert {dm.class_names[v.label] for v in dm.datasets["test"].videos} == {"left", "right"}
+    assert all(v.id.split("/")[1] == dm.class_names[v.label] for v in dm.datasets["train"].videos)
+
+    make_split_folders(root, {"test": 1})
+    dm = VideoDataModule(data_dir=str(root), **SMALL)
+    dm.setup("fit")
+    assert dm.splits == {
+        stage: [f"{folder}/{c}/{c}{i}.mp4" for c in ("left", "right") for i in range(n)]
+        for stage, folder, n in (("train", "train", 4), ("val", "val", 1), ("test", "test", 1))
+    }
+
+    (root / "test" / "up").mkdir()
+    write_bar_video(root / "test" / "up" / "up0.mp4", 16, 1)
+    with pytest.raises(ValueError, match=r"test/up: class 'up' has no folder in .*train"):
+        VideoDataModule(data_dir=str(root), **SMALL)
+
+
+def test_a_run_on_split_folders_evaluates_and_predicts_from_its_checkpoint(tmp_path):
+    root = make_split_folders(tmp_path / "ucf", {"train": 3, "test": 1})
+    run = fit(tmp_path, "--data.data_dir", str(root), "--data.frame_size", "16", "--trainer.max_epochs", "1")
+    ckpt = run / "checkpoints" / "best.ckpt"
+    splits = torch.load(ckpt, weights_only=True)["VideoDataModule"]["splits"]
+    assert splits["test"] == ["test/left/left0.mp4", "test/right/right0.mp4"]
+    assert sorted(splits["train"] + splits["val"]) == [
+        f"train/{c}/{c}{i}.mp4" for c in ("left", "right") for i in range(3)
+    ]
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(root), "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test/video_acc"] in (0.0, 0.5, 1.0)  # two test videos, from test/
+    main(["predict", "--ckpt", str(ckpt), "--input", str(root / "test" / "left"), "--out", str(tmp_path / "out")])
+    (line,) = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert line["class"] in ("left", "right")
 
 
 def test_video_accuracy_averages_clips_and_counts_repeats_once():

@@ -96,13 +96,12 @@ class RecognitionDataModule(ImageDataModule):
         else:
             root = check_folder(data_dir)
             self.split_folders = find_split_folders(root)
-            folders = tuple(self.split_folders.values()) if self.split_folders else ()
 
             def find_bad(ids: list[str]) -> dict:
                 return find_bad_images(root, ids)
 
-            self.class_names = list_classes(root, IMAGE_EXTENSIONS, find_bad, folders)
-            first = root / list_samples(root, self.class_names, IMAGE_EXTENSIONS, folders)[0][0]
+            self.class_names = list_classes(root, IMAGE_EXTENSIONS, find_bad, self.split_folder_names)
+            first = root / self.list_samples()[0][0]
             self.in_channels = channels or image_channels(first)
 
     @property
@@ -121,8 +120,7 @@ class RecognitionDataModule(ImageDataModule):
             (folder / f"{stage}.txt").write_text("".join(f"{ids[i]}\n" for i in indices))
 
     def list_samples(self) -> list[tuple[str, int]]:
-        folders = tuple(self.split_folders.values()) if self.split_folders else ()
-        return list_samples(self.root, self.class_names, IMAGE_EXTENSIONS, folders)
+        return list_samples(self.root, self.class_names, IMAGE_EXTENSIONS, self.split_folder_names)
 
     @property
     def size(self) -> tuple[int, int]:

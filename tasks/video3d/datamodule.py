@@ -1,7 +1,10 @@
-"""Where video3d's clips come from: a class-folder layout of videos, ``<class>/<video>.mp4``.
+"""Where video3d's clips come from: a class-folder layout of videos, ``<class>/<video>.mp4``,
+or Kinetics' split folders of them, ``train/<class>/<video>.mp4``, ``val/<class>/…``.
 
-The layout of UCF101 and Kinetics. Videos are opened with PyTorchVideo's PyAV reader
-(``EncodedVideo``, audio off) and cut into clips by PyTorchVideo's clip samplers: one random
+The layouts of UCF101 and Kinetics. Videos are measured with PyTorchVideo's PyAV reader
+(``EncodedVideo``, audio off), their frames decoded with PyAV the way that reader decodes a
+clip, but upright: turned by the display-matrix rotation phones write (:func:`upright`), in
+every path that reads a video. They are cut into clips by PyTorchVideo's clip samplers: one random
 clip per video per epoch for training (``RandomClipSampler``), every consecutive clip of
 every video for validation and testing (``UniformClipSampler``). Each clip is
 ``clip_duration`` seconds, brought to ``frames_per_clip`` frames by uniform temporal
@@ -21,7 +24,7 @@ after ``len(dataloader)`` batches, losing clips); (2) Lightning cannot put a
 workers it repeats the same video order every epoch; (4) it skips files it cannot decode
 with only a debug log, and returns short clips silently. Here every clip of an epoch is an
 index, so DataLoader workers, DDP and ``len`` are all exact, and every file is checked at
-setup and every bad one named. Decoding and clip sampling are PyTorchVideo's.
+setup and every bad one named. Clip sampling is PyTorchVideo's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import av
 import torch
@@ -52,6 +55,7 @@ from cnnsuite.data import (
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.limits import check_size, max_pixels
+from cnnsuite.data.splitfolders import find_split_folders
 from cnnsuite.data.splits import STAGES
 from cnnsuite.data.textfiles import read_lines
 from cnnsuite.errors import ConfigError
@@ -63,6 +67,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 DEFAULT_VIDEOS_PER_CLASS = 50
 DEFAULT_SEED = 20260104
+#: timestamps (in the stream's time base) to seek before a clip's start, as PyTorchVideo does
+SEEK_MARGIN = 1024
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,8 @@ class VideoRecord:
 
 @dataclass(frozen=True)
 class DecodedVideo:
-    """Every frame of a video, decoded once, with its presentation time: what PyTorchVideo's
-    ``EncodedVideo`` decodes for a clip, kept for every later clip of the video."""
+    """The frames of a video (all of them, kept for every clip of the video, or one clip's)
+    with their presentation times, as :func:`decode_video` gives them."""
 
     frames: torch.Tensor  # (T, H, W, C) uint8, in presentation order
     pts: torch.Tensor  # (T,) int64, in the stream's time base
@@ -155,30 +161,53 @@ def probe_video(path: Path) -> tuple[Fraction, float, int]:
     return duration, fps, frame.width * frame.height * 3
 
 
-def decode_video(path: Path) -> DecodedVideo:
-    """Every frame of the video at ``path``, decoded with PyAV to RGB as PyTorchVideo does
-    (one frame per timestamp); a file that fails part-way is named, and one that holds more
-    frames than its header declared stops at the pixel limit."""
+def upright(frame: av.VideoFrame) -> torch.Tensor:
+    """A decoded frame as ``(H, W, 3)`` uint8 RGB, turned the way a player shows it. Phones
+    store a video sideways and write the turn into the stream's display matrix; PyAV's
+    ``to_ndarray`` (and PyTorchVideo, which calls it) ignores the matrix, so a model would see
+    rightward motion as upward. ``frame.rotation`` is the matrix's counter-clockwise turn."""
+    pixels = torch.from_numpy(frame.to_rgb().to_ndarray())
+    return torch.rot90(pixels, round(frame.rotation / 90) % 4, dims=(0, 1))
+
+
+def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None = None) -> DecodedVideo:
+    """The frames of the video at ``path`` in ``[start, end)`` seconds (default: all of them),
+    decoded with PyAV to RGB, upright (:func:`upright`), one frame per timestamp: every video
+    frame training, evaluation, prediction and serving see comes from here. A time range is
+    decoded as PyTorchVideo's ``EncodedVideoPyAV`` decodes a clip: a seek to the key frame
+    before it, then frames up to its end. A file that fails part-way is named, and one that
+    holds more frames than its header declared stops at the pixel limit."""
     frames: dict[int, torch.Tensor] = {}
     limit, pixels = max_pixels("video"), 0
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            time_base, start_pts = Fraction(stream.time_base), stream.start_time or 0
+            first, last = (
+                bound if t is None else secs_to_pts(t, time_base, start_pts, round_mode="ceil")
+                for t, bound in ((start, -math.inf), (end, math.inf))
+            )
+            if start is not None:  # seeking is imprecise: PyTorchVideo's margin before the start
+                container.seek(max(first - SEEK_MARGIN, 0), any_frame=False, backward=True, stream=stream)
             for frame in container.decode(stream):
+                if frame.pts >= last:
+                    break
+                if frame.pts < first:
+                    continue
                 pixels += frame.width * frame.height
                 if pixels > limit:
                     break
-                frames[frame.pts] = torch.from_numpy(frame.to_rgb().to_ndarray())
-            time_base, start_pts = Fraction(stream.time_base), stream.start_time or 0
+                frames[frame.pts] = upright(frame)
     except (av.FFmpegError, IndexError, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode the video ({type(err).__name__}: {err})") from None
     if pixels > limit:
         what = f"decodes to {len(frames) + 1} frames of {frame.width}x{frame.height} before its end"
         check_size(path, "video", [pixels], what)
-    if not frames:
+    if not frames and start is None:
         raise BadFileError(f"{path}: no decodable video frames")
     order = sorted(frames)
-    return DecodedVideo(torch.stack([frames[p] for p in order]), torch.tensor(order), time_base, start_pts)
+    stacked = torch.stack([frames[p] for p in order]) if frames else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+    return DecodedVideo(stacked, torch.tensor(order, dtype=torch.int64), time_base, start_pts)
 
 
 def uniform_clips(duration: Fraction, clip_duration: Fraction) -> list[Fraction]:
@@ -264,14 +293,8 @@ class ClipDataset(Dataset):
         if start is None:
             start = Fraction(self.random_clips(0, record.duration, {}).clip_start_sec)
         end = start + self.clip_duration
-        if self.decoded.cached:
-            frames = self.decoded[video_index].get_clip(start, end)
-        else:
-            video = open_video(path)
-            try:
-                frames = video.get_clip(start, end)["video"]
-            finally:
-                video.close()
+        video = self.decoded[video_index] if self.decoded.cached else decode_video(path, start, end)
+        frames = video.get_clip(start, end)
         # what the video holds of the clip: a video shorter than one clip ends inside it
         expected = float(min(end, record.duration) - start) * record.fps
         if frames is None or frames.shape[1] < max(1.0, expected / 2):
@@ -305,9 +328,10 @@ class VideoDataModule(TaskDataModule):
       are left out with one warning listing them (``skip``). A video shorter than one clip is
       not bad: its clip is the whole video, last frame held (see :func:`temporal_subsample`),
       and setup says once how many there are.
-    - Splits: ``train.csv``/``val.csv``/``test.csv`` in ``data_dir`` (PyTorchVideo's
-      ``<path> [<label>]`` lines), else ``train.txt``/``val.txt``/``test.txt``, else stratified
-      by ``seed``.
+    - Splits: Kinetics' ``train/<class>/``, ``val/<class>/`` (and ``test/<class>/``) folders
+      (:mod:`cnnsuite.data.splitfolders`), else ``train.csv``/``val.csv``/``test.csv`` in
+      ``data_dir`` (PyTorchVideo's ``<path> [<label>]`` lines), else
+      ``train.txt``/``val.txt``/``test.txt``, else stratified by ``seed``.
     """
 
     default_name = "video3d"
@@ -343,7 +367,9 @@ class VideoDataModule(TaskDataModule):
         if data_dir is None:
             self.class_names = list(MOTIONS)
         else:
-            self.class_names = list_classes(check_folder(data_dir), VIDEO_EXTENSIONS)
+            root = check_folder(data_dir)
+            self.split_folders = find_split_folders(root)
+            self.class_names = list_classes(root, VIDEO_EXTENSIONS, splits=self.split_folder_names)
         self.in_channels = 3  # PyAV decodes to RGB
         # Exact seconds: 1/3 s as a float would drift against frame timestamps.
         self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
@@ -371,10 +397,10 @@ class VideoDataModule(TaskDataModule):
         write_motion_dataset(folder, DEFAULT_VIDEOS_PER_CLASS, DEFAULT_SEED)
 
     def list_samples(self) -> list[tuple[str, int]]:
-        return list_samples(self.root, self.class_names, VIDEO_EXTENSIONS)
+        return list_samples(self.root, self.class_names, VIDEO_EXTENSIONS, self.split_folder_names)
 
     def _decide_splits(self) -> dict[str, list[str]]:
-        if self.hparams.data_dir is not None and not self.hparams.split_file:
+        if self.hparams.data_dir is not None and not self.hparams.split_file and not self.split_folders:
             splits = read_csv_lists(self.root, self.class_names)
             if splits is not None:
                 known = {sample_id for sample_id, _ in self.list_samples()}
@@ -397,7 +423,7 @@ class VideoDataModule(TaskDataModule):
         for sample_id in ids:
             if sample_id in self.checked or sample_id in new:
                 continue
-            name = sample_id.split("/")[0]
+            name = PurePosixPath(sample_id).parent.name  # the class folder, in either layout
             if name not in self.class_names:
                 raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
             try:
@@ -439,7 +465,8 @@ class VideoDataModule(TaskDataModule):
     def describe_preprocessing(self) -> dict:
         hp = self.hparams
         return {
-            "read": "decoded to RGB with PyAV (PyTorchVideo EncodedVideo), audio ignored",
+            "read": "decoded to RGB with PyAV, turned upright by the stream's display-matrix rotation "
+            "(as phones record), audio ignored",
             "clips": f"consecutive clips of {float(self.clip_duration):g} s from the start (PyTorchVideo's "
             "UniformClipSampler, none past the end; a shorter video gives one clip, its last frame held)",
             "frames": f"{hp.frames_per_clip} frames evenly spaced in each clip, first and last kept",

@@ -91,6 +91,12 @@ class TaskDataModule(L.LightningDataModule):
     #: start with the folder's name
     split_folders: dict[str, str] | None = None
 
+    @property
+    def split_folder_names(self) -> tuple[str, ...]:
+        """The split folders' names, training first, for :func:`~cnnsuite.data.list_classes`
+        and :func:`~cnnsuite.data.list_samples`; empty for plain class folders."""
+        return tuple(self.split_folders.values()) if self.split_folders else ()
+
     def __init__(
         self,
         data_dir: str | None = None,

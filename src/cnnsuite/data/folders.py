@@ -44,8 +44,9 @@ def list_classes(
     find_bad: Callable[[list[str]], dict[str, BadFileError]] | None = None,
     splits: Sequence[str] = (),
 ) -> list[str]:
-    """Sorted names of the class folders of ``root`` (with ``splits``, of each of those
-    folders under it: their union); each must hold at least one file with one of
+    """Sorted names of the class folders of ``root`` (with ``splits``, the training folder
+    first, of each of those folders under it: the training folder's, which every other split
+    folder's class must be one of); each must hold at least one file with one of
     ``extensions``. Where one holds none, the error lists every such folder and, given
     ``find_bad`` (sample ids → their errors), every bad file of the others too: one error
     names everything to fix."""
@@ -56,8 +57,11 @@ def list_classes(
         raise ConfigError(
             f"{root}: no class folders; expected <class>/<file> with files ending in {', '.join(extensions)}"
         )
+    classes = sorted({d.name for d in folders if d.parent == parents[0]})
+    for folder in folders:
+        if folder.name not in classes:  # a class the network would never be trained on
+            raise ConfigError(f"{folder}: class {folder.name!r} has no folder in {parents[0]}")
     empty = [d for d in folders if not list_files(d, extensions)]
-    classes = sorted({d.name for d in folders})
     if empty:
         problems = [f"{d}: class folder holds no file ending in {', '.join(extensions)}" for d in empty]
         if find_bad is not None:

@@ -46,7 +46,7 @@ def splits_from_folders(
     note = None
     if "test" not in folders:
         by_stage["test"], by_stage["val"] = by_stage["val"], []
-        note = f"no test folder: the {folders['val']}/ folder is the test split"
+        note = f"no test folder: {folders['val']}/ ({len(by_stage['test'])} files) is the test split"
     if "val" not in folders or "test" not in folders:
         ids, labels = (list(x) for x in zip(*by_stage["train"], strict=True))
         train, val, _ = split_off(ids, labels, val_fraction, seed)
