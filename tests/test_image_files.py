@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
+from cnnsuite.tasks.localization2d.datamodule import LocalizationDataModule
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from conftest import fit, make_image_folder
 from PIL import Image
@@ -64,14 +66,22 @@ def test_8_and_16_bit_images_in_one_folder_train_evaluate_and_predict(tmp_path):
     assert len(lines) == 32 and all("error" not in line for line in lines)
 
 
-def test_a_picture_is_drawn_from_a_copy_the_size_of_the_picture(tmp_path):
-    """A large photo is read once at full size for the network; the picture of its prediction
-    gets a copy no larger than a picture, so memory does not follow the photo's size."""
+@pytest.mark.parametrize(
+    "datamodule, input_shape",
+    [
+        (RecognitionDataModule, (3, 32, 32)),
+        (LocalizationDataModule, (3, 64, 64)),
+        (DetectionDataModule, (3, 1500, 2400)),  # the detector resizes inside itself
+    ],
+)
+def test_a_picture_is_drawn_from_a_copy_the_size_of_the_picture(tmp_path, datamodule, input_shape):
+    """A large photo is read once for the network; the picture of its prediction gets a copy
+    no larger than a picture, so memory does not follow the photo's size."""
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2400, 3), np.uint8)).save(tmp_path / "p.jpg")
-    datamodule = RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "images")))
+    datamodule = datamodule(channels=3)
     item = datamodule.read_input(tmp_path / "p.jpg")
     assert item.meta == {"width": 2400, "height": 1500}
-    assert item.sample.shape == (3, 32, 32)
+    assert item.sample.shape == input_shape
     assert item.view.shape == (3, PICTURE_SIDE * 1500 // 2400, PICTURE_SIDE)
 
 

@@ -34,7 +34,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from cnnsuite.data import IMAGE_EXTENSIONS, Input, TaskDataModule, check_folder, image_channels, read_image
 from cnnsuite.data.coco import (
@@ -51,6 +50,7 @@ from cnnsuite.data.coco import (
     voc_classes,
 )
 from cnnsuite.data.digits import digit_scans, digit_split
+from cnnsuite.data.images import read_image_with_picture
 from cnnsuite.data.splits import STAGES, split_validation
 from cnnsuite.errors import ConfigError
 
@@ -68,7 +68,7 @@ def load_image(path: Path, channels: int) -> torch.Tensor:
     """``(channels, H, W)`` float in [0, 1], the image's own size: all the preprocessing a
     sample gets here, for training, evaluation and prediction alike — the detector resizes
     and normalises inside itself (its ``transform``)."""
-    return TF.to_dtype(read_image(path, channels), torch.float32, scale=True)  # 8- or 16-bit files
+    return read_image(path, channels)
 
 
 def collate(batch):
@@ -257,9 +257,11 @@ class DetectionDataModule(TaskDataModule):
         }
 
     def read_input(self, path: Path) -> Input:
-        """The image as the test split reads it; boxes are predicted in its pixels."""
-        image = load_image(path, self.in_channels)
-        return Input(path, image, {"width": image.shape[2], "height": image.shape[1]})
+        """The image as the test split reads it; boxes are predicted in its pixels. ``view``,
+        which its picture is drawn from, is a copy no larger than a picture
+        (:func:`~cnnsuite.data.images.read_image_with_picture`)."""
+        image, picture, (width, height) = read_image_with_picture(path, self.in_channels)
+        return Input(path, image, {"width": width, "height": height}, view=picture)
 
     def synthetic_batch(self, size: int, generator: torch.Generator | None = None):
         """``(images, targets)`` lists as the loader gives them: canvases of random values the

@@ -494,12 +494,15 @@ class DetectionModule(TaskModule):
 
     def render_prediction(self, item: Input, prediction: dict, path: Path) -> None:
         """The image with its detections drawn as evaluation's ``predictions.png`` draws
-        them; the title says how many scored too low to be drawn."""
+        them (on ``view``, a copy no larger than the picture); the title says how many scored
+        too low to be drawn."""
         found = prediction["detections"]
         index = {name: i for i, name in enumerate(self.class_names)}
+        view = item.view  # a copy of the image no larger than the picture: boxes are scaled onto it
+        scale = torch.tensor([view.shape[-1] / item.meta["width"], view.shape[-2] / item.meta["height"]] * 2)
         picture, below = self.draw_detections(
-            item.view if item.view is not None else item.sample,
-            torch.tensor([d["box"] for d in found], dtype=torch.float32).reshape(-1, 4),
+            view,
+            torch.tensor([d["box"] for d in found], dtype=torch.float32).reshape(-1, 4) * scale,
             torch.tensor([index[d["class"]] for d in found], dtype=torch.int64),
             torch.tensor([d["score"] for d in found], dtype=torch.float32),
         )

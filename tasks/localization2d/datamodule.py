@@ -44,6 +44,7 @@ from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError
 from cnnsuite.data.digits import digit_scans, digit_split
+from cnnsuite.data.images import read_image_with_picture
 from cnnsuite.data.splits import STAGES, split_off
 from cnnsuite.errors import ConfigError
 
@@ -52,7 +53,7 @@ from .readers import CSV_COLUMNS, FORMATS, Sample, detect_format, read_csv_label
 
 
 class BoxTransform:
-    """``finish`` (resize, dtype, normalisation: a ``transforms.v2`` pipeline) applied to an image
+    """``finish`` (normalisation: a ``transforms.v2`` transform) applied to an image
     and its box together; the box comes out in fractions of the result. Random moves come
     before it, on whole batches (:class:`cnnsuite.data.augment.BatchBoxAffine`). :meth:`image`
     runs ``finish`` on an image without a box (prediction on a raw file)."""
@@ -69,8 +70,8 @@ class BoxTransform:
         return image.as_subclass(torch.Tensor), boxes.as_subclass(torch.Tensor)[0].float() / scale
 
     def image(self, image: torch.Tensor) -> torch.Tensor:
-        """``finish`` on an image alone: the pixels :meth:`__call__` gives with a box (resizing
-        and normalising do not depend on it)."""
+        """``finish`` on an image alone: the pixels :meth:`__call__` gives with a box
+        (normalising does not depend on it)."""
         return self.finish(tv_tensors.Image(image)).as_subclass(torch.Tensor)
 
 
@@ -96,20 +97,20 @@ class LocalizationDataset(Dataset):
     ) -> None:
         self.root, self.samples, self.channels, self.size = root, samples, channels, size
         self.transform, self.augment = transform, augment
-        self.resize = v2.Resize((size, size), antialias=True)
-        nbytes = len(samples) * channels * size * size
+        nbytes = len(samples) * channels * size * size * 4  # float32
         self.decoded = DecodedCache(self.decode, len(samples), nbytes, cache_limit_mb,
                                     what=f"{root}: {len(samples)} images")  # fmt: skip
 
     def decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The image resized to ``size`` (uint8) and its box clipped to it, in its pixels."""
+        """The image resized to ``size`` (float in [0, 1]) and its box clipped to it, in its pixels."""
         sample = self.samples[index]
-        image = read_image(self.root / sample.file, self.channels)
-        height, width = image.shape[-2:]
+        path = self.root / sample.file
+        width, height = image_size(path)
+        image = read_image(path, self.channels, (self.size, self.size))
         x1, y1, x2, y2 = sample.box
         box = torch.tensor([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)], dtype=torch.float32)
         box = box * torch.tensor([self.size / width, self.size / height] * 2)
-        return self.resize(image), box
+        return image, box
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -123,9 +124,10 @@ class LocalizationDataset(Dataset):
         if self.augment is None:
             items = [self.transform(image, tuple(box.tolist())) for image, box in decoded]
             return [(image, label, box) for (image, box), label in zip(items, labels, strict=True)]
-        images = v2.functional.to_dtype(torch.stack([image for image, _ in decoded]), torch.float32, scale=True)
-        images, boxes = self.augment(images, torch.stack([box for _, box in decoded]))
-        images = self.transform.finish(images)  # normalisation only: the size is the input's, the dtype float
+        images, boxes = self.augment(
+            torch.stack([image for image, _ in decoded]), torch.stack([box for _, box in decoded])
+        )
+        images = self.transform.finish(images)
         return list(zip(images, labels, boxes / self.size, strict=True))
 
 
@@ -244,16 +246,10 @@ class LocalizationDataModule(ImageDataModule):
                                    hp.image_size, self.transform(), augment, hp.cache_limit_mb)  # fmt: skip
 
     def transform(self) -> BoxTransform:
-        """Every split's preprocessing: resize, scale to [0, 1], normalise (training's random
-        moves, :class:`BatchBoxAffine`, come before it, on whole batches)."""
-        size = self.hparams.image_size
-        finish = v2.Compose(
-            [
-                v2.Resize((size, size), antialias=True),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(*symmetric_normalisation(self.in_channels)),
-            ]
-        )
+        """Every split's preprocessing after reading (which resizes to ``image_size`` and scales
+        to [0, 1]): normalisation. Training's random moves, :class:`BatchBoxAffine`, come
+        before it, on whole batches."""
+        finish = v2.Normalize(*symmetric_normalisation(self.in_channels))
         return BoxTransform(finish)
 
     def describe_preprocessing(self) -> dict:
@@ -263,10 +259,11 @@ class LocalizationDataModule(ImageDataModule):
 
     def read_input(self, path: Path) -> Input:
         """The image as the test split sees it; ``meta`` holds its size in pixels, in which the
-        predicted box is given, and ``view`` the image as read, on which it is drawn."""
-        image = read_image(path, self.in_channels)
-        height, width = image.shape[-2:]
-        return Input(path, self.transform().image(image), {"width": width, "height": height}, view=image)
+        predicted box is given, and ``view``, on which it is drawn, a copy no larger than a
+        picture (:func:`~cnnsuite.data.images.read_image_with_picture`)."""
+        size = self.hparams.image_size
+        image, picture, (width, height) = read_image_with_picture(path, self.in_channels, (size, size))
+        return Input(path, self.transform().image(image), {"width": width, "height": height}, view=picture)
 
     # --- the embedded default ---------------------------------------------------------------
     def write_default(self, folder: Path) -> None:

@@ -315,12 +315,19 @@ class LocalizationModule(ClassificationModule):
         return predictions
 
     def render_prediction(self, item: Input, prediction: dict, path: Path) -> None:
-        """The file's image with the predicted box, labelled ``class score``."""
+        """The file's image with the predicted box, labelled ``class score``; the picture's
+        image (``view``) may be a smaller copy of the file's, the box is scaled onto it."""
         image = item.view
+        height, width = image.shape[-2:]
+        box = (
+            torch.tensor([prediction["box"]])
+            * torch.tensor([width, height] * 2)
+            / torch.tensor([item.meta["width"], item.meta["height"]] * 2)
+        )
         # small images (a 64-pixel canvas) are enlarged so that the label can be read
-        scale = max(1, math.ceil(256 / max(image.shape[-2:])))
+        scale = max(1, math.ceil(256 / max(height, width)))
         label = f"{prediction['class']} {prediction['score']:.2f}"
-        drawn = draw_boxes(image, torch.tensor([prediction["box"]]), [label], ["yellow"], scale)
+        drawn = draw_boxes(image, box, [label], ["yellow"], scale)
         fig, ax = plt.subplots(figsize=(drawn.shape[2] / 100, drawn.shape[1] / 100 + 0.3))
         ax.imshow(drawn.permute(1, 2, 0).numpy())
         ax.axis("off")

@@ -17,13 +17,13 @@ an image with two boxes — names the file and the row (or annotation).
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from cnnsuite.data import BadFileError
 from cnnsuite.data.coco import read_coco, read_voc, voc_classes
+from cnnsuite.data.textfiles import read_csv, read_lines
 from cnnsuite.errors import ConfigError
 
 CSV_COLUMNS = ("image", "label", "x1", "y1", "x2", "y2")
@@ -83,15 +83,10 @@ def one_per_image(samples: list[Sample], errors: list[BadFileError]) -> list[Sam
 def read_csv_labels(root: Path) -> tuple[list[str], list[Sample], list[BadFileError]]:
     """``labels.csv`` → class names (sorted labels), samples, and the bad rows' errors."""
     path = root / "labels.csv"
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: missing columns {missing}; expected {','.join(CSV_COLUMNS)}")
-        rows = list(reader)
+    rows = read_csv(path, CSV_COLUMNS)
     if not rows:
         raise ConfigError(f"{path}: no rows")
-    class_names = sorted({row["label"].strip() for row in rows if row["label"] and row["label"].strip()})
+    class_names = sorted({row["label"] for row in rows if row["label"]})
     samples, errors = [], []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         where = f"{path} row {number}"
@@ -100,7 +95,7 @@ def read_csv_labels(root: Path) -> tuple[list[str], list[Sample], list[BadFileEr
         except (TypeError, ValueError):
             errors.append(BadFileError(f"{where}: x1, y1, x2, y2 must be numbers, got {row}"))
             continue
-        label, image = (row["label"] or "").strip(), (row["image"] or "").strip()
+        label, image = row["label"], row["image"]
         problem = box_error(box)
         if not label:
             problem = "empty label"
@@ -116,7 +111,7 @@ def read_csv_labels(root: Path) -> tuple[list[str], list[Sample], list[BadFileEr
 def _cub_table(path: Path, columns: int) -> dict[str, list[str]]:
     """``<id> <value>...`` lines of a CUB file, by id; a malformed line is an error naming it."""
     table = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -137,7 +132,7 @@ def read_cub(root: Path) -> tuple[list[str], list[Sample], list[BadFileError], d
     is_train = _cub_table(split_path, 2) if split_path.is_file() else {}
     boxes_path = root / "bounding_boxes.txt"
     samples, errors, fixed = [], [], {}
-    for number, line in enumerate(boxes_path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_lines(boxes_path), start=1):
         parts = line.split()
         if not parts:
             continue
