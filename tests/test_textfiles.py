@@ -2,6 +2,7 @@
 or old-Mac line ends, quoted fields."""
 
 from cnnsuite.tasks.biomedical3d.datamodule import LABELS_CSV, read_labels_csv
+from cnnsuite.tasks.localization2d.readers import read_csv_labels, read_cub
 
 from cnnsuite.data import read_split_lists
 from cnnsuite.data.textfiles import read_csv, read_lines
@@ -30,3 +31,26 @@ def test_split_lists_saved_with_a_byte_order_mark_and_windows_line_ends_are_read
     for stage in ("train", "val", "test"):
         (tmp_path / f"{stage}.txt").write_bytes(f"\ufeff{stage}/1.png\r\n{stage}/2.png\r\n".encode())
     assert read_split_lists(tmp_path)["val"] == ["val/1.png", "val/2.png"]
+
+
+def test_box_labels_and_cub_lists_saved_by_excel_or_windows_are_read(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "labels.csv").write_bytes(
+        '\ufeff"image","label","x1","y1","x2","y2"\r\n"a.png","bird",1,2,30,40\r\n'.encode()
+    )
+    names, samples, errors = read_csv_labels(tmp_path)
+    assert (names, [s.box for s in samples], errors) == (["bird"], [(1.0, 2.0, 30.0, 40.0)], [])
+
+    (tmp_path / "images" / "001.Gull").mkdir(parents=True)
+    (tmp_path / "images" / "001.Gull" / "g.jpg").write_bytes(b"")
+    for name, text in {
+        "classes.txt": "1 001.Gull",
+        "images.txt": "1 001.Gull/g.jpg",
+        "image_class_labels.txt": "1 1",
+        "bounding_boxes.txt": "1 3.0 4.0 10.0 20.0",
+        "train_test_split.txt": "1 1",
+    }.items():
+        (tmp_path / name).write_bytes(f"\ufeff{text}\r\n".encode())
+    names, samples, errors, fixed = read_cub(tmp_path)
+    assert names == ["001.Gull"] and samples[0].box == (3.0, 4.0, 13.0, 24.0) and not errors
+    assert fixed == {"images/001.Gull/g.jpg": "train"}
