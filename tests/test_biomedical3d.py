@@ -9,7 +9,8 @@ import nrrd
 import numpy as np
 import pytest
 import torch
-from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule, class_names_of
+from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
+from cnnsuite.tasks.biomedical3d.readers import class_names_of
 from conftest import ROOT
 from conftest import fit as run_fit
 from monai.transforms import RandRotate90d, Resized

@@ -9,9 +9,9 @@ import zlib
 import nibabel as nib
 import numpy as np
 import pytest
-from cnnsuite.tasks.biomedical3d.datamodule import LoadVolumed
-from cnnsuite.tasks.multispectral3d.datamodule import GeoTiffReader
-from cnnsuite.tasks.video3d import datamodule as video_data
+from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
+from cnnsuite.tasks.video3d import readers as video_readers
 from PIL import Image, ImageFile
 from test_multispectral3d import band_cube, write_tif
 from test_video3d import write_bar_video
@@ -103,13 +103,13 @@ def test_a_volume_is_refused_from_its_header(tmp_path, monkeypatch):
 def test_a_video_is_refused_from_its_header_before_pytorchvideo_opens_it(tmp_path, monkeypatch, suffix):
     video = tmp_path / f"clip{suffix}"
     write_bar_video(video, frames=16, step=1)  # 16 frames of 16 x 16
-    assert video_data.probe_video(video)[0] == 2
+    assert video_readers.probe_video(video)[0] == 2
     monkeypatch.setenv(ENV, "4000")
-    monkeypatch.setattr(video_data.EncodedVideo, "from_path", refuses_nothing_decoded)
+    monkeypatch.setattr(video_readers.EncodedVideo, "from_path", refuses_nothing_decoded)
     with pytest.raises(BadFileError, match=rf"clip{suffix}: declares 16 frames of 16x16 = 4,096 pixels, over"):
-        video_data.probe_video(video)
+        video_readers.probe_video(video)
     with pytest.raises(BadFileError, match=rf"clip{suffix}: decodes to 16 frames of 16x16 before its end"):
-        video_data.decode_video(video)  # a header that says fewer frames than the file holds stops here
+        video_readers.decode_video(video)  # a header that says fewer frames than the file holds stops here
 
 
 def test_a_geotiff_is_refused_from_its_header(tmp_path, monkeypatch):

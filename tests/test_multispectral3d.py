@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from cnnsuite.tasks.multispectral3d.datamodule import GeoTiffReader, MultispectralDataModule
+from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
 from cnnsuite.tasks.multispectral3d.default_data import BANDS
+from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
 from conftest import fit
 from rasterio.transform import Affine
 

@@ -1,7 +1,7 @@
 """CSV files and text lists as spreadsheets and editors save them: a byte-order mark, Windows
 or old-Mac line ends, quoted fields."""
 
-from cnnsuite.tasks.biomedical3d.datamodule import LABELS_CSV, read_labels_csv
+from cnnsuite.tasks.biomedical3d.readers import LABELS_CSV, read_labels_csv
 from cnnsuite.tasks.localization2d.readers import read_csv_labels, read_cub
 
 from cnnsuite.data import read_split_lists

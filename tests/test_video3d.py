@@ -14,6 +14,7 @@ import torch
 from cnnsuite.tasks.video3d import datamodule as video_data
 from cnnsuite.tasks.video3d.datamodule import VideoDataModule
 from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoClassificationModule
+from cnnsuite.tasks.video3d.readers import decode_video
 from conftest import ROOT
 from conftest import fit as run_fit
 
@@ -137,7 +138,7 @@ def test_a_phone_video_is_read_upright(tmp_path, rotation, cache_limit_mb):
     dm = VideoDataModule(cache_limit_mb=cache_limit_mb, frames_per_clip=8, frame_size=16)
     read = [dm.read_input(path).sample for path in (upright, phone)]
     torch.testing.assert_close(read[1], read[0], rtol=0, atol=0)
-    frames = video_data.decode_video(phone).frames
+    frames = decode_video(phone).frames
     assert frames.shape == (16, 16, 24, 3)
     assert frames[..., 0].float().mean(dim=1).argmax(dim=-1).tolist() == [(3 + t) % 16 for t in range(16)]
 

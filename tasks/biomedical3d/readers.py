@@ -1,0 +1,140 @@
+"""biomedical3d's readers: a user's volumes, read with MONAI's ``LoadImage`` (NIfTI, NRRD,
+MetaImage, a DICOM series folder) and checked to be one finite 3D volume within the size limits;
+``labels.csv``; a MedMNIST v2 3D ``.npz``. Each failure names its file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.transforms import (
+    LoadImage,
+    MapTransform,
+)
+
+from cnnsuite.data import BadFileError, check_finite, report_bad_files
+from cnnsuite.data.limits import check_size
+from cnnsuite.data.splits import STAGES
+from cnnsuite.data.textfiles import read_csv
+from cnnsuite.errors import ConfigError, MissingFileError
+
+LABELS_CSV = "labels.csv"
+
+
+#: single-file volumes MONAI's LoadImage reads (a DICOM series is a folder of ``.dcm`` files)
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+MEDMNIST_KEYS = tuple(f"{stage}_{kind}" for stage in STAGES for kind in ("images", "labels"))
+
+
+def declared_size(path: str | Path) -> tuple[list[int], str] | None:
+    """``(sizes, what)``: the shape a volume's header declares, every axis (time and channels
+    too), read without its voxels, and in words; None where the header does not read (the
+    loader then names the file and the problem)."""
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if path.is_dir():  # a DICOM series: each file a slice of Rows x Columns (x frames)
+            import pydicom
+
+            files = [f for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith(".")]
+            slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+            voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
+            return [voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}"
+        if name.endswith((".nrrd", ".nhdr")):
+            import nrrd
+
+            sizes = [int(n) for n in nrrd.read_header(str(path))["sizes"]]
+        elif name.endswith((".mha", ".mhd")):  # MetaImage: a text header, "DimSize = 512 512 300"
+            with path.open("rb") as file:
+                lines = file.read(65536).decode("latin-1").splitlines()
+            fields = {k.strip(): v.split() for k, _, v in (line.partition("=") for line in lines)}
+            channels = int(fields.get("ElementNumberOfChannels", ["1"])[0])
+            sizes = [int(n) for n in fields["DimSize"]] + ([channels] if channels > 1 else [])
+        else:  # NIfTI, and whatever else nibabel reads: nib.load reads the header only
+            sizes = [int(n) for n in nib.load(path).header.get_data_shape()]
+    except Exception:  # no header to check: the loader's own error names the file
+        return None
+    return sizes, "declares " + "x".join(map(str, sizes))
+
+
+class LoadVolumed(MapTransform):
+    """MONAI's ``LoadImage`` with channel first, checked to be one 3D volume of finite values
+    (none of its formats has a nodata convention to fill NaN from); any failure
+    names the file (a truncated ``.nii.gz`` otherwise surfaces as a bare ``EOFError``). A file
+    whose header declares more voxels than :mod:`cnnsuite.data.limits` allows is refused
+    before its voxels are read."""
+
+    def __init__(self, keys: str = "image") -> None:
+        super().__init__(keys)
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True)
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        for key in self.keys:
+            path = data[key]
+            declared = declared_size(path)
+            if declared is not None:
+                check_size(path, "volume", *declared)
+            try:
+                volume = self.loader(path)
+            except Exception as err:  # nibabel, pynrrd, pydicom and gzip each raise their own
+                raise BadFileError(f"{path}: cannot read as a volume ({type(err).__name__}: {err})") from None
+            if volume.dim() != 4 or volume.shape[0] != 1:
+                shape = tuple(volume.shape[1:]) if volume.shape[0] == 1 else tuple(volume.shape)
+                raise BadFileError(f"{path}: expected a 3D volume, found shape {shape}")
+            check_finite(path, volume, "voxels")
+            data[key] = volume
+        return data
+
+
+def read_labels_csv(root: Path) -> list[tuple[str, str]]:
+    """``(relative image path, label)`` rows of ``root/labels.csv``, each file checked; the
+    missing ones are reported together."""
+    path = root / LABELS_CSV
+    if not path.is_file():
+        raise MissingFileError(f"{path}: missing; expected a CSV with columns image,label")
+    rows, missing = [], []
+    for line, row in enumerate(read_csv(path, ("image", "label")), start=2):
+        image, label = row["image"], row["label"]
+        if not image or not label:
+            raise ConfigError(f"{path}, line {line}: empty image or label")
+        if not (root / image).exists():
+            missing.append(BadFileError(f"{path}, line {line}: {root / image} does not exist"))
+        rows.append((image, label))
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    report_bad_files(missing, len(rows), what="volumes")
+    return rows
+
+
+def class_names_of(labels) -> list[str]:
+    """Sorted class names; integer labels sort as numbers (``2`` before ``10``)."""
+    names = set(labels)
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _load_medmnist(path: Path) -> dict[str, np.ndarray]:
+    """A MedMNIST v2 3D ``.npz`` (``train_images`` (N, 28, 28, 28), ``train_labels`` (N, 1), ...)."""
+    if not path.is_file():
+        raise MissingFileError(f"data.medmnist_npz={path}: no such file")
+    try:
+        with np.load(path) as npz:
+            missing = [k for k in MEDMNIST_KEYS if k not in npz.files]
+            if missing:
+                raise ConfigError(f"{path}: not a MedMNIST file, missing arrays {', '.join(missing)}")
+            arrays = {k: npz[k] for k in MEDMNIST_KEYS}
+    except (OSError, ValueError) as err:
+        if str(path) in str(err):
+            raise
+        raise BadFileError(f"{path}: cannot read as .npz ({err})") from None
+    for stage in STAGES:
+        images = arrays[f"{stage}_images"]
+        if images.ndim != 4:
+            raise BadFileError(f"{path}: {stage}_images has shape {images.shape}, expected (N, D, H, W)")
+    return arrays

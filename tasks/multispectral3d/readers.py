@@ -1,0 +1,255 @@
+"""multispectral3d's readers: GeoTIFF patches read with rasterio, one file of all bands (EuroSAT-
+MS) or a folder of one file per band at its own resolution (BigEarthNet-S2), bands named never
+indexed, nodata filled, non-finite values refused; a patch's label from ``labels.csv`` or its
+metadata JSON. Each failure names its file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+
+from cnnsuite.data import (
+    BadFileError,
+    check_finite,
+    report_bad_files,
+)
+from cnnsuite.data.limits import check_size
+from cnnsuite.errors import ConfigError
+
+from .default_data import BANDS, WAVELENGTHS
+
+EXTENSIONS = (".tif", ".tiff")
+
+
+#: rasterio's resampling methods offered to bring a band of coarser resolution onto a patch's grid
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
+
+
+LABELS_CSV = "labels.csv"
+
+
+METADATA = "_labels_metadata.json"  # BigEarthNet-S2: <patch>/<patch>_labels_metadata.json
+
+
+#: reflectance as Sentinel-2 L1C/L2A products store it (digital numbers, 10,000 = 1) or as
+#: processing chains write surface reflectance (floats, 1 = 1); the statistics learnt from the
+#: training split put either on one scale, so a run takes one and refuses the other
+DTYPES = ("uint16", "float32", "float64")
+
+
+def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | None) -> list[str]:
+    """The names of a file's bands, in file order (see the module docstring); an error names
+    the file and what its band count would need."""
+    if all(descriptions):
+        return list(descriptions)
+    if count == len(BANDS):
+        return list(BANDS)
+    if bands is not None and len(bands) == count:
+        return list(bands)
+    raise BadFileError(
+        f"{path}: has {count} bands without names; expected {len(BANDS)} (EuroSAT-MS: {', '.join(BANDS)}), "
+        f"or name all {count} in file order with data.bands"
+    )
+
+
+def band_files(folder: Path) -> dict[str, Path]:
+    """``band → file`` of a patch folder in the BigEarthNet-S2 layout (``<patch>/<patch>_<band>.tif``),
+    bands in wavelength order; empty for any other folder."""
+    found = {}
+    for path in folder.iterdir():
+        stem, dot, extension = path.name.rpartition(".")
+        prefix, _, band = stem.rpartition("_")
+        if dot and f".{extension.lower()}" in EXTENSIONS and prefix == folder.name and band in BANDS:
+            found[band] = path
+    return {band: found[band] for band in sorted(found, key=lambda b: WAVELENGTHS[BANDS.index(b)])}
+
+
+def fill_nodata(data: np.ma.MaskedArray) -> np.ndarray:
+    """float32 ``(bands, H, W)`` of a masked read, each nodata pixel the mean of its band's valid ones."""
+    values = data.data.astype(np.float32)
+    if np.ma.is_masked(data):
+        fill = data.astype(np.float32).mean(axis=(1, 2)).filled(0.0)
+        values = np.where(np.ma.getmaskarray(data), fill[:, None, None], values).astype(np.float32)
+    return values
+
+
+class GeoTiffReader:
+    """Reads the ``bands`` of GeoTIFF patches of one ``size`` and one ``dtype`` as float32
+    ``(len(bands), H, W)``: a patch is one file of all its bands, or a folder of one file per
+    band (the BigEarthNet-S2 layout), whose bands are resampled with ``resampling`` onto the
+    grid of its finest band.
+
+    ``bands=None`` reads every band of a patch, ``dtype=None`` any of :data:`DTYPES`. Nodata
+    pixels (the file's nodata value, NaN included) take the mean of the band's valid pixels,
+    so a normalised nodata pixel is near zero rather than a spike; any other NaN or infinity
+    is damage. Every failure is a :class:`BadFileError` naming the file."""
+
+    def __init__(
+        self,
+        bands: list[str] | None,
+        size: tuple[int, int] | None = None,
+        dtype: str | None = None,
+        resampling: str = "bilinear",
+    ) -> None:
+        self.bands, self.size, self.dtype, self.resampling = bands, size, dtype, resampling
+
+    def check_pixels(self, path: Path, src, size: tuple[int, int]) -> None:
+        """The run's data type and patch ``size`` (a file's, or a band folder's finest band's)."""
+        dtypes = ", ".join(sorted(set(src.dtypes)))
+        if len(set(src.dtypes)) != 1 or src.dtypes[0] not in DTYPES:
+            raise BadFileError(f"{path}: bands are {dtypes}, expected {' or '.join(DTYPES)} reflectance")
+        if self.dtype is not None and src.dtypes[0] != self.dtype:
+            raise BadFileError(f"{path}: bands are {dtypes}, expected {self.dtype} as the run's patches are")
+        if self.size is not None and tuple(size) != tuple(self.size):
+            raise BadFileError(
+                f"{path}: is {size[0]}x{size[1]} pixels, "
+                f"expected {self.size[0]}x{self.size[1]} as the run's patches are"
+            )
+
+    def select(self, path: Path, src) -> tuple[list[int], list[str]]:
+        """rasterio's 1-based indexes and the names of the bands to read from the open ``src``."""
+        self.check_pixels(path, src, (src.height, src.width))
+        names = band_names(path, src.count, src.descriptions, self.bands)
+        wanted = self.wanted(path, names)
+        return [names.index(b) + 1 for b in wanted], wanted
+
+    def wanted(self, path: Path, names: list[str]) -> list[str]:
+        """The bands to read of a patch that has ``names``; an error names the missing ones."""
+        wanted = list(self.bands or names)
+        missing = [b for b in wanted if b not in names]
+        if missing:
+            raise BadFileError(f"{path}: has no band {', '.join(missing)}; its bands are {', '.join(names)}")
+        return wanted
+
+    def header(self, path: Path) -> tuple[list[str], tuple[int, int], str]:
+        """``(band names read, (height, width), dtype)`` of a patch, from its headers only."""
+        if path.is_dir():
+            with ExitStack() as stack:
+                bands, size = self.open_bands(path, stack)
+                return list(bands), size, next(iter(bands.values())).dtypes[0]
+        with self.open(path) as src:
+            return self.select(path, src)[1], (src.height, src.width), src.dtypes[0]
+
+    def open_bands(self, folder: Path, stack: ExitStack) -> tuple[dict, tuple[int, int]]:
+        """``(band → open file, grid)`` of a band folder's wanted bands, checked; the grid is
+        its finest band's size."""
+        files = band_files(folder)
+        bands = {band: stack.enter_context(self.open(files[band])) for band in self.wanted(folder, list(files))}
+        for band, src in bands.items():
+            if src.count != 1:
+                raise BadFileError(f"{files[band]}: has {src.count} bands, expected one ({band})")
+        size = max((src.height, src.width) for src in bands.values())
+        for band, src in bands.items():
+            self.check_pixels(files[band], src, size)
+        return bands, size
+
+    def read_bands(self, folder: Path) -> np.ndarray:
+        """A band folder's bands, each resampled onto the patch's grid."""
+        with ExitStack() as stack:
+            bands, size = self.open_bands(folder, stack)
+            layers = []
+            for src in bands.values():
+                try:
+                    layers.append(src.read(1, out_shape=size, resampling=Resampling[self.resampling], masked=True))
+                except RasterioError as err:  # truncated or damaged pixel data
+                    raise BadFileError(f"{src.name}: cannot read as a GeoTIFF ({err})") from None
+        return fill_nodata(np.ma.stack(layers))
+
+    def open(self, path: Path):
+        """The file opened by rasterio, which reads its header only; one that declares more
+        bands × width × height than :mod:`cnnsuite.data.limits` allows is refused here."""
+        try:
+            src = rasterio.open(path)
+        except RasterioError as err:  # not a TIFF, a damaged header
+            raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
+        try:
+            what = f"declares {src.count} bands of {src.width}x{src.height}"
+            check_size(path, "geotiff", (src.count, src.width, src.height), what)
+        except BadFileError:
+            src.close()
+            raise
+        return src
+
+    def __call__(self, path: Path) -> np.ndarray:
+        if path.is_dir():
+            values = self.read_bands(path)
+        else:
+            with self.open(path) as src:
+                indexes, _ = self.select(path, src)
+                try:
+                    values = fill_nodata(src.read(indexes, masked=True))
+                except RasterioError as err:  # truncated or damaged pixel data
+                    raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
+        check_finite(path, values, "pixels")
+        return values
+
+
+def read_patch_labels(root: Path) -> dict[str, str] | None:
+    """``patch folder → label`` of a folder in the BigEarthNet-S2 layout, sorted by patch; None
+    for any other layout. The labels are ``root/labels.csv``'s (columns ``patch,label``) where
+    there is one, else each patch's one label in its ``<patch>_labels_metadata.json``; patches
+    with several labels are refused together in one line (multi-label classification is not
+    supported yet), missing or unreadable metadata listed all at once."""
+    patches = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and band_files(d))
+    if not patches:
+        return None
+    table = root / LABELS_CSV
+    if table.is_file():
+        return read_labels_csv(table, patches)
+    labels, errors, several = {}, [], []
+    for name in patches:
+        path = root / name / f"{name}{METADATA}"
+        try:
+            found = json.loads(path.read_text(encoding="utf-8-sig"))["labels"]
+        except FileNotFoundError:
+            errors.append(
+                BadFileError(f"{path}: missing; expected the patch's labels, or {table} (columns patch,label)")
+            )
+            continue
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            errors.append(BadFileError(f'{path}: cannot read {{"labels": [...]}} ({type(err).__name__}: {err})'))
+            continue
+        if not isinstance(found, list) or not found or not all(isinstance(x, str) for x in found):
+            errors.append(BadFileError(f'{path}: "labels" is {json.dumps(found)}, expected a list of label names'))
+        elif len(found) > 1:
+            several.append(f"{path}: {json.dumps(found)}")
+        else:
+            labels[name] = found[0]
+    report_bad_files(errors, len(patches), what="patch folders")
+    if several:
+        raise ConfigError(
+            f"{len(several)} of {len(patches)} patches have several labels (e.g. {several[0]}); multi-label "
+            f"classification is not supported yet: give each patch one label in {table} (columns patch,label)"
+        )
+    return labels
+
+
+def read_labels_csv(table: Path, patches: list[str]) -> dict[str, str]:
+    """``patch → label`` rows of a band-folder layout's ``labels.csv``, sorted by patch; each
+    patch must be one of the folder's ``patches``."""
+    with table.open(newline="", encoding="utf-8-sig") as f:  # Excel starts its CSV with a byte-order mark
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"patch", "label"} <= set(reader.fieldnames):
+            raise ConfigError(f"{table}: expected columns patch,label, found {reader.fieldnames}")
+        rows = [
+            ((row["patch"] or "").strip(), (row["label"] or "").strip(), line) for line, row in enumerate(reader, 2)
+        ]
+    known, labels, errors = set(patches), {}, []
+    for name, label, line in rows:
+        if not name or not label:
+            raise ConfigError(f"{table}, line {line}: empty patch or label")
+        if name not in known:
+            errors.append(BadFileError(f"{table}, line {line}: {table.parent / name} is no patch folder of band files"))
+        labels[name] = label
+    if not labels:
+        raise ConfigError(f"{table}: no rows")
+    report_bad_files(errors, len(rows), what="patches")
+    return dict(sorted(labels.items()))

@@ -1,0 +1,204 @@
+"""video3d's readers: a video probed (duration, rate, frame size within the limits) and decoded
+with PyAV, each frame turned upright by its stream's display rotation as phones record it;
+PyTorchVideo-style ``train.csv``/``val.csv``/``test.csv`` lists. Each failure names its file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import torch
+from pytorchvideo.data.encoded_video import EncodedVideo
+from pytorchvideo.data.utils import secs_to_pts
+
+from cnnsuite.data import (
+    BadFileError,
+)
+from cnnsuite.data.limits import check_size, max_pixels
+from cnnsuite.data.splits import STAGES
+from cnnsuite.data.textfiles import read_lines
+from cnnsuite.errors import ConfigError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+
+
+#: timestamps (in the stream's time base) to seek before a clip's start, as PyTorchVideo does
+SEEK_MARGIN = 1024
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """The frames of a video (all of them, kept for every clip of the video, or one clip's)
+    with their presentation times, as :func:`decode_video` gives them."""
+
+    frames: torch.Tensor  # (T, H, W, C) uint8, in presentation order
+    pts: torch.Tensor  # (T,) int64, in the stream's time base
+    time_base: Fraction
+    start_pts: int
+
+    def get_clip(self, start: Fraction, end: Fraction) -> torch.Tensor | None:
+        """The frames in ``[start, end)`` seconds as ``(C, T, H, W)`` float in 0..255, or None
+        when there are none: the same frames, chosen by the same rounding of seconds to
+        timestamps, as ``EncodedVideoPyAV.get_clip``."""
+        first, last = (secs_to_pts(t, self.time_base, self.start_pts, round_mode="ceil") for t in (start, end))
+        frames = self.frames[(self.pts >= first) & (self.pts < last)]
+        return frames.permute(3, 0, 1, 2).float() if len(frames) else None
+
+
+def open_video(path: Path) -> EncodedVideo:
+    """PyTorchVideo's PyAV reader, audio off; a file it cannot open is named."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadFileError(f"{path}: empty file (0 bytes), expected a video")
+    try:
+        return EncodedVideo.from_path(str(path), decode_audio=False, decoder="pyav")
+    except Exception as err:  # PyTorchVideo wraps PyAV's errors in RuntimeError; stay broad
+        raise BadFileError(f"{path}: cannot open as a video ({err})") from None
+
+
+def check_declared_size(path: Path) -> None:
+    """Refuse a video whose header declares more frames × width × height than
+    :mod:`cnnsuite.data.limits` allows, before anything decodes it (PyTorchVideo decodes a
+    whole video whose header has no duration, to measure it). The frame count is the
+    stream's, else its duration × frame rate, else its packets counted (read, not decoded).
+    A file PyAV cannot open passes: :func:`open_video` names it."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            width, height, frames = stream.codec_context.width, stream.codec_context.height, stream.frames
+            if not frames:
+                seconds = Fraction(container.duration or 0, av.time_base)
+                if stream.duration:
+                    seconds = stream.duration * stream.time_base
+                rate = stream.average_rate or stream.guessed_rate
+                if seconds and rate:
+                    frames = math.ceil(seconds * rate)
+                else:
+                    frames = sum(1 for packet in container.demux(stream) if packet.size)
+    except (av.FFmpegError, IndexError, ValueError, OSError):
+        return
+    check_size(path, "video", (frames, width, height), f"declares {frames} frames of {width}x{height}")
+
+
+def probe_video(path: Path) -> tuple[Fraction, float, int]:
+    """``(duration in seconds, frames per second, bytes of one decoded RGB frame)`` of a video
+    with a decodable frame; otherwise :class:`BadFileError` naming the file. Decodes only the
+    first frame, after :func:`check_declared_size`."""
+    check_declared_size(path)
+    video = open_video(path)
+    try:
+        duration = Fraction(video.duration)
+    except (AttributeError, TypeError, ValueError):
+        raise BadFileError(f"{path}: the video has no duration (no decodable frames?)") from None
+    finally:
+        video.close()
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            frame = next(container.decode(stream))
+            if stream.duration is None and container.duration:
+                # PyTorchVideo then measures up to the last frame's start, one frame short (a 2-s
+                # MKV or WebM would lose its second clip); the container's duration is the end.
+                duration = max(duration, Fraction(container.duration, av.time_base))
+    except (av.FFmpegError, IndexError, StopIteration, ValueError) as err:
+        raise BadFileError(f"{path}: cannot decode a video frame ({type(err).__name__}: {err})") from None
+    return duration, fps, frame.width * frame.height * 3
+
+
+def upright(frame: av.VideoFrame) -> torch.Tensor:
+    """A decoded frame as ``(H, W, 3)`` uint8 RGB, turned the way a player shows it. Phones
+    store a video sideways and write the turn into the stream's display matrix; PyAV's
+    ``to_ndarray`` (and PyTorchVideo, which calls it) ignores the matrix, so a model would see
+    rightward motion as upward. ``frame.rotation`` is the matrix's counter-clockwise turn."""
+    pixels = torch.from_numpy(frame.to_rgb().to_ndarray())
+    return torch.rot90(pixels, round(frame.rotation / 90) % 4, dims=(0, 1))
+
+
+def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None = None) -> DecodedVideo:
+    """The frames of the video at ``path`` in ``[start, end)`` seconds (default: all of them),
+    decoded with PyAV to RGB, upright (:func:`upright`), one frame per timestamp: every video
+    frame training, evaluation, prediction and serving see comes from here. A time range is
+    decoded as PyTorchVideo's ``EncodedVideoPyAV`` decodes a clip: a seek to the key frame
+    before it, then frames up to its end. A file that fails part-way is named, and one that
+    holds more frames than its header declared stops at the pixel limit."""
+    frames: dict[int, torch.Tensor] = {}
+    limit, pixels = max_pixels("video"), 0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            time_base, start_pts = Fraction(stream.time_base), stream.start_time or 0
+            first, last = (
+                bound if t is None else secs_to_pts(t, time_base, start_pts, round_mode="ceil")
+                for t, bound in ((start, -math.inf), (end, math.inf))
+            )
+            if start is not None:  # seeking is imprecise: PyTorchVideo's margin before the start
+                container.seek(max(first - SEEK_MARGIN, 0), any_frame=False, backward=True, stream=stream)
+            for frame in container.decode(stream):
+                if frame.pts >= last:
+                    break
+                if frame.pts < first:
+                    continue
+                pixels += frame.width * frame.height
+                if pixels > limit:
+                    break
+                frames[frame.pts] = upright(frame)
+    except (av.FFmpegError, IndexError, ValueError) as err:
+        raise BadFileError(f"{path}: cannot decode the video ({type(err).__name__}: {err})") from None
+    if pixels > limit:
+        what = f"decodes to {len(frames) + 1} frames of {frame.width}x{frame.height} before its end"
+        check_size(path, "video", [pixels], what)
+    if not frames and start is None:
+        raise BadFileError(f"{path}: no decodable video frames")
+    order = sorted(frames)
+    stacked = torch.stack([frames[p] for p in order]) if frames else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+    return DecodedVideo(stacked, torch.tensor(order, dtype=torch.int64), time_base, start_pts)
+
+
+def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] | None:
+    """``train.csv``, ``val.csv`` and ``test.csv`` in ``root`` (all three or none), in
+    PyTorchVideo's ``LabeledVideoPaths`` format: ``<path> [<integer label>]`` a line, the path
+    relative to ``root``. The class is the path's folder; a label column, if given, must name
+    the folders consistently (0- or 1-based numbering alike, as in UCF101's lists)."""
+    files = {stage: root / f"{stage}.csv" for stage in STAGES}
+    present = [s for s, f in files.items() if f.is_file()]
+    if not present:
+        return None
+    if len(present) != len(STAGES):
+        missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
+        raise ConfigError(f"{root}: found {', '.join(present)} .csv split lists but not {missing}")
+    splits, folder_of, label_of = {}, {}, {}
+    for stage, file in files.items():
+        ids = []
+        for number, line in enumerate(read_lines(file), 1):
+            if not line:
+                continue
+            # as PyTorchVideo's LabeledVideoPaths.from_csv: the last token is the label, if any
+            # (-1, its "no label", is ignored like a missing one)
+            parts = line.rsplit(None, 1)
+            path, label = (parts[0], parts[1]) if len(parts) == 2 and parts[1].lstrip("-").isdigit() else (line, None)
+            label = None if label == "-1" else label
+            path = Path(path.strip())
+            if path.is_absolute():
+                try:
+                    path = path.relative_to(root)
+                except ValueError:
+                    raise ConfigError(f"{file}, line {number}: {path} is not inside {root}") from None
+            sample_id = path.as_posix()
+            folder = sample_id.split("/")[0]
+            if folder not in class_names:
+                raise ConfigError(f"{file}, line {number}: {sample_id} is not in a class folder of {root}")
+            if label is not None and (folder_of.setdefault(label, folder), label_of.setdefault(folder, label)) != (
+                folder,
+                label,
+            ):
+                raise ConfigError(
+                    f"{file}, line {number}: label {label} for folder {folder!r} contradicts earlier lines "
+                    f"(label {label} was {folder_of[label]!r}, {folder!r} was label {label_of[folder]})"
+                )
+            ids.append(sample_id)
+        splits[stage] = ids
+    return splits
