@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
-from cnnsuite.tasks.multispectral3d.default_data import BANDS
-from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
 from conftest import fit
 from rasterio.transform import Affine
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
+from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
+from cnnsuite.tasks.multispectral3d.default_data import BANDS
+from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
 
@@ -362,11 +362,11 @@ def test_bigearthnet_labels_come_from_labels_csv_or_one_label_metadata(tmp_path)
     patches["S2A_MSIL1C_20170613T101031_0_0"] = ["Coniferous forest", "Transitional woodland/shrub"]
     patches["S2A_MSIL1C_20170613T101031_1_1"] = ["Pastures", "Coniferous forest"]
     root = write_bigearthnet(tmp_path / "ben", patches)
-    with pytest.raises(ValueError, match="2 of 4 patches have several labels") as caught:
-        MultispectralDataModule(data_dir=str(root))
+    assert MultispectralDataModule(data_dir=str(root)).multilabel  # several labels: multi-label
+    with pytest.raises(ValueError, match="holds 2 labels, but data.multilabel=false") as caught:
+        MultispectralDataModule(data_dir=str(root), multilabel=False)
     message = str(caught.value)
-    assert "\n" not in message and "multi-label classification is not supported yet" in message
-    assert "S2A_MSIL1C_20170613T101031_0_0_labels_metadata.json" in message and "labels.csv" in message
+    assert "\n" not in message and "S2A_MSIL1C_20170613T101031_0_0_labels_metadata.json" in message
     # A labels.csv (patch,label; as Excel saves it, with a byte-order mark) gives one label per patch.
     rows = [("patch", "label"), *((name, labels[0]) for name, labels in patches.items())]
     (root / "labels.csv").write_text("\ufeff" + "\n".join(",".join(row) for row in rows) + "\n")

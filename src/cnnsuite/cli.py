@@ -90,6 +90,18 @@ def resolve_monitor(config) -> None:
         checkpoint.mode = mode
 
 
+def follow_model_monitor(config, model: TaskModule) -> bool:
+    """After the model is built, a checkpoint whose monitor the config left to the task takes
+    the model's own ``monitor`` and ``mode`` where they differ from its class's (a multi-label
+    classifier follows ``val/map_macro``); True when they did. The config then shows them as
+    the run uses them (``config.yaml``)."""
+    checkpoint = config.checkpoint
+    if (checkpoint.monitor, checkpoint.mode) == (model.monitor, model.mode):
+        return False
+    checkpoint.monitor, checkpoint.mode = model.monitor, model.mode
+    return True
+
+
 class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("parser_class", CnnSuiteParser)
@@ -148,6 +160,8 @@ class CnnSuiteCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        #: whether the best checkpoint follows the task's monitor (checkpoint.monitor left null)
+        self.monitor_follows_model = config.get("checkpoint") is not None and config.checkpoint.monitor is None
         if config.get("checkpoint") is not None:
             resolve_monitor(config)
 
@@ -188,6 +202,10 @@ class CnnSuiteCLI(LightningCLI):
         """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once
         for all processes and kept on resume) and atomic checkpoint writes."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.monitor_follows_model and follow_model_monitor(config, self.model):
+            # The checkpoint callback is made again from its config, with the model's monitor.
+            built = self.config_init[self.subcommand] if self.subcommand else self.config_init
+            built["checkpoint"] = ModelCheckpoint(**config.checkpoint.as_dict())
         root = self._root_dir(config)
         if config.trainer.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(root, run_version(root, config.get("ckpt_path")))

@@ -36,8 +36,9 @@ from .training.task import TaskModule, class_path
 
 #: the entry-point group tasks are registered under
 GROUP = "cnnsuite.tasks"
-#: what a datamodule knows when it is constructed and its model is given (the CLI links them)
-LINKED = ("num_classes", "in_channels", "class_names")
+#: what a datamodule knows when it is constructed and its model is given (the CLI links them);
+#: ``multilabel``: whether its samples may carry several labels (decided from its label file)
+LINKED = ("num_classes", "in_channels", "class_names", "multilabel")
 
 
 @dataclass(frozen=True)

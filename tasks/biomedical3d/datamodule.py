@@ -5,7 +5,8 @@ Three sources, one pipeline:
 - the embedded default: generated lesion volumes (see ``default_data.py``) written once as
   NIfTI files plus ``labels.csv`` under ``data_root/biomedical3d``;
 - a user's folder (``data_dir``): ``labels.csv`` with columns ``image,label`` (paths relative
-  to the folder; a label is a name or an integer) and the volumes, in any format MONAI's
+  to the folder; a label is a name or an integer, several labels ``a;b`` make a multi-label
+  run, see ``multilabel``) and the volumes, in any format MONAI's
   ``LoadImage`` reads — NIfTI, NRRD, a DICOM series folder;
 - a MedMNIST v2 3D file (``medmnist_npz``), with its own train/val/test split.
 
@@ -24,6 +25,7 @@ import hashlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -44,6 +46,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
+from cnnsuite.data.labels import check_multilabel, multi_hot
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
@@ -53,8 +56,7 @@ from .readers import (
     VOLUME_EXTENSIONS,
     LoadVolumed,
     _load_medmnist,
-    class_names_of,
-    read_labels_csv,
+    read_labels,
 )
 
 
@@ -146,6 +148,8 @@ class Biomedical3DDataModule(TaskDataModule):
 
     ``cache``: ``memory`` (MONAI CacheDataset), ``disk`` (PersistentDataset under
     ``cache_dir``, default ``<data_root>/cache/biomedical3d``) or ``none``.
+    ``multilabel``: ``auto`` trains multi-label when some row of ``labels.csv`` holds several
+    labels (``a;b``), ``true`` always (labels become multi-hot vectors), ``false`` never.
     """
 
     default_name = "biomedical3d"
@@ -167,9 +171,11 @@ class Biomedical3DDataModule(TaskDataModule):
         augment: bool = True,
         default_size: int = 900,
         batch_size: int = 16,
+        multilabel: Literal["auto"] | bool = "auto",
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
+        check_multilabel(multilabel)
         data_dir = self.hparams.data_dir
         if data_dir is not None and medmnist_npz is not None:
             raise ConfigError("data.data_dir and data.medmnist_npz: give one source, not both")
@@ -183,11 +189,13 @@ class Biomedical3DDataModule(TaskDataModule):
             self._npz = _load_medmnist(Path(medmnist_npz).expanduser())
             labels = np.concatenate([self._npz[f"{s}_labels"] for s in STAGES])
             self.class_names = [str(i) for i in range(int(labels.max()) + 1)]
+            self.decide_multilabel(multilabel is True)
         elif data_dir is not None:
-            self._rows = read_labels_csv(check_folder(data_dir))
-            self.class_names = class_names_of(label for _, label in self._rows)
+            self.class_names, self._targets, decided = read_labels(check_folder(data_dir), multilabel)
+            self.decide_multilabel(decided)
         else:
             self.class_names = list(CLASSES)
+            self.decide_multilabel(multilabel is True)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -209,8 +217,10 @@ class Biomedical3DDataModule(TaskDataModule):
 
     # --- samples and splits -------------------------------------------------------
     def list_samples(self) -> list[tuple[str, int]]:
-        rows = self._rows if self.hparams.data_dir is not None else read_labels_csv(self.root)
-        return [(image, self.class_names.index(label)) for image, label in rows]
+        if self.hparams.data_dir is not None:
+            return list(self._targets.items())
+        _, targets, _ = read_labels(self.root, self.multilabel, self.class_names)
+        return list(targets.items())
 
     def _decide_splits(self) -> dict[str, list[str]]:
         if self.hparams.medmnist_npz is not None:  # the file's own split
@@ -234,7 +244,10 @@ class Biomedical3DDataModule(TaskDataModule):
             for sample_id in ids:
                 split, index = sample_id.split("/")
                 image = self._npz[f"{split}_images"][int(index)].astype(np.float32)[None]
-                items.append({"image": image, "label": int(self._npz[f"{split}_labels"][int(index)].flat[0])})
+                label = int(self._npz[f"{split}_labels"][int(index)].flat[0])
+                items.append(
+                    {"image": image, "label": multi_hot([label], self.num_classes) if self.multilabel else label}
+                )
         else:
             labels = dict(self.list_samples())
             items = [{"image": str(self.root / i), "label": labels[i]} for i in ids]

@@ -29,16 +29,17 @@ class Biomedical3DModule(ClassificationModule):
         for row, index in zip(axes, range(min(count, len(dataset))), strict=False):
             item = dataset[index]  # MONAI datasets give dictionaries
             volume, label = item["image"], item["label"]
-            predicted = int(self(volume[None].to(self.device)).argmax(1))
+            said = self.prediction_text(self(volume[None].to(self.device))[0])
+            truth = self.target_text(label)
             centre = _brightest_region(volume[0])
             views = (volume[0, centre[0]], volume[0, :, centre[1]], volume[0, :, :, centre[2]])
             for ax, view, name in zip(row, views, ("axis 0", "axis 1", "axis 2"), strict=True):
                 ax.imshow(view.cpu().T, cmap="gray", origin="lower")
                 ax.set_xticks([]), ax.set_yticks([])
                 ax.set_xlabel(name, fontsize=8)
-            right = predicted == int(label)
+            right = said == truth
             row[0].set_ylabel(
-                f"true {self.class_names[int(label)]}\npred {self.class_names[predicted]}",
+                f"true {truth}\npred {said}",
                 color="green" if right else "red",
                 fontsize=9,
             )

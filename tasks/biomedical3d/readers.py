@@ -15,6 +15,7 @@ from monai.transforms import (
 )
 
 from cnnsuite.data import BadFileError, check_finite, report_bad_files
+from cnnsuite.data.labels import parse_labels
 from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
 from cnnsuite.data.textfiles import read_csv
@@ -92,8 +93,9 @@ class LoadVolumed(MapTransform):
 
 
 def read_labels_csv(root: Path) -> list[tuple[str, str]]:
-    """``(relative image path, label)`` rows of ``root/labels.csv``, each file checked; the
-    missing ones are reported together."""
+    """``(relative image path, label cell)`` rows of ``root/labels.csv``, each file checked; the
+    missing ones are reported together. A cell may hold several labels (``a;b``, see
+    :mod:`cnnsuite.data.labels`)."""
     path = root / LABELS_CSV
     if not path.is_file():
         raise MissingFileError(f"{path}: missing; expected a CSV with columns image,label")
@@ -111,12 +113,14 @@ def read_labels_csv(root: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def class_names_of(labels) -> list[str]:
-    """Sorted class names; integer labels sort as numbers (``2`` before ``10``)."""
-    names = set(labels)
-    if all(n.lstrip("-").isdigit() for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
+def read_labels(root: Path, multilabel: bool | str, classes: list[str] | None = None) -> tuple[list[str], dict, bool]:
+    """``(class names, image → target, multilabel)`` of ``root/labels.csv`` (see
+    :func:`cnnsuite.data.labels.parse_labels`)."""
+    rows = read_labels_csv(root)
+    path = root / LABELS_CSV
+    where = [f"{path}, line {line}" for line in range(2, len(rows) + 2)]
+    names, targets, decided = parse_labels([label for _, label in rows], multilabel, path, where, classes)
+    return names, dict(zip([image for image, _ in rows], targets, strict=True)), decided
 
 
 def _load_medmnist(path: Path) -> dict[str, np.ndarray]:

@@ -246,7 +246,10 @@ class DetectionModule(TaskModule):
         detections_per_img: int = 100,
         backbone_weights: str | None = None,
         backbone_weights_channels: str = "mean",
+        multilabel: bool = False,
     ) -> None:
+        if multilabel:
+            raise ConfigError("model.multilabel=true: detection2d has no multi-label mode (each box has one class)")
         for key, value in (("image_mean", image_mean), ("image_std", image_std)):
             if value is not None and len(value) != in_channels:
                 raise ConfigError(f"model.{key}={value}: expected {in_channels} values, one per input channel")

@@ -209,6 +209,10 @@ class LocalizationModule(ClassificationModule):
             raise ConfigError(f"model.class_head={class_head!r}: expected 'roi' or 'global'")
         if box_grid < 1:
             raise ConfigError(f"model.box_grid={box_grid}: expected at least 1 (1 is global pooling)")
+        if kwargs.get("multilabel"):
+            raise ConfigError(
+                "model.multilabel=true: localization2d has no multi-label mode (one class and box an image)"
+            )
         super().__init__(spatial_dims=spatial_dims, **kwargs)
 
     def configure_models(self) -> None:

@@ -6,8 +6,9 @@ two layouts:
   per band at the band's own resolution (10, 20 or 60 m), with
   ``<patch>/<patch>_labels_metadata.json`` holding ``"labels"``. A patch's bands are read
   together, each resampled (``resampling``, bilinear by default) onto the grid of its finest
-  band. Its class is its row of ``labels.csv`` (columns ``patch,label``) where the folder has
-  one, else the one label of its metadata; multi-label classification is not supported yet.
+  band. Its labels are its row of ``labels.csv`` (columns ``patch,label``; ``a;b`` for
+  several) where the folder has one, else the ``labels`` list of its metadata. A patch with
+  several labels makes the run multi-label (``multilabel``, :mod:`cnnsuite.data.labels`).
 
 A sample is a cube of bands × H × W. The bands are named, never indexed: EuroSAT-MS files
 hold B01 … B12 and then B8A (last, not after B08), and ``bands`` picks a subset by name in
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import rasterio
@@ -50,6 +52,7 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
+from cnnsuite.data.labels import check_multilabel, multi_hot
 from cnnsuite.errors import ConfigError
 
 from .default_data import BANDS, CLASSES, patch
@@ -139,6 +142,9 @@ class MultispectralDataModule(TaskDataModule):
     bands, size or data type, unreadable, NaN or infinity); ``skip`` leaves them out of the run
     with one warning listing them.
     ``default_size`` patches per class, of ``default_patch`` pixels, make the embedded default.
+    ``multilabel``: ``auto`` trains multi-label when some patch has several labels (BigEarthNet's
+    metadata, or ``a;b`` in ``labels.csv``), ``true`` always (one-hot for single labels),
+    ``false`` never.
     """
 
     default_name = "multispectral3d"
@@ -156,9 +162,11 @@ class MultispectralDataModule(TaskDataModule):
         default_size: int = 100,
         default_patch: int = 64,
         batch_size: int = 32,
+        multilabel: Literal["auto"] | bool = "auto",
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
+        check_multilabel(multilabel)
         data_dir = self.hparams.data_dir
         if layout not in LAYOUTS:
             raise ConfigError(f"data.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
@@ -171,8 +179,9 @@ class MultispectralDataModule(TaskDataModule):
         #: the patches read by a check so far, and the bad ones among them (by id)
         self.checked: set[str] = set()
         self.bad: set[str] = set()
-        #: ``patch folder → label`` in the band-folder layout (BigEarthNet-S2), else None
-        self.patch_labels: dict[str, str] | None = None
+        #: ``patch folder → target`` in the band-folder layout (BigEarthNet-S2), else None
+        self.patch_labels: dict | None = None
+        self.decide_multilabel(multilabel is True)
         if data_dir is None:
             # Band names are checked against the default's in prepare_data: a checkpoint of a run
             # on the user's own bands rebuilds this branch for prediction (see restore_preprocessing).
@@ -181,12 +190,13 @@ class MultispectralDataModule(TaskDataModule):
             self.dtype = DTYPES[0]
         else:
             root = check_folder(data_dir)
-            self.patch_labels = read_patch_labels(root)
-            if self.patch_labels is None:
+            found = read_patch_labels(root, multilabel)
+            if found is None:
                 self.class_names = list_classes(root, EXTENSIONS)
                 first = root / list_samples(root, self.class_names[:1], EXTENSIONS)[0][0]
             else:
-                self.class_names = sorted(set(self.patch_labels.values()))
+                self.class_names, self.patch_labels, decided = found
+                self.decide_multilabel(decided)
                 first = root / next(iter(self.patch_labels))
             self.band_names, self.size, self.dtype = GeoTiffReader(bands, resampling=resampling).header(first)
         self.in_channels = len(self.band_names) if layout == "channels" else 1
@@ -224,8 +234,11 @@ class MultispectralDataModule(TaskDataModule):
 
     def list_samples(self) -> list[tuple[str, int]]:
         if self.patch_labels is not None:
-            return [(name, self.class_names.index(label)) for name, label in self.patch_labels.items()]
-        return list_samples(self.root, self.class_names, EXTENSIONS)
+            return list(self.patch_labels.items())
+        samples = list_samples(self.root, self.class_names, EXTENSIONS)
+        if self.multilabel:  # class folders hold one label a patch: one-hot
+            return [(i, multi_hot([label], self.num_classes)) for i, label in samples]
+        return samples
 
     def is_input(self, path: Path) -> bool:
         """A GeoTIFF, or a patch folder of one GeoTIFF per band (BigEarthNet-S2)."""

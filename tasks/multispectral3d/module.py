@@ -31,7 +31,7 @@ class MultispectralModule(ClassificationModule):
 
     def configure_metrics(self, stage: str) -> MetricCollection:
         metrics = super().configure_metrics(stage)
-        if stage != "train":
+        if stage != "train" and not self.multilabel:
             metrics.add_metrics({"kappa": MulticlassCohenKappa(self.hparams.num_classes)})
         return metrics
 
@@ -52,10 +52,11 @@ class MultispectralModule(ClassificationModule):
         picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), pool)).astype(int)).tolist()
         samples, labels = zip(*(dataset[i] for i in picked), strict=True)
         batch = torch.stack(samples).to(self.device)
-        predicted = torch.cat([self(chunk).argmax(1).cpu() for chunk in batch.split(64)])
-        labels = torch.as_tensor(labels)
-        wrong = (predicted != labels).nonzero().flatten().tolist()[:count]
-        right = (predicted == labels).nonzero().flatten().tolist()
+        logits = torch.cat([self(chunk).cpu() for chunk in batch.split(64)])
+        truth = [self.target_text(label) for label in labels]
+        said = [self.prediction_text(row) for row in logits]
+        wrong = [i for i, (t, p) in enumerate(zip(truth, said, strict=True)) if t != p][:count]
+        right = [i for i, (t, p) in enumerate(zip(truth, said, strict=True)) if t == p]
         fill = min(count - len(wrong), len(right))
         order = wrong + [right[j] for j in np.linspace(0, len(right) - 1, fill).astype(int)] if fill else wrong
         composites = [c for c in (TRUE_COLOUR, FALSE_COLOUR) if set(c) <= set(datamodule.band_names)]
@@ -67,9 +68,9 @@ class MultispectralModule(ClassificationModule):
             raw = datamodule.reader(datamodule.root / dataset.ids[picked[i]])
             for row, bands in enumerate(composites):
                 axes[row, col].imshow(composite(raw, datamodule.band_names, bands))
-            right = bool(predicted[i] == labels[i])
+            right = truth[i] == said[i]
             axes[0, col].set_title(
-                f"{self.class_names[labels[i]]}\n→ {self.class_names[predicted[i]]}",
+                f"{truth[i]}\n→ {said[i]}",
                 color="green" if right else "red",
                 fontsize=7,
             )
@@ -95,7 +96,7 @@ class MultispectralModule(ClassificationModule):
         order = np.argsort(x)
         fig, ax = plt.subplots(figsize=(8, 5))
         for index, name in enumerate(self.class_names):
-            ids = [i for i in train if labels[i] == index][:per_class]
+            ids = [i for i in train if self.carries(labels[i], index)][:per_class]
             if not ids:
                 continue
             spectra = datamodule.reflectance(

@@ -21,6 +21,7 @@ from cnnsuite.data import (
     check_finite,
     report_bad_files,
 )
+from cnnsuite.data.labels import parse_labels
 from cnnsuite.data.limits import check_size
 from cnnsuite.errors import ConfigError
 
@@ -192,19 +193,32 @@ class GeoTiffReader:
         return values
 
 
-def read_patch_labels(root: Path) -> dict[str, str] | None:
-    """``patch folder → label`` of a folder in the BigEarthNet-S2 layout, sorted by patch; None
-    for any other layout. The labels are ``root/labels.csv``'s (columns ``patch,label``) where
-    there is one, else each patch's one label in its ``<patch>_labels_metadata.json``; patches
-    with several labels are refused together in one line (multi-label classification is not
-    supported yet), missing or unreadable metadata listed all at once."""
+def read_patch_labels(root: Path, multilabel: bool | str = "auto") -> tuple[list[str], dict, bool] | None:
+    """``(class names, patch folder → target, multilabel)`` of a folder in the BigEarthNet-S2
+    layout, patches sorted; None for any other layout. The labels are ``root/labels.csv``'s
+    (columns ``patch,label``; a cell ``a;b`` holds several) where there is one, else each
+    patch's ``"labels"`` list in its ``<patch>_labels_metadata.json``, missing or unreadable
+    metadata listed all at once. Several labels a patch make a multi-label run as
+    ``multilabel`` allows (:func:`cnnsuite.data.labels.parse_labels`)."""
     patches = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and band_files(d))
     if not patches:
         return None
     table = root / LABELS_CSV
     if table.is_file():
-        return read_labels_csv(table, patches)
-    labels, errors, several = {}, [], []
+        rows = read_labels_csv(table, patches)
+        where = {name: f"{table}, line {line}" for name, (_, line) in rows.items()}
+        cells = {name: cell for name, (cell, _) in rows.items()}
+        source = table
+    else:
+        cells, where = read_metadata_labels(root, patches, table)
+        source = f"{root}/*/*{METADATA}"
+    names, targets, decided = parse_labels(list(cells.values()), multilabel, source, list(where.values()))
+    return names, dict(zip(cells, targets, strict=True)), decided
+
+
+def read_metadata_labels(root: Path, patches: list[str], table: Path) -> tuple[dict, dict]:
+    """``(patch → its labels list, patch → its metadata file)`` from each patch's metadata JSON."""
+    labels, errors = {}, []
     for name in patches:
         path = root / name / f"{name}{METADATA}"
         try:
@@ -219,22 +233,15 @@ def read_patch_labels(root: Path) -> dict[str, str] | None:
             continue
         if not isinstance(found, list) or not found or not all(isinstance(x, str) for x in found):
             errors.append(BadFileError(f'{path}: "labels" is {json.dumps(found)}, expected a list of label names'))
-        elif len(found) > 1:
-            several.append(f"{path}: {json.dumps(found)}")
         else:
-            labels[name] = found[0]
+            labels[name] = found
     report_bad_files(errors, len(patches), what="patch folders")
-    if several:
-        raise ConfigError(
-            f"{len(several)} of {len(patches)} patches have several labels (e.g. {several[0]}); multi-label "
-            f"classification is not supported yet: give each patch one label in {table} (columns patch,label)"
-        )
-    return labels
+    return labels, {name: str(root / name / f"{name}{METADATA}") for name in labels}
 
 
-def read_labels_csv(table: Path, patches: list[str]) -> dict[str, str]:
-    """``patch → label`` rows of a band-folder layout's ``labels.csv``, sorted by patch; each
-    patch must be one of the folder's ``patches``."""
+def read_labels_csv(table: Path, patches: list[str]) -> dict[str, tuple[str, int]]:
+    """``patch → (label cell, line)`` rows of a band-folder layout's ``labels.csv``, sorted by
+    patch; each patch must be one of the folder's ``patches``."""
     with table.open(newline="", encoding="utf-8-sig") as f:  # Excel starts its CSV with a byte-order mark
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"patch", "label"} <= set(reader.fieldnames):
@@ -248,7 +255,7 @@ def read_labels_csv(table: Path, patches: list[str]) -> dict[str, str]:
             raise ConfigError(f"{table}, line {line}: empty patch or label")
         if name not in known:
             errors.append(BadFileError(f"{table}, line {line}: {table.parent / name} is no patch folder of band files"))
-        labels[name] = label
+        labels[name] = (label, line)
     if not labels:
         raise ConfigError(f"{table}: no rows")
     report_bad_files(errors, len(rows), what="patches")

@@ -120,6 +120,16 @@ class TaskDataModule(L.LightningDataModule):
     # --- what a task provides -------------------------------------------------------
     class_names: list[str]
     in_channels: int
+    #: whether a sample may carry several labels (its target a multi-hot vector): decided when
+    #: the datamodule is constructed, by a task that reads label files (:mod:`cnnsuite.data.labels`)
+    multilabel: bool = False
+
+    def decide_multilabel(self, multilabel: bool) -> None:
+        """Record the decided label mode, in the hyper-parameters too: they then hold what the
+        run trained (``auto`` is decided once), as the model's ``multilabel`` does (Lightning
+        refuses to log the two under one name with different values)."""
+        self.multilabel = multilabel
+        self.save_hyperparameters({**self.hparams, "multilabel": multilabel})
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -133,7 +143,8 @@ class TaskDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def list_samples(self) -> list[tuple[str, int]]:
-        """Every sample of the data as ``(id, class index)``; ids are what split lists hold."""
+        """Every sample of the data as ``(id, class index)``, or ``(id, multi-hot vector)`` when
+        :attr:`multilabel`; ids are what split lists hold."""
         raise NotImplementedError
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
@@ -169,12 +180,16 @@ class TaskDataModule(L.LightningDataModule):
         loader gives it: what ``cnnsuite bench`` times a training step on (the values do not
         change the work a network does; the shape does). Nothing is read. The default is
         ``(x, labels)``: samples of :attr:`input_shape` and class indices below
-        :attr:`num_classes`; a task whose batches hold more (boxes, lists of images) overrides it."""
+        :attr:`num_classes` (multi-hot vectors when :attr:`multilabel`); a task whose batches
+        hold more (boxes, lists of images) overrides it."""
         if self.input_shape is None:
             raise NotImplementedError(
                 f"{type(self).__name__} has no fixed input_shape: it must override synthetic_batch for the bench"
             )
-        labels = torch.randint(self.num_classes, (size,), generator=generator)
+        if self.multilabel:
+            labels = torch.randint(2, (size, self.num_classes), generator=generator).float()
+        else:
+            labels = torch.randint(self.num_classes, (size,), generator=generator)
         return torch.randn(size, *self.input_shape, generator=generator), labels
 
     # --- shared ---------------------------------------------------------------------

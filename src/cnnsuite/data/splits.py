@@ -1,4 +1,6 @@
-"""Train/val/test splits: fixed lists when the data brings them, else stratified by seed."""
+"""Train/val/test splits: fixed lists when the data brings them, else stratified by seed:
+by class for single-label data, by iterative stratification (Sechidis et al., 2011, as
+``iterstrat`` implements it) for multi-label data, so a rare label reaches val and test too."""
 
 from __future__ import annotations
 
@@ -7,18 +9,22 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 from sklearn.model_selection import train_test_split
 
 from ..errors import ConfigError
+from .labels import is_multi_hot
 from .textfiles import read_lines
 
 STAGES = ("train", "val", "test")
 
 
 def stratified_split(
-    ids: Sequence[str], labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int
+    ids: Sequence[str], labels: Sequence, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[str]]:
-    """Split ``ids`` so each class keeps its share in train, val and test."""
+    """Split ``ids`` so each class keeps its share in train, val and test; ``labels`` are
+    class indices, or multi-hot vectors (each label then keeps its share as near as it can)."""
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1:
@@ -29,7 +35,7 @@ def stratified_split(
 
 
 def split_validation(
-    train: list[str], labels: list[int], val_fraction: float, total: int, seed: int
+    train: list[str], labels: list, val_fraction: float, total: int, seed: int
 ) -> tuple[list[str], list[str]]:
     """``(train, val)`` for data that brings its train and test splits but no validation:
     ``val_fraction`` of all ``total`` samples, drawn from train (at most half of it) and
@@ -45,9 +51,15 @@ def check_fraction(key: str, value: float) -> None:
         raise ConfigError(f"data.{key}={value}: expected a fraction between 0 and 1")
 
 
-def split_off(ids: list[str], labels: list[int], fraction: float, seed: int):
+def split_off(ids: list[str], labels: list, fraction: float, seed: int):
     """``(kept ids, split-off ids, kept labels)``, stratified when every class can be (and
-    said out loud when not: a class may then be missing from a split)."""
+    said out loud when not: a class may then be missing from a split). Multi-hot labels are
+    split by iterative stratification."""
+    if is_multi_hot(labels):
+        targets = np.stack(labels)
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        kept, out = next(splitter.split(np.zeros((len(ids), 1)), targets))
+        return [ids[i] for i in kept], [ids[i] for i in out], [labels[i] for i in kept]
     try:
         kept, out, kept_labels, _ = train_test_split(
             ids, labels, test_size=fraction, random_state=seed, stratify=labels

@@ -2,6 +2,12 @@
 
 The image, volume, video and multispectral classifiers are this one module with different
 data, backbone settings and config: ``spatial_dims`` picks 2D or 3D layers all the way down.
+
+``multilabel`` (linked from the datamodule, which decides it from its label file) makes it a
+multi-label classifier: one independent sigmoid per class, binary cross-entropy, and a label
+predicted where its probability reaches that class's threshold. The thresholds are a buffer
+(saved in every checkpoint), chosen again at the end of each validation epoch of a fit: per
+class, the one of a 0.05 grid that maximises the class's F1 on the validation predictions.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from torchmetrics.classification import (
     MulticlassAUROC,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+    MultilabelPrecisionRecallCurve,
 )
 
 from ..backbone import build_backbone
@@ -34,11 +43,18 @@ class ClassificationModule(TaskModule):
     ``channels_last`` stores activations channels-last (NHWC / NDHWC): oneDNN's
     convolutions run faster that way on CPU (a 3D CNN trained 2.2× faster here) and
     tensor cores prefer it on GPU.
+
+    A multi-label model (``multilabel``) logs ``map_macro``, ``map_micro`` (average precision,
+    macro and micro), ``f1_macro``, ``f1_micro`` (at the thresholds the epoch ran with) and
+    ``ap/<class>``, and its best checkpoint follows ``val/map_macro`` (the instance's
+    ``monitor``).
     """
 
     monitor = "val/acc"
     mode = "max"
-    metric_modes = {"loss": "min", "acc": "max", "f1_macro": "max", "auroc": "max"}
+    metric_modes = {"loss": "min", "acc": "max", "f1": "max", "auroc": "max", "map": "max", "ap": "max"}
+    #: where a multi-label model's thresholds are chosen among
+    threshold_grid = (0.05, 0.95, 19)
 
     def __init__(
         self,
@@ -55,8 +71,15 @@ class ClassificationModule(TaskModule):
         channels_last: bool = False,
         backbone_weights: str | None = None,
         backbone_weights_channels: str = "mean",
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
+        if multilabel:
+            self.monitor = "val/map_macro"
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.hparams.get("multilabel", False))
 
     def configure_models(self) -> None:
         hp = self.hparams
@@ -71,6 +94,8 @@ class ClassificationModule(TaskModule):
         )
         if hp.channels_last:
             self.to(memory_format=self._memory_format)
+        if self.multilabel:
+            self.register_buffer("thresholds", torch.full((hp.num_classes,), 0.5))
 
     @property
     def _memory_format(self) -> torch.memory_format:
@@ -81,9 +106,14 @@ class ClassificationModule(TaskModule):
         )
 
     def configure_losses(self) -> None:
-        self.loss = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
+        if self.multilabel:
+            self.loss = nn.BCEWithLogitsLoss()
+        else:
+            self.loss = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
 
     def configure_metrics(self, stage: str) -> MetricCollection:
+        if self.multilabel:
+            return self.configure_multilabel_metrics(stage)
         n = self.hparams.num_classes
         # Training batches come from our own loaders: checking every one's values (a sync per
         # step on a GPU) would cost more than the network's step on a small model.
@@ -104,13 +134,40 @@ class ClassificationModule(TaskModule):
         # own inner metric never saw updated (and torchmetrics warns on every epoch).
         return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
 
+    def configure_multilabel_metrics(self, stage: str) -> MetricCollection:
+        """Average precision on the probabilities (the returned collection) and F1 on the
+        decisions at the thresholds (``<stage>_decision_metrics``); validation also keeps the
+        precision-recall curve per class that the next thresholds are chosen on."""
+        n = self.hparams.num_classes
+        check = stage != "train"
+        # Training's AP is binned: constant memory over an epoch of any length.
+        binned = None if check else 100
+        metrics = {"map_micro": MultilabelAveragePrecision(n, average="micro", thresholds=binned, validate_args=check)}
+        decisions = {"f1_micro": MultilabelF1Score(n, average="micro", validate_args=check)}
+        if check:
+            metrics |= {
+                "map_macro": MultilabelAveragePrecision(n, average="macro"),
+                "per_class_ap": ClasswiseWrapper(
+                    MultilabelAveragePrecision(n, average=None), labels=self.class_names, prefix="ap/"
+                ),
+            }
+            decisions |= {"f1_macro": MultilabelF1Score(n, average="macro")}
+        if stage == "val":
+            self.val_curve = MultilabelPrecisionRecallCurve(n, thresholds=torch.linspace(*self.threshold_grid))
+        setattr(self, f"{stage}_decision_metrics", MetricCollection(decisions, prefix=f"{stage}/"))
+        return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x.contiguous(memory_format=self._memory_format)))
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self(x)
-        loss = self.loss(logits, y)
+        if self.multilabel:
+            smoothing = self.hparams.label_smoothing  # toward 1/2: each label is its own two-class problem
+            loss = self.loss(logits, y.float() * (1 - smoothing) + smoothing / 2)
+        else:
+            loss = self.loss(logits, y)
         self.update_metrics(stage, logits, y, batch)
         self.log_losses(stage, {"loss": loss}, len(y))
         return loss
@@ -120,6 +177,13 @@ class ClassificationModule(TaskModule):
 
         They get probabilities, not logits: torchmetrics softmaxes a batch only when some
         value lies outside [0, 1], so a batch of small logits would be ranked raw by AUROC."""
+        if self.multilabel:
+            probs, target = logits.detach().float().sigmoid(), target.long()
+            getattr(self, f"{stage}_metrics").update(probs, target)
+            getattr(self, f"{stage}_decision_metrics").update(self.decide(probs).long(), target)
+            if stage == "val":
+                self.val_curve.update(probs, target)
+            return
         probs = logits.detach().float().softmax(dim=1)
         getattr(self, f"{stage}_metrics").update(probs, target)
         if stage == "test":
@@ -135,25 +199,52 @@ class ClassificationModule(TaskModule):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
-        return self(batch[0]).softmax(dim=1)
+        logits = self(batch[0])
+        return logits.sigmoid() if self.multilabel else logits.softmax(dim=1)
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Which labels a multi-label model predicts: each probability at or above its class's threshold."""
+        return probs >= self.thresholds.to(probs.device)
 
     def _log_metrics(self, stage: str) -> None:
         self.log_epoch_losses(stage)
-        metrics = getattr(self, f"{stage}_metrics")
-        values = metrics.compute()
-        for key, value in values.items():
-            # The progress bar shows the headline numbers, not one per class.
-            self.log(key, value, prog_bar=stage != "test" and key.count("/") == 1)
-        metrics.reset()
+        collections = [getattr(self, f"{stage}_metrics")]
+        if self.multilabel:
+            collections.append(getattr(self, f"{stage}_decision_metrics"))
+        for metrics in collections:
+            values = metrics.compute()
+            for key, value in values.items():
+                # The progress bar shows the headline numbers, not one per class.
+                self.log(key, value, prog_bar=stage != "test" and key.count("/") == 1)
+            if stage == "test" and self.multilabel and metrics is collections[0]:
+                self.test_class_ap = {k.removeprefix("test/ap/"): float(v) for k, v in values.items() if "/ap/" in k}
+            metrics.reset()
+
+    def choose_thresholds(self) -> None:
+        """Per class, the grid threshold with the highest F1 on the epoch's validation
+        predictions; a class without a positive in validation keeps its threshold."""
+        precision, recall, grid = self.val_curve.compute()
+        self.val_curve.reset()
+        precision, recall = precision[:, : len(grid)], recall[:, : len(grid)]
+        # precision is NaN at a threshold nothing reaches: no F1 there
+        f1 = (2 * precision * recall / (precision + recall).clamp_min(1e-12)).nan_to_num(0.0)
+        best, index = f1.max(dim=1)
+        self.thresholds.copy_(torch.where(best > 0, grid.to(self.thresholds)[index], self.thresholds))
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        if not self.multilabel:
+            return
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.choose_thresholds()
+        self.val_curve.reset()
 
     def on_test_epoch_start(self) -> None:
-        self.test_confusion.reset()
+        if not self.multilabel:
+            self.test_confusion.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
@@ -161,10 +252,33 @@ class ClassificationModule(TaskModule):
     # --- prediction on raw files ----------------------------------------------------------
     @property
     def inference_outputs(self) -> dict[str, str]:
+        if self.multilabel:
+            return {
+                "logits": "one score per class in class_names order, each an independent sigmoid (sigmoid: that "
+                "label's probability); a label is predicted where its probability is at least its threshold"
+            }
         return {"logits": "class scores before softmax, one per class in class_names order (softmax: probabilities)"}
 
+    def describe_labels(self) -> dict:
+        """``multilabel``, and a multi-label model's thresholds by class name."""
+        if not self.multilabel:
+            return {"multilabel": False}
+        return {"multilabel": True, "thresholds": self.named_thresholds()}
+
+    def named_thresholds(self) -> dict[str, float]:
+        return dict(zip(self.class_names, self.thresholds.tolist(), strict=True))
+
     def describe_probabilities(self, probs: torch.Tensor) -> dict:
-        """``{"class", "score", "probabilities": {class name: p}}`` for one softmax vector."""
+        """``{"class", "score", "probabilities": {class name: p}}`` for one softmax vector; for a
+        multi-label model's sigmoids ``{"labels": [every class at or above its threshold],
+        "probabilities", "thresholds"}``."""
+        if self.multilabel:
+            chosen = self.decide(probs).tolist()
+            return {
+                "labels": [name for name, yes in zip(self.class_names, chosen, strict=True) if yes],
+                "probabilities": dict(zip(self.class_names, probs.tolist(), strict=True)),
+                "thresholds": self.named_thresholds(),
+            }
         index = int(probs.argmax())
         return {
             "class": self.class_names[index],
@@ -172,8 +286,30 @@ class ClassificationModule(TaskModule):
             "probabilities": dict(zip(self.class_names, probs.tolist(), strict=True)),
         }
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities, or a multi-label model's sigmoids, of a batch of logits."""
+        return logits.sigmoid() if self.multilabel else logits.softmax(dim=1)
+
     def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
-        return [self.describe_probabilities(p) for p in outputs[0].softmax(dim=1)]
+        return [self.describe_probabilities(p) for p in self.probabilities(outputs[0])]
+
+    def target_text(self, target) -> str:
+        """A sample's true labels in words: its class, or its labels joined by ``;``."""
+        target = torch.as_tensor(target)
+        if target.dim() == 0:
+            return self.class_names[int(target)]
+        return ";".join(n for n, yes in zip(self.class_names, target.tolist(), strict=True) if yes) or "(none)"
+
+    def prediction_text(self, logits: torch.Tensor) -> str:
+        """One sample's predicted labels in words, from its logits, as :meth:`target_text` writes them."""
+        if self.multilabel:
+            return self.target_text(self.decide(logits.sigmoid()).float())
+        return self.class_names[int(logits.argmax())]
+
+    def carries(self, target, index: int) -> bool:
+        """Whether a sample's target carries class ``index``."""
+        target = torch.as_tensor(target)
+        return bool(target[index]) if target.dim() else int(target) == index
 
     def render_prediction(self, item: Input, prediction: dict, path: Path) -> None:
         """The input (its ``view`` if it has one) titled with the predicted class: an image as
@@ -189,11 +325,17 @@ class ClassificationModule(TaskModule):
         for ax, plane in zip(axes.flat, planes, strict=True):
             ax.imshow(plane.numpy(), cmap="gray")
             ax.axis("off")
-        fig.suptitle(f"{item.path.name}: {prediction['class']} ({prediction['score']:.2f})", fontsize=10)
+        if self.multilabel:
+            said = ", ".join(f"{n} ({prediction['probabilities'][n]:.2f})" for n in prediction["labels"]) or "no label"
+        else:
+            said = f"{prediction['class']} ({prediction['score']:.2f})"
+        fig.suptitle(f"{item.path.name}: {said}", fontsize=10)
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
 
     def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
+        if self.multilabel:
+            return [self._plot_class_ap(Path(out_dir))]
         fig, ax = self.test_confusion.plot(labels=self.class_names)
         ax.set_title("Confusion matrix (test split)")
         fig.set_size_inches(max(5, 0.5 * len(self.class_names) + 2), max(4.5, 0.5 * len(self.class_names) + 1.5))
@@ -201,3 +343,18 @@ class ClassificationModule(TaskModule):
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         return [path]
+
+    def _plot_class_ap(self, out_dir: Path) -> Path:
+        """A multi-label model's average precision per class on the test split, as bars."""
+        names = list(self.test_class_ap)
+        values = [self.test_class_ap[n] for n in names]
+        fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names) + 2), 4))
+        ax.bar(range(len(names)), values, color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("average precision")
+        ax.set_title(f"Average precision per class (test split); macro mean {sum(values) / max(len(values), 1):.3f}")
+        path = out_dir / "class_ap.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return path

@@ -279,6 +279,12 @@ class TaskModule(L.LightningModule):
         """What :meth:`batch_inputs` does, in words, for the JSON beside an export."""
         return "samples stacked along a new first (batch) axis"
 
+    def describe_labels(self) -> dict:
+        """How the outputs become labels, beyond :attr:`inference_outputs`' words, for the JSON
+        beside an export (a classifier's: whether they are independent sigmoids, and the
+        thresholds); the default has nothing to add."""
+        return {}
+
     def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
         """One JSON-able prediction per input, from the network's outputs for their batch."""
         raise NotImplementedError(f"{type(self).__name__} does not describe predictions")

@@ -178,6 +178,15 @@ def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict,
     return {**args, **{k: v for k, v in data.items() if v is not None}}
 
 
+def follow_model(model: TaskModule, data_cls: type[TaskDataModule], args: dict) -> dict:
+    """``args`` with the model's label mode where the datamodule takes one (``multilabel``): a
+    multi-label model reads other data multi-label too, a single-label one refuses several
+    labels a sample."""
+    if "multilabel" not in data_cls.init_parameters():
+        return args
+    return {**args, "multilabel": bool(model.hparams.get("multilabel", False))}
+
+
 def add_data_options(parser) -> None:
     """``--data.data_dir``, ``--data.data_root`` and ``--data.num_workers`` on an argparse
     ``parser`` of a command that rebuilds a checkpoint's datamodule; a task's own local
@@ -243,7 +252,7 @@ def rebuild(
     checkpoint = load_checkpoint(ckpt_path)
     model = build_model(checkpoint, ckpt_path)
     data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
-    data_args = data_arguments(checkpoint, data_cls, data, ckpt_path)
+    data_args = follow_model(model, data_cls, data_arguments(checkpoint, data_cls, data, ckpt_path))
     recorded = recorded_source(checkpoint, data_cls)
     given = any(k in data for k in data_cls.source_hparams if k != "split_file")
     if recorded and not given:
@@ -303,7 +312,7 @@ def rebuild_for_inference(ckpt_path: str | Path) -> tuple[TaskModule, TaskDataMo
     checkpoint = load_checkpoint(ckpt_path)
     model = build_model(checkpoint, ckpt_path)
     data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
-    data_args = data_arguments(checkpoint, data_cls, {}, ckpt_path)
+    data_args = follow_model(model, data_cls, data_arguments(checkpoint, data_cls, {}, ckpt_path))
     datamodule = from_file(ckpt_path, "datamodule_hyper_parameters", lambda: data_cls(**data_args))
     datamodule.class_names = list(model.class_names)
     datamodule.in_channels = model.hparams.get("in_channels", datamodule.in_channels)

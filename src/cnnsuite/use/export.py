@@ -294,6 +294,7 @@ def describe_export(
         },
         "preprocessing": {**datamodule.describe_preprocessing(), "batch": model.describe_batch_inputs()},
         "class_names": list(model.class_names),
+        **model.describe_labels(),
         "outputs": [
             {
                 "name": name,

@@ -1,0 +1,180 @@
+"""Multi-label classification: label cells with several labels, iterative splits, sigmoid
+outputs, thresholds chosen on validation, through fit, evaluate, predict and export."""
+
+import csv
+import json
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import fit
+from test_multispectral3d import SMALL_MODEL, bigearthnet_patches, write_bigearthnet
+
+from cnnsuite.cli import main
+from cnnsuite.data.labels import parse_labels
+from cnnsuite.data.splits import stratified_split
+from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
+from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.trust.checkpoint import rebuild
+
+SMALL = ["--data.spatial_size", "[16, 16, 16]", "--model.init_args.backbone_kwargs", "{channels: [4, 8]}"]
+
+
+def test_label_cells_decide_multilabel_and_say_so_once(caplog):
+    cells = ["a", "b ; a", "c;b", "a"]
+    with caplog.at_level(logging.INFO):
+        names, targets, multilabel = parse_labels(cells, source="labels.csv")
+    assert names == ["a", "b", "c"] and multilabel is True
+    assert np.array_equal(np.stack(targets), [[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 0, 0]])
+    assert targets[0].dtype == np.float32
+    said = [r.getMessage() for r in caplog.records if "several labels" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("labels.csv: 2 of 4 samples have several labels")
+    # A single-label file gives class indices, as the readers always have, and says nothing.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert parse_labels(["10", "2", "2"]) == (["2", "10"], [1, 0, 0], False)
+    assert not caplog.records
+    # true: one-hot; false with several labels: the row named.
+    names, targets, multilabel = parse_labels(["x", "y"], multilabel=True)
+    assert multilabel and np.array_equal(np.stack(targets), [[1, 0], [0, 1]])
+    where = [f"labels.csv, line {n}" for n in range(2, 6)]
+    with pytest.raises(ValueError, match=r"labels.csv, line 3: 'b;a' holds 2 labels, but data.multilabel=false"):
+        parse_labels(cells, multilabel=False, where=where)
+    with pytest.raises(ValueError, match="data.multilabel='yes': expected auto, true or false"):
+        parse_labels(cells, multilabel="yes")
+
+
+def test_iterative_split_keeps_a_rare_label_in_val_and_test():
+    ids = [f"s{i:03d}" for i in range(100)]
+    cells = ["common;rare" if i % 17 == 0 else "common" if i % 2 else "other" for i in range(100)]
+    names, targets, _ = parse_labels(cells)
+    with pytest.warns() as caught:  # no warning: the split is stratified
+        splits = stratified_split(ids, targets, 0.2, 0.2, seed=0)
+        import warnings
+
+        warnings.warn("sentinel", stacklevel=1)
+    assert [str(w.message) for w in caught] == ["sentinel"]
+    rare = {i for i, cell in zip(ids, cells, strict=True) if "rare" in cell}
+    assert all(rare & set(splits[s]) for s in ("train", "val", "test"))
+    assert sorted(sum(splits.values(), [])) == ids
+    # Class indices split as before.
+    single = stratified_split(ids, [i % 3 for i in range(100)], 0.2, 0.2, seed=0)
+    assert len(single["test"]) == 20 and len(single["val"]) == 20
+
+
+def test_thresholds_maximise_each_class_f1_on_validation():
+    model = ClassificationModule(num_classes=3, class_names=["a", "b", "c"], multilabel=True)
+    assert model.monitor == "val/map_macro" and ClassificationModule.monitor == "val/acc"
+    probs = torch.tensor([[0.9, 0.3, 0.1], [0.7, 0.25, 0.2], [0.2, 0.1, 0.3], [0.1, 0.05, 0.4]])
+    target = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]])
+    model.val_curve.update(probs, target)
+    model.choose_thresholds()
+    # a: any threshold in (0.2, 0.7] separates, the lowest such grid value wins; b: only 0.3
+    # is above 0.25; c has no positive and keeps its 0.5
+    assert model.thresholds.tolist() == pytest.approx([0.25, 0.3, 0.5])
+    assert model.describe_probabilities(probs[0])["labels"] == ["a", "b"]
+
+
+def make_multilabel_volumes(root, count=18):
+    """16³ volumes of noise; a bright blob in corner A is label ``a``, in corner B label ``b``."""
+    rng = np.random.default_rng(0)
+    (root / "scans").mkdir(parents=True)
+    rows = []
+    for index in range(count):
+        labels = ["a", "b", "a;b"][index % 3]
+        volume = rng.normal(size=(16, 16, 16)).astype(np.float32)
+        if "a" in labels:
+            volume[:6, :6, :6] += 4
+        if "b" in labels:
+            volume[10:, 10:, 10:] += 4
+        name = f"scans/v{index}.nii.gz"
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), root / name)
+        rows.append((name, labels))
+    with (root / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("image", "label"), *rows])
+    return root
+
+
+def test_biomedical3d_multilabel_labels_csv_fits_evaluates_predicts_and_exports(tmp_path):
+    folder = make_multilabel_volumes(tmp_path / "user")
+    dm = Biomedical3DDataModule(data_dir=str(folder), spatial_size=[16, 16, 16])
+    assert dm.multilabel and dm.class_names == ["a", "b"]
+    run = fit("biomedical3d", tmp_path, *SMALL, "--data.data_dir", str(folder), "--trainer.max_epochs", "2",
+              "--data.batch_size", "6", "--data.augment", "false", "--data.val_fraction", "0.25",
+              "--data.test_fraction", "0.25")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
+    assert checkpoint["hyper_parameters"]["multilabel"] is True
+    callback = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor'"))
+    assert (
+        "'monitor': 'val/map_macro', 'mode': 'max'"
+        in next(k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint{'monitor'"))
+        and callback["best_model_score"] is not None
+    )
+    assert "monitor: val/map_macro" in (run / "config.yaml").read_text()
+    thresholds = checkpoint["state_dict"]["thresholds"]
+    assert thresholds.shape == (2,) and all(0.05 <= t <= 0.95 for t in thresholds.tolist())
+
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert {"test/map_macro", "test/map_micro", "test/f1_macro", "test/f1_micro", "test/ap/a", "test/ap/b"} <= set(
+        metrics
+    )
+    assert (run / "evaluation" / "class_ap.png").stat().st_size > 0
+
+    # predict: the labels at or above the checkpoint's thresholds, as the rebuilt model decides them
+    model, datamodule = rebuild(ckpt, run, {"data_dir": str(folder)})
+    datamodule.setup("test")
+    test_ids = datamodule.splits["test"]
+    main(["predict", "--ckpt", str(ckpt), "--input", str(folder / "scans"), "--out", str(tmp_path / "pred")])
+    lines = {json.loads(line)["path"]: json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").open()}
+    dataset = datamodule.datasets["test"]
+    for index, sample_id in enumerate(test_ids):
+        with torch.no_grad():
+            probs = model(dataset[index]["image"][None]).sigmoid()[0]
+        expected = [n for n, p, t in zip(model.class_names, probs, model.thresholds, strict=True) if p >= t]
+        line = lines[str(folder / sample_id)]
+        assert line["labels"] == expected and set(line["thresholds"]) == {"a", "b"}
+        assert line["probabilities"]["a"] == pytest.approx(float(probs[0]), abs=1e-5)
+
+    main(["export", "--ckpt", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "model.onnx")])
+    info = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert info["multilabel"] is True
+    assert info["thresholds"] == pytest.approx(dict(zip(["a", "b"], thresholds.tolist(), strict=True)))
+    assert "independent sigmoid" in info["outputs"][0]["meaning"]
+
+
+def test_biomedical3d_single_label_file_stays_single_label_and_false_refuses_several(tmp_path):
+    folder = make_multilabel_volumes(tmp_path / "user", count=3)
+    with pytest.raises(ValueError, match=r"labels.csv, line 4: 'a;b' holds 2 labels, but data.multilabel=false"):
+        Biomedical3DDataModule(data_dir=str(folder), multilabel=False)
+    (folder / "labels.csv").write_text("image,label\nscans/v0.nii.gz,a\nscans/v1.nii.gz,b\n")
+    dm = Biomedical3DDataModule(data_dir=str(folder))
+    assert not dm.multilabel and dm.list_samples() == [("scans/v0.nii.gz", 0), ("scans/v1.nii.gz", 1)]
+    forced = Biomedical3DDataModule(data_dir=str(folder), multilabel=True)
+    assert forced.multilabel and np.array_equal(forced.list_samples()[1][1], [0, 1])
+
+
+def test_bigearthnet_multilabel_metadata_trains_multispectral3d(tmp_path):
+    patches = bigearthnet_patches(per_class=4)
+    for name in list(patches)[::3]:
+        patches[name] = [*patches[name], "Inland waters"]
+    root = write_bigearthnet(tmp_path / "ben", patches, size=12)
+    run = fit("multispectral3d", tmp_path, *SMALL_MODEL, "--data.data_dir", str(root), "--trainer.max_epochs", "1",
+              "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["multilabel"] is True
+    assert checkpoint["hyper_parameters"]["class_names"] == ["Coniferous forest", "Inland waters", "Pastures"]
+    assert "val/map_macro" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_detection_and_localization_refuse_multilabel():
+    from cnnsuite.tasks.detection2d.module import DetectionModule
+    from cnnsuite.tasks.localization2d.module import LocalizationModule
+
+    with pytest.raises(ValueError, match="detection2d has no multi-label mode"):
+        DetectionModule(multilabel=True)
+    with pytest.raises(ValueError, match="localization2d has no multi-label mode"):
+        LocalizationModule(multilabel=True)
