@@ -54,7 +54,7 @@ def test_an_unknown_monitor_is_named_with_the_keys_that_are_logged(tmp_path, cap
               "--checkpoint.monitor", "val/accuracy"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2
-    assert "checkpoint.monitor='val/accuracy'" in err and "val/acc" in err and "val/f1_macro" in err
+    assert "checkpoint.monitor='val/accuracy'" in err and "val/acc" in err and "val/f1" in err and "val/map" in err
     assert not (tmp_path / "data").exists()
 
 
