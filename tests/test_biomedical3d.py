@@ -9,6 +9,7 @@ import nrrd
 import numpy as np
 import pytest
 import torch
+from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
 from conftest import ROOT
 from conftest import fit as run_fit
 from monai.transforms import RandRotate90d, Resized
@@ -16,7 +17,6 @@ from monai.transforms import RandRotate90d, Resized
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.labels import class_names_of
-from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
 
 CONFIG = str(ROOT / "tasks" / "biomedical3d" / "config.yaml")
 SMALL = ["--data.spatial_size", "[16, 16, 16]", "--model.init_args.backbone_kwargs", "{channels: [4, 8]}"]

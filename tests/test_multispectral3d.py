@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
+from cnnsuite.tasks.multispectral3d.default_data import BANDS
+from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
 from conftest import fit
 from rasterio.transform import Affine
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
-from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
-from cnnsuite.tasks.multispectral3d.default_data import BANDS
-from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
 
