@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from cnnsuite.tasks.multispectral3d import baselines
 from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
-from cnnsuite.tasks.multispectral3d.default_data import BANDS
+from cnnsuite.tasks.multispectral3d.default_data import BANDS, MOSAIC_CLASSES, mosaic
 from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
 from conftest import fit
 from rasterio.transform import Affine
@@ -394,3 +395,57 @@ def test_on_bad_file_skip_leaves_bad_patches_out_with_one_warning(tmp_path):
     assert torch.isfinite(dm.band_stats[0]).all()
     with pytest.raises(ValueError, match="data.on_bad_file='ignore': expected 'error' or 'skip'"):
         MultispectralDataModule(data_dir=str(folder), on_bad_file="ignore")
+
+
+# --- the generated multi-label default: mosaics of land covers in the BigEarthNet-S2 layout ---------
+
+
+def test_bigearthnet_default_writes_band_folders_of_several_land_covers(tmp_path):
+    dm = MultispectralDataModule(data_root=str(tmp_path), default="bigearthnet", default_size=3, default_patch=24)
+    assert dm.multilabel and dm.class_names == list(MOSAIC_CLASSES) and dm.band_names == list(BIGEARTHNET)
+    dm.prepare_data()
+    assert dm.root == tmp_path / "multispectral3d-default=bigearthnet-default_patch=24-default_size=3"
+    patches = sorted(p for p in dm.root.iterdir() if p.is_dir())
+    assert len(patches) == 3 * len(MOSAIC_CLASSES)
+    first = patches[0]
+    for band, metres in BIGEARTHNET.items():  # each band at its native resolution over one footprint
+        with rasterio.open(first / f"{first.name}_{band}.tif") as src:
+            assert src.count == 1 and src.dtypes[0] == "uint16" and src.crs.to_epsg() == 32632
+            assert src.res == (metres, metres) and src.width == 24 * 10 // metres
+    labels = [json.loads((p / f"{p.name}_labels_metadata.json").read_text())["labels"] for p in patches]
+    assert any(len(found) > 1 for found in labels) and all(set(found) <= set(MOSAIC_CLASSES) for found in labels)
+    samples = dict(dm.list_samples())
+    assert np.array_equal(samples[first.name], [c in labels[0] for c in MOSAIC_CLASSES])
+    dm.setup("fit")
+    x, y = dm.datasets["train"][0]
+    assert x.shape == (1, 12, 24, 24) and y.dtype == np.float32 and y.shape == (len(MOSAIC_CLASSES),)
+    with pytest.raises(ValueError, match="data.default='ben': expected eurosat or bigearthnet"):
+        MultispectralDataModule(default="ben")
+    with pytest.raises(ValueError, match="data.multilabel=false: the bigearthnet default"):
+        MultispectralDataModule(default="bigearthnet", multilabel=False)
+
+
+def test_mosaic_labels_are_the_covers_over_a_tenth_of_the_patch():
+    rng = np.random.default_rng(0)
+    counts = []
+    for _ in range(30):
+        cube, labels, shares = mosaic(32, rng)
+        assert cube.shape == (13, 32, 32) and sum(shares.values()) == pytest.approx(1)
+        assert labels == [c for c in MOSAIC_CLASSES if shares.get(c, 0) >= 0.1]
+        counts.append(len(labels))
+    assert set(counts) == {1, 2, 3}
+
+
+def test_bigearthnet_default_trains_one_epoch_and_baselines_score_it(tmp_path):
+    run = fit("multispectral3d", tmp_path, "--data.default", "bigearthnet", "--data.default_size", "6",
+              "--data.default_patch", "24", "--trainer.max_epochs", "1", "--evaluate", "false",
+              *SMALL_MODEL)  # fmt: skip
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["multilabel"] is True
+    assert checkpoint["hyper_parameters"]["class_names"] == list(MOSAIC_CLASSES)
+    assert "val/map_macro" in (run / "metrics.csv").read_text().splitlines()[0]
+    scores = baselines.main(["--data_root", str(tmp_path / "data"), "--default", "bigearthnet",
+                             "--default_size", "6", "--default_patch", "24"])  # fmt: skip
+    assert set(scores) == {f"{name}, {average}" for name in ("label frequency", "band means (logistic regression)")
+                           for average in ("macro mAP", "micro mAP")}  # fmt: skip
+    assert all(0 < value <= 1 for value in scores.values())

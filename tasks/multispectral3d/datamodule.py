@@ -25,11 +25,15 @@ depth axis of a 3D CNN), ``channels`` (bands × H × W, the 2D CNN with bands as
 TorchGeo trains EuroSAT) or ``mean`` (1 × H × W, the brightness image: a space-only baseline).
 
 The embedded default (``default_data.py``) is written once as real GeoTIFFs, with a UTM CRS and
-a 10 m transform as Sentinel-2 tiles have, under ``data_root/multispectral3d``.
+a 10 m transform as Sentinel-2 tiles have, under ``data_root/multispectral3d``: ``default``
+``eurosat`` writes single-label patches in the EuroSAT-MS layout, ``bigearthnet`` multi-label
+mosaics of land covers in the BigEarthNet-S2 layout (bands at their native resolutions, labels in
+each patch's metadata JSON), so each default is read by the reader of the data it stands for.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Literal
@@ -38,7 +42,9 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.transform import Affine
+from rasterio.warp import reproject
 from torch.utils.data import Dataset
 
 from cnnsuite.data import (
@@ -55,10 +61,20 @@ from cnnsuite.data.cache import DecodedCache, check_cache_limit
 from cnnsuite.data.labels import check_multilabel, multi_hot
 from cnnsuite.errors import ConfigError
 
-from .default_data import BANDS, CLASSES, patch
+from .default_data import (
+    BANDS,
+    BIGEARTHNET_BANDS,
+    CLASSES,
+    MOSAIC_CLASSES,
+    RESOLUTIONS,
+    digital_numbers,
+    mosaic,
+    patch,
+)
 from .readers import (
     DTYPES,
     EXTENSIONS,
+    METADATA,
     RESAMPLINGS,
     GeoTiffReader,
     band_files,
@@ -66,6 +82,8 @@ from .readers import (
 )
 
 LAYOUTS = ("cube", "channels", "mean")
+#: the embedded defaults: single-label patches as EuroSAT-MS, multi-label ones as BigEarthNet-S2
+DEFAULTS = ("eurosat", "bigearthnet")
 TRUE_COLOUR = ("B04", "B03", "B02")
 FALSE_COLOUR = ("B08", "B04", "B03")  # vegetation red: NIR shown as red
 
@@ -141,14 +159,17 @@ class MultispectralDataModule(TaskDataModule):
     ``on_bad_file``: ``error`` (default) stops naming every patch that cannot be used (wrong
     bands, size or data type, unreadable, NaN or infinity); ``skip`` leaves them out of the run
     with one warning listing them.
-    ``default_size`` patches per class, of ``default_patch`` pixels, make the embedded default.
+    ``default``: which embedded default (:data:`DEFAULTS`) a run without ``data_dir`` trains on:
+    ``eurosat``, one land cover a patch, or ``bigearthnet``, mosaics of several, multi-label.
+    ``default_size`` patches per class (``bigearthnet``: ``default_size`` × the number of
+    classes patches), of ``default_patch`` pixels at 10 m, make the embedded default.
     ``multilabel``: ``auto`` trains multi-label when some patch has several labels (BigEarthNet's
     metadata, or ``a;b`` in ``labels.csv``), ``true`` always (one-hot for single labels),
     ``false`` never.
     """
 
     default_name = "multispectral3d"
-    generation_hparams = ("default_size", "default_patch")
+    generation_hparams = ("default", "default_size", "default_patch")
     input_extensions = EXTENSIONS
 
     def __init__(
@@ -159,6 +180,7 @@ class MultispectralDataModule(TaskDataModule):
         cache_limit_mb: float = 1024,
         resampling: str = "bilinear",
         on_bad_file: str = "error",
+        default: str = "eurosat",
         default_size: int = 100,
         default_patch: int = 64,
         batch_size: int = 32,
@@ -176,6 +198,8 @@ class MultispectralDataModule(TaskDataModule):
         if resampling not in RESAMPLINGS:
             raise ConfigError(f"data.resampling={resampling!r}: expected one of {', '.join(RESAMPLINGS)}")
         check_on_bad_file(on_bad_file)
+        if default not in DEFAULTS:
+            raise ConfigError(f"data.default={default!r}: expected {' or '.join(DEFAULTS)}")
         #: the patches read by a check so far, and the bad ones among them (by id)
         self.checked: set[str] = set()
         self.bad: set[str] = set()
@@ -185,9 +209,16 @@ class MultispectralDataModule(TaskDataModule):
         if data_dir is None:
             # Band names are checked against the default's in prepare_data: a checkpoint of a run
             # on the user's own bands rebuilds this branch for prediction (see restore_preprocessing).
-            self.class_names = list(CLASSES)
-            self.band_names, self.size = list(bands or BANDS), (default_patch, default_patch)
+            self.class_names = list(CLASSES if default == "eurosat" else MOSAIC_CLASSES)
+            self.band_names, self.size = list(bands or self.default_bands), (default_patch, default_patch)
             self.dtype = DTYPES[0]
+            if default == "bigearthnet":
+                if multilabel is False:
+                    raise ConfigError(
+                        "data.multilabel=false: the bigearthnet default has several labels a patch; "
+                        "expected auto or true, or data.default=eurosat"
+                    )
+                self.decide_multilabel(True)
         else:
             root = check_folder(data_dir)
             found = read_patch_labels(root, multilabel)
@@ -211,16 +242,28 @@ class MultispectralDataModule(TaskDataModule):
         bands = {"cube": (1, len(self.band_names)), "channels": (len(self.band_names),), "mean": (1,)}
         return (*bands[self.hparams.layout], *self.size)
 
+    @property
+    def default_bands(self) -> tuple[str, ...]:
+        """The bands of the embedded default's files."""
+        return BANDS if self.hparams.default == "eurosat" else BIGEARTHNET_BANDS
+
     def prepare_data(self) -> None:
-        unknown = [b for b in self.hparams.bands or () if b not in BANDS]
+        known = self.default_bands
+        unknown = [b for b in self.hparams.bands or () if b not in known]
         if self.hparams.data_dir is None and unknown:
-            raise ConfigError(f"data.bands: no band {', '.join(unknown)}; expected names among {', '.join(BANDS)}")
+            raise ConfigError(
+                f"data.bands: no band {', '.join(unknown)} in the {self.hparams.default} default; "
+                f"expected names among {', '.join(known)}"
+            )
         super().prepare_data()
 
     def write_default(self, folder: Path) -> None:
         rng = np.random.default_rng(20261125)
         size = self.hparams.default_patch
         crs = CRS.from_epsg(32632)  # WGS 84 / UTM zone 32N, as a Sentinel-2 tile over central Europe
+        if self.hparams.default == "bigearthnet":
+            self.write_mosaics(folder, size, crs, rng)
+            return
         profile = dict(driver="GTiff", dtype=self.dtype, count=len(BANDS), height=size, width=size, crs=crs)
         for name in CLASSES:
             (folder / name).mkdir()
@@ -232,7 +275,42 @@ class MultispectralDataModule(TaskDataModule):
                     dst.write(patch(name, size, rng))
                     dst.descriptions = BANDS
 
+    def write_mosaics(self, folder: Path, size: int, crs: CRS, rng: np.random.Generator) -> None:
+        """The multi-label default as BigEarthNet-S2 ships patches: ``<patch>/<patch>_<band>.tif``,
+        one band a file at its native resolution (the 10 m reflectance averaged over 20 m and
+        60 m pixels of the same footprint; 60 m is approximate where ``size`` is no multiple
+        of 6), and ``<patch>/<patch>_labels_metadata.json`` with the labels."""
+        for n in range(self.hparams.default_size * len(MOSAIC_CLASSES)):
+            reflectance, labels, _ = mosaic(size, rng)
+            x0, y0 = (
+                300_000 + 10 * size * int(rng.integers(0, 1000)),
+                5_000_000 + 10 * size * int(rng.integers(0, 1000)),
+            )
+            fine = Affine(10, 0, x0, 0, -10, y0)
+            name = f"S2A_MSIL1C_20260101T000000_{n // 100}_{n % 100}"
+            (folder / name).mkdir()
+            for band in BIGEARTHNET_BANDS:
+                layer = reflectance[BANDS.index(band)].astype(np.float32)
+                side = math.ceil(size * 10 / RESOLUTIONS[BANDS.index(band)])
+                transform = Affine(10 * size / side, 0, x0, 0, -10 * size / side, y0)
+                if side != size:
+                    coarse = np.empty((side, side), np.float32)
+                    reproject(layer, coarse, src_transform=fine, src_crs=crs, dst_transform=transform, dst_crs=crs,
+                              resampling=Resampling.average)  # fmt: skip
+                    layer = coarse
+                profile = dict(driver="GTiff", dtype=self.dtype, count=1, height=side, width=side, crs=crs)
+                with rasterio.open(folder / name / f"{name}_{band}.tif", "w", transform=transform, **profile) as dst:
+                    dst.write(digital_numbers(layer)[None])
+            metadata = {
+                "labels": labels,
+                "coordinates": {"ulx": x0, "uly": y0, "lrx": x0 + 10 * size, "lry": y0 - 10 * size},
+                "projection": crs.to_wkt(),
+            }
+            (folder / name / f"{name}{METADATA}").write_text(json.dumps(metadata))
+
     def list_samples(self) -> list[tuple[str, int]]:
+        if self.patch_labels is None and self.hparams.data_dir is None and self.hparams.default == "bigearthnet":
+            self.patch_labels = read_patch_labels(self.root, True, self.class_names)[1]
         if self.patch_labels is not None:
             return list(self.patch_labels.items())
         samples = list_samples(self.root, self.class_names, EXTENSIONS)

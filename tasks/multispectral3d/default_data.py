@@ -12,6 +12,14 @@ a model of the mean spectrum alone, or of the brightness image alone, cannot tel
 apart; a spectral-spatial filter can. The pattern only modulates brightness around 1, so it
 leaves the mean spectrum unchanged. Each patch varies: overall brightness (illumination,
 moisture) ±25 %, a smooth distortion of its spectrum, and pixel noise.
+
+The multi-label default (:func:`mosaic`) shows several land covers in one patch, as a
+BigEarthNet-S2 patch does: 1 to 3 covers of :data:`MOSAIC_CLASSES`, each a region of blobby
+shape with its own brightness and spectral distortion. A patch's labels are the covers that
+take at least :data:`MIN_SHARE` of its pixels; a smaller remnant is seen but not named, as in
+land-cover maps with a minimum mapping unit. The green, soil and built-up covers come with two
+or three patterns each, so the mean spectrum tells which materials a patch holds and their
+shares, not which covers.
 """
 
 from __future__ import annotations
@@ -25,6 +33,10 @@ from cnnsuite.errors import ConfigError
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
 #: centre wavelengths (nm) of the bands above, for plots
 WAVELENGTHS = (443, 490, 560, 665, 705, 740, 783, 842, 945, 1375, 1610, 2190, 865)
+#: ground resolution (m) of the bands above
+RESOLUTIONS = (60, 10, 10, 10, 20, 20, 20, 10, 60, 60, 20, 20, 20)
+#: the bands of BigEarthNet-S2 patches (no cirrus band B10), in wavelength order as its readers list them
+BIGEARTHNET_BANDS = tuple(b for b in sorted(BANDS, key=lambda b: WAVELENGTHS[BANDS.index(b)]) if b != "B10")
 
 # Reflectance (0-1) at the bands in wavelength order B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12:
 # typical library spectra (USGS/ASTER shapes); B10 (cirrus, 1375 nm) sees almost nothing of the ground.
@@ -87,8 +99,9 @@ def pattern(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     raise ConfigError(f"pattern {kind!r}: expected smooth, rows or clumps")
 
 
-def patch(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One ``(13, size, size)`` uint16 patch of class ``name``, reflectance × 10,000 (as L1C)."""
+def surface(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Noise-free reflectance ``(13, size, size)`` of land cover ``name``: its material's
+    spectrum, distorted, at a random brightness, modulated by its pattern."""
     material, kind = CLASSES[name]
     bands = len(BANDS)
     # A smooth distortion of the spectrum (within-class variation): ±4 % that varies slowly with wavelength.
@@ -97,7 +110,55 @@ def patch(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     signature = spectrum(material) * (1 + 0.04 * distortion / (distortion.std() + 1e-8))
     brightness = rng.uniform(0.75, 1.25)
     texture = 1 + 0.3 * pattern(kind, size, rng)
-    cube = signature[:, None, None] * brightness * texture[None]
-    cube *= 1 + 0.03 * rng.normal(size=cube.shape)  # pixel-level variation
-    cube += rng.normal(scale=0.002, size=cube.shape)  # sensor noise
-    return np.clip(cube * 10_000, 0, 65_535).astype(np.uint16)
+    return signature[:, None, None] * brightness * texture[None]
+
+
+def observe(cube: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Reflectance as the sensor records it: pixel-level variation and sensor noise added."""
+    cube = cube * (1 + 0.03 * rng.normal(size=cube.shape))
+    return cube + rng.normal(scale=0.002, size=cube.shape)
+
+
+def digital_numbers(reflectance: np.ndarray) -> np.ndarray:
+    """uint16 reflectance × 10,000, as Sentinel-2 L1C products store it."""
+    return np.clip(reflectance * 10_000, 0, 65_535).astype(np.uint16)
+
+
+def patch(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One ``(13, size, size)`` uint16 patch of class ``name``, reflectance × 10,000 (as L1C)."""
+    return digital_numbers(observe(surface(name, size, rng), rng))
+
+
+#: the land covers of the multi-label default: three green, two soil and two built-up covers
+#: that share a material with another, and water
+MOSAIC_CLASSES = (
+    "Pasture",
+    "AnnualCrop",
+    "Forest",
+    "BareSoil",
+    "PloughedField",
+    "Industrial",
+    "Residential",
+    "SeaLake",
+)
+#: the share of a patch's pixels a cover needs to be one of its labels
+MIN_SHARE = 0.10
+
+
+def mosaic(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str], dict[str, float]]:
+    """``(reflectance, labels, shares)`` of one multi-label patch: ``(13, size, size)`` float
+    reflectance as observed, the covers over :data:`MIN_SHARE` of its pixels (in
+    :data:`MOSAIC_CLASSES` order) and every drawn cover's share of the pixels.
+
+    The regions are where each cover's smooth random field is highest, so their borders are
+    curved and their shares vary from patch to patch."""
+    count = int(rng.integers(1, 4))
+    covers = [MOSAIC_CLASSES[i] for i in sorted(rng.choice(len(MOSAIC_CLASSES), count, replace=False))]
+    fields = gaussian_filter(rng.normal(size=(count, size, size)), sigma=(0, size / 5, size / 5), mode="reflect")
+    region = np.argmax(fields / fields.std(axis=(1, 2), keepdims=True), axis=0)
+    cube = np.zeros((len(BANDS), size, size))
+    for i, name in enumerate(covers):
+        cube = np.where(region == i, surface(name, size, rng), cube)
+    shares = {name: float((region == i).mean()) for i, name in enumerate(covers)}
+    labels = [name for name in MOSAIC_CLASSES if shares.get(name, 0.0) >= MIN_SHARE]
+    return observe(cube, rng), labels, shares

@@ -193,13 +193,16 @@ class GeoTiffReader:
         return values
 
 
-def read_patch_labels(root: Path, multilabel: bool | str = "auto") -> tuple[list[str], dict, bool] | None:
+def read_patch_labels(
+    root: Path, multilabel: bool | str = "auto", classes: list[str] | None = None
+) -> tuple[list[str], dict, bool] | None:
     """``(class names, patch folder → target, multilabel)`` of a folder in the BigEarthNet-S2
     layout, patches sorted; None for any other layout. The labels are ``root/labels.csv``'s
     (columns ``patch,label``; a cell ``a;b`` holds several) where there is one, else each
     patch's ``"labels"`` list in its ``<patch>_labels_metadata.json``, missing or unreadable
     metadata listed all at once. Several labels a patch make a multi-label run as
-    ``multilabel`` allows (:func:`cnnsuite.data.labels.parse_labels`)."""
+    ``multilabel`` allows (:func:`cnnsuite.data.labels.parse_labels`); ``classes`` fixes the
+    class names and their order (a generated default's), else they are the labels found."""
     patches = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and band_files(d))
     if not patches:
         return None
@@ -212,7 +215,7 @@ def read_patch_labels(root: Path, multilabel: bool | str = "auto") -> tuple[list
     else:
         cells, where = read_metadata_labels(root, patches, table)
         source = f"{root}/*/*{METADATA}"
-    names, targets, decided = parse_labels(list(cells.values()), multilabel, source, list(where.values()))
+    names, targets, decided = parse_labels(list(cells.values()), multilabel, source, list(where.values()), classes)
     return names, dict(zip(cells, targets, strict=True)), decided
 
 
