@@ -178,3 +178,24 @@ def test_detection_and_localization_refuse_multilabel():
         DetectionModule(multilabel=True)
     with pytest.raises(ValueError, match="localization2d has no multi-label mode"):
         LocalizationModule(multilabel=True)
+
+
+def test_labels_csv_with_one_column_per_class(tmp_path):
+    """``image,<class>,<class>`` with 0/1 values: the columns are the classes, in the file's order."""
+    folder = make_multilabel_volumes(tmp_path / "user", count=3)
+    (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,1,0\nscans/v2.nii.gz,1.0,1.0\n")
+    dm = Biomedical3DDataModule(data_dir=str(folder))
+    assert dm.multilabel and dm.class_names == ["b", "a"]
+    assert [(i, t.tolist()) for i, t in dm.list_samples()] == [
+        ("scans/v0.nii.gz", [0, 1]), ("scans/v1.nii.gz", [1, 0]), ("scans/v2.nii.gz", [1, 1])
+    ]  # fmt: skip
+    # one 1 a row: single-label, class indices in the columns' order
+    (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,1,0\n")
+    dm = Biomedical3DDataModule(data_dir=str(folder))
+    assert not dm.multilabel and dm.list_samples() == [("scans/v0.nii.gz", 1), ("scans/v1.nii.gz", 0)]
+    (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,yes,0\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 3, column b: 'yes'; expected 0 or 1"):
+        Biomedical3DDataModule(data_dir=str(folder))
+    (folder / "labels.csv").write_text("file,b\nscans/v0.nii.gz,1\n")
+    with pytest.raises(ValueError, match=r"expected columns image,label or image and one 0/1 column per class"):
+        Biomedical3DDataModule(data_dir=str(folder))
