@@ -9,13 +9,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import fit
+from conftest import fit, make_image_folder
+from PIL import Image
 from test_multispectral3d import SMALL_MODEL, bigearthnet_patches, write_bigearthnet
 
 from cnnsuite.cli import main
 from cnnsuite.data.labels import parse_labels
 from cnnsuite.data.splits import stratified_split
 from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
+from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.trust.checkpoint import rebuild
 
@@ -199,3 +201,53 @@ def test_labels_csv_with_one_column_per_class(tmp_path):
     (folder / "labels.csv").write_text("file,b\nscans/v0.nii.gz,1\n")
     with pytest.raises(ValueError, match=r"expected columns image,label or image and one 0/1 column per class"):
         Biomedical3DDataModule(data_dir=str(folder))
+
+
+def make_multilabel_images(root, count=24, layout="cells"):
+    """Noise images of varied sizes, RGB and gray; a bright left half is label ``left``, a bright
+    right half ``right``; ``labels.csv`` as ``a;b`` cells or one 0/1 column per class."""
+    rng = np.random.default_rng(0)
+    (root / "photos").mkdir(parents=True)
+    rows = []
+    for index in range(count):
+        labels = ["left", "right", "left;right"][index % 3]
+        h, w = (int(n) for n in rng.integers(20, 40, size=2))
+        image = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+        if "left" in labels:
+            image[:, : w // 2] += 150
+        if "right" in labels:
+            image[:, w // 2 :] += 150
+        name = f"photos/p{index}.png"
+        pil = Image.fromarray(image)
+        (pil.convert("L") if index % 4 == 1 else pil).save(root / name)
+        rows.append((name, labels) if layout == "cells" else (name, int("left" in labels), int("right" in labels)))
+    header = ("image", "label") if layout == "cells" else ("image", "left", "right")
+    with (root / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_images(tmp_path_factory):
+    """A two-epoch multi-label recognition2d run on a labels.csv folder: ``(folder, run folder)``."""
+    tmp = tmp_path_factory.mktemp("images")
+    folder = make_multilabel_images(tmp / "user")
+    run = fit("recognition2d", tmp, "--data.data_dir", str(folder), "--trainer.max_epochs", "2",
+              "--data.batch_size", "8", "--data.augment", "false", "--data.val_fraction", "0.25",
+              "--data.test_fraction", "0.25")  # fmt: skip
+    return folder, run
+
+
+def test_recognition2d_multilabel_labels_csv_trains(trained_images, tmp_path):
+    folder, run = trained_images
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["multilabel"] is True
+    assert checkpoint["hyper_parameters"]["class_names"] == ["left", "right"]
+    assert checkpoint["state_dict"]["thresholds"].shape == (2,)
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert {"test/map_macro", "test/ap/left", "test/ap/right"} <= set(metrics)
+    # one column per class reads the same; class folders stay single-label
+    columns = RecognitionDataModule(data_dir=str(make_multilabel_images(tmp_path / "columns", 6, "columns")))
+    assert columns.multilabel and columns.class_names == ["left", "right"] and columns.in_channels == 3
+    assert [t.tolist() for _, t in columns.list_samples()] == [[1, 0], [0, 1], [1, 1]] * 2
+    assert not RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "folders"))).multilabel
