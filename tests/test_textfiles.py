@@ -1,10 +1,11 @@
 """CSV files and text lists as spreadsheets and editors save them: a byte-order mark, Windows
 or old-Mac line ends, quoted fields."""
 
+from cnnsuite.tasks.localization2d.readers import read_csv_labels, read_cub
+
 from cnnsuite.data import read_split_lists
 from cnnsuite.data.labels import LABELS_CSV, read_labels_csv
 from cnnsuite.data.textfiles import read_csv, read_lines
-from cnnsuite.tasks.localization2d.readers import read_csv_labels, read_cub
 
 EXCEL_CSV = '\ufeff"image","label"\r\n"a.nii.gz","sick"\r\n"b.nii.gz","well, really"\r\n'
 
