@@ -229,12 +229,13 @@ def make_multilabel_images(root, count=24, layout="cells"):
 
 @pytest.fixture(scope="module")
 def trained_images(tmp_path_factory):
-    """A two-epoch multi-label recognition2d run on a labels.csv folder: ``(folder, run folder)``."""
+    """A two-epoch multi-label recognition2d run on a labels.csv folder, its loss weighted by
+    the training split's label frequencies: ``(folder, run folder)``."""
     tmp = tmp_path_factory.mktemp("images")
     folder = make_multilabel_images(tmp / "user")
     run = fit("recognition2d", tmp, "--data.data_dir", str(folder), "--trainer.max_epochs", "2",
               "--data.batch_size", "8", "--data.augment", "false", "--data.val_fraction", "0.25",
-              "--data.test_fraction", "0.25")  # fmt: skip
+              "--data.test_fraction", "0.25", "--model.init_args.class_weights", "true")  # fmt: skip
     return folder, run
 
 
@@ -244,6 +245,13 @@ def test_recognition2d_multilabel_labels_csv_trains(trained_images, tmp_path):
     assert checkpoint["hyper_parameters"]["multilabel"] is True
     assert checkpoint["hyper_parameters"]["class_names"] == ["left", "right"]
     assert checkpoint["state_dict"]["thresholds"].shape == (2,)
+    # class_weights: negatives / positives of each class in the training split, kept in the
+    # checkpoint and rebuilt from it
+    model, datamodule = rebuild(run / "checkpoints" / "best.ckpt", run, {"data_dir": str(folder)})
+    train = torch.tensor(np.stack([dict(datamodule.list_samples())[i] for i in datamodule.splits["train"]]))
+    expected = (len(train) - train.sum(0)) / train.sum(0)
+    assert checkpoint["state_dict"]["loss.pos_weight"].tolist() == pytest.approx(expected.tolist())
+    assert model.loss.pos_weight.tolist() == pytest.approx(expected.tolist())
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert {"test/map_macro", "test/ap/left", "test/ap/right"} <= set(metrics)
     # one column per class reads the same; class folders stay single-label
@@ -251,3 +259,21 @@ def test_recognition2d_multilabel_labels_csv_trains(trained_images, tmp_path):
     assert columns.multilabel and columns.class_names == ["left", "right"] and columns.in_channels == 3
     assert [t.tolist() for _, t in columns.list_samples()] == [[1, 0], [0, 1], [1, 1]] * 2
     assert not RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "folders"))).multilabel
+
+
+def test_class_weights_set_bce_pos_weight_from_label_frequencies():
+    targets = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]] * 40, dtype=torch.float32)
+    model = ClassificationModule(num_classes=3, class_names=["a", "b", "c"], multilabel=True, class_weights=True)
+    model.set_class_weights(targets)
+    # negatives / positives: a 40/160, b 160/40; c has no positive: the range's top
+    assert model.loss.pos_weight.tolist() == pytest.approx([0.25, 4.0, ClassificationModule.pos_weight_range[1]])
+    logits, batch = torch.zeros(2, 3), targets[:2]  # class a only
+    weighted = model.loss(logits, batch)
+    assert weighted != pytest.approx(float(torch.nn.BCEWithLogitsLoss()(logits, batch)))
+    assert weighted == pytest.approx(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(logits, batch, pos_weight=model.loss.pos_weight))
+    )
+    assert "loss.pos_weight" in model.state_dict()
+    assert "loss.pos_weight" not in ClassificationModule(num_classes=3, multilabel=True).state_dict()
+    with pytest.raises(ValueError, match="model.class_weights=true: .* multi-label"):
+        ClassificationModule(num_classes=3, class_weights=True)
