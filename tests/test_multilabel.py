@@ -2,8 +2,10 @@
 outputs, thresholds chosen on validation, through fit, evaluate, predict and export."""
 
 import csv
+import io
 import json
 import logging
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -277,3 +279,65 @@ def test_class_weights_set_bce_pos_weight_from_label_frequencies():
     assert "loss.pos_weight" not in ClassificationModule(num_classes=3, multilabel=True).state_dict()
     with pytest.raises(ValueError, match="model.class_weights=true: .* multi-label"):
         ClassificationModule(num_classes=3, class_weights=True)
+
+
+def test_multilabel_predict_onnx_and_serve_agree_with_evaluate(trained_images, tmp_path):
+    """On the test split of a multi-label run: the evaluated model's probabilities (which give
+    evaluate's test/map_macro), ``cnnsuite predict``'s lines, ONNX Runtime on the export (its
+    labels from the thresholds in the export's JSON) and the server's answers hold the same
+    probabilities and the same labels at or above the thresholds."""
+    import onnxruntime
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    from cnnsuite.use.serve import PredictorAPI
+
+    folder, run = trained_images
+    ckpt = run / "checkpoints" / "best.ckpt"
+    model, datamodule = rebuild(ckpt, run, {"data_dir": str(folder)})
+    datamodule.setup("test")
+    ids, dataset = datamodule.splits["test"], datamodule.datasets["test"]
+    items = [dataset[i] for i in range(len(dataset))]
+    assert len(items) == len(ids)
+    images, targets = (torch.stack([torch.as_tensor(item[k]) for item in items]) for k in (0, 1))
+    with torch.no_grad():
+        evaluated = model(images).sigmoid()
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    score = multilabel_average_precision(evaluated, targets.long(), 2, average="macro")
+    assert float(score) == pytest.approx(metrics["test/map_macro"], abs=1e-6)
+    names = model.class_names
+
+    def labels_of(probs, thresholds):
+        return [n for n, p, t in zip(names, probs, thresholds, strict=True) if p >= t]
+
+    expected = [labels_of(p.tolist(), model.thresholds.tolist()) for p in evaluated]
+    assert any(expected)  # the run predicts labels: agreeing on none would prove little
+
+    def check(source, probabilities, labels):
+        for i, sample_id in enumerate(ids):
+            got = torch.tensor([probabilities[i][n] for n in names])
+            torch.testing.assert_close(got, evaluated[i], atol=1e-4, rtol=0, msg=f"{source}: {sample_id}")
+            assert labels[i] == expected[i], (source, sample_id)
+
+    out = tmp_path / "pred"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(folder / "photos"), "--out", str(out)])
+    lines = {json.loads(line)["path"]: json.loads(line) for line in (out / "predictions.jsonl").open()}
+    predicted = [lines[str(folder / i)] for i in ids]
+    check("predict", [p["probabilities"] for p in predicted], [p["labels"] for p in predicted])
+
+    main(["export", "--ckpt", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "model.onnx")])
+    info = json.loads((tmp_path / "model.onnx.json").read_text())
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = torch.stack([datamodule.read_input(folder / i).sample for i in ids]).numpy()
+    (logits,) = session.run(None, {info["input"]["name"]: batch})
+    sigmoids = torch.from_numpy(logits).sigmoid()
+    thresholds = [info["thresholds"][n] for n in names]
+    check("onnxruntime", [dict(zip(names, p.tolist(), strict=True)) for p in sigmoids],
+          [labels_of(p.tolist(), thresholds) for p in sigmoids])  # fmt: skip
+
+    api = PredictorAPI(ckpt, max_batch_size=len(ids))
+    api.setup("cpu")
+    uploads = [{"file": SimpleNamespace(filename=i, file=io.BytesIO((folder / i).read_bytes()))} for i in ids]
+    replies = api.predict([api.decode_request(upload) for upload in uploads])
+    served = [json.loads(api.encode_response(reply).body) for reply in replies]
+    assert [reply.status for reply in replies] == [200] * len(ids)
+    check("serve", [s["probabilities"] for s in served], [s["labels"] for s in served])
