@@ -2,16 +2,20 @@
 outputs, thresholds chosen on validation, through fit, evaluate, predict and export."""
 
 import csv
+import io
 import json
 import logging
 import warnings
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
-from conftest import fit
+from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+from conftest import fit, make_image_folder
+from PIL import Image
 from test_multispectral3d import SMALL_MODEL, bigearthnet_patches, write_bigearthnet
 
 from cnnsuite.cli import main
@@ -176,3 +180,162 @@ def test_detection_and_localization_refuse_multilabel():
         DetectionModule(multilabel=True)
     with pytest.raises(ValueError, match="localization2d has no multi-label mode"):
         LocalizationModule(multilabel=True)
+
+
+def test_labels_csv_with_one_column_per_class(tmp_path):
+    """``image,<class>,<class>`` with 0/1 values: the columns are the classes, in the file's order."""
+    folder = make_multilabel_volumes(tmp_path / "user", count=3)
+    (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,1,0\nscans/v2.nii.gz,1.0,1.0\n")
+    dm = Biomedical3DDataModule(data_dir=str(folder))
+    assert dm.multilabel and dm.class_names == ["b", "a"]
+    assert [(i, t.tolist()) for i, t in dm.list_samples()] == [
+        ("scans/v0.nii.gz", [0, 1]), ("scans/v1.nii.gz", [1, 0]), ("scans/v2.nii.gz", [1, 1])
+    ]  # fmt: skip
+    # one 1 a row: single-label, class indices in the columns' order
+    (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,1,0\n")
+    dm = Biomedical3DDataModule(data_dir=str(folder))
+    assert not dm.multilabel and dm.list_samples() == [("scans/v0.nii.gz", 1), ("scans/v1.nii.gz", 0)]
+    (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,yes,0\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 3, column b: 'yes'; expected 0 or 1"):
+        Biomedical3DDataModule(data_dir=str(folder))
+    (folder / "labels.csv").write_text("file,b\nscans/v0.nii.gz,1\n")
+    with pytest.raises(ValueError, match=r"expected columns image,label or image and one 0/1 column per class"):
+        Biomedical3DDataModule(data_dir=str(folder))
+
+
+def make_multilabel_images(root, count=24, layout="cells"):
+    """Noise images of varied sizes, RGB and gray; a bright left half is label ``left``, a bright
+    right half ``right``; ``labels.csv`` as ``a;b`` cells or one 0/1 column per class."""
+    rng = np.random.default_rng(0)
+    (root / "photos").mkdir(parents=True)
+    rows = []
+    for index in range(count):
+        labels = ["left", "right", "left;right"][index % 3]
+        h, w = (int(n) for n in rng.integers(20, 40, size=2))
+        image = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+        if "left" in labels:
+            image[:, : w // 2] += 150
+        if "right" in labels:
+            image[:, w // 2 :] += 150
+        name = f"photos/p{index}.png"
+        pil = Image.fromarray(image)
+        (pil.convert("L") if index % 4 == 1 else pil).save(root / name)
+        rows.append((name, labels) if layout == "cells" else (name, int("left" in labels), int("right" in labels)))
+    header = ("image", "label") if layout == "cells" else ("image", "left", "right")
+    with (root / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_images(tmp_path_factory):
+    """A two-epoch multi-label recognition2d run on a labels.csv folder, its loss weighted by
+    the training split's label frequencies: ``(folder, run folder)``."""
+    tmp = tmp_path_factory.mktemp("images")
+    folder = make_multilabel_images(tmp / "user")
+    run = fit("recognition2d", tmp, "--data.data_dir", str(folder), "--trainer.max_epochs", "2",
+              "--data.batch_size", "8", "--data.augment", "false", "--data.val_fraction", "0.25",
+              "--data.test_fraction", "0.25", "--model.init_args.class_weights", "true")  # fmt: skip
+    return folder, run
+
+
+def test_recognition2d_multilabel_labels_csv_trains(trained_images, tmp_path):
+    folder, run = trained_images
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["multilabel"] is True
+    assert checkpoint["hyper_parameters"]["class_names"] == ["left", "right"]
+    assert checkpoint["state_dict"]["thresholds"].shape == (2,)
+    # class_weights: negatives / positives of each class in the training split, kept in the
+    # checkpoint and rebuilt from it
+    model, datamodule = rebuild(run / "checkpoints" / "best.ckpt", run, {"data_dir": str(folder)})
+    train = torch.tensor(np.stack([dict(datamodule.list_samples())[i] for i in datamodule.splits["train"]]))
+    expected = (len(train) - train.sum(0)) / train.sum(0)
+    assert checkpoint["state_dict"]["loss.pos_weight"].tolist() == pytest.approx(expected.tolist())
+    assert model.loss.pos_weight.tolist() == pytest.approx(expected.tolist())
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert {"test/map_macro", "test/ap/left", "test/ap/right"} <= set(metrics)
+    # one column per class reads the same; class folders stay single-label
+    columns = RecognitionDataModule(data_dir=str(make_multilabel_images(tmp_path / "columns", 6, "columns")))
+    assert columns.multilabel and columns.class_names == ["left", "right"] and columns.in_channels == 3
+    assert [t.tolist() for _, t in columns.list_samples()] == [[1, 0], [0, 1], [1, 1]] * 2
+    assert not RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "folders"))).multilabel
+
+
+def test_class_weights_set_bce_pos_weight_from_label_frequencies():
+    targets = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]] * 40, dtype=torch.float32)
+    model = ClassificationModule(num_classes=3, class_names=["a", "b", "c"], multilabel=True, class_weights=True)
+    model.set_class_weights(targets)
+    # negatives / positives: a 40/160, b 160/40; c has no positive: the range's top
+    assert model.loss.pos_weight.tolist() == pytest.approx([0.25, 4.0, ClassificationModule.pos_weight_range[1]])
+    logits, batch = torch.zeros(2, 3), targets[:2]  # class a only
+    weighted = model.loss(logits, batch)
+    assert weighted != pytest.approx(float(torch.nn.BCEWithLogitsLoss()(logits, batch)))
+    assert weighted == pytest.approx(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(logits, batch, pos_weight=model.loss.pos_weight))
+    )
+    assert "loss.pos_weight" in model.state_dict()
+    assert "loss.pos_weight" not in ClassificationModule(num_classes=3, multilabel=True).state_dict()
+    with pytest.raises(ValueError, match="model.class_weights=true: .* multi-label"):
+        ClassificationModule(num_classes=3, class_weights=True)
+
+
+def test_multilabel_predict_onnx_and_serve_agree_with_evaluate(trained_images, tmp_path):
+    """On the test split of a multi-label run: the evaluated model's probabilities (which give
+    evaluate's test/map_macro), ``cnnsuite predict``'s lines, ONNX Runtime on the export (its
+    labels from the thresholds in the export's JSON) and the server's answers hold the same
+    probabilities and the same labels at or above the thresholds."""
+    import onnxruntime
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    from cnnsuite.use.serve import PredictorAPI
+
+    folder, run = trained_images
+    ckpt = run / "checkpoints" / "best.ckpt"
+    model, datamodule = rebuild(ckpt, run, {"data_dir": str(folder)})
+    datamodule.setup("test")
+    ids, dataset = datamodule.splits["test"], datamodule.datasets["test"]
+    items = [dataset[i] for i in range(len(dataset))]
+    assert len(items) == len(ids)
+    images, targets = (torch.stack([torch.as_tensor(item[k]) for item in items]) for k in (0, 1))
+    with torch.no_grad():
+        evaluated = model(images).sigmoid()
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    score = multilabel_average_precision(evaluated, targets.long(), 2, average="macro")
+    assert float(score) == pytest.approx(metrics["test/map_macro"], abs=1e-6)
+    names = model.class_names
+
+    def labels_of(probs, thresholds):
+        return [n for n, p, t in zip(names, probs, thresholds, strict=True) if p >= t]
+
+    expected = [labels_of(p.tolist(), model.thresholds.tolist()) for p in evaluated]
+    assert any(expected)  # the run predicts labels: agreeing on none would prove little
+
+    def check(source, probabilities, labels):
+        for i, sample_id in enumerate(ids):
+            got = torch.tensor([probabilities[i][n] for n in names])
+            torch.testing.assert_close(got, evaluated[i], atol=1e-4, rtol=0, msg=f"{source}: {sample_id}")
+            assert labels[i] == expected[i], (source, sample_id)
+
+    out = tmp_path / "pred"
+    main(["predict", "--ckpt", str(ckpt), "--input", str(folder / "photos"), "--out", str(out)])
+    lines = {json.loads(line)["path"]: json.loads(line) for line in (out / "predictions.jsonl").open()}
+    predicted = [lines[str(folder / i)] for i in ids]
+    check("predict", [p["probabilities"] for p in predicted], [p["labels"] for p in predicted])
+
+    main(["export", "--ckpt", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "model.onnx")])
+    info = json.loads((tmp_path / "model.onnx.json").read_text())
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = torch.stack([datamodule.read_input(folder / i).sample for i in ids]).numpy()
+    (logits,) = session.run(None, {info["input"]["name"]: batch})
+    sigmoids = torch.from_numpy(logits).sigmoid()
+    thresholds = [info["thresholds"][n] for n in names]
+    check("onnxruntime", [dict(zip(names, p.tolist(), strict=True)) for p in sigmoids],
+          [labels_of(p.tolist(), thresholds) for p in sigmoids])  # fmt: skip
+
+    api = PredictorAPI(ckpt, max_batch_size=len(ids))
+    api.setup("cpu")
+    uploads = [{"file": SimpleNamespace(filename=i, file=io.BytesIO((folder / i).read_bytes()))} for i in ids]
+    replies = api.predict([api.decode_request(upload) for upload in uploads])
+    served = [json.loads(api.encode_response(reply).body) for reply in replies]
+    assert [reply.status for reply in replies] == [200] * len(ids)
+    check("serve", [s["probabilities"] for s in served], [s["labels"] for s in served])

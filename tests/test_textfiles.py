@@ -1,10 +1,10 @@
 """CSV files and text lists as spreadsheets and editors save them: a byte-order mark, Windows
 or old-Mac line ends, quoted fields."""
 
-from cnnsuite.tasks.biomedical3d.readers import LABELS_CSV, read_labels_csv
 from cnnsuite.tasks.localization2d.readers import read_csv_labels, read_cub
 
 from cnnsuite.data import read_split_lists
+from cnnsuite.data.labels import LABELS_CSV, read_labels_csv
 from cnnsuite.data.textfiles import read_csv, read_lines
 
 EXCEL_CSV = '\ufeff"image","label"\r\n"a.nii.gz","sick"\r\n"b.nii.gz","well, really"\r\n'
@@ -24,7 +24,7 @@ def test_a_labels_csv_saved_by_excel_is_read(tmp_path):
     (tmp_path / LABELS_CSV).write_bytes(EXCEL_CSV.encode("utf-8"))
     for name in ("a.nii.gz", "b.nii.gz"):
         (tmp_path / name).write_bytes(b"")
-    assert read_labels_csv(tmp_path) == [("a.nii.gz", "sick"), ("b.nii.gz", "well, really")]
+    assert read_labels_csv(tmp_path, "image") == (["sick", "well, really"], {"a.nii.gz": 0, "b.nii.gz": 1}, False)
 
 
 def test_split_lists_saved_with_a_byte_order_mark_and_windows_line_ends_are_read(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from cnnsuite.tasks.video3d import datamodule as video_data
 from cnnsuite.tasks.video3d.datamodule import VideoDataModule
-from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoClassificationModule
+from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoAveragePrecision, VideoClassificationModule
 from cnnsuite.tasks.video3d.readers import decode_video
 from conftest import ROOT
 from conftest import fit as run_fit
@@ -501,3 +501,77 @@ def test_backbones_on_clips(backbone, kwargs, spatial_dims):
     assert logits.shape == (2, 5)
     logits.sum().backward()
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+
+
+def write_bars_video(path: Path, steps: list[int], frames: int = 16, size: int = 16) -> None:
+    """Vertical bars on black, one moving ``step`` pixels a frame for each of ``steps``, each in
+    its own colour channel (so two bars crossing stay two)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(frames):
+            image = np.zeros((size, size, 3), np.uint8)
+            for channel, step in enumerate(steps):
+                image[:, (3 + 5 * channel + step * t) % size, channel] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def make_multilabel_video_folder(root: Path, count: int = 12) -> Path:
+    """``clips/`` of 2-s videos whose actions are the bars' motions, ``left``, ``right`` or both,
+    and ``labels.csv`` (``video,label``, ``a;b`` cells, as Charades lists several actions)."""
+    (root / "clips").mkdir(parents=True)
+    rows = ["video,label"]
+    for index in range(count):
+        labels = ["left", "right", "left;right"][index % 3]
+        steps = [{"left": -1, "right": 1}[name] for name in labels.split(";")]
+        write_bars_video(root / "clips" / f"v{index}.mp4", steps)
+        rows.append(f"clips/v{index}.mp4,{labels}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_multilabel_labels_csv_trains_scores_videos_and_predicts(tmp_path):
+    folder = make_multilabel_video_folder(tmp_path / "charades")
+    dm = VideoDataModule(data_dir=str(folder), **SMALL)
+    assert dm.multilabel and dm.class_names == ["left", "right"]
+    dm.setup("fit")
+    _, target, _, _ = dm.datasets["train"][0]
+    assert target.dtype == np.float32 and target.shape == (2,)
+    run = fit(tmp_path, "--data.data_dir", str(folder), "--data.frames_per_clip", "8", "--data.frame_size", "16",
+              "--data.batch_size", "4", *QUARTERS, "--trainer.max_epochs", "1")  # fmt: skip
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/video_map"] <= 1.0 and "test/map_macro" in metrics and "test/video_acc" not in metrics
+    assert (run / "evaluation" / "contact_sheet.png").stat().st_size > 0
+    assert "val/video_map" in (run / "metrics.csv").read_text().splitlines()[0]
+
+    # predict: a video's probabilities are its clips' sigmoids averaged, its labels those at
+    # or above the checkpoint's thresholds
+    ckpt = run / "checkpoints" / "best.ckpt"
+    model, datamodule = rebuild(ckpt, data={"data_dir": folder})
+    test = datamodule.datasets["test"]
+    predictor = Predictor(ckpt, accelerator="cpu")
+    predictions = predictor.predict([predictor.read(folder / video.id) for video in test.videos])
+    for v, prediction in enumerate(predictions):
+        clips = torch.stack([test[i][0] for i, (u, _) in enumerate(test.starts) if u == v])
+        with torch.no_grad():
+            expected = model(clips).sigmoid().mean(0)
+        got = torch.tensor([prediction["probabilities"][c] for c in model.class_names])
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+        chosen = zip(model.class_names, expected, model.thresholds, strict=True)
+        assert prediction["labels"] == [c for c, p, t in chosen if p >= t]
+        assert [set(clip) for clip in prediction["clips"]] == [{"start", "labels"}] * 2
+
+
+def test_video_average_precision_averages_clip_sigmoids_per_video():
+    metric = VideoAveragePrecision()
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    # class 1: video 1's clips average to 0.508, above video 0's 0.5, only when its clip 2, served
+    # again (DDP padding), counts once (twice: 0.344, and class 1's AP falls to 0.5)
+    logits = torch.tensor([[4.0, 0.0], [4.0, 0.0], [0.0, -4.0], [0.0, 6.0]])
+    metric.update(logits, labels, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3]))
+    metric.update(logits[2:3], labels[2:3], torch.tensor([1]), torch.tensor([2]))
+    assert metric.compute().item() == 1.0

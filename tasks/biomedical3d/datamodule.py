@@ -46,13 +46,12 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
-from cnnsuite.data.labels import check_multilabel, multi_hot
+from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
 from .default_data import CLASSES, lesion_volume
 from .readers import (
-    LABELS_CSV,
     VOLUME_EXTENSIONS,
     LoadVolumed,
     _load_medmnist,

@@ -14,15 +14,11 @@ from monai.transforms import (
     MapTransform,
 )
 
-from cnnsuite.data import BadFileError, check_finite, report_bad_files
-from cnnsuite.data.labels import parse_labels
+from cnnsuite.data import BadFileError, check_finite
+from cnnsuite.data.labels import read_labels_csv
 from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
-from cnnsuite.data.textfiles import read_csv
 from cnnsuite.errors import ConfigError, MissingFileError
-
-LABELS_CSV = "labels.csv"
-
 
 #: single-file volumes MONAI's LoadImage reads (a DICOM series is a folder of ``.dcm`` files)
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -92,35 +88,11 @@ class LoadVolumed(MapTransform):
         return data
 
 
-def read_labels_csv(root: Path) -> list[tuple[str, str]]:
-    """``(relative image path, label cell)`` rows of ``root/labels.csv``, each file checked; the
-    missing ones are reported together. A cell may hold several labels (``a;b``, see
-    :mod:`cnnsuite.data.labels`)."""
-    path = root / LABELS_CSV
-    if not path.is_file():
-        raise MissingFileError(f"{path}: missing; expected a CSV with columns image,label")
-    rows, missing = [], []
-    for line, row in enumerate(read_csv(path, ("image", "label")), start=2):
-        image, label = row["image"], row["label"]
-        if not image or not label:
-            raise ConfigError(f"{path}, line {line}: empty image or label")
-        if not (root / image).exists():
-            missing.append(BadFileError(f"{path}, line {line}: {root / image} does not exist"))
-        rows.append((image, label))
-    if not rows:
-        raise ConfigError(f"{path}: no rows")
-    report_bad_files(missing, len(rows), what="volumes")
-    return rows
-
-
 def read_labels(root: Path, multilabel: bool | str, classes: list[str] | None = None) -> tuple[list[str], dict, bool]:
-    """``(class names, image → target, multilabel)`` of ``root/labels.csv`` (see
-    :func:`cnnsuite.data.labels.parse_labels`)."""
-    rows = read_labels_csv(root)
-    path = root / LABELS_CSV
-    where = [f"{path}, line {line}" for line in range(2, len(rows) + 2)]
-    names, targets, decided = parse_labels([label for _, label in rows], multilabel, path, where, classes)
-    return names, dict(zip([image for image, _ in rows], targets, strict=True)), decided
+    """``(class names, image → target, multilabel)`` of ``root/labels.csv``, columns
+    ``image,label`` or ``image`` and one 0/1 column per class (see
+    :func:`cnnsuite.data.labels.read_labels_csv`)."""
+    return read_labels_csv(root, "image", multilabel, classes, what="volumes")
 
 
 def _load_medmnist(path: Path) -> dict[str, np.ndarray]:

@@ -1,6 +1,9 @@
 """Where recognition2d's samples come from: an image folder, ``<class>/<file>`` (files in a
 class folder's sub-folders too), or one split into ``train/<class>/...``, ``val/<class>/...``
-(and ``test/<class>/...``) folders as torchvision's ``ImageFolder`` datasets are shipped.
+(and ``test/<class>/...``) folders as torchvision's ``ImageFolder`` datasets are shipped, or
+a folder of images with a ``labels.csv`` (columns ``image,label``, or ``image`` and one 0/1
+column per class): the one layout where an image may carry several labels (``a;b``), since a
+file sits in one class folder only.
 
 The embedded default is scikit-learn's 1,797 real handwritten digit scans (8×8, 16 grey
 levels), written once as PNGs under ``data/recognition2d/`` with the digit tasks' shared
@@ -13,6 +16,7 @@ user's folder. Images of any size, mode and bit depth are decoded by torchvision
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -37,12 +41,14 @@ from cnnsuite.data.augment import BatchRandomAffine
 from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
+from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
 from cnnsuite.data.splitfolders import find_split_folders
 from cnnsuite.errors import ConfigError
 
 
 class ImageFolderDataset(Dataset):
-    """``(image float tensor (C, H, W), class index)`` for each relative path in ``ids``.
+    """``(image float tensor (C, H, W), target)`` for each relative path in ``ids``: a class
+    index, or a multi-hot vector for a multi-label run.
 
     Files are decoded, resized to ``size`` and scaled to [0, 1] once, into float images kept
     in memory, when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`).
@@ -51,7 +57,7 @@ class ImageFolderDataset(Dataset):
     """
 
     def __init__(
-        self, root: Path, ids: list[str], labels: list[int], channels: int, size: tuple[int, int], transform,
+        self, root: Path, ids: list[str], labels: list, channels: int, size: tuple[int, int], transform,
         cache_limit_mb: float,
     ) -> None:  # fmt: skip
         self.root, self.ids, self.labels = root, ids, labels
@@ -82,19 +88,31 @@ class RecognitionDataModule(ImageDataModule):
     split's when it is read) and stops naming all that fail (a file damaged past its header
     is named when decoded); ``skip``
     decodes every file once and leaves out the bad ones with one warning naming each.
+    ``multilabel``: ``auto`` trains multi-label when some row of ``data_dir/labels.csv`` holds
+    several labels, ``true`` always (targets become multi-hot vectors), ``false`` never.
     """
 
     default_name = "recognition2d"
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, multilabel: Literal["auto"] | bool = "auto", **kwargs) -> None:
         super().__init__(**kwargs)
+        check_multilabel(multilabel)
         data_dir, channels = self.hparams.data_dir, self.hparams.channels
         self._checked: set[str] = set()  # ids whose headers check_samples has read
+        #: ``image → target`` of a ``labels.csv``; None for class folders
+        self._targets: dict | None = None
         if data_dir is None:
             self.class_names = [str(d) for d in range(10)]
             self.in_channels = channels or 1
+            self.decide_multilabel(multilabel is True)
+        elif (check_folder(data_dir) / LABELS_CSV).is_file():
+            root = Path(data_dir)
+            self.class_names, self._targets, decided = read_labels_csv(root, "image", multilabel, what="images")
+            self.decide_multilabel(decided)
+            self.in_channels = channels or image_channels(root / next(iter(self._targets)))
         else:
             root = check_folder(data_dir)
+            self.decide_multilabel(multilabel is True)
             self.split_folders = find_split_folders(root)
 
             def find_bad(ids: list[str]) -> dict:
@@ -119,8 +137,13 @@ class RecognitionDataModule(ImageDataModule):
         for stage, indices in digit_split().items():
             (folder / f"{stage}.txt").write_text("".join(f"{ids[i]}\n" for i in indices))
 
-    def list_samples(self) -> list[tuple[str, int]]:
-        return list_samples(self.root, self.class_names, IMAGE_EXTENSIONS, self.split_folder_names)
+    def list_samples(self) -> list[tuple[str, object]]:
+        if self._targets is not None:
+            return list(self._targets.items())
+        samples = list_samples(self.root, self.class_names, IMAGE_EXTENSIONS, self.split_folder_names)
+        if self.multilabel:  # class folders, one label each: one-hot
+            return [(sample_id, multi_hot([label], self.num_classes)) for sample_id, label in samples]
+        return samples
 
     @property
     def size(self) -> tuple[int, int]:
@@ -160,6 +183,6 @@ class RecognitionDataModule(ImageDataModule):
         label_of = dict(self.list_samples())
         unknown = [i for i in ids if i not in label_of]
         if unknown:
-            raise ConfigError(f"{unknown[0]}: not an image of a class folder of {self.root} ({self.class_names})")
+            raise ConfigError(f"{unknown[0]}: not an image of {self.root} ({self.class_names})")
         return ImageFolderDataset(self.root, ids, [label_of[i] for i in ids], self.in_channels, self.size,
                                   self.transform(stage), self.hparams.cache_limit_mb)  # fmt: skip

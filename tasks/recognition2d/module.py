@@ -26,9 +26,12 @@ class RecognitionModule(ClassificationModule):
         self.eval()
         images, labels = zip(*(dataset[i] for i in range(min(len(dataset), pool))), strict=True)
         batch = torch.stack(images).to(self.device)
-        predicted = torch.cat([self(chunk).argmax(1).cpu() for chunk in batch.split(256)])
-        labels = torch.as_tensor(labels)
-        order = torch.argsort((predicted == labels).int(), stable=True)[:count]  # mistakes first
+        logits = torch.cat([self(chunk).cpu() for chunk in batch.split(256)])
+        # in words, so that a multi-label image is right when its whole set of labels is
+        truth = [self.target_text(label) for label in labels]
+        predicted = [self.prediction_text(row) for row in logits]
+        right = torch.tensor([t == p for t, p in zip(truth, predicted, strict=True)])
+        order = torch.argsort(right.int(), stable=True)[:count]  # mistakes first
         cols = 8
         rows = (len(order) + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, 1.5 * rows), squeeze=False)
@@ -38,10 +41,9 @@ class RecognitionModule(ClassificationModule):
             image = images[i].float()
             image = (image - image.min()) / (image.max() - image.min() + 1e-8)
             ax.imshow(image.permute(1, 2, 0).squeeze(-1), cmap="gray")
-            right = predicted[i] == labels[i]
             ax.set_title(
-                f"{self.class_names[labels[i]]}→{self.class_names[predicted[i]]}",
-                color="green" if right else "red",
+                f"{truth[i]}→{predicted[i]}",
+                color="green" if right[i] else "red",
                 fontsize=9,
             )
         fig.suptitle("test images: true→predicted (mistakes first, in red)")

@@ -1,5 +1,7 @@
 """Where video3d's clips come from: a class-folder layout of videos, ``<class>/<video>.mp4``,
-or Kinetics' split folders of them, ``train/<class>/<video>.mp4``, ``val/<class>/…``.
+or Kinetics' split folders of them, ``train/<class>/<video>.mp4``, ``val/<class>/…``, or a
+``labels.csv`` beside the videos (columns ``video,label``, or ``video`` and one 0/1 column per
+class), where a video may carry several labels (``a;b``: Charades-style actions).
 
 The layouts of UCF101 and Kinetics. Videos are measured with PyTorchVideo's PyAV reader
 (``EncodedVideo``, audio off), their frames decoded with PyAV the way that reader decodes a
@@ -12,7 +14,7 @@ subsampling and transformed with ``torchvision.transforms.v2`` as a ``tv_tensors
 A video shorter than one clip is valid data (UCF101 mixes lengths): its one clip is the whole
 video, sampled at its own pace with its last frame held (index clamping, as PySlowFast does).
 
-Items are ``(clip (C, T, H, W) float, label, video index, clip index)``: channels first,
+Items are ``(clip (C, T, H, W) float, target, video index, clip index)``: channels first,
 time second, the ``(N, C, T, H, W)`` layout of ``Conv3d`` and of PyTorchVideo's models.
 
 Why a map-style dataset and not PyTorchVideo's ``LabeledVideoDataset``: that dataset is an
@@ -32,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -51,6 +54,7 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
+from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
 from cnnsuite.data.splitfolders import find_split_folders
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
@@ -75,7 +79,7 @@ class VideoRecord:
     """A video that passed the checks at setup."""
 
     id: str  # relative path, as split lists hold it
-    label: int
+    label: object  # class index, or a multi-hot vector (numpy float32) for a multi-label run
     duration: Fraction  # seconds, as PyTorchVideo measures it
     fps: float
     frame_bytes: int  # one decoded RGB frame: height x width x 3
@@ -156,8 +160,8 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def read(self, index: int) -> tuple[torch.Tensor, int, int]:
-        """The raw clip ``(C, frames_per_clip, H, W)`` float in 0..255, its label and video index."""
+    def read(self, index: int) -> tuple[torch.Tensor, object, int]:
+        """The raw clip ``(C, frames_per_clip, H, W)`` float in 0..255, its target and video index."""
         video_index, start = self.starts[index]
         record = self.videos[video_index]
         path = self.root / record.id
@@ -203,6 +207,10 @@ class VideoDataModule(TaskDataModule):
       (:mod:`cnnsuite.data.splitfolders`), else ``train.csv``/``val.csv``/``test.csv`` in
       ``data_dir`` (PyTorchVideo's ``<path> [<label>]`` lines), else
       ``train.txt``/``val.txt``/``test.txt``, else stratified by ``seed``.
+    - Labels: the class folders, or ``data_dir/labels.csv`` when there is one (its videos need
+      no class folders; its split comes from ``train.txt``... or the seed). ``multilabel``:
+      ``auto`` trains multi-label when some row holds several labels, ``true`` always
+      (targets become multi-hot vectors), ``false`` never.
     """
 
     default_name = "video3d"
@@ -219,11 +227,13 @@ class VideoDataModule(TaskDataModule):
         cache_limit_mb: float = 1024,
         on_bad_file: str = "error",
         batch_size: int = 16,
+        multilabel: Literal["auto"] | bool = "auto",
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         data_dir = self.hparams.data_dir
         check_on_bad_file(on_bad_file)
+        check_multilabel(multilabel)
         check_cache_limit(cache_limit_mb)
         if not clip_duration > 0:
             raise ConfigError(f"data.clip_duration={clip_duration}: expected a positive number of seconds")
@@ -234,12 +244,21 @@ class VideoDataModule(TaskDataModule):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value}: expected a positive integer")
+        #: ``video → target`` of a ``labels.csv``; None for class folders
+        self._targets: dict | None = None
         if data_dir is None:
             self.class_names = list(MOTIONS)
+            self.decide_multilabel(multilabel is True)
+        elif (check_folder(data_dir) / LABELS_CSV).is_file():
+            self.class_names, self._targets, decided = read_labels_csv(
+                Path(data_dir), "video", multilabel, what="videos"
+            )
+            self.decide_multilabel(decided)
         else:
             root = check_folder(data_dir)
             self.split_folders = find_split_folders(root)
             self.class_names = list_classes(root, VIDEO_EXTENSIONS, splits=self.split_folder_names)
+            self.decide_multilabel(multilabel is True)
         self.in_channels = 3  # PyAV decodes to RGB
         # Exact seconds: 1/3 s as a float would drift against frame timestamps.
         self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
@@ -266,11 +285,31 @@ class VideoDataModule(TaskDataModule):
     def write_default(self, folder: Path) -> None:
         write_motion_dataset(folder, DEFAULT_VIDEOS_PER_CLASS, DEFAULT_SEED)
 
-    def list_samples(self) -> list[tuple[str, int]]:
-        return list_samples(self.root, self.class_names, VIDEO_EXTENSIONS, self.split_folder_names)
+    def list_samples(self) -> list[tuple[str, object]]:
+        if self._targets is not None:
+            return list(self._targets.items())
+        samples = list_samples(self.root, self.class_names, VIDEO_EXTENSIONS, self.split_folder_names)
+        if self.multilabel:  # class folders, one label each: one-hot
+            return [(sample_id, multi_hot([label], self.num_classes)) for sample_id, label in samples]
+        return samples
+
+    def target_of(self, sample_id: str):
+        """A video's target: its ``labels.csv`` row's, else its class folder's (an error naming
+        the video where it has neither)."""
+        if self._targets is not None:
+            if sample_id not in self._targets:
+                raise ConfigError(f"{sample_id}: not listed in {self.root / LABELS_CSV}")
+            return self._targets[sample_id]
+        name = PurePosixPath(sample_id).parent.name  # the class folder, in either layout
+        if name not in self.class_names:
+            raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
+        index = self.class_names.index(name)
+        return multi_hot([index], self.num_classes) if self.multilabel else index
 
     def _decide_splits(self) -> dict[str, list[str]]:
-        if self.hparams.data_dir is not None and not self.hparams.split_file and not self.split_folders:
+        # PyTorchVideo's csv lists name class folders: not read beside split folders or a labels.csv
+        labelled_otherwise = self.split_folders or self._targets is not None
+        if self.hparams.data_dir is not None and not self.hparams.split_file and not labelled_otherwise:
             splits = read_csv_lists(self.root, self.class_names)
             if splits is not None:
                 known = {sample_id for sample_id, _ in self.list_samples()}
@@ -293,12 +332,10 @@ class VideoDataModule(TaskDataModule):
         for sample_id in ids:
             if sample_id in self.checked or sample_id in new:
                 continue
-            name = PurePosixPath(sample_id).parent.name  # the class folder, in either layout
-            if name not in self.class_names:
-                raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
+            target = self.target_of(sample_id)
             try:
                 duration, fps, frame_bytes = probe_video(self.root / sample_id)
-                new[sample_id] = VideoRecord(sample_id, self.class_names.index(name), duration, fps, frame_bytes)
+                new[sample_id] = VideoRecord(sample_id, target, duration, fps, frame_bytes)
             except BadFileError as err:
                 errors.append(err)
                 new[sample_id] = None

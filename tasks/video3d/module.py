@@ -7,7 +7,9 @@ baseline: a 2D CNN applied to every frame on its own, its logits averaged over t
 
 Scores: ``<stage>/acc`` and the shared metrics per clip; ``<stage>/video_acc`` per video,
 from the softmax of all of a video's clips averaged (the clips are the evaluation loader's
-uniform clips, aggregated by video index). Evaluation adds a contact sheet of test clips.
+uniform clips, aggregated by video index). A multi-label model (several actions a video, as
+in Charades) scores ``<stage>/video_map`` instead: the macro mean average precision of each
+video's clip sigmoids averaged. Evaluation adds a contact sheet of test clips.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from torchmetrics import Metric
+from torchmetrics.functional.classification import multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
 from cnnsuite.data import Input
@@ -26,11 +29,12 @@ from cnnsuite.training.classification import ClassificationModule
 from . import backbones  # noqa: F401  (registers PyTorchVideo's reference backbones)
 
 
-class VideoAccuracy(Metric):
-    """Video-level accuracy: the clips' softmax averaged per video, then argmax.
+class VideoMetric(Metric):
+    """A score of whole videos from their clips' probabilities averaged per video.
 
     Clips are identified by their index in the evaluation dataset, so a clip seen twice (a
-    ``DistributedSampler`` pads the ranks with repeats) counts once.
+    ``DistributedSampler`` pads the ranks with repeats) counts once. Subclasses say how logits
+    become probabilities and how the videos' mean probabilities are scored.
     """
 
     full_state_update = False
@@ -40,8 +44,15 @@ class VideoAccuracy(Metric):
         for name in ("probs", "labels", "videos", "clips"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, probs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """The figure of videos' mean probabilities ``(videos, classes)`` against their targets."""
+        raise NotImplementedError
+
     def update(self, logits: torch.Tensor, labels: torch.Tensor, videos: torch.Tensor, clips: torch.Tensor) -> None:
-        self.probs.append(logits.detach().float().softmax(dim=1))
+        self.probs.append(self.probabilities(logits.detach().float()))
         self.labels.append(labels)
         self.videos.append(videos)
         self.clips.append(clips)
@@ -57,12 +68,35 @@ class VideoAccuracy(Metric):
         _, video_of = torch.unique(videos, return_inverse=True)
         count = int(video_of.max()) + 1
         summed = probs.new_zeros(count, probs.shape[1]).index_add_(0, video_of, probs)
-        truth = labels.new_zeros(count).scatter_(0, video_of, labels)
-        return (summed.argmax(dim=1) == truth).float().mean()
+        clips_per_video = torch.bincount(video_of, minlength=count).unsqueeze(1)
+        truth = labels.new_zeros(count, *labels.shape[1:]).index_copy_(0, video_of, labels)
+        return self.score(summed / clips_per_video, truth)
+
+
+class VideoAccuracy(VideoMetric):
+    """Video-level accuracy: the clips' softmax averaged per video, then argmax."""
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(dim=1)
+
+    def score(self, probs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return (probs.argmax(dim=1) == truth).float().mean()
+
+
+class VideoAveragePrecision(VideoMetric):
+    """Video-level macro mean average precision of a multi-label model: each class's clip
+    sigmoids averaged per video, ranked over the videos (classes no video carries are left
+    out of the mean, as torchmetrics leaves them)."""
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid()
+
+    def score(self, probs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return multilabel_average_precision(probs, truth.long(), probs.shape[1], average="macro")
 
 
 class VideoClassificationModule(ClassificationModule):
-    metric_modes = {**ClassificationModule.metric_modes, "video_acc": "max"}
+    metric_modes = {**ClassificationModule.metric_modes, "video_acc": "max", "video_map": "max"}
 
     def __init__(
         self,
@@ -87,10 +121,15 @@ class VideoClassificationModule(ClassificationModule):
             **kwargs,
         )
 
+    @property
+    def video_key(self) -> str:
+        """The video-level score's name: ``video_map`` for a multi-label model, else ``video_acc``."""
+        return "video_map" if self.multilabel else "video_acc"
+
     def configure_metrics(self, stage: str):
         metrics = super().configure_metrics(stage)
         if stage != "train":
-            setattr(self, f"{stage}_video_acc", VideoAccuracy())
+            setattr(self, f"{stage}_video_metric", VideoAveragePrecision() if self.multilabel else VideoAccuracy())
         return metrics
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,24 +141,24 @@ class VideoClassificationModule(ClassificationModule):
         return super().forward(frames).view(n, t, -1).mean(dim=1)
 
     def update_metrics(self, stage: str, logits: torch.Tensor, target: torch.Tensor, batch) -> None:
-        """The shared metrics, plus video accuracy from each clip's video and clip index."""
+        """The shared metrics, plus the video-level score from each clip's video and clip index."""
         super().update_metrics(stage, logits, target, batch)
         if stage != "train":
             videos, clip_ids = batch[2], batch[3]
-            getattr(self, f"{stage}_video_acc").update(logits, target, videos, clip_ids)
+            getattr(self, f"{stage}_video_metric").update(logits, target, videos, clip_ids)
 
-    def _log_video_acc(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_video_acc")
-        self.log(f"{stage}/video_acc", metric.compute(), prog_bar=stage == "val")
+    def _log_video_metric(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_video_metric")
+        self.log(f"{stage}/{self.video_key}", metric.compute(), prog_bar=stage == "val")
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self._log_video_acc("val")
+        self._log_video_metric("val")
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        self._log_video_acc("test")
+        self._log_video_metric("test")
 
     def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
         paths = super().write_plots(out_dir, datamodule)
@@ -136,26 +175,28 @@ class VideoClassificationModule(ClassificationModule):
         picked = list(first_clip.values())[:pool]
         items = [dataset[i] for i in picked]
         clips = torch.stack([item[0] for item in items])
-        labels = torch.tensor([item[1] for item in items])
-        probs = torch.cat([self(chunk.to(self.device)).softmax(1).cpu() for chunk in clips.split(16)])
-        predicted = probs.argmax(1)
-        wrong = [i for i in range(len(items)) if predicted[i] != labels[i]]
+        logits = torch.cat([self(chunk.to(self.device)).cpu() for chunk in clips.split(16)])
+        # in words, so that a multi-label clip is right when its whole set of labels is
+        truth = [self.target_text(item[1]) for item in items]
+        predicted = [self.prediction_text(row) for row in logits]
+        wrong = [i for i in range(len(items)) if predicted[i] != truth[i]]
         shown, classes = wrong[: rows // 2], set()
         for i in range(len(items)):
             if len(shown) >= rows:
                 break
-            if i not in wrong and int(labels[i]) not in classes:
+            if i not in wrong and truth[i] not in classes:
                 shown.append(i)
-                classes.add(int(labels[i]))
-        right = [bool(predicted[i] == labels[i]) for i in shown]
+                classes.add(truth[i])
+        right = [i not in wrong for i in shown]
+        probs = self.probabilities(logits)
         names = [
-            f"{self.class_names[labels[i]]}\n→ {self.class_names[predicted[i]]} ({probs[i, predicted[i]]:.2f})"
-            for i in shown
+            f"{truth[i]}\n→ {predicted[i]}" + ("" if self.multilabel else f" ({probs[i].max():.2f})") for i in shown
         ]
         path = out_dir / "contact_sheet.png"
         draw_clips(
             clips[shown], names, ["green" if r else "red" for r in right],
-            "test clips: true → predicted (probability); mistakes first, in red", path, columns,
+            f"test clips: true → predicted{'' if self.multilabel else ' (probability)'}; mistakes first, in red",
+            path, columns,
         )  # fmt: skip
         return path
 
@@ -168,19 +209,21 @@ class VideoClassificationModule(ClassificationModule):
     def describe_batch_inputs(self) -> str:
         return (
             "each video's uniform clips concatenated along the first axis; a video's prediction is the mean of "
-            "its clips' softmax"
+            f"its clips' {'sigmoids' if self.multilabel else 'softmax'}"
         )
 
     def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
-        """Per video, its clips' softmax averaged (as ``video_acc`` scores a video) described
-        as the shared classifier does, and ``clips``: each clip's start (seconds), class, score."""
+        """Per video, its clips' probabilities averaged (as ``video_acc`` and ``video_map`` score
+        a video) described as the shared classifier does, and ``clips``: each clip's start
+        (seconds) and class and score, or a multi-label model's labels."""
         predictions = []
-        per_video = outputs[0].softmax(dim=1).split([len(item.sample) for item in inputs])
+        per_video = self.probabilities(outputs[0]).split([len(item.sample) for item in inputs])
         for probs, item in zip(per_video, inputs, strict=True):
             clips = []
             for start, clip in zip(item.meta["clip_starts"], probs, strict=True):
                 described = self.describe_probabilities(clip)
-                clips.append({"start": start, "class": described["class"], "score": described["score"]})
+                kept = ("labels",) if self.multilabel else ("class", "score")
+                clips.append({"start": start, **{key: described[key] for key in kept}})
             predictions.append({**self.describe_probabilities(probs.mean(dim=0)), "clips": clips})
         return predictions
 
@@ -188,10 +231,17 @@ class VideoClassificationModule(ClassificationModule):
         """A contact sheet of the video: its first ``rows`` clips, one a row, each with its start
         and prediction; the title is the video's."""
         clips = prediction["clips"][:rows]
-        names = [f"{c['start']:.1f} s\n→ {c['class']} ({c['score']:.2f})" for c in clips]
+        names = [f"{c['start']:.1f} s\n→ {said(c)}" for c in clips]
         shown = f" (first {rows} of {len(prediction['clips'])} clips)" if len(prediction["clips"]) > rows else ""
-        title = f"{item.path.name}: {prediction['class']} ({prediction['score']:.2f}){shown}"
+        title = f"{item.path.name}: {said(prediction)}{shown}"
         draw_clips(item.sample[: len(clips)], names, ["black"] * len(clips), title, path)
+
+
+def said(prediction: dict) -> str:
+    """A prediction in words: its class and score, or a multi-label model's labels."""
+    if "labels" in prediction:
+        return ", ".join(prediction["labels"]) or "no label"
+    return f"{prediction['class']} ({prediction['score']:.2f})"
 
 
 def draw_clips(clips: torch.Tensor, names: list[str], colours: list[str], title: str, path: Path, columns: int = 8):

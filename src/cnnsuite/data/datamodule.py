@@ -150,6 +150,14 @@ class TaskDataModule(L.LightningDataModule):
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         raise NotImplementedError
 
+    def split_targets(self, stage: str) -> list:
+        """The targets of the ``stage`` split's samples, in its order (after :meth:`setup`):
+        what the model weights its classes by (``class_weights``)."""
+        if self.splits is None:
+            raise RuntimeError("setup() decides the split before its targets are known")
+        targets = dict(self.list_samples())
+        return [targets[sample_id] for sample_id in self.splits[stage]]
+
     def read_input(self, path: Path) -> Input:
         """One raw file (an image, a volume, a video ...) as the model's input, preprocessed as
         the test split is; a file that cannot be read raises :class:`BadFileError` naming it."""

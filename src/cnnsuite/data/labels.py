@@ -8,21 +8,31 @@ multi-label: its targets are multi-hot float vectors, one entry per class, for i
 sigmoids. ``data.multilabel`` (:data:`MULTILABEL_SETTINGS`) lets the file decide (``auto``),
 or insists on one mode: ``true`` makes a single-label file one-hot multi-label, ``false``
 refuses a file with several labels in a sample.
+
+A data folder's ``labels.csv`` (:func:`read_labels_csv`) comes in the two layouts multi-label
+datasets are shipped in: a ``label`` column of such cells (``image,label`` / ``x.png,a;b``), or
+one column per class holding 1 where the sample carries the class and 0 where not
+(``image,a,b`` / ``x.png,1,1``, as ChestX-ray14 and CheXpert tables are often written).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..errors import ConfigError
+from ..errors import BadFileError, ConfigError, MissingFileError
+from .errors import report_bad_files
+from .textfiles import read_csv
 
 #: what ``data.multilabel`` takes
 MULTILABEL_SETTINGS = ("auto", True, False)
 #: what separates several labels in one cell
 SEPARATOR = ";"
+#: the label file of a data folder (:func:`read_labels_csv`)
+LABELS_CSV = "labels.csv"
 
 
 def check_multilabel(setting: object) -> None:
@@ -101,3 +111,70 @@ def multi_hot(indices: Sequence[int], count: int) -> np.ndarray:
 def is_multi_hot(labels: Sequence) -> bool:
     """Whether ``labels`` are multi-hot vectors (several labels a sample) rather than class indices."""
     return len(labels) > 0 and np.ndim(labels[0]) == 1
+
+
+def label_cells(
+    rows: Sequence[dict[str, str]], id_column: str, path: object
+) -> tuple[list[str], list, list[str] | None]:
+    """``(ids, cells, class columns)`` of a label table's rows (as :func:`~cnnsuite.data.textfiles.read_csv`
+    gives them): with a ``label`` column its cells as they are, and no class columns; otherwise
+    each column after ``id_column`` is a class, 0 or 1 in each row, and a row's cell is the list
+    of its classes marked 1 (the class columns are returned in the file's order). A bad value
+    raises :class:`ConfigError` naming ``path``, the line and the column."""
+    header = [column for column in rows[0] if column] if rows else []
+    if id_column not in header:
+        raise ConfigError(
+            f"{path}: expected columns {id_column},label or {id_column} and one 0/1 column per class, found {header}"
+        )
+    ids = [row[id_column] for row in rows]
+    if "label" in header:
+        return ids, [row["label"] for row in rows], None
+    classes = [column for column in header if column != id_column]
+    if not classes:
+        raise ConfigError(f"{path}: expected a label column or one 0/1 column per class after {id_column}")
+    cells = []
+    for line, row in enumerate(rows, start=2):
+        marked = []
+        for name in classes:
+            value = row.get(name, "")
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number not in (0.0, 1.0):
+                raise ConfigError(f"{path}, line {line}, column {name}: {value!r}; expected 0 or 1")
+            if number:
+                marked.append(name)
+        cells.append(marked)
+    return ids, cells, classes
+
+
+def read_labels_csv(
+    root: Path,
+    id_column: str,
+    multilabel: bool | str = "auto",
+    classes: Sequence[str] | None = None,
+    what: str = "files",
+) -> tuple[list[str], dict[str, object], bool]:
+    """``(class names, id → target, multilabel)`` of ``root/labels.csv`` in either layout (see
+    the module): ids are paths relative to ``root``, each checked to exist (the missing ones,
+    ``what``, reported together); labels and targets as :func:`parse_labels` makes them. The
+    class names are ``classes`` if given, else the class columns in the file's order, else the
+    labels found, sorted."""
+    path = root / LABELS_CSV
+    if not path.is_file():
+        raise MissingFileError(f"{path}: missing; expected a CSV with columns {id_column},label")
+    rows = read_csv(path)
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    ids, cells, columns = label_cells(rows, id_column, path)
+    where = [f"{path}, line {line}" for line in range(2, len(rows) + 2)]
+    missing = []
+    for place, sample_id, cell in zip(where, ids, cells, strict=True):
+        if not sample_id or (columns is None and not cell):
+            raise ConfigError(f"{place}: empty {id_column} or label")
+        if not (root / sample_id).exists():
+            missing.append(BadFileError(f"{place}: {root / sample_id} does not exist"))
+    report_bad_files(missing, len(rows), what=what)
+    names, targets, decided = parse_labels(cells, multilabel, path, where, classes or columns)
+    return names, dict(zip(ids, targets, strict=True)), decided

@@ -8,6 +8,11 @@ multi-label classifier: one independent sigmoid per class, binary cross-entropy,
 predicted where its probability reaches that class's threshold. The thresholds are a buffer
 (saved in every checkpoint), chosen again at the end of each validation epoch of a fit: per
 class, the one of a 0.05 grid that maximises the class's F1 on the validation predictions.
+
+``class_weights`` weights a multi-label model's positives by how rare each class is (rare
+labels are the rule in multi-label data): binary cross-entropy's ``pos_weight`` is each
+class's negatives over its positives in the training split, clipped to
+:attr:`ClassificationModule.pos_weight_range`, set when a fit starts and saved with the weights.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import ClasswiseWrapper, MetricCollection
 from torchmetrics.classification import (
@@ -30,6 +37,7 @@ from torchmetrics.classification import (
 
 from ..backbone import build_backbone
 from ..data.inputs import Input
+from ..errors import ConfigError
 from .heads import ClassifierHead
 from .task import TaskModule
 
@@ -55,6 +63,9 @@ class ClassificationModule(TaskModule):
     metric_modes = {"loss": "min", "acc": "max", "f1": "max", "auroc": "max", "map": "max", "ap": "max"}
     #: where a multi-label model's thresholds are chosen among
     threshold_grid = (0.05, 0.95, 19)
+    #: the range ``class_weights`` clips BCE's ``pos_weight`` to: a class with a handful of
+    #: positives (or none) in training would otherwise dominate the loss
+    pos_weight_range = (0.01, 100.0)
 
     def __init__(
         self,
@@ -72,7 +83,13 @@ class ClassificationModule(TaskModule):
         backbone_weights: str | None = None,
         backbone_weights_channels: str = "mean",
         multilabel: bool = False,
+        class_weights: bool = False,
     ) -> None:
+        if class_weights and not multilabel:
+            raise ConfigError(
+                "model.class_weights=true: weights the positives of each class of a multi-label run; "
+                "this run's labels are one a sample"
+            )
         super().__init__()
         if multilabel:
             self.monitor = "val/map_macro"
@@ -107,7 +124,9 @@ class ClassificationModule(TaskModule):
 
     def configure_losses(self) -> None:
         if self.multilabel:
-            self.loss = nn.BCEWithLogitsLoss()
+            # pos_weight, when there is one, is the loss's buffer: saved in every checkpoint
+            weights = torch.ones(self.hparams.num_classes) if self.hparams.get("class_weights") else None
+            self.loss = nn.BCEWithLogitsLoss(pos_weight=weights)
         else:
             self.loss = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
 
@@ -156,6 +175,21 @@ class ClassificationModule(TaskModule):
             self.val_curve = MultilabelPrecisionRecallCurve(n, thresholds=torch.linspace(*self.threshold_grid))
         setattr(self, f"{stage}_decision_metrics", MetricCollection(decisions, prefix=f"{stage}/"))
         return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
+
+    def on_fit_start(self) -> None:
+        """With ``class_weights``, BCE's ``pos_weight`` from the training split's targets."""
+        if self.hparams.get("class_weights"):
+            datamodule = self.trainer.datamodule
+            self.set_class_weights(torch.as_tensor(np.stack(datamodule.split_targets("train"))))
+
+    def set_class_weights(self, targets: torch.Tensor) -> None:
+        """``pos_weight``: each class's negatives over its positives among multi-hot ``targets``
+        ``(samples, classes)``, clipped to :attr:`pos_weight_range`; said once."""
+        positives = targets.float().sum(dim=0)
+        weights = ((len(targets) - positives) / positives).clamp(*self.pos_weight_range)
+        self.loss.pos_weight.copy_(weights)
+        named = ", ".join(f"{n} {w:.3g}" for n, w in zip(self.class_names, weights.tolist(), strict=True))
+        rank_zero_info(f"class_weights: BCE pos_weight from the {len(targets)} training samples: {named}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x.contiguous(memory_format=self._memory_format)))
