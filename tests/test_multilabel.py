@@ -339,3 +339,19 @@ def test_multilabel_predict_onnx_and_serve_agree_with_evaluate(trained_images, t
     served = [json.loads(api.encode_response(reply).body) for reply in replies]
     assert [reply.status for reply in replies] == [200] * len(ids)
     check("serve", [s["probabilities"] for s in served], [s["labels"] for s in served])
+
+
+def test_biomedical3d_multilabel_baselines_score_map_on_intensity_histograms(tmp_path):
+    from cnnsuite.tasks.biomedical3d import baselines
+
+    folder = make_multilabel_volumes(tmp_path / "user", count=30)
+    scores = baselines.main(["--data_dir", str(folder)])
+    assert set(scores) == {
+        f"{name}, {average} mAP"
+        for name in ("label frequency", "intensity histogram (logistic regression)")
+        for average in ("macro", "micro")
+    }
+    assert all(0 < value <= 1 for value in scores.values())
+    # each label's blob adds a bright tail to the histogram: the regression ranks better than the prior
+    regression = scores["intensity histogram (logistic regression), macro mAP"]
+    assert regression > scores["label frequency, macro mAP"]

@@ -20,45 +20,17 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from torchmetrics.classification import MultilabelAveragePrecision
+
+from cnnsuite.training.baselines import logistic_regression, multilabel_scores
 
 from .datamodule import DEFAULTS, MultispectralDataModule
-
-
-def band_means(x_train: np.ndarray, y_train: np.ndarray):
-    """A logistic regression on standardised band means, fitted to ``y_train``."""
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x_train, y_train)
 
 
 def single_label_scores(x_train, y_train, x_test, y_test) -> dict[str, float]:
     return {
         "majority class": float((y_test == np.bincount(y_train).argmax()).mean()),
-        "mean spectrum (logistic regression)": float(band_means(x_train, y_train).score(x_test, y_test)),
+        "mean spectrum (logistic regression)": float(logistic_regression(x_train, y_train).score(x_test, y_test)),
     }
-
-
-def multilabel_scores(x_train, y_train, x_test, y_test) -> dict[str, float]:
-    frequency = y_train.mean(axis=0)
-    prior = np.broadcast_to(frequency, y_test.shape)
-    # A class that is always or never present in training has nothing to separate: its frequency.
-    regression = np.stack(
-        [
-            band_means(x_train, column).predict_proba(x_test)[:, 1] if 0 < frequency[c] < 1 else prior[:, c]
-            for c, column in enumerate(y_train.T)
-        ],
-        axis=1,
-    )
-    target = torch.from_numpy(y_test).long()
-    scores = {}
-    for name, predicted in (("label frequency", prior), ("band means (logistic regression)", regression)):
-        for average in ("macro", "micro"):
-            metric = MultilabelAveragePrecision(num_labels=y_test.shape[1], average=average)
-            scores[f"{name}, {average} mAP"] = float(metric(torch.tensor(predicted, dtype=torch.float32), target))
-    return scores
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -87,8 +59,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return x, np.array([labels[i] for i in ids])
 
     (x_train, y_train), (x_test, y_test) = table("train"), table("test")
-    score = multilabel_scores if data.multilabel else single_label_scores
-    scores = score(x_train, y_train, x_test, y_test)
+    if data.multilabel:
+        scores = multilabel_scores(x_train, y_train, x_test, y_test, "band means")
+    else:
+        scores = single_label_scores(x_train, y_train, x_test, y_test)
     for name, value in scores.items():
         print(f"test {'' if data.multilabel else 'accuracy, '}{name}: {value:.4f}")
     return scores
