@@ -159,6 +159,11 @@ def test_generated_data_records_its_arguments_and_other_arguments_get_their_own_
     assert prepare_once(tmp_path / "d", write, {"size": 1}) == tmp_path / "d"
     with pytest.raises(ValueError, match=r"d: was generated with \{'size': 1\}, expected \{'size': 2\}; delete"):
         prepare_once(tmp_path / "d", write, {"size": 2})
+    # a setting added since the folder was written: it was made with the setting's default
+    assert prepare_once(tmp_path / "d", write, {"size": 1, "kind": "a"}, {"size": 1, "kind": "a"}) == tmp_path / "d"
+    recorded_with_default = r"was generated with \{'size': 1, 'kind': 'a'\}, expected \{'size': 1, 'kind': 'b'\}"
+    with pytest.raises(ValueError, match=recorded_with_default):
+        prepare_once(tmp_path / "d", write, {"size": 1, "kind": "b"}, {"size": 1, "kind": "a"})
 
     default = Biomedical3DDataModule(data_root=str(tmp_path))
     smaller = Biomedical3DDataModule(data_root=str(tmp_path), default_size=30)

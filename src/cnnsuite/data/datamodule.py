@@ -247,7 +247,8 @@ class TaskDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.hparams.data_dir is None:
-            prepare_once(self.root, self.write_default, self.generation_args)
+            defaults = {key: self._init_default(key) for key in self.generation_hparams}
+            prepare_once(self.root, self.write_default, self.generation_args, defaults)
 
     def check_samples(self, ids: list[str]) -> None:
         """Check the files of ``ids`` before training, so that every bad one is named at once,

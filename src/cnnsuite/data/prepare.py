@@ -5,7 +5,9 @@ folder must never be read. The data is written into a temporary sibling folder a
 renamed into place in one step; whoever renames second throws its copy away.
 
 The arguments that generated the data are written beside it (``generation.json``), so a
-folder made with other arguments is never taken for this one without a word.
+folder made with other arguments is never taken for this one without a word. A setting added
+after a folder was written is absent from its record; the folder was made with what is now
+that setting's default, so the record is read with those defaults filled in.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from ..errors import ConfigError
 RECORD = "generation.json"
 
 
-def prepare_once(target: Path, write: Callable[[Path], None], args: dict | None = None) -> Path:
+def prepare_once(
+    target: Path, write: Callable[[Path], None], args: dict | None = None, defaults: dict | None = None
+) -> Path:
     """Call ``write(folder)`` into a fresh folder and move it to ``target``, unless
     ``target`` already exists; ``args`` (JSON-able) are recorded there and checked on
-    every later call. Returns ``target``."""
+    every later call (``defaults``: the value of each setting a record may predate).
+    Returns ``target``."""
     target, args = Path(target), dict(args or {})
     if target.is_dir():
-        check_record(target, args)
+        check_record(target, args, defaults)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -44,13 +49,16 @@ def prepare_once(target: Path, write: Callable[[Path], None], args: dict | None 
     return target
 
 
-def check_record(folder: Path, args: dict) -> None:
-    """``folder`` must have been generated with ``args``."""
+def check_record(folder: Path, args: dict, defaults: dict | None = None) -> None:
+    """``folder`` must have been generated with ``args``; a setting its record lacks was
+    its value in ``defaults``."""
     path = folder / RECORD
     try:
         recorded = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         recorded = None
+    if isinstance(recorded, dict):
+        recorded = {**json.loads(json.dumps(defaults or {})), **recorded}
     if recorded != json.loads(json.dumps(args)):
         found = "no readable record of how it was generated" if recorded is None else f"was generated with {recorded}"
         raise ConfigError(
