@@ -7,7 +7,7 @@ TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)
 TASK ?= recognition2d
 ARGS ?=
 
-.PHONY: help setup train evaluate predict export inspect serve test test-slow bench lint check-task need-ckpt
+.PHONY: help setup train evaluate predict export inspect serve test test-slow bench lint docs check-task need-ckpt
 
 help:  ## list the targets
 	@echo "make setup                               create $(VENV) and install cnnsuite (idempotent)"
@@ -23,6 +23,7 @@ help:  ## list the targets
 	@echo "make test-slow                           the tests that start real processes: kills, DDP"
 	@echo "make bench [OUT=<dir>] [ARGS=--quick]    every task's model, data pipeline and training against references: bench.md"
 	@echo "make lint                                ruff"
+	@echo "make docs                                docs/cli.md, the CLI reference, from the commands' own help"
 	@echo "tasks: $(TASKS)"
 
 check-task:
@@ -70,6 +71,9 @@ test-slow: setup
 # ARGS="--quick" (about 5 minutes), ARGS="--tasks video3d --sections models" ...
 bench: setup
 	$(BIN)/cnnsuite bench --out $(or $(OUT),runs/bench) $(ARGS)
+
+docs: setup  ## docs/cli.md from the command table and each command's --help
+	$(BIN)/python -m cnnsuite.commands > docs/cli.md
 
 lint: setup
 	$(BIN)/ruff check .

@@ -56,6 +56,17 @@ def test_the_console_script_prints_the_table_without_importing_torch():
         assert entry.returncode == 0 and "bench" in entry.stdout
 
 
+def test_the_cli_reference_is_what_the_commands_say():
+    """docs/cli.md is written from the command table and each command's own --help: an option
+    added, renamed or described anew without ``make docs`` fails here."""
+    from cnnsuite.commands import reference
+
+    written = (ROOT / "docs" / "cli.md").read_text()
+    assert written == reference(), "docs/cli.md is out of date: run make docs"
+    for name in COMMANDS:
+        assert f"## {name}\n" in written
+
+
 def test_predict_help_is_the_file_predictors_and_says_where_lightnings_predict_went(capsys):
     code, out, _ = run(capsys, "predict", "--help")
     assert code == 0

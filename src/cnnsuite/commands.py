@@ -12,13 +12,18 @@ command: ``cnnsuite predict`` is the file predictor (``--ckpt ... --input ...``)
 split is scored by ``cnnsuite evaluate``.
 
 This module imports nothing heavy: the table and the help are read before any command runs.
+:func:`reference` writes the CLI reference (``docs/cli.md``, ``make docs``) from this table and
+the commands' own parsers, so the document cannot drift from the code (a test compares them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
+import io
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,3 +179,68 @@ def task_configs() -> list[str]:
     found = sorted(task.config.resolve() for task in registered_tasks().values())
     here = Path.cwd().resolve()
     return [str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in found]
+
+
+# --- the CLI reference --------------------------------------------------------------------
+
+#: what the reference says of LightningCLI's commands, whose --help lists every key of a config
+LIGHTNING_KEYS = """\
+LightningCLI's command: `cnnsuite {name} --help` lists every key of the config (several
+hundred). The ones used most:
+
+| option | what it does |
+|---|---|
+| `--config FILE` | a task's config (`tasks/<task>/config.yaml`); several are merged in order |
+| `--print_config` | print the whole config as it would run, and stop |
+| `--trainer.max_epochs N`, `--trainer.accelerator auto\\|cpu\\|gpu` | any setting of Lightning's `Trainer` |
+| `--data.data_dir DIR` | your own data (the task README gives its layouts) instead of the embedded default |
+| `--data.batch_size N`, `--data.num_workers N` | the loaders |
+| `--model.KEY VALUE` | a model setting (`backbone`, `backbone_kwargs`, `backbone_weights`, ...) |
+| `--ckpt_path FILE\\|last` | start from a checkpoint (`fit`: resume it exactly; `validate`/`test`: score it) |
+| `--evaluate false` | (`fit`) leave out the evaluation of `best.ckpt` after training |
+"""
+
+
+def command_help(name: str, columns: int = 100) -> str:
+    """``cnnsuite <name> --help`` of a command of the table, as printed ``columns`` wide."""
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(columns)  # argparse wraps to the terminal's width
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            COMMANDS[name].run(["--help"])
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
+    return out.getvalue()
+
+
+def reference() -> str:
+    """The CLI reference as Markdown: the command table, then each command's options."""
+    lines = [
+        "# The `cnnsuite` command line",
+        "",
+        "Written by `make docs` from the command table (`src/cnnsuite/commands.py`) and each command's",
+        "own `--help`; a test fails when the two differ. `cnnsuite --debug COMMAND ...` (or",
+        "`CNNSUITE_DEBUG=1`) shows the traceback of a mistake instead of its one line.",
+        "",
+        "| command | what it does |",
+        "|---|---|",
+        *(f"| [`{name}`](#{name}) | {command.summary} |" for name, command in COMMANDS.items()),
+    ]
+    for name, command in COMMANDS.items():
+        lines += ["", f"## {name}", "", command.summary[0].upper() + command.summary[1:] + ".", ""]
+        if name == LIGHTNING_COMMANDS[0]:
+            lines.append(LIGHTNING_KEYS.format(name=name).rstrip("\n"))
+        elif command.main is None:
+            first = LIGHTNING_COMMANDS[0]
+            lines.append(f"LightningCLI's command, with the keys of [`{first}`](#{first}).")
+        else:
+            lines += ["```", command_help(name).rstrip("\n"), "```"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference())
