@@ -195,6 +195,15 @@ def test_labels_csv_with_one_column_per_class(tmp_path):
     (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,1,0\n")
     dm = Biomedical3DDataModule(data_dir=str(folder))
     assert not dm.multilabel and dm.list_samples() == [("scans/v0.nii.gz", 1), ("scans/v1.nii.gz", 0)]
+    # a row of 0s ("no finding") carries no class: only a multi-label run can learn it
+    (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,0,0\n")
+    dm = Biomedical3DDataModule(data_dir=str(folder))
+    assert dm.multilabel and [t.tolist() for _, t in dm.list_samples()] == [[0, 1], [0, 0]]
+    with pytest.raises(ValueError, match=r"labels.csv, line 3: holds no label, but data.multilabel=false"):
+        Biomedical3DDataModule(data_dir=str(folder), multilabel=False)
+    (folder / "labels.csv").write_text("image,label\nscans/v0.nii.gz,a\nscans/v1.nii.gz,\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 3: empty image or label"):  # an empty cell is a mistake
+        Biomedical3DDataModule(data_dir=str(folder))
     (folder / "labels.csv").write_text("image,b,a\nscans/v0.nii.gz,0,1\nscans/v1.nii.gz,yes,0\n")
     with pytest.raises(ValueError, match=r"labels.csv, line 3, column b: 'yes'; expected 0 or 1"):
         Biomedical3DDataModule(data_dir=str(folder))

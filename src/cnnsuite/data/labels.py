@@ -60,40 +60,46 @@ def parse_labels(
     source: object = "the labels",
     where: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    allow_none: bool = False,
 ) -> tuple[list[str], list, bool]:
     """``(class names, targets, multilabel)`` of a label file's cells, one a sample.
 
     Single-label: the targets are class indices (ints). Multi-label: float32 multi-hot
     vectors (numpy), one entry per class in the class names' order. ``multilabel``: ``auto``
     decides from the cells and says so (naming ``source``) when some sample has several
-    labels; ``false`` with such a sample is an error naming its place (``where[i]``, e.g.
-    ``labels.csv, line 7``); ``true`` makes single labels one-hot vectors. ``classes`` fixes
-    the class names and their order (data generated from a known list); by default they are
-    the labels found, sorted."""
+    labels (or, ``allow_none``, none: a row of 0s in a table of one column per class, as
+    ChestX-ray14's "no finding" is written, which only a multi-label run can learn); ``false``
+    with such a sample is an error naming its place (``where[i]``, e.g. ``labels.csv, line
+    7``); ``true`` makes single labels one-hot vectors. ``classes`` fixes the class names and
+    their order (data generated from a known list); by default they are the labels found, sorted."""
     check_multilabel(multilabel)
     sets = [split_labels(cell) for cell in cells]
+
+    def place(i: int) -> str:
+        return where[i] if where is not None else f"{source}, sample {i + 1}"
+
     for i, labels in enumerate(sets):
-        if not labels:
-            place = where[i] if where is not None else f"{source}, sample {i + 1}"
-            raise ConfigError(f"{place}: empty label")
+        if not labels and not allow_none:
+            raise ConfigError(f"{place(i)}: empty label")
     names = list(classes) if classes is not None else class_names_of(label for labels in sets for label in labels)
     unknown = sorted({label for labels in sets for label in labels} - set(names))
     if unknown:
         raise ConfigError(f"{source}: unknown labels {', '.join(unknown)}; expected among {', '.join(names)}")
     several = sum(len(labels) > 1 for labels in sets)
-    if several and multilabel is False:
-        i = next(i for i, labels in enumerate(sets) if len(labels) > 1)
-        place = where[i] if where is not None else f"{source}, sample {i + 1}"
+    none = sum(not labels for labels in sets)
+    if (several or none) and multilabel is False:
+        i = next(i for i, labels in enumerate(sets) if len(labels) != 1)
+        holds = f"{SEPARATOR.join(sets[i])!r} holds {len(sets[i])} labels" if sets[i] else "holds no label"
         raise ConfigError(
-            f"{place}: {SEPARATOR.join(sets[i])!r} holds {len(sets[i])} labels, but data.multilabel=false "
-            f"expects one a sample ({several} of {len(sets)} samples have several; data.multilabel=auto trains "
-            "them multi-label)"
+            f"{place(i)}: {holds}, but data.multilabel=false expects one a sample ({several} of {len(sets)} "
+            f"samples have several, {none} none; data.multilabel=auto trains them multi-label)"
         )
-    decided = bool(several) if multilabel == "auto" else bool(multilabel)
-    if several and multilabel == "auto":
+    decided = bool(several or none) if multilabel == "auto" else bool(multilabel)
+    if (several or none) and multilabel == "auto":
         rank_zero_info(
-            f"{source}: {several} of {len(sets)} samples have several labels: multi-label classification "
-            f"over {len(names)} classes (data.multilabel=auto)"
+            f"{source}: {several} of {len(sets)} samples have several labels"
+            + (f" and {none} none" if none else "")
+            + f": multi-label classification over {len(names)} classes (data.multilabel=auto)"
         )
     if not decided:
         return names, [names.index(labels[0]) for labels in sets], False
@@ -176,5 +182,5 @@ def read_labels_csv(
         if not (root / sample_id).exists():
             missing.append(BadFileError(f"{place}: {root / sample_id} does not exist"))
     report_bad_files(missing, len(rows), what=what)
-    names, targets, decided = parse_labels(cells, multilabel, path, where, classes or columns)
+    names, targets, decided = parse_labels(cells, multilabel, path, where, classes or columns, columns is not None)
     return names, dict(zip(ids, targets, strict=True)), decided
