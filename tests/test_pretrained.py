@@ -135,6 +135,31 @@ def test_a_torchvision_file_inflated_into_monai_3d_resnet_gives_the_2d_response_
         torch.testing.assert_close(b[:, :, b.shape[2] // 2], a, rtol=1e-4, atol=1e-5)
 
 
+def test_a_torchvision_weights_name_is_the_file_in_torchs_hub_cache(tmp_path, monkeypatch):
+    """``torchvision:ResNet18_Weights.IMAGENET1K_V1`` is the file torch's hub cache would hold;
+    nothing is downloaded, and a missing file is one line saying which file to put where."""
+    import torchvision
+
+    from cnnsuite.errors import MissingFileError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(MissingFileError) as info:
+        backbone_state("torchvision:ResNet18_Weights.IMAGENET1K_V1")
+    message = str(info.value)
+    assert "\n" not in message and str(cached) in message, message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+    with pytest.raises(ConfigError, match="ResNet18_Weights.IMAGENET9K: not a torchvision weights name"):
+        backbone_state("torchvision:ResNet18_Weights.IMAGENET9K")
+
+    library = torchvision.models.resnet18(weights=None)
+    randomise_batchnorm(library)
+    cached.parent.mkdir(parents=True)
+    torch.save(library.state_dict(), cached)
+    ours = build_backbone("torchvision_resnet18", 2, 3)
+    loads_like_the_library(library, ours, "torchvision:ResNet18_Weights.IMAGENET1K_V1", torch.randn(1, 3, 64, 64))
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("pickled code ran",))

@@ -3,6 +3,7 @@ into our reference backbones.
 
 ``model.backbone_weights`` names such a file as ``FAMILY:PATH`` (``torchvision:resnet18-f37072fd.pth``,
 ``timm:model.safetensors``, ``monai:resnet_18.pth``, ``torchgeo:resnet18_sentinel2_all_moco-59bfdff9.pth``),
+``torchvision:ResNet18_Weights.IMAGENET1K_V1`` (the file torch's hub cache holds for those weights),
 or as a plain ``PATH`` whose tensor names are torchvision's ResNet layout. The family says what the
 file must be (a 2D or 3D ResNet), so a file of another family is refused in one line rather than
 half-loaded. A file is read without running code: ``.safetensors`` with ``safetensors``, anything
@@ -22,10 +23,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..trust.untrusted import check_finite, load_weights_only
 
 
@@ -61,16 +63,40 @@ RESNET_NAMES = {
 _DATA_PARALLEL = "module."
 
 
-def split_family(value: str, where: str) -> tuple[Family | None, str]:
+def split_family(value: str, where: str) -> tuple[Family | None, Path]:
     """``FAMILY:PATH`` → ``(family, PATH)``; a plain path (or an existing file whose name has a
-    colon) → ``(None, path)``. An unknown ``FAMILY`` is a one-line ``ConfigError``."""
+    colon) → ``(None, path)``. ``torchvision:NAME`` with a weights name is the file in torch's hub
+    cache (:func:`torchvision_hub_file`). An unknown ``FAMILY`` is a one-line ``ConfigError``."""
     found = re.fullmatch(r"([a-z][a-z0-9_]*):(.+)", value, re.S)
     if found is None or Path(value).exists():
-        return None, value
+        return None, Path(value)
     name, path = found.groups()
     if name not in FAMILIES:
         raise ConfigError(f"{where}={value}: {name}: unknown weights family; expected one of {', '.join(FAMILIES)}")
-    return FAMILIES[name], path
+    if name == "torchvision" and re.fullmatch(r"\w+_Weights\.\w+", path) and not Path(path).exists():
+        return FAMILIES[name], torchvision_hub_file(path, where)
+    return FAMILIES[name], Path(path)
+
+
+def torchvision_hub_file(name: str, where: str) -> Path:
+    """The file torch's hub cache holds for torchvision's weights ``name``
+    (``ResNet18_Weights.IMAGENET1K_V1``): ``<torch.hub.get_dir()>/checkpoints/<its URL's file name>``,
+    where torchvision itself would have saved it. Nothing is downloaded: when the file is not
+    there, a one-line ``MissingFileError`` says which file to put where."""
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(name)
+    except (ValueError, KeyError):  # an unknown enum, or an unknown member of a known one
+        raise ConfigError(
+            f"{where}=torchvision:{name}: not a torchvision weights name (like ResNet18_Weights.IMAGENET1K_V1)"
+        ) from None
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if not file.is_file():
+        raise MissingFileError(
+            f"{where}=torchvision:{name}: {file} is not there and nothing is downloaded; put {weights.url} there"
+        )
+    return file
 
 
 def read_weight_file(path: Path, where: str) -> object:

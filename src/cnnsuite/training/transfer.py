@@ -59,7 +59,6 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
     """
     value = str(path)
     family, path = split_family(value, where)
-    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{where} {value}: no such file (expected a checkpoint or a backbone's state dict)")
     content = read_weight_file(path, where)
