@@ -72,7 +72,7 @@ def split_family(value: str, where: str) -> tuple[Family | None, Path]:
         return None, Path(value)
     name, path = found.groups()
     if name not in FAMILIES:
-        raise ConfigError(f"{where}={value}: {name}: unknown weights family; expected one of {', '.join(FAMILIES)}")
+        raise ConfigError(f"{where} {value}: {name}: unknown weights family; expected one of {', '.join(FAMILIES)}")
     if name == "torchvision" and re.fullmatch(r"\w+_Weights\.\w+", path) and not Path(path).exists():
         return FAMILIES[name], torchvision_hub_file(path, where)
     return FAMILIES[name], Path(path)
@@ -89,12 +89,12 @@ def torchvision_hub_file(name: str, where: str) -> Path:
         weights = get_weight(name)
     except (ValueError, KeyError):  # an unknown enum, or an unknown member of a known one
         raise ConfigError(
-            f"{where}=torchvision:{name}: not a torchvision weights name (like ResNet18_Weights.IMAGENET1K_V1)"
+            f"{where} torchvision:{name}: not a torchvision weights name (like ResNet18_Weights.IMAGENET1K_V1)"
         ) from None
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     if not file.is_file():
         raise MissingFileError(
-            f"{where}=torchvision:{name}: {file} is not there and nothing is downloaded; put {weights.url} there"
+            f"{where} torchvision:{name}: {file} is not there and nothing is downloaded; put {weights.url} there"
         )
     return file
 
