@@ -1,9 +1,10 @@
 """Reference networks behind our backbone contract, for comparison runs.
 
-They are built with random weights (nothing is downloaded) and lose their classifier:
+They are built with random weights (nothing is downloaded; ``model.backbone_weights`` fills them
+from the files their libraries publish: :mod:`cnnsuite.training.pretrained`) and lose their classifier:
 a :class:`~cnnsuite.training.heads.ClassifierHead` sits on their features like on ours, so a config
 can swap ``backbone: convnet`` for ``monai_resnet18`` and compare like with like. MONAI's and
-torchvision's ResNet-18 are registered here; tasks register others (a video task: PyTorchVideo's)
+torchvision's ResNet-18 and ResNet-50 are registered here; tasks register others (a video task: PyTorchVideo's)
 with the same tools.
 """
 
@@ -77,11 +78,22 @@ def monai_densenet121(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> 
 def torchvision_resnet18(spatial_dims: int = 2, in_channels: int = 3, **kwargs) -> StagedBackbone:
     """torchvision's 2D ResNet-18 with its first convolution taking ``in_channels`` (13 bands,
     one grey channel, ...), as TorchGeo trains EuroSAT; stages are its layer1..layer4."""
-    if spatial_dims != 2:
-        raise ConfigError(f"model.spatial_dims={spatial_dims}: torchvision_resnet18 is a 2D network")
-    from torchvision.models import resnet18
+    return _torchvision_resnet("resnet18", spatial_dims, in_channels, **kwargs)
 
-    net = resnet18(weights=None, **kwargs)
+
+@register_backbone("torchvision_resnet50")
+def torchvision_resnet50(spatial_dims: int = 2, in_channels: int = 3, **kwargs) -> StagedBackbone:
+    """torchvision's 2D ResNet-50 (bottleneck blocks, 256 … 2048 channels), first convolution
+    taking ``in_channels``; stages are its layer1..layer4."""
+    return _torchvision_resnet("resnet50", spatial_dims, in_channels, **kwargs)
+
+
+def _torchvision_resnet(arch: str, spatial_dims: int, in_channels: int, **kwargs) -> StagedBackbone:
+    if spatial_dims != 2:
+        raise ConfigError(f"model.spatial_dims={spatial_dims}: torchvision_{arch} is a 2D network")
+    import torchvision
+
+    net = getattr(torchvision.models, arch)(weights=None, **kwargs)
     net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     stem = (net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [ForeignStage(*stem, net.layer1, out_channels=_width(net.layer1), stride=(4, 4))]

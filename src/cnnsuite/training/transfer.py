@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..trust.untrusted import check_finite, load_weights_only
+from ..trust.untrusted import check_finite
+from .pretrained import FAMILIES, read_weight_file, resnet_state, split_family
 
 CHANNEL_MODES = ("mean", "repeat", "first")
 _PARAMETRIZED = ".parametrizations.weight.original"
@@ -50,16 +51,19 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
     """The backbone's tensors, keyed as in the backbone's own ``state_dict`` (``stages.0.0.0.weight``).
 
     ``path`` is a cnnsuite checkpoint of any task (Lightning's ``state_dict`` entry, keys under
-    a task's ``backbone_prefix``: :func:`backbone_prefixes`) or a plain state dict of a backbone
-    (keys ``stages.…``), read with ``torch.load(weights_only=True)``: a file that would need to run
-    pickled code is refused. Errors are one line naming ``where`` and the file.
+    a task's ``backbone_prefix``: :func:`backbone_prefixes`), a plain state dict of a backbone
+    (keys ``stages.…``), or a ResNet file as torchvision, timm, MONAI or TorchGeo publish it, named
+    ``FAMILY:PATH`` or recognised by its tensor names (:mod:`cnnsuite.training.pretrained`). It is
+    read without running code (``torch.load(weights_only=True)``, or ``safetensors``). Errors are
+    one line naming ``where`` and the file.
     """
-    path = Path(path)
+    value = str(path)
+    family, path = split_family(value, where)
     if not path.is_file():
-        raise ConfigError(f"{where} {path}: no such file (expected a checkpoint or a backbone's state dict)")
-    content = load_weights_only(
-        path, f"{where} {path}: not a checkpoint or state dict of tensors; torch.load(weights_only=True) refused it"
-    )
+        raise ConfigError(f"{where} {value}: no such file (expected a checkpoint or a backbone's state dict)")
+    content = read_weight_file(path, where)
+    if family is not None:
+        return resnet_state(content, family, f"{where} {value}")
     tensors = content.get("state_dict", content) if isinstance(content, dict) else {}
     if isinstance(tensors, dict):
         for prefix in backbone_prefixes():
@@ -72,8 +76,14 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
             if found:
                 check_finite(found, f"{where} {path}")
                 return found
+    published = resnet_state(content, None, f"{where} {path}")
+    if published is not None:
+        return published
     expected = ", ".join(f"{prefix or 'stages.'}*" for prefix in backbone_prefixes())
-    raise ConfigError(f"{where} {path}: no backbone tensors (expected keys {expected})")
+    raise ConfigError(
+        f"{where} {path}: no backbone tensors (expected keys {expected}, or a ResNet's conv1.weight and layer1.* "
+        f"as {', '.join(FAMILIES)} publish them)"
+    )
 
 
 @dataclass

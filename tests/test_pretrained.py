@@ -1,0 +1,229 @@
+"""Weight files as torchvision, timm, MONAI and TorchGeo publish them, into our reference backbones.
+
+Nothing is downloaded: each test builds the library's own network with random weights, saves
+it the way that library publishes weights, loads the file into our backbone and compares the
+library's stage features with ours on the same input."""
+
+import pytest
+import torch
+from torch import nn
+
+from cnnsuite.backbone import build_backbone
+from cnnsuite.errors import BadFileError, ConfigError
+from cnnsuite.training.transfer import backbone_state, transfer_backbone
+
+
+def randomise_batchnorm(net: nn.Module) -> None:
+    """Running statistics unlike the defaults, so that copying them shows in eval-mode features."""
+    torch.manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+
+
+def resnet_stages(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """layer1..layer4 of a torchvision-layout ResNet (torchvision, timm and MONAI name them alike)."""
+    act = getattr(net, "relu", None) or getattr(net, "act1", None) or net.act
+    x = net.maxpool(act(net.bn1(net.conv1(x))))
+    out = []
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = layer(x)
+        out.append(x)
+    return out
+
+
+def loads_like_the_library(library: nn.Module, ours: nn.Module, weights: str, x: torch.Tensor) -> None:
+    report = transfer_backbone(ours, backbone_state(weights))
+    assert report.missing == [] and report.mismatched == [], report.summary()
+    assert report.unused == ["fc.bias", "fc.weight"]  # the classifier: named, not part of the backbone
+    library.eval(), ours.eval()
+    with torch.no_grad():
+        theirs, mine = resnet_stages(library, x), ours(x)
+    assert len(mine) == 4
+    for stage, (a, b) in enumerate(zip(theirs, mine, strict=True)):
+        assert a.shape == b.shape, stage
+        assert (a - b).abs().max().item() <= 1e-5, stage
+
+
+@pytest.mark.parametrize(
+    ("arch", "file"), [("resnet18", "resnet18-f37072fd.pth"), ("resnet50", "resnet50-0676ba61.pth")]
+)
+def test_torchvision_state_dict_gives_torchvision_features(tmp_path, arch, file):
+    import torchvision
+
+    library = getattr(torchvision.models, arch)(weights=None)
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / file)  # how torchvision's files are made
+    ours = build_backbone(f"torchvision_{arch}", 2, 3)
+    loads_like_the_library(library, ours, f"torchvision:{tmp_path / file}", torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_timm_resnet18_file_gives_timm_features(tmp_path, fmt):
+    timm = pytest.importorskip("timm")  # a dev dependency
+    from safetensors.torch import save_file
+
+    library = timm.create_model("resnet18", pretrained=False)
+    randomise_batchnorm(library)
+    if fmt == "safetensors":  # timm's hub files: model.safetensors
+        save_file(library.state_dict(), tmp_path / "model.safetensors")
+        path = tmp_path / "model.safetensors"
+    else:
+        torch.save(library.state_dict(), tmp_path / "pytorch_model.bin")
+        path = tmp_path / "pytorch_model.bin"
+    ours = build_backbone("torchvision_resnet18", 2, 3)
+    loads_like_the_library(library, ours, f"timm:{path}", torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("layout", ["monai", "medicalnet"])
+def test_monai_3d_resnet18_state_dict_gives_monai_features(tmp_path, layout):
+    from monai.networks.nets import resnet18
+
+    library = resnet18(spatial_dims=3, n_input_channels=1)
+    randomise_batchnorm(library)
+    state = library.state_dict()
+    if layout == "medicalnet":  # MedicalNet's files: a DataParallel model's state dict under "state_dict"
+        state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+    torch.save(state, tmp_path / "resnet_18.pth")
+    ours = build_backbone("monai_resnet18", 3, 1)
+    loads_like_the_library(library, ours, f"monai:{tmp_path / 'resnet_18.pth'}", torch.randn(1, 1, 32, 32, 32))
+
+
+def test_torchgeo_13_band_resnet18_gives_its_features(tmp_path):
+    """TorchGeo's Sentinel-2 ResNet-18 files are timm state dicts of a 13-channel resnet18."""
+    timm = pytest.importorskip("timm")
+    library = timm.create_model("resnet18", in_chans=13, pretrained=False)
+    randomise_batchnorm(library)
+    path = tmp_path / "resnet18_sentinel2_all_moco-59bfdff9.pth"
+    torch.save(library.state_dict(), path)
+    ours = build_backbone("torchvision_resnet18", 2, 13)
+    loads_like_the_library(library, ours, f"torchgeo:{path}", torch.randn(2, 13, 64, 64))
+
+
+def test_a_torchvision_layout_file_is_recognised_without_a_family(tmp_path):
+    import torchvision
+
+    library = torchvision.models.resnet18(weights=None)
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / "resnet18.pth")
+    ours = build_backbone("torchvision_resnet18", 2, 3)
+    loads_like_the_library(library, ours, str(tmp_path / "resnet18.pth"), torch.randn(1, 3, 64, 64))
+
+
+def test_a_torchvision_file_inflated_into_monai_3d_resnet_gives_the_2d_response_on_a_static_clip(tmp_path):
+    """I3D from torchvision's file: MONAI's 3D ResNet-18 with torchvision's geometry (stem stride
+    1×2×2, no downsampling bias) takes every kernel inflated; on an image repeated along depth,
+    each stage's central depth index (beyond the reach of the depth padding) is torchvision's."""
+    import torchvision
+
+    library = torchvision.models.resnet18(weights=None)
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    ours = build_backbone(
+        "monai_resnet18", 3, 3, conv1_t_size=(5, 7, 7), conv1_t_stride=(1, 2, 2), bias_downsample=False
+    )
+    report = transfer_backbone(ours, backbone_state(f"torchvision:{tmp_path / 'resnet18-f37072fd.pth'}"))
+    assert report.missing == [] and report.mismatched == [] and len(report.inflated) == 20, report.summary()
+    library.eval(), ours.eval()
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        theirs, mine = resnet_stages(library, image), ours(image.unsqueeze(2).expand(-1, -1, 256, -1, -1))
+    for a, b in zip(theirs, mine, strict=True):
+        torch.testing.assert_close(b[:, :, b.shape[2] // 2], a, rtol=1e-4, atol=1e-5)
+
+
+def test_a_torchvision_weights_name_is_the_file_in_torchs_hub_cache(tmp_path, monkeypatch):
+    """``torchvision:ResNet18_Weights.IMAGENET1K_V1`` is the file torch's hub cache would hold;
+    nothing is downloaded, and a missing file is one line saying which file to put where."""
+    import torchvision
+
+    from cnnsuite.errors import MissingFileError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(MissingFileError) as info:
+        backbone_state("torchvision:ResNet18_Weights.IMAGENET1K_V1")
+    message = str(info.value)
+    assert "\n" not in message and str(cached) in message, message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+    with pytest.raises(ConfigError, match="ResNet18_Weights.IMAGENET9K: not a torchvision weights name"):
+        backbone_state("torchvision:ResNet18_Weights.IMAGENET9K")
+
+    library = torchvision.models.resnet18(weights=None)
+    randomise_batchnorm(library)
+    cached.parent.mkdir(parents=True)
+    torch.save(library.state_dict(), cached)
+    ours = build_backbone("torchvision_resnet18", 2, 3)
+    loads_like_the_library(library, ours, "torchvision:ResNet18_Weights.IMAGENET1K_V1", torch.randn(1, 3, 64, 64))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def one_line_error(weights: str, file, kind: type = BadFileError) -> str:
+    with pytest.raises(kind) as info:
+        backbone_state(weights)
+    message = str(info.value)
+    assert "\n" not in message and str(file) in message, message
+    return message
+
+
+def test_bad_weight_files_are_one_line_errors_naming_the_file(tmp_path, capsys):
+    import torchvision
+    from monai.networks.nets import resnet18
+    from safetensors.torch import save_file
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    evil = tmp_path / "resnet18-evil.pth"
+    torch.save({**state, "x": Payload()}, evil)
+    assert "Unsupported global" in one_line_error(f"torchvision:{evil}", evil)
+    assert "pickled code ran" not in capsys.readouterr().out
+
+    torch.save(state, tmp_path / "whole.pth")
+    cut = tmp_path / "resnet18-cut.pth"
+    cut.write_bytes((tmp_path / "whole.pth").read_bytes()[:100_000])
+    one_line_error(f"torchvision:{cut}", cut)
+    save_file(state, tmp_path / "whole.safetensors")
+    cut = tmp_path / "model-cut.safetensors"
+    cut.write_bytes((tmp_path / "whole.safetensors").read_bytes()[:100_000])
+    assert "safetensors" in one_line_error(f"timm:{cut}", cut)
+
+    medical = tmp_path / "resnet_18_23dataset.pth"
+    torch.save(resnet18(spatial_dims=3, n_input_channels=1).state_dict(), medical)
+    assert "monai:" in one_line_error(f"torchvision:{medical}", medical)  # a 3D file is no torchvision file
+
+    densenet = tmp_path / "densenet121.pth"
+    torch.save(torchvision.models.densenet121(weights=None).state_dict(), densenet)
+    assert "torchvision" in one_line_error(str(densenet), densenet, ConfigError)  # fits no family: they are listed
+    assert "ResNet" in one_line_error(f"torchvision:{densenet}", densenet)
+
+
+def test_an_unknown_family_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="keras: unknown weights family; expected one of torchvision, timm"):
+        backbone_state(f"keras:{tmp_path / 'x.h5'}")
+
+
+def test_a_task_starts_from_a_published_file_and_logs_what_it_left(tmp_path, caplog):
+    """``--model.backbone_weights monai:FILE`` in a volume classifier: the backbone holds MONAI's
+    weights, and the log names the classifier the file brought and the backbone did not take."""
+    from monai.networks.nets import resnet18
+
+    from cnnsuite.tasks.biomedical3d.module import Biomedical3DModule
+
+    caplog.set_level("INFO")
+    library = resnet18(spatial_dims=3, n_input_channels=1)
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / "resnet_18.pth")
+    task = Biomedical3DModule(
+        num_classes=2, spatial_dims=3, backbone="monai_resnet18", backbone_weights=f"monai:{tmp_path / 'resnet_18.pth'}"
+    )
+    ours = task.feature_backbone().state_dict()
+    assert torch.equal(ours["stages.2.0.1.conv2.weight"], library.state_dict()["layer3.1.conv2.weight"])
+    assert torch.equal(ours["stages.0.1.running_var"], library.state_dict()["bn1.running_var"])
+    assert "0 mismatched, 0 missing, 2 unused" in caplog.text
+    assert "in the source only, unused: fc.bias, fc.weight" in caplog.text
