@@ -211,9 +211,8 @@ def test_an_unknown_family_is_a_config_error(tmp_path):
 def test_a_task_starts_from_a_published_file_and_logs_what_it_left(tmp_path, caplog):
     """``--model.backbone_weights monai:FILE`` in a volume classifier: the backbone holds MONAI's
     weights, and the log names the classifier the file brought and the backbone did not take."""
-    from monai.networks.nets import resnet18
-
     from cnnsuite.tasks.biomedical3d.module import Biomedical3DModule
+    from monai.networks.nets import resnet18
 
     caplog.set_level("INFO")
     library = resnet18(spatial_dims=3, n_input_channels=1)
