@@ -190,7 +190,7 @@ class Biomedical3DDataModule(TaskDataModule):
             self.class_names = [str(i) for i in range(int(labels.max()) + 1)]
             self.decide_multilabel(multilabel is True)
         elif data_dir is not None:
-            self.class_names, self._targets, decided = read_labels(check_folder(data_dir), multilabel)
+            self.class_names, self.targets, decided = read_labels(check_folder(data_dir), multilabel)
             self.decide_multilabel(decided)
         else:
             self.class_names = list(CLASSES)
@@ -217,7 +217,7 @@ class Biomedical3DDataModule(TaskDataModule):
     # --- samples and splits -------------------------------------------------------
     def list_samples(self) -> list[tuple[str, int]]:
         if self.hparams.data_dir is not None:
-            return list(self._targets.items())
+            return list(self.targets.items())
         _, targets, _ = read_labels(self.root, self.multilabel, self.class_names)
         return list(targets.items())
 

@@ -31,8 +31,6 @@ from cnnsuite.data import (
     describe_image_preprocessing,
     find_bad_images,
     image_channels,
-    list_classes,
-    list_samples,
     read_image,
     report_bad_files,
     symmetric_normalisation,
@@ -41,8 +39,7 @@ from cnnsuite.data.augment import BatchRandomAffine
 from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
-from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
-from cnnsuite.data.splitfolders import find_split_folders
+from cnnsuite.data.labels import check_multilabel
 from cnnsuite.errors import ConfigError
 
 
@@ -99,26 +96,17 @@ class RecognitionDataModule(ImageDataModule):
         check_multilabel(multilabel)
         data_dir, channels = self.hparams.data_dir, self.hparams.channels
         self._checked: set[str] = set()  # ids whose headers check_samples has read
-        #: ``image → target`` of a ``labels.csv``; None for class folders
-        self._targets: dict | None = None
         if data_dir is None:
             self.class_names = [str(d) for d in range(10)]
             self.in_channels = channels or 1
             self.decide_multilabel(multilabel is True)
-        elif (check_folder(data_dir) / LABELS_CSV).is_file():
-            root = Path(data_dir)
-            self.class_names, self._targets, decided = read_labels_csv(root, "image", multilabel, what="images")
-            self.decide_multilabel(decided)
-            self.in_channels = channels or image_channels(root / next(iter(self._targets)))
         else:
             root = check_folder(data_dir)
-            self.decide_multilabel(multilabel is True)
-            self.split_folders = find_split_folders(root)
 
             def find_bad(ids: list[str]) -> dict:
                 return find_bad_images(root, ids)
 
-            self.class_names = list_classes(root, IMAGE_EXTENSIONS, find_bad, self.split_folder_names)
+            self.read_labelled_folder(root, IMAGE_EXTENSIONS, "image", multilabel, "images", find_bad)
             first = root / self.list_samples()[0][0]
             self.in_channels = channels or image_channels(first)
 
@@ -138,12 +126,7 @@ class RecognitionDataModule(ImageDataModule):
             (folder / f"{stage}.txt").write_text("".join(f"{ids[i]}\n" for i in indices))
 
     def list_samples(self) -> list[tuple[str, object]]:
-        if self._targets is not None:
-            return list(self._targets.items())
-        samples = list_samples(self.root, self.class_names, IMAGE_EXTENSIONS, self.split_folder_names)
-        if self.multilabel:  # class folders, one label each: one-hot
-            return [(sample_id, multi_hot([label], self.num_classes)) for sample_id, label in samples]
-        return samples
+        return self.folder_samples(IMAGE_EXTENSIONS)
 
     @property
     def size(self) -> tuple[int, int]:

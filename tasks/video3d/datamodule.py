@@ -49,13 +49,10 @@ from cnnsuite.data import (
     TaskDataModule,
     check_folder,
     check_on_bad_file,
-    list_classes,
-    list_samples,
     report_bad_files,
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
-from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
-from cnnsuite.data.splitfolders import find_split_folders
+from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
@@ -244,21 +241,11 @@ class VideoDataModule(TaskDataModule):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value}: expected a positive integer")
-        #: ``video → target`` of a ``labels.csv``; None for class folders
-        self._targets: dict | None = None
         if data_dir is None:
             self.class_names = list(MOTIONS)
             self.decide_multilabel(multilabel is True)
-        elif (check_folder(data_dir) / LABELS_CSV).is_file():
-            self.class_names, self._targets, decided = read_labels_csv(
-                Path(data_dir), "video", multilabel, what="videos"
-            )
-            self.decide_multilabel(decided)
         else:
-            root = check_folder(data_dir)
-            self.split_folders = find_split_folders(root)
-            self.class_names = list_classes(root, VIDEO_EXTENSIONS, splits=self.split_folder_names)
-            self.decide_multilabel(multilabel is True)
+            self.read_labelled_folder(check_folder(data_dir), VIDEO_EXTENSIONS, "video", multilabel, "videos")
         self.in_channels = 3  # PyAV decodes to RGB
         # Exact seconds: 1/3 s as a float would drift against frame timestamps.
         self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
@@ -286,20 +273,15 @@ class VideoDataModule(TaskDataModule):
         write_motion_dataset(folder, DEFAULT_VIDEOS_PER_CLASS, DEFAULT_SEED)
 
     def list_samples(self) -> list[tuple[str, object]]:
-        if self._targets is not None:
-            return list(self._targets.items())
-        samples = list_samples(self.root, self.class_names, VIDEO_EXTENSIONS, self.split_folder_names)
-        if self.multilabel:  # class folders, one label each: one-hot
-            return [(sample_id, multi_hot([label], self.num_classes)) for sample_id, label in samples]
-        return samples
+        return self.folder_samples(VIDEO_EXTENSIONS)
 
     def target_of(self, sample_id: str):
         """A video's target: its ``labels.csv`` row's, else its class folder's (an error naming
         the video where it has neither)."""
-        if self._targets is not None:
-            if sample_id not in self._targets:
+        if self.targets is not None:
+            if sample_id not in self.targets:
                 raise ConfigError(f"{sample_id}: not listed in {self.root / LABELS_CSV}")
-            return self._targets[sample_id]
+            return self.targets[sample_id]
         name = PurePosixPath(sample_id).parent.name  # the class folder, in either layout
         if name not in self.class_names:
             raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
@@ -308,7 +290,7 @@ class VideoDataModule(TaskDataModule):
 
     def _decide_splits(self) -> dict[str, list[str]]:
         # PyTorchVideo's csv lists name class folders: not read beside split folders or a labels.csv
-        labelled_otherwise = self.split_folders or self._targets is not None
+        labelled_otherwise = self.split_folders or self.targets is not None
         if self.hparams.data_dir is not None and not self.hparams.split_file and not labelled_otherwise:
             splits = read_csv_lists(self.root, self.class_names)
             if splits is not None:

@@ -34,11 +34,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from .folders import is_listed
+from .folders import is_listed, list_classes, list_samples
 from .inputs import Input
+from .labels import LABELS_CSV, multi_hot, read_labels_csv
 from .prepare import prepare_once
 from .resumable import EpochSampler, pass_seed, resumable, run_seed
-from .splitfolders import splits_from_folders
+from .splitfolders import find_split_folders, splits_from_folders
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
 
 
@@ -123,6 +124,42 @@ class TaskDataModule(L.LightningDataModule):
     #: whether a sample may carry several labels (its target a multi-hot vector): decided when
     #: the datamodule is constructed, by a task that reads label files (:mod:`cnnsuite.data.labels`)
     multilabel: bool = False
+
+    #: ``sample id → target`` read from a data folder's ``labels.csv``; None where the folder
+    #: layout (class folders) says each sample's class
+    targets: dict | None = None
+
+    def read_labelled_folder(
+        self,
+        root: Path,
+        extensions: tuple[str, ...],
+        id_column: str,
+        multilabel: bool | str,
+        what: str,
+        find_bad: Callable[[list[str]], dict] | None = None,
+    ) -> None:
+        """The classes of a user's folder and how its samples are labelled: its ``labels.csv``
+        (a ``label`` column or one 0/1 column per class; it may make the run multi-label, see
+        :func:`~cnnsuite.data.labels.read_labels_csv`), else its class folders, split folders
+        included (one class a sample: multi-label only when ``multilabel`` is true)."""
+        if (root / LABELS_CSV).is_file():
+            self.class_names, self.targets, decided = read_labels_csv(root, id_column, multilabel, what=what)
+            self.decide_multilabel(decided)
+            return
+        self.split_folders = find_split_folders(root)
+        self.class_names = list_classes(root, extensions, find_bad, self.split_folder_names)
+        self.decide_multilabel(multilabel is True)
+
+    def folder_samples(self, extensions: tuple[str, ...]) -> list[tuple[str, object]]:
+        """Every sample of :meth:`read_labelled_folder`'s folder (or of an embedded default laid
+        out in class folders) with its target: a class index, or a multi-hot vector in a
+        multi-label run."""
+        if self.targets is not None:
+            return list(self.targets.items())
+        samples = list_samples(self.root, self.class_names, extensions, self.split_folder_names)
+        if self.multilabel:  # class folders, one label each: one-hot
+            return [(sample_id, multi_hot([label], self.num_classes)) for sample_id, label in samples]
+        return samples
 
     def decide_multilabel(self, multilabel: bool) -> None:
         """Record the decided label mode, in the hyper-parameters too: they then hold what the
