@@ -37,8 +37,10 @@ from .training.task import TaskModule, class_path
 #: the entry-point group tasks are registered under
 GROUP = "cnnsuite.tasks"
 #: what a datamodule knows when it is constructed and its model is given (the CLI links them);
-#: ``multilabel``: whether its samples may carry several labels (decided from its label file)
-LINKED = ("num_classes", "in_channels", "class_names", "multilabel")
+#: ``multilabel``: whether its samples may carry several labels (decided from its label file);
+#: ``input_normalisation``: its fixed per-channel ``{"mean", "std"}`` of [0, 1] values, or None
+#: where the statistics are the data's own (what pretrained weights' normalisation is mapped from)
+LINKED = ("num_classes", "in_channels", "class_names", "multilabel", "input_normalisation")
 
 
 @dataclass(frozen=True)

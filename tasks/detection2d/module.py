@@ -57,6 +57,7 @@ from cnnsuite.backbone import StagedBackbone, build_backbone
 from cnnsuite.data.coco import CategoryMap, coco_results
 from cnnsuite.data.inputs import Input
 from cnnsuite.errors import ConfigError
+from cnnsuite.training.pretrained import fit_channels
 from cnnsuite.training.task import TaskModule
 from cnnsuite.use.inspectable import Network, same
 
@@ -214,7 +215,9 @@ class DetectionModule(TaskModule):
     ``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule.
     ``min_size``/``max_size`` are the detector's internal resize (torchvision's default of
     800 px would blow a 96 px canvas up 8×); ``image_mean``/``image_std`` its normalisation,
-    one value per channel (default 0.5 and 0.25 each).
+    one value per channel (default: the pretrained ``backbone_weights``' own, else 0.5 and 0.25
+    each). Images reach the detector in [0, 1] (``input_normalisation`` is None): its transform
+    normalises them.
     """
 
     monitor = "val/map"
@@ -246,6 +249,8 @@ class DetectionModule(TaskModule):
         detections_per_img: int = 100,
         backbone_weights: str | None = None,
         backbone_weights_channels: str = "mean",
+        backbone_weights_meta: dict | None = None,
+        input_normalisation: dict | None = None,
         multilabel: bool = False,
     ) -> None:
         if multilabel:
@@ -256,6 +261,16 @@ class DetectionModule(TaskModule):
         if fpn_channels % 32:
             raise ConfigError(f"model.fpn_channels={fpn_channels}: expected a multiple of 32 (FCOS's group norm)")
         super().__init__()
+
+    def renormalise_input(self, mean: list[float], std: list[float]) -> str:
+        """The detector's transform normalises by the weights' ``mean``/``std``, unless
+        ``image_mean``/``image_std`` are set."""
+        hp, transform = self.hparams, self.detector.transform
+        if hp.image_mean is not None or hp.image_std is not None:
+            return f"its mean/std not applied: model.image_mean/image_std are set ({hp.image_mean}, {hp.image_std})"
+        transform.image_mean = fit_channels(mean, len(transform.image_mean))
+        transform.image_std = fit_channels(std, len(transform.image_std))
+        return f"the detector's transform normalises by its mean {transform.image_mean}, std {transform.image_std}"
 
     def feature_backbone(self) -> nn.Module:
         """Ours (or torchvision's, for its reference detectors) under the FPN: ``backbone.body``;

@@ -38,7 +38,6 @@ from cnnsuite.data import (
     image_size,
     read_image,
     report_bad_files,
-    symmetric_normalisation,
 )
 from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.cache import DecodedCache
@@ -249,13 +248,11 @@ class LocalizationDataModule(ImageDataModule):
         """Every split's preprocessing after reading (which resizes to ``image_size`` and scales
         to [0, 1]): normalisation. Training's random moves, :class:`BatchBoxAffine`, come
         before it, on whole batches."""
-        finish = v2.Normalize(*symmetric_normalisation(self.in_channels))
+        finish = v2.Normalize(**self.input_normalisation)
         return BoxTransform(finish)
 
     def describe_preprocessing(self) -> dict:
-        return describe_image_preprocessing(
-            self.in_channels, self.hparams.image_size, *symmetric_normalisation(self.in_channels)
-        )
+        return describe_image_preprocessing(self.in_channels, self.hparams.image_size, **self.input_normalisation)
 
     def read_input(self, path: Path) -> Input:
         """The image as the test split sees it; ``meta`` holds its size in pixels, in which the

@@ -33,7 +33,6 @@ from cnnsuite.data import (
     image_channels,
     read_image,
     report_bad_files,
-    symmetric_normalisation,
 )
 from cnnsuite.data.augment import BatchRandomAffine
 from cnnsuite.data.cache import DecodedCache
@@ -139,12 +138,10 @@ class RecognitionDataModule(ImageDataModule):
         steps = []
         if stage == "train" and self.hparams.augment:
             steps.append(BatchRandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
-        return v2.Compose([*steps, v2.Normalize(*symmetric_normalisation(self.in_channels))])
+        return v2.Compose([*steps, v2.Normalize(**self.input_normalisation)])
 
     def describe_preprocessing(self) -> dict:
-        return describe_image_preprocessing(
-            self.in_channels, self.hparams.image_size, *symmetric_normalisation(self.in_channels)
-        )
+        return describe_image_preprocessing(self.in_channels, self.hparams.image_size, **self.input_normalisation)
 
     def read_input(self, path: Path) -> Input:
         """The image as the test split reads it; ``view``, which its picture is drawn from, a

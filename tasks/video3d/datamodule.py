@@ -351,6 +351,11 @@ class VideoDataModule(TaskDataModule):
         transform = ClipTransform(hp.frame_size, train=stage == "train" and hp.augment, hflip=hp.hflip)
         return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform, hp.cache_limit_mb)
 
+    @property
+    def input_normalisation(self) -> dict:
+        """Kinetics' RGB statistics, as PyTorchVideo's models take clips."""
+        return {"mean": list(MEAN), "std": list(STD)}
+
     def describe_preprocessing(self) -> dict:
         hp = self.hparams
         return {

@@ -4,7 +4,7 @@ from . import references  # noqa: F401  (registers MONAI reference backbones)
 from .blocks import ConvBlock, convolve
 from .factorised import ConvNet2Plus1D
 from .geometry import StageGeometry, check_fits, describe_stages
-from .networks import ConvNet, LeNet5, StagedBackbone
+from .networks import ConvNet, InputAffine, LeNet5, StagedBackbone
 from .parametrize import free_parameters, hyper_kernel, mask_weights, symmetric_groups, tie_weights
 from .registry import build_backbone, list_backbones, register_backbone
 from .residual import BasicBlock, Bottleneck, ResNet
@@ -15,6 +15,7 @@ __all__ = [
     "ConvBlock",
     "ConvNet",
     "ConvNet2Plus1D",
+    "InputAffine",
     "LeNet5",
     "ResNet",
     "StageGeometry",

@@ -21,6 +21,34 @@ from .parametrize import NAMED_TABLES, connection_mask, mask_weights
 from .registry import register_backbone
 
 
+class InputAffine(nn.Module):
+    """``x * scale + shift`` per channel: an input normalised one way (``(x - mean) / std``)
+    made into the same input normalised another way, inside the network, so the data pipeline,
+    prediction on files and the exported network's preprocessing stay what the task's are.
+    Its buffers are not saved (``persistent=False``): whoever builds it rebuilds it from the
+    two normalisations."""
+
+    def __init__(self, scale: list[float], shift: list[float], spatial_dims: int) -> None:
+        super().__init__()
+        shape = (len(scale),) + (1,) * spatial_dims
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).reshape(shape), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).reshape(shape), persistent=False)
+
+    @classmethod
+    def between(cls, mean: list[float], std: list[float], to_mean: list[float], to_std: list[float],
+                spatial_dims: int) -> InputAffine:  # fmt: skip
+        """From ``(v - mean) / std`` to ``(v - to_mean) / to_std`` of the same values ``v``."""
+        scale = [s / t for s, t in zip(std, to_std, strict=True)]
+        shift = [(m - tm) / t for m, tm, t in zip(mean, to_mean, to_std, strict=True)]
+        return cls(scale, shift, spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale.flatten().tolist()}, shift={self.shift.flatten().tolist()}"
+
+
 class StagedBackbone(nn.Module):
     """A sequence of stages; the output of every stage is one feature map.
 
@@ -32,6 +60,9 @@ class StagedBackbone(nn.Module):
         super().__init__()
         self.spatial_dims = spatial_dims
         self.stages = nn.ModuleList(stages)
+        #: what the input passes before the first stage (:class:`InputAffine`, when pretrained
+        #: weights expect another normalisation than the data's); none by default
+        self.input_map: nn.Module | None = None
         self.out_channels: list[int] = []
         self.strides: list[tuple[int, ...]] = []
         total = (1,) * spatial_dims
@@ -46,6 +77,8 @@ class StagedBackbone(nn.Module):
             self.strides.append(total)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.input_map is not None:
+            x = self.input_map(x)
         features = []
         for stage in self.stages:
             x = stage(x)

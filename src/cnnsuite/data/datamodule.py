@@ -124,6 +124,10 @@ class TaskDataModule(L.LightningDataModule):
     #: whether a sample may carry several labels (its target a multi-hot vector): decided when
     #: the datamodule is constructed, by a task that reads label files (:mod:`cnnsuite.data.labels`)
     multilabel: bool = False
+    #: the fixed per-channel ``{"mean": [...], "std": [...]}`` its samples are normalised by, of
+    #: values in [0, 1]; None where the statistics are the data's own (a z-score per volume,
+    #: per-band statistics of the training split) or the model normalises (a detector)
+    input_normalisation: dict | None = None
 
     #: ``sample id → target`` read from a data folder's ``labels.csv``; None where the folder
     #: layout (class folders) says each sample's class

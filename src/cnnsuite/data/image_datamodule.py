@@ -6,7 +6,7 @@ from ..errors import ConfigError
 from .cache import check_cache_limit
 from .datamodule import TaskDataModule
 from .errors import check_on_bad_file
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, symmetric_normalisation
 
 
 class ImageDataModule(TaskDataModule):
@@ -21,6 +21,12 @@ class ImageDataModule(TaskDataModule):
     """
 
     input_extensions = IMAGE_EXTENSIONS
+
+    @property
+    def input_normalisation(self) -> dict:
+        """[0, 1] pixels to [-1, 1], every channel (:func:`symmetric_normalisation`)."""
+        mean, std = symmetric_normalisation(self.in_channels)
+        return {"mean": mean, "std": std}
 
     def __init__(
         self,

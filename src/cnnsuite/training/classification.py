@@ -82,6 +82,8 @@ class ClassificationModule(TaskModule):
         channels_last: bool = False,
         backbone_weights: str | None = None,
         backbone_weights_channels: str = "mean",
+        backbone_weights_meta: dict | None = None,
+        input_normalisation: dict | None = None,
         multilabel: bool = False,
         class_weights: bool = False,
     ) -> None:

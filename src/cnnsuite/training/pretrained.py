@@ -148,3 +148,84 @@ def _rename(key: str) -> str:
         if key.startswith(theirs):
             return ours + key[len(theirs) :]
     return key
+
+
+def weights_metadata(value: str) -> dict | None:
+    """What the publisher says its weights expect, for ``model.backbone_weights`` ``value``:
+    ``{"weights", "mean", "std", "input_size", "categories"}`` (the name of the weights, the
+    per-channel normalisation of [0, 1] pixels they were trained with, their input size and
+    how many classes their classifier had), or ``None`` where the file says nothing.
+
+    - ``torchvision:NAME`` or a file under torchvision's own file name (``resnet18-f37072fd.pth``,
+      with or without the family): torchvision's own record of those weights (their
+      ``transforms()`` and ``meta``); weights whose transform keeps normalisation inside the
+      model (detection) were trained on ImageNet's.
+    - ``timm:FILE``: the ``config.json`` timm saves beside it (``pretrained_cfg``).
+
+    Only numbers and names are taken: nothing here is a path that is ever opened again."""
+    family, path = split_family(value, "model.backbone_weights")
+    if family is not None and family.name == "timm":
+        return _timm_metadata(path.with_name("config.json"))
+    if family is not None and family.name != "torchvision":
+        return None
+    weights = _torchvision_weights().get(path.name)
+    if weights is None:
+        return None
+    transforms = weights.transforms()
+    crop = getattr(transforms, "crop_size", None)
+    return {
+        "weights": f"torchvision:{type(weights).__name__}.{weights.name}",
+        "mean": list(getattr(transforms, "mean", IMAGENET_MEAN)),
+        "std": list(getattr(transforms, "std", IMAGENET_STD)),
+        "input_size": list(crop) if crop else None,
+        "categories": len(weights.meta.get("categories") or []),
+    }
+
+
+#: the per-channel normalisation of ImageNet's RGB pixels in [0, 1]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def fit_channels(values: list[float], count: int) -> list[float]:
+    """Per-channel ``values`` of the weights for ``count`` input channels: as they are when the
+    counts agree, else their mean for every channel (RGB statistics for a gray image)."""
+    if len(values) == count:
+        return list(values)
+    return [sum(values) / len(values)] * count
+
+
+def _torchvision_weights() -> dict:
+    """Each torchvision weights' file name (its URL's last part) → those weights."""
+    from torchvision.models import get_model_weights, list_models
+
+    return {
+        Path(urlparse(weights.url).path).name: weights
+        for model in list_models()
+        for weights in get_model_weights(model)
+    }
+
+
+def _timm_metadata(config: Path) -> dict | None:
+    """``pretrained_cfg`` of the ``config.json`` timm writes beside its weights; ``None`` when
+    there is none, or it is not what timm writes (it is only ever read, as JSON)."""
+    import json
+
+    try:
+        content = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    cfg = content.get("pretrained_cfg") if isinstance(content, dict) else None
+    if not isinstance(cfg, dict) or not _numbers(cfg.get("mean")) or not _numbers(cfg.get("std")):
+        return None
+    size = cfg.get("input_size")
+    return {
+        "weights": f"timm:{content.get('architecture', '?')}.{cfg.get('tag', '?')}",
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "input_size": [int(v) for v in size[1:]] if _numbers(size) else None,
+        "categories": int(content.get("num_classes") or 0),
+    }
+
+
+def _numbers(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int | float) for v in value)

@@ -31,11 +31,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from ..backbone import StagedBackbone
+from ..backbone import InputAffine, StagedBackbone
 from ..data.inputs import Input
 from ..errors import ConfigError, DivergedError
 from ..use.inspectable import ClassScores, Network, middle_frame, same
 from .callbacks import PreciseBatchNorm
+from .pretrained import fit_channels, weights_metadata
 from .schedules import CosineAnnealingLR
 from .transfer import CHANNEL_MODES, backbone_state, transfer_backbone
 
@@ -68,6 +69,7 @@ class TaskModule(L.LightningModule):
             raise ConfigError(f"model.class_names has {len(names)} names but model.num_classes={count}")
         self.configure_models()
         self.load_backbone_weights()
+        self.follow_weights_normalisation()
         self.configure_losses()
         self.train_metrics, self.val_metrics, self.test_metrics = (
             self.configure_metrics(stage) for stage in ("train", "val", "test")
@@ -143,6 +145,39 @@ class TaskModule(L.LightningModule):
                 f"(model.backbone={self.hparams.get('backbone')!r}); a checkpoint of the same backbone family is needed"
             )
         rank_zero_info(f"{path}:\n{report.summary()}")
+        if self.hparams.get("backbone_weights_meta") is None:
+            self.hparams["backbone_weights_meta"] = weights_metadata(str(path))
+
+    def follow_weights_normalisation(self) -> None:
+        """Feed the backbone its input as its weights expect it: when ``backbone_weights_meta``
+        (the publisher's record of the weights, read from the file by :meth:`load_backbone_weights`
+        and kept in every checkpoint) gives a mean and std, :meth:`renormalise_input` maps the
+        task's own fixed normalisation onto them. A task whose data brings its own statistics
+        (a z-score per volume, per-band statistics of its training split) keeps them."""
+        meta = self.hparams.get("backbone_weights_meta") or {}
+        if meta.get("mean") is None or meta.get("std") is None:
+            return
+        rank_zero_info(
+            f"backbone weights {meta.get('weights', '')}: {self.renormalise_input(meta['mean'], meta['std'])}"
+        )
+
+    def renormalise_input(self, mean: list[float], std: list[float]) -> str:
+        """Make the network see inputs normalised by ``mean``/``std`` (per channel, of [0, 1]
+        values) and say what was done, for the log. Here: the data's fixed normalisation
+        (``input_normalisation``, linked from the datamodule) is mapped onto the weights' by an
+        :class:`~cnnsuite.backbone.InputAffine` at the backbone's entry; a task that normalises
+        inside its network (a detector's transform) sets its own instead."""
+        data = self.hparams.get("input_normalisation")
+        backbone = self.feature_backbone()
+        if data is None:
+            return "its mean/std not applied: this task normalises by its data's own statistics"
+        if not isinstance(backbone, StagedBackbone):
+            return f"its mean/std not applied: {type(backbone).__name__} is no cnnsuite StagedBackbone"
+        channels = len(data["mean"])
+        backbone.input_map = InputAffine.between(
+            data["mean"], data["std"], fit_channels(mean, channels), fit_channels(std, channels), backbone.spatial_dims
+        )
+        return f"inputs normalised by mean {data['mean']}, std {data['std']} are mapped onto its mean {mean}, std {std}"
 
     def configure_metrics(self, stage: str) -> MetricCollection:
         """The metrics logged at ``stage`` (``train``, ``val`` or ``test``)."""

@@ -293,6 +293,9 @@ def describe_export(
             **datamodule.describe_channels(),
         },
         "preprocessing": {**datamodule.describe_preprocessing(), "batch": model.describe_batch_inputs()},
+        #: the publisher's record of the weights the backbone started from (the network inside
+        #: maps the preprocessing's normalisation onto theirs itself)
+        "backbone_weights": model.hparams.get("backbone_weights_meta"),
         "class_names": list(model.class_names),
         **model.describe_labels(),
         "outputs": [
