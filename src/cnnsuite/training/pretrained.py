@@ -229,3 +229,39 @@ def _timm_metadata(config: Path) -> dict | None:
 
 def _numbers(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, int | float) for v in value)
+
+
+#: a published ResNet block's layers → those of our :class:`~cnnsuite.backbone.ResNet`'s blocks
+#: (basic: conv, norm, act, conv, norm; bottleneck: three of each; the projection shortcut)
+_BLOCK_NAMES = {"conv1": "body.0", "bn1": "body.1", "conv2": "body.3", "bn2": "body.4", "conv3": "body.6",
+                "bn3": "body.7", "downsample.0": "shortcut.0", "downsample.1": "shortcut.1"}  # fmt: skip
+_REFERENCE_KEY = re.compile(r"stages\.(?:0\.(?P<stem>[01])|(?P<stage>\d)\.(?:4|0)\.(?P<block>\d+))\.(?P<rest>.+)")
+
+
+def into_backbone_names(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` in ``backbone``'s names. A published ResNet file arrives in the reference
+    backbones' names (:data:`RESNET_NAMES`); our own :class:`~cnnsuite.backbone.ResNet` built in
+    torchvision's layout (``widths: [64, 128, 256, 512]``, ``stem_kernel: 7``, ``stem_stride: 2``,
+    ``stem_pool: max``) holds the same layers under its own names (``stages.0.stem``,
+    ``stages.N.blockB.body.K``), in 2D or, inflated, in 3D. Any other backbone, and any key of
+    another form (our own checkpoints), keeps its names."""
+    from ..backbone import ResNet
+
+    if not isinstance(backbone, ResNet):
+        return state
+    return {_our_resnet_name(key): value for key, value in state.items()}
+
+
+def _our_resnet_name(key: str) -> str:
+    found = _REFERENCE_KEY.fullmatch(key)
+    if found is None:
+        return key
+    if found["stem"] is not None:
+        return f"stages.0.stem.{found['stem']}.{found['rest']}"
+    stage, rest = int(found["stage"]), found["rest"]
+    if (stage == 0) != (key.split(".")[2] == "4"):  # stage 0's blocks sit after the stem, at index 4
+        return key
+    layer = next((layer for layer in _BLOCK_NAMES if rest.startswith(f"{layer}.")), None)
+    if layer is None:
+        return key
+    return f"stages.{stage}.block{found['block']}.{_BLOCK_NAMES[layer]}{rest[len(layer) :]}"

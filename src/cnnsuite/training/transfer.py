@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..trust.untrusted import check_finite
-from .pretrained import FAMILIES, read_weight_file, resnet_state, split_family
+from .pretrained import FAMILIES, into_backbone_names, read_weight_file, resnet_state, split_family
 
 CHANNEL_MODES = ("mean", "repeat", "first")
 _PARAMETRIZED = ".parametrizations.weight.original"
@@ -129,6 +129,7 @@ def transfer_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], chann
     convolution's input channels are adapted when their counts differ."""
     if channels not in CHANNEL_MODES:
         raise ConfigError(f"channels={channels!r}: expected one of {', '.join(CHANNEL_MODES)}")
+    state = into_backbone_names(state, backbone)
     target = backbone.state_dict()
     convs = _conv_weight_names(backbone)
     first_conv = convs[0] if convs else None
