@@ -535,7 +535,7 @@ def test_predict_a_file_and_a_folder_with_a_bad_image(trained, tmp_path, capsys)
     (line,) = [json.loads(x) for x in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()]
     assert line["path"] == str(image) and line["detections"]
     assert set(line["detections"][0]) == {"class", "score", "box"} and line["detections"][0]["class"] in CATEGORY_NAMES
-    assert [p.name for p in (tmp_path / "one" / "pictures").iterdir()] == ["img0.png.png"]
+    assert [p.name for p in (tmp_path / "one" / "pictures").iterdir()] == ["img0.png"]
     assert "predicted 1 of 1 inputs" in capsys.readouterr().out
 
     inputs = tmp_path / "inputs"
@@ -550,7 +550,7 @@ def test_predict_a_file_and_a_folder_with_a_bad_image(trained, tmp_path, capsys)
     alone, batched = as_tensors(line), as_tensors(lines["c.png"])  # the same file, in a batch of others
     assert batched[2] == alone[2]
     torch.testing.assert_close(batched[:2], alone[:2], atol=1e-4, rtol=0)
-    assert {p.name for p in (out / "pictures").iterdir()} == {"c.png.png", "resized0.png.png", "resized1.png.png"}
+    assert {p.name for p in (out / "pictures").iterdir()} == {"c.png", "resized0.png", "resized1.png"}
     printed = capsys.readouterr().out
     assert "predicted 3 of 4 inputs; 1 could not be read" in printed and "broken.png" in printed
 

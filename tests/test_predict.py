@@ -48,7 +48,7 @@ def test_predict_a_single_image(recognition, tmp_path, capsys):
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert line["class"] == ("cat", "dog", "owl")[int(expected.argmax())]
     assert line["score"] == pytest.approx(float(expected.max()), abs=1e-6)
-    assert (tmp_path / "pictures" / f"{image.name}.png").stat().st_size > 0
+    assert (tmp_path / "pictures" / f"{image.stem}.png").stat().st_size > 0
     assert "predicted 1 of 1 inputs" in capsys.readouterr().out
 
 
@@ -57,19 +57,21 @@ def test_a_folder_with_a_bad_file_predicts_the_others_and_names_it(recognition, 
     inputs = tmp_path / "inputs"
     shutil.copytree(folder / "owl", inputs / "owl")
     (inputs / "owl" / "broken.png").write_bytes(b"\x89PNG not really")
+    shutil.copy(inputs / "owl" / "0.png", inputs / "owl" / "1.png")  # 1.jpg is there too
     (inputs / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
     main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(inputs), "--out", str(out)])
     lines = read_lines(out / "predictions.jsonl")
-    assert len(lines) == 11  # ten owls and the broken file; the text file is not an input
+    assert len(lines) == 12  # eleven owls and the broken file; the text file is not an input
     (bad,) = [line for line in lines if "error" in line]
     assert bad["path"].endswith("broken.png") and "broken.png" in bad["error"]
     assert all("class" in line for line in lines if line is not bad)
-    assert len(list((out / "pictures").glob("owl__*.png"))) == 10
+    pictures = {p.name for p in (out / "pictures").iterdir()}  # named by their stem, unless two share it
+    assert pictures == {"owl__1.jpg.png", "owl__1.png.png"} | {f"owl__{i}.png" for i in (0, *range(2, 10))}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["predicted"] == 10 and summary["failed"] == [bad["path"]] and len(summary["ignored"]) == 1
+    assert summary["predicted"] == 11 and summary["failed"] == [bad["path"]] and len(summary["ignored"]) == 1
     printed = capsys.readouterr().out
-    assert "predicted 10 of 11 inputs; 1 could not be read" in printed and "broken.png" in printed
+    assert "predicted 11 of 12 inputs; 1 could not be read" in printed and "broken.png" in printed
 
 
 def test_predict_agrees_with_evaluate_on_the_test_split(recognition, tmp_path):

@@ -14,6 +14,7 @@ input under ``pictures/``, and a summary line. ``cnnsuite serve`` answers with t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -101,10 +102,15 @@ class Predictor:
         return {"path": str(item.path), **prediction}
 
 
-def picture_name(path: Path, root: Path) -> str:
-    """A flat, unique PNG name for ``path`` (relative to the input folder ``root``)."""
-    relative = path.relative_to(root) if path != root and root in path.parents else Path(path.name)
-    return "__".join(relative.parts) + ".png"
+def picture_names(paths: list[Path], root: Path) -> dict[Path, str]:
+    """A flat, unique PNG name for each of ``paths`` (inputs under the folder ``root``): the
+    path relative to ``root`` with ``__`` for its separators and ``.png`` for its suffix
+    (``cats/tom.jpg`` → ``cats__tom.png``); inputs that would share a name (``tom.jpg`` and
+    ``tom.png``) keep their own suffix before it (``tom.jpg.png``)."""
+    relative = {p: p.relative_to(root) if p != root and root in p.parents else Path(p.name) for p in paths}
+    stems = {p: "__".join(r.with_suffix("").parts) for p, r in relative.items()}
+    counts = Counter(stems.values())
+    return {p: (stems[p] if counts[stems[p]] == 1 else "__".join(relative[p].parts)) + ".png" for p in paths}
 
 
 def predict_to_folder(
@@ -118,6 +124,7 @@ def predict_to_folder(
     if pictures:
         (out_dir / "pictures").mkdir(exist_ok=True)
     root = input_path if input_path.is_dir() else input_path.parent
+    names = picture_names([Path(p) for p in inputs], root)
     failed = []
     with (out_dir / "predictions.jsonl").open("w") as lines:
         for item, record in predictor.run(inputs, batch_size):
@@ -125,7 +132,7 @@ def predict_to_folder(
             if item is None:
                 failed.append(record)
             elif pictures:
-                predictor.model.render_prediction(item, record, out_dir / "pictures" / picture_name(item.path, root))
+                predictor.model.render_prediction(item, record, out_dir / "pictures" / names[Path(item.path)])
     summary = {
         "checkpoint": str(predictor.ckpt_path),
         "input": str(input_path),
