@@ -1,6 +1,7 @@
 # cnnsuite front door. `make help` lists the targets.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The first Python 3.11 or newer on PATH (torch 2.14 has wheels for 3.11-3.13); PYTHON=... picks another.
+PYTHON ?= $(firstword $(foreach p,python3.11 python3.12 python3.13 python3,$(if $(shell command -v $(p) 2>/dev/null),$(p))))
 VENV ?= .venv
 BIN := $(VENV)/bin
 TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)))
@@ -16,7 +17,8 @@ help:  ## list the targets
 	@echo "make evaluate CKPT=<file> [DATA=<dir>] [OUT=<dir>]   metrics.json, plots and report.md (DATA: the run's own folder,"
 	@echo "                                         needed for a run on your own data; CKPT=\"a.ckpt b.ckpt\": comparison.md)"
 	@echo "make predict CKPT=<file> INPUT=<file|dir> [OUT=<dir>]   predictions.jsonl and pictures for raw files"
-	@echo "make export CKPT=<file> [FORMAT=onnx|torch-export] [OUT=<file>]   the network, its preprocessing as JSON"
+	@echo "make export CKPT=<file> [FORMAT=onnx|torch-export] [OUT=<file>] [FORCE=1]   the network, its preprocessing as"
+	@echo "                                         JSON (FORCE=1 overwrites the file OUT names)"
 	@echo "make inspect CKPT=<file> [INPUT=<file>] [DATA=<dir>] [OUT=<dir>]   filters, feature maps, Grad-CAM, stage table"
 	@echo "make serve CKPT=<file> [PORT=8000]      POST /predict (multipart field 'file') over HTTP"
 	@echo "make test                                the test suite"
@@ -33,7 +35,8 @@ check-task:
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=..." >&2; exit 2; }
+	@command -v $(PYTHON) >/dev/null && $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "no Python 3.11 or newer found (PYTHON=$(PYTHON)); set PYTHON=..." >&2; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -54,7 +57,7 @@ predict: need-ckpt setup
 	$(BIN)/cnnsuite predict --ckpt $(CKPT) --input $(INPUT) $(if $(OUT),--out $(OUT))
 
 export: need-ckpt setup
-	$(BIN)/cnnsuite export --ckpt $(CKPT) --format $(or $(FORMAT),onnx) $(if $(OUT),--out $(OUT))
+	$(BIN)/cnnsuite export --ckpt $(CKPT) --format $(or $(FORMAT),onnx) $(if $(OUT),--out $(OUT)) $(if $(FORCE),--force)
 
 inspect: need-ckpt setup
 	$(BIN)/cnnsuite inspect --ckpt $(CKPT) $(if $(INPUT),--input $(INPUT)) $(if $(DATA),--data.data_dir $(DATA)) $(if $(OUT),--out $(OUT))
