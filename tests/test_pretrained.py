@@ -35,14 +35,23 @@ def resnet_stages(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def loads_like_the_library(library: nn.Module, ours: nn.Module, weights: str, x: torch.Tensor) -> None:
+def loads_like_the_library(
+    library: nn.Module,
+    ours: nn.Module,
+    weights: str,
+    x: torch.Tensor,
+    stages=resnet_stages,
+    unused: tuple[str, ...] = ("fc.bias", "fc.weight"),
+) -> None:
+    """``weights`` loads whole into ``ours``, names the library's classifier ``unused``, and our
+    stage features are the library's (``stages(library, x)``)."""
     report = transfer_backbone(ours, backbone_state(weights))
     assert report.missing == [] and report.mismatched == [], report.summary()
-    assert report.unused == ["fc.bias", "fc.weight"]  # the classifier: named, not part of the backbone
+    assert report.unused == sorted(unused)  # the classifier: named, not part of the backbone
     library.eval(), ours.eval()
     with torch.no_grad():
-        theirs, mine = resnet_stages(library, x), ours(x)
-    assert len(mine) == 4
+        theirs, mine = stages(library, x), ours(x)
+    assert len(mine) == len(theirs)
     for stage, (a, b) in enumerate(zip(theirs, mine, strict=True)):
         assert a.shape == b.shape, stage
         assert (a - b).abs().max().item() <= 1e-5, stage
@@ -135,7 +144,22 @@ def test_a_torchvision_file_inflated_into_monai_3d_resnet_gives_the_2d_response_
         torch.testing.assert_close(b[:, :, b.shape[2] // 2], a, rtol=1e-4, atol=1e-5)
 
 
-def test_a_torchvision_weights_name_is_the_file_in_torchs_hub_cache(tmp_path, monkeypatch):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to reach the network fails the test: a name is resolved from disk alone."""
+    import socket
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the network was reached: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_a_torchvision_weights_name_is_the_file_in_torchs_hub_cache(tmp_path, monkeypatch, no_network):
     """``torchvision:ResNet18_Weights.IMAGENET1K_V1`` is the file torch's hub cache would hold;
     nothing is downloaded, and a missing file is one line saying which file to put where."""
     import torchvision
@@ -158,6 +182,79 @@ def test_a_torchvision_weights_name_is_the_file_in_torchs_hub_cache(tmp_path, mo
     torch.save(library.state_dict(), cached)
     ours = build_backbone("torchvision_resnet18", 2, 3)
     loads_like_the_library(library, ours, "torchvision:ResNet18_Weights.IMAGENET1K_V1", torch.randn(1, 3, 64, 64))
+
+
+def test_a_timm_name_is_the_file_in_the_hugging_face_cache(tmp_path, monkeypatch, no_network):
+    """``timm:resnet18.a1_in1k`` is the ``model.safetensors`` the Hugging Face cache holds for timm's
+    weights of that name (repository ``timm/resnet18.a1_in1k``, the snapshot ``refs/main`` names);
+    a missing one is one line naming the file and its URL, and nothing is downloaded."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from cnnsuite.errors import MissingFileError
+
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    repo = tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k"
+    message = one_line_error(
+        "timm:resnet18.a1_in1k", repo / "snapshots" / "main" / "model.safetensors", MissingFileError
+    )
+    assert "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors" in message, message
+    assert "nothing is downloaded" in message
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_CACHE wins over HF_HOME
+    repo = tmp_path / "hub" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    snapshot = repo / "snapshots" / "0123abcd"
+    one_line_error("timm:resnet18.a1_in1k", snapshot / "model.safetensors", MissingFileError)
+    library = timm.create_model("resnet18", pretrained=False)
+    randomise_batchnorm(library)
+    snapshot.mkdir(parents=True)
+    save_file(library.state_dict(), snapshot / "model.safetensors")
+    ours = build_backbone("torchvision_resnet18", 2, 3)
+    loads_like_the_library(library, ours, "timm:resnet18.a1_in1k", torch.randn(1, 3, 64, 64))
+
+
+def test_a_timm_file_name_is_still_a_path(tmp_path, monkeypatch):
+    """``timm:model.safetensors`` names a file, not timm weights called ``model.safetensors``."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="timm:model.safetensors: no such file"):
+        backbone_state("timm:model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("name", "arch", "bands", "file"),
+    [
+        ("ResNet18_Weights.SENTINEL2_ALL_MOCO", "resnet18", 13, "resnet18_sentinel2_all_moco-59bfdff9.pth"),
+        ("ResNet50_Weights.SENTINEL2_ALL_MOCO", "resnet50", 13, "resnet50_sentinel2_all_moco-df8b932e.pth"),
+        ("ResNet18_Weights.SENTINEL2_RGB_SECO", "resnet18", 3, "resnet18_sentinel2_rgb_seco-cefca942.pth"),
+    ],
+)
+def test_a_torchgeo_weights_name_is_the_file_in_torchs_hub_cache(
+    tmp_path, monkeypatch, no_network, name, arch, bands, file
+):
+    """TorchGeo's ``get_state_dict`` keeps its files where torchvision's go; a missing one is
+    one line naming the file and TorchGeo's URL, and nothing is downloaded."""
+    timm = pytest.importorskip("timm")
+    from cnnsuite.errors import MissingFileError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / file
+    message = one_line_error(f"torchgeo:{name}", cached, MissingFileError)
+    assert "/resolve/" in message and message.rstrip().endswith(f"/{file} there"), message
+
+    library = timm.create_model(arch, in_chans=bands, pretrained=False)  # as TorchGeo builds them
+    randomise_batchnorm(library)
+    cached.parent.mkdir(parents=True)
+    torch.save(library.state_dict(), cached)
+    ours = build_backbone(f"torchvision_{arch}", 2, bands)
+    loads_like_the_library(library, ours, f"torchgeo:{name}", torch.randn(1, bands, 64, 64))
+
+
+def test_an_unknown_torchgeo_weights_name_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="ResNet18_Weights.IMAGENET1K_V1: not a TorchGeo Sentinel-2 ResNet weights"):
+        backbone_state("torchgeo:ResNet18_Weights.IMAGENET1K_V1")
 
 
 class Payload:
@@ -211,8 +308,9 @@ def test_an_unknown_family_is_a_config_error(tmp_path):
 def test_a_task_starts_from_a_published_file_and_logs_what_it_left(tmp_path, caplog):
     """``--model.backbone_weights monai:FILE`` in a volume classifier: the backbone holds MONAI's
     weights, and the log names the classifier the file brought and the backbone did not take."""
-    from cnnsuite.tasks.biomedical3d.module import Biomedical3DModule
     from monai.networks.nets import resnet18
+
+    from cnnsuite.tasks.biomedical3d.module import Biomedical3DModule
 
     caplog.set_level("INFO")
     library = resnet18(spatial_dims=3, n_input_channels=1)

@@ -3,7 +3,9 @@ into our reference backbones.
 
 ``model.backbone_weights`` names such a file as ``FAMILY:PATH`` (``torchvision:resnet18-f37072fd.pth``,
 ``timm:model.safetensors``, ``monai:resnet_18.pth``, ``torchgeo:resnet18_sentinel2_all_moco-59bfdff9.pth``),
-``torchvision:ResNet18_Weights.IMAGENET1K_V1`` (the file torch's hub cache holds for those weights),
+as a published weights name — ``torchvision:ResNet18_Weights.IMAGENET1K_V1`` and
+``torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO`` (the file torch's hub cache holds for those weights),
+``timm:resnet18.a1_in1k`` (the one the Hugging Face hub cache holds) — which is never downloaded,
 or as a plain ``PATH`` whose tensor names are torchvision's ResNet layout. The family says what the
 file must be (a 2D or 3D ResNet), so a file of another family is refused in one line rather than
 half-loaded. A file is read without running code: ``.safetensors`` with ``safetensors``, anything
@@ -20,6 +22,7 @@ inflation and input-channel adaptation are that function's.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,38 +68,104 @@ _DATA_PARALLEL = "module."
 
 def split_family(value: str, where: str) -> tuple[Family | None, Path]:
     """``FAMILY:PATH`` → ``(family, PATH)``; a plain path (or an existing file whose name has a
-    colon) → ``(None, path)``. ``torchvision:NAME`` with a weights name is the file in torch's hub
-    cache (:func:`torchvision_hub_file`). An unknown ``FAMILY`` is a one-line ``ConfigError``."""
+    colon) → ``(None, path)``. ``FAMILY:NAME`` with a published weights name (:data:`NAMED_WEIGHTS`)
+    is the file a cache holds for it. An unknown ``FAMILY`` is a one-line ``ConfigError``."""
     found = re.fullmatch(r"([a-z][a-z0-9_]*):(.+)", value, re.S)
     if found is None or Path(value).exists():
         return None, Path(value)
     name, path = found.groups()
     if name not in FAMILIES:
         raise ConfigError(f"{where} {value}: {name}: unknown weights family; expected one of {', '.join(FAMILIES)}")
-    if name == "torchvision" and re.fullmatch(r"\w+_Weights\.\w+", path) and not Path(path).exists():
-        return FAMILIES[name], torchvision_hub_file(path, where)
+    named = NAMED_WEIGHTS.get(name)
+    if named is not None and re.fullmatch(named[0], path) and not Path(path).exists():
+        return FAMILIES[name], named[1](path, f"{where} {value}")
     return FAMILIES[name], Path(path)
 
 
-def torchvision_hub_file(name: str, where: str) -> Path:
+def cached_file(file: Path, url: str, source: str) -> Path:
+    """``file``, where a cache keeps what ``url`` serves; nothing is downloaded: when it is not
+    there, a one-line ``MissingFileError`` naming ``source`` says which file to put where."""
+    if not file.is_file():
+        raise MissingFileError(f"{source}: {file} is not there and nothing is downloaded; put {url} there")
+    return file
+
+
+def torchvision_hub_file(name: str, source: str) -> Path:
     """The file torch's hub cache holds for torchvision's weights ``name``
     (``ResNet18_Weights.IMAGENET1K_V1``): ``<torch.hub.get_dir()>/checkpoints/<its URL's file name>``,
-    where torchvision itself would have saved it. Nothing is downloaded: when the file is not
-    there, a one-line ``MissingFileError`` says which file to put where."""
+    where torchvision itself would have saved it."""
     from torchvision.models import get_weight
 
     try:
         weights = get_weight(name)
     except (ValueError, KeyError):  # an unknown enum, or an unknown member of a known one
+        raise ConfigError(f"{source}: not a torchvision weights name (like ResNet18_Weights.IMAGENET1K_V1)") from None
+    return cached_file(_hub_checkpoint(weights.url), weights.url, source)
+
+
+#: TorchGeo's Sentinel-2 weights for timm's ResNet-18/50 (``torchgeo.models.ResNet18_Weights``,
+#: ``ResNet50_Weights``) → their URLs, as TorchGeo publishes them (TorchGeo is not a dependency).
+TORCHGEO_WEIGHTS = {
+    "ResNet18_Weights.SENTINEL2_ALL_MOCO": "https://hf.co/torchgeo/resnet18_sentinel2_all_moco/resolve/5b8cddc9a14f3844350b7f40b85bcd32aed75918/resnet18_sentinel2_all_moco-59bfdff9.pth",
+    "ResNet18_Weights.SENTINEL2_RGB_MOCO": "https://hf.co/torchgeo/resnet18_sentinel2_rgb_moco/resolve/e1c032e7785fd0625224cdb6699aa138bb304eec/resnet18_sentinel2_rgb_moco-e3a335e3.pth",
+    "ResNet18_Weights.SENTINEL2_RGB_SECO": "https://hf.co/torchgeo/resnet18_sentinel2_rgb_seco/resolve/f8dcee692cf7142163b55a5c197d981fe0e717a0/resnet18_sentinel2_rgb_seco-cefca942.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_CLOSP": "https://huggingface.co/DarthReca/CLOSP-Visual/resolve/3bb8677c21dac56bea2dd7baa08d7871272db440/closp-rn_s2_encoder-183922a5.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_DECUR": "https://huggingface.co/torchgeo/decur/resolve/eba7ae5945d482a4319be046d34b552db5dd9950/rn50_ssl4eo-s12_ms_decur_ep100-fc6b09ff.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_DINO": "https://hf.co/torchgeo/resnet50_sentinel2_all_dino/resolve/d7f14bf5530d70ac69d763e58e77e44dbecfec7c/resnet50_sentinel2_all_dino-d6c330e9.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_GEOCLOSP": "https://huggingface.co/DarthReca/CLOSP-Visual/resolve/3bb8677c21dac56bea2dd7baa08d7871272db440/geoclosp-rn_s2_encoder-94c37f4a.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_MOCO": "https://hf.co/torchgeo/resnet50_sentinel2_all_moco/resolve/da4f3c9dbe09272eb902f3b37f46635fa4726879/resnet50_sentinel2_all_moco-df8b932e.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_SOFTCON": "https://huggingface.co/wangyi111/softcon/resolve/62ff465b2e7467dbfc70758ec1e9d08ab87fc46b/B13_rn50_softcon.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_SECO_ECO": "https://hf.co/torchgeo/seco-eco/resolve/3ede08c40f70534eb1132057ee338b99e54319f0/resnet50_sentinel2_all_seco_eco-a273eb78.pth",
+    "ResNet50_Weights.SENTINEL2_ALL_NDVI_SECO_ECO": "https://hf.co/torchgeo/seco-eco-ndvi/resolve/134eb071d078874edf4c70cb6c4ea62dbe924190/resnet50_sentinel2_all_ndvi_seco_eco-3a74b167.pth",
+    "ResNet50_Weights.SENTINEL2_MI_MS_SATLAS": "https://hf.co/torchgeo/satlas/resolve/081d6607431bf36bdb59c223777cbb267131b8f2/sentinel2_resnet50_mi_ms-da5413d2.pth",
+    "ResNet50_Weights.SENTINEL2_MI_RGB_SATLAS": "https://hf.co/torchgeo/satlas/resolve/081d6607431bf36bdb59c223777cbb267131b8f2/sentinel2_resnet50_mi_rgb-e79bb7fe.pth",
+    "ResNet50_Weights.SENTINEL2_RGB_MOCO": "https://hf.co/torchgeo/resnet50_sentinel2_rgb_moco/resolve/efd9723b59a88e9dc1420dc1e96afb25b0630a3c/resnet50_sentinel2_rgb_moco-2b57ba8b.pth",
+    "ResNet50_Weights.SENTINEL2_RGB_SECO": "https://hf.co/torchgeo/resnet50_sentinel2_rgb_seco/resolve/fbd07b02a8edb8fc1035f7957160deed4321c145/resnet50_sentinel2_rgb_seco-018bf397.pth",
+    "ResNet50_Weights.SENTINEL2_SI_MS_SATLAS": "https://hf.co/torchgeo/satlas/resolve/081d6607431bf36bdb59c223777cbb267131b8f2/sentinel2_resnet50_si_ms-1f454cc6.pth",
+    "ResNet50_Weights.SENTINEL2_SI_RGB_SATLAS": "https://hf.co/torchgeo/satlas/resolve/081d6607431bf36bdb59c223777cbb267131b8f2/sentinel2_resnet50_si_rgb-45fc6972.pth",
+}
+
+
+def torchgeo_hub_file(name: str, source: str) -> Path:
+    """The file torch's hub cache holds for TorchGeo's weights ``name``
+    (``ResNet18_Weights.SENTINEL2_ALL_MOCO``): TorchGeo's ``get_state_dict`` saves them where
+    torchvision saves its own, ``<torch.hub.get_dir()>/checkpoints/<its URL's file name>``."""
+    url = TORCHGEO_WEIGHTS.get(name)
+    if url is None:
         raise ConfigError(
-            f"{where} torchvision:{name}: not a torchvision weights name (like ResNet18_Weights.IMAGENET1K_V1)"
-        ) from None
-    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
-    if not file.is_file():
-        raise MissingFileError(
-            f"{where} torchvision:{name}: {file} is not there and nothing is downloaded; put {weights.url} there"
+            f"{source}: not a TorchGeo Sentinel-2 ResNet weights name; expected one of {', '.join(TORCHGEO_WEIGHTS)}"
         )
-    return file
+    return cached_file(_hub_checkpoint(url), url, source)
+
+
+def timm_hub_file(name: str, source: str) -> Path:
+    """The file the Hugging Face hub cache holds for timm's weights ``name`` (``resnet18.a1_in1k``):
+    timm keeps them in the hub repository ``timm/<name>`` and reads its ``model.safetensors``
+    (else ``pytorch_model.bin``) from the snapshot ``refs/main`` names (``main`` when there is no
+    ref), under ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``
+    (``huggingface_hub``'s own rule; it is not imported, so nothing can be fetched)."""
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    repo = Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub").expanduser() / f"models--timm--{name}"
+    refs = repo / "refs" / "main"
+    snapshot = repo / "snapshots" / (refs.read_text().strip() if refs.is_file() else "main")
+    files = [snapshot / "model.safetensors", snapshot / "pytorch_model.bin"]
+    file = next((file for file in files if file.is_file()), files[0])
+    return cached_file(file, f"https://huggingface.co/timm/{name}/resolve/main/{file.name}", source)
+
+
+def _hub_checkpoint(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps what ``url`` serves."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+#: Families whose weights are also named, not only given as a file: a ``NAME`` matching the
+#: pattern (and not an existing path) is the file its resolver finds in a cache.
+NAMED_WEIGHTS = {
+    "torchvision": (r"\w+_Weights\.\w+", torchvision_hub_file),
+    "torchgeo": (r"ResNet\d+_Weights\.\w+", torchgeo_hub_file),
+    # timm's ``architecture.tag``; a tag that is a weight file's suffix makes it a file name
+    "timm": (r"[a-z0-9_]+\.(?!(?:safetensors|bin|pth|pt|ckpt)$)[a-z0-9_]+", timm_hub_file),
+}
 
 
 def read_weight_file(path: Path, where: str) -> object:
