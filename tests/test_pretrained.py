@@ -70,6 +70,34 @@ def test_torchvision_state_dict_gives_torchvision_features(tmp_path, arch, file)
     loads_like_the_library(library, ours, f"torchvision:{tmp_path / file}", torch.randn(2, 3, 64, 64))
 
 
+@pytest.mark.parametrize(
+    ("arch", "file"),
+    [
+        ("mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth"),
+        ("mobilenet_v3_small", "mobilenet_v3_small-047dcff4.pth"),
+    ],
+)
+def test_torchvision_mobilenet_v3_state_dict_gives_the_features_its_detectors_take(tmp_path, arch, file):
+    """Our MobileNetV3 stages are the feature maps torchvision's detection backbones return
+    (``_mobilenet_extractor``: the stem, each strided block's output and the last convolution)."""
+    import torchvision
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
+
+    library = getattr(torchvision.models, arch)(weights=None)
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / file)  # how torchvision's files are made
+
+    def detector_stages(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        body = _mobilenet_extractor(net, fpn=True, trainable_layers=0, returned_layers=list(range(6))).body
+        return list(body(x).values())
+
+    ours = build_backbone(f"torchvision_{arch}", 2, 3)
+    assert ours.strides == [(2, 2), (4, 4), (8, 8), (16, 16), (32, 32), (32, 32)]
+    unused = ("classifier.0.bias", "classifier.0.weight", "classifier.3.bias", "classifier.3.weight")
+    x = torch.randn(2, 3, 64, 64)
+    loads_like_the_library(library, ours, f"torchvision:{tmp_path / file}", x, detector_stages, unused)
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "pth"])
 def test_timm_resnet18_file_gives_timm_features(tmp_path, fmt):
     timm = pytest.importorskip("timm")  # a dev dependency
@@ -99,6 +127,24 @@ def test_monai_3d_resnet18_state_dict_gives_monai_features(tmp_path, layout):
     torch.save(state, tmp_path / "resnet_18.pth")
     ours = build_backbone("monai_resnet18", 3, 1)
     loads_like_the_library(library, ours, f"monai:{tmp_path / 'resnet_18.pth'}", torch.randn(1, 1, 32, 32, 32))
+
+
+def test_monai_densenet121_state_dict_gives_monai_features(tmp_path):
+    """MONAI's DenseNet-121 ``features`` load whole into ``monai_densenet121``'s one stage
+    (its ``features`` and the ReLU MONAI's classifier starts with); the classifier is named unused."""
+    from monai.networks.nets import DenseNet121
+
+    library = DenseNet121(spatial_dims=2, in_channels=1, out_channels=3)
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / "densenet121.pth")
+
+    def features(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        return [net.class_layers.relu(net.features(x))]
+
+    ours = build_backbone("monai_densenet121", 2, 1)
+    unused = ("class_layers.out.bias", "class_layers.out.weight")
+    x = torch.randn(2, 1, 64, 64)
+    loads_like_the_library(library, ours, f"monai:{tmp_path / 'densenet121.pth'}", x, features, unused)
 
 
 def test_torchgeo_13_band_resnet18_gives_its_features(tmp_path):
@@ -298,6 +344,9 @@ def test_bad_weight_files_are_one_line_errors_naming_the_file(tmp_path, capsys):
     torch.save(torchvision.models.densenet121(weights=None).state_dict(), densenet)
     assert "torchvision" in one_line_error(str(densenet), densenet, ConfigError)  # fits no family: they are listed
     assert "ResNet" in one_line_error(f"torchvision:{densenet}", densenet)
+    mobile = tmp_path / "mobilenet_v3_small-047dcff4.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), mobile)
+    assert "MONAI DenseNet" in one_line_error(f"monai:{mobile}", mobile)  # MONAI publishes no MobileNet
 
 
 def test_an_unknown_family_is_a_config_error(tmp_path):

@@ -6,16 +6,18 @@ into our reference backbones.
 as a published weights name — ``torchvision:ResNet18_Weights.IMAGENET1K_V1`` and
 ``torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO`` (the file torch's hub cache holds for those weights),
 ``timm:resnet18.a1_in1k`` (the one the Hugging Face hub cache holds) — which is never downloaded,
-or as a plain ``PATH`` whose tensor names are torchvision's ResNet layout. The family says what the
-file must be (a 2D or 3D ResNet), so a file of another family is refused in one line rather than
-half-loaded. A file is read without running code: ``.safetensors`` with ``safetensors``, anything
-else with ``torch.load(weights_only=True)``.
+or as a plain ``PATH`` whose tensor names are one of the published layouts below. The family says
+what the file must be (a 2D or 3D ResNet, a torchvision MobileNetV3, a MONAI DenseNet), so a file of
+another family is refused in one line rather than half-loaded. A file is read without running code:
+``.safetensors`` with ``safetensors``, anything else with ``torch.load(weights_only=True)``.
 
 All four families publish their ResNets under torchvision's names (``conv1``, ``bn1``,
 ``layer1`` … ``layer4``, ``fc``; MedicalNet adds DataParallel's ``module.``), and our reference
-backbones (``torchvision_resnet18``/``50``, ``monai_resnet18``) hold those modules in their stages,
-so one explicit map (:data:`RESNET_NAMES`) renames the file into the backbone's own names.
-Whatever it does not rename (the classifier ``fc.*``) keeps its name, and
+backbones (``torchvision_resnet18``/``50``, ``monai_resnet18``) hold those modules in their stages;
+torchvision's MobileNetV3 and MONAI's DenseNet keep their blocks under ``features``. Each layout
+(:data:`LAYOUTS`) is told by tensor names only its files have, and its explicit map renames the file
+into the backbone's own names. Whatever it does not rename (the classifier: ``fc.*``,
+``classifier.*``, ``class_layers.*``) keeps its name, and
 :func:`~cnnsuite.training.transfer.transfer_backbone` lists it as unused; copying, 2D → 3D
 inflation and input-channel adaptation are that function's.
 """
@@ -46,9 +48,13 @@ class Family:
 FAMILIES = {
     family.name: family
     for family in (
-        Family("torchvision", "a torchvision ResNet state dict (resnet18-f37072fd.pth)", (2,)),
+        Family(
+            "torchvision",
+            "a torchvision ResNet or MobileNetV3 state dict (resnet18-f37072fd.pth, mobilenet_v3_large-8738ca79.pth)",
+            (2,),
+        ),
         Family("timm", "a timm ResNet checkpoint (model.safetensors, pytorch_model.bin)", (2,)),
-        Family("monai", "a MONAI or MedicalNet ResNet state dict (resnet_18.pth)", (2, 3)),
+        Family("monai", "a MONAI or MedicalNet ResNet, or a MONAI DenseNet, state dict (resnet_18.pth)", (2, 3)),
         Family("torchgeo", "a TorchGeo timm ResNet state dict (resnet18_sentinel2_all_moco-59bfdff9.pth)", (2,)),
     )
 }
@@ -64,6 +70,62 @@ RESNET_NAMES = {
     "layer4.": "stages.3.0.",
 }
 _DATA_PARALLEL = "module."
+
+
+def mobilenet_v3_names(stages: tuple[tuple[int, ...], ...]) -> dict[str, str]:
+    """torchvision's MobileNetV3 ``features.N.`` → ``stages.i.0.j.`` of our reference backbone,
+    where ``stages[i][j]`` is ``N``."""
+    return {f"features.{n}.": f"stages.{i}.0.{j}." for i, blocks in enumerate(stages) for j, n in enumerate(blocks)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A published network's tensor names: the name prefixes that mark its files (``marks``), its
+    first convolution's kernel (``stem``), the map of its module names into our reference
+    backbone's (``names``), and the families that publish it."""
+
+    name: str
+    marks: tuple[str, ...]
+    stem: str
+    names: dict[str, str]
+    families: tuple[str, ...]
+
+    def fits(self, tensors: dict[str, torch.Tensor]) -> bool:
+        return self.stem in tensors and all(any(key.startswith(mark) for key in tensors) for mark in self.marks)
+
+    def describe(self) -> str:
+        return f"{self.name} ({', '.join(mark + '*' if mark.endswith('.') else mark for mark in self.marks)})"
+
+
+#: The layouts a published file may have, each with its map into our reference backbones:
+#: torchvision's ResNet names (kept by timm, MONAI and TorchGeo) into ``torchvision_resnet18``/``50``
+#: and ``monai_resnet18``; torchvision's MobileNetV3 ``features.N`` into the stages of
+#: ``torchvision_mobilenet_v3_large``/``_small`` (split where torchvision's detection backbones take
+#: their feature maps); MONAI's DenseNet ``features`` into ``monai_densenet121``'s one stage.
+LAYOUTS = (
+    Layout("ResNet", ("conv1.weight", "layer1."), "conv1.weight", RESNET_NAMES, tuple(FAMILIES)),
+    Layout(
+        "MobileNetV3-Large",
+        ("features.15.block.", "features.16.0.weight"),
+        "features.0.0.weight",
+        mobilenet_v3_names(((0,), (1, 2), (3, 4), (5, 6, 7), (8, 9, 10, 11, 12, 13), (14, 15, 16))),
+        ("torchvision",),
+    ),
+    Layout(
+        "MobileNetV3-Small",
+        ("features.11.block.", "features.12.0.weight"),
+        "features.0.0.weight",
+        mobilenet_v3_names(((0,), (1,), (2,), (3, 4), (5, 6, 7, 8, 9), (10, 11, 12))),
+        ("torchvision",),
+    ),
+    Layout(
+        "MONAI DenseNet",
+        ("features.denseblock1.denselayer1.layers.",),
+        "features.conv0.weight",
+        {"features.": "stages.0.0."},
+        ("monai",),
+    ),
+)
 
 
 def split_family(value: str, where: str) -> tuple[Family | None, Path]:
@@ -185,35 +247,38 @@ def read_weight_file(path: Path, where: str) -> object:
     )
 
 
-def resnet_state(content: object, family: Family | None, source: str) -> dict[str, torch.Tensor] | None:
-    """The tensors of a published ResNet file renamed into our reference backbones' names
-    (:data:`RESNET_NAMES`); the rest keep theirs. ``None`` when ``family`` is not given and the
-    file is not in torchvision's ResNet layout; with a ``family``, a file that is not what that
-    family publishes is a one-line ``CheckpointError`` naming ``source``."""
+def published_state(content: object, family: Family | None, source: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a published file renamed into our reference backbones' names by the map of
+    its layout (:data:`LAYOUTS`, the first whose marks its tensor names carry); the rest keep
+    theirs. ``None`` when ``family`` is not given and the file fits no layout; with a ``family``,
+    a file that is not what that family publishes is a one-line ``CheckpointError`` naming ``source``."""
     tensors = content.get("state_dict", content) if isinstance(content, dict) else {}
     tensors = {k: v for k, v in tensors.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if tensors and all(key.startswith(_DATA_PARALLEL) for key in tensors):
         tensors = {key[len(_DATA_PARALLEL) :]: value for key, value in tensors.items()}
-    if "conv1.weight" not in tensors or not any(key.startswith("layer1.") for key in tensors):
+    layouts = [layout for layout in LAYOUTS if family is None or family.name in layout.families]
+    layout = next((layout for layout in layouts if layout.fits(tensors)), None)
+    if layout is None:
         if family is None:
             return None
         first = ", ".join(list(tensors)[:3]) or "no tensors"
+        expected = "; ".join(layout.describe() for layout in layouts)
         raise CheckpointError(
-            f"{source}: not {family.files}: no conv1.weight and layer1.* ResNet tensors (its keys begin {first})"
+            f"{source}: not {family.files}: its tensors fit none of {expected} (its keys begin {first})"
         )
-    stem = tensors["conv1.weight"]
+    stem = tensors[layout.stem]
     if family is not None and stem.dim() - 2 not in family.kernel_dims:
         other = "monai" if stem.dim() == 5 else "torchvision"
         raise CheckpointError(
-            f"{source}: conv1.weight is a {stem.dim() - 2}D kernel {list(stem.shape)}, "
+            f"{source}: {layout.stem} is a {stem.dim() - 2}D kernel {list(stem.shape)}, "
             f"not {family.files}; name it as {other}:PATH"
         )
     check_finite(tensors, source)
-    return {_rename(key): value for key, value in tensors.items()}
+    return {_rename(key, layout.names): value for key, value in tensors.items()}
 
 
-def _rename(key: str) -> str:
-    for theirs, ours in RESNET_NAMES.items():
+def _rename(key: str, names: dict[str, str]) -> str:
+    for theirs, ours in names.items():
         if key.startswith(theirs):
             return ours + key[len(theirs) :]
     return key
