@@ -170,6 +170,8 @@ def test_hypernetwork_makes_the_kernel_and_learns_it():
         ("monai_resnet18", 3, [64, 128, 256, 512]),
         ("monai_densenet121", 3, [1024]),
         ("torchvision_resnet18", 2, [64, 128, 256, 512]),  # its first convolution takes 13 bands
+        ("torchvision_mobilenet_v3_large", 2, [16, 24, 40, 80, 160, 960]),
+        ("torchvision_mobilenet_v3_small", 2, [16, 16, 24, 40, 96, 576]),
     ],
 )
 def test_reference_networks_follow_the_backbone_contract(name, dims, channels):

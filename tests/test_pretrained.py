@@ -35,14 +35,23 @@ def resnet_stages(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def loads_like_the_library(library: nn.Module, ours: nn.Module, weights: str, x: torch.Tensor) -> None:
+def loads_like_the_library(
+    library: nn.Module,
+    ours: nn.Module,
+    weights: str,
+    x: torch.Tensor,
+    stages=resnet_stages,
+    unused: tuple[str, ...] = ("fc.bias", "fc.weight"),
+) -> None:
+    """``weights`` loads whole into ``ours``, names the library's classifier ``unused``, and our
+    stage features are the library's (``stages(library, x)``)."""
     report = transfer_backbone(ours, backbone_state(weights))
     assert report.missing == [] and report.mismatched == [], report.summary()
-    assert report.unused == ["fc.bias", "fc.weight"]  # the classifier: named, not part of the backbone
+    assert report.unused == sorted(unused)  # the classifier: named, not part of the backbone
     library.eval(), ours.eval()
     with torch.no_grad():
-        theirs, mine = resnet_stages(library, x), ours(x)
-    assert len(mine) == 4
+        theirs, mine = stages(library, x), ours(x)
+    assert len(mine) == len(theirs)
     for stage, (a, b) in enumerate(zip(theirs, mine, strict=True)):
         assert a.shape == b.shape, stage
         assert (a - b).abs().max().item() <= 1e-5, stage
@@ -59,6 +68,34 @@ def test_torchvision_state_dict_gives_torchvision_features(tmp_path, arch, file)
     torch.save(library.state_dict(), tmp_path / file)  # how torchvision's files are made
     ours = build_backbone(f"torchvision_{arch}", 2, 3)
     loads_like_the_library(library, ours, f"torchvision:{tmp_path / file}", torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize(
+    ("arch", "file"),
+    [
+        ("mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth"),
+        ("mobilenet_v3_small", "mobilenet_v3_small-047dcff4.pth"),
+    ],
+)
+def test_torchvision_mobilenet_v3_state_dict_gives_the_features_its_detectors_take(tmp_path, arch, file):
+    """Our MobileNetV3 stages are the feature maps torchvision's detection backbones return
+    (``_mobilenet_extractor``: the stem, each strided block's output and the last convolution)."""
+    import torchvision
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor
+
+    library = getattr(torchvision.models, arch)(weights=None)
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / file)  # how torchvision's files are made
+
+    def detector_stages(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        body = _mobilenet_extractor(net, fpn=True, trainable_layers=0, returned_layers=list(range(6))).body
+        return list(body(x).values())
+
+    ours = build_backbone(f"torchvision_{arch}", 2, 3)
+    assert ours.strides == [(2, 2), (4, 4), (8, 8), (16, 16), (32, 32), (32, 32)]
+    unused = ("classifier.0.bias", "classifier.0.weight", "classifier.3.bias", "classifier.3.weight")
+    x = torch.randn(2, 3, 64, 64)
+    loads_like_the_library(library, ours, f"torchvision:{tmp_path / file}", x, detector_stages, unused)
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pth"])
@@ -90,6 +127,24 @@ def test_monai_3d_resnet18_state_dict_gives_monai_features(tmp_path, layout):
     torch.save(state, tmp_path / "resnet_18.pth")
     ours = build_backbone("monai_resnet18", 3, 1)
     loads_like_the_library(library, ours, f"monai:{tmp_path / 'resnet_18.pth'}", torch.randn(1, 1, 32, 32, 32))
+
+
+def test_monai_densenet121_state_dict_gives_monai_features(tmp_path):
+    """MONAI's DenseNet-121 ``features`` load whole into ``monai_densenet121``'s one stage
+    (its ``features`` and the ReLU MONAI's classifier starts with); the classifier is named unused."""
+    from monai.networks.nets import DenseNet121
+
+    library = DenseNet121(spatial_dims=2, in_channels=1, out_channels=3)
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / "densenet121.pth")
+
+    def features(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        return [net.class_layers.relu(net.features(x))]
+
+    ours = build_backbone("monai_densenet121", 2, 1)
+    unused = ("class_layers.out.bias", "class_layers.out.weight")
+    x = torch.randn(2, 1, 64, 64)
+    loads_like_the_library(library, ours, f"monai:{tmp_path / 'densenet121.pth'}", x, features, unused)
 
 
 def test_torchgeo_13_band_resnet18_gives_its_features(tmp_path):
@@ -169,7 +224,22 @@ def test_a_torchvision_file_inflated_into_monai_3d_resnet_gives_the_2d_response_
         torch.testing.assert_close(b[:, :, b.shape[2] // 2], a, rtol=1e-4, atol=1e-5)
 
 
-def test_a_torchvision_weights_name_is_the_file_in_torchs_hub_cache(tmp_path, monkeypatch):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to reach the network fails the test: a name is resolved from disk alone."""
+    import socket
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the network was reached: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_a_torchvision_weights_name_is_the_file_in_torchs_hub_cache(tmp_path, monkeypatch, no_network):
     """``torchvision:ResNet18_Weights.IMAGENET1K_V1`` is the file torch's hub cache would hold;
     nothing is downloaded, and a missing file is one line saying which file to put where."""
     import torchvision
@@ -192,6 +262,79 @@ def test_a_torchvision_weights_name_is_the_file_in_torchs_hub_cache(tmp_path, mo
     torch.save(library.state_dict(), cached)
     ours = build_backbone("torchvision_resnet18", 2, 3)
     loads_like_the_library(library, ours, "torchvision:ResNet18_Weights.IMAGENET1K_V1", torch.randn(1, 3, 64, 64))
+
+
+def test_a_timm_name_is_the_file_in_the_hugging_face_cache(tmp_path, monkeypatch, no_network):
+    """``timm:resnet18.a1_in1k`` is the ``model.safetensors`` the Hugging Face cache holds for timm's
+    weights of that name (repository ``timm/resnet18.a1_in1k``, the snapshot ``refs/main`` names);
+    a missing one is one line naming the file and its URL, and nothing is downloaded."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from cnnsuite.errors import MissingFileError
+
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    repo = tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k"
+    message = one_line_error(
+        "timm:resnet18.a1_in1k", repo / "snapshots" / "main" / "model.safetensors", MissingFileError
+    )
+    assert "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors" in message, message
+    assert "nothing is downloaded" in message
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_CACHE wins over HF_HOME
+    repo = tmp_path / "hub" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    snapshot = repo / "snapshots" / "0123abcd"
+    one_line_error("timm:resnet18.a1_in1k", snapshot / "model.safetensors", MissingFileError)
+    library = timm.create_model("resnet18", pretrained=False)
+    randomise_batchnorm(library)
+    snapshot.mkdir(parents=True)
+    save_file(library.state_dict(), snapshot / "model.safetensors")
+    ours = build_backbone("torchvision_resnet18", 2, 3)
+    loads_like_the_library(library, ours, "timm:resnet18.a1_in1k", torch.randn(1, 3, 64, 64))
+
+
+def test_a_timm_file_name_is_still_a_path(tmp_path, monkeypatch):
+    """``timm:model.safetensors`` names a file, not timm weights called ``model.safetensors``."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="timm:model.safetensors: no such file"):
+        backbone_state("timm:model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("name", "arch", "bands", "file"),
+    [
+        ("ResNet18_Weights.SENTINEL2_ALL_MOCO", "resnet18", 13, "resnet18_sentinel2_all_moco-59bfdff9.pth"),
+        ("ResNet50_Weights.SENTINEL2_ALL_MOCO", "resnet50", 13, "resnet50_sentinel2_all_moco-df8b932e.pth"),
+        ("ResNet18_Weights.SENTINEL2_RGB_SECO", "resnet18", 3, "resnet18_sentinel2_rgb_seco-cefca942.pth"),
+    ],
+)
+def test_a_torchgeo_weights_name_is_the_file_in_torchs_hub_cache(
+    tmp_path, monkeypatch, no_network, name, arch, bands, file
+):
+    """TorchGeo's ``get_state_dict`` keeps its files where torchvision's go; a missing one is
+    one line naming the file and TorchGeo's URL, and nothing is downloaded."""
+    timm = pytest.importorskip("timm")
+    from cnnsuite.errors import MissingFileError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / file
+    message = one_line_error(f"torchgeo:{name}", cached, MissingFileError)
+    assert "/resolve/" in message and message.rstrip().endswith(f"/{file} there"), message
+
+    library = timm.create_model(arch, in_chans=bands, pretrained=False)  # as TorchGeo builds them
+    randomise_batchnorm(library)
+    cached.parent.mkdir(parents=True)
+    torch.save(library.state_dict(), cached)
+    ours = build_backbone(f"torchvision_{arch}", 2, bands)
+    loads_like_the_library(library, ours, f"torchgeo:{name}", torch.randn(1, bands, 64, 64))
+
+
+def test_an_unknown_torchgeo_weights_name_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="ResNet18_Weights.IMAGENET1K_V1: not a TorchGeo Sentinel-2 ResNet weights"):
+        backbone_state("torchgeo:ResNet18_Weights.IMAGENET1K_V1")
 
 
 class Payload:
@@ -235,6 +378,9 @@ def test_bad_weight_files_are_one_line_errors_naming_the_file(tmp_path, capsys):
     torch.save(torchvision.models.densenet121(weights=None).state_dict(), densenet)
     assert "torchvision" in one_line_error(str(densenet), densenet, ConfigError)  # fits no family: they are listed
     assert "ResNet" in one_line_error(f"torchvision:{densenet}", densenet)
+    mobile = tmp_path / "mobilenet_v3_small-047dcff4.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), mobile)
+    assert "MONAI DenseNet" in one_line_error(f"monai:{mobile}", mobile)  # MONAI publishes no MobileNet
 
 
 def test_an_unknown_family_is_a_config_error(tmp_path):

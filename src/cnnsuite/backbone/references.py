@@ -3,9 +3,9 @@
 They are built with random weights (nothing is downloaded; ``model.backbone_weights`` fills them
 from the files their libraries publish: :mod:`cnnsuite.training.pretrained`) and lose their classifier:
 a :class:`~cnnsuite.training.heads.ClassifierHead` sits on their features like on ours, so a config
-can swap ``backbone: convnet`` for ``monai_resnet18`` and compare like with like. MONAI's and
-torchvision's ResNet-18 and ResNet-50 are registered here; tasks register others (a video task: PyTorchVideo's)
-with the same tools.
+can swap ``backbone: convnet`` for ``monai_resnet18`` and compare like with like. MONAI's ResNet-18
+and DenseNet-121, torchvision's ResNet-18, ResNet-50 and MobileNetV3 (Large, Small) are registered
+here; tasks register others (a video task: PyTorchVideo's) with the same tools.
 """
 
 from __future__ import annotations
@@ -100,6 +100,40 @@ def _torchvision_resnet(arch: str, spatial_dims: int, in_channels: int, **kwargs
     for layer in (net.layer2, net.layer3, net.layer4):
         stages.append(ForeignStage(layer, out_channels=_width(layer), stride=(2, 2)))
     return StagedBackbone(2, stages)
+
+
+@register_backbone("torchvision_mobilenet_v3_large")
+def torchvision_mobilenet_v3_large(spatial_dims: int = 2, in_channels: int = 3, **kwargs) -> StagedBackbone:
+    """torchvision's MobileNetV3-Large, first convolution taking ``in_channels``; its stages are
+    the feature maps torchvision's detection backbones take (16, 24, 40, 80, 160, 960 channels
+    at strides 2 … 32)."""
+    return _torchvision_mobilenet("mobilenet_v3_large", spatial_dims, in_channels, **kwargs)
+
+
+@register_backbone("torchvision_mobilenet_v3_small")
+def torchvision_mobilenet_v3_small(spatial_dims: int = 2, in_channels: int = 3, **kwargs) -> StagedBackbone:
+    """torchvision's MobileNetV3-Small, first convolution taking ``in_channels``; stages as
+    :func:`torchvision_mobilenet_v3_large`'s (16, 16, 24, 40, 96, 576 channels)."""
+    return _torchvision_mobilenet("mobilenet_v3_small", spatial_dims, in_channels, **kwargs)
+
+
+def _torchvision_mobilenet(arch: str, spatial_dims: int, in_channels: int, **kwargs) -> StagedBackbone:
+    """Stages split where torchvision's ``_mobilenet_extractor`` takes its feature maps: after the
+    stem, after each block that strides (``_is_cn``) and after the last convolution, so a
+    detector on our stages sees the maps torchvision's sees."""
+    if spatial_dims != 2:
+        raise ConfigError(f"model.spatial_dims={spatial_dims}: torchvision_{arch} is a 2D network")
+    import torchvision
+
+    features = getattr(torchvision.models, arch)(weights=None, **kwargs).features
+    stem = features[0][0]
+    features[0][0] = nn.Conv2d(
+        in_channels, stem.out_channels, stem.kernel_size, stride=stem.stride, padding=stem.padding, bias=False
+    )
+    ends = [0] + [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
+    starts = [0] + [end + 1 for end in ends[:-1]]
+    stages = [nn.Sequential(*features[start : end + 1]) for start, end in zip(starts, ends, strict=True)]
+    return measured_backbone(stages, in_channels, probe=(64, 64))
 
 
 def _width(layer: nn.Sequential) -> int:

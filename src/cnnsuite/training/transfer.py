@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..trust.untrusted import check_finite
-from .pretrained import FAMILIES, into_backbone_names, read_weight_file, resnet_state, split_family
+from .pretrained import FAMILIES, LAYOUTS, into_backbone_names, published_state, read_weight_file, split_family
 
 CHANNEL_MODES = ("mean", "repeat", "first")
 _PARAMETRIZED = ".parametrizations.weight.original"
@@ -52,7 +52,7 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
 
     ``path`` is a cnnsuite checkpoint of any task (Lightning's ``state_dict`` entry, keys under
     a task's ``backbone_prefix``: :func:`backbone_prefixes`), a plain state dict of a backbone
-    (keys ``stages.…``), or a ResNet file as torchvision, timm, MONAI or TorchGeo publish it, named
+    (keys ``stages.…``), or a file as torchvision, timm, MONAI or TorchGeo publish it, named
     ``FAMILY:PATH`` or recognised by its tensor names (:mod:`cnnsuite.training.pretrained`). It is
     read without running code (``torch.load(weights_only=True)``, or ``safetensors``). Errors are
     one line naming ``where`` and the file.
@@ -63,7 +63,7 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
         raise ConfigError(f"{where} {value}: no such file (expected a checkpoint or a backbone's state dict)")
     content = read_weight_file(path, where)
     if family is not None:
-        return resnet_state(content, family, f"{where} {value}")
+        return published_state(content, family, f"{where} {value}")
     tensors = content.get("state_dict", content) if isinstance(content, dict) else {}
     if isinstance(tensors, dict):
         for prefix in backbone_prefixes():
@@ -76,13 +76,14 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
             if found:
                 check_finite(found, f"{where} {path}")
                 return found
-    published = resnet_state(content, None, f"{where} {path}")
+    published = published_state(content, None, f"{where} {path}")
     if published is not None:
         return published
     expected = ", ".join(f"{prefix or 'stages.'}*" for prefix in backbone_prefixes())
+    published = "; ".join(layout.describe() for layout in LAYOUTS)
     raise ConfigError(
-        f"{where} {path}: no backbone tensors (expected keys {expected}, or a ResNet's conv1.weight and layer1.* "
-        f"as {', '.join(FAMILIES)} publish them)"
+        f"{where} {path}: no backbone tensors (expected keys {expected}, or the tensors of a published "
+        f"{published} as {', '.join(FAMILIES)} publish them)"
     )
 
 
