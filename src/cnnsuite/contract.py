@@ -37,8 +37,9 @@ from .training.task import TaskModule, class_path
 #: the entry-point group tasks are registered under
 GROUP = "cnnsuite.tasks"
 #: what a datamodule knows when it is constructed and its model is given (the CLI links them);
-#: ``multilabel``: whether its samples may carry several labels (decided from its label file)
-LINKED = ("num_classes", "in_channels", "class_names", "multilabel")
+#: ``multilabel``: whether its samples may carry several labels (decided from its label file);
+#: ``channel_names``: what its input channels are (None: unnamed), for weight files mapped by name
+LINKED = ("num_classes", "in_channels", "class_names", "multilabel", "channel_names")
 
 
 @dataclass(frozen=True)
