@@ -56,7 +56,7 @@ def test_recognition_backbone_starts_localization_and_detection(recognition, cap
 
 
 def test_grey_digits_start_an_rgb_task_through_the_channel_mean(recognition):
-    with pytest.raises(ValueError, match=r"model.backbone_weights_channels='average': expected one of mean, repeat"):
+    with pytest.raises(ValueError, match=r"backbone_weights_channels='average': expected one of auto, mean, repeat"):
         transferred(LocalizationModule, recognition, in_channels=3, backbone_weights_channels="average")
     rgb = transferred(LocalizationModule, recognition, in_channels=3, backbone_kwargs=yaml.safe_load(FAMILY))
     grey = backbone_state(recognition)["stages.0.0.0.weight"]  # (8, 1, 3, 3)

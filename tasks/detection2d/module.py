@@ -246,7 +246,7 @@ class DetectionModule(TaskModule):
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         backbone_weights: str | None = None,
-        backbone_weights_channels: str = "mean",
+        backbone_weights_channels: str = "auto",
         multilabel: bool = False,
     ) -> None:
         if multilabel:

@@ -84,7 +84,7 @@ class ClassificationModule(TaskModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         backbone_weights: str | None = None,
-        backbone_weights_channels: str = "mean",
+        backbone_weights_channels: str = "auto",
         multilabel: bool = False,
         class_weights: bool = False,
     ) -> None:
