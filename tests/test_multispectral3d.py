@@ -194,6 +194,26 @@ def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path):
         assert (tmp_path / "eval" / plot).stat().st_size > 0
 
 
+def test_channels_layout_trains_from_a_13_band_torchgeo_file_on_a_band_subset(tmp_path, caplog):
+    """The 2D channels layout names its bands (the cube layout has one unnamed channel); the CLI
+    links them into the model, whose first layer takes each band's kernel from TorchGeo's file."""
+    timm = pytest.importorskip("timm")
+    caplog.set_level("INFO")
+    folder = make_folder(tmp_path / "user", per_class=4, size=32)  # a ResNet's total stride
+    bands = ["B02", "B03", "B04", "B08"]
+    assert MultispectralDataModule(data_dir=str(folder), bands=bands, layout="channels").channel_names == bands
+    assert MultispectralDataModule(data_dir=str(folder), bands=bands).channel_names is None  # cube: 1 channel
+    path = tmp_path / "resnet18_sentinel2_all_moco-59bfdff9.pth"
+    torch.save(timm.create_model("resnet18", in_chans=13, pretrained=False).state_dict(), path)
+    run = fit("multispectral3d", tmp_path, "--data.data_dir", str(folder), "--data.bands", json.dumps(bands),
+              "--data.layout", "channels", "--model.spatial_dims", "2", "--model.backbone", "torchvision_resnet18",
+              "--model.backbone_kwargs", "{}", "--model.backbone_weights", f"torchgeo:{path}",
+              "--trainer.max_epochs", "1", "--data.batch_size", "64", "--evaluate", "false")  # fmt: skip
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert saved["channel_names"] == bands and saved["in_channels"] == 4
+    assert "input channels by name: B02 <- B02, B03 <- B03, B04 <- B04, B08 <- B08\n" in caplog.text
+
+
 def test_default_fast_dev_run_writes_geotiffs(tmp_path):
     fit("multispectral3d", tmp_path, "--trainer.fast_dev_run", "true", "--data.default_size", "2",
         "--data.default_patch", "16", *SMALL_MODEL)  # fmt: skip

@@ -406,3 +406,65 @@ def test_a_task_starts_from_a_published_file_and_logs_what_it_left(tmp_path, cap
     assert torch.equal(ours["stages.0.1.running_var"], library.state_dict()["bn1.running_var"])
     assert "0 mismatched, 0 missing, 2 unused" in caplog.text
     assert "in the source only, unused: fc.bias, fc.weight" in caplog.text
+
+
+#: Sentinel-2 L1C's bands in the order TorchGeo's all-band (SSL4EO-S12) files take them
+TORCHGEO_S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def classifier_from(weights: str, bands: list[str]):
+    from cnnsuite.training.classification import ClassificationModule
+
+    model = ClassificationModule(
+        num_classes=2, in_channels=len(bands), channel_names=bands, backbone="torchvision_resnet18",
+        backbone_weights=weights,
+    )  # fmt: skip
+    return model.feature_backbone().eval().double()
+
+
+def assert_same_features(theirs: list[torch.Tensor], mine: list[torch.Tensor]) -> None:
+    """Compared in float64: float32 sums 13 channels' products in another order than 3 channels',
+    which on random weights differs by ~1e-5 by itself."""
+    for stage, (a, b) in enumerate(zip(theirs, mine, strict=True)):
+        assert a.shape == b.shape, stage
+        assert (a - b).abs().max().item() <= 1e-5, stage
+
+
+def test_an_rgb_file_into_13_bands_maps_r_g_b_onto_b04_b03_b02_by_name(tmp_path, caplog):
+    """A 13-band model from torchvision's RGB file: B04, B03 and B02 take the R, G and B kernels,
+    so an image put in those bands (the others zero) gives the RGB model's features."""
+    import torchvision
+
+    caplog.set_level("INFO")
+    library = torchvision.models.resnet18(weights=None).eval()
+    randomise_batchnorm(library)
+    torch.save(library.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    ours = classifier_from(f"torchvision:{tmp_path / 'resnet18-f37072fd.pth'}", TORCHGEO_S2)
+    library.double()
+    image = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    bands = torch.zeros(2, 13, 64, 64, dtype=torch.float64)
+    for channel, band in enumerate(("B04", "B03", "B02")):
+        bands[:, TORCHGEO_S2.index(band)] = image[:, channel]
+    with torch.no_grad():
+        assert_same_features(resnet_stages(library, image), ours(bands))
+    kernel = library.state_dict()["conv1.weight"]
+    first = ours.state_dict()["stages.0.0.weight"]
+    torch.testing.assert_close(first[:, TORCHGEO_S2.index("B05")], kernel.mean(dim=1))  # a band it lacks: the mean
+    assert "B02 <- B, B03 <- G, B04 <- R" in caplog.text
+    assert "the mean of the source's 3 kernels: B01, B05, B06, B07, B08, B8A, B09, B10, B11, B12" in caplog.text
+
+
+def test_a_13_band_torchgeo_file_into_a_band_subset_gives_each_band_its_kernel(tmp_path):
+    timm = pytest.importorskip("timm")
+    library = timm.create_model("resnet18", in_chans=13, pretrained=False).eval()
+    randomise_batchnorm(library)
+    path = tmp_path / "resnet18_sentinel2_all_moco-59bfdff9.pth"
+    torch.save(library.state_dict(), path)
+    four = ["B02", "B03", "B04", "B08"]
+    ours = classifier_from(f"torchgeo:{path}", four)
+    library.double()
+    x = torch.randn(2, 4, 64, 64, dtype=torch.float64)
+    full = torch.zeros(2, 13, 64, 64, dtype=torch.float64)
+    full[:, [TORCHGEO_S2.index(band) for band in four]] = x
+    with torch.no_grad():
+        assert_same_features(resnet_stages(library, full), ours(x))

@@ -184,3 +184,32 @@ def test_channel_modes():
         adapt_in_channels(kernel, 5, "first")
     with pytest.raises(ValueError, match="channels='average'"):
         transfer_backbone(convnet(), convnet().state_dict(), channels="average")
+
+
+def test_named_channels_are_mapped_by_name_with_r_g_b_as_b04_b03_b02():
+    rgb = convnet(in_channels=3)
+    kernel = rgb.state_dict()["stages.0.0.0.weight"]
+    bgr = convnet(in_channels=3)
+    report = transfer_backbone(bgr, rgb.state_dict(), source_names=["R", "G", "B"], target_names=["B", "G", "R"])
+    assert torch.equal(bgr.state_dict()["stages.0.0.0.weight"], kernel.flip(1)) and report.adapted
+    assert report.by_name == [("B", "B"), ("G", "G"), ("R", "R")]
+    bands = convnet(in_channels=4)  # spelled as files spell them: B2, b8a
+    report = transfer_backbone(bands, rgb.state_dict(), source_names=["R", "G", "B"],
+                               target_names=["B2", "B4", "b8a", "B3"])  # fmt: skip
+    got = bands.state_dict()["stages.0.0.0.weight"]
+    assert torch.equal(got, torch.stack([kernel[:, 2], kernel[:, 0], kernel.mean(1), kernel[:, 1]], 1))
+    assert report.by_name == [("B2", "B"), ("B4", "R"), ("b8a", None), ("B3", "G")]
+    assert "by name: B2 <- B, B4 <- R, B3 <- G; the mean of the source's 3 kernels: b8a" in report.summary()
+
+
+def test_channels_without_names_in_common_follow_the_mode():
+    rgb, grey = convnet(in_channels=3), convnet(in_channels=1)
+    mean = rgb.state_dict()["stages.0.0.0.weight"].sum(1, keepdim=True)  # mean x 3/1
+    for names, why in (((["R", "G", "B"], ["L"]), "no channel name in common"), ((None, ["L"]), "unnamed")):
+        report = transfer_backbone(grey, rgb.state_dict(), source_names=names[0], target_names=names[1])
+        torch.testing.assert_close(grey.state_dict()["stages.0.0.0.weight"], mean)
+        assert report.by_name == [] and why in report.summary() and "by 'mean'" in report.summary()
+    three = convnet(in_channels=3)
+    report = transfer_backbone(three, rgb.state_dict(), source_names=["R", "G", "B"], target_names=["B", "G", "R"],
+                               channels="mean")  # fmt: skip
+    assert report.by_name == [] and report.copied[0] == "stages.0.0.0.weight"  # a mode given: names are not used

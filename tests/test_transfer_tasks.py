@@ -56,7 +56,7 @@ def test_recognition_backbone_starts_localization_and_detection(recognition, cap
 
 
 def test_grey_digits_start_an_rgb_task_through_the_channel_mean(recognition):
-    with pytest.raises(ValueError, match=r"model.backbone_weights_channels='average': expected one of mean, repeat"):
+    with pytest.raises(ValueError, match=r"backbone_weights_channels='average': expected one of auto, mean, repeat"):
         transferred(LocalizationModule, recognition, in_channels=3, backbone_weights_channels="average")
     rgb = transferred(LocalizationModule, recognition, in_channels=3, backbone_kwargs=yaml.safe_load(FAMILY))
     grey = backbone_state(recognition)["stages.0.0.0.weight"]  # (8, 1, 3, 3)
@@ -105,3 +105,22 @@ def test_a_transferred_run_rebuilds_without_its_source_file(tmp_path, recognitio
     copy.unlink()
     model, _ = rebuild_for_inference(run / "checkpoints" / "last.ckpt")
     assert model.hparams.backbone_weights is None
+
+
+def test_every_task_names_its_input_channels_and_its_model_takes_them():
+    """``channel_names`` is linked like ``in_channels``: images are ``L`` or ``R, G, B``, clips
+    RGB, volumes and spectral cubes (one channel, the spectrum an axis) unnamed."""
+    from cnnsuite.contract import LINKED, registered_tasks
+
+    names = {}
+    for name, task in registered_tasks().items():
+        data = task.datamodule()
+        names[name] = data.channel_names
+        assert data.channel_names is None or len(data.channel_names) == data.in_channels, name
+        assert "channel_names" in LINKED and task.module(channel_names=data.channel_names).hparams.channel_names == (
+            data.channel_names
+        ), name
+    assert names == {"biomedical3d": None, "detection2d": ["L"], "localization2d": ["L"],
+                     "multispectral3d": None, "recognition2d": ["L"], "video3d": ["R", "G", "B"]}  # fmt: skip
+    rgb = registered_tasks()["recognition2d"].datamodule(channels=3)
+    assert rgb.channel_names == ["R", "G", "B"]

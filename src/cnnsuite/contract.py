@@ -39,8 +39,9 @@ GROUP = "cnnsuite.tasks"
 #: what a datamodule knows when it is constructed and its model is given (the CLI links them);
 #: ``multilabel``: whether its samples may carry several labels (decided from its label file);
 #: ``input_normalisation``: its fixed per-channel ``{"mean", "std"}`` of [0, 1] values, or None
-#: where the statistics are the data's own (what pretrained weights' normalisation is mapped from)
-LINKED = ("num_classes", "in_channels", "class_names", "multilabel", "input_normalisation")
+#: where the statistics are the data's own (what pretrained weights' normalisation is mapped from);
+#: ``channel_names``: what its input channels are (None: unnamed), for weight files mapped by name
+LINKED = ("num_classes", "in_channels", "class_names", "multilabel", "input_normalisation", "channel_names")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cnnsuite.data import IMAGE_EXTENSIONS, Input, TaskDataModule, check_folder, image_channels, read_image
+from cnnsuite.data import (
+    IMAGE_EXTENSIONS,
+    Input,
+    TaskDataModule,
+    check_folder,
+    image_channel_names,
+    image_channels,
+    read_image,
+)
 from cnnsuite.data.coco import (
     AnnotationError,
     CategoryMap,
@@ -151,6 +159,11 @@ class DetectionDataModule(TaskDataModule):
                 raise ConfigError(f"data.data_dir={root}: the annotations list no images")
             self.in_channels = channels or image_channels(root / first.file)
         self.class_names = list(self.categories.names)
+
+    @property
+    def channel_names(self) -> list[str] | None:
+        """``L`` for grey images, ``R``, ``G``, ``B`` for colour ones."""
+        return image_channel_names(self.in_channels)
 
     # --- reading --------------------------------------------------------------------
     def _detect_format(self, root: Path) -> str:

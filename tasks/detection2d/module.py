@@ -212,7 +212,7 @@ def build_detector(
 class DetectionModule(TaskModule):
     """Image → boxes, classes and scores with a torchvision detector on our backbone.
 
-    ``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule.
+    ``num_classes``, ``in_channels``, ``class_names`` and ``channel_names`` are linked from the datamodule.
     ``min_size``/``max_size`` are the detector's internal resize (torchvision's default of
     800 px would blow a 96 px canvas up 8×); ``image_mean``/``image_std`` its normalisation,
     one value per channel (default: the pretrained ``backbone_weights``' own, else 0.5 and 0.25
@@ -234,6 +234,7 @@ class DetectionModule(TaskModule):
         num_classes: int = 10,
         in_channels: int = 1,
         class_names: list[str] | None = None,
+        channel_names: list[str] | None = None,
         detector: str = "fcos",
         backbone: str = "convnet",
         backbone_kwargs: dict | None = None,
@@ -248,7 +249,7 @@ class DetectionModule(TaskModule):
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         backbone_weights: str | None = None,
-        backbone_weights_channels: str = "mean",
+        backbone_weights_channels: str = "auto",
         backbone_weights_meta: dict | None = None,
         input_normalisation: dict | None = None,
         multilabel: bool = False,

@@ -243,6 +243,12 @@ class MultispectralDataModule(TaskDataModule):
         return (*bands[self.hparams.layout], *self.size)
 
     @property
+    def channel_names(self) -> list[str] | None:
+        """The bands in the ``channels`` layout, one input channel each; None in ``cube`` and
+        ``mean``, whose input has one channel (the spectrum an axis of the sample, or averaged)."""
+        return list(self.band_names) if self.hparams.layout == "channels" else None
+
+    @property
     def default_bands(self) -> tuple[str, ...]:
         """The bands of the embedded default's files."""
         return BANDS if self.hparams.default == "eurosat" else BIGEARTHNET_BANDS

@@ -49,6 +49,7 @@ from cnnsuite.data import (
     TaskDataModule,
     check_folder,
     check_on_bad_file,
+    image_channel_names,
     report_bad_files,
 )
 from cnnsuite.data.cache import DecodedCache, check_cache_limit
@@ -247,6 +248,7 @@ class VideoDataModule(TaskDataModule):
         else:
             self.read_labelled_folder(check_folder(data_dir), VIDEO_EXTENSIONS, "video", multilabel, "videos")
         self.in_channels = 3  # PyAV decodes to RGB
+        self.channel_names = image_channel_names(self.in_channels)
         # Exact seconds: 1/3 s as a float would drift against frame timestamps.
         self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
         # every video probed so far, by id: its record, or None if it was bad and skipped

@@ -121,6 +121,10 @@ class TaskDataModule(L.LightningDataModule):
     # --- what a task provides -------------------------------------------------------
     class_names: list[str]
     in_channels: int
+    #: the names of the input channels, one per channel (``R``, ``G``, ``B``; a grey image's ``L``;
+    #: Sentinel-2 bands ``B01`` … ``B8A``), or None where they are unnamed: linked into the model,
+    #: whose published weight file's first-layer kernels go to the channels of the same name
+    channel_names: list[str] | None = None
     #: whether a sample may carry several labels (its target a multi-hot vector): decided when
     #: the datamodule is constructed, by a task that reads label files (:mod:`cnnsuite.data.labels`)
     multilabel: bool = False

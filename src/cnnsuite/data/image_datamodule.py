@@ -6,7 +6,7 @@ from ..errors import ConfigError
 from .cache import check_cache_limit
 from .datamodule import TaskDataModule
 from .errors import check_on_bad_file
-from .images import IMAGE_EXTENSIONS, symmetric_normalisation
+from .images import IMAGE_EXTENSIONS, image_channel_names, symmetric_normalisation
 
 
 class ImageDataModule(TaskDataModule):
@@ -44,3 +44,8 @@ class ImageDataModule(TaskDataModule):
         if image_size < 8:
             raise ConfigError(f"data.image_size={image_size}: expected at least 8 pixels")
         check_cache_limit(cache_limit_mb)
+
+    @property
+    def channel_names(self) -> list[str] | None:
+        """``L`` for grey images, ``R``, ``G``, ``B`` for colour ones (:data:`~cnnsuite.data.images.IMAGE_CHANNELS`)."""
+        return image_channel_names(self.in_channels)

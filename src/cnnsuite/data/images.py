@@ -32,6 +32,9 @@ from .errors import BadFileError
 from .limits import check_size, max_pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: the names of an image's channels by their count, as Pillow names its modes' bands: grey ``L``
+#: (luminance), colour ``R``, ``G``, ``B`` (what a datamodule of images says as its ``channel_names``)
+IMAGE_CHANNELS = {1: ("L",), 3: ("R", "G", "B")}
 #: the longer side, in pixels, of the copy of an image that a picture of a prediction is drawn from
 PICTURE_SIDE = 512
 #: Pillow modes of 16-bit single-channel images (kept at 16 bits, never clipped to 8)
@@ -150,6 +153,12 @@ def describe_image_preprocessing(channels: int, size: int | None, mean: list[flo
         "normalisation": {"mean": list(mean), "std": list(std), "formula": "(x - mean) / std, per channel"},
         "layout": "channels first: (C, H, W)",
     }
+
+
+def image_channel_names(count: int) -> list[str] | None:
+    """The names of an image's ``count`` channels (:data:`IMAGE_CHANNELS`); None for another count."""
+    names = IMAGE_CHANNELS.get(count)
+    return list(names) if names else None
 
 
 def image_channels(path: Path) -> int:

@@ -46,7 +46,9 @@ class ClassificationModule(TaskModule):
     """Backbone → global pooling → fully connected head → class logits, cross-entropy.
 
     ``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule by
-    the CLI, so a folder with 3 or 37 classes needs no edit of the model section.
+    the CLI, so a folder with 3 or 37 classes needs no edit of the model section;
+    ``channel_names`` too, so that a published file's first-layer kernels go to the input
+    channels of the same name (``backbone_weights``).
 
     ``channels_last`` stores activations channels-last (NHWC / NDHWC): oneDNN's
     convolutions run faster that way on CPU (a 3D CNN trained 2.2× faster here) and
@@ -72,6 +74,7 @@ class ClassificationModule(TaskModule):
         num_classes: int = 10,
         in_channels: int = 1,
         class_names: list[str] | None = None,
+        channel_names: list[str] | None = None,
         spatial_dims: int = 2,
         backbone: str = "convnet",
         backbone_kwargs: dict | None = None,
@@ -81,7 +84,7 @@ class ClassificationModule(TaskModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         backbone_weights: str | None = None,
-        backbone_weights_channels: str = "mean",
+        backbone_weights_channels: str = "auto",
         backbone_weights_meta: dict | None = None,
         input_normalisation: dict | None = None,
         multilabel: bool = False,

@@ -20,29 +20,51 @@ into the backbone's own names. Whatever it does not rename (the classifier: ``fc
 ``classifier.*``, ``class_layers.*``) keeps its name, and
 :func:`~cnnsuite.training.transfer.transfer_backbone` lists it as unused; copying, 2D → 3D
 inflation and input-channel adaptation are that function's.
+
+A family also says what its files' input channels are (:attr:`Family.channels`, by the first
+convolution's channel count), so that their first-layer kernels go to the task's channels of
+the same name: ImageNet files read R, G, B; TorchGeo's all-band Sentinel-2 files the 13 L1C bands
+(:data:`SENTINEL2_BANDS`), its RGB ones B04, B03, B02; MONAI's one unnamed channel. A plain path
+(no family) has unnamed channels.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
+from ..data.images import IMAGE_CHANNELS
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..trust.untrusted import check_finite, load_weights_only
+
+#: Sentinel-2 L1C's 13 bands in the order TorchGeo's all-band (SSL4EO-S12) files read them: B8A after B08
+SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+#: the input channels of the ImageNet files torchvision and timm publish
+RGB = IMAGE_CHANNELS[3]
 
 
 @dataclass(frozen=True)
 class Family:
-    """A publisher of weight files: what its files are, and the kernel dimensions they may have."""
+    """A publisher of weight files: what its files are, the kernel dimensions they may have, and
+    the names of their input channels by the first convolution's channel count (a count not
+    listed: unnamed)."""
 
     name: str
     files: str
     kernel_dims: tuple[int, ...]
+    channels: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+
+    def channel_names(self, state: Mapping[str, torch.Tensor]) -> tuple[str, ...] | None:
+        """The names of the input channels of ``state``'s stem (a file of this family as
+        :func:`resnet_state` renamed it); None where they are unnamed."""
+        stem = state.get(RESNET_STEM)
+        return self.channels.get(stem.shape[1]) if stem is not None and stem.dim() > 1 else None
 
 
 FAMILIES = {
@@ -52,10 +74,16 @@ FAMILIES = {
             "torchvision",
             "a torchvision ResNet or MobileNetV3 state dict (resnet18-f37072fd.pth, mobilenet_v3_large-8738ca79.pth)",
             (2,),
+            {3: RGB},
         ),
-        Family("timm", "a timm ResNet checkpoint (model.safetensors, pytorch_model.bin)", (2,)),
+        Family("timm", "a timm ResNet checkpoint (model.safetensors, pytorch_model.bin)", (2,), {3: RGB}),
         Family("monai", "a MONAI or MedicalNet ResNet, or a MONAI DenseNet, state dict (resnet_18.pth)", (2, 3)),
-        Family("torchgeo", "a TorchGeo timm ResNet state dict (resnet18_sentinel2_all_moco-59bfdff9.pth)", (2,)),
+        Family(
+            "torchgeo",
+            "a TorchGeo timm ResNet state dict (resnet18_sentinel2_all_moco-59bfdff9.pth)",
+            (2,),
+            {13: SENTINEL2_BANDS, 3: ("B04", "B03", "B02")},
+        ),
     )
 }
 
@@ -69,6 +97,8 @@ RESNET_NAMES = {
     "layer3.": "stages.2.0.",
     "layer4.": "stages.3.0.",
 }
+#: the first convolution's kernel, as :func:`resnet_state` names it
+RESNET_STEM = RESNET_NAMES["conv1."] + "weight"
 _DATA_PARALLEL = "module."
 
 

@@ -38,7 +38,7 @@ from ..use.inspectable import ClassScores, Network, middle_frame, same
 from .callbacks import PreciseBatchNorm
 from .pretrained import fit_channels, weights_metadata
 from .schedules import CosineAnnealingLR
-from .transfer import CHANNEL_MODES, backbone_state, transfer_backbone
+from .transfer import CHANNEL_MODES, backbone_state, source_channel_names, transfer_backbone
 
 
 def class_path(obj: object) -> str:
@@ -125,20 +125,27 @@ class TaskModule(L.LightningModule):
 
     def load_backbone_weights(self) -> None:
         """Start the backbone from ``model.backbone_weights`` (another run's checkpoint, of any
-        task, or a backbone's state dict), when given: each tensor copied, inflated 2D → 3D or
-        adapted to another input-channel count (``backbone_weights_channels``) where it fits;
-        the rest is named in the log and left at its initialisation
-        (:func:`cnnsuite.training.transfer.transfer_backbone`). A file of which nothing fits is an error."""
+        task, a backbone's state dict, or a file as a library publishes it), when given: each
+        tensor copied, inflated 2D → 3D, or on the first convolution mapped onto this model's
+        input channels by name (the file's family names its channels, the datamodule this
+        model's: ``channel_names``) or adapted to another channel count
+        (``backbone_weights_channels``) where it fits; the rest is named in the log and left at
+        its initialisation (:func:`cnnsuite.training.transfer.transfer_backbone`). A file of which
+        nothing fits is an error."""
         path = self.hparams.get("backbone_weights")
         if not path:
             return
-        channels = self.hparams.get("backbone_weights_channels", "mean")
+        channels = self.hparams.get("backbone_weights_channels", "auto")
         if channels not in CHANNEL_MODES:
             raise ConfigError(
                 f"model.backbone_weights_channels={channels!r}: expected one of {', '.join(CHANNEL_MODES)}"
             )
-        state = backbone_state(path, where="model.backbone_weights")
-        report = transfer_backbone(self.feature_backbone(), state, channels)
+        where = "model.backbone_weights"
+        state = backbone_state(path, where=where)
+        report = transfer_backbone(
+            self.feature_backbone(), state, channels, source_channel_names(path, state, where),
+            self.hparams.get("channel_names"),
+        )  # fmt: skip
         if report.loaded == 0:
             raise ConfigError(
                 f"model.backbone_weights={path}: none of its {len(state)} backbone tensors fits this backbone "

@@ -12,8 +12,15 @@ them into a freshly built backbone and says, tensor by tensor, what it did:
   and divided by ``kt``, so a static input (one frame repeated along that axis) gives the 2D
   response wherever the new axis' zero padding does not reach. The target's kernel shape (the
   config) decides ``kt``; any other difference in kernel size is a mismatch;
-- the first convolution's input channels differing in count (1 grey → 3 RGB, 3 → 13 bands) →
-  **adapted** as ``channels`` says (:func:`adapt_in_channels`);
+- the first convolution's input channels, where both sides name them and share a name
+  (``channels`` ``auto``, the default) → **mapped by name** (:func:`channel_map`): each target
+  channel the source has takes that channel's kernel, unscaled, every other one the mean of the
+  source's kernels; R, G and B are Sentinel-2's B04, B03 and B02, as TorchGeo's users map them
+  (RGB → 13 bands: B04/B03/B02 take R/G/B; a 13-band file → a band subset: each band its own
+  kernel; RGB → BGR: reordered);
+- otherwise, the first convolution's input channels differing in count (1 grey → 3 RGB,
+  3 → 13 unnamed bands) → **adapted** as ``channels`` says (:func:`adapt_in_channels`; ``auto``:
+  ``mean``);
 - anything else whose shape does not fit, and names on one side only → listed in the report
   and left at its initialisation; nothing is skipped silently.
 
@@ -24,6 +31,8 @@ the source's kernel. A ``u`` of another shape (tied or hypernetwork kernels) is 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +43,14 @@ from ..errors import ConfigError
 from ..trust.untrusted import check_finite
 from .pretrained import FAMILIES, LAYOUTS, into_backbone_names, published_state, read_weight_file, split_family
 
-CHANNEL_MODES = ("mean", "repeat", "first")
+#: how :func:`adapt_in_channels` fits a first layer to another input-channel count
+ADAPT_MODES = ("mean", "repeat", "first")
+#: what ``channels`` of :func:`transfer_backbone` takes: ``auto`` maps channels by name where
+#: both sides name them, else adapts them as ``mean``
+CHANNEL_MODES = ("auto", *ADAPT_MODES)
+#: channel names that stand for others when channels are mapped by name: an RGB image's
+#: channels are Sentinel-2's red, green and blue bands
+CHANNEL_ALIASES = {"R": "B04", "G": "B03", "B": "B02"}
 _PARAMETRIZED = ".parametrizations.weight.original"
 
 
@@ -87,6 +103,16 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
     )
 
 
+def source_channel_names(
+    path: str | Path, state: dict[str, torch.Tensor], where: str = "--model.backbone_weights"
+) -> tuple[str, ...] | None:
+    """The names of the input channels of ``state`` (read from ``path`` by :func:`backbone_state`):
+    what its family says of its files (``FAMILY:PATH``, :attr:`~cnnsuite.training.pretrained.Family.channels`);
+    None (unnamed) for a path named by no family."""
+    family, _ = split_family(str(path), where)
+    return family.channel_names(state) if family is not None else None
+
+
 @dataclass
 class TransferReport:
     """What :func:`transfer_backbone` did with each tensor (names are the target backbone's)."""
@@ -94,8 +120,13 @@ class TransferReport:
     copied: list[str] = field(default_factory=list)
     #: kernels inflated along a new leading spatial axis (2D → 3D)
     inflated: list[str] = field(default_factory=list)
-    #: first-layer kernels whose input channels were adapted
+    #: first-layer kernels whose input channels were adapted (by name or by ``channels``)
     adapted: list[str] = field(default_factory=list)
+    #: the first layer's input channels mapped by name: ``(target channel, the source channel
+    #: whose kernel it took)``, the source channel None where it took the mean of the source's kernels
+    by_name: list[tuple[str, str | None]] = field(default_factory=list)
+    #: how the first layer's input channels were adapted, in words (empty: they were not)
+    channels: str = ""
     #: ``(name, source shape, target shape)``: left at initialisation
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     #: in the target, not in the source: left at initialisation
@@ -116,6 +147,8 @@ class TransferReport:
             f"{len(self.inflated)} inflated to a new spatial axis, {len(self.adapted)} with adapted input channels); "
             f"{len(self.mismatched)} mismatched, {len(self.missing)} missing, {len(self.unused)} unused"
         ]
+        if self.channels:
+            lines.append(f"  first-layer input channels {self.channels}")
         lines += [f"  mismatched, left at init: {n} {list(s)} -> {list(t)}" for n, s, t in self.mismatched]
         if self.missing:
             lines.append(f"  missing from the source, left at init: {', '.join(self.missing)}")
@@ -124,10 +157,19 @@ class TransferReport:
         return "\n".join(lines)
 
 
-def transfer_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], channels: str = "mean") -> TransferReport:
+def transfer_backbone(
+    backbone: nn.Module,
+    state: dict[str, torch.Tensor],
+    channels: str = "auto",
+    source_names: Sequence[str] | None = None,
+    target_names: Sequence[str] | None = None,
+) -> TransferReport:
     """Copy ``state`` (from :func:`backbone_state`) into ``backbone`` in place; see the module's
-    docstring for the rules. ``channels`` (``mean``, ``repeat`` or ``first``) says how the first
-    convolution's input channels are adapted when their counts differ."""
+    docstring for the rules. ``source_names`` and ``target_names`` name the first convolution's
+    input channels in ``state`` and in ``backbone`` (None: unnamed; a list of another length than
+    the kernel's channels does not name them); ``channels`` (:data:`CHANNEL_MODES`) says how
+    they are adapted: ``auto`` by name where the names apply (:func:`channel_map`), else as
+    ``mean``; ``mean``, ``repeat`` or ``first`` as :func:`adapt_in_channels` says, names unused."""
     if channels not in CHANNEL_MODES:
         raise ConfigError(f"channels={channels!r}: expected one of {', '.join(CHANNEL_MODES)}")
     state = into_backbone_names(state, backbone)
@@ -136,25 +178,96 @@ def transfer_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], chann
     first_conv = convs[0] if convs else None
     source = {_plain_name(k): v for k, v in state.items()}
     report = TransferReport()
+    picks, why = None, f"by '{channels}'"
+    if first_conv is not None and _plain_name(first_conv) in source:
+        stem = source[_plain_name(first_conv)]
+        source_names = _names_of(source_names, stem)
+        target_names = _names_of(target_names, target[first_conv])
+        if channels == "auto":
+            picks = channel_map(source_names, target_names)
+            why = f"by 'mean' ({_unmapped(source_names, target_names)})"
+    mode = "mean" if channels == "auto" else channels
     updates = {}
     for name, current in target.items():
-        value = source.pop(_plain_name(name), None)
+        given = value = source.pop(_plain_name(name), None)
         if value is None:
             report.missing.append(name)
-        elif value.shape == current.shape:
-            updates[name] = value
-            report.copied.append(name)
-        else:
-            fitted, kinds = _fit_kernel(value, current.shape, name in convs, name == first_conv, channels, name)
-            if fitted is None:
-                report.mismatched.append((name, tuple(value.shape), tuple(current.shape)))
-            else:
-                updates[name] = fitted
-                for kind in kinds:
-                    getattr(report, kind).append(name)
+            continue
+        kinds = []
+        if name == first_conv and picks is not None:
+            if picks != list(range(value.shape[1])):
+                kinds.append("adapted")
+            value = map_in_channels(value, picks)
+        if value.shape != current.shape:
+            value, fitted = _fit_kernel(value, current.shape, name in convs, name == first_conv, mode, name)
+            if value is None:
+                report.mismatched.append((name, tuple(given.shape), tuple(current.shape)))
+                continue
+            kinds += fitted
+        updates[name] = value
+        for kind in kinds or ["copied"]:
+            getattr(report, kind).append(name)
+        if name == first_conv and picks is not None:
+            sources = [None if i is None else source_names[i] for i in picks]
+            report.by_name = list(zip(target_names, sources, strict=True))
+            report.channels = _describe_map(report.by_name, len(source_names))
+        elif name == first_conv and "adapted" in kinds:
+            report.channels = f"{stem.shape[1]} -> {current.shape[1]} {why}"
     report.unused = sorted(source)
     backbone.load_state_dict({**target, **updates})
     return report
+
+
+def channel_map(source_names: Sequence[str] | None, target_names: Sequence[str] | None) -> list[int | None] | None:
+    """For each target channel, the index of the source channel of the same name, None where the
+    source has none; None where names do not apply: a side unnamed, or no name in common. Names
+    are compared as files spell them alike: case aside, ``B4`` as ``B04``, and R, G, B as the
+    Sentinel-2 bands they are (:data:`CHANNEL_ALIASES`)."""
+    if not source_names or not target_names:
+        return None
+    index = {}
+    for i, name in enumerate(source_names):
+        index.setdefault(_canonical(name), i)
+    picks = [index.get(_canonical(name)) for name in target_names]
+    return picks if any(i is not None for i in picks) else None
+
+
+def map_in_channels(kernel: torch.Tensor, picks: Sequence[int | None]) -> torch.Tensor:
+    """A first-layer kernel ``(O, C_src, *k)`` for ``len(picks)`` input channels: channel ``j``
+    takes source channel ``picks[j]``'s kernel unscaled (the band it sees is the same band), or
+    the mean of the source's kernels where ``picks[j]`` is None (a band the source never saw; on
+    an input where it is zero the response is the source's own)."""
+    mean = kernel.mean(dim=1)
+    return torch.stack([mean if i is None else kernel[:, i] for i in picks], dim=1)
+
+
+def _canonical(name: str) -> str:
+    name = name.strip().upper()
+    name = CHANNEL_ALIASES.get(name, name)
+    return f"B0{name[1]}" if re.fullmatch(r"B\d", name) else name
+
+
+def _names_of(names: Sequence[str] | None, kernel: torch.Tensor) -> list[str] | None:
+    """``names`` where they name ``kernel``'s input channels (as many as it has), else None."""
+    if names is None or kernel.dim() < 2 or len(names) != kernel.shape[1]:
+        return None
+    return [str(name) for name in names]
+
+
+def _unmapped(source_names: list[str] | None, target_names: list[str] | None) -> str:
+    """Why channels named so are not mapped by name."""
+    if source_names is None:
+        return "the source's channels are unnamed"
+    if target_names is None:
+        return "this backbone's channels are unnamed"
+    return f"no channel name in common: source {', '.join(source_names)}; target {', '.join(target_names)}"
+
+
+def _describe_map(by_name: list[tuple[str, str | None]], source_count: int) -> str:
+    found = ", ".join(f"{target} <- {source}" for target, source in by_name if source is not None)
+    rest = [target for target, source in by_name if source is None]
+    mean = f"; the mean of the source's {source_count} kernels: {', '.join(rest)}" if rest else ""
+    return f"by name: {found}{mean}"
 
 
 def _fit_kernel(
@@ -205,7 +318,7 @@ def adapt_in_channels(kernel: torch.Tensor, count: int, mode: str, name: str = "
                 "use 'mean' or 'repeat'"
             )
         return kernel[:, :count].clone()
-    raise ConfigError(f"channels={mode!r}: expected one of {', '.join(CHANNEL_MODES)}")
+    raise ConfigError(f"channels={mode!r}: expected one of {', '.join(ADAPT_MODES)}")
 
 
 def _conv_weight_names(backbone: nn.Module) -> list[str]:
