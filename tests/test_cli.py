@@ -124,3 +124,47 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(tmp_path, monkey
         main(["evaluate", "--ckpt", str(tmp_path / "x.ckpt")])
     monkeypatch.setattr(cnnsuite.trust.checkpoint, "load_checkpoint", fail(BadFileError("x.ckpt: not a checkpoint")))
     assert one_line_error(capsys, "evaluate", "--ckpt", str(tmp_path / "x.ckpt")).endswith("x.ckpt: not a checkpoint")
+
+
+def test_a_fit_shows_no_third_party_tips_or_deprecations(tmp_path, image_folder, caplog):
+    """Lightning's cloud-service tips and warnings about a library's use of another library are
+    nothing a user can act on: a fit does not show them."""
+    import warnings
+
+    from conftest import fit
+
+    caplog.set_level("INFO")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "1", "--evaluate", "false")  # fmt: skip
+    assert "Seed set to 0" in caplog.text  # Lightning's own information still shows
+    assert "Tip:" not in caplog.text
+    assert not [w for w in caught if "LeafSpec" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_the_model_summary_fits_100_columns_and_lists_what_runs(monkeypatch):
+    """A staged backbone's per-stage outputs are one short cell, not a list wrapped over rows;
+    the loss and metrics (no parameters, never run in forward) are left out."""
+    import io
+
+    import rich
+    import torch
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+    from rich.console import Console
+
+    from cnnsuite.training.callbacks import CompactModelSummary
+    from cnnsuite.training.classification import ClassificationModule
+
+    model = ClassificationModule(num_classes=10, backbone_kwargs={"channels": [16, 32, 64, 128]})
+    model.example_input_array = torch.zeros(2, 1, 32, 32)
+    summary = ModelSummary(model, max_depth=1)
+    console = Console(width=100, file=io.StringIO(), record=True)
+    monkeypatch.setattr(rich, "get_console", lambda: console)
+    CompactModelSummary.summarize(summary._get_summary_data(), summary.total_parameters, summary.trainable_parameters,
+                                  summary.model_size, summary.total_training_modes, summary.total_flops)  # fmt: skip
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert [row.split("│")[2].strip() for row in rows] == ["backbone", "head"]
+    assert "4 maps, 2×128×2×2" in text and "2×1×32×32" in text
+    assert max(map(len, text.splitlines())) <= 100

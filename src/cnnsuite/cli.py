@@ -24,13 +24,15 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import logging
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -52,6 +54,7 @@ from .commands import (
 from .contract import LINKED
 from .data import TaskDataModule
 from .errors import ConfigError, UserError
+from .training.callbacks import CompactModelSummary
 from .training.runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, default_output, run_version
 from .training.task import TaskModule
 from .trust.checkpoint import data_options, resume_arguments
@@ -211,6 +214,11 @@ class CnnSuiteCLI(LightningCLI):
             kwargs["logger"] = default_loggers(root, run_version(root, config.get("ckpt_path")))
         if not config.trainer.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
+        callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        if config.trainer.get("enable_model_summary") is not False and not any(
+            isinstance(cb, ModelSummary) for cb in callbacks
+        ):
+            kwargs["callbacks"] = [*callbacks, CompactModelSummary()]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
@@ -461,9 +469,35 @@ def user_message(err: BaseException) -> str:
     return message
 
 
+class DropTips(logging.Filter):
+    """Lightning's "💡 Tip:" lines advertise its cloud services on every fit, and it says so when
+    it takes our model summary instead of its own: nothing a user of this suite can act on."""
+
+    NOISE = ("💡 Tip:", "Trainer already configured with model summary callbacks")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOISE)
+
+
+#: warnings raised inside the libraries we call about their own use of another library: a user
+#: can do nothing about them (``LeafSpec``: Lightning's use of torch's pytree)
+THIRD_PARTY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+def quiet_third_party() -> None:
+    """Keep third-party output a user can do nothing about off the terminal."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropTips) for f in logger.filters):
+            logger.addFilter(DropTips())
+    for message in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``cnnsuite`` command; ``argv`` (default: the command line) without the program name.
     The first argument names a command of :data:`~cnnsuite.commands.COMMANDS`."""
+    quiet_third_party()
     command_line = argv is None
     argv = sys.argv[1:] if command_line else list(argv)
     debug = "--debug" in argv or os.environ.get("CNNSUITE_DEBUG", "") not in ("", "0")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 from itertools import islice
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichModelSummary
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -85,3 +87,40 @@ def pool_statistics(norms: list[nn.Module], strategy) -> None:
         square = strategy.reduce(m.running_var + m.running_mean**2, reduce_op="mean")
         m.running_mean.copy_(mean)
         m.running_var.copy_(square - mean**2)
+
+
+class CompactModelSummary(RichModelSummary):
+    """Lightning's model summary, narrow enough for a terminal: a staged backbone returns one
+    map per stage, which Lightning writes as a list of shapes wrapped over many rows; here it is
+    the count and the last (deepest) shape. Rows of what never runs in ``forward`` and holds no
+    parameters (the loss and the metrics: no input size was seen) are left out."""
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], *args, **kwargs) -> None:
+        columns = dict(summary_data)
+        keep = range(len(summary_data[0][1]))
+        if "In sizes" in columns:
+            keep = [i for i in keep if not (columns["In sizes"][i] == "?" and columns["Params"][i].strip() == "0")]
+        data = [
+            (name, [compact_sizes(values[i]) if name in ("In sizes", "Out sizes") else values[i] for i in keep])
+            for name, values in summary_data
+        ]
+        RichModelSummary.summarize(data, *args, **kwargs)
+
+
+def compact_sizes(text: str) -> str:
+    """``"[2, 1, 32, 32]"`` → ``"2×1×32×32"``; several shapes (``"[[2, 16, 8, 8], [2, 32, 4, 4]]"``)
+    → their count and the last one, ``"2 maps, 2×32×4×4"``. Anything else stays as it is."""
+    try:
+        sizes = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+    def is_shape(value: object) -> bool:
+        return isinstance(value, list) and all(isinstance(v, int) for v in value)
+
+    if is_shape(sizes):
+        return "×".join(map(str, sizes))
+    if isinstance(sizes, list) and sizes and all(is_shape(s) for s in sizes):
+        return f"{len(sizes)} maps, {'×'.join(map(str, sizes[-1]))}"
+    return text
