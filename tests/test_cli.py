@@ -1,6 +1,7 @@
 """The command table and config mistakes: every check here ends before any data or training
 (help, ``--print_config``, or an error raised while parsing)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -168,3 +169,17 @@ def test_the_model_summary_fits_100_columns_and_lists_what_runs(monkeypatch):
     assert [row.split("│")[2].strip() for row in rows] == ["backbone", "head"]
     assert "4 maps, 2×128×2×2" in text and "2×1×32×32" in text
     assert max(map(len, text.splitlines())) <= 100
+
+
+def test_a_fit_ends_with_one_line_saying_what_it_gave(tmp_path, image_folder, capsys):
+    from conftest import fit
+
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "1")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    best = run / "checkpoints" / "best.ckpt"
+    assert re.fullmatch(
+        rf"result: {re.escape(str(best))} \(val/acc \d\.\d{{4}}\); test/acc {metrics['test/acc']:.4f}; "
+        rf"evaluation in {re.escape(str(run / 'evaluation'))}/",
+        last,
+    ), last

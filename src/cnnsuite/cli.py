@@ -245,7 +245,22 @@ class CnnSuiteCLI(LightningCLI):
             out_dir = run_dir / "evaluation"
             datamodule = self.datamodule  # where this command read its data is the user's say
             local = {k: datamodule.hparams.get(k) for k in datamodule.local_hparams() if k != "split_file"}
-            print_metrics(evaluate(best, out_dir, data=local), out_dir)
+            metrics = evaluate(best, out_dir, data=local)
+            print_metrics(metrics, out_dir)
+        else:
+            metrics, out_dir = {}, None
+        callback = trainer.checkpoint_callback
+        print(result_line(Path(best), callback.monitor, callback.best_model_score, metrics, out_dir))
+
+
+def result_line(best: Path, monitor: str | None, score, metrics: dict[str, float], out_dir: Path | None) -> str:
+    """The fit in one line, last: the best checkpoint, the value that chose it, the same
+    metric on the test split and where the evaluation went."""
+    chosen = f" ({monitor} {float(score):.4f})" if monitor and score is not None else ""
+    test_key = f"test/{monitor.partition('/')[2]}" if monitor else None
+    tested = f"; {test_key} {metrics[test_key]:.4f}" if test_key in metrics else ""
+    where = f"; evaluation in {out_dir}/" if out_dir is not None else "; not evaluated (--evaluate false)"
+    return f"result: {best}{chosen}{tested}{where}"
 
 
 def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None:
