@@ -2,6 +2,7 @@
 (help, ``--print_config``, or an error raised while parsing)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -183,3 +184,30 @@ def test_a_fit_ends_with_one_line_saying_what_it_gave(tmp_path, image_folder, ca
         rf"evaluation in {re.escape(str(run / 'evaluation'))}/",
         last,
     ), last
+
+
+def test_a_task_is_trained_by_name_from_a_folder_outside_the_repository(tmp_path, image_folder):
+    """``pip install <repo>`` (a wheel, not this checkout) and ``cnnsuite fit --task NAME`` from
+    any folder: the task's packaged config is found, runs go to ``runs/<task>`` there."""
+    site, outside = tmp_path / "site", tmp_path / "outside"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(ROOT)], check=True, capture_output=True)  # fmt: skip
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnsuite", "fit", "--task", "recognition2d", "--data.data_dir", str(image_folder),
+         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.enable_progress_bar", "false",
+         "--evaluate", "false"],
+        cwd=outside, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (outside / "runs" / "recognition2d" / "version_0" / "checkpoints" / "best.ckpt").is_file()
+    config = (outside / "runs" / "recognition2d" / "version_0" / "config.yaml").read_text()
+    assert "cnnsuite.tasks.recognition2d.module.RecognitionModule" in config
+    assert not (outside / "data").exists()  # the user's folder is read where it is
+    unknown = subprocess.run([sys.executable, "-m", "cnnsuite", "fit", "--task", "nope"], cwd=outside, env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert unknown.returncode == 2 and unknown.stderr.strip().splitlines() == [
+        "cnnsuite fit: error: --task 'nope': expected one of biomedical3d, detection2d, localization2d, "
+        "multispectral3d, recognition2d, video3d"
+    ]

@@ -51,7 +51,7 @@ from .commands import (
     task_configs,
     unknown_command,
 )
-from .contract import LINKED
+from .contract import LINKED, registered_tasks
 from .data import TaskDataModule
 from .errors import ConfigError, UserError
 from .training.callbacks import CompactModelSummary
@@ -364,6 +364,22 @@ def predict_main(argv: list[str]) -> None:
     print(summary_line(summary, out_dir))
 
 
+def task_config_args(argv: list[str]) -> list[str]:
+    """``--task NAME`` → ``--config <NAME's packaged config>`` in its place (configs given after
+    it merge over it): a task is found by name wherever cnnsuite is installed, from any folder."""
+    out, rest = [], iter(argv)
+    for arg in rest:
+        if arg != "--task" and not arg.startswith("--task="):
+            out.append(arg)
+            continue
+        name = arg.partition("=")[2] if "=" in arg else next(rest, "")
+        tasks = registered_tasks()
+        if name not in tasks:
+            raise ConfigError(f"--task {name!r}: expected one of {', '.join(sorted(tasks))}")
+        out += ["--config", str(tasks[name].config)]
+    return out
+
+
 def config_mistake(message: str, parser, command: str | None) -> str:
     """One line for a LightningCLI parsing error (jsonargparse's ``message``; ``parser`` is the
     command's): an unknown key (mistyped, abbreviated, or not an argument of the class the
@@ -375,8 +391,8 @@ def config_mistake(message: str, parser, command: str | None) -> str:
         missing = [key.strip().removeprefix(prefix) for key in required[1].split(",")]
         if {"model", "data"} & set(missing):
             return (
-                f"no task chosen: give a task's config, --config one of {', '.join(task_configs())} "
-                "(or --model and --data class paths)"
+                f"no task chosen: --task one of {', '.join(sorted(registered_tasks()))}, or a config, "
+                f"--config one of {', '.join(task_configs())} (or --model and --data class paths)"
             )
         return f"missing {', '.join(missing)}"
     unknown = unknown_keys(message, parser, prefix)
@@ -529,6 +545,10 @@ def main(argv: list[str] | None = None) -> None:
         if asked is not None:
             print_table(asked)
         elif name in LIGHTNING_COMMANDS or name.startswith("-"):  # top-level LightningCLI options too
+            if any(a == "--task" or a.startswith("--task=") for a in argv):
+                argv = task_config_args(argv)
+                if command_line:  # what Lightning's DDP launcher starts the other ranks with
+                    sys.argv[1:] = argv
             CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
         elif name in COMMANDS:
             COMMANDS[name].run(argv[1:])
