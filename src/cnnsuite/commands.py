@@ -43,7 +43,7 @@ class Command:
 
 #: every ``cnnsuite`` command, in the order ``cnnsuite --help`` lists them
 COMMANDS: dict[str, Command] = {
-    "fit": Command("train a task's model from its config (--config tasks/<task>/config.yaml), then evaluate "
+    "fit": Command("train a task's model from its config (--task NAME, or --config FILE), then evaluate "
                    "best.ckpt [LightningCLI]"),
     "validate": Command("score a config's model (--ckpt_path for a checkpoint's) on the validation split "
                         "[LightningCLI]"),
@@ -190,7 +190,8 @@ hundred). The ones used most:
 
 | option | what it does |
 |---|---|
-| `--config FILE` | a task's config (`tasks/<task>/config.yaml`); several are merged in order |
+| `--task NAME` | the task's own config, wherever cnnsuite is installed (`runs/` and `data/` go to the current folder) |
+| `--config FILE` | a task's config (`tasks/<task>/config.yaml`, or your copy); several are merged in order |
 | `--print_config` | print the whole config as it would run, and stop |
 | `--trainer.max_epochs N`, `--trainer.accelerator auto\\|cpu\\|gpu` | any setting of Lightning's `Trainer` |
 | `--data.data_dir DIR` | your own data (the task README gives its layouts) instead of the embedded default |
