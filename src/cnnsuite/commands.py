@@ -193,6 +193,7 @@ hundred). The ones used most:
 | `--task NAME` | the task's own config, wherever cnnsuite is installed (`runs/` and `data/` go to the current folder) |
 | `--config FILE` | a task's config (`tasks/<task>/config.yaml`, or your copy); several are merged in order |
 | `--print_config` | print the whole config as it would run, and stop |
+| `--seed_everything N` | the run's seed (data split, initialisation, shuffling, augmentation) |
 | `--trainer.max_epochs N`, `--trainer.accelerator auto\\|cpu\\|gpu` | any setting of Lightning's `Trainer` |
 | `--data.data_dir DIR` | your own data (the task README gives its layouts) instead of the embedded default |
 | `--data.batch_size N`, `--data.num_workers N` | the loaders |

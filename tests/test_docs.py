@@ -1,0 +1,94 @@
+"""The documentation names only what exists: every ``make`` target, ``cnnsuite`` command and
+``--option`` in a README is one the Makefile and the parsers have."""
+
+import inspect
+import re
+
+import pytest
+from conftest import ROOT
+
+from cnnsuite.commands import COMMANDS
+
+DOCS = sorted([ROOT / "README.md", *ROOT.glob("tasks/*/README.md"), *ROOT.glob("benchmarks/*.md"),
+               ROOT / "data" / "README.md"])  # fmt: skip
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-z][\w-]*):", text, re.M))
+
+
+def settings() -> dict[str, set[str]]:
+    """The first key under each config section a user sets on the command line."""
+    from lightning import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from cnnsuite.contract import registered_tasks
+    from cnnsuite.training.classification import ClassificationModule
+
+    def params(cls) -> set[str]:
+        return {name for cls_ in cls.__mro__ if "__init__" in vars(cls_)
+                for name in inspect.signature(cls_.__init__).parameters} - {"self", "kwargs"}  # fmt: skip
+
+    tasks = registered_tasks().values()
+    return {
+        "model": set().union(*(params(t.module) for t in tasks), params(ClassificationModule)),
+        "data": set().union(*(set(t.datamodule.init_parameters()) for t in tasks)),
+        "trainer": params(Trainer),
+        "checkpoint": params(ModelCheckpoint),
+    }
+
+
+def commands() -> list[tuple[str, str]]:
+    """``(document, command line)`` for every line of the docs' code (fenced blocks, with their
+    continued lines joined, and inline spans) that runs ``make`` or ``cnnsuite``; a launcher's
+    own options (``torchrun ... -m cnnsuite``) are left out."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text()
+        blocks = re.findall(r"```[^\n]*\n(.*?)```", text, re.S)
+        lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+        lines += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        for line in lines:
+            line = line.split("-m cnnsuite", 1)[-1] if "-m cnnsuite" in line else line.strip()
+            if re.match(r"(make|cnnsuite) ", line) or line.startswith(("fit ", "--")):
+                found.append((doc.relative_to(ROOT).as_posix(), line))
+    return found
+
+
+def mentions(pattern: str) -> list[tuple[str, str]]:
+    """``(document, match)`` for every match of ``pattern`` in the docs' command lines."""
+    return [(doc, m) for doc, line in commands() for m in re.findall(pattern, line)]
+
+
+def test_every_make_target_named_exists():
+    targets = make_targets()
+    missing = [(doc, t) for doc, t in mentions(r"^make ([a-z][\w-]*)") if t not in targets]
+    assert not missing, missing
+
+
+def test_every_cnnsuite_command_named_exists():
+    missing = [(doc, c) for doc, c in mentions(r"^cnnsuite ([a-z][\w-]*)") if c not in COMMANDS]
+    assert not missing, missing
+
+
+def test_every_option_named_exists():
+    """A dotted option's first key must be a setting of some task's model or datamodule, of
+    Lightning's Trainer or of the checkpoint callback (deeper keys and class-path sections such as
+    the optimizer depend on the class chosen); any other option must be in the CLI reference."""
+    known, reference = settings(), (ROOT / "docs" / "cli.md").read_text()
+    wrong = []
+    for doc, option in mentions(r"(?<![\w-])--([a-z_][\w.]*)"):
+        section, _, rest = option.partition(".")
+        key = rest.removeprefix("init_args.").split(".")[0]
+        if section in known and rest:
+            if key not in known[section]:
+                wrong.append((doc, f"--{option}"))
+        elif not rest and f"--{option}" not in reference:
+            wrong.append((doc, f"--{option}"))
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_document_mentions_an_issue_number(doc):
+    assert not re.search(r"\bissues? #?\d+", doc.read_text(), re.I), doc
