@@ -68,7 +68,7 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
     datamodule.setup("fit")
     figures = {
         "batch_size": datamodule.hparams.batch_size,
-        "num_workers": datamodule.hparams.num_workers,
+        "num_workers": datamodule.num_workers,
         **({"cache": datamodule.hparams.cache} if "cache" in datamodule.hparams else {}),
     }
     start = time.perf_counter()
