@@ -16,7 +16,9 @@
   is also the datamodule's ``state_dict``, so it travels inside every checkpoint: evaluation
   and resuming use the run's own split, never one re-derived from today's files.
 - Its loaders size themselves to the machine: ``num_workers: auto`` (the default) starts
-  :func:`auto_workers` processes, and memory is pinned when the trainer runs on CUDA.
+  :func:`auto_workers` processes, memory is pinned when the trainer runs on CUDA, and a
+  task's random batch augmentation (:meth:`TaskDataModule.augment_batch`) runs in
+  ``on_after_batch_transfer``, on the device the batch was moved to, in training only.
 - Datasets are built on first use, one stage at a time: testing a checkpoint reads (and
   caches) only the test split.
 - ``read_input`` turns one raw file into the model's input exactly as the test split's
@@ -423,6 +425,25 @@ class TaskDataModule(L.LightningDataModule):
         training process's :func:`auto_workers` (the trainer's devices share the machine)."""
         workers = self.hparams.num_workers
         return auto_workers(getattr(self.trainer, "num_devices", 1)) if workers == "auto" else workers
+
+    def augment_batch(self, batch):
+        """A training batch with the task's random augmentation of whole batches, on the device
+        it was moved to (:meth:`on_after_batch_transfer`); random draws come from torch's global
+        generator, whose state every checkpoint carries, so a resumed run draws what the whole
+        run drew. The default augments nothing here (a task that augments each sample does it
+        in its dataset)."""
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning's hook after a batch reaches the model's device: training batches get
+        :meth:`augment_batch` there, on the accelerator when there is one; validation, test and
+        prediction never. Lightning's model summary passes the model's example input through
+        it too, at the start of a fit: a bare tensor, not a loader's batch of fields, which is
+        left alone (and draws nothing from the generator the run's augmentations use)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training or isinstance(batch, torch.Tensor):
+            return batch
+        return self.augment_batch(batch)
 
     def _fit_epoch(self) -> int:
         """The epoch the training loader is made for: the fit loop's count of finished
