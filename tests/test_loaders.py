@@ -16,13 +16,14 @@ from conftest import task_config
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from PIL import Image
 from test_localization2d import make_csv_folder
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from cnnsuite.cli import main
 from cnnsuite.data.augment import BatchBoxAffine, BatchRandomAffine
 from cnnsuite.data.datamodule import auto_workers
 from cnnsuite.errors import ConfigError
-from cnnsuite.training.callbacks import PreciseBatchNorm
+from cnnsuite.training.callbacks import PreciseBatchNorm, batches_aside
 from cnnsuite.trust.checkpoint import add_data_options
 
 
@@ -206,3 +207,9 @@ def test_localization_augmentation_after_transfer_draws_what_the_loader_drew(tmp
     torch.testing.assert_close(out_images, normalise(moved))
     torch.testing.assert_close(out_boxes, moved_boxes / 32)
     assert torch.equal(out_labels, labels) and not torch.equal(out_boxes, fractions)
+
+
+def test_precise_batchnorms_copy_of_a_loader_pins_memory_as_the_loader_does():
+    for pinned in (False, True):
+        loader = DataLoader(list(range(4)), batch_size=2, num_workers=1, persistent_workers=True, pin_memory=pinned)
+        assert batches_aside(loader).pin_memory is pinned

@@ -76,6 +76,7 @@ def batches_aside(loader: DataLoader) -> DataLoader:
         batch_size=loader.batch_size,
         sampler=loader.sampler,
         num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
         collate_fn=loader.collate_fn,
         worker_init_fn=loader.worker_init_fn,
         generator=loader.generator,
