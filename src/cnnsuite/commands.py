@@ -196,7 +196,7 @@ hundred). The ones used most:
 | `--seed_everything N` | the run's seed (data split, initialisation, shuffling, augmentation) |
 | `--trainer.max_epochs N`, `--trainer.accelerator auto\\|cpu\\|gpu` | any setting of Lightning's `Trainer` |
 | `--data.data_dir DIR` | your own data (the task README gives its layouts) instead of the embedded default |
-| `--data.batch_size N`, `--data.num_workers N` | the loaders |
+| `--data.batch_size N`, `--data.num_workers auto\\|N` | the loaders (`auto`: cores less one, at most 8; 0 on 2) |
 | `--model.KEY VALUE` | a model setting (`backbone`, `backbone_kwargs`, `backbone_weights`, ...) |
 | `--ckpt_path FILE\\|last` | start from a checkpoint (`fit`: resume it exactly; `validate`/`test`: score it) |
 | `--evaluate false` | (`fit`) leave out the evaluation of `best.ckpt` after training |

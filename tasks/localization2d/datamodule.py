@@ -52,21 +52,24 @@ from .readers import CSV_COLUMNS, FORMATS, Sample, detect_format, read_csv_label
 
 
 class BoxTransform:
-    """``finish`` (normalisation: a ``transforms.v2`` transform) applied to an image
-    and its box together; the box comes out in fractions of the result. Random moves come
-    before it, on whole batches (:class:`cnnsuite.data.augment.BatchBoxAffine`). :meth:`image`
+    """``finish`` (normalisation: a ``transforms.v2`` transform) applied to a batch of images
+    of one size and their boxes, one a sample, together; the boxes come out in fractions of
+    the result. Training's random moves come after it, on the model's device
+    (:meth:`LocalizationDataModule.augment_batch`). :meth:`image`
     runs ``finish`` on an image without a box (prediction on a raw file)."""
 
     def __init__(self, finish: v2.Transform) -> None:
         self.finish = finish
 
-    def __call__(self, image: torch.Tensor, box: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        image = tv_tensors.Image(image)
-        boxes = tv_tensors.BoundingBoxes([box], format="XYXY", canvas_size=tuple(image.shape[-2:]), dtype=torch.float32)
-        image, boxes = self.finish(image, boxes)
-        height, width = image.shape[-2:]
+    def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` ``(N, C, H, W)``, ``boxes`` ``(N, 4)`` ``x1, y1, x2, y2`` in their pixels."""
+        images = tv_tensors.Image(images)
+        boxes = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(images.shape[-2:]),
+                                         dtype=torch.float32)  # fmt: skip
+        images, boxes = self.finish(images, boxes)
+        height, width = images.shape[-2:]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-        return image.as_subclass(torch.Tensor), boxes.as_subclass(torch.Tensor)[0].float() / scale
+        return images.as_subclass(torch.Tensor), boxes.as_subclass(torch.Tensor).float() / scale
 
     def image(self, image: torch.Tensor) -> torch.Tensor:
         """``finish`` on an image alone: the pixels :meth:`__call__` gives with a box
@@ -78,10 +81,10 @@ class LocalizationDataset(Dataset):
     """``(image, label, box)`` per sample; boxes are clipped to the image (within the
     tolerance the readers allow) before they move with it.
 
-    Images are decoded and resized to ``size`` (boxes with them) once, into uint8 images kept
-    in memory, when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`).
-    ``augment`` (training) then moves a whole batch at once (``__getitems__``, PyTorch's batched
-    fetch); otherwise each sample goes through ``transform`` alone.
+    Images are decoded and resized to ``size`` (boxes with them) once, into float images kept
+    in memory, when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`); a
+    batch of them then goes through ``transform`` at once (``__getitems__``, PyTorch's batched
+    fetch).
     """
 
     def __init__(
@@ -91,11 +94,10 @@ class LocalizationDataset(Dataset):
         channels: int,
         size: int,
         transform: BoxTransform,
-        augment: BatchBoxAffine | None = None,
         cache_limit_mb: float = 0,
     ) -> None:
         self.root, self.samples, self.channels, self.size = root, samples, channels, size
-        self.transform, self.augment = transform, augment
+        self.transform = transform
         nbytes = len(samples) * channels * size * size * 4  # float32
         self.decoded = DecodedCache(self.decode, len(samples), nbytes, cache_limit_mb,
                                     what=f"{root}: {len(samples)} images")  # fmt: skip
@@ -118,23 +120,19 @@ class LocalizationDataset(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
-        labels = [self.samples[i].label for i in indices]
+        """The samples at ``indices``, transformed as one batch (PyTorch's batched fetch)."""
         decoded = [self.decoded[i] for i in indices]
-        if self.augment is None:
-            items = [self.transform(image, tuple(box.tolist())) for image, box in decoded]
-            return [(image, label, box) for (image, box), label in zip(items, labels, strict=True)]
-        images, boxes = self.augment(
-            torch.stack([image for image, _ in decoded]), torch.stack([box for _, box in decoded])
-        )
-        images = self.transform.finish(images)
-        return list(zip(images, labels, boxes / self.size, strict=True))
+        images, boxes = self.transform(torch.stack([image for image, _ in decoded]),
+                                       torch.stack([box for _, box in decoded]))  # fmt: skip
+        return list(zip(images, [self.samples[i].label for i in indices], boxes, strict=True))
 
 
 class LocalizationDataModule(ImageDataModule):
     """One-object images → train/val/test loaders of ``(image, label, box)``.
 
     ``cache_limit_mb``: a split whose resized images fit is decoded once and kept in memory
-    (:mod:`cnnsuite.data.cache`); training's random moves run on whole batches.
+    (:mod:`cnnsuite.data.cache`); training's random moves run on whole batches, on the model's
+    device (:meth:`augment_batch`).
     ``image_size``: every image is resized to this square (boxes with it).
     ``augment``: random shifts and zooms in training; ``hflip`` adds left-right flips (off
     by default: a mirrored digit is not a digit; birds do not mind).
@@ -240,16 +238,27 @@ class LocalizationDataModule(ImageDataModule):
         report_bad_files(list(bad.values()), len(ids), on_bad, what=f"{stage} images")
         samples = self._load()
         hp = self.hparams
-        augment = BatchBoxAffine(0.1, (0.85, 1.15), hp.hflip) if stage == "train" and hp.augment else None
         return LocalizationDataset(self.root, [samples[i] for i in ids if i not in bad], self.in_channels,
-                                   hp.image_size, self.transform(), augment, hp.cache_limit_mb)  # fmt: skip
+                                   hp.image_size, self.transform(), hp.cache_limit_mb)  # fmt: skip
 
     def transform(self) -> BoxTransform:
         """Every split's preprocessing after reading (which resizes to ``image_size`` and scales
-        to [0, 1]): normalisation. Training's random moves, :class:`BatchBoxAffine`, come
-        before it, on whole batches."""
+        to [0, 1]): normalisation. Training's random moves come after it (:meth:`augment_batch`)."""
         finish = v2.Normalize(**self.input_normalisation)
         return BoxTransform(finish)
+
+    def augment_batch(self, batch: list) -> list:
+        """Training's random shifts (±10 %) and zooms (0.85–1.15), left-right flips with
+        ``hflip``, one draw per sample and boxes moved with their image (:class:`BatchBoxAffine`),
+        on the normalised images where the batch is: what comes in from outside the image is
+        black, as when the [0, 1] pixels were moved."""
+        if not self.hparams.augment:
+            return batch
+        images, labels, boxes = batch
+        size = self.hparams.image_size  # boxes are fractions of the square input
+        moves = BatchBoxAffine(0.1, (0.85, 1.15), self.hparams.hflip, fill=self.normalised_black)
+        images, boxes = moves(images, boxes * size)
+        return [images, labels, boxes / size]
 
     def describe_preprocessing(self) -> dict:
         return describe_image_preprocessing(self.in_channels, self.hparams.image_size, **self.input_normalisation)

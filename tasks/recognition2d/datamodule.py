@@ -48,8 +48,9 @@ class ImageFolderDataset(Dataset):
 
     Files are decoded, resized to ``size`` and scaled to [0, 1] once, into float images kept
     in memory, when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`).
-    ``transform`` runs on a whole batch ``(N, C, H, W)`` of them (``__getitems__``, PyTorch's
-    batched fetch): the training split's random affine maps (one per sample) and normalisation.
+    ``transform`` (normalisation) runs on a whole batch ``(N, C, H, W)`` of them
+    (``__getitems__``, PyTorch's batched fetch); training's random moves come after the batch
+    reached the model's device (:meth:`RecognitionDataModule.augment_batch`).
     """
 
     def __init__(
@@ -79,7 +80,8 @@ class RecognitionDataModule(ImageDataModule):
     """Image folder → train/val/test loaders of ``(image, label)``.
 
     ``cache_limit_mb``: a split whose resized images fit is decoded once and kept in memory
-    (:mod:`cnnsuite.data.cache`); training's random affine moves run on whole batches.
+    (:mod:`cnnsuite.data.cache`); training's random affine moves run on whole batches, on the
+    model's device (:meth:`augment_batch`).
     ``on_bad_file``: ``error`` (default) reads every file's header before training (and each
     split's when it is read) and stops naming all that fail (a file damaged past its header
     is named when decoded); ``skip``
@@ -132,13 +134,20 @@ class RecognitionDataModule(ImageDataModule):
         """What every split resizes a decoded image to (the cache keeps it at this size)."""
         return (self.hparams.image_size, self.hparams.image_size)
 
-    def transform(self, stage: str) -> v2.Compose:
-        """What follows reading (resized, in [0, 1]), on one image or a batch of them: in
-        training random affine maps (one per sample, :class:`BatchRandomAffine`), normalisation."""
-        steps = []
-        if stage == "train" and self.hparams.augment:
-            steps.append(BatchRandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
-        return v2.Compose([*steps, v2.Normalize(**self.input_normalisation)])
+    def transform(self) -> v2.Normalize:
+        """What follows reading (resized, in [0, 1]), on one image or a batch of them, in every
+        split: normalisation."""
+        return v2.Normalize(**self.input_normalisation)
+
+    def augment_batch(self, batch: list) -> list:
+        """Training's random affine maps, one per sample (:class:`BatchRandomAffine`: ±10°, ±10 %
+        shifts, 0.9–1.1 zooms), on the normalised images where the batch is: what comes in
+        from outside the image is black, as when the [0, 1] pixels were moved."""
+        if not self.hparams.augment:
+            return batch
+        images, targets = batch
+        moves = BatchRandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=self.normalised_black)
+        return [moves(images), targets]
 
     def describe_preprocessing(self) -> dict:
         return describe_image_preprocessing(self.in_channels, self.hparams.image_size, **self.input_normalisation)
@@ -147,7 +156,7 @@ class RecognitionDataModule(ImageDataModule):
         """The image as the test split reads it; ``view``, which its picture is drawn from, a
         copy no larger than a picture (:func:`read_image_with_picture`)."""
         image, picture, (width, height) = read_image_with_picture(path, self.in_channels, self.size)
-        return Input(path, self.transform("test")(image), {"width": width, "height": height}, view=picture)
+        return Input(path, self.transform()(image), {"width": width, "height": height}, view=picture)
 
     def check_samples(self, ids: list[str]) -> None:
         if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built
@@ -165,4 +174,4 @@ class RecognitionDataModule(ImageDataModule):
         if unknown:
             raise ConfigError(f"{unknown[0]}: not an image of {self.root} ({self.class_names})")
         return ImageFolderDataset(self.root, ids, [label_of[i] for i in ids], self.in_channels, self.size,
-                                  self.transform(stage), self.hparams.cache_limit_mb)  # fmt: skip
+                                  self.transform(), self.hparams.cache_limit_mb)  # fmt: skip

@@ -7,9 +7,9 @@ augmentation), in one process:
   (``loader_cold_samples_per_s``: building the dataset included, so decoding into a cache is
   counted there), then, after it, ``repeats`` passes of at most ``batches`` batches each
   (``loader_samples_per_s``, the median: what every later epoch gets);
-- **consumption**: samples/s of the default model's training step (forward, loss, backward,
-  the config's optimiser, through the task module's ``training_step``) on a real batch from
-  that loader;
+- **consumption**: samples/s of the default model's training step (the task's batch
+  augmentation on the device, forward, loss, backward, the config's optimiser, through the
+  task module's ``training_step``) on a real batch from that loader;
 - ``loader_ratio_vs_consumption`` = loader / consumption. The goal is at least :data:`GOAL`:
   with no workers the loader and the step share the process, and a loader twice as fast as
   the step costs a third of an epoch; below 1 the model waits on its data whatever the
@@ -68,7 +68,7 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
     datamodule.setup("fit")
     figures = {
         "batch_size": datamodule.hparams.batch_size,
-        "num_workers": datamodule.hparams.num_workers,
+        "num_workers": datamodule.num_workers,
         **({"cache": datamodule.hparams.cache} if "cache" in datamodule.hparams else {}),
     }
     start = time.perf_counter()
@@ -86,7 +86,7 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
         "loader_samples_per_s": statistics.median(rates),
         "loader_samples_per_s_all": rates,
     }
-    figures |= consumption(task, model, batch, settings, context)
+    figures |= consumption(task, model, datamodule, batch, settings, context)
     figures["loader_ratio_vs_consumption"] = figures["loader_samples_per_s"] / figures["consumption_samples_per_s"]
     figures["loader_cold_ratio_vs_consumption"] = (
         figures["loader_cold_samples_per_s"] / figures["consumption_samples_per_s"]
@@ -106,15 +106,18 @@ def _drain(loader, limit: int | None) -> tuple[int, object]:
     return samples, first
 
 
-def consumption(task: str, model: torch.nn.Module, batch, settings: Settings, context: BenchContext) -> dict:
-    """Samples/s of the model's training step on ``batch`` (a batch as the loader gives it)."""
+def consumption(
+    task: str, model: torch.nn.Module, datamodule, batch, settings: Settings, context: BenchContext
+) -> dict:
+    """Samples/s of the model's training step on ``batch`` (a batch as the loader gives it),
+    after the datamodule's batch augmentation, as a fit runs it on the device."""
     model.to(context.device).train()
     batch = move_data_to_device(batch, context.device)
     optimizer = make_optimizer(task, model.parameters())
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        model.training_step(batch, 0).backward()
+        model.training_step(datamodule.augment_batch(batch), 0).backward()
         optimizer.step()
 
     timing = measure(step, settings.step_warmup, settings.step_repeats, settings.step_min_seconds,

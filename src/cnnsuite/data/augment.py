@@ -4,12 +4,15 @@
 images its per-call overhead is most of a loader's time. Here a batch
 of ``N`` images gets ``N`` independent random maps, applied by one ``affine_grid`` +
 ``grid_sample``: the same family of transformations, drawn the same way per sample, at a
-fraction of the cost. Datasets call it from ``__getitems__`` (PyTorch's batched fetch), so a
-DataLoader, a plain loop and a worker process all get augmented batches with no special
-collate.
+fraction of the cost. A datamodule applies it in its ``augment_batch``, after Lightning moved
+the batch to the model's device (:meth:`~cnnsuite.data.TaskDataModule.on_after_batch_transfer`):
+the warp runs there, on the accelerator when there is one, while the few random numbers are
+drawn on the CPU from its generator (whose state a checkpoint carries), whatever the device.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +21,8 @@ import torch.nn.functional as F
 class BatchRandomAffine:
     """Per-sample random rotation (± ``degrees``), translation (up to ``translate`` of the width
     and height) and scale (in ``scale``) about the image centre, as ``v2.RandomAffine`` draws
-    them, on float images ``(N, C, H, W)``; pixels brought in from outside are ``fill``.
+    them, on float images ``(N, C, H, W)`` on any device; pixels brought in from outside are
+    ``fill`` (one value, or one per channel: black after a normalisation, say).
     ``mode``: ``grid_sample``'s interpolation, nearest by default as v2's (no blur that the
     unaugmented test images do not have)."""
 
@@ -27,7 +31,7 @@ class BatchRandomAffine:
         degrees: float = 0.0,
         translate: tuple[float, float] = (0.0, 0.0),
         scale: tuple[float, float] = (1.0, 1.0),
-        fill: float = 0.0,
+        fill: float | Sequence[float] = 0.0,
         mode: str = "nearest",
     ) -> None:
         self.degrees, self.translate, self.scale, self.fill, self.mode = degrees, translate, scale, fill, mode
@@ -62,8 +66,9 @@ class BatchRandomAffine:
             raise ValueError(f"expected float images (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
         theta = self.matrices(params, *images.shape[-2:]).to(images.device)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        moved = F.grid_sample(images - self.fill, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
-        return moved + self.fill if self.fill else moved
+        fill = torch.as_tensor(self.fill, dtype=images.dtype).to(images.device).reshape(-1, 1, 1)
+        moved = F.grid_sample(images - fill, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
+        return moved + fill
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.warp(images, self.draw(len(images), generator))
@@ -85,18 +90,29 @@ class BatchBoxAffine:
     per sample, boxes moved with their image (:class:`BatchRandomAffine` for the pixels). A draw
     that leaves less than ``min_visible`` of a box inside the image is drawn again, up to
     :data:`AUGMENT_TRIES` times, and then that sample is left unmoved: a box is never dropped nor
-    left pointing at nothing."""
+    left pointing at nothing. ``fill``: what comes in from outside the image (see
+    :class:`BatchRandomAffine`)."""
 
-    def __init__(self, translate: float, scale: tuple[float, float], hflip: bool, min_visible: float = 0.6) -> None:
-        self.affine = BatchRandomAffine(translate=(translate, translate), scale=scale)
+    def __init__(
+        self,
+        translate: float,
+        scale: tuple[float, float],
+        hflip: bool,
+        min_visible: float = 0.6,
+        fill: float | Sequence[float] = 0.0,
+    ) -> None:
+        self.affine = BatchRandomAffine(translate=(translate, translate), scale=scale, fill=fill)
         self.hflip, self.min_visible = hflip, min_visible
 
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` float ``(N, C, H, W)``, ``boxes`` ``(N, 4)`` ``x1, y1, x2, y2`` in pixels."""
-        count, (height, width) = len(images), images.shape[-2:]
+        """``images`` float ``(N, C, H, W)``, ``boxes`` ``(N, 4)`` ``x1, y1, x2, y2`` in pixels,
+        both on one device; the boxes' few numbers are worked out on the CPU (float64, which
+        not every accelerator has) and come back to that device."""
+        count, (height, width), device = len(images), images.shape[-2:], images.device
         size = torch.tensor([width, height, width, height], dtype=torch.float64)
+        boxes = boxes.detach().to("cpu", torch.float64)
         params = self.affine.draw(count)
-        moved = self.move(boxes.double(), params, size)
+        moved = self.move(boxes, params, size)
         kept = self.visible(moved, size)
         for _ in range(AUGMENT_TRIES - 1):
             if kept.all():
@@ -104,19 +120,19 @@ class BatchBoxAffine:
             again = self.affine.draw(count)
             for key in params:
                 params[key] = torch.where(_rows(kept, params[key]), params[key], again[key])
-            moved = self.move(boxes.double(), params, size)
+            moved = self.move(boxes, params, size)
             kept = self.visible(moved, size)
         params["shift"] = torch.where(kept[:, None], params["shift"], 0.0)
         params["factor"] = torch.where(kept, params["factor"], 1.0)
-        moved = torch.where(kept[:, None], moved, boxes.double())
+        moved = torch.where(kept[:, None], moved, boxes)
         images = self.affine.warp(images, params)
         moved = torch.minimum(moved.clamp(min=0), size)
         if self.hflip:
             flip = torch.rand(count) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            images = torch.where(flip.to(device)[:, None, None, None], images.flip(-1), images)
             mirrored = torch.stack([width - moved[:, 2], moved[:, 1], width - moved[:, 0], moved[:, 3]], 1)
             moved = torch.where(flip[:, None], mirrored, moved)
-        return images, moved.float()
+        return images, moved.float().to(device)
 
     @staticmethod
     def move(boxes: torch.Tensor, params: dict[str, torch.Tensor], size: torch.Tensor) -> torch.Tensor:

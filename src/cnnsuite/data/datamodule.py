@@ -15,6 +15,10 @@
   (``check_samples``) and saves it as ``splits.json`` in the run folder. The split
   is also the datamodule's ``state_dict``, so it travels inside every checkpoint: evaluation
   and resuming use the run's own split, never one re-derived from today's files.
+- Its loaders size themselves to the machine: ``num_workers: auto`` (the default) starts
+  :func:`auto_workers` processes, memory is pinned when the trainer runs on CUDA, and a
+  task's random batch augmentation (:meth:`TaskDataModule.augment_batch`) runs in
+  ``on_after_batch_transfer``, on the device the batch was moved to, in training only.
 - Datasets are built on first use, one stage at a time: testing a checkpoint reads (and
   caches) only the test split.
 - ``read_input`` turns one raw file into the model's input exactly as the test split's
@@ -25,11 +29,14 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
@@ -41,6 +48,33 @@ from .prepare import prepare_once
 from .resumable import EpochSampler, pass_seed, resumable, run_seed
 from .splitfolders import find_split_folders, splits_from_folders
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
+
+#: the most loader processes ``num_workers: auto`` starts: past it, a cached or decoded-once
+#: dataset gains little and each worker costs its memory
+MAX_AUTO_WORKERS = 8
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one, as a
+    container's or a batch scheduler's limit shows there), else the machine's count; 1 when
+    neither is known."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def auto_workers(processes: int = 1) -> int:
+    """What ``num_workers: auto`` starts in each of ``processes`` training processes on this
+    machine (DDP's devices): its share of the usable cores less the one it trains on, at most
+    :data:`MAX_AUTO_WORKERS`; none on a share of 2 cores or fewer, where a worker takes the
+    core the model trains on and loading in the training process measures fastest."""
+    cores = usable_cores() // max(processes, 1)
+    return 0 if cores <= 2 else min(cores - 1, MAX_AUTO_WORKERS)
+
+
+def check_num_workers(value: object) -> None:
+    """``data.num_workers`` is ``auto`` or a count of processes, 0 or more."""
+    if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ConfigError(f"data.num_workers={value!r}: expected auto or a count of loader processes, 0 or more")
 
 
 class LazyDatasets(Mapping):
@@ -103,13 +137,14 @@ class TaskDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         data_root: str = "data",
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: Literal["auto"] | int = "auto",
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_file: str | None = None,
     ) -> None:
         super().__init__()
+        check_num_workers(num_workers)
         # Collects the subclass's init arguments too; checkpoints keep them (JSON-able).
         self.save_hyperparameters()
         for key in self.path_hparams:
@@ -369,11 +404,13 @@ class TaskDataModule(L.LightningDataModule):
         """The stage's loader. The training one (``shuffle``) resumes exactly in the middle of
         an epoch (:mod:`cnnsuite.data.resumable`): its order is drawn from the run's seed and
         the epoch, sharded per DDP rank, and its position travels in every checkpoint."""
-        workers = self.hparams.num_workers
+        workers = self.num_workers
         common = {
             "batch_size": self.hparams.batch_size,
             "num_workers": workers,
             "persistent_workers": workers > 0,
+            # pinned pages make the copy to a CUDA device asynchronous; outside a fit, none
+            "pin_memory": isinstance(getattr(self.trainer, "accelerator", None), CUDAAccelerator),
             "collate_fn": type(self).collate_fn,
         }
         if not shuffle:
@@ -385,6 +422,32 @@ class TaskDataModule(L.LightningDataModule):
         # the rank's own generator (see _rank_generator), re-seeded by the loader each epoch
         generator = torch.Generator().manual_seed(pass_seed(seed, epoch, rank))
         return resumable(self.loader_class)(self.datasets[stage], sampler=sampler, generator=generator, **common)
+
+    @property
+    def num_workers(self) -> int:
+        """The processes each loader starts: ``data.num_workers``, or for ``auto`` this
+        training process's :func:`auto_workers` (the trainer's devices share the machine)."""
+        workers = self.hparams.num_workers
+        return auto_workers(getattr(self.trainer, "num_devices", 1)) if workers == "auto" else workers
+
+    def augment_batch(self, batch):
+        """A training batch with the task's random augmentation of whole batches, on the device
+        it was moved to (:meth:`on_after_batch_transfer`); random draws come from torch's global
+        generator, whose state every checkpoint carries, so a resumed run draws what the whole
+        run drew. The default augments nothing here (a task that augments each sample does it
+        in its dataset)."""
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning's hook after a batch reaches the model's device: training batches get
+        :meth:`augment_batch` there, on the accelerator when there is one; validation, test and
+        prediction never. Lightning's model summary passes the model's example input through
+        it too, at the start of a fit: a bare tensor, not a loader's batch of fields, which is
+        left alone (and draws nothing from the generator the run's augmentations use)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training or isinstance(batch, torch.Tensor):
+            return batch
+        return self.augment_batch(batch)
 
     def _fit_epoch(self) -> int:
         """The epoch the training loader is made for: the fit loop's count of finished

@@ -28,6 +28,14 @@ class ImageDataModule(TaskDataModule):
         mean, std = symmetric_normalisation(self.in_channels)
         return {"mean": mean, "std": std}
 
+    @property
+    def normalised_black(self) -> list[float]:
+        """A black pixel after :attr:`input_normalisation`, per channel: what a random move of
+        normalised images (a task's ``augment_batch``) brings in from outside them, as moving
+        the [0, 1] pixels would."""
+        norm = self.input_normalisation
+        return [-mean / std for mean, std in zip(norm["mean"], norm["std"], strict=True)]
+
     def __init__(
         self,
         image_size: int = 32,

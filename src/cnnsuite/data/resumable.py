@@ -14,8 +14,11 @@ re-draws its batches (Lightning warns "not resumable"). Here:
   loader leaves out the batches the run has already trained on. Its generator is re-seeded
   from ``(seed, epoch, rank)`` at the start of each epoch, so a pass draws nothing from the
   global generator, whose state the checkpoint restores for the augmentations drawn in this
-  process (``num_workers: 0``). Worker processes draw from their own generators, which a
-  resumed run starts afresh: with workers the order resumes exactly, their random draws not.
+  process: a whole batch's after its transfer to the device
+  (:meth:`~cnnsuite.data.TaskDataModule.augment_batch`), whatever the workers, and a
+  dataset's own with ``num_workers: 0``. Worker processes draw from their own generators,
+  which a resumed run starts afresh: with workers the order resumes exactly, a dataset's
+  random draws in them not.
 
 Another pass over the loader inside an epoch (:class:`~cnnsuite.training.callbacks.PreciseBatchNorm`
 takes a few training batches before each validation) sees the epoch's order from its start

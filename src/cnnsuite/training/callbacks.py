@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import RichModelSummary
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.datamodule import TaskDataModule
 from ..errors import ConfigError
 
 
@@ -23,8 +24,9 @@ class PreciseBatchNorm(L.Callback):
     2021; used by PyTorchVideo's recipes) recomputes them as a plain average over
     ``num_batches`` training batches — ``torch.optim.swa_utils.update_bn``'s recipe, with
     each batch run through the task's own ``forward_for_batchnorm`` (a detector takes a list
-    of images, not ``batch[0]``). Every task whose network has BatchNorm gets this callback
-    by default (:attr:`cnnsuite.training.task.TaskModule.precise_bn_batches`).
+    of images, not ``batch[0]``), augmented as training augments it on the device
+    (:meth:`~cnnsuite.data.TaskDataModule.augment_batch`). Every task whose network has
+    BatchNorm gets this callback by default (:attr:`cnnsuite.training.task.TaskModule.precise_bn_batches`).
     """
 
     #: training batches recomputed on when neither the config nor the task says otherwise
@@ -51,9 +53,13 @@ class PreciseBatchNorm(L.Callback):
         pl_module.train()
         for m in every:
             m.train(m in norms)
+        datamodule = trainer.datamodule
         with torch.no_grad():
             for batch in islice(batches_aside(trainer.train_dataloader), self.num_batches):
-                pl_module.forward_for_batchnorm(pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
+                batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                if isinstance(datamodule, TaskDataModule):  # Lightning's hook skips it outside training
+                    batch = datamodule.augment_batch(batch)
+                pl_module.forward_for_batchnorm(batch)
         for m, momentum in momenta.items():
             m.momentum = momentum
         if trainer.world_size > 1:
@@ -72,6 +78,7 @@ def batches_aside(loader: DataLoader) -> DataLoader:
         batch_size=loader.batch_size,
         sampler=loader.sampler,
         num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
         collate_fn=loader.collate_fn,
         worker_init_fn=loader.worker_init_fn,
         generator=loader.generator,

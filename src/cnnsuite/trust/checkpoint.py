@@ -200,7 +200,15 @@ def add_data_options(parser) -> None:
         "--data.data_root", dest="data_root", default=None,
         help="where an embedded default dataset is (generated again when missing; default: data)",
     )  # fmt: skip
-    parser.add_argument("--data.num_workers", dest="num_workers", type=int, default=None)
+    parser.add_argument(
+        "--data.num_workers", dest="num_workers", type=workers_option, default=None,
+        help="loader processes: auto (the default: the usable cores less one, at most 8; none on 2 cores) or a count",
+    )  # fmt: skip
+
+
+def workers_option(text: str) -> int | str:
+    """``--data.num_workers``: ``auto`` or a whole number (the datamodule checks its range)."""
+    return text if text == "auto" else int(text)
 
 
 def data_options(args, extra: list[str], parser) -> dict:

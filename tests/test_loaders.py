@@ -1,0 +1,215 @@
+"""Loaders that size themselves: the worker count from the machine's usable cores, pinned
+memory on CUDA, and the batch augmentations run after the batch reaches the model's device,
+in training only, drawing what the loader drew before."""
+
+import argparse
+import os
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from cnnsuite.tasks.localization2d.datamodule import LocalizationDataModule
+from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+from conftest import task_config
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+from PIL import Image
+from test_localization2d import make_csv_folder
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from cnnsuite.cli import main
+from cnnsuite.data.augment import BatchBoxAffine, BatchRandomAffine
+from cnnsuite.data.datamodule import auto_workers
+from cnnsuite.errors import ConfigError
+from cnnsuite.training.callbacks import PreciseBatchNorm, batches_aside
+from cnnsuite.trust.checkpoint import add_data_options
+
+
+def fake_cores(monkeypatch, cores: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 0), (3, 2), (6, 5), (16, 8)])
+def test_auto_workers_are_the_usable_cores_less_one_capped(monkeypatch, image_folder, cores, workers):
+    fake_cores(monkeypatch, cores)
+    dm = RecognitionDataModule(data_dir=str(image_folder), batch_size=4)
+    assert dm.hparams.num_workers == "auto"
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        assert (loader.num_workers, loader.persistent_workers) == (workers, workers > 0)
+
+
+def test_auto_workers_share_the_cores_between_the_trainers_processes(monkeypatch, image_folder):
+    fake_cores(monkeypatch, 16)
+    dm = RecognitionDataModule(data_dir=str(image_folder))
+    for devices, workers in ((1, 8), (4, 3), (8, 0)):  # DDP: each process starts its own workers
+        dm.trainer = SimpleNamespace(num_devices=devices)
+        assert dm.num_workers == workers
+
+
+def test_auto_workers_count_the_cpus_where_affinity_is_unknown(monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert auto_workers() == 5
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # undeterminable: in the training process
+    assert auto_workers() == 0
+
+
+def test_a_worker_count_given_is_kept_and_a_bad_one_named(monkeypatch, image_folder):
+    fake_cores(monkeypatch, 16)
+    for given in (0, 3):
+        dm = RecognitionDataModule(data_dir=str(image_folder), batch_size=4, num_workers=given)
+        dm.setup("fit")
+        assert dm.train_dataloader().num_workers == given and dm.hparams.num_workers == given
+    for bad in (-1, "many", True, 2.5):
+        with pytest.raises(ConfigError, match=r"data\.num_workers=.*expected auto or a count"):
+            RecognitionDataModule(data_dir=str(image_folder), num_workers=bad)
+
+
+def test_the_cli_reads_auto_and_a_count(capsys):
+    config = task_config("recognition2d")
+    for extra, shown in (([], "num_workers: auto"), (["--data.num_workers", "3"], "num_workers: 3")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", config, *extra, "--print_config"])
+        assert exit_info.value.code == 0 and shown in capsys.readouterr().out
+
+
+def test_evaluate_and_predict_take_auto_or_a_count():
+    parser = argparse.ArgumentParser()
+    add_data_options(parser)
+    assert parser.parse_args(["--data.num_workers", "auto"]).num_workers == "auto"
+    assert parser.parse_args(["--data.num_workers", "3"]).num_workers == 3
+
+
+def test_pin_memory_follows_the_trainers_accelerator(image_folder):
+    dm = RecognitionDataModule(data_dir=str(image_folder), batch_size=4)
+    dm.setup("fit")
+    assert not dm.train_dataloader().pin_memory and not dm.test_dataloader().pin_memory  # no trainer
+    for accelerator, pinned in ((CPUAccelerator(), False), (CUDAAccelerator(), True)):
+        dm.trainer = SimpleNamespace(accelerator=accelerator, world_size=1, global_rank=0,
+                                     state=SimpleNamespace(fn="fit"))  # fmt: skip
+        assert dm.train_dataloader().pin_memory is pinned and dm.val_dataloader().pin_memory is pinned
+
+
+class Recorder(L.LightningModule):
+    """Keeps the images of every batch each stage receives (after Lightning moved them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm2d(1)
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[str, list[torch.Tensor]] = {}
+        self.example_input_array = torch.zeros(2, 1, 16, 16)  # the model summary runs it through the hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def record(self, stage: str, batch) -> torch.Tensor:
+        self.seen.setdefault(stage, []).append(batch[0].detach().cpu().clone())
+        return self.weight * self(batch[0]).mean()
+
+    def training_step(self, batch, index):
+        return self.record("train", batch)
+
+    def validation_step(self, batch, index):
+        self.record("val", batch)
+
+    def test_step(self, batch, index):
+        self.record("test", batch)
+
+    def predict_step(self, batch, index):
+        self.record("predict", batch)
+
+    def forward_for_batchnorm(self, batch) -> None:
+        self.record("precise_bn", batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def copies_of_one_image(root, per_class=6):
+    """Two classes of one and the same gray image: a batch's images differ only by augmentation."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, size=(16, 16), dtype=np.uint8))
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            image.save(root / name / f"{index}.png")
+    return root
+
+
+def all_equal(images: torch.Tensor) -> bool:
+    return all(torch.equal(image, images[0]) for image in images[1:])
+
+
+def test_augmentation_runs_after_the_transfer_in_training_only(tmp_path):
+    """The loader hands out plain batches; Lightning's ``on_after_batch_transfer`` augments the
+    training ones (and PreciseBatchNorm's, training batches too), never validation, test or
+    prediction, nor the model summary's example input."""
+    dm = RecognitionDataModule(data_dir=str(copies_of_one_image(tmp_path / "one")), image_size=16, batch_size=4,
+                               val_fraction=0.25, test_fraction=0.25)  # fmt: skip
+    dm.setup("fit")
+    assert all_equal(next(iter(dm.train_dataloader()))[0])  # the loader itself does not augment
+    L.seed_everything(0)
+    model = Recorder()
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, callbacks=[PreciseBatchNorm(1)], default_root_dir=tmp_path, **quiet
+    )
+    trainer.fit(model, dm)
+    trainer.test(model, dm, verbose=False)
+    trainer.predict(model, dm)
+    assert set(model.seen) == {"train", "precise_bn", "val", "test", "predict"}
+    for stage, batches in model.seen.items():
+        augmented = stage in ("train", "precise_bn")
+        assert all(not all_equal(images) if augmented else all_equal(images) for images in batches), stage
+
+
+def test_recognition_augmentation_after_transfer_draws_what_the_loader_drew(image_folder):
+    """The random maps now move normalised images, bringing in normalised black: the batch is
+    the one the loader made by moving [0, 1] pixels and normalising them, draw for draw."""
+    dm = RecognitionDataModule(data_dir=str(image_folder), image_size=16, batch_size=4)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    pixels = torch.stack([train.images[i] for i in range(len(train))])
+    normalise = v2.Normalize(**dm.input_normalisation)
+    loaded = torch.stack([image for image, _ in train.__getitems__(list(range(len(train))))])
+    torch.testing.assert_close(loaded, normalise(pixels), rtol=0, atol=0)  # the loader's: not moved
+    torch.manual_seed(0)
+    expected = normalise(BatchRandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))(pixels))
+    torch.manual_seed(0)
+    images, labels = dm.augment_batch([loaded, torch.arange(len(train))])
+    torch.testing.assert_close(images, expected)
+    assert torch.equal(labels, torch.arange(len(train)))
+    assert dm.augment_batch([loaded, labels])[0].shape == loaded.shape
+    plain = RecognitionDataModule(data_dir=str(image_folder), image_size=16, augment=False)
+    assert plain.augment_batch([loaded, labels])[0] is loaded
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_localization_augmentation_after_transfer_draws_what_the_loader_drew(tmp_path, hflip):
+    dm = LocalizationDataModule(data_dir=str(make_csv_folder(tmp_path / "user")), image_size=32, hflip=hflip)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    decoded = [train.decoded[i] for i in range(len(train))]
+    pixels, boxes = torch.stack([image for image, _ in decoded]), torch.stack([box for _, box in decoded])
+    normalise = v2.Normalize(**dm.input_normalisation)
+    loaded = [train[i] for i in range(len(train))]
+    images, labels, fractions = (torch.stack([torch.as_tensor(item[k]) for item in loaded]) for k in range(3))
+    torch.testing.assert_close(images, normalise(pixels), rtol=0, atol=0)  # the loader's: not moved
+    torch.testing.assert_close(fractions, boxes / 32, rtol=0, atol=0)
+    torch.manual_seed(0)
+    moved, moved_boxes = BatchBoxAffine(0.1, (0.85, 1.15), hflip)(pixels, boxes)
+    torch.manual_seed(0)
+    out_images, out_labels, out_boxes = dm.augment_batch([images, labels, fractions])
+    torch.testing.assert_close(out_images, normalise(moved))
+    torch.testing.assert_close(out_boxes, moved_boxes / 32)
+    assert torch.equal(out_labels, labels) and not torch.equal(out_boxes, fractions)
+
+
+def test_precise_batchnorms_copy_of_a_loader_pins_memory_as_the_loader_does():
+    for pinned in (False, True):
+        loader = DataLoader(list(range(4)), batch_size=2, num_workers=1, persistent_workers=True, pin_memory=pinned)
+        assert batches_aside(loader).pin_memory is pinned
