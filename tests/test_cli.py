@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,9 +190,16 @@ def test_a_fit_ends_with_one_line_saying_what_it_gave(tmp_path, image_folder, ca
 def test_a_task_is_trained_by_name_from_a_folder_outside_the_repository(tmp_path, image_folder):
     """``pip install <repo>`` (a wheel, not this checkout) and ``cnnsuite fit --task NAME`` from
     any folder: the task's packaged config is found, runs go to ``runs/<task>`` there."""
-    site, outside = tmp_path / "site", tmp_path / "outside"
+    site, outside, source = tmp_path / "site", tmp_path / "outside", tmp_path / "source"
+    # built from a copy: a build in the checkout leaves build/ behind, which a later editable
+    # install of the checkout would take its package list from
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
+    for part in ("src", "tasks"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(ROOT)], check=True, capture_output=True)  # fmt: skip
+                    "--target", str(site), str(source)], check=True, capture_output=True)  # fmt: skip
     outside.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run(
