@@ -219,3 +219,11 @@ def test_a_task_is_trained_by_name_from_a_folder_outside_the_repository(tmp_path
         "cnnsuite fit: error: --task 'nope': expected one of biomedical3d, detection2d, localization2d, "
         "multispectral3d, recognition2d, video3d"
     ]
+
+
+def test_a_network_too_deep_for_the_data_is_one_line(capsys):
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.image_size", "8")
+    assert error == (
+        "cnnsuite fit: error: the data's samples of shape (1, 8, 8) are 8x8 where the backbone's total stride is "
+        "16x16: use larger samples (data.*) or fewer or gentler pooling stages (model.backbone_kwargs)"
+    )

@@ -278,7 +278,7 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
         stride = tuple(backbone.strides[-1])
         size = tuple(shape[1:])[-len(stride) :]
         if any(s < k for s, k in zip(size, stride, strict=True)):
-            raise ValueError(
+            raise ConfigError(
                 f"the data's samples of shape {tuple(shape)} are {'x'.join(map(str, size))} where the backbone's "
                 f"total stride is {'x'.join(map(str, stride))}: use larger samples (data.*) or fewer or gentler "
                 "pooling stages (model.backbone_kwargs)"
@@ -295,7 +295,7 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
     except RuntimeError as err:
         settings = {k: model.hparams[k] for k in ("backbone", "backbone_kwargs") if k in model.hparams}
         reason = str(err).strip().splitlines()[0]
-        raise ValueError(
+        raise ConfigError(
             f"the model {settings} cannot take the data's samples of shape {tuple(shape)}: {reason}"
         ) from None
     finally:
