@@ -227,3 +227,12 @@ def test_a_network_too_deep_for_the_data_is_one_line(capsys):
         "cnnsuite fit: error: the data's samples of shape (1, 8, 8) are 8x8 where the backbone's total stride is "
         "16x16: use larger samples (data.*) or fewer or gentler pooling stages (model.backbone_kwargs)"
     )
+
+
+def test_a_monitor_the_model_never_logs_is_one_line(capsys, tmp_path, image_folder):
+    """``val/map`` is a classifier's key only in multi-label runs: Lightning finds it missing at
+    the first validation and says which keys there are, on one line."""
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.data_dir", str(image_folder),
+                           "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
+                           "--checkpoint.monitor", "val/map")  # fmt: skip
+    assert error.startswith("cnnsuite fit: error: `ModelCheckpoint(monitor='val/map')` could not find")

@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -60,10 +61,11 @@ from .training.task import TaskModule
 from .trust.checkpoint import data_options, resume_arguments
 
 #: what a user can cause: a :class:`~cnnsuite.errors.UserError` (a bad config value or file, a
-#: missing folder, a diverging run), an argument argparse refuses, and the file system saying no
-#: (a folder that cannot be written, a full disk). Shown as one line; any other exception is a
-#: bug and keeps its traceback.
-USER_ERRORS = (UserError, OSError, argparse.ArgumentError)
+#: missing folder, a diverging run), an argument argparse refuses, Lightning refusing a
+#: combination of settings (a checkpoint monitor the model never logs, trainer flags that
+#: exclude each other) and the file system saying no (a folder that cannot be written, a full
+#: disk). Shown as one line; any other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserError, OSError, argparse.ArgumentError, MisconfigurationException)
 
 
 class CnnSuiteParser(LightningArgumentParser):
