@@ -9,8 +9,8 @@ from conftest import ROOT
 
 from cnnsuite.commands import COMMANDS
 
-DOCS = sorted([ROOT / "README.md", *ROOT.glob("tasks/*/README.md"), *ROOT.glob("benchmarks/*.md"),
-               ROOT / "data" / "README.md"])  # fmt: skip
+DOCS = sorted([ROOT / "README.md", ROOT / "docs" / "guide.md", *ROOT.glob("tasks/*/README.md"),
+               *ROOT.glob("benchmarks/*.md"), ROOT / "data" / "README.md"])  # fmt: skip
 
 
 def make_targets() -> set[str]:
