@@ -1,0 +1,93 @@
+"""``cnnsuite prepare`` writes a task's decoded items as LitData shards; ``--data.data_dir`` of
+the prepared folder streams them in training, with the split, classes and preprocessing
+state of the record."""
+
+import json
+
+import pytest
+import torch
+from conftest import fit, make_image_folder
+from test_multispectral3d import SMALL_MODEL, make_folder
+
+from cnnsuite.cli import main
+from cnnsuite.data.shards import RECORD
+from cnnsuite.errors import ConfigError
+
+TINY_2D = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}"]
+
+
+def prepare(task, raw, out, *extra):
+    main(["prepare", "--task", task, "--data.data_dir", str(raw), "--out", str(out), "--debug", *extra])
+
+
+def metrics_of(run):
+    return json.loads((run / "evaluation" / "metrics.json").read_text())
+
+
+def test_recognition2d_trains_from_shards_as_from_its_raw_files(tmp_path):
+    raw = make_image_folder(tmp_path / "raw", per_class=6)
+    before = sorted(p.relative_to(raw) for p in raw.rglob("*"))
+    out = tmp_path / "prepared"
+    prepare("recognition2d", raw, out, "--data.image_size", "16", "--data.augment", "false")
+    assert sorted(p.relative_to(raw) for p in raw.rglob("*")) == before  # the user's folder is only read
+    record = json.loads((out / RECORD).read_text())
+    assert record["task"] == "recognition2d" and record["class_names"] == ["cat", "dog", "owl"]
+    assert record["channels"] == 3 and sum(len(ids) for ids in record["splits"].values()) == 18
+    assert len(record["sha256"]) == 64
+
+    common = ["--trainer.max_epochs", "1", "--data.image_size", "16", "--data.augment", "false", *TINY_2D]
+    from_raw = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("recognition2d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+    ckpt = torch.load(from_shards / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["RecognitionDataModule"]["splits"] == record["splits"]
+
+    # a checkpoint trained on shards evaluates on the raw files, and on the shards, the same way
+    for data, name in ((raw, "on_raw"), (out, "on_shards")):
+        main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(data),
+              "--out", str(tmp_path / name), "--debug"])  # fmt: skip
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["test/acc"] == metrics_of(from_shards)["test/acc"]
+
+
+def test_multispectral3d_streams_its_band_statistics_and_split(tmp_path):
+    raw = make_folder(tmp_path / "raw", per_class=5, size=8)
+    out = tmp_path / "prepared"
+    prepare("multispectral3d", raw, out)
+    record = json.loads((out / RECORD).read_text())
+    assert len(record["preprocessing"]["tensors"]["band_mean"]) == 13
+
+    common = ["--trainer.max_epochs", "1", "--data.augment", "false", *SMALL_MODEL]
+    from_raw = fit("multispectral3d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("multispectral3d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+    state = torch.load(from_shards / "checkpoints" / "last.ckpt", weights_only=True)["MultispectralDataModule"]
+    assert state["band_mean"].tolist() == pytest.approx(record["preprocessing"]["tensors"]["band_mean"])
+
+
+def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
+    raw = make_image_folder(tmp_path / "raw", per_class=4)
+    out = tmp_path / "prepared"
+    prepare("recognition2d", raw, out, "--data.image_size", "8")
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # prepare refuses a non-empty --out
+        main(["prepare", "--task", "recognition2d", "--data.data_dir", str(raw), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "not empty" in err
+
+    from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    with pytest.raises(ConfigError, match="recognition2d"):  # another task's
+        MultispectralDataModule(data_dir=str(out))
+    with pytest.raises(ConfigError, match="image_size"):  # decoded with other settings
+        RecognitionDataModule(data_dir=str(out), image_size=16)
+
+    shard = next((out / "train").glob("*.bin"))
+    damaged = bytearray(shard.read_bytes())
+    damaged[-1] ^= 1
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(ConfigError, match="sha256") as err:
+        RecognitionDataModule(data_dir=str(out), image_size=8)
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
