@@ -78,6 +78,15 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
 
     from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
     from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+    from cnnsuite.tasks.video3d.datamodule import VideoDataModule
+
+    with pytest.raises(ConfigError, match="not supported yet for video3d"):
+        VideoDataModule(data_dir=str(out))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["prepare", "--task", "video3d", "--data.data_dir", str(raw), "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not supported yet for video3d" in err and not (tmp_path / "v").exists()
 
     with pytest.raises(ConfigError, match="recognition2d"):  # another task's
         MultispectralDataModule(data_dir=str(out))
@@ -91,3 +100,34 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="sha256") as err:
         RecognitionDataModule(data_dir=str(out), image_size=8)
     assert str(out) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
+    """The loader over shards is the suite's resumable one: a step checkpoint taken mid-epoch
+    resumes to the weights of the run that was not stopped."""
+    from test_long_runs import assert_same_weights
+
+    from cnnsuite.training.runs import AtomicCheckpointIO
+
+    raw = make_image_folder(tmp_path / "raw", per_class=6)
+    out = tmp_path / "prepared"
+    prepare("recognition2d", raw, out, "--data.image_size", "16")
+    first_step = tmp_path / "step-1.ckpt"
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def save_and_keep_the_first(self, checkpoint, path, storage_options=None):
+        save(self, checkpoint, path, storage_options)
+        if path.endswith("last.ckpt") and not first_step.exists():
+            first_step.write_bytes(open(path, "rb").read())
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save_and_keep_the_first)
+    common = ["--data.data_dir", str(out), "--data.image_size", "16", "--data.batch_size", "4",
+              "--trainer.max_epochs", "1", "--last_checkpoint.every_n_train_steps", "1", "--evaluate", "false",
+              *TINY_2D]  # fmt: skip
+    whole = fit("recognition2d", tmp_path / "whole", *common)
+    assert torch.load(first_step, weights_only=True)["global_step"] == 1
+    part = tmp_path / "part" / "runs" / "version_0" / "checkpoints"
+    part.mkdir(parents=True)
+    (part / "last.ckpt").write_bytes(first_step.read_bytes())
+    resumed = fit("recognition2d", tmp_path / "part", *common, "--ckpt_path", "last")
+    assert_same_weights(resumed / "checkpoints" / "last.ckpt", whole / "checkpoints" / "last.ckpt")

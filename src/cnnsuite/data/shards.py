@@ -161,9 +161,8 @@ def _json_target(target):
 
 def prepare(datamodule, task: str, out: Path) -> Path:
     """Write ``datamodule``'s decoded items of every split and :data:`RECORD` into ``out`` (a new
-    or empty folder), as the module docstring says; returns the record's path."""
-    if not datamodule.streams_prepared:
-        raise ConfigError(f"cnnsuite prepare: not supported yet for {task}")
+    or empty folder), as the module docstring says; returns the record's path. The datamodule's
+    class :attr:`~cnnsuite.data.TaskDataModule.streams_prepared` (``prepare_main`` checks it)."""
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out}: not empty; cnnsuite prepare writes into a new or empty folder")
@@ -237,6 +236,9 @@ def prepare_main(argv: list[str]) -> None:
     except (OSError, yaml.YAMLError, AttributeError) as err:
         raise ConfigError(f"{config_path}: not a readable config ({err})") from err
     cls = task.datamodule
+    if not cls.streams_prepared:
+        streamed = ", ".join(sorted(n for n, t in tasks.items() if t.datamodule.streams_prepared))
+        raise ConfigError(f"--task {args.task}: not supported yet for {args.task} (streamed now: {streamed})")
     class_path = section.get("class_path", f"{cls.__module__}.{cls.__qualname__}")
     if class_path != f"{cls.__module__}.{cls.__qualname__}":
         raise ConfigError(f"{config_path}: data.class_path {class_path} is not {args.task}'s datamodule")
