@@ -9,9 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from cnnsuite.tasks.localization2d import datamodule as loc_data
-from cnnsuite.tasks.localization2d.datamodule import BoxTransform, LocalizationDataModule
-from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, LocalizationModule, MeanIoU, decode_boxes
 from conftest import fit as run_fit
 from PIL import Image
 from torchvision.transforms import v2
@@ -20,6 +17,9 @@ from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.digits import digit_split
+from cnnsuite.tasks.localization2d import datamodule as loc_data
+from cnnsuite.tasks.localization2d.datamodule import BoxTransform, LocalizationDataModule
+from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, LocalizationModule, MeanIoU, decode_boxes
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
 
@@ -360,7 +360,7 @@ def test_predict_agrees_with_the_test_split(trained):
     model, datamodule = rebuild(ckpt, data={"data_dir": folder})
     test = datamodule.datasets["test"]
     predictor = Predictor(ckpt, accelerator="cpu")
-    inputs = [predictor.read(folder / sample.file) for sample in test.samples]
+    inputs = [predictor.read(folder / sample_id) for sample_id in test.ids]
     for item, index in zip(inputs, range(len(test)), strict=True):
         torch.testing.assert_close(item.sample, test[index][0], rtol=0, atol=0)
     predictions = predictor.predict(inputs)

@@ -65,6 +65,20 @@ def test_multispectral3d_streams_its_band_statistics_and_split(tmp_path):
     assert state["band_mean"].tolist() == pytest.approx(record["preprocessing"]["tensors"]["band_mean"])
 
 
+def test_localization2d_streams_images_and_their_boxes(tmp_path):
+    from test_localization2d import make_csv_folder
+
+    raw = make_csv_folder(tmp_path / "raw", count=16)
+    out = tmp_path / "prepared"
+    prepare("localization2d", raw, out, "--data.image_size", "32", "--data.augment", "false")
+    common = ["--trainer.max_epochs", "1", "--data.image_size", "32", "--data.augment", "false",
+              "--model.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}",
+              "--model.box_grid", "2"]  # fmt: skip
+    from_raw = fit("localization2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("localization2d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+
+
 def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     raw = make_image_folder(tmp_path / "raw", per_class=4)
     out = tmp_path / "prepared"

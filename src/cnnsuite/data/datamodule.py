@@ -177,7 +177,8 @@ class TaskDataModule(L.LightningDataModule):
         if record is None:
             return
         self.class_names, self.in_channels = list(record["class_names"]), int(record["channels"])
-        self.decide_multilabel(bool(record["multilabel"]))
+        if "multilabel" in self.init_parameters():  # decided by its labels: recorded as decided
+            self.decide_multilabel(bool(record["multilabel"]))
         self.restore_preprocessing(tensors_from_json(record["preprocessing"]))
 
     def samples(self) -> list[tuple[str, object]]:
