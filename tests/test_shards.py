@@ -48,6 +48,10 @@ def test_recognition2d_trains_from_shards_as_from_its_raw_files(tmp_path):
               "--out", str(tmp_path / name), "--debug"])  # fmt: skip
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         assert metrics["test/acc"] == metrics_of(from_shards)["test/acc"]
+    # and predicts raw files from the checkpoint alone
+    main(["predict", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--input", str(raw / "cat"),
+          "--out", str(tmp_path / "predicted"), "--debug"])  # fmt: skip
+    assert len((tmp_path / "predicted" / "predictions.jsonl").read_text().splitlines()) == 6
 
 
 def test_multispectral3d_streams_its_band_statistics_and_split(tmp_path):
