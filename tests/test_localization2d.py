@@ -9,6 +9,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from cnnsuite.tasks.localization2d import datamodule as loc_data
+from cnnsuite.tasks.localization2d.datamodule import BoxTransform, LocalizationDataModule
+from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, LocalizationModule, MeanIoU, decode_boxes
 from conftest import fit as run_fit
 from PIL import Image
 from torchvision.transforms import v2
@@ -17,9 +20,6 @@ from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.digits import digit_split
-from cnnsuite.tasks.localization2d import datamodule as loc_data
-from cnnsuite.tasks.localization2d.datamodule import BoxTransform, LocalizationDataModule
-from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, LocalizationModule, MeanIoU, decode_boxes
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
 
