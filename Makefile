@@ -8,12 +8,14 @@ TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)
 TASK ?= recognition2d
 ARGS ?=
 
-.PHONY: help setup train evaluate predict export inspect serve test test-slow bench lint docs check-task need-ckpt
+.PHONY: help setup train prepare evaluate predict export inspect serve test test-slow bench lint docs check-task need-ckpt
 
 help:  ## list the targets
 	@echo "make setup                               create $(VENV) and install cnnsuite (idempotent)"
 	@echo "make train TASK=<task> [ARGS=\"...\"]       train on the task's default data, then evaluate best.ckpt"
 	@echo "make train TASK=<task> RESUME=last|<ckpt>  resume the newest run (or a checkpoint) in its own folder"
+	@echo "make prepare TASK=<task> OUT=<dir> [DATA=<dir>] [ARGS=\"...\"]   the task's data (DATA, else its default) as"
+	@echo "                                         LitData shards in OUT; train from them: make train ARGS=\"--data.data_dir OUT\""
 	@echo "make evaluate CKPT=<file> [DATA=<dir>] [OUT=<dir>]   metrics.json, plots and report.md (DATA: the run's own folder,"
 	@echo "                                         needed for a run on your own data; CKPT=\"a.ckpt b.ckpt\": comparison.md)"
 	@echo "make predict CKPT=<file> INPUT=<file|dir> [OUT=<dir>]   predictions.jsonl and pictures for raw files"
@@ -44,6 +46,11 @@ $(VENV)/.installed: pyproject.toml
 
 train: check-task setup
 	$(BIN)/cnnsuite fit --config tasks/$(TASK)/config.yaml $(if $(RESUME),--ckpt_path $(RESUME)) $(ARGS)
+
+# The task's datamodule as its config builds it (ARGS: --data.KEY VALUE as for train), written once.
+prepare: check-task setup
+	@if [ -z "$(OUT)" ]; then echo "usage: make prepare TASK=<task> OUT=<dir> [DATA=<dir>] [ARGS=\"--data.KEY VALUE\"]" >&2; exit 2; fi
+	$(BIN)/cnnsuite prepare --task $(TASK) --config tasks/$(TASK)/config.yaml $(if $(DATA),--data.data_dir $(DATA)) --out $(OUT) $(ARGS)
 
 need-ckpt:
 	@if [ -z "$(CKPT)" ]; then echo "CKPT=path/to.ckpt is needed (a checkpoint written by make train)" >&2; exit 2; fi

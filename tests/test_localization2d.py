@@ -360,7 +360,7 @@ def test_predict_agrees_with_the_test_split(trained):
     model, datamodule = rebuild(ckpt, data={"data_dir": folder})
     test = datamodule.datasets["test"]
     predictor = Predictor(ckpt, accelerator="cpu")
-    inputs = [predictor.read(folder / sample.file) for sample in test.samples]
+    inputs = [predictor.read(folder / sample_id) for sample_id in test.ids]
     for item, index in zip(inputs, range(len(test)), strict=True):
         torch.testing.assert_close(item.sample, test[index][0], rtol=0, atol=0)
     predictions = predictor.predict(inputs)

@@ -48,6 +48,8 @@ COMMANDS: dict[str, Command] = {
     "validate": Command("score a config's model (--ckpt_path for a checkpoint's) on the validation split "
                         "[LightningCLI]"),
     "test": Command("score a config's model (--ckpt_path for a checkpoint's) on the test split [LightningCLI]"),
+    "prepare": Command("write a task's data once as LitData shards (--task, --out) that fit streams with "
+                       "--data.data_dir OUT", "cnnsuite.data.shards:prepare_main"),
     "evaluate": Command("a checkpoint on its run's test split or other data: metrics.json, report.md, plots; "
                         "several checkpoints: comparison", "cnnsuite.cli:evaluate_main"),
     "predict": Command("predict raw files with a checkpoint (--ckpt, --input): predictions.jsonl, pictures, "

@@ -40,7 +40,6 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.augment import BatchBoxAffine
-from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
@@ -81,40 +80,42 @@ class LocalizationDataset(Dataset):
     """``(image, label, box)`` per sample; boxes are clipped to the image (within the
     tolerance the readers allow) before they move with it.
 
-    Images are decoded and resized to ``size`` (boxes with them) once, into float images kept
-    in memory, when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`); a
-    batch of them then goes through ``transform`` at once (``__getitems__``, PyTorch's batched
-    fetch).
+    Images are decoded and resized to ``size`` (boxes with them) in ``cache`` (the datamodule's
+    :meth:`~cnnsuite.data.TaskDataModule.decoded_cache`): once, kept in memory, when the split
+    fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`), or read from the shards of a
+    prepared folder, which hold each image with its box (``boxes``, the rows' boxes in the
+    file's pixels, is then None: nothing is decoded here). A batch of them then goes through
+    ``transform`` at once (``__getitems__``, PyTorch's batched fetch).
     """
 
     def __init__(
         self,
         root: Path,
-        samples: list[Sample],
+        ids: list[str],
+        labels: list[int],
+        boxes: list[tuple[float, float, float, float]] | None,
         channels: int,
         size: int,
         transform: BoxTransform,
-        cache_limit_mb: float = 0,
+        cache,
     ) -> None:
-        self.root, self.samples, self.channels, self.size = root, samples, channels, size
-        self.transform = transform
-        nbytes = len(samples) * channels * size * size * 4  # float32
-        self.decoded = DecodedCache(self.decode, len(samples), nbytes, cache_limit_mb,
-                                    what=f"{root}: {len(samples)} images")  # fmt: skip
+        self.root, self.ids, self.labels, self.boxes = root, ids, labels, boxes
+        self.channels, self.size, self.transform = channels, size, transform
+        nbytes = len(ids) * channels * size * size * 4  # float32
+        self.decoded = cache(self.decode, ids, nbytes, what=f"{root}: {len(ids)} images")
 
     def decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The image resized to ``size`` (float in [0, 1]) and its box clipped to it, in its pixels."""
-        sample = self.samples[index]
-        path = self.root / sample.file
+        path = self.root / self.ids[index]
         width, height = image_size(path)
         image = read_image(path, self.channels, (self.size, self.size))
-        x1, y1, x2, y2 = sample.box
+        x1, y1, x2, y2 = self.boxes[index]
         box = torch.tensor([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)], dtype=torch.float32)
         box = box * torch.tensor([self.size / width, self.size / height] * 2)
         return image, box
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.ids)
 
     def __getitem__(self, index: int):
         return self.__getitems__([index])[0]
@@ -124,7 +125,7 @@ class LocalizationDataset(Dataset):
         decoded = [self.decoded[i] for i in indices]
         images, boxes = self.transform(torch.stack([image for image, _ in decoded]),
                                        torch.stack([box for _, box in decoded]))  # fmt: skip
-        return list(zip(images, [self.samples[i].label for i in indices], boxes, strict=True))
+        return list(zip(images, [self.labels[i] for i in indices], boxes, strict=True))
 
 
 class LocalizationDataModule(ImageDataModule):
@@ -141,10 +142,12 @@ class LocalizationDataModule(ImageDataModule):
     """
 
     default_name = "localization2d"
+    streams_prepared = True
+    after_decoding_hparams = ("batch_size", "augment", "hflip")
 
     def __init__(self, format: str = "auto", hflip: bool = False, image_size: int = 64, **kwargs) -> None:
         super().__init__(image_size=image_size, **kwargs)
-        data_dir, channels = self.hparams.data_dir, self.hparams.channels
+        data_dir, channels = self.raw_data_dir, self.hparams.channels
         if format not in FORMATS:
             raise ConfigError(f"data.format={format!r}: expected one of {', '.join(FORMATS)}")
         self._samples: dict[str, Sample] | None = None
@@ -160,6 +163,7 @@ class LocalizationDataModule(ImageDataModule):
             if not self._samples:
                 raise ConfigError(f"data.data_dir={root}: no usable samples")
             self.in_channels = channels or image_channels(root / next(iter(self._samples)))
+        self.use_prepared()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -233,13 +237,18 @@ class LocalizationDataModule(ImageDataModule):
             report_bad_files(list(self._bad_samples(ids, decode=False).values()), len(ids), what="images")
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        on_bad = self.hparams.on_bad_file
-        bad = self._bad_samples(ids, decode=on_bad == "skip")
-        report_bad_files(list(bad.values()), len(ids), on_bad, what=f"{stage} images")
-        samples = self._load()
         hp = self.hparams
-        return LocalizationDataset(self.root, [samples[i] for i in ids if i not in bad], self.in_channels,
-                                   hp.image_size, self.transform(), hp.cache_limit_mb)  # fmt: skip
+        if self.prepared is None:
+            bad = self._bad_samples(ids, decode=hp.on_bad_file == "skip")
+            report_bad_files(list(bad.values()), len(ids), hp.on_bad_file, what=f"{stage} images")
+            samples = self._load()
+            ids = [i for i in ids if i not in bad]
+            labels, boxes = [samples[i].label for i in ids], [samples[i].box for i in ids]
+        else:  # the shards hold each image with its box
+            label_of = dict(self.samples())
+            labels, boxes = [label_of[i] for i in ids], None
+        return LocalizationDataset(self.root, ids, labels, boxes, self.in_channels, hp.image_size, self.transform(),
+                                   self.decoded_cache(stage))  # fmt: skip
 
     def transform(self) -> BoxTransform:
         """Every split's preprocessing after reading (which resizes to ``image_size`` and scales

@@ -57,7 +57,7 @@ from cnnsuite.data import (
     list_samples,
     report_bad_files,
 )
-from cnnsuite.data.cache import DecodedCache, check_cache_limit
+from cnnsuite.data.cache import check_cache_limit
 from cnnsuite.data.labels import check_multilabel, multi_hot
 from cnnsuite.errors import ConfigError
 
@@ -117,8 +117,10 @@ def composite(raw: np.ndarray, band_names: list[str], bands: tuple[str, str, str
 
 class PatchDataset(Dataset):
     """``(normalised sample, class index)`` for each relative path in ``ids``, shaped by ``layout``.
-    The reflectances are read once and kept in memory when the split fits in ``cache_limit_mb``
-    (see :mod:`cnnsuite.data.cache`); normalisation and the random flips and turns come after."""
+    The reflectances are kept in ``cache`` (the datamodule's
+    :meth:`~cnnsuite.data.TaskDataModule.decoded_cache`): read once and kept in memory when the
+    split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`), or read from the shards of a
+    prepared folder; normalisation and the random flips and turns come after."""
 
     def __init__(
         self,
@@ -129,14 +131,14 @@ class PatchDataset(Dataset):
         stats: tuple[torch.Tensor, torch.Tensor],
         layout: str,
         augment: bool,
-        cache_limit_mb: float = 0,
+        cache,
     ) -> None:
         self.root, self.ids, self.labels, self.reader = root, ids, labels, reader
         self.stats, self.layout, self.augment = stats, layout, augment
         bands, (height, width) = len(stats[0]), reader.size or (0, 0)
         # float32 reflectances; a run of patches of any size is not cached
         nbytes = len(ids) * bands * height * width * 4 if reader.size else math.inf
-        self.raw = DecodedCache(self.read, len(ids), nbytes, cache_limit_mb, what=f"{root}: {len(ids)} patches")
+        self.raw = cache(self.read, ids, nbytes, what=f"{root}: {len(ids)} patches")
 
     def read(self, index: int) -> np.ndarray:
         return self.reader(self.root / self.ids[index])
@@ -169,6 +171,8 @@ class MultispectralDataModule(TaskDataModule):
     """
 
     default_name = "multispectral3d"
+    streams_prepared = True
+    after_decoding_hparams = ("batch_size", "augment")
     generation_hparams = ("default", "default_size", "default_patch")
     input_extensions = EXTENSIONS
 
@@ -189,7 +193,7 @@ class MultispectralDataModule(TaskDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         check_multilabel(multilabel)
-        data_dir = self.hparams.data_dir
+        data_dir = self.raw_data_dir
         if layout not in LAYOUTS:
             raise ConfigError(f"data.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
         check_cache_limit(cache_limit_mb)
@@ -234,6 +238,7 @@ class MultispectralDataModule(TaskDataModule):
         self.reader = GeoTiffReader(self.band_names, self.size, self.dtype, resampling)
         #: per-band mean and standard deviation of the training split (set by ``setup`` or a checkpoint)
         self.band_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.use_prepared()
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -440,8 +445,9 @@ class MultispectralDataModule(TaskDataModule):
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         if self.band_stats is None:
             raise RuntimeError("setup() computes the band statistics before any dataset is built")
-        ids = self.usable(ids)
-        labels = dict(self.list_samples())
+        if self.prepared is None:
+            ids = self.usable(ids)
+        labels = dict(self.samples())
         return PatchDataset(
             self.root,
             ids,
@@ -450,5 +456,5 @@ class MultispectralDataModule(TaskDataModule):
             self.band_stats,
             self.hparams.layout,
             augment=stage == "train" and self.hparams.augment,
-            cache_limit_mb=self.hparams.cache_limit_mb,
+            cache=self.decoded_cache(stage),
         )

@@ -65,7 +65,7 @@ class MultispectralModule(ClassificationModule):
             squeeze=False,
         )  # fmt: skip
         for col, i in enumerate(order):
-            raw = datamodule.reader(datamodule.root / dataset.ids[picked[i]])
+            raw = dataset.raw[picked[i]]  # the reflectances as the dataset decoded them (cache, shards or file)
             for row, bands in enumerate(composites):
                 axes[row, col].imshow(composite(raw, datamodule.band_names, bands))
             right = truth[i] == said[i]
@@ -88,8 +88,10 @@ class MultispectralModule(ClassificationModule):
     def _plot_spectra(self, out_dir: Path, datamodule, per_class: int = 40) -> Path:
         """Each class's mean spectrum over up to ``per_class`` training patches, ± one standard
         deviation across patches, in reflectance, bands in wavelength order where known."""
-        labels = dict(datamodule.list_samples())
-        train = datamodule.splits["train"]
+        labels = dict(datamodule.samples())
+        dataset = datamodule.datasets["train"]  # its reflectances as it decodes them (cache, shards or files)
+        position = {sample_id: n for n, sample_id in enumerate(dataset.ids)}
+        train = dataset.ids
         names = datamodule.band_names
         known = all(b in ALL_BANDS for b in names)
         x = [WAVELENGTHS[ALL_BANDS.index(b)] for b in names] if known else list(range(len(names)))
@@ -99,9 +101,7 @@ class MultispectralModule(ClassificationModule):
             ids = [i for i in train if self.carries(labels[i], index)][:per_class]
             if not ids:
                 continue
-            spectra = datamodule.reflectance(
-                np.stack([datamodule.reader(datamodule.root / i).mean(axis=(1, 2)) for i in ids])
-            )
+            spectra = datamodule.reflectance(np.stack([dataset.raw[position[i]].mean(axis=(1, 2)) for i in ids]))
             mean, std = spectra.mean(0)[order], spectra.std(0)[order]
             xs = np.asarray(x)[order]
             colour = plt.cm.tab20(index % 20)

@@ -35,7 +35,6 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.augment import BatchRandomAffine
-from cnnsuite.data.cache import DecodedCache
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
 from cnnsuite.data.labels import check_multilabel
@@ -46,21 +45,21 @@ class ImageFolderDataset(Dataset):
     """``(image float tensor (C, H, W), target)`` for each relative path in ``ids``: a class
     index, or a multi-hot vector for a multi-label run.
 
-    Files are decoded, resized to ``size`` and scaled to [0, 1] once, into float images kept
-    in memory, when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`).
-    ``transform`` (normalisation) runs on a whole batch ``(N, C, H, W)`` of them
-    (``__getitems__``, PyTorch's batched fetch); training's random moves come after the batch
-    reached the model's device (:meth:`RecognitionDataModule.augment_batch`).
+    Files are decoded, resized to ``size`` and scaled to [0, 1] in ``cache`` (the datamodule's
+    :meth:`~cnnsuite.data.TaskDataModule.decoded_cache`): once, into float images kept in memory,
+    when the split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`), or read from the
+    shards of a prepared folder. ``transform`` (normalisation) runs on a whole batch
+    ``(N, C, H, W)`` of them (``__getitems__``, PyTorch's batched fetch); training's random moves
+    come after the batch reached the model's device (:meth:`RecognitionDataModule.augment_batch`).
     """
 
     def __init__(
-        self, root: Path, ids: list[str], labels: list, channels: int, size: tuple[int, int], transform,
-        cache_limit_mb: float,
+        self, root: Path, ids: list[str], labels: list, channels: int, size: tuple[int, int], transform, cache,
     ) -> None:  # fmt: skip
         self.root, self.ids, self.labels = root, ids, labels
         self.channels, self.size, self.transform = channels, size, transform
         nbytes = len(ids) * channels * size[0] * size[1] * 4  # float32
-        self.images = DecodedCache(self.decode, len(ids), nbytes, cache_limit_mb, what=f"{root}: {len(ids)} images")
+        self.images = cache(self.decode, ids, nbytes, what=f"{root}: {len(ids)} images")
 
     def decode(self, index: int) -> torch.Tensor:
         return read_image(self.root / self.ids[index], self.channels, self.size)
@@ -91,11 +90,13 @@ class RecognitionDataModule(ImageDataModule):
     """
 
     default_name = "recognition2d"
+    streams_prepared = True
+    after_decoding_hparams = ("batch_size", "augment")
 
     def __init__(self, multilabel: Literal["auto"] | bool = "auto", **kwargs) -> None:
         super().__init__(**kwargs)
         check_multilabel(multilabel)
-        data_dir, channels = self.hparams.data_dir, self.hparams.channels
+        data_dir, channels = self.raw_data_dir, self.hparams.channels
         self._checked: set[str] = set()  # ids whose headers check_samples has read
         if data_dir is None:
             self.class_names = [str(d) for d in range(10)]
@@ -110,6 +111,7 @@ class RecognitionDataModule(ImageDataModule):
             self.read_labelled_folder(root, IMAGE_EXTENSIONS, "image", multilabel, "images", find_bad)
             first = root / self.list_samples()[0][0]
             self.in_channels = channels or image_channels(first)
+        self.use_prepared()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -164,14 +166,19 @@ class RecognitionDataModule(ImageDataModule):
             self._checked |= set(ids)
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        skip = self.hparams.on_bad_file == "skip"
-        unchecked = ids if skip else [i for i in ids if i not in self._checked]  # headers read once
-        bad = find_bad_images(self.root, unchecked, decode_channels=self.in_channels if skip else None)
-        report_bad_files(list(bad.values()), len(ids), self.hparams.on_bad_file, what=f"{stage} images")
-        ids = [i for i in ids if i not in bad]
-        label_of = dict(self.list_samples())
+        if self.prepared is None:
+            ids = self.usable(ids, stage)
+        label_of = dict(self.samples())
         unknown = [i for i in ids if i not in label_of]
         if unknown:
             raise ConfigError(f"{unknown[0]}: not an image of {self.root} ({self.class_names})")
         return ImageFolderDataset(self.root, ids, [label_of[i] for i in ids], self.in_channels, self.size,
-                                  self.transform(), self.hparams.cache_limit_mb)  # fmt: skip
+                                  self.transform(), self.decoded_cache(stage))  # fmt: skip
+
+    def usable(self, ids: list[str], stage: str) -> list[str]:
+        """``ids`` less the images that do not read (named together; left out with ``on_bad_file: skip``)."""
+        skip = self.hparams.on_bad_file == "skip"
+        unchecked = ids if skip else [i for i in ids if i not in self._checked]  # headers read once
+        bad = find_bad_images(self.root, unchecked, decode_channels=self.in_channels if skip else None)
+        report_bad_files(list(bad.values()), len(ids), self.hparams.on_bad_file, what=f"{stage} images")
+        return [i for i in ids if i not in bad]

@@ -6,7 +6,9 @@ Where a split's decoded samples fit in ``cache_limit_mb`` (the datamodules' init
 they are decoded once, when the split's dataset is built, and every epoch reads them from
 memory; random augmentation always runs afterwards, so it still differs every epoch. A
 larger split (a user's ImageNet-sized folder) is decoded every epoch as before, so memory
-never grows past the limit; ``cache_limit_mb: 0`` turns caching off.
+never grows past the limit; ``cache_limit_mb: 0`` turns caching off. Such a split is what
+``cnnsuite prepare`` is for: its decoded items written once as shards and streamed
+(:mod:`cnnsuite.data.shards`; a dataset asks its datamodule's ``decoded_cache`` which it gets).
 
 Items are decoded in the main process, before any DataLoader worker starts: workers then
 share them (copy-on-write under ``fork``) rather than each decoding its own copy.

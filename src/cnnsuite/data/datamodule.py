@@ -21,6 +21,10 @@
   ``on_after_batch_transfer``, on the device the batch was moved to, in training only.
 - Datasets are built on first use, one stage at a time: testing a checkpoint reads (and
   caches) only the test split.
+- ``data_dir`` may name a folder written by ``cnnsuite prepare`` (or an ``s3://`` URL of one):
+  a task that declares :attr:`~TaskDataModule.streams_prepared` then takes its split, classes
+  and preprocessing from its record and its decoded items from the shards
+  (:mod:`cnnsuite.data.shards`); random augmentation runs after, as on the in-memory cache.
 - ``read_input`` turns one raw file into the model's input exactly as the test split's
   preprocessing does: ``cnnsuite predict``, ``serve`` and ``export`` go through it, so a
   prediction on a file is the prediction evaluation made on it.
@@ -29,23 +33,27 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
+from .cache import DecodedCache
 from .folders import is_listed, list_classes, list_samples
 from .inputs import Input
 from .labels import LABELS_CSV, multi_hot, read_labels_csv
 from .prepare import prepare_once
 from .resumable import EpochSampler, pass_seed, resumable, run_seed
+from .shards import StreamedItems, check_shards, is_prepared, is_url, read_record, tensors_from_json
 from .splitfolders import find_split_folders, splits_from_folders
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
 
@@ -125,6 +133,13 @@ class TaskDataModule(L.LightningDataModule):
     #: :mod:`cnnsuite.data.splitfolders`), set by a task that reads them; its sample ids then
     #: start with the folder's name
     split_folders: dict[str, str] | None = None
+    #: whether the task streams a folder written by ``cnnsuite prepare``: its datasets keep their
+    #: decoded items in :meth:`decoded_cache`'s cache, its ``__init__`` ends with
+    #: :meth:`use_prepared`, and its ``make_dataset`` reads no file when :attr:`prepared`
+    streams_prepared: bool = False
+    #: init arguments that act after decoding (batch size, random augmentation): a prepared
+    #: folder streams the same items whatever they are; any other must be the record's
+    after_decoding_hparams: tuple[str, ...] = ("batch_size",)
 
     @property
     def split_folder_names(self) -> tuple[str, ...]:
@@ -148,10 +163,102 @@ class TaskDataModule(L.LightningDataModule):
         # Collects the subclass's init arguments too; checkpoints keep them (JSON-able).
         self.save_hyperparameters()
         for key in self.path_hparams:
-            if self.hparams.get(key) is not None:
+            if self.hparams.get(key) is not None and not is_url(self.hparams[key]):
                 self.hparams[key] = str(Path(self.hparams[key]).expanduser().resolve())
         self.splits: dict[str, list[str]] | None = None
         self.datasets = LazyDatasets(self._make_stage)
+        #: the record of the prepared folder ``data_dir`` names (:mod:`cnnsuite.data.shards`), else None
+        self.prepared: dict | None = None
+        self._probe = None  # set by decoder()
+        if is_prepared(self.hparams.data_dir):
+            self.prepared = self._open_prepared(self.hparams.data_dir)
+
+    def _open_prepared(self, location: str) -> dict:
+        """The record of ``location``, checked: this task's, written with this run's decoding
+        settings, its shards unchanged."""
+        name = self.default_name or type(self).__name__
+        if not self.streams_prepared:
+            raise ConfigError(
+                f"data.data_dir={location}: a folder written by cnnsuite prepare; not supported yet for {name}"
+            )
+        record = read_record(location)
+        ours = f"{type(self).__module__}.{type(self).__qualname__}"
+        if record["datamodule"] != ours:
+            task = record["task"]
+            raise ConfigError(f"{location}: prepared for the task {task} ({record['datamodule']}), not {name}")
+        free = {*self.local_hparams(), *self.source_hparams, *self.after_decoding_hparams}
+        recorded = record.get("hyper_parameters", {})
+        for key in sorted(self.init_parameters().keys() - free):
+            value, was = self.hparams.get(key), recorded.get(key)
+            if json.loads(json.dumps(value)) != was and "auto" not in (value, was):
+                raise ConfigError(
+                    f"data.{key}={value!r}: {location} was prepared with {key}={was!r}; "
+                    "give that, or run cnnsuite prepare again"
+                )
+        check_shards(location, record)
+        return record
+
+    @property
+    def raw_data_dir(self) -> str | None:
+        """The user's folder of raw files that the task lists and reads; None for the embedded
+        default and for a prepared folder (the record says what the samples are)."""
+        return None if self.prepared is not None else self.hparams.data_dir
+
+    def use_prepared(self) -> None:
+        """What a prepared folder's record says, taken at the end of a streaming task's
+        ``__init__`` (its data-dependent branch saw :attr:`raw_data_dir` None): class names,
+        channels, label mode and the preprocessing state learnt from its training split."""
+        record = self.prepared
+        if record is None:
+            return
+        self.class_names, self.in_channels = list(record["class_names"]), int(record["channels"])
+        if "multilabel" in self.init_parameters():  # decided by its labels: recorded as decided
+            self.decide_multilabel(bool(record["multilabel"]))
+        self.restore_preprocessing(tensors_from_json(record["preprocessing"]))
+
+    def samples(self) -> list[tuple[str, object]]:
+        """:meth:`list_samples`, or a prepared folder's samples as its record lists them."""
+        if self.prepared is None:
+            return self.list_samples()
+        return [(i, np.asarray(t, np.float32) if self.multilabel else t) for i, t in self.prepared["targets"].items()]
+
+    def preprocessing_state(self) -> dict:
+        """What preprocessing learnt from the training split: the datamodule's state less its split."""
+        return {k: v for k, v in self.state_dict().items() if k != "splits"}
+
+    def decoded_cache(self, stage: str) -> Callable:
+        """How a ``stage`` dataset keeps its decoded items: ``cache(read, ids, nbytes, what)``
+        gives ``read(i)`` of each of ``ids`` by index — a :class:`DecodedCache` within
+        ``data.cache_limit_mb``, or a prepared folder's shards (the ids must be the record's)."""
+        if self._probe is not None:
+            return self._probe
+        if self.prepared is None:
+            limit = self.hparams.get("cache_limit_mb", 0)
+            return lambda read, ids, nbytes, what: DecodedCache(read, len(ids), nbytes, limit, what)
+        expected, location = self.prepared["items"][stage], self.hparams.data_dir
+
+        def streamed(read, ids, nbytes, what):
+            if list(ids) != expected:
+                raise ConfigError(f"{location}: the {stage} items are not those its {stage} dataset asks for")
+            return StreamedItems(location, stage, expected)
+
+        return streamed
+
+    def decoder(self, stage: str) -> tuple[list[str], Callable]:
+        """``(ids, read)``: the ``stage`` dataset's items and how one is decoded (``read(i)``),
+        what ``cnnsuite prepare`` writes."""
+        found = {}
+
+        def probe(read, ids, nbytes, what):
+            found.update(read=read, ids=list(ids))
+            return DecodedCache(read, len(ids), nbytes, 0, what)
+
+        self._probe = probe
+        try:
+            self.make_dataset(self.splits[stage], stage)
+        finally:
+            self._probe = None
+        return found["ids"], found["read"]
 
     # --- what a task provides -------------------------------------------------------
     class_names: list[str]
@@ -235,7 +342,7 @@ class TaskDataModule(L.LightningDataModule):
         what the model weights its classes by (``class_weights``)."""
         if self.splits is None:
             raise RuntimeError("setup() decides the split before its targets are known")
-        targets = dict(self.list_samples())
+        targets = dict(self.samples())
         return [targets[sample_id] for sample_id in self.splits[stage]]
 
     def read_input(self, path: Path) -> Input:
@@ -336,6 +443,10 @@ class TaskDataModule(L.LightningDataModule):
         Tasks whose readers can fail override this; the default trusts the files."""
 
     def setup(self, stage: str) -> None:
+        if self.prepared is not None:  # decided and checked when it was prepared
+            self.splits = self.splits or self.prepared["splits"]
+            self._save_split_record()
+            return
         if self.splits is None:
             self.splits = self._decide_splits()
         if stage == "fit":
@@ -369,11 +480,12 @@ class TaskDataModule(L.LightningDataModule):
     def _make_stage(self, stage: str) -> Dataset:
         if self.splits is None:
             raise RuntimeError("setup() decides the split before any dataset is built")
-        return self.make_dataset(self.splits[stage], stage)
+        ids = self.splits[stage] if self.prepared is None else self.prepared["items"][stage]
+        return self.make_dataset(ids, stage)
 
     def unknown_ids(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
         """``stage → ids`` of ``splits`` that are no sample of this data (none: the split is for it)."""
-        known = {sample_id for sample_id, _ in self.list_samples()}
+        known = {sample_id for sample_id, _ in self.samples()}
         unknown = {s: [i for i in splits[s] if i not in known] for s in STAGES}
         return {s: ids for s, ids in unknown.items() if ids}
 

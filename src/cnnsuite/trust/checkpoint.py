@@ -290,7 +290,7 @@ def rebuild(
     if given and (splits is None or datamodule.unknown_ids(splits)):
         datamodule.tests_other_data = True
         from_file(ckpt_path, "datamodule state", datamodule.restore_preprocessing, state)
-        datamodule.splits = {"train": [], "val": [], "test": [i for i, _ in datamodule.list_samples()]}
+        datamodule.splits = {"train": [], "val": [], "test": [i for i, _ in datamodule.samples()]}
         return model, datamodule
     datamodule.prepare_data()  # an embedded default is generated again on a new machine
     from_file(ckpt_path, "datamodule state", datamodule.load_state_dict, {**state, "splits": splits})

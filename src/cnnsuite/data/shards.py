@@ -1,0 +1,250 @@
+"""Data larger than memory: a task's decoded items written once as LitData shards, then streamed.
+
+``cnnsuite prepare`` builds a task's datamodule as ``fit`` would, decides its split as ``setup``
+does, and writes, per split, the items its datasets decode from raw files before any random
+augmentation (what :class:`~cnnsuite.data.cache.DecodedCache` would keep in memory) with
+``litdata.optimize``: ``OUT/train``, ``OUT/val``, ``OUT/test``. Beside them :data:`RECORD` says
+what they are: the task, the datamodule's class and hyper-parameters, the split, the ids of the
+items in shard order, class names, channels, the preprocessing state learnt from the training
+split, the sha256 of every shard file and one content hash over all of it.
+
+``--data.data_dir OUT`` (a local folder, or an ``s3://`` URL of one: LitData reads both) makes a
+datamodule take its split, classes and preprocessing from the record and read each item from a
+``litdata.StreamingDataset`` of the split's shards in place of decoding its raw file.
+
+Why random access into the ``StreamingDataset`` rather than LitData's own shuffling and
+``StreamingDataLoader``: the training order stays the suite's (:mod:`cnnsuite.data.resumable`:
+drawn from the run's seed and epoch, sharded per DDP rank, its position in every checkpoint), so
+a run resumes exactly in the middle of an epoch, the same seed draws the same batches from shards
+as from raw files, and evaluation is item for item the raw path's. The price is reads in a random
+order: local shards (the page cache) do not mind; on object storage LitData keeps the chunks it
+fetched in its cache folder, so an epoch fetches each chunk once when the cache holds the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from ..errors import ConfigError
+from .splits import STAGES
+
+#: the record beside the shards
+RECORD = "cnnsuite-prepared.json"
+#: the size of one shard file (LitData's chunk)
+CHUNK_BYTES = "64MB"
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` names object storage (``s3://...``) rather than a local path."""
+    return "://" in str(location)
+
+
+def is_prepared(location: str | None) -> bool:
+    """Whether ``location`` (``data.data_dir``) is a prepared folder: a URL (raw files are read
+    from local folders only), or a folder holding :data:`RECORD`."""
+    return location is not None and (is_url(location) or (Path(location) / RECORD).is_file())
+
+
+def _read_bytes(location: str, name: str) -> bytes:
+    """``location/name``: a local file, or one fetched by LitData's downloader for its URL."""
+    if not is_url(location):
+        return (Path(location) / name).read_bytes()
+    from litdata.streaming.downloader import get_downloader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = str(Path(tmp) / Path(name).name)
+        get_downloader(location, tmp, []).download_file(f"{location.rstrip('/')}/{name}", local)
+        return Path(local).read_bytes()
+
+
+def content_hash(items: dict[str, list[str]], files: dict[str, str]) -> str:
+    """sha256 over the items' ids of every split and each shard file's name and sha256."""
+    digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode())
+    for name in sorted(files):
+        digest.update(f"{name}\0{files[name]}\n".encode())
+    return digest.hexdigest()
+
+
+def read_record(location: str) -> dict:
+    """The record of the prepared folder ``location``; one that does not read is one line naming it."""
+    try:
+        record = json.loads(_read_bytes(location, RECORD))
+        missing = [k for k in ("task", "datamodule", "items", "files", "sha256") if k not in record]
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare ({err})") from err
+    if missing:
+        raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare (no {missing[0]})")
+    return record
+
+
+def check_shards(location: str, record: dict) -> None:
+    """The shards of ``location`` must be those its record was written with (every file read
+    once: sequential reads, far cheaper than decoding the raw files once)."""
+    files, found = record["files"], {}
+    for name in files:
+        try:
+            found[name] = hashlib.sha256(_read_bytes(location, name)).hexdigest()
+        except OSError as err:
+            raise ConfigError(f"{location}: shard {name} of {RECORD} cannot be read ({err})") from err
+    if content_hash(record["items"], found) != record["sha256"]:
+        changed = [name for name in files if files[name] != found[name]]
+        what = f"shards {', '.join(changed)} differ" if changed else "its ids or file list were edited"
+        raise ConfigError(f"{location}: content sha256 does not match {RECORD} ({what}); run cnnsuite prepare again")
+
+
+def tensors_to_json(state: dict) -> dict:
+    """``{"values": ..., "tensors": ...}``: a datamodule's preprocessing state as JSON, its tensors
+    as (nested) lists of numbers; :func:`tensors_from_json` gives it back."""
+    import torch
+
+    tensors = {k: v.tolist() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {"values": {k: v for k, v in state.items() if k not in tensors}, "tensors": tensors}
+
+
+def tensors_from_json(state: dict) -> dict:
+    import torch
+
+    return {**state["values"], **{k: torch.tensor(v) for k, v in state["tensors"].items()}}
+
+
+class StreamedItems:
+    """One split's decoded items, read from its shards: what a dataset keeps in place of a
+    :class:`~cnnsuite.data.cache.DecodedCache`. The ``StreamingDataset`` is opened in the
+    process that reads first (each DataLoader worker its own)."""
+
+    cached = True  # every item comes whole, as a cache's do
+
+    def __init__(self, location: str, stage: str, ids: list[str]) -> None:
+        self.url, self.ids, self._dataset = f"{location.rstrip('/')}/{stage}", ids, None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        if self._dataset is None:
+            from litdata import StreamingDataset
+
+            self._dataset = StreamingDataset(self.url)
+        entry = self._dataset[index]
+        if entry["id"] != self.ids[index]:
+            raise ConfigError(f"{self.url}: item {index} is {entry['id']}, its record says {self.ids[index]}")
+        return entry["item"]
+
+
+def write_shards(out: Path, stage: str, ids: list[str], read) -> dict[str, str]:
+    """``read(i)`` of each of ``ids`` as ``{"id", "item"}`` into ``out/stage`` with
+    ``litdata.optimize`` (one writer process, so the shards hold the items in ``ids``' order);
+    returns ``{file name relative to out: sha256}``."""
+    from litdata import optimize
+
+    folder = out / stage
+    if ids:
+        optimize(
+            fn=lambda i: {"id": ids[i], "item": read(i)},
+            inputs=list(range(len(ids))),
+            output_dir=str(folder),
+            chunk_bytes=CHUNK_BYTES,
+            num_workers=1,
+            start_method="fork",  # the writer inherits the datamodule (its readers are not all picklable)
+        )
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _json_target(target):
+    """A class index, or a multi-hot vector as a list."""
+    return target.tolist() if hasattr(target, "tolist") else target
+
+
+def prepare(datamodule, task: str, out: Path) -> Path:
+    """Write ``datamodule``'s decoded items of every split and :data:`RECORD` into ``out`` (a new
+    or empty folder), as the module docstring says; returns the record's path. The datamodule's
+    class :attr:`~cnnsuite.data.TaskDataModule.streams_prepared` (``prepare_main`` checks it)."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: not empty; cnnsuite prepare writes into a new or empty folder")
+    source = datamodule.hparams.get("data_dir")
+    if source is not None and is_prepared(source):
+        raise ConfigError(f"--data.data_dir {source}: already a prepared folder; give the raw data's folder")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    out.mkdir(parents=True, exist_ok=True)
+    items, files = {}, {}
+    for stage in STAGES:
+        items[stage], read = datamodule.decoder(stage)
+        files |= write_shards(out, stage, items[stage], read)
+    targets = dict(datamodule.samples())
+    record = {
+        "task": task,
+        "datamodule": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
+        "hyper_parameters": {k: datamodule.hparams.get(k) for k in datamodule.init_parameters() if k != "data_dir"},
+        "raw_data_dir": source,
+        "splits": datamodule.splits,
+        "items": items,
+        "targets": {i: _json_target(targets[i]) for ids in datamodule.splits.values() for i in ids},
+        "class_names": list(datamodule.class_names),
+        "channels": datamodule.in_channels,
+        "multilabel": datamodule.multilabel,
+        "preprocessing": tensors_to_json(datamodule.preprocessing_state()),
+        "files": files,
+        "sha256": content_hash(items, files),
+    }
+    path = out / RECORD
+    path.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def prepare_main(argv: list[str]) -> None:
+    """``cnnsuite prepare``: a task's datamodule built from its config's data section and the
+    ``--data.*`` options, as ``fit`` builds it, written by :func:`prepare`."""
+    import yaml
+
+    from ..commands import add_out, command_parser
+    from ..contract import registered_tasks
+    from ..trust.checkpoint import data_options
+
+    parser = command_parser(
+        "prepare",
+        "Write a task's data once as LitData shards of its decoded items (train/val/test as fit splits it) with "
+        f"{RECORD}: the split, classes, preprocessing state and a content hash. Train from them with "
+        "cnnsuite fit --data.data_dir OUT (a local folder or an s3:// URL of one).",
+        ckpt=None,
+        epilog="Any other --data.KEY VALUE is a setting of the task's datamodule, as for cnnsuite fit.",
+    )
+    parser.add_argument("--task", required=True, help="the task whose data it is, by its registered name "
+                        "(recognition2d, multispectral3d, or your own task package's)")  # fmt: skip
+    parser.add_argument("--config", help="the config whose data section builds the datamodule (default: the task's)")
+    parser.add_argument("--data.data_dir", dest="data_dir", default=None,
+                        help="the raw data's folder (only read); default: the task's embedded default")  # fmt: skip
+    parser.add_argument("--data.data_root", dest="data_root", default=None,
+                        help="where an embedded default is (generated when missing; default: data)")  # fmt: skip
+    parser.set_defaults(num_workers=None)  # how a run loads is its own, not the record's
+    add_out(parser, "the folder the shards and the record are written to: new or empty (required)")
+    args, extra = parser.parse_known_args(argv)
+    if args.out is None:
+        parser.error("the following arguments are required: --out")
+    tasks = registered_tasks()
+    if args.task not in tasks:
+        raise ConfigError(f"--task {args.task}: not a task; expected one of {', '.join(sorted(tasks))}")
+    task = tasks[args.task]
+    config_path = Path(args.config or task.config)
+    try:
+        section = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
+    except (OSError, yaml.YAMLError, AttributeError) as err:
+        raise ConfigError(f"{config_path}: not a readable config ({err})") from err
+    cls = task.datamodule
+    if not cls.streams_prepared:
+        streamed = ", ".join(sorted(n for n, t in tasks.items() if t.datamodule.streams_prepared))
+        raise ConfigError(f"--task {args.task}: not supported yet for {args.task} (streamed now: {streamed})")
+    class_path = section.get("class_path", f"{cls.__module__}.{cls.__qualname__}")
+    if class_path != f"{cls.__module__}.{cls.__qualname__}":
+        raise ConfigError(f"{config_path}: data.class_path {class_path} is not {args.task}'s datamodule")
+    init_args = {**section.get("init_args", {}), **data_options(args, extra, parser)}
+    unknown = sorted(set(init_args) - set(cls.init_parameters()))
+    if unknown:
+        raise ConfigError(f"--data.{unknown[0]}: not a setting of {cls.__name__}")
+    path = prepare(cls(**init_args), args.task, Path(args.out))
+    print(f"{path}: train with cnnsuite fit --config {config_path} --data.data_dir {path.parent}")

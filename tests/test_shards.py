@@ -1,0 +1,151 @@
+"""``cnnsuite prepare`` writes a task's decoded items as LitData shards; ``--data.data_dir`` of
+the prepared folder streams them in training, with the split, classes and preprocessing
+state of the record."""
+
+import json
+
+import pytest
+import torch
+from conftest import fit, make_image_folder
+from test_multispectral3d import SMALL_MODEL, make_folder
+
+from cnnsuite.cli import main
+from cnnsuite.data.shards import RECORD
+from cnnsuite.errors import ConfigError
+
+TINY_2D = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}"]
+
+
+def prepare(task, raw, out, *extra):
+    main(["prepare", "--task", task, "--data.data_dir", str(raw), "--out", str(out), "--debug", *extra])
+
+
+def metrics_of(run):
+    return json.loads((run / "evaluation" / "metrics.json").read_text())
+
+
+def test_recognition2d_trains_from_shards_as_from_its_raw_files(tmp_path):
+    raw = make_image_folder(tmp_path / "raw", per_class=6)
+    before = sorted(p.relative_to(raw) for p in raw.rglob("*"))
+    out = tmp_path / "prepared"
+    prepare("recognition2d", raw, out, "--data.image_size", "16", "--data.augment", "false")
+    assert sorted(p.relative_to(raw) for p in raw.rglob("*")) == before  # the user's folder is only read
+    record = json.loads((out / RECORD).read_text())
+    assert record["task"] == "recognition2d" and record["class_names"] == ["cat", "dog", "owl"]
+    assert record["channels"] == 3 and sum(len(ids) for ids in record["splits"].values()) == 18
+    assert len(record["sha256"]) == 64
+
+    common = ["--trainer.max_epochs", "1", "--data.image_size", "16", "--data.augment", "false", *TINY_2D]
+    from_raw = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("recognition2d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+    ckpt = torch.load(from_shards / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["RecognitionDataModule"]["splits"] == record["splits"]
+
+    # a checkpoint trained on shards evaluates on the raw files, and on the shards, the same way
+    for data, name in ((raw, "on_raw"), (out, "on_shards")):
+        main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(data),
+              "--out", str(tmp_path / name), "--debug"])  # fmt: skip
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["test/acc"] == metrics_of(from_shards)["test/acc"]
+    # and predicts raw files from the checkpoint alone
+    main(["predict", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--input", str(raw / "cat"),
+          "--out", str(tmp_path / "predicted"), "--debug"])  # fmt: skip
+    assert len((tmp_path / "predicted" / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def test_multispectral3d_streams_its_band_statistics_and_split(tmp_path):
+    raw = make_folder(tmp_path / "raw", per_class=5, size=8)
+    out = tmp_path / "prepared"
+    prepare("multispectral3d", raw, out)
+    record = json.loads((out / RECORD).read_text())
+    assert len(record["preprocessing"]["tensors"]["band_mean"]) == 13
+
+    common = ["--trainer.max_epochs", "1", "--data.augment", "false", *SMALL_MODEL]
+    from_raw = fit("multispectral3d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("multispectral3d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+    state = torch.load(from_shards / "checkpoints" / "last.ckpt", weights_only=True)["MultispectralDataModule"]
+    assert state["band_mean"].tolist() == pytest.approx(record["preprocessing"]["tensors"]["band_mean"])
+
+
+def test_localization2d_streams_images_and_their_boxes(tmp_path):
+    from test_localization2d import make_csv_folder
+
+    raw = make_csv_folder(tmp_path / "raw", count=16)
+    out = tmp_path / "prepared"
+    prepare("localization2d", raw, out, "--data.image_size", "32", "--data.augment", "false")
+    common = ["--trainer.max_epochs", "1", "--data.image_size", "32", "--data.augment", "false",
+              "--model.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}",
+              "--model.box_grid", "2"]  # fmt: skip
+    from_raw = fit("localization2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("localization2d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+
+
+def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
+    raw = make_image_folder(tmp_path / "raw", per_class=4)
+    out = tmp_path / "prepared"
+    prepare("recognition2d", raw, out, "--data.image_size", "8")
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # prepare refuses a non-empty --out
+        main(["prepare", "--task", "recognition2d", "--data.data_dir", str(raw), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "not empty" in err
+
+    from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+    from cnnsuite.tasks.video3d.datamodule import VideoDataModule
+
+    with pytest.raises(ConfigError, match="not supported yet for video3d"):
+        VideoDataModule(data_dir=str(out))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["prepare", "--task", "video3d", "--data.data_dir", str(raw), "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not supported yet for video3d" in err and not (tmp_path / "v").exists()
+
+    with pytest.raises(ConfigError, match="recognition2d"):  # another task's
+        MultispectralDataModule(data_dir=str(out))
+    with pytest.raises(ConfigError, match="image_size"):  # decoded with other settings
+        RecognitionDataModule(data_dir=str(out), image_size=16)
+
+    shard = next((out / "train").glob("*.bin"))
+    damaged = bytearray(shard.read_bytes())
+    damaged[-1] ^= 1
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(ConfigError, match="sha256") as err:
+        RecognitionDataModule(data_dir=str(out), image_size=8)
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
+    """The loader over shards is the suite's resumable one: a step checkpoint taken mid-epoch
+    resumes to the weights of the run that was not stopped."""
+    from test_long_runs import assert_same_weights
+
+    from cnnsuite.training.runs import AtomicCheckpointIO
+
+    raw = make_image_folder(tmp_path / "raw", per_class=6)
+    out = tmp_path / "prepared"
+    prepare("recognition2d", raw, out, "--data.image_size", "16")
+    first_step = tmp_path / "step-1.ckpt"
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def save_and_keep_the_first(self, checkpoint, path, storage_options=None):
+        save(self, checkpoint, path, storage_options)
+        if path.endswith("last.ckpt") and not first_step.exists():
+            first_step.write_bytes(open(path, "rb").read())
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save_and_keep_the_first)
+    common = ["--data.data_dir", str(out), "--data.image_size", "16", "--data.batch_size", "4",
+              "--trainer.max_epochs", "1", "--last_checkpoint.every_n_train_steps", "1", "--evaluate", "false",
+              *TINY_2D]  # fmt: skip
+    whole = fit("recognition2d", tmp_path / "whole", *common)
+    assert torch.load(first_step, weights_only=True)["global_step"] == 1
+    part = tmp_path / "part" / "runs" / "version_0" / "checkpoints"
+    part.mkdir(parents=True)
+    (part / "last.ckpt").write_bytes(first_step.read_bytes())
+    resumed = fit("recognition2d", tmp_path / "part", *common, "--ckpt_path", "last")
+    assert_same_weights(resumed / "checkpoints" / "last.ckpt", whole / "checkpoints" / "last.ckpt")
