@@ -2,6 +2,8 @@
 the 2D tasks in ``torchvision_resnet18``, the 3D ones in ``monai_resnet18`` (kernels inflated),
 multispectral3d's bands as channels (the RGB stem adapted to 13 bands)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -10,6 +12,7 @@ from cnnsuite.backbone import build_backbone
 from cnnsuite.contract import registered_tasks
 from cnnsuite.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parents[1]
 RESNET3D = {"conv1_t_stride": 2, "bias_downsample": False}
 #: task → the module's settings that make it a ResNet-18 of its kind (the README's commands)
 SETTINGS = {
@@ -52,3 +55,28 @@ def test_another_backbones_kwargs_are_one_line_naming_them(name, dims):
         ConfigError, match=r"model.backbone_kwargs for '\w+': channels, pool: not arguments of .*'\{\}'"
     ):
         build_backbone(name, dims, 1, channels=[8, 16], pool="max")
+
+
+def test_the_benchmarks_digits_file_is_torchvisions_layout_and_round_trips(tmp_path):
+    """``benchmarks/pretrained.py`` writes recognition2d's grey ResNet-18 as torchvision's RGB
+    ``resnet18`` state dict; read back into a grey backbone it gives the same features."""
+    import importlib.util
+
+    from cnnsuite.tasks.recognition2d.module import RecognitionModule
+    from cnnsuite.training.transfer import backbone_state, transfer_backbone
+
+    spec = importlib.util.spec_from_file_location("bench_pretrained", ROOT / "benchmarks" / "pretrained.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    source = RecognitionModule(num_classes=10, in_channels=1, backbone="torchvision_resnet18").eval()
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "run.ckpt")
+    file = bench.torchvision_file(tmp_path / "run.ckpt", tmp_path / "resnet18-digits.pth")
+    assert torch.load(file, weights_only=True)["conv1.weight"].shape == (64, 3, 7, 7)
+    target = build_backbone("torchvision_resnet18", 2, 1).eval()
+    report = transfer_backbone(target, backbone_state(f"torchvision:{file}"))
+    assert report.missing == [] and report.mismatched == [] and report.adapted == ["stages.0.0.weight"]
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(source.feature_backbone()(x), target(x), strict=True):
+            assert (a - b).abs().max().item() <= 1e-5
