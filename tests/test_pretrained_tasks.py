@@ -80,3 +80,12 @@ def test_the_benchmarks_digits_file_is_torchvisions_layout_and_round_trips(tmp_p
     with torch.no_grad():
         for a, b in zip(source.feature_backbone()(x), target(x), strict=True):
             assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_monai_resnet18_reports_its_stem_stride_per_axis():
+    """video3d's stem keeps every frame (stride 1 in time, 2 in space): the reported strides say
+    so, and they are the feature maps' own."""
+    backbone = build_backbone("monai_resnet18", 3, 3, conv1_t_stride=[1, 2, 2], bias_downsample=False)
+    assert [tuple(s) for s in backbone.strides] == [(2, 4, 4), (4, 8, 8), (8, 16, 16), (16, 32, 32)]
+    with torch.no_grad():
+        assert backbone.eval()(torch.zeros(1, 3, 16, 64, 64))[-1].shape[2:] == (1, 2, 2)

@@ -62,9 +62,10 @@ def monai_resnet18(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> Sta
         fixed=("block", "layers", "block_inplanes", "spatial_dims", "n_input_channels", "num_classes"),
     )
     net = resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=1, **kwargs)
-    stem_stride = net.conv1.stride[0] * (1 if isinstance(net.maxpool, nn.Identity) else 2)
+    pool = 1 if isinstance(net.maxpool, nn.Identity) else 2
+    stem_stride = tuple(stride * pool for stride in net.conv1.stride)  # conv1_t_stride may differ per axis
     stem = (net.conv1, net.bn1, net.act, net.maxpool)
-    stages = [ForeignStage(*stem, net.layer1, out_channels=_width(net.layer1), stride=(stem_stride,) * spatial_dims)]
+    stages = [ForeignStage(*stem, net.layer1, out_channels=_width(net.layer1), stride=stem_stride)]
     for layer in (net.layer2, net.layer3, net.layer4):
         stages.append(ForeignStage(layer, out_channels=_width(layer), stride=(2,) * spatial_dims))
     return StagedBackbone(spatial_dims, stages)
