@@ -89,3 +89,20 @@ def test_monai_resnet18_reports_its_stem_stride_per_axis():
     assert [tuple(s) for s in backbone.strides] == [(2, 4, 4), (4, 8, 8), (8, 16, 16), (16, 32, 32)]
     with torch.no_grad():
         assert backbone.eval()(torch.zeros(1, 3, 16, 64, 64))[-1].shape[2:] == (1, 2, 2)
+
+
+def test_a_clip_shorter_than_monai_resnet18s_stride_is_one_line(tmp_path, capsys):
+    """video3d's 8-frame clips through MONAI's ResNet-18 (total stride 16 in time): one line naming
+    both, exit status 2, before any data is written."""
+    from cnnsuite.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(ROOT / "tasks" / "video3d" / "config.yaml"),
+              "--model.backbone", "monai_resnet18",
+              "--model.backbone_kwargs", "{conv1_t_stride: [1, 2, 2], bias_downsample: false}",
+              "--data.data_root", str(tmp_path / "data"),
+              "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "are 8x32x32 where the backbone's total stride is 16x32x32" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "data").exists()

@@ -255,7 +255,7 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
         stride = tuple(backbone.strides[-1])
         size = tuple(shape[1:])[-len(stride) :]
         if any(s < k for s, k in zip(size, stride, strict=True)):
-            raise ValueError(
+            raise ConfigError(
                 f"the data's samples of shape {tuple(shape)} are {'x'.join(map(str, size))} where the backbone's "
                 f"total stride is {'x'.join(map(str, stride))}: use larger samples (data.*) or fewer or gentler "
                 "pooling stages (model.backbone_kwargs)"
