@@ -194,7 +194,7 @@ def test_precise_batchnorm_recomputes_the_statistics_of_the_training_batches():
     bn = model.backbone.stages[0][0][1]
     bn.running_mean.fill_(5.0)  # stale statistics of "another network"
     batches = [(torch.randn(4, 1, 8, 8) + 2, torch.zeros(4, dtype=torch.long)) for _ in range(3)]
-    trainer = SimpleNamespace(sanity_checking=False, train_dataloader=batches, world_size=1)
+    trainer = SimpleNamespace(sanity_checking=False, train_dataloader=batches, world_size=1, datamodule=None)
     PreciseBatchNorm(num_batches=3).on_validation_epoch_start(trainer, model)
     conv = model.backbone.stages[0][0][0]
     with torch.no_grad():

@@ -10,6 +10,7 @@ here; tasks register others (a video task: PyTorchVideo's) with the same tools.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -52,12 +53,19 @@ def measured_backbone(stages: Sequence[nn.Module], in_channels: int, probe: tupl
 @register_backbone("monai_resnet18")
 def monai_resnet18(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> StagedBackbone:
     """MONAI's ResNet-18 (Hara et al.'s 3D ResNets); stages are its layer1..layer4."""
-    from monai.networks.nets import resnet18
+    from monai.networks.nets import ResNet, resnet18
 
+    _check_kwargs(
+        "monai_resnet18",
+        ResNet,
+        kwargs,
+        fixed=("block", "layers", "block_inplanes", "spatial_dims", "n_input_channels", "num_classes"),
+    )
     net = resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=1, **kwargs)
-    stem_stride = net.conv1.stride[0] * (1 if isinstance(net.maxpool, nn.Identity) else 2)
+    pool = 1 if isinstance(net.maxpool, nn.Identity) else 2
+    stem_stride = tuple(stride * pool for stride in net.conv1.stride)  # conv1_t_stride may differ per axis
     stem = (net.conv1, net.bn1, net.act, net.maxpool)
-    stages = [ForeignStage(*stem, net.layer1, out_channels=_width(net.layer1), stride=(stem_stride,) * spatial_dims)]
+    stages = [ForeignStage(*stem, net.layer1, out_channels=_width(net.layer1), stride=stem_stride)]
     for layer in (net.layer2, net.layer3, net.layer4):
         stages.append(ForeignStage(layer, out_channels=_width(layer), stride=(2,) * spatial_dims))
     return StagedBackbone(spatial_dims, stages)
@@ -93,6 +101,7 @@ def _torchvision_resnet(arch: str, spatial_dims: int, in_channels: int, **kwargs
         raise ConfigError(f"model.spatial_dims={spatial_dims}: torchvision_{arch} is a 2D network")
     import torchvision
 
+    _check_kwargs(f"torchvision_{arch}", torchvision.models.ResNet, kwargs, fixed=("block", "layers"))
     net = getattr(torchvision.models, arch)(weights=None, **kwargs)
     net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     stem = (net.conv1, net.bn1, net.relu, net.maxpool)
@@ -134,6 +143,20 @@ def _torchvision_mobilenet(arch: str, spatial_dims: int, in_channels: int, **kwa
     starts = [0] + [end + 1 for end in ends[:-1]]
     stages = [nn.Sequential(*features[start : end + 1]) for start, end in zip(starts, ends, strict=True)]
     return measured_backbone(stages, in_channels, probe=(64, 64))
+
+
+def _check_kwargs(name: str, cls: type, kwargs: dict, fixed: Sequence[str]) -> None:
+    """``model.backbone_kwargs`` the library's class does not take are a one-line ``ConfigError``:
+    most often a task config's kwargs for its own backbone, kept when the command line names a
+    reference one."""
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", *fixed}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"model.backbone_kwargs for {name!r}: {', '.join(unknown)}: not arguments of "
+            f"{cls.__module__}.{cls.__qualname__} (it takes {', '.join(sorted(allowed))}); "
+            "a config's kwargs of another backbone are dropped with --model.backbone_kwargs '{}'"
+        )
 
 
 def _width(layer: nn.Sequential) -> int:
