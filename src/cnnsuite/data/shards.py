@@ -215,7 +215,7 @@ def prepare_main(argv: list[str]) -> None:
         epilog="Any other --data.KEY VALUE is a setting of the task's datamodule, as for cnnsuite fit.",
     )
     parser.add_argument("--task", required=True, help="the task whose data it is, by its registered name "
-                        "(recognition2d, multispectral3d, or your own task package's)")  # fmt: skip
+                        "(a task that streams prepared data; the others say so)")  # fmt: skip
     parser.add_argument("--config", help="the config whose data section builds the datamodule (default: the task's)")
     parser.add_argument("--data.data_dir", dest="data_dir", default=None,
                         help="the raw data's folder (only read); default: the task's embedded default")  # fmt: skip
