@@ -27,7 +27,7 @@ help:  ## list the targets
 	@echo "make test-slow                           the tests that start real processes: kills, DDP"
 	@echo "make bench [OUT=<dir>] [ARGS=--quick]    every task's model, data pipeline and training against references: bench.md"
 	@echo "make lint                                ruff"
-	@echo "make docs                                docs/cli.md, the CLI reference, from the commands' own help"
+	@echo "make docs                                docs/cli.md from the commands' own help; task READMEs' figures tables"
 	@echo "tasks: $(TASKS)"
 
 check-task:
@@ -82,8 +82,9 @@ test-slow: setup
 bench: setup
 	$(BIN)/cnnsuite bench --out $(or $(OUT),runs/bench) $(ARGS)
 
-docs: setup  ## docs/cli.md from the command table and each command's --help
+docs: setup  ## docs/cli.md from the command table and each command's --help; each task README's figures table from benchmarks/results/figures.json
 	$(BIN)/python -m cnnsuite.commands > docs/cli.md
+	$(BIN)/python benchmarks/figures.py
 
 lint: setup
 	$(BIN)/ruff check .

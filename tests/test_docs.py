@@ -92,3 +92,48 @@ def test_every_option_named_exists():
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_document_mentions_an_issue_number(doc):
     assert not re.search(r"\bissues? #?\d+", doc.read_text(), re.I), doc
+
+
+def figures_module():
+    """``benchmarks/figures.py``, the renderer ``make docs`` runs, loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("figures", ROOT / "benchmarks" / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_figures_json_is_strict_and_covers_every_task():
+    figures = figures_module().load()
+    tasks = sorted(p.parent.name for p in ROOT.glob("tasks/*/README.md"))
+    assert sorted(figures) == tasks
+    for task, entries in figures.items():
+        assert entries and entries[0]["command"] == f"make train TASK={task}", task
+
+
+@pytest.mark.parametrize("task", sorted(p.parent.name for p in ROOT.glob("tasks/*/README.md")))
+def test_a_task_readmes_figures_table_is_the_one_rendered_from_figures_json(task):
+    """The table between the README's figure markers is exactly what ``make docs`` writes from
+    ``benchmarks/results/figures.json``, and the README has one such table."""
+    figures = figures_module()
+    text = (ROOT / "tasks" / task / "README.md").read_text()
+    assert text.count(figures.BEGIN) == 1 and text.count(figures.END) == 1, task
+    assert figures.render(text, figures.load()[task]) == text, f"run make docs ({task})"
+
+
+def test_a_headline_figure_quoted_in_the_manual_is_figures_jsons():
+    """Where README.md or the guide quotes a task's default-run metric (``test/acc 0.97`` on a line
+    naming the task), the number is the one in figures.json."""
+    figures = figures_module().load()
+    wrong = []
+    for doc in (ROOT / "README.md", ROOT / "docs" / "guide.md"):
+        for line in doc.read_text().splitlines():
+            for task, entries in figures.items():
+                if task not in line:
+                    continue
+                for key, value in entries[0]["metrics"].items():
+                    for quoted in re.findall(rf"`?{re.escape(key)}`?\s*(?:=|:|of)?\s*(\d+\.\d+)", line):
+                        if abs(float(quoted) - value) > 0.5 * 10 ** -len(quoted.split(".")[1]):
+                            wrong.append((doc.name, task, key, quoted, value))
+    assert not wrong, wrong
