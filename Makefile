@@ -8,12 +8,14 @@ TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)
 TASK ?= recognition2d
 ARGS ?=
 
-.PHONY: help setup train evaluate predict export inspect serve test test-slow bench lint docs check-task need-ckpt
+.PHONY: help setup train sweep evaluate predict export inspect serve test test-slow bench lint docs check-task need-ckpt
 
 help:  ## list the targets
 	@echo "make setup                               create $(VENV) and install cnnsuite (idempotent)"
 	@echo "make train TASK=<task> [ARGS=\"...\"]       train on the task's default data, then evaluate best.ckpt"
 	@echo "make train TASK=<task> RESUME=last|<ckpt>  resume the newest run (or a checkpoint) in its own folder"
+	@echo "make sweep TASK=<task> SPACE=<file> TRIALS=<n> [STUDY=<name>] [STORAGE=<url>] [ARGS=\"...\"]   an Optuna"
+	@echo "                                         search (resumes its study): trials.md, plots, best_config.yaml"
 	@echo "make evaluate CKPT=<file> [DATA=<dir>] [OUT=<dir>]   metrics.json, plots and report.md (DATA: the run's own folder,"
 	@echo "                                         needed for a run on your own data; CKPT=\"a.ckpt b.ckpt\": comparison.md)"
 	@echo "make predict CKPT=<file> INPUT=<file|dir> [OUT=<dir>]   predictions.jsonl and pictures for raw files"
@@ -44,6 +46,12 @@ $(VENV)/.installed: pyproject.toml
 
 train: check-task setup
 	$(BIN)/cnnsuite fit --config tasks/$(TASK)/config.yaml $(if $(RESUME),--ckpt_path $(RESUME)) $(ARGS)
+
+sweep: check-task setup
+	@if [ -z "$(SPACE)" ] || [ -z "$(TRIALS)" ]; then \
+		echo "usage: make sweep TASK=<task> SPACE=space.yaml TRIALS=N [STUDY=name] [STORAGE=url] [ARGS=...]" >&2; exit 2; fi
+	$(BIN)/cnnsuite sweep --config tasks/$(TASK)/config.yaml --space $(SPACE) --trials $(TRIALS) \
+		$(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 need-ckpt:
 	@if [ -z "$(CKPT)" ]; then echo "CKPT=path/to.ckpt is needed (a checkpoint written by make train)" >&2; exit 2; fi

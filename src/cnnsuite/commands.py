@@ -58,6 +58,8 @@ COMMANDS: dict[str, Command] = {
                        "stage table", "cnnsuite.use.inspection:inspect_main"),
     "serve": Command("serve a checkpoint over HTTP (LitServe): POST a file to /predict",
                      "cnnsuite.use.serve:serve_main"),
+    "sweep": Command("search a task's hyper-parameters with Optuna (--space FILE, --trials N), each trial a fit run; "
+                     "resumable, shared by processes on one database", "cnnsuite.training.sweep:sweep_main"),
     "bench": Command("measure every task's model, data pipeline and training against references",
                      "cnnsuite.bench:bench_main"),
 }  # fmt: skip
