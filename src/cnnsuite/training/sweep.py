@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -151,10 +152,7 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
         url = f"sqlite:///{sweeps / args.study}.db"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, matplotlib plots
-    try:
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
-    except Exception as err:  # SQLAlchemy's errors for a bad URL or an unreachable database vary by driver
-        raise ConfigError(f"--storage {url}: {' '.join(str(err).split())}") from None
+    storage = open_storage(url)
     direction = "maximize" if checkpoint.mode == "max" else "minimize"
     study = optuna.create_study(
         study_name=args.study, storage=storage, direction=direction, load_if_exists=True,
@@ -176,6 +174,23 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
             catch=(FloatingPointError,),  # a diverged trial (DivergedError) is a failed one; the sweep goes on
         )  # fmt: skip
     write_results(study, out)
+
+
+def open_storage(url: str):
+    """The study's database, with heartbeats. Processes that start together on a new database
+    both create its tables: the one that loses the race finds them on a second try."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in (1, 2):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
+        except OperationalError as err:
+            if attempt == 2:
+                raise ConfigError(f"--storage {url}: {' '.join(str(err).split())}") from None
+            time.sleep(1)
+        except Exception as err:  # SQLAlchemy's errors for a bad URL or a missing driver vary by driver
+            raise ConfigError(f"--storage {url}: {' '.join(str(err).split())}") from None
 
 
 def finished_states():
