@@ -8,7 +8,7 @@ TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)
 TASK ?= recognition2d
 ARGS ?=
 
-.PHONY: help setup train prepare evaluate predict export inspect serve test test-slow bench lint docs check-task need-ckpt
+.PHONY: help setup train prepare sweep evaluate predict export inspect serve test test-slow bench lint docs check-task need-ckpt
 
 help:  ## list the targets
 	@echo "make setup                               create $(VENV) and install cnnsuite (idempotent)"
@@ -16,6 +16,8 @@ help:  ## list the targets
 	@echo "make train TASK=<task> RESUME=last|<ckpt>  resume the newest run (or a checkpoint) in its own folder"
 	@echo "make prepare TASK=<task> OUT=<dir> [DATA=<dir>] [ARGS=\"...\"]   the task's data (DATA, else its default) as"
 	@echo "                                         LitData shards in OUT; train from them: make train ARGS=\"--data.data_dir OUT\""
+	@echo "make sweep TASK=<task> SPACE=<file> TRIALS=<n> [STUDY=<name>] [STORAGE=<url>] [ARGS=\"...\"]   an Optuna"
+	@echo "                                         search (resumes its study): trials.md, plots, best_config.yaml"
 	@echo "make evaluate CKPT=<file> [DATA=<dir>] [OUT=<dir>]   metrics.json, plots and report.md (DATA: the run's own folder,"
 	@echo "                                         needed for a run on your own data; CKPT=\"a.ckpt b.ckpt\": comparison.md)"
 	@echo "make predict CKPT=<file> INPUT=<file|dir> [OUT=<dir>]   predictions.jsonl and pictures for raw files"
@@ -51,6 +53,12 @@ train: check-task setup
 prepare: check-task setup
 	@if [ -z "$(OUT)" ]; then echo "usage: make prepare TASK=<task> OUT=<dir> [DATA=<dir>] [ARGS=\"--data.KEY VALUE\"]" >&2; exit 2; fi
 	$(BIN)/cnnsuite prepare --task $(TASK) --config tasks/$(TASK)/config.yaml $(if $(DATA),--data.data_dir $(DATA)) --out $(OUT) $(ARGS)
+
+sweep: check-task setup
+	@if [ -z "$(SPACE)" ] || [ -z "$(TRIALS)" ]; then \
+		echo "usage: make sweep TASK=<task> SPACE=space.yaml TRIALS=N [STUDY=name] [STORAGE=url] [ARGS=...]" >&2; exit 2; fi
+	$(BIN)/cnnsuite sweep --config tasks/$(TASK)/config.yaml --space $(SPACE) --trials $(TRIALS) \
+		$(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 need-ckpt:
 	@if [ -z "$(CKPT)" ]; then echo "CKPT=path/to.ckpt is needed (a checkpoint written by make train)" >&2; exit 2; fi

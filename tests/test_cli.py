@@ -15,7 +15,7 @@ from conftest import ROOT
 from cnnsuite.cli import main
 
 CONFIG = str(ROOT / "tasks" / "recognition2d" / "config.yaml")
-COMMANDS = ("fit", "validate", "test", "evaluate", "predict", "export", "inspect", "serve", "bench")
+COMMANDS = ("fit", "validate", "test", "evaluate", "predict", "export", "inspect", "serve", "sweep", "bench")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

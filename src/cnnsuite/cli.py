@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import json
 import logging
 import os
 import re
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -55,6 +57,7 @@ from .commands import (
 from .contract import LINKED, registered_tasks
 from .data import TaskDataModule
 from .errors import ConfigError, UserError
+from .jsonout import strict_json
 from .training.callbacks import CompactModelSummary
 from .training.runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, default_output, run_version
 from .training.task import TaskModule
@@ -382,6 +385,56 @@ def task_config_args(argv: list[str]) -> list[str]:
     return out
 
 
+def fit_run(argv: list[str], callbacks: list | None = None) -> dict:
+    """One ``cnnsuite fit`` with ``argv`` (its options, ``--task`` included), in this process and
+    through the same path as the command (``callbacks`` join the config's, unsaved in its
+    ``config.yaml``), and what it gave: its run folder, the metric that chose its best
+    checkpoint with that value, and the same metric on the test split (None unless evaluated)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = CnnSuiteCLI(args=["fit", *task_config_args(argv)], trainer_defaults={"callbacks": callbacks or []})
+    callback = cli.trainer.checkpoint_callback
+    run = Path(cli.trainer.log_dir)
+    test_key = f"test/{callback.monitor.partition('/')[2]}"
+    evaluated = run / "evaluation" / "metrics.json"
+    test = json.loads(evaluated.read_text()).get(test_key) if evaluated.is_file() else None
+    score = callback.best_model_score
+    return {"run": str(run), callback.monitor: None if score is None else float(score), test_key: test}
+
+
+def seeds_option(argv: list[str]) -> tuple[list[str], list[int]]:
+    """``argv`` without ``--seeds A,B,...`` (a cnnsuite option of ``fit``, not a config key), and
+    those seeds (none when it is absent)."""
+    out, seeds, rest = [], [], iter(argv)
+    for arg in rest:
+        if arg != "--seeds" and not arg.startswith("--seeds="):
+            out.append(arg)
+            continue
+        text = arg.partition("=")[2] if "=" in arg else next(rest, "")
+        try:
+            seeds = [int(s) for s in text.split(",")]
+        except ValueError:
+            seeds = []
+        if len(seeds) < 2 or len(set(seeds)) < len(seeds) or argv[0] != "fit":
+            raise ConfigError(f"--seeds {text!r}: expected two or more different whole numbers, 0,1,2 (fit only)")
+    return out, seeds
+
+
+def fit_seeds(argv: list[str], seeds: list[int]) -> None:
+    """``cnnsuite fit ... --seeds 0,1,2``: the config trained once per seed, each a run folder of
+    its own, and each run's values with their mean and standard deviation over the seeds
+    (sample, n - 1) printed and written as ``seeds.json`` beside the runs."""
+    runs = [{"seed": seed, **fit_run([*argv, "--seed_everything", str(seed)])} for seed in seeds]
+    keys = [k for k in runs[0] if k not in ("seed", "run") and all(r[k] is not None for r in runs)]
+    summary = {k: {"mean": statistics.mean(r[k] for r in runs), "std": statistics.stdev(r[k] for r in runs)}
+               for k in keys}  # fmt: skip
+    root = Path(runs[0]["run"]).parent
+    (root / "seeds.json").write_text(strict_json({"runs": runs, **summary}, indent=2) + "\n")
+    print("\n".join(f"seed {r['seed']}: {r['run']}  " + "  ".join(f"{k} {r[k]:.4f}" for k in keys) for r in runs))
+    print(f"{len(seeds)} seeds ({root / 'seeds.json'}): "
+          + "; ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items()))  # fmt: skip
+
+
 def config_mistake(message: str, parser, command: str | None) -> str:
     """One line for a LightningCLI parsing error (jsonargparse's ``message``; ``parser`` is the
     command's): an unknown key (mistyped, abbreviated, or not an argument of the class the
@@ -551,7 +604,11 @@ def main(argv: list[str] | None = None) -> None:
                 argv = task_config_args(argv)
                 if command_line:  # what Lightning's DDP launcher starts the other ranks with
                     sys.argv[1:] = argv
-            CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
+            argv, seeds = seeds_option(argv)
+            if seeds:
+                fit_seeds(argv[1:], seeds)
+            else:
+                CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
         elif name in COMMANDS:
             COMMANDS[name].run(argv[1:])
         else:

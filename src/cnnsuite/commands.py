@@ -60,6 +60,8 @@ COMMANDS: dict[str, Command] = {
                        "stage table", "cnnsuite.use.inspection:inspect_main"),
     "serve": Command("serve a checkpoint over HTTP (LitServe): POST a file to /predict",
                      "cnnsuite.use.serve:serve_main"),
+    "sweep": Command("search a task's hyper-parameters with Optuna (--space FILE, --trials N), each trial a fit run; "
+                     "resumable, shared by processes on one database", "cnnsuite.training.sweep:sweep_main"),
     "bench": Command("measure every task's model, data pipeline and training against references",
                      "cnnsuite.bench:bench_main"),
 }  # fmt: skip
@@ -196,6 +198,7 @@ hundred). The ones used most:
 | `--config FILE` | a task's config (`tasks/<task>/config.yaml`, or your copy); several are merged in order |
 | `--print_config` | print the whole config as it would run, and stop |
 | `--seed_everything N` | the run's seed (data split, initialisation, shuffling, augmentation) |
+| `--seeds 0,1,2` | (`fit`) one run per seed; each run's metric, mean ± standard deviation (`seeds.json`) |
 | `--trainer.max_epochs N`, `--trainer.accelerator auto\\|cpu\\|gpu` | any setting of Lightning's `Trainer` |
 | `--data.data_dir DIR` | your own data (the task README gives its layouts) instead of the embedded default |
 | `--data.batch_size N`, `--data.num_workers auto\\|N` | the loaders (`auto`: cores less one, at most 8; 0 on 2) |

@@ -1,0 +1,305 @@
+"""``cnnsuite sweep``: a hyper-parameter search with Optuna over any config key.
+
+Each trial is a normal ``cnnsuite fit`` run in this process (:func:`cnnsuite.cli.fit_run`) with
+the trial's values as command-line options, in its own folder ``<out>/trial_<n>/version_0``
+with checkpoints and evaluation. The value a trial is scored by is the one that picks its best
+checkpoint (the task's monitor and direction, as the run resolves them); Optuna's TPE sampler
+proposes values and a median pruner stops a trial whose validation curve falls behind, fed by
+optuna-integration's Lightning callback.
+
+The study lives in a database (an SQLite file beside the results by default, any SQLAlchemy URL
+with ``--storage``): a killed sweep resumes it (``--trials N`` counts the study's finished
+trials; a trial whose process died stops sending heartbeats and is marked failed), and several
+processes or machines on one database share one study.
+
+Optuna and the stack are imported inside the functions: ``cnnsuite sweep --help`` is immediate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import warnings
+from pathlib import Path
+
+from ..errors import ConfigError, MissingFileError
+
+#: seconds between a running trial's heartbeats, and the silence after which it is stale: the
+#: trial of a killed process, marked failed when a sweep next starts a trial
+HEARTBEAT_INTERVAL = 30
+GRACE_PERIOD = 120
+#: trials that count towards ``--trials``
+FINISHED = ("COMPLETE", "PRUNED")
+SPACE_FORMS = "{low: A, high: B} (log: true for a log scale; whole-number bounds draw integers) or {choices: [...]}"
+
+
+def sweep_main(argv: list[str]) -> None:
+    from ..commands import add_out, command_parser
+
+    parser = command_parser(
+        "sweep", ckpt=None,
+        description="Search hyper-parameters with Optuna: each trial a cnnsuite fit run with values drawn from "
+        "the space file (TPE sampler, median pruning on the task's monitored metric), the study kept in a "
+        "database, so that a killed sweep resumes and several processes share one study. Writes trials.md, "
+        "trials.json, history.png, importance.png and best_config.yaml (the best trial's config, for "
+        "cnnsuite fit --config).",
+        epilog="Any other --KEY VALUE (a config key: --trainer.max_epochs 3, --data.data_dir DIR) applies to every "
+        "trial. The space file maps dotted config keys to " + SPACE_FORMS + ".",
+    )  # fmt: skip
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="the task whose packaged config is swept")
+    source.add_argument("--config", action="append", help="a config to sweep (several merge in order)")
+    parser.add_argument("--space", required=True, help="YAML file: dotted config key -> range or choices")
+    parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    parser.add_argument("--study", default="sweep", help="the study's name in the storage (default: sweep)")
+    parser.add_argument(
+        "--storage", default=None,
+        help="SQLAlchemy URL of the study's database, shared by every process of the study (default: "
+        "sqlite:///<trainer.default_root_dir>/sweeps/<study>.db)",
+    )  # fmt: skip
+    add_out(parser, "results and trial runs (default: <trainer.default_root_dir>/sweeps/<study>)")
+    parser.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
+    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed (give each process its own)")
+    parser.add_argument(
+        "--startup_trials", type=int, default=2,
+        help="finished trials before the pruner compares curves (default: 2)",
+    )  # fmt: skip
+    args, fixed = parser.parse_known_args(argv)
+    if args.trials < 1:
+        parser.error(f"--trials {args.trials}: expected 1 or more")
+    base = ["--task", args.task] if args.task else [a for c in args.config for a in ("--config", c)]
+    run_sweep(base + fixed, read_space(args.space), args)
+
+
+def read_space(path: str | os.PathLike) -> dict:
+    """The space file as ``{key: optuna distribution}``; a malformed entry is an error naming its key."""
+    import yaml
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"--space {path}: no such file")
+    try:
+        space = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{path}: expected a mapping of dotted config keys to {SPACE_FORMS}")
+    out = {}
+    for key, spec in space.items():
+        where = f"{path}: {key}"
+        if isinstance(spec, dict) and set(spec) == {"choices"}:
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{where}: choices must be a non-empty list")
+            # Optuna stores scalar choices; a list or mapping goes in as the text the command line takes
+            out[key] = CategoricalDistribution([c if is_scalar(c) else json.dumps(c) for c in choices])
+            continue
+        if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) or set(spec) - {"low", "high", "log"}:
+            raise ConfigError(f"{where}: expected {SPACE_FORMS}, got {spec!r}")
+        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
+            raise ConfigError(f"{where}: expected numbers low <= high, got low={low!r}, high={high!r}")
+        if not isinstance(log, bool) or (log and low <= 0):
+            raise ConfigError(f"{where}: log must be true or false, and a log scale needs low > 0")
+        whole = isinstance(low, int) and isinstance(high, int)
+        out[key] = IntDistribution(low, high, log=log) if whole else FloatDistribution(low, high, log=log)
+    return out
+
+
+def is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def option_text(value: object) -> str:
+    """A drawn value as the command line gives it to the config parser."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def overrides(params: dict) -> list[str]:
+    return [a for key, value in params.items() for a in (f"--{key}", option_text(value))]
+
+
+def probe(argv: list[str], space: dict):
+    """Build (not fit) the run of ``argv`` with the first value of every key of ``space``, as a
+    trial would: a key the config does not take, or a value it refuses, fails here before any
+    trial starts. Returns the built trainer, whose checkpoint callback holds the task's monitor
+    and direction as a run resolves them."""
+    from ..cli import CnnSuiteCLI, task_config_args
+
+    first = {k: d.choices[0] if hasattr(d, "choices") else d.low for k, d in space.items()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = CnnSuiteCLI(args=[*task_config_args(argv), *overrides(first), "--trainer.logger", "false"], run=False)
+    return cli.trainer
+
+
+def run_sweep(argv: list[str], space: dict, args) -> None:
+    """Create or join the study and run trials until it holds ``args.trials`` finished ones, then
+    write the results."""
+    import optuna
+
+    trainer = probe(argv, space)
+    checkpoint = trainer.checkpoint_callback
+    sweeps = Path(trainer.default_root_dir) / "sweeps"
+    out = Path(args.out) if args.out else sweeps / args.study
+    url = args.storage
+    if url is None:
+        sweeps.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{sweeps / args.study}.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, matplotlib plots
+    storage = open_storage(url)
+    direction = "maximize" if checkpoint.mode == "max" else "minimize"
+    study = optuna.create_study(
+        study_name=args.study, storage=storage, direction=direction, load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=args.seed, constant_liar=True),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials),
+    )  # fmt: skip
+    if study.direction.name.lower() != direction:
+        raise ConfigError(f"--study {args.study}: the stored study {study.direction.name.lower()}s, this task's "
+                          f"{checkpoint.monitor} is to {direction}: name another study")  # fmt: skip
+    study.set_user_attr("monitor", checkpoint.monitor)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"study {args.study} in {url}: {direction} {checkpoint.monitor}; results in {out}/")
+    remaining = args.trials - len(finished(study))
+    if remaining > 0:
+        study.optimize(
+            lambda trial: objective(trial, argv, space, out), n_trials=remaining, timeout=args.timeout,
+            callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=finished_states()),
+                       lambda study, trial: write_table(study, out)],
+            catch=(FloatingPointError,),  # a diverged trial (DivergedError) is a failed one; the sweep goes on
+        )  # fmt: skip
+    write_results(study, out)
+
+
+def open_storage(url: str):
+    """The study's database, with heartbeats. Processes that start together on a new database
+    both create its tables: the one that loses the race finds them on a second try."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in (1, 2):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
+        except OperationalError as err:
+            if attempt == 2:
+                raise ConfigError(f"--storage {url}: {' '.join(str(err).split())}") from None
+            time.sleep(1)
+        except Exception as err:  # SQLAlchemy's errors for a bad URL or a missing driver vary by driver
+            raise ConfigError(f"--storage {url}: {' '.join(str(err).split())}") from None
+
+
+def finished_states():
+    from optuna.trial import TrialState
+
+    return tuple(TrialState[s] for s in FINISHED)
+
+
+def finished(study) -> list:
+    return study.get_trials(deepcopy=False, states=finished_states())
+
+
+def suggest(trial, key: str, distribution):
+    """The trial's value for ``key`` from its range or choices."""
+    if hasattr(distribution, "choices"):
+        return trial.suggest_categorical(key, distribution.choices)
+    suggest_number = trial.suggest_int if isinstance(distribution.low, int) else trial.suggest_float
+    return suggest_number(key, distribution.low, distribution.high, log=distribution.log)
+
+
+def objective(trial, argv: list[str], space: dict, out: Path) -> float:
+    """One trial: a fit with the trial's values, in ``<out>/trial_<n>``; its score is the value
+    of its best checkpoint. A pruned trial ends in :class:`optuna.TrialPruned`, which reaches
+    Optuna as it is."""
+    from ..cli import fit_run
+    from .pruning import TrialPruning
+
+    params = {key: suggest(trial, key, distribution) for key, distribution in space.items()}
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    root = out / f"trial_{trial.number}"
+    result = fit_run([*argv, *overrides(params), "--trainer.default_root_dir", str(root)], [TrialPruning(trial)])
+    run = result.pop("run")
+    (monitor, value), (test_key, test) = result.items()
+    trial.set_user_attr("test", {test_key: test})
+    if value is None:
+        raise ConfigError(f"trial {trial.number} ({run}): no {monitor} was logged, nothing to compare")
+    return value
+
+
+def trial_rows(study) -> list[dict]:
+    """Every trial of the study, as ``trials.json`` holds it."""
+    return [
+        {
+            "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "duration": t.duration.total_seconds() if t.duration else None,
+            "test": t.user_attrs.get("test"), "run": t.user_attrs.get("run"), "worker": t.user_attrs.get("worker"),
+        }
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    ]  # fmt: skip
+
+
+def write_table(study, out: Path, note: str = "") -> None:
+    """``trials.json`` (strict JSON) and ``trials.md``: every trial's values, score, test metric,
+    state and time."""
+    from ..jsonout import strict_json
+
+    rows = trial_rows(study)
+    (out / "trials.json").write_text(strict_json(rows, indent=2) + "\n")
+    keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    tests = list(dict.fromkeys(k for r in rows for k in (r["test"] or {})))
+    monitor = study.user_attrs.get("monitor", "value")
+
+    def cell(value) -> str:
+        return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = [
+        f"# Study {study.study_name}: {study.direction.name.lower()} {monitor}",
+        "",
+        "| trial | state | " + " | ".join([monitor, *tests, *keys]) + " | seconds |",
+        "|---" * (4 + len(tests) + len(keys)) + "|",
+    ]
+    for r in rows:
+        values = [r["value"], *((r["test"] or {}).get(k) for k in tests), *(r["params"].get(k) for k in keys)]
+        duration = f"{r['duration']:.0f}" if r["duration"] is not None else ""
+        lines.append(f"| {r['number']} | {r['state']} | " + " | ".join(map(cell, values)) + f" | {duration} |")
+    (out / "trials.md").write_text("\n".join(lines) + "\n" + (f"\n{note}\n" if note else ""))
+
+
+def write_results(study, out: Path) -> None:
+    """The table, Optuna's history and importance plots, and ``best_config.yaml``: the best
+    trial's own ``config.yaml``, which ``cnnsuite fit --config`` takes as it is."""
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    plots = {"history.png": lambda: optuna.visualization.matplotlib.plot_optimization_history(study)}
+    keys = {k for t in complete for k in t.params}
+    varied = any(len({json.dumps(t.params.get(k)) for t in complete}) > 1 for k in keys)
+    note = ""
+    if len(complete) >= 2 and varied:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        plots["importance.png"] = lambda: optuna.visualization.matplotlib.plot_param_importances(
+            study, evaluator=evaluator
+        )
+    else:
+        note = "No importance.png: it needs two or more completed trials whose values differ."
+    for name, plot in plots.items():
+        axes = plot()
+        axes.figure.tight_layout()
+        axes.figure.savefig(out / name, dpi=110)
+        plt.close(axes.figure)
+    write_table(study, out, note)
+    if not complete:
+        print(f"no completed trial yet: {out}/trials.md")
+        return
+    best = study.best_trial
+    config = Path(best.user_attrs["run"]) / "config.yaml"
+    shutil.copyfile(config, out / "best_config.yaml")
+    print((out / "trials.md").read_text())
+    print(f"best trial {best.number}: {study.user_attrs.get('monitor', 'value')} {best.value:.4f} ({best.params}); "
+          f"cnnsuite fit --config {out / 'best_config.yaml'} trains it again")  # fmt: skip

@@ -1,0 +1,164 @@
+"""``cnnsuite sweep`` (Optuna over any config key, each trial a normal fit) and ``cnnsuite fit
+--seeds``: on a tiny image folder, a trial is an epoch or two of a few batches."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from conftest import ROOT
+from test_cli import one_line_error
+
+from cnnsuite.cli import main
+
+SPACE = {
+    "optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+    "model.init_args.backbone_kwargs.channels": {"choices": [[4, 8, 16, 32], [8, 8, 16, 16]]},
+    "trainer.max_epochs": {"low": 1, "high": 2},
+}
+
+
+def write_space(tmp_path, space=SPACE, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(space))
+    return str(path)
+
+
+def fixed(tmp_path, image_folder) -> list[str]:
+    """The settings every trial takes (options after the sweep's own)."""
+    return [
+        "--data.data_dir", str(image_folder),
+        "--data.data_root", str(tmp_path / "data"),
+        "--data.batch_size", "8",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+
+
+def sweep(*argv: str) -> None:
+    main(["sweep", "--task", "recognition2d", *argv, "--debug"])
+
+
+def states(storage: str, study: str = "sweep") -> list[str]:
+    loaded = optuna.load_study(study_name=study, storage=storage)
+    return [t.state.name for t in sorted(loaded.trials, key=lambda t: t.number)]
+
+
+def test_a_sweep_writes_its_table_plots_and_a_best_config_that_fit_reproduces(
+    tmp_path, image_folder, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # the default storage and results go under runs/recognition2d/sweeps/
+    # trial 1 is pruned at its first validation: the pruning callback's TrialPruned reaches Optuna
+    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune", lambda self, study, trial: trial.number == 1)
+    sweep("--space", write_space(tmp_path), "--trials", "4", *fixed(tmp_path, image_folder))
+    out = tmp_path / "runs" / "recognition2d" / "sweeps" / "sweep"
+    storage = f"sqlite:///{tmp_path / 'runs' / 'recognition2d' / 'sweeps' / 'sweep.db'}"
+    assert states(storage) == ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"]
+
+    trials = json.loads((out / "trials.json").read_text())
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    assert {"number", "params", "value", "state", "duration"} <= set(trials[0])
+    assert set(trials[0]["params"]) == set(SPACE)
+    assert isinstance(trials[0]["params"]["trainer.max_epochs"], int)  # integers stay integers
+    assert trials[1]["state"] == "PRUNED" and trials[0]["value"] is not None
+    for t in trials:  # each trial a run folder; a pruned one stopped at its first validation, unevaluated
+        run = out / f"trial_{t['number']}" / "version_0"
+        assert t["run"] == str(run) and (run / "config.yaml").is_file()
+        assert (run / "evaluation" / "metrics.json").is_file() == (t["state"] == "COMPLETE")
+    table = (out / "trials.md").read_text()
+    assert "PRUNED" in table and "optimizer.init_args.lr" in table
+    assert (out / "history.png").stat().st_size > 0 and (out / "importance.png").stat().st_size > 0
+
+    # the best trial's own config, taken as it is by fit: the same seed gives the same metric
+    completed = [t for t in trials if t["state"] == "COMPLETE"]
+    best = max(completed, key=lambda t: t["value"])
+    best_config = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best_config["optimizer"]["init_args"]["lr"] == pytest.approx(best["params"]["optimizer.init_args.lr"])
+    assert "best trial" in capsys.readouterr().out
+    main(["fit", "--config", str(out / "best_config.yaml"), "--debug"])
+    again = out / f"trial_{best['number']}" / "version_1" / "evaluation" / "metrics.json"
+    first = out / f"trial_{best['number']}" / "version_0" / "evaluation" / "metrics.json"
+    assert json.loads(again.read_text())["test/acc"] == json.loads(first.read_text())["test/acc"]
+    assert json.loads(first.read_text())["test/acc"] == best["test"]["test/acc"]
+
+
+def test_a_bad_space_file_is_one_line_naming_the_key(tmp_path, capsys):
+    for space, named in [
+        ({"optimizer.init_args.lr": {"low": 0.1}}, "optimizer.init_args.lr"),
+        ({"trainer.max_epochs": {"low": 3, "high": 1}}, "trainer.max_epochs"),
+        ({"model.init_args.dropout": {"choices": []}}, "model.init_args.dropout"),
+        ({"optimizer.init_args.lrr": {"low": 0.1, "high": 0.2}}, "optimizer.init_args.lrr"),
+    ]:
+        line = one_line_error(
+            capsys, "sweep", "--task", "recognition2d", "--space", write_space(tmp_path, space), "--trials", "1",
+            "--out", str(tmp_path / "out"), "--storage", f"sqlite:///{tmp_path / 's.db'}",
+        )  # fmt: skip
+        assert named in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_sweep_resumes_its_study(tmp_path, image_folder, monkeypatch):
+    from cnnsuite.training import sweep as sweeping
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    options = ["--space", write_space(tmp_path, {"optimizer.init_args.lr": {"low": 1e-3, "high": 1e-2}}),
+               "--storage", storage, "--out", str(tmp_path / "out"), *fixed(tmp_path, image_folder),
+               "--trainer.max_epochs", "1"]  # fmt: skip
+    sweep("--trials", "1", *options)
+    # a process killed in the middle of a trial: the trial stays RUNNING, its heartbeat stops
+    monkeypatch.setattr(sweeping, "GRACE_PERIOD", 1)
+    rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=1)
+    killed = optuna.load_study(study_name="sweep", storage=rdb).ask()
+    rdb.record_heartbeat(killed._trial_id)
+    time.sleep(2)
+    sweep("--trials", "2", *options)  # two finished trials in the study: one more
+    assert states(storage) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert (tmp_path / "out" / "trial_2" / "version_0" / "evaluation" / "metrics.json").is_file()
+
+
+def test_fit_with_seeds_trains_once_per_seed_and_reports_mean_and_std(tmp_path, image_folder, capsys):
+    root = tmp_path / "runs"
+    main(["fit", "--task", "recognition2d", *fixed(tmp_path, image_folder), "--trainer.max_epochs", "1",
+          "--trainer.default_root_dir", str(root), "--seeds", "0,1", "--debug"])  # fmt: skip
+    report = json.loads((root / "seeds.json").read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 1]
+    runs = [root / "version_0", root / "version_1"]
+    assert [r["run"] for r in report["runs"]] == [str(r) for r in runs]
+    for run, seed in zip(runs, (0, 1), strict=True):
+        assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == seed
+    values = [r["test/acc"] for r in report["runs"]]
+    assert report["test/acc"]["mean"] == pytest.approx(sum(values) / 2)
+    assert report["test/acc"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert "test/acc" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_seeds_need_two_or_more_whole_numbers(capsys):
+    line = one_line_error(capsys, "fit", "--task", "recognition2d", "--seeds", "0,x")
+    assert "--seeds" in line
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_storage_run_one_study_without_duplicating_trials(tmp_path, image_folder):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    command = [sys.executable, "-m", "cnnsuite", "sweep", "--task", "recognition2d", "--trials", "6",
+               "--space", write_space(tmp_path), "--storage", storage, "--out", str(tmp_path / "out"),
+               *fixed(tmp_path, image_folder)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    workers = [
+        subprocess.Popen([*command, "--seed", str(i)], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    for worker in workers:
+        assert worker.wait(timeout=600) == 0, worker.stderr.read()
+    study = optuna.load_study(study_name="sweep", storage=storage)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(len(numbers))) and len(numbers) >= 6
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2, "one process ran every trial"
+    for n in numbers:  # each trial ran once: one run folder
+        assert [p.name for p in (tmp_path / "out" / f"trial_{n}").iterdir()] == ["version_0"]
