@@ -147,5 +147,9 @@ def test_two_nodes_of_one_process_end_as_one_node_of_two(tmp_path):
     assert len([log for log in logs.values() if "run folder: " in log.read_text()]) == 2  # one evaluation a run
     two, one = (json.loads((runs[n] / "evaluation" / "metrics.json").read_text()) for n in ("two_nodes", "one_node"))
     assert "test/acc" in two and two == one
-    assert_same_weights(runs["two_nodes"] / "checkpoints" / "best.ckpt", runs["one_node"] / "checkpoints" / "best.ckpt")
+    best = runs["two_nodes"] / "checkpoints" / "best.ckpt"
+    alone = tmp_path / "alone"
+    main(["evaluate", "--ckpt", str(best), "--data.data_dir", str(prepared), "--out", str(alone), "--debug"])
+    assert json.loads((alone / "metrics.json").read_text()) == two  # as one process evaluates it
+    assert_same_weights(best, runs["one_node"] / "checkpoints" / "best.ckpt")
     assert torch.load(runs["two_nodes"] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] > 0
