@@ -122,8 +122,10 @@ def test_two_nodes_of_one_process_end_as_one_node_of_two(tmp_path):
         "--data.data_dir": str(prepared),
         "--trainer.devices": "1",
     }
+    # a tiny run, the same on any machine (no loader workers: auto would differ between the two layouts)
     small = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--data.batch_size", "4",
-             "--data.augment", "false", *SMALL_MODEL, "--trainer.enable_progress_bar", "false"]  # fmt: skip
+             "--data.num_workers", "0", "--data.augment", "false", *SMALL_MODEL,
+             "--trainer.enable_progress_bar", "false"]  # fmt: skip
     run_on = [sys.executable, "-m", "torch.distributed.run"]  # the venv's torchrun
     two_nodes = [*small, "--trainer.default_root_dir", str(tmp_path / "two_nodes")]
     node = {f"node{rank}": substitute(torchrun[1:], {**here, "--node_rank": str(rank)}) for rank in (0, 1)}
