@@ -2,7 +2,9 @@
 make a tiny folder in the layout the row shows, its label file starting with the row's own
 example lines, run the row's command as typed (``DIR`` replaced, a few options from the
 README's options table appended to keep the run short) and find what "What a run writes"
-promises; then the ``make predict`` and ``make export`` lines once.
+promises; then its ``make predict``, ``evaluate``, ``export`` and ``inspect`` lines once. And
+each error line the "Troubleshooting" table quotes is what the suite prints for the mistake
+it describes (fast: the mistakes are caught before training).
 
 Each command runs as a real ``make`` from the repository root where ``make setup`` is up to
 date (CI runs it first); elsewhere ``setup`` would create a new ``.venv``, so the recipe make
@@ -20,12 +22,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, make_image_folder, task_config
+from conftest import fit as fit_here
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from test_multispectral3d import make_folder as make_eurosat_folder
 from test_video3d import write_bars_video
+
+from cnnsuite.cli import main
 
 README = (ROOT / "README.md").read_text()
 
@@ -301,3 +306,130 @@ def test_a_newcomer_predicts_evaluates_exports_and_inspects_from_the_checkpoint(
 
     make(fill(lines["inspect"], CKPT=ckpt, DATA=data))
     assert list((run / "inspection").rglob("*.png"))
+
+
+# --- troubleshooting: each line the README quotes is what the suite prints -------------------
+
+
+def troubleshooting() -> list[str]:
+    """The lines the Troubleshooting table quotes, as quoted (``...`` marks what varies)."""
+    cells = [re.split(r"(?<!\\)\|", line)[1].strip() for line in section("Troubleshooting").splitlines()
+             if line.startswith("| `")]  # fmt: skip
+    return [re.match(r"`` (.*?) ``" if cell.startswith("`` ") else r"`([^`]*)`", cell).group(1) for cell in cells]
+
+
+def printed_by(argv: list[str], capsys) -> str:
+    """The ``cnnsuite`` command's error, without its ``cnnsuite <command>: error:`` prefix;
+    the command must end with it and exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    prefix = f"cnnsuite {argv[0]}: error: "
+    return err[err.rindex(prefix) + len(prefix) :].rstrip("\n")
+
+
+def quoted(line: str, **placeholders: str) -> re.Pattern:
+    """A README line as a pattern: its placeholders (``DIR``, an example path, a count) stand
+    for the values given, ``...`` and ``[...]`` for anything."""
+    pattern = re.escape(line)
+    for placeholder, value in placeholders.items():
+        pattern = pattern.replace(re.escape(placeholder), re.escape(value))
+    return re.compile(pattern.replace(r"\[\.\.\.\]", ".*").replace(r"\.\.\.", ".*"), re.S)
+
+
+def fit_args(tmp_path: Path, *extra: str, task: str = "recognition2d") -> list[str]:
+    return ["fit", "--config", task_config(task), "--data.data_root", str(tmp_path / "data"),
+            "--trainer.default_root_dir", str(tmp_path / "runs"), *extra]  # fmt: skip
+
+
+SMALL_NET = ["--model.backbone_kwargs", '{"channels": [4, 8], "blocks_per_stage": 1}', "--trainer.max_epochs", "1",
+             "--trainer.limit_train_batches", "1", "--trainer.log_every_n_steps", "1"]  # fmt: skip
+
+
+def no_such_folder(tmp_path):
+    return fit_args(tmp_path, "--data.data_dir", str(tmp_path / "scans")), {"/home/me/scans": str(tmp_path / "scans")}
+
+
+def mistyped_key(tmp_path):
+    return fit_args(tmp_path, "--trainer.max_epocs", "1"), {}
+
+
+def no_task(tmp_path):
+    return ["fit"], {}
+
+
+def empty_class_folder(tmp_path):
+    folder = make_image_folder(tmp_path / "DIR")
+    for image in (folder / "cat").iterdir():
+        image.unlink()
+    return fit_args(tmp_path, "--data.data_dir", str(folder)), {"DIR": str(folder)}
+
+
+def damaged_image(tmp_path):
+    folder = make_image_folder(tmp_path / "DIR")
+    (folder / "dog" / "3.jpg").write_bytes(b"not a picture")
+    return fit_args(tmp_path, "--data.data_dir", str(folder)), {"179": "24"}
+
+
+def no_label_file(tmp_path):
+    folder = tmp_path / "DIR"
+    folder.mkdir()
+    return fit_args(tmp_path, "--data.data_dir", str(folder), task="biomedical3d"), {"DIR": str(folder)}
+
+
+def inputs_too_small(tmp_path):
+    return fit_args(tmp_path, "--data.image_size", "8"), {}
+
+
+def weights_not_downloaded(tmp_path):
+    folder = make_image_folder(tmp_path / "DIR")
+    return fit_args(tmp_path, "--data.data_dir", str(folder), "--model.backbone", "torchvision_resnet18",
+                    "--model.backbone_kwargs", "{}",
+                    "--model.backbone_weights", "torchvision:ResNet18_Weights.IMAGENET1K_V1"), {}  # fmt: skip
+
+
+def monitor_not_logged(tmp_path):
+    folder = make_image_folder(tmp_path / "DIR")
+    return fit_args(tmp_path, "--data.data_dir", str(folder), *SMALL_NET, "--evaluate", "false",
+                    "--checkpoint.monitor", "val/map"), {}  # fmt: skip
+
+
+def export_exists(tmp_path):
+    folder = make_image_folder(tmp_path / "DIR")
+    run = fit_here("recognition2d", tmp_path, "--data.data_dir", str(folder), *SMALL_NET, "--evaluate", "false")
+    for name in ("model.onnx", "model.onnx.json"):
+        (tmp_path / name).write_text("a user's file")
+    return ["export", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--out", "model.onnx"], {}
+
+
+#: the mistake each quoted line describes, by the line's first words: ``mistake(tmp_path)`` ->
+#: ``(cnnsuite arguments, {placeholder in the README's line: its value here})``
+MISTAKES = {
+    "data.data_dir=": no_such_folder,
+    "unknown key": mistyped_key,
+    "no task chosen": no_task,
+    "DIR/cat: class folder": empty_class_folder,
+    "1 of 179 images": damaged_image,
+    "DIR/labels.csv: missing": no_label_file,
+    "the data's samples": inputs_too_small,
+    "model.backbone_weights": weights_not_downloaded,
+    "`ModelCheckpoint": monitor_not_logged,
+    "--out model.onnx": export_exists,
+}
+
+
+def test_every_troubleshooting_line_has_its_mistake():
+    lines = troubleshooting()
+    assert len(lines) == len(MISTAKES)
+    assert all(any(line.startswith(start) for line in lines) for start in MISTAKES)
+
+
+@pytest.mark.parametrize("start", MISTAKES)
+def test_the_troubleshooting_line_is_what_the_mistake_prints(start, tmp_path, monkeypatch, capsys):
+    (line,) = [line for line in troubleshooting() if line.startswith(start)]
+    monkeypatch.chdir(tmp_path)  # each mistake is made in an empty folder, with an empty torch cache
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    argv, placeholders = MISTAKES[start](tmp_path)
+    printed = printed_by(argv, capsys).splitlines()[0]
+    assert quoted(line, **placeholders).fullmatch(printed), f"README: {line}\nprinted: {printed}"
