@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -144,6 +145,26 @@ def test_a_fit_shows_no_third_party_tips_or_deprecations(tmp_path, image_folder,
     assert "Seed set to 0" in caplog.text  # Lightning's own information still shows
     assert "Tip:" not in caplog.text
     assert not [w for w in caught if "LeafSpec" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_reading_a_dicom_series_shows_no_notice_about_a_gpu_decoder(tmp_path, caplog):
+    """MONAI says on every DICOM reader it builds that an optional GPU decoder (nvImageCodec) is
+    not installed, once as a log line and once as a warning: nothing a user can act on."""
+    import warnings
+
+    from test_newcomer import write_dicom_series
+
+    from cnnsuite.cli import quiet_third_party
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+
+    write_dicom_series(tmp_path / "series", np.zeros((4, 8, 8)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        volume = LoadVolumed()({"image": str(tmp_path / "series")})["image"]
+    assert volume.shape == (1, 8, 8, 4)
+    assert "nvImageCodec" not in caplog.text
+    assert not [w for w in caught if "nvImageCodec" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_the_model_summary_fits_100_columns_and_lists_what_runs(monkeypatch):

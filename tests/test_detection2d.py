@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
-from cnnsuite.tasks.detection2d.default_data import compose_canvas
-from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from conftest import ROOT
 from conftest import fit as run_fit
 from PIL import Image
@@ -26,6 +23,9 @@ from cnnsuite.cli import main
 from cnnsuite.data.coco import AnnotationError, coco_results, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.inputs import Input
+from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
+from cnnsuite.tasks.detection2d.default_data import compose_canvas
+from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from cnnsuite.trust.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.use.export import OnnxNetwork, export
 from cnnsuite.use.predict import Predictor
@@ -160,6 +160,17 @@ def test_every_bad_annotation_of_a_file_is_named_at_once(tmp_path):
     message = str(err.value)
     assert message.startswith(f"{path}: 3 annotations cannot be used:")
     assert all(part in message for part in ("annotation id 103", "annotation id 105", "'gone.png'"))
+
+
+def test_a_bad_annotation_file_is_one_line_from_the_cli(tmp_path, capsys):
+    """An annotation without its ``id`` (COCO requires one) is the user's file to fix: one line,
+    exit status 2, not a traceback."""
+    path = write_bad(make_coco_folder(tmp_path / "c"), lambda d: d["annotations"][0].pop("id"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "tasks/detection2d/config.yaml"), "--data.data_dir", str(path.parent)])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"cnnsuite fit: error: {path}: annotation ") and "expected an object with an 'id'" in line
 
 
 def write_polygon_export(root, images=6, size=160):

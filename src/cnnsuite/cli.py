@@ -557,22 +557,35 @@ def user_message(err: BaseException) -> str:
 
 class DropTips(logging.Filter):
     """Lightning's "💡 Tip:" lines advertise its cloud services on every fit, and it says so when
-    it takes our model summary instead of its own: nothing a user of this suite can act on."""
+    it takes our model summary instead of its own; MONAI says on every DICOM reader it builds that
+    an optional GPU decoder is not installed: nothing a user of this suite can act on."""
 
-    NOISE = ("💡 Tip:", "Trainer already configured with model summary callbacks")
+    NOISE = (
+        "💡 Tip:",
+        "Trainer already configured with model summary callbacks",
+        "nvImageCodec is not available",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.NOISE)
 
 
 #: warnings raised inside the libraries we call about their own use of another library: a user
-#: can do nothing about them (``LeafSpec``: Lightning's use of torch's pytree)
-THIRD_PARTY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+#: can do nothing about them (``LeafSpec``: Lightning's use of torch's pytree; ``NvImgCodec``:
+#: MONAI's DICOM reader without the optional GPU decoder)
+THIRD_PARTY_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register",
+)
 
 
 def quiet_third_party() -> None:
     """Keep third-party output a user can do nothing about off the terminal."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "monai.data.nvimgcodec_pydicom_plugin",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropTips) for f in logger.filters):
             logger.addFilter(DropTips())

@@ -38,7 +38,7 @@ from .splits import STAGES
 BORDER_TOLERANCE = 1.0
 
 
-class AnnotationError(ValueError):
+class AnnotationError(BadFileError):
     """A detection annotation that cannot be used; the message names the file and id."""
 
 
