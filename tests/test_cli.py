@@ -152,10 +152,10 @@ def test_reading_a_dicom_series_shows_no_notice_about_a_gpu_decoder(tmp_path, ca
     not installed, once as a log line and once as a warning: nothing a user can act on."""
     import warnings
 
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
     from test_newcomer import write_dicom_series
 
     from cnnsuite.cli import quiet_third_party
-    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
 
     write_dicom_series(tmp_path / "series", np.zeros((4, 8, 8)))
     with warnings.catch_warnings(record=True) as caught:

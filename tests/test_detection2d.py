@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
+from cnnsuite.tasks.detection2d.default_data import compose_canvas
+from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from conftest import ROOT
 from conftest import fit as run_fit
 from PIL import Image
@@ -23,9 +26,6 @@ from cnnsuite.cli import main
 from cnnsuite.data.coco import AnnotationError, coco_results, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.inputs import Input
-from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
-from cnnsuite.tasks.detection2d.default_data import compose_canvas
-from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
 from cnnsuite.trust.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.use.export import OnnxNetwork, export
 from cnnsuite.use.predict import Predictor
