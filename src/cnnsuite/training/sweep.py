@@ -178,17 +178,19 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
 
 def open_storage(url: str):
     """The study's database, with heartbeats. Processes that start together on a new database
-    both create its tables: the one that loses the race finds them on a second try."""
+    race to create its tables and to stamp its schema version: a loser (a table that exists
+    already, a version row written already) finds them made on a later try."""
     import optuna
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
-    for attempt in (1, 2):
+    attempts = 5
+    for attempt in range(1, attempts + 1):
         try:
             return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
-        except OperationalError as err:
-            if attempt == 2:
+        except (OperationalError, IntegrityError) as err:
+            if attempt == attempts:
                 raise ConfigError(f"--storage {url}: {' '.join(str(err).split())}") from None
-            time.sleep(1)
+            time.sleep(attempt)
         except Exception as err:  # SQLAlchemy's errors for a bad URL or a missing driver vary by driver
             raise ConfigError(f"--storage {url}: {' '.join(str(err).split())}") from None
 
