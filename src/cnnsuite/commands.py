@@ -60,7 +60,7 @@ COMMANDS: dict[str, Command] = {
                        "stage table", "cnnsuite.use.inspection:inspect_main"),
     "serve": Command("serve a checkpoint over HTTP (LitServe): POST a file to /predict",
                      "cnnsuite.use.serve:serve_main"),
-    "bench": Command("measure every task's model, data pipeline and training against references",
+    "bench": Command("measure every task's model, data pipeline, training against references, cost as data grows",
                      "cnnsuite.bench:bench_main"),
 }  # fmt: skip
 #: the commands LightningCLI parses and runs
