@@ -159,8 +159,13 @@ def item_bytes(item) -> int:
 
 # --- one configuration, in its own process -----------------------------------------------------
 def run_job(job: dict) -> dict:
-    """One configuration's figures (``job["kind"]``: ``epochs`` or ``train``), in this process."""
+    """One configuration's figures (``job["kind"]``: ``epochs`` or ``train``), or its shards
+    written (``prepare``: LitData forks its writer, and a fork of a process that has run other
+    jobs' threads can hang on a lock one of them held), in this process."""
     torch.manual_seed(0)
+    if job["kind"] == "prepare":
+        write_shards(job["task"], Path(job["data_root"]), Path(job["out"]), job["factor"], job["base_samples"])
+        return {}
     if job["kind"] == "train":
         with quiet():
             return train_within(job["task"], {"data": job["data"]}, None, Path(job["data_root"]),
@@ -226,9 +231,13 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
                     continue
                 disk = raw_mb
                 if path == "shards":
-                    folder = write_shards(task, data_root, Path(tmp) / f"shards-{factor}x", factor, settings)
+                    folder = Path(tmp) / f"shards-{factor}x"
+                    in_fresh_process({**common, "kind": "prepare", "out": str(folder), "factor": factor})
                     overrides, disk = {"data_dir": str(folder)}, disk_mb(folder)
+                start = time.perf_counter()
                 job = in_fresh_process({**common, "data": overrides, "factor": factor})
+                print(f"cnnsuite bench: scale, {task}, {path} {factor}x: {time.perf_counter() - start:.0f} s",
+                      file=sys.stderr)  # fmt: skip
                 figures |= {f"{path}.{factor}x.{k}": v for k, v in summarise(job, disk).items()}
         figures |= exponents(figures, settings.factors)
         default = "cache" if "cache" in paths else "files"
@@ -274,14 +283,14 @@ def exponents(figures: dict, factors: tuple[int, ...]) -> dict:
     return found
 
 
-def write_shards(task: str, data_root: Path, out: Path, factor: int, settings: Settings) -> Path:
-    """``cnnsuite prepare`` of the task's default with its training split ``factor`` times over."""
+def write_shards(task: str, data_root: Path, out: Path, factor: int, base: int | None) -> None:
+    """``cnnsuite prepare`` of the task's default into ``out`` with its training split
+    ``factor`` times over (the first ``base`` samples; None: all)."""
     _, datamodule = build(task, data_root)
     datamodule.setup("fit")
-    datamodule.splits = repeated(datamodule.splits, factor, settings.base_samples)
+    datamodule.splits = repeated(datamodule.splits, factor, base)
     with quiet():
         shards.prepare(datamodule, task, out)
-    return out
 
 
 def throughput(task: str, data_root: Path, tmp: Path, settings: Settings) -> dict:
@@ -293,8 +302,8 @@ def throughput(task: str, data_root: Path, tmp: Path, settings: Settings) -> dic
     decoded_mb = item_bytes(read(0)) * len(ids) / MIB
     limit = decoded_mb / 4
     folder = tmp / "shards-throughput"
-    with quiet():
-        shards.prepare(build(task, data_root)[1], task, folder)
+    in_fresh_process({"kind": "prepare", "task": task, "data_root": str(data_root), "out": str(folder), "factor": 1,
+                      "base_samples": None})  # fmt: skip
     figures = {"throughput.decoded_mb": decoded_mb, "throughput.cache_limit_mb": limit,
                "throughput.epochs": settings.throughput_epochs}  # fmt: skip
     for side, data in (("files", {"cache_limit_mb": limit}), ("shards", {"data_dir": str(folder)})):
