@@ -72,6 +72,9 @@ class Task:
     quick_endtoend_epochs: int = 0
     #: ... and whether its budget references are trained within the quick run's shorter budget
     quick_budget: bool = False
+    #: whether the bench's scale section trains this task from prepared shards against its raw
+    #: files with a cache of a quarter of the data (the throughput of data larger than the cache)
+    scale_throughput: bool = False
 
     def __post_init__(self) -> None:
         if self.config is None:

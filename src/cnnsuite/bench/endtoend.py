@@ -190,10 +190,13 @@ def equal_budget(
     return figures
 
 
-def train_within(task: str, overrides: dict, seconds: float, data_root: Path, device: torch.device) -> dict:
-    """The task's model (with ``overrides``: a reference) trained for ``seconds`` of wall clock
-    by the Trainer as the config sets it up (optimiser, scheduler, gradient clipping), with no
-    validation; BatchNorm statistics recomputed as before an evaluation; then tested."""
+def train_within(
+    task: str, overrides: dict, seconds: float | None, data_root: Path, device: torch.device, epochs: int = -1
+) -> dict:
+    """The task's model (with ``overrides``: a reference, another data path) trained for
+    ``seconds`` of wall clock (None: no limit) or ``epochs`` (-1: no limit), whichever ends
+    first, by the Trainer as the config sets it up (optimiser, scheduler, gradient clipping),
+    with no validation; BatchNorm statistics recomputed as before an evaluation; then tested."""
     from cnnsuite.training.callbacks import PreciseBatchNorm
 
     torch.manual_seed(0)
@@ -202,9 +205,9 @@ def train_within(task: str, overrides: dict, seconds: float, data_root: Path, de
     model.configure_optimizers = lambda: configured_optimizers(task, model)
     with tempfile.TemporaryDirectory(prefix=f"bench-{task}-") as tmp, quiet():
         trainer = L.Trainer(
-            max_time=timedelta(seconds=seconds), max_epochs=-1, accelerator=device.type, devices=1,
-            gradient_clip_val=config["trainer"].get("gradient_clip_val"), limit_val_batches=0,
-            num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            max_time=None if seconds is None else timedelta(seconds=seconds), max_epochs=epochs,
+            accelerator=device.type, devices=1, gradient_clip_val=config["trainer"].get("gradient_clip_val"),
+            limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, default_root_dir=tmp,
         )  # fmt: skip
         start = time.perf_counter()
@@ -220,6 +223,7 @@ def train_within(task: str, overrides: dict, seconds: float, data_root: Path, de
         "steps": trainer.global_step,
         "epochs": round(trainer.global_step / max(1, trainer.num_training_batches), 2),
         "fit_s": fit_seconds,
+        "train_samples": len(datamodule.datasets["train"]),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 

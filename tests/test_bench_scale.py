@@ -1,0 +1,91 @@
+"""cnnsuite bench, section ``scale``: how cost grows with the data. The growth exponent on known
+numbers; the section on recognition2d cut to a few samples (each configuration measured in this
+process rather than a fresh one, but for one job that checks the fresh process's figures). Only
+that the figures are there, strict JSON, and the ratios finite and positive: never a wall-clock
+assertion."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from cnnsuite.bench import scale
+
+
+def test_growth_exponent_on_known_numbers():
+    samples = [100, 1_000, 10_000]
+    assert scale.growth_exponent(samples, [3e-3 * n for n in samples]) == pytest.approx(1.0)
+    assert scale.growth_exponent(samples, [5.0 * n**1.2 for n in samples]) == pytest.approx(1.2)
+    assert scale.growth_exponent(samples[:2], [7.0, 7.0]) == pytest.approx(0.0)  # flat, as memory should be
+    with pytest.raises(ValueError, match="two sizes"):
+        scale.growth_exponent([100], [1.0])
+
+
+def test_repeated_split_grows_training_only():
+    splits = {"train": ["a", "b", "c"], "val": ["v"], "test": ["t"]}
+    assert scale.repeated(splits, 2) == {"train": ["a", "b", "c"] * 2, "val": ["v"], "test": ["t"]}
+    assert scale.repeated(splits, 3, base=2)["train"] == ["a", "b"] * 3
+
+
+def strict(text: str) -> dict:
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    from cnnsuite.cli import main
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scale, "in_fresh_process", scale.run_job)
+        main(["bench", "--out", str(out), "--tiny", "--tasks", "recognition2d", "--sections", "scale",
+              "--data_root", str(out / "data")])  # fmt: skip
+    return strict((out / "bench.json").read_text()), (out / "bench.md").read_text()
+
+
+def test_scale_section_keys_in_bench_json(report):
+    data, _ = report
+    figures = data["scale"]
+    for path in ("cache", "files", "shards"):
+        for factor in scale.TINY.factors:
+            for key in ("first_s_per_sample", "later_s_per_sample", "peak_rss_mb", "disk_mb", "train_samples"):
+                assert figures[f"recognition2d.{path}.{factor}x.{key}"] > 0, (path, factor, key)
+            assert figures[f"recognition2d.{path}.{factor}x.data_memory_mb"] >= 0
+        assert math.isfinite(figures[f"recognition2d.{path}.time_exponent"])
+    assert figures["recognition2d.train_samples_1x"] == scale.TINY.base_samples
+    assert figures["recognition2d.files.10x.train_samples"] == 10 * scale.TINY.base_samples
+    for key in ("time_per_sample_ratio_10x", "peak_memory_ratio_10x", "throughput.shards_vs_files_ratio"):
+        value = figures[f"recognition2d.{key}"]
+        assert math.isfinite(value) and value > 0, key
+    for side in ("files", "shards"):
+        assert 0 <= figures[f"recognition2d.throughput.{side}.test_metric"] <= 1
+    assert figures["recognition2d.throughput.cache_limit_mb"] > 0
+
+
+def test_scale_section_table_in_bench_md(report):
+    _, text = report
+    section = text[text.index("## Cost as the data grows") :]
+    assert "| recognition2d | shards | 10× |" in section and "| recognition2d | files | 1× |" in section
+    assert "time_per_sample_ratio_10x" not in section  # the table says it in words
+    assert "4× larger than" in section and "not supported" not in section
+
+
+def test_a_task_that_does_not_stream_says_so():
+    assert "shards" in scale.data_paths("recognition2d")
+    paths = scale.data_paths("detection2d")
+    assert paths["shards"] is None and paths["files"] == {}
+    assert "cache" not in paths  # detection2d decodes every epoch: its default is the files path
+
+
+def test_one_job_in_a_fresh_process_reports_its_own_peak_memory(tmp_path):
+    job = {"kind": "epochs", "task": "recognition2d", "data_root": str(tmp_path / "data"), "data": {},
+           "factor": 1, "base_samples": 8, "batches": 1, "epochs": 2, "batch_size": 4}  # fmt: skip
+    scale.build("recognition2d", tmp_path / "data")[1].prepare_data()
+    figures = scale.in_fresh_process(job)
+    assert figures["train_samples"] == 8 and len(figures["epoch_s"]) == 2 and figures["seen"] == [4, 4]
+    assert figures["peak_rss_mb"] >= figures["rss_before_data_mb"] > 0
