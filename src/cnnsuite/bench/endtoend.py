@@ -207,8 +207,8 @@ def train_within(
         trainer = L.Trainer(
             max_time=None if seconds is None else timedelta(seconds=seconds), max_epochs=epochs,
             accelerator=device.type, devices=1, gradient_clip_val=config["trainer"].get("gradient_clip_val"),
-            limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=tmp,
+            limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp,
         )  # fmt: skip
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule)
