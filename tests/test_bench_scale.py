@@ -89,3 +89,11 @@ def test_one_job_in_a_fresh_process_reports_its_own_peak_memory(tmp_path):
     figures = scale.in_fresh_process(job)
     assert figures["train_samples"] == 8 and len(figures["epoch_s"]) == 2 and figures["seen"] == [4, 4]
     assert figures["peak_rss_mb"] >= figures["rss_before_data_mb"] > 0
+
+
+def test_a_job_past_its_time_is_stopped_and_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(scale, "JOB_TIMEOUT_S", 0.5)  # less than the imports take
+    job = {"kind": "prepare", "task": "recognition2d", "data_root": str(tmp_path), "out": str(tmp_path / "out"),
+           "factor": 1, "base_samples": 4}  # fmt: skip
+    with pytest.raises(RuntimeError, match="still running after 0.5 s"):
+        scale.in_fresh_process(job)

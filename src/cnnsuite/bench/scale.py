@@ -86,6 +86,9 @@ TINY = Settings(factors=(1, 10), batches=2, epochs=2, throughput_epochs=1, batch
 GOAL_TIME_RATIO = 1.3
 GOAL_THROUGHPUT_RATIO = 2.0
 MIB = 2**20
+#: the longest one configuration may run: past it, a hung job (a forked writer waiting on a lock)
+#: is stopped and its task reported as not measured, rather than the bench waiting for ever
+JOB_TIMEOUT_S = 1200
 
 
 def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
@@ -204,8 +207,11 @@ def in_fresh_process(job: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         paths = [Path(tmp) / "job.json", Path(tmp) / "out.json"]
         paths[0].write_text(json.dumps(job))
-        done = subprocess.run([sys.executable, "-m", "cnnsuite.bench.scale", *map(str, paths)],
-                              capture_output=True, text=True)  # fmt: skip
+        try:
+            done = subprocess.run([sys.executable, "-m", "cnnsuite.bench.scale", *map(str, paths)],
+                                  capture_output=True, text=True, timeout=JOB_TIMEOUT_S)  # fmt: skip
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeError(f"scale job {job} still running after {JOB_TIMEOUT_S} s: stopped") from err
         if done.returncode != 0:
             raise RuntimeError(f"scale job {job} failed (exit status {done.returncode}):\n{done.stderr[-3000:]}")
         return json.loads(paths[1].read_text())
