@@ -197,9 +197,10 @@ def make(command: str, **variables: str) -> subprocess.CompletedProcess:
     own recipe runs instead of make."""
     argv = shlex.split(command)[1:] + [f"{k}={v}" for k, v in variables.items()]
     if subprocess.run(["make", "-q", "setup"], cwd=ROOT).returncode == 0:
-        run = ["make", *argv]
+        run = ["make", "--no-print-directory", *argv]  # under make test-slow, make would say where it is
     else:
-        dry = subprocess.run(["make", "-n", *argv], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        dry = subprocess.run(["make", "--no-print-directory", "-n", *argv], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
         (recipe,) = [line for line in dry.splitlines() if re.match(r"\S*/cnnsuite ", line)]
         run = ["bash", "-c", f"{Path(sys.executable).with_name('cnnsuite')} {recipe.partition(' ')[2]}"]
     done = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=600)

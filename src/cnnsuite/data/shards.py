@@ -3,7 +3,7 @@
 ``cnnsuite prepare`` builds a task's datamodule as ``fit`` would, decides its split as ``setup``
 does, and writes, per split, the items its datasets decode from raw files before any random
 augmentation (what :class:`~cnnsuite.data.cache.DecodedCache` would keep in memory) with
-``litdata.optimize``: ``OUT/train``, ``OUT/val``, ``OUT/test``. Beside them :data:`RECORD` says
+LitData's writer: ``OUT/train``, ``OUT/val``, ``OUT/test``. Beside them :data:`RECORD` says
 what they are: the task, the datamodule's class and hyper-parameters, the split, the ids of the
 items in shard order, class names, channels, the preprocessing state learnt from the training
 split, the sha256 of every shard file and one content hash over all of it.
@@ -135,21 +135,20 @@ class StreamedItems:
 
 
 def write_shards(out: Path, stage: str, ids: list[str], read) -> dict[str, str]:
-    """``read(i)`` of each of ``ids`` as ``{"id", "item"}`` into ``out/stage`` with
-    ``litdata.optimize`` (one writer process, so the shards hold the items in ``ids``' order);
-    returns ``{file name relative to out: sha256}``."""
-    from litdata import optimize
+    """``read(i)`` of each of ``ids`` as ``{"id", "item"}`` into ``out/stage`` with LitData's
+    ``BinaryWriter``, the writer ``litdata.optimize`` runs, here in this process: the shards hold
+    the items in ``ids``' order, and no process is forked from one whose readers hold locks
+    (GDAL's, for GeoTIFFs, deadlock a forked writer); returns ``{file name relative to out: sha256}``."""
+    from litdata.streaming.writer import BinaryWriter
 
     folder = out / stage
     if ids:
-        optimize(
-            fn=lambda i: {"id": ids[i], "item": read(i)},
-            inputs=list(range(len(ids))),
-            output_dir=str(folder),
-            chunk_bytes=CHUNK_BYTES,
-            num_workers=1,
-            start_method="fork",  # the writer inherits the datamodule (its readers are not all picklable)
-        )
+        folder.mkdir(parents=True, exist_ok=True)
+        writer = BinaryWriter(str(folder), chunk_bytes=CHUNK_BYTES)
+        for index, sample_id in enumerate(ids):
+            writer.add_item(index, {"id": sample_id, "item": read(index)})
+        writer.done()
+        writer.merge()
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
