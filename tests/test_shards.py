@@ -119,6 +119,15 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
         RecognitionDataModule(data_dir=str(out), image_size=8)
     assert str(out) in str(err.value) and "\n" not in str(err.value)
 
+    # a hand-made record naming a file outside the folder: refused before anything is opened
+    record_path = out / "cnnsuite-prepared.json"
+    record = json.loads(record_path.read_text())
+    record["files"] = {"../outside.bin": "0" * 64, **record["files"]}
+    record_path.write_text(json.dumps(record))
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    with pytest.raises(ConfigError, match=r"shard '\.\./outside\.bin' is not a file inside the prepared folder"):
+        RecognitionDataModule(data_dir=str(out), image_size=8)
+
 
 def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     """The loader over shards is the suite's resumable one: a step checkpoint taken mid-epoch

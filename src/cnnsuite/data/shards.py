@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError
 from .splits import STAGES
@@ -85,6 +85,9 @@ def check_shards(location: str, record: dict) -> None:
     once: sequential reads, far cheaper than decoding the raw files once)."""
     files, found = record["files"], {}
     for name in files:
+        parts = PurePosixPath(name).parts
+        if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+            raise ConfigError(f"{location}/{RECORD}: shard {name!r} is not a file inside the prepared folder")
         try:
             found[name] = hashlib.sha256(_read_bytes(location, name)).hexdigest()
         except OSError as err:
