@@ -184,42 +184,34 @@ def test_our_resnet_in_torchvisions_layout_takes_a_torchvision_file(tmp_path, ar
     loads_like_the_library(library, ours, f"torchvision:{tmp_path / f'{arch}.pth'}", torch.randn(1, 3, 64, 64))
 
 
-def test_a_torchvision_file_inflated_into_our_3d_resnet_gives_the_2d_response_on_a_static_clip(tmp_path):
+@pytest.mark.parametrize(
+    ("backbone", "kwargs", "depth"),
+    [
+        ("resnet", {**TORCHVISION_LAYOUT, "stem_kernel": [5, 7, 7], "stem_stride": [1, 2, 2],
+                    "strides": [1, [1, 2, 2], [1, 2, 2], [1, 2, 2]]}, 64),
+        ("monai_resnet18", {"conv1_t_size": (5, 7, 7), "conv1_t_stride": (1, 2, 2), "bias_downsample": False}, 256),
+    ],
+    ids=["ours", "monai"],
+)  # fmt: skip
+def test_a_torchvision_file_inflated_into_a_3d_resnet_gives_the_2d_response_on_a_static_clip(
+    tmp_path, backbone, kwargs, depth
+):
+    """I3D from torchvision's file: our 3D ``resnet`` and MONAI's 3D ResNet-18, each with
+    torchvision's geometry (stem stride 1×2×2, no downsampling bias), take every kernel inflated;
+    on an image repeated along depth, each stage's central depth index (beyond the reach of the
+    depth padding) is torchvision's."""
     import torchvision
 
     library = torchvision.models.resnet18(weights=None)
     randomise_batchnorm(library)
     torch.save(library.state_dict(), tmp_path / "resnet18-f37072fd.pth")
-    layout = {**TORCHVISION_LAYOUT, "stem_kernel": [5, 7, 7], "stem_stride": [1, 2, 2]}
-    ours = build_backbone("resnet", 3, 3, **layout, strides=[1, [1, 2, 2], [1, 2, 2], [1, 2, 2]])
+    ours = build_backbone(backbone, 3, 3, **kwargs)
     report = transfer_backbone(ours, backbone_state(f"torchvision:{tmp_path / 'resnet18-f37072fd.pth'}"))
     assert report.missing == [] and report.mismatched == [] and len(report.inflated) == 20, report.summary()
     library.eval(), ours.eval()
     image = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        theirs, mine = resnet_stages(library, image), ours(image.unsqueeze(2).expand(-1, -1, 64, -1, -1))
-    for a, b in zip(theirs, mine, strict=True):
-        torch.testing.assert_close(b[:, :, b.shape[2] // 2], a, rtol=1e-4, atol=1e-5)
-
-
-def test_a_torchvision_file_inflated_into_monai_3d_resnet_gives_the_2d_response_on_a_static_clip(tmp_path):
-    """I3D from torchvision's file: MONAI's 3D ResNet-18 with torchvision's geometry (stem stride
-    1×2×2, no downsampling bias) takes every kernel inflated; on an image repeated along depth,
-    each stage's central depth index (beyond the reach of the depth padding) is torchvision's."""
-    import torchvision
-
-    library = torchvision.models.resnet18(weights=None)
-    randomise_batchnorm(library)
-    torch.save(library.state_dict(), tmp_path / "resnet18-f37072fd.pth")
-    ours = build_backbone(
-        "monai_resnet18", 3, 3, conv1_t_size=(5, 7, 7), conv1_t_stride=(1, 2, 2), bias_downsample=False
-    )
-    report = transfer_backbone(ours, backbone_state(f"torchvision:{tmp_path / 'resnet18-f37072fd.pth'}"))
-    assert report.missing == [] and report.mismatched == [] and len(report.inflated) == 20, report.summary()
-    library.eval(), ours.eval()
-    image = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        theirs, mine = resnet_stages(library, image), ours(image.unsqueeze(2).expand(-1, -1, 256, -1, -1))
+        theirs, mine = resnet_stages(library, image), ours(image.unsqueeze(2).expand(-1, -1, depth, -1, -1))
     for a, b in zip(theirs, mine, strict=True):
         torch.testing.assert_close(b[:, :, b.shape[2] // 2], a, rtol=1e-4, atol=1e-5)
 
