@@ -105,3 +105,22 @@ def test_the_shared_code_names_no_task():
         if any(name in line for name in names)
     ]
     assert not offenders, "\n".join(offenders)
+
+
+def test_a_checkpoints_class_is_looked_up_in_its_own_task_first(monkeypatch):
+    """Rebuilding a checkpoint imports its own task, not every task's libraries; a name no
+    registered task's package holds is looked up among all of them, and refused."""
+    from cnnsuite.tasks.recognition2d.module import RecognitionModule
+
+    from cnnsuite import contract
+
+    loaded = []
+    load_task = contract.load_task
+    monkeypatch.setattr(contract, "load_task", lambda point: loaded.append(point.name) or load_task(point))
+    registered_tasks.cache_clear()
+    assert contract.trusted_class("cnnsuite.tasks.recognition2d.module.RecognitionModule") is RecognitionModule
+    assert loaded == ["recognition2d"]
+    assert contract.trusted_class("cnnsuite.tasks.recognition2d.module.os") is None
+    assert contract.trusted_class("os.system") is None
+    assert sorted(set(loaded)) == sorted(registered_tasks())
+    registered_tasks.cache_clear()

@@ -18,7 +18,8 @@ prediction described (``read_input``, ``describe_outputs``), what an export carr
 (``metric_modes``).
 
 Trust follows registration: a checkpoint may rebuild only the classes of registered tasks
-(:func:`trusted_classes`); nothing else it names is ever imported.
+(:func:`trusted_classes`, looked up by :func:`trusted_class`); nothing else it names is ever
+imported.
 """
 
 from __future__ import annotations
@@ -87,30 +88,50 @@ class Task:
         return "test/" + self.module.monitor.split("/", 1)[1]
 
 
+def task_entry_points() -> list:
+    """The entry points registered under :data:`GROUP`, sorted by name, none loaded yet."""
+    return sorted(entry_points(group=GROUP), key=lambda p: p.name)
+
+
+def load_task(point) -> Task:
+    """The :class:`Task` an entry point registers. A registration that does not load, or loads
+    something other than a :class:`Task` of its own name, is an error naming it."""
+    try:
+        task = point.load()
+    except Exception as err:  # a user's package may be broken in any way
+        reason = f"{type(err).__name__}: {err}"
+        raise ConfigError(f"task {point.name!r} ({point.value}) does not load: {reason}") from err
+    if not isinstance(task, Task) or task.name != point.name:
+        raise ConfigError(f"task {point.name!r} ({point.value}): expected a cnnsuite.contract.Task of that name")
+    if not (issubclass(task.module, TaskModule) and issubclass(task.datamodule, TaskDataModule)):
+        raise ConfigError(f"task {point.name!r}: its module must be a TaskModule, its datamodule a TaskDataModule")
+    return task
+
+
 @cache
 def registered_tasks() -> dict[str, Task]:
-    """name → :class:`Task`, for every task registered under :data:`GROUP`, sorted by name.
-    A registration that does not load, or loads something other than a :class:`Task` of its
-    own name, is an error naming it."""
-    found = {}
-    for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
-        try:
-            task = point.load()
-        except Exception as err:  # a user's package may be broken in any way
-            reason = f"{type(err).__name__}: {err}"
-            raise ConfigError(f"task {point.name!r} ({point.value}) does not load: {reason}") from err
-        if not isinstance(task, Task) or task.name != point.name:
-            raise ConfigError(f"task {point.name!r} ({point.value}): expected a cnnsuite.contract.Task of that name")
-        if not (issubclass(task.module, TaskModule) and issubclass(task.datamodule, TaskDataModule)):
-            raise ConfigError(f"task {point.name!r}: its module must be a TaskModule, its datamodule a TaskDataModule")
-        found[point.name] = task
-    return found
+    """name → :class:`Task`, for every task registered under :data:`GROUP`, sorted by name."""
+    return {point.name: load_task(point) for point in task_entry_points()}
 
 
 def trusted_classes() -> dict[str, type]:
     """Class path → class, for the model and datamodule class of every registered task: the
     only classes a checkpoint may rebuild."""
     return {class_path(cls): cls for task in registered_tasks().values() for cls in (task.module, task.datamodule)}
+
+
+def trusted_class(name: str) -> type | None:
+    """The class of :func:`trusted_classes` whose path is ``name``, or None. The tasks whose
+    package holds ``name`` are looked at first, so that rebuilding a checkpoint imports its own
+    task and not every task's libraries (MONAI, PyAV, rasterio: a second at each evaluation);
+    the other registered tasks are loaded only when none of those has it."""
+    for point in task_entry_points():
+        if name.startswith(point.module + "."):
+            task = load_task(point)
+            found = {class_path(cls): cls for cls in (task.module, task.datamodule)}
+            if name in found:
+                return found[name]
+    return trusted_classes().get(name)
 
 
 def task_of(cls: type) -> Task | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser
 
+from ..contract import trusted_class as registered_class
 from ..contract import trusted_classes
 from ..data import TaskDataModule
 from ..data.splits import check_splits, load_splits
@@ -43,10 +44,9 @@ def trusted_class(name: object, base: type, source: object) -> type:
     """The class of a registered task called ``name`` (:func:`~cnnsuite.contract.trusted_classes`)
     that is a ``base``; anything else is refused, naming ``source`` (the checkpoint) and what
     was expected."""
-    trusted = trusted_classes()
-    cls = trusted.get(name) if isinstance(name, str) else None
+    cls = registered_class(name) if isinstance(name, str) else None
     if cls is None or not issubclass(cls, base):
-        allowed = sorted(p for p, c in trusted.items() if issubclass(c, base))
+        allowed = sorted(p for p, c in trusted_classes().items() if issubclass(c, base))
         raise CheckpointError(
             f"{source}: names {name!r} as its {base.__name__}; refused, only registered tasks' classes are rebuilt "
             f"({', '.join(allowed)})"
