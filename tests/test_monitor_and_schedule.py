@@ -38,6 +38,16 @@ def test_a_monitor_without_a_mode_keeps_the_best_by_its_direction(tmp_path, imag
     assert (saved["monitor"], saved["mode"]) == ("val/acc", "max")
 
 
+def test_an_epoch_that_ties_the_best_score_replaces_the_best_checkpoint(tmp_path, image_folder, monkeypatch):
+    """A small validation split saturates: of the epochs that tie, the latest (most trained) is best."""
+    script_val_acc(monkeypatch, {0: 0.5, 1: 0.9, 2: 0.9, 3: 0.8})
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
+              "--trainer.max_epochs", "4", "--evaluate", "false")  # fmt: skip
+    best = run / "checkpoints" / "best.ckpt"
+    assert torch.load(best, weights_only=True)["epoch"] == 2
+    assert best_state(best)["best_model_score"] == pytest.approx(0.9)
+
+
 def test_print_config_shows_the_resolved_monitor_and_mode(capsys):
     cases = [([], ("val/acc", "max")), (["--checkpoint.monitor", "val/loss"], ("val/loss", "min")),
              (["--checkpoint.monitor", "val/acc", "--checkpoint.mode", "min"], ("val/acc", "min"))]  # fmt: skip

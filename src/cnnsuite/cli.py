@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -59,7 +59,15 @@ from .data import TaskDataModule
 from .errors import ConfigError, UserError
 from .jsonout import strict_json
 from .training.callbacks import CompactModelSummary
-from .training.runs import AtomicCheckpointIO, LastCheckpoint, RunConfig, default_loggers, default_output, run_version
+from .training.runs import (
+    AtomicCheckpointIO,
+    BestCheckpoint,
+    LastCheckpoint,
+    RunConfig,
+    default_loggers,
+    default_output,
+    run_version,
+)
 from .training.task import TaskModule
 from .trust.checkpoint import data_options, resume_arguments
 
@@ -148,7 +156,7 @@ class CnnSuiteCLI(LightningCLI):
             raise ConfigError(config_mistake(str(err), subparsers.get(command, parser), command)) from None
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         # Fixed names: resuming or re-running never makes "best-v1.ckpt" or metric subfolders.
         # checkpoint.monitor and checkpoint.mode left null follow the task (resolve_monitor).
@@ -213,7 +221,7 @@ class CnnSuiteCLI(LightningCLI):
         if self.monitor_follows_model and follow_model_monitor(config, self.model):
             # The checkpoint callback is made again from its config, with the model's monitor.
             built = self.config_init[self.subcommand] if self.subcommand else self.config_init
-            built["checkpoint"] = ModelCheckpoint(**config.checkpoint.as_dict())
+            built["checkpoint"] = BestCheckpoint(**config.checkpoint.as_dict())
         root = self._root_dir(config)
         if config.trainer.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(root, run_version(root, config.get("ckpt_path")))
