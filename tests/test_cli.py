@@ -147,6 +147,23 @@ def test_a_fit_shows_no_third_party_tips_or_deprecations(tmp_path, image_folder,
     assert not [w for w in caught if "LeafSpec" in str(w.message)], [str(w.message) for w in caught]
 
 
+def test_a_class_missing_from_the_sanity_checks_batches_is_no_warning():
+    """Lightning validates two batches before training; where they hold some of the classes
+    only, torchmetrics' ROC warns about the others, which tells the user nothing."""
+    import warnings
+
+    import torch
+    from torchmetrics.classification import MulticlassAUROC
+
+    from cnnsuite.cli import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        MulticlassAUROC(num_classes=3)(torch.rand(4, 3).softmax(1), torch.tensor([0, 0, 1, 1]))
+    assert not caught, [str(w.message) for w in caught]
+
+
 def test_reading_a_dicom_series_shows_no_notice_about_a_gpu_decoder(tmp_path, caplog):
     """MONAI says on every DICOM reader it builds that an optional GPU decoder (nvImageCodec) is
     not installed, once as a log line and once as a warning: nothing a user can act on."""
