@@ -112,14 +112,17 @@ def test_figures_json_is_strict_and_covers_every_task():
         assert entries and entries[0]["command"] == f"make train TASK={task}", task
 
 
-@pytest.mark.parametrize("task", sorted(p.parent.name for p in ROOT.glob("tasks/*/README.md")))
-def test_a_task_readmes_figures_table_is_the_one_rendered_from_figures_json(task):
-    """The table between the README's figure markers is exactly what ``make docs`` writes from
-    ``benchmarks/results/figures.json``, and the README has one such table."""
+@pytest.mark.parametrize(
+    "block", figures_module().blocks(figures_module().load()), ids=lambda block: block[0].relative_to(ROOT).as_posix()
+)
+def test_each_generated_block_is_the_one_rendered_from_figures_json(block):
+    """Each task README's figures table and README.md's hardware table are exactly what ``make
+    docs`` writes from ``benchmarks/results/figures.json``, and each file has one such block."""
     figures = figures_module()
-    text = (ROOT / "tasks" / task / "README.md").read_text()
-    assert text.count(figures.BEGIN) == 1 and text.count(figures.END) == 1, task
-    assert figures.render(text, figures.load()[task]) == text, f"run make docs ({task})"
+    path, content, begin, end = block
+    text = path.read_text()
+    assert text.count(begin) == 1 and text.count(end) == 1, path
+    assert figures.render(text, content, begin, end) == text, f"run make docs ({path.relative_to(ROOT)})"
 
 
 def test_a_headline_figure_quoted_in_the_manual_is_figures_jsons():
@@ -137,3 +140,4 @@ def test_a_headline_figure_quoted_in_the_manual_is_figures_jsons():
                         if abs(float(quoted) - value) > 0.5 * 10 ** -len(quoted.split(".")[1]):
                             wrong.append((doc.name, task, key, quoted, value))
     assert not wrong, wrong
+
