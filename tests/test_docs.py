@@ -141,3 +141,37 @@ def test_a_headline_figure_quoted_in_the_manual_is_figures_jsons():
                             wrong.append((doc.name, task, key, quoted, value))
     assert not wrong, wrong
 
+
+MEASURED = re.compile(
+    r"""(?x)
+      \d+\ min(?:\ \d+\ s)? | (?<![\w.])\d+(?:\.\d+)?\ ?(?:ms|s|h)\b    # a time
+    | (?<![\w.])\d+(?:[.,]\d+)?\ ?(?:GB|MB|GiB|MiB)\b                 # a memory
+    | (?<![\w.×])\d+\.\d+×(?!\ ?\d)                                  # a ratio
+    | (?<![\w.])\d\.\d{3,}(?![\w.])                                    # a metric
+    | (?<![\w.])\d+\ points?\b                                         # a metric's difference
+    """
+)
+READ_BY_USERS = [doc for doc in DOCS if doc.parent.name != "results"]
+
+
+def prose(text: str) -> str:
+    """``text`` with its code blocks and the blocks ``make docs`` writes blanked, lines kept."""
+    spans = [r"```.*?```", *(re.escape(begin) + ".*?" + re.escape(end) for begin, end in figures_module().MARKERS)]
+    for span in spans:
+        text = re.sub(span, lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    return text
+
+
+@pytest.mark.parametrize("doc", READ_BY_USERS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_a_measured_figure_outside_the_rendered_tables_is_one_figures_json_holds(doc):
+    """A time, a memory, a ratio or a metric in prose (outside the blocks ``make docs`` writes and
+    outside code) must be written as the rendered tables write a value of figures.json: a copy
+    left behind when a measurement changes is then a failure, not a second value."""
+    figures = figures_module()
+    held = set()
+    for _, content, _, _ in figures.blocks(figures.load()):
+        held.update(MEASURED.findall(content))
+    stale = []
+    for number, line in enumerate(prose(doc.read_text()).splitlines(), 1):
+        stale += [(number, quoted) for quoted in MEASURED.findall(line) if quoted not in held]
+    assert not stale, f"{doc.relative_to(ROOT)}: put these in figures.json, or link to its table: {stale}"
