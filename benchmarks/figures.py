@@ -1,12 +1,17 @@
-"""Each task README's figures table, rendered from ``benchmarks/results/figures.json``.
+"""Each task README's figures table and README.md's hardware table, rendered from
+``benchmarks/results/figures.json``.
 
 The JSON file is the one source of every current figure: per task, a list of runs (the default
 ``make train`` run first), each with its label, metrics, wall time in seconds (or null), command,
-machine and date, and an optional note on the conditions. ``make docs`` runs this script, which
-rewrites the block between the figure markers of ``tasks/<task>/README.md``; a test fails when a
-README's block differs. Measurement history goes to ``benchmarks/results/history-<task>.md``.
+machine and date, an optional peak memory in MB (``peak_memory_mb``: the process's resident
+memory on a CPU, the GPU's on a GPU; the note says which) and an optional note on the conditions.
+A run on a GPU names it as its machine (``NVIDIA ...``). ``make docs`` runs this script, which
+rewrites the block between the figure markers of ``tasks/<task>/README.md`` and the block between
+the hardware markers of ``README.md``; a test fails when a block differs, and another when prose
+outside the blocks quotes a figure they do not hold. Measurement history goes to
+``benchmarks/results/history-<task>.md``.
 
-    python benchmarks/figures.py          # rewrite every task README's figures block
+    python benchmarks/figures.py          # rewrite every generated block
 """
 
 import json
@@ -18,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "benchmarks" / "results" / "figures.json"
 BEGIN = "<!-- figures:begin -->"
 END = "<!-- figures:end -->"
+HARDWARE_BEGIN = "<!-- hardware:begin -->"
+HARDWARE_END = "<!-- hardware:end -->"
+MARKERS = ((BEGIN, END), (HARDWARE_BEGIN, HARDWARE_END))
+GPU = "NVIDIA"
 FIELDS = {"label", "metrics", "wall_s", "command", "machine", "date"}
 
 
@@ -43,43 +52,81 @@ def duration(seconds: float | None) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
+def memory(megabytes: float | None) -> str:
+    if megabytes is None:
+        return "—"
+    return f"{megabytes / 1000:.1f} GB" if megabytes >= 1000 else f"{megabytes:.0f} MB"
+
+
 def table(runs: list[dict]) -> str:
     lines = [
-        "| run | metrics | wall time | command | machine, date |",
-        "|---|---|---|---|---|",
+        "| run | metrics | wall time | peak memory | command | machine, date |",
+        "|---|---|---|---|---|---|",
     ]
     for run in runs:
         what = run["label"] + (f"; {run['note']}" if run.get("note") else "")
-        metrics = " · ".join(f"`{key}` {value:.4f}" for key, value in run["metrics"].items())
+        metrics = " · ".join(f"`{key}` {value:.4f}" for key, value in run["metrics"].items()) or "—"
         command = f"`{run['command']}`" if run["command"] != "—" else "—"
         lines.append(
-            f"| {what} | {metrics} | {duration(run['wall_s'])} | {command} | {run['machine']}, {run['date']} |"
+            f"| {what} | {metrics} | {duration(run['wall_s'])} | {memory(run.get('peak_memory_mb'))} | {command} "
+            f"| {run['machine']}, {run['date']} |"
         )
     return "\n".join(lines)
 
 
-def render(readme: str, runs: list[dict]) -> str:
-    """``readme`` with the text between its figure markers replaced by the table of ``runs``."""
-    block = f"{BEGIN}\n<!-- written by `make docs` from benchmarks/results/figures.json -->\n{table(runs)}\n{END}"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+def hardware(figures: dict[str, list[dict]]) -> str:
+    """Per task: its default run's time on the 2-core CPU, its end-to-end times on a GPU (or that
+    there is none yet), and the peak memories measured on CPUs and on GPUs."""
+    lines = [
+        "| task | `make train`, 2-core CPU | end to end on a GPU | peak memory, CPU | peak memory, GPU |",
+        "|---|---|---|---|---|",
+    ]
+    for task, runs in figures.items():
+        on_gpu = {True: [], False: []}
+        for run in runs:
+            on_gpu[run["machine"].startswith(GPU)].append(run)
+        times = [
+            f"{duration(r['wall_s'])}: {r['label']}, {r['machine']}" for r in on_gpu[True] if r["wall_s"] is not None
+        ]
+        peaks = {
+            gpu: ", ".join(memory(r["peak_memory_mb"]) for r in rs if r.get("peak_memory_mb"))
+            for gpu, rs in on_gpu.items()
+        }
+        lines.append(
+            f"| [{task}](tasks/{task}/README.md#figures) | {duration(runs[0]['wall_s'])} "
+            f"| {'<br>'.join(times) or 'not measured yet'} | {peaks[False] or 'not measured yet'} "
+            f"| {peaks[True] or 'not measured yet'} |"
+        )
+    return "\n".join(lines)
+
+
+def render(readme: str, content: str, begin: str = BEGIN, end: str = END) -> str:
+    """``readme`` with the text between its ``begin`` and ``end`` markers replaced by ``content``."""
+    block = f"{begin}\n<!-- written by `make docs` from benchmarks/results/figures.json -->\n{content}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pattern.search(readme):
-        raise ValueError(f"no {BEGIN} … {END} block")
+        raise ValueError(f"no {begin} … {end} block")
     return pattern.sub(lambda _: block, readme, count=1)
 
 
+def blocks(figures: dict[str, list[dict]]) -> list[tuple[Path, str, str, str]]:
+    """``(file, content, begin, end)`` for every block ``make docs`` writes."""
+    tables = [(ROOT / "tasks" / task / "README.md", table(runs), BEGIN, END) for task, runs in figures.items()]
+    return [*tables, (ROOT / "README.md", hardware(figures), HARDWARE_BEGIN, HARDWARE_END)]
+
+
 def main() -> None:
-    """Rewrite every README that has the markers; name all that lack them, then fail."""
+    """Rewrite every generated block; name all files that lack their markers, then fail."""
     missing = []
-    for task, runs in load().items():
-        readme = ROOT / "tasks" / task / "README.md"
-        text = readme.read_text()
+    for path, content, begin, end in blocks(load()):
+        text = path.read_text()
         try:
-            rendered = render(text, runs)
+            rendered = render(text, content, begin, end)
         except ValueError as error:
-            missing.append(f"{readme.relative_to(ROOT)}: {error}")
+            missing.append(f"{path.relative_to(ROOT)}: {error}")
             continue
         if rendered != text:
-            readme.write_text(rendered)
+            path.write_text(rendered)
     if missing:
         sys.exit("\n".join(missing))
 

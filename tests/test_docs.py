@@ -1,5 +1,7 @@
 """The documentation names only what exists: every ``make`` target, ``cnnsuite`` command and
-``--option`` in a README is one the Makefile and the parsers have."""
+``--option`` in a README is one the Makefile and the parsers have. No document names an issue
+number. A document a user reads quotes a measured figure only as ``benchmarks/results/figures.json``
+holds it; the dated logs under ``benchmarks/results/`` are history, and keep the figures they had."""
 
 import inspect
 import re
@@ -10,7 +12,8 @@ from conftest import ROOT
 from cnnsuite.commands import COMMANDS
 
 DOCS = sorted([ROOT / "README.md", ROOT / "docs" / "guide.md", *ROOT.glob("tasks/*/README.md"),
-               *ROOT.glob("benchmarks/*.md"), ROOT / "data" / "README.md"])  # fmt: skip
+               *ROOT.glob("benchmarks/*.md"), *ROOT.glob("benchmarks/results/*.md"),
+               ROOT / "data" / "README.md"])  # fmt: skip
 
 
 def make_targets() -> set[str]:
@@ -112,14 +115,17 @@ def test_figures_json_is_strict_and_covers_every_task():
         assert entries and entries[0]["command"] == f"make train TASK={task}", task
 
 
-@pytest.mark.parametrize("task", sorted(p.parent.name for p in ROOT.glob("tasks/*/README.md")))
-def test_a_task_readmes_figures_table_is_the_one_rendered_from_figures_json(task):
-    """The table between the README's figure markers is exactly what ``make docs`` writes from
-    ``benchmarks/results/figures.json``, and the README has one such table."""
+@pytest.mark.parametrize(
+    "block", figures_module().blocks(figures_module().load()), ids=lambda block: block[0].relative_to(ROOT).as_posix()
+)
+def test_each_generated_block_is_the_one_rendered_from_figures_json(block):
+    """Each task README's figures table and README.md's hardware table are exactly what ``make
+    docs`` writes from ``benchmarks/results/figures.json``, and each file has one such block."""
     figures = figures_module()
-    text = (ROOT / "tasks" / task / "README.md").read_text()
-    assert text.count(figures.BEGIN) == 1 and text.count(figures.END) == 1, task
-    assert figures.render(text, figures.load()[task]) == text, f"run make docs ({task})"
+    path, content, begin, end = block
+    text = path.read_text()
+    assert text.count(begin) == 1 and text.count(end) == 1, path
+    assert figures.render(text, content, begin, end) == text, f"run make docs ({path.relative_to(ROOT)})"
 
 
 def test_a_headline_figure_quoted_in_the_manual_is_figures_jsons():
@@ -137,3 +143,38 @@ def test_a_headline_figure_quoted_in_the_manual_is_figures_jsons():
                         if abs(float(quoted) - value) > 0.5 * 10 ** -len(quoted.split(".")[1]):
                             wrong.append((doc.name, task, key, quoted, value))
     assert not wrong, wrong
+
+
+MEASURED = re.compile(
+    r"""(?x)
+      \d+\ min(?:\ \d+\ s)? | (?<![\w.])\d+(?:\.\d+)?\ ?(?:ms|s|h)\b    # a time
+    | (?<![\w.])\d+(?:[.,]\d+)?\ ?(?:GB|MB|GiB|MiB)\b                 # a memory
+    | (?<![\w.×])\d+\.\d+×(?!\ ?\d)                                  # a ratio
+    | (?<![\w.])\d\.\d{3,}(?![\w.])                                    # a metric
+    | (?<![\w.])\d+\ points?\b                                         # a metric's difference
+    """
+)
+READ_BY_USERS = [doc for doc in DOCS if doc.parent.name != "results"]
+
+
+def prose(text: str) -> str:
+    """``text`` with its code blocks and the blocks ``make docs`` writes blanked, lines kept."""
+    spans = [r"```.*?```", *(re.escape(begin) + ".*?" + re.escape(end) for begin, end in figures_module().MARKERS)]
+    for span in spans:
+        text = re.sub(span, lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    return text
+
+
+@pytest.mark.parametrize("doc", READ_BY_USERS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_a_measured_figure_outside_the_rendered_tables_is_one_figures_json_holds(doc):
+    """A time, a memory, a ratio or a metric in prose (outside the blocks ``make docs`` writes and
+    outside code) must be written as the rendered tables write a value of figures.json: a copy
+    left behind when a measurement changes is then a failure, not a second value."""
+    figures = figures_module()
+    held = set()
+    for _, content, _, _ in figures.blocks(figures.load()):
+        held.update(MEASURED.findall(content))
+    stale = []
+    for number, line in enumerate(prose(doc.read_text()).splitlines(), 1):
+        stale += [(number, quoted) for quoted in MEASURED.findall(line) if quoted not in held]
+    assert not stale, f"{doc.relative_to(ROOT)}: put these in figures.json, or link to its table: {stale}"
