@@ -4,6 +4,7 @@ in the checkpoint and the export's JSON, and the task's fixed normalisation is m
 inside the network."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -135,3 +136,31 @@ def test_a_run_from_imagenet_weights_keeps_their_record_in_its_checkpoint_and_ex
     _, info = export(ckpt, "onnx", out)
     assert info["backbone_weights"]["weights"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
     assert json.loads((tmp_path / "model.onnx.json").read_text())["backbone_weights"]["std"] == IMAGENET["std"]
+
+
+@pytest.mark.parametrize(
+    ("meta", "named"),
+    [
+        ({"mean": ["a", "b", "c"], "std": [0.2] * 3}, "backbone_weights_meta.mean=['a', 'b', 'c']"),
+        (
+            {"mean": [0.5] * 3, "std": [0.2, 0, 0.2]},
+            "backbone_weights_meta.std=[0.2, 0, 0.2]: expected numbers above 0",
+        ),
+        ("imagenet", "backbone_weights_meta='imagenet': expected a mapping"),
+    ],
+)
+def test_a_weights_record_given_by_hand_that_is_not_numbers_is_a_config_error(meta, named):
+    """``model.backbone_weights_meta`` may be given in a config: a mean or std that is not numbers
+    (or a std of 0) is refused naming the key, not a traceback from the affine map."""
+    from cnnsuite.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        ClassificationModule(num_classes=2, in_channels=3, input_normalisation=SYMMETRIC, backbone_weights_meta=meta)
+
+
+def test_a_single_number_for_the_weights_mean_and_std_serves_every_channel():
+    task = ClassificationModule(
+        num_classes=2, in_channels=3, input_normalisation=SYMMETRIC, backbone_weights_meta={"mean": 0.5, "std": 0.25}
+    )
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.allclose(task.feature_backbone().input_map(x), (x * 0.5 + 0.5 - 0.5) / 0.25, atol=1e-6)

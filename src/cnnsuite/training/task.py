@@ -46,6 +46,16 @@ def class_path(obj: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def channel_values(meta: dict, key: str) -> list[float]:
+    """``meta[key]`` of a weights' record as per-channel numbers (one number: every channel)."""
+    values = meta[key] if isinstance(meta[key], list) else [meta[key]]
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(
+            f"model.backbone_weights_meta.{key}={meta[key]!r}: expected a number or a list of numbers, one per channel"
+        )
+    return [float(v) for v in values]
+
+
 class TaskModule(L.LightningModule):
     monitor: str = "val/loss"
     mode: str = "min"
@@ -162,11 +172,14 @@ class TaskModule(L.LightningModule):
         task's own fixed normalisation onto them. A task whose data brings its own statistics
         (a z-score per volume, per-band statistics of its training split) keeps them."""
         meta = self.hparams.get("backbone_weights_meta") or {}
+        if not isinstance(meta, dict):
+            raise ConfigError(f"model.backbone_weights_meta={meta!r}: expected a mapping (mean, std, ...)")
         if meta.get("mean") is None or meta.get("std") is None:
             return
-        rank_zero_info(
-            f"backbone weights {meta.get('weights', '')}: {self.renormalise_input(meta['mean'], meta['std'])}"
-        )
+        mean, std = (channel_values(meta, key) for key in ("mean", "std"))
+        if not all(v > 0 for v in std):
+            raise ConfigError(f"model.backbone_weights_meta.std={meta['std']!r}: expected numbers above 0")
+        rank_zero_info(f"backbone weights {meta.get('weights', '')}: {self.renormalise_input(mean, std)}")
 
     def renormalise_input(self, mean: list[float], std: list[float]) -> str:
         """Make the network see inputs normalised by ``mean``/``std`` (per channel, of [0, 1]
