@@ -83,6 +83,41 @@ def test_localization2d_streams_images_and_their_boxes(tmp_path):
     assert metrics_of(from_shards) == metrics_of(from_raw)
 
 
+def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path):
+    """The shards hold each volume preprocessed (read, oriented, resized, z-scored), before the
+    random flips, turns and shifts: training with augmentation gives the raw files' metrics, and
+    a training item still differs from draw to draw."""
+    from test_biomedical3d import SMALL as SMALL_3D
+    from test_biomedical3d import make_volume_folder
+
+    from cnnsuite.data.shards import StreamedItems
+    from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
+
+    raw = make_volume_folder(tmp_path / "raw", per_class=4)
+    out = tmp_path / "prepared"
+    prepare("biomedical3d", raw, out, "--data.spatial_size", "[16, 16, 16]")
+    record = json.loads((out / RECORD).read_text())
+    assert record["class_names"] == ["benign", "malignant"]
+    first = record["items"]["train"][0]
+    stored = StreamedItems(str(out), "train", record["items"]["train"])[0]["image"]
+    raw_dm = Biomedical3DDataModule(data_dir=str(raw), spatial_size=[16, 16, 16])
+    assert torch.equal(stored, raw_dm.read_input(raw / first).sample)
+
+    streamed = Biomedical3DDataModule(data_dir=str(out), spatial_size=[16, 16, 16])
+    streamed.setup("fit")
+    draws = [streamed.datasets["train"][0]["image"] for _ in range(8)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])  # augmented at every read
+
+    common = ["--trainer.max_epochs", "2", "--data.batch_size", "4", *SMALL_3D]
+    from_raw = fit("biomedical3d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("biomedical3d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+    main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(raw),
+          "--out", str(tmp_path / "on_raw"), "--debug"])  # fmt: skip
+    metrics = json.loads((tmp_path / "on_raw" / "metrics.json").read_text())
+    assert metrics["test/acc"] == metrics_of(from_shards)["test/acc"]
+
+
 def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     raw = make_image_folder(tmp_path / "raw", per_class=4)
     out = tmp_path / "prepared"

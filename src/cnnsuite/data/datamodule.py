@@ -134,7 +134,7 @@ class TaskDataModule(L.LightningDataModule):
     #: start with the folder's name
     split_folders: dict[str, str] | None = None
     #: whether the task streams a folder written by ``cnnsuite prepare``: its datasets keep their
-    #: decoded items in :meth:`decoded_cache`'s cache, its ``__init__`` ends with
+    #: decoded items in :meth:`decoded_cache`'s cache (or their own, through it), its ``__init__`` ends with
     #: :meth:`use_prepared`, and its ``make_dataset`` reads no file when :attr:`prepared`
     streams_prepared: bool = False
     #: init arguments that act after decoding (batch size, random augmentation): a prepared
@@ -226,13 +226,16 @@ class TaskDataModule(L.LightningDataModule):
         """What preprocessing learnt from the training split: the datamodule's state less its split."""
         return {k: v for k, v in self.state_dict().items() if k != "splits"}
 
-    def decoded_cache(self, stage: str) -> Callable:
+    def decoded_cache(self, stage: str, own: Callable | None = None) -> Callable:
         """How a ``stage`` dataset keeps its decoded items: ``cache(read, ids, nbytes, what)``
-        gives ``read(i)`` of each of ``ids`` by index — a :class:`DecodedCache` within
-        ``data.cache_limit_mb``, or a prepared folder's shards (the ids must be the record's)."""
+        gives ``read(i)`` of each of ``ids`` by index — read from raw files, ``own`` (a task
+        that keeps them its own way, as MONAI's caches do) or a :class:`DecodedCache` within
+        ``data.cache_limit_mb``; or a prepared folder's shards (the ids must be the record's)."""
         if self._probe is not None:
             return self._probe
         if self.prepared is None:
+            if own is not None:
+                return own
             limit = self.hparams.get("cache_limit_mb", 0)
             return lambda read, ids, nbytes, what: DecodedCache(read, len(ids), nbytes, limit, what)
         expected, location = self.prepared["items"][stage], self.hparams.data_dir
