@@ -118,6 +118,39 @@ def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path)
     assert metrics["test/acc"] == metrics_of(from_shards)["test/acc"]
 
 
+def test_video3d_streams_whole_videos_and_draws_its_clips_every_epoch(tmp_path):
+    """The shards hold each video decoded whole; the random clip of each epoch and its random
+    crop are drawn from it as from the raw files, so the same seed gives the same metrics."""
+    from test_video3d import make_video_folder
+
+    from cnnsuite.tasks.video3d.datamodule import VideoDataModule
+
+    raw = make_video_folder(tmp_path / "raw", per_class=4)
+    out = tmp_path / "prepared"
+    quarters = {"val_fraction": 0.25, "test_fraction": 0.25}
+    small = ["--data.frames_per_clip", "4", "--data.frame_size", "16"]
+    small += [f"--data.{k}={v}" for k, v in quarters.items()]
+    prepare("video3d", raw, out, *small)
+    record = json.loads((out / RECORD).read_text())
+    assert record["class_names"] == ["left", "right"] and len(record["items"]["test"]) == 2
+
+    streamed = VideoDataModule(data_dir=str(out), frames_per_clip=4, frame_size=16, augment=False, **quarters)
+    streamed.setup("fit")
+    assert len(streamed.datasets["test"]) == 4  # two 1-second clips of each 2-second video
+    clips = [streamed.datasets["train"][0][0] for _ in range(12)]
+    assert any(not torch.equal(clips[0], c) for c in clips[1:])  # a random clip of the video at every read
+
+    common = ["--trainer.max_epochs", "2", "--data.batch_size", "4", "--data.num_workers", "0", *small,
+              "--model.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}"]  # fmt: skip
+    from_raw = fit("video3d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("video3d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+    main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(raw),
+          "--out", str(tmp_path / "on_raw"), "--debug"])  # fmt: skip
+    metrics = json.loads((tmp_path / "on_raw" / "metrics.json").read_text())
+    assert metrics["test/video_acc"] == metrics_of(from_shards)["test/video_acc"]
+
+
 def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     raw = make_image_folder(tmp_path / "raw", per_class=4)
     out = tmp_path / "prepared"
@@ -129,17 +162,17 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(out) in err and "not empty" in err
 
+    from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
     from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
     from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
-    from cnnsuite.tasks.video3d.datamodule import VideoDataModule
 
-    with pytest.raises(ConfigError, match="not supported yet for video3d"):
-        VideoDataModule(data_dir=str(out))
+    with pytest.raises(ConfigError, match="not supported yet for detection2d"):
+        DetectionDataModule(data_dir=str(out))
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(["prepare", "--task", "video3d", "--data.data_dir", str(raw), "--out", str(tmp_path / "v")])
+        main(["prepare", "--task", "detection2d", "--data.data_dir", str(raw), "--out", str(tmp_path / "v")])
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not supported yet for video3d" in err and not (tmp_path / "v").exists()
+    assert len(err.splitlines()) == 1 and "not supported yet for detection2d" in err and not (tmp_path / "v").exists()
 
     with pytest.raises(ConfigError, match="recognition2d"):  # another task's
         MultispectralDataModule(data_dir=str(out))

@@ -234,10 +234,7 @@ class TaskDataModule(L.LightningDataModule):
         if self._probe is not None:
             return self._probe
         if self.prepared is None:
-            if own is not None:
-                return own
-            limit = self.hparams.get("cache_limit_mb", 0)
-            return lambda read, ids, nbytes, what: DecodedCache(read, len(ids), nbytes, limit, what)
+            return own or self.memory_cache
         expected, location = self.prepared["items"][stage], self.hparams.data_dir
 
         def streamed(read, ids, nbytes, what):
@@ -246,6 +243,18 @@ class TaskDataModule(L.LightningDataModule):
             return StreamedItems(location, stage, expected)
 
         return streamed
+
+    def memory_cache(self, read: Callable, ids: list[str], nbytes: float, what: str) -> DecodedCache:
+        """``read(i)`` of each of ``ids``, kept in memory when within ``data.cache_limit_mb``
+        (:class:`DecodedCache`): the raw files' way of :meth:`decoded_cache`."""
+        return DecodedCache(read, len(ids), nbytes, self.hparams.get("cache_limit_mb", 0), what)
+
+    def sample_facts(self) -> dict[str, object]:
+        """``sample id → JSON-able facts`` the task learnt of a sample when it checked its file
+        and that its datasets need before they read an item (a video's duration and frame rate
+        decide its clips): ``cnnsuite prepare`` records them (``prepared["sample_facts"]``), so
+        a prepared folder's datasets never open a raw file. The default: none needed."""
+        return {}
 
     def decoder(self, stage: str) -> tuple[list[str], Callable]:
         """``(ids, read)``: the ``stage`` dataset's items and how one is decoded (``read(i)``),
