@@ -151,6 +151,31 @@ def test_video3d_streams_whole_videos_and_draws_its_clips_every_epoch(tmp_path):
     assert metrics["test/video_acc"] == metrics_of(from_shards)["test/video_acc"]
 
 
+def test_detection2d_streams_images_with_their_targets_and_category_ids(tmp_path):
+    """An item is an image with its target (boxes, labels, crowd flags, areas, image id); the
+    record keeps the COCO category ids, so a run on shards writes the raw run's results file."""
+    from test_detection2d import make_coco_folder
+
+    raw = make_coco_folder(tmp_path / "raw", images=8, size=48)
+    out = tmp_path / "prepared"
+    prepare("detection2d", raw, out)
+    assert json.loads((out / RECORD).read_text())["class_names"] == ["cat", "dog", "owl"]
+
+    common = ["--trainer.max_epochs", "1", "--data.batch_size", "4", "--model.min_size", "48", "--model.max_size",
+              "48", "--model.backbone_kwargs", "{channels: [4, 8, 16, 16], blocks_per_stage: 1}",
+              "--model.fpn_channels", "32", "--model.head_convs", "1"]  # fmt: skip
+    from_raw = fit("detection2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit("detection2d", tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+    results = (from_shards / "evaluation" / "predictions.json").read_text()
+    assert results == (from_raw / "evaluation" / "predictions.json").read_text()
+    assert {r["category_id"] for r in json.loads(results)} <= {3, 17, 90}
+    main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(raw),
+          "--out", str(tmp_path / "on_raw"), "--debug"])  # fmt: skip
+    metrics = json.loads((tmp_path / "on_raw" / "metrics.json").read_text())
+    assert metrics["test/map"] == metrics_of(from_shards)["test/map"]
+
+
 def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     raw = make_image_folder(tmp_path / "raw", per_class=4)
     out = tmp_path / "prepared"
@@ -162,17 +187,21 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(out) in err and "not empty" in err
 
-    from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
     from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
     from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 
-    with pytest.raises(ConfigError, match="not supported yet for detection2d"):
-        DetectionDataModule(data_dir=str(out))
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        main(["prepare", "--task", "detection2d", "--data.data_dir", str(raw), "--out", str(tmp_path / "v")])
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not supported yet for detection2d" in err and not (tmp_path / "v").exists()
+    # every task of the suite streams; one that does not declare it (a user's own) is refused in one line
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RecognitionDataModule, "streams_prepared", False)
+        with pytest.raises(ConfigError, match="not supported yet for recognition2d"):
+            RecognitionDataModule(data_dir=str(out))
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(["prepare", "--task", "recognition2d", "--data.data_dir", str(raw), "--out", str(tmp_path / "v")])
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not supported yet for recognition2d" in err
+        assert "streamed now: biomedical3d, detection2d, localization2d, multispectral3d, video3d" in err
+        assert not (tmp_path / "v").exists()
 
     with pytest.raises(ConfigError, match="recognition2d"):  # another task's
         MultispectralDataModule(data_dir=str(out))
