@@ -176,6 +176,19 @@ def test_detection2d_streams_images_with_their_targets_and_category_ids(tmp_path
     assert metrics["test/map"] == metrics_of(from_shards)["test/map"]
 
 
+def test_prepare_from_inside_the_data_folder(tmp_path, monkeypatch):
+    """Sample ids are paths relative to the data folder: run from inside it, they name files
+    there, which LitData would store as the files' contents; they stay ids."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    raw = make_image_folder(tmp_path / "raw", per_class=4)
+    monkeypatch.chdir(raw)
+    prepare("recognition2d", ".", tmp_path / "prepared", "--data.image_size", "8")
+    streamed = RecognitionDataModule(data_dir=str(tmp_path / "prepared"), image_size=8)
+    streamed.setup("fit")
+    assert len([streamed.datasets["train"][i] for i in range(len(streamed.datasets["train"]))]) > 0
+
+
 def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     raw = make_image_folder(tmp_path / "raw", per_class=4)
     out = tmp_path / "prepared"

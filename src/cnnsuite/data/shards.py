@@ -138,8 +138,10 @@ class StreamedItems:
 
             self._dataset = StreamingDataset(self.url)
         entry = self._dataset[index]
-        if entry["id"] != self.ids[index]:
-            raise ConfigError(f"{self.url}: item {index} is {entry['id']}, its record says {self.ids[index]}")
+        # bytes (a memoryview back), or a string in folders written before ids were bytes
+        found = entry["id"] if isinstance(entry["id"], str) else bytes(entry["id"]).decode()
+        if found != self.ids[index]:
+            raise ConfigError(f"{self.url}: item {index} is {found!r}, its record says {self.ids[index]}")
         return entry["item"]
 
 
@@ -155,7 +157,9 @@ def write_shards(out: Path, stage: str, ids: list[str], read) -> dict[str, str]:
         folder.mkdir(parents=True, exist_ok=True)
         writer = BinaryWriter(str(folder), chunk_bytes=CHUNK_BYTES)
         for index, sample_id in enumerate(ids):
-            writer.add_item(index, {"id": sample_id, "item": read(index)})
+            # as bytes: LitData stores a string that names a file (an id relative to the working
+            # folder, when that is the data's) as the file's contents
+            writer.add_item(index, {"id": sample_id.encode(), "item": read(index)})
         writer.done()
         writer.merge()
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
