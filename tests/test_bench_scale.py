@@ -75,11 +75,15 @@ def test_scale_section_table_in_bench_md(report):
     assert "4× larger than" in section and "not supported" not in section
 
 
-def test_a_task_that_does_not_stream_says_so():
-    assert "shards" in scale.data_paths("recognition2d")
+def test_a_task_that_does_not_stream_says_so(monkeypatch):
+    from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
+
     paths = scale.data_paths("detection2d")
-    assert paths["shards"] is None and paths["files"] == {}
+    assert paths["shards"] == {} and paths["files"] == {}
     assert "cache" not in paths  # detection2d decodes every epoch: its default is the files path
+    # every task of the suite streams; one that does not (a user's own) has no shards path
+    monkeypatch.setattr(DetectionDataModule, "streams_prepared", False)
+    assert scale.data_paths("detection2d")["shards"] is None
 
 
 def test_one_job_in_a_fresh_process_reports_its_own_peak_memory(tmp_path):

@@ -574,7 +574,7 @@ def test_predict_agrees_with_evaluate_on_the_test_split(trained, tmp_path):
     _, datamodule = rebuild(ckpt, data={"data_dir": folder})
     test = datamodule.datasets["test"]
     predictor = Predictor(ckpt, accelerator="cpu")
-    predictions = predictor.predict([predictor.read(datamodule.root / record.file) for record in test.records])
+    predictions = predictor.predict([predictor.read(datamodule.root / sample_id) for sample_id in test.ids])
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
     index = {name: i for i, name in enumerate(predictor.model.class_names)}
     for prediction, (_, target) in zip(predictions, (test[i] for i in range(len(test))), strict=True):

@@ -8,14 +8,16 @@ Three sources, one pipeline:
   to the folder; a label is a name or an integer, several labels ``a;b`` make a multi-label
   run, see ``multilabel``) and the volumes, in any format MONAI's
   ``LoadImage`` reads — NIfTI, NRRD, a DICOM series folder;
-- a MedMNIST v2 3D file (``medmnist_npz``), with its own train/val/test split.
+- a MedMNIST v2 3D file (``medmnist_npz``), with its own train/val/test split;
+- a folder written by ``cnnsuite prepare`` from any of them (``data_dir``): its shards hold
+  the preprocessed volumes, which take the caches' place.
 
 Volumes may differ in shape, spacing, orientation and dtype: MONAI transforms bring them to
 one orientation (RAS), one voxel spacing (``spacing``, optional) and one size
 (``spatial_size``, which need not be cubic), then z-score their intensities. The
 deterministic part is cached (``cache``: in memory, or on disk under ``cache_dir``) so later
 epochs neither re-read nor re-sample; random flips, 90° rotations and intensity shifts come
-after the cache.
+after the cache (or the shards), drawn every epoch.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from monai.transforms import (
     RandShiftIntensityd,
     Resized,
     Spacingd,
+    apply_transform,
 )
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
@@ -104,18 +107,22 @@ def hash_item(item: dict) -> bytes:
     return pickle_hashing({**item, "files": file_stamps(item["image"])})
 
 
-class NamedErrors(TorchDataset):
-    """A dataset whose bad-file errors arrive unwrapped (see :func:`bad_files_surface`)."""
+class Augmented(TorchDataset):
+    """The decoded items of ``dataset`` through ``augment`` (the random transforms), their
+    bad-file errors unwrapped (see :func:`bad_files_surface`). ``augment`` is the first
+    attribute: MONAI's DataLoader seeds random transforms in the order it walks attributes, so
+    the augmentation draws the same whether MONAI's caches or a prepared folder's shards hold
+    the volumes (only the former hold a ``Compose``, which takes a seed)."""
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, augment: Compose) -> None:
+        self.augment, self.dataset = augment, dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
         with bad_files_surface():
-            return self.dataset[index]
+            return apply_transform(self.augment, self.dataset[index])
 
 
 def _collate(items: list[dict]) -> tuple:
@@ -131,7 +138,7 @@ class WithoutMetadata(Compose):
     (2) reached the network: every operation on one carries its metadata along, and a training
     step took 5.8× as long (1.18 s against 0.20 s a batch of 16). Augmentation comes after the
     spatial preprocessing, which is the only part that needs the metadata. A ``Compose``, so
-    MONAI's caches stop before it and its DataLoader seeds the transforms inside."""
+    MONAI's DataLoader seeds the transforms inside."""
 
     def __call__(self, input_, *args, **kwargs):
         previous = get_track_meta()
@@ -152,6 +159,8 @@ class Biomedical3DDataModule(TaskDataModule):
     """
 
     default_name = "biomedical3d"
+    streams_prepared = True
+    after_decoding_hparams = ("batch_size", "augment")
     # MONAI's DataLoader seeds the random transforms right in each worker and epoch.
     loader_class = DataLoader
     collate_fn = staticmethod(_collate)
@@ -175,7 +184,7 @@ class Biomedical3DDataModule(TaskDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         check_multilabel(multilabel)
-        data_dir = self.hparams.data_dir
+        data_dir = self.raw_data_dir
         if data_dir is not None and medmnist_npz is not None:
             raise ConfigError("data.data_dir and data.medmnist_npz: give one source, not both")
         if cache not in ("memory", "disk", "none"):
@@ -195,6 +204,7 @@ class Biomedical3DDataModule(TaskDataModule):
         else:
             self.class_names = list(CLASSES)
             self.decide_multilabel(multilabel is True)
+        self.use_prepared()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -248,23 +258,34 @@ class Biomedical3DDataModule(TaskDataModule):
                     {"image": image, "label": multi_hot([label], self.num_classes) if self.multilabel else label}
                 )
         else:
-            labels = dict(self.list_samples())
+            labels = dict(self.samples())
             items = [{"image": str(self.root / i), "label": labels[i]} for i in ids]
-        # The caches keep everything before the first random transform (the augmentation).
-        augment = [WithoutMetadata(self.augmentations())] if stage == "train" and self.hparams.augment else []
-        transform = Compose(self.preprocessing() + augment)
+        preprocess = Compose(self.preprocessing())
+
+        def read(index: int) -> dict:
+            with bad_files_surface():
+                return preprocess(items[index])
+
+        keep = self.decoded_cache(stage, own=lambda *_: self._monai_cache(items, preprocess))
+        nbytes = len(ids) * int(np.prod(self.spatial_size)) * 4  # float32 volumes
+        decoded = keep(read, ids, nbytes, f"{self.root}: {len(ids)} volumes")
+        # The random augmentation comes after the decoded volumes, whichever keeps them
+        # (MONAI's caches, or a prepared folder's shards), so it differs every epoch.
+        augment = self.augmentations() if stage == "train" else []
+        return Augmented(decoded, WithoutMetadata(augment))
+
+    def _monai_cache(self, items: list[dict], preprocess: Compose) -> Dataset:
+        """The preprocessed volumes of ``items`` as ``data.cache`` keeps them."""
         if self.hparams.cache == "memory":
-            return NamedErrors(CheckedCacheDataset(items, transform, progress=False, num_workers=None))
+            return CheckedCacheDataset(items, preprocess, progress=False, num_workers=None)
         if self.hparams.cache == "disk" and self.hparams.medmnist_npz is None:
             # Each cached file is named by its item's files (hash_item) and by the pickled
             # preprocessing transforms, every argument included (MONAI's json_hashing cannot
             # serialise transforms and falls back to their class names).
-            return NamedErrors(
-                PersistentDataset(
-                    items, transform, self._cache_dir(), hash_func=hash_item, hash_transform=pickle_hashing
-                )
+            return PersistentDataset(
+                items, preprocess, self._cache_dir(), hash_func=hash_item, hash_transform=pickle_hashing
             )
-        return NamedErrors(Dataset(items, transform))
+        return Dataset(items, preprocess)
 
     def preprocessing(self) -> list:
         """The deterministic transforms, from what the source holds to a z-scored volume of

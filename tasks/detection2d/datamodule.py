@@ -26,6 +26,7 @@ itself.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -86,14 +87,25 @@ def collate(batch):
 
 
 class DetectionDataset(Dataset):
-    def __init__(self, root: Path, records: list[DetectionRecord], channels: int) -> None:
-        self.root, self.records, self.channels = root, records, channels
+    """``(image, target)`` of each of ``ids`` (image files, their annotations in ``records``),
+    kept in ``cache`` (the datamodule's :meth:`~cnnsuite.data.TaskDataModule.decoded_cache`):
+    read from its file at every access, or from the shards of a prepared folder, which hold
+    each image with its target."""
+
+    def __init__(self, root: Path, ids: list[str], records: dict[str, DetectionRecord], channels: int, cache) -> None:
+        self.root, self.ids, self.records, self.channels = root, ids, records, channels
+        self.items = cache(self.read, ids, math.inf, f"{root}: {len(ids)} images")
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.ids)
 
     def __getitem__(self, index: int):
-        record = self.records[index]
+        item = self.items[index]
+        return item["image"], item["target"]
+
+    def read(self, index: int) -> dict:
+        """The image and its target, decoded from the files."""
+        record = self.records[self.ids[index]]
         image = load_image(self.root / record.file, self.channels)
         if tuple(image.shape[1:]) != (record.height, record.width):
             raise AnnotationError(
@@ -107,7 +119,7 @@ class DetectionDataset(Dataset):
             "area": torch.tensor(record.areas, dtype=torch.float32),  # COCO's size buckets go by it
             "image_id": record.image_id,
         }
-        return image, target
+        return {"image": image, "target": target}
 
 
 class DetectionDataModule(TaskDataModule):
@@ -120,6 +132,7 @@ class DetectionDataModule(TaskDataModule):
     """
 
     default_name = "detection2d"
+    streams_prepared = True
     collate_fn = staticmethod(collate)
     input_extensions = IMAGE_EXTENSIONS
 
@@ -132,7 +145,7 @@ class DetectionDataModule(TaskDataModule):
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
-        data_dir = self.hparams.data_dir
+        data_dir = self.raw_data_dir
         if format not in ("auto", "coco", "voc"):
             raise ConfigError(f"data.format={format!r}: expected 'auto', 'coco' or 'voc'")
         if on_bad_annotation not in ("error", "skip"):
@@ -159,6 +172,16 @@ class DetectionDataModule(TaskDataModule):
                 raise ConfigError(f"data.data_dir={root}: the annotations list no images")
             self.in_channels = channels or image_channels(root / first.file)
         self.class_names = list(self.categories.names)
+        self.use_prepared()
+
+    def preprocessing_state(self) -> dict:
+        """With the data's category ids: a prepared folder's record keeps them, so a run on it
+        writes results files in the data's own ids (COCO's run 1…90, with gaps)."""
+        return {**super().preprocessing_state(), "category_ids": list(self.categories.ids)}
+
+    def restore_preprocessing(self, state: dict) -> None:
+        if "category_ids" in state:  # a prepared folder's record (a checkpoint holds none)
+            self.categories = CategoryMap(list(state["category_ids"]), self.class_names)
 
     @property
     def channel_names(self) -> list[str] | None:
@@ -258,8 +281,9 @@ class DetectionDataModule(TaskDataModule):
         return {"train": train, "val": val, "test": fixed[held_out]}
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        by_file = {r.file: r for r in self._load().records}
-        return DetectionDataset(self.root, [by_file[i] for i in ids], self.in_channels)
+        # a prepared folder's shards hold each image with its target: no annotation is read
+        records = {} if self.prepared is not None else {r.file: r for r in self._load().records}
+        return DetectionDataset(self.root, ids, records, self.in_channels, self.decoded_cache(stage))
 
     def describe_preprocessing(self) -> dict:
         return {

@@ -52,7 +52,7 @@ from cnnsuite.data import (
     image_channel_names,
     report_bad_files,
 )
-from cnnsuite.data.cache import DecodedCache, check_cache_limit
+from cnnsuite.data.cache import check_cache_limit
 from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
@@ -128,11 +128,12 @@ class ClipDataset(Dataset):
     """One item per clip of an epoch: ``(clip, label, video index, clip index)``.
 
     ``starts`` holds ``(video index, start time)``; a start of ``None`` means "a random
-    clip of that video, drawn by PyTorchVideo's ``RandomClipSampler`` when read". Videos are
-    decoded whole once and kept in memory when all of them fit in ``cache_limit_mb`` (see
-    :mod:`cnnsuite.data.cache`); clips are then cut from the kept frames, so the random clip
-    of each epoch and its random crop still differ every epoch. Otherwise each clip is decoded
-    from its file when read.
+    clip of that video, drawn by PyTorchVideo's ``RandomClipSampler`` when read". Whole
+    decoded videos are kept in ``cache`` (the datamodule's
+    :meth:`~cnnsuite.data.TaskDataModule.decoded_cache`): in memory when all of them fit in
+    ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`), or read from the shards of a prepared
+    folder; clips are then cut from the kept frames, so the random clip of each epoch and its
+    random crop still differ every epoch. Otherwise each clip is decoded from its file when read.
     """
 
     def __init__(
@@ -143,17 +144,18 @@ class ClipDataset(Dataset):
         clip_duration: Fraction,
         frames_per_clip: int,
         transform,
-        cache_limit_mb: float = 0,
+        cache,
     ) -> None:
         self.root, self.videos, self.starts = root, videos, starts
         self.clip_duration, self.frames_per_clip, self.transform = clip_duration, frames_per_clip, transform
         self.random_clips = RandomClipSampler(clip_duration)
         nbytes = sum(round(float(v.duration) * v.fps) * v.frame_bytes for v in videos)
         what = f"{root}: {len(videos)} videos"
-        self.decoded = DecodedCache(self.decode, len(videos), nbytes, cache_limit_mb, what)
+        self.decoded = cache(self.decode, [v.id for v in videos], nbytes, what)
 
-    def decode(self, video_index: int) -> DecodedVideo:
-        return decode_video(self.root / self.videos[video_index].id)
+    def decode(self, video_index: int) -> dict:
+        """The whole video, as its cache keeps it (:meth:`DecodedVideo.as_item`)."""
+        return decode_video(self.root / self.videos[video_index].id).as_item()
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -166,7 +168,8 @@ class ClipDataset(Dataset):
         if start is None:
             start = Fraction(self.random_clips(0, record.duration, {}).clip_start_sec)
         end = start + self.clip_duration
-        video = self.decoded[video_index] if self.decoded.cached else decode_video(path, start, end)
+        cached = self.decoded.cached
+        video = DecodedVideo.from_item(self.decoded[video_index]) if cached else decode_video(path, start, end)
         frames = video.get_clip(start, end)
         # what the video holds of the clip: a video shorter than one clip ends inside it
         expected = float(min(end, record.duration) - start) * record.fps
@@ -213,6 +216,10 @@ class VideoDataModule(TaskDataModule):
 
     default_name = "video3d"
     input_extensions = VIDEO_EXTENSIONS
+    streams_prepared = True
+    # a prepared folder holds whole decoded videos: clips and frames are cut from them
+    after_decoding_hparams = ("batch_size", "augment", "hflip", "clip_duration", "frames_per_clip", "frame_size",
+                              "train_clips_per_video")  # fmt: skip
 
     def __init__(
         self,
@@ -229,7 +236,7 @@ class VideoDataModule(TaskDataModule):
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
-        data_dir = self.hparams.data_dir
+        data_dir = self.raw_data_dir
         check_on_bad_file(on_bad_file)
         check_multilabel(multilabel)
         check_cache_limit(cache_limit_mb)
@@ -253,6 +260,21 @@ class VideoDataModule(TaskDataModule):
         self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
         # every video probed so far, by id: its record, or None if it was bad and skipped
         self.checked: dict[str, VideoRecord | None] = {}
+        self.use_prepared()
+        if self.prepared is not None:  # probed when it was prepared: the record says what each video is
+            targets, facts = dict(self.samples()), self.prepared["sample_facts"]
+            self.checked = {
+                i: VideoRecord(i, targets[i], Fraction(f["duration"]), f["fps"], f["frame_bytes"])
+                for i, f in facts.items()
+            }
+
+    def sample_facts(self) -> dict[str, dict]:
+        """Each usable video's duration (exact, as a fraction), frame rate and frame size."""
+        return {
+            i: {"duration": str(v.duration), "fps": v.fps, "frame_bytes": v.frame_bytes}
+            for i, v in self.checked.items()
+            if v is not None
+        }
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -339,19 +361,19 @@ class VideoDataModule(TaskDataModule):
         videos = self.check_samples(ids)
         if not videos:
             raise ConfigError(f"{self.root}: no readable video in the {stage} split ({len(ids)} listed)")
-        return self.clip_dataset(self.root, videos, stage)
+        return self.clip_dataset(self.root, videos, stage, self.decoded_cache(stage))
 
-    def clip_dataset(self, root: Path, videos: list[VideoRecord], stage: str) -> ClipDataset:
+    def clip_dataset(self, root: Path, videos: list[VideoRecord], stage: str, cache) -> ClipDataset:
         """The clips of ``videos`` (ids relative to ``root``) as ``stage`` samples them: random
         ones for training, every uniform clip otherwise (the test split, and one file read
-        for prediction)."""
+        for prediction); ``cache`` keeps the decoded videos (see :class:`ClipDataset`)."""
         hp = self.hparams
         if stage == "train":
             starts = [(v, None) for v in range(len(videos)) for _ in range(hp.train_clips_per_video)]
         else:
             starts = [(v, s) for v, rec in enumerate(videos) for s in uniform_clips(rec.duration, self.clip_duration)]
         transform = ClipTransform(hp.frame_size, train=stage == "train" and hp.augment, hflip=hp.hflip)
-        return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform, hp.cache_limit_mb)
+        return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform, cache)
 
     @property
     def input_normalisation(self) -> dict:
@@ -380,7 +402,7 @@ class VideoDataModule(TaskDataModule):
         :meth:`ClipDataset.read`, as in training)."""
         duration, fps, frame_bytes = probe_video(path)
         record = VideoRecord(path.name, -1, duration, fps, frame_bytes)  # -1: no label
-        clips = self.clip_dataset(path.parent, [record], "test")
+        clips = self.clip_dataset(path.parent, [record], "test", self.memory_cache)
         sample = torch.stack([clips[i][0] for i in range(len(clips))])
         starts = [float(start) for _, start in clips.starts]
         return Input(path, sample, {"duration": float(duration), "fps": fps, "clip_starts": starts})

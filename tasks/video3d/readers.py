@@ -40,6 +40,17 @@ class DecodedVideo:
     time_base: Fraction
     start_pts: int
 
+    def as_item(self) -> dict:
+        """Tensors and integers (the time base as numerator and denominator): what a prepared
+        folder's shards hold of the video, given back by :meth:`from_item`."""
+        base = self.time_base
+        return {"frames": self.frames, "pts": self.pts, "time_base": [base.numerator, base.denominator],
+                "start_pts": self.start_pts}  # fmt: skip
+
+    @classmethod
+    def from_item(cls, item: dict) -> DecodedVideo:
+        return cls(item["frames"], item["pts"], Fraction(*item["time_base"]), int(item["start_pts"]))
+
     def get_clip(self, start: Fraction, end: Fraction) -> torch.Tensor | None:
         """The frames in ``[start, end)`` seconds as ``(C, T, H, W)`` float in 0..255, or None
         when there are none: the same frames, chosen by the same rounding of seconds to

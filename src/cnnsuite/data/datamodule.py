@@ -134,7 +134,7 @@ class TaskDataModule(L.LightningDataModule):
     #: start with the folder's name
     split_folders: dict[str, str] | None = None
     #: whether the task streams a folder written by ``cnnsuite prepare``: its datasets keep their
-    #: decoded items in :meth:`decoded_cache`'s cache, its ``__init__`` ends with
+    #: decoded items in :meth:`decoded_cache`'s cache (or their own, through it), its ``__init__`` ends with
     #: :meth:`use_prepared`, and its ``make_dataset`` reads no file when :attr:`prepared`
     streams_prepared: bool = False
     #: init arguments that act after decoding (batch size, random augmentation): a prepared
@@ -226,15 +226,15 @@ class TaskDataModule(L.LightningDataModule):
         """What preprocessing learnt from the training split: the datamodule's state less its split."""
         return {k: v for k, v in self.state_dict().items() if k != "splits"}
 
-    def decoded_cache(self, stage: str) -> Callable:
+    def decoded_cache(self, stage: str, own: Callable | None = None) -> Callable:
         """How a ``stage`` dataset keeps its decoded items: ``cache(read, ids, nbytes, what)``
-        gives ``read(i)`` of each of ``ids`` by index — a :class:`DecodedCache` within
-        ``data.cache_limit_mb``, or a prepared folder's shards (the ids must be the record's)."""
+        gives ``read(i)`` of each of ``ids`` by index — read from raw files, ``own`` (a task
+        that keeps them its own way, as MONAI's caches do) or a :class:`DecodedCache` within
+        ``data.cache_limit_mb``; or a prepared folder's shards (the ids must be the record's)."""
         if self._probe is not None:
             return self._probe
         if self.prepared is None:
-            limit = self.hparams.get("cache_limit_mb", 0)
-            return lambda read, ids, nbytes, what: DecodedCache(read, len(ids), nbytes, limit, what)
+            return own or self.memory_cache
         expected, location = self.prepared["items"][stage], self.hparams.data_dir
 
         def streamed(read, ids, nbytes, what):
@@ -243,6 +243,18 @@ class TaskDataModule(L.LightningDataModule):
             return StreamedItems(location, stage, expected)
 
         return streamed
+
+    def memory_cache(self, read: Callable, ids: list[str], nbytes: float, what: str) -> DecodedCache:
+        """``read(i)`` of each of ``ids``, kept in memory when within ``data.cache_limit_mb``
+        (:class:`DecodedCache`): the raw files' way of :meth:`decoded_cache`."""
+        return DecodedCache(read, len(ids), nbytes, self.hparams.get("cache_limit_mb", 0), what)
+
+    def sample_facts(self) -> dict[str, object]:
+        """``sample id → JSON-able facts`` the task learnt of a sample when it checked its file
+        and that its datasets need before they read an item (a video's duration and frame rate
+        decide its clips): ``cnnsuite prepare`` records them (``prepared["sample_facts"]``), so
+        a prepared folder's datasets never open a raw file. The default: none needed."""
+        return {}
 
     def decoder(self, stage: str) -> tuple[list[str], Callable]:
         """``(ids, read)``: the ``stage`` dataset's items and how one is decoded (``read(i)``),

@@ -6,7 +6,13 @@ augmentation (what :class:`~cnnsuite.data.cache.DecodedCache` would keep in memo
 LitData's writer: ``OUT/train``, ``OUT/val``, ``OUT/test``. Beside them :data:`RECORD` says
 what they are: the task, the datamodule's class and hyper-parameters, the split, the ids of the
 items in shard order, class names, channels, the preprocessing state learnt from the training
-split, the sha256 of every shard file and one content hash over all of it.
+split, what the task learnt of each sample that its datasets need before reading one (its
+``sample_facts``: a video's duration and frame rate), the sha256 of every shard file and one
+content hash over all of it.
+
+An item is what the task's dataset decodes of one raw file, before any random draw of an
+epoch (a crop, a clip, a flip): a tensor, or a dict or list of tensors and numbers (an image
+with its boxes, a video's frames with their timestamps), which LitData stores field by field.
 
 ``--data.data_dir OUT`` (a local folder, or an ``s3://`` URL of one: LitData reads both) makes a
 datamodule take its split, classes and preprocessing from the record and read each item from a
@@ -132,8 +138,10 @@ class StreamedItems:
 
             self._dataset = StreamingDataset(self.url)
         entry = self._dataset[index]
-        if entry["id"] != self.ids[index]:
-            raise ConfigError(f"{self.url}: item {index} is {entry['id']}, its record says {self.ids[index]}")
+        # bytes (a memoryview back), or a string in folders written before ids were bytes
+        found = entry["id"] if isinstance(entry["id"], str) else bytes(entry["id"]).decode()
+        if found != self.ids[index]:
+            raise ConfigError(f"{self.url}: item {index} is {found!r}, its record says {self.ids[index]}")
         return entry["item"]
 
 
@@ -149,7 +157,9 @@ def write_shards(out: Path, stage: str, ids: list[str], read) -> dict[str, str]:
         folder.mkdir(parents=True, exist_ok=True)
         writer = BinaryWriter(str(folder), chunk_bytes=CHUNK_BYTES)
         for index, sample_id in enumerate(ids):
-            writer.add_item(index, {"id": sample_id, "item": read(index)})
+            # as bytes: LitData stores a string that names a file (an id relative to the working
+            # folder, when that is the data's) as the file's contents
+            writer.add_item(index, {"id": sample_id.encode(), "item": read(index)})
         writer.done()
         writer.merge()
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
@@ -191,6 +201,7 @@ def prepare(datamodule, task: str, out: Path) -> Path:
         "channels": datamodule.in_channels,
         "multilabel": datamodule.multilabel,
         "preprocessing": tensors_to_json(datamodule.preprocessing_state()),
+        "sample_facts": datamodule.sample_facts(),
         "files": files,
         "sha256": content_hash(items, files),
     }
