@@ -87,11 +87,11 @@ def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path)
     """The shards hold each volume preprocessed (read, oriented, resized, z-scored), before the
     random flips, turns and shifts: training with augmentation gives the raw files' metrics, and
     a training item still differs from draw to draw."""
+    from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
     from test_biomedical3d import SMALL as SMALL_3D
     from test_biomedical3d import make_volume_folder
 
     from cnnsuite.data.shards import StreamedItems
-    from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
 
     raw = make_volume_folder(tmp_path / "raw", per_class=4)
     out = tmp_path / "prepared"
@@ -121,9 +121,8 @@ def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path)
 def test_video3d_streams_whole_videos_and_draws_its_clips_every_epoch(tmp_path):
     """The shards hold each video decoded whole; the random clip of each epoch and its random
     crop are drawn from it as from the raw files, so the same seed gives the same metrics."""
-    from test_video3d import make_video_folder
-
     from cnnsuite.tasks.video3d.datamodule import VideoDataModule
+    from test_video3d import make_video_folder
 
     raw = make_video_folder(tmp_path / "raw", per_class=4)
     out = tmp_path / "prepared"
