@@ -213,3 +213,19 @@ def test_precise_batchnorms_copy_of_a_loader_pins_memory_as_the_loader_does():
     for pinned in (False, True):
         loader = DataLoader(list(range(4)), batch_size=2, num_workers=1, persistent_workers=True, pin_memory=pinned)
         assert batches_aside(loader).pin_memory is pinned
+
+
+def test_a_folder_is_listed_once_per_datamodule(monkeypatch, image_folder):
+    """The split, each stage's dataset and the class weights all ask for the samples: a folder
+    of 100,000 files is walked once, not once each."""
+    from cnnsuite.data import datamodule as module
+
+    calls = []
+    list_samples = module.list_samples
+    monkeypatch.setattr(module, "list_samples", lambda *a, **k: calls.append(1) or list_samples(*a, **k))
+    data = RecognitionDataModule(data_dir=str(image_folder), batch_size=4, num_workers=0)
+    data.setup("fit")
+    data.setup("test")
+    assert all(len(data.datasets[s]) for s in ("train", "val", "test"))
+    assert data.split_targets("train")
+    assert len(calls) == 1

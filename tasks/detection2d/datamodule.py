@@ -268,7 +268,7 @@ class DetectionDataModule(TaskDataModule):
         if len(fixed) == len(STAGES):
             return fixed
         files, held_out = self._split_files, "test" if "test" in fixed else "val"
-        labels = dict(self.list_samples())
+        labels = dict(self.samples())
         hp = self.hparams
         train, val = split_validation(
             fixed["train"], [labels[i] for i in fixed["train"]], hp.val_fraction, len(labels), hp.seed

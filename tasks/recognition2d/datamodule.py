@@ -109,7 +109,7 @@ class RecognitionDataModule(ImageDataModule):
                 return find_bad_images(root, ids)
 
             self.read_labelled_folder(root, IMAGE_EXTENSIONS, "image", multilabel, "images", find_bad)
-            first = root / self.list_samples()[0][0]
+            first = root / self.samples()[0][0]
             self.in_channels = channels or image_channels(first)
         self.use_prepared()
 

@@ -318,7 +318,7 @@ class VideoDataModule(TaskDataModule):
         if self.hparams.data_dir is not None and not self.hparams.split_file and not labelled_otherwise:
             splits = read_csv_lists(self.root, self.class_names)
             if splits is not None:
-                known = {sample_id for sample_id, _ in self.list_samples()}
+                known = {sample_id for sample_id, _ in self.samples()}
                 for stage in STAGES:
                     unknown = [i for i in splits[stage] if i not in known]
                     if unknown:

@@ -170,6 +170,7 @@ class TaskDataModule(L.LightningDataModule):
         #: the record of the prepared folder ``data_dir`` names (:mod:`cnnsuite.data.shards`), else None
         self.prepared: dict | None = None
         self._probe = None  # set by decoder()
+        self._listed: list | None = None  # samples(), listed once
         if is_prepared(self.hparams.data_dir):
             self.prepared = self._open_prepared(self.hparams.data_dir)
 
@@ -217,10 +218,16 @@ class TaskDataModule(L.LightningDataModule):
         self.restore_preprocessing(tensors_from_json(record["preprocessing"]))
 
     def samples(self) -> list[tuple[str, object]]:
-        """:meth:`list_samples`, or a prepared folder's samples as its record lists them."""
-        if self.prepared is None:
-            return self.list_samples()
-        return [(i, np.asarray(t, np.float32) if self.multilabel else t) for i, t in self.prepared["targets"].items()]
+        """:meth:`list_samples`, or a prepared folder's samples as its record lists them; listed
+        once: the split, each stage's dataset and the class weights all ask, and a folder of
+        100,000 files takes seconds to walk."""
+        if self._listed is None:
+            if self.prepared is None:
+                self._listed = self.list_samples()
+            else:
+                targets = self.prepared["targets"].items()
+                self._listed = [(i, np.asarray(t, np.float32) if self.multilabel else t) for i, t in targets]
+        return list(self._listed)
 
     def preprocessing_state(self) -> dict:
         """What preprocessing learnt from the training split: the datamodule's state less its split."""
@@ -514,7 +521,7 @@ class TaskDataModule(L.LightningDataModule):
         if splits is not None:
             self._check_known(splits, source)
             return splits
-        samples = self.list_samples()
+        samples = self.samples()
         hp = self.hparams
         if self.split_folders:
             splits, note = splits_from_folders(samples, self.split_folders, hp.val_fraction, hp.seed)
