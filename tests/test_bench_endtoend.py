@@ -40,3 +40,25 @@ def test_endtoend_figures_and_ratios(results):
 def test_markdown_names_goals(results):
     text = endtoend.markdown(results)
     assert "recognition2d" in text and "1.5" in text
+
+
+def test_a_training_run_of_the_bench_seeds_every_generator_a_task_draws_from(monkeypatch, tmp_path):
+    """Two runs of one configuration draw the same: Python's random too (PyTorchVideo's clip
+    sampler draws from it), not only torch's, whatever was drawn before them."""
+    import random
+
+    import numpy as np
+    import torch
+
+    seen = []
+
+    def build(*args, **kwargs):
+        seen.append((random.random(), np.random.rand(), torch.rand(1).item()))
+        raise RuntimeError("built")
+
+    monkeypatch.setattr(endtoend, "build", build)
+    for before in (1, 2):
+        random.seed(before), np.random.seed(before), torch.manual_seed(before)
+        with pytest.raises(RuntimeError, match="built"):
+            endtoend.train_within("recognition2d", {}, None, tmp_path, torch.device("cpu"))
+    assert seen[0] == seen[1]

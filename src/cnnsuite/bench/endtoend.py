@@ -199,7 +199,8 @@ def train_within(
     with no validation; BatchNorm statistics recomputed as before an evaluation; then tested."""
     from cnnsuite.training.callbacks import PreciseBatchNorm
 
-    torch.manual_seed(0)
+    # every generator a task draws from: PyTorchVideo's clip sampler draws from Python's random
+    L.seed_everything(0, verbose=False)
     model, datamodule = build(task, data_root, **overrides)
     config = task_config(task)
     model.configure_optimizers = lambda: configured_optimizers(task, model)
