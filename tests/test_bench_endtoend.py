@@ -62,3 +62,30 @@ def test_a_training_run_of_the_bench_seeds_every_generator_a_task_draws_from(mon
         with pytest.raises(RuntimeError, match="built"):
             endtoend.train_within("recognition2d", {}, None, tmp_path, torch.device("cpu"))
     assert seen[0] == seen[1]
+
+
+def test_a_plain_script_seeds_every_generator_a_task_draws_from(monkeypatch, tmp_path):
+    """The plain side of the comparison draws the same in every run of one seed, as ``cnnsuite
+    fit`` does: Python's and NumPy's generators too, not only torch's."""
+    import random
+    import sys
+
+    import numpy as np
+    import torch
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks" / "plain"))
+    common = __import__("common")
+    seen = []
+
+    def build(*args, **kwargs):
+        seen.append((random.random(), np.random.rand(), torch.rand(1).item()))
+        raise RuntimeError("built")
+
+    monkeypatch.setattr(common, "build", build)
+    for before in (1, 2):
+        random.seed(before), np.random.seed(before), torch.manual_seed(before)
+        with pytest.raises(RuntimeError, match="built"):
+            common.load("video3d", 1, tmp_path, seed=0)
+    assert seen[0] == seen[1]
+    sys.modules.pop("common")

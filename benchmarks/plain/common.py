@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -56,7 +58,11 @@ class Loaded:
 
 
 def load(task: str, epochs: int | None, data_root: str | Path, seed: int) -> Loaded:
-    """Seed, build, decode both splits once; ``epochs`` None: the config's ``max_epochs``."""
+    """Seed, build, decode both splits once; ``epochs`` None: the config's ``max_epochs``.
+    Every generator is seeded, as ``seed_everything`` does for ``cnnsuite fit``: a task's data
+    may draw from Python's random (PyTorchVideo's clip sampler does)."""
+    random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     start = time.perf_counter()
     model, datamodule = build(task, data_root)
