@@ -162,3 +162,27 @@ def test_two_processes_on_one_storage_run_one_study_without_duplicating_trials(t
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2, "one process ran every trial"
     for n in numbers:  # each trial ran once: one run folder
         assert [p.name for p in (tmp_path / "out" / f"trial_{n}").iterdir()] == ["version_0"]
+
+
+@pytest.mark.parametrize(("given", "warmup"), [([], 2), (["--warmup_epochs", "0"], 0)])
+def test_the_pruner_waits_a_third_of_the_epochs_unless_told(tmp_path, image_folder, monkeypatch, given, warmup):
+    """A trial's first epochs are the noise of its start: by default the pruner judges none of
+    the first third of them."""
+    made = []
+
+    def create_study(**kwargs):
+        made.append(kwargs["pruner"])
+        raise KeyboardInterrupt  # stop before any trial
+
+    monkeypatch.setattr(optuna, "create_study", create_study)
+    with pytest.raises(KeyboardInterrupt):
+        space = write_space(tmp_path, {"optimizer.init_args.lr": SPACE["optimizer.init_args.lr"]})
+        sweep("--space", space, "--trials", "2", *given, *fixed(tmp_path, image_folder), "--trainer.max_epochs", "6")
+    assert made[0]._n_warmup_steps == warmup
+
+
+def test_a_negative_warmup_is_one_line(tmp_path, image_folder, capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--task", "recognition2d", "--space", write_space(tmp_path), "--trials", "2",
+              "--warmup_epochs", "-1", *fixed(tmp_path, image_folder)])  # fmt: skip
+    assert capsys.readouterr().err.strip().endswith("--warmup_epochs -1: expected 0 or more")

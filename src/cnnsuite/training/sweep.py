@@ -67,6 +67,10 @@ def sweep_main(argv: list[str]) -> None:
         "--startup_trials", type=int, default=2,
         help="finished trials before the pruner compares curves (default: 2)",
     )  # fmt: skip
+    parser.add_argument(
+        "--warmup_epochs", type=int, default=None,
+        help="epochs of a trial before the pruner may stop it (default: a third of trainer.max_epochs)",
+    )  # fmt: skip
     args, fixed = parser.parse_known_args(argv)
     if args.trials < 1:
         parser.error(f"--trials {args.trials}: expected 1 or more")
@@ -137,6 +141,18 @@ def probe(argv: list[str], space: dict):
     return cli.trainer
 
 
+def warmup_epochs(given: int | None, max_epochs: int | None) -> int:
+    """The epochs a trial trains before the pruner may stop it: ``given``, else a third of the
+    run's. A task whose first epochs all score low (a localizer's class head reads boxes that
+    are still wild) would otherwise be judged on the noise of its start, and good settings
+    pruned after one epoch."""
+    if given is not None:
+        if given < 0:
+            raise ConfigError(f"--warmup_epochs {given}: expected 0 or more")
+        return given
+    return max(max_epochs or 0, 0) // 3
+
+
 def run_sweep(argv: list[str], space: dict, args) -> None:
     """Create or join the study and run trials until it holds ``args.trials`` finished ones, then
     write the results."""
@@ -157,7 +173,9 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
     study = optuna.create_study(
         study_name=args.study, storage=storage, direction=direction, load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=args.seed, constant_liar=True),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=args.startup_trials, n_warmup_steps=warmup_epochs(args.warmup_epochs, trainer.max_epochs)
+        ),
     )  # fmt: skip
     if study.direction.name.lower() != direction:
         raise ConfigError(f"--study {args.study}: the stored study {study.direction.name.lower()}s, this task's "
