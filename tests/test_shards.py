@@ -24,6 +24,22 @@ def metrics_of(run):
     return json.loads((run / "evaluation" / "metrics.json").read_text())
 
 
+def fit_both(task, tmp_path, raw, out, *common):
+    """The same run from the raw files and from the shards, which must score the same:
+    ``(raw run, shards run)``."""
+    from_raw = fit(task, tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_shards = fit(task, tmp_path / "b", "--data.data_dir", str(out), *common)
+    assert metrics_of(from_shards) == metrics_of(from_raw)
+    return from_raw, from_shards
+
+
+def evaluated_on_raw(run, raw, tmp_path) -> dict:
+    """The metrics of ``run``'s best checkpoint evaluated on the raw files."""
+    main(["evaluate", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--data.data_dir", str(raw),
+          "--out", str(tmp_path / "on_raw"), "--debug"])  # fmt: skip
+    return json.loads((tmp_path / "on_raw" / "metrics.json").read_text())
+
+
 def test_recognition2d_trains_from_shards_as_from_its_raw_files(tmp_path):
     raw = make_image_folder(tmp_path / "raw", per_class=6)
     before = sorted(p.relative_to(raw) for p in raw.rglob("*"))
@@ -36,9 +52,7 @@ def test_recognition2d_trains_from_shards_as_from_its_raw_files(tmp_path):
     assert len(record["sha256"]) == 64
 
     common = ["--trainer.max_epochs", "1", "--data.image_size", "16", "--data.augment", "false", *TINY_2D]
-    from_raw = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
-    from_shards = fit("recognition2d", tmp_path / "b", "--data.data_dir", str(out), *common)
-    assert metrics_of(from_shards) == metrics_of(from_raw)
+    _, from_shards = fit_both("recognition2d", tmp_path, raw, out, *common)
     ckpt = torch.load(from_shards / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["RecognitionDataModule"]["splits"] == record["splits"]
 
@@ -62,9 +76,7 @@ def test_multispectral3d_streams_its_band_statistics_and_split(tmp_path):
     assert len(record["preprocessing"]["tensors"]["band_mean"]) == 13
 
     common = ["--trainer.max_epochs", "1", "--data.augment", "false", *SMALL_MODEL]
-    from_raw = fit("multispectral3d", tmp_path / "a", "--data.data_dir", str(raw), *common)
-    from_shards = fit("multispectral3d", tmp_path / "b", "--data.data_dir", str(out), *common)
-    assert metrics_of(from_shards) == metrics_of(from_raw)
+    _, from_shards = fit_both("multispectral3d", tmp_path, raw, out, *common)
     state = torch.load(from_shards / "checkpoints" / "last.ckpt", weights_only=True)["MultispectralDataModule"]
     assert state["band_mean"].tolist() == pytest.approx(record["preprocessing"]["tensors"]["band_mean"])
 
@@ -78,9 +90,7 @@ def test_localization2d_streams_images_and_their_boxes(tmp_path):
     common = ["--trainer.max_epochs", "1", "--data.image_size", "32", "--data.augment", "false",
               "--model.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}",
               "--model.box_grid", "2"]  # fmt: skip
-    from_raw = fit("localization2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
-    from_shards = fit("localization2d", tmp_path / "b", "--data.data_dir", str(out), *common)
-    assert metrics_of(from_shards) == metrics_of(from_raw)
+    _, from_shards = fit_both("localization2d", tmp_path, raw, out, *common)
 
 
 def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path):
@@ -109,12 +119,8 @@ def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path)
     assert any(not torch.equal(draws[0], d) for d in draws[1:])  # augmented at every read
 
     common = ["--trainer.max_epochs", "2", "--data.batch_size", "4", *SMALL_3D]
-    from_raw = fit("biomedical3d", tmp_path / "a", "--data.data_dir", str(raw), *common)
-    from_shards = fit("biomedical3d", tmp_path / "b", "--data.data_dir", str(out), *common)
-    assert metrics_of(from_shards) == metrics_of(from_raw)
-    main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(raw),
-          "--out", str(tmp_path / "on_raw"), "--debug"])  # fmt: skip
-    metrics = json.loads((tmp_path / "on_raw" / "metrics.json").read_text())
+    _, from_shards = fit_both("biomedical3d", tmp_path, raw, out, *common)
+    metrics = evaluated_on_raw(from_shards, raw, tmp_path)
     assert metrics["test/acc"] == metrics_of(from_shards)["test/acc"]
 
 
@@ -141,12 +147,8 @@ def test_video3d_streams_whole_videos_and_draws_its_clips_every_epoch(tmp_path):
 
     common = ["--trainer.max_epochs", "2", "--data.batch_size", "4", "--data.num_workers", "0", *small,
               "--model.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}"]  # fmt: skip
-    from_raw = fit("video3d", tmp_path / "a", "--data.data_dir", str(raw), *common)
-    from_shards = fit("video3d", tmp_path / "b", "--data.data_dir", str(out), *common)
-    assert metrics_of(from_shards) == metrics_of(from_raw)
-    main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(raw),
-          "--out", str(tmp_path / "on_raw"), "--debug"])  # fmt: skip
-    metrics = json.loads((tmp_path / "on_raw" / "metrics.json").read_text())
+    _, from_shards = fit_both("video3d", tmp_path, raw, out, *common)
+    metrics = evaluated_on_raw(from_shards, raw, tmp_path)
     assert metrics["test/video_acc"] == metrics_of(from_shards)["test/video_acc"]
 
 
@@ -163,15 +165,11 @@ def test_detection2d_streams_images_with_their_targets_and_category_ids(tmp_path
     common = ["--trainer.max_epochs", "1", "--data.batch_size", "4", "--model.min_size", "48", "--model.max_size",
               "48", "--model.backbone_kwargs", "{channels: [4, 8, 16, 16], blocks_per_stage: 1}",
               "--model.fpn_channels", "32", "--model.head_convs", "1"]  # fmt: skip
-    from_raw = fit("detection2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
-    from_shards = fit("detection2d", tmp_path / "b", "--data.data_dir", str(out), *common)
-    assert metrics_of(from_shards) == metrics_of(from_raw)
+    from_raw, from_shards = fit_both("detection2d", tmp_path, raw, out, *common)
     results = (from_shards / "evaluation" / "predictions.json").read_text()
     assert results == (from_raw / "evaluation" / "predictions.json").read_text()
     assert {r["category_id"] for r in json.loads(results)} <= {3, 17, 90}
-    main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(raw),
-          "--out", str(tmp_path / "on_raw"), "--debug"])  # fmt: skip
-    metrics = json.loads((tmp_path / "on_raw" / "metrics.json").read_text())
+    metrics = evaluated_on_raw(from_shards, raw, tmp_path)
     assert metrics["test/map"] == metrics_of(from_shards)["test/map"]
 
 
