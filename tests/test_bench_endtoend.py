@@ -42,9 +42,9 @@ def test_markdown_names_goals(results):
     assert "recognition2d" in text and "1.5" in text
 
 
-def test_a_training_run_of_the_bench_seeds_every_generator_a_task_draws_from(monkeypatch, tmp_path):
-    """Two runs of one configuration draw the same: Python's random too (PyTorchVideo's clip
-    sampler draws from it), not only torch's, whatever was drawn before them."""
+def draws_at_build(monkeypatch, module, run) -> list[tuple]:
+    """What Python's, NumPy's and torch's generators draw when ``run()`` reaches ``module.build``,
+    in two runs after different draws: equal when ``run`` seeds every generator itself."""
     import random
 
     import numpy as np
@@ -56,36 +56,33 @@ def test_a_training_run_of_the_bench_seeds_every_generator_a_task_draws_from(mon
         seen.append((random.random(), np.random.rand(), torch.rand(1).item()))
         raise RuntimeError("built")
 
-    monkeypatch.setattr(endtoend, "build", build)
+    monkeypatch.setattr(module, "build", build)
     for before in (1, 2):
         random.seed(before), np.random.seed(before), torch.manual_seed(before)
         with pytest.raises(RuntimeError, match="built"):
-            endtoend.train_within("recognition2d", {}, None, tmp_path, torch.device("cpu"))
-    assert seen[0] == seen[1]
+            run()
+    return seen
+
+
+def test_a_training_run_of_the_bench_seeds_every_generator_a_task_draws_from(monkeypatch, tmp_path):
+    """Two runs of one configuration draw the same: Python's random too (PyTorchVideo's clip
+    sampler draws from it), not only torch's, whatever was drawn before them."""
+    import torch
+
+    run = lambda: endtoend.train_within("recognition2d", {}, None, tmp_path, torch.device("cpu"))  # noqa: E731
+    first, second = draws_at_build(monkeypatch, endtoend, run)
+    assert first == second
 
 
 def test_a_plain_script_seeds_every_generator_a_task_draws_from(monkeypatch, tmp_path):
     """The plain side of the comparison draws the same in every run of one seed, as ``cnnsuite
     fit`` does: Python's and NumPy's generators too, not only torch's."""
-    import random
     import sys
 
-    import numpy as np
-    import torch
     from conftest import ROOT
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks" / "plain"))
     common = __import__("common")
-    seen = []
-
-    def build(*args, **kwargs):
-        seen.append((random.random(), np.random.rand(), torch.rand(1).item()))
-        raise RuntimeError("built")
-
-    monkeypatch.setattr(common, "build", build)
-    for before in (1, 2):
-        random.seed(before), np.random.seed(before), torch.manual_seed(before)
-        with pytest.raises(RuntimeError, match="built"):
-            common.load("video3d", 1, tmp_path, seed=0)
-    assert seen[0] == seen[1]
+    first, second = draws_at_build(monkeypatch, common, lambda: common.load("video3d", 1, tmp_path, seed=0))
+    assert first == second
     sys.modules.pop("common")
