@@ -265,3 +265,20 @@ def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch)
     (part / "last.ckpt").write_bytes(first_step.read_bytes())
     resumed = fit("recognition2d", tmp_path / "part", *common, "--ckpt_path", "last")
     assert_same_weights(resumed / "checkpoints" / "last.ckpt", whole / "checkpoints" / "last.ckpt")
+
+
+def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_path):
+    """The record is a file a user may edit: facts that are not a duration, rate and frame size
+    for each video are named as the record's, not a traceback."""
+    from cnnsuite.tasks.video3d.datamodule import VideoDataModule
+    from test_video3d import make_video_folder
+
+    raw = make_video_folder(tmp_path / "raw", per_class=2)
+    out = tmp_path / "prepared"
+    prepare("video3d", raw, out, "--data.frames_per_clip", "4", "--data.frame_size", "16")
+    record = json.loads((out / RECORD).read_text())
+    first = next(iter(record["sample_facts"]))
+    record["sample_facts"][first]["duration"] = "two seconds"
+    (out / RECORD).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"prepared: its record's sample_facts are not what cnnsuite prepare"):
+        VideoDataModule(data_dir=str(out), frames_per_clip=4, frame_size=16)

@@ -262,11 +262,18 @@ class VideoDataModule(TaskDataModule):
         self.checked: dict[str, VideoRecord | None] = {}
         self.use_prepared()
         if self.prepared is not None:  # probed when it was prepared: the record says what each video is
-            targets, facts = dict(self.samples()), self.prepared["sample_facts"]
-            self.checked = {
-                i: VideoRecord(i, targets[i], Fraction(f["duration"]), f["fps"], f["frame_bytes"])
-                for i, f in facts.items()
-            }
+            targets = dict(self.samples())
+            try:
+                self.checked = {
+                    i: VideoRecord(i, targets[i], Fraction(f["duration"]), float(f["fps"]), int(f["frame_bytes"]))
+                    for i, f in self.prepared["sample_facts"].items()
+                }
+            except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError) as err:
+                raise ConfigError(
+                    f"{self.hparams.data_dir}: its record's sample_facts are not what cnnsuite prepare writes "
+                    f"(a duration, fps and frame_bytes for each sample: {type(err).__name__} {err}); "
+                    "run cnnsuite prepare again"
+                ) from None
 
     def sample_facts(self) -> dict[str, dict]:
         """Each usable video's duration (exact, as a fraction), frame rate and frame size."""
