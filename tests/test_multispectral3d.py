@@ -194,6 +194,34 @@ def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path):
         assert (tmp_path / "eval" / plot).stat().st_size > 0
 
 
+@pytest.mark.parametrize("cache_limit_mb", [1024, 0])
+def test_a_patch_is_read_once_when_its_split_fits_the_cache(tmp_path, monkeypatch, cache_limit_mb):
+    """The check of every file, the band statistics and the cached datasets share one read of
+    each patch; without a cache nothing read by the check is held, and the datasets read the
+    files on every access."""
+    folder = make_folder(tmp_path / "user")
+    counts: dict[str, int] = {}
+    read = GeoTiffReader.__call__
+
+    def counted(self, path):
+        counts[path.name] = counts.get(path.name, 0) + 1
+        return read(self, path)
+
+    monkeypatch.setattr(GeoTiffReader, "__call__", counted)
+    dm = MultispectralDataModule(data_dir=str(folder), cache_limit_mb=cache_limit_mb)
+    dm.setup("fit")
+    datasets = [dm.datasets[stage] for stage in ("train", "val", "test")]
+    assert dm.checked_values == {}  # handed over to the datasets, or never kept
+    if cache_limit_mb:
+        assert len(counts) == 18 and set(counts.values()) == {1}
+    else:
+        before = dict(counts)
+        datasets[1][0]
+        assert counts[Path(datasets[1].ids[0]).name] == before[Path(datasets[1].ids[0]).name] + 1
+    for dataset in datasets:  # the values the check read are the file's
+        np.testing.assert_array_equal(dataset.raw[0], read(dm.reader, folder / dataset.ids[0]))
+
+
 def test_channels_layout_trains_from_a_13_band_torchgeo_file_on_a_band_subset(tmp_path, caplog):
     """The 2D channels layout names its bands (the cube layout has one unnamed channel); the CLI
     links them into the model, whose first layer takes each band's kernel from TorchGeo's file."""

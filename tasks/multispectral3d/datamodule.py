@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -57,7 +59,7 @@ from cnnsuite.data import (
     list_samples,
     report_bad_files,
 )
-from cnnsuite.data.cache import check_cache_limit
+from cnnsuite.data.cache import MIB, check_cache_limit
 from cnnsuite.data.labels import check_multilabel, multi_hot
 from cnnsuite.errors import ConfigError
 
@@ -115,6 +117,12 @@ def composite(raw: np.ndarray, band_names: list[str], bands: tuple[str, str, str
     return np.clip((rgb - low) / (high - low + 1e-8), 0, 1)
 
 
+def take_or_read(checked: dict[str, np.ndarray], reader: GeoTiffReader, root: Path, sample_id: str) -> np.ndarray:
+    """The patch's reflectances: those its check read (``checked``), handed over once, else the file's."""
+    values = checked.pop(sample_id, None)
+    return values if values is not None else reader(root / sample_id)
+
+
 class PatchDataset(Dataset):
     """``(normalised sample, class index)`` for each relative path in ``ids``, shaped by ``layout``.
     The reflectances are kept in ``cache`` (the datamodule's
@@ -127,21 +135,23 @@ class PatchDataset(Dataset):
         root: Path,
         ids: list[str],
         labels: list[int],
-        reader: GeoTiffReader,
+        read: Callable[[str], np.ndarray],
+        size: tuple[int, int] | None,
         stats: tuple[torch.Tensor, torch.Tensor],
         layout: str,
         augment: bool,
         cache,
     ) -> None:
-        self.root, self.ids, self.labels, self.reader = root, ids, labels, reader
+        """``read``: a patch id → its reflectances; ``size``: the patches' height and width
+        (None: of any size)."""
+        self.ids, self.labels, self.read_id = ids, labels, read
         self.stats, self.layout, self.augment = stats, layout, augment
-        bands, (height, width) = len(stats[0]), reader.size or (0, 0)
         # float32 reflectances; a run of patches of any size is not cached
-        nbytes = len(ids) * bands * height * width * 4 if reader.size else math.inf
+        nbytes = len(ids) * len(stats[0]) * size[0] * size[1] * 4 if size else math.inf
         self.raw = cache(self.read, ids, nbytes, what=f"{root}: {len(ids)} patches")
 
     def read(self, index: int) -> np.ndarray:
-        return self.reader(self.root / self.ids[index])
+        return self.read_id(self.ids[index])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -207,6 +217,9 @@ class MultispectralDataModule(TaskDataModule):
         #: the patches read by a check so far, and the bad ones among them (by id)
         self.checked: set[str] = set()
         self.bad: set[str] = set()
+        #: reflectances the check read, of splits that fit the cache: their datasets take them
+        #: rather than read each file a second time
+        self.checked_values: dict[str, np.ndarray] = {}
         #: ``patch folder → target`` in the band-folder layout (BigEarthNet-S2), else None
         self.patch_labels: dict | None = None
         self.decide_multilabel(multilabel is True)
@@ -336,15 +349,28 @@ class MultispectralDataModule(TaskDataModule):
     def check_samples(self, ids: list[str]) -> None:
         """Read every patch once (headers and pixels), then name all the bad ones together: one
         error, or with ``on_bad_file: skip`` one warning, and they are left out (:meth:`usable`)."""
-        errors = []
+        errors, kept = [], self.cached_ids()
         for sample_id in ids:
             try:
-                self.reader(self.root / sample_id)
+                values = self.reader(self.root / sample_id)
             except BadFileError as err:
                 errors.append(err)
                 self.bad.add(sample_id)
+                continue
+            if sample_id in kept:
+                self.checked_values[sample_id] = values
         self.checked |= set(ids)
         report_bad_files(errors, len(ids), self.hparams.on_bad_file, what="GeoTIFF patches")
+
+    def cached_ids(self) -> set[str]:
+        """The ids of the splits whose reflectances fit ``cache_limit_mb``: what their datasets
+        will keep in memory (:class:`PatchDataset`)."""
+        if self.splits is None or self.reader.size is None:
+            return set()
+        height, width = self.reader.size
+        patch_bytes, limit = len(self.band_names) * height * width * 4, self.hparams.cache_limit_mb * MIB
+        fits = [ids for ids in self.splits.values() if len(ids) * patch_bytes <= limit]
+        return {sample_id for ids in fits for sample_id in ids}
 
     def usable(self, ids: list[str]) -> list[str]:
         """``ids`` less the bad patches ``on_bad_file: skip`` leaves out, reading those not checked
@@ -365,7 +391,8 @@ class MultispectralDataModule(TaskDataModule):
         """Per-band mean and standard deviation over every pixel of ``ids`` (float64 sums)."""
         total = squares = 0.0
         for sample_id in ids:
-            cube = self.reader(self.root / sample_id).astype(np.float64)
+            values = self.checked_values.get(sample_id)
+            cube = (values if values is not None else self.reader(self.root / sample_id)).astype(np.float64)
             total = total + cube.mean(axis=(1, 2))
             squares = squares + (cube**2).mean(axis=(1, 2))
         mean = total / len(ids)
@@ -452,7 +479,8 @@ class MultispectralDataModule(TaskDataModule):
             self.root,
             ids,
             [labels[i] for i in ids],
-            self.reader,
+            partial(take_or_read, self.checked_values, self.reader, self.root),
+            self.reader.size,
             self.band_stats,
             self.hparams.layout,
             augment=stage == "train" and self.hparams.augment,
