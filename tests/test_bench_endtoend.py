@@ -8,8 +8,9 @@ import math
 import pytest
 
 from cnnsuite.bench import endtoend
-from cnnsuite.bench.core import BenchContext
+from cnnsuite.bench.core import BenchContext, task_config
 from cnnsuite.contract import registered_tasks
+from cnnsuite.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,17 @@ def test_a_plain_script_seeds_every_generator_a_task_draws_from(monkeypatch, tmp
     first, second = draws_at_build(monkeypatch, common, lambda: common.load("video3d", 1, tmp_path, seed=0))
     assert first == second
     sys.modules.pop("common")
+
+
+def test_end_to_end_trains_what_make_train_trains_unless_the_task_says(tmp_path):
+    task = registered_tasks()["recognition2d"]
+    config_epochs = task_config("recognition2d")["trainer"]["max_epochs"]
+    assert endtoend.endtoend_epochs(dataclasses.replace(task, endtoend_epochs=None), endtoend.FULL) == config_epochs
+    assert endtoend.endtoend_epochs(dataclasses.replace(task, endtoend_epochs=3), endtoend.FULL) == 3
+    assert endtoend.endtoend_epochs(dataclasses.replace(task, quick_endtoend_epochs=2), endtoend.QUICK) == 2
+    no_epochs = tmp_path / "config.yaml"
+    no_epochs.write_text("trainer: {accelerator: cpu}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(registered_tasks(), "recognition2d", dataclasses.replace(task, config=no_epochs))
+        with pytest.raises(ConfigError, match="gives no trainer.max_epochs"):
+            endtoend.endtoend_epochs(registered_tasks()["recognition2d"], endtoend.FULL)

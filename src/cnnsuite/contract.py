@@ -63,8 +63,9 @@ class Task:
     #: batches must be ``(x, labels)`` and its model's output logits)
     overhead: bool = False
     #: epochs ``cnnsuite fit`` and the task's plain script each train in the bench's end-to-end
-    #: comparison (0: not compared end to end)
-    endtoend_epochs: int = 1
+    #: comparison (None: its config's ``trainer.max_epochs``, what ``make train`` trains; 0: not
+    #: compared end to end)
+    endtoend_epochs: int | None = None
     #: the references (names in ``references``) the bench trains within an equal training-time
     #: budget beside the default network; None: the first of ``references``
     budget_references: tuple[str, ...] | None = None

@@ -12,7 +12,6 @@ TASK = Task(
     references={
         name: {"model": {"backbone": name, "backbone_kwargs": {}}} for name in ("monai_densenet121", "monai_resnet18")
     },
-    endtoend_epochs=4,
     # DenseNet-121, the reference closest to ours in training speed: the slower ResNet-18 would
     # get too few steps within the budget
     budget_references=("monai_densenet121",),

@@ -13,7 +13,6 @@ TASK = Task(
         name: {"model": {"detector": name}}
         for name in ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
     },
-    endtoend_epochs=1,
     # SSDlite, the reference closest to ours in training speed: Faster R-CNN would get too few
     # steps within the budget to be scored on more than what little it learnt
     budget_references=("ssdlite320_mobilenet_v3_large",),

@@ -10,6 +10,5 @@ TASK = Task(
     module=LocalizationModule,
     datamodule=LocalizationDataModule,
     references={"torchvision_resnet18": {"model": {"backbone": "torchvision_resnet18", "backbone_kwargs": {}}}},
-    endtoend_epochs=3,
     quick_budget=True,
 )

@@ -18,5 +18,4 @@ TASK = Task(
             "data": {"layout": "channels"},
         }
     },
-    endtoend_epochs=4,
 )

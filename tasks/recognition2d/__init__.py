@@ -12,7 +12,6 @@ TASK = Task(
     # no reference network: the plain script is its comparison, and on it the bench measures
     # Lightning's overhead over a plain loop
     overhead=True,
-    endtoend_epochs=10,  # its full default
     quick_endtoend_epochs=5,
     scale_throughput=True,  # the streamed task whose epochs are shortest: the loader's share shows most
 )

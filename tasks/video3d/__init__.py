@@ -17,7 +17,6 @@ TASK = Task(
             "model": {"backbone": "pytorchvideo_resnet", "backbone_kwargs": {"model_depth": 50, "stem_dim_out": 16}}
         },
     },
-    endtoend_epochs=2,
     # the ResNet, the reference closest to ours in training speed: X3D would get too few steps
     # within the budget
     budget_references=("pytorchvideo_resnet50_stem16",),

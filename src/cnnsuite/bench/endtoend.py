@@ -5,9 +5,10 @@ process, progress bar off, the evaluation of ``best.ckpt`` it runs after fit inc
 embedded default already generated — against the plain PyTorch script of the task, also a
 fresh process: the same network built from the same config, the same optimiser, scheduler,
 batch size and augmentation intent, the same train split decoded once and held in memory as
-tensors, tested on the same test split with the same torchmetrics metric. Both run the epochs
-the task declares (:attr:`cnnsuite.contract.Task.endtoend_epochs`; ``quick_endtoend_epochs``
-with ``--quick``; a cosine schedule's length follows the epochs on both sides).
+tensors, tested on the same test split with the same torchmetrics metric. Both train the
+default config's epochs, as ``make train`` does, unless the task declares others
+(:attr:`cnnsuite.contract.Task.endtoend_epochs`; ``quick_endtoend_epochs`` with ``--quick``; a
+cosine schedule's length follows the epochs on both sides).
 ``train_time_ratio_vs_plain`` is the wall time of ours over the plain script's (goal ≤ 1.5);
 ``test_metric_ours`` and ``test_metric_plain`` sit side by side (goal: ours at least as good).
 The metric is the task's headline (:attr:`cnnsuite.contract.Task.headline`).
@@ -75,6 +76,11 @@ TINY = Settings(seconds=1.0, quick=True, max_epochs=1, limit_batches=2)
 def endtoend_epochs(task: Task, settings: Settings) -> int:
     """The epochs of the task's end-to-end comparison in this run (0: not compared)."""
     epochs = task.quick_endtoend_epochs if settings.quick else task.endtoend_epochs
+    if epochs is None:
+        epochs = (task_config(task.name).get("trainer") or {}).get("max_epochs")
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise ConfigError(f"task {task.name!r}: its config {task.config} gives no trainer.max_epochs to compare "
+                              "end to end; declare Task.endtoend_epochs")  # fmt: skip
     return min(epochs, settings.max_epochs) if settings.max_epochs is not None else epochs
 
 
