@@ -11,16 +11,23 @@ import pytest
 import torch
 from cnnsuite.tasks.localization2d import datamodule as loc_data
 from cnnsuite.tasks.localization2d.datamodule import BoxTransform, LocalizationDataModule
-from cnnsuite.tasks.localization2d.module import LocalizationAccuracy, LocalizationModule, MeanIoU, decode_boxes
+from cnnsuite.tasks.localization2d.module import (
+    CropClassifierHead,
+    LocalizationAccuracy,
+    LocalizationModule,
+    MeanIoU,
+    decode_boxes,
+)
 from conftest import fit as run_fit
 from PIL import Image
+from torch import nn
 from torchvision.transforms import v2
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.digits import digit_split
-from cnnsuite.trust.checkpoint import rebuild
+from cnnsuite.trust.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.use.predict import Predictor
 
 CLASSES = ("cat", "dog")
@@ -272,6 +279,59 @@ def test_losses_and_metrics_against_hand_computed_values():
     boxes = decode_boxes(torch.tensor([[-50.0, 50.0, -10.0, 30.0], [0.0, 0.0, 0.0, 0.0]]))
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
     torch.testing.assert_close(boxes[1], torch.tensor([0.25, 0.25, 0.75, 0.75]))
+
+
+def test_the_crop_class_head_reads_the_image_inside_the_squared_box_and_nothing_else():
+    """A tall 8×16 px bar, cropped by its tight box: the crop is square about the box's centre
+    with a tenth more on each side, so the bar keeps its shape (half as wide as high) and
+    fills 1/1.1 of the crop's height; pixels outside that window do not reach the class."""
+    crops = []
+    head = CropClassifierHead(nn.Sequential(), nn.Sequential(), size=44)
+    head.backbone.register_forward_hook(lambda module, args, out: crops.append(args[0]))
+    image = torch.zeros(1, 1, 64, 64)
+    image[..., 20:36, 10:18] = 1.0
+    box = torch.tensor([[10 / 64, 20 / 64, 18 / 64, 36 / 64]])
+    head(image, box)
+    bright = crops[-1][0, 0] > 0.5
+    assert bright.any(dim=1).sum().item() == 40  # 16 px of 17.6 px of window, on 44 rows
+    assert bright.any(dim=0).sum().item() == 20  # 8 of 17.6: the bar stays half as wide as high
+    outside = image.clone()
+    outside[..., :, 30:] = torch.rand(1, 1, 64, 34)  # right of the window (x ≤ 22.8)
+    outside[..., 40:, :] = torch.rand(1, 1, 24, 64)  # below it (y ≤ 36.8)
+    torch.testing.assert_close(head(outside, box), crops[-2])
+
+
+def test_the_crop_class_head_trains_and_rebuilds_from_its_checkpoint(tmp_path, csv_folder):
+    run = fit(tmp_path, "--data.data_dir", str(csv_folder), "--model.class_head", "crop",
+              "--model.crop_size", "16", "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
+    model, _ = rebuild_for_inference(run / "checkpoints" / "last.ckpt")
+    assert isinstance(model.head, CropClassifierHead) and model.head.size == 16
+    logits, boxes = model.eval()(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 2) and boxes.shape == (2, 4)
+    # no class score comes from the box's backbone, so inspect draws no Grad-CAM on it
+    main(["inspect", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--data.data_dir", str(csv_folder),
+          "--out", str(tmp_path / "inspect")])  # fmt: skip
+    report = json.loads((tmp_path / "inspect" / "stages.json").read_text())
+    assert report["gradcam"]["score"].startswith("no Grad-CAM") and "class" not in report["gradcam"]
+
+
+def test_backbone_weights_start_the_crop_network_too(tmp_path):
+    """The crop's network is the same backbone: a weights file starts both, and both map the
+    data's normalisation onto the file's."""
+    small = {"channels": [4, 8], "blocks_per_stage": 1}
+    donor = LocalizationModule(num_classes=2, backbone_kwargs=small)
+    torch.save(donor.backbone.state_dict(), tmp_path / "backbone.pt")
+    model = LocalizationModule(
+        num_classes=2, backbone_kwargs=small, backbone_weights=str(tmp_path / "backbone.pt"),
+        input_normalisation={"mean": [0.5], "std": [0.5]}, backbone_weights_meta={"mean": [0.1], "std": [0.2]},
+    )  # fmt: skip
+    assert model.hparams.class_head == "crop"
+    for key, value in donor.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+        assert torch.equal(model.head.backbone.state_dict()[key], value), key
+    x = torch.rand(1, 1, 16, 16)
+    torch.testing.assert_close(model.head.backbone.input_map(x), model.backbone.input_map(x))
+    assert model.head.backbone.input_map is not model.backbone.input_map
 
 
 # --- the embedded default, a fit and its evaluation ---------------------------------------------

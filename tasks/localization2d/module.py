@@ -1,16 +1,19 @@
 """What localization2d predicts and how it is scored: one class and one box per image.
 
-    image → shared backbone → deepest map ─┬→ global average pool → FC → class logits
-                                           └→ average pool to a grid × grid map → FC → box
+    image → shared backbone → deepest map → average pool to a grid × grid map → FC → box
+    image → crop of the predicted box → the crop's own backbone → global pool → FC → class
 
-The two heads pool differently on purpose. *Which* digit it is does not depend on where it
-is, so the class head is the shared :class:`~cnnsuite.training.heads.ClassifierHead` (global pooling,
-as recognition2d). *Where* it is is exactly what global pooling throws away: an average over
-all positions is the same wherever the object sits, and a regressor on it can only recover
-position from zero-padding artefacts. The box head therefore keeps a coarse ``box_grid``²
-map (4×4 by default) and regresses from it with fully connected layers, the classic
-"localization as regression" head. ``box_grid: 1`` is global pooling, kept as a setting so
-the difference can be measured (README).
+The two heads look differently on purpose. *Where* the object is is exactly what global
+pooling throws away: an average over all positions is the same wherever the object sits, and
+a regressor on it can only recover position from zero-padding artefacts. The box head
+therefore keeps a coarse ``box_grid``² map (4×4 by default) and regresses from it with fully
+connected layers, the classic "localization as regression" head. ``box_grid: 1`` is global
+pooling, kept as a setting so the difference can be measured (README). *Which* object it is
+does not depend on where it is, but clutter around it does sway a class read from the whole
+image: the class is read from the box (``class_head``): from the image inside it, as R-CNN
+classifies a region (``crop``, :class:`CropClassifierHead`), or from the box's cells on a
+backbone map, as Fast R-CNN (``roi``, :class:`RoIClassifierHead`); ``global`` pools the whole
+deepest map as recognition2d does.
 
 The box head is valid by construction: it predicts the centre with a sigmoid (inside the
 image) and the width and height with a sigmoid (between 0 and the image's size), and
@@ -29,6 +32,7 @@ images with both boxes (mistakes first), an IoU histogram and the confusion matr
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -39,6 +43,7 @@ from torchmetrics import ClasswiseWrapper, Metric, MetricCollection
 from torchvision.ops import box_iou, clip_boxes_to_image, complete_box_iou_loss, generalized_box_iou_loss, roi_align
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from cnnsuite.backbone import build_backbone
 from cnnsuite.backbone.blocks import activation_layer
 from cnnsuite.data import Input
 from cnnsuite.errors import ConfigError
@@ -160,6 +165,31 @@ class RoIClassifierHead(nn.Module):
         return self.net(crops)
 
 
+class CropClassifierHead(nn.Module):
+    """Class logits from the *image* inside a box, as R-CNN classifies a region: the box,
+    squared about its centre and widened by ``margin`` (a digit keeps its shape and its
+    edges), is resampled out of the input (``roi_align`` at stride 1) as a ``size``² crop and
+    classified by its own ``backbone`` and ``head``. A small object is read at the
+    resolution it has in the image, not from the few cells it covers on a strided map.
+    The crop network is not the box's backbone: its BatchNorm statistics are those of crops,
+    not of whole images."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, size: int = 32, margin: float = 0.1) -> None:
+        super().__init__()
+        self.backbone, self.head, self.size, self.margin = backbone, head, size, margin
+
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """``boxes``: one per image, in fractions of the input."""
+        height, width = image.shape[-2:]
+        pixels = boxes * boxes.new_tensor([width, height, width, height])
+        centre = (pixels[:, :2] + pixels[:, 2:]) / 2
+        half = (pixels[:, 2:] - pixels[:, :2]).amax(dim=1, keepdim=True) * (1 + self.margin) / 2
+        index = torch.arange(boxes.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
+        rois = torch.cat([index, centre - half, centre + half], dim=1).to(image.dtype)
+        crops = roi_align(image, rois, self.size, sampling_ratio=2, aligned=True)
+        return self.head(self.backbone(crops))
+
+
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str], colours: list[str], scale: int = 2):
     """``image`` (C, H, W, any range: stretched to its own minimum and maximum) as RGB uint8,
     enlarged ``scale`` times (nearest neighbour), with ``boxes`` (pixels of ``image``, x1y1x2y2)
@@ -189,9 +219,10 @@ class LocalizationModule(ClassificationModule):
     def __init__(
         self,
         spatial_dims: int = 2,
-        class_head: str = "roi",
+        class_head: str = "crop",
         roi_stage: int = -2,
         roi_size: int = 4,
+        crop_size: int = 32,
         box_grid: int = 4,
         box_hidden: int = 128,
         box_loss: str = "giou",
@@ -205,8 +236,8 @@ class LocalizationModule(ClassificationModule):
             raise ConfigError(f"model.spatial_dims={spatial_dims}: localization2d boxes are 2D")
         if box_loss not in BOX_LOSSES:
             raise ConfigError(f"model.box_loss={box_loss!r}: expected one of {', '.join(BOX_LOSSES)}")
-        if class_head not in ("roi", "global"):
-            raise ConfigError(f"model.class_head={class_head!r}: expected 'roi' or 'global'")
+        if class_head not in ("roi", "crop", "global"):
+            raise ConfigError(f"model.class_head={class_head!r}: expected 'roi', 'crop' or 'global'")
         if box_grid < 1:
             raise ConfigError(f"model.box_grid={box_grid}: expected at least 1 (1 is global pooling)")
         if kwargs.get("multilabel"):
@@ -226,6 +257,24 @@ class LocalizationModule(ClassificationModule):
             hidden = (hp.head_hidden or [hp.box_hidden])[0]
             self.head = RoIClassifierHead(self.backbone.out_channels[hp.roi_stage], hp.num_classes, hp.roi_stage,
                                           hp.roi_size, hidden, hp.head_act, hp.dropout)  # fmt: skip
+        elif hp.class_head == "crop":
+            crop_backbone = build_backbone(hp.backbone, 2, hp.in_channels, **(hp.backbone_kwargs or {}))
+            self.head = CropClassifierHead(crop_backbone, self.head, hp.crop_size)
+
+    def load_backbone_weights(self) -> None:
+        """``backbone_weights`` start the crop's network too: it is the same backbone, and
+        what a file's features know of the objects helps read their class most."""
+        super().load_backbone_weights()
+        if self.hparams.get("backbone_weights") and self.hparams.class_head == "crop":
+            self.head.backbone.load_state_dict(self.backbone.state_dict())
+
+    def renormalise_input(self, mean: list[float], std: list[float]) -> str:
+        """The crop's network sees the weights' normalisation as the backbone does."""
+        said = super().renormalise_input(mean, std)
+        input_map = getattr(self.backbone, "input_map", None)
+        if self.hparams.class_head == "crop" and input_map is not None:
+            self.head.backbone.input_map = copy.deepcopy(input_map)
+        return said
 
     def configure_losses(self) -> None:
         super().configure_losses()
@@ -247,10 +296,17 @@ class LocalizationModule(ClassificationModule):
 
     def inspection_network(self, input_dims: int) -> Network:
         """The RoI class head reads stage ``roi_stage``: Grad-CAM looks there (the deepest
-        stage only places the box, whose gradient the class score does not see)."""
+        stage only places the box, whose gradient the class score does not see). The crop
+        head reads no stage of this backbone: no Grad-CAM."""
         network = super().inspection_network(input_dims)
         if self.hparams.class_head == "roi":
             network.cam_stage = self.hparams.roi_stage % len(network.backbone.stages)
+        elif self.hparams.class_head == "crop":
+            network.scores = None
+            network.about_cam = (
+                "no Grad-CAM: model.class_head='crop' reads the class from the box's crop of the image with "
+                "its own network; the backbone shown only places the box"
+            )
         return network
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,7 +316,7 @@ class LocalizationModule(ClassificationModule):
         if self.hparams.class_head == "global":
             return self.head(features), boxes
         # The class loss does not move the box: the box head answers to the box losses alone.
-        return self.head(features, boxes.detach()), boxes
+        return self.head(x if self.hparams.class_head == "crop" else features, boxes.detach()), boxes
 
     def losses(
         self, logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, target_boxes: torch.Tensor
