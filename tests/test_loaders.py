@@ -3,6 +3,7 @@ memory on CUDA, and the batch augmentations run after the batch reaches the mode
 in training only, drawing what the loader drew before."""
 
 import argparse
+import itertools
 import os
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from cnnsuite.cli import main
-from cnnsuite.data.augment import BatchBoxAffine, BatchRandomAffine
+from cnnsuite.data.augment import BatchBoxAffine, BatchFlipsAndTurns, BatchRandomAffine
 from cnnsuite.data.datamodule import auto_workers
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.callbacks import PreciseBatchNorm, batches_aside
@@ -229,3 +230,51 @@ def test_a_folder_is_listed_once_per_datamodule(monkeypatch, image_folder):
     assert all(len(data.datasets[s]) for s in ("train", "val", "test"))
     assert data.split_targets("train")
     assert len(calls) == 1
+
+
+def test_batch_flips_and_turns_draw_each_volumes_own_move_as_monai_does():
+    """Every output volume is its input under one of the moves MONAI's RandFlip, RandRotate90
+    and RandShiftIntensity draw (flips, 0-3 quarter turns in the square plane, a shift within
+    ±0.1), each drawn per volume: about half of the volumes are flipped along the axis out of
+    the plane and half shifted; a third turned by an odd number of quarters (half turned, by
+    1 to 3: a half turn is also two flips)."""
+    torch.manual_seed(0)
+    volumes = torch.randn(400, 1, 4, 4, 3)
+    moved = BatchFlipsAndTurns(3, [(0, 1)], prob=0.5, shift=0.1)(volumes)
+    flips = odd_turns = shifts = 0
+    for original, out in zip(volumes, moved, strict=True):
+        offset = float((out - original).mean())  # flips and turns keep the mean, a shift adds to it
+        found = []
+        for k in range(4):
+            for axes in itertools.product((False, True), repeat=3):
+                candidate = torch.rot90(original.flip([1 + a for a in range(3) if axes[a]]), k, dims=(1, 2))
+                if torch.allclose(candidate + offset, out, atol=1e-5):
+                    found.append((k, axes))
+        assert found and abs(offset) <= 0.1 + 1e-6
+        odd_turns += found[0][0] % 2
+        flips += found[0][1][2]  # the axis out of the turned plane: its flip is told apart
+        shifts += abs(offset) > 1e-7
+    assert 100 < odd_turns < 170 and 150 < shifts < 250 and 150 < flips < 250
+    with pytest.raises(ValueError, match="square plane"):
+        BatchFlipsAndTurns(3, [(1, 2)])(volumes)
+
+
+def test_each_ddp_rank_draws_its_own_batch_augmentation(tmp_path):
+    """Under DDP every rank starts from the same seed; each draws its batch moves from a
+    generator of its own, and in one process from torch's global one (which checkpoints carry)."""
+    from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
+
+    dm = Biomedical3DDataModule(data_dir=None, data_root=str(tmp_path), spatial_size=[8, 8, 8])
+    volumes = torch.randn(16, 1, 8, 8, 8).expand(16, 1, 8, 8, 8).clone()
+
+    def augmented(world_size, rank):
+        dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+        dm._augment_generator = None  # a new fit
+        torch.manual_seed(0)  # seed_everything gives every rank the same seed
+        return dm.augment_batch((volumes, torch.zeros(16)))[0]
+
+    rank0, rank1 = augmented(2, 0), augmented(2, 1)
+    assert not torch.equal(rank0, rank1) and torch.equal(augmented(2, 0), rank0)
+    torch.manual_seed(0)
+    expected = BatchFlipsAndTurns(3, [(0, 1), (1, 2)], prob=0.5, shift=0.1)(volumes)
+    assert torch.equal(augmented(1, 0), expected)

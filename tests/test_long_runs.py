@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 from conftest import ROOT, fit, make_image_folder, script_val_acc, task_config
-from test_biomedical3d import SMALL, make_volume_folder, write_labels
+from test_biomedical3d import SMALL, make_volume_folder
 
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.classification import ClassificationModule
@@ -425,37 +425,6 @@ def test_precise_batchnorm_leaves_an_epoch_in_progress_alone():
     assert aside is not loader and [b.tolist() for b in aside][:1] == [[0, 1]]
     seen += [b.tolist() for b in epoch]  # the interrupted epoch goes on where it was
     assert seen == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]
-
-
-def test_each_ddp_rank_draws_its_own_augmentations(tmp_path):
-    """Every volume is one and the same file's copy, so the two ranks' batches (different
-    shards of the split) differ only by what the augmentation drew on each rank."""
-    from types import SimpleNamespace
-
-    import nibabel as nib
-    import numpy as np
-    from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
-
-    folder = tmp_path / "volumes"
-    (folder / "scans").mkdir(parents=True)
-    one = nib.Nifti1Image(np.random.default_rng(0).normal(size=(12, 12, 12)).astype(np.float32), np.eye(4))
-    for index in range(24):
-        nib.save(one, folder / "scans" / f"s{index}.nii")
-    write_labels(folder, [(f"scans/s{index}.nii", ("benign", "malignant")[index % 2]) for index in range(24)])
-    dm = Biomedical3DDataModule(data_dir=str(folder), spatial_size=[12, 12, 12], batch_size=16, cache="none")
-    dm.setup("fit")
-
-    def first_batch(world_size, rank):
-        dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank, state=SimpleNamespace(fn="fit"))
-        torch.manual_seed(0)  # seed_everything gives every rank the same seed
-        return next(iter(dm.train_dataloader()))[0]
-
-    rank0, rank1 = first_batch(2, 0), first_batch(2, 1)
-    assert len(rank0) == len(rank1) >= 6
-    assert not torch.equal(rank0, rank1)  # the ranks drew different flips, turns and shifts
-    assert any(not torch.equal(rank0[0], volume) for volume in rank0[1:])  # copies of one volume, augmented
-    assert torch.equal(first_batch(2, 0), rank0) and torch.equal(first_batch(2, 1), rank1)
-    assert torch.equal(first_batch(1, 0), first_batch(1, 0))
 
 
 def test_a_resumed_run_ends_where_the_whole_run_ends(tmp_path, image_folder):

@@ -95,8 +95,8 @@ def test_localization2d_streams_images_and_their_boxes(tmp_path):
 
 def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path):
     """The shards hold each volume preprocessed (read, oriented, resized, z-scored), before the
-    random flips, turns and shifts: training with augmentation gives the raw files' metrics, and
-    a training item still differs from draw to draw."""
+    random flips, turns and shifts of its batch: training with augmentation gives the raw files'
+    metrics, and a training volume still differs from draw to draw."""
     from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
     from test_biomedical3d import SMALL as SMALL_3D
     from test_biomedical3d import make_volume_folder
@@ -115,8 +115,10 @@ def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path)
 
     streamed = Biomedical3DDataModule(data_dir=str(out), spatial_size=[16, 16, 16])
     streamed.setup("fit")
-    draws = [streamed.datasets["train"][0]["image"] for _ in range(8)]
-    assert any(not torch.equal(draws[0], d) for d in draws[1:])  # augmented at every read
+    item = streamed.datasets["train"][0]["image"]
+    assert torch.equal(item, stored)  # the loader gives it as stored: the batch is augmented
+    draws = [streamed.augment_batch((item[None], torch.zeros(1)))[0] for _ in range(8)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])  # augmented at every draw
 
     common = ["--trainer.max_epochs", "2", "--data.batch_size", "4", *SMALL_3D]
     _, from_shards = fit_both("biomedical3d", tmp_path, raw, out, *common)

@@ -31,24 +31,21 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, get_track_meta, set_track_meta
+from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 from monai.transforms import (
     Compose,
     EnsureTyped,
     NormalizeIntensityd,
     Orientationd,
-    RandFlipd,
-    RandRotate90d,
-    RandShiftIntensityd,
     Resized,
     Spacingd,
-    apply_transform,
 )
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
+from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
@@ -107,46 +104,26 @@ def hash_item(item: dict) -> bytes:
     return pickle_hashing({**item, "files": file_stamps(item["image"])})
 
 
-class Augmented(TorchDataset):
-    """The decoded items of ``dataset`` through ``augment`` (the random transforms), their
-    bad-file errors unwrapped (see :func:`bad_files_surface`). ``augment`` is the first
-    attribute: MONAI's DataLoader seeds random transforms in the order it walks attributes, so
-    the augmentation draws the same whether MONAI's caches or a prepared folder's shards hold
-    the volumes (only the former hold a ``Compose``, which takes a seed)."""
+class Surfaced(TorchDataset):
+    """The decoded items of ``dataset``, their bad-file errors unwrapped (see
+    :func:`bad_files_surface`): a volume read on access (no cache) that cannot be used is named
+    in one line, not inside MONAI's wrapping of the error."""
 
-    def __init__(self, dataset: Dataset, augment: Compose) -> None:
-        self.augment, self.dataset = augment, dataset
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
         with bad_files_surface():
-            return apply_transform(self.augment, self.dataset[index])
+            return self.dataset[index]
 
 
 def _collate(items: list[dict]) -> tuple:
     """MONAI items are dictionaries; the classifier takes ``(volumes, labels)``."""
     batch = default_collate(items)
     return batch["image"], batch["label"]
-
-
-class WithoutMetadata(Compose):
-    """MONAI transforms run on plain tensors rather than ``MetaTensor``s. MONAI's random
-    transforms turn their input into a ``MetaTensor`` (as ``get_track_meta()`` asks), which
-    (1) made the flips, turns and shift cost 2.9× as long (5.5 ms against 1.9 ms a volume) and
-    (2) reached the network: every operation on one carries its metadata along, and a training
-    step took 5.8× as long (1.18 s against 0.20 s a batch of 16). Augmentation comes after the
-    spatial preprocessing, which is the only part that needs the metadata. A ``Compose``, so
-    MONAI's DataLoader seeds the transforms inside."""
-
-    def __call__(self, input_, *args, **kwargs):
-        previous = get_track_meta()
-        set_track_meta(False)
-        try:
-            return super().__call__(input_, *args, **kwargs)
-        finally:
-            set_track_meta(previous)
 
 
 class Biomedical3DDataModule(TaskDataModule):
@@ -161,8 +138,6 @@ class Biomedical3DDataModule(TaskDataModule):
     default_name = "biomedical3d"
     streams_prepared = True
     after_decoding_hparams = ("batch_size", "augment")
-    # MONAI's DataLoader seeds the random transforms right in each worker and epoch.
-    loader_class = DataLoader
     collate_fn = staticmethod(_collate)
     path_hparams = (*TaskDataModule.path_hparams, "medmnist_npz", "cache_dir")
     source_hparams = (*TaskDataModule.source_hparams, "medmnist_npz")
@@ -269,10 +244,9 @@ class Biomedical3DDataModule(TaskDataModule):
         keep = self.decoded_cache(stage, own=lambda *_: self._monai_cache(items, preprocess))
         nbytes = len(ids) * int(np.prod(self.spatial_size)) * 4  # float32 volumes
         decoded = keep(read, ids, nbytes, f"{self.root}: {len(ids)} volumes")
-        # The random augmentation comes after the decoded volumes, whichever keeps them
-        # (MONAI's caches, or a prepared folder's shards), so it differs every epoch.
-        augment = self.augmentations() if stage == "train" else []
-        return Augmented(decoded, WithoutMetadata(augment))
+        # The random augmentation comes after the batch reaches the device (augment_batch),
+        # whichever keeps the volumes (MONAI's caches, or a prepared folder's shards).
+        return Surfaced(decoded)
 
     def _monai_cache(self, items: list[dict], preprocess: Compose) -> Dataset:
         """The preprocessed volumes of ``items`` as ``data.cache`` keeps them."""
@@ -329,19 +303,19 @@ class Biomedical3DDataModule(TaskDataModule):
             volume = Compose(self.preprocessing())({"image": str(path)})["image"]
         return Input(path, volume)
 
-    def augmentations(self) -> list:
-        """Random flips, 90° rotations and intensity shifts. A quarter turn swaps the two
+    def augment_batch(self, batch: tuple) -> tuple:
+        """Training's random flips along each axis, quarter turns and intensity shifts (±0.1),
+        each with probability ½ and drawn per volume, on the batch where it is
+        (:class:`~cnnsuite.data.augment.BatchFlipsAndTurns`). A quarter turn swaps the two
         sizes of its plane (a 96×64 plane would come out 64×96 and the batch could not be
-        stacked), so volumes are rotated only in the planes whose two sizes are equal."""
+        stacked), so volumes are turned only in the planes whose two sizes are equal."""
         if not self.hparams.augment:
-            return []
+            return batch
+        volumes, labels = batch
         size = self.spatial_size
         square_planes = [(a, b) for a, b in ((0, 1), (1, 2)) if size[a] == size[b]]
-        return [
-            *(RandFlipd("image", prob=0.5, spatial_axis=axis) for axis in range(3)),
-            *(RandRotate90d("image", prob=0.5, spatial_axes=plane) for plane in square_planes),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        ]
+        moves = BatchFlipsAndTurns(3, square_planes, prob=0.5, shift=0.1)
+        return moves(volumes, self.augment_generator), labels
 
     def _cache_dir(self) -> Path:
         """Under ``cache_dir`` (default ``<data_root>/cache``), one folder per source, so a

@@ -171,6 +171,7 @@ class TaskDataModule(L.LightningDataModule):
         self.prepared: dict | None = None
         self._probe = None  # set by decoder()
         self._listed: list | None = None  # samples(), listed once
+        self._augment_generator: torch.Generator | None = None  # under DDP, the rank's own
         if is_prepared(self.hparams.data_dir):
             self.prepared = self._open_prepared(self.hparams.data_dir)
 
@@ -568,6 +569,19 @@ class TaskDataModule(L.LightningDataModule):
         run drew. The default augments nothing here (a task that augments each sample does it
         in its dataset)."""
         return batch
+
+    @property
+    def augment_generator(self) -> torch.Generator | None:
+        """What :meth:`augment_batch` draws from: torch's global generator (None) in one
+        process, whose state every checkpoint carries; under DDP a generator of the rank's own
+        (seeded as :meth:`_rank_generator`), or every rank would draw the same moves for its
+        own samples."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        if self._augment_generator is None:
+            self._augment_generator = self._rank_generator()
+        return self._augment_generator
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Lightning's hook after a batch reaches the model's device: training batches get
