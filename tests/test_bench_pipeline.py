@@ -5,7 +5,6 @@ augmentation on plain tensors."""
 
 import math
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 import torch
@@ -112,7 +111,7 @@ def test_cached_patches_are_the_read_ones(tmp_path):
     (cached, _), (decoded, _) = ((dm.datasets["test"], dm) for dm in made)
     assert cached.raw.cached and not decoded.raw.cached
     for index, sample_id in enumerate(cached.ids):
-        sample = made[0].read_input(Path(cached.root) / sample_id).sample
+        sample = made[0].read_input(made[0].root / sample_id).sample
         torch.testing.assert_close(cached[index][0], sample, rtol=0, atol=0)
         torch.testing.assert_close(decoded[index][0], sample, rtol=0, atol=0)
 
@@ -122,7 +121,8 @@ def test_biomedical_batches_are_plain_tensors_and_still_augmented(tmp_path):
                                 batch_size=4)  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
-    volumes, _ = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    volumes, _ = dm.augment_batch(batch)
     assert type(volumes) is torch.Tensor  # not MONAI's MetaTensor, which slowed every training step
-    draws = [dm.datasets["train"][0]["image"] for _ in range(4)]
+    draws = [dm.augment_batch(batch)[0] for _ in range(4)]
     assert not all(torch.equal(draws[0], other) for other in draws[1:])
