@@ -13,7 +13,7 @@ import pytest
 import torch
 from cnnsuite.tasks.localization2d.datamodule import LocalizationDataModule
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
-from conftest import task_config
+from conftest import make_image_folder, task_config
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from PIL import Image
 from test_localization2d import make_csv_folder
@@ -259,22 +259,38 @@ def test_batch_flips_and_turns_draw_each_volumes_own_move_as_monai_does():
         BatchFlipsAndTurns(3, [(1, 2)])(volumes)
 
 
-def test_each_ddp_rank_draws_its_own_batch_augmentation(tmp_path):
+def ddp_batches(task: str, tmp_path):
+    """A datamodule of ``task`` and a training batch of one sample repeated (what each rank's
+    augmentation makes of it is all that differs)."""
+    if task == "biomedical3d":
+        from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
+
+        dm = Biomedical3DDataModule(data_dir=None, data_root=str(tmp_path), spatial_size=[8, 8, 8])
+        return dm, (torch.randn(1, 1, 8, 8, 8).expand(16, 1, 8, 8, 8).clone(), torch.zeros(16))
+    if task == "recognition2d":
+        dm = RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "images")), image_size=16)
+        dm.setup("fit")
+        return dm, [torch.rand(1, 3, 16, 16).expand(16, 3, 16, 16).clone(), torch.zeros(16)]
+    dm = LocalizationDataModule(data_dir=str(make_csv_folder(tmp_path / "boxes")), image_size=32)
+    dm.setup("fit")
+    box = torch.tensor([[0.3, 0.3, 0.7, 0.7]]).expand(16, 4).clone()
+    return dm, [torch.rand(1, 3, 32, 32).expand(16, 3, 32, 32).clone(), torch.zeros(16), box]
+
+
+@pytest.mark.parametrize("task", ["biomedical3d", "recognition2d", "localization2d"])
+def test_each_ddp_rank_draws_its_own_batch_augmentation(tmp_path, task):
     """Under DDP every rank starts from the same seed; each draws its batch moves from a
     generator of its own, and in one process from torch's global one (which checkpoints carry)."""
-    from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
+    dm, batch = ddp_batches(task, tmp_path)
 
-    dm = Biomedical3DDataModule(data_dir=None, data_root=str(tmp_path), spatial_size=[8, 8, 8])
-    volumes = torch.randn(16, 1, 8, 8, 8).expand(16, 1, 8, 8, 8).clone()
-
-    def augmented(world_size, rank):
-        dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+    def augmented(trainer):
+        dm.trainer = trainer
         dm._augment_generator = None  # a new fit
         torch.manual_seed(0)  # seed_everything gives every rank the same seed
-        return dm.augment_batch((volumes, torch.zeros(16)))[0]
+        return dm.augment_batch(batch)[0]
 
-    rank0, rank1 = augmented(2, 0), augmented(2, 1)
-    assert not torch.equal(rank0, rank1) and torch.equal(augmented(2, 0), rank0)
-    torch.manual_seed(0)
-    expected = BatchFlipsAndTurns(3, [(0, 1), (1, 2)], prob=0.5, shift=0.1)(volumes)
-    assert torch.equal(augmented(1, 0), expected)
+    rank0 = augmented(SimpleNamespace(world_size=2, global_rank=0))
+    rank1 = augmented(SimpleNamespace(world_size=2, global_rank=1))
+    assert not torch.equal(rank0, rank1)
+    assert torch.equal(augmented(SimpleNamespace(world_size=2, global_rank=0)), rank0)
+    assert torch.equal(augmented(SimpleNamespace(world_size=1, global_rank=0)), augmented(None))

@@ -266,7 +266,7 @@ class LocalizationDataModule(ImageDataModule):
         images, labels, boxes = batch
         size = self.hparams.image_size  # boxes are fractions of the square input
         moves = BatchBoxAffine(0.1, (0.85, 1.15), self.hparams.hflip, fill=self.normalised_black)
-        images, boxes = moves(images, boxes * size)
+        images, boxes = moves(images, boxes * size, self.augment_generator)
         return [images, labels, boxes / size]
 
     def describe_preprocessing(self) -> dict:

@@ -149,7 +149,7 @@ class RecognitionDataModule(ImageDataModule):
             return batch
         images, targets = batch
         moves = BatchRandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=self.normalised_black)
-        return [moves(images), targets]
+        return [moves(images, self.augment_generator), targets]
 
     def describe_preprocessing(self) -> dict:
         return describe_image_preprocessing(self.in_channels, self.hparams.image_size, **self.input_normalisation)

@@ -104,20 +104,23 @@ class BatchBoxAffine:
         self.affine = BatchRandomAffine(translate=(translate, translate), scale=scale, fill=fill)
         self.hflip, self.min_visible = hflip, min_visible
 
-    def __call__(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``images`` float ``(N, C, H, W)``, ``boxes`` ``(N, 4)`` ``x1, y1, x2, y2`` in pixels,
         both on one device; the boxes' few numbers are worked out on the CPU (float64, which
-        not every accelerator has) and come back to that device."""
+        not every accelerator has) and come back to that device. The random draws come from
+        ``generator`` (torch's global one by default)."""
         count, (height, width), device = len(images), images.shape[-2:], images.device
         size = torch.tensor([width, height, width, height], dtype=torch.float64)
         boxes = boxes.detach().to("cpu", torch.float64)
-        params = self.affine.draw(count)
+        params = self.affine.draw(count, generator)
         moved = self.move(boxes, params, size)
         kept = self.visible(moved, size)
         for _ in range(AUGMENT_TRIES - 1):
             if kept.all():
                 break
-            again = self.affine.draw(count)
+            again = self.affine.draw(count, generator)
             for key in params:
                 params[key] = torch.where(_rows(kept, params[key]), params[key], again[key])
             moved = self.move(boxes, params, size)
@@ -128,7 +131,7 @@ class BatchBoxAffine:
         images = self.affine.warp(images, params)
         moved = torch.minimum(moved.clamp(min=0), size)
         if self.hflip:
-            flip = torch.rand(count) < 0.5
+            flip = torch.rand(count, generator=generator) < 0.5
             images = torch.where(flip.to(device)[:, None, None, None], images.flip(-1), images)
             mirrored = torch.stack([width - moved[:, 2], moved[:, 1], width - moved[:, 0], moved[:, 3]], 1)
             moved = torch.where(flip[:, None], mirrored, moved)
