@@ -59,7 +59,7 @@ from cnnsuite.data import (
     list_samples,
     report_bad_files,
 )
-from cnnsuite.data.cache import MIB, check_cache_limit
+from cnnsuite.data.cache import check_cache_limit, fits_cache
 from cnnsuite.data.labels import check_multilabel, multi_hot
 from cnnsuite.errors import ConfigError
 
@@ -117,6 +117,12 @@ def composite(raw: np.ndarray, band_names: list[str], bands: tuple[str, str, str
     return np.clip((rgb - low) / (high - low + 1e-8), 0, 1)
 
 
+def patches_nbytes(count: int, bands: int, size: tuple[int, int] | None) -> float:
+    """What ``count`` patches' float32 reflectances take in memory; patches of any size
+    (``size`` None) are never cached, as if infinite."""
+    return count * bands * size[0] * size[1] * 4 if size else math.inf
+
+
 def take_or_read(checked: dict[str, np.ndarray], reader: GeoTiffReader, root: Path, sample_id: str) -> np.ndarray:
     """The patch's reflectances: those its check read (``checked``), handed over once, else the file's."""
     values = checked.pop(sample_id, None)
@@ -146,8 +152,7 @@ class PatchDataset(Dataset):
         (None: of any size)."""
         self.ids, self.labels, self.read_id = ids, labels, read
         self.stats, self.layout, self.augment = stats, layout, augment
-        # float32 reflectances; a run of patches of any size is not cached
-        nbytes = len(ids) * len(stats[0]) * size[0] * size[1] * 4 if size else math.inf
+        nbytes = patches_nbytes(len(ids), len(stats[0]), size)
         self.raw = cache(self.read, ids, nbytes, what=f"{root}: {len(ids)} patches")
 
     def read(self, index: int) -> np.ndarray:
@@ -365,11 +370,10 @@ class MultispectralDataModule(TaskDataModule):
     def cached_ids(self) -> set[str]:
         """The ids of the splits whose reflectances fit ``cache_limit_mb``: what their datasets
         will keep in memory (:class:`PatchDataset`)."""
-        if self.splits is None or self.reader.size is None:
+        if self.splits is None:
             return set()
-        height, width = self.reader.size
-        patch_bytes, limit = len(self.band_names) * height * width * 4, self.hparams.cache_limit_mb * MIB
-        fits = [ids for ids in self.splits.values() if len(ids) * patch_bytes <= limit]
+        bands, size, limit = len(self.band_names), self.reader.size, self.hparams.cache_limit_mb
+        fits = [ids for ids in self.splits.values() if fits_cache(patches_nbytes(len(ids), bands, size), limit)]
         return {sample_id for ids in fits for sample_id in ids}
 
     def usable(self, ids: list[str]) -> list[str]:

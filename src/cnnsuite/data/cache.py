@@ -34,6 +34,11 @@ def check_cache_limit(value: float) -> float:
     return float(value)
 
 
+def fits_cache(nbytes: float, limit_mb: float) -> bool:
+    """Whether items of ``nbytes`` decoded are kept in memory under ``data.cache_limit_mb``."""
+    return limit_mb > 0 and nbytes <= limit_mb * MIB
+
+
 class DecodedCache(Generic[T]):
     """``read(i)`` for ``i`` in ``range(count)``: all decoded once and kept, when their total
     size (``nbytes``, estimated before decoding) is within ``limit_mb``; else ``read`` runs on
@@ -42,7 +47,7 @@ class DecodedCache(Generic[T]):
     def __init__(self, read: Callable[[int], T], count: int, nbytes: int, limit_mb: float, what: str) -> None:
         self.read, self.count = read, count
         self.items: list[T] | None = None
-        if nbytes <= limit_mb * MIB and limit_mb > 0:
+        if fits_cache(nbytes, limit_mb):
             self.items = [read(i) for i in range(count)]
         elif limit_mb > 0:
             rank_zero_info(

@@ -603,7 +603,7 @@ class TaskDataModule(L.LightningDataModule):
 
     def _rank_generator(self) -> torch.Generator | None:
         """Under DDP, a random generator of the rank's own: every rank starts from the same
-        seed, and the loader's generator seeds its workers' (and MONAI's) augmentations, which
+        seed, and the loader's generator seeds its workers' augmentations, which
         would otherwise repeat on every rank. One process keeps the default (None)."""
         trainer = self.trainer
         if trainer is None or trainer.world_size <= 1:

@@ -25,13 +25,12 @@ def check_finite(path: str | Path, values: np.ndarray | torch.Tensor, what: str 
     makes every loss and prediction it reaches NaN, with nothing to tell which file it came from."""
     # NumPy's test runs on one thread: torch splits so small a job across its threads, which
     # costs more than the test itself (and far more when the cores are busy).
-    if isinstance(values, torch.Tensor) and values.dtype != torch.bfloat16:  # NumPy has no bfloat16
-        values = values.numpy(force=True)
-    finite = np.isfinite(values) if isinstance(values, np.ndarray) else torch.isfinite(torch.as_tensor(values))
-    bad = int((~finite).sum())
+    if isinstance(values, torch.Tensor):  # NumPy has no bfloat16
+        values = (values.float() if values.dtype == torch.bfloat16 else values).numpy(force=True)
+    finite = np.isfinite(values)
+    bad = int(finite.size - np.count_nonzero(finite))
     if bad:
-        total = finite.size if isinstance(finite, np.ndarray) else finite.numel()
-        raise BadFileError(f"{path}: {bad} of {total} {what} are NaN or infinite; expected finite values")
+        raise BadFileError(f"{path}: {bad} of {finite.size} {what} are NaN or infinite; expected finite values")
 
 
 def report_bad_files(
