@@ -27,6 +27,7 @@ from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.digits import digit_split
+from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.use.predict import Predictor
 
@@ -313,6 +314,11 @@ def test_the_crop_class_head_trains_and_rebuilds_from_its_checkpoint(tmp_path, c
           "--out", str(tmp_path / "inspect")])  # fmt: skip
     report = json.loads((tmp_path / "inspect" / "stages.json").read_text())
     assert report["gradcam"]["score"].startswith("no Grad-CAM") and "class" not in report["gradcam"]
+
+
+def test_a_crop_of_no_pixels_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.crop_size=0: expected the crop's side in pixels"):
+        LocalizationModule(num_classes=2, backbone_kwargs={"channels": [4, 8]}, crop_size=0)
 
 
 def test_backbone_weights_start_the_crop_network_too(tmp_path):

@@ -240,6 +240,8 @@ class LocalizationModule(ClassificationModule):
             raise ConfigError(f"model.class_head={class_head!r}: expected 'roi', 'crop' or 'global'")
         if box_grid < 1:
             raise ConfigError(f"model.box_grid={box_grid}: expected at least 1 (1 is global pooling)")
+        if class_head == "crop" and crop_size < 1:
+            raise ConfigError(f"model.crop_size={crop_size}: expected the crop's side in pixels, at least 1")
         if kwargs.get("multilabel"):
             raise ConfigError(
                 "model.multilabel=true: localization2d has no multi-label mode (one class and box an image)"
