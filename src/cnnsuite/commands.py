@@ -29,6 +29,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .allocator import keep_freed_memory
+
 
 @dataclass(frozen=True)
 class Command:
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     # the collector's sight they are no longer traversed by each full collection, nor by the ones
     # the interpreter runs at exit (more than a second on a small CPU).
     gc.freeze()
+    keep_freed_memory()
     run(argv)
 
 
