@@ -20,6 +20,7 @@ from conftest import fit as run_fit
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
+from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
 
@@ -119,6 +120,25 @@ def test_uniform_clips_cover_the_video_in_order(video_folder):
     columns = torch.cat([c.mean(dim=(0, 2)).argmax(dim=-1) for c in (first, second)])
     step = 1 if test.videos[video].label == 1 else 15
     assert (torch.diff(columns) % 16 == step).all(), columns  # 16 consecutive frames, none lost or repeated
+
+
+def test_validation_scores_each_videos_middle_clip_and_the_test_every_clip(tmp_path):
+    folder = make_video_folder(tmp_path / "videos", frames=24)  # 3-s videos: three 1-s clips
+
+    def starts(dataset) -> list[list[float]]:
+        per_video: dict[int, list[float]] = {}
+        for video, start in dataset.starts:
+            per_video.setdefault(video, []).append(float(start))
+        return list(per_video.values())
+
+    for val_clips, expected in (("one", [1.0]), ("all", [0.0, 1.0, 2.0])):
+        dm = VideoDataModule(data_dir=str(folder), val_clips=val_clips, **SMALL)
+        dm.setup("fit")
+        dm.setup("test")
+        assert starts(dm.datasets["val"]) == [expected] * len(dm.splits["val"]), val_clips
+        assert starts(dm.datasets["test"]) == [[0.0, 1.0, 2.0]] * len(dm.splits["test"]), val_clips
+    with pytest.raises(ConfigError, match="data.val_clips='middle'"):
+        VideoDataModule(data_dir=str(folder), val_clips="middle")
 
 
 @pytest.mark.parametrize("rotation", [-90, 90, 180])  # a phone held upright writes -90

@@ -196,7 +196,11 @@ class VideoDataModule(TaskDataModule):
       (:mod:`cnnsuite.data.cache`); clips and crops are still drawn afresh every epoch.
     - ``clip_duration`` seconds per clip, ``frames_per_clip`` frames sampled evenly in it,
       frames resized and cropped to ``frame_size``; ``train_clips_per_video`` random clips of
-      each video per training epoch.
+      each video per training epoch. The test split (and prediction) scores every uniform clip
+      of a video, and so does validation by default (``val_clips: all``); ``val_clips: one``
+      scores only each video's middle clip (PySlowFast's single validation view), for videos
+      long enough that validating every clip each epoch costs more than it tells: on the
+      embedded 3-s videos it picked weaker checkpoints (benchmarks/results/history-video3d.md).
     - ``augment``: random resized crops (one per clip) in training; ``hflip`` adds horizontal
       flips — off by default, since flipping turns "left" into "right".
     - ``on_bad_file``: every video of the run is opened at setup and its first frame decoded;
@@ -219,7 +223,7 @@ class VideoDataModule(TaskDataModule):
     streams_prepared = True
     # a prepared folder holds whole decoded videos: clips and frames are cut from them
     after_decoding_hparams = ("batch_size", "augment", "hflip", "clip_duration", "frames_per_clip", "frame_size",
-                              "train_clips_per_video")  # fmt: skip
+                              "train_clips_per_video", "val_clips")  # fmt: skip
 
     def __init__(
         self,
@@ -227,6 +231,7 @@ class VideoDataModule(TaskDataModule):
         frames_per_clip: int = 8,
         frame_size: int = 32,
         train_clips_per_video: int = 1,
+        val_clips: Literal["one", "all"] = "all",
         augment: bool = True,
         hflip: bool = False,
         cache_limit_mb: float = 1024,
@@ -240,6 +245,8 @@ class VideoDataModule(TaskDataModule):
         check_on_bad_file(on_bad_file)
         check_multilabel(multilabel)
         check_cache_limit(cache_limit_mb)
+        if val_clips not in ("one", "all"):
+            raise ConfigError(f"data.val_clips={val_clips!r}: expected 'one' (each video's middle clip) or 'all'")
         if not clip_duration > 0:
             raise ConfigError(f"data.clip_duration={clip_duration}: expected a positive number of seconds")
         for key, value in (
@@ -372,13 +379,17 @@ class VideoDataModule(TaskDataModule):
 
     def clip_dataset(self, root: Path, videos: list[VideoRecord], stage: str, cache) -> ClipDataset:
         """The clips of ``videos`` (ids relative to ``root``) as ``stage`` samples them: random
-        ones for training, every uniform clip otherwise (the test split, and one file read
-        for prediction); ``cache`` keeps the decoded videos (see :class:`ClipDataset`)."""
+        ones for training, every uniform clip otherwise (the test split, one file read for
+        prediction, and validation unless ``val_clips: one`` keeps each video's middle clip);
+        ``cache`` keeps the decoded videos (see :class:`ClipDataset`)."""
         hp = self.hparams
         if stage == "train":
             starts = [(v, None) for v in range(len(videos)) for _ in range(hp.train_clips_per_video)]
         else:
-            starts = [(v, s) for v, rec in enumerate(videos) for s in uniform_clips(rec.duration, self.clip_duration)]
+            views = [uniform_clips(rec.duration, self.clip_duration) for rec in videos]
+            if stage == "val" and hp.val_clips == "one":
+                views = [[clips[(len(clips) - 1) // 2]] for clips in views]
+            starts = [(v, s) for v, clips in enumerate(views) for s in clips]
         transform = ClipTransform(hp.frame_size, train=stage == "train" and hp.augment, hflip=hp.hflip)
         return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform, cache)
 
