@@ -40,7 +40,7 @@ def test_endtoend_figures_and_ratios(results):
 
 def test_markdown_names_goals(results):
     text = endtoend.markdown(results)
-    assert "recognition2d" in text and "1.5" in text
+    assert "recognition2d" in text and f"time ratio ≤ {endtoend.TIME_GOAL}," in text
 
 
 def draws_at_build(monkeypatch, module, run) -> list[tuple]:

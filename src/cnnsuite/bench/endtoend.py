@@ -9,7 +9,7 @@ tensors, tested on the same test split with the same torchmetrics metric. Both t
 default config's epochs, as ``make train`` does, unless the task declares others
 (:attr:`cnnsuite.contract.Task.endtoend_epochs`; ``quick_endtoend_epochs`` with ``--quick``; a
 cosine schedule's length follows the epochs on both sides).
-``train_time_ratio_vs_plain`` is the wall time of ours over the plain script's (goal ≤ 1.5);
+``train_time_ratio_vs_plain`` is the wall time of ours over the plain script's (goal ≤ 1.1);
 ``test_metric_ours`` and ``test_metric_plain`` sit side by side (goal: ours at least as good).
 The metric is the task's headline (:attr:`cnnsuite.contract.Task.headline`).
 
@@ -67,6 +67,9 @@ class Settings:
     max_epochs: int | None = None
     limit_batches: int | None = None
 
+
+#: the most ``make train`` may take over the plain script's time for the same training
+TIME_GOAL = 1.1
 
 FULL = Settings(seconds=30.0)
 QUICK = Settings(seconds=10.0, quick=True)
@@ -277,8 +280,8 @@ def markdown(results: dict[str, dict]) -> str:
             "PyTorch script (`<task>.py` of `--plain DIR`, `benchmarks/plain/` in a source checkout; a fresh "
             "process: the same network, optimiser, scheduler, "
             "batch size and augmentation, the train split decoded once and held in memory as tensors), both for the "
-            "same epochs; the test metric of both on the same test split. Goals: time ratio ≤ 1.5, ours' metric at "
-            "least the plain script's.",
+            "same epochs; the test metric of both on the same test split. "
+            f"Goals: time ratio ≤ {TIME_GOAL}, ours' metric at least the plain script's.",
             "",
             "| task | epochs (both) | ours s | plain s (training) | time ratio | metric | ours | plain | goal |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -291,8 +294,8 @@ def markdown(results: dict[str, dict]) -> str:
                 )
                 continue
             misses = []
-            if f["train_time_ratio_vs_plain"] > 1.5:
-                misses.append(f"time {f['train_time_ratio_vs_plain']:.2f}× > 1.5×")
+            if f["train_time_ratio_vs_plain"] > TIME_GOAL:
+                misses.append(f"time {f['train_time_ratio_vs_plain']:.2f}× > {TIME_GOAL}×")
             if f["test_metric_ours"] < f["test_metric_plain"]:
                 misses.append("metric below the plain script's")
             lines.append(
