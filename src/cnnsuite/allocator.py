@@ -1,14 +1,15 @@
 """Keep freed tensor memory in the process instead of handing it back to the system.
 
-A CPU training step allocates and frees the same few activation tensors, megabytes each, at
-every step. glibc's malloc serves a block that large with its own ``mmap`` and unmaps it on
-``free``, or it trims the top of its heap once more than twice that threshold lies free there;
-either way the pages go back to the kernel and the next step faults every one of them in
-again, zero-filled. glibc raises the threshold as it sees such blocks freed, but the trim still
-fires whenever a step frees several of them together: a 3D classifier on 2 cores spent a fifth
-of its wall time in the kernel on these faults. Fixing both thresholds at their largest
-(``mmap`` only above 32 MiB, trim only above 64 MiB free) lets freed blocks be reused from the
-heap, at the price of keeping up to that much freed memory resident.
+A CPU training step allocates and frees the same activation tensors, megabytes each, at every
+step. glibc's malloc serves a block that large with its own ``mmap`` and unmaps it on ``free``,
+or it trims the top of its heap once more than twice that threshold lies free there; either
+way the pages go back to the kernel and the next step faults every one of them in again,
+zero-filled. glibc raises the threshold as it sees such blocks freed, but the trim still fires
+whenever a step frees its activations together, and a small CPU training run spends a good
+part of its time in the kernel on these faults. Blocks up to 32 MiB (the largest ``mmap`` threshold
+glibc accepts) now come from the heap, and its top is trimmed only past 1 GiB free, so the
+freed activations are reused by the next step; the price is up to that much freed memory
+kept resident, as PyTorch's own caching allocator keeps GPU memory.
 
 GPU memory is PyTorch's own caching allocator's and is untouched. A user who tunes malloc
 (``MALLOC_*`` variables, ``GLIBC_TUNABLES``) or preloads another allocator keeps their choice,
@@ -25,7 +26,8 @@ import platform
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 #: the largest ``mmap`` threshold glibc accepts on a 64-bit machine (``DEFAULT_MMAP_THRESHOLD_MAX``)
 MMAP_THRESHOLD = 32 << 20
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+#: free memory the heap's top may hold before it is handed back: more than a step's activations
+TRIM_THRESHOLD = 1 << 30
 
 
 def user_tuned(environ: os._Environ | dict) -> bool:

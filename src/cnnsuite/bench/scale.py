@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..allocator import keep_freed_memory
 from ..data import shards
 from .core import BenchContext, build, make_optimizer, run_tasks, task_spec
 from .endtoend import quiet, train_within
@@ -417,6 +418,7 @@ def markdown(results: dict[str, dict]) -> str:
 
 
 if __name__ == "__main__":  # one job: ``python -m cnnsuite.bench.scale JOB.json OUT.json``
+    keep_freed_memory()  # as every cnnsuite command does, so the job measures what `cnnsuite fit` runs
     with quiet():
         result = run_job(json.loads(Path(sys.argv[1]).read_text()))
     Path(sys.argv[2]).write_text(json.dumps(result))
