@@ -18,6 +18,7 @@ from cnnsuite.backbone import build_backbone
 from cnnsuite.backbone.registry import _BACKBONES, register_backbone
 from cnnsuite.cli import CnnSuiteCLI, main
 from cnnsuite.data import BadFileError, list_classes, list_samples, read_image
+from cnnsuite.data.cache import MIB, DecodedCache
 from cnnsuite.data.images import IMAGE_EXTENSIONS, image_size
 from cnnsuite.data.prepare import prepare_once
 from cnnsuite.data.splits import stratified_split
@@ -128,6 +129,23 @@ def test_an_error_raised_in_a_loader_worker_is_shown_as_its_own_message(tmp_path
               "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("cnnsuite fit: error: ") and "dog/0.png: cannot decode as an image" in last
+
+
+def test_a_split_over_the_cache_limit_is_read_every_time_and_the_user_told_of_prepare(caplog):
+    reads = []
+
+    def read(i):
+        reads.append(i)
+        return i
+
+    with caplog.at_level("INFO"):
+        cache = DecodedCache(read, 3, nbytes=3 * MIB, limit_mb=1, what="train split")
+    assert not cache.cached and reads == [] and [cache[2], cache[2]] == [2, 2] and reads == [2, 2]
+    said = [r.getMessage() for r in caplog.records if "train split" in r.getMessage()]
+    assert said == ["train split: 3 MiB decoded, over data.cache_limit_mb=1; decoded again every epoch "
+                    "(cnnsuite prepare writes it once as shards to stream instead)"]  # fmt: skip
+    cache = DecodedCache(read, 3, nbytes=MIB, limit_mb=1, what="val split")
+    assert cache.cached and reads == [2, 2, 0, 1, 2] and cache[2] == 2 and len(reads) == 5
 
 
 def test_the_best_checkpoint_follows_the_models_own_monitor(tmp_path):

@@ -51,8 +51,8 @@ class DecodedCache(Generic[T]):
             self.items = [read(i) for i in range(count)]
         elif limit_mb > 0:
             rank_zero_info(
-                f"{what}: {nbytes / MIB:,.0f} MiB decoded, over data.cache_limit_mb={limit_mb:g}; "
-                "decoded again every epoch"
+                f"{what}: {nbytes / MIB:,.0f} MiB decoded, over data.cache_limit_mb={limit_mb:g}; decoded again "
+                "every epoch (cnnsuite prepare writes it once as shards to stream instead)"
             )
 
     @property
