@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from cnnsuite.allocator import keep_freed_memory
+from cnnsuite.allocator import keep_freed_memory, user_tuned
 
 #: a step that allocates four 8 MiB blocks, writes them and frees them together, as a training
 #: step frees its activations (straight from malloc: no small allocation of torch's or Python's
@@ -49,6 +49,9 @@ def test_a_user_who_tunes_malloc_keeps_their_choice():
     for environ in ({"MALLOC_ARENA_MAX": "2"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"},
                     {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}):  # fmt: skip
         assert keep_freed_memory(environ) is False
+    # a preloaded library that is no allocator is no choice of malloc
+    assert not user_tuned({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libgomp.so.1"})
+    assert user_tuned({"LD_PRELOAD": "/opt/lib/libgomp.so.1:/usr/lib/libtcmalloc_minimal.so.4"})
 
 
 def test_every_command_keeps_freed_memory(monkeypatch):
@@ -56,6 +59,7 @@ def test_every_command_keeps_freed_memory(monkeypatch):
 
     kept = []
     monkeypatch.setattr(commands, "keep_freed_memory", lambda: kept.append(True))
+    monkeypatch.setattr(commands.gc, "freeze", lambda: None)  # the test process keeps its collector
     monkeypatch.setattr("cnnsuite.cli.main", lambda argv: None)
     commands.main(["fit", "--help"])
     assert kept == [True]

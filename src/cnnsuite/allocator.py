@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
+from pathlib import Path
 
 #: glibc's ``mallopt`` parameters (``malloc.h``)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -31,17 +31,27 @@ TRIM_THRESHOLD = 1 << 30
 
 
 def user_tuned(environ: os._Environ | dict) -> bool:
-    """Whether the environment already chooses how memory is allocated."""
+    """Whether the environment already chooses how memory is allocated: a ``MALLOC_*``
+    variable, a malloc tunable, or a preloaded allocator (jemalloc, tcmalloc, mimalloc)."""
+    preloaded = environ.get("LD_PRELOAD", "").replace(":", " ").split()
     return (
         any(name.startswith("MALLOC_") for name in environ)
         or "malloc" in environ.get("GLIBC_TUNABLES", "")
-        or bool(environ.get("LD_PRELOAD"))
+        or any("malloc" in Path(library).name for library in preloaded)
     )
+
+
+def glibc() -> bool:
+    """Whether this process runs on glibc (asked of the C library, not read from a file)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr, or no such name: not glibc
+        return False
 
 
 def keep_freed_memory(environ: os._Environ | dict = os.environ) -> bool:
     """Fix glibc's ``mmap`` and trim thresholds (see the module); True where they were set."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or user_tuned(environ):
+    if not glibc() or user_tuned(environ):
         return False
     mallopt = ctypes.CDLL(None).mallopt
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
