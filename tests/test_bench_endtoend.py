@@ -89,6 +89,23 @@ def test_a_plain_script_seeds_every_generator_a_task_draws_from(monkeypatch, tmp
     sys.modules.pop("common")
 
 
+def test_a_plain_script_runs_under_the_malloc_settings_of_every_cnnsuite_command(monkeypatch, tmp_path):
+    """The ratio measures the suite's overhead, not glibc's page faults: the plain process keeps
+    freed memory as ``cnnsuite fit`` does, before it builds anything."""
+    import sys
+
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks" / "plain"))
+    common = __import__("common")
+    events = []
+    monkeypatch.setattr(common, "keep_freed_memory", lambda: events.append("malloc settings"))
+    monkeypatch.setattr(sys, "argv", ["plain.py", "--epochs", "1", "--out", str(tmp_path / "out.json")])
+    common.main(lambda **kwargs: events.append("run") or {"test/acc": 1.0}, "a plain script")
+    assert events == ["malloc settings", "run"]
+    sys.modules.pop("common")
+
+
 def test_end_to_end_trains_what_make_train_trains_unless_the_task_says(tmp_path):
     task = registered_tasks()["recognition2d"]
     config_epochs = task_config("recognition2d")["trainer"]["max_epochs"]

@@ -6,7 +6,11 @@ engineer would write to train the same network on the same data, with no Lightni
 decoding and no per-sample transforms. They borrow from cnnsuite only what makes the comparison
 fair: the network (the task module's class, built from ``tasks/<task>/config.yaml``, so the
 layers are identical), its loss, the split (the datamodule decides it, so train and test files
-are the same), and the test split's preprocessing (each file decoded once, before training).
+are the same), the test split's preprocessing (each file decoded once, before training), and
+the process's malloc settings (:func:`cnnsuite.allocator.keep_freed_memory`, which every
+``cnnsuite`` command applies): without them glibc hands each step's freed activations back to
+the kernel, and the script's time would measure page faults, varying from run to run
+with the heap's layout, instead of the training.
 Validation, checkpoints, logging and metrics during training are left out: they are what the
 suite adds, and what the ratio measures.
 """
@@ -30,6 +34,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnsuite.allocator import keep_freed_memory
 from cnnsuite.bench.core import build, make_optimizer, make_scheduler, precise_bn_batches, task_config
 
 #: how many samples the decoder batches together (memory only; the tensors are the same)
@@ -270,6 +275,7 @@ def main(run: Callable[..., dict], description: str) -> None:
     parser.add_argument("--limit_batches", type=int, default=None, help="batches per epoch (default: all)")
     parser.add_argument("--out", default=None, help="also write the result to this JSON file")
     args = parser.parse_args()
+    keep_freed_memory()
     result = run(epochs=args.epochs, data_root=args.data_root, seed=args.seed, limit_batches=args.limit_batches)
     text = json.dumps(result, indent=1)
     print(text)

@@ -3,9 +3,10 @@
 **End to end.** ``make train`` — ``cnnsuite fit --config <the task's config>`` in a fresh
 process, progress bar off, the evaluation of ``best.ckpt`` it runs after fit included, the
 embedded default already generated — against the plain PyTorch script of the task, also a
-fresh process: the same network built from the same config, the same optimiser, scheduler,
-batch size and augmentation intent, the same train split decoded once and held in memory as
-tensors, tested on the same test split with the same torchmetrics metric. Both train the
+fresh process under the same malloc settings (:mod:`cnnsuite.allocator`): the same network
+built from the same config, the same optimiser, scheduler, batch size and augmentation intent,
+the same train split decoded once and held in memory as tensors, tested on the same test
+split with the same torchmetrics metric. Both train the
 default config's epochs, as ``make train`` does, unless the task declares others
 (:attr:`cnnsuite.contract.Task.endtoend_epochs`; ``quick_endtoend_epochs`` with ``--quick``; a
 cosine schedule's length follows the epochs on both sides).
