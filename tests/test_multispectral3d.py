@@ -163,7 +163,7 @@ def test_unknown_band_names_are_refused(tmp_path):
         MultispectralDataModule(layout="rgb")
 
 
-def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path):
+def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "user")
     bands = ["B04", "B03", "B02", "B08"]
     # The task's own model: its layout must take a 4-band subset.
@@ -187,7 +187,11 @@ def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path):
     assert torch.equal(datamodule.band_stats[0], state["band_mean"])
     assert model.hparams.in_channels == 1 and datamodule.input_shape == (1, 4, 16, 16)
 
+    # The evaluation and its plots read the test split's patches only, each once.
+    read, opened = GeoTiffReader.__call__, []
+    monkeypatch.setattr(GeoTiffReader, "__call__", lambda self, path: opened.append(path.name) or read(self, path))
     main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path / "eval")])
+    assert sorted(opened) == sorted(Path(i).name for i in state["splits"]["test"])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"test/acc", "test/acc_macro", "test/kappa", "test/f1_macro", "test/acc/River"} <= set(metrics)
     for plot in ("confusion_matrix.png", "predictions.png", "class_spectra.png"):

@@ -4,7 +4,7 @@ The shared :class:`~cnnsuite.training.classification.ClassificationModule`; with
 the spectrum is the depth axis (input 1 × bands × H × W) and every filter is
 spectral-spatial. Cohen's kappa is added to the shared metrics (agreement beyond chance, the
 remote-sensing habit). Evaluation adds test patches in true and false colour with their
-labels, mistakes first, and each class's mean spectrum on the training split with its spread.
+labels, mistakes first, and each class's mean spectrum on the tested patches with its spread.
 A prediction on a raw GeoTIFF is drawn by the shared classifier on the patch's true-colour
 composite (the ``view`` the datamodule's ``read_input`` gives).
 """
@@ -86,19 +86,21 @@ class MultispectralModule(ClassificationModule):
         return path
 
     def _plot_spectra(self, out_dir: Path, datamodule, per_class: int = 40) -> Path:
-        """Each class's mean spectrum over up to ``per_class`` training patches, ± one standard
-        deviation across patches, in reflectance, bands in wavelength order where known."""
+        """Each class's mean spectrum over up to ``per_class`` test patches, ± one standard
+        deviation across patches, in reflectance, bands in wavelength order where known. The
+        test split is the data this evaluation scored (a whole folder, on other data) and is
+        decoded already; the training split would be read again just for this picture."""
         labels = dict(datamodule.samples())
-        dataset = datamodule.datasets["train"]  # its reflectances as it decodes them (cache, shards or files)
+        dataset = datamodule.datasets["test"]  # its reflectances as it decodes them (cache, shards or files)
         position = {sample_id: n for n, sample_id in enumerate(dataset.ids)}
-        train = dataset.ids
+        tested = dataset.ids
         names = datamodule.band_names
         known = all(b in ALL_BANDS for b in names)
         x = [WAVELENGTHS[ALL_BANDS.index(b)] for b in names] if known else list(range(len(names)))
         order = np.argsort(x)
         fig, ax = plt.subplots(figsize=(8, 5))
         for index, name in enumerate(self.class_names):
-            ids = [i for i in train if self.carries(labels[i], index)][:per_class]
+            ids = [i for i in tested if self.carries(labels[i], index)][:per_class]
             if not ids:
                 continue
             spectra = datamodule.reflectance(np.stack([dataset.raw[position[i]].mean(axis=(1, 2)) for i in ids]))
@@ -110,7 +112,7 @@ class MultispectralModule(ClassificationModule):
         ax.set_xticks(np.asarray(x)[order], [names[i] for i in order], rotation=90, fontsize=7)
         ax.set_xlabel("band (by centre wavelength)" if known else "band")
         ax.set_ylabel("reflectance")
-        ax.set_title("mean spectrum per class (training split), ± 1 s.d. across patches")
+        ax.set_title("mean spectrum per class (test patches), ± 1 s.d. across patches")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         path = out_dir / "class_spectra.png"
