@@ -258,3 +258,39 @@ def test_epoch_loss_is_the_batch_size_weighted_mean_of_the_steps(tmp_path):
     assert len(recorded.losses) == 4
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected, rel=1e-5)
     assert trainer.progress_bar_metrics["train/loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_sheet_of_tiles_puts_each_picture_in_its_place_with_white_between():
+    from cnnsuite.use.tiles import GAP, sheet, stretched
+
+    a, b, c = (np.full((4, 5, 3), v, dtype=np.float32) for v in (0.1, 0.5, 0.9))
+    out = sheet([[a, b], [c, None]], row_gap=3)
+    assert out.shape == (4 + 3 + 4, 5 + GAP + 5, 3)
+    assert (out[:4, :5] == 0.1).all() and (out[:4, 5 + GAP :] == 0.5).all() and (out[7:, :5] == 0.9).all()
+    assert (out[:, 5 : 5 + GAP] == 1).all() and (out[4:7] == 1).all() and (out[7:, 5:] == 1).all()
+    with pytest.raises(ValueError, match=r"tile \(1, 0\) is \(4, 4, 3\)"):
+        sheet([[a], [np.zeros((4, 4, 3))]])
+    # a grey clip keeps its frames' brightness against each other: one range for all of them
+    clip = stretched(np.stack([np.full((2, 2, 1), 10.0), np.full((2, 2, 1), 20.0)]))
+    assert clip.shape == (2, 2, 2, 3) and clip[0].max() == 0 and np.allclose(clip[1], 1)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        stretched(np.zeros((2, 2, 2)))
+
+
+def test_a_picture_of_tiles_is_one_axes_each_tile_the_width_asked(tmp_path, monkeypatch):
+    """Dozens of pictures cost one Axes, not one each; the sheet is tile_inches wide per column."""
+    import matplotlib.figure
+
+    from cnnsuite.use.tiles import draw_tiles
+
+    made = []
+    add_axes = matplotlib.figure.Figure.add_axes
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "add_axes", lambda fig, *a, **k: made.append(1) or add_axes(fig, *a, **k)
+    )
+    grid = [[np.random.rand(16, 16, 3) for _ in range(8)] for _ in range(3)]
+    labels = [[("7→7", "green")] * 8] * 3
+    path = draw_tiles(grid, tmp_path / "sheet.png", "title", 1.0, tile_labels=labels, dpi=50)
+    assert len(made) == 1
+    width = Image.open(path).size[0]
+    assert 8 * 50 <= width <= 8 * 50 + 60  # the picture, and the margin its labels need

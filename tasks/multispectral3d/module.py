@@ -20,6 +20,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassCohenKappa
 
 from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.use.tiles import draw_tiles, stretched
 
 from .datamodule import FALSE_COLOUR, TRUE_COLOUR, composite
 from .default_data import BANDS as ALL_BANDS
@@ -46,7 +47,7 @@ class MultispectralModule(ClassificationModule):
     def _plot_predictions(self, out_dir: Path, datamodule, count: int = 12, pool: int = 256) -> Path:
         """Mistakes first among ``pool`` test patches spread over the split (its files are sorted
         by class), then correct ones spread over it too; each in true and false colour (composites drawn from the
-        raw reflectances, so they need the bands they name)."""
+        raw reflectances, so they need the bands they name; without either, the mean of the bands)."""
         self.eval()
         dataset = datamodule.datasets["test"]
         picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), pool)).astype(int)).tolist()
@@ -60,30 +61,17 @@ class MultispectralModule(ClassificationModule):
         fill = min(count - len(wrong), len(right))
         order = wrong + [right[j] for j in np.linspace(0, len(right) - 1, fill).astype(int)] if fill else wrong
         composites = [c for c in (TRUE_COLOUR, FALSE_COLOUR) if set(c) <= set(datamodule.band_names)]
-        fig, axes = plt.subplots(
-            max(1, len(composites)), len(order), figsize=(1.6 * len(order), 1.9 * max(1, len(composites))),
-            squeeze=False,
+        rows = [("true colour\n" if c == TRUE_COLOUR else "false colour\n") + "/".join(c) for c in composites]
+        raws = [dataset.raw[picked[i]] for i in order]  # the reflectances as the dataset decoded them
+        if composites:
+            grid = [[composite(raw, datamodule.band_names, bands) for raw in raws] for bands in composites]
+        else:  # no band triple to show in colour: the mean over the bands
+            grid, rows = [[stretched(raw.mean(0)[..., None]) for raw in raws]], ["mean of the bands"]
+        return draw_tiles(
+            grid, out_dir / "predictions.png", "test patches: true → predicted (mistakes first, in red)", 1.6,
+            row_labels=[(text, "black") for text in rows],
+            column_labels=[(f"{truth[i]}\n→ {said[i]}", "green" if truth[i] == said[i] else "red") for i in order],
         )  # fmt: skip
-        for col, i in enumerate(order):
-            raw = dataset.raw[picked[i]]  # the reflectances as the dataset decoded them (cache, shards or file)
-            for row, bands in enumerate(composites):
-                axes[row, col].imshow(composite(raw, datamodule.band_names, bands))
-            right = truth[i] == said[i]
-            axes[0, col].set_title(
-                f"{truth[i]}\n→ {said[i]}",
-                color="green" if right else "red",
-                fontsize=7,
-            )
-        for row, bands in enumerate(composites):
-            axes[row, 0].set_ylabel(("true colour\n" if row == 0 else "false colour\n") + "/".join(bands), fontsize=7)
-        for ax in axes.flat:
-            ax.set_xticks([]), ax.set_yticks([])
-        fig.suptitle("test patches: true → predicted (mistakes first, in red)", fontsize=9)
-        fig.tight_layout()
-        path = out_dir / "predictions.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
 
     def _plot_spectra(self, out_dir: Path, datamodule, per_class: int = 40) -> Path:
         """Each class's mean spectrum over up to ``per_class`` test patches, ± one standard

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.use.tiles import draw_tiles, stretched
 
 
 class RecognitionModule(ClassificationModule):
@@ -31,23 +31,13 @@ class RecognitionModule(ClassificationModule):
         truth = [self.target_text(label) for label in labels]
         predicted = [self.prediction_text(row) for row in logits]
         right = torch.tensor([t == p for t, p in zip(truth, predicted, strict=True)])
-        order = torch.argsort(right.int(), stable=True)[:count]  # mistakes first
-        cols = 8
-        rows = (len(order) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, 1.5 * rows), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, i in zip(axes.flat, order.tolist(), strict=False):
-            image = images[i].float()
-            image = (image - image.min()) / (image.max() - image.min() + 1e-8)
-            ax.imshow(image.permute(1, 2, 0).squeeze(-1), cmap="gray")
-            ax.set_title(
-                f"{truth[i]}→{predicted[i]}",
-                color="green" if right[i] else "red",
-                fontsize=9,
-            )
-        fig.suptitle("test images: true→predicted (mistakes first, in red)")
-        path = out_dir / "predictions.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return path
+        order = torch.argsort(right.int(), stable=True)[:count].tolist()  # mistakes first
+        columns = 8
+        tiles = [stretched(images[i].float().permute(1, 2, 0).numpy()) for i in order]
+        labels = [(f"{truth[i]}→{predicted[i]}", "green" if right[i] else "red") for i in order]
+        rows = range(0, len(order), columns)
+        return draw_tiles(
+            [tiles[r : r + columns] for r in rows], out_dir / "predictions.png",
+            "test images: true→predicted (mistakes first, in red)", 1.3,
+            tile_labels=[labels[r : r + columns] for r in rows], fontsize=9,
+        )  # fmt: skip

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from torchmetrics import Metric
 from torchmetrics.functional.classification import multilabel_average_precision
@@ -25,6 +24,7 @@ from torchmetrics.utilities import dim_zero_cat
 from cnnsuite.data import Input
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.use.tiles import draw_tiles, stretched
 
 from . import backbones  # noqa: F401  (registers PyTorchVideo's reference backbones)
 
@@ -246,24 +246,13 @@ def said(prediction: dict) -> str:
 
 def draw_clips(clips: torch.Tensor, names: list[str], colours: list[str], title: str, path: Path, columns: int = 8):
     """Clips ``(N, C, T, H, W)`` one a row, ``columns`` frames of each evenly spread over its time
-    axis, each stretched to its own range; ``names[i]`` beside row ``i``, in ``colours[i]``.
+    axis, each clip stretched to its own range; ``names[i]`` beside row ``i``, in ``colours[i]``.
     Evaluation's contact sheet and prediction's pictures draw through it."""
     frames = clips.shape[2]
-    cols = min(columns, frames)
-    steps = torch.linspace(0, frames - 1, cols).round().long().tolist()
-    height = 1.15 * len(clips)
-    fig, axes = plt.subplots(len(clips), cols, figsize=(1.1 * cols + 2.2, height), squeeze=False)
-    for row, clip in enumerate(clips):
-        clip = (clip - clip.min()) / (clip.max() - clip.min() + 1e-8)
-        for col, t in enumerate(steps):
-            ax = axes[row, col]
-            ax.imshow(clip[:, t].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(f"frame {t}", fontsize=8)
-        axes[row, 0].set_ylabel(names[row], rotation=0, ha="right", va="center", fontsize=8, color=colours[row])
-    # above the frames' titles (matplotlib's default top of the axes is at 0.88 of the figure)
-    fig.suptitle(title, fontsize=9, y=0.88 + 0.3 / height, va="bottom")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    steps = torch.linspace(0, frames - 1, min(columns, frames)).round().long().tolist()
+    grid = []
+    for clip in clips:
+        clip = stretched(clip.permute(1, 2, 3, 0).numpy())  # (T, H, W, 3), one range for the whole clip
+        grid.append([clip[t] for t in steps])
+    draw_tiles(grid, path, title, 1.1, row_labels=list(zip(names, colours, strict=True)),
+               column_labels=[(f"frame {t}", "black") for t in steps])  # fmt: skip

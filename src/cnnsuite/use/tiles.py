@@ -1,0 +1,94 @@
+"""Grids of small pictures drawn as one image on one set of axes.
+
+Evaluation's sheets of test samples (digits, patches, clip frames) are grids of dozens of
+small pictures. One matplotlib ``Axes`` per picture costs tens of milliseconds each to make
+and to draw, more than the network's test pass on the embedded data; here the grid is put
+together in NumPy, shown by one ``imshow``, and its labels are the axes' ticks (a row's or a
+column's) or text above each tile (a tile's own), each in its own colour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+#: pixels of white between two tiles
+GAP = 2
+
+
+def stretched(picture) -> np.ndarray:
+    """Pictures ``(..., H, W, C)``, ``C`` 1 (grey) or 3, as RGB in 0..1, stretched over their own
+    range (one range for all of them: a clip's frames keep their brightness against each other)."""
+    picture = np.asarray(picture, dtype=np.float32)
+    if picture.shape[-1] not in (1, 3):
+        raise ValueError(f"pictures {picture.shape}: expected a last axis of 1 or 3 channels")
+    low, high = picture.min(), picture.max()
+    picture = (picture - low) / (high - low + 1e-8)
+    return np.repeat(picture, 3, axis=-1) if picture.shape[-1] == 1 else picture
+
+
+def sheet(grid: Sequence[Sequence[np.ndarray | None]], row_gap: int = GAP) -> np.ndarray:
+    """One RGB picture of ``grid[row][column]`` (RGB pictures in 0..1, all of one size; None
+    leaves its place white): :data:`GAP` white pixels between columns, ``row_gap`` between rows."""
+    first = next(tile for row in grid for tile in row if tile is not None)
+    height, width = first.shape[:2]
+    columns = max(len(row) for row in grid)
+    out = np.ones((len(grid) * (height + row_gap) - row_gap, columns * (width + GAP) - GAP, 3), dtype=np.float32)
+    for r, row in enumerate(grid):
+        for c, tile in enumerate(row):
+            if tile is None:
+                continue
+            if tile.shape != (height, width, 3):
+                raise ValueError(f"tile ({r}, {c}) is {tile.shape}, the grid's tiles are {(height, width, 3)}")
+            top, left = r * (height + row_gap), c * (width + GAP)
+            out[top : top + height, left : left + width] = tile
+    return out
+
+
+def draw_tiles(
+    grid: Sequence[Sequence[np.ndarray | None]],
+    path: Path,
+    title: str,
+    tile_inches: float,
+    row_labels: Sequence[tuple[str, str]] = (),
+    column_labels: Sequence[tuple[str, str]] = (),
+    tile_labels: Sequence[Sequence[tuple[str, str]]] = (),
+    fontsize: float = 8,
+    dpi: int = 110,
+) -> Path:
+    """Write ``grid`` (see :func:`sheet`) to ``path``, each tile ``tile_inches`` wide, with
+    ``(text, colour)`` labels: ``row_labels`` left of each row, ``column_labels`` above each
+    column, ``tile_labels[row][column]`` above each tile (rows then stand apart to make room)."""
+    first = next(tile for row in grid for tile in row if tile is not None)
+    height, width = first.shape[:2]
+    row_gap = max(GAP, round(0.3 * height)) if tile_labels else GAP
+    picture = sheet(grid, row_gap)
+    rows, columns = len(grid), max(len(row) for row in grid)
+    wide = tile_inches * columns
+    fig = plt.figure(figsize=(wide, wide * picture.shape[0] / picture.shape[1]))
+    ax = fig.add_axes((0, 0, 1, 1))  # the picture fills the figure; saving takes in the labels around it
+    ax.imshow(picture, interpolation="nearest")
+    centre_x = [c * (width + GAP) + width / 2 - 0.5 for c in range(columns)]
+    centre_y = [r * (height + row_gap) + height / 2 - 0.5 for r in range(rows)]
+    ax.set_xticks(centre_x[: len(column_labels)], [text for text, _ in column_labels])
+    ax.set_yticks(centre_y[: len(row_labels)], [text for text, _ in row_labels])
+    for label, (_, colour) in zip(ax.get_xticklabels(), column_labels, strict=True):
+        label.set_color(colour)
+    for label, (_, colour) in zip(ax.get_yticklabels(), row_labels, strict=True):
+        label.set_color(colour)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0, labelsize=fontsize)
+    for r, row in enumerate(tile_labels):
+        for c, (text, colour) in enumerate(row):
+            ax.text(
+                centre_x[c], r * (height + row_gap) - 1, text, color=colour, fontsize=fontsize, ha="center", va="bottom"
+            )
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=9, pad=3 * fontsize if tile_labels else 6)  # above the tiles' own labels
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
