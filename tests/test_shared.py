@@ -261,13 +261,15 @@ def test_epoch_loss_is_the_batch_size_weighted_mean_of_the_steps(tmp_path):
 
 
 def test_a_sheet_of_tiles_puts_each_picture_in_its_place_with_white_between():
-    from cnnsuite.use.tiles import GAP, sheet, stretched
+    from cnnsuite.use.tiles import sheet, stretched
 
     a, b, c = (np.full((4, 5, 3), v, dtype=np.float32) for v in (0.1, 0.5, 0.9))
-    out = sheet([[a, b], [c, None]], row_gap=3)
-    assert out.shape == (4 + 3 + 4, 5 + GAP + 5, 3)
-    assert (out[:4, :5] == 0.1).all() and (out[:4, 5 + GAP :] == 0.5).all() and (out[7:, :5] == 0.9).all()
-    assert (out[:, 5 : 5 + GAP] == 1).all() and (out[4:7] == 1).all() and (out[7:, 5:] == 1).all()
+    out = sheet([[a, b], [c]], padding=3)
+    assert out.shape == (3 + 4 + 3 + 4 + 3, 3 + 5 + 3 + 5 + 3, 3)
+    assert (out[3:7, 3:8] == 0.1).all() and (out[3:7, 11:16] == 0.5).all() and (out[10:14, 3:8] == 0.9).all()
+    tiles = np.zeros(out.shape[:2], dtype=bool)
+    tiles[3:7, 3:8] = tiles[3:7, 11:16] = tiles[10:14, 3:8] = True
+    assert (out[~tiles] == 1).all()  # white around the tiles, and where the short row ends
     with pytest.raises(ValueError, match=r"tile \(1, 0\) is \(4, 4, 3\)"):
         sheet([[a], [np.zeros((4, 4, 3))]])
     # a grey clip keeps its frames' brightness against each other: one range for all of them

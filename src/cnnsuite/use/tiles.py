@@ -3,7 +3,7 @@
 Evaluation's sheets of test samples (digits, patches, clip frames) are grids of dozens of
 small pictures. One matplotlib ``Axes`` per picture costs tens of milliseconds each to make
 and to draw, more than the network's test pass on the embedded data; here the grid is put
-together in NumPy, shown by one ``imshow``, and its labels are the axes' ticks (a row's or a
+together by torchvision's ``make_grid``, shown by one ``imshow``, and its labels are the axes' ticks (a row's or a
 column's) or text above each tile (a tile's own), each in its own colour.
 """
 
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
+from torchvision.utils import make_grid
 
-#: pixels of white between two tiles
+#: pixels of white around each tile
 GAP = 2
 
 
@@ -30,22 +32,22 @@ def stretched(picture) -> np.ndarray:
     return np.repeat(picture, 3, axis=-1) if picture.shape[-1] == 1 else picture
 
 
-def sheet(grid: Sequence[Sequence[np.ndarray | None]], row_gap: int = GAP) -> np.ndarray:
-    """One RGB picture of ``grid[row][column]`` (RGB pictures in 0..1, all of one size; None
-    leaves its place white): :data:`GAP` white pixels between columns, ``row_gap`` between rows."""
-    first = next(tile for row in grid for tile in row if tile is not None)
-    height, width = first.shape[:2]
+def sheet(grid: Sequence[Sequence[np.ndarray | None]], padding: int = GAP) -> np.ndarray:
+    """One RGB picture of ``grid[row][column]`` (RGB pictures ``(H, W, 3)`` in 0..1, all of one
+    size; None, or a short row's end, leaves its place white), ``padding`` white pixels around
+    every tile: torchvision's ``make_grid``."""
+    shape = next(tile for row in grid for tile in row if tile is not None).shape
     columns = max(len(row) for row in grid)
-    out = np.ones((len(grid) * (height + row_gap) - row_gap, columns * (width + GAP) - GAP, 3), dtype=np.float32)
+    blank = np.ones(shape, dtype=np.float32)
+    tiles = []
     for r, row in enumerate(grid):
-        for c, tile in enumerate(row):
-            if tile is None:
-                continue
-            if tile.shape != (height, width, 3):
-                raise ValueError(f"tile ({r}, {c}) is {tile.shape}, the grid's tiles are {(height, width, 3)}")
-            top, left = r * (height + row_gap), c * (width + GAP)
-            out[top : top + height, left : left + width] = tile
-    return out
+        for c in range(columns):
+            tile = row[c] if c < len(row) else None
+            if tile is not None and tile.shape != shape:
+                raise ValueError(f"tile ({r}, {c}) is {tile.shape}, the grid's tiles are {shape}")
+            tiles.append(blank if tile is None else np.asarray(tile, dtype=np.float32))
+    batch = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
+    return make_grid(batch, nrow=columns, padding=padding, pad_value=1.0).permute(1, 2, 0).numpy()
 
 
 def draw_tiles(
@@ -61,18 +63,17 @@ def draw_tiles(
 ) -> Path:
     """Write ``grid`` (see :func:`sheet`) to ``path``, each tile ``tile_inches`` wide, with
     ``(text, colour)`` labels: ``row_labels`` left of each row, ``column_labels`` above each
-    column, ``tile_labels[row][column]`` above each tile (rows then stand apart to make room)."""
-    first = next(tile for row in grid for tile in row if tile is not None)
-    height, width = first.shape[:2]
-    row_gap = max(GAP, round(0.3 * height)) if tile_labels else GAP
-    picture = sheet(grid, row_gap)
+    column, ``tile_labels[row][column]`` above each tile (tiles then stand apart to make room)."""
+    height, width = next(tile for row in grid for tile in row if tile is not None).shape[:2]
+    padding = max(GAP, round(0.3 * height)) if tile_labels else GAP  # room for a line of text
+    picture = sheet(grid, padding)
     rows, columns = len(grid), max(len(row) for row in grid)
     wide = tile_inches * columns
     fig = plt.figure(figsize=(wide, wide * picture.shape[0] / picture.shape[1]))
     ax = fig.add_axes((0, 0, 1, 1))  # the picture fills the figure; saving takes in the labels around it
     ax.imshow(picture, interpolation="nearest")
-    centre_x = [c * (width + GAP) + width / 2 - 0.5 for c in range(columns)]
-    centre_y = [r * (height + row_gap) + height / 2 - 0.5 for r in range(rows)]
+    centre_x = [padding + c * (width + padding) + width / 2 - 0.5 for c in range(columns)]
+    centre_y = [padding + r * (height + padding) + height / 2 - 0.5 for r in range(rows)]
     ax.set_xticks(centre_x[: len(column_labels)], [text for text, _ in column_labels])
     ax.set_yticks(centre_y[: len(row_labels)], [text for text, _ in row_labels])
     for label, (_, colour) in zip(ax.get_xticklabels(), column_labels, strict=True):
@@ -82,13 +83,12 @@ def draw_tiles(
     ax.xaxis.tick_top()
     ax.tick_params(length=0, labelsize=fontsize)
     for r, row in enumerate(tile_labels):
+        above = padding + r * (height + padding) - 1
         for c, (text, colour) in enumerate(row):
-            ax.text(
-                centre_x[c], r * (height + row_gap) - 1, text, color=colour, fontsize=fontsize, ha="center", va="bottom"
-            )
+            ax.text(centre_x[c], above, text, color=colour, fontsize=fontsize, ha="center", va="bottom")
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(title, fontsize=9, pad=3 * fontsize if tile_labels else 6)  # above the tiles' own labels
+    ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
