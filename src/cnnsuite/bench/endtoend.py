@@ -279,7 +279,7 @@ def markdown(results: dict[str, dict]) -> str:
         lines += [
             "`make train` (`cnnsuite fit` + its evaluation, in a fresh process, progress bar off) against a plain "
             "PyTorch script (`<task>.py` of `--plain DIR`, `benchmarks/plain/` in a source checkout; a fresh "
-            "process: the same network, optimiser, scheduler, "
+            "process with the same malloc settings: the same network, optimiser, scheduler, "
             "batch size and augmentation, the train split decoded once and held in memory as tensors), both for the "
             "same epochs; the test metric of both on the same test split. "
             f"Goals: time ratio ≤ {TIME_GOAL}, ours' metric at least the plain script's.",
