@@ -380,8 +380,17 @@ def trained(tmp_path_factory):
     return folder, run / "checkpoints" / "best.ckpt"
 
 
-def test_fit_and_evaluate_a_checkpoint(tmp_path, trained):
+def test_fit_and_evaluate_a_checkpoint(tmp_path, trained, monkeypatch):
     folder, ckpt = trained
+    # The pictures are drawn from the test pass's outcomes: the network does not run again for them.
+    forward, write_plots, calls = LocalizationModule.forward, LocalizationModule.write_plots, []
+    monkeypatch.setattr(LocalizationModule, "forward", lambda self, x: calls.append("forward") or forward(self, x))
+
+    def plots(self, out_dir, datamodule):
+        calls.append("plots")
+        return write_plots(self, out_dir, datamodule)
+
+    monkeypatch.setattr(LocalizationModule, "write_plots", plots)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (2, 3, ["cat", "dog"])
@@ -392,6 +401,7 @@ def test_fit_and_evaluate_a_checkpoint(tmp_path, trained):
     assert metrics["test/loc_acc"] <= min(metrics["test/acc"], metrics["test/gt_known_loc"])
     produced = {p.name for p in (tmp_path / "eval").iterdir()}
     assert {"predictions.png", "iou_histogram.png", "confusion_matrix.png", "training_curves.png"} <= produced
+    assert calls[-1] == "plots" and "forward" in calls
 
 
 # --- prediction on raw files ----------------------------------------------------------------------

@@ -346,8 +346,16 @@ class LocalizationModule(ClassificationModule):
         )
         if stage == "test":
             self.test_confusion.update(probs, labels)
+            scores, predicted = probs.max(dim=1)
+            outcome = (labels, target_boxes.float(), predicted, scores, boxes.detach().float())
+            self.test_outcomes.append(tuple(t.cpu() for t in outcome))
         self.log_losses(stage, terms, len(labels))
         return terms["loss"]
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        #: per test batch, in the loader's order: labels, true boxes, predicted classes, scores, predicted boxes
+        self.test_outcomes: list[tuple[torch.Tensor, ...]] = []
 
     def predict_step(self, batch, batch_idx):
         """``{"probs", "boxes"}``; boxes in fractions of the input's width and height."""
@@ -399,31 +407,21 @@ class LocalizationModule(ClassificationModule):
 
     # --- evaluation pictures ------------------------------------------------------------------
     def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
+        """The test pass's own outcomes (:meth:`on_test_epoch_start`), so that the split is not
+        predicted again for its pictures; only the images shown are read again."""
         out_dir = Path(out_dir)
-        images, labels, truth, predicted, scores, boxes = self._predict_test(datamodule.datasets["test"])
+        labels, truth, predicted, scores, boxes = (torch.cat(field) for field in zip(*self.test_outcomes, strict=True))
         ious = paired_iou(boxes, truth)
+        dataset = datamodule.datasets["test"]
+        if len(dataset) != len(labels):
+            raise RuntimeError(f"the test pass scored {len(labels)} samples, the test split has {len(dataset)}")
         return [
             *super().write_plots(out_dir, datamodule),
-            self._plot_predictions(out_dir, images, labels, truth, predicted, scores, boxes, ious),
+            self._plot_predictions(out_dir, dataset, labels, truth, predicted, scores, boxes, ious),
             self._plot_iou_histogram(out_dir, ious),
         ]
 
-    @torch.no_grad()
-    def _predict_test(self, dataset, pool: int = 2048):
-        """The first ``pool`` test samples and the model's predictions for them."""
-        self.eval()
-        images, labels, truth = zip(*(dataset[i] for i in range(min(len(dataset), pool))), strict=True)
-        batch = torch.stack(images)
-        logits, boxes = [], []
-        for chunk in batch.split(256):
-            out = self(chunk.to(self.device))
-            logits.append(out[0].float().cpu())
-            boxes.append(out[1].float().cpu())
-        probs = torch.cat(logits).softmax(dim=1)
-        scores, predicted = probs.max(dim=1)
-        return batch, torch.as_tensor(labels), torch.stack(truth), predicted, scores, torch.cat(boxes)
-
-    def _plot_predictions(self, out_dir, images, labels, truth, predicted, scores, boxes, ious, count=32) -> Path:
+    def _plot_predictions(self, out_dir, dataset, labels, truth, predicted, scores, boxes, ious, count=32) -> Path:
         """Test images with the true box (green) and the predicted one (red where the
         localization is wrong, else yellow), labelled ``true->predicted score`` (ASCII: the
         drawing font has no arrow); mistakes (wrong class or IoU < 0.5) first."""
@@ -431,10 +429,11 @@ class LocalizationModule(ClassificationModule):
         order = torch.argsort(right.int(), stable=True)[:count]
         tiles = []
         for i in order.tolist():
-            size = torch.tensor([images[i].shape[2], images[i].shape[1]] * 2, dtype=torch.float32)
+            image = dataset[i][0]
+            size = torch.tensor([image.shape[2], image.shape[1]] * 2, dtype=torch.float32)
             label = f"{self.class_names[labels[i]]}->{self.class_names[predicted[i]]} {scores[i]:.2f}"
             colour = "yellow" if right[i] else "red"
-            tiles.append(draw_boxes(images[i], torch.stack([truth[i], boxes[i]]) * size, ["", label], ["lime", colour]))
+            tiles.append(draw_boxes(image, torch.stack([truth[i], boxes[i]]) * size, ["", label], ["lime", colour]))
         grid = make_grid(tiles, nrow=8, padding=2)
         fig, ax = plt.subplots(figsize=(12, 1.6 * ((len(tiles) + 7) // 8) + 0.6))
         ax.imshow(grid.permute(1, 2, 0).numpy())
