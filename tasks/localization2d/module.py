@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torchmetrics import ClasswiseWrapper, Metric, MetricCollection
 from torchvision.ops import box_iou, clip_boxes_to_image, complete_box_iou_loss, generalized_box_iou_loss, roi_align
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import draw_bounding_boxes
 
 from cnnsuite.backbone import build_backbone
 from cnnsuite.backbone.blocks import activation_layer
@@ -49,6 +49,7 @@ from cnnsuite.data import Input
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.use.inspectable import Network
+from cnnsuite.use.tiles import draw_tiles
 
 BOX_LOSSES = {"giou": generalized_box_iou_loss, "ciou": complete_box_iou_loss}
 
@@ -433,16 +434,12 @@ class LocalizationModule(ClassificationModule):
             size = torch.tensor([image.shape[2], image.shape[1]] * 2, dtype=torch.float32)
             label = f"{self.class_names[labels[i]]}->{self.class_names[predicted[i]]} {scores[i]:.2f}"
             colour = "yellow" if right[i] else "red"
-            tiles.append(draw_boxes(image, torch.stack([truth[i], boxes[i]]) * size, ["", label], ["lime", colour]))
-        grid = make_grid(tiles, nrow=8, padding=2)
-        fig, ax = plt.subplots(figsize=(12, 1.6 * ((len(tiles) + 7) // 8) + 0.6))
-        ax.imshow(grid.permute(1, 2, 0).numpy())
-        ax.axis("off")
-        ax.set_title("test images: true box (green), predicted box: true->predicted score (mistakes first, red)")
-        path = out_dir / "predictions.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        return path
+            drawn = draw_boxes(image, torch.stack([truth[i], boxes[i]]) * size, ["", label], ["lime", colour])
+            tiles.append(drawn.permute(1, 2, 0).numpy() / 255)
+        return draw_tiles(
+            [tiles[r : r + 8] for r in range(0, len(tiles), 8)], out_dir / "predictions.png",
+            "test images: true box (green), predicted box: true->predicted score (mistakes first, red)", 1.5,
+        )  # fmt: skip
 
     def _plot_iou_histogram(self, out_dir: Path, ious: torch.Tensor) -> Path:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))

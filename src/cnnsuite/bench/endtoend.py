@@ -6,10 +6,10 @@ embedded default already generated — against the plain PyTorch script of the t
 fresh process under the same malloc settings (:mod:`cnnsuite.allocator`): the same network
 built from the same config, the same optimiser, scheduler, batch size and augmentation intent,
 the same train split decoded once and held in memory as tensors, tested on the same test
-split with the same torchmetrics metric. Both train the
-default config's epochs, as ``make train`` does, unless the task declares others
-(:attr:`cnnsuite.contract.Task.endtoend_epochs`; ``quick_endtoend_epochs`` with ``--quick``; a
-cosine schedule's length follows the epochs on both sides).
+split with the same torchmetrics metric. Both train the default config's epochs, as ``make
+train`` does, unless the task declares others (:attr:`cnnsuite.contract.Task.endtoend_epochs`;
+``quick_endtoend_epochs`` with ``--quick``; a cosine schedule's length follows the epochs on
+both sides).
 ``train_time_ratio_vs_plain`` is the wall time of ours over the plain script's (goal ≤ 1.1);
 ``test_metric_ours`` and ``test_metric_plain`` sit side by side (goal: ours at least as good).
 The metric is the task's headline (:attr:`cnnsuite.contract.Task.headline`).

@@ -2,9 +2,9 @@
 
 Evaluation's sheets of test samples (digits, patches, clip frames) are grids of dozens of
 small pictures. One matplotlib ``Axes`` per picture costs tens of milliseconds each to make
-and to draw, more than the network's test pass on the embedded data; here the grid is put
-together by torchvision's ``make_grid``, shown by one ``imshow``, and its labels are the axes' ticks (a row's or a
-column's) or text above each tile (a tile's own), each in its own colour.
+and to draw, more than the network's test pass on the embedded data; here torchvision's
+``make_grid`` puts the grid together, one ``imshow`` shows it, and its labels are the axes'
+ticks (a row's or a column's) or text above each tile (a tile's own), each in its own colour.
 """
 
 from __future__ import annotations
