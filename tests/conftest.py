@@ -64,3 +64,23 @@ def script_val_acc(monkeypatch, scripted: dict[int, float]) -> None:
         self.log("val/acc", scripted[self.current_epoch])
 
     monkeypatch.setattr(ClassificationModule, "_log_metrics", scripted_log)
+
+
+def watch_network_and_plots(monkeypatch, module_class) -> list[str]:
+    """Record in order each run of ``module_class``'s network (``"forward"``) and the start of
+    its evaluation pictures (``"plots"``): pictures drawn from the test pass's outcomes leave
+    ``"plots"`` last, with no run of the network after it."""
+    calls: list[str] = []
+    forward, write_plots = module_class.forward, module_class.write_plots
+
+    def counted_forward(self, *args, **kwargs):
+        calls.append("forward")
+        return forward(self, *args, **kwargs)
+
+    def plots(self, *args, **kwargs):
+        calls.append("plots")
+        return write_plots(self, *args, **kwargs)
+
+    monkeypatch.setattr(module_class, "forward", counted_forward)
+    monkeypatch.setattr(module_class, "write_plots", plots)
+    return calls

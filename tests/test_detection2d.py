@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cnnsuite.tasks.detection2d import datamodule as detection_data
 from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
 from cnnsuite.tasks.detection2d.default_data import compose_canvas
 from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
-from conftest import ROOT
+from conftest import ROOT, watch_network_and_plots
 from conftest import fit as run_fit
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -217,6 +218,7 @@ def test_size_buckets_follow_the_annotations_area_as_cocoeval_does(tmp_path, mon
         predictions[target["image_id"]] = {"boxes": boxes, "labels": labels, "scores": scores}
     module = DetectionModule(num_classes=3, in_channels=3, class_names=dm.class_names, min_size=64, max_size=64)
     monkeypatch.setattr(DetectionModule, "forward", lambda self, ims: [predictions[t["image_id"]] for t in targets])
+    module.on_test_epoch_start()
     module.test_step((list(images), list(targets)), 0)
     ours = module.test_metrics.compute()
 
@@ -229,6 +231,33 @@ def test_size_buckets_follow_the_annotations_area_as_cocoeval_does(tmp_path, mon
     assert cocoeval["map_small"] > 0 and cocoeval["map_medium"] > 0  # both buckets hold objects
     for key, value in cocoeval.items():
         assert float(ours[f"test/{key}"]) == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.parametrize("cache_limit_mb", [1024, 0])
+def test_an_image_is_decoded_once_when_its_split_fits_the_cache(coco_folder, monkeypatch, cache_limit_mb):
+    """Within ``data.cache_limit_mb`` a split's images are decoded when its dataset is built and
+    every epoch reads them from memory; without a cache each access decodes the file."""
+    decoded: list[str] = []
+    load = detection_data.load_image
+
+    def counted(path, channels):
+        decoded.append(path.name)
+        return load(path, channels)
+
+    monkeypatch.setattr(detection_data, "load_image", counted)
+    dm = DetectionDataModule(data_dir=str(coco_folder), cache_limit_mb=cache_limit_mb)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    built = len(decoded)
+    for _epoch in range(2):
+        items = [train[i] for i in range(len(train))]
+    if cache_limit_mb:  # each image of the splits built, once
+        assert len(decoded) == built == len(set(decoded)) >= len(train)
+    else:
+        assert built == 0 and len(decoded) == 2 * len(train)
+    image, target = items[0]  # as the file and its annotation say
+    torch.testing.assert_close(image, load(coco_folder / train.records[train.ids[0]].file, 3))
+    assert target["image_id"] == train.records[train.ids[0]].image_id
 
 
 def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):
@@ -366,8 +395,6 @@ def test_train_and_val_files_without_a_test_file(coco_folder, caplog):
 def test_default_canvases_respect_the_shared_digit_split(tmp_path, monkeypatch):
     """Each split's canvases are drawn only from that split's scans of the digit tasks'
     shared split, so no test digit was seen in training by any digit task."""
-    import cnnsuite.tasks.detection2d.datamodule as detection_data
-
     scans, digits = digit_scans()
     split = digit_split()
     rng = np.random.default_rng(0)
@@ -419,7 +446,10 @@ def test_fit_evaluate_predictions_and_checkpoint_contract(tmp_path, coco_folder,
     assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (3, 3, ["cat", "dog", "owl"])
 
     out = tmp_path / "eval"
+    # The pictures and predictions.json come from the test pass's detections: the network does not run again.
+    calls = watch_network_and_plots(monkeypatch, DetectionModule)
     main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(coco_folder), "--out", str(out)])
+    assert calls[-1] == "plots" and "forward" in calls
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("test/map", "test/map_50", "test/map_75"):
         assert 0.0 <= metrics[key] <= 1.0, key

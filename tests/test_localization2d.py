@@ -19,6 +19,7 @@ from cnnsuite.tasks.localization2d.module import (
     decode_boxes,
 )
 from conftest import fit as run_fit
+from conftest import watch_network_and_plots
 from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
@@ -383,14 +384,7 @@ def trained(tmp_path_factory):
 def test_fit_and_evaluate_a_checkpoint(tmp_path, trained, monkeypatch):
     folder, ckpt = trained
     # The pictures are drawn from the test pass's outcomes: the network does not run again for them.
-    forward, write_plots, calls = LocalizationModule.forward, LocalizationModule.write_plots, []
-    monkeypatch.setattr(LocalizationModule, "forward", lambda self, x: calls.append("forward") or forward(self, x))
-
-    def plots(self, out_dir, datamodule):
-        calls.append("plots")
-        return write_plots(self, out_dir, datamodule)
-
-    monkeypatch.setattr(LocalizationModule, "write_plots", plots)
+    calls = watch_network_and_plots(monkeypatch, LocalizationModule)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (2, 3, ["cat", "dog"])

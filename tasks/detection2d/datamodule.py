@@ -26,7 +26,6 @@ itself.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from cnnsuite.data import (
     image_channels,
     read_image,
 )
+from cnnsuite.data.cache import check_cache_limit
 from cnnsuite.data.coco import (
     AnnotationError,
     CategoryMap,
@@ -89,12 +89,15 @@ def collate(batch):
 class DetectionDataset(Dataset):
     """``(image, target)`` of each of ``ids`` (image files, their annotations in ``records``),
     kept in ``cache`` (the datamodule's :meth:`~cnnsuite.data.TaskDataModule.decoded_cache`):
-    read from its file at every access, or from the shards of a prepared folder, which hold
-    each image with its target."""
+    decoded once and kept in memory when the split fits in ``cache_limit_mb`` (see
+    :mod:`cnnsuite.data.cache`), else read from its file at every access; or read from the
+    shards of a prepared folder, which hold each image with its target."""
 
     def __init__(self, root: Path, ids: list[str], records: dict[str, DetectionRecord], channels: int, cache) -> None:
         self.root, self.ids, self.records, self.channels = root, ids, records, channels
-        self.items = cache(self.read, ids, math.inf, f"{root}: {len(ids)} images")
+        # float32 images at their own sizes, which the annotations give (a prepared folder's need none)
+        nbytes = 4 * channels * sum(records[i].width * records[i].height for i in ids) if records else 0
+        self.items = cache(self.read, ids, nbytes, f"{root}: {len(ids)} images")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -129,6 +132,8 @@ class DetectionDataModule(TaskDataModule):
     VOC if it holds ``Annotations/``), ``coco`` or ``voc``.
     ``on_bad_annotation``: ``error`` (default) stops at the first bad annotation or missing
     image naming the file and annotation id; ``skip`` leaves it out with a warning naming it.
+    ``cache_limit_mb``: a split whose decoded images fit is decoded once and kept in memory
+    (:mod:`cnnsuite.data.cache`).
     """
 
     default_name = "detection2d"
@@ -142,9 +147,11 @@ class DetectionDataModule(TaskDataModule):
         channels: int | None = None,
         on_bad_annotation: str = "error",
         batch_size: int = 16,
+        cache_limit_mb: float = 1024,
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
+        check_cache_limit(cache_limit_mb)
         data_dir = self.raw_data_dir
         if format not in ("auto", "coco", "voc"):
             raise ConfigError(f"data.format={format!r}: expected 'auto', 'coco' or 'voc'")

@@ -348,15 +348,10 @@ class LocalizationModule(ClassificationModule):
         if stage == "test":
             self.test_confusion.update(probs, labels)
             scores, predicted = probs.max(dim=1)
-            outcome = (labels, target_boxes.float(), predicted, scores, boxes.detach().float())
-            self.test_outcomes.append(tuple(t.cpu() for t in outcome))
+            # labels, true boxes, predicted classes, scores, predicted boxes
+            self.keep_test_outcome((labels, target_boxes.float(), predicted, scores, boxes.float()))
         self.log_losses(stage, terms, len(labels))
         return terms["loss"]
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        #: per test batch, in the loader's order: labels, true boxes, predicted classes, scores, predicted boxes
-        self.test_outcomes: list[tuple[torch.Tensor, ...]] = []
 
     def predict_step(self, batch, batch_idx):
         """``{"probs", "boxes"}``; boxes in fractions of the input's width and height."""
@@ -408,7 +403,7 @@ class LocalizationModule(ClassificationModule):
 
     # --- evaluation pictures ------------------------------------------------------------------
     def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
-        """The test pass's own outcomes (:meth:`on_test_epoch_start`), so that the split is not
+        """The test pass's own outcomes (:meth:`keep_test_outcome`), so that the split is not
         predicted again for its pictures; only the images shown are read again."""
         out_dir = Path(out_dir)
         labels, truth, predicted, scores, boxes = (torch.cat(field) for field in zip(*self.test_outcomes, strict=True))

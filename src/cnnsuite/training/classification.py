@@ -282,6 +282,7 @@ class ClassificationModule(TaskModule):
         self.val_curve.reset()
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         if not self.multilabel:
             self.test_confusion.reset()
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
@@ -304,6 +305,16 @@ class TaskModule(L.LightningModule):
                     set_metric_state(self.train_metrics[name], state)
             for name, state in saved.get("losses", {}).items():
                 set_metric_state(self._loss_means.setdefault("train", {}).setdefault(name, loss_mean()), state)
+
+    def on_test_epoch_start(self) -> None:
+        #: what each test batch left for evaluation's pictures (:meth:`keep_test_outcome`), in
+        #: the loader's order: they draw from it instead of predicting the split again
+        self.test_outcomes: list = []
+
+    def keep_test_outcome(self, outcome) -> None:
+        """Keep one test batch's ``outcome`` (tensors, or collections of them, detached and
+        moved to the CPU) for :meth:`write_plots`."""
+        self.test_outcomes.append(apply_to_collection(outcome, torch.Tensor, lambda t: t.detach().cpu()))
 
     def write_plots(self, out_dir: Path, datamodule: L.LightningDataModule) -> list[Path]:
         """Task-specific pictures of the last test run (evaluation calls this)."""
