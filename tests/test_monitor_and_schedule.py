@@ -38,6 +38,18 @@ def test_a_monitor_without_a_mode_keeps_the_best_by_its_direction(tmp_path, imag
     assert (saved["monitor"], saved["mode"]) == ("val/acc", "max")
 
 
+@pytest.mark.parametrize(("epochs", "validated"), [(3, [1, 2]), (1, [0])])
+def test_validation_every_second_epoch_also_scores_the_last(tmp_path, image_folder, epochs, validated):
+    """Lightning validates only the epochs that are a multiple of ``check_val_every_n_epoch``;
+    the last one is validated too, so the final weights are scored and ``best.ckpt`` is
+    written even by a run shorter than the interval."""
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
+              "--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", "2",
+              "--evaluate", "false")  # fmt: skip
+    assert sorted(val_scores(run)) == validated
+    assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] in validated
+
+
 def test_an_epoch_that_ties_the_best_score_replaces_the_best_checkpoint(tmp_path, image_folder, monkeypatch):
     """A small validation split saturates: of the epochs that tie, the latest (most trained) is best."""
     script_val_acc(monkeypatch, {0: 0.5, 1: 0.9, 2: 0.9, 3: 0.8})

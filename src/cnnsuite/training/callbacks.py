@@ -67,6 +67,20 @@ class PreciseBatchNorm(L.Callback):
         pl_module.train(was_training)
 
 
+class ValidateLastEpoch(L.Callback):
+    """Validation after the last epoch too, where ``trainer.check_val_every_n_epoch`` would
+    skip it: Lightning validates only the epochs that are a multiple of it (a choice it keeps,
+    Lightning-AI/pytorch-lightning#4539), so a run of an odd number of epochs validated every
+    second would never score its final weights, and one shorter than the interval would write
+    no ``best.ckpt``. Every task gets it when the interval is above 1
+    (:meth:`cnnsuite.training.task.TaskModule.configure_callbacks`)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        if last and trainer.check_val_every_n_epoch is not None:
+            trainer.check_val_every_n_epoch = 1  # read by the fit loop when this epoch ends
+
+
 def batches_aside(loader: DataLoader) -> DataLoader:
     """Training batches that leave the epoch in progress alone. A new iterator over a loader
     with persistent workers restarts those workers, and with them an epoch interrupted by

@@ -36,7 +36,7 @@ from ..backbone import InputAffine, StagedBackbone
 from ..data.inputs import Input
 from ..errors import ConfigError, DivergedError
 from ..use.inspectable import ClassScores, Network, middle_frame, same
-from .callbacks import PreciseBatchNorm
+from .callbacks import PreciseBatchNorm, ValidateLastEpoch
 from .pretrained import fit_channels, weights_metadata
 from .schedules import CosineAnnealingLR
 from .transfer import CHANNEL_MODES, backbone_state, source_channel_names, transfer_backbone
@@ -230,9 +230,10 @@ class TaskModule(L.LightningModule):
             mean.reset()
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """PreciseBatchNorm when the network has BatchNorm, and Lightning's LearningRateMonitor
+        """PreciseBatchNorm when the network has BatchNorm, Lightning's LearningRateMonitor
         (the learning rate once an epoch in ``metrics.csv`` and TensorBoard, as ``lr-<optimizer>``)
-        when the run logs; either one the trainer already has, with its own settings, is kept."""
+        when the run logs, and :class:`~cnnsuite.training.callbacks.ValidateLastEpoch` when
+        validation skips epochs; one the trainer already has, with its own settings, is kept."""
         trainer = self._trainer
         has = {type(cb) for cb in trainer.callbacks} if trainer is not None else set()
         callbacks: list[L.Callback] = []
@@ -241,6 +242,8 @@ class TaskModule(L.LightningModule):
             callbacks.append(PreciseBatchNorm(self.precise_bn_batches))
         if trainer is not None and trainer.loggers and not any(issubclass(t, LearningRateMonitor) for t in has):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if trainer is not None and (trainer.check_val_every_n_epoch or 1) > 1 and ValidateLastEpoch not in has:
+            callbacks.append(ValidateLastEpoch())
         return callbacks
 
     def on_train_start(self) -> None:
