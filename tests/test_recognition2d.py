@@ -9,7 +9,8 @@ import warnings
 import pytest
 import torch
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
-from conftest import ROOT, make_image_folder
+from cnnsuite.tasks.recognition2d.module import RecognitionModule
+from conftest import ROOT, make_image_folder, watch_network_and_plots
 from conftest import fit as run_fit
 
 from cnnsuite.cli import main
@@ -43,7 +44,10 @@ def test_user_folder_fit_evaluate_and_checkpoint_contract(tmp_path, image_folder
     # fit ended with the evaluation of best.ckpt; evaluate again into another folder
     assert (run / "evaluation" / "metrics.json").is_file()
     monkeypatch.chdir(tmp_path / "runs")  # from any folder, given where the data is
+    # The pictures show the test pass's predictions: the network does not run again for them.
+    calls = watch_network_and_plots(monkeypatch, RecognitionModule)
     main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(image_folder), "--out", str(tmp_path / "eval")])
+    assert calls[-1] == "plots" and "forward" in calls
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("test/acc", "test/acc_macro", "test/f1_macro", "test/auroc", "test/acc/cat", "test/acc/owl"):
         assert key in metrics and 0.0 <= metrics[key] <= 1.0, key

@@ -15,7 +15,7 @@ from cnnsuite.tasks.video3d import datamodule as video_data
 from cnnsuite.tasks.video3d.datamodule import VideoDataModule
 from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoAveragePrecision, VideoClassificationModule
 from cnnsuite.tasks.video3d.readers import decode_video
-from conftest import ROOT
+from conftest import ROOT, watch_network_and_plots
 from conftest import fit as run_fit
 
 from cnnsuite.cli import main
@@ -183,13 +183,16 @@ def trained(tmp_path_factory):
     return folder, run
 
 
-def test_fit_evaluate_and_checkpoint_contract(tmp_path, trained):
+def test_fit_evaluate_and_checkpoint_contract(tmp_path, trained, monkeypatch):
     folder, run = trained
     ckpt = run / "checkpoints" / "best.ckpt"
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert (hparams["num_classes"], hparams["in_channels"], hparams["class_names"]) == (2, 3, ["left", "right"])
+    # The contact sheet shows the test pass's predictions: the network does not run again for it.
+    calls = watch_network_and_plots(monkeypatch, VideoClassificationModule)
     main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(tmp_path / "eval")])
+    assert calls[-1] == "plots" and "forward" in calls
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("test/acc", "test/video_acc", "test/acc_macro", "test/auroc", "test/acc/left"):
         assert 0.0 <= metrics[key] <= 1.0, key

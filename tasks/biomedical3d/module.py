@@ -22,14 +22,14 @@ class Biomedical3DModule(ClassificationModule):
         paths = super().write_plots(out_dir, datamodule)
         return paths + [self._plot_slices(Path(out_dir), datamodule.datasets["test"])]
 
-    @torch.no_grad()
     def _plot_slices(self, out_dir: Path, dataset, count: int = 6) -> Path:
-        self.eval()
+        """The first ``count`` test volumes with their labels, predicted as the test pass did."""
+        probs, _ = self.tested(dataset)
         fig, axes = plt.subplots(count, 3, figsize=(6.6, 2.3 * count), squeeze=False)
         for row, index in zip(axes, range(min(count, len(dataset))), strict=False):
             item = dataset[index]  # MONAI datasets give dictionaries
             volume, label = item["image"], item["label"]
-            said = self.prediction_text(self(volume[None].to(self.device))[0])
+            said = self.prediction_text(probs[index])
             truth = self.target_text(label)
             centre = _brightest_region(volume[0])
             views = (volume[0, centre[0]], volume[0, :, centre[1]], volume[0, :, :, centre[2]])

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassCohenKappa
 
@@ -43,26 +42,21 @@ class MultispectralModule(ClassificationModule):
         paths.append(self._plot_spectra(out_dir, datamodule))
         return paths
 
-    @torch.no_grad()
-    def _plot_predictions(self, out_dir: Path, datamodule, count: int = 12, pool: int = 256) -> Path:
-        """Mistakes first among ``pool`` test patches spread over the split (its files are sorted
-        by class), then correct ones spread over it too; each in true and false colour (composites drawn from the
-        raw reflectances, so they need the bands they name; without either, the mean of the bands)."""
-        self.eval()
+    def _plot_predictions(self, out_dir: Path, datamodule, count: int = 12) -> Path:
+        """The test pass's mistakes first, then correct patches, each kind spread over the split
+        (its files are sorted by class); each in true and false colour (composites drawn from
+        the raw reflectances, so they need the bands they name; without either, the mean of the
+        bands)."""
         dataset = datamodule.datasets["test"]
-        picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), pool)).astype(int)).tolist()
-        samples, labels = zip(*(dataset[i] for i in picked), strict=True)
-        batch = torch.stack(samples).to(self.device)
-        logits = torch.cat([self(chunk).cpu() for chunk in batch.split(64)])
-        truth = [self.target_text(label) for label in labels]
-        said = [self.prediction_text(row) for row in logits]
-        wrong = [i for i, (t, p) in enumerate(zip(truth, said, strict=True)) if t != p][:count]
+        probs, targets = self.tested(dataset)
+        truth = [self.target_text(target) for target in targets]
+        said = [self.prediction_text(row) for row in probs]
+        wrong = spread([i for i, (t, p) in enumerate(zip(truth, said, strict=True)) if t != p], count)
         right = [i for i, (t, p) in enumerate(zip(truth, said, strict=True)) if t == p]
-        fill = min(count - len(wrong), len(right))
-        order = wrong + [right[j] for j in np.linspace(0, len(right) - 1, fill).astype(int)] if fill else wrong
+        order = wrong + spread(right, count - len(wrong))
         composites = [c for c in (TRUE_COLOUR, FALSE_COLOUR) if set(c) <= set(datamodule.band_names)]
         rows = [("true colour\n" if c == TRUE_COLOUR else "false colour\n") + "/".join(c) for c in composites]
-        raws = [dataset.raw[picked[i]] for i in order]  # the reflectances as the dataset decoded them
+        raws = [dataset.raw[i] for i in order]  # the reflectances as the dataset decoded them
         if composites:
             grid = [[composite(raw, datamodule.band_names, bands) for raw in raws] for bands in composites]
         else:  # no band triple to show in colour: the mean over the bands
@@ -107,3 +101,10 @@ class MultispectralModule(ClassificationModule):
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
+
+
+def spread(indices: list[int], count: int) -> list[int]:
+    """Up to ``count`` of ``indices``, evenly spaced over them (all, when there are no more)."""
+    if len(indices) <= max(count, 0):
+        return list(indices)
+    return [indices[j] for j in np.linspace(0, len(indices) - 1, max(count, 0)).round().astype(int)]

@@ -20,20 +20,17 @@ class RecognitionModule(ClassificationModule):
         paths = super().write_plots(out_dir, datamodule)
         return paths + [self._plot_predictions(Path(out_dir), datamodule.datasets["test"])]
 
-    @torch.no_grad()
-    def _plot_predictions(self, out_dir: Path, dataset, count: int = 24, pool: int = 512) -> Path:
-        """Mistakes among the first ``pool`` test images, then correct ones, ``count`` in all."""
-        self.eval()
-        images, labels = zip(*(dataset[i] for i in range(min(len(dataset), pool))), strict=True)
-        batch = torch.stack(images).to(self.device)
-        logits = torch.cat([self(chunk).cpu() for chunk in batch.split(256)])
+    def _plot_predictions(self, out_dir: Path, dataset, count: int = 24) -> Path:
+        """The test pass's mistakes first, then correct images, ``count`` in all; only the images
+        shown are read again."""
+        probs, targets = self.tested(dataset)
         # in words, so that a multi-label image is right when its whole set of labels is
-        truth = [self.target_text(label) for label in labels]
-        predicted = [self.prediction_text(row) for row in logits]
+        truth = [self.target_text(target) for target in targets]
+        predicted = [self.prediction_text(row) for row in probs]
         right = torch.tensor([t == p for t, p in zip(truth, predicted, strict=True)])
         order = torch.argsort(right.int(), stable=True)[:count].tolist()  # mistakes first
         columns = 8
-        tiles = [stretched(images[i].float().permute(1, 2, 0).numpy()) for i in order]
+        tiles = [stretched(dataset[i][0].float().permute(1, 2, 0).numpy()) for i in order]
         labels = [(f"{truth[i]}→{predicted[i]}", "green" if right[i] else "red") for i in order]
         rows = range(0, len(order), columns)
         return draw_tiles(

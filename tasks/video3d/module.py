@@ -164,37 +164,34 @@ class VideoClassificationModule(ClassificationModule):
         paths = super().write_plots(out_dir, datamodule)
         return paths + [self._contact_sheet(Path(out_dir), datamodule.datasets["test"])]
 
-    @torch.no_grad()
     def _contact_sheet(self, out_dir: Path, dataset, rows: int = 8, columns: int = 8, pool: int = 64) -> Path:
         """Frames of test clips (the first clip of each of up to ``pool`` videos), one clip a row
-        with its true and predicted class: mistakes first, then one correct clip per class."""
-        self.eval()
+        with its true and predicted class as the test pass scored it: mistakes first, then one
+        correct clip per class; only the clips shown are read again."""
+        probs, targets = self.tested(dataset)
         first_clip: dict[int, int] = {}
         for index, (video, _) in enumerate(dataset.starts):
             first_clip.setdefault(video, index)
         picked = list(first_clip.values())[:pool]
-        items = [dataset[i] for i in picked]
-        clips = torch.stack([item[0] for item in items])
-        logits = torch.cat([self(chunk.to(self.device)).cpu() for chunk in clips.split(16)])
         # in words, so that a multi-label clip is right when its whole set of labels is
-        truth = [self.target_text(item[1]) for item in items]
-        predicted = [self.prediction_text(row) for row in logits]
-        wrong = [i for i in range(len(items)) if predicted[i] != truth[i]]
+        truth = {i: self.target_text(targets[i]) for i in picked}
+        predicted = {i: self.prediction_text(probs[i]) for i in picked}
+        wrong = [i for i in picked if predicted[i] != truth[i]]
         shown, classes = wrong[: rows // 2], set()
-        for i in range(len(items)):
+        for i in picked:
             if len(shown) >= rows:
                 break
             if i not in wrong and truth[i] not in classes:
                 shown.append(i)
                 classes.add(truth[i])
         right = [i not in wrong for i in shown]
-        probs = self.probabilities(logits)
         names = [
             f"{truth[i]}\n→ {predicted[i]}" + ("" if self.multilabel else f" ({probs[i].max():.2f})") for i in shown
         ]
+        clips = torch.stack([dataset[i][0] for i in shown])
         path = out_dir / "contact_sheet.png"
         draw_clips(
-            clips[shown], names, ["green" if r else "red" for r in right],
+            clips, names, ["green" if r else "red" for r in right],
             f"test clips: true → predicted{'' if self.multilabel else ' (probability)'}; mistakes first, in red",
             path, columns,
         )  # fmt: skip

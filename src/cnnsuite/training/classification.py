@@ -216,14 +216,16 @@ class ClassificationModule(TaskModule):
 
         They get probabilities, not logits: torchmetrics softmaxes a batch only when some
         value lies outside [0, 1], so a batch of small logits would be ranked raw by AUROC."""
+        probs = self.probabilities(logits.detach().float())
+        if stage == "test":
+            self.keep_test_outcome((probs, target))
         if self.multilabel:
-            probs, target = logits.detach().float().sigmoid(), target.long()
+            target = target.long()
             getattr(self, f"{stage}_metrics").update(probs, target)
             getattr(self, f"{stage}_decision_metrics").update(self.decide(probs).long(), target)
             if stage == "val":
                 self.val_curve.update(probs, target)
             return
-        probs = logits.detach().float().softmax(dim=1)
         getattr(self, f"{stage}_metrics").update(probs, target)
         if stage == "test":
             self.test_confusion.update(probs, target)
@@ -340,11 +342,21 @@ class ClassificationModule(TaskModule):
             return self.class_names[int(target)]
         return ";".join(n for n, yes in zip(self.class_names, target.tolist(), strict=True) if yes) or "(none)"
 
-    def prediction_text(self, logits: torch.Tensor) -> str:
-        """One sample's predicted labels in words, from its logits, as :meth:`target_text` writes them."""
+    def prediction_text(self, probs: torch.Tensor) -> str:
+        """One sample's predicted labels in words, from its probabilities (:meth:`probabilities`),
+        as :meth:`target_text` writes them."""
         if self.multilabel:
-            return self.target_text(self.decide(logits.sigmoid()).float())
-        return self.class_names[int(logits.argmax())]
+            return self.target_text(self.decide(probs).float())
+        return self.class_names[int(probs.argmax())]
+
+    def tested(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probabilities, targets)`` of every sample of the test ``dataset``, in its order, as
+        the test pass scored them (:meth:`keep_test_outcome`): evaluation's pictures show them
+        without running the network again."""
+        probs, targets = (torch.cat(field) for field in zip(*self.test_outcomes, strict=True))
+        if len(probs) != len(dataset):
+            raise RuntimeError(f"the test pass scored {len(probs)} samples, the test split has {len(dataset)}")
+        return probs, targets
 
     def carries(self, target, index: int) -> bool:
         """Whether a sample's target carries class ``index``."""
