@@ -78,9 +78,8 @@ def test_scale_section_table_in_bench_md(report):
 def test_a_task_that_does_not_stream_says_so(monkeypatch):
     from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
 
-    paths = scale.data_paths("detection2d")
-    assert paths["shards"] == {} and paths["files"] == {}
-    assert "cache" not in paths  # detection2d decodes every epoch: its default is the files path
+    # decoded once and kept (its default), decoded at every access, streamed from shards
+    assert scale.data_paths("detection2d") == {"cache": {}, "files": {"cache_limit_mb": 0}, "shards": {}}
     # every task of the suite streams; one that does not (a user's own) has no shards path
     monkeypatch.setattr(DetectionDataModule, "streams_prepared", False)
     assert scale.data_paths("detection2d")["shards"] is None
