@@ -50,6 +50,21 @@ def test_validation_every_second_epoch_also_scores_the_last(tmp_path, image_fold
     assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] in validated
 
 
+def test_how_often_a_run_validates_does_not_change_its_training(tmp_path, image_folder):
+    """PreciseBatchNorm draws its batches (shuffled, augmented) before each validation without
+    moving the generators the training draws from: validating every epoch or every second one
+    trains the same weights."""
+    weights = []
+    for every in (1, 2):
+        run = fit("recognition2d", tmp_path / str(every), "--data.data_dir", str(image_folder),
+                  "--data.batch_size", "8", "--trainer.max_epochs", "3",
+                  "--trainer.check_val_every_n_epoch", str(every), "--evaluate", "false")  # fmt: skip
+        weights.append(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+
+
 def test_an_epoch_that_ties_the_best_score_replaces_the_best_checkpoint(tmp_path, image_folder, monkeypatch):
     """A small validation split saturates: of the epochs that tie, the latest (most trained) is best."""
     script_val_acc(monkeypatch, {0: 0.5, 1: 0.9, 2: 0.9, 3: 0.8})

@@ -601,14 +601,15 @@ class TaskDataModule(L.LightningDataModule):
         fit_loop = getattr(self.trainer, "fit_loop", None)
         return fit_loop.epoch_progress.current.processed if fit_loop is not None else 0
 
-    def _rank_generator(self) -> torch.Generator | None:
-        """Under DDP, a random generator of the rank's own: every rank starts from the same
-        seed, and the loader's generator seeds its workers' augmentations, which
-        would otherwise repeat on every rank. One process keeps the default (None)."""
-        trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            return None
-        return torch.Generator().manual_seed(torch.initial_seed() + 1_000_003 * trainer.global_rank)
+    def _rank_generator(self) -> torch.Generator:
+        """A random generator of the rank's own (one process is rank 0). Under DDP every rank
+        starts from the same seed, and the loader's generator seeds its workers'
+        augmentations, which would otherwise repeat on every rank. And a loader with a
+        generator of its own draws its workers' seed from it when it starts an epoch, not from
+        torch's global generator, which training's augmentations draw from: how often a run
+        validates then does not change what its training draws."""
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return torch.Generator().manual_seed(torch.initial_seed() + 1_000_003 * rank)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..data.datamodule import TaskDataModule
 from ..errors import ConfigError
+from .rng import generators_untouched
 
 
 class PreciseBatchNorm(L.Callback):
@@ -54,7 +55,9 @@ class PreciseBatchNorm(L.Callback):
         for m in every:
             m.train(m in norms)
         datamodule = trainer.datamodule
-        with torch.no_grad():
+        # The batches' shuffle and augmentation draw random numbers: drawn aside, so that how
+        # often a run validates does not change what its training draws.
+        with torch.no_grad(), generators_untouched():
             for batch in islice(batches_aside(trainer.train_dataloader), self.num_batches):
                 batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                 if isinstance(datamodule, TaskDataModule):  # Lightning's hook skips it outside training

@@ -20,11 +20,9 @@ and the eval-mode network can collapse to one class.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info
@@ -38,6 +36,7 @@ from ..errors import ConfigError, DivergedError
 from ..use.inspectable import ClassScores, Network, middle_frame, same
 from .callbacks import PreciseBatchNorm, ValidateLastEpoch
 from .pretrained import fit_channels, weights_metadata
+from .rng import rng_states, set_rng_states
 from .schedules import CosineAnnealingLR
 from .transfer import CHANNEL_MODES, backbone_state, source_channel_names, transfer_backbone
 
@@ -396,26 +395,3 @@ def set_metric_state(metric, saved: dict) -> None:
             setattr(metric, key, moved)
     metric._update_count = saved["updates"]  # what torchmetrics' own state loading leaves out
     metric._computed = None
-
-
-def rng_states() -> dict:
-    """Python's, NumPy's, torch's and CUDA's generator states as tensors and plain values
-    (a checkpoint must load with ``weights_only=True``: no NumPy arrays)."""
-    version, state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(state), gauss],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    version, state, gauss = states["python"]
-    random.setstate((version, tuple(state), gauss))
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
