@@ -36,7 +36,8 @@ def test_resume_goes_on_in_the_run_folder_and_keeps_the_best(tmp_path, image_fol
     # val/acc scripted per epoch: the best (0.9) comes before the resume, the epochs after are worse
     scripted = {0: 0.5, 1: 0.9, 2: 0.3, 3: 0.4}
     script_val_acc(monkeypatch, scripted)
-    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--evaluate", "false"]
+    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--evaluate", "false",
+              "--trainer.check_val_every_n_epoch", "1"]  # fmt: skip
     run = fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "2")
     config = (run / "config.yaml").read_text()
     fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "4", "--ckpt_path", "last")

@@ -29,7 +29,8 @@ def scripted_val_acc(monkeypatch):
 
 def test_a_monitor_without_a_mode_keeps_the_best_by_its_direction(tmp_path, image_folder, scripted_val_acc):
     run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
-              "--trainer.max_epochs", "3", "--evaluate", "false", "--checkpoint.monitor", "val/acc")  # fmt: skip
+              "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1", "--evaluate", "false",
+              "--checkpoint.monitor", "val/acc")  # fmt: skip
     assert val_scores(run) == pytest.approx(scripted_val_acc)
     best = run / "checkpoints" / "best.ckpt"
     assert torch.load(best, weights_only=True)["epoch"] == 1
@@ -38,11 +39,11 @@ def test_a_monitor_without_a_mode_keeps_the_best_by_its_direction(tmp_path, imag
     assert (saved["monitor"], saved["mode"]) == ("val/acc", "max")
 
 
-@pytest.mark.parametrize(("epochs", "validated"), [(3, [1, 2]), (1, [0])])
+@pytest.mark.parametrize(("epochs", "validated"), [(4, [1, 3]), (3, [0, 1, 2]), (1, [0])])
 def test_validation_every_second_epoch_also_scores_the_last(tmp_path, image_folder, epochs, validated):
     """Lightning validates only the epochs that are a multiple of ``check_val_every_n_epoch``;
-    the last one is validated too, so the final weights are scored and ``best.ckpt`` is
-    written even by a run shorter than the interval."""
+    where the last is not one, the interval becomes one that divides the run, so the final
+    weights are scored and ``best.ckpt`` is written even by a run shorter than the interval."""
     run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
               "--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", "2",
               "--evaluate", "false")  # fmt: skip
@@ -69,7 +70,7 @@ def test_an_epoch_that_ties_the_best_score_replaces_the_best_checkpoint(tmp_path
     """A small validation split saturates: of the epochs that tie, the latest (most trained) is best."""
     script_val_acc(monkeypatch, {0: 0.5, 1: 0.9, 2: 0.9, 3: 0.8})
     run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
-              "--trainer.max_epochs", "4", "--evaluate", "false")  # fmt: skip
+              "--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "1", "--evaluate", "false")  # fmt: skip
     best = run / "checkpoints" / "best.ckpt"
     assert torch.load(best, weights_only=True)["epoch"] == 2
     assert best_state(best)["best_model_score"] == pytest.approx(0.9)

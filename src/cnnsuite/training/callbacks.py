@@ -71,17 +71,20 @@ class PreciseBatchNorm(L.Callback):
 
 
 class ValidateLastEpoch(L.Callback):
-    """Validation after the last epoch too, where ``trainer.check_val_every_n_epoch`` would
-    skip it: Lightning validates only the epochs that are a multiple of it (a choice it keeps,
+    """The last epoch validated too, where ``trainer.check_val_every_n_epoch`` would skip it:
+    Lightning validates only the epochs that are a multiple of it (a choice it keeps,
     Lightning-AI/pytorch-lightning#4539), so a run of an odd number of epochs validated every
     second would never score its final weights, and one shorter than the interval would write
-    no ``best.ckpt``. Every task gets it when the interval is above 1
-    (:meth:`cnnsuite.training.task.TaskModule.configure_callbacks`)."""
+    no ``best.ckpt``. The interval becomes the largest one up to it that divides
+    ``max_epochs`` (1 for a run of 3 or 1 epochs validated every second), decided when the fit
+    starts, so a resumed run validates after the same epochs as the whole run. Every task
+    gets it when the interval is above 1 (:meth:`cnnsuite.training.task.TaskModule.configure_callbacks`)."""
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
-        if last and trainer.check_val_every_n_epoch is not None:
-            trainer.check_val_every_n_epoch = 1  # read by the fit loop when this epoch ends
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
+        if every is None or epochs is None or epochs < 1:
+            return
+        trainer.check_val_every_n_epoch = max(d for d in range(1, every + 1) if epochs % d == 0)
 
 
 def batches_aside(loader: DataLoader) -> DataLoader:
