@@ -548,9 +548,7 @@ class DetectionModule(TaskModule):
         the images drawn are read again."""
         out_dir = Path(out_dir)
         dataset = datamodule.datasets["test"]
-        predictions = [p for batch in self.test_outcomes for p in batch]
-        if len(predictions) != len(dataset):
-            raise RuntimeError(f"the test pass scored {len(predictions)} images, the test split has {len(dataset)}")
+        predictions = self.tested(dataset)
         categories = getattr(datamodule, "categories", None) or CategoryMap(
             list(range(self.hparams.num_classes)), self.class_names
         )

@@ -406,11 +406,9 @@ class LocalizationModule(ClassificationModule):
         """The test pass's own outcomes (:meth:`keep_test_outcome`), so that the split is not
         predicted again for its pictures; only the images shown are read again."""
         out_dir = Path(out_dir)
-        labels, truth, predicted, scores, boxes = (torch.cat(field) for field in zip(*self.test_outcomes, strict=True))
-        ious = paired_iou(boxes, truth)
         dataset = datamodule.datasets["test"]
-        if len(dataset) != len(labels):
-            raise RuntimeError(f"the test pass scored {len(labels)} samples, the test split has {len(dataset)}")
+        labels, truth, predicted, scores, boxes = self.tested(dataset)
+        ious = paired_iou(boxes, truth)
         return [
             *super().write_plots(out_dir, datamodule),
             self._plot_predictions(out_dir, dataset, labels, truth, predicted, scores, boxes, ious),

@@ -217,7 +217,7 @@ class ClassificationModule(TaskModule):
         They get probabilities, not logits: torchmetrics softmaxes a batch only when some
         value lies outside [0, 1], so a batch of small logits would be ranked raw by AUROC."""
         probs = self.probabilities(logits.detach().float())
-        if stage == "test":
+        if stage == "test":  # what tested() gives evaluation's pictures: (probabilities, targets)
             self.keep_test_outcome((probs, target))
         if self.multilabel:
             target = target.long()
@@ -348,15 +348,6 @@ class ClassificationModule(TaskModule):
         if self.multilabel:
             return self.target_text(self.decide(probs).float())
         return self.class_names[int(probs.argmax())]
-
-    def tested(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(probabilities, targets)`` of every sample of the test ``dataset``, in its order, as
-        the test pass scored them (:meth:`keep_test_outcome`): evaluation's pictures show them
-        without running the network again."""
-        probs, targets = (torch.cat(field) for field in zip(*self.test_outcomes, strict=True))
-        if len(probs) != len(dataset):
-            raise RuntimeError(f"the test pass scored {len(probs)} samples, the test split has {len(dataset)}")
-        return probs, targets
 
     def carries(self, target, index: int) -> bool:
         """Whether a sample's target carries class ``index``."""

@@ -318,6 +318,22 @@ class TaskModule(L.LightningModule):
         moved to the CPU) for :meth:`write_plots`."""
         self.test_outcomes.append(apply_to_collection(outcome, torch.Tensor, lambda t: t.detach().cpu()))
 
+    def tested(self, dataset) -> tuple[torch.Tensor, ...] | list:
+        """The test pass's outcomes of every sample of the test ``dataset``, in its order: a
+        task that keeps a tuple of tensors a batch gets each field concatenated, one that keeps
+        a list a batch (one entry a sample) gets the lists joined. Evaluation's pictures show
+        them without running the network again."""
+        batches = self.test_outcomes
+        if batches and isinstance(batches[0], tuple):
+            joined = tuple(torch.cat(field) for field in zip(*batches, strict=True))
+            scored = len(joined[0])
+        else:
+            joined = [sample for batch in batches for sample in batch]
+            scored = len(joined)
+        if scored != len(dataset):
+            raise RuntimeError(f"the test pass scored {scored} samples, the test split has {len(dataset)}")
+        return joined
+
     def write_plots(self, out_dir: Path, datamodule: L.LightningDataModule) -> list[Path]:
         """Task-specific pictures of the last test run (evaluation calls this)."""
         return []
