@@ -13,15 +13,17 @@ import pytest
 import torch
 from cnnsuite.tasks.localization2d.datamodule import LocalizationDataModule
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+from cnnsuite.tasks.video3d.datamodule import VideoDataModule
 from conftest import make_image_folder, task_config
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from PIL import Image
 from test_localization2d import make_csv_folder
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from cnnsuite.cli import main
-from cnnsuite.data.augment import BatchBoxAffine, BatchFlipsAndTurns, BatchRandomAffine
+from cnnsuite.data.augment import BatchBoxAffine, BatchFlipsAndTurns, BatchRandomAffine, BatchRandomResizedCrop
 from cnnsuite.data.datamodule import auto_workers
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.callbacks import PreciseBatchNorm, batches_aside
@@ -259,6 +261,38 @@ def test_batch_flips_and_turns_draw_each_volumes_own_move_as_monai_does():
         BatchFlipsAndTurns(3, [(1, 2)])(volumes)
 
 
+def test_batch_random_resized_crops_are_torchvisions_crops_one_per_clip():
+    """A crop on whole pixels reads what ``v2.functional.resized_crop`` gives (inside the crop:
+    on its edge rows the frame's pixels beyond it are read, not the crop's edge held), a flip
+    mirrors it, every frame of a clip gets its clip's crop, and the draws are
+    ``RandomResizedCrop``'s: area and width/height within range, inside the frame, and the
+    frame's centre at the nearest ratio when no try fits."""
+    crops = BatchRandomResizedCrop(scale=(0.6, 1.0), hflip=True)
+    images = torch.rand(2, 3, 16, 20)
+    box = torch.tensor([[4 / 20, 2 / 16, 12 / 20, 8 / 16]] * 2, dtype=torch.float64)  # left 4, top 2, 12 x 8
+    out = crops.warp(images, {"box": box, "flip": torch.tensor([False, True])})
+    expected = TF.resized_crop(images, 2, 4, 8, 12, [16, 20], antialias=False)
+    torch.testing.assert_close(out[0, :, 1:-1, 1:-1], expected[0, :, 1:-1, 1:-1])
+    torch.testing.assert_close(out[1, :, 1:-1, 1:-1], expected[1].flip(-1)[:, 1:-1, 1:-1])
+    clips = torch.rand(64, 1, 1, 16, 16).expand(64, 3, 4, 16, 16)  # each clip's 4 frames alike
+    moved = crops(clips)
+    assert torch.equal(moved, moved[:, :, :1].expand_as(moved))
+    assert not torch.allclose(moved, clips, atol=1e-3)
+    drawn = crops.draw(4000, 320, 480, torch.Generator().manual_seed(0))
+    left, top, w, h = drawn["box"].unbind(1)
+    area, ratio = w * h, w * 480 / (h * 320)
+    assert area.min() >= 0.6 - 1e-9 and area.max() <= 1 and 0.75 - 1e-9 <= ratio.min() and ratio.max() <= 4 / 3 + 1e-9
+    assert left.min() >= 0 and top.min() >= 0 and (left + w).max() <= 1 + 1e-9 and (top + h).max() <= 1 + 1e-9
+    assert 0.45 < drawn["flip"].float().mean() < 0.55
+    torch.manual_seed(0)  # torchvision's draws on a frame of that shape: a wide frame takes no large tall crop
+    frame = torch.empty(1, 320, 480)
+    theirs = [v2.RandomResizedCrop.get_params(frame, [0.6, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)]
+    their_area = torch.tensor([ch * cw / (320 * 480) for _, _, ch, cw in theirs], dtype=torch.float64)
+    assert abs(area.mean() - their_area.mean()) < 0.01 and abs(area.std() - their_area.std()) < 0.01
+    whole = BatchRandomResizedCrop(scale=(1.0, 1.0), ratio=(2.0, 3.0)).draw(3, 32, 32)  # no try fits a square
+    torch.testing.assert_close(whole["box"], torch.tensor([[0, 0.25, 1, 0.5]] * 3, dtype=torch.float64))
+
+
 def ddp_batches(task: str, tmp_path):
     """A datamodule of ``task`` and a training batch of one sample repeated (what each rank's
     augmentation makes of it is all that differs)."""
@@ -271,13 +305,16 @@ def ddp_batches(task: str, tmp_path):
         dm = RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "images")), image_size=16)
         dm.setup("fit")
         return dm, [torch.rand(1, 3, 16, 16).expand(16, 3, 16, 16).clone(), torch.zeros(16)]
+    if task == "video3d":
+        dm = VideoDataModule(data_dir=None)
+        return dm, [torch.randn(1, 3, 4, 16, 16).expand(16, 3, 4, 16, 16).clone(), torch.zeros(16)]
     dm = LocalizationDataModule(data_dir=str(make_csv_folder(tmp_path / "boxes")), image_size=32)
     dm.setup("fit")
     box = torch.tensor([[0.3, 0.3, 0.7, 0.7]]).expand(16, 4).clone()
     return dm, [torch.rand(1, 3, 32, 32).expand(16, 3, 32, 32).clone(), torch.zeros(16), box]
 
 
-@pytest.mark.parametrize("task", ["biomedical3d", "recognition2d", "localization2d"])
+@pytest.mark.parametrize("task", ["biomedical3d", "recognition2d", "localization2d", "video3d"])
 def test_each_ddp_rank_draws_its_own_batch_augmentation(tmp_path, task):
     """Under DDP every rank starts from the same seed; each draws its batch moves from a
     generator of its own, and in one process from torch's global one (which checkpoints carry)."""

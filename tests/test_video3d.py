@@ -2,6 +2,7 @@
 short videos in five containers, bad files, short runs that must not collapse."""
 
 import json
+import random
 import re
 import shutil
 import warnings
@@ -20,6 +21,7 @@ from conftest import fit as run_fit
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
+from cnnsuite.data.augment import BatchRandomResizedCrop
 from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
@@ -109,6 +111,26 @@ def test_loader_shapes_time_axis_and_worker_sharding(video_folder):
     moves = torch.diff(raw.mean(dim=(0, 2)).argmax(dim=-1))  # (C, T, H, W) -> bar column per frame
     moves = moves % 16 if dm.class_names[label] == "right" else -moves % 16
     assert ((moves >= 1) & (moves <= 3)).all(), moves  # 8 frames subsampled to 4: 2 or 3 frames apart
+
+
+def test_training_clips_are_cropped_on_the_batch_after_the_transfer(video_folder):
+    """The loader gives training clips as it gives the test split's, resized and centre-cropped;
+    the random resized crop, one per clip, is made on the batch (where Lightning moved it)."""
+    dm = VideoDataModule(data_dir=str(video_folder), hflip=True, **SMALL)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    random.seed(0)
+    clip = train[0][0]
+    random.seed(0)  # PyTorchVideo's random clip sampler draws from Python's generator
+    torch.testing.assert_close(clip, video_data.ClipTransform(16)(train.read(0)[0]), rtol=0, atol=0)
+    clips = torch.stack([train[i][0] for i in range(len(train))])
+    batch = [clips, torch.zeros(len(clips)), torch.arange(len(clips)), torch.arange(len(clips))]
+    torch.manual_seed(0)
+    cropped = dm.augment_batch(batch)
+    torch.manual_seed(0)
+    torch.testing.assert_close(cropped[0], BatchRandomResizedCrop(scale=(0.6, 1.0), hflip=True)(clips))
+    assert not torch.allclose(cropped[0], clips) and cropped[1:] == batch[1:]
+    assert VideoDataModule(data_dir=str(video_folder), augment=False, **SMALL).augment_batch(batch) is batch
 
 
 def test_uniform_clips_cover_the_video_in_order(video_folder):

@@ -10,7 +10,9 @@ every path that reads a video. They are cut into clips by PyTorchVideo's clip sa
 clip per video per epoch for training (``RandomClipSampler``), every consecutive clip of
 every video for validation and testing (``UniformClipSampler``). Each clip is
 ``clip_duration`` seconds, brought to ``frames_per_clip`` frames by uniform temporal
-subsampling and transformed with ``torchvision.transforms.v2`` as a ``tv_tensors.Video``.
+subsampling, resized and centre-cropped with ``torchvision.transforms.v2`` as a
+``tv_tensors.Video``; training's random resized crops are drawn per clip but made on the
+batch, after it reached the model's device.
 A video shorter than one clip is valid data (UCF101 mixes lengths): its one clip is the whole
 video, sampled at its own pace with its last frame held (index clamping, as PySlowFast does).
 
@@ -52,6 +54,7 @@ from cnnsuite.data import (
     image_channel_names,
     report_bad_files,
 )
+from cnnsuite.data.augment import BatchRandomResizedCrop
 from cnnsuite.data.cache import check_cache_limit
 from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
 from cnnsuite.data.splits import STAGES
@@ -106,17 +109,16 @@ def temporal_subsample(frames: torch.Tensor, count: int, span: int | None = None
 
 
 class ClipTransform:
-    """``(C, T, H, W)`` float frames in 0..255 → ``tv_tensors.Video`` ``(T, C, H, W)`` for
-    ``transforms.v2`` (one set of random parameters for all frames) → ``(C, T, H, W)``."""
+    """``(C, T, H, W)`` float frames in 0..255 → shorter side resized to ``frame_size``, centre
+    crop, normalised: ``(C, T, frame_size, frame_size)``, through ``transforms.v2`` as a
+    ``tv_tensors.Video`` ``(T, C, H, W)``. Every split's clips; training's random crops are
+    made afterwards on whole batches (:meth:`VideoDataModule.augment_batch`)."""
 
-    def __init__(self, frame_size: int, train: bool, hflip: bool) -> None:
-        if train:
-            steps = [v2.RandomResizedCrop(frame_size, scale=(0.6, 1.0), antialias=True)]
-            steps += [v2.RandomHorizontalFlip()] if hflip else []
-        else:
-            steps = [v2.Resize(frame_size, antialias=True), v2.CenterCrop(frame_size)]
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
-        self.transform = v2.Compose(steps)
+    def __init__(self, frame_size: int) -> None:
+        self.transform = v2.Compose([
+            v2.Resize(frame_size, antialias=True), v2.CenterCrop(frame_size),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD),
+        ])  # fmt: skip
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         # PyTorchVideo gives uint8 values as float32: the cast back is exact.
@@ -201,7 +203,8 @@ class VideoDataModule(TaskDataModule):
       scores only each video's middle clip (PySlowFast's single validation view), for videos
       long enough that validating every clip each epoch costs more than it tells: on the
       embedded 3-s videos it picked weaker checkpoints (benchmarks/results/history-video3d.md).
-    - ``augment``: random resized crops (one per clip) in training; ``hflip`` adds horizontal
+    - ``augment``: random resized crops (one per clip, of its resized and centre-cropped
+      frames, made on the batch after the transfer) in training; ``hflip`` adds horizontal
       flips — off by default, since flipping turns "left" into "right".
     - ``on_bad_file``: every video of the run is opened at setup and its first frame decoded;
       unreadable or empty videos stop the run with one error listing them all (``error``), or
@@ -390,8 +393,18 @@ class VideoDataModule(TaskDataModule):
             if stage == "val" and hp.val_clips == "one":
                 views = [[clips[(len(clips) - 1) // 2]] for clips in views]
             starts = [(v, s) for v, clips in enumerate(views) for s in clips]
-        transform = ClipTransform(hp.frame_size, train=stage == "train" and hp.augment, hflip=hp.hflip)
+        transform = ClipTransform(hp.frame_size)
         return ClipDataset(root, videos, starts, self.clip_duration, hp.frames_per_clip, transform, cache)
+
+    def augment_batch(self, batch: list) -> list:
+        """Training's random resized crop, one per clip for all its frames (60–100 % of the
+        frame's area, width/height 3/4–4/3, as ``v2.RandomResizedCrop`` draws it), with
+        ``hflip`` a left-right flip of half the clips: on the batch of normalised clips where
+        it is, on the accelerator when there is one (:class:`BatchRandomResizedCrop`)."""
+        if not self.hparams.augment:
+            return batch
+        crops = BatchRandomResizedCrop(scale=(0.6, 1.0), hflip=self.hparams.hflip)
+        return [crops(batch[0], self.augment_generator), *batch[1:]]
 
     @property
     def input_normalisation(self) -> dict:

@@ -12,6 +12,7 @@ drawn on the CPU from its generator (whose state a checkpoint carries), whatever
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -78,6 +79,75 @@ class BatchRandomAffine:
             f"{type(self).__name__}(degrees={self.degrees}, translate={self.translate}, scale={self.scale}, "
             f"fill={self.fill}, mode={self.mode!r})"
         )
+
+
+class BatchRandomResizedCrop:
+    """Per-sample random crops of ``scale`` of the frame's area and ``ratio`` width/height,
+    resized back to the full frame (and with ``hflip`` mirrored left-right with probability
+    ½), drawn as ``v2.RandomResizedCrop`` draws them: up to ten tries for a crop that fits,
+    else the whole frame cut to the nearest allowed ratio. On images or clips ``(N, *, H, W)``:
+    one crop per sample, shared by all its channels and frames (a clip's frames move
+    together), applied by one ``affine_grid`` + ``grid_sample`` for the batch. Crops are
+    continuous rather than whole pixels, read bilinearly: inside a crop as ``interpolate``
+    resizes it, and on its edge from the frame's pixels just beyond it (the frame's own edge
+    held)."""
+
+    tries = 10
+
+    def __init__(self, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 hflip: bool = False) -> None:  # fmt: skip
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+
+    def draw(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> dict:
+        """``count`` crops of a ``height`` x ``width`` frame: ``box`` ``(count, 4)`` float64
+        ``left, top, width, height`` as fractions of the frame's, and ``flip`` ``(count,)`` bool."""
+
+        def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+            return low + (high - low) * torch.rand(*shape, generator=generator, dtype=torch.float64)
+
+        area = uniform(*self.scale, count, self.tries)
+        aspect = torch.exp(uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), count, self.tries))
+        # in fractions of the frame's width and height: (area x H x W x aspect) ** 0.5 / W, ...
+        w, h = (area * aspect * height / width).sqrt(), (area * width / (aspect * height)).sqrt()
+        fits = (w <= 1) & (h <= 1)
+        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first try that fits
+        w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(1)
+        frame_ratio = width / height  # no try fits: the centre of the frame, at the nearest ratio
+        low, high = min(self.ratio), max(self.ratio)
+        whole_w = high / frame_ratio if frame_ratio > high else 1.0
+        whole_h = frame_ratio / low if frame_ratio < low else 1.0
+        w, h = torch.where(found, w, whole_w), torch.where(found, h, whole_h)
+        where = torch.where(found[:, None], uniform(0, 1, count, 2), 0.5)
+        left, top = (1 - w) * where[:, 0], (1 - h) * where[:, 1]
+        flip = uniform(0, 1, count) < 0.5 if self.hflip else torch.zeros(count, dtype=torch.bool)
+        return {"box": torch.stack([left, top, w, h], 1), "flip": flip}
+
+    @staticmethod
+    def matrices(params: dict) -> torch.Tensor:
+        """``(N, 2, 3)`` maps for ``affine_grid``: each output pixel to where it is read in its
+        crop (normalised coordinates, ``align_corners=False``)."""
+        left, top, w, h = params["box"].unbind(1)
+        sx = torch.where(params["flip"], -w, w)
+        zero = torch.zeros_like(w)
+        rows = [torch.stack([sx, zero, 2 * left + w - 1], 1), torch.stack([zero, h, 2 * top + h - 1], 1)]
+        return torch.stack(rows, 1).float()
+
+    def warp(self, images: torch.Tensor, params: dict) -> torch.Tensor:
+        """``images`` ``(N, *, H, W)`` float, each cut and resized by its own crop of ``params``."""
+        if images.dim() < 3 or not images.is_floating_point():
+            raise ValueError(f"expected float images or clips (N, *, H, W), got {tuple(images.shape)} {images.dtype}")
+        count, (height, width) = len(images), images.shape[-2:]
+        flat = images.reshape(count, -1, height, width)
+        grid = F.affine_grid(self.matrices(params).to(images.device), list(flat.shape), align_corners=False)
+        moved = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return moved.view(images.shape)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The random draws come from ``generator`` (torch's global one by default), on the CPU."""
+        return self.warp(images, self.draw(len(images), *images.shape[-2:], generator))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scale={self.scale}, ratio={self.ratio}, hflip={self.hflip})"
 
 
 #: how many times a random move is drawn before a sample it keeps pushing its box out of the
