@@ -133,6 +133,28 @@ def test_training_clips_are_cropped_on_the_batch_after_the_transfer(video_folder
     assert VideoDataModule(data_dir=str(video_folder), augment=False, **SMALL).augment_batch(batch) is batch
 
 
+def test_a_batch_of_clips_is_transformed_at_once_and_as_each_clip_alone(video_folder, monkeypatch):
+    """A batch whose frames are all of one size goes through the clip transform once; a batch
+    mixing video sizes clip by clip; both give what each clip alone gives."""
+    write_bar_video(video_folder / "left" / "wide.mp4", frames=16, step=-1, width=24)
+    dm = VideoDataModule(data_dir=str(video_folder), **SMALL)
+    videos = dm.check_samples([sample_id for sample_id, _ in dm.samples()])
+    dataset = dm.clip_dataset(dm.root, videos, "test", dm.memory_cache)
+    alone = [dataset.transform(dataset.read(i)[0]) for i in range(len(dataset))]
+    wide = [i for i, (v, _) in enumerate(dataset.starts) if dataset.videos[v].id.endswith("wide.mp4")]
+    calls = []
+    transform = dataset.transform
+    monkeypatch.setattr(dataset, "transform", lambda frames: calls.append(frames.dim()) or transform(frames))
+    same_size = [i for i in range(len(dataset)) if i not in wide]
+    for indices, expected_calls in ((same_size, [5]), (list(range(len(dataset))), [4] * len(dataset))):
+        calls.clear()
+        items = dataset.__getitems__(indices)
+        assert calls == expected_calls
+        assert [item[3] for item in items] == indices
+        for index, item in zip(indices, items, strict=True):
+            torch.testing.assert_close(item[0], alone[index], rtol=0, atol=0)
+
+
 def test_uniform_clips_cover_the_video_in_order(video_folder):
     dm = VideoDataModule(data_dir=str(video_folder), **{**SMALL, "frames_per_clip": 8})
     dm.setup("test")

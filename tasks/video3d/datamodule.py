@@ -121,9 +121,10 @@ class ClipTransform:
         ])  # fmt: skip
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """One clip ``(C, T, H, W)`` or a batch of clips of one size ``(N, C, T, H, W)``."""
         # PyTorchVideo gives uint8 values as float32: the cast back is exact.
-        video = tv_tensors.Video(frames.to(torch.uint8).permute(1, 0, 2, 3))
-        return self.transform(video).permute(1, 0, 2, 3).contiguous().as_subclass(torch.Tensor)
+        video = tv_tensors.Video(frames.to(torch.uint8).transpose(-4, -3))
+        return self.transform(video).transpose(-4, -3).contiguous().as_subclass(torch.Tensor)
 
 
 class ClipDataset(Dataset):
@@ -187,8 +188,18 @@ class ClipDataset(Dataset):
         return temporal_subsample(frames, self.frames_per_clip, span), record.label, video_index
 
     def __getitem__(self, index: int):
-        frames, label, video_index = self.read(index)
-        return self.transform(frames), label, video_index, index
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, object, int, int]]:
+        """The clips of ``indices`` (PyTorch's batched fetch): transformed together when their
+        frames are all of one size, each on its own otherwise (videos of several sizes)."""
+        reads = [self.read(i) for i in indices]
+        frames = [f for f, _, _ in reads]
+        if all(f.shape == frames[0].shape for f in frames):
+            clips = self.transform(torch.stack(frames))
+        else:
+            clips = [self.transform(f) for f in frames]
+        return [(clip, label, video, i) for clip, (_, label, video), i in zip(clips, reads, indices, strict=True)]
 
 
 class VideoDataModule(TaskDataModule):
