@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 from cnnsuite.tasks.localization2d.datamodule import LocalizationDataModule
+from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from cnnsuite.tasks.video3d.datamodule import VideoDataModule
 from conftest import make_image_folder, task_config
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from PIL import Image
 from test_localization2d import make_csv_folder
+from test_multispectral3d import make_folder
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -305,6 +307,9 @@ def ddp_batches(task: str, tmp_path):
         dm = RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "images")), image_size=16)
         dm.setup("fit")
         return dm, [torch.rand(1, 3, 16, 16).expand(16, 3, 16, 16).clone(), torch.zeros(16)]
+    if task == "multispectral3d":
+        dm = MultispectralDataModule(data_dir=str(make_folder(tmp_path / "patches")))
+        return dm, [torch.randn(1, 1, 13, 16, 16).expand(16, 1, 13, 16, 16).clone(), torch.zeros(16)]
     if task == "video3d":
         dm = VideoDataModule(data_dir=None)
         return dm, [torch.randn(1, 3, 4, 16, 16).expand(16, 3, 4, 16, 16).clone(), torch.zeros(16)]
@@ -314,7 +319,7 @@ def ddp_batches(task: str, tmp_path):
     return dm, [torch.rand(1, 3, 32, 32).expand(16, 3, 32, 32).clone(), torch.zeros(16), box]
 
 
-@pytest.mark.parametrize("task", ["biomedical3d", "recognition2d", "localization2d", "video3d"])
+@pytest.mark.parametrize("task", ["biomedical3d", "recognition2d", "localization2d", "multispectral3d", "video3d"])
 def test_each_ddp_rank_draws_its_own_batch_augmentation(tmp_path, task):
     """Under DDP every rank starts from the same seed; each draws its batch moves from a
     generator of its own, and in one process from torch's global one (which checkpoints carry)."""

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import torch
 from cnnsuite.tasks.multispectral3d import baselines
-from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
+from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule, model_input
 from cnnsuite.tasks.multispectral3d.default_data import BANDS, MOSAIC_CLASSES, mosaic
 from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
 from conftest import fit
@@ -18,6 +18,7 @@ from rasterio.transform import Affine
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
+from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
 
@@ -224,6 +225,37 @@ def test_a_patch_is_read_once_when_its_split_fits_the_cache(tmp_path, monkeypatc
         assert counts[Path(datasets[1].ids[0]).name] == before[Path(datasets[1].ids[0]).name] + 1
     for dataset in datasets:  # the values the check read are the file's
         np.testing.assert_array_equal(dataset.raw[0], read(dm.reader, folder / dataset.ids[0]))
+
+
+@pytest.mark.parametrize("layout", ["cube", "channels", "mean"])
+def test_training_patches_are_flipped_and_turned_on_the_batch_in_every_layout(tmp_path, layout):
+    """The loader gives training patches as it gives the test split's (normalised, shaped by
+    the layout, fetched a batch at once); the flips and quarter turns are drawn per patch and
+    made on the batch over height and width only, never along the bands; a patch that is not
+    square is only flipped."""
+    dm = MultispectralDataModule(data_dir=str(make_folder(tmp_path / "d")), layout=layout)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    raw = np.stack([train.raw[i] for i in range(len(train))])
+    patches = torch.stack([patch for patch, _ in train.__getitems__(list(range(len(train))))])
+    expected = model_input(raw, dm.band_stats, layout)
+    torch.testing.assert_close(patches, expected, rtol=0, atol=0)  # the loader's: not moved
+    torch.testing.assert_close(train[3][0], expected[3], rtol=0, atol=0)
+    batch = [patches.repeat(8, *[1] * (patches.dim() - 1)), torch.zeros(8 * len(patches))]
+    torch.manual_seed(0)
+    moved = dm.augment_batch(batch)[0]
+    torch.manual_seed(0)
+    torch.testing.assert_close(moved, BatchFlipsAndTurns(2, [(0, 1)], prob=0.5)(batch[0]), rtol=0, atol=0)
+    seen = set()
+    for before, after in zip(batch[0], moved, strict=True):
+        found = [(k, f) for k in range(4) for f in (False, True)
+                 if torch.equal(torch.rot90(before.flip(-1) if f else before, k, dims=(-2, -1)), after)]  # fmt: skip
+        assert found
+        seen.add(found[0])
+    assert len(seen) == 8  # every flip and turn of the square, over height and width
+    wide = [patches[..., :12], batch[1][: len(patches)]]
+    assert dm.augment_batch(wide)[0].shape == wide[0].shape
+    assert MultispectralDataModule(data_dir=str(tmp_path / "d"), augment=False).augment_batch(batch) is batch
 
 
 def test_channels_layout_trains_from_a_13_band_torchgeo_file_on_a_band_subset(tmp_path, caplog):

@@ -3,8 +3,9 @@
     python benchmarks/plain/multispectral3d.py [--epochs 10] [--data_root data]
 
 Patches are normalised per band with the training split's statistics (the datamodule's test
-preprocessing) once; the suite's augmentation — a left-right flip with probability ½ and 0–3
-quarter turns, per patch — is drawn per sample on the batch tensor (N, 1, bands, H, W).
+preprocessing) once; the suite's augmentation — up-down and left-right flips, each with
+probability ½, and with probability ½ one to three quarter turns, per patch — is drawn per
+sample on the batch tensor (N, 1, bands, H, W).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ TASK = "multispectral3d"
 
 
 def augment(x):
-    return random_flips_and_turns(x, flip_dims=(-1,), planes=((-2, -1),), turns=(0, 1, 2, 3))
+    return random_flips_and_turns(x, flip_dims=(-2, -1), planes=((-2, -1),), turns=(0, 0, 0, 1, 2, 3))
 
 
 def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0, limit_batches: int | None = None):

@@ -59,6 +59,7 @@ from cnnsuite.data import (
     list_samples,
     report_bad_files,
 )
+from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.cache import check_cache_limit, fits_cache
 from cnnsuite.data.labels import check_multilabel, multi_hot
 from cnnsuite.errors import ConfigError
@@ -90,22 +91,17 @@ TRUE_COLOUR = ("B04", "B03", "B02")
 FALSE_COLOUR = ("B08", "B04", "B03")  # vegetation red: NIR shown as red
 
 
-def model_input(
-    raw: np.ndarray, stats: tuple[torch.Tensor, torch.Tensor], layout: str, augment: bool = False
-) -> torch.Tensor:
-    """Reflectances ``(bands, H, W)`` as the model takes them: normalised per band with the
-    training split's ``stats`` (mean, std), randomly flipped and turned with ``augment``, and
-    shaped by ``layout``. The datasets and prediction's ``read_input`` both go through it."""
+def model_input(raw: np.ndarray, stats: tuple[torch.Tensor, torch.Tensor], layout: str) -> torch.Tensor:
+    """Reflectances ``(bands, H, W)``, or a batch of them ``(N, bands, H, W)``, as the model takes
+    them: normalised per band with the training split's ``stats`` (mean, std) and shaped by
+    ``layout``. The datasets and prediction's ``read_input`` both go through it; training's
+    random flips and turns come later, on the batch (:meth:`MultispectralDataModule.augment_batch`)."""
     mean, std = (s[:, None, None] for s in stats)
     cube = (torch.from_numpy(raw) - mean) / std
-    if augment:  # a patch seen from above has no up or left: flips and quarter turns
-        if torch.rand(()) < 0.5:
-            cube = cube.flip(-1)
-        cube = torch.rot90(cube, int(torch.randint(4, ())), dims=(-2, -1))
     if layout == "cube":
-        cube = cube[None]
+        cube = cube.unsqueeze(-4)
     elif layout == "mean":
-        cube = cube.mean(0, keepdim=True)
+        cube = cube.mean(-3, keepdim=True)
     return cube.contiguous()
 
 
@@ -134,7 +130,8 @@ class PatchDataset(Dataset):
     The reflectances are kept in ``cache`` (the datamodule's
     :meth:`~cnnsuite.data.TaskDataModule.decoded_cache`): read once and kept in memory when the
     split fits in ``cache_limit_mb`` (see :mod:`cnnsuite.data.cache`), or read from the shards of a
-    prepared folder; normalisation and the random flips and turns come after."""
+    prepared folder; normalisation comes after, on a whole batch at once (``__getitems__``,
+    PyTorch's batched fetch)."""
 
     def __init__(
         self,
@@ -145,13 +142,12 @@ class PatchDataset(Dataset):
         size: tuple[int, int] | None,
         stats: tuple[torch.Tensor, torch.Tensor],
         layout: str,
-        augment: bool,
         cache,
     ) -> None:
         """``read``: a patch id → its reflectances; ``size``: the patches' height and width
         (None: of any size)."""
         self.ids, self.labels, self.read_id = ids, labels, read
-        self.stats, self.layout, self.augment = stats, layout, augment
+        self.stats, self.layout = stats, layout
         nbytes = patches_nbytes(len(ids), len(stats[0]), size)
         self.raw = cache(self.read, ids, nbytes, what=f"{root}: {len(ids)} patches")
 
@@ -162,7 +158,11 @@ class PatchDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        return model_input(self.raw[index], self.stats, self.layout, self.augment), self.labels[index]
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, object]]:
+        cubes = model_input(np.stack([self.raw[i] for i in indices]), self.stats, self.layout)
+        return list(zip(cubes, (self.labels[i] for i in indices), strict=True))
 
 
 class MultispectralDataModule(TaskDataModule):
@@ -487,6 +487,16 @@ class MultispectralDataModule(TaskDataModule):
             self.reader.size,
             self.band_stats,
             self.hparams.layout,
-            augment=stage == "train" and self.hparams.augment,
             cache=self.decoded_cache(stage),
         )
+
+    def augment_batch(self, batch: list) -> list:
+        """Training's random flips (up-down, left-right) and quarter turns, each with probability
+        ½ and drawn per patch, on the batch where it is (:class:`BatchFlipsAndTurns` over the
+        last two axes, height and width, in every layout): a patch seen from above has no up or
+        left. A patch that is not square is only flipped (a quarter turn would swap its sizes)."""
+        if not self.hparams.augment:
+            return batch
+        patches, targets = batch
+        planes = [(0, 1)] if patches.shape[-1] == patches.shape[-2] else []
+        return [BatchFlipsAndTurns(2, planes, prob=0.5)(patches, self.augment_generator), targets]
