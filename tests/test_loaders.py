@@ -244,7 +244,9 @@ def test_batch_flips_and_turns_draw_each_volumes_own_move_as_monai_does():
     1 to 3: a half turn is also two flips)."""
     torch.manual_seed(0)
     volumes = torch.randn(400, 1, 4, 4, 3)
+    given = volumes.clone()
     moved = BatchFlipsAndTurns(3, [(0, 1)], prob=0.5, shift=0.1)(volumes)
+    assert torch.equal(volumes, given)  # the moves are made on a copy: the batch given is left as it was
     flips = odd_turns = shifts = 0
     for original, out in zip(volumes, moved, strict=True):
         offset = float((out - original).mean())  # flips and turns keep the mean, a shift adds to it

@@ -249,20 +249,23 @@ class BatchFlipsAndTurns:
         def chosen() -> torch.Tensor:
             return torch.rand(count, generator=generator) < self.prob
 
-        def where(mask: torch.Tensor, changed: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-            return torch.where(_rows(mask, x).to(x.device), changed, kept)
+        x = x.clone()
+
+        def move(mask: torch.Tensor, how) -> None:
+            """Only the chosen samples are moved (in the copy): a move of the whole batch kept
+            where chosen would cost a pass over every sample for each kind of move."""
+            rows = mask.nonzero().flatten().to(x.device)
+            if len(rows):
+                x[rows] = how(x[rows])
 
         for axis in range(self.spatial_dims):
-            flip = chosen()
-            if flip.any():
-                x = where(flip, x.flip(first + axis), x)
+            move(chosen(), lambda part, d=first + axis: part.flip(d))
         for a, b in self.planes:
             if x.shape[first + a] != x.shape[first + b]:
                 raise ValueError(f"a quarter turn needs a square plane; axes {a}, {b} of {tuple(x.shape)} are not")
             turn, quarters = chosen(), torch.randint(1, 4, (count,), generator=generator)
             for k in (1, 2, 3):
-                if (turn & (quarters == k)).any():
-                    x = where(turn & (quarters == k), torch.rot90(x, k, dims=(first + a, first + b)), x)
+                move(turn & (quarters == k), lambda part, k=k, d=(first + a, first + b): torch.rot90(part, k, d))
         if self.shift:
             offset = (torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1) * self.shift
             offset = torch.where(chosen(), offset, 0.0)
