@@ -85,7 +85,7 @@ class BatchRandomResizedCrop:
     """Per-sample random crops of ``scale`` of the frame's area and ``ratio`` width/height,
     resized back to the full frame (and with ``hflip`` mirrored left-right with probability
     ½), drawn as ``v2.RandomResizedCrop`` draws them: up to ten tries for a crop that fits,
-    else the whole frame cut to the nearest allowed ratio. On images or clips ``(N, *, H, W)``:
+    else the frame's centre, cut to the nearest allowed ratio. On images or clips ``(N, *, H, W)``:
     one crop per sample, shared by all its channels and frames (a clip's frames move
     together), applied by one ``affine_grid`` + ``grid_sample`` for the batch. Crops are
     continuous rather than whole pixels, read bilinearly: inside a crop as ``interpolate``
