@@ -306,15 +306,12 @@ class Biomedical3DDataModule(TaskDataModule):
     def augment_batch(self, batch: tuple) -> tuple:
         """Training's random flips along each axis, quarter turns and intensity shifts (±0.1),
         each with probability ½ and drawn per volume, on the batch where it is
-        (:class:`~cnnsuite.data.augment.BatchFlipsAndTurns`). A quarter turn swaps the two
-        sizes of its plane (a 96×64 plane would come out 64×96 and the batch could not be
-        stacked), so volumes are turned only in the planes whose two sizes are equal."""
+        (:class:`~cnnsuite.data.augment.BatchFlipsAndTurns`), in the (D, H) and (H, W) planes
+        whose two sizes are equal (a quarter turn of a 96×64 plane could not be stacked)."""
         if not self.hparams.augment:
             return batch
         volumes, labels = batch
-        size = self.spatial_size
-        square_planes = [(a, b) for a, b in ((0, 1), (1, 2)) if size[a] == size[b]]
-        moves = BatchFlipsAndTurns(3, square_planes, prob=0.5, shift=0.1)
+        moves = BatchFlipsAndTurns(3, [(0, 1), (1, 2)], prob=0.5, shift=0.1)
         return moves(volumes, self.augment_generator), labels
 
     def _cache_dir(self) -> Path:

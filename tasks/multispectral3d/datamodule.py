@@ -498,5 +498,4 @@ class MultispectralDataModule(TaskDataModule):
         if not self.hparams.augment:
             return batch
         patches, targets = batch
-        planes = [(0, 1)] if patches.shape[-1] == patches.shape[-2] else []
-        return [BatchFlipsAndTurns(2, planes, prob=0.5)(patches, self.augment_generator), targets]
+        return [BatchFlipsAndTurns(2, [(0, 1)], prob=0.5)(patches, self.augment_generator), targets]

@@ -117,8 +117,8 @@ class BatchRandomResizedCrop:
         whole_w = high / frame_ratio if frame_ratio > high else 1.0
         whole_h = frame_ratio / low if frame_ratio < low else 1.0
         w, h = torch.where(found, w, whole_w), torch.where(found, h, whole_h)
-        where = torch.where(found[:, None], uniform(0, 1, count, 2), 0.5)
-        left, top = (1 - w) * where[:, 0], (1 - h) * where[:, 1]
+        position = torch.where(found[:, None], uniform(0, 1, count, 2), 0.5)
+        left, top = (1 - w) * position[:, 0], (1 - h) * position[:, 1]
         flip = uniform(0, 1, count) < 0.5 if self.hflip else torch.zeros(count, dtype=torch.bool)
         return {"box": torch.stack([left, top, w, h], 1), "flip": flip}
 
@@ -235,8 +235,9 @@ class BatchFlipsAndTurns:
     uniform in ± ``shift``) draw them for one sample — but as a few operations on the batch
     where it is (the accelerator, when there is one), not a chain of transforms per sample in
     the loader, which cost a 3D classifier's loader about as much as its training step.
-    ``planes``: pairs of spatial axes (0-based), each of two equal sizes (a quarter turn of a
-    96×64 plane would not stack)."""
+    ``planes``: pairs of spatial axes (0-based) to turn in; a plane of two different sizes
+    in the batch given is not turned (a quarter turn of a 96×64 plane would not stack), and
+    nothing is drawn for it."""
 
     def __init__(self, spatial_dims: int, planes: Sequence[tuple[int, int]] = (), prob: float = 0.5,
                  shift: float = 0.0) -> None:  # fmt: skip
@@ -262,7 +263,7 @@ class BatchFlipsAndTurns:
             move(chosen(), lambda part, d=first + axis: part.flip(d))
         for a, b in self.planes:
             if x.shape[first + a] != x.shape[first + b]:
-                raise ValueError(f"a quarter turn needs a square plane; axes {a}, {b} of {tuple(x.shape)} are not")
+                continue
             turn, quarters = chosen(), torch.randint(1, 4, (count,), generator=generator)
             for k in (1, 2, 3):
                 move(turn & (quarters == k), lambda part, k=k, d=(first + a, first + b): torch.rot90(part, k, d))
