@@ -73,11 +73,15 @@ def test_reader_names_bands_in_eurosat_order_and_reads_compressed_files(tmp_path
     # A file with its own band descriptions is read by them, whatever their order.
     named = write_tif(tmp_path / "named.tif", band_cube(4), descriptions=("B08", "B04", "B03", "B02"))
     assert GeoTiffReader(["B02", "B08"])(named)[:, 0, 0].tolist() == [400, 100]
-    # Nodata pixels take the mean of the band's valid ones.
-    cube = band_cube()
+    # Nodata pixels take the mean of the band's valid ones, rounded to a digital number:
+    # uint16 is read as stored, floats as float32.
+    cube = band_cube(offset=1)
     cube[:, 0, 0] = 0
+    cube[:, 0, 1] = 102  # band B01's valid mean: (62 * 101 + 102) / 63 = 101.016
     holed = GeoTiffReader(["B01"])(write_tif(tmp_path / "holed.tif", cube, nodata=0))
-    assert holed[0, 0, 0] == 100 and holed.dtype == np.float32
+    assert holed[0, 0, 0] == 101 and holed.dtype == np.uint16
+    floats = GeoTiffReader(["B01"])(write_tif(tmp_path / "holed32.tif", cube, "float32", nodata=0))
+    assert floats[0, 0, 0] == pytest.approx(101.016, abs=1e-3) and floats.dtype == np.float32
 
 
 def test_other_band_counts_are_named_by_bands(tmp_path):
@@ -225,6 +229,24 @@ def test_a_patch_is_read_once_when_its_split_fits_the_cache(tmp_path, monkeypatc
         assert counts[Path(datasets[1].ids[0]).name] == before[Path(datasets[1].ids[0]).name] + 1
     for dataset in datasets:  # the values the check read are the file's
         np.testing.assert_array_equal(dataset.raw[0], read(dm.reader, folder / dataset.ids[0]))
+
+
+@pytest.mark.parametrize(("dtype", "cached"), [("uint16", True), ("float32", False)])
+def test_the_cache_holds_digital_numbers_as_stored(tmp_path, dtype, cached):
+    """uint16 patches are kept as uint16, half the memory of float32: a training split that
+    fits the limit only so (12 patches of 13 x 16 x 16, 79,872 bytes against 159,744) is
+    cached, and its batches are the float32 ones normalised."""
+    limit_mb = 0.1  # 104,858 bytes
+    floats = MultispectralDataModule(data_dir=str(make_folder(tmp_path / "f")), cache_limit_mb=0)
+    floats.setup("fit")
+    dm = MultispectralDataModule(data_dir=str(make_folder(tmp_path / "d", dtype=dtype)), cache_limit_mb=limit_mb)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert len(train) == 12 and train.raw.cached is cached
+    assert train.raw[0].dtype == (np.uint16 if dtype == "uint16" else np.float32)
+    if dtype == "uint16":
+        expected = [x for x, _ in floats.datasets["train"].__getitems__(list(range(12)))]
+        torch.testing.assert_close([x for x, _ in train.__getitems__(list(range(12)))], expected)
 
 
 @pytest.mark.parametrize("layout", ["cube", "channels", "mean"])
@@ -415,7 +437,7 @@ def test_bigearthnet_bands_are_read_together_on_the_10m_grid(tmp_path):
     assert dm.class_names == ["Pastures"] and dm.size == (12, 12)
     assert dm.band_names == ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
     cube = dm.reader(root / "S2A_patch_0_0")
-    assert cube.shape == (12, 12, 12) and cube.dtype == np.float32
+    assert cube.shape == (12, 12, 12) and cube.dtype == np.uint16  # as the files store them
     with rasterio.open(root / "S2A_patch_0_0" / "S2A_patch_0_0_B01.tif") as src:  # 60 m: 2 x 2 pixels
         b01 = src.read(1).astype(np.float32)
     # bilinear: the corners keep their 60 m pixel's value, the pixels between blend its neighbours

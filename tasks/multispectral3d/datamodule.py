@@ -81,6 +81,7 @@ from .readers import (
     RESAMPLINGS,
     GeoTiffReader,
     band_files,
+    kept_dtype,
     read_patch_labels,
 )
 
@@ -97,7 +98,7 @@ def model_input(raw: np.ndarray, stats: tuple[torch.Tensor, torch.Tensor], layou
     ``layout``. The datasets and prediction's ``read_input`` both go through it; training's
     random flips and turns come later, on the batch (:meth:`MultispectralDataModule.augment_batch`)."""
     mean, std = (s[:, None, None] for s in stats)
-    cube = (torch.from_numpy(raw) - mean) / std
+    cube = (torch.from_numpy(raw.astype(np.float32, copy=False)) - mean) / std
     if layout == "cube":
         cube = cube.unsqueeze(-4)
     elif layout == "mean":
@@ -108,15 +109,15 @@ def model_input(raw: np.ndarray, stats: tuple[torch.Tensor, torch.Tensor], layou
 def composite(raw: np.ndarray, band_names: list[str], bands: tuple[str, str, str]) -> np.ndarray:
     """``(H, W, 3)`` picture in 0..1 of the reflectances ``raw`` (bands in ``band_names``'
     order) shown as red, green and blue, stretched between the 2nd and 98th percentiles."""
-    rgb = np.stack([raw[band_names.index(b)] for b in bands], axis=-1)
+    rgb = np.stack([raw[band_names.index(b)] for b in bands], axis=-1).astype(np.float32)
     low, high = np.percentile(rgb, (2, 98))
     return np.clip((rgb - low) / (high - low + 1e-8), 0, 1)
 
 
-def patches_nbytes(count: int, bands: int, size: tuple[int, int] | None) -> float:
-    """What ``count`` patches' float32 reflectances take in memory; patches of any size
-    (``size`` None) are never cached, as if infinite."""
-    return count * bands * size[0] * size[1] * 4 if size else math.inf
+def patches_nbytes(count: int, bands: int, size: tuple[int, int] | None, dtype: str) -> float:
+    """What ``count`` patches read from files of ``dtype`` take in memory (as
+    :func:`~.readers.kept_dtype`); patches of any size (``size`` None) are never cached, as if infinite."""
+    return count * bands * size[0] * size[1] * kept_dtype(dtype).itemsize if size else math.inf
 
 
 def take_or_read(checked: dict[str, np.ndarray], reader: GeoTiffReader, root: Path, sample_id: str) -> np.ndarray:
@@ -139,16 +140,15 @@ class PatchDataset(Dataset):
         ids: list[str],
         labels: list[int],
         read: Callable[[str], np.ndarray],
-        size: tuple[int, int] | None,
+        nbytes: float,
         stats: tuple[torch.Tensor, torch.Tensor],
         layout: str,
         cache,
     ) -> None:
-        """``read``: a patch id → its reflectances; ``size``: the patches' height and width
-        (None: of any size)."""
+        """``read``: a patch id → its reflectances; ``nbytes``: what they all take in memory
+        (:func:`patches_nbytes`)."""
         self.ids, self.labels, self.read_id = ids, labels, read
         self.stats, self.layout = stats, layout
-        nbytes = patches_nbytes(len(ids), len(stats[0]), size)
         self.raw = cache(self.read, ids, nbytes, what=f"{root}: {len(ids)} patches")
 
     def read(self, index: int) -> np.ndarray:
@@ -372,9 +372,13 @@ class MultispectralDataModule(TaskDataModule):
         will keep in memory (:class:`PatchDataset`)."""
         if self.splits is None:
             return set()
-        bands, size, limit = len(self.band_names), self.reader.size, self.hparams.cache_limit_mb
-        fits = [ids for ids in self.splits.values() if fits_cache(patches_nbytes(len(ids), bands, size), limit)]
+        limit = self.hparams.cache_limit_mb
+        fits = [ids for ids in self.splits.values() if fits_cache(self.patches_nbytes(ids), limit)]
         return {sample_id for ids in fits for sample_id in ids}
+
+    def patches_nbytes(self, ids: list[str]) -> float:
+        """What the reflectances of ``ids`` take in memory, read as this run reads them."""
+        return patches_nbytes(len(ids), len(self.band_names), self.reader.size, self.dtype)
 
     def usable(self, ids: list[str]) -> list[str]:
         """``ids`` less the bad patches ``on_bad_file: skip`` leaves out, reading those not checked
@@ -461,7 +465,7 @@ class MultispectralDataModule(TaskDataModule):
         if set(TRUE_COLOUR) <= set(self.band_names):
             view = torch.from_numpy(composite(raw, self.band_names, TRUE_COLOUR)).permute(2, 0, 1)
         else:
-            view = torch.from_numpy(raw.mean(0, keepdims=True))
+            view = torch.from_numpy(raw.mean(0, keepdims=True, dtype=np.float32))
         return Input(path, model_input(raw, self.band_stats, self.hparams.layout), {"bands": self.band_names}, view)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -484,7 +488,7 @@ class MultispectralDataModule(TaskDataModule):
             ids,
             [labels[i] for i in ids],
             partial(take_or_read, self.checked_values, self.reader, self.root),
-            self.reader.size,
+            self.patches_nbytes(ids),
             self.band_stats,
             self.hparams.layout,
             cache=self.decoded_cache(stage),

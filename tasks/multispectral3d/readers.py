@@ -73,20 +73,30 @@ def band_files(folder: Path) -> dict[str, Path]:
     return {band: found[band] for band in sorted(found, key=lambda b: WAVELENGTHS[BANDS.index(b)])}
 
 
+def kept_dtype(dtype: str) -> np.dtype:
+    """What a patch of the file type ``dtype`` is read as: ``uint16`` digital numbers as
+    stored (exact, and half the memory of floats: twice the patches fit the decoded cache),
+    floats as float32."""
+    return np.dtype(np.uint16 if dtype == "uint16" else np.float32)
+
+
 def fill_nodata(data: np.ma.MaskedArray) -> np.ndarray:
-    """float32 ``(bands, H, W)`` of a masked read, each nodata pixel the mean of its band's valid ones."""
-    values = data.data.astype(np.float32)
+    """``(bands, H, W)`` of a masked read as :func:`kept_dtype`, each nodata pixel the mean of its
+    band's valid ones (rounded to a digital number in ``uint16``)."""
+    kept = kept_dtype(str(data.dtype))
+    values = data.data.astype(kept)
     if np.ma.is_masked(data):
-        fill = data.astype(np.float32).mean(axis=(1, 2)).filled(0.0)
-        values = np.where(np.ma.getmaskarray(data), fill[:, None, None], values).astype(np.float32)
+        fill = data.astype(np.float64).mean(axis=(1, 2)).filled(0.0)
+        fill = np.rint(fill) if kept.kind == "u" else fill
+        values = np.where(np.ma.getmaskarray(data), fill[:, None, None], values).astype(kept)
     return values
 
 
 class GeoTiffReader:
-    """Reads the ``bands`` of GeoTIFF patches of one ``size`` and one ``dtype`` as float32
-    ``(len(bands), H, W)``: a patch is one file of all its bands, or a folder of one file per
-    band (the BigEarthNet-S2 layout), whose bands are resampled with ``resampling`` onto the
-    grid of its finest band.
+    """Reads the ``bands`` of GeoTIFF patches of one ``size`` and one ``dtype`` as
+    ``(len(bands), H, W)`` of :func:`kept_dtype` (uint16 as stored, floats as float32): a patch
+    is one file of all its bands, or a folder of one file per band (the BigEarthNet-S2 layout),
+    whose bands are resampled with ``resampling`` onto the grid of its finest band.
 
     ``bands=None`` reads every band of a patch, ``dtype=None`` any of :data:`DTYPES`. Nodata
     pixels (the file's nodata value, NaN included) take the mean of the band's valid pixels,
