@@ -4,13 +4,14 @@ state of the record."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import fit, make_image_folder
 from test_multispectral3d import SMALL_MODEL, make_folder
 
 from cnnsuite.cli import main
-from cnnsuite.data.shards import RECORD
+from cnnsuite.data.shards import RECORD, StreamedItems, write_shards
 from cnnsuite.errors import ConfigError
 
 TINY_2D = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}"]
@@ -173,6 +174,23 @@ def test_detection2d_streams_images_with_their_targets_and_category_ids(tmp_path
     assert {r["category_id"] for r in json.loads(results)} <= {3, 17, 90}
     metrics = evaluated_on_raw(from_shards, raw, tmp_path)
     assert metrics["test/map"] == metrics_of(from_shards)["test/map"]
+
+
+def test_a_read_in_a_random_order_decodes_its_item_alone(tmp_path, monkeypatch):
+    """Training reads a split's items in the run's random order: each read decodes the item it
+    asks for and no neighbours (LitData's default window decodes up to 256 a read)."""
+    from litdata.streaming.serializers import BytesSerializer
+
+    ids = [f"item_{i}" for i in range(1000)]
+    write_shards(tmp_path, "train", ids, lambda i: np.full((4, 4), i, np.uint16))
+    decoded = []
+    deserialize = BytesSerializer.deserialize
+    monkeypatch.setattr(BytesSerializer, "deserialize", lambda self, data: decoded.append(1) or deserialize(self, data))
+    items = StreamedItems(str(tmp_path), "train", ids)
+    order = np.random.default_rng(0).permutation(len(ids))[:200]
+    for i in order:
+        assert items[int(i)][0, 0] == i
+    assert len(decoded) == len(order)  # the "id" field, one a decoded item
 
 
 def test_prepare_from_inside_the_data_folder(tmp_path, monkeypatch):

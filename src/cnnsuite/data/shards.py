@@ -25,6 +25,8 @@ a run resumes exactly in the middle of an epoch, the same seed draws the same ba
 as from raw files, and evaluation is item for item the raw path's. The price is reads in a random
 order: local shards (the page cache) do not mind; on object storage LitData keeps the chunks it
 fetched in its cache folder, so an epoch fetches each chunk once when the cache holds the split.
+Each read decodes its item alone (``batch_decode=0``): LitData's default decodes a window of up to
+256 neighbours for the next reads to take, which a random order throws away at almost every read.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ class StreamedItems:
         if self._dataset is None:
             from litdata import StreamingDataset
 
-            self._dataset = StreamingDataset(self.url)
+            self._dataset = StreamingDataset(self.url, batch_decode=0)
         entry = self._dataset[index]
         # bytes (a memoryview back), or a string in folders written before ids were bytes
         found = entry["id"] if isinstance(entry["id"], str) else bytes(entry["id"]).decode()
