@@ -155,6 +155,26 @@ def test_video3d_streams_whole_videos_and_draws_its_clips_every_epoch(tmp_path):
     assert metrics["test/video_acc"] == metrics_of(from_shards)["test/video_acc"]
 
 
+def test_a_split_cut_short_records_the_facts_of_its_own_samples(tmp_path):
+    """A datamodule whose split holds fewer samples than its folder (the bench's scale section
+    cuts it) records what it learnt of those samples alone, and its folder streams."""
+    from cnnsuite.tasks.video3d.datamodule import VideoDataModule
+    from test_video3d import make_video_folder
+
+    from cnnsuite.data import shards
+
+    raw = make_video_folder(tmp_path / "raw", per_class=4)
+    datamodule = VideoDataModule(data_dir=str(raw), frames_per_clip=4, frame_size=16)
+    datamodule.setup("fit")
+    datamodule.splits = {**datamodule.splits, "train": datamodule.splits["train"][:2]}
+    record = json.loads(shards.prepare(datamodule, "video3d", tmp_path / "out").read_text())
+    held = {i for ids in record["splits"].values() for i in ids}
+    assert set(record["sample_facts"]) == held == set(record["targets"]) and len(held) < 8
+    streamed = VideoDataModule(data_dir=str(tmp_path / "out"), frames_per_clip=4, frame_size=16)
+    streamed.setup("fit")
+    assert len(streamed.datasets["train"]) == 2
+
+
 def test_detection2d_streams_images_with_their_targets_and_category_ids(tmp_path):
     """An item is an image with its target (boxes, labels, crowd flags, areas, image id); the
     record keeps the COCO category ids, so a run on shards writes the raw run's results file."""

@@ -191,6 +191,7 @@ def prepare(datamodule, task: str, out: Path) -> Path:
         items[stage], read = datamodule.decoder(stage)
         files |= write_shards(out, stage, items[stage], read)
     targets = dict(datamodule.samples())
+    held = {i: None for ids in datamodule.splits.values() for i in ids}  # the split's samples, in order
     record = {
         "task": task,
         "datamodule": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
@@ -198,12 +199,12 @@ def prepare(datamodule, task: str, out: Path) -> Path:
         "raw_data_dir": source,
         "splits": datamodule.splits,
         "items": items,
-        "targets": {i: _json_target(targets[i]) for ids in datamodule.splits.values() for i in ids},
+        "targets": {i: _json_target(targets[i]) for i in held},
         "class_names": list(datamodule.class_names),
         "channels": datamodule.in_channels,
         "multilabel": datamodule.multilabel,
         "preprocessing": tensors_to_json(datamodule.preprocessing_state()),
-        "sample_facts": datamodule.sample_facts(),
+        "sample_facts": {i: facts for i, facts in datamodule.sample_facts().items() if i in held},
         "files": files,
         "sha256": content_hash(items, files),
     }
