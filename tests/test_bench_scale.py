@@ -65,6 +65,13 @@ def test_scale_section_keys_in_bench_json(report):
     for side in ("files", "shards"):
         assert 0 <= figures[f"recognition2d.throughput.{side}.test_metric"] <= 1
     assert figures["recognition2d.throughput.cache_limit_mb"] > 0
+    # the input's resolution doubled: the sample the loader gives has twice the side
+    assert figures["recognition2d.resolution.factors"] == [1, 2]
+    assert figures["recognition2d.resolution.2x.settings"] == {"data.image_size": 64}
+    assert figures["recognition2d.resolution.1x.input_shape"] == [1, 32, 32]
+    assert figures["recognition2d.resolution.2x.input_shape"] == [1, 64, 64]
+    assert figures["recognition2d.resolution.2x.later_s_per_sample"] > 0
+    assert math.isfinite(figures["recognition2d.resolution.time_exponent"])
 
 
 def test_scale_section_table_in_bench_md(report):
@@ -73,6 +80,7 @@ def test_scale_section_table_in_bench_md(report):
     assert "| recognition2d | shards | 10× |" in section and "| recognition2d | files | 1× |" in section
     assert "time_per_sample_ratio_10x" not in section  # the table says it in words
     assert "4× larger than" in section and "not supported" not in section
+    assert "| recognition2d | 2× | `data.image_size` 64 | 1×64×64 |" in section
 
 
 def test_a_task_that_does_not_stream_says_so(monkeypatch):

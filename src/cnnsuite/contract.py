@@ -77,6 +77,10 @@ class Task:
     #: whether the bench's scale section trains this task from prepared shards against its raw
     #: files with a cache of a quarter of the data (the throughput of data larger than the cache)
     scale_throughput: bool = False
+    #: the init arguments that set the resolution of the task's input, as dotted keys
+    #: (``data.image_size``, ``model.min_size``), each an int or a list of ints: the bench's
+    #: scale section multiplies them by 2 and 4 (none: the task has no resolution to scale)
+    resolution: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.config is None:

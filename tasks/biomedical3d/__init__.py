@@ -15,4 +15,5 @@ TASK = Task(
     # DenseNet-121, the reference closest to ours in training speed: the slower ResNet-18 would
     # get too few steps within the budget
     budget_references=("monai_densenet121",),
+    resolution=("data.spatial_size",),
 )

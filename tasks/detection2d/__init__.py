@@ -16,4 +16,6 @@ TASK = Task(
     # SSDlite, the reference closest to ours in training speed: Faster R-CNN would get too few
     # steps within the budget to be scored on more than what little it learnt
     budget_references=("ssdlite320_mobilenet_v3_large",),
+    # the detector's own resize of the images (the canvases are what they are)
+    resolution=("model.min_size", "model.max_size"),
 )

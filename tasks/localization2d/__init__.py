@@ -11,4 +11,5 @@ TASK = Task(
     datamodule=LocalizationDataModule,
     references={"torchvision_resnet18": {"model": {"backbone": "torchvision_resnet18", "backbone_kwargs": {}}}},
     quick_budget=True,
+    resolution=("data.image_size",),
 )

@@ -18,4 +18,6 @@ TASK = Task(
             "data": {"layout": "channels"},
         }
     },
+    # the embedded default's patches, generated at the size asked
+    resolution=("data.default_patch",),
 )

@@ -14,4 +14,5 @@ TASK = Task(
     overhead=True,
     quick_endtoend_epochs=5,
     scale_throughput=True,  # the streamed task whose epochs are shortest: the loader's share shows most
+    resolution=("data.image_size",),
 )

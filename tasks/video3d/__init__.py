@@ -22,4 +22,5 @@ TASK = Task(
     budget_references=("pytorchvideo_resnet50_stem16",),
     # decoding a clip from its file costs more than a training step on it: where shards pay most
     scale_throughput=True,
+    resolution=("data.frame_size",),
 )

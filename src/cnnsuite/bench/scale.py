@@ -36,6 +36,11 @@ pipeline section times one step. Per sample seen:
 Per task, on its default path: ``time_per_sample_ratio_10x`` (later-epoch seconds per sample at
 10× over 1×; goal ≤ :data:`GOAL_TIME_RATIO`) and ``peak_memory_ratio_10x``.
 
+For a task that declares its :attr:`~cnnsuite.contract.Task.resolution`: its default data path at
+1× its samples, with those settings at each of :attr:`Settings.resolutions` times the default's
+(2× and 4×): ``resolution.{r}x.*`` (as above, with ``input_shape``, one sample as the loader gives
+it) and ``resolution.time_exponent``, ``k`` of later-epoch time per sample ∝ r\\ :sup:`k`.
+
 For a task that declares :attr:`~cnnsuite.contract.Task.scale_throughput`: its data 4× larger
 than ``data.cache_limit_mb`` (the limit set to a quarter of the training split's decoded size)
 trained through the Trainer for the same epochs and seed from its raw files and from its shards;
@@ -78,11 +83,14 @@ class Settings:
     batch_size: int | None = None
     #: None: the whole default training split is 1×; tests cut it to this many samples
     base_samples: int | None = None
+    #: the input's resolution, in times the default's (1 first), on the default data path at 1×
+    resolutions: tuple[int, ...] = (1, 2, 4)
 
 
 FULL = Settings(factors=(1, 10, 100), batches=30, epochs=4, throughput_epochs=5)
 QUICK = Settings(factors=(1, 10), batches=8, epochs=3, throughput_epochs=2)
-TINY = Settings(factors=(1, 10), batches=2, epochs=2, throughput_epochs=1, batch_size=4, base_samples=12)
+TINY = Settings(factors=(1, 10), batches=2, epochs=2, throughput_epochs=1, batch_size=4, base_samples=12,
+                resolutions=(1, 2))  # fmt: skip
 #: goals: per-sample time at 10× within this factor of 1×; shards at least this many times the files' throughput
 GOAL_TIME_RATIO = 1.3
 GOAL_THROUGHPUT_RATIO = 2.0
@@ -122,6 +130,23 @@ def data_paths(task: str) -> dict[str, dict | None]:
         paths = {"files": {}}
     paths["shards"] = {} if spec.datamodule.streams_prepared else None
     return paths
+
+
+def scaled(value, factor: int):
+    """A resolution setting (an int, or a list of ints: one per axis) ``factor`` times over."""
+    return [v * factor for v in value] if isinstance(value, list | tuple) else value * factor
+
+
+def resolution_overrides(task: str, model, datamodule, factor: int) -> dict[str, dict]:
+    """``{"model": ..., "data": ...}`` init arguments of the task's :attr:`~cnnsuite.contract.Task.resolution`
+    keys ``factor`` times their values in the default config (read off its built ``model`` and
+    ``datamodule``)."""
+    found: dict[str, dict] = {"model": {}, "data": {}}
+    for key in task_spec(task).resolution:
+        section, _, name = key.partition(".")
+        owner = {"model": model, "data": datamodule}[section]
+        found[section][name] = scaled(owner.hparams[name], factor)
+    return found
 
 
 def disk_mb(folder: Path) -> float:
@@ -175,7 +200,7 @@ def run_job(job: dict) -> dict:
             return train_within(job["task"], {"data": job["data"]}, None, Path(job["data_root"]),
                                 torch.device("cpu"), epochs=job["epochs"])  # fmt: skip
     data = {**job["data"], **({"batch_size": job["batch_size"]} if job["batch_size"] else {})}
-    model, datamodule = build(job["task"], job["data_root"], data=data)
+    model, datamodule = build(job["task"], job["data_root"], model=job.get("model"), data=data)
     optimizer = make_optimizer(job["task"], model.parameters())
     model.train()
     reset_peak_memory()
@@ -187,10 +212,11 @@ def run_job(job: dict) -> dict:
     samples = len(datamodule.datasets["train"])  # built here: a cache is filled
     build_s = time.perf_counter() - start
     loader = datamodule.train_dataloader()
-    epoch_s, seen = [], []
+    epoch_s, seen, shape = [], [], None
     for _ in range(job["epochs"]):
         count, start = 0, time.perf_counter()
         for index, batch in enumerate(loader):
+            shape = shape or list(batch[0][0].shape)  # one sample of a batch, or the first image of a list
             optimizer.zero_grad(set_to_none=True)
             model.training_step(datamodule.augment_batch(batch), index).backward()
             optimizer.step()
@@ -204,7 +230,7 @@ def run_job(job: dict) -> dict:
     # never taken below that
     peak = max(memory_mb("VmHWM"), rss_before)
     return {"train_samples": samples, "build_s": build_s, "epoch_s": epoch_s, "seen": seen,
-            "peak_rss_mb": peak, "rss_before_data_mb": rss_before}  # fmt: skip
+            "peak_rss_mb": peak, "rss_before_data_mb": rss_before, "input_shape": shape}  # fmt: skip
 
 
 def in_fresh_process(job: dict) -> dict:
@@ -225,7 +251,7 @@ def in_fresh_process(job: dict) -> dict:
 # --- a task ------------------------------------------------------------------------------------
 def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
     data_root = Path(context.data_root).resolve()
-    _, datamodule = build(task, data_root)
+    model, datamodule = build(task, data_root)
     datamodule.prepare_data()  # the embedded default, generated once, outside the timings
     raw_mb = disk_mb(datamodule.root)
     paths = data_paths(task)
@@ -260,9 +286,45 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
                     figures[f"{path}.{key}"] = figures[f"{path}.10x.{figure}"] / figures[f"{path}.1x.{figure}"]
                 figures[key] = figures[f"{default}.{key}"]
         figures["train_samples_1x"] = figures[f"{default}.1x.train_samples"]
+        if task_spec(task).resolution and len(settings.resolutions) > 1:
+            figures |= resolutions(task, (model, datamodule), paths[default], figures, Path(tmp), settings, common)
         if task_spec(task).scale_throughput and paths["shards"] is not None:
             figures |= throughput(task, data_root, Path(tmp), settings)
     return figures
+
+
+def resolutions(task: str, default: tuple, path: dict, figures: dict, tmp: Path, settings: Settings,
+                common: dict) -> dict:  # fmt: skip
+    """The default data path at 1× its samples with the input's resolution ``r`` times the
+    default's, for each ``r`` of ``settings.resolutions`` (1×: the size section's figures):
+    ``resolution.{r}x.*`` and ``resolution.time_exponent``, ``k`` of time per sample ∝ r^k (2:
+    linear in the pixels of a 2D input, 3 in the voxels of a 3D one). A default generated at
+    another resolution is written under ``tmp``, outside the timings."""
+    kept = ("later_s_per_sample", "first_s_per_sample", "peak_rss_mb", "data_memory_mb", "disk_mb", "input_shape")
+    found = {f"resolution.1x.{k}": figures[f"{figures['default_path']}.1x.{k}"] for k in kept}
+    for factor in settings.resolutions[1:]:
+        overrides = resolution_overrides(task, *default, factor)
+        root = Path(common["data_root"])
+        datamodule = build(task, root, data=overrides["data"])[1]
+        if datamodule.root != default[1].root:  # another default to generate
+            root = tmp / "data"
+            datamodule = build(task, root, data=overrides["data"])[1]
+        datamodule.prepare_data()
+        start = time.perf_counter()
+        job = in_fresh_process({**common, "data_root": str(root), "data": {**path, **overrides["data"]},
+                                "model": overrides["model"], "factor": 1})  # fmt: skip
+        print(f"cnnsuite bench: scale, {task}, resolution {factor}x: {time.perf_counter() - start:.0f} s",
+              file=sys.stderr)  # fmt: skip
+        summary = summarise(job, disk_mb(datamodule.root))
+        found |= {f"resolution.{factor}x.{k}": summary[k] for k in kept}
+        found[f"resolution.{factor}x.settings"] = {
+            f"{section}.{key}": value for section, args in overrides.items() for key, value in args.items()
+        }
+    found["resolution.factors"] = list(settings.resolutions)
+    found["resolution.time_exponent"] = growth_exponent(
+        list(settings.resolutions), [found[f"resolution.{r}x.later_s_per_sample"] for r in settings.resolutions]
+    )
+    return found
 
 
 def summarise(job: dict, disk: float) -> dict:
@@ -277,6 +339,7 @@ def summarise(job: dict, disk: float) -> dict:
         "rss_before_data_mb": job["rss_before_data_mb"],
         "data_memory_mb": job["peak_rss_mb"] - job["rss_before_data_mb"],
         "disk_mb": disk,
+        "input_shape": job["input_shape"],
     }
 
 
@@ -332,6 +395,36 @@ def throughput(task: str, data_root: Path, tmp: Path, settings: Settings) -> dic
 # --- the report --------------------------------------------------------------------------------
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g}"
+
+
+def resolution_markdown(results: dict[str, dict]) -> list[str]:
+    """The table of cost as the input's resolution grows, for the tasks that have one."""
+    measured = {task: f for task, f in results.items() if "resolution.time_exponent" in f}
+    if not measured:
+        return []
+    lines = [
+        "Resolution: each task's default data path at 1× its samples, with the settings that make its input's "
+        "resolution (the `resolution` of its task contract) times the default's, the rest as above. k: the exponent "
+        "of later-epoch time per sample in the resolution (2: linear in the pixels of a 2D input, 3 in the voxels "
+        "of a 3D one).",
+        "",
+        "| task | resolution | settings | a sample | first ms/sample | later ms/sample | × 1× "
+        "| peak RSS MB (data's part) | disk MB | k |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for task, f in measured.items():
+        base = f["resolution.1x.later_s_per_sample"]
+        for factor in f["resolution.factors"]:
+            p = f"resolution.{factor}x."
+            settings = ", ".join(f"`{k}` {v}" for k, v in f.get(p + "settings", {}).items()) or "the config's"
+            k = f"{f['resolution.time_exponent']:.2f}" if factor == f["resolution.factors"][-1] else ""
+            lines.append(
+                f"| {task} | {factor}× | {settings} | {'×'.join(map(str, f[p + 'input_shape']))} | "
+                f"{_ms(f[p + 'first_s_per_sample'])} | "
+                f"{_ms(f[p + 'later_s_per_sample'])} | {f[p + 'later_s_per_sample'] / base:.1f}× | "
+                f"{f[p + 'peak_rss_mb']:,.0f} ({f[p + 'data_memory_mb']:,.0f}) | {f[p + 'disk_mb']:,.1f} | {k} |"
+            )
+    return [*lines, ""]
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -393,6 +486,7 @@ def markdown(results: dict[str, dict]) -> str:
                     f"{f[f'{path}.memory_exponent']:.2f} | {goal} |"
                 )
         lines.append("")
+    lines += resolution_markdown(results)
     for task, f in results.items():
         if "throughput.shards_vs_files_ratio" not in f:
             continue
