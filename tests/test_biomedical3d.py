@@ -131,6 +131,23 @@ def test_disk_cache_reads_a_rewritten_volume_again(tmp_path):
     assert torch.equal(after, first_volume(folder, cache="none")) and not torch.equal(after, before)
 
 
+@pytest.mark.parametrize(("cache_limit_mb", "kept"), [(1, True), (0.1, False)])
+def test_the_memory_cache_keeps_a_split_within_cache_limit_mb(tmp_path, caplog, cache_limit_mb, kept):
+    """Eight volumes of 16³ float32 voxels take 0.125 MiB: kept in memory within a limit of 1 MiB;
+    over 0.1 MiB read from their files at every access, with one line saying so."""
+    folder = make_volume_folder(tmp_path / "user")
+    with caplog.at_level("INFO"):
+        dataset = all_volumes(folder, spatial_size=[16, 16, 16], cache_limit_mb=cache_limit_mb)
+    said = [r.getMessage() for r in caplog.records if "over data.cache_limit_mb" in r.getMessage()]
+    told = f"{folder}: 8 volumes: 0 MiB decoded, over data.cache_limit_mb=0.1; decoded again every epoch"
+    assert [line.split(" (")[0] for line in said] == ([] if kept else [told])
+    before = dataset[0]["image"]
+    path = folder / "scans" / "s0.nii"
+    old = nib.load(path)
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).normal(size=old.shape).astype(np.float32), old.affine), path)
+    assert torch.equal(dataset[0]["image"], before) is kept
+
+
 def test_disk_cache_is_keyed_on_the_preprocessing_arguments(tmp_path):
     class NearestResize(Biomedical3DDataModule):
         def preprocessing(self):

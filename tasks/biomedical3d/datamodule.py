@@ -46,6 +46,7 @@ from torch.utils.data import default_collate
 
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
 from cnnsuite.data.augment import BatchFlipsAndTurns
+from cnnsuite.data.cache import check_cache_limit, fits_cache, say_over_limit
 from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
@@ -129,7 +130,9 @@ def _collate(items: list[dict]) -> tuple:
 class Biomedical3DDataModule(TaskDataModule):
     """Volumes → ``(volume (1, D, H, W), label)`` batches for a 3D classifier.
 
-    ``cache``: ``memory`` (MONAI CacheDataset), ``disk`` (PersistentDataset under
+    ``cache``: ``memory`` (MONAI CacheDataset: a split whose preprocessed float32 volumes fit
+    ``cache_limit_mb``; a larger one is read and preprocessed again every epoch, with one line
+    saying so, so memory never grows past the limit), ``disk`` (PersistentDataset under
     ``cache_dir``, default ``<data_root>/cache/biomedical3d``) or ``none``.
     ``multilabel``: ``auto`` trains multi-label when some row of ``labels.csv`` holds several
     labels (``a;b``), ``true`` always (labels become multi-hot vectors), ``false`` never.
@@ -151,6 +154,7 @@ class Biomedical3DDataModule(TaskDataModule):
         spatial_size: list[int] | None = None,
         spacing: list[float] | None = None,
         cache: str = "memory",
+        cache_limit_mb: float = 1024,
         augment: bool = True,
         default_size: int = 900,
         batch_size: int = 16,
@@ -164,6 +168,7 @@ class Biomedical3DDataModule(TaskDataModule):
             raise ConfigError("data.data_dir and data.medmnist_npz: give one source, not both")
         if cache not in ("memory", "disk", "none"):
             raise ConfigError(f"data.cache={cache!r}: expected 'memory', 'disk' or 'none'")
+        check_cache_limit(cache_limit_mb)
         if spatial_size is not None and len(spatial_size) != 3:
             raise ConfigError(f"data.spatial_size={spatial_size}: expected 3 sizes (D, H, W)")
         self.spatial_size = tuple(spatial_size or (32, 32, 32))
@@ -241,17 +246,21 @@ class Biomedical3DDataModule(TaskDataModule):
             with bad_files_surface():
                 return preprocess(items[index])
 
-        keep = self.decoded_cache(stage, own=lambda *_: self._monai_cache(items, preprocess))
+        keep = self.decoded_cache(
+            stage, own=lambda read, ids, nbytes, what: self._monai_cache(items, preprocess, nbytes, what)
+        )
         nbytes = len(ids) * int(np.prod(self.spatial_size)) * 4  # float32 volumes
         decoded = keep(read, ids, nbytes, f"{self.root}: {len(ids)} volumes")
         # The random augmentation comes after the batch reaches the device (augment_batch),
         # whichever keeps the volumes (MONAI's caches, or a prepared folder's shards).
         return Surfaced(decoded)
 
-    def _monai_cache(self, items: list[dict], preprocess: Compose) -> Dataset:
-        """The preprocessed volumes of ``items`` as ``data.cache`` keeps them."""
+    def _monai_cache(self, items: list[dict], preprocess: Compose, nbytes: float, what: str) -> Dataset:
+        """The preprocessed volumes of ``items`` (``nbytes`` of them) as ``data.cache`` keeps them."""
         if self.hparams.cache == "memory":
-            return CheckedCacheDataset(items, preprocess, progress=False, num_workers=None)
+            if fits_cache(nbytes, self.hparams.cache_limit_mb):
+                return CheckedCacheDataset(items, preprocess, progress=False, num_workers=None)
+            say_over_limit(what, nbytes, self.hparams.cache_limit_mb)
         if self.hparams.cache == "disk" and self.hparams.medmnist_npz is None:
             # Each cached file is named by its item's files (hash_item) and by the pickled
             # preprocessing transforms, every argument included (MONAI's json_hashing cannot

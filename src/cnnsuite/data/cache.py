@@ -39,6 +39,15 @@ def fits_cache(nbytes: float, limit_mb: float) -> bool:
     return limit_mb > 0 and nbytes <= limit_mb * MIB
 
 
+def say_over_limit(what: str, nbytes: float, limit_mb: float) -> None:
+    """The one line a split too large for ``data.cache_limit_mb`` says (none when caching is off)."""
+    if limit_mb > 0:
+        rank_zero_info(
+            f"{what}: {nbytes / MIB:,.0f} MiB decoded, over data.cache_limit_mb={limit_mb:g}; decoded again "
+            "every epoch (cnnsuite prepare writes it once as shards to stream instead)"
+        )
+
+
 class DecodedCache(Generic[T]):
     """``read(i)`` for ``i`` in ``range(count)``: all decoded once and kept, when their total
     size (``nbytes``, estimated before decoding) is within ``limit_mb``; else ``read`` runs on
@@ -49,11 +58,8 @@ class DecodedCache(Generic[T]):
         self.items: list[T] | None = None
         if fits_cache(nbytes, limit_mb):
             self.items = [read(i) for i in range(count)]
-        elif limit_mb > 0:
-            rank_zero_info(
-                f"{what}: {nbytes / MIB:,.0f} MiB decoded, over data.cache_limit_mb={limit_mb:g}; decoded again "
-                "every epoch (cnnsuite prepare writes it once as shards to stream instead)"
-            )
+        else:
+            say_over_limit(what, nbytes, limit_mb)
 
     @property
     def cached(self) -> bool:
