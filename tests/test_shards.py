@@ -3,6 +3,7 @@ the prepared folder streams them in training, with the split, classes and prepro
 state of the record."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,7 +115,7 @@ def test_biomedical3d_streams_volumes_before_their_random_augmentation(tmp_path)
     raw_dm = Biomedical3DDataModule(data_dir=str(raw), spatial_size=[16, 16, 16])
     assert torch.equal(stored, raw_dm.read_input(raw / first).sample)
 
-    streamed = Biomedical3DDataModule(data_dir=str(out), spatial_size=[16, 16, 16])
+    streamed = Biomedical3DDataModule(data_dir=str(out), spatial_size=[16, 16, 16], data_root=str(tmp_path / "data"))
     streamed.setup("fit")
     item = streamed.datasets["train"][0]["image"]
     assert torch.equal(item, stored)  # the loader gives it as stored: the batch is augmented
@@ -142,7 +143,9 @@ def test_video3d_streams_whole_videos_and_draws_its_clips_every_epoch(tmp_path):
     record = json.loads((out / RECORD).read_text())
     assert record["class_names"] == ["left", "right"] and len(record["items"]["test"]) == 2
 
-    streamed = VideoDataModule(data_dir=str(out), frames_per_clip=4, frame_size=16, augment=False, **quarters)
+    streamed = VideoDataModule(
+        data_dir=str(out), frames_per_clip=4, frame_size=16, augment=False, data_root=str(tmp_path / "data"), **quarters
+    )
     streamed.setup("fit")
     assert len(streamed.datasets["test"]) == 4  # two 1-second clips of each 2-second video
     clips = [streamed.datasets["train"][0][0] for _ in range(12)]
@@ -170,7 +173,9 @@ def test_a_split_cut_short_records_the_facts_of_its_own_samples(tmp_path):
     record = json.loads(shards.prepare(datamodule, "video3d", tmp_path / "out").read_text())
     held = {i for ids in record["splits"].values() for i in ids}
     assert set(record["sample_facts"]) == held == set(record["targets"]) and len(held) < 8
-    streamed = VideoDataModule(data_dir=str(tmp_path / "out"), frames_per_clip=4, frame_size=16)
+    streamed = VideoDataModule(
+        data_dir=str(tmp_path / "out"), frames_per_clip=4, frame_size=16, data_root=str(tmp_path / "data")
+    )
     streamed.setup("fit")
     assert len(streamed.datasets["train"]) == 2
 
@@ -274,6 +279,33 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     (tmp_path / "outside.bin").write_bytes(b"secret")
     with pytest.raises(ConfigError, match=r"shard '\.\./outside\.bin' is not a file inside the prepared folder"):
         RecognitionDataModule(data_dir=str(out), image_size=8)
+
+
+def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_path, monkeypatch):
+    """A run hashes every shard of a local prepared folder; a later run with the same data_root
+    hashes only those whose size or modification time changed, and still refuses a damaged one."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    out = tmp_path / "prepared"
+    prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
+    shard_files = sorted(out.rglob("*.bin"))
+    hashed = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: hashed.append(self) or read_bytes(self))
+
+    def open_prepared():
+        hashed.clear()
+        RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
+        return sorted(p for p in hashed if p.suffix == ".bin")
+
+    assert open_prepared() == shard_files and len(shard_files) >= 3
+    assert open_prepared() == []
+    damaged = bytearray(shard_files[0].read_bytes())
+    damaged[-1] ^= 1
+    shard_files[0].write_bytes(bytes(damaged))
+    with pytest.raises(ConfigError, match="sha256"):
+        open_prepared()
+    assert [p for p in hashed if p.suffix == ".bin"] == [shard_files[0]]  # the changed one alone
 
 
 def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):

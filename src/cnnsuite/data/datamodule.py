@@ -32,6 +32,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -197,8 +198,14 @@ class TaskDataModule(L.LightningDataModule):
                     f"data.{key}={value!r}: {location} was prepared with {key}={was!r}; "
                     "give that, or run cnnsuite prepare again"
                 )
-        check_shards(location, record)
+        check_shards(location, record, self._verified_shards(location))
         return record
+
+    def _verified_shards(self, location: str) -> Path:
+        """Where the hashes of a local prepared folder's shards are kept between runs: under
+        ``<data_root>/cache`` (as other caches), one file per folder, so the folder is only read."""
+        digest = hashlib.sha256(str(Path(location).expanduser().resolve()).encode()).hexdigest()[:16]
+        return Path(self.hparams.data_root) / "cache" / "shards-verified" / f"{digest}.json"
 
     @property
     def raw_data_dir(self) -> str | None:

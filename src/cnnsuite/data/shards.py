@@ -88,22 +88,58 @@ def read_record(location: str) -> dict:
     return record
 
 
-def check_shards(location: str, record: dict) -> None:
-    """The shards of ``location`` must be those its record was written with (every file read
-    once: sequential reads, far cheaper than decoding the raw files once)."""
-    files, found = record["files"], {}
+def check_shards(location: str, record: dict, verified: Path | None = None) -> None:
+    """The shards of ``location`` must be those its record was written with: every file hashed
+    (read once, sequentially). ``verified``: where the sha256 of a local folder's shards is kept
+    with each file's size and modification time, so that a later run hashes only the files that
+    changed since (a folder of 100 GB is otherwise read whole at every start, by every process)."""
+    files = record["files"]
+    known = read_verified(verified) if verified is not None and not is_url(location) else None
+    found, kept = {}, {}
     for name in files:
         parts = PurePosixPath(name).parts
         if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
             raise ConfigError(f"{location}/{RECORD}: shard {name!r} is not a file inside the prepared folder")
         try:
-            found[name] = hashlib.sha256(_read_bytes(location, name)).hexdigest()
+            if known is None:
+                found[name] = hashlib.sha256(_read_bytes(location, name)).hexdigest()
+                continue
+            stat = (Path(location) / name).stat()
+            entry = known.get(name)
+            if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
+                found[name] = str(entry[2])
+            else:
+                found[name] = hashlib.sha256((Path(location) / name).read_bytes()).hexdigest()
+            kept[name] = [stat.st_size, stat.st_mtime_ns, found[name]]
         except OSError as err:
             raise ConfigError(f"{location}: shard {name} of {RECORD} cannot be read ({err})") from err
     if content_hash(record["items"], found) != record["sha256"]:
         changed = [name for name in files if files[name] != found[name]]
         what = f"shards {', '.join(changed)} differ" if changed else "its ids or file list were edited"
         raise ConfigError(f"{location}: content sha256 does not match {RECORD} ({what}); run cnnsuite prepare again")
+    if known is not None and kept != known:
+        write_verified(verified, kept)
+
+
+def read_verified(path: Path) -> dict:
+    """What :func:`write_verified` kept in ``path``; nothing where it is missing or unreadable."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def write_verified(path: Path, entries: dict) -> None:
+    """``name → [size, mtime_ns, sha256]`` of shards that matched their record, written whole at
+    once (DDP ranks start together); a data_root that cannot be written keeps hashing them."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            json.dump(entries, tmp)
+        Path(tmp.name).replace(path)
+    except OSError:
+        pass
 
 
 def tensors_to_json(state: dict) -> dict:
