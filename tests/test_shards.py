@@ -61,7 +61,7 @@ def test_recognition2d_trains_from_shards_as_from_its_raw_files(tmp_path):
     # a checkpoint trained on shards evaluates on the raw files, and on the shards, the same way
     for data, name in ((raw, "on_raw"), (out, "on_shards")):
         main(["evaluate", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--data.data_dir", str(data),
-              "--out", str(tmp_path / name), "--debug"])  # fmt: skip
+              "--data.data_root", str(tmp_path / "data"), "--out", str(tmp_path / name), "--debug"])  # fmt: skip
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         assert metrics["test/acc"] == metrics_of(from_shards)["test/acc"]
     # and predicts raw files from the checkpoint alone
@@ -353,4 +353,4 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
     record["sample_facts"][first]["duration"] = "two seconds"
     (out / RECORD).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"prepared: its record's sample_facts are not what cnnsuite prepare"):
-        VideoDataModule(data_dir=str(out), frames_per_clip=4, frame_size=16)
+        VideoDataModule(data_dir=str(out), frames_per_clip=4, frame_size=16, data_root=str(tmp_path / "data"))
