@@ -125,7 +125,7 @@ def test_two_nodes_of_one_process_end_as_one_node_of_two(tmp_path):
     # a tiny run, the same on any machine (no loader workers: auto would differ between the two layouts)
     small = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--data.batch_size", "4",
              "--data.num_workers", "0", "--data.augment", "false", *SMALL_MODEL,
-             "--trainer.enable_progress_bar", "false"]  # fmt: skip
+             "--trainer.enable_progress_bar", "false", "--data.data_root", str(tmp_path / "data")]  # fmt: skip
     run_on = [sys.executable, "-m", "torch.distributed.run"]  # the venv's torchrun
     two_nodes = [*small, "--trainer.default_root_dir", str(tmp_path / "two_nodes")]
     node = {f"node{rank}": substitute(torchrun[1:], {**here, "--node_rank": str(rank)}) for rank in (0, 1)}
@@ -151,7 +151,8 @@ def test_two_nodes_of_one_process_end_as_one_node_of_two(tmp_path):
     assert "test/acc" in two and two == one
     best = runs["two_nodes"] / "checkpoints" / "best.ckpt"
     alone = tmp_path / "alone"
-    main(["evaluate", "--ckpt", str(best), "--data.data_dir", str(prepared), "--out", str(alone), "--debug"])
+    main(["evaluate", "--ckpt", str(best), "--data.data_dir", str(prepared), "--data.data_root", str(tmp_path / "data"),
+          "--out", str(alone), "--debug"])  # fmt: skip
     assert json.loads((alone / "metrics.json").read_text()) == two  # as one process evaluates it
     assert_same_weights(best, runs["one_node"] / "checkpoints" / "best.ckpt")
     assert torch.load(runs["two_nodes"] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] > 0
