@@ -101,16 +101,15 @@ def check_shards(location: str, record: dict, verified: Path | None = None) -> N
         if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
             raise ConfigError(f"{location}/{RECORD}: shard {name!r} is not a file inside the prepared folder")
         try:
-            if known is None:
-                found[name] = hashlib.sha256(_read_bytes(location, name)).hexdigest()
-                continue
-            stat = (Path(location) / name).stat()
-            entry = known.get(name)
-            if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
+            stat = (Path(location) / name).stat() if known is not None else None
+            when = [stat.st_size, stat.st_mtime_ns] if stat else None
+            entry = known.get(name) if known is not None else None
+            if when and isinstance(entry, list) and len(entry) == 3 and entry[:2] == when:
                 found[name] = str(entry[2])
             else:
-                found[name] = hashlib.sha256((Path(location) / name).read_bytes()).hexdigest()
-            kept[name] = [stat.st_size, stat.st_mtime_ns, found[name]]
+                found[name] = hashlib.sha256(_read_bytes(location, name)).hexdigest()
+            if when:
+                kept[name] = [*when, found[name]]
         except OSError as err:
             raise ConfigError(f"{location}: shard {name} of {RECORD} cannot be read ({err})") from err
     if content_hash(record["items"], found) != record["sha256"]:
@@ -133,13 +132,15 @@ def read_verified(path: Path) -> dict:
 def write_verified(path: Path, entries: dict) -> None:
     """``name → [size, mtime_ns, sha256]`` of shards that matched their record, written whole at
     once (DDP ranks start together); a data_root that cannot be written keeps hashing them."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
             json.dump(entries, tmp)
         Path(tmp.name).replace(path)
     except OSError:
-        pass
+        if tmp is not None:  # a full disk: no half-written file left beside it
+            Path(tmp.name).unlink(missing_ok=True)
 
 
 def tensors_to_json(state: dict) -> dict:
