@@ -4,6 +4,7 @@ unregistered one is not trusted."""
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import ROOT, make_image_folder
 
 from cnnsuite.cli import main
 from cnnsuite.contract import registered_tasks, trusted_classes
+from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import CheckpointError
 
 
@@ -93,6 +95,20 @@ def test_an_unregistered_copy_trains_but_its_checkpoint_is_refused(site, tmp_pat
     assert "names 'unregistered.module.RecognitionModule' as its TaskModule; refused" in err
     with pytest.raises(CheckpointError, match="refused, only registered tasks' classes are rebuilt"):
         main(["predict", "--ckpt", str(ckpt), "--input", str(images), "--debug"])
+
+
+def test_a_resolution_key_outside_model_and_data_is_named_when_the_task_loads():
+    from types import SimpleNamespace
+
+    from cnnsuite.contract import load_task
+
+    task = registered_tasks()["recognition2d"]
+    good = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: task)
+    assert load_task(good) is task
+    bad = replace(task, resolution=("data.image_size", "image_size"))
+    point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: bad)
+    with pytest.raises(ConfigError, match="resolution key 'image_size', expected model.<argument> or data.<argument>"):
+        load_task(point)
 
 
 def test_the_shared_code_names_no_task():

@@ -110,6 +110,11 @@ def load_task(point) -> Task:
         raise ConfigError(f"task {point.name!r} ({point.value}): expected a cnnsuite.contract.Task of that name")
     if not (issubclass(task.module, TaskModule) and issubclass(task.datamodule, TaskDataModule)):
         raise ConfigError(f"task {point.name!r}: its module must be a TaskModule, its datamodule a TaskDataModule")
+    for key in task.resolution:
+        section, _, name = key.partition(".")
+        if section not in ("model", "data") or not name:
+            expected = "expected model.<argument> or data.<argument>"
+            raise ConfigError(f"task {point.name!r}: resolution key {key!r}, {expected}")
     return task
 
 
