@@ -27,7 +27,7 @@ help:  ## list the targets
 	@echo "make serve CKPT=<file> [PORT=8000]      POST /predict (multipart field 'file') over HTTP"
 	@echo "make test                                the test suite"
 	@echo "make test-slow                           the tests that start real processes: kills, DDP"
-	@echo "make bench [OUT=<dir>] [ARGS=--quick]    every task's model, data pipeline, training against references, cost as data grows: bench.md"
+	@echo "make bench [OUT=<dir>] [ARGS=--quick]    every task's model, training settings, data pipeline, training against references, cost as data grows: bench.md"
 	@echo "make lint                                ruff"
 	@echo "make docs                                docs/cli.md from the commands' own help; task READMEs' figures tables"
 	@echo "tasks: $(TASKS)"

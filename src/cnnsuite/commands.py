@@ -65,8 +65,8 @@ COMMANDS: dict[str, Command] = {
                      "cnnsuite.use.serve:serve_main"),
     "sweep": Command("search a task's hyper-parameters with Optuna (--space FILE, --trials N), each trial a fit run; "
                      "resumable, shared by processes on one database", "cnnsuite.training.sweep:sweep_main"),
-    "bench": Command("measure every task's model, data pipeline, training against references, cost as data grows",
-                     "cnnsuite.bench:bench_main"),
+    "bench": Command("measure every task's model, training settings, data pipeline, training against references, "
+                     "cost as data grows", "cnnsuite.bench:bench_main"),
 }  # fmt: skip
 #: the commands LightningCLI parses and runs
 LIGHTNING_COMMANDS = tuple(name for name, command in COMMANDS.items() if command.main is None)

@@ -7,7 +7,7 @@ The bench knows no task by name: it measures the registered tasks (:mod:`cnnsuit
 each built from its own config as ``cnnsuite fit`` builds it, against the references it
 declares, with what its :class:`~cnnsuite.contract.Task` says each section runs for it.
 
-A section is a module of this package (``models``, ``pipeline``, ``endtoend``, ``scale``) with
+A section is a module of this package (``models``, ``recipe``, ``pipeline``, ``endtoend``, ``scale``) with
 ``run(tasks, context) -> {task: {key: value}}`` (settings by ``context.pick``) and ``markdown(results) -> str``. Its
 figures land in ``bench.json`` under the section's name, flattened as ``<task>.<key>``, and its
 table in ``bench.md`` after the machine's. Every comparison is a ratio (ours / reference) under
@@ -45,7 +45,7 @@ from ..training.callbacks import PreciseBatchNorm
 from ..training.schedules import CosineAnnealingLR
 from ..training.task import TaskModule, class_path
 
-SECTIONS = ("models", "pipeline", "endtoend", "scale")
+SECTIONS = ("models", "recipe", "pipeline", "endtoend", "scale")
 #: CPU flags that decide how fast convolutions and matmuls can run
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
               "amx_tile")  # fmt: skip
@@ -427,9 +427,9 @@ def bench_main(argv: list[str]) -> None:
     tasks = task_names()
     parser = command_parser(
         "bench", ckpt=None,
-        description="Every task's model against its references, its data pipeline, its end-to-end training and how "
-        "its cost grows with its data, side by side and against this machine's matmul rate: DIR/bench.json and "
-        "DIR/bench.md.",
+        description="Every task's model against its references, what each training setting buys, its data "
+        "pipeline, its end-to-end training and how its cost grows with its data, side by side and against this "
+        "machine's matmul rate: DIR/bench.json and DIR/bench.md.",
     )  # fmt: skip
     add_out(parser, "folder for bench.json and bench.md (default runs/bench)", default="runs/bench")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile (about 5 minutes)")

@@ -128,18 +128,34 @@ def as_input_of(batch, datamodule):
 class TrainingStep:
     """One full training step of the task's model (with ``overrides``: a reference) on
     ``batch``, through the module's ``training_step`` and the config's optimiser; calling it
-    runs the step."""
+    runs the step. ``autocast``: the forward and loss under ``torch.autocast`` to that dtype,
+    as Lightning's ``*-mixed`` precisions run them; ``compile``: the module's forward compiled."""
 
-    def __init__(self, task: str, overrides: dict, batch, context: BenchContext) -> None:
+    def __init__(
+        self,
+        task: str,
+        overrides: dict,
+        batch,
+        context: BenchContext,
+        autocast: torch.dtype | None = None,
+        compile: bool = False,
+    ) -> None:
         torch.manual_seed(0)
         self.model, datamodule = build(task, context.data_root, **overrides)
         self.model.to(context.device).train()
+        if compile:
+            self.model.compile()
         self.batch = move_data_to_device(as_input_of(batch, datamodule), context.device)
         self.optimizer = make_optimizer(task, self.model.parameters())
+        self.autocast = autocast
+
+    def loss(self) -> torch.Tensor:
+        with torch.autocast(self.model.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            return self.model.training_step(self.batch, 0)
 
     def __call__(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.training_step(self.batch, 0).backward()
+        self.loss().backward()
         self.optimizer.step()
 
     def figures(self, timing: dict, context: BenchContext) -> dict:
@@ -196,13 +212,8 @@ def inference_figures(task: str, batch, settings: Settings, context: BenchContex
     model, _ = build(task, context.data_root)
     model.to(context.device).eval()
     network = model.inference_network().eval()
-    inputs = move_data_to_device(batch[0], context.device)
-    if isinstance(inputs, torch.Tensor):  # the network's batch as the loader gives it
-        full, single = inputs, inputs[:1]
-    else:  # a detector's list of images of any size, resized, normalised and padded by its transform
-        with torch.no_grad():
-            full, single = model.batch_inputs(inputs), model.batch_inputs(inputs[:1])
-    size, sync = len(inputs), synchronizer(context.device)
+    full, single = network_batch(model, batch, context.device), network_batch(model, batch, context.device, 1)
+    size, sync = len(full), synchronizer(context.device)
     figures = {"forward_flops_per_sample": count_flops(lambda: network(full)) / size}
 
     def timed(engine: str, run) -> None:
@@ -240,6 +251,17 @@ def inference_figures(task: str, batch, settings: Settings, context: BenchContex
                 figures["onnx_max_abs_diff"] = max(max_difference(e, o) for e, o in pairs)
             timed("onnxruntime", onnx)
     return figures
+
+
+def network_batch(model, batch, device: torch.device, size: int | None = None) -> torch.Tensor:
+    """The first ``size`` samples (default all) of ``batch`` as the model's
+    ``inference_network()`` takes them, on ``device``: the loader's tensor, or a detector's
+    images of any size resized, normalised and padded by its own transform."""
+    inputs = move_data_to_device(batch[0][:size], device)
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    with torch.no_grad():
+        return model.batch_inputs(inputs)
 
 
 def export_onnx(task: str, model, network: torch.nn.Module, batch: torch.Tensor, path: Path):

@@ -1,0 +1,82 @@
+"""cnnsuite bench, section ``recipe``: each task's training step in fp32 as configured, under
+bf16 autocast, with its activations' layout flipped and compiled, on the same batch. Never a
+wall-clock assertion: that each variant ran what it names, and each ratio is a finite positive
+number."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from cnnsuite.bench import recipe
+from cnnsuite.bench.core import BenchContext
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One tiny run of the section on a task whose module has ``channels_last`` and on the
+    detector, which has none."""
+    from cnnsuite.cli import main
+
+    out = tmp_path_factory.mktemp("bench")
+    main(["bench", "--out", str(out), "--tiny", "--tasks", "recognition2d", "detection2d",
+          "--sections", "recipe", "--data_root", str(out / "data")])  # fmt: skip
+    return json.loads((out / "bench.json").read_text())["recipe"], (out / "bench.md").read_text()
+
+
+def test_each_variant_is_measured_where_the_task_has_its_setting(report):
+    figures, _ = report
+    for variant in ("configured", "bf16", "flipped", "bf16_flipped"):
+        assert figures[f"recognition2d.train_samples_per_s_{variant}"] > 0
+        ratio = figures[f"recognition2d.speed_ratio_{variant}"]
+        assert math.isfinite(ratio) and ratio > 0
+    assert figures["recognition2d.speed_ratio_configured"] == 1.0
+    assert figures["recognition2d.channels_last"] is False
+    # the detector's module has no channels_last: nothing to flip
+    assert figures["detection2d.channels_last"] is None
+    assert "detection2d.train_samples_per_s_flipped" not in figures
+    assert figures["detection2d.train_samples_per_s_bf16"] > 0
+    for task in ("recognition2d", "detection2d"):
+        assert figures[f"{task}.fastest"] in recipe.VARIANTS
+        assert figures[f"{task}.eval_speed_ratio_bf16"] > 0
+
+
+def test_the_bf16_step_computes_in_bfloat16_and_close_to_fp32(report):
+    """The same weights and batch give a loss that differs under autocast (bfloat16 keeps 8
+    bits of mantissa: an unchanged loss would mean the variant ran fp32), by little."""
+    figures, _ = report
+    for task in ("recognition2d", "detection2d"):
+        assert 0 < figures[f"{task}.bf16_loss_rel_diff"] < 0.05, task
+
+
+def test_the_table_gives_each_task_its_ratios(report):
+    _, md = report
+    table = md.split("## Recipe", 1)[1]
+    assert "| recognition2d | off |" in table and "| detection2d | — |" in table
+    assert "torch.compile is not measured with --quick." in table
+
+
+def test_each_variant_starts_from_the_same_weights_and_flips_only_what_it_names(tmp_path):
+    """The ratios compare settings, not initialisations: every variant's model holds the same
+    weights; the flipped ones train the other layout, the bf16 ones under autocast."""
+    from cnnsuite.bench.core import build
+
+    context = BenchContext(tmp_path, quick=True, machine={}, matmul_gflops=1.0, tiny=True)
+    _, datamodule = build("recognition2d", tmp_path)
+    batch = datamodule.synthetic_batch(2, torch.Generator().manual_seed(0))
+    steps = recipe.variant_steps("recognition2d", batch, context, layout=False, compile=False)
+    assert set(steps) == {"configured", "bf16", "flipped", "bf16_flipped"}
+    first = dict(steps["configured"].model.named_parameters())
+    for name, step in steps.items():
+        flipped = name.endswith("flipped")
+        assert step.model.hparams.channels_last is flipped, name
+        assert (step.autocast == torch.bfloat16) is name.startswith("bf16"), name
+        for key, value in step.model.named_parameters():
+            assert torch.equal(value, first[key]), (name, key)
+        conv = next(p for p in step.model.parameters() if p.dim() == 4 and p.shape[1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) is flipped, name
+    assert set(recipe.variant_steps("recognition2d", batch, context, layout=None, compile=False)) == {
+        "configured",
+        "bf16",
+    }
