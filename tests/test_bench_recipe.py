@@ -82,3 +82,28 @@ def test_each_variant_starts_from_the_same_weights_and_flips_only_what_it_names(
         "configured",
         "bf16",
     }
+
+
+@pytest.mark.slow
+def test_the_compiled_step_compiles_the_networks_its_training_step_calls(tmp_path):
+    """Compiling the module's ``forward`` alone would leave a detector, which its
+    ``training_step`` calls directly, uncompiled and the ratio meaningless: each network the
+    module holds is compiled, and the compiled step computes the configured step's loss."""
+    from torch._dynamo.utils import counters
+
+    from cnnsuite.bench.core import build
+
+    context = BenchContext(tmp_path, quick=True, machine={}, matmul_gflops=1.0, tiny=True)
+    model, datamodule = build("recognition2d", tmp_path)
+    batch = datamodule.synthetic_batch(2, torch.Generator().manual_seed(0))
+    steps = recipe.variant_steps("recognition2d", batch, context, layout=model.hparams.channels_last, compile=True)
+    compiled = steps["compile"]
+    before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        assert float(compiled.loss()) == pytest.approx(float(steps["configured"].loss()), rel=1e-4)
+    assert counters["stats"]["unique_graphs"] > before
+    assert all(
+        getattr(child, "_compiled_call_impl", None) is not None
+        for child in compiled.model.children()
+        if any(True for _ in child.parameters())
+    )

@@ -129,7 +129,10 @@ class TrainingStep:
     """One full training step of the task's model (with ``overrides``: a reference) on
     ``batch``, through the module's ``training_step`` and the config's optimiser; calling it
     runs the step. ``autocast``: the forward and loss under ``torch.autocast`` to that dtype,
-    as Lightning's ``*-mixed`` precisions run them; ``compile``: the module's forward compiled."""
+    as Lightning's ``*-mixed`` precisions run them; ``compile``: each network the module holds
+    (its children with parameters: a classifier's backbone and head, a detector) compiled in
+    place, whichever of them its ``training_step`` calls — the module's own ``forward`` may be
+    none of them."""
 
     def __init__(
         self,
@@ -144,7 +147,9 @@ class TrainingStep:
         self.model, datamodule = build(task, context.data_root, **overrides)
         self.model.to(context.device).train()
         if compile:
-            self.model.compile()
+            for network in self.model.children():
+                if any(True for _ in network.parameters()):
+                    network.compile()
         self.batch = move_data_to_device(as_input_of(batch, datamodule), context.device)
         self.optimizer = make_optimizer(task, self.model.parameters())
         self.autocast = autocast
