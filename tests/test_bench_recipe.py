@@ -107,3 +107,29 @@ def test_the_compiled_step_compiles_the_networks_its_training_step_calls(tmp_pat
         for child in compiled.model.children()
         if any(True for _ in child.parameters())
     )
+
+
+def test_a_variant_whose_weights_stop_being_finite_is_flagged_and_never_the_fastest(tmp_path, monkeypatch):
+    """A faster step that poisons the weights (an overflowing gradient, a faulty kernel) is
+    no recipe: the section says so and picks among the others."""
+    real = recipe.variant_steps
+
+    def poisoned(*args, **kwargs):
+        steps = real(*args, **kwargs)
+        step = steps["bf16"]
+        weight = next(step.model.parameters())
+
+        def call() -> None:  # the fastest step there is, leaving a NaN behind
+            with torch.no_grad():
+                weight.view(-1)[0] = float("nan")
+
+        steps["bf16"] = type("Poisoned", (), {"__call__": staticmethod(call), "model": step.model,
+                                              "loss": step.loss, "autocast": step.autocast})()  # fmt: skip
+        return steps
+
+    monkeypatch.setattr(recipe, "variant_steps", poisoned)
+    context = BenchContext(tmp_path, quick=True, machine={}, matmul_gflops=1.0, tiny=True)
+    figures = recipe.measure_task("recognition2d", recipe.TINY, context)
+    assert figures["finite_weights_bf16"] is False and figures["finite_weights_configured"] is True
+    assert figures["speed_ratio_bf16"] > 1 and figures["fastest"] != "bf16"
+    assert "(weights non-finite)" in recipe.markdown({"recognition2d": figures})

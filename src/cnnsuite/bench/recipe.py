@@ -16,14 +16,16 @@ optimiser), in variants whose timings take turns:
   ``trainer.precision: bf16-mixed`` runs a step;
 - ``flipped``: ``model.channels_last`` the other way (tasks whose module has it), and
   ``bf16_flipped``: both;
-- ``compile``: the module's forward through ``torch.compile`` (full runs only; its compile time
-  is counted apart, in ``compile_seconds``).
+- ``compile``: each network the module holds through ``torch.compile`` (full runs only; its
+  compile time is counted apart, in ``compile_seconds``).
 
 Figures per task: ``train_samples_per_s_<variant>``; ``speed_ratio_<variant>`` over
-``configured`` (above 1: faster); ``fastest``; ``bf16_loss_rel_diff``, the first step's loss
-under bf16 against fp32 from the same weights on the same batch (a faster step that computes
-something else is no recipe); and ``eval_speed_ratio_bf16``, the forward that validation and
-prediction run (``inference_network()`` in eval mode) under bf16 over fp32.
+``configured`` (above 1: faster); ``finite_weights_<variant>``, whether its weights are still
+finite after its timed steps (a step whose gradients overflow, or that hits a faulty kernel,
+poisons them: such a variant is never the fastest); ``fastest``; ``bf16_loss_rel_diff``, the
+first step's loss under bf16 against fp32 from the same weights on the same batch (a faster
+step that computes something else is no recipe); and ``eval_speed_ratio_bf16``, the forward
+that validation and prediction run (``inference_network()`` in eval mode) under bf16 over fp32.
 
 A ratio says what a setting buys per step, not whether training keeps its accuracy with it: a
 setting enters a task's config once its seeds reach the same metric with it
@@ -82,7 +84,9 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
     speeds = {name: size / timing["median"] for name, timing in timings.items()}
     figures |= {f"train_samples_per_s_{name}": speed for name, speed in speeds.items()}
     figures |= {f"speed_ratio_{name}": speed / speeds["configured"] for name, speed in speeds.items()}
-    figures["fastest"] = max(speeds, key=speeds.get)
+    finite = {name: all(bool(torch.isfinite(p).all()) for p in step.model.parameters()) for name, step in steps.items()}
+    figures |= {f"finite_weights_{name}": ok for name, ok in finite.items()}
+    figures["fastest"] = max((name for name in speeds if finite[name]), key=speeds.get, default=None)
     return figures | eval_ratio(steps["configured"].model, batch, settings, context)
 
 
@@ -135,6 +139,14 @@ def relative(value: float, reference: float) -> float:
     return abs(value - reference) / (abs(reference) or 1.0)
 
 
+def ratio_cell(figures: dict, variant: str) -> str:
+    """A variant's speed ratio, flagged where its weights did not stay finite."""
+    ratio = figures.get(f"speed_ratio_{variant}")
+    if ratio is None:
+        return "—"
+    return f"{ratio:.2f}×" + ("" if figures[f"finite_weights_{variant}"] else " (weights non-finite)")
+
+
 def markdown(results: dict[str, dict]) -> str:
     lines = [
         "## Recipe",
@@ -143,7 +155,8 @@ def markdown(results: dict[str, dict]) -> str:
         "model (forward, loss, backward, optimiser) on one synthetic batch, the variants' timings taking turns. "
         "Speed ratios over the task's configured step (fp32; above 1: faster). bf16: forward and loss under "
         "`torch.autocast` to bfloat16 (Lightning's `bf16-mixed`); flipped: `model.channels_last` the other way. "
-        "Loss difference: the first step's loss under bf16 against fp32, same weights and batch. Eval bf16: the "
+        "Non-finite: the variant's weights were no longer finite after its timed steps (never the fastest). Loss "
+        "difference: the first step's loss under bf16 against fp32, same weights and batch. Eval bf16: the "
         "eval-mode forward (validation, prediction) under bf16 over fp32. A ratio is speed only: a setting enters "
         "a config once the task's seeds keep their metric with it.",
         "",
@@ -152,11 +165,10 @@ def markdown(results: dict[str, dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for task, f in results.items():
-        ratios = [f.get(f"speed_ratio_{name}") for name in VARIANTS[1:]]
-        cells = " | ".join("—" if r is None else f"{r:.2f}×" for r in ratios)
+        cells = " | ".join(ratio_cell(f, name) for name in VARIANTS[1:])
         layout = {True: "on", False: "off", None: "—"}[f["channels_last"]]
         lines.append(
-            f"| {task} | {layout} | {_fmt(f['train_samples_per_s_configured'])} | {cells} | {f['fastest']} | "
+            f"| {task} | {layout} | {_fmt(f['train_samples_per_s_configured'])} | {cells} | {f['fastest'] or '—'} | "
             f"{f['bf16_loss_rel_diff']:.1e} | {f['eval_speed_ratio_bf16']:.2f}× |"
         )
     if not any("compile_seconds" in f for f in results.values()):
