@@ -218,6 +218,32 @@ def test_a_read_in_a_random_order_decodes_its_item_alone(tmp_path, monkeypatch):
     assert len(decoded) == len(order)  # the "id" field, one a decoded item
 
 
+def test_a_local_split_keeps_its_chunks_mapped_within_cache_limit_mb(tmp_path, monkeypatch):
+    """Reads in a random order over a split of many chunks: within ``mapped_mb`` each chunk
+    is opened and mapped once; with LitData's four kept, nearly every read maps one again."""
+    from litdata.streaming import item_loader
+
+    from cnnsuite.data import shards
+
+    monkeypatch.setattr(shards, "CHUNK_BYTES", "16KB")
+    ids = [f"item_{i}" for i in range(400)]
+    write_shards(tmp_path, "train", ids, lambda i: np.full((16, 16), i, np.uint16))
+    chunks = len(list((tmp_path / "train").glob("*.bin")))
+    assert chunks > 2 * shards.LITDATA_MAPPED_CHUNKS
+    opened = []
+    open_chunk = item_loader._open_chunk_file
+    monkeypatch.setattr(item_loader, "_open_chunk_file", lambda path: opened.append(path) or open_chunk(path))
+    order = [int(i) for i in np.random.default_rng(0).permutation(len(ids))[:300]]
+    for mapped_mb, most in ((1, chunks), (0, None)):
+        opened.clear()
+        items = StreamedItems(str(tmp_path), "train", ids, mapped_mb)
+        assert all(items[i][0, 0] == i for i in order)
+        if most is not None:
+            assert len(opened) == most
+        else:  # the default: four kept, so most reads map a chunk again
+            assert len(opened) > len(order) / 2
+
+
 def test_prepare_from_inside_the_data_folder(tmp_path, monkeypatch):
     """Sample ids are paths relative to the data folder: run from inside it, they name files
     there, which LitData would store as the files' contents; they stay ids."""

@@ -27,6 +27,9 @@ order: local shards (the page cache) do not mind; on object storage LitData keep
 fetched in its cache folder, so an epoch fetches each chunk once when the cache holds the split.
 Each read decodes its item alone (``batch_decode=0``): LitData's default decodes a window of up to
 256 neighbours for the next reads to take, which a random order throws away at almost every read.
+A local split's chunks stay mapped, as many as ``data.cache_limit_mb`` holds
+(:class:`StreamedItems`): LitData keeps four, and a random order over more maps a chunk again at
+almost every read.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from .splits import STAGES
 RECORD = "cnnsuite-prepared.json"
 #: the size of one shard file (LitData's chunk)
 CHUNK_BYTES = "64MB"
+#: the chunks of a local folder LitData keeps memory-mapped at once by default
+LITDATA_MAPPED_CHUNKS = 4
 
 
 def is_url(location: str) -> bool:
@@ -161,21 +166,40 @@ def tensors_from_json(state: dict) -> dict:
 class StreamedItems:
     """One split's decoded items, read from its shards: what a dataset keeps in place of a
     :class:`~cnnsuite.data.cache.DecodedCache`. The ``StreamingDataset`` is opened in the
-    process that reads first (each DataLoader worker its own)."""
+    process that reads first (each DataLoader worker its own).
+
+    A local split's chunk files are read in place, memory-mapped: ``mapped_mb`` bounds the
+    chunks mapped at once (their pages are the kernel's page cache, which it takes back under
+    pressure, but they count in the process's resident memory). LitData keeps four mapped and
+    maps another one, dropping the oldest, when a read needs it: in a random order over more
+    chunks than that nearly every read maps one, at ten times the cost of the read itself."""
 
     cached = True  # every item comes whole, as a cache's do
 
-    def __init__(self, location: str, stage: str, ids: list[str]) -> None:
+    def __init__(self, location: str, stage: str, ids: list[str], mapped_mb: float = 0) -> None:
         self.url, self.ids, self._dataset = f"{location.rstrip('/')}/{stage}", ids, None
+        self.mapped_mb = mapped_mb
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def kept_chunks(self) -> int:
+        """How many chunks stay mapped: the split's, within ``mapped_mb`` (at least LitData's
+        four); object storage keeps LitData's own setting (it downloads chunks, maps none)."""
+        if is_url(self.url):
+            return LITDATA_MAPPED_CHUNKS
+        chunks = list(Path(self.url).glob("*.bin"))
+        largest = max((c.stat().st_size for c in chunks), default=1) / 2**20
+        return max(LITDATA_MAPPED_CHUNKS, min(len(chunks), int(self.mapped_mb / max(largest, 1e-6))))
 
     def __getitem__(self, index: int):
         if self._dataset is None:
             from litdata import StreamingDataset
 
-            self._dataset = StreamingDataset(self.url, batch_decode=0)
+            kept = self.kept_chunks()
+            # LitData maps max(4, max_pre_download) chunks of a local folder at once
+            options = {"max_pre_download": kept} if kept > LITDATA_MAPPED_CHUNKS else {}
+            self._dataset = StreamingDataset(self.url, batch_decode=0, **options)
         entry = self._dataset[index]
         # bytes (a memoryview back), or a string in folders written before ids were bytes
         found = entry["id"] if isinstance(entry["id"], str) else bytes(entry["id"]).decode()
