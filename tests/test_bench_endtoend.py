@@ -3,7 +3,9 @@ sides (``cnnsuite fit`` + evaluation, and the plain script, each in its own proc
 that the figures are there and the ratios finite and positive: never a wall-clock assertion."""
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +120,36 @@ def test_end_to_end_trains_what_make_train_trains_unless_the_task_says(tmp_path)
         patch.setitem(registered_tasks(), "recognition2d", dataclasses.replace(task, config=no_epochs))
         with pytest.raises(ConfigError, match="gives no trainer.max_epochs"):
             endtoend.endtoend_epochs(registered_tasks()["recognition2d"], endtoend.FULL)
+
+
+def test_each_side_runs_in_turn_and_keeps_its_shortest_run(tmp_path, monkeypatch):
+    """A full run times each side twice, ours then plain, then plain then ours, and keeps each
+    side's shortest run with the metric of that run: another process taking the cores for a
+    while lengthens a run and must not decide the ratio."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "recognition2d.py").write_text("")
+    calls = []
+    seconds = {"ours": [30.0, 20.0], "plain": [18.0, 25.0]}
+
+    def timed(command, log, cwd=None):
+        side = "ours" if "cnnsuite" in command else "plain"
+        n = sum(1 for s in calls if s == side)
+        calls.append(side)
+        if side == "ours":
+            run = Path(command[command.index("--trainer.default_root_dir") + 1])
+            (run / "version_0" / "evaluation").mkdir(parents=True)
+            (run / "version_0" / "evaluation" / "metrics.json").write_text(json.dumps({"test/acc": 0.9 + n / 100}))
+        else:
+            result = {"train_seconds": 10.0 + n, "data_seconds": 1.0, "test/acc": 0.8 + n / 100}
+            Path(command[command.index("--out") + 1]).write_text(json.dumps(result))
+        return seconds[side][n]
+
+    monkeypatch.setattr(endtoend, "timed", timed)
+    figures = endtoend.end_to_end("recognition2d", 1, tmp_path, None, plain, repeats=endtoend.FULL.repeats)
+    assert calls == ["ours", "plain", "plain", "ours"]
+    assert figures["time_s_ours_all"] == [30.0, 20.0] and figures["time_s_plain_all"] == [18.0, 25.0]
+    assert figures["time_s_ours"] == 20.0 and figures["test_metric_ours"] == pytest.approx(0.91)
+    assert figures["time_s_plain"] == 18.0 and figures["test_metric_plain"] == pytest.approx(0.8)
+    assert figures["plain_train_s"] == 10.0 and figures["train_time_ratio_vs_plain"] == pytest.approx(20 / 18)
+    assert "Each side ran 2 times" in endtoend.markdown({"recognition2d": figures | {"test_metric": "test/acc"}})

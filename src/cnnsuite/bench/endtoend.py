@@ -10,6 +10,9 @@ split with the same torchmetrics metric. Both train the default config's epochs,
 train`` does, unless the task declares others (:attr:`cnnsuite.contract.Task.endtoend_epochs`;
 ``quick_endtoend_epochs`` with ``--quick``; a cosine schedule's length follows the epochs on
 both sides).
+Each side runs ``repeats`` times (2 in a full run), in the order ours, plain, then plain, ours,
+and keeps its shortest run: another process taking the cores for a while lengthens a run, never
+shortens one, and the alternation spreads a slow drift of the machine over both sides.
 ``train_time_ratio_vs_plain`` is the wall time of ours over the plain script's (goal ≤ 1.1);
 ``test_metric_ours`` and ``test_metric_plain`` sit side by side (goal: ours at least as good).
 The metric is the task's headline (:attr:`cnnsuite.contract.Task.headline`).
@@ -61,18 +64,19 @@ class Settings:
     """``seconds``: the equal training-time budget per network; ``quick``: each task's
     ``quick_*`` declarations decide what runs (:class:`cnnsuite.contract.Task`), not its full
     ones; ``max_epochs``: at most this many end-to-end epochs, ``limit_batches``: batches per
-    epoch (tests)."""
+    epoch (tests); ``repeats``: runs of each side of the end-to-end comparison, the shortest kept."""
 
     seconds: float
     quick: bool = False
     max_epochs: int | None = None
     limit_batches: int | None = None
+    repeats: int = 1
 
 
 #: the most ``make train`` may take over the plain script's time for the same training
 TIME_GOAL = 1.1
 
-FULL = Settings(seconds=30.0)
+FULL = Settings(seconds=30.0, repeats=2)
 QUICK = Settings(seconds=10.0, quick=True)
 TINY = Settings(seconds=1.0, quick=True, max_epochs=1, limit_batches=2)
 
@@ -112,7 +116,7 @@ def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
         if epochs or references:
             build(task, data_root)[1].prepare_data()  # the embedded default, generated once, outside the timings
         if epochs:
-            figures |= end_to_end(task, epochs, data_root, settings.limit_batches, context.plain)
+            figures |= end_to_end(task, epochs, data_root, settings.limit_batches, context.plain, settings.repeats)
         if references:
             figures |= equal_budget(task, references, settings, data_root, context.device)
         if len(figures) > 1:
@@ -132,37 +136,68 @@ def plain_script(task: str, plain: Path | None) -> Path | str:
     return script if script.is_file() else f"not measured: {script} is missing"
 
 
-def end_to_end(task: str, epochs: int, data_root: Path, limit_batches: int | None, plain: Path | None) -> dict:
+def end_to_end(
+    task: str, epochs: int, data_root: Path, limit_batches: int | None, plain: Path | None, repeats: int = 1
+) -> dict:
     """Wall time and test metric of ``cnnsuite fit`` (+ its evaluation) and of the plain script
-    (``<task>.py`` in the folder ``plain``), each in its own process, for ``epochs`` epochs."""
+    (``<task>.py`` in the folder ``plain``), each in its own process, for ``epochs`` epochs;
+    each side ``repeats`` times, ours and plain in turn and the order reversed every other
+    round, the shortest run of each kept (its metric with it)."""
     spec = task_spec(task)
     metric = spec.headline
     figures: dict = {"endtoend_epochs": epochs}
+    script = plain_script(task, plain)
+    sides = {"ours": lambda run: fit_once(spec, epochs, data_root, limit_batches, run)}
+    if isinstance(script, Path):
+        sides["plain"] = lambda run: plain_once(script, epochs, data_root, limit_batches, run)
+    runs: dict[str, list[tuple[float, dict]]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix=f"bench-{task}-") as tmp:
-        args = ["--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", f"{tmp}/run",
-                "--trainer.enable_progress_bar", "false", "--data.data_root", str(data_root)]  # fmt: skip
-        if limit_batches:
-            args += ["--trainer.limit_train_batches", str(limit_batches)]
-        command = [sys.executable, "-m", "cnnsuite", "fit", "--config", str(spec.config), *args]
-        seconds = timed(command, f"{tmp}/ours.log")
-        ours = json.loads(Path(f"{tmp}/run/version_0/evaluation/metrics.json").read_text())
-        figures |= {"time_s_ours": seconds, "test_metric_ours": ours[metric]}
-        script = plain_script(task, plain)
-        if not isinstance(script, Path):
-            return figures | {"plain": script}
-        plain_args = ["--epochs", str(epochs), "--data_root", str(data_root), "--out", f"{tmp}/plain.json"]
-        if limit_batches:
-            plain_args += ["--limit_batches", str(limit_batches)]
-        seconds = timed([sys.executable, str(script), *plain_args], f"{tmp}/plain.log")
-        plain_result = json.loads(Path(f"{tmp}/plain.json").read_text())
+        for round_ in range(max(1, repeats)):
+            for side in list(sides)[:: -1 if round_ % 2 else 1]:
+                folder = Path(tmp, f"{side}-{round_}")
+                folder.mkdir()
+                runs[side].append(sides[side](folder))
+    seconds, ours = min(runs["ours"], key=lambda run: run[0])
+    figures |= {
+        "time_s_ours": seconds,
+        "time_s_ours_all": [t for t, _ in runs["ours"]],
+        "test_metric_ours": ours[metric],
+    }
+    if "plain" not in runs:
+        return figures | {"plain": script}
+    seconds, plain_result = min(runs["plain"], key=lambda run: run[0])
     return figures | {
         "time_s_plain": seconds,
+        "time_s_plain_all": [t for t, _ in runs["plain"]],
         "plain_train_s": plain_result["train_seconds"],
         "plain_data_s": plain_result["data_seconds"],
         "train_time_ratio_vs_plain": figures["time_s_ours"] / seconds,
         "test_metric_plain": plain_result[metric],
         "test_metric_ratio_vs_plain": ratio(figures["test_metric_ours"], plain_result[metric]),
     }
+
+
+def fit_once(spec: Task, epochs: int, data_root: Path, limit_batches: int | None, folder: Path) -> tuple[float, dict]:
+    """Seconds of one ``cnnsuite fit`` of the task's config (its evaluation included) run in
+    ``folder``, and the metrics its evaluation wrote."""
+    args = ["--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", f"{folder}/run",
+            "--trainer.enable_progress_bar", "false", "--data.data_root", str(data_root)]  # fmt: skip
+    if limit_batches:
+        args += ["--trainer.limit_train_batches", str(limit_batches)]
+    command = [sys.executable, "-m", "cnnsuite", "fit", "--config", str(spec.config), *args]
+    seconds = timed(command, f"{folder}/ours.log")
+    return seconds, json.loads(Path(f"{folder}/run/version_0/evaluation/metrics.json").read_text())
+
+
+def plain_once(
+    script: Path, epochs: int, data_root: Path, limit_batches: int | None, folder: Path
+) -> tuple[float, dict]:
+    """Seconds of one run of the plain ``script`` in ``folder``, and the JSON it wrote."""
+    args = ["--epochs", str(epochs), "--data_root", str(data_root), "--out", f"{folder}/plain.json"]
+    if limit_batches:
+        args += ["--limit_batches", str(limit_batches)]
+    seconds = timed([sys.executable, str(script), *args], f"{folder}/plain.log")
+    return seconds, json.loads(Path(f"{folder}/plain.json").read_text())
 
 
 def timed(command: list[str], log: str, cwd: Path | None = None) -> float:
@@ -272,6 +307,14 @@ WHY = (
 )
 
 
+def repeats_sentence(rows: dict[str, dict]) -> str:
+    """How many times each side ran, and which run counts."""
+    runs = max(len(f.get("time_s_ours_all", [])) for f in rows.values())
+    if runs < 2:
+        return ""
+    return f"Each side ran {runs} times, in turn (ours, plain, then plain, ours), its shortest run kept. "
+
+
 def markdown(results: dict[str, dict]) -> str:
     lines = ["## End to end and accuracy within an equal budget", ""]
     rows = {t: f for t, f in results.items() if "time_s_ours" in f}
@@ -281,7 +324,7 @@ def markdown(results: dict[str, dict]) -> str:
             "PyTorch script (`<task>.py` of `--plain DIR`, `benchmarks/plain/` in a source checkout; a fresh "
             "process with the same malloc settings: the same network, optimiser, scheduler, "
             "batch size and augmentation, the train split decoded once and held in memory as tensors), both for the "
-            "same epochs; the test metric of both on the same test split. "
+            f"same epochs; the test metric of both on the same test split. {repeats_sentence(rows)}"
             f"Goals: time ratio ≤ {TIME_GOAL}, ours' metric at least the plain script's.",
             "",
             "| task | epochs (both) | ours s | plain s (training) | time ratio | metric | ours | plain | goal |",
