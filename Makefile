@@ -86,7 +86,7 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
-# ARGS="--quick" (about 5 minutes), ARGS="--tasks video3d --sections models" ...
+# ARGS="--quick" (about 40 minutes on 2 cores), ARGS="--tasks video3d --sections models" ...
 bench: setup
 	$(BIN)/cnnsuite bench --out $(or $(OUT),runs/bench) $(ARGS)
 

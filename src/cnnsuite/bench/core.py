@@ -432,7 +432,9 @@ def bench_main(argv: list[str]) -> None:
         "machine's matmul rate: DIR/bench.json and DIR/bench.md.",
     )  # fmt: skip
     add_out(parser, "folder for bench.json and bench.md (default runs/bench)", default="runs/bench")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile (about 5 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats and sizes, shorter training, no torch.compile (about 40 minutes on 2 "
+                        "cores)")  # fmt: skip
     parser.add_argument("--tasks", nargs="+", choices=tasks, default=tasks, metavar="TASK",
                         help=f"tasks to measure (default all: {', '.join(tasks)})")  # fmt: skip
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
