@@ -274,3 +274,17 @@ def test_a_monitor_the_model_never_logs_is_one_line(capsys, tmp_path, image_fold
                            "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
                            "--checkpoint.monitor", "val/map")  # fmt: skip
     assert error.startswith("cnnsuite fit: error: `ModelCheckpoint(monitor='val/map')` could not find")
+
+
+def test_main_called_from_a_script_with_its_own_arguments_is_still_one_line(capsys, monkeypatch):
+    """``cnnsuite.cli.main([...])`` from a program that has a command line of its own (a
+    notebook, a test runner): that command line is not cnnsuite's, and LightningCLI's warning
+    about it, printed on stderr, would make a one-line error two."""
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", ["their_script.py", "--their-flag", "1"])
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        line = one_line_error(capsys, "fit", "--config", CONFIG, "--trainer.max_epocs", "1")
+    assert "trainer.max_epochs" in line
+    assert not [w for w in shown if "args parameter" in str(w.message)]

@@ -71,6 +71,9 @@ from .training.runs import (
 from .training.task import TaskModule
 from .trust.checkpoint import data_options, resume_arguments
 
+#: LightningCLI's warning when it is given ``args`` while the process has a command line of its
+#: own: from Python (``main([...])``, a sweep's trials), that command line is the caller's
+ARGS_AND_ARGV = "LightningCLI's args parameter is intended"
 #: what a user can cause: a :class:`~cnnsuite.errors.UserError` (a bad config value or file, a
 #: missing folder, a diverging run), an argument argparse refuses, Lightning refusing a
 #: combination of settings (a checkpoint monitor the model never logs, trainer flags that
@@ -399,7 +402,7 @@ def fit_run(argv: list[str], callbacks: list | None = None) -> dict:
     ``config.yaml``), and what it gave: its run folder, the metric that chose its best
     checkpoint with that value, and the same metric on the test split (None unless evaluated)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        warnings.filterwarnings("ignore", message=ARGS_AND_ARGV)
         cli = CnnSuiteCLI(args=["fit", *task_config_args(argv)], trainer_defaults={"callbacks": callbacks or []})
     callback = cli.trainer.checkpoint_callback
     run = Path(cli.trainer.log_dir)
@@ -631,8 +634,12 @@ def main(argv: list[str] | None = None) -> None:
             argv, seeds = seeds_option(argv)
             if seeds:
                 fit_seeds(argv[1:], seeds)
-            else:
-                CnnSuiteCLI(args=None if command_line else argv)  # args= alone warns, given a command line
+            elif command_line:
+                CnnSuiteCLI(args=None)
+            else:  # called from Python: the calling script's own command line is not ours to mind
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=ARGS_AND_ARGV)
+                    CnnSuiteCLI(args=argv)
         elif name in COMMANDS:
             COMMANDS[name].run(argv[1:])
         else:
