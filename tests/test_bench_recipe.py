@@ -133,3 +133,15 @@ def test_a_variant_whose_weights_stop_being_finite_is_flagged_and_never_the_fast
     assert figures["finite_weights_bf16"] is False and figures["finite_weights_configured"] is True
     assert figures["speed_ratio_bf16"] > 1 and figures["fastest"] != "bf16"
     assert "(weights non-finite)" in recipe.markdown({"recognition2d": figures})
+
+
+def test_a_device_without_bfloat16_is_measured_without_the_bf16_variants(tmp_path, monkeypatch):
+    """A GPU before NVIDIA's Ampere has no bfloat16: autocast to it would fail the task's whole
+    row. Its other variants are measured, and the table says the bf16 ones were not."""
+    monkeypatch.setattr(recipe, "bf16_supported", lambda device: False)
+    context = BenchContext(tmp_path, quick=True, machine={}, matmul_gflops=1.0, tiny=True)
+    figures = recipe.measure_task("recognition2d", recipe.TINY, context)
+    assert figures["speed_ratio_flipped"] > 0 and figures["fastest"] in ("configured", "flipped")
+    assert not [key for key in figures if "bf16" in key]
+    row = next(line for line in recipe.markdown({"recognition2d": figures}).splitlines() if "| recognition2d" in line)
+    assert row.endswith("| — | — |")

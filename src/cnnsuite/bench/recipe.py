@@ -72,10 +72,13 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
     size = settings.batch_size or datamodule.hparams.batch_size
     batch = datamodule.synthetic_batch(size, torch.Generator().manual_seed(0))
     layout = model.hparams.get("channels_last")
-    steps = variant_steps(task, batch, context, layout, settings.compile)
-    with torch.no_grad():
-        fp32_loss, bf16_loss = (float(steps[name].loss()) for name in ("configured", "bf16"))
-    figures: dict = {"batch_size": size, "channels_last": layout, "bf16_loss_rel_diff": relative(bf16_loss, fp32_loss)}
+    bf16 = bf16_supported(context.device)
+    steps = variant_steps(task, batch, context, layout, settings.compile, bf16)
+    figures: dict = {"batch_size": size, "channels_last": layout}
+    if bf16:
+        with torch.no_grad():
+            fp32_loss, bf16_loss = (float(steps[name].loss()) for name in ("configured", "bf16"))
+        figures["bf16_loss_rel_diff"] = relative(bf16_loss, fp32_loss)
     if "compile" in steps:
         figures["compile_seconds"] = timed_once(steps["compile"], synchronizer(context.device))
     timings = measure_side_by_side(
@@ -87,22 +90,31 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
     finite = {name: all(bool(torch.isfinite(p).all()) for p in step.model.parameters()) for name, step in steps.items()}
     figures |= {f"finite_weights_{name}": ok for name, ok in finite.items()}
     figures["fastest"] = max((name for name in speeds if finite[name]), key=speeds.get, default=None)
-    return figures | eval_ratio(steps["configured"].model, batch, settings, context)
+    return figures | (eval_ratio(steps["configured"].model, batch, settings, context) if bf16 else {})
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16: every CPU (emulated where it lacks the
+    instructions, which the ratio then shows), a GPU only from NVIDIA's Ampere on."""
+    return device.type != "cuda" or torch.cuda.is_bf16_supported()
 
 
 def variant_steps(
-    task: str, batch, context: BenchContext, layout: bool | None, compile: bool
+    task: str, batch, context: BenchContext, layout: bool | None, compile: bool, bf16: bool = True
 ) -> dict[str, TrainingStep]:
     """The training step of each variant, from the same initial weights: ``layout`` is the
-    configured ``model.channels_last`` (None: the module has no such setting, nothing flips)."""
+    configured ``model.channels_last`` (None: the module has no such setting, nothing flips);
+    the bf16 variants only where the device has bfloat16."""
 
     def step(autocast=None, flip=False, compiled=False) -> TrainingStep:
         overrides = {"model": {"channels_last": not layout}} if flip else {}
         return TrainingStep(task, overrides, batch, context, autocast=autocast, compile=compiled)
 
-    steps = {"configured": step(), "bf16": step(torch.bfloat16)}
+    steps = {"configured": step()} | ({"bf16": step(torch.bfloat16)} if bf16 else {})
     if layout is not None:
-        steps |= {"flipped": step(flip=True), "bf16_flipped": step(torch.bfloat16, flip=True)}
+        steps["flipped"] = step(flip=True)
+        if bf16:
+            steps["bf16_flipped"] = step(torch.bfloat16, flip=True)
     if compile:
         steps["compile"] = step(compiled=True)
     return steps
@@ -167,9 +179,11 @@ def markdown(results: dict[str, dict]) -> str:
     for task, f in results.items():
         cells = " | ".join(ratio_cell(f, name) for name in VARIANTS[1:])
         layout = {True: "on", False: "off", None: "—"}[f["channels_last"]]
+        loss = "—" if "bf16_loss_rel_diff" not in f else f"{f['bf16_loss_rel_diff']:.1e}"
+        evaluation = "—" if "eval_speed_ratio_bf16" not in f else f"{f['eval_speed_ratio_bf16']:.2f}×"
         lines.append(
             f"| {task} | {layout} | {_fmt(f['train_samples_per_s_configured'])} | {cells} | {f['fastest'] or '—'} | "
-            f"{f['bf16_loss_rel_diff']:.1e} | {f['eval_speed_ratio_bf16']:.2f}× |"
+            f"{loss} | {evaluation} |"
         )
     if not any("compile_seconds" in f for f in results.values()):
         lines += ["", "torch.compile is not measured with --quick."]
