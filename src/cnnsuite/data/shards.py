@@ -23,13 +23,16 @@ Why random access into the ``StreamingDataset`` rather than LitData's own shuffl
 drawn from the run's seed and epoch, sharded per DDP rank, its position in every checkpoint), so
 a run resumes exactly in the middle of an epoch, the same seed draws the same batches from shards
 as from raw files, and evaluation is item for item the raw path's. The price is reads in a random
-order: local shards (the page cache) do not mind; on object storage LitData keeps the chunks it
-fetched in its cache folder, so an epoch fetches each chunk once when the cache holds the split.
-Each read decodes its item alone (``batch_decode=0``): LitData's default decodes a window of up to
-256 neighbours for the next reads to take, which a random order throws away at almost every read.
-A local split's chunks stay mapped, as many as ``data.cache_limit_mb`` holds
-(:class:`StreamedItems`): LitData keeps four, and a random order over more maps a chunk again at
-almost every read.
+order, which LitData's defaults are not made for:
+
+- each read decodes its item alone (``batch_decode=0``): LitData's default decodes a window of up
+  to 256 neighbours for the next reads to take, which a random order throws away at almost every
+  read;
+- a local split's chunks stay memory-mapped, as many as ``data.cache_limit_mb`` holds
+  (:class:`StreamedItems`): LitData keeps four, and a random order over more maps a chunk again
+  at almost every read;
+- on object storage LitData keeps the chunks it fetched in its cache folder, so an epoch fetches
+  each chunk once when the cache holds the split.
 """
 
 from __future__ import annotations
@@ -172,7 +175,7 @@ class StreamedItems:
     chunks mapped at once (their pages are the kernel's page cache, which it takes back under
     pressure, but they count in the process's resident memory). LitData keeps four mapped and
     maps another one, dropping the oldest, when a read needs it: in a random order over more
-    chunks than that nearly every read maps one, at ten times the cost of the read itself."""
+    chunks than that nearly every read maps one, which costs more than the read itself."""
 
     cached = True  # every item comes whole, as a cache's do
 
@@ -185,7 +188,8 @@ class StreamedItems:
 
     def kept_chunks(self) -> int:
         """How many chunks stay mapped: the split's, within ``mapped_mb`` (at least LitData's
-        four); object storage keeps LitData's own setting (it downloads chunks, maps none)."""
+        four). Object storage keeps LitData's own setting, which there also decides how many
+        chunks it fetches ahead."""
         if is_url(self.url):
             return LITDATA_MAPPED_CHUNKS
         chunks = list(Path(self.url).glob("*.bin"))
