@@ -440,7 +440,8 @@ def markdown(results: dict[str, dict]) -> str:
         "--quick) through the task module's training step. First epoch: building the dataset (a cache filled) "
         "over every sample plus the first pass, per sample; later: the median of the later passes. Peak RSS: "
         "the process's from the moment its imports and model were resident (Linux's `clear_refs`), those "
-        "included; the data's part: that peak less what was resident before any data. Disk: the raw files, or the "
+        "included; the data's part: that peak less what was resident before any data (for shards, the pages of "
+        "the chunks kept memory-mapped, the page cache, up to `data.cache_limit_mb`). Disk: the raw files, or the "
         "shards. k: the growth exponent of an epoch's time (or of peak memory) in samples, the log-log slope "
         f"over the sizes (1: linear). Goal: later-epoch time per sample at 10× within {GOAL_TIME_RATIO}× of 1×.",
         "",
