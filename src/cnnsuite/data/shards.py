@@ -43,6 +43,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError
+from .cache import MIB
 from .splits import STAGES
 
 #: the record beside the shards
@@ -193,8 +194,9 @@ class StreamedItems:
         if is_url(self.url):
             return LITDATA_MAPPED_CHUNKS
         chunks = list(Path(self.url).glob("*.bin"))
-        largest = max((c.stat().st_size for c in chunks), default=1) / 2**20
-        return max(LITDATA_MAPPED_CHUNKS, min(len(chunks), int(self.mapped_mb / max(largest, 1e-6))))
+        largest = max((c.stat().st_size for c in chunks), default=0)
+        within = int(self.mapped_mb * MIB // largest) if largest else len(chunks)
+        return max(LITDATA_MAPPED_CHUNKS, min(len(chunks), within))
 
     def __getitem__(self, index: int):
         if self._dataset is None:
