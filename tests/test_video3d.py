@@ -6,13 +6,16 @@ import random
 import re
 import shutil
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+from av.video.reformatter import VideoReformatter
 from cnnsuite.tasks.video3d import datamodule as video_data
+from cnnsuite.tasks.video3d import readers as video_readers
 from cnnsuite.tasks.video3d.datamodule import VideoDataModule
 from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoAveragePrecision, VideoClassificationModule
 from cnnsuite.tasks.video3d.readers import decode_video
@@ -108,7 +111,7 @@ def test_loader_shapes_time_axis_and_worker_sharding(video_folder):
 
     # time is axis 1 of a clip: the bar moves along it, the way the class says
     raw, label, _ = test.read(0)
-    moves = torch.diff(raw.mean(dim=(0, 2)).argmax(dim=-1))  # (C, T, H, W) -> bar column per frame
+    moves = torch.diff(raw.float().mean(dim=(0, 2)).argmax(dim=-1))  # (C, T, H, W) uint8 -> bar column per frame
     moves = moves % 16 if dm.class_names[label] == "right" else -moves % 16
     assert ((moves >= 1) & (moves <= 3)).all(), moves  # 8 frames subsampled to 4: 2 or 3 frames apart
 
@@ -161,7 +164,7 @@ def test_uniform_clips_cover_the_video_in_order(video_folder):
     test = dm.datasets["test"]
     video = test.starts[0][0]
     first, second = (test.read(i)[0] for i, (v, _) in enumerate(test.starts) if v == video)
-    columns = torch.cat([c.mean(dim=(0, 2)).argmax(dim=-1) for c in (first, second)])
+    columns = torch.cat([c.float().mean(dim=(0, 2)).argmax(dim=-1) for c in (first, second)])
     step = 1 if test.videos[video].label == 1 else 15
     assert (torch.diff(columns) % 16 == step).all(), columns  # 16 consecutive frames, none lost or repeated
 
@@ -205,6 +208,25 @@ def test_a_phone_video_is_read_upright(tmp_path, rotation, cache_limit_mb):
     frames = decode_video(phone).frames
     assert frames.shape == (16, 16, 24, 3)
     assert frames[..., 0].float().mean(dim=1).argmax(dim=-1).tolist() == [(3 + t) % 16 for t in range(16)]
+
+
+@pytest.mark.parametrize("suffix", sorted(CODECS))
+def test_a_video_decodes_to_to_rgbs_frames_through_one_converter(tmp_path, monkeypatch, suffix):
+    """Every frame decodes to the pixels of PyAV's ``frame.to_rgb()``, converted by one
+    reformatter for the whole video (``to_rgb`` makes one a frame, dearer than decoding small
+    frames); a clip cut from the kept frames is a view of them, not a copy."""
+    path = tmp_path / f"bar{suffix}"
+    write_bar_video(path, frames=12, step=1, width=24)
+    with av.open(str(path)) as container:
+        expected = torch.stack([torch.from_numpy(f.to_rgb().to_ndarray()) for f in container.decode(video=0)])
+    made = []
+    monkeypatch.setattr(video_readers, "VideoReformatter", lambda: made.append(1) or VideoReformatter())
+    video = decode_video(path)
+    torch.testing.assert_close(video.frames, expected, rtol=0, atol=0)
+    assert len(made) == 1
+    clip = video.get_clip(Fraction(1, 2), Fraction(1))
+    assert clip.shape == (3, 4, 16, 24) and clip.dtype == torch.uint8
+    assert clip.untyped_storage().data_ptr() == video.frames.untyped_storage().data_ptr()
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +392,7 @@ def test_short_videos_in_five_containers_train_with_the_default_config(tmp_path)
                 continue
             # the whole video at its own pace, then its last frame held: index clamping
             raw, label, _ = dataset.read(index)
-            columns = raw.mean(dim=(0, 2)).argmax(dim=-1)  # the bar's column in each of the 8 frames
+            columns = raw.float().mean(dim=(0, 2)).argmax(dim=-1)  # the bar's column in each of the 8 frames
             step = 1 if dm.class_names[label] == "right" else -1
             assert columns.tolist() == ((3 + step * torch.arange(8).clamp(max=frames - 1)) % 16).tolist(), video.id
 

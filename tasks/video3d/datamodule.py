@@ -33,6 +33,7 @@ setup and every bad one named. Clip sampling is PyTorchVideo's.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -104,12 +105,18 @@ def temporal_subsample(frames: torch.Tensor, count: int, span: int | None = None
     PySlowFast's ``temporal_sampling``): a video shorter than its clip keeps its own pace,
     rather than being stretched to look slower than the videos of its class."""
     span = frames.shape[1] if span is None else span
-    index = torch.linspace(0, span - 1, count).round().long().clamp(max=frames.shape[1] - 1)
-    return frames.index_select(1, index)
+    return frames.index_select(1, subsample_index(count, span, frames.shape[1]))
+
+
+@functools.lru_cache(maxsize=256)
+def subsample_index(count: int, span: int, length: int) -> torch.Tensor:
+    """The frame indices :func:`temporal_subsample` keeps, made once per clip shape: a loader
+    asks for the same few shapes at every clip it reads."""
+    return torch.linspace(0, span - 1, count).round().long().clamp(max=length - 1)
 
 
 class ClipTransform:
-    """``(C, T, H, W)`` float frames in 0..255 → shorter side resized to ``frame_size``, centre
+    """``(C, T, H, W)`` uint8 frames → shorter side resized to ``frame_size``, centre
     crop, normalised: ``(C, T, frame_size, frame_size)``, through ``transforms.v2`` as a
     ``tv_tensors.Video`` ``(T, C, H, W)``. Every split's clips; training's random crops are
     made afterwards on whole batches (:meth:`VideoDataModule.augment_batch`)."""
@@ -122,8 +129,7 @@ class ClipTransform:
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """One clip ``(C, T, H, W)`` or a batch of clips of one size ``(N, C, T, H, W)``."""
-        # PyTorchVideo gives uint8 values as float32: the cast back is exact.
-        video = tv_tensors.Video(frames.to(torch.uint8).transpose(-4, -3))
+        video = tv_tensors.Video(frames.transpose(-4, -3))
         return self.transform(video).transpose(-4, -3).contiguous().as_subclass(torch.Tensor)
 
 
@@ -164,7 +170,7 @@ class ClipDataset(Dataset):
         return len(self.starts)
 
     def read(self, index: int) -> tuple[torch.Tensor, object, int]:
-        """The raw clip ``(C, frames_per_clip, H, W)`` float in 0..255, its target and video index."""
+        """The raw clip ``(C, frames_per_clip, H, W)`` uint8, its target and video index."""
         video_index, start = self.starts[index]
         record = self.videos[video_index]
         path = self.root / record.id

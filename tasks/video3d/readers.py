@@ -12,6 +12,7 @@ from pathlib import Path
 
 import av
 import torch
+from av.video.reformatter import VideoReformatter
 from pytorchvideo.data.encoded_video import EncodedVideo
 from pytorchvideo.data.utils import secs_to_pts
 
@@ -52,12 +53,13 @@ class DecodedVideo:
         return cls(item["frames"], item["pts"], Fraction(*item["time_base"]), int(item["start_pts"]))
 
     def get_clip(self, start: Fraction, end: Fraction) -> torch.Tensor | None:
-        """The frames in ``[start, end)`` seconds as ``(C, T, H, W)`` float in 0..255, or None
+        """The frames in ``[start, end)`` seconds as a ``(C, T, H, W)`` uint8 view of the kept
+        frames (no copy: a loader cuts one from the cache for every clip it reads), or None
         when there are none: the same frames, chosen by the same rounding of seconds to
-        timestamps, as ``EncodedVideoPyAV.get_clip``."""
-        first, last = (secs_to_pts(t, self.time_base, self.start_pts, round_mode="ceil") for t in (start, end))
-        frames = self.frames[(self.pts >= first) & (self.pts < last)]
-        return frames.permute(3, 0, 1, 2).float() if len(frames) else None
+        timestamps, as ``EncodedVideoPyAV.get_clip`` (which gives them as float)."""
+        bounds = [secs_to_pts(t, self.time_base, self.start_pts, round_mode="ceil") for t in (start, end)]
+        first, last = torch.searchsorted(self.pts, torch.tensor(bounds)).tolist()  # pts are in order
+        return self.frames[first:last].permute(3, 0, 1, 2) if last > first else None
 
 
 def open_video(path: Path) -> EncodedVideo:
@@ -120,12 +122,16 @@ def probe_video(path: Path) -> tuple[Fraction, float, int]:
     return duration, fps, frame.width * frame.height * 3
 
 
-def upright(frame: av.VideoFrame) -> torch.Tensor:
+def upright(frame: av.VideoFrame, reformatter: VideoReformatter) -> torch.Tensor:
     """A decoded frame as ``(H, W, 3)`` uint8 RGB, turned the way a player shows it. Phones
     store a video sideways and write the turn into the stream's display matrix; PyAV's
     ``to_ndarray`` (and PyTorchVideo, which calls it) ignores the matrix, so a model would see
-    rightward motion as upward. ``frame.rotation`` is the matrix's counter-clockwise turn."""
-    pixels = torch.from_numpy(frame.to_rgb().to_ndarray())
+    rightward motion as upward. ``frame.rotation`` is the matrix's counter-clockwise turn.
+
+    The conversion to RGB is ``frame.to_rgb()``'s, through a ``reformatter`` kept for the whole
+    video: ``to_rgb`` makes a new one, and with it a new swscale context, for every frame, which
+    costs small frames more than their decoding."""
+    pixels = torch.from_numpy(reformatter.reformat(frame, format="rgb24").to_ndarray())
     return torch.rot90(pixels, round(frame.rotation / 90) % 4, dims=(0, 1))
 
 
@@ -137,7 +143,7 @@ def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None
     before it, then frames up to its end. A file that fails part-way is named, and one that
     holds more frames than its header declared stops at the pixel limit."""
     frames: dict[int, torch.Tensor] = {}
-    limit, pixels = max_pixels("video"), 0
+    limit, pixels, reformatter = max_pixels("video"), 0, VideoReformatter()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -156,7 +162,7 @@ def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None
                 pixels += frame.width * frame.height
                 if pixels > limit:
                     break
-                frames[frame.pts] = upright(frame)
+                frames[frame.pts] = upright(frame, reformatter)
     except (av.FFmpegError, IndexError, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode the video ({type(err).__name__}: {err})") from None
     if pixels > limit:
