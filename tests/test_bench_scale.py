@@ -6,6 +6,7 @@ assertion."""
 
 import json
 import math
+import mmap
 
 import pytest
 import torch
@@ -100,6 +101,26 @@ def test_one_job_in_a_fresh_process_reports_its_own_peak_memory(tmp_path):
     figures = scale.in_fresh_process(job)
     assert figures["train_samples"] == 8 and len(figures["epoch_s"]) == 2 and figures["seen"] == [4, 4]
     assert figures["peak_rss_mb"] >= figures["rss_before_data_mb"] > 0
+    assert figures["peak_anon_mb"] >= figures["anon_before_data_mb"] > 0
+
+
+def test_the_anonymous_peak_counts_the_heap_and_not_a_mapped_files_pages(tmp_path):
+    """Reading a memory-mapped file (as a prepared folder's chunks are read) makes its pages
+    resident, page cache the kernel may take back; holding a tensor of the same size is the
+    process's own. The anonymous peak sees the second alone."""
+    size = 64 * 2**20
+    path = tmp_path / "chunk.bin"
+    path.write_bytes(bytes(range(256)) * (size // 256))
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as pages:
+        with scale.AnonymousPeak() as mapped:  # its last sample with the pages still mapped
+            rss = scale.memory_mb("VmRSS")
+            assert sum(pages[i] for i in range(1, size, 4096)) == size // 4096  # a byte of every page read
+            mapped_rss = scale.memory_mb("VmRSS") - rss
+    with scale.AnonymousPeak() as held:
+        tensor = torch.ones(size // 4)  # float32: 64 MiB of the process's own
+    assert tensor.sum() > 0
+    assert mapped_rss > 48 and mapped.peak - mapped.start < 16
+    assert held.peak - held.start > 48
 
 
 def test_a_job_past_its_time_is_stopped_and_named(monkeypatch, tmp_path):

@@ -26,7 +26,9 @@ pipeline section times one step. Per sample seen:
 - ``later_s_per_sample``: the median of the later passes;
 - ``peak_rss_mb``: the peak resident memory from the moment the imports and the model were
   resident (``rss_before_data_mb``) to the end, so a peak of the imports does not hide the
-  data's; ``data_memory_mb``: the peak less what was resident before; ``disk_mb``: the raw
+  data's; ``data_memory_mb``: the peak less what was resident before; ``peak_anon_mb`` and
+  ``data_anon_mb``: the same of anonymous memory alone (:class:`AnonymousPeak`: not the page
+  cache of the memory-mapped chunks a prepared folder is read through); ``disk_mb``: the raw
   data folder, or the shards;
 - ``time_exponent`` / ``first_time_exponent`` / ``memory_exponent``: ``k`` of time (an epoch's:
   seconds per sample × samples) ∝ samples\\ :sup:`k` (or of peak memory), the log-log slope over
@@ -34,7 +36,8 @@ pipeline section times one step. Per sample seen:
   0 on the files and shards paths.
 
 Per task, on its default path: ``time_per_sample_ratio_10x`` (later-epoch seconds per sample at
-10× over 1×; goal ≤ :data:`GOAL_TIME_RATIO`) and ``peak_memory_ratio_10x``.
+10× over 1×; goal ≤ :data:`GOAL_TIME_RATIO`), ``peak_memory_ratio_10x`` and
+``peak_anon_ratio_10x``.
 
 For a task that declares its :attr:`~cnnsuite.contract.Task.resolution`: its default data path at
 1× its samples, with those settings at each of :attr:`Settings.resolutions` times the default's
@@ -56,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,13 +158,40 @@ def disk_mb(folder: Path) -> float:
 
 
 def memory_mb(field: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, MiB, from /proc; where
-    there is none, the peak of :func:`resource.getrusage` for both."""
+    """``VmRSS`` (resident now), ``VmHWM`` (its peak) or ``RssAnon`` (anonymous memory resident
+    now) of this process, MiB, from /proc; where there is none, the peak of
+    :func:`resource.getrusage` for each."""
     try:
         lines = Path("/proc/self/status").read_text().splitlines()
         return next(int(line.split()[1]) for line in lines if line.startswith(f"{field}:")) / 1024
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class AnonymousPeak:
+    """The peak of this process's anonymous resident memory (``RssAnon``: its heap, the tensors
+    it holds; MiB) while the ``with`` block runs, sampled every ``interval`` seconds on a thread
+    and once more at the end. Linux keeps the peak of all resident memory only (``VmHWM``),
+    which counts the pages of memory-mapped files read (a prepared folder's chunks): page cache
+    the kernel takes back when it needs it, not memory the data costs the process."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.stop = interval, threading.Event()
+        self.start = self.peak = memory_mb("RssAnon")
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.peak = max(self.peak, memory_mb("RssAnon"))
+
+    def __enter__(self) -> AnonymousPeak:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, memory_mb("RssAnon"))
 
 
 def reset_peak_memory() -> None:
@@ -205,32 +236,34 @@ def run_job(job: dict) -> dict:
     model.train()
     reset_peak_memory()
     rss_before = memory_mb("VmRSS")
-    datamodule.setup("fit")
-    if datamodule.prepared is None:  # a prepared folder holds its split, grown when it was written
-        datamodule.splits = repeated(datamodule.splits, job["factor"], job["base_samples"])
-    start = time.perf_counter()
-    samples = len(datamodule.datasets["train"])  # built here: a cache is filled
-    build_s = time.perf_counter() - start
-    loader = datamodule.train_dataloader()
-    epoch_s, seen, shape = [], [], None
-    for _ in range(job["epochs"]):
-        count, start = 0, time.perf_counter()
-        for index, batch in enumerate(loader):
-            shape = shape or list(batch[0][0].shape)  # one sample of a batch, or the first image of a list
-            optimizer.zero_grad(set_to_none=True)
-            model.training_step(datamodule.augment_batch(batch), index).backward()
-            optimizer.step()
-            count += len(batch[0])
-            if index + 1 >= job["batches"]:
-                break
-        epoch_s.append(time.perf_counter() - start)
-        seen.append(count)
+    with AnonymousPeak() as anonymous:
+        datamodule.setup("fit")
+        if datamodule.prepared is None:  # a prepared folder holds its split, grown when it was written
+            datamodule.splits = repeated(datamodule.splits, job["factor"], job["base_samples"])
+        start = time.perf_counter()
+        samples = len(datamodule.datasets["train"])  # built here: a cache is filled
+        build_s = time.perf_counter() - start
+        loader = datamodule.train_dataloader()
+        epoch_s, seen, shape = [], [], None
+        for _ in range(job["epochs"]):
+            count, start = 0, time.perf_counter()
+            for index, batch in enumerate(loader):
+                shape = shape or list(batch[0][0].shape)  # one sample of a batch, or the first image of a list
+                optimizer.zero_grad(set_to_none=True)
+                model.training_step(datamodule.augment_batch(batch), index).backward()
+                optimizer.step()
+                count += len(batch[0])
+                if index + 1 >= job["batches"]:
+                    break
+            epoch_s.append(time.perf_counter() - start)
+            seen.append(count)
     # the kernel updates the peak from per-thread page counts it syncs now and then: it can lag
     # what /proc reported resident a moment after the reset by a few pages, so the peak is
     # never taken below that
     peak = max(memory_mb("VmHWM"), rss_before)
     return {"train_samples": samples, "build_s": build_s, "epoch_s": epoch_s, "seen": seen,
-            "peak_rss_mb": peak, "rss_before_data_mb": rss_before, "input_shape": shape}  # fmt: skip
+            "peak_rss_mb": peak, "rss_before_data_mb": rss_before, "peak_anon_mb": anonymous.peak,
+            "anon_before_data_mb": anonymous.start, "input_shape": shape}  # fmt: skip
 
 
 def in_fresh_process(job: dict) -> dict:
@@ -281,7 +314,8 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
         figures["default_path"] = default
         if 10 in settings.factors:
             for key, figure in (("time_per_sample_ratio_10x", "later_s_per_sample"),
-                                ("peak_memory_ratio_10x", "peak_rss_mb")):  # fmt: skip
+                                ("peak_memory_ratio_10x", "peak_rss_mb"),
+                                ("peak_anon_ratio_10x", "peak_anon_mb")):  # fmt: skip
                 for path in figures["paths"]:
                     figures[f"{path}.{key}"] = figures[f"{path}.10x.{figure}"] / figures[f"{path}.1x.{figure}"]
                 figures[key] = figures[f"{default}.{key}"]
@@ -338,6 +372,8 @@ def summarise(job: dict, disk: float) -> dict:
         "peak_rss_mb": job["peak_rss_mb"],
         "rss_before_data_mb": job["rss_before_data_mb"],
         "data_memory_mb": job["peak_rss_mb"] - job["rss_before_data_mb"],
+        "peak_anon_mb": job["peak_anon_mb"],
+        "data_anon_mb": job["peak_anon_mb"] - job["anon_before_data_mb"],
         "disk_mb": disk,
         "input_shape": job["input_shape"],
     }
@@ -441,13 +477,15 @@ def markdown(results: dict[str, dict]) -> str:
         "over every sample plus the first pass, per sample; later: the median of the later passes. Peak RSS: "
         "the process's from the moment its imports and model were resident (Linux's `clear_refs`), those "
         "included; the data's part: that peak less what was resident before any data (for shards, the pages of "
-        "the chunks kept memory-mapped, the page cache, up to `data.cache_limit_mb`). Disk: the raw files, or the "
-        "shards. k: the growth exponent of an epoch's time (or of peak memory) in samples, the log-log slope "
+        "the chunks kept memory-mapped, the page cache, up to `data.cache_limit_mb`). Anonymous: the peak of the "
+        "process's own memory (`RssAnon`, sampled every 20 ms: heap and tensors, not the page cache of mapped "
+        "files), and its data's part likewise. Disk: the raw files, or the shards. k: the growth exponent of an "
+        "epoch's time (or of peak memory) in samples, the log-log slope "
         f"over the sizes (1: linear). Goal: later-epoch time per sample at 10× within {GOAL_TIME_RATIO}× of 1×.",
         "",
         "| task | data | size | train samples | first ms/sample | later ms/sample | peak RSS MB (data's part) "
-        "| disk MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| anonymous MB (data's part) | disk MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     summary, unsupported = [], []
     for task, f in results.items():
@@ -458,7 +496,8 @@ def markdown(results: dict[str, dict]) -> str:
                     f"| {task} | {path} | {factor}× | {f[p + 'train_samples']:,} | "
                     f"{_ms(f[p + 'first_s_per_sample'])} | {_ms(f[p + 'later_s_per_sample'])} | "
                     f"{f[p + 'peak_rss_mb']:,.0f} "
-                    f"({f[p + 'data_memory_mb']:,.0f}) | {f[p + 'disk_mb']:,.1f} |"
+                    f"({f[p + 'data_memory_mb']:,.0f}) | {f[p + 'peak_anon_mb']:,.0f} ({f[p + 'data_anon_mb']:,.0f}) | "
+                    f"{f[p + 'disk_mb']:,.1f} |"
                 )
         if "shards" in f:
             unsupported.append(task)
@@ -469,11 +508,13 @@ def markdown(results: dict[str, dict]) -> str:
         lines += [f"Shards: not supported for {', '.join(unsupported)} (no streaming of a prepared folder yet).", ""]
     if summary:
         lines += [
-            "Growth, per data path: the 10× / 1× ratios of later-epoch time per sample and of peak memory, and the "
-            "exponents k (time of a later epoch, of the first epoch, peak memory). The task's default path first.",
+            "Growth, per data path: the 10× / 1× ratios of later-epoch time per sample, of peak memory and of peak "
+            "anonymous memory, and the exponents k (time of a later epoch, of the first epoch, peak memory). The "
+            "task's default path first.",
             "",
-            "| task | data | time/sample 10× / 1× | peak memory 10× / 1× | k later | k first | k memory | goal |",
-            "|---|---|---:|---:|---:|---:|---:|---|",
+            "| task | data | time/sample 10× / 1× | peak memory 10× / 1× | anonymous 10× / 1× | k later | k first "
+            "| k memory | goal |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for task, f in summary:
             order = [f["default_path"]] + [p for p in f["paths"] if p != f["default_path"]]
@@ -483,6 +524,7 @@ def markdown(results: dict[str, dict]) -> str:
                 goal = "reached" if ratio <= GOAL_TIME_RATIO else "**not reached**"
                 lines.append(
                     f"| {task} | {shown} | {ratio:.2f}× | {f[f'{path}.peak_memory_ratio_10x']:.2f}× | "
+                    f"{f[f'{path}.peak_anon_ratio_10x']:.2f}× | "
                     f"{f[f'{path}.time_exponent']:.2f} | {f[f'{path}.first_time_exponent']:.2f} | "
                     f"{f[f'{path}.memory_exponent']:.2f} | {goal} |"
                 )
