@@ -157,32 +157,40 @@ def disk_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / MIB
 
 
-def memory_mb(field: str) -> float:
-    """``VmRSS`` (resident now), ``VmHWM`` (its peak) or ``RssAnon`` (anonymous memory resident
-    now) of this process, MiB, from /proc; where there is none, the peak of
-    :func:`resource.getrusage` for each."""
+def memory_mb(*fields: str) -> float:
+    """The sum of ``fields`` of this process's /proc status, MiB: ``VmRSS`` (resident now),
+    ``VmHWM`` (its peak), ``RssAnon`` and ``RssShmem`` (anonymous and shared memory resident
+    now); where there is no /proc, the peak of :func:`resource.getrusage` whatever is asked."""
     try:
         lines = Path("/proc/self/status").read_text().splitlines()
-        return next(int(line.split()[1]) for line in lines if line.startswith(f"{field}:")) / 1024
-    except (OSError, StopIteration):
+        values = {line.split(":")[0]: int(line.split()[1]) for line in lines if line.split(":")[0] in fields}
+        if len(values) < len(fields):
+            raise LookupError(fields)
+        return sum(values.values()) / 1024
+    except (OSError, LookupError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+#: the process's own memory, what the kernel cannot drop: anonymous (heap, tensors) and shared
+#: (tmpfs: the batches DataLoader workers hand over), not the page cache of mapped files
+OWN_MEMORY = ("RssAnon", "RssShmem")
+
+
 class AnonymousPeak:
-    """The peak of this process's anonymous resident memory (``RssAnon``: its heap, the tensors
-    it holds; MiB) while the ``with`` block runs, sampled every ``interval`` seconds on a thread
-    and once more at the end. Linux keeps the peak of all resident memory only (``VmHWM``),
-    which counts the pages of memory-mapped files read (a prepared folder's chunks): page cache
-    the kernel takes back when it needs it, not memory the data costs the process."""
+    """The peak of this process's own resident memory (:data:`OWN_MEMORY`: its heap, the tensors
+    it holds, shared memory; MiB) while the ``with`` block runs, sampled every ``interval``
+    seconds on a thread and once more at the end. Linux keeps the peak of all resident memory
+    only (``VmHWM``), which counts the pages of memory-mapped files read (a prepared folder's
+    chunks): page cache the kernel takes back when it needs it, not memory the data costs."""
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval, self.stop = interval, threading.Event()
-        self.start = self.peak = memory_mb("RssAnon")
+        self.start = self.peak = memory_mb(*OWN_MEMORY)
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self.stop.wait(self.interval):
-            self.peak = max(self.peak, memory_mb("RssAnon"))
+            self.peak = max(self.peak, memory_mb(*OWN_MEMORY))
 
     def __enter__(self) -> AnonymousPeak:
         self.thread.start()
@@ -191,7 +199,7 @@ class AnonymousPeak:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-        self.peak = max(self.peak, memory_mb("RssAnon"))
+        self.peak = max(self.peak, memory_mb(*OWN_MEMORY))
 
 
 def reset_peak_memory() -> None:
@@ -478,9 +486,9 @@ def markdown(results: dict[str, dict]) -> str:
         "the process's from the moment its imports and model were resident (Linux's `clear_refs`), those "
         "included; the data's part: that peak less what was resident before any data (for shards, the pages of "
         "the chunks kept memory-mapped, the page cache, up to `data.cache_limit_mb`). Anonymous: the peak of the "
-        "process's own memory (`RssAnon`, sampled every 20 ms: heap and tensors, not the page cache of mapped "
-        "files), and its data's part likewise. Disk: the raw files, or the shards. k: the growth exponent of an "
-        "epoch's time (or of peak memory) in samples, the log-log slope "
+        "process's own memory (`RssAnon` + `RssShmem`, sampled every 20 ms: heap, tensors, shared memory, not "
+        "the page cache of mapped files), and its data's part likewise. Disk: the raw files, or the shards. "
+        "k: the growth exponent of an epoch's time (or of peak memory) in samples, the log-log slope "
         f"over the sizes (1: linear). Goal: later-epoch time per sample at 10× within {GOAL_TIME_RATIO}× of 1×.",
         "",
         "| task | data | size | train samples | first ms/sample | later ms/sample | peak RSS MB (data's part) "
