@@ -234,7 +234,7 @@ def test_a_local_split_keeps_its_chunks_mapped_within_cache_limit_mb(tmp_path, m
     open_chunk = item_loader._open_chunk_file
     monkeypatch.setattr(item_loader, "_open_chunk_file", lambda path: opened.append(path) or open_chunk(path))
     order = [int(i) for i in np.random.default_rng(0).permutation(len(ids))[:300]]
-    for mapped_mb, most in ((1, chunks), (0, None)):
+    for mapped_mb, most in ((1, chunks), (float("inf"), chunks), (0, None)):
         opened.clear()
         items = StreamedItems(str(tmp_path), "train", ids, mapped_mb)
         assert all(items[i][0, 0] == i for i in order)

@@ -18,10 +18,11 @@ from cnnsuite.backbone import build_backbone
 from cnnsuite.backbone.registry import _BACKBONES, register_backbone
 from cnnsuite.cli import CnnSuiteCLI, main
 from cnnsuite.data import BadFileError, list_classes, list_samples, read_image
-from cnnsuite.data.cache import MIB, DecodedCache
+from cnnsuite.data.cache import MIB, DecodedCache, check_cache_limit
 from cnnsuite.data.images import IMAGE_EXTENSIONS, image_size
 from cnnsuite.data.prepare import prepare_once
 from cnnsuite.data.splits import stratified_split
+from cnnsuite.errors import ConfigError
 from cnnsuite.training.callbacks import PreciseBatchNorm
 from cnnsuite.training.classification import ClassificationModule
 
@@ -146,6 +147,13 @@ def test_a_split_over_the_cache_limit_is_read_every_time_and_the_user_told_of_pr
                     "(cnnsuite prepare writes it once as shards to stream instead)"]  # fmt: skip
     cache = DecodedCache(read, 3, nbytes=MIB, limit_mb=1, what="val split")
     assert cache.cached and reads == [2, 2, 0, 1, 2] and cache[2] == 2 and len(reads) == 5
+
+
+@pytest.mark.parametrize("limit", [-1, float("nan"), "1GB", True])
+def test_a_cache_limit_that_is_not_a_size_is_one_line_naming_the_key(limit):
+    with pytest.raises(ConfigError, match=r"^data\.cache_limit_mb=.*expected a size in MiB, 0 or more"):
+        check_cache_limit(limit)
+    assert check_cache_limit(float("inf")) == float("inf") and check_cache_limit(0) == 0.0
 
 
 def test_the_best_checkpoint_follows_the_models_own_monitor(tmp_path):

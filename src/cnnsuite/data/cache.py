@@ -28,8 +28,9 @@ MIB = 2**20
 
 
 def check_cache_limit(value: float) -> float:
-    """``data.cache_limit_mb`` must be a number of MiB, 0 or more."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    """``data.cache_limit_mb`` must be a number of MiB, 0 or more (``inf``: no limit); not NaN,
+    which every comparison with a size would call false."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ConfigError(f"data.cache_limit_mb={value!r}: expected a size in MiB, 0 or more (0: no cache)")
     return float(value)
 

@@ -195,8 +195,9 @@ class StreamedItems:
             return LITDATA_MAPPED_CHUNKS
         chunks = list(Path(self.url).glob("*.bin"))
         largest = max((c.stat().st_size for c in chunks), default=0)
-        within = int(self.mapped_mb * MIB // largest) if largest else len(chunks)
-        return max(LITDATA_MAPPED_CHUNKS, min(len(chunks), within))
+        if not largest or self.mapped_mb * MIB >= largest * len(chunks):  # all fit (an inf limit too)
+            return max(LITDATA_MAPPED_CHUNKS, len(chunks))
+        return max(LITDATA_MAPPED_CHUNKS, int(self.mapped_mb * MIB // largest))
 
     def __getitem__(self, index: int):
         if self._dataset is None:
