@@ -27,8 +27,9 @@ pipeline section times one step. Per sample seen:
 - ``peak_rss_mb``: the peak resident memory from the moment the imports and the model were
   resident (``rss_before_data_mb``) to the end, so a peak of the imports does not hide the
   data's; ``data_memory_mb``: the peak less what was resident before; ``peak_anon_mb`` and
-  ``data_anon_mb``: the same of anonymous memory alone (:class:`AnonymousPeak`: not the page
-  cache of the memory-mapped chunks a prepared folder is read through); ``disk_mb``: the raw
+  ``data_anon_mb``: the same of the process's own memory alone, anonymous and shared
+  (:class:`AnonymousPeak`: not the page cache of the memory-mapped chunks a prepared folder is
+  read through); ``disk_mb``: the raw
   data folder, or the shards;
 - ``time_exponent`` / ``first_time_exponent`` / ``memory_exponent``: ``k`` of time (an epoch's:
   seconds per sample × samples) ∝ samples\\ :sup:`k` (or of peak memory), the log-log slope over
