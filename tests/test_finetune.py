@@ -231,7 +231,15 @@ class WithValidation(Tiny):
         self.net(batch[0])
 
 
-def test_precise_batchnorm_leaves_the_frozen_stages_statistics_and_mode_alone(tmp_path):
+def fit_validated(model, callbacks, tmp_path, **trainer_args):
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        num_sanity_val_steps=0, callbacks=callbacks, **trainer_args)  # fmt: skip
+    trainer.fit(model, loader(), loader())
+
+
+@pytest.mark.parametrize("from_training", [False, True])
+def test_precise_batchnorm_leaves_the_frozen_stages_statistics_and_mode_alone(tmp_path, from_training):
     """PreciseBatchNorm recomputes the statistics of the stages that train; a frozen stage keeps
     the source task's, in eval mode, so the stages after it see the features they will see."""
     from cnnsuite.training.callbacks import PreciseBatchNorm
@@ -240,11 +248,47 @@ def test_precise_batchnorm_leaves_the_frozen_stages_statistics_and_mode_alone(tm
     model = WithValidation()
     frozen = {k: v.clone() for k, v in model.net.stages[0].state_dict().items()}
     before = model.net.stages[1][0][1].running_mean.clone()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        num_sanity_val_steps=0, callbacks=[BackboneSchedule(unfreeze_at_epoch=0, from_stage=1),
-                                                           PreciseBatchNorm(num_batches=2)])  # fmt: skip
-    trainer.fit(model, loader(), loader())
+    schedule = BackboneSchedule(unfreeze_at_epoch=0, from_stage=1)
+    fit_validated(model, [schedule, PreciseBatchNorm(num_batches=2, from_training=from_training)], tmp_path)
     assert all(torch.equal(v, model.net.stages[0].state_dict()[k]) for k, v in frozen.items())
     assert not torch.equal(before, model.net.stages[1][0][1].running_mean)
-    assert model.recompute_modes == [[False, True]] * 2
+    assert model.recompute_modes == ([] if from_training else [[False, True]] * 2)
+
+
+class BatchStatistics(Callback):
+    """Each training step's per-channel batch mean and unbiased variance at one BatchNorm's
+    input, and the layer's running statistics when each validation starts (after any callback
+    that recomputes them: this one runs last)."""
+
+    def __init__(self, norm: nn.BatchNorm2d) -> None:
+        self.steps, self.at_validation = [], []
+        norm.register_forward_pre_hook(self.record)
+
+    def record(self, norm, inputs):
+        if norm.training and torch.is_grad_enabled():  # a training step, not a recomputation's pass
+            x = inputs[0].detach()
+            self.steps.append((x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True)))
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        norm = pl_module.net.stages[0][0][1]
+        self.at_validation.append((norm.running_mean.clone(), norm.running_var.clone(), norm.momentum))
+
+
+def test_precise_batchnorm_from_training_averages_the_epochs_last_steps_without_extra_passes(tmp_path):
+    """With ``from_training`` the statistics a validation sees are the plain average of the
+    last ``num_batches`` training steps' batch statistics, and no batch is run again; a
+    validation inside the epoch (``val_check_interval``) before those steps falls back to the
+    extra passes. The layer's momentum is its own again afterwards."""
+    from cnnsuite.training.callbacks import PreciseBatchNorm
+
+    torch.manual_seed(0)
+    model = WithValidation()
+    norm = model.net.stages[0][0][1]
+    seen = BatchStatistics(norm)
+    fit_validated(model, [PreciseBatchNorm(num_batches=2, from_training=True), seen], tmp_path, val_check_interval=0.5)
+    assert len(seen.steps) == 4 and len(seen.at_validation) == 2  # 4 steps, validated after the 2nd and the 4th
+    assert len(model.recompute_modes) == 2  # the 2 extra passes before the first validation only
+    mean, var, momentum = seen.at_validation[1]
+    torch.testing.assert_close(mean, torch.stack([m for m, _ in seen.steps[2:]]).mean(0))
+    torch.testing.assert_close(var, torch.stack([v for _, v in seen.steps[2:]]).mean(0))
+    assert momentum == norm.momentum == 0.1

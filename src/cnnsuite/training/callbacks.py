@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 from itertools import islice
 
 import lightning as L
@@ -28,29 +29,63 @@ class PreciseBatchNorm(L.Callback):
     of images, not ``batch[0]``), augmented as training augments it on the device
     (:meth:`~cnnsuite.data.TaskDataModule.augment_batch`). Every task whose network has
     BatchNorm gets this callback by default (:attr:`cnnsuite.training.task.TaskModule.precise_bn_batches`).
+
+    ``from_training: true`` takes the average over the epoch's last ``num_batches`` training
+    steps instead, as they run: no extra forward pass, where the passes above cost a good part
+    of an epoch on a small dataset validated often. The statistics then come from weights a few
+    optimiser steps apart rather than from the final ones. A validation that does not follow an
+    epoch's last step (``val_check_interval`` < 1, a run resumed inside those steps) falls back
+    to the extra passes.
     """
 
     #: training batches recomputed on when neither the config nor the task says otherwise
     DEFAULT_BATCHES = 10
 
-    def __init__(self, num_batches: int = DEFAULT_BATCHES) -> None:
+    def __init__(self, num_batches: int = DEFAULT_BATCHES, from_training: bool = False) -> None:
         if num_batches < 1:
             raise ConfigError(f"PreciseBatchNorm.num_batches={num_batches}: expected at least 1")
         self.num_batches = num_batches
+        self.from_training = from_training
+        self._averaging: dict[nn.Module, float | None] = {}  # layer -> its momentum, while averaging
+        self._averaged = False  # the statistics are the average over this epoch's last steps
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._averaged = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        last = trainer.num_training_batches
+        if self.from_training and math.isfinite(last) and batch_idx == max(0, last - self.num_batches):
+            # layers in eval mode (frozen by a fine-tuning schedule) keep their statistics
+            self._averaging = start_average([m for m in batch_norms(pl_module) if m.training])
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        if self._averaging and batch_idx == trainer.num_training_batches - 1:
+            self._averaged = True
+            self._stop_averaging()
+
+    def _stop_averaging(self) -> None:
+        for m, momentum in self._averaging.items():
+            m.momentum = momentum
+        self._averaging = {}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.train_dataloader is None:
             return
-        every = [m for m in pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._stop_averaging()  # a validation inside the averaged steps: the extra passes decide
+        every = batch_norms(pl_module)
         # frozen layers (a fine-tuning schedule's) keep their statistics and stay in eval mode
         norms = [m for m in every if m.track_running_stats]
         if not norms:
             return
-        momenta = {m: m.momentum for m in norms}
+        if self._averaged:
+            self._averaged = False
+            if trainer.world_size > 1:
+                pool_statistics(norms, trainer.strategy)
+            return
+        momenta = start_average(norms)
         was_training = pl_module.training
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches below
         pl_module.train()
         for m in every:
             m.train(m in norms)
@@ -68,6 +103,20 @@ class PreciseBatchNorm(L.Callback):
         if trainer.world_size > 1:
             pool_statistics(norms, trainer.strategy)
         pl_module.train(was_training)
+
+
+def batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def start_average(norms: list[nn.Module]) -> dict[nn.Module, float | None]:
+    """Reset the layers' statistics to become a plain (cumulative) average over the batches
+    they see next; their momenta, to restore once those batches are done."""
+    momenta = {m: m.momentum for m in norms if m.track_running_stats}
+    for m in momenta:
+        m.reset_running_stats()
+        m.momentum = None
+    return momenta
 
 
 class ValidateLastEpoch(L.Callback):
