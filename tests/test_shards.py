@@ -307,31 +307,96 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
         RecognitionDataModule(data_dir=str(out), image_size=8)
 
 
-def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_path, monkeypatch):
-    """A run hashes every shard of a local prepared folder; a later run with the same data_root
-    hashes only those whose size or modification time changed, and still refuses a damaged one."""
+@pytest.fixture
+def s3(monkeypatch):
+    """moto's S3 in this process, with one bucket ``data``: boto3, the client LitData's
+    ``S3Client`` wraps and the suite reads records and checks shards through, talks to it;
+    nothing leaves the machine."""
+    import boto3
+    from moto import mock_aws
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="data")
+        yield client
+
+
+def upload(client, folder: Path, prefix: str) -> str:
+    """Every file of ``folder`` under ``s3://data/prefix``; that URL."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), "data", f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return f"s3://data/{prefix}"
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_path, monkeypatch, request, store):
+    """A run hashes every shard of a prepared folder; a later run with the same data_root
+    hashes only those whose version changed (a local file's size or modification time, an S3
+    object's ETag), and still refuses a damaged one."""
     from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    from cnnsuite.data import shards
 
     out = tmp_path / "prepared"
     prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
-    shard_files = sorted(out.rglob("*.bin"))
+    names = sorted(json.loads((out / RECORD).read_text())["files"])
+    location = upload(request.getfixturevalue("s3"), out, "prepared") if store == "s3" else str(out)
     hashed = []
-    read_bytes = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: hashed.append(self) or read_bytes(self))
+    sha256 = shards.PreparedFiles.sha256
+    monkeypatch.setattr(shards.PreparedFiles, "sha256", lambda files, name: hashed.append(name) or sha256(files, name))
 
     def open_prepared():
         hashed.clear()
-        RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
-        return sorted(p for p in hashed if p.suffix == ".bin")
+        RecognitionDataModule(data_dir=location, image_size=8, data_root=str(tmp_path / "data"))
+        return sorted(hashed)
 
-    assert open_prepared() == shard_files and len(shard_files) >= 3
+    assert open_prepared() == names and len([n for n in names if n.endswith(".bin")]) >= 3
     assert open_prepared() == []
-    damaged = bytearray(shard_files[0].read_bytes())
+    shard = next(n for n in names if n.endswith(".bin"))
+    damaged = bytearray((out / shard).read_bytes())
     damaged[-1] ^= 1
-    shard_files[0].write_bytes(bytes(damaged))
+    if store == "s3":
+        request.getfixturevalue("s3").put_object(Bucket="data", Key=f"prepared/{shard}", Body=bytes(damaged))
+    else:
+        (out / shard).write_bytes(bytes(damaged))
     with pytest.raises(ConfigError, match="sha256"):
         open_prepared()
-    assert [p for p in hashed if p.suffix == ".bin"] == [shard_files[0]]  # the changed one alone
+    assert hashed == [shard]  # the changed one alone
+
+
+def test_an_s3_folder_that_cannot_be_read_is_one_line_naming_the_object(tmp_path, s3, capsys):
+    """No bucket, no record, a shard missing: each is one line naming the URL, from the
+    datamodule and from the command line alike, never the S3 client's many-line error."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    with pytest.raises(ConfigError) as err:
+        RecognitionDataModule(data_dir="s3://nobucket/prepared", image_size=8)
+    message = str(err.value)
+    assert message.startswith(f"s3://nobucket/prepared/{RECORD}: cannot be read (") and "\n" not in message
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "tasks/recognition2d/config.yaml", "--data.data_dir", "s3://data/nothing",
+              "--data.data_root", str(tmp_path / "data")])  # fmt: skip
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert f"s3://data/nothing/{RECORD}: cannot be read" in err_lines[-1]
+    assert not any("Traceback" in line for line in err_lines)
+
+    out = tmp_path / "prepared"
+    prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
+    location = upload(s3, out, "prepared")
+    shard = next(n for n in sorted(json.loads((out / RECORD).read_text())["files"]) if n.endswith(".bin"))
+    s3.delete_object(Bucket="data", Key=f"prepared/{shard}")
+    with pytest.raises(ConfigError) as err:
+        RecognitionDataModule(data_dir=location, image_size=8, data_root=str(tmp_path / "data"))
+    message = str(err.value)
+    assert message.startswith(f"{location}: shard {shard} of {RECORD} cannot be read (") and "\n" not in message
 
 
 def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):

@@ -202,9 +202,10 @@ class TaskDataModule(L.LightningDataModule):
         return record
 
     def _verified_shards(self, location: str) -> Path:
-        """Where the hashes of a local prepared folder's shards are kept between runs: under
-        ``<data_root>/cache`` (as other caches), one file per folder, so the folder is only read."""
-        digest = hashlib.sha256(str(Path(location).expanduser().resolve()).encode()).hexdigest()[:16]
+        """Where the hashes of a prepared folder's shards are kept between runs: under
+        ``<data_root>/cache`` (as other caches), one file per folder or URL, so the folder is only read."""
+        where = location if is_url(location) else str(Path(location).expanduser().resolve())
+        digest = hashlib.sha256(where.encode()).hexdigest()[:16]
         return Path(self.hparams.data_root) / "cache" / "shards-verified" / f"{digest}.json"
 
     @property

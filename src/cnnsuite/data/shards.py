@@ -38,6 +38,7 @@ order, which LitData's defaults are not made for:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -65,16 +66,71 @@ def is_prepared(location: str | None) -> bool:
     return location is not None and (is_url(location) or (Path(location) / RECORD).is_file())
 
 
-def _read_bytes(location: str, name: str) -> bytes:
-    """``location/name``: a local file, or one fetched by LitData's downloader for its URL."""
-    if not is_url(location):
-        return (Path(location) / name).read_bytes()
-    from litdata.streaming.downloader import get_downloader
+class PreparedFiles:
+    """The files of a prepared folder, read in place: a local folder, an ``s3://`` URL (through
+    LitData's S3 client: the credentials and endpoint it streams the shards with, from the
+    environment, ``~/.aws`` or a Lightning data connection; made once, as making one takes a
+    good part of a second), or another scheme LitData reads (``gs://``, ...), fetched whole by
+    its downloader."""
 
-    with tempfile.TemporaryDirectory() as tmp:
-        local = str(Path(tmp) / Path(name).name)
-        get_downloader(location, tmp, []).download_file(f"{location.rstrip('/')}/{name}", local)
-        return Path(local).read_bytes()
+    def __init__(self, location: str) -> None:
+        self.location = location.rstrip("/") if is_url(location) else location
+        self._client = None
+
+    def _s3(self, name: str) -> tuple:
+        """(client, bucket, key) of ``name`` on S3."""
+        if self._client is None:
+            from litdata.streaming.client import S3Client
+
+            self._client = S3Client().client
+        bucket, _, prefix = self.location.removeprefix("s3://").partition("/")
+        return self._client, bucket, f"{prefix}/{name}".lstrip("/")
+
+    def open(self, name: str):
+        """A binary stream of ``name``."""
+        if not is_url(self.location):
+            return (Path(self.location) / name).open("rb")
+        if self.location.startswith("s3://"):
+            client, bucket, key = self._s3(name)
+            return client.get_object(Bucket=bucket, Key=key)["Body"]
+        from litdata.streaming.downloader import get_downloader
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = str(Path(tmp) / Path(name).name)
+            get_downloader(self.location, tmp, []).download_file(f"{self.location}/{name}", local)
+            return io.BytesIO(Path(local).read_bytes())
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as stream:
+            return stream.read()
+
+    def sha256(self, name: str) -> str:
+        """The sha256 of ``name``, read in blocks: a 64 MB shard is never held whole."""
+        digest = hashlib.sha256()
+        with self.open(name) as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def version(self, name: str) -> list | None:
+        """What changes when ``name`` changes, without reading it: a local file's size and
+        modification time, an S3 object's size and ETag (one HEAD request); None where unknown."""
+        if not is_url(self.location):
+            stat = (Path(self.location) / name).stat()
+            return [stat.st_size, stat.st_mtime_ns]
+        if self.location.startswith("s3://"):
+            client, bucket, key = self._s3(name)
+            head = client.head_object(Bucket=bucket, Key=key)
+            return [head["ContentLength"], head["ETag"]]
+        return None
+
+
+def _fetch_errors() -> tuple[type[BaseException], ...]:
+    """What reading a local file or an object can raise for reasons outside the suite: a
+    missing or unreadable file, a bucket or key that is not there, credentials refused."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return OSError, BotoCoreError, ClientError
 
 
 def content_hash(items: dict[str, list[str]], files: dict[str, str]) -> str:
@@ -88,9 +144,13 @@ def content_hash(items: dict[str, list[str]], files: dict[str, str]) -> str:
 def read_record(location: str) -> dict:
     """The record of the prepared folder ``location``; one that does not read is one line naming it."""
     try:
-        record = json.loads(_read_bytes(location, RECORD))
+        data = PreparedFiles(location).read(RECORD)
+    except _fetch_errors() as err:
+        raise ConfigError(f"{location}/{RECORD}: cannot be read ({first_line(err)})") from err
+    try:
+        record = json.loads(data)
         missing = [k for k in ("task", "datamodule", "items", "files", "sha256") if k not in record]
-    except (OSError, ValueError, TypeError) as err:
+    except (ValueError, TypeError) as err:
         raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare ({err})") from err
     if missing:
         raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare (no {missing[0]})")
@@ -99,34 +159,42 @@ def read_record(location: str) -> dict:
 
 def check_shards(location: str, record: dict, verified: Path | None = None) -> None:
     """The shards of ``location`` must be those its record was written with: every file hashed
-    (read once, sequentially). ``verified``: where the sha256 of a local folder's shards is kept
-    with each file's size and modification time, so that a later run hashes only the files that
-    changed since (a folder of 100 GB is otherwise read whole at every start, by every process)."""
+    (read once, in blocks). ``verified``: where the sha256 of the folder's shards is kept with
+    what identifies each file's version (a local file's size and modification time, an S3
+    object's size and ETag), so that a later run hashes only the files that changed since (a
+    folder of 100 GB is otherwise read whole, or downloaded whole, at every start, by every
+    process)."""
     files = record["files"]
-    known = read_verified(verified) if verified is not None and not is_url(location) else None
+    known = read_verified(verified) if verified is not None else None
+    stored = PreparedFiles(location)
     found, kept = {}, {}
     for name in files:
         parts = PurePosixPath(name).parts
         if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
             raise ConfigError(f"{location}/{RECORD}: shard {name!r} is not a file inside the prepared folder")
         try:
-            stat = (Path(location) / name).stat() if known is not None else None
-            when = [stat.st_size, stat.st_mtime_ns] if stat else None
+            when = stored.version(name) if known is not None else None
             entry = known.get(name) if known is not None else None
             if when and isinstance(entry, list) and len(entry) == 3 and entry[:2] == when:
                 found[name] = str(entry[2])
             else:
-                found[name] = hashlib.sha256(_read_bytes(location, name)).hexdigest()
+                found[name] = stored.sha256(name)
             if when:
                 kept[name] = [*when, found[name]]
-        except OSError as err:
-            raise ConfigError(f"{location}: shard {name} of {RECORD} cannot be read ({err})") from err
+        except _fetch_errors() as err:
+            raise ConfigError(f"{location}: shard {name} of {RECORD} cannot be read ({first_line(err)})") from err
     if content_hash(record["items"], found) != record["sha256"]:
         changed = [name for name in files if files[name] != found[name]]
         what = f"shards {', '.join(changed)} differ" if changed else "its ids or file list were edited"
         raise ConfigError(f"{location}: content sha256 does not match {RECORD} ({what}); run cnnsuite prepare again")
     if known is not None and kept != known:
         write_verified(verified, kept)
+
+
+def first_line(err: BaseException) -> str:
+    """An error's message as one line: object stores' clients explain over many."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_verified(path: Path) -> dict:
