@@ -370,6 +370,31 @@ def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_pa
     assert hashed == [shard]  # the changed one alone
 
 
+def test_a_prepared_folder_on_s3_trains_as_the_same_folder_on_disk(tmp_path, s3, monkeypatch):
+    """``--data.data_dir s3://...`` streams the shards from the bucket: the same metrics as from
+    the local folder it was copied from, and what LitData keeps of them (each split's index)
+    under the run's ``<data_root>/cache``, not the user's home. LitData fetches whole chunks
+    through obstore, which speaks HTTP itself and bypasses the botocore that moto listens to:
+    here it takes its boto3 path instead."""
+    import litdata.streaming.downloader
+
+    monkeypatch.setattr(litdata.streaming.downloader, "_OBSTORE_AVAILABLE", False)
+    raw = make_image_folder(tmp_path / "raw", per_class=6)
+    out = tmp_path / "prepared"
+    prepare("recognition2d", raw, out, "--data.image_size", "16", "--data.augment", "false")
+    location = upload(s3, out, "prepared")
+    common = ["--trainer.max_epochs", "1", "--data.image_size", "16", "--data.augment", "false", *TINY_2D]
+    on_disk = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(out), *common)
+    on_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", location, *common)
+    assert metrics_of(on_s3) == metrics_of(on_disk)
+    kept = tmp_path / "b" / "data" / "cache" / "litdata"
+
+    def chunks(indexes):
+        return sorted(json.dumps(json.loads(p.read_text())["chunks"], sort_keys=True) for p in indexes)
+
+    assert chunks(kept.rglob("index.json")) == chunks(out.glob("*/index.json"))
+
+
 def test_an_s3_folder_that_cannot_be_read_is_one_line_naming_the_object(tmp_path, s3, capsys):
     """No bucket, no record, a shard missing: each is one line naming the URL, from the
     datamodule and from the command line alike, never the S3 client's many-line error."""

@@ -256,7 +256,8 @@ class TaskDataModule(L.LightningDataModule):
         def streamed(read, ids, nbytes, what):
             if list(ids) != expected:
                 raise ConfigError(f"{location}: the {stage} items are not those its {stage} dataset asks for")
-            return StreamedItems(location, stage, expected, self.hparams.get("cache_limit_mb", 0))
+            fetched = str(Path(self.hparams.data_root) / "cache" / "litdata")
+            return StreamedItems(location, stage, expected, self.hparams.get("cache_limit_mb", 0), fetched)
 
         return streamed
 

@@ -31,8 +31,12 @@ order, which LitData's defaults are not made for:
 - a local split's chunks stay memory-mapped, as many as ``data.cache_limit_mb`` holds
   (:class:`StreamedItems`): LitData keeps four, and a random order over more maps a chunk again
   at almost every read;
-- on object storage LitData keeps the chunks it fetched in its cache folder, so an epoch fetches
-  each chunk once when the cache holds the split.
+- on object storage LitData reads each item by index with ranged GETs of its chunk (its
+  ``on_demand_bytes``, on for reads by index: two requests an item, nothing kept), since a chunk
+  it downloaded whole would be deleted as soon as a read moved to another chunk, which a random
+  order does at almost every read. Only its copies of the splits' ``index.json`` are kept, under
+  ``<data_root>/cache/litdata`` beside the suite's other caches (not LitData's
+  ``~/.lightning/chunks``).
 """
 
 from __future__ import annotations
@@ -248,9 +252,12 @@ class StreamedItems:
 
     cached = True  # every item comes whole, as a cache's do
 
-    def __init__(self, location: str, stage: str, ids: list[str], mapped_mb: float = 0) -> None:
+    def __init__(
+        self, location: str, stage: str, ids: list[str], mapped_mb: float = 0, fetched: str | None = None
+    ) -> None:
         self.url, self.ids, self._dataset = f"{location.rstrip('/')}/{stage}", ids, None
         self.mapped_mb = mapped_mb
+        self.fetched = fetched  # LitData's cache folder for object storage
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -274,6 +281,8 @@ class StreamedItems:
             kept = self.kept_chunks()
             # LitData maps max(4, max_pre_download) chunks of a local folder at once
             options = {"max_pre_download": kept} if kept > LITDATA_MAPPED_CHUNKS else {}
+            if is_url(self.url) and self.fetched is not None:
+                options["cache_dir"] = self.fetched
             self._dataset = StreamingDataset(self.url, batch_decode=0, **options)
         entry = self._dataset[index]
         # bytes (a memoryview back), or a string in folders written before ids were bytes
