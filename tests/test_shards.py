@@ -338,7 +338,9 @@ def upload(client, folder: Path, prefix: str) -> str:
 def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_path, monkeypatch, request, store):
     """A run hashes every shard of a prepared folder; a later run with the same data_root
     hashes only those whose version changed (a local file's size or modification time, an S3
-    object's ETag), and still refuses a damaged one."""
+    object's ETag, all through one S3 client: making one takes a good part of a second), and
+    still refuses a damaged one."""
+    import litdata.streaming.client
     from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 
     from cnnsuite.data import shards
@@ -350,10 +352,15 @@ def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_pa
     hashed = []
     sha256 = shards.PreparedFiles.sha256
     monkeypatch.setattr(shards.PreparedFiles, "sha256", lambda files, name: hashed.append(name) or sha256(files, name))
+    clients = []
+    client = litdata.streaming.client.S3Client
+    monkeypatch.setattr(litdata.streaming.client, "S3Client", lambda: clients.append(1) or client())
 
     def open_prepared():
         hashed.clear()
+        clients.clear()
         RecognitionDataModule(data_dir=location, image_size=8, data_root=str(tmp_path / "data"))
+        assert len(clients) == (store == "s3")
         return sorted(hashed)
 
     assert open_prepared() == names and len([n for n in names if n.endswith(".bin")]) >= 3

@@ -54,7 +54,7 @@ from .inputs import Input
 from .labels import LABELS_CSV, multi_hot, read_labels_csv
 from .prepare import prepare_once
 from .resumable import EpochSampler, pass_seed, resumable, run_seed
-from .shards import StreamedItems, check_shards, is_prepared, is_url, read_record, tensors_from_json
+from .shards import PreparedFiles, StreamedItems, check_shards, is_prepared, is_url, read_record, tensors_from_json
 from .splitfolders import find_split_folders, splits_from_folders
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
 
@@ -184,7 +184,8 @@ class TaskDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.data_dir={location}: a folder written by cnnsuite prepare; not supported yet for {name}"
             )
-        record = read_record(location)
+        files = PreparedFiles(location)  # one S3 client for the record and every shard
+        record = read_record(files)
         ours = f"{type(self).__module__}.{type(self).__qualname__}"
         if record["datamodule"] != ours:
             task = record["task"]
@@ -198,7 +199,7 @@ class TaskDataModule(L.LightningDataModule):
                     f"data.{key}={value!r}: {location} was prepared with {key}={was!r}; "
                     "give that, or run cnnsuite prepare again"
                 )
-        check_shards(location, record, self._verified_shards(location))
+        check_shards(files, record, self._verified_shards(location))
         return record
 
     def _verified_shards(self, location: str) -> Path:

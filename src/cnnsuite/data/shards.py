@@ -145,10 +145,11 @@ def content_hash(items: dict[str, list[str]], files: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def read_record(location: str) -> dict:
-    """The record of the prepared folder ``location``; one that does not read is one line naming it."""
+def read_record(files: PreparedFiles) -> dict:
+    """The record of a prepared folder; one that does not read is one line naming it."""
+    location = files.location
     try:
-        data = PreparedFiles(location).read(RECORD)
+        data = files.read(RECORD)
     except _fetch_errors() as err:
         raise ConfigError(f"{location}/{RECORD}: cannot be read ({first_line(err)})") from err
     try:
@@ -161,8 +162,8 @@ def read_record(location: str) -> dict:
     return record
 
 
-def check_shards(location: str, record: dict, verified: Path | None = None) -> None:
-    """The shards of ``location`` must be those its record was written with: every file hashed
+def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = None) -> None:
+    """The shards of a prepared folder must be those its record was written with: every file hashed
     (read once, in blocks). ``verified``: where the sha256 of the folder's shards is kept with
     what identifies each file's version (a local file's size and modification time, an S3
     object's size and ETag), so that a later run hashes only the files that changed since (a
@@ -170,8 +171,7 @@ def check_shards(location: str, record: dict, verified: Path | None = None) -> N
     process)."""
     files = record["files"]
     known = read_verified(verified) if verified is not None else None
-    stored = PreparedFiles(location)
-    found, kept = {}, {}
+    location, found, kept = stored.location, {}, {}
     for name in files:
         parts = PurePosixPath(name).parts
         if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
