@@ -2,7 +2,9 @@
 the prepared folder streams them in training, with the split, classes and preprocessing
 state of the record."""
 
+import io
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -351,7 +353,8 @@ def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_pa
     location = upload(request.getfixturevalue("s3"), out, "prepared") if store == "s3" else str(out)
     hashed = []
     sha256 = shards.PreparedFiles.sha256
-    monkeypatch.setattr(shards.PreparedFiles, "sha256", lambda files, name: hashed.append(name) or sha256(files, name))
+    monkeypatch.setattr(shards.PreparedFiles, "sha256",
+                        lambda files, name, **kwargs: hashed.append(name) or sha256(files, name, **kwargs))  # fmt: skip
     clients = []
     client = litdata.streaming.client.S3Client
     monkeypatch.setattr(litdata.streaming.client, "S3Client", lambda: clients.append(1) or client())
@@ -375,31 +378,59 @@ def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_pa
     with pytest.raises(ConfigError, match="sha256"):
         open_prepared()
     assert hashed == [shard]  # the changed one alone
+    if store == "s3":
+        # put back as it was (the same ETag as the hash kept): the damaged copy was not kept, so
+        # the shard is fetched again, and the local copy is the original's
+        request.getfixturevalue("s3").upload_file(str(out / shard), "data", f"prepared/{shard}")
+        assert open_prepared() == [shard]
+        (copy,) = (tmp_path / "data" / "cache" / "prepared").glob(f"*/{shard}")
+        assert copy.read_bytes() == (out / shard).read_bytes()
 
 
-def test_a_prepared_folder_on_s3_trains_as_the_same_folder_on_disk(tmp_path, s3, monkeypatch):
-    """``--data.data_dir s3://...`` streams the shards from the bucket: the same metrics as from
-    the local folder it was copied from, and what LitData keeps of them (each split's index)
-    under the run's ``<data_root>/cache``, not the user's home. LitData fetches whole chunks
-    through obstore, which speaks HTTP itself and bypasses the botocore that moto listens to:
-    here it takes its boto3 path instead."""
+@pytest.mark.parametrize("disk", ["room", "full"])
+def test_a_prepared_folder_on_s3_trains_as_the_same_folder_on_disk(tmp_path, s3, monkeypatch, disk):
+    """``--data.data_dir s3://...`` trains as from the local folder it was copied from: the same
+    metrics. With room on the disk, the shards are copied under ``<data_root>/cache/prepared`` as
+    they are hashed and read from there (LitData fetches nothing from the bucket: on object
+    storage it reads each item with two requests); without, they are streamed from the bucket,
+    one line saying so, and what LitData keeps of them (each split's index) goes under
+    ``<data_root>/cache``, not the user's home. LitData fetches through obstore, which speaks
+    HTTP itself and bypasses the botocore that moto listens to: here it takes its boto3 path."""
     import litdata.streaming.downloader
 
+    from cnnsuite.data import shards
+
     monkeypatch.setattr(litdata.streaming.downloader, "_OBSTORE_AVAILABLE", False)
+    fetched = []
+    download = litdata.streaming.downloader.S3Downloader.download_bytes
+    monkeypatch.setattr(litdata.streaming.downloader.S3Downloader, "download_bytes",
+                        lambda *args, **kwargs: fetched.append(1) or download(*args, **kwargs))  # fmt: skip
+    if disk == "full":
+        usage = shards.shutil.disk_usage
+        monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: usage(path)._replace(free=2**30))
     raw = make_image_folder(tmp_path / "raw", per_class=6)
     out = tmp_path / "prepared"
     prepare("recognition2d", raw, out, "--data.image_size", "16", "--data.augment", "false")
     location = upload(s3, out, "prepared")
     common = ["--trainer.max_epochs", "1", "--data.image_size", "16", "--data.augment", "false", *TINY_2D]
     on_disk = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(out), *common)
-    on_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", location, *common)
+    with pytest.warns(UserWarning, match="streamed from object storage") if disk == "full" else nullcontext():
+        on_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", location, *common)
     assert metrics_of(on_s3) == metrics_of(on_disk)
-    kept = tmp_path / "b" / "data" / "cache" / "litdata"
+    cache = tmp_path / "b" / "data" / "cache"
+    if disk == "room":
+        assert not fetched
+        (copy,) = (cache / "prepared").iterdir()
+        shard_files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != RECORD)
+        assert sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file()) == shard_files
+        assert all((copy / name).read_bytes() == (out / name).read_bytes() for name in shard_files)
+        return
+    assert fetched and not (cache / "prepared").exists()
 
     def chunks(indexes):
         return sorted(json.dumps(json.loads(p.read_text())["chunks"], sort_keys=True) for p in indexes)
 
-    assert chunks(kept.rglob("index.json")) == chunks(out.glob("*/index.json"))
+    assert chunks((cache / "litdata").rglob("index.json")) == chunks(out.glob("*/index.json"))
 
 
 def test_an_s3_folder_that_cannot_be_read_is_one_line_naming_the_object(tmp_path, s3, capsys):
@@ -429,6 +460,40 @@ def test_an_s3_folder_that_cannot_be_read_is_one_line_naming_the_object(tmp_path
         RecognitionDataModule(data_dir=location, image_size=8, data_root=str(tmp_path / "data"))
     message = str(err.value)
     assert message.startswith(f"{location}: shard {shard} of {RECORD} cannot be read (") and "\n" not in message
+
+    # a data_root whose local copy cannot be written
+    (tmp_path / "ro" / "cache").mkdir(parents=True)
+    (tmp_path / "ro" / "cache" / "prepared").write_text("a file where a folder would go")
+    s3.upload_file(str(out / shard), "data", f"prepared/{shard}")
+    with pytest.raises(ConfigError) as err:
+        RecognitionDataModule(data_dir=location, image_size=8, data_root=str(tmp_path / "ro"))
+    message = str(err.value)
+    assert message.startswith(str(tmp_path / "ro" / "cache" / "prepared"))
+    assert ": the local copy cannot be written (" in message and "\n" not in message
+
+
+def test_a_shard_copied_while_hashed_is_kept_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A copy cut short by a read that fails leaves nothing where the shard would go, and no part
+    of it beside; a whole one is the shard's bytes."""
+    from cnnsuite.data.shards import PreparedFiles
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "chunk.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB: two blocks
+    files, copy = PreparedFiles(str(tmp_path / "folder")), tmp_path / "copy" / "train" / "chunk.bin"
+    assert files.sha256("chunk.bin", copy_to=copy) == files.sha256("chunk.bin")
+    assert copy.read_bytes() == (tmp_path / "folder" / "chunk.bin").read_bytes()
+    copy.unlink()
+
+    class CutShort(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell():
+                raise ConnectionResetError("connection reset by peer")
+            return super().read(size)
+
+    monkeypatch.setattr(PreparedFiles, "open", lambda self, name: CutShort(bytes(3 << 20)))
+    with pytest.raises(ConnectionResetError):
+        files.sha256("chunk.bin", copy_to=copy)
+    assert list(copy.parent.iterdir()) == []
 
 
 def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):

@@ -170,6 +170,8 @@ class TaskDataModule(L.LightningDataModule):
         self.datasets = LazyDatasets(self._make_stage)
         #: the record of the prepared folder ``data_dir`` names (:mod:`cnnsuite.data.shards`), else None
         self.prepared: dict | None = None
+        #: where its shards are streamed from: the folder, or its local copy (object storage)
+        self._streamed_from: str | None = None
         self._probe = None  # set by decoder()
         self._listed: list | None = None  # samples(), listed once
         self._augment_generator: torch.Generator | None = None  # under DDP, the rank's own
@@ -199,15 +201,19 @@ class TaskDataModule(L.LightningDataModule):
                     f"data.{key}={value!r}: {location} was prepared with {key}={was!r}; "
                     "give that, or run cnnsuite prepare again"
                 )
-        check_shards(files, record, self._verified_shards(location))
+        mirror = self._kept_for(location, "prepared") if is_url(location) else None
+        verified = self._kept_for(location, "shards-verified", ".json")
+        self._streamed_from = check_shards(files, record, verified, mirror)
         return record
 
-    def _verified_shards(self, location: str) -> Path:
-        """Where the hashes of a prepared folder's shards are kept between runs: under
-        ``<data_root>/cache`` (as other caches), one file per folder or URL, so the folder is only read."""
+    def _kept_for(self, location: str, kind: str, suffix: str = "") -> Path:
+        """Where what the suite keeps of a prepared folder between runs goes: under
+        ``<data_root>/cache/<kind>`` (as other caches), one file or folder per folder or URL, so the
+        folder itself is only read: the hashes of its shards (``shards-verified``), the local copy
+        of a folder on object storage (``prepared``)."""
         where = location if is_url(location) else str(Path(location).expanduser().resolve())
         digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-        return Path(self.hparams.data_root) / "cache" / "shards-verified" / f"{digest}.json"
+        return Path(self.hparams.data_root) / "cache" / kind / f"{digest}{suffix}"
 
     @property
     def raw_data_dir(self) -> str | None:
@@ -258,7 +264,8 @@ class TaskDataModule(L.LightningDataModule):
             if list(ids) != expected:
                 raise ConfigError(f"{location}: the {stage} items are not those its {stage} dataset asks for")
             fetched = str(Path(self.hparams.data_root) / "cache" / "litdata")
-            return StreamedItems(location, stage, expected, self.hparams.get("cache_limit_mb", 0), fetched)
+            limit = self.hparams.get("cache_limit_mb", 0)
+            return StreamedItems(self._streamed_from, stage, expected, limit, fetched)
 
         return streamed
 

@@ -34,9 +34,13 @@ order, which LitData's defaults are not made for:
 - on object storage LitData reads each item by index with ranged GETs of its chunk (its
   ``on_demand_bytes``, on for reads by index: two requests an item, nothing kept), since a chunk
   it downloaded whole would be deleted as soon as a read moved to another chunk, which a random
-  order does at almost every read. Only its copies of the splits' ``index.json`` are kept, under
-  ``<data_root>/cache/litdata`` beside the suite's other caches (not LitData's
-  ``~/.lightning/chunks``).
+  order does at almost every read. So a folder on object storage is copied once under
+  ``<data_root>/cache/prepared`` as its shards are hashed (:func:`check_shards`: every start
+  reads them all anyway until they are known), and streamed from there as a local one; a later
+  start copies only the shards whose object changed. Where the copy would not fit on the local
+  disk the items are read from the bucket as LitData does, its copies of the splits'
+  ``index.json`` kept under ``<data_root>/cache/litdata`` beside the suite's other caches (not
+  LitData's ``~/.lightning/chunks``).
 """
 
 from __future__ import annotations
@@ -44,8 +48,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
+
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ..errors import ConfigError
 from .cache import MIB
@@ -57,6 +68,10 @@ RECORD = "cnnsuite-prepared.json"
 CHUNK_BYTES = "64MB"
 #: the chunks of a local folder LitData keeps memory-mapped at once by default
 LITDATA_MAPPED_CHUNKS = 4
+#: the disk space a local copy of a prepared folder on object storage leaves free, at least
+MIRROR_HEADROOM_MB = 1024
+
+T = TypeVar("T")
 
 
 def is_url(location: str) -> bool:
@@ -108,12 +123,15 @@ class PreparedFiles:
         with self.open(name) as stream:
             return stream.read()
 
-    def sha256(self, name: str) -> str:
-        """The sha256 of ``name``, read in blocks: a 64 MB shard is never held whole."""
+    def sha256(self, name: str, copy_to: Path | None = None) -> str:
+        """The sha256 of ``name``, read in blocks: a 64 MB shard is never held whole. ``copy_to``:
+        a file the same blocks are written to as they are hashed (through a temporary file beside
+        it, so a copy cut short never takes its place)."""
         digest = hashlib.sha256()
-        with self.open(name) as stream:
+        with self.open(name) as stream, _written(copy_to) as write:
             while block := stream.read(1 << 20):
                 digest.update(block)
+                write(block)
         return digest.hexdigest()
 
     def version(self, name: str) -> list | None:
@@ -127,6 +145,42 @@ class PreparedFiles:
             head = client.head_object(Bucket=bucket, Key=key)
             return [head["ContentLength"], head["ETag"]]
         return None
+
+
+@contextmanager
+def _written(path: Path | None):
+    """``write(block)``, whose blocks become the file ``path`` when the ``with`` block ends without
+    error, through a temporary file beside it: a copy cut short never takes its place. None: the
+    blocks are dropped. A copy that cannot be written (a full disk) is one line naming it."""
+    if path is None:
+        yield lambda block: None
+        return
+
+    def cannot(err: OSError) -> ConfigError:
+        return ConfigError(f"{path}: the local copy cannot be written ({first_line(err)})")
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False)
+    except OSError as err:
+        raise cannot(err) from err
+
+    def write(block: bytes) -> None:
+        try:
+            tmp.write(block)
+        except OSError as err:
+            raise cannot(err) from err
+
+    try:
+        yield write
+        try:
+            tmp.close()
+            Path(tmp.name).replace(path)
+        except OSError as err:
+            raise cannot(err) from err
+    finally:
+        tmp.close()
+        Path(tmp.name).unlink(missing_ok=True)  # gone already where it became ``path``
 
 
 def _fetch_errors() -> tuple[type[BaseException], ...]:
@@ -162,37 +216,76 @@ def read_record(files: PreparedFiles) -> dict:
     return record
 
 
-def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = None) -> None:
+def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = None, mirror: Path | None = None) -> str:
     """The shards of a prepared folder must be those its record was written with: every file hashed
     (read once, in blocks). ``verified``: where the sha256 of the folder's shards is kept with
     what identifies each file's version (a local file's size and modification time, an S3
     object's size and ETag), so that a later run hashes only the files that changed since (a
     folder of 100 GB is otherwise read whole, or downloaded whole, at every start, by every
-    process)."""
-    files = record["files"]
-    known = read_verified(verified) if verified is not None else None
-    location, found, kept = stored.location, {}, {}
+    process).
+
+    ``mirror``: a local folder that each shard of object storage is copied to as it is hashed,
+    where every shard's version is known and the copies fit on its disk with
+    :data:`MIRROR_HEADROOM_MB` to spare; a later run copies only what changed. Returns where the
+    shards are to be streamed from: the mirror, or the folder itself."""
+    files, location = record["files"], stored.location
     for name in files:
         parts = PurePosixPath(name).parts
         if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
             raise ConfigError(f"{location}/{RECORD}: shard {name!r} is not a file inside the prepared folder")
-        try:
-            when = stored.version(name) if known is not None else None
-            entry = known.get(name) if known is not None else None
-            if when and isinstance(entry, list) and len(entry) == 3 and entry[:2] == when:
-                found[name] = str(entry[2])
-            else:
-                found[name] = stored.sha256(name)
-            if when:
-                kept[name] = [*when, found[name]]
-        except _fetch_errors() as err:
-            raise ConfigError(f"{location}: shard {name} of {RECORD} cannot be read ({first_line(err)})") from err
+    known = read_verified(verified) if verified is not None else None
+    when = {name: _read_shard(stored, name, stored.version) for name in files} if known is not None else {}
+    # the shards whose version is that of a hash kept by an earlier run
+    hashed = {name: str(entry[-1]) for name, entry in (known or {}).items()
+              if name in files and when[name] and isinstance(entry, list) and entry[:-1] == when[name]}  # fmt: skip
+    mirrored = mirror is not None and all(when.get(name) for name in files) and _fits(mirror, files, hashed, when)
+    found = {}
+    for name in files:
+        copy = mirror / name if mirrored else None
+        if name in hashed and (copy is None or _same_size(copy, when[name][0])):
+            found[name] = hashed[name]
+        else:
+            found[name] = _read_shard(stored, name, partial(stored.sha256, copy_to=copy))
+            if copy is not None and found[name] != files[name]:
+                copy.unlink()  # the copy only ever holds what the record names
     if content_hash(record["items"], found) != record["sha256"]:
         changed = [name for name in files if files[name] != found[name]]
         what = f"shards {', '.join(changed)} differ" if changed else "its ids or file list were edited"
         raise ConfigError(f"{location}: content sha256 does not match {RECORD} ({what}); run cnnsuite prepare again")
+    kept = {name: [*when[name], found[name]] for name in files if when.get(name)}
     if known is not None and kept != known:
         write_verified(verified, kept)
+    return str(mirror) if mirrored else location
+
+
+def _read_shard(stored: PreparedFiles, name: str, read: Callable[[str], T]) -> T:
+    """``read(name)``; a shard that cannot be read is one line naming it."""
+    try:
+        return read(name)
+    except _fetch_errors() as err:
+        raise ConfigError(f"{stored.location}: shard {name} of {RECORD} cannot be read ({first_line(err)})") from err
+
+
+def _same_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _fits(mirror: Path, files: dict, hashed: dict, when: dict) -> bool:
+    """Whether copying into ``mirror`` what it lacks leaves :data:`MIRROR_HEADROOM_MB` free on its
+    disk; where not, one line says the shards are streamed from object storage instead."""
+    missing = sum(when[n][0] for n in files if not (n in hashed and _same_size(mirror / n, when[n][0])))
+    where = next(p for p in (mirror, *mirror.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if free - missing >= MIRROR_HEADROOM_MB * MIB:
+        return True
+    rank_zero_warn(
+        f"{mirror}: copying the shards ({missing / MIB:,.0f} MiB) would leave under {MIRROR_HEADROOM_MB:,} MiB free "
+        "on its disk; streamed from object storage instead, item by item (slower: two requests an item)"
+    )
+    return False
 
 
 def first_line(err: BaseException) -> str:
