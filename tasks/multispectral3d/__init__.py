@@ -18,6 +18,8 @@ TASK = Task(
             "data": {"layout": "channels"},
         }
     },
+    # reading a GeoTIFF patch costs about as much as the training step on it
+    scale_throughput=True,
     # the embedded default's patches, generated at the size asked
     resolution=("data.default_patch",),
 )
