@@ -387,6 +387,46 @@ def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_pa
         assert copy.read_bytes() == (out / shard).read_bytes()
 
 
+def test_processes_starting_together_hash_a_folder_once(tmp_path, monkeypatch):
+    """DDP ranks open the prepared folder at the same moment, before any of them has kept its
+    hashes: they check it one after another, so only the first hashes (on S3: downloads) it."""
+    import threading
+    import time
+
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    from cnnsuite.data import shards
+
+    out = tmp_path / "prepared"
+    prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
+    names = json.loads((out / RECORD).read_text())["files"]
+    hashed = []
+    sha256 = shards.PreparedFiles.sha256
+
+    def slow_sha256(files, name, **kwargs):
+        hashed.append(name)
+        time.sleep(0.05)  # a large shard: the other rank starts while this one is hashing
+        return sha256(files, name, **kwargs)
+
+    monkeypatch.setattr(shards.PreparedFiles, "sha256", slow_sha256)
+    together, failed = threading.Barrier(2), []
+
+    def rank():
+        together.wait()
+        try:
+            RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
+        except Exception as err:  # noqa: BLE001 - reported below, in the test's thread
+            failed.append(err)
+
+    ranks = [threading.Thread(target=rank) for _ in range(2)]
+    for thread in ranks:
+        thread.start()
+    for thread in ranks:
+        thread.join()
+    assert not failed
+    assert sorted(hashed) == sorted(names)
+
+
 @pytest.mark.parametrize("disk", ["room", "full"])
 def test_a_prepared_folder_on_s3_trains_as_the_same_folder_on_disk(tmp_path, s3, monkeypatch, disk):
     """``--data.data_dir s3://...`` trains as from the local folder it was copied from: the same

@@ -233,6 +233,35 @@ def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = No
         parts = PurePosixPath(name).parts
         if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
             raise ConfigError(f"{location}/{RECORD}: shard {name!r} is not a file inside the prepared folder")
+    with _one_at_a_time(verified):
+        return _check_shards(stored, record, verified, mirror)
+
+
+@contextmanager
+def _one_at_a_time(verified: Path | None):
+    """Holds a lock beside ``verified`` while a folder is checked, so processes that start
+    together (DDP ranks, several runs on one data_root) check it one after another: the first
+    hashes (and copies) it, the others find its hashes kept. Where the lock cannot be made (a
+    data_root that cannot be written) nothing is held, as nothing is kept there either."""
+    from filelock import FileLock
+
+    lock = None
+    if verified is not None:
+        try:
+            verified.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(verified.with_name(verified.name + ".lock"))
+            lock.acquire()
+        except OSError:
+            lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_shards(stored: PreparedFiles, record: dict, verified: Path | None, mirror: Path | None) -> str:
+    files, location = record["files"], stored.location
     known = read_verified(verified) if verified is not None else None
     when = {name: _read_shard(stored, name, stored.version) for name in files} if known is not None else {}
     # the shards whose version is that of a hash kept by an earlier run
