@@ -222,7 +222,7 @@ def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = No
     what identifies each file's version (a local file's size and modification time, an S3
     object's size and ETag), so that a later run hashes only the files that changed since (a
     folder of 100 GB is otherwise read whole, or downloaded whole, at every start, by every
-    process).
+    process); processes checking one folder at once (DDP ranks) take turns (:func:`_one_at_a_time`).
 
     ``mirror``: a local folder that each shard of object storage is copied to as it is hashed,
     where every shard's version is known and the copies fit on its disk with
