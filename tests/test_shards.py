@@ -172,7 +172,7 @@ def test_a_split_cut_short_records_the_facts_of_its_own_samples(tmp_path):
     datamodule = VideoDataModule(data_dir=str(raw), frames_per_clip=4, frame_size=16)
     datamodule.setup("fit")
     datamodule.splits = {**datamodule.splits, "train": datamodule.splits["train"][:2]}
-    record = json.loads(shards.prepare(datamodule, "video3d", tmp_path / "out").read_text())
+    record = json.loads(Path(shards.prepare(datamodule, "video3d", tmp_path / "out")).read_text())
     held = {i for ids in record["splits"].values() for i in ids}
     assert set(record["sample_facts"]) == held == set(record["targets"]) and len(held) < 8
     streamed = VideoDataModule(
@@ -471,6 +471,39 @@ def test_a_prepared_folder_on_s3_trains_as_the_same_folder_on_disk(tmp_path, s3,
         return sorted(json.dumps(json.loads(p.read_text())["chunks"], sort_keys=True) for p in indexes)
 
     assert chunks((cache / "litdata").rglob("index.json")) == chunks(out.glob("*/index.json"))
+
+
+def test_prepare_onto_s3_uploads_the_record_last_and_a_run_here_fetches_nothing_again(tmp_path, s3, monkeypatch):
+    """``cnnsuite prepare --out s3://...`` uploads every shard, then the record (a prefix without
+    one is not a prepared folder), and keeps them as this machine's local copy with their
+    hashes: a run here on that data_root scores as from the raw files without hashing, so
+    without downloading, any shard. A prefix that holds anything is refused, in one line."""
+    from cnnsuite.data import shards
+
+    raw = make_image_folder(tmp_path / "raw", per_class=6)
+    settings = ["--data.image_size", "16", "--data.augment", "false"]
+    uploaded = []
+    upload = shards.PreparedFiles.upload
+    monkeypatch.setattr(shards.PreparedFiles, "upload",
+                        lambda files, path, name: uploaded.append(name) or upload(files, path, name))  # fmt: skip
+    prepare("recognition2d", raw, "s3://data/prepared", "--data.data_root", str(tmp_path / "b" / "data"), *settings)
+    record = json.loads(s3.get_object(Bucket="data", Key=f"prepared/{RECORD}")["Body"].read())
+    stored = [item["Key"] for item in s3.list_objects_v2(Bucket="data")["Contents"]]
+    assert sorted(stored) == sorted(f"prepared/{name}" for name in [*record["files"], RECORD])
+    assert uploaded[-1] == RECORD and len(uploaded) == len(stored)
+
+    hashed = []
+    sha256 = shards.PreparedFiles.sha256
+    monkeypatch.setattr(shards.PreparedFiles, "sha256",
+                        lambda files, name, **kwargs: hashed.append(name) or sha256(files, name, **kwargs))  # fmt: skip
+    common = ["--trainer.max_epochs", "1", *settings, *TINY_2D]
+    from_raw = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
+    from_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", "s3://data/prepared", *common)
+    assert metrics_of(from_s3) == metrics_of(from_raw)
+    assert hashed == []
+
+    with pytest.raises(ConfigError, match=r"^--out s3://data/prepared: not empty"):
+        prepare("recognition2d", raw, "s3://data/prepared", *settings)
 
 
 def test_an_s3_folder_that_cannot_be_read_is_one_line_naming_the_object(tmp_path, s3, capsys):

@@ -201,12 +201,12 @@ class TaskDataModule(L.LightningDataModule):
                     f"data.{key}={value!r}: {location} was prepared with {key}={was!r}; "
                     "give that, or run cnnsuite prepare again"
                 )
-        mirror = self._kept_for(location, "prepared") if is_url(location) else None
-        verified = self._kept_for(location, "shards-verified", ".json")
+        mirror = self.kept_for(location, "prepared") if is_url(location) else None
+        verified = self.kept_for(location, "shards-verified", ".json")
         self._streamed_from = check_shards(files, record, verified, mirror)
         return record
 
-    def _kept_for(self, location: str, kind: str, suffix: str = "") -> Path:
+    def kept_for(self, location: str, kind: str, suffix: str = "") -> Path:
         """Where what the suite keeps of a prepared folder between runs goes: under
         ``<data_root>/cache/<kind>`` (as other caches), one file or folder per folder or URL, so the
         folder itself is only read: the hashes of its shards (``shards-verified``), the local copy

@@ -134,6 +134,19 @@ class PreparedFiles:
                 write(block)
         return digest.hexdigest()
 
+    def is_empty(self) -> bool:
+        """Whether nothing is stored under the folder yet (an ``s3://`` prefix: one LIST request)."""
+        if not is_url(self.location):
+            folder = Path(self.location)
+            return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+        client, bucket, prefix = self._s3("")
+        return not client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount")
+
+    def upload(self, path: Path, name: str) -> None:
+        """The local file ``path`` stored as ``name`` (an ``s3://`` folder: multipart where large)."""
+        client, bucket, key = self._s3(name)
+        client.upload_file(str(path), bucket, key)
+
     def version(self, name: str) -> list | None:
         """What changes when ``name`` changes, without reading it: a local file's size and
         modification time, an S3 object's size and ETag (one HEAD request); None where unknown."""
@@ -440,13 +453,53 @@ def _json_target(target):
     return target.tolist() if hasattr(target, "tolist") else target
 
 
-def prepare(datamodule, task: str, out: Path) -> Path:
+def prepare(datamodule, task: str, out: str | Path) -> str:
     """Write ``datamodule``'s decoded items of every split and :data:`RECORD` into ``out`` (a new
-    or empty folder), as the module docstring says; returns the record's path. The datamodule's
-    class :attr:`~cnnsuite.data.TaskDataModule.streams_prepared` (``prepare_main`` checks it)."""
+    or empty folder, or an empty ``s3://`` prefix), as the module docstring says; returns the
+    record's location. The datamodule's class :attr:`~cnnsuite.data.TaskDataModule.streams_prepared`
+    (``prepare_main`` checks it).
+
+    For ``s3://`` the folder is written under ``<data_root>/cache/prepared`` first, where a run
+    on this machine keeps its local copy of that URL (:func:`check_shards`), then uploaded, the
+    record last: a prefix without a record is not a prepared folder, and a run here after the
+    upload finds every shard's hash and copy already kept."""
+    if is_url(str(out)):
+        return _prepare_onto(datamodule, task, str(out).rstrip("/"))
     out = Path(out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not PreparedFiles(str(out)).is_empty():
         raise ConfigError(f"--out {out}: not empty; cnnsuite prepare writes into a new or empty folder")
+    return str(_write_prepared(datamodule, task, out))
+
+
+def _prepare_onto(datamodule, task: str, url: str) -> str:
+    """:func:`prepare` into an empty ``s3://`` prefix."""
+    if not url.startswith("s3://"):
+        raise ConfigError(f"--out {url}: cnnsuite prepare writes a local folder or an s3:// prefix")
+    stored = PreparedFiles(url)
+    try:
+        if not stored.is_empty():
+            raise ConfigError(f"--out {url}: not empty; cnnsuite prepare writes under a new or empty prefix")
+    except _fetch_errors() as err:
+        raise ConfigError(f"--out {url}: cannot be listed ({first_line(err)})") from err
+    local = datamodule.kept_for(url, "prepared")
+    shutil.rmtree(local, ignore_errors=True)  # a copy of what the URL held before: it holds nothing now
+    record = json.loads(_write_prepared(datamodule, task, local).read_text())
+    from boto3.exceptions import S3UploadFailedError
+
+    for name in [*record["files"], RECORD]:
+        try:
+            stored.upload(local / name, name)
+        except (*_fetch_errors(), S3UploadFailedError) as err:
+            raise ConfigError(f"{url}/{name}: cannot be uploaded ({first_line(err)}); delete the prefix and "
+                              "run cnnsuite prepare again") from err  # fmt: skip
+    versions = {name: _read_shard(stored, name, stored.version) for name in record["files"]}
+    write_verified(datamodule.kept_for(url, "shards-verified", ".json"),
+                   {name: [*versions[name], sha] for name, sha in record["files"].items()})  # fmt: skip
+    return f"{url}/{RECORD}"
+
+
+def _write_prepared(datamodule, task: str, out: Path) -> Path:
+    """The shards and the record of :func:`prepare` written into the local folder ``out``."""
     source = datamodule.hparams.get("data_dir")
     if source is not None and is_prepared(source):
         raise ConfigError(f"--data.data_dir {source}: already a prepared folder; give the raw data's folder")
@@ -503,9 +556,14 @@ def prepare_main(argv: list[str]) -> None:
     parser.add_argument("--data.data_dir", dest="data_dir", default=None,
                         help="the raw data's folder (only read); default: the task's embedded default")  # fmt: skip
     parser.add_argument("--data.data_root", dest="data_root", default=None,
-                        help="where an embedded default is (generated when missing; default: data)")  # fmt: skip
+                        help="where an embedded default is (generated when missing) and the suite's caches "
+                        "(default: data)")  # fmt: skip
     parser.set_defaults(num_workers=None)  # how a run loads is its own, not the record's
-    add_out(parser, "the folder the shards and the record are written to: new or empty (required)")
+    add_out(
+        parser,
+        "where the shards and the record are written: a new or empty folder, or an empty s3:// "
+        "prefix (uploaded, and kept as this machine's copy under <data_root>/cache) (required)",
+    )
     args, extra = parser.parse_known_args(argv)
     if args.out is None:
         parser.error("the following arguments are required: --out")
@@ -529,5 +587,6 @@ def prepare_main(argv: list[str]) -> None:
     unknown = sorted(set(init_args) - set(cls.init_parameters()))
     if unknown:
         raise ConfigError(f"--data.{unknown[0]}: not a setting of {cls.__name__}")
-    path = prepare(cls(**init_args), args.task, Path(args.out))
-    print(f"{path}: train with cnnsuite fit --config {config_path} --data.data_dir {path.parent}")
+    record = prepare(cls(**init_args), args.task, args.out)
+    folder = record.removesuffix(f"/{RECORD}")
+    print(f"{record}: train with cnnsuite fit --config {config_path} --data.data_dir {folder}")
