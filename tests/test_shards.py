@@ -296,7 +296,7 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     damaged[-1] ^= 1
     shard.write_bytes(bytes(damaged))
     with pytest.raises(ConfigError, match="sha256") as err:
-        RecognitionDataModule(data_dir=str(out), image_size=8)
+        RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
     assert str(out) in str(err.value) and "\n" not in str(err.value)
 
     # a hand-made record naming a file outside the folder: refused before anything is opened
@@ -306,7 +306,7 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     record_path.write_text(json.dumps(record))
     (tmp_path / "outside.bin").write_bytes(b"secret")
     with pytest.raises(ConfigError, match=r"shard '\.\./outside\.bin' is not a file inside the prepared folder"):
-        RecognitionDataModule(data_dir=str(out), image_size=8)
+        RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
 
 
 @pytest.fixture
