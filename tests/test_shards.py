@@ -445,9 +445,9 @@ def test_a_prepared_folder_on_s3_trains_as_the_same_folder_on_disk(tmp_path, s3,
     download = litdata.streaming.downloader.S3Downloader.download_bytes
     monkeypatch.setattr(litdata.streaming.downloader.S3Downloader, "download_bytes",
                         lambda *args, **kwargs: fetched.append(1) or download(*args, **kwargs))  # fmt: skip
-    if disk == "full":
-        usage = shards.shutil.disk_usage
-        monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: usage(path)._replace(free=2**30))
+    usage = shards.shutil.disk_usage  # a disk with room whatever the machine's, or one nearly full
+    free = 2**30 if disk == "full" else 2**40
+    monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: usage(path)._replace(free=free))
     raw = make_image_folder(tmp_path / "raw", per_class=6)
     out = tmp_path / "prepared"
     prepare("recognition2d", raw, out, "--data.image_size", "16", "--data.augment", "false")
@@ -496,11 +496,14 @@ def test_prepare_onto_s3_uploads_the_record_last_and_a_run_here_fetches_nothing_
     sha256 = shards.PreparedFiles.sha256
     monkeypatch.setattr(shards.PreparedFiles, "sha256",
                         lambda files, name, **kwargs: hashed.append(name) or sha256(files, name, **kwargs))  # fmt: skip
+    # a disk nearly full by now: a copy that lacks nothing is still used
+    usage = shards.shutil.disk_usage
+    monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: usage(path)._replace(free=0))
     common = ["--trainer.max_epochs", "1", *settings, *TINY_2D]
     from_raw = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
     from_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", "s3://data/prepared", *common)
     assert metrics_of(from_s3) == metrics_of(from_raw)
-    assert hashed == []
+    assert hashed == [] and not (tmp_path / "b" / "data" / "cache" / "litdata").exists()  # read from the copy
 
     with pytest.raises(ConfigError, match=r"^--out s3://data/prepared: not empty"):
         prepare("recognition2d", raw, "s3://data/prepared", *settings)

@@ -316,12 +316,14 @@ def _same_size(path: Path, size: int) -> bool:
 
 
 def _fits(mirror: Path, files: dict, hashed: dict, when: dict) -> bool:
-    """Whether copying into ``mirror`` what it lacks leaves :data:`MIRROR_HEADROOM_MB` free on its
-    disk; where not, one line says the shards are streamed from object storage instead."""
+    """Whether ``mirror`` holds every shard already, or copying into it what it lacks leaves
+    :data:`MIRROR_HEADROOM_MB` free on its disk; where not, one line says the shards are streamed
+    from object storage instead."""
     missing = sum(when[n][0] for n in files if not (n in hashed and _same_size(mirror / n, when[n][0])))
+    if not missing:
+        return True
     where = next(p for p in (mirror, *mirror.parents) if p.exists())
-    free = shutil.disk_usage(where).free
-    if free - missing >= MIRROR_HEADROOM_MB * MIB:
+    if shutil.disk_usage(where).free - missing >= MIRROR_HEADROOM_MB * MIB:
         return True
     rank_zero_warn(
         f"{mirror}: copying the shards ({missing / MIB:,.0f} MiB) would leave under {MIRROR_HEADROOM_MB:,} MiB free "
