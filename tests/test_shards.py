@@ -504,6 +504,9 @@ def test_prepare_onto_s3_uploads_the_record_last_and_a_run_here_fetches_nothing_
     from_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", "s3://data/prepared", *common)
     assert metrics_of(from_s3) == metrics_of(from_raw)
     assert hashed == [] and not (tmp_path / "b" / "data" / "cache" / "litdata").exists()  # read from the copy
+    # the copy holds what the record names, no more: the record itself, and anything else, went
+    (copy,) = (tmp_path / "b" / "data" / "cache" / "prepared").iterdir()
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()) == sorted(record["files"])
 
     with pytest.raises(ConfigError, match=r"^--out s3://data/prepared: not empty"):
         prepare("recognition2d", raw, "s3://data/prepared", *settings)

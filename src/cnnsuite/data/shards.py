@@ -239,8 +239,9 @@ def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = No
 
     ``mirror``: a local folder that each shard of object storage is copied to as it is hashed,
     where every shard's version is known and the copies fit on its disk with
-    :data:`MIRROR_HEADROOM_MB` to spare; a later run copies only what changed. Returns where the
-    shards are to be streamed from: the mirror, or the folder itself."""
+    :data:`MIRROR_HEADROOM_MB` to spare; a later run copies only what changed, and the mirror
+    keeps nothing the record does not name. Returns where the shards are to be streamed from:
+    the mirror, or the folder itself."""
     files, location = record["files"], stored.location
     for name in files:
         parts = PurePosixPath(name).parts
@@ -297,7 +298,12 @@ def _check_shards(stored: PreparedFiles, record: dict, verified: Path | None, mi
     kept = {name: [*when[name], found[name]] for name in files if when.get(name)}
     if known is not None and kept != known:
         write_verified(verified, kept)
-    return str(mirror) if mirrored else location
+    if not mirrored:
+        return location
+    for path in [p for p in mirror.rglob("*") if p.is_file()]:
+        if path.relative_to(mirror).as_posix() not in files:  # a shard the bucket no longer holds, a cut copy
+            path.unlink(missing_ok=True)
+    return str(mirror)
 
 
 def _read_shard(stored: PreparedFiles, name: str, read: Callable[[str], T]) -> T:
