@@ -281,7 +281,7 @@ def _check_shards(stored: PreparedFiles, record: dict, verified: Path | None, mi
     # the shards whose version is that of a hash kept by an earlier run
     hashed = {name: str(entry[-1]) for name, entry in (known or {}).items()
               if name in files and when[name] and isinstance(entry, list) and entry[:-1] == when[name]}  # fmt: skip
-    mirrored = mirror is not None and all(when.get(name) for name in files) and _fits(mirror, files, hashed, when)
+    mirrored = mirror is not None and all(when.get(n) for n in files) and _fits(location, mirror, files, hashed, when)
     found = {}
     for name in files:
         copy = mirror / name if mirrored else None
@@ -321,7 +321,7 @@ def _same_size(path: Path, size: int) -> bool:
         return False
 
 
-def _fits(mirror: Path, files: dict, hashed: dict, when: dict) -> bool:
+def _fits(location: str, mirror: Path, files: dict, hashed: dict, when: dict) -> bool:
     """Whether ``mirror`` holds every shard already, or copying into it what it lacks leaves
     :data:`MIRROR_HEADROOM_MB` free on its disk; where not, one line says the shards are streamed
     from object storage instead."""
@@ -332,8 +332,9 @@ def _fits(mirror: Path, files: dict, hashed: dict, when: dict) -> bool:
     if shutil.disk_usage(where).free - missing >= MIRROR_HEADROOM_MB * MIB:
         return True
     rank_zero_warn(
-        f"{mirror}: copying the shards ({missing / MIB:,.0f} MiB) would leave under {MIRROR_HEADROOM_MB:,} MiB free "
-        "on its disk; streamed from object storage instead, item by item (slower: two requests an item)"
+        f"{location}: copying its shards ({missing / MIB:,.0f} MiB) into {mirror} would leave under "
+        f"{MIRROR_HEADROOM_MB:,} MiB free on that disk; streamed from object storage instead, item by item "
+        "(slower: two requests an item)"
     )
     return False
 
