@@ -336,6 +336,32 @@ def upload(client, folder: Path, prefix: str) -> str:
     return f"s3://data/{prefix}"
 
 
+def hashes_counted(monkeypatch, seconds: float = 0.0) -> list[str]:
+    """The names of the shards hashed from now on, each hash taking ``seconds`` longer (a large
+    shard); the list fills as they are hashed."""
+    import time
+
+    from cnnsuite.data import shards
+
+    hashed, sha256 = [], shards.PreparedFiles.sha256
+
+    def counted(files, name, **kwargs):
+        hashed.append(name)
+        time.sleep(seconds)
+        return sha256(files, name, **kwargs)
+
+    monkeypatch.setattr(shards.PreparedFiles, "sha256", counted)
+    return hashed
+
+
+def disk_with_free(monkeypatch, free: int) -> None:
+    """Every disk the suite asks about has ``free`` bytes free, whatever this machine's have."""
+    from cnnsuite.data import shards
+
+    usage = shards.shutil.disk_usage
+    monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: usage(path)._replace(free=free))
+
+
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_path, monkeypatch, request, store):
     """A run hashes every shard of a prepared folder; a later run with the same data_root
@@ -345,16 +371,11 @@ def test_a_folder_checked_once_is_hashed_again_only_where_a_shard_changed(tmp_pa
     import litdata.streaming.client
     from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 
-    from cnnsuite.data import shards
-
     out = tmp_path / "prepared"
     prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
     names = sorted(json.loads((out / RECORD).read_text())["files"])
     location = upload(request.getfixturevalue("s3"), out, "prepared") if store == "s3" else str(out)
-    hashed = []
-    sha256 = shards.PreparedFiles.sha256
-    monkeypatch.setattr(shards.PreparedFiles, "sha256",
-                        lambda files, name, **kwargs: hashed.append(name) or sha256(files, name, **kwargs))  # fmt: skip
+    hashed = hashes_counted(monkeypatch)
     clients = []
     client = litdata.streaming.client.S3Client
     monkeypatch.setattr(litdata.streaming.client, "S3Client", lambda: clients.append(1) or client())
@@ -391,24 +412,13 @@ def test_processes_starting_together_hash_a_folder_once(tmp_path, monkeypatch):
     """DDP ranks open the prepared folder at the same moment, before any of them has kept its
     hashes: they check it one after another, so only the first hashes (on S3: downloads) it."""
     import threading
-    import time
 
     from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
-
-    from cnnsuite.data import shards
 
     out = tmp_path / "prepared"
     prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
     names = json.loads((out / RECORD).read_text())["files"]
-    hashed = []
-    sha256 = shards.PreparedFiles.sha256
-
-    def slow_sha256(files, name, **kwargs):
-        hashed.append(name)
-        time.sleep(0.05)  # a large shard: the other rank starts while this one is hashing
-        return sha256(files, name, **kwargs)
-
-    monkeypatch.setattr(shards.PreparedFiles, "sha256", slow_sha256)
+    hashed = hashes_counted(monkeypatch, seconds=0.05)  # the other rank starts while one is hashing
     together, failed = threading.Barrier(2), []
 
     def rank():
@@ -438,16 +448,12 @@ def test_a_prepared_folder_on_s3_trains_as_the_same_folder_on_disk(tmp_path, s3,
     HTTP itself and bypasses the botocore that moto listens to: here it takes its boto3 path."""
     import litdata.streaming.downloader
 
-    from cnnsuite.data import shards
-
     monkeypatch.setattr(litdata.streaming.downloader, "_OBSTORE_AVAILABLE", False)
     fetched = []
     download = litdata.streaming.downloader.S3Downloader.download_bytes
     monkeypatch.setattr(litdata.streaming.downloader.S3Downloader, "download_bytes",
                         lambda *args, **kwargs: fetched.append(1) or download(*args, **kwargs))  # fmt: skip
-    usage = shards.shutil.disk_usage  # a disk with room whatever the machine's, or one nearly full
-    free = 2**30 if disk == "full" else 2**40
-    monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: usage(path)._replace(free=free))
+    disk_with_free(monkeypatch, 2**30 if disk == "full" else 2**40)
     raw = make_image_folder(tmp_path / "raw", per_class=6)
     out = tmp_path / "prepared"
     prepare("recognition2d", raw, out, "--data.image_size", "16", "--data.augment", "false")
@@ -493,13 +499,8 @@ def test_prepare_onto_s3_uploads_the_record_last_and_a_run_here_fetches_nothing_
     assert sorted(stored) == sorted(f"prepared/{name}" for name in [*record["files"], RECORD])
     assert uploaded[-1] == RECORD and len(uploaded) == len(stored)
 
-    hashed = []
-    sha256 = shards.PreparedFiles.sha256
-    monkeypatch.setattr(shards.PreparedFiles, "sha256",
-                        lambda files, name, **kwargs: hashed.append(name) or sha256(files, name, **kwargs))  # fmt: skip
-    # a disk nearly full by now: a copy that lacks nothing is still used
-    usage = shards.shutil.disk_usage
-    monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: usage(path)._replace(free=0))
+    hashed = hashes_counted(monkeypatch)
+    disk_with_free(monkeypatch, 0)  # a disk nearly full by now: a copy that lacks nothing is still used
     common = ["--trainer.max_epochs", "1", *settings, *TINY_2D]
     from_raw = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
     from_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", "s3://data/prepared", *common)
