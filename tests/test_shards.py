@@ -2,7 +2,6 @@
 the prepared folder streams them in training, with the split, classes and preprocessing
 state of the record."""
 
-import io
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -440,8 +439,8 @@ def test_processes_starting_together_hash_a_folder_once(tmp_path, monkeypatch):
 @pytest.mark.parametrize("disk", ["room", "full"])
 def test_a_prepared_folder_on_s3_trains_as_the_same_folder_on_disk(tmp_path, s3, monkeypatch, disk):
     """``--data.data_dir s3://...`` trains as from the local folder it was copied from: the same
-    metrics. With room on the disk, the shards are copied under ``<data_root>/cache/prepared`` as
-    they are hashed and read from there (LitData fetches nothing from the bucket: on object
+    metrics. With room on the disk, the shards are downloaded under ``<data_root>/cache/prepared``,
+    hashed and read there (LitData fetches nothing from the bucket: on object
     storage it reads each item with two requests); without, they are streamed from the bucket,
     one line saying so, and what LitData keeps of them (each split's index) goes under
     ``<data_root>/cache``, not the user's home. LitData fetches through obstore, which speaks
@@ -553,28 +552,29 @@ def test_an_s3_folder_that_cannot_be_read_is_one_line_naming_the_object(tmp_path
     assert ": the local copy cannot be written (" in message and "\n" not in message
 
 
-def test_a_shard_copied_while_hashed_is_kept_whole_or_not_at_all(tmp_path, monkeypatch):
-    """A copy cut short by a read that fails leaves nothing where the shard would go, and no part
-    of it beside; a whole one is the shard's bytes."""
-    from cnnsuite.data.shards import PreparedFiles
+def test_a_shard_whose_download_is_cut_short_leaves_nothing_in_the_local_copy(tmp_path, s3, monkeypatch):
+    """A download that breaks off after its first bytes (and again on each retry) is one line
+    naming the shard, and leaves neither the shard nor a part of it in the local copy."""
+    import s3transfer.download
+    from botocore.exceptions import ReadTimeoutError
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 
-    (tmp_path / "folder").mkdir()
-    (tmp_path / "folder" / "chunk.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB: two blocks
-    files, copy = PreparedFiles(str(tmp_path / "folder")), tmp_path / "copy" / "train" / "chunk.bin"
-    assert files.sha256("chunk.bin", copy_to=copy) == files.sha256("chunk.bin")
-    assert copy.read_bytes() == (tmp_path / "folder" / "chunk.bin").read_bytes()
-    copy.unlink()
+    out = tmp_path / "prepared"
+    prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
+    location = upload(s3, out, "prepared")
+    chunk = s3transfer.download.DownloadChunkIterator.__next__
 
-    class CutShort(io.BytesIO):
-        def read(self, size=-1):
-            if self.tell():
-                raise ConnectionResetError("connection reset by peer")
-            return super().read(size)
+    def cut_short(self):
+        if self._num_reads:  # the first bytes were handed on to be written
+            raise ReadTimeoutError(endpoint_url=location)
+        return chunk(self)
 
-    monkeypatch.setattr(PreparedFiles, "open", lambda self, name: CutShort(bytes(3 << 20)))
-    with pytest.raises(ConnectionResetError):
-        files.sha256("chunk.bin", copy_to=copy)
-    assert list(copy.parent.iterdir()) == []
+    monkeypatch.setattr(s3transfer.download.DownloadChunkIterator, "__next__", cut_short)
+    with pytest.raises(ConfigError) as err:
+        RecognitionDataModule(data_dir=location, image_size=8, data_root=str(tmp_path / "data"))
+    message = str(err.value)
+    assert message.startswith(f"{location}: shard ") and " cannot be read (" in message and "\n" not in message
+    assert [p for p in (tmp_path / "data" / "cache" / "prepared").rglob("*") if p.is_file()] == []
 
 
 def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):

@@ -35,8 +35,8 @@ order, which LitData's defaults are not made for:
   ``on_demand_bytes``, on for reads by index: two requests an item, nothing kept), since a chunk
   it downloaded whole would be deleted as soon as a read moved to another chunk, which a random
   order does at almost every read. So a folder on object storage is copied once under
-  ``<data_root>/cache/prepared`` as its shards are hashed (:func:`check_shards`: every start
-  reads them all anyway until they are known), and streamed from there as a local one; a later
+  ``<data_root>/cache/prepared``, each shard hashed there (:func:`check_shards`: every start
+  downloads them all anyway until their hashes are known), and streamed from there as a local one; a later
   start copies only the shards whose object changed. Where the copy would not fit on the local
   disk the items are read from the bucket as LitData does, its copies of the splits'
   ``index.json`` kept under ``<data_root>/cache/litdata`` beside the suite's other caches (not
@@ -123,16 +123,20 @@ class PreparedFiles:
         with self.open(name) as stream:
             return stream.read()
 
-    def sha256(self, name: str, copy_to: Path | None = None) -> str:
-        """The sha256 of ``name``, read in blocks: a 64 MB shard is never held whole. ``copy_to``:
-        a file the same blocks are written to as they are hashed (through a temporary file beside
-        it, so a copy cut short never takes its place)."""
+    def sha256(self, name: str) -> str:
+        """The sha256 of ``name``, read in blocks: a 64 MB shard is never held whole."""
         digest = hashlib.sha256()
-        with self.open(name) as stream, _written(copy_to) as write:
+        with self.open(name) as stream:
             while block := stream.read(1 << 20):
                 digest.update(block)
-                write(block)
         return digest.hexdigest()
+
+    def download(self, name: str, dest: Path) -> None:
+        """An ``s3://`` folder's ``name`` as the local file ``dest``, whole or not at all: boto3's
+        managed transfer (ranged GETs in parallel, retried) writes a temporary file beside it and
+        renames it at the end."""
+        client, bucket, key = self._s3(name)
+        client.download_file(bucket, key, str(dest))
 
     def is_empty(self) -> bool:
         """Whether nothing is stored under the folder yet (an ``s3://`` prefix: one LIST request)."""
@@ -160,48 +164,14 @@ class PreparedFiles:
         return None
 
 
-@contextmanager
-def _written(path: Path | None):
-    """``write(block)``, whose blocks become the file ``path`` when the ``with`` block ends without
-    error, through a temporary file beside it: a copy cut short never takes its place. None: the
-    blocks are dropped. A copy that cannot be written (a full disk) is one line naming it."""
-    if path is None:
-        yield lambda block: None
-        return
-
-    def cannot(err: OSError) -> ConfigError:
-        return ConfigError(f"{path}: the local copy cannot be written ({first_line(err)})")
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False)
-    except OSError as err:
-        raise cannot(err) from err
-
-    def write(block: bytes) -> None:
-        try:
-            tmp.write(block)
-        except OSError as err:
-            raise cannot(err) from err
-
-    try:
-        yield write
-        try:
-            tmp.close()
-            Path(tmp.name).replace(path)
-        except OSError as err:
-            raise cannot(err) from err
-    finally:
-        tmp.close()
-        Path(tmp.name).unlink(missing_ok=True)  # gone already where it became ``path``
-
-
 def _fetch_errors() -> tuple[type[BaseException], ...]:
-    """What reading a local file or an object can raise for reasons outside the suite: a
-    missing or unreadable file, a bucket or key that is not there, credentials refused."""
+    """What reading, writing or moving a local file or an object can raise for reasons outside
+    the suite: a missing or unreadable file, a full disk, a bucket or key that is not there,
+    credentials refused, a transfer that failed after its retries."""
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
-    return OSError, BotoCoreError, ClientError
+    return OSError, BotoCoreError, ClientError, Boto3Error
 
 
 def content_hash(items: dict[str, list[str]], files: dict[str, str]) -> str:
@@ -237,7 +207,7 @@ def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = No
     folder of 100 GB is otherwise read whole, or downloaded whole, at every start, by every
     process); processes checking one folder at once (DDP ranks) take turns (:func:`_one_at_a_time`).
 
-    ``mirror``: a local folder that each shard of object storage is copied to as it is hashed,
+    ``mirror``: a local folder that each shard of object storage is downloaded to and hashed in,
     where every shard's version is known and the copies fit on its disk with
     :data:`MIRROR_HEADROOM_MB` to spare; a later run copies only what changed, and the mirror
     keeps nothing the record does not name. Returns where the shards are to be streamed from:
@@ -287,9 +257,11 @@ def _check_shards(stored: PreparedFiles, record: dict, verified: Path | None, mi
         copy = mirror / name if mirrored else None
         if name in hashed and (copy is None or _same_size(copy, when[name][0])):
             found[name] = hashed[name]
+        elif copy is None:
+            found[name] = _read_shard(stored, name, stored.sha256)
         else:
-            found[name] = _read_shard(stored, name, partial(stored.sha256, copy_to=copy))
-            if copy is not None and found[name] != files[name]:
+            found[name] = _copied(stored, name, mirror)
+            if found[name] != files[name]:
                 copy.unlink()  # the copy only ever holds what the record names
     if content_hash(record["items"], found) != record["sha256"]:
         changed = [name for name in files if files[name] != found[name]]
@@ -304,6 +276,16 @@ def _check_shards(stored: PreparedFiles, record: dict, verified: Path | None, mi
         if path.relative_to(mirror).as_posix() not in files:  # a shard the bucket no longer holds, a cut copy
             path.unlink(missing_ok=True)
     return str(mirror)
+
+
+def _copied(stored: PreparedFiles, name: str, mirror: Path) -> str:
+    """``name`` downloaded into the local copy ``mirror``; its sha256, read back from there."""
+    try:
+        (mirror / name).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{mirror}: the local copy cannot be written ({first_line(err)})") from err
+    _read_shard(stored, name, partial(stored.download, dest=mirror / name))
+    return PreparedFiles(str(mirror)).sha256(name)
 
 
 def _read_shard(stored: PreparedFiles, name: str, read: Callable[[str], T]) -> T:
@@ -493,12 +475,10 @@ def _prepare_onto(datamodule, task: str, url: str) -> str:
     local = datamodule.kept_for(url, "prepared")
     shutil.rmtree(local, ignore_errors=True)  # a copy of what the URL held before: it holds nothing now
     record = json.loads(_write_prepared(datamodule, task, local).read_text())
-    from boto3.exceptions import S3UploadFailedError
-
     for name in [*record["files"], RECORD]:
         try:
             stored.upload(local / name, name)
-        except (*_fetch_errors(), S3UploadFailedError) as err:
+        except _fetch_errors() as err:
             raise ConfigError(f"{url}/{name}: cannot be uploaded ({first_line(err)}); delete the prefix and "
                               "run cnnsuite prepare again") from err  # fmt: skip
     versions = {name: _read_shard(stored, name, stored.version) for name in record["files"]}
