@@ -2,7 +2,9 @@
 the prepared folder streams them in training, with the split, classes and preprocessing
 state of the record."""
 
+import errno
 import json
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -306,6 +308,53 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     (tmp_path / "outside.bin").write_bytes(b"secret")
     with pytest.raises(ConfigError, match=r"shard '\.\./outside\.bin' is not a file inside the prepared folder"):
         RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("out_was", ["missing", "empty"])
+@pytest.mark.parametrize(
+    "failure", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()], ids=["disk-full", "ctrl-c"]
+)
+def test_prepare_stopped_midway_keeps_nothing_it_wrote(tmp_path, monkeypatch, capsys, out_was, failure):
+    """A disk that fills up (one line naming ``--out``) or a Ctrl-C in the middle of the
+    shards leaves ``--out`` as it was, so running prepare again after freeing space just works
+    (a half-written folder would be refused as not empty)."""
+    from litdata.streaming.writer import BinaryWriter
+
+    raw = make_image_folder(tmp_path / "raw", per_class=4)
+    out = tmp_path / "prepared"
+    if out_was == "empty":
+        out.mkdir()
+    write = BinaryWriter.write_chunk_to_file
+
+    def fills_the_disk_at_val(self, raw_data, filename, compress=None):
+        if Path(self._cache_dir).name == "val":  # the train split is written by then
+            Path(self._cache_dir, filename).write_bytes(raw_data[: len(raw_data) // 2])
+            raise failure
+        return write(self, raw_data, filename, compress)
+
+    args = [
+        "prepare",
+        "--task",
+        "recognition2d",
+        "--data.data_dir",
+        str(raw),
+        "--out",
+        str(out),
+        "--data.image_size",
+        "8",
+    ]
+    with monkeypatch.context() as patch:
+        patch.setattr(BinaryWriter, "write_chunk_to_file", fills_the_disk_at_val)
+        capsys.readouterr()
+        with pytest.raises(SystemExit if isinstance(failure, OSError) else KeyboardInterrupt):
+            main(args)
+    if isinstance(failure, OSError):
+        err = capsys.readouterr().err.strip()
+        line = err.splitlines()[-1]  # after the small split's warning
+        assert "Traceback" not in err and str(out) in line and "No space left on device" in line
+    assert (list(out.iterdir()) == []) if out_was == "empty" else not out.exists()
+    main(args)
+    assert (out / RECORD).is_file()
 
 
 @pytest.fixture

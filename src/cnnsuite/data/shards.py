@@ -439,6 +439,31 @@ def write_shards(out: Path, stage: str, ids: list[str], read) -> dict[str, str]:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
+@contextmanager
+def _undone_on_failure(out: Path):
+    """Writing into the new or empty folder ``out`` (made here when missing): whatever stops
+    the writing (a full disk, Ctrl-C, a bug) removes what was written, the folder too if it was
+    made here, so freeing space and running ``cnnsuite prepare`` again just works (a folder left
+    half-written would be refused as not empty). A write that fails is one line naming ``out``."""
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        yield
+    except BaseException as err:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        if isinstance(err, OSError):
+            raise ConfigError(f"{out}: cannot write the prepared folder ({err.strerror or err}); "
+                              "nothing written was kept") from None  # fmt: skip
+        raise
+
+
 def _json_target(target):
     """A class index, or a multi-hot vector as a list."""
     return target.tolist() if hasattr(target, "tolist") else target
@@ -494,18 +519,25 @@ def _write_prepared(datamodule, task: str, out: Path) -> Path:
         raise ConfigError(f"--data.data_dir {source}: already a prepared folder; give the raw data's folder")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    out.mkdir(parents=True, exist_ok=True)
     items, files = {}, {}
-    for stage in STAGES:
-        items[stage], read = datamodule.decoder(stage)
-        files |= write_shards(out, stage, items[stage], read)
+    with _undone_on_failure(out):
+        for stage in STAGES:
+            items[stage], read = datamodule.decoder(stage)
+            files |= write_shards(out, stage, items[stage], read)
+        path = out / RECORD
+        path.write_text(json.dumps(_record(datamodule, task, items, files), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def _record(datamodule, task: str, items: dict[str, list[str]], files: dict[str, str]) -> dict:
+    """:data:`RECORD`'s contents for the shards ``files`` holding the splits' ``items``."""
     targets = dict(datamodule.samples())
     held = {i: None for ids in datamodule.splits.values() for i in ids}  # the split's samples, in order
-    record = {
+    return {
         "task": task,
         "datamodule": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
         "hyper_parameters": {k: datamodule.hparams.get(k) for k in datamodule.init_parameters() if k != "data_dir"},
-        "raw_data_dir": source,
+        "raw_data_dir": datamodule.hparams.get("data_dir"),
         "splits": datamodule.splits,
         "items": items,
         "targets": {i: _json_target(targets[i]) for i in held},
@@ -517,9 +549,6 @@ def _write_prepared(datamodule, task: str, out: Path) -> Path:
         "files": files,
         "sha256": content_hash(items, files),
     }
-    path = out / RECORD
-    path.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
-    return path
 
 
 def prepare_main(argv: list[str]) -> None:
