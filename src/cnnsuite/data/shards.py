@@ -441,23 +441,21 @@ def write_shards(out: Path, stage: str, ids: list[str], read) -> dict[str, str]:
 
 @contextmanager
 def _undone_on_failure(out: Path):
-    """Writing into the new or empty folder ``out`` (made here when missing): whatever stops
-    the writing (a full disk, Ctrl-C, a bug) removes what was written, the folder too if it was
-    made here, so freeing space and running ``cnnsuite prepare`` again just works (a folder left
-    half-written would be refused as not empty). A write that fails is one line naming ``out``."""
+    """Writing the splits' folders and :data:`RECORD` into the new or empty folder ``out`` (made
+    here when missing): whatever stops the writing (a full disk, Ctrl-C, a bug) removes them,
+    and ``out`` if it was made here, so freeing space and running ``cnnsuite prepare`` again just
+    works (a folder left half-written would be refused as not empty). Nothing else in ``out`` is
+    touched. A write that fails is one line naming ``out``."""
     made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         yield
     except BaseException as err:
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for child in out.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+        (out / RECORD).unlink(missing_ok=True)
+        for stage in STAGES:
+            shutil.rmtree(out / stage, ignore_errors=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         if isinstance(err, OSError):
             raise ConfigError(f"{out}: cannot write the prepared folder ({err.strerror or err}); "
                               "nothing written was kept") from None  # fmt: skip
