@@ -332,17 +332,8 @@ def test_prepare_stopped_midway_keeps_nothing_it_wrote(tmp_path, monkeypatch, ca
             raise failure
         return write(self, raw_data, filename, compress)
 
-    args = [
-        "prepare",
-        "--task",
-        "recognition2d",
-        "--data.data_dir",
-        str(raw),
-        "--out",
-        str(out),
-        "--data.image_size",
-        "8",
-    ]
+    args = ["prepare", "--task", "recognition2d", "--data.data_dir", str(raw), "--out", str(out),
+            "--data.image_size", "8"]  # fmt: skip
     with monkeypatch.context() as patch:
         patch.setattr(BinaryWriter, "write_chunk_to_file", fills_the_disk_at_val)
         capsys.readouterr()
