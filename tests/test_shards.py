@@ -542,7 +542,8 @@ def test_prepare_onto_s3_uploads_the_record_last_and_a_run_here_fetches_nothing_
     disk_with_free(monkeypatch, 0)  # a disk nearly full by now: a copy that lacks nothing is still used
     common = ["--trainer.max_epochs", "1", *settings, *TINY_2D]
     from_raw = fit("recognition2d", tmp_path / "a", "--data.data_dir", str(raw), *common)
-    from_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", "s3://data/prepared", *common)
+    # the same URL, written with a trailing slash: the same copy and kept hashes
+    from_s3 = fit("recognition2d", tmp_path / "b", "--data.data_dir", "s3://data/prepared/", *common)
     assert metrics_of(from_s3) == metrics_of(from_raw)
     assert hashed == [] and not (tmp_path / "b" / "data" / "cache" / "litdata").exists()  # read from the copy
     # the copy holds what the record names, no more: the record itself, and anything else, went

@@ -210,8 +210,9 @@ class TaskDataModule(L.LightningDataModule):
         """Where what the suite keeps of a prepared folder between runs goes: under
         ``<data_root>/cache/<kind>`` (as other caches), one file or folder per folder or URL, so the
         folder itself is only read: the hashes of its shards (``shards-verified``), the local copy
-        of a folder on object storage (``prepared``)."""
-        where = location if is_url(location) else str(Path(location).expanduser().resolve())
+        of a folder on object storage (``prepared``). A URL with a trailing slash is the same
+        folder, as a local path's other spellings are."""
+        where = location.rstrip("/") if is_url(location) else str(Path(location).expanduser().resolve())
         digest = hashlib.sha256(where.encode()).hexdigest()[:16]
         return Path(self.hparams.data_root) / "cache" / kind / f"{digest}{suffix}"
 
