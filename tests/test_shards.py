@@ -614,8 +614,38 @@ def test_a_shard_whose_download_is_cut_short_leaves_nothing_in_the_local_copy(tm
     with pytest.raises(ConfigError) as err:
         RecognitionDataModule(data_dir=location, image_size=8, data_root=str(tmp_path / "data"))
     message = str(err.value)
-    assert message.startswith(f"{location}: shard ") and " cannot be read (" in message and "\n" not in message
+    assert message.startswith(f"{location}: shard ") and " cannot be copied into " in message and "\n" not in message
     assert [p for p in (tmp_path / "data" / "cache" / "prepared").rglob("*") if p.is_file()] == []
+
+
+def test_a_full_disk_under_the_local_copy_is_one_line_naming_it(tmp_path, s3, monkeypatch, capsys):
+    """The disk of the local copy filling up while a shard downloads (the file system's error
+    names no file) is one line from the command naming the shard, the local copy and the
+    reason, and leaves no part of the shard there."""
+    import errno
+
+    import s3transfer.utils
+
+    out = tmp_path / "prepared"
+    prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
+    location = upload(s3, out, "prepared")
+    opened = s3transfer.utils.OSUtils.open
+
+    def full(self, filename, mode):
+        handle = opened(self, filename, mode)
+        handle.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return handle
+
+    monkeypatch.setattr(s3transfer.utils.OSUtils, "open", full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "tasks/recognition2d/config.yaml", "--data.data_dir", location,
+              "--data.data_root", str(tmp_path / "data"), "--data.image_size", "8"])  # fmt: skip
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    copy = tmp_path / "data" / "cache" / "prepared"
+    assert line.startswith(f"cnnsuite fit: error: {location}: shard ") and f"cannot be copied into {copy}" in line
+    assert line.endswith("No space left on device)")
+    assert [p for p in copy.rglob("*") if p.is_file()] == []
 
 
 def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):

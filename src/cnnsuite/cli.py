@@ -550,8 +550,10 @@ def user_message(err: BaseException) -> str:
     """The message of a user's mistake, as first raised: jsonargparse wraps an error from a
     class's ``__init__`` in its own (the original is its cause), and an error raised in a
     DataLoader worker arrives as "Caught X in DataLoader worker process N. Original
-    Traceback ..." with the original message at its end."""
-    while True:
+    Traceback ..." with the original message at its end. The suite's own :class:`UserError`
+    is the message where it is met: it names the file or key, and the reason of the error it
+    was raised from (an ``OSError`` of a full disk names no file)."""
+    while not isinstance(err, UserError):
         # "raise ... from None" hides the context: the error raised there is the message
         inner = err.__cause__ if err.__cause__ is not None or err.__suppress_context__ else err.__context__
         if not isinstance(inner, USER_ERRORS):

@@ -52,7 +52,6 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -284,7 +283,12 @@ def _copied(stored: PreparedFiles, name: str, mirror: Path) -> str:
         (mirror / name).parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"{mirror}: the local copy cannot be written ({first_line(err)})") from err
-    _read_shard(stored, name, partial(stored.download, dest=mirror / name))
+    try:
+        stored.download(name, mirror / name)
+    except _fetch_errors() as err:  # the bucket's side or the copy's disk: the reason says which
+        raise ConfigError(
+            f"{stored.location}: shard {name} of {RECORD} cannot be copied into {mirror} ({first_line(err)})"
+        ) from err
     return PreparedFiles(str(mirror)).sha256(name)
 
 
