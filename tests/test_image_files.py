@@ -12,7 +12,7 @@ from cnnsuite.tasks.localization2d.datamodule import LocalizationDataModule
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from conftest import fit, make_image_folder
 from PIL import Image
-from test_limits import bomb_png
+from test_limits import bomb_png, png_chunk
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError, image_size, read_image
@@ -53,6 +53,27 @@ def test_16_bit_images_are_scaled_by_their_full_range(tmp_path):
             np.testing.assert_allclose(image[0, 0].numpy(), values[0] / 65535, atol=1e-6)
     Image.fromarray(np.array([[0, 255]], np.uint8)).save(tmp_path / "g8.png")
     np.testing.assert_allclose(read_image(tmp_path / "g8.png", 1)[0, 0].numpy(), [0.0, 1.0])
+
+
+def test_a_png_whose_image_data_is_short_is_an_error_naming_it(tmp_path):
+    """A PNG whose header declares more pixels than its data holds (a cut download, a hand-made
+    upload) is an error naming the file: torchvision's PNG decoder ends the process on it."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)
+    short = png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + png_chunk(b"IEND", b"")
+    (tmp_path / "short.png").write_bytes(b"\x89PNG\r\n\x1a\n" + short)
+    with pytest.raises(BadFileError, match=r"short.png: cannot decode as an image \(image file is truncated"):
+        read_image(tmp_path / "short.png", 3)
+
+
+def test_an_animated_gif_is_its_first_frame(tmp_path):
+    """torchvision decodes every frame of a GIF; the image is the first, as viewers and Pillow show it."""
+    frames = [Image.fromarray(np.full((6, 5), value, np.uint8)) for value in (0, 255, 128)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    image = read_image(tmp_path / "a.gif", 3)
+    assert image.shape == (3, 6, 5) and float(image.max()) == 0.0
 
 
 def test_8_and_16_bit_images_in_one_folder_train_evaluate_and_predict(tmp_path):

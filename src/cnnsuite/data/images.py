@@ -10,6 +10,11 @@ tag saying how to turn them; every viewer honours it, so that is the image a use
 torchvision's ``decode_image`` ignores the tag unless asked: everything here asks, and
 sizes are the upright sizes too.
 
+PNGs are decoded by Pillow: torchvision's PNG decoder ends the whole process (a segmentation
+fault, no message) on any error libpng reports — most damaged PNGs, one uploaded to ``cnnsuite
+serve`` included — where Pillow raises an error that names the file. Pillow reads 16-bit grey
+PNGs at 16 bits and 16-bit colour PNGs at 8 bits a channel (the same [0, 1] range).
+
 ``decode_image`` has no pixel limit either (a 1 MB PNG declaring 30,000 × 30,000 pixels took
 40 s and 4.4 GB), so every file's header is read first and a file declaring more pixels than
 :mod:`cnnsuite.data.limits` allows is refused before anything decodes it.
@@ -122,11 +127,15 @@ def _decode(path: Path, channels: int) -> torch.Tensor:
     if mode is None:
         raise ValueError(f"channels={channels}: images are read as 1 (gray) or 3 (RGB) channels")
     with open_image(path) as img:
-        try:
-            return decode_image(str(path), mode=mode, apply_exif_orientation=True)
-        except (RuntimeError, ValueError, OSError):
-            pass
-        # torchvision decodes PNG, JPEG, GIF and WebP; Pillow covers BMP and TIFF.
+        if img.format != "PNG":
+            try:
+                decoded = decode_image(str(path), mode=mode, apply_exif_orientation=True)
+                # an animated GIF decodes to all its frames: its first is the image, as Pillow shows it
+                return decoded[0] if decoded.dim() == 4 else decoded
+            except (RuntimeError, ValueError, OSError):
+                pass
+        # torchvision decodes JPEG, GIF and WebP; Pillow covers BMP and TIFF, animated WebP, and PNG:
+        # torchvision's PNG decoder ends the process (SIGSEGV) on any error libpng reports
         try:
             upright = ImageOps.exif_transpose(img)
             if upright.mode in _SIXTEEN_BIT:  # Pillow's convert() would clip it to 8 bits
