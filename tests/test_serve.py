@@ -287,3 +287,26 @@ def test_max_pixels_reaches_the_inference_workers(served):
     assert answer.status_code == 422, answer.text
     expected = f"big.nii.gz: declares 30x30x30 = 27,000 voxels, over the limit of {MAX_VOXELS:,}"
     assert answer.json()["error"].startswith(expected)
+
+
+def test_an_upload_the_model_cannot_take_fails_alone_in_its_batch():
+    """An upload that reads but fails in the model (all of its batch's predict fails with it)
+    gets a 500 naming it; the others of its batch are predicted alone and answered."""
+    from cnnsuite.data.inputs import Input
+    from cnnsuite.use.serve import PredictorAPI, Reply
+
+    class Model:
+        def predict(self, inputs):
+            if any(item.sample == "bad" for item in inputs):
+                raise RuntimeError("shapes do not match")
+            return [{"class": item.sample, "score": 1.0} for item in inputs]
+
+    api = PredictorAPI("unused.ckpt")
+    api.predictor = Model()
+    refused = Reply(415, {"path": "notes.txt", "error": "notes.txt: not a file this model takes"})
+    items = [Input(Path("a.png"), "cat"), Input(Path("b.png"), "bad"), refused, Input(Path("c.png"), "dog")]
+    replies = api.predict(items)
+    assert [r.status for r in replies] == [200, 500, 415, 200] and {r.batch_size for r in replies} == {4}
+    assert [replies[0].record["class"], replies[3].record["class"]] == ["cat", "dog"]
+    assert replies[1].record["path"] == "b.png"
+    assert replies[1].record["error"].startswith("b.png: cannot be predicted (RuntimeError")

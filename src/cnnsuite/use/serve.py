@@ -124,14 +124,29 @@ class PredictorAPI(ls.LitAPI):
         return replace(item, path=Path(name))
 
     def predict(self, items: list[Input | Reply]) -> list[Reply]:
-        """One :meth:`Predictor.predict` call for the readable uploads of the batch."""
+        """One :meth:`Predictor.predict` call for the readable uploads of the batch; where it
+        fails, each upload is predicted alone, so only the one the model cannot take fails."""
+        inputs = [item for item in items if isinstance(item, Input)]
         with torch.inference_mode():
-            predictions = iter(self.predictor.predict([item for item in items if isinstance(item, Input)]))
-        count = len(items)
+            try:
+                predictions = self.predictor.predict(inputs)
+            except Exception:
+                logger.exception("a batch of %d uploads failed; predicting each alone", len(inputs))
+                predictions = [self.predict_alone(item) for item in inputs]
+        count, predicted = len(items), iter(predictions)
+        replies = [item if isinstance(item, Reply) else next(predicted) for item in items]
         return [
-            replace(item, batch_size=count) if isinstance(item, Reply) else answer(item, next(predictions), count)
-            for item in items
+            replace(reply, batch_size=count) if isinstance(reply, Reply) else answer(item, reply, count)
+            for item, reply in zip(items, replies, strict=True)
         ]
+
+    def predict_alone(self, item: Input) -> dict | Reply:
+        """The prediction of one upload, or the 500 reply of the upload the model cannot take."""
+        try:
+            return self.predictor.predict([item])[0]
+        except Exception as err:
+            logger.exception("predicting the upload %s failed", item.path)
+            return reject(500, str(item.path), f"{item.path}: cannot be predicted ({type(err).__name__}: {err})")
 
     def encode_response(self, reply: Reply) -> JSONResponse:
         return JSONResponse(reply.record, status_code=reply.status, headers={"X-Batch-Size": str(reply.batch_size)})
