@@ -219,6 +219,38 @@ def test_4d_volume_is_named(tmp_path):
         [lazy[i] for i in range(len(lazy))]
 
 
+def test_a_detached_header_reads_only_a_data_file_beside_it(tmp_path, monkeypatch):
+    """A detached NRRD header (a ``data file`` field) names the file of its voxels: one beside
+    it is read; one elsewhere on the machine (absolute, or up through ``..``) is refused before
+    the loader opens anything, naming the header."""
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+
+    volume = np.arange(6 * 6 * 6, dtype=np.float32).reshape(6, 6, 6)
+    (tmp_path / "elsewhere").mkdir()
+    volume.tofile(tmp_path / "elsewhere" / "secret.raw")
+    scans = tmp_path / "scans"
+    (scans / "raw").mkdir(parents=True)
+    volume.tofile(scans / "raw" / "v.raw")
+
+    def header(name: str, data_file: str) -> str:
+        fields = ("type: float", "dimension: 3", "space: left-posterior-superior", "sizes: 6 6 6",
+                  "space directions: (1,0,0) (0,1,0) (0,0,1)", "space origin: (0,0,0)", "endian: little",
+                  "encoding: raw")  # fmt: skip
+        (scans / name).write_text("\n".join(["NRRD0004", *fields, f"data file: {data_file}", "", ""]))
+        return str(scans / name)
+
+    read = LoadVolumed()({"image": header("beside.nrrd", "raw/v.raw")})["image"]
+    assert read.shape == (1, 6, 6, 6) and float(read.sum()) == float(volume.sum())
+    monkeypatch.chdir(scans)  # named from its own folder
+    assert LoadVolumed()({"image": "beside.nrrd"})["image"].shape == (1, 6, 6, 6)
+    for name, data_file in (
+        ("up.nrrd", "../elsewhere/secret.raw"),
+        ("abs.nrrd", str(tmp_path / "elsewhere" / "secret.raw")),
+    ):
+        with pytest.raises(BadFileError, match=rf"{name}: its header names the data file .*, outside its own folder"):
+            LoadVolumed()({"image": header(name, data_file)})
+
+
 def test_label_rows_are_checked(tmp_path):
     folder = make_volume_folder(tmp_path / "user")
     write_labels(folder, [("scans/s0.nii", "benign"), ("scans/gone.nii", "malignant"), ("scans/lost.nrrd", "benign")])

@@ -5,6 +5,7 @@ MetaImage, a DICOM series folder) and checked to be one finite 3D volume within 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -45,10 +46,8 @@ def declared_size(path: str | Path) -> tuple[list[int], str] | None:
             import nrrd
 
             sizes = [int(n) for n in nrrd.read_header(str(path))["sizes"]]
-        elif name.endswith((".mha", ".mhd")):  # MetaImage: a text header, "DimSize = 512 512 300"
-            with path.open("rb") as file:
-                lines = file.read(65536).decode("latin-1").splitlines()
-            fields = {k.strip(): v.split() for k, _, v in (line.partition("=") for line in lines)}
+        elif name.endswith((".mha", ".mhd")):
+            fields = metaimage_fields(path)
             channels = int(fields.get("ElementNumberOfChannels", ["1"])[0])
             sizes = [int(n) for n in fields["DimSize"]] + ([channels] if channels > 1 else [])
         else:  # NIfTI, and whatever else nibabel reads: nib.load reads the header only
@@ -56,6 +55,48 @@ def declared_size(path: str | Path) -> tuple[list[int], str] | None:
     except Exception:  # no header to check: the loader's own error names the file
         return None
     return sizes, "declares " + "x".join(map(str, sizes))
+
+
+def metaimage_fields(path: Path) -> dict[str, list[str]]:
+    """A MetaImage header's fields: text lines such as ``DimSize = 512 512 300``."""
+    with path.open("rb") as file:
+        lines = file.read(65536).decode("latin-1").splitlines()
+    return {k.strip(): v.split() for k, _, v in (line.partition("=") for line in lines)}
+
+
+def check_data_file(path: str | Path) -> None:
+    """A detached header names the file that holds its voxels (NRRD's ``data file``,
+    MetaImage's ``ElementDataFile``), and the loader opens whatever it names. That file must lie
+    in the header's own folder or below it: an uploaded or downloaded header must not make the
+    suite read another file of the machine (``/etc/shadow``, ``../../secret.bin``). A header
+    that does not read is left to the loader, which names the file."""
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if name.endswith((".nrrd", ".nhdr")):
+            import nrrd
+
+            header = nrrd.read_header(str(path))
+            data_file = header.get("datafile", header.get("data file"))
+        elif name.endswith((".mha", ".mhd")):
+            data_file = " ".join(metaimage_fields(path).get("ElementDataFile", [])) or None
+        else:
+            return
+    except Exception:
+        return
+    if not data_file or data_file == "LOCAL":
+        return
+    folder = os.path.abspath(path.parent)
+    listed = data_file.split()[0].upper() == "LIST"  # MetaImage: file names on the lines below, unchecked
+    if (
+        listed
+        or os.path.isabs(data_file)
+        or not os.path.normpath(os.path.join(folder, data_file)).startswith(folder + os.sep)
+    ):
+        raise BadFileError(
+            f"{path}: its header names the data file {data_file!r}, outside its own folder; "
+            "a detached header is read with its data file beside it"
+        )
 
 
 class LoadVolumed(MapTransform):
@@ -76,6 +117,7 @@ class LoadVolumed(MapTransform):
             declared = declared_size(path)
             if declared is not None:
                 check_size(path, "volume", *declared)
+            check_data_file(path)
             try:
                 volume = self.loader(path)
             except Exception as err:  # nibabel, pynrrd, pydicom and gzip each raise their own
