@@ -98,6 +98,30 @@ def test_torch_export_round_trip_and_a_named_file_is_not_overwritten(recognition
     )
 
 
+def test_the_default_output_beside_a_checkpoint_never_replaces_a_users_file(recognition, tmp_path, capsys):
+    """A checkpoint outside a run folder exports beside itself, as ``<name>.onnx``: a file of
+    that name (or its ``.json``) that exists is the user's, kept unless ``--force``; a
+    checkpoint that is itself named ``.onnx`` is never replaced, ``--force`` or not."""
+    _, ckpt = recognition
+    mine = tmp_path / "mine.ckpt"
+    mine.write_bytes(ckpt.read_bytes())
+    (tmp_path / "mine.onnx.json").write_text("the user's notes")
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(mine)])
+    assert capsys.readouterr().err.strip() == (
+        f"cnnsuite export: error: {tmp_path / 'mine.onnx'} (the export's name beside the checkpoint): "
+        f"{tmp_path / 'mine.onnx.json'} exist already; --out names another file, --force overwrites"
+    )
+    assert (tmp_path / "mine.onnx.json").read_text() == "the user's notes" and not (tmp_path / "mine.onnx").exists()
+    named_onnx = tmp_path / "net.onnx"
+    named_onnx.write_bytes(ckpt.read_bytes())
+    for force in ([], ["--force"]):
+        with pytest.raises(SystemExit):
+            main(["export", "--ckpt", str(named_onnx), *force])
+        assert "the export would replace the checkpoint" in capsys.readouterr().err
+    assert named_onnx.read_bytes() == ckpt.read_bytes()
+
+
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
 def test_a_damaged_or_foreign_checkpoint_is_named_in_one_line(tmp_path, capsys, content):
     bad = tmp_path / "model.ckpt"

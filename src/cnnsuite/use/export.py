@@ -164,17 +164,20 @@ def export(
 
 def output_path(ckpt_path: str | Path, fmt: str, out: str | Path | None, force: bool) -> Path:
     """``--out``, else ``<run folder>/export/model<ext>`` for a checkpoint in a run's
-    ``checkpoints/`` folder, else ``<checkpoint name><ext>`` beside it. A file the user
-    named is not overwritten without ``--force``; our own previous export is."""
+    ``checkpoints/`` folder, else ``<checkpoint name><ext>`` beside it. The run folder's own
+    previous export is overwritten; any other file that exists (one the user named, or made
+    beside the checkpoint) only with ``--force``, and the checkpoint itself never."""
     ckpt_path = Path(ckpt_path)
-    if out is None:
-        if ckpt_path.parent.name == "checkpoints":
-            return ckpt_path.parent.parent / "export" / f"model{FORMATS[fmt]}"
-        return ckpt_path.with_suffix(FORMATS[fmt])
-    path = Path(out)
+    if out is None and ckpt_path.parent.name == "checkpoints":
+        return ckpt_path.parent.parent / "export" / f"model{FORMATS[fmt]}"
+    path = Path(out) if out is not None else ckpt_path.with_suffix(FORMATS[fmt])
+    named = f"--out {path}" if out is not None else f"{path} (the export's name beside the checkpoint)"
+    if ckpt_path.exists() and any(p.exists() and p.samefile(ckpt_path) for p in (path, sidecar(path))):
+        raise ConfigError(f"{named}: the export would replace the checkpoint {ckpt_path}; name another file with --out")
     taken = [p for p in (path, sidecar(path)) if p.exists()]
     if taken and not force:
-        raise FileExistsError(f"--out {path}: {' and '.join(map(str, taken))} exist already; --force overwrites")
+        also = "" if out is not None else " --out names another file,"
+        raise FileExistsError(f"{named}: {' and '.join(map(str, taken))} exist already;{also} --force overwrites")
     if path.is_dir():
         raise IsADirectoryError(f"--out {path}: is a folder; expected a file name such as {path / 'model'}")
     return path
