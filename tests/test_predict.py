@@ -74,6 +74,25 @@ def test_a_folder_with_a_bad_file_predicts_the_others_and_names_it(recognition, 
     assert "predicted 11 of 12 inputs; 1 could not be read" in printed and "broken.png" in printed
 
 
+def test_an_output_folder_inside_the_input_folder_is_refused(recognition, tmp_path, capsys):
+    """Pictures written among the inputs would replace an input of the same name and be
+    predicted by the next run: ``--out`` the input folder, or inside it, is one line, and
+    nothing is written."""
+    folder, run = recognition
+    inputs = tmp_path / "photos"
+    shutil.copytree(folder / "owl", inputs)
+    before = {p: p.read_bytes() for p in inputs.rglob("*")}
+    ckpt = run / "checkpoints" / "best.ckpt"
+    for out in (inputs, inputs / "predictions"):
+        with pytest.raises(SystemExit):
+            main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(out)])
+        assert capsys.readouterr().err.strip() == (
+            f"cnnsuite predict: error: --out {out}: inside the input folder {inputs}, where the pictures would "
+            "replace inputs of the same names and be read as inputs by the next run; name a folder outside it"
+        )
+    assert {p: p.read_bytes() for p in inputs.rglob("*")} == before
+
+
 def test_predict_agrees_with_evaluate_on_the_test_split(recognition, tmp_path):
     """The same files, through predict's reader and through the test loader, give the same
     probabilities, and predict's classes score what evaluate scored."""

@@ -22,7 +22,7 @@ import torch
 
 from ..data.errors import BadFileError
 from ..data.inputs import Input
-from ..errors import MissingFileError
+from ..errors import ConfigError, MissingFileError
 from ..jsonout import first_non_finite
 from ..trust.checkpoint import rebuild_for_inference
 
@@ -120,6 +120,12 @@ def predict_to_folder(
     ``pictures/`` and ``summary.json``. Returns the summary."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     inputs, ignored = predictor.find_inputs(input_path)
+    folder = input_path.resolve()
+    if input_path.is_dir() and (out_dir.resolve() == folder or folder in out_dir.resolve().parents):
+        raise ConfigError(
+            f"--out {out_dir}: inside the input folder {input_path}, where the pictures would replace inputs of "
+            "the same names and be read as inputs by the next run; name a folder outside it"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     if pictures:
         (out_dir / "pictures").mkdir(exist_ok=True)
