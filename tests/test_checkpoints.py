@@ -359,3 +359,44 @@ def test_the_checkpoint_does_not_decide_where_evaluation_writes_or_how_it_loads(
     metrics = evaluate(ckpt, data={"num_workers": 0})
     assert not planted.exists() and (tmp_path / "data" / "recognition2d").is_dir() and "test/acc" in metrics
     assert (tmp_path / "run" / "evaluation" / "metrics.json").is_file()
+
+
+def test_resuming_a_run_on_a_users_folder_without_it_or_on_other_classes_is_one_line(trained, tmp_path, capsys):
+    """``--ckpt_path last`` with the data folder forgotten would read the config's embedded
+    default, and a folder of other classes other data: each is one line before anything runs,
+    and the run's ``splits.json`` (the record of what it trained on) is left as it was."""
+    folder, run = trained
+    root = tmp_path / "runs"
+    shutil.copytree(run, root / "version_0")
+    record = (root / "version_0" / "splits.json").read_bytes()
+    common = ["fit", "--config", "tasks/recognition2d/config.yaml", "--trainer.default_root_dir", str(root),
+              "--trainer.max_epochs", "2", "--ckpt_path", "last"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(common)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("cnnsuite fit: error: ") and "its run read your own data" in line
+    assert f"give --data.data_dir {folder}" in line
+    other = make_image_folder(tmp_path / "other", per_class=4, classes=("ant", "bee"))
+    with pytest.raises(SystemExit):
+        main([*common, "--data.data_dir", str(other)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"cnnsuite fit: error: {other}: classes ['ant', 'bee'] do not match the 3 classes")
+    assert (root / "version_0" / "splits.json").read_bytes() == record
+    assert sorted(p.name for p in (root / "version_0").iterdir() if p.name.startswith("config")) == ["config.yaml"]
+
+
+def test_the_runs_folder_with_a_training_file_gone_is_scored_on_its_test_split(trained, tmp_path):
+    """The run's own folder less a training image still holds the run's whole test split: that
+    is what is scored, never the folder whole (which would score the run's training images).
+    A folder without the run's test files is other data, tested whole, and said to carry the
+    names of the run's training samples where it does."""
+    folder, run = trained
+    saved = json.loads((run / "splits.json").read_text())
+    shrunk = shutil.copytree(folder, tmp_path / "shrunk")
+    (shrunk / saved["train"][0]).unlink()
+    _, datamodule = rebuild(run / "checkpoints" / "best.ckpt", data={"data_dir": shrunk})
+    assert datamodule.splits["test"] == saved["test"] and not datamodule.tests_other_data
+    (shrunk / saved["test"][0]).unlink()
+    with pytest.warns(UserWarning, match=r"tested whole as other data .* have the names of samples the run trained"):
+        _, datamodule = rebuild(run / "checkpoints" / "best.ckpt", data={"data_dir": shrunk})
+    assert datamodule.tests_other_data

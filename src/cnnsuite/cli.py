@@ -69,7 +69,7 @@ from .training.runs import (
     run_version,
 )
 from .training.task import TaskModule
-from .trust.checkpoint import data_options, resume_arguments
+from .trust.checkpoint import check_matches, data_options, resume_arguments
 
 #: LightningCLI's warning when it is given ``args`` while the process has a command line of its
 #: own: from Python (``main([...])``, a sweep's trials), that command line is the caller's
@@ -205,7 +205,10 @@ class CnnSuiteCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
-        model_path, args = resume_arguments(ckpt_path)
+        data = config.get("data")
+        given = data.init_args.as_dict() if data is not None and data.get("init_args") is not None else {}
+        model_path, args = resume_arguments(ckpt_path, given)
+        self.resumed = (ckpt_path, args)
         model = {"class_path": model_path, "init_args": args}
         self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
 
@@ -215,6 +218,10 @@ class CnnSuiteCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        if getattr(self, "resumed", None) is not None:  # the data's classes, linked to the model, must be the run's
+            ckpt_path, args = self.resumed
+            names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
+            check_matches(names, args.get("in_channels"), self.datamodule, ckpt_path)
         check_model_fits_data(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ..contract import trusted_class as registered_class
 from ..contract import trusted_classes
@@ -151,15 +152,32 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
-def resume_arguments(ckpt_path: str | Path) -> tuple[str, dict]:
+def resume_arguments(ckpt_path: str | Path, data: dict | None = None) -> tuple[str, dict]:
     """``(model class path, model arguments)`` for resuming a fit from ``ckpt_path``: the file is
     checked as :func:`build_model` checks it (classes, arguments, weights), and only then are
-    the class path (one of ours) and the checked arguments given to LightningCLI."""
+    the class path (one of ours) and the checked arguments given to LightningCLI. ``data``: the
+    resumed command's datamodule arguments, which must name the data of a run on the user's own
+    (:func:`check_source_given`): the config's default data would otherwise be read, and the
+    weights of the run's classes fail to load after the run's ``splits.json`` was replaced."""
     checkpoint = load_checkpoint(ckpt_path)
-    trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
+    data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
     model = build_model(checkpoint, ckpt_path)
+    check_source_given(checkpoint, data_cls, data or {}, ckpt_path)
     _, args = model_arguments(checkpoint, ckpt_path)
     return class_path(model), args
+
+
+def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, ckpt_path, also: str = "") -> None:
+    """A run that read the user's own data is used again only on data the user names (``data``:
+    the datamodule arguments given): a checkpoint does not choose what is read, and without a
+    source the config's embedded default would be. ``also``: what else the command accepts."""
+    recorded = recorded_source(checkpoint, data_cls)
+    if recorded and not any(data.get(k) is not None for k in data_cls.source_hparams if k != "split_file"):
+        options = " ".join(f"--data.{k} {v}" for k, v in recorded.items())
+        raise CheckpointError(
+            f"{ckpt_path}: its run read your own data; a checkpoint does not choose what is read: give {options} "
+            f"(or where that data is now{also})"
+        )
 
 
 def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, source: object) -> dict:
@@ -261,16 +279,10 @@ def rebuild(
     model = build_model(checkpoint, ckpt_path)
     data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
     data_args = follow_model(model, data_cls, data_arguments(checkpoint, data_cls, data, ckpt_path))
-    recorded = recorded_source(checkpoint, data_cls)
+    check_source_given(checkpoint, data_cls, data, ckpt_path, "; another folder of the same classes is tested whole")
     given = any(k in data for k in data_cls.source_hparams if k != "split_file")
-    if recorded and not given:
-        options = " ".join(f"--data.{k} {v}" for k, v in recorded.items())
-        raise CheckpointError(
-            f"{ckpt_path}: its run read your own data; a checkpoint does not choose what is read: give {options} "
-            "(or where that data is now; another folder of the same classes is tested whole)"
-        )
     datamodule = data_cls(**data_args)
-    check_matches(model, datamodule, ckpt_path)
+    check_matches(model.class_names, model.hparams.get("in_channels"), datamodule, ckpt_path)
     state = checkpoint.get(data_cls.__qualname__, {})
     state = state if isinstance(state, dict) else {}
     split_file = Path(run_dir) / "splits.json" if run_dir is not None else None
@@ -287,14 +299,31 @@ def rebuild(
         )
     if splits is not None:
         check_splits(splits, f"{ckpt_path}: its split")
-    if given and (splits is None or datamodule.unknown_ids(splits)):
+    unknown = datamodule.unknown_ids(splits) if given and splits is not None else {}
+    if given and (splits is None or "test" in unknown):
         datamodule.tests_other_data = True
         from_file(ckpt_path, "datamodule state", datamodule.restore_preprocessing, state)
         datamodule.splits = {"train": [], "val": [], "test": [i for i, _ in datamodule.samples()]}
+        warn_of_seen_names(datamodule, splits)
         return model, datamodule
+    if unknown:  # the run's test split all there, training files gone: the run's data
+        splits = {stage: [i for i in ids if i not in set(unknown.get(stage, ()))] for stage, ids in splits.items()}
     datamodule.prepare_data()  # an embedded default is generated again on a new machine
     from_file(ckpt_path, "datamodule state", datamodule.load_state_dict, {**state, "splits": splits})
     return model, datamodule
+
+
+def warn_of_seen_names(datamodule: TaskDataModule, splits: dict | None) -> None:
+    """Other data, tested whole, whose files bear the names of samples the run trained or
+    validated on: said, for a folder of the run's own with test files gone would score them."""
+    seen = {i for stage in ("train", "val") for i in (splits or {}).get(stage, [])}
+    named = sum(i in seen for i in datamodule.splits["test"])
+    if named:
+        rank_zero_warn(
+            f"{datamodule.root}: tested whole as other data (the run's test split is not all there), and {named} of "
+            f"its {len(datamodule.splits['test'])} samples have the names of samples the run trained or validated on: "
+            "if it is the run's own folder, those are scored too"
+        )
 
 
 def from_file(source: object, what: str, call, *args):
@@ -329,17 +358,16 @@ def rebuild_for_inference(ckpt_path: str | Path) -> tuple[TaskModule, TaskDataMo
     return model, datamodule
 
 
-def check_matches(model: TaskModule, datamodule: TaskDataModule, source: object) -> None:
-    """The data must mean what the model learnt: the same class names, in the same order
-    (an edited label list with as many classes would otherwise remap every label), and
-    the same number of input channels."""
-    expected, found = model.class_names, list(datamodule.class_names)
+def check_matches(expected: list[str], channels: int | None, datamodule: TaskDataModule, source: object) -> None:
+    """The data must mean what the model learnt: the same class names (``expected``), in the
+    same order (an edited label list with as many classes would otherwise remap every label),
+    and the same number of input channels (``channels``; None: not recorded)."""
+    found = list(datamodule.class_names)
     if found != expected:
         raise ConfigError(
             f"{datamodule.root}: classes {found} do not match the {len(expected)} classes {expected} "
             f"that {source} was trained on"
         )
-    channels = model.hparams.get("in_channels")
     if channels is not None and channels != datamodule.in_channels:
         raise ConfigError(
             f"{datamodule.root}: images have {datamodule.in_channels} channels, {source} expects {channels}"
