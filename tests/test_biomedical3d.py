@@ -162,14 +162,21 @@ def test_disk_cache_is_keyed_on_the_preprocessing_arguments(tmp_path):
     assert not torch.equal(nearest, trilinear)
 
 
-def test_medmnist_npz_uses_its_own_split(tmp_path):
+def make_medmnist(path, sizes=(("train", 12), ("val", 4), ("test", 6))):
+    """A MedMNIST-3D style ``.npz``: ``(N, 28, 28, 28)`` uint8 volumes and ``(N, 1)`` labels
+    (0, 1, 2, 0, ...) per split; returns its arrays."""
     rng = np.random.default_rng(0)
     arrays = {}
-    for stage, n in (("train", 12), ("val", 4), ("test", 6)):
+    for stage, n in sizes:
         arrays[f"{stage}_images"] = rng.integers(0, 255, size=(n, 28, 28, 28), dtype=np.uint8)
         arrays[f"{stage}_labels"] = (np.arange(n) % 3).reshape(n, 1)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_medmnist_npz_uses_its_own_split(tmp_path):
     npz = tmp_path / "organmnist3d.npz"
-    np.savez(npz, **arrays)
+    arrays = make_medmnist(npz)
     dm = Biomedical3DDataModule(medmnist_npz=str(npz), spatial_size=[28, 28, 28])
     assert dm.class_names == ["0", "1", "2"]
     dm.setup("fit")
@@ -179,6 +186,39 @@ def test_medmnist_npz_uses_its_own_split(tmp_path):
     np.savez(tmp_path / "bad.npz", train_images=arrays["train_images"])
     with pytest.raises(ValueError, match="bad.npz: not a MedMNIST file, missing arrays train_labels"):
         Biomedical3DDataModule(medmnist_npz=str(tmp_path / "bad.npz"))
+
+
+def test_a_medmnist_run_is_evaluated_on_the_files_test_split(tmp_path):
+    """The run's split is the file's own (``<split>/<index>``): the evaluation after fit and
+    ``cnnsuite evaluate`` of its checkpoint score the file's 5 test volumes, not a labels.csv
+    looked for beside the file."""
+    npz = tmp_path / "organmnist3d.npz"
+    make_medmnist(npz, (("train", 12), ("val", 4), ("test", 5)))
+    run = fit(tmp_path, "--data.medmnist_npz", str(npz), "--trainer.max_epochs", "1", "--data.batch_size", "4")
+    main(["evaluate", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--data.medmnist_npz", str(npz),
+          "--out", str(tmp_path / "eval")])  # fmt: skip
+    for folder in (run / "evaluation", tmp_path / "eval"):
+        assert json.loads((folder / "evaluation.json").read_text()) == {"data": str(npz), "test_samples": 5}
+        assert {"test/acc", "test/auroc", "test/acc/2"} <= set(json.loads((folder / "metrics.json").read_text()))
+
+
+def test_a_bad_volume_of_any_split_is_named_before_training(tmp_path):
+    """The test split is read after the last epoch: its volumes' headers are read before the
+    first, with the other splits', and every bad one is named in one error (without a cache
+    nothing else reads a volume before training)."""
+    folder = make_volume_folder(tmp_path / "user")
+    split_file = tmp_path / "split.json"
+    names = {"train": ["s0.nii", "s1.nii.gz", "s2.nii", "s4.nrrd"], "val": ["s3.nii.gz", "s6.nii"],
+             "test": ["s5.nii.gz", "s7.nii.gz"]}  # fmt: skip
+    split_file.write_text(json.dumps({stage: [f"scans/{n}" for n in listed] for stage, listed in names.items()}))
+    for name in ("s1.nii.gz", "s7.nii.gz"):  # one training volume, one test volume
+        bad = folder / "scans" / name
+        bad.write_bytes(gzip.compress(bad.read_bytes())[:200])
+    with pytest.raises(BadFileError, match="2 of 8 volumes cannot be used") as caught:
+        fit(tmp_path, "--data.data_dir", str(folder), "--data.split_file", str(split_file),
+            "--trainer.max_epochs", "1", "--data.batch_size", "4", "--data.cache", "none")  # fmt: skip
+    assert all(f"{name}: cannot read as a volume" in str(caught.value) for name in ("s1.nii.gz", "s7.nii.gz"))
+    assert not (tmp_path / "runs" / "version_0" / "checkpoints").exists(), "trained before naming the test volume"
 
 
 def test_default_fast_dev_run(tmp_path):

@@ -24,6 +24,7 @@ from pycocotools.cocoeval import COCOeval
 from torchmetrics.detection import MeanAveragePrecision
 
 from cnnsuite.cli import main
+from cnnsuite.data import BadFileError
 from cnnsuite.data.coco import AnnotationError, coco_results, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.inputs import Input
@@ -172,6 +173,36 @@ def test_a_bad_annotation_file_is_one_line_from_the_cli(tmp_path, capsys):
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"cnnsuite fit: error: {path}: annotation ") and "expected an object with an 'id'" in line
+
+
+def test_a_bad_image_of_any_split_is_named_before_training(tmp_path):
+    """The test split is read after the last epoch: the headers of every split's images are
+    read before the first, and every image that does not read, or is not the size its
+    annotation gives, is named in one error; ``on_bad_annotation: skip`` leaves them out."""
+    folder = make_coco_folder(tmp_path / "c")
+    images = [f"images/img{i}.png" for i in range(12)]
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": images[:8], "val": images[8:9], "test": images[9:]}))
+    for i in (3, 11):  # a training image and a test image
+        (folder / images[i]).write_bytes(b"not an image at all")
+    write_bad(folder, lambda d: d["images"][10].update(width=80))  # a test image of 64x64
+    with pytest.raises(BadFileError, match="3 of 12 images cannot be used") as caught:
+        fit(tmp_path, "--data.data_dir", str(folder), "--data.split_file", str(split_file), "--trainer.max_epochs",
+            "1", "--model.init_args.min_size", "64", "--model.init_args.max_size", "64")  # fmt: skip
+    message = str(caught.value)
+    assert all(f"img{i}.png: cannot decode as an image" in message for i in (3, 11))
+    assert "img10.png: image id 11 is 64x64 pixels but its annotation says 80x64" in message
+    assert not (tmp_path / "runs" / "version_0" / "checkpoints").exists(), "trained before naming the test images"
+
+    dm = DetectionDataModule(data_dir=str(folder), split_file=str(split_file), on_bad_annotation="skip")
+    dm.setup("fit")
+    for stage, count, kept in (("train", 1, 7), ("val", 0, 1), ("test", 2, 1)):
+        with warnings.catch_warnings(record=True) as caught_warnings:
+            warnings.simplefilter("always")
+            dataset = dm.datasets[stage]
+        said = [str(w.message).split(" that")[0] for w in caught_warnings if "skipping" in str(w.message)]
+        assert said == ([f"skipping {count} of {count + kept} {stage} images"] if count else []), stage
+        assert len(dataset) == kept and all(dataset[i][0].shape == (3, 64, 64) for i in range(kept))
 
 
 def write_polygon_export(root, images=6, size=160):

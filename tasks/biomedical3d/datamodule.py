@@ -48,6 +48,7 @@ from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, rep
 from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.cache import check_cache_limit, fits_cache, say_over_limit
 from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
+from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
@@ -56,6 +57,8 @@ from .readers import (
     VOLUME_EXTENSIONS,
     LoadVolumed,
     _load_medmnist,
+    check_data_file,
+    declared_size,
     read_labels,
 )
 
@@ -206,6 +209,15 @@ class Biomedical3DDataModule(TaskDataModule):
 
     # --- samples and splits -------------------------------------------------------
     def list_samples(self) -> list[tuple[str, int]]:
+        """A MedMNIST file's samples are its volumes, ``<split>/<index>`` in its own split (what
+        a checkpoint's split holds and evaluation checks it against); a folder's, its labels."""
+        if self.hparams.medmnist_npz is not None:
+            samples = [
+                (f"{s}/{i}", int(label.flat[0])) for s in STAGES for i, label in enumerate(self._npz[f"{s}_labels"])
+            ]
+            if self.multilabel:
+                return [(i, multi_hot([label], self.num_classes)) for i, label in samples]
+            return samples
         if self.hparams.data_dir is not None:
             return list(self.targets.items())
         _, targets, _ = read_labels(self.root, self.multilabel, self.class_names)
@@ -213,8 +225,32 @@ class Biomedical3DDataModule(TaskDataModule):
 
     def _decide_splits(self) -> dict[str, list[str]]:
         if self.hparams.medmnist_npz is not None:  # the file's own split
-            return {s: [f"{s}/{i}" for i in range(len(self._npz[f"{s}_labels"]))] for s in STAGES}
+            ids = [sample_id for sample_id, _ in self.samples()]
+            return {s: [i for i in ids if i.startswith(f"{s}/")] for s in STAGES}
         return super()._decide_splits()
+
+    def check_samples(self, ids: list[str]) -> None:
+        """Read the header of every volume of ``ids`` and name all the bad ones together: one
+        whose header does not read (the loader says why), declares more voxels than the limit
+        or names its data file outside its folder. Headers only, as the image tasks check
+        theirs: a volume damaged past its header is named when it is read. A MedMNIST file's
+        arrays were checked when it was loaded; the embedded default's volumes were written by
+        the suite (reading 900 headers would add a second to each ``make train``)."""
+        if self.hparams.medmnist_npz is not None or self.hparams.data_dir is None:
+            return
+        errors = []
+        for sample_id in ids:
+            path = self.root / sample_id
+            try:
+                declared = declared_size(path)
+                if declared is None:
+                    LoadVolumed()({"image": str(path)})
+                else:
+                    check_size(path, "volume", *declared)
+                    check_data_file(path)
+            except BadFileError as err:
+                errors.append(err)
+        report_bad_files(errors, len(ids), what="volumes")
 
     @property
     def root(self) -> Path:
@@ -228,17 +264,14 @@ class Biomedical3DDataModule(TaskDataModule):
 
     # --- datasets -----------------------------------------------------------------
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
+        labels = dict(self.samples())
         if self.hparams.medmnist_npz is not None:
             items = []
             for sample_id in ids:
                 split, index = sample_id.split("/")
                 image = self._npz[f"{split}_images"][int(index)].astype(np.float32)[None]
-                label = int(self._npz[f"{split}_labels"][int(index)].flat[0])
-                items.append(
-                    {"image": image, "label": multi_hot([label], self.num_classes) if self.multilabel else label}
-                )
+                items.append({"image": image, "label": labels[sample_id]})
         else:
-            labels = dict(self.samples())
             items = [{"image": str(self.root / i), "label": labels[i]} for i in ids]
         preprocess = Compose(self.preprocessing())
 

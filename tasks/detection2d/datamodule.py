@@ -37,12 +37,15 @@ from torch.utils.data import Dataset
 
 from cnnsuite.data import (
     IMAGE_EXTENSIONS,
+    BadFileError,
     Input,
     TaskDataModule,
     check_folder,
     image_channel_names,
     image_channels,
+    image_size,
     read_image,
+    report_bad_files,
 )
 from cnnsuite.data.cache import check_cache_limit
 from cnnsuite.data.coco import (
@@ -80,6 +83,15 @@ def load_image(path: Path, channels: int) -> torch.Tensor:
     return read_image(path, channels)
 
 
+def check_annotated_size(root: Path, record: DetectionRecord, width: int, height: int) -> None:
+    """An image (upright) must be the size its annotation gives: its boxes are in those pixels."""
+    if (width, height) != (record.width, record.height):
+        raise AnnotationError(
+            f"{root / record.file}: image id {record.image_id} is {width}x{height} "
+            f"pixels but its annotation says {record.width}x{record.height}"
+        )
+
+
 def collate(batch):
     """Lists, not stacked tensors: images may differ in size, targets in box count."""
     images, targets = zip(*batch, strict=True)
@@ -110,11 +122,7 @@ class DetectionDataset(Dataset):
         """The image and its target, decoded from the files."""
         record = self.records[self.ids[index]]
         image = load_image(self.root / record.file, self.channels)
-        if tuple(image.shape[1:]) != (record.height, record.width):
-            raise AnnotationError(
-                f"{self.root / record.file}: image id {record.image_id} is {image.shape[2]}x{image.shape[1]} "
-                f"pixels but its annotation says {record.width}x{record.height}"
-            )
+        check_annotated_size(self.root, record, image.shape[2], image.shape[1])
         target = {
             "boxes": torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(record.labels, dtype=torch.int64),
@@ -130,8 +138,9 @@ class DetectionDataModule(TaskDataModule):
 
     ``format``: ``auto`` (COCO if the folder holds ``annotations.json`` or split files, else
     VOC if it holds ``Annotations/``), ``coco`` or ``voc``.
-    ``on_bad_annotation``: ``error`` (default) stops at the first bad annotation or missing
-    image naming the file and annotation id; ``skip`` leaves it out with a warning naming it.
+    ``on_bad_annotation``: ``error`` (default) stops at a bad annotation, a missing image or
+    one whose header does not read or gives another size than its annotation, naming them all
+    together, each by its file (and annotation id); ``skip`` leaves each out with a warning naming it.
     ``cache_limit_mb``: a split whose decoded images fit is decoded once and kept in memory
     (:mod:`cnnsuite.data.cache`).
     """
@@ -162,6 +171,7 @@ class DetectionDataModule(TaskDataModule):
         self._data: DetectionData | None = None
         self._fixed_splits: dict[str, list[str]] | None = None
         self._split_files: dict[str, CocoFile] | None = None
+        self._checked: set[str] = set()  # ids whose headers check_samples has read
         if data_dir is None:
             self.categories = CategoryMap(list(range(1, 11)), [str(d) for d in range(10)])
             self.in_channels = channels or 1
@@ -287,9 +297,31 @@ class DetectionDataModule(TaskDataModule):
         )
         return {"train": train, "val": val, "test": fixed[held_out]}
 
+    def bad_images(self, ids: list[str]) -> dict[str, BadFileError]:
+        """``{id: error}`` of the images of ``ids`` whose header does not read or gives another
+        size than their annotation. Headers only, as the image tasks check theirs: an image
+        damaged past its header is named when it is decoded."""
+        records, bad = {r.file: r for r in self._load().records}, {}
+        for sample_id in ids:
+            try:
+                check_annotated_size(self.root, records[sample_id], *image_size(self.root / sample_id))
+            except BadFileError as err:
+                bad[sample_id] = err
+        return bad
+
+    def check_samples(self, ids: list[str]) -> None:
+        if self.hparams.on_bad_annotation == "error":  # "skip" leaves them out as each split is built
+            report_bad_files(list(self.bad_images(ids).values()), len(ids), what="images")
+            self._checked |= set(ids)
+
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         # a prepared folder's shards hold each image with its target: no annotation is read
-        records = {} if self.prepared is not None else {r.file: r for r in self._load().records}
+        records = {}
+        if self.prepared is None:
+            on_bad = self.hparams.on_bad_annotation
+            bad = self.bad_images([i for i in ids if i not in self._checked])  # a split not checked before fit
+            report_bad_files(list(bad.values()), len(ids), on_bad, what=f"{stage} images")
+            ids, records = [i for i in ids if i not in bad], {r.file: r for r in self._load().records}
         return DetectionDataset(self.root, ids, records, self.in_channels, self.decoded_cache(stage))
 
     def describe_preprocessing(self) -> dict:
