@@ -400,3 +400,19 @@ def test_the_runs_folder_with_a_training_file_gone_is_scored_on_its_test_split(t
     with pytest.warns(UserWarning, match=r"tested whole as other data .* have the names of samples the run trained"):
         _, datamodule = rebuild(run / "checkpoints" / "best.ckpt", data={"data_dir": shrunk})
     assert datamodule.tests_other_data
+
+
+def test_a_checkpoint_whose_data_settings_the_network_cannot_take_is_one_line(trained, tmp_path, capsys):
+    """An edited ``image_size`` below the backbone's total stride: evaluate and predict name the
+    file and the misfit in one line, as fit names a config's, not a convolution's traceback."""
+    folder, run = trained
+
+    def shrink(checkpoint):
+        checkpoint["datamodule_hyper_parameters"]["image_size"] = 8
+
+    small = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "small.ckpt", shrink)
+    for command in (["evaluate", "--data.data_dir", str(folder)], ["predict", "--input", str(folder / "cat")]):
+        with pytest.raises(SystemExit):
+            main([command[0], "--ckpt", str(small), *command[1:], "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"cnnsuite {command[0]}: error: {small}: the data's samples")

@@ -39,8 +39,6 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from .backbone import StagedBackbone
-from .backbone.geometry import check_fits
 from .commands import (
     COMMANDS,
     LIGHTNING_COMMANDS,
@@ -59,6 +57,7 @@ from .data import TaskDataModule
 from .errors import ConfigError, UserError
 from .jsonout import strict_json
 from .training.callbacks import CompactModelSummary
+from .training.fits import check_model_fits_data
 from .training.runs import (
     AtomicCheckpointIO,
     BestCheckpoint,
@@ -284,46 +283,6 @@ def result_line(best: Path, monitor: str | None, score, metrics: dict[str, float
     tested = f"; {test_key} {metrics[test_key]:.4f}" if test_key in metrics else ""
     where = f"; evaluation in {out_dir}/" if out_dir is not None else "; not evaluated (--evaluate false)"
     return f"result: {best}{chosen}{tested}{where}"
-
-
-def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None:
-    """Run the model on a zero batch of the data's sample shape, before any data is read or
-    written: a network that cannot take the data (a kernel or a stride larger than what
-    is left of the input) fails here with its settings named, not after minutes of data
-    preparation — a staged backbone first by :func:`~cnnsuite.backbone.geometry.check_fits`,
-    which names the stage, the layer and the map it meets. The batch becomes
-    ``example_input_array``, so the model summary shows each layer's input and output sizes."""
-    shape = datamodule.input_shape
-    if shape is None:
-        return
-    backbone = model.feature_backbone()
-    if backbone.strides:  # the usual misfit, said in the network's terms (every backbone has strides)
-        stride = tuple(backbone.strides[-1])
-        size = tuple(shape[1:])[-len(stride) :]
-        if any(s < k for s, k in zip(size, stride, strict=True)):
-            raise ConfigError(
-                f"the data's samples of shape {tuple(shape)} are {'x'.join(map(str, size))} where the backbone's "
-                f"total stride is {'x'.join(map(str, stride))}: use larger samples (data.*) or fewer or gentler "
-                "pooling stages (model.backbone_kwargs)"
-            )
-    if isinstance(backbone, StagedBackbone) and len(shape) == backbone.spatial_dims + 1:
-        # a kernel or window larger than the map it meets, named by stage and layer
-        check_fits(backbone, shape, where=f"model.backbone_kwargs (model.backbone={model.hparams.get('backbone')!r})")
-    example = torch.zeros(2, *shape)
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    except RuntimeError as err:
-        settings = {k: model.hparams[k] for k in ("backbone", "backbone_kwargs") if k in model.hparams}
-        reason = str(err).strip().splitlines()[0]
-        raise ConfigError(
-            f"the model {settings} cannot take the data's samples of shape {tuple(shape)}: {reason}"
-        ) from None
-    finally:
-        model.train(training)
-    model.example_input_array = example
 
 
 def newest_last_checkpoint(root: Path) -> Path | None:

@@ -34,6 +34,7 @@ from ..contract import trusted_classes
 from ..data import TaskDataModule
 from ..data.splits import check_splits, load_splits
 from ..errors import CheckpointError, ConfigError, MissingFileError
+from ..training.fits import check_model_fits_data
 from ..training.task import TaskModule, class_path
 from .untrusted import check_finite, load_weights_only
 
@@ -283,6 +284,7 @@ def rebuild(
     given = any(k in data for k in data_cls.source_hparams if k != "split_file")
     datamodule = data_cls(**data_args)
     check_matches(model.class_names, model.hparams.get("in_channels"), datamodule, ckpt_path)
+    check_model_takes_its_data(model, datamodule, ckpt_path)
     state = checkpoint.get(data_cls.__qualname__, {})
     state = state if isinstance(state, dict) else {}
     split_file = Path(run_dir) / "splits.json" if run_dir is not None else None
@@ -355,7 +357,19 @@ def rebuild_for_inference(ckpt_path: str | Path) -> tuple[TaskModule, TaskDataMo
     datamodule.in_channels = model.hparams.get("in_channels", datamodule.in_channels)
     state = checkpoint.get(data_cls.__qualname__, {})
     from_file(ckpt_path, "datamodule state", datamodule.restore_preprocessing, state if isinstance(state, dict) else {})
+    check_model_takes_its_data(model, datamodule, ckpt_path)
     return model, datamodule
+
+
+def check_model_takes_its_data(model: TaskModule, datamodule: TaskDataModule, ckpt_path: str | Path) -> None:
+    """The checkpoint's network must take the samples its own data settings make, as ``fit``
+    checks a config's (:func:`~cnnsuite.training.fits.check_model_fits_data`): an edited
+    ``image_size`` below the backbone's total stride is one line naming the file, not a
+    convolution's traceback at the first prediction."""
+    try:
+        check_model_fits_data(model, datamodule)
+    except ConfigError as err:
+        raise CheckpointError(f"{ckpt_path}: {err}") from None
 
 
 def check_matches(expected: list[str], channels: int | None, datamodule: TaskDataModule, source: object) -> None:
