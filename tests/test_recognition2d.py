@@ -97,20 +97,24 @@ def test_short_training_on_digits_learns(tmp_path, monkeypatch):
     assert not (tmp_path / "elsewhere" / "relative_data").exists()
 
 
-def test_corrupt_image_is_named(tmp_path, image_folder):
-    (image_folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(BadFileError, match="broken.png"):
+def test_corrupt_images_are_named_together_even_the_first(tmp_path, image_folder):
+    """The folder's first file (sorted) being bad does not stop it alone, by deciding the channels."""
+    for name in ("cat/-first.png", "dog/broken.png"):
+        (image_folder / name).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(BadFileError, match="2 of 26 images") as caught:
         fit(tmp_path, "--data.data_dir", str(image_folder), "--trainer.fast_dev_run", "true", "--data.batch_size", "32")
+    assert "-first.png" in str(caught.value) and "broken.png" in str(caught.value)
 
 
-def test_corrupt_image_can_be_skipped_with_a_warning(tmp_path, image_folder):
-    (image_folder / "dog" / "broken.png").write_bytes(b"garbage")
+@pytest.mark.parametrize("name", ["dog/broken.png", "cat/-first.png"])
+def test_corrupt_image_can_be_skipped_with_a_warning(tmp_path, image_folder, name):
+    (image_folder / name).write_bytes(b"garbage")
     dm = RecognitionDataModule(data_dir=str(image_folder), on_bad_file="skip", test_fraction=0.25)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dm.setup("fit")
         sizes = [len(ds) for ds in dm.datasets.values()]
-    assert any("broken.png" in str(w.message) for w in caught)
+    assert any(name.split("/")[1] in str(w.message) for w in caught)
     assert sum(sizes) == 24
 
 

@@ -184,10 +184,9 @@ class DetectionDataModule(TaskDataModule):
             else:
                 self.categories = self._coco_categories(root)
             self._load()  # reads and checks every annotation now: errors surface before training
-            first = next((r for r in self._data.records), None)
-            if first is None:
+            if not self._data.records:
                 raise ConfigError(f"data.data_dir={root}: the annotations list no images")
-            self.in_channels = channels or image_channels(root / first.file)
+            self.in_channels = channels or image_channels(root / r.file for r in self._data.records)
         self.class_names = list(self.categories.names)
         self.use_prepared()
 

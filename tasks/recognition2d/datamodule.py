@@ -109,8 +109,7 @@ class RecognitionDataModule(ImageDataModule):
                 return find_bad_images(root, ids)
 
             self.read_labelled_folder(root, IMAGE_EXTENSIONS, "image", multilabel, "images", find_bad)
-            first = root / self.samples()[0][0]
-            self.in_channels = channels or image_channels(first)
+            self.in_channels = channels or image_channels(root / i for i, _ in self.samples())
         self.use_prepared()
 
     @property

@@ -170,10 +170,21 @@ def image_channel_names(count: int) -> list[str] | None:
     return list(names) if names else None
 
 
-def image_channels(path: Path) -> int:
-    """1 for a grayscale file, 3 otherwise — read from the header only."""
-    with open_image(path) as img:
-        return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+def image_channels(paths: Iterable[Path]) -> int:
+    """1 for grayscale files, 3 otherwise — read from the header of the first of ``paths`` that
+    reads: a bad file first in a folder is the folder check's to name with the others (or to
+    leave out, under ``on_bad_file: skip``), not the one that decides the channels. Where none
+    reads, the first one's error."""
+    first_error = None
+    for path in paths:
+        try:
+            with open_image(path) as img:
+                return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+        except BadFileError as err:
+            first_error = first_error or err
+    if first_error is None:
+        raise ValueError("image_channels: no paths")
+    raise first_error
 
 
 def image_size(path: Path) -> tuple[int, int]:
