@@ -10,7 +10,7 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, script_val_acc
 from test_cli import one_line_error
 
 from cnnsuite.cli import main
@@ -84,6 +84,23 @@ def test_a_sweep_writes_its_table_plots_and_a_best_config_that_fit_reproduces(
     first = out / f"trial_{best['number']}" / "version_0" / "evaluation" / "metrics.json"
     assert json.loads(again.read_text())["test/acc"] == json.loads(first.read_text())["test/acc"]
     assert json.loads(first.read_text())["test/acc"] == best["test"]["test/acc"]
+
+
+def test_a_sweep_whose_trials_all_score_the_same_still_writes_its_results(tmp_path, image_folder, monkeypatch):
+    """Tied scores leave parameter importance undefined (fANOVA finds no variance to share out):
+    the sweep says so in its table instead of failing before best_config.yaml."""
+    script_val_acc(monkeypatch, {0: 0.25})  # every trial's val/acc
+    space = {"optimizer.init_args.lr": SPACE["optimizer.init_args.lr"], "data.batch_size": {"choices": [4, 8]}}
+    out = tmp_path / "out"
+    sweep("--space", write_space(tmp_path, space), "--trials", "2", "--storage", f"sqlite:///{tmp_path / 's.db'}",
+          "--out", str(out), *fixed(tmp_path, image_folder), "--trainer.max_epochs", "1",
+          "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1")  # fmt: skip
+    trials = json.loads((out / "trials.json").read_text())
+    assert [(t["state"], t["value"]) for t in trials] == [("COMPLETE", 0.25)] * 2
+    assert len({json.dumps(t["params"]) for t in trials}) == 2  # the parameters differ, the scores do not
+    assert "every completed trial scored val/acc 0.25" in (out / "trials.md").read_text()
+    assert (out / "history.png").is_file() and not (out / "importance.png").exists()
+    assert (out / "best_config.yaml").is_file()
 
 
 def test_a_bad_space_file_is_one_line_naming_the_key(tmp_path, capsys):

@@ -289,6 +289,23 @@ def write_table(study, out: Path, note: str = "") -> None:
     (out / "trials.md").write_text("\n".join(lines) + "\n" + (f"\n{note}\n" if note else ""))
 
 
+def importance_gap(complete: list, monitor: str) -> str:
+    """Why the completed trials cannot rank their parameters, or ``""`` when they can.
+    fANOVA shares the variance of the scores out among the parameters: with fewer than two
+    trials, parameters that took one value, or scores that all tie (short trials that all reach
+    the same accuracy) there is none to share, and Optuna raises rather than plot."""
+    if len(complete) < 2:
+        return "No importance.png: it needs two or more completed trials."
+    keys = {k for t in complete for k in t.params}
+    if not any(len({json.dumps(t.params.get(k)) for t in complete}) > 1 for k in keys):
+        return "No importance.png: every completed trial took the same values, so no parameter explains a difference."
+    scores = {t.value for t in complete}
+    if len(scores) == 1:
+        return (f"No importance.png: every completed trial scored {monitor} {scores.pop():.4g}, so no parameter "
+                "explains a difference.")  # fmt: skip
+    return ""
+
+
 def write_results(study, out: Path) -> None:
     """The table, Optuna's history and importance plots, and ``best_config.yaml``: the best
     trial's own ``config.yaml``, which ``cnnsuite fit --config`` takes as it is."""
@@ -298,16 +315,12 @@ def write_results(study, out: Path) -> None:
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     plots = {"history.png": lambda: optuna.visualization.matplotlib.plot_optimization_history(study)}
-    keys = {k for t in complete for k in t.params}
-    varied = any(len({json.dumps(t.params.get(k)) for t in complete}) > 1 for k in keys)
-    note = ""
-    if len(complete) >= 2 and varied:
+    note = importance_gap(complete, study.user_attrs.get("monitor", "value"))
+    if not note:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         plots["importance.png"] = lambda: optuna.visualization.matplotlib.plot_param_importances(
             study, evaluator=evaluator
         )
-    else:
-        note = "No importance.png: it needs two or more completed trials whose values differ."
     for name, plot in plots.items():
         axes = plot()
         axes.figure.tight_layout()
