@@ -4,10 +4,12 @@ task (biomedical3d), with the JSON a user needs to feed them."""
 
 import json
 
+import onnx
 import pytest
 import torch
 from conftest import fit, make_image_folder
 from test_biomedical3d import SMALL, make_volume_folder
+from test_detection2d import make_coco_folder
 
 from cnnsuite.cli import main
 from cnnsuite.trust.checkpoint import rebuild_for_inference
@@ -122,6 +124,23 @@ def test_the_default_output_beside_a_checkpoint_never_replaces_a_users_file(reco
     assert named_onnx.read_bytes() == ckpt.read_bytes()
 
 
+def test_an_opset_torch_onnx_does_not_write_is_one_line_before_any_work(recognition, tmp_path, capsys):
+    """torch.onnx writes opset 18 and later; for an older one its converter fails on most
+    networks (LeNet-5's reductions) with a logged traceback, and the file is quietly written at
+    18, exit 0. Below 18 or past ONNX's newest is one line, nothing written; 20 is written."""
+    _, ckpt = recognition
+    out = tmp_path / "old.onnx"
+    for opset in ("13", "0", "99"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "--ckpt", str(ckpt), "--out", str(out), "--opset", opset])
+        captured = capsys.readouterr()
+        assert exit_info.value.code == 2 and list(tmp_path.iterdir()) == []
+        assert captured.err.count("\n") == 1 and "Traceback" not in captured.out + captured.err
+        assert captured.err.startswith(f"cnnsuite export: error: --opset {opset}: expected 18 to ")
+    path, info = export(ckpt, "onnx", tmp_path / "opset20.onnx", opset=20)
+    assert info["opset"] == 20 and onnx.load(str(path)).opset_import[0].version == 20
+
+
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
 def test_a_damaged_or_foreign_checkpoint_is_named_in_one_line(tmp_path, capsys, content):
     bad = tmp_path / "model.ckpt"
@@ -155,3 +174,20 @@ def test_a_3d_volume_classifier_exports_and_agrees_on_real_volumes(tmp_path, cap
     assert [g["class"] for g in got] == [e["class"] for e in expected]
     for g, e in zip(got, expected, strict=True):
         assert max(abs(g["probabilities"][c] - e["probabilities"][c]) for c in e["probabilities"]) < 1e-4
+
+
+def test_a_detector_exports_without_files_checked_on_its_own_canvas(tmp_path, capsys):
+    """A detector's data has no fixed size, but its transform brings every image to its
+    ``min_size``/``max_size`` canvas: ``cnnsuite export --ckpt`` alone (``make export``) checks
+    on random images of that canvas, as the transform prepares them."""
+    folder = make_coco_folder(tmp_path / "coco")
+    run = fit("detection2d", tmp_path, "--data.data_dir", str(folder), "--data.batch_size", "4",
+              "--trainer.max_epochs", "1", "--model.init_args.min_size", "64", "--model.init_args.max_size", "64",
+              "--evaluate", "false")  # fmt: skip
+    main(["export", "--ckpt", str(run / "checkpoints" / "best.ckpt")])
+    path = run / "export" / "model.onnx"
+    assert f"exported {path}" in capsys.readouterr().out
+    info = json.loads((path.parent / "model.onnx.json").read_text())
+    assert info["check"]["inputs"] == "3 random samples of (3, 64, 64)"
+    assert info["input"]["shape"] == ["batch", 3, "free", "free"]
+    assert max(info["check"]["max_abs_diff"].values()) < 1e-4

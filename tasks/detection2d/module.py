@@ -462,6 +462,14 @@ class DetectionModule(TaskModule):
         images, _ = self.detector.transform(self._prepare(samples))
         return images.tensors
 
+    def synthetic_inputs(self, datamodule, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Random images of the detector's own canvas (``min_size`` square; any image becomes at
+        most that after its transform), prepared by :meth:`batch_inputs` as files are: the
+        data's images differ in size, the network's input need not."""
+        hp = self.hparams
+        images = torch.rand(size, hp.in_channels, hp.min_size, hp.min_size, generator=generator)
+        return self.batch_inputs(list(images))
+
     @torch.no_grad()
     def predict_inputs(self, inputs: list[Input], network=None) -> list[dict]:
         """One-stage detectors go through the network and :meth:`describe_outputs`; the others

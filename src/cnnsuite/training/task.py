@@ -359,6 +359,15 @@ class TaskModule(L.LightningModule):
         """The network's batch for the ``sample`` of each input (default: stacked)."""
         return torch.stack(samples)
 
+    def synthetic_inputs(self, datamodule, size: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """A batch of ``size`` random inputs of :meth:`inference_network`, as :meth:`batch_inputs`
+        gives it: what export checks its file on when no files are given. The default: samples
+        of the data's :attr:`~cnnsuite.data.TaskDataModule.input_shape`, or None when the data
+        has no fixed shape. A model that brings every input to a size of its own (a detector's
+        resize) makes them without the data."""
+        shape = datamodule.input_shape
+        return None if shape is None else torch.randn(size, *shape, generator=generator)
+
     def describe_batch_inputs(self) -> str:
         """What :meth:`batch_inputs` does, in words, for the JSON beside an export."""
         return "samples stacked along a new first (batch) axis"

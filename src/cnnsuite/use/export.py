@@ -14,8 +14,9 @@ file where the torch network ran, so its predictions go through the same descrip
 
 Every export is checked before it is kept: the file is loaded back (ONNX Runtime on CPU, or
 ``torch.export.load``) and run on a batch of another size than the one traced, with real
-files (``--input``) or random samples of the input shape, against the PyTorch network; an
-output further than ``--tolerance`` from PyTorch's deletes the file and fails.
+files (``--input``) or random inputs (of the data's input shape, or of the size a model brings
+every input to), against the PyTorch network; an output further than ``--tolerance`` from
+PyTorch's deletes the file and fails.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from .predict import Predictor
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 #: the largest difference allowed between the exported network's outputs and PyTorch's
 TOLERANCE = 1e-4
+#: the oldest ONNX opset torch.onnx writes itself (it converts to older ones, which fails for most networks)
+MIN_OPSET = 18
 #: the batch sizes of the traced example and of the check (different: the batch axis must stay free)
 EXAMPLE_BATCH, CHECK_BATCH = 2, 3
 
@@ -87,7 +90,7 @@ def export_main(argv: list[str]) -> None:
     )
     parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
     add_out(parser, "file to write (default: <run folder>/export/model.onnx or .pt2, else beside the checkpoint)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or later (default: the exporter's)")
     parser.add_argument(
         "--input", nargs="+", default=None,
         help="files to check the export on, read as the run's test split (default: random samples)",
@@ -114,6 +117,7 @@ def export(
     returns the file written and what the JSON beside it holds."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    check_opset(opset)
     path = output_path(ckpt_path, fmt, out, force)
     predictor = Predictor(ckpt_path, accelerator="cpu")
     model, datamodule = predictor.model, predictor.datamodule
@@ -134,7 +138,10 @@ def export(
             onnx_program.save(partial, external_data=False)
             name_batch_axis(partial)
             seconds = time.perf_counter() - start
-            exported, opset = OnnxNetwork(partial), onnx_opset(partial)
+            written = onnx_opset(partial)
+            if opset is not None and written != opset:  # torch.onnx keeps its own where it cannot honour one
+                raise ConfigError(f"--opset {opset}: torch.onnx wrote opset {written} instead; nothing was written")
+            exported, opset = OnnxNetwork(partial), written
         else:
             torch.export.save(program, partial)
             seconds = time.perf_counter() - start
@@ -192,19 +199,21 @@ def sidecar(path: Path) -> Path:
 def check_inputs(predictor: Predictor, inputs: list | None) -> tuple[torch.Tensor, str]:
     """The batch the export is traced on and checked with, and what it is: the ``inputs``
     files read as the run's test split and batched as prediction batches them, else
-    ``CHECK_BATCH`` random samples of the datamodule's input shape."""
+    ``CHECK_BATCH`` random inputs of the model's
+    (:meth:`~cnnsuite.training.task.TaskModule.synthetic_inputs`: samples of the data's input
+    shape, or of a size the model brings every input to)."""
     if inputs:
         items = [predictor.read(p) for p in inputs]
         batch = predictor.model.batch_inputs([item.sample for item in items]).float()
         return batch, f"{len(items)} files ({', '.join(map(str, inputs))})"
-    datamodule = predictor.datamodule
-    shape = datamodule.input_shape
-    if shape is None:
-        raise ConfigError(
-            f"{type(datamodule).__name__} has no fixed input shape: give --input with files to export and check on"
-        )
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(CHECK_BATCH, *shape, generator=generator), f"{CHECK_BATCH} random samples of {tuple(shape)}"
+    batch = predictor.model.synthetic_inputs(predictor.datamodule, CHECK_BATCH, generator)
+    if batch is None:
+        raise ConfigError(
+            f"{type(predictor.datamodule).__name__} has no fixed input shape: give --input with files to export "
+            "and check on"
+        )
+    return batch, f"{CHECK_BATCH} random samples of {tuple(batch.shape[1:])}"
 
 
 def trace(network: nn.Module, batch: torch.Tensor, ckpt_path: str | Path, model: TaskModule):
@@ -247,6 +256,21 @@ def name_batch_axis(path: Path) -> None:
             if symbol and dim.dim_param == symbol:
                 dim.dim_param = "batch"
     onnx.save(model, str(path))
+
+
+def check_opset(opset: int | None) -> None:
+    """Refuse, before any work, an opset torch.onnx does not write: its exporter writes opset
+    18 and later itself, and for an older one converts down with ONNX's version converter, which
+    fails for most networks (a reduction's axes, in LeNet-5 at 17) with a logged traceback and
+    the file quietly left at 18; past ONNX's newest it quietly writes 18 too."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:
+        raise ConfigError(
+            f"--opset {opset}: expected {MIN_OPSET} to {newest} (torch.onnx writes {MIN_OPSET} and later; "
+            f"onnx {onnx.__version__} knows up to {newest})"
+        )
 
 
 def onnx_opset(path: Path) -> int:
