@@ -694,3 +694,31 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
     (out / RECORD).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"prepared: its record's sample_facts are not what cnnsuite prepare"):
         VideoDataModule(data_dir=str(out), frames_per_clip=4, frame_size=16, data_root=str(tmp_path / "data"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(channels=100_000), "channels is 100000, expected a whole number from 1 to 1024"),
+        (lambda r: r.update(class_names=r["class_names"][:1]), "targets is {"),
+        (lambda r: r.update(multilabel="yes"), 'multilabel is "yes", expected true or false'),
+        (lambda r: r.update(preprocessing=[1]), "preprocessing is [1], expected an object of values and tensors"),
+        (lambda r: r.update(hyper_parameters=["x"]), 'hyper_parameters is ["x"], expected an object'),
+        (lambda r: r["items"].pop("val"), "items is {"),
+        (lambda r: r.pop("splits"), "not a record written by cnnsuite prepare (no splits)"),
+    ],
+)
+def test_a_hand_edited_record_is_one_line_naming_the_field(tmp_path, edit, message):
+    """A record is read from a folder anyone may write: a field that is not what prepare
+    writes stops the run in one line naming it, before any shard is read (before: tracebacks
+    from jsonargparse, an IndexError in validation, a 26 GB allocation)."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    out = tmp_path / "prepared"
+    prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
+    record = json.loads((out / RECORD).read_text())
+    edit(record)
+    (out / RECORD).write_text(json.dumps(record))
+    with pytest.raises(ConfigError) as err:
+        RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
+    assert str(err.value).startswith(f"{out}/{RECORD}: ") and message in str(err.value) and "\n" not in str(err.value)

@@ -69,6 +69,8 @@ CHUNK_BYTES = "64MB"
 LITDATA_MAPPED_CHUNKS = 4
 #: the disk space a local copy of a prepared folder on object storage leaves free, at least
 MIRROR_HEADROOM_MB = 1024
+#: the most input channels a record may give (hyperspectral cubes have a few hundred bands)
+MAX_CHANNELS = 1024
 
 T = TypeVar("T")
 
@@ -190,12 +192,66 @@ def read_record(files: PreparedFiles) -> dict:
         raise ConfigError(f"{location}/{RECORD}: cannot be read ({first_line(err)})") from err
     try:
         record = json.loads(data)
-        missing = [k for k in ("task", "datamodule", "items", "files", "sha256") if k not in record]
-    except (ValueError, TypeError) as err:
+    except ValueError as err:
         raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare ({err})") from err
-    if missing:
-        raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare (no {missing[0]})")
+    if not isinstance(record, dict):
+        raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare (not a JSON object)")
+    check_record(record, f"{location}/{RECORD}")
     return record
+
+
+def check_record(record: dict, where: str) -> None:
+    """A record comes from a folder anyone may have written (or edited, its sha256 computed
+    again): each field the datamodule takes from it must be what cnnsuite prepare writes, or
+    the run stops here in one line naming the field, not with a traceback minutes later (or a
+    26 GB allocation for ``channels: 100000``). Targets are class indices below the number of
+    class names (-1: a detection image without objects), or 0/1 lists of that length."""
+    names = record.get("class_names")
+    count = len(names) if _ids(names) else 0
+    multilabel = record.get("multilabel") is True
+
+    def target(t) -> bool:
+        if multilabel:
+            return isinstance(t, list) and len(t) == count and all(v in (0, 1) for v in t)
+        return type(t) is int and -1 <= t < count
+
+    expected = {
+        "task": (lambda v: isinstance(v, str), "a task name"),
+        "datamodule": (lambda v: isinstance(v, str), "a class path"),
+        "hyper_parameters": (lambda v: isinstance(v, dict), "an object of the datamodule's arguments"),
+        "items": (_stages, "train, val and test lists of ids"),
+        "splits": (_stages, "train, val and test lists of ids"),
+        "class_names": (lambda v: _ids(v) and len(v) > 0, "a list of class names"),
+        "channels": (lambda v: type(v) is int and 1 <= v <= MAX_CHANNELS, f"a whole number from 1 to {MAX_CHANNELS}"),
+        "multilabel": (lambda v: type(v) is bool, "true or false"),
+        "targets": (
+            lambda v: isinstance(v, dict) and all(map(target, v.values())),
+            f"an object of class indices below {count} ({count} 0/1 values each, multi-label)",
+        ),  # fmt: skip
+        "preprocessing": (
+            lambda v: isinstance(v, dict) and {type(v.get(k)) for k in ("values", "tensors")} == {dict},
+            "an object of values and tensors",
+        ),  # fmt: skip
+        "files": (
+            lambda v: isinstance(v, dict) and all(isinstance(h, str) for h in v.values()),
+            "an object of shard names and their sha256",
+        ),  # fmt: skip
+        "sha256": (lambda v: isinstance(v, str), "a sha256"),
+    }
+    for key, (ok, what) in expected.items():
+        if key not in record:
+            raise ConfigError(f"{where}: not a record written by cnnsuite prepare (no {key})")
+        if not ok(record[key]):
+            shown = json.dumps(record[key])
+            raise ConfigError(f"{where}: {key} is {shown if len(shown) <= 60 else shown[:57] + '...'}, expected {what}")
+
+
+def _ids(value) -> bool:
+    return isinstance(value, list) and all(isinstance(i, str) for i in value)
+
+
+def _stages(value) -> bool:
+    return isinstance(value, dict) and set(value) == set(STAGES) and all(_ids(v) for v in value.values())
 
 
 def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = None, mirror: Path | None = None) -> str:
