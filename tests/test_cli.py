@@ -288,3 +288,12 @@ def test_main_called_from_a_script_with_its_own_arguments_is_still_one_line(caps
         line = one_line_error(capsys, "fit", "--config", CONFIG, "--trainer.max_epocs", "1")
     assert "trainer.max_epochs" in line
     assert not [w for w in shown if "args parameter" in str(w.message)]
+
+
+def test_a_value_the_optimizer_refuses_is_one_line_naming_it(capsys, tmp_path, image_folder):
+    """torch's optimizers check their values when LightningCLI makes them, just before fit: a
+    negative learning rate is the config's mistake, not a traceback."""
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.data_dir", str(image_folder),
+                           "--trainer.default_root_dir", str(tmp_path), "--optimizer.lr", "-1")  # fmt: skip
+    assert error.startswith("cnnsuite fit: error: optimizer torch.optim.AdamW")
+    assert error.endswith("Invalid learning rate: -1.0")

@@ -176,6 +176,17 @@ class CnnSuiteCLI(LightningCLI):
             "--evaluate", type=bool, default=True, help="After fit, evaluate best.ckpt on the test split."
         )
 
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """LightningCLI's, which makes the config's optimizer and LR scheduler here: a value one
+        of them refuses (a negative learning rate) is the config's mistake, one line naming them."""
+        try:
+            super()._add_configure_optimizers_method_to_model(subcommand)
+        except ValueError as err:
+            config = self.config[subcommand] if subcommand else self.config
+            keys = [key for key in ("optimizer", "lr_scheduler") if config.get(key) is not None]
+            made = " and ".join(f"{key} {config[key].class_path}" for key in keys)
+            raise ConfigError(f"{made}: {err}") from None
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         #: whether the best checkpoint follows the task's monitor (checkpoint.monitor left null)
