@@ -416,3 +416,16 @@ def test_a_checkpoint_whose_data_settings_the_network_cannot_take_is_one_line(tr
             main([command[0], "--ckpt", str(small), *command[1:], "--out", str(tmp_path / "out")])
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"cnnsuite {command[0]}: error: {small}: the data's samples")
+
+
+def test_a_damaged_training_log_leaves_the_curves_out_not_the_evaluation(trained, tmp_path):
+    """metrics.csv is a file of the run folder anyone may edit: a cell that is not a number is
+    left out of the training curves, with a warning naming the file; the evaluation is written."""
+    folder, run = trained
+    copy = shutil.copytree(run, tmp_path / "run")
+    log = copy / "metrics.csv"
+    header = log.read_text().splitlines()[0]
+    log.write_text(log.read_text() + ",".join(["abc"] * len(header.split(","))) + "\n")
+    with pytest.warns(UserWarning, match=r"metrics.csv: \d+ cells are not numbers"):
+        metrics = evaluate(copy / "checkpoints" / "best.ckpt", tmp_path / "out", data={"data_dir": folder})
+    assert "test/acc" in metrics and (tmp_path / "out" / "report.md").is_file()

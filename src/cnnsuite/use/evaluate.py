@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -108,17 +110,31 @@ def compare(
 
 
 def plot_training_curves(metrics_csv: Path, out_path: Path, monitor: str) -> Path | None:
-    """Loss and the monitored metric per epoch, from the run's CSV log."""
+    """Loss and the monitored metric per epoch, from the run's CSV log. The log is a file in
+    the run folder, not the checkpoint: a cell that is not a number (an edited or cut log)
+    is left out of the curves, and said, rather than stop the evaluation that draws them."""
     if not metrics_csv.is_file():
         return None
     series: dict[str, dict[int, float]] = {}
-    with metrics_csv.open() as f:
-        for row in csv.DictReader(f):
-            if not row.get("epoch"):
-                continue
-            for key, value in row.items():
-                if value and key not in ("epoch", "step"):
-                    series.setdefault(key, {})[int(row["epoch"])] = float(value)
+    skipped = 0
+    try:
+        with metrics_csv.open(newline="") as f:
+            for row in csv.DictReader(f):
+                epoch = _number(row.get("epoch"))
+                if epoch is None or epoch != int(epoch):
+                    skipped += bool(row.get("epoch"))
+                    continue
+                for key, value in row.items():
+                    if value and key not in ("epoch", "step"):
+                        number = _number(value)
+                        skipped += number is None
+                        if number is not None:
+                            series.setdefault(str(key), {})[int(epoch)] = number
+    except (csv.Error, UnicodeDecodeError, OSError) as err:
+        warnings.warn(f"{metrics_csv}: not readable as the run's CSV log ({err}); no training curves", stacklevel=2)
+        return None
+    if skipped:
+        warnings.warn(f"{metrics_csv}: {skipped} cells are not numbers; left out of the training curves", stacklevel=2)
     panels = [
         [k for k in ("train/loss", "val/loss") if k in series],
         [k for k in (f"train/{monitor.split('/', 1)[-1]}", monitor) if k in series],
@@ -138,6 +154,15 @@ def plot_training_curves(metrics_csv: Path, out_path: Path, monitor: str) -> Pat
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def _number(text: str | None) -> float | None:
+    """A CSV cell as a finite number, else None."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def write_report(path: Path, ckpt_path: Path, datamodule, metrics: dict[str, float], plots: list[Path]) -> None:
