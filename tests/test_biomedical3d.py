@@ -249,6 +249,14 @@ def test_volume_with_nan_or_inf_is_named_before_training(tmp_path):
     assert "s2.nii: 2 of 1728 voxels are NaN or infinite; expected finite values" in str(caught.value)
 
 
+def test_an_empty_series_folder_is_named(tmp_path):
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+
+    (tmp_path / "series").mkdir()
+    with pytest.raises(BadFileError, match=r"series: a folder without files; expected a DICOM series"):
+        LoadVolumed()({"image": str(tmp_path / "series")})
+
+
 def test_4d_volume_is_named(tmp_path):
     folder = make_volume_folder(tmp_path / "user")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), folder / "scans" / "s2.nii")

@@ -74,7 +74,7 @@ def test_a_folder_with_a_bad_file_predicts_the_others_and_names_it(recognition, 
     assert "predicted 11 of 12 inputs; 1 could not be read" in printed and "broken.png" in printed
 
 
-def test_an_output_folder_inside_the_input_folder_is_refused(recognition, tmp_path, capsys):
+def test_an_output_folder_inside_the_input_folder_or_a_file_is_refused(recognition, tmp_path, capsys):
     """Pictures written among the inputs would replace an input of the same name and be
     predicted by the next run: ``--out`` the input folder, or inside it, is one line, and
     nothing is written."""
@@ -91,6 +91,13 @@ def test_an_output_folder_inside_the_input_folder_is_refused(recognition, tmp_pa
             "replace inputs of the same names and be read as inputs by the next run; name a folder outside it"
         )
     assert {p: p.read_bytes() for p in inputs.rglob("*")} == before
+    taken = tmp_path / "keep.txt"
+    taken.write_text("the user's")
+    with pytest.raises(SystemExit):
+        main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(taken)])
+    assert capsys.readouterr().err.strip() == (
+        f"cnnsuite predict: error: --out {taken}: is a file; expected a folder (for predictions.jsonl and summary.json)"
+    )
 
 
 def test_predict_agrees_with_evaluate_on_the_test_split(recognition, tmp_path):

@@ -31,14 +31,17 @@ MEDMNIST_KEYS = tuple(f"{stage}_{kind}" for stage in STAGES for kind in ("images
 def declared_size(path: str | Path) -> tuple[list[int], str] | None:
     """``(sizes, what)``: the shape a volume's header declares, every axis (time and channels
     too), read without its voxels, and in words; None where the header does not read (the
-    loader then names the file and the problem)."""
+    loader then names the file and the problem). A series folder without files is an error
+    naming it (the loader's would be an IndexError)."""
     path = Path(path)
     name = path.name.lower()
+    if path.is_dir() and not _series_files(path):
+        raise BadFileError(f"{path}: a folder without files; expected a DICOM series (one file a slice)")
     try:
         if path.is_dir():  # a DICOM series: each file a slice of Rows x Columns (x frames)
             import pydicom
 
-            files = [f for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith(".")]
+            files = _series_files(path)
             slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
             voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
             return [voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}"
@@ -55,6 +58,11 @@ def declared_size(path: str | Path) -> tuple[list[int], str] | None:
     except Exception:  # no header to check: the loader's own error names the file
         return None
     return sizes, "declares " + "x".join(map(str, sizes))
+
+
+def _series_files(folder: Path) -> list[Path]:
+    """The files of a DICOM series folder, sorted, hidden ones left out."""
+    return [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
 
 
 def metaimage_fields(path: Path) -> dict[str, list[str]]:
