@@ -178,14 +178,18 @@ def test_bad_rows_and_files_are_all_named(csv_folder):
     lines[2] = "pics/1.png,dog,30,5,10,20"  # row 3: x2 <= x1
     lines[3] = "pics/nothing.png,cat,1,1,5,5"  # row 4: no such image
     lines.append(lines[5].replace(",1", ",2", 1))  # row 18: a second box for row 6's image
+    lines[6] = "pics/5.png,dog,10,10,500,20"  # row 7: a good row, its box beyond the image's border
     (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(BadFileError) as err:
         LocalizationDataModule(data_dir=str(csv_folder))
     message = str(err.value)
-    assert "3 of 16 labelled images" in message  # 16 distinct images in 17 rows
+    assert "4 of 16 labelled images" in message  # 16 distinct images in 17 rows
     assert "row 3: box (30, 5, 10, 20) has x2 <= x1" in message
     assert "row 4: image 'pics/nothing.png' does not exist" in message
     assert "pics/4.png: 2 boxes" in message and "row 6" in message and "row 18" in message
+    assert "row 7: box (10, 10, 500, 20) lies outside its image pics/5.png" in message
+    lines[6] = lines[6].replace(",500,", ",20,")
+    (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
 
     with pytest.warns(UserWarning, match="skipping 3 of 16") as caught:
         dm = LocalizationDataModule(data_dir=str(csv_folder), on_bad_file="skip")

@@ -195,8 +195,10 @@ class LocalizationDataModule(ImageDataModule):
         if self.hparams.data_dir is None and names != self.class_names:
             raise ConfigError(f"{root}: the default's labels are {names}, expected {self.class_names}")
         self.class_names = names
-        report_bad_files(errors, len(samples) + len(errors), on_bad, what="labelled images")
-        self._samples = {s.file: s for s in samples}
+        self._samples, total = {s.file: s for s in samples}, len(samples) + len(errors)
+        if errors and on_bad == "error":  # one error names everything to fix: the good rows' images too
+            errors = errors + list(self._bad_samples(list(self._samples), decode=False).values())
+        report_bad_files(errors, total, on_bad, what="labelled images")
         return self._samples
 
     def _bad_samples(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
