@@ -50,6 +50,10 @@ def test_predict_a_single_image(recognition, tmp_path, capsys):
     assert line["score"] == pytest.approx(float(expected.max()), abs=1e-6)
     assert (tmp_path / "pictures" / f"{image.stem}.png").stat().st_size > 0
     assert "predicted 1 of 1 inputs" in capsys.readouterr().out
+    # another input predicted into the same folder: its pictures only, not the earlier run's beside them
+    other = folder / test.ids[1]
+    main(["predict", "--ckpt", str(ckpt), "--input", str(other), "--out", str(tmp_path)])
+    assert [p.name for p in (tmp_path / "pictures").iterdir()] == [f"{other.stem}.png"]
 
 
 def test_a_folder_with_a_bad_file_predicts_the_others_and_names_it(recognition, tmp_path, capsys):

@@ -129,6 +129,7 @@ def predict_to_folder(
             "the same names and be read as inputs by the next run; name a folder outside it"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_earlier_pictures(out_dir)
     if pictures:
         (out_dir / "pictures").mkdir(exist_ok=True)
     root = input_path if input_path.is_dir() else input_path.parent
@@ -150,6 +151,19 @@ def predict_to_folder(
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary
+
+
+def clear_earlier_pictures(out_dir: Path) -> None:
+    """A folder an earlier ``predict`` wrote (its ``summary.json`` says so) loses that run's
+    pictures before this one writes: predicting another folder of the same name into the same
+    default place would otherwise leave the earlier run's pictures beside the new ones."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(summary, dict) and {"checkpoint", "input", "predicted", "failed"} <= summary.keys():
+        for picture in (out_dir / "pictures").glob("*.png"):
+            picture.unlink()
 
 
 def summary_line(summary: dict, out_dir: Path) -> str:
