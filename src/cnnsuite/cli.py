@@ -122,6 +122,8 @@ def follow_model_monitor(config, model: TaskModule) -> bool:
 
 class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
+        #: ``(checkpoint, its model arguments)`` of a command given ``--ckpt_path`` (see _parse_ckpt_path)
+        self.resumed: tuple[str, dict] | None = None
         kwargs.setdefault("parser_class", CnnSuiteParser)
         kwargs.setdefault("model_class", TaskModule)
         kwargs.setdefault("datamodule_class", TaskDataModule)
@@ -228,7 +230,7 @@ class CnnSuiteCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        if getattr(self, "resumed", None) is not None:  # the data's classes, linked to the model, must be the run's
+        if self.resumed is not None:  # the data's classes, linked to the model, must be the run's
             ckpt_path, args = self.resumed
             names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
             check_matches(names, args.get("in_channels"), self.datamodule, ckpt_path)

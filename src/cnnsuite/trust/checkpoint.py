@@ -267,8 +267,8 @@ def rebuild(
     none. Without a ``data_dir``, the data is the embedded default (generated again under the
     user's ``data_root`` when missing); a checkpoint of a run on the user's own folder is then
     refused, naming the folder it records and the option to give. A folder that holds every
-    sample of the run's split is the run's data (moved, or grown since): its test split is
-    scored. Any other folder of the same classes is other data, tested whole
+    sample of the run's test split is the run's data (moved, grown since, or with training files
+    gone): its test split is scored. Any other folder of the same classes is other data, tested whole
     (``datamodule.tests_other_data``).
 
     The split comes from the checkpoint (the datamodule's state), else — for checkpoints
