@@ -12,6 +12,7 @@ from PIL import Image
 from cnnsuite.cli import main
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.evaluate import evaluate
+from cnnsuite.use.predict import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -429,3 +430,17 @@ def test_a_damaged_training_log_leaves_the_curves_out_not_the_evaluation(trained
     with pytest.warns(UserWarning, match=r"metrics.csv: \d+ cells are not numbers"):
         metrics = evaluate(copy / "checkpoints" / "best.ckpt", tmp_path / "out", data={"data_dir": folder})
     assert "test/acc" in metrics and (tmp_path / "out" / "report.md").is_file()
+
+
+def test_a_non_finite_number_among_a_checkpoints_arguments_is_refused_at_load(trained, tmp_path):
+    """A NaN normalisation mean in the weights metadata passes every weight check and makes
+    every prediction NaN: the file is refused at load, naming where the number is."""
+    _, run = trained
+
+    def poison(checkpoint):
+        checkpoint["hyper_parameters"]["backbone_weights_meta"] = {"mean": [float("nan")] * 3, "std": [0.2] * 3}
+
+    bad = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "nan.ckpt", poison)
+    with pytest.raises(ValueError, match=r"nan.ckpt: its hyper_parameters hold a non-finite number .* at "
+                                         r"backbone_weights_meta.mean.0"):  # fmt: skip
+        Predictor(bad, accelerator="cpu")

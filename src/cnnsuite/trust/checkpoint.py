@@ -34,6 +34,7 @@ from ..contract import trusted_classes
 from ..data import TaskDataModule
 from ..data.splits import check_splits, load_splits
 from ..errors import CheckpointError, ConfigError, MissingFileError
+from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
 from ..training.task import TaskModule, class_path
 from .untrusted import check_finite, load_weights_only
@@ -127,8 +128,13 @@ def model_arguments(checkpoint: dict, source: object) -> tuple[type[TaskModule],
 def build_model(checkpoint: dict, source: object) -> TaskModule:
     """The checkpoint's model with its weights, in eval mode. Anything in the file that keeps
     the model from being built (a value the network cannot use, a tensor of the wrong shape,
-    a missing one) or non-finite weights is one :class:`CheckpointError`."""
+    a missing one), non-finite weights or a non-finite number among its arguments (a NaN
+    normalisation mean of its backbone's weights metadata would make every prediction NaN) is
+    one :class:`CheckpointError`."""
     model_cls, args = model_arguments(checkpoint, source)
+    bad = first_non_finite(args)
+    if bad is not None:
+        raise CheckpointError(f"{source}: its hyper_parameters hold a non-finite number (NaN or infinity) at {bad}")
     try:
         model = model_cls(**args)
     except Exception as err:  # the arguments are the file's: whatever they break, the file is at fault
