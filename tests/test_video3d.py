@@ -487,9 +487,14 @@ def test_csv_split_lists(video_folder):
     assert dm.splits["test"] == ["left/left0.avi", "right/right0.avi"]
     assert [v.label for v in dm.datasets["train"].videos] == [0, 1, 0, 1]
 
-    (video_folder / "val.csv").write_text("left/left3.mp4 1\nright/right3.mp4 1\n")
-    with pytest.raises(ValueError, match="val.csv, line 2: label 1 for folder 'right'"):
+    # every line's problem at once: a contradicting label, a video that is not there, a path outside
+    (video_folder / "val.csv").write_text("left/left3.mp4 1\nright/right3.mp4 1\nright/gone.mp4 2\n/elsewhere/x.mp4\n")
+    with pytest.raises(ValueError, match=r"^3 problems in the split lists of ") as raised:
         VideoDataModule(data_dir=str(video_folder), **SMALL).setup("fit")
+    message = str(raised.value)
+    assert "val.csv, line 2: label 1 for folder 'right'" in message
+    assert "val.csv, line 3: right/gone.mp4 is not a video of the class folders" in message
+    assert "val.csv, line 4: /elsewhere/x.mp4 is not inside" in message
 
 
 def make_split_folders(root: Path, splits: dict[str, int]) -> Path:

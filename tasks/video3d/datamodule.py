@@ -58,7 +58,6 @@ from cnnsuite.data import (
 from cnnsuite.data.augment import BatchRandomResizedCrop
 from cnnsuite.data.cache import check_cache_limit
 from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
-from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
 from .default_data import FPS, FRAMES, MOTIONS, write_motion_dataset
@@ -350,16 +349,8 @@ class VideoDataModule(TaskDataModule):
         # PyTorchVideo's csv lists name class folders: not read beside split folders or a labels.csv
         labelled_otherwise = self.split_folders or self.targets is not None
         if self.hparams.data_dir is not None and not self.hparams.split_file and not labelled_otherwise:
-            splits = read_csv_lists(self.root, self.class_names)
+            splits = read_csv_lists(self.root, self.class_names, {sample_id for sample_id, _ in self.samples()})
             if splits is not None:
-                known = {sample_id for sample_id, _ in self.samples()}
-                for stage in STAGES:
-                    unknown = [i for i in splits[stage] if i not in known]
-                    if unknown:
-                        raise ConfigError(
-                            f"{self.root / f'{stage}.csv'}: {len(unknown)} videos are not in the class folders "
-                            f"of {self.root}, e.g. {unknown[0]}"
-                        )
                 return splits
         return super()._decide_splits()
 

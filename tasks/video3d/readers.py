@@ -175,11 +175,13 @@ def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None
     return DecodedVideo(stacked, torch.tensor(order, dtype=torch.int64), time_base, start_pts)
 
 
-def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] | None:
+def read_csv_lists(root: Path, class_names: list[str], known: set[str]) -> dict[str, list[str]] | None:
     """``train.csv``, ``val.csv`` and ``test.csv`` in ``root`` (all three or none), in
     PyTorchVideo's ``LabeledVideoPaths`` format: ``<path> [<integer label>]`` a line, the path
     relative to ``root``. The class is the path's folder; a label column, if given, must name
-    the folders consistently (0- or 1-based numbering alike, as in UCF101's lists)."""
+    the folders consistently (0- or 1-based numbering alike, as in UCF101's lists). Every
+    line's problem — a path outside ``root`` or its class folders, a label that contradicts
+    earlier lines, a video not among ``known`` (the folder's) — is named in one error."""
     files = {stage: root / f"{stage}.csv" for stage in STAGES}
     present = [s for s, f in files.items() if f.is_file()]
     if not present:
@@ -187,7 +189,7 @@ def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] |
     if len(present) != len(STAGES):
         missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
         raise ConfigError(f"{root}: found {', '.join(present)} .csv split lists but not {missing}")
-    splits, folder_of, label_of = {}, {}, {}
+    splits, folder_of, label_of, problems = {}, {}, {}, []
     for stage, file in files.items():
         ids = []
         for number, line in enumerate(read_lines(file), 1):
@@ -199,23 +201,31 @@ def read_csv_lists(root: Path, class_names: list[str]) -> dict[str, list[str]] |
             path, label = (parts[0], parts[1]) if len(parts) == 2 and parts[1].lstrip("-").isdigit() else (line, None)
             label = None if label == "-1" else label
             path = Path(path.strip())
+            where = f"{file}, line {number}"
             if path.is_absolute():
                 try:
                     path = path.relative_to(root)
                 except ValueError:
-                    raise ConfigError(f"{file}, line {number}: {path} is not inside {root}") from None
+                    problems.append(f"{where}: {path} is not inside {root}")
+                    continue
             sample_id = path.as_posix()
             folder = sample_id.split("/")[0]
             if folder not in class_names:
-                raise ConfigError(f"{file}, line {number}: {sample_id} is not in a class folder of {root}")
+                problems.append(f"{where}: {sample_id} is not in a class folder of {root}")
+                continue
             if label is not None and (folder_of.setdefault(label, folder), label_of.setdefault(folder, label)) != (
                 folder,
                 label,
             ):
-                raise ConfigError(
-                    f"{file}, line {number}: label {label} for folder {folder!r} contradicts earlier lines "
+                problems.append(
+                    f"{where}: label {label} for folder {folder!r} contradicts earlier lines "
                     f"(label {label} was {folder_of[label]!r}, {folder!r} was label {label_of[folder]})"
                 )
+            if sample_id not in known:
+                problems.append(f"{where}: {sample_id} is not a video of the class folders of {root}")
             ids.append(sample_id)
         splits[stage] = ids
+    if problems:
+        listing = "\n".join(f"  {problem}" for problem in problems)
+        raise ConfigError(f"{len(problems)} problems in the split lists of {root}:\n{listing}")
     return splits
