@@ -48,7 +48,6 @@ from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, rep
 from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.cache import check_cache_limit, fits_cache, say_over_limit
 from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
-from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
@@ -57,8 +56,7 @@ from .readers import (
     VOLUME_EXTENSIONS,
     LoadVolumed,
     _load_medmnist,
-    check_data_file,
-    declared_size,
+    check_header,
     read_labels,
 )
 
@@ -242,12 +240,8 @@ class Biomedical3DDataModule(TaskDataModule):
         for sample_id in ids:
             path = self.root / sample_id
             try:
-                declared = declared_size(path)
-                if declared is None:
+                if not check_header(path):  # the loader says why
                     LoadVolumed()({"image": str(path)})
-                else:
-                    check_size(path, "volume", *declared)
-                    check_data_file(path)
             except BadFileError as err:
                 errors.append(err)
         report_bad_files(errors, len(ids), what="volumes")

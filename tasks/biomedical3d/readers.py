@@ -28,36 +28,55 @@ VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 MEDMNIST_KEYS = tuple(f"{stage}_{kind}" for stage in STAGES for kind in ("images", "labels"))
 
 
-def declared_size(path: str | Path) -> tuple[list[int], str] | None:
-    """``(sizes, what)``: the shape a volume's header declares, every axis (time and channels
-    too), read without its voxels, and in words; None where the header does not read (the
+def check_header(path: str | Path) -> bool:
+    """Refuse a volume from its header alone, before any voxel is read: one that declares more
+    voxels than :mod:`cnnsuite.data.limits` allows, or (:func:`check_data_file`) names the file of
+    its voxels outside its own folder. True where the header read; False where it does not (the
     loader then names the file and the problem). A series folder without files is an error
     naming it (the loader's would be an IndexError)."""
-    path = Path(path)
+    header = read_header(Path(path))
+    if header is None:
+        return False
+    sizes, what, data_file = header
+    check_size(path, "volume", sizes, what)
+    check_data_file(Path(path), data_file)
+    return True
+
+
+def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
+    """``(sizes, what, data file)``: the shape a volume's header declares, every axis (time and
+    channels too), read without its voxels; that in words; and the file its voxels are in, where
+    the header is a detached one (NRRD's ``data file``, MetaImage's ``ElementDataFile``). None
+    where the header does not read."""
     name = path.name.lower()
     if path.is_dir() and not _series_files(path):
         raise BadFileError(f"{path}: a folder without files; expected a DICOM series (one file a slice)")
+    data_file = None
     try:
         if path.is_dir():  # a DICOM series: each file a slice of Rows x Columns (x frames)
             import pydicom
 
-            files = _series_files(path)
-            slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+            slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in _series_files(path)]
             voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
-            return [voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}"
+            return [voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}", None
         if name.endswith((".nrrd", ".nhdr")):
             import nrrd
 
-            sizes = [int(n) for n in nrrd.read_header(str(path))["sizes"]]
-        elif name.endswith((".mha", ".mhd")):
-            fields = metaimage_fields(path)
+            header = nrrd.read_header(str(path))
+            sizes = [int(n) for n in header["sizes"]]
+            data_file = header.get("datafile", header.get("data file"))
+        elif name.endswith((".mha", ".mhd")):  # MetaImage: a text header, "DimSize = 512 512 300"
+            with path.open("rb") as file:
+                lines = file.read(65536).decode("latin-1").splitlines()
+            fields = {k.strip(): v.split() for k, _, v in (line.partition("=") for line in lines)}
             channels = int(fields.get("ElementNumberOfChannels", ["1"])[0])
             sizes = [int(n) for n in fields["DimSize"]] + ([channels] if channels > 1 else [])
+            data_file = " ".join(fields.get("ElementDataFile", [])) or None
         else:  # NIfTI, and whatever else nibabel reads: nib.load reads the header only
             sizes = [int(n) for n in nib.load(path).header.get_data_shape()]
     except Exception:  # no header to check: the loader's own error names the file
         return None
-    return sizes, "declares " + "x".join(map(str, sizes))
+    return sizes, "declares " + "x".join(map(str, sizes)), data_file
 
 
 def _series_files(folder: Path) -> list[Path]:
@@ -65,42 +84,17 @@ def _series_files(folder: Path) -> list[Path]:
     return [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
 
 
-def metaimage_fields(path: Path) -> dict[str, list[str]]:
-    """A MetaImage header's fields: text lines such as ``DimSize = 512 512 300``."""
-    with path.open("rb") as file:
-        lines = file.read(65536).decode("latin-1").splitlines()
-    return {k.strip(): v.split() for k, _, v in (line.partition("=") for line in lines)}
-
-
-def check_data_file(path: str | Path) -> None:
-    """A detached header names the file that holds its voxels (NRRD's ``data file``,
-    MetaImage's ``ElementDataFile``), and the loader opens whatever it names. That file must lie
-    in the header's own folder or below it: an uploaded or downloaded header must not make the
-    suite read another file of the machine (``/etc/shadow``, ``../../secret.bin``). A header
-    that does not read is left to the loader, which names the file."""
-    path = Path(path)
-    name = path.name.lower()
-    try:
-        if name.endswith((".nrrd", ".nhdr")):
-            import nrrd
-
-            header = nrrd.read_header(str(path))
-            data_file = header.get("datafile", header.get("data file"))
-        elif name.endswith((".mha", ".mhd")):
-            data_file = " ".join(metaimage_fields(path).get("ElementDataFile", [])) or None
-        else:
-            return
-    except Exception:
-        return
+def check_data_file(path: Path, data_file: str | None) -> None:
+    """A detached header names the file that holds its voxels, and the loader opens whatever it
+    names. That file must lie in the header's own folder or below it: an uploaded or downloaded
+    header must not make the suite read another file of the machine (``/etc/shadow``,
+    ``../../secret.bin``)."""
     if not data_file or data_file == "LOCAL":
         return
     folder = os.path.abspath(path.parent)
     listed = data_file.split()[0].upper() == "LIST"  # MetaImage: file names on the lines below, unchecked
-    if (
-        listed
-        or os.path.isabs(data_file)
-        or not os.path.normpath(os.path.join(folder, data_file)).startswith(folder + os.sep)
-    ):
+    inside = os.path.normpath(os.path.join(folder, data_file)).startswith(folder + os.sep)
+    if listed or os.path.isabs(data_file) or not inside:
         raise BadFileError(
             f"{path}: its header names the data file {data_file!r}, outside its own folder; "
             "a detached header is read with its data file beside it"
@@ -111,8 +105,7 @@ class LoadVolumed(MapTransform):
     """MONAI's ``LoadImage`` with channel first, checked to be one 3D volume of finite values
     (none of its formats has a nodata convention to fill NaN from); any failure
     names the file (a truncated ``.nii.gz`` otherwise surfaces as a bare ``EOFError``). A file
-    whose header declares more voxels than :mod:`cnnsuite.data.limits` allows is refused
-    before its voxels are read."""
+    its header alone refuses (:func:`check_header`) is never given to the loader."""
 
     def __init__(self, keys: str = "image") -> None:
         super().__init__(keys)
@@ -122,10 +115,7 @@ class LoadVolumed(MapTransform):
         data = dict(data)
         for key in self.keys:
             path = data[key]
-            declared = declared_size(path)
-            if declared is not None:
-                check_size(path, "volume", *declared)
-            check_data_file(path)
+            check_header(path)
             try:
                 volume = self.loader(path)
             except Exception as err:  # nibabel, pynrrd, pydicom and gzip each raise their own
