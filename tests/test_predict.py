@@ -54,6 +54,14 @@ def test_predict_a_single_image(recognition, tmp_path, capsys):
     other = folder / test.ids[1]
     main(["predict", "--ckpt", str(ckpt), "--input", str(other), "--out", str(tmp_path)])
     assert [p.name for p in (tmp_path / "pictures").iterdir()] == [f"{other.stem}.png"]
+    # a pictures/ that links elsewhere is not emptied: its files are not predict's
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.png").write_bytes(b"the user's")
+    shutil.rmtree(tmp_path / "pictures")
+    (tmp_path / "pictures").symlink_to(elsewhere)
+    main(["predict", "--ckpt", str(ckpt), "--input", str(other), "--out", str(tmp_path)])
+    assert (elsewhere / "keep.png").read_bytes() == b"the user's"
 
 
 def test_a_folder_with_a_bad_file_predicts_the_others_and_names_it(recognition, tmp_path, capsys):

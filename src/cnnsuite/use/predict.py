@@ -156,14 +156,18 @@ def predict_to_folder(
 def clear_earlier_pictures(out_dir: Path) -> None:
     """A folder an earlier ``predict`` wrote (its ``summary.json`` says so) loses that run's
     pictures before this one writes: predicting another folder of the same name into the same
-    default place would otherwise leave the earlier run's pictures beside the new ones."""
+    default place would otherwise leave the earlier run's pictures beside the new ones. Only
+    files directly in a real ``pictures/`` folder go: one that is a link leads elsewhere."""
+    folder = out_dir / "pictures"
     try:
         summary = json.loads((out_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return
-    if isinstance(summary, dict) and {"checkpoint", "input", "predicted", "failed"} <= summary.keys():
-        for picture in (out_dir / "pictures").glob("*.png"):
-            picture.unlink()
+    ours = isinstance(summary, dict) and {"checkpoint", "input", "predicted", "failed"} <= summary.keys()
+    if ours and folder.is_dir() and not folder.is_symlink():
+        for picture in folder.glob("*.png"):
+            if picture.is_file() and not picture.is_symlink():
+                picture.unlink()
 
 
 def summary_line(summary: dict, out_dir: Path) -> str:
