@@ -174,17 +174,20 @@ def resume_arguments(ckpt_path: str | Path, data: dict | None = None) -> tuple[s
     return class_path(model), args
 
 
-def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, ckpt_path, also: str = "") -> None:
-    """A run that read the user's own data is used again only on data the user names (``data``:
-    the datamodule arguments given): a checkpoint does not choose what is read, and without a
-    source the config's embedded default would be. ``also``: what else the command accepts."""
+def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, ckpt_path, also: str = "") -> bool:
+    """Whether ``data`` (the datamodule arguments given) names where the data is. A run that
+    read the user's own data is used again only on data the user names: a checkpoint does not
+    choose what is read, and without a source the config's embedded default would be.
+    ``also``: what else the command accepts, for the error."""
+    given = any(data.get(k) is not None for k in data_cls.source_hparams if k != "split_file")
     recorded = recorded_source(checkpoint, data_cls)
-    if recorded and not any(data.get(k) is not None for k in data_cls.source_hparams if k != "split_file"):
+    if recorded and not given:
         options = " ".join(f"--data.{k} {v}" for k, v in recorded.items())
         raise CheckpointError(
             f"{ckpt_path}: its run read your own data; a checkpoint does not choose what is read: give {options} "
             f"(or where that data is now{also})"
         )
+    return given
 
 
 def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, source: object) -> dict:
@@ -286,8 +289,8 @@ def rebuild(
     model = build_model(checkpoint, ckpt_path)
     data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
     data_args = follow_model(model, data_cls, data_arguments(checkpoint, data_cls, data, ckpt_path))
-    check_source_given(checkpoint, data_cls, data, ckpt_path, "; another folder of the same classes is tested whole")
-    given = any(k in data for k in data_cls.source_hparams if k != "split_file")
+    also = "; another folder of the same classes is tested whole"
+    given = check_source_given(checkpoint, data_cls, data, ckpt_path, also)
     datamodule = data_cls(**data_args)
     check_matches(model.class_names, model.hparams.get("in_channels"), datamodule, ckpt_path)
     check_model_takes_its_data(model, datamodule, ckpt_path)
