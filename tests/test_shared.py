@@ -172,6 +172,9 @@ def test_a_split_that_cannot_be_stratified_says_so():
     ids, labels = [f"{i}" for i in range(7)], [0, 0, 0, 0, 0, 1, 1]
     with pytest.warns(UserWarning, match="cannot be stratified"):
         stratified_split(ids, labels, 0.15, 0.15, seed=0)
+    # a class of one sample (a misspelt folder) is named as the user named it
+    with pytest.warns(UserWarning, match="class 'owl' has a single sample"):
+        stratified_split(ids, [0, 0, 0, 0, 0, 0, 2], 0.15, 0.15, seed=0, names=["cat", "dog", "owl"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stratified_split([f"{i}" for i in range(40)], [i % 2 for i in range(40)], 0.25, 0.25, seed=0)

@@ -43,7 +43,7 @@ from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
-from cnnsuite.data.splits import STAGES, split_off
+from cnnsuite.data.splits import STAGES, split_validation
 from cnnsuite.errors import ConfigError
 
 from .default_data import DEFAULT_CANVASES_PER_SCAN, DEFAULT_SEED, compose_canvas
@@ -230,9 +230,10 @@ class LocalizationDataModule(ImageDataModule):
         samples = self._samples
         train = [i for i in samples if self._fixed.get(i) == "train"]
         test = [i for i in samples if self._fixed.get(i) == "test"]
-        fraction = min(0.5, self.hparams.val_fraction * len(samples) / max(len(train), 1))
-        train, val, _ = split_off(train, [samples[i].label for i in train], fraction, self.hparams.seed)
-        return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+        hp = self.hparams
+        labels = [samples[i].label for i in train]
+        train, val = split_validation(train, labels, hp.val_fraction, len(samples), hp.seed, self.class_names)
+        return {"train": train, "val": val, "test": sorted(test)}
 
     def check_samples(self, ids: list[str]) -> None:
         if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built

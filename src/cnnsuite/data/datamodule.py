@@ -541,14 +541,14 @@ class TaskDataModule(L.LightningDataModule):
             self._check_known(splits, source)
             return splits
         samples = self.samples()
-        hp = self.hparams
+        hp, names = self.hparams, self.class_names
         if self.split_folders:
-            splits, note = splits_from_folders(samples, self.split_folders, hp.val_fraction, hp.seed)
+            splits, note = splits_from_folders(samples, self.split_folders, hp.val_fraction, hp.seed, names)
             if note:
                 rank_zero_warn(f"{self.root}: {note}")
             return splits
         ids, labels = zip(*samples, strict=True)
-        return stratified_split(ids, labels, hp.val_fraction, hp.test_fraction, hp.seed)
+        return stratified_split(ids, labels, hp.val_fraction, hp.test_fraction, hp.seed, names)
 
     def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
         """The stage's loader. The training one (``shuffle``) resumes exactly in the middle of

@@ -33,12 +33,17 @@ def find_split_folders(root: Path) -> dict[str, str] | None:
 
 
 def splits_from_folders(
-    samples: Sequence[tuple[str, int]], folders: dict[str, str], val_fraction: float, seed: int
+    samples: Sequence[tuple[str, int]],
+    folders: dict[str, str],
+    val_fraction: float,
+    seed: int,
+    names: Sequence[str] | None = None,
 ) -> tuple[dict[str, list[str]], str | None]:
     """``(split, note)``: each sample (id, label) in the split of the folder its id starts
     with; a missing val split carved from train (``val_fraction`` of it, stratified by
-    ``seed``), a missing test split the val folder's samples. ``note`` says how a missing
-    split was formed (None when every split has its folder)."""
+    ``seed``; ``names``, the class names, name a class it cannot be stratified by), a missing
+    test split the val folder's samples. ``note`` says how a missing split was formed (None
+    when every split has its folder)."""
     stage_of = {name: stage for stage, name in folders.items()}
     by_stage: dict[str, list[tuple[str, int]]] = {stage: [] for stage in STAGES}
     for sample_id, label in samples:
@@ -49,7 +54,7 @@ def splits_from_folders(
         note = f"no test folder: {folders['val']}/ ({len(by_stage['test'])} files) is the test split"
     if "val" not in folders or "test" not in folders:
         ids, labels = (list(x) for x in zip(*by_stage["train"], strict=True))
-        train, val, _ = split_off(ids, labels, val_fraction, seed)
+        train, val, _ = split_off(ids, labels, val_fraction, seed, names)
         by_stage["train"], by_stage["val"] = [(i, 0) for i in train], [(i, 0) for i in val]
         carved = f"validation is {val_fraction:g} of {folders['train']}/, drawn with seed {seed}"
         note = f"{note}; {carved}" if note else f"no val folder: {carved}"

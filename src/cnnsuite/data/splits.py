@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,28 +22,34 @@ STAGES = ("train", "val", "test")
 
 
 def stratified_split(
-    ids: Sequence[str], labels: Sequence, val_fraction: float, test_fraction: float, seed: int
+    ids: Sequence[str],
+    labels: Sequence,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    names: Sequence[str] | None = None,
 ) -> dict[str, list[str]]:
     """Split ``ids`` so each class keeps its share in train, val and test; ``labels`` are
-    class indices, or multi-hot vectors (each label then keeps its share as near as it can)."""
+    class indices, or multi-hot vectors (each label then keeps its share as near as it can);
+    ``names``, the class names, name a class that cannot be stratified."""
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
-    rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed)
-    train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed)
+    rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed, names)
+    train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed, names)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
 def split_validation(
-    train: list[str], labels: list, val_fraction: float, total: int, seed: int
+    train: list[str], labels: list, val_fraction: float, total: int, seed: int, names: Sequence[str] | None = None
 ) -> tuple[list[str], list[str]]:
     """``(train, val)`` for data that brings its train and test splits but no validation:
     ``val_fraction`` of all ``total`` samples, drawn from train (at most half of it) and
     stratified by ``labels`` where :func:`split_off` can."""
     check_fraction("val_fraction", val_fraction)
     fraction = min(0.5, val_fraction * total / max(len(train), 1))
-    kept, val, _ = split_off(list(train), list(labels), fraction, seed)
+    kept, val, _ = split_off(list(train), list(labels), fraction, seed, names)
     return sorted(kept), sorted(val)
 
 
@@ -51,10 +58,10 @@ def check_fraction(key: str, value: float) -> None:
         raise ConfigError(f"data.{key}={value}: expected a fraction between 0 and 1")
 
 
-def split_off(ids: list[str], labels: list, fraction: float, seed: int):
+def split_off(ids: list[str], labels: list, fraction: float, seed: int, names: Sequence[str] | None = None):
     """``(kept ids, split-off ids, kept labels)``, stratified when every class can be (and
-    said out loud when not: a class may then be missing from a split). Multi-hot labels are
-    split by iterative stratification."""
+    said out loud when not, naming the classes by ``names`` where given: a class may then be
+    missing from a split). Multi-hot labels are split by iterative stratification."""
     if is_multi_hot(labels):
         targets = np.stack(labels)
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
@@ -65,13 +72,25 @@ def split_off(ids: list[str], labels: list, fraction: float, seed: int):
             ids, labels, test_size=fraction, random_state=seed, stratify=labels
         )
     except ValueError as err:  # too few samples of some class, or fewer split-off samples than classes
+        reason = lone_classes(labels, names) or str(err)
         warnings.warn(
-            f"the split of {len(ids)} samples cannot be stratified by class ({err}); "
+            f"the split of {len(ids)} samples cannot be stratified by class ({reason}); "
             "splitting at random, so a class may be missing from a split",
             stacklevel=3,
         )
         kept, out, kept_labels, _ = train_test_split(ids, labels, test_size=fraction, random_state=seed)
     return kept, out, kept_labels
+
+
+def lone_classes(labels: list, names: Sequence[str] | None) -> str:
+    """The most common reason a split cannot be stratified, in the user's terms: the classes
+    with a single sample (a misspelt folder, a stray label), by name rather than by
+    scikit-learn's index; '' when there are none."""
+    lone = sorted(label for label, count in Counter(labels).items() if count < 2)
+    if not lone:
+        return ""
+    listed = ", ".join(repr(names[c]) if names else str(c) for c in lone)
+    return f"{'class' if len(lone) == 1 else 'classes'} {listed} {'has' if len(lone) == 1 else 'have'} a single sample"
 
 
 def read_split_lists(root: Path) -> dict[str, list[str]] | None:
