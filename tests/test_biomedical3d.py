@@ -287,8 +287,9 @@ def test_a_detached_header_reads_only_a_data_file_beside_it(tmp_path, monkeypatc
         (scans / name).write_text("\n".join(["NRRD0004", *fields, f"data file: {data_file}", "", ""]))
         return str(scans / name)
 
-    read = LoadVolumed()({"image": header("beside.nrrd", "raw/v.raw")})["image"]
-    assert read.shape == (1, 6, 6, 6) and float(read.sum()) == float(volume.sum())
+    for name in ("beside.nrrd", "beside.nhdr"):  # .nhdr: MONAI's own choice would be its DICOM reader
+        read = LoadVolumed()({"image": header(name, "raw/v.raw")})["image"]
+        assert read.shape == (1, 6, 6, 6) and float(read.sum()) == float(volume.sum())
     monkeypatch.chdir(scans)  # named from its own folder
     assert LoadVolumed()({"image": "beside.nrrd"})["image"].shape == (1, 6, 6, 6)
     for name, data_file in (
@@ -297,6 +298,18 @@ def test_a_detached_header_reads_only_a_data_file_beside_it(tmp_path, monkeypatc
     ):
         with pytest.raises(BadFileError, match=rf"{name}: its header names the data file .*, outside its own folder"):
             LoadVolumed()({"image": header(name, data_file)})
+
+
+def test_metaimage_without_itk_says_what_it_needs(tmp_path, monkeypatch):
+    """MetaImage is ITK's format: without ITK a ``.mha`` is one line saying so, where MONAI's
+    own choice of reader gave pydicom's complaint about a missing DICOM preamble."""
+    from cnnsuite.tasks.biomedical3d import readers
+
+    monkeypatch.setattr(readers, "has_itk", False)
+    header = "ObjectType = Image\nNDims = 3\nDimSize = 6 6 6\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n"
+    (tmp_path / "v.mha").write_bytes(header.encode() + np.zeros(216, np.float32).tobytes())
+    with pytest.raises(BadFileError, match=r"v\.mha: MetaImage is read with ITK, which is not installed"):
+        readers.LoadVolumed()({"image": str(tmp_path / "v.mha")})
 
 
 def test_label_rows_are_checked(tmp_path):

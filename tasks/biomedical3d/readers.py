@@ -10,6 +10,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.data import ImageReader, NrrdReader
+from monai.data.image_reader import has_itk
 from monai.transforms import (
     LoadImage,
     MapTransform,
@@ -21,7 +23,8 @@ from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError, MissingFileError
 
-#: single-file volumes MONAI's LoadImage reads (a DICOM series is a folder of ``.dcm`` files)
+#: single-file volumes MONAI's LoadImage reads (a DICOM series is a folder of ``.dcm`` files;
+#: MetaImage needs ITK installed)
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -101,6 +104,20 @@ def check_data_file(path: Path, data_file: str | None) -> None:
         )
 
 
+def reader_for(path: str | Path) -> ImageReader | None:
+    """The reader of a format MONAI's ``LoadImage`` would not pick itself, None where it picks:
+    a detached NRRD header (``.nhdr``) is pynrrd's, but MONAI's ``NrrdReader`` claims only
+    ``.nrrd``, so ``LoadImage`` hands it to the DICOM reader. MetaImage is read by ITK alone;
+    without ITK installed it is one line saying so, not pydicom's complaint about a missing
+    DICOM preamble."""
+    name = str(path).lower()
+    if name.endswith(".nhdr"):
+        return NrrdReader()
+    if name.endswith((".mha", ".mhd")) and not has_itk:
+        raise BadFileError(f"{path}: MetaImage is read with ITK, which is not installed (pip install itk)")
+    return None
+
+
 class LoadVolumed(MapTransform):
     """MONAI's ``LoadImage`` with channel first, checked to be one 3D volume of finite values
     (none of its formats has a nodata convention to fill NaN from); any failure
@@ -116,8 +133,9 @@ class LoadVolumed(MapTransform):
         for key in self.keys:
             path = data[key]
             check_header(path)
+            reader = reader_for(path)
             try:
-                volume = self.loader(path)
+                volume = self.loader(path, reader=reader)
             except Exception as err:  # nibabel, pynrrd, pydicom and gzip each raise their own
                 raise BadFileError(f"{path}: cannot read as a volume ({type(err).__name__}: {err})") from None
             if volume.dim() != 4 or volume.shape[0] != 1:
