@@ -8,7 +8,8 @@ one's own help).
     cnnsuite predict --ckpt .../best.ckpt --input photos/ [--out DIR]
 
 Model and data are chosen in the config by class path (subclass mode); the model's
-``num_classes``, ``in_channels`` and ``class_names`` are linked from the datamodule. Every
+arguments that follow the data (``num_classes``, ``in_channels``, ``class_names`` and the rest
+of :data:`cnnsuite.contract.LINKED`) are linked from the datamodule. Every
 run writes under ``trainer.default_root_dir``: ``version_N/`` with the config, TensorBoard
 events, ``metrics.csv``, ``splits.json``, ``checkpoints/{best,last}.ckpt`` and, after fit,
 ``evaluation/``. LightningCLI's own ``predict`` is not a command (``cnnsuite predict`` is the

@@ -12,7 +12,7 @@ package installed with pip is found the same way and is a task like ours. The re
 command needs from a task is a method of its classes, with a default in the base classes:
 how to find the backbone (:meth:`~cnnsuite.training.task.TaskModule.feature_backbone`) and where its
 weights sit in a checkpoint (``backbone_prefix``), what Grad-CAM scores
-(:meth:`~cnnsuite.training.task.TaskModule.inspection_target`), how a raw file is read and a
+(:meth:`~cnnsuite.training.task.TaskModule.inspection_network`), how a raw file is read and a
 prediction described (``read_input``, ``describe_outputs``), what an export carries
 (``describe_preprocessing``, ``describe_channels``), the direction of each logged metric
 (``metric_modes``).

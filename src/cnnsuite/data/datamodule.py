@@ -53,7 +53,7 @@ from .folders import is_listed, list_classes, list_samples
 from .inputs import Input
 from .labels import LABELS_CSV, multi_hot, read_labels_csv
 from .prepare import prepare_once
-from .resumable import EpochSampler, pass_seed, resumable, run_seed
+from .resumable import EpochSampler, ResumableDataLoader, pass_seed, run_seed
 from .shards import PreparedFiles, StreamedItems, check_shards, is_prepared, is_url, read_record, tensors_from_json
 from .splitfolders import find_split_folders, splits_from_folders
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
@@ -116,8 +116,7 @@ class TaskDataModule(L.LightningDataModule):
     default_name: str = ""
     #: init arguments that are paths: stored absolute, so a checkpoint finds its data from any folder
     path_hparams: tuple[str, ...] = ("data_dir", "data_root", "split_file")
-    #: the DataLoader class and how it batches items (tasks may pick MONAI's, a list collate...)
-    loader_class: type[DataLoader] = DataLoader
+    #: how the loader batches items (None: torch's default collate; a list for detection's targets)
     collate_fn = None
     #: init arguments that change what ``write_default`` generates (recorded in the data folder)
     generation_hparams: tuple[str, ...] = ()
@@ -564,14 +563,14 @@ class TaskDataModule(L.LightningDataModule):
             "collate_fn": type(self).collate_fn,
         }
         if not shuffle:
-            return self.loader_class(self.datasets[stage], generator=self._rank_generator(), **common)
+            return DataLoader(self.datasets[stage], generator=self._rank_generator(), **common)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         seed, epoch = run_seed(world), self._fit_epoch()
         sampler = EpochSampler(self.datasets[stage], num_replicas=world, rank=rank, seed=seed, epoch=epoch)
         # the rank's own generator (see _rank_generator), re-seeded by the loader each epoch
         generator = torch.Generator().manual_seed(pass_seed(seed, epoch, rank))
-        return resumable(self.loader_class)(self.datasets[stage], sampler=sampler, generator=generator, **common)
+        return ResumableDataLoader(self.datasets[stage], sampler=sampler, generator=generator, **common)
 
     @property
     def num_workers(self) -> int:

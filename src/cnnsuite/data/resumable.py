@@ -9,7 +9,7 @@ re-draws its batches (Lightning warns "not resumable"). Here:
 - :class:`EpochSampler` is a ``DistributedSampler`` (Lightning leaves it in place under
   DDP, where it would have put its own): the order of an epoch is a function of
   ``(seed, epoch)`` only, each rank taking its shard of it, and a pass can start part-way.
-- :class:`ResumableLoader` (mixed into the datamodule's loader class) counts the batches
+- :class:`ResumableDataLoader` (the datamodule's training loader) counts the batches
   the epoch's pass has handed out; its state is ``(seed, epoch, batches)``, and a restored
   loader leaves out the batches the run has already trained on. Its generator is re-seeded
   from ``(seed, epoch, rank)`` at the start of each epoch, so a pass draws nothing from the
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from functools import cache
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -81,10 +80,10 @@ class EpochSampler(DistributedSampler):
         return iter(indices[start:])
 
 
-class ResumableLoader:
-    """Mixed in before a ``DataLoader`` class whose sampler is an :class:`EpochSampler`:
+class ResumableDataLoader(DataLoader):
+    """torch's ``DataLoader`` whose sampler is an :class:`EpochSampler`, resumable:
     ``state_dict``/``load_state_dict`` for Lightning, and the epoch's pass counted. With any
-    other sampler (Lightning's ``overfit_batches`` puts a sequential one) it is that loader."""
+    other sampler (Lightning's ``overfit_batches`` puts a sequential one) it is a plain one."""
 
     _batches = 0  # handed out by the epoch's pass (a restored one included)
     _resume_at = 0  # batches the next epoch pass leaves out (set by load_state_dict)
@@ -119,19 +118,3 @@ class ResumableLoader:
         sampler.epoch = int(state["epoch"])
         sampler._unclaimed = True
         self._resume_at = int(state["batches"])
-
-
-class ResumableDataLoader(ResumableLoader, DataLoader):
-    """torch's ``DataLoader``, resumable."""
-
-
-@cache
-def resumable(loader_class: type[DataLoader]) -> type[DataLoader]:
-    """``loader_class`` with :class:`ResumableLoader` mixed in (one class per loader class)."""
-    if issubclass(loader_class, ResumableLoader):
-        return loader_class
-    if loader_class is DataLoader:
-        return ResumableDataLoader
-    # ResumableMonaiDataLoader, say
-    name = f"Resumable{loader_class.__module__.split('.')[0].title()}{loader_class.__name__}"
-    return type(name, (ResumableLoader, loader_class), {"__module__": __name__})

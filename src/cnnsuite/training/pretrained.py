@@ -62,7 +62,7 @@ class Family:
 
     def channel_names(self, state: Mapping[str, torch.Tensor]) -> tuple[str, ...] | None:
         """The names of the input channels of ``state``'s stem (a file of this family as
-        :func:`resnet_state` renamed it); None where they are unnamed."""
+        its keys renamed by :data:`RESNET_NAMES`); None where they are unnamed."""
         stem = state.get(RESNET_STEM)
         return self.channels.get(stem.shape[1]) if stem is not None and stem.dim() > 1 else None
 
@@ -97,7 +97,7 @@ RESNET_NAMES = {
     "layer3.": "stages.2.0.",
     "layer4.": "stages.3.0.",
 }
-#: the first convolution's kernel, as :func:`resnet_state` names it
+#: the first convolution's kernel, under its name after :data:`RESNET_NAMES`
 RESNET_STEM = RESNET_NAMES["conv1."] + "weight"
 _DATA_PARALLEL = "module."
 
