@@ -9,12 +9,12 @@ from itertools import islice
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichModelSummary
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.datamodule import TaskDataModule
 from ..errors import ConfigError
-from .rng import generators_untouched
 
 
 class PreciseBatchNorm(L.Callback):
@@ -92,7 +92,7 @@ class PreciseBatchNorm(L.Callback):
         datamodule = trainer.datamodule
         # The batches' shuffle and augmentation draw random numbers: drawn aside, so that how
         # often a run validates does not change what its training draws.
-        with torch.no_grad(), generators_untouched():
+        with torch.no_grad(), isolate_rng():
             for batch in islice(batches_aside(trainer.train_dataloader), self.num_batches):
                 batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                 if isinstance(datamodule, TaskDataModule):  # Lightning's hook skips it outside training

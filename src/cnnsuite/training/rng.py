@@ -1,11 +1,9 @@
-"""The random generators' states: saved in a checkpoint, and kept aside around work that must
-not move them."""
+"""The random generators' states, saved in a checkpoint as tensors and plain values (Lightning's
+own ``_collect_rng_states`` holds NumPy arrays, which ``weights_only=True`` refuses)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -32,15 +30,3 @@ def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-@contextmanager
-def generators_untouched() -> Iterator[None]:
-    """Run a block that draws random numbers (a loader's shuffle or augmentation) and leave
-    every generator as it was before: the training that follows draws what it would have
-    drawn without the block."""
-    states = rng_states()
-    try:
-        yield
-    finally:
-        set_rng_states(states)
