@@ -24,8 +24,8 @@ ONNX Runtime network. Faster R-CNN and the references pick boxes between their s
 through ``forward`` and are not exported.
 
 Scoring is torchmetrics' ``MeanAveragePrecision`` with the ``faster_coco_eval`` backend
-(pycocotools' ``COCOeval`` in C++: the same figures, tested against pycocotools, in a third of
-its time, which every validation epoch pays): ``map`` (IoU .50:.95), ``map_50``, ``map_75``,
+(pycocotools' ``COCOeval`` in C++: the same figures, tested against pycocotools, in less of
+the time every validation epoch pays): ``map`` (IoU .50:.95), ``map_50``, ``map_75``,
 size-bucketed and recall figures and per-class AP as ``test/ap/<class>``. Objects fall in
 COCO's size buckets by their annotation's ``area`` (a polygon's, in real exports) as in
 pycocotools' own evaluation, not by their box. Evaluation adds a grid of test images with

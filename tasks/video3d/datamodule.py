@@ -217,8 +217,8 @@ class VideoDataModule(TaskDataModule):
       each video per training epoch. The test split (and prediction) scores every uniform clip
       of a video, and so does validation by default (``val_clips: all``); ``val_clips: one``
       scores only each video's middle clip (PySlowFast's single validation view), for videos
-      long enough that validating every clip each epoch costs more than it tells: on the
-      embedded 3-s videos it picked weaker checkpoints (benchmarks/results/history-video3d.md).
+      long enough that validating every clip each epoch costs more than it tells (what it
+      picked on the embedded videos: benchmarks/results/history-video3d.md).
     - ``augment``: random resized crops (one per clip, of its resized and centre-cropped
       frames, made on the batch after the transfer) in training; ``hflip`` adds horizontal
       flips — off by default, since flipping turns "left" into "right".

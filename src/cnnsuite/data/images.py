@@ -15,8 +15,8 @@ fault, no message) on any error libpng reports — most damaged PNGs, one upload
 serve`` included — where Pillow raises an error that names the file. Pillow reads 16-bit grey
 PNGs at 16 bits and 16-bit colour PNGs at 8 bits a channel (the same [0, 1] range).
 
-``decode_image`` has no pixel limit either (a 1 MB PNG declaring 30,000 × 30,000 pixels took
-40 s and 4.4 GB), so every file's header is read first and a file declaring more pixels than
+``decode_image`` has no pixel limit either (a small PNG may declare 30,000 × 30,000 pixels, and
+the decoder allocates them all), so every file's header is read first and a file declaring more pixels than
 :mod:`cnnsuite.data.limits` allows is refused before anything decodes it.
 """
 

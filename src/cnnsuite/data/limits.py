@@ -1,7 +1,8 @@
 """How large a file may say it is before anything decodes it.
 
-A decoder allocates what a file's header declares: a 1 MB PNG declaring 30,000 × 30,000
-pixels took torchvision's ``decode_image`` (which has no limit of its own) 40 s and 4.4 GB.
+A decoder allocates what a file's header declares: a small PNG may declare 30,000 × 30,000
+pixels, and torchvision's ``decode_image`` (which has no limit of its own) allocates and fills
+them all, for gigabytes and tens of seconds.
 Every reader of the suite reads the size a file declares from its header first and refuses
 one over the limit with a :class:`BadFileError` that names it, before decoding anything.
 

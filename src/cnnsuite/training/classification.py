@@ -51,8 +51,8 @@ class ClassificationModule(TaskModule):
     channels of the same name (``backbone_weights``).
 
     ``channels_last`` stores activations channels-last (NHWC / NDHWC): oneDNN's
-    convolutions run faster that way on CPU (a 3D CNN trained 2.2× faster here) and
-    tensor cores prefer it on GPU.
+    convolutions run faster that way on CPU (measure it per task: ``cnnsuite bench --sections
+    recipe``) and tensor cores prefer it on GPU.
 
     A multi-label model (``multilabel``) logs ``map_macro``, ``map_micro`` (average precision,
     macro and micro), ``f1_macro``, ``f1_micro`` (at the thresholds the epoch ran with) and

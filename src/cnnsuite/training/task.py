@@ -207,8 +207,8 @@ class TaskModule(L.LightningModule):
         """Add one batch's loss terms to their epoch means, logged as ``<stage>/<term>`` when
         the epoch ends (``loss`` on the progress bar): what ``self.log(..., on_step=False,
         on_epoch=True, batch_size=...)`` logs, without its cost. Each ``self.log`` call walks
-        the logged value's whole state to move it to the value's device, ~1 ms on a CPU: on a
-        small network that is 10 % of a training step per logged term."""
+        the logged value's whole state to move it to the value's device, which on a CPU weighs
+        on a small network's training step once per logged term."""
         means = self._loss_means.setdefault(stage, {})
         for name, value in terms.items():
             mean = means.get(name)
