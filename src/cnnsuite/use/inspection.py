@@ -38,7 +38,7 @@ import torch
 from monai.visualize import GradCAM
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.utils import make_grid
 
@@ -82,7 +82,7 @@ def held_out_batches(datamodule: TaskDataModule, max_samples: int) -> Iterator:
     if len(dataset) == 0:
         raise ConfigError(f"{datamodule.root}: the run's test split is empty; give a sample with --input")
     picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), max_samples)).astype(int)).tolist()
-    loader = datamodule.loader_class(
+    loader = DataLoader(
         Subset(dataset, picked), batch_size=datamodule.hparams.batch_size, collate_fn=type(datamodule).collate_fn
     )
     for batch in loader:
