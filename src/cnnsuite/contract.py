@@ -31,9 +31,10 @@ from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from .classpath import class_path
 from .data import TaskDataModule
 from .errors import ConfigError
-from .training.task import TaskModule, class_path
+from .training.task import TaskModule
 
 #: the entry-point group tasks are registered under
 GROUP = "cnnsuite.tasks"

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..classpath import class_path
 from ..errors import ConfigError
 from .networks import StagedBackbone
 from .registry import register_backbone
@@ -154,7 +155,7 @@ def _check_kwargs(name: str, cls: type, kwargs: dict, fixed: Sequence[str]) -> N
     if unknown:
         raise ConfigError(
             f"model.backbone_kwargs for {name!r}: {', '.join(unknown)}: not arguments of "
-            f"{cls.__module__}.{cls.__qualname__} (it takes {', '.join(sorted(allowed))}); "
+            f"{class_path(cls)} (it takes {', '.join(sorted(allowed))}); "
             "a config's kwargs of another backbone are dropped with --model.backbone_kwargs '{}'"
         )
 

@@ -38,12 +38,13 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..classpath import class_path
 from ..contract import LINKED, Task, registered_tasks
 from ..data import TaskDataModule
 from ..errors import ConfigError
 from ..training.callbacks import PreciseBatchNorm
 from ..training.schedules import CosineAnnealingLR
-from ..training.task import TaskModule, class_path
+from ..training.task import TaskModule
 
 SECTIONS = ("models", "recipe", "pipeline", "endtoend", "scale")
 #: CPU flags that decide how fast convolutions and matmuls can run

@@ -47,6 +47,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from ..classpath import class_path
 from ..errors import ConfigError
 from .cache import DecodedCache
 from .folders import is_listed, list_classes, list_samples
@@ -187,8 +188,7 @@ class TaskDataModule(L.LightningDataModule):
             )
         files = PreparedFiles(location)  # one S3 client for the record and every shard
         record = read_record(files)
-        ours = f"{type(self).__module__}.{type(self).__qualname__}"
-        if record["datamodule"] != ours:
+        if record["datamodule"] != class_path(self):
             task = record["task"]
             raise ConfigError(f"{location}: prepared for the task {task} ({record['datamodule']}), not {name}")
         free = {*self.local_hparams(), *self.source_hparams, *self.after_decoding_hparams}

@@ -57,6 +57,7 @@ from typing import TypeVar
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..classpath import class_path
 from ..errors import ConfigError
 from .cache import MIB
 from .splits import STAGES
@@ -593,7 +594,7 @@ def _record(datamodule, task: str, items: dict[str, list[str]], files: dict[str,
     held = {i: None for ids in datamodule.splits.values() for i in ids}  # the split's samples, in order
     return {
         "task": task,
-        "datamodule": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
+        "datamodule": class_path(datamodule),
         "hyper_parameters": {k: datamodule.hparams.get(k) for k in datamodule.init_parameters() if k != "data_dir"},
         "raw_data_dir": datamodule.hparams.get("data_dir"),
         "splits": datamodule.splits,
@@ -656,9 +657,9 @@ def prepare_main(argv: list[str]) -> None:
     if not cls.streams_prepared:
         streamed = ", ".join(sorted(n for n, t in tasks.items() if t.datamodule.streams_prepared))
         raise ConfigError(f"--task {args.task}: not supported yet for {args.task} (streamed now: {streamed})")
-    class_path = section.get("class_path", f"{cls.__module__}.{cls.__qualname__}")
-    if class_path != f"{cls.__module__}.{cls.__qualname__}":
-        raise ConfigError(f"{config_path}: data.class_path {class_path} is not {args.task}'s datamodule")
+    named = section.get("class_path", class_path(cls))
+    if named != class_path(cls):
+        raise ConfigError(f"{config_path}: data.class_path {named} is not {args.task}'s datamodule")
     init_args = {**section.get("init_args", {}), **data_options(args, extra, parser)}
     unknown = sorted(set(init_args) - set(cls.init_parameters()))
     if unknown:

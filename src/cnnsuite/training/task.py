@@ -31,6 +31,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from ..backbone import InputAffine, StagedBackbone
+from ..classpath import class_path
 from ..data.inputs import Input
 from ..errors import ConfigError, DivergedError
 from ..use.inspectable import ClassScores, Network, middle_frame, same
@@ -39,11 +40,6 @@ from .pretrained import fit_channels, weights_metadata
 from .rng import rng_states, set_rng_states
 from .schedules import CosineAnnealingLR
 from .transfer import CHANNEL_MODES, backbone_state, source_channel_names, transfer_backbone
-
-
-def class_path(obj: object) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def channel_values(meta: dict, key: str) -> list[float]:

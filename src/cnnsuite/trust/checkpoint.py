@@ -29,6 +29,7 @@ import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..classpath import class_path
 from ..contract import trusted_class as registered_class
 from ..contract import trusted_classes
 from ..data import TaskDataModule
@@ -36,7 +37,7 @@ from ..data.splits import check_splits, load_splits
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
-from ..training.task import TaskModule, class_path
+from ..training.task import TaskModule
 from .untrusted import check_finite, load_weights_only
 
 #: the key under which :class:`~cnnsuite.training.task.TaskModule` records its run's classes

@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..classpath import class_path
 from ..contract import task_of
 from ..data import TaskDataModule
 from ..errors import ConfigError
-from ..training.task import TaskModule, class_path
+from ..training.task import TaskModule
 from .predict import Predictor
 
 #: format → file ending
