@@ -140,3 +140,22 @@ def test_a_checkpoints_class_is_looked_up_in_its_own_task_first(monkeypatch):
     assert contract.trusted_class("os.system") is None
     assert sorted(set(loaded)) == sorted(registered_tasks())
     registered_tasks.cache_clear()
+
+
+def test_a_model_its_checkpoints_could_not_rebuild_is_refused_before_it_trains():
+    """A task's model that takes fewer arguments than its checkpoints record (here one that
+    loads backbone_weights but takes no backbone_weights_meta, the record of their
+    normalisation, nor its parent's other arguments) is refused with one line before it trains
+    (``fit`` calls the check once the classes are built), not after, at its evaluation and at
+    every later load."""
+    from cnnsuite.tasks.recognition2d.module import RecognitionModule
+
+    from cnnsuite.trust.checkpoint import check_rebuildable
+
+    class NarrowModule(RecognitionModule):
+        def __init__(self, num_classes: int = 3, backbone_weights: str | None = None) -> None:
+            super().__init__(num_classes=num_classes, backbone_weights=backbone_weights)
+
+    check_rebuildable(RecognitionModule(num_classes=3))
+    with pytest.raises(ConfigError, match=r"NarrowModule does not take .*backbone_weights_meta.*, which its"):
+        check_rebuildable(NarrowModule())

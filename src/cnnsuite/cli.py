@@ -66,10 +66,11 @@ from .training.runs import (
     RunConfig,
     default_loggers,
     default_output,
+    newest_last_checkpoint,
     run_version,
 )
 from .training.task import TaskModule
-from .trust.checkpoint import check_matches, data_options, resume_arguments
+from .trust.checkpoint import check_matches, check_rebuildable, data_options, resume_arguments
 
 #: LightningCLI's warning when it is given ``args`` while the process has a command line of its
 #: own: from Python (``main([...])``, a sweep's trials), that command line is the caller's
@@ -235,6 +236,7 @@ class CnnSuiteCLI(LightningCLI):
             ckpt_path, args = self.resumed
             names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
             check_matches(names, args.get("in_channels"), self.datamodule, ckpt_path)
+        check_rebuildable(self.model)
         check_model_fits_data(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs):
@@ -297,16 +299,6 @@ def result_line(best: Path, monitor: str | None, score, metrics: dict[str, float
     tested = f"; {test_key} {metrics[test_key]:.4f}" if test_key in metrics else ""
     where = f"; evaluation in {out_dir}/" if out_dir is not None else "; not evaluated (--evaluate false)"
     return f"result: {best}{chosen}{tested}{where}"
-
-
-def newest_last_checkpoint(root: Path) -> Path | None:
-    """``<root>/version_N/checkpoints/last.ckpt`` of the highest N that has one."""
-    found = sorted(
-        (int(m[1]), path)
-        for path in Path(root).glob("version_*/checkpoints/last.ckpt")
-        if (m := re.fullmatch(r"version_(\d+)", path.parent.parent.name))
-    )
-    return found[-1][1] if found else None
 
 
 def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:

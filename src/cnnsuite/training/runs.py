@@ -63,6 +63,16 @@ def next_version(root: Path) -> int:
     return max(found, default=-1) + 1
 
 
+def newest_last_checkpoint(root: Path) -> Path | None:
+    """``<root>/version_N/checkpoints/last.ckpt`` of the highest N that has one."""
+    found = sorted(
+        (int(m[1]), path)
+        for path in Path(root).glob("version_*/checkpoints/last.ckpt")
+        if (m := _VERSION_DIR.match(path.parent.parent.name))
+    )
+    return found[-1][1] if found else None
+
+
 def run_version(root: Path, ckpt_path: str | os.PathLike | None) -> int:
     """The version of this run, the same in every process of it: the resumed run's, else the
     next free one, decided by the first process and inherited by the ranks Lightning's DDP

@@ -132,11 +132,11 @@ def probe(argv: list[str], space: dict):
     trial would: a key the config does not take, or a value it refuses, fails here before any
     trial starts. Returns the built trainer, whose checkpoint callback holds the task's monitor
     and direction as a run resolves them."""
-    from ..cli import CnnSuiteCLI, task_config_args
+    from ..cli import ARGS_AND_ARGV, CnnSuiteCLI, task_config_args
 
     first = {k: d.choices[0] if hasattr(d, "choices") else d.low for k, d in space.items()}
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        warnings.filterwarnings("ignore", message=ARGS_AND_ARGV)
         cli = CnnSuiteCLI(args=[*task_config_args(argv), *overrides(first), "--trainer.logger", "false"], run=False)
     return cli.trainer
 

@@ -93,12 +93,19 @@ def init_args(hparams: object, source: object, what: str = "hyper_parameters") -
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
+def signature_parser(cls: type) -> ArgumentParser:
+    """A parser of ``cls.__init__``'s arguments, under ``args``, as jsonargparse reads them (a
+    ``**kwargs`` followed into the parent class's)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "args", fail_untyped=False, sub_configs=False)
+    return parser
+
+
 def check_signature(cls: type, args: dict, source: object, what: str) -> None:
     """``args`` must be arguments of ``cls.__init__``, each of its declared type. jsonargparse
     checks them as it checks a config (no class is imported or instantiated: a ``class_path``
     inside a ``dict`` argument stays a dict, one in a typed argument is a type error)."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(cls, "args", fail_untyped=False, sub_configs=False)
+    parser = signature_parser(cls)
     try:
         parser.parse_object({"args": args}, defaults=False)
     except Exception as err:  # jsonargparse's ArgumentError, or a type's own error on a strange value
@@ -107,6 +114,24 @@ def check_signature(cls: type, args: dict, source: object, what: str) -> None:
         reason = " ".join(filter(None, [*lines[:2], given])).replace('Parser key "args.', 'key "')
         reason = reason.replace("Group 'args' does not accept option", "unknown argument")
         raise CheckpointError(f"{source}: its {what} do not fit {cls.__name__}: {reason}") from None
+
+
+def check_rebuildable(model: TaskModule) -> None:
+    """Refuse, before it trains, a model whose checkpoints :func:`check_signature` would refuse:
+    every hyper-parameter it records (the arguments the CLI links from the data among them)
+    and, where it loads ``backbone_weights``, the ``backbone_weights_channels`` and
+    ``backbone_weights_meta`` recorded with them must be arguments of its class. A task's own
+    model that takes fewer would train, then fail at its evaluation and at every later load."""
+    recorded = set(init_args(dict(model.hparams), class_path(model)))
+    if "backbone_weights" in recorded:
+        recorded |= {"backbone_weights_channels", "backbone_weights_meta"}
+    missing = sorted(recorded - set(signature_parser(type(model)).get_defaults()["args"].keys()))
+    if missing:
+        raise ConfigError(
+            f"{class_path(model)} does not take {', '.join(missing)}, which its checkpoints record and are rebuilt "
+            "from: a task's model takes every argument the CLI links from its data, and one that takes "
+            "backbone_weights takes backbone_weights_channels and backbone_weights_meta too"
+        )
 
 
 def model_arguments(checkpoint: dict, source: object) -> tuple[type[TaskModule], dict]:
