@@ -175,6 +175,8 @@ def test_a_split_that_cannot_be_stratified_says_so():
     # a class of one sample (a misspelt folder) is named as the user named it
     with pytest.warns(UserWarning, match="class 'owl' has a single sample"):
         stratified_split(ids, [0, 0, 0, 0, 0, 0, 2], 0.15, 0.15, seed=0, names=["cat", "dog", "owl"])
+    with pytest.warns(UserWarning, match=r"class 2\.5 has a single sample"):  # a task's own labels, not indices
+        stratified_split(ids, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.5], 0.15, 0.15, seed=0, names=["cat", "dog", "owl"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stratified_split([f"{i}" for i in range(40)], [i % 2 for i in range(40)], 0.25, 0.25, seed=0)

@@ -5,6 +5,7 @@ by class for single-label data, by iterative stratification (Sechidis et al., 20
 from __future__ import annotations
 
 import json
+import operator
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -85,11 +86,20 @@ def split_off(ids: list[str], labels: list, fraction: float, seed: int, names: S
 def lone_classes(labels: list, names: Sequence[str] | None) -> str:
     """The most common reason a split cannot be stratified, in the user's terms: the classes
     with a single sample (a misspelt folder, a stray label), by name rather than by
-    scikit-learn's index; '' when there are none."""
+    scikit-learn's index; '' when there are none. A label that is no index of ``names`` (a
+    task's own datamodule may stratify by something else) is shown as it is."""
     lone = sorted(label for label, count in Counter(labels).items() if count < 2)
     if not lone:
         return ""
-    listed = ", ".join(repr(names[c]) if names else str(c) for c in lone)
+
+    def named(label) -> str:
+        try:
+            index = operator.index(label)
+        except TypeError:
+            return repr(label)
+        return repr(names[index]) if names and 0 <= index < len(names) else str(index)
+
+    listed = ", ".join(map(named, lone))
     return f"{'class' if len(lone) == 1 else 'classes'} {listed} {'has' if len(lone) == 1 else 'have'} a single sample"
 
 
