@@ -277,14 +277,13 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     # every task of the suite streams; one that does not declare it (a user's own) is refused in one line
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(RecognitionDataModule, "streams_prepared", False)
-        with pytest.raises(ConfigError, match="not supported yet for recognition2d"):
+        with pytest.raises(ConfigError, match=r"recognition2d does not stream a prepared folder"):
             RecognitionDataModule(data_dir=str(out))
         capsys.readouterr()
         with pytest.raises(SystemExit):
             main(["prepare", "--task", "recognition2d", "--data.data_dir", str(raw), "--out", str(tmp_path / "v")])
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "not supported yet for recognition2d" in err
-        assert "streamed now: biomedical3d, detection2d, localization2d, multispectral3d, video3d" in err
+        assert len(err.splitlines()) == 1 and "recognition2d does not stream a prepared folder" in err
         assert not (tmp_path / "v").exists()
 
     with pytest.raises(ConfigError, match="recognition2d"):  # another task's

@@ -97,7 +97,7 @@ def test_an_unregistered_copy_trains_but_its_checkpoint_is_refused(site, tmp_pat
         main(["predict", "--ckpt", str(ckpt), "--input", str(images), "--debug"])
 
 
-def test_a_resolution_key_outside_model_and_data_is_named_when_the_task_loads():
+def test_a_resolution_key_outside_model_and_data_or_no_default_name_is_named_when_the_task_loads():
     from types import SimpleNamespace
 
     from cnnsuite.contract import load_task
@@ -108,6 +108,10 @@ def test_a_resolution_key_outside_model_and_data_is_named_when_the_task_loads():
     bad = replace(task, resolution=("data.image_size", "image_size"))
     point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: bad)
     with pytest.raises(ConfigError, match="resolution key 'image_size', expected model.<argument> or data.<argument>"):
+        load_task(point)
+    nameless = replace(task, datamodule=type("Nameless", (task.datamodule,), {"default_name": ""}))
+    point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: nameless)
+    with pytest.raises(ConfigError, match="Nameless.default_name is empty; expected the name of the folder"):
         load_task(point)
 
 
@@ -159,3 +163,21 @@ def test_a_model_its_checkpoints_could_not_rebuild_is_refused_before_it_trains()
     check_rebuildable(RecognitionModule(num_classes=3))
     with pytest.raises(ConfigError, match=r"NarrowModule does not take .*backbone_weights_meta.*, which its"):
         check_rebuildable(NarrowModule())
+
+
+def test_a_task_package_that_does_not_load_leaves_the_others_working(site):
+    """One broken task package (an import it lacks) is left out with a warning naming it;
+    every other task still works, and asking for it by name is its own error."""
+    from cnnsuite.contract import task_named
+
+    (site / "broken").mkdir()
+    (site / "broken" / "__init__.py").write_text("import not_installed_anywhere\n")
+    register(site, "broken")
+    with pytest.warns(UserWarning, match=r"task 'broken' \(broken:TASK\) does not load: ModuleNotFoundError"):
+        tasks = registered_tasks()
+    assert "broken" not in tasks and "recognition2d" in tasks
+    assert task_named("recognition2d") is tasks["recognition2d"]
+    with pytest.raises(ConfigError, match="task 'broken' .* does not load"):
+        task_named("broken")
+    with pytest.raises(ConfigError, match="--task 'nope': expected one of biomedical3d, detection2d"):
+        task_named("nope")

@@ -53,7 +53,7 @@ from .commands import (
     task_configs,
     unknown_command,
 )
-from .contract import LINKED, registered_tasks
+from .contract import LINKED, registered_tasks, task_named
 from .data import TaskDataModule
 from .errors import ConfigError, UserError
 from .jsonout import strict_json
@@ -361,10 +361,7 @@ def task_config_args(argv: list[str]) -> list[str]:
             out.append(arg)
             continue
         name = arg.partition("=")[2] if "=" in arg else next(rest, "")
-        tasks = registered_tasks()
-        if name not in tasks:
-            raise ConfigError(f"--task {name!r}: expected one of {', '.join(sorted(tasks))}")
-        out += ["--config", str(tasks[name].config)]
+        out += ["--config", str(task_named(name).config)]
     return out
 
 

@@ -25,6 +25,7 @@ imported.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -111,6 +112,11 @@ def load_task(point) -> Task:
         raise ConfigError(f"task {point.name!r} ({point.value}): expected a cnnsuite.contract.Task of that name")
     if not (issubclass(task.module, TaskModule) and issubclass(task.datamodule, TaskDataModule)):
         raise ConfigError(f"task {point.name!r}: its module must be a TaskModule, its datamodule a TaskDataModule")
+    if not task.datamodule.default_name:  # else its default data would be data_root itself, every task's folder
+        raise ConfigError(
+            f"task {point.name!r}: {task.datamodule.__name__}.default_name is empty; expected the name of the "
+            "folder under data_root that its embedded default is written to"
+        )
     for key in task.resolution:
         section, _, name = key.partition(".")
         if section not in ("model", "data") or not name:
@@ -121,8 +127,30 @@ def load_task(point) -> Task:
 
 @cache
 def registered_tasks() -> dict[str, Task]:
-    """name → :class:`Task`, for every task registered under :data:`GROUP`, sorted by name."""
-    return {point.name: load_task(point) for point in task_entry_points()}
+    """name → :class:`Task`, for every task registered under :data:`GROUP` that loads, sorted by
+    name. One that does not load (a user's package, broken) is left out with a warning naming
+    it, so that it does not take every other task down with it; asked for by name
+    (:func:`task_named`), it is its error."""
+    tasks = {}
+    for point in task_entry_points():
+        try:
+            tasks[point.name] = load_task(point)
+        except ConfigError as err:
+            warnings.warn(f"{err}; left out of the registered tasks", stacklevel=2)
+    return tasks
+
+
+def task_named(name: str, option: str = "--task") -> Task:
+    """The registered task ``name``; a task registered under that name that does not load is
+    its own error, and any other name one naming the tasks there are (``option`` says where the
+    name was given)."""
+    tasks = registered_tasks()
+    if name in tasks:
+        return tasks[name]
+    for point in task_entry_points():
+        if point.name == name:
+            load_task(point)  # raises what keeps it from loading
+    raise ConfigError(f"{option} {name!r}: expected one of {', '.join(sorted(tasks))}")
 
 
 def trusted_classes() -> dict[str, type]:

@@ -39,7 +39,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..classpath import class_path
-from ..contract import LINKED, Task, registered_tasks
+from ..contract import LINKED, Task, registered_tasks, task_named
 from ..data import TaskDataModule
 from ..errors import ConfigError
 from ..training.callbacks import PreciseBatchNorm
@@ -63,10 +63,7 @@ def task_spec(task: str) -> Task:
     """The registered :class:`~cnnsuite.contract.Task` called ``task``: what the bench knows of
     it (config, classes, references, what each section runs); another name is a
     :class:`~cnnsuite.errors.ConfigError` naming the registered ones."""
-    tasks = registered_tasks()
-    if task not in tasks:
-        raise ConfigError(f"no registered task {task!r} (registered: {', '.join(sorted(tasks))})")
-    return tasks[task]
+    return task_named(task)
 
 
 def task_config(task: str) -> dict:

@@ -184,7 +184,8 @@ class TaskDataModule(L.LightningDataModule):
         name = self.default_name or type(self).__name__
         if not self.streams_prepared:
             raise ConfigError(
-                f"data.data_dir={location}: a folder written by cnnsuite prepare; not supported yet for {name}"
+                f"data.data_dir={location}: a folder written by cnnsuite prepare; {name} does not stream a prepared "
+                "folder (streams_prepared)"
             )
         files = PreparedFiles(location)  # one S3 client for the record and every shard
         record = read_record(files)

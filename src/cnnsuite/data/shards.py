@@ -616,7 +616,7 @@ def prepare_main(argv: list[str]) -> None:
     import yaml
 
     from ..commands import add_out, command_parser
-    from ..contract import registered_tasks
+    from ..contract import task_named
     from ..trust.checkpoint import data_options
 
     parser = command_parser(
@@ -644,10 +644,7 @@ def prepare_main(argv: list[str]) -> None:
     args, extra = parser.parse_known_args(argv)
     if args.out is None:
         parser.error("the following arguments are required: --out")
-    tasks = registered_tasks()
-    if args.task not in tasks:
-        raise ConfigError(f"--task {args.task}: not a task; expected one of {', '.join(sorted(tasks))}")
-    task = tasks[args.task]
+    task = task_named(args.task)
     config_path = Path(args.config or task.config)
     try:
         section = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
@@ -655,8 +652,7 @@ def prepare_main(argv: list[str]) -> None:
         raise ConfigError(f"{config_path}: not a readable config ({err})") from err
     cls = task.datamodule
     if not cls.streams_prepared:
-        streamed = ", ".join(sorted(n for n, t in tasks.items() if t.datamodule.streams_prepared))
-        raise ConfigError(f"--task {args.task}: not supported yet for {args.task} (streamed now: {streamed})")
+        raise ConfigError(f"--task {args.task}: {args.task} does not stream a prepared folder (streams_prepared)")
     named = section.get("class_path", class_path(cls))
     if named != class_path(cls):
         raise ConfigError(f"{config_path}: data.class_path {named} is not {args.task}'s datamodule")
