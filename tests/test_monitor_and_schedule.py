@@ -86,6 +86,17 @@ def test_print_config_shows_the_resolved_monitor_and_mode(capsys):
         assert (printed["monitor"], printed["mode"]) == expected
 
 
+def test_a_top_k_past_one_is_refused_as_best_ckpt_is_one_file(tmp_path, capsys):
+    """best.ckpt is one file: with save_top_k 3 every one of the first epochs entered the top k
+    and replaced it, so best.ckpt was the latest epoch, not the best."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "tasks/recognition2d/config.yaml", "--checkpoint.save_top_k", "3",
+              "--data.data_root", str(tmp_path / "data"),
+              "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
+    assert exit_info.value.code == 2 and not (tmp_path / "data").exists()
+    assert "checkpoint.save_top_k=3: expected 1 (best.ckpt, the best epoch so far) or 0" in capsys.readouterr().err
+
+
 def test_an_unknown_monitor_is_named_with_the_keys_that_are_logged(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", "tasks/recognition2d/config.yaml", "--data.data_root", str(tmp_path / "data"),

@@ -196,6 +196,11 @@ class CnnSuiteCLI(LightningCLI):
         #: whether the best checkpoint follows the task's monitor (checkpoint.monitor left null)
         self.monitor_follows_model = config.get("checkpoint") is not None and config.checkpoint.monitor is None
         if config.get("checkpoint") is not None:
+            if config.checkpoint.save_top_k not in (0, 1):  # one file, best.ckpt: more would each replace it
+                raise ConfigError(
+                    f"checkpoint.save_top_k={config.checkpoint.save_top_k}: expected 1 (best.ckpt, the best epoch so "
+                    "far) or 0 (none): best.ckpt is one file, which each epoch of a larger top k would replace"
+                )
             resolve_monitor(config)
 
     def _parse_ckpt_path(self) -> None:
