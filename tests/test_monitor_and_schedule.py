@@ -141,6 +141,17 @@ def test_the_cosine_schedule_follows_max_epochs_and_the_lr_is_logged(tmp_path, i
     assert lr == pytest.approx(expected, rel=1e-4)
 
 
+def test_a_run_resumed_with_more_epochs_anneals_over_its_new_length(tmp_path, image_folder):
+    """Resumed from 2 epochs to 4, the schedule is the 4-epoch cosine from there on; torch's
+    recursive form went on from the 2-epoch curve's end and trained the extra epochs at 0."""
+    args = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--evaluate", "false",
+            "--lr_scheduler", "cnnsuite.training.schedules.CosineAnnealingLR"]  # fmt: skip
+    fit("recognition2d", tmp_path, *args, "--trainer.max_epochs", "2")
+    run = fit("recognition2d", tmp_path, *args, "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    expected = {e: 0.003 * (1 + math.cos(math.pi * e / 4)) / 2 for e in (2, 3)}
+    assert {e: lr for e, lr in lr_by_epoch(run).items() if e >= 2} == pytest.approx(expected, rel=1e-4)
+
+
 def test_a_given_t_max_is_kept(tmp_path, image_folder):
     run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
               "--trainer.max_epochs", "2", "--evaluate", "false",

@@ -20,7 +20,19 @@ class CosineAnnealingLR(torch.optim.lr_scheduler.CosineAnnealingLR):
         # Not read until the first step() after construction, by which time follow() has run.
         super().__init__(optimizer, T_max=T_max or 1, eta_min=eta_min, last_epoch=last_epoch)
 
+    def get_lr(self) -> list[float]:
+        """The cosine at ``last_epoch`` of the current ``T_max``, in closed form. torch's own
+        moves each rate on from its last value, the same curve only while ``T_max`` stays put:
+        after :meth:`follow` lengthened a resumed run it bent the old curve instead (a run of
+        2 epochs resumed to 4 trained its extra epochs at a rate of 0)."""
+        return self._get_closed_form_lr()
+
     def follow(self, length: int) -> None:
-        """Anneal over ``length`` steps of this scheduler, unless ``T_max`` was given."""
+        """Anneal over ``length`` steps of this scheduler, unless ``T_max`` was given. The rates
+        move onto the new curve at once: a resumed run's optimizer holds the rate its old
+        length gave this step, and the next :meth:`step` is an epoch away."""
         if self.follows_run:
             self.T_max = max(1, int(length))
+            for group, lr in zip(self.optimizer.param_groups, self._get_closed_form_lr(), strict=True):
+                group["lr"] = lr
+            self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
