@@ -6,6 +6,7 @@ Tests that start real processes (kills, DDP) are marked ``slow``: ``make test-sl
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,38 @@ def test_resume_goes_on_in_the_run_folder_and_keeps_the_best(tmp_path, image_fol
     assert torch.load(best, weights_only=True)["epoch"] == 1
     assert best_state(best)["best_model_score"] == pytest.approx(0.9)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+
+
+def test_a_run_copied_to_another_folder_resumes_with_its_best_score(tmp_path, image_folder, monkeypatch):
+    """Lightning reloads a best score only where the stored absolute folder is the current one:
+    a run copied elsewhere (another disk, a cluster's scratch) and resumed there lost it, and
+    its first worse epoch replaced best.ckpt."""
+    script_val_acc(monkeypatch, {0: 0.5, 1: 0.9, 2: 0.3})
+    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--evaluate", "false",
+              "--trainer.check_val_every_n_epoch", "1"]  # fmt: skip
+    fit("recognition2d", tmp_path / "here", *common, "--trainer.max_epochs", "2")
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+    run = fit("recognition2d", tmp_path / "there", *common, "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    best = run / "checkpoints" / "best.ckpt"
+    assert torch.load(best, weights_only=True)["epoch"] == 1
+    resumed = best_state(run / "checkpoints" / "last.ckpt")  # written after the resumed epoch
+    assert resumed["best_model_score"] == pytest.approx(0.9) and resumed["best_model_path"] == str(best)
+
+
+def test_a_checkpoints_stored_paths_become_the_runs_own_files():
+    """The paths a checkpoint stores are untrusted: Lightning removes them as the previous best
+    or last file once a new one is written. Restored, each is the callback's own file."""
+    from cnnsuite.training.runs import restored_in_place
+
+    stored = {"dirpath": "/runs/version_0/checkpoints", "best_model_score": torch.tensor(0.9),
+              "best_model_path": "/etc/passwd", "kth_best_model_path": "/etc/passwd", "kth_value": torch.tensor(0.9),
+              "best_k_models": {"/etc/passwd": torch.tensor(0.9)},
+              "last_model_path": "/runs/version_0/checkpoints/../../../home/me/.bashrc"}  # fmt: skip
+    own = "/mine/version_3/checkpoints/best.ckpt"
+    state = restored_in_place(stored, "/mine/version_3/checkpoints", own)
+    assert state["dirpath"] == "/mine/version_3/checkpoints" and state["best_model_score"] == 0.9
+    assert {state["best_model_path"], state["kth_best_model_path"], state["last_model_path"]} == {own}
+    assert list(state["best_k_models"]) == [own]
 
 
 def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, image_folder, monkeypatch):

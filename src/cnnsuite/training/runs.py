@@ -225,6 +225,24 @@ class RunConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+def restored_in_place(state: dict, dirpath: str | None, file: str) -> dict:
+    """A ``ModelCheckpoint`` state as this run restores it: in this run's checkpoint folder,
+    with its one file, ``file``, wherever the checkpoint was written. Lightning reloads a best
+    score only when the stored absolute ``dirpath`` is the current one, so a run whose folder
+    was moved or copied (another disk, a cluster's scratch) lost it, and a worse epoch replaced
+    ``best.ckpt``. And a checkpoint is untrusted input: Lightning removes the paths it stores as
+    the previous best or last file, checking only that they lie under ``dirpath`` as written
+    (``..`` unresolved)."""
+    if dirpath is None:
+        return state
+    scores = list((state.get("best_k_models") or {}).values())[:1]
+    paths = {"best_model_path": file, "kth_best_model_path": file} if scores else {}
+    moved = {**state, "dirpath": dirpath, "best_model_path": "", "kth_best_model_path": "", **paths}
+    moved["best_k_models"] = {file: scores[0]} if scores else {}
+    moved["last_model_path"] = file if state.get("last_model_path") else ""
+    return moved
+
+
 class BestCheckpoint(ModelCheckpoint):
     """``best.ckpt``: Lightning's ``ModelCheckpoint``, except that an epoch scoring as well as
     the best so far replaces it. On a small validation split the score saturates early (180
@@ -235,6 +253,10 @@ class BestCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        best = self.format_checkpoint_name({}) if self.dirpath is not None else ""
+        super().load_state_dict(restored_in_place(state_dict, self.dirpath, best))
 
     def check_monitor_top_k(self, trainer, current=None) -> bool:
         if super().check_monitor_top_k(trainer, current):
@@ -259,6 +281,10 @@ class LastCheckpoint(ModelCheckpoint):
             raise ConfigError(f"last_checkpoint.every_n_train_steps={every_n_train_steps}: expected 0 or more")
         super().__init__(save_top_k=0, save_last=True, enable_version_counter=False)
         self.every_steps = every_n_train_steps
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION) if self.dirpath else ""
+        super().load_state_dict(restored_in_place(state_dict, self.dirpath, last))
 
     def _save_last(self, trainer) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:
