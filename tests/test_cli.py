@@ -297,3 +297,21 @@ def test_a_value_the_optimizer_refuses_is_one_line_naming_it(capsys, tmp_path, i
                            "--trainer.default_root_dir", str(tmp_path), "--optimizer.lr", "-1")  # fmt: skip
     assert error.startswith("cnnsuite fit: error: optimizer torch.optim.AdamW")
     assert error.endswith("Invalid learning rate: -1.0")
+
+
+def test_a_run_stopped_by_sigterm_exits_143(monkeypatch):
+    """Lightning ends a run on SIGTERM with a SystemExit that has no code, so the process
+    exited 0 and a command chained after it with ``&&`` ran; 128 + 15 is the shell's status for
+    a process ended by SIGTERM."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import cnnsuite.cli
+    from cnnsuite.commands import main as console_script
+
+    def stopped(argv=None):
+        raise SIGTERMException
+
+    monkeypatch.setattr(cnnsuite.cli, "main", stopped)
+    with pytest.raises(SystemExit) as exit_info:
+        console_script(["fit"])
+    assert exit_info.value.code == 143

@@ -25,6 +25,7 @@ import gc
 import importlib
 import io
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     # the interpreter runs at exit (more than a second on a small CPU).
     gc.freeze()
     keep_freed_memory()
-    run(argv)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        run(argv)
+    except SIGTERMException:  # a SystemExit without a code: a killed run would exit 0, and `&&` go on
+        sys.exit(128 + signal.SIGTERM)
 
 
 def unknown_command(name: str) -> str:
