@@ -78,7 +78,8 @@ def test_an_epoch_that_ties_the_best_score_replaces_the_best_checkpoint(tmp_path
 
 def test_print_config_shows_the_resolved_monitor_and_mode(capsys):
     cases = [([], ("val/acc", "max")), (["--checkpoint.monitor", "val/loss"], ("val/loss", "min")),
-             (["--checkpoint.monitor", "val/acc", "--checkpoint.mode", "min"], ("val/acc", "min"))]  # fmt: skip
+             (["--checkpoint.monitor", "val/acc", "--checkpoint.mode", "min"], ("val/acc", "min")),
+             (["--checkpoint.mode", "min"], ("val/acc", "min"))]  # a mode alone is the task's monitor's  # fmt: skip
     for args, expected in cases:
         with pytest.raises(SystemExit):
             main(["fit", "--config", "tasks/recognition2d/config.yaml", *args, "--print_config"])

@@ -96,29 +96,31 @@ class CnnSuiteParser(LightningArgumentParser):
 
 def resolve_monitor(config) -> None:
     """The best checkpoint is the best by the task's own measure unless the config says
-    otherwise: ``checkpoint.monitor`` null takes the model class's ``monitor`` and ``mode``;
+    otherwise: ``checkpoint.monitor`` null takes the model class's ``monitor``, and its ``mode``
+    unless ``checkpoint.mode`` is given;
     a monitor without ``checkpoint.mode`` takes the direction the task knows for that key
     (:meth:`~cnnsuite.training.task.TaskModule.mode_of`, an unknown key is an error naming those logged)."""
     checkpoint = config.checkpoint
     module, _, name = config.model.class_path.rpartition(".")
     model_class = getattr(importlib.import_module(module), name)  # the user's own config names it
     if checkpoint.monitor is None:
-        checkpoint.monitor, checkpoint.mode = model_class.monitor, model_class.mode
+        checkpoint.monitor, checkpoint.mode = model_class.monitor, checkpoint.mode or model_class.mode
         return
     mode = model_class.mode_of(checkpoint.monitor)
     if checkpoint.mode is None:
         checkpoint.mode = mode
 
 
-def follow_model_monitor(config, model: TaskModule) -> bool:
+def follow_model_monitor(config, model: TaskModule, keep_mode: bool) -> bool:
     """After the model is built, a checkpoint whose monitor the config left to the task takes
-    the model's own ``monitor`` and ``mode`` where they differ from its class's (a multi-label
-    classifier follows ``val/map_macro``); True when they did. The config then shows them as
-    the run uses them (``config.yaml``)."""
+    the model's own ``monitor``, and its ``mode`` unless the config gave one (``keep_mode``),
+    where they differ from its class's (a multi-label classifier follows ``val/map_macro``);
+    True when they did. The config then shows them as the run uses them (``config.yaml``)."""
     checkpoint = config.checkpoint
-    if (checkpoint.monitor, checkpoint.mode) == (model.monitor, model.mode):
+    mode = checkpoint.mode if keep_mode else model.mode
+    if (checkpoint.monitor, checkpoint.mode) == (model.monitor, mode):
         return False
-    checkpoint.monitor, checkpoint.mode = model.monitor, model.mode
+    checkpoint.monitor, checkpoint.mode = model.monitor, mode
     return True
 
 
@@ -195,6 +197,8 @@ class CnnSuiteCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         #: whether the best checkpoint follows the task's monitor (checkpoint.monitor left null)
         self.monitor_follows_model = config.get("checkpoint") is not None and config.checkpoint.monitor is None
+        #: whether the config gave the checkpoint's mode (kept for the task's monitor too)
+        self.mode_given = config.get("checkpoint") is not None and config.checkpoint.mode is not None
         if config.get("checkpoint") is not None:
             if config.checkpoint.save_top_k not in (0, 1):  # one file, best.ckpt: more would each replace it
                 raise ConfigError(
@@ -248,7 +252,7 @@ class CnnSuiteCLI(LightningCLI):
         """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once
         for all processes and kept on resume) and atomic checkpoint writes."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.monitor_follows_model and follow_model_monitor(config, self.model):
+        if self.monitor_follows_model and follow_model_monitor(config, self.model, self.mode_given):
             # The checkpoint callback is made again from its config, with the model's monitor.
             built = self.config_init[self.subcommand] if self.subcommand else self.config_init
             built["checkpoint"] = BestCheckpoint(**config.checkpoint.as_dict())
