@@ -69,6 +69,22 @@ def test_a_run_copied_to_another_folder_resumes_with_its_best_score(tmp_path, im
     assert resumed["best_model_score"] == pytest.approx(0.9) and resumed["best_model_path"] == str(best)
 
 
+def test_runs_without_a_logger_each_get_their_own_folder_and_resume(tmp_path, image_folder):
+    """``--trainer.logger false`` wrote every run's checkpoints and evaluation straight into the
+    root folder, so a second run replaced the first's, and ``--ckpt_path last`` found none."""
+    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--trainer.logger", "false",
+              "--trainer.check_val_every_n_epoch", "1"]  # fmt: skip
+    first = fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "1")
+    best = (first / "checkpoints" / "best.ckpt").read_bytes()
+    fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "1", "--seed_everything", "1")
+    assert (first / "checkpoints" / "best.ckpt").read_bytes() == best and (first / "evaluation").is_dir()
+    second = tmp_path / "runs" / "version_1"
+    assert (second / "checkpoints" / "best.ckpt").is_file() and (second / "evaluation").is_dir()
+    fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--evaluate", "false")
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1"]
+
+
 def test_a_checkpoints_stored_paths_become_the_runs_own_files():
     """The paths a checkpoint stores are untrusted: Lightning removes them as the previous best
     or last file once a new one is written. Restored, each is the callback's own file."""

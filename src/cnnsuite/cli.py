@@ -250,7 +250,8 @@ class CnnSuiteCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once
-        for all processes and kept on resume) and atomic checkpoint writes."""
+        for all processes and kept on resume; without a logger the run's files go to that
+        folder all the same) and atomic checkpoint writes."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.monitor_follows_model and follow_model_monitor(config, self.model, self.mode_given):
             # The checkpoint callback is made again from its config, with the model's monitor.
@@ -259,6 +260,8 @@ class CnnSuiteCLI(LightningCLI):
         root = self._root_dir(config)
         if config.trainer.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(root, run_version(root, config.get("ckpt_path")))
+        elif config.trainer.get("logger") is False and self.subcommand == "fit":  # the run's files still get a folder
+            kwargs["default_root_dir"] = str(root / f"version_{run_version(root, config.get('ckpt_path'))}")
         if not config.trainer.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
