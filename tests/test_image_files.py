@@ -55,6 +55,21 @@ def test_16_bit_images_are_scaled_by_their_full_range(tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "g8.png", 1)[0, 0].numpy(), [0.0, 1.0])
 
 
+def test_32_bit_images_read_within_16_bits_or_are_named(tmp_path):
+    """A 32-bit integer TIFF holding 16-bit values reads as the 16-bit file would; one past that
+    range, or a floating-point TIFF (no range to scale from), is an error naming it, where
+    Pillow's convert() clipped both to 0..255 (a [0, 1] float image read as black)."""
+    values = np.array([[0, 255, 32768, 65535]])
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "i32.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "i32.tif", 1)[0, 0].numpy(), values[0] / 65535, atol=1e-6)
+    Image.fromarray((values * 2).astype(np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(BadFileError, match=r"wide.tif: 32-bit integer pixels from 0 to 131070, outside the 16-bit"):
+        read_image(tmp_path / "wide.tif", 1)
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(BadFileError, match=r"f.tif: floating-point pixels \(Pillow mode F\)"):
+        read_image(tmp_path / "f.tif", 3)
+
+
 def test_a_png_whose_image_data_is_short_is_an_error_naming_it(tmp_path):
     """A PNG whose header declares more pixels than its data holds (a cut download, a hand-made
     upload) is an error naming the file: torchvision's PNG decoder ends the process on it."""

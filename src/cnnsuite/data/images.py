@@ -76,6 +76,11 @@ def open_image(path: Path) -> Iterator[Image.Image]:
             raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
         declared = f"{img.width}x{img.height}" + (f" x {frames} frames" if frames > 1 else "")
         check_size(path, "image", (img.width, img.height, frames), f"declares {declared}")
+        if img.mode == "F":  # Pillow's convert() would clip it to 0..255: a [0, 1] image read as black
+            raise BadFileError(
+                f"{path}: floating-point pixels (Pillow mode F), which have no fixed range to scale to [0, 1]; "
+                "expected 8- or 16-bit integer pixels"
+            )
         yield img
 
 
@@ -138,9 +143,14 @@ def _decode(path: Path, channels: int) -> torch.Tensor:
         # torchvision's PNG decoder ends the process (SIGSEGV) on any error libpng reports
         try:
             upright = ImageOps.exif_transpose(img)
-            if upright.mode in _SIXTEEN_BIT:  # Pillow's convert() would clip it to 8 bits
-                gray = torch.from_numpy(np.array(upright).astype(np.uint16))
-                return gray.expand(channels, -1, -1).clone()
+            if upright.mode in (*_SIXTEEN_BIT, "I"):  # 16-bit, or 32-bit within 16: convert() would clip to 8
+                gray = np.array(upright)
+                if upright.mode == "I" and (gray.min() < 0 or gray.max() > np.iinfo(np.uint16).max):
+                    raise BadFileError(
+                        f"{path}: 32-bit integer pixels from {gray.min()} to {gray.max()}, outside the 16-bit range "
+                        "an image is scaled from; expected 8- or 16-bit integer pixels"
+                    )
+                return torch.from_numpy(gray.astype(np.uint16)).expand(channels, -1, -1).clone()
             array = torch.from_numpy(np.array(upright.convert("L" if channels == 1 else "RGB")))
         except _PIL_ERRORS as err:
             raise BadFileError(f"{path}: cannot decode as an image ({err})") from None
