@@ -3,6 +3,7 @@ run unless the config says otherwise."""
 
 import csv
 import math
+import warnings
 
 import pytest
 import torch
@@ -167,3 +168,18 @@ def test_the_cosine_configs_leave_the_length_to_the_run(task):
     config = yaml.safe_load(open(f"tasks/{task}/config.yaml"))
     assert config["lr_scheduler"]["class_path"] == "cnnsuite.training.schedules.CosineAnnealingLR"
     assert "T_max" not in (config["lr_scheduler"].get("init_args") or {})
+
+
+def test_an_early_stopping_that_waits_for_accuracy_to_fall_is_named(tmp_path, image_folder):
+    """Lightning's EarlyStopping waits for its monitor to fall unless told otherwise: on val/acc
+    it stopped a run that was improving, without a word."""
+    args = ["--data.data_dir", str(image_folder), "--data.batch_size", "8", "--trainer.max_epochs", "1",
+            "--evaluate", "false", "--trainer.callbacks+=EarlyStopping",
+            "--trainer.callbacks.monitor=val/acc"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"EarlyStopping\(monitor='val/acc'\) has mode 'min', but val/acc is better "
+                      r"higher: .* give --trainer.callbacks.mode=max"):  # fmt: skip
+        fit("recognition2d", tmp_path / "a", *args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message="(?!EarlyStopping)")
+        fit("recognition2d", tmp_path / "b", *args, "--trainer.callbacks.mode=max")

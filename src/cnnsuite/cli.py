@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import EarlyStopping, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .commands import (
     COMMANDS,
@@ -122,6 +122,22 @@ def follow_model_monitor(config, model: TaskModule, keep_mode: bool) -> bool:
         return False
     checkpoint.monitor, checkpoint.mode = model.monitor, mode
     return True
+
+
+def warn_of_direction(stopping: EarlyStopping, model: TaskModule) -> None:
+    """An ``EarlyStopping`` added to a run waits for its monitor to fall unless told otherwise
+    (Lightning's default ``mode`` is ``min``): on an accuracy it stops the run while it improves.
+    The best checkpoint takes its direction from the task; this says where the two disagree."""
+    try:
+        mode = model.mode_of(stopping.monitor)
+    except ConfigError:  # a key the task does not know: Lightning names it when the run logs none
+        return
+    if stopping.mode != mode:
+        rank_zero_warn(
+            f"EarlyStopping(monitor={stopping.monitor!r}) has mode {stopping.mode!r}, but {stopping.monitor} is "
+            f"better {'higher' if mode == 'max' else 'lower'}: it stops the run as that improves; "
+            f"give --trainer.callbacks.mode={mode}"
+        )
 
 
 class CnnSuiteCLI(LightningCLI):
@@ -265,6 +281,9 @@ class CnnSuiteCLI(LightningCLI):
         if not config.trainer.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        for callback in callbacks:
+            if isinstance(callback, EarlyStopping):
+                warn_of_direction(callback, self.model)
         if config.trainer.get("enable_model_summary") is not False and not any(
             isinstance(cb, ModelSummary) for cb in callbacks
         ):
