@@ -183,3 +183,12 @@ def test_an_early_stopping_that_waits_for_accuracy_to_fall_is_named(tmp_path, im
         warnings.simplefilter("error", UserWarning)
         warnings.filterwarnings("ignore", message="(?!EarlyStopping)")
         fit("recognition2d", tmp_path / "b", *args, "--trainer.callbacks.mode=max")
+
+
+def test_a_run_without_a_best_checkpoint_says_why(tmp_path, image_folder, capsys):
+    """It used to say "no checkpoint was saved (fast_dev_run?)" whatever the reason."""
+    fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--data.batch_size", "8",
+        "--trainer.max_epochs", "1", "--checkpoint.save_top_k", "0")  # fmt: skip
+    last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    said = capsys.readouterr().out
+    assert f"no best.ckpt (checkpoint.save_top_k is 0): nothing to evaluate; last.ckpt: {last}" in said

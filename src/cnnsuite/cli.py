@@ -304,7 +304,17 @@ class CnnSuiteCLI(LightningCLI):
         if not trainer.is_global_zero:
             return
         if not best:
-            print("no checkpoint was saved (fast_dev_run?): nothing to evaluate")
+            callback = trainer.checkpoint_callback
+            if callback is None:
+                why = "checkpointing is off"
+            elif callback.save_top_k == 0:
+                why = "checkpoint.save_top_k is 0"
+            else:
+                why = (
+                    f"no validation scored {callback.monitor} before the run ended: fast_dev_run, trainer.max_time, "
+                    "or fewer epochs than trainer.check_val_every_n_epoch"
+                )
+            print(f"no best.ckpt ({why}): nothing to evaluate" + (f"; last.ckpt: {last}" if last else ""))
             return
         run_dir = Path(log_dir)
         print(f"\nrun folder: {run_dir}\ncheckpoints: {best} (best), {last or 'none'} (last)")
