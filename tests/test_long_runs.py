@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import pytest
 import torch
 from conftest import ROOT, fit, make_image_folder, script_val_acc, task_config
@@ -83,6 +84,36 @@ def test_runs_without_a_logger_each_get_their_own_folder_and_resume(tmp_path, im
     fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--evaluate", "false")
     assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1"]
+
+
+class StopAt(L.Callback):
+    """Stops the run after batch ``batch`` of epoch ``epoch``, as ``trainer.max_time`` does."""
+
+    def __init__(self, epoch: int = 0, batch: int = 0) -> None:
+        self.moment = (epoch, batch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == self.moment:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("validate_every", [1, 2])
+def test_a_run_stopped_inside_an_epoch_resumes_into_the_rest_of_it(tmp_path, image_folder, validate_every):
+    """A run stopped inside an epoch (max_time, a callback) resumes into the rest of that epoch
+    and ends as the run never stopped; its epoch-end checkpoint had counted the epoch done.
+    Validating every epoch, Lightning validates at the stop too, and a new best made there
+    travels in last.ckpt."""
+    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "4", "--evaluate", "false",
+              "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", str(validate_every)]  # fmt: skip
+    whole = fit("recognition2d", tmp_path / "whole", *common)
+    stop = ["--trainer.callbacks+=test_long_runs.StopAt", "--trainer.callbacks.epoch=0", "--trainer.callbacks.batch=2"]
+    part = fit("recognition2d", tmp_path / "part", *common, *stop)
+    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    fit("recognition2d", tmp_path / "part", *common, "--ckpt_path", "last")
+    ours, theirs = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=True) for run in (part, whole))
+    assert (ours["epoch"], ours["global_step"]) == (theirs["epoch"], theirs["global_step"])
+    for key, value in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][key], value), key
 
 
 def test_a_checkpoints_stored_paths_become_the_runs_own_files():

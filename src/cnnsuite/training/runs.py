@@ -273,8 +273,11 @@ class LastCheckpoint(ModelCheckpoint):
     per epoch), so a run killed in the middle of a long epoch loses at most that many steps.
     No step checkpoint is taken after a batch that validation or the epoch's end follows
     (Lightning would resume from it past them); a kill there resumes from the checkpoint
-    before, and the batch is trained again. A ``ModelCheckpoint`` subclass: Lightning runs
-    it after the other callbacks and restores its state on resume."""
+    before, and the batch is trained again. A run stopped inside an epoch (``max_time``, a
+    callback setting ``should_stop``) is saved after its last batch, and again after the
+    validation Lightning may run at the stop, never at the epoch's end, which Lightning runs
+    all the same and would have it resume past the rest of the epoch. A ``ModelCheckpoint``
+    subclass: Lightning runs it after the other callbacks and restores its state on resume."""
 
     def __init__(self, every_n_train_steps: int = 200) -> None:
         if every_n_train_steps < 0:
@@ -286,14 +289,23 @@ class LastCheckpoint(ModelCheckpoint):
         last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION) if self.dirpath else ""
         super().load_state_dict(restored_in_place(state_dict, self.dirpath, last))
 
-    def _save_last(self, trainer) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:
+    def _save_last(self, trainer, again: bool = False) -> None:
+        """Save ``last.ckpt``, unless this step's is saved already (``again``: save it anyway)."""
+        if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if again or self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_steps and trainer.global_step % self.every_steps == 0 and not self._epoch_part_ends(trainer):
+        if self._cut_short(trainer):
             self._save_last(trainer)
+        elif self.every_steps and trainer.global_step % self.every_steps == 0 and not self._epoch_part_ends(trainer):
+            self._save_last(trainer)
+
+    @staticmethod
+    def _cut_short(trainer) -> bool:
+        """Whether the run stops inside this epoch, before its last batch."""
+        return trainer.should_stop and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
     @staticmethod
     def _epoch_part_ends(trainer) -> bool:
@@ -310,10 +322,15 @@ class LastCheckpoint(ModelCheckpoint):
             return loop.batch_progress.is_last_batch
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._save_last(trainer)
+        if not self._cut_short(trainer):
+            self._save_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        """Validation inside an epoch (``val_check_interval`` < 1) writes nothing of its own."""
+        """Validation inside an epoch (``val_check_interval`` < 1) writes nothing of its own,
+        but the one Lightning runs where a run stops inside an epoch may have made a new best:
+        saved again, the checkpoint carries it."""
+        if not trainer.sanity_checking and self._cut_short(trainer):
+            self._save_last(trainer, again=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
         """The last epoch's checkpoint is the final one."""
