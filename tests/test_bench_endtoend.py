@@ -45,6 +45,16 @@ def test_markdown_names_goals(results):
     assert "recognition2d" in text and f"time ratio ≤ {endtoend.TIME_GOAL}," in text
 
 
+def test_a_headline_better_lower_is_compared_the_right_way_round(results):
+    """A task of one's own may monitor an error (``mode`` min): ours scoring 0.20 against a
+    reference's 0.16 is worse, where the ratio used to read 1.25 and "reached"."""
+    assert endtoend.ratio(0.20, 0.16, "min") == pytest.approx(0.8) and endtoend.ratio(0.9, 0.6) == pytest.approx(1.5)
+    error = {**results["recognition2d"], "test_metric": "test/mae", "test_metric_mode": "min",
+             "test_metric_ours": 0.20, "test_metric_plain": 0.16, "test_metric_ratio_vs_convnet": 0.8}  # fmt: skip
+    text = endtoend.markdown({"count2d": error})
+    assert "metric worse than the plain script's" in text and "**not reached**" in text
+
+
 def draws_at_build(monkeypatch, module, run) -> list[tuple]:
     """What Python's, NumPy's and torch's generators draw when ``run()`` reaches ``module.build``,
     in two runs after different draws: equal when ``run`` seeds every generator itself."""
