@@ -42,7 +42,10 @@ def test_resume_goes_on_in_the_run_folder_and_keeps_the_best(tmp_path, image_fol
               "--trainer.check_val_every_n_epoch", "1"]  # fmt: skip
     run = fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "2")
     config = (run / "config.yaml").read_text()
-    fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    # a model option given with it is the checkpoint's all the same, and said to be unused
+    with pytest.warns(UserWarning, match=r"the model is the checkpoint's.*--model.dropout given on the command line"):
+        fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "4", "--ckpt_path", "last",
+            "--model.dropout", "0.5")  # fmt: skip
 
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0"]
     assert (run / "config.yaml").read_text() == config and (run / "config.resume-1.yaml").is_file()

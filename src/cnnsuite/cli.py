@@ -144,6 +144,7 @@ class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         #: ``(checkpoint, its model arguments)`` of a command given ``--ckpt_path`` (see _parse_ckpt_path)
         self.resumed: tuple[str, dict] | None = None
+        self.model_options: list[str] = []
         kwargs.setdefault("parser_class", CnnSuiteParser)
         kwargs.setdefault("model_class", TaskModule)
         kwargs.setdefault("datamodule_class", TaskDataModule)
@@ -171,10 +172,12 @@ class CnnSuiteCLI(LightningCLI):
         """LightningCLI's parsing; a mistake in the command line or a config (a mistyped or
         abbreviated key, a missing model, a bad value) is a :class:`~cnnsuite.errors.ConfigError`
         of one line (:func:`config_mistake`)."""
+        argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
+        #: the model options of the command line, which a resumed run does not take (_parse_ckpt_path)
+        self.model_options = [a.partition("=")[0] for a in argv if isinstance(a, str) and a.startswith("--model.")]
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
-            argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
             subparsers = getattr(self, "_subcommand_parsers", {})
             command = next((a for a in argv if a in subparsers), None)
             raise ConfigError(config_mistake(str(err), subparsers.get(command, parser), command)) from None
@@ -247,6 +250,11 @@ class CnnSuiteCLI(LightningCLI):
         data = config.get("data")
         given = data.init_args.as_dict() if data is not None and data.get("init_args") is not None else {}
         model_path, args = resume_arguments(ckpt_path, given)
+        if self.model_options:
+            rank_zero_warn(
+                f"--ckpt_path {ckpt_path}: the model is the checkpoint's, as the run trained it; "
+                f"{', '.join(dict.fromkeys(self.model_options))} given on the command line not used"
+            )
         self.resumed = (ckpt_path, args)
         model = {"class_path": model_path, "init_args": args}
         self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
