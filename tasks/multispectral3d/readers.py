@@ -6,7 +6,6 @@ metadata JSON. Each failure names its file.
 
 from __future__ import annotations
 
-import csv
 import json
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,8 +20,9 @@ from cnnsuite.data import (
     check_finite,
     report_bad_files,
 )
-from cnnsuite.data.labels import parse_labels
+from cnnsuite.data.labels import LABELS_CSV, parse_labels
 from cnnsuite.data.limits import check_size
+from cnnsuite.data.textfiles import read_csv
 from cnnsuite.errors import ConfigError
 
 from .default_data import BANDS, WAVELENGTHS
@@ -32,9 +32,6 @@ EXTENSIONS = (".tif", ".tiff")
 
 #: rasterio's resampling methods offered to bring a band of coarser resolution onto a patch's grid
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
-
-
-LABELS_CSV = "labels.csv"
 
 
 METADATA = "_labels_metadata.json"  # BigEarthNet-S2: <patch>/<patch>_labels_metadata.json
@@ -218,7 +215,7 @@ def read_patch_labels(
         return None
     table = root / LABELS_CSV
     if table.is_file():
-        rows = read_labels_csv(table, patches)
+        rows = read_labels_table(table, patches)
         where = {name: f"{table}, line {line}" for name, (_, line) in rows.items()}
         cells = {name: cell for name, (cell, _) in rows.items()}
         source = table
@@ -252,16 +249,11 @@ def read_metadata_labels(root: Path, patches: list[str], table: Path) -> tuple[d
     return labels, {name: str(root / name / f"{name}{METADATA}") for name in labels}
 
 
-def read_labels_csv(table: Path, patches: list[str]) -> dict[str, tuple[str, int]]:
-    """``patch → (label cell, line)`` rows of a band-folder layout's ``labels.csv``, sorted by
-    patch; each patch must be one of the folder's ``patches``."""
-    with table.open(newline="", encoding="utf-8-sig") as f:  # Excel starts its CSV with a byte-order mark
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"patch", "label"} <= set(reader.fieldnames):
-            raise ConfigError(f"{table}: expected columns patch,label, found {reader.fieldnames}")
-        rows = [
-            ((row["patch"] or "").strip(), (row["label"] or "").strip(), line) for line, row in enumerate(reader, 2)
-        ]
+def read_labels_table(table: Path, patches: list[str]) -> dict[str, tuple[str, int]]:
+    """``patch → (label cell, line)`` rows of a band-folder layout's ``labels.csv`` (read as
+    every CSV a user brings is, :func:`cnnsuite.data.textfiles.read_csv`), sorted by patch;
+    each patch must be one of the folder's ``patches``."""
+    rows = [(row["patch"], row["label"], line) for line, row in enumerate(read_csv(table, ("patch", "label")), 2)]
     known, labels, errors = set(patches), {}, []
     for name, label, line in rows:
         if not name or not label:
