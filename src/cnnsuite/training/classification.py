@@ -240,8 +240,7 @@ class ClassificationModule(TaskModule):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
-        logits = self(batch[0])
-        return logits.sigmoid() if self.multilabel else logits.softmax(dim=1)
+        return self.probabilities(self(batch[0]))
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """Which labels a multi-label model predicts: each probability at or above its class's threshold."""

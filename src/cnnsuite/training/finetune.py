@@ -42,6 +42,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ..errors import ConfigError
+from .callbacks import batch_norms
 from .task import TaskModule
 
 
@@ -124,9 +125,8 @@ class BackboneSchedule(BaseFinetuning):
         for part in unfreezing:
             part.train(pl_module.training)
         for part in frozen:
-            for module in part.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            for norm in batch_norms(part):
+                norm.eval()
         return unfreezing
 
     def _add_group(self, trainer: L.Trainer, optimizer: Optimizer, params: list) -> None:

@@ -35,7 +35,7 @@ from ..classpath import class_path
 from ..data.inputs import Input
 from ..errors import ConfigError, DivergedError
 from ..use.inspectable import ClassScores, Network, middle_frame, same
-from .callbacks import PreciseBatchNorm, ValidateLastEpoch
+from .callbacks import PreciseBatchNorm, ValidateLastEpoch, batch_norms
 from .pretrained import fit_channels, weights_metadata
 from .rng import rng_states, set_rng_states
 from .schedules import CosineAnnealingLR
@@ -232,8 +232,7 @@ class TaskModule(L.LightningModule):
         trainer = self._trainer
         has = {type(cb) for cb in trainer.callbacks} if trainer is not None else set()
         callbacks: list[L.Callback] = []
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
-        if has_bn and self.precise_bn_batches >= 1 and not any(issubclass(t, PreciseBatchNorm) for t in has):
+        if batch_norms(self) and self.precise_bn_batches >= 1 and not any(issubclass(t, PreciseBatchNorm) for t in has):
             callbacks.append(PreciseBatchNorm(self.precise_bn_batches))
         if trainer is not None and trainer.loggers and not any(issubclass(t, LearningRateMonitor) for t in has):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
