@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     data = Biomedical3DDataModule(data_dir=args.data_dir, data_root=args.data_root, seed=args.seed)
     data.prepare_data()
-    splits, labels = data._decide_splits(), dict(data.list_samples())
+    splits, labels = data.decide_splits(), dict(data.list_samples())
     load = LoadVolumed()
     features = intensity_histogram if data.multilabel else intensity_features
 

@@ -221,11 +221,11 @@ class Biomedical3DDataModule(TaskDataModule):
         _, targets, _ = read_labels(self.root, self.multilabel, self.class_names)
         return list(targets.items())
 
-    def _decide_splits(self) -> dict[str, list[str]]:
+    def decide_splits(self) -> dict[str, list[str]]:
         if self.hparams.medmnist_npz is not None:  # the file's own split
             ids = [sample_id for sample_id, _ in self.samples()]
             return {s: [i for i in ids if i.startswith(f"{s}/")] for s in STAGES}
-        return super()._decide_splits()
+        return super().decide_splits()
 
     def check_samples(self, ids: list[str]) -> None:
         """Read the header of every volume of ``ids`` and name all the bad ones together: one

@@ -273,14 +273,14 @@ class DetectionDataModule(TaskDataModule):
             return [(sample_id, 0) for sample_id, _ in samples]
         return samples
 
-    def _decide_splits(self) -> dict[str, list[str]]:
+    def decide_splits(self) -> dict[str, list[str]]:
         """The data's own split files when it brings them: with train and val files but no
         test file (COCO as downloaded), val is the test split; validation is then drawn from
         train by ``seed``, as when a test file comes without a val file."""
         self._load()
         fixed = self._fixed_splits
         if self.hparams.split_file or fixed is None:
-            return super()._decide_splits()
+            return super().decide_splits()
         if len(fixed) == len(STAGES):
             return fixed
         files, held_out = self._split_files, "test" if "test" in fixed else "val"

@@ -222,11 +222,11 @@ class LocalizationDataModule(ImageDataModule):
     def list_samples(self) -> list[tuple[str, int]]:
         return [(s.file, s.label) for s in self._load().values()]
 
-    def _decide_splits(self) -> dict[str, list[str]]:
+    def decide_splits(self) -> dict[str, list[str]]:
         """CUB's own train/test split when it has one (val drawn from its train part)."""
         self._load()
         if self.hparams.split_file or not self._fixed:
-            return super()._decide_splits()
+            return super().decide_splits()
         samples = self._samples
         train = [i for i in samples if self._fixed.get(i) == "train"]
         test = [i for i in samples if self._fixed.get(i) == "test"]

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default_patch=args.default_patch,
     )
     data.prepare_data()
-    splits, labels = data._decide_splits(), dict(data.list_samples())
+    splits, labels = data.decide_splits(), dict(data.list_samples())
 
     def table(stage: str) -> tuple[np.ndarray, np.ndarray]:
         ids = splits[stage]

@@ -345,14 +345,14 @@ class VideoDataModule(TaskDataModule):
         index = self.class_names.index(name)
         return multi_hot([index], self.num_classes) if self.multilabel else index
 
-    def _decide_splits(self) -> dict[str, list[str]]:
+    def decide_splits(self) -> dict[str, list[str]]:
         # PyTorchVideo's csv lists name class folders: not read beside split folders or a labels.csv
         labelled_otherwise = self.split_folders or self.targets is not None
         if self.hparams.data_dir is not None and not self.hparams.split_file and not labelled_otherwise:
             splits = read_csv_lists(self.root, self.class_names, {sample_id for sample_id, _ in self.samples()})
             if splits is not None:
                 return splits
-        return super()._decide_splits()
+        return super().decide_splits()
 
     def check_samples(self, ids: list[str]) -> list[VideoRecord]:
         """The usable videos of ``ids``. Each video is probed once (before training, all of

@@ -486,7 +486,7 @@ class TaskDataModule(L.LightningDataModule):
             self._save_split_record()
             return
         if self.splits is None:
-            self.splits = self._decide_splits()
+            self.splits = self.decide_splits()
         if stage == "fit":
             self.check_samples([i for s in STAGES for i in self.splits[s]])
         self._save_split_record()
@@ -532,7 +532,11 @@ class TaskDataModule(L.LightningDataModule):
         for s, unknown in self.unknown_ids(splits).items():
             raise ConfigError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
 
-    def _decide_splits(self) -> dict[str, list[str]]:
+    def decide_splits(self) -> dict[str, list[str]]:
+        """The train/val/test split where none is known yet (a checkpoint's or a prepared folder's
+        is kept): ``split_file``, else the data's own lists or split folders, else stratified by
+        ``seed``. A task whose data brings a split of its own (a dataset's official train/test)
+        overrides it."""
         if self.hparams.split_file:
             splits, source = load_splits(Path(self.hparams.split_file)), self.hparams.split_file
         else:
