@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .blocks import ConvBlock, IntOrSeq, as_tuple
-from .networks import StagedBackbone
+from .networks import StagedBackbone, stacked_stages
 from .registry import register_backbone
 
 
@@ -52,31 +52,16 @@ class ConvNet2Plus1D(StagedBackbone):
     ) -> None:
         if spatial_dims != 3:
             raise ConfigError(f"spatial_dims={spatial_dims}: a (2+1)D network needs 3 axes (T, H, W)")
-        if blocks_per_stage < 1:
-            raise ConfigError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
         t, kh, kw = as_tuple(kernel_size, 3, "kernel_size")
         stem_t, *stem_hw = as_tuple(stem_stride, 3, "stem_stride")
         common = dict(norm=norm, act=act, lp_p=lp_p, order=order)
-        stages, width = [], in_channels
-        for index, out in enumerate(channels):
-            blocks = []
-            for b in range(blocks_per_stage):
-                first, last = index == 0 and b == 0, b == blocks_per_stage - 1
-                mid = factorised_width(width, out, t, max(kh, kw))
-                spatial = ConvBlock(
-                    3, width, mid, (1, kh, kw), stride=(1, *stem_hw) if first else 1, pool="none", **common
-                )
-                temporal = ConvBlock(
-                    3,
-                    mid,
-                    out,
-                    (t, 1, 1),
-                    stride=(stem_t, 1, 1) if first else 1,
-                    pool=pool if last else "none",
-                    pool_size=pool_size,
-                    **common,
-                )
-                blocks.append(nn.Sequential(spatial, temporal))
-                width = out
-            stages.append(nn.Sequential(*blocks))
+
+        def block(width: int, out: int, first: bool, last: bool) -> nn.Module:
+            mid = factorised_width(width, out, t, max(kh, kw))
+            spatial = ConvBlock(3, width, mid, (1, kh, kw), stride=(1, *stem_hw) if first else 1, pool="none", **common)
+            temporal = ConvBlock(3, mid, out, (t, 1, 1), stride=(stem_t, 1, 1) if first else 1,
+                                 pool=pool if last else "none", pool_size=pool_size, **common)  # fmt: skip
+            return nn.Sequential(spatial, temporal)
+
+        stages = stacked_stages(in_channels, channels, blocks_per_stage, block)
         super().__init__(3, stages)

@@ -10,7 +10,7 @@ ones to combinations of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -86,6 +86,24 @@ class StagedBackbone(nn.Module):
         return features
 
 
+def stacked_stages(
+    in_channels: int, channels: Sequence[int], blocks_per_stage: int, block: Callable[[int, int, bool, bool], nn.Module]
+) -> list[nn.Sequential]:
+    """The stages of a plain network: for each width of ``channels``, ``blocks_per_stage``
+    blocks made by ``block(width in, width out, first, last)``, where ``first`` is the network's
+    first block (it takes the stem's stride) and ``last`` a stage's last (it pools)."""
+    if blocks_per_stage < 1:
+        raise ConfigError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
+    stages, width = [], in_channels
+    for index, out in enumerate(channels):
+        blocks = []
+        for b in range(blocks_per_stage):
+            blocks.append(block(width, out, index == 0 and b == 0, b == blocks_per_stage - 1))
+            width = out
+        stages.append(nn.Sequential(*blocks))
+    return stages
+
+
 @register_backbone("convnet")
 class ConvNet(StagedBackbone):
     """A plain VGG-style CNN: ``blocks_per_stage`` blocks per stage, the last one pooling.
@@ -109,27 +127,14 @@ class ConvNet(StagedBackbone):
         order: str = "CNAP",
         stem_stride: IntOrSeq = 1,
     ) -> None:
-        if blocks_per_stage < 1:
-            raise ConfigError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
         common = dict(kernel_size=kernel_size, norm=norm, act=act, lp_p=lp_p, order=order)
-        stages, width = [], in_channels
-        for index, out in enumerate(channels):
-            blocks = []
-            for b in range(blocks_per_stage):
-                last = b == blocks_per_stage - 1
-                blocks.append(
-                    ConvBlock(
-                        spatial_dims,
-                        width,
-                        out,
-                        stride=stem_stride if index == 0 and b == 0 else 1,
-                        pool=pool if last else "none",
-                        pool_size=pool_size,
-                        **common,
-                    )
-                )
-                width = out
-            stages.append(nn.Sequential(*blocks))
+
+        def block(width: int, out: int, first: bool, last: bool) -> nn.Module:
+            stride = stem_stride if first else 1
+            return ConvBlock(spatial_dims, width, out, stride=stride, pool=pool if last else "none",
+                             pool_size=pool_size, **common)  # fmt: skip
+
+        stages = stacked_stages(in_channels, channels, blocks_per_stage, block)
         super().__init__(spatial_dims, stages)
 
 
