@@ -10,6 +10,7 @@ from conftest import fit, make_image_folder, task_config
 from PIL import Image
 
 from cnnsuite.cli import main
+from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.evaluate import evaluate
 from cnnsuite.use.predict import Predictor
@@ -444,3 +445,32 @@ def test_a_non_finite_number_among_a_checkpoints_arguments_is_refused_at_load(tr
     with pytest.raises(ValueError, match=r"nan.ckpt: its hyper_parameters hold a non-finite number .* at "
                                          r"backbone_weights_meta.mean.0"):  # fmt: skip
         Predictor(bad, accelerator="cpu")
+
+
+def test_a_checkpoints_sample_size_is_bounded_by_the_pixel_limit(trained, tmp_path, capsys, monkeypatch):
+    """A checkpoint (untrusted input) sizes the samples it is given: an edited image_size of
+    20,000 would have the fits check and every prediction allocate gigabytes. Samples hold no
+    more pixels than a file may declare (CNNSUITE_MAX_PIXELS, serve's --max_pixels), so the
+    operator's limit bounds a served checkpoint too; so does a detector's max_size."""
+    from cnnsuite.tasks.detection2d.module import DetectionModule
+
+    from cnnsuite.data.limits import ENV
+
+    folder, run = trained
+
+    def enlarge(checkpoint):
+        checkpoint["datamodule_hyper_parameters"]["image_size"] = 20000
+
+    large = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "large.ckpt", enlarge)
+    with pytest.raises(SystemExit):
+        main(["predict", "--ckpt", str(large), "--input", str(folder / "cat"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the data's samples of shape (3, 20000, 20000) hold 400,000,000 pixels" in err
+    monkeypatch.setenv(ENV, "1000")  # the operator's own limit, below the run's 32 x 32
+    with pytest.raises(SystemExit):
+        main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(folder / "cat"),
+              "--out", str(tmp_path / "out")])  # fmt: skip
+    assert "over the limit of 1,000" in capsys.readouterr().err
+    monkeypatch.delenv(ENV)
+    with pytest.raises(ConfigError, match=r"model.max_size=20000: images resized up to \(3, 20000, 20000\)"):
+        DetectionModule(num_classes=3, in_channels=3, max_size=20000)

@@ -140,6 +140,7 @@ class Biomedical3DDataModule(TaskDataModule):
     """
 
     default_name = "biomedical3d"
+    pixel_kind = "volume"
     streams_prepared = True
     after_decoding_hparams = ("batch_size", "augment")
     collate_fn = staticmethod(_collate)

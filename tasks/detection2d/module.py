@@ -58,6 +58,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid, save_image
 from cnnsuite.backbone import StagedBackbone, build_backbone
 from cnnsuite.data.coco import CategoryMap, coco_results
 from cnnsuite.data.inputs import Input
+from cnnsuite.data.limits import check_sample_size
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.pretrained import fit_channels
 from cnnsuite.training.task import TaskModule
@@ -263,6 +264,8 @@ class DetectionModule(TaskModule):
                 raise ConfigError(f"model.{key}={value}: expected {in_channels} values, one per input channel")
         if fpn_channels % 32:
             raise ConfigError(f"model.fpn_channels={fpn_channels}: expected a multiple of 32 (FCOS's group norm)")
+        resized = f"model.max_size={max_size}: images resized up to"
+        check_sample_size((in_channels, max_size, max_size), "image", resized)
         super().__init__()
 
     def renormalise_input(self, mean: list[float], std: list[float]) -> str:

@@ -186,6 +186,7 @@ class MultispectralDataModule(TaskDataModule):
     """
 
     default_name = "multispectral3d"
+    pixel_kind = "geotiff"
     streams_prepared = True
     after_decoding_hparams = ("batch_size", "augment")
     generation_hparams = ("default", "default_size", "default_patch")

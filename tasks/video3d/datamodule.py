@@ -238,6 +238,7 @@ class VideoDataModule(TaskDataModule):
     """
 
     default_name = "video3d"
+    pixel_kind = "video"
     input_extensions = VIDEO_EXTENSIONS
     streams_prepared = True
     # a prepared folder holds whole decoded videos: clips and frames are cut from them

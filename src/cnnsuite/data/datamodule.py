@@ -119,6 +119,9 @@ class TaskDataModule(L.LightningDataModule):
     path_hparams: tuple[str, ...] = ("data_dir", "data_root", "split_file")
     #: how the loader batches items (None: torch's default collate; a list for detection's targets)
     collate_fn = None
+    #: the kind of file a sample is read from (:mod:`cnnsuite.data.limits`: ``image``, ``volume``,
+    #: ``video`` or ``geotiff``), whose pixel limit bounds the samples too
+    pixel_kind: str = "image"
     #: init arguments that change what ``write_default`` generates (recorded in the data folder)
     generation_hparams: tuple[str, ...] = ()
     #: init arguments that say which data a run read; prediction drops them and reads only its inputs

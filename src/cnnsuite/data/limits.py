@@ -14,7 +14,9 @@ machine down. ``CNNSUITE_MAX_PIXELS`` sets one limit for every kind of file, the
 training, ``cnnsuite predict`` and ``cnnsuite serve`` (whose ``--max_pixels`` sets it): an
 environment variable, because every process of a run inherits it (DataLoader workers, DDP
 ranks, LitServe's inference workers), and because a checkpoint, which is untrusted input,
-must not be able to raise it. Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) is set to
+must not be able to raise it. The samples a model is given are held to it too
+(:func:`check_sample_size`): a checkpoint's ``image_size`` sizes what every prediction
+allocates. Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) is set to
 the image limit whenever an image is opened, so the two never disagree.
 """
 
@@ -55,6 +57,20 @@ def max_pixels(kind: str) -> int:
     """The limit for a file of ``kind`` (``image``, ``volume``, ``video``, ``geotiff``)."""
     value = os.environ.get(ENV, "").strip()
     return parse_count(value, ENV) if value else DEFAULTS[kind]
+
+
+def check_sample_size(shape: Sequence[int], kind: str, what: str = "the data's samples of shape") -> None:
+    """A sample the model takes (``shape``, channels first) may hold no more pixels than a file
+    of ``kind`` may declare: a setting that sizes it (``image_size``, and a checkpoint's, which
+    is untrusted input) must not make the suite allocate what no file could make it allocate.
+    ``cnnsuite serve --max_pixels`` bounds a served checkpoint's samples so too."""
+    total = math.prod(int(size) for size in shape[1:])
+    limit = max_pixels(kind)
+    if total > limit:
+        raise ConfigError(
+            f"{what} {tuple(shape)} hold {total:,} {UNITS[kind]}, over the limit of {limit:,}; "
+            f"to use them, raise the limit with {ENV}={total} (cnnsuite serve: --max_pixels {total})"
+        )
 
 
 def check_size(path: str | Path, kind: str, sizes: Sequence[int], what: str) -> None:

@@ -10,6 +10,7 @@ import torch
 from ..backbone import StagedBackbone
 from ..backbone.geometry import check_fits
 from ..data import TaskDataModule
+from ..data.limits import check_sample_size
 from ..errors import ConfigError
 from .task import TaskModule
 
@@ -24,6 +25,7 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
     shape = datamodule.input_shape
     if shape is None:
         return
+    check_sample_size(shape, datamodule.pixel_kind)  # before the zero batch below allocates it
     backbone = model.feature_backbone()
     if backbone.strides:  # the usual misfit, said in the network's terms (every backbone has strides)
         stride = tuple(backbone.strides[-1])

@@ -342,7 +342,8 @@ def serve_main(argv: list[str]) -> None:
         "--max_pixels",
         default=None,
         help="most pixels an upload may declare, counting a volume's voxels, a video's frames x width x height, "
-        "a GeoTIFF's bands x width x height; a larger one is answered 422 before it is decoded (default: "
+        "a GeoTIFF's bands x width x height; a larger one is answered 422 before it is decoded, and a checkpoint "
+        "whose samples would hold more is refused (default: "
         f"${limits.ENV} if set, else {limits.DEFAULTS['image']:,} for an image, {limits.DEFAULTS['volume']:,} "
         "for the others)",
     )
