@@ -119,6 +119,22 @@ def test_a_run_stopped_inside_an_epoch_resumes_into_the_rest_of_it(tmp_path, ima
         assert torch.equal(ours["state_dict"][key], value), key
 
 
+def test_testing_a_runs_checkpoint_leaves_the_run_folder_as_it_was(tmp_path, image_folder):
+    """``cnnsuite test --ckpt_path <run>/checkpoints/best.ckpt`` logged into the training run's
+    folder: a step-0 row in its metrics.csv and a config.resume-1.yaml for a run never resumed.
+    It logs to a folder of its own, as Lightning's default does."""
+    from cnnsuite.cli import main
+
+    common = ["--data.data_dir", str(image_folder), "--data.batch_size", "8"]
+    run = fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "1", "--evaluate", "false")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    main(["test", "--config", task_config("recognition2d"), *common, "--trainer.enable_progress_bar", "false",
+          "--trainer.default_root_dir", str(tmp_path / "runs"),
+          "--ckpt_path", str(run / "checkpoints" / "best.ckpt")])  # fmt: skip
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert "test/acc" in (tmp_path / "runs" / "version_1" / "metrics.csv").read_text()
+
+
 def test_a_checkpoints_stored_paths_become_the_runs_own_files():
     """The paths a checkpoint stores are untrusted: Lightning removes them as the previous best
     or last file once a new one is written. Restored, each is the callback's own file."""

@@ -282,10 +282,12 @@ class CnnSuiteCLI(LightningCLI):
             built = self.config_init[self.subcommand] if self.subcommand else self.config_init
             built["checkpoint"] = BestCheckpoint(**config.checkpoint.as_dict())
         root = self._root_dir(config)
+        # a fit resumed goes on in its run's folder; validate and test log to a folder of their own
+        resumed = config.get("ckpt_path") if self.subcommand == "fit" else None
         if config.trainer.get("logger") in (None, True):
-            kwargs["logger"] = default_loggers(root, run_version(root, config.get("ckpt_path")))
+            kwargs["logger"] = default_loggers(root, run_version(root, resumed))
         elif config.trainer.get("logger") is False and self.subcommand == "fit":  # the run's files still get a folder
-            kwargs["default_root_dir"] = str(root / f"version_{run_version(root, config.get('ckpt_path'))}")
+            kwargs["default_root_dir"] = str(root / f"version_{run_version(root, resumed)}")
         if not config.trainer.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
