@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..trust.untrusted import check_finite
+from ..trust.untrusted import check_finite_tensors
 from .pretrained import FAMILIES, LAYOUTS, into_backbone_names, published_state, read_weight_file, split_family
 
 #: how :func:`adapt_in_channels` fits a first layer to another input-channel count
@@ -90,7 +90,7 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
                 if isinstance(key, str) and key.startswith(start) and isinstance(value, torch.Tensor)
             }
             if found:
-                check_finite(found, f"{where} {path}")
+                check_finite_tensors(found, f"{where} {path}")
                 return found
     published = published_state(content, None, f"{where} {path}")
     if published is not None:

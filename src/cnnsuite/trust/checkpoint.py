@@ -38,7 +38,7 @@ from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
 from ..training.task import TaskModule
-from .untrusted import check_finite, load_weights_only
+from .untrusted import check_finite_tensors, load_weights_only
 
 #: the key under which :class:`~cnnsuite.training.task.TaskModule` records its run's classes
 CLASSES_KEY = "cnnsuite_classes"
@@ -173,7 +173,7 @@ def build_model(checkpoint: dict, source: object) -> TaskModule:
     except Exception as err:
         raise CheckpointError(f"{source}: its weights do not fit {model_cls.__name__}: {one_line(err)}") from err
     try:
-        check_finite(model.state_dict(), source)
+        check_finite_tensors(model.state_dict(), source)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     model.eval()

@@ -20,7 +20,7 @@ def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
         raise BadFileError(f"{failure} ({type(err).__name__}: {_load_error_detail(err)})") from None
 
 
-def check_finite(tensors: dict[str, torch.Tensor], source: object) -> None:
+def check_finite_tensors(tensors: dict[str, torch.Tensor], source: object) -> None:
     """Weights with NaN or infinity give NaN outputs without a word: a one-line ``ValueError``
     naming ``source`` and the first such tensor."""
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]

@@ -74,10 +74,10 @@ class ExportedNetwork:
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
-            return as_tuple(self.module(batch.detach().to("cpu", torch.float32)))
+            return output_tuple(self.module(batch.detach().to("cpu", torch.float32)))
 
 
-def as_tuple(outputs) -> tuple[torch.Tensor, ...]:
+def output_tuple(outputs) -> tuple[torch.Tensor, ...]:
     return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 
@@ -125,7 +125,7 @@ def export(
     network = model.inference_network().eval()
     check_batch, check_source = check_inputs(predictor, inputs)
     with torch.no_grad():
-        expected = as_tuple(network(check_batch))
+        expected = output_tuple(network(check_batch))
     names = output_names(model, len(expected))
     start = time.perf_counter()
     program = trace(network, check_batch, ckpt_path, model)
