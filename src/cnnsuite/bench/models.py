@@ -46,7 +46,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, TensorDataset
 
-from cnnsuite.use.export import OnnxNetwork, as_tuple, max_difference, output_names, trace
+from cnnsuite.use.export import OnnxNetwork, max_difference, output_names, output_tuple, trace
 
 from .core import (
     BenchContext,
@@ -252,7 +252,7 @@ def inference_figures(task: str, batch, settings: Settings, context: BenchContex
             onnx = export_onnx(task, model, network, full, Path(folder) / "model.onnx")
             figures["onnx_export_seconds"] = time.perf_counter() - start
             with torch.no_grad():  # a fast file that computes something else would be no figure
-                pairs = zip(as_tuple(network(full)), onnx(full), strict=True)
+                pairs = zip(output_tuple(network(full)), onnx(full), strict=True)
                 figures["onnx_max_abs_diff"] = max(max_difference(e, o) for e, o in pairs)
             timed("onnxruntime", onnx)
     return figures
@@ -273,7 +273,7 @@ def export_onnx(task: str, model, network: torch.nn.Module, batch: torch.Tensor,
     """``network`` exported as ``cnnsuite export`` exports it (torch.export with the task's free
     axes, then the dynamo ONNX exporter), loaded into ONNX Runtime."""
     with torch.no_grad():
-        names = output_names(model, len(as_tuple(network(batch[:1]))))
+        names = output_names(model, len(output_tuple(network(batch[:1]))))
     program = trace(network, batch, f"{task}'s default model", model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
