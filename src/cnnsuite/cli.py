@@ -144,7 +144,6 @@ class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         #: ``(checkpoint, its model arguments)`` of a command given ``--ckpt_path`` (see _parse_ckpt_path)
         self.resumed: tuple[str, dict] | None = None
-        self.model_options: list[str] = []
         kwargs.setdefault("parser_class", CnnSuiteParser)
         kwargs.setdefault("model_class", TaskModule)
         kwargs.setdefault("datamodule_class", TaskDataModule)

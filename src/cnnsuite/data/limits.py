@@ -59,7 +59,7 @@ def max_pixels(kind: str) -> int:
     return parse_count(value, ENV) if value else DEFAULTS[kind]
 
 
-def check_sample_size(shape: Sequence[int], kind: str, what: str = "the data's samples of shape") -> None:
+def check_sample_size(shape: Sequence[int], kind: str, what: str = "the data's samples (data.*) of shape") -> None:
     """A sample the model takes (``shape``, channels first) may hold no more pixels than a file
     of ``kind`` may declare: a setting that sizes it (``image_size``, and a checkpoint's, which
     is untrusted input) must not make the suite allocate what no file could make it allocate.
