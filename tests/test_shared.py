@@ -1,8 +1,11 @@
 """The shared package's promises: data plumbing, images as a viewer shows them, the CLI's
 errors, the metrics' inputs, and the defaults every task inherits."""
 
+import importlib
+import pkgutil
 import warnings
 
+import cnnsuite.tasks
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAUROC
 from torchvision.transforms import v2
 
+import cnnsuite
 from cnnsuite.backbone import build_backbone
 from cnnsuite.backbone.registry import _BACKBONES, register_backbone
 from cnnsuite.cli import CnnSuiteCLI, main
@@ -309,3 +313,17 @@ def test_a_picture_of_tiles_is_one_axes_each_tile_the_width_asked(tmp_path, monk
     assert len(made) == 1
     width = Image.open(path).size[0]
     assert 8 * 50 <= width <= 8 * 50 + 60  # the picture, and the margin its labels need
+
+
+def test_every_module_of_the_suite_and_its_tasks_imports():
+    """A rename that misses one importer is otherwise found only by the test, command or
+    bench that happens to import that module."""
+    modules = [
+        module.name
+        for package in (cnnsuite, cnnsuite.tasks)
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+        if not module.name.endswith("__main__")  # running it is the CLI, not an import
+    ]
+    assert len(modules) > 60 and any(".tasks." in name for name in modules)
+    for name in modules:
+        importlib.import_module(name)
