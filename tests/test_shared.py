@@ -29,6 +29,7 @@ from cnnsuite.data.splits import stratified_split
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.callbacks import PreciseBatchNorm
 from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.use.tiles import mistakes_first
 
 # --- images ---------------------------------------------------------------------------
 
@@ -294,6 +295,16 @@ def test_a_sheet_of_tiles_puts_each_picture_in_its_place_with_white_between():
     assert clip.shape == (2, 2, 2, 3) and clip[0].max() == 0 and np.allclose(clip[1], 1)
     with pytest.raises(ValueError, match="1 or 3 channels"):
         stretched(np.zeros((2, 2, 2)))
+
+
+def test_a_sheet_of_test_samples_shows_the_mistakes_then_correct_samples_of_the_whole_split():
+    right = [True] * 20
+    right[3] = right[17] = False
+    # folders are read class by class: the correct samples shown come from all over the split
+    assert mistakes_first(right, 6) == [3, 17, 0, 7, 12, 19]
+    assert mistakes_first(right, 1) == [3]  # mistakes first even when they fill the sheet
+    assert sorted(mistakes_first(right, 30)) == list(range(20))  # a short split is shown whole
+    assert mistakes_first([], 4) == []
 
 
 def test_a_picture_of_tiles_is_one_axes_each_tile_the_width_asked(tmp_path, monkeypatch):

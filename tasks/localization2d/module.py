@@ -49,7 +49,7 @@ from cnnsuite.data import Input
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.use.inspectable import Network
-from cnnsuite.use.tiles import draw_tiles
+from cnnsuite.use.tiles import draw_tiles, mistakes_first
 
 BOX_LOSSES = {"giou": generalized_box_iou_loss, "ciou": complete_box_iou_loss}
 
@@ -420,9 +420,8 @@ class LocalizationModule(ClassificationModule):
         localization is wrong, else yellow), labelled ``true->predicted score`` (ASCII: the
         drawing font has no arrow); mistakes (wrong class or IoU < 0.5) first."""
         right = (predicted == labels) & (ious >= 0.5)
-        order = torch.argsort(right.int(), stable=True)[:count]
         tiles = []
-        for i in order.tolist():
+        for i in mistakes_first(right.tolist(), count):
             image = dataset[i][0]
             size = torch.tensor([image.shape[2], image.shape[1]] * 2, dtype=torch.float32)
             label = f"{self.class_names[labels[i]]}->{self.class_names[predicted[i]]} {scores[i]:.2f}"

@@ -19,7 +19,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassCohenKappa
 
 from cnnsuite.training.classification import ClassificationModule
-from cnnsuite.use.tiles import draw_tiles, stretched
+from cnnsuite.use.tiles import draw_tiles, mistakes_first, stretched
 
 from .datamodule import FALSE_COLOUR, TRUE_COLOUR, composite
 from .default_data import BANDS as ALL_BANDS
@@ -49,11 +49,8 @@ class MultispectralModule(ClassificationModule):
         bands)."""
         dataset = datamodule.datasets["test"]
         probs, targets = self.tested(dataset)
-        truth = [self.target_text(target) for target in targets]
-        said = [self.prediction_text(row) for row in probs]
-        wrong = spread([i for i, (t, p) in enumerate(zip(truth, said, strict=True)) if t != p], count)
-        right = [i for i, (t, p) in enumerate(zip(truth, said, strict=True)) if t == p]
-        order = wrong + spread(right, count - len(wrong))
+        _, truth, said = self.tested_in_words(dataset)
+        order = mistakes_first([t == p for t, p in zip(truth, said, strict=True)], count)
         composites = [c for c in (TRUE_COLOUR, FALSE_COLOUR) if set(c) <= set(datamodule.band_names)]
         rows = [("true colour\n" if c == TRUE_COLOUR else "false colour\n") + "/".join(c) for c in composites]
         raws = [dataset.raw[i] for i in order]  # the reflectances as the dataset decoded them
@@ -101,10 +98,3 @@ class MultispectralModule(ClassificationModule):
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
-
-
-def spread(indices: list[int], count: int) -> list[int]:
-    """Up to ``count`` of ``indices``, evenly spaced over them (all, when there are no more)."""
-    if len(indices) <= max(count, 0):
-        return list(indices)
-    return [indices[j] for j in np.linspace(0, len(indices) - 1, max(count, 0)).round().astype(int)]

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from cnnsuite.training.classification import ClassificationModule
-from cnnsuite.use.tiles import draw_tiles, stretched
+from cnnsuite.use.tiles import draw_tiles, mistakes_first, stretched
 
 
 class RecognitionModule(ClassificationModule):
@@ -23,12 +21,9 @@ class RecognitionModule(ClassificationModule):
     def _plot_predictions(self, out_dir: Path, dataset, count: int = 24) -> Path:
         """The test pass's mistakes first, then correct images, ``count`` in all; only the images
         shown are read again."""
-        probs, targets = self.tested(dataset)
-        # in words, so that a multi-label image is right when its whole set of labels is
-        truth = [self.target_text(target) for target in targets]
-        predicted = [self.prediction_text(row) for row in probs]
-        right = torch.tensor([t == p for t, p in zip(truth, predicted, strict=True)])
-        order = torch.argsort(right.int(), stable=True)[:count].tolist()  # mistakes first
+        _, truth, predicted = self.tested_in_words(dataset)
+        right = [t == p for t, p in zip(truth, predicted, strict=True)]
+        order = mistakes_first(right, count)
         columns = 8
         tiles = [stretched(dataset[i][0].float().permute(1, 2, 0).numpy()) for i in order]
         labels = [(f"{truth[i]}→{predicted[i]}", "green" if right[i] else "red") for i in order]

@@ -168,14 +168,11 @@ class VideoClassificationModule(ClassificationModule):
         """Frames of test clips (the first clip of each of up to ``pool`` videos), one clip a row
         with its true and predicted class as the test pass scored it: mistakes first, then one
         correct clip per class; only the clips shown are read again."""
-        probs, targets = self.tested(dataset)
+        probs, truth, predicted = self.tested_in_words(dataset)
         first_clip: dict[int, int] = {}
         for index, (video, _) in enumerate(dataset.starts):
             first_clip.setdefault(video, index)
         picked = list(first_clip.values())[:pool]
-        # in words, so that a multi-label clip is right when its whole set of labels is
-        truth = {i: self.target_text(targets[i]) for i in picked}
-        predicted = {i: self.prediction_text(probs[i]) for i in picked}
         wrong = [i for i in picked if predicted[i] != truth[i]]
         shown, classes = wrong[: rows // 2], set()
         for i in picked:

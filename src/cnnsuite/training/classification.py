@@ -348,6 +348,13 @@ class ClassificationModule(TaskModule):
             return self.target_text(self.decide(probs).float())
         return self.class_names[int(probs.argmax())]
 
+    def tested_in_words(self, dataset) -> tuple[torch.Tensor, list[str], list[str]]:
+        """The test pass's probabilities of every sample of ``dataset`` (:meth:`tested`), and
+        each sample's true and predicted labels in words: a multi-label sample is right when
+        its whole set of labels is."""
+        probs, targets = self.tested(dataset)
+        return probs, [self.target_text(t) for t in targets], [self.prediction_text(row) for row in probs]
+
     def carries(self, target, index: int) -> bool:
         """Whether a sample's target carries class ``index``."""
         target = torch.as_tensor(target)

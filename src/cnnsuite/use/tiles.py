@@ -32,6 +32,21 @@ def stretched(picture) -> np.ndarray:
     return np.repeat(picture, 3, axis=-1) if picture.shape[-1] == 1 else picture
 
 
+def spread(indices: Sequence[int], count: int) -> list[int]:
+    """Up to ``count`` of ``indices``, evenly spaced over them (all, when there are no more)."""
+    if len(indices) <= max(count, 0):
+        return list(indices)
+    return [indices[j] for j in np.linspace(0, len(indices) - 1, max(count, 0)).round().astype(int)]
+
+
+def mistakes_first(right: Sequence[bool], count: int) -> list[int]:
+    """Which ``count`` samples a sheet of test samples shows: the mistakes (``right`` false),
+    then correct samples to fill it, each kind spread over the split. A folder's files come
+    sorted by class, so the first correct samples would all be of one class."""
+    wrong = spread([i for i, r in enumerate(right) if not r], count)
+    return wrong + spread([i for i, r in enumerate(right) if r], count - len(wrong))
+
+
 def sheet(grid: Sequence[Sequence[np.ndarray | None]], padding: int = GAP) -> np.ndarray:
     """One RGB picture of ``grid[row][column]`` (RGB pictures ``(H, W, 3)`` in 0..1, all of one
     size; None, or a short row's end, leaves its place white), ``padding`` white pixels around
