@@ -354,6 +354,22 @@ def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
         DetectionDataModule(data_dir=str(voc))
 
 
+@pytest.mark.parametrize(
+    ("xmin", "xmax", "found"),
+    [("nan", "20", "not a finite number"), ("20", "5", "zero or negative area"), ("4", "90", "lies outside")],
+)
+def test_a_pascal_voc_box_is_held_to_the_rules_of_a_coco_box(tmp_path, xmin, xmax, found):
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "JPEGImages" / "0.jpg")
+    box = f"<bndbox><xmin>{xmin}</xmin><ymin>2</ymin><xmax>{xmax}</xmax><ymax>9</ymax></bndbox>"
+    (tmp_path / "Annotations" / "0.xml").write_text(
+        f"<annotation><filename>0.jpg</filename><object><name>owl</name>{box}</object></annotation>"
+    )
+    with pytest.raises(AnnotationError, match=rf"0.xml: object 0: box .* {found}"):
+        read_voc(tmp_path, ["owl"])
+
+
 def make_official_coco(root, year=2017):
     """COCO as downloaded: ``annotations/instances_train2017.json`` and
     ``instances_val2017.json`` (beside them the captions file the download also holds), images

@@ -184,7 +184,7 @@ def test_bad_rows_and_files_are_all_named(csv_folder):
         LocalizationDataModule(data_dir=str(csv_folder))
     message = str(err.value)
     assert "4 of 16 labelled images" in message  # 16 distinct images in 17 rows
-    assert "row 3: box (30, 5, 10, 20) has x2 <= x1" in message
+    assert "row 3: box (30, 5, 10, 20) has zero or negative area (x2 <= x1" in message
     assert "row 4: image 'pics/nothing.png' does not exist" in message
     assert "pics/4.png: 2 boxes" in message and "row 6" in message and "row 18" in message
     assert "row 7: box (10, 10, 500, 20) lies outside its image pics/5.png" in message

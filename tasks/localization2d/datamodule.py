@@ -40,7 +40,7 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.augment import BatchBoxAffine
-from cnnsuite.data.coco import BORDER_TOLERANCE, AnnotationError
+from cnnsuite.data.coco import AnnotationError, box_error
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
 from cnnsuite.data.splits import STAGES, split_validation
@@ -205,17 +205,12 @@ class LocalizationDataModule(ImageDataModule):
         """Unreadable images (headers only, or fully decoded) and boxes outside their image."""
         samples = self._load()
         bad = find_bad_images(self.root, ids, decode_channels=self.in_channels if decode else None)
-        t = BORDER_TOLERANCE
         for sample_id in ids:
             if sample_id in bad:
                 continue
-            width, height = image_size(self.root / sample_id)
-            x1, y1, x2, y2 = samples[sample_id].box
-            if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
-                bad[sample_id] = BadFileError(
-                    f"{samples[sample_id].where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside "
-                    f"its image {sample_id} of {width}x{height} pixels"
-                )
+            problem = box_error(samples[sample_id].box, image_size(self.root / sample_id), f"its image {sample_id}")
+            if problem:
+                bad[sample_id] = BadFileError(f"{samples[sample_id].where}: {problem}")
         return bad
 
     # --- TaskDataModule hooks -------------------------------------------------------------

@@ -17,12 +17,11 @@ an image with two boxes — names the file and the row (or annotation).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from cnnsuite.data import BadFileError
-from cnnsuite.data.coco import read_coco, read_voc, voc_classes
+from cnnsuite.data.coco import box_error, read_coco, read_voc, voc_classes
 from cnnsuite.data.textfiles import read_csv, read_lines
 from cnnsuite.errors import ConfigError
 
@@ -54,16 +53,6 @@ def detect_format(root: Path) -> str:
         f"data.data_dir={root}: found neither labels.csv, the CUB-200-2011 files ({', '.join(CUB_FILES)}), "
         "annotations.json (COCO) nor an Annotations/ folder (Pascal VOC)"
     )
-
-
-def box_error(box: tuple[float, ...]) -> str | None:
-    """Why ``box`` (x1, y1, x2, y2) is not a box, or None."""
-    if not all(math.isfinite(v) for v in box):
-        return f"box {box} has a coordinate that is not a finite number"
-    x1, y1, x2, y2 = box
-    if x2 <= x1 or y2 <= y1:
-        return f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has x2 <= x1 or y2 <= y1"
-    return None
 
 
 def one_per_image(samples: list[Sample], errors: list[BadFileError]) -> list[Sample]:

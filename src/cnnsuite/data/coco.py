@@ -38,6 +38,32 @@ from .splits import STAGES
 BORDER_TOLERANCE = 1.0
 
 
+def box_error(
+    box: tuple[float, float, float, float], size: tuple[int, int] | None = None, image: str = "its image"
+) -> str | None:
+    """Why ``box`` (``x1, y1, x2, y2`` in pixels) cannot be trained on, or None: a coordinate
+    that is not a finite number (``float()`` reads ``nan``), no area, or, given the ``size``
+    (width, height) of ``image``, an edge beyond it by more than :data:`BORDER_TOLERANCE`.
+    Every reader of boxes asks here, so that every format is held to the same rules."""
+    if not all(math.isfinite(v) for v in box):
+        return f"box {tuple(box)} has a coordinate that is not a finite number"
+    x1, y1, x2, y2 = box
+    corners = f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+    if x2 <= x1 or y2 <= y1:
+        return f"{corners} has zero or negative area (x2 <= x1 or y2 <= y1)"
+    t = BORDER_TOLERANCE
+    if size is not None and (x1 < -t or y1 < -t or x2 > size[0] + t or y2 > size[1] + t):
+        return f"{corners} lies outside {image} of {size[0]}x{size[1]} pixels"
+    return None
+
+
+def clipped(box: tuple[float, float, float, float], size: tuple[int, int]) -> list[float]:
+    """``box`` with its edges moved inside its image of ``size`` (width, height): what
+    :func:`box_error` lets lie beyond the border."""
+    x1, y1, x2, y2 = box
+    return [max(x1, 0.0), max(y1, 0.0), min(x2, size[0]), min(y2, size[1])]
+
+
 class AnnotationError(BadFileError):
     """A detection annotation that cannot be used; the message names the file and id."""
 
@@ -261,29 +287,19 @@ def read_coco(
         if category_id not in categories:
             fail(f"{where}: category_id {category_id!r} is not one of the categories {categories.ids}")
             continue
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
-        ):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
             fail(f"{where}: bbox {bbox!r}: expected [x, y, width, height], four finite numbers")
             continue
         x, y, w, h = (float(v) for v in bbox)
-        if w <= 0 or h <= 0:
-            fail(f"{where}: bbox {bbox}: zero or negative area (width {w:g}, height {h:g})")
-            continue
-        t = BORDER_TOLERANCE
-        if x < -t or y < -t or x + w > record.width + t or y + h > record.height + t:
-            fail(
-                f"{where}: bbox {bbox} (x, y, width, height) lies outside its image "
-                f"{record.file} of {record.width}x{record.height} pixels"
-            )
+        problem = box_error((x, y, x + w, y + h), (record.width, record.height), f"its image {record.file}")
+        if problem:
+            fail(f"{where}: bbox {bbox} (x, y, width, height): {problem}")
             continue
         area = ann.get("area", 0)
         if not (isinstance(area, int | float) and math.isfinite(area) and area >= 0):
             fail(f"{where}: area {area!r}: expected a number of pixels² (0 or left out: the box's)")
             continue
-        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, record.width), min(y + h, record.height)
+        x1, y1, x2, y2 = clipped((x, y, x + w, y + h), (record.width, record.height))
         record.boxes.append([x1, y1, x2, y2])
         record.labels.append(categories.label(category_id))
         record.iscrowd.append(int(bool(ann.get("iscrowd", 0))))
@@ -356,14 +372,11 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
             except (TypeError, ValueError):
                 fail(f"{where}: expected <bndbox> with numeric xmin, ymin, xmax, ymax")
                 continue
-            if x2 <= x1 or y2 <= y1:
-                fail(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has zero or negative area")
+            problem = box_error((x1, y1, x2, y2), (width, height), f"its image {found}")
+            if problem:
+                fail(f"{where}: {problem}")
                 continue
-            t = BORDER_TOLERANCE
-            if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
-                fail(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image")
-                continue
-            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)
+            x1, y1, x2, y2 = clipped((x1, y1, x2, y2), (width, height))
             record.boxes.append([x1, y1, x2, y2])
             record.labels.append(categories.label(class_names.index(name)))
             record.iscrowd.append(int(obj.findtext("difficult", "0").strip() == "1"))
