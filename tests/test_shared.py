@@ -29,7 +29,7 @@ from cnnsuite.data.splits import stratified_split
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.callbacks import PreciseBatchNorm
 from cnnsuite.training.classification import ClassificationModule
-from cnnsuite.use.tiles import mistakes_first
+from cnnsuite.use.tiles import mistakes_first, readable_scale
 
 # --- images ---------------------------------------------------------------------------
 
@@ -305,6 +305,10 @@ def test_a_sheet_of_test_samples_shows_the_mistakes_then_correct_samples_of_the_
     assert mistakes_first(right, 1) == [3]  # mistakes first even when they fill the sheet
     assert sorted(mistakes_first(right, 30)) == list(range(20))  # a short split is shown whole
     assert mistakes_first([], 4) == []
+
+
+def test_a_small_picture_with_labels_is_enlarged_by_a_whole_factor_to_at_least_256_pixels():
+    assert [readable_scale(h, w) for h, w in ((64, 64), (200, 150), (150, 256), (40, 300))] == [4, 2, 1, 1]
 
 
 def test_a_picture_of_tiles_is_one_axes_each_tile_the_width_asked(tmp_path, monkeypatch):

@@ -63,6 +63,7 @@ from cnnsuite.errors import ConfigError
 from cnnsuite.training.pretrained import fit_channels
 from cnnsuite.training.task import TaskModule
 from cnnsuite.use.inspectable import Network, same
+from cnnsuite.use.tiles import readable_scale
 
 REFERENCES = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
 DETECTORS = ("fcos", "retinanet", "fasterrcnn", *REFERENCES)
@@ -581,7 +582,7 @@ class DetectionModule(TaskModule):
         ``class score``."""
         font = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
         rgb = (image * 255).round().to(torch.uint8).expand(3, -1, -1)
-        scale = max(1, round(256 / max(rgb.shape[1:])))
+        scale = readable_scale(*rgb.shape[1:])
         rgb = rgb.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
         if truth is not None and len(truth):
             rgb = draw_bounding_boxes(rgb, truth * scale, colors="white", width=1)

@@ -33,7 +33,6 @@ images with both boxes (mistakes first), an IoU histogram and the confusion matr
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -49,7 +48,7 @@ from cnnsuite.data import Input
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.use.inspectable import Network
-from cnnsuite.use.tiles import draw_tiles, mistakes_first
+from cnnsuite.use.tiles import draw_tiles, mistakes_first, readable_scale
 
 BOX_LOSSES = {"giou": generalized_box_iou_loss, "ciou": complete_box_iou_loss}
 
@@ -390,10 +389,8 @@ class LocalizationModule(ClassificationModule):
             * torch.tensor([width, height] * 2)
             / torch.tensor([item.meta["width"], item.meta["height"]] * 2)
         )
-        # small images (a 64-pixel canvas) are enlarged so that the label can be read
-        scale = max(1, math.ceil(256 / max(height, width)))
         label = f"{prediction['class']} {prediction['score']:.2f}"
-        drawn = draw_boxes(image, box, [label], ["yellow"], scale)
+        drawn = draw_boxes(image, box, [label], ["yellow"], readable_scale(height, width))
         fig, ax = plt.subplots(figsize=(drawn.shape[2] / 100, drawn.shape[1] / 100 + 0.3))
         ax.imshow(drawn.permute(1, 2, 0).numpy())
         ax.axis("off")

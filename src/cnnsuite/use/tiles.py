@@ -9,6 +9,7 @@ ticks (a row's or a column's) or text above each tile (a tile's own), each in it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,17 @@ def stretched(picture) -> np.ndarray:
     low, high = picture.min(), picture.max()
     picture = (picture - low) / (high - low + 1e-8)
     return np.repeat(picture, 3, axis=-1) if picture.shape[-1] == 1 else picture
+
+
+#: pixels on the longer side below which a picture with labels drawn on it is enlarged
+READABLE_SIDE = 256
+
+
+def readable_scale(height: int, width: int) -> int:
+    """The whole factor (nearest neighbour: pixels stay square) that enlarges a picture to
+    :data:`READABLE_SIDE` pixels or more on its longer side, so that labels drawn on it in a
+    font of fixed size can be read; boxes drawn on it are scaled by the same factor."""
+    return max(1, math.ceil(READABLE_SIDE / max(height, width)))
 
 
 def spread(indices: Sequence[int], count: int) -> list[int]:
