@@ -109,6 +109,27 @@ def test_every_bad_image_is_named_at_once_before_training(tmp_path):
         dm.datasets["test"]  # evaluation checks the split it reads
 
 
+def test_each_file_is_checked_once_and_a_split_unchecked_by_training_when_it_is_built(tmp_path, monkeypatch):
+    """The check is one hook (``find_bad``); the datamodule asks it about each sample once."""
+    folder = make_image_folder(tmp_path / "images", per_class=6)
+    asked: list[str] = []
+    find_bad = RecognitionDataModule.find_bad
+    monkeypatch.setattr(
+        RecognitionDataModule, "find_bad", lambda dm, ids, decode: asked.extend(ids) or find_bad(dm, ids, decode)
+    )
+    dm = RecognitionDataModule(data_dir=str(folder), image_size=8)
+    dm.setup("fit")
+    for stage in ("train", "val", "test"):
+        dm.datasets[stage]
+    assert sorted(asked) == sorted(i for ids in dm.splits.values() for i in ids)
+    asked.clear()
+    evaluating = RecognitionDataModule(data_dir=str(folder), image_size=8)
+    evaluating.setup("test")
+    assert asked == []
+    evaluating.datasets["test"]
+    assert asked == evaluating.splits["test"]
+
+
 # --- the CLI --------------------------------------------------------------------------
 
 

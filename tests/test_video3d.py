@@ -141,7 +141,7 @@ def test_a_batch_of_clips_is_transformed_at_once_and_as_each_clip_alone(video_fo
     mixing video sizes clip by clip; both give what each clip alone gives."""
     write_bar_video(video_folder / "left" / "wide.mp4", frames=16, step=-1, width=24)
     dm = VideoDataModule(data_dir=str(video_folder), **SMALL)
-    videos = dm.check_samples([sample_id for sample_id, _ in dm.samples()])
+    videos = dm.usable_videos([sample_id for sample_id, _ in dm.samples()])
     dataset = dm.clip_dataset(dm.root, videos, "test", dm.memory_cache)
     alone = [dataset.transform(dataset.read(i)[0]) for i in range(len(dataset))]
     wide = [i for i, (v, _) in enumerate(dataset.starts) if dataset.videos[v].id.endswith("wide.mp4")]

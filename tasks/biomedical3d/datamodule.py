@@ -140,6 +140,7 @@ class Biomedical3DDataModule(TaskDataModule):
     """
 
     default_name = "biomedical3d"
+    sample_noun = "volumes"
     pixel_kind = "volume"
     streams_prepared = True
     after_decoding_hparams = ("batch_size", "augment")
@@ -228,24 +229,24 @@ class Biomedical3DDataModule(TaskDataModule):
             return {s: [i for i in ids if i.startswith(f"{s}/")] for s in STAGES}
         return super().decide_splits()
 
-    def check_samples(self, ids: list[str]) -> None:
-        """Read the header of every volume of ``ids`` and name all the bad ones together: one
-        whose header does not read (the loader says why), declares more voxels than the limit
-        or names its data file outside its folder. Headers only, as the image tasks check
-        theirs: a volume damaged past its header is named when it is read. A MedMNIST file's
-        arrays were checked when it was loaded; the embedded default's volumes were written by
-        the suite (reading 900 headers would add a second to each ``make train``)."""
+    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
+        """The volumes of ``ids`` whose header does not read (the loader says why), declares
+        more voxels than the limit or names its data file outside its folder. Headers only, as
+        the image tasks check theirs: a volume damaged past its header is named when it is
+        read. A MedMNIST file's arrays were checked when it was loaded; the embedded default's
+        volumes were written by the suite (reading 900 headers would add a second to each
+        ``make train``)."""
         if self.hparams.medmnist_npz is not None or self.hparams.data_dir is None:
-            return
-        errors = []
+            return {}
+        bad = {}
         for sample_id in ids:
             path = self.root / sample_id
             try:
                 if not check_header(path):  # the loader says why
                     LoadVolumed()({"image": str(path)})
             except BadFileError as err:
-                errors.append(err)
-        report_bad_files(errors, len(ids), what="volumes")
+                bad[sample_id] = err
+        return bad
 
     @property
     def root(self) -> Path:
@@ -259,6 +260,7 @@ class Biomedical3DDataModule(TaskDataModule):
 
     # --- datasets -----------------------------------------------------------------
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
+        ids = self.check_samples(ids, stage)
         labels = dict(self.samples())
         if self.hparams.medmnist_npz is not None:
             items = []

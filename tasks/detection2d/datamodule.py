@@ -45,7 +45,6 @@ from cnnsuite.data import (
     image_channels,
     image_size,
     read_image,
-    report_bad_files,
 )
 from cnnsuite.data.cache import check_cache_limit
 from cnnsuite.data.coco import (
@@ -149,6 +148,7 @@ class DetectionDataModule(TaskDataModule):
     streams_prepared = True
     collate_fn = staticmethod(collate)
     input_extensions = IMAGE_EXTENSIONS
+    sample_noun = "images"
 
     def __init__(
         self,
@@ -171,7 +171,6 @@ class DetectionDataModule(TaskDataModule):
         self._data: DetectionData | None = None
         self._fixed_splits: dict[str, list[str]] | None = None
         self._split_files: dict[str, CocoFile] | None = None
-        self._checked: set[str] = set()  # ids whose headers check_samples has read
         if data_dir is None:
             self.categories = CategoryMap(list(range(1, 11)), [str(d) for d in range(10)])
             self.in_channels = channels or 1
@@ -296,10 +295,15 @@ class DetectionDataModule(TaskDataModule):
         )
         return {"train": train, "val": val, "test": fixed[held_out]}
 
-    def bad_images(self, ids: list[str]) -> dict[str, BadFileError]:
+    @property
+    def on_bad_file(self) -> str:
+        """Images that cannot be used are skipped with the bad annotations (``on_bad_annotation``)."""
+        return self.hparams.on_bad_annotation
+
+    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
         """``{id: error}`` of the images of ``ids`` whose header does not read or gives another
-        size than their annotation. Headers only, as the image tasks check theirs: an image
-        damaged past its header is named when it is decoded."""
+        size than their annotation. Headers only, whether stopping or skipping (``decode``): an
+        image damaged past its header is named when it is decoded."""
         records, bad = {r.file: r for r in self._load().records}, {}
         for sample_id in ids:
             try:
@@ -308,19 +312,11 @@ class DetectionDataModule(TaskDataModule):
                 bad[sample_id] = err
         return bad
 
-    def check_samples(self, ids: list[str]) -> None:
-        if self.hparams.on_bad_annotation == "error":  # "skip" leaves them out as each split is built
-            report_bad_files(list(self.bad_images(ids).values()), len(ids), what="images")
-            self._checked |= set(ids)
-
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         # a prepared folder's shards hold each image with its target: no annotation is read
         records = {}
         if self.prepared is None:
-            on_bad = self.hparams.on_bad_annotation
-            bad = self.bad_images([i for i in ids if i not in self._checked])  # a split not checked before fit
-            report_bad_files(list(bad.values()), len(ids), on_bad, what=f"{stage} images")
-            ids, records = [i for i in ids if i not in bad], {r.file: r for r in self._load().records}
+            ids, records = self.check_samples(ids, stage), {r.file: r for r in self._load().records}
         return DetectionDataset(self.root, ids, records, self.in_channels, self.decoded_cache(stage))
 
     def describe_preprocessing(self) -> dict:

@@ -197,11 +197,11 @@ class LocalizationDataModule(ImageDataModule):
         self.class_names = names
         self._samples, total = {s.file: s for s in samples}, len(samples) + len(errors)
         if errors and on_bad == "error":  # one error names everything to fix: the good rows' images too
-            errors = errors + list(self._bad_samples(list(self._samples), decode=False).values())
+            errors = errors + list(self.find_bad(list(self._samples), decode=False).values())
         report_bad_files(errors, total, on_bad, what="labelled images")
         return self._samples
 
-    def _bad_samples(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
+    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
         """Unreadable images (headers only, or fully decoded) and boxes outside their image."""
         samples = self._load()
         bad = find_bad_images(self.root, ids, decode_channels=self.in_channels if decode else None)
@@ -230,17 +230,11 @@ class LocalizationDataModule(ImageDataModule):
         train, val = split_validation(train, labels, hp.val_fraction, len(samples), hp.seed, self.class_names)
         return {"train": train, "val": val, "test": sorted(test)}
 
-    def check_samples(self, ids: list[str]) -> None:
-        if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built
-            report_bad_files(list(self._bad_samples(ids, decode=False).values()), len(ids), what="images")
-
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         hp = self.hparams
         if self.prepared is None:
-            bad = self._bad_samples(ids, decode=hp.on_bad_file == "skip")
-            report_bad_files(list(bad.values()), len(ids), hp.on_bad_file, what=f"{stage} images")
             samples = self._load()
-            ids = [i for i in ids if i not in bad]
+            ids = self.check_samples(ids, stage)
             labels, boxes = [samples[i].label for i in ids], [samples[i].box for i in ids]
         else:  # the shards hold each image with its box
             label_of = dict(self.samples())

@@ -57,7 +57,6 @@ from cnnsuite.data import (
     check_on_bad_file,
     list_classes,
     list_samples,
-    report_bad_files,
 )
 from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.cache import check_cache_limit, fits_cache
@@ -186,6 +185,7 @@ class MultispectralDataModule(TaskDataModule):
     """
 
     default_name = "multispectral3d"
+    sample_noun = "GeoTIFF patches"
     pixel_kind = "geotiff"
     streams_prepared = True
     after_decoding_hparams = ("batch_size", "augment")
@@ -220,9 +220,6 @@ class MultispectralDataModule(TaskDataModule):
         check_on_bad_file(on_bad_file)
         if default not in DEFAULTS:
             raise ConfigError(f"data.default={default!r}: expected {' or '.join(DEFAULTS)}")
-        #: the patches read by a check so far, and the bad ones among them (by id)
-        self.checked: set[str] = set()
-        self.bad: set[str] = set()
         #: reflectances the check read, of splits that fit the cache: their datasets take them
         #: rather than read each file a second time
         self.checked_values: dict[str, np.ndarray] = {}
@@ -352,21 +349,21 @@ class MultispectralDataModule(TaskDataModule):
         """A GeoTIFF, or a patch folder of one GeoTIFF per band (BigEarthNet-S2)."""
         return bool(band_files(path)) if path.is_dir() else super().is_input(path)
 
-    def check_samples(self, ids: list[str]) -> None:
-        """Read every patch once (headers and pixels), then name all the bad ones together: one
-        error, or with ``on_bad_file: skip`` one warning, and they are left out (:meth:`usable`)."""
-        errors, kept = [], self.cached_ids()
+    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
+        """The patches of ``ids`` that cannot be used, each read in full whether ``decode`` or not
+        (a wrong band, a size or a value is found only in the pixels). The reflectances of those
+        whose split fits the cache are kept (:attr:`checked_values`) for the split's dataset and
+        the band statistics, which then read no file a second time."""
+        bad, kept = {}, self.cached_ids()
         for sample_id in ids:
             try:
                 values = self.reader(self.root / sample_id)
             except BadFileError as err:
-                errors.append(err)
-                self.bad.add(sample_id)
+                bad[sample_id] = err
                 continue
             if sample_id in kept:
                 self.checked_values[sample_id] = values
-        self.checked |= set(ids)
-        report_bad_files(errors, len(ids), self.hparams.on_bad_file, what="GeoTIFF patches")
+        return bad
 
     def cached_ids(self) -> set[str]:
         """The ids of the splits whose reflectances fit ``cache_limit_mb``: what their datasets
@@ -381,20 +378,10 @@ class MultispectralDataModule(TaskDataModule):
         """What the reflectances of ``ids`` take in memory, read as this run reads them."""
         return patches_nbytes(len(ids), len(self.band_names), self.reader.size, self.dtype)
 
-    def usable(self, ids: list[str]) -> list[str]:
-        """``ids`` less the bad patches ``on_bad_file: skip`` leaves out, reading those not checked
-        yet (a split evaluated without training); with ``error`` a bad patch is named when read."""
-        if self.hparams.on_bad_file == "error":
-            return ids
-        unchecked = [i for i in ids if i not in self.checked]
-        if unchecked:
-            self.check_samples(unchecked)
-        return [i for i in ids if i not in self.bad]
-
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.band_stats is None:
-            self.band_stats = self.compute_band_stats(self.usable(self.splits["train"]))
+            self.band_stats = self.compute_band_stats(self.check_samples(self.splits["train"], "train"))
 
     def compute_band_stats(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-band mean and standard deviation over every pixel of ``ids`` (float64 sums)."""
@@ -482,7 +469,7 @@ class MultispectralDataModule(TaskDataModule):
         if self.band_stats is None:
             raise RuntimeError("setup() computes the band statistics before any dataset is built")
         if self.prepared is None:
-            ids = self.usable(ids)
+            ids = self.check_samples(ids, stage)
         labels = dict(self.samples())
         return PatchDataset(
             self.root,

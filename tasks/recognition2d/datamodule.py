@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from cnnsuite.data import (
     IMAGE_EXTENSIONS,
+    BadFileError,
     ImageDataModule,
     Input,
     check_folder,
@@ -32,7 +33,6 @@ from cnnsuite.data import (
     find_bad_images,
     image_channels,
     read_image,
-    report_bad_files,
 )
 from cnnsuite.data.augment import BatchRandomAffine
 from cnnsuite.data.digits import digit_scans, digit_split
@@ -97,18 +97,13 @@ class RecognitionDataModule(ImageDataModule):
         super().__init__(**kwargs)
         check_multilabel(multilabel)
         data_dir, channels = self.raw_data_dir, self.hparams.channels
-        self._checked: set[str] = set()  # ids whose headers check_samples has read
         if data_dir is None:
             self.class_names = [str(d) for d in range(10)]
             self.in_channels = channels or 1
             self.decide_multilabel(multilabel is True)
         else:
             root = check_folder(data_dir)
-
-            def find_bad(ids: list[str]) -> dict:
-                return find_bad_images(root, ids)
-
-            self.read_labelled_folder(root, IMAGE_EXTENSIONS, "image", multilabel, "images", find_bad)
+            self.read_labelled_folder(root, IMAGE_EXTENSIONS, "image", multilabel, "images")
             self.in_channels = channels or image_channels(root / i for i, _ in self.samples())
         self.use_prepared()
 
@@ -159,25 +154,14 @@ class RecognitionDataModule(ImageDataModule):
         image, picture, (width, height) = read_image_with_picture(path, self.in_channels, self.size)
         return Input(path, self.transform()(image), {"width": width, "height": height}, view=picture)
 
-    def check_samples(self, ids: list[str]) -> None:
-        if self.hparams.on_bad_file == "error":  # "skip" decodes each split when it is built
-            report_bad_files(list(find_bad_images(self.root, ids).values()), len(ids), what="images")
-            self._checked |= set(ids)
+    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
+        return find_bad_images(self.root, ids, decode_channels=self.in_channels if decode else None)
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        if self.prepared is None:
-            ids = self.usable(ids, stage)
+        ids = self.check_samples(ids, stage)
         label_of = dict(self.samples())
         unknown = [i for i in ids if i not in label_of]
         if unknown:
             raise ConfigError(f"{unknown[0]}: not an image of {self.root} ({self.class_names})")
         return ImageFolderDataset(self.root, ids, [label_of[i] for i in ids], self.in_channels, self.size,
                                   self.transform(), self.decoded_cache(stage))  # fmt: skip
-
-    def usable(self, ids: list[str], stage: str) -> list[str]:
-        """``ids`` less the images that do not read (named together; left out with ``on_bad_file: skip``)."""
-        skip = self.hparams.on_bad_file == "skip"
-        unchecked = ids if skip else [i for i in ids if i not in self._checked]  # headers read once
-        bad = find_bad_images(self.root, unchecked, decode_channels=self.in_channels if skip else None)
-        report_bad_files(list(bad.values()), len(ids), self.hparams.on_bad_file, what=f"{stage} images")
-        return [i for i in ids if i not in bad]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -53,11 +53,10 @@ from cnnsuite.data import (
     check_folder,
     check_on_bad_file,
     image_channel_names,
-    report_bad_files,
 )
 from cnnsuite.data.augment import BatchRandomResizedCrop
 from cnnsuite.data.cache import check_cache_limit
-from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
+from cnnsuite.data.labels import check_multilabel
 from cnnsuite.errors import ConfigError
 
 from .default_data import FPS, FRAMES, MOTIONS, write_motion_dataset
@@ -238,6 +237,7 @@ class VideoDataModule(TaskDataModule):
     """
 
     default_name = "video3d"
+    sample_noun = "videos"
     pixel_kind = "video"
     input_extensions = VIDEO_EXTENSIONS
     streams_prepared = True
@@ -276,6 +276,10 @@ class VideoDataModule(TaskDataModule):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value}: expected a positive integer")
+        # Exact seconds: 1/3 s as a float would drift against frame timestamps.
+        self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
+        #: ``(duration, fps, frame_bytes)`` of every usable video probed so far (:meth:`find_bad`), by id
+        self.probed: dict[str, tuple[Fraction, float, int]] = {}
         if data_dir is None:
             self.class_names = list(MOTIONS)
             self.decide_multilabel(multilabel is True)
@@ -283,16 +287,11 @@ class VideoDataModule(TaskDataModule):
             self.read_labelled_folder(check_folder(data_dir), VIDEO_EXTENSIONS, "video", multilabel, "videos")
         self.in_channels = 3  # PyAV decodes to RGB
         self.channel_names = image_channel_names(self.in_channels)
-        # Exact seconds: 1/3 s as a float would drift against frame timestamps.
-        self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
-        # every video probed so far, by id: its record, or None if it was bad and skipped
-        self.checked: dict[str, VideoRecord | None] = {}
         self.use_prepared()
         if self.prepared is not None:  # probed when it was prepared: the record says what each video is
-            targets = dict(self.samples())
             try:
-                self.checked = {
-                    i: VideoRecord(i, targets[i], Fraction(f["duration"]), float(f["fps"]), int(f["frame_bytes"]))
+                self.probed = {
+                    i: (Fraction(f["duration"]), float(f["fps"]), int(f["frame_bytes"]))
                     for i, f in self.prepared["sample_facts"].items()
                 }
             except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError) as err:
@@ -305,9 +304,8 @@ class VideoDataModule(TaskDataModule):
     def sample_facts(self) -> dict[str, dict]:
         """Each usable video's duration (exact, as a fraction), frame rate and frame size."""
         return {
-            i: {"duration": str(v.duration), "fps": v.fps, "frame_bytes": v.frame_bytes}
-            for i, v in self.checked.items()
-            if v is not None
+            i: {"duration": str(duration), "fps": fps, "frame_bytes": frame_bytes}
+            for i, (duration, fps, frame_bytes) in self.probed.items()
         }
 
     @property
@@ -333,19 +331,6 @@ class VideoDataModule(TaskDataModule):
     def list_samples(self) -> list[tuple[str, object]]:
         return self.folder_samples(VIDEO_EXTENSIONS)
 
-    def target_of(self, sample_id: str):
-        """A video's target: its ``labels.csv`` row's, else its class folder's (an error naming
-        the video where it has neither)."""
-        if self.targets is not None:
-            if sample_id not in self.targets:
-                raise ConfigError(f"{sample_id}: not listed in {self.root / LABELS_CSV}")
-            return self.targets[sample_id]
-        name = PurePosixPath(sample_id).parent.name  # the class folder, in either layout
-        if name not in self.class_names:
-            raise ConfigError(f"{sample_id}: class {name!r} is not one of {self.class_names}")
-        index = self.class_names.index(name)
-        return multi_hot([index], self.num_classes) if self.multilabel else index
-
     def decide_splits(self) -> dict[str, list[str]]:
         # PyTorchVideo's csv lists name class folders: not read beside split folders or a labels.csv
         labelled_otherwise = self.split_folders or self.targets is not None
@@ -355,36 +340,35 @@ class VideoDataModule(TaskDataModule):
                 return splits
         return super().decide_splits()
 
-    def check_samples(self, ids: list[str]) -> list[VideoRecord]:
-        """The usable videos of ``ids``. Each video is probed once (before training, all of
-        the run's); the bad ones among those probed now are reported together (one error, or
-        one warning, by ``on_bad_file``), and how many of them are shorter than one clip is
-        said once."""
-        new, errors = {}, []
+    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
+        """The videos of ``ids`` that cannot be used, each probed (opened, its first frame
+        decoded) whether ``decode`` or not; what the others' probes found is kept
+        (:attr:`probed`), and how many of them are shorter than one clip is said once."""
+        bad, short = {}, 0
         for sample_id in ids:
-            if sample_id in self.checked or sample_id in new:
-                continue
-            target = self.target_of(sample_id)
             try:
                 duration, fps, frame_bytes = probe_video(self.root / sample_id)
-                new[sample_id] = VideoRecord(sample_id, target, duration, fps, frame_bytes)
             except BadFileError as err:
-                errors.append(err)
-                new[sample_id] = None
-        report_bad_files(errors, len(new), self.hparams.on_bad_file, what="videos")
-        self.checked |= new
-        usable = [video for video in new.values() if video is not None]
-        short = sum(video.duration < self.clip_duration for video in usable)
+                bad[sample_id] = err
+                continue
+            self.probed[sample_id] = duration, fps, frame_bytes
+            short += duration < self.clip_duration
         if short:
             rank_zero_warn(
-                f"{self.root}: {short} of {len(usable)} videos are shorter than one clip "
+                f"{self.root}: {short} of {len(ids) - len(bad)} videos are shorter than one clip "
                 f"(data.clip_duration={float(self.clip_duration)} s); each gives one clip, "
                 "its frames at their own pace and the last one repeated to fill it"
             )
-        return [self.checked[i] for i in ids if self.checked[i] is not None]
+        return bad
+
+    def usable_videos(self, ids: list[str], stage: str | None = None) -> list[VideoRecord]:
+        """The videos of ``ids`` that pass :meth:`check_samples`, with their targets and what
+        their probes found."""
+        targets = dict(self.samples())
+        return [VideoRecord(i, targets[i], *self.probed[i]) for i in self.check_samples(ids, stage)]
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        videos = self.check_samples(ids)
+        videos = self.usable_videos(ids, stage)
         if not videos:
             raise ConfigError(f"{self.root}: no readable video in the {stage} split ({len(ids)} listed)")
         return self.clip_dataset(self.root, videos, stage, self.decoded_cache(stage))

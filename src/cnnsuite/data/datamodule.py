@@ -12,7 +12,8 @@
 - ``setup`` decides the split — a saved ``split_file``, else fixed lists the data brings
   (``train.txt``..., or split folders ``train/<class>/...`` where the task reads them), else
   stratified by ``seed`` — checks the files of all of it before training
-  (``check_samples``) and saves it as ``splits.json`` in the run folder. The split
+  (``check_samples``, around a task's :meth:`~TaskDataModule.find_bad`) and saves it as
+  ``splits.json`` in the run folder. The split
   is also the datamodule's ``state_dict``, so it travels inside every checkpoint: evaluation
   and resuming use the run's own split, never one re-derived from today's files.
 - Its loaders size themselves to the machine: ``num_workers: auto`` (the default) starts
@@ -37,6 +38,7 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -48,8 +50,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..classpath import class_path
-from ..errors import ConfigError
+from ..errors import BadFileError, ConfigError
 from .cache import DecodedCache
+from .errors import report_bad_files
 from .folders import is_listed, list_classes, list_samples
 from .inputs import Input
 from .labels import LABELS_CSV, multi_hot, read_labels_csv
@@ -119,6 +122,8 @@ class TaskDataModule(L.LightningDataModule):
     path_hparams: tuple[str, ...] = ("data_dir", "data_root", "split_file")
     #: how the loader batches items (None: torch's default collate; a list for detection's targets)
     collate_fn = None
+    #: what the messages naming bad files call the samples (``images``, ``volumes``)
+    sample_noun: str = "files"
     #: the kind of file a sample is read from (:mod:`cnnsuite.data.limits`: ``image``, ``volume``,
     #: ``video`` or ``geotiff``), whose pixel limit bounds the samples too
     pixel_kind: str = "image"
@@ -177,6 +182,8 @@ class TaskDataModule(L.LightningDataModule):
         self._streamed_from: str | None = None
         self._probe = None  # set by decoder()
         self._listed: list | None = None  # samples(), listed once
+        self._checked: set[str] = set()  # ids check_samples has checked, and the bad among them
+        self._bad: dict[str, BadFileError] = {}
         self._augment_generator: torch.Generator | None = None  # under DDP, the rank's own
         if is_prepared(self.hparams.data_dir):
             self.prepared = self._open_prepared(self.hparams.data_dir)
@@ -327,17 +334,19 @@ class TaskDataModule(L.LightningDataModule):
         id_column: str,
         multilabel: bool | str,
         what: str,
-        find_bad: Callable[[list[str]], dict] | None = None,
     ) -> None:
         """The classes of a user's folder and how its samples are labelled: its ``labels.csv``
         (a ``label`` column or one 0/1 column per class; it may make the run multi-label, see
         :func:`~cnnsuite.data.labels.read_labels_csv`), else its class folders, split folders
-        included (one class a sample: multi-label only when ``multilabel`` is true)."""
+        included (one class a sample: multi-label only when ``multilabel`` is true). A class
+        folder without a usable file is named with every bad file of the others
+        (:meth:`find_bad`)."""
         if (root / LABELS_CSV).is_file():
             self.class_names, self.targets, decided = read_labels_csv(root, id_column, multilabel, what=what)
             self.decide_multilabel(decided)
             return
         self.split_folders = find_split_folders(root)
+        find_bad = partial(self.find_bad, decode=False)
         self.class_names = list_classes(root, extensions, find_bad, self.split_folder_names)
         self.decide_multilabel(multilabel is True)
 
@@ -478,10 +487,38 @@ class TaskDataModule(L.LightningDataModule):
             defaults = {key: self._init_default(key) for key in self.generation_hparams}
             prepare_once(self.root, self.write_default, self.generation_args, defaults)
 
-    def check_samples(self, ids: list[str]) -> None:
-        """Check the files of ``ids`` before training, so that every bad one is named at once,
-        before the first step (a bad test file found after the last epoch costs a run).
-        Tasks whose readers can fail override this; the default trusts the files."""
+    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
+        """``{id: error}`` of the samples of ``ids`` that cannot be used, each error naming its
+        file and what is wrong. ``decode`` false: a quick check (headers; a file damaged past
+        its header is named when it is read); true, with ``on_bad_file: skip``: every sample
+        read in full, so that none the loader meets is bad. Tasks whose readers can fail
+        override this (a task may keep what it learns of each good sample, as a video's
+        duration); the default trusts the files."""
+        return {}
+
+    @property
+    def on_bad_file(self) -> str:
+        """``error`` (stop, naming every bad file) or ``skip`` (leave them out, with one warning
+        naming each): the task's ``on_bad_file`` option; ``error`` for a task without one."""
+        return self.hparams.get("on_bad_file", "error")
+
+    def check_samples(self, ids: list[str], stage: str | None = None) -> list[str]:
+        """``ids`` less their bad samples (:meth:`find_bad`). Each sample is checked once:
+        before training every sample of the run (``setup``), so that every bad one is named
+        before the first step (a bad test file found after the last epoch costs a run); a
+        ``stage`` split not checked then (evaluation without training) when it is built. The
+        bad ones among those checked now are named together (:attr:`on_bad_file`). A
+        prepared folder's samples were checked when it was written."""
+        if self.prepared is not None:
+            return list(ids)
+        new = [i for i in dict.fromkeys(ids) if i not in self._checked]
+        bad = self.find_bad(new, decode=self.on_bad_file == "skip") if new else {}
+        what = self.sample_noun if stage is None else f"{stage} {self.sample_noun}"
+        report_bad_files(list(bad.values()), len(ids), self.on_bad_file, what=what)
+        # kept once said: a bad sample that stopped the run is looked at again when asked again
+        self._checked.update(new)
+        self._bad |= bad
+        return [i for i in ids if i not in self._bad]
 
     def setup(self, stage: str) -> None:
         if self.prepared is not None:  # decided and checked when it was prepared

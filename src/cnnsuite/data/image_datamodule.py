@@ -21,6 +21,7 @@ class ImageDataModule(TaskDataModule):
     """
 
     input_extensions = IMAGE_EXTENSIONS
+    sample_noun = "images"
 
     @property
     def input_normalisation(self) -> dict:
