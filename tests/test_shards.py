@@ -678,7 +678,11 @@ def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch)
     assert_same_weights(resumed / "checkpoints" / "last.ckpt", whole / "checkpoints" / "last.ckpt")
 
 
-def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "edit",
+    [lambda facts: facts[next(iter(facts))].update(duration="two seconds"), lambda facts: facts.pop(next(iter(facts)))],
+)
+def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_path, edit):
     """The record is a file a user may edit: facts that are not a duration, rate and frame size
     for each video are named as the record's, not a traceback."""
     from cnnsuite.tasks.video3d.datamodule import VideoDataModule
@@ -688,8 +692,7 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
     out = tmp_path / "prepared"
     prepare("video3d", raw, out, "--data.frames_per_clip", "4", "--data.frame_size", "16")
     record = json.loads((out / RECORD).read_text())
-    first = next(iter(record["sample_facts"]))
-    record["sample_facts"][first]["duration"] = "two seconds"
+    edit(record["sample_facts"])
     (out / RECORD).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"prepared: its record's sample_facts are not what cnnsuite prepare"):
         VideoDataModule(data_dir=str(out), frames_per_clip=4, frame_size=16, data_root=str(tmp_path / "data"))
@@ -704,6 +707,7 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
         (lambda r: r.update(preprocessing=[1]), "preprocessing is [1], expected an object of values and tensors"),
         (lambda r: r.update(hyper_parameters=["x"]), 'hyper_parameters is ["x"], expected an object'),
         (lambda r: r["items"].pop("val"), "items is {"),
+        (lambda r: r["targets"].pop(r["items"]["test"][0]), "which targets does not: expected a target for each"),
         (lambda r: r.pop("splits"), "not a record written by cnnsuite prepare (no splits)"),
     ],
 )

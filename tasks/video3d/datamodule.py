@@ -294,6 +294,9 @@ class VideoDataModule(TaskDataModule):
                     i: (Fraction(f["duration"]), float(f["fps"]), int(f["frame_bytes"]))
                     for i, f in self.prepared["sample_facts"].items()
                 }
+                unprobed = [i for ids in self.prepared["items"].values() for i in ids if i not in self.probed]
+                if unprobed:
+                    raise KeyError(unprobed[0])  # a video its datasets would know nothing of
             except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError) as err:
                 raise ConfigError(
                     f"{self.hparams.data_dir}: its record's sample_facts are not what cnnsuite prepare writes "

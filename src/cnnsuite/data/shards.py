@@ -245,6 +245,9 @@ def check_record(record: dict, where: str) -> None:
         if not ok(record[key]):
             shown = json.dumps(record[key])
             raise ConfigError(f"{where}: {key} is {shown if len(shown) <= 60 else shown[:57] + '...'}, expected {what}")
+    unlabelled = [i for ids in record["items"].values() for i in ids if i not in record["targets"]]
+    if unlabelled:
+        raise ConfigError(f"{where}: items lists {unlabelled[0]!r}, which targets does not: expected a target for each")
 
 
 def _ids(value) -> bool:
