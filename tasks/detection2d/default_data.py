@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.ops import box_iou
+
+from cnnsuite.data.digits import draw_digit_size, ink_box, upscaled
 
 # The embedded default: how many canvases per split, their side, digits per canvas and
 # digit heights in pixels. Changing them needs a fresh --data.data_root (written once).
@@ -40,13 +41,10 @@ def compose_canvas(
     for _ in range(rng.integers(low, high + 1)):
         for _attempt in range(30):
             scan = int(pool[rng.integers(len(pool))])
-            h = int(rng.integers(DEFAULT_DIGIT_HEIGHT[0], DEFAULT_DIGIT_HEIGHT[1] + 1))
-            w = max(8, int(round(h * rng.uniform(0.7, 1.0))))
-            patch = np.asarray(Image.fromarray(scans[scan]).resize((w, h), Image.Resampling.BILINEAR), np.float32)
-            ink = patch > 0.25 * patch.max()
-            ys, xs = np.nonzero(ink)
+            h, w = draw_digit_size(rng, DEFAULT_DIGIT_HEIGHT)
+            patch = upscaled(scans[scan], h, w)
             x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
-            box = [float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)]
+            box = ink_box(patch, x0, y0)
             if not boxes or box_iou(torch.tensor([box]), torch.tensor(boxes)).max() <= DEFAULT_MAX_IOU:
                 break
         else:

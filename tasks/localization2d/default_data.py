@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cnnsuite.data.digits import draw_digit_size, ink_box, upscaled
+
 # Changing these needs a fresh --data.data_root: the default is written once.
 DEFAULT_CANVAS_SIZE = 64
 DEFAULT_DIGIT_HEIGHT = (16, 44)
@@ -31,8 +33,7 @@ def compose_canvas(
     full brightness: the brightest blob is not the answer. Layers are combined by maximum.
     """
     canvas = np.clip(rng.normal(18, 8, (size, size)), 0, 255).astype(np.float32)
-    h = int(rng.integers(DEFAULT_DIGIT_HEIGHT[0], DEFAULT_DIGIT_HEIGHT[1] + 1))
-    w = max(8, int(round(h * rng.uniform(0.7, 1.0))))
+    h, w = draw_digit_size(rng, DEFAULT_DIGIT_HEIGHT)
     cell = h / 8
     for _ in range(rng.integers(2, 5)):
         other = scans[int(pool[rng.integers(len(pool))])]
@@ -40,7 +41,7 @@ def compose_canvas(
         top, left = rng.integers(0, 9 - rows), rng.integers(0, 9 - cols)
         piece = other[top : top + rows, left : left + cols]
         ph, pw = max(2, int(rows * cell)), max(2, int(cols * cell * w / h))
-        patch = np.asarray(Image.fromarray(piece).resize((pw, ph), Image.Resampling.BILINEAR), np.float32)
+        patch = upscaled(piece, ph, pw)
         y0, x0 = rng.integers(0, size - ph + 1), rng.integers(0, size - pw + 1)
         np.maximum(canvas[y0 : y0 + ph, x0 : x0 + pw], patch, out=canvas[y0 : y0 + ph, x0 : x0 + pw])
     strokes = Image.new("L", (size, size))
@@ -52,10 +53,7 @@ def compose_canvas(
         draw.line([(x, y), end], fill=int(rng.integers(200, 256)), width=int(rng.integers(1, 4)))
     np.maximum(canvas, np.asarray(strokes, np.float32), out=canvas)
 
-    patch = np.asarray(Image.fromarray(scans[scan]).resize((w, h), Image.Resampling.BILINEAR), np.float32)
-    patch *= rng.uniform(0.55, 1.0)
-    ys, xs = np.nonzero(patch > 0.25 * patch.max())
+    patch = upscaled(scans[scan], h, w) * rng.uniform(0.55, 1.0)
     x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
     np.maximum(canvas[y0 : y0 + h, x0 : x0 + w], patch, out=canvas[y0 : y0 + h, x0 : x0 + w])
-    box = [float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)]
-    return np.clip(canvas, 0, 255).astype(np.uint8), box
+    return np.clip(canvas, 0, 255).astype(np.uint8), ink_box(patch, x0, y0)

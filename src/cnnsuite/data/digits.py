@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from .splits import stratified_split
@@ -34,3 +35,22 @@ def digit_split() -> dict[str, list[int]]:
     ids = [f"{i:04d}" for i in range(len(labels))]
     split = stratified_split(ids, labels.tolist(), VAL_FRACTION, TEST_FRACTION, SPLIT_SEED)
     return {stage: [int(i) for i in names] for stage, names in split.items()}
+
+
+def draw_digit_size(rng: np.random.Generator, heights: tuple[int, int]) -> tuple[int, int]:
+    """A digit's height in pixels, drawn from ``heights`` (both included), and its width,
+    70–100 % of it and at least 8: the size a scan is upscaled to on a canvas."""
+    height = int(rng.integers(heights[0], heights[1] + 1))
+    return height, max(8, int(round(height * rng.uniform(0.7, 1.0))))
+
+
+def upscaled(scan: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A scan (or a piece of one) resized to ``height`` × ``width``, bilinear, as float32 in 0..255."""
+    return np.asarray(Image.fromarray(scan).resize((width, height), Image.Resampling.BILINEAR), np.float32)
+
+
+def ink_box(patch: np.ndarray, left: int, top: int) -> list[float]:
+    """The tight box ``x1, y1, x2, y2`` of a digit's ink (its pixels above a quarter of its
+    peak) when ``patch`` is placed with its top-left corner at (``left``, ``top``)."""
+    ys, xs = np.nonzero(patch > 0.25 * patch.max())
+    return [float(left + xs.min()), float(top + ys.min()), float(left + xs.max() + 1), float(top + ys.max() + 1)]
