@@ -43,11 +43,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from .commands import (
     COMMANDS,
     LIGHTNING_COMMANDS,
-    LIGHTNING_PREDICT,
-    add_accelerator,
-    add_data,
-    add_out,
-    command_parser,
     help_requested,
     print_table,
     task_configs,
@@ -65,12 +60,11 @@ from .training.runs import (
     LastCheckpoint,
     RunConfig,
     default_loggers,
-    default_output,
     newest_last_checkpoint,
     run_version,
 )
 from .training.task import TaskModule
-from .trust.checkpoint import check_matches, check_rebuildable, data_options, resume_arguments
+from .trust.checkpoint import check_matches, check_rebuildable, resume_arguments
 
 #: LightningCLI's warning when it is given ``args`` while the process has a command line of its
 #: own: from Python (``main([...])``, a sweep's trials), that command line is the caller's
@@ -328,7 +322,7 @@ class CnnSuiteCLI(LightningCLI):
         run_dir = Path(log_dir)
         print(f"\nrun folder: {run_dir}\ncheckpoints: {best} (best), {last or 'none'} (last)")
         if self._get(self.config, "evaluate"):
-            from .use.evaluate import evaluate
+            from .use.evaluate import evaluate, print_metrics
 
             out_dir = run_dir / "evaluation"
             datamodule = self.datamodule  # where this command read its data is the user's say
@@ -349,57 +343,6 @@ def result_line(best: Path, monitor: str | None, score, metrics: dict[str, float
     tested = f"; {test_key} {metrics[test_key]:.4f}" if test_key in metrics else ""
     where = f"; evaluation in {out_dir}/" if out_dir is not None else "; not evaluated (--evaluate false)"
     return f"result: {best}{chosen}{tested}{where}"
-
-
-def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
-    headline = {k: v for k, v in metrics.items() if k.count("/") == 1}
-    print("\n".join(f"  {k:<16} {v:.4f}" for k, v in headline.items()))
-    print(f"evaluation: {out_dir}/ (metrics.json, report.md, plots)")
-
-
-def evaluate_main(argv: list[str]) -> None:
-    parser = command_parser(
-        "evaluate", ckpt="many",
-        description="Evaluate checkpoints on their run's test split (or on other data): metrics.json, report.md "
-        "and plots; several checkpoints also give comparison.md and comparison.json.",
-    )  # fmt: skip
-    add_out(parser, "output folder (default: <run folder>/evaluation; with several checkpoints, ./comparison)")
-    add_accelerator(parser)
-    add_data(parser)
-    args, extra = parser.parse_known_args(argv)
-    data = data_options(args, extra, parser)
-    from .use.evaluate import compare, evaluate_into
-
-    if len(args.ckpt) == 1:
-        print_metrics(*evaluate_into(args.ckpt[0], args.out, accelerator=args.accelerator, data=data))
-        return
-    out_dir = Path(args.out or "comparison")
-    compare(args.ckpt, out_dir, accelerator=args.accelerator, data=data)
-    print((out_dir / "comparison.md").read_text())
-    print(f"comparison: {out_dir}/ (comparison.md, comparison.json, one evaluation folder per checkpoint)")
-
-
-def predict_main(argv: list[str]) -> None:
-    parser = command_parser(
-        "predict",
-        description="Predict raw files with a checkpoint, preprocessed as its run's test split: predictions.jsonl, "
-        "one picture per input, summary.json.",
-        epilog=LIGHTNING_PREDICT,
-    )
-    parser.add_argument("--input", required=True, help="a file, a DICOM series folder, or a folder of inputs")
-    add_out(parser, "output folder (default: <run folder>/predictions/<input name>)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--no_pictures", action="store_true", help="write predictions.jsonl only")
-    add_accelerator(parser)
-    if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
-        parser.error(f"--config: cnnsuite predict takes a checkpoint and files (--ckpt, --input). {LIGHTNING_PREDICT}")
-    args = parser.parse_args(argv)
-    from .use.predict import Predictor, predict_to_folder, summary_line
-
-    out_dir = Path(args.out) if args.out else default_output(args.ckpt, "predictions") / Path(args.input).name
-    predictor = Predictor(args.ckpt, args.accelerator)
-    summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures)
-    print(summary_line(summary, out_dir))
 
 
 def task_config_args(argv: list[str]) -> list[str]:

@@ -55,9 +55,9 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command("write a task's data once as LitData shards (--task, --out) that fit streams with "
                        "--data.data_dir OUT", "cnnsuite.data.shards:prepare_main"),
     "evaluate": Command("a checkpoint on its run's test split or other data: metrics.json, report.md, plots; "
-                        "several checkpoints: comparison", "cnnsuite.cli:evaluate_main"),
+                        "several checkpoints: comparison", "cnnsuite.use.evaluate:evaluate_main"),
     "predict": Command("predict raw files with a checkpoint (--ckpt, --input): predictions.jsonl, pictures, "
-                       "summary.json", "cnnsuite.cli:predict_main"),
+                       "summary.json", "cnnsuite.use.predict:predict_main"),
     "export": Command("export a checkpoint's network to ONNX or torch.export, checked against PyTorch",
                       "cnnsuite.use.export:export_main"),
     "inspect": Command("look inside a checkpoint's network: filters, feature maps, top samples, Grad-CAM, "

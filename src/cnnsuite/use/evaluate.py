@@ -19,7 +19,7 @@ import lightning as L
 import matplotlib.pyplot as plt
 
 from ..jsonout import strict_json
-from ..trust.checkpoint import rebuild
+from ..trust.checkpoint import data_options, rebuild
 
 
 def evaluation_dir(
@@ -187,3 +187,31 @@ def write_report(path: Path, ckpt_path: Path, datamodule, metrics: dict[str, flo
         lines += [f"| `{k}` | {v:.4f} |" for k, v in per_class.items()]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     path.write_text("\n".join(lines) + "\n")
+
+
+def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
+    headline = {k: v for k, v in metrics.items() if k.count("/") == 1}
+    print("\n".join(f"  {k:<16} {v:.4f}" for k, v in headline.items()))
+    print(f"evaluation: {out_dir}/ (metrics.json, report.md, plots)")
+
+
+def evaluate_main(argv: list[str]) -> None:
+    from ..commands import add_accelerator, add_data, add_out, command_parser
+
+    parser = command_parser(
+        "evaluate", ckpt="many",
+        description="Evaluate checkpoints on their run's test split (or on other data): metrics.json, report.md "
+        "and plots; several checkpoints also give comparison.md and comparison.json.",
+    )  # fmt: skip
+    add_out(parser, "output folder (default: <run folder>/evaluation; with several checkpoints, ./comparison)")
+    add_accelerator(parser)
+    add_data(parser)
+    args, extra = parser.parse_known_args(argv)
+    data = data_options(args, extra, parser)
+    if len(args.ckpt) == 1:
+        print_metrics(*evaluate_into(args.ckpt[0], args.out, accelerator=args.accelerator, data=data))
+        return
+    out_dir = Path(args.out or "comparison")
+    compare(args.ckpt, out_dir, accelerator=args.accelerator, data=data)
+    print((out_dir / "comparison.md").read_text())
+    print(f"comparison: {out_dir}/ (comparison.md, comparison.json, one evaluation folder per checkpoint)")

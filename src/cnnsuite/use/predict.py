@@ -24,6 +24,7 @@ from ..data.errors import BadFileError
 from ..data.inputs import Input
 from ..errors import ConfigError, MissingFileError
 from ..jsonout import first_non_finite
+from ..training.runs import default_output
 from ..trust.checkpoint import rebuild_for_inference
 
 
@@ -177,3 +178,26 @@ def summary_line(summary: dict, out_dir: Path) -> str:
     if summary["ignored"]:
         line += f"; ignored {len(summary['ignored'])} files of other types"
     return f"{line}\npredictions: {out_dir}/predictions.jsonl"
+
+
+def predict_main(argv: list[str]) -> None:
+    from ..commands import LIGHTNING_PREDICT, add_accelerator, add_out, command_parser
+
+    parser = command_parser(
+        "predict",
+        description="Predict raw files with a checkpoint, preprocessed as its run's test split: predictions.jsonl, "
+        "one picture per input, summary.json.",
+        epilog=LIGHTNING_PREDICT,
+    )
+    parser.add_argument("--input", required=True, help="a file, a DICOM series folder, or a folder of inputs")
+    add_out(parser, "output folder (default: <run folder>/predictions/<input name>)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--no_pictures", action="store_true", help="write predictions.jsonl only")
+    add_accelerator(parser)
+    if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
+        parser.error(f"--config: cnnsuite predict takes a checkpoint and files (--ckpt, --input). {LIGHTNING_PREDICT}")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out) if args.out else default_output(args.ckpt, "predictions") / Path(args.input).name
+    predictor = Predictor(args.ckpt, args.accelerator)
+    summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures)
+    print(summary_line(summary, out_dir))
