@@ -5,6 +5,7 @@ state of the record."""
 import errno
 import json
 import os
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -227,8 +228,9 @@ def test_a_local_split_keeps_its_chunks_mapped_within_cache_limit_mb(tmp_path, m
     from litdata.streaming import item_loader
 
     from cnnsuite.data import shards
+    from cnnsuite.data.shards import write
 
-    monkeypatch.setattr(shards, "CHUNK_BYTES", "16KB")
+    monkeypatch.setattr(write, "CHUNK_BYTES", "16KB")
     ids = [f"item_{i}" for i in range(400)]
     write_shards(tmp_path, "train", ids, lambda i: np.full((16, 16), i, np.uint16))
     chunks = len(list((tmp_path / "train").glob("*.bin")))
@@ -394,10 +396,8 @@ def hashes_counted(monkeypatch, seconds: float = 0.0) -> list[str]:
 
 def disk_with_free(monkeypatch, free: int) -> None:
     """Every disk the suite asks about has ``free`` bytes free, whatever this machine's have."""
-    from cnnsuite.data import shards
-
-    usage = shards.shutil.disk_usage
-    monkeypatch.setattr(shards.shutil, "disk_usage", lambda path: usage(path)._replace(free=free))
+    usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(path)._replace(free=free))
 
 
 @pytest.mark.parametrize("store", ["local", "s3"])

@@ -351,6 +351,21 @@ def test_a_picture_of_tiles_is_one_axes_each_tile_the_width_asked(tmp_path, monk
     assert 8 * 50 <= width <= 8 * 50 + 60  # the picture, and the margin its labels need
 
 
+def test_every_package_folder_is_one_that_an_install_copies():
+    """An editable install finds a new package folder by itself; a wheel holds only those
+    pyproject.toml lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        prefix + ".".join(init.parent.relative_to(base).parts)
+        for base, prefix in ((ROOT / "src", ""), (ROOT / "tasks", "cnnsuite.tasks."))
+        for init in base.rglob("__init__.py")
+    }
+    found = {name.rstrip(".") for name in found}
+    assert found == listed
+
+
 def test_every_module_of_the_suite_and_its_tasks_imports():
     """A rename that misses one importer is otherwise found only by the test, command or
     bench that happens to import that module."""
