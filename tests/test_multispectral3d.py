@@ -231,6 +231,15 @@ def test_a_patch_is_read_once_when_its_split_fits_the_cache(tmp_path, monkeypatc
         np.testing.assert_array_equal(dataset.raw[0], read(dm.reader, folder / dataset.ids[0]))
 
 
+def test_testing_without_training_holds_no_reflectances_of_the_training_split(tmp_path):
+    """Lightning sets a test run up before it loads the checkpoint: the band statistics are
+    computed from the training split, whose reflectances no dataset of the run will take."""
+    dm = MultispectralDataModule(data_dir=str(make_folder(tmp_path / "user")))
+    dm.setup("test")
+    dm.datasets["test"]
+    assert dm.checked_values == {}
+
+
 @pytest.mark.parametrize(("dtype", "cached"), [("uint16", True), ("float32", False)])
 def test_the_cache_holds_digital_numbers_as_stored(tmp_path, dtype, cached):
     """uint16 patches are kept as uint16, half the memory of float32: a training split that

@@ -456,11 +456,14 @@ def test_every_bad_video_is_named_at_once(video_folder):
     assert kept == 8
 
 
-def test_class_folder_without_videos_and_bad_keys(tmp_path, video_folder):
+def test_class_folder_without_videos_and_bad_keys(tmp_path, video_folder, monkeypatch):
     (video_folder / "up").mkdir()
     (video_folder / "up" / "notes.txt").write_text("no videos here")
+    probed = []
+    monkeypatch.setattr(video_data, "probe_video", lambda path: probed.append(path))
     with pytest.raises(ValueError, match="up: class folder holds no file"):
         VideoDataModule(data_dir=str(video_folder))
+    assert probed == []  # said at once, not after opening every video of the other folders
     with pytest.raises(FileNotFoundError, match="data.data_dir=.*nowhere"):
         VideoDataModule(data_dir=str(tmp_path / "nowhere"))
     for key, value in (("clip_duration", 0), ("frames_per_clip", 0), ("on_bad_file", "ignore")):

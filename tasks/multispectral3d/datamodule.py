@@ -381,7 +381,11 @@ class MultispectralDataModule(TaskDataModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.band_stats is None:
-            self.band_stats = self.compute_band_stats(self.check_samples(self.splits["train"], "train"))
+            train = self.check_samples(self.splits["train"], "train")
+            self.band_stats = self.compute_band_stats(train)
+            if stage != "fit":  # no training dataset will take the reflectances the check kept
+                for sample_id in train:
+                    self.checked_values.pop(sample_id, None)
 
     def compute_band_stats(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-band mean and standard deviation over every pixel of ``ids`` (float64 sums)."""

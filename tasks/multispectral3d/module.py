@@ -48,7 +48,6 @@ class MultispectralModule(ClassificationModule):
         the raw reflectances, so they need the bands they name; without either, the mean of the
         bands)."""
         dataset = datamodule.datasets["test"]
-        probs, targets = self.tested(dataset)
         _, truth, said = self.tested_in_words(dataset)
         order = mistakes_first([t == p for t, p in zip(truth, said, strict=True)], count)
         composites = [c for c in (TRUE_COLOUR, FALSE_COLOUR) if set(c) <= set(datamodule.band_names)]

@@ -284,7 +284,8 @@ class VideoDataModule(TaskDataModule):
             self.class_names = list(MOTIONS)
             self.decide_multilabel(multilabel is True)
         else:
-            self.read_labelled_folder(check_folder(data_dir), VIDEO_EXTENSIONS, "video", multilabel, "videos")
+            root = check_folder(data_dir)
+            self.read_labelled_folder(root, VIDEO_EXTENSIONS, "video", multilabel, "videos", name_bad=False)
         self.in_channels = 3  # PyAV decodes to RGB
         self.channel_names = image_channel_names(self.in_channels)
         self.use_prepared()

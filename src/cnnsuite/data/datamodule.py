@@ -183,7 +183,7 @@ class TaskDataModule(L.LightningDataModule):
         self._probe = None  # set by decoder()
         self._listed: list | None = None  # samples(), listed once
         self._checked: set[str] = set()  # ids check_samples has checked, and the bad among them
-        self._bad: dict[str, BadFileError] = {}
+        self._bad: set[str] = set()  # ids only: an error's traceback holds what its reader had read
         self._augment_generator: torch.Generator | None = None  # under DDP, the rank's own
         if is_prepared(self.hparams.data_dir):
             self.prepared = self._open_prepared(self.hparams.data_dir)
@@ -334,19 +334,21 @@ class TaskDataModule(L.LightningDataModule):
         id_column: str,
         multilabel: bool | str,
         what: str,
+        name_bad: bool = True,
     ) -> None:
         """The classes of a user's folder and how its samples are labelled: its ``labels.csv``
         (a ``label`` column or one 0/1 column per class; it may make the run multi-label, see
         :func:`~cnnsuite.data.labels.read_labels_csv`), else its class folders, split folders
         included (one class a sample: multi-label only when ``multilabel`` is true). A class
         folder without a usable file is named with every bad file of the others
-        (:meth:`find_bad`)."""
+        (:meth:`find_bad`), unless ``name_bad`` is false: a task whose check opens every file
+        would make the user wait long for that one line."""
         if (root / LABELS_CSV).is_file():
             self.class_names, self.targets, decided = read_labels_csv(root, id_column, multilabel, what=what)
             self.decide_multilabel(decided)
             return
         self.split_folders = find_split_folders(root)
-        find_bad = partial(self.find_bad, decode=False)
+        find_bad = partial(self.find_bad, decode=False) if name_bad else None
         self.class_names = list_classes(root, extensions, find_bad, self.split_folder_names)
         self.decide_multilabel(multilabel is True)
 
@@ -514,10 +516,10 @@ class TaskDataModule(L.LightningDataModule):
         new = [i for i in dict.fromkeys(ids) if i not in self._checked]
         bad = self.find_bad(new, decode=self.on_bad_file == "skip") if new else {}
         what = self.sample_noun if stage is None else f"{stage} {self.sample_noun}"
-        report_bad_files(list(bad.values()), len(ids), self.on_bad_file, what=what)
+        report_bad_files(list(bad.values()), len(dict.fromkeys(ids)), self.on_bad_file, what=what)
         # kept once said: a bad sample that stopped the run is looked at again when asked again
         self._checked.update(new)
-        self._bad |= bad
+        self._bad.update(bad)
         return [i for i in ids if i not in self._bad]
 
     def setup(self, stage: str) -> None:
