@@ -21,7 +21,7 @@ import cnnsuite
 from cnnsuite.backbone import build_backbone
 from cnnsuite.backbone.registry import _BACKBONES, register_backbone
 from cnnsuite.cli import CnnSuiteCLI, main
-from cnnsuite.data import BadFileError, list_classes, list_samples, read_image
+from cnnsuite.data import BadFileError, TaskDataModule, list_classes, list_samples, read_image
 from cnnsuite.data.cache import MIB, DecodedCache, check_cache_limit
 from cnnsuite.data.images import IMAGE_EXTENSIONS, image_size
 from cnnsuite.data.prepare import prepare_once
@@ -128,6 +128,19 @@ def test_each_file_is_checked_once_and_a_split_unchecked_by_training_when_it_is_
     assert asked == []
     evaluating.datasets["test"]
     assert asked == evaluating.splits["test"]
+
+
+def test_an_option_several_tasks_declare_is_checked_for_any_task_that_declares_it():
+    class OwnDataModule(TaskDataModule):
+        default_name = "own"
+
+        def __init__(self, on_bad_file: str = "error", cache_limit_mb: float = 1024, **kwargs) -> None:
+            super().__init__(**kwargs)
+
+    for key, value in (("on_bad_file", "ignore"), ("cache_limit_mb", -1)):
+        with pytest.raises(ConfigError, match=f"data.{key}="):
+            OwnDataModule(**{key: value})
+    assert OwnDataModule(on_bad_file="skip").on_bad_file == "skip"
 
 
 # --- the CLI --------------------------------------------------------------------------

@@ -46,8 +46,8 @@ from torch.utils.data import default_collate
 
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
 from cnnsuite.data.augment import BatchFlipsAndTurns
-from cnnsuite.data.cache import check_cache_limit, fits_cache, say_over_limit
-from cnnsuite.data.labels import LABELS_CSV, check_multilabel, multi_hot
+from cnnsuite.data.cache import fits_cache, say_over_limit
+from cnnsuite.data.labels import LABELS_CSV, multi_hot
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
@@ -165,13 +165,11 @@ class Biomedical3DDataModule(TaskDataModule):
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
-        check_multilabel(multilabel)
         data_dir = self.raw_data_dir
         if data_dir is not None and medmnist_npz is not None:
             raise ConfigError("data.data_dir and data.medmnist_npz: give one source, not both")
         if cache not in ("memory", "disk", "none"):
             raise ConfigError(f"data.cache={cache!r}: expected 'memory', 'disk' or 'none'")
-        check_cache_limit(cache_limit_mb)
         if spatial_size is not None and len(spatial_size) != 3:
             raise ConfigError(f"data.spatial_size={spatial_size}: expected 3 sizes (D, H, W)")
         self.spatial_size = tuple(spatial_size or (32, 32, 32))

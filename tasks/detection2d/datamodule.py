@@ -46,7 +46,6 @@ from cnnsuite.data import (
     image_size,
     read_image,
 )
-from cnnsuite.data.cache import check_cache_limit
 from cnnsuite.data.coco import (
     AnnotationError,
     CategoryMap,
@@ -160,7 +159,6 @@ class DetectionDataModule(TaskDataModule):
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
-        check_cache_limit(cache_limit_mb)
         data_dir = self.raw_data_dir
         if format not in ("auto", "coco", "voc"):
             raise ConfigError(f"data.format={format!r}: expected 'auto', 'coco' or 'voc'")

@@ -54,13 +54,12 @@ from cnnsuite.data import (
     Input,
     TaskDataModule,
     check_folder,
-    check_on_bad_file,
     list_classes,
     list_samples,
 )
 from cnnsuite.data.augment import BatchFlipsAndTurns
-from cnnsuite.data.cache import check_cache_limit, fits_cache
-from cnnsuite.data.labels import check_multilabel, multi_hot
+from cnnsuite.data.cache import fits_cache
+from cnnsuite.data.labels import multi_hot
 from cnnsuite.errors import ConfigError
 
 from .default_data import (
@@ -208,16 +207,13 @@ class MultispectralDataModule(TaskDataModule):
         **kwargs,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
-        check_multilabel(multilabel)
         data_dir = self.raw_data_dir
         if layout not in LAYOUTS:
             raise ConfigError(f"data.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
-        check_cache_limit(cache_limit_mb)
         if bands is not None and (not bands or len(set(bands)) != len(bands)):
             raise ConfigError(f"data.bands={bands}: expected distinct band names, e.g. [B02, B03, B04, B08]")
         if resampling not in RESAMPLINGS:
             raise ConfigError(f"data.resampling={resampling!r}: expected one of {', '.join(RESAMPLINGS)}")
-        check_on_bad_file(on_bad_file)
         if default not in DEFAULTS:
             raise ConfigError(f"data.default={default!r}: expected {' or '.join(DEFAULTS)}")
         #: reflectances the check read, of splits that fit the cache: their datasets take them

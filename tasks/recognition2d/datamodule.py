@@ -37,7 +37,6 @@ from cnnsuite.data import (
 from cnnsuite.data.augment import BatchRandomAffine
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
-from cnnsuite.data.labels import check_multilabel
 from cnnsuite.errors import ConfigError
 
 
@@ -95,7 +94,6 @@ class RecognitionDataModule(ImageDataModule):
 
     def __init__(self, multilabel: Literal["auto"] | bool = "auto", **kwargs) -> None:
         super().__init__(**kwargs)
-        check_multilabel(multilabel)
         data_dir, channels = self.raw_data_dir, self.hparams.channels
         if data_dir is None:
             self.class_names = [str(d) for d in range(10)]

@@ -51,12 +51,9 @@ from cnnsuite.data import (
     Input,
     TaskDataModule,
     check_folder,
-    check_on_bad_file,
     image_channel_names,
 )
 from cnnsuite.data.augment import BatchRandomResizedCrop
-from cnnsuite.data.cache import check_cache_limit
-from cnnsuite.data.labels import check_multilabel
 from cnnsuite.errors import ConfigError
 
 from .default_data import FPS, FRAMES, MOTIONS, write_motion_dataset
@@ -262,9 +259,6 @@ class VideoDataModule(TaskDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         data_dir = self.raw_data_dir
-        check_on_bad_file(on_bad_file)
-        check_multilabel(multilabel)
-        check_cache_limit(cache_limit_mb)
         if val_clips not in ("one", "all"):
             raise ConfigError(f"data.val_clips={val_clips!r}: expected 'one' (each video's middle clip) or 'all'")
         if not clip_duration > 0:

@@ -51,16 +51,24 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..classpath import class_path
 from ..errors import BadFileError, ConfigError
-from .cache import DecodedCache
-from .errors import report_bad_files
+from .cache import DecodedCache, check_cache_limit
+from .errors import check_on_bad_file, report_bad_files
 from .folders import is_listed, list_classes, list_samples
 from .inputs import Input
-from .labels import LABELS_CSV, multi_hot, read_labels_csv
+from .labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
 from .prepare import prepare_once
 from .resumable import EpochSampler, ResumableDataLoader, pass_seed, run_seed
 from .shards import PreparedFiles, StreamedItems, check_shards, is_prepared, is_url, read_record, tensors_from_json
 from .splitfolders import find_split_folders, splits_from_folders
 from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
+
+#: options several tasks declare, each in its own signature (where ``--help`` shows it only for
+#: a task that takes it), and their checks, run here for every task that declares one
+SHARED_OPTION_CHECKS: dict[str, Callable[[object], object]] = {
+    "cache_limit_mb": check_cache_limit,
+    "multilabel": check_multilabel,
+    "on_bad_file": check_on_bad_file,
+}
 
 #: the most loader processes ``num_workers: auto`` starts: past it, a cached or decoded-once
 #: dataset gains little and each worker costs its memory
@@ -171,6 +179,9 @@ class TaskDataModule(L.LightningDataModule):
         check_num_workers(num_workers)
         # Collects the subclass's init arguments too; checkpoints keep them (JSON-able).
         self.save_hyperparameters()
+        for key, check in SHARED_OPTION_CHECKS.items():
+            if key in self.hparams:
+                check(self.hparams[key])
         for key in self.path_hparams:
             if self.hparams.get(key) is not None and not is_url(self.hparams[key]):
                 self.hparams[key] = str(Path(self.hparams[key]).expanduser().resolve())

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .cache import check_cache_limit
 from .datamodule import TaskDataModule
-from .errors import check_on_bad_file
 from .images import IMAGE_EXTENSIONS, image_channel_names, symmetric_normalisation
 
 
@@ -47,12 +45,10 @@ class ImageDataModule(TaskDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        check_on_bad_file(on_bad_file)
         if channels not in (None, 1, 3):
             raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if image_size < 8:
             raise ConfigError(f"data.image_size={image_size}: expected at least 8 pixels")
-        check_cache_limit(cache_limit_mb)
 
     @property
     def channel_names(self) -> list[str] | None:
