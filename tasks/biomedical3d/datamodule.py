@@ -232,8 +232,8 @@ class Biomedical3DDataModule(TaskDataModule):
         more voxels than the limit or names its data file outside its folder. Headers only, as
         the image tasks check theirs: a volume damaged past its header is named when it is
         read. A MedMNIST file's arrays were checked when it was loaded; the embedded default's
-        volumes were written by the suite (reading 900 headers would add a second to each
-        ``make train``)."""
+        volumes were written by the suite (reading their headers would slow each ``make train``
+        for nothing)."""
         if self.hparams.medmnist_npz is not None or self.hparams.data_dir is None:
             return {}
         bad = {}

@@ -193,8 +193,8 @@ class TaskDataModule(L.LightningDataModule):
         self._streamed_from: str | None = None
         self._probe = None  # set by decoder()
         self._listed: list | None = None  # samples(), listed once
-        self._checked: set[str] = set()  # ids check_samples has checked, and the bad among them
-        self._bad: set[str] = set()  # ids only: an error's traceback holds what its reader had read
+        self._checked: set[str] = set()  # ids check_samples has checked
+        self._bad: set[str] = set()  # the bad among them; ids only, as an error's traceback holds what was read
         self._augment_generator: torch.Generator | None = None  # under DDP, the rank's own
         if is_prepared(self.hparams.data_dir):
             self.prepared = self._open_prepared(self.hparams.data_dir)
