@@ -218,6 +218,18 @@ def test_corrupt_image_and_box_outside_are_named_before_training(csv_folder):
     assert kept == 14 and "row 7" in said and "2.png" in said
 
 
+def test_the_check_before_training_opens_each_image_once(csv_folder, monkeypatch):
+    """The header that says an image reads also gives the size its box is checked against."""
+    from cnnsuite.data import images
+
+    dm = LocalizationDataModule(data_dir=str(csv_folder))
+    opened = []
+    open_image = images.open_image
+    monkeypatch.setattr(images, "open_image", lambda path: opened.append(path) or open_image(path))
+    dm.setup("fit")
+    assert len(opened) == len(set(opened)) == 16
+
+
 # --- boxes under transforms -------------------------------------------------------------------
 
 

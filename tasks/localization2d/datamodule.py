@@ -33,7 +33,6 @@ from cnnsuite.data import (
     Input,
     check_folder,
     describe_image_preprocessing,
-    find_bad_images,
     image_channels,
     image_size,
     read_image,
@@ -202,13 +201,17 @@ class LocalizationDataModule(ImageDataModule):
         return self._samples
 
     def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
-        """Unreadable images (headers only, or fully decoded) and boxes outside their image."""
-        samples = self._load()
-        bad = find_bad_images(self.root, ids, decode_channels=self.in_channels if decode else None)
+        """Unreadable images (headers only, or fully decoded) and boxes outside their image,
+        each file opened once."""
+        samples, bad = self._load(), {}
         for sample_id in ids:
-            if sample_id in bad:
+            path = self.root / sample_id
+            try:
+                height, width = read_image(path, self.in_channels).shape[1:] if decode else image_size(path)[::-1]
+            except BadFileError as err:
+                bad[sample_id] = err
                 continue
-            problem = box_error(samples[sample_id].box, image_size(self.root / sample_id), f"its image {sample_id}")
+            problem = box_error(samples[sample_id].box, (width, height), f"its image {sample_id}")
             if problem:
                 bad[sample_id] = BadFileError(f"{samples[sample_id].where}: {problem}")
         return bad

@@ -25,12 +25,10 @@ from torchvision.transforms import v2
 
 from cnnsuite.data import (
     IMAGE_EXTENSIONS,
-    BadFileError,
     ImageDataModule,
     Input,
     check_folder,
     describe_image_preprocessing,
-    find_bad_images,
     image_channels,
     read_image,
 )
@@ -151,9 +149,6 @@ class RecognitionDataModule(ImageDataModule):
         copy no larger than a picture (:func:`read_image_with_picture`)."""
         image, picture, (width, height) = read_image_with_picture(path, self.in_channels, self.size)
         return Input(path, self.transform()(image), {"width": width, "height": height}, view=picture)
-
-    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
-        return find_bad_images(self.root, ids, decode_channels=self.in_channels if decode else None)
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         ids = self.check_samples(ids, stage)

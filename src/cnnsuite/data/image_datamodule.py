@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..errors import BadFileError, ConfigError
 from .datamodule import TaskDataModule
-from .images import IMAGE_EXTENSIONS, image_channel_names, symmetric_normalisation
+from .images import IMAGE_EXTENSIONS, find_bad_images, image_channel_names, symmetric_normalisation
 
 
 class ImageDataModule(TaskDataModule):
@@ -49,6 +49,10 @@ class ImageDataModule(TaskDataModule):
             raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if image_size < 8:
             raise ConfigError(f"data.image_size={image_size}: expected at least 8 pixels")
+
+    def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
+        """The images of ``ids`` that do not read: headers only, or decoded in full."""
+        return find_bad_images(self.root, ids, decode_channels=self.in_channels if decode else None)
 
     @property
     def channel_names(self) -> list[str] | None:
