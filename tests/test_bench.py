@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from cnnsuite.bench.core import count_flops, flatten, load_section, measure
+from cnnsuite.bench.core import count_flops, flatten, load_section
+from cnnsuite.timing import measure
 
 #: what the models section measures for every task
 FIGURES = ("train_samples_per_s", "train_peak_memory_mb", "train_flops_per_sample", "train_utilisation_pct",

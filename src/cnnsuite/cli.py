@@ -33,6 +33,7 @@ import statistics
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -52,6 +53,7 @@ from .contract import LINKED, registered_tasks, task_named
 from .data import TaskDataModule
 from .errors import ConfigError, UserError
 from .jsonout import strict_json
+from .training import recipe
 from .training.callbacks import CompactModelSummary
 from .training.fits import check_model_fits_data
 from .training.runs import (
@@ -193,6 +195,14 @@ class CnnSuiteCLI(LightningCLI):
         parser.add_argument(
             "--evaluate", type=bool, default=True, help="After fit, evaluate best.ckpt on the test split."
         )
+        parser.add_argument(
+            "--recipe",
+            type=Literal["auto", "configured"],
+            default="auto",
+            help="How fit trains on one CUDA device when trainer.precision is not set: auto times a few "
+            "training steps in fp32 and bf16-mixed, with model.channels_last both ways, and trains with the "
+            "fastest (recipe.json in the run folder); configured: as the config says. On a CPU, as configured.",
+        )
 
     def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
         """LightningCLI's, which makes the config's optimizer and LR scheduler here: a value one
@@ -287,11 +297,33 @@ class CnnSuiteCLI(LightningCLI):
         for callback in callbacks:
             if isinstance(callback, EarlyStopping):
                 warn_of_direction(callback, self.model)
+        added = []
         if config.trainer.get("enable_model_summary") is not False and not any(
             isinstance(cb, ModelSummary) for cb in callbacks
         ):
-            kwargs["callbacks"] = [*callbacks, CompactModelSummary()]
+            added.append(CompactModelSummary())
+        if self.subcommand == "fit" and config.get("recipe") == "auto" and config.trainer.get("precision") is None:
+            choice = self.choose_recipe(config)
+            if choice is not None:
+                kwargs["precision"] = choice.chosen.precision
+                added.append(recipe.RecipeRecord(choice))
+        if added:
+            kwargs["callbacks"] = [*callbacks, *added]
         return super().instantiate_trainer(**kwargs)
+
+    def choose_recipe(self, config) -> recipe.Choice | None:
+        """On one CUDA device, the fastest way to train this model (:mod:`cnnsuite.training.recipe`),
+        its layout applied to the model; None elsewhere, where the config is the recipe."""
+        device = recipe_device(config.trainer)
+        if device is None:
+            return None
+        try:
+            choice = recipe.choose(self.model, self.datamodule, device)
+        except NotImplementedError as err:  # a datamodule of one's own without a synthetic batch
+            rank_zero_info(f"--recipe auto: nothing to time a training step on ({err}); training as configured")
+            return None
+        recipe.apply(choice.chosen, self.model)
+        return choice
 
     def after_fit(self) -> None:
         """Evaluate ``best.ckpt`` in one process. After a distributed fit the other ranks
@@ -333,6 +365,21 @@ class CnnSuiteCLI(LightningCLI):
             metrics, out_dir = {}, None
         callback = trainer.checkpoint_callback
         print(result_line(Path(best), callback.monitor, callback.best_model_score, metrics, out_dir))
+
+
+def recipe_device(trainer) -> torch.device | None:
+    """The one CUDA device a fit with this ``trainer`` config trains on, or None: a CPU, several
+    processes (devices, nodes, or a launcher's ``WORLD_SIZE``), or an accelerator given as an object."""
+    if trainer.get("accelerator") not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (trainer.get("num_nodes") or 1) > 1:
+        return None
+    devices = trainer.get("devices")
+    if devices in (1, "1") or (devices in ("auto", -1, "-1") and torch.cuda.device_count() == 1):
+        return torch.device("cuda", 0)
+    if isinstance(devices, (list, tuple)) and len(devices) == 1:
+        return torch.device("cuda", int(devices[0]))
+    return None
 
 
 def result_line(best: Path, monitor: str | None, score, metrics: dict[str, float], out_dir: Path | None) -> str:

@@ -219,6 +219,7 @@ hundred). The ones used most:
 | `--model.KEY VALUE` | a model setting (`backbone`, `backbone_kwargs`, `backbone_weights`, ...) |
 | `--ckpt_path FILE\\|last` | start from a checkpoint (`fit`: resume it exactly; `validate`/`test`: score it) |
 | `--evaluate false` | (`fit`) leave out the evaluation of `best.ckpt` after training |
+| `--recipe auto\\|configured` | (`fit`) on one GPU: time bf16 and channels-last, train the fastest way (`auto`) |
 """
 
 

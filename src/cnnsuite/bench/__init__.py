@@ -1,6 +1,7 @@
 """``cnnsuite bench``: speed figures of every task, as ratios, in ``bench.json`` and ``bench.md``
 (see :mod:`cnnsuite.bench.core`)."""
 
-from .core import BenchContext, bench_main, build, count_flops, flops_per_sample, measure
+from ..timing import measure
+from .core import BenchContext, bench_main, build, count_flops, flops_per_sample
 
 __all__ = ["BenchContext", "bench_main", "build", "count_flops", "flops_per_sample", "measure"]

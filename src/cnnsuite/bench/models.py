@@ -48,17 +48,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cnnsuite.use.export import OnnxNetwork, max_difference, output_names, output_tuple, trace
 
-from .core import (
-    BenchContext,
-    build,
-    count_flops,
-    make_optimizer,
-    measure,
-    measure_side_by_side,
-    run_tasks,
-    synchronizer,
-    task_spec,
-)
+from ..timing import measure, measure_side_by_side, synchronizer
+from ..training.recipe import ModelStep
+from .core import BenchContext, build, count_flops, make_optimizer, run_tasks, task_spec
 
 
 @dataclass(frozen=True)
@@ -125,7 +117,7 @@ def as_input_of(batch, datamodule):
     return (batch[0].reshape(len(batch[0]), *datamodule.input_shape), *batch[1:])
 
 
-class TrainingStep:
+class TrainingStep(ModelStep):
     """One full training step of the task's model (with ``overrides``: a reference) on
     ``batch``, through the module's ``training_step`` and the config's optimiser; calling it
     runs the step. ``autocast``: the forward and loss under ``torch.autocast`` to that dtype,
@@ -144,24 +136,14 @@ class TrainingStep:
         compile: bool = False,
     ) -> None:
         torch.manual_seed(0)
-        self.model, datamodule = build(task, context.data_root, **overrides)
-        self.model.to(context.device).train()
+        model, datamodule = build(task, context.data_root, **overrides)
+        model.to(context.device).train()
         if compile:
-            for network in self.model.children():
+            for network in model.children():
                 if any(True for _ in network.parameters()):
                     network.compile()
-        self.batch = move_data_to_device(as_input_of(batch, datamodule), context.device)
-        self.optimizer = make_optimizer(task, self.model.parameters())
-        self.autocast = autocast
-
-    def loss(self) -> torch.Tensor:
-        with torch.autocast(self.model.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            return self.model.training_step(self.batch, 0)
-
-    def __call__(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss().backward()
-        self.optimizer.step()
+        batch = move_data_to_device(as_input_of(batch, datamodule), context.device)
+        super().__init__(model, batch, make_optimizer(task, model.parameters()), autocast)
 
     def figures(self, timing: dict, context: BenchContext) -> dict:
         """Samples/s from ``timing`` (seconds per step), peak memory, FLOPs and utilisation."""

@@ -28,14 +28,15 @@ from dataclasses import dataclass
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from .core import BenchContext, build, make_optimizer, measure, run_tasks, synchronizer
+from ..timing import measure, synchronizer
+from .core import BenchContext, build, make_optimizer, run_tasks
 
 
 @dataclass(frozen=True)
 class Settings:
     """``batches``: the most batches of one timed pass over the loader (a whole epoch when it
     has fewer); ``repeats`` timed passes after the first epoch; ``step_*``: how the training
-    step is timed (see :func:`cnnsuite.bench.core.measure`)."""
+    step is timed (see :func:`cnnsuite.timing.measure`)."""
 
     batches: int
     repeats: int

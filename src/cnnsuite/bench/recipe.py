@@ -39,7 +39,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .core import BenchContext, build, measure_side_by_side, run_tasks, synchronizer
+from ..timing import measure_side_by_side, synchronizer
+from ..training.recipe import bf16_supported, relative
+from .core import BenchContext, build, run_tasks
 from .models import TrainingStep, _fmt, network_batch
 
 
@@ -93,12 +95,6 @@ def measure_task(task: str, settings: Settings, context: BenchContext) -> dict:
     return figures | (eval_ratio(steps["configured"].model, batch, settings, context) if bf16 else {})
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether the device computes in bfloat16: every CPU (emulated where it lacks the
-    instructions, which the ratio then shows), a GPU only from NVIDIA's Ampere on."""
-    return device.type != "cuda" or torch.cuda.is_bf16_supported()
-
-
 def variant_steps(
     task: str, batch, context: BenchContext, layout: bool | None, compile: bool, bf16: bool = True
 ) -> dict[str, TrainingStep]:
@@ -144,11 +140,6 @@ def timed_once(step: TrainingStep, sync) -> float:
     if sync:
         sync()
     return time.perf_counter() - start
-
-
-def relative(value: float, reference: float) -> float:
-    """|value − reference| / |reference| (the absolute difference where the reference is 0)."""
-    return abs(value - reference) / (abs(reference) or 1.0)
 
 
 def ratio_cell(figures: dict, variant: str) -> str:

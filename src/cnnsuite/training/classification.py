@@ -119,6 +119,12 @@ class ClassificationModule(TaskModule):
         if self.multilabel:
             self.register_buffer("thresholds", torch.full((hp.num_classes,), 0.5))
 
+    def use_channels_last(self, on: bool) -> None:
+        """Store the activations (and the weights) channels-last, or not: what a fit's recipe
+        chose for its device (:mod:`cnnsuite.training.recipe`), kept in ``channels_last``."""
+        self.hparams.channels_last = on
+        self.to(memory_format=self._memory_format if on else torch.contiguous_format)
+
     @property
     def _memory_format(self) -> torch.memory_format:
         if not self.hparams.channels_last:

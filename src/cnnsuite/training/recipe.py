@@ -1,0 +1,275 @@
+"""How a fit runs on its GPU — the precision of its arithmetic and the layout of its
+activations — chosen by timing a few training steps each way before training.
+
+Which way is fastest depends on the card (bfloat16 tensor cores from Ampere on) and on the
+network: a small convnet's step is bound by kernel launches, where neither bfloat16 nor
+channels-last buys anything, a large one's by arithmetic, where both do. A fixed choice per
+task would be right on one card and wrong on the next, so ``cnnsuite fit`` on one CUDA device
+(``--recipe auto``, the default) times the configured model's full training step (forward,
+loss, backward, optimiser, through its own ``training_step``) on a synthetic batch of the
+configured size, each candidate's timings taking turns with the others':
+
+- ``trainer.precision`` ``32-true`` and ``bf16-mixed`` (where the card computes in bfloat16);
+- ``model.channels_last`` as configured and the other way (where the module has it).
+
+It trains with the fastest, if that beats the configured step by at least :data:`MARGIN` (the
+timings of a few steps vary by a few per cent), its weights stay finite, and its first loss is
+within :data:`LOSS_TOLERANCE` of the configured step's from the same weights (a faster step that
+computes something else is no recipe); else as configured. The choice is one line on the
+console and an entry of ``recipe.json`` in the run's folder.
+
+A config that sets ``trainer.precision`` chooses for itself, and so does ``--recipe
+configured``. On a CPU each task's config is its recipe, measured there (``cnnsuite bench
+--sections recipe``). A run of several processes keeps its config too: each process would time
+its own steps and could choose otherwise than the others.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
+
+from ..jsonout import strict_json
+from ..timing import measure_side_by_side, synchronizer
+
+#: how much faster than the configured step another recipe must be to be chosen
+MARGIN = 1.05
+#: how far another recipe's first loss may be from the configured step's, relative to it
+LOSS_TOLERANCE = 0.05
+#: the precision of a config that sets none (Lightning's default)
+FULL_PRECISION = "32-true"
+MIXED_PRECISIONS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+#: Lightning's words when a module logs outside a Trainer, as these steps do
+LOG_WITHOUT_TRAINER = ".*self.log.*trainer.* reference is not registered"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A way to train: Lightning's ``trainer.precision`` and the module's
+    ``channels_last`` (None: the module has no such setting)."""
+
+    precision: str = FULL_PRECISION
+    channels_last: bool | None = None
+
+    def __str__(self) -> str:
+        layout = {True: ", channels_last", False: ", contiguous", None: ""}[self.channels_last]
+        return self.precision + layout
+
+
+def channels_last_of(model: L.LightningModule) -> bool | None:
+    """The module's ``channels_last`` setting, or None where it has none to change."""
+    if not hasattr(model, "use_channels_last"):
+        return None
+    return bool(model.hparams.get("channels_last", False))
+
+
+def candidates(configured: Recipe, bf16: bool) -> list[Recipe]:
+    """The configured recipe first, then every other combination of the precisions and
+    layouts this model and device have."""
+    precisions = [configured.precision] + (["bf16-mixed"] if bf16 and configured.precision != "bf16-mixed" else [])
+    layouts = [configured.channels_last]
+    if configured.channels_last is not None:
+        layouts.append(not configured.channels_last)
+    return [Recipe(precision, layout) for precision in precisions for layout in layouts]
+
+
+def configured_optimizer(model: L.LightningModule) -> torch.optim.Optimizer:
+    """The optimiser ``model.configure_optimizers()`` makes (the config's ``optimizer:``), out of
+    any of the shapes Lightning takes: one, a dict, a list, or lists of optimisers and schedulers."""
+    made = model.configure_optimizers()
+    while not isinstance(made, torch.optim.Optimizer):
+        if isinstance(made, dict):
+            made = made["optimizer"]
+        elif isinstance(made, (list, tuple)) and made:
+            made = made[0]
+        else:
+            raise TypeError(f"{type(model).__name__}.configure_optimizers() gave no optimiser: {made!r}")
+    return made
+
+
+class ModelStep:
+    """One full training step of ``model`` on ``batch`` through its own ``training_step`` and
+    ``optimizer``; calling it runs the step. ``autocast``: the forward and loss under
+    ``torch.autocast`` to that dtype, as Lightning's ``*-mixed`` precisions run them."""
+
+    def __init__(self, model: L.LightningModule, batch, optimizer: torch.optim.Optimizer, autocast: torch.dtype | None):
+        self.model, self.batch, self.optimizer, self.autocast = model, batch, optimizer, autocast
+
+    def loss(self) -> torch.Tensor:
+        with torch.autocast(self.model.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            return self.model.training_step(self.batch, 0)
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss().backward()
+        self.optimizer.step()
+
+    @classmethod
+    def of_copy(cls, model: L.LightningModule, recipe: Recipe, batch, device: torch.device) -> ModelStep:
+        """The step of a copy of ``model`` on ``device`` under ``recipe``, with the optimiser
+        its config makes: ``model`` itself is not touched."""
+        copied = copy.deepcopy(model).to(device).train()
+        if recipe.channels_last is not None:
+            copied.use_channels_last(recipe.channels_last)
+        return cls(copied, batch, configured_optimizer(copied), MIXED_PRECISIONS.get(recipe.precision))
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A recipe's figures: samples per second of its step, its speed over the configured
+    recipe's, its first loss relative to the configured step's, and whether its weights stayed
+    finite through its timed steps."""
+
+    recipe: Recipe
+    samples_per_s: float
+    speed_ratio: float
+    loss_rel_diff: float
+    finite: bool
+
+
+def pick(measured: list[Measured]) -> tuple[Recipe, str]:
+    """The recipe to train with, and why: the fastest that computes what the configured one
+    (``measured[0]``) does, if it is at least :data:`MARGIN` faster; else the configured."""
+    configured = measured[0].recipe
+    fair = [m for m in measured[1:] if m.finite and m.loss_rel_diff <= LOSS_TOLERANCE]
+    best = max(fair, key=lambda m: m.speed_ratio, default=None)
+    if best is not None and best.speed_ratio >= MARGIN:
+        return best.recipe, f"{best.speed_ratio:.2f}x the configured step ({configured})"
+    if best is None:
+        return configured, "no other way computed the same loss with finite weights"
+    return configured, f"no other way was {MARGIN:.2f}x faster (the fastest: {best.recipe}, {best.speed_ratio:.2f}x)"
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16: every CPU (emulated where it lacks the
+    instructions, which a timing then shows), a GPU only from NVIDIA's Ampere on (torch would
+    also emulate it on older ones)."""
+    if device.type != "cuda":
+        return True
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def relative(value: float, reference: float) -> float:
+    """|value − reference| / |reference| (the absolute difference where the reference is 0)."""
+    return abs(value - reference) / (abs(reference) or 1.0)
+
+
+@torch.no_grad()
+def first_loss(step: ModelStep) -> float:
+    """The step's loss before any update, its random draws (dropout, say) the same for every recipe."""
+    torch.manual_seed(0)
+    return float(step.loss())
+
+
+def time_recipes(
+    model: L.LightningModule,
+    batch,
+    device: torch.device,
+    recipes: list[Recipe],
+    warmup: int = 2,
+    repeats: int = 3,
+    min_seconds: float = 0.05,
+) -> list[Measured]:
+    """Each recipe's step from the same weights on the same ``batch`` (laid out as the training
+    loader gives it), timed side by side (``recipes[0]``: the configured one, what the others
+    are held against). The process's random state is left as it was: a seeded run draws the
+    same after choosing its recipe."""
+    with isolate_rng(include_cuda=device.type == "cuda"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=LOG_WITHOUT_TRAINER)
+        batch = move_data_to_device(batch, device)
+        steps = {recipe: ModelStep.of_copy(model, recipe, batch, device) for recipe in recipes}
+        losses = {recipe: first_loss(step) for recipe, step in steps.items()}
+        timings = measure_side_by_side(steps, warmup, repeats, min_seconds, synchronizer(device))
+        finite = {r: all(bool(torch.isfinite(p).all()) for p in s.model.parameters()) for r, s in steps.items()}
+    size = len(batch[0])
+    speeds = {recipe: size / timing["median"] for recipe, timing in timings.items()}
+    reference = recipes[0]
+    return [
+        Measured(
+            recipe,
+            speeds[recipe],
+            speeds[recipe] / speeds[reference],
+            relative(losses[recipe], losses[reference]),
+            finite[recipe],
+        )  # fmt: skip
+        for recipe in recipes
+    ]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What :func:`choose` found: the recipe to train with, why, and every measurement."""
+
+    device: str
+    batch_size: int
+    chosen: Recipe
+    reason: str
+    measured: list[Measured]
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"recipe on {self.device} (--recipe auto): {self.chosen}, {self.reason}; "
+            f"{len(self.measured)} ways timed in {self.seconds:.1f} s (recipe.json in the run folder)"
+        )
+
+    def as_json(self) -> dict:
+        return {
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "chosen": asdict(self.chosen),
+            "reason": self.reason,
+            "measured": [asdict(m) for m in self.measured],
+            "seconds": self.seconds,
+        }
+
+
+def choose(model: L.LightningModule, datamodule, device: torch.device) -> Choice:
+    """Time ``model``'s training step under each of its :func:`candidates` on ``device``
+    (copies of it, on a synthetic batch of ``datamodule``'s batch size) and pick one."""
+    start = time.perf_counter()
+    size = datamodule.hparams.batch_size
+    batch = datamodule.synthetic_batch(size, torch.Generator().manual_seed(0))
+    configured = Recipe(FULL_PRECISION, channels_last_of(model))
+    measured = time_recipes(model, batch, device, candidates(configured, bf16_supported(device)))
+    chosen, reason = pick(measured)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
+    return Choice(name, size, chosen, reason, measured, time.perf_counter() - start)
+
+
+def apply(recipe: Recipe, model: L.LightningModule) -> None:
+    """Lay ``model``'s activations out as ``recipe`` says (its precision is the Trainer's)."""
+    if recipe.channels_last is not None and recipe.channels_last != channels_last_of(model):
+        model.use_channels_last(recipe.channels_last)
+
+
+class RecipeRecord(L.Callback):
+    """Writes a fit's :class:`Choice` to ``recipe.json`` in the run's folder: a list with one
+    entry a start (a resumed run adds its own, measured again), strict JSON."""
+
+    def __init__(self, choice: Choice) -> None:
+        self.choice = choice
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        path = Path(trainer.log_dir) / "recipe.json"
+        try:
+            starts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            starts = []
+        starts = [*(starts if isinstance(starts, list) else []), self.choice.as_json()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(strict_json(starts, indent=2) + "\n")
+        rank_zero_info(self.choice.line())

@@ -1,0 +1,176 @@
+"""A fit's recipe on its GPU (cnnsuite.training.recipe): the ways to train are timed on copies of
+the model, the fastest that computes the same loss is taken, and the run trains with it. No GPU
+here: the timing runs on the CPU where a test says the fit's device is one it tunes for. Never a
+wall-clock assertion."""
+
+import json
+
+import pytest
+import torch
+
+from cnnsuite import cli
+from cnnsuite.training import recipe
+from cnnsuite.training.recipe import Measured, Recipe
+
+
+def measured(recipe_, ratio, loss=0.0, finite=True):
+    return Measured(recipe_, 100.0 * ratio, ratio, loss, finite)
+
+
+CONFIGURED = Recipe("32-true", True)
+BF16 = Recipe("bf16-mixed", True)
+FLIPPED = Recipe("32-true", False)
+BF16_FLIPPED = Recipe("bf16-mixed", False)
+
+
+def test_the_fastest_way_that_computes_the_same_loss_is_chosen():
+    chosen, reason = recipe.pick([measured(CONFIGURED, 1.0), measured(BF16, 1.8), measured(FLIPPED, 1.2)])
+    assert chosen == BF16 and "1.80x the configured step (32-true, channels_last)" in reason
+
+
+def test_a_way_no_faster_than_the_margin_leaves_the_config_as_it_is():
+    chosen, reason = recipe.pick([measured(CONFIGURED, 1.0), measured(BF16, 1.03), measured(FLIPPED, 0.9)])
+    assert chosen == CONFIGURED and "the fastest: bf16-mixed, channels_last, 1.03x" in reason
+
+
+def test_a_faster_way_whose_weights_blow_up_or_whose_loss_differs_is_not_chosen():
+    ways = [
+        measured(CONFIGURED, 1.0),
+        measured(BF16, 3.0, finite=False),
+        measured(BF16_FLIPPED, 2.5, loss=0.5),
+        measured(FLIPPED, 1.4, loss=1e-6),
+    ]
+    assert recipe.pick(ways)[0] == FLIPPED
+    ways[-1] = measured(FLIPPED, 1.4, loss=float("nan"))  # NaN compares false with every tolerance
+    chosen, reason = recipe.pick(ways)
+    assert chosen == CONFIGURED and reason == "no other way computed the same loss with finite weights"
+
+
+def test_the_candidates_are_the_precisions_and_layouts_the_model_and_device_have():
+    assert recipe.candidates(CONFIGURED, bf16=True) == [CONFIGURED, FLIPPED, BF16, BF16_FLIPPED]
+    assert recipe.candidates(CONFIGURED, bf16=False) == [CONFIGURED, FLIPPED]
+    detector = Recipe("32-true", None)  # a module without channels_last: nothing to flip
+    assert recipe.candidates(detector, bf16=True) == [detector, Recipe("bf16-mixed", None)]
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    from cnnsuite.bench.core import build, make_optimizer
+
+    model, datamodule = build("recognition2d", tmp_path_factory.mktemp("data"), data={"batch_size": 8})
+    model.configure_optimizers = lambda: make_optimizer("recognition2d", model.parameters())
+    return model, datamodule
+
+
+def test_each_way_is_timed_on_a_copy_and_the_random_state_is_left_as_it_was(model_and_data):
+    model, datamodule = model_and_data
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    layout = model.hparams.channels_last
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    batch = datamodule.synthetic_batch(8, torch.Generator().manual_seed(0))
+    ways = recipe.candidates(Recipe("32-true", layout), bf16=True)
+    figures = recipe.time_recipes(model, batch, torch.device("cpu"), ways, warmup=1, repeats=1, min_seconds=0)
+    assert torch.equal(torch.rand(3), expected)  # dropout and the like drew from a state put back
+    assert [m.recipe for m in figures] == ways and figures[0].speed_ratio == 1.0
+    assert all(m.samples_per_s > 0 and m.finite for m in figures)
+    by_way = {m.recipe: m for m in figures}
+    # bfloat16 keeps 8 bits of mantissa: the bf16 step computed in it, and close to fp32
+    assert 0 < by_way[Recipe("bf16-mixed", layout)].loss_rel_diff < recipe.LOSS_TOLERANCE
+    assert by_way[Recipe("32-true", not layout)].loss_rel_diff < 1e-5  # the layout changes no value
+    assert model.hparams.channels_last == layout
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def test_flipping_the_layout_moves_the_weights_and_the_setting(model_and_data):
+    model, _ = model_and_data
+    copy_ = __import__("copy").deepcopy(model)
+    # a kernel over several channels (one channel's kernel is laid out the same either way)
+    convolution = next(p for p in copy_.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    for on in (not model.hparams.channels_last, model.hparams.channels_last):
+        recipe.apply(Recipe("32-true", on), copy_)
+        assert copy_.hparams.channels_last == on
+        assert convolution.is_contiguous(memory_format=torch.channels_last) == on
+
+
+@pytest.mark.parametrize(
+    ("trainer", "count", "world", "device"),
+    [
+        ({"accelerator": "auto", "devices": 1}, 2, None, torch.device("cuda", 0)),
+        ({"accelerator": "gpu", "devices": [1]}, 2, None, torch.device("cuda", 1)),
+        ({"accelerator": "auto", "devices": "auto"}, 1, None, torch.device("cuda", 0)),
+        ({"accelerator": "auto", "devices": "auto"}, 2, None, None),  # every GPU: several processes
+        ({"accelerator": "cpu", "devices": 1}, 1, None, None),
+        ({"accelerator": "auto", "devices": 2}, 2, None, None),
+        ({"accelerator": "auto", "devices": 1, "num_nodes": 2}, 1, None, None),
+        ({"accelerator": "auto", "devices": 1}, 1, "2", None),  # one of torchrun's processes
+    ],
+)
+def test_the_recipe_is_chosen_only_for_a_fit_of_one_process_on_one_cuda_device(
+    monkeypatch, trainer, count, world, device
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if world:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    else:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert cli.recipe_device(trainer) == device
+
+
+def test_without_a_cuda_device_the_config_is_the_recipe(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.recipe_device({"accelerator": "auto", "devices": 1}) is None
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """Every Trainer the CLI makes, and the fit's device said to be one it tunes for (the CPU here)."""
+    made = []
+    instantiate = cli.CnnSuiteCLI.instantiate_trainer
+
+    def keep(self, **kwargs):
+        made.append(instantiate(self, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(cli.CnnSuiteCLI, "instantiate_trainer", keep)
+    monkeypatch.setattr(cli, "recipe_device", lambda trainer: torch.device("cpu"))
+    return made
+
+
+def short_fit(tmp_path, image_folder, *extra):
+    from conftest import fit
+
+    return fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "1",
+               "--trainer.limit_train_batches", "2", "--evaluate", "false", *extra)  # fmt: skip
+
+
+def test_a_fit_trains_with_the_recipe_its_device_timed_fastest(monkeypatch, tmp_path, image_folder, trainers, caplog):
+    """The choice reaches the Trainer (its precision) and the model (its layout, kept in the
+    checkpoint's hyper-parameters), and is written down: one line, and recipe.json."""
+    monkeypatch.setattr(recipe, "pick", lambda ways: (ways[-1].recipe, "the last way, for this test"))
+    run = short_fit(tmp_path, image_folder)
+    (trainer,) = trainers
+    entries = json.loads((run / "recipe.json").read_text())
+    assert len(entries) == 1 and len(entries[0]["measured"]) == 4
+    chosen = entries[0]["chosen"]
+    assert chosen["precision"] == "bf16-mixed" == trainer.precision
+    configured = entries[0]["measured"][0]["recipe"]["channels_last"]
+    assert chosen["channels_last"] is (not configured)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["channels_last"] is (not configured)
+    assert "recipe on the CPU (--recipe auto): bf16-mixed" in caplog.text
+    # resumed in its folder, the run times its ways again and keeps the first start's entry
+    short_fit(tmp_path, image_folder, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert json.loads((run / "recipe.json").read_text())[0] == entries[0]
+    assert len(json.loads((run / "recipe.json").read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    "extra", [("--recipe", "configured"), ("--trainer.precision", "32-true")], ids=["configured", "precision set"]
+)
+def test_a_config_that_chooses_its_recipe_is_trained_as_it_says(tmp_path, image_folder, trainers, extra):
+    run = short_fit(tmp_path, image_folder, *extra)
+    assert trainers[0].precision == "32-true"
+    assert not (run / "recipe.json").exists()
