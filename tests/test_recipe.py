@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from cnnsuite import cli
 from cnnsuite.training import recipe
@@ -55,11 +56,29 @@ def test_the_candidates_are_the_precisions_and_layouts_the_model_and_device_have
 
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory):
+    """recognition2d's model, its optimiser attached as LightningCLI attaches it: made once over
+    the model's own parameters, the same one returned by every ``configure_optimizers`` call."""
+    from types import MethodType
+
     from cnnsuite.bench.core import build, make_optimizer
 
     model, datamodule = build("recognition2d", tmp_path_factory.mktemp("data"), data={"batch_size": 8})
-    model.configure_optimizers = lambda: make_optimizer("recognition2d", model.parameters())
+    optimizer = make_optimizer("recognition2d", model.parameters())
+    model.configure_optimizers = MethodType(lambda self: optimizer, model)
     return model, datamodule
+
+
+def test_a_copy_steps_its_own_weights_with_an_optimiser_like_the_models(model_and_data):
+    model, datamodule = model_and_data
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = datamodule.synthetic_batch(8, torch.Generator().manual_seed(0))
+    optimizer = recipe.configured_optimizer(model)
+    step = recipe.ModelStep.of_copy(model, optimizer, Recipe("32-true", True), batch, torch.device("cpu"))
+    step()
+    assert type(step.optimizer) is type(optimizer)
+    assert step.optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert any(not torch.equal(p, q) for p, q in zip(step.model.parameters(), before, strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
 
 
 def test_each_way_is_timed_on_a_copy_and_the_random_state_is_left_as_it_was(model_and_data):
@@ -105,6 +124,8 @@ def test_flipping_the_layout_moves_the_weights_and_the_setting(model_and_data):
         ({"accelerator": "auto", "devices": 2}, 2, None, None),
         ({"accelerator": "auto", "devices": 1, "num_nodes": 2}, 1, None, None),
         ({"accelerator": "auto", "devices": 1}, 1, "2", None),  # one of torchrun's processes
+        ({"accelerator": "auto", "devices": 1, "strategy": "ddp_fork"}, 1, None, None),  # forks a process
+        ({"accelerator": "auto", "devices": 1, "plugins": ["some.Precision"]}, 1, None, None),
     ],
 )
 def test_the_recipe_is_chosen_only_for_a_fit_of_one_process_on_one_cuda_device(
@@ -161,10 +182,43 @@ def test_a_fit_trains_with_the_recipe_its_device_timed_fastest(monkeypatch, tmp_
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["channels_last"] is (not configured)
     assert "recipe on the CPU (--recipe auto): bf16-mixed" in caplog.text
-    # resumed in its folder, the run times its ways again and keeps the first start's entry
+    # resumed in its folder, the run goes on with the checkpoint's recipe, untimed, and says so
+    monkeypatch.setattr(recipe, "time_recipes", lambda *args, **kwargs: pytest.fail("a resumed run was timed"))
     short_fit(tmp_path, image_folder, "--trainer.max_epochs", "2", "--ckpt_path", "last")
-    assert json.loads((run / "recipe.json").read_text())[0] == entries[0]
-    assert len(json.loads((run / "recipe.json").read_text())) == 2
+    first, resumed = json.loads((run / "recipe.json").read_text())
+    assert first == entries[0] and trainers[-1].precision == "bf16-mixed"
+    assert resumed["chosen"] == chosen and resumed["measured"] == []
+    assert resumed["reason"] == "kept from the checkpoint it resumes"
+
+
+def test_a_resumed_run_takes_from_its_checkpoint_only_a_precision_it_would_choose(model_and_data):
+    model, datamodule = model_and_data
+    cpu = torch.device("cpu")
+    assert recipe.kept({recipe.CHECKPOINT_KEY: {"precision": "bf16-mixed"}}, model, datamodule, cpu).chosen == Recipe(
+        "bf16-mixed", model.hparams.channels_last
+    )
+    for recorded in ({}, {recipe.CHECKPOINT_KEY: {"precision": "transformer-engine"}}, {recipe.CHECKPOINT_KEY: "x"}):
+        assert recipe.kept(recorded, model, datamodule, cpu) is None
+
+
+def test_a_timing_that_fails_costs_the_fit_nothing(monkeypatch, tmp_path, image_folder, trainers, caplog):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(recipe, "time_recipes", out_of_memory)
+    with pytest.warns(UserWarning, match="timing the ways to train failed .OutOfMemoryError: CUDA out of memory"):
+        run = short_fit(tmp_path, image_folder)
+    assert trainers[0].precision == "32-true" and (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "recipe.json").exists()
+
+
+def test_a_model_that_cannot_take_its_data_is_refused_before_any_timing(monkeypatch, tmp_path, image_folder, trainers):
+    from cnnsuite.errors import ConfigError
+
+    monkeypatch.setattr(recipe, "time_recipes", lambda *args, **kwargs: pytest.fail("timed before the checks"))
+    with pytest.raises(ConfigError, match="total stride"):
+        short_fit(tmp_path, image_folder, "--data.image_size", "8")
+    assert not trainers
 
 
 @pytest.mark.parametrize(
@@ -174,3 +228,18 @@ def test_a_config_that_chooses_its_recipe_is_trained_as_it_says(tmp_path, image_
     run = short_fit(tmp_path, image_folder, *extra)
     assert trainers[0].precision == "32-true"
     assert not (run / "recipe.json").exists()
+
+
+def test_every_seed_trains_in_the_recipe_the_first_seeds_run_chose(monkeypatch, tmp_path, image_folder, trainers):
+    """``--seeds``: seeds compare weights, not recipes; a choice that flips between runs near
+    the margin would mix the two."""
+    monkeypatch.setattr(recipe, "pick", lambda ways: (ways[-1].recipe, "the last way, for this test"))
+    root = tmp_path / "runs"
+    short_fit(tmp_path, image_folder, "--seeds", "0,1")
+    assert (root / "version_0" / "recipe.json").is_file() and not (root / "version_1" / "recipe.json").exists()
+    assert [trainer.precision for trainer in trainers] == ["bf16-mixed", "bf16-mixed"]
+    layouts = [torch.load(root / f"version_{n}" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+               ["channels_last"] for n in (0, 1)]  # fmt: skip
+    assert layouts[0] == layouts[1]
+    config = yaml.safe_load((root / "version_1" / "config.yaml").read_text())
+    assert config["recipe"] == "configured" and config["trainer"]["precision"] == "bf16-mixed"

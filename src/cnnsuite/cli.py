@@ -66,7 +66,7 @@ from .training.runs import (
     run_version,
 )
 from .training.task import TaskModule
-from .trust.checkpoint import check_matches, check_rebuildable, resume_arguments
+from .trust.checkpoint import check_matches, check_rebuildable, load_checkpoint, resume_arguments
 
 #: LightningCLI's warning when it is given ``args`` while the process has a command line of its
 #: own: from Python (``main([...])``, a sweep's trials), that command line is the caller's
@@ -267,13 +267,20 @@ class CnnSuiteCLI(LightningCLI):
         return Path(config.trainer.get("default_root_dir") or os.getcwd())
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        """LightningCLI's, with the run's checks between the model and the Trainer: a model that
+        cannot take its data, or a resumed checkpoint of other classes, is refused before a
+        Trainer is built or a recipe timed on it."""
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self._add_configure_optimizers_method_to_model(self.subcommand)
         if self.resumed is not None:  # the data's classes, linked to the model, must be the run's
             ckpt_path, args = self.resumed
             names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
             check_matches(names, args.get("in_channels"), self.datamodule, ckpt_path)
         check_rebuildable(self.model)
         check_model_fits_data(self.model, self.datamodule)
+        self.trainer = self.instantiate_trainer()
 
     def instantiate_trainer(self, **kwargs):
         """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once
@@ -305,7 +312,8 @@ class CnnSuiteCLI(LightningCLI):
         if self.subcommand == "fit" and config.get("recipe") == "auto" and config.trainer.get("precision") is None:
             choice = self.choose_recipe(config)
             if choice is not None:
-                kwargs["precision"] = choice.chosen.precision
+                if choice.chosen.precision != recipe.FULL_PRECISION:
+                    kwargs["precision"] = choice.chosen.precision
                 added.append(recipe.RecipeRecord(choice))
         if added:
             kwargs["callbacks"] = [*callbacks, *added]
@@ -313,14 +321,24 @@ class CnnSuiteCLI(LightningCLI):
 
     def choose_recipe(self, config) -> recipe.Choice | None:
         """On one CUDA device, the fastest way to train this model (:mod:`cnnsuite.training.recipe`),
-        its layout applied to the model; None elsewhere, where the config is the recipe."""
+        its layout applied to the model; a resumed run goes on with its checkpoint's. None
+        elsewhere, where the config is the recipe, and where the timing fails (the fit is not
+        lost for it: it trains as configured, and says why)."""
         device = recipe_device(config.trainer)
         if device is None:
             return None
+        if self.resumed is not None:
+            return recipe.kept(load_checkpoint(self.resumed[0]), self.model, self.datamodule, device)
         try:
             choice = recipe.choose(self.model, self.datamodule, device)
         except NotImplementedError as err:  # a datamodule of one's own without a synthetic batch
             rank_zero_info(f"--recipe auto: nothing to time a training step on ({err}); training as configured")
+            return None
+        except Exception as err:  # a way that fails to run (out of memory, an op bf16 lacks) is no recipe
+            rank_zero_warn(
+                f"--recipe auto: timing the ways to train failed ({type(err).__name__}: {err}); training as "
+                "configured (--recipe configured skips the timing)"
+            )
             return None
         recipe.apply(choice.chosen, self.model)
         return choice
@@ -368,9 +386,14 @@ class CnnSuiteCLI(LightningCLI):
 
 
 def recipe_device(trainer) -> torch.device | None:
-    """The one CUDA device a fit with this ``trainer`` config trains on, or None: a CPU, several
-    processes (devices, nodes, or a launcher's ``WORLD_SIZE``), or an accelerator given as an object."""
+    """The one CUDA device a fit with this ``trainer`` config trains on in one process, or None:
+    a CPU, several processes (devices, nodes, a launcher's ``WORLD_SIZE``, a strategy's own), an
+    accelerator or a strategy given as an object, or plugins of the config's own."""
     if trainer.get("accelerator") not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return None
+    # a strategy that starts processes of its own (ddp_fork, say) even for one device, or
+    # precision plugins a precision would clash with
+    if trainer.get("strategy") not in (None, "auto", "single_device") or trainer.get("plugins"):
         return None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (trainer.get("num_nodes") or 1) > 1:
         return None
@@ -443,8 +466,11 @@ def seeds_option(argv: list[str]) -> tuple[list[str], list[int]]:
 def fit_seeds(argv: list[str], seeds: list[int]) -> None:
     """``cnnsuite fit ... --seeds 0,1,2``: the config trained once per seed, each a run folder of
     its own, and each run's values with their mean and standard deviation over the seeds
-    (sample, n - 1) printed and written as ``seeds.json`` beside the runs."""
-    runs = [{"seed": seed, **fit_run([*argv, "--seed_everything", str(seed)])} for seed in seeds]
+    (sample, n - 1) printed and written as ``seeds.json`` beside the runs. A recipe the first
+    seed's run chose on its GPU is every other seed's too: seeds compare weights, not recipes."""
+    runs = [{"seed": seeds[0], **fit_run([*argv, "--seed_everything", str(seeds[0])])}]
+    pinned = recipe.pinned(Path(runs[0]["run"]))  # every seed in the first one's recipe
+    runs += [{"seed": seed, **fit_run([*argv, *pinned, "--seed_everything", str(seed)])} for seed in seeds[1:]]
     keys = [k for k in runs[0] if k not in ("seed", "run") and all(r[k] is not None for r in runs)]
     summary = {k: {"mean": statistics.mean(r[k] for r in runs), "std": statistics.stdev(r[k] for r in runs)}
                for k in keys}  # fmt: skip

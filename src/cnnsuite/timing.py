@@ -13,7 +13,8 @@ import torch
 
 def synchronizer(device: torch.device | str) -> Callable[[], None] | None:
     """What waits for the device's queued work before a clock is read (nothing on CPU)."""
-    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    device = torch.device(device)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
 
 def measure(

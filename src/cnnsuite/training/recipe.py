@@ -26,7 +26,9 @@ its own steps and could choose otherwise than the others.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import json
 import time
 import warnings
@@ -37,10 +39,10 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.seed import isolate_rng
 
 from ..jsonout import strict_json
 from ..timing import measure_side_by_side, synchronizer
+from .rng import rng_states, set_rng_states
 
 #: how much faster than the configured step another recipe must be to be chosen
 MARGIN = 1.05
@@ -49,6 +51,8 @@ LOSS_TOLERANCE = 0.05
 #: the precision of a config that sets none (Lightning's default)
 FULL_PRECISION = "32-true"
 MIXED_PRECISIONS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+#: where a checkpoint keeps the precision its run chose
+CHECKPOINT_KEY = "cnnsuite_recipe"
 #: Lightning's words when a module logs outside a Trainer, as these steps do
 LOG_WITHOUT_TRAINER = ".*self.log.*trainer.* reference is not registered"
 
@@ -97,6 +101,16 @@ def configured_optimizer(model: L.LightningModule) -> torch.optim.Optimizer:
     return made
 
 
+def optimizer_like(optimizer: torch.optim.Optimizer, model: torch.nn.Module, copied: torch.nn.Module):
+    """A new optimiser of ``optimizer``'s class and settings over ``copied``'s parameters, each
+    in the group its original in ``model`` is in. LightningCLI makes the config's optimiser once,
+    over the model's own parameters, and hands that same one to every call of
+    ``configure_optimizers``, a copy's too: stepping it would leave the copy's weights as they were."""
+    twin = {id(original): new for original, new in zip(model.parameters(), copied.parameters(), strict=True)}
+    groups = [{**group, "params": [twin[id(p)] for p in group["params"]]} for group in optimizer.param_groups]
+    return type(optimizer)(groups)  # each group holds every setting; the defaults hold some no init takes
+
+
 class ModelStep:
     """One full training step of ``model`` on ``batch`` through its own ``training_step`` and
     ``optimizer``; calling it runs the step. ``autocast``: the forward and loss under
@@ -115,13 +129,15 @@ class ModelStep:
         self.optimizer.step()
 
     @classmethod
-    def of_copy(cls, model: L.LightningModule, recipe: Recipe, batch, device: torch.device) -> ModelStep:
-        """The step of a copy of ``model`` on ``device`` under ``recipe``, with the optimiser
-        its config makes: ``model`` itself is not touched."""
-        copied = copy.deepcopy(model).to(device).train()
+    def of_copy(cls, model: L.LightningModule, optimizer, recipe: Recipe, batch, device: torch.device) -> ModelStep:
+        """The step of a copy of ``model`` on ``device`` under ``recipe``, with an optimiser like
+        ``model``'s own ``optimizer``: ``model`` itself is not touched."""
+        copied = copy.deepcopy(model)
+        copied.__dict__.pop("configure_optimizers", None)  # LightningCLI's, bound to the copy: a cycle
+        copied.to(device).train()
         if recipe.channels_last is not None:
             copied.use_channels_last(recipe.channels_last)
-        return cls(copied, batch, configured_optimizer(copied), MIXED_PRECISIONS.get(recipe.precision))
+        return cls(copied, batch, optimizer_like(optimizer, model, copied), MIXED_PRECISIONS.get(recipe.precision))
 
 
 @dataclass(frozen=True)
@@ -183,15 +199,25 @@ def time_recipes(
 ) -> list[Measured]:
     """Each recipe's step from the same weights on the same ``batch`` (laid out as the training
     loader gives it), timed side by side (``recipes[0]``: the configured one, what the others
-    are held against). The process's random state is left as it was: a seeded run draws the
-    same after choosing its recipe."""
-    with isolate_rng(include_cuda=device.type == "cuda"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=LOG_WITHOUT_TRAINER)
-        batch = move_data_to_device(batch, device)
-        steps = {recipe: ModelStep.of_copy(model, recipe, batch, device) for recipe in recipes}
-        losses = {recipe: first_loss(step) for recipe, step in steps.items()}
-        timings = measure_side_by_side(steps, warmup, repeats, min_seconds, synchronizer(device))
-        finite = {r: all(bool(torch.isfinite(p).all()) for p in s.model.parameters()) for r, s in steps.items()}
+    are held against). The process's random state is left as it was, a failure included: a
+    seeded run draws the same after choosing its recipe. The copies are freed before it returns."""
+    states = rng_states()
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    try:
+        with on_device, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=LOG_WITHOUT_TRAINER)
+            batch = move_data_to_device(batch, device)
+            optimizer = configured_optimizer(model)
+            steps = {recipe: ModelStep.of_copy(model, optimizer, recipe, batch, device) for recipe in recipes}
+            losses = {recipe: first_loss(step) for recipe, step in steps.items()}
+            timings = measure_side_by_side(steps, warmup, repeats, min_seconds, synchronizer(device))
+            finite = {r: all(bool(torch.isfinite(p).all()) for p in s.model.parameters()) for r, s in steps.items()}
+    finally:
+        set_rng_states(states)
+        steps = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     size = len(batch[0])
     speeds = {recipe: size / timing["median"] for recipe, timing in timings.items()}
     reference = recipes[0]
@@ -219,10 +245,9 @@ class Choice:
     seconds: float
 
     def line(self) -> str:
-        return (
-            f"recipe on {self.device} (--recipe auto): {self.chosen}, {self.reason}; "
-            f"{len(self.measured)} ways timed in {self.seconds:.1f} s (recipe.json in the run folder)"
-        )
+        timed = f"; {len(self.measured)} ways timed in {self.seconds:.1f} s" if self.measured else ""
+        where = "(recipe.json in the run folder)"
+        return f"recipe on {self.device} (--recipe auto): {self.chosen}, {self.reason}{timed} {where}"
 
     def as_json(self) -> dict:
         return {
@@ -235,6 +260,10 @@ class Choice:
         }
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
+
+
 def choose(model: L.LightningModule, datamodule, device: torch.device) -> Choice:
     """Time ``model``'s training step under each of its :func:`candidates` on ``device``
     (copies of it, on a synthetic batch of ``datamodule``'s batch size) and pick one."""
@@ -244,8 +273,34 @@ def choose(model: L.LightningModule, datamodule, device: torch.device) -> Choice
     configured = Recipe(FULL_PRECISION, channels_last_of(model))
     measured = time_recipes(model, batch, device, candidates(configured, bf16_supported(device)))
     chosen, reason = pick(measured)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
-    return Choice(name, size, chosen, reason, measured, time.perf_counter() - start)
+    return Choice(device_name(device), size, chosen, reason, measured, time.perf_counter() - start)
+
+
+def kept(checkpoint: dict, model: L.LightningModule, datamodule, device: torch.device) -> Choice | None:
+    """The recipe a resumed run goes on with: the precision its checkpoint was trained in (one
+    of the two this module chooses between; anything else a checkpoint says is not taken), the
+    layout its model's arguments already carry. None: the checkpoint's run was trained as configured."""
+    recorded = checkpoint.get(CHECKPOINT_KEY)
+    precision = recorded.get("precision") if isinstance(recorded, dict) else None
+    if precision not in (FULL_PRECISION, "bf16-mixed"):
+        return None
+    recipe = Recipe(precision, channels_last_of(model))
+    return Choice(
+        device_name(device), datamodule.hparams.batch_size, recipe, "kept from the checkpoint it resumes", [], 0.0
+    )
+
+
+def pinned(run_dir: Path) -> list[str]:
+    """The options that train another run as the one in ``run_dir`` was: ``--recipe configured``
+    with the precision and layout it chose (none if it chose nothing: it trained as configured)."""
+    try:
+        chosen = json.loads((run_dir / "recipe.json").read_text())[-1]["chosen"]
+    except FileNotFoundError:
+        return []
+    options = ["--recipe", "configured", "--trainer.precision", chosen["precision"]]
+    if chosen["channels_last"] is not None:
+        options += ["--model.init_args.channels_last", str(chosen["channels_last"]).lower()]
+    return options
 
 
 def apply(recipe: Recipe, model: L.LightningModule) -> None:
@@ -255,11 +310,15 @@ def apply(recipe: Recipe, model: L.LightningModule) -> None:
 
 
 class RecipeRecord(L.Callback):
-    """Writes a fit's :class:`Choice` to ``recipe.json`` in the run's folder: a list with one
-    entry a start (a resumed run adds its own, measured again), strict JSON."""
+    """Writes a fit's :class:`Choice` to ``recipe.json`` in the run's folder (a list with one
+    entry a start, strict JSON), and its precision into every checkpoint, which a resumed run
+    goes on with (:func:`kept`) rather than timing again."""
 
     def __init__(self, choice: Choice) -> None:
         self.choice = choice
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"precision": self.choice.chosen.precision}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero or trainer.log_dir is None:
