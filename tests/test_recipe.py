@@ -92,7 +92,7 @@ def test_each_way_is_timed_on_a_copy_and_the_random_state_is_left_as_it_was(mode
     ways = recipe.candidates(Recipe("32-true", layout), bf16=True)
     figures = recipe.time_recipes(model, batch, torch.device("cpu"), ways, warmup=1, repeats=1, min_seconds=0)
     assert torch.equal(torch.rand(3), expected)  # dropout and the like drew from a state put back
-    assert [m.recipe for m in figures] == ways and figures[0].speed_ratio == 1.0
+    assert [m.recipe for m in figures] == ways
     assert all(m.samples_per_s > 0 and m.finite for m in figures)
     by_way = {m.recipe: m for m in figures}
     # bfloat16 keeps 8 bits of mantissa: the bf16 step computed in it, and close to fp32
@@ -100,6 +100,65 @@ def test_each_way_is_timed_on_a_copy_and_the_random_state_is_left_as_it_was(mode
     assert by_way[Recipe("32-true", not layout)].loss_rel_diff < 1e-5  # the layout changes no value
     assert model.hparams.channels_last == layout
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def test_the_copies_are_freed_and_a_failing_step_still_puts_the_random_state_back(monkeypatch, model_and_data):
+    import weakref
+
+    model, datamodule = model_and_data
+    batch = datamodule.synthetic_batch(8, torch.Generator().manual_seed(0))
+    ways = [Recipe("32-true", model.hparams.channels_last)]
+    copies = []
+    of_copy = recipe.ModelStep.of_copy.__func__
+
+    def watched(cls, *args):
+        step = of_copy(cls, *args)
+        copies.append(weakref.ref(step.model))
+        return step
+
+    monkeypatch.setattr(recipe.ModelStep, "of_copy", classmethod(watched))
+    recipe.time_recipes(model, batch, torch.device("cpu"), ways, warmup=1, repeats=1, min_seconds=0)
+    assert copies and all(ref() is None for ref in copies)
+
+    def out_of_memory(self):
+        torch.rand(5)  # a draw, then the failure
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(recipe.ModelStep, "__call__", out_of_memory)
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    with pytest.raises(torch.OutOfMemoryError):
+        recipe.time_recipes(model, batch, torch.device("cpu"), ways, warmup=1, repeats=1, min_seconds=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_an_optimiser_like_another_keeps_its_groups_over_the_copys_parameters():
+    """Two groups of other settings, a parametrised weight (what gradients reach is
+    ``original``) and a weight tied between two layers: each group holds the copy's twins."""
+    import copy
+
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2))
+    net[1].weight = net[0].weight  # tied
+    parametrize.register_parametrization(net[2], "weight", Doubled())
+    groups = [{"params": list(net[0].parameters()) + [net[1].bias], "lr": 0.1},
+              {"params": list(net[2].parameters()), "lr": 0.01, "weight_decay": 0.5}]  # fmt: skip
+    optimizer = torch.optim.AdamW(groups)
+    copied = copy.deepcopy(net)
+    twins = dict(zip(map(id, net.parameters()), copied.parameters(), strict=True))
+    made = recipe.optimizer_like(optimizer, net, copied)
+    assert type(made) is torch.optim.AdamW
+    for old, new in zip(optimizer.param_groups, made.param_groups, strict=True):
+        assert all(q is twins[id(p)] for p, q in zip(old["params"], new["params"], strict=True))
+        assert {k: v for k, v in new.items() if k != "params"} == {k: v for k, v in old.items() if k != "params"}
+    assert made.param_groups[0]["params"][0] is copied[1].weight  # the tie holds in the copy
 
 
 def test_flipping_the_layout_moves_the_weights_and_the_setting(model_and_data):
@@ -197,15 +256,25 @@ def test_a_resumed_run_takes_from_its_checkpoint_only_a_precision_it_would_choos
     assert recipe.kept({recipe.CHECKPOINT_KEY: {"precision": "bf16-mixed"}}, model, datamodule, cpu).chosen == Recipe(
         "bf16-mixed", model.hparams.channels_last
     )
+    assert recipe.kept({recipe.CHECKPOINT_KEY: {"precision": "32-true"}}, model, datamodule, cpu).chosen.precision == (
+        "32-true"
+    )
     for recorded in ({}, {recipe.CHECKPOINT_KEY: {"precision": "transformer-engine"}}, {recipe.CHECKPOINT_KEY: "x"}):
         assert recipe.kept(recorded, model, datamodule, cpu) is None
 
 
+def test_a_bf16_run_resumed_on_a_card_without_bfloat16_goes_on_in_fp32(monkeypatch, model_and_data):
+    model, datamodule = model_and_data
+    monkeypatch.setattr(recipe, "bf16_supported", lambda device: False)
+    choice = recipe.kept({recipe.CHECKPOINT_KEY: {"precision": "bf16-mixed"}}, model, datamodule, torch.device("cpu"))
+    assert choice.chosen.precision == "32-true" and "does not compute in" in choice.reason
+
+
 def test_a_timing_that_fails_costs_the_fit_nothing(monkeypatch, tmp_path, image_folder, trainers, caplog):
-    def out_of_memory(*args, **kwargs):
+    def out_of_memory(self):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(recipe, "time_recipes", out_of_memory)
+    monkeypatch.setattr(recipe.ModelStep, "__call__", out_of_memory)
     with pytest.warns(UserWarning, match="timing the ways to train failed .OutOfMemoryError: CUDA out of memory"):
         run = short_fit(tmp_path, image_folder)
     assert trainers[0].precision == "32-true" and (run / "checkpoints" / "last.ckpt").is_file()
@@ -222,7 +291,9 @@ def test_a_model_that_cannot_take_its_data_is_refused_before_any_timing(monkeypa
 
 
 @pytest.mark.parametrize(
-    "extra", [("--recipe", "configured"), ("--trainer.precision", "32-true")], ids=["configured", "precision set"]
+    "extra",
+    [("--recipe", "configured"), ("--trainer.precision", "32-true"), ("--trainer.deterministic", "true")],
+    ids=["configured", "precision set", "deterministic"],
 )
 def test_a_config_that_chooses_its_recipe_is_trained_as_it_says(tmp_path, image_folder, trainers, extra):
     run = short_fit(tmp_path, image_folder, *extra)
@@ -243,3 +314,11 @@ def test_every_seed_trains_in_the_recipe_the_first_seeds_run_chose(monkeypatch, 
     assert layouts[0] == layouts[1]
     config = yaml.safe_load((root / "version_1" / "config.yaml").read_text())
     assert config["recipe"] == "configured" and config["trainer"]["precision"] == "bf16-mixed"
+    # resumed with the command as the user typed it (no pinned options), the last seed goes on in its recipe
+    monkeypatch.setattr(recipe, "time_recipes", lambda *args, **kwargs: pytest.fail("a resumed run was timed"))
+    short_fit(tmp_path, image_folder, "--seed_everything", "1", "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert trainers[-1].precision == "bf16-mixed"
+
+
+def test_a_run_that_chose_no_recipe_pins_the_next_ones_to_the_config(tmp_path):
+    assert recipe.pinned(tmp_path) == ["--recipe", "configured"]

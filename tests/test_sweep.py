@@ -68,6 +68,7 @@ def test_a_sweep_writes_its_table_plots_and_a_best_config_that_fit_reproduces(
     for t in trials:  # each trial a run folder; a pruned one stopped at its first validation, unevaluated
         run = out / f"trial_{t['number']}" / "version_0"
         assert t["run"] == str(run) and (run / "config.yaml").is_file()
+        assert yaml.safe_load((run / "config.yaml").read_text())["recipe"] == "configured"  # one recipe for all
         assert (run / "evaluation" / "metrics.json").is_file() == (t["state"] == "COMPLETE")
     table = (out / "trials.md").read_text()
     assert "PRUNED" in table and "optimizer.init_args.lr" in table

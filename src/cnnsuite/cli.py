@@ -31,6 +31,7 @@ import os
 import re
 import statistics
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -266,26 +267,23 @@ class CnnSuiteCLI(LightningCLI):
     def _root_dir(config) -> Path:
         return Path(config.trainer.get("default_root_dir") or os.getcwd())
 
-    def instantiate_classes(self) -> None:
-        """LightningCLI's, with the run's checks between the model and the Trainer: a model that
-        cannot take its data, or a resumed checkpoint of other classes, is refused before a
-        Trainer is built or a recipe timed on it."""
-        self.config_init = self.parser.instantiate_classes(self.config)
-        self.datamodule = self._get(self.config_init, "data")
-        self.model = self._get(self.config_init, "model")
-        self._add_configure_optimizers_method_to_model(self.subcommand)
+    def check_run(self) -> None:
+        """The model and data a command was given, before its Trainer is built (LightningCLI makes
+        the Trainer right after them) or a recipe timed on them: a resumed checkpoint's classes
+        must be the data's, and the model must take the data's samples."""
         if self.resumed is not None:  # the data's classes, linked to the model, must be the run's
             ckpt_path, args = self.resumed
             names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
             check_matches(names, args.get("in_channels"), self.datamodule, ckpt_path)
         check_rebuildable(self.model)
         check_model_fits_data(self.model, self.datamodule)
-        self.trainer = self.instantiate_trainer()
 
     def instantiate_trainer(self, **kwargs):
         """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once
         for all processes and kept on resume; without a logger the run's files go to that
-        folder all the same) and atomic checkpoint writes."""
+        folder all the same), atomic checkpoint writes, and on one CUDA device the recipe
+        (:meth:`choose_recipe`). The run's checks come first (:meth:`check_run`)."""
+        self.check_run()
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.monitor_follows_model and follow_model_monitor(config, self.model, self.mode_given):
             # The checkpoint callback is made again from its config, with the model's monitor.
@@ -309,32 +307,36 @@ class CnnSuiteCLI(LightningCLI):
             isinstance(cb, ModelSummary) for cb in callbacks
         ):
             added.append(CompactModelSummary())
-        if self.subcommand == "fit" and config.get("recipe") == "auto" and config.trainer.get("precision") is None:
-            choice = self.choose_recipe(config)
-            if choice is not None:
-                if choice.chosen.precision != recipe.FULL_PRECISION:
-                    kwargs["precision"] = choice.chosen.precision
-                added.append(recipe.RecipeRecord(choice))
+        device = recipe_device(config.trainer) if self.subcommand == "fit" else None
+        if device is not None:
+            choice = self.choose_recipe(config, device)
+            if choice is not None and choice.chosen.precision != recipe.FULL_PRECISION:
+                kwargs["precision"] = choice.chosen.precision
+            added.append(recipe.RecipeRecord(choice))
         if added:
             kwargs["callbacks"] = [*callbacks, *added]
         return super().instantiate_trainer(**kwargs)
 
-    def choose_recipe(self, config) -> recipe.Choice | None:
-        """On one CUDA device, the fastest way to train this model (:mod:`cnnsuite.training.recipe`),
-        its layout applied to the model; a resumed run goes on with its checkpoint's. None
-        elsewhere, where the config is the recipe, and where the timing fails (the fit is not
-        lost for it: it trains as configured, and says why)."""
-        device = recipe_device(config.trainer)
-        if device is None:
+    def choose_recipe(self, config, device: torch.device) -> recipe.Choice | None:
+        """With ``--recipe auto`` and no ``trainer.precision`` or ``trainer.deterministic`` (a run
+        that asks to be reproduced is not shaped by a timing), the fastest way to train this
+        model on ``device`` (:mod:`cnnsuite.training.recipe`), its layout applied to the model; a
+        resumed run goes on with its checkpoint's. None where the config is the recipe, and
+        where the timing fails (the fit is not lost for it: it trains as configured, and says why)."""
+        if config.get("recipe") != "auto" or config.trainer.get("precision") is not None:
+            return None
+        if config.trainer.get("deterministic"):
             return None
         if self.resumed is not None:
             return recipe.kept(load_checkpoint(self.resumed[0]), self.model, self.datamodule, device)
         try:
-            choice = recipe.choose(self.model, self.datamodule, device)
+            choice = recipe.choose(self.model, self.datamodule, device, config.trainer.get("benchmark"))
         except NotImplementedError as err:  # a datamodule of one's own without a synthetic batch
             rank_zero_info(f"--recipe auto: nothing to time a training step on ({err}); training as configured")
             return None
         except Exception as err:  # a way that fails to run (out of memory, an op bf16 lacks) is no recipe
+            traceback.clear_frames(err.__traceback__)  # the frames hold the copies: freed here, not later
+            recipe.release(device)
             rank_zero_warn(
                 f"--recipe auto: timing the ways to train failed ({type(err).__name__}: {err}); training as "
                 "configured (--recipe configured skips the timing)"

@@ -124,9 +124,9 @@ class ModelStep:
             return self.model.training_step(self.batch, 0)
 
     def __call__(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
         self.loss().backward()
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # the gradients go between steps, not held to the next
 
     @classmethod
     def of_copy(cls, model: L.LightningModule, optimizer, recipe: Recipe, batch, device: torch.device) -> ModelStep:
@@ -188,6 +188,14 @@ def first_loss(step: ModelStep) -> float:
     return float(step.loss())
 
 
+def release(device: torch.device) -> None:
+    """Hand back what timed copies held: their objects, and on a GPU the cached blocks, so the
+    fit starts with the memory it would have had without them."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def time_recipes(
     model: L.LightningModule,
     batch,
@@ -215,9 +223,7 @@ def time_recipes(
     finally:
         set_rng_states(states)
         steps = None
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        release(device)
     size = len(batch[0])
     speeds = {recipe: size / timing["median"] for recipe, timing in timings.items()}
     reference = recipes[0]
@@ -264,14 +270,21 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
 
 
-def choose(model: L.LightningModule, datamodule, device: torch.device) -> Choice:
+def choose(model: L.LightningModule, datamodule, device: torch.device, benchmark: bool | None = None) -> Choice:
     """Time ``model``'s training step under each of its :func:`candidates` on ``device``
-    (copies of it, on a synthetic batch of ``datamodule``'s batch size) and pick one."""
+    (copies of it, on a synthetic batch of ``datamodule``'s batch size) and pick one.
+    ``benchmark``: the run's ``trainer.benchmark``, cuDNN's choice of kernels during the timing
+    as during training (the Trainer sets it only once it is made)."""
     start = time.perf_counter()
     size = datamodule.hparams.batch_size
     batch = datamodule.synthetic_batch(size, torch.Generator().manual_seed(0))
     configured = Recipe(FULL_PRECISION, channels_last_of(model))
-    measured = time_recipes(model, batch, device, candidates(configured, bf16_supported(device)))
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before if benchmark is None else benchmark
+    try:
+        measured = time_recipes(model, batch, device, candidates(configured, bf16_supported(device)))
+    finally:
+        torch.backends.cudnn.benchmark = before
     chosen, reason = pick(measured)
     return Choice(device_name(device), size, chosen, reason, measured, time.perf_counter() - start)
 
@@ -284,19 +297,20 @@ def kept(checkpoint: dict, model: L.LightningModule, datamodule, device: torch.d
     precision = recorded.get("precision") if isinstance(recorded, dict) else None
     if precision not in (FULL_PRECISION, "bf16-mixed"):
         return None
-    recipe = Recipe(precision, channels_last_of(model))
-    return Choice(
-        device_name(device), datamodule.hparams.batch_size, recipe, "kept from the checkpoint it resumes", [], 0.0
-    )
+    reason = "kept from the checkpoint it resumes"
+    if precision == "bf16-mixed" and not bf16_supported(device):
+        precision, reason = FULL_PRECISION, "the checkpoint's bf16-mixed, which this card does not compute in"
+    return Choice(device_name(device), datamodule.hparams.batch_size, Recipe(precision, channels_last_of(model)),
+                  reason, [], 0.0)  # fmt: skip
 
 
 def pinned(run_dir: Path) -> list[str]:
     """The options that train another run as the one in ``run_dir`` was: ``--recipe configured``
-    with the precision and layout it chose (none if it chose nothing: it trained as configured)."""
+    with the precision and layout it chose, or as configured where it chose none."""
     try:
         chosen = json.loads((run_dir / "recipe.json").read_text())[-1]["chosen"]
-    except FileNotFoundError:
-        return []
+    except FileNotFoundError:  # it timed nothing, or its timing failed: it trained as configured
+        return ["--recipe", "configured"]
     options = ["--recipe", "configured", "--trainer.precision", chosen["precision"]]
     if chosen["channels_last"] is not None:
         options += ["--model.init_args.channels_last", str(chosen["channels_last"]).lower()]
@@ -310,18 +324,19 @@ def apply(recipe: Recipe, model: L.LightningModule) -> None:
 
 
 class RecipeRecord(L.Callback):
-    """Writes a fit's :class:`Choice` to ``recipe.json`` in the run's folder (a list with one
-    entry a start, strict JSON), and its precision into every checkpoint, which a resumed run
-    goes on with (:func:`kept`) rather than timing again."""
+    """Writes a fit's :class:`Choice`, if it made one, to ``recipe.json`` in the run's folder (a
+    list with one entry a start, strict JSON), and the precision the run trains in into every
+    checkpoint, chosen or not: a resumed run goes on with it (:func:`kept`) rather than timing
+    again, also where the options that set it (``--seeds``' pinned ones) are not given again."""
 
-    def __init__(self, choice: Choice) -> None:
+    def __init__(self, choice: Choice | None) -> None:
         self.choice = choice
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"precision": self.choice.chosen.precision}
+        checkpoint[CHECKPOINT_KEY] = {"precision": trainer.precision}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or not trainer.is_global_zero or trainer.log_dir is None:
+        if self.choice is None or stage != "fit" or not trainer.is_global_zero or trainer.log_dir is None:
             return
         path = Path(trainer.log_dir) / "recipe.json"
         try:

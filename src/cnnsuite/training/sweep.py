@@ -241,7 +241,9 @@ def objective(trial, argv: list[str], space: dict, out: Path) -> float:
     params = {key: suggest(trial, key, distribution) for key, distribution in space.items()}
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     root = out / f"trial_{trial.number}"
-    result = fit_run([*argv, *overrides(params), "--trainer.default_root_dir", str(root)], [TrialPruning(trial)])
+    # trials compare settings in one recipe: as configured, unless the sweep's own options say --recipe auto
+    options = ["--recipe", "configured", *argv, *overrides(params), "--trainer.default_root_dir", str(root)]
+    result = fit_run(options, [TrialPruning(trial)])
     run = result.pop("run")
     (monitor, value), (test_key, test) = result.items()
     trial.set_user_attr("test", {test_key: test})
