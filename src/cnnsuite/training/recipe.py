@@ -18,10 +18,11 @@ within :data:`LOSS_TOLERANCE` of the configured step's from the same weights (a 
 computes something else is no recipe); else as configured. The choice is one line on the
 console and an entry of ``recipe.json`` in the run's folder.
 
-A config that sets ``trainer.precision`` chooses for itself, and so does ``--recipe
-configured``. On a CPU each task's config is its recipe, measured there (``cnnsuite bench
---sections recipe``). A run of several processes keeps its config too: each process would time
-its own steps and could choose otherwise than the others.
+Every checkpoint of a fit on one GPU keeps the precision it trains in, and a resumed run goes on
+with it, untimed. A config that sets ``trainer.precision`` (or plugins, or ``deterministic``)
+chooses for itself, and so does ``--recipe configured``. On a CPU each task's config is its
+recipe, measured there (``cnnsuite bench --sections recipe``). A run of several processes keeps
+its config too: each process would time its own steps and could choose otherwise than the others.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ MARGIN = 1.05
 LOSS_TOLERANCE = 0.05
 #: the precision of a config that sets none (Lightning's default)
 FULL_PRECISION = "32-true"
-MIXED_PRECISIONS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+#: the mixed precision timed, and what its autocast computes in
+MIXED_PRECISIONS = {"bf16-mixed": torch.bfloat16}
 #: where a checkpoint keeps the precision its run chose
 CHECKPOINT_KEY = "cnnsuite_recipe"
 #: Lightning's words when a module logs outside a Trainer, as these steps do
@@ -295,7 +297,7 @@ def kept(checkpoint: dict, model: L.LightningModule, datamodule, device: torch.d
     layout its model's arguments already carry. None: the checkpoint's run was trained as configured."""
     recorded = checkpoint.get(CHECKPOINT_KEY)
     precision = recorded.get("precision") if isinstance(recorded, dict) else None
-    if precision not in (FULL_PRECISION, "bf16-mixed"):
+    if precision not in (FULL_PRECISION, *MIXED_PRECISIONS):
         return None
     reason = "kept from the checkpoint it resumes"
     if precision == "bf16-mixed" and not bf16_supported(device):
