@@ -161,6 +161,18 @@ def test_an_optimiser_like_another_keeps_its_groups_over_the_copys_parameters():
     assert made.param_groups[0]["params"][0] is copied[1].weight  # the tie holds in the copy
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: what a fit on one times")
+def test_on_a_cuda_device_every_way_is_timed_there_and_one_is_chosen(model_and_data):
+    model, datamodule = model_and_data
+    cuda = torch.device("cuda", 0)
+    choice = recipe.choose(model, datamodule, cuda)
+    assert choice.device == torch.cuda.get_device_name(cuda)
+    assert len(choice.measured) == (4 if recipe.bf16_supported(cuda) else 2)
+    assert all(m.finite and m.samples_per_s > 0 for m in choice.measured)
+    assert choice.chosen in [m.recipe for m in choice.measured]
+    assert all(p.device.type == "cpu" for p in model.parameters())  # the copies went, the model stayed
+
+
 def test_flipping_the_layout_moves_the_weights_and_the_setting(model_and_data):
     model, _ = model_and_data
     copy_ = __import__("copy").deepcopy(model)
