@@ -41,7 +41,7 @@ from cnnsuite.data import (
 from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.coco import AnnotationError, box_error
 from cnnsuite.data.digits import digit_scans, digit_split
-from cnnsuite.data.images import read_image_with_picture
+from cnnsuite.data.images import checked_size, read_image_with_picture
 from cnnsuite.data.splits import STAGES, split_validation
 from cnnsuite.errors import ConfigError
 
@@ -205,13 +205,12 @@ class LocalizationDataModule(ImageDataModule):
         each file opened once."""
         samples, bad = self._load(), {}
         for sample_id in ids:
-            path = self.root / sample_id
             try:
-                height, width = read_image(path, self.in_channels).shape[1:] if decode else image_size(path)[::-1]
+                size = checked_size(self.root / sample_id, self.in_channels if decode else None)
             except BadFileError as err:
                 bad[sample_id] = err
                 continue
-            problem = box_error(samples[sample_id].box, (width, height), f"its image {sample_id}")
+            problem = box_error(samples[sample_id].box, size, f"its image {sample_id}")
             if problem:
                 bad[sample_id] = BadFileError(f"{samples[sample_id].where}: {problem}")
         return bad
