@@ -334,3 +334,6 @@ def test_every_seed_trains_in_the_recipe_the_first_seeds_run_chose(monkeypatch, 
 
 def test_a_run_that_chose_no_recipe_pins_the_next_ones_to_the_config(tmp_path):
     assert recipe.pinned(tmp_path) == ["--recipe", "configured"]
+    # an entry naming a precision the module never chooses pins nothing of it
+    (tmp_path / "recipe.json").write_text(json.dumps([{"chosen": {"precision": "--config", "channels_last": "x"}}]))
+    assert recipe.pinned(tmp_path) == ["--recipe", "configured"]

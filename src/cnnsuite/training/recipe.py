@@ -291,13 +291,19 @@ def choose(model: L.LightningModule, datamodule, device: torch.device, benchmark
     return Choice(device_name(device), size, chosen, reason, measured, time.perf_counter() - start)
 
 
+def known_precision(recorded: object) -> str | None:
+    """The precision a record of a choice (a checkpoint's, a ``recipe.json`` entry's) names, if
+    it is one of those this module chooses between; None for anything else it may hold."""
+    precision = recorded.get("precision") if isinstance(recorded, dict) else None
+    return precision if precision in (FULL_PRECISION, *MIXED_PRECISIONS) else None
+
+
 def kept(checkpoint: dict, model: L.LightningModule, datamodule, device: torch.device) -> Choice | None:
     """The recipe a resumed run goes on with: the precision its checkpoint was trained in (one
     of the two this module chooses between; anything else a checkpoint says is not taken), the
     layout its model's arguments already carry. None: the checkpoint's run was trained as configured."""
-    recorded = checkpoint.get(CHECKPOINT_KEY)
-    precision = recorded.get("precision") if isinstance(recorded, dict) else None
-    if precision not in (FULL_PRECISION, *MIXED_PRECISIONS):
+    precision = known_precision(checkpoint.get(CHECKPOINT_KEY))
+    if precision is None:
         return None
     reason = "kept from the checkpoint it resumes"
     if precision == "bf16-mixed" and not bf16_supported(device):
@@ -312,9 +318,12 @@ def pinned(run_dir: Path) -> list[str]:
     try:
         chosen = json.loads((run_dir / "recipe.json").read_text())[-1]["chosen"]
     except FileNotFoundError:  # it timed nothing, or its timing failed: it trained as configured
+        chosen = None
+    precision = known_precision(chosen)
+    if precision is None:
         return ["--recipe", "configured"]
-    options = ["--recipe", "configured", "--trainer.precision", chosen["precision"]]
-    if chosen["channels_last"] is not None:
+    options = ["--recipe", "configured", "--trainer.precision", precision]
+    if isinstance(chosen.get("channels_last"), bool):
         options += ["--model.init_args.channels_last", str(chosen["channels_last"]).lower()]
     return options
 
