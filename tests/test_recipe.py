@@ -337,3 +337,7 @@ def test_a_run_that_chose_no_recipe_pins_the_next_ones_to_the_config(tmp_path):
     # an entry naming a precision the module never chooses pins nothing of it
     (tmp_path / "recipe.json").write_text(json.dumps([{"chosen": {"precision": "--config", "channels_last": "x"}}]))
     assert recipe.pinned(tmp_path) == ["--recipe", "configured"]
+    # a file that is not the list of starts this module writes pins nothing either, and raises nothing
+    for text in ("not json", "{}", "[]", "[1]", '[{"chosen": 1}]'):
+        (tmp_path / "recipe.json").write_text(text)
+        assert recipe.pinned(tmp_path) == ["--recipe", "configured"]

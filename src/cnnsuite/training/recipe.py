@@ -312,13 +312,21 @@ def kept(checkpoint: dict, model: L.LightningModule, datamodule, device: torch.d
                   reason, [], 0.0)  # fmt: skip
 
 
+def recorded_starts(run_dir: Path) -> list:
+    """The entries of ``recipe.json`` in ``run_dir``, one a start; none where it is missing, or
+    is not a JSON list (a file in the run's folder may have been edited by hand)."""
+    try:
+        starts = json.loads((run_dir / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return starts if isinstance(starts, list) else []
+
+
 def pinned(run_dir: Path) -> list[str]:
     """The options that train another run as the one in ``run_dir`` was: ``--recipe configured``
     with the precision and layout it chose, or as configured where it chose none."""
-    try:
-        chosen = json.loads((run_dir / "recipe.json").read_text())[-1]["chosen"]
-    except FileNotFoundError:  # it timed nothing, or its timing failed: it trained as configured
-        chosen = None
+    starts = recorded_starts(run_dir)  # none: it timed nothing, or its timing failed
+    chosen = starts[-1].get("chosen") if starts and isinstance(starts[-1], dict) else None
     precision = known_precision(chosen)
     if precision is None:
         return ["--recipe", "configured"]
@@ -349,12 +357,8 @@ class RecipeRecord(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.choice is None or stage != "fit" or not trainer.is_global_zero or trainer.log_dir is None:
             return
-        path = Path(trainer.log_dir) / "recipe.json"
-        try:
-            starts = json.loads(path.read_text())
-        except (OSError, ValueError):
-            starts = []
-        starts = [*(starts if isinstance(starts, list) else []), self.choice.as_json()]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(strict_json(starts, indent=2) + "\n")
+        run_dir = Path(trainer.log_dir)
+        starts = [*recorded_starts(run_dir), self.choice.as_json()]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.json").write_text(strict_json(starts, indent=2) + "\n")
         rank_zero_info(self.choice.line())
