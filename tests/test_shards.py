@@ -725,3 +725,80 @@ def test_a_hand_edited_record_is_one_line_naming_the_field(tmp_path, edit, messa
     with pytest.raises(ConfigError) as err:
         RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
     assert str(err.value).startswith(f"{out}/{RECORD}: ") and message in str(err.value) and "\n" not in str(err.value)
+
+
+def rehashed(out: Path) -> None:
+    """The record of ``out`` written again over what its folder now holds, as whoever edits a
+    prepared folder by hand can: every sha256 of it matches."""
+    import hashlib
+
+    from cnnsuite.data.shards.record import content_hash
+
+    record = json.loads((out / RECORD).read_text())
+    names = sorted(p for p in out.rglob("*") if p.is_file() and p.name != RECORD)
+    record["files"] = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in names}
+    record["sha256"] = content_hash(record["items"], record["files"])
+    (out / RECORD).write_text(json.dumps(record))
+
+
+def edit_index(out: Path, stage: str, edit) -> None:
+    index = json.loads((out / stage / "index.json").read_text())
+    edit(index)
+    (out / stage / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda out: edit_index(out, "train", lambda i: i["config"].update(data_format=["bytes", "pickle"])),
+            "train/index.json: data_format is ['bytes', 'pickle'], formats outside ['bool', 'bytes'",
+        ),
+        (
+            lambda out: edit_index(out, "val", lambda i: i["chunks"][0].update(filename="../train/chunk-0-0.bin")),
+            "val/index.json: a chunk is '../train/chunk-0-0.bin', not a file of val/ its record lists",
+        ),
+        (
+            lambda out: edit_index(out, "test", lambda i: i["config"].update(compression="zstd")),
+            "test/index.json: compression is 'zstd'",
+        ),
+        (
+            lambda out: edit_index(
+                out,
+                "train",
+                lambda i: i["config"].update(
+                    data_spec=i["config"]["data_spec"].replace("builtins.dict", "collections.OrderedDict")
+                ),
+            ),
+            "data_spec nests items in ['collections.OrderedDict'], not dicts",
+        ),
+        (
+            lambda out: (out / "test" / "index.json").rename(out / "test" / "index.bak"),
+            "its files do not list test/index.json",
+        ),
+        (
+            lambda out: (
+                (out / "val" / "chunk-0-0.bin").unlink()
+                or (out / "val" / "chunk-0-0.bin").symlink_to(out / "train" / "chunk-0-0.bin")
+            ),
+            "shard 'val/chunk-0-0.bin' is not a file inside the prepared folder",
+        ),
+    ],
+    ids=["pickle", "chunk-outside", "compressed", "spec-type", "index-unlisted", "symlink"],
+)
+def test_a_hand_made_folder_whose_shards_match_its_record_is_still_refused_where_litdata_would_run_code(
+    tmp_path, edit, message
+):
+    """A record's sha256 shows only that a folder is as its record says: whoever makes a folder
+    writes both. What LitData believes of each split's index.json (its decoders, the files a
+    read opens) must be what cnnsuite prepare writes, or the run stops in one line before a read
+    (before: a ``pickle`` field ran its code at the first item; a chunk named ``../`` was read)."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    out = tmp_path / "prepared"
+    prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), out, "--data.image_size", "8")
+    edit(out)
+    rehashed(out)
+    with pytest.raises(ConfigError) as err:
+        RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
+    assert str(err.value).startswith(str(out)) and message in str(err.value) and "\n" not in str(err.value)

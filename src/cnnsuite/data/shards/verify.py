@@ -16,10 +16,22 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ...errors import ConfigError
 from ..cache import MIB
 from .record import RECORD, content_hash
-from .storage import PreparedFiles, fetch_errors, first_line
+from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
 #: the disk space a local copy of a prepared folder on object storage leaves free, at least
 MIRROR_HEADROOM_MB = 1024
+#: the LitData formats the fields of cnnsuite prepare's items are stored in (``no_header_*`` with
+#: ``:<dtype index>``): each decodes its bytes as data; LitData's others include ``pickle`` (and
+#: formats falling back to it), which runs what a shard holds, and decoders of whole files (video,
+#: PDF, meshes)
+SAFE_FORMATS = frozenset(
+    {"bytes", "tensor", "no_header_tensor", "numpy", "no_header_numpy", "int", "float", "bool", "str", "json"}
+)
+#: the containers an item's fields may be nested in (LitData's ``data_spec``, a pytree spec)
+SAFE_NODES = frozenset({None, "builtins.dict", "builtins.list", "builtins.tuple"})
+#: the item loader cnnsuite prepare's writer names, and its index's settings that stay unset
+INDEX_LOADER = "PyTreeLoader"
+INDEX_UNSET = ("compression", "encryption", "ipc_compression")
 
 T = TypeVar("T")
 
@@ -36,14 +48,94 @@ def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = No
     where every shard's version is known and the copies fit on its disk with
     :data:`MIRROR_HEADROOM_MB` to spare; a later run copies only what changed, and the mirror
     keeps nothing the record does not name. Returns where the shards are to be streamed from:
-    the mirror, or the folder itself."""
+    the mirror, or the folder itself, once each split's LitData index says what cnnsuite prepare
+    writes (:func:`_check_index`). A local folder's files must be its own: no symbolic links."""
     files, location = record["files"], stored.location
     for name in files:
         parts = PurePosixPath(name).parts
-        if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+        if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name or _linked(location, name):
             raise ConfigError(f"{location}/{RECORD}: shard {name!r} is not a file inside the prepared folder")
     with _one_at_a_time(verified):
-        return _check_shards(stored, record, verified, mirror)
+        streamed_from = _check_shards(stored, record, verified, mirror)
+    source = stored if streamed_from == location else PreparedFiles(streamed_from)
+    for stage, ids in record["items"].items():
+        if ids:
+            _check_index(source, stage, record, location)
+    return streamed_from
+
+
+def _linked(location: str, name: str) -> bool:
+    """Whether the local file ``name`` of a prepared folder is, or is reached through, a symbolic
+    link, or is not a regular file where something is there (a FIFO, a device): the folder's
+    files are read as its own, and a link to ``/dev/zero`` would keep its hashing reading."""
+    if is_url(location):
+        return False
+    parts = PurePosixPath(name).parts
+    steps = [Path(location, *parts[:end]) for end in range(1, len(parts) + 1)]  # each folder down, then the file
+    return any(step.is_symlink() for step in steps) or (steps[-1].exists() and not steps[-1].is_file())
+
+
+def _check_index(stored: PreparedFiles, stage: str, record: dict, location: str) -> None:
+    """A split's LitData index, read once its sha256 matched the record, must say what cnnsuite
+    prepare writes: LitData believes it, and it names the files a read opens and the decoder of
+    each field of an item. A sha256 only shows the folder is as its record says; a hand-made
+    folder's record hashes whatever it holds, so an index naming LitData's ``pickle`` format (code
+    run at the first read) or a chunk outside the split is refused here, in one line."""
+    name = f"{stage}/index.json"
+    if name not in record["files"]:
+        raise ConfigError(f"{location}/{RECORD}: its files do not list {name}; run cnnsuite prepare again")
+    try:
+        index = json.loads(read_shard(stored, name, stored.read))
+    except ValueError as err:
+        raise ConfigError(f"{location}/{name}: not JSON ({err})") from err
+    problem = _index_problem(index, stage, record["files"])
+    if problem:
+        raise ConfigError(f"{location}/{name}: {problem}, which cnnsuite prepare does not write; run it again")
+
+
+def _index_problem(index, stage: str, files: dict) -> str | None:
+    """What in a split's LitData index is not what cnnsuite prepare writes; None where all is."""
+    config = index.get("config") if isinstance(index, dict) else None
+    chunks = index.get("chunks") if isinstance(index, dict) else None
+    if not isinstance(config, dict) or not isinstance(chunks, list):
+        return "not a LitData index (an object of config and chunks)"
+    formats = config.get("data_format")
+    if not isinstance(formats, list) or not all(map(_safe_format, formats)):
+        return f"data_format is {formats!r}, formats outside {sorted(SAFE_FORMATS)}"
+    if config.get("item_loader") != INDEX_LOADER:
+        return f"item_loader is {config.get('item_loader')!r}, not {INDEX_LOADER}"
+    for key in INDEX_UNSET:
+        if config.get(key) is not None:
+            return f"{key} is {config[key]!r}"
+    nodes = _spec_nodes(config.get("data_spec"))
+    if nodes is None:
+        return "data_spec is not a pytree spec"
+    if not nodes <= SAFE_NODES:
+        return f"data_spec nests items in {sorted(map(str, nodes - SAFE_NODES))}, not dicts, lists and tuples"
+    for chunk in chunks:
+        filename = chunk.get("filename") if isinstance(chunk, dict) else None
+        if not isinstance(filename, str) or f"{stage}/{filename}" not in files or "/" in filename:
+            return f"a chunk is {filename!r}, not a file of {stage}/ its record lists"
+    return None
+
+
+def _safe_format(name) -> bool:
+    base, _, dtype = name.partition(":") if isinstance(name, str) else ("", "", "")
+    return base in SAFE_FORMATS and (not dtype or dtype.isdigit())
+
+
+def _spec_nodes(spec) -> set | None:
+    """The container types named in LitData's ``data_spec`` (a serialised pytree spec: ``[version,
+    {"type", "context", "children_spec"}]``); None where it is not one."""
+    try:
+        found, todo = set(), [json.loads(spec)[1]]
+        while todo:
+            node = todo.pop()
+            found.add(node["type"])
+            todo.extend(node["children_spec"])
+        return found
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
 
 
 @contextmanager
