@@ -306,6 +306,32 @@ def test_a_detached_header_reads_only_a_data_file_beside_it(tmp_path, monkeypatc
             LoadVolumed()({"image": header(name, data_file)})
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "bzip2"])
+def test_an_nrrd_whose_compressed_voxels_inflate_past_its_sizes_is_refused_unread(tmp_path, encoding):
+    """pynrrd inflates compressed voxels whole before comparing them with the header: a few KB
+    declaring 4x4x4 voxels took GBs of memory (an upload to cnnsuite serve, a volume of a user's
+    folder). Such a file, attached or behind a detached header, is one line; an honest one reads."""
+    import bz2
+    import gzip
+
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+
+    compress = gzip.compress if encoding == "gzip" else bz2.compress
+    bomb = compress(bytes(8 << 20))  # 8 MiB of zeros, for 64 voxels
+    fields = ["NRRD0004", "type: uint8", "dimension: 3", "sizes: 4 4 4", f"encoding: {encoding}", "endian: little"]
+    (tmp_path / "bomb.nrrd").write_bytes("\n".join([*fields, "", ""]).encode() + bomb)
+    (tmp_path / "bomb.raw.gz").write_bytes(bomb)
+    (tmp_path / "bomb.nhdr").write_text("\n".join([*fields, "data file: bomb.raw.gz", "", ""]))
+    for name in ("bomb.nrrd", "bomb.nhdr"):
+        with pytest.raises(BadFileError, match=rf"{name}: its {encoding} voxels inflate past 66,048 bytes"):
+            LoadVolumed()({"image": str(tmp_path / name)})
+
+    volume = np.arange(64, dtype=np.uint8).reshape(4, 4, 4)
+    space = {"space": "left-posterior-superior", "space directions": np.eye(3), "space origin": [0, 0, 0]}
+    nrrd.write(str(tmp_path / "honest.nrrd"), volume, {"encoding": encoding, **space})
+    assert np.array_equal(LoadVolumed()({"image": str(tmp_path / "honest.nrrd")})["image"][0].numpy(), volume)
+
+
 def test_metaimage_without_itk_says_what_it_needs(tmp_path, monkeypatch):
     """MetaImage is ITK's format: without ITK a ``.mha`` is one line saying so, where MONAI's
     own choice of reader gave pydicom's complaint about a missing DICOM preamble."""

@@ -5,7 +5,11 @@ MetaImage, a DICOM series folder) and checked to be one finite 3D volume within 
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -43,7 +47,47 @@ def check_header(path: str | Path) -> bool:
     sizes, what, data_file = header
     check_size(path, "volume", sizes, what)
     check_data_file(Path(path), data_file)
+    if str(path).lower().endswith((".nrrd", ".nhdr")):
+        check_nrrd_payload(Path(path), sizes)
     return True
+
+
+#: the most bytes a voxel of any NRRD type takes (double, int64)
+NRRD_MAX_ITEMSIZE = 8
+#: what an NRRD's compressed voxels may inflate to beyond its declared voxels: a ``byte skip``
+#: or ``line skip`` ahead of them
+NRRD_SLACK_BYTES = 1 << 16
+NRRD_COMPRESSED = {"gzip": "gzip", "gz": "gzip", "bzip2": "bz2", "bz2": "bz2"}
+
+
+def check_nrrd_payload(path: Path, sizes: list[int]) -> None:
+    """pynrrd inflates an NRRD's gzip or bzip2 voxels whole before it compares them with the
+    header's sizes: a file of a few KB declaring 16x16x16 voxels can inflate to many GB. Here
+    they are inflated a block at a time and counted (nothing kept), and a file whose voxels
+    inflate past what its header's sizes hold is refused before pynrrd reads it."""
+    import nrrd
+
+    with path.open("rb") as file:
+        header = nrrd.read_header(file)
+        compression = NRRD_COMPRESSED.get(str(header.get("encoding", "raw")).lower())
+        if compression is None:  # raw and text voxels are read as the header's sizes say
+            return
+        data_file = header.get("datafile", header.get("data file"))
+        bound = math.prod(sizes) * NRRD_MAX_ITEMSIZE + max(int(header.get("byte skip", 0)), 0) + NRRD_SLACK_BYTES
+        inflated = 0
+        try:
+            source = (path.parent / data_file).open("rb") if data_file and data_file != "LOCAL" else file
+            inflating = gzip.GzipFile(fileobj=source) if compression == "gzip" else bz2.BZ2File(source)
+            with source, inflating as stream:
+                while (block := stream.read(1 << 20)) and inflated <= bound:
+                    inflated += len(block)
+        except (OSError, EOFError, zlib.error) as err:  # a cut or damaged stream, a data file not there
+            raise BadFileError(f"{path}: cannot read as a volume ({type(err).__name__}: {err})") from None
+    if inflated > bound:
+        raise BadFileError(
+            f"{path}: its {header['encoding']} voxels inflate past {bound:,} bytes, more than its "
+            f"{'x'.join(map(str, sizes))} voxels hold"
+        )
 
 
 def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
