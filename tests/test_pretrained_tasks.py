@@ -47,7 +47,9 @@ def test_every_task_starts_from_a_torchvision_resnet18_file_and_logs_it(task, to
     assert torch.allclose(inflated.sum(2) if inflated.dim() == 5 else inflated, library["layer4.1.conv2.weight"])
 
 
-@pytest.mark.parametrize(("name", "dims"), [("torchvision_resnet18", 2), ("monai_resnet18", 3)])
+@pytest.mark.parametrize(
+    ("name", "dims"), [("torchvision_resnet18", 2), ("monai_resnet18", 3), ("monai_densenet121", 3)]
+)
 def test_another_backbones_kwargs_are_one_line_naming_them(name, dims):
     """A task's config keeps its own backbone's kwargs when the command line names a reference
     backbone: the error names them and says how to drop them."""
@@ -55,6 +57,27 @@ def test_another_backbones_kwargs_are_one_line_naming_them(name, dims):
         ConfigError, match=r"model.backbone_kwargs for '\w+': channels, pool: not arguments of .*'\{\}'"
     ):
         build_backbone(name, dims, 1, channels=[8, 16], pool="max")
+
+
+@pytest.mark.parametrize(
+    ("name", "dims", "kwargs"),
+    [("monai_densenet121", 3, {"pretrained": True}), ("torchvision_resnet18", 2, {"weights": "IMAGENET1K_V1"})],
+)
+def test_no_backbone_kwarg_makes_a_reference_download_weights(name, dims, kwargs, monkeypatch):
+    """``backbone_kwargs`` come from configs and from checkpoints' hyper-parameters: none may
+    make a library fetch a file (MONAI's DenseNet121 took ``pretrained`` and downloaded
+    torchvision's weights into ~/.cache). Weights are given as files, by --model.backbone_weights."""
+    import monai.networks.nets.densenet
+    import torch.hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was started")
+
+    for module in (torch.hub, monai.networks.nets.densenet):  # MONAI imported torch.hub's function
+        monkeypatch.setattr(module, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    with pytest.raises(ConfigError, match=rf"model.backbone_kwargs for '{name}': {next(iter(kwargs))}: not arguments"):
+        build_backbone(name, dims, 1, **kwargs)
 
 
 def test_the_benchmarks_digits_file_is_torchvisions_layout_and_round_trips(tmp_path):

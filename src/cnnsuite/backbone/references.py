@@ -74,9 +74,12 @@ def monai_resnet18(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> Sta
 
 @register_backbone("monai_densenet121")
 def monai_densenet121(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> StagedBackbone:
-    """MONAI's DenseNet-121; one stage, its whole feature extractor (stride 32)."""
-    from monai.networks.nets import DenseNet121
+    """MONAI's DenseNet-121; one stage, its whole feature extractor (stride 32). Its kwargs are
+    :class:`monai.networks.nets.DenseNet`'s: DenseNet121's own ``pretrained`` would download
+    torchvision's 2D weights, which a config or a checkpoint's hyper-parameters must not make it do."""
+    from monai.networks.nets import DenseNet, DenseNet121
 
+    _check_kwargs("monai_densenet121", DenseNet, kwargs, fixed=("spatial_dims", "in_channels", "out_channels"))
     net = DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, **kwargs)
     width = net.class_layers.out.in_features
     stage = ForeignStage(net.features, nn.ReLU(), out_channels=width, stride=(32,) * spatial_dims)
