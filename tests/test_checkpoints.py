@@ -251,6 +251,9 @@ MALFORMED = {
     "no state_dict": (lambda c: c.pop("state_dict"), "its 'state_dict' is missing"),
     "state_dict a string": (set_path(["state_dict"], "weights"), "its 'state_dict' is a str"),
     "NaN weights": (nan_weights, "non-finite weights (NaN or infinity)"),
+    # predictions are keyed by class name: two classes of one name would merge
+    "class named twice": (set_path(["hyper_parameters", "class_names"], ["cat", "cat", "dog"]),
+                          "model.class_names names 'cat' more than once"),
     # (resuming takes the data's settings from the command line, not from the file)
     "datamodule arguments a list": (
         set_path(["datamodule_hyper_parameters"], ["x"]), "'datamodule_hyper_parameters' must be a mapping",
@@ -445,6 +448,25 @@ def test_a_non_finite_number_among_a_checkpoints_arguments_is_refused_at_load(tr
     with pytest.raises(ValueError, match=r"nan.ckpt: its hyper_parameters hold a non-finite number .* at "
                                          r"backbone_weights_meta.mean.0"):  # fmt: skip
         Predictor(bad, accelerator="cpu")
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export"])
+def test_a_non_finite_number_in_a_checkpoints_datamodule_state_is_refused_in_one_line(trained, tmp_path, capsys,
+                                                                                      command):  # fmt: skip
+    """What preprocessing learnt (a band's mean and spread) travels in the datamodule's state:
+    a NaN there passed every check, made every prediction NaN and an export's JSON sidecar
+    non-strict (``NaN``, which other parsers refuse). Every command refuses the file in one line."""
+    folder, run = trained
+
+    def poison(checkpoint):
+        checkpoint["RecognitionDataModule"]["band_mean"] = torch.tensor([0.5, float("nan")])
+
+    bad = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "nan-state.ckpt", poison)
+    extra = {"predict": ["--input", str(folder / "cat")], "evaluate": ["--data.data_dir", str(folder)], "export": []}
+    out = tmp_path / ("model.onnx" if command == "export" else "out")
+    err = one_line_error([command, "--ckpt", str(bad), *extra[command], "--out", str(out)], capsys)
+    assert f"{bad}: its datamodule state holds a non-finite number (NaN or infinity) at band_mean.1" in err
+    assert not out.exists()
 
 
 def test_a_checkpoints_sample_size_is_bounded_by_the_pixel_limit(trained, tmp_path, capsys, monkeypatch):

@@ -73,6 +73,9 @@ class TaskModule(L.LightningModule):
         names, count = self.hparams.get("class_names"), self.hparams.get("num_classes")
         if names is not None and len(names) != count:
             raise ConfigError(f"model.class_names has {len(names)} names but model.num_classes={count}")
+        if names is not None and len(set(names)) != len(names):  # predictions keyed by name would merge classes
+            twice = next(n for n in names if names.count(n) > 1)
+            raise ConfigError(f"model.class_names names {twice!r} more than once; expected one name a class")
         self.configure_models()
         self.load_backbone_weights()
         self.follow_weights_normalisation()

@@ -320,8 +320,7 @@ def rebuild(
     datamodule = data_cls(**data_args)
     check_matches(model.class_names, model.hparams.get("in_channels"), datamodule, ckpt_path)
     check_model_takes_its_data(model, datamodule, ckpt_path)
-    state = checkpoint.get(data_cls.__qualname__, {})
-    state = state if isinstance(state, dict) else {}
+    state = datamodule_state(checkpoint, data_cls, ckpt_path)
     split_file = Path(run_dir) / "splits.json" if run_dir is not None else None
     if state.get("splits") is not None:
         splits = state["splits"]
@@ -348,6 +347,21 @@ def rebuild(
     datamodule.prepare_data()  # an embedded default is generated again on a new machine
     from_file(ckpt_path, "datamodule state", datamodule.load_state_dict, {**state, "splits": splits})
     return model, datamodule
+
+
+def datamodule_state(checkpoint: dict, data_cls: type[TaskDataModule], source: object) -> dict:
+    """The datamodule's state a checkpoint holds (the run's split, what preprocessing learnt from
+    its training data), ``{}`` where it holds none. A non-finite number in it (a band's mean of
+    NaN) passes every weight check and would reach every prediction and an export's JSON: the
+    file is refused, naming where the number is."""
+    state = checkpoint.get(data_cls.__qualname__, {})
+    if not isinstance(state, dict):
+        return {}
+    numbers = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in state.items() if k != "splits"}
+    bad = first_non_finite(numbers)
+    if bad:
+        raise CheckpointError(f"{source}: its datamodule state holds a non-finite number (NaN or infinity) at {bad}")
+    return state
 
 
 def warn_of_seen_names(datamodule: TaskDataModule, splits: dict | None) -> None:
@@ -390,8 +404,8 @@ def rebuild_for_inference(ckpt_path: str | Path) -> tuple[TaskModule, TaskDataMo
     datamodule = from_file(ckpt_path, "datamodule_hyper_parameters", lambda: data_cls(**data_args))
     datamodule.class_names = list(model.class_names)
     datamodule.in_channels = model.hparams.get("in_channels", datamodule.in_channels)
-    state = checkpoint.get(data_cls.__qualname__, {})
-    from_file(ckpt_path, "datamodule state", datamodule.restore_preprocessing, state if isinstance(state, dict) else {})
+    state = datamodule_state(checkpoint, data_cls, ckpt_path)
+    from_file(ckpt_path, "datamodule state", datamodule.restore_preprocessing, state)
     check_model_takes_its_data(model, datamodule, ckpt_path)
     return model, datamodule
 

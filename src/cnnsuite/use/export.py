@@ -166,7 +166,7 @@ def export(
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    sidecar(path).write_text(json.dumps(info, indent=1) + "\n")
+    sidecar(path).write_text(json.dumps(info, indent=1, allow_nan=False) + "\n")  # strict JSON: a program reads it
     return path, info
 
 

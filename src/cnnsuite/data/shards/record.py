@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ...errors import ConfigError
+from ...jsonout import first_non_finite
 from ..splits import STAGES
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
@@ -68,7 +69,7 @@ def check_record(record: dict, where: str) -> None:
         "hyper_parameters": (lambda v: isinstance(v, dict), "an object of the datamodule's arguments"),
         "items": (_stages, "train, val and test lists of ids"),
         "splits": (_stages, "train, val and test lists of ids"),
-        "class_names": (lambda v: _ids(v) and len(v) > 0, "a list of class names"),
+        "class_names": (lambda v: _ids(v) and len(v) > 0 and len(set(v)) == len(v), "a list of distinct class names"),
         "channels": (lambda v: type(v) is int and 1 <= v <= MAX_CHANNELS, f"a whole number from 1 to {MAX_CHANNELS}"),
         "multilabel": (lambda v: type(v) is bool, "true or false"),
         "targets": (
@@ -76,8 +77,12 @@ def check_record(record: dict, where: str) -> None:
             f"an object of class indices below {count} ({count} 0/1 values each, multi-label)",
         ),  # fmt: skip
         "preprocessing": (
-            lambda v: isinstance(v, dict) and {type(v.get(k)) for k in ("values", "tensors")} == {dict},
-            "an object of values and tensors",
+            lambda v: (
+                isinstance(v, dict)
+                and {type(v.get(k)) for k in ("values", "tensors")} == {dict}
+                and first_non_finite(v) is None
+            ),
+            "an object of values and tensors, every number finite",
         ),  # fmt: skip
         "files": (
             lambda v: isinstance(v, dict) and all(isinstance(h, str) for h in v.values()),
