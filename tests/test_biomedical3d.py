@@ -228,6 +228,32 @@ def test_default_fast_dev_run(tmp_path):
     assert json.loads((default / "generation.json").read_text()) == {"default_size": 24}
 
 
+def test_a_checkpoint_does_not_choose_what_embedded_default_is_generated(tmp_path, capsys):
+    """Evaluating a run of the embedded default generates it again where it is missing, as the
+    run made it: a checkpoint edited to ask for 10 million volumes would have had this machine
+    write them. Settings other than the task's own default are used only where that data was
+    generated already; elsewhere the command stops in one line and writes nothing."""
+    from cnnsuite.cli import main
+
+    run = fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+              "--trainer.limit_val_batches", "1", "--data.default_size", "24", "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["datamodule_hyper_parameters"]["default_size"] = 10**7
+    torch.save(checkpoint, tmp_path / "huge.ckpt")
+    cases = [(ckpt, tmp_path / "elsewhere", "--data.default_size 24"),
+             (tmp_path / "huge.ckpt", tmp_path / "data", "--data.default_size 10000000")]  # fmt: skip
+    for source, data_root, settings in cases:
+        with pytest.raises(SystemExit):
+            main(
+                ["evaluate", "--ckpt", str(source), "--data.data_root", str(data_root), "--out", str(tmp_path / "out")]
+            )
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"generated with {settings}, which is not under {data_root}" in err
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["biomedical3d-default_size=24"]
+
+
 @pytest.mark.parametrize(
     ("names", "cut", "found"),
     [

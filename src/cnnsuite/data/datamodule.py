@@ -482,14 +482,18 @@ class TaskDataModule(L.LightningDataModule):
         """Where samples are read from: the user's folder or the embedded default."""
         if self.hparams.data_dir is not None:
             return Path(self.hparams.data_dir).expanduser()
-        changed = {k: v for k, v in self.generation_args.items() if v != self._init_default(k)}
-        suffix = "".join(f"-{k}={v}" for k, v in sorted(changed.items()))
+        suffix = "".join(f"-{k}={v}" for k, v in sorted(self.generation_changes.items()))
         return Path(self.hparams.data_root) / f"{self.default_name}{suffix}"
 
     @property
     def generation_args(self) -> dict:
         """The values of :attr:`generation_hparams`: what the embedded default was made with."""
         return {key: self.hparams[key] for key in self.generation_hparams}
+
+    @property
+    def generation_changes(self) -> dict:
+        """Those of :attr:`generation_args` that are not the task's defaults."""
+        return {k: v for k, v in self.generation_args.items() if v != self._init_default(k)}
 
     @classmethod
     def _init_default(cls, key: str):

@@ -344,9 +344,26 @@ def rebuild(
         return model, datamodule
     if unknown:  # the run's test split all there, training files gone: the run's data
         splits = {stage: [i for i in ids if i not in set(unknown.get(stage, ()))] for stage, ids in splits.items()}
+    if not given:
+        check_generated_here(datamodule, ckpt_path)
     datamodule.prepare_data()  # an embedded default is generated again on a new machine
     from_file(ckpt_path, "datamodule state", datamodule.load_state_dict, {**state, "splits": splits})
     return model, datamodule
+
+
+def check_generated_here(datamodule: TaskDataModule, source: object) -> None:
+    """An embedded default missing under ``data_root`` is generated again as the checkpoint's run
+    made it, which the file may ask only as the task's own default: its settings (``default_size:
+    10000000``) would have this machine write whatever it asks. Other settings are used where
+    that data was generated here already."""
+    changed = datamodule.generation_changes
+    if changed and not datamodule.root.exists():
+        settings = " ".join(f"--data.{k} {v}" for k, v in changed.items())
+        raise CheckpointError(
+            f"{source}: its run trained on the embedded default generated with {settings}, which is not under "
+            f"{datamodule.hparams.data_root}; a checkpoint does not choose what is generated: give --data.data_root "
+            f"where it is, or generate it there once (cnnsuite fit with {settings})"
+        )
 
 
 def datamodule_state(checkpoint: dict, data_cls: type[TaskDataModule], source: object) -> dict:
