@@ -469,6 +469,44 @@ def test_a_non_finite_number_in_a_checkpoints_datamodule_state_is_refused_in_one
     assert not out.exists()
 
 
+def test_a_shared_run_folder_cannot_make_a_command_write_where_its_links_lead(trained, tmp_path, capsys):
+    """A run folder is shared with its checkpoint: one whose ``evaluation/report.md`` links to
+    the user's ``~/.bashrc`` had evaluate overwrite it (predict, inspect and export likewise in
+    their folders). Each command refuses a link where it writes, in one line, and writes nothing."""
+    folder, run = trained
+    shared = shutil.copytree(run, tmp_path / "shared", symlinks=True)
+    victim, victim_dir = tmp_path / "bashrc", tmp_path / "home"
+    victim.write_text("the user's")
+    victim_dir.mkdir()
+    cases = {
+        "evaluate": (shared / "evaluation" / "report.md", victim, ["--data.data_dir", str(folder)]),
+        "predict": (shared / "predictions", victim_dir, ["--input", str(folder / "cat")]),
+        "inspect": (shared / "inspection" / "stages.md", victim, ["--data.data_dir", str(folder)]),
+        "export": (shared / "export" / "model.onnx.json", victim, []),
+    }
+    for command, (link, target, extra) in cases.items():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+        err = one_line_error([command, "--ckpt", str(shared / "checkpoints" / "best.ckpt"), *extra], capsys)
+        assert f"{link}: a symbolic link where this command writes its output" in err, command
+    assert victim.read_text() == "the user's" and not any(victim_dir.iterdir())
+    assert not (shared / "export" / "model.onnx").exists()
+
+
+def test_a_checkpoint_outside_a_run_folder_is_evaluated_into_the_working_folder(trained, tmp_path, monkeypatch):
+    """A checkpoint outside a run's ``checkpoints/`` folder (downloaded, say) has no run folder:
+    its evaluation goes to ``./evaluation``, as predict's and inspect's outputs go to ``./``,
+    not into the folder above the checkpoint's (before: ``~/evaluation`` for ``~/Downloads/x.ckpt``)."""
+    folder, run = trained
+    downloads, work = tmp_path / "downloads", tmp_path / "work"
+    downloads.mkdir()
+    work.mkdir()
+    shutil.copy(run / "checkpoints" / "best.ckpt", downloads / "model.ckpt")
+    monkeypatch.chdir(work)
+    main(["evaluate", "--ckpt", str(downloads / "model.ckpt"), "--data.data_dir", str(folder)])
+    assert (work / "evaluation" / "metrics.json").is_file() and not (tmp_path / "evaluation").exists()
+
+
 def test_a_checkpoints_sample_size_is_bounded_by_the_pixel_limit(trained, tmp_path, capsys, monkeypatch):
     """A checkpoint (untrusted input) sizes the samples it is given: an edited image_size of
     20,000 would have the fits check and every prediction allocate gigabytes. Samples hold no

@@ -54,13 +54,18 @@ def test_predict_a_single_image(recognition, tmp_path, capsys):
     other = folder / test.ids[1]
     main(["predict", "--ckpt", str(ckpt), "--input", str(other), "--out", str(tmp_path)])
     assert [p.name for p in (tmp_path / "pictures").iterdir()] == [f"{other.stem}.png"]
-    # a pictures/ that links elsewhere is not emptied: its files are not predict's
+    # a pictures/ that links elsewhere: predict would empty it and write where it leads; refused
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "keep.png").write_bytes(b"the user's")
     shutil.rmtree(tmp_path / "pictures")
     (tmp_path / "pictures").symlink_to(elsewhere)
-    main(["predict", "--ckpt", str(ckpt), "--input", str(other), "--out", str(tmp_path)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["predict", "--ckpt", str(ckpt), "--input", str(other), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'pictures'}: a symbolic link where this command writes" in err
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.png"]
     assert (elsewhere / "keep.png").read_bytes() == b"the user's"
 
 

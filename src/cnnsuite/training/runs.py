@@ -91,10 +91,35 @@ def run_version(root: Path, ckpt_path: str | os.PathLike | None) -> int:
     return version
 
 
+def run_folder(ckpt_path: str | Path) -> Path | None:
+    """The run folder of a checkpoint in a run's ``checkpoints/`` folder; None for one elsewhere
+    (a file in ~/Downloads has no run folder: its parent's parent is not read or written as one)."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
+
+
 def default_output(ckpt_path: str | Path, name: str) -> Path:
     """``<run folder>/<name>`` for a checkpoint in a run's ``checkpoints/`` folder, else ``./<name>``."""
-    ckpt_path = Path(ckpt_path)
-    return ckpt_path.parent.parent / name if ckpt_path.parent.name == "checkpoints" else Path(name)
+    run = run_folder(ckpt_path)
+    return run / name if run is not None else Path(name)
+
+
+def output_folder(out_dir: Path, given: bool) -> Path:
+    """``out_dir``, made where missing, for a command that writes its files into it in place.
+    Writing in place writes where a symbolic link leads, and a run folder shared with its
+    checkpoint could link ``evaluation/report.md`` to ``~/.bashrc``: so no entry of the folder
+    may be a link, nor the folder itself where the command chose it (``given``: the user named
+    it with ``--out``). The folder's own entries are looked at, not the trees below them."""
+    links = [out_dir] if not given and out_dir.is_symlink() else []
+    if out_dir.is_dir():
+        links += sorted(entry for entry in out_dir.iterdir() if entry.is_symlink())
+    if links:
+        raise ConfigError(
+            f"{links[0]}: a symbolic link where this command writes its output, which would go where the link "
+            "leads; remove the link, or give another --out"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
 
 def default_loggers(root: str | os.PathLike, version: int) -> list:

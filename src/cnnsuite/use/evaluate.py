@@ -19,6 +19,7 @@ import lightning as L
 import matplotlib.pyplot as plt
 
 from ..jsonout import strict_json
+from ..training.runs import default_output, output_folder, run_folder
 from ..trust.checkpoint import data_options, rebuild
 
 
@@ -26,11 +27,12 @@ def evaluation_dir(
     ckpt_path: str | Path, out_dir: str | Path | None = None, other_data: str | Path | None = None
 ) -> Path:
     """``out_dir``, else ``<run folder>/evaluation`` (``evaluation-<folder name>`` on
-    ``other_data``: the run's own evaluation is never overwritten by one on other data)."""
+    ``other_data``: the run's own evaluation is never overwritten by one on other data), or
+    ``./evaluation`` for a checkpoint outside a run's ``checkpoints/`` folder."""
     if out_dir:
         return Path(out_dir)
     name = f"evaluation-{Path(other_data).expanduser().resolve().name}" if other_data else "evaluation"
-    return Path(ckpt_path).parent.parent / name
+    return default_output(ckpt_path, name)
 
 
 def evaluate(
@@ -53,11 +55,11 @@ def evaluate_into(
     data: dict | None = None,
 ) -> tuple[dict[str, float], Path]:
     """:func:`evaluate`, and the folder it wrote."""
-    ckpt_path = Path(ckpt_path)
-    run_dir = ckpt_path.parent.parent
+    ckpt_path, given = Path(ckpt_path), bool(out_dir)
+    run_dir = run_folder(ckpt_path)
     model, datamodule = rebuild(ckpt_path, run_dir, data)
     out_dir = evaluation_dir(ckpt_path, out_dir, datamodule.root if datamodule.tests_other_data else None)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir, given)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -70,8 +72,9 @@ def evaluate_into(
     metrics = {key: float(value) for key, value in sorted(results.items())}
     (out_dir / "metrics.json").write_text(strict_json(metrics, indent=1) + "\n")
     plots = model.write_plots(out_dir, datamodule)
-    curves = plot_training_curves(run_dir / "metrics.csv", out_dir / "training_curves.png", model.monitor)
-    plots += [curves] if curves else []
+    if run_dir is not None:
+        curves = plot_training_curves(run_dir / "metrics.csv", out_dir / "training_curves.png", model.monitor)
+        plots += [curves] if curves else []
     write_report(out_dir / "report.md", ckpt_path, datamodule, metrics, plots)
     return metrics, out_dir
 
@@ -82,7 +85,7 @@ def compare(
     """Evaluate each checkpoint into ``out_dir/<n>-<run>-<file>/`` and write
     ``comparison.md`` and ``comparison.json``: one row per checkpoint, its headline metrics
     side by side, and the data each was tested on (a table is only fair on the same data)."""
-    out_dir = Path(out_dir)
+    out_dir = output_folder(Path(out_dir), given=True)  # its entries, each checkpoint's folder, are checked
     rows = []
     for number, ckpt in enumerate(ckpt_paths, start=1):
         ckpt = Path(ckpt)
@@ -203,7 +206,11 @@ def evaluate_main(argv: list[str]) -> None:
         description="Evaluate checkpoints on their run's test split (or on other data): metrics.json, report.md "
         "and plots; several checkpoints also give comparison.md and comparison.json.",
     )  # fmt: skip
-    add_out(parser, "output folder (default: <run folder>/evaluation; with several checkpoints, ./comparison)")
+    add_out(
+        parser,
+        "output folder (default: <run folder>/evaluation, ./evaluation for a checkpoint outside a run's checkpoints/ "
+        "folder; with several checkpoints, ./comparison)",
+    )
     add_accelerator(parser)
     add_data(parser)
     args, extra = parser.parse_known_args(argv)

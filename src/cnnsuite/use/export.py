@@ -33,6 +33,7 @@ from ..classpath import class_path
 from ..contract import task_of
 from ..data import TaskDataModule
 from ..errors import ConfigError
+from ..training.runs import output_folder, run_folder
 from ..training.task import TaskModule
 from .predict import Predictor
 
@@ -176,9 +177,13 @@ def output_path(ckpt_path: str | Path, fmt: str, out: str | Path | None, force: 
     previous export is overwritten; any other file that exists (one the user named, or made
     beside the checkpoint) only with ``--force``, and the checkpoint itself never."""
     ckpt_path = Path(ckpt_path)
-    if out is None and ckpt_path.parent.name == "checkpoints":
-        return ckpt_path.parent.parent / "export" / f"model{FORMATS[fmt]}"
+    if out is None and run_folder(ckpt_path) is not None:
+        folder = output_folder(run_folder(ckpt_path) / "export", given=False)
+        return folder / f"model{FORMATS[fmt]}"
     path = Path(out) if out is not None else ckpt_path.with_suffix(FORMATS[fmt])
+    linked = [p for p in (path, sidecar(path)) if p.is_symlink()]
+    if linked:  # --force would write where the link leads
+        raise ConfigError(f"{linked[0]}: a symbolic link, which the export would write through; remove it")
     named = f"--out {path}" if out is not None else f"{path} (the export's name beside the checkpoint)"
     if ckpt_path.exists() and any(p.exists() and p.samefile(ckpt_path) for p in (path, sidecar(path))):
         raise ConfigError(f"{named}: the export would replace the checkpoint {ckpt_path}; name another file with --out")

@@ -47,7 +47,7 @@ from ..backbone.geometry import describe_stages
 from ..data import TaskDataModule
 from ..errors import ConfigError
 from ..jsonout import strict_json
-from ..training.runs import default_output
+from ..training.runs import default_output, output_folder, run_folder
 from ..training.task import TaskModule
 from ..trust.checkpoint import data_options, rebuild
 from .inspectable import Network
@@ -386,14 +386,16 @@ def inspect(
     max_samples: int = MAX_SAMPLES,
     accelerator: str = "auto",
     data: dict | None = None,
+    given: bool = True,
 ) -> dict:
     """Write the pictures and the table of ``ckpt_path`` into ``out_dir`` (see the module's
     docstring); returns what ``stages.json`` holds. ``data``: where the run's data is (see
-    :func:`~cnnsuite.trust.checkpoint.rebuild`)."""
+    :func:`~cnnsuite.trust.checkpoint.rebuild`); ``given``: the user named ``out_dir``
+    (:func:`~cnnsuite.training.runs.output_folder`)."""
     if max_samples < 1:
         raise ConfigError(f"--max_samples {max_samples}: expected at least 1")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
-    model, datamodule = rebuild(ckpt_path, ckpt_path.parent.parent, data)
+    model, datamodule = rebuild(ckpt_path, run_folder(ckpt_path), data)
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_gpu else "cpu")
     model.to(device).eval()
@@ -403,7 +405,7 @@ def inspect(
         sample, source = model_batch(model, next(held_out_batches(datamodule, 1))[:1]), "the first test sample"
     network = network_of(model, sample.dim())
     x = network.to_backbone(sample.to(device))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir, given)
 
     rows = stage_rows(network.backbone, x)
     with torch.no_grad():
@@ -457,7 +459,7 @@ def inspect_main(argv: list[str]) -> None:
         "--input", default=None,
         help="a file to look at, read as cnnsuite predict reads it (default: the run's first test sample)",
     )  # fmt: skip
-    add_out(parser, "output folder (default: <run folder>/inspection)")
+    add_out(parser, "output folder (default: <run folder>/inspection, else ./inspection)")
     parser.add_argument(
         "--max_samples", type=int, default=MAX_SAMPLES,
         help=f"test samples searched for top_samples.png (default {MAX_SAMPLES})",
@@ -467,7 +469,7 @@ def inspect_main(argv: list[str]) -> None:
     args, extra = parser.parse_known_args(argv)
     data = data_options(args, extra, parser)
     out_dir = Path(args.out) if args.out else default_output(args.ckpt, "inspection")
-    inspect(args.ckpt, out_dir, args.input, args.max_samples, args.accelerator, data)
+    inspect(args.ckpt, out_dir, args.input, args.max_samples, args.accelerator, data, bool(args.out))
     print((out_dir / "stages.md").read_text())
     print(f"inspection: {out_dir}/ (filters.png, activations_stage*.png, top_samples.png, gradcam.png, stages.md, "
           "stages.json)")  # fmt: skip

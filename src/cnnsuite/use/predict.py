@@ -24,7 +24,7 @@ from ..data.errors import BadFileError
 from ..data.inputs import Input
 from ..errors import ConfigError, MissingFileError
 from ..jsonout import first_non_finite
-from ..training.runs import default_output
+from ..training.runs import default_output, output_folder
 from ..trust.checkpoint import rebuild_for_inference
 
 
@@ -115,10 +115,16 @@ def picture_names(paths: list[Path], root: Path) -> dict[Path, str]:
 
 
 def predict_to_folder(
-    predictor: Predictor, input_path: str | Path, out_dir: str | Path, batch_size: int = 16, pictures: bool = True
+    predictor: Predictor,
+    input_path: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 16,
+    pictures: bool = True,
+    given: bool = True,
 ) -> dict:
     """Predict every input under ``input_path`` into ``out_dir``: ``predictions.jsonl``,
-    ``pictures/`` and ``summary.json``. Returns the summary."""
+    ``pictures/`` and ``summary.json``. Returns the summary. ``given``: the user named
+    ``out_dir`` (:func:`~cnnsuite.training.runs.output_folder`)."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     inputs, ignored = predictor.find_inputs(input_path)
     if out_dir.exists() and not out_dir.is_dir():
@@ -129,10 +135,10 @@ def predict_to_folder(
             f"--out {out_dir}: inside the input folder {input_path}, where the pictures would replace inputs of "
             "the same names and be read as inputs by the next run; name a folder outside it"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir, given)
     clear_earlier_pictures(out_dir)
     if pictures:
-        (out_dir / "pictures").mkdir(exist_ok=True)
+        output_folder(out_dir / "pictures", given=False)
     root = input_path if input_path.is_dir() else input_path.parent
     names = picture_names([Path(p) for p in inputs], root)
     failed = []
@@ -158,16 +164,17 @@ def clear_earlier_pictures(out_dir: Path) -> None:
     """A folder an earlier ``predict`` wrote (its ``summary.json`` says so) loses that run's
     pictures before this one writes: predicting another folder of the same name into the same
     default place would otherwise leave the earlier run's pictures beside the new ones. Only
-    files directly in a real ``pictures/`` folder go: one that is a link leads elsewhere."""
+    files directly in ``pictures/`` go (:func:`~cnnsuite.training.runs.output_folder` refused
+    it as a link; a picture that is one loses the link, not what it leads to)."""
     folder = out_dir / "pictures"
     try:
         summary = json.loads((out_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return
     ours = isinstance(summary, dict) and {"checkpoint", "input", "predicted", "failed"} <= summary.keys()
-    if ours and folder.is_dir() and not folder.is_symlink():
+    if ours and folder.is_dir():
         for picture in folder.glob("*.png"):
-            if picture.is_file() and not picture.is_symlink():
+            if picture.is_file() or picture.is_symlink():
                 picture.unlink()
 
 
@@ -197,7 +204,10 @@ def predict_main(argv: list[str]) -> None:
     if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
         parser.error(f"--config: cnnsuite predict takes a checkpoint and files (--ckpt, --input). {LIGHTNING_PREDICT}")
     args = parser.parse_args(argv)
-    out_dir = Path(args.out) if args.out else default_output(args.ckpt, "predictions") / Path(args.input).name
+    if args.out:
+        out_dir = Path(args.out)
+    else:  # the run's predictions/ folder, not a link, and in it one folder an input
+        out_dir = output_folder(default_output(args.ckpt, "predictions"), given=False) / Path(args.input).name
     predictor = Predictor(args.ckpt, args.accelerator)
-    summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures)
+    summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures, bool(args.out))
     print(summary_line(summary, out_dir))
