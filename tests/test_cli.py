@@ -299,6 +299,23 @@ def test_a_value_the_optimizer_refuses_is_one_line_naming_it(capsys, tmp_path, i
     assert error.endswith("Invalid learning rate: -1.0")
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--data.batch_size", "0", "data.batch_size=0: expected a count of samples, 1 or more"),
+        ("--data.batch_size", "-3", "data.batch_size=-3: expected a count of samples, 1 or more"),
+        ("--model.label_smoothing", "2", "model.label_smoothing=2.0: expected a fraction from 0 to 1"),
+    ],
+)
+def test_a_value_torch_would_refuse_mid_run_is_one_line_before_it(capsys, tmp_path, image_folder, option, value,
+                                                                   expected):  # fmt: skip
+    """torch's sampler checks the batch size and its loss the label smoothing only when the
+    first batch is drawn or the first loss taken, in a traceback: each is the config's mistake."""
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.data_dir", str(image_folder),
+                           "--trainer.default_root_dir", str(tmp_path), option, value)  # fmt: skip
+    assert error == f"cnnsuite fit: error: {expected}"
+
+
 def test_a_run_stopped_by_sigterm_exits_143(monkeypatch):
     """Lightning ends a run on SIGTERM with a SystemExit that has no code, so the process
     exited 0 and a command chained after it with ``&&`` ran; 128 + 15 is the shell's status for

@@ -98,6 +98,13 @@ def check_num_workers(value: object) -> None:
         raise ConfigError(f"data.num_workers={value!r}: expected auto or a count of loader processes, 0 or more")
 
 
+def check_batch_size(value: object) -> None:
+    """``data.batch_size`` is a count of samples, 1 or more (torch's sampler says so only at the
+    first epoch, in a traceback)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"data.batch_size={value!r}: expected a count of samples, 1 or more")
+
+
 class LazyDatasets(Mapping):
     """``stage → Dataset``, each built by ``make(stage)`` the first time it is asked for."""
 
@@ -177,6 +184,7 @@ class TaskDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_num_workers(num_workers)
+        check_batch_size(batch_size)
         # Collects the subclass's init arguments too; checkpoints keep them (JSON-able).
         self.save_hyperparameters()
         for key, check in SHARED_OPTION_CHECKS.items():

@@ -134,12 +134,15 @@ class ClassificationModule(TaskModule):
         )
 
     def configure_losses(self) -> None:
+        smoothing = self.hparams.label_smoothing  # torch checks it only at the first step, in a traceback
+        if isinstance(smoothing, bool) or not isinstance(smoothing, int | float) or not 0 <= smoothing <= 1:
+            raise ConfigError(f"model.label_smoothing={smoothing!r}: expected a fraction from 0 to 1")
         if self.multilabel:
             # pos_weight, when there is one, is the loss's buffer: saved in every checkpoint
             weights = torch.ones(self.hparams.num_classes) if self.hparams.get("class_weights") else None
             self.loss = nn.BCEWithLogitsLoss(pos_weight=weights)
         else:
-            self.loss = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
+            self.loss = nn.CrossEntropyLoss(label_smoothing=smoothing)
 
     def configure_metrics(self, stage: str) -> MetricCollection:
         if self.multilabel:
