@@ -257,6 +257,13 @@ def test_prepare_from_inside_the_data_folder(tmp_path, monkeypatch):
     raw = make_image_folder(tmp_path / "raw", per_class=4)
     monkeypatch.chdir(raw)
     prepare("recognition2d", ".", tmp_path / "prepared", "--data.image_size", "8")
+    # shards written inside the data folder would be listed as its samples (a class folder of
+    # no images): refused, nothing written there
+    before = sorted(raw.rglob("*"))
+    for out in ("shards", "cat/shards"):
+        with pytest.raises(ConfigError, match=rf"--out {raw / out}: inside the data folder {raw}, which is only read"):
+            prepare("recognition2d", ".", out, "--data.image_size", "8")
+    assert sorted(raw.rglob("*")) == before
     streamed = RecognitionDataModule(data_dir=str(tmp_path / "prepared"), image_size=8)
     streamed.setup("fit")
     assert len([streamed.datasets["train"][i] for i in range(len(streamed.datasets["train"]))]) > 0

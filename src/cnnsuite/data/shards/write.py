@@ -81,6 +81,9 @@ def prepare(datamodule, task: str, out: str | Path) -> str:
     if is_url(str(out)):
         return _prepare_onto(datamodule, task, str(out).rstrip("/"))
     out = Path(out).expanduser().resolve()
+    data = Path(datamodule.root).expanduser().resolve()
+    if out == data or data in out.parents:  # its shards would be listed as samples of the data
+        raise ConfigError(f"--out {out}: inside the data folder {data}, which is only read; name a folder outside it")
     if not PreparedFiles(str(out)).is_empty():
         raise ConfigError(f"--out {out}: not empty; cnnsuite prepare writes into a new or empty folder")
     return str(_write_prepared(datamodule, task, out))
