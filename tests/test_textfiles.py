@@ -1,11 +1,13 @@
 """CSV files and text lists as spreadsheets and editors save them: a byte-order mark, Windows
 or old-Mac line ends, quoted fields."""
 
+import pytest
 from cnnsuite.tasks.localization2d.readers import read_csv_labels, read_cub
 
 from cnnsuite.data import read_split_lists
 from cnnsuite.data.labels import LABELS_CSV, read_labels_csv
 from cnnsuite.data.textfiles import read_csv, read_lines
+from cnnsuite.errors import ConfigError
 
 EXCEL_CSV = '\ufeff"image","label"\r\n"a.nii.gz","sick"\r\n"b.nii.gz","well, really"\r\n'
 
@@ -54,3 +56,23 @@ def test_box_labels_and_cub_lists_saved_by_excel_or_windows_are_read(tmp_path):
     names, samples, errors, fixed = read_cub(tmp_path)
     assert names == ["001.Gull"] and samples[0].box == (3.0, 4.0, 13.0, 24.0) and not errors
     assert fixed == {"images/001.Gull/g.jpg": "train"}
+
+
+def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_naming_it(tmp_path):
+    """A sample listed in train.txt and test.txt was trained on and scored as unseen; a second
+    row of labels.csv for one sample silently replaced the first row's labels. Each is named."""
+    lists = {"train": "cat/0.jpg\ncat/1.jpg\n", "val": "cat/2.jpg\n", "test": "cat/3.jpg\ncat/0.jpg\n"}
+    for stage, text in lists.items():
+        (tmp_path / f"{stage}.txt").write_text(text)
+    with pytest.raises(ConfigError, match=r"\{train,val,test\}\.txt: 'cat/0\.jpg' is in train and test; expected"):
+        read_split_lists(tmp_path)
+    (tmp_path / "val.txt").write_text("cat/2.jpg\ncat/2.jpg\n")
+    (tmp_path / "test.txt").write_text("cat/3.jpg\n")
+    with pytest.raises(ConfigError, match=r"'cat/2\.jpg' is twice in val"):
+        read_split_lists(tmp_path)
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / LABELS_CSV).write_text("image,label\na.png,x\nb.png,y\na.png,y\n")
+    with pytest.raises(ConfigError, match=r"labels\.csv, line 4: 'a\.png' again \(line 2 has it\); expected one row"):
+        read_labels_csv(tmp_path, "image")

@@ -133,6 +133,14 @@ def label_cells(
             f"{path}: expected columns {id_column},label or {id_column} and one 0/1 column per class, found {header}"
         )
     ids = [row[id_column] for row in rows]
+    first: dict[str, int] = {}
+    for line, sample_id in enumerate(ids, start=2):  # a second row would silently replace the first's labels
+        if sample_id in first:
+            raise ConfigError(
+                f"{path}, line {line}: {sample_id!r} again (line {first[sample_id]} has it); expected one row a "
+                f"{id_column}, its labels together"
+            )
+        first[sample_id] = line
     if "label" in header:
         return ids, [row["label"] for row in rows], None
     classes = [column for column in header if column != id_column]

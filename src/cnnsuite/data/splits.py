@@ -113,7 +113,8 @@ def read_split_lists(root: Path) -> dict[str, list[str]] | None:
     if len(present) != len(STAGES):
         missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
         raise ConfigError(f"{root}: found {', '.join(present)} split lists but not {missing}")
-    return {s: [line for line in read_lines(files[s]) if line] for s in STAGES}
+    lists = {s: [line for line in read_lines(files[s]) if line] for s in STAGES}
+    return check_splits(lists, f"{root}/{{train,val,test}}.txt")
 
 
 def save_splits(path: Path, splits: dict[str, list[str]]) -> None:
@@ -131,10 +132,18 @@ def load_splits(path: Path) -> dict[str, list[str]]:
 
 
 def check_splits(splits: object, source: object) -> dict[str, list[str]]:
-    """``splits`` if it is ``{"train": [ids], "val": [ids], "test": [ids]}``; else a
-    ``ValueError`` naming ``source``."""
+    """``splits`` if it is ``{"train": [ids], "val": [ids], "test": [ids]}``, each id in one
+    split once; else a ``ValueError`` naming ``source``. An id in two splits would score a
+    training sample as a test one, and one listed twice trains twice as often."""
     if not isinstance(splits, dict) or any(
         not isinstance(splits.get(s), list) or not all(isinstance(i, str) for i in splits[s]) for s in STAGES
     ):
         raise ConfigError(f"{source}: expected lists of sample ids under {', '.join(STAGES)}")
+    seen: dict[str, str] = {}
+    for stage in STAGES:
+        for sample_id in splits[stage]:
+            if sample_id in seen:
+                where = f"twice in {stage}" if seen[sample_id] == stage else f"in {seen[sample_id]} and {stage}"
+                raise ConfigError(f"{source}: {sample_id!r} is {where}; expected each sample in one split, once")
+            seen[sample_id] = stage
     return splits
