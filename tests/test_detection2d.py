@@ -28,6 +28,7 @@ from cnnsuite.data import BadFileError
 from cnnsuite.data.coco import AnnotationError, coco_results, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.inputs import Input
+from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.use.export import OnnxNetwork, export
 from cnnsuite.use.predict import Predictor
@@ -289,6 +290,31 @@ def test_an_image_is_decoded_once_when_its_split_fits_the_cache(coco_folder, mon
     image, target = items[0]  # as the file and its annotation say
     torch.testing.assert_close(image, load(coco_folder / train.records[train.ids[0]].file, 3))
     assert target["image_id"] == train.records[train.ids[0]].image_id
+
+
+def test_background_images_leave_objects_to_score_in_every_split(tmp_path):
+    """Images without objects are normal in COCO. With 8 of 24 such images, the seed's split
+    (too small a val for every class) put only background images in val: one epoch trained, then
+    the run stopped on a missing val/map. The split now keeps images with objects in val and
+    test, and a given split without any is one line saying what to do."""
+
+    folder = make_coco_folder(tmp_path / "coco", images=24)
+    doc = json.loads((folder / "annotations.json").read_text())
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] % 3 != 0]
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    boxed = {f"images/img{i}.png" for i in range(24) if (i + 1) % 3 != 0}
+    for seed in range(4):
+        dm = DetectionDataModule(data_dir=str(folder), seed=seed, data_root=str(tmp_path / "data"))
+        dm.setup("fit")
+        assert all(boxed.intersection(dm.splits[stage]) for stage in ("val", "test")), (seed, dm.splits)
+
+    background = sorted(f"images/img{i}.png" for i in range(24) if (i + 1) % 3 == 0)
+    split = {"train": sorted(boxed)[2:], "val": background[:2], "test": sorted(boxed)[:2] + background[2:]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    dm = DetectionDataModule(data_dir=str(folder), split_file=str(tmp_path / "split.json"),
+                             data_root=str(tmp_path / "data"))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"the val split's 2 images hold no object, so mAP has nothing to score"):
+        dm.setup("fit")
 
 
 def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):
@@ -641,6 +667,20 @@ def test_predict_a_file_and_a_folder_with_a_bad_image(trained, tmp_path, capsys)
     assert {p.name for p in (out / "pictures").iterdir()} == {"c.png", "resized0.png", "resized1.png"}
     printed = capsys.readouterr().out
     assert "predicted 3 of 4 inputs; 1 could not be read" in printed and "broken.png" in printed
+
+
+def test_evaluating_images_without_objects_is_one_line_not_an_empty_metrics_file(trained, tmp_path, capsys):
+    """Other data whose images have no annotated object has nothing for mAP to score: evaluate
+    wrote ``metrics.json`` as ``{}`` without a word."""
+    ckpt, folder = trained
+    empty = shutil.copytree(folder, tmp_path / "background")
+    doc = json.loads((empty / "annotations.json").read_text())
+    (empty / "annotations.json").write_text(json.dumps({**doc, "annotations": []}))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(empty), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "cnnsuite evaluate: error: the test images hold no annotated object, so mAP has nothing to score" in err
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_predict_agrees_with_evaluate_on_the_test_split(trained, tmp_path):

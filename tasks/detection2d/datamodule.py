@@ -259,15 +259,18 @@ class DetectionDataModule(TaskDataModule):
 
     # --- TaskDataModule hooks -------------------------------------------------------
     def list_samples(self) -> list[tuple[str, int]]:
-        """``(image file, its most frequent label)``; the label only stratifies the split, and
-        is the same for all when the smaller of val and test could not hold every class."""
+        """``(image file, its most frequent label)``, -1 for an image without objects; the label
+        only stratifies the split. Where the smaller of val and test could not hold every class,
+        it is whether the image has objects (0) or not (-1), so each split still gets images with
+        objects to score; where it could not hold those two either, the same for all."""
         samples = []
         for record in self._load().records:
             counts = Counter(record.labels)
             samples.append((record.file, counts.most_common(1)[0][0] if counts else -1))
         smallest = min(self.hparams.val_fraction, self.hparams.test_fraction) * len(samples)
         if smallest < len({label for _, label in samples}):
-            return [(sample_id, 0) for sample_id, _ in samples]
+            kinds = {min(label, 0) for _, label in samples}
+            return [(i, min(label, 0) if smallest >= len(kinds) else 0) for i, label in samples]
         return samples
 
     def decide_splits(self) -> dict[str, list[str]]:
@@ -277,9 +280,9 @@ class DetectionDataModule(TaskDataModule):
         self._load()
         fixed = self._fixed_splits
         if self.hparams.split_file or fixed is None:
-            return super().decide_splits()
+            return self.with_objects(super().decide_splits())
         if len(fixed) == len(STAGES):
-            return fixed
+            return self.with_objects(fixed)
         files, held_out = self._split_files, "test" if "test" in fixed else "val"
         labels = dict(self.samples())
         hp = self.hparams
@@ -291,7 +294,21 @@ class DetectionDataModule(TaskDataModule):
             f"{'validation' if held_out == 'test' else 'test'} annotations); validation is {len(val)} images "
             f"drawn from {files['train'].path} (data.val_fraction {hp.val_fraction} of all images, data.seed {hp.seed})"
         )
-        return {"train": train, "val": val, "test": fixed[held_out]}
+        return self.with_objects({"train": train, "val": val, "test": fixed[held_out]})
+
+    def with_objects(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+        """``splits``, once its validation and test images hold an object each at least: mAP
+        scores detections against objects, so a split of background images alone scores nothing
+        (the run would stop after its first epoch, finding no ``val/map`` to pick checkpoints by)."""
+        boxed = {record.file for record in self._load().records if record.labels}
+        for stage in ("val", "test"):
+            if splits[stage] and not boxed.intersection(splits[stage]):
+                raise ConfigError(
+                    f"{self.root}: the {stage} split's {len(splits[stage])} images hold no object, so mAP has "
+                    f"nothing to score ({len(boxed)} of {len(self._load().records)} images have objects); give a "
+                    "split that has some (data.split_file), or raise data.val_fraction / data.test_fraction"
+                )
+        return splits
 
     @property
     def on_bad_file(self) -> str:

@@ -374,6 +374,11 @@ class DetectionModule(TaskModule):
         values = metrics.compute()
         metrics.reset()
         prefix = f"{stage}/"
+        if float(values[f"{prefix}map"]) == -1:  # COCO's "no object to score" (detections alone score 0)
+            raise ConfigError(
+                f"the {stage} images hold no annotated object, so mAP has nothing to score; "
+                "evaluate on images with objects"
+            )
         for key, value in values.items():
             name = key.removeprefix(prefix)
             if name in _NOT_LOGGED or value.numel() != 1 or float(value) == -1:
