@@ -507,6 +507,18 @@ def test_a_checkpoint_outside_a_run_folder_is_evaluated_into_the_working_folder(
     assert (work / "evaluation" / "metrics.json").is_file() and not (tmp_path / "evaluation").exists()
 
 
+def test_what_a_checkpoint_records_reaches_the_terminal_escaped(trained, tmp_path, capsys):
+    """An error quoting a checkpoint's recorded data folder printed it raw: a hand-made file
+    could colour the terminal or move its cursor (ANSI codes). Control characters are escaped."""
+    _, run = trained
+    recorded = "/x/\x1b[31mred\x1b[0m\x07"
+    bad = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "ansi.ckpt",
+                   set_path(["datamodule_hyper_parameters", "data_dir"], recorded))  # fmt: skip
+    error = one_line_error(["evaluate", "--ckpt", str(bad), "--out", str(tmp_path / "out")], capsys)
+    assert "\x1b" not in error and "\x07" not in error
+    assert "--data.data_dir /x/\\x1b[31mred\\x1b[0m\\x07" in error
+
+
 def test_a_checkpoints_sample_size_is_bounded_by_the_pixel_limit(trained, tmp_path, capsys, monkeypatch):
     """A checkpoint (untrusted input) sizes the samples it is given: an edited image_size of
     20,000 would have the fits check and every prediction allocate gigabytes. Samples hold no

@@ -602,7 +602,9 @@ def user_message(err: BaseException) -> str:
         lines = message.splitlines()
         start = max(i for i, line in enumerate(lines) if re.match(rf"([\w.]+\.)?{caught[1]}: ", line))
         message = "\n".join([lines[start].split(": ", 1)[1], *lines[start + 1 :]])
-    return message
+    # what a message quotes may come from a file (a checkpoint's recorded folder): its control
+    # characters, a terminal's colour and cursor codes among them, are shown escaped, not obeyed
+    return "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in message)
 
 
 class DropTips(logging.Filter):
