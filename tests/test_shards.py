@@ -717,6 +717,7 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
         (lambda r: r.update(hyper_parameters=["x"]), 'hyper_parameters is ["x"], expected an object'),
         (lambda r: r["items"].pop("val"), "items is {"),
         (lambda r: r["targets"].pop(r["items"]["test"][0]), "which targets does not: expected a target for each"),
+        (lambda r: r["targets"].update({r["items"]["train"][0]: -1}), "expected an object of class indices from 0"),
         (lambda r: r.pop("splits"), "not a record written by cnnsuite prepare (no splits)"),
     ],
 )

@@ -145,6 +145,7 @@ class DetectionDataModule(TaskDataModule):
 
     default_name = "detection2d"
     streams_prepared = True
+    targetless_samples = True  # images without objects
     collate_fn = staticmethod(collate)
     input_extensions = IMAGE_EXTENSIONS
     sample_noun = "images"

@@ -161,6 +161,9 @@ class TaskDataModule(L.LightningDataModule):
     #: decoded items in :meth:`decoded_cache`'s cache (or their own, through it), its ``__init__`` ends with
     #: :meth:`use_prepared`, and its ``make_dataset`` reads no file when :attr:`prepared`
     streams_prepared: bool = False
+    #: whether a sample's target may be -1, none: an image without objects to find (its split
+    #: label, not a class); a class index below 0 is otherwise an error where it is read
+    targetless_samples: bool = False
     #: init arguments that act after decoding (batch size, random augmentation): a prepared
     #: folder streams the same items whatever they are; any other must be the record's
     after_decoding_hparams: tuple[str, ...] = ("batch_size",)
@@ -217,7 +220,7 @@ class TaskDataModule(L.LightningDataModule):
                 "folder (streams_prepared)"
             )
         files = PreparedFiles(location)  # one S3 client for the record and every shard
-        record = read_record(files)
+        record = read_record(files, self.targetless_samples)
         if record["datamodule"] != class_path(self):
             task = record["task"]
             raise ConfigError(f"{location}: prepared for the task {task} ({record['datamodule']}), not {name}")

@@ -31,8 +31,9 @@ def content_hash(items: dict[str, list[str]], files: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def read_record(files: PreparedFiles) -> dict:
-    """The record of a prepared folder; one that does not read is one line naming it."""
+def read_record(files: PreparedFiles, targetless: bool = False) -> dict:
+    """The record of a prepared folder; one that does not read is one line naming it.
+    ``targetless``: a sample's target may be -1 (:attr:`~cnnsuite.data.TaskDataModule.targetless_samples`)."""
     location = files.location
     try:
         data = files.read(RECORD)
@@ -44,16 +45,17 @@ def read_record(files: PreparedFiles) -> dict:
         raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare ({err})") from err
     if not isinstance(record, dict):
         raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare (not a JSON object)")
-    check_record(record, f"{location}/{RECORD}")
+    check_record(record, f"{location}/{RECORD}", targetless)
     return record
 
 
-def check_record(record: dict, where: str) -> None:
+def check_record(record: dict, where: str, targetless: bool = False) -> None:
     """A record comes from a folder anyone may have written (or edited, its sha256 computed
     again): each field the datamodule takes from it must be what cnnsuite prepare writes, or
     the run stops here in one line naming the field, not with a traceback minutes later (or a
     26 GB allocation for ``channels: 100000``). Targets are class indices below the number of
-    class names (-1: a detection image without objects), or 0/1 lists of that length."""
+    class names (or -1, no target, where ``targetless``: a detection image without objects), or
+    0/1 lists of that length."""
     names = record.get("class_names")
     count = len(names) if _ids(names) else 0
     multilabel = record.get("multilabel") is True
@@ -61,7 +63,7 @@ def check_record(record: dict, where: str) -> None:
     def target(t) -> bool:
         if multilabel:
             return isinstance(t, list) and len(t) == count and all(v in (0, 1) for v in t)
-        return type(t) is int and -1 <= t < count
+        return type(t) is int and (-1 if targetless else 0) <= t < count
 
     expected = {
         "task": (lambda v: isinstance(v, str), "a task name"),
@@ -74,7 +76,8 @@ def check_record(record: dict, where: str) -> None:
         "multilabel": (lambda v: type(v) is bool, "true or false"),
         "targets": (
             lambda v: isinstance(v, dict) and all(map(target, v.values())),
-            f"an object of class indices below {count} ({count} 0/1 values each, multi-label)",
+            f"an object of class indices from {-1 if targetless else 0} below {count} ({count} 0/1 values each, "
+            "multi-label)",
         ),  # fmt: skip
         "preprocessing": (
             lambda v: (
