@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import matplotlib.pyplot as plt
 
+from ..errors import ConfigError
 from ..jsonout import strict_json
 from ..training.runs import default_output, output_folder, run_folder
 from ..trust.checkpoint import data_options, rebuild
@@ -58,6 +59,8 @@ def evaluate_into(
     ckpt_path, given = Path(ckpt_path), bool(out_dir)
     run_dir = run_folder(ckpt_path)
     model, datamodule = rebuild(ckpt_path, run_dir, data)
+    if not datamodule.splits["test"]:
+        raise ConfigError(f"{ckpt_path}: its run's test split is empty: nothing to evaluate (give --data.data_dir)")
     out_dir = evaluation_dir(ckpt_path, out_dir, datamodule.root if datamodule.tests_other_data else None)
     output_folder(out_dir, given)
     trainer = L.Trainer(
