@@ -21,6 +21,7 @@ from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoAveragePrecision, 
 from cnnsuite.tasks.video3d.readers import decode_video
 from conftest import ROOT, watch_network_and_plots
 from conftest import fit as run_fit
+from PIL import Image
 
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
@@ -275,18 +276,23 @@ def test_predict_a_folder_with_an_unreadable_video(tmp_path, trained):
     inputs = tmp_path / "inputs"
     shutil.copytree(folder / "right", inputs)
     (inputs / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not a video" * 50)
+    # a still image under a video's name: FFmpeg opens it as a video of one frame lasting 0 s,
+    # which was predicted with full confidence
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(inputs / "still.mp4", format="PNG")
     out = tmp_path / "out"
     main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(inputs), "--out", str(out)])
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 5
-    (bad,) = [line for line in lines if "error" in line]
-    assert bad["path"].endswith("broken.mp4") and "broken.mp4: cannot open as a video" in bad["error"]
+    assert len(lines) == 6
+    bad = [line for line in lines if "error" in line]
+    assert [Path(line["path"]).name for line in bad] == ["broken.mp4", "still.mp4"]
+    assert "broken.mp4: cannot open as a video" in bad[0]["error"]
+    assert "still.mp4: lasts 0 s: a still image (png_pipe), not a video" in bad[1]["error"]
     for line in lines:
-        if line is not bad:  # 2-s videos: two 1-s clips each, and the video's own result
+        if line not in bad:  # 2-s videos: two 1-s clips each, and the video's own result
             assert [clip["start"] for clip in line["clips"]] == [0.0, 1.0]
             assert line["class"] in ("left", "right") and set(line["probabilities"]) == {"left", "right"}
     assert len(list((out / "pictures").glob("*.png"))) == 4
-    assert json.loads((out / "summary.json").read_text())["failed"] == [bad["path"]]
+    assert json.loads((out / "summary.json").read_text())["failed"] == [line["path"] for line in bad]
 
 
 def test_predict_agrees_with_evaluate_per_clip_and_per_video(tmp_path, trained):

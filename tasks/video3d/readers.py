@@ -119,6 +119,8 @@ def probe_video(path: Path) -> tuple[Fraction, float, int]:
                 duration = max(duration, Fraction(container.duration, av.time_base))
     except (av.FFmpegError, IndexError, StopIteration, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode a video frame ({type(err).__name__}: {err})") from None
+    if duration <= 0:  # FFmpeg opens a still image (PNG, JPEG) as a "video" of one frame that lasts 0 s
+        raise BadFileError(f"{path}: lasts 0 s: a still image ({container.format.name}), not a video")
     return duration, fps, frame.width * frame.height * 3
 
 
