@@ -495,6 +495,29 @@ def test_a_shared_run_folder_cannot_make_a_command_write_where_its_links_lead(tr
     assert not (shared / "export" / "model.onnx").exists()
 
 
+def test_a_folder_of_the_users_own_given_as_out_is_not_written_over(trained, tmp_path, capsys):
+    """``--out mydir`` holding the user's own ``predictions.jsonl`` or ``report.md``: predict,
+    evaluate and inspect replaced them without a word. A folder given with ``--out`` must be new,
+    empty, or one the command wrote before (its summary.json, evaluation.json, stages.json)."""
+    folder, run = trained
+    ckpt = str(run / "checkpoints" / "best.ckpt")
+    mine = tmp_path / "mydir"
+    mine.mkdir()
+    for name in ("predictions.jsonl", "report.md", "stages.md"):
+        (mine / name).write_text("keep")
+    commands = {"predict": ["--input", str(folder / "cat")], "evaluate": ["--data.data_dir", str(folder)],
+                "inspect": ["--data.data_dir", str(folder)]}  # fmt: skip
+    for command, extra in commands.items():
+        err = one_line_error([command, "--ckpt", ckpt, *extra, "--out", str(mine)], capsys)
+        assert f"--out {mine}: holds files this command did not write (predictions.jsonl, report.md" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["predictions.jsonl", "report.md", "stages.md"]
+    assert {(mine / name).read_text() for name in ("predictions.jsonl", "report.md", "stages.md")} == {"keep"}
+    out = tmp_path / "out"  # new, then written again: the command's own
+    for _ in range(2):
+        main(["evaluate", "--ckpt", ckpt, "--data.data_dir", str(folder), "--out", str(out)])
+    assert (out / "evaluation.json").is_file()
+
+
 def test_a_checkpoint_outside_a_run_folder_is_evaluated_into_the_working_folder(trained, tmp_path, monkeypatch):
     """A checkpoint outside a run's ``checkpoints/`` folder (downloaded, say) has no run folder:
     its evaluation goes to ``./evaluation``, as predict's and inspect's outputs go to ``./``,

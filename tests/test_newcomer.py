@@ -400,6 +400,15 @@ def export_exists(tmp_path):
     return ["export", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--out", "model.onnx"], {}
 
 
+def out_holds_users_files(tmp_path):
+    folder = make_image_folder(tmp_path / "DIR")
+    run = fit_here("recognition2d", tmp_path, "--data.data_dir", str(folder), *SMALL_NET, "--evaluate", "false")
+    (tmp_path / "mydir").mkdir()
+    (tmp_path / "mydir" / "predictions.jsonl").write_text("a user's file")
+    return ["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(folder / "cat"),
+            "--out", "mydir"], {}  # fmt: skip
+
+
 #: the mistake each quoted line describes, by the line's first words: ``mistake(tmp_path)`` ->
 #: ``(cnnsuite arguments, {placeholder in the README's line: its value here})``
 MISTAKES = {
@@ -413,6 +422,7 @@ MISTAKES = {
     "model.backbone_weights": weights_not_downloaded,
     "`ModelCheckpoint": monitor_not_logged,
     "--out model.onnx": export_exists,
+    "--out mydir": out_holds_users_files,
 }
 
 

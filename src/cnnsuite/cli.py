@@ -374,12 +374,11 @@ class CnnSuiteCLI(LightningCLI):
         run_dir = Path(log_dir)
         print(f"\nrun folder: {run_dir}\ncheckpoints: {best} (best), {last or 'none'} (last)")
         if self._get(self.config, "evaluate"):
-            from .use.evaluate import evaluate, print_metrics
+            from .use.evaluate import evaluate_into, print_metrics
 
-            out_dir = run_dir / "evaluation"
             datamodule = self.datamodule  # where this command read its data is the user's say
             local = {k: datamodule.hparams.get(k) for k in datamodule.local_hparams() if k != "split_file"}
-            metrics = evaluate(best, out_dir, data=local)
+            metrics, out_dir = evaluate_into(best, data=local)  # the run folder's evaluation/
             print_metrics(metrics, out_dir)
         else:
             metrics, out_dir = {}, None

@@ -104,19 +104,29 @@ def default_output(ckpt_path: str | Path, name: str) -> Path:
     return run / name if run is not None else Path(name)
 
 
-def output_folder(out_dir: Path, given: bool) -> Path:
+def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path:
     """``out_dir``, made where missing, for a command that writes its files into it in place.
     Writing in place writes where a symbolic link leads, and a run folder shared with its
     checkpoint could link ``evaluation/report.md`` to ``~/.bashrc``: so no entry of the folder
     may be a link, nor the folder itself where the command chose it (``given``: the user named
-    it with ``--out``). The folder's own entries are looked at, not the trees below them."""
+    it with ``--out``). The folder's own entries are looked at, not the trees below them.
+
+    A folder the user named that holds anything must be one the command wrote before (its
+    ``marker`` file there): it would replace a ``report.md`` or ``predictions.jsonl`` of the
+    user's own without a word."""
     links = [out_dir] if not given and out_dir.is_symlink() else []
-    if out_dir.is_dir():
-        links += sorted(entry for entry in out_dir.iterdir() if entry.is_symlink())
+    entries = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    links += [entry for entry in entries if entry.is_symlink()]
     if links:
         raise ConfigError(
             f"{links[0]}: a symbolic link where this command writes its output, which would go where the link "
             "leads; remove the link, or give another --out"
+        )
+    if given and marker is not None and entries and not (out_dir / marker).exists():
+        shown = ", ".join(entry.name for entry in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ConfigError(
+            f"--out {out_dir}: holds files this command did not write ({shown}), which it could replace; "
+            f"give a new or empty folder, or one it wrote before (with its {marker})"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir

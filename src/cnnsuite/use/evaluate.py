@@ -62,7 +62,7 @@ def evaluate_into(
     if not datamodule.splits["test"]:
         raise ConfigError(f"{ckpt_path}: its run's test split is empty: nothing to evaluate (give --data.data_dir)")
     out_dir = evaluation_dir(ckpt_path, out_dir, datamodule.root if datamodule.tests_other_data else None)
-    output_folder(out_dir, given)
+    output_folder(out_dir, given, marker="evaluation.json")
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -88,7 +88,7 @@ def compare(
     """Evaluate each checkpoint into ``out_dir/<n>-<run>-<file>/`` and write
     ``comparison.md`` and ``comparison.json``: one row per checkpoint, its headline metrics
     side by side, and the data each was tested on (a table is only fair on the same data)."""
-    out_dir = output_folder(Path(out_dir), given=True)  # its entries, each checkpoint's folder, are checked
+    out_dir = output_folder(Path(out_dir), given=True, marker="comparison.json")  # and each checkpoint's folder
     rows = []
     for number, ckpt in enumerate(ckpt_paths, start=1):
         ckpt = Path(ckpt)

@@ -405,7 +405,7 @@ def inspect(
         sample, source = model_batch(model, next(held_out_batches(datamodule, 1))[:1]), "the first test sample"
     network = network_of(model, sample.dim())
     x = network.to_backbone(sample.to(device))
-    output_folder(out_dir, given)
+    output_folder(out_dir, given, marker="stages.json")
 
     rows = stage_rows(network.backbone, x)
     with torch.no_grad():

@@ -135,7 +135,7 @@ def predict_to_folder(
             f"--out {out_dir}: inside the input folder {input_path}, where the pictures would replace inputs of "
             "the same names and be read as inputs by the next run; name a folder outside it"
         )
-    output_folder(out_dir, given)
+    output_folder(out_dir, given, marker="summary.json")
     clear_earlier_pictures(out_dir)
     if pictures:
         output_folder(out_dir / "pictures", given=False)
