@@ -7,7 +7,7 @@ from cnnsuite.tasks.localization2d.readers import read_csv_labels, read_cub
 from cnnsuite.data import read_split_lists
 from cnnsuite.data.labels import LABELS_CSV, read_labels_csv
 from cnnsuite.data.textfiles import read_csv, read_lines
-from cnnsuite.errors import ConfigError
+from cnnsuite.errors import BadFileError, ConfigError
 
 EXCEL_CSV = '\ufeff"image","label"\r\n"a.nii.gz","sick"\r\n"b.nii.gz","well, really"\r\n'
 
@@ -76,3 +76,22 @@ def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_namin
     (tmp_path / LABELS_CSV).write_text("image,label\na.png,x\nb.png,y\na.png,y\n")
     with pytest.raises(ConfigError, match=r"labels\.csv, line 4: 'a\.png' again \(line 2 has it\); expected one row"):
         read_labels_csv(tmp_path, "image")
+
+
+@pytest.mark.parametrize("listed", ["../outside/a.png", "/tmp/elsewhere/a.png"])
+def test_a_sample_a_label_table_names_outside_the_data_folder_is_refused(tmp_path, listed):
+    """A downloaded dataset's labels.csv (or annotation file) naming ``/home/me/private.jpg`` or
+    ``../x.png`` had the suite read that file, and ``cnnsuite prepare`` copy it into shards to share."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+    from PIL import Image
+
+    folder, outside = tmp_path / "data", tmp_path / "outside"
+    for where in (folder / "imgs", outside):
+        where.mkdir(parents=True)
+    for name in ("b.png", "c.png"):
+        Image.new("L", (12, 12)).save(folder / "imgs" / name)
+    Image.new("L", (12, 12)).save(outside / "a.png")
+    listed = listed if listed.startswith("..") else str(outside / "a.png")
+    (folder / LABELS_CSV).write_text(f"image,label\n{listed},x\nimgs/b.png,y\nimgs/c.png,x\n")
+    with pytest.raises(BadFileError, match=rf"sample '{listed}' lies outside the data folder"):
+        RecognitionDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache")).setup("fit")

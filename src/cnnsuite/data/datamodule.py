@@ -39,7 +39,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
 import lightning as L
@@ -273,10 +273,22 @@ class TaskDataModule(L.LightningDataModule):
         if self._listed is None:
             if self.prepared is None:
                 self._listed = self.list_samples()
+                self._check_inside(i for i, _ in self._listed)
             else:
                 targets = self.prepared["targets"].items()
                 self._listed = [(i, np.asarray(t, np.float32) if self.multilabel else t) for i, t in targets]
         return list(self._listed)
+
+    def _check_inside(self, ids) -> None:
+        """A sample is a file under the data folder: an id a label table or annotation file gives
+        as an absolute path or through ``..`` (``/home/me/private.jpg``) would have a downloaded
+        dataset read, and ``cnnsuite prepare`` copy into its shards, a file from elsewhere."""
+        for sample_id in ids:
+            path = PurePosixPath(str(sample_id).replace("\\", "/"))
+            if path.is_absolute() or ".." in path.parts or PureWindowsPath(str(sample_id)).drive:
+                raise BadFileError(
+                    f"{self.root}: sample {sample_id!r} lies outside the data folder; expected a path inside it"
+                )
 
     def preprocessing_state(self) -> dict:
         """What preprocessing learnt from the training split: the datamodule's state less its split."""
