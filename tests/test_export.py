@@ -92,12 +92,21 @@ def test_torch_export_round_trip_and_a_named_file_is_not_overwritten(recognition
     predictor = Predictor(ckpt, accelerator="cpu")
     inputs = [predictor.read(p) for p in sorted(folder.rglob("*.*"))[:3]]
     assert predictor.predict(inputs, network=ExportedNetwork(out)) == predictor.predict(inputs)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", "--ckpt", str(ckpt), "--format", "torch-export", "--out", str(out)])
-    assert exit_info.value.code == 2
+    for format_given in (["--format", "torch-export"], []):  # the format out's extension names, by default
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "--ckpt", str(ckpt), *format_given, "--out", str(out)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == (
+            f"cnnsuite export: error: --out {out}: {out} and {out}.json exist already; --force overwrites"
+        )
+    # an ONNX file under a .pt2 name was written without a word, and read by neither loader
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "other.pt2")])
     assert capsys.readouterr().err.strip() == (
-        f"cnnsuite export: error: --out {out}: {out} and {out}.json exist already; --force overwrites"
+        f"cnnsuite export: error: --out {tmp_path / 'other.pt2'}: a torch-export file's name, for --format onnx; "
+        "name it .onnx"
     )
+    assert not (tmp_path / "other.pt2").exists()
 
 
 def test_the_default_output_beside_a_checkpoint_never_replaces_a_users_file(recognition, tmp_path, capsys):

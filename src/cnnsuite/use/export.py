@@ -90,7 +90,10 @@ def export_main(argv: list[str]) -> None:
         description="Export a checkpoint's network to ONNX or torch.export, with <name>.json beside it (input "
         "shape, channels, normalisation, class names, outputs), checked against PyTorch before it is kept.",
     )
-    parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
+    parser.add_argument(
+        "--format", choices=sorted(FORMATS), default=None,
+        help="onnx (the default) or torch-export; by default the one --out's extension names (.onnx, .pt2)",
+    )  # fmt: skip
     add_out(parser, "file to write (default: <run folder>/export/model.onnx or .pt2, else beside the checkpoint)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or later (default: the exporter's)")
     parser.add_argument(
@@ -100,10 +103,17 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest difference (default {TOLERANCE})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing file named by --out")
     args = parser.parse_args(argv)
+    args.format = args.format or format_of(args.out)
     if args.opset is not None and args.format != "onnx":
         parser.error("--opset applies to --format onnx only")
     path, info = export(args.ckpt, args.format, args.out, args.opset, args.input, args.tolerance, args.force)
     print(summary_line(path, info))
+
+
+def format_of(out: str | None) -> str:
+    """The format ``--out``'s extension names (``m.pt2``: torch-export), else ONNX."""
+    suffix = Path(out).suffix.lower() if out else ""
+    return next((fmt for fmt, ext in FORMATS.items() if ext == suffix), "onnx")
 
 
 def export(
@@ -119,6 +129,9 @@ def export(
     returns the file written and what the JSON beside it holds."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    named = format_of(str(out)) if out is not None and Path(out).suffix.lower() in FORMATS.values() else fmt
+    if named != fmt:  # a .pt2 holding ONNX, or the other way, is read by neither loader
+        raise ConfigError(f"--out {out}: a {named} file's name, for --format {fmt}; name it {FORMATS[fmt]}")
     check_opset(opset)
     path = output_path(ckpt_path, fmt, out, force)
     predictor = Predictor(ckpt_path, accelerator="cpu")
