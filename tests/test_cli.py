@@ -316,6 +316,15 @@ def test_a_value_torch_would_refuse_mid_run_is_one_line_before_it(capsys, tmp_pa
     assert error == f"cnnsuite fit: error: {expected}"
 
 
+def test_a_config_file_that_is_not_yaml_is_named_with_the_place(capsys, tmp_path):
+    """jsonargparse said where the mistake is ("line 3, column 23") but not in which file
+    ("<unicode string>"), and a run may merge several configs."""
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("trainer:\n  max_epochs: 3\n  devices: 1: 2\n")
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--config", str(bad))
+    assert error == (f"cnnsuite fit: error: {bad}: not YAML (mapping values are not allowed here, line 3, column 13)")
+
+
 def test_a_run_stopped_by_sigterm_exits_143(monkeypatch):
     """Lightning ends a run on SIGTERM with a SystemExit that has no code, so the process
     exited 0 and a command chained after it with ``&&`` ran; 128 + 15 is the shell's status for

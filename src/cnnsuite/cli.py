@@ -429,6 +429,29 @@ def task_config_args(argv: list[str]) -> list[str]:
     return out
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Each ``--config`` file must read as YAML: jsonargparse says where a mistake is in it
+    (``line 3, column 23``) but not in which file (``"<unicode string>"``), and a run may merge
+    several."""
+    import yaml
+
+    given = [arg.partition("=")[2] for arg in argv if arg.startswith("--config=")]
+    given += [value for flag, value in zip(argv, argv[1:], strict=False) if flag in ("--config", "-c")]
+    for name in given:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            continue  # jsonargparse takes a YAML string too, and names a path that is not there
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{name}: not YAML ({problem}{where})") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{name}: cannot be read ({err})") from None
+
+
 def fit_run(argv: list[str], callbacks: list | None = None) -> dict:
     """One ``cnnsuite fit`` with ``argv`` (its options, ``--task`` included), in this process and
     through the same path as the command (``callbacks`` join the config's, unsaved in its
@@ -671,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
                 argv = task_config_args(argv)
                 if command_line:  # what Lightning's DDP launcher starts the other ranks with
                     sys.argv[1:] = argv
+            check_config_files(argv)
             argv, seeds = seeds_option(argv)
             if seeds:
                 fit_seeds(argv[1:], seeds)
