@@ -110,11 +110,15 @@ def test_an_output_folder_inside_the_input_folder_or_a_file_is_refused(recogniti
     assert {p: p.read_bytes() for p in inputs.rglob("*")} == before
     taken = tmp_path / "keep.txt"
     taken.write_text("the user's")
-    with pytest.raises(SystemExit):
-        main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(taken)])
-    assert capsys.readouterr().err.strip() == (
-        f"cnnsuite predict: error: --out {taken}: is a file; expected a folder (for predictions.jsonl and summary.json)"
-    )
+    for command in (["predict", "--input", str(inputs)], ["evaluate", "--data.data_dir", str(folder)],
+                    ["inspect", "--data.data_dir", str(folder)]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([command[0], "--ckpt", str(ckpt), *command[1:], "--out", str(taken)])
+        assert (
+            capsys.readouterr().err.strip()
+            == f"cnnsuite {command[0]}: error: --out {taken}: is a file; expected a folder"
+        )
+    assert taken.read_text() == "the user's"
 
 
 def test_predict_agrees_with_evaluate_on_the_test_split(recognition, tmp_path):

@@ -114,6 +114,8 @@ def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path
     A folder the user named that holds anything must be one the command wrote before (its
     ``marker`` file there): it would replace a ``report.md`` or ``predictions.jsonl`` of the
     user's own without a word."""
+    if out_dir.exists() and not out_dir.is_dir():  # else mkdir's "[Errno 17] File exists"
+        raise ConfigError(f"--out {out_dir}: is a file; expected a folder")
     links = [out_dir] if not given and out_dir.is_symlink() else []
     entries = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
     links += [entry for entry in entries if entry.is_symlink()]

@@ -127,8 +127,6 @@ def predict_to_folder(
     ``out_dir`` (:func:`~cnnsuite.training.runs.output_folder`)."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     inputs, ignored = predictor.find_inputs(input_path)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir}: is a file; expected a folder (for predictions.jsonl and summary.json)")
     folder = input_path.resolve()
     if input_path.is_dir() and (out_dir.resolve() == folder or folder in out_dir.resolve().parents):
         raise ConfigError(
