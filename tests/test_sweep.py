@@ -80,8 +80,11 @@ def test_a_sweep_writes_its_table_plots_and_a_best_config_that_fit_reproduces(
     best_config = yaml.safe_load((out / "best_config.yaml").read_text())
     assert best_config["optimizer"]["init_args"]["lr"] == pytest.approx(best["params"]["optimizer.init_args.lr"])
     assert "best trial" in capsys.readouterr().out
+    # in the sweep's own trainer.default_root_dir, not a second version inside the trial's folder
+    assert best_config["trainer"]["default_root_dir"] == "runs/recognition2d"
     main(["fit", "--config", str(out / "best_config.yaml"), "--debug"])
-    again = out / f"trial_{best['number']}" / "version_1" / "evaluation" / "metrics.json"
+    assert not (out / f"trial_{best['number']}" / "version_1").exists()
+    again = tmp_path / "runs" / "recognition2d" / "version_0" / "evaluation" / "metrics.json"
     first = out / f"trial_{best['number']}" / "version_0" / "evaluation" / "metrics.json"
     assert json.loads(again.read_text())["test/acc"] == json.loads(first.read_text())["test/acc"]
     assert json.loads(first.read_text())["test/acc"] == best["test"]["test/acc"]
@@ -204,3 +207,25 @@ def test_a_negative_warmup_is_one_line(tmp_path, image_folder, capsys):
         main(["sweep", "--task", "recognition2d", "--space", write_space(tmp_path), "--trials", "2",
               "--warmup_epochs", "-1", *fixed(tmp_path, image_folder)])  # fmt: skip
     assert capsys.readouterr().err.strip().endswith("--warmup_epochs -1: expected 0 or more")
+
+
+def test_the_best_trial_is_read_only_from_this_sweeps_folder(tmp_path, capsys):
+    """A study's database is shared by every worker and may be anyone's: the run folder it names
+    for the best trial (``/etc``, another machine's) is not copied into ``best_config.yaml``."""
+    from cnnsuite.training.sweep import write_results
+
+    secret = tmp_path / "elsewhere" / "config.yaml"
+    secret.parent.mkdir()
+    secret.write_text("password: hunter2\n")
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("monitor", "val/acc")
+    for value in (0.5, 0.9):
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": value}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)}, value=value,
+            user_attrs={"run": str(secret.parent), "test": {"test/acc": value}},
+        ))  # fmt: skip
+    out = tmp_path / "sweep"
+    out.mkdir()
+    write_results(study, out, "runs/x")
+    assert not (out / "best_config.yaml").exists()
+    assert f"its run, {secret.parent}, is another worker's" in capsys.readouterr().out

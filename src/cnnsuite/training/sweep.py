@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import time
 import warnings
 from pathlib import Path
+
+import yaml
 
 from ..errors import ConfigError, MissingFileError
 
@@ -80,7 +81,6 @@ def sweep_main(argv: list[str]) -> None:
 
 def read_space(path: str | os.PathLike) -> dict:
     """The space file as ``{key: optuna distribution}``; a malformed entry is an error naming its key."""
-    import yaml
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     path = Path(path)
@@ -191,7 +191,7 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
                        lambda study, trial: write_table(study, out)],
             catch=(FloatingPointError,),  # a diverged trial (DivergedError) is a failed one; the sweep goes on
         )  # fmt: skip
-    write_results(study, out)
+    write_results(study, out, trainer.default_root_dir)
 
 
 def open_storage(url: str):
@@ -308,9 +308,12 @@ def importance_gap(complete: list, monitor: str) -> str:
     return ""
 
 
-def write_results(study, out: Path) -> None:
+def write_results(study, out: Path, root_dir: str | None = None) -> None:
     """The table, Optuna's history and importance plots, and ``best_config.yaml``: the best
-    trial's own ``config.yaml``, which ``cnnsuite fit --config`` takes as it is."""
+    trial's own ``config.yaml`` with the sweep's ``trainer.default_root_dir`` (``root_dir``; the
+    trial's would train again inside the trial's folder), which ``cnnsuite fit --config`` takes
+    as it is. The trial's folder is the one the study's database names, which is shared by every
+    worker and may name anything: only a folder of this sweep's ``out`` is read."""
     import matplotlib.pyplot as plt
     import optuna
     from optuna.trial import TrialState
@@ -333,8 +336,14 @@ def write_results(study, out: Path) -> None:
         print(f"no completed trial yet: {out}/trials.md")
         return
     best = study.best_trial
-    config = Path(best.user_attrs["run"]) / "config.yaml"
-    shutil.copyfile(config, out / "best_config.yaml")
+    run = Path(str(best.user_attrs.get("run", ""))).resolve()
     print((out / "trials.md").read_text())
+    if out.resolve() not in run.parents or not (run / "config.yaml").is_file():
+        print(f"best trial {best.number}: {best.params}; its run, {run}, is another worker's (no best_config.yaml)")
+        return
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    if root_dir is not None and isinstance(config.get("trainer"), dict):
+        config["trainer"]["default_root_dir"] = root_dir
+    (out / "best_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"best trial {best.number}: {study.user_attrs.get('monitor', 'value')} {best.value:.4f} ({best.params}); "
           f"cnnsuite fit --config {out / 'best_config.yaml'} trains it again")  # fmt: skip
