@@ -234,3 +234,25 @@ def test_a_non_finite_prediction_is_that_files_error_and_every_line_is_strict_js
     assert all(line["error"].endswith("the model's output is not finite (score)") for line in errors)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["predicted"] == 7 and sorted(summary["failed"]) == sorted(line["path"] for line in errors)
+
+
+def test_predicting_nothing_is_an_error_not_a_result(recognition, tmp_path, capsys):
+    """``predicted 0 of 1 inputs; 1 could not be read`` ended with exit status 0, so a script
+    chaining on it took it for a result. It is one line and status 2; predictions.jsonl still
+    says why each input failed."""
+    folder, run = recognition
+    ckpt = str(run / "checkpoints" / "best.ckpt")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "only_text").mkdir()
+    (tmp_path / "only_text" / "readme.txt").write_text("no images here")
+    cases = [(tmp_path / "notes.png", "predicted 0 of 1 inputs; 1 could not be read: "),
+             (tmp_path / "only_text", "predicted 0 of 0 inputs; ignored 1 files of other types")]  # fmt: skip
+    for given, said in cases:
+        out = tmp_path / f"out-{given.stem}"
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", "--ckpt", ckpt, "--input", str(given), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1
+        assert err.startswith(f"cnnsuite predict: error: --input {given}: {said}")
+        assert (out / "summary.json").is_file()
+    assert "error" in json.loads((tmp_path / "out-notes" / "predictions.jsonl").read_text())

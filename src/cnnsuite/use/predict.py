@@ -208,4 +208,7 @@ def predict_main(argv: list[str]) -> None:
         out_dir = output_folder(default_output(args.ckpt, "predictions"), given=False) / Path(args.input).name
     predictor = Predictor(args.ckpt, args.accelerator)
     summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures, bool(args.out))
-    print(summary_line(summary, out_dir))
+    line = summary_line(summary, out_dir)
+    if not summary["predicted"]:  # exit status 2: a script chaining on it must not take this for a result
+        raise ConfigError(f"--input {args.input}: " + line.replace("\n", "; "))
+    print(line)
