@@ -310,3 +310,22 @@ def test_an_upload_the_model_cannot_take_fails_alone_in_its_batch():
     assert [replies[0].record["class"], replies[3].record["class"]] == ["cat", "dog"]
     assert replies[1].record["path"] == "b.png"
     assert replies[1].record["error"].startswith("b.png: cannot be predicted (RuntimeError")
+
+
+def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path, capsys):
+    """uvicorn found the port taken only after the banner said the server was up, printed its own
+    error and exited 3: the port is tried first, and the checkpoint is not even read."""
+    from cnnsuite.cli import main
+
+    (tmp_path / "model.ckpt").write_bytes(b"not read")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "--ckpt", str(tmp_path / "model.ckpt"), "--host", "127.0.0.1", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(
+        f"cnnsuite serve: error: --port {port}: cannot serve on 127.0.0.1:{port} (Address already in use)"
+    )

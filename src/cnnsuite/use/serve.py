@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +57,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..data import limits
 from ..data.errors import BadFileError
 from ..data.inputs import Input
+from ..errors import ConfigError
 from .predict import Predictor
 
 logger = logging.getLogger(__name__)
@@ -358,6 +360,7 @@ def serve_main(argv: list[str]) -> None:
         # The inference workers LitServe starts inherit the environment, as the readers do in training.
         os.environ[limits.ENV] = str(limits.parse_count(args.max_pixels, "--max_pixels"))
     limits.max_pixels("image")  # a bad CNNSUITE_MAX_PIXELS ends the command here, with one line
+    check_port_free(args.host, args.port)
     # The checkpoint is read here once, so that a bad one ends the command with one line
     # instead of failing in the inference worker.
     predictor = Predictor(args.ckpt, accelerator="cpu")
@@ -384,6 +387,21 @@ def serve_main(argv: list[str]) -> None:
     )
     stop_on_sigterm()
     server.run(host=args.host, port=args.port, generate_client_file=False)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """uvicorn finds a port taken only after LitServe has started its workers and the banner has
+    said the server is up; it prints its own error and the command exits 3. The port is tried
+    here first, bound as uvicorn binds it (``SO_REUSEADDR``), and released."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(
+                f"--port {port}: cannot serve on {host}:{port} ({err.strerror or err}); give another --port"
+            ) from None
 
 
 def stop_on_sigterm() -> None:
