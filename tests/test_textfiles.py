@@ -73,6 +73,11 @@ def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_namin
 
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"")
+    (tmp_path / LABELS_CSV).write_text("image,lab\na.png,x\nb.png,y\n")  # a typo in label
+    with pytest.raises(
+        ConfigError, match=r"column lab: 'x'; expected 0 or 1 \(.*a column of class names is headed label\)"
+    ):
+        read_labels_csv(tmp_path, "image")
     (tmp_path / LABELS_CSV).write_text("image,label\na.png,x\nb.png,y\na.png,y\n")
     with pytest.raises(ConfigError, match=r"labels\.csv, line 4: 'a\.png' again \(line 2 has it\); expected one row"):
         read_labels_csv(tmp_path, "image")

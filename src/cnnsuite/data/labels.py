@@ -156,7 +156,11 @@ def label_cells(
             except ValueError:
                 number = None
             if number not in (0.0, 1.0):
-                raise ConfigError(f"{path}, line {line}, column {name}: {value!r}; expected 0 or 1")
+                # one column after the id, of names: most likely a label column under another name
+                hint = (
+                    " (one 0/1 column per class; a column of class names is headed label)" if len(classes) == 1 else ""
+                )
+                raise ConfigError(f"{path}, line {line}, column {name}: {value!r}; expected 0 or 1{hint}")
             if number:
                 marked.append(name)
         cells.append(marked)
