@@ -96,7 +96,8 @@ def test_mixed_nifti_folder_trains_and_evaluates(tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     nib.save(nib.Nifti1Image(np.full((12, 12, 12), np.nan, np.float32), np.eye(4)), inputs / "nan.nii.gz")
-    main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(tmp_path / "pred")])
+    with pytest.raises(SystemExit):  # nothing predicted: one line, exit status 2
+        main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(tmp_path / "pred")])
     (line,) = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
     assert "nan.nii.gz: 1728 of 1728 voxels are NaN or infinite" in line["error"] and "probabilities" not in line
 
