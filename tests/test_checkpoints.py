@@ -265,13 +265,14 @@ MALFORMED = {
 
 
 def commands(ckpt, folder, tmp_path):
-    """Every command that loads a checkpoint, each writing under ``tmp_path``."""
+    """Every command that loads a checkpoint, each writing a folder of its own under ``tmp_path / "out"``
+    (a folder one command wrote is not another's to write over)."""
     out = tmp_path / "out"
     return {
-        "evaluate": ["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(out)],
-        "predict": ["predict", "--ckpt", str(ckpt), "--input", str(folder / "cat"), "--out", str(out)],
+        "evaluate": ["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(out / "evaluate")],
+        "predict": ["predict", "--ckpt", str(ckpt), "--input", str(folder / "cat"), "--out", str(out / "predict")],
         "export": ["export", "--ckpt", str(ckpt), "--out", str(out / "model.onnx")],
-        "inspect": ["inspect", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(out)],
+        "inspect": ["inspect", "--ckpt", str(ckpt), "--data.data_dir", str(folder), "--out", str(out / "inspect")],
         "serve": ["serve", "--ckpt", str(ckpt), "--port", "8765"],
         "fit --ckpt_path": ["fit", "--config", CONFIG, "--data.data_dir", str(folder),
                             "--trainer.default_root_dir", str(out), "--ckpt_path", str(ckpt)],
