@@ -121,9 +121,17 @@ def test_the_default_output_beside_a_checkpoint_never_replaces_a_users_file(reco
         main(["export", "--ckpt", str(mine)])
     assert capsys.readouterr().err.strip() == (
         f"cnnsuite export: error: {tmp_path / 'mine.onnx'} (the export's name beside the checkpoint): "
-        f"{tmp_path / 'mine.onnx.json'} exist already; --out names another file, --force overwrites"
+        f"{tmp_path / 'mine.onnx.json'} exists already; --out names another file, --force overwrites"
     )
     assert (tmp_path / "mine.onnx.json").read_text() == "the user's notes" and not (tmp_path / "mine.onnx").exists()
+    # a folder named by --out is said to be one first, not that it "exists already"
+    (tmp_path / "outd").mkdir()
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(mine), "--out", str(tmp_path / "outd")])
+    assert capsys.readouterr().err.strip() == (
+        f"cnnsuite export: error: --out {tmp_path / 'outd'}: is a folder; expected a file name such as "
+        f"{tmp_path / 'outd' / 'model'}"
+    )
     named_onnx = tmp_path / "net.onnx"
     named_onnx.write_bytes(ckpt.read_bytes())
     for force in ([], ["--force"]):

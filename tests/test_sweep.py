@@ -119,6 +119,7 @@ def test_a_bad_space_file_is_one_line_naming_the_key(tmp_path, capsys):
             "--out", str(tmp_path / "out"), "--storage", f"sqlite:///{tmp_path / 's.db'}",
         )  # fmt: skip
         assert named in line, line
+    assert line.endswith("(cnnsuite fit --help lists the keys)")  # a sweep's keys are fit's
     assert not (tmp_path / "out").exists()
 
 

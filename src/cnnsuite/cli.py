@@ -511,7 +511,7 @@ def config_mistake(message: str, parser, command: str | None) -> str:
     config names) with the closest valid keys; no model or data chosen with the tasks'
     configs; any other mistake as jsonargparse says it, on one line."""
     prefix = f"{command}." if command else ""
-    where = f"cnnsuite {command}" if command else "cnnsuite"
+    where = f"cnnsuite {command or 'fit'}"  # no command: a sweep's probe, whose keys are fit's
     if required := re.match(r"the following arguments are required: (.*)", message):
         missing = [key.strip().removeprefix(prefix) for key in required[1].split(",")]
         if {"model", "data"} & set(missing):
