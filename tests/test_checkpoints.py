@@ -251,6 +251,8 @@ MALFORMED = {
     "no state_dict": (lambda c: c.pop("state_dict"), "its 'state_dict' is missing"),
     "state_dict a string": (set_path(["state_dict"], "weights"), "its 'state_dict' is a str"),
     "NaN weights": (nan_weights, "non-finite weights (NaN or infinity)"),
+    "damaged optimizer state": (set_path(["optimizer_states"], [{"state": {}, "param_groups": [{"lr": "x"}]}]),
+                                "its optimizer state 0 is not one torch can resume", ("fit --ckpt_path",)),
     "empty test split": (set_path(["RecognitionDataModule", "splits"], {"train": [], "val": [], "test": []}),
                          "its run's test split is empty: nothing to evaluate", ("evaluate",)),
     # predictions are keyed by class name: two classes of one name would merge

@@ -195,9 +195,38 @@ def resume_arguments(ckpt_path: str | Path, data: dict | None = None) -> tuple[s
     checkpoint = load_checkpoint(ckpt_path)
     data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
     model = build_model(checkpoint, ckpt_path)
+    check_optimizer_states(checkpoint, ckpt_path)
     check_source_given(checkpoint, data_cls, data or {}, ckpt_path)
     _, args = model_arguments(checkpoint, ckpt_path)
     return class_path(model), args
+
+
+def check_optimizer_states(checkpoint: dict, source: object) -> None:
+    """What torch's ``Optimizer.load_state_dict`` takes from a resumed checkpoint: per optimiser
+    a ``state`` and ``param_groups``, each group its ``params`` (indices) and a number for its
+    ``lr``. A damaged one failed inside torch (``KeyError: 'params'``, a ``TypeError`` at the
+    first step) with a traceback."""
+
+    def group_ok(group) -> bool:
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            return False
+        lr = group.get("lr", 0.0)
+        number = isinstance(lr, int | float | torch.Tensor) and not isinstance(lr, bool)
+        return number and all(type(i) is int for i in group["params"])
+
+    states = checkpoint.get("optimizer_states", [])
+    for number, state in enumerate(states if isinstance(states, list) else [None]):
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("state"), dict)
+            or not isinstance(groups, list)
+            or not all(map(group_ok, groups))
+        ):
+            raise CheckpointError(
+                f"{source}: its optimizer state {number} is not one torch can resume (a state and param groups of "
+                "params and a numeric lr); resume from another checkpoint, or start the run again"
+            )
 
 
 def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, ckpt_path, also: str = "") -> bool:
