@@ -334,13 +334,14 @@ def test_a_detached_header_reads_only_a_data_file_beside_it(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "bzip2"])
-def test_an_nrrd_whose_compressed_voxels_inflate_past_its_sizes_is_refused_unread(tmp_path, encoding):
+def test_an_nrrd_whose_compressed_voxels_inflate_past_its_sizes_is_refused_unread(tmp_path, encoding, monkeypatch):
     """pynrrd inflates compressed voxels whole before comparing them with the header: a few KB
     declaring 4x4x4 voxels took GBs of memory (an upload to cnnsuite serve, a volume of a user's
     folder). Such a file, attached or behind a detached header, is one line; an honest one reads."""
     import bz2
     import gzip
 
+    from cnnsuite.tasks.biomedical3d import readers
     from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
 
     compress = gzip.compress if encoding == "gzip" else bz2.compress
@@ -352,6 +353,14 @@ def test_an_nrrd_whose_compressed_voxels_inflate_past_its_sizes_is_refused_unrea
     for name in ("bomb.nrrd", "bomb.nhdr"):
         with pytest.raises(BadFileError, match=rf"{name}: its {encoding} voxels inflate past 66,048 bytes"):
             LoadVolumed()({"image": str(tmp_path / name)})
+
+    # the quick check of a user's folder reads headers only: inflating every volume there would
+    # double the decompression of a folder of NRRDs
+    data = Biomedical3DDataModule(data_dir=str(make_volume_folder(tmp_path / "user")), data_root=str(tmp_path / "d"))
+    inflated = []
+    monkeypatch.setattr(readers, "check_nrrd_payload", lambda path: inflated.append(path))
+    assert data.find_bad([i for i, _ in data.samples()], decode=False) == {} and inflated == []
+    monkeypatch.undo()
 
     volume = np.arange(64, dtype=np.uint8).reshape(4, 4, 4)
     space = {"space": "left-posterior-superior", "space directions": np.eye(3), "space origin": [0, 0, 0]}

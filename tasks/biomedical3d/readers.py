@@ -47,8 +47,6 @@ def check_header(path: str | Path) -> bool:
     sizes, what, data_file = header
     check_size(path, "volume", sizes, what)
     check_data_file(Path(path), data_file)
-    if str(path).lower().endswith((".nrrd", ".nhdr")):
-        check_nrrd_payload(Path(path), sizes)
     return True
 
 
@@ -60,15 +58,18 @@ NRRD_SLACK_BYTES = 1 << 16
 NRRD_COMPRESSED = {"gzip": "gzip", "gz": "gzip", "bzip2": "bz2", "bz2": "bz2"}
 
 
-def check_nrrd_payload(path: Path, sizes: list[int]) -> None:
+def check_nrrd_payload(path: Path) -> None:
     """pynrrd inflates an NRRD's gzip or bzip2 voxels whole before it compares them with the
     header's sizes: a file of a few KB declaring 16x16x16 voxels can inflate to many GB. Here
     they are inflated a block at a time and counted (nothing kept), and a file whose voxels
-    inflate past what its header's sizes hold is refused before pynrrd reads it."""
+    inflate past what its header's sizes hold is refused before pynrrd reads it. Called just
+    before the loader reads a volume whose header :func:`check_header` passed, not by the quick
+    header check, which would inflate each volume once more."""
     import nrrd
 
     with path.open("rb") as file:
         header = nrrd.read_header(file)
+        sizes = [int(n) for n in header["sizes"]]
         compression = NRRD_COMPRESSED.get(str(header.get("encoding", "raw")).lower())
         if compression is None:  # raw and text voxels are read as the header's sizes say
             return
@@ -176,7 +177,8 @@ class LoadVolumed(MapTransform):
         data = dict(data)
         for key in self.keys:
             path = data[key]
-            check_header(path)
+            if check_header(path) and str(path).lower().endswith((".nrrd", ".nhdr")):
+                check_nrrd_payload(Path(path))
             reader = reader_for(path)
             try:
                 volume = self.loader(path, reader=reader)
