@@ -679,7 +679,7 @@ def test_evaluating_images_without_objects_is_one_line_not_an_empty_metrics_file
     with pytest.raises(SystemExit):
         main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(empty), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert "cnnsuite evaluate: error: the test images hold no annotated object, so mAP has nothing to score" in err
+    assert f"cnnsuite evaluate: error: {empty}: the test images hold no annotated object, so mAP has nothing to" in err
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 

@@ -375,8 +375,9 @@ class DetectionModule(TaskModule):
         metrics.reset()
         prefix = f"{stage}/"
         if float(values[f"{prefix}map"]) == -1:  # COCO's "no object to score" (detections alone score 0)
+            data = getattr(self.trainer.datamodule, "root", "the data")
             raise ConfigError(
-                f"the {stage} images hold no annotated object, so mAP has nothing to score; "
+                f"{data}: the {stage} images hold no annotated object, so mAP has nothing to score; "
                 "evaluate on images with objects"
             )
         for key, value in values.items():

@@ -211,8 +211,8 @@ def check_optimizer_states(checkpoint: dict, source: object) -> None:
         if not isinstance(group, dict) or not isinstance(group.get("params"), list):
             return False
         lr = group.get("lr", 0.0)
-        number = isinstance(lr, int | float | torch.Tensor) and not isinstance(lr, bool)
-        return number and all(type(i) is int for i in group["params"])
+        numeric = isinstance(lr, int | float | torch.Tensor) and not isinstance(lr, bool)
+        return numeric and all(type(i) is int for i in group["params"])
 
     states = checkpoint.get("optimizer_states", [])
     for number, state in enumerate(states if isinstance(states, list) else [None]):
