@@ -8,7 +8,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import math
-import os
 import zlib
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from monai.transforms import (
 )
 
 from cnnsuite.data import BadFileError, check_finite
+from cnnsuite.data.folders import leaves_folder
 from cnnsuite.data.labels import read_labels_csv
 from cnnsuite.data.limits import check_size
 from cnnsuite.data.splits import STAGES
@@ -139,10 +139,8 @@ def check_data_file(path: Path, data_file: str | None) -> None:
     ``../../secret.bin``)."""
     if not data_file or data_file == "LOCAL":
         return
-    folder = os.path.abspath(path.parent)
     listed = data_file.split()[0].upper() == "LIST"  # MetaImage: file names on the lines below, unchecked
-    inside = os.path.normpath(os.path.join(folder, data_file)).startswith(folder + os.sep)
-    if listed or os.path.isabs(data_file) or not inside:
+    if listed or leaves_folder(data_file):
         raise BadFileError(
             f"{path}: its header names the data file {data_file!r}, outside its own folder; "
             "a detached header is read with its data file beside it"

@@ -39,7 +39,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -53,7 +53,7 @@ from ..classpath import class_path
 from ..errors import BadFileError, ConfigError
 from .cache import DecodedCache, check_cache_limit
 from .errors import check_on_bad_file, report_bad_files
-from .folders import is_listed, list_classes, list_samples
+from .folders import is_listed, leaves_folder, list_classes, list_samples
 from .inputs import Input
 from .labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
 from .prepare import prepare_once
@@ -284,8 +284,7 @@ class TaskDataModule(L.LightningDataModule):
         as an absolute path or through ``..`` (``/home/me/private.jpg``) would have a downloaded
         dataset read, and ``cnnsuite prepare`` copy into its shards, a file from elsewhere."""
         for sample_id in ids:
-            path = PurePosixPath(str(sample_id).replace("\\", "/"))
-            if path.is_absolute() or ".." in path.parts or PureWindowsPath(str(sample_id)).drive:
+            if leaves_folder(str(sample_id)):
                 raise BadFileError(
                     f"{self.root}: sample {sample_id!r} lies outside the data folder; expected a path inside it"
                 )

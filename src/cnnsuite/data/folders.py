@@ -11,7 +11,7 @@ names those folders.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import BadFileError, ConfigError, MissingFileError
 
@@ -23,6 +23,14 @@ def check_folder(root: str | Path, key: str = "data.data_dir") -> Path:
     if not root.is_dir():
         raise NotADirectoryError(f"{key}={root}: expected a folder, found a file")
     return root
+
+
+def leaves_folder(name: str) -> bool:
+    """Whether the relative path ``name`` (a sample id, a shard's name: written on any system,
+    ``\\`` or ``/``) leads out of the folder it is relative to: absolute, with a drive, or
+    through ``..``. A file a dataset or a prepared folder names that way is another's."""
+    parts = PurePosixPath(name.replace("\\", "/"))
+    return parts.is_absolute() or ".." in parts.parts or bool(PureWindowsPath(name).drive)
 
 
 def is_listed(path: Path, extensions: Iterable[str], under: Path | None = None) -> bool:

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ...errors import ConfigError
 from ..cache import MIB
+from ..folders import leaves_folder
 from .record import RECORD, content_hash
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
@@ -51,9 +52,8 @@ def check_shards(stored: PreparedFiles, record: dict, verified: Path | None = No
     the mirror, or the folder itself, once each split's LitData index says what cnnsuite prepare
     writes (:func:`_check_index`). A local folder's files must be its own: no symbolic links."""
     files, location = record["files"], stored.location
-    for name in files:
-        parts = PurePosixPath(name).parts
-        if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name or _linked(location, name):
+    for name in files:  # prepare writes POSIX names of files in the folder
+        if not PurePosixPath(name).parts or "\\" in name or leaves_folder(name) or _linked(location, name):
             raise ConfigError(f"{location}/{RECORD}: shard {name!r} is not a file inside the prepared folder")
     with _one_at_a_time(verified):
         streamed_from = _check_shards(stored, record, verified, mirror)
