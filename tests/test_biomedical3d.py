@@ -17,6 +17,7 @@ from monai.transforms import Resized
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.labels import class_names_of
+from cnnsuite.errors import ConfigError
 
 CONFIG = str(ROOT / "tasks" / "biomedical3d" / "config.yaml")
 SMALL = ["--data.spatial_size", "[16, 16, 16]", "--model.init_args.backbone_kwargs", "{channels: [4, 8]}"]
@@ -130,6 +131,19 @@ def test_disk_cache_reads_a_rewritten_volume_again(tmp_path):
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns != stat.st_mtime_ns  # only the time tells
     after = first_volume(folder, **disk)
     assert torch.equal(after, first_volume(folder, cache="none")) and not torch.equal(after, before)
+
+
+def test_the_disk_cache_is_never_written_into_the_data_folder(tmp_path, monkeypatch):
+    """The default ``data_root`` is relative: from inside the data folder, the disk cache would
+    land in it and be listed with the user's files. Refused before it is written."""
+    folder = make_volume_folder(tmp_path / "user")
+    monkeypatch.chdir(folder)
+    before = sorted(folder.rglob("*"))
+    for given, option in (({}, "data.data_root"), ({"cache_dir": "cache"}, "data.cache_dir")):
+        with pytest.raises(ConfigError, match=rf"--{option} {folder}/.*: inside the data folder {folder}, which is"):
+            first_volume(folder, cache="disk", **given)
+    assert sorted(folder.rglob("*")) == before
+    assert first_volume(folder, cache="disk", data_root=str(tmp_path / "data")).shape == (1, 16, 16, 16)
 
 
 @pytest.mark.parametrize(("cache_limit_mb", "kept"), [(1, True), (0.1, False)])

@@ -13,6 +13,7 @@ would run (``make -n``) runs instead, with this interpreter's ``cnnsuite``."""
 import csv
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -409,6 +410,12 @@ def out_holds_users_files(tmp_path):
             "--out", "mydir"], {}  # fmt: skip
 
 
+def run_inside_data_folder(tmp_path):
+    folder = make_image_folder(tmp_path / "photos")
+    os.chdir(folder)  # undone with the test's own chdir
+    return ["fit", "--config", task_config("recognition2d"), "--data.data_dir", "."], {"/home/me/photos": str(folder)}
+
+
 #: the mistake each quoted line describes, by the line's first words: ``mistake(tmp_path)`` ->
 #: ``(cnnsuite arguments, {placeholder in the README's line: its value here})``
 MISTAKES = {
@@ -423,6 +430,7 @@ MISTAKES = {
     "`ModelCheckpoint": monitor_not_logged,
     "--out model.onnx": export_exists,
     "--out mydir": out_holds_users_files,
+    "--trainer.default_root_dir": run_inside_data_folder,
 }
 
 

@@ -97,6 +97,19 @@ def test_short_training_on_digits_learns(tmp_path, monkeypatch):
     assert not (tmp_path / "elsewhere" / "relative_data").exists()
 
 
+def test_a_run_from_inside_the_data_folder_writes_nothing_there(tmp_path, image_folder, monkeypatch, capsys):
+    """The task configs' relative ``runs/<task>``, from inside the data folder, would put the
+    run's files there: the next run listed ``runs`` as a class folder. One line, nothing written."""
+    before = snapshot(image_folder)
+    monkeypatch.chdir(image_folder)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", CONFIG, "--data.data_dir", ".", "--trainer.max_epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    runs = image_folder / "runs" / "recognition2d"
+    assert f"--trainer.default_root_dir {runs}: inside the data folder {image_folder}, which is only read" in err
+    assert len(err.splitlines()) == 1 and snapshot(image_folder) == before
+
+
 def test_corrupt_images_are_named_together_even_the_first(tmp_path, image_folder):
     """The folder's first file (sorted) being bad does not stop it alone, by deciding the channels."""
     for name in ("cat/-first.png", "dog/broken.png"):

@@ -270,13 +270,16 @@ class CnnSuiteCLI(LightningCLI):
     def check_run(self) -> None:
         """The model and data a command was given, before its Trainer is built (LightningCLI makes
         the Trainer right after them) or a recipe timed on them: a resumed checkpoint's classes
-        must be the data's, and the model must take the data's samples."""
+        must be the data's, the model must take the data's samples, and the run's folder must lie
+        outside the data folder, which is only read."""
         if self.resumed is not None:  # the data's classes, linked to the model, must be the run's
             ckpt_path, args = self.resumed
             names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
             check_matches(names, args.get("in_channels"), self.datamodule, ckpt_path)
         check_rebuildable(self.model)
         check_model_fits_data(self.model, self.datamodule)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.datamodule.check_writes_outside("trainer.default_root_dir", self._root_dir(config))
 
     def instantiate_trainer(self, **kwargs):
         """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once

@@ -357,4 +357,5 @@ class Biomedical3DDataModule(TaskDataModule):
         names inside (see :meth:`make_dataset`)."""
         hp = self.hparams
         base = Path(hp.cache_dir) if hp.cache_dir else Path(hp.data_root) / "cache"
+        self.check_writes_outside("data.cache_dir" if hp.cache_dir else "data.data_root", base)
         return base / "biomedical3d" / hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:12]

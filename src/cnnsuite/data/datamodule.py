@@ -53,7 +53,7 @@ from ..classpath import class_path
 from ..errors import BadFileError, ConfigError
 from .cache import DecodedCache, check_cache_limit
 from .errors import check_on_bad_file, report_bad_files
-from .folders import is_listed, leaves_folder, list_classes, list_samples
+from .folders import is_listed, leaves_folder, lies_within, list_classes, list_samples
 from .inputs import Input
 from .labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
 from .prepare import prepare_once
@@ -209,6 +209,21 @@ class TaskDataModule(L.LightningDataModule):
         self._augment_generator: torch.Generator | None = None  # under DDP, the rank's own
         if is_prepared(self.hparams.data_dir):
             self.prepared = self._open_prepared(self.hparams.data_dir)
+
+    def check_writes_outside(self, option: str, folder: str | Path) -> None:
+        """A folder the suite writes (``option``: the run's files, a cache) may not lie in the
+        user's data folder, which is only read: the next run would list what was written there
+        as samples (a ``runs`` class folder), and a user's file of the same name be replaced.
+        Checked before the first write; the relative defaults (``runs/<task>``, ``data``) land
+        there when a command runs from inside the data folder."""
+        data = self.raw_data_dir
+        if data is None or is_url(data) or is_url(str(folder)) or not lies_within(folder, data):
+            return
+        raise ConfigError(
+            f"--{option} {Path(folder).expanduser().resolve()}: inside the data folder {data}, which is only read "
+            f"(the next run would take what is written there as samples); give --{option} outside it, or run from "
+            "outside the data folder"
+        )
 
     def _open_prepared(self, location: str) -> dict:
         """The record of ``location``, checked: this task's, written with this run's decoding

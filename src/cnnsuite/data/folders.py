@@ -33,6 +33,14 @@ def leaves_folder(name: str) -> bool:
     return parts.is_absolute() or ".." in parts.parts or bool(PureWindowsPath(name).drive)
 
 
+def lies_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or under it, after ``~`` and links are resolved: a folder
+    the suite writes (run files, caches, shards, pictures) must not lie in one it only reads,
+    whose next listing would take what was written as samples."""
+    path, folder = (Path(p).expanduser().resolve() for p in (path, folder))
+    return path == folder or folder in path.parents
+
+
 def is_listed(path: Path, extensions: Iterable[str], under: Path | None = None) -> bool:
     """Whether ``path`` is a file that a listing takes: one of ``extensions``, and neither it
     nor a folder between ``under`` and it hidden."""

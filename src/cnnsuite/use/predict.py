@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..data.errors import BadFileError
+from ..data.folders import lies_within
 from ..data.inputs import Input
 from ..errors import ConfigError, MissingFileError
 from ..jsonout import first_non_finite
@@ -127,8 +128,7 @@ def predict_to_folder(
     ``out_dir`` (:func:`~cnnsuite.training.runs.output_folder`)."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     inputs, ignored = predictor.find_inputs(input_path)
-    folder = input_path.resolve()
-    if input_path.is_dir() and (out_dir.resolve() == folder or folder in out_dir.resolve().parents):
+    if input_path.is_dir() and lies_within(out_dir, input_path):
         raise ConfigError(
             f"--out {out_dir}: inside the input folder {input_path}, where the pictures would replace inputs of "
             "the same names and be read as inputs by the next run; name a folder outside it"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ...classpath import class_path
 from ...errors import ConfigError
+from ..folders import lies_within
 from ..splits import STAGES
 from .record import RECORD, content_hash, is_prepared, tensors_to_json
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
@@ -81,8 +82,8 @@ def prepare(datamodule, task: str, out: str | Path) -> str:
     if is_url(str(out)):
         return _prepare_onto(datamodule, task, str(out).rstrip("/"))
     out = Path(out).expanduser().resolve()
-    data = Path(datamodule.root).expanduser().resolve()
-    if out == data or data in out.parents:  # its shards would be listed as samples of the data
+    if lies_within(out, datamodule.root):  # its shards would be listed as samples of the data
+        data = Path(datamodule.root).expanduser().resolve()
         raise ConfigError(f"--out {out}: inside the data folder {data}, which is only read; name a folder outside it")
     if not PreparedFiles(str(out)).is_empty():
         raise ConfigError(f"--out {out}: not empty; cnnsuite prepare writes into a new or empty folder")
