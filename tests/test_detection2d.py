@@ -375,9 +375,17 @@ def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
     assert vm.class_names == ["cat", "dog", "owl"]
     by_file = {r.file.split("/")[-1]: r for r in read_voc(voc, vm.class_names).records}
     assert by_file["1.png"].boxes == dm._load().records[0].boxes
+    # every problem of the folder in one error: each file that is not XML, and a bad box
     (voc / "Annotations" / "3.xml").write_text("<annotation><filename>3.png</filename><object><name>emu")
-    with pytest.raises(AnnotationError, match=r"3.xml: not valid XML"):
+    (voc / "Annotations" / "5.xml").write_text("")
+    four = (voc / "Annotations" / "4.xml").read_text()
+    (voc / "Annotations" / "4.xml").write_text(four.replace("<xmin>", "<xmin>-50", 1))
+    with pytest.raises(AnnotationError, match=r"3 annotations cannot be used:\n.*3.xml: not valid XML.*\n.*4.xml: "
+                                              r"object 0: box .*\n.*5.xml: not valid XML"):  # fmt: skip
         DetectionDataModule(data_dir=str(voc))
+    with pytest.warns(UserWarning, match=r"skipping: .*3.xml: not valid XML"):
+        skipped = DetectionDataModule(data_dir=str(voc), on_bad_annotation="skip")
+    assert len(skipped._load().records) == len(dm._load().records) - 2
 
 
 @pytest.mark.parametrize(

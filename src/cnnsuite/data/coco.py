@@ -313,13 +313,20 @@ def read_coco(
 
 
 def voc_classes(root: Path) -> list[str]:
-    """Sorted object names over ``root/Annotations/*.xml``."""
-    names = set()
+    """Sorted object names over ``root/Annotations/*.xml``. A file that is not XML is left to
+    :func:`read_voc`, which names it with every other problem of the folder."""
+    names, bad = set(), []
     for xml_path in _voc_files(root):
-        names |= {obj.findtext("name", "").strip() for obj in _parse_voc(xml_path).iter("object")}
+        try:
+            names |= {obj.findtext("name", "").strip() for obj in _parse_voc(xml_path).iter("object")}
+        except AnnotationError as err:
+            bad.append(str(err))
     names.discard("")
     if not names:
-        raise AnnotationError(f"{root / 'Annotations'}: no <object> with a <name> in any XML file")
+        problems = _Problems(root / "Annotations", "error")
+        for message in bad or [f"{root / 'Annotations'}: no <object> with a <name> in any XML file"]:
+            problems(message)
+        problems.raise_if_any()
     return sorted(names)
 
 
@@ -348,7 +355,11 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
     categories = CategoryMap(list(range(len(class_names))), list(class_names))
     records = []
     for image_id, xml_path in enumerate(_voc_files(root)):
-        tree = _parse_voc(xml_path)
+        try:
+            tree = _parse_voc(xml_path)
+        except AnnotationError as err:
+            fail(str(err))
+            continue
         file_name = tree.findtext("filename", "").strip() or f"{xml_path.stem}.jpg"
         found = next(
             (c.as_posix() for c in (Path("JPEGImages") / file_name, Path(file_name)) if (root / c).is_file()), None
