@@ -2,6 +2,7 @@
 the model learnt: what may be rebuilt from a checkpoint, and what is refused."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 
 from cnnsuite.cli import main
 from cnnsuite.errors import ConfigError
+from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.evaluate import evaluate
 from cnnsuite.use.predict import Predictor
@@ -178,6 +180,18 @@ def resume(folder, tmp_path, ckpt, *extra):
                  "--trainer.default_root_dir", str(tmp_path / "runs"), "--data.batch_size", "8",
                  "--trainer.enable_progress_bar", "false", "--evaluate", "false",
                  "--ckpt_path", str(ckpt), *extra])  # fmt: skip
+
+
+def test_resuming_another_tasks_checkpoint_is_one_line_naming_both_tasks(trained, tmp_path, capsys):
+    """A localization2d checkpoint resumed with recognition2d's config passed every check (the
+    same ten digit classes) and trained a model on batches it does not take."""
+    _, run = trained
+    error = one_line_error(["fit", "--config", task_config("localization2d"), "--ckpt_path",
+                            str(run / "checkpoints" / "last.ckpt"), "--data.data_root", str(tmp_path / "data"),
+                            "--trainer.default_root_dir", str(tmp_path / "runs")], capsys)  # fmt: skip
+    assert error.endswith("last.ckpt: a checkpoint of recognition2d, where this run's data is localization2d's; "
+                          "resume it with its own task's config")  # fmt: skip
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("module", ["this", "bundled"])
@@ -575,3 +589,28 @@ def test_a_checkpoints_sample_size_is_bounded_by_the_pixel_limit(trained, tmp_pa
     monkeypatch.delenv(ENV)
     with pytest.raises(ConfigError, match=r"model.max_size=20000: images resized up to \(3, 20000, 20000\)"):
         DetectionModule(num_classes=3, in_channels=3, max_size=20000)
+
+
+def test_a_checkpoints_widths_cannot_make_it_allocate_more_than_its_weights(trained, tmp_path, capsys, monkeypatch):
+    """The networks a checkpoint's arguments describe are sized on the meta device before they
+    are built: widths of 60 million weights in a file of 100 thousand are refused in one line,
+    and the networks never built for real (they were allocated, then failed to load)."""
+    folder, run = trained
+    source = run / "checkpoints" / "best.ckpt"
+
+    def widen(checkpoint):
+        checkpoint["hyper_parameters"]["backbone_kwargs"]["channels"][-1] = 100_000
+
+    wide = tampered(source, tmp_path / "wide.ckpt", widen)
+    built = []
+    real = ClassificationModule.configure_models
+    monkeypatch.setattr(
+        ClassificationModule, "configure_models", lambda self: built.append(torch.empty(0).is_meta) or real(self)
+    )
+    error = one_line_error(["predict", "--ckpt", str(wide), "--input", str(folder / "cat"),
+                            "--out", str(tmp_path / "out")], capsys)  # fmt: skip
+    assert re.search(r"wide.ckpt: its weights do not fit RecognitionModule: RuntimeError: .* size mismatch for "
+                     r"backbone.* the shape in current model is torch.Size\(\[100000, ", error)  # fmt: skip
+    assert built == [True]
+    Predictor(source, accelerator="cpu")  # the run's own file: sized alike, then built
+    assert built == [True, True, False]

@@ -253,7 +253,7 @@ class CnnSuiteCLI(LightningCLI):
             return
         data = config.get("data")
         given = data.init_args.as_dict() if data is not None and data.get("init_args") is not None else {}
-        model_path, args = resume_arguments(ckpt_path, given)
+        model_path, args = resume_arguments(ckpt_path, data.class_path if data is not None else None, given)
         if self.model_options:
             rank_zero_warn(
                 f"--ckpt_path {ckpt_path}: the model is the checkpoint's, as the run trained it; "

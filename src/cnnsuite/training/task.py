@@ -20,6 +20,8 @@ and the eval-mode network can collapse to one class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 import lightning as L
@@ -52,6 +54,11 @@ def channel_values(meta: dict, key: str) -> list[float]:
     return [float(v) for v in values]
 
 
+#: while a checkpoint's model is built (:func:`~cnnsuite.trust.checkpoint.build_model`): a check
+#: of the model with its networks on the meta device, which holds no memory, before they are built
+META_CHECK: ContextVar[Callable[[L.LightningModule], None] | None] = ContextVar("meta_check", default=None)
+
+
 class TaskModule(L.LightningModule):
     monitor: str = "val/loss"
     mode: str = "min"
@@ -76,6 +83,11 @@ class TaskModule(L.LightningModule):
         if names is not None and len(set(names)) != len(names):  # predictions keyed by name would merge classes
             twice = next(n for n in names if names.count(n) > 1)
             raise ConfigError(f"model.class_names names {twice!r} more than once; expected one name a class")
+        check = META_CHECK.get()
+        if check is not None:
+            with torch.device("meta"):
+                self.configure_models()
+            check(self)
         self.configure_models()
         self.load_backbone_weights()
         self.follow_weights_normalisation()

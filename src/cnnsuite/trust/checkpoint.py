@@ -9,8 +9,10 @@ is only ever looked up among the model and datamodule classes of registered task
 the file names is imported, and the check comes before any call.
 
 Its arguments are checked against the class's signature by jsonargparse before the class is
-called (types and names; nothing is imported or instantiated by the check), and every failure
-to build the model or load its weights is one :class:`CheckpointError` naming the file.
+called (types and names; nothing is imported or instantiated by the check), its networks are
+sized on the meta device before they take memory (they must take the weights the file holds),
+and every failure to build the model or load its weights is one :class:`CheckpointError`
+naming the file.
 
 What a checkpoint holds defines a run (classes, sizes, preprocessing, its split); it never
 says where anything is read or written on this machine: a datamodule rebuilt from it takes
@@ -30,14 +32,14 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..classpath import class_path
+from ..contract import task_of, trusted_classes
 from ..contract import trusted_class as registered_class
-from ..contract import trusted_classes
 from ..data import TaskDataModule
 from ..data.splits import check_splits, load_splits
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
-from ..training.task import TaskModule
+from ..training.task import META_CHECK, TaskModule
 from .untrusted import check_finite_tensors, load_weights_only
 
 #: the key under which :class:`~cnnsuite.training.task.TaskModule` records its run's classes
@@ -161,12 +163,30 @@ def build_model(checkpoint: dict, source: object) -> TaskModule:
     bad = first_non_finite(args)
     if bad is not None:
         raise CheckpointError(f"{source}: its hyper_parameters hold a non-finite number (NaN or infinity) at {bad}")
+
+    def fits_weights(shape: TaskModule) -> None:
+        """The networks, sized on the meta device, must take the file's weights, as the real
+        load will: networks wider than the weights are refused before they take memory. Widths
+        of a million channels in a file of a few kilobytes would take all of it, and minutes of
+        random initialisation, before the load failed. Weights of what is not built yet
+        (losses, metrics) wait for that load."""
+        own = shape.state_dict().keys()
+        try:
+            shape.load_state_dict({k: v for k, v in checkpoint["state_dict"].items() if k in own}, assign=True)
+        except Exception as err:
+            raise CheckpointError(f"{source}: its weights do not fit {model_cls.__name__}: {one_line(err)}") from err
+
+    token = META_CHECK.set(fits_weights)
     try:
         model = model_cls(**args)
+    except CheckpointError:
+        raise
     except Exception as err:  # the arguments are the file's: whatever they break, the file is at fault
         raise CheckpointError(
             f"{source}: its hyper_parameters do not build {model_cls.__name__}: {one_line(err)}"
         ) from err
+    finally:
+        META_CHECK.reset(token)
     try:
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
@@ -185,18 +205,26 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
-def resume_arguments(ckpt_path: str | Path, data: dict | None = None) -> tuple[str, dict]:
+def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) -> tuple[str, dict]:
     """``(model class path, model arguments)`` for resuming a fit from ``ckpt_path``: the file is
     checked as :func:`build_model` checks it (classes, arguments, weights), and only then are
-    the class path (one of ours) and the checked arguments given to LightningCLI. ``data``: the
-    resumed command's datamodule arguments, which must name the data of a run on the user's own
-    (:func:`check_source_given`): the config's default data would otherwise be read, and the
-    weights of the run's classes fail to load after the run's ``splits.json`` was replaced."""
+    the class path (one of ours) and the checked arguments given to LightningCLI.
+    ``data_class``: the resumed command's datamodule class, which must be the run's: another
+    task's model would meet batches it does not take (localization2d's digits have
+    recognition2d's classes). ``data``: its arguments, which must name the data of a run on the
+    user's own (:func:`check_source_given`): the config's default data would otherwise be read,
+    and the weights of the run's classes fail to load after the run's ``splits.json`` was replaced."""
     checkpoint = load_checkpoint(ckpt_path)
     data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
+    if data_class is not None and data_class != class_path(data_cls):
+        run, given = (task_of(c) for c in (data_cls, registered_class(data_class)))
+        raise CheckpointError(
+            f"--ckpt_path {ckpt_path}: a checkpoint of {run.name if run else data_cls.__name__}, where this run's "
+            f"data is {given.name if given else data_class}'s; resume it with its own task's config"
+        )
     model = build_model(checkpoint, ckpt_path)
     check_optimizer_states(checkpoint, ckpt_path)
-    check_source_given(checkpoint, data_cls, data or {}, ckpt_path)
+    check_source_given(checkpoint, data_cls, data, ckpt_path)
     _, args = model_arguments(checkpoint, ckpt_path)
     return class_path(model), args
 
