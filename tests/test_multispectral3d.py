@@ -385,6 +385,31 @@ def test_predict_needs_only_the_checkpoint(tmp_path, trained):
         hidden.rename(folder)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("bands", "B04B03B02B08", "bands is 'B04B03B02B08', expected a list of distinct band names"),
+        ("band_mean", torch.zeros(2), "band_mean is a tensor of shape (2,), expected 4 numbers"),
+        ("band_std", torch.zeros(4), "band_std is a tensor of shape (4,), expected 4 numbers (one a band), above 0"),
+        ("patch_size", [0, 16], "patch_size is [0, 16], expected a height and a width"),
+        ("dtype", "object", "dtype is 'object', expected uint16 or float32 or float64"),
+    ],
+)
+def test_a_damaged_band_state_is_the_checkpoints_fault_not_the_inputs(tmp_path, trained, capsys, key, value, expected):
+    """A checkpoint's band names, statistics, patch size and data type are checked where they
+    are restored: they were taken as they stood, and every input then failed ("has no band B,
+    0, 4, ...", a tensor size mismatch, a model output not finite)."""
+    folder, ckpt = trained
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["MultispectralDataModule"][key] = value
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    for argv in (["predict", "--input", str(folder / "River")], ["evaluate", "--data.data_dir", str(folder)]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--ckpt", str(tmp_path / "damaged.ckpt"), "--out", str(tmp_path / argv[0])])
+        err = capsys.readouterr().err
+        assert f"damaged.ckpt: its datamodule state cannot be used: {expected}" in err and err.count("\n") == 1
+
+
 def test_read_input_normalises_with_the_restored_statistics(tmp_path):
     """Bands by name, the checkpoint's statistics, the layout; the view is the band mean where
     there is no red, green and blue."""

@@ -17,7 +17,7 @@ from test_multispectral3d import SMALL_MODEL, make_folder
 
 from cnnsuite.cli import main
 from cnnsuite.data.shards import RECORD, StreamedItems, write_shards
-from cnnsuite.errors import ConfigError
+from cnnsuite.errors import BadFileError, ConfigError
 
 TINY_2D = ["--model.init_args.backbone_kwargs", "{channels: [4, 8], blocks_per_stage: 1}"]
 
@@ -85,6 +85,15 @@ def test_multispectral3d_streams_its_band_statistics_and_split(tmp_path):
     _, from_shards = fit_both("multispectral3d", tmp_path, raw, out, *common)
     state = torch.load(from_shards / "checkpoints" / "last.ckpt", weights_only=True)["MultispectralDataModule"]
     assert state["band_mean"].tolist() == pytest.approx(record["preprocessing"]["tensors"]["band_mean"])
+
+    # a record's band statistics are checked as a checkpoint's are, naming the folder
+    from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
+
+    record["preprocessing"]["tensors"]["band_mean"] = [0.5, 0.5]
+    (out / RECORD).write_text(json.dumps(record))
+    with pytest.raises(BadFileError, match=rf"^{out}: its record's preprocessing cannot be used: band_mean is a tensor "
+                                           r"of shape \(2,\), expected 13 numbers"):  # fmt: skip
+        MultispectralDataModule(data_dir=str(out), data_root=str(tmp_path / "data"))
 
 
 def test_localization2d_streams_images_and_their_boxes(tmp_path):

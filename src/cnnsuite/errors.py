@@ -26,6 +26,12 @@ class CheckpointError(BadFileError):
     """A checkpoint that cannot be used as it is; the message names the file and what is wrong."""
 
 
+class StateError(UserError):
+    """A datamodule state (what preprocessing learnt: band names, statistics) in a form that
+    cannot be used, found where a checkpoint's or a prepared folder's is restored; the caller,
+    which knows the file, names it."""
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named that is not there."""
 

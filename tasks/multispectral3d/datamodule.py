@@ -60,7 +60,7 @@ from cnnsuite.data import (
 from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.cache import fits_cache
 from cnnsuite.data.labels import multi_hot
-from cnnsuite.errors import ConfigError
+from cnnsuite.errors import ConfigError, StateError
 
 from .default_data import (
     BANDS,
@@ -161,6 +161,39 @@ class PatchDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, object]]:
         cubes = model_input(np.stack([self.raw[i] for i in indices]), self.stats, self.layout)
         return list(zip(cubes, (self.labels[i] for i in indices), strict=True))
+
+
+def check_state(state: dict) -> None:
+    """What a checkpoint or a prepared folder says its run's patches were, before a patch is read
+    with it: otherwise a damaged one is blamed on every input (a string of band names read as
+    one band a letter, statistics of 5 bands for 13, a standard deviation of 0, a data type
+    no patch has)."""
+    bands = state.get("bands")
+    if not (isinstance(bands, list) and bands and all(isinstance(b, str) and b for b in bands)
+            and len(set(bands)) == len(bands)):  # fmt: skip
+        raise StateError(f"bands is {shown(bands)}, expected a list of distinct band names")
+    count = len(bands)
+    for key in ("band_mean", "band_std"):
+        value = state.get(key)
+        if not isinstance(value, torch.Tensor) or value.shape != (count,) or (key == "band_std" and (value <= 0).any()):
+            raise StateError(
+                f"{key} is {shown(value)}, expected {count} numbers (one a band){', above 0' * (key == 'band_std')}"
+            )
+    size = state.get("patch_size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 2 and all(type(n) is int and n > 0 for n in size)
+    ):
+        raise StateError(f"patch_size is {shown(size)}, expected a height and a width in pixels")
+    if state.get("dtype", DTYPES[0]) not in DTYPES:
+        raise StateError(f"dtype is {shown(state['dtype'])}, expected {' or '.join(DTYPES)}")
+
+
+def shown(value: object) -> str:
+    """A value of a damaged state, short: a tensor by its shape."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class MultispectralDataModule(TaskDataModule):
@@ -409,6 +442,7 @@ class MultispectralDataModule(TaskDataModule):
         a patch is read and normalised as the run's test split was, wherever its training files are."""
         if "band_mean" not in state:
             raise ConfigError("the checkpoint holds no band statistics; patches cannot be normalised as in its run")
+        check_state(state)
         self.band_names = list(state["bands"])
         # a checkpoint from before the size was saved: any size (the network pools globally)
         self.size = tuple(state["patch_size"]) if "patch_size" in state else None
@@ -458,6 +492,7 @@ class MultispectralDataModule(TaskDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "band_mean" in state_dict:
+            check_state(state_dict)
             if state_dict["bands"] != self.band_names:
                 raise ConfigError(
                     f"the checkpoint's statistics are for bands {state_dict['bands']}, the data gives {self.band_names}"

@@ -50,7 +50,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..classpath import class_path
-from ..errors import BadFileError, ConfigError
+from ..errors import BadFileError, ConfigError, StateError
 from .cache import DecodedCache, check_cache_limit
 from .errors import check_on_bad_file, report_bad_files
 from .folders import is_listed, leaves_folder, lies_within, list_classes, list_samples
@@ -279,7 +279,10 @@ class TaskDataModule(L.LightningDataModule):
         self.class_names, self.in_channels = list(record["class_names"]), int(record["channels"])
         if "multilabel" in self.init_parameters():  # decided by its labels: recorded as decided
             self.decide_multilabel(bool(record["multilabel"]))
-        self.restore_preprocessing(tensors_from_json(record["preprocessing"]))
+        try:
+            self.restore_preprocessing(tensors_from_json(record["preprocessing"]))
+        except StateError as err:
+            raise BadFileError(f"{self.hparams.data_dir}: its record's preprocessing cannot be used: {err}") from None
 
     def samples(self) -> list[tuple[str, object]]:
         """:meth:`list_samples`, or a prepared folder's samples as its record lists them; listed

@@ -36,7 +36,7 @@ from ..contract import task_of, trusted_classes
 from ..contract import trusted_class as registered_class
 from ..data import TaskDataModule
 from ..data.splits import check_splits, load_splits
-from ..errors import CheckpointError, ConfigError, MissingFileError
+from ..errors import CheckpointError, ConfigError, MissingFileError, StateError
 from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
 from ..training.task import META_CHECK, TaskModule
@@ -458,6 +458,8 @@ def from_file(source: object, what: str, call, *args):
         return call(*args)
     except ValueError:
         raise
+    except StateError as err:
+        raise CheckpointError(f"{source}: its {what} cannot be used: {err}") from None
     except Exception as err:
         raise CheckpointError(f"{source}: its {what} cannot be used: {one_line(err)}") from err
 
