@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, make_image_folder
 
 from cnnsuite.cli import main
@@ -163,6 +164,17 @@ def test_a_model_its_checkpoints_could_not_rebuild_is_refused_before_it_trains()
     check_rebuildable(RecognitionModule(num_classes=3))
     with pytest.raises(ConfigError, match=r"NarrowModule does not take .*backbone_weights_meta.*, which its"):
         check_rebuildable(NarrowModule())
+
+    # a checkpoint's networks are made on the meta device first: one that needs tensor values
+    # there (an index map worked out on the default device) would train, then never load
+    class ValuedModule(RecognitionModule):
+        def configure_models(self) -> None:
+            super().configure_models()
+            self.register_buffer("order", torch.randperm(int(torch.arange(4).max()) + 1))
+
+    found = r"ValuedModule: its networks cannot be made on the meta device, .*item\(\) cannot be called on meta"
+    with pytest.raises(ConfigError, match=found):
+        check_rebuildable(ValuedModule(num_classes=3))
 
 
 def test_a_task_package_that_does_not_load_leaves_the_others_working(site):

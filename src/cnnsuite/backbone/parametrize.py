@@ -39,7 +39,7 @@ class Tied(nn.Module):
 
     def __init__(self, groups: torch.Tensor) -> None:
         super().__init__()
-        groups = torch.as_tensor(groups, dtype=torch.long)
+        groups = torch.as_tensor(groups, dtype=torch.long, device="cpu")  # see symmetric_groups
         self.register_buffer("groups", groups)
         self.num_groups = int(groups.max()) + 1
         if torch.unique(groups).numel() != self.num_groups:
@@ -52,8 +52,9 @@ class Tied(nn.Module):
         """Start ``u`` at the mean of the entries that will share it."""
         if w.shape != self.groups.shape:
             raise ValueError(f"groups has shape {tuple(self.groups.shape)}, weight {tuple(w.shape)}")
-        sums = torch.zeros(self.num_groups, dtype=w.dtype).index_add_(0, self.groups.flatten(), w.flatten())
-        counts = torch.bincount(self.groups.flatten(), minlength=self.num_groups).to(w.dtype)
+        groups = self.groups.flatten().to(w.device)
+        sums = torch.zeros(self.num_groups, dtype=w.dtype, device=w.device).index_add_(0, groups, w.flatten())
+        counts = torch.bincount(self.groups.flatten(), minlength=self.num_groups).to(w.device, w.dtype)
         return sums / counts
 
 
@@ -96,8 +97,10 @@ def tie_weights(module: nn.Module, groups: torch.Tensor, name: str = "weight") -
 def symmetric_groups(shape: torch.Size, dims: tuple[int, ...]) -> torch.Tensor:
     """Group ids that tie each weight with its mirror images along each of ``dims``: a kernel
     symmetric under every one of those mirrors (a 3×3 mirrored along both axes keeps 2×2
-    free values: centre, edge centres along each axis, corners)."""
-    canonical = torch.arange(torch.Size(shape).numel()).view(shape)
+    free values: centre, edge centres along each axis, corners). Index maps are worked out on
+    the CPU whatever the default device: a model sized on the meta device (a checkpoint's,
+    before it is built) needs their values."""
+    canonical = torch.arange(torch.Size(shape).numel(), device="cpu").view(shape)
     for dim in dims:  # the smallest index of each entry's orbit under the mirrors
         canonical = torch.minimum(canonical, torch.flip(canonical, (dim,)))
     return torch.unique(canonical, return_inverse=True)[1]
@@ -124,7 +127,7 @@ def tied_channel_groups(shape: torch.Size, groups: int) -> torch.Tensor:
     ``w[o, g*m + i] = u[o, i]`` with ``m = in_channels / groups``, so every group of input
     channels is filtered with the same kernels (one free kernel where there were ``groups``)."""
     out, per_group, *kernel = shape[0], shape[1] // groups, *shape[2:]
-    base = torch.arange(out * per_group * int(torch.Size(kernel).numel())).view(out, per_group, *kernel)
+    base = torch.arange(out * per_group * int(torch.Size(kernel).numel()), device="cpu").view(out, per_group, *kernel)
     return base.repeat(1, groups, *(1,) * len(kernel))
 
 

@@ -134,6 +134,34 @@ def check_rebuildable(model: TaskModule) -> None:
             "from: a task's model takes every argument the CLI links from its data, and one that takes "
             "backbone_weights takes backbone_weights_channels and backbone_weights_meta too"
         )
+    check_sized_on_meta(model)
+
+
+class _Sized(Exception):
+    """Ends a build once its networks were made on the meta device."""
+
+
+def check_sized_on_meta(model: TaskModule) -> None:
+    """A checkpoint's networks are first made on the meta device (:func:`build_model`), where a
+    tensor has a shape and no values: a model whose ``configure_models`` needs values there (an
+    index map worked out with tensor ops on the default device) would train, then never load.
+    Its networks are made on the meta device once before it trains, and the build stopped."""
+
+    def stop(_shape: TaskModule) -> None:
+        raise _Sized
+
+    token = META_CHECK.set(stop)
+    try:
+        type(model)(**init_args(dict(model.hparams), class_path(model)))
+    except _Sized:
+        return
+    except Exception as err:
+        raise ConfigError(
+            f"{class_path(model)}: its networks cannot be made on the meta device, as its checkpoints' are before "
+            f"they take memory ({one_line(err)}); work out index maps and other values on the CPU"
+        ) from err
+    finally:
+        META_CHECK.reset(token)
 
 
 def model_arguments(checkpoint: dict, source: object) -> tuple[type[TaskModule], dict]:
@@ -210,8 +238,8 @@ def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) 
     checked as :func:`build_model` checks it (classes, arguments, weights), and only then are
     the class path (one of ours) and the checked arguments given to LightningCLI.
     ``data_class``: the resumed command's datamodule class, which must be the run's: another
-    task's model would meet batches it does not take (localization2d's digits have
-    recognition2d's classes). ``data``: its arguments, which must name the data of a run on the
+    task's model would meet batches it does not take (two tasks on one embedded dataset have
+    the same classes). ``data``: its arguments, which must name the data of a run on the
     user's own (:func:`check_source_given`): the config's default data would otherwise be read,
     and the weights of the run's classes fail to load after the run's ``splits.json`` was replaced."""
     checkpoint = load_checkpoint(ckpt_path)
