@@ -16,6 +16,7 @@ from cnnsuite.tasks.biomedical3d.datamodule import Biomedical3DDataModule
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from conftest import fit, make_image_folder
 from PIL import Image
+from starlette.datastructures import FormData
 from test_multispectral3d import SMALL_MODEL, bigearthnet_patches, write_bigearthnet
 
 from cnnsuite.cli import main
@@ -343,7 +344,8 @@ def test_multilabel_predict_onnx_and_serve_agree_with_evaluate(trained_images, t
 
     api = PredictorAPI(ckpt, max_batch_size=len(ids))
     api.setup("cpu")
-    uploads = [{"file": SimpleNamespace(filename=i, file=io.BytesIO((folder / i).read_bytes()))} for i in ids]
+    files = [SimpleNamespace(filename=i, file=io.BytesIO((folder / i).read_bytes())) for i in ids]
+    uploads = [FormData([("file", upload)]) for upload in files]
     replies = api.predict([api.decode_request(upload) for upload in uploads])
     served = [json.loads(api.encode_response(reply).body) for reply in replies]
     assert [reply.status for reply in replies] == [200] * len(ids)

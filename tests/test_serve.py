@@ -171,9 +171,11 @@ def test_bad_uploads_get_a_4xx_naming_them_and_the_server_goes_on(served):
     assert long_name.status_code == 400 and "cannot be stored under this filename" in long_name.json()["error"]
     no_field = requests.post(f"{url}/predict", files={"image": ("a.png", b"x")}, timeout=60)
     assert no_field.status_code == 400 and "'file'" in no_field.json()["error"]
+    image = folder / "owl" / "0.png"
+    two = requests.post(f"{url}/predict", files=[("file", ("a.png", image.read_bytes()))] * 2, timeout=60)
+    assert two.status_code == 400 and two.json()["error"].startswith("2 form fields 'file': send one file a request")
     raw_body = requests.post(f"{url}/predict", data=b"\x89PNG", headers={"Content-Type": "image/png"}, timeout=60)
     assert raw_body.status_code == 415 and "multipart/form-data" in raw_body.json()["error"]
-    image = folder / "owl" / "0.png"
     good = post(url, image.name, image.read_bytes())
     assert good.status_code == 200
     assert_same_line(good.json(), *jsonl_lines(ckpt, [image]))

@@ -97,8 +97,11 @@ class PredictorAPI(ls.LitAPI):
         """The upload read as the model's input, or the :class:`Reply` that rejects it.
         ``request`` is the parsed multipart form (:class:`UploadGuard` turns other bodies
         away); it has no type annotation, which LitServe would give FastAPI to validate it with."""
-        upload = request.get(FIELD)
+        uploads = request.getlist(FIELD)
         expected = "expected " + ", ".join(self.predictor.datamodule.input_extensions)
+        if len(uploads) > 1:  # one answer a request: the others would go unpredicted without a word
+            return reject(400, None, f"{len(uploads)} form fields '{FIELD}': send one file a request ({expected})")
+        upload = uploads[0] if uploads else None
         if upload is None or isinstance(upload, str):
             return reject(400, None, f"no file: send one as the multipart form field '{FIELD}' ({expected})")
         name = Path(upload.filename or "").name
