@@ -86,11 +86,15 @@ def test_multispectral3d_streams_its_band_statistics_and_split(tmp_path):
     state = torch.load(from_shards / "checkpoints" / "last.ckpt", weights_only=True)["MultispectralDataModule"]
     assert state["band_mean"].tolist() == pytest.approx(record["preprocessing"]["tensors"]["band_mean"])
 
-    # a record's band statistics are checked as a checkpoint's are, naming the folder
+    # an edited record is a changed folder (its content hash covers it all); rehashed, its band
+    # statistics are checked as a checkpoint's are, naming the folder
     from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule
 
     record["preprocessing"]["tensors"]["band_mean"] = [0.5, 0.5]
     (out / RECORD).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=rf"^{out}: content sha256 does not match .*edited, or written by another"):
+        MultispectralDataModule(data_dir=str(out), data_root=str(tmp_path / "data"))
+    rehashed(out)
     with pytest.raises(BadFileError, match=rf"^{out}: its record's preprocessing cannot be used: band_mean is a tensor "
                                            r"of shape \(2,\), expected 13 numbers"):  # fmt: skip
         MultispectralDataModule(data_dir=str(out), data_root=str(tmp_path / "data"))
@@ -316,6 +320,16 @@ def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="sha256") as err:
         RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
     assert str(out) in str(err.value) and "\n" not in str(err.value)
+
+    # a label edited in the record (the shards as written) is a changed folder
+    shard.write_bytes(bytes(damaged[:-1] + bytes([damaged[-1] ^ 1])))
+    record_path = out / "cnnsuite-prepared.json"
+    record = json.loads(record_path.read_text())
+    first = next(iter(record["targets"]))
+    record["targets"][first] = (record["targets"][first] + 1) % 3
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"content sha256 does not match .*\(edited, or written by another version\)"):
+        RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
 
     # a hand-made record naming a file outside the folder: refused before anything is opened
     record_path = out / "cnnsuite-prepared.json"
@@ -699,8 +713,8 @@ def test_a_run_on_shards_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch)
     [lambda facts: facts[next(iter(facts))].update(duration="two seconds"), lambda facts: facts.pop(next(iter(facts)))],
 )
 def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_path, edit):
-    """The record is a file a user may edit: facts that are not a duration, rate and frame size
-    for each video are named as the record's, not a traceback."""
+    """The record is a file a user may edit (and hash again): facts that are not a duration,
+    rate and frame size for each video are named as the record's, not a traceback."""
     from cnnsuite.tasks.video3d.datamodule import VideoDataModule
     from test_video3d import make_video_folder
 
@@ -710,6 +724,7 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
     record = json.loads((out / RECORD).read_text())
     edit(record["sample_facts"])
     (out / RECORD).write_text(json.dumps(record))
+    rehashed(out)
     with pytest.raises(ConfigError, match=r"prepared: its record's sample_facts are not what cnnsuite prepare"):
         VideoDataModule(data_dir=str(out), frames_per_clip=4, frame_size=16, data_root=str(tmp_path / "data"))
 
@@ -756,7 +771,7 @@ def rehashed(out: Path) -> None:
     record = json.loads((out / RECORD).read_text())
     names = sorted(p for p in out.rglob("*") if p.is_file() and p.name != RECORD)
     record["files"] = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in names}
-    record["sha256"] = content_hash(record["items"], record["files"])
+    record["sha256"] = content_hash(record, record["files"])
     (out / RECORD).write_text(json.dumps(record))
 
 

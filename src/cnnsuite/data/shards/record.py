@@ -23,9 +23,12 @@ def is_prepared(location: str | None) -> bool:
     return location is not None and (is_url(location) or (Path(location) / RECORD).is_file())
 
 
-def content_hash(items: dict[str, list[str]], files: dict[str, str]) -> str:
-    """sha256 over the items' ids of every split and each shard file's name and sha256."""
-    digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode())
+def content_hash(record: dict, files: dict[str, str]) -> str:
+    """sha256 over all the record says (the task, split, items, targets, class names,
+    preprocessing ...) but its shards' hashes and its own, and each shard file's name and
+    sha256 in ``files``: a label or a band mean edited in the record is a changed folder too."""
+    said = {k: v for k, v in record.items() if k not in ("files", "sha256")}
+    digest = hashlib.sha256(json.dumps(said, sort_keys=True).encode())
     for name in sorted(files):
         digest.update(f"{name}\0{files[name]}\n".encode())
     return digest.hexdigest()

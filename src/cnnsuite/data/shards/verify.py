@@ -180,9 +180,9 @@ def _check_shards(stored: PreparedFiles, record: dict, verified: Path | None, mi
             found[name] = _copied(stored, name, mirror)
             if found[name] != files[name]:
                 copy.unlink()  # the copy only ever holds what the record names
-    if content_hash(record["items"], found) != record["sha256"]:
+    if content_hash(record, found) != record["sha256"]:
         changed = [name for name in files if files[name] != found[name]]
-        what = f"shards {', '.join(changed)} differ" if changed else "its ids or file list were edited"
+        what = f"shards {', '.join(changed)} differ" if changed else "edited, or written by another version"
         raise ConfigError(f"{location}: content sha256 does not match {RECORD} ({what}); run cnnsuite prepare again")
     kept = {name: [*when[name], found[name]] for name in files if when.get(name)}
     if known is not None and kept != known:

@@ -136,7 +136,7 @@ def _record(datamodule, task: str, items: dict[str, list[str]], files: dict[str,
     """:data:`RECORD`'s contents for the shards ``files`` holding the splits' ``items``."""
     targets = dict(datamodule.samples())
     held = {i: None for ids in datamodule.splits.values() for i in ids}  # the split's samples, in order
-    return {
+    record = {
         "task": task,
         "datamodule": class_path(datamodule),
         "hyper_parameters": {k: datamodule.hparams.get(k) for k in datamodule.init_parameters() if k != "data_dir"},
@@ -150,8 +150,8 @@ def _record(datamodule, task: str, items: dict[str, list[str]], files: dict[str,
         "preprocessing": tensors_to_json(datamodule.preprocessing_state()),
         "sample_facts": {i: facts for i, facts in datamodule.sample_facts().items() if i in held},
         "files": files,
-        "sha256": content_hash(items, files),
     }
+    return record | {"sha256": content_hash(record, files)}
 
 
 def prepare_main(argv: list[str]) -> None:
