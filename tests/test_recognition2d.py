@@ -143,6 +143,21 @@ def test_missing_and_empty_folders_are_clear_errors(tmp_path):
         RecognitionDataModule(data_dir=str(tmp_path / "empty"))
 
 
+def test_a_folder_of_one_class_is_one_line_pointing_one_folder_deeper(tmp_path, image_folder, capsys):
+    """The class folders one level too deep (``wrap/images/<class>/...``) read as one class:
+    torchmetrics refused num_classes=1 with an 86-line traceback."""
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    image_folder.rename(wrap / "images")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", CONFIG, "--data.data_dir", str(wrap), "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.strip().endswith("model.num_classes=1 (the data's one class, 'images'): a classifier tells 2 or more "
+                                "classes apart; if that is the folder holding the class folders, give it as "
+                                "--data.data_dir")  # fmt: skip
+
+
 def test_bad_config_values_name_the_key(tmp_path, image_folder):
     with pytest.raises(ValueError, match="data.on_bad_file"):
         RecognitionDataModule(data_dir=str(image_folder), on_bad_file="ignore")

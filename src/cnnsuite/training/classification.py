@@ -90,6 +90,12 @@ class ClassificationModule(TaskModule):
         multilabel: bool = False,
         class_weights: bool = False,
     ) -> None:
+        if num_classes < 2:  # torchmetrics' own error was a traceback
+            one = f" (the data's one class, {class_names[0]!r})" if class_names else ""
+            raise ConfigError(
+                f"model.num_classes={num_classes}{one}: a classifier tells 2 or more classes apart; if that is the "
+                "folder holding the class folders, give it as --data.data_dir"
+            )
         if class_weights and not multilabel:
             raise ConfigError(
                 "model.class_weights=true: weights the positives of each class of a multi-label run; "
