@@ -158,9 +158,14 @@ def test_fit_with_seeds_trains_once_per_seed_and_reports_mean_and_std(tmp_path, 
     assert "test/acc" in capsys.readouterr().out.splitlines()[-1]
 
 
-def test_seeds_need_two_or_more_whole_numbers(capsys):
+def test_seeds_need_two_or_more_whole_numbers_and_no_checkpoint_to_resume(capsys):
     line = one_line_error(capsys, "fit", "--task", "recognition2d", "--seeds", "0,x")
     assert "--seeds" in line
+    # every seed resumed the one run named, and the summary averaged it with itself (± 0)
+    for resume in (["--ckpt_path", "last"], ["--ckpt_path=last"]):
+        line = one_line_error(capsys, "fit", "--task", "recognition2d", "--seeds", "0,1", *resume)
+        assert line.endswith("--seeds with --ckpt_path: each seed trains a run of its own from the start; resume a "
+                             "seed's run with --ckpt_path alone")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -487,6 +487,10 @@ def seeds_option(argv: list[str]) -> tuple[list[str], list[int]]:
             seeds = []
         if len(seeds) < 2 or len(set(seeds)) < len(seeds) or argv[0] != "fit":
             raise ConfigError(f"--seeds {text!r}: expected two or more different whole numbers, 0,1,2 (fit only)")
+    if seeds and any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in out):
+        # every seed would resume the one run named, and the summary average that run with itself
+        raise ConfigError("--seeds with --ckpt_path: each seed trains a run of its own from the start; resume a seed's "
+                          "run with --ckpt_path alone")  # fmt: skip
     return out, seeds
 
 

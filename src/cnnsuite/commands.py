@@ -211,8 +211,8 @@ hundred). The ones used most:
 | `--task NAME` | the task's own config, wherever cnnsuite is installed (`runs/` and `data/` go to the current folder) |
 | `--config FILE` | a task's config (`tasks/<task>/config.yaml`, or your copy); several are merged in order |
 | `--print_config` | print the whole config as it would run, and stop |
-| `--seed_everything N` | the run's seed (data split, initialisation, shuffling, augmentation) |
-| `--seeds 0,1,2` | (`fit`) one run per seed; each run's metric, mean ± standard deviation (`seeds.json`) |
+| `--seed_everything N` | the run's seed (initialisation, shuffling, augmentation; the split follows `--data.seed`) |
+| `--seeds 0,1,2` | (`fit`) one run per seed, one split; each run's metric, mean ± standard deviation (`seeds.json`) |
 | `--trainer.max_epochs N`, `--trainer.accelerator auto\\|cpu\\|gpu` | any setting of Lightning's `Trainer` |
 | `--data.data_dir DIR` | your own data (the task README gives its layouts) instead of the embedded default |
 | `--data.batch_size N`, `--data.num_workers auto\\|N` | the loaders (`auto`: cores less one, at most 8; 0 on 2) |
