@@ -143,6 +143,12 @@ def test_the_default_output_beside_a_checkpoint_never_replaces_a_users_file(reco
         f"cnnsuite export: error: --out {tmp_path / 'outd'}: is a folder; expected a file name such as "
         f"{tmp_path / 'outd' / 'model'}"
     )
+    # so is a folder not made yet, named with its slash: it wrote the file 'new' and 'new.json'
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt", str(mine), "--out", f"{tmp_path / 'new'}/"])
+    assert capsys.readouterr().err.strip().endswith(f"--out {tmp_path / 'new'}/: is a folder; expected a file name "
+                                                    f"such as {tmp_path / 'new' / 'model'}")  # fmt: skip
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new.json").exists()
     named_onnx = tmp_path / "net.onnx"
     named_onnx.write_bytes(ckpt.read_bytes())
     for force in ([], ["--force"]):

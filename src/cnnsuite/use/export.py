@@ -200,8 +200,8 @@ def output_path(ckpt_path: str | Path, fmt: str, out: str | Path | None, force: 
     named = f"--out {path}" if out is not None else f"{path} (the export's name beside the checkpoint)"
     if ckpt_path.exists() and any(p.exists() and p.samefile(ckpt_path) for p in (path, sidecar(path))):
         raise ConfigError(f"{named}: the export would replace the checkpoint {ckpt_path}; name another file with --out")
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {path}: is a folder; expected a file name such as {path / 'model'}")
+    if path.is_dir() or str(out or "").endswith(("/", os.sep)):  # Path("new/") forgets the slash
+        raise IsADirectoryError(f"--out {out}: is a folder; expected a file name such as {path / 'model'}")
     taken = [p for p in (path, sidecar(path)) if p.exists()]
     if taken and not force:
         also = "" if out is not None else " --out names another file,"
