@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from cnnsuite.tasks.recognition2d.module import RecognitionModule
 from conftest import ROOT, make_image_folder, watch_network_and_plots
@@ -89,6 +90,9 @@ def test_short_training_on_digits_learns(tmp_path, monkeypatch):
     ckpt = run / "checkpoints" / "best.ckpt"
     stored = torch.load(ckpt, weights_only=True)["datamodule_hyper_parameters"]["data_root"]
     assert stored == str(tmp_path / "here" / "relative_data")
+    # so does the run's config.yaml, which --config reuses from any folder
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
+    assert saved["data_root"] == stored
     monkeypatch.chdir(tmp_path / "elsewhere")  # the data root is the user's to say, never the checkpoint's
     main(["evaluate", "--ckpt", str(ckpt), "--data.data_root", "../here/relative_data", "--out", "again"])
     assert (

@@ -52,6 +52,7 @@ from .commands import (
 )
 from .contract import LINKED, registered_tasks, task_named
 from .data import TaskDataModule
+from .data.shards import is_url
 from .errors import ConfigError, UserError
 from .jsonout import strict_json
 from .training import recipe
@@ -119,6 +120,22 @@ def follow_model_monitor(config, model: TaskModule, keep_mode: bool) -> bool:
         return False
     checkpoint.monitor, checkpoint.mode = model.monitor, mode
     return True
+
+
+def absolute_data_paths(config) -> None:
+    """The data's paths (its class's ``path_hparams``: ``data_dir``, ``data_root`` ...) made
+    absolute in the config, as the datamodule takes them: the run's ``config.yaml`` (and a
+    sweep's ``best_config.yaml``) then names the same data from any folder it is reused in,
+    where ``../my_images`` as typed named another."""
+    data = config.get("data")
+    if data is None or data.get("init_args") is None or not isinstance(data.get("class_path"), str):
+        return
+    module, _, name = data.class_path.rpartition(".")
+    data_cls = getattr(importlib.import_module(module), name, None)  # the config's own class, as LightningCLI's
+    for key in getattr(data_cls, "path_hparams", ()):
+        value = data.init_args.get(key)
+        if isinstance(value, str) and not is_url(value):
+            data.init_args[key] = str(Path(value).expanduser().resolve())
 
 
 def warn_of_direction(stopping: EarlyStopping, model: TaskModule) -> None:
@@ -218,6 +235,7 @@ class CnnSuiteCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        absolute_data_paths(config)
         #: whether the best checkpoint follows the task's monitor (checkpoint.monitor left null)
         self.monitor_follows_model = config.get("checkpoint") is not None and config.checkpoint.monitor is None
         #: whether the config gave the checkpoint's mode (kept for the task's monitor too)
