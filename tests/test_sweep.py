@@ -10,10 +10,11 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, script_val_acc
+from conftest import ROOT, make_image_folder, script_val_acc
 from test_cli import one_line_error
 
 from cnnsuite.cli import main
+from cnnsuite.errors import ConfigError
 
 SPACE = {
     "optimizer.init_args.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
@@ -140,6 +141,12 @@ def test_a_killed_sweep_resumes_its_study(tmp_path, image_folder, monkeypatch):
     sweep("--trials", "2", *options)  # two finished trials in the study: one more
     assert states(storage) == ["COMPLETE", "FAIL", "COMPLETE"]
     assert (tmp_path / "out" / "trial_2" / "version_0" / "evaluation" / "metrics.json").is_file()
+    # joined with other data, its trials would be pruned and ranked against these: refused
+    other = make_image_folder(tmp_path / "other", seed=1)
+    found = rf"--study sweep: its trials trained another config \(data.init_args.data_dir was '{image_folder}', now "
+    with pytest.raises(ConfigError, match=found + rf"'{other}'\); give the options it ran with"):
+        sweep("--trials", "3", *[str(other) if o == str(image_folder) else o for o in options])
+    assert states(storage) == ["COMPLETE", "FAIL", "COMPLETE"]
 
 
 def test_fit_with_seeds_trains_once_per_seed_and_reports_mean_and_std(tmp_path, image_folder, capsys):

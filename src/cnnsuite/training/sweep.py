@@ -130,15 +130,45 @@ def overrides(params: dict) -> list[str]:
 def probe(argv: list[str], space: dict):
     """Build (not fit) the run of ``argv`` with the first value of every key of ``space``, as a
     trial would: a key the config does not take, or a value it refuses, fails here before any
-    trial starts. Returns the built trainer, whose checkpoint callback holds the task's monitor
-    and direction as a run resolves them."""
+    trial starts. Returns the built CLI: its trainer's checkpoint callback holds the task's
+    monitor and direction as a run resolves them, its config what every trial shares."""
     from ..cli import ARGS_AND_ARGV, CnnSuiteCLI, task_config_args
 
     first = {k: d.choices[0] if hasattr(d, "choices") else d.low for k, d in space.items()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=ARGS_AND_ARGV)
-        cli = CnnSuiteCLI(args=[*task_config_args(argv), *overrides(first), "--trainer.logger", "false"], run=False)
-    return cli.trainer
+        return CnnSuiteCLI(args=[*task_config_args(argv), *overrides(first), "--trainer.logger", "false"], run=False)
+
+
+def shared_config(config, space: dict) -> dict[str, object]:
+    """What every trial of a study trains with: the run's config, flattened to dotted keys, less
+    the keys the space draws (and the probe's own ``trainer.logger``). A study joined with
+    another (other data, another monitor) would prune and rank trials of two experiments
+    against each other."""
+    drawn = {k.replace(".init_args", "") for k in (*space, "trainer.logger")}
+
+    def flat(value, prefix: str = "") -> dict[str, object]:
+        if isinstance(value, dict):
+            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {} if prefix[:-1].replace(".init_args", "") in drawn else {prefix[:-1]: value}
+
+    return json.loads(json.dumps(flat(config.as_dict()), default=str))
+
+
+def check_same_experiment(study, shared: dict[str, object], name: str) -> None:
+    """A study joined again must be given what its trials were (:func:`shared_config`)."""
+    stored = study.user_attrs.get("config")
+    if stored is None:  # a new study, or one a sweep of before this record made
+        study.set_user_attr("config", shared)
+        return
+    differ = sorted(k for k in stored.keys() | shared.keys() if stored.get(k) != shared.get(k))
+    if differ:
+        shown = ", ".join(f"{k} was {stored.get(k)!r}, now {shared.get(k)!r}" for k in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise ConfigError(
+            f"--study {name}: its trials trained another config ({shown}{more}); give the options it ran with, or "
+            "name another study"
+        )
 
 
 def warmup_epochs(given: int | None, max_epochs: int | None) -> int:
@@ -158,7 +188,8 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
     write the results."""
     import optuna
 
-    trainer = probe(argv, space)
+    cli = probe(argv, space)
+    trainer = cli.trainer
     checkpoint = trainer.checkpoint_callback
     sweeps = Path(trainer.default_root_dir) / "sweeps"
     out = Path(args.out) if args.out else sweeps / args.study
@@ -180,6 +211,7 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
     if study.direction.name.lower() != direction:
         raise ConfigError(f"--study {args.study}: the stored study {study.direction.name.lower()}s, this task's "
                           f"{checkpoint.monitor} is to {direction}: name another study")  # fmt: skip
+    check_same_experiment(study, shared_config(cli.config, space), args.study)
     study.set_user_attr("monitor", checkpoint.monitor)
     out.mkdir(parents=True, exist_ok=True)
     print(f"study {args.study} in {url}: {direction} {checkpoint.monitor}; results in {out}/")
