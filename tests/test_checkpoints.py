@@ -253,6 +253,13 @@ def wrong_shape(checkpoint):
     checkpoint["state_dict"][key] = torch.zeros(3, 1)
 
 
+def repeated_values(checkpoint):
+    """A weight saved as a view of one stored value: a file of kilobytes passing for networks of
+    gigabytes (widths raised with every weight so made)."""
+    key = next(k for k in checkpoint["state_dict"] if k.endswith("weight"))
+    checkpoint["state_dict"][key] = torch.zeros(1).expand(checkpoint["state_dict"][key].shape)
+
+
 MALFORMED = {
     "activation as a class": (
         set_path(["hyper_parameters", "backbone_kwargs"], {"act": {"class_path": "torch.nn.ReLU", "init_args": {}}}),
@@ -262,6 +269,7 @@ MALFORMED = {
     "wrong type": (set_path(["hyper_parameters", "num_classes"], "three"), 'key "num_classes"'),
     "hyper-parameters a list": (set_path(["hyper_parameters"], [1, 2]), "'hyper_parameters' must be a mapping"),
     "wrong shape": (wrong_shape, "its weights do not fit RecognitionModule: RuntimeError"),
+    "values repeated": (repeated_values, "some repeat or overlap others; expected each value stored once"),
     "no state_dict": (lambda c: c.pop("state_dict"), "its 'state_dict' is missing"),
     "state_dict a string": (set_path(["state_dict"], "weights"), "its 'state_dict' is a str"),
     "NaN weights": (nan_weights, "non-finite weights (NaN or infinity)"),

@@ -79,7 +79,29 @@ def load_checkpoint(ckpt_path: str | Path) -> dict:
         raise CheckpointError(
             f"{path}: its 'state_dict' holds {describe(state[wrong[0]])} at {wrong[0]!r}, not a tensor"
         )
+    check_values_stored(state, path)
     return checkpoint
+
+
+def check_values_stored(state: dict[str, torch.Tensor], source: object) -> None:
+    """Every value of every weight is stored in the file once: a tensor saved as a view that
+    repeats one stored value (``torch.zeros(1).expand(4096, 4096, 3, 3)``), or weights that
+    overlap in one storage, would let a file of kilobytes pass for networks of gigabytes, which
+    are sized against its weights before they are built (:func:`build_model`)."""
+    claimed: dict[int, int] = {}
+    stored: dict[int, int] = {}
+    for tensor in state.values():
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr() or id(storage)
+        claimed[key] = claimed.get(key, 0) + tensor.numel() * tensor.element_size()
+        stored[key] = storage.nbytes()
+    over = [key for key in claimed if claimed[key] > stored[key]]
+    if over:
+        total, held = sum(claimed.values()), sum(stored.values())
+        raise CheckpointError(
+            f"{source}: its state_dict's weights hold {total:,} bytes of values where the file stores {held:,}: "
+            "some repeat or overlap others; expected each value stored once, as torch.save writes a state_dict"
+        )
 
 
 def describe(value: object) -> str:
