@@ -124,6 +124,25 @@ def test_a_bad_space_file_is_one_line_naming_the_key(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_sweep_writes_over_no_file_of_the_users_nor_through_a_link(tmp_path, image_folder, capsys):
+    """--out named a folder of the user's: its trials.md was replaced without a word, and a
+    trials.md linked elsewhere written through."""
+    space = write_space(tmp_path, {"optimizer.init_args.lr": {"low": 1e-3, "high": 1e-2}})
+    options = ["--space", space, "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}",
+               *fixed(tmp_path, image_folder)]  # fmt: skip
+    mine, linked, elsewhere = tmp_path / "mine", tmp_path / "linked", tmp_path / "victim.txt"
+    mine.mkdir()
+    (mine / "trials.md").write_text("my notes")
+    linked.mkdir()
+    elsewhere.write_text("kept")
+    (linked / "trials.md").symlink_to(elsewhere)
+    line = one_line_error(capsys, "sweep", "--task", "recognition2d", *options, "--out", str(mine))
+    assert f"--out {mine}: holds files this command did not write (trials.md)" in line
+    line = one_line_error(capsys, "sweep", "--task", "recognition2d", *options, "--out", str(linked))
+    assert f"{linked / 'trials.md'}: a symbolic link where this command writes its output" in line
+    assert (mine / "trials.md").read_text() == "my notes" and elsewhere.read_text() == "kept"
+
+
 def test_a_killed_sweep_resumes_its_study(tmp_path, image_folder, monkeypatch):
     from cnnsuite.training import sweep as sweeping
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, MissingFileError
+from .runs import output_folder
 
 #: seconds between a running trial's heartbeats, and the silence after which it is stale: the
 #: trial of a killed process, marked failed when a sweep next starts a trial
@@ -213,7 +214,8 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
                           f"{checkpoint.monitor} is to {direction}: name another study")  # fmt: skip
     check_same_experiment(study, shared_config(cli.config, space), args.study)
     study.set_user_attr("monitor", checkpoint.monitor)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, given=args.out is not None, marker="trials.json")
+    write_table(study, out)  # its marker from the start: a sweep killed in its first trial resumes into it
     print(f"study {args.study} in {url}: {direction} {checkpoint.monitor}; results in {out}/")
     remaining = args.trials - len(finished(study))
     if remaining > 0:
