@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from ...jsonout import first_non_finite
-from ..splits import STAGES
+from ..splits import STAGES, check_splits
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
 #: the record beside the shards
@@ -105,6 +105,15 @@ def check_record(record: dict, where: str, targetless: bool = False) -> None:
     unlabelled = [i for ids in record["items"].values() for i in ids if i not in record["targets"]]
     if unlabelled:
         raise ConfigError(f"{where}: items lists {unlabelled[0]!r}, which targets does not: expected a target for each")
+    # the split a run on the folder (and its checkpoints) records: a training item in test is scored as unseen
+    check_splits(record["splits"], f"{where}: splits")
+    for stage in STAGES:
+        outside = [i for i in record["items"][stage] if i not in set(record["splits"][stage])]
+        if outside:
+            raise ConfigError(
+                f"{where}: items lists {outside[0]!r} in {stage}, which its splits do not: expected each split's items "
+                "among its samples"
+            )
 
 
 def _ids(value) -> bool:
