@@ -744,7 +744,7 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
         (lambda r: r["targets"].update({r["items"]["train"][0]: -1}), "expected an object of class indices from 0"),
         (lambda r: r.pop("splits"), "not a record written by cnnsuite prepare (no splits)"),
         # training samples as the test split: a run's evaluation would score them as unseen
-        (lambda r: r["splits"].update(test=r["items"]["train"][:2]), "is in train and test; expected each sample in"),
+        (lambda r: r["splits"].update(test=r["items"]["train"][:2]), "in test and train; expected each sample in one"),
         (lambda r: r["splits"].update(test=[]), "in test, which its splits do not: expected each split's items among"),
     ],
 )

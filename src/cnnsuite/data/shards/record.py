@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from ...jsonout import first_non_finite
-from ..splits import STAGES, check_splits
+from ..splits import STAGES
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
 #: the record beside the shards
@@ -106,9 +106,15 @@ def check_record(record: dict, where: str, targetless: bool = False) -> None:
     if unlabelled:
         raise ConfigError(f"{where}: items lists {unlabelled[0]!r}, which targets does not: expected a target for each")
     # the split a run on the folder (and its checkpoints) records: a training item in test is scored as unseen
-    check_splits(record["splits"], f"{where}: splits")
+    # (an id repeated within a split is the bench's data made larger, each repeat an item of its own)
+    stages = {i: s for s in reversed(STAGES) for i in record["splits"][s]}
     for stage in STAGES:
-        outside = [i for i in record["items"][stage] if i not in set(record["splits"][stage])]
+        shared = next((i for i in record["splits"][stage] if stages[i] != stage), None)
+        if shared is not None:
+            raise ConfigError(
+                f"{where}: splits lists {shared!r} in {stage} and {stages[shared]}; expected each sample in one split"
+            )
+        outside = [i for i in record["items"][stage] if stages.get(i) != stage]
         if outside:
             raise ConfigError(
                 f"{where}: items lists {outside[0]!r} in {stage}, which its splits do not: expected each split's items "
