@@ -135,20 +135,31 @@ def test_testing_a_runs_checkpoint_leaves_the_run_folder_as_it_was(tmp_path, ima
     assert "test/acc" in (tmp_path / "runs" / "version_1" / "metrics.csv").read_text()
 
 
-def test_a_checkpoints_stored_paths_become_the_runs_own_files():
+def test_a_checkpoints_stored_paths_become_the_runs_own_files(tmp_path):
     """The paths a checkpoint stores are untrusted: Lightning removes them as the previous best
-    or last file once a new one is written. Restored, each is the callback's own file."""
+    or last file once a new one is written. Restored, each is the callback's own file. Its best
+    score comes along only where that file is, and only as a finite number: a run resumed into
+    a new folder with the score of a best.ckpt left behind wrote none, and its evaluation
+    failed ('best.ckpt: no such checkpoint file')."""
     from cnnsuite.training.runs import restored_in_place
 
     stored = {"dirpath": "/runs/version_0/checkpoints", "best_model_score": torch.tensor(0.9),
               "best_model_path": "/etc/passwd", "kth_best_model_path": "/etc/passwd", "kth_value": torch.tensor(0.9),
               "best_k_models": {"/etc/passwd": torch.tensor(0.9)},
               "last_model_path": "/runs/version_0/checkpoints/../../../home/me/.bashrc"}  # fmt: skip
-    own = "/mine/version_3/checkpoints/best.ckpt"
-    state = restored_in_place(stored, "/mine/version_3/checkpoints", own)
-    assert state["dirpath"] == "/mine/version_3/checkpoints" and state["best_model_score"] == 0.9
+    folder = tmp_path / "version_3" / "checkpoints"
+    own = str(folder / "best.ckpt")
+    state = restored_in_place(stored, str(folder), own)  # a new folder: no best.ckpt there
+    assert state["best_k_models"] == {} and state["best_model_score"] is None
+    folder.mkdir(parents=True)
+    (folder / "best.ckpt").write_bytes(b"")
+    state = restored_in_place(stored, str(folder), own)
+    assert state["dirpath"] == str(folder) and state["best_model_score"] == 0.9
     assert {state["best_model_path"], state["kth_best_model_path"], state["last_model_path"]} == {own}
     assert list(state["best_k_models"]) == [own]
+    for score in (torch.tensor(float("nan")), "abc"):
+        state = restored_in_place({**stored, "best_k_models": {"/etc/passwd": score}}, str(folder), own)
+        assert state["best_k_models"] == {} and state["best_model_score"] is None
 
 
 def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, image_folder, monkeypatch):

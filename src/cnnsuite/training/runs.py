@@ -269,13 +269,21 @@ def restored_in_place(state: dict, dirpath: str | None, file: str) -> dict:
     was moved or copied (another disk, a cluster's scratch) lost it, and a worse epoch replaced
     ``best.ckpt``. And a checkpoint is untrusted input: Lightning removes the paths it stores as
     the previous best or last file, checking only that they lie under ``dirpath`` as written
-    (``..`` unresolved)."""
+    (``..`` unresolved). The best score is carried only where its file is (a run resumed into
+    a new folder must write its own ``best.ckpt``, else its evaluation finds none), and only a
+    finite number (a NaN or a string from a hand-made file would break or freeze the comparison)."""
     if dirpath is None:
         return state
     scores = list((state.get("best_k_models") or {}).values())[:1]
+    if not Path(file).is_file() or not all(
+        isinstance(s, torch.Tensor) and s.numel() == 1 and bool(torch.isfinite(s).all()) for s in scores
+    ):
+        scores = []
     paths = {"best_model_path": file, "kth_best_model_path": file} if scores else {}
     moved = {**state, "dirpath": dirpath, "best_model_path": "", "kth_best_model_path": "", **paths}
     moved["best_k_models"] = {file: scores[0]} if scores else {}
+    if not scores:
+        moved["best_model_score"] = None
     moved["last_model_path"] = file if state.get("last_model_path") else ""
     return moved
 
