@@ -136,6 +136,13 @@ def write_bad(folder, mutate):
         ("unknown image", lambda d: d["annotations"][1].update(image_id=999), r"annotation id 101: image_id 999"),
         ("missing file", lambda d: d["images"][4].update(file_name="gone.png"), r"image id 5: .*'gone.png'"),
         ("bad area", lambda d: d["annotations"][4].update(area="big"), r"annotation id 104: area 'big'"),
+        # values that are not even keys were a TypeError (unhashable) under jsonargparse's union traceback
+        ("image id a list", lambda d: d["annotations"][1].update(image_id=[1]), r"annotation id 101: image_id \[1\]"),
+        (
+            "category an object",
+            lambda d: d["annotations"][2].update(category_id={"x": 1}),
+            r"annotation id 102: category_id \{'x': 1\}",
+        ),
     ],
 )
 def test_malformed_annotations_name_file_and_id(tmp_path, case, mutate, message):
@@ -149,6 +156,16 @@ def test_malformed_annotations_name_file_and_id(tmp_path, case, mutate, message)
         dm = DetectionDataModule(data_dir=str(folder), on_bad_annotation="skip")
     total = sum(len(r.boxes) for r in dm._load().records)
     assert total == 23 if case != "missing file" else total == 22
+
+
+def test_an_annotation_id_that_is_no_key_and_an_infinite_image_size_are_handled(tmp_path):
+    folder = make_coco_folder(tmp_path / "c")
+    write_bad(folder, lambda d: d["annotations"][0].update(id=[3]))
+    with pytest.raises(AnnotationError, match=r"annotation .*: expected an object with an 'id' \(a whole number or"):
+        DetectionDataModule(data_dir=str(folder))
+    folder = make_coco_folder(tmp_path / "d")
+    write_bad(folder, lambda d: d["images"][0].update(width=float("inf")))  # read from the file's header instead
+    assert sum(len(r.boxes) for r in DetectionDataModule(data_dir=str(folder))._load().records) == 24
 
 
 def test_every_bad_annotation_of_a_file_is_named_at_once(tmp_path):

@@ -263,7 +263,7 @@ def read_coco(
             raise AnnotationError(f"{path}: image id {image_id}: file {found} is listed more than once")
         seen_files.add(found)
         width, height = entry.get("width"), entry.get("height")
-        if not (isinstance(width, int | float) and isinstance(height, int | float) and width > 0 and height > 0):
+        if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (width, height)):
             width, height = _upright_size(root / found)  # width/height are optional: read the header
         records[image_id] = DetectionRecord(found, image_id, int(width), int(height))
 
@@ -272,19 +272,21 @@ def read_coco(
     for ann in data.get("annotations", []):
         ann_id = ann.get("id") if isinstance(ann, dict) else None
         where = f"{path}: annotation id {ann_id}"
-        if not isinstance(ann, dict) or ann_id is None:
-            raise AnnotationError(f"{path}: annotation {ann!r}: expected an object with an 'id'")
+        if not isinstance(ann_id, int | str):  # a list or an object would not even compare as a key
+            raise AnnotationError(
+                f"{path}: annotation {ann!r}: expected an object with an 'id' (a whole number or a string)"
+            )
         if ann_id in seen_annotations:
             raise AnnotationError(f"{where} appears more than once")
         seen_annotations.add(ann_id)
         image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
-        if image_id not in image_ids:
+        if not isinstance(image_id, int) or image_id not in image_ids:
             fail(f"{where}: image_id {image_id!r} is not among the file's images")
             continue
         if image_id not in records:  # its image file was missing and skipped
             continue
         record = records[image_id]
-        if category_id not in categories:
+        if not isinstance(category_id, int) or category_id not in categories:
             fail(f"{where}: category_id {category_id!r} is not one of the categories {categories.ids}")
             continue
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
