@@ -256,3 +256,13 @@ def test_predicting_nothing_is_an_error_not_a_result(recognition, tmp_path, caps
         assert err.startswith(f"cnnsuite predict: error: --input {given}: {said}")
         assert (out / "summary.json").is_file()
     assert "error" in json.loads((tmp_path / "out-notes" / "predictions.jsonl").read_text())
+
+
+def test_a_batch_size_below_one_is_one_line(recognition, tmp_path, capsys):
+    folder, run = recognition
+    for size in ("0", "-3"):  # taken as batches of one without a word
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(folder),
+                  "--out", str(tmp_path / "out"), "--batch_size", size])  # fmt: skip
+        assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+        assert f"--batch_size {size}: expected a count of inputs a batch, 1 or more" in capsys.readouterr().err

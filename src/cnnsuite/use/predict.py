@@ -202,6 +202,8 @@ def predict_main(argv: list[str]) -> None:
     if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
         parser.error(f"--config: cnnsuite predict takes a checkpoint and files (--ckpt, --input). {LIGHTNING_PREDICT}")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size {args.batch_size}: expected a count of inputs a batch, 1 or more")
     if args.out:
         out_dir = Path(args.out)
     else:  # the run's predictions/ folder, not a link, and in it one folder an input
