@@ -178,6 +178,18 @@ def test_gray_channels_inferred_from_files(tmp_path):
     assert RecognitionDataModule(data_dir=str(folder)).in_channels == 1
 
 
+def test_one_grayscale_image_sorting_first_leaves_a_colour_folder_in_colour(tmp_path):
+    """The channels came from the first file alone: one grayscale image first in a colour
+    folder made the run train (and export) on one channel."""
+    from PIL import Image
+
+    folder = make_image_folder(tmp_path / "c", per_class=30)
+    first = sorted(folder.rglob("*.*"))[0]
+    Image.open(first).convert("L").save(first)
+    assert Image.open(first).mode == "L"
+    assert RecognitionDataModule(data_dir=str(folder)).in_channels == 3
+
+
 def test_evaluate_errors_name_the_file(tmp_path, capsys):
     bogus = tmp_path / "x.ckpt"
     bogus.write_bytes(b"nope")

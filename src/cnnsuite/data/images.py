@@ -180,20 +180,38 @@ def image_channel_names(count: int) -> list[str] | None:
     return list(names) if names else None
 
 
+#: how many files, spread over a folder, :func:`image_channels` reads the headers of
+CHANNEL_PROBES = 64
+
+
 def image_channels(paths: Iterable[Path]) -> int:
-    """1 for grayscale files, 3 otherwise — read from the header of the first of ``paths`` that
-    reads: a bad file first in a folder is the folder check's to name with the others (or to
-    leave out, under ``on_bad_file: skip``), not the one that decides the channels. Where none
-    reads, the first one's error."""
-    first_error = None
-    for path in paths:
-        try:
-            with open_image(path) as img:
-                return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-        except BadFileError as err:
-            first_error = first_error or err
-    if first_error is None:
+    """1 where the files are grayscale, 3 where any is in colour — read from the headers of
+    :data:`CHANNEL_PROBES` files spread over ``paths``, not the first alone: one grayscale
+    image sorting first made a colour dataset train on one channel. A file that does not read
+    is the folder check's to name with the others (or to leave out, under ``on_bad_file:
+    skip``), not one that decides the channels. Where none reads, the first one's error."""
+    paths = list(paths)
+    if not paths:
         raise ValueError("image_channels: no paths")
+    probes = paths[:: max(1, len(paths) // CHANNEL_PROBES)][:CHANNEL_PROBES]
+    probed = set(probes)
+    first_error = None
+    for group in (probes, (p for p in paths if p not in probed)):  # the others only where no probe reads
+        read = False
+        for path in group:
+            try:
+                with open_image(path) as img:
+                    gray = img.mode in ("1", "L", "I", "I;16", "F")
+            except BadFileError as err:
+                first_error = first_error or err
+                continue
+            if not gray:
+                return 3
+            read = True
+            if group is not probes:
+                break
+        if read:
+            return 1
     raise first_error
 
 
