@@ -217,6 +217,18 @@ def test_detection2d_streams_images_with_their_targets_and_category_ids(tmp_path
     metrics = evaluated_on_raw(from_shards, raw, tmp_path)
     assert metrics["test/map"] == metrics_of(from_shards)["test/map"]
 
+    # category ids edited (and hashed again) to fewer than the classes: writing results after
+    # the training failed with an IndexError; refused where the record is read
+    from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
+
+    record = json.loads((out / RECORD).read_text())
+    record["preprocessing"]["values"]["category_ids"] = [1]
+    (out / RECORD).write_text(json.dumps(record))
+    rehashed(out)
+    with pytest.raises(BadFileError, match=r"its record's preprocessing cannot be used: category_ids is \[1\], "
+                                           r"expected 3 distinct whole numbers, one a class"):  # fmt: skip
+        DetectionDataModule(data_dir=str(out), data_root=str(tmp_path / "data"))
+
 
 def test_a_read_in_a_random_order_decodes_its_item_alone(tmp_path, monkeypatch):
     """Training reads a split's items in the run's random order: each read decodes the item it

@@ -62,7 +62,7 @@ from cnnsuite.data.coco import (
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
 from cnnsuite.data.splits import STAGES, split_validation
-from cnnsuite.errors import ConfigError
+from cnnsuite.errors import ConfigError, StateError
 
 from .default_data import (
     DEFAULT_CANVAS_SIZE,
@@ -195,7 +195,16 @@ class DetectionDataModule(TaskDataModule):
 
     def restore_preprocessing(self, state: dict) -> None:
         if "category_ids" in state:  # a prepared folder's record (a checkpoint holds none)
-            self.categories = CategoryMap(list(state["category_ids"]), self.class_names)
+            ids = state["category_ids"]
+            if not (
+                isinstance(ids, list) and len(ids) == len(self.class_names) and len(set(ids)) == len(ids)
+                and all(type(i) is int for i in ids)
+            ):  # fmt: skip
+                # else a label past the list failed writing results, after the training
+                raise StateError(
+                    f"category_ids is {ids!r}, expected {len(self.class_names)} distinct whole numbers, one a class"
+                )
+            self.categories = CategoryMap(list(ids), self.class_names)
 
     @property
     def channel_names(self) -> list[str] | None:
