@@ -678,3 +678,20 @@ def test_video_average_precision_averages_clip_sigmoids_per_video():
     metric.update(logits, labels, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3]))
     metric.update(logits[2:3], labels[2:3], torch.tensor([1]), torch.tensor([2]))
     assert metric.compute().item() == 1.0
+
+
+def test_a_video_said_to_last_for_days_is_refused_before_its_clips_are_listed(tmp_path, video_folder, monkeypatch):
+    """Every uniform clip of a video is listed and decoded (test split, predict, serve): a video
+    whose header (or a prepared record's facts) says it lasts for days made predict and serve
+    cut clips for hours. The clips' frames, as the model takes them, are held to the video
+    limit before any is listed; a video of real length is not."""
+    from cnnsuite.data.limits import ENV
+
+    dm = VideoDataModule(data_dir=str(video_folder), **SMALL)
+    long = video_data.VideoRecord("left/left1.mp4", 0, Fraction(4 * 10**5), 8.0, 16 * 16 * 3)
+    monkeypatch.setenv(ENV, str(10**6))
+    with pytest.raises(BadFileError, match=r"left1.mp4: lasts 400000 s: 400000 clips of 4 frames of 16x16 = "
+                                           r"409,600,000 pixels, over the limit of 1,000,000"):  # fmt: skip
+        dm.clip_dataset(video_folder, [long], "test", dm.memory_cache)
+    real = video_data.VideoRecord("left/left1.mp4", 0, Fraction(2), 8.0, 16 * 16 * 3)
+    assert len(dm.clip_dataset(video_folder, [real], "test", dm.memory_cache)) == 2

@@ -34,6 +34,7 @@ setup and every bad one named. Clip sampling is PyTorchVideo's.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -54,6 +55,7 @@ from cnnsuite.data import (
     image_channel_names,
 )
 from cnnsuite.data.augment import BatchRandomResizedCrop
+from cnnsuite.data.limits import check_size
 from cnnsuite.errors import ConfigError
 
 from .default_data import FPS, FRAMES, MOTIONS, write_motion_dataset
@@ -380,6 +382,11 @@ class VideoDataModule(TaskDataModule):
         if stage == "train":
             starts = [(v, None) for v in range(len(videos)) for _ in range(hp.train_clips_per_video)]
         else:
+            for rec in videos:  # before the clips are listed: one a clip_duration, however long it says it lasts
+                count = math.ceil(rec.duration / self.clip_duration)
+                check_size(root / rec.id, "video", (count * hp.frames_per_clip, hp.frame_size, hp.frame_size),
+                           f"lasts {float(rec.duration):g} s: {count} clips of {hp.frames_per_clip} frames of "
+                           f"{hp.frame_size}x{hp.frame_size}")  # fmt: skip
             views = [uniform_clips(rec.duration, self.clip_duration) for rec in videos]
             if stage == "val" and hp.val_clips == "one":
                 views = [[clips[(len(clips) - 1) // 2]] for clips in views]
