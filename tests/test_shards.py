@@ -832,8 +832,14 @@ def edit_index(out: Path, stage: str, edit) -> None:
             ),
             "shard 'val/chunk-0-0.bin' is not a file inside the prepared folder",
         ),
+        (  # LitData failed at the first read past its last item, mid-epoch, in a traceback
+            lambda out: edit_index(
+                out, "train", lambda i: i["chunks"][0].update(chunk_size=i["chunks"][0]["chunk_size"] - 1)
+            ),
+            "train/index.json: its chunks hold",
+        ),
     ],
-    ids=["pickle", "chunk-outside", "compressed", "spec-type", "index-unlisted", "symlink"],
+    ids=["pickle", "chunk-outside", "compressed", "spec-type", "index-unlisted", "symlink", "item-count"],
 )
 def test_a_hand_made_folder_whose_shards_match_its_record_is_still_refused_where_litdata_would_run_code(
     tmp_path, edit, message

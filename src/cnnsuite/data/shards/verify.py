@@ -88,13 +88,14 @@ def _check_index(stored: PreparedFiles, stage: str, record: dict, location: str)
         index = json.loads(read_shard(stored, name, stored.read))
     except ValueError as err:
         raise ConfigError(f"{location}/{name}: not JSON ({err})") from err
-    problem = _index_problem(index, stage, record["files"])
+    problem = _index_problem(index, stage, record["files"], len(record["items"][stage]))
     if problem:
         raise ConfigError(f"{location}/{name}: {problem}, which cnnsuite prepare does not write; run it again")
 
 
-def _index_problem(index, stage: str, files: dict) -> str | None:
-    """What in a split's LitData index is not what cnnsuite prepare writes; None where all is."""
+def _index_problem(index, stage: str, files: dict, items: int) -> str | None:
+    """What in a split's LitData index is not what cnnsuite prepare writes (its chunks hold the
+    split's ``items``, one each); None where all is."""
     config = index.get("config") if isinstance(index, dict) else None
     chunks = index.get("chunks") if isinstance(index, dict) else None
     if not isinstance(config, dict) or not isinstance(chunks, list):
@@ -116,6 +117,12 @@ def _index_problem(index, stage: str, files: dict) -> str | None:
         filename = chunk.get("filename") if isinstance(chunk, dict) else None
         if not isinstance(filename, str) or f"{stage}/{filename}" not in files or "/" in filename:
             return f"a chunk is {filename!r}, not a file of {stage}/ its record lists"
+    sizes = [chunk.get("chunk_size") for chunk in chunks]
+    bad = next((n for n in sizes if type(n) is not int or n < 0), None)
+    if bad is not None:
+        return f"a chunk's chunk_size is {bad!r}, not a count of items"
+    if sum(sizes) != items:  # else LitData fails at the first read past its last item, mid-epoch, in a traceback
+        return f"its chunks hold {sum(sizes)} items, where the record lists {items} for {stage}"
     return None
 
 
