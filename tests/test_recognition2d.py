@@ -80,11 +80,13 @@ def test_default_digits_fast_dev_run_and_shared_split(tmp_path, monkeypatch):
     assert snapshot(tmp_path / "data") == before
 
 
-def test_short_training_on_digits_learns(tmp_path, monkeypatch):
+def test_short_training_on_digits_learns(tmp_path, monkeypatch, capfd):
     (tmp_path / "here").mkdir()
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     run = fit(tmp_path, "--trainer.max_epochs", "3", "--data.data_root", "relative_data")
+    printed = capfd.readouterr()
+    assert "Testing" not in printed.out + printed.err  # the progress bar is off for the evaluation too
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.9  # chance is 0.1; the full default run reaches ≥ 0.985
     ckpt = run / "checkpoints" / "best.ckpt"

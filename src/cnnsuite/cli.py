@@ -399,7 +399,8 @@ class CnnSuiteCLI(LightningCLI):
 
             datamodule = self.datamodule  # where this command read its data is the user's say
             local = {k: datamodule.hparams.get(k) for k in datamodule.local_hparams() if k != "split_file"}
-            metrics, out_dir = evaluate_into(best, data=local)  # the run folder's evaluation/
+            shown = trainer.progress_bar_callback is not None  # --trainer.enable_progress_bar false: none here either
+            metrics, out_dir = evaluate_into(best, data=local, progress_bar=shown)  # the run folder's evaluation/
             print_metrics(metrics, out_dir)
         else:
             metrics, out_dir = {}, None

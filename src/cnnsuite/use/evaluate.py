@@ -54,8 +54,10 @@ def evaluate_into(
     out_dir: str | Path | None = None,
     accelerator: str = "auto",
     data: dict | None = None,
+    progress_bar: bool = True,
 ) -> tuple[dict[str, float], Path]:
-    """:func:`evaluate`, and the folder it wrote."""
+    """:func:`evaluate`, and the folder it wrote; ``progress_bar`` false: the test pass shows
+    none (the evaluation after a fit run without one)."""
     ckpt_path, given = Path(ckpt_path), bool(out_dir)
     run_dir = run_folder(ckpt_path)
     model, datamodule = rebuild(ckpt_path, run_dir, data)
@@ -69,6 +71,7 @@ def evaluate_into(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
+        enable_progress_bar=progress_bar,
         default_root_dir=out_dir,
     )
     results = trainer.test(model, datamodule=datamodule, verbose=False)[0]
