@@ -208,12 +208,14 @@ def test_the_best_checkpoint_follows_the_models_own_monitor(tmp_path):
 
 
 def test_a_split_that_cannot_be_stratified_says_so():
-    ids, labels = [f"{i}" for i in range(7)], [0, 0, 0, 0, 0, 1, 1]
+    ids, labels = [f"{i}" for i in range(7)], [0, 0, 0, 1, 1, 2, 2]  # 2 split off for 3 classes
     with pytest.warns(UserWarning, match="cannot be stratified"):
         stratified_split(ids, labels, 0.15, 0.15, seed=0)
-    # a class of one sample (a misspelt folder) is named as the user named it
-    with pytest.warns(UserWarning, match="class 'owl' has a single sample"):
-        stratified_split(ids, [0, 0, 0, 0, 0, 0, 2], 0.15, 0.15, seed=0, names=["cat", "dog", "owl"])
+    # a class of one sample (a misspelt folder) is named as the user named it, and kept for
+    # training: split off at random, it was never trained on and scored 0
+    with pytest.warns(UserWarning, match="class 'owl' has a single sample: kept in training"):
+        split = stratified_split(ids, [0, 0, 0, 0, 0, 0, 2], 0.15, 0.15, seed=0, names=["cat", "dog", "owl"])
+    assert "6" in split["train"] and sorted(sum(split.values(), [])) == ids
     with pytest.warns(UserWarning, match=r"class 2\.5 has a single sample"):  # a task's own labels, not indices
         stratified_split(ids, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.5], 0.15, 0.15, seed=0, names=["cat", "dog", "owl"])
     with warnings.catch_warnings():

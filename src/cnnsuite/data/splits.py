@@ -68,6 +68,15 @@ def split_off(ids: list[str], labels: list, fraction: float, seed: int, names: S
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         kept, out = next(splitter.split(np.zeros((len(ids), 1)), targets))
         return [ids[i] for i in kept], [ids[i] for i in out], [labels[i] for i in kept]
+    counts = Counter(labels)
+    if any(n < 2 for n in counts.values()) and any(n >= 2 for n in counts.values()):
+        # a class of one sample is kept for training (split off, it was never trained on and
+        # scored 0); the others are stratified as they can be
+        warnings.warn(f"{lone_classes(labels, names)}: kept in training, none to validate or test it", stacklevel=3)
+        lone = [i for i, label in enumerate(labels) if counts[label] < 2]
+        many = [i for i, label in enumerate(labels) if counts[label] >= 2]
+        kept, out, kept_labels = split_off([ids[i] for i in many], [labels[i] for i in many], fraction, seed, names)
+        return kept + [ids[i] for i in lone], out, kept_labels + [labels[i] for i in lone]
     try:
         kept, out, kept_labels, _ = train_test_split(
             ids, labels, test_size=fraction, random_state=seed, stratify=labels
