@@ -114,6 +114,17 @@ def test_bad_files_are_named_together_and_the_folder_is_only_read(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before, "the user's folder was written to"
 
 
+def test_an_odd_first_patch_is_the_one_named_not_every_other(tmp_path):
+    """The size, bands and data type came from the first patch alone: one odd patch sorting
+    first had the 17 others named bad. The ones most patches share are the run's."""
+    folder = make_folder(tmp_path / "user")
+    write_tif(folder / "Forest" / "Forest_1.tif", band_cube(13, 20))
+    dm = MultispectralDataModule(data_dir=str(folder))
+    assert (dm.size, dm.dtype, len(dm.band_names)) == ((16, 16), "uint16", 13)
+    with pytest.raises(BadFileError, match=r"1 of 18 GeoTIFF patches cannot be used:\n.*Forest_1.tif: is 20x20"):
+        dm.setup("fit")
+
+
 def test_float_reflectance_trains_and_predicts_and_nan_is_a_bad_file(tmp_path):
     folder = make_folder(tmp_path / "user", dtype="float32")
     nan = band_cube(13, 16).astype("float32") / 10_000

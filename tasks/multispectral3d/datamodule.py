@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -163,6 +164,29 @@ class PatchDataset(Dataset):
         return list(zip(cubes, (self.labels[i] for i in indices), strict=True))
 
 
+#: how many patches, spread over a folder, :func:`usual_header` reads the headers of
+HEADER_PROBES = 64
+
+
+def usual_header(reader: GeoTiffReader, paths: list[Path]) -> tuple[list[str], tuple[int, int], str]:
+    """The band names, size and data type most patches share, from the headers of
+    :data:`HEADER_PROBES` spread over ``paths``: the first patch alone decided, and one odd
+    first patch had every other named bad. Patches that do not read are the folder check's to
+    name; where none of those read, the first one's error."""
+    found, first_error = Counter(), None
+    for path in paths[:: max(1, len(paths) // HEADER_PROBES)][:HEADER_PROBES]:
+        try:
+            bands, size, dtype = reader.header(path)
+        except BadFileError as err:
+            first_error = first_error or err
+            continue
+        found[(tuple(bands), tuple(size), dtype)] += 1
+    if not found:
+        raise first_error
+    bands, size, dtype = found.most_common(1)[0][0]
+    return list(bands), size, dtype
+
+
 def check_state(state: dict) -> None:
     """What a checkpoint or a prepared folder says its run's patches were, before a patch is read
     with it: otherwise a damaged one is blamed on every input (a string of band names read as
@@ -273,12 +297,12 @@ class MultispectralDataModule(TaskDataModule):
             found = read_patch_labels(root, multilabel)
             if found is None:
                 self.class_names = list_classes(root, EXTENSIONS)
-                first = root / list_samples(root, self.class_names[:1], EXTENSIONS)[0][0]
+                patches = [root / i for i, _ in list_samples(root, self.class_names, EXTENSIONS)]
             else:
                 self.class_names, self.patch_labels, decided = found
                 self.decide_multilabel(decided)
-                first = root / next(iter(self.patch_labels))
-            self.band_names, self.size, self.dtype = GeoTiffReader(bands, resampling=resampling).header(first)
+                patches = [root / i for i in self.patch_labels]
+            self.band_names, self.size, self.dtype = usual_header(GeoTiffReader(bands, resampling=resampling), patches)
         self.in_channels = len(self.band_names) if layout == "channels" else 1
         self.reader = GeoTiffReader(self.band_names, self.size, self.dtype, resampling)
         #: per-band mean and standard deviation of the training split (set by ``setup`` or a checkpoint)
