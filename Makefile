@@ -47,17 +47,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: check-task setup
-	$(BIN)/cnnsuite fit --config tasks/$(TASK)/config.yaml $(if $(RESUME),--ckpt_path $(RESUME)) $(ARGS)
+	$(BIN)/cnnsuite fit --config tasks/$(TASK)/config.yaml $(if $(RESUME),--ckpt_path "$(RESUME)") $(ARGS)
 
 # The task's datamodule as its config builds it (ARGS: --data.KEY VALUE as for train), written once.
 prepare: check-task setup
 	@if [ -z "$(OUT)" ]; then echo "usage: make prepare TASK=<task> OUT=<dir> [DATA=<dir>] [ARGS=\"--data.KEY VALUE\"]" >&2; exit 2; fi
-	$(BIN)/cnnsuite prepare --task $(TASK) --config tasks/$(TASK)/config.yaml $(if $(DATA),--data.data_dir $(DATA)) --out $(OUT) $(ARGS)
+	$(BIN)/cnnsuite prepare --task $(TASK) --config tasks/$(TASK)/config.yaml $(if $(DATA),--data.data_dir "$(DATA)") --out "$(OUT)" $(ARGS)
 
 sweep: check-task setup
 	@if [ -z "$(SPACE)" ] || [ -z "$(TRIALS)" ]; then \
 		echo "usage: make sweep TASK=<task> SPACE=space.yaml TRIALS=N [STUDY=name] [STORAGE=url] [ARGS=...]" >&2; exit 2; fi
-	$(BIN)/cnnsuite sweep --config tasks/$(TASK)/config.yaml --space $(SPACE) --trials $(TRIALS) \
+	$(BIN)/cnnsuite sweep --config tasks/$(TASK)/config.yaml --space "$(SPACE)" --trials $(TRIALS) \
 		$(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 need-ckpt:
@@ -65,20 +65,20 @@ need-ckpt:
 
 # A checkpoint knows its task: TASK is not needed by the five targets below.
 evaluate: need-ckpt setup
-	$(BIN)/cnnsuite evaluate --ckpt $(CKPT) $(if $(DATA),--data.data_dir $(DATA)) $(if $(OUT),--out $(OUT))
+	$(BIN)/cnnsuite evaluate --ckpt $(CKPT) $(if $(DATA),--data.data_dir "$(DATA)") $(if $(OUT),--out "$(OUT)")
 
 predict: need-ckpt setup
 	@if [ -z "$(INPUT)" ]; then echo "usage: make predict CKPT=path/to.ckpt INPUT=file-or-folder [OUT=dir]" >&2; exit 2; fi
-	$(BIN)/cnnsuite predict --ckpt $(CKPT) --input $(INPUT) $(if $(OUT),--out $(OUT))
+	$(BIN)/cnnsuite predict --ckpt "$(CKPT)" --input "$(INPUT)" $(if $(OUT),--out "$(OUT)")
 
 export: need-ckpt setup
-	$(BIN)/cnnsuite export --ckpt $(CKPT) $(if $(FORMAT),--format $(FORMAT)) $(if $(OUT),--out $(OUT)) $(if $(FORCE),--force)
+	$(BIN)/cnnsuite export --ckpt "$(CKPT)" $(if $(FORMAT),--format $(FORMAT)) $(if $(OUT),--out "$(OUT)") $(if $(FORCE),--force)
 
 inspect: need-ckpt setup
-	$(BIN)/cnnsuite inspect --ckpt $(CKPT) $(if $(INPUT),--input $(INPUT)) $(if $(DATA),--data.data_dir $(DATA)) $(if $(OUT),--out $(OUT))
+	$(BIN)/cnnsuite inspect --ckpt "$(CKPT)" $(if $(INPUT),--input "$(INPUT)") $(if $(DATA),--data.data_dir "$(DATA)") $(if $(OUT),--out "$(OUT)")
 
 serve: need-ckpt setup
-	$(BIN)/cnnsuite serve --ckpt $(CKPT) --port $(or $(PORT),8000) $(ARGS)
+	$(BIN)/cnnsuite serve --ckpt "$(CKPT)" --port $(or $(PORT),8000) $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest
@@ -88,7 +88,7 @@ test-slow: setup
 
 # ARGS="--quick" (about 40 minutes on 2 cores), ARGS="--tasks video3d --sections models" ...
 bench: setup
-	$(BIN)/cnnsuite bench --out $(or $(OUT),runs/bench) $(ARGS)
+	$(BIN)/cnnsuite bench --out "$(or $(OUT),runs/bench)" $(ARGS)
 
 docs: setup  ## docs/cli.md from the command table and each command's --help; each task README's figures table from benchmarks/results/figures.json
 	$(BIN)/python -m cnnsuite.commands > docs/cli.md

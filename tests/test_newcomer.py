@@ -448,3 +448,14 @@ def test_the_troubleshooting_line_is_what_the_mistake_prints(start, tmp_path, mo
     argv, placeholders = MISTAKES[start](tmp_path)
     printed = printed_by(argv, capsys).splitlines()[0]
     assert quoted(line, **placeholders).fullmatch(printed), f"README: {line}\nprinted: {printed}"
+
+
+def test_make_passes_a_path_with_spaces_as_one_argument():
+    """``make predict INPUT="mixed set/a.png"`` split the path at its space ("unrecognized
+    arguments"): each path a target passes on is quoted."""
+    made = subprocess.run(["make", "-n", "predict", "CKPT=my runs/best.ckpt", "INPUT=mixed set/a.png", "OUT=my out"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+    (line,) = [line for line in made.stdout.splitlines() if "cnnsuite predict" in line]
+    args = shlex.split(line)
+    given = {flag: args[args.index(flag) + 1] for flag in ("--ckpt", "--input", "--out")}
+    assert given == {"--ckpt": "my runs/best.ckpt", "--input": "mixed set/a.png", "--out": "my out"}
