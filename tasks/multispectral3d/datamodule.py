@@ -60,6 +60,7 @@ from cnnsuite.data import (
 )
 from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.cache import fits_cache
+from cnnsuite.data.folders import spread
 from cnnsuite.data.labels import multi_hot
 from cnnsuite.errors import ConfigError, StateError
 
@@ -164,17 +165,13 @@ class PatchDataset(Dataset):
         return list(zip(cubes, (self.labels[i] for i in indices), strict=True))
 
 
-#: how many patches, spread over a folder, :func:`usual_header` reads the headers of
-HEADER_PROBES = 64
-
-
 def usual_header(reader: GeoTiffReader, paths: list[Path]) -> tuple[list[str], tuple[int, int], str]:
-    """The band names, size and data type most patches share, from the headers of
-    :data:`HEADER_PROBES` spread over ``paths``: the first patch alone decided, and one odd
-    first patch had every other named bad. Patches that do not read are the folder check's to
+    """The band names, size and data type most patches share, from the headers of patches
+    spread over ``paths`` (:func:`~cnnsuite.data.folders.spread`): the first patch alone
+    decided, and one odd first patch had every other named bad. Patches that do not read are the folder check's to
     name; where none of those read, the first one's error."""
     found, first_error = Counter(), None
-    for path in paths[:: max(1, len(paths) // HEADER_PROBES)][:HEADER_PROBES]:
+    for path in spread(paths):
         try:
             bands, size, dtype = reader.header(path)
         except BadFileError as err:

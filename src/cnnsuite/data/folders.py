@@ -41,6 +41,17 @@ def lies_within(path: str | Path, folder: str | Path) -> bool:
     return path == folder or folder in path.parents
 
 
+#: how many files, spread over a data folder, are read to decide what its files share (their
+#: channels, a patch's size): the first file alone decided, and one odd file sorting first
+#: had every other named bad, or a colour dataset trained on one channel
+PROBES = 64
+
+
+def spread(paths: Sequence[Path]) -> list[Path]:
+    """:data:`PROBES` of ``paths``, evenly spread over them (all of them where there are fewer)."""
+    return list(paths[:: max(1, len(paths) // PROBES)][:PROBES])
+
+
 def is_listed(path: Path, extensions: Iterable[str], under: Path | None = None) -> bool:
     """Whether ``path`` is a file that a listing takes: one of ``extensions``, and neither it
     nor a folder between ``under`` and it hidden."""

@@ -34,6 +34,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 from .errors import BadFileError
+from .folders import spread
 from .limits import check_size, max_pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -180,20 +181,16 @@ def image_channel_names(count: int) -> list[str] | None:
     return list(names) if names else None
 
 
-#: how many files, spread over a folder, :func:`image_channels` reads the headers of
-CHANNEL_PROBES = 64
-
-
 def image_channels(paths: Iterable[Path]) -> int:
     """1 where the files are grayscale, 3 where any is in colour — read from the headers of
-    :data:`CHANNEL_PROBES` files spread over ``paths``, not the first alone: one grayscale
-    image sorting first made a colour dataset train on one channel. A file that does not read
+    files spread over ``paths`` (:func:`~cnnsuite.data.folders.spread`), not the first alone:
+    one grayscale image sorting first made a colour dataset train on one channel. A file that does not read
     is the folder check's to name with the others (or to leave out, under ``on_bad_file:
     skip``), not one that decides the channels. Where none reads, the first one's error."""
     paths = list(paths)
     if not paths:
         raise ValueError("image_channels: no paths")
-    probes = paths[:: max(1, len(paths) // CHANNEL_PROBES)][:CHANNEL_PROBES]
+    probes = spread(paths)
     probed = set(probes)
     first_error = None
     for group in (probes, (p for p in paths if p not in probed)):  # the others only where no probe reads

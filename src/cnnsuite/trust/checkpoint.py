@@ -92,7 +92,7 @@ def check_values_stored(state: dict[str, torch.Tensor], source: object) -> None:
     stored: dict[int, int] = {}
     for tensor in state.values():
         storage = tensor.untyped_storage()
-        key = storage.data_ptr() or id(storage)
+        key = storage.data_ptr()  # tensors sharing a storage share its bytes
         claimed[key] = claimed.get(key, 0) + tensor.numel() * tensor.element_size()
         stored[key] = storage.nbytes()
     over = [key for key in claimed if claimed[key] > stored[key]]
