@@ -218,9 +218,10 @@ def test_a_medmnist_run_is_evaluated_on_the_files_test_split(tmp_path):
 
 
 def test_a_bad_volume_of_any_split_is_named_before_training(tmp_path):
-    """The test split is read after the last epoch: its volumes' headers are read before the
-    first, with the other splits', and every bad one is named in one error (without a cache
-    nothing else reads a volume before training)."""
+    """The test split is read after the last epoch: its volumes' headers and ends are read
+    before the first, with the other splits', and every bad one is named in one error (without
+    a cache nothing else reads a volume before training): headers that do not read, and a
+    volume cut past its header, as an interrupted copy leaves it."""
     folder = make_volume_folder(tmp_path / "user")
     split_file = tmp_path / "split.json"
     names = {"train": ["s0.nii", "s1.nii.gz", "s2.nii", "s4.nrrd"], "val": ["s3.nii.gz", "s6.nii"],
@@ -229,10 +230,14 @@ def test_a_bad_volume_of_any_split_is_named_before_training(tmp_path):
     for name in ("s1.nii.gz", "s7.nii.gz"):  # one training volume, one test volume
         bad = folder / "scans" / name
         bad.write_bytes(gzip.compress(bad.read_bytes())[:200])
-    with pytest.raises(BadFileError, match="2 of 8 volumes cannot be used") as caught:
+    cut = folder / "scans" / "s5.nii.gz"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    assert nib.load(cut).header.get_data_shape(), "the cut volume's header still reads"
+    with pytest.raises(BadFileError, match="3 of 8 volumes cannot be used") as caught:
         fit(tmp_path, "--data.data_dir", str(folder), "--data.split_file", str(split_file),
             "--trainer.max_epochs", "1", "--data.batch_size", "4", "--data.cache", "none")  # fmt: skip
-    assert all(f"{name}: cannot read as a volume" in str(caught.value) for name in ("s1.nii.gz", "s7.nii.gz"))
+    named = ("s1.nii.gz", "s5.nii.gz", "s7.nii.gz")
+    assert all(f"{name}: cannot read as a volume" in str(caught.value) for name in named)
     assert not (tmp_path / "runs" / "version_0" / "checkpoints").exists(), "trained before naming the test volume"
 
 
@@ -273,7 +278,7 @@ def test_a_checkpoint_does_not_choose_what_embedded_default_is_generated(tmp_pat
     ("names", "cut", "found"),
     [
         (("s1.nii.gz", "s3.nii.gz"), 200, "2 of 8 test volumes"),  # headers unreadable: the check finds them
-        (("s0.nii", "s2.nii"), 400, "2 of 8 volumes"),  # headers whole: the memory cache's read finds them
+        (("s0.nii", "s2.nii"), 400, "2 of 8 test volumes"),  # headers whole: the files' lengths tell
     ],
 )
 def test_truncated_volumes_are_named_together(tmp_path, names, cut, found):
@@ -284,6 +289,23 @@ def test_truncated_volumes_are_named_together(tmp_path, names, cut, found):
     with pytest.raises(BadFileError, match=found) as caught:
         all_volumes(folder)
     assert all(f"{name}: cannot read as a volume" in str(caught.value) for name in names)
+
+
+def test_only_volumes_that_may_be_cut_are_read_whole_to_check(tmp_path):
+    """A whole NIfTI file, plain or gzipped, is measured by its length or gzip trailer and not
+    read; one whose trailer says another length yet inflates whole (its header and voxels in
+    two gzip members) is read by the check and kept, not refused."""
+    from cnnsuite.tasks.biomedical3d.readers import may_be_cut
+
+    folder = make_volume_folder(tmp_path / "user")
+    assert not may_be_cut(folder / "scans" / "s0.nii") and not may_be_cut(folder / "scans" / "s1.nii.gz")
+    two = folder / "scans" / "s3.nii.gz"
+    raw = gzip.decompress(two.read_bytes())
+    two.write_bytes(gzip.compress(raw[:352]) + gzip.compress(raw[352:]))
+    assert may_be_cut(two)
+    dm = Biomedical3DDataModule(data_dir=str(folder))
+    ids = [image for image, _ in dm.list_samples()]
+    assert dm.find_bad(ids, decode=False) == {} and len(dm.check_samples(ids, "test")) == 8
 
 
 def test_volume_with_nan_or_inf_is_named_before_training(tmp_path):

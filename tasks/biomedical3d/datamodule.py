@@ -57,6 +57,7 @@ from .readers import (
     LoadVolumed,
     _load_medmnist,
     check_header,
+    may_be_cut,
     read_labels,
 )
 
@@ -229,18 +230,19 @@ class Biomedical3DDataModule(TaskDataModule):
 
     def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
         """The volumes of ``ids`` whose header does not read (the loader says why), declares
-        more voxels than the limit or names its data file outside its folder. Headers only, as
-        the image tasks check theirs: a volume damaged past its header is named when it is
-        read. A MedMNIST file's arrays were checked when it was loaded; the embedded default's
-        volumes were written by the suite (reading their headers would slow each ``make train``
-        for nothing)."""
+        more voxels than the limit or names its data file outside its folder, and the NIfTI
+        volumes cut short (:func:`~.readers.may_be_cut`, from the file's length or its gzip
+        trailer). Headers and ends only, as the image tasks check theirs: a volume damaged
+        inside its voxels is named when it is read. A MedMNIST file's arrays were checked when
+        it was loaded; the embedded default's volumes were written by the suite (reading their
+        headers would slow each ``make train`` for nothing)."""
         if self.hparams.medmnist_npz is not None or self.hparams.data_dir is None:
             return {}
         bad = {}
         for sample_id in ids:
             path = self.root / sample_id
             try:
-                if not check_header(path):  # the loader says why
+                if not check_header(path) or may_be_cut(path):  # the loader reads it and says why
                     LoadVolumed()({"image": str(path)})
             except BadFileError as err:
                 bad[sample_id] = err

@@ -50,6 +50,34 @@ def check_header(path: str | Path) -> bool:
     return True
 
 
+def may_be_cut(path: str | Path) -> bool:
+    """Whether a NIfTI file may hold fewer bytes than its header's voxels take, told without
+    inflating them: an uncompressed file shorter than its data offset plus its voxels, or a
+    gzipped one whose trailer (the length it inflates to, modulo 2**32) says another length.
+    An interrupted copy or download cuts a file this way, and its header still reads: without
+    this look at its end, a cut test volume is found only when the evaluation after the last
+    epoch reads it. True sends the file to the loader, which reads it whole and names what is
+    wrong; a whole file whose trailer says nothing useful (several gzip members, bytes after
+    the stream) is then read and kept, never refused. False for other formats (their loader
+    names a cut file when it reads it) and for a header that does not read (the header check
+    names it)."""
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")) or not path.is_file():
+        return False
+    try:
+        voxels = nib.load(path).dataobj  # where and what the file's voxels are (the header's copy says offset 0)
+        length = int(voxels.offset) + math.prod(voxels.shape) * np.dtype(voxels.dtype).itemsize
+        with path.open("rb") as file:
+            size = file.seek(0, 2)
+            if name.endswith(".nii"):
+                return size < length
+            file.seek(max(size - 4, 0))
+            return size < 18 or int.from_bytes(file.read(4), "little") != length % 2**32
+    except Exception:  # no header to measure by: check_header names the file
+        return False
+
+
 #: the most bytes a voxel of any NRRD type takes (double, int64)
 NRRD_MAX_ITEMSIZE = 8
 #: what an NRRD's compressed voxels may inflate to beyond its declared voxels: a ``byte skip``
