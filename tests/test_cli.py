@@ -147,6 +147,18 @@ def test_a_fit_shows_no_third_party_tips_or_deprecations(tmp_path, image_folder,
     assert not [w for w in caught if "LeafSpec" in str(w.message)], [str(w.message) for w in caught]
 
 
+def test_the_devices_found_are_said_once_not_by_each_trainer(tmp_path, image_folder, caplog):
+    """A fit and the evaluation after it each build a Trainer, which each say which devices
+    they found: the terminal shows those lines once."""
+    from conftest import fit
+
+    caplog.set_level("INFO")
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "1",
+              "--trainer.limit_train_batches", "1")  # fmt: skip
+    assert (run / "evaluation" / "metrics.json").is_file()
+    assert caplog.text.count("GPU available:") <= 1 and caplog.text.count("TPU available:") <= 1
+
+
 def test_a_class_missing_from_the_sanity_checks_batches_is_no_warning():
     """Lightning validates two batches before training; where they hold some of the classes
     only, torchmetrics' ROC warns about the others, which tells the user nothing."""

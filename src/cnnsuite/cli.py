@@ -670,6 +670,26 @@ class DropTips(logging.Filter):
         return not record.getMessage().startswith(self.NOISE)
 
 
+class SayDevicesOnce(logging.Filter):
+    """Every Trainer says which devices it found ("GPU available: False, used: False"): a fit,
+    the evaluation after it, each seed's fit and each sweep trial, the same lines again. Each
+    such line is shown the first time this process says it."""
+
+    DEVICE_LINES = ("GPU available:", "TPU available:", "HPU available:")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self.DEVICE_LINES):
+            return True
+        first = message not in self.said
+        self.said.add(message)
+        return first
+
+
 #: warnings raised inside the libraries we call about their own use of another library: a user
 #: can do nothing about them (``LeafSpec``: Lightning's use of torch's pytree; ``NvImgCodec``:
 #: MONAI's DICOM reader without the optional GPU decoder)
@@ -693,8 +713,9 @@ def quiet_third_party() -> None:
         "monai.data.nvimgcodec_pydicom_plugin",
     ):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, DropTips) for f in logger.filters):
-            logger.addFilter(DropTips())
+        for kind in (DropTips, SayDevicesOnce):
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
     for message in THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
 
