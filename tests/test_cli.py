@@ -280,12 +280,12 @@ def test_a_network_too_deep_for_the_data_is_one_line(capsys):
 
 
 def test_a_monitor_the_model_never_logs_is_one_line(capsys, tmp_path, image_folder):
-    """``val/map`` is a classifier's key only in multi-label runs: Lightning finds it missing at
-    the first validation and says which keys there are, on one line."""
+    """``val/map`` is a classifier's key only in multi-label runs: the sanity check's validation
+    finds it missing and says which keys there are, on one line."""
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.data_dir", str(image_folder),
                            "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
                            "--checkpoint.monitor", "val/map")  # fmt: skip
-    assert error.startswith("cnnsuite fit: error: `ModelCheckpoint(monitor='val/map')` could not find")
+    assert error.startswith("cnnsuite fit: error: checkpoint.monitor 'val/map': the validation logs no such value")
 
 
 def test_main_called_from_a_script_with_its_own_arguments_is_still_one_line(capsys, monkeypatch):

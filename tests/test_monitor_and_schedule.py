@@ -109,6 +109,23 @@ def test_an_unknown_monitor_is_named_with_the_keys_that_are_logged(tmp_path, cap
     assert not (tmp_path / "data").exists()
 
 
+def test_a_monitored_key_the_validation_does_not_log_is_named_before_training(tmp_path, image_folder):
+    """``val/acc_mcro`` passes the task's name check (``acc_`` starts ``acc_macro``); the
+    sanity check's validation shows it is not logged, and the run stops there, before its
+    first training step, naming the keys it does log. A per-class key (``val/acc/<class>``),
+    which only the data decides, is logged and kept."""
+    from cnnsuite.errors import ConfigError
+
+    args = ("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "1", "--evaluate", "false")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"checkpoint.monitor 'val/acc_mcro': the validation logs no such value; "
+                                          r"it logs val/acc, val/acc_macro, .*val/acc/cat"):  # fmt: skip
+        fit(*args, "--checkpoint.monitor", "val/acc_mcro")
+    assert not (tmp_path / "runs" / "version_0" / "checkpoints").exists(), "trained before naming the key"
+    fit(*args, "--checkpoint.monitor", "val/acc/cat")
+    assert (tmp_path / "runs" / "version_1" / "checkpoints" / "best.ckpt").is_file()
+
+
 @pytest.mark.parametrize(
     "module",
     [RecognitionModule, MultispectralModule, VideoClassificationModule, LocalizationModule, DetectionModule],

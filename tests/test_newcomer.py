@@ -427,7 +427,7 @@ MISTAKES = {
     "DIR/labels.csv: missing": no_label_file,
     "the data's samples": inputs_too_small,
     "model.backbone_weights": weights_not_downloaded,
-    "`ModelCheckpoint": monitor_not_logged,
+    "checkpoint.monitor": monitor_not_logged,
     "--out model.onnx": export_exists,
     "--out mydir": out_holds_users_files,
     "--trainer.default_root_dir": run_inside_data_folder,

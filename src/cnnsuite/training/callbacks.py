@@ -136,6 +136,38 @@ class ValidateLastEpoch(L.Callback):
         trainer.check_val_every_n_epoch = max(d for d in range(1, every + 1) if epochs % d == 0)
 
 
+class MonitoredKeysLogged(L.Callback):
+    """A monitored key the validation does not log is named before the first training step.
+    The task's check of ``checkpoint.monitor`` (:meth:`~cnnsuite.training.task.TaskModule.mode_of`)
+    accepts every name a metric's name starts (``acc_`` for ``acc_macro``, ``acc/`` for the
+    per-class keys, which the data decides), so a typo such as ``val/acc_mcro`` passes it, and
+    Lightning's checkpoint and early stopping say so only after the first validation: an epoch
+    or more of training lost. The sanity check's validation logs every ``val/`` key the later
+    ones do; at its end each monitored ``val/`` key must be among them (``train/`` keys are
+    logged only by training, and a run without a sanity check is left to Lightning)."""
+
+    #: logged keys listed in the error, at most
+    SHOWN = 12
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the run's values first, the per-class ones (val/acc/<class>) after them
+        logged = sorted(
+            (key for key in trainer.callback_metrics if key.startswith("val/")), key=lambda k: (k.count("/"), k)
+        )
+        for callback in trainer.callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if not isinstance(monitor, str) or not monitor.startswith("val/") or monitor in logged:
+                continue
+            # the CLI's --checkpoint is the trainer's first ModelCheckpoint
+            name = (
+                "checkpoint.monitor"
+                if callback is trainer.checkpoint_callback
+                else f"{type(callback).__name__} monitor"
+            )
+            shown = ", ".join(logged[: self.SHOWN]) + (f" … ({len(logged)} in all)" if len(logged) > self.SHOWN else "")
+            raise ConfigError(f"{name} {monitor!r}: the validation logs no such value; it logs {shown}")
+
+
 def batches_aside(loader: DataLoader) -> DataLoader:
     """Training batches that leave the epoch in progress alone. A new iterator over a loader
     with persistent workers restarts those workers, and with them an epoch interrupted by

@@ -37,7 +37,7 @@ from ..classpath import class_path
 from ..data.inputs import Input
 from ..errors import ConfigError, DivergedError
 from ..use.inspectable import ClassScores, Network, middle_frame, same
-from .callbacks import PreciseBatchNorm, ValidateLastEpoch, batch_norms
+from .callbacks import MonitoredKeysLogged, PreciseBatchNorm, ValidateLastEpoch, batch_norms
 from .pretrained import fit_channels, weights_metadata
 from .rng import rng_states, set_rng_states
 from .schedules import CosineAnnealingLR
@@ -242,8 +242,9 @@ class TaskModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         """PreciseBatchNorm when the network has BatchNorm, Lightning's LearningRateMonitor
         (the learning rate once an epoch in ``metrics.csv`` and TensorBoard, as ``lr-<optimizer>``)
-        when the run logs, and :class:`~cnnsuite.training.callbacks.ValidateLastEpoch` when
-        validation skips epochs; one the trainer already has, with its own settings, is kept."""
+        when the run logs, :class:`~cnnsuite.training.callbacks.ValidateLastEpoch` when
+        validation skips epochs, and :class:`~cnnsuite.training.callbacks.MonitoredKeysLogged`;
+        one the trainer already has, with its own settings, is kept."""
         trainer = self._trainer
         has = {type(cb) for cb in trainer.callbacks} if trainer is not None else set()
         callbacks: list[L.Callback] = []
@@ -253,6 +254,8 @@ class TaskModule(L.LightningModule):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if trainer is not None and (trainer.check_val_every_n_epoch or 1) > 1 and ValidateLastEpoch not in has:
             callbacks.append(ValidateLastEpoch())
+        if trainer is not None and MonitoredKeysLogged not in has:
+            callbacks.append(MonitoredKeysLogged())
         return callbacks
 
     def on_train_start(self) -> None:
