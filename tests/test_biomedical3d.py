@@ -203,6 +203,24 @@ def test_medmnist_npz_uses_its_own_split(tmp_path):
         Biomedical3DDataModule(medmnist_npz=str(tmp_path / "bad.npz"))
 
 
+def test_slices_are_named_for_what_they_show(tmp_path):
+    """Volumes read from files are turned to RAS, so the evaluation's slices across their axes
+    are sagittal, coronal and axial; a MedMNIST file's arrays, and a folder prepared from one,
+    have no recorded orientation: their slices are named by axis."""
+    folder = make_volume_folder(tmp_path / "user")
+    npz = tmp_path / "organmnist3d.npz"
+    make_medmnist(npz, (("train", 6), ("val", 3), ("test", 3)))
+    prepared = tmp_path / "prepared"
+    main(["prepare", "--task", "biomedical3d", "--data.medmnist_npz", str(npz), "--out", str(prepared),
+          "--data.data_root", str(tmp_path / "data")])  # fmt: skip
+    assert Biomedical3DDataModule(data_dir=str(folder)).slice_views == ("sagittal", "coronal", "axial")
+    assert Biomedical3DDataModule(medmnist_npz=str(npz)).slice_views == ("axis 0", "axis 1", "axis 2")
+    from_medmnist = Biomedical3DDataModule(
+        data_dir=str(prepared), data_root=str(tmp_path / "data"), spatial_size=[32, 32, 32]
+    )
+    assert from_medmnist.slice_views == ("axis 0", "axis 1", "axis 2")
+
+
 def test_a_medmnist_run_is_evaluated_on_the_files_test_split(tmp_path):
     """The run's split is the file's own (``<split>/<index>``): the evaluation after fit and
     ``cnnsuite evaluate`` of its checkpoint score the file's 5 test volumes, not a labels.csv

@@ -316,6 +316,15 @@ class Biomedical3DDataModule(TaskDataModule):
             EnsureTyped("image", track_meta=False),
         ]
 
+    @property
+    def slice_views(self) -> tuple[str, str, str]:
+        """What a slice across each axis of a preprocessed volume shows. Files are turned to
+        RAS (axis 0 runs to the right, 1 to the front, 2 up): a slice across axis 0 is sagittal,
+        across 1 coronal, across 2 axial. A MedMNIST file's arrays (or a folder prepared from
+        one) keep the file's own axes, whose orientation nothing records."""
+        source = self.prepared["hyper_parameters"] if self.prepared is not None else self.hparams
+        return ("axis 0", "axis 1", "axis 2") if source.get("medmnist_npz") else ("sagittal", "coronal", "axial")
+
     # --- one file at a time (predict, serve) --------------------------------------------
     def is_input(self, path: Path) -> bool:
         """A volume file, or a folder of ``.dcm`` files (one DICOM series)."""

@@ -2,7 +2,7 @@
 
 The shared :class:`~cnnsuite.training.classification.ClassificationModule` with ``spatial_dims=3``;
 accuracy, macro F1 and one-vs-rest AUROC come from it. Evaluation adds orthogonal slices of
-test volumes (axial, coronal, sagittal through each volume's brightest region) with their
+test volumes (sagittal, coronal, axial through each volume's brightest region) with their
 true and predicted labels.
 """
 
@@ -20,10 +20,11 @@ from cnnsuite.training.classification import ClassificationModule
 class Biomedical3DModule(ClassificationModule):
     def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
         paths = super().write_plots(out_dir, datamodule)
-        return paths + [self._plot_slices(Path(out_dir), datamodule.datasets["test"])]
+        return paths + [self._plot_slices(Path(out_dir), datamodule.datasets["test"], datamodule.slice_views)]
 
-    def _plot_slices(self, out_dir: Path, dataset, count: int = 6) -> Path:
-        """The first ``count`` test volumes with their labels, predicted as the test pass did."""
+    def _plot_slices(self, out_dir: Path, dataset, views: tuple[str, str, str], count: int = 6) -> Path:
+        """The first ``count`` test volumes with their labels, predicted as the test pass did;
+        ``views``: what a slice across each axis shows (``sagittal``, or ``axis 0``)."""
         probs, _ = self.tested(dataset)
         fig, axes = plt.subplots(count, 3, figsize=(6.6, 2.3 * count), squeeze=False)
         for row, index in zip(axes, range(min(count, len(dataset))), strict=False):
@@ -32,8 +33,8 @@ class Biomedical3DModule(ClassificationModule):
             said = self.prediction_text(probs[index])
             truth = self.target_text(label)
             centre = _brightest_region(volume[0])
-            views = (volume[0, centre[0]], volume[0, :, centre[1]], volume[0, :, :, centre[2]])
-            for ax, view, name in zip(row, views, ("axis 0", "axis 1", "axis 2"), strict=True):
+            slices = (volume[0, centre[0]], volume[0, :, centre[1]], volume[0, :, :, centre[2]])
+            for ax, view, name in zip(row, slices, views, strict=True):
                 ax.imshow(view.cpu().T, cmap="gray", origin="lower")
                 ax.set_xticks([]), ax.set_yticks([])
                 ax.set_xlabel(name, fontsize=8)
