@@ -217,8 +217,8 @@ def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path, monkeypatch)
 @pytest.mark.parametrize("cache_limit_mb", [1024, 0])
 def test_a_patch_is_read_once_when_its_split_fits_the_cache(tmp_path, monkeypatch, cache_limit_mb):
     """The check of every file, the band statistics and the cached datasets share one read of
-    each patch; without a cache nothing read by the check is held, and the datasets read the
-    files on every access."""
+    each patch; without a cache nothing read by the check is held but what the statistics take
+    of each training patch, and the datasets read the files on every access."""
     folder = make_folder(tmp_path / "user")
     counts: dict[str, int] = {}
     read = GeoTiffReader.__call__
@@ -230,10 +230,15 @@ def test_a_patch_is_read_once_when_its_split_fits_the_cache(tmp_path, monkeypatc
     monkeypatch.setattr(GeoTiffReader, "__call__", counted)
     dm = MultispectralDataModule(data_dir=str(folder), cache_limit_mb=cache_limit_mb)
     dm.setup("fit")
+    assert len(counts) == 18 and set(counts.values()) == {1}, "the check and the statistics read each patch once"
+    assert dm.checked_moments == {}  # taken by the statistics, or never kept
+    train = [read(dm.reader, folder / i).astype(np.float64) for i in dm.splits["train"]]
+    np.testing.assert_allclose(dm.band_stats[0], np.mean([c.mean(axis=(1, 2)) for c in train], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(dm.band_stats[1], np.stack(train).std(axis=(0, 2, 3)), rtol=1e-4)
     datasets = [dm.datasets[stage] for stage in ("train", "val", "test")]
     assert dm.checked_values == {}  # handed over to the datasets, or never kept
     if cache_limit_mb:
-        assert len(counts) == 18 and set(counts.values()) == {1}
+        assert set(counts.values()) == {1}
     else:
         before = dict(counts)
         datasets[1][0]

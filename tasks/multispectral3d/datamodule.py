@@ -120,6 +120,13 @@ def patches_nbytes(count: int, bands: int, size: tuple[int, int] | None, dtype: 
     return count * bands * size[0] * size[1] * kept_dtype(dtype).itemsize if size else math.inf
 
 
+def band_moments(values: np.ndarray) -> np.ndarray:
+    """``(2, bands)``: each band's mean and mean square over a patch's pixels, in float64: what
+    the band statistics sum over the training patches."""
+    cube = values.astype(np.float64)
+    return np.stack([cube.mean(axis=(1, 2)), (cube**2).mean(axis=(1, 2))])
+
+
 def take_or_read(checked: dict[str, np.ndarray], reader: GeoTiffReader, root: Path, sample_id: str) -> np.ndarray:
     """The patch's reflectances: those its check read (``checked``), handed over once, else the file's."""
     values = checked.pop(sample_id, None)
@@ -273,6 +280,9 @@ class MultispectralDataModule(TaskDataModule):
         #: reflectances the check read, of splits that fit the cache: their datasets take them
         #: rather than read each file a second time
         self.checked_values: dict[str, np.ndarray] = {}
+        #: the band moments (:func:`band_moments`) of training patches the check read but did not
+        #: keep: the band statistics then read no file a second time on data past the cache
+        self.checked_moments: dict[str, np.ndarray] = {}
         #: ``patch folder → target`` in the band-folder layout (BigEarthNet-S2), else None
         self.patch_labels: dict | None = None
         self.decide_multilabel(multilabel is True)
@@ -403,8 +413,10 @@ class MultispectralDataModule(TaskDataModule):
         """The patches of ``ids`` that cannot be used, each read in full whether ``decode`` or not
         (a wrong band, a size or a value is found only in the pixels). The reflectances of those
         whose split fits the cache are kept (:attr:`checked_values`) for the split's dataset and
-        the band statistics, which then read no file a second time."""
+        the band statistics, which then read no file a second time; of the other training
+        patches, what the statistics take of each (:attr:`checked_moments`)."""
         bad, kept = {}, self.cached_ids()
+        train = set(self.splits["train"]) if self.splits is not None else set()
         for sample_id in ids:
             try:
                 values = self.reader(self.root / sample_id)
@@ -413,6 +425,8 @@ class MultispectralDataModule(TaskDataModule):
                 continue
             if sample_id in kept:
                 self.checked_values[sample_id] = values
+            elif sample_id in train:
+                self.checked_moments[sample_id] = band_moments(values)
         return bad
 
     def cached_ids(self) -> set[str]:
@@ -439,14 +453,15 @@ class MultispectralDataModule(TaskDataModule):
 
     def compute_band_stats(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-band mean and standard deviation over every pixel of ``ids`` (float64 sums)."""
-        total = squares = 0.0
+        sums = 0.0
         for sample_id in ids:
-            values = self.checked_values.get(sample_id)
-            cube = (values if values is not None else self.reader(self.root / sample_id)).astype(np.float64)
-            total = total + cube.mean(axis=(1, 2))
-            squares = squares + (cube**2).mean(axis=(1, 2))
-        mean = total / len(ids)
-        std = np.sqrt(np.maximum(squares / len(ids) - mean**2, 0.0))
+            moments = self.checked_moments.pop(sample_id, None)
+            if moments is None:
+                values = self.checked_values.get(sample_id)
+                moments = band_moments(values if values is not None else self.reader(self.root / sample_id))
+            sums = sums + moments
+        mean, squares = sums / len(ids)
+        std = np.sqrt(np.maximum(squares - mean**2, 0.0))
         return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, 1e-6), dtype=torch.float32)
 
     def state_dict(self) -> dict:
