@@ -192,6 +192,18 @@ def test_one_grayscale_image_sorting_first_leaves_a_colour_folder_in_colour(tmp_
     assert RecognitionDataModule(data_dir=str(folder)).in_channels == 3
 
 
+def test_the_last_class_folders_are_probed_for_colour_too(tmp_path):
+    """Channels are read from files spread from the first to the last: of 102 files sorted by
+    class, the first 64 were taken, all of two grayscale classes, and the colour class after
+    them was never looked at."""
+    from PIL import Image
+
+    folder = make_image_folder(tmp_path / "c", per_class=34)
+    for path in [*folder.glob("cat/*"), *folder.glob("dog/*")]:
+        Image.open(path).convert("L").save(path)
+    assert RecognitionDataModule(data_dir=str(folder)).in_channels == 3
+
+
 def test_evaluate_errors_name_the_file(tmp_path, capsys):
     bogus = tmp_path / "x.ckpt"
     bogus.write_bytes(b"nope")

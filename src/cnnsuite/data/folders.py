@@ -47,9 +47,16 @@ def lies_within(path: str | Path, folder: str | Path) -> bool:
 PROBES = 64
 
 
-def spread(paths: Sequence[Path]) -> list[Path]:
-    """:data:`PROBES` of ``paths``, evenly spread over them (all of them where there are fewer)."""
-    return list(paths[:: max(1, len(paths) // PROBES)][:PROBES])
+def spread(items: Sequence, count: int = PROBES) -> list:
+    """Up to ``count`` of ``items``, evenly spaced over them from the first to the last (all of
+    them where there are no more): a folder's files come sorted by class, and the first
+    ``count`` would be of the first classes."""
+    if len(items) <= max(count, 0):
+        return list(items)
+    if count <= 1:
+        return list(items[:count])
+    last = len(items) - 1
+    return [items[round(j * last / (count - 1))] for j in range(count)]
 
 
 def is_listed(path: Path, extensions: Iterable[str], under: Path | None = None) -> bool:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
+from ..data.folders import spread
+
 #: pixels of white around each tile
 GAP = 2
 
@@ -42,13 +44,6 @@ def readable_scale(height: int, width: int) -> int:
     :data:`READABLE_SIDE` pixels or more on its longer side, so that labels drawn on it in a
     font of fixed size can be read; boxes drawn on it are scaled by the same factor."""
     return max(1, math.ceil(READABLE_SIDE / max(height, width)))
-
-
-def spread(indices: Sequence[int], count: int) -> list[int]:
-    """Up to ``count`` of ``indices``, evenly spaced over them (all, when there are no more)."""
-    if len(indices) <= max(count, 0):
-        return list(indices)
-    return [indices[j] for j in np.linspace(0, len(indices) - 1, max(count, 0)).round().astype(int)]
 
 
 def mistakes_first(right: Sequence[bool], count: int) -> list[int]:
