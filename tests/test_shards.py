@@ -197,6 +197,31 @@ def test_a_split_cut_short_records_the_facts_of_its_own_samples(tmp_path):
     assert len(streamed.datasets["train"]) == 2
 
 
+def test_a_run_on_data_made_larger_by_repeats_records_its_split_once(tmp_path):
+    """The bench makes its larger data by repeating the training samples, which the folder
+    streams as items of their own; its record's split, which a run on it saves in its
+    checkpoints, holds each sample once, so those checkpoints evaluate (a split with an id
+    twice is refused as any split is)."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    from cnnsuite.bench.scale import repeated
+    from cnnsuite.data import shards
+
+    datamodule = RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "raw", per_class=4)), image_size=16)
+    datamodule.setup("fit")
+    train = list(datamodule.splits["train"])
+    datamodule.splits = repeated(datamodule.splits, 2)
+    out = tmp_path / "larger"
+    record = json.loads(Path(shards.prepare(datamodule, "recognition2d", out)).read_text())
+    assert record["splits"]["train"] == train and record["items"]["train"] == train * 2
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(out), "--data.image_size", "16",
+              "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
+    main(["evaluate", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--data.data_dir", str(out),
+          "--data.data_root", str(tmp_path / "data"), "--out", str(tmp_path / "eval"), "--debug"])  # fmt: skip
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluation["test_samples"] == len(record["items"]["test"])
+
+
 def test_detection2d_streams_images_with_their_targets_and_category_ids(tmp_path):
     """An item is an image with its target (boxes, labels, crowd flags, areas, image id); the
     record keeps the COCO category ids, so a run on shards writes the raw run's results file."""
@@ -756,7 +781,8 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
         (lambda r: r["targets"].update({r["items"]["train"][0]: -1}), "expected an object of class indices from 0"),
         (lambda r: r.pop("splits"), "not a record written by cnnsuite prepare (no splits)"),
         # training samples as the test split: a run's evaluation would score them as unseen
-        (lambda r: r["splits"].update(test=r["items"]["train"][:2]), "in test and train; expected each sample in one"),
+        (lambda r: r["splits"].update(test=r["items"]["train"][:2]), "is in train and test; expected each sample in"),
+        (lambda r: r["splits"]["val"].append(r["splits"]["val"][0]), "is twice in val; expected each sample in one"),
         (lambda r: r["splits"].update(test=[]), "in test, which its splits do not: expected each split's items among"),
     ],
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from ...jsonout import first_non_finite
-from ..splits import STAGES
+from ..splits import STAGES, check_splits
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
 #: the record beside the shards
@@ -105,15 +105,11 @@ def check_record(record: dict, where: str, targetless: bool = False) -> None:
     unlabelled = [i for ids in record["items"].values() for i in ids if i not in record["targets"]]
     if unlabelled:
         raise ConfigError(f"{where}: items lists {unlabelled[0]!r}, which targets does not: expected a target for each")
-    # the split a run on the folder (and its checkpoints) records: a training item in test is scored as unseen
-    # (an id repeated within a split is the bench's data made larger, each repeat an item of its own)
-    stages = {i: s for s in reversed(STAGES) for i in record["splits"][s]}
+    # the split a run on the folder (and its checkpoints) records, as any split is checked: a training
+    # sample in test is scored as unseen; its items (what is streamed) may repeat its samples
+    check_splits(record["splits"], f"{where}: splits")
+    stages = {i: s for s in STAGES for i in record["splits"][s]}
     for stage in STAGES:
-        shared = next((i for i in record["splits"][stage] if stages[i] != stage), None)
-        if shared is not None:
-            raise ConfigError(
-                f"{where}: splits lists {shared!r} in {stage} and {stages[shared]}; expected each sample in one split"
-            )
         outside = [i for i in record["items"][stage] if stages.get(i) != stage]
         if outside:
             raise ConfigError(

@@ -141,7 +141,9 @@ def _record(datamodule, task: str, items: dict[str, list[str]], files: dict[str,
         "datamodule": class_path(datamodule),
         "hyper_parameters": {k: datamodule.hparams.get(k) for k in datamodule.init_parameters() if k != "data_dir"},
         "raw_data_dir": datamodule.hparams.get("data_dir"),
-        "splits": datamodule.splits,
+        # each split's samples once, the split a run on the folder records; the items, what is
+        # streamed, may repeat them (the bench's larger data)
+        "splits": {stage: list(dict.fromkeys(ids)) for stage, ids in datamodule.splits.items()},
         "items": items,
         "targets": {i: _json_target(targets[i]) for i in held},
         "class_names": list(datamodule.class_names),
