@@ -543,6 +543,28 @@ def test_a_folder_of_the_users_own_given_as_out_is_not_written_over(trained, tmp
     assert (out / "evaluation.json").is_file()
 
 
+def test_a_command_stopped_midway_writes_its_folder_again(trained, tmp_path, monkeypatch):
+    """An evaluation stopped after its metrics and plots, before its evaluation.json (Ctrl-C, a
+    plot that fails), left a folder that the same command with the same ``--out`` refused as
+    the user's own: the folder is stamped as the command starts."""
+    import cnnsuite.use.evaluate
+
+    folder, run = trained
+    args = ["evaluate", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--data.data_dir", str(folder)]
+    out = tmp_path / "out"
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cnnsuite.use.evaluate, "write_report", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            main([*args, "--out", str(out)])
+    assert (out / "metrics.json").is_file() and not (out / "evaluation.json").exists()
+    main([*args, "--out", str(out)])
+    assert (out / "evaluation.json").is_file()
+
+
 def test_a_checkpoint_outside_a_run_folder_is_evaluated_into_the_working_folder(trained, tmp_path, monkeypatch):
     """A checkpoint outside a run's ``checkpoints/`` folder (downloaded, say) has no run folder:
     its evaluation goes to ``./evaluation``, as predict's and inspect's outputs go to ``./``,

@@ -104,6 +104,12 @@ def default_output(ckpt_path: str | Path, name: str) -> Path:
     return run / name if run is not None else Path(name)
 
 
+#: written into an output folder as its command starts, naming the command's ``marker``: a
+#: command stopped before it wrote its marker (Ctrl-C, a file that does not read) leaves a
+#: folder it may write again
+STAMP = ".cnnsuite-output"
+
+
 def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path:
     """``out_dir``, made where missing, for a command that writes its files into it in place.
     Writing in place writes where a symbolic link leads, and a run folder shared with its
@@ -112,8 +118,8 @@ def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path
     it with ``--out``). The folder's own entries are looked at, not the trees below them.
 
     A folder the user named that holds anything must be one the command wrote before (its
-    ``marker`` file there): it would replace a ``report.md`` or ``predictions.jsonl`` of the
-    user's own without a word."""
+    ``marker`` file there, or the :data:`STAMP` it leaves as it starts): it would replace a
+    ``report.md`` or ``predictions.jsonl`` of the user's own without a word."""
     if out_dir.exists() and not out_dir.is_dir():  # else mkdir's "[Errno 17] File exists"
         raise ConfigError(f"--out {out_dir}: is a file; expected a folder")
     links = [out_dir] if not given and out_dir.is_symlink() else []
@@ -124,13 +130,17 @@ def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path
             f"{links[0]}: a symbolic link where this command writes its output, which would go where the link "
             "leads; remove the link, or give another --out"
         )
-    if given and marker is not None and entries and not (out_dir / marker).exists():
+    stamp = out_dir / STAMP
+    written = (out_dir / marker).exists() or (stamp.is_file() and stamp.read_text().strip() == marker)
+    if given and marker is not None and entries and not written:
         shown = ", ".join(entry.name for entry in entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise ConfigError(
             f"--out {out_dir}: holds files this command did not write ({shown}), which it could replace; "
             f"give a new or empty folder, or one it wrote before (with its {marker})"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    if marker is not None:
+        stamp.write_text(marker + "\n")
     return out_dir
 
 
