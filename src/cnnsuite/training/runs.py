@@ -130,9 +130,7 @@ def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path
             f"{links[0]}: a symbolic link where this command writes its output, which would go where the link "
             "leads; remove the link, or give another --out"
         )
-    stamp = out_dir / STAMP
-    written = (out_dir / marker).exists() or (stamp.is_file() and stamp.read_text().strip() == marker)
-    if given and marker is not None and entries and not written:
+    if given and marker is not None and entries and not _wrote(out_dir, marker):
         shown = ", ".join(entry.name for entry in entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise ConfigError(
             f"--out {out_dir}: holds files this command did not write ({shown}), which it could replace; "
@@ -140,8 +138,14 @@ def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     if marker is not None:
-        stamp.write_text(marker + "\n")
+        (out_dir / STAMP).write_text(marker + "\n")
     return out_dir
+
+
+def _wrote(out_dir: Path, marker: str) -> bool:
+    """Whether the command of ``marker`` wrote ``out_dir``: its marker there, or its stamp."""
+    stamp = out_dir / STAMP
+    return (out_dir / marker).exists() or (stamp.is_file() and stamp.read_text().strip() == marker)
 
 
 def default_loggers(root: str | os.PathLike, version: int) -> list:
