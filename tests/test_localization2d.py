@@ -287,12 +287,12 @@ def test_losses_and_metrics_against_hand_computed_values():
     miou.update(pred, true)
     assert miou.compute().item() == pytest.approx((1 / 7 + 1) / 2)
     loc, known = LocalizationAccuracy(), LocalizationAccuracy(need_class=False)
-    per_class = LocalizationAccuracy(num_classes=2)
+    per_class = LocalizationAccuracy(num_classes=3)
     for metric in (loc, known, per_class):
         # second image: perfect box, but [0, 0] logits argmax to class 0, not 1
         metric.update(probs, labels, pred, true)
     assert (loc.compute().item(), known.compute().item()) == (0.0, 0.5)
-    assert per_class.compute().tolist() == [0.0, 0.0]
+    assert per_class.compute()[:2].tolist() == [0.0, 0.0] and per_class.compute()[2].isnan()  # no image of class 2
 
     boxes = decode_boxes(torch.tensor([[-50.0, 50.0, -10.0, 30.0], [0.0, 0.0, 0.0, 0.0]]))
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()

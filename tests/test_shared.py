@@ -280,6 +280,42 @@ def test_auroc_ranks_probabilities_not_raw_logits():
     assert float(MulticlassAUROC(3)(logits, target)) != pytest.approx(float(expected))
 
 
+def test_a_class_the_split_lacks_has_no_score_and_no_part_in_the_means():
+    """torchmetrics scored a class without a test sample 0 and averaged it in: a split lacking
+    one class of three read a macro AUROC far below its two classes'. That class's accuracy is
+    NaN (``null`` in metrics.json), and the means are scikit-learn's, over the classes present."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    generator = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(40, 3, generator=generator), torch.randint(0, 2, (40,), generator=generator)
+    model = ClassificationModule(num_classes=3, backbone="convnet", backbone_kwargs={"channels": [4]})
+    model.update_metrics("val", logits, target, None)
+    values = {k: float(v) for k, v in model.val_metrics.compute().items()}
+    probs = logits.softmax(dim=1).numpy()
+    auroc = np.mean([roc_auc_score(target.numpy() == c, probs[:, c]) for c in (0, 1)])
+    assert values["val/auroc"] == pytest.approx(auroc, abs=1e-6)
+    recalls = [float((probs.argmax(1)[target.numpy() == c] == c).mean()) for c in (0, 1)]
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": left out, as here
+        warnings.simplefilter("ignore")
+        balanced = balanced_accuracy_score(target.numpy(), probs.argmax(1))
+    assert values["val/acc_macro"] == pytest.approx(balanced) == pytest.approx(np.mean(recalls))
+    assert np.isnan(values["val/acc/2"]) and values["val/acc/0"] == pytest.approx(recalls[0])
+
+
+def test_a_label_without_a_positive_has_no_average_precision():
+    from sklearn.metrics import average_precision_score
+
+    generator = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(30, 3, generator=generator), torch.randint(0, 2, (30, 3), generator=generator)
+    target[:, 2] = 0
+    model = ClassificationModule(num_classes=3, multilabel=True, backbone="convnet", backbone_kwargs={"channels": [4]})
+    model.update_metrics("val", logits, target, None)
+    values = {k: float(v) for k, v in model.val_metrics.compute().items()}
+    probs = logits.sigmoid().numpy()
+    expected = np.mean([average_precision_score(target[:, c].numpy(), probs[:, c]) for c in (0, 1)])
+    assert values["val/map_macro"] == pytest.approx(expected, abs=1e-6) and np.isnan(values["val/ap/2"])
+
+
 def test_networks_with_batchnorm_get_precise_batchnorm_by_default():
     with_bn = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4]})
     assert [type(cb) for cb in with_bn.configure_callbacks()] == [PreciseBatchNorm]

@@ -81,7 +81,8 @@ class MeanIoU(Metric):
 class LocalizationAccuracy(Metric):
     """Share of images whose box has IoU ≥ ``threshold`` with the truth and, with
     ``need_class``, whose class is right too (ILSVRC's top-1 localization accuracy; without
-    it, "GT-known" localization). ``num_classes`` gives one value per true class instead."""
+    it, "GT-known" localization). ``num_classes`` gives one value per true class instead, NaN
+    for a class without an image (it has no score; see :mod:`cnnsuite.training.present_classes`)."""
 
     higher_is_better = True
     full_state_update = False
@@ -108,7 +109,7 @@ class LocalizationAccuracy(Metric):
 
     def compute(self) -> torch.Tensor:
         value = self.correct.float() / self.count.clamp(min=1)
-        return value if self.num_classes else value[0]
+        return torch.where(self.count > 0, value, torch.nan) if self.num_classes else value[0]
 
 
 class BoxHead(nn.Module):

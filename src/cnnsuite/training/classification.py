@@ -27,7 +27,6 @@ from torch import nn
 from torchmetrics import ClasswiseWrapper, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
-    MulticlassAUROC,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
     MultilabelAveragePrecision,
@@ -39,6 +38,7 @@ from ..backbone import build_backbone
 from ..data.inputs import Input
 from ..errors import ConfigError
 from .heads import ClassifierHead
+from .present_classes import PresentClassesAccuracy, PresentClassesAUROC, PresentLabelsAveragePrecision
 from .task import TaskModule
 
 
@@ -159,12 +159,11 @@ class ClassificationModule(TaskModule):
         metrics = {"acc": MulticlassAccuracy(n, average="micro", validate_args=stage != "train")}
         if stage != "train":
             metrics |= {
-                "acc_macro": MulticlassAccuracy(n, average="macro"),
+                # the classes the split holds (present_classes): one it lacks has no recall or AUROC
+                "acc_macro": PresentClassesAccuracy(n, macro=True),
                 "f1_macro": MulticlassF1Score(n, average="macro"),
-                "auroc": MulticlassAUROC(n, average="macro"),
-                "per_class_acc": ClasswiseWrapper(
-                    MulticlassAccuracy(n, average=None), labels=self.class_names, prefix="acc/"
-                ),
+                "auroc": PresentClassesAUROC(n),
+                "per_class_acc": ClasswiseWrapper(PresentClassesAccuracy(n), labels=self.class_names, prefix="acc/"),
             }
         if stage == "test":
             # Not logged (not a scalar): evaluation draws it.
@@ -185,9 +184,9 @@ class ClassificationModule(TaskModule):
         decisions = {"f1_micro": MultilabelF1Score(n, average="micro", validate_args=check)}
         if check:
             metrics |= {
-                "map_macro": MultilabelAveragePrecision(n, average="macro"),
+                "map_macro": PresentLabelsAveragePrecision(n, macro=True),
                 "per_class_ap": ClasswiseWrapper(
-                    MultilabelAveragePrecision(n, average=None), labels=self.class_names, prefix="ap/"
+                    PresentLabelsAveragePrecision(n), labels=self.class_names, prefix="ap/"
                 ),
             }
             decisions |= {"f1_macro": MultilabelF1Score(n, average="macro")}
@@ -409,15 +408,19 @@ class ClassificationModule(TaskModule):
         return [path]
 
     def _plot_class_ap(self, out_dir: Path) -> Path:
-        """A multi-label model's average precision per class on the test split, as bars."""
+        """A multi-label model's average precision per class on the test split, as bars; a class
+        without a positive there has none (its name says so), nor a part in the mean."""
         names = list(self.test_class_ap)
-        values = [self.test_class_ap[n] for n in names]
+        values = np.array([self.test_class_ap[n] for n in names], dtype=float)
+        scored = np.isfinite(values)
+        shown = [n if ok else f"{n} (none in test)" for n, ok in zip(names, scored, strict=True)]
         fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names) + 2), 4))
-        ax.bar(range(len(names)), values, color="tab:blue")
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.bar(range(len(names)), np.where(scored, values, 0.0), color="tab:blue")
+        ax.set_xticks(range(len(names)), shown, rotation=60, ha="right", fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel("average precision")
-        ax.set_title(f"Average precision per class (test split); macro mean {sum(values) / max(len(values), 1):.3f}")
+        mean = f"{values[scored].mean():.3f}" if scored.any() else "n/a"
+        ax.set_title(f"Average precision per class (test split); macro mean {mean}")
         path = out_dir / "class_ap.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)

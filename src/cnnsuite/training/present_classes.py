@@ -1,0 +1,67 @@
+"""Scores per class, and their means, over the classes a split holds.
+
+torchmetrics scores a class that has no sample in the targets as 0 (one-vs-rest AUROC warns
+that the value is meaningless, then averages it in), so a test split lacking one class of
+three read a macro AUROC of 0.49 where its two classes scored 0.80 and 0.67, and the absent
+class's accuracy read 0. Such a class has no score: here it is NaN (written as ``null`` in
+``metrics.json``, see :mod:`cnnsuite.jsonout`), and a macro mean is taken over the classes
+present, as scikit-learn's ``roc_auc_score`` and ``balanced_accuracy_score`` take them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MultilabelAveragePrecision
+from torchmetrics.utilities import dim_zero_cat
+
+
+class OverPresentClasses:
+    """A torchmetrics metric computed per class (``average=None``), NaN for a class without a
+    sample in what it was updated with (:meth:`support`), or (``macro``) the mean of the others."""
+
+    macro: bool
+
+    def support(self) -> torch.Tensor:
+        """How many samples of each class (a label's positives, multi-label) the targets held."""
+        raise NotImplementedError
+
+    def compute(self) -> torch.Tensor:
+        values = super().compute().float()
+        present = self.support().to(values.device) > 0
+        values = torch.where(present, values, torch.nan)
+        if not self.macro:
+            return values
+        return values[present].mean() if present.any() else values.new_tensor(torch.nan)
+
+
+class PresentClassesAccuracy(OverPresentClasses, MulticlassAccuracy):
+    """Each class's accuracy (its recall), or their mean: balanced accuracy."""
+
+    def __init__(self, num_classes: int, macro: bool = False, **kwargs) -> None:
+        super().__init__(num_classes, average=None, **kwargs)
+        self.macro = macro
+
+    def support(self) -> torch.Tensor:
+        return self.tp + self.fn
+
+
+class PresentClassesAUROC(OverPresentClasses, MulticlassAUROC):
+    """Each class's one-vs-rest AUROC, or their mean."""
+
+    def __init__(self, num_classes: int, macro: bool = True, **kwargs) -> None:
+        super().__init__(num_classes, average=None, **kwargs)
+        self.macro = macro
+
+    def support(self) -> torch.Tensor:
+        return torch.bincount(dim_zero_cat(self.target).long(), minlength=self.num_classes)
+
+
+class PresentLabelsAveragePrecision(OverPresentClasses, MultilabelAveragePrecision):
+    """Each label's average precision, or their mean, over the labels with a positive."""
+
+    def __init__(self, num_labels: int, macro: bool = False, **kwargs) -> None:
+        super().__init__(num_labels, average=None, **kwargs)
+        self.macro = macro
+
+    def support(self) -> torch.Tensor:
+        return (dim_zero_cat(self.target) == 1).sum(dim=0)
