@@ -12,6 +12,7 @@ from test_biomedical3d import SMALL, make_volume_folder
 from test_detection2d import make_coco_folder
 
 from cnnsuite.cli import main
+from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import rebuild_for_inference
 from cnnsuite.use.export import ExportedNetwork, OnnxNetwork, export
 from cnnsuite.use.predict import Predictor
@@ -218,10 +219,25 @@ def test_a_detector_exports_without_files_checked_on_its_own_canvas(tmp_path, ca
     run = fit("detection2d", tmp_path, "--data.data_dir", str(folder), "--data.batch_size", "4",
               "--trainer.max_epochs", "1", "--model.init_args.min_size", "64", "--model.init_args.max_size", "64",
               "--evaluate", "false")  # fmt: skip
-    main(["export", "--ckpt", str(run / "checkpoints" / "best.ckpt")])
+    ckpt = run / "checkpoints" / "best.ckpt"
+    main(["export", "--ckpt", str(ckpt)])
     path = run / "export" / "model.onnx"
     assert f"exported {path}" in capsys.readouterr().out
     info = json.loads((path.parent / "model.onnx.json").read_text())
-    assert info["check"]["inputs"] == "3 random samples of (3, 64, 64)"
+    assert info["check"]["inputs"] == "3 random samples of (3, 64, 64) and 2 of (3, 192, 256)"
     assert info["input"]["shape"] == ["batch", 3, "free", "free"]
     assert max(info["check"]["max_abs_diff"].values()) < 1e-4
+    # free as the file says: a wide image's canvas, and a tall one's (traced on the square
+    # canvas alone, the file ran on that size only)
+    network = Predictor(ckpt, accelerator="cpu").model.inference_network().eval()
+    for shape in ((1, 3, 32, 64), (2, 3, 64, 32)):
+        batch = torch.rand(shape)
+        with torch.no_grad():
+            expected = network(batch)
+        for found, wanted in zip(OnnxNetwork(path)(batch), expected, strict=True):
+            torch.testing.assert_close(found, wanted, atol=1e-4, rtol=1e-4)
+    # torch.export keeps a guard that each feature map is more than one cell: traced where they
+    # are, its program does not run on this small canvas, and is not kept
+    with pytest.raises(ConfigError, match=r"model.pt2: the exported network does not run on 3 random samples"):
+        export(ckpt, "torch-export")
+    assert not (path.parent / "model.pt2").exists()

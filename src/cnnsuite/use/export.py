@@ -15,8 +15,9 @@ file where the torch network ran, so its predictions go through the same descrip
 Every export is checked before it is kept: the file is loaded back (ONNX Runtime on CPU, or
 ``torch.export.load``) and run on a batch of another size than the one traced, with real
 files (``--input``) or random inputs (of the data's input shape, or of the size a model brings
-every input to), against the PyTorch network; an output further than ``--tolerance`` from
-PyTorch's deletes the file and fails.
+every input to), and on the traced batch (:func:`example_batch`), against the PyTorch network;
+an output further than ``--tolerance`` from PyTorch's, or a run that fails, deletes the file
+and fails.
 """
 
 from __future__ import annotations
@@ -138,11 +139,13 @@ def export(
     model, datamodule = predictor.model, predictor.datamodule
     network = model.inference_network().eval()
     check_batch, check_source = check_inputs(predictor, inputs)
+    example = example_batch(check_batch, model)
     with torch.no_grad():
         expected = output_tuple(network(check_batch))
+        expected_example = output_tuple(network(example))
     names = output_names(model, len(expected))
     start = time.perf_counter()
-    program = trace(network, check_batch, ckpt_path, model)
+    program = trace(network, example, ckpt_path, model)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial{FORMATS[fmt]}")  # torch.export.load wants .pt2
     try:
@@ -161,7 +164,20 @@ def export(
             torch.export.save(program, partial)
             seconds = time.perf_counter() - start
             exported = ExportedNetwork(partial)
-        diffs = {name: max_difference(e, o) for name, e, o in zip(names, expected, exported(check_batch), strict=True)}
+        if example.shape[2:] != check_batch.shape[2:]:  # the traced sizes are checked too
+            check_source += f" and {len(example)} of {tuple(example.shape[1:])}"
+        try:
+            found, found_example = exported(check_batch), exported(example)
+        except Exception as err:  # a guard torch.export kept, an ONNX Runtime shape error: the first line says which
+            reason = str(err).strip().split("\n")[0][:300]
+            raise ConfigError(
+                f"{path}: the exported network does not run on {check_source} ({type(err).__name__}: {reason}); "
+                "nothing was written"
+            ) from err
+        diffs = {
+            name: max(max_difference(e, o), max_difference(x, y))
+            for name, e, o, x, y in zip(names, expected, found, expected_example, found_example, strict=True)
+        }
         worst = max(diffs.values())
         if not worst <= tolerance:  # NaN fails too
             raise ConfigError(
@@ -236,16 +252,30 @@ def check_inputs(predictor: Predictor, inputs: list | None) -> tuple[torch.Tenso
     return batch, f"{CHECK_BATCH} random samples of {tuple(batch.shape[1:])}"
 
 
-def trace(network: nn.Module, batch: torch.Tensor, ckpt_path: str | Path, model: TaskModule):
-    """``torch.export`` of ``network`` with the axes the task leaves free
-    (:meth:`~cnnsuite.training.task.TaskModule.inference_dynamic_shapes`: the batch, and for
-    a detector the padded height and width), the others fixed at the sample's size.
+def example_batch(batch: torch.Tensor, model: TaskModule) -> torch.Tensor:
+    """What :func:`trace` traces ``network`` on: the first sample of the check's ``batch``,
+    :data:`EXAMPLE_BATCH` times (another batch size than the check's, so a network that fixes
+    its batch size fails here or in the check, never in a user's hands), and each axis the
+    task leaves free besides the batch tiled 3, 4, ... times over. ``torch.export`` specialises
+    a size it sees equal to another, or of 1: a detector traced on its square canvas, whose
+    deepest feature map is one cell there, ran on that canvas alone, though its file said the
+    height and width were free. Tiled, the axes differ and every map is several cells."""
+    example = batch[:1].expand(EXAMPLE_BATCH, *batch.shape[1:])
+    free = sorted(set(model.inference_dynamic_shapes(torch.export.Dim("batch", min=1))) - {0})
+    repeats = [1] * example.dim()
+    for factor, axis in enumerate(free, start=3):
+        repeats[axis] = factor
+    return example.repeat(repeats)
 
-    The example batch has another size than the check's, so a network that fixes its batch
-    size fails here or in the check, never in a user's hands. Parametrized weights (masked,
-    tied, hypernetwork-made kernels) trace as they are: checked with LeNet-5's C3 table, a
-    hypernetwork kernel and tied weights, they export and agree with PyTorch."""
-    example = batch[:1].expand(EXAMPLE_BATCH, *batch.shape[1:]).clone()
+
+def trace(network: nn.Module, example: torch.Tensor, ckpt_path: str | Path, model: TaskModule):
+    """``torch.export`` of ``network`` on ``example`` (:func:`example_batch`) with the axes the
+    task leaves free (:meth:`~cnnsuite.training.task.TaskModule.inference_dynamic_shapes`: the
+    batch, and for a detector the padded height and width), the others fixed at its size.
+
+    Parametrized weights (masked, tied, hypernetwork-made kernels) trace as they are: checked
+    with LeNet-5's C3 table, a hypernetwork kernel and tied weights, they export and agree
+    with PyTorch."""
     batch_dim = torch.export.Dim("batch", min=1)
     try:
         dynamic = model.inference_dynamic_shapes(batch_dim)
