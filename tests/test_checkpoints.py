@@ -543,6 +543,18 @@ def test_a_folder_of_the_users_own_given_as_out_is_not_written_over(trained, tmp
     assert (out / "evaluation.json").is_file()
 
 
+def test_evaluate_and_inspect_write_nothing_inside_the_data_folder(trained, capsys):
+    """``--out`` inside the data folder: the next fit would list ``evaluation`` as a class
+    folder of images (its plots), as it would a run's files; refused as fit refuses a run there."""
+    folder, run = trained
+    ckpt = str(run / "checkpoints" / "best.ckpt")
+    for command in ("evaluate", "inspect"):
+        out = folder / "cat" / "report"
+        err = one_line_error([command, "--ckpt", ckpt, "--data.data_dir", str(folder), "--out", str(out)], capsys)
+        assert f"--out {out}: inside the data folder {folder}, which is only read" in err, command
+        assert not out.exists()
+
+
 def test_a_command_stopped_midway_writes_its_folder_again(trained, tmp_path, monkeypatch):
     """An evaluation stopped after its metrics and plots, before its evaluation.json (Ctrl-C, a
     plot that fails), left a folder that the same command with the same ``--out`` refused as

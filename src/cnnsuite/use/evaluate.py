@@ -64,6 +64,7 @@ def evaluate_into(
     if not datamodule.splits["test"]:
         raise ConfigError(f"{ckpt_path}: its run's test split is empty: nothing to evaluate (give --data.data_dir)")
     out_dir = evaluation_dir(ckpt_path, out_dir, datamodule.root if datamodule.tests_other_data else None)
+    datamodule.check_writes_outside("out", out_dir)
     output_folder(out_dir, given, marker="evaluation.json")
     trainer = L.Trainer(
         accelerator=accelerator,

@@ -405,6 +405,7 @@ def inspect(
         sample, source = model_batch(model, next(held_out_batches(datamodule, 1))[:1]), "the first test sample"
     network = network_of(model, sample.dim())
     x = network.to_backbone(sample.to(device))
+    datamodule.check_writes_outside("out", out_dir)
     output_folder(out_dir, given, marker="stages.json")
 
     rows = stage_rows(network.backbone, x)
