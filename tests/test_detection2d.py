@@ -681,17 +681,20 @@ def test_predict_a_file_and_a_folder_with_a_bad_image(trained, tmp_path, capsys)
     images_of_sizes(folder, inputs, [(64, 64), (80, 48)])
     shutil.copy(image, inputs / "c.png")
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("RGB", (3000, 20)).save(inputs / "strip.png")  # 64x0 after the detector's resize
     out = tmp_path / "folder"
     main(["predict", "--ckpt", str(ckpt), "--input", str(inputs), "--out", str(out)])
     lines = {Path(x["path"]).name: x for x in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
-    assert sorted(lines) == ["broken.png", "c.png", "resized0.png", "resized1.png"]
+    assert sorted(lines) == ["broken.png", "c.png", "resized0.png", "resized1.png", "strip.png"]
     assert set(lines["broken.png"]) == {"path", "error"} and "broken.png" in lines["broken.png"]["error"]
+    said = "strip.png: 3000x20 pixels, resized to under one pixel across by model.min_size 64 and model.max_size 64"
+    assert lines["strip.png"]["error"].endswith(f"{said}; expected sides at most 64:1 apart")
     alone, batched = as_tensors(line), as_tensors(lines["c.png"])  # the same file, in a batch of others
     assert batched[2] == alone[2]
     torch.testing.assert_close(batched[:2], alone[:2], atol=1e-4, rtol=0)
     assert {p.name for p in (out / "pictures").iterdir()} == {"c.png", "resized0.png", "resized1.png"}
     printed = capsys.readouterr().out
-    assert "predicted 3 of 4 inputs; 1 could not be read" in printed and "broken.png" in printed
+    assert "predicted 3 of 5 inputs; 2 could not be read" in printed and "broken.png" in printed
 
 
 def test_evaluating_images_without_objects_is_one_line_not_an_empty_metrics_file(trained, tmp_path, capsys):

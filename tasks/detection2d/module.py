@@ -36,6 +36,7 @@ pass's own detections.
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
@@ -56,6 +57,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from torchvision.utils import draw_bounding_boxes, make_grid, save_image
 
 from cnnsuite.backbone import StagedBackbone, build_backbone
+from cnnsuite.data import BadFileError
 from cnnsuite.data.coco import CategoryMap, coco_results
 from cnnsuite.data.inputs import Input
 from cnnsuite.data.limits import check_sample_size
@@ -316,6 +318,24 @@ class DetectionModule(TaskModule):
         return MetricCollection({"map": metric}, prefix=f"{stage}/", compute_groups=False)
 
     # --- the network ----------------------------------------------------------------
+    def check_input(self, item: Input) -> None:
+        """An image the detector's resize (shorter side to ``min_size`` unless the longer passes
+        ``max_size``) would bring under one pixel on a side: a 3000x20 strip at ``max_size`` 64
+        is 64x0, and interpolation fails for the whole batch. Computed as torchvision's
+        ``GeneralizedRCNNTransform`` computes it; SSDlite's fixed 320x320 takes any image."""
+        transform = self.detector.transform
+        if getattr(transform, "fixed_size", None):
+            return
+        height, width = item.sample.shape[-2:]
+        sides = torch.tensor([height, width], dtype=torch.float32)
+        scale = float(torch.min(transform.min_size[-1] / sides.min(), transform.max_size / sides.max()))
+        if min(math.floor(height * scale), math.floor(width * scale)) < 1:
+            raise BadFileError(
+                f"{item.path}: {width}x{height} pixels, resized to under one pixel across by model.min_size "
+                f"{transform.min_size[-1]} and model.max_size {transform.max_size}; expected sides at most "
+                f"{transform.max_size}:1 apart"
+            )
+
     def _prepare(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.hparams.detector in REFERENCES and self.hparams.in_channels == 1:
             return [image.expand(3, -1, -1) for image in images]

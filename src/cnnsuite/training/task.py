@@ -391,6 +391,11 @@ class TaskModule(L.LightningModule):
         thresholds); the default has nothing to add."""
         return {}
 
+    def check_input(self, item: Input) -> None:
+        """Raise :class:`~cnnsuite.data.errors.BadFileError` naming ``item``'s file where the
+        network cannot take it, before it joins a batch, which would fail whole (prediction
+        answers for the other files). The default takes every input its datamodule read."""
+
     def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
         """One JSON-able prediction per input, from the network's outputs for their batch."""
         raise NotImplementedError(f"{type(self).__name__} does not describe predictions")

@@ -44,11 +44,13 @@ class Predictor:
         if not path.exists():
             raise BadFileError(f"{path}: no such file")
         try:
-            return self.datamodule.read_input(path)
+            item = self.datamodule.read_input(path)
         except BadFileError:
             raise
         except (OSError, RuntimeError, ValueError) as err:  # a reader's own error, made to name the file
             raise BadFileError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
+        self.model.check_input(item)
+        return item
 
     def predict(self, inputs: list[Input], network: Callable | None = None) -> list[dict]:
         """One prediction per input (``network``: see :meth:`TaskModule.predict_inputs`)."""
