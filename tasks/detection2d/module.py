@@ -344,10 +344,19 @@ class DetectionModule(TaskModule):
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Detections per image: ``boxes`` (x1, y1, x2, y2 in the image's pixels), ``labels``
         (0…K-1, the datamodule's), ``scores``."""
-        return self._relabel(self.detector(self._prepare(images)))
+        return self.own_detections(self.detector(self._prepare(images)))
 
-    def _relabel(self, detections: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        return [{**out, "labels": out["labels"] - self.label_offset} for out in detections]
+    def own_detections(self, detections: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """torchvision's detections as this task gives them: labels 0…K-1 (the datamodule's),
+        and no box without area. FCOS and RetinaNet clip boxes to the image and keep those
+        clipped flat (Faster R-CNN drops them): a box past an image's edge came back as a line
+        along it, with a score."""
+        own = []
+        for out in detections:
+            boxes = out["boxes"]
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            own.append({**{k: v[keep] for k, v in out.items()}, "labels": out["labels"][keep] - self.label_offset})
+        return own
 
     def forward_for_batchnorm(self, batch) -> None:
         """The backbone and FPN hold the BatchNorm layers (the heads use GroupNorm); a
@@ -539,7 +548,7 @@ class DetectionModule(TaskModule):
         detections = self.detector.postprocess_detections(head_outputs, split_anchors, batch.image_sizes)
         original_sizes = [tuple(sample.shape[-2:]) for sample in samples]
         detections = self.detector.transform.postprocess(detections, batch.image_sizes, original_sizes)
-        return [self.describe_detections(d) for d in self._relabel(detections)]
+        return [self.describe_detections(d) for d in self.own_detections(detections)]
 
     def describe_detections(self, detections: dict[str, torch.Tensor]) -> dict:
         """``{"detections": [{"class", "score", "box": [x1, y1, x2, y2]}, ...]}``, best first,
