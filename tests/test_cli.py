@@ -126,6 +126,16 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(tmp_path, monkey
     monkeypatch.setattr(cnnsuite.trust.checkpoint, "load_checkpoint", fail(ValueError("an internal mistake")))
     with pytest.raises(ValueError, match="an internal mistake"):
         main(["evaluate", "--ckpt", str(tmp_path / "x.ckpt")])
+
+    def mishandled(path):  # a bug while handling a user's error: the bug's traceback, not the user's line
+        try:
+            raise FileNotFoundError(f"{path}: no such file")
+        except OSError:
+            return {}["a key the code forgot"]
+
+    monkeypatch.setattr(cnnsuite.trust.checkpoint, "load_checkpoint", mishandled)
+    with pytest.raises(KeyError, match="a key the code forgot"):
+        main(["evaluate", "--ckpt", str(tmp_path / "x.ckpt")])
     monkeypatch.setattr(cnnsuite.trust.checkpoint, "load_checkpoint", fail(BadFileError("x.ckpt: not a checkpoint")))
     assert one_line_error(capsys, "evaluate", "--ckpt", str(tmp_path / "x.ckpt")).endswith("x.ckpt: not a checkpoint")
 

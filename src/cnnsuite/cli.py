@@ -621,13 +621,16 @@ def class_keys(path: str) -> list[str]:
 
 def user_error(err: BaseException) -> BaseException | None:
     """The first user error in the chain of ``err`` (jsonargparse, Lightning and PyTorch wrap
-    an error raised inside a class or a loader in their own), or None: a bug."""
+    an error raised inside a class or a loader in their own, ``raise ... from`` it), or None:
+    a bug. Only causes are followed, not the error being handled when ``err`` was raised: a
+    bug in an ``except OSError:`` block (a ``KeyError`` there) keeps its traceback, not the
+    one line of the ``OSError`` it met."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, USER_ERRORS):
             return err
         seen.add(id(err))
-        err = err.__cause__ if err.__cause__ is not None or err.__suppress_context__ else err.__context__
+        err = err.__cause__
     return None
 
 
