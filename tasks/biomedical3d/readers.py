@@ -74,8 +74,8 @@ def may_be_cut(path: str | Path) -> bool:
                 return size < length
             file.seek(max(size - 4, 0))
             return size < 18 or int.from_bytes(file.read(4), "little") != length % 2**32
-    except Exception:  # no header to measure by: check_header names the file
-        return False
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError):
+        return False  # no header to measure by: check_header names the file
 
 
 #: the most bytes a voxel of any NRRD type takes (double, int64)
