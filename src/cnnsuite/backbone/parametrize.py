@@ -131,7 +131,8 @@ def tied_channel_groups(shape: torch.Size, groups: int) -> torch.Tensor:
     return base.repeat(1, groups, *(1,) * len(kernel))
 
 
-#: connection tables by name (``table: lenet5_c3``)
+#: connection tables by name (``table: lenet5_c3``), filled by the networks that define them
+#: (:mod:`cnnsuite.backbone.networks` adds LeNet-5's C3 table)
 NAMED_TABLES: dict[str, Sequence[Sequence[int]]] = {}
 
 
@@ -167,7 +168,8 @@ def apply_parametrizations(backbone: nn.Module, specs: Sequence[dict], where: st
     - ``hyper`` (``code_size``, ``hidden``): kernels made by a hypernetwork (:func:`hyper_kernel`).
 
     Everything is checked before anything changes: a pattern that does not fit a layer is a
-    ``ValueError`` naming the entry, the stage and the layer, not a shape error later.
+    :class:`~cnnsuite.errors.ConfigError` naming the entry, the stage and the layer, not a
+    shape error later.
     """
     stages = getattr(backbone, "stages", None)
     if stages is None:
