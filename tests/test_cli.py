@@ -88,7 +88,12 @@ def test_a_mistyped_key_is_one_line_naming_the_closest_keys(capsys, tmp_path):
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--config", str(tmp_path / "typo.yaml"), "--print_config")
     assert "trainer.max_epocs" in error and "trainer.max_epochs" in error
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.batch_sze", "3", "--print_config")
-    assert "data.init_args.batch_sze" in error and "data.init_args.batch_size" in error
+    assert "unknown key data.batch_sze: did you mean data.batch_size" in error
+    # another task's name for an option: the same first words
+    error = one_line_error(
+        capsys, "fit", "--task", "localization2d", "--data.on_bad_annotation", "skip", "--print_config"
+    )
+    assert "unknown key data.on_bad_annotation: did you mean data.on_bad_file?" in error
 
 
 def test_abbreviated_options_are_refused(capsys):

@@ -564,9 +564,9 @@ def unknown_keys(message: str, parser, prefix: str = "") -> str | None:
     )
     if nested:
         owner = re.match(r'Parser key "([\w.]+)"', message)
+        # as typed on the command line (--data.batch_size; --data.init_args.batch_size is the same key)
         owner = owner[1].removeprefix(prefix) if owner else "init_args"
-        base = f"{owner}.init_args"
-        return describe_unknown(f"{base}.{nested[2]}", [f"{base}.{k}" for k in class_keys(nested[1])])
+        return describe_unknown(f"{owner}.{nested[2]}", [f"{owner}.{k}" for k in class_keys(nested[1])])
     if found := re.match(r"unrecognized arguments: (.*)", message, re.DOTALL):
         tokens = found[1].split()
         keys = [t[2:].split("=", 1)[0] for t in tokens if t.startswith("--")]
@@ -583,13 +583,16 @@ def unknown_keys(message: str, parser, prefix: str = "") -> str | None:
 
 def describe_unknown(key: str, candidates: list[str]) -> str:
     """``unknown key KEY: did you mean A, B or C?``, the closest keys of its own group where
-    the group is a real one (``trainer.max_epocs``: among ``trainer.*``); an abbreviation says
-    it is one."""
+    the group is a real one (``trainer.max_epocs``: among ``trainer.*``), and those whose name
+    starts with the same words (``on_bad_annotation``: ``on_bad_file``, one task's name for
+    another's option); an abbreviation says it is one."""
     abbreviated = [c for c in candidates if c.startswith(key)]
     group, dot, leaf = key.rpartition(".")
     leaves = {c[len(group) + 1 :]: c for c in candidates if dot and c.startswith(group + dot)}
     if leaves:
         close = [leaves[k] for k in difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.6)]
+        words = leaf.split("_")[:2]
+        close += [c for k, c in sorted(leaves.items()) if len(words) == 2 and k.split("_")[:2] == words]
     else:
         close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
     close = list(dict.fromkeys(abbreviated[:1] + close))[:3]
