@@ -213,9 +213,14 @@ def test_a_split_that_cannot_be_stratified_says_so():
         stratified_split(ids, labels, 0.15, 0.15, seed=0)
     # a class of one sample (a misspelt folder) is named as the user named it, and kept for
     # training: split off at random, it was never trained on and scored 0
-    with pytest.warns(UserWarning, match="class 'owl' has a single sample: kept in training"):
+    with pytest.warns(UserWarning, match="class 'owl' has a single sample: kept in training") as said:
         split = stratified_split(ids, [0, 0, 0, 0, 0, 0, 2], 0.15, 0.15, seed=0, names=["cat", "dog", "owl"])
     assert "6" in split["train"] and sorted(sum(split.values(), [])) == ids
+    assert len([w for w in said if "single sample" in str(w.message)]) == 1, "said once, not for each split drawn"
+    with warnings.catch_warnings():  # one image without objects (a detector's label -1) is no class to name
+        warnings.simplefilter("error")
+        split = stratified_split(ids, [0, 0, 0, 1, 1, 1, -1], 0.3, 0.3, seed=0, names=["cat", "dog"])
+    assert "6" in split["train"]
     with pytest.warns(UserWarning, match=r"class 2\.5 has a single sample"):  # a task's own labels, not indices
         stratified_split(ids, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.5], 0.15, 0.15, seed=0, names=["cat", "dog", "owl"])
     with warnings.catch_warnings():

@@ -38,7 +38,8 @@ def stratified_split(
     if val_fraction + test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
     rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed, names)
-    train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed, names)
+    # a class of one sample, said when the test split was drawn, is in the rest still: said once
+    train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed, names, say_lone=False)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
@@ -59,10 +60,13 @@ def check_fraction(key: str, value: float) -> None:
         raise ConfigError(f"data.{key}={value}: expected a fraction between 0 and 1")
 
 
-def split_off(ids: list[str], labels: list, fraction: float, seed: int, names: Sequence[str] | None = None):
+def split_off(
+    ids: list[str], labels: list, fraction: float, seed: int, names: Sequence[str] | None = None, say_lone: bool = True
+):
     """``(kept ids, split-off ids, kept labels)``, stratified when every class can be (and
     said out loud when not, naming the classes by ``names`` where given: a class may then be
-    missing from a split). Multi-hot labels are split by iterative stratification."""
+    missing from a split). Multi-hot labels are split by iterative stratification. A class of
+    a single sample is kept for training, said where ``say_lone``."""
     if is_multi_hot(labels):
         targets = np.stack(labels)
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
@@ -72,10 +76,13 @@ def split_off(ids: list[str], labels: list, fraction: float, seed: int, names: S
     if any(n < 2 for n in counts.values()) and any(n >= 2 for n in counts.values()):
         # a class of one sample is kept for training (split off, it was never trained on and
         # scored 0); the others are stratified as they can be
-        warnings.warn(f"{lone_classes(labels, names)}: kept in training, none to validate or test it", stacklevel=3)
+        if say_lone and (said := lone_classes(labels, names)):
+            warnings.warn(f"{said}: kept in training, none to validate or test it", stacklevel=3)
         lone = [i for i, label in enumerate(labels) if counts[label] < 2]
         many = [i for i, label in enumerate(labels) if counts[label] >= 2]
-        kept, out, kept_labels = split_off([ids[i] for i in many], [labels[i] for i in many], fraction, seed, names)
+        kept, out, kept_labels = split_off(
+            [ids[i] for i in many], [labels[i] for i in many], fraction, seed, names, say_lone
+        )
         return kept + [ids[i] for i in lone], out, kept_labels + [labels[i] for i in lone]
     try:
         kept, out, kept_labels, _ = train_test_split(
@@ -96,8 +103,9 @@ def lone_classes(labels: list, names: Sequence[str] | None) -> str:
     """The most common reason a split cannot be stratified, in the user's terms: the classes
     with a single sample (a misspelt folder, a stray label), by name rather than by
     scikit-learn's index; '' when there are none. A label that is no index of ``names`` (a
-    task's own datamodule may stratify by something else) is shown as it is."""
-    lone = sorted(label for label, count in Counter(labels).items() if count < 2)
+    task's own datamodule may stratify by something else) is shown as it is; a negative one
+    is a sample without a target (a detector's image without objects), no class to name."""
+    lone = sorted(label for label, count in Counter(labels).items() if count < 2 and not _targetless(label))
     if not lone:
         return ""
 
@@ -110,6 +118,13 @@ def lone_classes(labels: list, names: Sequence[str] | None) -> str:
 
     listed = ", ".join(map(named, lone))
     return f"{'class' if len(lone) == 1 else 'classes'} {listed} {'has' if len(lone) == 1 else 'have'} a single sample"
+
+
+def _targetless(label) -> bool:
+    try:
+        return operator.index(label) < 0
+    except TypeError:
+        return False
 
 
 def read_split_lists(root: Path) -> dict[str, list[str]] | None:
