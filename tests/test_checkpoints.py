@@ -4,6 +4,7 @@ the model learnt: what may be rebuilt from a checkpoint, and what is refused."""
 import json
 import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -461,6 +462,15 @@ def test_a_damaged_training_log_leaves_the_curves_out_not_the_evaluation(trained
     with pytest.warns(UserWarning, match=r"metrics.csv: \d+ cells are not numbers"):
         metrics = evaluate(copy / "checkpoints" / "best.ckpt", tmp_path / "out", data={"data_dir": folder})
     assert "test/acc" in metrics and (tmp_path / "out" / "report.md").is_file()
+    # NaN is no damage: a value undefined on an epoch's data (a class its validation split lacks)
+    undefined = shutil.copytree(run, tmp_path / "undefined")
+    columns = header.split(",")
+    row = ["0" if c in ("epoch", "step") else "nan" for c in columns]
+    (undefined / "metrics.csv").write_text(log.read_text().splitlines()[0] + "\n" + ",".join(row) + "\n")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        evaluate(undefined / "checkpoints" / "best.ckpt", tmp_path / "out2", data={"data_dir": folder})
+    assert not [w for w in said if "not numbers" in str(w.message)]
 
 
 def test_a_non_finite_number_among_a_checkpoints_arguments_is_refused_at_load(trained, tmp_path):

@@ -137,7 +137,8 @@ def plot_training_curves(metrics_csv: Path, out_path: Path, monitor: str) -> Pat
                 for key, value in row.items():
                     if value and key not in ("epoch", "step"):
                         number = _number(value)
-                        skipped += number is None
+                        # NaN: a value undefined on that epoch's data (a class its split lacks), no point
+                        skipped += number is None and value.strip().lower() != "nan"
                         if number is not None:
                             series.setdefault(str(key), {})[int(epoch)] = number
     except (csv.Error, UnicodeDecodeError, OSError) as err:
