@@ -400,8 +400,10 @@ def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
     with pytest.raises(AnnotationError, match=r"3 annotations cannot be used:\n.*3.xml: not valid XML.*\n.*4.xml: "
                                               r"object 0: box .*\n.*5.xml: not valid XML"):  # fmt: skip
         DetectionDataModule(data_dir=str(voc))
-    with pytest.warns(UserWarning, match=r"skipping: .*3.xml: not valid XML"):
+    with pytest.warns(UserWarning, match=r"Annotations: skipping 3 annotations that cannot be used:\n.*3.xml: not"
+                                         r" valid XML.*\n.*4.xml: object 0: box .*\n.*5.xml") as said:  # fmt: skip
         skipped = DetectionDataModule(data_dir=str(voc), on_bad_annotation="skip")
+    assert len([w for w in said if "skipping" in str(w.message)]) == 1, "one warning naming them all"
     assert len(skipped._load().records) == len(dm._load().records) - 2
 
 

@@ -13,7 +13,7 @@ Everything a user can get wrong — invalid JSON, a box outside its image, a zer
 an unknown category or image id, a missing image file — raises :class:`AnnotationError`
 naming the file and the annotation (or image) id; the bad annotations of a file are all
 listed in one error. With ``on_error="skip"`` the bad
-annotation (or the image whose file is missing) is left out instead, with a warning naming it.
+annotation (or the image whose file is missing) is left out instead, one warning naming them all.
 
 A Pascal VOC folder (``Annotations/*.xml`` + ``JPEGImages/``) is read into the same records
 by :func:`read_voc`.
@@ -115,9 +115,9 @@ class DetectionData:
 
 
 class _Problems:
-    """Every problem of one annotation source: with ``on_error="error"`` they are raised
-    together at the end (a user fixing an export wants the whole list, not one per run);
-    with ``"skip"`` each is warned about as it is found and left out."""
+    """Every problem of one annotation source, said together at the end (a user fixing an
+    export wants the whole list, not one per run): with ``on_error="error"`` raised, with
+    ``"skip"`` left out with one warning listing them."""
 
     def __init__(self, source: Path, on_error: str) -> None:
         if on_error not in ("error", "skip"):
@@ -125,16 +125,18 @@ class _Problems:
         self.source, self.on_error, self.found = source, on_error, []
 
     def __call__(self, message: str) -> None:
-        if self.on_error == "skip":
-            warnings.warn(f"skipping: {message}", stacklevel=3)
-        else:
-            self.found.append(message)
+        self.found.append(message)
 
-    def raise_if_any(self) -> None:
-        if len(self.found) == 1:
+    def report(self) -> None:
+        if not self.found:
+            return
+        listing = "\n".join(f"  {m}" for m in self.found)
+        if self.on_error == "skip":
+            warnings.warn(f"{self.source}: skipping {len(self.found)} annotations that cannot be used:\n{listing}",
+                          stacklevel=3)  # fmt: skip
+        elif len(self.found) == 1:
             raise AnnotationError(self.found[0])
-        if self.found:
-            listing = "\n".join(f"  {m}" for m in self.found)
+        else:
             raise AnnotationError(f"{self.source}: {len(self.found)} annotations cannot be used:\n{listing}")
 
 
@@ -307,7 +309,7 @@ def read_coco(
         record.iscrowd.append(int(bool(ann.get("iscrowd", 0))))
         record.annotation_ids.append(ann_id)
         record.areas.append(float(area) or (x2 - x1) * (y2 - y1))
-    fail.raise_if_any()
+    fail.report()
     return DetectionData(categories, list(records.values()))
 
 
@@ -328,7 +330,7 @@ def voc_classes(root: Path) -> list[str]:
         problems = _Problems(root / "Annotations", "error")
         for message in bad or [f"{root / 'Annotations'}: no <object> with a <name> in any XML file"]:
             problems(message)
-        problems.raise_if_any()
+        problems.report()
     return sorted(names)
 
 
@@ -396,7 +398,7 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
             record.annotation_ids.append(index)
             record.areas.append((x2 - x1) * (y2 - y1))
         records.append(record)
-    fail.raise_if_any()
+    fail.report()
     return DetectionData(categories, records)
 
 
