@@ -552,10 +552,18 @@ def check_matches(expected: list[str], channels: int | None, datamodule: TaskDat
     same order (an edited label list with as many classes would otherwise remap every label),
     and the same number of input channels (``channels``; None: not recorded)."""
     found = list(datamodule.class_names)
+    if found != expected and sorted(found) == sorted(expected):
+        raise ConfigError(
+            f"{datamodule.root}: classes {found} are the {len(expected)} classes {source} was trained on, in another "
+            f"order ({expected}): its outputs would be read as other classes"
+        )
     if found != expected:
+        differ = [f"{what}: {', '.join(names)}" for what, names in (
+            ("not in the data", [c for c in expected if c not in found]),
+            ("not trained on", [c for c in found if c not in expected])) if names]  # fmt: skip
         raise ConfigError(
             f"{datamodule.root}: classes {found} do not match the {len(expected)} classes {expected} "
-            f"that {source} was trained on"
+            f"that {source} was trained on ({'; '.join(differ)})"
         )
     if channels is not None and channels != datamodule.in_channels:
         raise ConfigError(
