@@ -158,6 +158,19 @@ def test_malformed_annotations_name_file_and_id(tmp_path, case, mutate, message)
     assert total == 23 if case != "missing file" else total == 22
 
 
+def test_two_categories_of_one_name_are_the_files_error(tmp_path):
+    """A model's classes are named: two COCO categories of one name were refused as
+    ``model.class_names`` names one twice, a key the user never set."""
+    folder = make_coco_folder(tmp_path / "coco")
+    doc = json.loads((folder / "annotations.json").read_text())
+    doc["categories"][1]["name"] = doc["categories"][0]["name"]
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    name, ids = doc["categories"][0]["name"], sorted(c["id"] for c in doc["categories"][:2])
+    said = rf"annotations.json: category name '{name}' is given to ids {ids[0]}, {ids[1]}; expected one name a"
+    with pytest.raises(AnnotationError, match=said):
+        DetectionDataModule(data_dir=str(folder))
+
+
 def test_an_annotation_id_that_is_no_key_and_an_infinite_image_size_are_handled(tmp_path):
     folder = make_coco_folder(tmp_path / "c")
     write_bad(folder, lambda d: d["annotations"][0].update(id=[3]))

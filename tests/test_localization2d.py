@@ -169,7 +169,8 @@ def test_coco_and_voc_folders_with_one_box_per_image(tmp_path):
     message = str(err.value)
     assert "2 of 4" in message and "images/1.png" in message and "images/3.png" in message
     assert "2 boxes (annotations [2, 3]) where one is expected" in message
-    with pytest.raises(BadFileError, match=r"2\.xml.*|JPEGImages/2\.jpg.*2 boxes"):
+    said = r"Annotations/2\.xml: image JPEGImages/2\.jpg: 2 boxes \(objects \[0, 1\]\)"
+    with pytest.raises(BadFileError, match=said):
         LocalizationDataModule(data_dir=str(write_voc(tmp_path / "voc2", [1, 1, 2])))
 
 

@@ -159,9 +159,10 @@ def read_detection_folder(root: Path, fmt: str, on_bad_file: str) -> tuple[list[
         data = read_voc(root, voc_classes(root), on_bad_file)
     samples, errors = [], []
     for record in data.records:
-        where = f"{path}: image {record.file} (id {record.image_id})"
+        where = f"{record.source or path}: image {record.file}" + (f" (id {record.image_id})" if fmt == "coco" else "")
         if len(record.boxes) != 1:
-            ids = f" (annotations {record.annotation_ids})" if record.boxes else ""
+            noun = "annotations" if fmt == "coco" else "objects"
+            ids = f" ({noun} {record.annotation_ids})" if record.boxes else ""
             errors.append(BadFileError(f"{where}: {len(record.boxes)} boxes{ids} where one is expected"))
             continue
         samples.append(Sample(record.file, record.labels[0], tuple(record.boxes[0]), where))

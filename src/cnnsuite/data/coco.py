@@ -106,6 +106,8 @@ class DetectionRecord:
     #: each object's area in pixels², which puts it in COCO's small/medium/large bucket: the
     #: annotation's ``area`` (a polygon's, in real exports) where the file gives one, else the box's
     areas: list[float] = field(default_factory=list)
+    #: the file that describes the image's objects: the COCO file, or the image's VOC XML
+    source: str = ""
 
 
 @dataclass
@@ -170,6 +172,11 @@ def read_categories(path: Path, data: dict | None = None) -> CategoryMap:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise AnnotationError(f"{path}: category id {duplicates[0]} appears more than once")
+    names = [n for _, n in pairs]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:  # a model's classes are named: two categories of one name would be one class
+        shared = ", ".join(str(i) for i, n in sorted(pairs) if n == twice)
+        raise AnnotationError(f"{path}: category name {twice!r} is given to ids {shared}; expected one name a category")
     pairs.sort()
     return CategoryMap([i for i, _ in pairs], [n for _, n in pairs])
 
@@ -267,7 +274,7 @@ def read_coco(
         width, height = entry.get("width"), entry.get("height")
         if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (width, height)):
             width, height = _upright_size(root / found)  # width/height are optional: read the header
-        records[image_id] = DetectionRecord(found, image_id, int(width), int(height))
+        records[image_id] = DetectionRecord(found, image_id, int(width), int(height), source=str(path))
 
     image_ids = {int(e["id"]) for e in data["images"]}
     seen_annotations: set[object] = set()
@@ -375,7 +382,7 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
             width, height = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
         except (TypeError, ValueError):
             width, height = _upright_size(root / found)
-        record = DetectionRecord(found, image_id, width, height)
+        record = DetectionRecord(found, image_id, width, height, source=str(xml_path))
         for index, obj in enumerate(tree.iter("object")):
             where = f"{xml_path}: object {index}"
             name = obj.findtext("name", "").strip()
