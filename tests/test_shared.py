@@ -195,6 +195,15 @@ def test_a_cache_limit_that_is_not_a_size_is_one_line_naming_the_key(limit):
     assert check_cache_limit(float("inf")) == float("inf") and check_cache_limit(0) == 0.0
 
 
+@pytest.mark.parametrize("task", ["recognition2d", "localization2d", "detection2d"])
+def test_image_channels_other_than_gray_or_rgb_are_one_line_naming_the_key(task):
+    from cnnsuite.contract import registered_tasks
+
+    datamodule = registered_tasks()[task].datamodule
+    with pytest.raises(ConfigError, match=r"^data\.channels=2: expected 1 \(gray\), 3 \(RGB\) or null"):
+        datamodule(channels=2)
+
+
 def test_the_best_checkpoint_follows_the_models_own_monitor(tmp_path):
     cli = CnnSuiteCLI(
         args=["--config", str(ROOT / "tasks/detection2d/config.yaml"), "--data.data_root", str(tmp_path),

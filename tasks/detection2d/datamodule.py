@@ -165,8 +165,6 @@ class DetectionDataModule(TaskDataModule):
             raise ConfigError(f"data.format={format!r}: expected 'auto', 'coco' or 'voc'")
         if on_bad_annotation not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_annotation={on_bad_annotation!r}: expected 'error' or 'skip'")
-        if channels not in (None, 1, 3):
-            raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         self._data: DetectionData | None = None
         self._fixed_splits: dict[str, list[str]] | None = None
         self._split_files: dict[str, CocoFile] | None = None

@@ -54,6 +54,7 @@ from ..errors import BadFileError, ConfigError, StateError
 from .cache import DecodedCache, check_cache_limit
 from .errors import check_on_bad_file, report_bad_files
 from .folders import is_listed, leaves_folder, lies_within, list_classes, list_samples
+from .images import check_channels
 from .inputs import Input
 from .labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
 from .prepare import prepare_once
@@ -66,6 +67,7 @@ from .splits import STAGES, check_splits, load_splits, read_split_lists, save_sp
 #: a task that takes it), and their checks, run here for every task that declares one
 SHARED_OPTION_CHECKS: dict[str, Callable[[object], object]] = {
     "cache_limit_mb": check_cache_limit,
+    "channels": check_channels,
     "multilabel": check_multilabel,
     "on_bad_file": check_on_bad_file,
 }

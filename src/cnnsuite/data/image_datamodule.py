@@ -45,8 +45,6 @@ class ImageDataModule(TaskDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if channels not in (None, 1, 3):
-            raise ConfigError(f"data.channels={channels}: expected 1 (gray), 3 (RGB) or null (from the files)")
         if image_size < 8:
             raise ConfigError(f"data.image_size={image_size}: expected at least 8 pixels")
 

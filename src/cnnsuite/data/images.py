@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
+from ..errors import ConfigError
 from .errors import BadFileError
 from .folders import spread
 from .limits import check_size, max_pixels
@@ -179,6 +180,12 @@ def image_channel_names(count: int) -> list[str] | None:
     """The names of an image's ``count`` channels (:data:`IMAGE_CHANNELS`); None for another count."""
     names = IMAGE_CHANNELS.get(count)
     return list(names) if names else None
+
+
+def check_channels(value: int | None) -> None:
+    """``data.channels`` of an image task: 1, 3, or null (decided by the files)."""
+    if value not in (None, 1, 3):
+        raise ConfigError(f"data.channels={value}: expected 1 (gray), 3 (RGB) or null (from the files)")
 
 
 def image_channels(paths: Iterable[Path]) -> int:
