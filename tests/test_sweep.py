@@ -113,7 +113,8 @@ def test_a_bad_space_file_is_one_line_naming_the_key(tmp_path, capsys):
         ({"optimizer.init_args.lr": {"low": 0.1}}, "optimizer.init_args.lr"),
         ({"trainer.max_epochs": {"low": 3, "high": 1}}, "trainer.max_epochs"),
         ({"model.init_args.dropout": {"choices": []}}, "model.init_args.dropout"),
-        ({"optimizer.init_args.lrr": {"low": 0.1, "high": 0.2}}, "optimizer.init_args.lrr"),
+        # a class's key is named as the command line takes it (init_args is the same key)
+        ({"optimizer.init_args.lrr": {"low": 0.1, "high": 0.2}}, "key optimizer.lrr: did you mean optimizer.lr"),
     ]:
         line = one_line_error(
             capsys, "sweep", "--task", "recognition2d", "--space", write_space(tmp_path, space), "--trials", "1",
