@@ -44,7 +44,7 @@ from monai.transforms import (
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import default_collate
 
-from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, report_bad_files
+from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, collect_bad, report_bad_files
 from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.cache import fits_cache, say_over_limit
 from cnnsuite.data.labels import LABELS_CSV, multi_hot
@@ -238,15 +238,13 @@ class Biomedical3DDataModule(TaskDataModule):
         headers would slow each ``make train`` for nothing)."""
         if self.hparams.medmnist_npz is not None or self.hparams.data_dir is None:
             return {}
-        bad = {}
-        for sample_id in ids:
+
+        def check(sample_id: str) -> None:
             path = self.root / sample_id
-            try:
-                if not check_header(path) or may_be_cut(path):  # the loader reads it and says why
-                    LoadVolumed()({"image": str(path)})
-            except BadFileError as err:
-                bad[sample_id] = err
-        return bad
+            if not check_header(path) or may_be_cut(path):  # the loader reads it and says why
+                LoadVolumed()({"image": str(path)})
+
+        return collect_bad(ids, check)
 
     @property
     def root(self) -> Path:

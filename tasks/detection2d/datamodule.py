@@ -41,6 +41,7 @@ from cnnsuite.data import (
     Input,
     TaskDataModule,
     check_folder,
+    collect_bad,
     image_channel_names,
     image_channels,
     image_size,
@@ -327,13 +328,8 @@ class DetectionDataModule(TaskDataModule):
         """``{id: error}`` of the images of ``ids`` whose header does not read or gives another
         size than their annotation. Headers only, whether stopping or skipping (``decode``): an
         image damaged past its header is named when it is decoded."""
-        records, bad = {r.file: r for r in self._load().records}, {}
-        for sample_id in ids:
-            try:
-                check_annotated_size(self.root, records[sample_id], *image_size(self.root / sample_id))
-            except BadFileError as err:
-                bad[sample_id] = err
-        return bad
+        records = {r.file: r for r in self._load().records}
+        return collect_bad(ids, lambda i: check_annotated_size(self.root, records[i], *image_size(self.root / i)))
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         # a prepared folder's shards hold each image with its target: no annotation is read

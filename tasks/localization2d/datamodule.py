@@ -32,6 +32,7 @@ from cnnsuite.data import (
     ImageDataModule,
     Input,
     check_folder,
+    collect_bad,
     describe_image_preprocessing,
     image_channels,
     image_size,
@@ -203,17 +204,15 @@ class LocalizationDataModule(ImageDataModule):
     def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
         """Unreadable images (headers only, or fully decoded) and boxes outside their image,
         each file opened once."""
-        samples, bad = self._load(), {}
-        for sample_id in ids:
-            try:
-                size = checked_size(self.root / sample_id, self.in_channels if decode else None)
-            except BadFileError as err:
-                bad[sample_id] = err
-                continue
+        samples = self._load()
+
+        def check(sample_id: str) -> None:
+            size = checked_size(self.root / sample_id, self.in_channels if decode else None)
             problem = box_error(samples[sample_id].box, size, f"its image {sample_id}")
             if problem:
-                bad[sample_id] = BadFileError(f"{samples[sample_id].where}: {problem}")
-        return bad
+                raise BadFileError(f"{samples[sample_id].where}: {problem}")
+
+        return collect_bad(ids, check)
 
     # --- TaskDataModule hooks -------------------------------------------------------------
     def list_samples(self) -> list[tuple[str, int]]:

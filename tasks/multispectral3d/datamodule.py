@@ -55,6 +55,7 @@ from cnnsuite.data import (
     Input,
     TaskDataModule,
     check_folder,
+    collect_bad,
     list_classes,
     list_samples,
 )
@@ -415,19 +416,17 @@ class MultispectralDataModule(TaskDataModule):
         whose split fits the cache are kept (:attr:`checked_values`) for the split's dataset and
         the band statistics, which then read no file a second time; of the other training
         patches, what the statistics take of each (:attr:`checked_moments`)."""
-        bad, kept = {}, self.cached_ids()
+        kept = self.cached_ids()
         train = set(self.splits["train"]) if self.splits is not None else set()
-        for sample_id in ids:
-            try:
-                values = self.reader(self.root / sample_id)
-            except BadFileError as err:
-                bad[sample_id] = err
-                continue
+
+        def check(sample_id: str) -> None:
+            values = self.reader(self.root / sample_id)
             if sample_id in kept:
                 self.checked_values[sample_id] = values
             elif sample_id in train:
                 self.checked_moments[sample_id] = band_moments(values)
-        return bad
+
+        return collect_bad(ids, check)
 
     def cached_ids(self) -> set[str]:
         """The ids of the splits whose reflectances fit ``cache_limit_mb``: what their datasets

@@ -52,6 +52,7 @@ from cnnsuite.data import (
     Input,
     TaskDataModule,
     check_folder,
+    collect_bad,
     image_channel_names,
 )
 from cnnsuite.data.augment import BatchRandomResizedCrop
@@ -344,15 +345,12 @@ class VideoDataModule(TaskDataModule):
         """The videos of ``ids`` that cannot be used, each probed (opened, its first frame
         decoded) whether ``decode`` or not; what the others' probes found is kept
         (:attr:`probed`), and how many of them are shorter than one clip is said once."""
-        bad, short = {}, 0
-        for sample_id in ids:
-            try:
-                duration, fps, frame_bytes = probe_video(self.root / sample_id)
-            except BadFileError as err:
-                bad[sample_id] = err
-                continue
-            self.probed[sample_id] = duration, fps, frame_bytes
-            short += duration < self.clip_duration
+
+        def probe(sample_id: str) -> None:
+            self.probed[sample_id] = probe_video(self.root / sample_id)
+
+        bad = collect_bad(ids, probe)
+        short = sum(self.probed[i][0] < self.clip_duration for i in ids if i not in bad)
         if short:
             rank_zero_warn(
                 f"{self.root}: {short} of {len(ids) - len(bad)} videos are shorter than one clip "

@@ -1,7 +1,7 @@
 """Shared data plumbing: prepare-once, splits, class folders, readers that name bad files."""
 
 from .datamodule import TaskDataModule
-from .errors import BadFileError, check_finite, check_on_bad_file, report_bad_files
+from .errors import BadFileError, check_finite, check_on_bad_file, collect_bad, report_bad_files
 from .folders import check_folder, list_classes, list_samples
 from .image_datamodule import ImageDataModule
 from .images import (
@@ -38,6 +38,7 @@ __all__ = [
     "prepare_once",
     "read_image",
     "read_split_lists",
+    "collect_bad",
     "report_bad_files",
     "save_splits",
     "stratified_split",

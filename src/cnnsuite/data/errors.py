@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,19 @@ def check_finite(path: str | Path, values: np.ndarray | torch.Tensor, what: str 
     bad = int(finite.size - np.count_nonzero(finite))
     if bad:
         raise BadFileError(f"{path}: {bad} of {finite.size} {what} are NaN or infinite; expected finite values")
+
+
+def collect_bad(ids: Iterable[str], check: Callable[[str], object]) -> dict[str, BadFileError]:
+    """``{id: error}`` of the samples of ``ids`` whose ``check`` raises :class:`BadFileError`,
+    each sample checked whatever the others gave: a folder's bad files are named together
+    (:func:`report_bad_files`), not one a run."""
+    bad = {}
+    for sample_id in ids:
+        try:
+            check(sample_id)
+        except BadFileError as err:
+            bad[sample_id] = err
+    return bad
 
 
 def report_bad_files(

@@ -34,7 +34,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import ConfigError
-from .errors import BadFileError
+from .errors import BadFileError, collect_bad
 from .folders import spread
 from .limits import check_size, max_pixels
 
@@ -239,13 +239,7 @@ def find_bad_images(root: Path, ids: Iterable[str], decode_channels: int | None 
     whole folder's bad files are named at once. By default only headers are read (quick; a
     file damaged past its header is still named when it is decoded); ``decode_channels``
     decodes every file in full."""
-    errors = {}
-    for sample_id in ids:
-        try:
-            checked_size(root / sample_id, decode_channels)
-        except BadFileError as err:
-            errors[sample_id] = err
-    return errors
+    return collect_bad(ids, lambda sample_id: checked_size(root / sample_id, decode_channels))
 
 
 def checked_size(path: Path, decode_channels: int | None = None) -> tuple[int, int]:
