@@ -2,8 +2,8 @@
 
 torchmetrics scores a class that has no sample in the targets as 0 (one-vs-rest AUROC warns
 that the value is meaningless, then averages it in), so a test split lacking one class of
-three read a macro AUROC of 0.49 where its two classes scored 0.80 and 0.67, and the absent
-class's accuracy read 0. Such a class has no score: here it is NaN (written as ``null`` in
+three read a macro AUROC a third below its two classes' mean, and the absent class's
+accuracy read 0. Such a class has no score: here it is NaN (written as ``null`` in
 ``metrics.json``, see :mod:`cnnsuite.jsonout`), and a macro mean is taken over the classes
 present, as scikit-learn's ``roc_auc_score`` and ``balanced_accuracy_score`` take them.
 """
