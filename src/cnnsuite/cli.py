@@ -50,7 +50,7 @@ from .commands import (
     task_configs,
     unknown_command,
 )
-from .contract import LINKED, registered_tasks, task_named
+from .contract import LINKED, on_test_split, registered_tasks, task_named
 from .data import TaskDataModule
 from .data.shards import is_url
 from .errors import ConfigError, UserError
@@ -432,7 +432,7 @@ def result_line(best: Path, monitor: str | None, score, metrics: dict[str, float
     """The fit in one line, last: the best checkpoint, the value that chose it, the same
     metric on the test split and where the evaluation went."""
     chosen = f" ({monitor} {float(score):.4f})" if monitor and score is not None else ""
-    test_key = f"test/{monitor.partition('/')[2]}" if monitor else None
+    test_key = on_test_split(monitor) if monitor else None
     tested = f"; {test_key} {metrics[test_key]:.4f}" if test_key in metrics else ""
     where = f"; evaluation in {out_dir}/" if out_dir is not None else "; not evaluated (--evaluate false)"
     return f"result: {best}{chosen}{tested}{where}"
@@ -484,7 +484,7 @@ def fit_run(argv: list[str], callbacks: list | None = None) -> dict:
         cli = CnnSuiteCLI(args=["fit", *task_config_args(argv)], trainer_defaults={"callbacks": callbacks or []})
     callback = cli.trainer.checkpoint_callback
     run = Path(cli.trainer.log_dir)
-    test_key = f"test/{callback.monitor.partition('/')[2]}"
+    test_key = on_test_split(callback.monitor)
     evaluated = run / "evaluation" / "metrics.json"
     test = json.loads(evaluated.read_text()).get(test_key) if evaluated.is_file() else None
     score = callback.best_model_score

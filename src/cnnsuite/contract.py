@@ -92,7 +92,12 @@ class Task:
     @property
     def headline(self) -> str:
         """The test metric that sums the task up: its monitored key, on the test split."""
-        return "test/" + self.module.monitor.split("/", 1)[1]
+        return on_test_split(self.module.monitor)
+
+
+def on_test_split(key: str) -> str:
+    """A logged key's metric on the test split: ``val/acc`` → ``test/acc``."""
+    return "test/" + key.partition("/")[2]
 
 
 def task_entry_points() -> list:
