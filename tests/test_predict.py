@@ -239,14 +239,17 @@ def test_a_non_finite_prediction_is_that_files_error_and_every_line_is_strict_js
 def test_predicting_nothing_is_an_error_not_a_result(recognition, tmp_path, capsys):
     """``predicted 0 of 1 inputs; 1 could not be read`` ended with exit status 0, so a script
     chaining on it took it for a result. It is one line and status 2; predictions.jsonl still
-    says why each input failed."""
+    says why each input failed. A folder of no input says what an input would have been."""
+    from cnnsuite.data.images import IMAGE_EXTENSIONS
+
     folder, run = recognition
     ckpt = str(run / "checkpoints" / "best.ckpt")
     (tmp_path / "notes.png").write_text("not an image")
     (tmp_path / "only_text").mkdir()
     (tmp_path / "only_text" / "readme.txt").write_text("no images here")
     cases = [(tmp_path / "notes.png", "predicted 0 of 1 inputs; 1 could not be read: "),
-             (tmp_path / "only_text", "predicted 0 of 0 inputs; ignored 1 files of other types")]  # fmt: skip
+             (tmp_path / "only_text", f"no file this model takes (expected {', '.join(IMAGE_EXTENSIONS)}); ignored 1 "
+              "files of other types")]  # fmt: skip
     for given, said in cases:
         out = tmp_path / f"out-{given.stem}"
         with pytest.raises(SystemExit) as exit_info:

@@ -214,5 +214,8 @@ def predict_main(argv: list[str]) -> None:
     summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures, bool(args.out))
     line = summary_line(summary, out_dir)
     if not summary["predicted"]:  # exit status 2: a script chaining on it must not take this for a result
+        if not summary["failed"]:  # nothing was an input: say what would have been
+            expected = ", ".join(predictor.datamodule.input_extensions)
+            line = line.replace("predicted 0 of 0 inputs", f"no file this model takes (expected {expected})", 1)
         raise ConfigError(f"--input {args.input}: " + line.replace("\n", "; "))
     print(line)
