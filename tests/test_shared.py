@@ -195,6 +195,28 @@ def test_a_cache_limit_that_is_not_a_size_is_one_line_naming_the_key(limit):
     assert check_cache_limit(float("inf")) == float("inf") and check_cache_limit(0) == 0.0
 
 
+def test_channels_come_from_the_files_that_read(tmp_path):
+    """Colour anywhere among the probed files makes 3 channels; files that do not read decide
+    nothing (the folder check names them); where no probe reads, another file decides; where
+    none reads, the first one's error."""
+    from cnnsuite.data.folders import spread
+    from cnnsuite.data.images import image_channels
+
+    paths = [tmp_path / f"{i:03d}.png" for i in range(65)]
+    for path in paths:
+        path.write_bytes(b"not an image")
+    with pytest.raises(BadFileError, match="000.png"):
+        image_channels(paths)
+    (other,) = set(paths) - set(spread(paths))  # 64 probes of 65 files: one is not probed
+    Image.new("RGB", (8, 8)).save(other)
+    assert image_channels(paths) == 3
+    Image.new("L", (8, 8)).save(other)
+    Image.new("L", (8, 8)).save(paths[0])
+    assert image_channels(paths) == 1  # a probe read: the others are not opened
+    Image.new("RGB", (8, 8)).save(paths[-1])
+    assert image_channels(paths) == 3
+
+
 @pytest.mark.parametrize("task", ["recognition2d", "localization2d", "detection2d"])
 def test_image_channels_other_than_gray_or_rgb_are_one_line_naming_the_key(task):
     from cnnsuite.contract import registered_tasks

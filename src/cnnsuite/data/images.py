@@ -191,32 +191,31 @@ def check_channels(value: int | None) -> None:
 def image_channels(paths: Iterable[Path]) -> int:
     """1 where the files are grayscale, 3 where any is in colour — read from the headers of
     files spread over ``paths`` (:func:`~cnnsuite.data.folders.spread`), not the first alone:
-    one grayscale image sorting first made a colour dataset train on one channel. A file that does not read
-    is the folder check's to name with the others (or to leave out, under ``on_bad_file:
-    skip``), not one that decides the channels. Where none reads, the first one's error."""
+    one grayscale image sorting first made a colour dataset train on one channel. A file that
+    does not read is the folder check's to name with the others (or to leave out, under
+    ``on_bad_file: skip``), not one that decides the channels: where no probe reads, the first
+    other file that does decides; where none reads, the first one's error."""
     paths = list(paths)
     if not paths:
         raise ValueError("image_channels: no paths")
+    errors: list[BadFileError] = []
+
+    def gray(path: Path) -> bool | None:
+        try:
+            with open_image(path) as img:
+                return img.mode in ("1", "L", "I", "I;16", "F")
+        except BadFileError as err:
+            errors.append(err)
+            return None
+
     probes = spread(paths)
-    probed = set(probes)
-    first_error = None
-    for group in (probes, (p for p in paths if p not in probed)):  # the others only where no probe reads
-        read = False
-        for path in group:
-            try:
-                with open_image(path) as img:
-                    gray = img.mode in ("1", "L", "I", "I;16", "F")
-            except BadFileError as err:
-                first_error = first_error or err
-                continue
-            if not gray:
-                return 3
-            read = True
-            if group is not probes:
-                break
-        if read:
-            return 1
-    raise first_error
+    read = [g for g in map(gray, probes) if g is not None]
+    if not read:
+        probed = set(probes)
+        read = next(([g] for p in paths if p not in probed and (g := gray(p)) is not None), [])
+    if not read:
+        raise errors[0]
+    return 1 if all(read) else 3
 
 
 def image_size(path: Path) -> tuple[int, int]:
