@@ -368,3 +368,12 @@ def test_a_run_stopped_by_sigterm_exits_143(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         console_script(["fit"])
     assert exit_info.value.code == 143
+
+
+def test_a_metric_the_test_split_leaves_undefined_is_shown_as_not_available(tmp_path):
+    """An AUROC of one class, or a class the split lacks, is NaN: ``null`` in metrics.json and
+    ``n/a`` where people read it, not ``nan``."""
+    from cnnsuite.cli import result_line
+
+    line = result_line(tmp_path / "best.ckpt", "val/auroc", 0.75, {"test/auroc": float("nan")}, tmp_path)
+    assert "(val/auroc 0.7500); test/auroc n/a;" in line

@@ -54,7 +54,7 @@ from .contract import LINKED, on_test_split, registered_tasks, task_named
 from .data import TaskDataModule
 from .data.shards import is_url
 from .errors import ConfigError, UserError
-from .jsonout import strict_json
+from .jsonout import shown_metric, strict_json
 from .training import recipe
 from .training.callbacks import CompactModelSummary
 from .training.fits import check_model_fits_data
@@ -433,7 +433,7 @@ def result_line(best: Path, monitor: str | None, score, metrics: dict[str, float
     metric on the test split and where the evaluation went."""
     chosen = f" ({monitor} {float(score):.4f})" if monitor and score is not None else ""
     test_key = on_test_split(monitor) if monitor else None
-    tested = f"; {test_key} {metrics[test_key]:.4f}" if test_key in metrics else ""
+    tested = f"; {test_key} {shown_metric(metrics[test_key])}" if test_key in metrics else ""
     where = f"; evaluation in {out_dir}/" if out_dir is not None else "; not evaluated (--evaluate false)"
     return f"result: {best}{chosen}{tested}{where}"
 

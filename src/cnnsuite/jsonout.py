@@ -34,3 +34,9 @@ def first_non_finite(value: object, where: str = "") -> str | None:
         if found:
             return found
     return None
+
+
+def shown_metric(value: float) -> str:
+    """A metric as people read it (the report, the terminal): ``n/a`` where the data leaves it
+    undefined (a class the split lacks, an AUROC of one class), as JSON has it ``null``."""
+    return f"{value:.4f}" if math.isfinite(value) else "n/a"

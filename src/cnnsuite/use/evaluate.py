@@ -19,7 +19,7 @@ import lightning as L
 import matplotlib.pyplot as plt
 
 from ..errors import ConfigError
-from ..jsonout import strict_json
+from ..jsonout import shown_metric, strict_json
 from ..training.runs import default_output, output_folder, run_folder
 from ..trust.checkpoint import data_options, rebuild
 
@@ -191,7 +191,7 @@ def write_report(path: Path, ckpt_path: Path, datamodule, metrics: dict[str, flo
         "",
         "| metric | value |",
         "|---|---|",
-        *(f"| `{k}` | {shown(v)} |" for k, v in headline.items()),
+        *(f"| `{k}` | {shown_metric(v)} |" for k, v in headline.items()),
     ]
     if per_class:
         lines += [
@@ -201,20 +201,14 @@ def write_report(path: Path, ckpt_path: Path, datamodule, metrics: dict[str, flo
             "| metric | value |",
             "|---|---|",
         ]
-        lines += [f"| `{k}` | {shown(v)} |" for k, v in per_class.items()]
+        lines += [f"| `{k}` | {shown_metric(v)} |" for k, v in per_class.items()]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     path.write_text("\n".join(lines) + "\n")
 
 
-def shown(value: float) -> str:
-    """A metric as the report and the terminal show it: ``n/a`` where the split leaves it
-    undefined (a class it lacks, an AUROC of one class)."""
-    return f"{value:.4f}" if math.isfinite(value) else "n/a"
-
-
 def print_metrics(metrics: dict[str, float], out_dir: Path) -> None:
     headline = {k: v for k, v in metrics.items() if k.count("/") == 1}
-    print("\n".join(f"  {k:<16} {shown(v)}" for k, v in headline.items()))
+    print("\n".join(f"  {k:<16} {shown_metric(v)}" for k, v in headline.items()))
     print(f"evaluation: {out_dir}/ (metrics.json, report.md, plots)")
 
 

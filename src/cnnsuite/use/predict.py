@@ -178,8 +178,14 @@ def clear_earlier_pictures(out_dir: Path) -> None:
                 picture.unlink()
 
 
-def summary_line(summary: dict, out_dir: Path) -> str:
-    line = f"predicted {summary['predicted']} of {summary['predicted'] + len(summary['failed'])} inputs"
+def summary_line(summary: dict, out_dir: Path, takes: tuple[str, ...]) -> str:
+    """What a prediction did, for the terminal; ``takes``: the file endings the model reads,
+    said where nothing given was one."""
+    inputs = summary["predicted"] + len(summary["failed"])
+    if inputs:
+        line = f"predicted {summary['predicted']} of {inputs} inputs"
+    else:
+        line = f"no file this model takes (expected {', '.join(takes)})"
     if summary["failed"]:
         line += f"; {len(summary['failed'])} could not be read: {', '.join(summary['failed'])}"
     if summary["ignored"]:
@@ -212,10 +218,7 @@ def predict_main(argv: list[str]) -> None:
         out_dir = output_folder(default_output(args.ckpt, "predictions"), given=False) / Path(args.input).name
     predictor = Predictor(args.ckpt, args.accelerator)
     summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures, bool(args.out))
-    line = summary_line(summary, out_dir)
+    line = summary_line(summary, out_dir, tuple(predictor.datamodule.input_extensions))
     if not summary["predicted"]:  # exit status 2: a script chaining on it must not take this for a result
-        if not summary["failed"]:  # nothing was an input: say what would have been
-            expected = ", ".join(predictor.datamodule.input_extensions)
-            line = line.replace("predicted 0 of 0 inputs", f"no file this model takes (expected {expected})", 1)
         raise ConfigError(f"--input {args.input}: " + line.replace("\n", "; "))
     print(line)
