@@ -176,8 +176,8 @@ class PatchDataset(Dataset):
 def usual_header(reader: GeoTiffReader, paths: list[Path]) -> tuple[list[str], tuple[int, int], str]:
     """The band names, size and data type most patches share, from the headers of patches
     spread over ``paths`` (:func:`~cnnsuite.data.folders.spread`): the first patch alone
-    decided, and one odd first patch had every other named bad. Patches that do not read are the folder check's to
-    name; where none of those read, the first one's error."""
+    decided, and one odd first patch had every other named bad. Patches that do not read are
+    the folder check's to name; where none of those read, the first one's error."""
     found, first_error = Counter(), None
     for path in spread(paths):
         try:
