@@ -742,6 +742,31 @@ def test_evaluating_images_without_objects_is_one_line_not_an_empty_metrics_file
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+def test_a_coco_file_of_other_ids_lacking_a_category_is_scored_by_name(trained, tmp_path):
+    """Test images annotated without the model's ``cat`` and with ``owl`` under id 5: labelled by
+    name, in the model's order; the results file keeps the file's ids, ``cat`` one it never uses."""
+    ckpt, folder = trained
+    other = shutil.copytree(folder, tmp_path / "no_cat")
+    doc = json.loads((other / "annotations.json").read_text())
+    ids = {3: None, 17: 17, 90: 5}
+    doc["categories"] = [{"id": 17, "name": "dog"}, {"id": 5, "name": "owl"}]
+    kept = [a for a in doc["annotations"] if ids[a["category_id"]]]
+    doc["annotations"] = [{**a, "category_id": ids[a["category_id"]]} for a in kept]
+    (other / "annotations.json").write_text(json.dumps(doc))
+    _, datamodule = rebuild(ckpt, None, {"data_dir": str(other)})
+    assert datamodule.class_names == ["cat", "dog", "owl"] and datamodule.categories.ids == [18, 17, 5]
+    datamodule.setup("test")
+    dataset, names = datamodule.datasets["test"], {17: "dog", 5: "owl"}
+    for index in range(len(dataset)):
+        record = dataset.records[dataset.ids[index]]
+        truth = [names[a["category_id"]] for a in doc["annotations"] if a["image_id"] == record.image_id]
+        assert [datamodule.class_names[label] for label in dataset[index][1]["labels"].tolist()] == truth
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(other), "--out", str(tmp_path / "out")])
+    results = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {18, 17, 5}
+    assert 0.0 <= json.loads((tmp_path / "out" / "metrics.json").read_text())["test/map"] <= 1.0
+
+
 def test_predict_agrees_with_evaluate_on_the_test_split(trained, tmp_path):
     """The test split's files, read and predicted as raw files, score the mAP evaluate gave."""
     ckpt, folder = trained

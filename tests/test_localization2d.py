@@ -415,6 +415,22 @@ def test_fit_and_evaluate_a_checkpoint(tmp_path, trained, monkeypatch):
     assert calls[-1] == "plots" and "forward" in calls
 
 
+def test_a_folder_of_one_of_the_two_classes_is_scored_by_name(tmp_path, trained):
+    """Test images all labelled ``dog`` are the model's second class, not the data's first."""
+    folder, ckpt = trained
+    other = shutil.copytree(folder, tmp_path / "dogs")
+    rows = (other / "labels.csv").read_text().splitlines()
+    (other / "labels.csv").write_text("\n".join([rows[0], *(r for r in rows[1:] if ",dog," in r)]) + "\n")
+    _, datamodule = rebuild(ckpt, None, {"data_dir": str(other)})
+    assert datamodule.class_names == ["cat", "dog"]
+    datamodule.setup("test")
+    assert set(datamodule.datasets["test"].labels) == {1}
+    main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(other), "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test/acc/cat"] is None and metrics["test/loc_acc/cat"] is None
+    assert 0.0 <= metrics["test/loc_acc/dog"] <= 1.0
+
+
 # --- prediction on raw files ----------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import warnings
 from types import SimpleNamespace
 
@@ -269,6 +270,25 @@ def test_recognition2d_multilabel_labels_csv_trains(trained_images, tmp_path):
     assert columns.multilabel and columns.class_names == ["left", "right"] and columns.in_channels == 3
     assert [t.tolist() for _, t in columns.list_samples()] == [[1, 0], [0, 1], [1, 1]] * 2
     assert not RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "folders"))).multilabel
+
+
+def test_a_multilabel_folder_lacking_a_class_is_labelled_by_the_models_classes(trained_images, tmp_path):
+    """Images labelled ``right`` alone: each target is the model's two-class vector, ``left`` 0,
+    and ``left``, with no positive, has no average precision."""
+    folder, run = trained_images
+    rows = list(csv.reader((folder / "labels.csv").read_text().splitlines()))
+    (tmp_path / "labels.csv").write_text("\n".join(["image,label", *(f"{i},{c}" for i, c in rows if c == "right")]))
+    other = tmp_path / "right_only"
+    other.mkdir()
+    shutil.move(tmp_path / "labels.csv", other / "labels.csv")
+    shutil.copytree(folder / "photos", other / "photos")
+    _, datamodule = rebuild(run / "checkpoints" / "best.ckpt", None, {"data_dir": str(other)})
+    assert datamodule.multilabel and datamodule.class_names == ["left", "right"]
+    assert {tuple(t.tolist()) for _, t in datamodule.samples()} == {(0.0, 1.0)}
+    main(["evaluate", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--data.data_dir", str(other),
+          "--out", str(tmp_path / "eval")])  # fmt: skip
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test/ap/left"] is None and 0.0 <= metrics["test/ap/right"] <= 1.0
 
 
 def test_class_weights_set_bce_pos_weight_from_label_frequencies():

@@ -183,6 +183,27 @@ def test_several_checkpoints_give_one_comparison_table(recognition, tmp_path, ca
     assert "| checkpoint |" in capsys.readouterr().out
 
 
+def test_evaluate_on_a_folder_lacking_a_class_labels_it_by_class_name(recognition, tmp_path):
+    """A test folder without one of the model's classes is scored by name: its ``owl``, the
+    data's second class, is the model's third, scored as in the whole folder; the class it lacks
+    has no score."""
+    _, run = recognition
+    ckpt = run / "checkpoints" / "best.ckpt"
+    whole = make_image_folder(tmp_path / "whole", per_class=3, seed=7)
+    other = shutil.copytree(whole, tmp_path / "no_dog")
+    shutil.rmtree(other / "dog")
+    _, datamodule = rebuild(ckpt, None, {"data_dir": str(other)})
+    assert datamodule.class_names == ["cat", "dog", "owl"]
+    assert {i.split("/")[0]: label for i, label in datamodule.samples()} == {"cat": 0, "owl": 2}
+    scored = {}
+    for folder in (whole, other):
+        main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder)])
+        scored[folder.name] = json.loads((run / f"evaluation-{folder.name}" / "metrics.json").read_text())
+    assert scored["no_dog"]["test/acc/dog"] is None
+    assert [scored[f]["test/acc/owl"] for f in ("no_dog", "whole")] == [scored["whole"]["test/acc/owl"]] * 2
+    assert "| `test/acc/dog` | n/a |" in (run / "evaluation-no_dog" / "report.md").read_text()
+
+
 def test_evaluate_on_other_data_tests_all_of_it_and_checks_the_classes(recognition, tmp_path):
     _, run = recognition
     ckpt = run / "checkpoints" / "best.ckpt"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,18 @@ class DetectionDataModule(TaskDataModule):
         writes results files in the data's own ids (COCO's run 1…90, with gaps)."""
         return {**super().preprocessing_state(), "category_ids": list(self.categories.ids)}
 
+    def follow_classes(self, names: list[str]) -> None:
+        """With the data's category ids for the names it has: the results file of its test
+        detections is then in its ids; a class the data lacks takes an id past all of its own,
+        which its annotations never name."""
+        super().follow_classes(names)
+        if self._class_index is None:
+            return
+        ids = dict(zip(self.categories.names, self.categories.ids, strict=True))
+        first = max(self.categories.ids, default=0) + 1
+        spare = iter(range(first, first + len(names)))
+        self.categories = CategoryMap([ids[n] if n in ids else next(spare) for n in names], list(names))
+
     def restore_preprocessing(self, state: dict) -> None:
         if "category_ids" in state:  # a prepared folder's record (a checkpoint holds none)
             ids = state["category_ids"]
@@ -335,7 +348,8 @@ class DetectionDataModule(TaskDataModule):
         # a prepared folder's shards hold each image with its target: no annotation is read
         records = {}
         if self.prepared is None:
-            ids, records = self.check_samples(ids, stage), {r.file: r for r in self._load().records}
+            ids = self.check_samples(ids, stage)
+            records = {r.file: replace(r, labels=[self.relabel(i) for i in r.labels]) for r in self._load().records}
         return DetectionDataset(self.root, ids, records, self.in_channels, self.decoded_cache(stage))
 
     def describe_preprocessing(self) -> dict:

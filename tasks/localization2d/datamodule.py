@@ -232,14 +232,11 @@ class LocalizationDataModule(ImageDataModule):
         return {"train": train, "val": val, "test": sorted(test)}
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        hp = self.hparams
+        hp, label_of, boxes = self.hparams, dict(self.samples()), None  # the shards hold each image with its box
         if self.prepared is None:
-            samples = self._load()
             ids = self.check_samples(ids, stage)
-            labels, boxes = [samples[i].label for i in ids], [samples[i].box for i in ids]
-        else:  # the shards hold each image with its box
-            label_of = dict(self.samples())
-            labels, boxes = [label_of[i] for i in ids], None
+            boxes = [self._load()[i].box for i in ids]
+        labels = [label_of[i] for i in ids]
         return LocalizationDataset(self.root, ids, labels, boxes, self.in_channels, hp.image_size, self.transform(),
                                    self.decoded_cache(stage))  # fmt: skip
 

@@ -70,7 +70,7 @@ class AnnotationError(BadFileError):
 
 @dataclass
 class CategoryMap:
-    """Dataset category ids (any integers, sorted) ↔ contiguous labels ``0…K-1``."""
+    """Dataset category ids (distinct integers; a dataset's own sorted) ↔ contiguous labels ``0…K-1``."""
 
     ids: list[int]
     names: list[str]

@@ -206,6 +206,7 @@ class TaskDataModule(L.LightningDataModule):
         self._streamed_from: str | None = None
         self._probe = None  # set by decoder()
         self._listed: list | None = None  # samples(), listed once
+        self._class_index: list[int] | None = None  # follow_classes(): the data's class i is class_index[i]
         self._checked: set[str] = set()  # ids check_samples has checked
         self._bad: set[str] = set()  # the bad among them; ids only, as an error's traceback holds what was read
         self._augment_generator: torch.Generator | None = None  # under DDP, the rank's own
@@ -297,7 +298,34 @@ class TaskDataModule(L.LightningDataModule):
             else:
                 targets = self.prepared["targets"].items()
                 self._listed = [(i, np.asarray(t, np.float32) if self.multilabel else t) for i, t in targets]
-        return list(self._listed)
+        if self._class_index is None:
+            return list(self._listed)
+        return [(i, self.relabel(target)) for i, target in self._listed]
+
+    def follow_classes(self, names: list[str]) -> None:
+        """Label the data by ``names``, the classes a checkpoint was trained on, where the data's
+        own classes are some of them, in any order: a test folder that lacks a class, or whose
+        label file orders its classes otherwise, is scored with each sample as the model's class
+        of its name, and a class it lacks has no score. Anything else (a class the model does not
+        know; a prepared folder, whose shards hold their targets) is left as it is, for
+        :func:`~cnnsuite.trust.checkpoint.check_matches` to refuse."""
+        found = list(self.class_names)
+        if found == list(names) or self.prepared is not None or not set(found) <= set(names):
+            return
+        self._class_index = [list(names).index(name) for name in found]
+        self.class_names = list(names)
+
+    def relabel(self, target):
+        """``target`` (a class index, below 0 for none, or a multi-hot vector) as a label of
+        the classes :meth:`follow_classes` took; unchanged where it took none."""
+        index = self._class_index
+        if index is None:
+            return target
+        if isinstance(target, np.ndarray):
+            vector = np.zeros(len(self.class_names), dtype=target.dtype)
+            vector[index] = target
+            return vector
+        return index[target] if target >= 0 else target
 
     def _check_inside(self, ids) -> None:
         """A sample is a file under the data folder: an id a label table or annotation file gives

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..classpath import class_path
 from ..contract import task_of, trusted_classes
@@ -425,6 +425,8 @@ def rebuild(
     also = "; another folder of the same classes is tested whole"
     given = check_source_given(checkpoint, data_cls, data, ckpt_path, also)
     datamodule = data_cls(**data_args)
+    if given:  # a user's folder may lack some of the model's classes, or order them otherwise
+        follow_model_classes(datamodule, model.class_names, ckpt_path)
     check_matches(model.class_names, model.hparams.get("in_channels"), datamodule, ckpt_path)
     check_model_takes_its_data(model, datamodule, ckpt_path)
     state = datamodule_state(checkpoint, data_cls, ckpt_path)
@@ -486,6 +488,20 @@ def datamodule_state(checkpoint: dict, data_cls: type[TaskDataModule], source: o
     if bad:
         raise CheckpointError(f"{source}: its datamodule state holds a non-finite number (NaN or infinity) at {bad}")
     return state
+
+
+def follow_model_classes(datamodule: TaskDataModule, names: list[str], source: object) -> None:
+    """The data labelled by the model's classes where its own are some of them
+    (:meth:`~cnnsuite.data.TaskDataModule.follow_classes`), said with the classes it lacks: the
+    report scores those n/a."""
+    found = list(datamodule.class_names)
+    datamodule.follow_classes(names)
+    if datamodule.class_names != found:
+        lacking = [c for c in names if c not in found]
+        rank_zero_info(
+            f"{datamodule.root}: its classes {found} labelled as the classes {source} was trained on, by name"
+            + (f"; it has no {', '.join(lacking)}: scored n/a" if lacking else "")
+        )
 
 
 def warn_of_seen_names(datamodule: TaskDataModule, splits: dict | None) -> None:

@@ -2,8 +2,9 @@
 
 A checkpoint rebuilds its model and datamodule by itself (:func:`cnnsuite.trust.checkpoint.rebuild`:
 saved hyperparameters, cnnsuite's own classes only), and the split it carries makes the test
-split exactly the one the run held out. Pointed at another folder of the same classes
-(``data_dir``), every sample of that folder is tested. Several checkpoints give one
+split exactly the one the run held out. Pointed at another folder (``data_dir``) of the
+checkpoint's classes, or of some of them, every sample of that folder is tested, labelled by
+class name. Several checkpoints give one
 comparison table of their headline metrics (:func:`compare`).
 """
 
