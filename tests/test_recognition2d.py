@@ -236,3 +236,25 @@ def test_class_names_must_match_num_classes():
     with pytest.raises(ValueError, match=r"model.class_names has 2 names but model.num_classes=3"):
         ClassificationModule(num_classes=3, class_names=["cat", "dog"])
     assert ClassificationModule(num_classes=3).class_names == ["0", "1", "2"]
+
+
+def test_a_confusion_matrix_is_kept_and_drawn_within_bounds_of_the_class_count(tmp_path):
+    """Its state is classes² counts: past ``confusion_max_classes`` (a checkpoint's say) none is
+    kept. Past ``confusion_named_classes`` it is drawn without names or counts at the size of
+    that many classes, not half an inch a class."""
+    from PIL import Image
+
+    many = RecognitionModule(num_classes=RecognitionModule.confusion_max_classes + 1)
+    many.configure_metrics("test")
+    assert many.test_confusion is None and many.plot_confusion(tmp_path) == []
+    named = RecognitionModule.confusion_named_classes
+    sizes = []
+    for classes in (named, 3 * named):
+        model = RecognitionModule(num_classes=classes)
+        model.configure_metrics("test")
+        target = torch.arange(classes)
+        model.update_confusion(torch.eye(classes)[target.roll(1)], target)
+        (tmp_path / str(classes)).mkdir()
+        (plot,) = model.plot_confusion(tmp_path / str(classes))
+        sizes.append(Image.open(plot).size)
+    assert max(sizes[1]) <= max(sizes[0])

@@ -346,7 +346,7 @@ class LocalizationModule(ClassificationModule):
             preds=probs, target=labels, pred_boxes=boxes.detach().float(), target_boxes=target_boxes
         )
         if stage == "test":
-            self.test_confusion.update(probs, labels)
+            self.update_confusion(probs, labels)
             scores, predicted = probs.max(dim=1)
             # labels, true boxes, predicted classes, scores, predicted boxes
             self.keep_test_outcome((labels, target_boxes.float(), predicted, scores, boxes.float()))

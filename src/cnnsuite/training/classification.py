@@ -68,6 +68,12 @@ class ClassificationModule(TaskModule):
     #: the range ``class_weights`` clips BCE's ``pos_weight`` to: a class with a handful of
     #: positives (or none) in training would otherwise dominate the loss
     pos_weight_range = (0.01, 100.0)
+    #: the most classes a test confusion matrix is kept for: its state is classes² counts (32 MB
+    #: at this many), and the number of classes may be a hand-made checkpoint's say
+    confusion_max_classes = 2000
+    #: the most classes whose names and counts the drawn confusion matrix writes; past them it is
+    #: a map of where the mistakes fall, at a bounded size
+    confusion_named_classes = 40
 
     def __init__(
         self,
@@ -165,9 +171,8 @@ class ClassificationModule(TaskModule):
                 "auroc": PresentClassesAUROC(n),
                 "per_class_acc": ClasswiseWrapper(PresentClassesAccuracy(n), labels=self.class_names, prefix="acc/"),
             }
-        if stage == "test":
-            # Not logged (not a scalar): evaluation draws it.
-            self.test_confusion = MulticlassConfusionMatrix(n)
+        if stage == "test":  # not logged (not a scalar): evaluation draws it
+            self.test_confusion = MulticlassConfusionMatrix(n) if n <= self.confusion_max_classes else None
         # No compute groups: a ClasswiseWrapper in a group computes from shared state its
         # own inner metric never saw updated (and torchmetrics warns on every epoch).
         return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
@@ -242,6 +247,11 @@ class ClassificationModule(TaskModule):
             return
         getattr(self, f"{stage}_metrics").update(probs, target)
         if stage == "test":
+            self.update_confusion(probs, target)
+
+    def update_confusion(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        """The test confusion matrix, where one is kept (:attr:`confusion_max_classes`)."""
+        if self.test_confusion is not None:
             self.test_confusion.update(probs, target)
 
     def training_step(self, batch, batch_idx):
@@ -298,7 +308,7 @@ class ClassificationModule(TaskModule):
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
-        if not self.multilabel:
+        if not self.multilabel and self.test_confusion is not None:
             self.test_confusion.reset()
 
     def on_test_epoch_end(self) -> None:
@@ -399,10 +409,21 @@ class ClassificationModule(TaskModule):
     def write_plots(self, out_dir: Path, datamodule) -> list[Path]:
         if self.multilabel:
             return [self._plot_class_ap(Path(out_dir))]
-        fig, ax = self.test_confusion.plot(labels=self.class_names)
+        return self.plot_confusion(Path(out_dir))
+
+    def plot_confusion(self, out_dir: Path) -> list[Path]:
+        """``confusion_matrix.png`` of the test split, where one is kept."""
+        if self.test_confusion is None:
+            return []
+        named = len(self.class_names) <= self.confusion_named_classes
+        fig, ax = self.test_confusion.plot(labels=self.class_names if named else None, add_text=named)
         ax.set_title("Confusion matrix (test split)")
-        fig.set_size_inches(max(5, 0.5 * len(self.class_names) + 2), max(4.5, 0.5 * len(self.class_names) + 1.5))
-        path = Path(out_dir) / "confusion_matrix.png"
+        if not named:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        side = 0.5 * min(len(self.class_names), self.confusion_named_classes)
+        fig.set_size_inches(max(5, side + 2), max(4.5, side + 1.5))
+        path = out_dir / "confusion_matrix.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         return [path]
