@@ -4,6 +4,7 @@ multispectral3d's own predictions are tested in their task files."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from test_checkpoints import tampered
 from cnnsuite.cli import main
 from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.trust.checkpoint import rebuild
-from cnnsuite.use.predict import Predictor
+from cnnsuite.use.predict import Predictor, picture_names
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,14 @@ def test_a_folder_with_a_bad_file_predicts_the_others_and_names_it(recognition, 
     assert summary["predicted"] == 11 and summary["failed"] == [bad["path"]] and len(summary["ignored"]) == 1
     printed = capsys.readouterr().out
     assert "predicted 11 of 12 inputs; 1 could not be read" in printed and "broken.png" in printed
+
+
+def test_picture_names_stay_unique_where_an_input_name_holds_the_separator():
+    """``a/b.png`` and ``a__b.png`` both flatten to ``a__b``: one picture would replace the other."""
+    root = Path("/inputs")
+    paths = [root / "a" / "b.png", root / "a__b.png", root / "c.jpg", root / "c.png", root / "d.png"]
+    names = picture_names(paths, root)
+    assert list(names.values()) == ["a__b.png.png", "a__b.png-2.png", "c.jpg.png", "c.png.png", "d.png"]
 
 
 def test_an_output_folder_inside_the_input_folder_or_a_file_is_refused(recognition, tmp_path, capsys):

@@ -110,11 +110,21 @@ def picture_names(paths: list[Path], root: Path) -> dict[Path, str]:
     """A flat, unique PNG name for each of ``paths`` (inputs under the folder ``root``): the
     path relative to ``root`` with ``__`` for its separators and ``.png`` for its suffix
     (``cats/tom.jpg`` → ``cats__tom.png``); inputs that would share a name (``tom.jpg`` and
-    ``tom.png``) keep their own suffix before it (``tom.jpg.png``)."""
+    ``tom.png``) keep their own suffix before it (``tom.jpg.png``), and a name still shared
+    (``a/b.png`` and ``a__b.png``) is numbered after the first (``a__b.png-2.png``)."""
     relative = {p: p.relative_to(root) if p != root and root in p.parents else Path(p.name) for p in paths}
     stems = {p: "__".join(r.with_suffix("").parts) for p, r in relative.items()}
     counts = Counter(stems.values())
-    return {p: (stems[p] if counts[stems[p]] == 1 else "__".join(relative[p].parts)) + ".png" for p in paths}
+    names, used = {}, set()
+    for p in paths:
+        stem = stems[p] if counts[stems[p]] == 1 else "__".join(relative[p].parts)
+        name, number = f"{stem}.png", 1
+        while name in used:
+            number += 1
+            name = f"{stem}-{number}.png"
+        names[p] = name
+        used.add(name)
+    return names
 
 
 def predict_to_folder(
