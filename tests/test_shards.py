@@ -774,6 +774,8 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
         (lambda r: r.update(multilabel="yes"), 'multilabel is "yes", expected true or false'),
         (lambda r: r.update(preprocessing=[1]), "preprocessing is [1], expected an object of values and tensors"),
         (lambda r: r["preprocessing"]["tensors"].update(mean=[0.5, float("nan")]), "preprocessing is {"),
+        (lambda r: r["preprocessing"]["tensors"].update(mean=[[1], [1, 2]]), "tensors (lists of numbers)"),
+        (lambda r: r["preprocessing"]["tensors"].update(mean="abc"), "tensors (lists of numbers)"),
         (lambda r: r.update(class_names=["a"] * len(r["class_names"])), "expected a list of distinct class names"),
         (lambda r: r.update(hyper_parameters=["x"]), 'hyper_parameters is ["x"], expected an object'),
         (lambda r: r["items"].pop("val"), "items is {"),

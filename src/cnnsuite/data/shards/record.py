@@ -82,14 +82,7 @@ def check_record(record: dict, where: str, targetless: bool = False) -> None:
             f"an object of class indices from {-1 if targetless else 0} below {count} ({count} 0/1 values each, "
             "multi-label)",
         ),  # fmt: skip
-        "preprocessing": (
-            lambda v: (
-                isinstance(v, dict)
-                and {type(v.get(k)) for k in ("values", "tensors")} == {dict}
-                and first_non_finite(v) is None
-            ),
-            "an object of values and tensors, every number finite",
-        ),  # fmt: skip
+        "preprocessing": (_preprocessing, "an object of values and tensors (lists of numbers), every number finite"),
         "files": (
             lambda v: isinstance(v, dict) and all(isinstance(h, str) for h in v.values()),
             "an object of shard names and their sha256",
@@ -116,6 +109,16 @@ def check_record(record: dict, where: str, targetless: bool = False) -> None:
                 f"{where}: items lists {outside[0]!r} in {stage}, which its splits do not: expected each split's items "
                 "among its samples"
             )
+
+
+def _preprocessing(value) -> bool:
+    if not isinstance(value, dict) or {type(value.get(k)) for k in ("values", "tensors")} != {dict}:
+        return False
+    try:  # each tensor a rectangular (nested) list of numbers
+        tensors_from_json(value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return first_non_finite(value) is None
 
 
 def _ids(value) -> bool:
