@@ -885,3 +885,24 @@ def test_a_hand_made_folder_whose_shards_match_its_record_is_still_refused_where
     with pytest.raises(ConfigError) as err:
         RecognitionDataModule(data_dir=str(out), image_size=8, data_root=str(tmp_path / "data"))
     assert str(err.value).startswith(str(out)) and message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data: [1, 2]\n", "data is [1, 2], expected a mapping"),
+        ("data:\n  init_args: [1]\n", "data.init_args is [1], expected a mapping"),
+        ("- 1\n", "the config is [1], expected a mapping"),
+        ("data: {init_args: {image_size: [", "not a readable config"),
+    ],
+)
+def test_a_config_whose_data_section_is_no_mapping_is_one_line(tmp_path, capsys, text, message):
+    """``cnnsuite prepare`` reads the config's data section itself: a list where a mapping goes
+    was an AttributeError or a TypeError with its traceback."""
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit):
+        main(["prepare", "--task", "recognition2d", "--config", str(config), "--out", str(tmp_path / "out")])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"cnnsuite prepare: error: {config}: {message}")
+    assert not (tmp_path / "out").exists()

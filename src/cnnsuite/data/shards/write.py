@@ -156,10 +156,28 @@ def _record(datamodule, task: str, items: dict[str, list[str]], files: dict[str,
     return record | {"sha256": content_hash(record, files)}
 
 
+def data_section(config_path: Path) -> dict:
+    """The config's ``data`` section, ``{"class_path"?, "init_args"}`` (either may be left
+    out or empty), each part checked to be a mapping, as LightningCLI has them."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{config_path}: not a readable config ({' '.join(str(err).split())})") from err
+
+    def mapping(key: str, value) -> dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{config_path}: {key} is {json.dumps(value, default=str)[:60]}, expected a mapping")
+        return value
+
+    section = mapping("data", mapping("the config", config).get("data") or {})
+    return {**section, "init_args": mapping("data.init_args", section.get("init_args") or {})}
+
+
 def prepare_main(argv: list[str]) -> None:
     """``cnnsuite prepare``: a task's datamodule built from its config's data section and the
     ``--data.*`` options, as ``fit`` builds it, written by :func:`prepare`."""
-    import yaml
 
     from ...commands import add_out, command_parser
     from ...contract import task_named
@@ -192,17 +210,14 @@ def prepare_main(argv: list[str]) -> None:
         parser.error("the following arguments are required: --out")
     task = task_named(args.task)
     config_path = Path(args.config or task.config)
-    try:
-        section = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
-    except (OSError, yaml.YAMLError, AttributeError) as err:
-        raise ConfigError(f"{config_path}: not a readable config ({err})") from err
+    section = data_section(config_path)
     cls = task.datamodule
     if not cls.streams_prepared:
         raise ConfigError(f"--task {args.task}: {args.task} does not stream a prepared folder (streams_prepared)")
     named = section.get("class_path", class_path(cls))
     if named != class_path(cls):
         raise ConfigError(f"{config_path}: data.class_path {named} is not {args.task}'s datamodule")
-    init_args = {**section.get("init_args", {}), **data_options(args, extra, parser)}
+    init_args = {**section["init_args"], **data_options(args, extra, parser)}
     unknown = sorted(set(init_args) - set(cls.init_parameters()))
     if unknown:
         raise ConfigError(f"--data.{unknown[0]}: not a setting of {cls.__name__}")
