@@ -284,6 +284,13 @@ MALFORMED = {
     "NaN weights": (nan_weights, "non-finite weights (NaN or infinity)"),
     "damaged optimizer state": (set_path(["optimizer_states"], [{"state": {}, "param_groups": [{"lr": "x"}]}]),
                                 "its optimizer state 0 is not one torch can resume", ("fit --ckpt_path",)),
+    # what the fit restores past the weights, each one line before the run's folder is made
+    "damaged rng state": (set_path(["rng_states", "torch"], torch.zeros(3, dtype=torch.uint8)),
+                          "its rng_states cannot be resumed (RuntimeError", ("fit --ckpt_path",)),
+    "damaged metric state": (set_path(["train_metric_states", "metrics"], {"acc": {"state": {"tp": 1}, "updates": 0}}),
+                             "its train_metric_states cannot be resumed", ("fit --ckpt_path",)),
+    "damaged loader place": (set_path(["loops", "fit_loop", "state_dict", "combined_loader"], [{"seed": "a"}]),
+                             "its loops.fit_loop.state_dict.combined_loader cannot be resumed", ("fit --ckpt_path",)),
     "empty test split": (set_path(["RecognitionDataModule", "splits"], {"train": [], "val": [], "test": []}),
                          "its run's test split is empty: nothing to evaluate", ("evaluate",)),
     # predictions are keyed by class name: two classes of one name would merge

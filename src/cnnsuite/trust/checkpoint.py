@@ -39,6 +39,7 @@ from ..data.splits import check_splits, load_splits
 from ..errors import CheckpointError, ConfigError, MissingFileError, StateError
 from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
+from ..training.rng import check_rng_states
 from ..training.task import META_CHECK, TaskModule
 from .untrusted import check_finite_tensors, load_weights_only
 
@@ -274,6 +275,7 @@ def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) 
         )
     model = build_model(checkpoint, ckpt_path)
     check_optimizer_states(checkpoint, ckpt_path)
+    check_resumed_states(checkpoint, ckpt_path)
     check_source_given(checkpoint, data_cls, data, ckpt_path)
     _, args = model_arguments(checkpoint, ckpt_path)
     return class_path(model), args
@@ -305,6 +307,44 @@ def check_optimizer_states(checkpoint: dict, source: object) -> None:
                 f"{source}: its optimizer state {number} is not one torch can resume (a state and param groups of "
                 "params and a numeric lr); resume from another checkpoint, or start the run again"
             )
+
+
+def check_resumed_states(checkpoint: dict, source: object) -> None:
+    """What a resumed fit restores from the entries this suite writes besides the weights and
+    the optimiser: the random generators' states (tried on generators of their own), the
+    training metrics' running states and the loader's place in its epoch. A damaged one
+    failed inside the fit, with a traceback, after the run's folder was made."""
+
+    def refuse(what: str, detail: str) -> None:
+        raise CheckpointError(
+            f"{source}: its {what} cannot be resumed ({detail}); resume from another checkpoint, or start the run again"
+        )
+
+    if "rng_states" in checkpoint:
+        try:
+            check_rng_states(checkpoint["rng_states"])
+        except Exception as err:  # whatever Python, NumPy or torch make of a damaged state
+            refuse("rng_states", one_line(err))
+
+    def tensors(value) -> bool:
+        return isinstance(value, torch.Tensor) or (isinstance(value, list) and all(map(tensors, value)))
+
+    def metric(saved) -> bool:
+        state = saved.get("state") if isinstance(saved, dict) else None
+        return isinstance(state, dict) and all(map(tensors, state.values())) and type(saved.get("updates")) is int
+
+    saved = checkpoint.get("train_metric_states", {})
+    groups = [saved.get(k, {}) for k in ("metrics", "losses")] if isinstance(saved, dict) else [None]
+    if not all(isinstance(g, dict) and all(map(metric, g.values())) for g in groups):
+        refuse("train_metric_states", "expected metrics and losses, each a state of tensors and a count of updates")
+    loaders = checkpoint
+    for key in ("loops", "fit_loop", "state_dict", "combined_loader"):  # Lightning's own entries up to it
+        loaders = loaders.get(key) if isinstance(loaders, dict) else None
+    place = ("seed", "epoch", "batches")  # each loader's, or nothing where it keeps no place
+    if loaders is not None and (not isinstance(loaders, list) or not all(
+        isinstance(d, dict) and (not d or all(type(d.get(k)) is int for k in place)) for d in loaders
+    )):  # fmt: skip
+        refuse("loops.fit_loop.state_dict.combined_loader", "expected each loader's seed, epoch and batches, or none")
 
 
 def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, ckpt_path, also: str = "") -> bool:
