@@ -394,8 +394,9 @@ def add_data_options(parser) -> None:
     settings (``--data.cache_dir`` ...) are taken too (:func:`data_options`)."""
     parser.add_argument(
         "--data.data_dir", dest="data_dir", default=None,
-        help="the data: the run's own folder scores its test split; another folder of the same classes is "
-        "tested whole (needed for a run on your own folder: a checkpoint does not choose what is read)",
+        help="the data: the run's own folder scores its test split; another folder of the run's classes, or of "
+        "some of them, is tested whole (needed for a run on your own folder: a checkpoint does not choose what "
+        "is read)",
     )  # fmt: skip
     parser.add_argument(
         "--data.data_root", dest="data_root", default=None,

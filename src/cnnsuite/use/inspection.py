@@ -51,7 +51,7 @@ from ..training.runs import default_output, output_folder, run_folder
 from ..training.task import TaskModule
 from ..trust.checkpoint import data_options, rebuild
 from .inspectable import Network
-from .predict import Predictor
+from .predict import Predictor, device_for
 
 #: test samples looked at for ``top_samples.png`` (spread evenly over the test split)
 MAX_SAMPLES = 512
@@ -396,8 +396,7 @@ def inspect(
         raise ConfigError(f"--max_samples {max_samples}: expected at least 1")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     model, datamodule = rebuild(ckpt_path, run_folder(ckpt_path), data)
-    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_gpu else "cpu")
+    device = device_for(accelerator)
     model.to(device).eval()
     if input_path is not None:
         sample, source = read_sample(ckpt_path, Path(input_path), model), str(input_path)

@@ -29,14 +29,20 @@ from ..training.runs import default_output, output_folder
 from ..trust.checkpoint import rebuild_for_inference
 
 
+def device_for(accelerator: str) -> torch.device:
+    """Where ``--accelerator`` runs the network: a GPU when it names one, or when it is ``auto``
+    and there is one; else the CPU."""
+    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
 class Predictor:
     """A checkpoint ready to predict raw files: its model and the run's test preprocessing."""
 
     def __init__(self, ckpt_path: str | Path, accelerator: str = "auto") -> None:
         self.ckpt_path = Path(ckpt_path)
         self.model, self.datamodule = rebuild_for_inference(ckpt_path)
-        use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-        self.model.to("cuda" if use_gpu else "cpu")
+        self.model.to(device_for(accelerator))
 
     def read(self, path: str | Path) -> Input:
         """One file as the model's input; an unreadable file raises :class:`BadFileError` naming it."""
