@@ -336,6 +336,11 @@ def test_a_class_the_split_lacks_has_no_score_and_no_part_in_the_means():
         balanced = balanced_accuracy_score(target.numpy(), probs.argmax(1))
     assert values["val/acc_macro"] == pytest.approx(balanced) == pytest.approx(np.mean(recalls))
     assert np.isnan(values["val/acc/2"]) and values["val/acc/0"] == pytest.approx(recalls[0])
+    # a split of one class ranks no 'rest' below it: no AUROC (scikit-learn refuses it; torchmetrics read 0)
+    model.val_metrics.reset()
+    model.update_metrics("val", logits, torch.zeros_like(target), None)
+    single = {k: float(v) for k, v in model.val_metrics.compute().items()}
+    assert np.isnan(single["val/auroc"]) and single["val/acc/0"] == pytest.approx(float((probs.argmax(1) == 0).mean()))
 
 
 def test_a_label_without_a_positive_has_no_average_precision():

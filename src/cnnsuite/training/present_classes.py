@@ -25,9 +25,13 @@ class OverPresentClasses:
         """How many samples of each class (a label's positives, multi-label) the targets held."""
         raise NotImplementedError
 
+    def scored(self) -> torch.Tensor:
+        """Which classes have a score: those with a sample."""
+        return self.support() > 0
+
     def compute(self) -> torch.Tensor:
         values = super().compute().float()
-        present = self.support().to(values.device) > 0
+        present = self.scored().to(values.device)
         values = torch.where(present, values, torch.nan)
         if not self.macro:
             return values
@@ -46,7 +50,9 @@ class PresentClassesAccuracy(OverPresentClasses, MulticlassAccuracy):
 
 
 class PresentClassesAUROC(OverPresentClasses, MulticlassAUROC):
-    """Each class's one-vs-rest AUROC, or their mean."""
+    """Each class's one-vs-rest AUROC, or their mean; a class that is every sample has no
+    'rest' to rank below it, so no AUROC either (a split of one class has none at all, where
+    torchmetrics reads 0)."""
 
     def __init__(self, num_classes: int, macro: bool = True, **kwargs) -> None:
         super().__init__(num_classes, average=None, **kwargs)
@@ -54,6 +60,10 @@ class PresentClassesAUROC(OverPresentClasses, MulticlassAUROC):
 
     def support(self) -> torch.Tensor:
         return torch.bincount(dim_zero_cat(self.target).long(), minlength=self.num_classes)
+
+    def scored(self) -> torch.Tensor:
+        support = self.support()
+        return (support > 0) & (support < support.sum())
 
 
 class PresentLabelsAveragePrecision(OverPresentClasses, MultilabelAveragePrecision):
