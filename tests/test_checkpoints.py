@@ -429,7 +429,14 @@ def test_resuming_a_run_on_a_users_folder_without_it_or_on_other_classes_is_one_
         main([*common, "--data.data_dir", str(other)])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"cnnsuite fit: error: {other}: classes ['ant', 'bee'] do not match the 3 classes")
+    # the run's classes, other files: refused before anything is written, not after a split of them was
+    same_classes = make_image_folder(tmp_path / "same_classes", per_class=3, seed=5)
+    with pytest.raises(SystemExit):
+        main([*common, "--data.data_dir", str(same_classes)])
     assert (root / "version_0" / "splits.json").read_bytes() == record
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"cnnsuite fit: error: --ckpt_path {root / 'version_0'}") and "its split: " in line
+    assert f"entries are not in {same_classes}" in line
     assert sorted(p.name for p in (root / "version_0").iterdir() if p.name.startswith("config")) == ["config.yaml"]
 
 

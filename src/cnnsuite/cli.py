@@ -157,7 +157,7 @@ def warn_of_direction(stopping: EarlyStopping, model: TaskModule) -> None:
 class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         #: ``(checkpoint, its model arguments)`` of a command given ``--ckpt_path`` (see _parse_ckpt_path)
-        self.resumed: tuple[str, dict] | None = None
+        self.resumed: tuple[str, dict, dict | None] | None = None  # resume_arguments' and the file's
         kwargs.setdefault("parser_class", CnnSuiteParser)
         kwargs.setdefault("model_class", TaskModule)
         kwargs.setdefault("datamodule_class", TaskDataModule)
@@ -271,13 +271,13 @@ class CnnSuiteCLI(LightningCLI):
             return
         data = config.get("data")
         given = data.init_args.as_dict() if data is not None and data.get("init_args") is not None else {}
-        model_path, args = resume_arguments(ckpt_path, data.class_path if data is not None else None, given)
+        model_path, args, splits = resume_arguments(ckpt_path, data.class_path if data is not None else None, given)
         if self.model_options:
             rank_zero_warn(
                 f"--ckpt_path {ckpt_path}: the model is the checkpoint's, as the run trained it; "
                 f"{', '.join(dict.fromkeys(self.model_options))} given on the command line not used"
             )
-        self.resumed = (ckpt_path, args)
+        self.resumed = (ckpt_path, args, splits)
         model = {"class_path": model_path, "init_args": args}
         self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
 
@@ -289,11 +289,15 @@ class CnnSuiteCLI(LightningCLI):
         """The model and data a command was given, before its Trainer is built (LightningCLI makes
         the Trainer right after them) or a recipe timed on them: a resumed checkpoint's classes
         must be the data's, the model must take the data's samples, and the run's folder must lie
-        outside the data folder, which is only read."""
+        outside the data folder, which is only read. A resumed run's split is its checkpoint's
+        from the start: one decided afresh would be checked and written over the run's
+        ``splits.json``, and data without the run's samples only refused after that."""
         if self.resumed is not None:  # the data's classes, linked to the model, must be the run's
-            ckpt_path, args = self.resumed
+            ckpt_path, args, splits = self.resumed
             names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
             check_matches(names, args.get("in_channels"), self.datamodule, ckpt_path)
+            if splits is not None:
+                self.datamodule.use_splits(splits, f"--ckpt_path {ckpt_path}: its split")
         check_rebuildable(self.model)
         check_model_fits_data(self.model, self.datamodule)
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -627,11 +627,16 @@ class TaskDataModule(L.LightningDataModule):
         splits = state_dict.get("splits")
         if splits is None:
             return
-        check_splits(splits, "the checkpoint's split")
-        self._check_known(splits, "the checkpoint's split")
+        self.use_splits(splits, "the checkpoint's split")
+        self._save_split_record()
+
+    def use_splits(self, splits: dict[str, list[str]], source: object) -> None:
+        """Take ``splits`` (a run's, from ``source``) as this data's split, each of its ids
+        checked to be a sample of it."""
+        check_splits(splits, source)
+        self._check_known(splits, source)
         self.splits = splits
         self.datasets = LazyDatasets(self._make_stage)
-        self._save_split_record()
 
     def _save_split_record(self) -> None:
         """``splits.json`` in the run folder: the split, readable without loading a checkpoint."""

@@ -256,8 +256,9 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
-def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) -> tuple[str, dict]:
-    """``(model class path, model arguments)`` for resuming a fit from ``ckpt_path``: the file is
+def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) -> tuple[str, dict, dict | None]:
+    """``(model class path, model arguments, the run's split or None)`` for resuming a fit from
+    ``ckpt_path``: the file is
     checked as :func:`build_model` checks it (classes, arguments, weights), and only then are
     the class path (one of ours) and the checked arguments given to LightningCLI.
     ``data_class``: the resumed command's datamodule class, which must be the run's: another
@@ -278,7 +279,7 @@ def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) 
     check_resumed_states(checkpoint, ckpt_path)
     check_source_given(checkpoint, data_cls, data, ckpt_path)
     _, args = model_arguments(checkpoint, ckpt_path)
-    return class_path(model), args
+    return class_path(model), args, datamodule_state(checkpoint, data_cls, ckpt_path).get("splits")
 
 
 def check_optimizer_states(checkpoint: dict, source: object) -> None:
