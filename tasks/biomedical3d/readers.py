@@ -37,16 +37,19 @@ MEDMNIST_KEYS = tuple(f"{stage}_{kind}" for stage in STAGES for kind in ("images
 
 def check_header(path: str | Path) -> bool:
     """Refuse a volume from its header alone, before any voxel is read: one that declares more
-    voxels than :mod:`cnnsuite.data.limits` allows, or (:func:`check_data_file`) names the file of
-    its voxels outside its own folder. True where the header read; False where it does not (the
-    loader then names the file and the problem). A series folder without files is an error
-    naming it (the loader's would be an IndexError)."""
+    voxels than :mod:`cnnsuite.data.limits` allows, names the file of its voxels outside its own
+    folder (:func:`check_data_file`), or, a NIfTI, more axes than a volume's. True where the
+    header read; False where it does not (the loader then names the file and the problem). A
+    series folder without files is an error naming it (the loader's would be an IndexError)."""
     header = read_header(Path(path))
     if header is None:
         return False
     sizes, what, data_file = header
     check_size(path, "volume", sizes, what)
     check_data_file(Path(path), data_file)
+    # a NIfTI's axes are the array's: the loader takes three, or a fourth of one (a time or channel axis)
+    if str(path).lower().endswith((".nii", ".nii.gz")) and not (len(sizes) == 3 or sizes[3:] == [1]):
+        raise BadFileError(f"{path}: expected a 3D volume, its header {what}")
     return True
 
 
