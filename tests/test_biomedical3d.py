@@ -453,3 +453,19 @@ def test_label_rows_are_checked(tmp_path):
 def test_integer_labels_sort_as_numbers():
     assert class_names_of(["10", "2", "1"]) == ["1", "2", "10"]
     assert class_names_of(["b", "a"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("spacing", [-1.0, 1.0, 1.0], r"data.spacing=\[-1.0, 1.0, 1.0\]: expected 3 voxel sizes in mm, each above 0"),
+        ("spacing", [0.0, 1.0, 1.0], r"data.spacing=\[0.0, 1.0, 1.0\]: expected 3 voxel sizes"),
+        ("spacing", [1.0, 1.0], r"data.spacing=\[1.0, 1.0\]: expected 3 voxel sizes"),
+        ("spatial_size", [8, 8], r"data.spatial_size=\[8, 8\]: expected 3 sizes"),
+    ],
+)
+def test_a_volume_setting_no_volume_has_is_named(tmp_path, option, value, message):
+    """MONAI's Spacingd keeps an axis of spacing 0 or below as stored: the run trained as if
+    unset while its export's JSON said it resampled to that spacing."""
+    with pytest.raises(ConfigError, match=message):
+        Biomedical3DDataModule(data_root=str(tmp_path), **{option: value})

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,6 +174,9 @@ class Biomedical3DDataModule(TaskDataModule):
             raise ConfigError(f"data.cache={cache!r}: expected 'memory', 'disk' or 'none'")
         if spatial_size is not None and len(spatial_size) != 3:
             raise ConfigError(f"data.spatial_size={spatial_size}: expected 3 sizes (D, H, W)")
+        # MONAI's Spacingd keeps an axis whose spacing is 0 or below as stored, without a word
+        if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing)):
+            raise ConfigError(f"data.spacing={list(spacing)}: expected 3 voxel sizes in mm, each above 0")
         self.spatial_size = tuple(spatial_size or (32, 32, 32))
         self.in_channels = 1
         if medmnist_npz is not None:
