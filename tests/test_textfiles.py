@@ -70,6 +70,8 @@ def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_namin
     (tmp_path / "test.txt").write_text("cat/3.jpg\n")
     with pytest.raises(ConfigError, match=r"'cat/2\.jpg' is twice in val"):
         read_split_lists(tmp_path)
+    (tmp_path / "val.txt").unlink()  # train and test alone (validation is drawn from train)
+    assert read_split_lists(tmp_path) == {"train": ["cat/0.jpg", "cat/1.jpg"], "test": ["cat/3.jpg"]}
 
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"")

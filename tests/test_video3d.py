@@ -505,6 +505,18 @@ def test_csv_split_lists(video_folder):
     assert "val.csv, line 3: right/gone.mp4 is not a video of the class folders" in message
     assert "val.csv, line 4: /elsewhere/x.mp4 is not inside" in message
 
+    # UCF101's lists: train and test, no val: validation is drawn from train
+    (video_folder / "val.csv").unlink()
+    ucf = VideoDataModule(data_dir=str(video_folder), **SMALL)
+    ucf.setup("fit")
+    train = {line.split()[0] for line in lists["train"]}
+    assert ucf.splits["val"] and set(ucf.splits["val"]) | set(ucf.splits["train"]) == train
+    assert not set(ucf.splits["val"]) & set(ucf.splits["train"])
+    assert ucf.splits["test"] == ["left/left0.avi", "right/right0.avi"]
+    (video_folder / "test.csv").unlink()
+    with pytest.raises(ValueError, match=r"found train .csv split lists but not val, test; expected train, val"):
+        VideoDataModule(data_dir=str(video_folder), **SMALL).setup("fit")
+
 
 def make_split_folders(root: Path, splits: dict[str, int]) -> Path:
     """Kinetics' layout: ``<split>/<class>/<video>.mp4``, ``splits[split]`` videos a class."""

@@ -338,7 +338,7 @@ class VideoDataModule(TaskDataModule):
         if self.hparams.data_dir is not None and not self.hparams.split_file and not labelled_otherwise:
             splits = read_csv_lists(self.root, self.class_names, {sample_id for sample_id, _ in self.samples()})
             if splits is not None:
-                return splits
+                return self.listed_splits(splits, f"{self.root}/{{train,val,test}}.csv")
         return super().decide_splits()
 
     def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:

@@ -20,7 +20,7 @@ from cnnsuite.data import (
     BadFileError,
 )
 from cnnsuite.data.limits import check_size, max_pixels
-from cnnsuite.data.splits import STAGES
+from cnnsuite.data.splits import STAGES, check_lists_present
 from cnnsuite.data.textfiles import read_lines
 from cnnsuite.errors import ConfigError
 
@@ -178,21 +178,18 @@ def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None
 
 
 def read_csv_lists(root: Path, class_names: list[str], known: set[str]) -> dict[str, list[str]] | None:
-    """``train.csv``, ``val.csv`` and ``test.csv`` in ``root`` (all three or none), in
+    """``train.csv``, ``val.csv`` and ``test.csv`` in ``root`` (all three, train and test, or none), in
     PyTorchVideo's ``LabeledVideoPaths`` format: ``<path> [<integer label>]`` a line, the path
     relative to ``root``. The class is the path's folder; a label column, if given, must name
     the folders consistently (0- or 1-based numbering alike, as in UCF101's lists). Every
     line's problem — a path outside ``root`` or its class folders, a label that contradicts
     earlier lines, a video not among ``known`` (the folder's) — is named in one error."""
     files = {stage: root / f"{stage}.csv" for stage in STAGES}
-    present = [s for s, f in files.items() if f.is_file()]
-    if not present:
+    present = check_lists_present(root, {s: f.is_file() for s, f in files.items()}, ".csv ")
+    if present is None:
         return None
-    if len(present) != len(STAGES):
-        missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
-        raise ConfigError(f"{root}: found {', '.join(present)} .csv split lists but not {missing}")
     splits, folder_of, label_of, problems = {}, {}, {}, []
-    for stage, file in files.items():
+    for stage, file in ((s, files[s]) for s in present):
         ids = []
         for number, line in enumerate(read_lines(file), 1):
             if not line:

@@ -46,7 +46,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..classpath import class_path
@@ -61,7 +61,15 @@ from .prepare import prepare_once
 from .resumable import EpochSampler, ResumableDataLoader, pass_seed, run_seed
 from .shards import PreparedFiles, StreamedItems, check_shards, is_prepared, is_url, read_record, tensors_from_json
 from .splitfolders import find_split_folders, splits_from_folders
-from .splits import STAGES, check_splits, load_splits, read_split_lists, save_splits, stratified_split
+from .splits import (
+    STAGES,
+    check_splits,
+    load_splits,
+    read_split_lists,
+    save_splits,
+    split_validation,
+    stratified_split,
+)
 
 #: options several tasks declare, each in its own signature (where ``--help`` shows it only for
 #: a task that takes it), and their checks, run here for every task that declares one
@@ -656,13 +664,31 @@ class TaskDataModule(L.LightningDataModule):
     def unknown_ids(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
         """``stage → ids`` of ``splits`` that are no sample of this data (none: the split is for it)."""
         known = {sample_id for sample_id, _ in self.samples()}
-        unknown = {s: [i for i in splits[s] if i not in known] for s in STAGES}
+        unknown = {s: [i for i in ids if i not in known] for s, ids in splits.items()}
         return {s: ids for s, ids in unknown.items() if ids}
 
     def _check_known(self, splits: dict[str, list[str]], source: object) -> None:
         """Every id of ``splits`` must be a sample of the data, or the split is for other data."""
         for s, unknown in self.unknown_ids(splits).items():
             raise ConfigError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
+
+    def listed_splits(self, splits: dict[str, list[str]], source: object) -> dict[str, list[str]]:
+        """A split the data lists (``source``: its own lists, ``split_file``), each id checked to
+        be a sample; train and test lists alone (UCF101's) get a validation split drawn from
+        train: ``val_fraction`` of the samples listed, stratified, by ``seed``."""
+        check_splits(splits, source, [s for s in STAGES if s in splits])
+        self._check_known(splits, source)
+        if "val" not in splits:
+            labels, hp = dict(self.samples()), self.hparams
+            listed = len(splits["train"]) + len(splits["test"])
+            train, val = split_validation(splits["train"], [labels[i] for i in splits["train"]], hp.val_fraction,
+                                          listed, hp.seed, self.class_names)  # fmt: skip
+            rank_zero_info(
+                f"{source}: no validation list; validation is {len(val)} of the {len(splits['train'])} training "
+                f"samples (data.val_fraction {hp.val_fraction} of the {listed} listed, data.seed {hp.seed})"
+            )
+            splits = {"train": train, "val": val, "test": splits["test"]}
+        return splits
 
     def decide_splits(self) -> dict[str, list[str]]:
         """The train/val/test split where none is known yet (a checkpoint's or a prepared folder's
@@ -674,8 +700,7 @@ class TaskDataModule(L.LightningDataModule):
         else:
             splits, source = read_split_lists(self.root), f"{self.root}/{{train,val,test}}.txt"
         if splits is not None:
-            self._check_known(splits, source)
-            return splits
+            return self.listed_splits(splits, source)
         samples = self.samples()
         hp, names = self.hparams, self.class_names
         if self.split_folders:

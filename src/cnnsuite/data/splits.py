@@ -129,16 +129,29 @@ def _targetless(label) -> bool:
 
 def read_split_lists(root: Path) -> dict[str, list[str]] | None:
     """``train.txt``, ``val.txt`` and ``test.txt`` in ``root`` (one relative path a line), if
-    the data brings them; all three or none."""
+    the data brings them: all three, train and test alone (validation is then drawn from train,
+    see :meth:`~cnnsuite.data.TaskDataModule.listed_splits`), or none."""
     files = {stage: Path(root) / f"{stage}.txt" for stage in STAGES}
-    present = [s for s, f in files.items() if f.is_file()]
+    present = check_lists_present(root, {s: f.is_file() for s, f in files.items()}, "")
+    if present is None:
+        return None
+    lists = {s: [line for line in read_lines(files[s]) if line] for s in present}
+    return check_splits(lists, f"{root}/{{train,val,test}}.txt", present)
+
+
+def check_lists_present(root: Path, found: dict[str, bool], kind: str) -> list[str] | None:
+    """The stages whose split lists ``root`` holds (``found``), where they make a split: all
+    three, or train and test; None where there are none. ``kind``: the lists' kind in words."""
+    present = [s for s in STAGES if found[s]]
     if not present:
         return None
-    if len(present) != len(STAGES):
-        missing = ", ".join(str(files[s]) for s in STAGES if s not in present)
-        raise ConfigError(f"{root}: found {', '.join(present)} split lists but not {missing}")
-    lists = {s: [line for line in read_lines(files[s]) if line] for s in STAGES}
-    return check_splits(lists, f"{root}/{{train,val,test}}.txt")
+    if present not in (list(STAGES), ["train", "test"]):
+        missing = ", ".join(s for s in STAGES if s not in present)
+        raise ConfigError(
+            f"{root}: found {', '.join(present)} {kind}split lists but not {missing}; expected train, val and "
+            "test, or train and test (validation then drawn from train)"
+        )
+    return present
 
 
 def save_splits(path: Path, splits: dict[str, list[str]]) -> None:
@@ -155,16 +168,16 @@ def load_splits(path: Path) -> dict[str, list[str]]:
     return check_splits(splits, path)
 
 
-def check_splits(splits: object, source: object) -> dict[str, list[str]]:
-    """``splits`` if it is ``{"train": [ids], "val": [ids], "test": [ids]}``, each id in one
-    split once; else a ``ValueError`` naming ``source``. An id in two splits would score a
-    training sample as a test one, and one listed twice trains twice as often."""
+def check_splits(splits: object, source: object, stages: Sequence[str] = STAGES) -> dict[str, list[str]]:
+    """``splits`` if it is ``{"train": [ids], "val": [ids], "test": [ids]}`` (the ``stages``
+    given), each id in one split once; else a ``ValueError`` naming ``source``. An id in two
+    splits would score a training sample as a test one, and one listed twice trains twice as often."""
     if not isinstance(splits, dict) or any(
-        not isinstance(splits.get(s), list) or not all(isinstance(i, str) for i in splits[s]) for s in STAGES
+        not isinstance(splits.get(s), list) or not all(isinstance(i, str) for i in splits[s]) for s in stages
     ):
-        raise ConfigError(f"{source}: expected lists of sample ids under {', '.join(STAGES)}")
+        raise ConfigError(f"{source}: expected lists of sample ids under {', '.join(stages)}")
     seen: dict[str, str] = {}
-    for stage in STAGES:
+    for stage in stages:
         for sample_id in splits[stage]:
             if sample_id in seen:
                 where = f"twice in {stage}" if seen[sample_id] == stage else f"in {seen[sample_id]} and {stage}"
