@@ -191,6 +191,21 @@ def resume(folder, tmp_path, ckpt, *extra):
                  "--ckpt_path", str(ckpt), *extra])  # fmt: skip
 
 
+def test_a_resumed_run_keeps_the_model_and_data_settings_it_trained_with(trained, tmp_path):
+    """``--data.image_size`` given to a resumed run trained its last epochs on other inputs than
+    its first, silently; the run's settings are the checkpoint's, and what the command line
+    said otherwise is named once. Where the data is and how it loads stay the command's."""
+    folder, run = trained
+    recorded = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["datamodule_hyper_parameters"]
+    with pytest.warns(UserWarning, match=r"; --model.init_args.dropout, --data.image_size given on the command line"):
+        resume(folder, tmp_path, run / "checkpoints" / "last.ckpt", "--trainer.max_epochs", "2",
+               "--data.image_size", str(recorded["image_size"] + 4), "--model.init_args.dropout", "0.3",
+               "--data.num_workers", "0")  # fmt: skip
+    resumed = torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["datamodule_hyper_parameters"]["image_size"] == recorded["image_size"]
+    assert resumed["datamodule_hyper_parameters"]["num_workers"] == 0
+
+
 def test_resuming_another_tasks_checkpoint_is_one_line_naming_both_tasks(trained, tmp_path, capsys):
     """A localization2d checkpoint resumed with recognition2d's config passed every check (the
     same ten digit classes) and trained a model on batches it does not take."""

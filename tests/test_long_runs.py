@@ -43,7 +43,7 @@ def test_resume_goes_on_in_the_run_folder_and_keeps_the_best(tmp_path, image_fol
     run = fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "2")
     config = (run / "config.yaml").read_text()
     # a model option given with it is the checkpoint's all the same, and said to be unused
-    with pytest.warns(UserWarning, match=r"the model is the checkpoint's.*--model.dropout given on the command line"):
+    with pytest.warns(UserWarning, match=r"the model and the data settings .*--model.dropout given on the command"):
         fit("recognition2d", tmp_path, *common, "--trainer.max_epochs", "4", "--ckpt_path", "last",
             "--model.dropout", "0.5")  # fmt: skip
 

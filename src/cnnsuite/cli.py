@@ -68,7 +68,7 @@ from .training.runs import (
     run_version,
 )
 from .training.task import TaskModule
-from .trust.checkpoint import check_matches, check_rebuildable, load_checkpoint, resume_arguments
+from .trust.checkpoint import Resumed, check_matches, check_rebuildable, load_checkpoint, resume_arguments
 
 #: LightningCLI's warning when it is given ``args`` while the process has a command line of its
 #: own: from Python (``main([...])``, a sweep's trials), that command line is the caller's
@@ -157,7 +157,7 @@ def warn_of_direction(stopping: EarlyStopping, model: TaskModule) -> None:
 class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         #: ``(checkpoint, its model arguments)`` of a command given ``--ckpt_path`` (see _parse_ckpt_path)
-        self.resumed: tuple[str, dict, dict | None] | None = None  # resume_arguments' and the file's
+        self.resumed: Resumed | None = None
         kwargs.setdefault("parser_class", CnnSuiteParser)
         kwargs.setdefault("model_class", TaskModule)
         kwargs.setdefault("datamodule_class", TaskDataModule)
@@ -186,8 +186,11 @@ class CnnSuiteCLI(LightningCLI):
         abbreviated key, a missing model, a bad value) is a :class:`~cnnsuite.errors.ConfigError`
         of one line (:func:`config_mistake`)."""
         argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
-        #: the model options of the command line, which a resumed run does not take (_parse_ckpt_path)
-        self.model_options = [a.partition("=")[0] for a in argv if isinstance(a, str) and a.startswith("--model.")]
+        #: the model and data options of the command line, which a resumed run takes only where
+        #: they do not define the run (_parse_ckpt_path)
+        options = [a.partition("=")[0] for a in argv if isinstance(a, str) and a.startswith("--")]
+        self.model_options = [o for o in options if o.startswith("--model.")]
+        self.data_options = [o for o in options if o.startswith("--data.")]
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
@@ -271,15 +274,21 @@ class CnnSuiteCLI(LightningCLI):
             return
         data = config.get("data")
         given = data.init_args.as_dict() if data is not None and data.get("init_args") is not None else {}
-        model_path, args, splits = resume_arguments(ckpt_path, data.class_path if data is not None else None, given)
-        if self.model_options:
+        resumed = resume_arguments(ckpt_path, data.class_path if data is not None else None, given)
+        run_data = resumed.data_args
+        keys = {o: o.removeprefix("--data.").removeprefix("init_args.") for o in dict.fromkeys(self.data_options)}
+        changed = [option for option, k in keys.items() if k in run_data and given.get(k) != run_data[k]]
+        unused = [*dict.fromkeys(self.model_options), *changed]
+        if unused:
             rank_zero_warn(
-                f"--ckpt_path {ckpt_path}: the model is the checkpoint's, as the run trained it; "
-                f"{', '.join(dict.fromkeys(self.model_options))} given on the command line not used"
+                f"--ckpt_path {ckpt_path}: the model and the data settings that define the run are the checkpoint's, "
+                f"as the run trained them; {', '.join(unused)} given on the command line not used"
             )
-        self.resumed = (ckpt_path, args, splits)
-        model = {"class_path": model_path, "init_args": args}
-        self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
+        self.resumed = resumed
+        resumed_config = {"model": {"class_path": resumed.model_class, "init_args": resumed.model_args}}
+        if data is not None:
+            resumed_config["data"] = {"class_path": data.class_path, "init_args": {**given, **run_data}}
+        self.config = self.parser.parse_object({self.config.subcommand: resumed_config}, self.config)
 
     @staticmethod
     def _root_dir(config) -> Path:
@@ -293,7 +302,7 @@ class CnnSuiteCLI(LightningCLI):
         from the start: one decided afresh would be checked and written over the run's
         ``splits.json``, and data without the run's samples only refused after that."""
         if self.resumed is not None:  # the data's classes, linked to the model, must be the run's
-            ckpt_path, args, splits = self.resumed
+            ckpt_path, args, splits = self.resumed.ckpt_path, self.resumed.model_args, self.resumed.splits
             names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
             check_matches(names, args.get("in_channels"), self.datamodule, ckpt_path)
             if splits is not None:
@@ -353,7 +362,7 @@ class CnnSuiteCLI(LightningCLI):
         if config.trainer.get("deterministic"):
             return None
         if self.resumed is not None:
-            return recipe.kept(load_checkpoint(self.resumed[0]), self.model, self.datamodule, device)
+            return recipe.kept(load_checkpoint(self.resumed.ckpt_path), self.model, self.datamodule, device)
         try:
             choice = recipe.choose(self.model, self.datamodule, device, config.trainer.get("benchmark"))
         except NotImplementedError as err:  # a datamodule of one's own without a synthetic batch

@@ -25,6 +25,7 @@ is :func:`build_model` (the model, its weights checked) and :func:`rebuild` /
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -256,11 +257,24 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
-def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) -> tuple[str, dict, dict | None]:
-    """``(model class path, model arguments, the run's split or None)`` for resuming a fit from
-    ``ckpt_path``: the file is
-    checked as :func:`build_model` checks it (classes, arguments, weights), and only then are
-    the class path (one of ours) and the checked arguments given to LightningCLI.
+@dataclass(frozen=True)
+class Resumed:
+    """What a fit resumed from ``ckpt_path`` takes from it (:func:`resume_arguments`): the model
+    (``model_class``, one of ours, and its checked arguments), the run's ``splits`` (None where
+    the file holds none) and the datamodule arguments that define the run (``data_args``:
+    sizes, augmentation, batch size; where the data is and how it loads are the command's)."""
+
+    ckpt_path: str
+    model_class: str
+    model_args: dict
+    splits: dict | None
+    data_args: dict
+
+
+def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) -> Resumed:
+    """What resuming a fit from ``ckpt_path`` takes from it: the file is checked as
+    :func:`build_model` checks it (classes, arguments, weights), and only then are the class
+    path (one of ours) and the checked arguments given to LightningCLI.
     ``data_class``: the resumed command's datamodule class, which must be the run's: another
     task's model would meet batches it does not take (two tasks on one embedded dataset have
     the same classes). ``data``: its arguments, which must name the data of a run on the
@@ -279,7 +293,8 @@ def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) 
     check_resumed_states(checkpoint, ckpt_path)
     check_source_given(checkpoint, data_cls, data, ckpt_path)
     _, args = model_arguments(checkpoint, ckpt_path)
-    return class_path(model), args, datamodule_state(checkpoint, data_cls, ckpt_path).get("splits")
+    splits = datamodule_state(checkpoint, data_cls, ckpt_path).get("splits")
+    return Resumed(str(ckpt_path), class_path(model), args, splits, run_data_arguments(checkpoint, data_cls, ckpt_path))
 
 
 def check_optimizer_states(checkpoint: dict, source: object) -> None:
@@ -367,7 +382,6 @@ def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: d
 def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, source: object) -> dict:
     """The datamodule's arguments: what defines the run from the checkpoint, where data lives
     and how it is loaded (``local_hparams``) from the user's ``data`` only, else the defaults."""
-    recorded = init_args(checkpoint.get("datamodule_hyper_parameters", {}), source, "datamodule_hyper_parameters")
     local = set(data_cls.local_hparams())
     refused = sorted(set(data) - local)
     if refused:
@@ -375,9 +389,16 @@ def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict,
             f"--data.{refused[0]}: comes from the checkpoint, which defines the run; "
             f"only {', '.join(sorted(local))} may be given"
         )
-    args = {k: v for k, v in recorded.items() if k not in local}
+    return {**run_data_arguments(checkpoint, data_cls, source), **{k: v for k, v in data.items() if v is not None}}
+
+
+def run_data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], source: object) -> dict:
+    """The datamodule arguments the checkpoint records that define the run (all but its
+    ``local_hparams``, which are never taken from a file), checked against the class."""
+    recorded = init_args(checkpoint.get("datamodule_hyper_parameters", {}), source, "datamodule_hyper_parameters")
+    args = {k: v for k, v in recorded.items() if k not in set(data_cls.local_hparams())}
     check_signature(data_cls, args, source, "datamodule_hyper_parameters")
-    return {**args, **{k: v for k, v in data.items() if v is not None}}
+    return args
 
 
 def follow_model(model: TaskModule, data_cls: type[TaskDataModule], args: dict) -> dict:
