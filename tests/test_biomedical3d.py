@@ -291,6 +291,11 @@ def test_a_checkpoint_does_not_choose_what_embedded_default_is_generated(tmp_pat
             )
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"generated with {settings}, which is not under {data_root}" in err
+    # nor does a resumed run, which takes the run's other data settings: it reads the command's default
+    main(["fit", "--config", "tasks/biomedical3d/config.yaml", "--ckpt_path", str(tmp_path / "huge.ckpt"),
+          "--data.data_root", str(tmp_path / "data"), "--trainer.default_root_dir", str(tmp_path / "resumed"),
+          "--data.default_size", "24", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1",
+          "--trainer.limit_val_batches", "1", "--evaluate", "false"])  # fmt: skip
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "out").exists()
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["biomedical3d-default_size=24"]
 

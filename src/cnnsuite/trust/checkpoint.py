@@ -262,7 +262,8 @@ class Resumed:
     """What a fit resumed from ``ckpt_path`` takes from it (:func:`resume_arguments`): the model
     (``model_class``, one of ours, and its checked arguments), the run's ``splits`` (None where
     the file holds none) and the datamodule arguments that define the run (``data_args``:
-    sizes, augmentation, batch size; where the data is and how it loads are the command's)."""
+    sizes, augmentation, batch size; where the data is, how it loads and what an embedded
+    default is generated with are the command's)."""
 
     ckpt_path: str
     model_class: str
@@ -294,7 +295,10 @@ def resume_arguments(ckpt_path: str | Path, data_class: str | None, data: dict) 
     check_source_given(checkpoint, data_cls, data, ckpt_path)
     _, args = model_arguments(checkpoint, ckpt_path)
     splits = datamodule_state(checkpoint, data_cls, ckpt_path).get("splits")
-    return Resumed(str(ckpt_path), class_path(model), args, splits, run_data_arguments(checkpoint, data_cls, ckpt_path))
+    # what an embedded default is generated with stays the command's: a file does not choose what is written
+    run_data = run_data_arguments(checkpoint, data_cls, ckpt_path)
+    run_data = {k: v for k, v in run_data.items() if k not in data_cls.generation_hparams}
+    return Resumed(str(ckpt_path), class_path(model), args, splits, run_data)
 
 
 def check_optimizer_states(checkpoint: dict, source: object) -> None:
