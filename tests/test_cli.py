@@ -87,6 +87,8 @@ def test_a_mistyped_key_is_one_line_naming_the_closest_keys(capsys, tmp_path):
     (tmp_path / "typo.yaml").write_text("trainer:\n  max_epocs: 1\n")
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--config", str(tmp_path / "typo.yaml"), "--print_config")
     assert "trainer.max_epocs" in error and "trainer.max_epochs" in error
+    error = one_line_error(capsys, "fit", "--task", "recognition2d", "--config", str(tmp_path / "typo.yaml"))
+    assert "unknown key trainer.max_epocs: did you mean trainer.max_epochs" in error  # jsonargparse: 'Subcommand'
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.batch_sze", "3", "--print_config")
     assert "unknown key data.batch_sze: did you mean data.batch_size" in error
     # another task's name for an option: the same first words

@@ -589,6 +589,8 @@ def unknown_keys(message: str, parser, prefix: str = "") -> str | None:
         return "; ".join(describe_unknown(k.removeprefix(prefix), candidates) for k in keys)
     if found := re.match(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message):
         return describe_unknown(f"{found[1]}.{found[2]}".removeprefix(prefix), parser_keys(parser))
+    if found := re.match(r"Subcommand '\w+' does not accept option '([\w.]+)'", message):  # a config file's key
+        return describe_unknown(found[1].removeprefix(prefix), parser_keys(parser))
     if found := re.match(r"(?:Option|Key) '([\w.]+)' is not (?:accepted|expected)", message):
         return describe_unknown(found[1].removeprefix(prefix), parser_keys(parser))
     return None
