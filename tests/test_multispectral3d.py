@@ -101,11 +101,18 @@ def test_bad_files_are_named_together_and_the_folder_is_only_read(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:600])
     (folder / "SeaLake" / "SeaLake_5.tif").write_text("not a tiff")
     write_tif(folder / "SeaLake" / "SeaLake_6.tif", band_cube(13, 20))
+    (folder / "River" / "River_4.tif").write_bytes(b"")
+    cut = folder / "River" / "River_5.tif"  # its header whole, its pixels cut
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 3 // 4])
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
     dm = MultispectralDataModule(data_dir=str(folder))
-    with pytest.raises(BadFileError, match="5 of 18 GeoTIFF patches cannot be used") as caught:
+    with pytest.raises(BadFileError, match="7 of 18 GeoTIFF patches cannot be used") as caught:
         dm.setup("fit")
     message = str(caught.value)
+    assert "River_4.tif: empty file (0 bytes), expected a GeoTIFF" in message
+    # GDAL's words, not rasterio's pointer to them ("See previous exception for details")
+    assert "River_5.tif: cannot read as a GeoTIFF (River_5.tif, band 1: IReadBlock failed" in message
+    assert "previous exception" not in message
     assert "Forest_2.tif: has 10 bands without names; expected 13" in message
     assert "River_3.tif: bands are float32, expected uint16 as the run's patches are" in message
     assert "SeaLake_4.tif: cannot read as a GeoTIFF" in message

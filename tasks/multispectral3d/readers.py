@@ -20,6 +20,7 @@ from cnnsuite.data import (
     check_finite,
     report_bad_files,
 )
+from cnnsuite.data.errors import check_not_empty
 from cnnsuite.data.labels import LABELS_CSV, parse_labels
 from cnnsuite.data.limits import check_size
 from cnnsuite.data.textfiles import read_csv
@@ -168,16 +169,17 @@ class GeoTiffReader:
                 try:
                     layers.append(src.read(1, out_shape=size, resampling=Resampling[self.resampling], masked=True))
                 except RasterioError as err:  # truncated or damaged pixel data
-                    raise BadFileError(f"{src.name}: cannot read as a GeoTIFF ({err})") from None
+                    raise BadFileError(f"{src.name}: cannot read as a GeoTIFF ({gdal_said(err)})") from None
         return fill_nodata(np.ma.stack(layers))
 
     def open(self, path: Path):
         """The file opened by rasterio, which reads its header only; one that declares more
         bands × width × height than :mod:`cnnsuite.data.limits` allows is refused here."""
+        check_not_empty(path, "a GeoTIFF")
         try:
             src = rasterio.open(path)
         except RasterioError as err:  # not a TIFF, a damaged header
-            raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
+            raise BadFileError(f"{path}: cannot read as a GeoTIFF ({gdal_said(err)})") from None
         try:
             what = f"declares {src.count} bands of {src.width}x{src.height}"
             check_size(path, "geotiff", (src.count, src.width, src.height), what)
@@ -195,9 +197,16 @@ class GeoTiffReader:
                 try:
                     values = fill_nodata(src.read(indexes, masked=True))
                 except RasterioError as err:  # truncated or damaged pixel data
-                    raise BadFileError(f"{path}: cannot read as a GeoTIFF ({err})") from None
+                    raise BadFileError(f"{path}: cannot read as a GeoTIFF ({gdal_said(err)})") from None
         check_finite(path, values, "pixels")
         return values
+
+
+def gdal_said(err: RasterioError) -> str:
+    """What a failed read says: GDAL's own words where rasterio's only point at them ("Read
+    failed. See previous exception for details.", of a truncated file)."""
+    cause = err.__cause__ or err.__context__
+    return str(cause) if cause is not None and "previous exception" in str(err) else str(err)
 
 
 def read_patch_labels(

@@ -19,6 +19,7 @@ from pytorchvideo.data.utils import secs_to_pts
 from cnnsuite.data import (
     BadFileError,
 )
+from cnnsuite.data.errors import check_not_empty
 from cnnsuite.data.limits import check_size, max_pixels
 from cnnsuite.data.splits import STAGES, check_lists_present
 from cnnsuite.data.textfiles import read_lines
@@ -64,8 +65,7 @@ class DecodedVideo:
 
 def open_video(path: Path) -> EncodedVideo:
     """PyTorchVideo's PyAV reader, audio off; a file it cannot open is named."""
-    if path.is_file() and path.stat().st_size == 0:
-        raise BadFileError(f"{path}: empty file (0 bytes), expected a video")
+    check_not_empty(path, "a video")
     try:
         return EncodedVideo.from_path(str(path), decode_audio=False, decoder="pyav")
     except Exception as err:  # PyTorchVideo wraps PyAV's errors in RuntimeError; stay broad

@@ -20,6 +20,12 @@ def check_on_bad_file(value: str) -> None:
         raise ConfigError(f"data.on_bad_file={value!r}: expected 'error' or 'skip'")
 
 
+def check_not_empty(path: Path, expected: str) -> None:
+    """A file of no bytes is named as such: its reader would call it some unknown format."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadFileError(f"{path}: empty file (0 bytes), expected {expected}")
+
+
 def check_finite(path: str | Path, values: np.ndarray | torch.Tensor, what: str = "values") -> None:
     """Refuse a file whose decoded ``values`` hold NaN or infinity, naming it: one such value
     makes every loss and prediction it reaches NaN, with nothing to tell which file it came from."""
