@@ -122,8 +122,11 @@ def test_a_monitored_key_the_validation_does_not_log_is_named_before_training(tm
                                           r"it logs val/acc, val/acc_macro, .*val/acc/cat"):  # fmt: skip
         fit(*args, "--checkpoint.monitor", "val/acc_mcro")
     assert not (tmp_path / "runs" / "version_0" / "checkpoints").exists(), "trained before naming the key"
+    # without a sanity check: named at the end of the first validation, not by Lightning's traceback
+    with pytest.raises(ConfigError, match=r"checkpoint.monitor 'val/acc_mcro': the validation logs no such value"):
+        fit(*args, "--checkpoint.monitor", "val/acc_mcro", "--trainer.num_sanity_val_steps", "0")
     fit(*args, "--checkpoint.monitor", "val/acc/cat")
-    assert (tmp_path / "runs" / "version_1" / "checkpoints" / "best.ckpt").is_file()
+    assert (tmp_path / "runs" / "version_2" / "checkpoints" / "best.ckpt").is_file()
 
 
 @pytest.mark.parametrize(

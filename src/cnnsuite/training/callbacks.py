@@ -144,12 +144,24 @@ class MonitoredKeysLogged(L.Callback):
     Lightning's checkpoint and early stopping say so only after the first validation: an epoch
     or more of training lost. The sanity check's validation logs every ``val/`` key the later
     ones do; at its end each monitored ``val/`` key must be among them (``train/`` keys are
-    logged only by training, and a run without a sanity check is left to Lightning)."""
+    logged only by training). A run without a sanity check is checked at the end of its first
+    validation, before the checkpoint callbacks, which Lightning runs last, look for the key."""
 
     #: logged keys listed in the error, at most
     SHOWN = 12
 
+    def __init__(self) -> None:
+        self.checked = False
+
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.checked and not trainer.sanity_checking:  # no sanity check ran
+            self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        self.checked = True
         # the run's values first, the per-class ones (val/acc/<class>) after them
         logged = sorted(
             (key for key in trainer.callback_metrics if key.startswith("val/")), key=lambda k: (k.count("/"), k)
