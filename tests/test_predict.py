@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
 from conftest import fit, make_image_folder
 from test_biomedical3d import SMALL, make_volume_folder
 from test_checkpoints import tampered
@@ -204,6 +205,10 @@ def test_evaluate_on_a_folder_lacking_a_class_labels_it_by_class_name(recognitio
     _, datamodule = rebuild(ckpt, None, {"data_dir": str(other)})
     assert datamodule.class_names == ["cat", "dog", "owl"]
     assert {i.split("/")[0]: label for i, label in datamodule.samples()} == {"cat": 0, "owl": 2}
+    # a datamodule that has not listed its samples yet (its channels given, not probed) alike
+    unlisted = RecognitionDataModule(data_dir=str(other), channels=3)
+    unlisted.follow_classes(["cat", "dog", "owl"])
+    assert {i.split("/")[0]: label for i, label in unlisted.samples()} == {"cat": 0, "owl": 2}
     scored = {}
     for folder in (whole, other):
         main(["evaluate", "--ckpt", str(ckpt), "--data.data_dir", str(folder)])

@@ -320,6 +320,7 @@ class TaskDataModule(L.LightningDataModule):
         found = list(self.class_names)
         if found == list(names) or self.prepared is not None or not set(found) <= set(names):
             return
+        self.samples()  # listed by the data's own classes (a class folder's index), relabelled from then on
         self._class_index = [list(names).index(name) for name in found]
         self.class_names = list(names)
 
