@@ -57,6 +57,17 @@ def test_resume_goes_on_in_the_run_folder_and_keeps_the_best(tmp_path, image_fol
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
 
 
+def test_a_run_on_the_embedded_default_resumes_where_it_is_not_generated_yet(tmp_path):
+    """A new machine, or another ``--data.data_root``: the default is generated again before
+    the checkpoint's split is checked against it, not refused as other data."""
+    common = ["--evaluate", "false", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    run = fit("recognition2d", tmp_path / "first", *common, "--trainer.max_epochs", "1")
+    fit("recognition2d", tmp_path / "first", *common, "--trainer.max_epochs", "2", "--ckpt_path", "last",
+        "--data.data_root", str(tmp_path / "elsewhere"))  # fmt: skip
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert (tmp_path / "elsewhere" / "recognition2d").is_dir()
+
+
 def test_a_run_copied_to_another_folder_resumes_with_its_best_score(tmp_path, image_folder, monkeypatch):
     """Lightning reloads a best score only where the stored absolute folder is the current one:
     a run copied elsewhere (another disk, a cluster's scratch) and resumed there lost it, and

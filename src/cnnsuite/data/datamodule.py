@@ -641,9 +641,11 @@ class TaskDataModule(L.LightningDataModule):
 
     def use_splits(self, splits: dict[str, list[str]], source: object) -> None:
         """Take ``splits`` (a run's, from ``source``) as this data's split, each of its ids
-        checked to be a sample of it."""
+        checked to be a sample of it; an embedded default not generated yet (``prepare_data``
+        writes it before ``setup``) is checked when Lightning loads the checkpoint's state."""
         check_splits(splits, source)
-        self._check_known(splits, source)
+        if self.prepared is not None or self.root.exists():
+            self._check_known(splits, source)
         self.splits = splits
         self.datasets = LazyDatasets(self._make_stage)
 
