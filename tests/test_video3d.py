@@ -472,7 +472,8 @@ def test_class_folder_without_videos_and_bad_keys(tmp_path, video_folder, monkey
     assert probed == []  # said at once, not after opening every video of the other folders
     with pytest.raises(FileNotFoundError, match="data.data_dir=.*nowhere"):
         VideoDataModule(data_dir=str(tmp_path / "nowhere"))
-    for key, value in (("clip_duration", 0), ("frames_per_clip", 0), ("on_bad_file", "ignore")):
+    for key, value in (("clip_duration", 0), ("frames_per_clip", 0), ("on_bad_file", "ignore"),
+                       ("train_clips_per_video", 10**8)):  # fmt: skip
         with pytest.raises(ValueError, match=f"data.{key}"):
             VideoDataModule(**{key: value})
     with pytest.raises(ValueError, match="model.spatial_dims"):

@@ -72,6 +72,8 @@ from .readers import (
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 DEFAULT_VIDEOS_PER_CLASS = 50
 DEFAULT_SEED = 20260104
+#: the most clips ``train_clips_per_video`` draws from each video an epoch
+MAX_TRAIN_CLIPS = 1000
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,12 @@ class VideoDataModule(TaskDataModule):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value}: expected a positive integer")
+        # an epoch lists its clips up front: a checkpoint's (a resumed run's) count must not size that list at will
+        if train_clips_per_video > MAX_TRAIN_CLIPS:
+            raise ConfigError(
+                f"data.train_clips_per_video={train_clips_per_video}: expected at most {MAX_TRAIN_CLIPS} clips drawn "
+                "from each video an epoch"
+            )
         # Exact seconds: 1/3 s as a float would drift against frame timestamps.
         self.clip_duration = Fraction(clip_duration).limit_denominator(100_000)
         #: ``(duration, fps, frame_bytes)`` of every usable video probed so far (:meth:`find_bad`), by id
