@@ -476,3 +476,15 @@ def test_a_volume_setting_no_volume_has_is_named(tmp_path, option, value, messag
     unset while its export's JSON said it resampled to that spacing."""
     with pytest.raises(ConfigError, match=message):
         Biomedical3DDataModule(data_root=str(tmp_path), **{option: value})
+
+
+def test_a_spacing_that_would_resample_a_volume_past_the_voxel_limit_is_its_error(tmp_path):
+    """``data.spacing`` far finer than a volume's own (a setting, or a checkpoint's) had MONAI's
+    Spacingd allocate gigabytes: 0.05 mm made a 32³ volume at 1 mm 7.6 GB."""
+    folder = make_volume_folder(tmp_path / "user")
+    dm = Biomedical3DDataModule(data_dir=str(folder), spacing=[0.001] * 3, cache="none")
+    with pytest.raises(BadFileError, match=r"s0.nii: resampled from \[.*\] mm to data.spacing \[0.001, 0.001, 0.001\]"
+                                           r" mm is .* voxels, over the limit"):  # fmt: skip
+        dm.make_dataset(["scans/s0.nii"], "test")[0]
+    coarser = Biomedical3DDataModule(data_dir=str(folder), spacing=[2.0] * 3, cache="none")
+    assert coarser.make_dataset(["scans/s0.nii"], "test")[0]["image"].shape[1:] == coarser.spatial_size

@@ -55,6 +55,7 @@ from cnnsuite.errors import ConfigError
 from .default_data import CLASSES, lesion_volume
 from .readers import (
     VOLUME_EXTENSIONS,
+    CheckResampledSized,
     LoadVolumed,
     _load_medmnist,
     check_header,
@@ -310,6 +311,7 @@ class Biomedical3DDataModule(TaskDataModule):
         if self.hparams.medmnist_npz is None:  # files: read, then bring to one orientation and spacing
             steps = [LoadVolumed("image"), Orientationd("image", axcodes="RAS", labels=None)]
             if self.hparams.spacing is not None:
+                steps.append(CheckResampledSized("image", self.hparams.spacing))
                 steps.append(Spacingd("image", pixdim=self.hparams.spacing, mode="bilinear"))
         return [
             *steps,

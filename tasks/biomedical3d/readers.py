@@ -221,6 +221,27 @@ class LoadVolumed(MapTransform):
         return data
 
 
+class CheckResampledSized(MapTransform):
+    """Refuse a volume that ``Spacingd`` to ``pixdim`` (mm) would make larger than
+    :mod:`cnnsuite.data.limits` allows: a spacing far finer than the file's own (a setting, or a
+    checkpoint's) would have the resampling allocate gigabytes. Goes between the loader (whose
+    volume carries its spacing) and ``Spacingd``."""
+
+    def __init__(self, keys: str, pixdim: list[float]) -> None:
+        super().__init__(keys)
+        self.pixdim = [float(v) for v in pixdim]
+
+    def __call__(self, data: dict) -> dict:
+        for key in self.keys:
+            volume = data[key]
+            stored = [float(v) for v in volume.pixdim]
+            sizes = [math.ceil(n * s / t) for n, s, t in zip(volume.shape[1:], stored, self.pixdim, strict=True)]
+            where = volume.meta.get("filename_or_obj", key)
+            what = f"resampled from {stored} mm to data.spacing {self.pixdim} mm is {'x'.join(map(str, sizes))}"
+            check_size(where, "volume", sizes, what)
+        return data
+
+
 def read_labels(root: Path, multilabel: bool | str, classes: list[str] | None = None) -> tuple[list[str], dict, bool]:
     """``(class names, image → target, multilabel)`` of ``root/labels.csv``, columns
     ``image,label`` or ``image`` and one 0/1 column per class (see
