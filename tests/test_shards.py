@@ -893,6 +893,8 @@ def test_a_hand_made_folder_whose_shards_match_its_record_is_still_refused_where
         ("data: [1, 2]\n", "data is [1, 2], expected a mapping"),
         ("data:\n  init_args: [1]\n", "data.init_args is [1], expected a mapping"),
         ("- 1\n", "the config is [1], expected a mapping"),
+        ("data: 0\n", "data is 0, expected a mapping"),
+        ("data:\n  init_args: []\n", "data.init_args is [], expected a mapping"),
         ("data: {init_args: {image_size: [", "not a readable config"),
     ],
 )

@@ -514,6 +514,9 @@ def test_csv_split_lists(video_folder):
     assert ucf.splits["val"] and set(ucf.splits["val"]) | set(ucf.splits["train"]) == train
     assert not set(ucf.splits["val"]) & set(ucf.splits["train"])
     assert ucf.splits["test"] == ["left/left0.avi", "right/right0.avi"]
+    (video_folder / "train.csv").write_text("left/left1.mp4 1\n")
+    with pytest.raises(ValueError, match=r"the train list holds 1 sample\(s\), too few to draw validation"):
+        VideoDataModule(data_dir=str(video_folder), **SMALL).setup("fit")
     (video_folder / "test.csv").unlink()
     with pytest.raises(ValueError, match=r"found train .csv split lists but not val, test; expected train, val"):
         VideoDataModule(data_dir=str(video_folder), **SMALL).setup("fit")

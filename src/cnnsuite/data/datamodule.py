@@ -682,6 +682,11 @@ class TaskDataModule(L.LightningDataModule):
         check_splits(splits, source, [s for s in STAGES if s in splits])
         self._check_known(splits, source)
         if "val" not in splits:
+            if len(splits["train"]) < 2:  # scikit-learn's split would fail with its traceback
+                raise ConfigError(
+                    f"{source}: the train list holds {len(splits['train'])} sample(s), too few to draw validation "
+                    "from; give a val list too"
+                )
             labels, hp = dict(self.samples()), self.hparams
             listed = len(splits["train"]) + len(splits["test"])
             train, val = split_validation(splits["train"], [labels[i] for i in splits["train"]], hp.val_fraction,

@@ -162,7 +162,7 @@ def data_section(config_path: Path) -> dict:
     import yaml
 
     try:
-        config = yaml.safe_load(config_path.read_text()) or {}
+        config = yaml.safe_load(config_path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{config_path}: not a readable config ({' '.join(str(err).split())})") from err
 
@@ -171,8 +171,11 @@ def data_section(config_path: Path) -> dict:
             raise ConfigError(f"{config_path}: {key} is {json.dumps(value, default=str)[:60]}, expected a mapping")
         return value
 
-    section = mapping("data", mapping("the config", config).get("data") or {})
-    return {**section, "init_args": mapping("data.init_args", section.get("init_args") or {})}
+    def given(value) -> dict:  # left out or left empty: nothing
+        return {} if value is None else value
+
+    section = mapping("data", given(mapping("the config", given(config)).get("data")))
+    return {**section, "init_args": mapping("data.init_args", given(section.get("init_args")))}
 
 
 def prepare_main(argv: list[str]) -> None:
