@@ -477,7 +477,8 @@ def rebuild(
     user's ``data_root`` when missing); a checkpoint of a run on the user's own folder is then
     refused, naming the folder it records and the option to give. A folder that holds every
     sample of the run's test split is the run's data (moved, grown since, or with training files
-    gone): its test split is scored. Any other folder of the same classes is other data, tested whole
+    gone): its test split is scored. Any other folder of the run's classes, or of some of them in
+    any order (labelled by name: :func:`follow_model_classes`), is other data, tested whole
     (``datamodule.tests_other_data``).
 
     The split comes from the checkpoint (the datamodule's state), else — for checkpoints
@@ -489,7 +490,7 @@ def rebuild(
     model = build_model(checkpoint, ckpt_path)
     data_cls = trusted_class(checkpoint[CLASSES_KEY]["datamodule"], TaskDataModule, ckpt_path)
     data_args = follow_model(model, data_cls, data_arguments(checkpoint, data_cls, data, ckpt_path))
-    also = "; another folder of the same classes is tested whole"
+    also = "; another folder of the run's classes, or of some of them, is tested whole"
     given = check_source_given(checkpoint, data_cls, data, ckpt_path, also)
     datamodule = data_cls(**data_args)
     if given:  # a user's folder may lack some of the model's classes, or order them otherwise
