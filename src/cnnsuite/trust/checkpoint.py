@@ -561,8 +561,15 @@ def datamodule_state(checkpoint: dict, data_cls: type[TaskDataModule], source: o
 def follow_model_classes(datamodule: TaskDataModule, names: list[str], source: object) -> None:
     """The data labelled by the model's classes where its own are some of them
     (:meth:`~cnnsuite.data.TaskDataModule.follow_classes`), said with the classes it lacks: the
-    report scores those n/a."""
+    report scores those n/a. A class of the data the model does not know is refused by name."""
     found = list(datamodule.class_names)
+    unknown = [c for c in found if c not in names]
+    if unknown and datamodule.prepared is None:  # a prepared folder's classes are check_matches' to say
+        raise ConfigError(
+            f"{datamodule.root}: its class{'es' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"{'are' if len(unknown) > 1 else 'is'} not among the {len(names)} classes {source} was trained on "
+            f"({', '.join(names)}); evaluate it on a folder of those classes, or of some of them"
+        )
     datamodule.follow_classes(names)
     if datamodule.class_names != found:
         lacking = [c for c in names if c not in found]
