@@ -156,7 +156,7 @@ def warn_of_direction(stopping: EarlyStopping, model: TaskModule) -> None:
 
 class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
-        #: ``(checkpoint, its model arguments)`` of a command given ``--ckpt_path`` (see _parse_ckpt_path)
+        #: what a command given ``--ckpt_path`` takes from the checkpoint (see _parse_ckpt_path)
         self.resumed: Resumed | None = None
         kwargs.setdefault("parser_class", CnnSuiteParser)
         kwargs.setdefault("model_class", TaskModule)

@@ -558,6 +558,10 @@ def datamodule_state(checkpoint: dict, data_cls: type[TaskDataModule], source: o
     return state
 
 
+#: class names a line lists, at most
+SHOWN_CLASSES = 12
+
+
 def follow_model_classes(datamodule: TaskDataModule, names: list[str], source: object) -> None:
     """The data labelled by the model's classes where its own are some of them
     (:meth:`~cnnsuite.data.TaskDataModule.follow_classes`), said with the classes it lacks: the
@@ -565,10 +569,12 @@ def follow_model_classes(datamodule: TaskDataModule, names: list[str], source: o
     found = list(datamodule.class_names)
     unknown = [c for c in found if c not in names]
     if unknown and datamodule.prepared is None:  # a prepared folder's classes are check_matches' to say
+        shown = ", ".join(names[:SHOWN_CLASSES]) + (", …" if len(names) > SHOWN_CLASSES else "")
         raise ConfigError(
-            f"{datamodule.root}: its class{'es' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-            f"{'are' if len(unknown) > 1 else 'is'} not among the {len(names)} classes {source} was trained on "
-            f"({', '.join(names)}); evaluate it on a folder of those classes, or of some of them"
+            f"{datamodule.root}: its class{'es' if len(unknown) > 1 else ''} {', '.join(unknown[:SHOWN_CLASSES])}"
+            f"{', …' if len(unknown) > SHOWN_CLASSES else ''} {'are' if len(unknown) > 1 else 'is'} not among the "
+            f"{len(names)} classes {source} was trained on ({shown}); evaluate it on a folder of those classes, "
+            "or of some of them"
         )
     datamodule.follow_classes(names)
     if datamodule.class_names != found:
