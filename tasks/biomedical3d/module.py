@@ -23,8 +23,8 @@ class Biomedical3DModule(ClassificationModule):
         return paths + [self._plot_slices(Path(out_dir), datamodule.datasets["test"], datamodule.slice_views)]
 
     def _plot_slices(self, out_dir: Path, dataset, views: tuple[str, str, str], count: int = 6) -> Path:
-        """The first ``count`` test volumes (or all, if fewer) with their labels, predicted as the test pass did;
-        ``views``: what a slice across each axis shows (``sagittal``, or ``axis 0``)."""
+        """The first ``count`` test volumes (all, where fewer) with their labels, predicted as the
+        test pass did; ``views``: what a slice across each axis shows (``sagittal``, or ``axis 0``)."""
         probs, _ = self.tested(dataset)
         count = min(count, len(dataset))  # a row a volume: no empty axes under a short test split
         fig, axes = plt.subplots(count, 3, figsize=(6.6, 2.3 * count), squeeze=False)
