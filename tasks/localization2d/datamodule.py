@@ -232,7 +232,8 @@ class LocalizationDataModule(ImageDataModule):
         return {"train": train, "val": val, "test": sorted(test)}
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
-        hp, label_of, boxes = self.hparams, dict(self.samples()), None  # the shards hold each image with its box
+        hp, label_of = self.hparams, dict(self.samples())
+        boxes = None  # a prepared folder's shards hold each image with its box
         if self.prepared is None:
             ids = self.check_samples(ids, stage)
             boxes = [self._load()[i].box for i in ids]
