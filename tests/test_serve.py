@@ -179,6 +179,9 @@ def test_bad_uploads_get_a_4xx_naming_them_and_the_server_goes_on(served):
     good = post(url, image.name, image.read_bytes())
     assert good.status_code == 200
     assert_same_line(good.json(), *jsonl_lines(ckpt, [image]))
+    # a browser's Blob is named "blob": the image is told by its content, and answered by its name
+    blob = post(url, "blob", image.read_bytes())
+    assert blob.status_code == 200 and blob.json() == {**good.json(), "path": "blob"}
 
 
 def test_a_bad_upload_fails_alone_in_its_batch(served):

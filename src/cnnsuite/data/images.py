@@ -22,6 +22,7 @@ the decoder allocates them all), so every file's header is read first and a file
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -216,6 +217,20 @@ def image_channels(paths: Iterable[Path]) -> int:
     if not read:
         raise errors[0]
     return 1 if all(read) else 3
+
+
+def image_suffix(data: bytes, suffixes: Iterable[str]) -> str | None:
+    """The first of ``suffixes`` (file endings a model takes) of the image format ``data`` is
+    in, told from its content (Pillow reads the header only); None where it is no image of
+    theirs. An upload named without its ending (a browser's ``Blob`` is named ``blob``) is
+    still the image it is."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            found = image.format
+    except Exception:  # no image Pillow knows, or one past its pixel limit: not an image of theirs
+        return None
+    registered = Image.registered_extensions()
+    return next((suffix for suffix in suffixes if registered.get(suffix) == found), None)
 
 
 def image_size(path: Path) -> tuple[int, int]:
