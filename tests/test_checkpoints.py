@@ -156,11 +156,12 @@ def test_data_that_no_longer_matches_the_model_is_refused(trained, tmp_path):
     with pytest.raises(ValueError, match=r"are the 3 classes best.ckpt was trained on, in another order"):
         check_matches(["cat", "dog", "owl"], None, datamodule, "best.ckpt")
 
+    # gray images for an RGB model are read as RGB, as predict reads them
     gray = shutil.copytree(folder, tmp_path / "gray")
     for image in gray.rglob("*.*"):
         Image.open(image).convert("L").save(image)
-    with pytest.raises(ValueError, match="images have 1 channels, .*best.ckpt expects 3"):
-        evaluate(ckpt, tmp_path / "out", data={"data_dir": gray})
+    _, datamodule = rebuild(ckpt, None, {"data_dir": str(gray)})
+    assert datamodule.in_channels == 3 and datamodule.datasets["test"][0][0].shape[0] == 3
 
 
 class Payload:

@@ -406,12 +406,16 @@ def run_data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], source:
 
 
 def follow_model(model: TaskModule, data_cls: type[TaskDataModule], args: dict) -> dict:
-    """``args`` with the model's label mode where the datamodule takes one (``multilabel``): a
+    """``args`` with the model's label mode and channels where the datamodule takes them: a
     multi-label model reads other data multi-label too, a single-label one refuses several
-    labels a sample."""
-    if "multilabel" not in data_cls.init_parameters():
-        return args
-    return {**args, "multilabel": bool(model.hparams.get("multilabel", False))}
+    labels a sample (``multilabel``); a model of RGB images reads gray ones as RGB, and the
+    other way round, as ``predict`` reads them (``channels``)."""
+    params = data_cls.init_parameters()
+    if "multilabel" in params:
+        args = {**args, "multilabel": bool(model.hparams.get("multilabel", False))}
+    if "channels" in params and model.hparams.get("in_channels") is not None:
+        args = {**args, "channels": model.hparams["in_channels"]}
+    return args
 
 
 def add_data_options(parser) -> None:
