@@ -416,9 +416,10 @@ class DetectionModule(TaskModule):
             self.log(key, value, prog_bar=stage == "val" and name in ("map", "map_50"))
         if stage == "test":  # per-class AP: only the test metric computes it (class_metrics=True)
             classes = values[f"{prefix}classes"].reshape(-1).tolist()
-            for label, ap in zip(classes, values[f"{prefix}map_per_class"].reshape(-1).tolist(), strict=True):
-                if ap != -1 and 0 <= label < len(self.class_names):
-                    self.log(f"{prefix}ap/{self.class_names[int(label)]}", ap)
+            scored = dict(zip(classes, values[f"{prefix}map_per_class"].reshape(-1).tolist(), strict=True))
+            for label, name in enumerate(self.class_names):  # -1 or none: no object of the class to score
+                ap = scored.get(label, -1)
+                self.log(f"{prefix}ap/{name}", ap if ap != -1 else math.nan)
 
     def on_train_epoch_end(self) -> None:
         self.log_epoch_losses("train")
