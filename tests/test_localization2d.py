@@ -163,6 +163,12 @@ def test_coco_and_voc_folders_with_one_box_per_image(tmp_path):
     voc = LocalizationDataModule(data_dir=str(write_voc(tmp_path / "voc", [1, 1, 1])))
     assert voc.format == "voc" and voc.class_names == ["bird", "cat"]
     assert voc._load()["JPEGImages/1.jpg"].box == (4.0, 5.0, 20.0, 25.0)
+    # a labels.csv beside the COCO file: which to read is the user's word, not the first found
+    (tmp_path / "coco" / "labels.csv").write_text("image,label,x1,y1,x2,y2\n")
+    with pytest.raises(ValueError, match=r"holds labels.csv and annotations.json \(COCO\); name the one to read "
+                                         r"with --data.format csv or coco"):  # fmt: skip
+        LocalizationDataModule(data_dir=str(tmp_path / "coco"))
+    assert LocalizationDataModule(data_dir=str(tmp_path / "coco"), format="coco").class_names == ["cat", "owl"]
 
     with pytest.raises(BadFileError) as err:
         LocalizationDataModule(data_dir=str(write_coco(tmp_path / "coco2", [1, 2, 1, 3])))

@@ -41,18 +41,27 @@ class Sample:
 
 
 def detect_format(root: Path) -> str:
-    if (root / "labels.csv").is_file():
-        return "csv"
-    if all((root / name).is_file() for name in CUB_FILES):
-        return "cub"
-    if (root / "annotations.json").is_file():
-        return "coco"
-    if (root / "Annotations").is_dir():
-        return "voc"
-    raise ConfigError(
-        f"data.data_dir={root}: found neither labels.csv, the CUB-200-2011 files ({', '.join(CUB_FILES)}), "
-        "annotations.json (COCO) nor an Annotations/ folder (Pascal VOC)"
-    )
+    """The one layout of labels ``root`` holds (``data.format: auto``); a folder of two (a
+    ``labels.csv`` beside a COCO file) is the user's to choose between: reading one of them
+    unasked would name the other's images as missing, or train on the wrong labels."""
+    found = {
+        "csv": ("labels.csv", (root / "labels.csv").is_file()),
+        "cub": ("the CUB-200-2011 files", all((root / name).is_file() for name in CUB_FILES)),
+        "coco": ("annotations.json (COCO)", (root / "annotations.json").is_file()),
+        "voc": ("an Annotations/ folder (Pascal VOC)", (root / "Annotations").is_dir()),
+    }
+    present = [layout for layout, (_, there) in found.items() if there]
+    if len(present) > 1:
+        raise ConfigError(
+            f"data.data_dir={root}: holds {' and '.join(found[f][0] for f in present)}; name the one to read "
+            f"with --data.format {' or '.join(present)}"
+        )
+    if not present:
+        raise ConfigError(
+            f"data.data_dir={root}: found neither labels.csv, the CUB-200-2011 files ({', '.join(CUB_FILES)}), "
+            "annotations.json (COCO) nor an Annotations/ folder (Pascal VOC)"
+        )
+    return present[0]
 
 
 def one_per_image(samples: list[Sample], errors: list[BadFileError]) -> list[Sample]:
