@@ -156,6 +156,9 @@ def test_data_that_no_longer_matches_the_model_is_refused(trained, tmp_path):
     with pytest.raises(ValueError, match=r"are the 3 classes best.ckpt was trained on, in another order"):
         check_matches(["cat", "dog", "owl"], None, datamodule, "best.ckpt")
 
+    # a typo is named as one, not as a setting the checkpoint holds
+    with pytest.raises(ValueError, match=r"^unknown key data.data_dri: did you mean data.data_dir"):
+        evaluate(ckpt, tmp_path / "out", data={"data_dri": str(folder)})
     # gray images for an RGB model are read as RGB, as predict reads them
     gray = shutil.copytree(folder, tmp_path / "gray")
     for image in gray.rglob("*.*"):

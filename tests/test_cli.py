@@ -101,8 +101,11 @@ def test_a_mistyped_key_is_one_line_naming_the_closest_keys(capsys, tmp_path):
 def test_abbreviated_options_are_refused(capsys):
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--trainer.max_epoch", "1", "--print_config")
     assert "unknown key trainer.max_epoch " in error and "trainer.max_epochs" in error
+    # a command's own options: the one it stood for named, in one line, not 'required: --ckpt' under the usage
     _, _, err = run(capsys, "evaluate", "--ckp", "missing.ckpt")
-    assert "the following arguments are required: --ckpt" in err
+    assert err == "cnnsuite evaluate: error: unknown option --ckp: did you mean --ckpt?\n"
+    _, _, err = run(capsys, "predict", "--ckpt", "best.ckpt", "--inptu", "photos")
+    assert err == "cnnsuite predict: error: unknown option --inptu: did you mean --input?\n"
 
 
 def test_fit_without_a_config_lists_the_configs(capsys):

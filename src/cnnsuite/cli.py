@@ -23,7 +23,6 @@ status 2; ``--debug`` (or ``CNNSUITE_DEBUG=1``) shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import json
 import logging
@@ -53,7 +52,7 @@ from .commands import (
 from .contract import LINKED, on_test_split, registered_tasks, task_named
 from .data import TaskDataModule
 from .data.shards import is_url
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, describe_unknown
 from .jsonout import shown_metric, strict_json
 from .training import recipe
 from .training.callbacks import CompactModelSummary
@@ -594,27 +593,6 @@ def unknown_keys(message: str, parser, prefix: str = "") -> str | None:
     if found := re.match(r"(?:Option|Key) '([\w.]+)' is not (?:accepted|expected)", message):
         return describe_unknown(found[1].removeprefix(prefix), parser_keys(parser))
     return None
-
-
-def describe_unknown(key: str, candidates: list[str]) -> str:
-    """``unknown key KEY: did you mean A, B or C?``, the closest keys of its own group where
-    the group is a real one (``trainer.max_epocs``: among ``trainer.*``), and those whose name
-    starts with the same words (``on_bad_annotation``: ``on_bad_file``, one task's name for
-    another's option); an abbreviation says it is one."""
-    abbreviated = [c for c in candidates if c.startswith(key)]
-    group, dot, leaf = key.rpartition(".")
-    leaves = {c[len(group) + 1 :]: c for c in candidates if dot and c.startswith(group + dot)}
-    if leaves:
-        close = [leaves[k] for k in difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.6)]
-        words = leaf.split("_")[:2]
-        close += [c for k, c in sorted(leaves.items()) if len(words) == 2 and k.split("_")[:2] == words]
-    else:
-        close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
-    close = list(dict.fromkeys(abbreviated[:1] + close))[:3]
-    text = f"unknown key {key}" + (" (options are not abbreviated)" if abbreviated else "")
-    if not close:
-        return text
-    return f"{text}: did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"
 
 
 def parser_keys(parser) -> list[str]:

@@ -148,13 +148,32 @@ def unknown_command(name: str) -> str:
 # --- the options several commands share -------------------------------------------------
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse as the commands use it: a mistake is one line, without the usage block above it,
+    and an option it does not know (``--inptu``) is named with the closest it does, before the
+    option it stood for is said to be missing. Dotted options (``--data.data_dir``, a sweep's
+    config keys) are the command's to read from what is left over."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        known = sorted(o[2:] for action in self._actions for o in action.option_strings if o.startswith("--"))
+        for token in args:
+            name = token.split("=", 1)[0]
+            if name.startswith("--") and name != "--" and "." not in name and name[2:] not in known:
+                close = difflib.get_close_matches(name[2:], known, n=1, cutoff=0.6)
+                hint = f"did you mean --{close[0]}?" if close else f"{self.prog} --help lists them"
+                self.error(f"unknown option {name}: {hint}")
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def command_parser(name: str, description: str, ckpt: str | None = "one", epilog: str | None = None):
     """The parser of ``cnnsuite <name>``: abbreviated options are refused (``--inp`` is not
     ``--input``), and ``ckpt`` is ``"one"`` (``--ckpt C``), ``"many"`` (``--ckpt A [B ...]``)
     or None (no checkpoint)."""
-    parser = argparse.ArgumentParser(
-        prog=f"cnnsuite {name}", description=description, epilog=epilog, allow_abbrev=False
-    )
+    parser = CommandParser(prog=f"cnnsuite {name}", description=description, epilog=epilog, allow_abbrev=False)
     if ckpt == "one":
         parser.add_argument("--ckpt", required=True, help="checkpoint written by cnnsuite fit")
     elif ckpt == "many":

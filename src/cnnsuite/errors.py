@@ -9,6 +9,8 @@ catches those keeps working.
 
 from __future__ import annotations
 
+import difflib
+
 
 class UserError(Exception):
     """A mistake a user can make and fix; the message names the key or file and what was expected."""
@@ -38,3 +40,24 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class DivergedError(UserError, FloatingPointError):
     """Training that produced a non-finite loss: a setting (learning rate, say) to change."""
+
+
+def describe_unknown(key: str, candidates: list[str]) -> str:
+    """``unknown key KEY: did you mean A, B or C?``, the closest keys of its own group where
+    the group is a real one (``trainer.max_epocs``: among ``trainer.*``), and those whose name
+    starts with the same words (``on_bad_annotation``: ``on_bad_file``, one task's name for
+    another's option); an abbreviation says it is one."""
+    abbreviated = [c for c in candidates if c.startswith(key)]
+    group, dot, leaf = key.rpartition(".")
+    leaves = {c[len(group) + 1 :]: c for c in candidates if dot and c.startswith(group + dot)}
+    if leaves:
+        close = [leaves[k] for k in difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.6)]
+        words = leaf.split("_")[:2]
+        close += [c for k, c in sorted(leaves.items()) if len(words) == 2 and k.split("_")[:2] == words]
+    else:
+        close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    close = list(dict.fromkeys(abbreviated[:1] + close))[:3]
+    text = f"unknown key {key}" + (" (options are not abbreviated)" if abbreviated else "")
+    if not close:
+        return text
+    return f"{text}: did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"

@@ -37,7 +37,7 @@ from ..contract import task_of, trusted_classes
 from ..contract import trusted_class as registered_class
 from ..data import TaskDataModule
 from ..data.splits import check_splits, load_splits
-from ..errors import CheckpointError, ConfigError, MissingFileError, StateError
+from ..errors import CheckpointError, ConfigError, MissingFileError, StateError, describe_unknown
 from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
 from ..training.rng import check_rng_states
@@ -387,6 +387,9 @@ def data_arguments(checkpoint: dict, data_cls: type[TaskDataModule], data: dict,
     """The datamodule's arguments: what defines the run from the checkpoint, where data lives
     and how it is loaded (``local_hparams``) from the user's ``data`` only, else the defaults."""
     local = set(data_cls.local_hparams())
+    unknown = sorted(set(data) - set(data_cls.init_parameters()))
+    if unknown:  # a typo, not a setting the checkpoint holds
+        raise ConfigError(describe_unknown(f"data.{unknown[0]}", sorted(f"data.{k}" for k in local)))
     refused = sorted(set(data) - local)
     if refused:
         raise ConfigError(
