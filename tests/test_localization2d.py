@@ -306,6 +306,18 @@ def test_losses_and_metrics_against_hand_computed_values():
     torch.testing.assert_close(boxes[1], torch.tensor([0.25, 0.25, 0.75, 0.75]))
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_a_box_past_the_image_is_scored_as_predict_gives_it_clipped():
+    """The network's box may reach past the image; predict clips it to the image, and the
+    metrics scored the unclipped one, below what predict's boxes score."""
+    model = LocalizationModule(num_classes=2, backbone_kwargs={"channels": [4, 8]})
+    box, truth = torch.tensor([[-0.5, 0.0, 0.5, 1.0]]), torch.tensor([[0.0, 0.0, 0.5, 1.0]])
+    model.forward = lambda x: (torch.tensor([[3.0, 0.0]]), box)
+    model._step((torch.zeros(1, 1, 32, 32), torch.tensor([0]), truth), "val")
+    values = model.val_metrics.compute()
+    assert values["val/miou"].item() == pytest.approx(1.0) and values["val/loc_acc"].item() == 1.0
+
+
 def test_the_crop_class_head_reads_the_image_inside_the_squared_box_and_nothing_else():
     """A tall 8×16 px bar, cropped by its tight box: the crop is square about the box's centre
     with a tenth more on each side, so the bar keeps its shape (half as wide as high) and

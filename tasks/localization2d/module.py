@@ -341,15 +341,17 @@ class LocalizationModule(ClassificationModule):
         logits, boxes = self(x)
         terms = self.losses(logits, boxes, labels, target_boxes)
         probs = logits.detach().float().softmax(dim=1)
+        # the box as predict gives it, clipped to the image: scored and drawn as the user gets it
+        given = boxes.detach().float().clamp(0, 1)
         # By keyword: each metric takes the arguments its update() names (torchmetrics filters).
         getattr(self, f"{stage}_metrics").update(
-            preds=probs, target=labels, pred_boxes=boxes.detach().float(), target_boxes=target_boxes
+            preds=probs, target=labels, pred_boxes=given, target_boxes=target_boxes
         )
         if stage == "test":
             self.update_confusion(probs, labels)
             scores, predicted = probs.max(dim=1)
             # labels, true boxes, predicted classes, scores, predicted boxes
-            self.keep_test_outcome((labels, target_boxes.float(), predicted, scores, boxes.float()))
+            self.keep_test_outcome((labels, target_boxes.float(), predicted, scores, given))
         self.log_losses(stage, terms, len(labels))
         return terms["loss"]
 
