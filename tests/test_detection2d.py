@@ -194,6 +194,22 @@ def test_every_bad_annotation_of_a_file_is_named_at_once(tmp_path):
     assert message.startswith(f"{path}: 3 annotations cannot be used:")
     assert all(part in message for part in ("annotation id 103", "annotation id 105", "'gone.png'"))
 
+    # ids given twice are said with the rest, and stop the read even where the rest is skipped
+    def twice(doc):
+        mutate(doc)
+        doc["images"].append({**doc["images"][0], "file_name": doc["images"][1]["file_name"]})
+        doc["images"].append({**doc["images"][2], "id": 500})
+        doc["annotations"].append(doc["annotations"][6])
+
+    path = write_bad(make_coco_folder(tmp_path / "d"), twice)
+    for on_error in ("error", "skip"):
+        with pytest.raises(AnnotationError) as err:
+            read_coco(path, on_error=on_error)
+        message = str(err.value)
+        assert message.startswith(f"{path}: 6 annotations cannot be used:")
+        assert "image id 1 appears more than once" in message and "annotation id 106 appears more than once" in message
+        assert "image id 500: file images/img2.png is listed more than once" in message and "'gone.png'" in message
+
 
 def test_a_bad_annotation_file_is_one_line_from_the_cli(tmp_path, capsys):
     """An annotation without its ``id`` (COCO requires one) is the user's file to fix: one line,

@@ -124,22 +124,25 @@ class _Problems:
     def __init__(self, source: Path, on_error: str) -> None:
         if on_error not in ("error", "skip"):
             raise ConfigError(f"on_error={on_error!r}: expected 'error' or 'skip'")
-        self.source, self.on_error, self.found = source, on_error, []
+        self.source, self.on_error, self.found, self.fatal = source, on_error, [], []
 
-    def __call__(self, message: str) -> None:
-        self.found.append(message)
+    def __call__(self, message: str, fatal: bool = False) -> None:
+        """Note a problem; a ``fatal`` one (an id given twice: which entry is meant?) stops the
+        read even where the others are skipped, with them all."""
+        (self.fatal if fatal else self.found).append(message)
 
     def report(self) -> None:
-        if not self.found:
+        problems = self.fatal + self.found
+        if not problems:
             return
-        listing = "\n".join(f"  {m}" for m in self.found)
-        if self.on_error == "skip":
-            warnings.warn(f"{self.source}: skipping {len(self.found)} annotations that cannot be used:\n{listing}",
+        listing = "\n".join(f"  {m}" for m in problems)
+        if self.on_error == "skip" and not self.fatal:
+            warnings.warn(f"{self.source}: skipping {len(problems)} annotations that cannot be used:\n{listing}",
                           stacklevel=3)  # fmt: skip
-        elif len(self.found) == 1:
-            raise AnnotationError(self.found[0])
+        elif len(problems) == 1:
+            raise AnnotationError(problems[0])
         else:
-            raise AnnotationError(f"{self.source}: {len(self.found)} annotations cannot be used:\n{listing}")
+            raise AnnotationError(f"{self.source}: {len(problems)} annotations cannot be used:\n{listing}")
 
 
 def _load_json(path: Path) -> dict:
@@ -262,14 +265,16 @@ def read_coco(
             raise AnnotationError(f"{path}: image {entry!r}: expected an integer 'id' and a 'file_name'")
         image_id, file_name = entry["id"], str(entry["file_name"])
         if image_id in records:
-            raise AnnotationError(f"{path}: image id {image_id} appears more than once")
+            fail(f"{path}: image id {image_id} appears more than once", fatal=True)
+            continue
         found = find_image(root, file_name, image_folders)
         if found is None:
             places = " or ".join(str(root / folder) for folder in image_folders)
             fail(f"{path}: image id {image_id}: file_name {file_name!r} is not in {places}")
             continue
         if found in seen_files:
-            raise AnnotationError(f"{path}: image id {image_id}: file {found} is listed more than once")
+            fail(f"{path}: image id {image_id}: file {found} is listed more than once", fatal=True)
+            continue
         seen_files.add(found)
         width, height = entry.get("width"), entry.get("height")
         if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (width, height)):
@@ -286,7 +291,8 @@ def read_coco(
                 f"{path}: annotation {ann!r}: expected an object with an 'id' (a whole number or a string)"
             )
         if ann_id in seen_annotations:
-            raise AnnotationError(f"{where} appears more than once")
+            fail(f"{where} appears more than once", fatal=True)
+            continue
         seen_annotations.add(ann_id)
         image_id, category_id, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
         if not isinstance(image_id, int) or image_id not in image_ids:
