@@ -824,3 +824,14 @@ def test_onnx_export_of_the_heads_predicts_as_torch(trained, tmp_path):
             assert o_classes == t_classes and t_classes
             torch.testing.assert_close(o_boxes, t_boxes, atol=1e-3, rtol=0)
             torch.testing.assert_close(o_scores, t_scores, atol=1e-4, rtol=0)
+
+
+def test_an_image_declared_smaller_than_it_is_named_for_its_size_not_its_boxes(tmp_path):
+    """An entry's width and height set too small put its boxes outside it: the file's own size
+    is the mistake to name (once), not each box (as when the size is declared too large)."""
+    path = write_bad(make_coco_folder(tmp_path / "c"), lambda d: d["images"][0].update(width=20, height=20))
+    with pytest.raises(AnnotationError) as err:
+        read_coco(path)
+    message = str(err.value)
+    assert "images/img0.png: image id 1 is 64x64 pixels but its annotation says 20x20" in message
+    assert message.count("img0.png") == 1 and "outside" not in message

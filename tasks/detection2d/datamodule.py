@@ -54,6 +54,7 @@ from cnnsuite.data.coco import (
     CocoFile,
     DetectionData,
     DetectionRecord,
+    check_annotated_size,
     coco_document,
     coco_split_files,
     read_categories,
@@ -81,15 +82,6 @@ def load_image(path: Path, channels: int) -> torch.Tensor:
     sample gets here, for training, evaluation and prediction alike — the detector resizes
     and normalises inside itself (its ``transform``)."""
     return read_image(path, channels)
-
-
-def check_annotated_size(root: Path, record: DetectionRecord, width: int, height: int) -> None:
-    """An image (upright) must be the size its annotation gives: its boxes are in those pixels."""
-    if (width, height) != (record.width, record.height):
-        raise AnnotationError(
-            f"{root / record.file}: image id {record.image_id} is {width}x{height} "
-            f"pixels but its annotation says {record.width}x{record.height}"
-        )
 
 
 def collate(batch):

@@ -236,6 +236,15 @@ def find_image(root: Path, file_name: str, folders: tuple[str, ...] = IMAGE_FOLD
     return None
 
 
+def check_annotated_size(root: Path, record: DetectionRecord, width: int, height: int) -> None:
+    """An image (upright) must be the size its annotation gives: its boxes are in those pixels."""
+    if (width, height) != (record.width, record.height):
+        raise AnnotationError(
+            f"{root / record.file}: image id {record.image_id} is {width}x{height} "
+            f"pixels but its annotation says {record.width}x{record.height}"
+        )
+
+
 def _upright_size(path: Path) -> tuple[int, int]:
     try:
         return image_size(path)
@@ -283,6 +292,7 @@ def read_coco(
 
     image_ids = {int(e["id"]) for e in data["images"]}
     seen_annotations: set[object] = set()
+    sized: dict[int, str | None] = {}  # image id -> its size's error, where a box of it lies outside
     for ann in data.get("annotations", []):
         ann_id = ann.get("id") if isinstance(ann, dict) else None
         where = f"{path}: annotation id {ann_id}"
@@ -310,7 +320,15 @@ def read_coco(
         x, y, w, h = (float(v) for v in bbox)
         problem = box_error((x, y, x + w, y + h), (record.width, record.height), f"its image {record.file}")
         if problem:
-            fail(f"{where}: bbox {bbox} (x, y, width, height): {problem}")
+            if image_id not in sized:  # a box past a size the file is not: the size is the mistake, said once
+                try:
+                    check_annotated_size(root, record, *_upright_size(root / record.file))
+                    sized[image_id] = None
+                except AnnotationError as err:
+                    sized[image_id] = str(err)
+                    fail(str(err))
+            if sized[image_id] is None:
+                fail(f"{where}: bbox {bbox} (x, y, width, height): {problem}")
             continue
         area = ann.get("area", 0)
         if not (isinstance(area, int | float) and math.isfinite(area) and area >= 0):
