@@ -36,6 +36,7 @@ from ..classpath import class_path
 from ..contract import task_of, trusted_classes
 from ..contract import trusted_class as registered_class
 from ..data import TaskDataModule
+from ..data.shards import is_prepared
 from ..data.splits import check_splits, load_splits
 from ..errors import CheckpointError, ConfigError, MissingFileError, StateError, describe_unknown
 from ..jsonout import first_non_finite
@@ -416,7 +417,8 @@ def follow_model(model: TaskModule, data_cls: type[TaskDataModule], args: dict) 
     params = data_cls.init_parameters()
     if "multilabel" in params:
         args = {**args, "multilabel": bool(model.hparams.get("multilabel", False))}
-    if "channels" in params and model.hparams.get("in_channels") is not None:
+    # a prepared folder holds its images decoded: its channels are its record's, checked against the model's
+    if "channels" in params and model.hparams.get("in_channels") is not None and not is_prepared(args.get("data_dir")):
         args = {**args, "channels": model.hparams["in_channels"]}
     return args
 
