@@ -835,3 +835,13 @@ def test_an_image_declared_smaller_than_it_is_named_for_its_size_not_its_boxes(t
     message = str(err.value)
     assert "images/img0.png: image id 1 is 64x64 pixels but its annotation says 20x20" in message
     assert message.count("img0.png") == 1 and "outside" not in message
+    # a Pascal VOC XML's <size> alike
+    from test_localization2d import write_voc
+
+    voc = write_voc(tmp_path / "voc", [2, 1])
+    xml = voc / "Annotations" / "0.xml"
+    size = "<width>48</width><height>32</height>"
+    xml.write_text(xml.read_text().replace(size, "<width>10</width><height>10</height>"))
+    with pytest.raises(AnnotationError) as err:
+        read_voc(voc, ["bird", "cat"], "error")
+    assert str(err.value).endswith("JPEGImages/0.jpg: image id 0 is 48x32 pixels but its annotation says 10x10")

@@ -245,6 +245,20 @@ def check_annotated_size(root: Path, record: DetectionRecord, width: int, height
         )
 
 
+def _misdeclared(root: Path, record: DetectionRecord, fail: _Problems, sized: dict[str, bool]) -> bool:
+    """Whether ``record``'s declared size is not its file's, said once through ``fail`` (``sized``
+    keeps the answers). Asked where a box lies outside that size: a size set too small puts its
+    boxes outside, and it is the mistake to name, not each box."""
+    if record.file not in sized:
+        try:
+            check_annotated_size(root, record, *_upright_size(root / record.file))
+            sized[record.file] = False
+        except AnnotationError as err:
+            sized[record.file] = True
+            fail(str(err))
+    return sized[record.file]
+
+
 def _upright_size(path: Path) -> tuple[int, int]:
     try:
         return image_size(path)
@@ -292,7 +306,7 @@ def read_coco(
 
     image_ids = {int(e["id"]) for e in data["images"]}
     seen_annotations: set[object] = set()
-    sized: dict[int, str | None] = {}  # image id -> its size's error, where a box of it lies outside
+    sized: dict[str, bool] = {}  # _misdeclared's answers
     for ann in data.get("annotations", []):
         ann_id = ann.get("id") if isinstance(ann, dict) else None
         where = f"{path}: annotation id {ann_id}"
@@ -320,14 +334,7 @@ def read_coco(
         x, y, w, h = (float(v) for v in bbox)
         problem = box_error((x, y, x + w, y + h), (record.width, record.height), f"its image {record.file}")
         if problem:
-            if image_id not in sized:  # a box past a size the file is not: the size is the mistake, said once
-                try:
-                    check_annotated_size(root, record, *_upright_size(root / record.file))
-                    sized[image_id] = None
-                except AnnotationError as err:
-                    sized[image_id] = str(err)
-                    fail(str(err))
-            if sized[image_id] is None:
+            if not _misdeclared(root, record, fail, sized):
                 fail(f"{where}: bbox {bbox} (x, y, width, height): {problem}")
             continue
         area = ann.get("area", 0)
@@ -389,6 +396,7 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
     fail = _Problems(root / "Annotations", on_error)
     categories = CategoryMap(list(range(len(class_names))), list(class_names))
     records = []
+    sized: dict[str, bool] = {}  # _misdeclared's answers
     for image_id, xml_path in enumerate(_voc_files(root)):
         try:
             tree = _parse_voc(xml_path)
@@ -420,7 +428,8 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
                 continue
             problem = box_error((x1, y1, x2, y2), (width, height), f"its image {found}")
             if problem:
-                fail(f"{where}: {problem}")
+                if not _misdeclared(root, record, fail, sized):
+                    fail(f"{where}: {problem}")
                 continue
             x1, y1, x2, y2 = clipped((x1, y1, x2, y2), (width, height))
             record.boxes.append([x1, y1, x2, y2])
