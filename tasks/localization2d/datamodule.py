@@ -43,7 +43,7 @@ from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.coco import AnnotationError, box_error
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import checked_size, read_image_with_picture
-from cnnsuite.data.splits import STAGES, split_validation
+from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
 
 from .default_data import DEFAULT_CANVASES_PER_SCAN, DEFAULT_SEED, compose_canvas
@@ -223,13 +223,8 @@ class LocalizationDataModule(ImageDataModule):
         self._load()
         if self.hparams.split_file or not self._fixed:
             return super().decide_splits()
-        samples = self._samples
-        train = [i for i in samples if self._fixed.get(i) == "train"]
-        test = [i for i in samples if self._fixed.get(i) == "test"]
-        hp = self.hparams
-        labels = [samples[i].label for i in train]
-        train, val = split_validation(train, labels, hp.val_fraction, len(samples), hp.seed, self.class_names)
-        return {"train": train, "val": val, "test": sorted(test)}
+        fixed = {stage: sorted(i for i in self._samples if self._fixed.get(i) == stage) for stage in ("train", "test")}
+        return self.listed_splits(fixed, f"{self.root}/train_test_split.txt")
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         hp, label_of = self.hparams, dict(self.samples())
