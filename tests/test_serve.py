@@ -37,18 +37,27 @@ def free_port() -> int:
 
 
 class Server:
-    """``cnnsuite serve`` in a subprocess: started on entering, stopped on leaving (SIGTERM,
-    which takes its worker processes down with it); :meth:`url` waits for ``/health``."""
+    """``cnnsuite serve`` in a subprocess, in a process group of its own: started on entering,
+    stopped on leaving by ``stop`` — SIGTERM to the server (``kill``, ``docker stop``) or
+    SIGINT to its whole group (Ctrl+C in a terminal) — which must take its worker processes
+    down with it and print no traceback; :meth:`url` waits for ``/health``."""
 
-    def __init__(self, ckpt: Path, log: Path, *extra: str) -> None:
-        self.ckpt, self.log, port = ckpt, log, free_port()
+    def __init__(self, ckpt: Path, log: Path, *extra: str, stop: signal.Signals = signal.SIGTERM) -> None:
+        self.ckpt, self.log, self.stop, port = ckpt, log, stop, free_port()
         self.address = f"http://127.0.0.1:{port}"
         self.command = [sys.executable, "-m", "cnnsuite", "serve", "--ckpt", str(ckpt), "--port", str(port), *extra]
 
     def __enter__(self) -> "Server":
         with self.log.open("w") as out:
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if the tests ignore it
+            )
         return self
 
     def url(self) -> str:
@@ -63,7 +72,10 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         workers = child_pids(self.process.pid)
-        self.process.terminate()
+        if self.stop == signal.SIGINT:
+            os.killpg(self.process.pid, signal.SIGINT)
+        else:
+            self.process.send_signal(self.stop)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -76,7 +88,9 @@ class Server:
             time.sleep(0.2)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
-        assert not left, f"SIGTERM left the server's processes {left} running:\n{self.log.read_text()}"
+        stopped_by = self.stop.name
+        assert not left, f"{stopped_by} left the server's processes {left} running:\n{self.log.read_text()}"
+        assert "Traceback" not in self.log.read_text(), f"{stopped_by} printed:\n{self.log.read_text()}"
 
 
 def child_pids(pid: int) -> list[int]:
@@ -124,7 +138,8 @@ def served(tmp_path_factory):
     """Short recognition2d and biomedical3d runs on user folders, each served; the first
     server starts up (seconds of imports) while the second task trains. recognition2d's
     batches hold up to ``BATCH`` requests and wait long enough to fill, and its bodies are
-    limited to ``MAX_UPLOAD_MB``; biomedical3d's volumes to ``MAX_VOXELS``."""
+    limited to ``MAX_UPLOAD_MB``; biomedical3d's volumes to ``MAX_VOXELS``. The first is stopped by
+    SIGTERM, the second by Ctrl+C."""
     tmp = tmp_path_factory.mktemp("serve")
     with ExitStack() as stack:
         images = make_image_folder(tmp / "images", per_class=4)
@@ -138,7 +153,13 @@ def served(tmp_path_factory):
         run = fit("biomedical3d", tmp / "biomedical3d", *SMALL, "--data.data_dir", str(volumes),
                   "--trainer.max_epochs", "1", "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
         biomedical = stack.enter_context(
-            Server(run / "checkpoints" / "best.ckpt", tmp / "biomedical3d.log", "--max_pixels", str(MAX_VOXELS))
+            Server(
+                run / "checkpoints" / "best.ckpt",
+                tmp / "biomedical3d.log",
+                "--max_pixels",
+                str(MAX_VOXELS),
+                stop=signal.SIGINT,
+            )
         )
         yield SimpleNamespace(images=images, recognition=recognition, volumes=volumes, biomedical=biomedical)
 

@@ -92,6 +92,10 @@ class PredictorAPI(ls.LitAPI):
         self.ckpt_path = str(ckpt_path)
 
     def setup(self, device: str) -> None:
+        # Ctrl+C signals the whole process group. The main process shuts LitServe down and
+        # terminates this worker; a KeyboardInterrupt of its own would only print a traceback
+        # from LitServe's request loop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)  # Predictor puts the model on the current CUDA device
         self.predictor = Predictor(self.ckpt_path, "gpu" if device.startswith("cuda") else "cpu")
