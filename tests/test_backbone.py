@@ -1,7 +1,11 @@
 """The seed's concepts, each checked against its definition."""
 
+import itertools
+import math
+
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -10,6 +14,7 @@ from cnnsuite.backbone import (
     ConvBlock,
     build_backbone,
     convolve,
+    describe_stages,
     free_parameters,
     hyper_kernel,
     list_backbones,
@@ -19,31 +24,38 @@ from cnnsuite.backbone import (
 from cnnsuite.training.heads import ClassifierHead
 
 
-def test_conv_layer_is_cross_correlation():
-    """y_i = sum_j w_j x_{i+j}, written out as a loop."""
-    x, w = torch.randn(11), torch.randn(3)
-    y = F.conv1d(x.view(1, 1, -1), w.view(1, 1, -1)).flatten()
-    expected = torch.stack([sum(w[j] * x[i + j] for j in range(3)) for i in range(9)])
-    torch.testing.assert_close(y, expected)
+def cross_correlation_loop(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``y[o, i] = b[o] + sum_c sum_j w[o, c, j] x[c, i + j]`` at every position ``i`` where the
+    kernel fits, for any number of axes: the notes' definition, written out."""
+    kernel = w.shape[2:]
+    positions = [n - k + 1 for n, k in zip(x.shape[1:], kernel, strict=True)]
+    y = torch.empty(w.shape[0], *positions)
+    for i in itertools.product(*map(range, positions)):
+        window = x[(slice(None), *(slice(a, a + k) for a, k in zip(i, kernel, strict=True)))]
+        y[(slice(None), *i)] = (w * window).sum(dim=tuple(range(1, w.dim()))) + b
+    return y
 
 
-def test_true_convolution_flips_the_kernel():
-    """y_i = sum_j w_j x_{i-j}: numpy's convolve is the textbook definition."""
-    x, w = np.random.default_rng(0).normal(size=(2, 12))
-    w = w[:4]
-    y = convolve(torch.tensor(x).view(1, 1, -1), torch.tensor(w).view(1, 1, -1)).flatten()
-    np.testing.assert_allclose(y.numpy(), np.convolve(x, w, mode="valid"))
-    # ...and it differs from the cross-correlation unless the kernel is symmetric.
-    xc = F.conv1d(torch.tensor(x).view(1, 1, -1), torch.tensor(w).view(1, 1, -1)).flatten()
-    assert not torch.allclose(xc, y)
+@pytest.mark.parametrize("size,kernel", [((11,), (3,)), ((5, 6), (2, 3)), ((4, 5, 6), (2, 3, 1))])
+def test_a_block_is_the_cross_correlation_then_the_non_linearity(size, kernel):
+    """The filter of every block (and of every network built of them) is the cross-correlation
+    ``y_i = sum_j w_j x_{i+j}``, over all input channels, plus its bias, in 1D, 2D and 3D."""
+    block = ConvBlock(len(size), 2, 3, kernel_size=kernel, padding=0, norm="none", act="tanh")
+    x = torch.randn(1, 2, *size)
+    conv = block[0]
+    expected = torch.tanh(cross_correlation_loop(x[0], conv.weight.detach(), conv.bias.detach()))
+    torch.testing.assert_close(block(x)[0].detach(), expected)
 
 
-def test_2d_cross_correlation_definition():
-    x, w = torch.randn(1, 1, 5, 6), torch.randn(1, 1, 2, 3)
-    y = F.conv2d(x, w)[0, 0]
-    for i in range(4):
-        for j in range(4):
-            assert torch.isclose(y[i, j], (w[0, 0] * x[0, 0, i : i + 2, j : j + 3]).sum(), atol=1e-6)
+@pytest.mark.parametrize("size,kernel", [((12,), (4,)), ((7, 8), (3, 2)), ((5, 6, 7), (2, 3, 2))])
+def test_true_convolution_flips_the_kernel(size, kernel):
+    """``y_i = sum_j w_j x_{i-j}`` along every axis: SciPy's convolve is the textbook definition,
+    and it differs from the cross-correlation unless the kernel is symmetric."""
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=size), rng.normal(size=kernel)
+    y = convolve(torch.tensor(x)[None, None], torch.tensor(w)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(y, scipy.signal.convolve(x, w, mode="valid"))
+    assert not np.allclose(y, scipy.signal.correlate(x, w, mode="valid"))
 
 
 @pytest.mark.parametrize(
@@ -66,14 +78,76 @@ def test_output_size_follows_floor_formula(size, kernel, stride, padding, expect
     assert expected == tuple((n + 2 * pp - kk) // ss + 1 for n, kk, ss, pp in zip(size, k, s, p, strict=True))
 
 
-def test_block_order_puts_norm_before_or_after_pooling():
-    before = ConvBlock(2, 1, 4, norm="batch", pool="max", order="CNAP")
-    after = ConvBlock(2, 1, 4, norm="batch", pool="max", order="CAPN")
-    assert [type(m).__name__ for m in before] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
-    assert [type(m).__name__ for m in after] == ["Conv2d", "ReLU", "MaxPool2d", "BatchNorm2d"]
-    assert before.stride == after.stride == (2, 2)
+@pytest.mark.parametrize(
+    "order,layers,bias",
+    [
+        ("NCAP", ["BatchNorm2d", "Conv2d", "ReLU", "MaxPool2d"], True),  # the notes' order
+        ("CNAP", ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"], False),
+        ("CPNA", ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"], False),
+        ("CAPN", ["Conv2d", "ReLU", "MaxPool2d", "BatchNorm2d"], True),  # norm after pooling
+        ("CANP", ["Conv2d", "ReLU", "BatchNorm2d", "MaxPool2d"], True),
+    ],
+)
+def test_block_order_puts_norm_before_or_after_pooling(order, layers, bias):
+    """The notes' four layers in any order. The norm sees the input's channels before the
+    filter and the filter's after it; the filter's bias goes only where the norm directly
+    after it would take it away again, and stays a threshold where a ReLU lies between."""
+    block = ConvBlock(2, 3, 4, norm="batch", pool="max", order=order)
+    assert [type(m).__name__ for m in block] == layers
+    norm, conv = block[layers.index("BatchNorm2d")], block[layers.index("Conv2d")]
+    assert norm.num_features == (3 if order.startswith("N") else 4)
+    assert (conv.bias is not None) == bias
+    assert block(torch.randn(2, 3, 8, 8)).shape == (2, 4, 4, 4) and block.stride == (2, 2)
+
+
+def test_block_order_names_every_letter_once():
     with pytest.raises(ValueError, match="order="):
         ConvBlock(2, 1, 4, order="CNA")
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (3, 1, 7), (3, 3, 5), (5, 1, 1)])
+def test_a_2plus1d_pair_has_about_the_weights_of_its_3d_filter(kernel):
+    """Tran et al.'s width ``M`` gives the spatial ``1×kh×kw`` and temporal ``t×1×1`` pair about
+    the weights of one ``t×kh×kw`` filter, never more, for kernels that are not cubic too."""
+    backbone = build_backbone(
+        "convnet2plus1d", spatial_dims=3, in_channels=16, channels=(32,), kernel_size=kernel, norm="none"
+    )
+    spatial, temporal = backbone.stages[0][0]
+    pair = spatial[0].weight.numel() + temporal[0].weight.numel()
+    full = 16 * 32 * math.prod(kernel)
+    assert 0.95 * full <= pair <= full
+
+
+@pytest.mark.parametrize(
+    "name,dims,size,kwargs",
+    [
+        ("convnet", 2, 40, dict(channels=(4, 8))),
+        ("convnet", 3, 48, dict(channels=(4, 8))),
+        ("resnet", 2, 64, dict(widths=(4, 8))),
+        ("lenet5", 2, 128, {}),
+    ],
+)
+def test_shifting_the_input_shifts_every_map(name, dims, size, kwargs):
+    """Weight sharing finds a motif wherever it lies: the input shifted by the deepest stage's
+    stride shifts each stage's maps by that shift over the stage's own stride, wherever a
+    map's receptive field stays clear of the borders' padding."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name, spatial_dims=dims, in_channels=1, **kwargs).eval()
+    geometry = describe_stages(backbone, (1, *(size,) * dims))
+    shift = geometry[-1].stride
+    big = torch.randn(1, 1, *(size + s for s in shift))
+    first = big[(..., *(slice(0, size) for _ in shift))]
+    second = big[(..., *(slice(s, s + size) for s in shift))]
+    with torch.no_grad():
+        maps = zip(geometry, backbone(first), backbone(second), strict=True)
+    for stage, a, b in maps:
+        steps = [s // j for s, j in zip(shift, stage.stride, strict=True)]
+        margins = [-(-r // j) for r, j in zip(stage.receptive_field, stage.stride, strict=True)]
+        # b at i is a at i + step, over the positions whose windows lie inside both crops.
+        a_in = a[(..., *(slice(m + t, n - m) for m, t, n in zip(margins, steps, a.shape[2:], strict=True)))]
+        b_in = b[(..., *(slice(m, n - m - t) for m, t, n in zip(margins, steps, b.shape[2:], strict=True)))]
+        assert a_in.numel() > 0, f"stage {stage.index}: no map position clear of the borders"
+        torch.testing.assert_close(b_in, a_in)
 
 
 def test_lp_pooling_is_the_p_norm_of_each_window():
@@ -95,6 +169,25 @@ def test_lenet5_has_the_1998_parameter_count():
         features = backbone(torch.randn(2, 1, 32, 32))
         assert [tuple(f.shape[1:]) for f in features] == [(6, 14, 14), (16, 5, 5), (120, 1, 1)]
         assert head(features).shape == (2, 10)
+    # The notes' LeNet: 5x5 filters, tanh, and average pooling with subsampling.
+    backbone = build_backbone("lenet5", spatial_dims=2, in_channels=1)
+    assert [[type(m).__name__ for m in stage] for stage in backbone.stages] == [
+        ["Conv2d", "Identity", "Tanh", "AvgPool2d"],
+        ["Conv2d", "Identity", "Tanh", "AvgPool2d"],
+        ["Conv2d", "Identity", "Tanh", "Identity"],
+    ]
+    assert {stage[0].kernel_size for stage in backbone.stages} == {(5, 5)}
+
+
+def test_the_classifier_is_several_fully_connected_layers():
+    """The notes' classifier: each ``hidden`` width a fully connected layer and its
+    non-linearity, then the logits; (120, 84) is LeNet-5's C5-to-F6-to-output path doubled."""
+    head = ClassifierHead(2, 16, 10, hidden=(120, 84), act="tanh")
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16, 120), (120, 84), (84, 10)]
+    assert [type(m).__name__ for m in head.net[2:]] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
+    assert free_parameters(head) == 16 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10
+    assert head([torch.randn(3, 16, 5, 5)]).shape == (3, 10)
 
 
 def test_c3_table_keeps_masked_connections_at_zero_through_training():

@@ -9,9 +9,18 @@ from conftest import fit, make_image_folder
 from PIL import Image
 from test_biomedical3d import SMALL, make_volume_folder
 
+from cnnsuite.backbone import build_backbone
 from cnnsuite.cli import main
 from cnnsuite.trust.checkpoint import rebuild
-from cnnsuite.use.inspection import cam_stage, grad_cam, held_out_batches, model_batch, network_of, stage_rows
+from cnnsuite.use.inspection import (
+    cam_stage,
+    first_conv,
+    grad_cam,
+    held_out_batches,
+    model_batch,
+    network_of,
+    stage_rows,
+)
 
 PICTURES = ("filters.png", "top_samples.png", "gradcam.png")
 
@@ -25,6 +34,23 @@ def recognition(tmp_path_factory):
               "--model.backbone", "lenet5", "--model.backbone_kwargs", "{act: relu, pool: max, norm: batch}",
               "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
     return folder, run / "checkpoints" / "best.ckpt"
+
+
+@pytest.mark.parametrize(
+    "name,dims,size",
+    [("convnet", 2, 32), ("lenet5", 2, 32), ("resnet", 3, 16), ("convnet2plus1d", 3, 16),
+     ("torchvision_mobilenet_v3_small", 2, 32), ("monai_densenet121", 3, 32)],
+)  # fmt: skip
+def test_the_filters_shown_are_those_the_input_meets_first(name, dims, size):
+    """``filters.png`` shows the lowest-level features of the notes: the convolution that sees
+    the input, whatever order the network registers its layers in."""
+    backbone = build_backbone(name, spatial_dims=dims, in_channels=3).eval()
+    met = []
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            module.register_forward_hook(lambda m, *_: met.append(m))
+    backbone(torch.randn(1, 3, *(size,) * dims))
+    assert first_conv(backbone) is met[0]
 
 
 def check_pictures(out, stages):

@@ -157,7 +157,7 @@ class ConvBlock(nn.Sequential):
                 stride=stride,
                 padding=padding,
                 groups=groups,
-                bias=norm == "none" or order.index("N") < order.index("C"),
+                bias=not _norm_cancels_bias(order, norm, pool),
             ),
             "N": norm_layer(spatial_dims, norm, norm_channels),
             "A": activation_layer(act),
@@ -168,6 +168,22 @@ class ConvBlock(nn.Sequential):
         self.out_channels = out_channels
         pool_stride = (1,) * spatial_dims if pool == "none" else as_tuple(pool_size, spatial_dims, "pool_size")
         self.stride = tuple(s * q for s, q in zip(stride, pool_stride, strict=True))
+
+
+def _norm_cancels_bias(order: str, norm: str, pool: str) -> bool:
+    """Whether a normalisation after the filter makes the filter's bias redundant.
+
+    A per-channel constant passes through max and average pooling, batch and instance norms
+    subtract it again with the mean, and the norm's own shift takes its place (the convention
+    for group norm too). A non-linearity (or an Lp pool) between the filter and the norm makes
+    the bias a learnt threshold, which ``CAPN`` needs as much as a block without a norm."""
+    between = order[order.index("C") + 1 : order.index("N")]  # empty when N comes first
+    return (
+        norm != "none"
+        and order.index("C") < order.index("N")
+        and "A" not in between
+        and ("P" not in between or pool != "lp")
+    )
 
 
 def convolve(x: torch.Tensor, kernel: torch.Tensor, padding: IntOrSeq | str = 0) -> torch.Tensor:

@@ -21,10 +21,11 @@ from .networks import StagedBackbone, stacked_stages
 from .registry import register_backbone
 
 
-def factorised_width(in_channels: int, out_channels: int, t: int, k: int) -> int:
-    """Tran et al.'s ``M = floor(t k² N_in N_out / (k² N_in + t N_out))``: the (2+1)D pair
-    then has as many weights as one ``t×k×k`` filter."""
-    return max(1, (t * k * k * in_channels * out_channels) // (k * k * in_channels + t * out_channels))
+def factorised_width(in_channels: int, out_channels: int, t: int, area: int) -> int:
+    """Tran et al.'s ``M = floor(t k² N_in N_out / (k² N_in + t N_out))``, with the spatial
+    kernel's area ``kh kw`` for ``k²``: the (2+1)D pair then has about as many weights as one
+    ``t×kh×kw`` filter, and never more."""
+    return max(1, (t * area * in_channels * out_channels) // (area * in_channels + t * out_channels))
 
 
 @register_backbone("convnet2plus1d")
@@ -57,7 +58,7 @@ class ConvNet2Plus1D(StagedBackbone):
         common = dict(norm=norm, act=act, lp_p=lp_p, order=order)
 
         def block(width: int, out: int, first: bool, last: bool) -> nn.Module:
-            mid = factorised_width(width, out, t, max(kh, kw))
+            mid = factorised_width(width, out, t, kh * kw)
             spatial = ConvBlock(3, width, mid, (1, kh, kw), stride=(1, *stem_hw) if first else 1, pool="none", **common)
             temporal = ConvBlock(3, mid, out, (t, 1, 1), stride=(stem_t, 1, 1) if first else 1,
                                  pool=pool if last else "none", pool_size=pool_size, **common)  # fmt: skip
