@@ -173,6 +173,31 @@ def test_nan_nodata_pixels_are_filled(tmp_path):
         GeoTiffReader(["B01"])(write_tif(tmp_path / "inf.tif", cube, "float32", nodata=np.nan))
 
 
+def test_a_band_of_nodata_alone_is_a_bad_file(tmp_path):
+    """A band without one valid pixel has no mean to fill it with: the patch is named, not read
+    as a band of zeros the model then classifies with confidence."""
+    cube = band_cube(13, 4).astype("float32")
+    cube[3] = np.nan
+    with pytest.raises(BadFileError, match=r"empty.tif: band B04 has no valid pixel \(all 16 are nodata\)"):
+        GeoTiffReader(["B02", "B04"])(write_tif(tmp_path / "empty.tif", cube, "float32", nodata=np.nan))
+    assert GeoTiffReader(["B02", "B03"])(tmp_path / "empty.tif").shape == (2, 4, 4)  # the band not read
+
+
+def test_a_tif_that_is_another_format_naming_other_files_is_not_read(tmp_path):
+    """GDAL tells a format by its content: a ``.tif`` (a data file, an upload to serve) holding a
+    VRT would have it read whatever files or URLs the VRT names. Only GeoTIFFs are opened."""
+    secret = write_tif(tmp_path / "elsewhere" / "secret.tif", band_cube(13, 4))
+    bands = "".join(
+        f'<VRTRasterBand dataType="UInt16" band="{b}"><SimpleSource><SourceFilename relativeToVRT="0">{secret}'
+        f"</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+        for b in range(1, 14)
+    )
+    upload = tmp_path / "upload.tif"
+    upload.write_text(f'<VRTDataset rasterXSize="4" rasterYSize="4">{bands}</VRTDataset>')
+    with pytest.raises(BadFileError, match=r"upload.tif: cannot read as a GeoTIFF \(.*not recognized"):
+        GeoTiffReader(None)(upload)
+
+
 def test_unknown_band_names_are_refused(tmp_path):
     folder = make_folder(tmp_path / "user", per_class=1)
     with pytest.raises(BadFileError, match=r"Forest_1.tif: has no band B13, B8B; its bands are B01, .*, B8A"):

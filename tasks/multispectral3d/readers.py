@@ -78,15 +78,20 @@ def kept_dtype(dtype: str) -> np.dtype:
     return np.dtype(np.uint16 if dtype == "uint16" else np.float32)
 
 
-def fill_nodata(data: np.ma.MaskedArray) -> np.ndarray:
+def fill_nodata(data: np.ma.MaskedArray, path: Path, names: list[str]) -> np.ndarray:
     """``(bands, H, W)`` of a masked read as :func:`kept_dtype`, each nodata pixel the mean of its
-    band's valid ones (rounded to a digital number in ``uint16``)."""
+    band's valid ones (rounded to a digital number in ``uint16``). A band of ``names`` without a
+    valid pixel has nothing to fill it with: ``path`` is a bad file."""
     kept = kept_dtype(str(data.dtype))
     values = data.data.astype(kept)
     if np.ma.is_masked(data):
+        mask = np.ma.getmaskarray(data)
+        for name, band in zip(names, mask, strict=True):
+            if band.all():
+                raise BadFileError(f"{path}: band {name} has no valid pixel (all {band.size:,} are nodata)")
         fill = data.astype(np.float64).mean(axis=(1, 2)).filled(0.0)
         fill = np.rint(fill) if kept.kind == "u" else fill
-        values = np.where(np.ma.getmaskarray(data), fill[:, None, None], values).astype(kept)
+        values = np.where(mask, fill[:, None, None], values).astype(kept)
     return values
 
 
@@ -170,14 +175,16 @@ class GeoTiffReader:
                     layers.append(src.read(1, out_shape=size, resampling=Resampling[self.resampling], masked=True))
                 except RasterioError as err:  # truncated or damaged pixel data
                     raise BadFileError(f"{src.name}: cannot read as a GeoTIFF ({gdal_said(err)})") from None
-        return fill_nodata(np.ma.stack(layers))
+        return fill_nodata(np.ma.stack(layers), folder, list(bands))
 
     def open(self, path: Path):
         """The file opened by rasterio, which reads its header only; one that declares more
-        bands × width × height than :mod:`cnnsuite.data.limits` allows is refused here."""
+        bands × width × height than :mod:`cnnsuite.data.limits` allows is refused here. GDAL
+        tells a format by the content, and a VRT or another format that names files or URLs
+        would have them read: only the GeoTIFF driver may open it."""
         check_not_empty(path, "a GeoTIFF")
         try:
-            src = rasterio.open(path)
+            src = rasterio.open(path, driver="GTiff")
         except RasterioError as err:  # not a TIFF, a damaged header
             raise BadFileError(f"{path}: cannot read as a GeoTIFF ({gdal_said(err)})") from None
         try:
@@ -193,9 +200,9 @@ class GeoTiffReader:
             values = self.read_bands(path)
         else:
             with self.open(path) as src:
-                indexes, _ = self.select(path, src)
+                indexes, names = self.select(path, src)
                 try:
-                    values = fill_nodata(src.read(indexes, masked=True))
+                    values = fill_nodata(src.read(indexes, masked=True), path, names)
                 except RasterioError as err:  # truncated or damaged pixel data
                     raise BadFileError(f"{path}: cannot read as a GeoTIFF ({gdal_said(err)})") from None
         check_finite(path, values, "pixels")
