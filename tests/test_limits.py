@@ -99,6 +99,31 @@ def test_a_volume_is_refused_from_its_header(tmp_path, monkeypatch):
         load({"image": str(tmp_path / "scan.nii.gz")})
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_whose_header_extensions_are_huge_is_refused_before_nibabel_reads_them(tmp_path, monkeypatch, suffix):
+    """nibabel reads a NIfTI's header extensions whole with its header, as many bytes as the
+    voxel offset says: 64 MiB of zeros gzip to 64 KB, and a few MB of upload to serve would
+    cost its inference worker gigabytes. The offset is read first, and such a file refused."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((4, 4, 4))
+    header.set_data_dtype(np.uint8)
+    size = 64 << 20
+    header["vox_offset"] = 352 + size
+    path = tmp_path / f"extended{suffix}"
+    with (gzip.open if suffix == ".nii.gz" else open)(path, "wb") as file:
+        file.write(header.binaryblock + struct.pack("<4B2i", 1, 0, 0, 0, size, 0))
+        for _ in range(size // 2**20):
+            file.write(bytes(2**20))
+        file.write(bytes(64))
+
+    def read(*args, **kwargs):
+        raise AssertionError("nibabel read the extensions")
+
+    monkeypatch.setattr(nib.nifti1.Nifti1Extensions, "from_fileobj", read)
+    with pytest.raises(BadFileError, match=rf"extended{suffix}: its voxels start 67,109,216 bytes in"):
+        LoadVolumed("image")({"image": str(path)})
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])  # MP4 counts frames in its header; WebM gives a duration
 def test_a_video_is_refused_from_its_header_before_pytorchvideo_opens_it(tmp_path, monkeypatch, suffix):
     video = tmp_path / f"clip{suffix}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import math
+import struct
 import zlib
 from pathlib import Path
 
@@ -53,6 +54,35 @@ def check_header(path: str | Path) -> bool:
     return True
 
 
+#: the most bytes of header extensions a NIfTI may hold between its header and its voxels
+NIFTI_MAX_EXTENSIONS = 8 << 20
+#: NIfTI-1 and NIfTI-2: ``sizeof_hdr`` and where the voxel offset is, its struct format
+NIFTI_OFFSETS = {348: (108, "f"), 540: (168, "q")}
+
+
+def check_nifti_offset(path: Path) -> None:
+    """nibabel reads a NIfTI's header extensions whole whenever it loads the header: as many
+    bytes as the voxel offset says lie between header and voxels, and a gzipped file of 1 MB can
+    say 1 GB. The offset is read here from the header's first bytes, and a file whose voxels
+    start past :data:`NIFTI_MAX_EXTENSIONS` of extensions is refused before nibabel reads it."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as file:
+            head = file.read(176)
+    except (OSError, EOFError, zlib.error):
+        return  # nothing to measure by: the header check or the loader names the file
+    for order in "<>" if len(head) == 176 else "":  # little- or big-endian, as sizeof_hdr reads
+        at, kind = NIFTI_OFFSETS.get(struct.unpack_from(f"{order}i", head)[0], (None, None))
+        if at is None:
+            continue
+        offset = struct.unpack_from(f"{order}{kind}", head, at)[0]
+        if not offset <= NIFTI_MAX_EXTENSIONS + 540:  # NaN too
+            raise BadFileError(
+                f"{path}: its voxels start {offset:,.0f} bytes in, after header extensions of more than "
+                f"{NIFTI_MAX_EXTENSIONS:,} bytes; expected a NIfTI volume's header of a few KB"
+            )
+        return
+
+
 def may_be_cut(path: str | Path) -> bool:
     """Whether a NIfTI file may hold fewer bytes than its header's voxels take, told without
     inflating them: an uncompressed file shorter than its data offset plus its voxels, or a
@@ -68,6 +98,7 @@ def may_be_cut(path: str | Path) -> bool:
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")) or not path.is_file():
         return False
+    check_nifti_offset(path)
     try:
         voxels = nib.load(path).dataobj  # where and what the file's voxels are (the header's copy says offset 0)
         length = int(voxels.offset) + math.prod(voxels.shape) * np.dtype(voxels.dtype).itemsize
@@ -151,8 +182,11 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
             channels = int(fields.get("ElementNumberOfChannels", ["1"])[0])
             sizes = [int(n) for n in fields["DimSize"]] + ([channels] if channels > 1 else [])
             data_file = " ".join(fields.get("ElementDataFile", [])) or None
-        else:  # NIfTI, and whatever else nibabel reads: nib.load reads the header only
+        else:  # NIfTI, and whatever else nibabel reads: nib.load reads the header (and its extensions)
+            check_nifti_offset(path)
             sizes = [int(n) for n in nib.load(path).header.get_data_shape()]
+    except BadFileError:
+        raise
     except Exception:  # no header to check: the loader's own error names the file
         return None
     return sizes, "declares " + "x".join(map(str, sizes)), data_file
