@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from conftest import fit, make_image_folder, task_config
+from jsonargparse import ArgumentParser
 from PIL import Image
 
 from cnnsuite.cli import main
@@ -707,3 +708,37 @@ def test_a_checkpoints_widths_cannot_make_it_allocate_more_than_its_weights(trai
     assert built == [True]
     Predictor(source, accelerator="cpu")  # the run's own file: sized alike, then built
     assert built == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    "first,last,expected",
+    [
+        ("class 0", "class 19999", "its weights do not fit RecognitionModule"),
+        ("class 0", 7, 'its hyper_parameters do not fit RecognitionModule: key "class_names"'),
+        (["a"], "class 19999", "its hyper_parameters.class_names is a list of 20,000 items holding lists"),
+    ],
+)
+def test_a_long_list_among_a_checkpoints_arguments_is_checked_by_its_typical_items(
+    trained, tmp_path, capsys, monkeypatch, first, last, expected
+):
+    """jsonargparse checks a list in time quadratic in its length: 20,000 class names took
+    minutes before anything was refused. It is handed a long list's first items and one of each
+    other type, so a name of another type at the end is still named; a long list of lists is
+    refused before it is handed over. 20,000 names of strings are refused by the weights."""
+    folder, run = trained
+
+    def many(checkpoint):
+        names = [first, *(f"class {i}" for i in range(1, 19_999)), last]
+        checkpoint["hyper_parameters"] |= {"class_names": names, "num_classes": len(names)}
+
+    source = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "many.ckpt", many)
+    handed = []
+    parse = ArgumentParser.parse_object
+    monkeypatch.setattr(
+        ArgumentParser, "parse_object", lambda self, cfg, **kw: handed.append(cfg) or parse(self, cfg, **kw)
+    )
+    error = one_line_error(["predict", "--ckpt", str(source), "--input", str(folder / "cat"),
+                            "--out", str(tmp_path / "out")], capsys)  # fmt: skip
+    assert f"many.ckpt: {expected}" in error
+    checked = [cfg["args"]["class_names"] for cfg in handed if "class_names" in cfg.get("args", {})]
+    assert all(len(names) <= 65 for names in checked) and bool(checked) == isinstance(first, str)

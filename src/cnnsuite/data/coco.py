@@ -26,6 +26,7 @@ import math
 import re
 import warnings
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,12 +172,10 @@ def read_categories(path: Path, data: dict | None = None) -> CategoryMap:
         pairs.append((entry["id"], str(entry["name"])))
     if not pairs:
         raise AnnotationError(f"{path}: 'categories' is empty")
-    ids = [i for i, _ in pairs]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, times in Counter(i for i, _ in pairs).items() if times > 1)
     if duplicates:
         raise AnnotationError(f"{path}: category id {duplicates[0]} appears more than once")
-    names = [n for _, n in pairs]
-    twice = next((n for n in names if names.count(n) > 1), None)
+    twice = next((n for n, times in Counter(n for _, n in pairs).items() if times > 1), None)
     if twice is not None:  # a model's classes are named: two categories of one name would be one class
         shared = ", ".join(str(i) for i, n in sorted(pairs) if n == twice)
         raise AnnotationError(f"{path}: category name {twice!r} is given to ids {shared}; expected one name a category")

@@ -20,6 +20,7 @@ and the eval-mode network can collapse to one class.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -81,7 +82,7 @@ class TaskModule(L.LightningModule):
         if names is not None and len(names) != count:
             raise ConfigError(f"model.class_names has {len(names)} names but model.num_classes={count}")
         if names is not None and len(set(names)) != len(names):  # predictions keyed by name would merge classes
-            twice = next(n for n in names if names.count(n) > 1)
+            twice = next(n for n, times in Counter(names).items() if times > 1)
             raise ConfigError(f"model.class_names names {twice!r} more than once; expected one name a class")
         check = META_CHECK.get()
         if check is not None:

@@ -128,13 +128,39 @@ def signature_parser(cls: type) -> ArgumentParser:
     return parser
 
 
+#: the items of a list jsonargparse is given to check (see :func:`typical_items`)
+CHECKED_ITEMS = 64
+
+
+def typical_items(value: object, key: str, source: object) -> object:
+    """``value`` with each list of more than :data:`CHECKED_ITEMS` plain values (strings,
+    numbers) cut to its first items and the first item of each other type among the rest: what
+    jsonargparse finds of those holds for every item of their types. It checks a list in time
+    quadratic in its length (it copies the list for each item): the 20,000 class names of a
+    real or hand-made checkpoint would take minutes. A list that long of lists or mappings is
+    no argument of a model or a datamodule."""
+    if isinstance(value, dict):
+        return {k: typical_items(v, f"{key}.{k}", source) for k, v in value.items()}
+    if not isinstance(value, list) or len(value) <= CHECKED_ITEMS:
+        return [typical_items(v, key, source) for v in value] if isinstance(value, list) else value
+    if any(isinstance(v, (list, dict)) for v in value):
+        raise CheckpointError(f"{source}: its {key} is a list of {len(value):,} items holding lists or mappings")
+    kept, types = value[:CHECKED_ITEMS], {type(v) for v in value[:CHECKED_ITEMS]}
+    for item in value[CHECKED_ITEMS:]:
+        if type(item) not in types:
+            kept.append(item)
+            types.add(type(item))
+    return kept
+
+
 def check_signature(cls: type, args: dict, source: object, what: str) -> None:
     """``args`` must be arguments of ``cls.__init__``, each of its declared type. jsonargparse
     checks them as it checks a config (no class is imported or instantiated: a ``class_path``
-    inside a ``dict`` argument stays a dict, one in a typed argument is a type error)."""
+    inside a ``dict`` argument stays a dict, one in a typed argument is a type error), long
+    lists by their :func:`typical_items`."""
     parser = signature_parser(cls)
     try:
-        parser.parse_object({"args": args}, defaults=False)
+        parser.parse_object({"args": typical_items(args, what, source)}, defaults=False)
     except Exception as err:  # jsonargparse's ArgumentError, or a type's own error on a strange value
         lines = [line.strip() for line in str(err).strip().splitlines()]
         given = next((line for line in lines if line.startswith("Given value type")), "")
