@@ -291,6 +291,22 @@ def test_a_multilabel_folder_lacking_a_class_is_labelled_by_the_models_classes(t
     assert metrics["test/ap/left"] is None and 0.0 <= metrics["test/ap/right"] <= 1.0
 
 
+def test_f1_macro_leaves_out_a_label_neither_carried_nor_predicted():
+    """A label no test sample carries and the model never decides on has no F1: the macro mean
+    is over the others, as ``map_macro``'s is (torchmetrics would average it in as 0). A label
+    decided on where no sample carries it scores 0, as its false positives earn."""
+    from cnnsuite.tasks.recognition2d.module import RecognitionModule
+
+    model = RecognitionModule(num_classes=3, class_names=["a", "b", "c"], multilabel=True)
+    model.configure_metrics("test")
+    f1 = model.test_decision_metrics["f1_macro"]
+    target = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    f1.update(target, target)
+    assert f1.compute().item() == 1.0
+    f1.update(torch.tensor([[1, 0, 1]]), torch.tensor([[1, 0, 0]]))  # c decided, never carried
+    assert f1.compute().item() == pytest.approx(2 / 3)
+
+
 def test_class_weights_set_bce_pos_weight_from_label_frequencies():
     targets = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]] * 40, dtype=torch.float32)
     model = ClassificationModule(num_classes=3, class_names=["a", "b", "c"], multilabel=True, class_weights=True)

@@ -696,6 +696,17 @@ def test_video_average_precision_averages_clip_sigmoids_per_video():
     assert metric.compute().item() == 1.0
 
 
+def test_video_average_precision_leaves_out_a_label_no_video_carries():
+    """A label no test video carries has no average precision: the mean is over the others,
+    as the clip-level ``map_macro`` takes it (torchmetrics would average it in as 0)."""
+    metric = VideoAveragePrecision()
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    metric.update(
+        torch.tensor([[3.0, -3.0, 0.0], [-3.0, 3.0, 0.0]]), labels, torch.tensor([0, 1]), torch.tensor([0, 1])
+    )
+    assert metric.compute().item() == 1.0
+
+
 def test_a_video_said_to_last_for_days_is_refused_before_its_clips_are_listed(tmp_path, video_folder, monkeypatch):
     """Every uniform clip of a video is listed and decoded (test split, predict, serve): a video
     whose header (or a prepared record's facts) says it lasts for days made predict and serve

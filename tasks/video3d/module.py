@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.functional.classification import multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
 from cnnsuite.data import Input
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.classification import ClassificationModule
+from cnnsuite.training.present_classes import PresentLabelsAveragePrecision
 from cnnsuite.use.tiles import draw_tiles, stretched
 
 from . import backbones  # noqa: F401  (registers PyTorchVideo's reference backbones)
@@ -85,14 +85,16 @@ class VideoAccuracy(VideoMetric):
 
 class VideoAveragePrecision(VideoMetric):
     """Video-level macro mean average precision of a multi-label model: each class's clip
-    sigmoids averaged per video, ranked over the videos (classes no video carries are left
-    out of the mean, as torchmetrics leaves them)."""
+    sigmoids averaged per video, ranked over the videos; a class no video carries has none and
+    is left out of the mean, as the clip-level ``map_macro`` leaves it."""
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
 
     def score(self, probs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        return multilabel_average_precision(probs, truth.long(), probs.shape[1], average="macro")
+        metric = PresentLabelsAveragePrecision(probs.shape[1], macro=True).to(probs.device)
+        metric.update(probs, truth.long())
+        return metric.compute()
 
 
 class VideoClassificationModule(ClassificationModule):

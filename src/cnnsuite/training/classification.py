@@ -38,7 +38,7 @@ from ..backbone import build_backbone
 from ..data.inputs import Input
 from ..errors import ConfigError
 from .heads import ClassifierHead
-from .present_classes import PresentClassesAccuracy, PresentClassesAUROC, PresentLabelsAveragePrecision
+from .present_classes import PresentClassesAccuracy, PresentClassesAUROC, PresentLabelsAveragePrecision, PresentLabelsF1
 from .task import TaskModule
 
 
@@ -194,7 +194,7 @@ class ClassificationModule(TaskModule):
                     PresentLabelsAveragePrecision(n), labels=self.class_names, prefix="ap/"
                 ),
             }
-            decisions |= {"f1_macro": MultilabelF1Score(n, average="macro")}
+            decisions |= {"f1_macro": PresentLabelsF1(n, macro=True)}
         if stage == "val":
             self.val_curve = MultilabelPrecisionRecallCurve(n, thresholds=torch.linspace(*self.threshold_grid))
         setattr(self, f"{stage}_decision_metrics", MetricCollection(decisions, prefix=f"{stage}/"))

@@ -11,7 +11,12 @@ present, as scikit-learn's ``roc_auc_score`` and ``balanced_accuracy_score`` tak
 from __future__ import annotations
 
 import torch
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MultilabelAveragePrecision
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
 from torchmetrics.utilities import dim_zero_cat
 
 
@@ -75,3 +80,19 @@ class PresentLabelsAveragePrecision(OverPresentClasses, MultilabelAveragePrecisi
 
     def support(self) -> torch.Tensor:
         return (dim_zero_cat(self.target) == 1).sum(dim=0)
+
+
+class PresentLabelsF1(OverPresentClasses, MultilabelF1Score):
+    """Each label's F1 at the decisions, or their mean, over the labels a sample carries or the
+    model decided on: one decided on where no sample carries it scores 0, as its false
+    positives earn; one neither carried nor decided on has no F1."""
+
+    def __init__(self, num_labels: int, macro: bool = False, **kwargs) -> None:
+        super().__init__(num_labels, average=None, **kwargs)
+        self.macro = macro
+
+    def support(self) -> torch.Tensor:
+        return self.tp + self.fn
+
+    def scored(self) -> torch.Tensor:
+        return self.tp + self.fn + self.fp > 0
