@@ -91,6 +91,25 @@ def test_an_animated_gif_is_its_first_frame(tmp_path):
     assert image.shape == (3, 6, 5) and float(image.max()) == 0.0
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".jpg", ".bmp", ".tif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_format_is_read_in_the_channels_asked_for(tmp_path, suffix, channels):
+    """torchvision keeps GIF and WebP in colour when asked for gray: a gray model's batch of
+    them and PNGs failed to stack, and predict and serve fed them to its first convolution.
+    Each format reads as Pillow converts it (JPEG within its decoders' rounding)."""
+    y, x = np.mgrid[:12, :10]
+    colours = np.stack([20 * y, 25 * x, 240 - 10 * (x + y)], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it
+    Image.fromarray(colours).save(tmp_path / f"a{suffix}", lossless=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*grayscale")  # torchvision's, of a conversion it does not do
+        image = read_image(tmp_path / f"a{suffix}", channels)
+    with Image.open(tmp_path / f"a{suffix}") as pillow:
+        expected = np.array(pillow.convert("L" if channels == 1 else "RGB")).reshape(12, 10, channels)
+    assert image.shape == (channels, 12, 10)
+    found = (image.permute(1, 2, 0) * 255).round().numpy().astype(int)
+    assert np.abs(found - expected).max() <= (2 if suffix == ".jpg" else 0)
+
+
 def test_8_and_16_bit_images_in_one_folder_train_evaluate_and_predict(tmp_path):
     folder = write_mixed_depth_folder(tmp_path / "images")
     run = fit("recognition2d", tmp_path, "--data.data_dir", str(folder), "--data.batch_size", "32",

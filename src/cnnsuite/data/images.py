@@ -129,21 +129,25 @@ def _to_float(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor
     return F.to_dtype(image, torch.float32, scale=True)
 
 
+#: the formats torchvision decodes, by the channels asked for: it keeps GIF and WebP in colour
+#: when asked for gray, and its PNG decoder ends the process (SIGSEGV) on any error libpng reports
+_TORCHVISION_DECODES = {1: ("JPEG",), 3: ("JPEG", "GIF", "WEBP")}
+
+
 def _decode(path: Path, channels: int) -> torch.Tensor:
     """``(channels, H, W)`` uint8, or uint16 for a 16-bit file, upright."""
     mode = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}.get(channels)
     if mode is None:
         raise ValueError(f"channels={channels}: images are read as 1 (gray) or 3 (RGB) channels")
     with open_image(path) as img:
-        if img.format != "PNG":
+        if img.format in _TORCHVISION_DECODES[channels]:
             try:
                 decoded = decode_image(str(path), mode=mode, apply_exif_orientation=True)
                 # an animated GIF decodes to all its frames: its first is the image, as Pillow shows it
                 return decoded[0] if decoded.dim() == 4 else decoded
             except (RuntimeError, ValueError, OSError):
                 pass
-        # torchvision decodes JPEG, GIF and WebP; Pillow covers BMP and TIFF, animated WebP, and PNG:
-        # torchvision's PNG decoder ends the process (SIGSEGV) on any error libpng reports
+        # Pillow covers the rest, and what torchvision could not decode (an animated WebP)
         try:
             upright = ImageOps.exif_transpose(img)
             if upright.mode in (*_SIXTEEN_BIT, "I"):  # 16-bit, or 32-bit within 16: convert() would clip to 8
