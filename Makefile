@@ -72,7 +72,7 @@ predict: need-ckpt setup
 	$(BIN)/cnnsuite predict --ckpt "$(CKPT)" --input "$(INPUT)" $(if $(OUT),--out "$(OUT)")
 
 export: need-ckpt setup
-	$(BIN)/cnnsuite export --ckpt "$(CKPT)" $(if $(FORMAT),--format $(FORMAT)) $(if $(OUT),--out "$(OUT)") $(if $(FORCE),--force)
+	$(BIN)/cnnsuite export --ckpt "$(CKPT)" $(if $(FORMAT),--format $(FORMAT)) $(if $(OUT),--out "$(OUT)") $(if $(filter 1,$(FORCE)),--force)
 
 inspect: need-ckpt setup
 	$(BIN)/cnnsuite inspect --ckpt "$(CKPT)" $(if $(INPUT),--input "$(INPUT)") $(if $(DATA),--data.data_dir "$(DATA)") $(if $(OUT),--out "$(OUT)")

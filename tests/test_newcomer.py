@@ -459,3 +459,12 @@ def test_make_passes_a_path_with_spaces_as_one_argument():
     args = shlex.split(line)
     given = {flag: args[args.index(flag) + 1] for flag in ("--ckpt", "--input", "--out")}
     assert given == {"--ckpt": "my runs/best.ckpt", "--input": "mixed set/a.png", "--out": "my out"}
+
+
+@pytest.mark.parametrize("value,forced", [("1", True), ("0", False), ("", False), ("no", False)])
+def test_make_export_overwrites_only_with_force_1(value, forced):
+    """``FORCE=0`` reads as "do not overwrite": only ``FORCE=1``, as ``make help`` says, passes
+    ``--force`` (any value did, and replaced the user's file)."""
+    command = ["make", "--no-print-directory", "-n", "export", "CKPT=a.ckpt", "OUT=b.onnx", f"FORCE={value}"]
+    dry = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert ("--force" in dry.stdout) == forced
