@@ -122,6 +122,13 @@ def test_cub_reader_keeps_its_split(tmp_path):
     assert not set(dm.splits["val"]) & set(dm.splits["train"])
 
 
+def test_a_cub_class_id_that_is_no_integer_is_named_in_one_line(tmp_path):
+    root = make_cub_folder(tmp_path / "CUB_200_2011")
+    (root / "classes.txt").write_text("1 001.Black_footed_Albatross\nx 002.Laysan_Albatross\n")
+    with pytest.raises(ConfigError, match=r"classes.txt line 2: expected an integer id first, got 'x 002.Laysan"):
+        LocalizationDataModule(data_dir=str(root))
+
+
 def write_coco(root, boxes_per_image):
     (root / "images").mkdir(parents=True)
     doc = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "owl"}, {"id": 3, "name": "cat"}]}

@@ -106,8 +106,9 @@ def read_csv_labels(root: Path) -> tuple[list[str], list[Sample], list[BadFileEr
     return class_names, one_per_image(samples, errors), errors
 
 
-def _cub_table(path: Path, columns: int) -> dict[str, list[str]]:
-    """``<id> <value>...`` lines of a CUB file, by id; a malformed line is an error naming it."""
+def _cub_table(path: Path, columns: int, numbered: bool = False) -> dict[str, list[str]]:
+    """``<id> <value>...`` lines of a CUB file, by id; a malformed line (``numbered``: one
+    whose id is no integer) is an error naming it."""
     table = {}
     for number, line in enumerate(read_lines(path), start=1):
         parts = line.split()
@@ -115,13 +116,15 @@ def _cub_table(path: Path, columns: int) -> dict[str, list[str]]:
             continue
         if len(parts) != columns:
             raise ConfigError(f"{path} line {number}: expected {columns} fields, got {line!r}")
+        if numbered and not parts[0].isdecimal():
+            raise ConfigError(f"{path} line {number}: expected an integer id first, got {line!r}")
         table[parts[0]] = parts[1:]
     return table
 
 
 def read_cub(root: Path) -> tuple[list[str], list[Sample], list[BadFileError], dict[str, str]]:
     """CUB-200-2011 → class names, samples, bad rows' errors and ``{image file: "train"|"test"}``."""
-    classes = _cub_table(root / "classes.txt", 2)
+    classes = _cub_table(root / "classes.txt", 2, numbered=True)  # ordered by their ids
     class_ids = sorted(classes, key=int)
     class_names = [classes[c][0] for c in class_ids]
     images = _cub_table(root / "images.txt", 2)
