@@ -707,6 +707,52 @@ def test_video_average_precision_leaves_out_a_label_no_video_carries():
     assert metric.compute().item() == 1.0
 
 
+def write_paused_video(path: Path, fps: int = 8, pause: float = 2.0) -> None:
+    """A variable-rate video as screen recorders and webcams write one: a second of frames at
+    ``fps`` (frame ``k`` bright in column ``k``), no frame for ``pause`` seconds, then another
+    second of frames."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        times = [k / fps for k in range(fps)] + [1 + pause + k / fps for k in range(fps)]
+        for k, t in enumerate(times):
+            image = np.zeros((16, 16, 3), np.uint8)
+            image[:, k] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("cache_limit_mb", [1024, 0])  # videos decoded once and kept / a clip at a time
+def test_a_clip_in_a_pause_of_a_variable_rate_video_holds_the_frame_shown(tmp_path, cache_limit_mb):
+    """A video with no new frame for two seconds shows its last frame for them, as a player
+    does: the clips of the pause hold it. They were refused as 'decoded 0 frames ... damaged or
+    truncated video?', ending a run at the epoch whose random clip fell in the pause."""
+    path = tmp_path / "paused.mp4"
+    write_paused_video(path)
+    dm = VideoDataModule(**SMALL, cache_limit_mb=cache_limit_mb)
+    clips = dm.read_input(path).sample  # (clips, C, T, H, W): the uniform clips of 1 s
+    assert len(clips) == 4
+    for paused in clips[1], clips[2]:
+        assert all(torch.equal(frame, clips[0, :, -1]) for frame in paused.unbind(1))
+    assert not torch.equal(clips[3, :, 0], clips[0, :, -1])
+
+
+def test_a_clip_past_the_frames_a_video_holds_is_refused_as_cut(tmp_path, video_folder):
+    """A video whose frames end before the time it is said to last (a cut file) is still named."""
+    dm = VideoDataModule(**SMALL)
+    said = video_data.VideoRecord("left/left1.mp4", 0, Fraction(8), 8.0, 16 * 16 * 3)
+    clips = dm.clip_dataset(video_folder, [said], "test", dm.memory_cache)
+    with pytest.raises(
+        BadFileError, match=r"left1.mp4: decoded 0 frames between 7.000 s and 8.000 s, expected about 8"
+    ):
+        clips.read(len(clips) - 1)
+
+
 def test_a_video_said_to_last_for_days_is_refused_before_its_clips_are_listed(tmp_path, video_folder, monkeypatch):
     """Every uniform clip of a video is listed and decoded (test split, predict, serve): a video
     whose header (or a prepared record's facts) says it lasts for days made predict and serve

@@ -183,11 +183,14 @@ class ClipDataset(Dataset):
         # what the video holds of the clip: a video shorter than one clip ends inside it
         expected = float(min(end, record.duration) - start) * record.fps
         if frames is None or frames.shape[1] < max(1.0, expected / 2):
-            got = 0 if frames is None else frames.shape[1]
-            raise BadFileError(
-                f"{path}: decoded {got} frames between {float(start):.3f} s and {float(end):.3f} s, "
-                f"expected about {expected:.0f} (damaged or truncated video?)"
-            )
+            if not video.goes_on_after(end):
+                got = 0 if frames is None else frames.shape[1]
+                raise BadFileError(
+                    f"{path}: decoded {got} frames between {float(start):.3f} s and {float(end):.3f} s, "
+                    f"expected about {expected:.0f} (damaged or truncated video?)"
+                )
+            # a pause of a variable-rate video: the frames shown at the clip's frame times
+            frames = video.shown(start, end, max(1, round(float(self.clip_duration) * record.fps)))
         span = frames.shape[1]
         if end > record.duration:  # the clip's frame slots at the video's rate, the last frame held
             span = max(span, round(float(self.clip_duration) * record.fps))
