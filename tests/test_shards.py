@@ -5,6 +5,7 @@ state of the record."""
 import errno
 import json
 import os
+import shlex
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fit, make_image_folder
+from conftest import fit, make_image_folder, task_config
 from test_multispectral3d import SMALL_MODEL, make_folder
 
 from cnnsuite.cli import main
@@ -72,6 +73,22 @@ def test_recognition2d_trains_from_shards_as_from_its_raw_files(tmp_path):
     main(["predict", "--ckpt", str(from_shards / "checkpoints" / "best.ckpt"), "--input", str(raw / "cat"),
           "--out", str(tmp_path / "predicted"), "--debug"])  # fmt: skip
     assert len((tmp_path / "predicted" / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def test_the_command_prepare_prints_trains_from_the_folder_it_wrote(tmp_path, capsys):
+    """prepare ends with the fit command for its folder: with the settings it was given that
+    decide what was decoded and split (the run refuses others), not the run's own batch size."""
+    raw = make_image_folder(tmp_path / "raw", per_class=6)
+    out = tmp_path / "prepared"
+    capsys.readouterr()
+    prepare("recognition2d", raw, out, "--data.image_size", "16", "--data.seed", "5", "--data.batch_size", "4")
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    command = shlex.split(printed.partition(": train with ")[2])
+    assert command[:2] == ["cnnsuite", "fit"] and "--data.batch_size" not in command
+    assert command[command.index("--data.image_size") + 1] == "16" and command[command.index("--data.seed") + 1] == "5"
+    assert command[2:4] == ["--config", task_config("recognition2d")]  # fit below gives it, with tmp_path's folders
+    fit_run = fit("recognition2d", tmp_path / "run", *command[4:], "--trainer.max_epochs", "1", *TINY_2D)
+    assert metrics_of(fit_run)["test/acc"] >= 0
 
 
 def test_multispectral3d_streams_its_band_statistics_and_split(tmp_path):

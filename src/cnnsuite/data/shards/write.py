@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -220,10 +221,17 @@ def prepare_main(argv: list[str]) -> None:
     named = section.get("class_path", class_path(cls))
     if named != class_path(cls):
         raise ConfigError(f"{config_path}: data.class_path {named} is not {args.task}'s datamodule")
-    init_args = {**section["init_args"], **data_options(args, extra, parser)}
+    given = data_options(args, extra, parser)
+    init_args = {**section["init_args"], **given}
     unknown = sorted(set(init_args) - set(cls.init_parameters()))
     if unknown:
         raise ConfigError(f"--data.{unknown[0]}: not a setting of {cls.__name__}")
     record = prepare(cls(**init_args), args.task, args.out)
     folder = record.removesuffix(f"/{RECORD}")
-    print(f"{record}: train with cnnsuite fit --config {config_path} --data.data_dir {folder}")
+    # a run on the folder must give the settings it was decoded and split with, not the run's own
+    own = {*cls.local_hparams(), *cls.source_hparams, *cls.after_decoding_hparams}
+    options = [f"--data.{k} {shlex.quote(v if isinstance(v, str) else json.dumps(v))}"
+               for k, v in given.items() if k not in own]  # fmt: skip
+    command = " ".join(["cnnsuite fit --config", shlex.quote(str(config_path)), "--data.data_dir",
+                        shlex.quote(folder), *options])  # fmt: skip
+    print(f"{record}: train with {command}")
