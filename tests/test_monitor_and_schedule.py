@@ -129,6 +129,26 @@ def test_a_monitored_key_the_validation_does_not_log_is_named_before_training(tm
     assert (tmp_path / "runs" / "version_2" / "checkpoints" / "best.ckpt").is_file()
 
 
+def test_a_plateau_schedule_on_a_validation_key_is_checked_before_training(tmp_path, image_folder):
+    """``ReduceLROnPlateau`` reads its monitor after every epoch: Lightning stopped the run after
+    the first epoch where the configs validate every second one, and only then named a
+    mistyped key. Both are one line before the first training step; a schedule the run can
+    feed trains."""
+    from cnnsuite.errors import ConfigError
+
+    args = ("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "2",
+            "--trainer.limit_train_batches", "1", "--evaluate", "false",
+            "--lr_scheduler", "ReduceLROnPlateau")  # fmt: skip
+    every_2 = r"lr_scheduler.monitor 'val/loss' is read after every epoch, but the validation runs every 2 epochs"
+    with pytest.raises(ConfigError, match=every_2):
+        fit(*args, "--lr_scheduler.monitor", "val/loss", "--trainer.check_val_every_n_epoch", "2")
+    with pytest.raises(ConfigError, match=r"lr_scheduler.monitor 'val/lss': the validation logs no such value"):
+        fit(*args, "--lr_scheduler.monitor", "val/lss", "--trainer.check_val_every_n_epoch", "1")
+    assert not list((tmp_path / "runs").glob("version_*/checkpoints")), "trained before naming the key"
+    run = fit(*args, "--lr_scheduler.monitor", "val/loss", "--trainer.check_val_every_n_epoch", "1")
+    assert (run.parent / "version_2" / "checkpoints" / "best.ckpt").is_file()
+
+
 @pytest.mark.parametrize(
     "module",
     [RecognitionModule, MultispectralModule, VideoClassificationModule, LocalizationModule, DetectionModule],

@@ -145,13 +145,29 @@ class MonitoredKeysLogged(L.Callback):
     or more of training lost. The sanity check's validation logs every ``val/`` key the later
     ones do; at its end each monitored ``val/`` key must be among them (``train/`` keys are
     logged only by training). A run without a sanity check is checked at the end of its first
-    validation, before the checkpoint callbacks, which Lightning runs last, look for the key."""
+    validation, before the checkpoint callbacks, which Lightning runs last, look for the key.
+    A learning-rate schedule's monitor (``ReduceLROnPlateau``'s) is checked alike, and one read
+    after epochs the validation skips (``trainer.check_val_every_n_epoch``) is named at the start
+    of fit: Lightning would stop the run after its first epoch."""
 
     #: logged keys listed in the error, at most
     SHOWN = 12
 
     def __init__(self) -> None:
         self.checked = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        every = trainer.check_val_every_n_epoch
+        for config in trainer.lr_scheduler_configs:
+            monitor = config.monitor
+            if not (isinstance(monitor, str) and monitor.startswith("val/") and config.strict and every):
+                continue
+            if config.interval == "epoch" and config.frequency % every:
+                read = "after every epoch" if config.frequency == 1 else f"every {config.frequency} epochs"
+                raise ConfigError(
+                    f"lr_scheduler.monitor {monitor!r} is read {read}, but the validation runs every {every} epochs "
+                    f"(trainer.check_val_every_n_epoch); give --trainer.check_val_every_n_epoch 1, or a train/ key"
+                )
 
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check(trainer)
@@ -166,16 +182,18 @@ class MonitoredKeysLogged(L.Callback):
         logged = sorted(
             (key for key in trainer.callback_metrics if key.startswith("val/")), key=lambda k: (k.count("/"), k)
         )
-        for callback in trainer.callbacks:
-            monitor = getattr(callback, "monitor", None)
+        # the CLI's --checkpoint is the trainer's first ModelCheckpoint
+        monitors = [
+            (getattr(c, "monitor", None), "checkpoint.monitor" if c is trainer.checkpoint_callback else
+             f"{type(c).__name__} monitor")
+            for c in trainer.callbacks
+        ]  # fmt: skip
+        monitors += [
+            (config.monitor, "lr_scheduler.monitor") for config in trainer.lr_scheduler_configs if config.strict
+        ]
+        for monitor, name in monitors:
             if not isinstance(monitor, str) or not monitor.startswith("val/") or monitor in logged:
                 continue
-            # the CLI's --checkpoint is the trainer's first ModelCheckpoint
-            name = (
-                "checkpoint.monitor"
-                if callback is trainer.checkpoint_callback
-                else f"{type(callback).__name__} monitor"
-            )
             shown = ", ".join(logged[: self.SHOWN]) + (f" … ({len(logged)} in all)" if len(logged) > self.SHOWN else "")
             raise ConfigError(f"{name} {monitor!r}: the validation logs no such value; it logs {shown}")
 
