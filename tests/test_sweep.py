@@ -160,6 +160,9 @@ def test_a_killed_sweep_resumes_its_study(tmp_path, image_folder, monkeypatch):
     time.sleep(2)
     sweep("--trials", "2", *options)  # two finished trials in the study: one more
     assert states(storage) == ["COMPLETE", "FAIL", "COMPLETE"]
+    # the resumed process draws afresh: its sampler started as the first's, it would repeat trial 0
+    trials = sorted(optuna.load_study(study_name="sweep", storage=storage).trials, key=lambda t: t.number)
+    assert trials[2].params != trials[0].params
     assert (tmp_path / "out" / "trial_2" / "version_0" / "evaluation" / "metrics.json").is_file()
     # joined with other data, its trials would be pruned and ranked against these: refused
     other = make_image_folder(tmp_path / "other", seed=1)

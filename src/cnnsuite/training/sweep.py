@@ -24,6 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ..errors import ConfigError, MissingFileError
@@ -64,7 +65,10 @@ def sweep_main(argv: list[str]) -> None:
     )  # fmt: skip
     add_out(parser, "results and trial runs (default: <trainer.default_root_dir>/sweeps/<study>)")
     parser.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
-    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed (give each process its own)")
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="the sampler's seed, drawn with the trials already in the study (give each process its own)",
+    )  # fmt: skip
     parser.add_argument(
         "--startup_trials", type=int, default=2,
         help="finished trials before the pruner compares curves (default: 2)",
@@ -209,6 +213,11 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
             n_startup_trials=args.startup_trials, n_warmup_steps=warmup_epochs(args.warmup_epochs, trainer.max_epochs)
         ),
     )  # fmt: skip
+    # A process resuming the study (or joining it with the same --seed) draws with --seed and the
+    # trials already there: seeded as the first process was, it would draw its points again.
+    if study.trials:
+        drawn = np.random.SeedSequence([args.seed, len(study.trials)]).generate_state(1)[0]
+        study.sampler = optuna.samplers.TPESampler(seed=int(drawn), constant_liar=True)
     if study.direction.name.lower() != direction:
         raise ConfigError(f"--study {args.study}: the stored study {study.direction.name.lower()}s, this task's "
                           f"{checkpoint.monitor} is to {direction}: name another study")  # fmt: skip
