@@ -55,6 +55,25 @@ def test_recognition_backbone_starts_localization_and_detection(recognition, cap
     assert "missing from the source, left at init: stages.0.1.0.weight" in caplog.text
 
 
+def test_a_parametrized_checkpoint_gives_the_kernels_its_model_computes(tmp_path):
+    """A tied or hypernetwork kernel is stored as its free parameters ``u`` (a vector, a code and
+    the hypernetwork's weights): transfer crashed on the first one and would have left the others
+    at their initialisation. The checkpoint's model is rebuilt and its kernels ``w = H(u)`` start
+    the target's plain convolutions."""
+    kernels = "[{stage: 0, kind: symmetric, axes: [1]}, {stage: 1, kind: hyper, code_size: 4, hidden: 8}]"
+    parametrized = FAMILY[:-1] + f", parametrize: {kernels}}}"
+    run = fit("recognition2d", tmp_path, "--model.backbone_kwargs", parametrized, "--trainer.max_epochs", "1",
+              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "last.ckpt"
+    source, _ = rebuild_for_inference(ckpt)
+    convs = source.backbone.named_modules()
+    kernels = {name: conv.weight.detach() for name, conv in convs if isinstance(conv, torch.nn.modules.conv._ConvNd)}
+    loc = transferred(LocalizationModule, ckpt, backbone_kwargs=yaml.safe_load(FAMILY), roi_stage=-1)
+    for name, kernel in kernels.items():
+        assert torch.equal(loc.get_submodule(name).weight, kernel), name
+
+
 def test_grey_digits_start_an_rgb_task_through_the_channel_mean(recognition):
     with pytest.raises(ValueError, match=r"backbone_weights_channels='average': expected one of auto, mean, repeat"):
         transferred(LocalizationModule, recognition, in_channels=3, backbone_weights_channels="average")

@@ -26,7 +26,9 @@ them into a freshly built backbone and says, tensor by tensor, what it did:
 
 A parametrized convolution (``w = H(u)``) stores ``u`` as ``….parametrizations.weight.original``;
 it is matched with a plain ``….weight`` of the other side, so a mask ``w = u * mask`` starts from
-the source's kernel. A ``u`` of another shape (tied or hypernetwork kernels) is a mismatch.
+the source's kernel. A cnnsuite checkpoint's parametrized kernels are given as the ``w = H(u)``
+its model computes (:func:`computed_kernels`); elsewhere a ``u`` of another shape (tied or
+hypernetwork kernels) is a mismatch.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..trust.untrusted import check_finite_tensors
@@ -91,6 +94,8 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
             }
             if found:
                 check_finite_tensors(found, f"{where} {path}")
+                if any(key.endswith(_PARAMETRIZED) for key in found) and is_checkpoint(content):
+                    return computed_kernels(content, f"{where} {path}")
                 return found
     published = published_state(content, None, f"{where} {path}")
     if published is not None:
@@ -101,6 +106,28 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
         f"{where} {path}: no backbone tensors (expected keys {expected}, or the tensors of a published "
         f"{published} as {', '.join(FAMILIES)} publish them)"
     )
+
+
+def is_checkpoint(content: object) -> bool:
+    """Whether a file's content is a checkpoint ``cnnsuite fit`` wrote (it names its classes)."""
+    from ..trust.checkpoint import CLASSES_KEY
+
+    return isinstance(content, dict) and isinstance(content.get(CLASSES_KEY), dict)
+
+
+def computed_kernels(checkpoint: dict, source: str) -> dict[str, torch.Tensor]:
+    """The backbone of a cnnsuite checkpoint whose convolutions are parametrized, each kernel
+    the ``w = H(u)`` its model computes: a tied kernel's free entries or a hypernetwork's code
+    are no kernel another network can start from. The model is rebuilt as every command
+    rebuilds a checkpoint (:func:`~cnnsuite.trust.checkpoint.build_model`)."""
+    from ..trust.checkpoint import build_model
+
+    model = build_model(checkpoint, source)
+    backbone = model.get_submodule(model.backbone_prefix.rstrip("."))
+    for module in backbone.modules():
+        for name in list(getattr(module, "parametrizations", {})):
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return {key: value.detach() for key, value in backbone.state_dict().items()}
 
 
 def source_channel_names(
@@ -280,7 +307,7 @@ def _fit_kernel(
         value = inflate(value, shape[2])
         kinds.append("inflated")
     same_but_inputs = value.dim() == len(shape) and value.shape[:1] + value.shape[2:] == shape[:1] + shape[2:]
-    if is_conv and is_first and value.shape[1] != shape[1] and same_but_inputs:
+    if is_conv and is_first and same_but_inputs and value.shape[1] != shape[1]:
         value = adapt_in_channels(value, shape[1], channels, name)
         kinds.append("adapted")
     return (value, kinds) if value.shape == shape else (None, [])
