@@ -282,7 +282,8 @@ def test_predicting_nothing_is_an_error_not_a_result(recognition, tmp_path, caps
     (tmp_path / "notes.png").write_text("not an image")
     (tmp_path / "only_text").mkdir()
     (tmp_path / "only_text" / "readme.txt").write_text("no images here")
-    cases = [(tmp_path / "notes.png", "predicted 0 of 1 inputs; 1 could not be read: "),
+    cases = [(tmp_path / "notes.png", f"predicted 0 of 1 inputs; 1 could not be read: {tmp_path / 'notes.png'}: "
+              "cannot decode as an image"),
              (tmp_path / "only_text", f"no file this model takes (expected {', '.join(IMAGE_EXTENSIONS)}); ignored 1 "
               "files of other types")]  # fmt: skip
     for given, said in cases:

@@ -140,10 +140,11 @@ def predict_to_folder(
     batch_size: int = 16,
     pictures: bool = True,
     given: bool = True,
-) -> dict:
+) -> tuple[dict, list[str]]:
     """Predict every input under ``input_path`` into ``out_dir``: ``predictions.jsonl``,
-    ``pictures/`` and ``summary.json``. Returns the summary. ``given``: the user named
-    ``out_dir`` (:func:`~cnnsuite.training.runs.output_folder`)."""
+    ``pictures/`` and ``summary.json``. Returns the summary and the errors of the inputs that
+    could not be read. ``given``: the user named ``out_dir``
+    (:func:`~cnnsuite.training.runs.output_folder`)."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     inputs, ignored = predictor.find_inputs(input_path)
     if input_path.is_dir() and lies_within(out_dir, input_path):
@@ -173,7 +174,7 @@ def predict_to_folder(
         "ignored": [str(p) for p in ignored],
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
-    return summary
+    return summary, [record["error"] for record in failed]
 
 
 def clear_earlier_pictures(out_dir: Path) -> None:
@@ -194,15 +195,18 @@ def clear_earlier_pictures(out_dir: Path) -> None:
                 picture.unlink()
 
 
-def summary_line(summary: dict, out_dir: Path, takes: tuple[str, ...]) -> str:
+def summary_line(summary: dict, out_dir: Path, takes: tuple[str, ...], errors: list[str]) -> str:
     """What a prediction did, for the terminal; ``takes``: the file endings the model reads,
-    said where nothing given was one."""
+    said where nothing given was one; ``errors``: why the inputs that failed did, the one
+    said where one failed (each is in ``predictions.jsonl``)."""
     inputs = summary["predicted"] + len(summary["failed"])
     if inputs:
         line = f"predicted {summary['predicted']} of {inputs} inputs"
     else:
         line = f"no file this model takes (expected {', '.join(takes)})"
-    if summary["failed"]:
+    if len(errors) == 1:
+        line += f"; 1 could not be read: {errors[0]}"
+    elif summary["failed"]:
         line += f"; {len(summary['failed'])} could not be read: {', '.join(summary['failed'])}"
     if summary["ignored"]:
         line += f"; ignored {len(summary['ignored'])} files of other types"
@@ -233,8 +237,10 @@ def predict_main(argv: list[str]) -> None:
     else:  # the run's predictions/ folder, not a link, and in it one folder an input
         out_dir = output_folder(default_output(args.ckpt, "predictions"), given=False) / Path(args.input).name
     predictor = Predictor(args.ckpt, args.accelerator)
-    summary = predict_to_folder(predictor, args.input, out_dir, args.batch_size, not args.no_pictures, bool(args.out))
-    line = summary_line(summary, out_dir, tuple(predictor.datamodule.input_extensions))
+    summary, errors = predict_to_folder(
+        predictor, args.input, out_dir, args.batch_size, not args.no_pictures, bool(args.out)
+    )
+    line = summary_line(summary, out_dir, tuple(predictor.datamodule.input_extensions), errors)
     if not summary["predicted"]:  # exit status 2: a script chaining on it must not take this for a result
         raise ConfigError(f"--input {args.input}: " + line.replace("\n", "; "))
     print(line)
