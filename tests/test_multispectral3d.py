@@ -73,6 +73,9 @@ def test_reader_names_bands_in_eurosat_order_and_reads_compressed_files(tmp_path
     # A file with its own band descriptions is read by them, whatever their order.
     named = write_tif(tmp_path / "named.tif", band_cube(4), descriptions=("B08", "B04", "B03", "B02"))
     assert GeoTiffReader(["B02", "B08"])(named)[:, 0, 0].tolist() == [400, 100]
+    # Google Earth Engine names Sentinel-2's bands without the zero: B1 is B01, b8a B8A.
+    engine = write_tif(tmp_path / "engine.tif", band_cube(4), descriptions=("B8", "B4", "b8a", "B2"))
+    assert GeoTiffReader(["B02", "B08", "B8A"])(engine)[:, 0, 0].tolist() == [400, 100, 300]
     # Nodata pixels take the mean of the band's valid ones, rounded to a digital number:
     # uint16 is read as stored, floats as float32.
     cube = band_cube(offset=1)

@@ -12,8 +12,9 @@ two layouts:
 
 A sample is a cube of bands × H × W. The bands are named, never indexed: EuroSAT-MS files
 hold B01 … B12 and then B8A (last, not after B08), and ``bands`` picks a subset by name in
-any order. A file's band names are its band descriptions when it has them, else EuroSAT-MS's
-13 when it has 13 bands, else ``bands`` itself when it names as many bands as the file has.
+any order. A file's band names are its band descriptions when it has them (``B1`` read as
+``B01``), else EuroSAT-MS's 13 when it has 13 bands, else ``bands`` itself when it names as
+many bands as the file has.
 
 Reflectances are normalised per band with the mean and standard deviation of the *training*
 split, computed once in ``setup``. They are the datamodule's state (with the split), so they

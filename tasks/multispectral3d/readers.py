@@ -7,6 +7,7 @@ metadata JSON. Each failure names its file.
 from __future__ import annotations
 
 import json
+import re
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -44,11 +45,19 @@ METADATA = "_labels_metadata.json"  # BigEarthNet-S2: <patch>/<patch>_labels_met
 DTYPES = ("uint16", "float32", "float64")
 
 
+def sentinel2_name(name: str) -> str:
+    """A band description as Sentinel-2's band name where it spells one otherwise: Google Earth
+    Engine's exports say ``B1`` and ``B8A``, other tools ``b4``, for EuroSAT's ``B01``, ``B04``."""
+    match = re.fullmatch(r"[Bb]0?(\d{1,2})([Aa]?)", name.strip())
+    named = match and f"B{int(match[1]):02d}{match[2].upper()}".replace("B08A", "B8A")
+    return named if named in BANDS else name
+
+
 def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | None) -> list[str]:
     """The names of a file's bands, in file order (see the module docstring); an error names
     the file and what its band count would need."""
     if all(descriptions):
-        return list(descriptions)
+        return [sentinel2_name(d) for d in descriptions]
     if count == len(BANDS):
         return list(BANDS)
     if bands is not None and len(bands) == count:
