@@ -477,6 +477,23 @@ def test_the_runs_folder_with_a_training_file_gone_is_scored_on_its_test_split(t
     assert datamodule.tests_other_data
 
 
+def test_another_folder_holding_the_runs_test_files_is_evaluated_beside_the_runs_evaluation(trained, tmp_path):
+    """A folder holding files of the names of the run's test split is scored on that split (the
+    run's data, moved), but it may be other data whose files are named alike (EuroSAT's
+    Forest_3.tif): its evaluation goes into ``evaluation-<folder>/``, and the run's own
+    ``evaluation/`` (of the folder the run read) is never written over by it."""
+    folder, trained_run = trained
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    own = evaluate(run / "checkpoints" / "best.ckpt", data={"data_dir": folder})
+    assert (run / "evaluation" / "metrics.json").is_file()
+    before = (run / "evaluation" / "metrics.json").read_text()
+    copy = shutil.copytree(folder, tmp_path / "alike")
+    assert evaluate(run / "checkpoints" / "best.ckpt", data={"data_dir": copy}) == own
+    assert (run / "evaluation-alike" / "metrics.json").is_file()
+    assert (run / "evaluation" / "metrics.json").read_text() == before
+    assert json.loads((run / "evaluation" / "evaluation.json").read_text())["data"] == str(folder)
+
+
 def test_a_checkpoint_whose_data_settings_the_network_cannot_take_is_one_line(trained, tmp_path, capsys):
     """An edited ``image_size`` below the backbone's total stride: evaluate and predict name the
     file and the misfit in one line, as fit names a config's, not a convolution's traceback."""

@@ -161,6 +161,9 @@ class TaskDataModule(L.LightningDataModule):
     loading_hparams: tuple[str, ...] = ("num_workers", "cache_limit_mb", "cache")
     #: set by :func:`cnnsuite.trust.checkpoint.rebuild` when a checkpoint is tested on data other than its run's
     tests_other_data: bool = False
+    #: set by :func:`cnnsuite.trust.checkpoint.rebuild` when the data is read from a folder other than the
+    #: run's (the run's data moved, or other files of the same names)
+    read_elsewhere: bool = False
     #: file endings that ``cnnsuite predict`` takes from a folder of inputs
     input_extensions: tuple[str, ...] = ()
     #: ``{stage: folder name}`` when the data comes in split folders (``train/<class>/...``,

@@ -530,6 +530,8 @@ def rebuild(
     datamodule = data_cls(**data_args)
     if given:  # a user's folder may lack some of the model's classes, or order them otherwise
         follow_model_classes(datamodule, model.class_names, ckpt_path)
+        run_read = recorded_source(checkpoint, data_cls).get("data_dir")
+        datamodule.read_elsewhere = run_read != datamodule.hparams.get("data_dir")
     check_matches(model.class_names, model.hparams.get("in_channels"), datamodule, ckpt_path)
     check_model_takes_its_data(model, datamodule, ckpt_path)
     state = datamodule_state(checkpoint, data_cls, ckpt_path)

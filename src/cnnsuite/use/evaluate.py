@@ -29,7 +29,8 @@ def evaluation_dir(
     ckpt_path: str | Path, out_dir: str | Path | None = None, other_data: str | Path | None = None
 ) -> Path:
     """``out_dir``, else ``<run folder>/evaluation`` (``evaluation-<folder name>`` on
-    ``other_data``: the run's own evaluation is never overwritten by one on other data), or
+    ``other_data``, any folder but the one the run read: the run's own evaluation is never
+    overwritten by one on other data, however alike its files are named), or
     ``./evaluation`` for a checkpoint outside a run's ``checkpoints/`` folder."""
     if out_dir:
         return Path(out_dir)
@@ -64,7 +65,8 @@ def evaluate_into(
     model, datamodule = rebuild(ckpt_path, run_dir, data)
     if not datamodule.splits["test"]:
         raise ConfigError(f"{ckpt_path}: its run's test split is empty: nothing to evaluate (give --data.data_dir)")
-    out_dir = evaluation_dir(ckpt_path, out_dir, datamodule.root if datamodule.tests_other_data else None)
+    elsewhere = datamodule.tests_other_data or datamodule.read_elsewhere
+    out_dir = evaluation_dir(ckpt_path, out_dir, datamodule.root if elsewhere else None)
     datamodule.check_writes_outside("out", out_dir)
     output_folder(out_dir, given, marker="evaluation.json")
     trainer = L.Trainer(
