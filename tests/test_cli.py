@@ -299,6 +299,16 @@ def test_a_network_too_deep_for_the_data_is_one_line(capsys):
     )
 
 
+def test_a_network_of_more_axes_than_the_data_is_one_line(capsys):
+    """multispectral3d's ``channels`` layout makes 2D samples for a config's 3D network: it
+    ended in a traceback from the stride check's ``zip``. Any task alike: 2D digits, a 3D net."""
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--model.spatial_dims", "3")
+    assert error == (
+        "cnnsuite fit: error: the data's samples of shape (1, 32, 32) have 2 spatial axes where the model's network "
+        "has 3: give model.spatial_dims 2, or data settings that make 3D samples"
+    )
+
+
 def test_a_monitor_the_model_never_logs_is_one_line(capsys, tmp_path, image_folder):
     """``val/map`` is a classifier's key only in multi-label runs: the sanity check's validation
     finds it missing and says which keys there are, on one line."""

@@ -29,6 +29,12 @@ def check_model_fits_data(model: TaskModule, datamodule: TaskDataModule) -> None
     backbone = model.feature_backbone()
     if backbone.strides:  # the usual misfit, said in the network's terms (every backbone has strides)
         stride = tuple(backbone.strides[-1])
+        if len(shape) - 1 < len(stride):  # more axes in the network than in the samples (a 2D layout, a 3D model)
+            raise ConfigError(
+                f"the data's samples of shape {tuple(shape)} have {len(shape) - 1} spatial axes where the model's "
+                f"network has {len(stride)}: give model.spatial_dims {len(shape) - 1}, or data settings that make "
+                f"{len(stride)}D samples"
+            )
         size = tuple(shape[1:])[-len(stride) :]
         if any(s < k for s, k in zip(size, stride, strict=True)):
             raise ConfigError(
