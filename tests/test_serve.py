@@ -355,3 +355,30 @@ def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path, capsys):
     assert err.startswith(
         f"cnnsuite serve: error: --port {port}: cannot serve on 127.0.0.1:{port} (Address already in use)"
     )
+
+
+def test_the_monitors_poll_of_a_manager_gone_at_shutdown_is_not_said_to_crash(caplog):
+    """Stopping the server shuts LitServe's manager down under its monitoring thread, whose
+    poll then logs 'Monitoring worker crashed' with a BrokenPipeError traceback: that record
+    alone is dropped. Any other failure of the monitor, and LitServe's other errors, are said."""
+    from litserve import server
+
+    from cnnsuite.use.serve import MonitorAtShutdown
+
+    server.logger.addFilter(quiet := MonitorAtShutdown())
+    server.logger.addHandler(caplog.handler)  # LitServe's logger does not propagate to the root
+    try:
+        for error in (BrokenPipeError(32, "Broken pipe"), EOFError(), RuntimeError("a real fault")):
+            try:
+                raise error
+            except Exception:
+                server.logger.exception("Monitoring worker crashed")
+        server.logger.error("⚠️ Worker inference-worker died; shutting down")
+    finally:
+        server.logger.removeFilter(quiet)
+        server.logger.removeHandler(caplog.handler)
+    said = [(r.getMessage(), type(r.exc_info[1]).__name__ if r.exc_info else None) for r in caplog.records]
+    assert said == [
+        ("Monitoring worker crashed", "RuntimeError"),
+        ("⚠️ Worker inference-worker died; shutting down", None),
+    ]

@@ -399,6 +399,7 @@ def serve_main(argv: list[str]) -> None:
         flush=True,
     )
     stop_on_sigterm()
+    logging.getLogger("litserve.server").addFilter(MonitorAtShutdown())
     server.run(host=args.host, port=args.port, generate_client_file=False)
 
 
@@ -415,6 +416,19 @@ def check_port_free(host: str, port: int) -> None:
             raise ConfigError(
                 f"--port {port}: cannot serve on {host}:{port} ({err.strerror or err}); give another --port"
             ) from None
+
+
+class MonitorAtShutdown(logging.Filter):
+    """LitServe's monitoring thread polls an event its multiprocessing manager holds; stopping
+    the server shuts the manager down, and a poll in that moment fails with the manager's pipe
+    gone, logged as 'Monitoring worker crashed' with a traceback though nothing crashed. That
+    record alone is dropped; a worker that dies while serving is still said."""
+
+    GONE = (BrokenPipeError, EOFError, ConnectionResetError)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage() == "Monitoring worker crashed" and isinstance(error, self.GONE))
 
 
 def stop_on_sigterm() -> None:
