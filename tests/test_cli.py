@@ -291,6 +291,21 @@ def test_a_task_is_trained_by_name_from_a_folder_outside_the_repository(tmp_path
     ]
 
 
+@pytest.mark.parametrize(
+    "option,value,said",
+    [
+        ("--data.num_workers", "lots", "data.num_workers: expected 'auto' or an integer, got 'lots'"),
+        ("--data.batch_size", "many", "data.batch_size: expected an integer, got 'many'"),
+        ("--trainer.max_epochs", "x", "trainer.max_epochs: expected an integer, got 'x'"),
+        ("--model.backbone_kwargs", "3", "model.backbone_kwargs: expected a mapping ({key: value}), got '3'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_with_what_it_takes(capsys, option, value, said):
+    """jsonargparse's account of every Union it tried (a class path, NestedArg, NoneType) is
+    said as the key typed, what it takes and what it got."""
+    assert one_line_error(capsys, "fit", "--config", CONFIG, option, value) == f"cnnsuite fit: error: {said}"
+
+
 def test_a_network_too_deep_for_the_data_is_one_line(capsys):
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.image_size", "8")
     assert error == (

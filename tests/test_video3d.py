@@ -505,6 +505,9 @@ def test_csv_split_lists(video_folder):
     assert "val.csv, line 2: label 1 for folder 'right'" in message
     assert "val.csv, line 3: right/gone.mp4 is not a video of the class folders" in message
     assert "val.csv, line 4: /elsewhere/x.mp4 is not inside" in message
+    (video_folder / "val.csv").write_text("left/left3.mp4 1\nright/right3.mp4 1\n")
+    with pytest.raises(ValueError, match=r"^a problem in the split lists of .*\n  .*val.csv, line 2: label 1"):
+        VideoDataModule(data_dir=str(video_folder), **SMALL).setup("fit")
 
     # UCF101's lists: train and test, no val: validation is drawn from train
     (video_folder / "val.csv").unlink()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -561,11 +562,46 @@ def config_mistake(message: str, parser, command: str | None) -> str:
     unknown = unknown_keys(message, parser, prefix)
     if unknown is not None:
         return f"{unknown} ({where} --help lists the keys)"
+    wrong = wrong_value(message, prefix)
+    if wrong is not None:
+        return wrong
     lines = [line.strip().lstrip("-").strip() for line in message.splitlines()]
     noise = ("Does not validate against any", "Subtypes:", "Errors:", "Given value type:",
              "Expected a <class 'NoneType'>")  # fmt: skip
     lines = [line for line in lines if line and not line.startswith(noise)]
     return re.sub(r'^Parser key "([^"]+)":;?\s*', lambda key: f"{key[1].removeprefix(prefix)}: ", "; ".join(lines))
+
+
+#: how :func:`wrong_value` names the types jsonargparse expects
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+              "dict": "a mapping ({key: value})", "list": "a list ([a, b])"}  # fmt: skip
+
+
+def wrong_value(message: str, prefix: str = "") -> str | None:
+    """What :func:`config_mistake` says of a value of the wrong type (``--data.val_clips two``,
+    ``--trainer.max_epochs x``): the key as typed, what it takes and what it got, in place of
+    jsonargparse's account of the Unions it tried; None when ``message`` is about something else."""
+    lines = message.splitlines()
+    owner = re.match(r'Parser key "([\w.]+)":', lines[0]) if lines else None
+    if owner is None:
+        return None
+    key, body = owner[1].removeprefix(prefix), lines[1:]
+    nested = next((i for i, line in enumerate(body) if "Problem with given class_path" in line), None)
+    if nested is not None:  # an argument of the class the config names: the lines indented below it
+        depth = len(body[nested]) - len(body[nested].lstrip())
+        inner = list(itertools.takewhile(lambda line: len(line) - len(line.lstrip()) > depth, body[nested + 1 :]))
+        field = re.match(r'\s*Parser key "([\w.]+)":', inner[0]) if inner else None
+        if field is None:
+            return None
+        key, body = f"{key}.{field[1]}", inner[1:]
+    text = "\n".join(body)
+    takes = [literal.replace(", ", " or ") for literal in re.findall(r"Expected a typing\.Literal\[(.*?)\]", text)]
+    kinds = [kind for kind in re.findall(r"Expected a <class '(\w+)'>", text) if kind != "NoneType"]
+    takes += [TYPE_WORDS.get(kind, f"a {kind}") for kind in kinds]
+    given = re.search(r"(?:Got value|Given value): (.*)", text)
+    if not takes or given is None:
+        return None
+    return f"{key}: expected {' or '.join(takes)}, got {given[1].strip()!r}"
 
 
 def unknown_keys(message: str, parser, prefix: str = "") -> str | None:

@@ -266,5 +266,6 @@ def read_csv_lists(root: Path, class_names: list[str], known: set[str]) -> dict[
         splits[stage] = ids
     if problems:
         listing = "\n".join(f"  {problem}" for problem in problems)
-        raise ConfigError(f"{len(problems)} problems in the split lists of {root}:\n{listing}")
+        counted = f"{len(problems)} problems" if len(problems) > 1 else "a problem"
+        raise ConfigError(f"{counted} in the split lists of {root}:\n{listing}")
     return splits
