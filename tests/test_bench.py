@@ -117,3 +117,21 @@ def test_a_failing_task_is_reported_and_the_others_measured(tmp_path, monkeypatc
     assert data["settings"]["failures"] == {"models.localization2d": "RuntimeError: CUDA error: out of memory"}
     assert data["models"]["recognition2d.train_samples_per_s"] > 0
     assert "`models.localization2d`: RuntimeError" in (tmp_path / "bench.md").read_text()
+
+
+def test_a_folder_of_the_users_own_is_refused_before_anything_is_measured(tmp_path, capsys, monkeypatch):
+    """``--out`` naming a folder of the user's files (photos, or their own bench.md) would have
+    its bench.json and bench.md replaced after minutes of measuring: one line, nothing written.
+    A folder bench wrote before is written again."""
+    from cnnsuite.bench import core
+    from cnnsuite.cli import main
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "bench.md").write_text("my notes")
+    monkeypatch.setattr(core, "machine_facts", lambda: pytest.fail("measured before --out was checked"))
+    with pytest.raises(SystemExit):
+        main(["bench", "--out", str(tmp_path / "photos"), "--tiny", "--sections", "models"])
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'photos'}: holds files this command did not write (bench.md)" in err
+    assert (tmp_path / "photos" / "bench.md").read_text() == "my notes"
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["bench.md"]

@@ -42,6 +42,7 @@ from ..data import TaskDataModule
 from ..errors import ConfigError
 from ..timing import measure, synchronizer
 from ..training.callbacks import PreciseBatchNorm
+from ..training.runs import output_folder
 from ..training.schedules import CosineAnnealingLR
 from ..training.task import TaskModule
 
@@ -375,7 +376,7 @@ def bench_main(argv: list[str]) -> None:
         "pipeline, its end-to-end training and how its cost grows with its data, side by side and against this "
         "machine's matmul rate: DIR/bench.json and DIR/bench.md.",
     )  # fmt: skip
-    add_out(parser, "folder for bench.json and bench.md (default runs/bench)", default="runs/bench")
+    add_out(parser, "folder for bench.json and bench.md (default runs/bench): a new or empty one, or one bench wrote")
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats and sizes, shorter training, no torch.compile (about 40 minutes on 2 "
                         "cores)")  # fmt: skip
@@ -392,6 +393,8 @@ def bench_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.plain is not None and not args.plain.is_dir():
         parser.error(f"--plain {args.plain}: no such folder")
+    # before anything is measured: a folder of the user's own is not written into
+    out = output_folder(Path(args.out or "runs/bench"), given=args.out is not None, marker="bench.json")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     machine = machine_facts()
@@ -404,7 +407,6 @@ def bench_main(argv: list[str]) -> None:
                 "plain": str(context.plain) if context.plain else None}  # fmt: skip
     sections: dict[str, dict] = {}
     markdowns: dict[str, str] = {}
-    out = Path(args.out)
     for name in args.sections:
         module = load_section(name)
         if module is None:
