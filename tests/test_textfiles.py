@@ -1,6 +1,8 @@
 """CSV files and text lists as spreadsheets and editors save them: a byte-order mark, Windows
 or old-Mac line ends, quoted fields."""
 
+import json
+
 import pytest
 from cnnsuite.tasks.localization2d.readers import read_csv_labels, read_cub
 
@@ -85,11 +87,9 @@ def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_namin
         read_labels_csv(tmp_path, "image")
 
 
-@pytest.mark.parametrize("listed", ["../outside/a.png", "/tmp/elsewhere/a.png"])
-def test_a_sample_a_label_table_names_outside_the_data_folder_is_refused(tmp_path, listed):
-    """A downloaded dataset's labels.csv (or annotation file) naming ``/home/me/private.jpg`` or
-    ``../x.png`` had the suite read that file, and ``cnnsuite prepare`` copy it into shards to share."""
-    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+def folder_and_outside(tmp_path, outside_mode: str):
+    """``(data folder, folder beside it)``: gray ``imgs/b.png`` and ``imgs/c.png`` in the first,
+    an ``a.png`` of ``outside_mode`` in the second, which a label file may name through ``..``."""
     from PIL import Image
 
     folder, outside = tmp_path / "data", tmp_path / "outside"
@@ -97,8 +97,41 @@ def test_a_sample_a_label_table_names_outside_the_data_folder_is_refused(tmp_pat
         where.mkdir(parents=True)
     for name in ("b.png", "c.png"):
         Image.new("L", (12, 12)).save(folder / "imgs" / name)
-    Image.new("L", (12, 12)).save(outside / "a.png")
+    Image.new(outside_mode, (12, 12)).save(outside / "a.png")
+    return folder, outside
+
+
+@pytest.mark.parametrize("listed", ["../outside/a.png", "/tmp/elsewhere/a.png"])
+def test_a_sample_a_label_table_names_outside_the_data_folder_is_refused(tmp_path, listed):
+    """A downloaded dataset's labels.csv (or annotation file) naming ``/home/me/private.jpg`` or
+    ``../x.png`` had the suite read that file, and ``cnnsuite prepare`` copy it into shards to share."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    folder, outside = folder_and_outside(tmp_path, "L")
     listed = listed if listed.startswith("..") else str(outside / "a.png")
     (folder / LABELS_CSV).write_text(f"image,label\n{listed},x\nimgs/b.png,y\nimgs/c.png,x\n")
     with pytest.raises(BadFileError, match=rf"sample '{listed}' lies outside the data folder"):
         RecognitionDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache")).setup("fit")
+
+
+def test_an_annotation_naming_an_image_outside_the_data_folder_is_refused_before_it_is_opened(tmp_path):
+    """localization2d's labels.csv and a COCO file naming ``../outside/a.png``: the datamodule
+    decided the run's channels from that file's header (and COCO's reader found its size there)
+    before the ids were checked at setup. Each is refused as it is read, the file left alone."""
+    from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
+    from cnnsuite.tasks.localization2d.datamodule import LocalizationDataModule
+
+    folder, _ = folder_and_outside(tmp_path, "RGB")
+    rows = ["image,label,x1,y1,x2,y2", "../outside/a.png,x,1,1,5,5", "imgs/b.png,y,1,1,5,5", "imgs/c.png,x,1,1,5,5"]
+    (folder / LABELS_CSV).write_text("\n".join(rows) + "\n")
+    with pytest.raises(BadFileError, match=r"sample '\.\./outside/a\.png' lies outside the data folder"):
+        LocalizationDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache"))
+    (folder / LABELS_CSV).unlink()
+    images = [
+        {"id": i, "file_name": name} for i, name in enumerate(["../outside/a.png", "imgs/b.png", "imgs/c.png"], 1)
+    ]
+    boxes = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 4, 4]} for i in (1, 2, 3)]
+    coco = {"images": images, "annotations": boxes, "categories": [{"id": 1, "name": "x"}]}
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"image id 1: file_name '\.\./outside/a\.png' lies outside the data"):
+        DetectionDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache"))

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .errors import BadFileError
+from .folders import leaves_folder
 from .images import image_size
 from .splits import STAGES
 
@@ -289,6 +290,10 @@ def read_coco(
         if image_id in records:
             fail(f"{path}: image id {image_id} appears more than once", fatal=True)
             continue
+        if leaves_folder(file_name):  # refused before anything there is looked at
+            fail(f"{path}: image id {image_id}: file_name {file_name!r} lies outside the data folder; expected a "
+                 "path inside it")  # fmt: skip
+            continue
         found = find_image(root, file_name, image_folders)
         if found is None:
             places = " or ".join(str(root / folder) for folder in image_folders)
@@ -403,6 +408,9 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
             fail(str(err))
             continue
         file_name = tree.findtext("filename", "").strip() or f"{xml_path.stem}.jpg"
+        if leaves_folder(file_name):  # refused before anything there is looked at
+            fail(f"{xml_path}: image {file_name!r} lies outside the data folder; expected a path inside it")
+            continue
         found = next(
             (c.as_posix() for c in (Path("JPEGImages") / file_name, Path(file_name)) if (root / c).is_file()), None
         )
