@@ -191,6 +191,12 @@ def test_several_checkpoints_give_one_comparison_table(recognition, tmp_path, ca
     assert "`test/acc`" in table and f"{rows[1]['metrics']['test/acc']:.4f}" in table
     assert "not comparable" not in table
     assert "| checkpoint |" in capsys.readouterr().out
+    # a second file that is no checkpoint is named before the first is evaluated
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt", str(best), str(tmp_path / "gone.ckpt"), "--data.data_dir", str(folder),
+              "--out", str(tmp_path / "again")])  # fmt: skip
+    assert f"{tmp_path / 'gone.ckpt'}: no such checkpoint file" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
 
 
 def test_evaluate_on_a_folder_lacking_a_class_labels_it_by_class_name(recognition, tmp_path):

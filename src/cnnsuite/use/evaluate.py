@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from ..errors import ConfigError
 from ..jsonout import shown_metric, strict_json
 from ..training.runs import default_output, output_folder, run_folder
-from ..trust.checkpoint import data_options, rebuild
+from ..trust.checkpoint import data_options, load_checkpoint, rebuild
 
 
 def evaluation_dir(
@@ -95,6 +95,8 @@ def compare(
     """Evaluate each checkpoint into ``out_dir/<n>-<run>-<file>/`` and write
     ``comparison.md`` and ``comparison.json``: one row per checkpoint, its headline metrics
     side by side, and the data each was tested on (a table is only fair on the same data)."""
+    for ckpt in ckpt_paths:  # every file a checkpoint before the first is evaluated (memory-mapped: no weights read)
+        load_checkpoint(ckpt)
     out_dir = output_folder(Path(out_dir), given=True, marker="comparison.json")  # and each checkpoint's folder
     rows = []
     for number, ckpt in enumerate(ckpt_paths, start=1):
