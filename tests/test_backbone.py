@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from cnnsuite.backbone import (
     ConvBlock,
+    DynamicFilter,
     build_backbone,
     convolve,
     describe_stages,
@@ -274,6 +275,51 @@ def test_reference_networks_follow_the_backbone_contract(name, dims, channels):
     assert backbone.out_channels == channels == [f.shape[1] for f in features]
     for f, stride in zip(features, backbone.strides, strict=True):
         assert tuple(f.shape[2:]) == tuple(32 // s for s in stride)
+
+
+def shift_by_offset(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signals ``x`` lifted by +2 or -2, and ``y``: ``x`` shifted one step right where it was
+    lifted, left where lowered. One transformation of ``x``, its parameter read from ``x``."""
+    x = torch.randn(n, 1, 24, generator=generator)
+    up = torch.rand(n, 1, 1, generator=generator) < 0.5
+    x = x + torch.where(up, 2.0, -2.0)
+    return x, torch.where(up, torch.roll(x, 1, -1), torch.roll(x, -1, -1))
+
+
+def test_a_hypernetwork_reading_the_input_learns_the_transformation_a_fixed_kernel_cannot():
+    """The notes' hypernetworks: the weights of one network are the output of another, where
+    ``ŷ`` is a transformation of ``x``. A kernel made from each input learns to shift each signal
+    its own way; one fixed kernel for all, trained alike, can only blur the two shifts together."""
+    errors = {}
+    for name, network in (("dynamic", DynamicFilter(1, 1, 3)), ("fixed", nn.Conv1d(1, 1, 3, padding=1))):
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(1)
+        optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
+        for _ in range(200):
+            x, y = shift_by_offset(32, generator)
+            loss = F.mse_loss(network(x)[..., 1:-1], y[..., 1:-1])  # the borders see padding
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        x, y = shift_by_offset(256, torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            errors[name] = F.mse_loss(network(x)[..., 1:-1], y[..., 1:-1]).item()
+    assert errors["dynamic"] < errors["fixed"] / 20, errors
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_a_dynamic_filter_applies_each_samples_kernels_to_that_sample(dims):
+    """Each sample is filtered with the kernels made from it, as if alone: the batch's grouped
+    convolution mixes no sample's kernels into another's."""
+    net = DynamicFilter(dims, 2, 3)
+    x = torch.randn(3, 2, *(6,) * dims)
+    together = net(x)
+    for i in range(3):
+        kernels = net.kernels(x[i : i + 1])[0]
+        alone = getattr(F, f"conv{dims}d")(x[i : i + 1], kernels.unsqueeze(1), padding=1, groups=2)
+        torch.testing.assert_close(together[i : i + 1], alone)
+    with pytest.raises(ValueError, match=r"kernel_size=4: expected odd sizes"):
+        DynamicFilter(dims, 2, 4)
 
 
 def test_precise_batchnorm_recomputes_the_statistics_of_the_training_batches():

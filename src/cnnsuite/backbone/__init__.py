@@ -2,6 +2,7 @@
 
 from . import references  # noqa: F401  (registers MONAI reference backbones)
 from .blocks import ConvBlock, convolve
+from .dynamic import DynamicFilter
 from .factorised import ConvNet2Plus1D
 from .geometry import StageGeometry, check_fits, describe_stages
 from .networks import ConvNet, InputAffine, LeNet5, StagedBackbone
@@ -15,6 +16,7 @@ __all__ = [
     "ConvBlock",
     "ConvNet",
     "ConvNet2Plus1D",
+    "DynamicFilter",
     "InputAffine",
     "LeNet5",
     "ResNet",
