@@ -132,3 +132,19 @@ def test_a_kernel_larger_than_its_map_at_the_tasks_input_is_refused_before_train
                                          r"\(conv 5×5\) meets a 4×4 feature map at input size 1×28×28"):  # fmt: skip
         fit("recognition2d", tmp_path, "--model.backbone", "lenet5", "--model.backbone_kwargs", "{}",
             "--data.image_size", "28", "--trainer.fast_dev_run", "true")  # fmt: skip
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 0), (3, 2, 1), (2, 2, 0), (3, 3, 1), (5, 2, 2)])
+def test_a_pools_output_size_is_pytorchs_in_floor_and_ceil_mode(kernel, stride, padding, ceil_mode):
+    """The windows of a network's stages give each map's size as PyTorch computes it, with
+    ceil_mode too (torchvision's and MONAI's networks use it): a last window that would start in
+    the padding alone is dropped."""
+    from torch import nn
+
+    from cnnsuite.backbone.geometry import stage_windows
+
+    pool = nn.MaxPool1d(kernel, stride, padding, ceil_mode=ceil_mode)
+    (window,) = stage_windows(nn.Sequential(pool), 1)
+    for n in range(kernel, 20):
+        assert window.apply((n,)) == tuple(pool(torch.zeros(1, 1, n)).shape[2:]), n
