@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 from conftest import fit, make_image_folder, task_config
 from jsonargparse import ArgumentParser
 from PIL import Image
@@ -209,6 +210,20 @@ def test_a_resumed_run_keeps_the_model_and_data_settings_it_trained_with(trained
     resumed = torch.load(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 1 and resumed["datamodule_hyper_parameters"]["image_size"] == recorded["image_size"]
     assert resumed["datamodule_hyper_parameters"]["num_workers"] == 0
+
+
+def test_print_config_of_a_resumed_run_shows_the_checkpoints_settings(trained, tmp_path, capsys):
+    """``--print_config`` prints before the CLI resumes: it showed ``--data.image_size`` and
+    ``--model.dropout`` as given, where the run takes the checkpoint's. It prints what will run."""
+    folder, run = trained
+    recorded = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["datamodule_hyper_parameters"]
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", task_config("recognition2d"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+              "--data.data_dir", str(folder), "--data.image_size", str(recorded["image_size"] + 4),
+              "--model.dropout", "0.3", "--print_config"])  # fmt: skip
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["init_args"]["image_size"] == recorded["image_size"]
+    assert printed["model"]["init_args"]["dropout"] == 0.0
 
 
 def test_resuming_another_tasks_checkpoint_is_one_line_naming_both_tasks(trained, tmp_path, capsys):

@@ -83,9 +83,18 @@ USER_ERRORS = (UserError, OSError, argparse.ArgumentError, MisconfigurationExcep
 
 class CnnSuiteParser(LightningArgumentParser):
     """LightningCLI's parser; a config it prints (``--print_config``) or saves (``config.yaml``)
-    shows the checkpoint's monitor and mode as the run will use them (:func:`resolve_monitor`)."""
+    shows the checkpoint's monitor and mode as the run will use them (:func:`resolve_monitor`),
+    and, printed for a run resumed from ``--ckpt_path``, the model and data settings it takes from
+    the checkpoint (:func:`resumed_settings`): ``--print_config`` prints before the CLI resumes."""
+
+    #: set once the CLI has taken a resumed checkpoint's settings into the config it dumps
+    resumed_taken = False
 
     def dump(self, cfg, *args, **kwargs):
+        if cfg.get("model.class_path") and cfg.get("ckpt_path") and not self.resumed_taken:
+            cfg = cfg.clone()
+            if ckpt_path := resolve_last(cfg):
+                cfg = self.parse_object(resumed_settings(cfg, ckpt_path)[2], cfg)
         if cfg.get("checkpoint") is not None and cfg.get("model.class_path"):
             cfg = cfg.clone()
             resolve_monitor(cfg)
@@ -107,6 +116,31 @@ def resolve_monitor(config) -> None:
     mode = model_class.mode_of(checkpoint.monitor)
     if checkpoint.mode is None:
         checkpoint.mode = mode
+
+
+def resolve_last(config, say: bool = False) -> str | None:
+    """``config``'s ``ckpt_path``, ``last`` made the newest run's ``last.ckpt`` under
+    ``default_root_dir`` (None where there is none yet: ``say`` says so)."""
+    if config.get("ckpt_path") == "last":
+        root = Path(config.trainer.get("default_root_dir") or os.getcwd())
+        last = newest_last_checkpoint(root)
+        if last is None and say:  # a first start (a job that will requeue itself, say) begins afresh
+            rank_zero_info(f"--ckpt_path last: no version_N/checkpoints/last.ckpt under {root} yet")
+        config.ckpt_path = str(last) if last else None
+    return config.get("ckpt_path")
+
+
+def resumed_settings(config, ckpt_path: str) -> tuple[Resumed, dict, dict]:
+    """``(the checkpoint's checked arguments, the data settings given, the model and data
+    sections a run resumed from ckpt_path takes)``: the checkpoint's model, and its data
+    settings over the ones given (:func:`~cnnsuite.trust.checkpoint.resume_arguments`)."""
+    data = config.get("data")
+    given = data.init_args.as_dict() if data is not None and data.get("init_args") is not None else {}
+    resumed = resume_arguments(ckpt_path, data.class_path if data is not None else None, given)
+    sections = {"model": {"class_path": resumed.model_class, "init_args": resumed.model_args}}
+    if data is not None:
+        sections["data"] = {"class_path": data.class_path, "init_args": {**given, **resumed.data_args}}
+    return resumed, given, sections
 
 
 def follow_model_monitor(config, model: TaskModule, keep_mode: bool) -> bool:
@@ -262,19 +296,10 @@ class CnnSuiteCLI(LightningCLI):
         ``backbone_weights`` file read), and only our class path and the checked arguments
         reach the parser."""
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
-        if config.get("ckpt_path") == "last":
-            last = newest_last_checkpoint(self._root_dir(config))
-            if last is None:  # a first start (a job that will requeue itself, say) begins afresh
-                rank_zero_info(
-                    f"--ckpt_path last: no version_N/checkpoints/last.ckpt under {self._root_dir(config)} yet"
-                )
-            config.ckpt_path = str(last) if last else None
-        ckpt_path = config.get("ckpt_path")
+        ckpt_path = resolve_last(config, say=True)
         if not ckpt_path:
             return
-        data = config.get("data")
-        given = data.init_args.as_dict() if data is not None and data.get("init_args") is not None else {}
-        resumed = resume_arguments(ckpt_path, data.class_path if data is not None else None, given)
+        resumed, given, resumed_config = resumed_settings(config, ckpt_path)
         run_data = resumed.data_args
         keys = {o: o.removeprefix("--data.").removeprefix("init_args.") for o in dict.fromkeys(self.data_options)}
         changed = [option for option, k in keys.items() if k in run_data and given.get(k) != run_data[k]]
@@ -285,10 +310,8 @@ class CnnSuiteCLI(LightningCLI):
                 f"as the run trained them; {', '.join(unused)} given on the command line not used"
             )
         self.resumed = resumed
-        resumed_config = {"model": {"class_path": resumed.model_class, "init_args": resumed.model_args}}
-        if data is not None:
-            resumed_config["data"] = {"class_path": data.class_path, "init_args": {**given, **run_data}}
         self.config = self.parser.parse_object({self.config.subcommand: resumed_config}, self.config)
+        self._parser(self.config.subcommand).resumed_taken = True  # its config.yaml: read the file once
 
     @staticmethod
     def _root_dir(config) -> Path:
