@@ -756,6 +756,22 @@ def test_a_clip_past_the_frames_a_video_holds_is_refused_as_cut(tmp_path, video_
         clips.read(len(clips) - 1)
 
 
+def test_a_video_named_without_its_ending_is_told_by_its_container(tmp_path):
+    """serve names an upload without an ending the task takes (a browser's Blob is "blob") by
+    its content: each container by its first bytes, under an ending the reader takes. A playlist
+    (which FFmpeg, guessing from content, would follow to other files and URLs) or an image is
+    no video."""
+    dm = VideoDataModule(**SMALL)
+    for suffix in sorted(CODECS):
+        write_bar_video(tmp_path / f"v{suffix}", 8, 1)
+        told = dm.content_suffix((tmp_path / f"v{suffix}").read_bytes())
+        assert told in dm.input_extensions, suffix
+        renamed = (tmp_path / f"v{suffix}").rename(tmp_path / f"blob-{suffix[1:]}{told}")
+        assert dm.read_input(renamed).sample.shape[0] == 1  # one uniform clip of the one-second video
+    assert dm.content_suffix(b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n") is None
+    assert dm.content_suffix(b"\x89PNG\r\n\x1a\n" + bytes(32)) is None
+
+
 def test_a_video_said_to_last_for_days_is_refused_before_its_clips_are_listed(tmp_path, video_folder, monkeypatch):
     """Every uniform clip of a video is listed and decoded (test split, predict, serve): a video
     whose header (or a prepared record's facts) says it lasts for days made predict and serve

@@ -66,6 +66,7 @@ from .readers import (
     decode_video,
     probe_video,
     read_csv_lists,
+    video_suffix,
 )
 
 # Kinetics' statistics, as PyTorchVideo's recipes use them.
@@ -432,6 +433,10 @@ class VideoDataModule(TaskDataModule):
             "normalisation": {"mean": list(MEAN), "std": list(STD), "formula": "(x - mean) / std, per channel"},
             "layout": "(C, T, H, W) per clip",
         }
+
+    def content_suffix(self, data: bytes) -> str | None:
+        """A video's ending from its container's first bytes (:func:`~.readers.video_suffix`)."""
+        return video_suffix(data, self.input_extensions)
 
     def read_input(self, path: Path) -> Input:
         """Every uniform clip of the video, as the test split samples and transforms them:

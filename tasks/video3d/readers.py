@@ -26,6 +26,10 @@ from cnnsuite.data.textfiles import read_lines
 from cnnsuite.errors import ConfigError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+#: the first bytes of each container (ISO media's box type at 4, RIFF's form type at 8, EBML's
+#: magic) and the endings it goes by
+CONTAINER_MAGIC = ((4, b"ftyp", (".mp4", ".mov", ".m4v")), (8, b"AVI ", (".avi",)),
+                   (0, b"\x1a\x45\xdf\xa3", (".mkv", ".webm")))  # fmt: skip
 
 
 #: timestamps (in the stream's time base) to seek before a clip's start, as PyTorchVideo does
@@ -77,6 +81,17 @@ class DecodedVideo:
         then lies in a pause of the video, not past the end of a cut file."""
         bound = secs_to_pts(end, self.time_base, self.start_pts, round_mode="ceil")
         return bool(len(self.pts)) and int(self.pts[-1]) >= bound
+
+
+def video_suffix(data: bytes, suffixes: tuple[str, ...]) -> str | None:
+    """The first of ``suffixes`` of the container ``data`` is in, told from its first bytes
+    (:data:`CONTAINER_MAGIC`), or None: an upload named without its ending is still the video
+    it is. Nothing is handed to FFmpeg to guess: by content it would also take a playlist that
+    names other files and URLs to read."""
+    for offset, magic, endings in CONTAINER_MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return next((suffix for suffix in suffixes if suffix in endings), None)
+    return None
 
 
 def open_video(path: Path) -> EncodedVideo:

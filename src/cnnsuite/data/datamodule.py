@@ -54,7 +54,7 @@ from ..errors import BadFileError, ConfigError, StateError
 from .cache import DecodedCache, check_cache_limit
 from .errors import check_on_bad_file, report_bad_files
 from .folders import is_listed, leaves_folder, lies_within, list_classes, list_samples
-from .images import check_channels
+from .images import check_channels, image_suffix
 from .inputs import Input
 from .labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
 from .prepare import prepare_once
@@ -509,6 +509,13 @@ class TaskDataModule(L.LightningDataModule):
     def is_input(self, path: Path) -> bool:
         """Whether ``path``, met in a folder given to ``cnnsuite predict``, is one input."""
         return is_listed(path, self.input_extensions)
+
+    def content_suffix(self, data: bytes) -> str | None:
+        """The one of :attr:`input_extensions` that the file ``data`` is, told from its content,
+        or None: what ``serve`` names an upload whose own name has no ending the task takes (a
+        browser's ``Blob`` is named ``blob``). The default knows the image formats Pillow does
+        (from the header); a task of other files tells its own."""
+        return image_suffix(data, self.input_extensions)
 
     def restore_preprocessing(self, state: dict) -> None:
         """Take what the test preprocessing learnt from the training data (statistics, say)

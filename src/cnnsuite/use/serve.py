@@ -7,10 +7,11 @@
 checkpoint's task reads) as the multipart form field ``file`` and answers with the JSON of
 one line of the ``predictions.jsonl`` that ``cnnsuite predict`` writes for that file,
 ``{"path": ..., **prediction}``; ``path`` is the uploaded filename, as the client's own
-path never reaches the server. The filename's ending tells the file's type; an image named
+path never reaches the server. The filename's ending tells the file's type; a file named
 without an ending the model takes (a browser's ``Blob`` is named ``blob``) is told by its
-content (:func:`~cnnsuite.data.images.image_suffix`). The file goes through :class:`~cnnsuite.use.predict.Predictor`,
-so it is preprocessed exactly as ``cnnsuite predict`` preprocesses it. ``GET /health``
+content (the task's :meth:`~cnnsuite.data.TaskDataModule.content_suffix`). The file goes
+through :class:`~cnnsuite.use.predict.Predictor`, so it is preprocessed exactly as ``cnnsuite
+predict`` preprocesses it. ``GET /health``
 answers ``ok`` once the model is loaded; ``GET /info`` names the checkpoint, its classes and
 the file types it takes.
 
@@ -58,7 +59,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..data import limits
 from ..data.errors import BadFileError
-from ..data.images import image_suffix
 from ..data.inputs import Input
 from ..errors import ConfigError
 from .predict import Predictor
@@ -124,8 +124,8 @@ class PredictorAPI(ls.LitAPI):
                 path.write_bytes(data)
             except (OSError, ValueError) as err:  # a name too long for the file system, say
                 return reject(400, name, f"{name}: cannot be stored under this filename ({err})")
-            if not self.predictor.datamodule.is_input(path):  # an image named otherwise is read by its content
-                suffix = image_suffix(data, self.predictor.datamodule.input_extensions)
+            if not self.predictor.datamodule.is_input(path):  # a file named otherwise is told by its content
+                suffix = self.predictor.datamodule.content_suffix(data)
                 if suffix is None:
                     return reject(415, name, f"{name}: not a file this model takes ({expected})")
                 path = path.rename(path.with_name(f"upload{suffix}"))
