@@ -186,6 +186,13 @@ def test_fit_with_seeds_trains_once_per_seed_and_reports_mean_and_std(tmp_path, 
     assert report["test/acc"]["mean"] == pytest.approx(sum(values) / 2)
     assert report["test/acc"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert "test/acc" in capsys.readouterr().out.splitlines()[-1]
+    # seeds tried again in the same folder: a summary of their own, the first kept
+    main(["fit", "--task", "recognition2d", *fixed(tmp_path, image_folder), "--trainer.max_epochs", "1",
+          "--trainer.default_root_dir", str(root), "--seeds", "2,3", "--debug"])  # fmt: skip
+    assert json.loads((root / "seeds.json").read_text()) == report
+    again = json.loads((root / "seeds-2.json").read_text())
+    assert [r["seed"] for r in again["runs"]] == [2, 3] and again["runs"][0]["run"] == str(root / "version_2")
+    assert "seeds-2.json" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_seeds_need_two_or_more_whole_numbers_and_no_checkpoint_to_resume(capsys):

@@ -552,7 +552,8 @@ def seeds_option(argv: list[str]) -> tuple[list[str], list[int]]:
 def fit_seeds(argv: list[str], seeds: list[int]) -> None:
     """``cnnsuite fit ... --seeds 0,1,2``: the config trained once per seed, each a run folder of
     its own, and each run's values with their mean and standard deviation over the seeds
-    (sample, n - 1) printed and written as ``seeds.json`` beside the runs. A recipe the first
+    (sample, n - 1) printed and written as ``seeds.json`` beside the runs (``seeds-2.json`` ... where
+    an earlier summary is there). A recipe the first
     seed's run chose on its GPU is every other seed's too: seeds compare weights, not recipes."""
     runs = [{"seed": seeds[0], **fit_run([*argv, "--seed_everything", str(seeds[0])])}]
     pinned = recipe.pinned(Path(runs[0]["run"]))  # every seed in the first one's recipe
@@ -561,9 +562,12 @@ def fit_seeds(argv: list[str], seeds: list[int]) -> None:
     summary = {k: {"mean": statistics.mean(r[k] for r in runs), "std": statistics.stdev(r[k] for r in runs)}
                for k in keys}  # fmt: skip
     root = Path(runs[0]["run"]).parent
-    (root / "seeds.json").write_text(strict_json({"runs": runs, **summary}, indent=2) + "\n")
+    # the first summary in the folder is seeds.json; later seeds' are seeds-2.json ..., none written over
+    names = itertools.chain(["seeds.json"], (f"seeds-{n}.json" for n in itertools.count(2)))
+    path = next(root / name for name in names if not (root / name).exists())
+    path.write_text(strict_json({"runs": runs, **summary}, indent=2) + "\n")
     print("\n".join(f"seed {r['seed']}: {r['run']}  " + "  ".join(f"{k} {r[k]:.4f}" for k in keys) for r in runs))
-    print(f"{len(seeds)} seeds ({root / 'seeds.json'}): "
+    print(f"{len(seeds)} seeds ({path}): "
           + "; ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items()))  # fmt: skip
 
 
