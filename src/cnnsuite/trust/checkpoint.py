@@ -136,9 +136,9 @@ def typical_items(value: object, key: str, source: object) -> object:
     """``value`` with each list of more than :data:`CHECKED_ITEMS` plain values (strings,
     numbers) cut to its first items and the first item of each other type among the rest: what
     jsonargparse finds of those holds for every item of their types. It checks a list in time
-    quadratic in its length (it copies the list for each item): the 20,000 class names of a
-    real or hand-made checkpoint would take minutes. A list that long of lists or mappings is
-    no argument of a model or a datamodule."""
+    quadratic in its length (it copies the list for each item), so a checkpoint of many classes,
+    real or hand-made, would be refused or loaded only after a long wait. A list that long of
+    lists or mappings is no argument of a model or a datamodule."""
     if isinstance(value, dict):
         return {k: typical_items(v, f"{key}.{k}", source) for k, v in value.items()}
     if not isinstance(value, list) or len(value) <= CHECKED_ITEMS:
