@@ -488,3 +488,22 @@ def test_a_spacing_that_would_resample_a_volume_past_the_voxel_limit_is_its_erro
         dm.make_dataset(["scans/s0.nii"], "test")[0]
     coarser = Biomedical3DDataModule(data_dir=str(folder), spacing=[2.0] * 3, cache="none")
     assert coarser.make_dataset(["scans/s0.nii"], "test")[0]["image"].shape[1:] == coarser.spatial_size
+
+
+def test_a_volume_named_without_its_ending_is_told_by_its_first_bytes(tmp_path):
+    """serve names an upload without an ending the task takes (a browser's Blob is "blob") by
+    its content: NIfTI-1 and -2 by their magic, gzipped or not, NRRD by its first line; each is
+    read under the ending told. An image is no volume."""
+    dm = Biomedical3DDataModule(spatial_size=[8, 8, 8])
+    volume = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "a.nii")
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "b.nii.gz")
+    nib.save(nib.Nifti2Image(volume, np.eye(4)), tmp_path / "c.nii")
+    space = {"space": "left-posterior-superior", "space directions": np.eye(3), "space origin": [0, 0, 0]}
+    nrrd.write(str(tmp_path / "d.nrrd"), volume, space)
+    for name, expected in (("a.nii", ".nii"), ("b.nii.gz", ".nii.gz"), ("c.nii", ".nii"), ("d.nrrd", ".nrrd")):
+        assert dm.content_suffix((tmp_path / name).read_bytes()) == expected, name
+        blob = (tmp_path / name).rename(tmp_path / f"blob-{name.split('.')[0]}{expected}")
+        assert dm.read_input(blob).sample.shape == (1, 8, 8, 8)
+    assert dm.content_suffix(b"\x89PNG\r\n\x1a\n" + bytes(600)) is None
+    assert dm.content_suffix(gzip.compress(b"not a volume" * 100)) is None

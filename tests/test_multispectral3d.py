@@ -201,6 +201,16 @@ def test_a_tif_that_is_another_format_naming_other_files_is_not_read(tmp_path):
         GeoTiffReader(None)(upload)
 
 
+def test_a_geotiff_named_without_its_ending_is_told_by_its_first_bytes(tmp_path):
+    """serve names an upload without an ending the task takes by its content: a TIFF by its
+    magic, read as ``.tif``; an image of another format is no patch."""
+    dm = MultispectralDataModule(data_dir=str(make_folder(tmp_path / "user", per_class=2)))
+    patch = write_tif(tmp_path / "blob", band_cube(13, 16))
+    assert dm.content_suffix(patch.read_bytes()) == ".tif"
+    assert GeoTiffReader(None)(patch.rename(tmp_path / "blob.tif")).shape == (13, 16, 16)
+    assert dm.content_suffix(b"\x89PNG\r\n\x1a\n" + bytes(32)) is None
+
+
 def test_unknown_band_names_are_refused(tmp_path):
     folder = make_folder(tmp_path / "user", per_class=1)
     with pytest.raises(BadFileError, match=r"Forest_1.tif: has no band B13, B8B; its bands are B01, .*, B8A"):

@@ -61,6 +61,7 @@ from .readers import (
     check_header,
     may_be_cut,
     read_labels,
+    volume_suffix,
 )
 
 
@@ -348,6 +349,10 @@ class Biomedical3DDataModule(TaskDataModule):
             "normalisation": "z-score of each volume on its own: (x - its mean) / its std (MONAI NormalizeIntensity)",
             "layout": "(1, D, H, W)",
         }
+
+    def content_suffix(self, data: bytes) -> str | None:
+        """A volume's ending from its first bytes (:func:`~.readers.volume_suffix`)."""
+        return volume_suffix(data)
 
     def read_input(self, path: Path) -> Input:
         """The volume through the test split's preprocessing (files are read, never the cache)."""

@@ -83,6 +83,26 @@ def check_nifti_offset(path: Path) -> None:
         return
 
 
+def volume_suffix(data: bytes) -> str | None:
+    """The ending of the volume ``data`` is, told from its first bytes: a NIfTI by its magic
+    (``n+1`` at byte 344, ``n+2`` at byte 4), gzipped or not (a gzip stream's first bytes are
+    inflated, at most a header's worth), or an NRRD by its ``NRRD000`` line; else None."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 548)
+        except zlib.error:
+            return None
+        return ".nii.gz" if is_nifti_header(head) else None
+    if is_nifti_header(data):
+        return ".nii"
+    return ".nrrd" if data.startswith(b"NRRD000") else None
+
+
+def is_nifti_header(head: bytes) -> bool:
+    """Whether ``head`` begins as a NIfTI-1 or NIfTI-2 file does (its magic)."""
+    return head[344:348] == b"n+1\x00" or head[4:8] == b"n+2\x00"
+
+
 def may_be_cut(path: str | Path) -> bool:
     """Whether a NIfTI file may hold fewer bytes than its header's voxels take, told without
     inflating them: an uncompressed file shorter than its data offset plus its voxels, or a

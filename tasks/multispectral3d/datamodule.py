@@ -83,6 +83,7 @@ from .readers import (
     RESAMPLINGS,
     GeoTiffReader,
     band_files,
+    geotiff_suffix,
     kept_dtype,
     read_patch_labels,
 )
@@ -514,6 +515,10 @@ class MultispectralDataModule(TaskDataModule):
             },
             "layout": layouts[self.hparams.layout],
         }
+
+    def content_suffix(self, data: bytes) -> str | None:
+        """A GeoTIFF's ending from its first bytes (:func:`~.readers.geotiff_suffix`)."""
+        return geotiff_suffix(data)
 
     def read_input(self, path: Path) -> Input:
         """The patch as the test split sees it: the run's bands, normalised with its statistics,

@@ -30,6 +30,8 @@ from cnnsuite.errors import ConfigError
 from .default_data import BANDS, WAVELENGTHS
 
 EXTENSIONS = (".tif", ".tiff")
+#: a TIFF's first bytes: little- and big-endian, classic and BigTIFF
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 #: rasterio's resampling methods offered to bring a band of coarser resolution onto a patch's grid
@@ -51,6 +53,11 @@ def sentinel2_name(name: str) -> str:
     match = re.fullmatch(r"[Bb]0?(\d{1,2})([Aa]?)", name.strip())
     named = match and f"B{int(match[1]):02d}{match[2].upper()}".replace("B08A", "B8A")
     return named if named in BANDS else name
+
+
+def geotiff_suffix(data: bytes) -> str | None:
+    """``.tif`` where ``data`` begins as a TIFF does (:data:`TIFF_MAGIC`), else None."""
+    return EXTENSIONS[0] if data[:4] in TIFF_MAGIC else None
 
 
 def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | None) -> list[str]:
