@@ -183,7 +183,16 @@ class ClipDataset(Dataset):
         frames = video.get_clip(start, end)
         # what the video holds of the clip: a video shorter than one clip ends inside it
         expected = float(min(end, record.duration) - start) * record.fps
-        if frames is None or frames.shape[1] < max(1.0, expected / 2):
+
+        def short(frames: torch.Tensor | None) -> bool:
+            return frames is None or frames.shape[1] < max(1.0, expected / 2)
+
+        if short(frames) and not cached:
+            # a pause of a variable-rate video, a seek that found a key frame past the start (it
+            # does across a pause in some MP4s), or a cut file: the whole video tells which
+            video = decode_video(path)
+            frames = video.get_clip(start, end)
+        if short(frames):
             if not video.goes_on_after(end):
                 got = 0 if frames is None else frames.shape[1]
                 raise BadFileError(

@@ -173,11 +173,10 @@ def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None
     decoded with PyAV to RGB, upright (:func:`upright`), one frame per timestamp: every video
     frame training, evaluation, prediction and serving see comes from here. A time range is
     decoded as PyTorchVideo's ``EncodedVideoPyAV`` decodes a clip: a seek to the key frame
-    before it, then frames up to its end; the frame shown at its start and the first after its
-    end are kept too (:meth:`DecodedVideo.shown`, :meth:`DecodedVideo.goes_on_after`). A file
-    that fails part-way is named, and one that holds more frames than its header declared stops
-    at the pixel limit."""
-    limit, reformatter = max_pixels("video"), VideoReformatter()
+    before it, then frames up to its end. A file that fails part-way is named, and one that
+    holds more frames than its header declared stops at the pixel limit."""
+    frames: dict[int, torch.Tensor] = {}
+    limit, pixels, reformatter = max_pixels("video"), 0, VideoReformatter()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -186,50 +185,27 @@ def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None
                 bound if t is None else secs_to_pts(t, time_base, start_pts, round_mode="ceil")
                 for t, bound in ((start, -math.inf), (end, math.inf))
             )
-            # seeking is imprecise: PyTorchVideo's margin before the start
-            seek = None if start is None else max(first - SEEK_MARGIN, 0)
-            frames, pixels, size = _decode_range(container, stream, first, last, seek, limit, reformatter)
-            if seek and pixels <= limit and not any(pts <= first for pts in frames):
-                # the seek found a key frame after the start (across a pause, in some MP4s): from the top
-                frames, pixels, size = _decode_range(container, stream, first, last, 0, limit, reformatter)
+            if start is not None:  # seeking is imprecise: PyTorchVideo's margin before the start
+                container.seek(max(first - SEEK_MARGIN, 0), any_frame=False, backward=True, stream=stream)
+            for frame in container.decode(stream):
+                if frame.pts >= last:
+                    break
+                if frame.pts < first:
+                    continue
+                pixels += frame.width * frame.height
+                if pixels > limit:
+                    break
+                frames[frame.pts] = upright(frame, reformatter)
     except (av.FFmpegError, IndexError, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode the video ({type(err).__name__}: {err})") from None
     if pixels > limit:
-        what = f"decodes to {len(frames) + 1} frames of {size[0]}x{size[1]} before its end"
+        what = f"decodes to {len(frames) + 1} frames of {frame.width}x{frame.height} before its end"
         check_size(path, "video", [pixels], what)
     if not frames and start is None:
         raise BadFileError(f"{path}: no decodable video frames")
     order = sorted(frames)
     stacked = torch.stack([frames[p] for p in order]) if frames else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
     return DecodedVideo(stacked, torch.tensor(order, dtype=torch.int64), time_base, start_pts)
-
-
-def _decode_range(
-    container, stream, first: float, last: float, seek: int | None, limit: int, reformatter
-) -> tuple[dict[int, torch.Tensor], int, tuple[int, int]]:
-    """``(pts → frame, pixels decoded, last frame's width and height)`` of :func:`decode_video`:
-    from ``seek`` (a timestamp, None: where the container is), the frames with timestamps in
-    ``[first, last)``, the one before them (shown at ``first``) and the first at or after
-    ``last``; stopped once more pixels than ``limit`` were decoded."""
-    frames: dict[int, torch.Tensor] = {}
-    pixels, size, shown_at_start = 0, (0, 0), None
-    if seek is not None:
-        container.seek(seek, any_frame=False, backward=True, stream=stream)
-    for frame in container.decode(stream):
-        if frame.pts < first:
-            shown_at_start = frame
-            continue
-        if shown_at_start is not None:
-            frames[shown_at_start.pts] = upright(shown_at_start, reformatter)
-            shown_at_start = None
-        pixels += frame.width * frame.height
-        size = (frame.width, frame.height)
-        if pixels > limit:
-            break
-        frames[frame.pts] = upright(frame, reformatter)
-        if frame.pts >= last:
-            break
-    return frames, pixels, size
 
 
 def read_csv_lists(root: Path, class_names: list[str], known: set[str]) -> dict[str, list[str]] | None:
