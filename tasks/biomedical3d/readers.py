@@ -8,7 +8,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import math
-import struct
 import zlib
 from pathlib import Path
 
@@ -56,51 +55,50 @@ def check_header(path: str | Path) -> bool:
 
 #: the most bytes of header extensions a NIfTI may hold between its header and its voxels
 NIFTI_MAX_EXTENSIONS = 8 << 20
-#: NIfTI-1 and NIfTI-2: ``sizeof_hdr`` and where the voxel offset is, its struct format
-NIFTI_OFFSETS = {348: (108, "f"), 540: (168, "q")}
+#: nibabel's header classes, NIfTI-1 and NIfTI-2
+NIFTI_HEADERS = (nib.Nifti1Header, nib.Nifti2Header)
+
+
+def nifti_header(head: bytes):
+    """The NIfTI header ``head`` begins with (either byte order), read without its extensions
+    (nibabel's own class, from the header's bytes alone), or None for another file."""
+    klass = next((k for k in NIFTI_HEADERS if k.may_contain_header(head)), None)
+    return None if klass is None else klass(head[: klass.sizeof_hdr], check=False)
 
 
 def check_nifti_offset(path: Path) -> None:
     """nibabel reads a NIfTI's header extensions whole whenever it loads the header: as many
     bytes as the voxel offset says lie between header and voxels, and a gzipped file of 1 MB can
-    say 1 GB. The offset is read here from the header's first bytes, and a file whose voxels
-    start past :data:`NIFTI_MAX_EXTENSIONS` of extensions is refused before nibabel reads it."""
+    say 1 GB. The offset is read here from the header alone, and a file whose voxels start past
+    :data:`NIFTI_MAX_EXTENSIONS` of extensions is refused before nibabel reads them."""
     try:
         with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as file:
-            head = file.read(176)
+            header = nifti_header(file.read(540))
     except (OSError, EOFError, zlib.error):
         return  # nothing to measure by: the header check or the loader names the file
-    for order in "<>" if len(head) == 176 else "":  # little- or big-endian, as sizeof_hdr reads
-        at, kind = NIFTI_OFFSETS.get(struct.unpack_from(f"{order}i", head)[0], (None, None))
-        if at is None:
-            continue
-        offset = struct.unpack_from(f"{order}{kind}", head, at)[0]
-        if not offset <= NIFTI_MAX_EXTENSIONS + 540:  # NaN too
-            raise BadFileError(
-                f"{path}: its voxels start {offset:,.0f} bytes in, after header extensions of more than "
-                f"{NIFTI_MAX_EXTENSIONS:,} bytes; expected a NIfTI volume's header of a few KB"
-            )
+    if header is None:
         return
+    offset = float(header["vox_offset"])
+    if not offset <= NIFTI_MAX_EXTENSIONS + header.sizeof_hdr:  # NaN too
+        raise BadFileError(
+            f"{path}: its voxels start {offset:,.0f} bytes in, after header extensions of more than "
+            f"{NIFTI_MAX_EXTENSIONS:,} bytes; expected a NIfTI volume's header of a few KB"
+        )
 
 
 def volume_suffix(data: bytes) -> str | None:
-    """The ending of the volume ``data`` is, told from its first bytes: a NIfTI by its magic
-    (``n+1`` at byte 344, ``n+2`` at byte 4), gzipped or not (a gzip stream's first bytes are
-    inflated, at most a header's worth), or an NRRD by its ``NRRD000`` line; else None."""
+    """The ending of the volume ``data`` is, told from its first bytes: a NIfTI by its header
+    (:func:`nifti_header`), gzipped or not (a gzip stream's first bytes are inflated, at most a
+    header's worth), or an NRRD by its ``NRRD000`` line; else None."""
     if data[:2] == b"\x1f\x8b":
         try:
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 548)
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 540)
         except zlib.error:
             return None
-        return ".nii.gz" if is_nifti_header(head) else None
-    if is_nifti_header(data):
+        return ".nii.gz" if nifti_header(head) is not None else None
+    if nifti_header(data[:540]) is not None:
         return ".nii"
     return ".nrrd" if data.startswith(b"NRRD000") else None
-
-
-def is_nifti_header(head: bytes) -> bool:
-    """Whether ``head`` begins as a NIfTI-1 or NIfTI-2 file does (its magic)."""
-    return head[344:348] == b"n+1\x00" or head[4:8] == b"n+2\x00"
 
 
 def may_be_cut(path: str | Path) -> bool:
