@@ -11,9 +11,8 @@ path never reaches the server. The filename's ending tells the file's type; a fi
 without an ending the model takes (a browser's ``Blob`` is named ``blob``) is told by its
 content (the task's :meth:`~cnnsuite.data.TaskDataModule.content_suffix`). The file goes
 through :class:`~cnnsuite.use.predict.Predictor`, so it is preprocessed exactly as ``cnnsuite
-predict`` preprocesses it. ``GET /health``
-answers ``ok`` once the model is loaded; ``GET /info`` names the checkpoint, its classes and
-the file types it takes.
+predict`` preprocesses it. ``GET /health`` answers ``ok`` once the model is loaded; ``GET /info``
+names the checkpoint, its classes and the file types it takes.
 
 Requests that arrive together are predicted together: LitServe gathers up to
 ``--max_batch_size`` of them, waiting at most ``--batch_timeout`` seconds for a batch to
