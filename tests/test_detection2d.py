@@ -452,6 +452,20 @@ def test_a_pascal_voc_box_is_held_to_the_rules_of_a_coco_box(tmp_path, xmin, xma
         read_voc(tmp_path, ["owl"])
 
 
+@pytest.mark.parametrize("name", ["../0.jpg", "/tmp/0.jpg", "C:/data/0.jpg"])
+def test_a_pascal_voc_filename_outside_the_data_folder_is_refused_before_it_is_looked_at(tmp_path, name):
+    """An annotation's ``<filename>`` through ``..``, absolute or with a drive: the image there
+    (which exists) is neither read nor told to exist; the annotation is a bad one naming it."""
+    (tmp_path / "data" / "Annotations").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "0.jpg")
+    box = "<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>9</ymax></bndbox>"
+    (tmp_path / "data" / "Annotations" / "0.xml").write_text(
+        f"<annotation><filename>{name}</filename><object><name>owl</name>{box}</object></annotation>"
+    )
+    with pytest.raises(AnnotationError, match=rf"0.xml: image '{name}' lies outside the data folder"):
+        read_voc(tmp_path / "data", ["owl"])
+
+
 def make_official_coco(root, year=2017):
     """COCO as downloaded: ``annotations/instances_train2017.json`` and
     ``instances_val2017.json`` (beside them the captions file the download also holds), images

@@ -129,6 +129,18 @@ def test_a_cub_class_id_that_is_no_integer_is_named_in_one_line(tmp_path):
         LocalizationDataModule(data_dir=str(root))
 
 
+def test_a_cub_image_outside_its_images_folder_is_refused_before_it_is_looked_at(tmp_path):
+    """images.txt naming ``../../secret.jpg``: the row is a bad one named for it, as a COCO
+    ``file_name`` outside the folder is, before the file is opened or its existence told."""
+    root = make_cub_folder(tmp_path / "CUB_200_2011")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "secret.jpg")
+    images = (root / "images.txt").read_text().replace("1 001.Black_footed_Albatross/bird_0.jpg", "1 ../../secret.jpg")
+    (root / "images.txt").write_text(images)
+    message = r"line 1 \(image id 1\): image '\.\./\.\./secret\.jpg' lies outside the images folder; expected a path"
+    with pytest.raises(BadFileError, match=message):
+        LocalizationDataModule(data_dir=str(root))
+
+
 def write_coco(root, boxes_per_image):
     (root / "images").mkdir(parents=True)
     doc = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "owl"}, {"id": 3, "name": "cat"}]}

@@ -114,6 +114,25 @@ def test_a_sample_a_label_table_names_outside_the_data_folder_is_refused(tmp_pat
         RecognitionDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache")).setup("fit")
 
 
+@pytest.mark.parametrize("listed", ["../outside/a.png", "../outside/none.png"])
+def test_a_localization_row_naming_an_image_outside_the_data_folder_is_refused_before_it_is_looked_at(tmp_path, listed):
+    """localization2d's labels.csv naming ``../outside/a.png`` beside a row of a missing image:
+    every good row's image is opened to name all there is to fix at once, so the outside file's
+    size (a box past its 12x12 pixels) reached the message, and whether such a file exists
+    (``does not exist``) was told. The row is refused as it is read, the same words whether the
+    file exists or not."""
+    from cnnsuite.tasks.localization2d.datamodule import LocalizationDataModule
+
+    folder, _ = folder_and_outside(tmp_path, "RGB")
+    rows = [f"{listed},x,1,1,25,25", "imgs/missing.png,x,1,1,5,5", "imgs/b.png,y,1,1,5,5", "imgs/c.png,x,1,1,5,5"]
+    (folder / LABELS_CSV).write_text("\n".join(["image,label,x1,y1,x2,y2", *rows]) + "\n")
+    with pytest.raises(BadFileError) as raised:
+        LocalizationDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache"))
+    message = str(raised.value)
+    assert f"row 2: image '{listed}' lies outside the data folder; expected a path inside it" in message
+    assert "image 'imgs/missing.png' does not exist" in message and "12x12" not in message
+
+
 def test_an_annotation_naming_an_image_outside_the_data_folder_is_refused_before_it_is_opened(tmp_path):
     """localization2d's labels.csv and a COCO file naming ``../outside/a.png``: the datamodule
     decided the run's channels from that file's header (and COCO's reader found its size there)
@@ -124,7 +143,7 @@ def test_an_annotation_naming_an_image_outside_the_data_folder_is_refused_before
     folder, _ = folder_and_outside(tmp_path, "RGB")
     rows = ["image,label,x1,y1,x2,y2", "../outside/a.png,x,1,1,5,5", "imgs/b.png,y,1,1,5,5", "imgs/c.png,x,1,1,5,5"]
     (folder / LABELS_CSV).write_text("\n".join(rows) + "\n")
-    with pytest.raises(BadFileError, match=r"sample '\.\./outside/a\.png' lies outside the data folder"):
+    with pytest.raises(BadFileError, match=r"row 2: image '\.\./outside/a\.png' lies outside the data folder"):
         LocalizationDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache"))
     (folder / LABELS_CSV).unlink()
     images = [

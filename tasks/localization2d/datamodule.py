@@ -162,7 +162,6 @@ class LocalizationDataModule(ImageDataModule):
             self._load()  # reads and checks every row now: errors surface before anything else
             if not self._samples:
                 raise ConfigError(f"data.data_dir={root}: no usable samples")
-            self._check_inside(self._samples)  # before a header is read to tell the channels
             self.in_channels = channels or image_channels(root / i for i in self._samples)
         self.use_prepared()
 

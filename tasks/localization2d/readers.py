@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cnnsuite.data import BadFileError
 from cnnsuite.data.coco import box_error, read_coco, read_voc, voc_classes
+from cnnsuite.data.folders import leaves_folder
 from cnnsuite.data.textfiles import read_csv, read_lines
 from cnnsuite.errors import ConfigError
 
@@ -97,6 +98,8 @@ def read_csv_labels(root: Path) -> tuple[list[str], list[Sample], list[BadFileEr
         problem = box_error(box)
         if not label:
             problem = "empty label"
+        elif leaves_folder(image):  # refused before anything there is looked at
+            problem = f"image {image!r} lies outside the data folder; expected a path inside it"
         elif not (root / image).is_file():
             problem = f"image {image!r} does not exist"
         if problem:
@@ -149,6 +152,8 @@ def read_cub(root: Path) -> tuple[list[str], list[Sample], list[BadFileError], d
             problem = "no such id in images.txt"
         elif labels.get(image_id, [None])[0] not in classes:
             problem = "its class in image_class_labels.txt is missing or not in classes.txt"
+        elif leaves_folder(images[image_id][0]):  # refused before anything there is looked at
+            problem = f"image {images[image_id][0]!r} lies outside the images folder; expected a path inside it"
         elif not (root / "images" / images[image_id][0]).is_file():
             problem = f"image images/{images[image_id][0]} does not exist"
         if problem:
