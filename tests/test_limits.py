@@ -99,29 +99,64 @@ def test_a_volume_is_refused_from_its_header(tmp_path, monkeypatch):
         load({"image": str(tmp_path / "scan.nii.gz")})
 
 
-@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
-def test_a_nifti_whose_header_extensions_are_huge_is_refused_before_nibabel_reads_them(tmp_path, monkeypatch, suffix):
-    """nibabel reads a NIfTI's header extensions whole with its header, as many bytes as the
-    voxel offset says: 64 MiB of zeros gzip to 64 KB, and a few MB of upload to serve would
-    cost its inference worker gigabytes. The offset is read first, and such a file refused."""
+def write_extended_nifti(path, offset: int, extensions: list[tuple[int, int]]) -> None:
+    """A 4x4x4 NIfTI whose voxels start at ``offset`` after header extensions of ``(size
+    field, bytes written)`` each (the 8 bytes of its head included), written in 1 MiB pieces."""
     header = nib.Nifti1Header()
     header.set_data_shape((4, 4, 4))
     header.set_data_dtype(np.uint8)
-    size = 64 << 20
-    header["vox_offset"] = 352 + size
-    path = tmp_path / f"extended{suffix}"
-    with (gzip.open if suffix == ".nii.gz" else open)(path, "wb") as file:
-        file.write(header.binaryblock + struct.pack("<4B2i", 1, 0, 0, 0, size, 0))
-        for _ in range(size // 2**20):
-            file.write(bytes(2**20))
+    header["vox_offset"] = offset
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "wb") as file:
+        file.write(header.binaryblock + bytes([1, 0, 0, 0]))
+        for says, takes in extensions:
+            file.write(struct.pack("<2i", says, 0))
+            for start in range(8, takes, 1 << 20):
+                file.write(b"A" * min(1 << 20, takes - start))
         file.write(bytes(64))
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(
+    ("offset", "extensions", "message"),
+    [
+        (352 + 64 * MIB, [(64 * MIB, 64 * MIB)], "take at least 67,108,864 bytes in 1 of them"),
+        (352 + 16, [(64 * MIB, 64 * MIB)], "take at least 67,108,864 bytes in 1 of them"),  # the offset says 16
+        (0, [(4 * MIB, 4 * MIB)] * 3, "take at least 12,582,912 bytes in 3 of them"),  # no offset: to the end
+        (0, [(16, 16)] * 1100, "take at least 16,400 bytes in 1,025 of them"),
+        (0, [(-1, 8)], "header extension 1 says it takes -1 bytes; expected 16 or more"),
+    ],
+)
+def test_a_nifti_whose_header_extensions_are_huge_is_refused_before_nibabel_reads_them(
+    tmp_path, monkeypatch, suffix, offset, extensions, message
+):
+    """nibabel reads a NIfTI's header extensions whole with its header: as many bytes as each
+    says it takes while the voxel offset leaves room, to the end of the file where the offset
+    is 0, and a negative one to the end too. Megabytes of repeated bytes gzip to kilobytes, and
+    a few MB of upload to serve would cost its inference worker gigabytes. The extensions'
+    sizes are walked first, and such a file refused."""
+    path = tmp_path / f"extended{suffix}"
+    write_extended_nifti(path, offset, extensions)
 
     def read(*args, **kwargs):
         raise AssertionError("nibabel read the extensions")
 
     monkeypatch.setattr(nib.nifti1.Nifti1Extensions, "from_fileobj", read)
-    with pytest.raises(BadFileError, match=rf"extended{suffix}: its voxels start 67,109,216 bytes in"):
+    with pytest.raises(BadFileError, match=rf"extended{suffix}: (its header extensions )?{message}"):
         LoadVolumed("image")({"image": str(path)})
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_with_header_extensions_within_the_limits_loads(tmp_path, suffix):
+    """A scan written with a comment and a JSON extension, as dcm2niix and AFNI add them."""
+    image = nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4))
+    for code, text in (("comment", b"scanner notes"), ("workflow_fwds", b'{"a": 1}' * 2000)):
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(code, text))
+    nib.save(image, tmp_path / f"scan{suffix}")
+    loaded = LoadVolumed("image")({"image": str(tmp_path / f"scan{suffix}")})["image"]
+    assert loaded.shape == (1, 4, 4, 4) and float(loaded.max()) == 63
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])  # MP4 counts frames in its header; WebM gives a duration

@@ -53,8 +53,10 @@ def check_header(path: str | Path) -> bool:
     return True
 
 
-#: the most bytes of header extensions a NIfTI may hold between its header and its voxels
+#: the most bytes of header extensions a NIfTI may hold between its header and its voxels, and
+#: the most extensions (a file holds none or a few: a DICOM header, a JSON sidecar, AFNI's)
 NIFTI_MAX_EXTENSIONS = 8 << 20
+NIFTI_MAX_EXTENSION_COUNT = 1 << 10
 #: nibabel's header classes, NIfTI-1 and NIfTI-2
 NIFTI_HEADERS = (nib.Nifti1Header, nib.Nifti2Header)
 
@@ -66,24 +68,46 @@ def nifti_header(head: bytes):
     return None if klass is None else klass(head[: klass.sizeof_hdr], check=False)
 
 
-def check_nifti_offset(path: Path) -> None:
-    """nibabel reads a NIfTI's header extensions whole whenever it loads the header: as many
-    bytes as the voxel offset says lie between header and voxels, and a gzipped file of 1 MB can
-    say 1 GB. The offset is read here from the header alone, and a file whose voxels start past
-    :data:`NIFTI_MAX_EXTENSIONS` of extensions is refused before nibabel reads them."""
+def check_nifti_extensions(path: Path) -> None:
+    """nibabel reads a NIfTI's header extensions whole whenever it loads the header, each as
+    many bytes as its own size field says, while the voxel offset leaves room, and to the end
+    of the file when the offset lies before the header's end: a gzipped file of 1 MB can hold
+    1 GB of them. Their sizes are walked here as nibabel would, from each one's 8-byte head,
+    their contents skipped (a gzip stream inflated in passing, never kept), and a file whose
+    extensions take more than :data:`NIFTI_MAX_EXTENSIONS` bytes or number more than
+    :data:`NIFTI_MAX_EXTENSION_COUNT`, or one of less than an extension's 16 bytes (nibabel
+    reads one of a negative size to the end of the file), is refused before nibabel reads them."""
     try:
         with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as file:
             header = nifti_header(file.read(540))
+            if header is None:
+                return
+            file.seek(header.sizeof_hdr)
+            flag = file.read(4)
+            if len(flag) < 4 or flag[0] == 0:  # nibabel's test: no extensions follow
+                return
+            room = float(header["vox_offset"]) - file.tell()  # below 0: nibabel reads to the end
+            order = "little" if header.endianness == "<" else "big"
+            total = count = 0
+            while room >= 16 or room < 0:
+                head = file.read(8)
+                if len(head) < 8:  # the file's end: all read, or a cut file the loader names
+                    return
+                size = int.from_bytes(head[:4], order, signed=True)
+                total, count = total + size, count + 1
+                if size < 16:
+                    raise BadFileError(
+                        f"{path}: header extension {count} says it takes {size:,} bytes; expected 16 or more"
+                    )
+                if total > NIFTI_MAX_EXTENSIONS or count > NIFTI_MAX_EXTENSION_COUNT:
+                    raise BadFileError(
+                        f"{path}: its header extensions take at least {total:,} bytes in {count:,} of them; "
+                        f"expected at most {NIFTI_MAX_EXTENSIONS:,} bytes in {NIFTI_MAX_EXTENSION_COUNT:,}"
+                    )
+                file.seek(size - 8, 1)
+                room -= size
     except (OSError, EOFError, zlib.error):
         return  # nothing to measure by: the header check or the loader names the file
-    if header is None:
-        return
-    offset = float(header["vox_offset"])
-    if not offset <= NIFTI_MAX_EXTENSIONS + header.sizeof_hdr:  # NaN too
-        raise BadFileError(
-            f"{path}: its voxels start {offset:,.0f} bytes in, after header extensions of more than "
-            f"{NIFTI_MAX_EXTENSIONS:,} bytes; expected a NIfTI volume's header of a few KB"
-        )
 
 
 def volume_suffix(data: bytes) -> str | None:
@@ -116,7 +140,7 @@ def may_be_cut(path: str | Path) -> bool:
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")) or not path.is_file():
         return False
-    check_nifti_offset(path)
+    check_nifti_extensions(path)
     try:
         voxels = nib.load(path).dataobj  # where and what the file's voxels are (the header's copy says offset 0)
         length = int(voxels.offset) + math.prod(voxels.shape) * np.dtype(voxels.dtype).itemsize
@@ -201,7 +225,7 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
             sizes = [int(n) for n in fields["DimSize"]] + ([channels] if channels > 1 else [])
             data_file = " ".join(fields.get("ElementDataFile", [])) or None
         else:  # NIfTI, and whatever else nibabel reads: nib.load reads the header (and its extensions)
-            check_nifti_offset(path)
+            check_nifti_extensions(path)
             sizes = [int(n) for n in nib.load(path).header.get_data_shape()]
     except BadFileError:
         raise
