@@ -364,6 +364,12 @@ def test_background_images_leave_objects_to_score_in_every_split(tmp_path):
 
 
 def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):
+    saved = (coco_folder / "annotations.json").read_text()
+    (coco_folder / "annotations.json").write_bytes("\ufeff".encode() + saved.encode())  # a Windows tool's BOM
+    assert DetectionDataModule(data_dir=str(coco_folder)).class_names == ["cat", "dog", "owl"]
+    (coco_folder / "annotations.json").write_bytes(saved.replace('"cat"', '"chat_\u00e9"').encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"annotations.json: cannot read as a UTF-8 JSON file \('utf-8' codec"):
+        DetectionDataModule(data_dir=str(coco_folder))
     (coco_folder / "annotations.json").write_text('{"images": [}')
     with pytest.raises(AnnotationError, match=r"annotations.json: not valid JSON \(line 1"):
         DetectionDataModule(data_dir=str(coco_folder))
@@ -438,7 +444,12 @@ def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
 
 @pytest.mark.parametrize(
     ("xmin", "xmax", "found"),
-    [("nan", "20", "not a finite number"), ("20", "5", "zero or negative area"), ("4", "90", "lies outside")],
+    [
+        ("nan", "20", "not a finite number"),
+        ("20", "5", "zero or negative area"),
+        ("4", "90", "lies outside"),
+        ("48.2", "48.6", "lies outside its image JPEGImages/0.jpg of 48x32 pixels: no part of it is inside"),
+    ],
 )
 def test_a_pascal_voc_box_is_held_to_the_rules_of_a_coco_box(tmp_path, xmin, xmax, found):
     (tmp_path / "Annotations").mkdir()
@@ -464,6 +475,23 @@ def test_a_pascal_voc_filename_outside_the_data_folder_is_refused_before_it_is_l
     )
     with pytest.raises(AnnotationError, match=rf"0.xml: image '{name}' lies outside the data folder"):
         read_voc(tmp_path / "data", ["owl"])
+
+
+def test_a_pascal_voc_image_annotated_by_two_files_is_refused(tmp_path):
+    """Two XML files naming one image made it two samples, which the split could send to train
+    and test: a COCO file listing a file twice is refused, and so is this."""
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "JPEGImages" / "0.jpg")
+    box = "<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>9</ymax></bndbox>"
+    for name in ("0.xml", "0_copy.xml"):
+        (tmp_path / "Annotations" / name).write_text(
+            f"<annotation><filename>0.jpg</filename><object><name>owl</name>{box}</object></annotation>"
+        )
+    message = r"0_copy.xml: image JPEGImages/0.jpg is annotated by 0.xml too; expected one XML file an image"
+    for on_error in ("error", "skip"):  # an error either way: which file holds the boxes is not known
+        with pytest.raises(AnnotationError, match=message):
+            read_voc(tmp_path, ["owl"], on_error)
 
 
 def make_official_coco(root, year=2017):

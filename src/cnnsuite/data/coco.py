@@ -35,6 +35,7 @@ from .errors import BadFileError
 from .folders import leaves_folder
 from .images import image_size
 from .splits import STAGES
+from .textfiles import ENCODING
 
 #: tolerance, in pixels, for a box edge beyond the image border (rounding in exporters)
 BORDER_TOLERANCE = 1.0
@@ -45,7 +46,8 @@ def box_error(
 ) -> str | None:
     """Why ``box`` (``x1, y1, x2, y2`` in pixels) cannot be trained on, or None: a coordinate
     that is not a finite number (``float()`` reads ``nan``), no area, or, given the ``size``
-    (width, height) of ``image``, an edge beyond it by more than :data:`BORDER_TOLERANCE`.
+    (width, height) of ``image``, an edge beyond it by more than :data:`BORDER_TOLERANCE`, or no
+    area inside it (:func:`clipped` would leave none: a detector's loss refuses such a box).
     Every reader of boxes asks here, so that every format is held to the same rules."""
     if not all(math.isfinite(v) for v in box):
         return f"box {tuple(box)} has a coordinate that is not a finite number"
@@ -56,6 +58,8 @@ def box_error(
     t = BORDER_TOLERANCE
     if size is not None and (x1 < -t or y1 < -t or x2 > size[0] + t or y2 > size[1] + t):
         return f"{corners} lies outside {image} of {size[0]}x{size[1]} pixels"
+    if size is not None and (x1 >= size[0] or y1 >= size[1] or x2 <= 0 or y2 <= 0):  # within the tolerance
+        return f"{corners} lies outside {image} of {size[0]}x{size[1]} pixels: no part of it is inside"
     return None
 
 
@@ -149,9 +153,11 @@ class _Problems:
 
 def _load_json(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding=ENCODING)
     except OSError as err:
         raise AnnotationError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: cannot read as a UTF-8 JSON file ({err})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -401,6 +407,7 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
     categories = CategoryMap(list(range(len(class_names))), list(class_names))
     records = []
     sized: dict[str, bool] = {}  # _misdeclared's answers
+    annotated: dict[str, Path] = {}  # image file → the XML that annotates it
     for image_id, xml_path in enumerate(_voc_files(root)):
         try:
             tree = _parse_voc(xml_path)
@@ -417,6 +424,11 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
         if found is None:
             fail(f"{xml_path}: image {file_name!r} is in neither {root / 'JPEGImages'} nor {root}")
             continue
+        if found in annotated:  # it would be sampled twice, maybe into two splits
+            fail(f"{xml_path}: image {found} is annotated by {annotated[found].name} too; expected one XML file "
+                 "an image", fatal=True)  # fmt: skip
+            continue
+        annotated[found] = xml_path
         try:
             width, height = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
         except (TypeError, ValueError):
