@@ -122,6 +122,11 @@ def test_a_bad_space_file_is_one_line_naming_the_key(tmp_path, capsys):
         )  # fmt: skip
         assert named in line, line
     assert line.endswith("(cnnsuite fit --help lists the keys)")  # a sweep's keys are fit's
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("# r\u00e9glage\noptimizer.init_args.lr: {low: 0.1, high: 0.2}\n".encode("latin-1"))
+    line = one_line_error(capsys, "sweep", "--task", "recognition2d", "--space", str(latin), "--trials", "1",
+                          "--out", str(tmp_path / "out"))  # fmt: skip
+    assert "latin.yaml: not YAML ('utf-8' codec can't decode byte 0xe9" in line, line
     assert not (tmp_path / "out").exists()
 
 

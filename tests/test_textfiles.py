@@ -87,6 +87,36 @@ def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_namin
         read_labels_csv(tmp_path, "image")
 
 
+@pytest.mark.parametrize(
+    ("rows", "found"),
+    [
+        ('a.png,x\nb.png,"y\nc.png,z\nd.png,x\n', r"row 3: unexpected end of data; expected a quoted field closed"),
+        ('a.png,x\nb.png,"y"z\n', r"row 3: ',' expected after '\"'; expected a quoted field closed on its row"),
+        ('a.png,x\nb.png,"y\nc.png",z\n', r"row 3: a quoted field runs on over the next lines; expected one line"),
+    ],
+)
+def test_a_quote_left_open_in_a_csv_file_is_named_by_its_row(tmp_path, rows, found):
+    """An open quote made the rest of the file one label: localization2d said row 7's numbers
+    were wrong and printed every later row, and with ``on_bad_file: skip`` trained on the rows
+    before it, the rest gone without a word."""
+    (tmp_path / "labels.csv").write_text("image,label\n" + rows)
+    with pytest.raises(ConfigError, match=rf"labels.csv {found}"):
+        read_csv(tmp_path / "labels.csv", ("image", "label"))
+    (tmp_path / "labels.csv").write_text('image,label\n"a.png","x, y"\n')
+    assert read_csv(tmp_path / "labels.csv", ("image", "label")) == [{"image": "a.png", "label": "x, y"}]
+
+
+def test_a_split_file_saved_by_a_windows_editor_reads_and_one_not_utf8_is_one_line(tmp_path):
+    from cnnsuite.data.splits import load_splits
+
+    lists = '{"train": ["caf\u00e9/1.png"], "val": [], "test": ["b/2.png"]}'
+    (tmp_path / "split.json").write_bytes("\ufeff".encode() + lists.encode())
+    assert load_splits(tmp_path / "split.json")["train"] == ["caf\u00e9/1.png"]
+    (tmp_path / "split.json").write_bytes(lists.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"split.json: cannot read the split lists \('utf-8' codec can't decode"):
+        load_splits(tmp_path / "split.json")
+
+
 def folder_and_outside(tmp_path, outside_mode: str):
     """``(data folder, folder beside it)``: gray ``imgs/b.png`` and ``imgs/c.png`` in the first,
     an ``a.png`` of ``outside_mode`` in the second, which a label file may name through ``..``."""

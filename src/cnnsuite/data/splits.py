@@ -162,8 +162,8 @@ def save_splits(path: Path, splits: dict[str, list[str]]) -> None:
 
 def load_splits(path: Path) -> dict[str, list[str]]:
     try:
-        splits = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        splits = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as err:  # not JSON, or not UTF-8
         raise ConfigError(f"{path}: cannot read the split lists ({err})") from None
     return check_splits(splits, path)
 

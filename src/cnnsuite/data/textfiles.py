@@ -21,19 +21,31 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[dict[str, 
     """The rows of the CSV file at ``path`` as ``{column name: value}``, values stripped of
     surrounding spaces; a header lacking one of ``columns`` (or that does not decode) raises
     :class:`ConfigError` naming the file and what was expected. A row's line number in the
-    file is its index + 2."""
+    file is its index + 2: no field of these files (names, labels, numbers) spans lines, and a
+    quote left open would take the rest of the file as one value, so a row that spans lines, or
+    whose quotes do not close before a comma, is an error naming it."""
     path = Path(path)
+    rows = []
     try:
         with path.open(newline="", encoding=ENCODING) as file:
-            reader = csv.DictReader(file)
+            reader = csv.DictReader(file, strict=True)
             found = [name.strip() for name in reader.fieldnames or []]
             missing = [c for c in columns if c not in found]
             if missing:
                 raise ConfigError(f"{path}: expected columns {','.join(columns)}, found {found}")
             reader.fieldnames = found
-            return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as err:
+            for number, row in enumerate(reader, start=2):
+                if any("\n" in v or "\r" in v for v in row.values() if isinstance(v, str)):
+                    raise ConfigError(f"{path} row {number}: a quoted field runs on over the next lines; expected "
+                                      "one line a row")  # fmt: skip
+                rows.append({k: (v or "").strip() for k, v in row.items() if k is not None})
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read as a UTF-8 CSV file ({err})") from None
+    except csv.Error as err:  # strict quoting: a quote left open, or text after a closing one
+        raise ConfigError(
+            f"{path} row {len(rows) + 2}: {err}; expected a quoted field closed on its row, a comma after the quote"
+        ) from None
+    return rows
 
 
 def read_lines(path: str | Path) -> list[str]:

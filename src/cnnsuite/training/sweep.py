@@ -92,8 +92,8 @@ def read_space(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise MissingFileError(f"--space {path}: no such file")
     try:
-        space = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        space = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not YAML ({' '.join(str(err).split())})") from None
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{path}: expected a mapping of dotted config keys to {SPACE_FORMS}")
