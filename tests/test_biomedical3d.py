@@ -354,6 +354,36 @@ def test_an_empty_series_folder_is_named(tmp_path):
         LoadVolumed()({"image": str(tmp_path / "series")})
 
 
+def test_a_folder_of_two_dicom_series_is_named_not_read_as_one(tmp_path):
+    """MONAI's DICOM reader stacks every file of a folder: a scan of 6 slices beside a
+    localiser of 3 read as one volume of 9, their slices interleaved, and trained on silently."""
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+    from test_newcomer import write_dicom_series
+
+    write_dicom_series(tmp_path / "series", np.zeros((6, 8, 8)))
+    write_dicom_series(tmp_path / "localiser", np.zeros((3, 8, 8)), spacing=(1.0, 1.0, 5.0))
+    for k, file in enumerate(sorted((tmp_path / "localiser").iterdir())):
+        file.rename(tmp_path / "series" / f"loc{k}.dcm")
+    with pytest.raises(BadFileError, match=r"series: holds 2 DICOM series \(SeriesInstanceUID [\d.]+: 6 files, "
+                                           r"[\d.]+: 3 files\); expected one series a folder"):  # fmt: skip
+        LoadVolumed()({"image": str(tmp_path / "series")})
+
+
+def test_predict_takes_a_dicom_series_whose_files_have_no_ending(tmp_path):
+    """Scanners export slices as ``IM0000``, ``IM0001``: training read such a folder, predict
+    took only folders of ``.dcm`` files and said it expected NIfTI, NRRD or MetaImage."""
+    from test_newcomer import write_dicom_series
+
+    write_dicom_series(tmp_path / "patient", np.zeros((4, 8, 8)))
+    for k, file in enumerate(sorted((tmp_path / "patient").iterdir())):
+        file.rename(file.with_name(f"IM{k:04d}"))
+    datamodule = Biomedical3DDataModule(data_dir=str(make_volume_folder(tmp_path / "user")))
+    assert datamodule.is_input(tmp_path / "patient")
+    (tmp_path / "patient" / "notes.txt").write_text("not a slice")
+    assert not datamodule.is_input(tmp_path / "patient")
+    assert datamodule.inputs_taken().endswith(".mhd, or a folder of DICOM files (one series)")
+
+
 def test_4d_volume_is_named(tmp_path):
     folder = make_volume_folder(tmp_path / "user")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), folder / "scans" / "s2.nii")

@@ -545,7 +545,7 @@ def test_bigearthnet_bands_are_read_together_on_the_10m_grid(tmp_path):
         MultispectralDataModule(data_dir=str(root), resampling="linear")
 
 
-def test_bigearthnet_folder_trains_with_the_default_config_and_predicts_a_patch(tmp_path):
+def test_bigearthnet_folder_trains_with_the_default_config_and_predicts_a_patch(tmp_path, capsys):
     root = write_bigearthnet(tmp_path / "BigEarthNet-v1.0", bigearthnet_patches())
     run = fit("multispectral3d", tmp_path, "--data.data_dir", str(root), "--trainer.max_epochs", "1",
               "--data.batch_size", "4", "--evaluate", "false")  # fmt: skip
@@ -557,6 +557,11 @@ def test_bigearthnet_folder_trains_with_the_default_config_and_predicts_a_patch(
     main(["predict", "--ckpt", str(ckpt), "--input", str(patch), "--out", str(tmp_path / "out")])
     (line,) = map(json.loads, (tmp_path / "out" / "predictions.jsonl").open())
     assert line["path"] == str(patch) and set(line["probabilities"]) == {"Coniferous forest", "Pastures"}
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no patch here")
+    with pytest.raises(SystemExit):  # what an input would have been: a patch folder too
+        main(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "notes"), "--out", str(tmp_path / "none")])
+    assert ".tiff, or a patch folder of one GeoTIFF a band); ignored 1 files" in capsys.readouterr().err
 
 
 def test_bigearthnet_labels_come_from_labels_csv_or_one_label_metadata(tmp_path):

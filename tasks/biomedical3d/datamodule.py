@@ -59,6 +59,7 @@ from .readers import (
     LoadVolumed,
     _load_medmnist,
     check_header,
+    is_dicom_series,
     may_be_cut,
     read_labels,
     volume_suffix,
@@ -332,11 +333,11 @@ class Biomedical3DDataModule(TaskDataModule):
 
     # --- one file at a time (predict, serve) --------------------------------------------
     def is_input(self, path: Path) -> bool:
-        """A volume file, or a folder of ``.dcm`` files (one DICOM series)."""
-        if path.is_dir():
-            entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-            return bool(entries) and all(p.is_file() and p.suffix.lower() == ".dcm" for p in entries)
-        return super().is_input(path)
+        """A volume file, or a folder of DICOM files (one series, :func:`~.readers.is_dicom_series`)."""
+        return is_dicom_series(path) if path.is_dir() else super().is_input(path)
+
+    def inputs_taken(self) -> str:
+        return super().inputs_taken() + ", or a folder of DICOM files (one series)"
 
     def describe_preprocessing(self) -> dict:
         spacing = self.hparams.spacing

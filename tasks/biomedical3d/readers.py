@@ -9,6 +9,7 @@ import bz2
 import gzip
 import math
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -209,6 +210,7 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
             import pydicom
 
             slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in _series_files(path)]
+            check_one_series(path, slices)
             voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
             return [voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}", None
         if name.endswith((".nrrd", ".nhdr")):
@@ -232,6 +234,27 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
     except Exception:  # no header to check: the loader's own error names the file
         return None
     return sizes, "declares " + "x".join(map(str, sizes)), data_file
+
+
+def check_one_series(folder: Path, slices: list) -> None:
+    """A folder's slices must be one series: MONAI's DICOM reader stacks every file it finds,
+    so two series in one folder (a scan and its localiser, two reconstructions) would be read
+    as one volume of both interleaved, with a spacing neither has."""
+    series = Counter(str(getattr(s, "SeriesInstanceUID", "")) for s in slices)
+    if len(series) > 1:
+        counted = ", ".join(f"{uid or 'none'}: {n} files" for uid, n in series.most_common())
+        raise BadFileError(
+            f"{folder}: holds {len(series)} DICOM series (SeriesInstanceUID {counted}); expected one series a folder"
+        )
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """Whether ``folder`` holds DICOM files alone (hidden ones left out): ``.dcm`` files, or
+    files named without an ending, as scanners export them, told by the DICOM preamble."""
+    from pydicom.misc import is_dicom
+
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return bool(entries) and all(p.is_file() and (p.suffix.lower() == ".dcm" or is_dicom(p)) for p in entries)
 
 
 def _series_files(folder: Path) -> list[Path]:

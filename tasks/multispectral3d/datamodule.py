@@ -412,6 +412,9 @@ class MultispectralDataModule(TaskDataModule):
         """A GeoTIFF, or a patch folder of one GeoTIFF per band (BigEarthNet-S2)."""
         return bool(band_files(path)) if path.is_dir() else super().is_input(path)
 
+    def inputs_taken(self) -> str:
+        return super().inputs_taken() + ", or a patch folder of one GeoTIFF a band"
+
     def find_bad(self, ids: list[str], decode: bool) -> dict[str, BadFileError]:
         """The patches of ``ids`` that cannot be used, each read in full whether ``decode`` or not
         (a wrong band, a size or a value is found only in the pixels). The reflectances of those

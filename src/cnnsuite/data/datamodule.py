@@ -510,6 +510,10 @@ class TaskDataModule(L.LightningDataModule):
         """Whether ``path``, met in a folder given to ``cnnsuite predict``, is one input."""
         return is_listed(path, self.input_extensions)
 
+    def inputs_taken(self) -> str:
+        """What :meth:`is_input` takes, in words, for a message that found none."""
+        return ", ".join(self.input_extensions)
+
     def content_suffix(self, data: bytes) -> str | None:
         """The one of :attr:`input_extensions` that the file ``data`` is, told from its content,
         or None: what ``serve`` names an upload whose own name has no ending the task takes (a

@@ -195,15 +195,15 @@ def clear_earlier_pictures(out_dir: Path) -> None:
                 picture.unlink()
 
 
-def summary_line(summary: dict, out_dir: Path, takes: tuple[str, ...], errors: list[str]) -> str:
-    """What a prediction did, for the terminal; ``takes``: the file endings the model reads,
+def summary_line(summary: dict, out_dir: Path, takes: str, errors: list[str]) -> str:
+    """What a prediction did, for the terminal; ``takes``: what the model reads, in words,
     said where nothing given was one; ``errors``: why the inputs that failed did, the one
     said where one failed (each is in ``predictions.jsonl``)."""
     inputs = summary["predicted"] + len(summary["failed"])
     if inputs:
         line = f"predicted {summary['predicted']} of {inputs} inputs"
     else:
-        line = f"no file this model takes (expected {', '.join(takes)})"
+        line = f"no file this model takes (expected {takes})"
     if len(errors) == 1:
         line += f"; 1 could not be read: {errors[0]}"
     elif summary["failed"]:
@@ -240,7 +240,7 @@ def predict_main(argv: list[str]) -> None:
     summary, errors = predict_to_folder(
         predictor, args.input, out_dir, args.batch_size, not args.no_pictures, bool(args.out)
     )
-    line = summary_line(summary, out_dir, tuple(predictor.datamodule.input_extensions), errors)
+    line = summary_line(summary, out_dir, predictor.datamodule.inputs_taken(), errors)
     if not summary["predicted"]:  # exit status 2: a script chaining on it must not take this for a result
         raise ConfigError(f"--input {args.input}: " + line.replace("\n", "; "))
     print(line)
