@@ -35,22 +35,25 @@ from cnnsuite.use.tiles import mistakes_first, readable_scale
 
 
 def exif_rotated_jpeg(path, upright: np.ndarray, orientation: int = 6) -> None:
-    """A JPEG as a phone writes it: pixels stored turned, and the EXIF tag that says how to
-    turn them back (6: rotate 90° clockwise to view)."""
+    """A JPEG (or the format ``path`` ends in) as a phone writes it: pixels stored turned, and
+    the EXIF tag that says how to turn them back (6: rotate 90° clockwise to view)."""
     stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what the sensor saw
     exif = Image.Exif()
     exif[0x0112] = orientation
     stored.save(path, exif=exif, quality=95)
 
 
-def test_an_exif_rotated_photo_is_read_upright(tmp_path):
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".png", ".tif"])
+def test_an_exif_rotated_photo_is_read_upright(tmp_path, suffix):
+    """In colour and in gray: torchvision, which decodes a colour WebP, turned it by its tag
+    only for JPEG and PNG, so a phone's WebP was read on its side in colour, upright in gray."""
     upright = np.zeros((40, 24, 3), np.uint8)  # tall, with its bright part at the top
     upright[:10] = 255
-    exif_rotated_jpeg(tmp_path / "photo.jpg", upright)
-    assert Image.open(tmp_path / "photo.jpg").size == (40, 24)  # stored wide, viewed tall
-    assert image_size(tmp_path / "photo.jpg") == (24, 40)
+    photo = tmp_path / f"photo{suffix}"
+    exif_rotated_jpeg(photo, upright)  # stored wide, viewed tall
+    assert image_size(photo) == (24, 40)
     for channels in (1, 3):
-        image = read_image(tmp_path / "photo.jpg", channels)
+        image = read_image(photo, channels)
         assert image.shape == (channels, 40, 24)
         assert image[:, :10].mean() > 0.8 and image[:, 10:].mean() < 0.2
 

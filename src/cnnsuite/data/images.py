@@ -130,7 +130,8 @@ def _to_float(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor
 
 
 #: the formats torchvision decodes, by the channels asked for: it keeps GIF and WebP in colour
-#: when asked for gray, and its PNG decoder ends the process (SIGSEGV) on any error libpng reports
+#: when asked for gray, its PNG decoder ends the process (SIGSEGV) on any error libpng reports,
+#: and it turns only a JPEG (or PNG) upright by its EXIF orientation, so a turned WebP is Pillow's
 _TORCHVISION_DECODES = {1: ("JPEG",), 3: ("JPEG", "GIF", "WEBP")}
 
 
@@ -140,7 +141,8 @@ def _decode(path: Path, channels: int) -> torch.Tensor:
     if mode is None:
         raise ValueError(f"channels={channels}: images are read as 1 (gray) or 3 (RGB) channels")
     with open_image(path) as img:
-        if img.format in _TORCHVISION_DECODES[channels]:
+        turned = img.format == "WEBP" and img.getexif().get(_EXIF_ORIENTATION, 1) != 1
+        if img.format in _TORCHVISION_DECODES[channels] and not turned:
             try:
                 decoded = decode_image(str(path), mode=mode, apply_exif_orientation=True)
                 # an animated GIF decodes to all its frames: its first is the image, as Pillow shows it
@@ -241,7 +243,9 @@ def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` of the upright image — read from the header only (and refused,
     as :func:`read_image` would, when it declares more pixels than the limit)."""
     with open_image(path) as img:
-        width, height = img.size
+        # Pillow 13 gives a TIFF's size turned by its orientation already (and turns its pixels
+        # as they load): the size as stored, whatever the version, is in its tags
+        width, height = (img.tag_v2[256], img.tag_v2[257]) if img.format == "TIFF" else img.size
         # Pillow decodes a whole PNG to look for an EXIF chunk after the pixels; one
         # before them (where writers put it) is in the header.
         has_exif = img.format != "PNG" or "exif" in img.info
