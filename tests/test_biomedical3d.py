@@ -392,6 +392,29 @@ def test_4d_volume_is_named(tmp_path):
             all_volumes(folder, cache=cache)
 
 
+def test_an_nrrd_in_the_formats_right_anterior_superior_space_reads_as_its_lps_twin(tmp_path):
+    """The NRRD format names RAS ``right-anterior-superior``; MONAI knows it only as ``RAS``,
+    and its Orientationd failed with a traceback. The same voxels in the same place, written in
+    LPS and in RAS, give one volume. A space no volume is oriented from is one line."""
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+    from monai.transforms import Orientationd
+
+    voxels = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    for name, space, directions in (("lps", "left-posterior-superior", np.diag([1.0, 2.0, 3.0])),
+                                    ("ras", "right-anterior-superior", np.diag([-1.0, -2.0, 3.0]))):  # fmt: skip
+        header = {"space": space, "space directions": directions, "space origin": np.zeros(3)}
+        nrrd.write(str(tmp_path / f"{name}.nrrd"), voxels, header)
+    load = [LoadVolumed("image"), Orientationd("image", axcodes="RAS")]
+    lps, ras = ({"image": str(tmp_path / f"{name}.nrrd")} for name in ("lps", "ras"))
+    for transform in load:
+        lps, ras = transform(lps), transform(ras)
+    assert torch.equal(lps["image"].as_tensor(), ras["image"].as_tensor())
+    assert np.allclose(lps["image"].affine, ras["image"].affine)
+    nrrd.write(str(tmp_path / "scanner.nrrd"), voxels, {"space": "scanner-xyz", "space directions": np.eye(3)})
+    with pytest.raises(BadFileError, match=r"scanner.nrrd: its header says space: scanner-xyz; expected right-"):
+        LoadVolumed("image")({"image": str(tmp_path / "scanner.nrrd")})
+
+
 def test_a_detached_header_reads_only_a_data_file_beside_it(tmp_path, monkeypatch):
     """A detached NRRD header (a ``data file`` field) names the file of its voxels: one beside
     it is read; one elsewhere on the machine (absolute, or up through ``..``) is refused before

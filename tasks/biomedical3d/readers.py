@@ -217,6 +217,7 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
             import nrrd
 
             header = nrrd.read_header(str(path))
+            check_nrrd_space(path, header.get("space"))
             sizes = [int(n) for n in header["sizes"]]
             data_file = header.get("datafile", header.get("data file"))
         elif name.endswith((".mha", ".mhd")):  # MetaImage: a text header, "DimSize = 512 512 300"
@@ -277,15 +278,42 @@ def check_data_file(path: Path, data_file: str | None) -> None:
         )
 
 
+#: the NRRD spaces a volume may be in, as the NRRD format names them and as MONAI does
+NRRD_SPACES = ("right-anterior-superior", "left-posterior-superior", "RAS", "LPS")
+
+
+def check_nrrd_space(path: Path, space: str | None) -> None:
+    """An NRRD's ``space`` must be one MONAI can orient to RAS (:data:`NRRD_SPACES`, or none:
+    LPS, as MONAI takes it): another (``scanner-xyz``, ``left-anterior-superior``) failed in
+    MONAI's ``Orientationd`` as ``'scanner-xyz' is not a valid SpaceKeys``, a traceback."""
+    if space is not None and space not in NRRD_SPACES:
+        raise BadFileError(
+            f"{path}: its header says space: {space}; expected {', '.join(NRRD_SPACES[:2])} (RAS or LPS), the spaces "
+            "a volume is oriented from"
+        )
+
+
+class AnatomicalNrrdReader(NrrdReader):
+    """MONAI's ``NrrdReader``, which knows the NRRD format's ``left-posterior-superior`` by name
+    but RAS only as MONAI's own ``RAS``: a volume in the format's ``right-anterior-superior``
+    space (its affine already RAS) is given that name."""
+
+    def get_data(self, img):
+        for image in img if isinstance(img, list | tuple) else [img]:
+            if image.header.get("space") == "right-anterior-superior":
+                image.header["space"] = "RAS"
+        return super().get_data(img)
+
+
 def reader_for(path: str | Path) -> ImageReader | None:
     """The reader of a format MONAI's ``LoadImage`` would not pick itself, None where it picks:
-    a detached NRRD header (``.nhdr``) is pynrrd's, but MONAI's ``NrrdReader`` claims only
-    ``.nrrd``, so ``LoadImage`` hands it to the DICOM reader. MetaImage is read by ITK alone;
-    without ITK installed it is one line saying so, not pydicom's complaint about a missing
-    DICOM preamble."""
+    an NRRD is :class:`AnatomicalNrrdReader`'s, which MONAI's ``NrrdReader`` is but for a
+    space's name (and which MONAI claims only for ``.nrrd``: a detached ``.nhdr`` header went to
+    its DICOM reader). MetaImage is read by ITK alone; without ITK installed it is one line
+    saying so, not pydicom's complaint about a missing DICOM preamble."""
     name = str(path).lower()
-    if name.endswith(".nhdr"):
-        return NrrdReader()
+    if name.endswith((".nrrd", ".nhdr")):
+        return AnatomicalNrrdReader()
     if name.endswith((".mha", ".mhd")) and not has_itk:
         raise BadFileError(f"{path}: MetaImage is read with ITK, which is not installed (pip install itk)")
     return None
