@@ -158,6 +158,13 @@ def test_data_that_no_longer_matches_the_model_is_refused(trained, tmp_path):
     with pytest.raises(ValueError, match=r"are the 3 classes best.ckpt was trained on, in another order"):
         check_matches(["cat", "dog", "owl"], None, datamodule, "best.ckpt")
 
+    # several labels a sample, for a single-label model: the checkpoint's, not a data.multilabel the user gave
+    several = shutil.copytree(folder, tmp_path / "several")
+    rows = [f"{p.relative_to(several).as_posix()},{p.parent.name};dog" for p in sorted(several.rglob("*.png"))]
+    (several / "labels.csv").write_text("\n".join(["image,label", *rows]) + "\n")
+    said = r"line 2: 'cat;dog' holds 2 labels, but .*best.ckpt is of a single-label model: it gives one class a sample"
+    with pytest.raises(ValueError, match=said):
+        evaluate(ckpt, tmp_path / "out", data={"data_dir": several})
     # a typo is named as one, not as a setting the checkpoint holds
     with pytest.raises(ValueError, match=r"^unknown key data.data_dri: did you mean data.data_dir"):
         evaluate(ckpt, tmp_path / "out", data={"data_dri": str(folder)})

@@ -27,6 +27,17 @@ from ..errors import BadFileError, ConfigError, MissingFileError
 from .errors import report_bad_files
 from .textfiles import read_csv
 
+
+class OneLabelExpected(ConfigError):
+    """A sample of several labels, or none, where ``data.multilabel=false`` takes one a sample:
+    ``sample`` names its place, ``holds`` says what it holds, so that a command where the
+    checkpoint's model, not a setting, asks for one label can say so."""
+
+    def __init__(self, message: str, sample: str, holds: str) -> None:
+        super().__init__(message)
+        self.sample, self.holds = sample, holds
+
+
 #: what ``data.multilabel`` takes
 MULTILABEL_SETTINGS = ("auto", True, False)
 #: what separates several labels in one cell
@@ -90,9 +101,11 @@ def parse_labels(
     if (several or none) and multilabel is False:
         i = next(i for i, labels in enumerate(sets) if len(labels) != 1)
         holds = f"{SEPARATOR.join(sets[i])!r} holds {len(sets[i])} labels" if sets[i] else "holds no label"
-        raise ConfigError(
+        raise OneLabelExpected(
             f"{place(i)}: {holds}, but data.multilabel=false expects one a sample ({several} of {len(sets)} "
-            f"samples have several, {none} none; data.multilabel=auto trains them multi-label)"
+            f"samples have several, {none} none; data.multilabel=auto trains them multi-label)",
+            place(i),
+            holds,
         )
     decided = bool(several or none) if multilabel == "auto" else bool(multilabel)
     if (several or none) and multilabel == "auto":

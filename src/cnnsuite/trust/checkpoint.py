@@ -36,6 +36,7 @@ from ..classpath import class_path
 from ..contract import task_of, trusted_classes
 from ..contract import trusted_class as registered_class
 from ..data import TaskDataModule
+from ..data.labels import OneLabelExpected
 from ..data.shards import is_prepared
 from ..data.splits import check_splits, load_splits
 from ..errors import CheckpointError, ConfigError, MissingFileError, StateError, describe_unknown
@@ -527,7 +528,11 @@ def rebuild(
     data_args = follow_model(model, data_cls, data_arguments(checkpoint, data_cls, data, ckpt_path))
     also = "; another folder of the run's classes, or of some of them, is tested whole"
     given = check_source_given(checkpoint, data_cls, data, ckpt_path, also)
-    datamodule = data_cls(**data_args)
+    try:
+        datamodule = data_cls(**data_args)
+    except OneLabelExpected as err:  # the model asks for one label a sample, not a setting of the user's
+        raise ConfigError(f"{err.sample}: {err.holds}, but {ckpt_path} is of a single-label model: it gives one class "
+                          "a sample; evaluate it on data of one label a sample") from None  # fmt: skip
     if given:  # a user's folder may lack some of the model's classes, or order them otherwise
         follow_model_classes(datamodule, model.class_names, ckpt_path)
         run_read = recorded_source(checkpoint, data_cls).get("data_dir")
