@@ -298,6 +298,25 @@ def test_a_task_is_trained_by_name_from_a_folder_outside_the_repository(tmp_path
         ("--data.batch_size", "many", "data.batch_size: expected an integer, got 'many'"),
         ("--trainer.max_epochs", "x", "trainer.max_epochs: expected an integer, got 'x'"),
         ("--model.backbone_kwargs", "3", "model.backbone_kwargs: expected a mapping ({key: value}), got '3'"),
+        # a key that takes a class too: its base class named, not only the other types
+        (
+            "--trainer.logger",
+            "CSVLoger",
+            "trainer.logger: expected a Logger class (its name or class_path), a list "
+            "([a, b]), or true or false, got 'CSVLoger'",
+        ),
+        (
+            "--trainer.callbacks",
+            "EarlyStoping",
+            "trainer.callbacks: expected a Callback class (its name or "
+            "class_path) or a list ([a, b]), got 'EarlyStoping'",
+        ),
+        (
+            "--trainer.logger.init_args.save_dir",
+            "3",
+            "trainer.logger.init_args.save_dir: trainer.logger names no "
+            "class to give save_dir to; give --trainer.logger CLASS before it",
+        ),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named_with_what_it_takes(capsys, option, value, said):

@@ -601,13 +601,14 @@ def config_mistake(message: str, parser, command: str | None) -> str:
 
 #: how :func:`wrong_value` names the types jsonargparse expects
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "dict": "a mapping ({key: value})", "list": "a list ([a, b])"}  # fmt: skip
+              "dict": "a mapping ({key: value})", "list": "a list ([a, b])", "Iterable": "a list ([a, b])"}  # fmt: skip
 
 
 def wrong_value(message: str, prefix: str = "") -> str | None:
-    """What :func:`config_mistake` says of a value of the wrong type (``--data.val_clips two``,
-    ``--trainer.max_epochs x``): the key as typed, what it takes and what it got, in place of
-    jsonargparse's account of the Unions it tried; None when ``message`` is about something else."""
+    """What :func:`config_mistake` says of a value of the wrong type (``--trainer.max_epochs x``,
+    ``--trainer.logger CSVLoger``): the key as typed, what it takes (a class named by the base
+    class jsonargparse lists, where it takes one) and what it got, in place of jsonargparse's
+    account of the Unions it tried; None when ``message`` is about something else."""
     lines = message.splitlines()
     owner = re.match(r'Parser key "([\w.]+)":', lines[0]) if lines else None
     if owner is None:
@@ -622,13 +623,21 @@ def wrong_value(message: str, prefix: str = "") -> str | None:
             return None
         key, body = f"{key}.{field[1]}", inner[1:]
     text = "\n".join(body)
+    if arg := re.search(r"Given value: NestedArg\(key='(\w+)'", text):  # --trainer.logger.init_args.save_dir alone
+        return f"{key}.init_args.{arg[1]}: {key} names no class to give {arg[1]} to; give --{key} CLASS before it"
     takes = [literal.replace(", ", " or ") for literal in re.findall(r"Expected a typing\.Literal\[(.*?)\]", text)]
-    kinds = [kind for kind in re.findall(r"Expected a <class '(\w+)'>", text) if kind != "NoneType"]
+    if "Expected a dot import path string" in text:  # a class, by name or class_path: the base class listed
+        subtypes = re.search(r"Subtypes: (.*)", text)
+        bases = [name for name in re.findall(r"<class '([\w.]+)'>", subtypes[1] if subtypes else "") if "." in name]
+        takes.append(f"a {bases[0].rsplit('.', 1)[-1] + ' ' if bases else ''}class (its name or class_path)")
+    kinds = [kind for kind in re.findall(r"Expected a <class '(?:[\w]+\.)*(\w+)'>", text) if kind != "NoneType"]
     takes += [TYPE_WORDS.get(kind, f"a {kind}") for kind in kinds]
     given = re.search(r"(?:Got value|Given value): (.*)", text)
     if not takes or given is None:
         return None
-    return f"{key}: expected {' or '.join(takes)}, got {given[1].strip()!r}"
+    takes = list(dict.fromkeys(takes))
+    said = " or ".join(takes) if len(takes) < 3 else f"{', '.join(takes[:-1])}, or {takes[-1]}"
+    return f"{key}: expected {said}, got {given[1].strip()!r}"
 
 
 def unknown_keys(message: str, parser, prefix: str = "") -> str | None:
