@@ -157,6 +157,11 @@ def test_a_killed_sweep_resumes_its_study(tmp_path, image_folder, monkeypatch):
                "--storage", storage, "--out", str(tmp_path / "out"), *fixed(tmp_path, image_folder),
                "--trainer.max_epochs", "1"]  # fmt: skip
     sweep("--trials", "1", *options)
+    # a new study draws with --seed: another of the same options draws the same first trial
+    again = {storage: f"sqlite:///{tmp_path / 'again.db'}", str(tmp_path / "out"): str(tmp_path / "again")}
+    sweep("--trials", "1", *[again.get(o, o) for o in options])
+    first, repeated = (optuna.load_study(study_name="sweep", storage=s).trials[0] for s in (storage, again[storage]))
+    assert first.params == repeated.params
     # a process killed in the middle of a trial: the trial stays RUNNING, its heartbeat stops
     monkeypatch.setattr(sweeping, "GRACE_PERIOD", 1)
     rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=1)

@@ -208,16 +208,17 @@ def run_sweep(argv: list[str], space: dict, args) -> None:
     direction = "maximize" if checkpoint.mode == "max" else "minimize"
     study = optuna.create_study(
         study_name=args.study, storage=storage, direction=direction, load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=args.seed, constant_liar=True),
         pruner=optuna.pruners.MedianPruner(
             n_startup_trials=args.startup_trials, n_warmup_steps=warmup_epochs(args.warmup_epochs, trainer.max_epochs)
         ),
     )  # fmt: skip
-    # A process resuming the study (or joining it with the same --seed) draws with --seed and the
-    # trials already there: seeded as the first process was, it would draw its points again.
+    # A new study draws with --seed; a process resuming it (or joining it with the same --seed)
+    # with --seed and the trials already there: seeded as the first process was, it would draw
+    # its points again.
+    seed = args.seed
     if study.trials:
-        drawn = np.random.SeedSequence([args.seed, len(study.trials)]).generate_state(1)[0]
-        study.sampler = optuna.samplers.TPESampler(seed=int(drawn), constant_liar=True)
+        seed = int(np.random.SeedSequence([args.seed, len(study.trials)]).generate_state(1)[0])
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     if study.direction.name.lower() != direction:
         raise ConfigError(f"--study {args.study}: the stored study {study.direction.name.lower()}s, this task's "
                           f"{checkpoint.monitor} is to {direction}: name another study")  # fmt: skip

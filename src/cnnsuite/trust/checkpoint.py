@@ -159,9 +159,9 @@ def check_signature(cls: type, args: dict, source: object, what: str) -> None:
     checks them as it checks a config (no class is imported or instantiated: a ``class_path``
     inside a ``dict`` argument stays a dict, one in a typed argument is a type error), long
     lists by their :func:`typical_items`."""
-    parser = signature_parser(cls)
+    parser, typical = signature_parser(cls), typical_items(args, what, source)  # its refusal names the source once
     try:
-        parser.parse_object({"args": typical_items(args, what, source)}, defaults=False)
+        parser.parse_object({"args": typical}, defaults=False)
     except Exception as err:  # jsonargparse's ArgumentError, or a type's own error on a strange value
         lines = [line.strip() for line in str(err).strip().splitlines()]
         given = next((line for line in lines if line.startswith("Given value type")), "")
