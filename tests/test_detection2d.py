@@ -494,6 +494,47 @@ def test_a_pascal_voc_image_annotated_by_two_files_is_refused(tmp_path):
             read_voc(tmp_path, ["owl"], on_error)
 
 
+def make_voc_folder(root, count=12):
+    """A Pascal VOC folder of ``count`` images, ids ``2008_0000<i>``, one owl or emu each."""
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    for i in range(count):
+        image_id = f"2008_{i:06d}"
+        Image.fromarray(np.full((32, 48, 3), 40 * (i % 5), np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        box = f"<bndbox><xmin>{1 + i}</xmin><ymin>2</ymin><xmax>{20 + i}</xmax><ymax>19</ymax></bndbox>"
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename>"
+            f"<object><name>{('owl', 'emu')[i % 2]}</name>{box}</object></annotation>"
+        )
+    return root
+
+
+def test_a_pascal_voc_folder_keeps_its_image_sets(tmp_path):
+    """VOC's ``ImageSets/Main/train.txt`` and ``val.txt`` (torchvision's ``image_set``) were
+    ignored, so official val images were trained on. They are the split, as COCO's split files
+    are: val the test split, validation drawn from train. A class's own lists are not splits."""
+    voc = make_voc_folder(tmp_path / "VOC2012")
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    ids = [f"2008_{i:06d}" for i in range(12)]
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids[:8]) + "\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("\n".join(ids[8:]) + "\n")
+    (voc / "ImageSets" / "Main" / "owl_train.txt").write_text(f"{ids[8]}  1\n")
+    dm = DetectionDataModule(data_dir=str(voc), val_fraction=0.2)
+    dm.setup("fit")
+    assert sorted(dm.splits["test"]) == [f"JPEGImages/{i}.jpg" for i in ids[8:]]
+    assert sorted(dm.splits["train"] + dm.splits["val"]) == [f"JPEGImages/{i}.jpg" for i in ids[:8]]
+    assert dm.splits["val"]
+    (voc / "ImageSets" / "Main" / "val.txt").write_text(f"{ids[8]}\n{ids[0]}\n")
+    with pytest.raises(AnnotationError, match=rf"val.txt line 2: image id '{ids[0]}' is also in train.txt"):
+        DetectionDataModule(data_dir=str(voc)).setup("fit")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("2008_999999\n")
+    with pytest.raises(AnnotationError, match=r"val.txt line 1: image id '2008_999999' has no Annotations/2008_999999"):
+        DetectionDataModule(data_dir=str(voc)).setup("fit")
+    (voc / "ImageSets" / "Main" / "train.txt").unlink()
+    with pytest.raises(ConfigError, match=r"Main: found val.txt; expected train.txt and val.txt or test.txt"):
+        DetectionDataModule(data_dir=str(voc)).setup("fit")
+
+
 def make_official_coco(root, year=2017):
     """COCO as downloaded: ``annotations/instances_train2017.json`` and
     ``instances_val2017.json`` (beside them the captions file the download also holds), images

@@ -5,11 +5,12 @@
   ``train.json`` with ``val.json`` and/or ``test.json`` (COCO files, same categories); or
   COCO as downloaded, ``annotations/instances_train2017.json`` and ``instances_val2017.json``
   with images in ``train2017/`` and ``val2017/``; or a Pascal VOC folder
-  (``Annotations/*.xml`` + ``JPEGImages/``). Category ids may have gaps (COCO's run 1…90):
-  they map to contiguous labels and back (:class:`~cnnsuite.data.coco.CategoryMap`). Without
-  fixed splits, images are split by ``seed``, stratified by each image's most frequent class;
-  with train and val files but no test file (COCO's test labels are not public), val is the
-  test split and validation is drawn from train by ``seed``.
+  (``Annotations/*.xml`` + ``JPEGImages/``, its split in ``ImageSets/Main/train.txt`` ...).
+  Category ids may have gaps (COCO's run 1…90): they map to contiguous labels and back
+  (:class:`~cnnsuite.data.coco.CategoryMap`). Without fixed splits, images are split by
+  ``seed``, stratified by each image's most frequent class; with train and val files (or
+  lists) but no test file (COCO's test labels are not public), val is the test split and
+  validation is drawn from train by ``seed``.
 - **Embedded default**: canvases of real handwritten digits (scikit-learn's scans, upscaled
   to varied sizes, a few per canvas, sometimes overlapping a little), written once as PNGs
   with ``train.json``/``val.json``/``test.json`` under ``data/detection2d/`` and read back by
@@ -51,7 +52,6 @@ from cnnsuite.data import (
 from cnnsuite.data.coco import (
     AnnotationError,
     CategoryMap,
-    CocoFile,
     DetectionData,
     DetectionRecord,
     check_annotated_size,
@@ -61,6 +61,7 @@ from cnnsuite.data.coco import (
     read_coco,
     read_voc,
     voc_classes,
+    voc_split_lists,
 )
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
@@ -161,7 +162,7 @@ class DetectionDataModule(TaskDataModule):
             raise ConfigError(f"data.on_bad_annotation={on_bad_annotation!r}: expected 'error' or 'skip'")
         self._data: DetectionData | None = None
         self._fixed_splits: dict[str, list[str]] | None = None
-        self._split_files: dict[str, CocoFile] | None = None
+        self._split_sources: dict[str, Path] = {}  # the file each fixed split comes from
         if data_dir is None:
             self.categories = CategoryMap(list(range(1, 11)), [str(d) for d in range(10)])
             self.in_channels = channels or 1
@@ -248,12 +249,17 @@ class DetectionDataModule(TaskDataModule):
         root, on_error = self.root, self.hparams.on_bad_annotation
         if self.hparams.data_dir is not None and self.format == "voc":
             self._data = read_voc(root, self.categories.names, on_error)
+            lists = voc_split_lists(root, self._data.records)
+            if lists is not None:
+                self._split_sources = {stage: path for stage, (path, _) in lists.items()}
+                self._fixed_splits = {stage: ids for stage, (_, ids) in lists.items()}
             return self._data
-        self._split_files = files = coco_split_files(root)
+        files = coco_split_files(root)
         if files is None:
             self._data = read_coco(root / "annotations.json", root, on_error)
             return self._data
         records, self._fixed_splits = [], {}
+        self._split_sources = {stage: f.path for stage, f in files.items()}
         for stage, f in files.items():
             part = read_coco(f.path, root, on_error, f.image_folders)
             records += part.records
@@ -297,16 +303,16 @@ class DetectionDataModule(TaskDataModule):
             return self.with_objects(super().decide_splits())
         if len(fixed) == len(STAGES):
             return self.with_objects(fixed)
-        files, held_out = self._split_files, "test" if "test" in fixed else "val"
+        files, held_out = self._split_sources, "test" if "test" in fixed else "val"
         labels = dict(self.samples())
         hp = self.hparams
         train, val = split_validation(
             fixed["train"], [labels[i] for i in fixed["train"]], hp.val_fraction, len(labels), hp.seed
         )
         rank_zero_info(
-            f"{files[held_out].path}: the test split ({self.root} has no "
+            f"{files[held_out]}: the test split ({self.root} has no "
             f"{'validation' if held_out == 'test' else 'test'} annotations); validation is {len(val)} images "
-            f"drawn from {files['train'].path} (data.val_fraction {hp.val_fraction} of all images, data.seed {hp.seed})"
+            f"drawn from {files['train']} (data.val_fraction {hp.val_fraction} of all images, data.seed {hp.seed})"
         )
         return self.with_objects({"train": train, "val": val, "test": fixed[held_out]})
 

@@ -35,7 +35,7 @@ from .errors import BadFileError
 from .folders import leaves_folder
 from .images import image_size
 from .splits import STAGES
-from .textfiles import ENCODING
+from .textfiles import ENCODING, read_lines
 
 #: tolerance, in pixels, for a box edge beyond the image border (rounding in exporters)
 BORDER_TOLERANCE = 1.0
@@ -231,6 +231,41 @@ def coco_split_files(root: Path) -> dict[str, CocoFile] | None:
     if len(found) == 1:
         raise ConfigError(f"{root}: found {names} but neither val nor test annotations beside it")
     return found
+
+
+def voc_split_lists(root: Path, records: list[DetectionRecord]) -> dict[str, tuple[Path, list[str]]] | None:
+    """The split a Pascal VOC folder brings, ``{stage: (its list, the files of its images)}``,
+    or None where it brings none:
+    ``ImageSets/Main/train.txt``, ``val.txt`` and ``test.txt`` (one image id a line, the name of
+    its XML file; what torchvision's ``VOCDetection`` reads as its ``image_set``), a train list
+    and at least one of val and test, as COCO's. Each id is one of ``records`` (read from its
+    XML): an id whose XML is missing is an error naming the list; one whose XML was left out
+    as bad (``on_bad_annotation: skip``) stays out."""
+    folder = root / "ImageSets" / "Main"
+    paths = {s: folder / f"{s}.txt" for s in STAGES if (folder / f"{s}.txt").is_file()}
+    if not paths:
+        return None
+    if "train" not in paths or len(paths) == 1:
+        raise ConfigError(f"{folder}: found {', '.join(p.name for p in paths.values())}; expected train.txt and "
+                          "val.txt or test.txt (or none: the images are then split by data.seed)")  # fmt: skip
+    by_id = {Path(r.source).stem: r.file for r in records}
+    lists, seen = {}, {}
+    for stage, path in paths.items():
+        lists[stage] = []
+        for number, image_id in enumerate(read_lines(path), start=1):
+            image_id = image_id.split()[0] if image_id else ""  # a class's list adds 1 or -1 after the id
+            if not image_id:
+                continue
+            if image_id not in by_id:
+                if not (root / "Annotations" / f"{image_id}.xml").is_file():
+                    raise AnnotationError(f"{path} line {number}: image id {image_id!r} has no Annotations/"
+                                          f"{image_id}.xml")  # fmt: skip
+                continue  # its annotation was bad, and skipped
+            if image_id in seen:
+                raise AnnotationError(f"{path} line {number}: image id {image_id!r} is also in {seen[image_id]}")
+            seen[image_id] = path.name
+            lists[stage].append(by_id[image_id])
+    return {stage: (paths[stage], ids) for stage, ids in lists.items()}
 
 
 def find_image(root: Path, file_name: str, folders: tuple[str, ...] = IMAGE_FOLDERS) -> str | None:
