@@ -226,6 +226,8 @@ def test_a_detector_exports_without_files_checked_on_its_own_canvas(tmp_path, ca
     info = json.loads((path.parent / "model.onnx.json").read_text())
     assert info["check"]["inputs"] == "3 random samples of (3, 64, 64) and 2 of (3, 192, 256)"
     assert info["input"]["shape"] == ["batch", 3, "free", "free"]
+    # its outputs' locations follow the input's size: free too, not those of the check's canvas
+    assert [o["shape"] for o in info["outputs"]] == [["batch", "free", 3], ["batch", "free", 4], ["batch", "free", 1]]
     assert max(info["check"]["max_abs_diff"].values()) < 1e-4
     # free as the file says: a wide image's canvas, and a tall one's (traced on the square
     # canvas alone, the file ran on that size only)

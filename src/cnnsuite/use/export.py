@@ -185,7 +185,8 @@ def export(
                 + ", ".join(f"{n} {d:.3g}" for n, d in diffs.items())
                 + f") on {check_source}; nothing was written"
             )
-        info = describe_export(model, datamodule, ckpt_path, path, fmt, opset, expected, names, check_batch)
+        info = describe_export(model, datamodule, ckpt_path, path, fmt, opset, names, check_batch,
+                               (expected, expected_example))  # fmt: skip
         info["check"] = {
             "inputs": check_source,
             "runtime": "onnxruntime (CPUExecutionProvider)" if fmt == "onnx" else "torch.export.load",
@@ -348,14 +349,19 @@ def describe_export(
     path: Path,
     fmt: str,
     opset: int | None,
-    outputs: tuple[torch.Tensor, ...],
     names: list[str],
     batch: torch.Tensor,
+    outputs: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]],
 ) -> dict:
-    """What the JSON beside the export holds: everything a user needs to feed it and read it."""
+    """What the JSON beside the export holds: everything a user needs to feed it and read it.
+    ``outputs``: the network's on the check's ``batch`` and on the traced example, whose free
+    axes differ from the batch's: an output's axis that differs between them follows the
+    input's size (a detector's locations), and is ``free`` too."""
     meanings = model.inference_outputs
     free = model.inference_dynamic_shapes(torch.export.Dim("batch"))
     task = task_of(type(model))
+    shapes = [["batch", *(a if a == b else "free" for a, b in zip(out.shape[1:], other.shape[1:], strict=True))]
+              for out, other in zip(*outputs, strict=True)]  # fmt: skip
     return {
         "file": path.name,
         "format": fmt,
@@ -376,14 +382,9 @@ def describe_export(
         "class_names": list(model.class_names),
         **model.describe_labels(),
         "outputs": [
-            {
-                "name": name,
-                "shape": ["batch", *out.shape[1:]],
-                "dtype": str(out.dtype).removeprefix("torch."),
-                "meaning": meanings[name],
-            }
-            for name, out in zip(names, outputs, strict=True)
-        ],  # fmt: skip
+            {"name": name, "shape": shape, "dtype": str(out.dtype).removeprefix("torch."), "meaning": meanings[name]}
+            for name, shape, out in zip(names, shapes, outputs[0], strict=True)
+        ],
     }
 
 
