@@ -361,6 +361,17 @@ def test_background_images_leave_objects_to_score_in_every_split(tmp_path):
                              data_root=str(tmp_path / "data"))  # fmt: skip
     with pytest.raises(ConfigError, match=r"the val split's 2 images hold no object, so mAP has nothing to score"):
         dm.setup("fit")
+    # crowd boxes only excuse detections: a val split of crowds alone has nothing to score either
+    crowded = sorted(boxed)[:2]
+    for annotation in doc["annotations"]:
+        annotation["iscrowd"] = int(f"images/img{annotation['image_id'] - 1}.png" in crowded)
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    split = {"train": sorted(boxed)[4:], "val": crowded, "test": sorted(boxed)[2:4]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    dm = DetectionDataModule(data_dir=str(folder), split_file=str(tmp_path / "split.json"),
+                             data_root=str(tmp_path / "data"))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"the val split's 2 images hold no object, so mAP has nothing to score"):
+        dm.setup("fit")
 
 
 def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):

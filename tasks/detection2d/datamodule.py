@@ -319,8 +319,9 @@ class DetectionDataModule(TaskDataModule):
     def with_objects(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
         """``splits``, once its validation and test images hold an object each at least: mAP
         scores detections against objects, so a split of background images alone scores nothing
-        (the run would stop after its first epoch, finding no ``val/map`` to pick checkpoints by)."""
-        boxed = {record.file for record in self._load().records if record.labels}
+        (the run would stop after its first epoch, finding no ``val/map`` to pick checkpoints by).
+        A crowd (or VOC ``difficult``) box is no object to score: it only excuses detections."""
+        boxed = {record.file for record in self._load().records if not all(record.iscrowd)}
         for stage in ("val", "test"):
             if splits[stage] and not boxed.intersection(splits[stage]):
                 raise ConfigError(
