@@ -4,6 +4,7 @@ the model learnt: what may be rebuilt from a checkpoint, and what is refused."""
 import json
 import re
 import shutil
+import sys
 import warnings
 
 import pytest
@@ -747,6 +748,53 @@ def test_a_checkpoints_widths_cannot_make_it_allocate_more_than_its_weights(trai
     assert built == [True]
     Predictor(source, accelerator="cpu")  # the run's own file: sized alike, then built
     assert built == [True, True, False]
+
+
+def shared_lists(levels: int) -> list:
+    """Lists each holding the next twice: a pickle stores each once, a reader walks 2^levels."""
+    found: list = ["cat"]
+    for _ in range(levels):
+        found = [found, found]
+    return found
+
+
+def nested_lists(levels: int) -> list:
+    found: list = ["cat"]
+    for _ in range(levels):
+        found = [found]
+    return found
+
+
+@pytest.mark.parametrize(
+    "entry,value,said",
+    [
+        ("hyper_parameters", shared_lists(40), "come to more than 16,777,216 values when read in full"),
+        ("datamodule_hyper_parameters", shared_lists(40), "come to more than 16,777,216 values when read in full"),
+        ("hyper_parameters", nested_lists(5000), "nest lists or mappings more than 64 deep"),
+        ("loops", {"fit_loop": nested_lists(5000)}, "nest lists or mappings more than 64 deep"),
+    ],
+)
+def test_a_checkpoint_that_reads_far_larger_than_it_is_is_one_line(trained, tmp_path, capsys, entry, value, said):
+    """A 2 KB file whose class names were 40 lists each holding the next twice: the arguments'
+    check walked 2^40 values, a process grew past 6 GB before any check refused it. A list 5,000
+    deep ended in a RecursionError's traceback. Both are refused as the checkpoint is loaded."""
+    folder, run = trained
+
+    def plant(checkpoint):
+        if entry == "loops":
+            checkpoint[entry] = value
+        else:
+            checkpoint[entry]["class_names"] = value
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # pickling the deep list recurses
+    try:
+        source = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "big.ckpt", plant)
+    finally:
+        sys.setrecursionlimit(limit)
+    error = one_line_error(["predict", "--ckpt", str(source), "--input", str(folder / "cat"),
+                            "--out", str(tmp_path / "out")], capsys)  # fmt: skip
+    assert f"big.ckpt: its entries {said}" in error and error.endswith("expected a checkpoint written by cnnsuite fit")
 
 
 @pytest.mark.parametrize(

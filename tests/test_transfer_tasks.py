@@ -72,6 +72,16 @@ def test_a_parametrized_checkpoint_gives_the_kernels_its_model_computes(tmp_path
     loc = transferred(LocalizationModule, ckpt, backbone_kwargs=yaml.safe_load(FAMILY), roi_stage=-1)
     for name, kernel in kernels.items():
         assert torch.equal(loc.get_submodule(name).weight, kernel), name
+    # rebuilt, it is checked as every command checks a checkpoint: one whose class names are
+    # lists each holding the next twice (2 KB that read as 2^40 values) grew a fit past 4 GB
+    checkpoint = torch.load(ckpt, weights_only=True)
+    shared = ["a"]
+    for _ in range(40):
+        shared = [shared, shared]
+    checkpoint["hyper_parameters"]["class_names"] = shared
+    torch.save(checkpoint, tmp_path / "shared.ckpt")
+    with pytest.raises(ValueError, match=r"shared.ckpt: its entries come to more than 16,777,216 values"):
+        transferred(LocalizationModule, tmp_path / "shared.ckpt", backbone_kwargs=yaml.safe_load(FAMILY), roi_stage=-1)
 
 
 def test_grey_digits_start_an_rgb_task_through_the_channel_mean(recognition):

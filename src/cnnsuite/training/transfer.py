@@ -119,9 +119,11 @@ def computed_kernels(checkpoint: dict, source: str) -> dict[str, torch.Tensor]:
     """The backbone of a cnnsuite checkpoint whose convolutions are parametrized, each kernel
     the ``w = H(u)`` its model computes: a tied kernel's free entries or a hypernetwork's code
     are no kernel another network can start from. The model is rebuilt as every command
-    rebuilds a checkpoint (:func:`~cnnsuite.trust.checkpoint.build_model`)."""
-    from ..trust.checkpoint import build_model
+    rebuilds a checkpoint (:func:`~cnnsuite.trust.checkpoint.build_model`), its outline checked
+    first as every command checks one it loads."""
+    from ..trust.checkpoint import build_model, check_outline
 
+    check_outline(checkpoint, source)
     model = build_model(checkpoint, source)
     backbone = model.get_submodule(model.backbone_prefix.rstrip("."))
     for module in backbone.modules():

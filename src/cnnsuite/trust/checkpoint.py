@@ -72,19 +72,69 @@ def load_checkpoint(ckpt_path: str | Path) -> dict:
     if not path.is_file():
         raise MissingFileError(f"{path}: no such checkpoint file")
     checkpoint = load_weights_only(path, f"{path}: cannot load as a checkpoint", mmap=True)
+    check_outline(checkpoint, path)
+    return checkpoint
+
+
+def check_outline(checkpoint: object, source: object) -> None:
+    """A checkpoint's outline, before anything in it is used (:func:`load_checkpoint`, and a
+    checkpoint a model starts from): the classes it records, a ``state_dict`` of tensors each
+    value stored once, and entries that read as large as they are."""
     classes = checkpoint.get(CLASSES_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(classes, dict) or "datamodule" not in classes or "model" not in classes:
-        raise CheckpointError(f"{path}: not a checkpoint written by cnnsuite fit (no '{CLASSES_KEY}' entry)")
+        raise CheckpointError(f"{source}: not a checkpoint written by cnnsuite fit (no '{CLASSES_KEY}' entry)")
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path}: its 'state_dict' is {describe(state)}, expected the model's tensors by name")
+        raise CheckpointError(f"{source}: its 'state_dict' is {describe(state)}, expected the model's tensors by name")
     wrong = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if wrong:
         raise CheckpointError(
-            f"{path}: its 'state_dict' holds {describe(state[wrong[0]])} at {wrong[0]!r}, not a tensor"
+            f"{source}: its 'state_dict' holds {describe(state[wrong[0]])} at {wrong[0]!r}, not a tensor"
         )
-    check_values_stored(state, path)
-    return checkpoint
+    check_values_stored(state, source)
+    check_walkable({k: v for k, v in checkpoint.items() if k != "state_dict"}, source)
+
+
+#: the most values (each list, tuple, mapping, key and item counted) and the deepest nesting a
+#: checkpoint's entries besides its weights may come to when read in full
+MAX_VALUES = 1 << 24
+MAX_DEPTH = 64
+
+
+def check_walkable(value: object, source: object) -> None:
+    """What reads a checkpoint's entries (the arguments' checks, jsonargparse, the JSON writer,
+    Lightning's state) walks each list and mapping as often as it is referenced, and by
+    recursion. A pickle stores an object once however often it is referenced: thirty lists each
+    holding the next twice are 2 KB that read as 2^30 values, and a list inside a list 50,000
+    deep ends Python's recursion. The values each object comes to, and how deep it nests, are
+    counted here once per object, and a file past :data:`MAX_VALUES` values or
+    :data:`MAX_DEPTH` levels is refused."""
+    measured: dict[int, tuple[int, int]] = {}  # id → (values, levels below)
+    deep = CheckpointError(f"{source}: its entries nest lists or mappings more than {MAX_DEPTH} deep; expected a "
+                           "checkpoint written by cnnsuite fit")  # fmt: skip
+
+    def measure(item: object, depth: int) -> tuple[int, int]:
+        if not isinstance(item, dict | list | tuple):
+            return 1, 0
+        if depth >= MAX_DEPTH:  # a cycle ends here too
+            raise deep
+        if id(item) not in measured:
+            values, below = 1, 0
+            for child in (x for pair in item.items() for x in pair) if isinstance(item, dict) else item:
+                count, levels = measure(child, depth + 1)
+                values, below = values + count, max(below, levels + 1)
+                if values > MAX_VALUES:
+                    raise CheckpointError(
+                        f"{source}: its entries come to more than {MAX_VALUES:,} values when read in full (lists or "
+                        "mappings referenced over and over); expected a checkpoint written by cnnsuite fit"
+                    )
+            measured[id(item)] = values, below
+        values, below = measured[id(item)]
+        if depth + below >= MAX_DEPTH:
+            raise deep
+        return values, below
+
+    measure(value, 0)
 
 
 def check_values_stored(state: dict[str, torch.Tensor], source: object) -> None:
