@@ -364,9 +364,24 @@ def test_a_folder_of_two_dicom_series_is_named_not_read_as_one(tmp_path):
     write_dicom_series(tmp_path / "localiser", np.zeros((3, 8, 8)), spacing=(1.0, 1.0, 5.0))
     for k, file in enumerate(sorted((tmp_path / "localiser").iterdir())):
         file.rename(tmp_path / "series" / f"loc{k}.dcm")
-    with pytest.raises(BadFileError, match=r"series: holds 2 DICOM series \(SeriesInstanceUID [\d.]+: 6 files, "
-                                           r"[\d.]+: 3 files\); expected one series a folder"):  # fmt: skip
-        LoadVolumed()({"image": str(tmp_path / "series")})
+    for extra in ("none", "Thumbs.db"):  # a file that is no DICOM: MONAI's reader leaves it out, so does the check
+        if extra != "none":
+            (tmp_path / "series" / extra).write_bytes(bytes(512))
+        with pytest.raises(BadFileError, match=r"series: holds 2 DICOM series \(SeriesInstanceUID [\d.]+: 6 files, "
+                                               r"[\d.]+: 3 files\); expected one series a folder"):  # fmt: skip
+            LoadVolumed()({"image": str(tmp_path / "series")})
+
+
+@pytest.mark.parametrize("name", ["scan.nii.bz2", "scan.hdr.gz", "scan.img"])
+def test_a_file_of_no_volume_ending_is_refused_before_nibabel_reads_it(tmp_path, monkeypatch, name):
+    """nibabel reads ``.nii.bz2`` and Analyze ``.hdr`` pairs too, whose header extensions the
+    check before it did not walk: an 845-byte ``.nii.bz2`` a labels.csv named took 3.1 GB."""
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+
+    (tmp_path / name).write_bytes(bytes(400))
+    monkeypatch.setattr(nib, "load", lambda *args, **kwargs: pytest.fail("nibabel read it"))
+    with pytest.raises(BadFileError, match=rf"{name}: expected a volume file \(.nii, .nii.gz, .nrrd"):
+        LoadVolumed()({"image": str(tmp_path / name)})
 
 
 def test_predict_takes_a_dicom_series_whose_files_have_no_ending(tmp_path):

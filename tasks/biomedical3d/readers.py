@@ -204,12 +204,19 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
     name = path.name.lower()
     if path.is_dir() and not _series_files(path):
         raise BadFileError(f"{path}: a folder without files; expected a DICOM series (one file a slice)")
+    if not path.is_dir() and not name.endswith(VOLUME_EXTENSIONS):  # nibabel would read .nii.bz2, .hdr ... unchecked
+        raise BadFileError(f"{path}: expected a volume file ({', '.join(VOLUME_EXTENSIONS)}) or a DICOM series folder")
     data_file = None
     try:
         if path.is_dir():  # a DICOM series: each file a slice of Rows x Columns (x frames)
             import pydicom
 
-            slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in _series_files(path)]
+            slices = []
+            for file in _series_files(path):
+                try:
+                    slices.append(pydicom.dcmread(file, stop_before_pixels=True))
+                except pydicom.errors.InvalidDicomError:
+                    continue  # not DICOM (Thumbs.db, notes): MONAI's reader leaves it out too
             check_one_series(path, slices)
             voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
             return [voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}", None
@@ -227,7 +234,7 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
             channels = int(fields.get("ElementNumberOfChannels", ["1"])[0])
             sizes = [int(n) for n in fields["DimSize"]] + ([channels] if channels > 1 else [])
             data_file = " ".join(fields.get("ElementDataFile", [])) or None
-        else:  # NIfTI, and whatever else nibabel reads: nib.load reads the header (and its extensions)
+        else:  # NIfTI: nib.load reads the header (and its extensions, walked first)
             check_nifti_extensions(path)
             sizes = [int(n) for n in nib.load(path).header.get_data_shape()]
     except BadFileError:
