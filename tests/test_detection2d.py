@@ -541,9 +541,22 @@ def test_a_pascal_voc_folder_keeps_its_image_sets(tmp_path):
     (voc / "ImageSets" / "Main" / "val.txt").write_text("2008_999999\n")
     with pytest.raises(AnnotationError, match=r"val.txt line 1: image id '2008_999999' has no Annotations/2008_999999"):
         DetectionDataModule(data_dir=str(voc)).setup("fit")
-    (voc / "ImageSets" / "Main" / "train.txt").unlink()
-    with pytest.raises(ConfigError, match=r"Main: found val.txt; expected train.txt and val.txt or test.txt"):
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("../../probe\n")  # whether it exists is not told
+    with pytest.raises(AnnotationError, match=r"val.txt line 1: image id '\.\./\.\./probe' names a file outside"):
         DetectionDataModule(data_dir=str(voc)).setup("fit")
+    # VOC2007's layout, trainval and test: trainval is the train list
+    (voc / "ImageSets" / "Main" / "val.txt").unlink()
+    (voc / "ImageSets" / "Main" / "train.txt").rename(voc / "ImageSets" / "Main" / "trainval.txt")
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids[8:]) + "\n")
+    dm = DetectionDataModule(data_dir=str(voc), val_fraction=0.2)
+    dm.setup("fit")
+    assert sorted(dm.splits["test"]) == [f"JPEGImages/{i}.jpg" for i in ids[8:]]
+    # a test list alone (VOC2007's test download) makes no split: said, and split by seed
+    (voc / "ImageSets" / "Main" / "trainval.txt").unlink()
+    with pytest.warns(UserWarning, match=r"Main: test.txt make no split \(expected train.txt or trainval.txt with"):
+        dm = DetectionDataModule(data_dir=str(voc))
+        dm.setup("fit")
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 12
 
 
 def make_official_coco(root, year=2017):

@@ -235,27 +235,35 @@ def coco_split_files(root: Path) -> dict[str, CocoFile] | None:
 
 def voc_split_lists(root: Path, records: list[DetectionRecord]) -> dict[str, tuple[Path, list[str]]] | None:
     """The split a Pascal VOC folder brings, ``{stage: (its list, the files of its images)}``,
-    or None where it brings none:
-    ``ImageSets/Main/train.txt``, ``val.txt`` and ``test.txt`` (one image id a line, the name of
-    its XML file; what torchvision's ``VOCDetection`` reads as its ``image_set``), a train list
-    and at least one of val and test, as COCO's. Each id is one of ``records`` (read from its
-    XML): an id whose XML is missing is an error naming the list; one whose XML was left out
-    as bad (``on_bad_annotation: skip``) stays out."""
+    or None where it brings none: ``ImageSets/Main/train.txt`` (or ``trainval.txt``, VOC2007's
+    and mmdetection's) with ``val.txt`` and/or ``test.txt``, one image id a line, the name of
+    its XML file (what torchvision's ``VOCDetection`` reads as its ``image_set``), as COCO's
+    split files. Lists that make no split (a test list alone, as VOC2007's test download holds)
+    are said in a warning, and the images are split by seed. Each id is one of ``records``:
+    an id whose XML is missing is an error naming the list; one whose XML was left out as bad
+    (``on_bad_annotation: skip``) stays out."""
     folder = root / "ImageSets" / "Main"
-    paths = {s: folder / f"{s}.txt" for s in STAGES if (folder / f"{s}.txt").is_file()}
-    if not paths:
+    found = {n: folder / f"{n}.txt" for n in ("train", "trainval", "val", "test") if (folder / f"{n}.txt").is_file()}
+    if not found:
         return None
-    if "train" not in paths or len(paths) == 1:
-        raise ConfigError(f"{folder}: found {', '.join(p.name for p in paths.values())}; expected train.txt and "
-                          "val.txt or test.txt (or none: the images are then split by data.seed)")  # fmt: skip
+    train = found.get("train", found["trainval"] if "trainval" in found and "val" not in found else None)
+    held_out = {stage: found[stage] for stage in ("val", "test") if stage in found}
+    if train is None or not held_out:
+        names = ", ".join(p.name for p in found.values())
+        warnings.warn(f"{folder}: {names} make no split (expected train.txt or trainval.txt with val.txt or "
+                      "test.txt); the images are split by data.seed", stacklevel=2)  # fmt: skip
+        return None
+    paths = {"train": train, **held_out}
     by_id = {Path(r.source).stem: r.file for r in records}
     lists, seen = {}, {}
     for stage, path in paths.items():
         lists[stage] = []
         for number, image_id in enumerate(read_lines(path), start=1):
-            image_id = image_id.split()[0] if image_id else ""  # a class's list adds 1 or -1 after the id
             if not image_id:
                 continue
+            if leaves_folder(image_id):  # refused before anything there is looked at
+                raise AnnotationError(f"{path} line {number}: image id {image_id!r} names a file outside the data "
+                                      "folder; expected the name of an annotation in Annotations/")  # fmt: skip
             if image_id not in by_id:
                 if not (root / "Annotations" / f"{image_id}.xml").is_file():
                     raise AnnotationError(f"{path} line {number}: image id {image_id!r} has no Annotations/"
