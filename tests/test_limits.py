@@ -149,14 +149,30 @@ def test_a_nifti_whose_header_extensions_are_huge_is_refused_before_nibabel_read
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
-def test_a_nifti_with_header_extensions_within_the_limits_loads(tmp_path, suffix):
-    """A scan written with a comment and a JSON extension, as dcm2niix and AFNI add them."""
-    image = nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4))
+@pytest.mark.parametrize("endianness", ["<", ">"])
+def test_a_nifti_with_header_extensions_within_the_limits_loads(tmp_path, suffix, endianness):
+    """A scan written with a comment and a JSON extension, as dcm2niix and AFNI add them, in
+    either byte order (the sizes are read in the header's)."""
+    header = nib.Nifti1Header(endianness=endianness)
+    image = nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4), header)
     for code, text in (("comment", b"scanner notes"), ("workflow_fwds", b'{"a": 1}' * 2000)):
         image.header.extensions.append(nib.nifti1.Nifti1Extension(code, text))
     nib.save(image, tmp_path / f"scan{suffix}")
+    assert nib.load(tmp_path / f"scan{suffix}").header.endianness == endianness
     loaded = LoadVolumed("image")({"image": str(tmp_path / f"scan{suffix}")})["image"]
     assert loaded.shape == (1, 4, 4, 4) and float(loaded.max()) == 63
+
+
+def test_a_nifti_whose_voxels_start_after_zeros_and_no_extension_loads(tmp_path):
+    """A voxel offset past the header with the extension flag 0: the bytes between are padding,
+    which nibabel skips and the walk does not read as extensions."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((4, 4, 4))
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 512
+    (tmp_path / "padded.nii").write_bytes(header.binaryblock + bytes(512 - 348) + bytes(range(64)))
+    loaded = LoadVolumed("image")({"image": str(tmp_path / "padded.nii")})["image"]
+    assert float(loaded.max()) == 63
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])  # MP4 counts frames in its header; WebM gives a duration

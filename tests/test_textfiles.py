@@ -93,6 +93,7 @@ def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_namin
         ('a.png,x\nb.png,"y\nc.png,z\nd.png,x\n', r"row 3: unexpected end of data; expected a quoted field closed"),
         ('a.png,x\nb.png,"y"z\n', r"row 3: ',' expected after '\"'; expected a quoted field closed on its row"),
         ('a.png,x\nb.png,"y\nc.png",z\n', r"row 3: a quoted field runs on over the next lines; expected one line"),
+        ('a.png,x,"note\nb.png",y\n', r"row 2: a quoted field runs on over the next lines; expected one line"),
     ],
 )
 def test_a_quote_left_open_in_a_csv_file_is_named_by_its_row(tmp_path, rows, found):

@@ -35,7 +35,8 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[dict[str, 
                 raise ConfigError(f"{path}: expected columns {','.join(columns)}, found {found}")
             reader.fieldnames = found
             for number, row in enumerate(reader, start=2):
-                if any("\n" in v or "\r" in v for v in row.values() if isinstance(v, str)):
+                cells = [c for v in row.values() for c in (v if isinstance(v, list) else [v])]  # extra cells: a list
+                if any("\n" in c or "\r" in c for c in cells if isinstance(c, str)):
                     raise ConfigError(f"{path} row {number}: a quoted field runs on over the next lines; expected "
                                       "one line a row")  # fmt: skip
                 rows.append({k: (v or "").strip() for k, v in row.items() if k is not None})
