@@ -311,3 +311,27 @@ def test_a_batch_size_below_one_is_one_line(recognition, tmp_path, capsys):
                   "--out", str(tmp_path / "out"), "--batch_size", size])  # fmt: skip
         assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
         assert f"--batch_size {size}: expected a count of inputs a batch, 1 or more" in capsys.readouterr().err
+
+
+def test_a_batch_of_many_rows_is_predicted_a_chunk_at_a_time(recognition):
+    """A 470 KB video of 36,000 tiny frames is some 4,500 clips, one input: run through the
+    network at once, their activations took a predict past 3.6 GB. The rows go through a chunk
+    at a time, and the predictions are those of the whole batch."""
+    from cnnsuite.training.task import PREDICT_ROWS
+
+    folder, run = recognition
+    predictor = Predictor(run / "checkpoints" / "best.ckpt", accelerator="cpu")
+    inputs = [predictor.read(path) for path in sorted((folder / "cat").iterdir())] * 20
+    network = predictor.model.inference_network()
+    seen = []
+
+    def watched(batch):
+        seen.append(len(batch))
+        return network(batch)
+
+    chunked = predictor.predict(inputs, watched)
+    assert len(inputs) > PREDICT_ROWS and max(seen) <= PREDICT_ROWS and sum(seen) == len(inputs)
+    with torch.no_grad():
+        whole = predictor.model.describe_outputs((network(torch.stack([i.sample for i in inputs])),), inputs)
+    assert [p["class"] for p in chunked] == [p["class"] for p in whole]
+    assert [p["score"] for p in chunked] == pytest.approx([p["score"] for p in whole], abs=1e-5)

@@ -60,6 +60,10 @@ def channel_values(meta: dict, key: str) -> list[float]:
 META_CHECK: ContextVar[Callable[[L.LightningModule], None] | None] = ContextVar("meta_check", default=None)
 
 
+#: the most rows of a batch (samples, or a video's clips) the network predicts at once
+PREDICT_ROWS = 64
+
+
 class TaskModule(L.LightningModule):
     monitor: str = "val/loss"
     mode: str = "min"
@@ -408,15 +412,20 @@ class TaskModule(L.LightningModule):
     @torch.no_grad()
     def predict_inputs(self, inputs: list[Input], network=None) -> list[dict]:
         """Predictions for ``inputs`` (read by the datamodule's ``read_input``); ``network``
-        replaces :meth:`inference_network` (ONNX Runtime, say: a batch in, tensors out)."""
+        replaces :meth:`inference_network` (ONNX Runtime, say: a batch in, tensors out). The
+        batch runs :data:`PREDICT_ROWS` rows at a time: an input of many rows (a long video's
+        clips) would otherwise take every row's activations at once."""
         self.eval()
         batch = self.batch_inputs([item.sample for item in inputs])
         if network is None:
-            outputs = self.inference_network()(batch.to(self.device))
-        else:
-            outputs = network(batch)
-        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        return self.describe_outputs(tuple(o.detach().float().cpu() for o in outputs), inputs)
+            network = self.inference_network()
+            batch = batch.to(self.device)
+        parts = []
+        for rows in batch.split(PREDICT_ROWS):
+            outputs = network(rows)
+            outputs = outputs if isinstance(outputs, tuple | list) else [outputs]
+            parts.append([o.detach().float().cpu() for o in outputs])
+        return self.describe_outputs(tuple(torch.cat(o) for o in zip(*parts, strict=True)), inputs)
 
 
 def loss_mean() -> MeanMetric:
