@@ -231,6 +231,13 @@ def test_a_nifti_volume_answers_as_predict_does(served):
         assert_same_line(answer.json(), line)
     png = post(url, "slice.png", b"\x89PNG")
     assert png.status_code == 415 and ".nii.gz" in png.json()["error"]
+    # a path the reader builds from the upload's (a detached header's data file) names no server folder
+    header = ("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nspace: left-posterior-superior\n"
+              "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\nencoding: raw\n"
+              "data file: missing.raw\n\n")  # fmt: skip
+    detached = post(url, "scan.nhdr", header.encode())
+    said = detached.json()["error"]
+    assert detached.status_code == 422 and "'missing.raw'" in said and "cnnsuite-serve-" not in said, said
 
 
 def test_a_decompression_bomb_is_refused_from_its_header_and_costs_its_sender_only(served):

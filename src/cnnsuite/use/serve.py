@@ -82,6 +82,15 @@ class Reply:
     batch_size: int = 1
 
 
+def unfoldered(message: str, folder: str) -> str:
+    """``message`` with the upload's temporary ``folder`` left out of the paths it names (a
+    detached header's missing ``data file``, say): the server's temporary folder is no
+    client's business."""
+    for place in dict.fromkeys([folder, os.path.realpath(folder)]):
+        message = message.replace(place + os.sep, "").replace(place, ".")
+    return message
+
+
 class PredictorAPI(ls.LitAPI):
     """A :class:`~cnnsuite.use.predict.Predictor` as a LitServe API (one per inference worker)."""
 
@@ -131,7 +140,7 @@ class PredictorAPI(ls.LitAPI):
             try:
                 item = self.predictor.read(path)
             except BadFileError as err:
-                return reject(422, name, str(err).replace(str(path), name))
+                return reject(422, name, unfoldered(str(err).replace(str(path), name), folder))
             except Exception as err:  # a reader's bug: this request fails, the others of its batch go on
                 logger.exception("reading the upload %s failed", name)
                 return reject(500, name, f"{name}: cannot read ({type(err).__name__}: {err})")
