@@ -303,12 +303,17 @@ def check_nrrd_space(path: Path, space: str | None) -> None:
 class AnatomicalNrrdReader(NrrdReader):
     """MONAI's ``NrrdReader``, which knows the NRRD format's ``left-posterior-superior`` by name
     but RAS only as MONAI's own ``RAS``: a volume in the format's ``right-anterior-superior``
-    space (its affine already RAS) is given that name."""
+    space (its affine already RAS) is given that name. A volume without ``space directions``
+    or ``space origin`` (optional in the format; MONAI's reader failed with a ``KeyError``) is
+    read as ITK and 3D Slicer read it: voxels of 1 mm along the axes, at the origin."""
 
     def get_data(self, img):
         for image in img if isinstance(img, list | tuple) else [img]:
-            if image.header.get("space") == "right-anterior-superior":
-                image.header["space"] = "RAS"
+            header, axes = image.header, int(image.header["dimension"])
+            if header.get("space") == "right-anterior-superior":
+                header["space"] = "RAS"
+            header.setdefault("space directions", np.eye(axes))
+            header.setdefault("space origin", np.zeros(axes))
         return super().get_data(img)
 
 
