@@ -787,3 +787,30 @@ def test_a_video_said_to_last_for_days_is_refused_before_its_clips_are_listed(tm
         dm.clip_dataset(video_folder, [long], "test", dm.memory_cache)
     real = video_data.VideoRecord("left/left1.mp4", 0, Fraction(2), 8.0, 16 * 16 * 3)
     assert len(dm.clip_dataset(video_folder, [real], "test", dm.memory_cache)) == 2
+
+
+def test_a_video_whose_frames_change_size_part_way_is_named(tmp_path):
+    """Two H.264 streams of 64x64 and 48x80 frames joined, as a recording of an adaptive stream
+    is: stacking its frames failed with torch's 'stack expects each tensor to be equal size'."""
+    import io
+
+    def h264(width, height, shade):
+        raw = io.BytesIO()
+        with av.open(raw, "w", format="h264") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), shade, np.uint8), format="rgb24")
+            for _ in range(10):
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        return raw.getvalue()
+
+    (tmp_path / "joined.h264").write_bytes(h264(64, 64, 50) + h264(48, 80, 200))
+    with av.open(str(tmp_path / "joined.h264")) as source, av.open(str(tmp_path / "joined.mkv"), "w") as joined:
+        stream = joined.add_stream_from_template(source.streams.video[0])
+        for index, packet in enumerate(p for p in source.demux(source.streams.video[0]) if p.size):
+            packet.pts = packet.dts = index
+            packet.time_base, packet.stream = Fraction(1, 25), stream
+            joined.mux(packet)
+    with pytest.raises(BadFileError, match=r"joined.mkv: its frames change size part-way \(64x64 then 48x80\)"):
+        decode_video(tmp_path / "joined.mkv")

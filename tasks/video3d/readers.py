@@ -204,6 +204,10 @@ def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None
     if not frames and start is None:
         raise BadFileError(f"{path}: no decodable video frames")
     order = sorted(frames)
+    sizes = list(dict.fromkeys(tuple(frames[p].shape[:2]) for p in order))
+    if len(sizes) > 1:  # a stream whose resolution changes part-way (an adaptive stream's recording)
+        changes = " then ".join(f"{w}x{h}" for h, w in sizes[:3])
+        raise BadFileError(f"{path}: its frames change size part-way ({changes}); expected one frame size")
     stacked = torch.stack([frames[p] for p in order]) if frames else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
     return DecodedVideo(stacked, torch.tensor(order, dtype=torch.int64), time_base, start_pts)
 
