@@ -407,7 +407,8 @@ def serve_main(argv: list[str]) -> None:
         flush=True,
     )
     stop_on_sigterm()
-    logging.getLogger("litserve.server").addFilter(MonitorAtShutdown())
+    for quieted in (MonitorAtShutdown(), ClientGone()):
+        logging.getLogger("litserve.server").addFilter(quieted)
     server.run(host=args.host, port=args.port, generate_client_file=False)
 
 
@@ -437,6 +438,22 @@ class MonitorAtShutdown(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         return not (record.getMessage() == "Monitoring worker crashed" and isinstance(error, self.GONE))
+
+
+class ClientGone(logging.Filter):
+    """A client that closes its connection before its body has all arrived makes Starlette
+    raise ``ClientDisconnect``, which LitServe logs as an 'Unhandled exception' with a
+    traceback of some twenty lines: anyone could fill the log so. The record becomes a
+    one-line warning; LitServe's other errors keep their tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from starlette.requests import ClientDisconnect
+
+        if record.exc_info and isinstance(record.exc_info[1], ClientDisconnect):
+            record.msg, record.args = "a client left before its upload had arrived", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def stop_on_sigterm() -> None:
