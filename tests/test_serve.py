@@ -177,7 +177,8 @@ def test_concurrent_requests_are_batched_and_answer_as_predict_does(served):
     assert max(batch_sizes) > 1 and all(1 <= n <= BATCH for n in batch_sizes), batch_sizes
     started = log.read_text()
     assert f"cnnsuite serve: {ckpt} at {url}/predict" in started and f"{url}/health" in started
-    assert requests.get(f"{url}/info", timeout=5).json()["model"]["classes"] == ["cat", "dog", "owl"]
+    info = requests.get(f"{url}/info", timeout=5).json()["model"]
+    assert info["classes"] == ["cat", "dog", "owl"] and info["checkpoint"] == "best.ckpt"  # the name, not its folders
 
 
 def test_bad_uploads_get_a_4xx_naming_them_and_the_server_goes_on(served):

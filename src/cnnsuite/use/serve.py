@@ -386,7 +386,7 @@ def serve_main(argv: list[str]) -> None:
     # instead of failing in the inference worker.
     predictor = Predictor(args.ckpt, accelerator="cpu")
     metadata = {
-        "checkpoint": str(args.ckpt),
+        "checkpoint": Path(args.ckpt).name,  # where it lies on the server is no client's business
         "model": type(predictor.model).__name__,
         "classes": list(predictor.model.class_names),
         "inputs": list(predictor.datamodule.input_extensions),
