@@ -758,20 +758,41 @@ def shared_lists(levels: int) -> list:
     return found
 
 
-def nested_lists(levels: int) -> list:
-    found: list = ["cat"]
+def nested_lists(levels: int, inner: object = "cat") -> list:
+    found: list = [inner]
     for _ in range(levels):
         found = [found]
     return found
 
 
+def chained_lists(chains: int, levels: int) -> list:
+    """``chains`` lists ``levels`` deep, each holding the one before at its bottom, all listed at
+    the top: each is measured first where it is shallow, and met again far deeper."""
+    found: list = []
+    for _ in range(chains):
+        found.append(nested_lists(levels, found[-1] if found else "cat"))
+    return found
+
+
+def test_a_checkpoint_of_a_long_split_is_walked_in_full_and_kept():
+    """A split of millions of files holds as many values as it comes to: refused only for
+    coming to many times more than it holds."""
+    from cnnsuite.trust.checkpoint import EXPANSION_FLOOR, check_walkable
+
+    names = [f"scan_{i}.nii.gz" for i in range(2 * EXPANSION_FLOOR)]
+    check_walkable({"datamodule_state": {"splits": {"train": names, "val": [], "test": names[:10]}}}, "long.ckpt")
+    with pytest.raises(ValueError, match=r"long.ckpt: its entries come to [\d,]+ values when read in full, where"):
+        check_walkable({"splits": [names[:10]] * (2 * EXPANSION_FLOOR // 10)}, "long.ckpt")
+
+
 @pytest.mark.parametrize(
     "entry,value,said",
     [
-        ("hyper_parameters", shared_lists(40), "come to more than 16,777,216 values when read in full"),
-        ("datamodule_hyper_parameters", shared_lists(40), "come to more than 16,777,216 values when read in full"),
+        ("hyper_parameters", shared_lists(40), r"come to 3,298,534,88\d,\d\d\d values when read in full, where it"),
+        ("datamodule_hyper_parameters", shared_lists(40), r"come to 3,298,534,88\d,\d\d\d values when read in full"),
         ("hyper_parameters", nested_lists(5000), "nest lists or mappings more than 64 deep"),
         ("loops", {"fit_loop": nested_lists(5000)}, "nest lists or mappings more than 64 deep"),
+        ("hyper_parameters", chained_lists(30, 59), "nest lists or mappings more than 64 deep"),
     ],
 )
 def test_a_checkpoint_that_reads_far_larger_than_it_is_is_one_line(trained, tmp_path, capsys, entry, value, said):
@@ -794,7 +815,9 @@ def test_a_checkpoint_that_reads_far_larger_than_it_is_is_one_line(trained, tmp_
         sys.setrecursionlimit(limit)
     error = one_line_error(["predict", "--ckpt", str(source), "--input", str(folder / "cat"),
                             "--out", str(tmp_path / "out")], capsys)  # fmt: skip
-    assert f"big.ckpt: its entries {said}" in error and error.endswith("expected a checkpoint written by cnnsuite fit")
+    assert re.search(rf"big.ckpt: its entries {said}", error) and error.endswith(
+        "expected a checkpoint written by cnnsuite fit"
+    )
 
 
 @pytest.mark.parametrize(

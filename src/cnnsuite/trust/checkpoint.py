@@ -95,9 +95,10 @@ def check_outline(checkpoint: object, source: object) -> None:
     check_walkable({k: v for k, v in checkpoint.items() if k != "state_dict"}, source)
 
 
-#: the most values (each list, tuple, mapping, key and item counted) and the deepest nesting a
-#: checkpoint's entries besides its weights may come to when read in full
-MAX_VALUES = 1 << 24
+#: how many times more values than it holds a checkpoint's entries may come to when read in full
+#: (each list, tuple, mapping, key and item counted), past a floor no real one comes near, and
+#: the deepest they may nest
+MAX_EXPANSION, EXPANSION_FLOOR = 16, 1 << 20
 MAX_DEPTH = 64
 
 
@@ -106,35 +107,41 @@ def check_walkable(value: object, source: object) -> None:
     Lightning's state) walks each list and mapping as often as it is referenced, and by
     recursion. A pickle stores an object once however often it is referenced: thirty lists each
     holding the next twice are 2 KB that read as 2^30 values, and a list inside a list 50,000
-    deep ends Python's recursion. The values each object comes to, and how deep it nests, are
-    counted here once per object, and a file past :data:`MAX_VALUES` values or
-    :data:`MAX_DEPTH` levels is refused."""
+    deep ends Python's recursion. Each object is measured once here (the values it comes to
+    and how deep it nests), so the walk costs what the file holds, and a file whose entries come
+    to :data:`MAX_EXPANSION` times more values than they hold (past :data:`EXPANSION_FLOOR`),
+    or nest past :data:`MAX_DEPTH` levels, is refused. A long split list holds as many values
+    as it comes to, however long."""
     measured: dict[int, tuple[int, int]] = {}  # id → (values, levels below)
+    held = 0  # the values the file holds: each object counted once
     deep = CheckpointError(f"{source}: its entries nest lists or mappings more than {MAX_DEPTH} deep; expected a "
                            "checkpoint written by cnnsuite fit")  # fmt: skip
 
     def measure(item: object, depth: int) -> tuple[int, int]:
+        nonlocal held
         if not isinstance(item, dict | list | tuple):
+            held += 1
             return 1, 0
         if depth >= MAX_DEPTH:  # a cycle ends here too
             raise deep
         if id(item) not in measured:
+            held += 1
             values, below = 1, 0
             for child in (x for pair in item.items() for x in pair) if isinstance(item, dict) else item:
                 count, levels = measure(child, depth + 1)
                 values, below = values + count, max(below, levels + 1)
-                if values > MAX_VALUES:
-                    raise CheckpointError(
-                        f"{source}: its entries come to more than {MAX_VALUES:,} values when read in full (lists or "
-                        "mappings referenced over and over); expected a checkpoint written by cnnsuite fit"
-                    )
             measured[id(item)] = values, below
         values, below = measured[id(item)]
-        if depth + below >= MAX_DEPTH:
+        if depth + below >= MAX_DEPTH:  # an object measured before, met again deeper
             raise deep
         return values, below
 
-    measure(value, 0)
+    values, _ = measure(value, 0)
+    if values > max(EXPANSION_FLOOR, MAX_EXPANSION * held):
+        raise CheckpointError(
+            f"{source}: its entries come to {values:,} values when read in full, where it holds {held:,} (lists or "
+            "mappings referenced over and over); expected a checkpoint written by cnnsuite fit"
+        )
 
 
 def check_values_stored(state: dict[str, torch.Tensor], source: object) -> None:
