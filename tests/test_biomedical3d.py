@@ -425,12 +425,18 @@ def test_an_nrrd_in_the_formats_right_anterior_superior_space_reads_as_its_lps_t
         lps, ras = transform(lps), transform(ras)
     assert torch.equal(lps["image"].as_tensor(), ras["image"].as_tensor())
     assert np.allclose(lps["image"].affine, ras["image"].affine)
-    # without space directions or origin (optional in the format) as ITK reads it: 1 mm voxels at the origin
-    for header in ({}, {"space": "left-posterior-superior", "space directions": np.diag([1.0, 2.0, 3.0])}):
+    # without space directions or origin (optional in the format), placed as ITK's reader places it:
+    # its spacings (else 1 mm) from its axis mins (else the origin)
+    cases = [
+        ({}, [1, 1, 1], [0, 0, 0]),
+        ({"spacings": [2.0, 3.0, 4.0], "axis mins": [5.0, 6.0, 7.0]}, [2, 3, 4], [5, 6, 7]),
+        ({"space": "left-posterior-superior", "space directions": np.diag([1.0, 2.0, 3.0])}, [1, 2, 3], [0, 0, 0]),
+    ]
+    for header, spacing, origin in cases:
         nrrd.write(str(tmp_path / "plain.nrrd"), voxels, header)
         plain = LoadVolumed("image")({"image": str(tmp_path / "plain.nrrd")})["image"]
         assert torch.equal(plain.as_tensor()[0], torch.from_numpy(voxels))
-        assert np.allclose(plain.affine[:3, 3], 0) and np.allclose(abs(plain.affine[:3, :3]).diagonal()[0], 1)
+        assert np.allclose(plain.pixdim, spacing) and np.allclose(abs(plain.affine[:3, 3]), origin), header
     nrrd.write(str(tmp_path / "scanner.nrrd"), voxels, {"space": "scanner-xyz", "space directions": np.eye(3)})
     with pytest.raises(BadFileError, match=r"scanner.nrrd: its header says space: scanner-xyz; expected right-"):
         LoadVolumed("image")({"image": str(tmp_path / "scanner.nrrd")})

@@ -524,7 +524,7 @@ def test_a_pascal_voc_folder_keeps_its_image_sets(tmp_path):
     """VOC's ``ImageSets/Main/train.txt`` and ``val.txt`` (torchvision's ``image_set``) were
     ignored, so official val images were trained on. They are the split, as COCO's split files
     are: val the test split, validation drawn from train. A class's own lists are not splits."""
-    voc = make_voc_folder(tmp_path / "VOC2012")
+    voc = make_voc_folder(tmp_path / "VOC2012", count=24)  # the last 12 in no list, as VOC2012's other challenges'
     (voc / "ImageSets" / "Main").mkdir(parents=True)
     ids = [f"2008_{i:06d}" for i in range(12)]
     (voc / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids[:8]) + "\n")
@@ -534,7 +534,7 @@ def test_a_pascal_voc_folder_keeps_its_image_sets(tmp_path):
     dm.setup("fit")
     assert sorted(dm.splits["test"]) == [f"JPEGImages/{i}.jpg" for i in ids[8:]]
     assert sorted(dm.splits["train"] + dm.splits["val"]) == [f"JPEGImages/{i}.jpg" for i in ids[:8]]
-    assert dm.splits["val"]
+    assert len(dm.splits["val"]) == 3  # val_fraction of the 12 listed, not of all 24 annotated (4)
     (voc / "ImageSets" / "Main" / "val.txt").write_text(f"{ids[8]}\n{ids[0]}\n")
     with pytest.raises(AnnotationError, match=rf"val.txt line 2: image id '{ids[0]}' is also in train.txt"):
         DetectionDataModule(data_dir=str(voc)).setup("fit")
@@ -556,7 +556,7 @@ def test_a_pascal_voc_folder_keeps_its_image_sets(tmp_path):
     with pytest.warns(UserWarning, match=r"Main: test.txt make no split \(expected train.txt or trainval.txt with"):
         dm = DetectionDataModule(data_dir=str(voc))
         dm.setup("fit")
-    assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 12
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 24
 
 
 def make_official_coco(root, year=2017):

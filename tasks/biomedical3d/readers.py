@@ -305,15 +305,17 @@ class AnatomicalNrrdReader(NrrdReader):
     but RAS only as MONAI's own ``RAS``: a volume in the format's ``right-anterior-superior``
     space (its affine already RAS) is given that name. A volume without ``space directions``
     or ``space origin`` (optional in the format; MONAI's reader failed with a ``KeyError``) is
-    read as ITK and 3D Slicer read it: voxels of 1 mm along the axes, at the origin."""
+    placed as ITK's NRRD reader places it: voxels of its ``spacings`` along the axes (1 mm
+    where none are given), starting at its ``axis mins`` (else the origin)."""
 
     def get_data(self, img):
         for image in img if isinstance(img, list | tuple) else [img]:
             header, axes = image.header, int(image.header["dimension"])
             if header.get("space") == "right-anterior-superior":
                 header["space"] = "RAS"
-            header.setdefault("space directions", np.eye(axes))
-            header.setdefault("space origin", np.zeros(axes))
+            spacings = np.nan_to_num(np.asarray(header.get("spacings", np.ones(axes)), float), nan=1.0)
+            header.setdefault("space directions", np.diag(spacings))
+            header.setdefault("space origin", np.nan_to_num(np.asarray(header.get("axis mins", np.zeros(axes)), float)))
         return super().get_data(img)
 
 

@@ -304,15 +304,15 @@ class DetectionDataModule(TaskDataModule):
         if len(fixed) == len(STAGES):
             return self.with_objects(fixed)
         files, held_out = self._split_sources, "test" if "test" in fixed else "val"
-        labels = dict(self.samples())
-        hp = self.hparams
+        labels, hp = dict(self.samples()), self.hparams
+        listed = sum(len(ids) for ids in fixed.values())  # VOC's lists may leave images out
         train, val = split_validation(
-            fixed["train"], [labels[i] for i in fixed["train"]], hp.val_fraction, len(labels), hp.seed
+            fixed["train"], [labels[i] for i in fixed["train"]], hp.val_fraction, listed, hp.seed
         )
         rank_zero_info(
             f"{files[held_out]}: the test split ({self.root} has no "
-            f"{'validation' if held_out == 'test' else 'test'} annotations); validation is {len(val)} images "
-            f"drawn from {files['train']} (data.val_fraction {hp.val_fraction} of all images, data.seed {hp.seed})"
+            f"{'validation' if held_out == 'test' else 'test'} annotations); validation is {len(val)} images drawn "
+            f"from {files['train']} (data.val_fraction {hp.val_fraction} of the {listed} listed, data.seed {hp.seed})"
         )
         return self.with_objects({"train": train, "val": val, "test": fixed[held_out]})
 

@@ -86,7 +86,7 @@ def unfoldered(message: str, folder: str) -> str:
     """``message`` with the upload's temporary ``folder`` left out of the paths it names (a
     detached header's missing ``data file``, say): the server's temporary folder is no
     client's business."""
-    for place in dict.fromkeys([folder, os.path.realpath(folder)]):
+    for place in sorted({folder, os.path.realpath(folder)}, key=len, reverse=True):  # /private/var before /var
         message = message.replace(place + os.sep, "").replace(place, ".")
     return message
 
