@@ -774,6 +774,34 @@ def chained_lists(chains: int, levels: int) -> list:
     return found
 
 
+def test_a_file_whose_tuples_read_far_larger_is_refused_before_torch_unpickles_it(tmp_path):
+    """A mapping whose key is 26 tuples each holding the next twice: under a kilobyte, and the
+    unpickler hashed the key, all 2^26 of its values (0.7 s; 30 levels took 12 s, 40 would take
+    hours inside ``torch.load``). The pickle's opcodes are read first and the file refused."""
+    import pickletools
+    import zipfile
+
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    key: tuple = ("a",)
+    for _ in range(26):
+        key = (key, key)
+    torch.save([key, 1], tmp_path / "keyed.ckpt")
+    with zipfile.ZipFile(tmp_path / "keyed.ckpt") as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    pickled = next(name for name in files if name.endswith("data.pkl"))
+    ops = list(pickletools.genops(files[pickled]))
+    data = bytearray(files[pickled])  # the list [key, 1] made the mapping {key: 1}
+    data[next(at for op, _, at in ops if op.name == "EMPTY_LIST")] = ord("}")
+    data[[at for op, _, at in ops if op.name == "APPENDS"][-1]] = ord("u")
+    files[pickled] = bytes(data)
+    with zipfile.ZipFile(tmp_path / "keyed.ckpt", "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    with pytest.raises(ValueError, match=r"keyed.ckpt: cannot load as a checkpoint \(a tuple of it comes to [\d,]+ "):
+        load_checkpoint(tmp_path / "keyed.ckpt")
+
+
 def test_a_checkpoint_of_a_long_split_is_walked_in_full_and_kept():
     """A split of millions of files holds as many values as it comes to: refused only for
     coming to many times more than it holds."""
