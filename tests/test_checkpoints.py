@@ -2,6 +2,7 @@
 the model learnt: what may be rebuilt from a checkpoint, and what is refused."""
 
 import json
+import pickle
 import re
 import shutil
 import sys
@@ -774,31 +775,65 @@ def chained_lists(chains: int, levels: int) -> list:
     return found
 
 
-def test_a_file_whose_tuples_read_far_larger_is_refused_before_torch_unpickles_it(tmp_path):
-    """A mapping whose key is 26 tuples each holding the next twice: under a kilobyte, and the
-    unpickler hashed the key, all 2^26 of its values (0.7 s; 30 levels took 12 s, 40 would take
-    hours inside ``torch.load``). The pickle's opcodes are read first and the file refused."""
-    import pickletools
+def write_pickle(path, pickled: bytes) -> None:
+    """A file in torch's zip format whose ``data.pkl`` is ``pickled``."""
     import zipfile
 
-    from cnnsuite.trust.checkpoint import load_checkpoint
-
-    key: tuple = ("a",)
-    for _ in range(26):
-        key = (key, key)
-    torch.save([key, 1], tmp_path / "keyed.ckpt")
-    with zipfile.ZipFile(tmp_path / "keyed.ckpt") as archive:
+    torch.save({}, path)
+    with zipfile.ZipFile(path) as archive:
         files = {name: archive.read(name) for name in archive.namelist()}
-    pickled = next(name for name in files if name.endswith("data.pkl"))
-    ops = list(pickletools.genops(files[pickled]))
-    data = bytearray(files[pickled])  # the list [key, 1] made the mapping {key: 1}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, pickled if name.endswith("data.pkl") else content)
+
+
+def keyed_by(key: tuple) -> bytes:
+    """The pickle torch.save writes of ``{key: 1}`` (saved as ``[key, 1]``, two opcodes turned)."""
+    import pickletools
+
+    pickled = pickle.dumps([key, 1], protocol=2)  # as torch.save pickles what holds no tensor
+    ops = list(pickletools.genops(pickled))
+    data = bytearray(pickled)
     data[next(at for op, _, at in ops if op.name == "EMPTY_LIST")] = ord("}")
     data[[at for op, _, at in ops if op.name == "APPENDS"][-1]] = ord("u")
-    files[pickled] = bytes(data)
-    with zipfile.ZipFile(tmp_path / "keyed.ckpt", "w") as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-    with pytest.raises(ValueError, match=r"keyed.ckpt: cannot load as a checkpoint \(a tuple of it comes to [\d,]+ "):
+    return bytes(data)
+
+
+def nested_tuples(arity: int, levels: int) -> tuple:
+    found: tuple = ("a",)
+    for _ in range(levels):
+        found = (found,) * arity
+    return found
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [
+        pytest.param(keyed_by(nested_tuples(2, 26)), id="a key of tuples each holding the next twice"),
+        pytest.param(keyed_by(nested_tuples(4, 13)), id="four times (pickled as MARK ... TUPLE)"),
+        pytest.param(  # U = (7,) * 1000; T = (U,) * 1000; {T: None} 200 times over, 3 bytes each
+            b"\x80\x02}("
+            + b"("
+            + b"K\x07" * 1000
+            + b"tq\x01N"
+            + b"("
+            + b"h\x01" * 1000
+            + b"tq\x02N"
+            + b"h\x02N" * 200
+            + b"u.",
+            id="a tuple of a million values used as a key again and again",
+        ),
+    ],
+)
+def test_a_file_whose_tuples_read_far_larger_is_refused_before_torch_unpickles_it(tmp_path, pickled):
+    """weights_only allows a mapping keyed by a tuple, which the unpickler hashes, all of it, at
+    each use, inside ``torch.load``: under a kilobyte of tuples each holding the next twice took
+    0.7 s at 26 levels (12 s at 30, hours at 40), and a tuple of a million values used as a key
+    costs that million at every use. The pickle's opcodes are read first and the file refused."""
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    write_pickle(tmp_path / "keyed.ckpt", pickled)
+    with pytest.raises(ValueError, match=r"keyed.ckpt: cannot load as a checkpoint \(its tuples come to [\d,]+ "):
         load_checkpoint(tmp_path / "keyed.ckpt")
 
 

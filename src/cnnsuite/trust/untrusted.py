@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import pickletools
 import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -23,62 +23,77 @@ def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
         raise BadFileError(f"{failure} ({type(err).__name__}: {_load_error_detail(err)})") from None
 
 
-#: the most values a tuple of a weight file may come to when read in full
-MAX_TUPLE_VALUES = 1 << 20
+#: the values of tuples a weight file may hand its unpickler, all references counted, as a
+#: multiple of its pickled bytes, past a floor no real file comes near
+MAX_TUPLE_EXPANSION, TUPLE_FLOOR = 16, 1 << 20
+#: the pickles a file in torch's legacy format holds before its raw storage bytes
+LEGACY_PICKLES = 5
 
 
 def check_tuples(path: Path, failure: str) -> None:
-    """Refuse, before it is unpickled, a file holding a tuple that comes to more than
-    :data:`MAX_TUPLE_VALUES` values read in full. A pickle stores a tuple once however often it
-    is referenced, so thirty tuples each holding the next twice are a few hundred bytes; made
-    a mapping's key (which ``weights_only`` allows), the unpickler hashes it, and Python hashes
-    a tuple afresh, all 2^30 of its values: ``torch.load`` itself would take hours. The file's
-    pickle is read as opcodes (:mod:`pickletools`, nothing built), each tuple's size counted
-    from what it holds, a reference to one taking its size. A file that is not torch's zip
-    format, or does not read as opcodes, is left to ``torch.load`` to refuse or read."""
+    """Refuse, before it is unpickled, a file whose tuples come to far more values than it
+    holds. A pickle stores a tuple once however often it is referenced, and ``weights_only``
+    allows a mapping keyed by a tuple, which the unpickler hashes, all of it, at every use:
+    thirty tuples each holding the next twice are a few hundred bytes that ``torch.load`` would
+    hash for hours, and a tuple of a million values used as a key a thousand times costs as
+    much. The pickles are read as opcodes (:mod:`pickletools`, nothing built) from the bytes
+    ``torch.load`` reads (torch's own zip reader; a legacy file's leading pickles), each tuple's
+    size counted from what it holds, and every tuple handed on (made, or referenced again)
+    adds its size; past :data:`MAX_TUPLE_EXPANSION` times the pickled bytes (and
+    :data:`TUPLE_FLOOR`) the file is refused. What does not read so is left to ``torch.load``."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            member = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            data = archive.read(member) if member is not None else b""
-    except (OSError, zipfile.BadZipFile, ValueError):
+        with open(path, "rb") as file:
+            if torch.serialization._is_zipfile(file):
+                with torch.serialization._open_zipfile_reader(str(path)) as archive:
+                    data = archive.get_record("data.pkl")
+                handed, held = _tuple_values(io.BytesIO(data), 1), len(data)
+            else:  # the legacy format: pickles one after another, then the storages' raw bytes
+                handed, held = _tuple_values(file, LEGACY_PICKLES), path.stat().st_size
+    except Exception:  # not a file torch reads (torch's reader raises RuntimeError): torch.load names it
         return
-    stack: list[int | None] = []  # each object's size, None for a mark
-    memo: dict[int, int | None] = {}
-    size = 0
-    try:
-        for opcode, arg, _ in pickletools.genops(data):
-            name = opcode.name
-            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = stack[-1]
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1]
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo[arg])
-            elif name == "MARK":
-                stack.append(None)
-            elif name == "DUP":
-                stack.append(stack[-1])
-            else:
-                popped = []
-                if pickletools.stackslice in opcode.stack_before:  # the items down to the mark, and the mark
-                    while stack[-1] is not None:
-                        popped.append(stack.pop())
-                    stack.pop()
-                    fixed = len(opcode.stack_before) - 2
-                else:
-                    fixed = len(opcode.stack_before)
-                popped += [stack.pop() for _ in range(fixed)]
-                size = 1 + sum(v or 0 for v in popped) if name.startswith("TUPLE") else 1
-                if size > MAX_TUPLE_VALUES:
-                    break
-                stack += [size] * len(opcode.stack_after)
-    except (ValueError, IndexError, KeyError):  # not opcodes this reads: torch.load says what it is
-        return
-    if size > MAX_TUPLE_VALUES:
+    if handed > max(TUPLE_FLOOR, MAX_TUPLE_EXPANSION * held):
         raise BadFileError(
-            f"{failure} (a tuple of it comes to {size:,} values when read in full: tuples referenced over and "
-            "over; expected a file torch.save wrote)"
+            f"{failure} (its tuples come to {handed:,} values when read in full, from {held:,} bytes: tuples "
+            "referenced over and over; expected a file torch.save wrote)"
         )
+
+
+def _tuple_values(stream, count: int) -> int:
+    """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on
+    (see :func:`check_tuples`); as far as they read as opcodes."""
+    handed = 0
+    for _ in range(count):
+        stack: list[int | None] = []  # a tuple's size; -1 for any other object; None for a mark
+        memo: dict[int, int | None] = {}
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                name = opcode.name
+                if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = stack[-1]
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = stack[-1]
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    stack.append(memo[arg])
+                    handed += max(memo[arg] or 0, 0)
+                elif name in ("MARK", "DUP"):
+                    stack.append(None if name == "MARK" else stack[-1])
+                else:
+                    popped, fixed = [], len(opcode.stack_before)
+                    if pickletools.stackslice in opcode.stack_before:  # the items down to the mark, and the mark
+                        while stack[-1] is not None:
+                            popped.append(stack.pop())
+                        stack.pop()
+                        fixed -= 2
+                    popped += [stack.pop() for _ in range(fixed)]
+                    if name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
+                        size = 1 + sum(abs(v or 1) for v in popped)
+                        handed += size
+                    else:
+                        size = -1
+                    stack += [size] * len(opcode.stack_after)
+        except (ValueError, IndexError, KeyError):  # not opcodes this reads: torch.load says what it is
+            return handed
+    return handed
 
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], source: object) -> None:
