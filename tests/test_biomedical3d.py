@@ -425,11 +425,12 @@ def test_an_nrrd_in_the_formats_right_anterior_superior_space_reads_as_its_lps_t
         lps, ras = transform(lps), transform(ras)
     assert torch.equal(lps["image"].as_tensor(), ras["image"].as_tensor())
     assert np.allclose(lps["image"].affine, ras["image"].affine)
-    # without space directions or origin (optional in the format), placed as ITK's reader places it:
-    # its spacings (else 1 mm) from its axis mins (else the origin)
+    # without space directions or origin (optional in the format), placed as ITK's reader places it: by
+    # its spacings (else 1 mm), the first voxel's centre half a voxel past its axis mins (else the origin)
     cases = [
         ({}, [1, 1, 1], [0, 0, 0]),
-        ({"spacings": [2.0, 3.0, 4.0], "axis mins": [5.0, 6.0, 7.0]}, [2, 3, 4], [5, 6, 7]),
+        ({"spacings": [2.0, 3.0, 4.0], "axis mins": [5.0, 6.0, 7.0]}, [2, 3, 4], [6, 7.5, 9]),  # cell-centred
+        ({"axis mins": [5.0, 6.0, 7.0]}, [1, 1, 1], [0, 0, 0]),  # mins without spacings: ITK's origin too
         ({"space": "left-posterior-superior", "space directions": np.diag([1.0, 2.0, 3.0])}, [1, 2, 3], [0, 0, 0]),
     ]
     for header, spacing, origin in cases:

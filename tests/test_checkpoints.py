@@ -844,8 +844,16 @@ def test_a_checkpoint_of_a_long_split_is_walked_in_full_and_kept():
 
     names = [f"scan_{i}.nii.gz" for i in range(2 * EXPANSION_FLOOR)]
     check_walkable({"datamodule_state": {"splits": {"train": names, "val": [], "test": names[:10]}}}, "long.ckpt")
-    with pytest.raises(ValueError, match=r"long.ckpt: its entries come to [\d,]+ values when read in full, where"):
-        check_walkable({"splits": [names[:10]] * (2 * EXPANSION_FLOOR // 10)}, "long.ckpt")
+    # a list referenced over and over comes to its values at each reference, which the file holds once:
+    # past the floor, 9 values a reference are kept, 33 refused; under it, kept
+    check_walkable({"splits": [names[:32]] * 1000}, "long.ckpt")
+    for length, refused in ((8, False), (32, True)):
+        entries = {"splits": [names[:length]] * (2 * EXPANSION_FLOOR // length)}
+        if refused:
+            with pytest.raises(ValueError, match=r"long.ckpt: its entries come to [\d,]+ values when read in full"):
+                check_walkable(entries, "long.ckpt")
+        else:
+            check_walkable(entries, "long.ckpt")
 
 
 @pytest.mark.parametrize(

@@ -403,3 +403,13 @@ def test_the_monitors_poll_of_a_manager_gone_at_shutdown_is_not_said_to_crash():
         ("Monitoring worker crashed", "RuntimeError"),
         ("⚠️ Worker inference-worker died; shutting down", None),
     ]
+
+
+def test_an_error_names_no_server_folder_however_the_folder_resolves(monkeypatch):
+    """macOS's temporary folders live in /var/folders/..., which resolves to /private/var/...:
+    the shorter, replaced first, left '/private' before the upload's name."""
+    from cnnsuite.use import serve
+
+    monkeypatch.setattr(serve.os.path, "realpath", lambda path: "/private" + path)
+    said = serve.unfoldered("/private/var/t/up/scan.nhdr: no file '/var/t/up/missing.raw'", "/var/t/up")
+    assert said == "scan.nhdr: no file 'missing.raw'"

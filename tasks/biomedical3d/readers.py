@@ -305,8 +305,10 @@ class AnatomicalNrrdReader(NrrdReader):
     but RAS only as MONAI's own ``RAS``: a volume in the format's ``right-anterior-superior``
     space (its affine already RAS) is given that name. A volume without ``space directions``
     or ``space origin`` (optional in the format; MONAI's reader failed with a ``KeyError``) is
-    placed as ITK's NRRD reader places it: voxels of its ``spacings`` along the axes (1 mm
-    where none are given), starting at its ``axis mins`` (else the origin)."""
+    placed as ITK's NRRD reader (teem's ``nrrdOriginCalculate``) places it from its
+    ``spacings``: the first voxel's centre at its ``axis mins`` plus half a voxel where an axis
+    is cell-centred (the default). Without ``spacings``: voxels of 1 mm from the origin (ITK
+    would derive spacings from ``axis maxs``, which no writer we know of gives alone)."""
 
     def get_data(self, img):
         for image in img if isinstance(img, list | tuple) else [img]:
@@ -314,8 +316,16 @@ class AnatomicalNrrdReader(NrrdReader):
             if header.get("space") == "right-anterior-superior":
                 header["space"] = "RAS"
             spacings = np.nan_to_num(np.asarray(header.get("spacings", np.ones(axes)), float), nan=1.0)
+            mins = np.nan_to_num(np.asarray(header.get("axis mins", np.zeros(axes)), float))
+            centers = header.get("centers", header.get("centerings", "")) or ""
+            centers = (centers.split() if isinstance(centers, str) else list(centers)) + ["cell"] * axes
+            if len(spacings) != axes or len(mins) != axes:
+                raise ValueError(f"its spacings and axis mins hold {len(spacings)} and {len(mins)} values for its "
+                                 f"{axes} axes; expected one an axis")  # fmt: skip
+            half = np.array([s / 2 if c != "node" else 0.0 for s, c in zip(spacings, centers, strict=False)])
+            placed = "spacings" in header and "axis mins" in header  # else teem knows no origin: ITK's is 0
             header.setdefault("space directions", np.diag(spacings))
-            header.setdefault("space origin", np.nan_to_num(np.asarray(header.get("axis mins", np.zeros(axes)), float)))
+            header.setdefault("space origin", mins + half if placed else np.zeros(axes))
         return super().get_data(img)
 
 

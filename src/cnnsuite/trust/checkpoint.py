@@ -113,7 +113,7 @@ def check_walkable(value: object, source: object) -> None:
     or nest past :data:`MAX_DEPTH` levels, is refused. A long split list holds as many values
     as it comes to, however long."""
     measured: dict[int, tuple[int, int]] = {}  # id → (values, levels below)
-    held = 0  # the values the file holds: each object counted once
+    held = 0  # what the file holds: each object once, and each further reference to one
     deep = CheckpointError(f"{source}: its entries nest lists or mappings more than {MAX_DEPTH} deep; expected a "
                            "checkpoint written by cnnsuite fit")  # fmt: skip
 
@@ -124,8 +124,8 @@ def check_walkable(value: object, source: object) -> None:
             return 1, 0
         if depth >= MAX_DEPTH:  # a cycle ends here too
             raise deep
+        held += 1  # the object, or one more reference to it: what the file spends on it here
         if id(item) not in measured:
-            held += 1
             values, below = 1, 0
             for child in (x for pair in item.items() for x in pair) if isinstance(item, dict) else item:
                 count, levels = measure(child, depth + 1)
