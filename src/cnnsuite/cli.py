@@ -122,12 +122,17 @@ def resolve_last(config, say: bool = False) -> str | None:
     """``config``'s ``ckpt_path``, ``last`` made the newest run's ``last.ckpt`` under
     ``default_root_dir`` (None where there is none yet: ``say`` says so)."""
     if config.get("ckpt_path") == "last":
-        root = Path(config.trainer.get("default_root_dir") or os.getcwd())
+        root = root_dir(config)
         last = newest_last_checkpoint(root)
         if last is None and say:  # a first start (a job that will requeue itself, say) begins afresh
             rank_zero_info(f"--ckpt_path last: no version_N/checkpoints/last.ckpt under {root} yet")
         config.ckpt_path = str(last) if last else None
     return config.get("ckpt_path")
+
+
+def root_dir(config) -> Path:
+    """The folder a run's ``version_N/`` goes in: ``trainer.default_root_dir``, else the working folder."""
+    return Path(config.trainer.get("default_root_dir") or os.getcwd())
 
 
 def resumed_settings(config, ckpt_path: str) -> tuple[Resumed, dict, dict]:
@@ -313,10 +318,6 @@ class CnnSuiteCLI(LightningCLI):
         self.config = self.parser.parse_object({self.config.subcommand: resumed_config}, self.config)
         self._parser(self.config.subcommand).resumed_taken = True  # its config.yaml: read the file once
 
-    @staticmethod
-    def _root_dir(config) -> Path:
-        return Path(config.trainer.get("default_root_dir") or os.getcwd())
-
     def check_run(self) -> None:
         """The model and data a command was given, before its Trainer is built (LightningCLI makes
         the Trainer right after them) or a recipe timed on them: a resumed checkpoint's classes
@@ -333,7 +334,7 @@ class CnnSuiteCLI(LightningCLI):
         check_rebuildable(self.model)
         check_model_fits_data(self.model, self.datamodule)
         config = self.config[self.subcommand] if self.subcommand else self.config
-        self.datamodule.check_writes_outside("trainer.default_root_dir", self._root_dir(config))
+        self.datamodule.check_writes_outside("trainer.default_root_dir", root_dir(config))
 
     def instantiate_trainer(self, **kwargs):
         """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once
@@ -346,7 +347,7 @@ class CnnSuiteCLI(LightningCLI):
             # The checkpoint callback is made again from its config, with the model's monitor.
             built = self.config_init[self.subcommand] if self.subcommand else self.config_init
             built["checkpoint"] = BestCheckpoint(**config.checkpoint.as_dict())
-        root = self._root_dir(config)
+        root = root_dir(config)
         # a fit resumed goes on in its run's folder; validate and test log to a folder of their own
         resumed = config.get("ckpt_path") if self.subcommand == "fit" else None
         if config.trainer.get("logger") in (None, True):
