@@ -323,17 +323,33 @@ def test_only_volumes_that_may_be_cut_are_read_whole_to_check(tmp_path):
     """A whole NIfTI file, plain or gzipped, is measured by its length or gzip trailer and not
     read; one whose trailer says another length yet inflates whole (its header and voxels in
     two gzip members) is read by the check and kept, not refused."""
-    from cnnsuite.tasks.biomedical3d.readers import may_be_cut
+    from cnnsuite.tasks.biomedical3d.readers import check_header
 
     folder = make_volume_folder(tmp_path / "user")
-    assert not may_be_cut(folder / "scans" / "s0.nii") and not may_be_cut(folder / "scans" / "s1.nii.gz")
+    assert check_header(folder / "scans" / "s0.nii") and check_header(folder / "scans" / "s1.nii.gz")
     two = folder / "scans" / "s3.nii.gz"
     raw = gzip.decompress(two.read_bytes())
     two.write_bytes(gzip.compress(raw[:352]) + gzip.compress(raw[352:]))
-    assert may_be_cut(two)
+    assert not check_header(two)
     dm = Biomedical3DDataModule(data_dir=str(folder))
     ids = [image for image, _ in dm.list_samples()]
     assert dm.find_bad(ids, decode=False) == {} and len(dm.check_samples(ids, "test")) == 8
+
+
+def test_checking_a_folder_reads_each_header_once(tmp_path, monkeypatch):
+    """The header check and the cut-file check share one read of each NIfTI header."""
+    from cnnsuite.tasks.biomedical3d import readers
+
+    folder = make_volume_folder(tmp_path / "user")
+    dm = Biomedical3DDataModule(data_dir=str(folder))
+    ids = [image for image, _ in dm.list_samples()]
+    loads = []
+    monkeypatch.setattr(
+        readers.nib, "load", lambda path, *a, **k: loads.append(path) or nib.loadsave.load(path, *a, **k)
+    )
+    assert dm.find_bad(ids, decode=False) == {}
+    nifti = sorted(str(folder / i) for i in ids if i.endswith((".nii", ".nii.gz")))
+    assert len(nifti) > 2 and sorted(map(str, loads)) == nifti
 
 
 def test_volume_with_nan_or_inf_is_named_before_training(tmp_path):

@@ -60,7 +60,6 @@ from .readers import (
     _load_medmnist,
     check_header,
     is_dicom_series,
-    may_be_cut,
     read_labels,
     volume_suffix,
 )
@@ -248,7 +247,7 @@ class Biomedical3DDataModule(TaskDataModule):
 
         def check(sample_id: str) -> None:
             path = self.root / sample_id
-            if not check_header(path) or may_be_cut(path):  # the loader reads it and says why
+            if not check_header(path):  # the loader reads it and says why
                 LoadVolumed()({"image": str(path)})
 
         return collect_bad(ids, check)

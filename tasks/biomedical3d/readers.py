@@ -11,6 +11,7 @@ import math
 import zlib
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -40,18 +41,33 @@ def check_header(path: str | Path) -> bool:
     """Refuse a volume from its header alone, before any voxel is read: one that declares more
     voxels than :mod:`cnnsuite.data.limits` allows, names the file of its voxels outside its own
     folder (:func:`check_data_file`), or, a NIfTI, more axes than a volume's. True where the
-    header read; False where it does not (the loader then names the file and the problem). A
-    series folder without files is an error naming it (the loader's would be an IndexError)."""
+    header read and the file is as long as it says; False where the header does not read or a
+    NIfTI may be cut short (:func:`may_be_cut`): the loader then reads it whole and names the file
+    and the problem. A series folder without files is an error naming it (the loader's would be
+    an IndexError)."""
     header = read_header(Path(path))
     if header is None:
         return False
-    sizes, what, data_file = header
-    check_size(path, "volume", sizes, what)
-    check_data_file(Path(path), data_file)
+    check_size(path, "volume", header.sizes, header.what)
+    check_data_file(Path(path), header.data_file)
     # a NIfTI's axes are the array's: the loader takes three, or a fourth of one (a time or channel axis)
-    if str(path).lower().endswith((".nii", ".nii.gz")) and not (len(sizes) == 3 or sizes[3:] == [1]):
-        raise BadFileError(f"{path}: expected a 3D volume, its header {what}")
-    return True
+    if str(path).lower().endswith((".nii", ".nii.gz")) and not (len(header.sizes) == 3 or header.sizes[3:] == [1]):
+        raise BadFileError(f"{path}: expected a 3D volume, its header {header.what}")
+    return not header.may_be_cut
+
+
+class Header(NamedTuple):
+    """What :func:`read_header` reads of a volume without its voxels."""
+
+    #: the shape the header declares, every axis (time and channels too)
+    sizes: list[int]
+    #: that in words, for a message
+    what: str
+    #: the file its voxels are in, where the header is a detached one (NRRD's ``data file``,
+    #: MetaImage's ``ElementDataFile``)
+    data_file: str | None = None
+    #: a NIfTI file's length or gzip trailer says fewer bytes than its voxels take
+    may_be_cut: bool = False
 
 
 #: the most bytes of header extensions a NIfTI may hold between its header and its voxels, and
@@ -126,33 +142,25 @@ def volume_suffix(data: bytes) -> str | None:
     return ".nrrd" if data.startswith(b"NRRD000") else None
 
 
-def may_be_cut(path: str | Path) -> bool:
-    """Whether a NIfTI file may hold fewer bytes than its header's voxels take, told without
-    inflating them: an uncompressed file shorter than its data offset plus its voxels, or a
-    gzipped one whose trailer (the length it inflates to, modulo 2**32) says another length.
-    An interrupted copy or download cuts a file this way, and its header still reads: without
-    this look at its end, a cut test volume is found only when the evaluation after the last
-    epoch reads it. True sends the file to the loader, which reads it whole and names what is
-    wrong; a whole file whose trailer says nothing useful (several gzip members, bytes after
-    the stream) is then read and kept, never refused. False for other formats (their loader
-    names a cut file when it reads it) and for a header that does not read (the header check
-    names it)."""
-    path = Path(path)
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")) or not path.is_file():
-        return False
-    check_nifti_extensions(path)
+def may_be_cut(path: Path, voxels) -> bool:
+    """Whether a NIfTI file may hold fewer bytes than its header's voxels take (``voxels``:
+    nibabel's array proxy of it), told without inflating them: an uncompressed file shorter than
+    its data offset plus its voxels, or a gzipped one whose trailer (the length it inflates to,
+    modulo 2**32) says another length. An interrupted copy or download cuts a file this way, and
+    its header still reads: without this look at its end, a cut test volume is found only when
+    the evaluation after the last epoch reads it. A whole file whose trailer says nothing useful
+    (several gzip members, bytes after the stream) is then read by the loader and kept, never
+    refused; so is a file whose end does not read (True: the loader tells)."""
+    length = int(voxels.offset) + math.prod(voxels.shape) * np.dtype(voxels.dtype).itemsize
     try:
-        voxels = nib.load(path).dataobj  # where and what the file's voxels are (the header's copy says offset 0)
-        length = int(voxels.offset) + math.prod(voxels.shape) * np.dtype(voxels.dtype).itemsize
         with path.open("rb") as file:
             size = file.seek(0, 2)
-            if name.endswith(".nii"):
+            if not path.name.lower().endswith(".gz"):
                 return size < length
             file.seek(max(size - 4, 0))
             return size < 18 or int.from_bytes(file.read(4), "little") != length % 2**32
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError):
-        return False  # no header to measure by: check_header names the file
+    except OSError:
+        return True
 
 
 #: the most bytes a voxel of any NRRD type takes (double, int64)
@@ -196,11 +204,9 @@ def check_nrrd_payload(path: Path) -> None:
         )
 
 
-def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
-    """``(sizes, what, data file)``: the shape a volume's header declares, every axis (time and
-    channels too), read without its voxels; that in words; and the file its voxels are in, where
-    the header is a detached one (NRRD's ``data file``, MetaImage's ``ElementDataFile``). None
-    where the header does not read."""
+def read_header(path: Path) -> Header | None:
+    """The :class:`Header` of the volume at ``path`` (a file, or a DICOM series folder), read
+    without its voxels; None where the header does not read."""
     name = path.name.lower()
     if path.is_dir() and not _series_files(path):
         raise BadFileError(f"{path}: a folder without files; expected a DICOM series (one file a slice)")
@@ -219,7 +225,7 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
                     continue  # not DICOM (Thumbs.db, notes): MONAI's reader leaves it out too
             check_one_series(path, slices)
             voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
-            return [voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}", None
+            return Header([voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}")
         if name.endswith((".nrrd", ".nhdr")):
             import nrrd
 
@@ -236,12 +242,14 @@ def read_header(path: Path) -> tuple[list[int], str, str | None] | None:
             data_file = " ".join(fields.get("ElementDataFile", [])) or None
         else:  # NIfTI: nib.load reads the header (and its extensions, walked first)
             check_nifti_extensions(path)
-            sizes = [int(n) for n in nib.load(path).header.get_data_shape()]
+            voxels = nib.load(path).dataobj  # where and what its voxels are (the header's copy says offset 0)
+            sizes = [int(n) for n in voxels.shape]
+            return Header(sizes, "declares " + "x".join(map(str, sizes)), may_be_cut=may_be_cut(path, voxels))
     except BadFileError:
         raise
     except Exception:  # no header to check: the loader's own error names the file
         return None
-    return sizes, "declares " + "x".join(map(str, sizes)), data_file
+    return Header(sizes, "declares " + "x".join(map(str, sizes)), data_file)
 
 
 def check_one_series(folder: Path, slices: list) -> None:
