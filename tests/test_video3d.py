@@ -18,7 +18,7 @@ from cnnsuite.tasks.video3d import datamodule as video_data
 from cnnsuite.tasks.video3d import readers as video_readers
 from cnnsuite.tasks.video3d.datamodule import VideoDataModule
 from cnnsuite.tasks.video3d.module import VideoAccuracy, VideoAveragePrecision, VideoClassificationModule
-from cnnsuite.tasks.video3d.readers import decode_video
+from cnnsuite.tasks.video3d.readers import decode_video, upright
 from conftest import ROOT, watch_network_and_plots
 from conftest import fit as run_fit
 from PIL import Image
@@ -710,18 +710,18 @@ def test_video_average_precision_leaves_out_a_label_no_video_carries():
     assert metric.compute().item() == 1.0
 
 
-def write_paused_video(path: Path, fps: int = 8, pause: float = 2.0) -> None:
-    """A variable-rate video as screen recorders and webcams write one: a second of frames at
-    ``fps`` (frame ``k`` bright in column ``k``), no frame for ``pause`` seconds, then another
-    second of frames."""
+def write_paused_video(path: Path, fps: int = 8, pause: float = 2.0, before: int = 1) -> None:
+    """A variable-rate video as screen recorders and webcams write one: ``before`` seconds of
+    frames at ``fps`` (frame ``k`` bright in column ``k`` of 16), no frame for ``pause``
+    seconds, then another second of frames; a key frame every second."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream("libx264", rate=fps, options={"g": str(fps), "keyint_min": str(fps)})
         stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
         stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
-        times = [k / fps for k in range(fps)] + [1 + pause + k / fps for k in range(fps)]
+        times = [k / fps for k in range(before * fps)] + [before + pause + k / fps for k in range(fps)]
         for k, t in enumerate(times):
             image = np.zeros((16, 16, 3), np.uint8)
-            image[:, k] = 255
+            image[:, k % 16] = 255
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
             for packet in stream.encode(frame):
@@ -743,6 +743,24 @@ def test_a_clip_in_a_pause_of_a_variable_rate_video_holds_the_frame_shown(tmp_pa
     for paused in clips[1], clips[2]:
         assert all(torch.equal(frame, clips[0, :, -1]) for frame in paused.unbind(1))
     assert not torch.equal(clips[3, :, 0], clips[0, :, -1])
+
+
+def test_a_clip_in_a_pause_is_read_from_the_frames_around_it(tmp_path, monkeypatch):
+    """A clip read from its file that falls in a pause decodes from the key frame before it to
+    the first frame after it, not the whole video (as many times as the video has paused clips)."""
+    from cnnsuite.tasks.video3d import readers
+
+    path = tmp_path / "paused.mp4"
+    write_paused_video(path, before=8)
+    dm = VideoDataModule(**SMALL, cache_limit_mb=0)
+    record = video_data.VideoRecord(path.name, 0, Fraction(11), 8.0, 16 * 16 * 3)
+    clips = dm.clip_dataset(tmp_path, [record], "test", dm.memory_cache)
+    converted = []
+    monkeypatch.setattr(readers, "upright", lambda frame, r: converted.append(frame.pts) or upright(frame, r))
+    paused, _, _ = clips.read(8)  # the clip of [8 s, 9 s): no frame comes in it
+    last, _, _ = clips.read(7)
+    assert all(torch.equal(frame, last[:, -1]) for frame in paused.unbind(1))
+    assert 0 < len(converted) <= 3 * 8
 
 
 def test_a_clip_past_the_frames_a_video_holds_is_refused_as_cut(tmp_path, video_folder):

@@ -188,9 +188,12 @@ class ClipDataset(Dataset):
             return frames is None or frames.shape[1] < max(1.0, expected / 2)
 
         if short(frames) and not cached:
-            # a pause of a variable-rate video, a seek that found a key frame past the start (it
-            # does across a pause in some MP4s), or a cut file: the whole video tells which
-            video = decode_video(path)
+            # a pause of a variable-rate video (the frames around the clip tell what is shown),
+            # a seek that found a key frame past the start (it does across a pause in some MP4s)
+            # or a cut file: then the whole video tells which
+            video = decode_video(path, start, end, around=True)
+            if not video.holds_before(start):
+                video = decode_video(path)
             frames = video.get_clip(start, end)
         if short(frames):
             if not video.goes_on_after(end):

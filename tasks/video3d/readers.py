@@ -76,6 +76,11 @@ class DecodedVideo:
         index = (torch.searchsorted(self.pts, at, right=True) - 1).clamp(min=0)
         return self.frames[index].permute(3, 0, 1, 2)
 
+    def holds_before(self, start: Fraction) -> bool:
+        """Whether a frame at or before ``start`` seconds is kept: the frame a player shows then."""
+        bound = secs_to_pts(start, self.time_base, self.start_pts, round_mode="floor")
+        return bool(len(self.pts)) and int(self.pts[0]) <= bound
+
     def goes_on_after(self, end: Fraction) -> bool:
         """Whether a frame comes at or after ``end`` seconds: a clip without its frames before
         then lies in a pause of the video, not past the end of a cut file."""
@@ -168,15 +173,29 @@ def upright(frame: av.VideoFrame, reformatter: VideoReformatter) -> torch.Tensor
     return torch.rot90(pixels, round(frame.rotation / 90) % 4, dims=(0, 1))
 
 
-def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None = None) -> DecodedVideo:
+def decode_video(
+    path: Path, start: Fraction | None = None, end: Fraction | None = None, around: bool = False
+) -> DecodedVideo:
     """The frames of the video at ``path`` in ``[start, end)`` seconds (default: all of them),
     decoded with PyAV to RGB, upright (:func:`upright`), one frame per timestamp: every video
     frame training, evaluation, prediction and serving see comes from here. A time range is
     decoded as PyTorchVideo's ``EncodedVideoPyAV`` decodes a clip: a seek to the key frame
-    before it, then frames up to its end. A file that fails part-way is named, and one that
-    holds more frames than its header declared stops at the pixel limit."""
+    before it, then frames up to its end. ``around`` keeps too the last frame decoded before
+    ``start`` and the first at or after ``end``: what a player shows in a pause of a
+    variable-rate video, and whether the video goes on after it. A file that fails part-way is
+    named, and one that holds more frames than its header declared stops at the pixel limit."""
     frames: dict[int, torch.Tensor] = {}
+    before = None  # the last frame decoded before the range, for ``around``
     limit, pixels, reformatter = max_pixels("video"), 0, VideoReformatter()
+
+    def keep(frame: av.VideoFrame) -> bool:
+        """Keep ``frame`` unless it takes the frames past the pixel limit."""
+        nonlocal pixels
+        pixels += frame.width * frame.height
+        if pixels <= limit:
+            frames[frame.pts] = upright(frame, reformatter)
+        return pixels <= limit
+
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -188,14 +207,16 @@ def decode_video(path: Path, start: Fraction | None = None, end: Fraction | None
             if start is not None:  # seeking is imprecise: PyTorchVideo's margin before the start
                 container.seek(max(first - SEEK_MARGIN, 0), any_frame=False, backward=True, stream=stream)
             for frame in container.decode(stream):
-                if frame.pts >= last:
-                    break
                 if frame.pts < first:
+                    before = frame if around else None
                     continue
-                pixels += frame.width * frame.height
-                if pixels > limit:
+                if frame.pts >= last and not around:
                     break
-                frames[frame.pts] = upright(frame, reformatter)
+                held, before = before, None
+                if (held is not None and not keep(held)) or not keep(frame) or frame.pts >= last:
+                    break
+            if before is not None:  # no frame at or after the start: a pause to the end, or a cut file
+                keep(before)
     except (av.FFmpegError, IndexError, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode the video ({type(err).__name__}: {err})") from None
     if pixels > limit:
