@@ -559,6 +559,17 @@ def test_a_pascal_voc_folder_keeps_its_image_sets(tmp_path):
     assert len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"]) == 24
 
 
+def test_a_voc_train_list_of_one_image_is_a_one_line_error(tmp_path):
+    """Validation is drawn from the train list: one image there left nothing to train on, and
+    scikit-learn's split stopped with its own traceback."""
+    voc = make_voc_folder(tmp_path / "voc", count=4)
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("2008_000000\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("2008_000001\n2008_000002\n")
+    with pytest.raises(ConfigError, match=r"the train list holds 1 sample\(s\), too few to draw validation from"):
+        DetectionDataModule(data_dir=str(voc)).setup("fit")
+
+
 def make_official_coco(root, year=2017):
     """COCO as downloaded: ``annotations/instances_train2017.json`` and
     ``instances_val2017.json`` (beside them the captions file the download also holds), images

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -65,7 +64,6 @@ from cnnsuite.data.coco import (
 )
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import read_image_with_picture
-from cnnsuite.data.splits import STAGES, split_validation
 from cnnsuite.errors import ConfigError, StateError
 
 from .default_data import (
@@ -294,27 +292,15 @@ class DetectionDataModule(TaskDataModule):
         return samples
 
     def decide_splits(self) -> dict[str, list[str]]:
-        """The data's own split files when it brings them: with train and val files but no
-        test file (COCO as downloaded), val is the test split; validation is then drawn from
-        train by ``seed``, as when a test file comes without a val file."""
+        """The data's own split files (COCO's) or lists (VOC's) when it brings them: with train
+        and val but no test (COCO as downloaded), val is the test split; validation is then drawn
+        from train by ``seed``, as when a test file comes without a val file
+        (:meth:`~cnnsuite.data.TaskDataModule.listed_splits`)."""
         self._load()
         fixed = self._fixed_splits
         if self.hparams.split_file or fixed is None:
             return self.with_objects(super().decide_splits())
-        if len(fixed) == len(STAGES):
-            return self.with_objects(fixed)
-        files, held_out = self._split_sources, "test" if "test" in fixed else "val"
-        labels, hp = dict(self.samples()), self.hparams
-        listed = sum(len(ids) for ids in fixed.values())  # VOC's lists may leave images out
-        train, val = split_validation(
-            fixed["train"], [labels[i] for i in fixed["train"]], hp.val_fraction, listed, hp.seed
-        )
-        rank_zero_info(
-            f"{files[held_out]}: the test split ({self.root} has no "
-            f"{'validation' if held_out == 'test' else 'test'} annotations); validation is {len(val)} images drawn "
-            f"from {files['train']} (data.val_fraction {hp.val_fraction} of the {listed} listed, data.seed {hp.seed})"
-        )
-        return self.with_objects({"train": train, "val": val, "test": fixed[held_out]})
+        return self.with_objects(self.listed_splits(fixed, f"{self.root}'s split files", self._split_sources))
 
     def with_objects(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
         """``splits``, once its validation and test images hold an object each at least: mAP

@@ -689,28 +689,37 @@ class TaskDataModule(L.LightningDataModule):
         for s, unknown in self.unknown_ids(splits).items():
             raise ConfigError(f"{source}: {len(unknown)} {s} entries are not in {self.root}, e.g. {unknown[0]}")
 
-    def listed_splits(self, splits: dict[str, list[str]], source: object) -> dict[str, list[str]]:
-        """A split the data lists (``source``: its own lists, ``split_file``), each id checked to
-        be a sample; train and test lists alone (UCF101's) get a validation split drawn from
-        train: ``val_fraction`` of the samples listed, stratified, by ``seed``."""
+    def listed_splits(
+        self, splits: dict[str, list[str]], source: object, files: dict[str, object] | None = None
+    ) -> dict[str, list[str]]:
+        """A split the data lists (``source``: its own lists, ``split_file``; ``files``: the file
+        each stage's list comes from, where they are several), each id checked to be a sample.
+        A train list with a test list alone (UCF101's) gets a validation split drawn from train;
+        with a val list alone (COCO's and VOC's downloads: their test labels are not public) the
+        val list is the test split, and validation is drawn from train the same way:
+        ``val_fraction`` of the samples listed, stratified, by ``seed``."""
         check_splits(splits, source, [s for s in STAGES if s in splits])
         self._check_known(splits, source)
-        if "val" not in splits:
-            if len(splits["train"]) < 2:  # scikit-learn's split would fail with its traceback
-                raise ConfigError(
-                    f"{source}: the train list holds {len(splits['train'])} sample(s), too few to draw validation "
-                    "from; give a val list too"
-                )
-            labels, hp = dict(self.samples()), self.hparams
-            listed = len(splits["train"]) + len(splits["test"])
-            train, val = split_validation(splits["train"], [labels[i] for i in splits["train"]], hp.val_fraction,
-                                          listed, hp.seed, self.class_names)  # fmt: skip
-            rank_zero_info(
-                f"{source}: no validation list; validation is {len(val)} of the {len(splits['train'])} training "
-                f"samples (data.val_fraction {hp.val_fraction} of the {listed} listed, data.seed {hp.seed})"
+        if "val" in splits and "test" in splits:
+            return splits
+        held_out = "test" if "test" in splits else "val"
+        if len(splits["train"]) < 2:  # scikit-learn's split would fail with its traceback
+            raise ConfigError(
+                f"{source}: the train list holds {len(splits['train'])} sample(s), too few to draw validation "
+                f"from; give a {'val' if held_out == 'test' else 'test'} list too"
             )
-            splits = {"train": train, "val": val, "test": splits["test"]}
-        return splits
+        labels, hp = dict(self.samples()), self.hparams
+        listed = sum(len(ids) for ids in splits.values())  # lists may leave samples out (VOC's)
+        train, val = split_validation(splits["train"], [labels[i] for i in splits["train"]], hp.val_fraction,
+                                      listed, hp.seed, self.class_names)  # fmt: skip
+        named = {stage: f" ({path})" for stage, path in (files or {}).items()}
+        test_list = "" if held_out == "test" else f"its val list{named.get('val', '')} is the test split; "
+        rank_zero_info(
+            f"{source}: no {'validation' if held_out == 'test' else 'test'} list; {test_list}validation is {len(val)} "
+            f"samples drawn from the {len(splits['train'])} of the train list{named.get('train', '')} "
+            f"(data.val_fraction {hp.val_fraction} of the {listed} listed, data.seed {hp.seed})"
+        )
+        return {"train": train, "val": val, "test": splits[held_out]}
 
     def decide_splits(self) -> dict[str, list[str]]:
         """The train/val/test split where none is known yet (a checkpoint's or a prepared folder's
