@@ -174,6 +174,76 @@ def write_voc(root, objects_per_image):
     return root
 
 
+def write_image_sets(root, **lists):
+    """``ImageSets/Main/<name>.txt`` of ``root``, one id a line, by name."""
+    (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    for name, ids in lists.items():
+        (root / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+
+
+def voc_split(dm):
+    """The split ``dm`` builds, as the VOC ids of each stage."""
+    dm.setup("fit")
+    return {stage: sorted(i.removeprefix("JPEGImages/").removesuffix(".jpg") for i in dm.splits[stage])
+            for stage in ("train", "val", "test")}  # fmt: skip
+
+
+def test_a_voc_folder_keeps_its_image_sets(tmp_path):
+    """VOC's ``ImageSets/Main`` lists were ignored, so an official val image could be trained
+    on: they are the split, as detection2d's (one code path): val the test split where there
+    is no test list, validation drawn from the listed train images only."""
+    voc = write_voc(tmp_path / "voc", [1] * 20)  # 12 to 19 in no list: left out
+    write_image_sets(voc, train=range(8), val=range(8, 12), cat_train=[8])  # a class's list is no split
+    split = voc_split(LocalizationDataModule(data_dir=str(voc), val_fraction=0.2))
+    assert split["test"] == ["10", "11", "8", "9"]
+    assert sorted(split["train"] + split["val"]) == [str(i) for i in range(8)]
+    assert len(split["val"]) == 3  # val_fraction of the 12 listed, not of the 20 annotated (4)
+    # all three lists: each is its split
+    write_image_sets(voc, train=range(6), val=[6, 7], test=range(8, 12))
+    assert voc_split(LocalizationDataModule(data_dir=str(voc))) == {
+        "train": [str(i) for i in range(6)], "val": ["6", "7"], "test": ["10", "11", "8", "9"]}  # fmt: skip
+    # VOC2007's layout: trainval and test, trainval the train list
+    for name in ("train", "val"):
+        (voc / "ImageSets" / "Main" / f"{name}.txt").unlink()
+    write_image_sets(voc, trainval=range(8), test=range(8, 12))
+    split = voc_split(LocalizationDataModule(data_dir=str(voc), val_fraction=0.2))
+    assert split["test"] == ["10", "11", "8", "9"] and len(split["val"]) == 3
+    assert sorted(split["train"] + split["val"]) == [str(i) for i in range(8)]
+    # a split file still takes precedence
+    listed = {"train": [f"JPEGImages/{i}.jpg" for i in range(10)], "val": ["JPEGImages/10.jpg"]}
+    (tmp_path / "split.json").write_text(json.dumps({**listed, "test": ["JPEGImages/11.jpg"]}))
+    split = voc_split(LocalizationDataModule(data_dir=str(voc), split_file=str(tmp_path / "split.json")))
+    assert (split["val"], split["test"]) == (["10"], ["11"])
+    # a test list alone (VOC2007's test download) makes no split: said, and split by seed
+    (voc / "ImageSets" / "Main" / "trainval.txt").unlink()
+    with pytest.warns(UserWarning, match=r"Main: test.txt make no split \(expected train.txt or trainval.txt with"):
+        split = voc_split(LocalizationDataModule(data_dir=str(voc)))
+    assert sum(len(ids) for ids in split.values()) == 20
+
+
+def test_a_voc_folders_bad_image_sets_are_one_line_errors(tmp_path):
+    """Ids in two lists, ids with no XML and ids through ``..`` are refused naming the list
+    and line; an image skipped for its two boxes stays out of its list."""
+    voc = write_voc(tmp_path / "voc", [1, 1, 1, 1, 2, 1])
+    main_dir = voc / "ImageSets" / "Main"
+    for lists, said in (
+        ({"train": [0, 1, 2], "val": [3, 0]}, r"val.txt line 2: image id '0' is also in train.txt"),
+        ({"train": [0, 1, 2], "val": ["9"]}, r"val.txt line 1: image id '9' has no Annotations/9.xml"),
+        ({"train": [0, 1, 2], "val": ["../../probe"]}, r"val.txt line 1: image id '\.\./\.\./probe' names a file"),
+        ({"train": [0], "test": [3]}, r"the train list holds 1 sample\(s\), too few to draw validation from; give"),
+    ):  # fmt: skip
+        shutil.rmtree(main_dir, ignore_errors=True)
+        write_image_sets(voc, **lists)
+        with pytest.raises(ConfigError, match=said) as err:
+            LocalizationDataModule(data_dir=str(voc), on_bad_file="skip").setup("fit")
+        assert "\n" not in str(err.value)
+    shutil.rmtree(main_dir)
+    write_image_sets(voc, train=[0, 1, 2, 4], val=[3, 5])  # 4 holds two boxes
+    with pytest.warns(UserWarning, match=r"4.jpg: 2 boxes"):
+        split = voc_split(LocalizationDataModule(data_dir=str(voc), on_bad_file="skip", val_fraction=0.3))
+    assert split["test"] == ["3", "5"] and sorted(split["train"] + split["val"]) == ["0", "1", "2"]
+
+
 def test_coco_and_voc_folders_with_one_box_per_image(tmp_path):
     coco = LocalizationDataModule(data_dir=str(write_coco(tmp_path / "coco", [1, 1, 1, 1])))
     assert coco.format == "coco" and coco.class_names == ["cat", "owl"]  # sorted by category id

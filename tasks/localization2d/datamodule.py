@@ -151,7 +151,7 @@ class LocalizationDataModule(ImageDataModule):
         if format not in FORMATS:
             raise ConfigError(f"data.format={format!r}: expected one of {', '.join(FORMATS)}")
         self._samples: dict[str, Sample] | None = None
-        self._fixed: dict[str, str] = {}
+        self._lists: dict[str, tuple[Path, list[str]]] | None = None  # the split the data brings, by stage
         if data_dir is None:
             self.format = "csv"
             self.class_names = [str(d) for d in range(10)]
@@ -184,18 +184,23 @@ class LocalizationDataModule(ImageDataModule):
             return self._samples
         root, on_bad = self.root, self.hparams.on_bad_file
         try:
+            fixed = {}
             if self.format == "csv":
                 names, samples, errors = read_csv_labels(root)
             elif self.format == "cub":
-                names, samples, errors, self._fixed = read_cub(root)
+                names, samples, errors, fixed = read_cub(root)
             else:
-                names, samples, errors = read_detection_folder(root, self.format, on_bad)
+                names, samples, errors, self._lists = read_detection_folder(root, self.format, on_bad)
         except (OSError, AnnotationError) as err:
             raise ConfigError(f"data.data_dir={root}: {err}") from None
         if self.hparams.data_dir is None and names != self.class_names:
             raise ConfigError(f"{root}: the default's labels are {names}, expected {self.class_names}")
         self.class_names = names
         self._samples, total = {s.file: s for s in samples}, len(samples) + len(errors)
+        if fixed:  # CUB's train/test split, of the images kept
+            path = root / "train_test_split.txt"
+            self._lists = {stage: (path, sorted(i for i in self._samples if fixed.get(i) == stage))
+                           for stage in ("train", "test")}  # fmt: skip
         if errors and on_bad == "error":  # one error names everything to fix: the good rows' images too
             errors = errors + list(self.find_bad(list(self._samples), decode=False).values())
         report_bad_files(errors, total, on_bad, what="labelled images")
@@ -219,12 +224,17 @@ class LocalizationDataModule(ImageDataModule):
         return [(s.file, s.label) for s in self._load().values()]
 
     def decide_splits(self) -> dict[str, list[str]]:
-        """CUB's own train/test split when it has one (val drawn from its train part)."""
+        """The split the data brings when it brings one (val drawn from its train part): CUB's
+        train/test split, VOC's ``ImageSets/Main`` lists (see
+        :meth:`~cnnsuite.data.TaskDataModule.listed_splits`)."""
         self._load()
-        if self.hparams.split_file or not self._fixed:
+        if self.hparams.split_file or not self._lists:
             return super().decide_splits()
-        fixed = {stage: sorted(i for i in self._samples if self._fixed.get(i) == stage) for stage in ("train", "test")}
-        return self.listed_splits(fixed, f"{self.root}/train_test_split.txt")
+        files = {stage: path for stage, (path, _) in self._lists.items()}
+        lists = {stage: ids for stage, (_, ids) in self._lists.items()}
+        if len(set(files.values())) == 1:  # one file holds them all (CUB's)
+            return self.listed_splits(lists, next(iter(files.values())))
+        return self.listed_splits(lists, f"{self.root}'s split lists", files)
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         hp, label_of = self.hparams, dict(self.samples())

@@ -9,7 +9,8 @@ Formats (``format: auto`` tells them apart by their files):
   ``bounding_boxes.txt`` (``<id> <x> <y> <width> <height>``), ``train_test_split.txt``,
   ``classes.txt`` and ``images/``. Its own train/test split is kept; val is drawn from train.
 - ``coco`` (``annotations.json``) or ``voc`` (``Annotations/*.xml``), read by detection2d's
-  readers in :mod:`cnnsuite.data.coco`; every image must hold exactly one box.
+  readers in :mod:`cnnsuite.data.coco`; every image must hold exactly one box. VOC's own
+  split lists (``ImageSets/Main/train.txt`` ...) are its split, as they are detection2d's.
 
 Every error a user's files can cause — a box with ``x2 <= x1``, a row naming a missing image,
 an image with two boxes — names the file and the row (or annotation).
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnsuite.data import BadFileError
-from cnnsuite.data.coco import box_error, read_coco, read_voc, voc_classes
+from cnnsuite.data.coco import box_error, read_coco, read_voc, voc_classes, voc_split_lists
 from cnnsuite.data.folders import leaves_folder
 from cnnsuite.data.textfiles import read_csv, read_lines
 from cnnsuite.errors import ConfigError
@@ -166,15 +167,19 @@ def read_cub(root: Path) -> tuple[list[str], list[Sample], list[BadFileError], d
     return class_names, one_per_image(samples, errors), errors, fixed
 
 
-def read_detection_folder(root: Path, fmt: str, on_bad_file: str) -> tuple[list[str], list[Sample], list[BadFileError]]:
-    """A COCO (``annotations.json``) or Pascal VOC folder whose images hold one box each."""
+def read_detection_folder(
+    root: Path, fmt: str, on_bad_file: str
+) -> tuple[list[str], list[Sample], list[BadFileError], dict[str, tuple[Path, list[str]]] | None]:
+    """A COCO (``annotations.json``) or Pascal VOC folder whose images hold one box each: class
+    names, samples, the bad ones' errors, and the split a VOC folder's ``ImageSets/Main`` lists
+    make (:func:`~cnnsuite.data.coco.voc_split_lists`; None where they make none, and for COCO)."""
     if fmt == "coco":
         path = root / "annotations.json"
         data = read_coco(path, root, on_bad_file)
     else:
         path = root / "Annotations"
         data = read_voc(root, voc_classes(root), on_bad_file)
-    samples, errors = [], []
+    samples, errors, kept = [], [], []
     for record in data.records:
         where = f"{record.source or path}: image {record.file}" + (f" (id {record.image_id})" if fmt == "coco" else "")
         if len(record.boxes) != 1:
@@ -183,4 +188,7 @@ def read_detection_folder(root: Path, fmt: str, on_bad_file: str) -> tuple[list[
             errors.append(BadFileError(f"{where}: {len(record.boxes)} boxes{ids} where one is expected"))
             continue
         samples.append(Sample(record.file, record.labels[0], tuple(record.boxes[0]), where))
-    return list(data.categories.names), samples, errors
+        kept.append(record)
+    # an image left out for its boxes stays out of the lists, as one whose XML was bad
+    lists = voc_split_lists(root, kept) if fmt == "voc" else None
+    return list(data.categories.names), samples, errors, lists
