@@ -48,13 +48,16 @@ def write_bar_video(
     width: int | None = None,
     rotation: int = 0,
     lossless: bool = False,
+    first_frame: int = 0,
 ) -> None:
     """A bright vertical bar on black, ``size`` high and ``width`` (default: ``size``) wide,
     starting at column 3 and moving ``step`` pixels a frame (wrapping around at ``size``).
     ``rotation``: stored as a phone
     stores it, the pixels turned by ``-rotation`` degrees and the stream's display matrix
     saying to turn them back by ``rotation`` (counter-clockwise) when shown. ``lossless``:
-    H.264 at ``qp=0``, so that the same picture stored two ways decodes to the same pixels."""
+    H.264 at ``qp=0``, so that the same picture stored two ways decodes to the same pixels.
+    ``first_frame``: the first frame's timestamp in frames (a video cut from a longer one with
+    its timestamps kept starts there, not at 0)."""
     with av.open(str(path), "w") as container:
         options = {"qp": "0"} if lossless else {}
         stream = container.add_stream(CODECS[path.suffix], rate=fps, options=options)
@@ -67,7 +70,10 @@ def write_bar_video(
             image = np.zeros((size, width, 3), np.uint8)
             image[:, (3 + step * t) % size] = 255
             stored = np.ascontiguousarray(np.rot90(image, k=-rotation // 90))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
+            if first_frame:
+                frame.pts, frame.time_base = first_frame + t, Fraction(1, fps)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -367,6 +373,22 @@ MIXED_LENGTHS = [
     ("f.webm", 6, "test"),
     ("g.webm", 16, "test"),
 ]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".webm"])
+@pytest.mark.parametrize("first_frame", [2, 80])
+def test_a_video_whose_timestamps_start_late_lasts_its_own_length(tmp_path, suffix, first_frame):
+    """A 3-s video whose first frame is stamped later than 0 (cut with its timestamps kept, or
+    an encoder's delay) lasts 3 s: an MP4's stream duration is a length, not an end, and a
+    Matroska duration counts from 0, not from the first frame; its 3 clips all decode."""
+    video = tmp_path / f"late{suffix}"
+    write_bar_video(video, 24, 1, first_frame=first_frame)
+    duration, fps, _ = video_readers.probe_video(video)
+    assert (duration, fps) == (3, 8.0)
+    decoded = decode_video(video)
+    for start in range(3):
+        clip = decoded.get_clip(Fraction(start), Fraction(start + 1))
+        assert clip is not None and clip.shape[1] == 8, (start, clip)
 
 
 def test_short_videos_in_five_containers_train_with_the_default_config(tmp_path):

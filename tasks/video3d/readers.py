@@ -149,10 +149,16 @@ def probe_video(path: Path) -> tuple[Fraction, float, int]:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             frame = next(container.decode(stream))
-            if stream.duration is None and container.duration:
+            start = (stream.start_time or 0) * Fraction(stream.time_base)
+            if stream.duration is not None:
+                # a length (MP4, AVI), which PyTorchVideo takes for the last timestamp and measures
+                # from the first: a 3-s MP4 whose first frame is stamped 1 s would last 2 s
+                duration = stream.duration * Fraction(stream.time_base)
+            elif container.duration:
                 # PyTorchVideo then measures up to the last frame's start, one frame short (a 2-s
-                # MKV or WebM would lose its second clip); the container's duration is the end.
-                duration = max(duration, Fraction(container.duration, av.time_base))
+                # MKV or WebM would lose its second clip); the container's duration is the end,
+                # counted from 0 and not from the first frame
+                duration = max(duration, Fraction(container.duration, av.time_base) - start)
     except (av.FFmpegError, IndexError, StopIteration, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode a video frame ({type(err).__name__}: {err})") from None
     if duration <= 0:  # FFmpeg opens a still image (PNG, JPEG) as a "video" of one frame that lasts 0 s
