@@ -87,6 +87,23 @@ def test_reader_names_bands_in_eurosat_order_and_reads_compressed_files(tmp_path
     assert floats[0, 0, 0] == pytest.approx(101.016, abs=1e-3) and floats.dtype == np.float32
 
 
+def test_a_file_naming_only_some_bands_is_read_by_them_or_refused(tmp_path):
+    """Band descriptions left blank for some bands fall back to the order assumed for unnamed
+    files only where the names given agree with it; a 13-band file in wavelength order (B8A
+    ninth) with one blank description is refused, never read with B8A taken for B09."""
+    wavelength = [*BANDS[:8], "B8A", *BANDS[8:12]]
+    blank_last = write_tif(tmp_path / "wavelength.tif", band_cube(), descriptions=(*wavelength[:12], ""))
+    with pytest.raises(BadFileError, match=r"wavelength.tif: .*band 9 is B8A.*B09"):
+        GeoTiffReader(["B8A", "B09"])(blank_last)
+    agreeing = write_tif(tmp_path / "eurosat.tif", band_cube(), descriptions=(*BANDS[:12], ""))
+    assert GeoTiffReader(["B8A", "B09"])(agreeing)[:, 0, 0].tolist() == [1300, 900]
+    four = write_tif(tmp_path / "four.tif", band_cube(4), descriptions=("B02", "", "B04", ""))
+    in_order = ["B02", "B03", "B04", "B08"]  # data.bands naming the file's bands, as its own names agree
+    assert GeoTiffReader(in_order)(four)[:, 0, 0].tolist() == [100, 200, 300, 400]
+    with pytest.raises(BadFileError, match=r"four.tif: .*band 1 is B02.*B08"):
+        GeoTiffReader(["B08", "B04", "B03", "B02"])(four)
+
+
 def test_other_band_counts_are_named_by_bands(tmp_path):
     four = ["B02", "B03", "B04", "B08"]
     folder = make_folder(tmp_path / "user", count=4, per_class=2)

@@ -66,13 +66,26 @@ def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | N
     if all(descriptions):
         return [sentinel2_name(d) for d in descriptions]
     if count == len(BANDS):
-        return list(BANDS)
-    if bands is not None and len(bands) == count:
-        return list(bands)
-    raise BadFileError(
-        f"{path}: has {count} bands without names; expected {len(BANDS)} (EuroSAT-MS: {', '.join(BANDS)}), "
-        f"or name all {count} in file order with data.bands"
-    )
+        names, source = list(BANDS), "EuroSAT-MS's order"
+    elif bands is not None and len(bands) == count:
+        names, source = list(bands), "data.bands"
+    else:
+        raise BadFileError(
+            f"{path}: has {count} bands without names; expected {len(BANDS)} (EuroSAT-MS: {', '.join(BANDS)}), "
+            f"or name all {count} in file order with data.bands"
+        )
+    # a file naming some of its bands is read by the assumed order only where its names agree
+    clashes = [
+        f"band {k} is {sentinel2_name(d)}, not {name}"
+        for k, (d, name) in enumerate(zip(descriptions, names, strict=True), 1)
+        if d and sentinel2_name(d) != name
+    ]
+    if clashes:
+        raise BadFileError(
+            f"{path}: its band descriptions name some bands and disagree with {source} for the rest "
+            f"({'; '.join(clashes[:3])}); give every band its description, or none"
+        )
+    return names
 
 
 def band_files(folder: Path) -> dict[str, Path]:
