@@ -1,6 +1,7 @@
 """video3d: loaders of clips from tiny PyAV videos, worker sharding, CLI fit and evaluation,
 short videos in five containers, bad files, short runs that must not collapse."""
 
+import io
 import json
 import random
 import re
@@ -389,6 +390,41 @@ def test_a_video_whose_timestamps_start_late_lasts_its_own_length(tmp_path, suff
     for start in range(3):
         clip = decoded.get_clip(Fraction(start), Fraction(start + 1))
         assert clip is not None and clip.shape[1] == 8, (start, clip)
+
+
+class Unseekable(io.RawIOBase):
+    """A pipe to write to: a muxer cannot go back to fill in a duration or an index."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        return self.file.write(data)
+
+
+@pytest.mark.parametrize("suffix", [".webm", ".mkv"])
+def test_a_recording_without_a_duration_lasts_to_its_last_frame_end(tmp_path, suffix):
+    """A WebM or MKV muxed as it was recorded (a browser's MediaRecorder, a live stream) has no
+    duration in its header: it lasts up to its last frame's end, not its start (a 3-s
+    recording at 8 fps would lose its third clip, a 1-s one would be shorter than a clip)."""
+    video = tmp_path / f"recorded{suffix}"
+    with open(video, "wb") as raw, av.open(Unseekable(raw), "w", format=suffix[1:].replace("mkv", "matroska")) as out:
+        stream = out.add_stream(CODECS[suffix], rate=8)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "yuv420p"
+        for t in range(24):
+            image = np.zeros((16, 16, 3), np.uint8)
+            image[:, t % 16] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(video)) as check:
+        assert check.duration is None and check.streams.video[0].duration is None
+    assert video_readers.probe_video(video)[:2] == (3, 8.0)
 
 
 def test_short_videos_in_five_containers_train_with_the_default_config(tmp_path):

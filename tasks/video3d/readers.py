@@ -159,6 +159,9 @@ def probe_video(path: Path) -> tuple[Fraction, float, int]:
                 # MKV or WebM would lose its second clip); the container's duration is the end,
                 # counted from 0 and not from the first frame
                 duration = max(duration, Fraction(container.duration, av.time_base) - start)
+            elif duration > 0 and stream.average_rate:  # muxed as recorded (a browser's WebM): the
+                # last frame lasts too; a still image's one frame (0 s) stays what it is
+                duration += 1 / Fraction(stream.average_rate)
     except (av.FFmpegError, IndexError, StopIteration, ValueError) as err:
         raise BadFileError(f"{path}: cannot decode a video frame ({type(err).__name__}: {err})") from None
     if duration <= 0:  # FFmpeg opens a still image (PNG, JPEG) as a "video" of one frame that lasts 0 s
