@@ -113,6 +113,23 @@ def test_other_band_counts_are_named_by_bands(tmp_path):
         MultispectralDataModule(data_dir=str(folder))
 
 
+def test_band_names_of_other_files_do_not_name_a_file_without_them(tmp_path):
+    """Where most 4-band files name their bands (B08, B04, B03, B02) and one names none, the
+    one is a bad file, as the README says of unnamed files without data.bands: the others'
+    order is not lent to it (its bands may be in any order); data.bands names it."""
+    order = ("B08", "B04", "B03", "B02")
+    for name in ("Forest", "River"):
+        for n in range(3):
+            write_tif(tmp_path / "user" / name / f"{name}_{n}.tif", band_cube(4), descriptions=order)
+    unnamed = write_tif(tmp_path / "user" / "River" / "unnamed.tif", band_cube(4))
+    dm = MultispectralDataModule(data_dir=str(tmp_path / "user"))
+    assert dm.band_names == list(order)
+    with pytest.raises(BadFileError, match=r"unnamed.tif: has 4 bands without names"):
+        dm.reader(unnamed)
+    declared = MultispectralDataModule(data_dir=str(tmp_path / "user"), bands=["B02", "B03", "B04", "B08"])
+    assert declared.reader(unnamed)[:, 0, 0].tolist() == [100, 200, 300, 400]
+
+
 def test_bad_files_are_named_together_and_the_folder_is_only_read(tmp_path):
     folder = make_folder(tmp_path / "user")
     write_tif(folder / "Forest" / "Forest_2.tif", band_cube(10, 16))

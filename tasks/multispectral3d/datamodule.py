@@ -314,7 +314,7 @@ class MultispectralDataModule(TaskDataModule):
                 patches = [root / i for i in self.patch_labels]
             self.band_names, self.size, self.dtype = usual_header(GeoTiffReader(bands, resampling=resampling), patches)
         self.in_channels = len(self.band_names) if layout == "channels" else 1
-        self.reader = GeoTiffReader(self.band_names, self.size, self.dtype, resampling)
+        self.reader = GeoTiffReader(self.band_names, self.size, self.dtype, resampling, name_unnamed=bands is not None)
         #: per-band mean and standard deviation of the training split (set by ``setup`` or a checkpoint)
         self.band_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.use_prepared()
@@ -487,7 +487,9 @@ class MultispectralDataModule(TaskDataModule):
         # a checkpoint from before the size was saved: any size (the network pools globally)
         self.size = tuple(state["patch_size"]) if "patch_size" in state else None
         self.dtype = state.get("dtype", DTYPES[0])  # a checkpoint from before floats were read: uint16
-        self.reader = GeoTiffReader(self.band_names, self.size, self.dtype, self.hparams.resampling)
+        self.reader = GeoTiffReader(
+            self.band_names, self.size, self.dtype, self.hparams.resampling, name_unnamed=self.hparams.bands is not None
+        )
         self.band_stats = (state["band_mean"].float(), state["band_std"].float())
 
     def reflectance(self, raw: np.ndarray) -> np.ndarray:

@@ -130,7 +130,8 @@ class GeoTiffReader:
     is one file of all its bands, or a folder of one file per band (the BigEarthNet-S2 layout),
     whose bands are resampled with ``resampling`` onto the grid of its finest band.
 
-    ``bands=None`` reads every band of a patch, ``dtype=None`` any of :data:`DTYPES`. Nodata
+    ``bands=None`` reads every band of a patch, ``dtype=None`` any of :data:`DTYPES`;
+    ``name_unnamed=False``: ``bands`` only selects, and names no file's bands. Nodata
     pixels (the file's nodata value, NaN included) take the mean of the band's valid pixels,
     so a normalised nodata pixel is near zero rather than a spike; any other NaN or infinity
     is damage. Every failure is a :class:`BadFileError` naming the file."""
@@ -141,8 +142,12 @@ class GeoTiffReader:
         size: tuple[int, int] | None = None,
         dtype: str | None = None,
         resampling: str = "bilinear",
+        name_unnamed: bool = True,
     ) -> None:
         self.bands, self.size, self.dtype, self.resampling = bands, size, dtype, resampling
+        #: whether ``bands`` also names the bands of a file without descriptions (the user's
+        #: ``data.bands`` does; names found in other files' descriptions do not)
+        self.name_unnamed = name_unnamed
 
     def check_pixels(self, path: Path, src, size: tuple[int, int]) -> None:
         """The run's data type and patch ``size`` (a file's, or a band folder's finest band's)."""
@@ -160,7 +165,7 @@ class GeoTiffReader:
     def select(self, path: Path, src) -> tuple[list[int], list[str]]:
         """rasterio's 1-based indexes and the names of the bands to read from the open ``src``."""
         self.check_pixels(path, src, (src.height, src.width))
-        names = band_names(path, src.count, src.descriptions, self.bands)
+        names = band_names(path, src.count, src.descriptions, self.bands if self.name_unnamed else None)
         wanted = self.wanted(path, names)
         return [names.index(b) + 1 for b in wanted], wanted
 
