@@ -823,6 +823,19 @@ def nested_tuples(arity: int, levels: int) -> tuple:
             + b"u.",
             id="a tuple of a million values used as a key again and again",
         ),
+        pytest.param(  # U = (7,) * 500; L = [U] * 1000; set(L) 200 times over, 6 bytes each
+            b"\x80\x02]q\x00("
+            + b"("
+            + b"K\x07" * 500
+            + b"tq\x01"
+            + b"]q\x02("
+            + b"h\x01" * 1000
+            + b"e"
+            + b"cbuiltins\nset\nq\x03"
+            + b"h\x03h\x02\x85R" * 200
+            + b"e.",
+            id="a list of tuples handed to set() again and again",
+        ),
     ],
 )
 def test_a_file_whose_tuples_read_far_larger_is_refused_before_torch_unpickles_it(tmp_path, pickled):

@@ -38,7 +38,8 @@ def check_tuples(path: Path, failure: str) -> None:
     hash for hours, and a tuple of a million values used as a key a thousand times costs as
     much. The pickles are read as opcodes (:mod:`pickletools`, nothing built) from the bytes
     ``torch.load`` reads (torch's own zip reader; a legacy file's leading pickles), each tuple's
-    size counted from what it holds, and every tuple handed on (made, or referenced again)
+    size counted from what it holds, and every tuple handed on (made, or referenced again,
+    itself or in a list, mapping or object that holds it: ``set(L)`` hashes ``L``'s tuples)
     adds its size; past :data:`MAX_TUPLE_EXPANSION` times the pickled bytes (and
     :data:`TUPLE_FLOOR`) the file is refused. What does not read so is left to ``torch.load``."""
     try:
@@ -58,13 +59,21 @@ def check_tuples(path: Path, failure: str) -> None:
         )
 
 
+#: the opcodes that put what they pop into the object below it, which stays on the stack
+_FILLS = ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "BUILD")
+_TUPLES = ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE")
+
+
 def _tuple_values(stream, count: int) -> int:
     """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on
-    (see :func:`check_tuples`); as far as they read as opcodes."""
+    (see :func:`check_tuples`); as far as they read as opcodes. Each object on the stack is a
+    cell of the tuple values it holds, shared with the memo: a list or a mapping filled with
+    tuples (or an object built from them) handed on again, to ``set()`` say, which hashes them
+    all, counts them again as a tuple does."""
     handed = 0
     for _ in range(count):
-        stack: list[int | None] = []  # a tuple's size; -1 for any other object; None for a mark
-        memo: dict[int, int | None] = {}
+        stack: list[list[int] | None] = []  # the tuple values an object holds, in a cell; None for a mark
+        memo: dict[int, list[int] | None] = {}
         try:
             for opcode, arg, _ in pickletools.genops(stream):
                 name = opcode.name
@@ -74,7 +83,7 @@ def _tuple_values(stream, count: int) -> int:
                     memo[len(memo)] = stack[-1]
                 elif name in ("GET", "BINGET", "LONG_BINGET"):
                     stack.append(memo[arg])
-                    handed += max(memo[arg] or 0, 0)
+                    handed += (memo[arg] or [0])[0]
                 elif name in ("MARK", "DUP"):
                     stack.append(None if name == "MARK" else stack[-1])
                 else:
@@ -85,13 +94,16 @@ def _tuple_values(stream, count: int) -> int:
                         stack.pop()
                         fixed -= 2
                     popped += [stack.pop() for _ in range(fixed)]
-                    if name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
-                        size = 1 + sum(abs(v or 1) for v in popped)
-                        handed += size
-                    else:
-                        size = -1
-                    stack += [size] * len(opcode.stack_after)
-        except (ValueError, IndexError, KeyError):  # not opcodes this reads: torch.load says what it is
+                    if name in _TUPLES:
+                        cell = [1 + sum(max(c[0], 1) for c in popped)]
+                        handed += cell[0]
+                    elif name in _FILLS:  # the deepest popped is the object filled
+                        cell = popped.pop()
+                        cell[0] += sum(c[0] for c in popped)
+                    else:  # what a call (REDUCE, NEWOBJ) makes holds what it was given
+                        cell = [sum(c[0] for c in popped)]
+                    stack += [cell] * len(opcode.stack_after)
+        except (ValueError, IndexError, KeyError, TypeError):  # not opcodes this reads: torch.load says what it is
             return handed
     return handed
 
