@@ -127,6 +127,7 @@ MIB = 1 << 20
         (0, [(4 * MIB, 4 * MIB)] * 3, "take at least 12,582,912 bytes in 3 of them"),  # no offset: to the end
         (0, [(16, 16)] * 1100, "take at least 16,400 bytes in 1,025 of them"),
         (0, [(-1, 8)], "header extension 1 says it takes -1 bytes; expected 16 or more"),
+        (352 + 16, [(0, 8)], "header extension 1 says it takes 0 bytes; expected 16 or more"),  # read(-8): to the end
     ],
 )
 def test_a_nifti_whose_header_extensions_are_huge_is_refused_before_nibabel_reads_them(
