@@ -850,6 +850,16 @@ def test_a_file_whose_tuples_read_far_larger_is_refused_before_torch_unpickles_i
         load_checkpoint(tmp_path / "keyed.ckpt")
 
 
+def test_a_file_in_torchs_legacy_format_has_its_tuples_read_too(tmp_path):
+    """torch.load reads torch's format from before 1.6 too, pickles one after another: the
+    object's comes fourth, after the magic number, the protocol version and the system's sizes."""
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    torch.save({nested_tuples(2, 26): 1}, tmp_path / "keyed.ckpt", _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match=r"keyed.ckpt: cannot load as a checkpoint \(its tuples come to [\d,]+ "):
+        load_checkpoint(tmp_path / "keyed.ckpt")
+
+
 def test_a_checkpoint_of_a_long_split_is_walked_in_full_and_kept():
     """A split of millions of files holds as many values as it comes to: refused only for
     coming to many times more than it holds."""
