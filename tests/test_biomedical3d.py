@@ -388,6 +388,18 @@ def test_a_folder_of_two_dicom_series_is_named_not_read_as_one(tmp_path):
             LoadVolumed()({"image": str(tmp_path / "series")})
 
 
+def test_a_folder_of_no_dicom_file_is_named_as_one(tmp_path):
+    """The files that are no DICOM are left out of a series: a folder of those alone read as
+    'cannot read as a volume (IndexError: list index out of range)'."""
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+
+    (tmp_path / "scan").mkdir()
+    (tmp_path / "scan" / "notes").write_text("scanned 2024-05-01")
+    (tmp_path / "scan" / "Thumbs.db").write_bytes(bytes(512))
+    with pytest.raises(BadFileError, match=r"scan: holds no DICOM file \(Thumbs.db, notes\); expected a DICOM series"):
+        LoadVolumed()({"image": str(tmp_path / "scan")})
+
+
 @pytest.mark.parametrize("name", ["scan.nii.bz2", "scan.hdr.gz", "scan.img"])
 def test_a_file_of_no_volume_ending_is_refused_before_nibabel_reads_it(tmp_path, monkeypatch, name):
     """nibabel reads ``.nii.bz2`` and Analyze ``.hdr`` pairs too, whose header extensions the

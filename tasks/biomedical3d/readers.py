@@ -217,12 +217,15 @@ def read_header(path: Path) -> Header | None:
         if path.is_dir():  # a DICOM series: each file a slice of Rows x Columns (x frames)
             import pydicom
 
-            slices = []
-            for file in _series_files(path):
+            slices, files = [], _series_files(path)
+            for file in files:
                 try:
                     slices.append(pydicom.dcmread(file, stop_before_pixels=True))
                 except pydicom.errors.InvalidDicomError:
                     continue  # not DICOM (Thumbs.db, notes): MONAI's reader leaves it out too
+            if not slices:
+                names = ", ".join(f.name for f in files[:3]) + (" ..." if len(files) > 3 else "")
+                raise BadFileError(f"{path}: holds no DICOM file ({names}); expected a DICOM series (one file a slice)")
             check_one_series(path, slices)
             voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
             return Header([voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}")
