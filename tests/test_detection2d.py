@@ -570,6 +570,45 @@ def test_a_voc_train_list_of_one_image_is_a_one_line_error(tmp_path):
         DetectionDataModule(data_dir=str(voc)).setup("fit")
 
 
+def test_a_pascal_voc_list_naming_a_skipped_annotation_leaves_it_out(tmp_path):
+    """An id whose XML is bad is left out under ``on_bad_annotation: skip``, from its list too;
+    under ``error`` the XML is named."""
+    voc = make_voc_folder(tmp_path / "voc", count=12)
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    ids = [f"2008_{i:06d}" for i in range(12)]
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids[:8]) + "\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("\n".join(ids[8:]) + "\n")
+    (voc / "Annotations" / f"{ids[9]}.xml").write_text("<annotation><filename>")
+    with pytest.raises(AnnotationError, match=rf"{ids[9]}.xml"):
+        DetectionDataModule(data_dir=str(voc)).setup("fit")
+    with pytest.warns(UserWarning, match=rf"{ids[9]}.xml"):
+        dm = DetectionDataModule(data_dir=str(voc), on_bad_annotation="skip")
+        dm.setup("fit")
+    assert sorted(dm.splits["test"]) == [f"JPEGImages/{i}.jpg" for i in ids[8:] if i != ids[9]]
+
+
+@pytest.mark.parametrize("layout", ["voc", "coco"])
+def test_a_split_list_or_file_holding_no_image_is_refused_naming_it(tmp_path, layout):
+    """An empty ``val.txt`` (or a ``val.json`` of no images) gave a split of no image without a
+    word: an empty test split, or an empty validation split that logs no ``val/map``."""
+    if layout == "voc":
+        root = make_voc_folder(tmp_path / "voc", count=12)
+        (root / "ImageSets" / "Main").mkdir(parents=True)
+        ids = [f"2008_{i:06d}" for i in range(12)]
+        (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids[:8]) + "\n")
+        (root / "ImageSets" / "Main" / "val.txt").write_text("\n")
+        (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids[8:]) + "\n")
+        empty = "val.txt"
+    else:
+        root = make_coco_folder(tmp_path / "coco")
+        doc = json.loads((root / "annotations.json").read_text())
+        (root / "annotations.json").rename(root / "train.json")
+        (root / "val.json").write_text(json.dumps({**doc, "images": [], "annotations": []}))
+        empty = "val.json"
+    with pytest.raises(ConfigError, match=rf"{empty}: gives the val split no images; expected one or more"):
+        DetectionDataModule(data_dir=str(root)).setup("fit")
+
+
 def make_official_coco(root, year=2017):
     """COCO as downloaded: ``annotations/instances_train2017.json`` and
     ``instances_val2017.json`` (beside them the captions file the download also holds), images

@@ -231,6 +231,7 @@ def test_a_voc_folders_bad_image_sets_are_one_line_errors(tmp_path):
         ({"train": [0, 1, 2], "val": ["9"]}, r"val.txt line 1: image id '9' has no Annotations/9.xml"),
         ({"train": [0, 1, 2], "val": ["../../probe"]}, r"val.txt line 1: image id '\.\./\.\./probe' names a file"),
         ({"train": [0], "test": [3]}, r"the train list holds 1 sample\(s\), too few to draw validation from; give"),
+        ({"train": [0, 1, 2], "val": [4], "test": [3]}, r"val.txt: gives the val split no images; expected one"),
     ):  # fmt: skip
         shutil.rmtree(main_dir, ignore_errors=True)
         write_image_sets(voc, **lists)

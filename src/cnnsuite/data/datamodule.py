@@ -693,13 +693,21 @@ class TaskDataModule(L.LightningDataModule):
         self, splits: dict[str, list[str]], source: object, files: dict[str, object] | None = None
     ) -> dict[str, list[str]]:
         """A split the data lists (``source``: its own lists, ``split_file``; ``files``: the file
-        each stage's list comes from, where they are several), each id checked to be a sample.
+        each stage's list comes from, where they are several), each id checked to be a sample and
+        each list to hold one.
         A train list with a test list alone (UCF101's) gets a validation split drawn from train;
         with a val list alone (COCO's and VOC's downloads: their test labels are not public) the
         val list is the test split, and validation is drawn from train the same way:
         ``val_fraction`` of the samples listed, stratified, by ``seed``."""
         check_splits(splits, source, [s for s in STAGES if s in splits])
         self._check_known(splits, source)
+        empty = next((stage for stage, ids in splits.items() if not ids), None)
+        if empty is not None:  # an empty list gives no val metric to pick checkpoints by, or no test score
+            noun = self.sample_noun
+            raise ConfigError(
+                f"{(files or {}).get(empty, source)}: gives the {empty} split no {noun}; expected one or more "
+                f"({noun} left out as bad are not counted)"
+            )
         if "val" in splits and "test" in splits:
             return splits
         held_out = "test" if "test" in splits else "val"
