@@ -86,7 +86,7 @@ def test_csv_reader(csv_folder):
     assert len(samples) == 16 and samples["pics/1.png"] == 1
     first = dm._load()["pics/0.png"]
     row = (csv_folder / "labels.csv").read_text().splitlines()[1].split(",")
-    assert first.box == tuple(float(v) for v in row[2:]) and first.where.endswith("labels.csv row 2")
+    assert first.box == tuple(float(v) for v in row[2:]) and first.where.endswith("labels.csv line 2")
 
 
 def make_cub_folder(root):
@@ -272,39 +272,39 @@ def test_coco_and_voc_folders_with_one_box_per_image(tmp_path):
 
 def test_bad_rows_and_files_are_all_named(csv_folder):
     lines = (csv_folder / "labels.csv").read_text().splitlines()
-    lines[2] = "pics/1.png,dog,30,5,10,20"  # row 3: x2 <= x1
-    lines[3] = "pics/nothing.png,cat,1,1,5,5"  # row 4: no such image
-    lines.append(lines[5].replace(",1", ",2", 1))  # row 18: a second box for row 6's image
-    lines[6] = "pics/5.png,dog,10,10,500,20"  # row 7: a good row, its box beyond the image's border
+    lines[2] = "pics/1.png,dog,30,5,10,20"  # line 3: x2 <= x1
+    lines[3] = "pics/nothing.png,cat,1,1,5,5"  # line 4: no such image
+    lines.append(lines[5].replace(",1", ",2", 1))  # line 18: a second box for line 6's image
+    lines[6] = "pics/5.png,dog,10,10,500,20"  # line 7: a good row, its box beyond the image's border
     (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(BadFileError) as err:
         LocalizationDataModule(data_dir=str(csv_folder))
     message = str(err.value)
     assert "4 of 16 labelled images" in message  # 16 distinct images in 17 rows
-    assert "row 3: box (30, 5, 10, 20) has zero or negative area (x2 <= x1" in message
-    assert "row 4: image 'pics/nothing.png' does not exist" in message
-    assert "pics/4.png: 2 boxes" in message and "row 6" in message and "row 18" in message
-    assert "row 7: box (10, 10, 500, 20) lies outside its image pics/5.png" in message
+    assert "line 3: box (30, 5, 10, 20) has zero or negative area (x2 <= x1" in message
+    assert "line 4: image 'pics/nothing.png' does not exist" in message
+    assert "pics/4.png: 2 boxes" in message and "line 6" in message and "line 18" in message
+    assert "line 7: box (10, 10, 500, 20) lies outside its image pics/5.png" in message
     lines[6] = lines[6].replace(",500,", ",20,")
     (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
 
     with pytest.warns(UserWarning, match="skipping 3 of 16") as caught:
         dm = LocalizationDataModule(data_dir=str(csv_folder), on_bad_file="skip")
-    assert "row 3" in str(caught[0].message)
+    assert "line 3" in str(caught[0].message)
     assert len(dm.list_samples()) == 13
 
 
 def test_corrupt_image_and_box_outside_are_named_before_training(csv_folder):
     (csv_folder / "pics" / "2.png").write_bytes(b"not a png")
     lines = (csv_folder / "labels.csv").read_text().splitlines()
-    lines[6] = "pics/5.png,dog,10,10,500,20"  # row 7: beyond the right border
+    lines[6] = "pics/5.png,dog,10,10,500,20"  # line 7: beyond the right border
     (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
     dm = LocalizationDataModule(data_dir=str(csv_folder))
     with pytest.raises(BadFileError) as err:
         dm.setup("fit")
     message = str(err.value)
     assert "2 of 16 images" in message and "2.png: cannot decode" in message
-    assert "row 7: box (10, 10, 500, 20) lies outside its image pics/5.png" in message
+    assert "line 7: box (10, 10, 500, 20) lies outside its image pics/5.png" in message
 
     dm = LocalizationDataModule(data_dir=str(csv_folder), on_bad_file="skip")
     with warnings.catch_warnings(record=True) as caught:
@@ -312,7 +312,7 @@ def test_corrupt_image_and_box_outside_are_named_before_training(csv_folder):
         dm.setup("fit")  # one warning before training, naming both
         kept = sum(len(dm.datasets[s]) for s in ("train", "val", "test"))
     (said,) = [str(w.message) for w in caught if "skipping" in str(w.message)]
-    assert kept == 14 and "row 7" in said and "2.png" in said
+    assert kept == 14 and "line 7" in said and "2.png" in said
 
 
 def test_the_check_before_training_opens_each_image_once(csv_folder, monkeypatch):

@@ -90,10 +90,10 @@ def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_namin
 @pytest.mark.parametrize(
     ("rows", "found"),
     [
-        ('a.png,x\nb.png,"y\nc.png,z\nd.png,x\n', r"row 3: unexpected end of data; expected a quoted field closed"),
-        ('a.png,x\nb.png,"y"z\n', r"row 3: ',' expected after '\"'; expected a quoted field closed on its row"),
-        ('a.png,x\nb.png,"y\nc.png",z\n', r"row 3: a quoted field runs on over the next lines; expected one line"),
-        ('a.png,x,"note\nb.png",y\n', r"row 2: a quoted field runs on over the next lines; expected one line"),
+        ('a.png,x\nb.png,"y\nc.png,z\nd.png,x\n', r"line 3: unexpected end of data; expected a quoted field closed"),
+        ('a.png,x\nb.png,"y"z\n', r"line 3: ',' expected after '\"'; expected a quoted field closed on its row"),
+        ('a.png,x\nb.png,"y\nc.png",z\n', r"line 3: a quoted field runs on over the next lines; expected one line"),
+        ('a.png,x,"note\nb.png",y\n', r"line 2: a quoted field runs on over the next lines; expected one line"),
     ],
 )
 def test_a_quote_left_open_in_a_csv_file_is_named_by_its_row(tmp_path, rows, found):
@@ -105,6 +105,15 @@ def test_a_quote_left_open_in_a_csv_file_is_named_by_its_row(tmp_path, rows, fou
         read_csv(tmp_path / "labels.csv", ("image", "label"))
     (tmp_path / "labels.csv").write_text('image,label\n"a.png","x, y"\n')
     assert read_csv(tmp_path / "labels.csv", ("image", "label")) == [{"image": "a.png", "label": "x, y"}]
+
+
+def test_a_csv_row_is_named_by_its_line_past_blank_lines(tmp_path):
+    """A blank line is skipped, and the rows after it keep their own line numbers."""
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / LABELS_CSV).write_text("image,label\na.png,cat\n\n\nmissing.png,dog\n")
+    assert [row.line for row in read_csv(tmp_path / LABELS_CSV)] == [2, 5]
+    with pytest.raises(BadFileError, match=r"labels\.csv, line 5: .*missing\.png does not exist"):
+        read_labels_csv(tmp_path, "image")
 
 
 def test_a_split_file_saved_by_a_windows_editor_reads_and_one_not_utf8_is_one_line(tmp_path):
@@ -160,7 +169,7 @@ def test_a_localization_row_naming_an_image_outside_the_data_folder_is_refused_b
     with pytest.raises(BadFileError) as raised:
         LocalizationDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache"))
     message = str(raised.value)
-    assert f"row 2: image '{listed}' lies outside the data folder; expected a path inside it" in message
+    assert f"line 2: image '{listed}' lies outside the data folder; expected a path inside it" in message
     assert "image 'imgs/missing.png' does not exist" in message and "12x12" not in message
 
 
@@ -174,7 +183,7 @@ def test_an_annotation_naming_an_image_outside_the_data_folder_is_refused_before
     folder, _ = folder_and_outside(tmp_path, "RGB")
     rows = ["image,label,x1,y1,x2,y2", "../outside/a.png,x,1,1,5,5", "imgs/b.png,y,1,1,5,5", "imgs/c.png,x,1,1,5,5"]
     (folder / LABELS_CSV).write_text("\n".join(rows) + "\n")
-    with pytest.raises(BadFileError, match=r"row 2: image '\.\./outside/a\.png' lies outside the data folder"):
+    with pytest.raises(BadFileError, match=r"line 2: image '\.\./outside/a\.png' lies outside the data folder"):
         LocalizationDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache"))
     (folder / LABELS_CSV).unlink()
     images = [

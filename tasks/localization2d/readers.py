@@ -88,8 +88,8 @@ def read_csv_labels(root: Path) -> tuple[list[str], list[Sample], list[BadFileEr
         raise ConfigError(f"{path}: no rows")
     class_names = sorted({row["label"] for row in rows if row["label"]})
     samples, errors = [], []
-    for number, row in enumerate(rows, start=2):  # row 1 is the header
-        where = f"{path} row {number}"
+    for row in rows:
+        where = f"{path} line {row.line}"
         try:
             box = tuple(float(row[c]) for c in ("x1", "y1", "x2", "y2"))
         except (TypeError, ValueError):

@@ -303,7 +303,7 @@ def read_labels_table(table: Path, patches: list[str]) -> dict[str, tuple[str, i
     """``patch → (label cell, line)`` rows of a band-folder layout's ``labels.csv`` (read as
     every CSV a user brings is, :func:`cnnsuite.data.textfiles.read_csv`), sorted by patch;
     each patch must be one of the folder's ``patches``."""
-    rows = [(row["patch"], row["label"], line) for line, row in enumerate(read_csv(table, ("patch", "label")), 2)]
+    rows = [(row["patch"], row["label"], row.line) for row in read_csv(table, ("patch", "label"))]
     known, labels, errors = set(patches), {}, []
     for name, label, line in rows:
         if not name or not label:

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ..errors import BadFileError, ConfigError, MissingFileError
 from .errors import report_bad_files
-from .textfiles import read_csv
+from .textfiles import Row, read_csv
 
 
 class OneLabelExpected(ConfigError):
@@ -132,9 +132,7 @@ def is_multi_hot(labels: Sequence) -> bool:
     return len(labels) > 0 and np.ndim(labels[0]) == 1
 
 
-def label_cells(
-    rows: Sequence[dict[str, str]], id_column: str, path: object
-) -> tuple[list[str], list, list[str] | None]:
+def label_cells(rows: Sequence[Row], id_column: str, path: object) -> tuple[list[str], list, list[str] | None]:
     """``(ids, cells, class columns)`` of a label table's rows (as :func:`~cnnsuite.data.textfiles.read_csv`
     gives them): with a ``label`` column its cells as they are, and no class columns; otherwise
     each column after ``id_column`` is a class, 0 or 1 in each row, and a row's cell is the list
@@ -147,7 +145,8 @@ def label_cells(
         )
     ids = [row[id_column] for row in rows]
     first: dict[str, int] = {}
-    for line, sample_id in enumerate(ids, start=2):  # a second row would silently replace the first's labels
+    for row, sample_id in zip(rows, ids, strict=True):  # a second row would silently replace the first's labels
+        line = row.line
         if sample_id in first:
             raise ConfigError(
                 f"{path}, line {line}: {sample_id!r} again (line {first[sample_id]} has it); expected one row a "
@@ -160,8 +159,8 @@ def label_cells(
     if not classes:
         raise ConfigError(f"{path}: expected a label column or one 0/1 column per class after {id_column}")
     cells = []
-    for line, row in enumerate(rows, start=2):
-        marked = []
+    for row in rows:
+        line, marked = row.line, []
         for name in classes:
             value = row.get(name, "")
             try:
@@ -199,7 +198,7 @@ def read_labels_csv(
     if not rows:
         raise ConfigError(f"{path}: no rows")
     ids, cells, columns = label_cells(rows, id_column, path)
-    where = [f"{path}, line {line}" for line in range(2, len(rows) + 2)]
+    where = [f"{path}, line {row.line}" for row in rows]
     missing = []
     for place, sample_id, cell in zip(where, ids, cells, strict=True):
         if not sample_id or (columns is None and not cell):

@@ -17,34 +17,47 @@ from ..errors import ConfigError
 ENCODING = "utf-8-sig"
 
 
-def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    """The rows of the CSV file at ``path`` as ``{column name: value}``, values stripped of
-    surrounding spaces; a header lacking one of ``columns`` (or that does not decode) raises
-    :class:`ConfigError` naming the file and what was expected. A row's line number in the
-    file is its index + 2: no field of these files (names, labels, numbers) spans lines, and a
-    quote left open would take the rest of the file as one value, so a row that spans lines, or
-    whose quotes do not close before a comma, is an error naming it."""
+class Row(dict):
+    """A CSV row, ``{column name: value}``, that knows its ``line`` in the file (blank lines,
+    which the reader skips, are counted) for messages naming it."""
+
+    def __init__(self, cells: dict[str, str], line: int) -> None:
+        super().__init__(cells)
+        self.line = line
+
+
+def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[Row]:
+    """The rows of the CSV file at ``path`` (:class:`Row`), values stripped of surrounding
+    spaces, blank lines skipped; a header lacking one of ``columns`` (or that does not decode)
+    raises :class:`ConfigError` naming the file and what was expected. No field of these files
+    (names, labels, numbers) spans lines, and a quote left open would take the rest of the file
+    as one value, so a row that spans lines, or whose quotes do not close before a comma, is an
+    error naming its line."""
     path = Path(path)
-    rows = []
+    rows, line = [], 1
     try:
         with path.open(newline="", encoding=ENCODING) as file:
-            reader = csv.DictReader(file, strict=True)
-            found = [name.strip() for name in reader.fieldnames or []]
+            reader = csv.reader(file, strict=True)
+            found = [name.strip() for name in next(reader, [])]
             missing = [c for c in columns if c not in found]
             if missing:
                 raise ConfigError(f"{path}: expected columns {','.join(columns)}, found {found}")
-            reader.fieldnames = found
-            for number, row in enumerate(reader, start=2):
-                cells = [c for v in row.values() for c in (v if isinstance(v, list) else [v])]  # extra cells: a list
-                if any("\n" in c or "\r" in c for c in cells if isinstance(c, str)):
-                    raise ConfigError(f"{path} row {number}: a quoted field runs on over the next lines; expected "
+            while True:
+                line = reader.line_num + 1
+                cells = next(reader, None)
+                if cells is None:
+                    break
+                if reader.line_num > line:
+                    raise ConfigError(f"{path} line {line}: a quoted field runs on over the next lines; expected "
                                       "one line a row")  # fmt: skip
-                rows.append({k: (v or "").strip() for k, v in row.items() if k is not None})
+                if cells:  # cells past the header's are left out, missing ones are empty
+                    rows.append(Row({name: (cells[k].strip() if k < len(cells) else "") for k, name in
+                                     enumerate(found)}, line))  # fmt: skip
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read as a UTF-8 CSV file ({err})") from None
     except csv.Error as err:  # strict quoting: a quote left open, or text after a closing one
         raise ConfigError(
-            f"{path} row {len(rows) + 2}: {err}; expected a quoted field closed on its row, a comma after the quote"
+            f"{path} line {line}: {err}; expected a quoted field closed on its row, a comma after the quote"
         ) from None
     return rows
 
