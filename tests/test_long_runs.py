@@ -569,3 +569,16 @@ def test_runs_started_one_after_another_in_one_process_get_their_own_folders(tmp
     fit("recognition2d", tmp_path, *common)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0", "version_1"]
     assert not list((tmp_path / "runs").glob("*/config.resume-*.yaml"))
+
+
+def test_a_checkpoint_gets_the_permissions_the_umask_gives_a_new_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+        os.umask(0o002)
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "group.ckpt")
+    finally:
+        os.umask(old)
+    # as torch.save and Lightning's own checkpoint writer leave them (a temporary file alone is 0o600)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "group.ckpt").stat().st_mode & 0o777 == 0o664

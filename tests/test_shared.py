@@ -2,6 +2,7 @@
 errors, the metrics' inputs, and the defaults every task inherits."""
 
 import importlib
+import os
 import pkgutil
 import warnings
 
@@ -280,6 +281,15 @@ def test_generated_data_records_its_arguments_and_other_arguments_get_their_own_
     smaller = Biomedical3DDataModule(data_root=str(tmp_path), default_size=30)
     assert default.root == tmp_path / "biomedical3d"
     assert smaller.root == tmp_path / "biomedical3d-default_size=30"
+
+
+def test_generated_data_gets_the_permissions_the_umask_gives_a_new_folder(tmp_path):
+    old = os.umask(0o022)
+    try:
+        prepare_once(tmp_path / "d", lambda folder: (folder / "data.txt").write_text("x"), {"size": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755  # a temporary folder alone is 0o700
 
 
 def test_testing_builds_only_the_test_set(tmp_path):

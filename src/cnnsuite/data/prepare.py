@@ -13,8 +13,9 @@ that setting's default, so the record is read with those defaults filled in.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def prepare_once(
         check_record(target, args, defaults)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = make_temporary(target.parent, f".{target.name}.", folder=True)
     try:
         write(tmp)
         (tmp / RECORD).write_text(json.dumps(args, sort_keys=True) + "\n")
@@ -47,6 +48,23 @@ def prepare_once(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def make_temporary(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> Path:
+    """A new, empty file (or ``folder``) of a random name in ``parent``, with the mode the umask
+    gives any new one: :mod:`tempfile`'s are private to their owner (0o600, 0o700), which the
+    file or folder renamed from it would keep, unreadable to the rest of a group sharing runs."""
+    for _ in range(100):
+        path = Path(parent) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if folder:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{parent}: no free temporary name starting {prefix}")
 
 
 def check_record(folder: Path, args: dict, defaults: dict | None = None) -> None:

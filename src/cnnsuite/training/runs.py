@@ -27,7 +27,6 @@ import csv
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from ..data.prepare import make_temporary
 from ..errors import ConfigError
 
 #: the environment variable that carries a run's version to its other processes
@@ -406,9 +406,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a writer killed mid-write
             leftover.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = make_temporary(path.parent, f".{path.name}.", ".tmp")
         try:
-            with os.fdopen(fd, "wb") as file:
+            with open(tmp, "wb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
