@@ -179,6 +179,18 @@ def test_the_devices_found_are_said_once_not_by_each_trainer(tmp_path, image_fol
     assert caplog.text.count("GPU available:") <= 1 and caplog.text.count("TPU available:") <= 1
 
 
+def test_a_best_checkpoint_named_otherwise_is_evaluated_in_its_run_folder(tmp_path, image_folder, monkeypatch):
+    """A Lightning filename template (``{val/acc}`` makes a subfolder) or another checkpoint
+    folder does not move the evaluation after fit out of the run folder, into the current one."""
+    from conftest import fit
+
+    monkeypatch.chdir(tmp_path)
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "1",
+              "--trainer.limit_train_batches", "1", "--checkpoint.filename", "{epoch}-{val/acc:.2f}")  # fmt: skip
+    assert (run / "evaluation" / "metrics.json").is_file()
+    assert not (tmp_path / "evaluation").exists()
+
+
 def test_a_class_missing_from_the_sanity_checks_batches_is_no_warning():
     """Lightning validates two batches before training; where they hold some of the classes
     only, torchmetrics' ROC warns about the others, which tells the user nothing."""

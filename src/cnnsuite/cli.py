@@ -437,7 +437,8 @@ class CnnSuiteCLI(LightningCLI):
             datamodule = self.datamodule  # where this command read its data is the user's say
             local = {k: datamodule.hparams.get(k) for k in datamodule.local_hparams() if k != "split_file"}
             shown = trainer.progress_bar_callback is not None  # --trainer.enable_progress_bar false: none here either
-            metrics, out_dir = evaluate_into(best, data=local, progress_bar=shown)  # the run folder's evaluation/
+            # the run folder's evaluation/, wherever checkpoint.dirpath and filename put best.ckpt
+            metrics, out_dir = evaluate_into(best, run_dir / "evaluation", data=local, progress_bar=shown)
             print_metrics(metrics, out_dir)
         else:
             metrics, out_dir = {}, None
