@@ -191,6 +191,21 @@ def test_a_best_checkpoint_named_otherwise_is_evaluated_in_its_run_folder(tmp_pa
     assert not (tmp_path / "evaluation").exists()
 
 
+def test_a_checkpoint_folder_holding_checkpoints_is_refused_before_they_are_replaced(tmp_path, image_folder):
+    from conftest import fit
+
+    from cnnsuite.errors import ConfigError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "best.ckpt").write_text("another run's")
+    (mine / "last.ckpt").write_text("another run's")
+    with pytest.raises(ConfigError, match=rf"checkpoint.dirpath {mine}: holds best.ckpt, last.ckpt, which"):
+        fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "1", "--evaluate", "false", "--checkpoint.dirpath", str(mine))  # fmt: skip
+    assert {p.read_text() for p in mine.iterdir()} == {"another run's"}
+
+
 def test_a_class_missing_from_the_sanity_checks_batches_is_no_warning():
     """Lightning validates two batches before training; where they hold some of the classes
     only, torchmetrics' ROC warns about the others, which tells the user nothing."""

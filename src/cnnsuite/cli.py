@@ -135,6 +135,20 @@ def root_dir(config) -> Path:
     return Path(config.trainer.get("default_root_dir") or os.getcwd())
 
 
+def check_checkpoint_folders(config) -> None:
+    """A new run's ``checkpoint.dirpath`` holds no checkpoint already: best.ckpt, a fixed name,
+    would replace another run's or a file of the user's. (Left null, it goes to the run's own new
+    ``version_N/checkpoints``.)"""
+    dirpath = config.get("checkpoint.dirpath")
+    found = sorted(p.name for p in Path(dirpath).expanduser().glob("*.ckpt")) if dirpath else []
+    if found:
+        raise ConfigError(
+            f"checkpoint.dirpath {dirpath}: holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}, "
+            "which this run's checkpoints could replace; name a new or empty folder, or leave it out "
+            "(the run folder's checkpoints/), or resume the run they belong to with --ckpt_path"
+        )
+
+
 def resumed_settings(config, ckpt_path: str) -> tuple[Resumed, dict, dict]:
     """``(the checkpoint's checked arguments, the data settings given, the model and data
     sections a run resumed from ckpt_path takes)``: the checkpoint's model, and its data
@@ -289,6 +303,8 @@ class CnnSuiteCLI(LightningCLI):
                     "far) or 0 (none): best.ckpt is one file, which each epoch of a larger top k would replace"
                 )
             resolve_monitor(config)
+        if self.subcommand == "fit" and not config.get("ckpt_path"):
+            check_checkpoint_folders(config)
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path last`` is the newest run's ``last.ckpt`` under ``default_root_dir``.
