@@ -110,6 +110,8 @@ def test_parameter_count_equals_torchvisions_feature_extractor(block, counts, re
         (dict(stem_channels=0), r"model.backbone_kwargs.stem_channels=0: expected a positive int"),
         (dict(stem_pool="lp"), r"model.backbone_kwargs.stem_pool='lp': expected max, avg or none"),
         (dict(norm="layer"), r"norm='layer': expected one of"),
+        (dict(act=5), r"act=5: expected one of relu"),  # not a name: one line, no AttributeError
+        (dict(act={"class_path": "torch.nn.ReLU"}), r"act=\{'class_path': 'torch.nn.ReLU'\}: expected one of relu"),
     ],
 )
 def test_bad_backbone_kwargs_are_named(kwargs, message):

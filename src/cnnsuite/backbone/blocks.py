@@ -86,10 +86,9 @@ def _largest_divisor(channels: int, at_most: int) -> int:
 
 
 def activation_layer(kind: str) -> nn.Module:
-    try:
-        return ACTIVATIONS[kind.lower()]()
-    except KeyError:
-        raise ConfigError(f"act={kind!r}: expected one of {', '.join(ACTIVATIONS)}") from None
+    if not isinstance(kind, str) or kind.lower() not in ACTIVATIONS:  # a config may give a number or a mapping
+        raise ConfigError(f"act={kind!r}: expected one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[kind.lower()]()
 
 
 def pool_layer(spatial_dims: int, kind: str, size: IntOrSeq, p: float = 2.0) -> nn.Module:
