@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from cnnsuite.backbone import BasicBlock, Bottleneck, build_backbone, free_parameters
+from cnnsuite.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -117,6 +118,22 @@ def test_parameter_count_equals_torchvisions_feature_extractor(block, counts, re
 def test_bad_backbone_kwargs_are_named(kwargs, message):
     with pytest.raises(ValueError, match=f"^{message}"):
         build_backbone("resnet", 3, 1, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(channels=[]), r"channels=\[\]: expected a non-empty list of positive ints, one per stage"),
+        (dict(channels="abc"), r"channels='abc': expected a non-empty list of positive ints"),
+        (dict(channels=[8, 0]), r"channels=\[8, 0\]: expected a non-empty list of positive ints"),
+        (dict(kernel_size="x"), r"kernel_size='x': expected an int or 2 values, one per axis"),
+        (dict(kernel_size=[3, "x"]), r"kernel_size=\[3, 'x'\]: expected an int or 2 values"),
+    ],
+)
+def test_bad_convnet_kwargs_are_named(kwargs, message):
+    """One line each (no TypeError, IndexError or int() ValueError from inside torch or a head)."""
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        build_backbone("convnet", 2, 1, **kwargs)
 
 
 def test_print_config_shows_the_resnet_for_a_3d_task(capsys):

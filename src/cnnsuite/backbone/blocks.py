@@ -51,7 +51,12 @@ def as_tuple(value: IntOrSeq, spatial_dims: int, key: str) -> tuple[int, ...]:
     """Expand an int to one value per axis, or check that a sequence has one per axis."""
     if isinstance(value, int):
         return (value,) * spatial_dims
-    value = tuple(int(v) for v in value)
+    try:
+        if isinstance(value, str):  # not a sequence of sizes, however iterable
+            raise TypeError
+        value = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r}: expected an int or {spatial_dims} values, one per axis") from None
     if len(value) != spatial_dims:
         raise ConfigError(f"{key}={list(value)}: expected an int or {spatial_dims} values, one per axis")
     return value

@@ -92,6 +92,8 @@ def stacked_stages(
     """The stages of a plain network: for each width of ``channels``, ``blocks_per_stage``
     blocks made by ``block(width in, width out, first, last)``, where ``first`` is the network's
     first block (it takes the stem's stride) and ``last`` a stage's last (it pools)."""
+    if isinstance(channels, int | str) or not channels or not all(isinstance(c, int) and c >= 1 for c in channels):
+        raise ConfigError(f"channels={channels!r}: expected a non-empty list of positive ints, one per stage")
     if blocks_per_stage < 1:
         raise ConfigError(f"blocks_per_stage={blocks_per_stage}: expected at least 1")
     stages, width = [], in_channels
