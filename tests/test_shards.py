@@ -336,6 +336,20 @@ def test_prepare_from_inside_the_data_folder(tmp_path, monkeypatch):
     assert len([streamed.datasets["train"][i] for i in range(len(streamed.datasets["train"]))]) > 0
 
 
+def test_a_data_root_inside_the_prepared_folder_is_refused_before_a_cache_is_written_there(tmp_path):
+    """The shards' hashes are kept under data_root: a prepared folder, only read as a raw one is,
+    gets no cache/ folder of the suite's (a copy of it, to a bucket say, would carry it along)."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    prepare("recognition2d", make_image_folder(tmp_path / "raw", per_class=4), tmp_path / "prepared",
+            "--data.image_size", "8", "--data.data_root", str(tmp_path / "data"))  # fmt: skip
+    before = sorted((tmp_path / "prepared").rglob("*"))
+    for root in ("prepared", "prepared/sub"):
+        with pytest.raises(ConfigError, match=rf"--data.data_root {tmp_path / root}: inside the prepared folder"):
+            RecognitionDataModule(data_dir=str(tmp_path / "prepared"), data_root=str(tmp_path / root), image_size=8)
+    assert sorted((tmp_path / "prepared").rglob("*")) == before
+
+
 def test_prepared_folders_that_cannot_be_used_are_one_line(tmp_path, capsys):
     raw = make_image_folder(tmp_path / "raw", per_class=4)
     out = tmp_path / "prepared"

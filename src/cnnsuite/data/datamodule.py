@@ -274,8 +274,14 @@ class TaskDataModule(L.LightningDataModule):
         of a folder on object storage (``prepared``). A URL with a trailing slash is the same
         folder, as a local path's other spellings are."""
         where = location.rstrip("/") if is_url(location) else str(Path(location).expanduser().resolve())
+        root = self.hparams.data_root
+        if not is_url(location) and lies_within(root, where):
+            raise ConfigError(
+                f"--data.data_root {Path(root).expanduser().resolve()}: inside the prepared folder {where}, which is "
+                "only read (the suite keeps its caches under data_root); give --data.data_root outside it"
+            )
         digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-        return Path(self.hparams.data_root) / "cache" / kind / f"{digest}{suffix}"
+        return Path(root) / "cache" / kind / f"{digest}{suffix}"
 
     @property
     def raw_data_dir(self) -> str | None:
