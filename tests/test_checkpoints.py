@@ -799,6 +799,29 @@ def keyed_by(key: tuple) -> bytes:
     return bytes(data)
 
 
+def handed_again(kind: str, values: int = 500, keys: int = 1000, uses: int = 200) -> bytes:
+    """A pickle of ``U = (7,) * values`` and ``C``, a ``kind`` holding ``(U, i)`` for ``keys``
+    values of ``i``, then ``set(C)`` ``uses`` times over (6 bytes each): each hashes all of C's
+    tuples. ``kind`` is how C is filled: "SETITEMS", "SETITEM", "APPEND" or "REDUCE" (a Counter
+    made from a list)."""
+    keyed = [b"h\x01M" + i.to_bytes(2, "little") + b"\x86" for i in range(keys)]
+    held = {
+        "SETITEMS": b"}q\x02(" + b"".join(k + b"K\x00" for k in keyed) + b"u",
+        "SETITEM": b"}q\x02" + b"".join(k + b"K\x00s" for k in keyed),
+        "APPEND": b"]q\x02" + b"".join(k + b"a" for k in keyed),
+        "REDUCE": b"ccollections\nCounter\n](" + b"".join(keyed) + b"e\x85Rq\x02",
+    }[kind]
+    return (
+        b"\x80\x02]q\x00(("
+        + b"K\x07" * values
+        + b"tq\x01"
+        + held
+        + b"cbuiltins\nset\nq\x03"
+        + b"h\x03h\x02\x85R" * uses
+        + b"e."
+    )
+
+
 def nested_tuples(arity: int, levels: int) -> tuple:
     found: tuple = ("a",)
     for _ in range(levels):
@@ -836,6 +859,11 @@ def nested_tuples(arity: int, levels: int) -> tuple:
             + b"e.",
             id="a list of tuples handed to set() again and again",
         ),
+        # each C alone comes to under the floor: only its references counted again refuse it
+        pytest.param(handed_again("SETITEMS"), id="a mapping keyed by tuples handed to set() again and again"),
+        pytest.param(handed_again("SETITEM"), id="the same filled one item at a time"),
+        pytest.param(handed_again("APPEND"), id="a list of tuples filled one at a time"),
+        pytest.param(handed_again("REDUCE", values=300), id="a Counter made from tuples"),
     ],
 )
 def test_a_file_whose_tuples_read_far_larger_is_refused_before_torch_unpickles_it(tmp_path, pickled):
