@@ -939,3 +939,18 @@ def test_a_config_whose_data_section_is_no_mapping_is_one_line(tmp_path, capsys,
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"cnnsuite prepare: error: {config}: {message}")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_hashes_kept_of_verified_shards_get_the_permissions_the_umask_gives_a_new_file(tmp_path):
+    """Kept in a data_root a group may share, as the shards themselves are: not tempfile's 0o600,
+    which would leave the others hashing every shard again."""
+    from cnnsuite.data.shards.verify import read_verified, write_verified
+
+    old = os.umask(0o022)
+    try:
+        write_verified(tmp_path / "kept" / "shards-verified.json", {"a.bin": [1, 2, "ab"]})
+    finally:
+        os.umask(old)
+    assert read_verified(tmp_path / "kept" / "shards-verified.json") == {"a.bin": [1, 2, "ab"]}
+    assert (tmp_path / "kept" / "shards-verified.json").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["shards-verified.json"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -16,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ...errors import ConfigError
 from ..cache import MIB
 from ..folders import leaves_folder
+from ..prepare import make_temporary
 from .record import RECORD, content_hash
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
@@ -265,9 +265,9 @@ def write_verified(path: Path, entries: dict) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            json.dump(entries, tmp)
-        Path(tmp.name).replace(path)
+        tmp = make_temporary(path.parent, f".{path.name}.", ".tmp")  # the umask's mode, as the shards'
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(path)
     except OSError:
         if tmp is not None:  # a full disk: no half-written file left beside it
-            Path(tmp.name).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
