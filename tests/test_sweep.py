@@ -282,3 +282,22 @@ def test_the_best_trial_is_read_only_from_this_sweeps_folder(tmp_path, capsys):
     write_results(study, out, "runs/x")
     assert not (out / "best_config.yaml").exists()
     assert f"its run, {secret.parent}, is another worker's" in capsys.readouterr().out
+
+
+def test_seeds_refuse_one_checkpoint_folder_for_every_run_before_the_first_trains(tmp_path, image_folder, capsys):
+    """Each seed's run writes best.ckpt: into one checkpoint.dirpath, the second seed's would replace
+    the first's (refused only once the first had trained); each run keeps its own checkpoints/."""
+    shared = tmp_path / "shared"
+    line = one_line_error(capsys, "fit", "--task", "recognition2d", *fixed(tmp_path, image_folder),
+                          "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs"),
+                          "--checkpoint.dirpath", str(shared), "--seeds", "0,1")  # fmt: skip
+    assert line.endswith(f"checkpoint.dirpath {shared}: --seeds trains several runs, whose best.ckpt would replace "
+                         "each other's there; leave it out (each run's own checkpoints/)")  # fmt: skip
+    assert not shared.exists() and not (tmp_path / "runs").exists()
+    # a sweep's trials the same
+    line = one_line_error(capsys, "sweep", "--task", "recognition2d", "--space", write_space(tmp_path), "--trials", "2",
+                          "--out", str(tmp_path / "out"), "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                          *fixed(tmp_path, image_folder), "--checkpoint.dirpath", str(shared))  # fmt: skip
+    assert line.endswith(f"checkpoint.dirpath {shared}: cnnsuite sweep trains several runs, whose best.ckpt would "
+                         "replace each other's there; leave it out (each run's own checkpoints/)")  # fmt: skip
+    assert not shared.exists()

@@ -135,11 +135,18 @@ def root_dir(config) -> Path:
     return Path(config.trainer.get("default_root_dir") or os.getcwd())
 
 
-def check_checkpoint_folders(config) -> None:
+def check_checkpoint_folders(config, shared_by: str | None = None) -> None:
     """A new run's ``checkpoint.dirpath`` holds no checkpoint already: best.ckpt, a fixed name,
     would replace another run's or a file of the user's. (Left null, it goes to the run's own new
-    ``version_N/checkpoints``.)"""
+    ``version_N/checkpoints``.) Where the config is ``shared_by`` several runs (``--seeds``, a
+    sweep's trials), no dirpath at all: each would replace the one before's, refused only once
+    that one had trained."""
     dirpath = config.get("checkpoint.dirpath")
+    if dirpath and shared_by:
+        raise ConfigError(
+            f"checkpoint.dirpath {dirpath}: {shared_by} trains several runs, whose best.ckpt would replace each "
+            "other's there; leave it out (each run's own checkpoints/)"
+        )
     found = sorted(p.name for p in Path(dirpath).expanduser().glob("*.ckpt")) if dirpath else []
     if found:
         raise ConfigError(
@@ -211,6 +218,8 @@ class CnnSuiteCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         #: what a command given ``--ckpt_path`` takes from the checkpoint (see _parse_ckpt_path)
         self.resumed: Resumed | None = None
+        #: what trains several runs of this one config (``--seeds``, a sweep), if anything
+        self.shared_by: str | None = kwargs.pop("shared_by", None)
         kwargs.setdefault("parser_class", CnnSuiteParser)
         kwargs.setdefault("model_class", TaskModule)
         kwargs.setdefault("datamodule_class", TaskDataModule)
@@ -304,7 +313,7 @@ class CnnSuiteCLI(LightningCLI):
                 )
             resolve_monitor(config)
         if self.subcommand == "fit" and not config.get("ckpt_path"):
-            check_checkpoint_folders(config)
+            check_checkpoint_folders(config, self.shared_by)
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path last`` is the newest run's ``last.ckpt`` under ``default_root_dir``.
@@ -528,14 +537,17 @@ def check_config_files(argv: list[str]) -> None:
             raise ConfigError(f"{name}: cannot be read ({err})") from None
 
 
-def fit_run(argv: list[str], callbacks: list | None = None) -> dict:
+def fit_run(argv: list[str], callbacks: list | None = None, shared_by: str | None = None) -> dict:
     """One ``cnnsuite fit`` with ``argv`` (its options, ``--task`` included), in this process and
     through the same path as the command (``callbacks`` join the config's, unsaved in its
-    ``config.yaml``), and what it gave: its run folder, the metric that chose its best
-    checkpoint with that value, and the same metric on the test split (None unless evaluated)."""
+    ``config.yaml``; ``shared_by``: what trains other runs of this config, see
+    :func:`check_checkpoint_folders`), and what it gave: its run folder, the metric that chose its
+    best checkpoint with that value, and the same metric on the test split (None unless evaluated)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=ARGS_AND_ARGV)
-        cli = CnnSuiteCLI(args=["fit", *task_config_args(argv)], trainer_defaults={"callbacks": callbacks or []})
+        cli = CnnSuiteCLI(
+            args=["fit", *task_config_args(argv)], trainer_defaults={"callbacks": callbacks or []}, shared_by=shared_by
+        )
     callback = cli.trainer.checkpoint_callback
     run = Path(cli.trainer.log_dir)
     test_key = on_test_split(callback.monitor)
@@ -573,9 +585,10 @@ def fit_seeds(argv: list[str], seeds: list[int]) -> None:
     (sample, n - 1) printed and written as ``seeds.json`` beside the runs (``seeds-2.json`` ... where
     an earlier summary is there). A recipe the first
     seed's run chose on its GPU is every other seed's too: seeds compare weights, not recipes."""
-    runs = [{"seed": seeds[0], **fit_run([*argv, "--seed_everything", str(seeds[0])])}]
+    runs = [{"seed": seeds[0], **fit_run([*argv, "--seed_everything", str(seeds[0])], shared_by="--seeds")}]
     pinned = recipe.pinned(Path(runs[0]["run"]))  # every seed in the first one's recipe
-    runs += [{"seed": seed, **fit_run([*argv, *pinned, "--seed_everything", str(seed)])} for seed in seeds[1:]]
+    runs += [{"seed": seed, **fit_run([*argv, *pinned, "--seed_everything", str(seed)], shared_by="--seeds")}
+             for seed in seeds[1:]]  # fmt: skip
     keys = [k for k in runs[0] if k not in ("seed", "run") and all(r[k] is not None for r in runs)]
     summary = {k: {"mean": statistics.mean(r[k] for r in runs), "std": statistics.stdev(r[k] for r in runs)}
                for k in keys}  # fmt: skip

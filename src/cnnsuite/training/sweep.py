@@ -287,7 +287,7 @@ def objective(trial, argv: list[str], space: dict, out: Path) -> float:
     root = out / f"trial_{trial.number}"
     # trials compare settings in one recipe: as configured, unless the sweep's own options say --recipe auto
     options = ["--recipe", "configured", *argv, *overrides(params), "--trainer.default_root_dir", str(root)]
-    result = fit_run(options, [TrialPruning(trial)])
+    result = fit_run(options, [TrialPruning(trial)], shared_by="cnnsuite sweep")
     run = result.pop("run")
     (monitor, value), (test_key, test) = result.items()
     trial.set_user_attr("test", {test_key: test})
