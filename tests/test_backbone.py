@@ -22,6 +22,7 @@ from cnnsuite.backbone import (
     symmetric_groups,
     tie_weights,
 )
+from cnnsuite.errors import ConfigError
 from cnnsuite.training.heads import ClassifierHead
 
 
@@ -157,6 +158,34 @@ def test_lp_pooling_is_the_p_norm_of_each_window():
     x = torch.rand(1, 1, 4, 4)
     expected = x.view(1, 1, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).pow(3).sum((-1, -2)).pow(1 / 3)
     torch.testing.assert_close(pool(x), expected)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 2.5, 3.0])
+@pytest.mark.parametrize("size,window", [((12,), (3,)), ((6, 4), (3, 2)), ((4, 6, 2), (2, 3, 1))])
+def test_lp_pooling_is_the_norm_of_negative_values_too(size, window, p):
+    """``(sum |x|^p)^(1/p)``: the absolute value matters wherever the pool meets negative values
+    (a tanh before it, or the pool before the non-linearity, as in ``CPNA``); an odd or fractional
+    ``p`` must give the norm, not a NaN or a negative number. A window of zeros (a ReLU's dead
+    patch) keeps a zero gradient. In 1D, 2D and 3D."""
+    block = ConvBlock(len(size), 1, 1, kernel_size=1, norm="none", act="tanh", pool="lp", pool_size=window,
+                      lp_p=p, order="CPNA")  # fmt: skip
+    pool = block[1]
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    windows = x
+    for axis, k in enumerate(window):
+        windows = windows.unfold(2 + axis, k, k)
+    expected = windows.abs().pow(p).flatten(2 + len(size)).sum(-1).pow(1 / p)
+    torch.testing.assert_close(pool(x), expected)
+    zeros = torch.zeros(1, 1, *size, requires_grad=True)
+    pool(zeros).sum().backward()
+    assert torch.equal(zeros.grad, torch.zeros_like(zeros))
+
+
+@pytest.mark.parametrize("p", [0.5, 0, -2, float("inf"), float("nan"), "2", True])
+def test_an_lp_pool_whose_p_is_not_a_norm_is_a_config_error(p):
+    with pytest.raises(ConfigError, match=r"^lp_p=.*: expected a number >= 1"):
+        ConvBlock(2, 1, 1, pool="lp", lp_p=p)
+    ConvBlock(2, 1, 1, pool="max", lp_p=0.5)  # no Lp pool, no check
 
 
 def test_lenet5_has_the_1998_parameter_count():

@@ -16,11 +16,13 @@ dimensionality: layer classes are looked up by ``spatial_dims``, as MONAI's fact
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.pooling import _LPPoolNd
 
 from ..errors import ConfigError
 
@@ -31,7 +33,6 @@ _BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _INSTANCENORM = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _AVGPOOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
-_LPPOOL = {1: nn.LPPool1d, 2: nn.LPPool2d, 3: nn.LPPool3d}
 _ADAPTIVE_AVGPOOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
 
 ACTIVATIONS = {
@@ -97,7 +98,7 @@ def activation_layer(kind: str) -> nn.Module:
 
 
 def pool_layer(spatial_dims: int, kind: str, size: IntOrSeq, p: float = 2.0) -> nn.Module:
-    """Max, average or Lp-norm pooling (``(sum x^p)^(1/p)`` over each window)."""
+    """Max, average or Lp-norm pooling (``(sum |x|^p)^(1/p)`` over each window)."""
     _check_dims(spatial_dims)
     size = as_tuple(size, spatial_dims, "pool_size")
     if kind == "max":
@@ -105,10 +106,30 @@ def pool_layer(spatial_dims: int, kind: str, size: IntOrSeq, p: float = 2.0) -> 
     if kind == "avg":
         return _AVGPOOL[spatial_dims](size)
     if kind == "lp":
-        return _LPPOOL[spatial_dims](p, size)
+        return LpNormPool(spatial_dims, p, size)
     if kind == "none":
         return nn.Identity()
     raise ConfigError(f"pool={kind!r}: expected one of {', '.join(POOLS)}")
+
+
+class LpNormPool(_LPPoolNd):
+    """The Lp norm of each window, ``(sum |x|^p)^(1/p)``, for 1, 2 or 3 spatial dimensions.
+
+    PyTorch's ``LPPool`` raises ``x`` itself to the power ``p``: the norm only for inputs that are
+    never negative or an even ``p``; an odd or fractional ``p`` on negative values gives NaN or a
+    negative "norm". A window of zeros has a zero gradient (the ReLU masks ``0^(1/p)``'s infinite
+    slope, as in PyTorch's own)."""
+
+    def __init__(self, spatial_dims: int, p: float, kernel_size: tuple[int, ...]) -> None:
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 1 <= p < math.inf:
+            raise ConfigError(f"lp_p={p!r}: expected a number >= 1 (an Lp norm; pool: max is p = infinity)")
+        super().__init__(float(p), kernel_size)
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = getattr(F, f"avg_pool{self.spatial_dims}d")
+        mean = pool(x.abs().pow(self.norm_type), self.kernel_size, self.stride, ceil_mode=self.ceil_mode)
+        return F.relu(mean).mul(math.prod(self.kernel_size)).pow(1.0 / self.norm_type)
 
 
 def global_avg_pool(spatial_dims: int) -> nn.Module:
