@@ -62,6 +62,17 @@ def test_free_parameters_fall_as_the_pattern_says():
     )
 
 
+def test_frozen_weights_are_not_free_parameters_masked_or_not():
+    """A frozen layer has no free parameters: its masked-out entries are not taken off a second time."""
+    lenet = build_backbone("lenet5", 2, 1, c3_table=True)
+    c3 = convs(lenet, 1)[0]
+    c3.parametrizations.weight.original.requires_grad_(False)
+    assert free_parameters(lenet) == (6 * 25 + 6) + 16 + (120 * 16 * 25 + 120)  # C1, C3's bias, C5
+    for parameter in lenet.parameters():
+        parameter.requires_grad_(False)
+    assert free_parameters(lenet) == 0
+
+
 def test_named_table_is_lenet5s_c3():
     """``table: lenet5_c3`` from the config is the paper's table: LeNet-5's 60,806 free parameters."""
     by_flag = build_backbone("lenet5", 2, 1, c3_table=True)

@@ -114,11 +114,15 @@ def hyper_kernel(module: nn.Module, code_size: int = 8, hidden: int = 32, name: 
 
 
 def free_parameters(module: nn.Module) -> int:
-    """Trainable degrees of freedom: masked-out entries of ``u`` do not count."""
+    """Trainable degrees of freedom: masked-out entries of a trainable ``u`` do not count (a frozen
+    ``u`` counts none of its entries)."""
     total = sum(p.numel() for p in module.parameters() if p.requires_grad)
     for sub in module.modules():
-        if isinstance(sub, Masked):
-            total -= int((sub.mask == 0).sum())
+        if not parametrize.is_parametrized(sub):
+            continue
+        for chain in sub.parametrizations.values():
+            if chain.original.requires_grad:
+                total -= sum(int((m.mask == 0).sum()) for m in chain if isinstance(m, Masked))
     return total
 
 
