@@ -148,3 +148,35 @@ def test_a_pools_output_size_is_pytorchs_in_floor_and_ceil_mode(kernel, stride, 
     (window,) = stage_windows(nn.Sequential(pool), 1)
     for n in range(kernel, 20):
         assert window.apply((n,)) == tuple(pool(torch.zeros(1, 1, n)).shape[2:]), n
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_lenet5_flops_by_hand(dims):
+    """Each stage's FLOPs in the inspection table are 2 × (output positions × output maps × weights
+    per map) of its convolution, in 2D and 3D: C1 28^d·6·5^d, C3 10^d·16·6·5^d, C5 1·120·16·5^d."""
+    from cnnsuite.use.inspection import stage_flops
+
+    backbone = build_backbone("lenet5", dims, 1).eval()
+    k = 5**dims
+    expected = [2 * 28**dims * 6 * 1 * k, 2 * 10**dims * 16 * 6 * k, 2 * 1 * 120 * 16 * k]
+    assert stage_flops(backbone, torch.zeros(1, 1, *(32,) * dims)) == expected
+
+
+def test_a_dilated_window_widens_the_field_by_its_extent():
+    """A dilation ``d`` makes a ``k``-wide window span ``d(k-1)+1`` inputs: the size and receptive
+    field follow PyTorch's formula and the gradient's footprint (foreign stages may dilate)."""
+    from torch import nn
+
+    from cnnsuite.backbone import StagedBackbone
+    from cnnsuite.backbone.references import ForeignStage
+
+    stage = ForeignStage(
+        nn.Conv2d(1, 1, (3, 5), dilation=(2, 1)), nn.Tanh(), nn.Conv2d(1, 1, 3, stride=2, dilation=3), nn.Tanh(),
+        nn.AvgPool2d(2), out_channels=1, stride=(4, 4),
+    )  # fmt: skip
+    backbone = StagedBackbone(2, [stage]).double()
+    (g,) = describe_stages(backbone, (1, 41, 40))
+    # rows: 41 - 4 = 37, then (37 - 7) // 2 + 1 = 16, pooled 8; columns: 40 - 4 = 36, 15, 7
+    assert g.out_shape == (1, 8, 7) and g.stride == (4, 4)
+    # rows: 1 + 4 = 5, + 6 = 11 (jump 2), + 2 = 13; columns: 1 + 4 = 5, + 6 = 11, + 2 = 13
+    assert g.receptive_field == (13, 13) == footprint(backbone, (1, 41, 40), 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cnnsuite.backbone import BasicBlock, Bottleneck, build_backbone, free_parameters
+from cnnsuite.backbone import BasicBlock, Bottleneck, build_backbone, describe_stages, free_parameters
 from cnnsuite.errors import ConfigError
 
 
@@ -147,3 +147,13 @@ def test_print_config_shows_the_resnet_for_a_3d_task(capsys):
               "--model.backbone_kwargs", kwargs, "--print_config"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "backbone: resnet" in printed and "block: bottleneck" in printed
+
+
+def test_a_3d_resnet18_is_monais_in_parameters_and_geometry():
+    """The same layout in 3D (7³ stem at stride 2, 3³ max pool, shortcut projections without bias)
+    has MONAI's ResNet-18 parameter count and, stage by stage, its shapes, strides and receptive fields."""
+    kwargs = dict(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), stem_kernel=7, stem_stride=2, stem_pool="max")
+    ours = build_backbone("resnet", 3, 1, **kwargs)
+    theirs = build_backbone("monai_resnet18", 3, 1, conv1_t_stride=2, bias_downsample=False)
+    assert free_parameters(ours) == sum(p.numel() for p in theirs.parameters()) == 33_160_000
+    assert describe_stages(ours, (1, 32, 32, 32)) == describe_stages(theirs, (1, 32, 32, 32))
