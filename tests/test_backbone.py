@@ -22,6 +22,7 @@ from cnnsuite.backbone import (
     symmetric_groups,
     tie_weights,
 )
+from cnnsuite.backbone.blocks import activation_layer, conv_layer, norm_layer
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.heads import ClassifierHead
 
@@ -100,6 +101,30 @@ def test_block_order_puts_norm_before_or_after_pooling(order, layers, bias):
     assert norm.num_features == (3 if order.startswith("N") else 4)
     assert (conv.bias is not None) == bias
     assert block(torch.randn(2, 3, 8, 8)).shape == (2, 4, 4, 4) and block.stride == (2, 2)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["batch", "instance", "group"])
+def test_each_normalisation_standardises_over_its_own_axes(kind, dims):
+    """Batch norm: each channel over the batch and space; instance norm: each sample's channel over
+    space; group norm: each sample's group of channels (12 channels: 6 groups, the largest divisor
+    of 12 up to 8) over the group and space. Then mean 0 and variance 1 (affine starts at 1, 0)."""
+    norm = norm_layer(dims, kind, 12).train()
+    x = torch.randn(4, 12, *(5,) * dims, dtype=torch.float64) * 3 + 2
+    y = norm.double()(x)
+    # one row per statistic, the values it standardises along the last axis
+    rows = {"batch": y.transpose(0, 1).reshape(12, -1), "instance": y.flatten(2), "group": y.reshape(4, 6, -1)}[kind]
+    torch.testing.assert_close(rows.mean(-1), torch.zeros_like(rows[..., 0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(rows.var(-1, unbiased=False), torch.ones_like(rows[..., 0]), atol=1e-3, rtol=0)
+    assert norm_layer(dims, "none", 12)(x) is x
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid", "gelu", "silu", "elu", "leakyrelu"])
+def test_every_non_linearity_is_torchs(name):
+    x = torch.linspace(-3, 3, 61)
+    reference = {"leakyrelu": F.leaky_relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}.get(name)
+    expected = (reference or getattr(F, name))(x)
+    torch.testing.assert_close(activation_layer(name.upper())(x), expected)
 
 
 def test_block_order_names_every_letter_once():
@@ -267,14 +292,15 @@ def test_weight_sharing_ties_entries_and_gradients_reach_u():
     assert w[0] == w[2] and w[0] != w[1]
 
 
-def test_hypernetwork_makes_the_kernel_and_learns_it():
-    conv = nn.Conv2d(1, 4, 3, bias=False)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_hypernetwork_makes_the_kernel_and_learns_it(dims):
+    conv = conv_layer(dims, 1, 4, 3, bias=False)
     hyper_kernel(conv, code_size=4, hidden=16)
     hyper = conv.parametrizations.weight[0]
     z = conv.parametrizations.weight.original
     torch.testing.assert_close(conv.weight, hyper(z))
-    x = torch.randn(8, 1, 6, 6)
-    target = F.conv2d(x, torch.randn(4, 1, 3, 3))
+    x = torch.randn(8, 1, *(6,) * dims)
+    target = getattr(F, f"conv{dims}d")(x, torch.randn(4, 1, *(3,) * dims))
     optimizer = torch.optim.Adam(conv.parameters(), lr=1e-2)
     losses = []
     for _ in range(150):
