@@ -377,6 +377,18 @@ def test_a_dynamic_filter_applies_each_samples_kernels_to_that_sample(dims):
         DynamicFilter(dims, 2, 4)
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_a_block_keeps_the_size_at_stride_1_or_refuses_an_even_kernel(dims):
+    """An odd kernel at stride 1 keeps each map's size; an even one has no centre, and its
+    ``k // 2`` padding grew each map by one, so it is refused there (not at a larger stride)."""
+    x = torch.randn(1, 1, *(8,) * dims)
+    assert ConvBlock(dims, 1, 1, kernel_size=5, norm="none")(x).shape[2:] == (8,) * dims
+    with pytest.raises(ValueError, match=r"kernel_size=\[4(, 4)*\]: expected odd sizes where the stride is 1"):
+        ConvBlock(dims, 1, 1, kernel_size=4)
+    assert ConvBlock(dims, 1, 1, kernel_size=4, stride=2, norm="none")(x).shape[2:] == (5,) * dims
+    assert ConvBlock(dims, 1, 1, kernel_size=4, padding=0, norm="none")(x).shape[2:] == (5,) * dims
+
+
 def test_precise_batchnorm_recomputes_the_statistics_of_the_training_batches():
     from types import SimpleNamespace
 

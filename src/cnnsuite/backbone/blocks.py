@@ -166,7 +166,14 @@ class ConvBlock(nn.Sequential):
         kernel_size = as_tuple(kernel_size, spatial_dims, "kernel_size")
         stride = as_tuple(stride, spatial_dims, "stride")
         if padding == "same_if_unit_stride":
-            # Keep the size at stride 1 (odd kernels); otherwise let the stride shrink it.
+            # Keep the size at stride 1; otherwise let the stride shrink it. An even kernel has
+            # no centre: its k // 2 would grow each map by one, a silent misalignment (MONAI's
+            # same padding refuses it too).
+            if any(k % 2 == 0 and s == 1 for k, s in zip(kernel_size, stride, strict=True)):
+                raise ConfigError(
+                    f"kernel_size={list(kernel_size)}: expected odd sizes where the stride is 1 (an even kernel has "
+                    "no centre to keep the map's size by)"
+                )
             padding = tuple(k // 2 for k in kernel_size)
         elif not isinstance(padding, str):
             padding = as_tuple(padding, spatial_dims, "padding")
