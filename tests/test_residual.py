@@ -126,8 +126,10 @@ def test_bad_backbone_kwargs_are_named(kwargs, message):
         (dict(channels=[]), r"channels=\[\]: expected a non-empty list of positive ints, one per stage"),
         (dict(channels="abc"), r"channels='abc': expected a non-empty list of positive ints"),
         (dict(channels=[8, 0]), r"channels=\[8, 0\]: expected a non-empty list of positive ints"),
-        (dict(kernel_size="x"), r"kernel_size='x': expected an int or 2 values, one per axis"),
-        (dict(kernel_size=[3, "x"]), r"kernel_size=\[3, 'x'\]: expected an int or 2 values"),
+        (dict(kernel_size="x"), r"kernel_size='x': expected an int or 2 ints, one per axis"),
+        (dict(kernel_size=[3, "x"]), r"kernel_size=\[3, 'x'\]: expected an int or 2 ints"),
+        (dict(kernel_size=[3.5, 3]), r"kernel_size=\[3.5, 3\]: expected an int or 2 ints"),  # int() rounded it down
+        (dict(pool_size=True), r"pool_size=True: expected an int or 2 ints"),
     ],
 )
 def test_bad_convnet_kwargs_are_named(kwargs, message):

@@ -49,15 +49,18 @@ POOLS = ("max", "avg", "lp", "none")
 
 
 def as_tuple(value: IntOrSeq, spatial_dims: int, key: str) -> tuple[int, ...]:
-    """Expand an int to one value per axis, or check that a sequence has one per axis."""
-    if isinstance(value, int):
+    """Expand an int to one value per axis, or check that a sequence has one per axis. Sizes
+    are whole numbers: a bool, a string or a fraction (``3.5``, which ``int`` would round down)
+    is refused naming ``key``."""
+
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if whole(value):
         return (value,) * spatial_dims
-    try:
-        if isinstance(value, str):  # not a sequence of sizes, however iterable
-            raise TypeError
-        value = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r}: expected an int or {spatial_dims} values, one per axis") from None
+    if isinstance(value, str | bool) or not hasattr(value, "__iter__") or not all(whole(v) for v in value):
+        raise ConfigError(f"{key}={value!r}: expected an int or {spatial_dims} ints, one per axis")
+    value = tuple(value)
     if len(value) != spatial_dims:
         raise ConfigError(f"{key}={list(value)}: expected an int or {spatial_dims} values, one per axis")
     return value
