@@ -335,3 +335,27 @@ def test_a_batch_of_many_rows_is_predicted_a_chunk_at_a_time(recognition):
         whole = predictor.model.describe_outputs((network(torch.stack([i.sample for i in inputs])),), inputs)
     assert [p["class"] for p in chunked] == [p["class"] for p in whole]
     assert [p["score"] for p in chunked] == pytest.approx([p["score"] for p in whole], abs=1e-5)
+
+
+def test_finding_the_inputs_of_a_large_folder_takes_a_look_per_file(tmp_path, monkeypatch):
+    """A folder of many files: whether a file lies in a series folder already taken is a set
+    look-up, not a scan of every input found so far (which made 100,000 files take an hour)."""
+    import pathlib
+
+    for i in range(1500):
+        (tmp_path / f"{i:05d}.png").touch()
+    predictor = Predictor.__new__(Predictor)
+    predictor.datamodule = type("Images", (), {"is_input": staticmethod(lambda p: p.suffix == ".png")})()
+    comparisons = 0
+    equal = pathlib.PurePath.__eq__
+
+    def counted(self, other):
+        nonlocal comparisons
+        comparisons += 1
+        return equal(self, other)
+
+    monkeypatch.setattr(pathlib.PurePath, "__eq__", counted)
+    inputs, ignored = predictor.find_inputs(tmp_path)
+    monkeypatch.undo()
+    assert len(inputs) == 1500 and not ignored
+    assert comparisons < 10 * len(inputs)

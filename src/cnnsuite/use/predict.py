@@ -70,12 +70,14 @@ class Predictor:
             raise MissingFileError(f"--input {root}: no such file or folder")
         if root.is_file() or self.datamodule.is_input(root):
             return [root], []
-        inputs, ignored = [], []
+        inputs, ignored, folders = [], [], set()
         for path in sorted(root.rglob("*")):
-            if any(parent in inputs for parent in path.parents):
+            if folders and any(parent in folders for parent in path.parents):
                 continue  # a file of a series folder already taken whole
             if self.datamodule.is_input(path):
                 inputs.append(path)
+                if path.is_dir():
+                    folders.add(path)
             elif path.is_file() and not path.name.startswith("."):
                 ignored.append(path)
         return inputs, ignored
