@@ -3,6 +3,7 @@
 task (biomedical3d), with the JSON a user needs to feed them."""
 
 import json
+import re
 
 import onnx
 import pytest
@@ -243,3 +244,100 @@ def test_a_detector_exports_without_files_checked_on_its_own_canvas(tmp_path, ca
     with pytest.raises(ConfigError, match=r"model.pt2: the exported network does not run on 3 random samples"):
         export(ckpt, "torch-export")
     assert not (path.parent / "model.pt2").exists()
+
+
+def decode_as_the_json_says(info: dict, outputs: dict, resized: tuple[int, int], padded: tuple[int, int],
+                            original: tuple[int, int]) -> list[dict]:  # fmt: skip
+    """A detector's raw outputs for one image made detections with numpy and the numbers of
+    the export's JSON alone, as a program without torchvision would (FCOS)."""
+    import numpy as np
+
+    decoding = info["decoding"]
+    cls, reg, ctr = outputs["cls_logits"][0], outputs["bbox_regression"][0], outputs["bbox_ctrness"][0]
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    thresh, topk = decoding["score_thresh"], decoding["topk_candidates"]
+    iou_limit, keep_best = decoding["nms_thresh"], decoding["detections_per_img"]
+    boxes, scores, labels, start = [], [], [], 0
+    for level in decoding["levels"]:
+        rows, cols = -(-padded[0] // level["stride"]), -(-padded[1] // level["stride"])
+        sy, sx = padded[0] // rows, padded[1] // cols
+        base = np.array(level["anchors"], np.float32)
+        i, j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        shifts = np.stack([j * sx, i * sy, j * sx, i * sy], -1).reshape(-1, 1, 4)
+        anchors = (shifts + base[None]).reshape(-1, 4)
+        end = start + len(anchors)
+        score = np.sqrt(sigmoid(cls[start:end]) * sigmoid(ctr[start:end])).ravel()
+        kept = np.nonzero(score > thresh)[0]
+        kept = kept[np.argsort(-score[kept], kind="stable")][:topk]
+        where, label = kept // cls.shape[1], kept % cls.shape[1]
+        a, d = anchors[where], reg[start:end][where]
+        cx, cy, w, h = (a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2, a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+        box = np.stack([cx - d[:, 0] * w, cy - d[:, 1] * h, cx + d[:, 2] * w, cy + d[:, 3] * h], -1)
+        box = np.clip(box, 0, [resized[1], resized[0], resized[1], resized[0]])
+        boxes.append(box), scores.append(score[kept]), labels.append(label)
+        start = end
+    assert start == len(cls)
+    boxes, scores, labels = np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
+    chosen = []
+    for k in np.argsort(-scores, kind="stable"):
+        b = boxes[k]
+        if all(labels[c] != labels[k] or iou(b, boxes[c]) <= iou_limit for c in chosen):
+            chosen.append(k)
+    chosen = chosen[:keep_best]
+    scale = np.array([original[1] / resized[1], original[0] / resized[0]] * 2)
+    found = []
+    for k in chosen:
+        box = boxes[k] * scale
+        if box[2] > box[0] and box[3] > box[1]:
+            found.append({"class": info["class_names"][labels[k]], "score": float(scores[k]), "box": box.tolist()})
+    return found
+
+
+def iou(a, b) -> float:
+    area = lambda v: max(v[2] - v[0], 0) * max(v[3] - v[1], 0)  # noqa: E731
+    inter = area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_a_program_reading_only_the_json_decodes_an_exported_detector_as_predict_does(tmp_path):
+    """detection2d exports up to its heads' raw outputs; its JSON gave no levels, anchors,
+    thresholds or NMS, so no program could turn them into predict's detections. With the
+    JSON's ``decoding`` alone, numpy reproduces them (FCOS, images of several sizes)."""
+    import numpy as np
+    import onnxruntime
+    from PIL import Image
+
+    folder = make_coco_folder(tmp_path / "coco")
+    run = fit("detection2d", tmp_path, "--data.data_dir", str(folder), "--data.batch_size", "4",
+              "--trainer.max_epochs", "1", "--model.init_args.min_size", "64", "--model.init_args.max_size", "96",
+              "--model.init_args.score_thresh", "0.02", "--evaluate", "false")  # fmt: skip
+    ckpt = run / "checkpoints" / "best.ckpt"
+    path, info = export(ckpt, "onnx", tmp_path / "det.onnx")
+    info = json.loads((tmp_path / "det.onnx.json").read_text())
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    predictor = Predictor(ckpt, accelerator="cpu")
+    said = re.search(r"mean \[(.*?)\] and std \[(.*?)\]", info["preprocessing"]["batch"])
+    mean, std = (np.array(json.loads(f"[{v}]"), np.float32)[:, None, None] for v in said.groups())
+    rng = np.random.default_rng(1)
+    compared = 0
+    for k, (height, width) in enumerate(((64, 64), (50, 90), (120, 40))):
+        file = tmp_path / f"in{k}.png"
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(file)
+        (expected,) = predictor.predict([predictor.read(file)])
+        image = np.array(Image.open(file).convert("RGB"), np.float32).transpose(2, 0, 1) / 255
+        scale = min(64 / min(height, width), 96 / max(height, width))
+        resized = (int(height * scale), int(width * scale))
+        x = torch.nn.functional.interpolate(torch.from_numpy((image - mean) / std)[None], size=resized,
+                                            mode="bilinear", align_corners=False).numpy()  # fmt: skip
+        padded = tuple(-(-side // 32) * 32 for side in resized)
+        batch = np.zeros((1, 3, *padded), np.float32)
+        batch[:, :, : resized[0], : resized[1]] = x
+        outputs = dict(zip([o["name"] for o in info["outputs"]], session.run(None, {"input": batch}), strict=True))
+        found = decode_as_the_json_says(info, outputs, resized, padded, (height, width))
+        assert [d["class"] for d in found] == [d["class"] for d in expected["detections"]]
+        for mine, theirs in zip(found, expected["detections"], strict=True):
+            assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
+            assert mine["box"] == pytest.approx(theirs["box"], abs=1e-2)
+        compared += len(found)
+    assert compared > 0

@@ -486,11 +486,56 @@ class DetectionModule(TaskModule):
         step = self.detector.transform.size_divisible
         return {0: batch, 2: step * torch.export.Dim("rows", min=1), 3: step * torch.export.Dim("columns", min=1)}
 
+    def describe_labels(self) -> dict:
+        """``decoding``: what ``predict`` does with the raw head outputs (torchvision's
+        ``postprocess_detections``), with this model's numbers, for a program that runs the
+        exported file: the levels the location axis concatenates, each location's anchors or
+        point, the box coder, the thresholds and NMS. Faster R-CNN exports nothing to decode."""
+        if self.hparams.detector not in HEAD_OUTPUTS:
+            return {}
+        detector, fcos = self.detector, self.hparams.detector == "fcos"
+        generator = detector.anchor_generator
+        coder = (
+            "FCOS's linear coder: with the anchor's centre (cx, cy), width w and height h, the box is "
+            "(cx - d0 w, cy - d1 h, cx + d2 w, cy + d3 h) for bbox_regression (d0, d1, d2, d3)"
+            if fcos
+            else "torchvision's BoxCoder with weights (1, 1, 1, 1): centre cx + d0 w, cy + d1 h, size "
+            "w exp(d2), h exp(d3) (d2, d3 clamped at log(1000 / 16)), as corners"
+        )
+        score = "sqrt(sigmoid(cls_logits) × sigmoid(bbox_ctrness))" if fcos else "sigmoid(cls_logits)"
+        return {
+            "decoding": {
+                "levels": [
+                    {"stride": stride, "anchors": base.tolist()}
+                    for stride, base in zip(detector.backbone.strides, generator.cell_anchors, strict=True)
+                ],
+                "locations": "level by level, in the order of levels; within a level row by row of its grid "
+                "(ceil(padded height / stride) rows, ceil(padded width / stride) columns), and at each location "
+                "its anchors in the order given; a location at row i and column j shifts each anchor (x1, y1, x2, "
+                "y2) by (j sx, i sy, j sx, i sy), where sx = padded width // columns and sy = padded height // rows",
+                "box": coder,
+                "score": f"{score}, per location and class",
+                "score_thresh": detector.score_thresh,
+                "topk_candidates": detector.topk_candidates,
+                "nms_thresh": detector.nms_thresh,
+                "detections_per_img": detector.detections_per_img,
+                "steps": "per level, the (location, class) scores above score_thresh, at most topk_candidates "
+                "best of them, each box clipped to the resized image (before padding); then over all levels "
+                "together, per class, non-maximum suppression of boxes overlapping a better one by an IoU above "
+                "nms_thresh, and the detections_per_img best kept; to pixels: x times the image's width / its "
+                "resized width, y times its height / its resized height; boxes without area (x2 <= x1 or "
+                "y2 <= y1) dropped",
+                "class": "the class axis's index in class_names",
+            }
+        }
+
     def describe_batch_inputs(self) -> str:
         hp, transform = self.hparams, self.detector.transform
         return (
             f"each image resized (bilinear) so that its shorter side is {hp.min_size} px unless its longer side would "
-            f"pass {hp.max_size} px, normalised per channel by mean {transform.image_mean} and std "
+            f"pass {hp.max_size} px (scale = min({hp.min_size} / shorter side, {hp.max_size} / longer side), each "
+            "side floor(side × scale), torch.nn.functional.interpolate with align_corners=False and no "
+            f"antialiasing), normalised per channel by mean {transform.image_mean} and std "
             f"{transform.image_std}, then zero-padded at the bottom and right to the batch's largest size rounded "
             f"up to a multiple of {transform.size_divisible} (torchvision's GeneralizedRCNNTransform); boxes are "
             "decoded and scaled back to each image's own size outside the network"
