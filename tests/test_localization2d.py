@@ -582,3 +582,18 @@ def test_predict_agrees_with_the_test_split(trained):
     sizes = torch.tensor([[i.meta["width"], i.meta["height"]] * 2 for i in inputs], dtype=torch.float32)
     expected = torch.minimum(boxes.clamp(min=0) * sizes, sizes)
     torch.testing.assert_close(torch.tensor([p["box"] for p in predictions]), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_the_exported_box_meaning_says_that_predict_clips_to_the_image():
+    """A program following the export's words for ``boxes`` must get predict's box: predict
+    clips a box reaching past the image to it, and the words said only to multiply (a box
+    half off the image came out up to several pixels apart)."""
+    from cnnsuite.data.inputs import Input
+
+    model = LocalizationModule(num_classes=2, backbone_kwargs={"channels": [4, 8]})
+    meaning = model.inference_outputs["boxes"]
+    assert "clipped to the image" in meaning
+    item = Input(path=None, sample=None, meta={"width": 40, "height": 20})
+    logits, boxes = torch.zeros(1, 2), torch.tensor([[-0.25, 0.1, 1.5, 0.9]])
+    (prediction,) = model.describe_outputs((logits, boxes), [item])
+    assert prediction["box"] == pytest.approx([0.0, 2.0, 40.0, 18.0])

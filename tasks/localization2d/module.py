@@ -366,7 +366,8 @@ class LocalizationModule(ClassificationModule):
         return {
             **super().inference_outputs,
             "boxes": "(batch, 4): the box x1, y1, x2, y2 in fractions of the input's width and height "
-            "(multiply by the original image's width, height, width, height for pixels)",
+            "(multiply by the original image's width, height, width, height for pixels; predict's box is then "
+            "clipped to the image: x to [0, width], y to [0, height])",
         }
 
     def describe_outputs(self, outputs: tuple[torch.Tensor, ...], inputs: list[Input]) -> list[dict]:
