@@ -413,3 +413,23 @@ def test_an_error_names_no_server_folder_however_the_folder_resolves(monkeypatch
     monkeypatch.setattr(serve.os.path, "realpath", lambda path: "/private" + path)
     said = serve.unfoldered("/private/var/t/up/scan.nhdr: no file '/var/t/up/missing.raw'", "/var/t/up")
     assert said == "scan.nhdr: no file 'missing.raw'"
+
+
+def test_a_name_too_long_to_store_is_refused_without_the_server_folder():
+    """An upload whose name the file system cannot hold gets its 400, which named the
+    server's temporary folder (``/tmp/cnnsuite-serve-.../aaa...png``) in the OSError it quoted."""
+    import io
+    import tempfile
+    from types import SimpleNamespace
+
+    from cnnsuite.use.serve import PredictorAPI
+
+    api = PredictorAPI("unused.ckpt")
+    api.predictor = SimpleNamespace(datamodule=SimpleNamespace(input_extensions=(".png",)))
+    name = "a" * 300 + ".png"
+    upload = SimpleNamespace(filename=name, file=io.BytesIO(b"\x89PNG"))
+    reply = api.decode_request(SimpleNamespace(getlist=lambda field: [upload]))
+    assert reply.status == 400 and reply.record["path"] == name
+    error = reply.record["error"]
+    assert error.startswith(f"{name}: cannot be stored under this filename")
+    assert "cnnsuite-serve-" not in error and tempfile.gettempdir() not in error, error

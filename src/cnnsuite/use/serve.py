@@ -131,7 +131,9 @@ class PredictorAPI(ls.LitAPI):
             try:
                 path.write_bytes(data)
             except (OSError, ValueError) as err:  # a name too long for the file system, say
-                return reject(400, name, f"{name}: cannot be stored under this filename ({err})")
+                return reject(
+                    400, name, f"{name}: cannot be stored under this filename ({unfoldered(str(err), folder)})"
+                )
             if not self.predictor.datamodule.is_input(path):  # a file named otherwise is told by its content
                 suffix = self.predictor.datamodule.content_suffix(data)
                 if suffix is None:
