@@ -359,3 +359,28 @@ def test_finding_the_inputs_of_a_large_folder_takes_a_look_per_file(tmp_path, mo
     monkeypatch.undo()
     assert len(inputs) == 1500 and not ignored
     assert comparisons < 10 * len(inputs)
+
+
+def test_file_names_that_are_not_utf8_are_predicted_and_said(recognition, tmp_path):
+    """A name in another system's encoding (Latin-1 ``café.png`` from an old archive): Python
+    keeps its bytes as lone surrogates, which matplotlib refused in a picture's title, ending
+    the whole run with a traceback, and a UTF-8 terminal refuses in the summary line."""
+    import os
+    import subprocess
+    import sys
+
+    folder, run = recognition
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(folder / "owl" / "0.png", inputs / os.fsdecode(b"caf\xe9.png"))
+    (inputs / os.fsdecode(b"bad\xff.png")).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    ckpt = str(run / "checkpoints" / "best.ckpt")
+    done = subprocess.run([sys.executable, "-m", "cnnsuite", "predict", "--ckpt", ckpt, "--input", str(inputs),
+                           "--out", str(out)], capture_output=True, text=True, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "predicted 1 of 2 inputs; 1 could not be read: " in done.stdout and "bad\ufffd.png" in done.stdout
+    lines = read_lines(out / "predictions.jsonl")  # the path as the file system has it, escaped
+    assert [line["path"] for line in lines] == [str(inputs / os.fsdecode(n)) for n in (b"bad\xff.png", b"caf\xe9.png")]
+    assert (out / "pictures" / os.fsdecode(b"caf\xe9.png")).stat().st_size > 0

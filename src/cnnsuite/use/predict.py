@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -167,7 +168,8 @@ def predict_to_folder(
             if item is None:
                 failed.append(record)
             elif pictures:
-                predictor.model.render_prediction(item, record, out_dir / "pictures" / names[Path(item.path)])
+                shown = replace(item, path=Path(printable(str(item.path))))  # its title
+                predictor.model.render_prediction(shown, record, out_dir / "pictures" / names[Path(item.path)])
     summary = {
         "checkpoint": str(predictor.ckpt_path),
         "input": str(input_path),
@@ -197,6 +199,13 @@ def clear_earlier_pictures(out_dir: Path) -> None:
                 picture.unlink()
 
 
+def printable(text: str) -> str:
+    """``text`` as a terminal or a picture can show it: a file name in another system's
+    encoding (Latin-1 ``café.png``) keeps its bytes as lone surrogates, which matplotlib and a
+    UTF-8 terminal refuse; each such byte is shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def summary_line(summary: dict, out_dir: Path, takes: str, errors: list[str]) -> str:
     """What a prediction did, for the terminal; ``takes``: what the model reads, in words,
     said where nothing given was one; ``errors``: why the inputs that failed did, the one
@@ -212,7 +221,7 @@ def summary_line(summary: dict, out_dir: Path, takes: str, errors: list[str]) ->
         line += f"; {len(summary['failed'])} could not be read: {', '.join(summary['failed'])}"
     if summary["ignored"]:
         line += f"; ignored {len(summary['ignored'])} files of other types"
-    return f"{line}\npredictions: {out_dir}/predictions.jsonl"
+    return printable(f"{line}\npredictions: {out_dir}/predictions.jsonl")
 
 
 def predict_main(argv: list[str]) -> None:
