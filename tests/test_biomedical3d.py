@@ -616,3 +616,19 @@ def test_a_volume_named_without_its_ending_is_told_by_its_first_bytes(tmp_path):
         assert dm.read_input(blob).sample.shape == (1, 8, 8, 8)
     assert dm.content_suffix(b"\x89PNG\r\n\x1a\n" + bytes(600)) is None
     assert dm.content_suffix(gzip.compress(b"not a volume" * 100)) is None
+
+
+def test_the_export_words_for_normalisation_give_read_inputs_values_for_a_constant_volume(tmp_path):
+    """Followed literally, "(x - its mean) / its std" makes a constant volume NaN, where the
+    reader (MONAI's NormalizeIntensity) gives zeros; and which std (over N or N - 1) it is
+    changes every value. The words say both, and followed so they give the reader's values."""
+    datamodule = Biomedical3DDataModule(data_dir=str(make_volume_folder(tmp_path / "user")), spatial_size=[8, 8, 8])
+    words = datamodule.describe_preprocessing()["normalisation"]
+    assert "standard deviation over all voxels, dividing by their count" in words
+    assert "a volume of one value becomes all zeros" in words
+    rng = np.random.default_rng(0)
+    for name, voxels in (("flat", np.full((8, 8, 8), 7.0)), ("random", rng.normal(3, 2, (8, 8, 8)))):
+        nib.save(nib.Nifti1Image(voxels.astype(np.float32), np.eye(4)), tmp_path / f"{name}.nii")
+        read = datamodule.read_input(tmp_path / f"{name}.nii").sample[0].numpy()
+        std = voxels.std() or 1.0  # numpy's std divides by the count
+        np.testing.assert_allclose(read, (voxels - voxels.mean()) / std, atol=1e-5)

@@ -346,7 +346,9 @@ class Biomedical3DDataModule(TaskDataModule):
             "orientation": "RAS (MONAI Orientation)",
             "spacing": f"resampled to {spacing} mm, bilinear" if spacing else "as stored (not resampled)",
             "resize": f"to {list(self.spatial_size)} voxels (D, H, W), trilinear",
-            "normalisation": "z-score of each volume on its own: (x - its mean) / its std (MONAI NormalizeIntensity)",
+            "normalisation": "z-score of each volume on its own: (x - its mean) / its std, the standard deviation "
+            "over all voxels, dividing by their count; a volume of one value becomes all zeros (its std taken as 1) "
+            "(MONAI NormalizeIntensity)",
             "layout": "(1, D, H, W)",
         }
 
