@@ -225,3 +225,23 @@ def test_pillows_own_limit_follows_the_pixel_limit(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=r"(?s)skipping 1 of .*big.png: declares 10000x9500"):
         datamodule.setup("fit")
         [len(datamodule.datasets[s]) for s in ("train", "val", "test")]
+
+
+def test_the_export_words_for_reading_as_gray_give_read_images_values(tmp_path):
+    """A colour JPEG read as gray is libjpeg's grayscale, up to a few levels from Pillow's
+    ``convert("L")`` that a program told only "as gray" would use; other files are Pillow's
+    ``convert("L")``. The words say which, and followed with Pillow they give read_image's values."""
+    from cnnsuite.data.images import describe_read
+
+    words = describe_read(1)
+    assert "image.draft('L', image.size)" in words and "convert('L')" in words
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "c.jpg", quality=85)
+    Image.fromarray(np.dstack([colour, colour[..., :1]])).save(tmp_path / "c.png")
+    for name in ("c.jpg", "c.png"):
+        image = Image.open(tmp_path / name)
+        if image.format == "JPEG":
+            image.draft("L", image.size)
+        expected = np.array(image.convert("L"), np.float32) / 255
+        np.testing.assert_allclose(read_image(tmp_path / name, 1)[0].numpy(), expected, atol=1e-6)  # no level apart

@@ -63,7 +63,7 @@ from cnnsuite.data.coco import (
     voc_split_lists,
 )
 from cnnsuite.data.digits import digit_scans, digit_split
-from cnnsuite.data.images import read_image_with_picture
+from cnnsuite.data.images import describe_read, read_image_with_picture
 from cnnsuite.errors import ConfigError, StateError
 
 from .default_data import (
@@ -339,8 +339,7 @@ class DetectionDataModule(TaskDataModule):
 
     def describe_preprocessing(self) -> dict:
         return {
-            "read": f"decoded upright (EXIF orientation applied) as {'gray' if self.in_channels == 1 else 'RGB'}, "
-            "at its own size",
+            "read": describe_read(self.in_channels) + ", at its own size",
             "scale": "to [0, 1]: 8-bit values / 255, 16-bit / 65535",
             "layout": "channels first: (C, H, W); resizing and normalisation happen when images are batched",
         }

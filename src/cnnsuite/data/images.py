@@ -171,11 +171,24 @@ def symmetric_normalisation(channels: int) -> tuple[list[float], list[float]]:
     return [0.5] * channels, [0.5] * channels
 
 
+def describe_read(channels: int) -> str:
+    """How :func:`read_image` decodes a file, in words exact enough to do the same elsewhere
+    (for the JSON beside an export): a colour JPEG read as gray is libjpeg's own grayscale
+    output, which differs from Pillow's ``convert("L")`` of its RGB by a few levels."""
+    if channels != 1:
+        return "decoded upright (EXIF orientation applied) as RGB (a gray image's value in all three, alpha dropped)"
+    return (
+        "decoded upright (EXIF orientation applied) as gray: a JPEG as libjpeg decodes it to grayscale (its "
+        "luma channel; in Pillow, image.draft('L', image.size) before reading), any other colour image as "
+        "Pillow's convert('L') (ITU-R 601-2 luma, alpha dropped), a 16-bit gray image at 16 bits"
+    )
+
+
 def describe_image_preprocessing(channels: int, size: int | None, mean: list[float], std: list[float]) -> dict:
     """The JSON description of :func:`read_image` followed by a square resize, scaling to
     [0, 1] and per-channel normalisation (the 2D image tasks)."""
     return {
-        "read": f"decoded upright (EXIF orientation applied) as {'gray' if channels == 1 else 'RGB'}",
+        "read": describe_read(channels),
         **({"resize": f"to {size}x{size} px, bilinear with antialiasing (aspect ratio not kept)"} if size else {}),
         "scale": "to [0, 1]: 8-bit values / 255, 16-bit / 65535",
         "normalisation": {"mean": list(mean), "std": list(std), "formula": "(x - mean) / std, per channel"},
