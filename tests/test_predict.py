@@ -384,3 +384,21 @@ def test_file_names_that_are_not_utf8_are_predicted_and_said(recognition, tmp_pa
     lines = read_lines(out / "predictions.jsonl")  # the path as the file system has it, escaped
     assert [line["path"] for line in lines] == [str(inputs / os.fsdecode(n)) for n in (b"bad\xff.png", b"caf\xe9.png")]
     assert (out / "pictures" / os.fsdecode(b"caf\xe9.png")).stat().st_size > 0
+
+
+def test_a_folder_nested_past_pythons_recursion_limit_is_walked(tmp_path):
+    """rglob walks a tree by recursion: a folder a thousand deep (an archive made so) ended
+    predict in a RecursionError traceback. Linked folders are still listed, not entered."""
+    predictor = Predictor.__new__(Predictor)
+    predictor.datamodule = type(
+        "Images", (), {"is_input": staticmethod(lambda p: p.suffix == ".png" and p.is_file())}
+    )()
+    (tmp_path / "top.png").touch()
+    deep = tmp_path
+    for _ in range(1100):
+        deep = deep / "a"
+        deep.mkdir()
+    (deep / "x.png").touch()
+    (tmp_path / "linked").symlink_to(tmp_path / "a")
+    inputs, ignored = predictor.find_inputs(tmp_path)
+    assert inputs == [deep / "x.png", tmp_path / "top.png"] and not ignored

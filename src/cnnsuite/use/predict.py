@@ -14,6 +14,7 @@ input under ``pictures/``, and a summary line. ``cnnsuite serve`` answers with t
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -72,7 +73,7 @@ class Predictor:
         if root.is_file() or self.datamodule.is_input(root):
             return [root], []
         inputs, ignored, folders = [], [], set()
-        for path in sorted(root.rglob("*")):
+        for path in walk(root):
             if folders and any(parent in folders for parent in path.parents):
                 continue  # a file of a series folder already taken whole
             if self.datamodule.is_input(path):
@@ -113,6 +114,23 @@ class Predictor:
         if bad is not None:
             return {"path": str(item.path), "error": f"{item.path}: the model's output is not finite ({bad})"}
         return {"path": str(item.path), **prediction}
+
+
+def walk(root: Path) -> list[Path]:
+    """Every file and folder under ``root``, sorted, as ``sorted(root.rglob("*"))`` lists them
+    (a linked folder listed, not entered; one that cannot be listed skipped), without
+    recursion: a folder nested a thousand deep ended rglob in a RecursionError."""
+    found, folders = [], [root]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            found.append(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(found[-1])
+    return sorted(found)
 
 
 def picture_names(paths: list[Path], root: Path) -> dict[Path, str]:
