@@ -402,3 +402,17 @@ def test_a_folder_nested_past_pythons_recursion_limit_is_walked(tmp_path):
     (tmp_path / "linked").symlink_to(tmp_path / "a")
     inputs, ignored = predictor.find_inputs(tmp_path)
     assert inputs == [deep / "x.png", tmp_path / "top.png"] and not ignored
+
+
+def test_picture_names_fit_a_file_systems_limit_however_deep_the_input():
+    """A picture is named after its input's path below the folder, flattened: a long file name
+    in a sub-folder, or a deep tree, made a name over the 255 bytes a file system takes, and
+    predict ended at that picture with 'File name too long'. Long names keep their end."""
+    root = Path("/inputs")
+    long_file = root / ("album " * 10) / ("é" * 100 + ".jpg")  # 200 bytes of name in a folder
+    deep = root.joinpath(*["a"] * 300, "x.png")
+    twins = [root / "d" / ("y" * 300 + ".png"), root / "e" / ("y" * 300 + ".png")]
+    names = picture_names([long_file, deep, *twins], root)
+    assert all(len(name.encode()) <= 255 for name in names.values()), names
+    assert names[long_file].endswith("é" * 20 + ".png") and names[deep].endswith("a__a__x.png")
+    assert len(set(names.values())) == 4

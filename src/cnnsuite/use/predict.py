@@ -133,18 +133,35 @@ def walk(root: Path) -> list[Path]:
     return sorted(found)
 
 
+#: the most bytes of a picture's name before its number and ``.png`` (file systems take 255)
+PICTURE_STEM_BYTES = 200
+
+
+def shortened(stem: str) -> str:
+    """``stem`` in at most :data:`PICTURE_STEM_BYTES` bytes: a longer one keeps its end (the
+    input's own name), after ``…``, cut at a character's start."""
+    raw = stem.encode("utf-8", "surrogateescape")
+    if len(raw) <= PICTURE_STEM_BYTES:
+        return stem
+    tail = raw[len(raw) - PICTURE_STEM_BYTES + len("…".encode()) :]
+    while tail and 0x80 <= tail[0] < 0xC0:  # a continuation byte: the character began before the cut
+        tail = tail[1:]
+    return "…" + tail.decode("utf-8", "surrogateescape")
+
+
 def picture_names(paths: list[Path], root: Path) -> dict[Path, str]:
     """A flat, unique PNG name for each of ``paths`` (inputs under the folder ``root``): the
     path relative to ``root`` with ``__`` for its separators and ``.png`` for its suffix
     (``cats/tom.jpg`` → ``cats__tom.png``); inputs that would share a name (``tom.jpg`` and
     ``tom.png``) keep their own suffix before it (``tom.jpg.png``), and a name still shared
-    (``a/b.png`` and ``a__b.png``) is numbered after the first (``a__b.png-2.png``)."""
+    (``a/b.png`` and ``a__b.png``) is numbered after the first (``a__b.png-2.png``); a name
+    too long for a file system keeps its end (:func:`shortened`)."""
     relative = {p: p.relative_to(root) if p != root and root in p.parents else Path(p.name) for p in paths}
     stems = {p: "__".join(r.with_suffix("").parts) for p, r in relative.items()}
     counts = Counter(stems.values())
     names, used = {}, set()
     for p in paths:
-        stem = stems[p] if counts[stems[p]] == 1 else "__".join(relative[p].parts)
+        stem = shortened(stems[p] if counts[stems[p]] == 1 else "__".join(relative[p].parts))
         name, number = f"{stem}.png", 1
         while name in used:
             number += 1
