@@ -388,19 +388,28 @@ def test_file_names_that_are_not_utf8_are_predicted_and_said(recognition, tmp_pa
 
 def test_a_folder_nested_past_pythons_recursion_limit_is_walked(tmp_path):
     """rglob walks a tree by recursion: a folder a thousand deep (an archive made so) ended
-    predict in a RecursionError traceback. Linked folders are still listed, not entered."""
+    predict in a RecursionError traceback. Here the limit is lowered to 100 frames above the
+    test's own instead, under a tree 200 deep. Linked folders are still listed, not entered."""
+    import sys
+
     predictor = Predictor.__new__(Predictor)
     predictor.datamodule = type(
         "Images", (), {"is_input": staticmethod(lambda p: p.suffix == ".png" and p.is_file())}
     )()
     (tmp_path / "top.png").touch()
-    deep = tmp_path
-    for _ in range(1100):
-        deep = deep / "a"
-        deep.mkdir()
+    deep = tmp_path.joinpath(*["a"] * 200)
+    deep.mkdir(parents=True)
     (deep / "x.png").touch()
     (tmp_path / "linked").symlink_to(tmp_path / "a")
-    inputs, ignored = predictor.find_inputs(tmp_path)
+    frames, frame = 0, sys._getframe()
+    while frame is not None:
+        frames, frame = frames + 1, frame.f_back
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(frames + 100)
+    try:
+        inputs, ignored = predictor.find_inputs(tmp_path)
+    finally:
+        sys.setrecursionlimit(limit)
     assert inputs == [deep / "x.png", tmp_path / "top.png"] and not ignored
 
 
