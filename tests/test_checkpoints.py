@@ -19,6 +19,7 @@ from cnnsuite.cli import main
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.trust.checkpoint import rebuild
+from cnnsuite.trust.untrusted import MAX_COLLIDING
 from cnnsuite.use.evaluate import evaluate
 from cnnsuite.use.predict import Predictor
 
@@ -974,3 +975,120 @@ def test_a_long_list_among_a_checkpoints_arguments_is_checked_by_its_typical_ite
     assert f"many.ckpt: {expected}" in error and error.count("many.ckpt") == 1, error
     checked = [cfg["args"]["class_names"] for cfg in handed if "class_names" in cfg.get("args", {})]
     assert all(len(names) <= 65 for names in checked) and bool(checked) == isinstance(first, str)
+
+
+#: 2**61 - 1, the modulus of CPython's numeric hash: the ints k * P all hash to 0
+HASH_MODULUS = (1 << 61) - 1
+
+
+def ops(value) -> bytes:
+    """The opcodes that push ``value`` (protocol 2, without the header and the STOP)."""
+    return pickle.dumps(value, protocol=2)[2:-1]
+
+
+def mapping_keyed(keys) -> bytes:
+    """A pickle of ``{key: 0 for key in keys}``, written without building it (which would cost
+    what the file is made to cost)."""
+    return b"\x80\x02}(" + b"".join(ops(key) + b"K\x00" for key in keys) + b"u."
+
+
+def called(name: bytes, items) -> bytes:
+    """A pickle of ``name(list(items))``, ``name`` a global as ``module\\nname``."""
+    return b"\x80\x02c" + name + b"\n](" + b"".join(ops(item) for item in items) + b"e\x85R."
+
+
+def minus_ones(length: int) -> list[tuple]:
+    """The 2**length tuples of -1 and -2: all of one hash, as hash(-1) == hash(-2)."""
+    import itertools
+
+    return list(itertools.product((-1, -2), repeat=length))
+
+
+COLLIDING = [k * HASH_MODULUS for k in range(1, 2001)]
+MOST_COLLIDING = {k: 0 for k in COLLIDING[:MAX_COLLIDING]}
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [
+        pytest.param(mapping_keyed(COLLIDING), id="a mapping keyed by ints k * (2**61 - 1), all of hash 0"),
+        pytest.param(mapping_keyed(minus_ones(8)), id="a mapping keyed by tuples of -1 and -2"),
+        pytest.param(called(b"__builtin__\nset", COLLIDING), id="set() of a list of colliding ints"),
+        pytest.param(called(b"collections\nCounter", COLLIDING), id="Counter() of a list of colliding ints"),
+        pytest.param(
+            called(b"collections\nOrderedDict", [(key, i) for i, key in enumerate(COLLIDING)]),
+            id="OrderedDict() of pairs whose first items collide",
+        ),
+        pytest.param(
+            b"\x80\x02c__builtin__\nset\n(" + b"".join(ops(k) for k in COLLIDING) + b"t\x85R.",
+            id="set() of a tuple of colliding ints",
+        ),
+        pytest.param(
+            mapping_keyed([complex(1000003 * k, -k) for k in range(1, 2001)]), id="complex keys, all of hash 0"
+        ),
+        pytest.param(mapping_keyed([("a", k) for k in COLLIDING]), id="tuples of one string and a colliding int"),
+        pytest.param(mapping_keyed([(b"x", k) for k in COLLIDING]), id="tuples of equal bytes, each made anew"),
+        pytest.param(mapping_keyed([torch.Size([k]) for k in COLLIDING]), id="torch.Size keys"),
+        pytest.param(  # L = [[], [], ...]; each inner list then given a colliding int and 0; OrderedDict(L)
+            b"\x80\x02]("
+            + b"".join(b"]q" + bytes([i]) for i in range(200))
+            + b"eq\xc8"
+            + b"".join(b"h" + bytes([i]) + b"(" + ops(COLLIDING[i]) + b"K\x00e" for i in range(200))
+            + b"ccollections\nOrderedDict\nh\xc8\x85R.",
+            id="OrderedDict() of list pairs given their items after they went into the list",
+        ),  # fmt: skip
+        pytest.param(  # OrderedDict() updated from 40 mappings of 2 colliding keys each (BUILD)
+            b"\x80\x02ccollections\nOrderedDict\n)R"
+            + b"".join(
+                b"}(" + ops(COLLIDING[2 * i]) + b"K\x00" + ops(COLLIDING[2 * i + 1]) + b"K\x00ub" for i in range(40)
+            )
+            + b".",
+            id="an OrderedDict's attributes updated from many mappings",
+        ),  # fmt: skip
+    ],
+)
+def test_a_file_of_keys_made_to_collide_is_refused_before_torch_unpickles_it(tmp_path, monkeypatch, pickled):
+    """Keys of one hash make a mapping or set take time quadratic in their number to build, inside
+    ``torch.load``: a mapping of 40,000 ints ``k * (2**61 - 1)`` (560 KB) took it 18 s, 9 MB would
+    take an hour. The pickle's opcodes are read first and the file refused: torch.load is never
+    called."""
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    def unreached(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    write_pickle(tmp_path / "keyed.ckpt", pickled)
+    monkeypatch.setattr(torch, "load", unreached)
+    with pytest.raises(
+        ValueError, match=rf"keyed.ckpt: cannot load as a checkpoint \(over {MAX_COLLIDING} different keys"
+    ):
+        load_checkpoint(tmp_path / "keyed.ckpt")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param([0] * 10_000, id="a list of ten thousand zeros"),
+        pytest.param([tuple([3, 224, 224]) for _ in range(10_000)], id="ten thousand equal tuples, each pickled anew"),
+        pytest.param({-1: 0, -2: 0, 0: 0, HASH_MODULUS: 0}, id="a few keys of one hash"),
+        pytest.param(MOST_COLLIDING, id="as many keys of one hash as allowed"),
+        pytest.param([f"scan_{i}.nii.gz" for i in range(20_000)], id="a long split"),
+        pytest.param({i: (i, float(i), complex(i, 1)) for i in range(5_000)}, id="five thousand numbers"),
+    ],
+)
+def test_a_file_of_equal_or_few_colliding_values_is_kept(tmp_path, value):
+    """Equal values take one place in a mapping, so however many there are they count once, and
+    chance collisions are few: real files hold lists of zeros and of equal shapes."""
+    from cnnsuite.trust.untrusted import check_tuples
+
+    torch.save(value, tmp_path / "kept.pt")
+    check_tuples(tmp_path / "kept.pt", "kept")
+
+
+def test_a_trained_checkpoint_and_its_optimizer_state_are_kept(trained):
+    """A checkpoint a run wrote (weights, optimizer state, split, hyper-parameters) passes the scan."""
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    _, run = trained
+    for path in sorted(run.rglob("*.ckpt")):
+        assert load_checkpoint(path)["state_dict"]
