@@ -1092,3 +1092,42 @@ def test_a_trained_checkpoint_and_its_optimizer_state_are_kept(trained):
     _, run = trained
     for path in sorted(run.rglob("*.ckpt")):
         assert load_checkpoint(path)["state_dict"]
+
+
+INTS = b"".join(b"M" + i.to_bytes(2, "little") for i in range(2000))  # 2,000 ints, 3 bytes each
+KEYED = b"}q\x01(" + b"".join(b"M" + i.to_bytes(2, "little") + b"K\x00" for i in range(2000)) + b"u"
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [
+        pytest.param(  # L = list(range(2000)); set(L) a thousand times over, 6 bytes each
+            b"\x80\x02]q\x01(" + INTS + b"ecbuiltins\nset\nq\x03" + b"h\x03h\x01\x85R" * 1000 + b".",
+            id="set() of one list of ints again and again",
+        ),
+        pytest.param(  # D = {i: 0 for i in range(2000)}; Counter(D) a thousand times over
+            b"\x80\x02" + KEYED + b"ccollections\nCounter\nq\x03" + b"h\x03h\x01\x85R" * 1000 + b".",
+            id="Counter() of one mapping again and again",
+        ),
+        pytest.param(  # an OrderedDict's attributes updated from D a thousand times over (BUILD)
+            b"\x80\x02ccollections\nOrderedDict\n)R" + KEYED + b"b" + b"h\x01b" * 1000 + b".",
+            id="an OrderedDict's attributes updated from one mapping again and again",
+        ),
+    ],
+)
+def test_a_file_whose_calls_read_one_list_over_and_over_is_refused_before_torch_unpickles_it(
+    tmp_path, monkeypatch, pickled
+):
+    """``set(L)`` reads all of ``L``, and a pickle can hand it the same list at every call for 6
+    bytes: 84 KB calling ``set()`` 4,000 times over a list of 20,000 ints took ``torch.load``
+    14 s, keeping 4,000 sets, and a megabyte would take hours. The calls' reads are counted from
+    the opcodes first and the file refused: torch.load is never called."""
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    def unreached(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    write_pickle(tmp_path / "called.ckpt", pickled)
+    monkeypatch.setattr(torch, "load", unreached)
+    with pytest.raises(ValueError, match=r"called.ckpt: cannot load as a checkpoint \(its calls are handed lists and"):
+        load_checkpoint(tmp_path / "called.ckpt")

@@ -45,7 +45,10 @@ def check_tuples(path: Path, failure: str) -> None:
     every tuple handed on (made, or referenced again, itself or in a list, mapping or object
     that holds it: ``set(L)`` hashes ``L``'s tuples) adds its size; past
     :data:`MAX_TUPLE_EXPANSION` times the pickled bytes (and :data:`TUPLE_FLOOR`) the file is
-    refused. The same pass refuses a list, mapping or tuple holding more than
+    refused. So is a file whose calls (``REDUCE``, ``BUILD``) are handed lists and mappings of
+    as many items in all, which each call reads in full: ``set(L)`` a thousand times over a
+    list of a thousand ints is 6 KB more, and takes a million steps and a thousand sets of memory.
+    The same pass refuses a list, mapping or tuple holding more than
     :data:`MAX_COLLIDING` different values of one hash (see :func:`_tuple_values`): building a
     mapping or set of such keys takes time quadratic in their number, and ints ``k * (2**61 - 1)``
     all hash to 0, so a 9 MB mapping of them would take ``torch.load`` about an hour. What does
@@ -55,9 +58,9 @@ def check_tuples(path: Path, failure: str) -> None:
             if torch.serialization._is_zipfile(file):
                 with torch.serialization._open_zipfile_reader(str(path)) as archive:
                     data = archive.get_record("data.pkl")
-                handed, held = _tuple_values(io.BytesIO(data), 1), len(data)
+                (handed, called), held = _tuple_values(io.BytesIO(data), 1), len(data)
             else:  # the legacy format: pickles one after another, then the storages' raw bytes
-                handed, held = _tuple_values(file, LEGACY_PICKLES), path.stat().st_size
+                (handed, called), held = _tuple_values(file, LEGACY_PICKLES), path.stat().st_size
     except _Colliding:
         raise BadFileError(
             f"{failure} (over {MAX_COLLIDING} different keys of one hash in one list, mapping or tuple: keys made "
@@ -69,6 +72,12 @@ def check_tuples(path: Path, failure: str) -> None:
         raise BadFileError(
             f"{failure} (its tuples come to {handed:,} values when read in full, from {held:,} bytes: tuples "
             "referenced over and over; expected a file torch.save wrote)"
+        )
+    if called > max(TUPLE_FLOOR, MAX_TUPLE_EXPANSION * held):
+        raise BadFileError(
+            f"{failure} (its calls are handed lists and mappings of {called:,} items in all, from {held:,} bytes: "
+            "lists or mappings handed to set(), Counter() or OrderedDict() over and over; expected a file torch.save "
+            "wrote)"
         )
 
 
@@ -118,12 +127,13 @@ class _Cell:
     ``items``, a tuple's cells; ``name``, a global's; ``tally``, a container's (items or keys, and
     its items' first items: ``OrderedDict(L)`` hashes those of ``L``'s pairs) hash -> the keys
     seen; ``first``, a list's first item or a mapping's first key (a pair's, for ``OrderedDict()``),
-    and until it is given one, ``parents``, the containers it went into."""
+    and until it is given one, ``parents``, the containers it went into; ``length``, a list's
+    items or a mapping's keys, what a call given it reads."""
 
-    __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents")
+    __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "length")
 
     def __init__(self, size: int = 0, key: int | None = _UNHASHABLE, hash_: int = 0):
-        self.size, self.key, self.hash = size, key, hash_
+        self.size, self.key, self.hash, self.length = size, key, hash_, 0
         self.scalar, self.items, self.name, self.tally, self.first, self.parents = _UNSET, None, None, None, None, None
 
 
@@ -267,16 +277,17 @@ def _scalar_bytes(value: object) -> bytes | None:
     return b"n"  # None
 
 
-def _tuple_values(stream, count: int) -> int:
-    """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on
-    (see :func:`check_tuples`); as far as they read as opcodes. Each object on the stack is a
+def _tuple_values(stream, count: int) -> tuple[int, int]:
+    """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on,
+    and the items of the lists and mappings handed to calls (see :func:`check_tuples`); as far
+    as they read as opcodes. Each object on the stack is a
     cell (:class:`_Cell`) shared with the memo: a list or a mapping filled with tuples (or an
     object built from them) handed on again, to ``set()`` say, which hashes them all, counts
     them again as a tuple does. Each list, mapping and tuple counts the different values of
     each hash it is given (:meth:`_Numbering.tally`): ``set()``, ``Counter()`` and
     ``OrderedDict()`` hash a list's or tuple's items, a mapping hashes its keys; equal values
     (a list of zeros, equal shapes) count once, as they take one place in a mapping."""
-    handed, numbering = 0, _Numbering()
+    handed, called, numbering = 0, 0, _Numbering()
     for _ in range(count):
         stack: list[_Cell | None] = []  # None for a mark
         memo: dict[int, _Cell | None] = {}
@@ -323,19 +334,24 @@ def _tuple_values(stream, count: int) -> int:
                         cell.size += sum(c.size for c in popped[1:])
                         if name == "BUILD":
                             numbering.built(cell, popped[1])
+                            called += popped[1].length + sum(c.length for c in popped[1].items or ())
                         else:
+                            cell.length += len(popped) // 2 if name.startswith("SET") else len(popped) - 1
                             numbering.filled(cell, popped[1::2] if name.startswith("SET") else popped[1:])
                     elif name in ("REDUCE", "NEWOBJ"):  # what a call makes holds what it was given
                         cell = _Cell(sum(c.size for c in popped))
                         numbering.made(cell, popped[0].name, popped[1:])
+                        read = sum(c.length for c in popped[1].items or ())
+                        cell.length = read if popped[0].name in _CONTAINERS else 0  # set(L) holds what L does
+                        called += read
                     else:  # a new list, mapping or set, or a storage (torch's persistent id)
                         cell = _Cell(sum(c.size for c in popped))
                         if name == "BINPERSID":
                             numbering.made(cell, name, popped)
                     stack += [cell] * len(opcode.stack_after)
         except (ValueError, IndexError, KeyError, TypeError, AttributeError):  # torch.load says what it is
-            return handed
-    return handed
+            return handed, called
+    return handed, called
 
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], source: object) -> None:
