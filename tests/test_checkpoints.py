@@ -1131,3 +1131,20 @@ def test_a_file_whose_calls_read_one_list_over_and_over_is_refused_before_torch_
     monkeypatch.setattr(torch, "load", unreached)
     with pytest.raises(ValueError, match=r"called.ckpt: cannot load as a checkpoint \(its calls are handed lists and"):
         load_checkpoint(tmp_path / "called.ckpt")
+
+
+def test_the_scan_stops_reading_calls_once_they_pass_the_bound(tmp_path, monkeypatch):
+    """An ``OrderedDict`` updated (``BUILD``) from one mapping of 2,000 keys 5,000 times over: the
+    scan adds the mapping's keys at each update, so it must stop at the bound on what calls are
+    handed, not count all ten million: the guard itself must stay linear in the file."""
+    from cnnsuite.trust.untrusted import TUPLE_FLOOR, _Numbering, check_tuples
+
+    added = []
+    add = _Numbering._add
+    monkeypatch.setattr(_Numbering, "_add", staticmethod(lambda *args: added.append(1) or add(*args)))
+    write_pickle(
+        tmp_path / "built.ckpt", b"\x80\x02ccollections\nOrderedDict\n)R" + KEYED + b"b" + b"h\x01b" * 5000 + b"."
+    )
+    with pytest.raises(ValueError, match=r"built.ckpt \(its calls are handed lists and mappings of over"):
+        check_tuples(tmp_path / "built.ckpt", "built.ckpt")
+    assert len(added) <= TUPLE_FLOOR + 2 * 2000, len(added)

@@ -58,9 +58,17 @@ def check_tuples(path: Path, failure: str) -> None:
             if torch.serialization._is_zipfile(file):
                 with torch.serialization._open_zipfile_reader(str(path)) as archive:
                     data = archive.get_record("data.pkl")
-                (handed, called), held = _tuple_values(io.BytesIO(data), 1), len(data)
+                stream, count, held = io.BytesIO(data), 1, len(data)
             else:  # the legacy format: pickles one after another, then the storages' raw bytes
-                (handed, called), held = _tuple_values(file, LEGACY_PICKLES), path.stat().st_size
+                stream, count, held = file, LEGACY_PICKLES, path.stat().st_size
+            bound = max(TUPLE_FLOOR, MAX_TUPLE_EXPANSION * held)
+            handed = _tuple_values(stream, count, bound)
+    except _CalledTooMuch:
+        raise BadFileError(
+            f"{failure} (its calls are handed lists and mappings of over {bound:,} items in all, from {held:,} "
+            "bytes: lists or mappings handed to set(), Counter() or OrderedDict() over and over; expected a file "
+            "torch.save wrote)"
+        ) from None
     except _Colliding:
         raise BadFileError(
             f"{failure} (over {MAX_COLLIDING} different keys of one hash in one list, mapping or tuple: keys made "
@@ -68,16 +76,10 @@ def check_tuples(path: Path, failure: str) -> None:
         ) from None
     except Exception:  # not a file torch reads (torch's reader raises RuntimeError): torch.load names it
         return
-    if handed > max(TUPLE_FLOOR, MAX_TUPLE_EXPANSION * held):
+    if handed > bound:
         raise BadFileError(
             f"{failure} (its tuples come to {handed:,} values when read in full, from {held:,} bytes: tuples "
             "referenced over and over; expected a file torch.save wrote)"
-        )
-    if called > max(TUPLE_FLOOR, MAX_TUPLE_EXPANSION * held):
-        raise BadFileError(
-            f"{failure} (its calls are handed lists and mappings of {called:,} items in all, from {held:,} bytes: "
-            "lists or mappings handed to set(), Counter() or OrderedDict() over and over; expected a file torch.save "
-            "wrote)"
         )
 
 
@@ -99,6 +101,11 @@ _LATIN_1 = "latin1"
 #: the globals ``weights_only`` allows that make a mapping or set (unhashable, filled later)
 _CONTAINERS = ("collections OrderedDict", "collections Counter", "builtins set", "builtins bytearray")
 _UNHASHABLE, _UNSET = -1, object()
+
+
+class _CalledTooMuch(Exception):
+    """Raised by the scan as soon as calls were handed more items than its bound: it stops there, as
+    each ``BUILD`` adds its mapping's keys to the object's, work the bound keeps linear."""
 
 
 class _Colliding(Exception):
@@ -277,10 +284,10 @@ def _scalar_bytes(value: object) -> bytes | None:
     return b"n"  # None
 
 
-def _tuple_values(stream, count: int) -> tuple[int, int]:
-    """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on,
-    and the items of the lists and mappings handed to calls (see :func:`check_tuples`); as far
-    as they read as opcodes. Each object on the stack is a
+def _tuple_values(stream, count: int, bound: int) -> int:
+    """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on, as
+    far as they read as opcodes; :class:`_CalledTooMuch` once the lists and mappings handed to
+    calls (see :func:`check_tuples`) come to more than ``bound`` items. Each object on the stack is a
     cell (:class:`_Cell`) shared with the memo: a list or a mapping filled with tuples (or an
     object built from them) handed on again, to ``set()`` say, which hashes them all, counts
     them again as a tuple does. Each list, mapping and tuple counts the different values of
@@ -333,8 +340,10 @@ def _tuple_values(stream, count: int) -> tuple[int, int]:
                         cell = popped[0]
                         cell.size += sum(c.size for c in popped[1:])
                         if name == "BUILD":
-                            numbering.built(cell, popped[1])
                             called += popped[1].length + sum(c.length for c in popped[1].items or ())
+                            if called > bound:  # before the keys are added: the bound keeps this linear
+                                raise _CalledTooMuch
+                            numbering.built(cell, popped[1])
                         else:
                             cell.length += len(popped) // 2 if name.startswith("SET") else len(popped) - 1
                             numbering.filled(cell, popped[1::2] if name.startswith("SET") else popped[1:])
@@ -344,14 +353,16 @@ def _tuple_values(stream, count: int) -> tuple[int, int]:
                         read = sum(c.length for c in popped[1].items or ())
                         cell.length = read if popped[0].name in _CONTAINERS else 0  # set(L) holds what L does
                         called += read
+                        if called > bound:
+                            raise _CalledTooMuch
                     else:  # a new list, mapping or set, or a storage (torch's persistent id)
                         cell = _Cell(sum(c.size for c in popped))
                         if name == "BINPERSID":
                             numbering.made(cell, name, popped)
                     stack += [cell] * len(opcode.stack_after)
         except (ValueError, IndexError, KeyError, TypeError, AttributeError):  # torch.load says what it is
-            return handed, called
-    return handed, called
+            return handed
+    return handed
 
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], source: object) -> None:
