@@ -1005,6 +1005,19 @@ def minus_ones(length: int) -> list[tuple]:
 
 
 COLLIDING = [k * HASH_MODULUS for k in range(1, 2001)]
+
+
+def updated_from_pairs(opening: bytes, closing: bytes) -> bytes:
+    """A pickle of an OrderedDict whose attributes are updated (``BUILD``) from 40 lists or tuples
+    of 50 pairs ``(k, i)`` each: keys of hash 0, pairs of different hashes."""
+    pairs = (ops((k, i)) for i, k in enumerate(COLLIDING))
+    return (
+        b"\x80\x02ccollections\nOrderedDict\n)R"
+        + b"".join(opening + b"".join(next(pairs) for _ in range(50)) + closing + b"b" for _ in range(40))
+        + b"."
+    )
+
+
 MOST_COLLIDING = {k: 0 for k in COLLIDING[:MAX_COLLIDING]}
 
 
@@ -1044,6 +1057,30 @@ MOST_COLLIDING = {k: 0 for k in COLLIDING[:MAX_COLLIDING]}
             )
             + b".",
             id="an OrderedDict's attributes updated from many mappings",
+        ),  # fmt: skip
+        pytest.param(
+            updated_from_pairs(b"(", b"t"), id="an OrderedDict's attributes updated from many tuples of pairs"
+        ),
+        pytest.param(
+            updated_from_pairs(b"](", b"e"), id="an OrderedDict's attributes updated from many lists of pairs"
+        ),
+        pytest.param(  # OrderedDict([Counter((k, 0)), ...]): each Counter iterates as the pair k, 0
+            b"\x80\x02ccollections\nOrderedDict\n]("
+            + b"".join(
+                (b"ccollections\nCounter\nq\x01" if i == 0 else b"h\x01") + ops(k) + b"K\x00\x86\x85R"
+                for i, k in enumerate(COLLIDING)
+            )
+            + b"e\x85R.",
+            id="OrderedDict() of Counter pairs whose first items collide",
+        ),  # fmt: skip
+        pytest.param(  # OrderedDict([set([k, 0]), ...]): each set iterates as the pair k, 0
+            b"\x80\x02ccollections\nOrderedDict\n]("
+            + b"".join(
+                (b"c__builtin__\nset\nq\x01" if i == 0 else b"h\x01") + b"](" + ops(k) + b"K\x00e\x85R"
+                for i, k in enumerate(COLLIDING)
+            )
+            + b"e\x85R.",
+            id="OrderedDict() of set pairs whose first items collide",
         ),  # fmt: skip
     ],
 )

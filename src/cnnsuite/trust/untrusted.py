@@ -134,14 +134,16 @@ class _Cell:
     ``items``, a tuple's cells; ``name``, a global's; ``tally``, a container's (items or keys, and
     its items' first items: ``OrderedDict(L)`` hashes those of ``L``'s pairs) hash -> the keys
     seen; ``first``, a list's first item or a mapping's first key (a pair's, for ``OrderedDict()``),
-    and until it is given one, ``parents``, the containers it went into; ``length``, a list's
-    items or a mapping's keys, what a call given it reads."""
+    and until it is given one, ``parents``, the containers it went into; ``source``, what a set,
+    ``Counter()`` or ``OrderedDict()`` was made from, whose values it iterates (one of them first);
+    ``length``, a list's items or a mapping's keys, what a call given it reads."""
 
-    __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "length")
+    __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "source", "length")
 
     def __init__(self, size: int = 0, key: int | None = _UNHASHABLE, hash_: int = 0):
         self.size, self.key, self.hash, self.length = size, key, hash_, 0
         self.scalar, self.items, self.name, self.tally, self.first, self.parents = _UNSET, None, None, None, None, None
+        self.source = None
 
 
 class _Numbering:
@@ -214,6 +216,8 @@ class _Numbering:
         for item in items:
             if item.first is not None:
                 self._count(cell.tally[1], item.first)
+            elif item.source is not None:  # a set or Counter of two values is a pair too, either first
+                self._merge(cell.tally[1], item.source, few=True)
             elif item.key == _UNHASHABLE and item.items is None:  # a list or mapping given its first item later
                 item.parents = item.parents or []
                 item.parents.append(cell)
@@ -230,17 +234,25 @@ class _Numbering:
         self.tally(cell, items)
 
     def built(self, cell: _Cell, state: _Cell) -> None:
-        """``BUILD`` updates ``cell``'s attributes from mapping ``state`` (or the first of a pair):
-        the keys of one hash in them add up, however many mappings they come from."""
-        if state.items is not None and len(state.items) == 2:
-            state = state.items[0]
-        if state.tally is None:
-            return
+        """``BUILD`` updates ``cell``'s attributes from ``state``: a mapping, or pairs (a list or
+        tuple of them, which ``dict.update`` takes too), or a pair of those (attributes and
+        slots). Their keys of one hash add up, however many updates they come from, so all
+        ``state`` may hand over (its keys or items, and its items' first items) counts."""
         if cell.tally is None:
             cell.tally = ({}, {})
-        for hash_, keys in state.tally[0].items():
-            for key in keys if isinstance(keys, set) else (keys,):
-                self._add(cell.tally[0], hash_, key)
+        for part in _parts(state):
+            self._merge(cell.tally[0], part)
+
+    def _merge(self, seen: dict[int, int | set[int]], source: _Cell, few: bool = False) -> None:
+        """Count in ``seen`` the values ``source`` holds (items or keys) and their first items;
+        with ``few``, only a part of at most two hashes: more make no pair."""
+        if source.items is not None and source.tally is None:  # a tuple, counted once
+            self.tally(source, source.items)
+        for part in source.tally or ():
+            if not few or len(part) <= 2:
+                for hash_, keys in part.items():
+                    for key in keys if isinstance(keys, set) else (keys,):
+                        self._add(seen, hash_, key)
 
     def _count(self, seen: dict[int, int | set[int]], item: _Cell) -> None:
         if isinstance(item.scalar, (str, bytes)) or self.identify(item) == _UNHASHABLE:
@@ -259,6 +271,11 @@ class _Numbering:
             found.add(key)
             if len(found) > MAX_COLLIDING:
                 raise _Colliding
+
+
+def _parts(cell: _Cell) -> list[_Cell]:
+    """``cell`` and, for a pair, its two items: what ``BUILD`` may read as attributes and slots."""
+    return [cell, *cell.items] if cell.items is not None and len(cell.items) == 2 else [cell]
 
 
 def _scalar_bytes(value: object) -> bytes | None:
@@ -340,7 +357,7 @@ def _tuple_values(stream, count: int, bound: int) -> int:
                         cell = popped[0]
                         cell.size += sum(c.size for c in popped[1:])
                         if name == "BUILD":
-                            called += popped[1].length + sum(c.length for c in popped[1].items or ())
+                            called += sum(c.length + len(c.items or ()) for c in _parts(popped[1]))
                             if called > bound:  # before the keys are added: the bound keeps this linear
                                 raise _CalledTooMuch
                             numbering.built(cell, popped[1])
@@ -351,7 +368,9 @@ def _tuple_values(stream, count: int, bound: int) -> int:
                         cell = _Cell(sum(c.size for c in popped))
                         numbering.made(cell, popped[0].name, popped[1:])
                         read = sum(c.length for c in popped[1].items or ())
-                        cell.length = read if popped[0].name in _CONTAINERS else 0  # set(L) holds what L does
+                        if popped[0].name in _CONTAINERS:  # set(L) holds what L does
+                            cell.length = read
+                            cell.source = popped[1].items[0] if len(popped[1].items or ()) == 1 else None
                         called += read
                         if called > bound:
                             raise _CalledTooMuch
