@@ -879,6 +879,21 @@ def test_a_file_whose_tuples_read_far_larger_is_refused_before_torch_unpickles_i
         load_checkpoint(tmp_path / "keyed.ckpt")
 
 
+def test_a_file_whose_scan_meets_an_error_still_has_what_came_before_counted(tmp_path):
+    """A mapping keyed by a tuple bomb, then 2,000 Counters each made from a pair holding the one
+    before (torch.load fails there, with a TypeError, after hashing the bomb): the scan, reading
+    their pairs, fails too, deep in its own calls, and must still count the tuples read so far."""
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    counters = b"h\xc8K\x01K\x00\x86\x85R"  # Counter(((1, 0),)), Counter's global memoised at 200
+    for _ in range(2000):
+        counters = b"h\xc8" + counters + b"K\x00\x86\x85R"  # Counter(((the one before, 0),))
+    keyed = keyed_by(nested_tuples(2, 26))[2:-1]
+    write_pickle(tmp_path / "keyed.ckpt", b"\x80\x02(" + keyed + b"ccollections\nCounter\nq\xc8]" + counters + b"at.")
+    with pytest.raises(ValueError, match=r"keyed.ckpt: cannot load as a checkpoint \(its tuples come to [\d,]+ "):
+        load_checkpoint(tmp_path / "keyed.ckpt")
+
+
 def test_a_file_in_torchs_legacy_format_has_its_tuples_read_too(tmp_path):
     """torch.load reads torch's format from before 1.6 too, pickles one after another: the
     object's comes fourth, after the magic number, the protocol version and the system's sizes."""

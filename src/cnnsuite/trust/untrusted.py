@@ -74,7 +74,7 @@ def check_tuples(path: Path, failure: str) -> None:
             f"{failure} (over {MAX_COLLIDING} different keys of one hash in one list, mapping or tuple: keys made "
             "to collide, which take time quadratic in their number to load; expected a file torch.save wrote)"
         ) from None
-    except Exception:  # not a file torch reads (torch's reader raises RuntimeError): torch.load names it
+    except Exception:  # not a file torch reads (torch's zip reader raises RuntimeError): torch.load names it
         return
     if handed > bound:
         raise BadFileError(
@@ -379,7 +379,9 @@ def _tuple_values(stream, count: int, bound: int) -> int:
                         if name == "BINPERSID":
                             numbering.made(cell, name, popped)
                     stack += [cell] * len(opcode.stack_after)
-        except (ValueError, IndexError, KeyError, TypeError, AttributeError):  # torch.load says what it is
+        except (_Colliding, _CalledTooMuch):
+            raise
+        except Exception:  # torch.load says what it is, no later: what came before is counted all the same
             return handed
     return handed
 
