@@ -1019,6 +1019,16 @@ def minus_ones(length: int) -> list[tuple]:
     return list(itertools.product((-1, -2), repeat=length))
 
 
+#: ``torch._tensor._rebuild_from_type_v2(func, new_type, args, state)``, which weights_only allows
+#: and which calls ``func(*args)``, any allowed global: memoised at 1, ``builtins.complex`` at 2
+REBUILT = b"ctorch._tensor\n_rebuild_from_type_v2\nq\x01c__builtin__\ncomplex\nq\x02"
+
+
+def rebuilt(func: bytes, args: bytes) -> bytes:
+    """The opcodes of ``_rebuild_from_type_v2(func, func, args, {})``, its global memoised at 1."""
+    return b"h\x01(" + func + func + args + b"}tR"
+
+
 COLLIDING = [k * HASH_MODULUS for k in range(1, 2001)]
 
 
@@ -1072,6 +1082,14 @@ MOST_COLLIDING = {k: 0 for k in COLLIDING[:MAX_COLLIDING]}
             )
             + b".",
             id="an OrderedDict's attributes updated from many mappings",
+        ),  # fmt: skip
+        pytest.param(  # (globals, {_rebuild_from_type_v2(complex, complex, (1000003 * k, -k), {}): 0}): hash 0
+            b"\x80\x02("
+            + REBUILT
+            + b"}("
+            + b"".join(rebuilt(b"h\x02", ops(1000003 * k) + ops(-k) + b"\x86") + b"K\x00" for k in range(2, 2001))
+            + b"ut.",
+            id="complex keys made through _rebuild_from_type_v2",
         ),  # fmt: skip
         pytest.param(
             updated_from_pairs(b"(", b"t"), id="an OrderedDict's attributes updated from many tuples of pairs"
@@ -1161,6 +1179,16 @@ KEYED = b"}q\x01(" + b"".join(b"M" + i.to_bytes(2, "little") + b"K\x00" for i in
             b"\x80\x02" + KEYED + b"ccollections\nCounter\nq\x03" + b"h\x03h\x01\x85R" * 1000 + b".",
             id="Counter() of one mapping again and again",
         ),
+        pytest.param(  # (globals, L, [_rebuild_from_type_v2(set, set, (L,), {}) a thousand times over])
+            b"\x80\x02("
+            + REBUILT
+            + b"c__builtin__\nset\nq\x03]q\x04("
+            + INTS
+            + b"e]("
+            + rebuilt(b"h\x03", b"h\x04\x85") * 1000
+            + b"et.",
+            id="set() of one list again and again through _rebuild_from_type_v2",
+        ),  # fmt: skip
         pytest.param(  # an OrderedDict's attributes updated from D a thousand times over (BUILD)
             b"\x80\x02ccollections\nOrderedDict\n)R" + KEYED + b"b" + b"h\x01b" * 1000 + b".",
             id="an OrderedDict's attributes updated from one mapping again and again",
@@ -1200,3 +1228,14 @@ def test_the_scan_stops_reading_calls_once_they_pass_the_bound(tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"built.ckpt \(its calls are handed lists and mappings of over"):
         check_tuples(tmp_path / "built.ckpt", "built.ckpt")
     assert len(added) <= TUPLE_FLOOR + 2 * 2000, len(added)
+
+
+def test_rebuild_from_type_handed_what_torch_save_never_writes_is_refused(tmp_path):
+    """``_rebuild_from_type_v2(set, set, [L], {})`` calls ``set(L)`` from a list of arguments the scan
+    does not keep: torch.save writes a tuple there and a tensor's rebuild function first."""
+    from cnnsuite.trust.untrusted import check_tuples
+
+    write_pickle(tmp_path / "odd.pt", b"\x80\x02(" + REBUILT + rebuilt(b"h\x02", b"](K\x01K\x02e") + b"t.")
+    assert torch.load(tmp_path / "odd.pt", weights_only=True)[-1] == complex(1, 2)
+    with pytest.raises(ValueError, match=r"odd.pt \(_rebuild_from_type_v2 is handed a call torch.save never writes"):
+        check_tuples(tmp_path / "odd.pt", "odd.pt")

@@ -69,6 +69,11 @@ def check_tuples(path: Path, failure: str) -> None:
             "bytes: lists or mappings handed to set(), Counter() or OrderedDict() over and over; expected a file "
             "torch.save wrote)"
         ) from None
+    except _Unread:
+        raise BadFileError(
+            f"{failure} (_rebuild_from_type_v2 is handed a call torch.save never writes there; expected a file "
+            "torch.save wrote)"
+        ) from None
     except _Colliding:
         raise BadFileError(
             f"{failure} (over {MAX_COLLIDING} different keys of one hash in one list, mapping or tuple: keys made "
@@ -101,11 +106,17 @@ _LATIN_1 = "latin1"
 #: the globals ``weights_only`` allows that make a mapping or set (unhashable, filled later)
 _CONTAINERS = ("collections OrderedDict", "collections Counter", "builtins set", "builtins bytearray")
 _UNHASHABLE, _UNSET = -1, object()
+#: ``_rebuild_from_type_v2(func, new_type, args, state)`` calls ``func(*args)``, any global allowed
+_REBUILT = "torch._tensor _rebuild_from_type_v2"
 
 
 class _CalledTooMuch(Exception):
     """Raised by the scan as soon as calls were handed more items than its bound: it stops there, as
     each ``BUILD`` adds its mapping's keys to the object's, work the bound keeps linear."""
+
+
+class _Unread(Exception):
+    """Raised by the scan for a call it cannot follow, which ``torch.save`` never writes."""
 
 
 class _Colliding(Exception):
@@ -273,6 +284,19 @@ class _Numbering:
                 raise _Colliding
 
 
+def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
+    """The function a ``REDUCE`` calls and its arguments: for ``_rebuild_from_type_v2``, the first
+    of its arguments and the third (``torch.save`` writes a tuple there, and a tensor's rebuild
+    function first); any other form is :class:`_Unread`, as ``complex``, ``set()`` or a call of
+    itself there would make values the scan does not see."""
+    if func.name != _REBUILT:
+        return func, args
+    items = args.items or ()
+    if len(items) != 4 or items[0].name == _REBUILT or items[2].items is None:
+        raise _Unread
+    return items[0], items[2]
+
+
 def _parts(cell: _Cell) -> list[_Cell]:
     """``cell`` and, for a pair, its two items: what ``BUILD`` may read as attributes and slots."""
     return [cell, *cell.items] if cell.items is not None and len(cell.items) == 2 else [cell]
@@ -366,11 +390,12 @@ def _tuple_values(stream, count: int, bound: int) -> int:
                             numbering.filled(cell, popped[1::2] if name.startswith("SET") else popped[1:])
                     elif name in ("REDUCE", "NEWOBJ"):  # what a call makes holds what it was given
                         cell = _Cell(sum(c.size for c in popped))
-                        numbering.made(cell, popped[0].name, popped[1:])
-                        read = sum(c.length for c in popped[1].items or ())
-                        if popped[0].name in _CONTAINERS:  # set(L) holds what L does
+                        func, args = _called(*popped)
+                        numbering.made(cell, func.name, [args])
+                        read = sum(c.length for c in args.items or ())
+                        if func.name in _CONTAINERS:  # set(L) holds what L does
                             cell.length = read
-                            cell.source = popped[1].items[0] if len(popped[1].items or ()) == 1 else None
+                            cell.source = args.items[0] if len(args.items or ()) == 1 else None
                         called += read
                         if called > bound:
                             raise _CalledTooMuch
@@ -379,7 +404,7 @@ def _tuple_values(stream, count: int, bound: int) -> int:
                         if name == "BINPERSID":
                             numbering.made(cell, name, popped)
                     stack += [cell] * len(opcode.stack_after)
-        except (_Colliding, _CalledTooMuch):
+        except (_Colliding, _CalledTooMuch, _Unread):
             raise
         except Exception:  # torch.load says what it is, no later: what came before is counted all the same
             return handed
