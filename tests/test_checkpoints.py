@@ -1239,3 +1239,19 @@ def test_rebuild_from_type_handed_what_torch_save_never_writes_is_refused(tmp_pa
     assert torch.load(tmp_path / "odd.pt", weights_only=True)[-1] == complex(1, 2)
     with pytest.raises(ValueError, match=r"odd.pt \(_rebuild_from_type_v2 is handed a call torch.save never writes"):
         check_tuples(tmp_path / "odd.pt", "odd.pt")
+
+
+def test_a_set_used_over_and_over_costs_the_scan_little_each_time(tmp_path, monkeypatch):
+    """A set made from a list of 128 values (64 of hash 0, 64 of hash 1) put into a list 20,000 times:
+    a set of more than two values is no pair, so the scan adds none of them as first items; adding
+    its 128 at each use would make a 2 MB file cost the scan over a hundred million steps."""
+    from cnnsuite.trust.untrusted import _Numbering, check_tuples
+
+    added = []
+    add = _Numbering._add
+    monkeypatch.setattr(_Numbering, "_add", staticmethod(lambda *args: added.append(1) or add(*args)))
+    values = COLLIDING[:64] + [k + 1 for k in COLLIDING[:64]]
+    made = b"c__builtin__\nset\n](" + b"".join(ops(v) for v in values) + b"e\x85Rq\x01"
+    write_pickle(tmp_path / "sets.pt", b"\x80\x02](" + made + b"h\x01" * 20_000 + b"e.")
+    check_tuples(tmp_path / "sets.pt", "sets.pt")
+    assert len(added) < 200_000, len(added)

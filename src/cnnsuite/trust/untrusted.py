@@ -256,14 +256,15 @@ class _Numbering:
 
     def _merge(self, seen: dict[int, int | set[int]], source: _Cell, few: bool = False) -> None:
         """Count in ``seen`` the values ``source`` holds (items or keys) and their first items;
-        with ``few``, only a part of at most two hashes: more make no pair."""
+        with ``few``, only a part of at most two different values: more make no pair."""
         if source.items is not None and source.tally is None:  # a tuple, counted once
             self.tally(source, source.items)
         for part in source.tally or ():
-            if not few or len(part) <= 2:
-                for hash_, keys in part.items():
-                    for key in keys if isinstance(keys, set) else (keys,):
-                        self._add(seen, hash_, key)
+            if few and (len(part) > 2 or sum(len(k) if isinstance(k, set) else 1 for k in part.values()) > 2):
+                continue
+            for hash_, keys in part.items():
+                for key in keys if isinstance(keys, set) else (keys,):
+                    self._add(seen, hash_, key)
 
     def _count(self, seen: dict[int, int | set[int]], item: _Cell) -> None:
         if isinstance(item.scalar, (str, bytes)) or self.identify(item) == _UNHASHABLE:
