@@ -159,3 +159,20 @@ def test_a_3d_resnet18_is_monais_in_parameters_and_geometry():
     theirs = build_backbone("monai_resnet18", 3, 1, conv1_t_stride=2, bias_downsample=False)
     assert free_parameters(ours) == sum(p.numel() for p in theirs.parameters()) == 33_160_000
     assert describe_stages(ours, (1, 32, 32, 32)) == describe_stages(theirs, (1, 32, 32, 32))
+
+
+def test_sizes_take_any_whole_number_and_one_pass_over_what_holds_them():
+    """A NumPy integer (sizes a caller computed) or a 0-d integer tensor is a whole number, kept as a
+    Python int; a 0-d float tensor is one line, and an iterator of sizes is read once."""
+    import numpy as np
+
+    from cnnsuite.backbone.blocks import as_tuple
+
+    assert as_tuple(np.int64(3), 2, "kernel_size") == (3, 3)
+    assert as_tuple([np.int32(3), torch.tensor(5)], 2, "kernel_size") == (3, 5)
+    assert all(type(size) is int for size in as_tuple([np.int64(3), np.int64(1)], 2, "kernel_size"))
+    assert as_tuple(iter([3, 5]), 2, "kernel_size") == (3, 5)
+    with pytest.raises(ConfigError, match=r"kernel_size=tensor\(3.5000\): expected an int or 2 ints"):
+        as_tuple(torch.tensor(3.5), 2, "kernel_size")
+    with pytest.raises(ConfigError, match=r"pool_size=np.True_: expected an int or 2 ints"):
+        as_tuple(np.True_, 2, "pool_size")

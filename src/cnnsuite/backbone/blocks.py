@@ -17,6 +17,7 @@ dimensionality: layer classes are looked up by ``spatial_dims``, as MONAI's fact
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -50,20 +51,28 @@ POOLS = ("max", "avg", "lp", "none")
 
 def as_tuple(value: IntOrSeq, spatial_dims: int, key: str) -> tuple[int, ...]:
     """Expand an int to one value per axis, or check that a sequence has one per axis. Sizes
-    are whole numbers: a bool, a string or a fraction (``3.5``, which ``int`` would round down)
-    is refused naming ``key``."""
+    are whole numbers (an int, a NumPy integer, a 0-d integer tensor; Python ints out): a bool,
+    a string or a fraction (``3.5``, which ``int`` would round down) is refused naming ``key``."""
 
-    def whole(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
+    def whole(v: object) -> int | None:
+        if isinstance(v, bool | str | bytes):
+            return None
+        try:
+            return operator.index(v)
+        except TypeError:
+            return None
 
-    if whole(value):
-        return (value,) * spatial_dims
-    if isinstance(value, str | bool) or not hasattr(value, "__iter__") or not all(whole(v) for v in value):
+    if (size := whole(value)) is not None:
+        return (size,) * spatial_dims
+    try:
+        sizes = None if isinstance(value, str | bytes) else [whole(v) for v in value]
+    except TypeError:  # not iterable (a float, a 0-d float tensor)
+        sizes = None
+    if sizes is None or None in sizes:
         raise ConfigError(f"{key}={value!r}: expected an int or {spatial_dims} ints, one per axis")
-    value = tuple(value)
-    if len(value) != spatial_dims:
-        raise ConfigError(f"{key}={list(value)}: expected an int or {spatial_dims} values, one per axis")
-    return value
+    if len(sizes) != spatial_dims:
+        raise ConfigError(f"{key}={sizes}: expected an int or {spatial_dims} values, one per axis")
+    return tuple(sizes)
 
 
 def _check_dims(spatial_dims: int) -> None:
