@@ -19,7 +19,7 @@ from cnnsuite.cli import main
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.trust.checkpoint import rebuild
-from cnnsuite.trust.untrusted import MAX_COLLIDING
+from cnnsuite.trust.picklescan import MAX_COLLIDING
 from cnnsuite.use.evaluate import evaluate
 from cnnsuite.use.predict import Predictor
 
@@ -1217,7 +1217,8 @@ def test_the_scan_stops_reading_calls_once_they_pass_the_bound(tmp_path, monkeyp
     """An ``OrderedDict`` updated (``BUILD``) from one mapping of 2,000 keys 5,000 times over: the
     scan adds the mapping's keys at each update, so it must stop at the bound on what calls are
     handed, not count all ten million: the guard itself must stay linear in the file."""
-    from cnnsuite.trust.untrusted import TUPLE_FLOOR, _Numbering, check_tuples
+    from cnnsuite.trust.picklescan import _Numbering
+    from cnnsuite.trust.untrusted import TUPLE_FLOOR, check_tuples
 
     added = []
     add = _Numbering._add
@@ -1245,7 +1246,8 @@ def test_a_set_used_over_and_over_costs_the_scan_little_each_time(tmp_path, monk
     """A set made from a list of 128 values (64 of hash 0, 64 of hash 1) put into a list 20,000 times:
     a set of more than two values is no pair, so the scan adds none of them as first items; adding
     its 128 at each use would make a 2 MB file cost the scan over a hundred million steps."""
-    from cnnsuite.trust.untrusted import _Numbering, check_tuples
+    from cnnsuite.trust.picklescan import _Numbering
+    from cnnsuite.trust.untrusted import check_tuples
 
     added = []
     add = _Numbering._add

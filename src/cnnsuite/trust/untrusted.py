@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import array
-import codecs
 import io
-import pickletools
 import re
-import struct
 from pathlib import Path
 
 import torch
 
 from ..errors import BadFileError
+from .picklescan import MAX_COLLIDING, CalledTooMuch, Colliding, Unread, scan
 
 
 def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
@@ -49,7 +46,7 @@ def check_tuples(path: Path, failure: str) -> None:
     as many items in all, which each call reads in full: ``set(L)`` a thousand times over a
     list of a thousand ints is 6 KB more, and takes a million steps and a thousand sets of memory.
     The same pass refuses a list, mapping or tuple holding more than
-    :data:`MAX_COLLIDING` different values of one hash (see :func:`_tuple_values`): building a
+    :data:`~.picklescan.MAX_COLLIDING` different values of one hash (see :func:`~.picklescan.scan`): building a
     mapping or set of such keys takes time quadratic in their number, and ints ``k * (2**61 - 1)``
     all hash to 0, so a 9 MB mapping of them would take ``torch.load`` about an hour. What does
     not read so is left to ``torch.load``."""
@@ -62,19 +59,19 @@ def check_tuples(path: Path, failure: str) -> None:
             else:  # the legacy format: pickles one after another, then the storages' raw bytes
                 stream, count, held = file, LEGACY_PICKLES, path.stat().st_size
             bound = max(TUPLE_FLOOR, MAX_TUPLE_EXPANSION * held)
-            handed = _tuple_values(stream, count, bound)
-    except _CalledTooMuch:
+            handed = scan(stream, count, bound)
+    except CalledTooMuch:
         raise BadFileError(
             f"{failure} (its calls are handed lists and mappings of over {bound:,} items in all, from {held:,} "
             "bytes: lists or mappings handed to set(), Counter() or OrderedDict() over and over; expected a file "
             "torch.save wrote)"
         ) from None
-    except _Unread:
+    except Unread:
         raise BadFileError(
             f"{failure} (_rebuild_from_type_v2 is handed a call torch.save never writes there; expected a file "
             "torch.save wrote)"
         ) from None
-    except _Colliding:
+    except Colliding:
         raise BadFileError(
             f"{failure} (over {MAX_COLLIDING} different keys of one hash in one list, mapping or tuple: keys made "
             "to collide, which take time quadratic in their number to load; expected a file torch.save wrote)"
@@ -86,330 +83,6 @@ def check_tuples(path: Path, failure: str) -> None:
             f"{failure} (its tuples come to {handed:,} values when read in full, from {held:,} bytes: tuples "
             "referenced over and over; expected a file torch.save wrote)"
         )
-
-
-#: the different values of one hash a list, mapping or tuple may hold: building a mapping or
-#: set of them costs their number squared; real values collide by chance, two or three at most
-MAX_COLLIDING = 64
-#: the opcodes that put what they pop into the object below it, which stays on the stack
-_FILLS = ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "BUILD")
-_TUPLES = ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE")
-#: the opcodes that push a value given by their argument (``None`` for ``NONE``)
-_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
-_SCALARS = (pickletools.pyint, pickletools.pylong, pickletools.pyinteger_or_bool, pickletools.pybool)
-_SCALARS += (pickletools.pyfloat, pickletools.pyunicode, pickletools.pystring, pickletools.pybytes)
-_SCALARS += (pickletools.pybytes_or_str,)
-#: the globals ``weights_only`` allows whose calls the scan makes itself: their values hash by
-#: content, so keys built from them can be made to collide (``torch.Size`` is its tuple)
-_COMPLEX, _SIZE, _ENCODE = ("builtins complex",), ("torch Size",), ("_codecs encode",)
-_LATIN_1 = "latin1"
-#: the globals ``weights_only`` allows that make a mapping or set (unhashable, filled later)
-_CONTAINERS = ("collections OrderedDict", "collections Counter", "builtins set", "builtins bytearray")
-_UNHASHABLE, _UNSET = -1, object()
-#: ``_rebuild_from_type_v2(func, new_type, args, state)`` calls ``func(*args)``, any global allowed
-_REBUILT = "torch._tensor _rebuild_from_type_v2"
-
-
-class _CalledTooMuch(Exception):
-    """Raised by the scan as soon as calls were handed more items than its bound: it stops there, as
-    each ``BUILD`` adds its mapping's keys to the object's, work the bound keeps linear."""
-
-
-class _Unread(Exception):
-    """Raised by the scan for a call it cannot follow, which ``torch.save`` never writes."""
-
-
-class _Colliding(Exception):
-    """Raised by the scan: over :data:`MAX_COLLIDING` different values of one hash went into one container."""
-
-
-class _Hashed:
-    """Stands for a value by its hash: ``hash(tuple(map(_Hashed, hashes)))`` is the hash of a tuple
-    of values with those hashes, computed by CPython itself."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: int):
-        self.value = value
-
-    def __hash__(self) -> int:
-        return self.value
-
-
-class _Cell:
-    """What the scan knows of an object on the unpickler's stack (shared with the memo, as the
-    object is): ``size``, the tuple values it holds; ``key``, a number equal for equal values
-    (``_UNHASHABLE`` for a list or mapping, ``None`` for a scalar not yet numbered) and ``hash``,
-    its value's hash (exact for numbers, strings and tuples of them, whose hashes can be made to
-    collide; arbitrary for an object hashed by identity); ``scalar``, a number's or string's value;
-    ``items``, a tuple's cells; ``name``, a global's; ``tally``, a container's (items or keys, and
-    its items' first items: ``OrderedDict(L)`` hashes those of ``L``'s pairs) hash -> the keys
-    seen; ``first``, a list's first item or a mapping's first key (a pair's, for ``OrderedDict()``),
-    and until it is given one, ``parents``, the containers it went into; ``source``, what a set,
-    ``Counter()`` or ``OrderedDict()`` was made from, whose values it iterates (one of them first);
-    ``length``, a list's items or a mapping's keys, what a call given it reads."""
-
-    __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "source", "length")
-
-    def __init__(self, size: int = 0, key: int | None = _UNHASHABLE, hash_: int = 0):
-        self.size, self.key, self.hash, self.length = size, key, hash_, 0
-        self.scalar, self.items, self.name, self.tally, self.first, self.parents = _UNSET, None, None, None, None, None
-        self.source = None
-
-
-class _Numbering:
-    """Numbers values so that equal values (``1``, ``1.0``, ``True``; a tuple and ``torch.Size``)
-    share a number, keyed by bytes, whose hashes Python randomises: a table keyed by the file's
-    own numbers would collide as the unpickler's does."""
-
-    def __init__(self):
-        self.numbers: dict[bytes, int] = {}
-
-    def number(self, key: bytes | None) -> int:
-        """The number of the value ``key`` describes; a new one for ``None`` (a NaN equals nothing)."""
-        if key is None:
-            key = b"u%d" % len(self.numbers)
-        return self.numbers.setdefault(key, len(self.numbers))
-
-    def identify(self, cell: _Cell) -> int:
-        """``cell``'s key, numbering a scalar on first use."""
-        if cell.key is None:
-            cell.key, cell.hash = self.number(_scalar_bytes(cell.scalar)), hash(cell.scalar)
-        return cell.key
-
-    def tuple_of(self, cell: _Cell, items: list[_Cell]) -> None:
-        """Set tuple ``cell``'s key and hash from its items': linear in their number, as a tuple
-        of shared tuples is numbered from its items' numbers, never walked."""
-        keys = [self.identify(item) for item in items]
-        if _UNHASHABLE in keys:
-            return
-        cell.key = self.number(b"t" + array.array("q", keys).tobytes())
-        cell.hash = hash(tuple(_Hashed(item.hash) for item in items))
-
-    def made(self, cell: _Cell, name: str | None, items: list[_Cell]) -> None:
-        """Set ``cell``'s key and hash as the result of calling ``name`` on ``items``: computed for
-        ``complex()``, ``torch.Size()`` and ``_codecs.encode()`` (to latin-1, as torch writes bytes)
-        of numbers and strings; for them called on anything else (``torch.Size(L)``,
-        ``complex(tensor)``, another codec), a key of its own and one hash for all, as its value is
-        not known; otherwise equal for equal calls."""
-        args = items[0].items if len(items) == 1 and items[0].items is not None else items
-        scalars = [item.scalar for item in args]
-        if name in _SIZE and len(args) == 1 and args[0].items is not None:
-            scalars = [item.scalar for item in args[0].items]
-        if name in _ENCODE and scalars[1:] != [_LATIN_1]:
-            scalars.append(_UNSET)
-        if name in (_SIZE + _COMPLEX + _ENCODE) and (_UNSET in scalars or not args):
-            cell.key, cell.hash = self.number(None), hash(_SIZE + _COMPLEX + _ENCODE)
-        elif name in _SIZE:
-            cell.key, cell.hash = self.identify(args[0]), args[0].hash
-        elif name in _CONTAINERS:
-            return
-        elif name in (_COMPLEX + _ENCODE):
-            try:
-                cell.scalar = (complex if name in _COMPLEX else codecs.encode)(*scalars)
-            except Exception:  # torch.load meets the same error
-                return
-            cell.key = None
-        else:
-            keys = [self.identify(item) for item in items]
-            if _UNHASHABLE not in keys:
-                described = b"c" + (name or "").encode() + b"\0" + array.array("q", keys).tobytes()
-                cell.key = self.number(described)
-                cell.hash = hash(described)
-
-    def tally(self, cell: _Cell, items: list[_Cell]) -> None:
-        """Count in container ``cell`` its new ``items`` (keys, list or tuple items) and the first
-        items of those that are pairs; past :data:`MAX_COLLIDING` different keys of one hash in
-        either, raise :class:`_Colliding`. Strings and bytes are left out: Python randomises
-        their hashes."""
-        if cell.tally is None:
-            cell.tally = ({}, {})
-        for item in items:
-            if item.first is not None:
-                self._count(cell.tally[1], item.first)
-            elif item.source is not None:  # a set or Counter of two values is a pair too, either first
-                self._merge(cell.tally[1], item.source, few=True)
-            elif item.key == _UNHASHABLE and item.items is None:  # a list or mapping given its first item later
-                item.parents = item.parents or []
-                item.parents.append(cell)
-            self._count(cell.tally[0], item)
-
-    def filled(self, cell: _Cell, items: list[_Cell]) -> None:
-        """List or mapping ``cell`` is given ``items`` (its keys): a first one counts as a pair's
-        first item in the containers it went into."""
-        if items and cell.first is None:
-            cell.first = items[0]
-            for parent in cell.parents or ():
-                self._count(parent.tally[1], cell.first)
-            cell.parents = None
-        self.tally(cell, items)
-
-    def built(self, cell: _Cell, state: _Cell) -> None:
-        """``BUILD`` updates ``cell``'s attributes from ``state``: a mapping, or pairs (a list or
-        tuple of them, which ``dict.update`` takes too), or a pair of those (attributes and
-        slots). Their keys of one hash add up, however many updates they come from, so all
-        ``state`` may hand over (its keys or items, and its items' first items) counts."""
-        if cell.tally is None:
-            cell.tally = ({}, {})
-        for part in _parts(state):
-            self._merge(cell.tally[0], part)
-
-    def _merge(self, seen: dict[int, int | set[int]], source: _Cell, few: bool = False) -> None:
-        """Count in ``seen`` the values ``source`` holds (items or keys) and their first items;
-        with ``few``, only a part of at most two different values: more make no pair."""
-        if source.items is not None and source.tally is None:  # a tuple, counted once
-            self.tally(source, source.items)
-        for part in source.tally or ():
-            if few and (len(part) > 2 or sum(len(k) if isinstance(k, set) else 1 for k in part.values()) > 2):
-                continue
-            for hash_, keys in part.items():
-                for key in keys if isinstance(keys, set) else (keys,):
-                    self._add(seen, hash_, key)
-
-    def _count(self, seen: dict[int, int | set[int]], item: _Cell) -> None:
-        if isinstance(item.scalar, (str, bytes)) or self.identify(item) == _UNHASHABLE:
-            return
-        self._add(seen, item.hash, item.key)
-
-    @staticmethod
-    def _add(seen: dict[int, int | set[int]], hash_: int, key: int) -> None:
-        found = seen.get(hash_)
-        if found is None:
-            seen[hash_] = key
-        elif isinstance(found, int):
-            if found != key:
-                seen[hash_] = {found, key}
-        else:
-            found.add(key)
-            if len(found) > MAX_COLLIDING:
-                raise _Colliding
-
-
-def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
-    """The function a ``REDUCE`` calls and its arguments: for ``_rebuild_from_type_v2``, the first
-    of its arguments and the third (``torch.save`` writes a tuple there, and a tensor's rebuild
-    function first); any other form is :class:`_Unread`, as ``complex``, ``set()`` or a call of
-    itself there would make values the scan does not see."""
-    if func.name != _REBUILT:
-        return func, args
-    items = args.items or ()
-    if len(items) != 4 or items[0].name == _REBUILT or items[2].items is None:
-        raise _Unread
-    return items[0], items[2]
-
-
-def _parts(cell: _Cell) -> list[_Cell]:
-    """``cell`` and, for a pair, its two items: what ``BUILD`` may read as attributes and slots."""
-    return [cell, *cell.items] if cell.items is not None and len(cell.items) == 2 else [cell]
-
-
-def _scalar_bytes(value: object) -> bytes | None:
-    """Bytes equal for equal scalars (``1 == 1.0 == True == 1 + 0j``); ``None`` for a NaN."""
-    if isinstance(value, complex):
-        if value.imag:
-            if value != value:
-                return None
-            return b"j" + struct.pack("<dd", value.real + 0.0, value.imag + 0.0)
-        value = value.real
-    if isinstance(value, float):
-        if value != value:
-            return None
-        if not value.is_integer():
-            return b"f" + struct.pack("<d", value)
-        value = int(value)
-    if isinstance(value, int):
-        return b"i" + value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
-    if isinstance(value, str):
-        return b"s" + value.encode("utf-8", "surrogatepass")
-    if isinstance(value, bytes):
-        return b"b" + value
-    return b"n"  # None
-
-
-def _tuple_values(stream, count: int, bound: int) -> int:
-    """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on, as
-    far as they read as opcodes; :class:`_CalledTooMuch` once the lists and mappings handed to
-    calls (see :func:`check_tuples`) come to more than ``bound`` items. Each object on the stack is a
-    cell (:class:`_Cell`) shared with the memo: a list or a mapping filled with tuples (or an
-    object built from them) handed on again, to ``set()`` say, which hashes them all, counts
-    them again as a tuple does. Each list, mapping and tuple counts the different values of
-    each hash it is given (:meth:`_Numbering.tally`): ``set()``, ``Counter()`` and
-    ``OrderedDict()`` hash a list's or tuple's items, a mapping hashes its keys; equal values
-    (a list of zeros, equal shapes) count once, as they take one place in a mapping."""
-    handed, called, numbering = 0, 0, _Numbering()
-    for _ in range(count):
-        stack: list[_Cell | None] = []  # None for a mark
-        memo: dict[int, _Cell | None] = {}
-        try:
-            for opcode, arg, _ in pickletools.genops(stream):
-                name = opcode.name
-                if name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[arg] = stack[-1]
-                elif name == "MEMOIZE":
-                    memo[len(memo)] = stack[-1]
-                elif name in ("GET", "BINGET", "LONG_BINGET"):
-                    stack.append(memo[arg])
-                    handed += memo[arg].size if memo[arg] else 0
-                elif name in ("MARK", "DUP"):
-                    stack.append(None if name == "MARK" else stack[-1])
-                elif name in _CONSTANTS or (opcode.stack_after and opcode.stack_after[0] in _SCALARS):
-                    cell = _Cell(key=None)
-                    cell.scalar = _CONSTANTS.get(name, arg)
-                    stack.append(cell)
-                elif name in ("GLOBAL", "INST"):
-                    cell = _Cell(key=None)
-                    cell.name = " ".join(arg.split()).replace("__builtin__ ", "builtins ")
-                    cell.key, cell.hash = numbering.number(b"g" + cell.name.encode()), hash(cell.name)
-                    stack.append(cell)
-                else:
-                    popped, fixed = [], len(opcode.stack_before)
-                    if pickletools.stackslice in opcode.stack_before:  # the items down to the mark, and the mark
-                        while stack[-1] is not None:
-                            popped.append(stack.pop())
-                        stack.pop()
-                        fixed -= 2
-                    popped += [stack.pop() for _ in range(fixed)]
-                    popped.reverse()  # as they were pushed: a filled object first, then what fills it
-                    if name in _TUPLES:
-                        cell = _Cell(1 + sum(max(c.size, 1) for c in popped))
-                        cell.items = popped
-                        handed += cell.size
-                        numbering.tuple_of(cell, popped)
-                        cell.first = popped[0] if len(popped) == 2 else None
-                        if len(popped) > MAX_COLLIDING:  # fewer cannot hold too many of one hash
-                            numbering.tally(cell, popped)
-                    elif name in _FILLS:
-                        cell = popped[0]
-                        cell.size += sum(c.size for c in popped[1:])
-                        if name == "BUILD":
-                            called += sum(c.length + len(c.items or ()) for c in _parts(popped[1]))
-                            if called > bound:  # before the keys are added: the bound keeps this linear
-                                raise _CalledTooMuch
-                            numbering.built(cell, popped[1])
-                        else:
-                            cell.length += len(popped) // 2 if name.startswith("SET") else len(popped) - 1
-                            numbering.filled(cell, popped[1::2] if name.startswith("SET") else popped[1:])
-                    elif name in ("REDUCE", "NEWOBJ"):  # what a call makes holds what it was given
-                        cell = _Cell(sum(c.size for c in popped))
-                        func, args = _called(*popped)
-                        numbering.made(cell, func.name, [args])
-                        read = sum(c.length for c in args.items or ())
-                        if func.name in _CONTAINERS:  # set(L) holds what L does
-                            cell.length = read
-                            cell.source = args.items[0] if len(args.items or ()) == 1 else None
-                        called += read
-                        if called > bound:
-                            raise _CalledTooMuch
-                    else:  # a new list, mapping or set, or a storage (torch's persistent id)
-                        cell = _Cell(sum(c.size for c in popped))
-                        if name == "BINPERSID":
-                            numbering.made(cell, name, popped)
-                    stack += [cell] * len(opcode.stack_after)
-        except (_Colliding, _CalledTooMuch, _Unread):
-            raise
-        except Exception:  # torch.load says what it is, no later: what came before is counted all the same
-            return handed
-    return handed
 
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], source: object) -> None:
