@@ -251,7 +251,7 @@ def _scalar_bytes(value: object) -> bytes | None:
 def scan(stream, count: int, bound: int) -> int:
     """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on, as
     far as they read as opcodes; :class:`CalledTooMuch` once the lists and mappings handed to
-    calls (see :func:`check_tuples`) come to more than ``bound`` items. Each object on the stack is a
+    calls (see :func:`~.untrusted.check_tuples`) come to more than ``bound`` items. Each object on the stack is a
     cell (:class:`_Cell`) shared with the memo: a list or a mapping filled with tuples (or an
     object built from them) handed on again, to ``set()`` say, which hashes them all, counts
     them again as a tuple does. Each list, mapping and tuple counts the different values of
