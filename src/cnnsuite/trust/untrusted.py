@@ -48,7 +48,7 @@ def check_tuples(path: Path, failure: str) -> None:
     The same pass refuses a list, mapping or tuple holding more than
     :data:`~.picklescan.MAX_COLLIDING` different values of one hash (see :func:`~.picklescan.scan`): building a
     mapping or set of such keys takes time quadratic in their number, and ints ``k * (2**61 - 1)``
-    all hash to 0, so a 9 MB mapping of them would take ``torch.load`` about an hour. What does
+    all hash to 0: a file of a few megabytes of them would hold ``torch.load`` for hours. What does
     not read so is left to ``torch.load``."""
     try:
         with open(path, "rb") as file:
