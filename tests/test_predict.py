@@ -392,6 +392,8 @@ def test_a_folder_nested_past_pythons_recursion_limit_is_walked(tmp_path):
     test's own instead, under a tree 200 deep. Linked folders are still listed, not entered."""
     import sys
 
+    from cnnsuite.data.folders import list_files
+
     predictor = Predictor.__new__(Predictor)
     predictor.datamodule = type(
         "Images", (), {"is_input": staticmethod(lambda p: p.suffix == ".png" and p.is_file())}
@@ -408,9 +410,11 @@ def test_a_folder_nested_past_pythons_recursion_limit_is_walked(tmp_path):
     sys.setrecursionlimit(frames + 100)
     try:
         inputs, ignored = predictor.find_inputs(tmp_path)
+        listed = list_files(tmp_path, [".png"])  # a data folder's listing, training's and evaluation's
     finally:
         sys.setrecursionlimit(limit)
     assert inputs == [deep / "x.png", tmp_path / "top.png"] and not ignored
+    assert listed == inputs
 
 
 def test_picture_names_fit_a_file_systems_limit_however_deep_the_input():

@@ -48,6 +48,7 @@ from torch.utils.data import default_collate
 from cnnsuite.data import BadFileError, Input, TaskDataModule, check_folder, collect_bad, report_bad_files
 from cnnsuite.data.augment import BatchFlipsAndTurns
 from cnnsuite.data.cache import fits_cache, say_over_limit
+from cnnsuite.data.folders import walk
 from cnnsuite.data.labels import LABELS_CSV, multi_hot
 from cnnsuite.data.splits import STAGES
 from cnnsuite.errors import ConfigError
@@ -100,7 +101,7 @@ class CheckedCacheDataset(CacheDataset):
 def file_stamps(path: str) -> list[tuple[str, int, int]]:
     """``(path, size, mtime_ns)`` of a volume's file, or of every file of a DICOM series folder."""
     root = Path(path)
-    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    files = [f for f in walk(root) if f.is_file()] if root.is_dir() else [root]
     return [(str(f), (stat := f.stat()).st_size, stat.st_mtime_ns) for f in files]
 
 

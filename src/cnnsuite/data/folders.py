@@ -10,6 +10,7 @@ names those folders.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -66,10 +67,28 @@ def is_listed(path: Path, extensions: Iterable[str], under: Path | None = None) 
     return not hidden and path.name.lower().endswith(tuple(e.lower() for e in extensions)) and path.is_file()
 
 
+def walk(root: Path) -> list[Path]:
+    """Every file and folder under ``root``, sorted, as ``sorted(root.rglob("*"))`` lists them
+    (a linked folder listed, not entered; one that cannot be listed skipped), without
+    recursion: Python's rglob recurses once per level, and a folder nested a thousand deep (an
+    archive made so) ended it in a RecursionError."""
+    found, folders = [], [root]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            found.append(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(found[-1])
+    return sorted(found)
+
+
 def list_files(folder: Path, extensions: Iterable[str]) -> list[Path]:
     """Every file under ``folder``, sub-folders included, that :func:`is_listed`, sorted."""
     extensions = tuple(extensions)
-    return sorted(p for p in folder.rglob("*") if is_listed(p, extensions, under=folder))
+    return [p for p in walk(folder) if is_listed(p, extensions, under=folder)]
 
 
 def list_classes(

@@ -14,7 +14,6 @@ input under ``pictures/``, and a summary line. ``cnnsuite serve`` answers with t
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data.errors import BadFileError
-from ..data.folders import lies_within
+from ..data.folders import lies_within, walk
 from ..data.inputs import Input
 from ..errors import ConfigError, MissingFileError
 from ..jsonout import first_non_finite
@@ -114,23 +113,6 @@ class Predictor:
         if bad is not None:
             return {"path": str(item.path), "error": f"{item.path}: the model's output is not finite ({bad})"}
         return {"path": str(item.path), **prediction}
-
-
-def walk(root: Path) -> list[Path]:
-    """Every file and folder under ``root``, sorted, as ``sorted(root.rglob("*"))`` lists them
-    (a linked folder listed, not entered; one that cannot be listed skipped), without
-    recursion: a folder nested a thousand deep ended rglob in a RecursionError."""
-    found, folders = [], [root]
-    while folders:
-        try:
-            entries = list(os.scandir(folders.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            found.append(Path(entry.path))
-            if entry.is_dir(follow_symlinks=False):
-                folders.append(found[-1])
-    return sorted(found)
 
 
 #: the most bytes of a picture's name before its number and ``.png`` (file systems take 255)
