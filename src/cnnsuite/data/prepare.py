@@ -13,12 +13,11 @@ that setting's default, so the record is read with those defaults filled in.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ..atomic import make_temporary
 from ..errors import ConfigError
 
 RECORD = "generation.json"
@@ -48,23 +47,6 @@ def prepare_once(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def make_temporary(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> Path:
-    """A new, empty file (or ``folder``) of a random name in ``parent``, with the mode the umask
-    gives any new one: :mod:`tempfile`'s are private to their owner (0o600, 0o700), which the
-    file or folder renamed from it would keep, unreadable to the rest of a group sharing runs."""
-    for _ in range(100):
-        path = Path(parent) / f"{prefix}{secrets.token_hex(6)}{suffix}"
-        try:
-            if folder:
-                os.mkdir(path, 0o777)
-            else:
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(f"{parent}: no free temporary name starting {prefix}")
 
 
 def check_record(folder: Path, args: dict, defaults: dict | None = None) -> None:

@@ -37,7 +37,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..data.prepare import make_temporary
+from ..atomic import make_temporary
 from ..errors import ConfigError
 
 #: the environment variable that carries a run's version to its other processes

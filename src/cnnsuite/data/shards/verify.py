@@ -12,10 +12,10 @@ from typing import TypeVar
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ...atomic import make_temporary
 from ...errors import ConfigError
 from ..cache import MIB
 from ..folders import leaves_folder
-from ..prepare import make_temporary
 from .record import RECORD, content_hash
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
