@@ -64,6 +64,7 @@ from cnnsuite.data.coco import (
 )
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import describe_read, read_image_with_picture
+from cnnsuite.data.splits import ListedSplits
 from cnnsuite.errors import ConfigError, StateError
 
 from .default_data import (
@@ -159,8 +160,7 @@ class DetectionDataModule(TaskDataModule):
         if on_bad_annotation not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_annotation={on_bad_annotation!r}: expected 'error' or 'skip'")
         self._data: DetectionData | None = None
-        self._fixed_splits: dict[str, list[str]] | None = None
-        self._split_sources: dict[str, Path] = {}  # the file each fixed split comes from
+        self._lists: ListedSplits | None = None  # the split the data brings
         if data_dir is None:
             self.categories = CategoryMap(list(range(1, 11)), [str(d) for d in range(10)])
             self.in_channels = channels or 1
@@ -247,23 +247,20 @@ class DetectionDataModule(TaskDataModule):
         root, on_error = self.root, self.hparams.on_bad_annotation
         if self.hparams.data_dir is not None and self.format == "voc":
             self._data = read_voc(root, self.categories.names, on_error)
-            lists = voc_split_lists(root, self._data.records)
-            if lists is not None:
-                self._split_sources = {stage: path for stage, (path, _) in lists.items()}
-                self._fixed_splits = {stage: ids for stage, (_, ids) in lists.items()}
+            self._lists = voc_split_lists(root, self._data.records)
             return self._data
         files = coco_split_files(root)
         if files is None:
             self._data = read_coco(root / "annotations.json", root, on_error)
             return self._data
-        records, self._fixed_splits = [], {}
-        self._split_sources = {stage: f.path for stage, f in files.items()}
+        records, ids_of = [], {}
         for stage, f in files.items():
             part = read_coco(f.path, root, on_error, f.image_folders)
             records += part.records
-            self._fixed_splits[stage] = [r.file for r in part.records]
+            ids_of[stage] = [r.file for r in part.records]
+        self._lists = ListedSplits(ids_of, {stage: f.path for stage, f in files.items()})
         seen: dict[str, str] = {}
-        for stage, ids in self._fixed_splits.items():
+        for stage, ids in ids_of.items():
             for sample_id in ids:
                 if sample_id in seen:
                     raise AnnotationError(
@@ -297,10 +294,10 @@ class DetectionDataModule(TaskDataModule):
         from train by ``seed``, as when a test file comes without a val file
         (:meth:`~cnnsuite.data.TaskDataModule.listed_splits`)."""
         self._load()
-        fixed = self._fixed_splits
-        if self.hparams.split_file or fixed is None:
+        lists = self._lists
+        if self.hparams.split_file or lists is None:
             return self.with_objects(super().decide_splits())
-        return self.with_objects(self.listed_splits(fixed, f"{self.root}'s split files", self._split_sources))
+        return self.with_objects(self.listed_splits(lists.ids, f"{self.root}'s split files", lists.files))
 
     def with_objects(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
         """``splits``, once its validation and test images hold an object each at least: mAP

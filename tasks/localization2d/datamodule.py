@@ -43,7 +43,7 @@ from cnnsuite.data.augment import BatchBoxAffine
 from cnnsuite.data.coco import AnnotationError, box_error
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import checked_size, read_image_with_picture
-from cnnsuite.data.splits import STAGES
+from cnnsuite.data.splits import STAGES, ListedSplits
 from cnnsuite.errors import ConfigError
 
 from .default_data import DEFAULT_CANVASES_PER_SCAN, DEFAULT_SEED, compose_canvas
@@ -151,7 +151,7 @@ class LocalizationDataModule(ImageDataModule):
         if format not in FORMATS:
             raise ConfigError(f"data.format={format!r}: expected one of {', '.join(FORMATS)}")
         self._samples: dict[str, Sample] | None = None
-        self._lists: dict[str, tuple[Path, list[str]]] | None = None  # the split the data brings, by stage
+        self._lists: ListedSplits | None = None  # the split the data brings
         if data_dir is None:
             self.format = "csv"
             self.class_names = [str(d) for d in range(10)]
@@ -198,9 +198,8 @@ class LocalizationDataModule(ImageDataModule):
         self.class_names = names
         self._samples, total = {s.file: s for s in samples}, len(samples) + len(errors)
         if fixed:  # CUB's train/test split, of the images kept
-            path = root / "train_test_split.txt"
-            self._lists = {stage: (path, sorted(i for i in self._samples if fixed.get(i) == stage))
-                           for stage in ("train", "test")}  # fmt: skip
+            ids = {stage: sorted(i for i in self._samples if fixed.get(i) == stage) for stage in ("train", "test")}
+            self._lists = ListedSplits(ids, dict.fromkeys(ids, root / "train_test_split.txt"))
         if errors and on_bad == "error":  # one error names everything to fix: the good rows' images too
             errors = errors + list(self.find_bad(list(self._samples), decode=False).values())
         report_bad_files(errors, total, on_bad, what="labelled images")
@@ -230,11 +229,7 @@ class LocalizationDataModule(ImageDataModule):
         self._load()
         if self.hparams.split_file or not self._lists:
             return super().decide_splits()
-        files = {stage: path for stage, (path, _) in self._lists.items()}
-        lists = {stage: ids for stage, (_, ids) in self._lists.items()}
-        if len(set(files.values())) == 1:  # one file holds them all (CUB's)
-            return self.listed_splits(lists, next(iter(files.values())))
-        return self.listed_splits(lists, f"{self.root}'s split lists", files)
+        return self.listed_splits(self._lists.ids, f"{self.root}'s split lists", self._lists.files)
 
     def make_dataset(self, ids: list[str], stage: str) -> Dataset:
         hp, label_of = self.hparams, dict(self.samples())

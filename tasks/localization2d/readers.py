@@ -24,6 +24,7 @@ from pathlib import Path
 from cnnsuite.data import BadFileError
 from cnnsuite.data.coco import box_error, read_coco, read_voc, voc_classes, voc_split_lists
 from cnnsuite.data.folders import leaves_folder
+from cnnsuite.data.splits import ListedSplits
 from cnnsuite.data.textfiles import read_csv, read_lines
 from cnnsuite.errors import ConfigError
 
@@ -169,7 +170,7 @@ def read_cub(root: Path) -> tuple[list[str], list[Sample], list[BadFileError], d
 
 def read_detection_folder(
     root: Path, fmt: str, on_bad_file: str
-) -> tuple[list[str], list[Sample], list[BadFileError], dict[str, tuple[Path, list[str]]] | None]:
+) -> tuple[list[str], list[Sample], list[BadFileError], ListedSplits | None]:
     """A COCO (``annotations.json``) or Pascal VOC folder whose images hold one box each: class
     names, samples, the bad ones' errors, and the split a VOC folder's ``ImageSets/Main`` lists
     make (:func:`~cnnsuite.data.coco.voc_split_lists`; None where they make none, and for COCO)."""

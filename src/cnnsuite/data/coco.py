@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from .errors import BadFileError
 from .folders import leaves_folder
 from .images import image_size
-from .splits import STAGES
+from .splits import STAGES, ListedSplits
 from .textfiles import ENCODING, read_lines
 
 #: tolerance, in pixels, for a box edge beyond the image border (rounding in exporters)
@@ -233,15 +233,15 @@ def coco_split_files(root: Path) -> dict[str, CocoFile] | None:
     return found
 
 
-def voc_split_lists(root: Path, records: list[DetectionRecord]) -> dict[str, tuple[Path, list[str]]] | None:
-    """The split a Pascal VOC folder brings, ``{stage: (its list, the files of its images)}``,
-    or None where it brings none: ``ImageSets/Main/train.txt`` (or ``trainval.txt``, VOC2007's
-    and mmdetection's) with ``val.txt`` and/or ``test.txt``, one image id a line, the name of
-    its XML file (what torchvision's ``VOCDetection`` reads as its ``image_set``), as COCO's
-    split files. Lists that make no split (a test list alone, as VOC2007's test download holds)
-    are said in a warning, and the images are split by seed. Each id is one of ``records``:
-    an id whose XML is missing is an error naming the list; one whose XML was left out as bad
-    (``on_bad_annotation: skip``) stays out."""
+def voc_split_lists(root: Path, records: list[DetectionRecord]) -> ListedSplits | None:
+    """The split a Pascal VOC folder brings (each stage's image files), or None where it brings
+    none: ``ImageSets/Main/train.txt`` (or ``trainval.txt``, VOC2007's and mmdetection's) with
+    ``val.txt`` and/or ``test.txt``, one image id a line, the name of its XML file (what
+    torchvision's ``VOCDetection`` reads as its ``image_set``), as COCO's split files. Lists that
+    make no split (a test list alone, as VOC2007's test download holds) are said in a warning,
+    and the images are split by seed. Each id is one of ``records``: an id whose XML is missing
+    is an error naming the list; one whose XML was left out as bad (``on_bad_annotation: skip``)
+    stays out."""
     folder = root / "ImageSets" / "Main"
     found = {n: folder / f"{n}.txt" for n in ("train", "trainval", "val", "test") if (folder / f"{n}.txt").is_file()}
     if not found:
@@ -273,7 +273,7 @@ def voc_split_lists(root: Path, records: list[DetectionRecord]) -> dict[str, tup
                 raise AnnotationError(f"{path} line {number}: image id {image_id!r} is also in {seen[image_id]}")
             seen[image_id] = path.name
             lists[stage].append(by_id[image_id])
-    return {stage: (paths[stage], ids) for stage, ids in lists.items()}
+    return ListedSplits(lists, paths)
 
 
 def find_image(root: Path, file_name: str, folders: tuple[str, ...] = IMAGE_FOLDERS) -> str | None:

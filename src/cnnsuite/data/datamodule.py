@@ -699,12 +699,14 @@ class TaskDataModule(L.LightningDataModule):
         self, splits: dict[str, list[str]], source: object, files: dict[str, object] | None = None
     ) -> dict[str, list[str]]:
         """A split the data lists (``source``: its own lists, ``split_file``; ``files``: the file
-        each stage's list comes from, where they are several), each id checked to be a sample and
-        each list to hold one.
+        each stage's list comes from, the ``source`` named where one file holds them all), each id
+        checked to be a sample and each list to hold one.
         A train list with a test list alone (UCF101's) gets a validation split drawn from train;
         with a val list alone (COCO's and VOC's downloads: their test labels are not public) the
         val list is the test split, and validation is drawn from train the same way:
         ``val_fraction`` of the samples listed, stratified, by ``seed``."""
+        if files and len(set(files.values())) == 1:  # one file holds every list (CUB's)
+            source, files = next(iter(files.values())), None
         check_splits(splits, source, [s for s in STAGES if s in splits])
         self._check_known(splits, source)
         empty = next((stage for stage, ids in splits.items() if not ids), None)

@@ -10,6 +10,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
@@ -20,6 +21,15 @@ from .labels import is_multi_hot
 from .textfiles import read_lines
 
 STAGES = ("train", "val", "test")
+
+
+class ListedSplits(NamedTuple):
+    """The split a dataset's own lists make (VOC's ``ImageSets/Main``, COCO's split files, CUB's
+    ``train_test_split.txt``): each stage's ids, and the file its list is read from, which a
+    message about that stage names."""
+
+    ids: dict[str, list[str]]
+    files: dict[str, Path]
 
 
 def stratified_split(
