@@ -112,6 +112,9 @@ def test_parameter_count_equals_torchvisions_feature_extractor(block, counts, re
         (dict(stem_pool="lp"), r"model.backbone_kwargs.stem_pool='lp': expected max, avg or none"),
         (dict(norm="layer"), r"norm='layer': expected one of"),
         (dict(act=5), r"act=5: expected one of relu"),  # not a name: one line, no AttributeError
+        (dict(kernel_size=-1), r"model.backbone_kwargs.kernel_size=\[-1, -1, -1\]: expected sizes of 1 or more"),
+        (dict(strides=(1, 0, 2)), r"model.backbone_kwargs.strides\[1\]=\[0, 0, 0\]: expected sizes of 1 or more"),
+        (dict(stem_stride=0), r"model.backbone_kwargs.stem_stride=\[0, 0, 0\]: expected sizes of 1 or more"),
         (dict(act={"class_path": "torch.nn.ReLU"}), r"act=\{'class_path': 'torch.nn.ReLU'\}: expected one of relu"),
     ],
 )
@@ -130,6 +133,10 @@ def test_bad_backbone_kwargs_are_named(kwargs, message):
         (dict(kernel_size=[3, "x"]), r"kernel_size=\[3, 'x'\]: expected an int or 2 ints"),
         (dict(kernel_size=[3.5, 3]), r"kernel_size=\[3.5, 3\]: expected an int or 2 ints"),  # int() rounded it down
         (dict(pool_size=True), r"pool_size=True: expected an int or 2 ints"),
+        # a size below 1 reached torch's own RuntimeError (negative dimension, zero stride)
+        (dict(kernel_size=-1), r"kernel_size=\[-1, -1\]: expected sizes of 1 or more"),
+        (dict(kernel_size=[3, 0]), r"kernel_size=\[3, 0\]: expected sizes of 1 or more"),
+        (dict(pool_size=0), r"pool_size=\[0, 0\]: expected sizes of 1 or more"),
     ],
 )
 def test_bad_convnet_kwargs_are_named(kwargs, message):

@@ -49,10 +49,12 @@ NORMS = ("batch", "group", "instance", "none")
 POOLS = ("max", "avg", "lp", "none")
 
 
-def as_tuple(value: IntOrSeq, spatial_dims: int, key: str) -> tuple[int, ...]:
+def as_tuple(value: IntOrSeq, spatial_dims: int, key: str, least: int = 1) -> tuple[int, ...]:
     """Expand an int to one value per axis, or check that a sequence has one per axis. Sizes
     are whole numbers (an int, a NumPy integer, a 0-d integer tensor; Python ints out): a bool,
-    a string or a fraction (``3.5``, which ``int`` would round down) is refused naming ``key``."""
+    a string or a fraction (``3.5``, which ``int`` would round down) is refused naming ``key``,
+    and so is a size below ``least`` (0 for a padding), which torch's layers meet only with
+    their own traceback (a negative dimension, a zero stride)."""
 
     def whole(v: object) -> int | None:
         if isinstance(v, bool | str | bytes):
@@ -63,7 +65,7 @@ def as_tuple(value: IntOrSeq, spatial_dims: int, key: str) -> tuple[int, ...]:
             return None
 
     if (size := whole(value)) is not None:
-        return (size,) * spatial_dims
+        return _at_least((size,) * spatial_dims, key, least)
     try:
         sizes = None if isinstance(value, str | bytes) else [whole(v) for v in value]
     except TypeError:  # not iterable (a float, a 0-d float tensor)
@@ -72,7 +74,13 @@ def as_tuple(value: IntOrSeq, spatial_dims: int, key: str) -> tuple[int, ...]:
         raise ConfigError(f"{key}={value!r}: expected an int or {spatial_dims} ints, one per axis")
     if len(sizes) != spatial_dims:
         raise ConfigError(f"{key}={sizes}: expected an int or {spatial_dims} values, one per axis")
-    return tuple(sizes)
+    return _at_least(tuple(sizes), key, least)
+
+
+def _at_least(sizes: tuple[int, ...], key: str, least: int) -> tuple[int, ...]:
+    if any(s < least for s in sizes):
+        raise ConfigError(f"{key}={list(sizes)}: expected sizes of {least} or more, one per axis")
+    return sizes
 
 
 def _check_dims(spatial_dims: int) -> None:
@@ -188,7 +196,7 @@ class ConvBlock(nn.Sequential):
                 )
             padding = tuple(k // 2 for k in kernel_size)
         elif not isinstance(padding, str):
-            padding = as_tuple(padding, spatial_dims, "padding")
+            padding = as_tuple(padding, spatial_dims, "padding", least=0)
         # Normalisation sees the convolution's output channels wherever it sits, except
         # before the filter, where it sees the input.
         norm_channels = in_channels if order.index("N") < order.index("C") else out_channels
