@@ -1119,9 +1119,9 @@ MOST_COLLIDING = {k: 0 for k in COLLIDING[:MAX_COLLIDING]}
 )
 def test_a_file_of_keys_made_to_collide_is_refused_before_torch_unpickles_it(tmp_path, monkeypatch, pickled):
     """Keys of one hash make a mapping or set take time quadratic in their number to build, inside
-    ``torch.load``: a mapping of 40,000 ints ``k * (2**61 - 1)`` (560 KB) took it 18 s, 9 MB would
-    take an hour. The pickle's opcodes are read first and the file refused: torch.load is never
-    called."""
+    ``torch.load``: a mapping of ints ``k * (2**61 - 1)``, which all hash to 0, holds it for a time
+    that grows with the square of the file's size. The pickle's opcodes are read first and the file
+    refused: torch.load is never called."""
     from cnnsuite.trust.checkpoint import load_checkpoint
 
     def unreached(*args, **kwargs):
@@ -1198,9 +1198,9 @@ KEYED = b"}q\x01(" + b"".join(b"M" + i.to_bytes(2, "little") + b"K\x00" for i in
 def test_a_file_whose_calls_read_one_list_over_and_over_is_refused_before_torch_unpickles_it(
     tmp_path, monkeypatch, pickled
 ):
-    """``set(L)`` reads all of ``L``, and a pickle can hand it the same list at every call for 6
-    bytes: 84 KB calling ``set()`` 4,000 times over a list of 20,000 ints took ``torch.load``
-    14 s, keeping 4,000 sets, and a megabyte would take hours. The calls' reads are counted from
+    """``set(L)`` reads all of ``L``, and a pickle can hand it the same list at every call for a
+    few bytes: calling ``set()`` over and over on one long list costs ``torch.load`` the list's
+    length at every call, and a set of that size kept for each. The calls' reads are counted from
     the opcodes first and the file refused: torch.load is never called."""
     from cnnsuite.trust.checkpoint import load_checkpoint
 

@@ -339,7 +339,7 @@ def test_a_batch_of_many_rows_is_predicted_a_chunk_at_a_time(recognition):
 
 def test_finding_the_inputs_of_a_large_folder_takes_a_look_per_file(tmp_path, monkeypatch):
     """A folder of many files: whether a file lies in a series folder already taken is a set
-    look-up, not a scan of every input found so far (which made 100,000 files take an hour)."""
+    look-up, not a scan of every input found so far (time quadratic in the folder's files)."""
     import pathlib
 
     for i in range(1500):
