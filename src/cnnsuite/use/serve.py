@@ -125,20 +125,19 @@ class PredictorAPI(ls.LitAPI):
         data = upload.file.read()
         if not data:
             return reject(400, name, f"{name}: empty file")
-        # The readers go by extension (".nii.gz" is two): the file keeps its whole name.
+        # The readers go by the name's ending (".nii.gz" is two), all the file is stored under:
+        # the client's name only names the upload in replies, and need not fit the file system.
+        datamodule = self.predictor.datamodule
+        endings = [e for e in datamodule.input_extensions if name.lower().endswith(e.lower())]
+        ending = name[-len(max(endings, key=len)) :] if endings else datamodule.content_suffix(data)  # ("blob")
+        if ending is None:
+            return reject(415, name, f"{name}: not a file this model takes ({expected})")
         with tempfile.TemporaryDirectory(prefix="cnnsuite-serve-") as folder:
-            path = Path(folder) / name
+            path = Path(folder) / f"upload{ending}"
             try:
                 path.write_bytes(data)
-            except (OSError, ValueError) as err:  # a name too long for the file system, say
-                return reject(
-                    400, name, f"{name}: cannot be stored under this filename ({unfoldered(str(err), folder)})"
-                )
-            if not self.predictor.datamodule.is_input(path):  # a file named otherwise is told by its content
-                suffix = self.predictor.datamodule.content_suffix(data)
-                if suffix is None:
-                    return reject(415, name, f"{name}: not a file this model takes ({expected})")
-                path = path.rename(path.with_name(f"upload{suffix}"))
+            except OSError as err:  # the server's disk is full, say
+                return reject(500, name, f"{name}: cannot be stored ({unfoldered(str(err), folder)})")
             try:
                 item = self.predictor.read(path)
             except BadFileError as err:
