@@ -372,7 +372,8 @@ def test_a_label_without_a_positive_has_no_average_precision():
 
 def test_networks_with_batchnorm_get_precise_batchnorm_by_default():
     with_bn = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4]})
-    assert [type(cb) for cb in with_bn.configure_callbacks()] == [PreciseBatchNorm]
+    (callback,) = with_bn.configure_callbacks()
+    assert type(callback) is PreciseBatchNorm and (callback.num_batches, callback.from_training) == (10, False)
     no_bn = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4], "norm": "none"})
     assert no_bn.configure_callbacks() == []
 
