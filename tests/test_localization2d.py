@@ -391,6 +391,12 @@ def test_losses_and_metrics_against_hand_computed_values():
     assert (loc.compute().item(), known.compute().item()) == (0.0, 0.5)
     assert per_class.compute()[:2].tolist() == [0.0, 0.0] and per_class.compute()[2].isnan()  # no image of class 2
 
+    # IoU ≥ 0.5 localises: [0,0,2,2] against [0,0,2,4] is exactly 0.5, against [0,0,2,5] 0.4
+    at_bar, below = LocalizationAccuracy(need_class=False), LocalizationAccuracy(need_class=False)
+    at_bar.update(probs[:1], labels[:1], pred[:1], torch.tensor([[0.0, 0.0, 2.0, 4.0]]))
+    below.update(probs[:1], labels[:1], pred[:1], torch.tensor([[0.0, 0.0, 2.0, 5.0]]))
+    assert (at_bar.compute().item(), below.compute().item()) == (1.0, 0.0)
+
     boxes = decode_boxes(torch.tensor([[-50.0, 50.0, -10.0, 30.0], [0.0, 0.0, 0.0, 0.0]]))
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
     torch.testing.assert_close(boxes[1], torch.tensor([0.25, 0.25, 0.75, 0.75]))
