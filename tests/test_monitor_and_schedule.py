@@ -166,6 +166,17 @@ def test_every_logged_metric_has_the_direction_its_torchmetric_declares(module):
     assert module.mode_of(module.monitor) == module.mode
 
 
+def test_a_key_takes_the_direction_of_the_longest_name_it_starts_with():
+    """A task's own key whose name begins with another key's (``loss`` and ``loss_gain``) keeps
+    its own direction: the longest known name that the key is, or starts with, decides."""
+
+    class Gains(RecognitionModule):
+        metric_modes = {**RecognitionModule.metric_modes, "loss_gain": "max"}
+
+    assert Gains.mode_of("val/loss_gain") == Gains.mode_of("val/loss_gain/3") == "max"
+    assert Gains.mode_of("val/loss") == Gains.mode_of("val/loss_box") == "min"
+
+
 def lr_by_epoch(run):
     """The learning rate LearningRateMonitor logged at the start of each epoch (its rows carry
     the step, not the epoch)."""
