@@ -1144,6 +1144,7 @@ def test_a_file_of_keys_made_to_collide_is_refused_before_torch_unpickles_it(tmp
         pytest.param(MOST_COLLIDING, id="as many keys of one hash as allowed"),
         pytest.param([f"scan_{i}.nii.gz" for i in range(20_000)], id="a long split"),
         pytest.param({i: (i, float(i), complex(i, 1)) for i in range(5_000)}, id="five thousand numbers"),
+        pytest.param([bytearray(b"\x00\xffab"), bytearray()], id="bytearrays"),
     ],
 )
 def test_a_file_of_equal_or_few_colliding_values_is_kept(tmp_path, value):
@@ -1240,6 +1241,64 @@ def test_rebuild_from_type_handed_what_torch_save_never_writes_is_refused(tmp_pa
     assert torch.load(tmp_path / "odd.pt", weights_only=True)[-1] == complex(1, 2)
     with pytest.raises(ValueError, match=r"odd.pt \(_rebuild_from_type_v2 is handed a call torch.save never writes"):
         check_tuples(tmp_path / "odd.pt", "odd.pt")
+
+
+@pytest.mark.parametrize(
+    "pickled, reason",
+    [
+        pytest.param(  # bytearray(n) fills n bytes the file does not hold
+            b"\x80\x02c__builtin__\nbytearray\nM\xe8\x03\x85R.",
+            r"it calls bytearray\(\) with a size",
+            id="bytearray(size)",
+        ),
+        pytest.param(  # bytearray(t) of a 0-d int tensor t fills t's value in bytes, which the scan does not see
+            b"\x80\x02c__builtin__\nbytearray\nctorch\nSize\n)R\x85R.",
+            r"it calls bytearray\(\) with a size or an object",
+            id="bytearray(object)",
+        ),
+        pytest.param(  # .to(float64) of a view of one stored zero copies all it passes for
+            b"\x80\x02ctorch._utils\n_rebuild_device_tensor_from_cpu_tensor\n(K\x00ctorch\nfloat64\nX\x03\x00\x00\x00cpu\x89tR.",
+            r"it calls torch._utils._rebuild_device_tensor_from_cpu_tensor, which no weight file",
+            id="a tensor moved from the CPU",
+        ),
+        pytest.param(  # torch.load reads a sparse tensor's indices in full
+            b"\x80\x02ctorch._utils\n_rebuild_sparse_tensor\n(K\x00K\x00tR.",
+            r"it calls torch._utils._rebuild_sparse_tensor, which no weight file",
+            id="a sparse tensor",
+        ),
+        pytest.param(  # the same, through _rebuild_from_type_v2
+            b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(ctorch._utils\n_rebuild_sparse_tensor\nctorch\nTensor\n"
+            b"(K\x00K\x00t}tR.",
+            r"it calls torch._utils._rebuild_sparse_tensor",
+            id="a sparse tensor through _rebuild_from_type_v2",
+        ),
+    ],
+)
+def test_a_call_costing_what_the_file_does_not_hold_is_refused_before_torch_unpickles_it(
+    tmp_path, monkeypatch, pickled, reason
+):
+    """Calls ``weights_only`` allows whose cost no byte of the file holds: ``bytearray(n)`` fills
+    ``n`` bytes, ``_rebuild_device_tensor_from_cpu_tensor`` copies a view of one stored zero to
+    gigabytes, and torch.load checks a sparse tensor's indices in full, all a view of one stored
+    zero passes for. torch.save writes none of them for our files."""
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    def unreached(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    write_pickle(tmp_path / "called.ckpt", pickled)
+    monkeypatch.setattr(torch, "load", unreached)
+    with pytest.raises(ValueError, match=r"called.ckpt: cannot load as a checkpoint \(" + reason):
+        load_checkpoint(tmp_path / "called.ckpt")
+
+
+def test_a_sparse_tensor_torch_save_wrote_is_refused(tmp_path):
+    """The scan refuses sparse tensors as torch.save writes them too: no weight file of ours holds one."""
+    from cnnsuite.trust.untrusted import check_tuples
+
+    torch.save({"w": torch.eye(3).to_sparse()}, tmp_path / "sparse.pt")
+    with pytest.raises(ValueError, match=r"sparse.pt \(it calls torch._utils._rebuild_sparse_tensor"):
+        check_tuples(tmp_path / "sparse.pt", "sparse.pt")
 
 
 def test_a_set_used_over_and_over_costs_the_scan_little_each_time(tmp_path, monkeypatch):

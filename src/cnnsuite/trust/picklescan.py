@@ -30,6 +30,15 @@ _CONTAINERS = ("collections OrderedDict", "collections Counter", "builtins set",
 _UNHASHABLE, _UNSET = -1, object()
 #: ``_rebuild_from_type_v2(func, new_type, args, state)`` calls ``func(*args)``, any global allowed
 _REBUILT = "torch._tensor _rebuild_from_type_v2"
+#: ``bytearray(n)`` fills ``n`` bytes, a few in the file; torch.save writes ``bytearray(bytes)`` or ``bytearray()``
+_BYTEARRAY = "builtins bytearray"
+#: the globals ``weights_only`` allows whose calls cost what no byte of the file holds, and that no
+#: weight file of ours holds: a sparse tensor's indices are read in full inside ``torch.load``
+#: (a view of one stored zero passes for billions), a tensor moved "from the CPU" is copied in
+#: full to its dtype (one stored zero becomes gigabytes); torch.save writes them only for sparse
+#: tensors and for tensors of devices without storage (XLA and the like)
+_NEVER_CALLED = ("torch._utils _rebuild_sparse_tensor", "torch._utils _rebuild_device_tensor_from_cpu_tensor",
+                 "torch._utils _rebuild_device_tensor_from_numpy")  # fmt: skip
 
 
 class CalledTooMuch(Exception):
@@ -38,7 +47,8 @@ class CalledTooMuch(Exception):
 
 
 class Unread(Exception):
-    """Raised by the scan for a call it cannot follow, which ``torch.save`` never writes."""
+    """Raised by the scan for a call it cannot follow, or that costs what the file does not
+    hold, which ``torch.save`` never writes; its message says which."""
 
 
 class Colliding(Exception):
@@ -213,11 +223,23 @@ def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
     function first); any other form is :class:`Unread`, as ``complex``, ``set()`` or a call of
     itself there would make values the scan does not see."""
     if func.name != _REBUILT:
-        return func, args
+        return _checked(func, args)
     items = args.items or ()
     if len(items) != 4 or items[0].name == _REBUILT or items[2].items is None:
-        raise Unread
-    return items[0], items[2]
+        raise Unread("_rebuild_from_type_v2 is handed a call torch.save never writes there")
+    return _checked(items[0], items[2])
+
+
+def _checked(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
+    """``func`` and ``args``, or :class:`Unread` for a call of :data:`_NEVER_CALLED`, or
+    ``bytearray()`` handed anything but a string of bytes (a size, which it fills, or a 0-d
+    tensor standing for one)."""
+    if func.name in _NEVER_CALLED:
+        raise Unread(f"it calls {func.name.replace(' ', '.')}, which no weight file of this suite holds")
+    items = args.items or ()
+    if func.name == _BYTEARRAY and (len(items) > 1 or (items and not isinstance(items[0].scalar, (str, bytes)))):
+        raise Unread("it calls bytearray() with a size or an object, not the bytes torch.save writes")
+    return func, args
 
 
 def _parts(cell: _Cell) -> list[_Cell]:

@@ -66,11 +66,8 @@ def check_tuples(path: Path, failure: str) -> None:
             "bytes: lists or mappings handed to set(), Counter() or OrderedDict() over and over; expected a file "
             "torch.save wrote)"
         ) from None
-    except Unread:
-        raise BadFileError(
-            f"{failure} (_rebuild_from_type_v2 is handed a call torch.save never writes there; expected a file "
-            "torch.save wrote)"
-        ) from None
+    except Unread as err:
+        raise BadFileError(f"{failure} ({err}; expected a file torch.save wrote)") from None
     except Colliding:
         raise BadFileError(
             f"{failure} (over {MAX_COLLIDING} different keys of one hash in one list, mapping or tuple: keys made "
