@@ -1301,6 +1301,31 @@ def test_a_sparse_tensor_torch_save_wrote_is_refused(tmp_path):
         check_tuples(tmp_path / "sparse.pt", "sparse.pt")
 
 
+def test_a_zip_of_compressed_records_is_refused_before_any_is_inflated(tmp_path, monkeypatch):
+    """torch's zip reader inflates a deflated record: a file of kilobytes holds a pickle a thousand
+    times larger, which the scan and ``torch.load`` read opcode by opcode. torch.save stores its
+    records uncompressed: a compressed one is refused before it is read."""
+    import zipfile
+
+    from cnnsuite.trust.checkpoint import load_checkpoint
+
+    def unreached(*args, **kwargs):
+        raise AssertionError("a record was read")
+
+    path = tmp_path / "deflated.ckpt"
+    torch.save({}, path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            content = b"\x80\x02](" + b"N" * 100_000 + b"e." if name.endswith("data.pkl") else content
+            archive.writestr(name, content, compress_type=zipfile.ZIP_DEFLATED)
+    monkeypatch.setattr(torch, "load", unreached)
+    monkeypatch.setattr(torch.serialization, "_open_zipfile_reader", unreached)
+    with pytest.raises(ValueError, match=r"deflated.ckpt: cannot load as a checkpoint \(its record '.*' is compressed"):
+        load_checkpoint(path)
+
+
 def test_a_set_used_over_and_over_costs_the_scan_little_each_time(tmp_path, monkeypatch):
     """A set made from a list of 128 values (64 of hash 0, 64 of hash 1) put into a list 20,000 times:
     a set of more than two values is no pair, so the scan adds none of them as first items; adding

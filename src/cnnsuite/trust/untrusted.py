@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -53,6 +54,7 @@ def check_tuples(path: Path, failure: str) -> None:
     try:
         with open(path, "rb") as file:
             if torch.serialization._is_zipfile(file):
+                check_stored(path, failure)
                 with torch.serialization._open_zipfile_reader(str(path)) as archive:
                     data = archive.get_record("data.pkl")
                 stream, count, held = io.BytesIO(data), 1, len(data)
@@ -73,12 +75,33 @@ def check_tuples(path: Path, failure: str) -> None:
             f"{failure} (over {MAX_COLLIDING} different keys of one hash in one list, mapping or tuple: keys made "
             "to collide, which take time quadratic in their number to load; expected a file torch.save wrote)"
         ) from None
+    except BadFileError:
+        raise
     except Exception:  # not a file torch reads (torch's zip reader raises RuntimeError): torch.load names it
         return
     if handed > bound:
         raise BadFileError(
             f"{failure} (its tuples come to {handed:,} values when read in full, from {held:,} bytes: tuples "
             "referenced over and over; expected a file torch.save wrote)"
+        )
+
+
+def check_stored(path: Path, failure: str) -> None:
+    """Refuse a zip archive whose records are compressed, before any is read: torch's zip reader
+    inflates them, and a megabyte of deflated zeros is a gigabyte of pickle to scan and unpickle,
+    or of weights to hold. ``torch.save`` stores each record as it is. An archive Python's
+    ``zipfile`` does not read (whose records it cannot vouch for) is refused too."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            packed = [info for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED]
+    except Exception as err:  # BadZipFile, or an error of the central directory's fields
+        raise BadFileError(
+            f"{failure} (not a zip archive as torch.save writes it: {_load_error_detail(err)})"
+        ) from None
+    if packed:
+        raise BadFileError(
+            f"{failure} (its record {packed[0].filename!r} is compressed, {packed[0].compress_size:,} bytes for "
+            f"{packed[0].file_size:,}; expected a file torch.save wrote, which stores its records uncompressed)"
         )
 
 
