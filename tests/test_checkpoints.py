@@ -1301,6 +1301,25 @@ def test_a_sparse_tensor_torch_save_wrote_is_refused(tmp_path):
         check_tuples(tmp_path / "sparse.pt", "sparse.pt")
 
 
+@pytest.mark.parametrize("key", ["RecognitionDataModule", "optimizer_states"])
+def test_a_tensor_repeating_its_stored_values_outside_the_weights_is_refused(trained, tmp_path, key):
+    """A view of one stored zero passes for as many values as it declares: the datamodule's state
+    is read with ``tolist()`` and an optimiser's state cast to its parameter's dtype, each holding
+    all of them. Like the weights (``check_values_stored``), every tensor the file holds must
+    store its values."""
+    folder, run = trained
+
+    def edit(checkpoint):
+        entry = checkpoint[key] if key != "optimizer_states" else checkpoint[key][0]["state"]
+        entry["repeated"] = torch.zeros(1).expand(1000)
+
+    evil = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "evil.ckpt", edit)
+    with pytest.raises(
+        ValueError, match=r"evil.ckpt: its entries hold a tensor of 1,000 values where the file stores 4 "
+    ):
+        rebuild(evil, run, {"data_dir": str(folder)})
+
+
 def test_a_zip_of_compressed_records_is_refused_before_any_is_inflated(tmp_path, monkeypatch):
     """torch's zip reader inflates a deflated record: a file of kilobytes holds a pickle a thousand
     times larger, which the scan and ``torch.load`` read opcode by opcode. torch.save stores its

@@ -111,7 +111,9 @@ def check_walkable(value: object, source: object) -> None:
     and how deep it nests), so the walk costs what the file holds, and a file whose entries come
     to :data:`MAX_EXPANSION` times more values than they hold (past :data:`EXPANSION_FLOOR`),
     or nest past :data:`MAX_DEPTH` levels, is refused. A long split list holds as many values
-    as it comes to, however long."""
+    as it comes to, however long. A tensor that repeats stored values (a view of one stored zero
+    passing for a billion) is refused too: what reads it (``tolist()`` of a datamodule's state, an
+    optimiser's state cast to its parameter's dtype) holds every value it passes for."""
     measured: dict[int, tuple[int, int]] = {}  # id → (values, levels below)
     held = 0  # what the file holds: each object once, and each further reference to one
     deep = CheckpointError(f"{source}: its entries nest lists or mappings more than {MAX_DEPTH} deep; expected a "
@@ -119,6 +121,12 @@ def check_walkable(value: object, source: object) -> None:
 
     def measure(item: object, depth: int) -> tuple[int, int]:
         nonlocal held
+        if isinstance(item, torch.Tensor) and item.numel() * item.element_size() > item.untyped_storage().nbytes():
+            raise CheckpointError(
+                f"{source}: its entries hold a tensor of {item.numel():,} values where the file stores "
+                f"{item.untyped_storage().nbytes():,} bytes of them (a view repeating stored values); expected a "
+                "checkpoint written by cnnsuite fit"
+            )
         if not isinstance(item, dict | list | tuple):
             held += 1
             return 1, 0
