@@ -1320,6 +1320,20 @@ def test_a_tensor_repeating_its_stored_values_outside_the_weights_is_refused(tra
         rebuild(evil, run, {"data_dir": str(folder)})
 
 
+def test_a_recorded_data_dir_with_control_characters_is_shown_quoted(trained, tmp_path):
+    """The data folder a checkpoint records is named to the user, never opened: a newline or an
+    escape sequence in it would print a line of the file's choosing, or recolour the terminal."""
+    _, run = trained
+
+    def edit(checkpoint):
+        checkpoint["datamodule_hyper_parameters"]["data_dir"] = "/x\n\x1b[31mFAKE"
+
+    evil = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "evil.ckpt", edit)
+    with pytest.raises(ValueError) as err:
+        evaluate(evil, tmp_path / "out")
+    assert "give --data.data_dir '/x\\n\\x1b[31mFAKE'" in str(err.value) and "\x1b" not in str(err.value)
+
+
 def test_a_zip_of_compressed_records_is_refused_before_any_is_inflated(tmp_path, monkeypatch):
     """torch's zip reader inflates a deflated record: a file of kilobytes holds a pickle a thousand
     times larger, which the scan and ``torch.load`` read opcode by opcode. torch.save stores its

@@ -468,7 +468,8 @@ def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: d
     given = any(data.get(k) is not None for k in data_cls.source_hparams if k != "split_file")
     recorded = recorded_source(checkpoint, data_cls)
     if recorded and not given:
-        options = " ".join(f"--data.{k} {v}" for k, v in recorded.items())
+        # the file's own strings: one with a newline or an escape sequence is shown quoted, not printed
+        options = " ".join(f"--data.{k} {v if str(v).isprintable() else repr(v)}" for k, v in recorded.items())
         raise CheckpointError(
             f"{ckpt_path}: its run read your own data; a checkpoint does not choose what is read: give {options} "
             f"(or where that data is now{also})"
