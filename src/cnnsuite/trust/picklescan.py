@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import codecs
 import pickletools
+import re
 import struct
 
 #: the different values of one hash a list, mapping or tuple may hold: building a mapping or
@@ -36,9 +37,15 @@ _BYTEARRAY = "builtins bytearray"
 #: weight file of ours holds: a sparse tensor's indices are read in full inside ``torch.load``
 #: (a view of one stored zero passes for billions), a tensor moved "from the CPU" is copied in
 #: full to its dtype (one stored zero becomes gigabytes); torch.save writes them only for sparse
-#: tensors and for tensors of devices without storage (XLA and the like)
+#: tensors and for tensors of devices without storage (XLA and the like); nested and meta tensors
+#: neither (a meta tensor holds no values for what reads it)
 _NEVER_CALLED = ("torch._utils _rebuild_sparse_tensor", "torch._utils _rebuild_device_tensor_from_cpu_tensor",
-                 "torch._utils _rebuild_device_tensor_from_numpy")  # fmt: skip
+                 "torch._utils _rebuild_device_tensor_from_numpy", "torch._utils _rebuild_nested_tensor",
+                 "torch._utils _rebuild_meta_tensor_no_storage")  # fmt: skip
+#: the legacy tensor and storage types ``weights_only`` allows (``torch.FloatTensor``, ``torch.cuda.BoolStorage``,
+#: ``torch.Tensor``): called with a size, they allocate it, a few bytes of the file passing for gigabytes that
+#: whatever reads the value (``tolist()``) fills; torch.save names them in storages' ids, and never calls them
+_ALLOCATING = re.compile(r"torch(\.cuda)? \w*(Tensor|Storage)")
 
 
 class CalledTooMuch(Exception):
@@ -231,10 +238,10 @@ def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
 
 
 def _checked(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
-    """``func`` and ``args``, or :class:`Unread` for a call of :data:`_NEVER_CALLED`, or
-    ``bytearray()`` handed anything but a string of bytes (a size, which it fills, or a 0-d
-    tensor standing for one)."""
-    if func.name in _NEVER_CALLED:
+    """``func`` and ``args``, or :class:`Unread` for a call of :data:`_NEVER_CALLED` or
+    :data:`_ALLOCATING`, or ``bytearray()`` handed anything but a string of bytes (a size, which
+    it fills, or a 0-d tensor standing for one)."""
+    if func.name in _NEVER_CALLED or _ALLOCATING.fullmatch(func.name or ""):
         raise Unread(f"it calls {func.name.replace(' ', '.')}, which no weight file of this suite holds")
     items = args.items or ()
     if func.name == _BYTEARRAY and (len(items) > 1 or (items and not isinstance(items[0].scalar, (str, bytes)))):
