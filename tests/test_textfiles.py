@@ -116,6 +116,19 @@ def test_a_csv_row_is_named_by_its_line_past_blank_lines(tmp_path):
         read_labels_csv(tmp_path, "image")
 
 
+def test_a_csv_row_with_more_values_than_the_header_is_one_line_naming_it(tmp_path):
+    """A row's values past the header's last column were dropped without a word: several labels
+    written as ``a.png,beach,sunset`` trained on ``beach`` alone. Empty cells past it (a
+    spreadsheet's trailing commas) still read."""
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / LABELS_CSV).write_text("image,label\na.png,beach,,\nb.png,beach,sunset\n")
+    with pytest.raises(ConfigError, match=r"labels\.csv line 3: 3 values, 'sunset' past the header's 2 columns"):
+        read_labels_csv(tmp_path, "image")
+    (tmp_path / LABELS_CSV).write_text("image,label\na.png,beach,,\nb.png,sunset\n")
+    assert read_labels_csv(tmp_path, "image") == (["beach", "sunset"], {"a.png": 0, "b.png": 1}, False)
+
+
 def test_a_split_file_saved_by_a_windows_editor_reads_and_one_not_utf8_is_one_line(tmp_path):
     from cnnsuite.data.splits import load_splits
 

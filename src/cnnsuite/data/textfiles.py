@@ -32,7 +32,8 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[Row]:
     raises :class:`ConfigError` naming the file and what was expected. No field of these files
     (names, labels, numbers) spans lines, and a quote left open would take the rest of the file
     as one value, so a row that spans lines, or whose quotes do not close before a comma, is an
-    error naming its line."""
+    error naming its line, as is a row with a value past the header's last column (empty cells
+    there, a spreadsheet's trailing commas, read as none)."""
     path = Path(path)
     rows, line = [], 1
     try:
@@ -50,7 +51,14 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[Row]:
                 if reader.line_num > line:
                     raise ConfigError(f"{path} line {line}: a quoted field runs on over the next lines; expected "
                                       "one line a row")  # fmt: skip
-                if cells:  # cells past the header's are left out, missing ones are empty
+                extra = [cell.strip() for cell in cells[len(found) :]]
+                if any(extra):  # a value past the last column would be dropped: a label, a number
+                    raise ConfigError(
+                        f"{path} line {line}: {len(cells)} values, {', '.join(map(repr, filter(None, extra)))} past "
+                        f"the header's {len(found)} columns ({','.join(found)}); expected one value a column (quote a "
+                        'value that holds a comma: "a, b")'
+                    )
+                if cells:  # empty cells past the header's are left out, missing ones are empty
                     rows.append(Row({name: (cells[k].strip() if k < len(cells) else "") for k, name in
                                      enumerate(found)}, line))  # fmt: skip
     except UnicodeDecodeError as err:
