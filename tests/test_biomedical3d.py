@@ -388,6 +388,24 @@ def test_a_folder_of_two_dicom_series_is_named_not_read_as_one(tmp_path):
             LoadVolumed()({"image": str(tmp_path / "series")})
 
 
+def test_a_dicom_series_with_a_slice_missing_is_named_not_read_stretched(tmp_path):
+    """MONAI's DICOM reader stacks the slices it finds and spreads them evenly: a series of 8
+    slices 1.5 mm apart with two lost in transfer read as 6 slices 2.1 mm apart, the anatomy
+    past the gap moved, and trained on silently. Slices listed out of order still read."""
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+    from test_newcomer import write_dicom_series
+
+    write_dicom_series(tmp_path / "series", np.zeros((8, 8, 8)))
+    files = sorted((tmp_path / "series").iterdir())
+    files[0].rename(tmp_path / "series" / "999.dcm")  # the first slice listed last
+    assert LoadVolumed()({"image": str(tmp_path / "series")})["image"].shape == (1, 8, 8, 8)
+    for file in files[3:5]:
+        file.unlink()
+    expected = r"series: 6 slices, 1.5 mm apart but 4.5 mm between 3 and 7.5 mm \(a slice missing\?\); expected one"
+    with pytest.raises(BadFileError, match=expected):
+        LoadVolumed()({"image": str(tmp_path / "series")})
+
+
 def test_a_folder_of_no_dicom_file_is_named_as_one(tmp_path):
     """The files that are no DICOM are left out of a series: a folder of those alone read as
     'cannot read as a volume (IndexError: list index out of range)'."""

@@ -227,6 +227,7 @@ def read_header(path: Path) -> Header | None:
                 names = ", ".join(f.name for f in files[:3]) + (" ..." if len(files) > 3 else "")
                 raise BadFileError(f"{path}: holds no DICOM file ({names}); expected a DICOM series (one file a slice)")
             check_one_series(path, slices)
+            check_even_slices(path, slices)
             voxels = sum(int(s.Rows) * int(s.Columns) * int(getattr(s, "NumberOfFrames", 1) or 1) for s in slices)
             return Header([voxels], f"declares {len(slices)} DICOM slices of {slices[0].Rows}x{slices[0].Columns}")
         if name.endswith((".nrrd", ".nhdr")):
@@ -264,6 +265,36 @@ def check_one_series(folder: Path, slices: list) -> None:
         counted = ", ".join(f"{uid or 'none'}: {n} files" for uid, n in series.most_common())
         raise BadFileError(
             f"{folder}: holds {len(series)} DICOM series (SeriesInstanceUID {counted}); expected one series a folder"
+        )
+
+
+def check_even_slices(folder: Path, slices: list) -> None:
+    """A series' slices must lie one spacing apart: MONAI's DICOM reader stacks the slices it
+    finds and spreads them evenly over the first to the last, so a slice lost in transfer (or
+    two at one place) would be read as a volume stretched past the gap, with a spacing the scan
+    never had. Positions are along the slices' normal; a series that does not record them (or a
+    multi-frame file) is left to the reader."""
+    if len(slices) < 3 or any(int(getattr(s, "NumberOfFrames", 1) or 1) > 1 for s in slices):
+        return
+    try:
+        orientation = np.asarray(slices[0].ImageOrientationPatient, float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        places = np.sort([float(np.dot(normal, np.asarray(s.ImagePositionPatient, float))) for s in slices])
+    except (AttributeError, TypeError, ValueError):
+        return
+    gaps = np.diff(places)
+    step = float(np.median(gaps))
+    if step < 1e-3 < float(gaps.max()):
+        raise BadFileError(
+            f"{folder}: {len(slices)} slices at {len(set(np.round(places, 3)))} places (several acquisitions in one "
+            "series?); expected one slice a place, one spacing through the series"
+        )
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > max(0.1 * step, 1e-3):
+        raise BadFileError(
+            f"{folder}: {len(slices)} slices, {step:g} mm apart but {gaps[worst]:g} mm between {places[worst]:g} and "
+            f"{places[worst + 1]:g} mm ({'a slice missing?' if gaps[worst] > step else 'two slices at one place?'}); "
+            "expected one spacing through the series"
         )
 
 
