@@ -180,6 +180,27 @@ def test_gray_channels_inferred_from_files(tmp_path):
     assert RecognitionDataModule(data_dir=str(folder)).in_channels == 1
 
 
+@pytest.mark.parametrize("mode", ["LA", "I;16B"])
+def test_gray_images_with_alpha_or_big_endian_16_bit_are_gray(tmp_path, mode):
+    """Grey with an alpha band (scans and icons saved with transparency) and big-endian 16-bit
+    TIFFs are grey, and read as grey values, but counted as colour: the run took 3 channels,
+    each the same."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    folder = make_image_folder(tmp_path / "g", per_class=3)
+    for p in folder.rglob("*.*"):
+        gray = np.asarray(Image.open(p).convert("L"))
+        p.unlink()
+        if mode == "LA":
+            Image.fromarray(gray).convert("LA").save(p.with_suffix(".png"))
+        else:
+            tifffile.imwrite(p.with_suffix(".tif"), gray.astype(">u2") * 257, byteorder=">")
+    assert {Image.open(p).mode for p in folder.rglob("*.*")} == {mode}
+    assert RecognitionDataModule(data_dir=str(folder)).in_channels == 1
+
+
 def test_one_grayscale_image_sorting_first_leaves_a_colour_folder_in_colour(tmp_path):
     """The channels came from the first file alone: one grayscale image first in a colour
     folder made the run train (and export) on one channel."""

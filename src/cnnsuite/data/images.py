@@ -223,7 +223,7 @@ def image_channels(paths: Iterable[Path]) -> int:
     def gray(path: Path) -> bool | None:
         try:
             with open_image(path) as img:
-                return img.mode in ("1", "L", "I", "I;16", "F")
+                return img.mode in ("1", "L", "LA", "I", "F", *_SIXTEEN_BIT)  # an alpha band is no colour
         except BadFileError as err:
             errors.append(err)
             return None
