@@ -149,7 +149,7 @@ def label_cells(rows: Sequence[Row], id_column: str, path: object) -> tuple[list
         line = row.line
         if sample_id in first:
             raise ConfigError(
-                f"{path}, line {line}: {sample_id!r} again (line {first[sample_id]} has it); expected one row a "
+                f"{path}, line {line}: {sample_id!r} again (line {first[sample_id]} has it); expected one row per "
                 f"{id_column}, its labels together"
             )
         first[sample_id] = line
