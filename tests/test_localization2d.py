@@ -603,3 +603,26 @@ def test_the_exported_box_meaning_says_that_predict_clips_to_the_image():
     logits, boxes = torch.zeros(1, 2), torch.tensor([[-0.25, 0.1, 1.5, 0.9]])
     (prediction,) = model.describe_outputs((logits, boxes), [item])
     assert prediction["box"] == pytest.approx([0.0, 2.0, 40.0, 18.0])
+
+
+def test_an_image_of_another_size_than_its_coco_or_voc_annotation_says_is_named(tmp_path):
+    """The boxes of a COCO or VOC annotation are in the pixels of the size it declares: an image
+    of another size (resized after labelling, or labelled as stored where its EXIF turns it) is
+    named before training, as detection2d names it, not trained on with boxes in the wrong frame."""
+    coco = write_coco(tmp_path / "coco", [1, 1, 1, 1])
+    doc = json.loads((coco / "annotations.json").read_text())
+    doc["images"][1].update(width=32, height=48)  # the box (2, 3, 12, 15) lies inside either frame
+    (coco / "annotations.json").write_text(json.dumps(doc))
+    with pytest.raises(
+        BadFileError, match=r"images/1\.png \(id 2\): the image is 48x32 pixels but its annotation says 32x48"
+    ):
+        LocalizationDataModule(data_dir=str(coco)).setup("fit")
+    voc = write_voc(tmp_path / "voc", [1, 1, 1])
+    xml = voc / "Annotations" / "2.xml"
+    xml.write_text(xml.read_text().replace("<width>48</width>", "<width>96</width>"))
+    dm = LocalizationDataModule(data_dir=str(voc), on_bad_file="skip")
+    with pytest.warns(
+        UserWarning, match=r"2\.xml: image JPEGImages/2\.jpg: the image is 48x32 pixels but its annotation says 96x32"
+    ):
+        dm.setup("fit")
+    assert sum(len(dm.datasets[s]) for s in ("train", "val", "test")) == 2  # left out

@@ -211,10 +211,14 @@ class LocalizationDataModule(ImageDataModule):
         samples = self._load()
 
         def check(sample_id: str) -> None:
+            sample = samples[sample_id]
             size = checked_size(self.root / sample_id, self.in_channels if decode else None)
-            problem = box_error(samples[sample_id].box, size, f"its image {sample_id}")
+            if sample.size is not None and size != sample.size:  # its box is in another frame
+                raise BadFileError(f"{sample.where}: the image is {size[0]}x{size[1]} pixels but its annotation says "
+                                   f"{sample.size[0]}x{sample.size[1]}")  # fmt: skip
+            problem = box_error(sample.box, size, f"its image {sample_id}")
             if problem:
-                raise BadFileError(f"{samples[sample_id].where}: {problem}")
+                raise BadFileError(f"{sample.where}: {problem}")
 
         return collect_bad(ids, check)
 

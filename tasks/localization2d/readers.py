@@ -35,12 +35,14 @@ FORMATS = ("auto", "csv", "cub", "coco", "voc")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image's label and box (``x1, y1, x2, y2`` pixels); ``where`` names its row."""
+    """One image's label and box (``x1, y1, x2, y2`` pixels); ``where`` names its row. ``size``
+    (width, height) is the size a COCO or VOC annotation declares: its box is in those pixels."""
 
     file: str
     label: int
     box: tuple[float, float, float, float]
     where: str
+    size: tuple[int, int] | None = None
 
 
 def detect_format(root: Path) -> str:
@@ -188,7 +190,9 @@ def read_detection_folder(
             ids = f" ({noun} {record.annotation_ids})" if record.boxes else ""
             errors.append(BadFileError(f"{where}: {len(record.boxes)} boxes{ids} where one is expected"))
             continue
-        samples.append(Sample(record.file, record.labels[0], tuple(record.boxes[0]), where))
+        samples.append(
+            Sample(record.file, record.labels[0], tuple(record.boxes[0]), where, (record.width, record.height))
+        )
         kept.append(record)
     # an image left out for its boxes stays out of the lists, as one whose XML was bad
     lists = voc_split_lists(root, kept) if fmt == "voc" else None
