@@ -1002,3 +1002,14 @@ def test_an_image_declared_smaller_than_it_is_named_for_its_size_not_its_boxes(t
     with pytest.raises(AnnotationError) as err:
         read_voc(voc, ["bird", "cat"], "error")
     assert str(err.value).endswith("JPEGImages/0.jpg: image id 0 is 48x32 pixels but its annotation says 10x10")
+
+
+@pytest.mark.parametrize("size", ["<size><width>0</width><height>0</height><depth>3</depth></size>", "<size/>", ""])
+def test_a_pascal_voc_size_of_zero_is_read_from_the_image_as_one_left_out(tmp_path, size):
+    """Exporters that do not know an image's size write ``<width>0</width>``: as a COCO
+    width/height of 0 or left out, the size is the image's own, not a size that stops the run."""
+    make_voc_folder(tmp_path, count=1)
+    xml = tmp_path / "Annotations" / "2008_000000.xml"
+    xml.write_text(xml.read_text().replace("<object>", f"{size}<object>"))
+    (record,) = read_voc(tmp_path, ["emu", "owl"]).records
+    assert (record.width, record.height) == (48, 32) and record.boxes == [[1.0, 2.0, 20.0, 19.0]]

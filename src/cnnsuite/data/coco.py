@@ -475,6 +475,8 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
         try:
             width, height = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
         except (TypeError, ValueError):
+            width = height = 0
+        if width <= 0 or height <= 0:  # left out, or 0 where an exporter did not know it: the file's own
             width, height = _upright_size(root / found)
         record = DetectionRecord(found, image_id, width, height, source=str(xml_path))
         for index, obj in enumerate(tree.iter("object")):
