@@ -1001,7 +1001,7 @@ def test_an_image_declared_smaller_than_it_is_named_for_its_size_not_its_boxes(t
     xml.write_text(xml.read_text().replace(size, "<width>10</width><height>10</height>"))
     with pytest.raises(AnnotationError) as err:
         read_voc(voc, ["bird", "cat"], "error")
-    assert str(err.value).endswith("JPEGImages/0.jpg: image id 0 is 48x32 pixels but its annotation says 10x10")
+    assert str(err.value).endswith(f"JPEGImages/0.jpg is 48x32 pixels but the <size> in {xml} says 10x10")
 
 
 @pytest.mark.parametrize("size", ["<size><width>0</width><height>0</height><depth>3</depth></size>", "<size/>", ""])
@@ -1013,3 +1013,14 @@ def test_a_pascal_voc_size_of_zero_is_read_from_the_image_as_one_left_out(tmp_pa
     xml.write_text(xml.read_text().replace("<object>", f"{size}<object>"))
     (record,) = read_voc(tmp_path, ["emu", "owl"]).records
     assert (record.width, record.height) == (48, 32) and record.boxes == [[1.0, 2.0, 20.0, 19.0]]
+
+
+def test_a_pascal_voc_size_that_is_not_the_images_names_its_xml_file(tmp_path):
+    """A VOC image has no id of its own: the message names the XML file whose ``<size>`` is wrong."""
+    make_voc_folder(tmp_path, count=1)
+    xml = tmp_path / "Annotations" / "2008_000000.xml"
+    xml.write_text(xml.read_text().replace("<object>", "<size><width>96</width><height>32</height></size><object>"))
+    dm = DetectionDataModule(data_dir=str(tmp_path))
+    said = str(dm.find_bad(["JPEGImages/2008_000000.jpg"], decode=False)["JPEGImages/2008_000000.jpg"])
+    assert "image id" not in said
+    assert "2008_000000.jpg is 48x32 pixels but the <size> in " in said and "2008_000000.xml says 96x32" in said

@@ -287,11 +287,14 @@ def find_image(root: Path, file_name: str, folders: tuple[str, ...] = IMAGE_FOLD
 
 def check_annotated_size(root: Path, record: DetectionRecord, width: int, height: int) -> None:
     """An image (upright) must be the size its annotation gives: its boxes are in those pixels."""
-    if (width, height) != (record.width, record.height):
-        raise AnnotationError(
-            f"{root / record.file}: image id {record.image_id} is {width}x{height} "
-            f"pixels but its annotation says {record.width}x{record.height}"
-        )
+    if (width, height) == (record.width, record.height):
+        return
+    declared = f"{record.width}x{record.height}"
+    if record.source.endswith(".xml"):  # a VOC image has no id of its own: name its XML file
+        raise AnnotationError(f"{root / record.file} is {width}x{height} pixels but the <size> in {record.source} "
+                              f"says {declared}")  # fmt: skip
+    said = f"is {width}x{height} pixels but its annotation says {declared}"
+    raise AnnotationError(f"{root / record.file}: image id {record.image_id} {said}")
 
 
 def _misdeclared(root: Path, record: DetectionRecord, fail: _Problems, sized: dict[str, bool]) -> bool:
