@@ -136,6 +136,8 @@ def write_bad(folder, mutate):
         ("unknown image", lambda d: d["annotations"][1].update(image_id=999), r"annotation id 101: image_id 999"),
         ("missing file", lambda d: d["images"][4].update(file_name="gone.png"), r"image id 5: .*'gone.png'"),
         ("bad area", lambda d: d["annotations"][4].update(area="big"), r"annotation id 104: area 'big'"),
+        # a string "0" is true in Python: it made the object a crowd, neither trained on nor scored
+        ("crowd a string", lambda d: d["annotations"][6].update(iscrowd="0"), r"annotation id 106: iscrowd '0'"),
         # values that are not even keys were a TypeError (unhashable) under jsonargparse's union traceback
         ("image id a list", lambda d: d["annotations"][1].update(image_id=[1]), r"annotation id 101: image_id \[1\]"),
         (

@@ -2,7 +2,7 @@
 
 A COCO file is a JSON object with ``images`` (``id``, ``file_name``, ``width``, ``height``),
 ``annotations`` (``id``, ``image_id``, ``category_id``, ``bbox`` as ``[x, y, width, height]``
-in pixels; ``iscrowd``, ``segmentation`` and ``area`` are tolerated) and ``categories``
+in pixels; ``iscrowd`` (0 or 1), ``segmentation`` and ``area`` are tolerated) and ``categories``
 (``id``, ``name``). Category ids may be any integers, as in COCO itself (1…90 with gaps):
 :class:`CategoryMap` turns them into the contiguous labels ``0…K-1`` a network predicts and
 back. Image files are found by ``file_name`` relative to the dataset folder or to its
@@ -397,10 +397,14 @@ def read_coco(
         if not (isinstance(area, int | float) and math.isfinite(area) and area >= 0):
             fail(f"{where}: area {area!r}: expected a number of pixels² (0 or left out: the box's)")
             continue
+        crowd = ann.get("iscrowd", 0)
+        if not isinstance(crowd, int | float) or crowd not in (0, 1):  # a string "0" would be true
+            fail(f"{where}: iscrowd {crowd!r}: expected 0 or 1")
+            continue
         x1, y1, x2, y2 = clipped((x, y, x + w, y + h), (record.width, record.height))
         record.boxes.append([x1, y1, x2, y2])
         record.labels.append(categories.label(category_id))
-        record.iscrowd.append(int(bool(ann.get("iscrowd", 0))))
+        record.iscrowd.append(int(crowd))
         record.annotation_ids.append(ann_id)
         record.areas.append(float(area) or (x2 - x1) * (y2 - y1))
     fail.report()
