@@ -1026,3 +1026,22 @@ def test_a_pascal_voc_size_that_is_not_the_images_names_its_xml_file(tmp_path):
     said = str(dm.find_bad(["JPEGImages/2008_000000.jpg"], decode=False)["JPEGImages/2008_000000.jpg"])
     assert "image id" not in said
     assert "2008_000000.jpg is 48x32 pixels but the <size> in " in said and "2008_000000.xml says 96x32" in said
+
+
+def test_a_size_turned_a_quarter_says_the_exif_orientation_may_be_why(tmp_path):
+    """Tools that ignore EXIF label a phone photo as stored: its annotation gives the stored
+    size, which is the upright size turned; the message says so, as the file's own size alone
+    (what most viewers show) would puzzle."""
+    folder = make_coco_folder(tmp_path / "c")
+    photo = Image.open(folder / "images" / "img0.png").convert("RGB").resize((64, 48))  # stored 64x48
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: upright 48x64
+    photo.save(folder / "images" / "img0.jpg", exif=exif.tobytes())
+
+    def as_stored(doc):
+        doc["images"][0].update(file_name="img0.jpg", width=64, height=48)
+        doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != 1]
+
+    write_bad(folder, as_stored)
+    said = str(DetectionDataModule(data_dir=str(folder)).find_bad(["images/img0.jpg"], decode=False)["images/img0.jpg"])
+    assert "is 48x64 pixels but its annotation says 64x48" in said and "EXIF orientation" in said

@@ -285,11 +285,19 @@ def find_image(root: Path, file_name: str, folders: tuple[str, ...] = IMAGE_FOLD
     return None
 
 
+def turned_hint(size: tuple[int, int], declared: tuple[int, int]) -> str:
+    """What to add where an image's upright ``size`` is not the ``declared`` one but is that
+    size turned a quarter: tools that ignore EXIF label a phone photo in its stored pixels."""
+    if size != declared and size == declared[::-1]:
+        return " (the upright image turned a quarter: labelled as stored, without its EXIF orientation?)"
+    return ""
+
+
 def check_annotated_size(root: Path, record: DetectionRecord, width: int, height: int) -> None:
     """An image (upright) must be the size its annotation gives: its boxes are in those pixels."""
     if (width, height) == (record.width, record.height):
         return
-    declared = f"{record.width}x{record.height}"
+    declared = f"{record.width}x{record.height}{turned_hint((width, height), (record.width, record.height))}"
     if record.source.endswith(".xml"):  # a VOC image has no id of its own: name its XML file
         raise AnnotationError(f"{root / record.file} is {width}x{height} pixels but the <size> in {record.source} "
                               f"says {declared}")  # fmt: skip
