@@ -40,7 +40,7 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.augment import BatchBoxAffine
-from cnnsuite.data.coco import AnnotationError, box_error, turned_hint
+from cnnsuite.data.coco import AnnotationError, box_error, size_error
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.images import checked_size, read_image_with_picture
 from cnnsuite.data.splits import STAGES, ListedSplits
@@ -213,9 +213,8 @@ class LocalizationDataModule(ImageDataModule):
         def check(sample_id: str) -> None:
             sample = samples[sample_id]
             size = checked_size(self.root / sample_id, self.in_channels if decode else None)
-            if sample.size is not None and size != sample.size:  # its box is in another frame
-                raise BadFileError(f"{sample.where}: the image is {size[0]}x{size[1]} pixels but its annotation says "
-                                   f"{sample.size[0]}x{sample.size[1]}{turned_hint(size, sample.size)}")  # fmt: skip
+            if sample.size is not None and (problem := size_error(size, sample.size)):  # its box is in another frame
+                raise BadFileError(f"{sample.where}: the image {problem}")
             problem = box_error(sample.box, size, f"its image {sample_id}")
             if problem:
                 raise BadFileError(f"{sample.where}: {problem}")

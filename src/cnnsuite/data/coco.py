@@ -285,24 +285,27 @@ def find_image(root: Path, file_name: str, folders: tuple[str, ...] = IMAGE_FOLD
     return None
 
 
-def turned_hint(size: tuple[int, int], declared: tuple[int, int]) -> str:
-    """What to add where an image's upright ``size`` is not the ``declared`` one but is that
-    size turned a quarter: tools that ignore EXIF label a phone photo in its stored pixels."""
-    if size != declared and size == declared[::-1]:
-        return " (the upright image turned a quarter: labelled as stored, without its EXIF orientation?)"
-    return ""
+def size_error(size: tuple[int, int], declared: tuple[int, int], said_by: str = "its annotation") -> str | None:
+    """Why an image whose upright ``size`` (width, height) is not the size ``said_by`` declares
+    cannot be trained on (its boxes are in the declared pixels), or None. Where it is that size
+    turned a quarter, the likely cause is named: tools that ignore EXIF label a phone photo in its
+    stored pixels."""
+    size, declared = tuple(size), tuple(declared)
+    if size == declared:
+        return None
+    turned = " (the upright image turned a quarter: labelled as stored, without its EXIF orientation?)"
+    return (f"is {size[0]}x{size[1]} pixels but {said_by} says {declared[0]}x{declared[1]}"
+            + (turned if size == declared[::-1] else ""))  # fmt: skip
 
 
 def check_annotated_size(root: Path, record: DetectionRecord, width: int, height: int) -> None:
-    """An image (upright) must be the size its annotation gives: its boxes are in those pixels."""
-    if (width, height) == (record.width, record.height):
-        return
-    declared = f"{record.width}x{record.height}{turned_hint((width, height), (record.width, record.height))}"
-    if record.source.endswith(".xml"):  # a VOC image has no id of its own: name its XML file
-        raise AnnotationError(f"{root / record.file} is {width}x{height} pixels but the <size> in {record.source} "
-                              f"says {declared}")  # fmt: skip
-    said = f"is {width}x{height} pixels but its annotation says {declared}"
-    raise AnnotationError(f"{root / record.file}: image id {record.image_id} {said}")
+    """An image (upright) must be the size its annotation gives: its boxes are in those pixels.
+    A VOC image has no id of its own: the message names its XML file."""
+    voc = record.source.endswith(".xml")
+    said_by = f"the <size> in {record.source}" if voc else "its annotation"
+    problem = size_error((width, height), (record.width, record.height), said_by)
+    if problem:
+        raise AnnotationError(f"{root / record.file}{'' if voc else f': image id {record.image_id}'} {problem}")
 
 
 def _misdeclared(root: Path, record: DetectionRecord, fail: _Problems, sized: dict[str, bool]) -> bool:
