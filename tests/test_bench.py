@@ -139,3 +139,23 @@ def test_a_folder_of_the_users_own_is_refused_before_anything_is_measured(tmp_pa
     assert f"--out {tmp_path / 'photos'}: holds files this command did not write (bench.md)" in err
     assert (tmp_path / "photos" / "bench.md").read_text() == "my notes"
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["bench.md"]
+
+
+def test_bench_json_is_strict_json_whatever_a_ratio_came_to(tmp_path):
+    """A reference that scored 0 makes a ratio infinite, a diverged run a metric NaN: bench.json
+    holds null there (strict JSON, which any parser reads), never ``Infinity`` or ``NaN``."""
+    from cnnsuite.bench.core import write_report
+
+    settings = {"quick": True, "tasks": ["t"], "device": "cpu", "matmul_size": 8, "load": {}}
+    sections = {"endtoend": {"t.test_metric_ratio_vs_plain": math.inf, "t.test_metric_plain": math.nan,
+                             "t.all": [1.0, -math.inf], "t.time_s_ours": 2.5}}  # fmt: skip
+    machine = {"cpu": "x", "cpu_flags": [], "usable_cpus": 1, "logical_cpus": 1, "torch_threads": 1,
+               "omp_num_threads": None, "memory_gib": 1, "gpu": None}  # fmt: skip
+    write_report(tmp_path, machine, 1.0, settings, sections, {})
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    data = json.loads((tmp_path / "bench.json").read_text(), parse_constant=refuse)
+    assert data["endtoend"] == {"t.test_metric_ratio_vs_plain": None, "t.test_metric_plain": None,
+                                "t.all": [1.0, None], "t.time_s_ours": 2.5}  # fmt: skip

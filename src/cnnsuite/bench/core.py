@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import platform
 import resource
@@ -40,6 +39,7 @@ from ..classpath import class_path
 from ..contract import LINKED, Task, registered_tasks, task_named
 from ..data import TaskDataModule
 from ..errors import ConfigError
+from ..jsonout import strict_json
 from ..timing import measure, synchronizer
 from ..training.callbacks import PreciseBatchNorm
 from ..training.runs import output_folder
@@ -345,12 +345,13 @@ def machine_markdown(machine: dict, matmul: float, settings: dict) -> str:
 
 
 def write_report(out: Path, machine: dict, matmul: float, settings: dict, sections: dict, markdowns: dict) -> None:
-    """``bench.json`` (machine, settings, each section flattened) and ``bench.md`` (the
-    machine's table first, then each section's own), each written whole or not at all."""
+    """``bench.json`` (machine, settings, each section flattened; a figure that is no number as
+    null) and ``bench.md`` (the machine's table first, then each section's own), each written
+    whole or not at all."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": {**machine, "matmul_gflops": round(matmul, 2)}, "settings": settings, **sections}
     text = "\n".join(["# cnnsuite bench", "", machine_markdown(machine, matmul, settings), *markdowns.values()])
-    for name, content in (("bench.json", json.dumps(report, indent=1) + "\n"), ("bench.md", text)):
+    for name, content in (("bench.json", strict_json(report, indent=1) + "\n"), ("bench.md", text)):
         partial = out / f".{name}.partial"
         partial.write_text(content)
         partial.replace(out / name)
