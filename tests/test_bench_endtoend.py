@@ -163,3 +163,16 @@ def test_each_side_runs_in_turn_and_keeps_its_shortest_run(tmp_path, monkeypatch
     assert figures["time_s_plain"] == 18.0 and figures["test_metric_plain"] == pytest.approx(0.8)
     assert figures["plain_train_s"] == 10.0 and figures["train_time_ratio_vs_plain"] == pytest.approx(20 / 18)
     assert "Each side ran 2 times" in endtoend.markdown({"recognition2d": figures | {"test_metric": "test/acc"}})
+
+
+def test_a_metric_that_is_no_number_never_reads_reached():
+    """A plain script whose training diverged scores NaN: the metric ratio is NaN too, and every
+    comparison with NaN is false, so "worse than the plain script's" used to go unsaid and the
+    row read "reached"."""
+    for ours, plain in ((0.9, math.nan), (math.nan, 0.9)):
+        figures = {"endtoend_epochs": 1, "test_metric": "test/acc", "test_metric_mode": "max", "time_s_ours": 2.0,
+                   "time_s_plain": 2.0, "plain_train_s": 1.0, "train_time_ratio_vs_plain": 1.0,
+                   "test_metric_ours": ours, "test_metric_plain": plain}  # fmt: skip
+        row = next(line for line in endtoend.markdown({"recognition2d": figures}).splitlines()
+                   if line.startswith("| recognition2d | 1 |"))  # fmt: skip
+        assert "not reached" in row and "no number" in row, row
