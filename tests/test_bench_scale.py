@@ -131,3 +131,23 @@ def test_a_job_past_its_time_is_stopped_and_named(monkeypatch, tmp_path):
            "factor": 1, "base_samples": 4}  # fmt: skip
     with pytest.raises(RuntimeError, match="still running after 0.5 s"):
         scale.in_fresh_process(job)
+
+
+def test_shards_and_files_train_under_the_same_cache_limit(monkeypatch, tmp_path):
+    """Shards against files is measured on data 4× larger than ``data.cache_limit_mb``: both
+    sides under that limit, or the shards keep every chunk mapped within the config's default
+    limit while the files are decoded every epoch, and the ratio measures the limits."""
+    jobs = []
+
+    def fake(job):
+        jobs.append(job)
+        return {} if job["kind"] == "prepare" else {"train_samples": 10, "fit_s": 1.0, "test_metric": 0.5}
+
+    monkeypatch.setattr(scale, "in_fresh_process", fake)
+    scale.build("recognition2d", tmp_path / "data")[1].prepare_data()
+    figures = scale.throughput("recognition2d", tmp_path / "data", tmp_path, scale.TINY)
+    trained = {
+        "shards" if "data_dir" in job["data"] else "files": job["data"] for job in jobs if job["kind"] == "train"
+    }
+    limit = figures["throughput.cache_limit_mb"]
+    assert trained["files"]["cache_limit_mb"] == trained["shards"]["cache_limit_mb"] == limit > 0

@@ -413,8 +413,8 @@ def write_shards(task: str, data_root: Path, out: Path, factor: int, base: int |
 
 
 def throughput(task: str, data_root: Path, tmp: Path, settings: Settings) -> dict:
-    """The task's 1× data trained from its raw files with ``cache_limit_mb`` a quarter of its
-    training split's decoded size, and from its shards, for the same epochs and seed."""
+    """The task's 1× data trained from its raw files and from its shards, both with
+    ``cache_limit_mb`` a quarter of its training split's decoded size, for the same epochs and seed."""
     _, datamodule = build(task, data_root)
     datamodule.setup("fit")
     ids, read = datamodule.decoder("train")
@@ -425,7 +425,11 @@ def throughput(task: str, data_root: Path, tmp: Path, settings: Settings) -> dic
                       "base_samples": None})  # fmt: skip
     figures = {"throughput.decoded_mb": decoded_mb, "throughput.cache_limit_mb": limit,
                "throughput.epochs": settings.throughput_epochs}  # fmt: skip
-    for side, data in (("files", {"cache_limit_mb": limit}), ("shards", {"data_dir": str(folder)})):
+    # both sides under the one limit: shards keep as many chunks mapped as it holds
+    for side, data in (
+        ("files", {"cache_limit_mb": limit}),
+        ("shards", {"data_dir": str(folder), "cache_limit_mb": limit}),
+    ):
         job = in_fresh_process({"kind": "train", "task": task, "data_root": str(data_root), "data": data,
                                 "epochs": settings.throughput_epochs})  # fmt: skip
         figures[f"throughput.{side}.samples_per_s"] = job["train_samples"] * settings.throughput_epochs / job["fit_s"]
