@@ -176,3 +176,37 @@ def test_a_metric_that_is_no_number_never_reads_reached():
         row = next(line for line in endtoend.markdown({"recognition2d": figures}).splitlines()
                    if line.startswith("| recognition2d | 1 |"))  # fmt: skip
         assert "not reached" in row and "no number" in row, row
+
+
+@pytest.mark.parametrize("plain_device", [None, "cpu", "cuda:0"])
+def test_a_plain_script_on_another_device_than_the_fit_gives_no_ratio(tmp_path, monkeypatch, plain_device):
+    """On a GPU machine ``cnnsuite fit`` trains on the GPU; the plain scripts train where their
+    model is, the CPU (a script that says no device trained there). Their times are no ratio:
+    the row says why instead of holding one (a GPU ``make train`` against a CPU script read
+    "reached" however slow the suite was)."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "recognition2d.py").write_text("")
+
+    def timed(command, log, cwd=None):
+        if "cnnsuite" in command:
+            run = Path(command[command.index("--trainer.default_root_dir") + 1]) / "version_0" / "evaluation"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({"test/acc": 0.9}))
+        else:
+            device = {} if plain_device is None else {"device": plain_device}
+            result = {"train_seconds": 1.0, "data_seconds": 1.0, "test/acc": 0.9, **device}
+            Path(command[command.index("--out") + 1]).write_text(json.dumps(result))
+        return 10.0
+
+    monkeypatch.setattr(endtoend, "timed", timed)
+    figures = endtoend.end_to_end("recognition2d", 1, tmp_path, None, plain, device="cuda")
+    if plain_device == "cuda:0":
+        assert figures["train_time_ratio_vs_plain"] == 1.0
+        return
+    assert "train_time_ratio_vs_plain" not in figures and "not comparable" in figures["plain"]
+    assert figures["time_s_plain"] == 10.0 and figures["plain_device"] == "cpu"
+    row = endtoend.markdown({"recognition2d": figures | {"test_metric": "test/acc"}}).splitlines()
+    assert any(line.startswith("| recognition2d |") and "not comparable" in line for line in row)
+    # on the CPU both sides train there: the ratio stands
+    assert "train_time_ratio_vs_plain" in endtoend.end_to_end("recognition2d", 1, tmp_path, None, plain)

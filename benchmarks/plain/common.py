@@ -95,6 +95,7 @@ def fit(
         "test_samples": len(loaded.test[0]),
         "data_seconds": loaded.data_seconds,
         "train_seconds": train_seconds,
+        "device": next(loaded.model.parameters()).device.type,
     }
 
 

@@ -23,9 +23,11 @@ is ``<task>.py`` in the folder given by ``cnnsuite bench --plain DIR`` (by defau
 
     python DIR/<task>.py --epochs K --data_root ROOT --out result.json [--limit_batches B]
 
-writing a JSON object with ``train_seconds``, ``data_seconds`` and the headline metric. With
-no folder, or no script of the task in it, the plain side is said to be not measured and ours
-is measured alone.
+writing a JSON object with ``train_seconds``, ``data_seconds``, the headline metric and the
+``device`` it trained on (``cpu`` where it says none). With no folder, or no script of the task
+in it, the plain side is said to be not measured and ours is measured alone; a script that
+trained on another kind of device than ``cnnsuite fit`` here (the plain scripts of a source
+checkout train on the CPU, ``fit`` on a GPU where there is one) gets no ratio, its row says so.
 
 **Equal training-time budget.** The default network and reference networks of the task (the
 ones it declares for it: :attr:`cnnsuite.contract.Task.budget_references`; with ``--quick``
@@ -117,7 +119,8 @@ def run(tasks: list[str], context: BenchContext) -> dict[str, dict]:
         if epochs or references:
             build(task, data_root)[1].prepare_data()  # the embedded default, generated once, outside the timings
         if epochs:
-            figures |= end_to_end(task, epochs, data_root, settings.limit_batches, context.plain, settings.repeats)
+            figures |= end_to_end(task, epochs, data_root, settings.limit_batches, context.plain, settings.repeats,
+                                  context.device.type)  # fmt: skip
         if references:
             figures |= equal_budget(task, references, settings, data_root, context.device)
         if len(figures) > 1:
@@ -138,12 +141,20 @@ def plain_script(task: str, plain: Path | None) -> Path | str:
 
 
 def end_to_end(
-    task: str, epochs: int, data_root: Path, limit_batches: int | None, plain: Path | None, repeats: int = 1
+    task: str,
+    epochs: int,
+    data_root: Path,
+    limit_batches: int | None,
+    plain: Path | None,
+    repeats: int = 1,
+    device: str = "cpu",
 ) -> dict:
     """Wall time and test metric of ``cnnsuite fit`` (+ its evaluation) and of the plain script
     (``<task>.py`` in the folder ``plain``), each in its own process, for ``epochs`` epochs;
     each side ``repeats`` times, ours and plain in turn and the order reversed every other
-    round, the shortest run of each kept (its metric with it)."""
+    round, the shortest run of each kept (its metric with it). ``device``: the kind of device
+    ``cnnsuite fit`` trains on here; a plain script that trained on another (its JSON's
+    ``device``, the CPU where it says none) gets its times and metric but no ratio."""
     spec = task_spec(task)
     metric = spec.headline
     figures: dict = {"endtoend_epochs": epochs}
@@ -167,6 +178,15 @@ def end_to_end(
     if "plain" not in runs:
         return figures | {"plain": script}
     seconds, plain_result = min(runs["plain"], key=lambda run: run[0])
+    plain_device = torch.device(plain_result.get("device", "cpu")).type
+    if plain_device != device:
+        return figures | {
+            "time_s_plain": seconds,
+            "time_s_plain_all": [t for t, _ in runs["plain"]],
+            "plain_device": plain_device,
+            "test_metric_plain": plain_result[metric],
+            "plain": f"not comparable: the plain script trained on the {plain_device}, cnnsuite fit on the {device}",
+        }
     return figures | {
         "time_s_plain": seconds,
         "time_s_plain_all": [t for t, _ in runs["plain"]],
@@ -336,7 +356,7 @@ def markdown(results: dict[str, dict]) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for task, f in rows.items():
-            if "time_s_plain" not in f:
+            if "train_time_ratio_vs_plain" not in f:
                 lines.append(
                     f"| {task} | {f['endtoend_epochs']} | {f['time_s_ours']:.1f} | — | — | {f['test_metric']} | "
                     f"{f['test_metric_ours']:.4f} | — | {f.get('plain', '')} |"
