@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, make_image_folder
 
 from cnnsuite.cli import main
-from cnnsuite.contract import registered_tasks, trusted_classes
+from cnnsuite.contract import only_built_in_tasks, registered_tasks, trusted_classes
 from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import CheckpointError
 
@@ -50,7 +50,10 @@ def site(tmp_path, monkeypatch):
 
 
 def test_the_built_in_tasks_are_registered_and_trusted():
-    tasks = registered_tasks()
+    """cnnsuite's own six, whatever task packages of a user's are installed beside it."""
+    with only_built_in_tasks():
+        tasks = registered_tasks()
+    assert set(tasks) <= set(registered_tasks())
     assert sorted(tasks) == ["biomedical3d", "detection2d", "localization2d", "multispectral3d", "recognition2d",
                              "video3d"]  # fmt: skip
     for task in tasks.values():
@@ -80,6 +83,18 @@ def test_a_seventh_task_from_its_own_package_goes_through_every_command(site, tm
     main(["inspect", "--ckpt", str(ckpt), "--data.data_dir", str(images), "--out", str(tmp_path / "inspect"),
           "--max_samples", "4"])  # fmt: skip
     assert (tmp_path / "inspect" / "gradcam.png").is_file()
+
+
+def test_the_cli_reference_names_only_cnnsuites_own_tasks(site):
+    """docs/cli.md (``make docs``) describes cnnsuite: a user's task package installed beside it
+    neither gets into it nor makes the test that compares it fail; the commands still list it."""
+    from cnnsuite.commands import command_help, reference
+
+    copy_task("recognition2d", "mytask", site)
+    register(site, "mytask")
+    assert "mytask" in command_help("bench")
+    assert reference() == (ROOT / "docs" / "cli.md").read_text()
+    assert "mytask" in registered_tasks()
 
 
 def test_an_unregistered_copy_trains_but_its_checkpoint_is_refused(site, tmp_path, capsys):

@@ -259,7 +259,15 @@ def command_help(name: str, columns: int = 100) -> str:
 
 
 def reference() -> str:
-    """The CLI reference as Markdown: the command table, then each command's options."""
+    """The CLI reference as Markdown: the command table, then each command's options, with
+    cnnsuite's own tasks only (where a command lists the tasks)."""
+    from .contract import only_built_in_tasks
+
+    with only_built_in_tasks():
+        return _reference()
+
+
+def _reference() -> str:
     lines = [
         "# The `cnnsuite` command line",
         "",

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -100,9 +101,32 @@ def on_test_split(key: str) -> str:
     return "test/" + key.partition("/")[2]
 
 
+#: the distribution whose own tasks are the built-in ones
+OWN_DISTRIBUTION = "cnnsuite"
+_only_built_in = False
+
+
 def task_entry_points() -> list:
-    """The entry points registered under :data:`GROUP`, sorted by name, none loaded yet."""
-    return sorted(entry_points(group=GROUP), key=lambda p: p.name)
+    """The entry points registered under :data:`GROUP`, sorted by name, none loaded yet (only
+    cnnsuite's own inside :func:`only_built_in_tasks`)."""
+    points = entry_points(group=GROUP)
+    if _only_built_in:
+        points = [p for p in points if p.dist is not None and p.dist.name == OWN_DISTRIBUTION]
+    return sorted(points, key=lambda p: p.name)
+
+
+@contextmanager
+def only_built_in_tasks() -> Iterator[None]:
+    """The registry as cnnsuite's own package registers it, for what cnnsuite writes about
+    itself (``make docs``): a user's task package installed beside it is not described there."""
+    global _only_built_in
+    registered_tasks.cache_clear()
+    _only_built_in = True
+    try:
+        yield
+    finally:
+        _only_built_in = False
+        registered_tasks.cache_clear()
 
 
 def load_task(point) -> Task:
