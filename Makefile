@@ -5,6 +5,8 @@ PYTHON ?= $(firstword $(foreach p,python3.11 python3.12 python3.13 python3,$(if 
 VENV ?= .venv
 BIN := $(VENV)/bin
 TASKS := $(sort $(patsubst tasks/%/config.yaml,%,$(wildcard tasks/*/config.yaml)))
+# Every task the installed suite has registered (tasks/ and a user's own task packages), without importing torch.
+REGISTERED = $(BIN)/python -c 'from importlib.metadata import entry_points as e; print(*sorted(e(group="cnnsuite.tasks").names))'
 TASK ?= recognition2d
 ARGS ?=
 
@@ -30,11 +32,11 @@ help:  ## list the targets
 	@echo "make bench [OUT=<dir>] [ARGS=--quick]    every task's model, training settings, data pipeline, training against references, cost as data grows: bench.md"
 	@echo "make lint                                ruff"
 	@echo "make docs                                docs/cli.md from the commands' own help; task READMEs' figures tables"
-	@echo "tasks: $(TASKS)"
+	@echo "tasks: $(TASKS) (and any an installed task package registers)"
 
 check-task:
-	@if [ ! -f tasks/$(TASK)/config.yaml ]; then \
-		echo "unknown task '$(TASK)'; tasks: $(TASKS)" >&2; exit 2; fi
+	@if [ ! -f tasks/$(TASK)/config.yaml ] && ! $(REGISTERED) 2>/dev/null | tr ' ' '\n' | grep -qxF -- '$(TASK)'; then \
+		echo "unknown task '$(TASK)'; tasks: $$($(REGISTERED) 2>/dev/null || echo $(TASKS))" >&2; exit 2; fi
 
 setup: $(VENV)/.installed
 
@@ -47,17 +49,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: check-task setup
-	$(BIN)/cnnsuite fit --config tasks/$(TASK)/config.yaml $(if $(RESUME),--ckpt_path "$(RESUME)") $(ARGS)
+	$(BIN)/cnnsuite fit --task $(TASK) $(if $(RESUME),--ckpt_path "$(RESUME)") $(ARGS)
 
 # The task's datamodule as its config builds it (ARGS: --data.KEY VALUE as for train), written once.
 prepare: check-task setup
 	@if [ -z "$(OUT)" ]; then echo "usage: make prepare TASK=<task> OUT=<dir> [DATA=<dir>] [ARGS=\"--data.KEY VALUE\"]" >&2; exit 2; fi
-	$(BIN)/cnnsuite prepare --task $(TASK) --config tasks/$(TASK)/config.yaml $(if $(DATA),--data.data_dir "$(DATA)") --out "$(OUT)" $(ARGS)
+	$(BIN)/cnnsuite prepare --task $(TASK) $(if $(DATA),--data.data_dir "$(DATA)") --out "$(OUT)" $(ARGS)
 
 sweep: check-task setup
 	@if [ -z "$(SPACE)" ] || [ -z "$(TRIALS)" ]; then \
 		echo "usage: make sweep TASK=<task> SPACE=space.yaml TRIALS=N [STUDY=name] [STORAGE=url] [ARGS=...]" >&2; exit 2; fi
-	$(BIN)/cnnsuite sweep --config tasks/$(TASK)/config.yaml --space "$(SPACE)" --trials $(TRIALS) \
+	$(BIN)/cnnsuite sweep --task $(TASK) --space "$(SPACE)" --trials $(TRIALS) \
 		$(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 need-ckpt:

@@ -208,3 +208,30 @@ def test_a_task_package_that_does_not_load_leaves_the_others_working(site):
         task_named("broken")
     with pytest.raises(ConfigError, match="--task 'nope': expected one of biomedical3d, detection2d"):
         task_named("nope")
+
+
+def test_make_takes_a_task_from_its_own_package(site):
+    """``make train|prepare|sweep TASK=mytask`` for a task registered by a user's package, not only
+    one of tasks/; a name nobody registers is still refused by make naming the tasks."""
+    import os
+    import subprocess
+
+    copy_task("recognition2d", "mytask", site)
+    register(site, "mytask")
+    env = {**os.environ, "MAKEFLAGS": "", "PYTHONPATH": str(site)}
+
+    def make(*argv):
+        return subprocess.run(["make", "-s", "--no-print-directory", *argv], cwd=ROOT, capture_output=True, text=True,
+                              env=env)  # fmt: skip
+
+    def recipe(*argv) -> str:
+        """The cnnsuite line ``make -n`` prints for the target."""
+        (line,) = [line for line in make("-n", *argv).stdout.splitlines() if "/cnnsuite " in line]
+        return line
+
+    assert make("check-task", "TASK=mytask").returncode == 0
+    assert "cnnsuite fit --task mytask" in recipe("train", "TASK=mytask")
+    assert "prepare --task mytask " in recipe("prepare", "TASK=mytask", "OUT=o")
+    assert "sweep --task mytask --space" in recipe("sweep", "TASK=mytask", "SPACE=s.yaml", "TRIALS=1")
+    refused = make("check-task", "TASK=nope")
+    assert refused.returncode == 2 and "unknown task 'nope'" in refused.stderr and "mytask" in refused.stderr
