@@ -235,3 +235,19 @@ def test_make_takes_a_task_from_its_own_package(site):
     assert "sweep --task mytask --space" in recipe("sweep", "TASK=mytask", "SPACE=s.yaml", "TRIALS=1")
     refused = make("check-task", "TASK=nope")
     assert refused.returncode == 2 and "unknown task 'nope'" in refused.stderr and "mytask" in refused.stderr
+
+
+def test_a_task_whose_config_names_another_tasks_classes_is_one_line_not_the_other_task(site, capsys):
+    """A copied config.yaml whose class paths were not renamed: ``--task copied`` would train
+    recognition2d under its name; it is refused naming the key, the class and the one expected."""
+    folder = copy_task("recognition2d", "copied", site)
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("class_path: copied.", "class_path: cnnsuite.tasks.recognition2d."))
+    register(site, "copied")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--task", "copied", "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(config) in err, err
+    assert "model.class_path cnnsuite.tasks.recognition2d.module.RecognitionModule" in err
+    assert "expected copied.module.RecognitionModule" in err

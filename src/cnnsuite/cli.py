@@ -42,6 +42,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from .classpath import class_path
 from .commands import (
     COMMANDS,
     LIGHTNING_COMMANDS,
@@ -510,8 +511,29 @@ def task_config_args(argv: list[str]) -> list[str]:
             out.append(arg)
             continue
         name = arg.partition("=")[2] if "=" in arg else next(rest, "")
-        out += ["--config", str(task_named(name).config)]
+        task = task_named(name)
+        check_task_classes(task)
+        out += ["--config", str(task.config)]
     return out
+
+
+def check_task_classes(task) -> None:
+    """A task's config must name the task's own model and datamodule classes: a copied config
+    whose class paths were not renamed would train the other task under this one's name."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(task.config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # named by check_config_files or jsonargparse, as for any --config
+    for section, cls in (("model", task.module), ("data", task.datamodule)):
+        named = config.get(section) if isinstance(config, dict) else None
+        named = named.get("class_path") if isinstance(named, dict) else None
+        if isinstance(named, str) and named not in (class_path(cls), cls.__name__):
+            raise ConfigError(
+                f"--task {task.name}: {task.config}: {section}.class_path {named}; expected {class_path(cls)}, "
+                f"the class its Task declares"
+            )
 
 
 def check_config_files(argv: list[str]) -> None:
