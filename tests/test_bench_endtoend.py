@@ -210,3 +210,22 @@ def test_a_plain_script_on_another_device_than_the_fit_gives_no_ratio(tmp_path, 
     assert any(line.startswith("| recognition2d |") and "not comparable" in line for line in row)
     # on the CPU both sides train there: the ratio stands
     assert "train_time_ratio_vs_plain" in endtoend.end_to_end("recognition2d", 1, tmp_path, None, plain)
+
+
+def test_a_plain_script_draws_its_batches_on_the_device_of_its_data(monkeypatch):
+    """On a GPU the plain scripts hold both splits there and augment each batch there, as ``fit``
+    does after its transfer: the decoded splits (tensors in lists and mappings) move whole, and
+    every random draw of an augmentation is made on its batch's device ("meta" stands in for one)."""
+    import sys
+
+    import torch
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks" / "plain"))
+    common = __import__("common")
+    meta = torch.device("meta")
+    moved = common.to_device([torch.zeros(2), [{"boxes": torch.zeros(1, 4)}], ("a", torch.ones(1))], meta)
+    assert [moved[0].device, moved[1][0]["boxes"].device, moved[2][1].device] == [meta] * 3 and moved[2][0] == "a"
+    assert common.resized_crop_thetas(3, (0.6, 1.0), device=meta).device == meta
+    assert common.uniform(3, -1, 1, meta).device == meta
+    sys.modules.pop("common")

@@ -22,7 +22,7 @@ def augment(x: torch.Tensor) -> torch.Tensor:
     size = x.shape[-3:]
     planes = tuple((a - 3, b - 3) for a, b in ((0, 1), (1, 2)) if size[a] == size[b])
     x = random_flips_and_turns(x, flip_dims=(-3, -2, -1), planes=planes, turns=(0, 0, 0, 1, 2, 3))
-    shift = uniform(len(x), -0.1, 0.1) * (torch.rand(len(x)) < 0.5)
+    shift = uniform(len(x), -0.1, 0.1, x.device) * (torch.rand(len(x), device=x.device) < 0.5)
     return x + shift.view(-1, *[1] * (x.dim() - 1))
 
 

@@ -13,6 +13,11 @@ the kernel, and the script's time would measure page faults, varying from run to
 with the heap's layout, instead of the training.
 Validation, checkpoints, logging and metrics during training are left out: they are what the
 suite adds, and what the ratio measures.
+
+On a machine with a GPU they train where ``cnnsuite fit`` does (``accelerator: auto``): the model
+and both decoded splits move to it once, so batches and their augmentation are drawn there, and
+training runs under bf16 autocast where the GPU has bfloat16 (the AMP idiom; ``fit``'s GPU recipe
+picks its precision by measurement). Scores are computed on the CPU, as torchmetrics' states are.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Loaded:
     train: list
     test: list
     data_seconds: float
+    device: torch.device
 
     @property
     def batch_size(self) -> int:
@@ -74,8 +80,21 @@ def load(task: str, epochs: int | None, data_root: str | Path, seed: int) -> Loa
     datamodule.prepare_data()
     datamodule.setup("fit")
     train, test = decode_once(datamodule, "train"), decode_once(datamodule, "test")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, train, test = model.to(device), to_device(train, device), to_device(test, device)
     epochs = epochs or task_config(task)["trainer"]["max_epochs"]
-    return Loaded(task, model, datamodule, epochs, train, test, time.perf_counter() - start)
+    return Loaded(task, model, datamodule, epochs, train, test, time.perf_counter() - start, device)
+
+
+def to_device(value, device: torch.device):
+    """``value`` (a tensor, or lists, tuples and mappings of them) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_device(item, device) for item in value)
+    return value
 
 
 def fit(
@@ -86,8 +105,9 @@ def fit(
 ) -> dict:
     """Train (:func:`train_epochs`), recompute BatchNorm statistics as the suite does before it
     evaluates, and start the run's result: what every plain script reports besides its metrics."""
-    train_seconds = train_epochs(loaded.task, loaded.model, loaded.epochs, epoch_batches, loss_of, limit_batches)
-    recompute_batchnorm(loaded.model, epoch_batches(), precise_batchnorm_batches(loaded.task, loaded.model))
+    with autocast(loaded.device):
+        train_seconds = train_epochs(loaded.task, loaded.model, loaded.epochs, epoch_batches, loss_of, limit_batches)
+        recompute_batchnorm(loaded.model, epoch_batches(), precise_batchnorm_batches(loaded.task, loaded.model))
     return {
         "task": loaded.task,
         "epochs": loaded.epochs,
@@ -95,8 +115,14 @@ def fit(
         "test_samples": len(loaded.test[0]),
         "data_seconds": loaded.data_seconds,
         "train_seconds": train_seconds,
-        "device": next(loaded.model.parameters()).device.type,
+        "device": loaded.device.type,
     }
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU that has bfloat16, else nothing (fp32, as the CPU configs train)."""
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def decode_once(datamodule, stage: str) -> list:
@@ -133,6 +159,12 @@ def gradient_clip(task: str) -> float | None:
     return task_config(task)["trainer"].get("gradient_clip_val")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work: a timer read before it would stop early."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_epochs(
     task: str,
     model: nn.Module,
@@ -158,6 +190,7 @@ def train_epochs(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+    synchronize(next(model.parameters()).device)
     return time.perf_counter() - start
 
 
@@ -195,17 +228,20 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def uniform(n: int, low: float, high: float) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n)
+def uniform(n: int, low: float, high: float, device: torch.device | None = None) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, device=device)
 
 
-def resized_crop_thetas(n: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+def resized_crop_thetas(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3), device: torch.device | None = None
+):
     """Random crops of ``scale`` of the area and ``ratio`` width/height, resized back to the
-    full frame, one per sample (torchvision's ``RandomResizedCrop``)."""
-    area, aspect = uniform(n, *scale), torch.exp(uniform(n, math.log(ratio[0]), math.log(ratio[1])))
+    full frame, one per sample (torchvision's ``RandomResizedCrop``), on ``device``."""
+    area = uniform(n, *scale, device)
+    aspect = torch.exp(uniform(n, math.log(ratio[0]), math.log(ratio[1]), device))
     width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
-    cx, cy = (1 - width) * uniform(n, -1, 1), (1 - height) * uniform(n, -1, 1)
-    zero = torch.zeros(n)
+    cx, cy = (1 - width) * uniform(n, -1, 1, device), (1 - height) * uniform(n, -1, 1, device)
+    zero = torch.zeros(n, device=device)
     return torch.stack([torch.stack([width, zero, cx], 1), torch.stack([zero, height, cy], 1)], 1)
 
 
@@ -213,13 +249,12 @@ def random_flips_and_turns(x: torch.Tensor, flip_dims: tuple[int, ...], planes: 
                            turns: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
     """Each sample flipped along each of ``flip_dims`` with probability ½ and turned in each of
     ``planes`` by a number of quarter turns drawn from ``turns`` (0 leaves it)."""
-    x = x.clone()
-    n = len(x)
+    x, n, device = x.clone(), len(x), x.device
     for dim in flip_dims:
-        chosen = torch.rand(n) < 0.5
+        chosen = torch.rand(n, device=device) < 0.5
         x[chosen] = x[chosen].flip(dim)
     for plane in planes:
-        k = torch.tensor(turns)[torch.randint(len(turns), (n,))]
+        k = torch.tensor(turns, device=device)[torch.randint(len(turns), (n,), device=device)]
         for quarter in set(turns) - {0}:
             chosen = k == quarter
             x[chosen] = torch.rot90(x[chosen], quarter, dims=plane)
@@ -240,7 +275,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """``test/acc`` as the suite scores it: torchmetrics' micro accuracy."""
-    return float(MulticlassAccuracy(logits.shape[1], average="micro")(logits.softmax(1), y))
+    return float(MulticlassAccuracy(logits.shape[1], average="micro")(logits.float().softmax(1).cpu(), y.cpu()))
 
 
 def train_classifier(

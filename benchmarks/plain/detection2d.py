@@ -45,9 +45,11 @@ def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0
     with torch.no_grad():
         for first in range(0, len(test_images), batch_size):
             truth = [
-                {k: t[k] for k in ("boxes", "labels", "iscrowd")} for t in test_targets[first : first + batch_size]
+                {k: t[k].cpu() for k in ("boxes", "labels", "iscrowd")}
+                for t in test_targets[first : first + batch_size]
             ]
-            metric.update(model(test_images[first : first + batch_size]), truth)
+            found = model(test_images[first : first + batch_size])
+            metric.update([{k: v.cpu() for k, v in f.items()} for f in found], truth)
     scores = metric.compute()
     return result | {"test/map": float(scores["map"]), "test/map_50": float(scores["map_50"])}
 

@@ -32,7 +32,7 @@ def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0
     (x, labels, boxes), (x_test, labels_test, boxes_test), model = loaded.train, loaded.test, loaded.model
     # the suite's own batch augmentation (shifts and zooms, boxes moved along; boxes in pixels)
     augment = BatchBoxAffine(0.1, (0.85, 1.15), loaded.datamodule.hparams.hflip)
-    size = torch.tensor([x.shape[-1], x.shape[-2]] * 2, dtype=torch.float32)
+    size = torch.tensor([x.shape[-1], x.shape[-2]] * 2, dtype=torch.float32, device=x.device)
 
     def epoch_batches():
         for i in shuffled_batches(len(x), loaded.batch_size):
@@ -44,7 +44,8 @@ def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0
         return model.losses(*model(images), target, target_boxes)["loss"]
 
     result = fit(loaded, epoch_batches, loss_of, limit_batches)
-    logits, predicted = predict(model, x_test, loaded.batch_size)
+    logits, predicted = (part.float().cpu() for part in predict(model, x_test, loaded.batch_size))
+    labels_test, boxes_test = labels_test.cpu(), boxes_test.cpu()
     loc_acc = LocalizationAccuracy()(logits.softmax(1), labels_test, predicted, boxes_test)
     return result | {"test/loc_acc": float(loc_acc), "test/miou": float(MeanIoU()(predicted, boxes_test))}
 

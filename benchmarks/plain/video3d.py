@@ -32,9 +32,10 @@ TASK = "video3d"
 def augment(clips: torch.Tensor, hflip: bool) -> torch.Tensor:
     """One random resized crop per clip, the same for all its frames (N, C, T, H, W)."""
     n, c, t, h, w = clips.shape
-    cropped = warp(clips.reshape(n, c * t, h, w), resized_crop_thetas(n, scale=(0.6, 1.0))).view(n, c, t, h, w)
+    thetas = resized_crop_thetas(n, scale=(0.6, 1.0), device=clips.device)
+    cropped = warp(clips.reshape(n, c * t, h, w), thetas).view(n, c, t, h, w)
     if hflip:
-        chosen = torch.rand(n) < 0.5
+        chosen = torch.rand(n, device=clips.device) < 0.5
         cropped[chosen] = cropped[chosen].flip(-1)
     return cropped
 
@@ -54,9 +55,9 @@ def run(epochs: int | None = None, data_root: str | Path = "data", seed: int = 0
         return model.loss(model(batch[0]), batch[1])
 
     result = fit(loaded, epoch_batches, loss_of, limit_batches)
-    logits = predict(model, test_clips, hp.batch_size)
+    logits, test_labels = predict(model, test_clips, hp.batch_size).float().cpu(), test_labels.cpu()
     video_acc = VideoAccuracy()
-    video_acc.update(logits, test_labels, test_videos, test_ids)
+    video_acc.update(logits, test_labels, test_videos.cpu(), test_ids)
     return result | {
         "train_samples": len(clips_of),
         "train_clips_decoded": len(clips),

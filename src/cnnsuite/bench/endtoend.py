@@ -27,7 +27,7 @@ writing a JSON object with ``train_seconds``, ``data_seconds``, the headline met
 ``device`` it trained on (``cpu`` where it says none). With no folder, or no script of the task
 in it, the plain side is said to be not measured and ours is measured alone; a script that
 trained on another kind of device than ``cnnsuite fit`` here (the plain scripts of a source
-checkout train on the CPU, ``fit`` on a GPU where there is one) gets no ratio, its row says so.
+checkout train on a GPU where there is one, as ``fit`` does) gets no ratio, its row says so.
 
 **Equal training-time budget.** The default network and reference networks of the task (the
 ones it declares for it: :attr:`cnnsuite.contract.Task.budget_references`; with ``--quick``
