@@ -7,7 +7,10 @@ assertion."""
 import json
 import math
 import mmap
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +126,35 @@ def test_the_anonymous_peak_counts_the_heap_and_not_a_mapped_files_pages(tmp_pat
     own.close()
     assert mapped_rss > 48 and mapped.peak - mapped.start < 16
     assert held.peak - held.start > 48
+
+
+class Allocating(torch.utils.data.Dataset):
+    """In a loader worker: reads the main process's ``shared`` tensor (a decoded cache's pages,
+    shared copy-on-write with the worker) and allocates ``own`` MiB of its own, held a moment."""
+
+    def __init__(self, shared: torch.Tensor, own: int) -> None:
+        self.shared, self.own = shared, own
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        held = np.ones(self.own * 2**20, dtype=np.uint8)  # every page written
+        time.sleep(0.3)  # several of the peak's samples
+        return int(held[::4096].sum() + self.shared[::4096].sum())
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="the loader workers are found through Linux's /proc")
+def test_the_anonymous_peak_counts_the_loader_workers_own_memory_once(tmp_path):
+    """Decoding in loader workers (``num_workers`` auto on more cores) costs their memory, not
+    the main process's: the peak counts what a worker allocates, and not a second time the pages
+    it shares with the main process (a cache decoded before the workers start)."""
+    shared = torch.ones(128 * 2**20, dtype=torch.uint8)  # written: resident, then shared by the fork
+    loader = torch.utils.data.DataLoader(Allocating(shared, 64), num_workers=1, multiprocessing_context="fork")
+    with scale.AnonymousPeak() as peak:
+        assert list(loader) == [torch.tensor(2**14 + 2**15)]
+    # the worker's 64 MiB and a little of its own (the pages it copied), never the 128 shared
+    assert 48 < peak.peak - peak.start < 64 + 64
 
 
 def test_a_job_past_its_time_is_stopped_and_named(monkeypatch, tmp_path):

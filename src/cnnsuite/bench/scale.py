@@ -27,10 +27,11 @@ pipeline section times one step. Per sample seen:
 - ``peak_rss_mb``: the peak resident memory from the moment the imports and the model were
   resident (``rss_before_data_mb``) to the end, so a peak of the imports does not hide the
   data's; ``data_memory_mb``: the peak less what was resident before; ``peak_anon_mb`` and
-  ``data_anon_mb``: the same of the process's own memory alone, anonymous and shared
-  (:class:`AnonymousPeak`: not the page cache of the memory-mapped chunks a prepared folder is
-  read through); ``disk_mb``: the raw
-  data folder, or the shards;
+  ``data_anon_mb``: the same of the process's own memory alone, anonymous and shared, with
+  what its DataLoader workers hold of their own (:class:`AnonymousPeak`: not the page cache of
+  the memory-mapped chunks a prepared folder is read through; ``peak_rss_mb`` is the main
+  process's alone, and the jobs keep the config's ``num_workers``, so where there are the cores
+  for workers the decoding happens in them); ``disk_mb``: the raw data folder, or the shards;
 - ``time_exponent`` / ``first_time_exponent`` / ``memory_exponent``: ``k`` of time (an epoch's:
   seconds per sample × samples) ∝ samples\\ :sup:`k` (or of peak memory), the log-log slope over
   the sizes (:func:`growth_exponent`): 1 is linear, above 1 superlinear; memory should stay near
@@ -158,13 +159,19 @@ def disk_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / MIB
 
 
+def proc_kb(pid: int | str, name: str, fields: tuple[str, ...]) -> dict[str, int]:
+    """``field → kB`` of ``fields`` in the /proc file ``name`` (``status``, ``smaps_rollup``) of
+    process ``pid``; OSError where it has none (it ended, or there is no /proc)."""
+    lines = Path(f"/proc/{pid}/{name}").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.split(":")[0] in fields}
+
+
 def memory_mb(*fields: str) -> float:
     """The sum of ``fields`` of this process's /proc status, MiB: ``VmRSS`` (resident now),
     ``VmHWM`` (its peak), ``RssAnon`` and ``RssShmem`` (anonymous and shared memory resident
     now); where there is no /proc, the peak of :func:`resource.getrusage` whatever is asked."""
     try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-        values = {line.split(":")[0]: int(line.split()[1]) for line in lines if line.split(":")[0] in fields}
+        values = proc_kb("self", "status", fields)
         if len(values) < len(fields):
             raise LookupError(fields)
         return sum(values.values()) / 1024
@@ -172,26 +179,62 @@ def memory_mb(*fields: str) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def descendants(pid: int | str = "self") -> list[str]:
+    """The ids of ``pid``'s child processes (DataLoader workers), of theirs, and so on: Linux's
+    ``/proc/<pid>/task/*/children``; none where there is no such file."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids = children.read_text().split()
+        except OSError:  # the thread or the process ended
+            continue
+        for child in pids:
+            found += [child, *descendants(child)]
+    return found
+
+
+def descendants_mb() -> float:
+    """The memory this process's descendants hold that no other process maps, MiB: each one's
+    private dirty pages (``Private_Dirty`` of its ``smaps_rollup``: what a loader worker
+    allocates, and what it copied of the pages it shares copy-on-write with this process). Not
+    its ``RssAnon``, which counts every page a forked worker still shares with this process (a
+    decoded cache, the model) as its own, nor the shared memory it hands batches over in, which
+    this process maps too."""
+    total = 0
+    for pid in descendants():
+        try:
+            total += proc_kb(pid, "smaps_rollup", ("Private_Dirty",)).get("Private_Dirty", 0)
+        except OSError:  # it ended
+            pass
+    return total / 1024
+
+
 #: the process's own memory, what the kernel cannot drop: anonymous (heap, tensors) and shared
 #: (tmpfs: the batches DataLoader workers hand over), not the page cache of mapped files
 OWN_MEMORY = ("RssAnon", "RssShmem")
 
 
+def own_memory_mb() -> float:
+    """This process's own memory (:data:`OWN_MEMORY`) and its descendants' (:func:`descendants_mb`), MiB."""
+    return memory_mb(*OWN_MEMORY) + descendants_mb()
+
+
 class AnonymousPeak:
     """The peak of this process's own resident memory (:data:`OWN_MEMORY`: its heap, the tensors
-    it holds, shared memory; MiB) while the ``with`` block runs, sampled every ``interval``
-    seconds on a thread and once more at the end. Linux keeps the peak of all resident memory
-    only (``VmHWM``), which counts the pages of memory-mapped files read (a prepared folder's
-    chunks): page cache the kernel takes back when it needs it, not memory the data costs."""
+    it holds, shared memory), with its DataLoader workers' (:func:`descendants_mb`), MiB, while
+    the ``with`` block runs, sampled every ``interval`` seconds on a thread and once more at the
+    end. Linux keeps the peak of all resident memory only (``VmHWM``, of this process alone),
+    which counts the pages of memory-mapped files read (a prepared folder's chunks): page cache
+    the kernel takes back when it needs it, not memory the data costs."""
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval, self.stop = interval, threading.Event()
-        self.start = self.peak = memory_mb(*OWN_MEMORY)
+        self.start = self.peak = own_memory_mb()
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self.stop.wait(self.interval):
-            self.peak = max(self.peak, memory_mb(*OWN_MEMORY))
+            self.peak = max(self.peak, own_memory_mb())
 
     def __enter__(self) -> AnonymousPeak:
         self.thread.start()
@@ -200,7 +243,7 @@ class AnonymousPeak:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-        self.peak = max(self.peak, memory_mb(*OWN_MEMORY))
+        self.peak = max(self.peak, own_memory_mb())
 
 
 def reset_peak_memory() -> None:
@@ -492,7 +535,9 @@ def markdown(results: dict[str, dict]) -> str:
         "included; the data's part: that peak less what was resident before any data (for shards, the pages of "
         "the chunks kept memory-mapped, the page cache, up to `data.cache_limit_mb`). Anonymous: the peak of the "
         "process's own memory (`RssAnon` + `RssShmem`, sampled every 20 ms: heap, tensors, shared memory, not "
-        "the page cache of mapped files), and its data's part likewise. Disk: the raw files, or the shards. "
+        "the page cache of mapped files) with its DataLoader workers' (their `Private_Dirty`: what they allocate, "
+        "not the pages they share with the process), and its data's part likewise; peak RSS is the main "
+        "process's alone. Disk: the raw files, or the shards. "
         "k: the growth exponent of an epoch's time (or of peak memory) in samples, the log-log slope "
         f"over the sizes (1: linear). Goal: later-epoch time per sample at 10× within {GOAL_TIME_RATIO}× of 1×.",
         "",
