@@ -87,6 +87,31 @@ def test_scale_section_table_in_bench_md(report):
     assert "| recognition2d | 2× | `data.image_size` 64 | 1×64×64 |" in section
 
 
+def test_a_cache_past_its_limit_is_recorded_and_shown(report, tmp_path):
+    """A k× split past ``data.cache_limit_mb`` decodes every epoch on the cache path: the job
+    records that its training items were not all cached, and the table says so."""
+    data_root = tmp_path / "data"
+    scale.build("recognition2d", data_root)[1].prepare_data()
+    job = {"kind": "epochs", "task": "recognition2d", "data_root": str(data_root), "base_samples": 12,
+           "batches": 1, "epochs": 1, "batch_size": 4, "data": {"cache_limit_mb": 0.1}}  # fmt: skip
+    # 12 samples of 1×32×32 float32 fit in 0.1 MiB; 120 do not
+    assert scale.run_job({**job, "factor": 1})["train_cached"] is True
+    assert scale.run_job({**job, "factor": 10})["train_cached"] is False
+    assert scale.run_job({**job, "factor": 1, "data": {"cache_limit_mb": 0}})["train_cached"] is False
+    # biomedical3d keeps its volumes in MONAI's datasets: the cache says it holds them, the plain one does not
+    from cnnsuite.tasks.biomedical3d.datamodule import CheckedCacheDataset
+    from monai.data import Dataset
+
+    assert scale.all_cached([CheckedCacheDataset([], lambda x: x, progress=False)]) is True
+    assert scale.all_cached([Dataset([], None)]) is False and scale.all_cached([]) is None
+    data, _ = report
+    figures = {k.removeprefix("recognition2d."): v for k, v in data["scale"].items() if k.startswith("recognition2d.")}
+    assert [figures[f"{path}.10x.cached"] for path in ("cache", "files", "shards")] == [True, False, True]
+    text = scale.markdown({"recognition2d": {**figures, "cache.10x.cached": False}})
+    assert "| recognition2d | cache (past its limit: decoded every epoch) | 10× |" in text
+    assert "| recognition2d | cache | 1× |" in text and "| recognition2d | files | 10× |" in text
+
+
 def test_a_task_that_does_not_stream_says_so(monkeypatch):
     from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
 

@@ -85,6 +85,8 @@ class CheckedCacheDataset(CacheDataset):
     """MONAI's ``CacheDataset`` that reads every volume before it complains, then reports all
     the unreadable ones in one error: a folder with many bad files gets the whole list at once."""
 
+    cached = True  # every volume preprocessed once and kept, as a DecodedCache within its limit
+
     def _fill_cache(self, indices: Sequence[int] | None = None) -> list:
         cache = super()._fill_cache(indices)
         report_bad_files([item for item in cache if isinstance(item, BadFileError)], len(cache), what="volumes")

@@ -32,6 +32,9 @@ pipeline section times one step. Per sample seen:
   the memory-mapped chunks a prepared folder is read through; ``peak_rss_mb`` is the main
   process's alone, and the jobs keep the config's ``num_workers``, so where there are the cores
   for workers the decoding happens in them); ``disk_mb``: the raw data folder, or the shards;
+- ``cached``: whether the training dataset's items were all kept decoded (:func:`all_cached`):
+  false on the cache path where a k× split is past ``data.cache_limit_mb`` and so decoded every
+  epoch, as the files path is (the table then says so); null where the dataset does not say;
 - ``time_exponent`` / ``first_time_exponent`` / ``memory_exponent``: ``k`` of time (an epoch's:
   seconds per sample × samples) ∝ samples\\ :sup:`k` (or of peak memory), the log-log slope over
   the sizes (:func:`growth_exponent`): 1 is linear, above 1 superlinear; memory should stay near
@@ -270,6 +273,33 @@ def item_bytes(item) -> int:
 
 
 # --- one configuration, in its own process -----------------------------------------------------
+def recording_caches(datamodule, stage: str) -> list:
+    """The caches ``datamodule`` hands its ``stage`` dataset from now on
+    (:meth:`~cnnsuite.data.TaskDataModule.decoded_cache`), listed as they are made."""
+    made, handing = [], datamodule.decoded_cache
+
+    def decoded_cache(asked: str, own=None):
+        cache = handing(asked, own)
+        if asked != stage:
+            return cache
+
+        def keep(*args, **kwargs):
+            made.append(cache(*args, **kwargs))
+            return made[-1]
+
+        return keep
+
+    datamodule.decoded_cache = decoded_cache
+    return made
+
+
+def all_cached(caches: list) -> bool | None:
+    """Whether every item of ``caches`` comes decoded whole, kept in memory or from shards (their
+    ``cached``: a cache past ``data.cache_limit_mb`` decodes on every access; one that does not
+    say is taken to decode too); None where the dataset took none (it keeps its items its own way)."""
+    return all(getattr(cache, "cached", False) for cache in caches) if caches else None
+
+
 def run_job(job: dict) -> dict:
     """One configuration's figures (``job["kind"]``: ``epochs`` or ``train``), or its shards
     written (``prepare``: LitData forks its writer, and a fork of a process that has run other
@@ -292,6 +322,7 @@ def run_job(job: dict) -> dict:
         datamodule.setup("fit")
         if datamodule.prepared is None:  # a prepared folder holds its split, grown when it was written
             datamodule.splits = repeated(datamodule.splits, job["factor"], job["base_samples"])
+        caches = recording_caches(datamodule, "train")
         start = time.perf_counter()
         samples = len(datamodule.datasets["train"])  # built here: a cache is filled
         build_s = time.perf_counter() - start
@@ -315,7 +346,8 @@ def run_job(job: dict) -> dict:
     peak = max(memory_mb("VmHWM"), rss_before)
     return {"train_samples": samples, "build_s": build_s, "epoch_s": epoch_s, "seen": seen,
             "peak_rss_mb": peak, "rss_before_data_mb": rss_before, "peak_anon_mb": anonymous.peak,
-            "anon_before_data_mb": anonymous.start, "input_shape": shape}  # fmt: skip
+            "anon_before_data_mb": anonymous.start, "input_shape": shape,
+            "train_cached": all_cached(caches)}  # fmt: skip
 
 
 def in_fresh_process(job: dict) -> dict:
@@ -428,6 +460,7 @@ def summarise(job: dict, disk: float) -> dict:
         "data_anon_mb": job["peak_anon_mb"] - job["anon_before_data_mb"],
         "disk_mb": disk,
         "input_shape": job["input_shape"],
+        "cached": job["train_cached"],
     }
 
 
@@ -537,7 +570,8 @@ def markdown(results: dict[str, dict]) -> str:
         "process's own memory (`RssAnon` + `RssShmem`, sampled every 20 ms: heap, tensors, shared memory, not "
         "the page cache of mapped files) with its DataLoader workers' (their `Private_Dirty`: what they allocate, "
         "not the pages they share with the process), and its data's part likewise; peak RSS is the main "
-        "process's alone. Disk: the raw files, or the shards. "
+        "process's alone. A `cache` row past its limit says so: its split decoded to more than `data.cache_limit_mb`, "
+        "so it was decoded every epoch, as on the files path. Disk: the raw files, or the shards. "
         "k: the growth exponent of an epoch's time (or of peak memory) in samples, the log-log slope "
         f"over the sizes (1: linear). Goal: later-epoch time per sample at 10× within {GOAL_TIME_RATIO}× of 1×.",
         "",
@@ -550,8 +584,13 @@ def markdown(results: dict[str, dict]) -> str:
         for path in f["paths"]:
             for factor in f["factors"]:
                 p = f"{path}.{factor}x."
+                shown = (
+                    f"{path} (past its limit: decoded every epoch)"
+                    if f[p + "cached"] is False and path == "cache"
+                    else path
+                )
                 lines.append(
-                    f"| {task} | {path} | {factor}× | {f[p + 'train_samples']:,} | "
+                    f"| {task} | {shown} | {factor}× | {f[p + 'train_samples']:,} | "
                     f"{_ms(f[p + 'first_s_per_sample'])} | {_ms(f[p + 'later_s_per_sample'])} | "
                     f"{f[p + 'peak_rss_mb']:,.0f} "
                     f"({f[p + 'data_memory_mb']:,.0f}) | {f[p + 'peak_anon_mb']:,.0f} ({f[p + 'data_anon_mb']:,.0f}) | "
