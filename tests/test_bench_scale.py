@@ -26,6 +26,21 @@ def test_growth_exponent_on_known_numbers():
         scale.growth_exponent([100], [1.0])
 
 
+def test_the_memory_exponent_is_the_data_parts():
+    """A cache growing in step with the data is linear in it, though the imports and the model
+    (900 MB here) make the whole peak look flat; a data part of 0 or less is floored, not a NaN."""
+    figures = {"paths": ["cache", "files"]}
+    for factor, cache_mb, files_mb in ((1, 10.0, -0.5), (10, 100.0, 0.0)):
+        for path, data_mb in (("cache", cache_mb), ("files", files_mb)):
+            p = f"{path}.{factor}x."
+            figures |= {p + "train_samples": 12 * factor, p + "later_s_per_sample": 1e-3,
+                        p + "first_s_per_sample": 2e-3, p + "peak_rss_mb": 900 + data_mb,
+                        p + "data_memory_mb": data_mb}  # fmt: skip
+    found = scale.exponents(figures, (1, 10))
+    assert found["cache.memory_exponent"] == pytest.approx(1.0)
+    assert found["files.memory_exponent"] == pytest.approx(0.0)
+
+
 def test_repeated_split_grows_training_only():
     splits = {"train": ["a", "b", "c"], "val": ["v"], "test": ["t"]}
     assert scale.repeated(splits, 2) == {"train": ["a", "b", "c"] * 2, "val": ["v"], "test": ["t"]}
