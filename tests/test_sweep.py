@@ -301,3 +301,22 @@ def test_seeds_refuse_one_checkpoint_folder_for_every_run_before_the_first_train
     assert line.endswith(f"checkpoint.dirpath {shared}: cnnsuite sweep trains several runs, whose best.ckpt would "
                          "replace each other's there; leave it out (each run's own checkpoints/)")  # fmt: skip
     assert not shared.exists()
+
+
+def test_a_sweep_of_a_task_takes_configs_that_merge_over_its_own(tmp_path, monkeypatch):
+    """``make sweep TASK=... ARGS="--config mine.yaml"`` passes both, as ``cnnsuite fit --task``
+    takes them: the task's config first, the user's merged over it (argparse refused the pair)."""
+    import cnnsuite.training.sweep as sweep_module
+
+    ran = []
+    monkeypatch.setattr(sweep_module, "run_sweep", lambda argv, space, args: ran.append(argv))
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("trainer:\n  max_epochs: 1\n")
+    space = write_space(tmp_path)
+    main(["sweep", "--task", "recognition2d", "--config", str(mine), "--space", space, "--trials", "1"])
+    assert ran[-1] == ["--task", "recognition2d", "--config", str(mine)]
+    main(["sweep", "--config", str(mine), "--space", space, "--trials", "1", "--trainer.max_epochs", "2"])
+    assert ran[-1] == ["--config", str(mine), "--trainer.max_epochs", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--space", space, "--trials", "1"])
+    assert exit_info.value.code == 2

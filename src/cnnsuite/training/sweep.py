@@ -52,9 +52,8 @@ def sweep_main(argv: list[str]) -> None:
         epilog="Any other --KEY VALUE (a config key: --trainer.max_epochs 3, --data.data_dir DIR) applies to every "
         "trial. The space file maps dotted config keys to " + SPACE_FORMS + ".",
     )  # fmt: skip
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="the task whose packaged config is swept")
-    source.add_argument("--config", action="append", help="a config to sweep (several merge in order)")
+    parser.add_argument("--task", help="the task whose packaged config is swept (configs given merge over it)")
+    parser.add_argument("--config", action="append", default=[], help="a config to sweep (several merge in order)")
     parser.add_argument("--space", required=True, help="YAML file: dotted config key -> range or choices")
     parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
     parser.add_argument("--study", default="sweep", help="the study's name in the storage (default: sweep)")
@@ -78,9 +77,11 @@ def sweep_main(argv: list[str]) -> None:
         help="epochs of a trial before the pruner may stop it (default: a third of trainer.max_epochs)",
     )  # fmt: skip
     args, fixed = parser.parse_known_args(argv)
+    if args.task is None and not args.config:
+        parser.error("one of the arguments --task --config is required")
     if args.trials < 1:
         parser.error(f"--trials {args.trials}: expected 1 or more")
-    base = ["--task", args.task] if args.task else [a for c in args.config for a in ("--config", c)]
+    base = (["--task", args.task] if args.task else []) + [a for c in args.config for a in ("--config", c)]
     run_sweep(base + fixed, read_space(args.space), args)
 
 
