@@ -251,3 +251,16 @@ def test_a_task_whose_config_names_another_tasks_classes_is_one_line_not_the_oth
     assert len(err.splitlines()) == 1 and str(config) in err, err
     assert "model.class_path cnnsuite.tasks.recognition2d.module.RecognitionModule" in err
     assert "expected copied.module.RecognitionModule" in err
+
+
+def test_the_bench_refuses_a_task_whose_config_names_another_tasks_classes(site):
+    """``cnnsuite bench --tasks copied`` builds the task from its config as ``fit --task`` does:
+    a copied config whose class paths were not renamed benched recognition2d under its name."""
+    from cnnsuite.bench.core import build
+
+    folder = copy_task("recognition2d", "copied", site)
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("class_path: copied.", "class_path: cnnsuite.tasks.recognition2d."))
+    register(site, "copied")
+    with pytest.raises(ConfigError, match=r"task copied: .*config\.yaml: model\.class_path cnnsuite\.tasks\."):
+        build("copied")

@@ -42,7 +42,6 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .classpath import class_path
 from .commands import (
     COMMANDS,
     LIGHTNING_COMMANDS,
@@ -51,7 +50,7 @@ from .commands import (
     task_configs,
     unknown_command,
 )
-from .contract import LINKED, on_test_split, registered_tasks, task_named
+from .contract import LINKED, check_config_classes, on_test_split, registered_tasks, task_named
 from .data import TaskDataModule
 from .data.shards import is_url
 from .errors import ConfigError, UserError, describe_unknown
@@ -518,22 +517,14 @@ def task_config_args(argv: list[str]) -> list[str]:
 
 
 def check_task_classes(task) -> None:
-    """A task's config must name the task's own model and datamodule classes: a copied config
-    whose class paths were not renamed would train the other task under this one's name."""
+    """:func:`~cnnsuite.contract.check_config_classes` of the task's own config file."""
     import yaml
 
     try:
         config = yaml.safe_load(task.config.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return  # named by check_config_files or jsonargparse, as for any --config
-    for section, cls in (("model", task.module), ("data", task.datamodule)):
-        named = config.get(section) if isinstance(config, dict) else None
-        named = named.get("class_path") if isinstance(named, dict) else None
-        if isinstance(named, str) and named not in (class_path(cls), cls.__name__):
-            raise ConfigError(
-                f"--task {task.name}: {task.config}: {section}.class_path {named}; expected {class_path(cls)}, "
-                f"the class its Task declares"
-            )
+    check_config_classes(task, config)
 
 
 def check_config_files(argv: list[str]) -> None:

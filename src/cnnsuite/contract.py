@@ -154,6 +154,20 @@ def load_task(point) -> Task:
     return task
 
 
+def check_config_classes(task: Task, config: object) -> None:
+    """A task's config (``config``, its file's YAML) must name the task's own model and datamodule
+    classes (by their path, or jsonargparse's short class name): a copied config whose class paths
+    were not renamed would train or bench the other task under this one's name."""
+    for section, cls in (("model", task.module), ("data", task.datamodule)):
+        named = config.get(section) if isinstance(config, dict) else None
+        named = named.get("class_path") if isinstance(named, dict) else None
+        if isinstance(named, str) and named not in (class_path(cls), cls.__name__):
+            raise ConfigError(
+                f"task {task.name}: {task.config}: {section}.class_path {named}; expected {class_path(cls)}, "
+                f"the class its Task declares"
+            )
+
+
 @cache
 def registered_tasks() -> dict[str, Task]:
     """name → :class:`Task`, for every task registered under :data:`GROUP` that loads, sorted by

@@ -36,7 +36,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..classpath import class_path
-from ..contract import LINKED, Task, registered_tasks, task_named
+from ..contract import LINKED, Task, check_config_classes, registered_tasks, task_named
 from ..data import TaskDataModule
 from ..errors import ConfigError
 from ..jsonout import strict_json
@@ -67,8 +67,12 @@ def task_spec(task: str) -> Task:
 
 
 def task_config(task: str) -> dict:
-    """The task's default config (what ``make train TASK=<task>`` runs): its ``Task.config``."""
-    return yaml.safe_load(Path(task_spec(task).config).read_text())
+    """The task's default config (what ``make train TASK=<task>`` runs): its ``Task.config``,
+    naming the task's own classes (:func:`~cnnsuite.contract.check_config_classes`)."""
+    spec = task_spec(task)
+    config = yaml.safe_load(Path(spec.config).read_text())
+    check_config_classes(spec, config)
+    return config
 
 
 def section_of(value) -> dict:
