@@ -264,3 +264,19 @@ def test_the_bench_refuses_a_task_whose_config_names_another_tasks_classes(site)
     register(site, "copied")
     with pytest.raises(ConfigError, match=r"task copied: .*config\.yaml: model\.class_path cnnsuite\.tasks\."):
         build("copied")
+
+
+def test_a_task_config_may_name_its_classes_where_its_package_exports_them(site, capsys):
+    """``class_path: mytask.RecognitionModule`` (the class as the task's package exports it, and
+    as jsonargparse writes a short class name out) names the Task's own class: trained, not
+    refused for not being spelled ``mytask.module.RecognitionModule``."""
+    folder = copy_task("recognition2d", "exported", site)
+    config = folder / "config.yaml"
+    text = config.read_text().replace("exported.module.", "exported.").replace("exported.datamodule.", "exported.")
+    config.write_text(text)
+    register(site, "exported")
+    with pytest.raises(SystemExit) as exit_info:  # where --print_config stops
+        main(["fit", "--task", "exported", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: exported.RecognitionModule" in printed and "exported.RecognitionDataModule" in printed

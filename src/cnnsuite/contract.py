@@ -24,6 +24,7 @@ imported.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
@@ -156,16 +157,29 @@ def load_task(point) -> Task:
 
 def check_config_classes(task: Task, config: object) -> None:
     """A task's config (``config``, its file's YAML) must name the task's own model and datamodule
-    classes (by their path, or jsonargparse's short class name): a copied config whose class paths
-    were not renamed would train or bench the other task under this one's name."""
+    classes (:func:`names_class`): a copied config whose class paths were not renamed would train or bench the
+    other task under this one's name."""
     for section, cls in (("model", task.module), ("data", task.datamodule)):
         named = config.get(section) if isinstance(config, dict) else None
         named = named.get("class_path") if isinstance(named, dict) else None
-        if isinstance(named, str) and named not in (class_path(cls), cls.__name__):
+        if isinstance(named, str) and not names_class(named, cls):
             raise ConfigError(
                 f"task {task.name}: {task.config}: {section}.class_path {named}; expected {class_path(cls)}, "
                 f"the class its Task declares"
             )
+
+
+def names_class(path: str, cls: type) -> bool:
+    """Whether a config's ``class_path`` names ``cls``: by any dotted path that imports it (its
+    module's, or the package's that exports it, which jsonargparse writes for a short name), or
+    by its short name, as LightningCLI resolves it."""
+    if path == cls.__name__:
+        return True
+    module, _, name = path.rpartition(".")
+    try:
+        return bool(module) and getattr(importlib.import_module(module), name, None) is cls
+    except Exception:  # a path that does not import is LightningCLI's to name
+        return False
 
 
 @cache
