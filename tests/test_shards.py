@@ -954,3 +954,21 @@ def test_the_hashes_kept_of_verified_shards_get_the_permissions_the_umask_gives_
     assert read_verified(tmp_path / "kept" / "shards-verified.json") == {"a.bin": [1, 2, "ab"]}
     assert (tmp_path / "kept" / "shards-verified.json").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["shards-verified.json"]
+
+
+@pytest.mark.parametrize("named", ["RecognitionDataModule", "cnnsuite.tasks.recognition2d.RecognitionDataModule"])
+def test_prepare_takes_a_config_naming_the_datamodule_as_fit_does(tmp_path, capsys, named):
+    """A config naming the datamodule by its short name, or where the task's package exports it
+    (both of which fit resolves), is the task's: prepare refused it as not the task's datamodule.
+    (An unknown setting stops it right after that check, before anything is read or written.)"""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  class_path: {named}\n  init_args: {{}}\n")
+    out = tmp_path / "prepared"
+    with pytest.raises(SystemExit):
+        main(["prepare", "--task", "recognition2d", "--config", str(config), "--data.nope", "1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert "--data.nope: not a setting of RecognitionDataModule" in err and not out.exists(), err
+    config.write_text("data:\n  class_path: cnnsuite.tasks.video3d.VideoDataModule\n  init_args: {}\n")
+    with pytest.raises(SystemExit):
+        main(["prepare", "--task", "recognition2d", "--config", str(config), "--out", str(out)])
+    assert "is not recognition2d's datamodule" in capsys.readouterr().err

@@ -173,8 +173,8 @@ def names_class(path: str, cls: type) -> bool:
     """Whether a config's ``class_path`` names ``cls``: by any dotted path that imports it (its
     module's, or the package's that exports it, which jsonargparse writes for a short name), or
     by its short name, as LightningCLI resolves it."""
-    if path == cls.__name__:
-        return True
+    if not isinstance(path, str) or path == cls.__name__:
+        return path == cls.__name__
     module, _, name = path.rpartition(".")
     try:
         return bool(module) and getattr(importlib.import_module(module), name, None) is cls

@@ -184,7 +184,7 @@ def prepare_main(argv: list[str]) -> None:
     ``--data.*`` options, as ``fit`` builds it, written by :func:`prepare`."""
 
     from ...commands import add_out, command_parser
-    from ...contract import task_named
+    from ...contract import names_class, task_named
     from ...trust.checkpoint import data_options
 
     parser = command_parser(
@@ -219,7 +219,7 @@ def prepare_main(argv: list[str]) -> None:
     if not cls.streams_prepared:
         raise ConfigError(f"--task {args.task}: {args.task} does not stream a prepared folder (streams_prepared)")
     named = section.get("class_path", class_path(cls))
-    if named != class_path(cls):
+    if not names_class(named, cls):  # as fit resolves it: a short name, or where its package exports it
         raise ConfigError(f"{config_path}: data.class_path {named} is not {args.task}'s datamodule")
     given = data_options(args, extra, parser)
     init_args = {**section["init_args"], **given}
