@@ -123,8 +123,18 @@ def test_a_csv_row_with_more_values_than_the_header_is_one_line_naming_it(tmp_pa
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "b.png").write_bytes(b"")
     (tmp_path / LABELS_CSV).write_text("image,label\na.png,beach,,\nb.png,beach,sunset\n")
-    with pytest.raises(ConfigError, match=r"labels\.csv line 3: 3 values, 'sunset' past the header's 2 columns"):
+    with pytest.raises(ConfigError, match=r"labels\.csv line 3: 3 values, 'sunset' past the header's 2 columns") as err:
         read_labels_csv(tmp_path, "image")
+    # several labels go in one cell separated by ';': quoting "beach,sunset" would make it one class
+    assert "separated by ';'" in str(err.value) and "quote" not in str(err.value)
+    from cnnsuite.tasks.multispectral3d.readers import read_labels_table
+
+    (tmp_path / "table.csv").write_text("patch,label\np1,Forest,Water\n")
+    with pytest.raises(ConfigError, match=r"table\.csv line 2: .*'Water' past .* separated by ';'"):
+        read_labels_table(tmp_path / "table.csv", ["p1"])
+    (tmp_path / "boxes.csv").write_text("file,label\na.png,beach,1\n")
+    with pytest.raises(ConfigError, match=r'quote a value that holds a comma: "a, b"'):
+        read_csv(tmp_path / "boxes.csv")
     (tmp_path / LABELS_CSV).write_text("image,label\na.png,beach,,\nb.png,sunset\n")
     assert read_labels_csv(tmp_path, "image") == (["beach", "sunset"], {"a.png": 0, "b.png": 1}, False)
 

@@ -22,7 +22,7 @@ from cnnsuite.data import (
     report_bad_files,
 )
 from cnnsuite.data.errors import check_not_empty
-from cnnsuite.data.labels import LABELS_CSV, parse_labels
+from cnnsuite.data.labels import LABELS_CSV, SEVERAL_LABELS, parse_labels
 from cnnsuite.data.limits import check_size
 from cnnsuite.data.textfiles import read_csv
 from cnnsuite.errors import ConfigError
@@ -303,7 +303,7 @@ def read_labels_table(table: Path, patches: list[str]) -> dict[str, tuple[str, i
     """``patch → (label cell, line)`` rows of a band-folder layout's ``labels.csv`` (read as
     every CSV a user brings is, :func:`cnnsuite.data.textfiles.read_csv`), sorted by patch;
     each patch must be one of the folder's ``patches``."""
-    rows = [(row["patch"], row["label"], row.line) for row in read_csv(table, ("patch", "label"))]
+    rows = [(row["patch"], row["label"], row.line) for row in read_csv(table, ("patch", "label"), SEVERAL_LABELS)]
     known, labels, errors = set(patches), {}, []
     for name, label, line in rows:
         if not name or not label:

@@ -44,6 +44,9 @@ MULTILABEL_SETTINGS = ("auto", True, False)
 SEPARATOR = ";"
 #: the label file of a data folder (:func:`read_labels_csv`)
 LABELS_CSV = "labels.csv"
+#: what a labels file's value past its header most likely is: labels written with commas
+#: (``a.png,beach,sunset``), which quoted (``"beach,sunset"``) would be one class of that name
+SEVERAL_LABELS = "several labels go in one cell, separated by ';': beach;sunset"
 
 
 def check_multilabel(setting: object) -> None:
@@ -194,7 +197,7 @@ def read_labels_csv(
     path = root / LABELS_CSV
     if not path.is_file():
         raise MissingFileError(f"{path}: missing; expected a CSV with columns {id_column},label")
-    rows = read_csv(path)
+    rows = read_csv(path, past_header=SEVERAL_LABELS)
     if not rows:
         raise ConfigError(f"{path}: no rows")
     ids, cells, columns = label_cells(rows, id_column, path)

@@ -26,14 +26,19 @@ class Row(dict):
         self.line = line
 
 
-def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[Row]:
+#: what a value past the header's last column most likely means, in a file of one value a column
+QUOTE_A_COMMA = 'quote a value that holds a comma: "a, b"'
+
+
+def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str = QUOTE_A_COMMA) -> list[Row]:
     """The rows of the CSV file at ``path`` (:class:`Row`), values stripped of surrounding
     spaces, blank lines skipped; a header lacking one of ``columns`` (or that does not decode)
     raises :class:`ConfigError` naming the file and what was expected. No field of these files
     (names, labels, numbers) spans lines, and a quote left open would take the rest of the file
     as one value, so a row that spans lines, or whose quotes do not close before a comma, is an
     error naming its line, as is a row with a value past the header's last column (empty cells
-    there, a spreadsheet's trailing commas, read as none)."""
+    there, a spreadsheet's trailing commas, read as none), with ``past_header``: what the file's
+    reader tells the user to write instead."""
     path = Path(path)
     rows, line = [], 1
     try:
@@ -55,8 +60,8 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = ()) -> list[Row]:
                 if any(extra):  # a value past the last column would be dropped: a label, a number
                     raise ConfigError(
                         f"{path} line {line}: {len(cells)} values, {', '.join(map(repr, filter(None, extra)))} past "
-                        f"the header's {len(found)} columns ({','.join(found)}); expected one value a column (quote a "
-                        'value that holds a comma: "a, b")'
+                        f"the header's {len(found)} columns ({','.join(found)}); expected one value a column "
+                        f"({past_header})"
                     )
                 if cells:  # empty cells past the header's are left out, missing ones are empty
                     rows.append(Row({name: (cells[k].strip() if k < len(cells) else "") for k, name in
