@@ -698,6 +698,22 @@ def test_what_a_checkpoint_records_reaches_the_terminal_escaped(trained, tmp_pat
     assert "--data.data_dir '/x/\\n\\x1b[31mred\\x1b[0m\\x07'" in error
 
 
+def test_a_checkpoints_class_names_reach_the_terminal_on_one_line(trained, tmp_path, capsys):
+    """The class names a checkpoint records are its own strings too: the errors naming the classes
+    a model was trained on joined them raw, so a name holding a newline printed a line of the
+    file's choosing. They are shown quoted, as the recorded data folder is."""
+    folder, run = trained
+
+    def rename(checkpoint):
+        checkpoint["hyper_parameters"]["class_names"][0] = "FAKE\ncnnsuite evaluate: all good"
+
+    bad = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "names.ckpt", rename)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt", str(bad), "--data.data_dir", str(folder), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "all good" in err and "\ncnnsuite evaluate: all good" not in err, err
+
+
 def test_a_checkpoints_sample_size_is_bounded_by_the_pixel_limit(trained, tmp_path, capsys, monkeypatch):
     """A checkpoint (untrusted input) sizes the samples it is given: an edited image_size of
     20,000 would have the fits check and every prediction allocate gigabytes. Samples hold no

@@ -460,6 +460,13 @@ def check_resumed_states(checkpoint: dict, source: object) -> None:
         refuse("loops.fit_loop.state_dict.combined_loader", "expected each loader's seed, epoch and batches, or none")
 
 
+def shown(value: object) -> str:
+    """A string a checkpoint records (a data folder, a class name), for a message: as it is, or
+    quoted as a Python string where it holds a newline or an escape sequence, which would print a
+    line of the file's choosing or be obeyed by the terminal."""
+    return str(value) if str(value).isprintable() else repr(value)
+
+
 def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: dict, ckpt_path, also: str = "") -> bool:
     """Whether ``data`` (the datamodule arguments given) names where the data is. A run that
     read the user's own data is used again only on data the user names: a checkpoint does not
@@ -468,8 +475,7 @@ def check_source_given(checkpoint: dict, data_cls: type[TaskDataModule], data: d
     given = any(data.get(k) is not None for k in data_cls.source_hparams if k != "split_file")
     recorded = recorded_source(checkpoint, data_cls)
     if recorded and not given:
-        # the file's own strings: one with a newline or an escape sequence is shown quoted, not printed
-        options = " ".join(f"--data.{k} {v if str(v).isprintable() else repr(v)}" for k, v in recorded.items())
+        options = " ".join(f"--data.{k} {shown(v)}" for k, v in recorded.items())
         raise CheckpointError(
             f"{ckpt_path}: its run read your own data; a checkpoint does not choose what is read: give {options} "
             f"(or where that data is now{also})"
@@ -677,11 +683,11 @@ def follow_model_classes(datamodule: TaskDataModule, names: list[str], source: o
     found = list(datamodule.class_names)
     unknown = [c for c in found if c not in names]
     if unknown and datamodule.prepared is None:  # a prepared folder's classes are check_matches' to say
-        shown = ", ".join(names[:SHOWN_CLASSES]) + (", …" if len(names) > SHOWN_CLASSES else "")
+        listed = ", ".join(map(shown, names[:SHOWN_CLASSES])) + (", …" if len(names) > SHOWN_CLASSES else "")
         raise ConfigError(
             f"{datamodule.root}: its class{'es' if len(unknown) > 1 else ''} {', '.join(unknown[:SHOWN_CLASSES])}"
             f"{', …' if len(unknown) > SHOWN_CLASSES else ''} {'are' if len(unknown) > 1 else 'is'} not among the "
-            f"{len(names)} classes {source} was trained on ({shown}); evaluate it on a folder of those classes, "
+            f"{len(names)} classes {source} was trained on ({listed}); evaluate it on a folder of those classes, "
             "or of some of them"
         )
     datamodule.follow_classes(names)
@@ -689,7 +695,7 @@ def follow_model_classes(datamodule: TaskDataModule, names: list[str], source: o
         lacking = [c for c in names if c not in found]
         rank_zero_info(
             f"{datamodule.root}: its classes {found} labelled as the classes {source} was trained on, by name"
-            + (f"; it has no {', '.join(lacking)}: scored n/a" if lacking else "")
+            + (f"; it has no {', '.join(map(shown, lacking))}: scored n/a" if lacking else "")
         )
 
 
@@ -763,7 +769,7 @@ def check_matches(expected: list[str], channels: int | None, datamodule: TaskDat
             f"order ({expected}): its outputs would be read as other classes"
         )
     if found != expected:
-        differ = [f"{what}: {', '.join(names)}" for what, names in (
+        differ = [f"{what}: {', '.join(map(shown, names))}" for what, names in (
             ("not in the data", [c for c in expected if c not in found]),
             ("not trained on", [c for c in found if c not in expected])) if names]  # fmt: skip
         raise ConfigError(
