@@ -156,9 +156,9 @@ def load_task(point) -> Task:
 
 
 def check_config_classes(task: Task, config: object) -> None:
-    """A task's config (``config``, its file's YAML) must name the task's own model and datamodule
-    classes (:func:`names_class`): a copied config whose class paths were not renamed would train or bench the
-    other task under this one's name."""
+    """A task's config (``config``, its file's YAML) must name the task's own model and
+    datamodule classes (:func:`names_class`): a copied config whose class paths were not renamed
+    would train or bench the other task under this one's name."""
     for section, cls in (("model", task.module), ("data", task.datamodule)):
         named = config.get(section) if isinstance(config, dict) else None
         named = named.get("class_path") if isinstance(named, dict) else None

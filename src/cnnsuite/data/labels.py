@@ -46,7 +46,7 @@ SEPARATOR = ";"
 LABELS_CSV = "labels.csv"
 #: what a labels file's value past its header most likely is: labels written with commas
 #: (``a.png,beach,sunset``), which quoted (``"beach,sunset"``) would be one class of that name
-SEVERAL_LABELS = "several labels go in one cell, separated by ';': beach;sunset"
+SEVERAL_LABELS = f"several labels go in one cell, separated by {SEPARATOR!r}: beach{SEPARATOR}sunset"
 
 
 def check_multilabel(setting: object) -> None:
