@@ -1304,6 +1304,16 @@ def test_rebuild_from_type_handed_what_torch_save_never_writes_is_refused(tmp_pa
             r"it calls torch.Tensor, which no weight file",
             id="Tensor(size) through _rebuild_from_type_v2",
         ),
+        pytest.param(  # TypedStorage(n) allocates n values, which a tensor over it hands to tolist()
+            b"\x80\x02ctorch.storage\nTypedStorage\nJ\x00\xa3\xe1\x11\x85R.",
+            r"it calls torch.storage.TypedStorage, which no weight file",
+            id="TypedStorage(size)",
+        ),
+        pytest.param(  # a sparse tensor type called with a size: its storage is none that the later checks can read
+            b"\x80\x02ctorch.sparse\nFloatTensor\nJ\x00\xca\x9a;\x85R.",
+            r"it calls torch.sparse.FloatTensor, which no weight file",
+            id="sparse FloatTensor(size)",
+        ),
         pytest.param(  # a nested tensor's sizes are a tensor of the file's, its values a view of its buffer
             b"\x80\x02ctorch._utils\n_rebuild_nested_tensor\n(K\x00K\x00K\x00K\x00tR.",
             r"it calls torch._utils._rebuild_nested_tensor",

@@ -42,10 +42,11 @@ _BYTEARRAY = "builtins bytearray"
 _NEVER_CALLED = ("torch._utils _rebuild_sparse_tensor", "torch._utils _rebuild_device_tensor_from_cpu_tensor",
                  "torch._utils _rebuild_device_tensor_from_numpy", "torch._utils _rebuild_nested_tensor",
                  "torch._utils _rebuild_meta_tensor_no_storage")  # fmt: skip
-#: the legacy tensor and storage types ``weights_only`` allows (``torch.FloatTensor``, ``torch.cuda.BoolStorage``,
-#: ``torch.Tensor``): called with a size, they allocate it, a few bytes of the file passing for gigabytes that
-#: whatever reads the value (``tolist()``) fills; torch.save names them in storages' ids, and never calls them
-_ALLOCATING = re.compile(r"torch(\.cuda)? \w*(Tensor|Storage)")
+#: the tensor and storage types ``weights_only`` allows (``torch.FloatTensor``, ``torch.cuda.BoolStorage``,
+#: ``torch.Tensor``, ``torch.sparse.FloatTensor``, ``torch.storage.TypedStorage``): called with a size, they
+#: allocate it, a few bytes of the file passing for gigabytes that whatever reads the value (``tolist()``) fills;
+#: torch.save names them in storages' ids, and never calls them
+_ALLOCATING = re.compile(r"torch(\.\w+)* \w*(Tensor|Storage)")
 
 
 class CalledTooMuch(Exception):
