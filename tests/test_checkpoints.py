@@ -1314,6 +1314,17 @@ def test_rebuild_from_type_handed_what_torch_save_never_writes_is_refused(tmp_pa
             r"it calls torch.sparse.FloatTensor, which no weight file",
             id="sparse FloatTensor(size)",
         ),
+        pytest.param(  # each hex encoding doubles what it is given: 30 of them make 1 KB a terabyte
+            b"\x80\x02c_codecs\nencode\nq\x01"
+            + b"h\x01" * 30
+            + b"h\x01X\x00\x04\x00\x00"
+            + b"a" * 1024
+            + b"X\x06\x00\x00\x00latin1\x86R"
+            + b"X\x03\x00\x00\x00hex\x86R" * 30
+            + b".",
+            r"it calls _codecs.encode\(\) other than on a string to latin1",
+            id="_codecs.encode to hex, nested",
+        ),
         pytest.param(  # a nested tensor's sizes are a tensor of the file's, its values a view of its buffer
             b"\x80\x02ctorch._utils\n_rebuild_nested_tensor\n(K\x00K\x00K\x00K\x00tR.",
             r"it calls torch._utils._rebuild_nested_tensor",

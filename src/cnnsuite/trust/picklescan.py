@@ -240,13 +240,18 @@ def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
 
 def _checked(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
     """``func`` and ``args``, or :class:`Unread` for a call of :data:`_NEVER_CALLED` or
-    :data:`_ALLOCATING`, or ``bytearray()`` handed anything but a string of bytes (a size, which
-    it fills, or a 0-d tensor standing for one)."""
+    :data:`_ALLOCATING`, ``bytearray()`` handed anything but a string of bytes (a size, which
+    it fills, or a 0-d tensor standing for one), or ``_codecs.encode()`` of anything but a string
+    to latin-1: another codec makes more than it is given (``hex`` twice as much, and its result
+    may be encoded again)."""
     if func.name in _NEVER_CALLED or _ALLOCATING.fullmatch(func.name or ""):
         raise Unread(f"it calls {func.name.replace(' ', '.')}, which no weight file of this suite holds")
     items = args.items or ()
     if func.name == _BYTEARRAY and (len(items) > 1 or (items and not isinstance(items[0].scalar, (str, bytes)))):
         raise Unread("it calls bytearray() with a size or an object, not the bytes torch.save writes")
+    latin_1 = len(items) == 2 and isinstance(items[0].scalar, str) and items[1].scalar == _LATIN_1
+    if func.name in _ENCODE and not latin_1:
+        raise Unread("it calls _codecs.encode() other than on a string to latin1, as torch.save writes bytes")
     return func, args
 
 
