@@ -1207,6 +1207,23 @@ KEYED = b"}q\x01(" + b"".join(b"M" + i.to_bytes(2, "little") + b"K\x00" for i in
             + b"et.",
             id="set() of one list again and again through _rebuild_from_type_v2",
         ),  # fmt: skip
+        pytest.param(  # S = "1" * 100_000; complex(S) a thousand times over, 6 bytes each: each parses all of S
+            b"\x80\x02](X\xa0\x86\x01\x00"
+            + b"1" * 100_000
+            + b"q\x01c__builtin__\ncomplex\nq\x03"
+            + b"h\x03h\x01\x85R" * 1000
+            + b"e.",
+            id="complex() of one string again and again",
+        ),  # fmt: skip
+        pytest.param(  # _codecs.encode(S, "latin1") a thousand times over: a copy of S each time
+            b"\x80\x02](X\xa0\x86\x01\x00"
+            + b"a" * 100_000
+            + b"q\x01X\x06\x00\x00\x00latin1q\x02"
+            + b"c_codecs\nencode\nq\x03"
+            + b"h\x03h\x01h\x02\x86R" * 1000
+            + b"e.",
+            id="_codecs.encode() of one string again and again",
+        ),  # fmt: skip
         pytest.param(  # an OrderedDict's attributes updated from D a thousand times over (BUILD)
             b"\x80\x02ccollections\nOrderedDict\n)R" + KEYED + b"b" + b"h\x01b" * 1000 + b".",
             id="an OrderedDict's attributes updated from one mapping again and again",
@@ -1227,7 +1244,7 @@ def test_a_file_whose_calls_read_one_list_over_and_over_is_refused_before_torch_
 
     write_pickle(tmp_path / "called.ckpt", pickled)
     monkeypatch.setattr(torch, "load", unreached)
-    with pytest.raises(ValueError, match=r"called.ckpt: cannot load as a checkpoint \(its calls are handed lists and"):
+    with pytest.raises(ValueError, match=r"called.ckpt: cannot load as a checkpoint \(its calls are handed lists,"):
         load_checkpoint(tmp_path / "called.ckpt")
 
 
@@ -1244,7 +1261,7 @@ def test_the_scan_stops_reading_calls_once_they_pass_the_bound(tmp_path, monkeyp
     write_pickle(
         tmp_path / "built.ckpt", b"\x80\x02ccollections\nOrderedDict\n)R" + KEYED + b"b" + b"h\x01b" * 5000 + b"."
     )
-    with pytest.raises(ValueError, match=r"built.ckpt \(its calls are handed lists and mappings of over"):
+    with pytest.raises(ValueError, match=r"built.ckpt \(its calls are handed lists, mappings and strings of over"):
         check_tuples(tmp_path / "built.ckpt", "built.ckpt")
     assert len(added) <= TUPLE_FLOOR + 2 * 2000, len(added)
 

@@ -87,7 +87,8 @@ class _Cell:
     seen; ``first``, a list's first item or a mapping's first key (a pair's, for ``OrderedDict()``),
     and until it is given one, ``parents``, the containers it went into; ``source``, what a set,
     ``Counter()`` or ``OrderedDict()`` was made from, whose values it iterates (one of them first);
-    ``length``, a list's items or a mapping's keys, what a call given it reads."""
+    ``length``, a list's items, a mapping's keys or a string's characters, what a call given it
+    reads (``complex(s)``, ``Counter(s)``, ``_codecs.encode(s, "latin1")`` read and copy all of ``s``)."""
 
     __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "source", "length")
 
@@ -149,7 +150,7 @@ class _Numbering:
                 cell.scalar = (complex if name in _COMPLEX else codecs.encode)(*scalars)
             except Exception:  # torch.load meets the same error
                 return
-            cell.key = None
+            cell.key, cell.length = None, len(cell.scalar) if isinstance(cell.scalar, bytes) else 0
         else:
             keys = [self.identify(item) for item in items]
             if _UNHASHABLE not in keys:
@@ -312,6 +313,7 @@ def scan(stream, count: int, bound: int) -> int:
                 elif name in _CONSTANTS or (opcode.stack_after and opcode.stack_after[0] in _SCALARS):
                     cell = _Cell(key=None)
                     cell.scalar = _CONSTANTS.get(name, arg)
+                    cell.length = len(arg) if isinstance(arg, (str, bytes)) else 0  # what complex(s), set(s) read
                     stack.append(cell)
                 elif name in ("GLOBAL", "INST"):
                     cell = _Cell()

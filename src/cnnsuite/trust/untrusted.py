@@ -43,9 +43,10 @@ def check_tuples(path: Path, failure: str) -> None:
     every tuple handed on (made, or referenced again, itself or in a list, mapping or object
     that holds it: ``set(L)`` hashes ``L``'s tuples) adds its size; past
     :data:`MAX_TUPLE_EXPANSION` times the pickled bytes (and :data:`TUPLE_FLOOR`) the file is
-    refused. So is a file whose calls (``REDUCE``, ``BUILD``) are handed lists and mappings of
-    as many items in all, which each call reads in full: ``set(L)`` a thousand times over a
-    list of a thousand ints is 6 KB more, and takes a million steps and a thousand sets of memory.
+    refused. So is a file whose calls (``REDUCE``, ``BUILD``) are handed lists, mappings and
+    strings of as many items in all, which each call reads in full: ``set(L)`` a thousand times
+    over a list of a thousand ints is 6 KB more, and takes a million steps and a thousand sets of
+    memory; ``_codecs.encode(S, "latin1")`` a thousand times over one long string copies it each time.
     The same pass refuses a list, mapping or tuple holding more than
     :data:`~.picklescan.MAX_COLLIDING` different values of one hash (see :func:`~.picklescan.scan`): building a
     mapping or set of such keys takes time quadratic in their number, and ints ``k * (2**61 - 1)``
@@ -64,9 +65,9 @@ def check_tuples(path: Path, failure: str) -> None:
             handed = scan(stream, count, bound)
     except CalledTooMuch:
         raise BadFileError(
-            f"{failure} (its calls are handed lists and mappings of over {bound:,} items in all, from {held:,} "
-            "bytes: lists or mappings handed to set(), Counter() or OrderedDict() over and over; expected a file "
-            "torch.save wrote)"
+            f"{failure} (its calls are handed lists, mappings and strings of over {bound:,} items in all, from "
+            f"{held:,} bytes: one handed to set(), Counter(), complex() or another call over and over; expected a "
+            "file torch.save wrote)"
         ) from None
     except Unread as err:
         raise BadFileError(f"{failure} ({err}; expected a file torch.save wrote)") from None
