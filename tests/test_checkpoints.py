@@ -1184,6 +1184,13 @@ def test_a_trained_checkpoint_and_its_optimizer_state_are_kept(trained):
 
 INTS = b"".join(b"M" + i.to_bytes(2, "little") for i in range(2000))  # 2,000 ints, 3 bytes each
 KEYED = b"}q\x01(" + b"".join(b"M" + i.to_bytes(2, "little") + b"K\x00" for i in range(2000)) + b"u"
+#: {"k0": 0, ... "k1999": 0}, memoised at 1: a state of 2,000 attributes; and the OrderedDict of a tensor's hooks
+NAMED = b"}q\x01(" + b"".join(ops(f"k{i}") + b"K\x00" for i in range(2000)) + b"u"
+HOOKS = b"ccollections\nOrderedDict\n)R"
+#: _rebuild_parameter_with_state(None, False, hooks, (N, N)), its global memoised at 3
+WITH_STATE = b"h\x03(N\x89" + HOOKS + b"h\x01h\x01\x86tR"
+#: _rebuild_from_type_v2(_rebuild_parameter, Parameter, (None, False, hooks), N), its globals memoised at 3, 4, 5
+FROM_TYPE = b"h\x03(h\x04h\x05(N\x89" + HOOKS + b"th\x01tR"
 
 
 @pytest.mark.parametrize(
@@ -1223,6 +1230,25 @@ KEYED = b"}q\x01(" + b"".join(b"M" + i.to_bytes(2, "little") + b"K\x00" for i in
             + b"h\x03h\x01h\x02\x86R" * 1000
             + b"e.",
             id="_codecs.encode() of one string again and again",
+        ),  # fmt: skip
+        pytest.param(  # _rebuild_parameter_with_state(None, False, hooks, (N, N)) a thousand times over: N's
+            # attributes set twice on each Parameter (the state is a pair: attributes and slots)
+            b"\x80\x02("
+            + NAMED
+            + b"ctorch._utils\n_rebuild_parameter_with_state\nq\x03]("
+            + WITH_STATE * 1000
+            + b"et.",
+            id="a Parameter's state of pairs of one mapping again and again",
+        ),  # fmt: skip
+        pytest.param(  # _rebuild_from_type_v2(_rebuild_parameter, Parameter, (None, False, hooks), N) a thousand
+            # times over: the fourth argument is the state set attribute by attribute
+            b"\x80\x02("
+            + NAMED
+            + b"ctorch._tensor\n_rebuild_from_type_v2\nq\x03ctorch._utils\n"
+            + b"_rebuild_parameter\nq\x04ctorch.nn.parameter\nParameter\nq\x05]("
+            + FROM_TYPE * 1000
+            + b"et.",
+            id="_rebuild_from_type_v2's state of one mapping again and again",
         ),  # fmt: skip
         pytest.param(  # an OrderedDict's attributes updated from D a thousand times over (BUILD)
             b"\x80\x02ccollections\nOrderedDict\n)R" + KEYED + b"b" + b"h\x01b" * 1000 + b".",

@@ -226,17 +226,18 @@ class _Numbering:
                 raise Colliding
 
 
-def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
-    """The function a ``REDUCE`` calls and its arguments: for ``_rebuild_from_type_v2``, the first
-    of its arguments and the third (``torch.save`` writes a tuple there, and a tensor's rebuild
-    function first); any other form is :class:`Unread`, as ``complex``, ``set()`` or a call of
-    itself there would make values the scan does not see."""
+def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell, list[_Cell]]:
+    """The function a ``REDUCE`` calls, its arguments and what the call reads in full: for
+    ``_rebuild_from_type_v2``, the first of its arguments and the third (``torch.save`` writes a
+    tuple there, and a tensor's rebuild function first), and its fourth, the state it sets
+    attribute by attribute; any other form is :class:`Unread`, as ``complex``, ``set()`` or a
+    call of itself there would make values the scan does not see."""
     if func.name != _REBUILT:
-        return _checked(func, args)
+        return *_checked(func, args), list(args.items or ())
     items = args.items or ()
     if len(items) != 4 or items[0].name == _REBUILT or items[2].items is None:
         raise Unread("_rebuild_from_type_v2 is handed a call torch.save never writes there")
-    return _checked(items[0], items[2])
+    return *_checked(items[0], items[2]), [*items[2].items, items[3]]
 
 
 def _checked(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
@@ -350,13 +351,14 @@ def scan(stream, count: int, bound: int) -> int:
                             numbering.filled(cell, popped[1::2] if name.startswith("SET") else popped[1:])
                     elif name in ("REDUCE", "NEWOBJ"):  # what a call makes holds what it was given
                         cell = _Cell(sum(c.size for c in popped))
-                        func, args = _called(*popped)
+                        func, args, reads = _called(*popped)
                         numbering.made(cell, func.name, [args])
                         read = sum(c.length for c in args.items or ())
                         if func.name in _CONTAINERS:  # set(L) holds what L does
                             cell.length = read
                             cell.source = args.items[0] if len(args.items or ()) == 1 else None
-                        called += read
+                        # a state (a mapping, or a pair of them) is set attribute by attribute, as BUILD's
+                        called += sum(part.length for c in reads for part in _parts(c))
                         if called > bound:
                             raise CalledTooMuch
                     else:  # a new list, mapping or set, or a storage (torch's persistent id)
