@@ -113,8 +113,11 @@ def check_walkable(value: object, source: object) -> None:
     or nest past :data:`MAX_DEPTH` levels, is refused. A long split list holds as many values
     as it comes to, however long. A tensor that repeats stored values (a view of one stored zero
     passing for a billion) is refused too: what reads it (``tolist()`` of a datamodule's state, an
-    optimiser's state cast to its parameter's dtype) holds every value it passes for."""
+    optimiser's state cast to its parameter's dtype) holds every value it passes for. So a tensor
+    comes to its values at each reference, and its storage is held once: one stored tensor named
+    under a thousand keys is a thousand times its values to read."""
     measured: dict[int, tuple[int, int]] = {}  # id → (values, levels below)
+    stored: set[int] = set()  # the storages of the tensors met
     held = 0  # what the file holds: each object once, and each further reference to one
     deep = CheckpointError(f"{source}: its entries nest lists or mappings more than {MAX_DEPTH} deep; expected a "
                            "checkpoint written by cnnsuite fit")  # fmt: skip
@@ -127,6 +130,11 @@ def check_walkable(value: object, source: object) -> None:
                 f"{item.untyped_storage().nbytes():,} bytes of them (a view repeating stored values); expected a "
                 "checkpoint written by cnnsuite fit"
             )
+        if isinstance(item, torch.Tensor):  # its values, read in full; its storage's held once, however many use it
+            storage = item.untyped_storage()
+            held += 1 if storage.data_ptr() in stored else storage.nbytes() // item.element_size() + 1
+            stored.add(storage.data_ptr())
+            return item.numel() + 1, 0
         if not isinstance(item, dict | list | tuple):
             held += 1
             return 1, 0
@@ -147,8 +155,8 @@ def check_walkable(value: object, source: object) -> None:
     values, _ = measure(value, 0)
     if values > max(EXPANSION_FLOOR, MAX_EXPANSION * held):
         raise CheckpointError(
-            f"{source}: its entries come to {values:,} values when read in full, where it holds {held:,} (lists or "
-            "mappings referenced over and over); expected a checkpoint written by cnnsuite fit"
+            f"{source}: its entries come to {values:,} values when read in full, where it holds {held:,} (lists, "
+            "mappings or tensors referenced over and over); expected a checkpoint written by cnnsuite fit"
         )
 
 
