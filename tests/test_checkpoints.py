@@ -1462,6 +1462,65 @@ def test_a_zip_of_compressed_records_is_refused_before_any_is_inflated(tmp_path,
         load_checkpoint(path)
 
 
+def declaring(pickled: bytes, values: int) -> bytes:
+    """``pickled`` (torch.save's of ``{"x": torch.zeros(4)}``) with its storage declared ``values`` long."""
+    at = pickled.index(b"X\x03\x00\x00\x00cpu")
+    return pickled[:at] + pickled[at:].replace(b"K\x04", b"J" + values.to_bytes(4, "little"), 1)
+
+
+def test_a_storage_declared_larger_than_its_record_is_refused_before_torch_unpickles_it(tmp_path):
+    """A checkpoint is memory-mapped: a storage declared larger than its record reads on into the
+    records after it, so one-byte records each declared as the whole file pass for as many files.
+    Each storage's record must be as large as declared, as torch.save writes it."""
+    import zipfile
+
+    from cnnsuite.trust.untrusted import check_tuples
+
+    path = tmp_path / "declared.ckpt"
+    torch.save({"x": torch.zeros(4), "pad": torch.ones(1000)}, path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, declaring(content, 900) if name.endswith("data.pkl") else content)
+    mapped = torch.load(path, weights_only=True, mmap=True)["x"].untyped_storage().nbytes()
+    assert mapped > 16  # weights_only alone maps more than the record holds
+    with pytest.raises(ValueError, match=r"declared.ckpt \(its storage '0' is declared 3,600 bytes where its record "):
+        check_tuples(path, "declared.ckpt")
+
+
+def test_a_legacy_storage_declared_larger_than_the_file_is_refused_before_torch_unpickles_it(tmp_path):
+    """torch's legacy format allocates each storage as its id declares, and fills only those the file
+    lists: a 300-byte file listing none passed for 4 GB of weights."""
+    import io
+    import pickletools
+
+    from cnnsuite.trust.untrusted import check_tuples
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"x": torch.zeros(4)}, path, _use_new_zipfile_serialization=False)
+    stream = io.BytesIO(path.read_bytes())
+    for _ in range(3):  # the magic number, the protocol version, the system's sizes
+        pickle.load(stream)
+    start = stream.tell()
+    for _ in pickletools.genops(stream):  # the object's pickle, which names its storage
+        pass
+    head, pickled = path.read_bytes()[:start], path.read_bytes()[start : stream.tell()]
+    path.write_bytes(head + declaring(pickled, 1_000_000_000) + pickle.dumps([], protocol=2))
+    with pytest.raises(ValueError, match=r"legacy.pt \(its storages are declared 4,000,000,000 bytes, more than"):
+        check_tuples(path, "legacy.pt")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8, torch.float64, torch.bool])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_storages_as_torch_save_writes_them_are_kept(tmp_path, dtype, legacy):
+    from cnnsuite.trust.untrusted import check_tuples
+
+    tensors = {"w": torch.ones(3, 5, dtype=dtype), "view": torch.ones(10, dtype=dtype)[2:], "empty": torch.ones(0)}
+    torch.save(tensors, tmp_path / "kept.pt", _use_new_zipfile_serialization=not legacy)
+    check_tuples(tmp_path / "kept.pt", "kept.pt")
+
+
 def test_a_set_used_over_and_over_costs_the_scan_little_each_time(tmp_path, monkeypatch):
     """A set made from a list of 128 values (64 of hash 0, 64 of hash 1) put into a list 20,000 times:
     a set of more than two values is no pair, so the scan adds none of them as first items; adding

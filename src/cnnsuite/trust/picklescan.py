@@ -257,6 +257,16 @@ def _checked(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
     return func, args
 
 
+def _named_storage(pid: _Cell, storages: dict | None) -> None:
+    """Add to ``storages`` the storage persistent id ``pid`` names: ``("storage", type, key,
+    location, values)`` as torch.save writes it (the legacy format adds a view after them)."""
+    items = pid.items or ()
+    if storages is not None and len(items) >= 5 and items[0].scalar == "storage":
+        key, values = items[2].scalar, items[4].scalar
+        if isinstance(key, str | int) and type(values) is int and items[1].name:
+            storages.setdefault(key, (items[1].name.split()[-1], values))
+
+
 def _parts(cell: _Cell) -> list[_Cell]:
     """``cell`` and, for a pair, its two items: what ``BUILD`` may read as attributes and slots."""
     return [cell, *cell.items] if cell.items is not None and len(cell.items) == 2 else [cell]
@@ -285,7 +295,7 @@ def _scalar_bytes(value: object) -> bytes | None:
     return b"n"  # None
 
 
-def scan(stream, count: int, bound: int) -> int:
+def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
     """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on, as
     far as they read as opcodes; :class:`CalledTooMuch` once the lists and mappings handed to
     calls (see :func:`~.untrusted.check_tuples`) come to more than ``bound`` items. Each object on the stack is a
@@ -294,7 +304,9 @@ def scan(stream, count: int, bound: int) -> int:
     them again as a tuple does. Each list, mapping and tuple counts the different values of
     each hash it is given (:meth:`_Numbering.tally`): ``set()``, ``Counter()`` and
     ``OrderedDict()`` hash a list's or tuple's items, a mapping hashes its keys; equal values
-    (a list of zeros, equal shapes) count once, as they take one place in a mapping."""
+    (a list of zeros, equal shapes) count once, as they take one place in a mapping. ``storages``
+    is given the storages torch's persistent ids name, key → (storage type, values), the first
+    id of each key."""
     handed, called, numbering = 0, 0, _Numbering()
     for _ in range(count):
         stack: list[_Cell | None] = []  # None for a mark
@@ -365,6 +377,7 @@ def scan(stream, count: int, bound: int) -> int:
                         cell = _Cell(sum(c.size for c in popped))
                         if name == "BINPERSID":
                             numbering.made(cell, name, popped)
+                            _named_storage(popped[0], storages)
                     stack += [cell] * len(opcode.stack_after)
         except (Colliding, CalledTooMuch, Unread):
             raise

@@ -52,17 +52,18 @@ def check_tuples(path: Path, failure: str) -> None:
     mapping or set of such keys takes time quadratic in their number, and ints ``k * (2**61 - 1)``
     all hash to 0: a file of a few megabytes of them would hold ``torch.load`` for hours. What does
     not read so is left to ``torch.load``."""
+    storages: dict[str | int, tuple[str, int]] = {}
     try:
         with open(path, "rb") as file:
             if torch.serialization._is_zipfile(file):
-                check_stored(path, failure)
+                records = check_stored(path, failure)
                 with torch.serialization._open_zipfile_reader(str(path)) as archive:
                     data = archive.get_record("data.pkl")
                 stream, count, held = io.BytesIO(data), 1, len(data)
             else:  # the legacy format: pickles one after another, then the storages' raw bytes
-                stream, count, held = file, LEGACY_PICKLES, path.stat().st_size
+                stream, count, held, records = file, LEGACY_PICKLES, path.stat().st_size, None
             bound = max(TUPLE_FLOOR, MAX_TUPLE_EXPANSION * held)
-            handed = scan(stream, count, bound)
+            handed = scan(stream, count, bound, storages)
     except CalledTooMuch:
         raise BadFileError(
             f"{failure} (its calls are handed lists, mappings and strings of over {bound:,} items in all, from "
@@ -85,16 +86,50 @@ def check_tuples(path: Path, failure: str) -> None:
             f"{failure} (its tuples come to {handed:,} values when read in full, from {held:,} bytes: tuples "
             "referenced over and over; expected a file torch.save wrote)"
         )
+    check_declared(storages, records, path.stat().st_size, failure)
 
 
-def check_stored(path: Path, failure: str) -> None:
+def check_declared(storages: dict[str | int, tuple[str, int]], records: dict[str, int] | None, size: int,
+                   failure: str) -> None:  # fmt: skip
+    """Each storage a file's persistent ids name (``storages``, key → (type, values)) must be as
+    large as the bytes that fill it. A memory-mapped zip record declared larger than it is reads
+    on into the records after it, so a thousand one-byte records each declared as the whole file
+    pass for a thousand files' values; a storage in torch's legacy format is allocated as declared
+    and filled only if the file lists it, so 300 bytes passed for 4 GB. ``records``: a zip's record
+    sizes by name (each storage's is ``data/KEY``, as torch.save writes it), ``None`` for the legacy
+    format, whose storages together must fit in its ``size`` bytes."""
+    declared = {}
+    for key, (kind, values) in storages.items():
+        try:
+            itemsize = 1 if kind == "UntypedStorage" else torch.serialization.StorageType(kind).dtype.itemsize
+        except Exception:  # a type torch does not know: torch.load names it
+            continue
+        declared[key] = values * itemsize
+    if records is not None:
+        wrong = [(k, n) for k, n in declared.items() if records.get(f"data/{k}", n) != n]
+        if wrong:
+            key, nbytes = wrong[0]
+            raise BadFileError(
+                f"{failure} (its storage {key!r} is declared {nbytes:,} bytes where its record holds "
+                f"{records[f'data/{key}']:,}; expected a file torch.save wrote)"
+            )
+    elif sum(declared.values()) > size:
+        raise BadFileError(
+            f"{failure} (its storages are declared {sum(declared.values()):,} bytes, more than its {size:,} bytes "
+            "hold; expected a file torch.save wrote)"
+        )
+
+
+def check_stored(path: Path, failure: str) -> dict[str, int]:
     """Refuse a zip archive whose records are compressed, before any is read: torch's zip reader
     inflates them, and a megabyte of deflated zeros is a gigabyte of pickle to scan and unpickle,
     or of weights to hold. ``torch.save`` stores each record as it is. An archive Python's
-    ``zipfile`` does not read (whose records it cannot vouch for) is refused too."""
+    ``zipfile`` does not read (whose records it cannot vouch for) is refused too. Returns the
+    records' sizes by name inside the archive's folder (``data/0``)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            packed = [info for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED]
+            infos = archive.infolist()
+            packed = [info for info in infos if info.compress_type != zipfile.ZIP_STORED]
     except Exception as err:  # BadZipFile, or an error of the central directory's fields
         raise BadFileError(
             f"{failure} (not a zip archive as torch.save writes it: {_load_error_detail(err)})"
@@ -104,6 +139,7 @@ def check_stored(path: Path, failure: str) -> None:
             f"{failure} (its record {packed[0].filename!r} is compressed, {packed[0].compress_size:,} bytes for "
             f"{packed[0].file_size:,}; expected a file torch.save wrote, which stores its records uncompressed)"
         )
+    return {info.filename.split("/", 1)[-1]: info.file_size for info in infos}
 
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], source: object) -> None:
