@@ -1437,6 +1437,22 @@ def test_one_stored_tensor_named_over_and_over_outside_the_weights_is_refused(tr
         rebuild(evil, run, {"data_dir": str(folder)})
 
 
+def test_a_quantized_tensor_in_a_checkpoint_is_one_line(trained, tmp_path, capsys):
+    """A quantized tensor in the datamodule's state reached its ``tolist()``, which raises, as a
+    traceback; no weight file of this suite holds one."""
+    folder, run = trained
+
+    def edit(checkpoint):
+        checkpoint["RecognitionDataModule"]["mean"] = torch._make_per_tensor_quantized_tensor(
+            torch.zeros(3, dtype=torch.uint8), 1.0, 0
+        )
+
+    evil = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "evil.ckpt", edit)
+    for name in ("evaluate", "predict"):
+        error = one_line_error(commands(evil, folder, tmp_path)[name], capsys)
+        assert "evil.ckpt: cannot load as a checkpoint (it calls torch._utils._rebuild_qtensor" in error, error
+
+
 def test_a_zip_of_compressed_records_is_refused_before_any_is_inflated(tmp_path, monkeypatch):
     """torch's zip reader inflates a deflated record: a file of kilobytes holds a pickle a thousand
     times larger, which the scan and ``torch.load`` read opcode by opcode. torch.save stores its

@@ -38,10 +38,11 @@ _BYTEARRAY = "builtins bytearray"
 #: (a view of one stored zero passes for billions), a tensor moved "from the CPU" is copied in
 #: full to its dtype (one stored zero becomes gigabytes); torch.save writes them only for sparse
 #: tensors and for tensors of devices without storage (XLA and the like); nested and meta tensors
-#: neither (a meta tensor holds no values for what reads it)
+#: neither (a meta tensor holds no values for what reads it); nor quantized tensors, which what reads a
+#: checkpoint's entries cannot (``tolist()`` raises)
 _NEVER_CALLED = ("torch._utils _rebuild_sparse_tensor", "torch._utils _rebuild_device_tensor_from_cpu_tensor",
                  "torch._utils _rebuild_device_tensor_from_numpy", "torch._utils _rebuild_nested_tensor",
-                 "torch._utils _rebuild_meta_tensor_no_storage")  # fmt: skip
+                 "torch._utils _rebuild_meta_tensor_no_storage", "torch._utils _rebuild_qtensor")  # fmt: skip
 #: the tensor and storage types ``weights_only`` allows (``torch.FloatTensor``, ``torch.cuda.BoolStorage``,
 #: ``torch.Tensor``, ``torch.sparse.FloatTensor``, ``torch.storage.TypedStorage``): called with a size, they
 #: allocate it, a few bytes of the file passing for gigabytes that whatever reads the value (``tolist()``) fills;
