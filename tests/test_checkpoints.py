@@ -1453,6 +1453,28 @@ def test_a_quantized_tensor_in_a_checkpoint_is_one_line(trained, tmp_path, capsy
         assert "evil.ckpt: cannot load as a checkpoint (it calls torch._utils._rebuild_qtensor" in error, error
 
 
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        pytest.param({"stages.0.weight": torch.zeros(1).expand(1_000_000)}, id="a view of one stored zero"),
+        pytest.param(dict.fromkeys([f"stages.{i}.weight" for i in range(1000)], torch.zeros(1000)),
+                     id="one tensor under many keys"),
+        pytest.param({"conv1.weight": torch.zeros(1, 1, 1, 1).expand(64, 3, 7, 7),
+                      "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3)}, id="a published ResNet's names"),
+    ],
+)  # fmt: skip
+def test_a_backbone_weights_file_repeating_its_stored_values_is_refused_before_they_are_checked(tmp_path, tensors):
+    """Every value of a backbone's weights file is checked finite, each tensor in full: a view of
+    one stored zero passed for a billion values (a 1.4 KB file held gigabytes), and one tensor
+    stored once under many keys is checked at each. As for a checkpoint's state_dict, each value
+    must be stored once."""
+    from cnnsuite.training.transfer import backbone_state
+
+    torch.save(tensors, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"weights.pt: its weights hold [\d,]+ bytes of values where the file stores"):
+        backbone_state(tmp_path / "weights.pt")
+
+
 def test_a_zip_of_compressed_records_is_refused_before_any_is_inflated(tmp_path, monkeypatch):
     """torch's zip reader inflates a deflated record: a file of kilobytes holds a pickle a thousand
     times larger, which the scan and ``torch.load`` read opcode by opcode. torch.save stores its

@@ -41,7 +41,7 @@ import torch
 
 from ..data.images import IMAGE_CHANNELS
 from ..errors import CheckpointError, ConfigError, MissingFileError
-from ..trust.untrusted import check_finite_tensors, load_weights_only
+from ..trust.untrusted import check_finite_tensors, check_values_stored, load_weights_only
 
 #: Sentinel-2 L1C's 13 bands in the order TorchGeo's all-band (SSL4EO-S12) files read them: B8A after B08
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -303,6 +303,7 @@ def published_state(content: object, family: Family | None, source: str) -> dict
             f"{source}: {layout.stem} is a {stem.dim() - 2}D kernel {list(stem.shape)}, "
             f"not {family.files}; name it as {other}:PATH"
         )
+    check_values_stored(tensors, source)
     check_finite_tensors(tensors, source)
     return {_rename(key, layout.names): value for key, value in tensors.items()}
 

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
-from ..trust.untrusted import check_finite_tensors
+from ..trust.untrusted import check_finite_tensors, check_values_stored
 from .pretrained import FAMILIES, LAYOUTS, into_backbone_names, published_state, read_weight_file, split_family
 
 #: how :func:`adapt_in_channels` fits a first layer to another input-channel count
@@ -93,6 +93,7 @@ def backbone_state(path: str | Path, where: str = "--model.backbone_weights") ->
                 if isinstance(key, str) and key.startswith(start) and isinstance(value, torch.Tensor)
             }
             if found:
+                check_values_stored(found, f"{where} {path}")
                 check_finite_tensors(found, f"{where} {path}")
                 if any(key.endswith(_PARAMETRIZED) for key in found) and is_checkpoint(content):
                     return computed_kernels(content, f"{where} {path}")

@@ -44,7 +44,7 @@ from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
 from ..training.rng import check_rng_states
 from ..training.task import META_CHECK, TaskModule
-from .untrusted import check_finite_tensors, load_weights_only
+from .untrusted import check_finite_tensors, check_values_stored, load_weights_only
 
 #: the key under which :class:`~cnnsuite.training.task.TaskModule` records its run's classes
 CLASSES_KEY = "cnnsuite_classes"
@@ -157,27 +157,6 @@ def check_walkable(value: object, source: object) -> None:
         raise CheckpointError(
             f"{source}: its entries come to {values:,} values when read in full, where it holds {held:,} (lists, "
             "mappings or tensors referenced over and over); expected a checkpoint written by cnnsuite fit"
-        )
-
-
-def check_values_stored(state: dict[str, torch.Tensor], source: object) -> None:
-    """Every value of every weight is stored in the file once: a tensor saved as a view that
-    repeats one stored value (``torch.zeros(1).expand(4096, 4096, 3, 3)``), or weights that
-    overlap in one storage, would let a file of kilobytes pass for networks of gigabytes, which
-    are sized against its weights before they are built (:func:`build_model`)."""
-    claimed: dict[int, int] = {}
-    stored: dict[int, int] = {}
-    for tensor in state.values():
-        storage = tensor.untyped_storage()
-        key = storage.data_ptr()  # tensors sharing a storage share its bytes
-        claimed[key] = claimed.get(key, 0) + tensor.numel() * tensor.element_size()
-        stored[key] = storage.nbytes()
-    over = [key for key in claimed if claimed[key] > stored[key]]
-    if over:
-        total, held = sum(claimed.values()), sum(stored.values())
-        raise CheckpointError(
-            f"{source}: its state_dict's weights hold {total:,} bytes of values where the file stores {held:,}: "
-            "some repeat or overlap others; expected each value stored once, as torch.save writes a state_dict"
         )
 
 

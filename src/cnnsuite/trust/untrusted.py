@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadFileError
+from ..errors import BadFileError, CheckpointError
 from .picklescan import MAX_COLLIDING, CalledTooMuch, Colliding, Unread, scan
 
 
@@ -140,6 +140,28 @@ def check_stored(path: Path, failure: str) -> dict[str, int]:
             f"{packed[0].file_size:,}; expected a file torch.save wrote, which stores its records uncompressed)"
         )
     return {info.filename.split("/", 1)[-1]: info.file_size for info in infos}
+
+
+def check_values_stored(state: dict[str, torch.Tensor], source: object) -> None:
+    """Every value of every weight is stored in the file once: a tensor saved as a view that
+    repeats one stored value (``torch.zeros(1).expand(4096, 4096, 3, 3)``), or weights that
+    overlap in one storage, would let a file of kilobytes pass for networks of gigabytes, which
+    are sized against its weights before they are built (:func:`~.checkpoint.build_model`), and a
+    backbone's weights file would have every value it passes for checked finite."""
+    claimed: dict[int, int] = {}
+    stored: dict[int, int] = {}
+    for tensor in state.values():
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()  # tensors sharing a storage share its bytes
+        claimed[key] = claimed.get(key, 0) + tensor.numel() * tensor.element_size()
+        stored[key] = storage.nbytes()
+    over = [key for key in claimed if claimed[key] > stored[key]]
+    if over:
+        total, held = sum(claimed.values()), sum(stored.values())
+        raise CheckpointError(
+            f"{source}: its weights hold {total:,} bytes of values where the file stores {held:,}: "
+            "some repeat or overlap others; expected each value stored once, as torch.save writes a state_dict"
+        )
 
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], source: object) -> None:
