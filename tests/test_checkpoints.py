@@ -1318,12 +1318,12 @@ def test_rebuild_from_type_handed_what_torch_save_never_writes_is_refused(tmp_pa
         ),
         pytest.param(  # .to(float64) of a view of one stored zero copies all it passes for
             b"\x80\x02ctorch._utils\n_rebuild_device_tensor_from_cpu_tensor\n(K\x00ctorch\nfloat64\nX\x03\x00\x00\x00cpu\x89tR.",
-            r"it calls torch._utils._rebuild_device_tensor_from_cpu_tensor, which no weight file",
+            r"it calls torch._utils._rebuild_device_tensor_from_cpu_tensor, which torch.save never writes",
             id="a tensor moved from the CPU",
         ),
         pytest.param(  # torch.load reads a sparse tensor's indices in full
             b"\x80\x02ctorch._utils\n_rebuild_sparse_tensor\n(K\x00K\x00tR.",
-            r"it calls torch._utils._rebuild_sparse_tensor, which no weight file",
+            r"it calls torch._utils._rebuild_sparse_tensor, which torch.save never writes",
             id="a sparse tensor",
         ),
         pytest.param(  # the same, through _rebuild_from_type_v2
@@ -1334,7 +1334,7 @@ def test_rebuild_from_type_handed_what_torch_save_never_writes_is_refused(tmp_pa
         ),
         pytest.param(  # torch.FloatTensor(n) allocates n values, which tolist() of a datamodule's state fills
             b"\x80\x02ctorch\nFloatTensor\nJ\x00\xa3\xe1\x11\x85R.",
-            r"it calls torch.FloatTensor, which no weight file",
+            r"it calls torch.FloatTensor, which torch.save never writes",
             id="FloatTensor(size)",
         ),
         pytest.param(  # the same as NEWOBJ: cls.__new__(cls, n)
@@ -1344,17 +1344,17 @@ def test_rebuild_from_type_handed_what_torch_save_never_writes_is_refused(tmp_pa
         ),
         pytest.param(  # torch.Tensor(n) through _rebuild_from_type_v2
             b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(ctorch\nTensor\nctorch\nTensor\n(J\x00\xa3\xe1\x11t}tR.",
-            r"it calls torch.Tensor, which no weight file",
+            r"it calls torch.Tensor, which torch.save never writes",
             id="Tensor(size) through _rebuild_from_type_v2",
         ),
         pytest.param(  # TypedStorage(n) allocates n values, which a tensor over it hands to tolist()
             b"\x80\x02ctorch.storage\nTypedStorage\nJ\x00\xa3\xe1\x11\x85R.",
-            r"it calls torch.storage.TypedStorage, which no weight file",
+            r"it calls torch.storage.TypedStorage, which torch.save never writes",
             id="TypedStorage(size)",
         ),
         pytest.param(  # a sparse tensor type called with a size: its storage is none that the later checks can read
             b"\x80\x02ctorch.sparse\nFloatTensor\nJ\x00\xca\x9a;\x85R.",
-            r"it calls torch.sparse.FloatTensor, which no weight file",
+            r"it calls torch.sparse.FloatTensor, which torch.save never writes",
             id="sparse FloatTensor(size)",
         ),
         pytest.param(  # each hex encoding doubles what it is given: 30 of them make 1 KB a terabyte

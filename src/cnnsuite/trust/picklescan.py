@@ -248,7 +248,7 @@ def _checked(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
     to latin-1: another codec makes more than it is given (``hex`` twice as much, and its result
     may be encoded again)."""
     if func.name in _NEVER_CALLED or _ALLOCATING.fullmatch(func.name or ""):
-        raise Unread(f"it calls {func.name.replace(' ', '.')}, which no weight file of this suite holds")
+        raise Unread(f"it calls {func.name.replace(' ', '.')}, which torch.save never writes for a network's weights")
     items = args.items or ()
     if func.name == _BYTEARRAY and (len(items) > 1 or (items and not isinstance(items[0].scalar, (str, bytes)))):
         raise Unread("it calls bytearray() with a size or an object, not the bytes torch.save writes")
