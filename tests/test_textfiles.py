@@ -123,20 +123,34 @@ def test_a_csv_row_with_more_values_than_the_header_is_one_line_naming_it(tmp_pa
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "b.png").write_bytes(b"")
     (tmp_path / LABELS_CSV).write_text("image,label\na.png,beach,,\nb.png,beach,sunset\n")
-    with pytest.raises(ConfigError, match=r"labels\.csv line 3: 3 values, 'sunset' past the header's 2 columns") as err:
+    with pytest.raises(ConfigError, match=r"labels\.csv line 3: 3 values, 'sunset' under no name of the") as err:
         read_labels_csv(tmp_path, "image")
     # several labels go in one cell separated by ';': quoting "beach,sunset" would make it one class
     assert "separated by ';'" in str(err.value) and "quote" not in str(err.value)
     from cnnsuite.tasks.multispectral3d.readers import read_labels_table
 
     (tmp_path / "table.csv").write_text("patch,label\np1,Forest,Water\n")
-    with pytest.raises(ConfigError, match=r"table\.csv line 2: .*'Water' past .* separated by ';'"):
+    with pytest.raises(ConfigError, match=r"table\.csv line 2: .*'Water' under no name .* separated by ';'"):
         read_labels_table(tmp_path / "table.csv", ["p1"])
     (tmp_path / "boxes.csv").write_text("file,label\na.png,beach,1\n")
     with pytest.raises(ConfigError, match=r'quote a value that holds a comma: "a, b"'):
         read_csv(tmp_path / "boxes.csv")
     (tmp_path / LABELS_CSV).write_text("image,label\na.png,beach,,\nb.png,sunset\n")
     assert read_labels_csv(tmp_path, "image") == (["beach", "sunset"], {"a.png": 0, "b.png": 1}, False)
+
+
+def test_a_csv_value_under_an_unnamed_or_twice_named_column_is_one_line_naming_it(tmp_path):
+    """A header ending in a comma (``image,label,``, a spreadsheet's export) names a column of no
+    name, whose values no reader looks at, and a column named twice keeps only the second's
+    value: either way a value was dropped without a word. Empty cells there still read."""
+    (tmp_path / "boxes.csv").write_text("file,label,\na.png,cat,\nb.png,dog,fox\n")
+    with pytest.raises(ConfigError, match=r"boxes\.csv line 3: 3 values, 'fox' under no name of the header's"):
+        read_csv(tmp_path / "boxes.csv")
+    (tmp_path / "boxes.csv").write_text("file,label,\na.png,cat,\n")
+    assert [dict(row) for row in read_csv(tmp_path / "boxes.csv")] == [{"file": "a.png", "label": "cat", "": ""}]
+    (tmp_path / "boxes.csv").write_text("file,label,label\na.png,cat,dog\n")
+    with pytest.raises(ConfigError, match=r"boxes\.csv: column label named twice in its header"):
+        read_csv(tmp_path / "boxes.csv")
 
 
 def test_a_split_file_saved_by_a_windows_editor_reads_and_one_not_utf8_is_one_line(tmp_path):

@@ -36,9 +36,10 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str =
     raises :class:`ConfigError` naming the file and what was expected. No field of these files
     (names, labels, numbers) spans lines, and a quote left open would take the rest of the file
     as one value, so a row that spans lines, or whose quotes do not close before a comma, is an
-    error naming its line, as is a row with a value past the header's last column (empty cells
-    there, a spreadsheet's trailing commas, read as none), with ``past_header``: what the file's
-    reader tells the user to write instead."""
+    error naming its line, as is a row with a value under no column's name, past the header's
+    last one or under an empty one (empty cells there, a spreadsheet's trailing commas, read as
+    none), with ``past_header``: what the file's reader tells the user to write instead. A
+    header naming a column twice is an error too: one of the two values would be lost."""
     path = Path(path)
     rows, line = [], 1
     try:
@@ -48,6 +49,10 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str =
             missing = [c for c in columns if c not in found]
             if missing:
                 raise ConfigError(f"{path}: expected columns {','.join(columns)}, found {found}")
+            twice = sorted({name for name in found if name and found.count(name) > 1})
+            if twice:  # a row's value under the first would be lost to the second's
+                raise ConfigError(f"{path}: column {', '.join(twice)} named twice in its header; expected each once")
+            unnamed = [k for k, name in enumerate(found) if not name]  # a spreadsheet's trailing comma
             while True:
                 line = reader.line_num + 1
                 cells = next(reader, None)
@@ -56,11 +61,11 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str =
                 if reader.line_num > line:
                     raise ConfigError(f"{path} line {line}: a quoted field runs on over the next lines; expected "
                                       "one line a row")  # fmt: skip
-                extra = [cell.strip() for cell in cells[len(found) :]]
-                if any(extra):  # a value past the last column would be dropped: a label, a number
+                extra = [cells[k].strip() for k in unnamed if k < len(cells)] + [c.strip() for c in cells[len(found) :]]
+                if any(extra):  # a value under no column's name would be dropped: a label, a number
                     raise ConfigError(
-                        f"{path} line {line}: {len(cells)} values, {', '.join(map(repr, filter(None, extra)))} past "
-                        f"the header's {len(found)} columns ({','.join(found)}); expected one value a column "
+                        f"{path} line {line}: {len(cells)} values, {', '.join(map(repr, filter(None, extra)))} under "
+                        f"no name of the header's ({','.join(found)}); expected one value a named column "
                         f"({past_header})"
                     )
                 if cells:  # empty cells past the header's are left out, missing ones are empty
