@@ -231,3 +231,20 @@ def test_an_annotation_naming_an_image_outside_the_data_folder_is_refused_before
     (folder / "annotations.json").write_text(json.dumps(coco))
     with pytest.raises(ValueError, match=r"image id 1: file_name '\.\./outside/a\.png' lies outside the data"):
         DetectionDataModule(data_dir=str(folder), data_root=str(tmp_path / "cache"))
+
+
+def test_a_csv_whose_first_unnamed_column_numbers_its_rows_reads_without_it(tmp_path):
+    """pandas' ``to_csv`` (by default) and R's ``write.csv`` write each row's number first, under
+    a column of no name: those numbers are no value of the data, so the file reads as without
+    them. Anything else there is still a value under no name, refused."""
+    pandas, r = ",image,label\n0,a.png,cat\n1,b.png,dog\n", '"","image","label"\n"1","a.png","cat"\n"2","b.png","dog"\n'
+    for text in (pandas, r):
+        (tmp_path / "labels.csv").write_text(text)
+        rows = [{k: v for k, v in row.items() if k} for row in read_csv(tmp_path / "labels.csv")]
+        assert rows == [{"image": "a.png", "label": "cat"}, {"image": "b.png", "label": "dog"}]
+    (tmp_path / "labels.csv").write_text(",image,label\nbeach,a.png,cat\n")
+    with pytest.raises(ConfigError, match=r"labels\.csv line 2: 3 values, 'beach' under no name"):
+        read_csv(tmp_path / "labels.csv")
+    (tmp_path / "labels.csv").write_text("image,,label\na.png,3,cat\n")
+    with pytest.raises(ConfigError, match=r"labels\.csv line 2: 3 values, '3' under no name"):
+        read_csv(tmp_path / "labels.csv")

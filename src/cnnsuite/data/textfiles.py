@@ -38,7 +38,8 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str =
     as one value, so a row that spans lines, or whose quotes do not close before a comma, is an
     error naming its line, as is a row with a value under no column's name, past the header's
     last one or under an empty one (empty cells there, a spreadsheet's trailing commas, read as
-    none), with ``past_header``: what the file's reader tells the user to write instead. A
+    none), with ``past_header``: what the file's reader tells the user to write instead; a first
+    column of no name numbering the rows (pandas' ``to_csv``, R's ``write.csv``) reads as none. A
     header naming a column twice is an error too: one of the two values would be lost."""
     path = Path(path)
     rows, line = [], 1
@@ -53,6 +54,8 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str =
             if twice:  # a row's value under the first would be lost to the second's
                 raise ConfigError(f"{path}: column {', '.join(twice)} named twice in its header; expected each once")
             unnamed = [k for k, name in enumerate(found) if not name]  # a spreadsheet's trailing comma
+            # pandas' to_csv and R's write.csv write each row's number first, under no name: no value of the data
+            numbered = len(found) > 1 and not found[0]
             while True:
                 line = reader.line_num + 1
                 cells = next(reader, None)
@@ -61,6 +64,8 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str =
                 if reader.line_num > line:
                     raise ConfigError(f"{path} line {line}: a quoted field runs on over the next lines; expected "
                                       "one line a row")  # fmt: skip
+                if numbered and cells and cells[0].strip().isascii() and cells[0].strip().isdigit():
+                    cells[0] = ""
                 extra = [cells[k].strip() for k in unnamed if k < len(cells)] + [c.strip() for c in cells[len(found) :]]
                 if any(extra):  # a value under no column's name would be dropped: a label, a number
                     raise ConfigError(
