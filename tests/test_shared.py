@@ -26,7 +26,7 @@ from cnnsuite.data import BadFileError, TaskDataModule, list_classes, list_sampl
 from cnnsuite.data.cache import MIB, DecodedCache, check_cache_limit
 from cnnsuite.data.images import IMAGE_EXTENSIONS, image_size
 from cnnsuite.data.prepare import prepare_once
-from cnnsuite.data.splits import stratified_split
+from cnnsuite.data.splits import split_validation, stratified_split
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.callbacks import PreciseBatchNorm
 from cnnsuite.training.classification import ClassificationModule
@@ -261,6 +261,19 @@ def test_a_split_that_cannot_be_stratified_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stratified_split([f"{i}" for i in range(40)], [i % 2 for i in range(40)], 0.25, 0.25, seed=0)
+
+
+def test_too_few_samples_to_split_is_one_line():
+    # two videos in a labels file: scikit-learn's "train set will be empty" traceback before
+    for labels in ([0, 1], [0, 0], [np.array([1, 0]), np.array([0, 1])]):
+        with pytest.raises(ConfigError, match=r"2 samples: too few to split into train, val and test"):
+            stratified_split(["a", "b"], labels, 0.1, 0.2, seed=0, names=["cat", "dog"])
+    hot = [np.array([1, 0]), np.array([0, 1]), np.array([1, 1])]  # iterstrat draws 2 of the 3 for test
+    with pytest.raises(ConfigError, match=r"3 samples: too few to split"):
+        stratified_split(["a", "b", "c"], hot, 0.1, 0.2, seed=0)
+    with pytest.raises(ConfigError, match=r"1 sample in the train list: too few to draw validation from"):
+        split_validation(["a"], [0], 0.1, total=3, seed=0)
+    assert sorted(sum(stratified_split(["a", "b", "c"], [0, 1, 0], 0.1, 0.2, seed=0).values(), [])) == ["a", "b", "c"]
 
 
 def test_generated_data_records_its_arguments_and_other_arguments_get_their_own_folder(tmp_path):

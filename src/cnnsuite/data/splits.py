@@ -47,7 +47,15 @@ def stratified_split(
     check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
+    too_few = ConfigError(
+        f"{len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to split into train, val and test "
+        f"(data.val_fraction {val_fraction}, data.test_fraction {test_fraction}); expected at least 3"
+    )
+    if len(ids) < 3:  # one sample a split at the least: scikit-learn refuses an empty one with a traceback
+        raise too_few
     rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed, names)
+    if len(rest) < 2:  # iterative stratification may draw more test samples than the fraction asks
+        raise too_few
     # a class of one sample, said when the test split was drawn, is in the rest still: said once
     train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed, names, say_lone=False)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
@@ -60,6 +68,11 @@ def split_validation(
     ``val_fraction`` of all ``total`` samples, drawn from train (at most half of it) and
     stratified by ``labels`` where :func:`split_off` can."""
     check_fraction("val_fraction", val_fraction)
+    if len(train) < 2:
+        raise ConfigError(
+            f"{len(train)} sample{'' if len(train) == 1 else 's'} in the train list: too few to draw validation "
+            f"from (data.val_fraction {val_fraction}); expected at least 2, or a validation list"
+        )
     fraction = min(0.5, val_fraction * total / max(len(train), 1))
     kept, val, _ = split_off(list(train), list(labels), fraction, seed, names)
     return sorted(kept), sorted(val)
