@@ -440,3 +440,24 @@ def test_an_upload_is_read_under_its_ending_alone_whatever_its_name():
         item = api.decode_request(SimpleNamespace(getlist=lambda field, upload=upload: [upload]))
         assert item.path == Path(name), item
         assert read[-1] == (stored, b"data")
+
+
+def test_a_readers_message_names_the_upload_by_its_clients_name_not_the_stored_one():
+    """GDAL and PyTorchVideo name the file they could not read by its base name alone, which was
+    the stored ``upload<ending>`` in the reply; the client's own name stays as it is, however
+    like the stored name it reads."""
+    import io
+    from types import SimpleNamespace
+
+    from cnnsuite.data import BadFileError
+    from cnnsuite.use.serve import PredictorAPI
+
+    def reader(path):
+        raise BadFileError(f"{path}: cannot read as a GeoTIFF ({path.name}, band 1: IReadBlock failed)")
+
+    api = PredictorAPI("unused.ckpt")
+    api.predictor = SimpleNamespace(datamodule=SimpleNamespace(input_extensions=(".tif",)), read=reader)
+    for name in ("cut.tif", "my_upload.tif", "upload.tif"):
+        upload = SimpleNamespace(filename=name, file=io.BytesIO(b"data"))
+        reply = api.decode_request(SimpleNamespace(getlist=lambda field, upload=upload: [upload]))
+        assert reply.record["error"] == f"{name}: cannot read as a GeoTIFF ({name}, band 1: IReadBlock failed)"

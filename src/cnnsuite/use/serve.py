@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -89,6 +90,14 @@ def unfoldered(message: str, folder: str) -> str:
     for place in sorted({folder, os.path.realpath(folder)}, key=len, reverse=True):  # /private/var before /var
         message = message.replace(place + os.sep, "").replace(place, ".")
     return message
+
+
+def renamed(message: str, path: Path, name: str) -> str:
+    """``message`` with the stored upload ``path`` named by the client's ``name``, where the
+    message gives the whole path and where it gives the file's name alone (GDAL and PyTorchVideo
+    do); in one pass, so that a client's name like the stored one is left as it is."""
+    alone = rf"(?<![\w.-]){re.escape(path.name)}(?![\w.-])"
+    return re.sub(f"{re.escape(str(path))}|{alone}", lambda _: name, message)
 
 
 class PredictorAPI(ls.LitAPI):
@@ -141,7 +150,7 @@ class PredictorAPI(ls.LitAPI):
             try:
                 item = self.predictor.read(path)
             except BadFileError as err:
-                return reject(422, name, unfoldered(str(err).replace(str(path), name), folder))
+                return reject(422, name, unfoldered(renamed(str(err), path, name), folder))
             except Exception as err:  # a reader's bug: this request fails, the others of its batch go on
                 logger.exception("reading the upload %s failed", name)
                 return reject(500, name, f"{name}: cannot read ({type(err).__name__}: {err})")
