@@ -453,11 +453,11 @@ def test_a_readers_message_names_the_upload_by_its_clients_name_not_the_stored_o
     from cnnsuite.use.serve import PredictorAPI
 
     def reader(path):
-        raise BadFileError(f"{path}: cannot read as a GeoTIFF ({path.name}, band 1: IReadBlock failed)")
+        raise BadFileError(f"{path}: cannot read ({path.name}, band 1: failed. Failed to open {path.name}. x)")
 
     api = PredictorAPI("unused.ckpt")
     api.predictor = SimpleNamespace(datamodule=SimpleNamespace(input_extensions=(".tif",)), read=reader)
     for name in ("cut.tif", "my_upload.tif", "upload.tif"):
         upload = SimpleNamespace(filename=name, file=io.BytesIO(b"data"))
         reply = api.decode_request(SimpleNamespace(getlist=lambda field, upload=upload: [upload]))
-        assert reply.record["error"] == f"{name}: cannot read as a GeoTIFF ({name}, band 1: IReadBlock failed)"
+        assert reply.record["error"] == f"{name}: cannot read ({name}, band 1: failed. Failed to open {name}. x)"

@@ -96,7 +96,7 @@ def renamed(message: str, path: Path, name: str) -> str:
     """``message`` with the stored upload ``path`` named by the client's ``name``, where the
     message gives the whole path and where it gives the file's name alone (GDAL and PyTorchVideo
     do); in one pass, so that a client's name like the stored one is left as it is."""
-    alone = rf"(?<![\w.-]){re.escape(path.name)}(?![\w.-])"
+    alone = rf"(?<![\w.-]){re.escape(path.name)}(?![\w-])(?!\.\w)"  # a sentence's full stop may follow
     return re.sub(f"{re.escape(str(path))}|{alone}", lambda _: name, message)
 
 
