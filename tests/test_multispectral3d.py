@@ -19,6 +19,7 @@ from rasterio.transform import Affine
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.augment import BatchFlipsAndTurns
+from cnnsuite.errors import ConfigError
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
 
@@ -617,6 +618,10 @@ def test_bigearthnet_labels_come_from_labels_csv_or_one_label_metadata(tmp_path)
         ("S2A_MSIL1C_20170613T101031_0_0", 0),
         ("S2A_MSIL1C_20170613T101031_0_1", 0),
     ]
+    # a patch's second row would silently replace the first's labels
+    (root / "labels.csv").write_text("\n".join(",".join(row) for row in [*rows, (rows[1][0], "Pastures")]) + "\n")
+    with pytest.raises(ConfigError, match=rf"labels.csv, line {len(rows) + 1}: '{rows[1][0]}' again \(line 2 has it\)"):
+        MultispectralDataModule(data_dir=str(root))
 
 
 def test_on_bad_file_skip_leaves_bad_patches_out_with_one_warning(tmp_path):

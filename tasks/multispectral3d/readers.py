@@ -310,6 +310,11 @@ def read_labels_table(table: Path, patches: list[str]) -> dict[str, tuple[str, i
             raise ConfigError(f"{table}, line {line}: empty patch or label")
         if name not in known:
             errors.append(BadFileError(f"{table}, line {line}: {table.parent / name} is no patch folder of band files"))
+        if name in labels:  # a second row would silently replace the first's labels
+            raise ConfigError(
+                f"{table}, line {line}: {name!r} again (line {labels[name][1]} has it); expected one row per patch, "
+                "its labels together"
+            )
         labels[name] = (label, line)
     if not labels:
         raise ConfigError(f"{table}: no rows")
