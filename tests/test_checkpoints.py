@@ -194,6 +194,20 @@ def test_a_checkpoint_carrying_code_is_refused_in_one_line_and_never_run(tmp_pat
     assert "\n" not in message and "evil.ckpt: cannot load as a checkpoint" in message and "GLOBAL" in message
 
 
+def test_a_file_that_is_no_zip_archive_given_as_a_checkpoint_is_named_so(tmp_path, capsys):
+    """A checkpoint is memory-mapped, which torch does for its zip format alone: a GeoTIFF, a
+    pickle or a file in torch's legacy format was refused with torch's advice to save it with
+    ``_use_new_zipfile_serialization=True``, which the user never wrote."""
+    (tmp_path / "patch.ckpt").write_bytes(b"II*\x00" + bytes(64))
+    torch.save({"state_dict": {}}, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    for name in ("patch.ckpt", "legacy.ckpt"):
+        with pytest.raises(SystemExit):
+            main(["evaluate", "--ckpt", str(tmp_path / name)])
+        message = capsys.readouterr().err.strip()
+        assert "\n" not in message and "mmap" not in message, message
+        assert f"{name}: cannot load as a checkpoint (not a zip archive as torch.save writes it" in message, message
+
+
 # --- what a hand-made checkpoint can make each command do -------------------------------------
 
 

@@ -16,8 +16,13 @@ from .picklescan import MAX_COLLIDING, CalledTooMuch, Colliding, Unread, scan
 def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU: a file that would run pickled code, or
     is damaged or foreign, is a one-line ``ValueError``, ``failure`` followed by what torch met
-    (``Unsupported global: GLOBAL print``), without its many-line advice to load it unsafely."""
+    (``Unsupported global: GLOBAL print``), without its many-line advice to load it unsafely.
+    With ``mmap`` (a checkpoint's tensors mapped, not read) the file must be a zip archive."""
     check_tuples(path, failure)
+    if mmap:  # torch maps its zip format alone; its error for another file advises an option of torch.save
+        with open(path, "rb") as file:
+            if not torch.serialization._is_zipfile(file):
+                raise BadFileError(f"{failure} (not a zip archive as torch.save writes it)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for a damaged, foreign or code-carrying file
