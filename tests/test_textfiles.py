@@ -137,6 +137,13 @@ def test_a_csv_row_with_more_values_than_the_header_is_one_line_naming_it(tmp_pa
         read_csv(tmp_path / "boxes.csv")
     (tmp_path / LABELS_CSV).write_text("image,label\na.png,beach,,\nb.png,sunset\n")
     assert read_labels_csv(tmp_path, "image") == (["beach", "sunset"], {"a.png": 0, "b.png": 1}, False)
+    # a file of one 0/1 column per class has no label cell to hold several: a class needs its column
+    (tmp_path / LABELS_CSV).write_text("image,beach,sunset\na.png,1,0,1\n")
+    with pytest.raises(
+        ConfigError, match=r"'1' under no name .*\(a class's 0/1 value goes under its own column"
+    ) as err:
+        read_labels_csv(tmp_path, "image")
+    assert "separated by" not in str(err.value)
 
 
 def test_a_csv_value_under_an_unnamed_or_twice_named_column_is_one_line_naming_it(tmp_path):

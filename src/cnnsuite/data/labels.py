@@ -47,6 +47,8 @@ LABELS_CSV = "labels.csv"
 #: what a labels file's value past its header most likely is: labels written with commas
 #: (``a.png,beach,sunset``), which quoted (``"beach,sunset"``) would be one class of that name
 SEVERAL_LABELS = f"several labels go in one cell, separated by {SEPARATOR!r}: beach{SEPARATOR}sunset"
+#: the same where the file has a 0/1 column per class and no ``label`` column to hold several
+ONE_COLUMN_A_CLASS = "a class's 0/1 value goes under its own column, the class named in the header"
 
 
 def check_multilabel(setting: object) -> None:
@@ -197,7 +199,7 @@ def read_labels_csv(
     path = root / LABELS_CSV
     if not path.is_file():
         raise MissingFileError(f"{path}: missing; expected a CSV with columns {id_column},label")
-    rows = read_csv(path, past_header=SEVERAL_LABELS)
+    rows = read_csv(path, past_header=lambda header: SEVERAL_LABELS if "label" in header else ONE_COLUMN_A_CLASS)
     if not rows:
         raise ConfigError(f"{path}: no rows")
     ids, cells, columns = label_cells(rows, id_column, path)

@@ -10,6 +10,7 @@ module's quoting, so each of these reads as the plain file it stands for.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -30,7 +31,9 @@ class Row(dict):
 QUOTE_A_COMMA = 'quote a value that holds a comma: "a, b"'
 
 
-def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str = QUOTE_A_COMMA) -> list[Row]:
+def read_csv(
+    path: str | Path, columns: tuple[str, ...] = (), past_header: str | Callable[[list[str]], str] = QUOTE_A_COMMA
+) -> list[Row]:
     """The rows of the CSV file at ``path`` (:class:`Row`), values stripped of surrounding
     spaces, blank lines skipped; a header lacking one of ``columns`` (or that does not decode)
     raises :class:`ConfigError` naming the file and what was expected. No field of these files
@@ -38,7 +41,8 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str =
     as one value, so a row that spans lines, or whose quotes do not close before a comma, is an
     error naming its line, as is a row with a value under no column's name, past the header's
     last one or under an empty one (empty cells there, a spreadsheet's trailing commas, read as
-    none), with ``past_header``: what the file's reader tells the user to write instead; a first
+    none), with ``past_header``: what the file's reader tells the user to write instead (or the
+    function of the header's names that tells it, where the file's layout decides); a first
     column of no name numbering the rows (pandas' ``to_csv``, R's ``write.csv``) reads as none. A
     header naming a column twice is an error too: one of the two values would be lost."""
     path = Path(path)
@@ -71,7 +75,7 @@ def read_csv(path: str | Path, columns: tuple[str, ...] = (), past_header: str =
                     raise ConfigError(
                         f"{path} line {line}: {len(cells)} values, {', '.join(map(repr, filter(None, extra)))} under "
                         f"no name of the header's ({','.join(found)}); expected one value a named column "
-                        f"({past_header})"
+                        f"({past_header if isinstance(past_header, str) else past_header(found)})"
                     )
                 if cells:  # empty cells past the header's are left out, missing ones are empty
                     rows.append(Row({name: (cells[k].strip() if k < len(cells) else "") for k, name in
