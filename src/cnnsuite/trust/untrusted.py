@@ -100,9 +100,9 @@ def check_declared(storages: dict[str | int, tuple[str, int]], records: dict[str
     large as the bytes that fill it. A memory-mapped zip record declared larger than it is reads
     on into the records after it, so a thousand one-byte records each declared as the whole file
     pass for a thousand files' values; a storage in torch's legacy format is allocated as declared
-    and filled only if the file lists it, so 300 bytes passed for 4 GB. ``records``: a zip's record
-    sizes by name (each storage's is ``data/KEY``, as torch.save writes it), ``None`` for the legacy
-    format, whose storages together must fit in its ``size`` bytes."""
+    and filled only if the file lists it, so a few hundred bytes passed for gigabytes. ``records``:
+    a zip's record sizes by name (each storage's is ``data/KEY``, as torch.save writes it), ``None``
+    for the legacy format, whose storages together must fit in its ``size`` bytes."""
     declared = {}
     for key, (kind, values) in storages.items():
         try:
