@@ -26,7 +26,7 @@ from cnnsuite.data import BadFileError, TaskDataModule, list_classes, list_sampl
 from cnnsuite.data.cache import MIB, DecodedCache, check_cache_limit
 from cnnsuite.data.images import IMAGE_EXTENSIONS, image_size
 from cnnsuite.data.prepare import prepare_once
-from cnnsuite.data.splits import split_validation, stratified_split
+from cnnsuite.data.splits import stratified_split
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.callbacks import PreciseBatchNorm
 from cnnsuite.training.classification import ClassificationModule
@@ -271,8 +271,6 @@ def test_too_few_samples_to_split_is_one_line():
     hot = [np.array([1, 0]), np.array([0, 1]), np.array([1, 1])]  # iterstrat draws 2 of the 3 for test
     with pytest.raises(ConfigError, match=r"3 samples: too few to split"):
         stratified_split(["a", "b", "c"], hot, 0.1, 0.2, seed=0)
-    with pytest.raises(ConfigError, match=r"1 sample in the train list: too few to draw validation from"):
-        split_validation(["a"], [0], 0.1, total=3, seed=0)
     assert sorted(sum(stratified_split(["a", "b", "c"], [0, 1, 0], 0.1, 0.2, seed=0).values(), [])) == ["a", "b", "c"]
 
 

@@ -68,11 +68,6 @@ def split_validation(
     ``val_fraction`` of all ``total`` samples, drawn from train (at most half of it) and
     stratified by ``labels`` where :func:`split_off` can."""
     check_fraction("val_fraction", val_fraction)
-    if len(train) < 2:
-        raise ConfigError(
-            f"{len(train)} sample{'' if len(train) == 1 else 's'} in the train list: too few to draw validation "
-            f"from (data.val_fraction {val_fraction}); expected at least 2, or a validation list"
-        )
     fraction = min(0.5, val_fraction * total / max(len(train), 1))
     kept, val, _ = split_off(list(train), list(labels), fraction, seed, names)
     return sorted(kept), sorted(val)
