@@ -130,16 +130,14 @@ class _Numbering:
 
     def made(self, cell: _Cell, name: str | None, items: list[_Cell]) -> None:
         """Set ``cell``'s key and hash as the result of calling ``name`` on ``items``: computed for
-        ``complex()``, ``torch.Size()`` and ``_codecs.encode()`` (to latin-1, as torch writes bytes)
-        of numbers and strings; for them called on anything else (``torch.Size(L)``,
-        ``complex(tensor)``, another codec), a key of its own and one hash for all, as its value is
-        not known; otherwise equal for equal calls."""
+        ``complex()``, ``torch.Size()`` and ``_codecs.encode()`` (to latin-1, as torch writes bytes;
+        :func:`_checked` refuses any other) of numbers and strings; for them called on anything else
+        (``torch.Size(L)``, ``complex(tensor)``), a key of its own and one hash for all, as its value
+        is not known; otherwise equal for equal calls."""
         args = items[0].items if len(items) == 1 and items[0].items is not None else items
         scalars = [item.scalar for item in args]
         if name in _SIZE and len(args) == 1 and args[0].items is not None:
             scalars = [item.scalar for item in args[0].items]
-        if name in _ENCODE and scalars[1:] != [_LATIN_1]:
-            scalars.append(_UNSET)
         if name in (_SIZE + _COMPLEX + _ENCODE) and (_UNSET in scalars or not args):
             cell.key, cell.hash = self.number(None), hash(_SIZE + _COMPLEX + _ENCODE)
         elif name in _SIZE:
