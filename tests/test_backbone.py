@@ -255,6 +255,31 @@ def test_c3_table_keeps_masked_connections_at_zero_through_training():
     assert conv.weight[0, 3:].abs().sum() == 0 and conv.weight[0, :3].abs().sum() > 0
 
 
+# LeCun et al. 1998, Table I as the paper prints it: one row per S2 map, an X under each C3 map it feeds.
+PAPER_TABLE_I = """
+X . . . X X X . . X X X X . X X
+X X . . . X X X . . X X X X . X
+X X X . . . X X X . . X . X X X
+. X X X . . X X X X . . X . X X
+. . X X X . . X X X X . X X . X
+. . . X X X . . X X X X . X X X
+"""
+
+
+def test_c3_table_is_the_papers_table_i():
+    """Each C3 map answers to exactly the S2 maps Table I connects it to: changing one S2 map
+    changes the C3 maps in that map's row of the table and no other."""
+    table = torch.tensor([[c == "X" for c in row.split()] for row in PAPER_TABLE_I.strip().splitlines()])
+    conv = build_backbone("lenet5", spatial_dims=2, in_channels=1, c3_table=True).stages[1][0]
+    x = torch.randn(1, 6, 5, 5)
+    with torch.no_grad():
+        for s2 in range(6):
+            bumped = x.clone()
+            bumped[:, s2] += torch.randn(5, 5)
+            changed = (conv(bumped) - conv(x))[0].abs().flatten(1).amax(-1) > 0
+            assert changed.tolist() == table[s2].tolist(), f"S2 map {s2}"
+
+
 @pytest.mark.parametrize("dims,size", [(2, (40, 36)), (3, (16, 20, 24))])
 def test_backbone_features_shallow_to_deep_2d_and_3d(dims, size):
     backbone = build_backbone("convnet", spatial_dims=dims, in_channels=3, channels=(8, 16, 32))
