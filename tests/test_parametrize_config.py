@@ -40,6 +40,12 @@ def test_gradient_reaching_u_is_the_sum_over_the_tied_weights(dims, spec):
     summed = torch.zeros_like(u).index_add_(0, tied.groups.flatten(), grad_w.flatten())
     torch.testing.assert_close(grad_u, summed)
     assert grad_w.abs().sum() > 0
+    if spec["kind"] == "tie_channels":  # contiguous groups of input channels see the same kernels
+        chunks = w.detach().chunk(spec["groups"], dim=1)
+        assert all(torch.equal(chunk, chunks[0]) for chunk in chunks)
+    else:  # the kernel is its own mirror image along each axis named
+        axes = [2 + a for a in spec.get("axes", range(dims))]
+        assert all(torch.equal(w.detach(), w.detach().flip(a)) for a in axes)
 
 
 def test_free_parameters_fall_as_the_pattern_says():
