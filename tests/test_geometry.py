@@ -35,15 +35,23 @@ def test_3d_convnet_with_per_axis_kernels_and_pools():
     assert [g.receptive_field for g in stages] == [(1, 6, 10), (1, 16, 28)]
 
 
-def test_resnet18_layout_matches_the_published_geometry():
-    """torchvision's ResNet-18 layout: stride 32 and a 435-pixel receptive field at the end,
-    the same for our resnet and for torchvision's own network behind the backbone contract."""
-    kwargs = dict(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), stem_kernel=7, stem_stride=2, stem_pool="max")
+@pytest.mark.parametrize(
+    "reference,block,counts,field,channels",
+    [
+        ("torchvision_resnet18", "basic", (2, 2, 2, 2), 435, 512),
+        ("torchvision_resnet50", "bottleneck", (3, 4, 6, 3), 427, 2048),
+    ],
+)
+def test_resnet_layout_matches_the_published_geometry(reference, block, counts, field, channels):
+    """torchvision's ResNet-18 and ResNet-50 layouts: stride 32 at the end and the receptive field
+    of each stage the same for our resnet and for torchvision's own network behind the backbone
+    contract (ResNet-50's "v1.5": a bottleneck's stride sits on its 3×3 filter, not its first 1×1)."""
+    kwargs = dict(widths=(64, 128, 256, 512), blocks=counts, block=block, stem_kernel=7, stem_stride=2, stem_pool="max")
     ours = describe_stages(build_backbone("resnet", 2, 3, **kwargs), (3, 64, 64))
-    theirs = describe_stages(build_backbone("torchvision_resnet18", 2, 3), (3, 64, 64))
+    theirs = describe_stages(build_backbone(reference, 2, 3), (3, 64, 64))
     assert ours == theirs
-    assert ours[-1].stride == (32, 32) and ours[-1].receptive_field == (435, 435)
-    assert ours[-1].out_shape == (512, 2, 2)
+    assert ours[-1].stride == (32, 32) and ours[-1].receptive_field == (field, field)
+    assert ours[-1].out_shape == (channels, 2, 2)
 
 
 def footprint(backbone, shape, stage):
