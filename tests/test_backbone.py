@@ -242,7 +242,10 @@ def test_the_classifier_is_several_fully_connected_layers():
     assert [(m.in_features, m.out_features) for m in linears] == [(16, 120), (120, 84), (84, 10)]
     assert [type(m).__name__ for m in head.net[2:]] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
     assert free_parameters(head) == 16 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10
-    assert head([torch.randn(3, 16, 5, 5)]).shape == (3, 10)
+    x = torch.randn(3, 16, 5, 5)
+    assert head([x]).shape == (3, 10)
+    # the layers see each map's mean over space, wherever on the map a feature lies
+    torch.testing.assert_close(head([x]), head.net[2:](x.mean((2, 3))))
 
 
 def test_c3_table_keeps_masked_connections_at_zero_through_training():
