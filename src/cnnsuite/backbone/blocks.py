@@ -178,7 +178,6 @@ class ConvBlock(nn.Sequential):
         pool_size: IntOrSeq = 2,
         lp_p: float = 2.0,
         order: str = "CNAP",
-        groups: int = 1,
     ) -> None:
         _check_dims(spatial_dims)
         if sorted(order) != sorted("CNAP"):
@@ -208,7 +207,6 @@ class ConvBlock(nn.Sequential):
                 kernel_size,
                 stride=stride,
                 padding=padding,
-                groups=groups,
                 bias=not _norm_cancels_bias(order, norm, pool),
             ),
             "N": norm_layer(spatial_dims, norm, norm_channels),
