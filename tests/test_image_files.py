@@ -3,6 +3,7 @@ sub-folders, empty class folders among bad files, ImageFolder split folders, ima
 Pillow's limit, and pictures of predictions drawn from large photos."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -18,6 +19,7 @@ from cnnsuite.cli import main
 from cnnsuite.data import BadFileError, image_size, read_image
 from cnnsuite.data.images import PICTURE_SIDE
 from cnnsuite.data.limits import ENV
+from cnnsuite.errors import ConfigError
 
 
 def gradient(height, width, top, dtype):
@@ -165,6 +167,13 @@ def test_an_empty_class_folder_is_reported_with_every_bad_file(tmp_path):
     message = str(raised.value)
     assert "eel: class folder holds no file" in message and "zebra: class folder holds no file" in message
     assert "broken.png" in message
+
+
+def test_too_few_images_to_split_names_the_folder(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=1)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(folder))}: 2 samples: too few to split") as raised:
+        RecognitionDataModule(data_dir=str(folder)).setup("fit")
+    assert "\n" not in str(raised.value)
 
 
 def write_split_folders(root, stages=("train", "val")):

@@ -756,7 +756,7 @@ class TaskDataModule(L.LightningDataModule):
                 rank_zero_warn(f"{self.root}: {note}")
             return splits
         ids, labels = zip(*samples, strict=True)
-        return stratified_split(ids, labels, hp.val_fraction, hp.test_fraction, hp.seed, names)
+        return stratified_split(ids, labels, hp.val_fraction, hp.test_fraction, hp.seed, names, self.root)
 
     def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
         """The stage's loader. The training one (``shuffle``) resumes exactly in the middle of

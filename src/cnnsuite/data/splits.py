@@ -39,16 +39,19 @@ def stratified_split(
     test_fraction: float,
     seed: int,
     names: Sequence[str] | None = None,
+    source: object = None,
 ) -> dict[str, list[str]]:
     """Split ``ids`` so each class keeps its share in train, val and test; ``labels`` are
     class indices, or multi-hot vectors (each label then keeps its share as near as it can);
-    ``names``, the class names, name a class that cannot be stratified."""
+    ``names``, the class names, name a class that cannot be stratified; ``source``, where the
+    samples come from (their folder), names them in a message that they are too few."""
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
+    where = "" if source is None else f"{source}: "
     too_few = ConfigError(
-        f"{len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to split into train, val and test "
+        f"{where}{len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to split into train, val and test "
         f"(data.val_fraction {val_fraction}, data.test_fraction {test_fraction}); expected at least 3"
     )
     if len(ids) < 3:  # one sample a split at the least: scikit-learn refuses an empty one with a traceback
