@@ -18,11 +18,10 @@ def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
     is damaged or foreign, is a one-line ``ValueError``, ``failure`` followed by what torch met
     (``Unsupported global: GLOBAL print``), without its many-line advice to load it unsafely.
     With ``mmap`` (a checkpoint's tensors mapped, not read) the file must be a zip archive."""
-    check_tuples(path, failure)
-    if mmap:  # torch maps its zip format alone; its error for another file advises an option of torch.save
-        with open(path, "rb") as file:
-            if not torch.serialization._is_zipfile(file):
-                raise BadFileError(f"{failure} (not a zip archive as torch.save writes it)")
+    zipped = check_tuples(path, failure)
+    # torch maps its zip format alone; its error for another file advises an option of torch.save
+    if mmap and zipped is False:
+        raise BadFileError(f"{failure} (not a zip archive as torch.save writes it)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for a damaged, foreign or code-carrying file
@@ -36,7 +35,7 @@ MAX_TUPLE_EXPANSION, TUPLE_FLOOR = 16, 1 << 20
 LEGACY_PICKLES = 5
 
 
-def check_tuples(path: Path, failure: str) -> None:
+def check_tuples(path: Path, failure: str) -> bool | None:
     """Refuse, before it is unpickled, a file whose tuples come to far more values than it
     holds, or whose keys are built to share one hash. A pickle stores a tuple once however
     often it is referenced, and ``weights_only`` allows a mapping keyed by a tuple, which the
@@ -56,11 +55,14 @@ def check_tuples(path: Path, failure: str) -> None:
     :data:`~.picklescan.MAX_COLLIDING` different values of one hash (see :func:`~.picklescan.scan`): building a
     mapping or set of such keys takes time quadratic in their number, and ints ``k * (2**61 - 1)``
     all hash to 0: a file of a few megabytes of them would hold ``torch.load`` for hours. What does
-    not read so is left to ``torch.load``."""
+    not read so is left to ``torch.load``. Returns whether the file is a zip archive (None when it
+    does not open)."""
     storages: dict[str | int, tuple[str, int]] = {}
+    zipped = None
     try:
         with open(path, "rb") as file:
-            if torch.serialization._is_zipfile(file):
+            zipped = torch.serialization._is_zipfile(file)
+            if zipped:
                 records = check_stored(path, failure)
                 with torch.serialization._open_zipfile_reader(str(path)) as archive:
                     data = archive.get_record("data.pkl")
@@ -85,13 +87,14 @@ def check_tuples(path: Path, failure: str) -> None:
     except BadFileError:
         raise
     except Exception:  # not a file torch reads (torch's zip reader raises RuntimeError): torch.load names it
-        return
+        return zipped
     if handed > bound:
         raise BadFileError(
             f"{failure} (its tuples come to {handed:,} values when read in full, from {held:,} bytes: tuples "
             "referenced over and over; expected a file torch.save wrote)"
         )
     check_declared(storages, records, path.stat().st_size, failure)
+    return zipped
 
 
 def check_declared(storages: dict[str | int, tuple[str, int]], records: dict[str, int] | None, size: int,
