@@ -555,6 +555,15 @@ def test_csv_split_lists(video_folder):
     assert dm.splits["test"] == ["left/left0.avi", "right/right0.avi"]
     assert [v.label for v in dm.datasets["train"].videos] == [0, 1, 0, 1]
 
+    # .txt lists beside them (every other task's kind, read where no .csv lists are): which is meant is not guessed
+    (video_folder / "train.txt").write_text("left/left1.mp4\n")
+    two_kinds = (
+        r"^[^\n]*: holds split lists of two kinds, \.csv \(train\.csv, val\.csv, test\.csv\) and \.txt \(train\.txt\)"
+    )
+    with pytest.raises(ConfigError, match=two_kinds):
+        VideoDataModule(data_dir=str(video_folder), **SMALL).setup("fit")
+    (video_folder / "train.txt").unlink()
+
     # every line's problem at once: a contradicting label, a video that is not there, a path outside
     (video_folder / "val.csv").write_text("left/left3.mp4 1\nright/right3.mp4 1\nright/gone.mp4 2\n/elsewhere/x.mp4\n")
     with pytest.raises(ValueError, match=r"^3 problems in the split lists of ") as raised:

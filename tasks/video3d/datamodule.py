@@ -246,8 +246,8 @@ class VideoDataModule(TaskDataModule):
       and setup says once how many there are.
     - Splits: Kinetics' ``train/<class>/``, ``val/<class>/`` (and ``test/<class>/``) folders
       (:mod:`cnnsuite.data.splitfolders`), else ``train.csv``/``val.csv``/``test.csv`` in
-      ``data_dir`` (PyTorchVideo's ``<path> [<label>]`` lines), else
-      ``train.txt``/``val.txt``/``test.txt``, else stratified by ``seed``.
+      ``data_dir`` (PyTorchVideo's ``<path> [<label>]`` lines; ``.txt`` lists beside them are
+      refused), else ``train.txt``/``val.txt``/``test.txt``, else stratified by ``seed``.
     - Labels: the class folders, or ``data_dir/labels.csv`` when there is one (its videos need
       no class folders; its split comes from ``train.txt``... or the seed). ``multilabel``:
       ``auto`` trains multi-label when some row holds several labels, ``true`` always

@@ -248,11 +248,18 @@ def read_csv_lists(root: Path, class_names: list[str], known: set[str]) -> dict[
     relative to ``root``. The class is the path's folder; a label column, if given, must name
     the folders consistently (0- or 1-based numbering alike, as in UCF101's lists). Every
     line's problem — a path outside ``root`` or its class folders, a label that contradicts
-    earlier lines, a video not among ``known`` (the folder's) — is named in one error."""
+    earlier lines, a video not among ``known`` (the folder's) — is named in one error. ``.txt``
+    split lists beside them are refused, naming both kinds."""
     files = {stage: root / f"{stage}.csv" for stage in STAGES}
     present = check_lists_present(root, {s: f.is_file() for s, f in files.items()}, ".csv ")
     if present is None:
         return None
+    texts = [f"{s}.txt" for s in STAGES if (root / f"{s}.txt").is_file()]
+    if texts:  # every other task's kind, read where there are no .csv lists: which one is meant is not guessed
+        raise ConfigError(
+            f"{root}: holds split lists of two kinds, .csv ({', '.join(f'{s}.csv' for s in present)}) and .txt "
+            f"({', '.join(texts)}); expected one kind (remove the lists not meant)"
+        )
     splits, folder_of, label_of, problems = {}, {}, {}, []
     for stage, file in ((s, files[s]) for s in present):
         ids = []
