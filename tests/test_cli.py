@@ -432,6 +432,21 @@ def test_a_config_file_that_is_not_yaml_is_named_with_the_place(capsys, tmp_path
     assert error == (f"cnnsuite fit: error: {bad}: not YAML (mapping values are not allowed here, line 3, column 13)")
 
 
+def test_a_tasks_config_is_parsed_once_before_jsonargparse_reads_it(capsys, monkeypatch):
+    """``--task`` checks that its config is YAML and names its task's classes in one parse, not
+    one for each check."""
+    import yaml
+
+    from cnnsuite.contract import task_named
+
+    config = task_named("recognition2d").config
+    parsed = []
+    safe_load = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: parsed.append(text) or safe_load(text))
+    code, _, _ = run(capsys, "fit", "--task", "recognition2d", "--print_config")
+    assert code == 0 and parsed.count(config.read_text()) == 1
+
+
 def test_a_run_stopped_by_sigterm_exits_143(monkeypatch):
     """Lightning ends a run on SIGTERM with a SystemExit that has no code, so the process
     exited 0 and a command chained after it with ``&&`` ran; 128 + 15 is the shell's status for

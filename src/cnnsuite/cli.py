@@ -517,37 +517,37 @@ def task_config_args(argv: list[str]) -> list[str]:
 
 
 def check_task_classes(task) -> None:
-    """:func:`~cnnsuite.contract.check_config_classes` of the task's own config file."""
-    import yaml
-
-    try:
-        config = yaml.safe_load(task.config.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return  # named by check_config_files or jsonargparse, as for any --config
-    check_config_classes(task, config)
+    """:func:`~cnnsuite.contract.check_config_classes` of the task's own config file, which must
+    read as YAML (:func:`read_config`)."""
+    check_config_classes(task, read_config(task.config, str(task.config)))
 
 
 def check_config_files(argv: list[str]) -> None:
-    """Each ``--config`` file must read as YAML: jsonargparse says where a mistake is in it
-    (``line 3, column 23``) but not in which file (``"<unicode string>"``), and a run may merge
-    several."""
-    import yaml
-
+    """Each ``--config`` file must read as YAML (:func:`read_config`). A ``--task``'s config is
+    read when the task is (:func:`task_config_args`), after this check."""
     given = [arg.partition("=")[2] for arg in argv if arg.startswith("--config=")]
     given += [value for flag, value in zip(argv, argv[1:], strict=False) if flag in ("--config", "-c")]
     for name in given:
         path = Path(name).expanduser()
-        if not path.is_file():
-            continue  # jsonargparse takes a YAML string too, and names a path that is not there
-        try:
-            yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"{name}: not YAML ({problem}{where})") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{name}: cannot be read ({err})") from None
+        if path.is_file():  # jsonargparse takes a YAML string too, and names a path that is not there
+            read_config(path, name)
+
+
+def read_config(path: Path, name: str) -> object:
+    """The YAML of a config file (``name``, as given): one that does not read is a one-line
+    error naming it, since jsonargparse says where a mistake is in it (``line 3, column 23``)
+    but not in which file (``"<unicode string>"``), and a run may merge several."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{name}: not YAML ({problem}{where})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{name}: cannot be read ({err})") from None
 
 
 def fit_run(argv: list[str], callbacks: list | None = None, shared_by: str | None = None) -> dict:
@@ -855,11 +855,11 @@ def main(argv: list[str] | None = None) -> None:
         if asked is not None:
             print_table(asked)
         elif name in LIGHTNING_COMMANDS or name.startswith("-"):  # top-level LightningCLI options too
+            check_config_files(argv)
             if any(a == "--task" or a.startswith("--task=") for a in argv):
                 argv = task_config_args(argv)
                 if command_line:  # what Lightning's DDP launcher starts the other ranks with
                     sys.argv[1:] = argv
-            check_config_files(argv)
             argv, seeds = seeds_option(argv)
             if seeds:
                 fit_seeds(argv[1:], seeds)
