@@ -1,7 +1,10 @@
 """A pickle read as opcodes (:mod:`pickletools`, nothing built) for what unpickling it would
 cost: the tuple values it hands on, the items its calls read, and the keys of one hash in one
-container, as CPython would hash them. :func:`~cnnsuite.trust.untrusted.check_tuples` runs it
-on a weight file before ``torch.load`` does; see there why each measure is bounded."""
+container, as CPython would hash them; and the globals it names, only those torch.save writes for
+our files (:data:`_CALLED`, :data:`_NAMED`, :data:`_STORAGES`): an allow-list, as each review of the globals
+``weights_only`` allows found one more that costs what the file does not hold.
+:func:`~cnnsuite.trust.untrusted.check_tuples` runs it on a weight file before ``torch.load`` does;
+see there why each measure is bounded."""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ import codecs
 import pickletools
 import re
 import struct
+
+import torch
+from torch._utils import IMPORT_MAPPING, NAME_MAPPING
 
 #: the different values of one hash a list, mapping or tuple may hold: building a mapping or
 #: set of them costs their number squared; real values collide by chance, two or three at most
@@ -22,32 +28,28 @@ _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 _SCALARS = (pickletools.pyint, pickletools.pylong, pickletools.pyinteger_or_bool, pickletools.pybool)
 _SCALARS += (pickletools.pyfloat, pickletools.pyunicode, pickletools.pystring, pickletools.pybytes)
 _SCALARS += (pickletools.pybytes_or_str,)
-#: the globals ``weights_only`` allows whose calls the scan makes itself: their values hash by
-#: content, so keys built from them can be made to collide (``torch.Size`` is its tuple)
-_COMPLEX, _SIZE, _ENCODE = ("builtins complex",), ("torch Size",), ("_codecs encode",)
+#: the only globals a pickle may call (``REDUCE``), each one torch.save writes for our files: a tensor, a
+#: state dict (``OrderedDict()``, filled after), and plain values a task's arguments may hold (jsonargparse parses
+#: sets, complex numbers and bytes, which torch.save writes as ``_codecs.encode(s, "latin1")``); a tensor of the
+#: newer dtypes (``_rebuild_tensor_v3``), a format older than 0.4 (``_rebuild_tensor``) and a ``Parameter`` come
+#: in published weight files. ``weights_only`` allows many more, and every review found another that costs what
+#: the file does not hold (``bytearray(n)``, ``torch.FloatTensor(n)``, sparse, nested or meta tensors, tensors
+#: moved from the CPU, ``_rebuild_from_type_v2`` calling any of them): anything else is refused, named
+_CALLED = frozenset(("collections OrderedDict", "builtins set", "builtins complex", "_codecs encode",
+                     "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_tensor_v3",
+                     "torch._utils _rebuild_tensor", "torch._utils _rebuild_parameter"))  # fmt: skip
+#: the globals a pickle may name but not call: a dtype handed to ``_rebuild_tensor_v3``, and a storage's type in
+#: torch's persistent id (``torch.cuda`` ones in legacy files)
+_NAMED = frozenset(f"torch {name}" for name, value in vars(torch).items() if isinstance(value, torch.dtype))
+_STORAGES = re.compile(r"torch(\.cuda)? \w+Storage|torch\.storage UntypedStorage")
+_ALLOWED = _CALLED | _NAMED
+#: the globals allowed above whose calls the scan makes itself: their values hash by content, so keys built
+#: from them can be made to collide
+_COMPLEX, _ENCODE = ("builtins complex",), ("_codecs encode",)
 _LATIN_1 = "latin1"
-#: the globals ``weights_only`` allows that make a mapping or set (unhashable, filled later)
-_CONTAINERS = ("collections OrderedDict", "collections Counter", "builtins set", "builtins bytearray")
+#: the globals allowed above that make a mapping or set (unhashable, filled later)
+_CONTAINERS = ("collections OrderedDict", "builtins set")
 _UNHASHABLE, _UNSET = -1, object()
-#: ``_rebuild_from_type_v2(func, new_type, args, state)`` calls ``func(*args)``, any global allowed
-_REBUILT = "torch._tensor _rebuild_from_type_v2"
-#: ``bytearray(n)`` fills ``n`` bytes, a few in the file; torch.save writes ``bytearray(bytes)`` or ``bytearray()``
-_BYTEARRAY = "builtins bytearray"
-#: the globals ``weights_only`` allows whose calls cost what no byte of the file holds, and that no
-#: weight file of ours holds: a sparse tensor's indices are read in full inside ``torch.load``
-#: (a view of one stored zero passes for billions), a tensor moved "from the CPU" is copied in
-#: full to its dtype (one stored zero becomes gigabytes); torch.save writes them only for sparse
-#: tensors and for tensors of devices without storage (XLA and the like); nested and meta tensors
-#: neither (a meta tensor holds no values for what reads it); nor quantized tensors, which what reads a
-#: checkpoint's entries cannot (``tolist()`` raises)
-_NEVER_CALLED = ("torch._utils _rebuild_sparse_tensor", "torch._utils _rebuild_device_tensor_from_cpu_tensor",
-                 "torch._utils _rebuild_device_tensor_from_numpy", "torch._utils _rebuild_nested_tensor",
-                 "torch._utils _rebuild_meta_tensor_no_storage", "torch._utils _rebuild_qtensor")  # fmt: skip
-#: the tensor and storage types ``weights_only`` allows (``torch.FloatTensor``, ``torch.cuda.BoolStorage``,
-#: ``torch.Tensor``, ``torch.sparse.FloatTensor``, ``torch.storage.TypedStorage``): called with a size, they
-#: allocate it, a few bytes of the file passing for gigabytes that whatever reads the value (``tolist()``) fills;
-#: torch.save names them in storages' ids, and never calls them
-_ALLOCATING = re.compile(r"torch(\.\w+)* \w*(Tensor|Storage)")
 
 
 class CalledTooMuch(Exception):
@@ -56,8 +58,9 @@ class CalledTooMuch(Exception):
 
 
 class Unread(Exception):
-    """Raised by the scan for a call it cannot follow, or that costs what the file does not
-    hold, which ``torch.save`` never writes; its message says which."""
+    """Raised by the scan for a global ``torch.save`` never writes for our files, or a call of one
+    that costs what the file does not hold (``_codecs.encode()`` to another codec); its message
+    names it."""
 
 
 class Colliding(Exception):
@@ -86,10 +89,10 @@ class _Cell:
     ``items``, a tuple's cells; ``name``, a global's; ``tally``, a container's (items or keys, and
     its items' first items: ``OrderedDict(L)`` hashes those of ``L``'s pairs) hash -> the keys
     seen; ``first``, a list's first item or a mapping's first key (a pair's, for ``OrderedDict()``),
-    and until it is given one, ``parents``, the containers it went into; ``source``, what a set,
-    ``Counter()`` or ``OrderedDict()`` was made from, whose values it iterates (one of them first);
+    and until it is given one, ``parents``, the containers it went into; ``source``, what a set
+    or ``OrderedDict()`` was made from, whose values it iterates (one of them first);
     ``length``, a list's items, a mapping's keys or a string's characters, what a call given it
-    reads (``complex(s)``, ``Counter(s)``, ``_codecs.encode(s, "latin1")`` read and copy all of ``s``)."""
+    reads (``complex(s)``, ``set(s)``, ``_codecs.encode(s, "latin1")`` read and copy all of ``s``)."""
 
     __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "source", "length")
 
@@ -100,9 +103,9 @@ class _Cell:
 
 
 class _Numbering:
-    """Numbers values so that equal values (``1``, ``1.0``, ``True``; a tuple and ``torch.Size``)
-    share a number, keyed by bytes, whose hashes Python randomises: a table keyed by the file's
-    own numbers would collide as the unpickler's does."""
+    """Numbers values so that equal values (``1``, ``1.0``, ``True``) share a number, keyed by
+    bytes, whose hashes Python randomises: a table keyed by the file's own numbers would collide
+    as the unpickler's does."""
 
     def __init__(self):
         self.numbers: dict[bytes, int] = {}
@@ -130,18 +133,13 @@ class _Numbering:
 
     def made(self, cell: _Cell, name: str | None, items: list[_Cell]) -> None:
         """Set ``cell``'s key and hash as the result of calling ``name`` on ``items``: computed for
-        ``complex()``, ``torch.Size()`` and ``_codecs.encode()`` (to latin-1, as torch writes bytes;
-        :func:`_checked` refuses any other) of numbers and strings; for them called on anything else
-        (``torch.Size(L)``, ``complex(tensor)``), a key of its own and one hash for all, as its value
-        is not known; otherwise equal for equal calls."""
+        ``complex()`` and ``_codecs.encode()`` (to latin-1, as torch writes bytes; :func:`_called`
+        refuses any other) of numbers and strings; for them called on anything else (``complex(tensor)``),
+        a key of its own and one hash for all, as its value is not known; otherwise equal for equal calls."""
         args = items[0].items if len(items) == 1 and items[0].items is not None else items
         scalars = [item.scalar for item in args]
-        if name in _SIZE and len(args) == 1 and args[0].items is not None:
-            scalars = [item.scalar for item in args[0].items]
-        if name in (_SIZE + _COMPLEX + _ENCODE) and (_UNSET in scalars or not args):
-            cell.key, cell.hash = self.number(None), hash(_SIZE + _COMPLEX + _ENCODE)
-        elif name in _SIZE:
-            cell.key, cell.hash = self.identify(args[0]), args[0].hash
+        if name in (_COMPLEX + _ENCODE) and (_UNSET in scalars or not args):
+            cell.key, cell.hash = self.number(None), hash(_COMPLEX + _ENCODE)
         elif name in _CONTAINERS:
             return
         elif name in (_COMPLEX + _ENCODE):
@@ -167,7 +165,7 @@ class _Numbering:
         for item in items:
             if item.first is not None:
                 self._count(cell.tally[1], item.first)
-            elif item.source is not None:  # a set or Counter of two values is a pair too, either first
+            elif item.source is not None:  # a set of two values is a pair too, either first
                 self._merge(cell.tally[1], item.source, few=True)
             elif item.key == _UNHASHABLE and item.items is None:  # a list or mapping given its first item later
                 item.parents = item.parents or []
@@ -225,35 +223,32 @@ class _Numbering:
                 raise Colliding
 
 
-def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell, list[_Cell]]:
-    """The function a ``REDUCE`` calls, its arguments and what the call reads in full: for
-    ``_rebuild_from_type_v2``, the first of its arguments and the third (``torch.save`` writes a
-    tuple there, and a tensor's rebuild function first), and its fourth, the state it sets
-    attribute by attribute; any other form is :class:`Unread`, as ``complex``, ``set()`` or a
-    call of itself there would make values the scan does not see."""
-    if func.name != _REBUILT:
-        return *_checked(func, args), list(args.items or ())
+def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
+    """``func`` and ``args``, or :class:`Unread` for a call of a global not in :data:`_CALLED`, or of
+    ``_codecs.encode()`` other than on a string to latin-1: another codec makes more than it is given
+    (``hex`` twice as much, and its result may be encoded again)."""
+    if func.name not in _CALLED:
+        raise Unread(f"it calls {_dotted(func.name)}, which torch.save writes as a value, never calls")
     items = args.items or ()
-    if len(items) != 4 or items[0].name == _REBUILT or items[2].items is None:
-        raise Unread("_rebuild_from_type_v2 is handed a call torch.save never writes there")
-    return *_checked(items[0], items[2]), [*items[2].items, items[3]]
-
-
-def _checked(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
-    """``func`` and ``args``, or :class:`Unread` for a call of :data:`_NEVER_CALLED` or
-    :data:`_ALLOCATING`, ``bytearray()`` handed anything but a string of bytes (a size, which
-    it fills, or a 0-d tensor standing for one), or ``_codecs.encode()`` of anything but a string
-    to latin-1: another codec makes more than it is given (``hex`` twice as much, and its result
-    may be encoded again)."""
-    if func.name in _NEVER_CALLED or _ALLOCATING.fullmatch(func.name or ""):
-        raise Unread(f"it calls {func.name.replace(' ', '.')}, which torch.save never writes for a network's weights")
-    items = args.items or ()
-    if func.name == _BYTEARRAY and (len(items) > 1 or (items and not isinstance(items[0].scalar, (str, bytes)))):
-        raise Unread("it calls bytearray() with a size or an object, not the bytes torch.save writes")
     latin_1 = len(items) == 2 and isinstance(items[0].scalar, str) and items[1].scalar == _LATIN_1
     if func.name in _ENCODE and not latin_1:
         raise Unread("it calls _codecs.encode() other than on a string to latin1, as torch.save writes bytes")
     return func, args
+
+
+def _torch_refuses(arg: str) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refuses the global ``arg`` (``"module name"``) itself,
+    read as it reads it."""
+    from torch import _weights_only_unpickler as unpickler
+
+    module, _, name = arg.partition(" ")
+    module, name = NAME_MAPPING.get((module, name), (IMPORT_MAPPING.get(module, module), name))
+    allowed = unpickler._get_allowed_globals().keys() | unpickler._get_user_allowed_globals().keys()
+    return f"{module}.{name}" not in allowed
+
+
+def _dotted(name: str | None) -> str:
+    return name.replace(" ", ".") if name else "an object that is no global"
 
 
 def _named_storage(pid: _Cell, storages: dict | None) -> None:
@@ -301,7 +296,7 @@ def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
     cell (:class:`_Cell`) shared with the memo: a list or a mapping filled with tuples (or an
     object built from them) handed on again, to ``set()`` say, which hashes them all, counts
     them again as a tuple does. Each list, mapping and tuple counts the different values of
-    each hash it is given (:meth:`_Numbering.tally`): ``set()``, ``Counter()`` and
+    each hash it is given (:meth:`_Numbering.tally`): ``set()`` and
     ``OrderedDict()`` hash a list's or tuple's items, a mapping hashes its keys; equal values
     (a list of zeros, equal shapes) count once, as they take one place in a mapping. ``storages``
     is given the storages torch's persistent ids name, key → (storage type, values), the first
@@ -330,6 +325,12 @@ def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
                 elif name in ("GLOBAL", "INST"):
                     cell = _Cell()
                     cell.name = " ".join(arg.split()).replace("__builtin__ ", "builtins ")
+                    if cell.name not in _ALLOWED and not _STORAGES.fullmatch(cell.name):
+                        if _torch_refuses(arg):  # it names it there in its own words, and builds nothing after
+                            return handed
+                        raise Unread(
+                            f"it names {_dotted(cell.name)}, which torch.save never writes for a network's weights"
+                        )
                     cell.key, cell.hash = numbering.number(b"g" + cell.name.encode()), hash(cell.name)
                     stack.append(cell)
                 else:
@@ -362,14 +363,13 @@ def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
                             numbering.filled(cell, popped[1::2] if name.startswith("SET") else popped[1:])
                     elif name in ("REDUCE", "NEWOBJ"):  # what a call makes holds what it was given
                         cell = _Cell(sum(c.size for c in popped))
-                        func, args, reads = _called(*popped)
+                        func, args = _called(*popped)
                         numbering.made(cell, func.name, [args])
                         read = sum(c.length for c in args.items or ())
                         if func.name in _CONTAINERS:  # set(L) holds what L does
                             cell.length = read
                             cell.source = args.items[0] if len(args.items or ()) == 1 else None
-                        # a state (a mapping, or a pair of them) is set attribute by attribute, as BUILD's
-                        called += sum(part.length for c in reads for part in _parts(c))
+                        called += read
                         if called > bound:
                             raise CalledTooMuch
                     else:  # a new list, mapping or set, or a storage (torch's persistent id)

@@ -74,7 +74,7 @@ def check_tuples(path: Path, failure: str) -> bool | None:
     except CalledTooMuch:
         raise BadFileError(
             f"{failure} (its calls are handed lists, mappings and strings of over {bound:,} items in all, from "
-            f"{held:,} bytes: one handed to set(), Counter(), complex() or another call over and over; expected a "
+            f"{held:,} bytes: one handed to set(), complex() or another call over and over; expected a "
             "file torch.save wrote)"
         ) from None
     except Unread as err:
