@@ -406,6 +406,27 @@ def test_a_dicom_series_with_a_slice_missing_is_named_not_read_stretched(tmp_pat
         LoadVolumed()({"image": str(tmp_path / "series")})
 
 
+def test_a_dicom_series_whose_positions_are_rounded_reads(tmp_path):
+    """Some exports round ImagePositionPatient to 0.1 mm: 0.625 mm slices then lie 0.6 or 0.7 mm
+    apart, which the even-slices check refused as 'a slice missing?'. A gap within the positions'
+    own rounding reads; a slice missing from such a series is still named."""
+    import pydicom
+    from cnnsuite.tasks.biomedical3d.readers import LoadVolumed
+    from test_newcomer import write_dicom_series
+
+    write_dicom_series(tmp_path / "series", np.zeros((16, 8, 8)), spacing=(1.0, 1.0, 0.625))
+    files = sorted((tmp_path / "series").iterdir())
+    for k, file in enumerate(files):
+        ds = pydicom.dcmread(file)
+        ds.ImagePositionPatient = [0.0, 0.0, round(k * 0.625, 1)]
+        ds.save_as(file)
+    assert LoadVolumed()({"image": str(tmp_path / "series")})["image"].shape == (1, 8, 8, 16)
+    for file in files[6:8]:
+        file.unlink()
+    with pytest.raises(BadFileError, match=r"series: 14 slices, 0.6 mm apart but 1.9 mm between 3.1 and 5 mm"):
+        LoadVolumed()({"image": str(tmp_path / "series")})
+
+
 def test_a_folder_of_no_dicom_file_is_named_as_one(tmp_path):
     """The files that are no DICOM are left out of a series: a folder of those alone read as
     'cannot read as a volume (IndexError: list index out of range)'."""

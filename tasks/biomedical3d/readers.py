@@ -273,29 +273,46 @@ def check_even_slices(folder: Path, slices: list) -> None:
     finds and spreads them evenly over the first to the last, so a slice lost in transfer (or
     two at one place) would be read as a volume stretched past the gap, with a spacing the scan
     never had. Positions are along the slices' normal; a series that does not record them (or a
-    multi-frame file) is left to the reader."""
+    multi-frame file) is left to the reader. Positions written to a few decimals (0.1 mm: 0.625 mm
+    slices then lie 0.6 or 0.7 mm apart) may differ from one spacing by their rounding."""
     if len(slices) < 3 or any(int(getattr(s, "NumberOfFrames", 1) or 1) > 1 for s in slices):
         return
     try:
         orientation = np.asarray(slices[0].ImageOrientationPatient, float)
         normal = np.cross(orientation[:3], orientation[3:])
         places = np.sort([float(np.dot(normal, np.asarray(s.ImagePositionPatient, float))) for s in slices])
-    except (AttributeError, TypeError, ValueError):
+        rounding = _position_rounding(slices, normal)
+    except (AttributeError, TypeError, ValueError, ArithmeticError):
         return
     gaps = np.diff(places)
     step = float(np.median(gaps))
-    if step < 1e-3 < float(gaps.max()):
+    if step < max(1e-3, rounding) < float(gaps.max()):
         raise BadFileError(
             f"{folder}: {len(slices)} slices at {len(set(np.round(places, 3)))} places (several acquisitions in one "
             "series?); expected one slice a place, one spacing through the series"
         )
     worst = int(np.argmax(np.abs(gaps - step)))
-    if abs(gaps[worst] - step) > max(0.1 * step, 1e-3):
+    if abs(gaps[worst] - step) > max(0.1 * step, 1e-3, rounding):
         raise BadFileError(
             f"{folder}: {len(slices)} slices, {step:g} mm apart but {gaps[worst]:g} mm between {places[worst]:g} and "
             f"{places[worst + 1]:g} mm ({'a slice missing?' if gaps[worst] > step else 'two slices at one place?'}); "
             "expected one spacing through the series"
         )
+
+
+def _position_rounding(slices: list, normal: np.ndarray) -> float:
+    """How far two gaps between the slices' places along ``normal`` may differ by the rounding of
+    the ImagePositionPatient values as written (``8.1`` is rounded to 0.1 mm): each coordinate that
+    changes through the series adds its last written decimal's unit, weighted by the normal."""
+    from decimal import Decimal
+
+    rounding = 0.0
+    for axis in range(3):
+        written = [str(s.ImagePositionPatient[axis]).strip() for s in slices]
+        if len(set(written)) > 1:
+            unit = max(10.0 ** Decimal(text).as_tuple().exponent for text in written)
+            rounding += abs(float(normal[axis])) * unit
+    return 1.5 * rounding  # the float error of the differences kept off the unit's edge
 
 
 def is_dicom_series(folder: Path) -> bool:
