@@ -272,6 +272,11 @@ def test_too_few_samples_to_split_is_one_line():
     with pytest.raises(ConfigError, match=r"3 samples: too few to split"):
         stratified_split(["a", "b", "c"], hot, 0.1, 0.2, seed=0)
     assert sorted(sum(stratified_split(["a", "b", "c"], [0, 1, 0], 0.1, 0.2, seed=0).values(), [])) == ["a", "b", "c"]
+    # fractions that leave no training sample (0.45 + 0.45 of 5: 3 for test, then both of the rest for
+    # validation) are one line too, not scikit-learn's "the resulting train set will be empty"
+    for labels in ([0, 1, 0, 1, 0], [0, 1, 2, 3, 4], [0] * 5, [np.array([1, 0])] * 5):
+        with pytest.raises(ConfigError, match=r"5 samples: too few to split into train, val and test \(data.val"):
+            stratified_split(list("abcde"), labels, 0.45, 0.45, seed=0)
 
 
 def test_generated_data_records_its_arguments_and_other_arguments_get_their_own_folder(tmp_path):

@@ -5,6 +5,7 @@ by class for single-label data, by iterative stratification (Sechidis et al., 20
 from __future__ import annotations
 
 import json
+import math
 import operator
 import warnings
 from collections import Counter
@@ -52,15 +53,17 @@ def stratified_split(
     where = "" if source is None else f"{source}: "
     too_few = ConfigError(
         f"{where}{len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to split into train, val and test "
-        f"(data.val_fraction {val_fraction}, data.test_fraction {test_fraction}); expected at least 3"
+        f"(data.val_fraction {val_fraction}, data.test_fraction {test_fraction}); expected at least 3, and "
+        "enough that the fractions leave one to train on"
     )
-    if len(ids) < 3:  # one sample a split at the least: scikit-learn refuses an empty one with a traceback
+    if len(ids) < 3:  # one sample a split at the least
         raise too_few
-    rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed, names)
-    if len(rest) < 2:  # iterative stratification may draw more test samples than the fraction asks
-        raise too_few
-    # a class of one sample, said when the test split was drawn, is in the rest still: said once
-    train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed, names, say_lone=False)
+    try:
+        rest, test, rest_labels = split_off(list(ids), list(labels), test_fraction, seed, names)
+        # a class of one sample, said when the test split was drawn, is in the rest still: said once
+        train, val, _ = split_off(rest, rest_labels, val_fraction / (1 - test_fraction), seed, names, say_lone=False)
+    except TooFewToSplit:  # iterative stratification may draw more test samples than the fraction asks, too
+        raise too_few from None
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
@@ -81,13 +84,22 @@ def check_fraction(key: str, value: float) -> None:
         raise ConfigError(f"data.{key}={value}: expected a fraction between 0 and 1")
 
 
+class TooFewToSplit(ConfigError):
+    """Raised by :func:`split_off` where splitting off its fraction would keep no sample."""
+
+
 def split_off(
     ids: list[str], labels: list, fraction: float, seed: int, names: Sequence[str] | None = None, say_lone: bool = True
 ):
     """``(kept ids, split-off ids, kept labels)``, stratified when every class can be (and
     said out loud when not, naming the classes by ``names`` where given: a class may then be
     missing from a split). Multi-hot labels are split by iterative stratification. A class of
-    a single sample is kept for training, said where ``say_lone``."""
+    a single sample is kept for training, said where ``say_lone``. Where the fraction, rounded
+    up as scikit-learn does, takes every sample, :class:`TooFewToSplit`."""
+    if len(ids) - math.ceil(fraction * len(ids)) < 1:  # scikit-learn's "the resulting train set will be empty"
+        raise TooFewToSplit(
+            f"{len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to split off {fraction:g} and keep one"
+        )
     if is_multi_hot(labels):
         targets = np.stack(labels)
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
