@@ -425,6 +425,18 @@ def test_a_dicom_series_whose_positions_are_rounded_reads(tmp_path):
         file.unlink()
     with pytest.raises(BadFileError, match=r"series: 14 slices, 0.6 mm apart but 1.9 mm between 3.1 and 5 mm"):
         LoadVolumed()({"image": str(tmp_path / "series")})
+    # whole-millimetre positions 1 mm apart: a gap of 3 is slices missing, not several acquisitions
+    write_dicom_series(tmp_path / "whole", np.zeros((10, 8, 8)), spacing=(1.0, 1.0, 1.0))
+    for k, file in enumerate(sorted((tmp_path / "whole").iterdir())):
+        ds = pydicom.dcmread(file)
+        ds.ImagePositionPatient = ["0", "0", str(k)]
+        ds.save_as(file)
+    for file in sorted((tmp_path / "whole").iterdir())[4:6]:
+        file.unlink()
+    with pytest.raises(
+        BadFileError, match=r"whole: 8 slices, 1 mm apart but 3 mm between 3 and 6 mm \(a slice missing"
+    ):
+        LoadVolumed()({"image": str(tmp_path / "whole")})
 
 
 def test_a_folder_of_no_dicom_file_is_named_as_one(tmp_path):

@@ -286,7 +286,7 @@ def check_even_slices(folder: Path, slices: list) -> None:
         return
     gaps = np.diff(places)
     step = float(np.median(gaps))
-    if step < max(1e-3, rounding) < float(gaps.max()):
+    if step < 1e-3 < float(gaps.max()):
         raise BadFileError(
             f"{folder}: {len(slices)} slices at {len(set(np.round(places, 3)))} places (several acquisitions in one "
             "series?); expected one slice a place, one spacing through the series"
