@@ -341,3 +341,30 @@ def test_a_run_that_chose_no_recipe_pins_the_next_ones_to_the_config(tmp_path):
     for text in ("not json", "{}", "[]", "[1]", '[{"chosen": 1}]'):
         (tmp_path / "recipe.json").write_text(text)
         assert recipe.pinned(tmp_path) == ["--recipe", "configured"]
+
+
+def test_a_fit_in_bf16_true_runs_its_summary_batch_norm_and_augmentation_in_bfloat16(tmp_path, image_folder):
+    """``bf16-true`` (weights in bfloat16, as Lightning's option says): the model summary's batch,
+    the recomputed BatchNorm statistics' batches and the batch augmentation all meet the
+    network in its dtype, as the training loop's batches do."""
+    from conftest import fit
+
+    run = fit("recognition2d", tmp_path, "--data.data_dir", str(image_folder), "--trainer.max_epochs", "1",
+              "--trainer.precision", "bf16-true", "--trainer.enable_model_summary", "true")  # fmt: skip
+    weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert {v.dtype for k, v in weights.items() if k.endswith("weight")} == {torch.bfloat16}
+    assert json.loads((run / "evaluation" / "metrics.json").read_text())["test/acc"] >= 0
+
+
+def test_a_detector_in_half_weights_on_a_cpu_is_one_line_before_its_first_batch(capsys, tmp_path):
+    """torchvision's nms and roi_align have no bfloat16 or float16 CPU kernels: a box task says
+    so, naming the setting and the mixed precision that runs."""
+    from cnnsuite.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--task", "localization2d", "--trainer.precision", "bf16-true", "--trainer.max_epochs", "1",
+              "--data.data_root", str(tmp_path / "data"),
+              "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "trainer.precision=bf16-true: LocalizationModule's box operations have no bfloat16" in error
+    assert "use bf16-mixed" in error

@@ -228,6 +228,7 @@ class DetectionModule(TaskModule):
 
     monitor = "val/map"
     mode = "max"
+    half_weights_on_cpu = False
     backbone_prefix = "detector.backbone.body."
     #: torchvision's loss terms (FCOS's and Faster R-CNN's) and torchmetrics' mAP and mAR family
     metric_modes = {

@@ -215,6 +215,7 @@ class LocalizationModule(ClassificationModule):
 
     monitor = "val/loc_acc"
     mode = "max"
+    half_weights_on_cpu = False
     metric_modes = {**ClassificationModule.metric_modes, "miou": "max", "loc_acc": "max", "gt_known_loc": "max"}
 
     def __init__(

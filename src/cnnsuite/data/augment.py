@@ -19,6 +19,16 @@ import torch
 import torch.nn.functional as F
 
 
+def resample(images: torch.Tensor, theta: torch.Tensor, **options) -> torch.Tensor:
+    """``images`` ``(N, C, H, W)`` read where the ``(N, 2, 3)`` float maps ``theta`` say
+    (``affine_grid`` + ``grid_sample``, ``align_corners=False``), in their own dtype. Images of
+    less than float32's precision (a ``bf16-true`` run's) are sampled in float32: a grid in
+    bfloat16 would misplace pixels by its rounding, half a pixel at 256 wide."""
+    work = torch.promote_types(images.dtype, theta.dtype)
+    grid = F.affine_grid(theta.to(images.device, work), list(images.shape), align_corners=False)
+    return F.grid_sample(images.to(work), grid, align_corners=False, **options).to(images.dtype)
+
+
 class BatchRandomAffine:
     """Per-sample random rotation (± ``degrees``), translation (up to ``translate`` of the width
     and height) and scale (in ``scale``) about the image centre, as ``v2.RandomAffine`` draws
@@ -65,11 +75,9 @@ class BatchRandomAffine:
         """``images`` moved by ``params`` (from :meth:`draw`), one map per image."""
         if images.dim() != 4 or not images.is_floating_point():
             raise ValueError(f"expected float images (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
-        theta = self.matrices(params, *images.shape[-2:]).to(images.device)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         fill = torch.as_tensor(self.fill, dtype=images.dtype).to(images.device).reshape(-1, 1, 1)
-        moved = F.grid_sample(images - fill, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
-        return moved + fill
+        theta = self.matrices(params, *images.shape[-2:])
+        return resample(images - fill, theta, mode=self.mode, padding_mode="zeros") + fill
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.warp(images, self.draw(len(images), generator))
@@ -138,9 +146,7 @@ class BatchRandomResizedCrop:
             raise ValueError(f"expected float images or clips (N, *, H, W), got {tuple(images.shape)} {images.dtype}")
         count, (height, width) = len(images), images.shape[-2:]
         flat = images.reshape(count, -1, height, width)
-        grid = F.affine_grid(self.matrices(params).to(images.device), list(flat.shape), align_corners=False)
-        moved = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return moved.view(images.shape)
+        return resample(flat, self.matrices(params), mode="bilinear", padding_mode="border").view(images.shape)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The random draws come from ``generator`` (torch's global one by default), on the CPU."""

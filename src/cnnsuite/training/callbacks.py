@@ -91,10 +91,12 @@ class PreciseBatchNorm(L.Callback):
             m.train(m in norms)
         datamodule = trainer.datamodule
         # The batches' shuffle and augmentation draw random numbers: drawn aside, so that how
-        # often a run validates does not change what its training draws.
-        with torch.no_grad(), isolate_rng():
+        # often a run validates does not change what its training draws. They pass through the
+        # precision as the training loop's do (converted, then run in its autocast, if any).
+        precision = trainer.precision_plugin
+        with torch.no_grad(), isolate_rng(), precision.train_step_context():
             for batch in islice(batches_aside(trainer.train_dataloader), self.num_batches):
-                batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                batch = pl_module.transfer_batch_to_device(precision.convert_input(batch), pl_module.device, 0)
                 if isinstance(datamodule, TaskDataModule):  # Lightning's hook skips it outside training
                     batch = datamodule.augment_batch(batch)
                 pl_module.forward_for_batchnorm(batch)

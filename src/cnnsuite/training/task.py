@@ -76,6 +76,10 @@ class TaskModule(L.LightningModule):
     metric_modes: dict[str, str] = {"loss": "min"}
     #: training batches that recompute BatchNorm statistics before each validation (0: off)
     precise_bn_batches: int = PreciseBatchNorm.DEFAULT_BATCHES
+    #: whether the network runs in bfloat16 or float16 weights on a CPU (``trainer.precision``
+    #: ``bf16-true``, ``16-true``): torchvision's box operations (``nms``, ``roi_align``) have no
+    #: such CPU kernels, so a task built on them says so before its first batch
+    half_weights_on_cpu: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -117,6 +121,29 @@ class TaskModule(L.LightningModule):
             f"checkpoint.monitor={key!r}: {cls.__name__} logs no such value; it logs {logged} "
             "(and train/… of its losses), names with _ or / after them included"
         )
+
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision)
+        on_cpu = self.trainer.strategy.root_device.type == "cpu"
+        if not self.half_weights_on_cpu and on_cpu and precision in ("bf16-true", "16-true"):
+            raise ConfigError(
+                f"trainer.precision={precision}: {type(self).__name__}'s box operations have no bfloat16 or float16 "
+                "kernels on a CPU; use bf16-mixed (weights in float32, bfloat16 arithmetic) or 32-true"
+            )
+
+    @property
+    def example_input_array(self) -> torch.Tensor | None:
+        """The batch the model summary runs, in the precision the trainer runs batches in: Lightning
+        converts each batch (``precision_plugin.convert_input``), not this one, and a ``bf16-true``
+        model would meet float32."""
+        example = self._example_input_array
+        if example is None or self._trainer is None:
+            return example
+        return self.trainer.precision_plugin.convert_input(example)
+
+    @example_input_array.setter
+    def example_input_array(self, example: torch.Tensor | None) -> None:
+        self._example_input_array = example
 
     @property
     def class_names(self) -> list[str]:
