@@ -213,3 +213,12 @@ def test_channels_without_names_in_common_follow_the_mode():
     report = transfer_backbone(three, rgb.state_dict(), source_names=["R", "G", "B"], target_names=["B", "G", "R"],
                                channels="mean")  # fmt: skip
     assert report.by_name == [] and report.copied[0] == "stages.0.0.0.weight"  # a mode given: names are not used
+
+
+def test_a_backbone_file_with_non_finite_weights_is_a_one_line_error_naming_the_tensor(tmp_path):
+    """NaN weights would start every output at NaN without a word."""
+    state = convnet().state_dict()
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = torch.full_like(state[key], float("nan"))
+    torch.save(state, tmp_path / "backbone.pt")
+    assert f"non-finite weights (NaN or infinity) in {key}" in one_line_error(tmp_path / "backbone.pt")
