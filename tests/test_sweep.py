@@ -320,3 +320,31 @@ def test_a_sweep_of_a_task_takes_configs_that_merge_over_its_own(tmp_path, monke
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--space", space, "--trials", "1"])
     assert exit_info.value.code == 2
+
+
+def test_the_trial_table_is_strict_json_where_a_trials_test_metric_is_undefined(tmp_path):
+    """An AUROC undefined on a test split (one class present) is NaN: trials.json says null."""
+    from cnnsuite.training.sweep import write_table
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("monitor", "val/acc")
+    key = "optimizer.init_args.lr"
+    study.add_trial(optuna.trial.create_trial(
+        params={key: 0.005}, distributions={key: optuna.distributions.FloatDistribution(1e-3, 1e-2)}, value=0.5,
+        user_attrs={"test": {"test/auroc": float("nan")}},
+    ))  # fmt: skip
+    write_table(study, tmp_path)
+    text = (tmp_path / "trials.json").read_text()
+    rows = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in trials.json"))
+    assert rows[0]["test"] == {"test/auroc": None} and rows[0]["value"] == 0.5
+
+
+def test_a_sweep_on_a_loss_minimises_it(tmp_path, image_folder):
+    """The study's direction is the monitored key's: a sweep on val/loss keeps the lowest."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    sweep("--space", write_space(tmp_path, {"optimizer.init_args.lr": {"low": 1e-3, "high": 1e-2}}),
+          "--trials", "1", "--storage", storage, "--out", str(tmp_path / "out"), *fixed(tmp_path, image_folder),
+          "--checkpoint.monitor", "val/loss", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+          "--trainer.limit_val_batches", "1")  # fmt: skip
+    assert optuna.load_study(study_name="sweep", storage=storage).direction == optuna.study.StudyDirection.MINIMIZE
+    assert (tmp_path / "out" / "trials.md").read_text().startswith("# Study sweep: minimize val/loss")
