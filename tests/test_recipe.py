@@ -368,3 +368,38 @@ def test_a_detector_in_half_weights_on_a_cpu_is_one_line_before_its_first_batch(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "trainer.precision=bf16-true: LocalizationModule's box operations have no bfloat16" in error
     assert "use bf16-mixed" in error
+
+
+def test_the_next_runs_are_pinned_to_the_recipe_of_the_runs_latest_start(tmp_path):
+    """A run resumed on another card appends the precision it went on in: that one is the run's."""
+    starts = [
+        {"chosen": {"precision": "32-true", "channels_last": False}},
+        {"chosen": {"precision": "bf16-mixed", "channels_last": True}},
+    ]
+    (tmp_path / "recipe.json").write_text(json.dumps(starts))
+    assert recipe.pinned(tmp_path) == [
+        "--recipe", "configured", "--trainer.precision", "bf16-mixed", "--model.init_args.channels_last", "true",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_timing_runs_under_the_runs_cudnn_benchmark_and_leaves_the_setting_as_it_was(
+    monkeypatch, model_and_data, fails
+):
+    model, datamodule = model_and_data
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    seen = []
+
+    def timed(model, batch, device, recipes, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        if fails:
+            raise torch.OutOfMemoryError("out of memory")
+        return [Measured(way, 100.0, 1.0, 0.0, True) for way in recipes]
+
+    monkeypatch.setattr(recipe, "time_recipes", timed)
+    if fails:
+        with pytest.raises(torch.OutOfMemoryError):
+            recipe.choose(model, datamodule, torch.device("cpu"), benchmark=True)
+    else:
+        assert recipe.choose(model, datamodule, torch.device("cpu"), benchmark=True).chosen.precision == "32-true"
+    assert seen == [True] and torch.backends.cudnn.benchmark is False
