@@ -402,3 +402,14 @@ def test_biomedical3d_multilabel_baselines_score_map_on_intensity_histograms(tmp
     # each label's blob adds a bright tail to the histogram: the regression ranks better than the prior
     regression = scores["intensity histogram (logistic regression), macro mAP"]
     assert regression > scores["label frequency, macro mAP"]
+
+
+def test_multilabel_label_smoothing_pulls_each_label_toward_one_half():
+    """Each label is its own two-class problem: smoothing ``s`` makes the BCE targets
+    ``1 - s/2`` and ``s/2``, as cross-entropy's does for two classes."""
+    model = ClassificationModule(num_classes=2, multilabel=True, label_smoothing=0.2, backbone_kwargs={"channels": [4]})
+    model.eval()
+    x, y = torch.randn(3, 1, 8, 8), torch.tensor([[1, 0], [0, 1], [1, 1]])
+    loss = model.training_step((x, y), 0)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y.float() * 0.8 + 0.1)
+    torch.testing.assert_close(loss, expected)
