@@ -582,3 +582,21 @@ def test_a_checkpoint_gets_the_permissions_the_umask_gives_a_new_file(tmp_path):
     # as torch.save and Lightning's own checkpoint writer leave them (a temporary file alone is 0o600)
     assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "group.ckpt").stat().st_mode & 0o777 == 0o664
+
+
+def test_ckpt_path_last_takes_the_highest_numbered_run_and_a_new_run_the_next_number(tmp_path):
+    """``--ckpt_path last`` resumes the newest run that has a ``last.ckpt`` (version_10 after
+    version_9, by number), a new run takes one past the highest number (gaps left alone), and a
+    checkpoint of another root's ``version_N`` is no run of this root."""
+    from cnnsuite.training.runs import newest_last_checkpoint, next_version, resumed_version
+
+    for n in (2, 9, 10):
+        (tmp_path / f"version_{n}" / "checkpoints").mkdir(parents=True)
+        (tmp_path / f"version_{n}" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "version_11").mkdir()  # killed before its first checkpoint
+    newest = tmp_path / "version_10" / "checkpoints" / "last.ckpt"
+    assert newest_last_checkpoint(tmp_path) == newest
+    assert next_version(tmp_path) == 12
+    assert resumed_version(tmp_path, newest) == 10
+    elsewhere = tmp_path / "other" / "version_3" / "checkpoints" / "last.ckpt"
+    assert resumed_version(tmp_path, elsewhere) is None
