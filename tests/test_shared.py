@@ -396,7 +396,8 @@ def test_networks_with_batchnorm_get_precise_batchnorm_by_default():
 
 def test_epoch_loss_is_the_batch_size_weighted_mean_of_the_steps(tmp_path):
     """Loss terms are summed on the module and logged once an epoch (``log_losses``), not by
-    ``self.log`` on every step; the figure is what Lightning's ``on_epoch=True`` would give."""
+    ``self.log`` on every step; the figure is what Lightning's ``on_epoch=True`` would give: the
+    last epoch's steps only, each epoch's mean starting anew."""
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -412,11 +413,11 @@ def test_epoch_loss_is_the_batch_size_weighted_mean_of_the_steps(tmp_path):
     model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1)
     data = TensorDataset(torch.randn(50, 1, 8, 8), torch.randint(3, (50,)))  # batches of 16, 16, 16 and 2
     recorded = Recorded()
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[recorded], default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=16))
-    expected = sum(loss * n for loss, n in recorded.losses) / 50
-    assert len(recorded.losses) == 4
+    expected = sum(loss * n for loss, n in recorded.losses[4:]) / 50  # the second epoch's
+    assert len(recorded.losses) == 8
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected, rel=1e-5)
     assert trainer.progress_bar_metrics["train/loss"] == pytest.approx(expected, rel=1e-5)
 
