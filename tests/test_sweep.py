@@ -337,14 +337,3 @@ def test_the_trial_table_is_strict_json_where_a_trials_test_metric_is_undefined(
     text = (tmp_path / "trials.json").read_text()
     rows = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in trials.json"))
     assert rows[0]["test"] == {"test/auroc": None} and rows[0]["value"] == 0.5
-
-
-def test_a_sweep_on_a_loss_minimises_it(tmp_path, image_folder):
-    """The study's direction is the monitored key's: a sweep on val/loss keeps the lowest."""
-    storage = f"sqlite:///{tmp_path / 's.db'}"
-    sweep("--space", write_space(tmp_path, {"optimizer.init_args.lr": {"low": 1e-3, "high": 1e-2}}),
-          "--trials", "1", "--storage", storage, "--out", str(tmp_path / "out"), *fixed(tmp_path, image_folder),
-          "--checkpoint.monitor", "val/loss", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-          "--trainer.limit_val_batches", "1")  # fmt: skip
-    assert optuna.load_study(study_name="sweep", storage=storage).direction == optuna.study.StudyDirection.MINIMIZE
-    assert (tmp_path / "out" / "trials.md").read_text().startswith("# Study sweep: minimize val/loss")
