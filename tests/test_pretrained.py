@@ -460,3 +460,14 @@ def test_a_13_band_torchgeo_file_into_a_band_subset_gives_each_band_its_kernel(t
     full[:, [TORCHGEO_S2.index(band) for band in four]] = x
     with torch.no_grad():
         assert_same_features(resnet_stages(library, full), ours(x))
+
+
+@pytest.mark.parametrize("family", ["torchvision:", ""])
+def test_a_published_file_with_non_finite_weights_is_a_one_line_error_naming_the_tensor(tmp_path, family):
+    import torchvision
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "resnet18-nan.pth"
+    torch.save(state, path)
+    assert "non-finite weights (NaN or infinity) in conv1.weight" in one_line_error(f"{family}{path}", path)
