@@ -263,6 +263,28 @@ def test_a_split_that_cannot_be_stratified_says_so():
         stratified_split([f"{i}" for i in range(40)], [i % 2 for i in range(40)], 0.25, 0.25, seed=0)
 
 
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_a_split_keeps_each_class_share_and_is_the_same_for_the_same_seed(multilabel):
+    """A run's split is a function of its seed (a rerun, a resumed run's datamodule and another task
+    of the shared digit split draw the same one), each class keeps its share in train, val and test,
+    and a sample is in one split only."""
+    ids = [f"{i:03}" for i in range(200)]
+    classes = [0] * 100 + [1] * 60 + [2] * 40
+    labels = [np.eye(3, dtype=np.float32)[c] for c in classes] if multilabel else classes
+    split = stratified_split(ids, labels, 0.2, 0.2, seed=3)
+    assert split == stratified_split(ids, labels, 0.2, 0.2, seed=3)
+    assert split != stratified_split(ids, labels, 0.2, 0.2, seed=4)
+    assert sorted(sum(split.values(), [])) == ids  # each sample in one split, once
+    by_id = dict(zip(ids, classes, strict=True))
+    for stage, size in (("train", 120), ("val", 40), ("test", 40)):
+        shares = [sum(by_id[i] == c for i in split[stage]) / size for c in range(3)]
+        assert len(split[stage]) == size and shares == pytest.approx([0.5, 0.3, 0.2], abs=0.03), stage
+    pairs = [i // 2 for i in range(20)]  # 10 classes of 2: 3 test samples cannot hold them all
+    with pytest.warns(UserWarning, match="cannot be stratified by class .*; splitting at random"):
+        drawn = [stratified_split(ids[:20], pairs, 0.15, 0.15, seed=3) for _ in range(2)]
+    assert drawn[0] == drawn[1], "the random split too is the seed's"
+
+
 def test_too_few_samples_to_split_is_one_line():
     # two videos in a labels file: scikit-learn's "train set will be empty" traceback before
     for labels in ([0, 1], [0, 0], [np.array([1, 0]), np.array([0, 1])]):
