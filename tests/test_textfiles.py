@@ -74,6 +74,9 @@ def test_a_sample_in_two_split_lists_or_twice_in_a_label_table_is_one_line_namin
         read_split_lists(tmp_path)
     (tmp_path / "val.txt").unlink()  # train and test alone (validation is drawn from train)
     assert read_split_lists(tmp_path) == {"train": ["cat/0.jpg", "cat/1.jpg"], "test": ["cat/3.jpg"]}
+    (tmp_path / "test.txt").rename(tmp_path / "val.txt")  # no test list: no test score to give
+    with pytest.raises(ConfigError, match=r"found train, val split lists but not test; expected train, val and test"):
+        read_split_lists(tmp_path)
 
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"")
