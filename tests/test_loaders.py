@@ -236,6 +236,21 @@ def test_a_folder_is_listed_once_per_datamodule(monkeypatch, image_folder):
     assert len(calls) == 1
 
 
+def test_batch_random_affine_draws_over_the_whole_ranges_as_v2_does():
+    """Each move is drawn as ``v2.RandomAffine`` draws it: an angle in ± degrees, a shift either way
+    up to ``translate`` of the width and height, a scale within its range; each over all of it."""
+    draws = BatchRandomAffine(degrees=10, translate=(0.1, 0.2), scale=(0.8, 1.2)).draw(
+        2000, torch.Generator().manual_seed(0)
+    )
+    for values, low, high in ((draws["angle"], -10, 10), (draws["factor"], 0.8, 1.2)):
+        values = torch.rad2deg(values) if low == -10 else values
+        assert low <= values.min() < low + 0.05 * (high - low) and high - 0.05 * (high - low) < values.max() <= high
+    for axis, most in enumerate((0.1, 0.2)):
+        shift = draws["shift"][:, axis]
+        assert -most <= shift.min() < -0.9 * most and 0.9 * most < shift.max() <= most  # left and right, up and down
+        assert abs(shift.mean()) < 0.1 * most
+
+
 def test_batch_flips_and_turns_draw_each_volumes_own_move_as_monai_does():
     """Every output volume is its input under one of the moves MONAI's RandFlip, RandRotate90
     and RandShiftIntensity draw (flips, 0-3 quarter turns in the square plane, a shift within
