@@ -113,6 +113,26 @@ def test_every_bad_image_is_named_at_once_before_training(tmp_path):
         dm.datasets["test"]  # evaluation checks the split it reads
 
 
+def test_data_seed_decides_the_split_and_a_checkpoints_split_is_checked_as_a_split_file_is(tmp_path):
+    """``data.seed`` draws the split (one seed, one split; another seed, another), and a split taken
+    from a checkpoint's state is held to the rules of any split: a sample in two splits is refused."""
+    folder = make_image_folder(tmp_path / "images", per_class=6)
+
+    def split(seed):
+        dm = RecognitionDataModule(data_dir=str(folder), seed=seed)
+        dm.setup("fit")
+        return dm.splits
+
+    assert split(1) == split(1) and split(1) != split(2)
+    saved = split(1)
+    leaked = {**saved, "test": saved["test"] + saved["train"][:1]}
+    dm = RecognitionDataModule(data_dir=str(folder))
+    with pytest.raises(ConfigError, match=r"the checkpoint's split: '.*' is in train and test; expected each sample"):
+        dm.load_state_dict({"splits": leaked})
+    dm.load_state_dict({"splits": saved})
+    assert dm.splits == saved
+
+
 def test_each_file_is_checked_once_and_a_split_unchecked_by_training_when_it_is_built(tmp_path, monkeypatch):
     """The check is one hook (``find_bad``); the datamodule asks it about each sample once."""
     folder = make_image_folder(tmp_path / "images", per_class=6)
