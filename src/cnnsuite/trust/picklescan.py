@@ -1,8 +1,9 @@
 """A pickle read as opcodes (:mod:`pickletools`, nothing built) for what unpickling it would
 cost: the tuple values it hands on, the items its calls read, and the keys of one hash in one
 container, as CPython would hash them; and the globals it names, only those torch.save writes for
-our files (:data:`_CALLED`, :data:`_NAMED`, :data:`_STORAGES`): an allow-list, as each review of the globals
-``weights_only`` allows found one more that costs what the file does not hold.
+our files (:data:`_CALLED`, :data:`_NAMED`, :data:`_STORAGES`), and their calls, ``BUILD`` and persistent ids
+handed only what torch.save hands them: an allow-list, as each review of what ``weights_only`` allows found one
+more that costs what the file does not hold.
 :func:`~cnnsuite.trust.untrusted.check_tuples` runs it on a weight file before ``torch.load`` does;
 see there why each measure is bounded."""
 
@@ -49,6 +50,9 @@ _COMPLEX, _ENCODE = ("builtins complex",), ("_codecs encode",)
 _LATIN_1 = "latin1"
 #: the globals allowed above that make a mapping or set (unhashable, filled later)
 _CONTAINERS = ("collections OrderedDict", "builtins set")
+#: the globals allowed above that make a tensor
+_REBUILDS = ("torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_tensor_v3", "torch._utils _rebuild_tensor",
+             "torch._utils _rebuild_parameter")  # fmt: skip
 _UNHASHABLE, _UNSET = -1, object()
 
 
@@ -92,14 +96,16 @@ class _Cell:
     and until it is given one, ``parents``, the containers it went into; ``source``, what a set
     or ``OrderedDict()`` was made from, whose values it iterates (one of them first);
     ``length``, a list's items, a mapping's keys or a string's characters, what a call given it
-    reads (``complex(s)``, ``set(s)``, ``_codecs.encode(s, "latin1")`` read and copy all of ``s``)."""
+    reads (``set(s)``, ``_codecs.encode(s, "latin1")`` read and copy all of ``s``); ``made``, what made
+    it: the opcode of a new list, mapping, set or storage (``BINPERSID``), the global of a call's result."""
 
-    __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "source", "length")
+    __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "source", "length",
+                 "made")  # fmt: skip
 
     def __init__(self, size: int = 0, key: int | None = _UNHASHABLE, hash_: int = 0):
         self.size, self.key, self.hash, self.length = size, key, hash_, 0
         self.scalar, self.items, self.name, self.tally, self.first, self.parents = _UNSET, None, None, None, None, None
-        self.source = None
+        self.source, self.made = None, None
 
 
 class _Numbering:
@@ -224,16 +230,58 @@ class _Numbering:
 
 
 def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
-    """``func`` and ``args``, or :class:`Unread` for a call of a global not in :data:`_CALLED`, or of
-    ``_codecs.encode()`` other than on a string to latin-1: another codec makes more than it is given
-    (``hex`` twice as much, and its result may be encoded again)."""
+    """``func`` and ``args``, or :class:`Unread` for a call of a global not in :data:`_CALLED`, or one
+    handed what torch.save never hands it (:func:`_handed_as_written`)."""
     if func.name not in _CALLED:
         raise Unread(f"it calls {_dotted(func.name)}, which torch.save writes as a value, never calls")
-    items = args.items or ()
-    latin_1 = len(items) == 2 and isinstance(items[0].scalar, str) and items[1].scalar == _LATIN_1
-    if func.name in _ENCODE and not latin_1:
-        raise Unread("it calls _codecs.encode() other than on a string to latin1, as torch.save writes bytes")
+    _handed_as_written(func.name, args)
     return func, args
+
+
+def _handed_as_written(name: str, args: _Cell) -> None:
+    """:class:`Unread` unless call ``name`` is handed a tuple of what torch.save hands it:
+    ``OrderedDict()`` nothing (its items are set after), ``set()`` one new list, ``complex()`` numbers,
+    ``_codecs.encode()`` a string and ``"latin1"`` (another codec makes more than it is given: ``hex``
+    twice as much, and its result may be encoded again), a rebuild a storage (``_rebuild_parameter`` a
+    rebuilt tensor) and, after it, no storage or tensor. Each iterates or reads what it is handed:
+    ``set()`` or ``OrderedDict()`` of a tensor iterates every value it passes for, which a view of one
+    stored zero makes billions, and ``set()`` of a storage hashes every value it holds."""
+    items = args.items
+    if items is None:
+        raise Unread(f"it calls {_dotted(name)} on {_what(args)}, where torch.save writes a tuple of arguments")
+    if name in _ENCODE:
+        if len(items) != 2 or not isinstance(items[0].scalar, str) or items[1].scalar != _LATIN_1:
+            raise Unread("it calls _codecs.encode() other than on a string to latin1, as torch.save writes bytes")
+        return
+    if name == "collections OrderedDict":
+        expected = not items
+    elif name == "builtins set":
+        expected = len(items) == 1 and items[0].made == "EMPTY_LIST"
+    elif name in _COMPLEX:
+        expected = 0 < len(items) < 3 and all(type(item.scalar) in (int, float) for item in items)
+    else:  # a rebuild: what it rebuilds first, then sizes, strides, flags and hooks
+        first = ("BINPERSID",) if name != "torch._utils _rebuild_parameter" else _REBUILDS
+        expected = bool(items) and items[0].made in first
+        expected = expected and not any(item.made == "BINPERSID" or item.made in _REBUILDS for item in items[1:])
+    if not expected:
+        raise Unread(f"it calls {_dotted(name)} on {', '.join(map(_what, items)) or 'nothing'}, which torch.save "
+                     "never hands it")  # fmt: skip
+
+
+def _what(cell: _Cell) -> str:
+    """What ``cell`` is, in a few words, for a refusal."""
+    if cell is None:
+        return "a mark"
+    if cell.scalar is not _UNSET:
+        return f"a {type(cell.scalar).__name__}"
+    if cell.made in _REBUILDS:
+        return "a tensor"
+    kinds = {"BINPERSID": "a storage", "EMPTY_LIST": "a list", "EMPTY_DICT": "a mapping", "EMPTY_SET": "a set"}
+    if cell.made in kinds:
+        return kinds[cell.made]
+    if cell.items is not None:
+        return "a tuple"
+    return f"the result of {_dotted(cell.made)}" if cell.made else f"{_dotted(cell.name)}"
 
 
 def _torch_refuses(arg: str) -> bool:
@@ -253,12 +301,37 @@ def _dotted(name: str | None) -> str:
 
 def _named_storage(pid: _Cell, storages: dict | None) -> None:
     """Add to ``storages`` the storage persistent id ``pid`` names: ``("storage", type, key,
-    location, values)`` as torch.save writes it (the legacy format adds a view after them)."""
+    location, values)`` as torch.save writes it (the legacy format adds a view after them, ``None``
+    or ``(key, offset, values)``); :class:`Unread` for any other, or a key declared twice otherwise:
+    a storage is checked against its record by its key and size (:func:`~.untrusted.check_declared`),
+    and torch reads ``b"storage"``, a key of any type, and a size that is a tensor all the same."""
     items = pid.items or ()
-    if storages is not None and len(items) >= 5 and items[0].scalar == "storage":
-        key, values = items[2].scalar, items[4].scalar
-        if isinstance(key, str | int) and type(values) is int and items[1].name:
-            storages.setdefault(key, (items[1].name.split()[-1], values))
+    shaped = len(items) in (5, 6) and type(items[0].scalar) is str and items[0].scalar == "storage"
+    shaped = (
+        shaped
+        and bool(_STORAGES.fullmatch(items[1].name or ""))
+        and type(items[2].scalar) is str
+        and type(items[3].scalar) is str
+    )
+    shaped = shaped and type(items[4].scalar) is int
+    if shaped and len(items) == 6 and items[5].scalar is not None:  # a legacy view
+        view = items[5].items or ()
+        shaped = len(view) == 3 and type(view[0].scalar) is str and all(type(v.scalar) is int for v in view[1:])
+    if not shaped:
+        raise Unread(f"it names a storage by {_what(pid)} other than as torch.save does (\"storage\", its type, key, "
+                     "location and size)")  # fmt: skip
+    declared = (items[1].name.split()[-1], items[4].scalar)
+    if storages is not None and storages.setdefault(items[2].scalar, declared) != declared:
+        raise Unread(f"it declares storage {items[2].scalar!r} twice, as {storages[items[2].scalar]} and {declared}")
+
+
+def _built_as_written(target: _Cell, state: _Cell) -> None:
+    """:class:`Unread` unless ``BUILD`` sets attributes of an ``OrderedDict()`` from a mapping, as torch.save
+    writes a state dict's ``_metadata``: on a tensor torch re-views it over any storage, and it iterates a
+    state that is no mapping (a tensor's rows, each value a view of one stored zero passes for)."""
+    if target is None or state is None or target.made != "collections OrderedDict" or state.made != "EMPTY_DICT":
+        raise Unread(f"it sets attributes of {_what(target)} from {_what(state)}, where torch.save sets an "
+                     "OrderedDict's from a mapping")  # fmt: skip
 
 
 def _parts(cell: _Cell) -> list[_Cell]:
@@ -354,6 +427,7 @@ def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
                         cell = popped[0]
                         cell.size += sum(c.size for c in popped[1:])
                         if name == "BUILD":
+                            _built_as_written(popped[0], popped[1])
                             called += sum(c.length + len(c.items or ()) for c in _parts(popped[1]))
                             if called > bound:  # before the keys are added: the bound keeps this linear
                                 raise CalledTooMuch
@@ -364,6 +438,7 @@ def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
                     elif name in ("REDUCE", "NEWOBJ"):  # what a call makes holds what it was given
                         cell = _Cell(sum(c.size for c in popped))
                         func, args = _called(*popped)
+                        cell.made = func.name
                         numbering.made(cell, func.name, [args])
                         read = sum(c.length for c in args.items or ())
                         if func.name in _CONTAINERS:  # set(L) holds what L does
@@ -374,6 +449,7 @@ def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
                             raise CalledTooMuch
                     else:  # a new list, mapping or set, or a storage (torch's persistent id)
                         cell = _Cell(sum(c.size for c in popped))
+                        cell.made = name
                         if name == "BINPERSID":
                             numbering.made(cell, name, popped)
                             _named_storage(popped[0], storages)
