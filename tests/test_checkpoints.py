@@ -1707,3 +1707,78 @@ def test_a_call_or_storage_handed_what_torch_save_never_hands_it_is_refused_befo
     monkeypatch.setattr(torch, "load", unreached)
     with pytest.raises(ValueError, match=r"handed.ckpt: cannot load as a checkpoint \(" + said):
         load_checkpoint(path)
+
+
+def overlapping_records(path, count: int, size: int) -> None:
+    """A zip archive holding ``{"w<j>": tensor}`` for ``count`` storages of ``size`` bytes each, as
+    torch.save writes them, but their records overlap: each record's local header sits inside the
+    record before it, and all end in one run of ``size`` zeros, so the file holds about one storage."""
+    import struct
+    import zipfile
+    import zlib
+
+    def tensor(j: int) -> bytes:
+        storage = STORAGE.replace(b"FloatStorage", b"ByteStorage").replace(b"X\x01\x00\x00\x000", ops(str(j)))
+        return (
+            b"ctorch._utils\n_rebuild_tensor_v2\n("
+            + storage.replace(b"K\x01t", ops(size) + b"t")
+            + b"K\x00"
+            + (ops((size,)) + ops((1,)) + b"\x89ccollections\nOrderedDict\n)RtR")
+        )
+
+    pickled = b"\x80\x02}(" + b"".join(ops(f"w{j}") + tensor(j) for j in range(count)) + b"u."
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in (("a/data.pkl", pickled), ("a/byteorder", b"little"), ("a/version", b"3\n")):
+            archive.writestr(name, content)
+        listed = [(i.filename.encode(), i.CRC, i.file_size, i.header_offset) for i in archive.infolist()]
+    head = path.read_bytes()[: path.read_bytes().index(b"PK\x01\x02")]  # the records, without the directory
+    names = [f"a/data/{j}".encode() for j in range(count)]
+
+    def local(name: bytes, crc: int) -> bytes:
+        return b"PK\x03\x04" + struct.pack("<HHHHHIIIHH", 20, 0, 0, 0, 0x21, crc, size, size, len(name), 0) + name
+
+    headers = [local(name, 0) for name in names]
+    for j in reversed(range(count)):  # each record's bytes: the headers after its own, then the zeros
+        headers[j] = local(names[j], zlib.crc32((b"".join(headers[j + 1 :]) + bytes(size))[:size]))
+    offsets = [len(head) + sum(map(len, headers[:j])) for j in range(count)]
+    body = head + b"".join(headers) + bytes(size)
+    for j, name in enumerate(names):
+        start = offsets[j] + len(headers[j])
+        listed.append((name, zlib.crc32(body[start : start + size]), size, offsets[j]))
+    directory = b"".join(
+        b"PK\x01\x02" + struct.pack("<HHHHHHIIIHHHHHII", 20, 20, 0, 0, 0, 0x21, crc, n, n, len(name), 0, 0, 0, 0, 0, at)
+        + name
+        for name, crc, n, at in listed
+    )  # fmt: skip
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, len(listed), len(listed), len(directory), len(body), 0)
+    path.write_bytes(body + directory + end)
+
+
+def test_a_checkpoint_of_overlapping_records_is_refused_before_torch_unpickles_it(tmp_path):
+    """A checkpoint is memory-mapped, each storage from where its record's local header says its bytes
+    start: records whose headers sit inside the record before them share their bytes, each as large as
+    declared, so a file of about one storage passed for a hundred (and for the square of its size, grown)."""
+    from cnnsuite.trust.untrusted import check_tuples
+
+    path = tmp_path / "overlapping.ckpt"
+    overlapping_records(path, 100, 20_000)
+    mapped = torch.load(path, weights_only=True, mmap=True)
+    assert sum(t.untyped_storage().nbytes() for t in mapped.values()) == 100 * 20_000 > 2 * path.stat().st_size
+    with pytest.raises(ValueError, match=r"overlapping.ckpt \(its storages '0' and '1' overlap in the file"):
+        check_tuples(path, "overlapping.ckpt")
+
+
+def test_a_zip_holding_one_record_twice_is_refused(tmp_path):
+    """Python's zipfile, which the record sizes are read with, and torch's reader may take different ones
+    of two records of one name: torch.save writes each once."""
+    import zipfile
+
+    from cnnsuite.trust.untrusted import check_tuples
+
+    path = tmp_path / "twice.ckpt"
+    torch.save({"x": torch.zeros(4)}, path)
+    with zipfile.ZipFile(path, "a") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+        archive.writestr(next(n for n in archive.namelist() if n.endswith("data/0")), bytes(1000))
+    with pytest.raises(ValueError, match=r"twice.ckpt \(its record '.*data/0' is there twice"):
+        check_tuples(path, "twice.ckpt")

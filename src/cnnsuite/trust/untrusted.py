@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -66,9 +67,11 @@ def check_tuples(path: Path, failure: str) -> bool | None:
                 records = check_stored(path, failure)
                 with torch.serialization._open_zipfile_reader(str(path)) as archive:
                     data = archive.get_record("data.pkl")
+                    # where torch maps each storage's record from (its local header, which the sizes do not say)
+                    starts = {name: archive.get_record_offset(name) for name in records if name.startswith("data/")}
                 stream, count, held = io.BytesIO(data), 1, len(data)
             else:  # the legacy format: pickles one after another, then the storages' raw bytes
-                stream, count, held, records = file, LEGACY_PICKLES, path.stat().st_size, None
+                stream, count, held, records, starts = file, LEGACY_PICKLES, path.stat().st_size, None, None
             bound = max(TUPLE_FLOOR, MAX_TUPLE_EXPANSION * held)
             handed = scan(stream, count, bound, storages)
     except CalledTooMuch:
@@ -93,19 +96,22 @@ def check_tuples(path: Path, failure: str) -> bool | None:
             f"{failure} (its tuples come to {handed:,} values when read in full, from {held:,} bytes: tuples "
             "referenced over and over; expected a file torch.save wrote)"
         )
-    check_declared(storages, records, path.stat().st_size, failure)
+    check_declared(storages, records, path.stat().st_size, failure, starts)
     return zipped
 
 
 def check_declared(storages: dict[str | int, tuple[str, int]], records: dict[str, int] | None, size: int,
-                   failure: str) -> None:  # fmt: skip
+                   failure: str, starts: dict[str, int] | None = None) -> None:  # fmt: skip
     """Each storage a file's persistent ids name (``storages``, key → (type, values)) must be as
     large as the bytes that fill it. A memory-mapped zip record declared larger than it is reads
     on into the records after it, so a thousand one-byte records each declared as the whole file
     pass for a thousand files' values; a storage in torch's legacy format is allocated as declared
     and filled only if the file lists it, so a few hundred bytes passed for gigabytes. ``records``:
     a zip's record sizes by name (each storage's is ``data/KEY``, as torch.save writes it), ``None``
-    for the legacy format, whose storages together must fit in its ``size`` bytes."""
+    for the legacy format, whose storages together must fit in its ``size`` bytes. ``starts``: where
+    each record's bytes start in a zip, by name: records whose bytes overlap (a record's local header
+    placed inside the one before it) pass, each as large as declared, for as many files as there are
+    records, so the storages' records must not overlap, as torch.save writes them one after another."""
     declared = {}
     for key, (kind, values) in storages.items():
         try:
@@ -120,6 +126,14 @@ def check_declared(storages: dict[str | int, tuple[str, int]], records: dict[str
             raise BadFileError(
                 f"{failure} (its storage {key!r} is declared {nbytes:,} bytes where its record holds "
                 f"{records[f'data/{key}']:,}; expected a file torch.save wrote)"
+            )
+        spans = sorted((starts[f"data/{k}"], n, k) for k, n in declared.items() if n and f"data/{k}" in starts)
+        overlapping = [(k, after) for (at, n, k), (start, _, after) in pairwise(spans) if at + n > start]
+        if overlapping:
+            key, after = overlapping[0]
+            raise BadFileError(
+                f"{failure} (its storages {key!r} and {after!r} overlap in the file; expected a file torch.save "
+                "wrote, whose records follow one another)"
             )
     elif sum(declared.values()) > size:
         raise BadFileError(
@@ -142,6 +156,10 @@ def check_stored(path: Path, failure: str) -> dict[str, int]:
         raise BadFileError(
             f"{failure} (not a zip archive as torch.save writes it: {_load_error_detail(err)})"
         ) from None
+    names = [info.filename for info in infos]
+    if len(set(names)) < len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise BadFileError(f"{failure} (its record {twice!r} is there twice; expected a file torch.save wrote)")
     if packed:
         raise BadFileError(
             f"{failure} (its record {packed[0].filename!r} is compressed, {packed[0].compress_size:,} bytes for "
