@@ -1782,3 +1782,21 @@ def test_a_zip_holding_one_record_twice_is_refused(tmp_path):
         archive.writestr(next(n for n in archive.namelist() if n.endswith("data/0")), bytes(1000))
     with pytest.raises(ValueError, match=r"twice.ckpt \(its record '.*data/0' is there twice"):
         check_tuples(path, "twice.ckpt")
+
+
+@pytest.mark.parametrize("dtype, said", [(torch.float8_e4m3fn, None), (torch.float4_e2m1fn_x2, "which cannot be read")])
+def test_a_backbone_weights_file_of_a_dtype_without_isfinite_is_checked_or_refused_in_one_line(tmp_path, dtype, said):
+    """torch has no ``isfinite`` for some floating dtypes weights_only loads: such backbone weights
+    are checked as float32, or refused, named, where torch cannot convert them; never a traceback."""
+    from cnnsuite.errors import BadFileError
+    from cnnsuite.training.transfer import backbone_state
+
+    path = tmp_path / "odd.pt"
+    torch.save({"stages.0.0.0.weight": torch.zeros(8, 1, 3, 3, dtype=torch.uint8).view(dtype)}, path)
+    if said is None:
+        assert backbone_state(path)["stages.0.0.0.weight"].dtype == dtype
+    else:
+        with pytest.raises(
+            BadFileError, match=r"odd.pt: stages.0.0.0.weight holds weights of torch.float4_e2m1fn_x2, "
+        ):
+            backbone_state(path)

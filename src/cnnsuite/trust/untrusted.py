@@ -192,8 +192,20 @@ def check_values_stored(state: dict[str, torch.Tensor], source: object) -> None:
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], source: object) -> None:
     """Weights with NaN or infinity give NaN outputs without a word: a one-line ``ValueError``
-    naming ``source`` and the first such tensor."""
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    naming ``source`` and the first such tensor. A floating dtype torch has no ``isfinite`` for
+    (``float8_e4m3fn``) is checked as ``float32``; one it cannot convert either is refused, named."""
+
+    def finite(key: str, value: torch.Tensor) -> bool:
+        try:
+            return bool(torch.isfinite(value).all())
+        except NotImplementedError:
+            pass
+        try:
+            return bool(torch.isfinite(value.float()).all())
+        except NotImplementedError:
+            raise BadFileError(f"{source}: {key} holds weights of {value.dtype}, which cannot be read") from None
+
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not finite(k, v)]
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise BadFileError(f"{source}: non-finite weights (NaN or infinity) in {bad[0]}{more}")
