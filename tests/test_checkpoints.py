@@ -1446,6 +1446,22 @@ def test_a_tensor_repeating_its_stored_values_outside_the_weights_is_refused(tra
         rebuild(evil, run, {"data_dir": str(folder)})
 
 
+def test_a_tensor_repeating_its_stored_values_in_the_weights_metadata_is_refused(trained, tmp_path):
+    """``load_state_dict`` reads the weights' ``_metadata`` (an attribute, set by ``BUILD``): each
+    module's version, compared with a number, which for a view of one stored zero makes a tensor of
+    every value it passes for. It is walked as the other entries are."""
+    folder, run = trained
+
+    def edit(checkpoint):
+        checkpoint["state_dict"]._metadata[""] = {"version": torch.zeros(1).expand(1000)}
+
+    evil = tampered(run / "checkpoints" / "best.ckpt", tmp_path / "evil.ckpt", edit)
+    with pytest.raises(
+        ValueError, match=r"evil.ckpt: its entries hold a tensor of 1,000 values where the file stores 4 "
+    ):
+        rebuild(evil, run, {"data_dir": str(folder)})
+
+
 def test_one_stored_tensor_named_over_and_over_outside_the_weights_is_refused(trained, tmp_path):
     """torch.save stores a tensor once however many keys name it: the datamodule's state is read
     with ``tolist()`` key by key, so 65,536 stored zeros named under 100 keys are 6.5 million

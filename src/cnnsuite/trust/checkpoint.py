@@ -79,7 +79,8 @@ def load_checkpoint(ckpt_path: str | Path) -> dict:
 def check_outline(checkpoint: object, source: object) -> None:
     """A checkpoint's outline, before anything in it is used (:func:`load_checkpoint`, and a
     checkpoint a model starts from): the classes it records, a ``state_dict`` of tensors each
-    value stored once, and entries that read as large as they are."""
+    value stored once, and entries (the ``state_dict``'s ``_metadata`` among them) that read as
+    large as they are."""
     classes = checkpoint.get(CLASSES_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(classes, dict) or "datamodule" not in classes or "model" not in classes:
         raise CheckpointError(f"{source}: not a checkpoint written by cnnsuite fit (no '{CLASSES_KEY}' entry)")
@@ -92,7 +93,9 @@ def check_outline(checkpoint: object, source: object) -> None:
             f"{source}: its 'state_dict' holds {describe(state[wrong[0]])} at {wrong[0]!r}, not a tensor"
         )
     check_values_stored(state, source)
-    check_walkable({k: v for k, v in checkpoint.items() if k != "state_dict"}, source)
+    # load_state_dict reads the weights' _metadata too (each module's version, compared with a number)
+    check_walkable([{k: v for k, v in checkpoint.items() if k != "state_dict"}, getattr(state, "_metadata", None)],
+                   source)  # fmt: skip
 
 
 #: how many times more values than it holds a checkpoint's entries may come to when read in full
