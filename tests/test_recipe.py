@@ -403,3 +403,19 @@ def test_the_timing_runs_under_the_runs_cudnn_benchmark_and_leaves_the_setting_a
     else:
         assert recipe.choose(model, datamodule, torch.device("cpu"), benchmark=True).chosen.precision == "32-true"
     assert seen == [True] and torch.backends.cudnn.benchmark is False
+
+
+def test_float16_weights_with_an_eps_float16_rounds_to_zero_are_one_line_before_the_first_step(tmp_path, image_folder):
+    """``16-true`` keeps AdamW's state in float16, where its default ``eps`` (1e-8) is 0: a weight
+    with no gradient turns NaN at the first step (0 / 0). The run says so before training; an
+    ``eps`` float16 holds trains."""
+    from conftest import fit
+
+    from cnnsuite.errors import ConfigError
+
+    args = ("--data.data_dir", str(image_folder), "--trainer.max_epochs", "1", "--trainer.precision", "16-true")
+    with pytest.raises(ConfigError, match=r"^trainer.precision=16-true: AdamW's eps 1e-08 is 0 in float16 .*16-mixed"):
+        fit("recognition2d", tmp_path / "a", *args)
+    run = fit("recognition2d", tmp_path / "b", *args, "--optimizer.init_args.eps", "1e-4")
+    weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(v.isfinite().all() for v in weights.values() if v.is_floating_point())

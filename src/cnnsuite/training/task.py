@@ -295,6 +295,7 @@ class TaskModule(L.LightningModule):
         ``T_max``) learns its length: ``max_epochs``, or ``max_steps`` (stepped each step) when
         the run is counted in steps only."""
         trainer = self.trainer
+        check_eps_in_weights_dtype(trainer)
         for config in trainer.lr_scheduler_configs:
             if not isinstance(config.scheduler, CosineAnnealingLR):
                 continue
@@ -475,3 +476,22 @@ def set_metric_state(metric, saved: dict) -> None:
             setattr(metric, key, moved)
     metric._update_count = saved["updates"]  # what torchmetrics' own state loading leaves out
     metric._computed = None
+
+
+def check_eps_in_weights_dtype(trainer: L.Trainer) -> None:
+    """An optimizer's ``eps`` that the weights' dtype rounds to 0 (AdamW's 1e-8 in ``16-true``'s
+    float16, whose state follows the weights) divides 0 by 0 for a weight without gradient at the
+    first step, and every weight is NaN soon after: one line before training."""
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            eps = group.get("eps")
+            dtypes = {p.dtype for p in group["params"] if p.is_floating_point()}
+            if not isinstance(eps, float) or eps <= 0:
+                continue
+            for dtype in dtypes:
+                if torch.tensor(eps, dtype=dtype).item() == 0:
+                    raise ConfigError(
+                        f"trainer.precision={trainer.precision}: {type(optimizer).__name__}'s eps {eps:g} is 0 in "
+                        f"{str(dtype).removeprefix('torch.')} weights, and they would turn NaN at the first step; "
+                        "use 16-mixed or bf16-true, or an eps float16 can hold (--optimizer.init_args.eps 1e-4)"
+                    )
