@@ -175,6 +175,14 @@ def test_too_few_images_to_split_names_the_folder(tmp_path):
         RecognitionDataModule(data_dir=str(folder)).setup("fit")
     assert "\n" not in str(raised.value)
 
+    # a train folder with no val folder beside it: validation is drawn from train, which one image cannot give
+    split = tmp_path / "split"
+    make_image_folder(split / "train", classes=("cat",), per_class=1)
+    make_image_folder(split / "test", classes=("cat",), per_class=2)
+    expected = rf"^{re.escape(str(split / 'train'))}: 1 sample: too few to draw validation from \(data.val_fraction 0.1"
+    with pytest.raises(ConfigError, match=expected):
+        RecognitionDataModule(data_dir=str(split)).setup("fit")
+
 
 def write_split_folders(root, stages=("train", "val")):
     for stage in stages:

@@ -751,7 +751,7 @@ class TaskDataModule(L.LightningDataModule):
         samples = self.samples()
         hp, names = self.hparams, self.class_names
         if self.split_folders:
-            splits, note = splits_from_folders(samples, self.split_folders, hp.val_fraction, hp.seed, names)
+            splits, note = splits_from_folders(samples, self.split_folders, hp.val_fraction, hp.seed, names, self.root)
             if note:
                 rank_zero_warn(f"{self.root}: {note}")
             return splits

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .splits import STAGES, split_off
+from ..errors import ConfigError
+from .splits import STAGES, TooFewToSplit, split_off
 
 #: the folder names each split goes by, in the order they are looked for (any letter case)
 FOLDER_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -38,12 +39,14 @@ def splits_from_folders(
     val_fraction: float,
     seed: int,
     names: Sequence[str] | None = None,
+    root: Path | str = ".",
 ) -> tuple[dict[str, list[str]], str | None]:
     """``(split, note)``: each sample (id, label) in the split of the folder its id starts
     with; a missing val split carved from train (``val_fraction`` of it, stratified by
     ``seed``; ``names``, the class names, name a class it cannot be stratified by), a missing
     test split the val folder's samples. ``note`` says how a missing split was formed (None
-    when every split has its folder)."""
+    when every split has its folder). A train folder too small to carve validation from is a
+    :class:`~cnnsuite.errors.ConfigError` naming it, under ``root``."""
     stage_of = {name: stage for stage, name in folders.items()}
     by_stage: dict[str, list[tuple[str, int]]] = {stage: [] for stage in STAGES}
     for sample_id, label in samples:
@@ -54,7 +57,13 @@ def splits_from_folders(
         note = f"no test folder: {folders['val']}/ ({len(by_stage['test'])} files) is the test split"
     if "val" not in folders or "test" not in folders:
         ids, labels = (list(x) for x in zip(*by_stage["train"], strict=True))
-        train, val, _ = split_off(ids, labels, val_fraction, seed, names)
+        try:
+            train, val, _ = split_off(ids, labels, val_fraction, seed, names)
+        except TooFewToSplit:
+            raise ConfigError(
+                f"{Path(root, folders['train'])}: {len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to draw "
+                f"validation from (data.val_fraction {val_fraction}); give a val folder too"
+            ) from None
         by_stage["train"], by_stage["val"] = [(i, 0) for i in train], [(i, 0) for i in val]
         carved = f"validation is {val_fraction:g} of {folders['train']}/, drawn with seed {seed}"
         note = f"{note}; {carved}" if note else f"no val folder: {carved}"
