@@ -337,3 +337,20 @@ def test_the_trial_table_is_strict_json_where_a_trials_test_metric_is_undefined(
     text = (tmp_path / "trials.json").read_text()
     rows = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in trials.json"))
     assert rows[0]["test"] == {"test/auroc": None} and rows[0]["value"] == 0.5
+
+
+def test_the_study_direction_follows_the_monitored_keys_mode(tmp_path, image_folder):
+    """A sweep on ``val/loss`` minimises it: it joins a minimising study of that name, where a
+    sweep on ``val/acc`` (maximised) is refused, without a trial to train (the study is full)."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    key = "optimizer.init_args.lr"
+    study = optuna.create_study(study_name="sweep", storage=storage, direction="minimize")
+    study.add_trial(optuna.trial.create_trial(
+        params={key: 0.005}, distributions={key: optuna.distributions.FloatDistribution(1e-3, 1e-2)}, value=0.5,
+    ))  # fmt: skip
+    space = write_space(tmp_path, {key: {"low": 1e-3, "high": 1e-2}})
+    args = ("--space", space, "--trials", "1", "--storage", storage, "--out", str(tmp_path / "out"))
+    sweep(*args, *fixed(tmp_path, image_folder), "--checkpoint.monitor", "val/loss")
+    assert (tmp_path / "out" / "trials.md").read_text().startswith("# Study sweep: minimize val/loss")
+    with pytest.raises(ConfigError, match=r"the stored study minimizes, this task's val/acc is to maximize"):
+        sweep(*args, *fixed(tmp_path, image_folder))
