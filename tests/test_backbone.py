@@ -420,6 +420,8 @@ def test_a_block_keeps_the_size_at_stride_1_or_refuses_an_even_kernel(dims):
 def test_precise_batchnorm_recomputes_the_statistics_of_the_training_batches():
     from types import SimpleNamespace
 
+    from lightning.pytorch.plugins.precision import Precision
+
     from cnnsuite.training.callbacks import PreciseBatchNorm
     from cnnsuite.training.classification import ClassificationModule
 
@@ -428,7 +430,8 @@ def test_precise_batchnorm_recomputes_the_statistics_of_the_training_batches():
     bn = model.backbone.stages[0][0][1]
     bn.running_mean.fill_(5.0)  # stale statistics of "another network"
     batches = [(torch.randn(4, 1, 8, 8) + 2, torch.zeros(4, dtype=torch.long)) for _ in range(3)]
-    trainer = SimpleNamespace(sanity_checking=False, train_dataloader=batches, world_size=1, datamodule=None)
+    trainer = SimpleNamespace(sanity_checking=False, train_dataloader=batches, world_size=1, datamodule=None,
+                              precision_plugin=Precision())  # fmt: skip
     PreciseBatchNorm(num_batches=3).on_validation_epoch_start(trainer, model)
     conv = model.backbone.stages[0][0][0]
     with torch.no_grad():
