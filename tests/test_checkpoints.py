@@ -1150,10 +1150,10 @@ def test_a_file_of_keys_made_to_collide_is_refused_before_torch_unpickles_it(tmp
 def test_a_file_of_equal_or_few_colliding_values_is_kept(tmp_path, value):
     """Equal values take one place in a mapping, so however many there are they count once, and
     chance collisions are few: real files hold lists of zeros and of equal shapes."""
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     torch.save(value, tmp_path / "kept.pt")
-    check_tuples(tmp_path / "kept.pt", "kept")
+    check_pickle(tmp_path / "kept.pt", "kept")
 
 
 def test_a_trained_checkpoint_and_its_optimizer_state_are_kept(trained):
@@ -1221,7 +1221,7 @@ def test_the_scan_stops_reading_calls_once_they_pass_the_bound(tmp_path, monkeyp
     scan adds the mapping's keys at each update, so it must stop at the bound on what calls are
     handed, not count all ten million: the guard itself must stay linear in the file."""
     from cnnsuite.trust.picklescan import _Numbering
-    from cnnsuite.trust.untrusted import TUPLE_FLOOR, check_tuples
+    from cnnsuite.trust.untrusted import TUPLE_FLOOR, check_pickle
 
     added = []
     add = _Numbering._add
@@ -1230,7 +1230,7 @@ def test_the_scan_stops_reading_calls_once_they_pass_the_bound(tmp_path, monkeyp
         tmp_path / "built.ckpt", b"\x80\x02ccollections\nOrderedDict\n)R" + KEYED + b"b" + b"h\x01b" * 5000 + b"."
     )
     with pytest.raises(ValueError, match=r"built.ckpt \(its calls are handed lists, mappings and strings of over"):
-        check_tuples(tmp_path / "built.ckpt", "built.ckpt")
+        check_pickle(tmp_path / "built.ckpt", "built.ckpt")
     assert len(added) <= TUPLE_FLOOR + 2 * 2000, len(added)
 
 
@@ -1347,12 +1347,12 @@ def test_a_value_weights_only_allows_but_torch_save_never_writes_for_our_files_i
     """weights_only allows many globals, and each review found one more whose call costs what the file does
     not hold: the scan allows only those torch.save writes for our checkpoints and weight files, and names
     any other, as torch.save writes it, before torch.load runs."""
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     torch.save({"value": value}, tmp_path / "other.pt")
     torch.load(tmp_path / "other.pt", weights_only=True)  # allowed there
     with pytest.raises(ValueError, match=rf"other.pt \(it names {re.escape(name)}, which torch.save never writes"):
-        check_tuples(tmp_path / "other.pt", "other.pt")
+        check_pickle(tmp_path / "other.pt", "other.pt")
 
 
 @pytest.mark.parametrize(
@@ -1420,11 +1420,11 @@ def test_a_global_torch_save_never_writes_for_our_files_is_refused_by_name(tmp_p
 
 def test_a_sparse_tensor_torch_save_wrote_is_refused(tmp_path):
     """The scan refuses sparse tensors as torch.save writes them too: no weight file of ours holds one."""
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     torch.save({"w": torch.eye(3).to_sparse()}, tmp_path / "sparse.pt")
     with pytest.raises(ValueError, match=r"sparse.pt \(it names torch._utils._rebuild_sparse_tensor"):
-        check_tuples(tmp_path / "sparse.pt", "sparse.pt")
+        check_pickle(tmp_path / "sparse.pt", "sparse.pt")
 
 
 @pytest.mark.parametrize("key", ["RecognitionDataModule", "optimizer_states"])
@@ -1553,7 +1553,7 @@ def test_a_storage_declared_larger_than_its_record_is_refused_before_torch_unpic
     Each storage's record must be as large as declared, as torch.save writes it."""
     import zipfile
 
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     path = tmp_path / "declared.ckpt"
     torch.save({"x": torch.zeros(4), "pad": torch.ones(1000)}, path)
@@ -1565,7 +1565,7 @@ def test_a_storage_declared_larger_than_its_record_is_refused_before_torch_unpic
     mapped = torch.load(path, weights_only=True, mmap=True)["x"].untyped_storage().nbytes()
     assert mapped > 16  # weights_only alone maps more than the record holds
     with pytest.raises(ValueError, match=r"declared.ckpt \(its storage '0' is declared 3,600 bytes where its record "):
-        check_tuples(path, "declared.ckpt")
+        check_pickle(path, "declared.ckpt")
 
 
 def test_a_legacy_storage_declared_larger_than_the_file_is_refused_before_torch_unpickles_it(tmp_path):
@@ -1574,7 +1574,7 @@ def test_a_legacy_storage_declared_larger_than_the_file_is_refused_before_torch_
     import io
     import pickletools
 
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     path = tmp_path / "legacy.pt"
     torch.save({"x": torch.zeros(4)}, path, _use_new_zipfile_serialization=False)
@@ -1587,17 +1587,17 @@ def test_a_legacy_storage_declared_larger_than_the_file_is_refused_before_torch_
     head, pickled = path.read_bytes()[:start], path.read_bytes()[start : stream.tell()]
     path.write_bytes(head + declaring(pickled, 1_000_000_000) + pickle.dumps([], protocol=2))
     with pytest.raises(ValueError, match=r"legacy.pt \(its storages are declared 4,000,000,000 bytes, more than"):
-        check_tuples(path, "legacy.pt")
+        check_pickle(path, "legacy.pt")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8, torch.float64, torch.bool])
 @pytest.mark.parametrize("legacy", [False, True])
 def test_storages_as_torch_save_writes_them_are_kept(tmp_path, dtype, legacy):
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     tensors = {"w": torch.ones(3, 5, dtype=dtype), "view": torch.ones(10, dtype=dtype)[2:], "empty": torch.ones(0)}
     torch.save(tensors, tmp_path / "kept.pt", _use_new_zipfile_serialization=not legacy)
-    check_tuples(tmp_path / "kept.pt", "kept.pt")
+    check_pickle(tmp_path / "kept.pt", "kept.pt")
 
 
 def test_a_set_used_over_and_over_costs_the_scan_little_each_time(tmp_path, monkeypatch):
@@ -1605,7 +1605,7 @@ def test_a_set_used_over_and_over_costs_the_scan_little_each_time(tmp_path, monk
     a set of more than two values is no pair, so the scan adds none of them as first items; adding
     its 128 at each use would make a 2 MB file cost the scan over a hundred million steps."""
     from cnnsuite.trust.picklescan import _Numbering
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     added = []
     add = _Numbering._add
@@ -1613,7 +1613,7 @@ def test_a_set_used_over_and_over_costs_the_scan_little_each_time(tmp_path, monk
     values = COLLIDING[:64] + [k + 1 for k in COLLIDING[:64]]
     made = b"c__builtin__\nset\n](" + b"".join(ops(v) for v in values) + b"e\x85Rq\x01"
     write_pickle(tmp_path / "sets.pt", b"\x80\x02](" + made + b"h\x01" * 20_000 + b"e.")
-    check_tuples(tmp_path / "sets.pt", "sets.pt")
+    check_pickle(tmp_path / "sets.pt", "sets.pt")
     assert len(added) < 200_000, len(added)
 
 
@@ -1643,6 +1643,16 @@ def view_of_one_value(size: tuple, stride: tuple) -> bytes:
             b"\x80\x02ccollections\nOrderedDict\n)R" + view_of_one_value((1_000_000, 2), (0, 0)) + b"b.",
             "it sets attributes of the result of collections.OrderedDict from a tensor",
             id="an OrderedDict's attributes from a view passing for millions",
+        ),
+        pytest.param(
+            b"\x80\x02X\x01\x00\x00\x00a)R.",
+            "it calls a str, where torch.save calls globals only",
+            id="a call of what is no global",
+        ),  # fmt: skip
+        pytest.param(  # OrderedDict(L) reads each item of L as a pair: a tensor's rows, every one it passes for
+            b"\x80\x02ccollections\nOrderedDict\n](" + view_of_one_value((1_000_000,), (0,)) + b"e\x85R.",
+            "it calls collections.OrderedDict on a list, which torch.save never hands it",
+            id="OrderedDict() of a list holding a view passing for millions",
         ),
         pytest.param(  # set() hashes every value a storage holds, whose values can be made to collide
             b"\x80\x02c__builtin__\nset\n" + STORAGE + b"\x85R.",
@@ -1708,11 +1718,11 @@ def test_a_call_or_storage_handed_what_torch_save_never_hands_it_is_refused_befo
     tmp_path, monkeypatch, pickled, said
 ):
     """The calls the scan allows are handed what torch.save hands them, nothing else: ``OrderedDict()``
-    nothing, ``set()`` a new list, ``complex()`` numbers, a rebuild a storage first and no tensor after it,
-    and ``BUILD`` sets an ``OrderedDict``'s attributes from a mapping. What they iterate otherwise is no
-    list the scan counts: a tensor viewing one stored value passes for as many as its shape declares, which
-    ``set()`` would make a tensor each of. A storage's persistent id is as torch.save writes it, or the
-    check of its size against its record is skipped."""
+    nothing or a list of pairs, ``set()`` a new list, ``complex()`` numbers, a rebuild a storage first
+    and no tensor after it, and ``BUILD`` sets an ``OrderedDict``'s attributes from a mapping. What
+    they iterate otherwise is no list the scan counts: a tensor viewing one stored value passes for as
+    many as its shape declares, which ``set()`` would make a tensor each of. A storage's persistent id
+    is as torch.save writes it, or the check of its size against its record is skipped."""
     from cnnsuite.trust.checkpoint import load_checkpoint
 
     def unreached(*args, **kwargs):
@@ -1723,6 +1733,26 @@ def test_a_call_or_storage_handed_what_torch_save_never_hands_it_is_refused_befo
     monkeypatch.setattr(torch, "load", unreached)
     with pytest.raises(ValueError, match=r"handed.ckpt: cannot load as a checkpoint \(" + said):
         load_checkpoint(path)
+
+
+def test_a_weights_file_of_older_torch_naming_its_pairs_loads(tmp_path):
+    """Weight files published with torch before 1.0 (in the legacy format, from Python 2) build their
+    state dict as ``OrderedDict([[key, tensor], ...])`` and pass ``None`` for the tensors' hooks."""
+    import zipfile
+
+    from cnnsuite.trust.untrusted import load_weights_only
+
+    path = tmp_path / "older.pth"
+    torch.save({"w": torch.tensor([2.5])}, path)  # a record data/0 holding one float
+    tensor = b"ctorch._utils\n_rebuild_tensor_v2\n(" + STORAGE + b"K\x00" + ops((1,)) + ops((1,)) + b"\x89NtR"
+    pickled = b"\x80\x02ccollections\nOrderedDict\n](](" + ops("w") + tensor + b"ee\x85R."
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, pickled if name.endswith("data.pkl") else content)
+    loaded = load_weights_only(path, "older.pth: cannot load")
+    assert type(loaded) is collections.OrderedDict and torch.equal(loaded["w"], torch.tensor([2.5]))
 
 
 def overlapping_records(path, count: int, size: int) -> None:
@@ -1774,14 +1804,14 @@ def test_a_checkpoint_of_overlapping_records_is_refused_before_torch_unpickles_i
     """A checkpoint is memory-mapped, each storage from where its record's local header says its bytes
     start: records whose headers sit inside the record before them share their bytes, each as large as
     declared, so a file of about one storage passed for a hundred (and for the square of its size, grown)."""
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     path = tmp_path / "overlapping.ckpt"
     overlapping_records(path, 100, 20_000)
     mapped = torch.load(path, weights_only=True, mmap=True)
     assert sum(t.untyped_storage().nbytes() for t in mapped.values()) == 100 * 20_000 > 2 * path.stat().st_size
     with pytest.raises(ValueError, match=r"overlapping.ckpt \(its storages '0' and '1' overlap in the file"):
-        check_tuples(path, "overlapping.ckpt")
+        check_pickle(path, "overlapping.ckpt")
 
 
 def test_a_zip_holding_one_record_twice_is_refused(tmp_path):
@@ -1789,7 +1819,7 @@ def test_a_zip_holding_one_record_twice_is_refused(tmp_path):
     of two records of one name: torch.save writes each once."""
     import zipfile
 
-    from cnnsuite.trust.untrusted import check_tuples
+    from cnnsuite.trust.untrusted import check_pickle
 
     path = tmp_path / "twice.ckpt"
     torch.save({"x": torch.zeros(4)}, path)
@@ -1797,7 +1827,7 @@ def test_a_zip_holding_one_record_twice_is_refused(tmp_path):
         warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
         archive.writestr(next(n for n in archive.namelist() if n.endswith("data/0")), bytes(1000))
     with pytest.raises(ValueError, match=r"twice.ckpt \(its record '.*data/0' is there twice"):
-        check_tuples(path, "twice.ckpt")
+        check_pickle(path, "twice.ckpt")
 
 
 @pytest.mark.parametrize("dtype, said", [(torch.float8_e4m3fn, None), (torch.float4_e2m1fn_x2, "which cannot be read")])

@@ -4,7 +4,7 @@ container, as CPython would hash them; and the globals it names, only those torc
 our files (:data:`_CALLED`, :data:`_NAMED`, :data:`_STORAGES`), and their calls, ``BUILD`` and persistent ids
 handed only what torch.save hands them: an allow-list, as each review of what ``weights_only`` allows found one
 more that costs what the file does not hold.
-:func:`~cnnsuite.trust.untrusted.check_tuples` runs it on a weight file before ``torch.load`` does;
+:func:`~cnnsuite.trust.untrusted.check_pickle` runs it on a weight file before ``torch.load`` does;
 see there why each measure is bounded."""
 
 from __future__ import annotations
@@ -97,15 +97,17 @@ class _Cell:
     or ``OrderedDict()`` was made from, whose values it iterates (one of them first);
     ``length``, a list's items, a mapping's keys or a string's characters, what a call given it
     reads (``set(s)``, ``_codecs.encode(s, "latin1")`` read and copy all of ``s``); ``made``, what made
-    it: the opcode of a new list, mapping, set or storage (``BINPERSID``), the global of a call's result."""
+    it: the opcode of a new list, mapping, set or storage (``BINPERSID``), the global of a call's result;
+    ``iterable``, a list given a tensor or a storage among its items, which ``OrderedDict(L)`` would iterate
+    as a pair."""
 
     __slots__ = ("size", "key", "hash", "scalar", "items", "name", "tally", "first", "parents", "source", "length",
-                 "made")  # fmt: skip
+                 "made", "iterable")  # fmt: skip
 
     def __init__(self, size: int = 0, key: int | None = _UNHASHABLE, hash_: int = 0):
         self.size, self.key, self.hash, self.length = size, key, hash_, 0
         self.scalar, self.items, self.name, self.tally, self.first, self.parents = _UNSET, None, None, None, None, None
-        self.source, self.made = None, None
+        self.source, self.made, self.iterable = None, None, False
 
 
 class _Numbering:
@@ -232,6 +234,8 @@ class _Numbering:
 def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
     """``func`` and ``args``, or :class:`Unread` for a call of a global not in :data:`_CALLED`, or one
     handed what torch.save never hands it (:func:`_handed_as_written`)."""
+    if func.name is None:
+        raise Unread(f"it calls {_what(func)}, where torch.save calls globals only")
     if func.name not in _CALLED:
         raise Unread(f"it calls {_dotted(func.name)}, which torch.save writes as a value, never calls")
     _handed_as_written(func.name, args)
@@ -240,12 +244,13 @@ def _called(func: _Cell, args: _Cell) -> tuple[_Cell, _Cell]:
 
 def _handed_as_written(name: str, args: _Cell) -> None:
     """:class:`Unread` unless call ``name`` is handed a tuple of what torch.save hands it:
-    ``OrderedDict()`` nothing (its items are set after), ``set()`` one new list, ``complex()`` numbers,
-    ``_codecs.encode()`` a string and ``"latin1"`` (another codec makes more than it is given: ``hex``
-    twice as much, and its result may be encoded again), a rebuild a storage (``_rebuild_parameter`` a
-    rebuilt tensor) and, after it, no storage or tensor. Each iterates or reads what it is handed:
-    ``set()`` or ``OrderedDict()`` of a tensor iterates every value it passes for, which a view of one
-    stored zero makes billions, and ``set()`` of a storage hashes every value it holds."""
+    ``OrderedDict()`` nothing (its items are set after; older torch wrote one new list of pairs),
+    ``set()`` one new list, ``complex()`` numbers, ``_codecs.encode()`` a string and ``"latin1"``
+    (another codec makes more than it is given: ``hex`` twice as much, and its result may be encoded
+    again), a rebuild a storage (``_rebuild_parameter`` a rebuilt tensor) and, after it, no storage or
+    tensor. Each iterates or reads what it is handed: ``set()`` or ``OrderedDict()`` of a tensor (or of
+    a list holding one, as a pair) iterates every value it passes for, which a view of one stored zero
+    makes billions, and ``set()`` of a storage hashes every value it holds."""
     items = args.items
     if items is None:
         raise Unread(f"it calls {_dotted(name)} on {_what(args)}, where torch.save writes a tuple of arguments")
@@ -253,8 +258,8 @@ def _handed_as_written(name: str, args: _Cell) -> None:
         if len(items) != 2 or not isinstance(items[0].scalar, str) or items[1].scalar != _LATIN_1:
             raise Unread("it calls _codecs.encode() other than on a string to latin1, as torch.save writes bytes")
         return
-    if name == "collections OrderedDict":
-        expected = not items
+    if name == "collections OrderedDict":  # pickles of older torch name the pairs: OrderedDict([[k, v], ...])
+        expected = not items or (len(items) == 1 and items[0].made == "EMPTY_LIST" and not items[0].iterable)
     elif name == "builtins set":
         expected = len(items) == 1 and items[0].made == "EMPTY_LIST"
     elif name in _COMPLEX:
@@ -365,7 +370,7 @@ def _scalar_bytes(value: object) -> bytes | None:
 def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
     """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on, as
     far as they read as opcodes; :class:`CalledTooMuch` once the lists and mappings handed to
-    calls (see :func:`~.untrusted.check_tuples`) come to more than ``bound`` items. Each object on the stack is a
+    calls (see :func:`~.untrusted.check_pickle`) come to more than ``bound`` items. Each object on the stack is a
     cell (:class:`_Cell`) shared with the memo: a list or a mapping filled with tuples (or an
     object built from them) handed on again, to ``set()`` say, which hashes them all, counts
     them again as a tuple does. Each list, mapping and tuple counts the different values of
@@ -434,6 +439,8 @@ def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
                             numbering.built(cell, popped[1])
                         else:
                             cell.length += len(popped) // 2 if name.startswith("SET") else len(popped) - 1
+                            if name.startswith("APPEND"):
+                                cell.iterable |= any(c.made in (*_REBUILDS, "BINPERSID") for c in popped[1:])
                             numbering.filled(cell, popped[1::2] if name.startswith("SET") else popped[1:])
                     elif name in ("REDUCE", "NEWOBJ"):  # what a call makes holds what it was given
                         cell = _Cell(sum(c.size for c in popped))

@@ -19,7 +19,7 @@ def load_weights_only(path: Path, failure: str, mmap: bool = False) -> object:
     is damaged or foreign, is a one-line ``ValueError``, ``failure`` followed by what torch met
     (``Unsupported global: GLOBAL print``), without its many-line advice to load it unsafely.
     With ``mmap`` (a checkpoint's tensors mapped, not read) the file must be a zip archive."""
-    zipped = check_tuples(path, failure)
+    zipped = check_pickle(path, failure)
     # torch maps its zip format alone; its error for another file advises an option of torch.save
     if mmap and zipped is False:
         raise BadFileError(f"{failure} (not a zip archive as torch.save writes it)")
@@ -36,9 +36,10 @@ MAX_TUPLE_EXPANSION, TUPLE_FLOOR = 16, 1 << 20
 LEGACY_PICKLES = 5
 
 
-def check_tuples(path: Path, failure: str) -> bool | None:
-    """Refuse, before it is unpickled, a file whose tuples come to far more values than it
-    holds, or whose keys are built to share one hash. A pickle stores a tuple once however
+def check_pickle(path: Path, failure: str) -> bool | None:
+    """Refuse, before it is unpickled, a file that names or calls what torch.save never writes for a
+    network's weights (:mod:`~.picklescan`'s allow-list), whose tuples come to far more values than
+    it holds, or whose keys are built to share one hash. A pickle stores a tuple once however
     often it is referenced, and ``weights_only`` allows a mapping keyed by a tuple, which the
     unpickler hashes, all of it, at every use: thirty tuples each holding the next twice are a
     few hundred bytes that ``torch.load`` would hash for hours, and a tuple of a million values
