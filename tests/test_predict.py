@@ -5,6 +5,7 @@ multispectral3d's own predictions are tested in their task files."""
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from test_biomedical3d import SMALL, make_volume_folder
 from test_checkpoints import tampered
 
 from cnnsuite.cli import main
+from cnnsuite.data.errors import BadFileError
+from cnnsuite.data.inputs import Input
 from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor, picture_names
@@ -429,3 +432,49 @@ def test_picture_names_fit_a_file_systems_limit_however_deep_the_input():
     assert all(len(name.encode()) <= 255 for name in names.values()), names
     assert names[long_file].endswith("é" * 20 + ".png") and names[deep].endswith("a__a__x.png")
     assert len(set(names.values())) == 4
+
+
+def test_lines_keep_the_inputs_order_around_a_file_that_cannot_be_read(tmp_path):
+    """``predictions.jsonl`` has one line per input, in the order of the inputs: a file that
+    cannot be read is said where it lies, after the lines of the readable inputs before it in
+    its batch, not ahead of them."""
+
+    def read_input(path):
+        if path.name.startswith("bad"):
+            raise BadFileError(f"{path}: cannot decode as an image")
+        return Input(path, torch.zeros(1))
+
+    predictor = Predictor.__new__(Predictor)
+    predictor.datamodule = SimpleNamespace(read_input=read_input)
+    predictor.model = SimpleNamespace(
+        check_input=lambda item: None,
+        predict_inputs=lambda inputs, network=None: [{"class": item.path.stem} for item in inputs],
+    )
+    paths = [tmp_path / name for name in ("a.png", "b.png", "bad.png", "c.png", "d.png", "e.png", "f.png")]
+    for path in paths:
+        path.touch()
+    records = [record for _, record in predictor.run(paths, batch_size=3)]
+    assert [record["path"] for record in records] == [str(path) for path in paths]
+    assert [record.get("class") for record in records] == ["a", "b", None, "c", "d", "e", "f"]
+
+
+def test_hidden_files_are_not_counted_as_ignored_inputs(tmp_path):
+    predictor = Predictor.__new__(Predictor)
+    predictor.datamodule = SimpleNamespace(is_input=lambda p: p.suffix == ".png")
+    (tmp_path / "a.png").touch()
+    (tmp_path / "notes.txt").touch()
+    (tmp_path / ".DS_Store").touch()
+    inputs, ignored = predictor.find_inputs(tmp_path)
+    assert inputs == [tmp_path / "a.png"] and ignored == [tmp_path / "notes.txt"]
+
+
+def test_a_series_folder_given_as_the_input_is_one_input(tmp_path):
+    """``--input`` naming a DICOM series folder itself predicts the series, not its slices."""
+    predictor = Predictor.__new__(Predictor)
+    predictor.datamodule = SimpleNamespace(is_input=lambda p: p.is_dir() and p.name.startswith("series"))
+    series = tmp_path / "series1"
+    series.mkdir()
+    for i in range(3):
+        (series / f"{i}.dcm").touch()
+    assert predictor.find_inputs(series) == ([series], [])
+    assert predictor.find_inputs(tmp_path) == ([series], [])  # found in a folder, taken whole too
