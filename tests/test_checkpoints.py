@@ -561,6 +561,9 @@ def test_a_damaged_training_log_leaves_the_curves_out_not_the_evaluation(trained
     with pytest.warns(UserWarning, match=r"metrics.csv: \d+ cells are not numbers"):
         metrics = evaluate(copy / "checkpoints" / "best.ckpt", tmp_path / "out", data={"data_dir": folder})
     assert "test/acc" in metrics and (tmp_path / "out" / "report.md").is_file()
+    # the rows that are numbers still draw the curves, and the report shows them
+    assert "![training_curves](training_curves.png)" in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "training_curves.png").stat().st_size > 0
     # NaN is no damage: a value undefined on an epoch's data (a class its validation split lacks)
     undefined = shutil.copytree(run, tmp_path / "undefined")
     columns = header.split(",")

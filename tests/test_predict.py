@@ -478,3 +478,31 @@ def test_a_series_folder_given_as_the_input_is_one_input(tmp_path):
         (series / f"{i}.dcm").touch()
     assert predictor.find_inputs(series) == ([series], [])
     assert predictor.find_inputs(tmp_path) == ([series], [])  # found in a folder, taken whole too
+
+
+def test_checkpoints_of_runs_named_alike_are_compared_in_their_own_folders(tmp_path, monkeypatch):
+    """Two runs' ``version_0/checkpoints/best.ckpt`` (two tasks, two machines) share their run
+    folder's and their file's names: each is evaluated into its own folder, and a table of
+    checkpoints tested on different data says that its figures are not comparable."""
+    from cnnsuite.use import evaluate as evaluation
+
+    tested = iter([("digits", 6, 0.5), ("photos", 9, 0.75)])
+
+    def evaluate(ckpt, out_dir, accelerator, data):
+        data_dir, samples, acc = next(tested)
+        out_dir.mkdir(parents=True, exist_ok=True)  # evaluate writes into its own earlier folder
+        (out_dir / "evaluation.json").write_text(json.dumps({"data": data_dir, "test_samples": samples}))
+        (out_dir / "metrics.json").write_text(json.dumps({"test/acc": acc}))
+        return {"test/acc": acc}
+
+    monkeypatch.setattr(evaluation, "load_checkpoint", lambda ckpt: None)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    ckpts = [tmp_path / run / "version_0" / "checkpoints" / "best.ckpt" for run in ("digits", "photos")]
+    rows = evaluation.compare(ckpts, tmp_path / "comparison")
+    assert len({row["folder"] for row in rows}) == 2
+    for row in rows:
+        folder = tmp_path / "comparison" / row["folder"]
+        assert json.loads((folder / "metrics.json").read_text()) == row["metrics"]
+    assert [(row["data"], row["test_samples"]) for row in rows] == [("digits", 6), ("photos", 9)]
+    table = (tmp_path / "comparison" / "comparison.md").read_text()
+    assert "not comparable" in table and "0.5000" in table and "0.7500" in table
