@@ -2,6 +2,7 @@
 (recognition2d with LeNet-5) and a 3D task (biomedical3d)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from cnnsuite.backbone import build_backbone
 from cnnsuite.cli import main
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.inspection import (
+    TOP_CHANNELS,
+    TOP_PER_CHANNEL,
     cam_stage,
     first_conv,
     grad_cam,
@@ -20,6 +23,7 @@ from cnnsuite.use.inspection import (
     model_batch,
     network_of,
     stage_rows,
+    top_samples,
 )
 
 PICTURES = ("filters.png", "top_samples.png", "gradcam.png")
@@ -145,3 +149,21 @@ def test_inspect_a_3d_checkpoint(tmp_path):
     network = network_of(model, sample.dim())
     cam, _, _ = grad_cam(network, sample, network.cam_stage)
     assert cam.shape == (1, 1, 16, 16, 16)
+
+
+def test_top_samples_are_the_most_active_channels_and_the_samples_exciting_each_most():
+    """``top_samples.png`` shows the deepest stage's channels of highest mean activation, most
+    active first, and for each the samples whose map peaks highest, highest first."""
+    generator = torch.Generator().manual_seed(0)
+    samples, channels = 9, 6
+    # channel c's maps lie near 10 c: its mean orders the channels; the peak at (0, 0) orders the samples
+    maps = (10.0 * torch.arange(channels)).view(1, channels, 1, 1).repeat(samples, 1, 3, 3)
+    peaks = torch.rand(samples, channels, generator=generator)
+    maps[:, :, 0, 0] += peaks
+    network = SimpleNamespace(to_backbone=lambda x: x, backbone=lambda x: [x])
+    top = top_samples(None, network, iter([maps[:4], maps[4:]]), "cpu")
+    assert top["channels"] == list(range(channels - 1, channels - 1 - TOP_CHANNELS, -1))
+    assert top["mean_activation"] == sorted(top["mean_activation"], reverse=True)
+    for channel, picked in zip(top["channels"], top["samples"], strict=True):
+        assert picked == peaks[:, channel].argsort(descending=True)[:TOP_PER_CHANNEL].tolist()
+    assert top["count"] == samples
