@@ -341,3 +341,24 @@ def test_a_program_reading_only_the_json_decodes_an_exported_detector_as_predict
             assert mine["box"] == pytest.approx(theirs["box"], abs=1e-2)
         compared += len(found)
     assert compared > 0
+
+
+def test_the_onnx_file_names_its_outputs_and_their_batch_axis_as_its_json_says(recognition_onnx):
+    """A program reading the file alone finds the outputs by the JSON's names, with ``batch``
+    for their first axis, not the exporter's own names and symbols."""
+    path, _ = recognition_onnx
+    info = json.loads((path.parent / "model.onnx.json").read_text())
+    outputs = OnnxNetwork(path).session.get_outputs()
+    assert [o.name for o in outputs] == [o["name"] for o in info["outputs"]]
+    assert [o.shape for o in outputs] == [o["shape"] for o in info["outputs"]]
+
+
+def test_force_replaces_an_earlier_export_of_the_name_given(recognition, tmp_path):
+    """``--force`` overwrites the file ``--out`` names and its JSON."""
+    _, ckpt = recognition
+    out = tmp_path / "mine.onnx"
+    out.write_text("an earlier file")
+    (tmp_path / "mine.onnx.json").write_text("its notes")
+    path, info = export(ckpt, "onnx", out, force=True)
+    assert path == out and OnnxNetwork(out).output_names == ["logits"]
+    assert json.loads((tmp_path / "mine.onnx.json").read_text()) == info
