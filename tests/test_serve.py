@@ -461,3 +461,44 @@ def test_a_readers_message_names_the_upload_by_its_clients_name_not_the_stored_o
         upload = SimpleNamespace(filename=name, file=io.BytesIO(b"data"))
         reply = api.decode_request(SimpleNamespace(getlist=lambda field, upload=upload: [upload]))
         assert reply.record["error"] == f"{name}: cannot read ({name}, band 1: failed. Failed to open {name}. x)"
+
+
+def api_with(predictions):
+    """A PredictorAPI whose predictor answers ``predictions``."""
+    from cnnsuite.use.serve import PredictorAPI
+
+    api = PredictorAPI("unused.ckpt")
+    api.predictor = SimpleNamespace(predict=lambda inputs: predictions[: len(inputs)])
+    return api
+
+
+def test_a_non_finite_prediction_is_answered_422_and_the_others_of_its_batch_200():
+    """As ``predict`` makes a NaN prediction that file's error, ``serve`` answers it with 422
+    and the error line, never 200 (and never a JSON body with NaN in it)."""
+    from cnnsuite.data import Input
+
+    api = api_with([{"class": "cat", "score": 0.9}, {"class": "cat", "score": float("nan")}])
+    items = [Input(Path("good.png"), None), Input(Path("bad.png"), None)]
+    good, bad = api.predict(items)
+    assert (good.status, bad.status) == (200, 422) and good.batch_size == bad.batch_size == 2
+    assert good.record == {"path": "good.png", "class": "cat", "score": 0.9}
+    assert bad.record == {"path": "bad.png", "error": "bad.png: the model's output is not finite (score)"}
+    assert json.loads(api.encode_response(bad).body) == bad.record
+
+
+def test_an_upload_named_with_the_clients_folders_is_answered_by_its_name_alone():
+    """A client may send its own path as the filename (``photos/2024/cat.png``): the reply
+    names the file, never the folders of the client's machine."""
+    import io
+
+    from cnnsuite.data import Input
+    from cnnsuite.use.serve import PredictorAPI
+
+    api = PredictorAPI("unused.ckpt")
+    api.predictor = SimpleNamespace(
+        datamodule=SimpleNamespace(input_extensions=(".png",)), read=lambda path: Input(path, None)
+    )
+    for name in ("photos/2024/cat.png", "../../cat.png", "/home/me/cat.png"):
+        upload = SimpleNamespace(filename=name, file=io.BytesIO(b"data"))
+        item = api.decode_request(SimpleNamespace(getlist=lambda field, upload=upload: [upload]))
+        assert item.path == Path("cat.png"), item
