@@ -472,3 +472,47 @@ def test_a_metric_the_test_split_leaves_undefined_is_shown_as_not_available(tmp_
 
     line = result_line(tmp_path / "best.ckpt", "val/auroc", 0.75, {"test/auroc": float("nan")}, tmp_path)
     assert "(val/auroc 0.7500); test/auroc n/a;" in line
+
+
+def test_cnnsuite_debug_in_the_environment_shows_the_traceback(capsys, monkeypatch):
+    """``CNNSUITE_DEBUG=1`` is ``--debug`` (Lightning's DDP ranks learn of it that way): a mistake
+    raises its own error, with its traceback, instead of one line; ``0`` is no debug."""
+    from cnnsuite.errors import ConfigError
+
+    monkeypatch.setenv("CNNSUITE_DEBUG", "1")
+    with pytest.raises(ConfigError, match="unknown command 'evalute'"):
+        main(["evalute"])
+    monkeypatch.setenv("CNNSUITE_DEBUG", "0")
+    assert one_line_error(capsys, "evalute").startswith("cnnsuite: error: unknown command 'evalute'")
+
+
+def test_options_after_task_win_over_its_config_and_configs_after_it_merge_over_it(capsys, tmp_path):
+    """``--task NAME`` stands where it is given, as ``--config`` would: the options and config files
+    after it override its packaged config (batch size 64, 10 epochs), not the other way round."""
+    import yaml
+
+    (tmp_path / "mine.yaml").write_text("trainer:\n  max_epochs: 7\n")
+    code, out, _ = run(capsys, "fit", "--task", "recognition2d", "--data.batch_size", "3",
+                       "--config", str(tmp_path / "mine.yaml"), "--print_config")  # fmt: skip
+    printed = yaml.safe_load(out)
+    assert code == 0 and printed["data"]["init_args"]["batch_size"] == 3 and printed["trainer"]["max_epochs"] == 7
+    assert printed["model"]["class_path"] == "cnnsuite.tasks.recognition2d.module.RecognitionModule"
+
+
+def test_h_is_help_and_cnnsuite_alone_is_the_table_as_a_mistake(capsys):
+    """``cnnsuite -h`` is ``--help`` (the table on stdout, exit 0); ``cnnsuite`` alone, or with only
+    ``--debug``, prints it on stderr and exits 2: a script that left out its command stops there."""
+    code, out, err = run(capsys, "-h")
+    assert code == 0 and all(name in out for name in COMMANDS) and not err
+    for argv in ([], ["--debug"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and not out and all(name in err for name in COMMANDS)
+
+
+def test_a_mistakes_control_characters_are_shown_escaped_not_obeyed():
+    """A message may quote what a file holds (a checkpoint's recorded folder, a file's name): its
+    terminal codes and carriage returns are shown escaped on the one line, not obeyed."""
+    from cnnsuite.cli import user_message
+    from cnnsuite.errors import BadFileError
+
+    assert user_message(BadFileError("x.ckpt: reads \x1b[2J\rdata")) == "x.ckpt: reads \\x1b[2J\\rdata"
