@@ -1849,3 +1849,33 @@ def test_a_backbone_weights_file_of_a_dtype_without_isfinite_is_checked_or_refus
             BadFileError, match=r"odd.pt: stages.0.0.0.weight holds weights of torch.float4_e2m1fn_x2, "
         ):
             backbone_state(path)
+
+
+def test_a_setting_that_defines_the_run_is_refused_where_a_checkpoint_is_rebuilt():
+    """``cnnsuite evaluate --data.image_size 64`` would score the network on inputs of another size
+    than it trained on: only where the data is and how it loads are the user's, and a mistyped
+    key is named with the closest of those."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    from cnnsuite.trust.checkpoint import data_arguments
+
+    checkpoint = {"datamodule_hyper_parameters": {"image_size": 32}}
+    with pytest.raises(ConfigError, match=r"^--data\.image_size: comes from the checkpoint, which defines the run"):
+        data_arguments(checkpoint, RecognitionDataModule, {"image_size": 64}, "x.ckpt")
+    with pytest.raises(ConfigError, match=r"^unknown key data\.data_dri: did you mean data\.data_dir"):
+        data_arguments(checkpoint, RecognitionDataModule, {"data_dri": "photos"}, "x.ckpt")
+    assert data_arguments(checkpoint, RecognitionDataModule, {"num_workers": 0}, "x.ckpt")["image_size"] == 32
+
+
+@pytest.mark.parametrize("value", ["weights", 3, [torch.zeros(2)]])
+def test_a_state_dict_holding_something_other_than_tensors_is_refused_by_its_outline(value):
+    """``state_dict`` entries that are no tensors (a string, a number, a list) would meet the
+    checks of stored values and the weight loading as a traceback; they are named in one line."""
+    from cnnsuite.errors import CheckpointError
+    from cnnsuite.trust.checkpoint import CLASSES_KEY, check_outline
+
+    classes = {"model": "cnnsuite.tasks.recognition2d.module.RecognitionModule",
+               "datamodule": "cnnsuite.tasks.recognition2d.datamodule.RecognitionDataModule"}  # fmt: skip
+    checkpoint = {CLASSES_KEY: classes, "state_dict": {"backbone.weight": torch.zeros(2), "head.weight": value}}
+    with pytest.raises(CheckpointError, match=r"^x\.ckpt: its 'state_dict' holds a \w+ at 'head\.weight', not a"):
+        check_outline(checkpoint, "x.ckpt")
