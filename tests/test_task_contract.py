@@ -280,3 +280,23 @@ def test_a_task_config_may_name_its_classes_where_its_package_exports_them(site,
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "class_path: exported.RecognitionModule" in printed and "exported.RecognitionDataModule" in printed
+
+
+def test_a_registration_of_another_name_or_of_classes_outside_the_suite_is_named_when_the_task_loads():
+    """An entry point whose Task declares another name (``--task`` and ``runs/<name>`` would
+    disagree), that loads something else, or whose classes are no TaskModule and TaskDataModule
+    (which the commands and the checkpoint rebuild drive), is refused naming it."""
+    from types import SimpleNamespace
+
+    from cnnsuite.contract import load_task
+
+    task = registered_tasks()["recognition2d"]
+    for loaded in (task, "recognition2d"):
+        point = SimpleNamespace(name="digits", value="mine:TASK", load=lambda loaded=loaded: loaded)
+        with pytest.raises(ConfigError, match=r"^task 'digits' \(mine:TASK\): expected a cnnsuite.contract.Task of"):
+            load_task(point)
+    for kind in ("module", "datamodule"):
+        foreign = replace(task, **{kind: torch.nn.Module})
+        point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda foreign=foreign: foreign)
+        with pytest.raises(ConfigError, match="its module must be a TaskModule, its datamodule a TaskDataModule"):
+            load_task(point)
