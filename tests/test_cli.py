@@ -516,3 +516,13 @@ def test_a_mistakes_control_characters_are_shown_escaped_not_obeyed():
     from cnnsuite.errors import BadFileError
 
     assert user_message(BadFileError("x.ckpt: reads \x1b[2J\rdata")) == "x.ckpt: reads \\x1b[2J\\rdata"
+
+
+def test_an_error_without_a_message_from_a_loader_worker_is_still_one_line():
+    """torch re-raises a worker's error as "Caught X in DataLoader worker process N. Original
+    Traceback ..."; one raised without a message ends the traceback with its bare type name."""
+    from cnnsuite.cli import user_message
+
+    caught = ("Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+              '  File "reader.py", line 3, in read\n    raise OSError\nOSError\n')  # fmt: skip
+    assert user_message(OSError(caught)) == "OSError"

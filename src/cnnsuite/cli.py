@@ -763,8 +763,11 @@ def user_message(err: BaseException) -> str:
     caught = re.match(r"Caught (\w+) in DataLoader worker process \d+\.", message)
     if caught and "Original Traceback" in message:
         lines = message.splitlines()
-        start = max(i for i, line in enumerate(lines) if re.match(rf"([\w.]+\.)?{caught[1]}: ", line))
-        message = "\n".join([lines[start].split(": ", 1)[1], *lines[start + 1 :]])
+        # the original's last line: "X: its message", or the bare "X" of an error raised without one
+        starts = [i for i, line in enumerate(lines) if re.match(rf"([\w.]+\.)?{caught[1]}(: |$)", line)]
+        if starts:
+            first = lines[starts[-1]].partition(": ")[2] or caught[1]
+            message = "\n".join([first, *lines[starts[-1] + 1 :]])
     # what a message quotes may come from a file (a checkpoint's recorded folder): its control
     # characters, a terminal's colour and cursor codes among them, are shown escaped, not obeyed
     return "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in message)
