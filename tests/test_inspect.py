@@ -23,6 +23,7 @@ from cnnsuite.use.inspection import (
     model_batch,
     network_of,
     stage_rows,
+    stages_markdown,
     top_samples,
 )
 
@@ -167,3 +168,21 @@ def test_top_samples_are_the_most_active_channels_and_the_samples_exciting_each_
     for channel, picked in zip(top["channels"], top["samples"], strict=True):
         assert picked == peaks[:, channel].argsort(descending=True)[:TOP_PER_CHANNEL].tolist()
     assert top["count"] == samples
+
+
+def test_the_stages_table_puts_each_value_under_its_heading():
+    """``stages.md`` is read by its headings: each stage's shape, stride, receptive field and
+    parameters in their own columns, and the last row the parameters' total."""
+    rows = [
+        {"index": 0, "out_shape": (6, 14, 14), "stride": (2, 2), "receptive_field": (6, 6), "parameters": 156,
+         "flops": 10},
+        {"index": 1, "out_shape": (16, 5, 5), "stride": (4, 4), "receptive_field": (14, 14), "parameters": 2416,
+         "flops": 20},
+    ]  # fmt: skip
+    lines = stages_markdown(rows, (1, 32, 32)).splitlines()
+    heading = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    table = [dict(zip(heading, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[4:]]
+    assert [row["stride"] for row in table[:2]] == ["2×2", "4×4"]
+    assert [row["receptive field"] for row in table[:2]] == ["6×6", "14×14"]
+    assert [row["output shape"] for row in table[:2]] == ["6×14×14", "16×5×5"]
+    assert [row["parameters"] for row in table] == ["156", "2,416", "2,572"]
