@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
-from .splits import STAGES, TooFewToSplit, split_off
+from .splits import STAGES, TooFewToSplit, n_samples, split_off
 
 #: the folder names each split goes by, in the order they are looked for (any letter case)
 FOLDER_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -61,7 +61,7 @@ def splits_from_folders(
             train, val, _ = split_off(ids, labels, val_fraction, seed, names)
         except TooFewToSplit:
             raise ConfigError(
-                f"{Path(root, folders['train'])}: {len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to draw "
+                f"{Path(root, folders['train'])}: {n_samples(len(ids))}: too few to draw "
                 f"validation from (data.val_fraction {val_fraction}); give a val folder too"
             ) from None
         by_stage["train"], by_stage["val"] = [(i, 0) for i in train], [(i, 0) for i in val]

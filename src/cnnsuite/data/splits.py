@@ -52,7 +52,7 @@ def stratified_split(
         raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction}: expected < 1")
     where = "" if source is None else f"{source}: "
     too_few = ConfigError(
-        f"{where}{len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to split into train, val and test "
+        f"{where}{n_samples(len(ids))}: too few to split into train, val and test "
         f"(data.val_fraction {val_fraction}, data.test_fraction {test_fraction}); expected at least 3, and "
         "enough that the fractions leave one to train on"
     )
@@ -84,6 +84,11 @@ def check_fraction(key: str, value: float) -> None:
         raise ConfigError(f"data.{key}={value}: expected a fraction between 0 and 1")
 
 
+def n_samples(count: int) -> str:
+    """``count`` samples in words: ``1 sample``, ``5 samples``."""
+    return f"{count} sample{'' if count == 1 else 's'}"
+
+
 class TooFewToSplit(ConfigError):
     """Raised by :func:`split_off` where splitting off its fraction would keep no sample."""
 
@@ -97,9 +102,7 @@ def split_off(
     a single sample is kept for training, said where ``say_lone``. Where the fraction, rounded
     up as scikit-learn does, takes every sample, :class:`TooFewToSplit`."""
     if len(ids) - math.ceil(fraction * len(ids)) < 1:  # scikit-learn's "the resulting train set will be empty"
-        raise TooFewToSplit(
-            f"{len(ids)} sample{'' if len(ids) == 1 else 's'}: too few to split off {fraction:g} and keep one"
-        )
+        raise TooFewToSplit(f"{n_samples(len(ids))}: too few to split off {fraction:g} and keep one")
     if is_multi_hot(labels):
         targets = np.stack(labels)
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
