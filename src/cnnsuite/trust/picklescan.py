@@ -286,7 +286,7 @@ def _what(cell: _Cell) -> str:
         return kinds[cell.made]
     if cell.items is not None:
         return "a tuple"
-    return f"the result of {_dotted(cell.made)}" if cell.made else f"{_dotted(cell.name)}"
+    return f"the result of {_dotted(cell.made)}" if cell.made else _dotted(cell.name)
 
 
 def _torch_refuses(arg: str) -> bool:
@@ -304,7 +304,7 @@ def _dotted(name: str | None) -> str:
     return name.replace(" ", ".") if name else "an object that is no global"
 
 
-def _named_storage(pid: _Cell, storages: dict | None) -> None:
+def _named_storage(pid: _Cell, storages: dict[str, tuple[str, int]]) -> None:
     """Add to ``storages`` the storage persistent id ``pid`` names: ``("storage", type, key,
     location, values)`` as torch.save writes it (the legacy format adds a view after them, ``None``
     or ``(key, offset, values)``); :class:`Unread` for any other, or a key declared twice otherwise:
@@ -326,7 +326,7 @@ def _named_storage(pid: _Cell, storages: dict | None) -> None:
         raise Unread(f"it names a storage by {_what(pid)} other than as torch.save does (\"storage\", its type, key, "
                      "location and size)")  # fmt: skip
     declared = (items[1].name.split()[-1], items[4].scalar)
-    if storages is not None and storages.setdefault(items[2].scalar, declared) != declared:
+    if storages.setdefault(items[2].scalar, declared) != declared:
         raise Unread(f"it declares storage {items[2].scalar!r} twice, as {storages[items[2].scalar]} and {declared}")
 
 
@@ -367,7 +367,7 @@ def _scalar_bytes(value: object) -> bytes | None:
     return b"n"  # None
 
 
-def scan(stream, count: int, bound: int, storages: dict | None = None) -> int:
+def scan(stream, count: int, bound: int, storages: dict[str, tuple[str, int]]) -> int:
     """The values the tuples of the first ``count`` pickles of the binary ``stream`` hand on, as
     far as they read as opcodes; :class:`CalledTooMuch` once the lists and mappings handed to
     calls (see :func:`~.untrusted.check_pickle`) come to more than ``bound`` items. Each object on the stack is a

@@ -59,7 +59,7 @@ def check_pickle(path: Path, failure: str) -> bool | None:
     all hash to 0: a file of a few megabytes of them would hold ``torch.load`` for hours. What does
     not read so is left to ``torch.load``. Returns whether the file is a zip archive (None when it
     does not open)."""
-    storages: dict[str | int, tuple[str, int]] = {}
+    storages: dict[str, tuple[str, int]] = {}
     zipped = None
     try:
         with open(path, "rb") as file:
@@ -101,8 +101,8 @@ def check_pickle(path: Path, failure: str) -> bool | None:
     return zipped
 
 
-def check_declared(storages: dict[str | int, tuple[str, int]], records: dict[str, int] | None, size: int,
-                   failure: str, starts: dict[str, int] | None = None) -> None:  # fmt: skip
+def check_declared(storages: dict[str, tuple[str, int]], records: dict[str, int] | None, size: int,
+                   failure: str, starts: dict[str, int] | None) -> None:  # fmt: skip
     """Each storage a file's persistent ids name (``storages``, key → (type, values)) must be as
     large as the bytes that fill it. A memory-mapped zip record declared larger than it is reads
     on into the records after it, so a thousand one-byte records each declared as the whole file
