@@ -44,6 +44,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -470,12 +471,16 @@ def stop_on_sigterm() -> None:
     """SIGTERM (``kill``, ``docker stop``) shuts the server down as Ctrl+C does: LitServe
     stops its worker processes on KeyboardInterrupt only, and would otherwise leave them
     running without their parent. The API server processes it forks inherit the handler and
-    re-raise the signal once uvicorn has stopped them: they just exit."""
+    re-raise the signal once uvicorn has stopped them: they just exit, at once. Unwound by
+    ``SystemExit``, their event loop would cancel Starlette's lifespan task, which logs the
+    cancellation with a traceback whenever it has not finished yet."""
     main_pid = os.getpid()
 
     def stop(signum, frame) -> None:
         if os.getpid() == main_pid:
             raise KeyboardInterrupt
-        raise SystemExit(0)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
