@@ -45,7 +45,8 @@ def settings() -> dict[str, set[str]]:
 def commands() -> list[tuple[str, str]]:
     """``(document, command line)`` for every line of the docs' code (fenced blocks, with their
     continued lines joined, and inline spans) that runs ``make`` or ``cnnsuite``; a launcher's
-    own options (``torchrun ... -m cnnsuite``) are left out."""
+    own options (``torchrun ... -m cnnsuite``) and the environment it is given
+    (``OMP_NUM_THREADS=1 cnnsuite ...``) are left out."""
     found = []
     for doc in DOCS:
         text = doc.read_text()
@@ -54,6 +55,7 @@ def commands() -> list[tuple[str, str]]:
         lines += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
         for line in lines:
             line = line.split("-m cnnsuite", 1)[-1] if "-m cnnsuite" in line else line.strip()
+            line = re.sub(r"^(?:[A-Z_]+=\S*\s+)+", "", line)  # an environment set for the command
             if re.match(r"(make|cnnsuite) ", line) or line.startswith(("fit ", "--")):
                 found.append((doc.relative_to(ROOT).as_posix(), line))
     return found
@@ -68,6 +70,14 @@ def test_every_make_target_named_exists():
     targets = make_targets()
     missing = [(doc, t) for doc, t in mentions(r"^make ([a-z][\w-]*)") if t not in targets]
     assert not missing, missing
+
+
+def test_every_make_variable_named_exists():
+    """``make predict ... OUT=dir``: each ``NAME=`` a document gives ``make`` is a variable the
+    Makefile reads (a misspelt one is ignored by make without a word)."""
+    read = set(re.findall(r"\$[({]([A-Z_]+)[)}]", (ROOT / "Makefile").read_text()))
+    named = [(doc, name) for doc, line in mentions(r"^make .*") for name in re.findall(r"(?<![\w-])([A-Z_]+)=", line)]
+    assert not [(doc, name) for doc, name in named if name not in read]
 
 
 def test_every_cnnsuite_command_named_exists():
@@ -178,3 +188,60 @@ def test_a_measured_figure_outside_the_rendered_tables_is_one_figures_json_holds
     for number, line in enumerate(prose(doc.read_text()).splitlines(), 1):
         stale += [(number, quoted) for quoted in MEASURED.findall(line) if quoted not in held]
     assert not stale, f"{doc.relative_to(ROOT)}: put these in figures.json, or link to its table: {stale}"
+
+
+def options_rows(readme) -> list[tuple[list[str], str]]:
+    """``(config paths, default cell)`` of each row of a task README's "## Options" table. A
+    bare key (``detector``, or ``roi_size`` after ``--model.init_args.roi_stage``) is a key of
+    the section the row's first option names, ``model.init_args`` where none is named."""
+    section = re.search(r"^## Options\n(.*?)(?=^## )", readme.read_text(), re.S | re.M).group(1)
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        names, default = [cell.strip() for cell in line.split("|")[1:3]]
+        paths, parent = [], ["model", "init_args"]
+        for name in re.findall(r"`([^`]+)`", names):
+            *section_keys, key = name.removeprefix("--").split(".")
+            if section_keys:
+                parent = section_keys + ["init_args"] * (section_keys[-1] != "init_args")
+            paths.append(".".join([*parent, key]))
+        rows.append((paths, default))
+    return rows
+
+
+#: how a default cell writes a literal value: none, true/false, a number, `word` or `[list]`
+LITERAL = re.compile(r"none|true|false|-?\d+(?:\.\d+)?|`[\w./-]+`|`\[[^`]*\]`")
+
+
+@pytest.mark.parametrize("readme", sorted(ROOT.glob("tasks/*/README.md")), ids=lambda p: p.parent.name)
+def test_each_option_a_task_readme_tabulates_is_in_print_config_with_its_default(readme, capsys):
+    """Every option of a task README's Options table is a key ``--print_config`` shows for the
+    task, and where the default cell writes one literal value an option (``64, `auto```), it is
+    the value ``--print_config`` shows; a described default (``16·32·64·128 channels``) is not
+    compared."""
+    import yaml
+
+    from cnnsuite.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--task", readme.parent.name, "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    wrong = []
+    for paths, default in options_rows(readme):
+        values = []
+        for path in paths:
+            node = config
+            for key in path.split("."):
+                if not isinstance(node, dict) or key not in node:
+                    wrong.append((path, "not in --print_config"))
+                    break
+                node = node[key]
+            values.append(node)
+        quoted = default.split(", ")
+        if len(quoted) != len(paths) or not all(LITERAL.fullmatch(q) for q in quoted):
+            continue
+        for path, value, written in zip(paths, values, quoted, strict=True):
+            if (None if written == "none" else yaml.safe_load(written.strip("`"))) != value:
+                wrong.append((path, f"README {written}, --print_config {value!r}"))
+    assert not wrong, wrong
