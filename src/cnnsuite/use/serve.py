@@ -359,18 +359,29 @@ def serve_main(argv: list[str]) -> None:
         description="Serve a checkpoint over HTTP (LitServe): POST /predict with a file as the multipart form field "
         f"'{FIELD}' answers with its line of predictions.jsonl; GET /health.",
     )
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
-    parser.add_argument("--max_batch_size", type=int, default=8, help="most requests predicted together")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on, 1024-65535 (default: %(default)s)")
     parser.add_argument(
-        "--batch_timeout", type=float, default=0.05, help="seconds a batch waits to fill before it is predicted"
+        "--host",
+        default="127.0.0.1",
+        choices=["127.0.0.1", "0.0.0.0", "::"],
+        help="address to listen on: this machine only, or every IPv4 / IPv6 address (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max_batch_size", type=int, default=8, help="most requests predicted together (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch_timeout",
+        type=float,
+        default=0.05,
+        help="seconds a batch waits to fill before it is predicted (default: %(default)s)",
     )
     add_accelerator(parser)
     parser.add_argument(
         "--max_upload_mb",
         type=float,
         default=100,
-        help="largest request body taken, in MB (2^20 bytes); a larger one is answered 413 before it is read",
+        help="largest request body taken, in MB (2^20 bytes); a larger one is answered 413 before it is read "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max_pixels",
