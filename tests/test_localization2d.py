@@ -122,6 +122,30 @@ def test_cub_reader_keeps_its_split(tmp_path):
     assert not set(dm.splits["val"]) & set(dm.splits["train"])
 
 
+def test_cub_classes_are_ordered_by_their_ids_not_their_lines(tmp_path):
+    root = make_cub_folder(tmp_path / "CUB_200_2011")
+    (root / "classes.txt").write_text("2 002.Laysan_Albatross\n1 001.Black_footed_Albatross\n")
+    dm = LocalizationDataModule(data_dir=str(root))
+    assert dm.class_names == ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    assert dm._load()["images/002.Laysan_Albatross/bird_5.jpg"].label == 1
+
+
+def test_cub_bad_rows_are_named_not_read(tmp_path):
+    """A box without area, a class missing from classes.txt: bad rows named all at once; a line
+    of more fields than its file's is malformed, not read by its first ones."""
+    root = make_cub_folder(tmp_path / "CUB_200_2011")
+    boxes = (root / "bounding_boxes.txt").read_text().replace("2 1.0 2.0 20.5 15.0", "2 1.0 2.0 0.0 15.0")
+    (root / "bounding_boxes.txt").write_text(boxes)
+    (root / "image_class_labels.txt").write_text((root / "image_class_labels.txt").read_text().replace("3 1", "3 9"))
+    with pytest.raises(BadFileError) as err:
+        LocalizationDataModule(data_dir=str(root))
+    assert "line 2 (image id 2): box" in str(err.value) and "zero or negative area" in str(err.value)
+    assert "line 3 (image id 3): its class in image_class_labels.txt is missing or not in classes.txt" in str(err.value)
+    (root / "images.txt").write_text((root / "images.txt").read_text().replace("bird_0.jpg", "bird_0.jpg extra"))
+    with pytest.raises(ConfigError, match=r"images.txt line 1: expected 2 fields"):
+        LocalizationDataModule(data_dir=str(root))
+
+
 def test_a_cub_class_id_that_is_no_integer_is_named_in_one_line(tmp_path):
     root = make_cub_folder(tmp_path / "CUB_200_2011")
     (root / "classes.txt").write_text("1 001.Black_footed_Albatross\nx 002.Laysan_Albatross\n")
@@ -261,10 +285,11 @@ def test_coco_and_voc_folders_with_one_box_per_image(tmp_path):
     assert LocalizationDataModule(data_dir=str(tmp_path / "coco"), format="coco").class_names == ["cat", "owl"]
 
     with pytest.raises(BadFileError) as err:
-        LocalizationDataModule(data_dir=str(write_coco(tmp_path / "coco2", [1, 2, 1, 3])))
+        LocalizationDataModule(data_dir=str(write_coco(tmp_path / "coco2", [1, 2, 1, 3, 0])))
     message = str(err.value)
-    assert "2 of 4" in message and "images/1.png" in message and "images/3.png" in message
+    assert "3 of 5" in message and "images/1.png" in message and "images/3.png" in message
     assert "2 boxes (annotations [2, 3]) where one is expected" in message
+    assert "image images/4.png (id 5): 0 boxes where one is expected" in message  # none is no box either
     said = r"Annotations/2\.xml: image JPEGImages/2\.jpg: 2 boxes \(objects \[0, 1\]\)"
     with pytest.raises(BadFileError, match=said):
         LocalizationDataModule(data_dir=str(write_voc(tmp_path / "voc2", [1, 1, 2])))
@@ -292,6 +317,28 @@ def test_bad_rows_and_files_are_all_named(csv_folder):
         dm = LocalizationDataModule(data_dir=str(csv_folder), on_bad_file="skip")
     assert "line 3" in str(caught[0].message)
     assert len(dm.list_samples()) == 13
+
+
+def test_a_csv_image_outside_the_folder_is_refused_before_it_is_looked_at(csv_folder):
+    """``../secret.png`` in labels.csv is a bad row, as in CUB's images.txt, though the file exists."""
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(csv_folder.parent / "secret.png")
+    lines = (csv_folder / "labels.csv").read_text().splitlines()
+    lines[2] = "../secret.png,dog,1,1,5,5"
+    (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadFileError, match=r"line 3: image '\.\./secret\.png' lies outside the data folder"):
+        LocalizationDataModule(data_dir=str(csv_folder))
+
+
+def test_a_row_without_a_label_is_named_not_a_traceback(csv_folder):
+    """An empty label cell is a bad row like a bad box, not a ValueError from the class lookup."""
+    lines = (csv_folder / "labels.csv").read_text().splitlines()
+    lines[2] = "pics/1.png,,1,1,5,5"
+    (csv_folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadFileError, match=r"labels.csv line 3: empty label"):
+        LocalizationDataModule(data_dir=str(csv_folder))
+    (csv_folder / "labels.csv").write_text("image,label,x1,y1,x2,y2\n")
+    with pytest.raises(ConfigError, match=r"labels.csv: no rows"):
+        LocalizationDataModule(data_dir=str(csv_folder))
 
 
 def test_corrupt_image_and_box_outside_are_named_before_training(csv_folder):
