@@ -12,7 +12,7 @@ import torch
 from cnnsuite.tasks.multispectral3d import baselines
 from cnnsuite.tasks.multispectral3d.datamodule import MultispectralDataModule, model_input
 from cnnsuite.tasks.multispectral3d.default_data import BANDS, MOSAIC_CLASSES, mosaic
-from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader
+from cnnsuite.tasks.multispectral3d.readers import GeoTiffReader, geotiff_suffix
 from conftest import fit
 from rasterio.transform import Affine
 
@@ -81,11 +81,11 @@ def test_reader_names_bands_in_eurosat_order_and_reads_compressed_files(tmp_path
     # uint16 is read as stored, floats as float32.
     cube = band_cube(offset=1)
     cube[:, 0, 0] = 0
-    cube[:, 0, 1] = 102  # band B01's valid mean: (62 * 101 + 102) / 63 = 101.016
+    cube[:, 0, 1] = 145  # band B01's valid mean: (62 * 101 + 145) / 63 = 101.698, rounded (not cut) to 102
     holed = GeoTiffReader(["B01"])(write_tif(tmp_path / "holed.tif", cube, nodata=0))
-    assert holed[0, 0, 0] == 101 and holed.dtype == np.uint16
+    assert holed[0, 0, 0] == 102 and holed.dtype == np.uint16
     floats = GeoTiffReader(["B01"])(write_tif(tmp_path / "holed32.tif", cube, "float32", nodata=0))
-    assert floats[0, 0, 0] == pytest.approx(101.016, abs=1e-3) and floats.dtype == np.float32
+    assert floats[0, 0, 0] == pytest.approx(101.698, abs=1e-3) and floats.dtype == np.float32
 
 
 def test_a_file_naming_only_some_bands_is_read_by_them_or_refused(tmp_path):
@@ -561,6 +561,21 @@ def bigearthnet_patches(per_class=4, classes=("Coniferous forest", "Pastures")):
     return {f"S2A_MSIL1C_20170613T101031_{c}_{n}": [label] for c, label in enumerate(classes) for n in range(per_class)}
 
 
+def test_an_upload_without_its_ending_is_told_a_geotiff_by_its_first_bytes():
+    """Classic TIFF and BigTIFF (GDAL writes files past 4 GB so), either byte order."""
+    for magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        assert geotiff_suffix(magic + b"\x08\x00") == ".tif"
+    assert geotiff_suffix(b"\x89PNG\r\n") is None
+
+
+def test_a_band_file_of_two_bands_is_refused(tmp_path):
+    """A band folder's file holds its one band; a second one would be read past unseen."""
+    root = write_bigearthnet(tmp_path / "ben", {"S2A_patch_0_0": ["Pastures"]}, size=12)
+    write_tif(root / "S2A_patch_0_0" / "S2A_patch_0_0_B04.tif", np.full((2, 12, 12), 1000))
+    with pytest.raises(BadFileError, match=r"S2A_patch_0_0_B04.tif: has 2 bands, expected one \(B04\)"):
+        GeoTiffReader(None)(root / "S2A_patch_0_0")
+
+
 def test_bigearthnet_bands_are_read_together_on_the_10m_grid(tmp_path):
     root = write_bigearthnet(tmp_path / "ben", {"S2A_patch_0_0": ["Pastures"]}, size=12)
     dm = MultispectralDataModule(data_dir=str(root))
@@ -621,6 +636,19 @@ def test_bigearthnet_labels_come_from_labels_csv_or_one_label_metadata(tmp_path)
     # a patch's second row would silently replace the first's labels
     (root / "labels.csv").write_text("\n".join(",".join(row) for row in [*rows, (rows[1][0], "Pastures")]) + "\n")
     with pytest.raises(ConfigError, match=rf"labels.csv, line {len(rows) + 1}: '{rows[1][0]}' again \(line 2 has it\)"):
+        MultispectralDataModule(data_dir=str(root))
+    # a header alone, and a row without its patch, are named as such
+    (root / "labels.csv").write_text("patch,label\n")
+    with pytest.raises(ConfigError, match=r"labels.csv: no rows"):
+        MultispectralDataModule(data_dir=str(root))
+    (root / "labels.csv").write_text("\n".join(",".join(row) for row in [*rows, ("", "Pastures")]) + "\n")
+    with pytest.raises(ConfigError, match=rf"labels.csv, line {len(rows) + 1}: empty patch or label"):
+        MultispectralDataModule(data_dir=str(root))
+    # without labels.csv, a metadata file's empty "labels" list is a bad file, not a patch of no class
+    (root / "labels.csv").unlink()
+    first = root / rows[1][0] / f"{rows[1][0]}_labels_metadata.json"
+    first.write_text(json.dumps({"labels": []}))
+    with pytest.raises(BadFileError, match=r'_labels_metadata.json: "labels" is \[\], expected a list of label names'):
         MultispectralDataModule(data_dir=str(root))
 
 
