@@ -392,6 +392,18 @@ def test_a_video_whose_timestamps_start_late_lasts_its_own_length(tmp_path, suff
         assert clip is not None and clip.shape[1] == 8, (start, clip)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_time_range_decodes_from_the_frame_stamped_at_its_start_up_to_its_end(tmp_path, suffix):
+    """``[start, end)``: the frame stamped exactly at the start is the range's first, the one at
+    the end is not in it; the frames are those a whole decode holds at those times."""
+    video = tmp_path / f"bars{suffix}"
+    write_bar_video(video, 24, 1, lossless=True)
+    whole = decode_video(video)
+    ranged = decode_video(video, Fraction(1), Fraction(2))
+    assert ranged.pts.tolist() == whole.pts[8:16].tolist()
+    assert torch.equal(ranged.frames, whole.frames[8:16])
+
+
 class Unseekable(io.RawIOBase):
     """A pipe to write to: a muxer cannot go back to fill in a duration or an index."""
 
