@@ -258,3 +258,23 @@ def test_a_csv_whose_first_unnamed_column_numbers_its_rows_reads_without_it(tmp_
     (tmp_path / "labels.csv").write_text("image,,label\na.png,3,cat\n")
     with pytest.raises(ConfigError, match=r"labels\.csv line 2: 3 values, '3' under no name"):
         read_csv(tmp_path / "labels.csv")
+
+
+def test_json_nested_past_the_recursion_limit_is_one_line_naming_the_file(tmp_path):
+    """A few kilobytes of ``[`` make ``json.loads`` raise ``RecursionError``: a downloaded
+    annotation, split or metadata file so nested is a bad file, not a bug's traceback."""
+    from cnnsuite.tasks.multispectral3d.readers import METADATA, read_metadata_labels
+
+    from cnnsuite.data.coco import read_categories
+    from cnnsuite.data.splits import load_splits
+
+    deep = "[" * 100_000 + "]" * 100_000
+    for name in ("train.json", "split.json", f"p/p{METADATA}"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(deep)
+    with pytest.raises(BadFileError, match=r"train\.json: not valid JSON \(nested too deeply"):
+        read_categories(tmp_path / "train.json")
+    with pytest.raises(ConfigError, match=r"split\.json: cannot read the split lists \(nested too deeply"):
+        load_splits(tmp_path / "split.json")
+    with pytest.raises(BadFileError, match=rf"p{METADATA}: cannot read .*nested too deeply"):
+        read_metadata_labels(tmp_path, ["p"], tmp_path / "labels.csv")

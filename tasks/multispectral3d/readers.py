@@ -24,7 +24,7 @@ from cnnsuite.data import (
 from cnnsuite.data.errors import check_not_empty
 from cnnsuite.data.labels import LABELS_CSV, SEVERAL_LABELS, parse_labels
 from cnnsuite.data.limits import check_size
-from cnnsuite.data.textfiles import read_csv
+from cnnsuite.data.textfiles import parse_json, read_csv
 from cnnsuite.errors import ConfigError
 
 from .default_data import BANDS, WAVELENGTHS
@@ -282,7 +282,7 @@ def read_metadata_labels(root: Path, patches: list[str], table: Path) -> tuple[d
     for name in patches:
         path = root / name / f"{name}{METADATA}"
         try:
-            found = json.loads(path.read_text(encoding="utf-8-sig"))["labels"]
+            found = parse_json(path.read_text(encoding="utf-8-sig"))["labels"]
         except FileNotFoundError:
             errors.append(
                 BadFileError(f"{path}: missing; expected the patch's labels, or {table} (columns patch,label)")

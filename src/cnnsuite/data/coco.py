@@ -35,7 +35,7 @@ from .errors import BadFileError
 from .folders import leaves_folder
 from .images import image_size
 from .splits import STAGES, ListedSplits
-from .textfiles import ENCODING, read_lines
+from .textfiles import ENCODING, parse_json, read_lines
 
 #: tolerance, in pixels, for a box edge beyond the image border (rounding in exporters)
 BORDER_TOLERANCE = 1.0
@@ -159,9 +159,11 @@ def _load_json(path: Path) -> dict:
     except UnicodeDecodeError as err:
         raise AnnotationError(f"{path}: cannot read as a UTF-8 JSON file ({err})") from None
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except ValueError as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
         raise AnnotationError(f"{path}: expected a COCO object with 'images', 'annotations' and 'categories' lists")
     if not isinstance(data.get("annotations", []), list):

@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from ..errors import ConfigError
 from .labels import is_multi_hot
-from .textfiles import read_lines
+from .textfiles import parse_json, read_lines
 
 STAGES = ("train", "val", "test")
 
@@ -198,7 +198,7 @@ def save_splits(path: Path, splits: dict[str, list[str]]) -> None:
 
 def load_splits(path: Path) -> dict[str, list[str]]:
     try:
-        splits = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        splits = parse_json(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as err:  # not JSON, or not UTF-8
         raise ConfigError(f"{path}: cannot read the split lists ({err})") from None
     return check_splits(splits, path)

@@ -1,4 +1,4 @@
-"""The one reader of the CSV files and text lists a user brings (labels, split lists).
+"""The one reader of the CSV files, text lists and JSON a user brings (labels, split lists, annotations).
 
 They come from spreadsheets and editors on every system: Excel starts a "CSV UTF-8" file with
 a byte-order mark (which otherwise sticks to the first column's name, ``'\\ufeffimage'``),
@@ -10,6 +10,7 @@ module's quoting, so each of these reads as the plain file it stands for.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +99,14 @@ def read_lines(path: str | Path) -> list[str]:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read as a UTF-8 text file ({err})") from None
     return [line.strip() for line in text.splitlines()]
+
+
+def parse_json(text: str | bytes) -> object:
+    """``json.loads``, where JSON nested deeper than Python's recursion limit is a ``ValueError``
+    as other malformed JSON is: ``json.loads`` raises ``RecursionError`` there, a few kilobytes of
+    ``[`` in a downloaded annotation file, which every reader's ``except ValueError`` would let
+    through as a bug's traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply: more levels of lists and objects than a reader follows") from None

@@ -373,10 +373,10 @@ def _torchvision_weights() -> dict:
 def _timm_metadata(config: Path) -> dict | None:
     """``pretrained_cfg`` of the ``config.json`` timm writes beside its weights; ``None`` when
     there is none, or it is not what timm writes (it is only ever read, as JSON)."""
-    import json
+    from ..data.textfiles import parse_json
 
     try:
-        content = json.loads(config.read_text(encoding="utf-8"))
+        content = parse_json(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     cfg = content.get("pretrained_cfg") if isinstance(content, dict) else None

@@ -9,6 +9,7 @@ from pathlib import Path
 from ...errors import ConfigError
 from ...jsonout import first_non_finite
 from ..splits import STAGES, check_splits
+from ..textfiles import parse_json
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
 #: the record beside the shards
@@ -43,7 +44,7 @@ def read_record(files: PreparedFiles, targetless: bool = False) -> dict:
     except fetch_errors() as err:
         raise ConfigError(f"{location}/{RECORD}: cannot be read ({first_line(err)})") from err
     try:
-        record = json.loads(data)
+        record = parse_json(data)
     except ValueError as err:
         raise ConfigError(f"{location}/{RECORD}: not a record written by cnnsuite prepare ({err})") from err
     if not isinstance(record, dict):

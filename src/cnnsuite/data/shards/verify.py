@@ -16,6 +16,7 @@ from ...atomic import make_temporary
 from ...errors import ConfigError
 from ..cache import MIB
 from ..folders import leaves_folder
+from ..textfiles import parse_json
 from .record import RECORD, content_hash
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 
@@ -85,7 +86,7 @@ def _check_index(stored: PreparedFiles, stage: str, record: dict, location: str)
     if name not in record["files"]:
         raise ConfigError(f"{location}/{RECORD}: its files do not list {name}; run cnnsuite prepare again")
     try:
-        index = json.loads(read_shard(stored, name, stored.read))
+        index = parse_json(read_shard(stored, name, stored.read))
     except ValueError as err:
         raise ConfigError(f"{location}/{name}: not JSON ({err})") from err
     problem = _index_problem(index, stage, record["files"], len(record["items"][stage]))
@@ -135,7 +136,7 @@ def _spec_nodes(spec) -> set | None:
     """The container types named in LitData's ``data_spec`` (a serialised pytree spec: ``[version,
     {"type", "context", "children_spec"}]``); None where it is not one."""
     try:
-        found, todo = set(), [json.loads(spec)[1]]
+        found, todo = set(), [parse_json(spec)[1]]
         while todo:
             node = todo.pop()
             found.add(node["type"])
