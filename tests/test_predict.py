@@ -506,3 +506,21 @@ def test_checkpoints_of_runs_named_alike_are_compared_in_their_own_folders(tmp_p
     assert [(row["data"], row["test_samples"]) for row in rows] == [("digits", 6), ("photos", 9)]
     table = (tmp_path / "comparison" / "comparison.md").read_text()
     assert "not comparable" in table and "0.5000" in table and "0.7500" in table
+
+
+def test_a_users_own_file_of_the_markers_name_does_not_make_out_the_commands(tmp_path):
+    """``--out mydir`` holding the user's own ``summary.json`` (a common name) was taken for a
+    folder predict wrote before, and the file written over: only the stamp a command leaves as
+    it starts says it wrote a folder."""
+    from cnnsuite.errors import ConfigError
+    from cnnsuite.training.runs import output_folder
+
+    mine = tmp_path / "mydir"
+    mine.mkdir()
+    (mine / "summary.json").write_text("the user's")
+    with pytest.raises(ConfigError, match=r"holds files this command did not write \(summary\.json\)"):
+        output_folder(mine, given=True, marker="summary.json")
+    assert [p.name for p in mine.iterdir()] == ["summary.json"]
+    out = output_folder(tmp_path / "out", given=True, marker="summary.json")
+    (out / "summary.json").write_text("{}")
+    assert output_folder(out, given=True, marker="summary.json") == out

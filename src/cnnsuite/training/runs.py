@@ -117,9 +117,10 @@ def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path
     may be a link, nor the folder itself where the command chose it (``given``: the user named
     it with ``--out``). The folder's own entries are looked at, not the trees below them.
 
-    A folder the user named that holds anything must be one the command wrote before (its
-    ``marker`` file there, or the :data:`STAMP` it leaves as it starts): it would replace a
-    ``report.md`` or ``predictions.jsonl`` of the user's own without a word."""
+    A folder the user named that holds anything must be one the command wrote before (the
+    :data:`STAMP` it leaves as it starts names its ``marker``): it would replace a ``report.md``
+    or ``predictions.jsonl`` of the user's own without a word. A file of the marker's name is no
+    sign: ``summary.json`` or ``metrics.json`` may well be the user's own."""
     if out_dir.exists() and not out_dir.is_dir():  # else mkdir's "[Errno 17] File exists"
         raise ConfigError(f"--out {out_dir}: is a file; expected a folder")
     links = [out_dir] if not given and out_dir.is_symlink() else []
@@ -134,7 +135,7 @@ def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path
         shown = ", ".join(entry.name for entry in entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise ConfigError(
             f"--out {out_dir}: holds files this command did not write ({shown}), which it could replace; "
-            f"give a new or empty folder, or one it wrote before (with its {marker})"
+            f"give a new or empty folder, or one it wrote before (with its {STAMP} naming {marker})"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     if marker is not None:
@@ -143,9 +144,9 @@ def output_folder(out_dir: Path, given: bool, marker: str | None = None) -> Path
 
 
 def _wrote(out_dir: Path, marker: str) -> bool:
-    """Whether the command of ``marker`` wrote ``out_dir``: its marker there, or its stamp."""
+    """Whether the command of ``marker`` wrote ``out_dir``: its stamp there names it."""
     stamp = out_dir / STAMP
-    return (out_dir / marker).exists() or (stamp.is_file() and stamp.read_text().strip() == marker)
+    return stamp.is_file() and stamp.read_text().strip() == marker
 
 
 def default_loggers(root: str | os.PathLike, version: int) -> list:
