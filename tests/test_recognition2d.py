@@ -116,6 +116,18 @@ def test_a_run_from_inside_the_data_folder_writes_nothing_there(tmp_path, image_
     assert len(err.splitlines()) == 1 and snapshot(image_folder) == before
 
 
+def test_a_file_given_as_default_root_dir_is_one_line_naming_the_option(tmp_path, image_folder, capsys):
+    """``--trainer.default_root_dir`` naming a file ended the run, after its data was read, in
+    ``[Errno 17] File exists`` naming no option; the file is left as it was."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("the user's")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", CONFIG, "--data.data_dir", str(image_folder), f"--trainer.default_root_dir={taken}"])
+    err = capsys.readouterr().err.strip()
+    assert f"--trainer.default_root_dir {taken}: is a file; expected a folder" in err and len(err.splitlines()) == 1
+    assert taken.read_text() == "the user's"
+
+
 def test_corrupt_images_are_named_together_even_the_first(tmp_path, image_folder):
     """The folder's first file (sorted) being bad does not stop it alone, by deciding the channels."""
     for name in ("cat/-first.png", "dog/broken.png"):

@@ -346,8 +346,8 @@ class CnnSuiteCLI(LightningCLI):
     def check_run(self) -> None:
         """The model and data a command was given, before its Trainer is built (LightningCLI makes
         the Trainer right after them) or a recipe timed on them: a resumed checkpoint's classes
-        must be the data's, the model must take the data's samples, and the run's folder must lie
-        outside the data folder, which is only read. A resumed run's split is its checkpoint's
+        must be the data's, the model must take the data's samples, and the run's folder must be a
+        folder (not a file) outside the data folder, which is only read. A resumed run's split is its checkpoint's
         from the start: one decided afresh would be checked and written over the run's
         ``splits.json``, and data without the run's samples only refused after that."""
         if self.resumed is not None:  # the data's classes, linked to the model, must be the run's
@@ -359,7 +359,10 @@ class CnnSuiteCLI(LightningCLI):
         check_rebuildable(self.model)
         check_model_fits_data(self.model, self.datamodule)
         config = self.config[self.subcommand] if self.subcommand else self.config
-        self.datamodule.check_writes_outside("trainer.default_root_dir", root_dir(config))
+        root = root_dir(config)
+        if root.exists() and not root.is_dir():  # else "[Errno 17] File exists", naming no option
+            raise ConfigError(f"--trainer.default_root_dir {root}: is a file; expected a folder for the runs")
+        self.datamodule.check_writes_outside("trainer.default_root_dir", root)
 
     def instantiate_trainer(self, **kwargs):
         """Default loggers (TensorBoard and CSV sharing the run's ``version_N``, decided once
