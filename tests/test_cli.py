@@ -526,3 +526,20 @@ def test_an_error_without_a_message_from_a_loader_worker_is_still_one_line():
     caught = ("Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
               '  File "reader.py", line 3, in read\n    raise OSError\nOSError\n')  # fmt: skip
     assert user_message(OSError(caught)) == "OSError"
+
+
+def test_a_data_option_whose_value_is_not_yaml_is_one_line_naming_it(capsys):
+    """``cnnsuite evaluate --data.batch_size [`` (a value cut short) ended in PyYAML's traceback:
+    the values of the ``--data.*`` options a rebuilt checkpoint takes are read as YAML."""
+    from cnnsuite.commands import add_data, command_parser
+    from cnnsuite.trust.checkpoint import data_options
+
+    parser = command_parser("evaluate", description="")
+    add_data(parser)
+    args, extra = parser.parse_known_args(["--ckpt", "x.ckpt", "--data.batch_size", "["])
+    with pytest.raises(SystemExit):
+        data_options(args, extra, parser)
+    err = capsys.readouterr().err.strip()
+    assert "--data.batch_size: '[' is not a value (" in err and len(err.splitlines()) == 1
+    args, extra = parser.parse_known_args(["--ckpt", "x.ckpt", "--data.batch_size", "4"])
+    assert data_options(args, extra, parser)["batch_size"] == 4

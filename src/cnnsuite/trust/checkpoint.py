@@ -553,7 +553,10 @@ def data_options(args, extra: list[str], parser) -> dict:
             if not rest:
                 parser.error(f"{key}: expected a value")
             value = rest.pop(0)
-        data[key.removeprefix("--data.")] = yaml.safe_load(value)
+        try:
+            data[key.removeprefix("--data.")] = yaml.safe_load(value)
+        except yaml.YAMLError as err:  # a value cut short: "[" or "{a"
+            parser.error(f"{key}: {value!r} is not a value ({getattr(err, 'problem', None) or 'not YAML'})")
     return {k: v for k, v in data.items() if v is not None}
 
 
