@@ -2,6 +2,6 @@
 (see :mod:`cnnsuite.bench.core`)."""
 
 from ..timing import measure
-from .core import BenchContext, bench_main, build, count_flops, flops_per_sample
+from .core import BenchContext, bench_main, build, count_flops
 
-__all__ = ["BenchContext", "bench_main", "build", "count_flops", "flops_per_sample", "measure"]
+__all__ = ["BenchContext", "bench_main", "build", "count_flops", "measure"]

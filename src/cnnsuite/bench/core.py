@@ -206,13 +206,6 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-@torch.no_grad()
-def flops_per_sample(model: torch.nn.Module, example) -> float:
-    """Forward FLOPs per sample of ``model`` on the batch ``example`` (a tensor, or a list of
-    images for a detector)."""
-    return count_flops(lambda: model(example)) / len(example)
-
-
 # --- the run -------------------------------------------------------------------------------
 @dataclass
 class BenchContext:
