@@ -543,3 +543,23 @@ def test_every_module_of_the_suite_and_its_tasks_imports():
     assert len(modules) > 60 and any(".tasks." in name for name in modules)
     for name in modules:
         importlib.import_module(name)
+
+
+def test_a_temporary_beside_a_target_gets_the_mode_of_any_new_file_and_never_an_existing_name(tmp_path, monkeypatch):
+    """What is renamed into place keeps the temporary's mode: the umask's (readable by a group
+    sharing runs), not tempfile's owner-only one; a name already taken is never opened."""
+    import stat
+
+    from cnnsuite import atomic
+
+    old = os.umask(0o022)
+    try:
+        made = atomic.make_temporary(tmp_path, ".f.", ".tmp"), atomic.make_temporary(tmp_path, ".d.", folder=True)
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in made] == [0o644, 0o755] and made[1].is_dir()
+    (tmp_path / ".x.taken.tmp").write_text("another writer's")
+    names = iter(["taken", "free"])
+    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(names))
+    assert atomic.make_temporary(tmp_path, ".x.", ".tmp") == tmp_path / ".x.free.tmp"
+    assert (tmp_path / ".x.taken.tmp").read_text() == "another writer's"
