@@ -140,9 +140,28 @@ def test_a_2plus1d_pair_has_about_the_weights_of_its_3d_filter(kernel):
         "convnet2plus1d", spatial_dims=3, in_channels=16, channels=(32,), kernel_size=kernel, norm="none"
     )
     spatial, temporal = backbone.stages[0][0]
+    assert spatial[0].weight.shape[2:] == (1, *kernel[1:]) and temporal[0].weight.shape[2:] == (kernel[0], 1, 1)
     pair = spatial[0].weight.numel() + temporal[0].weight.numel()
     full = 16 * 32 * math.prod(kernel)
     assert 0.95 * full <= pair <= full
+
+
+def test_a_2plus1d_stem_strides_time_once_and_each_stage_pools_once():
+    """``stem_stride`` ``(T, H, W)``: space on the first spatial convolution, time on the first
+    temporal one (not both); a stage of two blocks pools after its last."""
+    backbone = build_backbone(
+        "convnet2plus1d",
+        spatial_dims=3,
+        in_channels=2,
+        channels=(4, 4),
+        blocks_per_stage=2,
+        kernel_size=(3, 3, 5),
+        stem_stride=(2, 1, 2),
+    )
+    spatial, temporal = backbone.stages[0][0]
+    assert (spatial[0].stride, temporal[0].stride) == ((1, 1, 2), (2, 1, 1))
+    maps = backbone(torch.randn(1, 2, 8, 12, 16))
+    assert [tuple(m.shape[2:]) for m in maps] == [(2, 6, 4), (1, 3, 2)]
 
 
 @pytest.mark.parametrize(
@@ -394,15 +413,21 @@ def test_a_hypernetwork_reading_the_input_learns_the_transformation_a_fixed_kern
 def test_a_dynamic_filter_applies_each_samples_kernels_to_that_sample(dims):
     """Each sample is filtered with the kernels made from it, as if alone: the batch's grouped
     convolution mixes no sample's kernels into another's."""
-    net = DynamicFilter(dims, 2, 3)
+    kernel = (3, 5, 1)[:dims]  # each axis its own size and padding
+    net = DynamicFilter(dims, 2, kernel)
     x = torch.randn(3, 2, *(6,) * dims)
     together = net(x)
+    assert together.shape == x.shape
     for i in range(3):
         kernels = net.kernels(x[i : i + 1])[0]
-        alone = getattr(F, f"conv{dims}d")(x[i : i + 1], kernels.unsqueeze(1), padding=1, groups=2)
+        padding = tuple(k // 2 for k in kernel)
+        alone = getattr(F, f"conv{dims}d")(x[i : i + 1], kernels.unsqueeze(1), padding=padding, groups=2)
         torch.testing.assert_close(together[i : i + 1], alone)
     with pytest.raises(ValueError, match=r"kernel_size=4: expected odd sizes"):
         DynamicFilter(dims, 2, 4)
+    if dims > 1:
+        with pytest.raises(ValueError, match=r"kernel_size=\[3, 4(, 1)?\]: expected odd sizes"):
+            DynamicFilter(dims, 2, [3, 4] + [1] * (dims - 2))
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
