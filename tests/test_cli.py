@@ -383,6 +383,14 @@ def test_a_monitor_the_model_never_logs_is_one_line(capsys, tmp_path, image_fold
     assert error.startswith("cnnsuite fit: error: checkpoint.monitor 'val/map': the validation logs no such value")
 
 
+def test_a_trainer_setting_lightning_refuses_is_one_line(capsys, tmp_path):
+    """Lightning checks some trainer settings only when it makes the Trainer and refuses them
+    with its ``MisconfigurationException``: the config's mistake, one line, not a traceback."""
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--trainer.default_root_dir", str(tmp_path),
+                           "--trainer.fast_dev_run", "-1")  # fmt: skip
+    assert error == "cnnsuite fit: error: fast_dev_run=-1 is not a valid configuration. It should be >= 0."
+
+
 def test_main_called_from_a_script_with_its_own_arguments_is_still_one_line(capsys, monkeypatch):
     """``cnnsuite.cli.main([...])`` from a program that has a command line of its own (a
     notebook, a test runner): that command line is not cnnsuite's, and LightningCLI's warning
