@@ -534,6 +534,20 @@ def test_another_folder_holding_the_runs_test_files_is_evaluated_beside_the_runs
     assert json.loads((run / "evaluation" / "evaluation.json").read_text())["data"] == str(folder)
 
 
+def test_the_runs_own_folder_named_by_a_relative_path_is_the_runs_data(trained, tmp_path, monkeypatch):
+    """``--data.data_dir images`` from the folder above it names the folder the run read (the
+    checkpoint records it absolute): its test split is scored into the run's own ``evaluation/``,
+    not as other data into ``evaluation-images/``."""
+    folder, trained_run = trained
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    recorded = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["datamodule_hyper_parameters"]
+    assert recorded["data_dir"] == str(folder)
+    monkeypatch.chdir(folder.parent)
+    evaluate(run / "checkpoints" / "best.ckpt", data={"data_dir": folder.name})
+    assert json.loads((run / "evaluation" / "evaluation.json").read_text())["data"] == str(folder)
+    assert not list(run.glob("evaluation-*"))
+
+
 def test_a_checkpoint_whose_data_settings_the_network_cannot_take_is_one_line(trained, tmp_path, capsys):
     """An edited ``image_size`` below the backbone's total stride: evaluate and predict name the
     file and the misfit in one line, as fit names a config's, not a convolution's traceback."""
