@@ -81,6 +81,23 @@ def test_thresholds_maximise_each_class_f1_on_validation():
     assert model.describe_probabilities(probs[0])["labels"] == ["a", "b"]
 
 
+def test_a_probability_exactly_at_its_threshold_is_a_label_as_the_curve_that_chose_it_counts_it():
+    """torchmetrics' precision-recall curve, on which the thresholds are chosen, counts a
+    probability equal to a threshold as positive (``>=``; its thresholded F1 and accuracy count
+    only those above): a label is predicted at or above its threshold, so the decisions at a
+    chosen threshold score the F1 it was chosen for."""
+    model = ClassificationModule(num_classes=2, class_names=["a", "b"], multilabel=True)
+    assert model.decide(torch.tensor([[0.5, 0.5 - 1e-6]])).tolist() == [[True, False]]  # the initial 0.5
+    grid = torch.linspace(*model.threshold_grid)
+    # each class's positives exactly on a grid value, its negatives on the value below
+    probs = torch.stack([grid[[12, 12, 11, 11]], grid[[6, 5, 6, 5]]], dim=1)
+    target = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]])
+    model.val_curve.update(probs, target)
+    model.choose_thresholds()
+    assert torch.equal(model.thresholds, grid[[12, 6]])
+    assert torch.equal(model.decide(probs).long(), target)
+
+
 def make_multilabel_volumes(root, count=18):
     """16³ volumes of noise; a bright blob in corner A is label ``a``, in corner B label ``b``."""
     rng = np.random.default_rng(0)
