@@ -271,7 +271,7 @@ def test_default_fast_dev_run(tmp_path):
     assert json.loads((default / "generation.json").read_text()) == {"default_size": 24}
 
 
-def test_a_checkpoint_does_not_choose_what_embedded_default_is_generated(tmp_path, capsys):
+def test_a_checkpoint_does_not_choose_what_embedded_default_is_generated(tmp_path, capsys, monkeypatch):
     """Evaluating a run of the embedded default generates it again where it is missing, as the
     run made it: a checkpoint edited to ask for 10 million volumes would have had this machine
     write them. Settings other than the task's own default are used only where that data was
@@ -293,7 +293,13 @@ def test_a_checkpoint_does_not_choose_what_embedded_default_is_generated(tmp_pat
             )
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"generated with {settings}, which is not under {data_root}" in err
-    # nor does a resumed run, which takes the run's other data settings: it reads the command's default
+
+    # nor does a resumed run, which takes the run's other data settings: it reads the command's default,
+    # generated above (writing the file's would take hours: it stops at once instead)
+    def write_default(self, folder):
+        raise AssertionError(f"the resumed run generated {self.generation_args} into {folder}")
+
+    monkeypatch.setattr(Biomedical3DDataModule, "write_default", write_default)
     main(["fit", "--config", "tasks/biomedical3d/config.yaml", "--ckpt_path", str(tmp_path / "huge.ckpt"),
           "--data.data_root", str(tmp_path / "data"), "--trainer.default_root_dir", str(tmp_path / "resumed"),
           "--data.default_size", "24", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1",
