@@ -362,3 +362,29 @@ def test_force_replaces_an_earlier_export_of_the_name_given(recognition, tmp_pat
     path, info = export(ckpt, "onnx", out, force=True)
     assert path == out and OnnxNetwork(out).output_names == ["logits"]
     assert json.loads((tmp_path / "mine.onnx.json").read_text()) == info
+
+
+def test_a_network_whose_outputs_are_not_finite_is_not_kept(recognition, tmp_path, monkeypatch):
+    """Finite weights that overflow make PyTorch's own outputs NaN: the checkpoint is named, not
+    an export "differing by up to nan". An exported file giving NaN where PyTorch gives numbers
+    is refused too (NaN is within no tolerance), and so is a tolerance of NaN."""
+    _, ckpt = recognition
+
+    checkpoint = torch.load(ckpt, weights_only=True)
+    first = next(k for k, v in checkpoint["state_dict"].items() if v.dim() == 4)
+    checkpoint["state_dict"][first] = checkpoint["state_dict"][first] * 1e38
+    huge = tmp_path / "huge.ckpt"
+    torch.save(checkpoint, huge)
+    with pytest.raises(
+        ValueError, match=r"huge.ckpt: its network's own outputs are not finite \(NaN or infinity\) on 3"
+    ):
+        export(huge, "torch-export", tmp_path / "huge.pt2")
+    real_call = ExportedNetwork.__call__
+    monkeypatch.setattr(
+        ExportedNetwork, "__call__", lambda self, batch: tuple(o * torch.nan for o in real_call(self, batch))
+    )
+    with pytest.raises(ValueError, match=r"nan.pt2: the exported network differs from PyTorch's by up to nan"):
+        export(ckpt, "torch-export", tmp_path / "nan.pt2")
+    with pytest.raises(ValueError, match=r"--tolerance nan: expected the largest difference allowed, 0 or more"):
+        export(ckpt, "torch-export", tmp_path / "any.pt2", tolerance=float("nan"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.ckpt"]

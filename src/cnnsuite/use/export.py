@@ -33,7 +33,7 @@ from torch import nn
 from ..classpath import class_path
 from ..contract import task_of
 from ..data import TaskDataModule
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..training.runs import output_folder, run_folder
 from ..training.task import TaskModule
 from .predict import Predictor
@@ -134,6 +134,8 @@ def export(
     if named != fmt:  # a .pt2 holding ONNX, or the other way, is read by neither loader
         raise ConfigError(f"--out {out}: a {named} file's name, for --format {fmt}; name it {FORMATS[fmt]}")
     check_opset(opset)
+    if not tolerance >= 0:  # NaN too: no difference would be within it
+        raise ConfigError(f"--tolerance {tolerance}: expected the largest difference allowed, 0 or more")
     path = output_path(ckpt_path, fmt, out, force)
     predictor = Predictor(ckpt_path, accelerator="cpu")
     model, datamodule = predictor.model, predictor.datamodule
@@ -143,6 +145,12 @@ def export(
     with torch.no_grad():
         expected = output_tuple(network(check_batch))
         expected_example = output_tuple(network(example))
+    # finite weights can still overflow (a float32 kernel scaled by 1e38): no export can agree with NaN
+    if not all(bool(torch.isfinite(t).all()) for t in (*expected, *expected_example)):
+        raise CheckpointError(
+            f"{ckpt_path}: its network's own outputs are not finite (NaN or infinity) on {check_source}; "
+            "nothing was written"
+        )
     names = output_names(model, len(expected))
     start = time.perf_counter()
     program = trace(network, example, ckpt_path, model)
