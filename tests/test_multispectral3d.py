@@ -98,6 +98,11 @@ def test_a_file_naming_only_some_bands_is_read_by_them_or_refused(tmp_path):
         GeoTiffReader(["B8A", "B09"])(blank_last)
     agreeing = write_tif(tmp_path / "eurosat.tif", band_cube(), descriptions=(*BANDS[:12], ""))
     assert GeoTiffReader(["B8A", "B09"])(agreeing)[:, 0, 0].tolist() == [1300, 900]
+    # B2 is B02: a second band of that name was read as the first one
+    twice = write_tif(tmp_path / "twice.tif", band_cube(4), descriptions=("B02", "B03", "B2", "B04"))
+    for bands in (None, ["B02", "B04"]):
+        with pytest.raises(BadFileError, match=r"twice.tif: .*name a band twice \(bands 1 and 3 are both B02\)"):
+            GeoTiffReader(bands)(twice)
     four = write_tif(tmp_path / "four.tif", band_cube(4), descriptions=("B02", "", "B04", ""))
     in_order = ["B02", "B03", "B04", "B08"]  # data.bands naming the file's bands, as its own names agree
     assert GeoTiffReader(in_order)(four)[:, 0, 0].tolist() == [100, 200, 300, 400]

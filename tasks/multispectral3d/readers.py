@@ -64,7 +64,16 @@ def band_names(path: Path, count: int, descriptions: tuple, bands: list[str] | N
     """The names of a file's bands, in file order (see the module docstring); an error names
     the file and what its band count would need."""
     if all(descriptions):
-        return [sentinel2_name(d) for d in descriptions]
+        names = [sentinel2_name(d) for d in descriptions]
+        # a band is picked by its name: a second of the same name would be read as the first
+        twice = [
+            f"bands {names.index(n) + 1} and {k} are both {n}" for k, n in enumerate(names, 1) if names.index(n) < k - 1
+        ]
+        if twice:
+            raise BadFileError(
+                f"{path}: its band descriptions name a band twice ({'; '.join(twice)}); expected each band named once"
+            )
+        return names
     if count == len(BANDS):
         names, source = list(BANDS), "EuroSAT-MS's order"
     elif bands is not None and len(bands) == count:
