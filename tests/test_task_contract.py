@@ -300,3 +300,33 @@ def test_a_registration_of_another_name_or_of_classes_outside_the_suite_is_named
         point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda foreign=foreign: foreign)
         with pytest.raises(ConfigError, match="its module must be a TaskModule, its datamodule a TaskDataModule"):
             load_task(point)
+
+
+def test_a_task_that_leaves_a_method_without_default_to_its_base_class_is_named_when_the_task_loads():
+    """The methods the base classes have no default for (a model's networks, losses and metrics
+    and how it describes and draws a prediction; a datamodule's default data, samples, datasets
+    and how it reads and describes one raw file) are named, all at once, with the task, when it
+    loads: not a bare NotImplementedError deep inside the one command that calls one, nor, for
+    ``read_input``, every input of ``cnnsuite predict`` said to be unreadable."""
+    from types import SimpleNamespace
+
+    from cnnsuite.contract import load_task
+    from cnnsuite.data import TaskDataModule
+    from cnnsuite.training.task import TaskModule
+
+    task = registered_tasks()["recognition2d"]
+    datamodule = type(
+        "Half",
+        (task.datamodule,),
+        {"read_input": TaskDataModule.read_input, "describe_preprocessing": TaskDataModule.describe_preprocessing},
+    )
+    module = type("Mute", (task.module,), {"describe_outputs": TaskModule.describe_outputs})
+    half = replace(task, datamodule=datamodule, module=module)
+    point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: half)
+    with pytest.raises(ConfigError) as caught:
+        load_task(point)
+    assert str(caught.value) == (
+        "task 'recognition2d': Mute.describe_outputs, Half.read_input and Half.describe_preprocessing are not "
+        "implemented; a task implements every method its base classes leave to it (docs/guide.md, Your own task)"
+    )
+

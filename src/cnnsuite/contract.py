@@ -9,13 +9,15 @@ config, what the bench measures it against — and registers it under the entry-
 
 The six built-in tasks are registered so in cnnsuite's own ``pyproject.toml``; a user's task
 package installed with pip is found the same way and is a task like ours. The rest of what a
-command needs from a task is a method of its classes, with a default in the base classes:
-how to find the backbone (:meth:`~cnnsuite.training.task.TaskModule.feature_backbone`) and where its
-weights sit in a checkpoint (``backbone_prefix``), what Grad-CAM scores
-(:meth:`~cnnsuite.training.task.TaskModule.inspection_network`), how a raw file is read and a
-prediction described (``read_input``, ``describe_outputs``), what an export carries
-(``describe_preprocessing``, ``describe_channels``), the direction of each logged metric
-(``metric_modes``).
+command needs from a task is a method of its classes. Those of :data:`OWN_METHODS` have no
+default — the networks, losses and metrics; the default data, samples and datasets; how a raw file
+is read (``read_input``), a prediction described (``describe_outputs``) and an export's
+preprocessing told (``describe_preprocessing``) — and a task that lacks one is refused when it
+loads (:func:`load_task`). The others have a default in the base classes: how to find the
+backbone (:meth:`~cnnsuite.training.task.TaskModule.feature_backbone`) and where its weights sit
+in a checkpoint (``backbone_prefix``), what Grad-CAM scores
+(:meth:`~cnnsuite.training.task.TaskModule.inspection_network`), what an export's channels are
+(``describe_channels``), the direction of each logged metric (``metric_modes``).
 
 Trust follows registration: a checkpoint may rebuild only the classes of registered tasks
 (:func:`trusted_classes`, looked up by :func:`trusted_class`); nothing else it names is ever
@@ -47,6 +49,12 @@ GROUP = "cnnsuite.tasks"
 #: where the statistics are the data's own (what pretrained weights' normalisation is mapped from);
 #: ``channel_names``: what its input channels are (None: unnamed), for weight files mapped by name
 LINKED = ("num_classes", "in_channels", "class_names", "multilabel", "input_normalisation", "channel_names")
+#: the methods the base classes leave to every task (theirs raise NotImplementedError): checked when
+#: a task loads, so that a task package missing one is named before a command half runs
+OWN_METHODS = {
+    TaskModule: ("configure_models", "configure_losses", "configure_metrics", "describe_outputs", "render_prediction"),
+    TaskDataModule: ("write_default", "list_samples", "make_dataset", "read_input", "describe_preprocessing"),
+}
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,18 @@ def load_task(point) -> Task:
         raise ConfigError(f"task {point.name!r} ({point.value}): expected a cnnsuite.contract.Task of that name")
     if not (issubclass(task.module, TaskModule) and issubclass(task.datamodule, TaskDataModule)):
         raise ConfigError(f"task {point.name!r}: its module must be a TaskModule, its datamodule a TaskDataModule")
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls, base in ((task.module, TaskModule), (task.datamodule, TaskDataModule))
+        for name in OWN_METHODS[base]
+        if getattr(cls, name) is getattr(base, name)
+    ]
+    if missing:
+        listed = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else missing[0]
+        raise ConfigError(
+            f"task {point.name!r}: {listed} {'are' if len(missing) > 1 else 'is'} not implemented; a task implements "
+            "every method its base classes leave to it (docs/guide.md, Your own task)"
+        )
     if not task.datamodule.default_name:  # else its default data would be data_root itself, every task's folder
         raise ConfigError(
             f"task {point.name!r}: {task.datamodule.__name__}.default_name is empty; expected the name of the "
