@@ -330,3 +330,24 @@ def test_a_task_that_leaves_a_method_without_default_to_its_base_class_is_named_
         "implemented; a task implements every method its base classes leave to it (docs/guide.md, Your own task)"
     )
 
+
+def test_a_datamodule_that_sets_no_classes_or_channels_is_one_line_not_a_model_of_the_defaults(site, tmp_path, capsys):
+    """``class_names`` and ``in_channels`` are set by a task's datamodule when it is constructed
+    and linked into its model. One that sets neither was linked nothing (jsonargparse skips a
+    link whose attribute is missing): the model kept its defaults, 10 classes, and the run
+    stopped on an AttributeError once the split was decided. It is one line naming the class and
+    the attribute."""
+    folder = copy_task("recognition2d", "nameless", site)
+    source = (folder / "datamodule.py").read_text()
+    (folder / "datamodule.py").write_text(source.replace("self.use_prepared()", "self.use_prepared()\n        "
+                                                         "del self.__dict__['class_names']"))  # fmt: skip
+    register(site, "nameless")
+    images = make_image_folder(tmp_path / "images", per_class=4)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(folder / "config.yaml"), "--data.data_dir", str(images),
+              "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "cnnsuite fit: error: nameless.datamodule.RecognitionDataModule: set no class_names when it was constructed; "
+        "a task's datamodule sets class_names and in_channels in its __init__ (docs/guide.md, Your own task)"
+    )

@@ -115,6 +115,28 @@ def check_batch_size(value: object) -> None:
         raise ConfigError(f"data.batch_size={value!r}: expected a count of samples, 1 or more")
 
 
+class SetWhenConstructed:
+    """An attribute a task's datamodule must set in its ``__init__``. Read before it is set, it
+    is one line naming the class and the attribute: jsonargparse skips, without a word, a link
+    whose attribute is missing, and the model would keep its defaults (10 classes, 1 channel)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, datamodule, owner: type | None = None):
+        if datamodule is None:
+            return self
+        if self.name not in datamodule.__dict__:
+            raise ConfigError(
+                f"{class_path(type(datamodule))}: set no {self.name} when it was constructed; a task's datamodule "
+                "sets class_names and in_channels in its __init__ (docs/guide.md, Your own task)"
+            )
+        return datamodule.__dict__[self.name]
+
+    def __set__(self, datamodule, value) -> None:
+        datamodule.__dict__[self.name] = value
+
+
 class LazyDatasets(Mapping):
     """``stage → Dataset``, each built by ``make(stage)`` the first time it is asked for."""
 
@@ -408,8 +430,10 @@ class TaskDataModule(L.LightningDataModule):
         return found["ids"], found["read"]
 
     # --- what a task provides -------------------------------------------------------
-    class_names: list[str]
-    in_channels: int
+    #: the classes' names, in class-index order, and the input's channels: set by the task's
+    #: ``__init__`` and linked into its model
+    class_names: list[str] = SetWhenConstructed()
+    in_channels: int = SetWhenConstructed()
     #: the names of the input channels, one per channel (``R``, ``G``, ``B``; a grey image's ``L``;
     #: Sentinel-2 bands ``B01`` … ``B8A``), or None where they are unnamed: linked into the model,
     #: whose published weight file's first-layer kernels go to the channels of the same name
