@@ -165,6 +165,16 @@ def test_each_side_runs_in_turn_and_keeps_its_shortest_run(tmp_path, monkeypatch
     assert "Each side ran 2 times" in endtoend.markdown({"recognition2d": figures | {"test_metric": "test/acc"}})
 
 
+def test_a_task_with_nothing_to_compare_has_no_figures(tmp_path, monkeypatch):
+    """A quick run of a task that declares neither quick end-to-end epochs nor a quick budget
+    measures nothing: no entry in bench.json, rather than one holding only its metric's name."""
+    task = registered_tasks()["recognition2d"]
+    monkeypatch.setitem(registered_tasks(), "recognition2d",
+                        dataclasses.replace(task, quick_endtoend_epochs=0, quick_budget=False))  # fmt: skip
+    context = BenchContext(tmp_path, quick=True, machine={}, matmul_gflops=1.0)
+    assert endtoend.run(["recognition2d"], context) == {}
+
+
 def test_a_metric_that_is_no_number_never_reads_reached():
     """A plain script whose training diverged scores NaN: the metric ratio is NaN too, and every
     comparison with NaN is false, so "worse than the plain script's" used to go unsaid and the
