@@ -162,7 +162,34 @@ def test_each_side_runs_in_turn_and_keeps_its_shortest_run(tmp_path, monkeypatch
     assert figures["time_s_ours"] == 20.0 and figures["test_metric_ours"] == pytest.approx(0.91)
     assert figures["time_s_plain"] == 18.0 and figures["test_metric_plain"] == pytest.approx(0.8)
     assert figures["plain_train_s"] == 10.0 and figures["train_time_ratio_vs_plain"] == pytest.approx(20 / 18)
+    assert figures["test_metric_ratio_vs_plain"] == pytest.approx(0.91 / 0.8)  # ours over plain's: above 1 is better
     assert "Each side ran 2 times" in endtoend.markdown({"recognition2d": figures | {"test_metric": "test/acc"}})
+    once = figures | {"test_metric": "test/acc", "time_s_ours_all": [20.0]}
+    assert "Each side ran" not in endtoend.markdown({"recognition2d": once})
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_the_budgets_ratio_reads_ours_over_the_reference_for_the_tasks_metric(monkeypatch, mode):
+    """Ours scoring 0.20 against a reference's 0.16 is better for an accuracy, worse for an
+    error (``mode`` min): the ratio reads 1.25 or 0.8, and the goal reached or not."""
+    task = registered_tasks()["recognition2d"]
+    convnet = {"convnet": {"model": {"backbone": "convnet", "backbone_kwargs": {}}}}
+    monkeypatch.setitem(registered_tasks(), "recognition2d", dataclasses.replace(task, references=convnet))
+    monkeypatch.setattr(task.module, "mode", mode)
+    trained = {"default": 0.20, "convnet": 0.16}
+
+    def train_within(task, overrides, seconds, data_root, device, epochs=-1):
+        name = "convnet" if overrides else "default"
+        return {"test_metric": trained[name], "steps": 4, "epochs": 1.0, "fit_s": 1.0, "train_samples": 8,
+                "parameters": 1}  # fmt: skip
+
+    monkeypatch.setattr(endtoend, "train_within", train_within)
+    figures = endtoend.equal_budget("recognition2d", ("convnet",), endtoend.TINY, Path("."), None)
+    expected = 1.25 if mode == "max" else 0.8
+    assert figures["test_metric_ratio_vs_convnet"] == pytest.approx(expected)
+    row = next(line for line in endtoend.markdown({"recognition2d": figures | {"test_metric": "test/acc"}})
+               .splitlines() if "| convnet |" in line)  # fmt: skip
+    assert row.endswith("| reached |" if mode == "max" else "| **not reached** |")
 
 
 def test_a_task_with_nothing_to_compare_has_no_figures(tmp_path, monkeypatch):

@@ -126,3 +126,42 @@ def test_biomedical_batches_are_plain_tensors_and_still_augmented(tmp_path):
     assert type(volumes) is torch.Tensor  # not MONAI's MetaTensor, which slowed every training step
     draws = [dm.augment_batch(batch)[0] for _ in range(4)]
     assert not all(torch.equal(draws[0], other) for other in draws[1:])
+
+
+def test_the_loaders_rates_and_ratios_are_the_samples_over_the_seconds(tmp_path, monkeypatch):
+    """On a fake clock (a cold pass of 4 s, then passes of 1, 4 and 2 s) and a training step of
+    0.5 s (the step with the datamodule's batch augmentation): the cold rate is its samples over
+    its seconds, the loader's rate the median of the passes', each pass at most ``batches``
+    batches, and each ratio the loader's over the model's."""
+    ticks = iter([0.0, 4.0, 10.0, 11.0, 20.0, 24.0, 30.0, 32.0])
+    monkeypatch.setattr(pipeline, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(ticks))}))
+    augmented, augment = [], RecognitionDataModule.augment_batch
+    monkeypatch.setattr(RecognitionDataModule, "augment_batch", lambda dm, b: augmented.append(b) or augment(dm, b))
+    monkeypatch.setattr(pipeline, "measure", lambda step, *args, **kwargs: step() or {"median": 0.5})
+    settings = pipeline.Settings(batches=2, repeats=3, step_warmup=1, step_repeats=1, step_min_seconds=0.0,
+                                 batch_size=4, cold_batches=2)  # fmt: skip
+    context = BenchContext(tmp_path / "data", quick=True, machine={}, matmul_gflops=1.0, tiny=True)
+    figures = pipeline.measure_task("recognition2d", settings, context)
+    assert figures["loader_cold_samples_per_s"] == 8 / 4
+    assert figures["loader_samples_per_s_all"] == [8 / 1, 8 / 4, 8 / 2]
+    assert figures["loader_samples_per_s"] == 8 / 2
+    assert figures["consumption_samples_per_s"] == 4 / 0.5 and figures["train_step_s"] == 0.5
+    assert len(augmented) == 1  # the step timed is the one a fit runs: on the batch augmented
+    assert figures["loader_ratio_vs_consumption"] == (8 / 2) / (4 / 0.5)
+    assert figures["loader_cold_ratio_vs_consumption"] == (8 / 4) / (4 / 0.5)
+
+
+def test_the_goal_names_the_loaders_below_it_and_only_them():
+    """A loader below :data:`~cnnsuite.bench.pipeline.GOAL` times its model's consumption misses
+    the goal; one at the goal or above reaches it."""
+
+    def figures(ratio: float) -> dict:
+        return {"batch_size": 4, "num_workers": 0, "loader_samples_per_s": ratio, "consumption_samples_per_s": 1.0,
+                "loader_ratio_vs_consumption": ratio, "loader_cold_samples_per_s": 1.0,
+                "loader_cold_ratio_vs_consumption": 1.0}  # fmt: skip
+
+    goal = pipeline.GOAL
+    text = pipeline.markdown({"slow": figures(goal * 0.75), "even": figures(goal), "fast": figures(goal * 1.5)})
+    assert f"**not reached** for slow ({goal * 0.75:.2f}×): the model waits" in text
+    assert "even (" not in text and "fast (" not in text
+    assert "reached on every task measured." in pipeline.markdown({"fast": figures(goal * 1.5)})

@@ -145,3 +145,29 @@ def test_a_device_without_bfloat16_is_measured_without_the_bf16_variants(tmp_pat
     assert not [key for key in figures if "bf16" in key]
     row = next(line for line in recipe.markdown({"recognition2d": figures}).splitlines() if "| recognition2d" in line)
     assert row.endswith("| — | — |")
+
+
+def test_each_speed_ratio_is_the_variants_speed_over_the_configured_steps(tmp_path, monkeypatch):
+    """On faked timings (seconds per step: configured 0.2, bf16 0.1, flipped 0.4, bf16 + flipped
+    0.05; an eval forward 0.3 in fp32, 0.1 under bf16): samples/s is the batch over a step's
+    seconds, each ratio a variant's speed over the configured one's (above 1: faster), the
+    fastest the quickest step, and the eval ratio fp32's time over bf16's."""
+    seconds = {"configured": 0.2, "bf16": 0.1, "flipped": 0.4, "bf16_flipped": 0.05, "fp32": 0.3}
+    seconds["bf16_eval"] = 0.1
+
+    def timings(fns, *args, **kwargs):
+        eval_forward = "fp32" in fns
+        return {name: {"median": seconds[f"{name}_eval" if eval_forward and name == "bf16" else name]} for name in fns}
+
+    monkeypatch.setattr(recipe, "measure_side_by_side", timings)
+    monkeypatch.setattr(recipe, "bf16_supported", lambda device: True)
+    context = BenchContext(tmp_path, quick=True, machine={}, matmul_gflops=1.0, tiny=True)
+    figures = recipe.measure_task("recognition2d", recipe.TINY, context)
+    size = recipe.TINY.batch_size
+    for variant in ("configured", "bf16", "flipped", "bf16_flipped"):
+        assert figures[f"train_samples_per_s_{variant}"] == pytest.approx(size / seconds[variant]), variant
+        assert figures[f"speed_ratio_{variant}"] == pytest.approx(0.2 / seconds[variant]), variant
+    assert figures["fastest"] == "bf16_flipped"
+    assert figures["eval_speed_ratio_bf16"] == pytest.approx(3.0)
+    row = next(line for line in recipe.markdown({"recognition2d": figures}).splitlines() if "| recognition2d" in line)
+    assert "| 2.00× | 0.50× | 4.00× | — | bf16_flipped |" in row

@@ -38,6 +38,10 @@ def test_the_memory_exponent_is_the_data_parts():
                         p + "data_memory_mb": data_mb}  # fmt: skip
     found = scale.exponents(figures, (1, 10))
     assert found["cache.memory_exponent"] == pytest.approx(1.0)
+    # the same seconds per sample at 10× the samples: an epoch's time is linear in them
+    for path in ("cache", "files"):
+        assert found[f"{path}.time_exponent"] == pytest.approx(1.0)
+        assert found[f"{path}.first_time_exponent"] == pytest.approx(1.0)
     assert found["files.memory_exponent"] == pytest.approx(0.0)
 
 
@@ -77,6 +81,14 @@ def test_scale_section_keys_in_bench_json(report):
             assert figures[f"recognition2d.{path}.{factor}x.data_memory_mb"] >= 0
         assert math.isfinite(figures[f"recognition2d.{path}.time_exponent"])
     assert figures["recognition2d.train_samples_1x"] == scale.TINY.base_samples
+    # each 10× / 1× ratio is the 10× figure over the 1× one; the task's own is its default path's (cache)
+    assert figures["recognition2d.default_path"] == "cache"
+    for key, figure in (("time_per_sample_ratio_10x", "later_s_per_sample"), ("peak_memory_ratio_10x", "peak_rss_mb"),
+                        ("peak_anon_ratio_10x", "peak_anon_mb")):  # fmt: skip
+        for path in ("cache", "files", "shards"):
+            p = f"recognition2d.{path}."
+            assert figures[p + key] == pytest.approx(figures[p + "10x." + figure] / figures[p + "1x." + figure])
+        assert figures[f"recognition2d.{key}"] == figures[f"recognition2d.cache.{key}"]
     assert figures["recognition2d.files.10x.train_samples"] == 10 * scale.TINY.base_samples
     for key in ("time_per_sample_ratio_10x", "peak_memory_ratio_10x", "throughput.shards_vs_files_ratio"):
         value = figures[f"recognition2d.{key}"]
@@ -213,7 +225,9 @@ def test_shards_and_files_train_under_the_same_cache_limit(monkeypatch, tmp_path
 
     def fake(job):
         jobs.append(job)
-        return {} if job["kind"] == "prepare" else {"train_samples": 10, "fit_s": 1.0, "test_metric": 0.5}
+        if job["kind"] == "prepare":
+            return {}
+        return {"train_samples": 10, "fit_s": 1.0 if "data_dir" in job["data"] else 4.0, "test_metric": 0.5}
 
     monkeypatch.setattr(scale, "in_fresh_process", fake)
     scale.build("recognition2d", tmp_path / "data")[1].prepare_data()
@@ -223,3 +237,60 @@ def test_shards_and_files_train_under_the_same_cache_limit(monkeypatch, tmp_path
     }
     limit = figures["throughput.cache_limit_mb"]
     assert trained["files"]["cache_limit_mb"] == trained["shards"]["cache_limit_mb"] == limit > 0
+    assert limit == pytest.approx(figures["throughput.decoded_mb"] / 4)  # the data 4× the limit
+    # samples/s over the epochs' seconds: the shards' run took a quarter of the files' time
+    assert figures["throughput.files.samples_per_s"] == 10 * scale.TINY.throughput_epochs / 4.0
+    assert figures["throughput.shards_vs_files_ratio"] == pytest.approx(4.0)
+
+
+def test_a_jobs_figures_are_per_sample_and_the_datas_part_of_memory():
+    """The first epoch costs building the dataset over every sample plus the first pass per
+    sample seen; later epochs are the median of the later passes alone; the data's part of
+    memory is the peak less what was resident before any data."""
+    job = {"train_samples": 50, "build_s": 10.0, "epoch_s": [3.0, 2.0, 4.0, 6.0], "seen": [10, 10, 10, 10],
+           "peak_rss_mb": 900.0, "rss_before_data_mb": 700.0, "peak_anon_mb": 500.0, "anon_before_data_mb": 450.0,
+           "input_shape": [1, 32, 32], "train_cached": True}  # fmt: skip
+    summary = scale.summarise(job, 12.5)
+    assert summary["first_s_per_sample"] == pytest.approx(10.0 / 50 + 3.0 / 10)
+    assert summary["later_s_per_sample"] == pytest.approx(4.0 / 10)  # the median of 0.2, 0.4, 0.6
+    assert summary["data_memory_mb"] == 200.0 and summary["data_anon_mb"] == 50.0
+    assert summary["peak_rss_mb"] == 900.0 and summary["disk_mb"] == 12.5 and summary["cached"] is True
+
+
+def growth_figures(ratios: dict[str, float], shards_vs_files: float, same_metric: bool) -> dict:
+    """A task's figures as :func:`scale.measure_task` writes them, with these 10× / 1× time ratios per path."""
+    figures = {"paths": list(ratios), "factors": [1, 10], "default_path": next(iter(ratios))}
+    for path, ratio in ratios.items():
+        for factor in (1, 10):
+            p = f"{path}.{factor}x."
+            figures |= {p + "cached": True, p + "train_samples": 12 * factor, p + "first_s_per_sample": 1e-3,
+                        p + "later_s_per_sample": 1e-3 * (ratio if factor == 10 else 1), p + "peak_rss_mb": 900.0,
+                        p + "data_memory_mb": 1.0, p + "peak_anon_mb": 500.0, p + "data_anon_mb": 1.0,
+                        p + "disk_mb": 1.0}  # fmt: skip
+        figures |= {f"{path}.time_per_sample_ratio_10x": ratio, f"{path}.peak_memory_ratio_10x": 1.0,
+                    f"{path}.peak_anon_ratio_10x": 1.0, f"{path}.time_exponent": 1.0,
+                    f"{path}.first_time_exponent": 1.0, f"{path}.memory_exponent": 0.0}  # fmt: skip
+    figures["time_per_sample_ratio_10x"] = ratios[figures["default_path"]]
+    figures |= {"throughput.shards_vs_files_ratio": shards_vs_files, "throughput.test_metric": "test/acc",
+                "throughput.decoded_mb": 4.0, "throughput.cache_limit_mb": 1.0, "throughput.epochs": 1,
+                "throughput.files.samples_per_s": 100.0, "throughput.shards.samples_per_s": 100.0 * shards_vs_files,
+                "throughput.files.test_metric": 0.5,
+                "throughput.shards.test_metric": 0.5 if same_metric else 0.25}  # fmt: skip
+    return figures
+
+
+def test_the_goals_are_read_the_right_way_round():
+    """Later-epoch time per sample at 10× more than :data:`~cnnsuite.bench.scale.GOAL_TIME_RATIO`
+    times 1× misses the goal, at it or less reaches it; shards below
+    :data:`~cnnsuite.bench.scale.GOAL_THROUGHPUT_RATIO` times the files' throughput miss theirs,
+    and a test metric that differs between them is said to."""
+    over, at = scale.GOAL_TIME_RATIO * 1.5, scale.GOAL_TIME_RATIO
+    text = scale.markdown({"slow": growth_figures({"cache": over, "files": at, "shards": 0.9}, 1.5, False),
+                           "fast": growth_figures({"files": 1.0}, scale.GOAL_THROUGHPUT_RATIO, True)})  # fmt: skip
+    rows = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.endswith("reached** |")
+            or line.endswith("| reached |")}  # fmt: skip
+    assert rows[("| slow", "**cache**")].endswith("| **not reached** |")
+    assert rows[("| slow", "files")].endswith("| reached |") and rows[("| slow", "shards")].endswith("| reached |")
+    assert rows[("| fast", "**files**")].endswith("| reached |")
+    assert "Shards / files: **1.50×** — **not reached**; test/acc **differs**." in text
+    assert f"Shards / files: **{scale.GOAL_THROUGHPUT_RATIO:.2f}×** — reached; test/acc equal." in text
