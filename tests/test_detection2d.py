@@ -3,6 +3,7 @@ prediction on raw files (agreeing with forward and with evaluate) and ONNX expor
 
 import copy
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from cnnsuite.tasks.detection2d import datamodule as detection_data
 from cnnsuite.tasks.detection2d.datamodule import DetectionDataModule
 from cnnsuite.tasks.detection2d.default_data import compose_canvas
-from cnnsuite.tasks.detection2d.module import REFERENCES, DetectionModule
+from cnnsuite.tasks.detection2d.module import REFERENCES, BackboneFPN, DetectionModule, DetectionScores
 from conftest import ROOT, watch_network_and_plots
 from conftest import fit as run_fit
 from PIL import Image
@@ -23,12 +24,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchmetrics.detection import MeanAveragePrecision
 
+from cnnsuite.backbone import build_backbone
 from cnnsuite.cli import main
 from cnnsuite.data import BadFileError
 from cnnsuite.data.coco import AnnotationError, coco_results, read_coco, read_voc
 from cnnsuite.data.digits import digit_scans, digit_split
 from cnnsuite.data.inputs import Input
-from cnnsuite.errors import ConfigError
+from cnnsuite.errors import ConfigError, StateError
 from cnnsuite.trust.checkpoint import rebuild, rebuild_for_inference
 from cnnsuite.use.export import OnnxNetwork, export
 from cnnsuite.use.predict import Predictor
@@ -313,6 +315,24 @@ def test_size_buckets_follow_the_annotations_area_as_cocoeval_does(tmp_path, mon
         assert float(ours[f"test/{key}"]) == pytest.approx(value, abs=1e-6), key
 
 
+def test_a_crowd_region_missed_or_found_leaves_the_map_of_the_objects(monkeypatch):
+    """Scoring passes each box's ``iscrowd`` on, as COCOeval wants it: a crowd region left
+    undetected is no miss and a detection inside it no false positive, so finding exactly the
+    objects scores 1.0 with or without a box on the crowd."""
+    module = DetectionModule(num_classes=2, in_channels=1, class_names=["a", "b"], min_size=64, max_size=64)
+    boxes = torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 8.0, 60.0, 40.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([0, 1]), "iscrowd": torch.tensor([0, 1]),
+              "area": torch.tensor([676.0, 832.0]), "image_id": 7}  # fmt: skip
+    for found in ([0], [0, 1]):
+        scores = torch.tensor([0.9, 0.8])[found]
+        detections = {"boxes": boxes[found], "labels": target["labels"][found], "scores": scores}
+        monkeypatch.setattr(DetectionModule, "forward", lambda self, images, d=detections: [d])
+        module.on_test_epoch_start()
+        module.test_metrics.reset()
+        module.test_step(([torch.rand(1, 64, 64)], [target]), 0)
+        assert float(module.test_metrics.compute()["test/map"]) == pytest.approx(1.0), found
+
+
 @pytest.mark.parametrize("cache_limit_mb", [1024, 0])
 def test_an_image_is_decoded_once_when_its_split_fits_the_cache(coco_folder, monkeypatch, cache_limit_mb):
     """Within ``data.cache_limit_mb`` a split's images are decoded when its dataset is built and
@@ -340,6 +360,19 @@ def test_an_image_is_decoded_once_when_its_split_fits_the_cache(coco_folder, mon
     assert target["image_id"] == train.records[train.ids[0]].image_id
 
 
+def test_an_image_changed_after_the_check_is_named_when_read_not_given_stale_boxes(coco_folder):
+    """Without a cache each access reads the file again: one replaced by an image of another
+    size since the check before training is named when it is read, rather than handed out
+    with boxes in the pixels of the image it was."""
+    dm = DetectionDataModule(data_dir=str(coco_folder), cache_limit_mb=0)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    path = coco_folder / train.ids[0]
+    Image.new("RGB", (80, 64)).save(path)
+    with pytest.raises(AnnotationError, match=rf"{path}: image id \d+ is 80x64 pixels but its annotation says 64x64"):
+        train[0]
+
+
 def test_background_images_leave_objects_to_score_in_every_split(tmp_path):
     """Images without objects are normal in COCO. With 8 of 24 such images, the seed's split
     (too small a val for every class) put only background images in val: one epoch trained, then
@@ -351,6 +384,8 @@ def test_background_images_leave_objects_to_score_in_every_split(tmp_path):
     doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] % 3 != 0]
     (folder / "annotations.json").write_text(json.dumps(doc))
     boxed = {f"images/img{i}.png" for i in range(24) if (i + 1) % 3 != 0}
+    # too small a val for every class: the split is stratified by objects (0) or none (-1)
+    assert {label for _, label in DetectionDataModule(data_dir=str(folder)).list_samples()} == {-1, 0}
     for seed in range(4):
         dm = DetectionDataModule(data_dir=str(folder), seed=seed, data_root=str(tmp_path / "data"))
         dm.setup("fit")
@@ -374,6 +409,16 @@ def test_background_images_leave_objects_to_score_in_every_split(tmp_path):
                              data_root=str(tmp_path / "data"))  # fmt: skip
     with pytest.raises(ConfigError, match=r"the val split's 2 images hold no object, so mAP has nothing to score"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize("ids", [[1] * 10, list(range(1, 10)), [*range(1, 10), "10"], [*range(1, 10), 10.0]])
+def test_a_prepared_records_category_ids_are_one_distinct_whole_number_a_class(tmp_path, ids):
+    """The ids a results file names each class by: two classes under one id would merge them."""
+    dm = DetectionDataModule(data_root=str(tmp_path))
+    with pytest.raises(StateError, match=r"category_ids is .*, expected 10 distinct whole numbers, one a class"):
+        dm.restore_preprocessing({"category_ids": ids})
+    dm.restore_preprocessing({"category_ids": list(range(11, 21))})
+    assert dm.categories.ids == list(range(11, 21))
 
 
 def test_invalid_json_and_missing_split_file(tmp_path, coco_folder):
@@ -453,6 +498,25 @@ def test_fixed_split_files_crowd_and_pascal_voc(tmp_path, coco_folder):
         skipped = DetectionDataModule(data_dir=str(voc), on_bad_annotation="skip")
     assert len([w for w in said if "skipping" in str(w.message)]) == 1, "one warning naming them all"
     assert len(skipped._load().records) == len(dm._load().records) - 2
+
+
+def test_split_files_naming_an_image_twice_or_other_category_names_are_refused(coco_folder):
+    """Fixed split files must agree on their categories, ids and names (a class is read by
+    its id), and hold each image once: one in train and test would be scored on after training."""
+    doc = json.loads((coco_folder / "annotations.json").read_text())
+    parts = {"train": range(0, 8), "val": range(8, 10), "test": range(7, 12)}
+    for stage, indices in parts.items():
+        keep = {doc["images"][i]["id"] for i in indices}
+        part = {**doc, "images": [im for im in doc["images"] if im["id"] in keep],
+                "annotations": [a for a in doc["annotations"] if a["image_id"] in keep]}  # fmt: skip
+        (coco_folder / f"{stage}.json").write_text(json.dumps(part))
+    with pytest.raises(AnnotationError, match=r"test.json: image images/img7.png is also in .*train.json"):
+        DetectionDataModule(data_dir=str(coco_folder))
+    val = json.loads((coco_folder / "val.json").read_text())
+    val["categories"] = [{**c, "name": c["name"].upper()} for c in val["categories"]]
+    (coco_folder / "val.json").write_text(json.dumps(val))
+    with pytest.raises(AnnotationError, match=r"val.json: its categories differ from those of .*train.json"):
+        DetectionDataModule(data_dir=str(coco_folder))
 
 
 @pytest.mark.parametrize(
@@ -709,6 +773,8 @@ def test_default_canvases_respect_the_shared_digit_split(tmp_path, monkeypatch):
     assert not set(split["test"]) & set(split["train"])
     written = read_coco(tmp_path / "test.json", tmp_path)
     assert len(written.records) == 3 and all(r.file.startswith("images/test_") for r in written.records)
+    for record in written.records:  # COCO's size buckets go by each object's area: its box's here
+        assert record.areas == pytest.approx([(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in record.boxes])
 
 
 def test_fast_dev_run_on_the_embedded_default(tmp_path):
@@ -813,6 +879,27 @@ def test_other_detectors_train_and_predict(detector):
             model.inference_network()
 
 
+@pytest.mark.parametrize("detector", ["fcos", "fasterrcnn"])
+def test_training_leaves_crowd_boxes_out_of_the_detectors_targets(detector, monkeypatch):
+    """A crowd box (COCO ``iscrowd``, VOC ``difficult``) only excuses detections when scoring:
+    it is no object to learn, so the detector is trained on the other boxes alone, with the
+    detector's own labels (Faster R-CNN's shifted past its background class 0)."""
+    model = DetectionModule(num_classes=3, in_channels=1, detector=detector, min_size=64, max_size=64)
+    seen = []
+
+    def detector_forward(images, targets):
+        seen.extend(targets)
+        return {"loss": torch.tensor(1.0, requires_grad=True)}
+
+    monkeypatch.setattr(model.detector, "forward", detector_forward)
+    boxes = torch.tensor([[4.0, 4.0, 30.0, 30.0], [0.0, 0.0, 60.0, 60.0], [34.0, 8.0, 50.0, 40.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([2, 0, 1]), "iscrowd": torch.tensor([0, 1, 0]), "image_id": 1}
+    model.training_step(([torch.rand(1, 64, 64)], [target]), 0)
+    (trained,) = seen
+    assert trained["boxes"].tolist() == boxes[[0, 2]].tolist()
+    assert trained["labels"].tolist() == [2 + model.label_offset, 1 + model.label_offset]
+
+
 def test_fcos_takes_a_batch_of_one_small_image():
     """The default network on 64-px images: its last FPN level (stride 64) is 1x1, where
     GroupNorm(32) over 32 channels had one value per group: a batch of one image failed (and
@@ -836,6 +923,67 @@ def test_a_box_clipped_flat_at_an_edge_is_no_detection(detector):
     (own,) = model.own_detections([raw])
     assert own["boxes"].tolist() == [[0.0, 0.0, 5.0, 3.0]] and own["labels"].tolist() == [1]
     assert own["scores"].tolist() == pytest.approx([0.9])
+
+
+@pytest.mark.parametrize("detector", ["fcos", "retinanet", "fasterrcnn"])
+def test_the_thresholds_reach_the_detector_that_applies_them(detector):
+    """Faster R-CNN applies them in its ROI heads, the one-stage detectors in themselves; the
+    defaults are torchvision's own, so only other values show where they went."""
+    model = DetectionModule(num_classes=2, detector=detector, score_thresh=0.3, nms_thresh=0.4, detections_per_img=7)
+    applies = getattr(model.detector, "roi_heads", model.detector)
+    assert (applies.score_thresh, applies.nms_thresh, applies.detections_per_img) == (0.3, 0.4, 7)
+
+
+def test_per_class_ap_of_a_class_without_objects_is_not_a_score(monkeypatch):
+    """``test/ap/<class>``: a class with objects is scored; one without objects, whether
+    detected (false positives only) or not named at all, has no AP (NaN: n/a in metrics.json)."""
+    module = DetectionModule(num_classes=3, in_channels=1, class_names=["a", "b", "c"], min_size=64, max_size=64)
+    box = torch.tensor([[4.0, 4.0, 30.0, 30.0]])
+    target = {"boxes": box, "labels": torch.tensor([0]), "iscrowd": torch.tensor([0]), "area": torch.tensor([676.0]),
+              "image_id": 1}  # fmt: skip
+    found = {"boxes": torch.cat([box, box + 30]), "labels": torch.tensor([0, 1]), "scores": torch.tensor([0.9, 0.8])}
+    monkeypatch.setattr(DetectionModule, "forward", lambda self, images: [found])
+    module.on_test_epoch_start()
+    module.test_step(([torch.rand(1, 64, 64)], [target]), 0)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda key, value, **kwargs: logged.__setitem__(key, float(value)))
+    module.on_test_epoch_end()
+    assert logged["test/ap/a"] == pytest.approx(1.0)
+    assert math.isnan(logged["test/ap/b"]) and math.isnan(logged["test/ap/c"])
+
+
+def test_pyramid_strides_are_each_levels_own_downsampling():
+    """``strides`` size FCOS's points and RetinaNet's anchors and are what export describes:
+    each must be the input's side over its level's side, the extra P6/P7 or pool levels too."""
+    for extra in ("p6p7", "pool"):
+        fpn = BackboneFPN(build_backbone("convnet", 2, 1, channels=[8, 16, 32]), [1, 2], 32, extra)
+        levels = fpn(torch.rand(1, 1, 128, 128)).values()
+        assert fpn.strides == [128 // level.shape[-1] for level in levels], extra
+
+
+def test_grad_cam_scores_are_each_classs_best_detection_score():
+    """For Grad-CAM, FCOS's class score at a location is sigmoid(class) × sigmoid(centerness)
+    (in logs, a sum), and a class's score is that of its best location."""
+    logits = torch.tensor([[[2.0, -1.0], [0.5, 3.0], [1.0, 0.0]]])  # (N, locations, K)
+    ctrness = torch.tensor([[[0.0], [-4.0], [2.0]]])
+
+    class Heads(torch.nn.Module):
+        names = ("cls_logits", "bbox_regression", "bbox_ctrness")
+
+        def forward(self, images):
+            return logits, torch.zeros(1, 3, 4), ctrness
+
+    expected = (torch.nn.functional.logsigmoid(logits) + torch.nn.functional.logsigmoid(ctrness)).amax(dim=1)
+    torch.testing.assert_close(DetectionScores(Heads())(torch.rand(1, 1, 8, 8)), expected)
+
+
+def test_image_mean_or_std_given_is_kept_when_weights_bring_their_own():
+    """Pretrained weights' mean/std replace the detector's defaults, but not a user's
+    ``image_mean`` or ``image_std``, even one given alone."""
+    model = DetectionModule(in_channels=1, image_mean=[0.3])
+    said = model.renormalise_input([0.1], [0.2])
+    assert (model.detector.transform.image_mean, model.detector.transform.image_std) == ([0.3], [0.25])
+    assert "not applied" in said
 
 
 def test_bad_model_values_name_the_key():
