@@ -15,7 +15,7 @@ from conftest import ROOT, make_image_folder, watch_network_and_plots
 from conftest import fit as run_fit
 
 from cnnsuite.cli import main
-from cnnsuite.data import BadFileError
+from cnnsuite.data import BadFileError, read_image
 from cnnsuite.data.digits import digit_split
 
 CONFIG = str(ROOT / "tasks" / "recognition2d" / "config.yaml")
@@ -181,6 +181,21 @@ def test_bad_config_values_name_the_key(tmp_path, image_folder):
         RecognitionDataModule(data_dir=str(image_folder), on_bad_file="ignore")
     with pytest.raises(ValueError, match="data.channels"):
         RecognitionDataModule(data_dir=str(image_folder), channels=2)
+
+
+def test_every_split_and_a_raw_file_are_normalised_as_the_datamodule_says(image_folder):
+    """Each split's images and predict's reading of a file: resized [0, 1] pixels normalised
+    by ``input_normalisation`` (to [-1, 1]), what the network trained on and export declares."""
+    dm = RecognitionDataModule(data_dir=str(image_folder), image_size=16, augment=False)
+    dm.setup("fit")
+    norm = dm.input_normalisation
+    assert (norm["mean"], norm["std"]) == ([0.5] * 3, [0.5] * 3)
+    for stage in ("train", "val", "test"):
+        dataset = dm.datasets[stage]
+        image, _ = dataset[0]
+        pixels = read_image(image_folder / dataset.ids[0], 3, (16, 16))
+        torch.testing.assert_close(image, (pixels - 0.5) / 0.5)
+        torch.testing.assert_close(dm.read_input(image_folder / dataset.ids[0]).sample, image)
 
 
 def test_gray_channels_inferred_from_files(tmp_path):
