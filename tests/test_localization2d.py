@@ -425,6 +425,9 @@ def test_losses_and_metrics_against_hand_computed_values():
     assert terms["loss_l1"].item() == pytest.approx(4 / 8)  # 1 per coordinate of the first pair
     assert terms["loss_giou"].item() == pytest.approx(((1 - giou) + 0) / 2, abs=1e-6)
     assert terms["loss"].item() == pytest.approx(ce + 5 * 0.5 + 2 * (1 - giou) / 2, abs=1e-5)
+    # L1, not squared: a corner 2 off counts 2
+    far = model.losses(logits[:1], pred[:1], labels[:1], torch.tensor([[0.0, 0.0, 2.0, 4.0]]))
+    assert far["loss_l1"].item() == pytest.approx(2 / 4)
 
     probs = logits.softmax(1)
     miou = MeanIoU()
@@ -437,6 +440,10 @@ def test_losses_and_metrics_against_hand_computed_values():
         metric.update(probs, labels, pred, true)
     assert (loc.compute().item(), known.compute().item()) == (0.0, 0.5)
     assert per_class.compute()[:2].tolist() == [0.0, 0.0] and per_class.compute()[2].isnan()  # no image of class 2
+    scored = model.configure_metrics("val")  # the task's own: loc_acc needs the class, gt_known_loc not
+    scored.update(preds=probs, target=labels, pred_boxes=pred, target_boxes=true)
+    values = {key.rsplit("/", 1)[-1]: value.item() for key, value in scored.compute().items()}
+    assert (values["loc_acc"], values["gt_known_loc"], values["miou"]) == (0.0, 0.5, pytest.approx((1 / 7 + 1) / 2))
 
     # IoU ≥ 0.5 localises: [0,0,2,2] against [0,0,2,4] is exactly 0.5, against [0,0,2,5] 0.4
     at_bar, below = LocalizationAccuracy(need_class=False), LocalizationAccuracy(need_class=False)
