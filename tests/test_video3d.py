@@ -25,9 +25,10 @@ from conftest import fit as run_fit
 from PIL import Image
 
 from cnnsuite.cli import main
-from cnnsuite.data import BadFileError
+from cnnsuite.data import BadFileError, Input
 from cnnsuite.data.augment import BatchRandomResizedCrop
 from cnnsuite.errors import ConfigError
+from cnnsuite.training.classification import ClassificationModule
 from cnnsuite.trust.checkpoint import rebuild
 from cnnsuite.use.predict import Predictor
 
@@ -704,6 +705,45 @@ def test_backbones_on_clips(backbone, kwargs, spatial_dims):
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
 
 
+def test_the_single_frame_baseline_averages_the_logits_of_each_frame_alone():
+    """``spatial_dims: 2`` runs the 2D network on every frame ``(N, C, H, W)`` of a clip
+    ``(N, C, T, H, W)`` and averages the frames' logits: not their maximum, and not slices that
+    mix the colour channels with time."""
+    torch.manual_seed(0)
+    model = VideoClassificationModule(
+        num_classes=5, spatial_dims=2, backbone="convnet", backbone_kwargs={"channels": [8, 16]}
+    ).eval()
+    clips = torch.randn(2, 3, 4, 16, 16)
+    with torch.no_grad():
+        frames = torch.stack([ClassificationModule.forward(model, clips[:, :, t]) for t in range(4)], dim=1)
+        torch.testing.assert_close(model(clips), frames.mean(dim=1))
+
+
+def test_a_predicted_video_is_the_mean_of_its_clips_probabilities():
+    """A video's class and probabilities are its clips' softmax averaged, as ``video_acc``
+    scores it: here its first clip leans to one class and the mean to the other."""
+    model = VideoClassificationModule(num_classes=2, class_names=["left", "right"], backbone="convnet")
+    logits = torch.tensor([[0.5, 0.0], [0.0, 4.0], [0.0, 3.0], [2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    sizes = [2, 1, 3]
+    inputs = [
+        Input(Path(f"v{i}.mp4"), torch.zeros(n, 3, 2, 4, 4), {"clip_starts": [float(k) for k in range(n)]})
+        for i, n in enumerate(sizes)
+    ]
+    predictions = model.describe_outputs((logits,), inputs)
+    for prediction, probs in zip(predictions, logits.softmax(1).split(sizes), strict=True):
+        got = torch.tensor([prediction["probabilities"][c] for c in model.class_names])
+        torch.testing.assert_close(got, probs.mean(0))
+        assert len(prediction["clips"]) == len(probs)
+    assert [p["class"] for p in predictions] == ["right", "right", "left"]
+
+
+def test_video_scores_are_monitored_as_higher_is_better():
+    """The video scores are no torchmetrics class with ``higher_is_better``: the task's own
+    ``metric_modes`` is what makes a monitor of them keep the highest."""
+    assert VideoClassificationModule.mode_of("val/video_acc") == "max"
+    assert VideoClassificationModule.mode_of("val/video_map") == "max"
+
+
 def write_bars_video(path: Path, steps: list[int], frames: int = 16, size: int = 16) -> None:
     """Vertical bars on black, one moving ``step`` pixels a frame for each of ``steps``, each in
     its own colour channel (so two bars crossing stay two)."""
@@ -786,6 +826,16 @@ def test_video_average_precision_leaves_out_a_label_no_video_carries():
     metric.update(
         torch.tensor([[3.0, -3.0, 0.0], [-3.0, 3.0, 0.0]]), labels, torch.tensor([0, 1]), torch.tensor([0, 1])
     )
+    assert metric.compute().item() == 1.0
+
+
+def test_video_average_precision_ranks_each_labels_sigmoid_not_a_softmax_over_labels():
+    """Labels are not exclusive: video 1's second label (logit 0.5) ranks below video 0's
+    (logit 1.0) on its own sigmoid, though a softmax against video 1's far lower first logit
+    would rank it above."""
+    metric = VideoAveragePrecision()
+    labels = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    metric.update(torch.tensor([[0.0, 1.0], [-5.0, 0.5]]), labels, torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert metric.compute().item() == 1.0
 
 
