@@ -456,6 +456,18 @@ def test_losses_and_metrics_against_hand_computed_values():
     torch.testing.assert_close(boxes[1], torch.tensor([0.25, 0.25, 0.75, 0.75]))
 
 
+def test_box_loss_ciou_is_the_complete_iou_loss():
+    """``box_loss: ciou`` adds the centres' distance over the enclosing box's diagonal (both
+    squared) to 1 - IoU, where GIoU adds the enclosing box's empty share."""
+    model = LocalizationModule(num_classes=2, backbone_kwargs={"channels": [4, 8]}, box_loss="ciou")
+    pred, true = torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    terms = model.losses(torch.tensor([[2.0, 0.0]]), pred, torch.tensor([0]), true)
+    ciou = 1 - 1 / 7 + 2 / 18  # centres 1 apart on each axis, enclosing box 3×3; both square
+    assert "loss_giou" not in terms and terms["loss_ciou"].item() == pytest.approx(ciou, abs=1e-6)
+    expected = terms["loss_cls"] + 5 * terms["loss_l1"] + 2 * ciou
+    assert terms["loss"].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_a_box_past_the_image_is_scored_as_predict_gives_it_clipped():
     """The network's box may reach past the image; predict clips it to the image, and the
