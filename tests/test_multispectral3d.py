@@ -270,6 +270,8 @@ def test_fit_evaluate_with_statistics_from_the_checkpoint(tmp_path, monkeypatch)
     # The task's own model: its layout must take a 4-band subset.
     run = fit("multispectral3d", tmp_path, "--data.data_dir", str(folder), "--data.bands", json.dumps(bands),
               "--trainer.max_epochs", "1", "--data.batch_size", "6")  # fmt: skip
+    # kappa is scored in validation too, where checkpoint.monitor=val/kappa can pick the best epoch
+    assert "val/kappa" in (run / "metrics.csv").read_text().splitlines()[0]
     ckpt = run / "checkpoints" / "best.ckpt"
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []
     state = torch.load(ckpt, weights_only=True)["MultispectralDataModule"]
