@@ -514,9 +514,24 @@ def test_the_crop_class_head_trains_and_rebuilds_from_its_checkpoint(tmp_path, c
     assert report["gradcam"]["score"].startswith("no Grad-CAM") and "class" not in report["gradcam"]
 
 
-def test_a_crop_of_no_pixels_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"model.crop_size=0: expected the crop's side in pixels"):
-        LocalizationModule(num_classes=2, backbone_kwargs={"channels": [4, 8]}, crop_size=0)
+@pytest.mark.parametrize(
+    "setting,said",
+    [
+        ({"crop_size": 0}, r"model.crop_size=0: expected the crop's side in pixels"),
+        ({"box_grid": 0}, r"model.box_grid=0: expected at least 1"),
+        ({"class_head": "roi", "roi_stage": 2}, r"model.roi_stage=2: expected an index of the 2 backbone stages"),
+        ({"class_head": "roi", "roi_stage": -3}, r"model.roi_stage=-3: expected an index of the 2 backbone stages"),
+        ({"class_head": "box"}, r"model.class_head='box': expected 'roi', 'crop' or 'global'"),
+        ({"box_loss": "iou"}, r"model.box_loss='iou': expected one of"),
+    ],
+)
+def test_a_head_setting_out_of_range_is_a_config_error_naming_it(setting, said):
+    """The box head's settings are checked where they are given, not met as an IndexError or a
+    shape error when the network is built or first run."""
+    with pytest.raises(ConfigError, match=said):
+        LocalizationModule(num_classes=2, backbone_kwargs={"channels": [4, 8]}, **setting)
+    for index in (-2, 1):  # every stage index the backbone has is taken
+        LocalizationModule(num_classes=2, backbone_kwargs={"channels": [4, 8]}, class_head="roi", roi_stage=index)
 
 
 def test_backbone_weights_start_the_crop_network_too(tmp_path):
