@@ -266,6 +266,8 @@ def test_json_nested_past_the_recursion_limit_is_one_line_naming_the_file(tmp_pa
     from cnnsuite.tasks.multispectral3d.readers import METADATA, read_metadata_labels
 
     from cnnsuite.data.coco import read_categories
+    from cnnsuite.data.prepare import RECORD, check_record
+    from cnnsuite.data.shards.verify import read_verified
     from cnnsuite.data.splits import load_splits
 
     deep = "[" * 100_000 + "]" * 100_000
@@ -278,3 +280,9 @@ def test_json_nested_past_the_recursion_limit_is_one_line_naming_the_file(tmp_pa
         load_splits(tmp_path / "split.json")
     with pytest.raises(BadFileError, match=rf"p{METADATA}: cannot read .*nested too deeply"):
         read_metadata_labels(tmp_path, ["p"], tmp_path / "labels.csv")
+    # the records the suite keeps beside data it generated or copied, were one tampered with
+    (tmp_path / "generated").mkdir()
+    (tmp_path / "generated" / RECORD).write_text(deep)
+    with pytest.raises(ConfigError, match=r"generated: no readable record of how it was generated"):
+        check_record(tmp_path / "generated", {"default_size": 10})
+    assert read_verified(tmp_path / "split.json") == {}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..atomic import make_temporary
 from ..errors import ConfigError
+from .textfiles import parse_json
 
 RECORD = "generation.json"
 
@@ -54,8 +55,8 @@ def check_record(folder: Path, args: dict, defaults: dict | None = None) -> None
     its value in ``defaults``."""
     path = folder / RECORD
     try:
-        recorded = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        recorded = parse_json(path.read_text())
+    except (OSError, ValueError):
         recorded = None
     if isinstance(recorded, dict):
         recorded = {**json.loads(json.dumps(defaults or {})), **recorded}

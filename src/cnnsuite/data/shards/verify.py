@@ -254,7 +254,7 @@ def _fits(location: str, mirror: Path, files: dict, hashed: dict, when: dict) ->
 def read_verified(path: Path) -> dict:
     """What :func:`write_verified` kept in ``path``; nothing where it is missing or unreadable."""
     try:
-        found = json.loads(path.read_text())
+        found = parse_json(path.read_text())
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
