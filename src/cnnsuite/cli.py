@@ -347,9 +347,9 @@ class CnnSuiteCLI(LightningCLI):
         """The model and data a command was given, before its Trainer is built (LightningCLI makes
         the Trainer right after them) or a recipe timed on them: a resumed checkpoint's classes
         must be the data's, the model must take the data's samples, and the run's folder must be a
-        folder (not a file) outside the data folder, which is only read. A resumed run's split is its checkpoint's
-        from the start: one decided afresh would be checked and written over the run's
-        ``splits.json``, and data without the run's samples only refused after that."""
+        folder (not a file) outside the data folder, which is only read. A resumed run's split is
+        its checkpoint's from the start: one decided afresh would be checked and written over the
+        run's ``splits.json``, and data without the run's samples only refused after that."""
         if self.resumed is not None:  # the data's classes, linked to the model, must be the run's
             ckpt_path, args, splits = self.resumed.ckpt_path, self.resumed.model_args, self.resumed.splits
             names = args.get("class_names") or [str(i) for i in range(args["num_classes"])]
