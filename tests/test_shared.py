@@ -26,7 +26,7 @@ from cnnsuite.data import BadFileError, TaskDataModule, list_classes, list_sampl
 from cnnsuite.data.cache import MIB, DecodedCache, check_cache_limit
 from cnnsuite.data.images import IMAGE_EXTENSIONS, image_size
 from cnnsuite.data.prepare import prepare_once
-from cnnsuite.data.splits import stratified_split
+from cnnsuite.data.splits import split_validation, stratified_split
 from cnnsuite.errors import ConfigError
 from cnnsuite.training.callbacks import PreciseBatchNorm
 from cnnsuite.training.classification import ClassificationModule
@@ -319,6 +319,31 @@ def test_too_few_samples_to_split_is_one_line():
     for labels in ([0, 1, 0, 1, 0], [0, 1, 2, 3, 4], [0] * 5, [np.array([1, 0])] * 5):
         with pytest.raises(ConfigError, match=r"5 samples: too few to split into train, val and test \(data.val"):
             stratified_split(list("abcde"), labels, 0.45, 0.45, seed=0)
+
+
+def test_each_split_gets_the_share_its_own_fraction_asks():
+    ids, labels = [f"{i:02}" for i in range(40)], [i % 2 for i in range(40)]
+    split = stratified_split(ids, labels, 0.1, 0.5, seed=0)  # unequal fractions: val and test cannot be confused
+    assert [len(split[s]) for s in ("train", "val", "test")] == [16, 4, 20]
+
+
+def test_validation_drawn_from_a_train_list_is_its_fraction_of_all_listed_samples_and_at_most_half():
+    train, labels = [f"{i:02}" for i in range(40)], [i % 2 for i in range(40)]
+    kept, val = split_validation(train, labels, 0.1, total=80, seed=0)  # 0.1 of 80 listed: 8 of the 40
+    assert (len(kept), len(val)) == (32, 8) and sorted(kept + val) == train
+    kept, val = split_validation(train, labels, 0.4, total=100, seed=0)  # 40 asked: half of train, no more
+    assert (len(kept), len(val)) == (20, 20)
+
+
+def test_split_fractions_that_leave_nothing_to_train_on_are_one_line_naming_the_keys():
+    ids, labels = [f"{i}" for i in range(20)], [i % 2 for i in range(20)]
+    # fractions summing to exactly 1 leave no training split: said as such, not as "too few samples"
+    for val, test in ((0.5, 0.5), (0.6, 0.5)):
+        with pytest.raises(ConfigError, match=r"^data\.val_fraction \+ data\.test_fraction = .*: expected < 1$"):
+            stratified_split(ids, labels, val, test, seed=0)
+    for val, test in ((0, 0.2), (0.2, 0), (1, 0.2)):
+        with pytest.raises(ConfigError, match=r"^data\.(val|test)_fraction=[01]: expected a fraction between 0 and 1$"):
+            stratified_split(ids, labels, val, test, seed=0)
 
 
 def test_generated_data_records_its_arguments_and_other_arguments_get_their_own_folder(tmp_path):
