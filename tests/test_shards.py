@@ -75,6 +75,24 @@ def test_recognition2d_trains_from_shards_as_from_its_raw_files(tmp_path):
     assert len((tmp_path / "predicted" / "predictions.jsonl").read_text().splitlines()) == 6
 
 
+def test_a_label_tables_class_order_travels_with_the_shards(tmp_path):
+    """Class names in a label table's column order (not sorted): the record keeps that order, which
+    its targets index, and a run on the prepared folder takes it."""
+    from cnnsuite.tasks.recognition2d.datamodule import RecognitionDataModule
+
+    raw = make_image_folder(tmp_path / "raw", per_class=3)
+    files = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*.*"))
+    rows = [f"{f},{int(f.startswith('owl'))},{int(f.startswith('cat'))},{int(f.startswith('dog'))}" for f in files]
+    (raw / "labels.csv").write_text("image,owl,cat,dog\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "prepared"
+    prepare("recognition2d", raw, out, "--data.image_size", "8", "--data.augment", "false")
+    record = json.loads((out / RECORD).read_text())
+    assert record["class_names"] == ["owl", "cat", "dog"]
+    assert {record["targets"][f] for f in files if f.startswith("owl")} == {0}
+    streamed = RecognitionDataModule(data_dir=str(out), data_root=str(tmp_path / "data"), image_size=8, augment=False)
+    assert streamed.class_names == ["owl", "cat", "dog"]
+
+
 def test_the_command_prepare_prints_trains_from_the_folder_it_wrote(tmp_path, capsys):
     """prepare ends with the fit command for its folder: with the settings it was given that
     decide what was decoded and split (the run refuses others), not the run's own batch size."""
