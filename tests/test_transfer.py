@@ -176,6 +176,14 @@ def test_2d_grey_into_3d_rgb_is_inflated_and_adapted():
     assert report.inflated[0] == report.adapted[0] == "stages.0.0.0.weight"
 
 
+def test_2d_rgb_into_3d_rgb_is_inflated_with_each_channel_its_own_kernel():
+    """Inflation alone fits a first layer of the same channels: no channel is averaged away."""
+    rgb2d, rgb3d = convnet(2, in_channels=3), convnet(3, in_channels=3)
+    report = transfer_backbone(rgb3d, rgb2d.state_dict())
+    assert "stages.0.0.0.weight" in report.inflated and not report.adapted and not report.channels
+    torch.testing.assert_close(rgb3d.stages[0][0][0].weight, inflate(rgb2d.stages[0][0][0].weight, 3))
+
+
 def test_channel_modes():
     kernel = torch.randn(4, 3, 3, 3)
     assert torch.equal(adapt_in_channels(kernel, 2, "first"), kernel[:, :2])
