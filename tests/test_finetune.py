@@ -108,6 +108,22 @@ def test_frozen_backbone_then_stages_from_one_at_a_lower_rate(tmp_path):
     assert epochs[2]["lrs"][0] != epochs[3]["lrs"][0]  # the scheduler drives both groups
 
 
+class TinyOneCycle(Tiny):
+    """OneCycleLR computes each group's rate from the group's own ``max_lr`` and ``initial_lr``."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=16)
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+
+def test_a_one_cycle_schedule_keeps_the_backbone_at_its_lower_rate(tmp_path):
+    snapshots = Snapshots()
+    fit(TinyOneCycle(), [BackboneSchedule(unfreeze_at_epoch=1, backbone_lr_factor=0.1), snapshots], 4, tmp_path)
+    for epoch in snapshots.epochs[1:]:
+        assert epoch["lrs"][1] == pytest.approx(epoch["lrs"][0] * 0.1)
+
+
 class DetectorEpochs(Callback):
     """The detector's tensors and the optimiser's groups (parameter ids, rates) after each epoch."""
 
