@@ -119,6 +119,11 @@ def test_each_normalisation_standardises_over_its_own_axes(kind, dims):
     assert norm_layer(dims, "none", 12)(x) is x
 
 
+@pytest.mark.parametrize("channels,groups", [(16, 8), (8, 8), (12, 6), (4, 4), (7, 7), (9, 3)])
+def test_group_norm_takes_the_largest_divisor_of_the_channels_up_to_8(channels, groups):
+    assert norm_layer(2, "group", channels).num_groups == groups
+
+
 @pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid", "gelu", "silu", "elu", "leakyrelu"])
 def test_every_non_linearity_is_torchs(name):
     x = torch.linspace(-3, 3, 61)
