@@ -11,7 +11,7 @@ from conftest import fit, task_config
 from torch.nn.utils import parametrize
 
 from cnnsuite.backbone import build_backbone, free_parameters, register_backbone
-from cnnsuite.backbone.parametrize import Tied
+from cnnsuite.backbone.parametrize import Tied, symmetric_groups, tie_weights
 
 
 def convs(backbone, stage):
@@ -46,6 +46,17 @@ def test_gradient_reaching_u_is_the_sum_over_the_tied_weights(dims, spec):
     else:  # the kernel is its own mirror image along each axis named
         axes = [2 + a for a in spec.get("axes", range(dims))]
         assert all(torch.equal(w.detach(), w.detach().flip(a)) for a in axes)
+
+
+def test_tied_weights_start_at_the_mean_of_the_entries_they_stand_for():
+    """Tying keeps the kernel's scale: each free value starts at the mean of the weights it ties."""
+    conv = torch.nn.Conv2d(2, 3, 3)
+    before = conv.weight.detach().clone()
+    groups = symmetric_groups(before.shape, (2, 3))
+    tie_weights(conv, groups)
+    means = torch.zeros(int(groups.max()) + 1).index_add_(0, groups.flatten(), before.flatten())
+    means /= torch.bincount(groups.flatten())
+    torch.testing.assert_close(conv.weight.detach(), means[groups])
 
 
 def test_free_parameters_fall_as_the_pattern_says():
