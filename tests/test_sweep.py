@@ -354,3 +354,16 @@ def test_the_study_direction_follows_the_monitored_keys_mode(tmp_path, image_fol
     assert (tmp_path / "out" / "trials.md").read_text().startswith("# Study sweep: minimize val/loss")
     with pytest.raises(ConfigError, match=r"the stored study minimizes, this task's val/acc is to maximize"):
         sweep(*args, *fixed(tmp_path, image_folder))
+
+
+def test_each_key_is_drawn_from_its_own_distribution(tmp_path):
+    """A log range is drawn on a log scale, whole-number bounds as integers, choices as given (a
+    list as the text the command line takes)."""
+    from cnnsuite.training.sweep import read_space, suggest
+
+    space = read_space(write_space(tmp_path))
+    trial = optuna.create_study().ask()
+    values = {key: suggest(trial, key, distribution) for key, distribution in space.items()}
+    assert trial.distributions == space
+    assert space["optimizer.init_args.lr"].log and isinstance(values["trainer.max_epochs"], int)
+    assert values["model.init_args.backbone_kwargs.channels"] in ("[4, 8, 16, 32]", "[8, 8, 16, 16]")
