@@ -482,9 +482,31 @@ def test_predict_takes_a_dicom_series_whose_files_have_no_ending(tmp_path):
         file.rename(file.with_name(f"IM{k:04d}"))
     datamodule = Biomedical3DDataModule(data_dir=str(make_volume_folder(tmp_path / "user")))
     assert datamodule.is_input(tmp_path / "patient")
-    (tmp_path / "patient" / "notes.txt").write_text("not a slice")
-    assert not datamodule.is_input(tmp_path / "patient")
     assert datamodule.inputs_taken().endswith(".mhd, or a folder of DICOM files (one series)")
+
+
+def test_predict_takes_a_dicom_series_beside_a_file_that_is_no_slice(tmp_path):
+    """Training reads a series folder holding a ``notes.txt`` or ``Thumbs.db`` (MONAI's reader,
+    and the header check, leave them out); predict took that folder for no input at all, so
+    ``--input`` of it was 'no file this model takes' and a folder of patients lost that one in a
+    count of 'files of other types'. A folder holding a volume file or a sub-folder is a folder
+    of inputs, and one with no DICOM file is no series."""
+    from test_newcomer import write_dicom_series
+
+    write_dicom_series(tmp_path / "inputs" / "patient", np.zeros((4, 8, 8)))
+    (tmp_path / "inputs" / "patient" / "notes.txt").write_text("not a slice")
+    (tmp_path / "inputs" / "patient" / "Thumbs.db").write_bytes(bytes(512))
+    datamodule = Biomedical3DDataModule(data_dir=str(make_volume_folder(tmp_path / "user")))
+    assert datamodule.is_input(tmp_path / "inputs" / "patient")
+    assert not datamodule.is_input(tmp_path / "inputs")  # a folder of series
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("not a slice")
+    assert not datamodule.is_input(tmp_path / "notes")
+    scans = tmp_path / "user" / "scans"
+    write_dicom_series(scans / "series", np.zeros((4, 8, 8)))
+    for file in (scans / "series").iterdir():
+        file.rename(scans / file.name)  # slices beside NIfTI files: a folder of inputs, not a series
+    assert not datamodule.is_input(scans)
 
 
 def test_4d_volume_is_named(tmp_path):

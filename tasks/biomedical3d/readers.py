@@ -316,12 +316,17 @@ def _position_rounding(slices: list, normal: np.ndarray) -> float:
 
 
 def is_dicom_series(folder: Path) -> bool:
-    """Whether ``folder`` holds DICOM files alone (hidden ones left out): ``.dcm`` files, or
-    files named without an ending, as scanners export them, told by the DICOM preamble."""
+    """Whether ``folder`` is a DICOM series as training reads one (hidden files left out): files
+    alone, some of them DICOM (``.dcm``, or named without an ending as scanners export them, told
+    by the DICOM preamble) and none a volume file. The others (``notes.txt``, ``Thumbs.db``) are
+    left out of the series as :func:`read_header` and MONAI's reader leave them out, so predict
+    takes the folder a labels.csv row trains on; a volume file or a sub-folder makes it a folder
+    of inputs."""
     from pydicom.misc import is_dicom
 
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    return bool(entries) and all(p.is_file() and (p.suffix.lower() == ".dcm" or is_dicom(p)) for p in entries)
+    files_alone = all(p.is_file() and not p.name.lower().endswith(VOLUME_EXTENSIONS) for p in entries)
+    return files_alone and any(p.suffix.lower() == ".dcm" or is_dicom(p) for p in entries)
 
 
 def _series_files(folder: Path) -> list[Path]:
