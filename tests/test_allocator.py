@@ -52,6 +52,7 @@ def test_a_user_who_tunes_malloc_keeps_their_choice():
     # a preloaded library that is no allocator is no choice of malloc
     assert not user_tuned({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libgomp.so.1"})
     assert user_tuned({"LD_PRELOAD": "/opt/lib/libgomp.so.1:/usr/lib/libtcmalloc_minimal.so.4"})
+    assert user_tuned({"LD_PRELOAD": "/usr/lib/libtcmalloc_minimal.so.4:/opt/lib/libgomp.so.1"})  # listed first
 
 
 def test_every_command_keeps_freed_memory(monkeypatch):

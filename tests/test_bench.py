@@ -294,6 +294,27 @@ def test_measure_gives_seconds_per_call_when_a_timing_spans_several(monkeypatch)
     assert timing.measure(call, warmup=1, repeats=2, min_seconds=3) == {"median": 1.0, "all": [1.0, 1.0], "number": 3}
 
 
+def test_a_timing_waits_for_the_devices_queued_work_and_lasts_at_least_min_seconds(monkeypatch):
+    """A device runs its calls after they return: ``sync`` waits for that work before every clock
+    read, in the warm-up call that sizes a timing as in the timing. Calls of 1 s in timings of at
+    least 2.5 s are 3 a timing, not 2; a clock too coarse to see a call move is one call a timing."""
+    from cnnsuite import timing
+
+    clock, queued = [0.0], [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def call():  # returns at once, leaving a second of work queued on the device
+        queued[0] += 1.0
+
+    def sync():
+        clock[0], queued[0] = clock[0] + queued[0], 0.0
+
+    assert timing.measure(call, warmup=1, repeats=2, min_seconds=2.5, sync=sync) == {
+        "median": 1.0, "all": [1.0, 1.0], "number": 3
+    }  # fmt: skip
+    assert timing.measure(lambda: None, warmup=1, repeats=1, min_seconds=1.0)["number"] == 1
+
+
 def test_the_goals_are_read_the_right_way_round():
     """Throughput below 1 is slower than the reference, an overhead ratio above 1.05 misses its
     goal: the report says so of the task that misses, and only of it."""
