@@ -61,13 +61,16 @@ def test_the_console_script_prints_the_table_without_importing_torch():
         assert entry.returncode == 0 and "bench" in entry.stdout
 
 
-def test_the_cli_reference_is_what_the_commands_say():
+def test_the_cli_reference_is_what_the_commands_say(monkeypatch):
     """docs/cli.md is written from the command table and each command's own --help: an option
-    added, renamed or described anew without ``make docs`` fails here."""
+    added, renamed or described anew without ``make docs`` fails here. The width it wraps the
+    help to is not left behind for the process's later help."""
     from cnnsuite.commands import reference
 
+    monkeypatch.delenv("COLUMNS", raising=False)
     written = (ROOT / "docs" / "cli.md").read_text()
     assert written == reference(), "docs/cli.md is out of date: run make docs"
+    assert "COLUMNS" not in os.environ
     for name in COMMANDS:
         assert f"## {name}\n" in written
 
@@ -401,8 +404,12 @@ def test_main_called_from_a_script_with_its_own_arguments_is_still_one_line(caps
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         line = one_line_error(capsys, "fit", "--config", CONFIG, "--trainer.max_epocs", "1")
-    assert "trainer.max_epochs" in line
+        assert "trainer.max_epochs" in line
+        # --task made into --config for the DDP ranks' command line: the caller's is not written over
+        line = one_line_error(capsys, "fit", "--task", "recognition2d", "--trainer.max_epocs", "1")
+        assert "trainer.max_epochs" in line
     assert not [w for w in shown if "args parameter" in str(w.message)]
+    assert sys.argv == ["their_script.py", "--their-flag", "1"]
 
 
 def test_a_value_the_optimizer_refuses_is_one_line_naming_it(capsys, tmp_path, image_folder):
@@ -438,6 +445,16 @@ def test_a_config_file_that_is_not_yaml_is_named_with_the_place(capsys, tmp_path
     bad.write_text("trainer:\n  max_epochs: 3\n  devices: 1: 2\n")
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--config", str(bad))
     assert error == (f"cnnsuite fit: error: {bad}: not YAML (mapping values are not allowed here, line 3, column 13)")
+    assert one_line_error(capsys, "fit", "-c", CONFIG, "-c", str(bad)) == error  # -c is --config
+    binary = tmp_path / "mine.yaml.gz"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--config", str(binary))
+    assert error.startswith(f"cnnsuite fit: error: {binary}: cannot be read ('utf-8' codec can't decode")
+
+
+def test_a_recipe_fit_does_not_know_is_one_line_not_a_run_as_configured(capsys):
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--recipe", "fastest", "--print_config")
+    assert error == "cnnsuite fit: error: recipe: expected 'auto' or 'configured', got 'fastest'"
 
 
 def test_a_tasks_config_is_parsed_once_before_jsonargparse_reads_it(capsys, monkeypatch):
@@ -505,6 +522,9 @@ def test_options_after_task_win_over_its_config_and_configs_after_it_merge_over_
     printed = yaml.safe_load(out)
     assert code == 0 and printed["data"]["init_args"]["batch_size"] == 3 and printed["trainer"]["max_epochs"] == 7
     assert printed["model"]["class_path"] == "cnnsuite.tasks.recognition2d.module.RecognitionModule"
+    code, out, _ = run(capsys, "fit", "--task=recognition2d", "--trainer.max_epochs", "4", "--print_config")
+    printed = yaml.safe_load(out)
+    assert code == 0 and printed["trainer"]["max_epochs"] == 4 and printed["data"]["init_args"]["batch_size"] == 64
 
 
 def test_h_is_help_and_cnnsuite_alone_is_the_table_as_a_mistake(capsys):

@@ -208,6 +208,13 @@ def test_fit_with_seeds_trains_once_per_seed_and_reports_mean_and_std(tmp_path, 
 def test_seeds_need_two_or_more_whole_numbers_and_no_checkpoint_to_resume(capsys):
     line = one_line_error(capsys, "fit", "--task", "recognition2d", "--seeds", "0,x")
     assert "--seeds" in line
+    # one seed has no spread, the same seed twice trains one run twice; validate and test train nothing
+    for command, seeds in (("fit", "3"), ("fit", "0,0"), ("validate", "0,1")):
+        line = one_line_error(capsys, command, "--task", "recognition2d", "--seeds", seeds)
+        assert (
+            line == f"cnnsuite {command}: error: --seeds '{seeds}': expected two or more different whole numbers, "
+            "0,1,2 (fit only)"
+        )
     # every seed resumed the one run named, and the summary averaged it with itself (± 0)
     for resume in (["--ckpt_path", "last"], ["--ckpt_path=last"]):
         line = one_line_error(capsys, "fit", "--task", "recognition2d", "--seeds", "0,1", *resume)
