@@ -452,6 +452,34 @@ def test_a_config_file_that_is_not_yaml_is_named_with_the_place(capsys, tmp_path
     assert error.startswith(f"cnnsuite fit: error: {binary}: cannot be read ('utf-8' codec can't decode")
 
 
+def test_ckpt_path_last_before_any_run_starts_afresh(capsys, tmp_path):
+    """A job that requeues itself with ``--ckpt_path last`` has no ``last.ckpt`` on its first start:
+    it begins a new run, as its config printed says, instead of failing on a file named ``last``."""
+    import yaml
+
+    code, out, _ = run(capsys, "fit", "--config", CONFIG, "--trainer.default_root_dir", str(tmp_path / "runs"),
+                       "--ckpt_path", "last", "--print_config")  # fmt: skip
+    assert code == 0 and yaml.safe_load(out)["ckpt_path"] is None
+
+
+def test_the_data_paths_a_run_records_are_absolute_and_a_url_is_kept(tmp_path, monkeypatch):
+    """``--data.data_dir ../my_images`` in a run's config.yaml named other data from the folder the
+    config is reused in: the data's paths are recorded absolute, with ``~`` expanded; a URL is no path."""
+    from jsonargparse import Namespace
+
+    from cnnsuite.cli import absolute_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    given = {"data_dir": "../my_images", "data_root": "~/data", "split_file": "s3://bucket/splits.json"}
+    config = Namespace(data=Namespace(class_path="cnnsuite.tasks.recognition2d.datamodule.RecognitionDataModule",
+                                      init_args=Namespace(**given, batch_size=4)))  # fmt: skip
+    absolute_data_paths(config)
+    assert config.data.init_args.as_dict() == {"data_dir": str(tmp_path.parent / "my_images"),
+                                               "data_root": str(tmp_path / "home" / "data"),
+                                               "split_file": "s3://bucket/splits.json", "batch_size": 4}  # fmt: skip
+
+
 def test_a_recipe_fit_does_not_know_is_one_line_not_a_run_as_configured(capsys):
     error = one_line_error(capsys, "fit", "--config", CONFIG, "--recipe", "fastest", "--print_config")
     assert error == "cnnsuite fit: error: recipe: expected 'auto' or 'configured', got 'fastest'"
