@@ -5,6 +5,7 @@ import csv
 import math
 import warnings
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -15,9 +16,11 @@ from cnnsuite.tasks.recognition2d.module import RecognitionModule
 from cnnsuite.tasks.video3d.module import VideoClassificationModule
 from conftest import fit, script_val_acc
 from test_long_runs import best_state, val_scores
+from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import ClasswiseWrapper
 
 from cnnsuite.cli import main
+from cnnsuite.training.schedules import CosineAnnealingLR
 
 
 @pytest.fixture
@@ -211,6 +214,32 @@ def test_a_given_t_max_is_kept(tmp_path, image_folder):
               "--lr_scheduler", "cnnsuite.training.schedules.CosineAnnealingLR",
               "--lr_scheduler.T_max", "8")  # fmt: skip
     assert lr_by_epoch(run)[1] == pytest.approx(0.003 * (1 + math.cos(math.pi / 8)) / 2, rel=1e-4)
+
+
+def test_a_run_counted_in_steps_anneals_each_step_over_max_steps(tmp_path):
+    """Without ``max_epochs`` the schedule's length is ``max_steps`` and it steps every step: a
+    run of 6 steps over epochs of 2 batches anneals over the 6, not by epochs or over 1."""
+
+    class Rates(L.Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model = RecognitionModule(num_classes=2, backbone_kwargs={"channels": [4], "norm": "none"})
+
+    def optimizers():
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        return {"optimizer": optimizer, "lr_scheduler": CosineAnnealingLR(optimizer)}
+
+    model.configure_optimizers = optimizers
+    rates = Rates()
+    trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[rates], default_root_dir=tmp_path)  # fmt: skip
+    data = TensorDataset(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]))
+    trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=2))
+    assert rates.lrs == pytest.approx([(1 + math.cos(math.pi * step / 6)) / 2 for step in range(6)])
 
 
 @pytest.mark.parametrize("task", ["localization2d", "detection2d"])
