@@ -439,6 +439,32 @@ def test_a_class_the_split_lacks_has_no_score_and_no_part_in_the_means():
     assert np.isnan(single["val/auroc"]) and single["val/acc/0"] == pytest.approx(float((probs.argmax(1) == 0).mean()))
 
 
+def test_acc_is_micro_accuracy_and_f1_macro_the_mean_of_each_classs_f1():
+    """``acc`` is the share of samples right (torchmetrics' micro average, not its per-class
+    mean); ``f1_macro`` the mean of the classes' F1, as scikit-learn computes them."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    target = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 0, 0, 0, 0, 0, 0, 1, 0, 2])
+    logits = torch.nn.functional.one_hot(predicted, 3).float() * 4
+    model = ClassificationModule(num_classes=3, backbone="convnet", backbone_kwargs={"channels": [4]})
+    model.update_metrics("val", logits, target, None)
+    values = {k: float(v) for k, v in model.val_metrics.compute().items()}
+    assert values["val/acc"] == pytest.approx(accuracy_score(target, predicted)) == pytest.approx(0.8)
+    assert values["val/f1_macro"] == pytest.approx(f1_score(target, predicted, average="macro"))
+    assert values["val/f1_macro"] != pytest.approx(values["val/acc"])
+
+
+def test_label_smoothing_smooths_the_cross_entropy_of_a_single_label_model():
+    model = ClassificationModule(num_classes=3, label_smoothing=0.2, backbone_kwargs={"channels": [4]})
+    model.eval()
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    loss = model.training_step((x, y), 0)
+    expected = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.2)
+    torch.testing.assert_close(loss, expected)
+    assert float(loss) != pytest.approx(float(torch.nn.functional.cross_entropy(model(x), y)))
+
+
 def test_a_label_without_a_positive_has_no_average_precision():
     from sklearn.metrics import average_precision_score
 
