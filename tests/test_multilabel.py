@@ -324,6 +324,22 @@ def test_f1_macro_leaves_out_a_label_neither_carried_nor_predicted():
     assert f1.compute().item() == pytest.approx(2 / 3)
 
 
+def test_map_micro_pools_every_label_and_map_macro_averages_the_labels():
+    from sklearn.metrics import average_precision_score
+
+    generator = torch.Generator().manual_seed(1)
+    logits, target = torch.randn(30, 3, generator=generator), torch.randint(0, 2, (30, 3), generator=generator)
+    logits[:, 0] += 2 * target[:, 0]  # one label well ranked, the others by chance: the two means differ
+    model = ClassificationModule(num_classes=3, multilabel=True, backbone="convnet", backbone_kwargs={"channels": [4]})
+    model.update_metrics("val", logits, target, None)
+    values = {k: float(v) for k, v in model.val_metrics.compute().items()}
+    probs = logits.sigmoid().numpy()
+    micro, macro = (average_precision_score(target.numpy(), probs, average=a) for a in ("micro", "macro"))
+    assert micro != pytest.approx(macro, abs=1e-3)
+    assert values["val/map_micro"] == pytest.approx(micro, abs=1e-6)
+    assert values["val/map_macro"] == pytest.approx(macro, abs=1e-6)
+
+
 def test_class_weights_set_bce_pos_weight_from_label_frequencies():
     targets = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]] * 40, dtype=torch.float32)
     model = ClassificationModule(num_classes=3, class_names=["a", "b", "c"], multilabel=True, class_weights=True)
