@@ -419,3 +419,20 @@ def test_float16_weights_with_an_eps_float16_rounds_to_zero_are_one_line_before_
     run = fit("recognition2d", tmp_path / "b", *args, "--optimizer.init_args.eps", "1e-4")
     weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(v.isfinite().all() for v in weights.values() if v.is_floating_point())
+
+
+def test_a_run_that_chose_contiguous_pins_it_where_the_config_says_channels_last(tmp_path):
+    (tmp_path / "recipe.json").write_text(json.dumps([{"chosen": {"precision": "bf16-mixed", "channels_last": False}}]))
+    assert recipe.pinned(tmp_path)[-2:] == ["--model.init_args.channels_last", "false"]
+
+
+def test_a_loss_is_held_relative_to_the_configured_ones_and_a_speed_as_their_ratio(monkeypatch, model_and_data):
+    assert recipe.relative(2.2, 2.0) == pytest.approx(0.1) and recipe.relative(0.5, 0.0) == 0.5
+    model, datamodule = model_and_data
+    batch = datamodule.synthetic_batch(8, torch.Generator().manual_seed(0))
+    ways = [Recipe("32-true", model.hparams.channels_last), Recipe("32-true", not model.hparams.channels_last)]
+    seconds = dict(zip(ways, (0.2, 0.1), strict=True))  # the second way's step takes half the time
+    monkeypatch.setattr(recipe, "measure_side_by_side", lambda steps, *args: {r: {"median": seconds[r]} for r in steps})
+    figures = recipe.time_recipes(model, batch, torch.device("cpu"), ways, warmup=1, repeats=1, min_seconds=0)
+    assert [m.samples_per_s for m in figures] == pytest.approx([40.0, 80.0])
+    assert [m.speed_ratio for m in figures] == pytest.approx([1.0, 2.0])
