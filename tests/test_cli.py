@@ -485,6 +485,42 @@ def test_a_recipe_fit_does_not_know_is_one_line_not_a_run_as_configured(capsys):
     assert error == "cnnsuite fit: error: recipe: expected 'auto' or 'configured', got 'fastest'"
 
 
+def test_yaml_nested_past_the_recursion_limit_is_one_line_naming_the_file_or_option(capsys, tmp_path):
+    """PyYAML and jsonargparse recurse once a level of lists: a few thousand ``[`` in a config
+    file, in an option's value or in a file an option names ended in a RecursionError
+    traceback, for every YAML the suite reads from the user."""
+    from cnnsuite.commands import add_data, command_parser
+    from cnnsuite.trust.checkpoint import data_options
+
+    too_deep = "nested too deeply: more levels of lists and mappings than a reader follows"
+    cut_short = tmp_path / "deep.yaml"
+    cut_short.write_text("trainer:\n  max_epochs: " + "[" * 3000 + "\n")
+    nested = "[" * 990 + "]" * 990  # well-formed: libyaml reads it, and jsonargparse recursed over it
+    data = tmp_path / "data.yaml"
+    data.write_text(f"init_args:\n  data_dir: {nested}\n")
+    for config in (cut_short, data):
+        error = one_line_error(capsys, "fit", "--config", CONFIG, "--config", str(config))
+        assert error == f"cnnsuite fit: error: {config}: not YAML ({too_deep})"
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--data.init_args.data_dir", nested)
+    assert error == f"cnnsuite fit: error: --data.init_args.data_dir: {too_deep}"
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--data", str(data))
+    assert error == f"cnnsuite fit: error: --data {data}: {too_deep}"
+    (tmp_path / "outer.yaml").write_text(f"data: {data}\n")
+    error = one_line_error(capsys, "fit", "--config", CONFIG, "--config", str(tmp_path / "outer.yaml"))
+    assert error == f"cnnsuite fit: error: a file named in a --config file: {too_deep}"
+    error = one_line_error(capsys, "sweep", "--task", "recognition2d", "--space", str(cut_short), "--trials", "1")
+    assert error == f"cnnsuite sweep: error: {cut_short}: not YAML ({too_deep})"
+    error = one_line_error(capsys, "prepare", "--task", "recognition2d", "--config", str(cut_short), "--out",
+                           str(tmp_path / "shards"))  # fmt: skip
+    assert error == f"cnnsuite prepare: error: {cut_short}: not a readable config ({too_deep})"
+    parser = command_parser("evaluate", description="")
+    add_data(parser)
+    args, extra = parser.parse_known_args(["--ckpt", "x.ckpt", "--data.batch_size", nested])
+    with pytest.raises(SystemExit):
+        data_options(args, extra, parser)
+    assert capsys.readouterr().err.strip().endswith(f"is not a value ({too_deep})")
+
+
 def test_a_tasks_config_is_parsed_once_before_jsonargparse_reads_it(capsys, monkeypatch):
     """``--task`` checks that its config is YAML and names its task's classes in one parse, not
     one for each check."""

@@ -53,6 +53,7 @@ from .commands import (
 from .contract import LINKED, check_config_classes, on_test_split, registered_tasks, task_named
 from .data import TaskDataModule
 from .data.shards import is_url
+from .data.textfiles import NestedTooDeeply, parse_yaml
 from .errors import ConfigError, UserError, describe_unknown
 from .jsonout import shown_metric, strict_json
 from .training import recipe
@@ -259,6 +260,8 @@ class CnnSuiteCLI(LightningCLI):
             subparsers = getattr(self, "_subcommand_parsers", {})
             command = next((a for a in argv if a in subparsers), None)
             raise ConfigError(config_mistake(str(err), subparsers.get(command, parser), command)) from None
+        except RecursionError:  # jsonargparse loads, checks and quotes a value a level at a time
+            raise ConfigError(nested_option(argv)) from None
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
@@ -543,7 +546,7 @@ def read_config(path: Path, name: str) -> object:
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text())
+        return parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -551,6 +554,27 @@ def read_config(path: Path, name: str) -> object:
         raise ConfigError(f"{name}: not YAML ({problem}{where})") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{name}: cannot be read ({err})") from None
+
+
+def nested_option(argv: list[str]) -> str:
+    """What a command line whose parsing ran past Python's recursion limit is told: the option
+    whose value, or the YAML file it names (``--data data.yaml``), nests too deeply, as
+    :func:`~cnnsuite.data.textfiles.parse_yaml` finds it. The ``--config`` files were read
+    before (:func:`check_config_files`): else it is a file one of them names (``data: data.yaml``)."""
+    import yaml
+
+    given = [arg.partition("=")[::2] for arg in argv if arg.startswith("--") and "=" in arg]
+    given += [(flag, value) for flag, value in zip(argv, argv[1:], strict=False) if flag.startswith("-")]
+    for option, value in given:
+        path = Path(value).expanduser()
+        named = path.suffix in (".yaml", ".yml", ".json") and path.is_file()
+        try:
+            parse_yaml(path.read_text() if named else value)
+        except NestedTooDeeply as err:
+            return f"{option} {value}: {err}" if named else f"{option}: {err}"
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):  # not YAML: jsonargparse took it as text
+            continue
+    return f"a file named in a --config file: {NestedTooDeeply()}"
 
 
 def fit_run(argv: list[str], callbacks: list | None = None, shared_by: str | None = None) -> dict:

@@ -14,6 +14,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from ..errors import ConfigError
 
 ENCODING = "utf-8-sig"
@@ -110,3 +112,22 @@ def parse_json(text: str | bytes) -> object:
         return json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply: more levels of lists and objects than a reader follows") from None
+
+
+class NestedTooDeeply(yaml.MarkedYAMLError):
+    """YAML nested deeper than Python's recursion limit (:func:`parse_yaml`); its ``problem``
+    says so, as PyYAML's own errors say theirs."""
+
+    def __init__(self) -> None:
+        super().__init__(problem="nested too deeply: more levels of lists and mappings than a reader follows")
+
+
+def parse_yaml(text: str) -> object:
+    """``yaml.safe_load``, where YAML nested deeper than Python's recursion limit is a
+    ``yaml.YAMLError`` as other malformed YAML is: PyYAML raises ``RecursionError`` there (a
+    line of a few hundred ``[`` in a config), which every reader's ``except yaml.YAMLError``
+    would let through as a bug's traceback."""
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise NestedTooDeeply from None

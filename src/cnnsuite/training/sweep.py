@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..data.textfiles import parse_yaml
 from ..errors import ConfigError, MissingFileError
 from .runs import output_folder
 
@@ -93,7 +94,7 @@ def read_space(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise MissingFileError(f"--space {path}: no such file")
     try:
-        space = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        space = parse_yaml(path.read_text(encoding="utf-8-sig"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not YAML ({' '.join(str(err).split())})") from None
     if not isinstance(space, dict) or not space:

@@ -39,6 +39,7 @@ from ..data import TaskDataModule
 from ..data.labels import OneLabelExpected
 from ..data.shards import is_prepared
 from ..data.splits import check_splits, load_splits
+from ..data.textfiles import parse_yaml
 from ..errors import CheckpointError, ConfigError, MissingFileError, StateError, describe_unknown
 from ..jsonout import first_non_finite
 from ..training.fits import check_model_fits_data
@@ -554,7 +555,7 @@ def data_options(args, extra: list[str], parser) -> dict:
                 parser.error(f"{key}: expected a value")
             value = rest.pop(0)
         try:
-            data[key.removeprefix("--data.")] = yaml.safe_load(value)
+            data[key.removeprefix("--data.")] = parse_yaml(value)
         except yaml.YAMLError as err:  # a value cut short: "[" or "{a"
             parser.error(f"{key}: {value!r} is not a value ({getattr(err, 'problem', None) or 'not YAML'})")
     return {k: v for k, v in data.items() if v is not None}

@@ -13,6 +13,7 @@ from ...classpath import class_path
 from ...errors import ConfigError
 from ..folders import lies_within
 from ..splits import STAGES
+from ..textfiles import parse_yaml
 from .record import RECORD, content_hash, is_prepared, tensors_to_json
 from .storage import PreparedFiles, fetch_errors, first_line, is_url
 from .verify import read_shard, write_verified
@@ -163,7 +164,7 @@ def data_section(config_path: Path) -> dict:
     import yaml
 
     try:
-        config = yaml.safe_load(config_path.read_text())
+        config = parse_yaml(config_path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{config_path}: not a readable config ({' '.join(str(err).split())})") from err
 
