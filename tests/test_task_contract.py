@@ -131,6 +131,24 @@ def test_a_resolution_key_outside_model_and_data_or_no_default_name_is_named_whe
         load_task(point)
 
 
+def test_a_datamodule_without_input_extensions_is_named_when_the_task_loads():
+    """The base class leaves ``input_extensions`` empty: ``predict`` then took no file of any
+    folder and said "no file this model takes (expected )". A bare string (``".png"``, whose
+    letters each end a name) or an ending without its dot is as unusable."""
+    from types import SimpleNamespace
+
+    from cnnsuite.contract import load_task
+
+    task = registered_tasks()["recognition2d"]
+    for value in ((), ".png", ["png"], (".png", 3), None):
+        unread = replace(task, datamodule=type("Unread", (task.datamodule,), {"input_extensions": value}))
+        point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda unread=unread: unread)
+        with pytest.raises(ConfigError, match=r"Unread\.input_extensions is .*; expected the file endings predict "):
+            load_task(point)
+    listed = replace(task, datamodule=type("Listed", (task.datamodule,), {"input_extensions": [".png", ".nii.gz"]}))
+    assert load_task(SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: listed)) is listed
+
+
 def test_the_shared_code_names_no_task():
     """src/cnnsuite loops over the task contract: no file of it names a task."""
     names = sorted(registered_tasks())

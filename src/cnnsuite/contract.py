@@ -167,6 +167,17 @@ def load_task(point) -> Task:
             f"task {point.name!r}: {task.datamodule.__name__}.default_name is empty; expected the name of the "
             "folder under data_root that its embedded default is written to"
         )
+    extensions = task.datamodule.input_extensions
+    # a bare string's letters would each end a name; an ending without its dot ("png") a word's end
+    if (
+        not isinstance(extensions, (tuple, list))
+        or not extensions
+        or not all(isinstance(e, str) and e.startswith(".") and len(e) > 1 for e in extensions)
+    ):
+        raise ConfigError(
+            f"task {point.name!r}: {task.datamodule.__name__}.input_extensions is {extensions!r}; expected the file "
+            "endings predict takes from a folder, a tuple of one or more such as ('.png', '.jpg')"
+        )
     for key in task.resolution:
         section, _, name = key.partition(".")
         if section not in ("model", "data") or not name:
