@@ -524,3 +524,25 @@ def test_a_users_own_file_of_the_markers_name_does_not_make_out_the_commands(tmp
     out = output_folder(tmp_path / "out", given=True, marker="summary.json")
     (out / "summary.json").write_text("{}")
     assert output_folder(out, given=True, marker="summary.json") == out
+
+
+def test_a_not_implemented_error_in_read_input_is_the_tasks_bug_not_the_files(tmp_path):
+    """``NotImplementedError`` is a ``RuntimeError``, which a reader raises for a file it cannot
+    decode: a task's ``read_input`` that leaves something unimplemented was told as the file's
+    "cannot read", one line and no traceback, for every file of the folder."""
+
+    def unfinished(path):
+        raise NotImplementedError("MyDataModule.read_input reads no volumes yet")
+
+    def broken(path):
+        raise RuntimeError("truncated frame")
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    predictor = Predictor.__new__(Predictor)  # read needs only the datamodule's read_input
+    predictor.datamodule = SimpleNamespace(read_input=unfinished)
+    with pytest.raises(NotImplementedError, match="reads no volumes yet"):
+        predictor.read(image)
+    predictor.datamodule = SimpleNamespace(read_input=broken)
+    with pytest.raises(BadFileError, match=r"a\.png: cannot read \(RuntimeError: truncated frame\)"):
+        predictor.read(image)

@@ -52,7 +52,7 @@ class Predictor:
             raise BadFileError(f"{path}: no such file")
         try:
             item = self.datamodule.read_input(path)
-        except BadFileError:
+        except (BadFileError, NotImplementedError):  # a RuntimeError, but the task's bug, not the file's
             raise
         except (OSError, RuntimeError, ValueError) as err:  # a reader's own error, made to name the file
             raise BadFileError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
