@@ -374,3 +374,41 @@ def test_each_key_is_drawn_from_its_own_distribution(tmp_path):
     assert trial.distributions == space
     assert space["optimizer.init_args.lr"].log and isinstance(values["trainer.max_epochs"], int)
     assert values["model.init_args.backbone_kwargs.channels"] in ("[4, 8, 16, 32]", "[8, 8, 16, 16]")
+
+
+def test_a_trial_enqueued_in_a_shared_study_neither_escapes_the_sweeps_folder_nor_leaves_the_space(
+    tmp_path, monkeypatch
+):
+    """Another process of a shared study (or a hand-made database) may enqueue a trial: Optuna
+    hands it to the next process that asks, with its stored number, which SQLite keeps as text
+    (``../../x``, a run folder outside the sweep's), and its fixed values, taken even outside the
+    range with a warning only. Neither reaches a trial's command line."""
+    import sqlite3
+
+    from optuna.distributions import FloatDistribution
+
+    import cnnsuite.cli
+    from cnnsuite.errors import ConfigError
+    from cnnsuite.training.sweep import objective
+
+    ran = []
+    monkeypatch.setattr(cnnsuite.cli, "fit_run", lambda options, *args, **kwargs: ran.append(options))
+    key = "model.init_args.lr"
+    space = {key: FloatDistribution(1e-4, 1e-1, log=True)}
+
+    def enqueued(name: str, lr: float, number: str | None = None):
+        """The trial that a sweep asking a study another made would get."""
+        url = f"sqlite:///{tmp_path / name}"
+        optuna.create_study(study_name="sweep", storage=url, direction="maximize").enqueue_trial({key: lr})
+        if number is not None:
+            with sqlite3.connect(tmp_path / name) as connection:
+                connection.execute("UPDATE trials SET number = ? WHERE state = 'WAITING'", (number,))
+        return optuna.load_study(study_name="sweep", storage=url).ask()
+
+    with pytest.raises(ConfigError, match=r"trial number '\.\./\.\./escaped', .*expected a whole number"):
+        objective(enqueued("escape.db", 0.01, "../../escaped"), [], space, tmp_path / "out")
+    trial = enqueued("range.db", 1e9)
+    outside = r"lr 1000000000\.0, enqueued in the study; expected a value of the space"
+    with pytest.warns(UserWarning, match="out of range"), pytest.raises(ConfigError, match=outside):
+        objective(trial, [], space, tmp_path / "out")
+    assert ran == []

@@ -270,11 +270,22 @@ def finished(study) -> list:
 
 
 def suggest(trial, key: str, distribution):
-    """The trial's value for ``key`` from its range or choices."""
+    """The trial's value for ``key`` from its range or choices. A trial enqueued in the study by
+    another process comes with fixed values, which Optuna takes outside the range with only a
+    warning (and as any text ``float`` reads): such a value is an error naming it, never a run's
+    option. Fixed choices are one of the space's, or Optuna refuses them."""
     if hasattr(distribution, "choices"):
         return trial.suggest_categorical(key, distribution.choices)
-    suggest_number = trial.suggest_int if isinstance(distribution.low, int) else trial.suggest_float
-    return suggest_number(key, distribution.low, distribution.high, log=distribution.log)
+    whole = isinstance(distribution.low, int)
+    suggest_number = trial.suggest_int if whole else trial.suggest_float
+    value = suggest_number(key, distribution.low, distribution.high, log=distribution.log)
+    kinds = int if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not distribution.low <= value <= distribution.high:
+        raise ConfigError(
+            f"trial {trial.number}: {key} {value!r}, enqueued in the study; expected a value of the space, "
+            f"{distribution.low} to {distribution.high}"
+        )
+    return value
 
 
 def objective(trial, argv: list[str], space: dict, out: Path) -> float:
@@ -284,6 +295,9 @@ def objective(trial, argv: list[str], space: dict, out: Path) -> float:
     from ..cli import fit_run
     from .pruning import TrialPruning
 
+    # the number of a trial another process enqueued is the database's, text where SQLite holds text
+    if isinstance(trial.number, bool) or not isinstance(trial.number, int) or trial.number < 0:
+        raise ConfigError(f"trial number {trial.number!r}, stored in the study; expected a whole number (its folder's)")
     params = {key: suggest(trial, key, distribution) for key, distribution in space.items()}
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     root = out / f"trial_{trial.number}"
