@@ -947,6 +947,24 @@ def test_a_file_in_torchs_legacy_format_has_its_tuples_read_too(tmp_path):
         load_checkpoint(tmp_path / "keyed.ckpt")
 
 
+def test_a_list_met_again_deeper_counts_its_depth_there():
+    """Each list is measured once, where it is first met: one met again at the bottom of another
+    chain nests as deep as both, which a later walk (jsonargparse, the JSON writer) recurses
+    through, so chains of chains would pass Python's recursion limit unless counted there too."""
+    from cnnsuite.errors import CheckpointError
+    from cnnsuite.trust.checkpoint import MAX_DEPTH, check_walkable
+
+    def chain(depth: int, bottom: list) -> list:
+        for _ in range(depth):
+            bottom = [bottom]
+        return bottom
+
+    shared = chain(MAX_DEPTH // 2 + 1, [])
+    check_walkable([shared, shared], "kept.ckpt")
+    with pytest.raises(CheckpointError, match=rf"deep.ckpt: its entries nest lists or mappings more than {MAX_DEPTH}"):
+        check_walkable([shared, chain(MAX_DEPTH // 2, shared)], "deep.ckpt")
+
+
 def test_a_checkpoint_of_a_long_split_is_walked_in_full_and_kept():
     """A split of millions of files holds as many values as it comes to: refused only for
     coming to many times more than it holds."""
@@ -1305,6 +1323,11 @@ def test_the_scan_stops_reading_calls_once_they_pass_the_bound(tmp_path, monkeyp
             + b".",
             r"it calls _codecs.encode\(\) other than on a string to latin1",
             id="_codecs.encode to hex, nested",
+        ),
+        pytest.param(  # utf-32 makes four bytes of each character given: only latin1 is how torch.save writes bytes
+            b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00utf-32\x86R.",
+            r"it calls _codecs.encode\(\) other than on a string to latin1",
+            id="_codecs.encode to another codec, once",
         ),
         pytest.param(  # a nested tensor's sizes are a tensor of the file's, its values a view of its buffer
             b"\x80\x02ctorch._utils\n_rebuild_nested_tensor\n(K\x00K\x00K\x00K\x00tR.",
@@ -1712,6 +1735,23 @@ def view_of_one_value(size: tuple, stride: tuple) -> bytes:
             updated_from_pairs(b"](", b"e"),
             "it sets attributes of the result of collections.OrderedDict from a list",
             id="an OrderedDict's attributes from lists of pairs",
+        ),
+        pytest.param(  # a dtype is named for _rebuild_tensor_v3, never called
+            b"\x80\x02ctorch\nfloat32\n(" + STORAGE + b"tR.",
+            "it calls torch.float32, which torch.save writes as a value, never calls",
+            id="a dtype called",
+        ),
+        pytest.param(  # a rebuild is handed its storage first, and no other after it
+            b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n("
+            + STORAGE
+            + b"K\x00"
+            + ops((1,))
+            + ops((1,))
+            + b"\x89"
+            + STORAGE
+            + b"tR.",
+            r"it calls torch._utils._rebuild_tensor_v2 on a storage, .*, a storage, which torch.save never hands it",
+            id="a rebuild handed a second storage",
         ),
         # a storage is checked against its record by key and size: torch reads these the same as torch.save's
         pytest.param(
