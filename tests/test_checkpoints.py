@@ -335,6 +335,11 @@ MALFORMED = {
         "its hyper_parameters do not build RecognitionModule",
     ),
     "unknown argument": (set_path(["hyper_parameters", "colour"], "red"), "unknown argument 'colour'"),
+    # Lightning's own record of the model class must be the class the file rebuilds
+    "hyper-parameters naming another model": (
+        set_path(["hyper_parameters", "_class_path"], "cnnsuite.tasks.localization2d.module.LocalizationModule"),
+        "its hyper-parameters name 'cnnsuite.tasks.localization2d.module.LocalizationModule', its classes",
+    ),
     "wrong type": (set_path(["hyper_parameters", "num_classes"], "three"), 'key "num_classes"'),
     "hyper-parameters a list": (set_path(["hyper_parameters"], [1, 2]), "'hyper_parameters' must be a mapping"),
     "wrong shape": (wrong_shape, "its weights do not fit RecognitionModule: RuntimeError"),
