@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -412,3 +413,30 @@ def test_a_trial_enqueued_in_a_shared_study_neither_escapes_the_sweeps_folder_no
     with pytest.warns(UserWarning, match="out of range"), pytest.raises(ConfigError, match=outside):
         objective(trial, [], space, tmp_path / "out")
     assert ran == []
+
+
+def test_a_shared_studys_names_and_values_reach_the_table_and_terminal_escaped(tmp_path, capsys):
+    """The study's database may be anyone's (``--storage``): its study name, monitor, choices,
+    test-metric names and run folder go into trials.md and onto the terminal. A terminal code
+    there is shown escaped, not obeyed, and a '|' or a newline stays inside its cell."""
+    from cnnsuite.training.sweep import write_results
+
+    hostile = "a|b\n\x1b]0;pwned\x07\x1b[2J"
+    study = optuna.create_study(study_name=f"s{hostile}", direction="maximize")
+    study.set_user_attr("monitor", f"val/acc{hostile}")
+    study.add_trial(optuna.trial.create_trial(
+        params={f"k{hostile}": f"c{hostile}"}, value=0.5,
+        distributions={f"k{hostile}": optuna.distributions.CategoricalDistribution([f"c{hostile}"])},
+        user_attrs={"run": f"r{hostile}", "test": {f"test/acc{hostile}": 0.5}, "worker": f"w{hostile}"},
+    ))  # fmt: skip
+    out = tmp_path / "sweep"
+    out.mkdir()
+    write_results(study, out)
+    table = (out / "trials.md").read_text()
+    printed = capsys.readouterr().out
+    for text in (table, printed):
+        assert not any(c in text for c in "\x1b\x07"), text
+        assert "a\\|b\\n\\x1b]0;pwned\\x07\\x1b[2J" in text
+    header, rule, row = table.splitlines()[2:5]
+    cells = [len(re.split(r"(?<!\\)\|", line)) for line in (header, rule, row)]
+    assert cells == [cells[0]] * 3 and cells[0] == 8  # trial, state, monitor, test, key, seconds

@@ -795,9 +795,15 @@ def user_message(err: BaseException) -> str:
         if starts:
             first = lines[starts[-1]].partition(": ")[2] or caught[1]
             message = "\n".join([first, *lines[starts[-1] + 1 :]])
-    # what a message quotes may come from a file (a checkpoint's recorded folder): its control
-    # characters, a terminal's colour and cursor codes among them, are shown escaped, not obeyed
-    return "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in message)
+    return printable(message)
+
+
+def printable(text: str, keep: str = "\n") -> str:
+    """``text`` with its control characters but ``keep`` shown escaped, not obeyed: what a message
+    or a table quotes may come from a file or a database others write (a checkpoint's recorded
+    folder, a shared study's names), and a terminal's colour, title and cursor codes among them
+    would reach the user's terminal."""
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode() for c in text)
 
 
 class DropTips(logging.Filter):

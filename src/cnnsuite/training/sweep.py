@@ -326,7 +326,8 @@ def trial_rows(study) -> list[dict]:
 
 def write_table(study, out: Path, note: str = "") -> None:
     """``trials.json`` (strict JSON) and ``trials.md``: every trial's values, score, test metric,
-    state and time."""
+    state and time. The names and values come from the study's database, which another process
+    or person may have written: each is shown escaped (:func:`cell`)."""
     from ..jsonout import strict_json
 
     rows = trial_rows(study)
@@ -335,20 +336,30 @@ def write_table(study, out: Path, note: str = "") -> None:
     tests = list(dict.fromkeys(k for r in rows for k in (r["test"] or {})))
     monitor = study.user_attrs.get("monitor", "value")
 
-    def cell(value) -> str:
-        return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
     lines = [
-        f"# Study {study.study_name}: {study.direction.name.lower()} {monitor}",
+        f"# Study {cell(study.study_name)}: {study.direction.name.lower()} {cell(monitor)}",
         "",
-        "| trial | state | " + " | ".join([monitor, *tests, *keys]) + " | seconds |",
+        "| trial | state | " + " | ".join(map(cell, [monitor, *tests, *keys])) + " | seconds |",
         "|---" * (4 + len(tests) + len(keys)) + "|",
     ]
     for r in rows:
         values = [r["value"], *((r["test"] or {}).get(k) for k in tests), *(r["params"].get(k) for k in keys)]
         duration = f"{r['duration']:.0f}" if r["duration"] is not None else ""
-        lines.append(f"| {r['number']} | {r['state']} | " + " | ".join(map(cell, values)) + f" | {duration} |")
+        lines.append(f"| {cell(r['number'])} | {r['state']} | " + " | ".join(map(cell, values)) + f" | {duration} |")
     (out / "trials.md").write_text("\n".join(lines) + "\n" + (f"\n{note}\n" if note else ""))
+
+
+def shown(value) -> str:
+    """A name or value the study's database holds, as one line to print: a terminal code in it
+    shown escaped, not obeyed (the database may be anyone's, with ``--storage``)."""
+    from ..cli import printable
+
+    return printable(str(value), keep="")
+
+
+def cell(value) -> str:
+    """A value of the study as a cell of ``trials.md``: :func:`shown`, its ``|`` kept in the cell."""
+    return shown("" if value is None else f"{value:.4g}" if isinstance(value, float) else value).replace("|", "\\|")
 
 
 def importance_gap(complete: list, monitor: str) -> str:
@@ -399,11 +410,14 @@ def write_results(study, out: Path, root_dir: str | None = None) -> None:
     run = Path(str(best.user_attrs.get("run", ""))).resolve()
     print((out / "trials.md").read_text())
     if out.resolve() not in run.parents or not (run / "config.yaml").is_file():
-        print(f"best trial {best.number}: {best.params}; its run, {run}, is another worker's (no best_config.yaml)")
+        print(
+            f"best trial {shown(best.number)}: {best.params}; its run, {shown(run)}, is another worker's "
+            "(no best_config.yaml)"
+        )
         return
     config = yaml.safe_load((run / "config.yaml").read_text())
     if root_dir is not None and isinstance(config.get("trainer"), dict):
         config["trainer"]["default_root_dir"] = root_dir
     (out / "best_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"best trial {best.number}: {study.user_attrs.get('monitor', 'value')} {best.value:.4f} ({best.params}); "
-          f"cnnsuite fit --config {out / 'best_config.yaml'} trains it again")  # fmt: skip
+    print(f"best trial {shown(best.number)}: {shown(study.user_attrs.get('monitor', 'value'))} {best.value:.4f} "
+          f"({best.params}); cnnsuite fit --config {out / 'best_config.yaml'} trains it again")  # fmt: skip
