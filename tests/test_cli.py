@@ -635,3 +635,17 @@ def test_a_data_option_whose_value_is_not_yaml_is_one_line_naming_it(capsys):
     assert "--data.batch_size: '[' is not a value (" in err and len(err.splitlines()) == 1
     args, extra = parser.parse_known_args(["--ckpt", "x.ckpt", "--data.batch_size", "4"])
     assert data_options(args, extra, parser)["batch_size"] == 4
+
+
+def test_a_value_no_file_can_have_beside_one_nested_too_deeply_leaves_the_nested_one_named(capsys):
+    """Looking for the option that nests too deeply, a value ending ``.yaml`` is tried as a file:
+    a name longer than the system takes, or one under a ``~user`` unknown here, is text, not a
+    "File name too long" line or a RuntimeError traceback in place of the option's line."""
+    nested = "[" * 990 + "]" * 990
+    for value in ("a" * 300 + ".yaml", "~no-such-user-here/data.yaml"):
+        error = one_line_error(capsys, "fit", "--config", CONFIG, "--trainer.default_root_dir", value,
+                               "--data.init_args.data_dir", nested)  # fmt: skip
+        assert (
+            error == "cnnsuite fit: error: --data.init_args.data_dir: nested too deeply: more levels of lists "
+            "and mappings than a reader follows"
+        )

@@ -566,8 +566,11 @@ def nested_option(argv: list[str]) -> str:
     given = [arg.partition("=")[::2] for arg in argv if arg.startswith("--") and "=" in arg]
     given += [(flag, value) for flag, value in zip(argv, argv[1:], strict=False) if flag.startswith("-")]
     for option, value in given:
-        path = Path(value).expanduser()
-        named = path.suffix in (".yaml", ".yml", ".json") and path.is_file()
+        try:
+            path = Path(value).expanduser()
+            named = path.suffix in (".yaml", ".yml", ".json") and path.is_file()
+        except (OSError, RuntimeError):  # a name too long for the system, a ~user unknown here: text
+            named = False
         try:
             parse_yaml(path.read_text() if named else value)
         except NestedTooDeeply as err:
