@@ -286,6 +286,12 @@ def test_a_fit_ends_with_one_line_saying_what_it_gave(tmp_path, image_folder, ca
         rf"evaluation in {re.escape(str(run / 'evaluation'))}/",
         last,
     ), last
+    run = fit("recognition2d", tmp_path / "unevaluated", "--data.data_dir", str(image_folder),
+              "--trainer.max_epochs", "1", "--evaluate", "false")  # fmt: skip
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert not (run / "evaluation").exists()
+    assert re.fullmatch(rf"result: {re.escape(str(run / 'checkpoints' / 'best.ckpt'))} \(val/acc \d\.\d{{4}}\); "
+                        r"not evaluated \(--evaluate false\)", last), last  # fmt: skip
 
 
 def test_a_task_is_trained_by_name_from_a_folder_outside_the_repository(tmp_path, image_folder):
@@ -649,3 +655,27 @@ def test_a_value_no_file_can_have_beside_one_nested_too_deeply_leaves_the_nested
             error == "cnnsuite fit: error: --data.init_args.data_dir: nested too deeply: more levels of lists "
             "and mappings than a reader follows"
         )
+
+
+def test_the_trainer_the_cli_builds_has_its_loggers_atomic_writes_and_a_summary_only_if_asked(tmp_path, image_folder):
+    """``--trainer.logger true`` is the run's own loggers (CSV and TensorBoard in ``version_N``),
+    not Lightning's ``lightning_logs``; checkpoints are written atomically unless the config names
+    plugins of its own; ``--trainer.enable_model_summary false`` adds no summary."""
+    from lightning.pytorch.callbacks import ModelSummary
+    from lightning.pytorch.loggers import CSVLogger
+
+    from cnnsuite.cli import CnnSuiteCLI
+    from cnnsuite.training.runs import AtomicCheckpointIO
+
+    def built(name: str, *extra: str):
+        args = ["--config", CONFIG, "--data.data_dir", str(image_folder), "--trainer.default_root_dir",
+                str(tmp_path / name), *extra]  # fmt: skip
+        return CnnSuiteCLI(args=args, run=False).trainer
+
+    trainer = built("given", "--trainer.logger", "true")
+    assert Path(trainer.log_dir) == tmp_path / "given" / "version_0"
+    assert any(isinstance(logger, CSVLogger) for logger in trainer.loggers)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert any(isinstance(callback, ModelSummary) for callback in trainer.callbacks)
+    trainer = built("quiet", "--trainer.enable_model_summary", "false")
+    assert not any(isinstance(callback, ModelSummary) for callback in trainer.callbacks)

@@ -193,6 +193,7 @@ def test_flipping_the_layout_moves_the_weights_and_the_setting(model_and_data):
         ({"accelerator": "auto", "devices": "auto"}, 2, None, None),  # every GPU: several processes
         ({"accelerator": "cpu", "devices": 1}, 1, None, None),
         ({"accelerator": "auto", "devices": 2}, 2, None, None),
+        ({"accelerator": "gpu", "devices": [0, 1]}, 2, None, None),  # a list of two: two processes
         ({"accelerator": "auto", "devices": 1, "num_nodes": 2}, 1, None, None),
         ({"accelerator": "auto", "devices": 1}, 1, "2", None),  # one of torchrun's processes
         ({"accelerator": "auto", "devices": 1, "strategy": "ddp_fork"}, 1, None, None),  # forks a process
