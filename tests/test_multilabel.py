@@ -437,6 +437,22 @@ def test_biomedical3d_multilabel_baselines_score_map_on_intensity_histograms(tmp
     assert regression > scores["label frequency, macro mAP"]
 
 
+def test_the_baselines_score_each_label_by_its_own_frequency_and_a_regression_by_its_positive_class():
+    """The prior scores each label at its training frequency, so micro mAP (one ranking over
+    every label) ranks a frequent label's entries above a rare one's; a label never present in
+    training keeps its frequency (nothing to fit); the regression ranks by the positive class."""
+    from cnnsuite.training.baselines import multilabel_scores
+
+    y_train = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0]])  # frequencies 0.75, 0.25, 0
+    y_test = np.array([[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 0, 0]])
+    x_train, x_test = y_train[:, :2] * 4.0 - 2, np.array([[2.0, 2.0], [2.0, -2.0], [2.0, -2.0], [2.0, -2.0]])
+    scores = multilabel_scores(x_train, y_train, x_test, y_test, "f")
+    # pooled: 4 of 4 right at 0.75, 5 of 8 at 0.25, 6 of 12 at 0
+    assert scores["label frequency, micro mAP"] == pytest.approx(4 / 6 + 1 / 6 * 5 / 8 + 1 / 6 * 6 / 12)
+    assert scores["label frequency, macro mAP"] == pytest.approx((1 + 1 / 4 + 1 / 4) / 3)
+    assert scores["f (logistic regression), macro mAP"] == pytest.approx((1 + 1 + 1 / 4) / 3)
+
+
 def test_multilabel_label_smoothing_pulls_each_label_toward_one_half():
     """Each label is its own two-class problem: smoothing ``s`` makes the BCE targets
     ``1 - s/2`` and ``s/2``, as cross-entropy's does for two classes."""
