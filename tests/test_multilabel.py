@@ -81,6 +81,26 @@ def test_thresholds_maximise_each_class_f1_on_validation():
     assert model.describe_probabilities(probs[0])["labels"] == ["a", "b"]
 
 
+def test_a_fit_chooses_the_thresholds_on_its_validation_and_a_validate_leaves_them(tmp_path):
+    """Thresholds are chosen when a fit validates (every label with a positive gets the grid
+    value of its best F1: here the lowest, every sample carrying every label), never by a
+    ``validate`` of a trained model, whose thresholds are the ones it predicts with."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = ClassificationModule(num_classes=2, multilabel=True, backbone_kwargs={"channels": [4]})
+    model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.0)
+    data = DataLoader(TensorDataset(torch.randn(4, 1, 8, 8), torch.ones(4, 2, dtype=torch.long)))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, data, data)
+    torch.testing.assert_close(model.thresholds, torch.full((2,), 0.05))
+    model.thresholds.fill_(0.7)
+    trainer.validate(model, data, verbose=False)
+    torch.testing.assert_close(model.thresholds, torch.full((2,), 0.7))
+
+
 def test_a_probability_exactly_at_its_threshold_is_a_label_as_the_curve_that_chose_it_counts_it():
     """torchmetrics' precision-recall curve, on which the thresholds are chosen, counts a
     probability equal to a threshold as positive (``>=``; its thresholded F1 and accuracy count
