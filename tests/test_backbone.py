@@ -452,19 +452,35 @@ def test_precise_batchnorm_recomputes_the_statistics_of_the_training_batches():
 
     from lightning.pytorch.plugins.precision import Precision
 
+    from cnnsuite.data import TaskDataModule
     from cnnsuite.training.callbacks import PreciseBatchNorm
     from cnnsuite.training.classification import ClassificationModule
+
+    class Shifted(TaskDataModule):
+        """Training augments each batch on the device: the statistics are those of augmented batches."""
+
+        def augment_batch(self, batch):
+            return [batch[0] + 1, batch[1]]
 
     model = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4]})
     model.eval()
     bn = model.backbone.stages[0][0][1]
     bn.running_mean.fill_(5.0)  # stale statistics of "another network"
     batches = [(torch.randn(4, 1, 8, 8) + 2, torch.zeros(4, dtype=torch.long)) for _ in range(3)]
-    trainer = SimpleNamespace(sanity_checking=False, train_dataloader=batches, world_size=1, datamodule=None,
-                              precision_plugin=Precision())  # fmt: skip
+    trainer = SimpleNamespace(sanity_checking=False, train_dataloader=batches, world_size=1,
+                              datamodule=Shifted.__new__(Shifted), precision_plugin=Precision())  # fmt: skip
     PreciseBatchNorm(num_batches=3).on_validation_epoch_start(trainer, model)
     conv = model.backbone.stages[0][0][0]
     with torch.no_grad():
-        expected = torch.cat([conv(x) for x, _ in batches]).mean(dim=(0, 2, 3))
+        expected = torch.cat([conv(x + 1) for x, _ in batches]).mean(dim=(0, 2, 3))
     torch.testing.assert_close(bn.running_mean, expected, rtol=1e-4, atol=1e-5)
     assert not model.training
+
+
+def test_precise_batchnorm_over_no_batch_is_a_config_error():
+    """Zero batches would reset every BatchNorm's statistics and average nothing into them."""
+    from cnnsuite.errors import ConfigError
+    from cnnsuite.training.callbacks import PreciseBatchNorm
+
+    with pytest.raises(ConfigError, match=r"^PreciseBatchNorm.num_batches=0: expected at least 1$"):
+        PreciseBatchNorm(num_batches=0)
