@@ -222,6 +222,23 @@ def test_a_network_that_does_not_fit_the_data_is_named_before_any_data_is_writte
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
+def test_checking_that_a_model_fits_its_data_leaves_its_statistics_and_mode_as_they_were():
+    """The check runs a zero batch through the model, which a checkpoint's rebuild has loaded:
+    in train mode that batch would move every BatchNorm's running statistics toward zeros."""
+    from types import SimpleNamespace
+
+    from cnnsuite.training.fits import check_model_fits_data
+
+    model = ClassificationModule(num_classes=2, backbone="convnet", backbone_kwargs={"channels": [4]})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_model_fits_data(model, SimpleNamespace(input_shape=(1, 8, 8), pixel_kind="image"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert model.training and model.example_input_array.shape == (2, 1, 8, 8)
+    model.eval()
+    check_model_fits_data(model, SimpleNamespace(input_shape=(1, 8, 8), pixel_kind="image"))
+    assert not model.training
+
+
 @pytest.mark.parametrize("bad", [["--data.init_args.nope", "1"], ["--trainer.max_epochs", "many"]])
 def test_a_bad_config_is_refused_before_any_data_is_written(tmp_path, bad):
     with pytest.raises(ConfigError, match=bad[0].split(".")[-1]):  # fit() passes --debug: the error itself
@@ -439,6 +456,30 @@ def test_the_training_loader_resumes_where_its_epoch_stopped():
 
     shards = [epoch_of(loader(rank, 2), 1) for rank in (0, 1)]  # DDP: each rank its half of the epoch
     assert sorted(sum(shards[0] + shards[1], [])) == list(range(10))
+
+
+def test_the_saved_generator_states_put_back_python_numpy_and_torch_draws():
+    """A resumed run draws what the whole run would have: each generator a task or a user's
+    transform may draw from is set back to its saved state, and the states load with weights_only."""
+    import io
+    import random
+
+    import numpy as np
+
+    from cnnsuite.training.rng import check_rng_states, rng_states, set_rng_states
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    buffer = io.BytesIO()
+    torch.save(rng_states(), buffer)
+    first = draws()
+    buffer.seek(0)
+    states = torch.load(buffer, weights_only=True)
+    check_rng_states(states)
+    assert draws() != first  # checking the states sets no generator of the process
+    set_rng_states(states)
+    assert draws() == first
 
 
 def test_the_csv_log_keeps_every_row_through_kills_and_resumes(tmp_path):
