@@ -546,3 +546,29 @@ def test_a_not_implemented_error_in_read_input_is_the_tasks_bug_not_the_files(tm
     predictor.datamodule = SimpleNamespace(read_input=broken)
     with pytest.raises(BadFileError, match=r"a\.png: cannot read \(RuntimeError: truncated frame\)"):
         predictor.read(image)
+
+
+def test_an_output_folder_is_refused_only_where_writing_in_place_could_harm(tmp_path):
+    """An empty folder the user names is taken and stamped; a folder the command chose itself
+    (a run's ``evaluation/``) is written again without a stamp; a link among a folder's entries
+    is refused, and the folder itself a link only where the command chose it."""
+    from cnnsuite.errors import ConfigError
+    from cnnsuite.training.runs import STAMP, output_folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert output_folder(empty, given=True, marker="summary.json") == empty
+    assert (empty / STAMP).read_text() == "summary.json\n"
+    chosen = tmp_path / "run" / "evaluation"
+    chosen.mkdir(parents=True)
+    (chosen / "report.md").write_text("of an earlier evaluation")
+    assert output_folder(chosen, given=False, marker="evaluation.json") == chosen
+    (chosen / "report.md").unlink()
+    (chosen / "report.md").symlink_to(tmp_path / "elsewhere.md")
+    with pytest.raises(ConfigError, match=r"report\.md: a symbolic link where this command writes its output"):
+        output_folder(chosen, given=False, marker="evaluation.json")
+    linked = tmp_path / "linked"
+    linked.symlink_to(empty)
+    assert output_folder(linked, given=True, marker="summary.json") == linked
+    with pytest.raises(ConfigError, match=r"linked: a symbolic link where this command writes its output"):
+        output_folder(linked, given=False, marker="summary.json")
