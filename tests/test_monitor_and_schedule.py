@@ -58,11 +58,12 @@ def test_validation_every_second_epoch_also_scores_the_last(tmp_path, image_fold
 def test_how_often_a_run_validates_does_not_change_its_training(tmp_path, image_folder):
     """PreciseBatchNorm draws its batches (shuffled, augmented) before each validation without
     moving the generators the training draws from: validating every epoch or every second one
-    trains the same weights."""
+    trains the same weights. (Over 4 epochs: a run of 3 validated every second epoch validates
+    every epoch, :class:`~cnnsuite.training.callbacks.ValidateLastEpoch`.)"""
     weights = []
     for every in (1, 2):
         run = fit("recognition2d", tmp_path / str(every), "--data.data_dir", str(image_folder),
-                  "--data.batch_size", "8", "--trainer.max_epochs", "3",
+                  "--data.batch_size", "8", "--trainer.max_epochs", "4",
                   "--trainer.check_val_every_n_epoch", str(every), "--evaluate", "false")  # fmt: skip
         weights.append(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
@@ -272,3 +273,17 @@ def test_a_run_without_a_best_checkpoint_says_why(tmp_path, image_folder, capsys
     last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     said = capsys.readouterr().out
     assert f"no best.ckpt (checkpoint.save_top_k is 0): nothing to evaluate; last.ckpt: {last}" in said
+
+
+def test_following_a_new_length_moves_the_rates_and_their_record_at_once():
+    """A resumed run's optimizer holds the rate of its old length; follow() puts it, and what
+    ``get_last_lr()`` reports, on the new curve before the next epoch trains."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = CosineAnnealingLR(optimizer)  # a length of 1 until follow()
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    scheduler.follow(4)
+    expected = (1 + math.cos(math.pi / 4)) / 2
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert scheduler.get_last_lr() == pytest.approx([expected])
