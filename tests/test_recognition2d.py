@@ -283,6 +283,9 @@ def test_class_names_must_match_num_classes():
 
     with pytest.raises(ValueError, match=r"model.class_names has 2 names but model.num_classes=3"):
         ClassificationModule(num_classes=3, class_names=["cat", "dog"])
+    # predictions keyed by class name would merge the two
+    with pytest.raises(ValueError, match=r"^model.class_names names 'cat' more than once; expected one name a class$"):
+        ClassificationModule(num_classes=3, class_names=["cat", "dog", "cat"])
     assert ClassificationModule(num_classes=3).class_names == ["0", "1", "2"]
 
 
