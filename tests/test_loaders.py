@@ -251,6 +251,23 @@ def test_batch_random_affine_draws_over_the_whole_ranges_as_v2_does():
         assert abs(shift.mean()) < 0.1 * most
 
 
+def test_batch_random_affine_moves_a_wide_image_as_v2_affine_does():
+    """On an image wider than tall the normalised axes have different pixel lengths: a rotation,
+    shift and zoom are ``v2.functional.affine``'s, pixel for pixel, not a sheared copy."""
+    images = torch.rand(2, 1, 12, 24, generator=torch.Generator().manual_seed(0))
+    moves = [(30.0, (0.1, -0.2), 1.1), (-50.0, (0.0, 0.1), 0.9)]  # degrees, shift (of width, height), scale
+    params = {
+        "angle": torch.deg2rad(torch.tensor([angle for angle, _, _ in moves], dtype=torch.float64)),
+        "shift": torch.tensor([shift for _, shift, _ in moves], dtype=torch.float64),
+        "factor": torch.tensor([factor for _, _, factor in moves], dtype=torch.float64),
+    }
+    moved = BatchRandomAffine().warp(images, params)
+    for i, (angle, (dx, dy), factor) in enumerate(moves):
+        theirs = TF.affine(images[i], angle=angle, translate=[dx * 24, dy * 12], scale=factor, shear=[0.0, 0.0],
+                           interpolation=v2.InterpolationMode.NEAREST)  # fmt: skip
+        torch.testing.assert_close(moved[i], theirs, rtol=0, atol=0)
+
+
 def test_batch_flips_and_turns_draw_each_volumes_own_move_as_monai_does():
     """Every output volume is its input under one of the moves MONAI's RandFlip, RandRotate90
     and RandShiftIntensity draw (flips, 0-3 quarter turns in the square plane, a shift within
