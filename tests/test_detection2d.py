@@ -540,6 +540,20 @@ def test_a_pascal_voc_box_is_held_to_the_rules_of_a_coco_box(tmp_path, xmin, xma
         read_voc(tmp_path, ["owl"])
 
 
+def test_a_box_past_a_wide_images_edges_within_the_tolerance_is_clipped_to_its_width_and_height(tmp_path):
+    """An exporter's rounding may put an edge up to a pixel beyond the border: the box kept ends
+    on the image's right edge (its width) and bottom edge (its height), here a 48x32 image."""
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "JPEGImages" / "0.jpg")
+    box = "<bndbox><xmin>-0.5</xmin><ymin>-0.4</ymin><xmax>48.6</xmax><ymax>32.5</ymax></bndbox>"
+    (tmp_path / "Annotations" / "0.xml").write_text(
+        f"<annotation><filename>0.jpg</filename><object><name>owl</name>{box}</object></annotation>"
+    )
+    (record,) = read_voc(tmp_path, ["owl"]).records
+    assert record.boxes == [[0.0, 0.0, 48.0, 32.0]] and record.areas == [48.0 * 32.0]
+
+
 @pytest.mark.parametrize("name", ["../0.jpg", "/tmp/0.jpg", "C:/data/0.jpg"])
 def test_a_pascal_voc_filename_outside_the_data_folder_is_refused_before_it_is_looked_at(tmp_path, name):
     """An annotation's ``<filename>`` through ``..``, absolute or with a drive: the image there
