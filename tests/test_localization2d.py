@@ -399,6 +399,20 @@ def test_boxes_follow_the_batch_moves_and_flips():
         torch.testing.assert_close(bright_box(image) * 32, box, atol=1.5, rtol=0)
 
 
+def test_a_box_moved_partly_out_of_the_image_is_cut_at_its_edges():
+    """A move may take part of a box past the border (up to ``1 - min_visible`` of it): the box
+    trained on is the part the moved image shows, not corners beyond the image."""
+    images = torch.zeros(16, 1, 32, 32)
+    images[:, :, 2:12, 20:30] = 1.0  # near the top right corner
+    boxes = torch.tensor([[20.0, 2.0, 30.0, 12.0]]).repeat(16, 1)
+    torch.manual_seed(0)
+    moved_images, moved = BatchBoxAffine(0.3, (1.0, 1.0), hflip=False, min_visible=0.3)(images, boxes)
+    assert moved.min() >= 0 and moved.max() <= 32
+    assert (moved[:, 2] == 32).any() and (moved[:, 1] == 0).any()  # some were cut at the right, some at the top
+    for image, box in zip(moved_images, moved, strict=True):
+        torch.testing.assert_close(bright_box(image) * 32, box, atol=1.5, rtol=0)
+
+
 def test_a_move_that_loses_the_box_is_not_applied():
     images = torch.zeros(4, 1, 32, 32)
     images[:, :, 0:6, 0:6] = 1.0  # in the corner: a 4x zoom on the centre leaves nothing of it
