@@ -529,15 +529,13 @@ def read_voc(root: str | Path, class_names: list[str], on_error: str = "error") 
 # --- writing ------------------------------------------------------------------------
 
 
-def coco_results(predictions: list[dict], categories: CategoryMap, score_threshold: float = 0.0) -> list[dict]:
+def coco_results(predictions: list[dict], categories: CategoryMap) -> list[dict]:
     """Detections in the COCO results format (``image_id``, ``category_id``, ``bbox`` as
     ``[x, y, width, height]``, ``score``), from ``{"image_id", "boxes" (x1y1x2y2), "labels",
     "scores"}`` per image — what ``pycocotools.COCO.loadRes`` reads."""
     results = []
     for pred in predictions:
         for box, label, score in zip(pred["boxes"], pred["labels"], pred["scores"], strict=True):
-            if float(score) < score_threshold:
-                continue
             x1, y1, x2, y2 = (float(v) for v in box)
             results.append(
                 {
