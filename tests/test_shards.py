@@ -819,7 +819,9 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
     ("edit", "message"),
     [
         (lambda r: r.update(channels=100_000), "channels is 100000, expected a whole number from 1 to 1024"),
+        (lambda r: r.update(channels=0), "channels is 0, expected a whole number from 1 to 1024"),
         (lambda r: r.update(class_names=r["class_names"][:1]), "targets is {"),
+        (lambda r: r.update(class_names=r["class_names"][:2]), "targets is {"),  # the third class's index: 2 of 2
         (lambda r: r.update(multilabel="yes"), 'multilabel is "yes", expected true or false'),
         (lambda r: r.update(preprocessing=[1]), "preprocessing is [1], expected an object of values and tensors"),
         (lambda r: r["preprocessing"]["tensors"].update(mean=[0.5, float("nan")]), "preprocessing is {"),
@@ -835,6 +837,8 @@ def test_a_prepared_videos_record_with_unreadable_sample_facts_is_one_line(tmp_p
         (lambda r: r["splits"].update(test=r["items"]["train"][:2]), "is in train and test; expected each sample in"),
         (lambda r: r["splits"]["val"].append(r["splits"]["val"][0]), "is twice in val; expected each sample in one"),
         (lambda r: r["splits"].update(test=[]), "in test, which its splits do not: expected each split's items among"),
+        # a training sample streamed as a test item: scored as unseen
+        (lambda r: r["items"]["test"].append(r["items"]["train"][0]), "in test, which its splits do not: expected"),
     ],
 )
 def test_a_hand_edited_record_is_one_line_naming_the_field(tmp_path, edit, message):
