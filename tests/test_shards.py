@@ -888,6 +888,10 @@ def edit_index(out: Path, stage: str, edit) -> None:
             lambda out: edit_index(out, "val", lambda i: i["chunks"][0].update(filename="../train/chunk-0-0.bin")),
             "val/index.json: a chunk is '../train/chunk-0-0.bin', not a file of val/ its record lists",
         ),
+        (  # a format's dtype is LitData's index of one: anything else fails at the first read
+            lambda out: edit_index(out, "train", lambda i: i["config"]["data_format"].__setitem__(0, "int:x")),
+            "train/index.json: data_format is ['int:x'",
+        ),
         (
             lambda out: edit_index(out, "test", lambda i: i["config"].update(compression="zstd")),
             "test/index.json: compression is 'zstd'",
@@ -920,7 +924,7 @@ def edit_index(out: Path, stage: str, edit) -> None:
             "train/index.json: its chunks hold",
         ),
     ],
-    ids=["pickle", "chunk-outside", "compressed", "spec-type", "index-unlisted", "symlink", "item-count"],
+    ids=["pickle", "chunk-outside", "dtype", "compressed", "spec-type", "index-unlisted", "symlink", "item-count"],
 )
 def test_a_hand_made_folder_whose_shards_match_its_record_is_still_refused_where_litdata_would_run_code(
     tmp_path, edit, message
