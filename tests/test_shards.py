@@ -307,6 +307,17 @@ def test_a_read_in_a_random_order_decodes_its_item_alone(tmp_path, monkeypatch):
     assert len(decoded) == len(order)  # the "id" field, one a decoded item
 
 
+def test_an_item_streamed_where_the_record_lists_another_is_one_line_naming_both(tmp_path):
+    """A record whose item order is not its shards' (a hand-made folder, hashed again) would
+    pair each sample with another's target: the read says which item it found and which the
+    record lists."""
+    ids = [f"item_{i}" for i in range(4)]
+    write_shards(tmp_path, "train", ids, lambda i: np.full((2, 2), i, np.uint16))
+    assert StreamedItems(str(tmp_path), "train", ids)[1][0, 0] == 1
+    with pytest.raises(ConfigError, match=r"item 1 is 'item_1', its record says item_2"):
+        StreamedItems(str(tmp_path), "train", [ids[0], ids[2], ids[1], ids[3]])[1]
+
+
 def test_a_local_split_keeps_its_chunks_mapped_within_cache_limit_mb(tmp_path, monkeypatch):
     """Reads in a random order over a split of many chunks: within ``mapped_mb`` each chunk
     is opened and mapped once; with LitData's four kept, nearly every read maps one again."""
