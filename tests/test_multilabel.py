@@ -51,6 +51,10 @@ def test_label_cells_decide_multilabel_and_say_so_once(caplog):
         parse_labels(cells, multilabel=False, where=where)
     with pytest.raises(ValueError, match="data.multilabel='yes': expected auto, true or false"):
         parse_labels(cells, multilabel="yes")
+    with pytest.raises(ValueError, match="data.multilabel=1: expected auto, true or false"):
+        parse_labels(cells, multilabel=1)  # equal to True, but not a setting
+    # a label written twice in one cell is one label: the file stays single-label
+    assert parse_labels(["a;a", " b ;b"]) == (["a", "b"], [0, 1], False)
 
 
 def test_iterative_split_keeps_a_rare_label_in_val_and_test():
