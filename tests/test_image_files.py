@@ -215,6 +215,24 @@ def test_split_folders_without_test_use_val_as_test_and_say_so_once(tmp_path):
     assert all(i.startswith("train/") for i in splits["train"] + splits["val"])
 
 
+def test_split_folders_in_any_letter_case_carve_validation_by_the_data_seed(tmp_path):
+    """``Train``/``Val`` folders are split folders as ``train``/``val`` are, and the validation
+    carved from the training folder is drawn by ``data.seed``: another seed, other samples."""
+    folder = tmp_path / "images"
+    for stage, per_class in (("Train", 12), ("Val", 3)):
+        make_image_folder(folder / stage, classes=("cat", "dog"), per_class=per_class)
+    carved = {}
+    for seed in (0, 1, 2):
+        datamodule = RecognitionDataModule(data_dir=str(folder), val_fraction=0.25, seed=seed)
+        assert datamodule.class_names == ["cat", "dog"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            datamodule.setup("fit")
+        assert all(i.startswith("Val/") for i in datamodule.splits["test"])
+        carved[seed] = tuple(datamodule.splits["val"])
+    assert len(set(carved.values())) > 1
+
+
 def test_split_folders_train_through_the_cli(tmp_path):
     folder = write_split_folders(tmp_path / "images")
     run = fit("recognition2d", tmp_path, "--data.data_dir", str(folder), "--trainer.max_epochs", "1")
