@@ -129,6 +129,9 @@ def test_data_seed_decides_the_split_and_a_checkpoints_split_is_checked_as_a_spl
     dm = RecognitionDataModule(data_dir=str(folder))
     with pytest.raises(ConfigError, match=r"the checkpoint's split: '.*' is in train and test; expected each sample"):
         dm.load_state_dict({"splits": leaked})
+    stale = {**saved, "test": [*saved["test"], "cat/gone.png"]}  # another folder's split, or a file since removed
+    with pytest.raises(ConfigError, match=r"the checkpoint's split: 1 test entries are not in .*cat/gone.png"):
+        dm.load_state_dict({"splits": stale})
     dm.load_state_dict({"splits": saved})
     assert dm.splits == saved
 
