@@ -124,6 +124,9 @@ def test_data_seed_decides_the_split_and_a_checkpoints_split_is_checked_as_a_spl
         return dm.splits
 
     assert split(1) == split(1) and split(1) != split(2)
+    shares = RecognitionDataModule(data_dir=str(folder), val_fraction=0.1, test_fraction=0.4)
+    shares.setup("fit")
+    assert len(shares.splits["test"]) > 2 * len(shares.splits["val"])  # each fraction its own split's
     saved = split(1)
     leaked = {**saved, "test": saved["test"] + saved["train"][:1]}
     dm = RecognitionDataModule(data_dir=str(folder))
