@@ -508,6 +508,23 @@ def test_checkpoints_of_runs_named_alike_are_compared_in_their_own_folders(tmp_p
     assert "not comparable" in table and "0.5000" in table and "0.7500" in table
 
 
+def test_a_metric_undefined_on_the_data_reads_n_a_in_the_comparison_as_in_the_report(tmp_path, monkeypatch):
+    """An AUROC of a test split holding one class is NaN: report.md shows it ``n/a``, and
+    comparison.md wrote ``nan`` for the same figure."""
+    from cnnsuite.use import evaluate as evaluation
+
+    def evaluate(ckpt, out_dir, accelerator, data):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "evaluation.json").write_text(json.dumps({"data": "digits", "test_samples": 6}))
+        return {"test/acc": 0.5, "test/auroc": float("nan")}
+
+    monkeypatch.setattr(evaluation, "load_checkpoint", lambda ckpt: None)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    evaluation.compare([tmp_path / "run" / "checkpoints" / "best.ckpt"], tmp_path / "comparison")
+    (row,) = (tmp_path / "comparison" / "comparison.md").read_text().splitlines()[4:]
+    assert row.endswith("| 0.5000 | n/a |") and "nan" not in row
+
+
 def test_a_users_own_file_of_the_markers_name_does_not_make_out_the_commands(tmp_path):
     """``--out mydir`` holding the user's own ``summary.json`` (a common name) was taken for a
     folder predict wrote before, and the file written over: only the stamp a command leaves as

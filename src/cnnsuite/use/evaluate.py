@@ -114,7 +114,7 @@ def compare(
         "|---|---|---|" + "---|" * len(keys),
     ]
     for row in rows:
-        values = [f"{row['metrics'][k]:.4f}" if k in row["metrics"] else "–" for k in keys]
+        values = [shown_metric(row["metrics"][k]) if k in row["metrics"] else "–" for k in keys]
         lines.append(
             f"| `{row['checkpoint']}` | `{row['data']}` | {row['test_samples']} | " + " | ".join(values) + " |"
         )
