@@ -314,6 +314,33 @@ def test_a_batch_size_below_one_is_one_line(recognition, tmp_path, capsys):
                   "--out", str(tmp_path / "out"), "--batch_size", size])  # fmt: skip
         assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
         assert f"--batch_size {size}: expected a count of inputs a batch, 1 or more" in capsys.readouterr().err
+    image = next((folder / "owl").iterdir())  # one, the least there is, predicts
+    main(["predict", "--ckpt", str(run / "checkpoints" / "best.ckpt"), "--input", str(image),
+          "--out", str(tmp_path / "out"), "--batch_size", "1", "--no_pictures"])  # fmt: skip
+    assert "predicted 1 of 1 inputs" in capsys.readouterr().out
+
+
+def test_the_summary_line_counts_the_inputs_that_failed():
+    """One input that failed is said with its reason; several are counted and named (each
+    reason is in predictions.jsonl), not told as the first one's reason."""
+    from cnnsuite.use.predict import summary_line
+
+    summary = {"predicted": 3, "failed": ["a.png", "b.png"], "ignored": []}
+    line = summary_line(summary, Path("out"), "images", ["a.png: cannot decode", "b.png: cannot decode"])
+    assert line.startswith("predicted 3 of 5 inputs; 2 could not be read: a.png, b.png\n")
+    line = summary_line({**summary, "failed": ["a.png"]}, Path("out"), "images", ["a.png: cannot decode"])
+    assert line.startswith("predicted 3 of 4 inputs; 1 could not be read: a.png: cannot decode\n")
+
+
+def test_a_picture_name_that_fits_keeps_its_name_whole():
+    """A stem of just the bytes a picture name may take is kept as it is; one byte more is cut
+    to the limit, keeping its end after ``…``."""
+    from cnnsuite.use.predict import PICTURE_STEM_BYTES, shortened
+
+    fits = "a" * PICTURE_STEM_BYTES
+    assert shortened(fits) == fits
+    cut = shortened("b" + fits)
+    assert cut.startswith("…a") and len(cut.encode()) == PICTURE_STEM_BYTES
 
 
 def test_a_batch_of_many_rows_is_predicted_a_chunk_at_a_time(recognition):
