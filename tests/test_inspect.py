@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import fit, make_image_folder
+from monai.visualize import GradCAM
 from PIL import Image
 from test_biomedical3d import SMALL, make_volume_folder
 
@@ -114,6 +115,21 @@ def test_grad_cam_has_the_input_size(recognition):
     assert cam.shape == (1, 1, 32, 32)
     assert 0 <= float(cam.min()) and float(cam.max()) <= 1
     assert index == int(model(sample).argmax()) and score == pytest.approx(float(model(sample).max()), abs=1e-5)
+    # hottest where the class evidence is largest: MONAI's own scaling maps the largest to 0
+    raw = GradCAM(network.scores, target_layers=network.cam_layer(stage), postprocessing=lambda x: x)
+    evidence = raw(sample, class_idx=index).detach().flatten()
+    assert float(evidence[cam.flatten().argmax()]) == pytest.approx(float(evidence.max()))
+
+
+def test_grad_cam_weighs_the_deepest_stage_whose_map_has_more_than_one_position():
+    """A 1×1 map locates nothing: Grad-CAM steps back to the stage before it, and no further;
+    a map one position high and several wide still locates along its width."""
+    network = SimpleNamespace(cam_stage=2)
+    rows = [{"out_shape": [4, 8, 8]}, {"out_shape": [8, 1, 1]}, {"out_shape": [16, 1, 1]}]
+    assert cam_stage(network, rows) == 0
+    rows[1]["out_shape"] = [8, 1, 3]
+    assert cam_stage(network, rows) == 1
+    assert cam_stage(SimpleNamespace(cam_stage=1), [{"out_shape": [4, 3, 3]}, {"out_shape": [8, 2, 2]}]) == 1
 
 
 def test_errors_are_one_line(recognition, tmp_path, capsys):
