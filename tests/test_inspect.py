@@ -121,6 +121,25 @@ def test_grad_cam_has_the_input_size(recognition):
     assert float(evidence[cam.flatten().argmax()]) == pytest.approx(float(evidence.max()))
 
 
+def test_a_2d_backbone_on_clips_is_shown_the_middle_frame_as_a_one_frame_clip():
+    """A single-frame baseline on video: inspect hands its 2D backbone the clip's middle frame,
+    and Grad-CAM's class score puts that frame back as a clip of one frame for the model, whose
+    first output is the class logits."""
+    from cnnsuite.use.inspectable import ClassScores, middle_frame
+
+    clips = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(2, 3, 5, 4, 4)
+    frame = middle_frame(clips)
+    assert frame.shape == (2, 3, 4, 4) and bool((frame == 2).all())
+    seen = []
+
+    def model(x):
+        seen.append(x)
+        return torch.ones(len(x), 7), torch.zeros(len(x), 4)
+
+    assert ClassScores(model, frames=True)(frame).shape == (2, 7)
+    assert torch.equal(seen[0], clips[:, :, 2:3])
+
+
 def test_grad_cam_weighs_the_deepest_stage_whose_map_has_more_than_one_position():
     """A 1×1 map locates nothing: Grad-CAM steps back to the stage before it, and no further;
     a map one position high and several wide still locates along its width."""
