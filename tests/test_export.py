@@ -4,6 +4,7 @@ task (biomedical3d), with the JSON a user needs to feed them."""
 
 import json
 import re
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -163,7 +164,7 @@ def test_the_default_output_beside_a_checkpoint_never_replaces_a_users_file(reco
 def test_an_opset_torch_onnx_does_not_write_is_one_line_before_any_work(recognition, tmp_path, capsys):
     """torch.onnx writes opset 18 and later; for an older one its converter fails on most
     networks (LeNet-5's reductions) with a logged traceback, and the file is quietly written at
-    18, exit 0. Below 18 or past ONNX's newest is one line, nothing written; 20 is written."""
+    18, exit 0. Below 18 or past ONNX's newest is one line, nothing written; 18 itself is written."""
     _, ckpt = recognition
     out = tmp_path / "old.onnx"
     for opset in ("13", "0", "99"):
@@ -173,8 +174,8 @@ def test_an_opset_torch_onnx_does_not_write_is_one_line_before_any_work(recognit
         assert exit_info.value.code == 2 and list(tmp_path.iterdir()) == []
         assert captured.err.count("\n") == 1 and "Traceback" not in captured.out + captured.err
         assert captured.err.startswith(f"cnnsuite export: error: --opset {opset}: expected 18 to ")
-    path, info = export(ckpt, "onnx", tmp_path / "opset20.onnx", opset=20)
-    assert info["opset"] == 20 and onnx.load(str(path)).opset_import[0].version == 20
+    path, info = export(ckpt, "onnx", tmp_path / "opset18.onnx", opset=18)
+    assert info["opset"] == 18 and onnx.load(str(path)).opset_import[0].version == 18
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
@@ -388,3 +389,35 @@ def test_a_network_whose_outputs_are_not_finite_is_not_kept(recognition, tmp_pat
     with pytest.raises(ValueError, match=r"--tolerance nan: expected the largest difference allowed, 0 or more"):
         export(ckpt, "torch-export", tmp_path / "any.pt2", tolerance=float("nan"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.ckpt"]
+
+
+def test_an_export_is_checked_on_the_batch_it_was_traced_on_too(recognition, tmp_path, monkeypatch):
+    """The traced example (another batch size than the check's) is compared as well: a file
+    wrong on it alone is not kept."""
+    from cnnsuite.use.export import EXAMPLE_BATCH
+
+    _, ckpt = recognition
+    real_call = ExportedNetwork.__call__
+
+    def wrong_on_the_example(self, batch):
+        outputs = real_call(self, batch)
+        return tuple(o + 1 for o in outputs) if len(batch) == EXAMPLE_BATCH else outputs
+
+    monkeypatch.setattr(ExportedNetwork, "__call__", wrong_on_the_example)
+    with pytest.raises(ValueError, match=r"traced.pt2: the exported network differs from PyTorch's by up to 1"):
+        export(ckpt, "torch-export", tmp_path / "traced.pt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_are_compared_only_where_their_shapes_agree():
+    """An exported network that fixed its batch answers one row for a batch of three: broadcast
+    against PyTorch's rows it would seem to agree. A task naming fewer outputs than its network
+    gives is its author's bug, said before anything is written."""
+    from cnnsuite.use.export import max_difference, output_names
+
+    assert max_difference(torch.zeros(3, 4), torch.zeros(1, 4)) == float("inf")
+    assert max_difference(torch.zeros(3, 4), torch.full((3, 4), 0.5)) == 0.5
+    with pytest.raises(
+        ValueError, match=r"inference_outputs names 1 outputs \(logits\), its inference_network\(\) gives 2"
+    ):
+        output_names(SimpleNamespace(inference_outputs={"logits": "class scores"}), 2)
