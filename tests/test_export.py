@@ -421,3 +421,15 @@ def test_outputs_are_compared_only_where_their_shapes_agree():
         ValueError, match=r"inference_outputs names 1 outputs \(logits\), its inference_network\(\) gives 2"
     ):
         output_names(SimpleNamespace(inference_outputs={"logits": "class scores"}), 2)
+
+
+def test_force_does_not_write_through_a_linked_json(recognition, tmp_path):
+    """``--force`` over an export whose JSON is a link: writing the JSON would replace the file
+    the link leads to; refused before any work, and that file kept."""
+    _, ckpt = recognition
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's")
+    (tmp_path / "linked.pt2.json").symlink_to(mine)
+    with pytest.raises(ValueError, match=r"linked.pt2.json: a symbolic link, which the export would write through"):
+        export(ckpt, "torch-export", tmp_path / "linked.pt2", force=True)
+    assert mine.read_text() == "the user's" and not (tmp_path / "linked.pt2").exists()
