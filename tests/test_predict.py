@@ -537,19 +537,33 @@ def test_checkpoints_of_runs_named_alike_are_compared_in_their_own_folders(tmp_p
 
 def test_a_metric_undefined_on_the_data_reads_n_a_in_the_comparison_as_in_the_report(tmp_path, monkeypatch):
     """An AUROC of a test split holding one class is NaN: report.md shows it ``n/a``, and
-    comparison.md wrote ``nan`` for the same figure."""
+    comparison.md wrote ``nan`` for the same figure. Per-class figures stay in each report."""
     from cnnsuite.use import evaluate as evaluation
 
     def evaluate(ckpt, out_dir, accelerator, data):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "evaluation.json").write_text(json.dumps({"data": "digits", "test_samples": 6}))
-        return {"test/acc": 0.5, "test/auroc": float("nan")}
+        return {"test/acc": 0.5, "test/acc/cat": 1.0, "test/auroc": float("nan")}
 
     monkeypatch.setattr(evaluation, "load_checkpoint", lambda ckpt: None)
     monkeypatch.setattr(evaluation, "evaluate", evaluate)
     evaluation.compare([tmp_path / "run" / "checkpoints" / "best.ckpt"], tmp_path / "comparison")
-    (row,) = (tmp_path / "comparison" / "comparison.md").read_text().splitlines()[4:]
+    header, _, *rows = (tmp_path / "comparison" / "comparison.md").read_text().splitlines()[2:]
+    (row,) = rows
+    assert "acc/cat" not in header
     assert row.endswith("| 0.5000 | n/a |") and "nan" not in row
+
+
+def test_per_class_metrics_are_kept_out_of_the_headline_tables(tmp_path):
+    """report.md lists the headline metrics, then each class's in a table of their own."""
+    from cnnsuite.use.evaluate import write_report
+
+    datamodule = SimpleNamespace(root=tmp_path / "data", datasets={"test": [0] * 6}, num_classes=2)
+    metrics = {"test/acc": 0.5, "test/acc/cat": 1.0, "test/acc/dog": float("nan")}
+    write_report(tmp_path / "report.md", tmp_path / "best.ckpt", datamodule, metrics, [])
+    headline, per_class = (tmp_path / "report.md").read_text().split("Per class")
+    assert "`test/acc`" in headline and "test/acc/" not in headline
+    assert "| `test/acc/cat` | 1.0000 |" in per_class and "| `test/acc/dog` | n/a |" in per_class
 
 
 def test_a_users_own_file_of_the_markers_name_does_not_make_out_the_commands(tmp_path):
