@@ -679,3 +679,31 @@ def test_the_trainer_the_cli_builds_has_its_loggers_atomic_writes_and_a_summary_
     assert any(isinstance(callback, ModelSummary) for callback in trainer.callbacks)
     trainer = built("quiet", "--trainer.enable_model_summary", "false")
     assert not any(isinstance(callback, ModelSummary) for callback in trainer.callbacks)
+
+
+def test_a_path_under_an_unknown_users_home_is_named_in_one_line(capsys, tmp_path, monkeypatch):
+    """``~user/...`` for a user this machine does not have: pathlib's "Could not determine home
+    directory" came as a traceback from wherever the path was first expanded."""
+    from jsonargparse import Namespace
+
+    from cnnsuite.cli import check_checkpoint_folders
+    from cnnsuite.data.folders import lies_within
+
+    user = "cnnsuite-no-such-user"
+    assert os.path.expanduser(f"~{user}") == f"~{user}"  # no such user here
+    monkeypatch.chdir(tmp_path)
+    where = f"~{user}/d"
+    for option, argv in [
+        ("--config", ["fit", "--config", CONFIG, "--config", where]),
+        ("--data.data_dir", ["fit", "--config", CONFIG, "--data.init_args.data_dir", where]),
+        ("--data.split_file", ["fit", "--config", CONFIG, "--data.split_file", where]),
+        ("--out", ["prepare", "--task", "recognition2d", "--data.data_root", "data", "--out", where]),
+        ("--data.data_root", ["prepare", "--task", "recognition2d", "--data.data_root", where, "--out", "shards"]),
+    ]:
+        error = one_line_error(capsys, *argv)
+        assert error.endswith(f"error: {option} {where}: no user {user} on this machine to expand ~{user}; "
+                              "expected a path with a known home or none"), error  # fmt: skip
+    # Lightning's own folders (default_root_dir, checkpoint.dirpath) take such a ~user as a relative folder's name
+    assert not lies_within(f"~{user}/runs", tmp_path / "data")
+    assert lies_within(f"~{user}/runs", tmp_path)
+    check_checkpoint_folders(Namespace({"checkpoint.dirpath": where}))

@@ -52,6 +52,7 @@ from .commands import (
 )
 from .contract import LINKED, check_config_classes, on_test_split, registered_tasks, task_named
 from .data import TaskDataModule
+from .data.folders import expand_home
 from .data.shards import is_url
 from .data.textfiles import NestedTooDeeply, parse_yaml
 from .errors import ConfigError, UserError, describe_unknown
@@ -148,7 +149,8 @@ def check_checkpoint_folders(config, shared_by: str | None = None) -> None:
             f"checkpoint.dirpath {dirpath}: {shared_by} trains several runs, whose best.ckpt would replace each "
             "other's there; leave it out (each run's own checkpoints/)"
         )
-    found = sorted(p.name for p in Path(dirpath).expanduser().glob("*.ckpt")) if dirpath else []
+    # the folder as Lightning's ModelCheckpoint takes it: a ~user unknown here is a relative folder's name
+    found = sorted(p.name for p in Path(os.path.expanduser(dirpath)).glob("*.ckpt")) if dirpath else []
     if found:
         raise ConfigError(
             f"checkpoint.dirpath {dirpath}: holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}, "
@@ -196,7 +198,7 @@ def absolute_data_paths(config) -> None:
     for key in getattr(data_cls, "path_hparams", ()):
         value = data.init_args.get(key)
         if isinstance(value, str) and not is_url(value):
-            data.init_args[key] = str(Path(value).expanduser().resolve())
+            data.init_args[key] = str(expand_home(value, f"--data.{key}").resolve())
 
 
 def warn_of_direction(stopping: EarlyStopping, model: TaskModule) -> None:
@@ -534,7 +536,7 @@ def check_config_files(argv: list[str]) -> None:
     given = [arg.partition("=")[2] for arg in argv if arg.startswith("--config=")]
     given += [value for flag, value in zip(argv, argv[1:], strict=False) if flag in ("--config", "-c")]
     for name in given:
-        path = Path(name).expanduser()
+        path = expand_home(name, "--config")
         if path.is_file():  # jsonargparse takes a YAML string too, and names a path that is not there
             read_config(path, name)
 

@@ -53,7 +53,7 @@ from ..classpath import class_path
 from ..errors import BadFileError, ConfigError, StateError
 from .cache import DecodedCache, check_cache_limit
 from .errors import check_on_bad_file, report_bad_files
-from .folders import is_listed, leaves_folder, lies_within, list_classes, list_samples
+from .folders import expand_home, is_listed, leaves_folder, lies_within, list_classes, list_samples
 from .images import check_channels, image_suffix
 from .inputs import Input
 from .labels import LABELS_CSV, check_multilabel, multi_hot, read_labels_csv
@@ -230,7 +230,7 @@ class TaskDataModule(L.LightningDataModule):
                 check(self.hparams[key])
         for key in self.path_hparams:
             if self.hparams.get(key) is not None and not is_url(self.hparams[key]):
-                self.hparams[key] = str(Path(self.hparams[key]).expanduser().resolve())
+                self.hparams[key] = str(expand_home(self.hparams[key], f"--data.{key}").resolve())
         self.splits: dict[str, list[str]] | None = None
         self.datasets = LazyDatasets(self._make_stage)
         #: the record of the prepared folder ``data_dir`` names (:mod:`cnnsuite.data.shards`), else None

@@ -17,6 +17,17 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from ..errors import BadFileError, ConfigError, MissingFileError
 
 
+def expand_home(path: str | Path, option: str) -> Path:
+    """``path`` as the user gave it to ``option``, its leading ``~`` or ``~user`` expanded as a
+    shell expands it. A ``~user`` with no home on this machine is the user's mistake, named with
+    its option; pathlib says only "Could not determine home directory", from deep inside."""
+    head = Path(path).parts[:1]
+    if head and head[0].startswith("~") and os.path.expanduser(head[0]) == head[0]:
+        whose = f"no user {head[0][1:]} on this machine" if len(head[0]) > 1 else "no home folder on this machine"
+        raise ConfigError(f"{option} {path}: {whose} to expand {head[0]}; expected a path with a known home or none")
+    return Path(path).expanduser()
+
+
 def check_folder(root: str | Path, key: str = "data.data_dir") -> Path:
     root = Path(root).expanduser()
     if not root.exists():
@@ -35,10 +46,11 @@ def leaves_folder(name: str) -> bool:
 
 
 def lies_within(path: str | Path, folder: str | Path) -> bool:
-    """Whether ``path`` is ``folder`` or under it, after ``~`` and links are resolved: a folder
+    """Whether ``path`` is ``folder`` or under it, after ``~`` and links are resolved (``~`` as
+    Lightning expands its folders: a ``~user`` unknown here is a relative folder's name): a folder
     the suite writes (run files, caches, shards, pictures) must not lie in one it only reads,
     whose next listing would take what was written as samples."""
-    path, folder = (Path(p).expanduser().resolve() for p in (path, folder))
+    path, folder = (Path(os.path.expanduser(p)).resolve() for p in (path, folder))
     return path == folder or folder in path.parents
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ...classpath import class_path
 from ...errors import ConfigError
-from ..folders import lies_within
+from ..folders import expand_home, lies_within
 from ..splits import STAGES
 from ..textfiles import parse_yaml
 from .record import RECORD, content_hash, is_prepared, tensors_to_json
@@ -83,7 +83,7 @@ def prepare(datamodule, task: str, out: str | Path) -> str:
     upload finds every shard's hash and copy already kept."""
     if is_url(str(out)):
         return _prepare_onto(datamodule, task, str(out).rstrip("/"))
-    out = Path(out).expanduser().resolve()
+    out = expand_home(out, "--out").resolve()
     if lies_within(out, datamodule.root):  # its shards would be listed as samples of the data
         data = Path(datamodule.root).expanduser().resolve()
         raise ConfigError(f"--out {out}: inside the data folder {data}, which is only read; name a folder outside it")
