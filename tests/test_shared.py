@@ -620,3 +620,14 @@ def test_a_temporary_beside_a_target_gets_the_mode_of_any_new_file_and_never_an_
     monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(names))
     assert atomic.make_temporary(tmp_path, ".x.", ".tmp") == tmp_path / ".x.free.tmp"
     assert (tmp_path / ".x.taken.tmp").read_text() == "another writer's"
+
+
+def test_follow_classes_leaves_data_with_a_class_the_model_lacks_as_it_is(tmp_path):
+    """Data with a class the model was not trained on is not relabelled (no class of the model's
+    has its index): it keeps its own classes and labels, for the checkpoint check to refuse by name."""
+    folder = make_image_folder(tmp_path / "images", per_class=2)
+    datamodule = RecognitionDataModule(data_dir=str(folder), channels=3)
+    before = datamodule.samples()
+    datamodule.follow_classes(["owl", "cat"])
+    assert datamodule.class_names == ["cat", "dog", "owl"]
+    assert datamodule.samples() == before
