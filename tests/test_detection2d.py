@@ -373,6 +373,19 @@ def test_an_image_changed_after_the_check_is_named_when_read_not_given_stale_box
         train[0]
 
 
+def test_following_a_models_classes_keeps_an_image_without_objects_unlabelled(tmp_path):
+    """Labelled by a checkpoint's classes in another order, an image without objects stays -1
+    (none) in the data's samples: it is no object of the model's last class."""
+    folder = make_coco_folder(tmp_path / "coco", images=40)
+    doc = json.loads((folder / "annotations.json").read_text())
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != 1]
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    dm = DetectionDataModule(data_dir=str(folder))
+    assert dict(dm.samples())["images/img0.png"] == -1
+    dm.follow_classes(list(reversed(dm.class_names)))
+    assert dict(dm.samples())["images/img0.png"] == -1
+
+
 def test_background_images_leave_objects_to_score_in_every_split(tmp_path):
     """Images without objects are normal in COCO. With 8 of 24 such images, the seed's split
     (too small a val for every class) put only background images in val: one epoch trained, then
