@@ -373,3 +373,18 @@ def test_each_ddp_rank_draws_its_own_batch_augmentation(tmp_path, task):
     assert not torch.equal(rank0, rank1)
     assert torch.equal(augmented(SimpleNamespace(world_size=2, global_rank=0)), rank0)
     assert torch.equal(augmented(SimpleNamespace(world_size=1, global_rank=0)), augmented(None))
+
+
+def test_val_and_test_loaders_keep_their_split_order(tmp_path):
+    """Validation and test batches come in the split's order (a per-sample output lines up with
+    the split's ids), and make no draw from torch's generator that training's shuffle uses."""
+    dm = RecognitionDataModule(data_dir=str(make_image_folder(tmp_path / "images", per_class=8)), batch_size=4)
+    dm.setup("fit")
+    for stage in ("val", "test"):
+        loader = getattr(dm, f"{stage}_dataloader")()
+        assert list(loader.batch_sampler.sampler) == list(range(len(dm.datasets[stage])))
+    torch.manual_seed(0)
+    drawn = torch.rand(1)
+    torch.manual_seed(0)
+    [list(dm.val_dataloader()) for _ in range(2)]
+    assert torch.equal(torch.rand(1), drawn)
