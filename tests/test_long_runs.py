@@ -641,3 +641,15 @@ def test_ckpt_path_last_takes_the_highest_numbered_run_and_a_new_run_the_next_nu
     assert resumed_version(tmp_path, newest) == 10
     elsewhere = tmp_path / "other" / "version_3" / "checkpoints" / "last.ckpt"
     assert resumed_version(tmp_path, elsewhere) is None
+
+
+def test_ranks_without_a_run_seed_shuffle_alike_and_seed_their_loaders_apart(monkeypatch):
+    """Under DDP without ``seed_everything`` every rank takes seed 0, so their shuffles cover the
+    data once (each process's own torch seed would give each its own order); each rank's loader
+    generator is its own, so the workers' augmentations are not the same draws on every rank."""
+    from cnnsuite.data.resumable import pass_seed, run_seed
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    assert run_seed(2) == 0
+    assert run_seed(1) == torch.initial_seed()
+    assert pass_seed(7, 3, 0) != pass_seed(7, 3, 1)
