@@ -653,3 +653,18 @@ def test_ranks_without_a_run_seed_shuffle_alike_and_seed_their_loaders_apart(mon
     assert run_seed(2) == 0
     assert run_seed(1) == torch.initial_seed()
     assert pass_seed(7, 3, 0) != pass_seed(7, 3, 1)
+
+
+def test_each_epoch_seeds_the_training_loaders_workers_afresh():
+    """The loader's generator (the seed of its workers' augmentations) is seeded by the epoch:
+    seeded alike every epoch, the workers would draw the same augmentations each epoch."""
+    from cnnsuite.data.resumable import EpochSampler, ResumableDataLoader, pass_seed
+
+    data = list(range(6))
+    loader = ResumableDataLoader(data, batch_size=2, sampler=EpochSampler(data, seed=7), generator=torch.Generator())
+    seeds = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        list(loader)
+        seeds.append(loader.generator.initial_seed())
+    assert seeds == [pass_seed(7, 0, 0), pass_seed(7, 1, 0)]
