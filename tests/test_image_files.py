@@ -280,3 +280,14 @@ def test_the_export_words_for_reading_as_gray_give_read_images_values(tmp_path):
             image.draft("L", image.size)
         expected = np.array(image.convert("L"), np.float32) / 255
         np.testing.assert_allclose(read_image(tmp_path / name, 1)[0].numpy(), expected, atol=1e-6)  # no level apart
+
+
+def test_files_of_any_extension_case_are_listed_and_a_linked_folder_is_not_entered(tmp_path):
+    """A camera's ``IMG_1.JPG`` is an image like ``img_1.jpg``; a link to a folder is listed, not
+    entered (a link to a folder above it would loop)."""
+    from cnnsuite.data.folders import list_files
+
+    folder = make_image_folder(tmp_path / "images", classes=("cat",), per_class=2)
+    (folder / "cat" / "0.png").rename(folder / "cat" / "IMG_0.PNG")
+    (folder / "cat" / "up").symlink_to(folder, target_is_directory=True)
+    assert [p.name for p in list_files(folder / "cat", (".png", ".jpg"))] == ["1.jpg", "IMG_0.PNG"]
