@@ -2,6 +2,8 @@
 
 import itertools
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from cnnsuite.backbone import (
     free_parameters,
     hyper_kernel,
     list_backbones,
+    register_backbone,
     symmetric_groups,
     tie_weights,
 )
@@ -325,6 +328,10 @@ def test_registry_errors_name_the_key():
     assert {"convnet", "lenet5"} <= set(list_backbones())
     with pytest.raises(ValueError, match="backbone='nope'"):
         build_backbone("nope", 2, 1)
+    # a second package's backbone of the same name would silently replace the first one under configs that name it
+    with pytest.raises(ValueError, match="backbone 'lenet5' is registered twice"):
+        register_backbone("lenet5")(nn.Identity)
+    assert not isinstance(build_backbone("lenet5", spatial_dims=2, in_channels=1), nn.Identity)
     with pytest.raises(ValueError, match="kernel_size"):
         ConvBlock(3, 1, 1, kernel_size=(3, 3))
     with pytest.raises(ValueError, match="spatial_dims=4"):
@@ -366,20 +373,25 @@ def test_hypernetwork_makes_the_kernel_and_learns_it(dims):
 
 
 @pytest.mark.parametrize(
-    "name,dims,channels",
+    "name,dims,channels,kwargs",
     [
-        ("monai_resnet18", 3, [64, 128, 256, 512]),
-        ("monai_densenet121", 3, [1024]),
-        ("torchvision_resnet18", 2, [64, 128, 256, 512]),  # its first convolution takes 13 bands
-        ("torchvision_mobilenet_v3_large", 2, [16, 24, 40, 80, 160, 960]),
-        ("torchvision_mobilenet_v3_small", 2, [16, 16, 24, 40, 96, 576]),
+        ("monai_resnet18", 3, [64, 128, 256, 512], {}),
+        ("monai_resnet18", 3, [64, 128, 256, 512], {"no_max_pool": True}),  # its stem then strides 2, not 4
+        ("monai_densenet121", 3, [1024], {}),
+        ("torchvision_resnet18", 2, [64, 128, 256, 512], {}),  # its first convolution takes 13 bands
+        ("torchvision_mobilenet_v3_large", 2, [16, 24, 40, 80, 160, 960], {}),
+        ("torchvision_mobilenet_v3_small", 2, [16, 16, 24, 40, 96, 576], {}),
     ],
 )
-def test_reference_networks_follow_the_backbone_contract(name, dims, channels):
+def test_reference_networks_follow_the_backbone_contract(name, dims, channels, kwargs):
     bands = 13 if name.startswith("torchvision") else 2
-    backbone = build_backbone(name, spatial_dims=dims, in_channels=bands)
+    backbone = build_backbone(name, spatial_dims=dims, in_channels=bands, **kwargs)
+    # measuring a network's strides runs it in eval mode; it is handed back to train in training mode
+    assert all(module.training for module in backbone.modules())
     features = backbone(torch.randn(2, bands, *(32,) * dims))
     assert backbone.out_channels == channels == [f.shape[1] for f in features]
+    if kwargs.get("no_max_pool"):  # MONAI's own forward skips the pool it still holds
+        assert backbone.strides[0] == (1,) * dims
     for f, stride in zip(features, backbone.strides, strict=True):
         assert tuple(f.shape[2:]) == tuple(32 // s for s in stride)
 
@@ -484,3 +496,15 @@ def test_precise_batchnorm_over_no_batch_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"^PreciseBatchNorm.num_batches=0: expected at least 1$"):
         PreciseBatchNorm(num_batches=0)
+
+
+def test_a_backbone_a_task_registers_is_found_in_a_process_that_has_not_imported_the_task():
+    """A task's own backbones register when its package is imported; a config (or a checkpoint's
+    hyper-parameters) naming one is built in a process that may not have imported it yet."""
+    code = (
+        "from cnnsuite.backbone import build_backbone\n"
+        "try:\n    build_backbone('pytorchvideo_x3d', 2, 3)\n"
+        "except ValueError as err:\n    print(err)\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "backbone 'pytorchvideo_x3d': spatial_dims=2, but PyTorchVideo's networks are 3D" in shown  # found

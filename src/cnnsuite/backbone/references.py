@@ -63,9 +63,10 @@ def monai_resnet18(spatial_dims: int = 3, in_channels: int = 1, **kwargs) -> Sta
         fixed=("block", "layers", "block_inplanes", "spatial_dims", "n_input_channels", "num_classes"),
     )
     net = resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=1, **kwargs)
-    pool = 1 if isinstance(net.maxpool, nn.Identity) else 2
+    # MONAI builds its max pool even with no_max_pool=True, and skips it in its own forward
+    maxpool, pool = (nn.Identity(), 1) if net.no_max_pool else (net.maxpool, 2)
     stem_stride = tuple(stride * pool for stride in net.conv1.stride)  # conv1_t_stride may differ per axis
-    stem = (net.conv1, net.bn1, net.act, net.maxpool)
+    stem = (net.conv1, net.bn1, net.act, maxpool)
     stages = [ForeignStage(*stem, net.layer1, out_channels=_width(net.layer1), stride=stem_stride)]
     for layer in (net.layer2, net.layer3, net.layer4):
         stages.append(ForeignStage(layer, out_channels=_width(layer), stride=(2,) * spatial_dims))
