@@ -188,3 +188,20 @@ def test_a_dilated_window_widens_the_field_by_its_extent():
     assert g.out_shape == (1, 8, 7) and g.stride == (4, 4)
     # rows: 1 + 4 = 5, + 6 = 11 (jump 2), + 2 = 13; columns: 1 + 4 = 5, + 6 = 11, + 2 = 13
     assert g.receptive_field == (13, 13) == footprint(backbone, (1, 41, 40), 0)
+
+
+def test_a_same_padded_window_keeps_the_size_even_with_an_even_kernel_and_labels_its_stride():
+    """``padding="same"`` with an even window pads one side more than the other: the size is kept,
+    which halving the extent in whole numbers would not give. A stride other than 1 or the window's
+    own is named in the label the fit errors quote; a stage of one block names no block."""
+    from torch import nn
+
+    from cnnsuite.backbone.geometry import stage_windows
+
+    conv = nn.Conv1d(1, 1, 4, padding="same")
+    (window,) = stage_windows(nn.Sequential(conv), 1)
+    assert window.apply((9,)) == tuple(conv(torch.zeros(1, 1, 9)).shape[2:]) == (9,)
+    (strided,) = stage_windows(nn.Sequential(nn.Conv2d(1, 1, 3, stride=2)), 2)
+    assert strided.label() == "conv 3×3 stride 2×2"
+    (inner,) = stage_windows(nn.Sequential(nn.Sequential(nn.Conv2d(1, 1, 3))), 2)
+    assert inner.where == ""

@@ -125,6 +125,10 @@ def test_a_resolution_key_outside_model_and_data_or_no_default_name_is_named_whe
     point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: bad)
     with pytest.raises(ConfigError, match="resolution key 'image_size', expected model.<argument> or data.<argument>"):
         load_task(point)
+    nameless_key = replace(task, resolution=("model.",))  # a section without its argument scales nothing
+    point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: nameless_key)
+    with pytest.raises(ConfigError, match="resolution key 'model.', expected model.<argument>"):
+        load_task(point)
     nameless = replace(task, datamodule=type("Nameless", (task.datamodule,), {"default_name": ""}))
     point = SimpleNamespace(name="recognition2d", value="mine:TASK", load=lambda: nameless)
     with pytest.raises(ConfigError, match="Nameless.default_name is empty; expected the name of the folder"):
