@@ -138,6 +138,12 @@ def test_every_non_linearity_is_torchs(name):
 def test_block_order_names_every_letter_once():
     with pytest.raises(ValueError, match="order="):
         ConvBlock(2, 1, 4, order="CNA")
+    with pytest.raises(ValueError, match="order='CCAP': expected each of the letters C, N, A, P once"):
+        ConvBlock(2, 1, 4, order="CCAP")  # four letters, one of them twice and N missing
+
+
+def test_instance_norm_learns_a_scale_and_shift_as_batch_and_group_norms_do():
+    assert norm_layer(2, "instance", 4).affine
 
 
 @pytest.mark.parametrize("kernel", [(3, 3, 3), (3, 1, 7), (3, 3, 5), (5, 1, 1)])
