@@ -567,6 +567,19 @@ def test_a_box_past_a_wide_images_edges_within_the_tolerance_is_clipped_to_its_w
     assert record.boxes == [[0.0, 0.0, 48.0, 32.0]] and record.areas == [48.0 * 32.0]
 
 
+def test_a_voc_difficult_object_is_a_crowd_box(tmp_path):
+    """VOC's ``difficult`` objects excuse detections and are not counted as missed, as the VOC
+    benchmark scores them: they are read as crowd boxes (COCOeval's ``iscrowd``), the others not."""
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "JPEGImages" / "0.jpg")
+    box = "<bndbox><xmin>2</xmin><ymin>2</ymin><xmax>20</xmax><ymax>20</ymax></bndbox>"
+    objects = "".join(f"<object><name>owl</name><difficult>{d}</difficult>{box}</object>" for d in ("0", " 1 "))
+    (tmp_path / "Annotations" / "0.xml").write_text(f"<annotation><filename>0.jpg</filename>{objects}</annotation>")
+    (record,) = read_voc(tmp_path, ["owl"]).records
+    assert record.iscrowd == [0, 1]
+
+
 @pytest.mark.parametrize("name", ["../0.jpg", "/tmp/0.jpg", "C:/data/0.jpg"])
 def test_a_pascal_voc_filename_outside_the_data_folder_is_refused_before_it_is_looked_at(tmp_path, name):
     """An annotation's ``<filename>`` through ``..``, absolute or with a drive: the image there
