@@ -55,7 +55,7 @@ from .data import TaskDataModule
 from .data.folders import expand_home
 from .data.shards import is_url
 from .data.textfiles import NestedTooDeeply, parse_yaml
-from .errors import ConfigError, UserError, describe_unknown
+from .errors import ConfigError, UserError, describe_unknown, printable
 from .jsonout import shown_metric, strict_json
 from .training import recipe
 from .training.callbacks import CompactModelSummary
@@ -801,14 +801,6 @@ def user_message(err: BaseException) -> str:
             first = lines[starts[-1]].partition(": ")[2] or caught[1]
             message = "\n".join([first, *lines[starts[-1] + 1 :]])
     return printable(message)
-
-
-def printable(text: str, keep: str = "\n") -> str:
-    """``text`` with its control characters but ``keep`` shown escaped, not obeyed: what a message
-    or a table quotes may come from a file or a database others write (a checkpoint's recorded
-    folder, a shared study's names), and a terminal's colour, title and cursor codes among them
-    would reach the user's terminal."""
-    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode() for c in text)
 
 
 class DropTips(logging.Filter):

@@ -61,3 +61,11 @@ def describe_unknown(key: str, candidates: list[str]) -> str:
     if not close:
         return text
     return f"{text}: did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"
+
+
+def printable(text: str, keep: str = "\n") -> str:
+    """``text`` with its control characters but ``keep`` shown escaped, not obeyed: what a message
+    or a table quotes may come from a file or a database others write (a checkpoint's recorded
+    folder, a shared study's names), and a terminal's colour, title and cursor codes among them
+    would reach the user's terminal."""
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode() for c in text)

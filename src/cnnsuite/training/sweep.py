@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from ..data.textfiles import parse_yaml
-from ..errors import ConfigError, MissingFileError
+from ..errors import ConfigError, MissingFileError, printable
 from .runs import output_folder
 
 #: seconds between a running trial's heartbeats, and the silence after which it is stale: the
@@ -352,8 +352,6 @@ def write_table(study, out: Path, note: str = "") -> None:
 def shown(value) -> str:
     """A name or value the study's database holds, as one line to print: a terminal code in it
     shown escaped, not obeyed (the database may be anyone's, with ``--storage``)."""
-    from ..cli import printable
-
     return printable(str(value), keep="")
 
 
